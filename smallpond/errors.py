@@ -1,0 +1,140 @@
+"""The error hierarchy.
+
+Two families matter to the scheduler:
+
+* retryable: :class:`OutOfMemory`, :class:`WorkerLost`, :class:`InjectedFault`, I/O errors
+  (``OSError``), and anything not classified as a user error;
+* fail-fast: :class:`PlanError` / :class:`ParameterError` (bad user input found at build or plan
+  time) and errors marked ``retryable = False`` on a :class:`TaskError` (SQL parse/bind errors,
+  unpicklable functions, missing input files).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+
+class SmallpondError(Exception):
+    """Base class of every error raised by smallpond."""
+
+
+class ParameterError(SmallpondError, ValueError, AssertionError):
+    """A node, dataset or API call got a bad parameter. Raised when the object is built.
+
+    It is also an ``AssertionError`` because upstream 0.15 raised bare assertions there, and
+    scripts written for it may catch those.
+    """
+
+
+class PlanError(SmallpondError, AssertionError):
+    """The logical plan cannot be turned into tasks (e.g. incompatible partitionings, cycles).
+
+    Also an ``AssertionError``, which is what upstream 0.15 raised at planning.
+    """
+
+
+class InjectedFault(SmallpondError):
+    """A fault injected on purpose (``fault_inject_prob``) to exercise retries."""
+
+
+class OutOfMemory(SmallpondError):
+    """A task ran out of memory; it is retried with a larger memory limit."""
+
+
+class NonzeroExitCode(SmallpondError):
+    """A worker process exited with a non-zero code."""
+
+
+class WorkerLost(SmallpondError):
+    """The worker process running a task died (killed, crashed, ``os._exit``)."""
+
+
+class UserCodeError(SmallpondError):
+    """User input that can never succeed on retry (bad SQL, missing file, unpicklable function)."""
+
+
+class TaskError(SmallpondError):
+    """A task failed. Carries everything needed to find the culprit.
+
+    Attributes: ``node`` (e.g. ``SqlEngineNode-000004 'name'``), ``location`` (file:line where the
+    node was created), ``task_key``, ``attempt``, ``sql`` (when there is one), ``input_files``
+    (the first few), ``retryable`` and the original exception as ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str = "",
+        location: str = "",
+        task_key: str = "",
+        attempt: int = 0,
+        sql: Optional[str] = None,
+        input_files: Optional[List[str]] = None,
+        retryable: bool = True,
+        cause_type: str = "",
+        details: str = "",
+    ):
+        self.message = message
+        self.node = node
+        self.location = location
+        self.task_key = task_key
+        self.attempt = attempt
+        self.sql = sql
+        self.input_files = list(input_files or [])
+        self.retryable = retryable
+        self.cause_type = cause_type
+        #: the formatted traceback of the original exception (also in the task's log file)
+        self.details = details
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = [f"task {self.task_key} (attempt {self.attempt}) of {self.node} failed: {self.message}"]
+        if self.location:
+            lines.append(f"  node created at: {self.location}")
+        if self.sql:
+            lines.append(f"  SQL: {self.sql}")
+        if self.input_files:
+            more = "" if len(self.input_files) <= 5 else f" (+{len(self.input_files) - 5} more)"
+            lines.append(f"  input files: {', '.join(self.input_files[:5])}{more}")
+        return "\n".join(lines)
+
+    def __reduce__(self):
+        return (
+            _rebuild_task_error,
+            (
+                self.message,
+                self.node,
+                self.location,
+                self.task_key,
+                self.attempt,
+                self.sql,
+                self.input_files,
+                self.retryable,
+                self.cause_type,
+                self.details,
+            ),
+        )
+
+
+def _rebuild_task_error(message, node, location, task_key, attempt, sql, input_files, retryable, cause_type, details=""):
+    return TaskError(
+        message,
+        node=node,
+        location=location,
+        task_key=task_key,
+        attempt=attempt,
+        sql=sql,
+        input_files=input_files,
+        retryable=retryable,
+        cause_type=cause_type,
+        details=details,
+    )
+
+
+class JobFailed(SmallpondError):
+    """A job could not finish. ``errors`` holds the :class:`TaskError` of each failed task."""
+
+    def __init__(self, message: str, errors: Optional[List[BaseException]] = None):
+        self.errors = list(errors or [])
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""The execution layer: planner, tasks, scheduler, executor backends and the Driver."""

@@ -1,0 +1,160 @@
+"""Running one attempt of one task: temp dir → run → atomic rename → commit record.
+
+Invariant: a task is complete if and only if its commit record
+``staging/completed_tasks/{key}.commit`` exists. The record is written (atomically, signed) only
+after the output directory has been renamed to its final name, so a crash at any point leaves
+either a committed task or garbage in a ``*.tmp-*`` directory that is ignored and cleaned.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+import uuid
+from typing import List, Optional
+
+from smallpond.errors import ParameterError, PlanError, TaskError, UserCodeError
+from smallpond.io.filesystem import dump, load, remove_path, SignatureError
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
+from smallpond.execution.task import RuntimeContext, Task
+
+
+def commit_path(rt: RuntimeContext, key: str) -> str:
+    return os.path.join(rt.completed_task_dir, f"{key}.commit")
+
+
+def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float) -> None:
+    record = {"key": task.key, "fingerprint": task.fingerprint, "dataset": dataset, "attempt": attempt, "elapsed": elapsed}
+    dump(record, commit_path(rt, task.key), secret=rt.secret)
+
+
+def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
+    """The task's commit record if it exists and matches the task's fingerprint."""
+    path = commit_path(rt, task.key)
+    if not os.path.exists(path):
+        return None
+    try:
+        record = load(path, secret=rt.secret)
+    except SignatureError:
+        raise
+    except Exception:
+        return None  # unreadable: recompute
+    if record.get("fingerprint") != task.fingerprint:
+        return None
+    if not _outputs_exist(record["dataset"]):
+        return None
+    return record
+
+
+def _outputs_exist(ds: DataSet) -> bool:
+    datasets = ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]
+    for d in datasets:
+        paths = d._resolved_paths if d._resolved_paths is not None else []
+        if any(not os.path.exists(p) for p in paths[:1000]):
+            return False
+    return True
+
+
+def _input_files(inputs: List[DataSet]) -> List[str]:
+    out: List[str] = []
+    for ds in inputs:
+        try:
+            paths = ds.paths if isinstance(ds, PartitionedDataSet) else ds.resolved_paths
+        except Exception:
+            continue
+        out.extend(paths[:10])
+        if len(out) >= 10:
+            break
+    return out
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, TaskError):
+        return exc.retryable
+    if isinstance(exc, (UserCodeError, ParameterError, PlanError, NotImplementedError, TypeError, KeyError, AttributeError, NameError, SyntaxError)):
+        return False
+    return True
+
+
+def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[DataSet]) -> TaskError:
+    if isinstance(exc, TaskError):
+        return exc
+    try:
+        ctx = task.error_context()
+    except Exception:
+        ctx = {}
+    sql = getattr(exc, "sql", None) or getattr(task, "_current_sql", None) or ctx.get("sql")
+    message = f"{type(exc).__name__}: {exc}"
+    return TaskError(
+        message,
+        node=task.node_label,
+        location=task.location,
+        task_key=task.key,
+        attempt=attempt,
+        sql=sql,
+        input_files=_input_files(inputs),
+        retryable=is_retryable(exc),
+        cause_type=type(exc).__name__,
+        details="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    )
+
+
+def run_inline(rt: RuntimeContext, task: Task, inputs: List[DataSet]) -> DataSet:
+    """Run a metadata-only task in the scheduler process."""
+    task.runtime_ctx = rt
+    try:
+        return task.run(rt, inputs, None)
+    except Exception as e:
+        raise to_task_error(task, task.retry_count, e, inputs) from e
+
+
+def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int) -> DataSet:
+    """Run one attempt in a worker and commit it. Raises TaskError on failure."""
+    from loguru import logger
+
+    task.retry_count = attempt
+    task.runtime_ctx = rt
+    rt.current_task = task
+    log_path = os.path.join(rt.log_root, "tasks", f"{task.key}.{attempt}.log")
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
+    start = time.time()
+    tmp = None
+    try:
+        logger.info("start {} attempt {} of {} partitions={} inputs={}", task.key, attempt, task.node_label, list(task.partition_infos), len(inputs))
+        task.inject_fault()
+        if task.writes_output:
+            final = task.final_output_abspath
+            tmp = f"{final}.tmp-{attempt}-{uuid.uuid4().hex[:8]}"
+            os.makedirs(tmp)
+            task._runtime_output_abspath = tmp
+            ds = task.run(rt, inputs, tmp)
+            task.inject_fault()
+            if os.path.lexists(final):
+                remove_path(final)  # left by an attempt that died between rename and commit
+            os.rename(tmp, final)
+            tmp = None
+            ds._rebase(task._runtime_output_abspath, final)
+        else:
+            ds = task.run(rt, inputs, None)
+            task.inject_fault()
+        elapsed = time.time() - start
+        write_commit(rt, task, ds, attempt, elapsed)
+        logger.info("done {} attempt {} in {:.3f}s", task.key, attempt, elapsed)
+        return ds
+    except BaseException as e:
+        err = to_task_error(task, attempt, e, inputs)
+        logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise err from e
+    finally:
+        logger.remove(sink_id)
+        rt.current_task = None
+        if tmp is not None:
+            remove_path(tmp)
+        remove_path(task.temp_abspath)
+        sys.stdout.flush()
+

@@ -1,0 +1,1 @@
+"""Executor backends. Each implements :class:`~smallpond.execution.executors.base.Executor`."""

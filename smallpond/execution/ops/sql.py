@@ -1,0 +1,285 @@
+"""DuckDB tasks: the SQL engine and the single-pass hash partitioner.
+
+Each task opens its own in-memory DuckDB connection with ``threads`` = the task's CPUs,
+``memory_limit`` = its memory and a private spill directory under ``temp/``, so a task larger than
+its memory spills instead of failing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from typing import Dict, List, Optional
+
+from smallpond.common import MB
+from smallpond.errors import OutOfMemory, UserCodeError
+from smallpond.logical.dataset import DataSet, ParquetDataSet, PartitionedDataSet
+from smallpond.execution.task import Task, default_memory_limit
+
+# DuckDB error classes that can never succeed on retry.
+_USER_ERRORS = (
+    "ParserException",
+    "BinderException",
+    "CatalogException",
+    "SyntaxException",
+    "InvalidInputException",
+    "ConversionException",
+    "NotImplementedException",
+    "TypeMismatchException",
+    "OutOfRangeException",
+    "ConstraintException",
+)
+
+
+def classify_duckdb_error(e: BaseException, sql: str) -> BaseException:
+    """Turn a DuckDB exception into OutOfMemory (retry) or UserCodeError (fail fast)."""
+    name = type(e).__name__
+    if name == "OutOfMemoryException" or "Out of Memory" in str(e):
+        return OutOfMemory(f"DuckDB ran out of memory: {e}")
+    if name in _USER_ERRORS:
+        err = UserCodeError(f"{name}: {e}")
+        err.sql = sql
+        return err
+    return e
+
+
+def open_connection(task: Task, runtime_ctx, *, cpu_overcommit_ratio: float = 1.0, memory_overcommit_ratio: float = 0.9):
+    import duckdb
+
+    conn = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    threads = max(1, int(round(task.cpu_limit * cpu_overcommit_ratio)))
+    memory = task.memory_limit or default_memory_limit(runtime_ctx, task.cpu_limit)
+    memory_mb = max(64, int(memory * memory_overcommit_ratio) // MB)
+    spill = os.path.join(task.temp_abspath, "duckdb")
+    os.makedirs(spill, exist_ok=True)
+    conn.execute(f"SET threads = {threads}")
+    conn.execute(f"SET memory_limit = '{memory_mb}MB'")
+    conn.execute(f"SET temp_directory = '{spill}'")
+    conn.execute("SET enable_progress_bar = false")
+    conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})")
+    return conn
+
+
+def create_input_views(task: Task, conn, datasets: List[DataSet]) -> List[str]:
+    names = []
+    for i, ds in enumerate(datasets):
+        name = f"__input_{int(task.id)}_{i:06d}"
+        for ctx in getattr(ds, "udfs", []) or []:
+            ctx.bind(conn)
+        conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {ds.sql_query_fragment(conn=conn)}")
+        names.append(name)
+    return names
+
+
+def format_query(task: Task, query: str, views: List[str], extra: Dict[str, object]) -> str:
+    named = {
+        "rand_seed": task.rand_seed_uint32,
+        "cpu_limit": task.cpu_limit,
+        "memory_limit": task.memory_limit or 0,
+        "output_filename": task.output_filename,
+    }
+    named.update({p.dimension: p.index for p in task.partition_infos})
+    named.update(extra)
+    try:
+        return query.format(*views, **named)
+    except (KeyError, IndexError) as e:
+        fields = sorted({f for _, f, _, _ in string.Formatter().parse(query) if f})
+        err = UserCodeError(
+            f"unknown placeholder {e} in SQL; the query has {len(views)} input(s) ({{0}}..{{{len(views) - 1}}}) "
+            f"and named placeholders {sorted(named)}; it uses {fields}. Write literal braces as '{{{{' and '}}}}'"
+        )
+        err.sql = query
+        raise err from None
+
+
+def run_sql(conn, sql: str):
+    try:
+        return conn.execute(sql)
+    except Exception as e:  # duckdb.Error subclasses
+        mapped = classify_duckdb_error(e, sql)
+        if mapped is e:
+            raise
+        raise mapped from e
+
+
+def parquet_options(node, kv: Dict[str, str]) -> str:
+    comp = (getattr(node, "parquet_compression", None) or "uncompressed").lower()
+    if comp == "none":
+        comp = "uncompressed"
+    opts = [f"FORMAT PARQUET", f"COMPRESSION '{comp}'"]
+    level = getattr(node, "parquet_compression_level", None)
+    if comp == "zstd" and level is not None:
+        opts.append(f"COMPRESSION_LEVEL {int(level)}")
+    rgs = getattr(node, "parquet_row_group_size", None)
+    if rgs:
+        opts.append(f"ROW_GROUP_SIZE {int(rgs)}")
+    if kv:
+        items = ", ".join(f"'{k}': '{v}'" for k, v in kv.items())
+        opts.append(f"KV_METADATA {{{items}}}")
+    return ", ".join(opts)
+
+
+def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
+    """``COPY (query) TO output_dir`` as Parquet; returns the number of rows written."""
+    opts = parquet_options(task.node, task.parquet_kv_metadata())
+    if per_thread_output and task.cpu_limit > 1:
+        sql = f"COPY ({query}) TO '{output_dir}' ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN '{prefix}-{{i}}', OVERWRITE_OR_IGNORE true)"
+    else:
+        sql = f"COPY ({query}) TO '{os.path.join(output_dir, prefix + '-0.parquet')}' ({opts})"
+    row = run_sql(conn, sql).fetchone()
+    return int(row[0]) if row else 0
+
+
+class SqlEngineTask(Task):
+    def error_context(self):
+        return {"sql": "; ".join(self.node.sql_queries)}
+
+    def estimated_cost(self) -> float:
+        return 2.0
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        node = self.node
+        if runtime_ctx.skip_task_with_empty_input and any(d.empty for d in inputs):
+            return ParquetDataSet([], root_dir=None)
+        batches = [inputs]
+        if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
+            memory = self.memory_limit or default_memory_limit(runtime_ctx, self.cpu_limit)
+            batches = [[b] for b in inputs[0].partition_by_size(max(1, memory // 2))] or [inputs]
+        for batch_index, batch in enumerate(batches):
+            self._run_batch(runtime_ctx, batch, output_dir, batch_index)
+        return ParquetDataSet(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)), root_dir=None)
+
+    def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
+        node = self.node
+        conn = open_connection(
+            self, runtime_ctx, cpu_overcommit_ratio=node.cpu_overcommit_ratio, memory_overcommit_ratio=node.memory_overcommit_ratio
+        )
+        try:
+            for ctx in node.udf_contexts.values():
+                ctx.bind(conn)
+            views = create_input_views(self, conn, inputs)
+            nq = len(node.sql_queries)
+            for qi, raw in enumerate(node.sql_queries):
+                sql = format_query(self, raw, views, {"batch_index": batch_index, "query_index": qi})
+                self._current_sql = sql
+                if qi < nq - 1 or not node.materialize_output:
+                    run_sql(conn, sql)
+                    continue
+                if node.materialize_in_memory:
+                    run_sql(conn, f"CREATE OR REPLACE TEMP TABLE temp_query_result AS {sql}")
+                    sql = "SELECT * FROM temp_query_result"
+                prefix = f"{self.output_filename}-{batch_index}.{qi}"
+                copy_to_parquet(self, conn, sql, output_dir, prefix, per_thread_output=node.per_thread_output)
+        finally:
+            conn.close()
+
+
+class HashPartitionTask(Task):
+    """Route every row of the input to one of ``npartitions`` partitions in one DuckDB pass.
+
+    The output keeps DuckDB's ``{column}={k}/`` directory layout, so the partition key of each
+    file is visible in its path; partitions that receive no rows get an empty placeholder file
+    carrying the schema.
+    """
+
+    writes_output = True
+
+    def error_context(self):
+        node = self.node
+        return {"sql": self._current_sql} if getattr(self, "_current_sql", None) else {"sql": f"partition by {node.hash_columns or node.data_partition_column}"}
+
+    def estimated_cost(self) -> float:
+        return 3.0
+
+    def _key_expr(self, columns: List[str]) -> (str, str):
+        """(expression computing the partition index, name of the partition column)."""
+        node = self.node
+        n = node.npartitions
+        col = node.data_partition_column
+        if getattr(node, "split_points", None) is not None:
+            pts = ", ".join(repr(p) if not isinstance(p, str) else "'" + p.replace("'", "''") + "'" for p in node.split_points)
+            key = node.key_column
+            return f"CAST(len(list_filter([{pts}], x -> x <= \"{key}\")) AS BIGINT)", col
+        if node.random_shuffle:
+            return f"CAST(floor(random() * {n}) AS BIGINT)", col
+        if node.shuffle_only:
+            if col in columns:
+                return f"CAST(\"{col}\" AS BIGINT)", col
+            return f"CAST(({col}) AS BIGINT)", node.dimension
+        cols = ", ".join(c if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c) else f'"{c}"' for c in node.hash_columns)
+        return f"CAST(hash({cols}) % {n} AS BIGINT)", col
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        from smallpond.execution.ops.structural import merge_datasets
+
+        node = self.node
+        n = node.npartitions
+        ds = merge_datasets(inputs)
+        conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0)
+        try:
+            views = create_input_views(self, conn, [ds])
+            src = views[0]
+            columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+            expr, col = self._key_expr(columns)
+            keep = [f'"{c}"' for c in columns if c != col]
+            select = ", ".join(keep + [f'{expr} AS "{col}"'])
+            query = f"SELECT {select} FROM {src}"
+            # a key computed from a shuffle expression is not part of the data; a hash key is kept
+            # (as upstream does) unless drop_partition_column is set
+            computed_key = node.shuffle_only and node.data_partition_column not in columns
+            write_col = "false" if node.drop_partition_column or computed_key else "true"
+            opts = parquet_options(node, self.parquet_kv_metadata())
+            prefix = self.output_filename
+            sql = (
+                f"COPY ({query}) TO '{output_dir}' ({opts}, PARTITION_BY (\"{col}\"), WRITE_PARTITION_COLUMNS {write_col}, "
+                f"FILENAME_PATTERN '{prefix}-{{i}}', OVERWRITE_OR_IGNORE true)"
+            )
+            self._current_sql = sql
+            run_sql(conn, sql)
+            parts: List[List[str]] = [[] for _ in range(n)]
+            for entry in sorted(os.listdir(output_dir)):
+                m = re.fullmatch(re.escape(col) + r"=(.*)", entry)
+                if not m:
+                    continue
+                try:
+                    k = int(m.group(1))
+                except ValueError:
+                    k = None
+                if k is None or not 0 <= k < n:
+                    raise UserCodeError(f"partition key {m.group(1)} is out of range 0-{n - 1}")
+                sub = os.path.join(output_dir, entry)
+                parts[k] = sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".parquet"))
+            if any(not p for p in parts):
+                schema = conn.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+                if write_col == "false":
+                    schema = schema.remove(schema.get_field_index(col))
+                self._write_placeholders(parts, output_dir, col, schema, prefix)
+            datasets = []
+            for p in parts:
+                d = ParquetDataSet(p, root_dir=None)
+                datasets.append(d)
+            return PartitionedDataSet(datasets)
+        finally:
+            conn.close()
+
+    def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
+        import pyarrow.parquet as pq
+
+        for k, p in enumerate(parts):
+            if p:
+                continue
+            sub = os.path.join(output_dir, f"{col}={k}")
+            os.makedirs(sub, exist_ok=True)
+            path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
+            md = dict(schema.metadata or {})
+            md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
+            pq.write_table(schema.with_metadata(md).empty_table(), path)
+            parts[k] = [path]
+
+
+def dataset_row_count(ds: DataSet) -> Optional[int]:
+    try:
+        return ds.num_rows
+    except Exception:
+        return None

@@ -1,0 +1,207 @@
+"""Tasks that only rearrange dataset descriptions (and sources that materialize literals).
+
+Apart from :class:`MaterializeSourceTask` and :class:`LoadPartitionedDataSetProducerTask`, these
+run inline in the scheduler: they read at most Parquet footers, never data.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import List
+
+from smallpond.errors import UserCodeError
+from smallpond.logical.dataset import (
+    ArrowTableDataSet,
+    DataSet,
+    PandasDataSet,
+    ParquetDataSet,
+    PartitionedDataSet,
+    SqlQueryDataSet,
+)
+from smallpond.execution.task import Task
+
+
+class DataSourceTask(Task):
+    """Pass a file dataset through, after checking that its paths exist."""
+
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        ds = copy.copy(self.node.dataset)
+        missing = ds.missing_paths()
+        if missing:
+            more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise UserCodeError(f"input path not found: {', '.join(missing[:3])}{more}")
+        ds._resolved_paths = None
+        _ = ds.resolved_paths
+        return ds
+
+
+class MaterializeSourceTask(Task):
+    """Write an in-memory table or a SQL query result to Parquet so later tasks read files."""
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        ds = self.node.dataset
+        if isinstance(ds, SqlQueryDataSet):
+            from smallpond.execution.ops.sql import open_connection, copy_to_parquet
+
+            conn = open_connection(self, runtime_ctx)
+            try:
+                query = f"SELECT * FROM {ds.sql_query_fragment(conn=conn)}"
+                copy_to_parquet(self, conn, query, output_dir, "data", per_thread_output=False)
+            finally:
+                conn.close()
+        else:
+            from smallpond.io.arrow import dump_to_parquet_files
+
+            table = ds.to_arrow_table()
+            dump_to_parquet_files(table, output_dir, "data", max_workers=max(1, self.cpu_limit))
+        out = ParquetDataSet(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)), root_dir=None)
+        return out
+
+    def error_context(self):
+        ds = self.node.dataset
+        return {"sql": ds.sql_query} if isinstance(ds, SqlQueryDataSet) else {}
+
+
+def is_literal_dataset(ds: DataSet) -> bool:
+    return isinstance(ds, (ArrowTableDataSet, PandasDataSet, SqlQueryDataSet))
+
+
+class MergeDataSetsTask(Task):
+    """Concatenate the inputs' datasets into one."""
+
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        return merge_datasets(inputs)
+
+
+def merge_datasets(inputs: List[DataSet]) -> DataSet:
+    if not inputs:
+        return ParquetDataSet([], root_dir=None)
+    if len(inputs) == 1:
+        return inputs[0]
+    nonempty = [d for d in inputs if not d.empty] or inputs[:1]
+    kinds = {type(d) for d in nonempty}
+    if len(kinds) > 1:
+        # an empty Parquet placeholder merged with another kind: keep the non-parquet kind
+        nonempty = [d for d in nonempty if not isinstance(d, ParquetDataSet)] or nonempty
+    merged = DataSet.merge(nonempty)
+    if merged.schema is None:
+        merged.schema = next((d.schema for d in inputs if d.schema is not None), None)
+    return merged
+
+
+class SplitDataSetTask(Task):
+    """Take the i-th of n file groups of the input."""
+
+    exec_on_scheduler = True
+    writes_output = False
+
+    def __init__(self, node, task_id, partition_infos, input_keys, index: int, count: int):
+        super().__init__(node, task_id, partition_infos, input_keys)
+        self.index = index
+        self.count = count
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        return merge_datasets(inputs).partition_by_files(self.count)[self.index]
+
+
+class ProjectionTask(Task):
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        node = self.node
+        ds = copy.copy(inputs[0])
+        if node.columns != ["*"] or ds.columns is not None:
+            ds.columns = list(node.columns)
+        if node.generated_columns:
+            if not isinstance(ds, ParquetDataSet):
+                raise UserCodeError(f"generated_columns {node.generated_columns} need Parquet input, got {type(ds).__name__}")
+            ds.generated_columns = list(node.generated_columns)
+        if node.union_by_name is not None:
+            ds._union_by_name = node.union_by_name
+        return ds
+
+
+class RootTask(Task):
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        return ParquetDataSet([], root_dir=None)
+
+
+class EvenlyDistributedPartitionProducerTask(Task):
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        node = self.node
+        ds = merge_datasets(inputs)
+        seed = self.rand_seed_uint32 if runtime_ctx is not None else 0
+        if node.partition_by_rows:
+            if not isinstance(ds, ParquetDataSet):
+                raise UserCodeError(f"partition_by_rows needs Parquet input, got {type(ds).__name__}")
+            parts = ds.partition_by_rows(node.npartitions, node.random_shuffle, seed=seed)
+        else:
+            parts = ds.partition_by_files(node.npartitions, node.random_shuffle, seed=seed)
+        for p in parts:
+            p.schema = ds.schema
+        return PartitionedDataSet(parts)
+
+
+class RepeatPartitionProducerTask(Task):
+    exec_on_scheduler = True
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        ds = merge_datasets(inputs)
+        return PartitionedDataSet([copy.copy(ds) for _ in range(self.node.npartitions)])
+
+
+class UserDefinedPartitionProducerTask(Task):
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        node = self.node
+        parts = node.partition(runtime_ctx, merge_datasets(inputs))
+        if not isinstance(parts, (list, tuple)) or len(parts) != node.npartitions:
+            got = len(parts) if isinstance(parts, (list, tuple)) else type(parts).__name__
+            raise UserCodeError(f"{type(node).__name__}.partition() must return {node.npartitions} datasets, got {got}")
+        return PartitionedDataSet(list(parts))
+
+
+class LoadPartitionedDataSetProducerTask(Task):
+    writes_output = False
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        node = self.node
+        ds = merge_datasets(inputs)
+        if not isinstance(ds, ParquetDataSet):
+            raise UserCodeError(f"LoadPartitionedDataSetNode needs Parquet input, got {type(ds).__name__}")
+        return PartitionedDataSet(ds.load_partitioned_datasets(node.npartitions, node.data_partition_column, node.hive_partitioning))
+
+
+class PartitionConsumerTask(Task):
+    """Partition ``index`` of every producer, merged."""
+
+    exec_on_scheduler = True
+    writes_output = False
+
+    def __init__(self, node, task_id, partition_infos, input_keys, index: int):
+        super().__init__(node, task_id, partition_infos, input_keys)
+        self.index = index
+
+    def run(self, runtime_ctx, inputs, output_dir):
+        parts = []
+        for ds in inputs:
+            if not isinstance(ds, PartitionedDataSet):
+                raise TypeError(f"{self.key}: expected partitioned input, got {type(ds).__name__}")
+            parts.append(ds[self.index])
+        return merge_datasets(parts)

@@ -1,0 +1,417 @@
+"""The planner: logical nodes → tasks, one plan function per node type.
+
+The walk is post-order and deterministic, so the same script builds the same task ids, and each
+task's fingerprint digests its node's parameters, its partition and its inputs' fingerprints.
+Partitioning mistakes (dimensions that do not match, ...) raise :class:`PlanError` here, before
+any task runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import types
+import warnings
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
+
+from smallpond.errors import PlanError
+from smallpond.logical.base import Node
+from smallpond.logical.graph import topological_order
+from smallpond.logical.node import (
+    ArrowBatchNode,
+    ArrowComputeNode,
+    ArrowStreamNode,
+    ConsolidateNode,
+    DataSinkNode,
+    DataSourceNode,
+    EvenlyDistributedPartitionNode,
+    HashPartitionNode,
+    LimitNode,
+    LoadPartitionedDataSetNode,
+    LogicalPlan,
+    PandasBatchNode,
+    PandasComputeNode,
+    PartitionNode,
+    ProjectionNode,
+    PythonScriptNode,
+    RangePartitionNode,
+    RepeatPartitionNode,
+    RootNode,
+    SqlEngineNode,
+    UnionNode,
+    UserDefinedPartitionNode,
+)
+from smallpond.execution.ops.arrow import (
+    ArrowBatchTask,
+    ArrowComputeTask,
+    ArrowStreamTask,
+    PandasBatchTask,
+    PandasComputeTask,
+    PythonScriptTask,
+)
+from smallpond.execution.ops.sink import DataSinkTask
+from smallpond.execution.ops.sql import HashPartitionTask, SqlEngineTask
+from smallpond.execution.ops.structural import (
+    DataSourceTask,
+    EvenlyDistributedPartitionProducerTask,
+    LoadPartitionedDataSetProducerTask,
+    MaterializeSourceTask,
+    MergeDataSetsTask,
+    PartitionConsumerTask,
+    ProjectionTask,
+    RepeatPartitionProducerTask,
+    RootTask,
+    SplitDataSetTask,
+    UserDefinedPartitionProducerTask,
+    is_literal_dataset,
+)
+from smallpond.execution.task import PartitionInfo, RuntimeContext, Task
+
+TOP = PartitionInfo()
+
+
+def stable_digest(obj: Any, h=None) -> str:
+    """A digest of ``obj`` that is the same in every run of the same script."""
+    top = h is None
+    h = h or hashlib.sha256()
+    if isinstance(obj, (str, int, float, bool, type(None), bytes)):
+        h.update(repr(obj).encode())
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for x in obj:
+            stable_digest(x, h)
+        h.update(b"]")
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            stable_digest(k, h)
+            stable_digest(obj[k], h)
+        h.update(b"}")
+    elif isinstance(obj, partial):
+        stable_digest((obj.func, obj.args, obj.keywords), h)
+    elif isinstance(obj, types.FunctionType):
+        code = obj.__code__
+        stable_digest((obj.__module__, obj.__qualname__, code.co_code, _consts(code)), h)
+        for cell in obj.__closure__ or ():
+            try:
+                stable_digest(cell.cell_contents, h)
+            except ValueError:
+                pass
+    elif isinstance(obj, types.MethodType):
+        stable_digest((obj.__func__, type(obj.__self__).__qualname__), h)
+    elif hasattr(obj, "fingerprint") and callable(obj.fingerprint):
+        h.update(obj.fingerprint().encode())
+    elif isinstance(obj, Node):
+        stable_digest((type(obj).__qualname__, obj.fingerprint_params()), h)
+    elif isinstance(obj, type):
+        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
+    elif hasattr(obj, "__dict__"):
+        stable_digest((type(obj).__qualname__, {k: v for k, v in vars(obj).items() if not k.startswith("_")}), h)
+    else:
+        h.update(repr(obj).encode())
+    return h.hexdigest() if top else ""
+
+
+def _consts(code) -> tuple:
+    out = []
+    for c in code.co_consts:
+        out.append(_consts(c) if isinstance(c, types.CodeType) else c if isinstance(c, (str, int, float, bool, type(None), bytes, tuple)) else repr(c))
+    return tuple(out)
+
+
+class ExecutionPlan:
+    """The tasks of a planned job and, once it ran, their outputs."""
+
+    def __init__(self, ctx: RuntimeContext, root_task: Task, logical_plan: Optional[LogicalPlan], tasks: Dict[str, Task], final_task: Optional[Task] = None) -> None:
+        self.ctx = ctx
+        self.root_task = root_task
+        self.logical_plan = logical_plan
+        self.tasks = tasks
+        self.final_task = final_task
+        self.results: Dict[str, Any] = {}
+        self.successful = False
+
+    @property
+    def final_output(self):
+        if self.final_task is None or self.final_task.key not in self.results:
+            return None
+        return self.results[self.final_task.key]
+
+    @property
+    def final_output_path(self) -> Optional[str]:
+        return self.final_task.node.output_path if self.final_task is not None else None
+
+    @property
+    def named_outputs(self) -> Dict[str, Any]:
+        names = sorted({t.output_name for t in self.tasks.values() if t.output_name})
+        return {n: self.get_output(n) for n in names}
+
+    def get_output(self, output_name: str):
+        """All outputs of the tasks with this ``output_name``, merged into one dataset."""
+        from smallpond.execution.ops.structural import merge_datasets
+
+        outs = [self.results[k] for k, t in sorted(self.tasks.items(), key=lambda kv: kv[1].id) if t.output_name == output_name and k in self.results and not isinstance(t, DataSinkTask)]
+        if not outs:
+            return None
+        return merge_datasets(outs)
+
+    @property
+    def leaves(self) -> List[Task]:
+        return [t for t in self.tasks.values() if not t.input_keys]
+
+    def __repr__(self) -> str:
+        return f"ExecutionPlan({len(self.tasks)} tasks)"
+
+
+class Planner:
+    """Turns nodes into tasks. Keeps its node→tasks memo, so a session can plan incrementally."""
+
+    def __init__(self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None) -> None:
+        self.rt = runtime_ctx
+        self.parallelism = parallelism or (runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count)
+        self.node_to_tasks: Dict[int, List[Task]] = {}
+        self.tasks: Dict[str, Task] = {}
+        self.next_task_id = 0
+        self._warned: set = set()
+        self._registry: List[Tuple[Type[Node], Callable]] = [
+            (DataSourceNode, self._plan_source),
+            (DataSinkNode, self._plan_sink),
+            (RootNode, self._plan_root),
+            (UnionNode, self._plan_union),
+            (ConsolidateNode, self._plan_consolidate),
+            (ProjectionNode, self._plan_projection),
+            (LimitNode, self._plan_limit),
+            (PartitionNode, self._plan_partition),
+            (PythonScriptNode, partial(self._plan_compute, PythonScriptTask)),
+            (PandasBatchNode, partial(self._plan_compute, PandasBatchTask)),
+            (ArrowBatchNode, partial(self._plan_compute, ArrowBatchTask)),
+            (ArrowStreamNode, partial(self._plan_compute, ArrowStreamTask)),
+            (PandasComputeNode, partial(self._plan_compute, PandasComputeTask)),
+            (ArrowComputeNode, partial(self._plan_compute, ArrowComputeTask)),
+            (SqlEngineNode, partial(self._plan_compute, SqlEngineTask)),
+        ]
+
+    # -- entry points ----------------------------------------------------------------------------
+    def plan(self, node: Node) -> List[Task]:
+        """The tasks producing ``node``'s partitions (planning its inputs first)."""
+        for n in topological_order([node], lambda x: x.input_deps):
+            if id(n) in self.node_to_tasks:
+                continue
+            n.partition_shape()  # raises PlanError for incompatible inputs
+            for klass, fn in self._registry:
+                if isinstance(n, klass):
+                    tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])
+                    break
+            else:
+                raise PlanError(f"no planner for node type {type(n).__name__} ({n!r} created at {n.location})")
+            self.node_to_tasks[id(n)] = tasks
+            n.generated_tasks = [t.key for t in tasks]
+        return self.node_to_tasks[id(node)]
+
+    def create_exec_plan(self, logical_plan: LogicalPlan, manifest_only_final_results: bool = True) -> ExecutionPlan:
+        """Plan a whole job: the root's results are published as ``FinalResults``."""
+        ctx = logical_plan.ctx
+        root = logical_plan.root_node
+        base = self.rt.final_output_path or self.rt.output_root
+        sinks: List[Node] = []
+        names: Dict[str, List[Node]] = {}
+        for n in logical_plan.nodes.values():
+            if n.output_name and not isinstance(n, DataSinkNode):
+                names.setdefault(n.output_name, []).append(n)
+        for name, nodes in sorted(names.items()):
+            if len(nodes) > 1:
+                warnings.warn(f"output_name {name!r} is used by {len(nodes)} nodes: {nodes}")
+            sinks.append(DataSinkNode(ctx, nodes, os.path.join(base, name), type="copy" if self.rt.final_output_path else "manifest"))
+        if isinstance(root, DataSinkNode):
+            final = root
+        else:
+            kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
+            final = DataSinkNode(ctx, [root], os.path.join(base, "FinalResults"), type=kind, is_final_node=True)
+        root_node = RootNode(ctx, [final] + sinks)
+        root_tasks = self.plan(root_node)
+        final_tasks = self.node_to_tasks[id(final)]
+        return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _new_task(self, klass: Type[Task], node: Node, infos: Sequence[PartitionInfo], inputs: Sequence[Task], *extra) -> Task:
+        self.next_task_id += 1
+        task = klass(node, self.next_task_id, list(infos), [t.key for t in inputs], *extra)
+        self._clamp_resources(task)
+        h = hashlib.sha256()
+        h.update(klass.__qualname__.encode())
+        h.update(self._node_digest(node).encode())
+        h.update(repr([(p.dimension, p.index, p.npartitions) for p in task.partition_infos]).encode())
+        h.update(repr(extra).encode())
+        for t in inputs:
+            h.update(t.fingerprint.encode())
+        task.fingerprint = h.hexdigest()
+        self.tasks[task.key] = task
+        return task
+
+    def _node_digest(self, node: Node) -> str:
+        cached = getattr(node, "_fp_digest", None)
+        if cached is None:
+            cached = stable_digest((type(node).__qualname__, node.fingerprint_params(), _own_methods(node)))
+            node._fp_digest = cached
+        return cached
+
+    def _slim(self, node: Node) -> Node:
+        slim = getattr(node, "_slim", None)
+        if slim is None:
+            slim = node.slim_copy()
+            slim.__dict__.pop("_slim", None)
+            node._slim = slim
+        return slim
+
+    def _clamp_resources(self, task: Task) -> None:
+        cpus = self.rt.usable_cpu_count
+        mem = self.rt.usable_memory_size
+        if task.cpu_limit > cpus:
+            self._warn_once(task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}")
+            task.cpu_limit = cpus
+        if task.memory_limit is not None and task.memory_limit > mem:
+            self._warn_once(task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped")
+            task.memory_limit = mem
+
+    def _warn_once(self, task: Task, msg: str) -> None:
+        if task.node_id not in self._warned:
+            self._warned.add(task.node_id)
+            from loguru import logger
+
+            logger.warning(msg)
+            warnings.warn(msg, stacklevel=2)
+
+    def _task(self, klass, node, infos, inputs, *extra) -> Task:
+        return self._new_task(klass, self._slim(node), infos, inputs, *extra)
+
+    # -- plan functions --------------------------------------------------------------------------
+    def _plan_source(self, node: DataSourceNode, inputs) -> List[Task]:
+        klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
+        return [self._task(klass, node, [TOP], [])]
+
+    def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
+        all_inputs = [t for ts in inputs for t in ts]
+        return [self._task(DataSinkTask, node, [TOP], all_inputs)]
+
+    def _plan_root(self, node: RootNode, inputs) -> List[Task]:
+        return [self._task(RootTask, node, [TOP], [t for ts in inputs for t in ts])]
+
+    def _plan_union(self, node: UnionNode, inputs) -> List[Task]:
+        return [t for ts in inputs for t in ts]
+
+    def _plan_consolidate(self, node: ConsolidateNode, inputs) -> List[Task]:
+        keep = set(node.dimensions)
+        groups: Dict[tuple, List[Task]] = {}
+        for t in inputs[0]:
+            key = tuple(p for p in t.partition_infos if p.dimension in keep)
+            groups.setdefault(key, []).append(t)
+        return [self._task(MergeDataSetsTask, node, [TOP, *key], ts) for key, ts in groups.items()]
+
+    def _plan_projection(self, node: ProjectionNode, inputs) -> List[Task]:
+        return [self._task(ProjectionTask, node, t.partition_infos, [t]) for t in inputs[0]]
+
+    def _plan_limit(self, node: LimitNode, inputs) -> List[Task]:
+        parts = inputs[0]
+        if len(parts) > 1:
+            parts = [self._task(SqlEngineTask, node, t.partition_infos, [t]) for t in parts]
+            merged = self._task(MergeDataSetsTask, node, [TOP], parts)
+        else:
+            merged = parts[0]
+        return [self._task(SqlEngineTask, node, [TOP], [merged])]
+
+    def _plan_compute(self, klass: Type[Task], node: Node, inputs: List[List[Task]]) -> List[Task]:
+        return [self._task(klass, node, infos, deps) for infos, deps in broadcast(node, inputs)]
+
+    def _plan_partition(self, node: PartitionNode, inputs: List[List[Task]]) -> List[Task]:
+        if isinstance(node, EvenlyDistributedPartitionNode):
+            producer_cls = EvenlyDistributedPartitionProducerTask
+        elif isinstance(node, RepeatPartitionNode):
+            producer_cls = RepeatPartitionProducerTask
+        elif isinstance(node, LoadPartitionedDataSetNode):
+            producer_cls = LoadPartitionedDataSetProducerTask
+        elif isinstance(node, UserDefinedPartitionNode):
+            producer_cls = UserDefinedPartitionProducerTask
+        elif isinstance(node, (HashPartitionNode, RangePartitionNode)):
+            if isinstance(node, RangePartitionNode) and not node.key_column:
+                raise PlanError(f"{node!r} created at {node.location}: RangePartitionNode needs key_column")
+            producer_cls = HashPartitionTask
+        else:
+            raise PlanError(f"no planner for partition node type {type(node).__name__}")
+        n = node.npartitions
+        if node.nested:
+            groups: Dict[tuple, List[Task]] = {}
+            for ts in inputs:
+                for t in ts:
+                    groups.setdefault(t.partition_infos, []).append(t)
+            if len(groups) * n > node.max_card_of_producers_x_consumers:
+                raise PlanError(f"{node!r}: {len(groups)} x {n} partitions is more than {node.max_card_of_producers_x_consumers}")
+            out = []
+            for infos, ts in groups.items():
+                src = ts[0] if len(ts) == 1 else self._task(MergeDataSetsTask, node, infos, ts)
+                producer = self._task(producer_cls, node, infos, [src])
+                for i in range(n):
+                    out.append(self._task(PartitionConsumerTask, node, [*infos, PartitionInfo(i, n, node.dimension)], [producer], i))
+            return out
+        all_inputs = [t for ts in inputs for t in ts]
+        nprod = max(1, min(node.max_num_producer_tasks, self.parallelism if producer_cls is HashPartitionTask else 1))
+        if nprod == 1:
+            srcs = [all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)]
+        elif len(all_inputs) >= nprod:
+            from smallpond.common import split_into_rows
+
+            srcs = [g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in split_into_rows(all_inputs, nprod)]
+        else:
+            merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
+            srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]
+        producers = [self._task(producer_cls, node, [TOP], [s]) for s in srcs]
+        return [self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)]
+
+
+def _own_methods(node: Node) -> list:
+    """User overrides of process/partition (subclass-defined code is part of the node's identity)."""
+    out = []
+    for name in ("process", "partition"):
+        fn = getattr(type(node), name, None)
+        if fn is not None and not type(node).__module__.startswith("smallpond."):
+            out.append(fn)
+    return out
+
+
+def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Task]]]:
+    """Match input partitions: the input with most dimensions leads; the others are looked up."""
+    if not inputs:
+        return [((TOP,), [])]
+
+    def dims(ts: List[Task]) -> tuple:
+        return tuple(sorted(p.dimension for p in ts[0].partition_infos if p.dimension != TOP.dimension)) if ts else ()
+
+    main = max(range(len(inputs)), key=lambda i: (len(dims(inputs[i])), len(inputs[i])))
+    lookups = []
+    for i, ts in enumerate(inputs):
+        if i == main:
+            lookups.append(None)
+            continue
+        d = set(dims(ts))
+        table = {}
+        for t in ts:
+            table.setdefault(frozenset(p for p in t.partition_infos if p.dimension in d), t)
+        lookups.append((d, table))
+    out = []
+    for mt in inputs[main]:
+        deps = []
+        for i, ts in enumerate(inputs):
+            if i == main:
+                deps.append(mt)
+                continue
+            d, table = lookups[i]
+            key = frozenset(p for p in mt.partition_infos if p.dimension in d)
+            match = table.get(key)
+            if match is None:
+                raise PlanError(
+                    f"{node!r} created at {node.location}: partition dimensions or npartitions of input {i} "
+                    f"({sorted(d)}) are not compatible with the main input's partition {list(mt.partition_infos)}"
+                )
+            deps.append(match)
+        out.append((mt.partition_infos, deps))
+    return out

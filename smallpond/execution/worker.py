@@ -1,0 +1,92 @@
+"""The worker process loop of the local executor.
+
+A worker receives ``(task, inputs, attempt)`` messages on a pipe, runs the attempt
+(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It imports the
+heavy libraries once at start, so each task starts in microseconds.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import time
+
+
+def _preload() -> None:
+    import duckdb  # noqa: F401
+    import pyarrow  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from smallpond.execution import attempt, planner  # noqa: F401
+
+
+def worker_main(conn, rt_path: str, index: int) -> None:
+    import cloudpickle
+    from loguru import logger
+
+    from smallpond.execution.attempt import execute_attempt
+    from smallpond.execution.executors.base import Completion
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    rt = _load_runtime_ctx(rt_path)
+    logger.remove()
+    logger.add(sys.stderr, level="WARNING")
+    try:
+        import setproctitle  # type: ignore
+
+        setproctitle.setproctitle(f"smallpond-worker-{index}")
+    except ImportError:
+        pass
+    for k, v in rt.env_overrides.items():
+        os.environ[k] = v
+    while True:
+        try:
+            msg = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if msg == b"stop":
+            return
+        task, inputs, attempt = pickle.loads(msg)
+        start = time.time()
+        try:
+            ds = execute_attempt(rt, task, inputs, attempt)
+            result = Completion(task.key, attempt, True, ds, None, time.time() - start)
+        except Exception as e:  # execute_attempt raises TaskError from the original
+            err = e.__cause__ if not hasattr(e, "retryable") and e.__cause__ is not None else e
+            result = Completion(task.key, attempt, False, None, err, time.time() - start)
+        try:
+            payload = cloudpickle.dumps(result)
+        except Exception as e:
+            from smallpond.errors import TaskError
+
+            payload = cloudpickle.dumps(
+                Completion(task.key, attempt, False, None, TaskError(f"cannot send the result back: {e}", task_key=task.key, node=task.node_label, location=task.location, retryable=False))
+            )
+        try:
+            conn.send_bytes(payload)
+        except (BrokenPipeError, OSError):
+            return
+
+
+def _load_runtime_ctx(path: str):
+    """Load the runtime context, verifying it with the job secret stored beside it."""
+    from smallpond.io.filesystem import load
+
+    with open(os.path.join(os.path.dirname(path), "secret"), "rb") as f:
+        secret = f.read()
+    return load(path, secret=secret)
+
+
+def main(argv=None) -> None:
+    from multiprocessing.connection import Connection
+
+    argv = sys.argv[1:] if argv is None else argv
+    fd, rt_path, index = int(argv[0]), argv[1], int(argv[2])
+    _preload()
+    worker_main(Connection(fd), rt_path, index)
+
+
+if __name__ == "__main__":
+    main()

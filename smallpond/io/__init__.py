@@ -1,0 +1,1 @@
+"""I/O helpers: atomic filesystem operations and Parquet/Arrow reading and writing."""

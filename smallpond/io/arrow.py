@@ -1,0 +1,306 @@
+"""Parquet and Arrow helpers: row ranges, batch readers with exact batch sizes, writers.
+
+Every reader here accepts either plain paths or :class:`RowRange` objects, so a partition that
+covers part of a file is read without touching the rest.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
+
+
+@dataclass
+class RowRange:
+    """Rows ``[begin, end)`` of one Parquet file."""
+
+    path: str
+    data_size: int
+    file_num_rows: int
+    begin: int
+    end: int
+
+    @property
+    def num_rows(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def estimated_data_size(self) -> int:
+        return self.data_size * self.num_rows // self.file_num_rows if self.file_num_rows > 0 else 0
+
+    @property
+    def whole_file(self) -> bool:
+        return self.begin == 0 and self.end == self.file_num_rows
+
+    def take(self, n: int) -> "RowRange":
+        """Split off the first ``n`` rows (mutates self to the remainder)."""
+        n = min(n, self.num_rows)
+        head = RowRange(self.path, self.data_size, self.file_num_rows, self.begin, self.begin + n)
+        self.begin += n
+        return head
+
+    @staticmethod
+    def partition_by_rows(row_ranges: Sequence["RowRange"], npartition: int) -> List[List["RowRange"]]:
+        """Split ranges into ``npartition`` groups of near-equal row counts, earlier groups larger."""
+        pending = [copy.copy(r) for r in row_ranges if r.num_rows > 0]
+        total = sum(r.num_rows for r in pending)
+        out: List[List[RowRange]] = []
+        idx = 0
+        for p in range(npartition):
+            want = math.ceil(total / (npartition - p)) if npartition - p > 0 else 0
+            total -= want
+            group: List[RowRange] = []
+            while want > 0 and idx < len(pending):
+                r = pending[idx]
+                piece = r.take(want)
+                want -= piece.num_rows
+                group.append(piece)
+                if r.num_rows == 0:
+                    idx += 1
+            out.append(group)
+        return out
+
+
+def read_row_ranges(paths: Sequence[str], max_workers: int = 16) -> List[RowRange]:
+    """Read Parquet footers (in threads) and return one whole-file RowRange per path."""
+
+    def one(path: str) -> RowRange:
+        md = pq.read_metadata(path)
+        size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+        return RowRange(path, size, md.num_rows, 0, md.num_rows)
+
+    if len(paths) <= 1:
+        return [one(p) for p in paths]
+    with ThreadPoolExecutor(min(max_workers, len(paths))) as pool:
+        return list(pool.map(one, paths))
+
+
+def convert_type_to_large(t: pa.DataType) -> pa.DataType:
+    if pa.types.is_string(t):
+        return pa.large_string()
+    if pa.types.is_binary(t):
+        return pa.large_binary()
+    if pa.types.is_list(t):
+        return pa.large_list(convert_type_to_large(t.value_type))
+    if pa.types.is_large_list(t):
+        return pa.large_list(convert_type_to_large(t.value_type))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(convert_type_to_large(f.type)) for f in t])
+    if pa.types.is_map(t):
+        return pa.map_(convert_type_to_large(t.key_type), convert_type_to_large(t.item_type))
+    return t
+
+
+def convert_types_to_large_string(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_type(convert_type_to_large(f.type)) for f in schema], metadata=schema.metadata)
+
+
+def cast_columns_to_large_string(table: pa.Table) -> pa.Table:
+    schema = convert_types_to_large_string(table.schema)
+    return table if schema == table.schema else table.cast(schema)
+
+
+def filter_schema(schema: pa.Schema, included_cols=None, excluded_cols=None) -> pa.Schema:
+    fields = [f for f in schema if (included_cols is None or f.name in included_cols)]
+    if excluded_cols:
+        fields = [f for f in fields if f.name not in excluded_cols]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+PathOrRange = Union[str, RowRange]
+
+
+def _as_range(p: PathOrRange) -> RowRange:
+    if isinstance(p, RowRange):
+        return p
+    md = pq.read_metadata(p)
+    return RowRange(p, 0, md.num_rows, 0, md.num_rows)
+
+
+def _iter_range_batches(r: RowRange, columns: Optional[List[str]], batch_size: int) -> Iterator[pa.RecordBatch]:
+    f = pq.ParquetFile(r.path)
+    pos = 0
+    for batch in f.iter_batches(batch_size=batch_size, columns=columns, use_threads=True):
+        bstart, bend = pos, pos + batch.num_rows
+        pos = bend
+        if bend <= r.begin:
+            continue
+        if bstart >= r.end:
+            break
+        lo = max(r.begin, bstart) - bstart
+        hi = min(r.end, bend) - bstart
+        yield batch.slice(lo, hi - lo)
+
+
+def _file_schema(path: str, columns: Optional[List[str]]) -> pa.Schema:
+    schema = pq.read_schema(path)
+    if columns is not None:
+        missing = [c for c in columns if c not in schema.names]
+        if missing:
+            raise KeyError(f"columns {missing} not found in {path!r}; it has {schema.names}")
+        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    return schema
+
+
+def build_batch_reader_from_files(
+    paths_or_ranges: Sequence[PathOrRange],
+    *,
+    columns: Optional[List[str]] = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_batch_byte_size: Optional[int] = None,
+    schema: Optional[pa.Schema] = None,
+) -> pa.RecordBatchReader:
+    """A reader that yields batches of exactly ``batch_size`` rows across file boundaries.
+
+    Only the last batch may be smaller. Strings are read as large types so files written with
+    ``string`` and ``large_string`` mix freely. An empty input list needs ``schema``.
+    """
+    ranges = [_as_range(p) for p in paths_or_ranges]
+    if not ranges and schema is None:
+        raise ValueError("cannot build a batch reader over zero files without a schema")
+    out_schema = schema or _file_schema(ranges[0].path, columns)
+    if max_batch_byte_size and ranges:
+        total_rows = sum(r.num_rows for r in ranges) or 1
+        total_bytes = sum(r.estimated_data_size for r in ranges)
+        if total_bytes:
+            batch_size = max(1, min(batch_size, max_batch_byte_size * total_rows // total_bytes))
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        pending: List[pa.RecordBatch] = []
+        npending = 0
+        for r in ranges:
+            for b in _iter_range_batches(r, columns, batch_size):
+                if b.schema != out_schema:
+                    b = pa.RecordBatch.from_arrays(
+                        [b.column(out_schema.field(i).name).cast(out_schema.field(i).type) for i in range(len(out_schema))],
+                        schema=out_schema,
+                    )
+                pending.append(b)
+                npending += b.num_rows
+                while npending >= batch_size:
+                    t = pa.Table.from_batches(pending, schema=out_schema)
+                    head, rest = t.slice(0, batch_size), t.slice(batch_size)
+                    yield from head.combine_chunks().to_batches(max_chunksize=batch_size)
+                    pending = rest.to_batches()
+                    npending = rest.num_rows
+        if npending:
+            yield from pa.Table.from_batches(pending, schema=out_schema).combine_chunks().to_batches()
+
+    return pa.RecordBatchReader.from_batches(out_schema, gen())
+
+
+def load_from_parquet_files(
+    paths_or_ranges: Sequence[PathOrRange],
+    columns: Optional[List[str]] = None,
+    max_workers: int = 16,
+    schema: Optional[pa.Schema] = None,
+) -> pa.Table:
+    """Load files (or row ranges) into one table, in order, with large string types."""
+
+    def one(p: PathOrRange) -> pa.Table:
+        if isinstance(p, RowRange) and not p.whole_file:
+            return pa.Table.from_batches(list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=_file_schema(p.path, columns))
+        path = p.path if isinstance(p, RowRange) else p
+        return pq.read_table(path, columns=columns)
+
+    items = list(paths_or_ranges)
+    if not items:
+        if schema is None:
+            raise ValueError("cannot load zero files without a schema")
+        return schema.empty_table()
+    if len(items) == 1:
+        tables = [one(items[0])]
+    else:
+        with ThreadPoolExecutor(min(max_workers, len(items))) as pool:
+            tables = list(pool.map(one, items))
+    if any(not t.schema.equals(tables[0].schema) for t in tables):
+        tables = [cast_columns_to_large_string(t) for t in tables]
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def parquet_write_table(table: pa.Table, where: str, **kwargs) -> None:
+    pq.write_table(table, where, **kwargs)
+
+
+def dump_to_parquet_files(
+    table: pa.Table,
+    output_dir: str,
+    filename: str = "data",
+    compression: Optional[str] = "ZSTD",
+    compression_level: Optional[int] = 3,
+    row_group_size: int = DEFAULT_ROW_GROUP_SIZE,
+    row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
+    use_dictionary: Union[bool, List[str]] = False,
+    max_workers: int = 16,
+    metadata: Optional[Dict[str, str]] = None,
+) -> List[str]:
+    """Write ``table`` as ``{filename}-{i:05d}.parquet`` files (zero-padded so names sort)."""
+    os.makedirs(output_dir, exist_ok=True)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    avg_row = table.nbytes / table.num_rows if table.num_rows else 1
+    rg_size = max(1, min(row_group_size, int(row_group_bytes // max(avg_row, 1))))
+    nfiles = max(1, math.ceil(table.nbytes / (8 * GB)))
+    if table.num_rows > rg_size * 4:
+        nfiles = max(nfiles, min(max_workers, table.num_rows // rg_size))
+    nfiles = min(nfiles, max(1, table.num_rows))
+    kw = dict(
+        compression=compression or "NONE",
+        row_group_size=rg_size,
+        use_dictionary=use_dictionary,
+    )
+    if compression and compression_level is not None and compression.upper() in ("ZSTD", "GZIP", "BROTLI"):
+        kw["compression_level"] = compression_level
+    paths = []
+    bounds = [(i * table.num_rows // nfiles, (i + 1) * table.num_rows // nfiles) for i in range(nfiles)]
+
+    def write(i: int) -> str:
+        lo, hi = bounds[i]
+        path = os.path.join(output_dir, f"{filename}-{i:05d}.parquet")
+        pq.write_table(table.slice(lo, hi - lo), path, **kw)
+        return path
+
+    if nfiles == 1:
+        paths = [write(0)]
+    else:
+        with ThreadPoolExecutor(min(max_workers, nfiles)) as pool:
+            paths = list(pool.map(write, range(nfiles)))
+    return paths
+
+
+def iter_tables(reader: pa.RecordBatchReader) -> Iterable[pa.Table]:
+    for batch in reader:
+        yield pa.Table.from_batches([batch])
+
+
+def rebatch(reader: pa.RecordBatchReader, batch_size: int) -> pa.RecordBatchReader:
+    """Re-chunk a reader so every batch has exactly ``batch_size`` rows except the last."""
+    schema = reader.schema
+
+    def gen():
+        pending, n = [], 0
+        for b in reader:
+            if b.num_rows == 0:
+                continue
+            pending.append(b)
+            n += b.num_rows
+            while n >= batch_size:
+                t = pa.Table.from_batches(pending, schema=schema)
+                yield from t.slice(0, batch_size).combine_chunks().to_batches(max_chunksize=batch_size)
+                rest = t.slice(batch_size)
+                pending, n = rest.to_batches(), rest.num_rows
+        if n:
+            yield from pa.Table.from_batches(pending, schema=schema).combine_chunks().to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, gen())

@@ -1,0 +1,224 @@
+"""The node base class, the logical Context, partition shapes and call-site capture.
+
+A node is a pure description of a step: its inputs, its parameters and its resource hints. Nodes
+do no I/O and import nothing from ``smallpond.execution``; the planner turns them into tasks.
+
+Every node records ``location``, the ``file:line`` of the user code that created it, so a failure
+at run time points back at the script.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from smallpond.errors import ParameterError
+from smallpond.logical.udf import (
+    DuckDbExtensionContext,
+    ExternalModuleContext,
+    PythonUDFContext,
+    UDFContext,
+)
+
+TOPLEVEL_DIMENSION = "@toplevel@"
+_NAME_RE = re.compile(r"[a-zA-Z0-9_]+")
+_DIM_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class NodeId(int):
+    def __str__(self) -> str:
+        return f"{int(self):06d}"
+
+
+class Context:
+    """Holds the node id counter and the UDFs registered for a plan.
+
+    Node ids are handed out in creation order, so running the same script twice builds the same
+    ids; task ids and checkpoints depend on that.
+    """
+
+    def __init__(self) -> None:
+        self.next_node_id = 0
+        self.udfs: Dict[str, UDFContext] = {}
+
+    def _new_node_id(self) -> NodeId:
+        self.next_node_id += 1
+        return NodeId(self.next_node_id)
+
+    def create_function(self, name: str, func: Callable, params, return_type, use_arrow_type: bool = False) -> str:
+        """Register a Python function as a DuckDB UDF usable by name in ``udfs=[name]``."""
+        self.udfs[name] = PythonUDFContext(name, func, params, return_type, use_arrow_type)
+        return name
+
+    def create_external_module(self, module_path: str, name: Optional[str] = None) -> str:
+        """Register a Python module that defines ``create_duckdb_udfs(conn)``."""
+        name = name or os.path.splitext(os.path.basename(module_path))[0]
+        self.udfs[name] = ExternalModuleContext(name, module_path)
+        return name
+
+    def create_duckdb_extension(self, extension_path: str, name: Optional[str] = None) -> str:
+        """Register a DuckDB extension file to load in every connection that asks for it."""
+        name = name or os.path.basename(extension_path)
+        self.udfs[name] = DuckDbExtensionContext(name, extension_path)
+        return name
+
+
+def user_call_site() -> str:
+    """``file:line`` of the innermost frame outside the smallpond package."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            fname = os.path.abspath(frame.f_code.co_filename)
+            if not fname.startswith(_PKG_DIR + os.sep) and "importlib" not in fname:
+                return f"{frame.f_code.co_filename}:{frame.f_lineno}"
+            frame = frame.f_back
+        return "<unknown>"
+    finally:
+        del frame
+
+
+# A partition shape is the list of (dimension, npartitions) below the top level, outermost first.
+Shape = Tuple[Tuple[str, int], ...]
+
+
+def shape_size(shape: Shape) -> int:
+    n = 1
+    for _, k in shape:
+        n *= k
+    return n
+
+
+class Node:
+    """Base class of every logical node.
+
+    Args:
+        ctx: the :class:`Context` the node belongs to.
+        input_deps: the nodes this one reads.
+        output_name: name of a persistent output (``[a-zA-Z0-9_]+``), kept under ``output/``.
+        output_path: absolute directory to write this node's output to.
+        cpu_limit: CPU cores per task (DuckDB ``threads``).
+        gpu_limit: GPUs per task.
+        memory_limit: bytes of memory per task (DuckDB ``memory_limit``); None lets the
+            scheduler give each task its share of the machine.
+    """
+
+    enable_resource_boost = False
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence["Node"],
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        gpu_limit: float = 0,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        self.location = user_call_site()
+        if not isinstance(ctx, Context):
+            raise ParameterError(self._msg(f"ctx must be a smallpond Context, got {type(ctx).__name__}"))
+        if isinstance(input_deps, Node):
+            input_deps = (input_deps,)
+        try:
+            input_deps = tuple(input_deps)
+        except TypeError:
+            raise ParameterError(self._msg(f"input_deps must be a sequence of nodes, got {input_deps!r}")) from None
+        for dep in input_deps:
+            if not isinstance(dep, Node):
+                raise ParameterError(self._msg(f"input_deps must contain nodes, got {dep!r}"))
+        if output_name is not None and (not isinstance(output_name, str) or not _NAME_RE.fullmatch(output_name)):
+            raise ParameterError(self._msg(f"output_name must match [a-zA-Z0-9_]+, got {output_name!r}"))
+        if output_path is not None and (not isinstance(output_path, str) or not os.path.isabs(output_path)):
+            raise ParameterError(self._msg(f"output_path must be an absolute path, got {output_path!r}"))
+        if not isinstance(cpu_limit, (int, float)) or cpu_limit <= 0:
+            raise ParameterError(self._msg(f"cpu_limit must be a positive number, got {cpu_limit!r}"))
+        if not isinstance(gpu_limit, (int, float)) or gpu_limit < 0:
+            raise ParameterError(self._msg(f"gpu_limit must be a non-negative number, got {gpu_limit!r}"))
+        if memory_limit is not None and (not isinstance(memory_limit, (int, float)) or memory_limit <= 0):
+            raise ParameterError(self._msg(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}"))
+        self.ctx = ctx
+        self.id = ctx._new_node_id()
+        self.input_deps: Tuple[Node, ...] = input_deps
+        self.output_name = output_name
+        self.output_path = output_path
+        self.cpu_limit = max(int(cpu_limit) if cpu_limit >= 1 else 1, int(gpu_limit * 8))
+        self.gpu_limit = gpu_limit
+        self.memory_limit = int(memory_limit) if memory_limit is not None else None
+        self.generated_tasks: List[str] = []
+        self.perf_stats: Dict[str, Any] = {}
+        self.perf_metrics: Dict[str, List[float]] = {}
+
+    # -- identity -------------------------------------------------------------------------------
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}-{self.id}"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    @property
+    def label(self) -> str:
+        return f"{self!r}" + (f" '{self.output_name}'" if self.output_name else "")
+
+    def _msg(self, text: str) -> str:
+        return f"{type(self).__name__} created at {self.location}: {text}"
+
+    def fingerprint_params(self) -> Dict[str, Any]:
+        """The parameters that determine this node's output (used for checkpoint fingerprints)."""
+        skip = {"ctx", "id", "input_deps", "location", "generated_tasks", "perf_stats", "perf_metrics"}
+        return {k: v for k, v in sorted(self.__dict__.items()) if k not in skip and not k.startswith("_")}
+
+    # -- partitions -----------------------------------------------------------------------------
+    def partition_shape(self) -> Shape:
+        """The partition dimensions of this node's output, outermost first."""
+        return self._main_input_shape()
+
+    def _main_input_shape(self) -> Shape:
+        if not self.input_deps:
+            return ()
+        shapes = [d.partition_shape() for d in self.input_deps]
+        main = max(shapes, key=lambda s: (len(s), shape_size(s)))
+        for dep, s in zip(self.input_deps, shapes):
+            if not _is_broadcastable(s, main):
+                from smallpond.errors import PlanError
+
+                raise PlanError(
+                    self._msg(
+                        f"inputs have incompatible partitionings: {dep!r} is partitioned as {_fmt_shape(s)} "
+                        f"but {self!r}'s main input is partitioned as {_fmt_shape(main)}; partition dimensions "
+                        "and npartitions must match (or an input must have a single partition)"
+                    )
+                )
+        return main
+
+    @property
+    def num_partitions(self) -> int:
+        return shape_size(self.partition_shape())
+
+    def slim_copy(self) -> "Node":
+        """A shallow copy without input dependencies, as shipped to workers."""
+        import copy
+
+        c = copy.copy(self)
+        c.input_deps = ()
+        c.generated_tasks = []
+        c.ctx = None
+        return c
+
+
+def _is_broadcastable(shape: Shape, main: Shape) -> bool:
+    main_dims = dict(main)
+    return all(dim in main_dims and main_dims[dim] == n for dim, n in shape)
+
+
+def _fmt_shape(shape: Shape) -> str:
+    if not shape:
+        return "a single partition"
+    return " x ".join(f"{dim}[{n}]" for dim, n in shape)
+
+
+def validate_dimension(owner: Node, dimension: str) -> None:
+    if not isinstance(dimension, str) or not _DIM_RE.fullmatch(dimension):
+        raise ParameterError(owner._msg(f"dimension must be an identifier ([a-zA-Z_][a-zA-Z0-9_]*), got {dimension!r}"))

@@ -1,0 +1,273 @@
+"""Compute nodes: SQL (DuckDB) and Python/Arrow/pandas user code, one task per partition.
+
+Inputs are matched partition by partition with the broadcast rule: the input with the most
+partition dimensions is the main one, and every other input must be partitioned on a subset of
+its dimensions with the same counts (a single-partition input goes to every task).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Iterable, List, Optional, Sequence, Union
+
+from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_SIZE
+from smallpond.errors import ParameterError
+from smallpond.logical.base import Context, Node
+
+
+def _check_parquet_options(node: Node, row_group_size, compression, compression_level) -> None:
+    if row_group_size is not None and (not isinstance(row_group_size, int) or row_group_size <= 0):
+        raise ParameterError(node._msg(f"parquet_row_group_size must be a positive integer, got {row_group_size!r}"))
+    valid = (None, "ZSTD", "SNAPPY", "GZIP", "LZ4", "BROTLI", "UNCOMPRESSED", "NONE", "LZ4_RAW")
+    if compression is not None and str(compression).upper() not in valid:
+        raise ParameterError(node._msg(f"parquet_compression must be one of {list(valid)}, got {compression!r}"))
+
+
+class SqlEngineNode(Node):
+    """Run DuckDB SQL once per partition of the inputs.
+
+    ``{0}``, ``{1}``, ... in the query name the inputs' partitions. Other placeholders:
+    ``{rand_seed}``, ``{batch_index}``, ``{query_index}``, ``{cpu_limit}``, ``{memory_limit}``,
+    ``{output_filename}`` and each partition dimension (e.g. ``{__data_partition__}``). Literal
+    braces are written ``{{ }}``. With several queries, all run on one connection and only the
+    last one's result is the output.
+
+    Example::
+
+        SqlEngineNode(ctx, (source,), "select host, count(*) from {0} group by host")
+    """
+
+    max_udf_cpu_limit = 3
+    default_cpu_limit = 1
+    default_memory_limit = None
+    default_row_group_size = DEFAULT_ROW_GROUP_SIZE
+    enable_resource_boost = True
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        sql_query: Union[str, Iterable[str]],
+        *,
+        udfs: Optional[List] = None,
+        per_thread_output: bool = True,
+        materialize_output: bool = True,
+        materialize_in_memory: bool = False,
+        relax_memory_if_oom: Optional[bool] = None,
+        batched_processing: bool = False,
+        extension_paths: Optional[List[str]] = None,
+        udf_module_paths: Optional[List[str]] = None,
+        enable_temp_directory: bool = False,
+        parquet_row_group_size: Optional[int] = None,
+        parquet_dictionary_encoding: Union[bool, List[str]] = False,
+        parquet_compression: Optional[str] = "ZSTD",
+        parquet_compression_level: Optional[int] = 3,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: Optional[int] = None,
+        memory_limit: Optional[int] = None,
+        cpu_overcommit_ratio: float = 1.0,
+        memory_overcommit_ratio: float = 0.9,
+        gpu_limit: float = 0,
+    ) -> None:
+        cpu_limit = cpu_limit if cpu_limit is not None else self.default_cpu_limit
+        memory_limit = memory_limit if memory_limit is not None else self.default_memory_limit
+        super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, gpu_limit, memory_limit)
+        queries = [sql_query] if isinstance(sql_query, str) else list(sql_query) if sql_query is not None else []
+        if not queries or not all(isinstance(q, str) and q.strip() for q in queries):
+            raise ParameterError(self._msg(f"sql_query must be a non-empty SQL string or list of strings, got {sql_query!r}"))
+        for q in queries:
+            _check_format(self, q)
+        if relax_memory_if_oom is not None:
+            warnings.warn("relax_memory_if_oom is deprecated: memory is always relaxed on OOM", DeprecationWarning, stacklevel=2)
+        _check_parquet_options(self, parquet_row_group_size, parquet_compression, parquet_compression_level)
+        self.sql_queries: List[str] = queries
+        self.udfs = list(udfs or [])
+        if self.udfs and self.cpu_limit > self.max_udf_cpu_limit:
+            warnings.warn(f"{self!r}: cpu_limit {self.cpu_limit} lowered to {self.max_udf_cpu_limit} for Python UDFs", stacklevel=2)
+            self.cpu_limit = self.max_udf_cpu_limit
+        for spec in self.udfs:
+            from smallpond.logical.udf import udf_context_from_spec
+
+            udf_context_from_spec(spec, ctx.udfs)  # validate now, at build time
+        self.per_thread_output = per_thread_output
+        self.materialize_output = materialize_output
+        self.materialize_in_memory = materialize_in_memory
+        self.batched_processing = batched_processing and len(self.input_deps) == 1
+        self.extension_paths = list(extension_paths or [])
+        self.udf_module_paths = list(udf_module_paths or [])
+        self.enable_temp_directory = enable_temp_directory
+        self.parquet_row_group_size = parquet_row_group_size or self.default_row_group_size
+        self.parquet_dictionary_encoding = parquet_dictionary_encoding
+        self.parquet_compression = parquet_compression
+        self.parquet_compression_level = parquet_compression_level
+        self.cpu_overcommit_ratio = cpu_overcommit_ratio
+        self.memory_overcommit_ratio = memory_overcommit_ratio
+        self.udf_contexts = {}
+        for spec in self.udfs:
+            from smallpond.logical.udf import udf_context_from_spec
+
+            c = udf_context_from_spec(spec, ctx.udfs)
+            self.udf_contexts[getattr(c, "name", str(spec))] = c
+        for p in self.extension_paths:
+            from smallpond.logical.udf import DuckDbExtensionContext
+
+            self.udf_contexts[p] = DuckDbExtensionContext(p, p)
+        for p in self.udf_module_paths:
+            from smallpond.logical.udf import ExternalModuleContext
+
+            self.udf_contexts[p] = ExternalModuleContext(p, p)
+
+    @property
+    def oneline_query(self) -> str:
+        return "; ".join(" ".join(q.split()) for q in self.sql_queries)
+
+    def fingerprint_params(self):
+        p = super().fingerprint_params()
+        p.pop("udf_contexts", None)
+        return p
+
+
+def _check_format(node: Node, query: str) -> None:
+    import string
+
+    try:
+        list(string.Formatter().parse(query))
+    except ValueError as e:
+        raise ParameterError(
+            node._msg(f"cannot parse placeholders in SQL ({e}); write literal braces as '{{{{' and '}}}}': {query}")
+        ) from None
+
+
+class PythonScriptNode(Node):
+    """Run ``process_func(runtime_ctx, input_datasets, output_path) -> bool`` once per partition.
+
+    The function writes any files it likes into ``output_path``; they become the output. Returning
+    False fails the task. Alternatively subclass and override :meth:`process`.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        *,
+        process_func: Optional[Callable] = None,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        gpu_limit: float = 0,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, gpu_limit, memory_limit)
+        if process_func is not None and not callable(process_func):
+            raise ParameterError(self._msg(f"process_func must be callable, got {process_func!r}"))
+        self.process_func = process_func
+
+    def process(self, runtime_ctx, input_datasets, output_path: str) -> bool:
+        if self.process_func is None:
+            raise NotImplementedError(f"{type(self).__name__} needs process_func or an overridden process()")
+        return self.process_func(runtime_ctx, input_datasets, output_path)
+
+
+class ArrowComputeNode(Node):
+    """Run ``process_func(runtime_ctx, tables: List[pa.Table]) -> pa.Table`` once per partition.
+
+    Each input partition is loaded whole. Returning None writes nothing.
+    """
+
+    default_row_group_size = DEFAULT_ROW_GROUP_SIZE
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        *,
+        process_func: Optional[Callable] = None,
+        parquet_row_group_size: Optional[int] = None,
+        parquet_dictionary_encoding: bool = False,
+        parquet_compression: Optional[str] = "ZSTD",
+        parquet_compression_level: Optional[int] = 3,
+        use_duckdb_reader: bool = False,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        gpu_limit: float = 0,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, gpu_limit, memory_limit)
+        if process_func is not None and not callable(process_func):
+            raise ParameterError(self._msg(f"process_func must be callable, got {process_func!r}"))
+        _check_parquet_options(self, parquet_row_group_size, parquet_compression, parquet_compression_level)
+        self.process_func = process_func
+        self.parquet_row_group_size = parquet_row_group_size
+        self.parquet_dictionary_encoding = parquet_dictionary_encoding
+        self.parquet_compression = parquet_compression
+        self.parquet_compression_level = parquet_compression_level
+        self.use_duckdb_reader = use_duckdb_reader
+
+    def process(self, runtime_ctx, input_tables):
+        if self.process_func is None:
+            raise NotImplementedError(f"{type(self).__name__} needs process_func or an overridden process()")
+        return self.process_func(runtime_ctx, input_tables)
+
+
+class ArrowStreamNode(ArrowComputeNode):
+    """Run ``process_func(runtime_ctx, readers: List[pa.RecordBatchReader])`` yielding tables.
+
+    Yield ``pa.Table`` or :class:`StreamOutput`; output is written as it is produced.
+    """
+
+    default_batch_size = DEFAULT_BATCH_SIZE
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        *,
+        process_func: Optional[Callable] = None,
+        background_io_thread: bool = True,
+        streaming_batch_size: Optional[int] = None,
+        secs_checkpoint_interval: Optional[int] = None,
+        parquet_row_group_size: Optional[int] = None,
+        parquet_dictionary_encoding: bool = False,
+        parquet_compression: Optional[str] = "ZSTD",
+        parquet_compression_level: Optional[int] = 3,
+        use_duckdb_reader: bool = False,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        gpu_limit: float = 0,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(
+            ctx,
+            input_deps,
+            process_func=process_func,
+            parquet_row_group_size=parquet_row_group_size,
+            parquet_dictionary_encoding=parquet_dictionary_encoding,
+            parquet_compression=parquet_compression,
+            parquet_compression_level=parquet_compression_level,
+            use_duckdb_reader=use_duckdb_reader,
+            output_name=output_name,
+            output_path=output_path,
+            cpu_limit=cpu_limit,
+            gpu_limit=gpu_limit,
+            memory_limit=memory_limit,
+        )
+        if streaming_batch_size is not None and (not isinstance(streaming_batch_size, int) or streaming_batch_size <= 0):
+            raise ParameterError(self._msg(f"streaming_batch_size must be a positive integer, got {streaming_batch_size!r}"))
+        self.background_io_thread = background_io_thread and self.cpu_limit > 1
+        self.streaming_batch_size = streaming_batch_size or self.default_batch_size
+        self.secs_checkpoint_interval = secs_checkpoint_interval
+
+
+class ArrowBatchNode(ArrowStreamNode):
+    """Run ``process_func(runtime_ctx, tables: List[pa.Table]) -> pa.Table`` on aligned batches."""
+
+
+class PandasComputeNode(ArrowComputeNode):
+    """Run ``process(runtime_ctx, dfs: List[pd.DataFrame]) -> pd.DataFrame`` once per partition."""
+
+
+class PandasBatchNode(ArrowStreamNode):
+    """Run ``process(runtime_ctx, dfs: List[pd.DataFrame]) -> pd.DataFrame`` on aligned batches."""

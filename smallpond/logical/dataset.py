@@ -1,0 +1,718 @@
+"""Datasets: descriptions of data on the shared filesystem (or small literal tables).
+
+A DataSet is a *description*: file paths (globs allowed), column selection and format options.
+Tasks exchange DataSets, never the data itself. Each DataSet can render itself as a DuckDB SQL
+fragment ``( SELECT ... )`` and can be split into partitions by files or (Parquet) by rows.
+
+Invariants:
+
+* ``resolved_paths`` is sorted and cached; globs are expanded once.
+* An empty dataset always renders valid SQL (typed when its schema is known).
+* ``partition_by_files`` always splits by files (it never silently switches to rows).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import os
+import random
+import re
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+
+from smallpond.common import DEFAULT_BATCH_SIZE, GENERATED_COLUMNS, GB, split_into_rows
+from smallpond.errors import ParameterError
+
+_WILDCARD = re.compile(r"[*?]|\[.*\]")
+
+
+def _quote(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _path_list_sql(paths: Sequence[str]) -> str:
+    return "[" + ", ".join(_quote(p) for p in paths) + "]"
+
+
+def _default_conn(conn):
+    if conn is not None:
+        return conn
+    import duckdb
+
+    return duckdb.connect()
+
+
+class DataSet:
+    """Base class: a list of paths (or glob patterns) relative to ``root_dir``.
+
+    Args:
+        paths: a path, a glob pattern, or a list of them.
+        root_dir: directory that relative paths are joined to; ``""`` means the current working
+            directory at construction time; ``None`` means paths are used verbatim.
+        recursive: let ``**`` in patterns match across directories.
+        columns: columns (or SQL expressions, for DuckDB readers) to select; ``None`` means all.
+        union_by_name: combine files by column name rather than position.
+    """
+
+    def __init__(
+        self,
+        paths: Union[str, List[str]],
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) for p in paths):
+            raise ParameterError(f"paths must be a str or a list of str, got {paths!r}")
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise ParameterError(f"columns must be a list of str, got {columns!r}")
+        self.paths: List[str] = list(paths)
+        self.root_dir: Optional[str] = os.path.abspath(root_dir) if root_dir is not None else None
+        self.recursive = recursive
+        self.columns = list(columns) if columns is not None else None
+        self._union_by_name = union_by_name
+        self._resolved_paths: Optional[List[str]] = None
+        self._num_rows: Optional[int] = None
+        #: Optional Arrow schema, used to render typed SQL when the dataset has no files.
+        self.schema = None
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def absolute_paths(self) -> List[str]:
+        if self.root_dir is None:
+            return sorted(self.paths)
+        return sorted(os.path.join(self.root_dir, p) for p in self.paths)
+
+    @property
+    def resolved_paths(self) -> List[str]:
+        if self._resolved_paths is None:
+            out: List[str] = []
+            for p in self.absolute_paths:
+                if _WILDCARD.search(p):
+                    out.extend(x for x in glob.glob(p, recursive=self.recursive) if not os.path.isdir(x))
+                else:
+                    out.append(p)
+            self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
+        return self._resolved_paths
+
+    @property
+    def num_files(self) -> int:
+        return len(self.resolved_paths)
+
+    @property
+    def empty(self) -> bool:
+        return self.num_files == 0
+
+    @property
+    def union_by_name(self) -> bool:
+        return self._union_by_name or self.columns is not None
+
+    @property
+    def udfs(self) -> list:
+        return []
+
+    @property
+    def _column_str(self) -> str:
+        return ", ".join(self.columns) if self.columns else "*"
+
+    def missing_paths(self) -> List[str]:
+        """Plain (non-glob) paths that do not exist, and globs that match nothing."""
+        missing = []
+        for p in self.absolute_paths:
+            if _WILDCARD.search(p):
+                if not glob.glob(p, recursive=self.recursive):
+                    missing.append(p)
+            elif not os.path.exists(p):
+                missing.append(p)
+        return missing
+
+    def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
+        if paths is not None:
+            self.paths = [paths] if isinstance(paths, str) else list(paths)
+            self.root_dir = os.path.abspath(root_dir) if root_dir is not None else None
+        if recursive is not None:
+            self.recursive = recursive
+        self._resolved_paths = None
+        self._num_rows = None
+
+    def _with_paths(self, paths: List[str]) -> "DataSet":
+        ds = copy.copy(self)
+        ds.paths = list(paths)
+        ds.root_dir = None
+        ds._resolved_paths = sorted(paths)
+        ds._num_rows = None
+        return ds
+
+    def _rebase(self, old: str, new: str) -> None:
+        """Rewrite paths under directory ``old`` to lie under ``new`` (after a rename)."""
+
+        def mv(p: str) -> str:
+            return new + p[len(old) :] if p == old or p.startswith(old + os.sep) else p
+
+        if self.root_dir is not None:
+            self.root_dir = mv(self.root_dir)
+        else:
+            self.paths = [mv(p) for p in self.paths]
+        if self._resolved_paths is not None:
+            self._resolved_paths = [mv(p) for p in self._resolved_paths]
+        ranges = getattr(self, "_resolved_row_ranges", None)
+        if ranges is not None:
+            for r in ranges:
+                r.path = mv(r.path)
+
+    # -- identity ------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A digest of the description and of the files' sizes and modification times."""
+        h = hashlib.sha256()
+        h.update(type(self).__name__.encode())
+        h.update(repr(self._describe()).encode())
+        for p in self.resolved_paths:
+            try:
+                st = os.stat(p)
+                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
+            except OSError:
+                h.update(f"{p}:missing;".encode())
+        return h.hexdigest()
+
+    def _describe(self) -> tuple:
+        return (self.columns, self._union_by_name, self.recursive)
+
+    # -- SQL -----------------------------------------------------------------------------------
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        raise NotImplementedError(f"{type(self).__name__} cannot be read with SQL")
+
+    def _empty_fragment(self, conn) -> str:
+        if self.schema is not None and conn is not None:
+            name = f"__empty_{id(self):x}"
+            conn.register(name, self.schema.empty_table())
+            return f"( SELECT {self._column_str} FROM {name} )"
+        return "( SELECT * FROM (SELECT NULL AS __empty__) WHERE false )"
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            conn = _default_conn(None)
+            self._num_rows = conn.execute(f"SELECT count(*) FROM {self.sql_query_fragment(conn=conn)}").fetchone()[0]
+        return self._num_rows
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        conn = _default_conn(conn)
+        return conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}").to_arrow_table()
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        from smallpond.io.arrow import rebatch
+
+        conn = _default_conn(conn)
+        reader = conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}").fetch_record_batch(batch_size)
+        return rebatch(reader, batch_size)
+
+    def to_pandas(self):
+        return self.to_arrow_table().to_pandas()
+
+    def log(self, num_rows: int = 200) -> None:
+        from loguru import logger
+
+        logger.info(f"{self}:\n{self.to_pandas().head(num_rows)}")
+
+    # -- partitioning --------------------------------------------------------------------------
+    def partition_by_files(self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None) -> List["DataSet"]:
+        """Split into ``npartition`` datasets by whole files (some may be empty)."""
+        if npartition <= 0:
+            raise ParameterError(f"npartition must be positive, got {npartition}")
+        paths = list(self.resolved_paths)
+        if random_shuffle:
+            random.Random(seed).shuffle(paths)
+        groups = split_into_rows(paths, npartition)
+        return [self._with_paths(g) for g in groups]
+
+    @staticmethod
+    def merge(datasets: Sequence["DataSet"]) -> "DataSet":
+        if not datasets:
+            raise ParameterError("cannot merge an empty list of datasets")
+        first = datasets[0]
+        if any(type(d) is not type(first) for d in datasets):
+            kinds = sorted({type(d).__name__ for d in datasets})
+            raise ParameterError(f"cannot merge datasets of different kinds: {kinds}")
+        return first._merge(datasets)
+
+    def _merge(self, datasets: Sequence["DataSet"]) -> "DataSet":
+        ds = self._with_paths([p for d in datasets for p in d.resolved_paths])
+        ds.recursive = any(d.recursive for d in datasets)
+        ds._union_by_name = any(d._union_by_name for d in datasets)
+        ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
+        return ds
+
+    def __repr__(self) -> str:
+        shown = self.paths[:3]
+        more = f" (+{len(self.paths) - 3} more)" if len(self.paths) > 3 else ""
+        return f"{type(self).__name__}({shown}{more})"
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+class FileSet(DataSet):
+    """A set of files of any kind; read as a table with a single column ``resolved_paths``."""
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        import pyarrow as pa
+
+        return pa.table({"resolved_paths": pa.array(self.resolved_paths, pa.string())})
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        import pyarrow as pa
+
+        t = self.to_arrow_table()
+        return pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=batch_size))
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_files
+
+
+class CsvDataSet(DataSet):
+    """CSV files with an explicit schema (column name → DuckDB type)."""
+
+    def __init__(
+        self,
+        paths,
+        schema: Dict[str, str],
+        delim: str = ",",
+        max_line_size: Optional[int] = None,
+        parallel: bool = True,
+        header: bool = False,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if not isinstance(schema, dict) or not schema:
+            raise ParameterError(f"CsvDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        self.csv_schema = OrderedDict(schema)
+        self.delim = delim
+        self.max_line_size = max_line_size
+        self.parallel = parallel
+        self.header = header
+
+    def _describe(self):
+        return super()._describe() + (tuple(self.csv_schema.items()), self.delim, self.header)
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            return self._typed_empty()
+        cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
+        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}"
+        if self.max_line_size is not None:
+            opts += f", max_line_size={int(self.max_line_size)}"
+        opts += f", union_by_name={self.union_by_name}"
+        return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
+
+    def _typed_empty(self) -> str:
+        cols = ", ".join(f"CAST(NULL AS {v}) AS \"{k}\"" for k, v in self.csv_schema.items())
+        return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
+
+    def _merge(self, datasets):
+        ds = super()._merge(datasets)
+        ds.header = self.header
+        return ds
+
+
+class JsonDataSet(DataSet):
+    """Newline-delimited JSON files with an explicit schema."""
+
+    def __init__(
+        self,
+        paths,
+        schema: Dict[str, str],
+        format: str = "newline_delimited",
+        max_object_size: int = 1 * GB,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if not isinstance(schema, dict) or not schema:
+            raise ParameterError(f"JsonDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        self.json_schema = OrderedDict(schema)
+        self.format = format
+        self.max_object_size = max_object_size
+
+    def _describe(self):
+        return super()._describe() + (tuple(self.json_schema.items()), self.format)
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            cols = ", ".join(f"CAST(NULL AS {v}) AS \"{k}\"" for k, v in self.json_schema.items())
+            return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
+        cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
+        return (
+            f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
+            f"format={_quote(self.format)}, columns={{ {cols} }}, maximum_object_size={int(self.max_object_size)}, "
+            f"union_by_name={self.union_by_name}) )"
+        )
+
+
+class ParquetDataSet(DataSet):
+    """Parquet files, optionally restricted to row ranges, with optional generated columns.
+
+    Args:
+        generated_columns: any of ``"filename"`` and ``"file_row_number"``, added by the reader.
+    """
+
+    def __init__(
+        self,
+        paths,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        generated_columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        generated_columns = list(generated_columns or [])
+        bad = [c for c in generated_columns if c not in GENERATED_COLUMNS]
+        if bad:
+            raise ParameterError(f"generated_columns must be among {list(GENERATED_COLUMNS)}, got {bad}")
+        self.generated_columns = generated_columns
+        self._resolved_row_ranges = None
+
+    def _describe(self):
+        ranges = None
+        if self._resolved_row_ranges is not None and not all(r.whole_file for r in self._resolved_row_ranges):
+            ranges = tuple((r.path, r.begin, r.end) for r in self._resolved_row_ranges)
+        return super()._describe() + (tuple(self.generated_columns), ranges)
+
+    def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
+        super().reset(paths, root_dir, recursive)
+        self._resolved_row_ranges = None
+
+    @property
+    def _column_str(self) -> str:
+        if not self.columns:
+            return "*"
+        if "*" in self.columns:
+            return ", ".join(self.columns)
+        return ", ".join(self.columns + [c for c in self.generated_columns if c not in self.columns])
+
+    @property
+    def resolved_row_ranges(self):
+        if self._resolved_row_ranges is None:
+            from smallpond.io.arrow import read_row_ranges
+
+            self._resolved_row_ranges = read_row_ranges(self.resolved_paths, max_workers=32)
+        return self._resolved_row_ranges
+
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            self._num_rows = sum(r.num_rows for r in self.resolved_row_ranges)
+        return self._num_rows
+
+    @property
+    def empty(self) -> bool:
+        if self._resolved_row_ranges is not None:
+            return not self._resolved_row_ranges
+        return self.num_files == 0
+
+    @property
+    def estimated_data_size(self) -> int:
+        return sum(r.estimated_data_size for r in self.resolved_row_ranges)
+
+    def _read_parquet(self, paths: Sequence[str], extra_row_number: bool) -> str:
+        opts = [f"union_by_name={self.union_by_name}", "hive_partitioning=false"]
+        if "filename" in self.generated_columns:
+            opts.append("filename=true")
+        if extra_row_number or "file_row_number" in self.generated_columns:
+            opts.append("file_row_number=true")
+        src = _path_list_sql(paths) if len(paths) > 1 else _quote(paths[0])
+        return f"read_parquet({src}, {', '.join(opts)})"
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            return self._empty_fragment(conn)
+        ranges = self._resolved_row_ranges
+        if ranges is None or all(r.whole_file for r in ranges):
+            paths = [r.path for r in ranges] if ranges is not None else self.resolved_paths
+            return f"( SELECT {self._column_str} FROM {self._read_parquet(paths, False)} )"
+        pieces, whole = [], []
+        keep_rn = "file_row_number" in self.generated_columns
+        for r in ranges:
+            if r.whole_file:
+                whole.append(r.path)
+                continue
+            if whole:
+                pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
+                whole = []
+            inner = (
+                f"SELECT * FROM {self._read_parquet([r.path], True)} "
+                f"WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
+            )
+            if not keep_rn:
+                inner = f"SELECT COLUMNS(c -> c != 'file_row_number') FROM ({inner})"
+            pieces.append(f"SELECT {self._column_str} FROM ({inner})")
+        if whole:
+            pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
+        joiner = " UNION ALL BY NAME " if self.union_by_name else " UNION ALL "
+        return "( " + joiner.join(pieces) + " )"
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        if conn is not None or self.generated_columns or (self.columns and "*" in self.columns) or self._has_expressions():
+            if self.empty and self.schema is None:
+                return _empty_table()
+            return super().to_arrow_table(max_workers, filesystem, conn)
+        from smallpond.io.arrow import load_from_parquet_files
+
+        if self.empty:
+            return _empty_table(self.schema)
+        return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
+
+    def _has_expressions(self) -> bool:
+        return bool(self.columns) and any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c) for c in self.columns)
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        if conn is not None or self.generated_columns or self._has_expressions() or self.union_by_name and self.columns is None:
+            if self.empty and self.schema is None:
+                import pyarrow as pa
+
+                return pa.RecordBatchReader.from_batches(pa.schema([]), iter([]))
+            return super().to_batch_reader(batch_size, filesystem, conn)
+        from smallpond.io.arrow import build_batch_reader_from_files
+
+        if self.empty:
+            import pyarrow as pa
+
+            schema = self.schema if self.schema is not None else pa.schema([])
+            return build_batch_reader_from_files([], columns=self.columns, batch_size=batch_size, schema=schema)
+        return build_batch_reader_from_files(self.resolved_row_ranges, columns=self.columns, batch_size=batch_size)
+
+    def partition_by_rows(self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None) -> List["ParquetDataSet"]:
+        """Split into ``npartition`` datasets of near-equal row counts (files may be split)."""
+        from smallpond.io.arrow import RowRange
+
+        if npartition <= 0:
+            raise ParameterError(f"npartition must be positive, got {npartition}")
+        ranges = list(self.resolved_row_ranges)
+        if random_shuffle:
+            random.Random(seed).shuffle(ranges)
+        out = []
+        for group in RowRange.partition_by_rows(ranges, npartition):
+            group = sorted(group, key=lambda r: (r.path, r.begin))
+            ds = self._with_paths(sorted({r.path for r in group}))
+            ds._resolved_row_ranges = group
+            out.append(ds)
+        return out
+
+    def partition_by_size(self, max_partition_size: int) -> List["ParquetDataSet"]:
+        if self.empty:
+            return []
+        n = self.estimated_data_size // max(1, max_partition_size) + 1
+        return self.partition_by_rows(int(n))
+
+    def _with_paths(self, paths):
+        ds = super()._with_paths(paths)
+        ds._resolved_row_ranges = None
+        return ds
+
+    def _merge(self, datasets):
+        ds = super()._merge(datasets)
+        ds.columns = self.columns
+        ds.generated_columns = self.generated_columns
+        if any(d._resolved_row_ranges is not None for d in datasets):
+            ds._resolved_row_ranges = [r for d in datasets for r in d.resolved_row_ranges]
+            ds._resolved_paths = sorted({r.path for r in ds._resolved_row_ranges})
+        return ds
+
+    def remove_empty_files(self) -> None:
+        ranges = [r for r in self.resolved_row_ranges if r.num_rows > 0]
+        if not ranges and self._resolved_row_ranges:
+            ranges = self._resolved_row_ranges[:1]
+        self._resolved_row_ranges = ranges
+        self._resolved_paths = sorted({r.path for r in ranges})
+
+    @staticmethod
+    def create_from(table, output_dir: str, filename: str = "data") -> "ParquetDataSet":
+        from smallpond.io.arrow import dump_to_parquet_files
+
+        paths = dump_to_parquet_files(table, output_dir, filename)
+        return ParquetDataSet(paths, root_dir=None)
+
+    def load_partitioned_datasets(self, npartition: int, data_partition_column: str, hive_partitioning: bool = False) -> List["ParquetDataSet"]:
+        """Group files by their partition key (KV metadata, hive path ``col=k`` or column value)."""
+        groups: List[List[str]] = [[] for _ in range(npartition)]
+        for path in self.resolved_paths:
+            key = self._read_partition_key(path, data_partition_column, hive_partitioning)
+            if key is None:
+                continue
+            if not 0 <= key < npartition:
+                raise ParameterError(f"partition key {key} of {path!r} is out of range 0-{npartition - 1}")
+            groups[key].append(path)
+        return [self._with_paths(g) for g in groups]
+
+    @staticmethod
+    def _read_partition_key(path: str, data_partition_column: str, hive_partitioning: bool) -> Optional[int]:
+        import pyarrow.parquet as pq
+
+        from smallpond.common import PARQUET_METADATA_KEY_PREFIX
+
+        if hive_partitioning:
+            m = re.search(rf"{re.escape(data_partition_column)}=(\d+)", path)
+            if m:
+                return int(m.group(1))
+        md = pq.read_metadata(path)
+        kv = md.metadata or {}
+        raw = kv.get((PARQUET_METADATA_KEY_PREFIX + data_partition_column).encode())
+        if raw is not None:
+            return int(raw.decode())
+        m = re.search(rf"{re.escape(data_partition_column)}=(\d+)", path)
+        if m:
+            return int(m.group(1))
+        if md.num_rows == 0:
+            return None
+        t = pq.ParquetFile(path).read_row_group(0, columns=[data_partition_column])
+        return int(t.column(0)[0].as_py())
+
+
+def _empty_table(schema=None):
+    import pyarrow as pa
+
+    return (schema or pa.schema([])).empty_table()
+
+
+class SqlQueryDataSet(DataSet):
+    """The result of a DuckDB query with no file inputs (``SELECT * FROM range(10)``)."""
+
+    def __init__(self, sql_query: str, query_builder: Optional[Callable[[Any, Any], str]] = None) -> None:
+        super().__init__([], root_dir=None)
+        self.sql_query = sql_query
+        self.query_builder = query_builder
+
+    def _describe(self):
+        return (self.sql_query,)
+
+    @property
+    def empty(self) -> bool:
+        return False
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        sql = self.query_builder(conn, filesystem) if self.query_builder is not None else self.sql_query
+        return f"( {sql} )"
+
+
+class _InMemoryDataSet(DataSet):
+    """Common parts of datasets that wrap an in-memory table."""
+
+    def __init__(self) -> None:
+        super().__init__([], root_dir=None)
+
+    def _table(self):
+        raise NotImplementedError
+
+    @property
+    def empty(self) -> bool:
+        return False
+
+    @property
+    def num_rows(self) -> int:
+        return self._table().num_rows
+
+    def fingerprint(self) -> str:
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        t = self._table()
+        with pa.ipc.new_stream(sink, t.schema) as w:
+            w.write_table(t)
+        return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if conn is None:
+            raise ParameterError(f"{type(self).__name__}.sql_query_fragment needs a DuckDB connection")
+        name = f"__table_{id(self):x}"
+        conn.register(name, self._table())
+        return f"( SELECT {self._column_str} FROM {name} )"
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        return self._table()
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        import pyarrow as pa
+
+        t = self._table()
+        return pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=batch_size))
+
+
+class ArrowTableDataSet(_InMemoryDataSet):
+    """An in-memory Arrow table (written to Parquet by its source task)."""
+
+    def __init__(self, table) -> None:
+        super().__init__()
+        self.table = table
+
+    def _table(self):
+        return self.table
+
+
+class PandasDataSet(_InMemoryDataSet):
+    """An in-memory pandas DataFrame (written to Parquet by its source task)."""
+
+    def __init__(self, df) -> None:
+        super().__init__()
+        self.df = df
+
+    def _table(self):
+        import pyarrow as pa
+
+        return pa.Table.from_pandas(self.df, preserve_index=False)
+
+    def to_pandas(self):
+        return self.df
+
+
+class PartitionedDataSet(DataSet):
+    """A list of datasets, one per partition (the output of a partition producer)."""
+
+    def __init__(self, datasets: List[DataSet]) -> None:
+        super().__init__([], root_dir=None)
+        self.datasets = list(datasets)
+
+    def __getitem__(self, i: int) -> DataSet:
+        return self.datasets[i]
+
+    def __len__(self) -> int:
+        return len(self.datasets)
+
+    @property
+    def paths(self):
+        return [p for d in self.datasets for p in d.resolved_paths]
+
+    @paths.setter
+    def paths(self, value):
+        pass
+
+    @property
+    def resolved_paths(self):
+        return sorted(self.paths)
+
+    @property
+    def udfs(self):
+        return [u for d in self.datasets for u in d.udfs]
+
+    def _rebase(self, old: str, new: str) -> None:
+        for d in self.datasets:
+            d._rebase(old, new)
+
+    def _merge(self, datasets):
+        n = len(self.datasets)
+        if any(len(d.datasets) != n for d in datasets):
+            raise ParameterError("cannot merge partitioned datasets with different partition counts")
+        return PartitionedDataSet([DataSet.merge([d.datasets[i] for d in datasets]) for i in range(n)])

@@ -1,0 +1,343 @@
+"""Partition nodes: they change how data is split into partitions.
+
+Non-nested partitioning replaces the input's dimensions with one new dimension of
+``npartitions``; nested partitioning adds a dimension under each existing partition, giving
+``input partitions x npartitions`` partitions.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+from smallpond.common import DATA_PARTITION_COLUMN_NAME
+from smallpond.errors import ParameterError, PlanError
+from smallpond.logical.base import Context, Node, Shape, validate_dimension
+from smallpond.logical.dataset import DataSet
+
+
+class PartitionNode(Node):
+    """Base class of the partition nodes.
+
+    Args:
+        npartitions: number of partitions to create (per input partition when ``nested``).
+        dimension: name of the partition dimension (``__data_partition__`` by default), usable as
+            a ``{dimension}`` placeholder in SQL.
+        nested: add the dimension under the input's partitions instead of replacing them.
+    """
+
+    max_num_producer_tasks = 100
+    max_card_of_producers_x_consumers = 4_096_000
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, 0, memory_limit)
+        if isinstance(npartitions, bool) or not isinstance(npartitions, int) or npartitions <= 0:
+            raise ParameterError(self._msg(f"npartitions must be a positive integer, got {npartitions!r}"))
+        if nested and dimension is None:
+            raise ParameterError(self._msg("a nested partition needs a dimension name"))
+        dimension = dimension if dimension is not None else DATA_PARTITION_COLUMN_NAME
+        validate_dimension(self, dimension)
+        if not self.input_deps:
+            raise ParameterError(self._msg("a partition node needs at least one input"))
+        self.npartitions = npartitions
+        self.dimension = dimension
+        self.nested = nested
+
+    def partition_shape(self) -> Shape:
+        shapes = [d.partition_shape() for d in self.input_deps]
+        if any(s != shapes[0] for s in shapes):
+            raise PlanError(self._msg(f"all inputs of a partition node must share one partitioning, got {shapes}"))
+        if not self.nested:
+            return ((self.dimension, self.npartitions),)
+        if any(dim == self.dimension for dim, _ in shapes[0]):
+            raise PlanError(self._msg(f"nested dimension {self.dimension!r} already exists in the input"))
+        return shapes[0] + ((self.dimension, self.npartitions),)
+
+
+class EvenlyDistributedPartitionNode(PartitionNode):
+    """Split the input into partitions of near-equal size, by files (default) or by rows.
+
+    The split is computed from metadata only; no data is moved.
+    """
+
+    max_num_producer_tasks = 1
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        *,
+        partition_by_rows: bool = False,
+        random_shuffle: bool = False,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, npartitions, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
+        self.partition_by_rows = partition_by_rows and npartitions > 1
+        self.random_shuffle = random_shuffle
+
+
+class LoadPartitionedDataSetNode(PartitionNode):
+    """Load data already partitioned by a column (KV metadata, hive path or the column value)."""
+
+    max_num_producer_tasks = 10
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        data_partition_column: Optional[str] = None,
+        hive_partitioning: bool = False,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        if dimension is None and data_partition_column is None:
+            raise ParameterError(f"LoadPartitionedDataSetNode needs a dimension or a data_partition_column")
+        super().__init__(ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit)
+        self.data_partition_column = data_partition_column or self.dimension
+        self.hive_partitioning = hive_partitioning
+
+
+def DataSetPartitionNode(
+    ctx: Context,
+    input_deps: Sequence[Node],
+    npartitions: int,
+    *,
+    partition_by_rows: bool = False,
+    random_shuffle: bool = False,
+    data_partition_column: Optional[str] = None,
+) -> Node:
+    """Partition by files/rows, or by an existing partition column.
+
+    With ``npartitions == 1`` the result is a single partition with no dimension, which is
+    broadcast to every partition of another input when joined.
+    """
+    if data_partition_column is not None:
+        if partition_by_rows:
+            raise ParameterError("DataSetPartitionNode: partition_by_rows and data_partition_column cannot both be set")
+        return LoadPartitionedDataSetNode(
+            ctx, input_deps, npartitions, dimension=data_partition_column, data_partition_column=data_partition_column
+        )
+    node = EvenlyDistributedPartitionNode(
+        ctx, input_deps, npartitions, partition_by_rows=partition_by_rows, random_shuffle=random_shuffle
+    )
+    if npartitions == 1:
+        from smallpond.logical.node import ConsolidateNode
+
+        return ConsolidateNode(ctx, node, [])
+    return node
+
+
+class HashPartitionNode(PartitionNode):
+    """Partition rows by a hash of ``hash_columns`` in one DuckDB pass per producer.
+
+    Args:
+        hash_columns: columns (or SQL expressions) to hash.
+        data_partition_column: name of the column holding the partition index.
+        random_shuffle: send each row to a random partition instead of hashing.
+        shuffle_only: the partition index is the value of ``data_partition_column`` (or of the SQL
+            expression it names); it must lie in ``[0, npartitions)``.
+        drop_partition_column: leave the partition column out of the output files.
+        hive_partitioning: write ``{column}={k}/`` directories.
+        engine_type: ``"duckdb"`` (the only engine; ``"arrow"`` is accepted and runs DuckDB).
+    """
+
+    default_cpu_limit = 1
+    default_memory_limit = None
+    default_data_partition_column = DATA_PARTITION_COLUMN_NAME
+    default_engine_type = "duckdb"
+    max_num_producer_tasks = 1000
+    enable_resource_boost = True
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        hash_columns: Optional[Union[str, List[str]]] = None,
+        data_partition_column: Optional[str] = None,
+        *,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        engine_type: Optional[str] = None,
+        random_shuffle: bool = False,
+        shuffle_only: bool = False,
+        drop_partition_column: bool = False,
+        use_parquet_writer: bool = False,
+        hive_partitioning: bool = False,
+        parquet_row_group_size: Optional[int] = None,
+        parquet_dictionary_encoding: bool = False,
+        parquet_compression: Optional[str] = "ZSTD",
+        parquet_compression_level: Optional[int] = 3,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: Optional[int] = None,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        data_partition_column = data_partition_column or self.default_data_partition_column
+        super().__init__(
+            ctx,
+            input_deps,
+            npartitions,
+            dimension or data_partition_column,
+            nested,
+            output_name,
+            output_path,
+            cpu_limit if cpu_limit is not None else self.default_cpu_limit,
+            memory_limit if memory_limit is not None else self.default_memory_limit,
+        )
+        engine_type = engine_type or self.default_engine_type
+        if engine_type not in ("duckdb", "arrow"):
+            raise ParameterError(self._msg(f"engine_type must be one of ['duckdb', 'arrow'], got {engine_type!r}"))
+        if random_shuffle and shuffle_only:
+            raise ParameterError(self._msg("random_shuffle and shuffle_only cannot both be set"))
+        if isinstance(hash_columns, str):
+            hash_columns = [hash_columns]
+        if not random_shuffle and not shuffle_only and not hash_columns:
+            raise ParameterError(self._msg("hash_columns is required unless random_shuffle or shuffle_only is set"))
+        if hash_columns is not None and not all(isinstance(c, str) and c for c in hash_columns):
+            raise ParameterError(self._msg(f"hash_columns must be column names, got {hash_columns!r}"))
+        self.hash_columns = list(hash_columns) if hash_columns else []
+        self.data_partition_column = data_partition_column
+        self.engine_type = engine_type
+        self.random_shuffle = random_shuffle
+        self.shuffle_only = shuffle_only
+        self.drop_partition_column = drop_partition_column
+        self.use_parquet_writer = use_parquet_writer
+        self.hive_partitioning = hive_partitioning
+        self.parquet_row_group_size = parquet_row_group_size
+        self.parquet_dictionary_encoding = parquet_dictionary_encoding
+        self.parquet_compression = parquet_compression
+        self.parquet_compression_level = parquet_compression_level
+
+
+class ShuffleNode(HashPartitionNode):
+    """Route each row to the partition given by ``data_partition_column`` (a column or SQL expression)."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        data_partition_column: Optional[str] = None,
+        *,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        engine_type: Optional[str] = None,
+        use_parquet_writer: bool = False,
+        hive_partitioning: bool = False,
+        parquet_row_group_size: Optional[int] = None,
+        parquet_dictionary_encoding: bool = False,
+        parquet_compression: Optional[str] = "ZSTD",
+        parquet_compression_level: Optional[int] = 3,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: Optional[int] = None,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(
+            ctx,
+            input_deps,
+            npartitions,
+            None,
+            data_partition_column,
+            dimension=dimension,
+            nested=nested,
+            engine_type=engine_type,
+            shuffle_only=True,
+            use_parquet_writer=use_parquet_writer,
+            hive_partitioning=hive_partitioning,
+            parquet_row_group_size=parquet_row_group_size,
+            parquet_dictionary_encoding=parquet_dictionary_encoding,
+            parquet_compression=parquet_compression,
+            parquet_compression_level=parquet_compression_level,
+            output_name=output_name,
+            output_path=output_path,
+            cpu_limit=cpu_limit,
+            memory_limit=memory_limit,
+        )
+
+
+class RepeatPartitionNode(PartitionNode):
+    """Every one of the ``npartitions`` nested partitions is the whole input partition."""
+
+    def __init__(self, ctx: Context, input_deps: Sequence[Node], npartitions: int, dimension: str, cpu_limit: int = 1, memory_limit: Optional[int] = None) -> None:
+        super().__init__(ctx, input_deps, npartitions, dimension, True, None, None, cpu_limit, memory_limit)
+
+
+class UserDefinedPartitionNode(PartitionNode):
+    """Override :meth:`partition` to split each input dataset into ``npartitions`` datasets."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, npartitions, dimension, nested, None, None, cpu_limit, memory_limit)
+
+    def partition(self, runtime_ctx, dataset: DataSet) -> List[DataSet]:
+        raise NotImplementedError(f"{type(self).__name__} must override partition(runtime_ctx, dataset)")
+
+
+class UserPartitionedDataSourceNode(UserDefinedPartitionNode):
+    """A source whose partitions are given explicitly as a list of datasets."""
+
+    max_num_producer_tasks = 1
+
+    def __init__(self, ctx: Context, partitioned_datasets: List[DataSet], dimension: Optional[str] = None) -> None:
+        from smallpond.logical.node import DataSourceNode
+
+        if not partitioned_datasets or not all(isinstance(d, DataSet) for d in partitioned_datasets):
+            raise ParameterError(f"partitioned_datasets must be a non-empty list of DataSet, got {partitioned_datasets!r}")
+        super().__init__(ctx, [DataSourceNode(ctx, None)], len(partitioned_datasets), dimension)
+        self.partitioned_datasets = list(partitioned_datasets)
+
+    def partition(self, runtime_ctx, dataset: DataSet) -> List[DataSet]:
+        return self.partitioned_datasets
+
+
+class RangePartitionNode(PartitionNode):
+    """Partition by ranges of one column: partition k holds ``split_points[k-1] <= key < split_points[k]``."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        split_points: List,
+        dimension: Optional[str] = None,
+        nested: bool = False,
+        output_name: Optional[str] = None,
+        output_path: Optional[str] = None,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+        *,
+        key_column: Optional[str] = None,
+    ) -> None:
+        super().__init__(ctx, input_deps, len(split_points) + 1, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
+        if list(split_points) != sorted(split_points):
+            raise ParameterError(self._msg("split_points must be sorted"))
+        self.split_points = list(split_points)
+        self.key_column = key_column
