@@ -1,0 +1,249 @@
+"""The Driver: the command line for node-API scripts.
+
+A script builds a LogicalPlan and hands it to ``Driver().run(plan)``::
+
+    driver = Driver()
+    driver.add_argument("-i", "--input_paths", nargs="+")
+    user_args, driver_args = driver.parse_arguments()
+    plan = build_plan(**driver.get_arguments())
+    driver.run(plan)          # python script.py scheduler --job_id ... --data_root ...
+
+Modes: ``scheduler`` (default: plan and run the job with worker processes on this machine),
+``executor`` (accepted for compatibility; this design needs no separately started executors),
+``ray`` (runs the plan through the DataFrame session). The process exits 0 on success and
+non-zero (70, EX_SOFTWARE) on failure. Rerunning with the same ``--job_id`` and ``--data_root``
+resumes the job: committed tasks are not run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Dict, List, Optional, Tuple
+
+from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
+
+EX_OK = 0
+EX_SOFTWARE = 70
+MODES = ("scheduler", "executor", "ray")
+
+
+class Driver:
+    """Parses driver and user arguments and runs a LogicalPlan."""
+
+    def __init__(self) -> None:
+        self.user_parser = argparse.ArgumentParser(add_help=False)
+        self.driver_parser = argparse.ArgumentParser(
+            prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "smallpond",
+            description="Run a smallpond plan. User arguments go after the driver's.",
+            conflict_handler="resolve",
+        )
+        self._add_driver_arguments(self.driver_parser)
+        self.user_args: Optional[argparse.Namespace] = None
+        self.driver_args: Optional[argparse.Namespace] = None
+
+    @staticmethod
+    def _add_driver_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("mode", nargs="?", choices=MODES, default="scheduler", help="scheduler (default), executor or ray")
+        p.add_argument("--exec_id", default=socket.gethostname())
+        p.add_argument("--job_id", default=None, help="job id (a UUID or any string); reuse it to resume a job")
+        p.add_argument("--job_time", type=float, default=None, help="job time as epoch seconds")
+        p.add_argument("--job_name", default="smallpond")
+        p.add_argument("--job_priority", type=int, default=None)
+        p.add_argument("--resource_group", default="localhost")
+        p.add_argument("--env_variables", nargs="*", default=[], help="K=V pairs set in every worker")
+        p.add_argument("--sidecars", nargs="*", default=[])
+        p.add_argument("--tags", nargs="*", default=[])
+        p.add_argument("--task_image", default="default")
+        p.add_argument("--python_venv", default=None)
+        p.add_argument("--data_root", default=None, help="root directory of job data (default ~/.smallpond/data)")
+        p.add_argument("--runtime_ctx_path", default=None)
+        p.add_argument("--num_executors", type=int, default=0, help="worker processes (0: one per usable CPU)")
+        p.add_argument("--num_executors_per_task", type=int, default=5)
+        p.add_argument("--random_seed", type=int, default=None)
+        p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
+        p.add_argument("--max_fail", "--max_fail_count", dest="max_fail_count", type=int, default=DEFAULT_MAX_FAIL_COUNT)
+        p.add_argument("--prioritize_retry", action="store_true")
+        p.add_argument("--speculative_exec", choices=("disable", "enable", "aggressive"), default="enable")
+        p.add_argument("--enable_speculative_exec", dest="speculative_exec", action="store_const", const="enable")
+        p.add_argument("--disable_speculative_exec", dest="speculative_exec", action="store_const", const="disable")
+        p.add_argument("--stop_executor_on_failure", action="store_true")
+        p.add_argument("--fail_fast", "--fail_fast_on_failure", dest="fail_fast_on_failure", action="store_true")
+        p.add_argument("--nonzero_exitcode_as_oom", action="store_true")
+        p.add_argument("--fault_inject", "--fault_inject_prob", dest="fault_inject_prob", type=float, default=0.0)
+        p.add_argument("--enable_profiling", action="store_true")
+        p.add_argument("--enable_diagnostic_metrics", action="store_true")
+        p.add_argument("--enable_sched_state_dump", dest="enable_sched_state_dump", action="store_true", default=False)
+        p.add_argument("--disable_sched_state_dump", dest="enable_sched_state_dump", action="store_false")
+        p.add_argument("--remove_empty_parquet", action="store_true")
+        p.add_argument("--remove_output_root", action="store_true")
+        p.add_argument("--skip_task_with_empty_input", action="store_true")
+        p.add_argument("--self_contained_final_results", action="store_true")
+        p.add_argument("--malloc", "--memory_allocator", dest="memory_allocator", choices=("system", "jemalloc", "mimalloc"), default="mimalloc")
+        p.add_argument("--memory_purge_delay", type=int, default=10000)
+        p.add_argument("--bind_numa_node", action="store_true")
+        p.add_argument("--enforce_memory_limit", action="store_true")
+        p.add_argument("--enable_log_analytics", dest="share_log_analytics", action="store_true", default=None)
+        p.add_argument("--disable_log_analytics", dest="share_log_analytics", action="store_false")
+        p.add_argument("--console_log_level", default="INFO")
+        p.add_argument("--file_log_level", default="DEBUG")
+        p.add_argument("--disable_log_rotation", action="store_true")
+        p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
+        p.add_argument("--platform", default=None)
+
+    # -- arguments -------------------------------------------------------------------------------
+    def add_argument(self, *args, **kwargs) -> None:
+        """Declare a user argument (same signature as ``argparse.ArgumentParser.add_argument``)."""
+        self.user_parser.add_argument(*args, **kwargs)
+        self.driver_parser.add_argument(*args, **kwargs)
+
+    def parse_arguments(self, args: Optional[List[str]] = None) -> Tuple[argparse.Namespace, argparse.Namespace]:
+        args = sys.argv[1:] if args is None else list(args)
+        ns = self.driver_parser.parse_args(args)
+        user_dests = {a.dest for a in self.user_parser._actions}
+        self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
+        self.driver_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in user_dests})
+        return self.user_args, self.driver_args
+
+    def _ensure_parsed(self) -> None:
+        if self.driver_args is None:
+            self.parse_arguments()
+
+    def get_user_arguments(self, to_dict: bool = True):
+        self._ensure_parsed()
+        return dict(vars(self.user_args)) if to_dict else self.user_args
+
+    get_arguments = get_user_arguments
+
+    def get_driver_arguments(self, to_dict: bool = True):
+        self._ensure_parsed()
+        return dict(vars(self.driver_args)) if to_dict else self.driver_args
+
+    @property
+    def mode(self) -> str:
+        self._ensure_parsed()
+        return self.driver_args.mode
+
+    @property
+    def job_id(self):
+        self._ensure_parsed()
+        return self.driver_args.job_id
+
+    @property
+    def data_root(self):
+        self._ensure_parsed()
+        return self.driver_args.data_root
+
+    @property
+    def num_executors(self) -> int:
+        self._ensure_parsed()
+        return self.driver_args.num_executors
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, plan=None, stop_process_on_done: bool = True, tags: Optional[Dict[str, str]] = None):
+        """Run ``plan`` in the chosen mode. Returns the ExecutionPlan on success, else None.
+
+        With ``stop_process_on_done`` the process exits with 0 on success and 70 on failure.
+        """
+        self._ensure_parsed()
+        a = self.driver_args
+        try:
+            if a.mode == "executor":
+                print(
+                    "smallpond: 'executor' mode is not needed: the scheduler starts its own worker processes",
+                    file=sys.stderr,
+                )
+                result = None
+                ok = True
+            elif a.mode == "ray":
+                result = self._run_ray(plan)
+                ok = True
+            else:
+                result = self._run_scheduler(plan)
+                ok = result is not None
+        except Exception as e:  # report, then exit non-zero
+            from loguru import logger
+
+            logger.error("job failed: {}", e)
+            result, ok = None, False
+        if stop_process_on_done:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            sys.exit(EX_OK if ok else EX_SOFTWARE)
+        return result
+
+    def _runtime_ctx(self):
+        from smallpond.execution.job import make_runtime_ctx
+
+        a = self.driver_args
+        env = dict(kv.split("=", 1) for kv in a.env_variables if "=" in kv)
+        return make_runtime_ctx(
+            a.job_id,
+            a.job_time,
+            a.data_root or os.environ.get("SP_DATA_ROOT"),
+            num_executors=a.num_executors,
+            random_seed=a.random_seed,
+            env_overrides=env,
+            bind_numa_node=a.bind_numa_node,
+            enforce_memory_limit=a.enforce_memory_limit,
+            fault_inject_prob=a.fault_inject_prob,
+            enable_profiling=a.enable_profiling,
+            enable_diagnostic_metrics=a.enable_diagnostic_metrics,
+            remove_empty_parquet=a.remove_empty_parquet,
+            skip_task_with_empty_input=a.skip_task_with_empty_input,
+            console_log_level=a.console_log_level,
+            file_log_level=a.file_log_level,
+            disable_log_rotation=a.disable_log_rotation,
+            output_path=a.output_path,
+        )
+
+    def _run_scheduler(self, plan):
+        from loguru import logger
+
+        from smallpond.errors import JobFailed
+        from smallpond.execution.job import run_job, setup_logging
+
+        if plan is None:
+            raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
+        a = self.driver_args
+        rt = self._runtime_ctx()
+        rt.initialize(a.exec_id)
+        setup_logging(rt)
+        logger.info("smallpond job {} starting at {}", rt.job_id, rt.job_root)
+        try:
+            return run_job(
+                plan,
+                rt,
+                max_retry_count=a.max_retry_count,
+                max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
+                manifest_only_final_results=not a.self_contained_final_results,
+                remove_output_root=a.remove_output_root,
+                num_workers=a.num_executors or None,
+            )
+        except JobFailed as e:
+            for err in e.errors:
+                logger.error("{}", err)
+            return None
+
+    def _run_ray(self, plan):
+        import smallpond
+        from smallpond.dataframe import DataFrame
+
+        a = self.driver_args
+        sp = smallpond.init(job_id=a.job_id, data_root=a.data_root, num_executors=a.num_executors or None, _remove_output_root=a.remove_output_root)
+        try:
+            DataFrame(sp, plan.root_node).compute()
+        finally:
+            sp.shutdown()
+        return plan
+
+
+def main() -> None:
+    """``python -m smallpond.execution.driver``: the executor entry point upstream scripts used."""
+    Driver().run(None)
+
+
+if __name__ == "__main__":
+    main()
