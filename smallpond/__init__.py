@@ -1,6 +1,20 @@
-"""smallpond: partitioned data processing with DuckDB over Parquet on a shared filesystem."""
+"""smallpond: partitioned data processing with DuckDB over Parquet on a shared filesystem.
+
+Quick start::
+
+    import smallpond
+
+    sp = smallpond.init()
+    df = sp.read_parquet("prices.parquet")
+    df = df.repartition(3, hash_by="ticker")
+    df = sp.partial_sql("SELECT ticker, min(price), max(price) FROM {0} GROUP BY ticker", df)
+    df.write_parquet("output/")
+    print(df.to_pandas())
+"""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 try:
     from importlib.metadata import PackageNotFoundError, version
@@ -11,3 +25,59 @@ try:
         __version__ = "unknown"
 except ImportError:  # pragma: no cover
     __version__ = "unknown"
+
+if TYPE_CHECKING:
+    from smallpond.dataframe import DataFrame, Session
+
+__all__ = ["init", "Session", "DataFrame", "__version__"]
+
+
+def init(
+    job_id=None,
+    job_time=None,
+    job_name=None,
+    data_root=None,
+    num_executors=None,
+    ray_address=None,
+    bind_numa_node=None,
+    platform=None,
+    _remove_output_root=True,
+    **kwargs,
+) -> "Session":
+    """Start a session. With no arguments it runs embedded on this machine (no service to start).
+
+    Each setting comes from the argument if given, else from its environment variable
+    (``SP_JOBID``, ``SP_JOB_TIME``, ``SP_DATA_ROOT``, ``SP_NUM_EXECUTORS``, ``SP_RAY_ADDRESS``,
+    ``SP_BIND_NUMA_NODE``, ``SP_PLATFORM``), else its default.
+
+    Args:
+        job_id: a UUID (or any string) naming the job; reuse it with the same ``data_root`` to
+            resume. Default: a new UUID.
+        job_time: a ``datetime``, ISO string or epoch seconds. Default: the time of the existing
+            job with this id under ``data_root``, else now.
+        job_name: a label for logs.
+        data_root: where job directories live. Default ``~/.smallpond/data``.
+        num_executors: worker processes. Default: one per usable CPU.
+    """
+    from smallpond.dataframe import Session
+
+    return Session(
+        job_id=job_id,
+        job_time=job_time,
+        job_name=job_name,
+        data_root=data_root,
+        num_executors=num_executors,
+        ray_address=ray_address,
+        bind_numa_node=bind_numa_node,
+        platform=platform,
+        _remove_output_root=_remove_output_root,
+        **kwargs,
+    )
+
+
+def __getattr__(name):
+    if name in ("Session", "DataFrame"):
+        from smallpond import dataframe
+
+        return getattr(dataframe, name)
+    raise AttributeError(f"module 'smallpond' has no attribute {name!r}")

@@ -152,7 +152,7 @@ class Scheduler:
             self._make_ready(key)
             return True
         st.failed[key] = terr
-        logger.error("task failed: {}", terr)
+        logger.info("task failed: {}", terr)
         return False
 
     def _boost_memory(self, task: Task) -> None:

@@ -31,8 +31,7 @@ def worker_main(conn, rt_path: str, index: int) -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    logger.remove()  # the worker logs into each attempt's log file; the scheduler reports failures
     try:
         import setproctitle  # type: ignore
 

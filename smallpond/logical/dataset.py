@@ -458,7 +458,7 @@ class ParquetDataSet(DataSet):
                 f"WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
             )
             if not keep_rn:
-                inner = f"SELECT COLUMNS(c -> c != 'file_row_number') FROM ({inner})"
+                inner = f"SELECT * EXCLUDE (file_row_number) FROM ({inner})"
             pieces.append(f"SELECT {self._column_str} FROM ({inner})")
         if whole:
             pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")

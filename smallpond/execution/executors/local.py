@@ -155,14 +155,10 @@ class LocalExecutor(Executor):
                 self._replace(w)
 
     def shutdown(self) -> None:
+        # workers hold no state worth a graceful exit: every result is committed on disk, and an
+        # interpreter teardown (DuckDB, Arrow) costs ~0.4 s per worker
         for w in self.workers:
-            try:
-                if w.running is None:
-                    w.conn.send_bytes(b"stop")
-                else:
-                    w.kill()
-            except OSError:
-                pass
+            w.kill()
         for w in self.workers:
             try:
                 w.proc.wait(timeout=5)

@@ -67,7 +67,9 @@ def create_input_views(task: Task, conn, datasets: List[DataSet]) -> List[str]:
         name = f"__input_{int(task.id)}_{i:06d}"
         for ctx in getattr(ds, "udfs", []) or []:
             ctx.bind(conn)
-        conn.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {ds.sql_query_fragment(conn=conn)}")
+        sql = f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {ds.sql_query_fragment(conn=conn)}"
+        task._current_sql = sql
+        run_sql(conn, sql)
         names.append(name)
     return names
 
@@ -200,7 +202,7 @@ class HashPartitionTask(Task):
         if getattr(node, "split_points", None) is not None:
             pts = ", ".join(repr(p) if not isinstance(p, str) else "'" + p.replace("'", "''") + "'" for p in node.split_points)
             key = node.key_column
-            return f"CAST(len(list_filter([{pts}], x -> x <= \"{key}\")) AS BIGINT)", col
+            return f"CAST(len(list_filter([{pts}], lambda x: x <= \"{key}\")) AS BIGINT)", col
         if node.random_shuffle:
             return f"CAST(floor(random() * {n}) AS BIGINT)", col
         if node.shuffle_only:

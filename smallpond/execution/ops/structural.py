@@ -108,7 +108,13 @@ class SplitDataSetTask(Task):
         self.count = count
 
     def run(self, runtime_ctx, inputs, output_dir):
-        return merge_datasets(inputs).partition_by_files(self.count)[self.index]
+        ds = merge_datasets(inputs)
+        if isinstance(ds, ParquetDataSet) and ds.num_files < self.count:
+            part = ds.partition_by_rows(self.count)[self.index]  # too few files: split rows instead
+        else:
+            part = ds.partition_by_files(self.count)[self.index]
+        part.schema = ds.schema
+        return part
 
 
 class ProjectionTask(Task):

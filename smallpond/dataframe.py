@@ -1,0 +1,438 @@
+"""The lazy DataFrame and the Session that creates DataFrames.
+
+Every DataFrame method builds one logical node and returns a new DataFrame; nothing runs until a
+consumer (``compute``, ``count``, ``take``, ``to_pandas``, ``to_arrow``, ``write_parquet``) asks.
+Results are computed once per session: a DataFrame derived from a computed one reuses its result.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List, Optional, Union
+
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE
+from smallpond.errors import ParameterError
+from smallpond.logical.dataset import (
+    ArrowTableDataSet,
+    CsvDataSet,
+    DataSet,
+    JsonDataSet,
+    PandasDataSet,
+    ParquetDataSet,
+)
+from smallpond.logical.node import (
+    ArrowStreamNode,
+    DataSinkNode,
+    DataSourceNode,
+    EvenlyDistributedPartitionNode,
+    HashPartitionNode,
+    LimitNode,
+    LogicalPlan,
+    Node,
+    ShuffleNode,
+    SqlEngineNode,
+)
+from smallpond.session import SessionBase
+
+
+class Session(SessionBase):
+    """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
+
+    # -- sources ---------------------------------------------------------------------------------
+    def read_csv(self, paths: Union[str, List[str]], schema: Dict[str, str], delim: str = ",") -> "DataFrame":
+        """Read CSV files (no header) with a schema of column name → DuckDB type.
+
+        Example::
+
+            df = sp.read_csv("urls/*.tsv", schema={"urlstr": "varchar", "valstr": "varchar"}, delim="\\t")
+        """
+        return self._source(CsvDataSet(paths, dict(schema), delim))
+
+    def read_parquet(
+        self, paths: Union[str, List[str]], recursive: bool = False, columns: Optional[List[str]] = None, union_by_name: bool = False
+    ) -> "DataFrame":
+        """Read Parquet files (globs allowed)."""
+        return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
+
+    def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> "DataFrame":
+        """Read newline-delimited JSON files with a schema of column name → DuckDB type."""
+        return self._source(JsonDataSet(paths, dict(schema)))
+
+    def from_items(self, items: List[Any]) -> "DataFrame":
+        """A DataFrame from Python values: dicts become columns, other values a column ``item``."""
+        import pyarrow as pa
+
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
+        if isinstance(items[0], dict):
+            return self.from_arrow(pa.Table.from_pylist(list(items)))
+        return self.from_arrow(pa.table({"item": list(items)}))
+
+    def from_pandas(self, df) -> "DataFrame":
+        """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""
+        return self._source(PandasDataSet(df))
+
+    def from_arrow(self, table) -> "DataFrame":
+        """A DataFrame from a pyarrow Table (written to Parquet when first computed)."""
+        return self._source(ArrowTableDataSet(table))
+
+    def _source(self, dataset: DataSet) -> "DataFrame":
+        return DataFrame(self, DataSourceNode(self._ctx, dataset))
+
+    # -- SQL -------------------------------------------------------------------------------------
+    def partial_sql(self, query: str, *inputs: "DataFrame", **kwargs) -> "DataFrame":
+        """Run ``query`` once per partition; ``{0}``, ``{1}``, ... name the inputs.
+
+        Example::
+
+            sp.partial_sql("select host, count(*) from {0} group by host", df)
+        """
+        for i, df in enumerate(inputs):
+            if not isinstance(df, DataFrame):
+                raise ParameterError(f"partial_sql input {i} must be a DataFrame, got {type(df).__name__}")
+        plan = _tag(SqlEngineNode(self._ctx, tuple(df.plan for df in inputs), query, **kwargs), "partial_sql")
+        return DataFrame(self, plan, recompute=any(df.need_recompute for df in inputs))
+
+    # -- execution -------------------------------------------------------------------------------
+    def wait(self, *dfs: "DataFrame") -> None:
+        """Compute several DataFrames together."""
+        self._compute_frames(list(dfs))
+
+    def _compute_frames(self, dfs: List["DataFrame"]) -> List[List[DataSet]]:
+        from smallpond.logical.optimizer import optimize
+
+        for df in dfs:
+            if df.need_recompute and not getattr(df, "_recomputed", False):
+                for n in _closure(df.plan):
+                    self._invalidate(n)
+                    self._invalidate(self._optimized.get(id(n), n))
+                df._recomputed = True
+        frozen = set(self._planner.node_to_tasks)
+        nodes = []
+        for df in dfs:
+            opt = optimize(df.plan, frozen, self._optimized)
+            df.optimized_plan = opt
+            nodes.append(opt)
+        return self._run_nodes(nodes)
+
+    def graph(self):
+        """A DOT description of every node created in this session (``.source`` is the text)."""
+        from smallpond.logical.node import RootNode
+
+        roots = [n for n in self._nodes]
+        if not roots:
+            return LogicalPlan(self._ctx, DataSourceNode(self._ctx, None)).graph()
+        root = RootNode.__new__(RootNode)
+        root.__dict__.update(roots[-1].__dict__)
+        root.input_deps = tuple(roots)
+        g = LogicalPlan(self._ctx, root).graph()
+        return g
+
+    def dump_graph(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
+        path = path or os.path.join(self._runtime_ctx.log_root, "graph.dot")
+        return self.graph().render(path)
+
+
+def _closure(node: Node) -> List[Node]:
+    from smallpond.logical.graph import topological_order
+
+    return topological_order([node], lambda n: n.input_deps)
+
+
+def _tag(node: Node, op: str) -> Node:
+    node.df_op = op
+    return node
+
+
+class DataFrame:
+    """A lazy, partitioned table. Build with :class:`Session` methods; nothing runs until asked."""
+
+    def __init__(self, session: Session, plan: Node, recompute: bool = False) -> None:
+        self.session = session
+        self.plan = plan
+        self.optimized_plan: Optional[Node] = None
+        self.need_recompute = recompute
+        session._nodes.append(plan)
+
+    def __str__(self) -> str:
+        return repr(self.plan)
+
+    def __repr__(self) -> str:
+        return f"DataFrame({self.plan!r}, {self._num_partitions_str()} partitions)"
+
+    def _num_partitions_str(self) -> str:
+        try:
+            return str(self.plan.num_partitions)
+        except Exception:
+            return "?"
+
+    def _new(self, node: Node, op: str) -> "DataFrame":
+        return DataFrame(self.session, _tag(node, op), recompute=self.need_recompute)
+
+    @property
+    def _ctx(self):
+        return self.session._ctx
+
+    @property
+    def num_partitions(self) -> int:
+        return self.plan.num_partitions
+
+    # -- transformations -------------------------------------------------------------------------
+    def repartition(
+        self,
+        npartitions: int,
+        hash_by: Union[str, List[str], None] = None,
+        by: Optional[str] = None,
+        by_rows: bool = False,
+        **kwargs,
+    ) -> "DataFrame":
+        """Split into ``npartitions`` partitions.
+
+        * ``hash_by``: rows with equal values of these columns go to the same partition;
+        * ``by``: a column or SQL expression whose value (in ``[0, npartitions)``) is the partition;
+        * otherwise by files, or by rows with ``by_rows=True``.
+        """
+        if by is not None and hash_by is not None:
+            raise ParameterError("repartition: give either hash_by or by, not both")
+        if by is not None:
+            node = ShuffleNode(self._ctx, (self.plan,), npartitions, by, dimension=kwargs.pop("dimension", DATA_PARTITION_COLUMN_NAME), **kwargs)
+        elif hash_by is not None:
+            kwargs.setdefault("drop_partition_column", True)
+            node = HashPartitionNode(self._ctx, (self.plan,), npartitions, hash_by, **kwargs)
+        else:
+            node = EvenlyDistributedPartitionNode(self._ctx, (self.plan,), npartitions, partition_by_rows=by_rows, **kwargs)
+        return self._new(node, "repartition")
+
+    def random_shuffle(self, **kwargs) -> "DataFrame":
+        """Shuffle rows randomly across and within partitions (same number of partitions)."""
+        n = self.plan.num_partitions
+        part = HashPartitionNode(self._ctx, (self.plan,), n, random_shuffle=True, drop_partition_column=True, **kwargs)
+        _tag(part, "random_shuffle")
+        node = SqlEngineNode(self._ctx, (part,), "select * from {0} order by random()", **kwargs)
+        return self._new(node, "random_shuffle")
+
+    def partial_sort(self, by: Union[str, List[str]], **kwargs) -> "DataFrame":
+        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed)."""
+        cols = [by] if isinstance(by, str) else list(by)
+        if not cols:
+            raise ParameterError("partial_sort needs at least one column")
+        return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(cols)}", **kwargs), "partial_sort")
+
+    def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
+        """Keep rows where a SQL condition or a Python predicate on the row dict is true."""
+        if isinstance(sql_or_func, str):
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_or_func})", **kwargs), "filter")
+        if callable(sql_or_func):
+            return self._python_op("filter", _FilterRows(sql_or_func), None, kwargs)
+        raise ParameterError(f"filter expects a SQL string or a function, got {type(sql_or_func).__name__}")
+
+    def map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], Dict[str, Any]]], *, schema=None, **kwargs) -> "DataFrame":
+        """Map each row: a SQL select list (``"a + b as c"``) or a function row dict → dict.
+
+        ``schema`` (a ``pa.Schema``) fixes the output types of a Python function.
+        """
+        if isinstance(sql_or_func, str):
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "map")
+        if callable(sql_or_func):
+            return self._python_op("map", _MapRows(sql_or_func, schema, flat=False), schema, kwargs)
+        raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
+
+    def flat_map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]], *, schema=None, **kwargs) -> "DataFrame":
+        """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts."""
+        if isinstance(sql_or_func, str):
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "flat_map")
+        if callable(sql_or_func):
+            return self._python_op("flat_map", _MapRows(sql_or_func, schema, flat=True), schema, kwargs)
+        raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
+
+    def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs) -> "DataFrame":
+        """Apply ``func(pa.Table) -> pa.Table`` to batches of exactly ``batch_size`` rows (the last may be smaller)."""
+        if not callable(func):
+            raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
+        return self._python_op("map_batches", _MapBatches(func), None, dict(kwargs, streaming_batch_size=batch_size))
+
+    def _python_op(self, op: str, fn, schema, kwargs) -> "DataFrame":
+        node = ArrowStreamNode(self._ctx, (self.plan,), process_func=fn, **kwargs)
+        node.output_schema = schema
+        fn.describe = op
+        return self._new(node, op)
+
+    def limit(self, limit: int) -> "DataFrame":
+        """The first ``limit`` rows of the whole DataFrame, as one partition."""
+        return self._new(LimitNode(self._ctx, self.plan, limit), "limit")
+
+    def recompute(self) -> "DataFrame":
+        """Compute this DataFrame and its inputs again next time, ignoring saved results."""
+        self.need_recompute = True
+        self._recomputed = False
+        return self
+
+    # -- consumers -------------------------------------------------------------------------------
+    def _compute(self) -> List[DataSet]:
+        return self.session._compute_frames([self])[0]
+
+    def compute(self) -> None:
+        """Run the computation (results are kept for later consumers)."""
+        self._compute()
+
+    def is_computed(self) -> bool:
+        """True if this DataFrame's result is available without running anything."""
+        node = self.optimized_plan or self.session._optimized.get(id(self.plan)) or self.plan
+        return self.session._is_done(node)
+
+    def _datasets(self) -> List[DataSet]:
+        return self._compute()
+
+    def count(self) -> int:
+        """Number of rows."""
+        return sum(ds.num_rows for ds in self._datasets())
+
+    def take(self, limit: int) -> List[Dict[str, Any]]:
+        """The first ``limit`` rows as dicts."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ParameterError(f"take(limit) needs a non-negative integer, got {limit!r}")
+        source = self if (self.is_computed() or isinstance(self.plan, DataSourceNode)) else self.limit(limit)
+        rows: List[Dict[str, Any]] = []
+        for ds in source._datasets():
+            if len(rows) >= limit:
+                break
+            rows.extend(_read(ds).slice(0, limit - len(rows)).to_pylist())
+        return rows[:limit]
+
+    def take_all(self) -> List[Dict[str, Any]]:
+        """Every row as dicts, in partition order."""
+        return self.to_arrow().to_pylist()
+
+    def to_arrow(self):
+        """The whole result as one ``pyarrow.Table`` (partitions in order)."""
+        import pyarrow as pa
+
+        tables = [_read(ds) for ds in self._datasets()]
+        tables = [t for t in tables if t.num_columns > 0] or tables[:1]
+        if not tables:
+            return pa.table({})
+        if len(tables) == 1:
+            return tables[0]
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            from smallpond.io.arrow import cast_columns_to_large_string
+
+            return pa.concat_tables([cast_columns_to_large_string(t) for t in tables], promote_options="permissive")
+
+    def to_pandas(self):
+        """The whole result as one ``pandas.DataFrame`` with a fresh index."""
+        return self.to_arrow().to_pandas()
+
+    def write_parquet(self, path: str) -> None:
+        """Write the result as Parquet files into directory ``path`` (published all at once)."""
+        self.write_parquet_lazy(path).compute()
+
+    def write_parquet_lazy(self, path: str) -> "DataFrame":
+        """Like :meth:`write_parquet` but lazy: returns the DataFrame of the written files."""
+        if not isinstance(path, str) or not path:
+            raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
+        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy")
+        return self._new(node, "write_parquet")
+
+    def explain(self) -> str:
+        """The logical plan and the optimized plan, with partition counts."""
+        from smallpond.logical.optimizer import optimize
+
+        frozen = set(self.session._planner.node_to_tasks)
+        opt = optimize(self.plan, frozen, dict(self.session._optimized))
+        logical = LogicalPlan(self._ctx, self.plan).explain_str()
+        optimized = LogicalPlan(self._ctx, opt).explain_str()
+        return f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}"
+
+
+def _read(ds: DataSet):
+    if isinstance(ds, ParquetDataSet) and not ds._has_expressions() and not ds.generated_columns:
+        return ds.to_arrow_table()
+    import duckdb
+
+    conn = duckdb.connect()
+    try:
+        return ds.to_arrow_table(conn=conn)
+    finally:
+        conn.close()
+
+
+class _MapRows:
+    """Row-wise map / flat_map with a schema that stays the same across batches of a task."""
+
+    def __init__(self, func: Callable, schema, flat: bool) -> None:
+        self.func = func
+        self.schema = schema
+        self.flat = flat
+        self.__name__ = getattr(func, "__name__", "map")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+
+    def _rows(self, batch) -> list:
+        rows = []
+        for r in batch.to_pylist():
+            out = self.func(r)
+            if self.flat:
+                rows.extend(out)
+            else:
+                rows.append(out)
+        return rows
+
+    def __call__(self, runtime_ctx, readers):
+        import pyarrow as pa
+
+        known = self.schema
+        pending: list = []
+        for batch in readers[0]:
+            rows = self._rows(batch)
+            if known is not None:
+                yield pa.Table.from_pylist(rows, schema=known)
+                continue
+            table = pa.Table.from_pylist(rows)
+            if not rows or any(pa.types.is_null(f.type) for f in table.schema):
+                pending.extend(rows)  # types not known yet: wait for a batch that shows them
+                continue
+            known = table.schema
+            if pending:
+                yield pa.Table.from_pylist(pending, schema=known)
+                pending = []
+            yield table
+        if pending:
+            yield pa.Table.from_pylist(pending)
+
+
+class _FilterRows:
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        self.__name__ = getattr(func, "__name__", "filter")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+
+    def __call__(self, runtime_ctx, readers):
+        import pyarrow as pa
+
+        reader = readers[0]
+        wrote = False
+        for batch in reader:
+            mask = pa.array([bool(self.func(r)) for r in batch.to_pylist()], pa.bool_())
+            out = pa.Table.from_batches([batch]).filter(mask)
+            if out.num_rows or not wrote:
+                wrote = True
+                yield out
+        if not wrote:
+            yield reader.schema.empty_table()
+
+
+class _MapBatches:
+    def __init__(self, func: Callable) -> None:
+        self.func = func
+        self.__name__ = getattr(func, "__name__", "map_batches")
+        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+
+    def __call__(self, runtime_ctx, readers):
+        import pyarrow as pa
+
+        for batch in readers[0]:
+            out = self.func(pa.Table.from_batches([batch]))
+            if out is not None:
+                yield out
