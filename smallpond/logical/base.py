@@ -160,7 +160,9 @@ class Node:
 
     @property
     def label(self) -> str:
-        return f"{self!r}" + (f" '{self.output_name}'" if self.output_name else "")
+        """How errors and logs name the node: class-id, DataFrame operation and output name."""
+        op = getattr(self, "df_op", None)
+        return f"{self!r}" + (f" (DataFrame.{op})" if op else "") + (f" '{self.output_name}'" if self.output_name else "")
 
     def _msg(self, text: str) -> str:
         return f"{type(self).__name__} created at {self.location}: {text}"

@@ -245,6 +245,8 @@ class DataSet:
         ds.recursive = any(d.recursive for d in datasets)
         ds._union_by_name = any(d._union_by_name for d in datasets)
         ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
+        if not ds.paths:
+            ds._schema_path = next((getattr(d, "_schema_path", None) for d in datasets if getattr(d, "_schema_path", None)), None)
         return ds
 
     def __repr__(self) -> str:
@@ -467,13 +469,13 @@ class ParquetDataSet(DataSet):
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
         if conn is not None or self.generated_columns or (self.columns and "*" in self.columns) or self._has_expressions():
-            if self.empty and self.schema is None:
+            if self.empty and self._schema_source() is None:
                 return _empty_table()
             return super().to_arrow_table(max_workers, filesystem, conn)
         from smallpond.io.arrow import load_from_parquet_files
 
         if self.empty:
-            return _empty_table(self.schema)
+            return _empty_table(self._schema_source())
         return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
 
     def _has_expressions(self) -> bool:
@@ -481,7 +483,7 @@ class ParquetDataSet(DataSet):
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
         if conn is not None or self.generated_columns or self._has_expressions() or self.union_by_name and self.columns is None:
-            if self.empty and self.schema is None:
+            if self.empty and self._schema_source() is None:
                 import pyarrow as pa
 
                 return pa.RecordBatchReader.from_batches(pa.schema([]), iter([]))
@@ -491,8 +493,8 @@ class ParquetDataSet(DataSet):
         if self.empty:
             import pyarrow as pa
 
-            schema = self.schema if self.schema is not None else pa.schema([])
-            return build_batch_reader_from_files([], columns=self.columns, batch_size=batch_size, schema=schema)
+            schema = self._schema_source()
+            return build_batch_reader_from_files([], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([]))
         return build_batch_reader_from_files(self.resolved_row_ranges, columns=self.columns, batch_size=batch_size)
 
     def partition_by_rows(self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None) -> List["ParquetDataSet"]:
@@ -521,7 +523,25 @@ class ParquetDataSet(DataSet):
     def _with_paths(self, paths):
         ds = super()._with_paths(paths)
         ds._resolved_row_ranges = None
+        if not paths and ds.schema is None:
+            # an empty piece of a non-empty dataset keeps a file to take its columns from
+            source = self._resolved_paths or (self._resolved_row_ranges and [r.path for r in self._resolved_row_ranges])
+            ds._schema_path = source[0] if source else getattr(self, "_schema_path", None)
         return ds
+
+    def _schema_source(self):
+        import pyarrow.parquet as pq
+
+        if self.schema is not None:
+            return self.schema
+        path = getattr(self, "_schema_path", None)
+        return pq.read_schema(path) if path else None
+
+    def _empty_fragment(self, conn) -> str:
+        path = getattr(self, "_schema_path", None)
+        if self.schema is None and path:
+            return f"( SELECT {self._column_str} FROM read_parquet({_quote(path)}, hive_partitioning=false) LIMIT 0 )"
+        return super()._empty_fragment(conn)
 
     def _merge(self, datasets):
         ds = super()._merge(datasets)

@@ -57,7 +57,7 @@ def open_connection(task: Task, runtime_ctx, *, cpu_overcommit_ratio: float = 1.
     conn.execute(f"SET memory_limit = '{memory_mb}MB'")
     conn.execute(f"SET temp_directory = '{spill}'")
     conn.execute("SET enable_progress_bar = false")
-    conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})")
+    conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})").fetchall()
     return conn
 
 
@@ -95,9 +95,10 @@ def format_query(task: Task, query: str, views: List[str], extra: Dict[str, obje
         raise err from None
 
 
-def run_sql(conn, sql: str):
+def run_sql(conn, sql: str) -> list:
+    """Execute and fetch everything (DuckDB refuses new work while a result is unfinished)."""
     try:
-        return conn.execute(sql)
+        return conn.execute(sql).fetchall()
     except Exception as e:  # duckdb.Error subclasses
         mapped = classify_duckdb_error(e, sql)
         if mapped is e:
@@ -129,8 +130,8 @@ def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, 
         sql = f"COPY ({query}) TO '{output_dir}' ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN '{prefix}-{{i}}', OVERWRITE_OR_IGNORE true)"
     else:
         sql = f"COPY ({query}) TO '{os.path.join(output_dir, prefix + '-0.parquet')}' ({opts})"
-    row = run_sql(conn, sql).fetchone()
-    return int(row[0]) if row else 0
+    rows = run_sql(conn, sql)
+    return int(rows[0][0]) if rows and rows[0] else 0
 
 
 class SqlEngineTask(Task):

@@ -1,0 +1,342 @@
+"""DataFrame API: every method checked against plain DuckDB / pyarrow on the same input,
+over every source kind (Parquet, CSV, JSON, pandas, Arrow, items)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond
+from smallpond.errors import TaskError
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    root = tmp_path_factory.mktemp("df_root")
+    session = smallpond.init(data_root=str(root))
+    yield session
+    session.shutdown()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The same 1000 rows (a, b, s) as 10 Parquet files, 4 CSV files and 2 JSON files."""
+    d = tmp_path_factory.mktemp("df_data")
+    table = pa.table({"a": list(range(1000)), "b": [i % 7 for i in range(1000)], "s": [f"k{i % 13}" for i in range(1000)]})
+    pq_paths, csv_paths, json_paths = [], [], []
+    for i in range(10):
+        p = str(d / f"part{i}.parquet")
+        pq.write_table(table.slice(i * 100, 100), p)
+        pq_paths.append(p)
+    for i in range(4):
+        p = str(d / f"part{i}.csv")
+        table.slice(i * 250, 250).to_pandas().to_csv(p, index=False, header=False)
+        csv_paths.append(p)
+    for i in range(2):
+        p = str(d / f"part{i}.json")
+        with open(p, "w") as f:
+            for row in table.slice(i * 500, 500).to_pylist():
+                f.write(json.dumps(row) + "\n")
+        json_paths.append(p)
+    return {"table": table, "dir": str(d), "parquet": pq_paths, "csv": csv_paths, "json": json_paths}
+
+
+SCHEMA = {"a": "bigint", "b": "bigint", "s": "varchar"}
+KINDS = ["parquet", "csv", "json", "pandas", "arrow", "items"]
+
+
+def source(sp, files, kind):
+    t = files["table"]
+    if kind == "parquet":
+        return sp.read_parquet(os.path.join(files["dir"], "*.parquet"))
+    if kind == "csv":
+        return sp.read_csv(os.path.join(files["dir"], "*.csv"), schema=SCHEMA)
+    if kind == "json":
+        return sp.read_json(os.path.join(files["dir"], "*.json"), schema=SCHEMA)
+    if kind == "pandas":
+        return sp.from_pandas(t.to_pandas())
+    if kind == "arrow":
+        return sp.from_arrow(t)
+    return sp.from_items(t.to_pylist())
+
+
+def duck(sql, table):
+    con = duckdb.connect()
+    con.register("t", table)
+    return con.sql(sql).to_arrow_table()
+
+
+def rows(table, *cols):
+    d = table.to_pydict()
+    cols = cols or tuple(d)
+    return sorted(zip(*(d[c] for c in cols)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_count_and_to_arrow_every_source(sp, files, kind):
+    df = source(sp, files, kind)
+    assert df.count() == 1000
+    assert rows(df.to_arrow(), "a", "b", "s") == rows(files["table"], "a", "b", "s")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_python_map_filter_on_every_source(sp, files, kind):
+    df = source(sp, files, kind)
+    mapped = df.map(lambda r: {"c": r["a"] + r["b"]}).to_arrow()
+    assert sorted(mapped.column("c").to_pylist()) == sorted(x[0] for x in rows(duck("select a + b as c from t", files["table"]), "c"))
+    kept = df.filter(lambda r: r["b"] == 3).to_arrow()
+    assert rows(kept, "a") == rows(duck("select a from t where b = 3", files["table"]), "a")
+
+
+def test_sql_map_filter_flat_map(sp, files):
+    df = source(sp, files, "parquet")
+    assert rows(df.map("a + b as c").to_arrow()) == rows(duck("select a + b as c from t", files["table"]))
+    assert rows(df.filter("a > 990").to_arrow()) == rows(duck("select * from t where a > 990", files["table"]))
+    fm = df.filter("a < 3").flat_map("unnest(array[a, b]) as c").to_arrow()
+    assert rows(fm) == rows(duck("select unnest(array[a, b]) as c from t where a < 3", files["table"]))
+
+
+def test_fused_filter_then_map(sp, files):
+    df = source(sp, files, "parquet").filter("b = 1").map("a * 2 as d")
+    text = df.explain()
+    assert "== Logical plan ==" in text and "== Optimized plan ==" in text
+    optimized = text.split("== Optimized plan ==")[1]
+    assert optimized.count("SqlEngineNode") == 1  # filter and map run as one query
+    assert rows(df.to_arrow()) == rows(duck("select a * 2 as d from t where b = 1", files["table"]))
+
+
+def test_python_flat_map_and_schema(sp):
+    df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}, {"a": 3, "b": 6}])
+    out = df.flat_map(lambda r: [{"c": r["a"]}, {"c": r["b"]}]).take_all()
+    assert [r["c"] for r in out] == [1, 4, 2, 5, 3, 6]
+    schema = pa.schema([("c", pa.int64())])
+    out = df.map(lambda r: {"c": None if r["a"] == 2 else r["a"]}, schema=schema).to_arrow()
+    assert out.schema.field("c").type == pa.int64()
+    assert out.column("c").to_pylist() == [1, None, 3]
+
+
+def test_map_schema_inference_stable_across_batches(sp):
+    # the first batch only has None: the type is taken from a later batch
+    items = [{"x": i} for i in range(30)]
+    df = sp.from_items(items).map_batches(lambda t: t, batch_size=10)
+    out = df.map(lambda r: {"y": None if r["x"] < 10 else r["x"]}).to_arrow()
+    assert out.column("y").type == pa.int64()
+    assert sorted(v for v in out.column("y").to_pylist() if v is not None) == list(range(10, 30))
+    assert out.column("y").null_count == 10
+
+
+def test_map_batches_exact_sizes_across_files(sp, files):
+    df = source(sp, files, "parquet")
+    out = df.map_batches(lambda t: pa.table({"num_rows": [t.num_rows]}), batch_size=350).take_all()
+    assert [r["num_rows"] for r in out] == [350, 350, 300]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json", "pandas"])
+def test_map_batches_non_parquet(sp, files, kind):
+    out = source(sp, files, kind).map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_size=400).take_all()
+    assert sum(r["n"] for r in out) == 1000
+
+
+def test_repartition_by_files_and_rows(sp, files):
+    df = source(sp, files, "parquet")
+    by_files = df.repartition(4)
+    assert by_files.num_partitions == 4
+    assert by_files.count() == 1000
+    sizes = [ds.num_rows for ds in by_files._compute()]
+    assert sizes == [300, 300, 200, 200]
+    by_rows = df.repartition(3, by_rows=True)
+    assert [ds.num_rows for ds in by_rows._compute()] == [334, 333, 333]
+    assert rows(by_rows.to_arrow()) == rows(files["table"])
+
+
+def test_repartition_hash_by(sp, files):
+    df = source(sp, files, "csv").repartition(5, hash_by="s")
+    parts = df._compute()
+    assert len(parts) == 5
+    seen = {}
+    for i, ds in enumerate(parts):
+        t = ds.to_arrow_table()
+        assert "__data_partition__" not in t.column_names  # no extra column in the DataFrame API
+        for k in set(t.column("s").to_pylist()):
+            assert seen.setdefault(k, i) == i  # one key, one partition
+    assert rows(df.to_arrow()) == rows(files["table"])
+
+
+def test_repartition_by_expression(sp):
+    df = sp.from_items(list(range(100))).repartition(10, by="item % 10")
+    out = sp.partial_sql("select min(item % 10) as min, max(item % 10) as max from {0}", df).take_all()
+    assert out == [{"min": i, "max": i} for i in range(10)]
+
+
+def test_repartition_key_out_of_range(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        df = s.from_items(list(range(100))).repartition(10, by="item % 11")
+        with pytest.raises(TaskError, match="partition key 10 is out of range 0-9"):
+            df.to_arrow()
+
+
+def test_repartition_both_by_and_hash_by(sp):
+    with pytest.raises(ValueError):
+        sp.from_items([1]).repartition(2, by="item", hash_by="item")
+
+
+def test_random_shuffle(sp):
+    df = sp.from_items(list(range(1000))).repartition(10, by_rows=True).random_shuffle()
+    items = [r["item"] for r in df.take_all()]
+    assert sorted(items) == list(range(1000))
+    inversions = sum(1 for i in range(len(items)) for j in range(i + 1, len(items)) if items[i] > items[j])
+    assert 200_000 < inversions < 300_000
+    # works after a Python map too (upstream needed num_partitions there)
+    shuffled = sp.from_items(list(range(50))).map(lambda r: {"x": r["item"]}).random_shuffle()
+    assert sorted(r["x"] for r in shuffled.take_all()) == list(range(50))
+    assert "__data_partition__" not in shuffled.to_arrow().column_names
+
+
+def test_partial_sort(sp, files):
+    df = source(sp, files, "parquet").repartition(3, hash_by="b").partial_sort(["b", "a desc"])
+    for ds in df._compute():
+        t = ds.to_arrow_table().to_pylist()
+        assert t == sorted(t, key=lambda r: (r["b"], -r["a"]))
+
+
+def test_limit_is_global(sp, files):
+    df = source(sp, files, "parquet").repartition(10)
+    assert df.limit(7).count() == 7
+    # a limit stays global when more operations follow it
+    assert df.limit(7).map("a + 1 as a1").count() == 7
+    assert df.limit(7).filter("a >= 0").count() == 7
+    assert sp.from_items(list(range(100))).repartition(10, by_rows=True).limit(2).count() == 2
+
+
+def test_take_and_take_all(sp, files):
+    df = source(sp, files, "parquet")
+    assert df.take(2) == files["table"].slice(0, 2).to_pylist()
+    assert df.take_all() == files["table"].to_pylist()
+    assert sp.from_items([1, 2, 3]).take_all() == [{"item": 1}, {"item": 2}, {"item": 3}]
+
+
+def test_to_pandas_roundtrip(sp):
+    pdf = pd.DataFrame({"x": [1, 2, 3], "y": ["a", "b", "c"]})
+    out = sp.from_pandas(pdf).to_pandas()
+    assert out.equals(pdf)
+    assert sp.from_pandas(pdf).count() == 3
+
+
+def test_from_arrow_roundtrip_keeps_types(sp):
+    t = pa.table({"a": [1, 2, 3], "s": ["x", "y", "z"], "bin": [b"1", b"2", b"3"]})
+    assert sp.from_arrow(t).to_arrow().equals(t)
+
+
+def test_partial_sql_no_input_and_join(sp):
+    assert sp.partial_sql("select * from range(3)").to_pandas()["range"].tolist() == [0, 1, 2]
+    left = sp.from_arrow(pa.table({"k": [1, 2, 3], "l": ["a", "b", "c"]}))
+    right = sp.from_arrow(pa.table({"k": [2, 3, 4], "r": ["x", "y", "z"]}))
+    joined = sp.partial_sql("select l, r from {0} join {1} using (k) order by k", left, right)
+    assert joined.take_all() == [{"l": "b", "r": "x"}, {"l": "c", "r": "y"}]
+
+
+def test_empty_results_keep_schema(sp, files):
+    df = source(sp, files, "parquet").filter("a < 0")
+    t = df.to_arrow()
+    assert t.num_rows == 0
+    assert t.column_names == ["a", "b", "s"]
+    assert df.count() == 0
+    assert df.take(3) == []
+    assert df.to_pandas().shape == (0, 3)
+    mapped = df.map(lambda r: {"z": r["a"]}, schema=pa.schema([("z", pa.int64())])).to_arrow()
+    assert mapped.num_rows == 0 and mapped.column_names == ["z"]
+    # SQL on top of an empty hash partition output still sees the columns
+    counted = sp.partial_sql("select count(*) as n, max(a) as m from {0}", df.repartition(3, hash_by="a")).take_all()
+    assert sum(r["n"] for r in counted) == 0
+
+
+def test_derived_frame_reuses_computed_result(sp, files, tmp_path):
+    marker = tmp_path / "calls"
+    marker.mkdir()
+
+    def tag(t):
+        (marker / f"{os.getpid()}-{os.urandom(4).hex()}").touch()
+        return t
+
+    base = source(sp, files, "parquet").map_batches(tag, batch_size=1000)
+    assert not base.is_computed()
+    base.compute()
+    assert base.is_computed()
+    calls = len(os.listdir(marker))
+    assert calls == 1
+    derived = base.filter("a < 10")
+    assert derived.count() == 10
+    assert base.map("a").count() == 1000
+    assert len(os.listdir(marker)) == calls  # the upstream work was not repeated
+    base.recompute()
+    base.compute()
+    assert len(os.listdir(marker)) == calls + 1
+
+
+def test_write_parquet(sp, files, tmp_path):
+    out = tmp_path / "out"
+    df = sp.partial_sql("select s, count(*) as n from {0} group by s", source(sp, files, "parquet").repartition(3, hash_by="s"))
+    assert df.write_parquet(str(out)) is None
+    written = sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
+    assert written and os.path.exists(out / ".MANIFEST.txt")
+    got = pq.read_table([str(out / p) for p in written]) if len(written) > 1 else pq.read_table(str(out / written[0]))
+    assert rows(got) == rows(duck("select s, count(*) as n from t group by s", files["table"]))
+    lazy = df.write_parquet_lazy(str(tmp_path / "out2"))
+    assert not os.path.exists(tmp_path / "out2")
+    lazy.compute()
+    assert os.path.exists(tmp_path / "out2" / ".MANIFEST.txt")
+
+
+def test_bad_sql_names_the_sql(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        df = s.from_arrow(pa.table({"a": [1]}))
+        with pytest.raises(Exception) as info:
+            s.partial_sql("select a,, from {0}", df).compute()
+        text = str(info.value)
+        assert "select a,, from" in text
+        assert "test_dataframe.py" in text  # the user's line that created the failing step
+        assert "partial_sql" in text
+
+
+def test_unpicklable_function_message(tmp_path):
+    import threading
+
+    lock = threading.Lock()
+
+    def uses_lock(row):
+        with lock:
+            return row
+
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        with pytest.raises(TaskError) as info:
+            s.from_items([1, 2]).map(uses_lock).compute()
+        text = str(info.value)
+        assert "Can't pickle" in text and "uses_lock" in text and "lock" in text.lower()
+
+
+def test_python_error_names_operation_and_line(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        df = s.from_items([1, 2, 3]).map(lambda r: {"x": 1 / 0})
+        with pytest.raises(TaskError) as info:
+            df.compute()
+        text = str(info.value)
+        assert "ZeroDivisionError" in text and "map" in text and "test_dataframe.py" in text
+
+
+def test_udf_in_sql_map(sp):
+    from smallpond.logical.udf import UDFType, udf
+
+    @udf(params=[UDFType.BIGINT, UDFType.BIGINT], return_type=UDFType.BIGINT)
+    def gcd(a, b):
+        while b:
+            a, b = b, a % b
+        return a
+
+    df = sp.from_arrow(pa.table({"a": [12, 9, 7], "b": [8, 6, 5]}))
+    assert [r["g"] for r in df.map("gcd(a, b) as g", udfs=[gcd]).take_all()] == [4, 3, 1]
