@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection, wait
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import cloudpickle
 from loguru import logger
@@ -21,6 +21,7 @@ from loguru import logger
 from smallpond.errors import TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion, Executor
 from smallpond.execution.task import RuntimeContext, Task
+
 
 class _Worker:
     """A worker: a fresh interpreter running ``python -m smallpond.execution.worker``.
@@ -129,7 +130,11 @@ class LocalExecutor(Executor):
             except subprocess.TimeoutExpired:
                 code = None
             logger.warning("worker {} (pid {}) died with exit code {} while running {}", w.index, w.pid, code, key)
-            out.append(Completion(key, attempt, False, None, WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}")))
+            out.append(
+                Completion(
+                    key, attempt, False, None, WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}")
+                )
+            )
             w.running = None
             self._replace(w)
         return out
@@ -202,4 +207,3 @@ def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
         retryable=False,
         cause_type=type(e).__name__,
     )
-
