@@ -49,7 +49,11 @@ class Session(SessionBase):
         return self._source(CsvDataSet(paths, dict(schema), delim))
 
     def read_parquet(
-        self, paths: Union[str, List[str]], recursive: bool = False, columns: Optional[List[str]] = None, union_by_name: bool = False
+        self,
+        paths: Union[str, List[str]],
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
     ) -> "DataFrame":
         """Read Parquet files (globs allowed)."""
         return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
@@ -117,16 +121,9 @@ class Session(SessionBase):
 
     def graph(self):
         """A DOT description of every node created in this session (``.source`` is the text)."""
-        from smallpond.logical.node import RootNode
+        from smallpond.logical.node import dot_graph
 
-        roots = [n for n in self._nodes]
-        if not roots:
-            return LogicalPlan(self._ctx, DataSourceNode(self._ctx, None)).graph()
-        root = RootNode.__new__(RootNode)
-        root.__dict__.update(roots[-1].__dict__)
-        root.input_deps = tuple(roots)
-        g = LogicalPlan(self._ctx, root).graph()
-        return g
+        return dot_graph(self._nodes)
 
     def dump_graph(self, path: Optional[str] = None) -> Optional[str]:
         """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
@@ -196,7 +193,9 @@ class DataFrame:
         if by is not None and hash_by is not None:
             raise ParameterError("repartition: give either hash_by or by, not both")
         if by is not None:
-            node = ShuffleNode(self._ctx, (self.plan,), npartitions, by, dimension=kwargs.pop("dimension", DATA_PARTITION_COLUMN_NAME), **kwargs)
+            node = ShuffleNode(
+                self._ctx, (self.plan,), npartitions, by, dimension=kwargs.pop("dimension", DATA_PARTITION_COLUMN_NAME), **kwargs
+            )
         elif hash_by is not None:
             kwargs.setdefault("drop_partition_column", True)
             node = HashPartitionNode(self._ctx, (self.plan,), npartitions, hash_by, **kwargs)
@@ -217,12 +216,16 @@ class DataFrame:
         cols = [by] if isinstance(by, str) else list(by)
         if not cols:
             raise ParameterError("partial_sort needs at least one column")
-        return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(cols)}", **kwargs), "partial_sort")
+        return self._new(
+            SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(cols)}", **kwargs), "partial_sort"
+        )
 
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
         """Keep rows where a SQL condition or a Python predicate on the row dict is true."""
         if isinstance(sql_or_func, str):
-            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_or_func})", **kwargs), "filter")
+            return self._new(
+                SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_or_func})", **kwargs), "filter"
+            )
         if callable(sql_or_func):
             return self._python_op("filter", _FilterRows(sql_or_func), None, kwargs)
         raise ParameterError(f"filter expects a SQL string or a function, got {type(sql_or_func).__name__}")
@@ -238,7 +241,9 @@ class DataFrame:
             return self._python_op("map", _MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
-    def flat_map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]], *, schema=None, **kwargs) -> "DataFrame":
+    def flat_map(
+        self, sql_or_func: Union[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]], *, schema=None, **kwargs
+    ) -> "DataFrame":
         """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts."""
         if isinstance(sql_or_func, str):
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "flat_map")

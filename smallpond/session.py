@@ -186,7 +186,8 @@ class SessionBase:
             results = self._scheduler.run(targets, self._planner.tasks)
         except JobFailed as e:
             self._failed = True
-            raise e.errors[0] if e.errors else e
+            # surface the failed task itself: it names the node, the call site, the SQL
+            raise (e.errors[0] if e.errors else e) from None
         except BaseException:
             self._failed = True
             raise
@@ -264,7 +265,9 @@ def _setup_session_logging(rt) -> list:
         ids = [logger.add(sys.stderr, level=rt.console_log_level)]
     except ValueError:
         ids = []
-    ids.append(logger.add(os.path.join(rt.log_root, f"{rt.exec_id}.log"), level=rt.file_log_level, rotation="100 MB", retention=5))
+    ids.append(
+        logger.add(os.path.join(rt.log_root, f"{rt.exec_id}.log"), level=rt.file_log_level, rotation="100 MB", retention=5)
+    )
     return ids
 
 

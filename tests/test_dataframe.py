@@ -89,7 +89,9 @@ def test_count_and_to_arrow_every_source(sp, files, kind):
 def test_python_map_filter_on_every_source(sp, files, kind):
     df = source(sp, files, kind)
     mapped = df.map(lambda r: {"c": r["a"] + r["b"]}).to_arrow()
-    assert sorted(mapped.column("c").to_pylist()) == sorted(x[0] for x in rows(duck("select a + b as c from t", files["table"]), "c"))
+    assert sorted(mapped.column("c").to_pylist()) == sorted(
+        x[0] for x in rows(duck("select a + b as c from t", files["table"]), "c")
+    )
     kept = df.filter(lambda r: r["b"] == 3).to_arrow()
     assert rows(kept, "a") == rows(duck("select a from t where b = 3", files["table"]), "a")
 
@@ -333,10 +335,10 @@ def test_udf_in_sql_map(sp):
     from smallpond.logical.udf import UDFType, udf
 
     @udf(params=[UDFType.BIGINT, UDFType.BIGINT], return_type=UDFType.BIGINT)
-    def gcd(a, b):
+    def my_gcd(a, b):
         while b:
             a, b = b, a % b
         return a
 
     df = sp.from_arrow(pa.table({"a": [12, 9, 7], "b": [8, 6, 5]}))
-    assert [r["g"] for r in df.map("gcd(a, b) as g", udfs=[gcd]).take_all()] == [4, 3, 1]
+    assert [r["g"] for r in df.map("my_gcd(a, b) as g", udfs=[my_gcd]).take_all()] == [4, 3, 1]

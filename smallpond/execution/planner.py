@@ -16,6 +16,31 @@ from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from smallpond.errors import PlanError
+from smallpond.execution.ops.arrow import (
+    ArrowBatchTask,
+    ArrowComputeTask,
+    ArrowStreamTask,
+    PandasBatchTask,
+    PandasComputeTask,
+    PythonScriptTask,
+)
+from smallpond.execution.ops.sink import DataSinkTask
+from smallpond.execution.ops.sql import HashPartitionTask, SqlEngineTask
+from smallpond.execution.ops.structural import (
+    DataSourceTask,
+    EvenlyDistributedPartitionProducerTask,
+    LoadPartitionedDataSetProducerTask,
+    MaterializeSourceTask,
+    MergeDataSetsTask,
+    PartitionConsumerTask,
+    ProjectionTask,
+    RepeatPartitionProducerTask,
+    RootTask,
+    SplitDataSetTask,
+    UserDefinedPartitionProducerTask,
+    is_literal_dataset,
+)
+from smallpond.execution.task import PartitionInfo, RuntimeContext, Task
 from smallpond.logical.base import Node
 from smallpond.logical.graph import topological_order
 from smallpond.logical.node import (
@@ -42,31 +67,6 @@ from smallpond.logical.node import (
     UnionNode,
     UserDefinedPartitionNode,
 )
-from smallpond.execution.ops.arrow import (
-    ArrowBatchTask,
-    ArrowComputeTask,
-    ArrowStreamTask,
-    PandasBatchTask,
-    PandasComputeTask,
-    PythonScriptTask,
-)
-from smallpond.execution.ops.sink import DataSinkTask
-from smallpond.execution.ops.sql import HashPartitionTask, SqlEngineTask
-from smallpond.execution.ops.structural import (
-    DataSourceTask,
-    EvenlyDistributedPartitionProducerTask,
-    LoadPartitionedDataSetProducerTask,
-    MaterializeSourceTask,
-    MergeDataSetsTask,
-    PartitionConsumerTask,
-    ProjectionTask,
-    RepeatPartitionProducerTask,
-    RootTask,
-    SplitDataSetTask,
-    UserDefinedPartitionProducerTask,
-    is_literal_dataset,
-)
-from smallpond.execution.task import PartitionInfo, RuntimeContext, Task
 
 TOP = PartitionInfo()
 
@@ -400,7 +400,7 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
     out = []
     for mt in inputs[main]:
         deps = []
-        for i, ts in enumerate(inputs):
+        for i in range(len(inputs)):
             if i == main:
                 deps.append(mt)
                 continue

@@ -275,16 +275,8 @@ class LogicalPlan:
         return self.explain_str()
 
     def graph(self) -> _Digraph:
-        lines = ["digraph smallpond {", "  rankdir=BT;", "  node [shape=box];"]
-        for node in self.nodes.values():
-            label = f"{node!r}\\n{_count(node)} partition(s)"
-            if node.output_name:
-                label += f"\\n{node.output_name}"
-            lines.append(f'  n{int(node.id)} [label="{label}"];')
-            for dep in node.input_deps:
-                lines.append(f"  n{int(dep.id)} -> n{int(node.id)};")
-        lines.append("}")
-        return _Digraph("\n".join(lines))
+        """The plan as DOT text; ``.render(path)`` also draws it when Graphviz is installed."""
+        return dot_graph([self.root_node])
 
     def to_networkx(self):
         """The plan as a ``networkx.DiGraph`` (edges point from input to consumer)."""
@@ -296,6 +288,22 @@ class LogicalPlan:
             for dep in node.input_deps:
                 g.add_edge(dep.id, node.id)
         return g
+
+
+def dot_graph(roots: Sequence[Node]) -> _Digraph:
+    """A DOT description of every node reachable from ``roots``."""
+    lines = ["digraph smallpond {", "  rankdir=BT;", "  node [shape=box];"]
+    for node in topological_order(list(roots), lambda n: n.input_deps):
+        label = f"{node!r}\\n{_count(node)} partition(s)"
+        if getattr(node, "df_op", None):
+            label += f"\\nDataFrame.{node.df_op}"
+        if node.output_name:
+            label += f"\\n{node.output_name}"
+        lines.append(f'  n{int(node.id)} [label="{label}"];')
+        for dep in node.input_deps:
+            lines.append(f"  n{int(dep.id)} -> n{int(node.id)};")
+    lines.append("}")
+    return _Digraph("\n".join(lines))
 
 
 def _count(node: Node) -> str:

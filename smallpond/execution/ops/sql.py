@@ -14,8 +14,8 @@ from typing import Dict, List, Optional
 
 from smallpond.common import MB
 from smallpond.errors import OutOfMemory, UserCodeError
-from smallpond.logical.dataset import DataSet, ParquetDataSet, PartitionedDataSet
 from smallpond.execution.task import Task, default_memory_limit
+from smallpond.logical.dataset import DataSet, ParquetDataSet, PartitionedDataSet
 
 # DuckDB error classes that can never succeed on retry.
 _USER_ERRORS = (
@@ -110,7 +110,7 @@ def parquet_options(node, kv: Dict[str, str]) -> str:
     comp = (getattr(node, "parquet_compression", None) or "uncompressed").lower()
     if comp == "none":
         comp = "uncompressed"
-    opts = [f"FORMAT PARQUET", f"COMPRESSION '{comp}'"]
+    opts = ["FORMAT PARQUET", f"COMPRESSION '{comp}'"]
     level = getattr(node, "parquet_compression_level", None)
     if comp == "zstd" and level is not None:
         opts.append(f"COMPRESSION_LEVEL {int(level)}")
@@ -160,7 +160,13 @@ class SqlEngineTask(Task):
         )
         try:
             for ctx in node.udf_contexts.values():
-                ctx.bind(conn)
+                try:
+                    ctx.bind(conn)
+                except Exception as e:
+                    mapped = classify_duckdb_error(e, f"registering UDF {getattr(ctx, 'name', ctx)!r}")
+                    if mapped is e:
+                        raise
+                    raise mapped from e
             views = create_input_views(self, conn, inputs)
             nq = len(node.sql_queries)
             for qi, raw in enumerate(node.sql_queries):

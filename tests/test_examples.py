@@ -1,0 +1,63 @@
+"""Every example in examples/ runs, and its result equals plain DuckDB's on the same input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import duckdb
+import pandas as pd
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLES = os.path.join(REPO, "examples")
+
+
+def run_example(name, *args, cwd, env_extra=None):
+    env = dict(os.environ, SP_DATA_ROOT=os.path.join(cwd, "sp_data"), SP_PROGRESS="0")
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, os.path.join(EXAMPLES, name), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_quickstart_example_matches_duckdb(tmp_path):
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import quickstart
+    finally:
+        sys.path.remove(EXAMPLES)
+    prices = str(tmp_path / "prices.parquet")
+    quickstart.make_prices(prices, rows=20_000)
+    proc = run_example("quickstart.py", prices, str(tmp_path / "output"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    got = duckdb.sql(f"select * from read_parquet('{tmp_path}/output/*.parquet') order by ticker").df()
+    want = duckdb.sql(f"select ticker, min(price), max(price) from '{prices}' group by ticker order by ticker").df()
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True), check_dtype=False)
+    assert "T0" in proc.stdout  # the printed frame
+    assert os.path.exists(tmp_path / "output" / ".MANIFEST.txt")
+
+
+def test_quickstart_example_without_arguments(tmp_path):
+    proc = run_example("quickstart.py", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "ticker" in proc.stdout
+
+
+def test_log_processing_example_matches_duckdb(tmp_path):
+    sys.path.insert(0, EXAMPLES)
+    try:
+        import log_processing
+    finally:
+        sys.path.remove(EXAMPLES)
+    logs = str(tmp_path / "logs")
+    log_processing.make_logs(logs, nfiles=3, lines=2000)
+    proc = run_example("log_processing.py", logs, str(tmp_path / "stats"), cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    got = duckdb.sql(f"select host, requests, bytes from read_parquet('{tmp_path}/stats/*.parquet') order by host").df()
+    want = duckdb.sql(
+        f"""select lower(host) as host, count(*) as requests, cast(sum(bytes) as bigint) as bytes
+            from read_json('{logs}/*.jsonl', format='newline_delimited') group by 1 order by 1"""
+    ).df()
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    assert "slow" in duckdb.sql(f"select * from read_parquet('{tmp_path}/stats/*.parquet')").columns

@@ -1,0 +1,148 @@
+"""smallpond.init(), the Session's configuration, lifecycle and job directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+
+import pytest
+
+import smallpond
+from smallpond.errors import ParameterError
+
+
+def test_init_needs_no_ray_and_no_service(tmp_path):
+    code = (
+        "import sys, smallpond\n"
+        f"sp = smallpond.init(data_root={str(tmp_path)!r})\n"
+        "print(sp.from_items([1, 2, 3]).count())\n"
+        "sp.shutdown()\n"
+        "assert 'ray' not in sys.modules, 'ray was imported'\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "3"
+
+
+def test_argument_beats_environment_beats_default(tmp_path, monkeypatch):
+    env_root = tmp_path / "env_root"
+    arg_root = tmp_path / "arg_root"
+    monkeypatch.setenv("SP_DATA_ROOT", str(env_root))
+    jid = str(uuid.uuid4())
+    monkeypatch.setenv("SP_JOBID", jid)
+    monkeypatch.setenv("SP_NUM_EXECUTORS", "1")
+    with smallpond.init(data_root=str(arg_root)) as sp:
+        assert sp.config.data_root == str(arg_root)  # argument wins over SP_DATA_ROOT
+        assert sp.config.job_id == jid  # environment wins over the default
+        assert sp.config.num_executors == 1
+        assert sp.runtime_ctx.job_root.startswith(str(arg_root))
+    with smallpond.init(num_executors=2) as sp:
+        assert sp.config.data_root == str(env_root)
+        assert sp.config.num_executors == 2
+
+
+def test_job_time_accepts_datetime_iso_and_epoch(tmp_path):
+    when = datetime(2024, 5, 6, 7, 8, 9)
+    for value in (when, when.isoformat(), when.timestamp()):
+        with smallpond.init(data_root=str(tmp_path), job_time=value) as sp:
+            assert os.path.basename(sp.runtime_ctx.job_root).startswith("2024-05-06-07-08-09.")
+
+
+def test_bad_init_arguments(tmp_path):
+    with pytest.raises(ParameterError, match="unexpected"):
+        smallpond.init(data_root=str(tmp_path), no_such_option=1)
+    with pytest.raises(ParameterError, match="num_executors"):
+        smallpond.init(data_root=str(tmp_path), num_executors=-1)
+
+
+def test_job_directories_and_status_on_success(tmp_path):
+    sp = smallpond.init(data_root=str(tmp_path))
+    root = sp.runtime_ctx.job_root
+    for d in ("config", "log", "queue", "staging", "output", "temp"):
+        assert os.path.isdir(os.path.join(root, d))
+    assert oct(os.stat(root).st_mode & 0o777) == "0o700"
+    sp.from_items([1, 2]).write_parquet(str(tmp_path / "out"))
+    sp.shutdown()
+    sp.shutdown()  # idempotent
+    for d in ("queue", "staging", "temp"):
+        assert not os.path.exists(os.path.join(root, d))
+    status = open(os.path.join(root, "log", ".STATUS")).read()
+    assert status.strip().splitlines()[-1].startswith("success@")
+    assert os.path.exists(tmp_path / "out" / ".MANIFEST.txt")  # results outlive the job's staging
+
+
+def test_failure_keeps_staging_and_writes_failure_status(tmp_path):
+    sp = smallpond.init(data_root=str(tmp_path))
+    root = sp.runtime_ctx.job_root
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        sp.from_items([1, 2]).map(lambda r: {"x": r["item"] / 0}).compute()
+    sp.shutdown()
+    assert os.path.isdir(os.path.join(root, "staging"))
+    assert open(os.path.join(root, "log", ".STATUS")).read().strip().splitlines()[-1].startswith("failure@")
+    assert any(name.endswith(".log") for name in os.listdir(os.path.join(root, "log", "tasks")))
+
+
+def test_context_manager_marks_failure_on_exception(tmp_path):
+    with pytest.raises(RuntimeError):
+        with smallpond.init(data_root=str(tmp_path)) as sp:
+            root = sp.runtime_ctx.job_root
+            raise RuntimeError("boom")
+    assert "failure@" in open(os.path.join(root, "log", ".STATUS")).read()
+
+
+def test_resume_same_job_id_reuses_results(tmp_path):
+    marker = tmp_path / "calls"
+    marker.mkdir()
+
+    def work(t):
+        (marker / os.urandom(6).hex()).touch()
+        return t
+
+    jid = str(uuid.uuid4())
+    for _ in range(2):
+        sp = smallpond.init(data_root=str(tmp_path / "root"), job_id=jid, _remove_output_root=False)
+        df = sp.from_items(list(range(10))).map_batches(work)
+        assert df.count() == 10
+        sp._failed = True  # keep staging, as after a crash
+        sp.shutdown()
+    assert len(os.listdir(marker)) == 1  # the second session found the committed task
+
+
+def test_graph_and_explain(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as sp:
+        df = sp.from_items([1, 2, 3]).repartition(2, by_rows=True).map("item * 2 as x")
+        text = df.explain()
+        assert "[2 partition(s)]" in text
+        dot = sp.graph().source
+        assert dot.startswith("digraph") and "SqlEngineNode" in dot
+        path = sp.dump_graph(str(tmp_path / "g.dot"))
+        assert os.path.exists(tmp_path / "g.dot")
+        assert path is None or os.path.exists(path)  # a picture only if Graphviz is installed
+
+
+def test_progress_display_only_on_terminal(monkeypatch):
+    from smallpond.session import _make_progress
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert _make_progress() is None  # not a terminal
+
+    class FakeTty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = FakeTty()
+    monkeypatch.setattr(sys, "stderr", tty)
+    monkeypatch.delenv("SP_PROGRESS", raising=False)
+    show = _make_progress()
+    assert show is not None
+    from smallpond.execution.scheduler import SchedState
+
+    st = SchedState()
+    show(st, 1.5)
+    assert "0/0 tasks" in tty.getvalue()
+    monkeypatch.setenv("SP_PROGRESS", "0")
+    assert _make_progress() is None
