@@ -1,0 +1,42 @@
+"""Shared fixtures: a fresh data root per test, runtime contexts, small generated inputs."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Callable, List
+
+import pytest
+
+from tests.datagen import generate_mock_urls, generate_parquet_files
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def data_root(tmp_path) -> str:
+    path = tmp_path / "data_root"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def make_rt(data_root) -> Callable:
+    """``make_rt(job_id=None, **RuntimeContext kwargs)``: a runtime context under ``data_root``."""
+    from smallpond.execution.job import make_runtime_ctx
+
+    def make(job_id=None, **kwargs):
+        return make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def url_files(tmp_path) -> List[str]:
+    return generate_mock_urls(str(tmp_path / "mock_urls"), nfiles=6, nlines=60)
+
+
+@pytest.fixture
+def parquet_files(tmp_path) -> List[str]:
+    """3 files of 10 rows (ids 0..29)."""
+    return generate_parquet_files(str(tmp_path / "parquet"), nfiles=3, rows_per_file=10)

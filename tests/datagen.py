@@ -1,0 +1,95 @@
+"""Small, deterministic test data, generated into a directory the caller owns (usually tmp_path).
+
+Every generator takes a ``seed`` so the same call always writes the same bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import string
+from typing import List
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+URL_SCHEMA = {"urlstr": "varchar", "valstr": "varchar"}
+
+
+def _word(rnd: random.Random, lo: int, hi: int) -> str:
+    return "".join(rnd.choices(string.ascii_letters + string.digits, k=rnd.randint(lo, hi)))
+
+
+def generate_mock_urls(directory: str, nfiles: int = 6, nlines: int = 60, seed: int = 0) -> List[str]:
+    """Write ``urls{i}.tsv`` files of ``{url}\\t{base64 payload}`` lines; return their paths.
+
+    URLs look like ``com.{n}.{m}/{word}.html``; hosts repeat across files (a few hundred of them),
+    so a hash partition by host has real work to do.
+    """
+    os.makedirs(directory, exist_ok=True)
+    rnd = random.Random(seed)
+    hosts = [f"com.{rnd.randint(10000, 999999)}.{rnd.randint(100, 9999)}" for _ in range(max(1, nfiles * nlines // 3))]
+    paths = []
+    for i in range(nfiles):
+        path = os.path.join(directory, f"urls{i}.tsv")
+        with open(path, "w") as f:
+            for _ in range(nlines):
+                url = f"{rnd.choice(hosts)}/{_word(rnd, 10, 20)}.html"
+                payload = base64.b64encode(_word(rnd, 50, 100).encode()).decode()
+                f.write(f"{url}\t{payload}\n")
+        paths.append(path)
+    return paths
+
+
+def generate_parquet_files(
+    directory: str, nfiles: int = 3, rows_per_file: int = 10, seed: int = 0, prefix: str = "part"
+) -> List[str]:
+    """Write ``{prefix}{i}.parquet`` files with columns ``id`` (globally unique, increasing),
+    ``key`` (0..9) and ``name``; return their paths.
+    """
+    os.makedirs(directory, exist_ok=True)
+    rnd = random.Random(seed)
+    paths, next_id = [], 0
+    for i in range(nfiles):
+        ids = list(range(next_id, next_id + rows_per_file))
+        next_id += rows_per_file
+        table = pa.table(
+            {
+                "id": pa.array(ids, pa.int64()),
+                "key": pa.array([rnd.randint(0, 9) for _ in ids], pa.int64()),
+                "name": pa.array([_word(rnd, 3, 8) for _ in ids], pa.string()),
+            }
+        )
+        path = os.path.join(directory, f"{prefix}{i}.parquet")
+        pq.write_table(table, path)
+        paths.append(path)
+    return paths
+
+
+def write_corrupt_parquet(path: str) -> str:
+    """A file named ``*.parquet`` whose bytes are not Parquet."""
+    with open(path, "wb") as f:
+        f.write(b"PAR1 this is not really a parquet file " * 8)
+    return path
+
+
+def parquet_paths_in(directory: str) -> List[str]:
+    """The Parquet files directly under ``directory`` (e.g. a DataSinkNode's output_path), sorted."""
+    return sorted(os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".parquet"))
+
+
+def read_parquet(paths: List[str]) -> pa.Table:
+    """Concatenate Parquet files in the given order (string types normalized)."""
+    tables = [pq.read_table(p) for p in paths]
+    tables = [t.replace_schema_metadata(None) for t in tables]
+    if not tables:
+        raise ValueError("no files to read")
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
+def rows(table: pa.Table, columns: List[str] = None) -> List[tuple]:
+    """The table as a list of tuples (for exact comparisons)."""
+    columns = columns or table.column_names
+    cols = [table.column(c).to_pylist() for c in columns]
+    return list(zip(*cols))

@@ -1,0 +1,163 @@
+"""Acceptance: a job killed with SIGKILL midway resumes with the same command and job id.
+
+The job (tests/e2e/counting_job.py, 33 worker tasks) runs through the Driver as a subprocess. It
+is killed once a fixed number of commit records exist; the rerun must finish, must not execute
+again any task that was committed before the kill, and must give the output of a clean run.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import Dict, List, Set
+
+import psutil
+import pytest
+
+from tests.datagen import generate_parquet_files, parquet_paths_in, read_parquet, rows
+
+COUNTING_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "counting_job.py")
+NPARTITIONS = 16
+WORKER_TASKS = 2 * NPARTITIONS + 1  # compute + sort per partition, and the sink
+
+
+def job_command(job_id: str, data_root: str, inputs: List[str], counter: str, sink: str, *extra: str) -> List[str]:
+    return [
+        sys.executable,
+        COUNTING_JOB,
+        "scheduler",
+        "--job_id",
+        job_id,
+        "--data_root",
+        data_root,
+        "--num_executors",
+        "2",
+        *extra,
+        "-i",
+        *inputs,
+        "-c",
+        counter,
+        "-o",
+        sink,
+        "-n",
+        str(NPARTITIONS),
+    ]
+
+
+def job_root(data_root: str, job_id: str) -> str:
+    roots = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    assert len(roots) == 1, roots
+    return roots[0]
+
+
+def committed(root: str) -> Set[str]:
+    return {
+        os.path.basename(p)[: -len(".commit")] for p in glob.glob(os.path.join(root, "staging", "completed_tasks", "*.commit"))
+    }
+
+
+def started(root: str) -> collections.Counter:
+    """How many times each task key was started, from the per-attempt task logs."""
+    counts: collections.Counter = collections.Counter()
+    for path in glob.glob(os.path.join(root, "log", "tasks", "*.log")):
+        with open(path) as f:
+            for line in f:
+                m = re.search(r"start (\S+) attempt \d+", line)
+                if m:
+                    counts[m.group(1)] += 1
+    return counts
+
+
+def counter_lines(counter: str) -> List[str]:
+    if not os.path.exists(counter):
+        return []
+    with open(counter) as f:
+        return f.read().split()
+
+
+def expected_rows(inputs: List[str]) -> List[tuple]:
+    t = read_parquet(inputs)
+    return sorted((i, k, n, 2 * i) for i, k, n in rows(t, ["id", "key", "name"]))
+
+
+def sink_rows(sink: str) -> List[tuple]:
+    return sorted(rows(read_parquet(parquet_paths_in(sink)), ["id", "key", "name", "doubled"]))
+
+
+def wait_for_commits(root_glob: str, n: int, proc: subprocess.Popen, deadline: float = 120) -> str:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        roots = glob.glob(root_glob)
+        if roots and len(committed(roots[0])) >= n:
+            return roots[0]
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"job exited with {proc.returncode} before {n} commits:\n{err[-3000:]}")
+        time.sleep(0.02)
+    pytest.fail(f"fewer than {n} commit records after {deadline}s")
+
+
+@pytest.mark.parametrize("kill", ["process_group", "driver_only"])
+def test_resume_after_sigkill(tmp_path, data_root, kill):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
+    counter = str(tmp_path / "counter.txt")
+    sink = str(tmp_path / "sink")
+    job_id = str(uuid.uuid4())
+    cmd = job_command(job_id, data_root, inputs, counter, sink, "--sleep", "0.05")
+
+    proc = subprocess.Popen(
+        cmd, cwd=str(tmp_path), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 10, proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    if kill == "process_group":
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers: a crashed machine
+    else:
+        os.kill(proc.pid, signal.SIGKILL)  # only the driver; its workers notice and exit
+    proc.communicate()
+    # orphaned workers finish the task they hold, then exit: wait, so the counts below are stable
+    # (the rerun would be correct either way)
+    _, alive = psutil.wait_procs(workers, timeout=30)
+    assert not alive, f"workers outlived their driver: {alive}"
+    done_before: Set[str] = committed(root)
+    started_before = started(root)
+    counted_before = len(counter_lines(counter))
+    assert len(done_before) < WORKER_TASKS, "the job finished before it was killed"
+    assert not os.path.exists(sink), "a killed job published a partial result"
+    with open(os.path.join(root, "log", ".STATUS")) as f:
+        assert f.read().split()[-1].startswith("running@")
+
+    rerun = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert job_root(data_root, job_id) == root, "the rerun must reuse the job root"
+
+    started_after = started(root)
+    rerun_started: Dict[str, int] = {k: started_after[k] - started_before.get(k, 0) for k in started_after}
+    rerun_started = {k: n for k, n in rerun_started.items() if n > 0}
+    assert not set(rerun_started) & done_before, "a task committed before the kill ran again"
+    assert len(rerun_started) <= WORKER_TASKS - len(done_before)
+    assert set(rerun_started) | done_before >= {k for k in started_after}, "some task never finished"
+    # the process function's own count agrees: executions in the rerun are of unfinished tasks only
+    rerun_counted = counter_lines(counter)[counted_before:]
+    assert not set(rerun_counted) & done_before
+    assert len(rerun_counted) <= NPARTITIONS - len([k for k in done_before if k.startswith("ArrowComputeTask")])
+
+    assert sink_rows(sink) == expected_rows(inputs)
+    with open(os.path.join(root, "log", ".STATUS")) as f:
+        assert f.read().split()[-1].startswith("success@")
+
+    if kill == "process_group":
+        # once finished, a rerun executes nothing and leaves the result as it was
+        counted = len(counter_lines(counter))
+        again = subprocess.run(cmd, cwd=str(tmp_path), capture_output=True, text=True, timeout=180)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert started(root) == started_after
+        assert len(counter_lines(counter)) == counted
+        assert sink_rows(sink) == expected_rows(inputs)
