@@ -97,15 +97,21 @@ class LocalExecutor(Executor):
             payload = cloudpickle.dumps((task, inputs, attempt))
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
-        for w in self.workers:
-            if w.running is None:
-                w.running = (task.key, attempt)
-                try:
-                    w.conn.send_bytes(payload)
-                except (BrokenPipeError, OSError):
-                    self._replace(w)
-                return
-        raise RuntimeError("no idle worker")  # the scheduler checks free_slots first
+        w = next((w for w in self.workers if w.running is None), None)
+        if w is None:
+            raise RuntimeError("no idle worker")  # the scheduler checks free_slots first
+        for _ in range(2):
+            try:
+                w.conn.send_bytes(payload)
+            except (BrokenPipeError, OSError):
+                # the worker died while idle: nobody would ever answer for this attempt, so
+                # send it to a fresh worker instead
+                logger.warning("worker {} (pid {}) died while idle; replacing it", w.index, w.pid)
+                w = self._replace(w)
+                continue
+            w.running = (task.key, attempt)
+            return
+        self._lost.append(Completion(task.key, attempt, False, None, WorkerLost(f"could not send {task.key} to a worker")))
 
     def poll(self, timeout: float) -> List[Completion]:
         out, self._lost = self._lost, []
@@ -139,7 +145,7 @@ class LocalExecutor(Executor):
             self._replace(w)
         return out
 
-    def _replace(self, w: _Worker) -> None:
+    def _replace(self, w: _Worker) -> _Worker:
         if w in self.workers:
             self.workers.remove(w)
         try:
@@ -151,7 +157,7 @@ class LocalExecutor(Executor):
             w.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        self._spawn()
+        return self._spawn()
 
     def cancel(self, key: str) -> None:
         for w in list(self.workers):
