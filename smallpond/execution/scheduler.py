@@ -29,11 +29,11 @@ from loguru import logger
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
 from smallpond.errors import JobFailed, OutOfMemory, TaskError
-from smallpond.io.filesystem import atomic_write_text, remove_path
-from smallpond.logical.graph import critical_path_lengths, topological_order
 from smallpond.execution.attempt import execute_attempt, is_retryable, read_commit, run_inline, to_task_error
 from smallpond.execution.executors.base import Completion, Executor
 from smallpond.execution.task import RuntimeContext, Task, default_memory_limit
+from smallpond.io.filesystem import atomic_write_text, remove_path
+from smallpond.logical.graph import critical_path_lengths, topological_order
 
 
 @dataclass
@@ -184,9 +184,17 @@ class Scheduler:
                     timeout = 0.0 if progressed else 0.5
                     for c in self._poll(timeout):
                         self._on_completion(c)
-                elif not st.ready and not progressed:
+                elif not progressed:
+                    # nothing running and nothing could start: never spin silently
                     missing = [k for k in target_keys if k not in st.done]
-                    raise RuntimeError(f"scheduler stalled: {missing[:5]} not done, nothing ready or running")
+                    blocked = [st.tasks[item[2]] for item in st.ready][:3]
+                    detail = "; ".join(
+                        f"{t.key} needs {t.cpu_limit} CPU(s) and {t.memory_limit or 'default'} bytes" for t in blocked
+                    )
+                    raise RuntimeError(
+                        f"scheduler stalled: {missing[:5]} not done and nothing can start "
+                        f"(free CPUs {self._free_cpus}, free memory {self._free_memory}; {detail or 'no task is ready'})"
+                    )
                 if self.progress:
                     self.progress(st, time.time() - start)
         except BaseException:
