@@ -1,0 +1,212 @@
+"""What every benchmark shares: arguments, repeats and medians, the DuckDB baseline connection,
+running a plan on the embedded backend, and the ``RESULTS.md`` table.
+
+Timings are wall-clock seconds of whole operations as a user sees them: for smallpond, the
+``run_job`` call (planning, worker start-up, tasks, commits, shutdown); for DuckDB, one statement
+on a connection opened beforehand. Repeats of the two are interleaved, so a noisy neighbour on the
+machine slows both sides alike, and the reported figure is the median of the repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Dict, List, Optional
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_PATH = os.path.join(REPO_ROOT, "benchmarks", "RESULTS.md")
+DEFAULT_DATA_DIR = os.path.join(REPO_ROOT, "bench-data")  # gitignored
+
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "Rows are appended by `--append-results`. Times are medians of `--repeat` runs, in seconds;\n"
+    "ratio = smallpond / DuckDB (lower is better; for throughput rows, DuckDB / smallpond).\n\n"
+    "| date | benchmark | command | data | machine | smallpond | DuckDB | ratio | commit |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
+
+_SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_BYTE_SUFFIXES = {
+    "": 1,
+    "B": 1,
+    "K": 2**10,
+    "KB": 2**10,
+    "M": 2**20,
+    "MB": 2**20,
+    "G": 2**30,
+    "GB": 2**30,
+    "T": 2**40,
+    "TB": 2**40,
+}
+
+
+def parse_count(text: str) -> int:
+    """``"5M"`` → 5000000 (decimal suffixes K, M, G, T)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a count like 5000000 or 5M, got {text!r}")
+    return int(float(m.group(1)) * _SUFFIXES[m.group(2).upper()])
+
+
+def parse_bytes(text: str) -> int:
+    """``"64MB"`` → 67108864 (binary suffixes K/KB, M/MB, G/GB, T/TB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?B?)\s*", str(text), re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size like 512MB or 2GB, got {text!r}")
+    return int(float(m.group(1)) * _BYTE_SUFFIXES[m.group(2).upper()])
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def machine() -> str:
+    import psutil
+
+    return f"{usable_cpus()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no", "smallpond", "benchmarks"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def add_common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeat", type=int, default=3, help="timed runs of each side; medians are reported (default 3)")
+    p.add_argument("--append-results", action="store_true", help=f"append a row to {os.path.relpath(RESULTS_PATH, REPO_ROOT)}")
+    p.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="where inputs, job roots and outputs go (default bench-data/)")
+    p.add_argument("--executors", type=int, default=usable_cpus(), help="smallpond worker processes (default: usable CPUs)")
+    p.add_argument(
+        "--memory-limit",
+        type=parse_bytes,
+        default=None,
+        help="memory per smallpond task, e.g. 2GB (default: its share of the machine)",
+    )
+    p.add_argument("--no-validate", dest="validate", action="store_false", help="skip validating the outputs")
+    p.add_argument("--keep", action="store_true", help="keep job roots and outputs of the timed runs")
+
+
+def command_line() -> str:
+    argv = [os.path.relpath(sys.argv[0], REPO_ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]] + sys.argv[1:]
+    return "python " + " ".join(shlex.quote(a) for a in argv)
+
+
+@dataclass
+class Timings:
+    """Seconds of each repeat, per side."""
+
+    runs: Dict[str, List[float]] = field(default_factory=dict)
+
+    def add(self, side: str, seconds: float) -> None:
+        self.runs.setdefault(side, []).append(seconds)
+
+    def median(self, side: str) -> float:
+        return statistics.median(self.runs[side])
+
+    def describe(self, side: str) -> str:
+        xs = self.runs[side]
+        return f"median {self.median(side):.2f}s of {len(xs)} (" + ", ".join(f"{x:.2f}" for x in xs) + ")"
+
+
+def timed(fn: Callable, *args, **kwargs):
+    start = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return time.perf_counter() - start, result
+
+
+def duckdb_connect(threads: int, memory_limit: Optional[int] = None, temp_dir: Optional[str] = None):
+    """A DuckDB connection for a baseline: ``threads`` threads and (if given) a memory limit."""
+    import duckdb
+
+    conn = duckdb.connect()
+    conn.execute(f"SET threads = {int(threads)}")
+    if memory_limit:
+        conn.execute(f"SET memory_limit = '{max(1, memory_limit // 2**20)}MB'")
+    if temp_dir:
+        os.makedirs(temp_dir, exist_ok=True)
+        conn.execute(f"SET temp_directory = '{temp_dir}'")
+    conn.execute("SET enable_progress_bar = false")
+    return conn
+
+
+def sql_list(paths: List[str]) -> str:
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = None, quiet: bool = True, **rt_kwargs):
+    """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan."""
+    from loguru import logger
+
+    from smallpond.execution.job import make_runtime_ctx, run_job
+
+    if quiet:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING")
+    rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)
+    return run_job(plan, rt, num_workers=executors)
+
+
+def job_root_of(exec_plan) -> str:
+    return exec_plan.ctx.job_root
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def append_results(benchmark: str, data: str, smallpond: str, duckdb: str, ratio: str, path: str = RESULTS_PATH) -> None:
+    """Append one row to the results table (created with its header if missing)."""
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write(RESULTS_HEADER)
+    cells = [
+        datetime.now().strftime("%Y-%m-%d %H:%M"),
+        benchmark,
+        f"`{command_line()}`",
+        data,
+        machine(),
+        smallpond,
+        duckdb,
+        ratio,
+        git_commit(),
+    ]
+    with open(path, "a") as f:
+        f.write("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |\n")
+    print(f"appended a row to {path}")
+
+
+def print_header(title: str, facts: Dict[str, object]) -> None:
+    print(f"== {title}")
+    for k, v in facts.items():
+        print(f"   {k}: {v}")
+    sys.stdout.flush()

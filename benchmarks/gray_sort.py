@@ -1,0 +1,375 @@
+"""GraySort: sort 100-byte records by their 10-byte keys, against one DuckDB ``ORDER BY``.
+
+Data: GraySort-format records generated here (no gensort binary), deterministically from a seed:
+a 10-byte random binary key, then a 90-byte payload laid out like gensort's (``00 11``, the record
+number in 32 ASCII hex digits, ``88 99 AA BB``, 48 filler hex digits, ``CC DD EE FF``). Stored as
+Parquet with columns ``key: fixed_size_binary(10)`` and ``payload: fixed_size_binary(90)``, written
+by parallel smallpond tasks (not timed; cached under ``--data-dir``).
+
+The smallpond plan (:func:`gray_sort_plan`)::
+
+    DataSourceNode(input files)
+      → ShuffleNode: range bucket = the key's first 16 bits scaled to [0, partitions)
+                     (one DuckDB pass per producer; uncompressed intermediate files)
+      → SqlEngineNode: ``select key, payload from {0} order by key``, one file per partition
+
+Buckets are ranges of the key, so the partitions read in partition order are globally sorted.
+Validation (like ``valsort``, :func:`validate_sorted`): keys are non-decreasing across all output
+files in partition order, and the record count and an order-independent checksum (sum of
+per-record hashes) equal the input's. The DuckDB baseline is ``COPY (SELECT ... ORDER BY key) TO
+one Parquet file`` over the same input, with the same threads (executors x sort CPUs), the same
+total memory and the same output compression; its output is validated the same way.
+
+Run::
+
+    python -m benchmarks.gray_sort --records 5M --partitions 16 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import uuid
+from typing import Dict, List, Optional, Sequence
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+RECORD_BYTES = 100
+KEY_BYTES = 10
+PAYLOAD_BYTES = RECORD_BYTES - KEY_BYTES
+#: records per generated chunk; chunk boundaries (and so the data) do not depend on file counts
+CHUNK_RECORDS = 1 << 20
+
+
+class ValidationError(AssertionError):
+    """The output is not a sorted permutation of the input."""
+
+
+# -- data ----------------------------------------------------------------------------------------
+def generate_records(seed: int, begin: int, count: int):
+    """Records ``begin .. begin+count`` of the data set for ``seed``, as an Arrow table."""
+    import numpy as np
+    import pyarrow as pa
+
+    hexdigits = np.frombuffer(b"0123456789ABCDEF", dtype=np.uint8)
+    rng = np.random.default_rng([seed, begin])
+    rec = np.empty((count, RECORD_BYTES), dtype=np.uint8)
+    rec[:, :10] = rng.integers(0, 256, size=(count, 10), dtype=np.uint8)
+    rec[:, 10:12] = (0x00, 0x11)
+    idx = np.arange(begin, begin + count, dtype=np.uint64)
+    rec[:, 12:28] = ord("0")
+    shifts = np.arange(60, -4, -4, dtype=np.uint64)
+    rec[:, 28:44] = hexdigits[((idx[:, None] >> shifts) & np.uint64(15)).astype(np.intp)]
+    rec[:, 44:48] = (0x88, 0x99, 0xAA, 0xBB)
+    rec[:, 48:96] = hexdigits[rng.integers(0, 16, size=(count, 48), dtype=np.uint8)]
+    rec[:, 96:100] = (0xCC, 0xDD, 0xEE, 0xFF)
+    keys = pa.py_buffer(np.ascontiguousarray(rec[:, :KEY_BYTES]))
+    payload = pa.py_buffer(np.ascontiguousarray(rec[:, KEY_BYTES:]))
+    return pa.table(
+        {
+            "key": pa.FixedSizeBinaryArray.from_buffers(pa.binary(KEY_BYTES), count, [None, keys]),
+            "payload": pa.FixedSizeBinaryArray.from_buffers(pa.binary(PAYLOAD_BYTES), count, [None, payload]),
+        }
+    )
+
+
+def _chunks(num_records: int) -> List[tuple]:
+    return [(b, min(CHUNK_RECORDS, num_records - b)) for b in range(0, num_records, CHUNK_RECORDS)]
+
+
+def _generate_partition(runtime_ctx, tables, seed: int):
+    import pyarrow as pa
+
+    ranges = tables[0].to_pylist()
+    if not ranges:
+        return None
+    return pa.concat_tables([generate_records(seed, r["begin"], r["count"]) for r in ranges])
+
+
+def generation_plan(num_records: int, num_files: int, seed: int):
+    """A plan writing the records as ``num_files`` Parquet files (output name ``gray_records``)."""
+    import pyarrow as pa
+
+    from smallpond.logical.dataset import ArrowTableDataSet
+    from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+
+    chunks = _chunks(num_records)
+    num_files = max(1, min(num_files, len(chunks)))
+    ranges = pa.table({"begin": [b for b, _ in chunks], "count": [c for _, c in chunks]})
+    ctx = Context()
+    src = DataSourceNode(ctx, ArrowTableDataSet(ranges))
+    parts = DataSetPartitionNode(ctx, (src,), num_files, partition_by_rows=True) if num_files > 1 else src
+    gen = ArrowComputeNode(
+        ctx,
+        (parts,),
+        process_func=functools.partial(_generate_partition, seed=seed),
+        parquet_compression=None,
+        parquet_row_group_size=CHUNK_RECORDS,
+        output_name="gray_records",
+    )
+    return LogicalPlan(ctx, gen)
+
+
+def generate_input(data_dir: str, num_records: int, num_files: int, seed: int, executors: int) -> List[str]:
+    """The input files for these parameters, generated once and cached under ``data_dir``."""
+    target = os.path.join(data_dir, f"graysort-{num_records}r-{num_files}f-seed{seed}")
+    marker = os.path.join(target, "_SUCCESS")
+    if os.path.exists(marker):
+        with open(marker) as f:
+            return [os.path.join(target, p) for p in json.load(f)["files"]]
+    common.remove(target)
+    jobs = os.path.join(data_dir, "jobs")
+    plan = common.run_plan(generation_plan(num_records, num_files, seed), jobs, executors)
+    tmp = target + f".tmp-{uuid.uuid4().hex[:8]}"
+    os.makedirs(tmp)
+    files = []
+    for i, path in enumerate(plan.get_output("gray_records").resolved_paths):
+        name = f"part-{i:05d}.parquet"
+        os.rename(path, os.path.join(tmp, name))
+        files.append(name)
+    with open(os.path.join(tmp, "_SUCCESS"), "w") as f:
+        json.dump({"records": num_records, "seed": seed, "files": files}, f)
+    os.rename(tmp, target)
+    common.remove(common.job_root_of(plan))
+    return [os.path.join(target, p) for p in files]
+
+
+# -- the sort ------------------------------------------------------------------------------------
+def bucket_expression(npartitions: int, key: str = "key") -> str:
+    """SQL for the range bucket of a key: its first 16 bits scaled to ``[0, npartitions)``."""
+    if not 1 <= npartitions <= 1 << 16:
+        raise ValueError(f"npartitions must be in [1, 65536], got {npartitions}")
+    return f"(({key}[1:2]::BIT::INTEGER * {npartitions}) >> 16)"
+
+
+def gray_sort_plan(
+    input_paths: Sequence[str],
+    num_sort_partitions: int,
+    *,
+    shuffle_cpu_limit: int = 1,
+    shuffle_memory_limit: Optional[int] = None,
+    sort_cpu_limit: int = 1,
+    sort_memory_limit: Optional[int] = None,
+    compression: Optional[str] = "snappy",
+    output_name: str = "sorted_records",
+):
+    """Range-shuffle the records into ``num_sort_partitions`` buckets, then sort each bucket."""
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, ShuffleNode, SqlEngineNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
+    shuffled = ShuffleNode(
+        ctx,
+        (src,),
+        num_sort_partitions,
+        data_partition_column=bucket_expression(num_sort_partitions),
+        dimension="bucket",
+        parquet_compression=None,  # intermediate data: random bytes do not compress
+        cpu_limit=shuffle_cpu_limit,
+        memory_limit=shuffle_memory_limit,
+    )
+    ordered = SqlEngineNode(
+        ctx,
+        (shuffled,),
+        "select key, payload from {0} order by key",
+        per_thread_output=False,
+        parquet_compression=compression,
+        parquet_compression_level=None,
+        output_name=output_name,
+        cpu_limit=sort_cpu_limit,
+        memory_limit=sort_memory_limit,
+    )
+    return LogicalPlan(ctx, ordered)
+
+
+def sorted_output_files(exec_plan) -> List[str]:
+    """The sort node's output files, in partition order (the order that must be sorted)."""
+    root = exec_plan.logical_plan.root_node
+    tasks = [t for t in exec_plan.tasks.values() if t.node_id == int(root.id) and t.key in exec_plan.results]
+
+    def index(t) -> int:
+        return next(p.index for p in t.partition_infos if p.dimension == "bucket")
+
+    files: List[str] = []
+    for t in sorted(tasks, key=index):
+        files.extend(exec_plan.results[t.key].resolved_paths)
+    return files
+
+
+# -- validation ----------------------------------------------------------------------------------
+def summarize(paths: Sequence[str], threads: int = 2) -> Dict[str, int]:
+    """Record count and an order-independent checksum (sum of per-record hashes)."""
+    conn = common.duckdb_connect(threads)
+    try:
+        n, checksum = conn.execute(
+            f"SELECT count(*), coalesce(sum(hash(key, payload)), 0)::VARCHAR FROM read_parquet({common.sql_list(list(paths))})"
+        ).fetchone()
+    finally:
+        conn.close()
+    return {"records": int(n), "checksum": int(checksum)}
+
+
+def check_order(paths_in_order: Sequence[str]) -> Dict[str, int]:
+    """Keys must not decrease within and across files. Returns records and duplicate keys seen."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    last = None
+    records = duplicates = 0
+    for path in paths_in_order:
+        pf = pq.ParquetFile(path)
+        for rg in range(pf.num_row_groups):
+            keys = pf.read_row_group(rg, columns=["key"]).column("key").combine_chunks()
+            if len(keys) == 0:
+                continue
+            if last is not None and keys[0].as_py() < last:
+                raise ValidationError(f"{path} row group {rg}: first key {keys[0].as_py().hex()} < previous key {last.hex()}")
+            if len(keys) > 1:
+                bad = pc.less(keys[1:], keys[:-1])
+                if pc.any(bad).as_py():
+                    at = pc.index(bad, True).as_py()
+                    raise ValidationError(f"{path} row group {rg}: key at row {at + 1} is smaller than the one before it")
+                duplicates += pc.sum(pc.equal(keys[1:], keys[:-1])).as_py() or 0
+            if last is not None and keys[0].as_py() == last:
+                duplicates += 1
+            last = keys[-1].as_py()
+            records += len(keys)
+    return {"records": records, "duplicates": duplicates}
+
+
+def validate_sorted(input_summary: Dict[str, int], output_files_in_order: Sequence[str]) -> Dict[str, int]:
+    """valsort: global order, and count and checksum equal to the input's. Raises ValidationError."""
+    order = check_order(output_files_in_order)
+    out = summarize(output_files_in_order)
+    if out["records"] != input_summary["records"] or order["records"] != input_summary["records"]:
+        raise ValidationError(f"record count {out['records']} != input's {input_summary['records']}")
+    if out["checksum"] != input_summary["checksum"]:
+        raise ValidationError(f"checksum {out['checksum']:x} != input's {input_summary['checksum']:x}")
+    return {**out, "duplicates": order["duplicates"]}
+
+
+# -- DuckDB baseline -----------------------------------------------------------------------------
+def duckdb_sort(
+    input_paths: Sequence[str],
+    output_path: str,
+    *,
+    threads: int,
+    memory_limit: Optional[int],
+    compression: Optional[str],
+    temp_dir: str,
+) -> None:
+    conn = common.duckdb_connect(threads, memory_limit, temp_dir)
+    try:
+        comp = (compression or "uncompressed").lower()
+        conn.execute(
+            f"COPY (SELECT key, payload FROM read_parquet({common.sql_list(list(input_paths))}) ORDER BY key) "
+            f"TO '{output_path}' (FORMAT PARQUET, COMPRESSION '{comp}')"
+        )
+    finally:
+        conn.close()
+
+
+# -- main ----------------------------------------------------------------------------------------
+def main(argv: Optional[List[str]] = None) -> int:
+    from smallpond.common import MB
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "-n",
+        "--records",
+        type=common.parse_count,
+        default=common.parse_count("5M"),
+        help="records of 100 bytes (default 5M = 0.5 GB)",
+    )
+    p.add_argument("-t", "--partitions", type=int, default=16, help="sort partitions (default 16)")
+    p.add_argument("-f", "--input-files", type=int, default=None, help="input Parquet files (default: 2 x executors)")
+    p.add_argument("--sort-cpus", type=int, default=1, help="CPUs per sort task (default 1)")
+    p.add_argument("--shuffle-cpus", type=int, default=1, help="CPUs per shuffle task (default 1)")
+    p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
+    p.add_argument("--seed", type=int, default=2025)
+    common.add_common_arguments(p)
+    args = p.parse_args(argv)
+
+    import psutil
+
+    data_dir = os.path.abspath(args.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    nfiles = args.input_files or 2 * args.executors
+    threads = args.executors * args.sort_cpus
+    task_memory = args.memory_limit or max(128 * MB, psutil.virtual_memory().total * args.sort_cpus // common.usable_cpus())
+    duckdb_memory = threads // args.sort_cpus * task_memory
+    common.print_header(
+        "gray sort",
+        {
+            "records": f"{args.records:,} ({common.human_bytes(args.records * RECORD_BYTES)})",
+            "partitions": args.partitions,
+            "executors": args.executors,
+            "DuckDB": f"threads={threads}, memory_limit={common.human_bytes(duckdb_memory)}",
+            "machine": common.machine(),
+        },
+    )
+    inputs = generate_input(data_dir, args.records, nfiles, args.seed, args.executors)
+    input_summary = summarize(inputs) if args.validate else None
+    jobs = os.path.join(data_dir, "jobs")
+    timings = common.Timings()
+    for rep in range(args.repeat):
+        plan = gray_sort_plan(
+            inputs,
+            args.partitions,
+            shuffle_cpu_limit=args.shuffle_cpus,
+            shuffle_memory_limit=args.memory_limit,
+            sort_cpu_limit=args.sort_cpus,
+            sort_memory_limit=args.memory_limit,
+            compression=args.compression,
+        )
+        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
+        timings.add("smallpond", secs)
+        if args.validate:
+            validate_sorted(input_summary, sorted_output_files(exec_plan))
+        if not args.keep:
+            common.remove(common.job_root_of(exec_plan))
+
+        out = os.path.join(data_dir, f"duckdb-sorted-{uuid.uuid4().hex[:8]}.parquet")
+        secs, _ = common.timed(
+            duckdb_sort,
+            inputs,
+            out,
+            threads=threads,
+            memory_limit=duckdb_memory,
+            compression=args.compression,
+            temp_dir=os.path.join(data_dir, "duckdb-temp"),
+        )
+        timings.add("duckdb", secs)
+        if args.validate:
+            validate_sorted(input_summary, [out])
+        if not args.keep:
+            common.remove(out)
+        print(
+            f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s",
+            flush=True,
+        )
+
+    sp, dd = timings.median("smallpond"), timings.median("duckdb")
+    print(f"smallpond: {timings.describe('smallpond')}; {args.records / sp / 1e6:.2f} M records/s")
+    print(f"DuckDB:    {timings.describe('duckdb')}; {args.records / dd / 1e6:.2f} M records/s")
+    print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if args.validate else ""))
+    if args.append_results:
+        common.append_results(
+            "gray sort",
+            f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, {args.executors} executors",
+            f"{sp:.2f} s",
+            f"{dd:.2f} s",
+            f"{sp / dd:.2f}",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Per-task overhead and start-up time of the embedded backend.
+
+1. Throughput: N tiny tasks, the N one-row partitions of a tiny Parquet file
+   (``DataSetPartitionNode(N, partition_by_rows=True)``), each run by a ``PythonScriptNode`` that
+   writes a one-line file (``--kind python``, the default) or a ``SqlEngineNode`` that copies its
+   row to Parquet (``--kind sql``). Reported: tasks per second over the whole ``run_job`` call
+   (planning, worker start-up, scheduling, commits, shutdown). The DuckDB figure is the same N
+   statements run one after another on one connection (``COPY (SELECT * FROM file LIMIT 1 OFFSET
+   i) TO ...``), i.e. the same tiny work without a framework around it.
+2. Start-up: in a fresh subprocess, the seconds from just before ``import smallpond`` to the first
+   result of a one-task job (``SqlEngineNode("select count(*) from {0}")`` → Arrow table); DuckDB:
+   from ``import duckdb`` to the same count.
+
+Validation: the job's output holds exactly one result per task, carrying the task's row.
+
+Run::
+
+    python -m benchmarks.overhead --tasks 2000 --repeat 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import uuid
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+
+class ValidationError(AssertionError):
+    """The tasks' outputs are not one result per task."""
+
+
+def make_input(data_dir: str, num_rows: int) -> str:
+    """A Parquet file with ``num_rows`` rows ``(id, name)``, created once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = os.path.join(data_dir, f"tiny-{num_rows}.parquet")
+    if not os.path.exists(path):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        pq.write_table(
+            pa.table({"id": list(range(num_rows)), "name": [f"row-{i}" for i in range(num_rows)]}),
+            tmp,
+            row_group_size=max(1, num_rows),
+        )
+        os.rename(tmp, path)
+    return path
+
+
+def write_row_count(runtime_ctx, input_datasets, output_path) -> bool:
+    """The tiny Python task: write the id of the partition's first row to a text file."""
+    ds = input_datasets[0]
+    first = ds.resolved_row_ranges[0].begin if ds.resolved_row_ranges else -1
+    with open(os.path.join(output_path, "row.txt"), "w") as f:
+        f.write(f"{first}\n")
+    return True
+
+
+def overhead_plan(input_path: str, num_tasks: int, kind: str = "python"):
+    """``num_tasks`` one-row partitions of ``input_path``, each processed by a tiny task."""
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, PythonScriptNode, SqlEngineNode
+
+    if kind not in ("python", "sql"):
+        raise ValueError(f"kind must be one of ['python', 'sql'], got {kind!r}")
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([input_path], root_dir=None))
+    parts = DataSetPartitionNode(ctx, (src,), num_tasks, partition_by_rows=True)
+    if kind == "python":
+        node = PythonScriptNode(ctx, (parts,), process_func=write_row_count, output_name="tiny")
+    else:
+        node = SqlEngineNode(ctx, (parts,), "select * from {0}", per_thread_output=False, output_name="tiny")
+    return LogicalPlan(ctx, node)
+
+
+def validate_outputs(exec_plan, num_tasks: int, kind: str) -> None:
+    """One result per task, and together they hold every row id once."""
+    root = exec_plan.logical_plan.root_node
+    tasks = [t for t in exec_plan.tasks.values() if t.node_id == int(root.id)]
+    if len(tasks) != num_tasks:
+        raise ValidationError(f"{len(tasks)} tasks planned, expected {num_tasks}")
+    ids: List[int] = []
+    for t in tasks:
+        ds = exec_plan.results.get(t.key)
+        if ds is None:
+            raise ValidationError(f"{t.key} has no result")
+        files = ds.resolved_paths
+        if len(files) != 1:
+            raise ValidationError(f"{t.key} wrote {len(files)} files, expected 1")
+        if kind == "python":
+            with open(files[0]) as f:
+                ids.append(int(f.read()))
+        else:
+            import pyarrow.parquet as pq
+
+            ids.extend(pq.read_table(files[0], columns=["id"]).column("id").to_pylist())
+    if sorted(ids) != list(range(num_tasks)):
+        raise ValidationError(f"the tasks' outputs hold ids {sorted(ids)[:5]}..., expected 0..{num_tasks - 1} once each")
+
+
+def duckdb_tiny_statements(input_path: str, output_dir: str, num_tasks: int) -> None:
+    conn = common.duckdb_connect(1)
+    try:
+        for i in range(num_tasks):
+            conn.execute(
+                f"COPY (SELECT * FROM read_parquet('{input_path}') LIMIT 1 OFFSET {i}) TO '{output_dir}/{i}.parquet' (FORMAT PARQUET)"
+            )
+    finally:
+        conn.close()
+
+
+_FIRST_RESULT_SMALLPOND = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import smallpond
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+ctx = Context()
+node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([sys.argv[1]], root_dir=None)),), "select count(*) as n from {0}")
+rt = make_runtime_ctx(None, None, sys.argv[2], console_log_level="WARNING")
+result = run_job(LogicalPlan(ctx, node), rt, num_workers=int(sys.argv[3])).final_output.to_arrow_table()
+n = result.column("n")[0].as_py()
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root}))
+"""
+
+_FIRST_RESULT_DUCKDB = r"""
+import sys, time, json
+t0 = time.perf_counter()
+import duckdb
+n = duckdb.connect().execute(f"select count(*) from read_parquet('{sys.argv[1]}')").fetchone()[0]
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n}))
+"""
+
+
+def first_result_seconds(code: str, *args: str) -> Dict:
+    """Run ``code`` in a fresh interpreter; it prints a JSON object with ``seconds``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([common.REPO_ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, timeout=300)
+    if proc.returncode != 0:
+        raise RuntimeError(f"first-result subprocess failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", "--tasks", type=common.parse_count, default=2000, help="tiny tasks (default 2000)")
+    p.add_argument("--kind", choices=("python", "sql"), default="python", help="what each tiny task runs (default python)")
+    p.add_argument("--skip-startup", action="store_true", help="skip the import-to-first-result measurement")
+    common.add_common_arguments(p)
+    args = p.parse_args(argv)
+
+    data_dir = os.path.abspath(args.data_dir)
+    os.makedirs(data_dir, exist_ok=True)
+    jobs = os.path.join(data_dir, "jobs")
+    input_path = make_input(data_dir, args.tasks)
+    common.print_header(
+        "overhead", {"tiny tasks": f"{args.tasks:,} ({args.kind})", "executors": args.executors, "machine": common.machine()}
+    )
+    timings = common.Timings()
+    for rep in range(args.repeat):
+        plan = overhead_plan(input_path, args.tasks, args.kind)
+        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
+        timings.add("smallpond", secs)
+        if args.validate:
+            validate_outputs(exec_plan, args.tasks, args.kind)
+        if not args.keep:
+            common.remove(common.job_root_of(exec_plan))
+        out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
+        os.makedirs(out)
+        secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks)
+        timings.add("duckdb", secs)
+        common.remove(out)
+        print(
+            f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s ({args.tasks / timings.runs['smallpond'][-1]:.0f} tasks/s), "
+            f"DuckDB {timings.runs['duckdb'][-1]:.2f}s",
+            flush=True,
+        )
+        if not args.skip_startup:
+            sp = first_result_seconds(_FIRST_RESULT_SMALLPOND, input_path, jobs, str(args.executors))
+            if sp["rows"] != args.tasks:
+                raise ValidationError(f"first result counted {sp['rows']} rows, expected {args.tasks}")
+            common.remove(sp["job_root"])
+            dd = first_result_seconds(_FIRST_RESULT_DUCKDB, input_path)
+            timings.add("startup-smallpond", sp["seconds"])
+            timings.add("startup-duckdb", dd["seconds"])
+            print(
+                f"   run {rep + 1}: import to first result: smallpond {sp['seconds']:.2f}s, DuckDB {dd['seconds']:.2f}s",
+                flush=True,
+            )
+
+    sp, dd = timings.median("smallpond"), timings.median("duckdb")
+    print(f"smallpond: {args.tasks} tasks, {timings.describe('smallpond')}: {args.tasks / sp:.0f} tasks/s")
+    print(f"DuckDB:    {args.tasks} statements, {timings.describe('duckdb')}: {args.tasks / dd:.0f} statements/s")
+    print(f"ratio smallpond/DuckDB (time): {sp / dd:.2f}")
+    if not args.skip_startup:
+        ssp, sdd = timings.median("startup-smallpond"), timings.median("startup-duckdb")
+        print(
+            f"import to first result: smallpond {timings.describe('startup-smallpond')}; DuckDB {timings.describe('startup-duckdb')}; ratio {ssp / sdd:.1f}"
+        )
+    if args.append_results:
+        common.append_results(
+            "overhead",
+            f"{args.tasks:,} tiny {args.kind} tasks, {args.executors} executors",
+            f"{args.tasks / sp:.0f} tasks/s ({sp:.2f} s)",
+            f"{args.tasks / dd:.0f} statements/s ({dd:.2f} s)",
+            f"{sp / dd:.2f}",
+        )
+        if not args.skip_startup:
+            common.append_results(
+                "startup", "import to first result of a 1-task job", f"{ssp:.2f} s", f"{sdd:.2f} s", f"{ssp / sdd:.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

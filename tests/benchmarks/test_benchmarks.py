@@ -1,0 +1,129 @@
+"""The benchmarks' plans and validators on tiny sizes (correctness only: no timing assertions)."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from benchmarks import common, gray_sort, hash_partition, overhead
+
+
+# -- gray sort -----------------------------------------------------------------------------------
+def test_generated_records_are_deterministic_and_graysort_shaped():
+    a = gray_sort.generate_records(7, 1000, 50)
+    b = gray_sort.generate_records(7, 1000, 50)
+    c = gray_sort.generate_records(8, 1000, 50)
+    assert a.equals(b) and not a.equals(c)
+    assert a.schema.field("key").type.byte_width == 10 and a.schema.field("payload").type.byte_width == 90
+    payload = a.column("payload")[3].as_py()
+    assert payload[:2] == b"\x00\x11" and payload[-4:] == b"\xcc\xdd\xee\xff"
+    assert int(payload[2:34], 16) == 1003  # the record number, in ASCII hex
+
+
+def test_bucket_expression_is_a_monotone_range_partition():
+    import duckdb
+
+    expr = gray_sort.bucket_expression(5)
+    got = duckdb.sql(
+        f"select {expr.replace('key', 'k')} from (select unhex(h)::BLOB as k from (values ('0000'), ('3334'), ('8000'), ('FFFF')) t(h))"
+    ).fetchall()
+    assert [r[0] for r in got] == [0, 1, 2, 4]
+
+
+def test_gray_sort_plan_sorts_and_validates(tmp_path):
+    inputs = gray_sort.generate_input(str(tmp_path / "data"), 30_000, 3, seed=1, executors=2)
+    assert len(inputs) == 1  # 30k records fit one generated chunk
+    summary = gray_sort.summarize(inputs)
+    assert summary["records"] == 30_000
+    # an unsorted input fails the order check
+    with pytest.raises(gray_sort.ValidationError):
+        gray_sort.validate_sorted(summary, inputs)
+
+    plan = gray_sort.gray_sort_plan(inputs, 5, compression="zstd")
+    exec_plan = common.run_plan(plan, str(tmp_path / "jobs"), 2)
+    files = gray_sort.sorted_output_files(exec_plan)
+    assert len(files) == 5
+    result = gray_sort.validate_sorted(summary, files)
+    assert result["records"] == 30_000
+    # partitions out of order are caught
+    with pytest.raises(gray_sort.ValidationError):
+        gray_sort.validate_sorted(summary, files[::-1])
+
+    out = str(tmp_path / "duckdb.parquet")
+    gray_sort.duckdb_sort(inputs, out, threads=2, memory_limit=None, compression="snappy", temp_dir=str(tmp_path / "tmp"))
+    assert gray_sort.validate_sorted(summary, [out])["checksum"] == summary["checksum"]
+
+
+def test_gray_sort_main_tiny(tmp_path, capsys):
+    assert (
+        gray_sort.main(
+            ["--records", "20K", "--partitions", "3", "--repeat", "1", "--data-dir", str(tmp_path), "--memory-limit", "256MB"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "ratio smallpond/DuckDB" in out and "(validated)" in out
+    # the job roots and DuckDB outputs of timed runs are removed; the cached input stays
+    assert os.listdir(tmp_path / "jobs") == []
+    assert any(n.startswith("graysort-") for n in os.listdir(tmp_path))
+
+
+# -- hash partition ------------------------------------------------------------------------------
+def test_hash_partition_matches_duckdb(tmp_path):
+    inputs = hash_partition.generate_input(str(tmp_path / "data"), 20_000, 2, seed=3)
+    summary = hash_partition.summarize_input(inputs)
+    assert summary["rows"] == 20_000
+    exec_plan = common.run_plan(hash_partition.hash_partition_plan(inputs, 7), str(tmp_path / "jobs"), 2)
+    parts = hash_partition.partition_files(exec_plan)
+    assert len(parts) == 7 and all(parts)
+    out = str(tmp_path / "duckdb")
+    hash_partition.duckdb_partition(
+        inputs, out, 7, threads=2, memory_limit=None, compression="snappy", temp_dir=str(tmp_path / "tmp")
+    )
+    expected = hash_partition.validate_partitions(summary, hash_partition.duckdb_partition_files(out, 7), 7)
+    got = hash_partition.validate_partitions(summary, parts, 7, expected)
+    assert sum(s["rows"] for s in got) == 20_000
+    # rows in the wrong partition are caught
+    with pytest.raises(hash_partition.ValidationError):
+        hash_partition.validate_partitions(summary, parts[1:] + parts[:1], 7)
+
+
+def test_hash_partition_main_tiny(tmp_path, capsys):
+    assert hash_partition.main(["--rows", "10K", "--partitions", "4", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
+    assert "(validated)" in capsys.readouterr().out
+
+
+# -- overhead ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["python", "sql"])
+def test_overhead_plan_runs_one_result_per_task(tmp_path, kind):
+    path = overhead.make_input(str(tmp_path), 12)
+    exec_plan = common.run_plan(overhead.overhead_plan(path, 12, kind), str(tmp_path / "jobs"), 2)
+    overhead.validate_outputs(exec_plan, 12, kind)
+    with pytest.raises(overhead.ValidationError):
+        overhead.validate_outputs(exec_plan, 13, kind)
+
+
+def test_overhead_main_tiny_with_startup(tmp_path, capsys):
+    assert overhead.main(["--tasks", "10", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "tasks/s" in out and "import to first result" in out
+
+
+# -- results table -------------------------------------------------------------------------------
+def test_append_results_writes_a_row_under_the_header(tmp_path):
+    path = str(tmp_path / "RESULTS.md")
+    common.append_results("gray sort", "1 record", "1.00 s", "0.50 s", "2.00", path=path)
+    common.append_results("overhead", "2 tasks", "3 tasks/s", "4/s", "0.75", path=path)
+    lines = open(path).read().splitlines()
+    assert lines[0] == "# Benchmark results"
+    rows = [line for line in lines if line.startswith("| 2")]
+    assert len(rows) == 2 and "| gray sort |" in rows[0] and "cores" in rows[0]
+    assert common.parse_count("5M") == 5_000_000 and common.parse_bytes("64MB") == 64 * 2**20
+
+
+def test_generated_parquet_has_the_declared_columns(tmp_path):
+    inputs = gray_sort.generate_input(str(tmp_path), 1000, 1, seed=0, executors=1)
+    schema = pq.read_schema(inputs[0])
+    assert schema.names == ["key", "payload"]
