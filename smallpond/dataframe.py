@@ -106,10 +106,11 @@ class Session(SessionBase):
         from smallpond.logical.optimizer import optimize
 
         for df in dfs:
+            # recompute(): this frame's own node runs again once (and what consumes it); frames
+            # derived from it inherit the flag and rerun their own node in turn
             if df.need_recompute and not getattr(df, "_recomputed", False):
-                for n in _closure(df.plan):
-                    self._invalidate(n)
-                    self._invalidate(self._optimized.get(id(n), n))
+                self._invalidate(df.plan)
+                self._invalidate(self._optimized.get(id(df.plan), df.plan))
                 df._recomputed = True
         frozen = set(self._planner.node_to_tasks)
         nodes = []
@@ -129,12 +130,6 @@ class Session(SessionBase):
         """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
         path = path or os.path.join(self._runtime_ctx.log_root, "graph.dot")
         return self.graph().render(path)
-
-
-def _closure(node: Node) -> List[Node]:
-    from smallpond.logical.graph import topological_order
-
-    return topological_order([node], lambda n: n.input_deps)
 
 
 def _tag(node: Node, op: str) -> Node:
