@@ -16,11 +16,11 @@ from typing import Optional
 from loguru import logger
 
 from smallpond.errors import JobFailed
-from smallpond.io.filesystem import dump
-from smallpond.logical.node import LogicalPlan
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.scheduler import Scheduler, cleanup_temp_dirs, write_status
 from smallpond.execution.task import JobId, RuntimeContext
+from smallpond.io.filesystem import dump
+from smallpond.logical.node import LogicalPlan
 
 
 def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
@@ -54,7 +54,7 @@ def make_runtime_ctx(job_id=None, job_time=None, data_root=None, **kwargs) -> Ru
 
 def setup_logging(rt: RuntimeContext, name: str = "scheduler") -> list:
     """Console at ``console_log_level``, ``log/{name}.log`` at ``file_log_level``; stdlib logging captured."""
-    import logging
+    from smallpond.utility import capture_stdlib_logging
 
     logger.remove()
     ids = [
@@ -66,26 +66,8 @@ def setup_logging(rt: RuntimeContext, name: str = "scheduler") -> list:
             retention=5,
         ),
     ]
-    logging.basicConfig(handlers=[InterceptHandler()], level=0, force=True)
+    capture_stdlib_logging()
     return ids
-
-
-class InterceptHandler:
-    """Send stdlib ``logging`` records to loguru."""
-
-    level = 0
-
-    def handle(self, record) -> None:
-        try:
-            level = logger.level(record.levelname).name
-        except ValueError:
-            level = record.levelno
-        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
-
-    def __getattr__(self, name):
-        import logging
-
-        return getattr(logging.Handler(), name)
 
 
 def run_job(

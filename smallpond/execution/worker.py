@@ -32,6 +32,9 @@ def worker_main(conn, rt_path: str, index: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
     logger.remove()  # the worker logs into each attempt's log file; the scheduler reports failures
+    from smallpond.utility import capture_stdlib_logging
+
+    capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
     try:
         import setproctitle  # type: ignore
 

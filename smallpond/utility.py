@@ -1,0 +1,100 @@
+"""Small utilities: capturing stdlib logging in loguru, running commands, background iteration."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import subprocess
+import threading
+from typing import Dict, Iterable, Iterator, List, Optional, Union
+
+
+class InterceptHandler(logging.Handler):
+    """Send stdlib ``logging`` records to loguru (so they land in smallpond's log files)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from loguru import logger
+
+        try:
+            level: Union[str, int] = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame, depth = logging.currentframe(), 2
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, record.getMessage())
+
+
+def capture_stdlib_logging(level: int = logging.INFO) -> None:
+    """Route the root stdlib logger through loguru."""
+    logging.basicConfig(handlers=[InterceptHandler()], level=level, force=True)
+
+
+def execute_command(cmd: Union[str, List[str]], env: Optional[Dict[str, str]] = None, shell: bool = False) -> Iterator[str]:
+    """Run a command and yield its output lines; raise CalledProcessError on a non-zero exit."""
+    proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        yield line.rstrip("\n")
+    code = proc.wait()
+    if code != 0:
+        raise subprocess.CalledProcessError(code, cmd)
+
+
+class ConcurrentIterError(Exception):
+    """An exception raised by the producer of a :class:`ConcurrentIter`."""
+
+
+class ConcurrentIter:
+    """Iterate ``iterable`` in a background thread, buffering up to ``max_buffer_size`` items.
+
+    Use as a context manager: ``with ConcurrentIter(it) as items: for x in items: ...``.
+    """
+
+    _DONE = object()
+
+    def __init__(self, iterable: Iterable, max_buffer_size: int = 1) -> None:
+        self.iterable = iterable
+        self.queue: "queue.Queue" = queue.Queue(maxsize=max(1, max_buffer_size))
+        self.stop = threading.Event()
+        self.thread: Optional[threading.Thread] = None
+
+    def _produce(self) -> None:
+        try:
+            for item in self.iterable:
+                while not self.stop.is_set():
+                    try:
+                        self.queue.put((True, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.queue.put((True, self._DONE))
+        except BaseException as e:  # handed to the consumer
+            self.queue.put((False, e))
+
+    def __enter__(self) -> Iterator:
+        self.thread = threading.Thread(target=self._produce, daemon=True)
+        self.thread.start()
+        return self._consume()
+
+    def _consume(self) -> Iterator:
+        while True:
+            ok, item = self.queue.get()
+            if not ok:
+                raise ConcurrentIterError(f"producer failed: {item!r}") from item
+            if item is self._DONE:
+                return
+            yield item
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        while True:
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        if self.thread is not None:
+            self.thread.join(timeout=5)

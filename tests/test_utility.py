@@ -1,0 +1,50 @@
+"""smallpond.utility, and stdlib logging from user code landing in the task's log file."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+
+import pytest
+
+from smallpond.utility import ConcurrentIter, ConcurrentIterError, execute_command
+
+
+def test_concurrent_iter():
+    with ConcurrentIter(range(100), max_buffer_size=4) as it:
+        assert list(it) == list(range(100))
+
+    def broken():
+        yield 1
+        raise ValueError("bad")
+
+    with pytest.raises(ConcurrentIterError):
+        with ConcurrentIter(broken()) as it:
+            list(it)
+
+
+def test_execute_command():
+    assert list(execute_command(["echo", "hi"])) == ["hi"]
+    with pytest.raises(subprocess.CalledProcessError):
+        list(execute_command("exit 3", shell=True))
+
+
+def log_with_stdlib(runtime_ctx, input_datasets, output_path):
+    import logging
+
+    logging.getLogger("user.module").warning("hello from stdlib logging in a task")
+    return True
+
+
+def test_stdlib_logging_is_captured_in_task_log(tmp_path):
+    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, PythonScriptNode
+
+    ctx = Context()
+    node = PythonScriptNode(ctx, (DataSourceNode(ctx, None),), process_func=log_with_stdlib)
+    rt = make_runtime_ctx(None, None, str(tmp_path))
+    run_job(LogicalPlan(ctx, node), rt)
+    logs = glob.glob(os.path.join(rt.log_root, "tasks", "PythonScriptTask-*.log"))
+    assert logs
+    assert any("hello from stdlib logging in a task" in open(p).read() for p in logs)
