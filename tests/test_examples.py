@@ -61,3 +61,24 @@ def test_log_processing_example_matches_duckdb(tmp_path):
     ).df()
     pd.testing.assert_frame_equal(got, want, check_dtype=False)
     assert "slow" in duckdb.sql(f"select * from read_parquet('{tmp_path}/stats/*.parquet')").columns
+
+
+def test_sort_mock_urls_v2_example(tmp_path):
+    from tests.datagen import generate_mock_urls
+
+    paths = generate_mock_urls(str(tmp_path / "urls"), nfiles=4, nlines=50)
+    out = tmp_path / "sorted"
+    proc = run_example("sort_mock_urls_v2.py", "-i", *paths, "-o", str(out), "-n", "3", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(str(out / f) for f in os.listdir(out) if f.endswith(".parquet"))
+    assert len(files) == 3
+    for f in files:  # each partition is sorted by host, and hosts do not cross partitions
+        hosts = duckdb.sql(f"select host from read_parquet('{f}')").fetchall()
+        assert hosts == sorted(hosts)
+    got = duckdb.sql(f"select host, url, payload from read_parquet({files!r}) order by all").fetchall()
+    want = duckdb.sql(
+        f"""select split_part(urlstr, '/', 1) as host, split_part(urlstr, ' ', 1) as url, from_base64(valstr) as payload
+            from read_csv({paths!r}, delim='\\t', columns={{'urlstr': 'varchar', 'valstr': 'varchar'}}, header=false)
+            order by all"""
+    ).fetchall()
+    assert got == want
