@@ -208,7 +208,9 @@ def load_from_parquet_files(
 
     def one(p: PathOrRange) -> pa.Table:
         if isinstance(p, RowRange) and not p.whole_file:
-            return pa.Table.from_batches(list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=_file_schema(p.path, columns))
+            return pa.Table.from_batches(
+                list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=_file_schema(p.path, columns)
+            )
         path = p.path if isinstance(p, RowRange) else p
         return pq.read_table(path, columns=columns)
 

@@ -320,7 +320,13 @@ def _node_detail(node: Node) -> str:
         q = node.oneline_query
         return f" sql={q[:80] + '...' if len(q) > 80 else q!r}"
     if isinstance(node, HashPartitionNode):
-        how = "random" if node.random_shuffle else f"by {node.data_partition_column}" if node.shuffle_only else f"hash {node.hash_columns}"
+        how = (
+            "random"
+            if node.random_shuffle
+            else f"by {node.data_partition_column}"
+            if node.shuffle_only
+            else f"hash {node.hash_columns}"
+        )
         return f" {how}"
     if isinstance(node, DataSourceNode):
         return f" {node.dataset!r}"
