@@ -110,8 +110,10 @@ class LoadPartitionedDataSetNode(PartitionNode):
         memory_limit: Optional[int] = None,
     ) -> None:
         if dimension is None and data_partition_column is None:
-            raise ParameterError(f"LoadPartitionedDataSetNode needs a dimension or a data_partition_column")
-        super().__init__(ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit)
+            raise ParameterError("LoadPartitionedDataSetNode needs a dimension or a data_partition_column")
+        super().__init__(
+            ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit
+        )
         self.data_partition_column = data_partition_column or self.dimension
         self.hive_partitioning = hive_partitioning
 
@@ -279,7 +281,15 @@ class ShuffleNode(HashPartitionNode):
 class RepeatPartitionNode(PartitionNode):
     """Every one of the ``npartitions`` nested partitions is the whole input partition."""
 
-    def __init__(self, ctx: Context, input_deps: Sequence[Node], npartitions: int, dimension: str, cpu_limit: int = 1, memory_limit: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        input_deps: Sequence[Node],
+        npartitions: int,
+        dimension: str,
+        cpu_limit: int = 1,
+        memory_limit: Optional[int] = None,
+    ) -> None:
         super().__init__(ctx, input_deps, npartitions, dimension, True, None, None, cpu_limit, memory_limit)
 
 
@@ -336,7 +346,9 @@ class RangePartitionNode(PartitionNode):
         *,
         key_column: Optional[str] = None,
     ) -> None:
-        super().__init__(ctx, input_deps, len(split_points) + 1, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
+        super().__init__(
+            ctx, input_deps, len(split_points) + 1, dimension, nested, output_name, output_path, cpu_limit, memory_limit
+        )
         if list(split_points) != sorted(split_points):
             raise ParameterError(self._msg("split_points must be sorted"))
         self.split_points = list(split_points)
