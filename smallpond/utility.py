@@ -34,8 +34,7 @@ def capture_stdlib_logging(level: int = logging.INFO) -> None:
 def execute_command(cmd: Union[str, List[str]], env: Optional[Dict[str, str]] = None, shell: bool = False) -> Iterator[str]:
     """Run a command and yield its output lines; raise CalledProcessError on a non-zero exit."""
     proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    for line in proc.stdout:
+    for line in proc.stdout or ():
         yield line.rstrip("\n")
     code = proc.wait()
     if code != 0:
