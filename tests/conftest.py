@@ -40,3 +40,14 @@ def url_files(tmp_path) -> List[str]:
 def parquet_files(tmp_path) -> List[str]:
     """3 files of 10 rows (ids 0..29)."""
     return generate_parquet_files(str(tmp_path / "parquet"), nfiles=3, rows_per_file=10)
+
+
+@pytest.fixture
+def log_messages():
+    """Messages logged through loguru during the test (WARNING and above)."""
+    from loguru import logger
+
+    messages: List[str] = []
+    sink_id = logger.add(lambda m: messages.append(str(m)), level="WARNING")
+    yield messages
+    logger.remove(sink_id)

@@ -10,6 +10,7 @@ import copy
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -17,6 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
+from smallpond.errors import UserCodeError
+
+
+@contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """Name the file when pyarrow finds it invalid (pyarrow's messages do not), and fail fast:
+    a corrupt file stays corrupt however often it is read. I/O errors (OSError) pass unchanged
+    and are retried.
+    """
+    try:
+        yield
+    except pa.ArrowInvalid as e:
+        raise UserCodeError(f"cannot read Parquet file {path!r}: {e}") from e
 
 
 @dataclass
@@ -74,7 +88,8 @@ def read_row_ranges(paths: Sequence[str], max_workers: int = 16) -> List[RowRang
     """Read Parquet footers (in threads) and return one whole-file RowRange per path."""
 
     def one(path: str) -> RowRange:
-        md = pq.read_metadata(path)
+        with _reading(path):
+            md = pq.read_metadata(path)
         size = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
         return RowRange(path, size, md.num_rows, 0, md.num_rows)
 
@@ -122,11 +137,17 @@ PathOrRange = Union[str, RowRange]
 def _as_range(p: PathOrRange) -> RowRange:
     if isinstance(p, RowRange):
         return p
-    md = pq.read_metadata(p)
+    with _reading(p):
+        md = pq.read_metadata(p)
     return RowRange(p, 0, md.num_rows, 0, md.num_rows)
 
 
 def _iter_range_batches(r: RowRange, columns: Optional[List[str]], batch_size: int) -> Iterator[pa.RecordBatch]:
+    with _reading(r.path):
+        yield from _iter_range_batches_unchecked(r, columns, batch_size)
+
+
+def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], batch_size: int) -> Iterator[pa.RecordBatch]:
     f = pq.ParquetFile(r.path)
     pos = 0
     for batch in f.iter_batches(batch_size=batch_size, columns=columns, use_threads=True):
@@ -142,7 +163,8 @@ def _iter_range_batches(r: RowRange, columns: Optional[List[str]], batch_size: i
 
 
 def _file_schema(path: str, columns: Optional[List[str]]) -> pa.Schema:
-    schema = pq.read_schema(path)
+    with _reading(path):
+        schema = pq.read_schema(path)
     if columns is not None:
         missing = [c for c in columns if c not in schema.names]
         if missing:
@@ -212,7 +234,8 @@ def load_from_parquet_files(
                 list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=_file_schema(p.path, columns)
             )
         path = p.path if isinstance(p, RowRange) else p
-        return pq.read_table(path, columns=columns)
+        with _reading(path):
+            return pq.read_table(path, columns=columns)
 
     items = list(paths_or_ranges)
     if not items:

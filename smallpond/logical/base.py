@@ -80,6 +80,11 @@ def user_call_site() -> str:
         del frame
 
 
+def call_site_msg(kind: str, text: str) -> str:
+    """An error message naming the user's call site, for checks made before a node exists."""
+    return f"{kind} created at {user_call_site()}: {text}"
+
+
 # A partition shape is the list of (dimension, npartitions) below the top level, outermost first.
 Shape = Tuple[Tuple[str, int], ...]
 

@@ -13,7 +13,7 @@ import subprocess
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
-from smallpond.logical.base import Context, Node, NodeId, Shape, shape_size
+from smallpond.logical.base import Context, Node, NodeId, Shape, call_site_msg, shape_size
 from smallpond.logical.compute import (
     ArrowBatchNode,
     ArrowComputeNode,
@@ -109,8 +109,8 @@ class DataSinkNode(Node):
         manifest_only: bool = False,
         is_final_node: bool = False,
     ) -> None:
-        if isinstance(output_path, str) and not os.path.isabs(output_path):
-            raise ParameterError(f"DataSinkNode: output_path must be an absolute path, got {output_path!r}")
+        if not isinstance(output_path, str) or not os.path.isabs(output_path):
+            raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
         super().__init__(ctx, input_deps, None, output_path, 1, 0, None)
         if manifest_only:
             type = "manifest"
@@ -207,7 +207,7 @@ class LimitNode(SqlEngineNode):
 
     def __init__(self, ctx: Context, input_dep: Node, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ParameterError(f"LimitNode: limit must be a non-negative integer, got {limit!r}")
+            raise ParameterError(call_site_msg("LimitNode", f"limit must be a non-negative integer, got {limit!r}"))
         super().__init__(ctx, (input_dep,), f"select * from {{0}} limit {limit}")
         self.limit = limit
 

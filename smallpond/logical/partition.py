@@ -11,7 +11,7 @@ from typing import List, Optional, Sequence, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME
 from smallpond.errors import ParameterError, PlanError
-from smallpond.logical.base import Context, Node, Shape, validate_dimension
+from smallpond.logical.base import Context, Node, Shape, call_site_msg, validate_dimension
 from smallpond.logical.dataset import DataSet
 
 
@@ -134,7 +134,9 @@ def DataSetPartitionNode(
     """
     if data_partition_column is not None:
         if partition_by_rows:
-            raise ParameterError("DataSetPartitionNode: partition_by_rows and data_partition_column cannot both be set")
+            raise ParameterError(
+                call_site_msg("DataSetPartitionNode", "partition_by_rows and data_partition_column cannot both be set")
+            )
         return LoadPartitionedDataSetNode(
             ctx, input_deps, npartitions, dimension=data_partition_column, data_partition_column=data_partition_column
         )
@@ -321,7 +323,12 @@ class UserPartitionedDataSourceNode(UserDefinedPartitionNode):
         from smallpond.logical.node import DataSourceNode
 
         if not partitioned_datasets or not all(isinstance(d, DataSet) for d in partitioned_datasets):
-            raise ParameterError(f"partitioned_datasets must be a non-empty list of DataSet, got {partitioned_datasets!r}")
+            raise ParameterError(
+                call_site_msg(
+                    "UserPartitionedDataSourceNode",
+                    f"partitioned_datasets must be a non-empty list of DataSet, got {partitioned_datasets!r}",
+                )
+            )
         super().__init__(ctx, [DataSourceNode(ctx, None)], len(partitioned_datasets), dimension)
         self.partitioned_datasets = list(partitioned_datasets)
 

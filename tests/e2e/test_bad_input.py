@@ -1,0 +1,212 @@
+"""Acceptance: bad input fails fast with an error naming the culprit, and no sink holds a partial result.
+
+* bad node parameters fail when the node is built: the message names the parameter, the bad value
+  and the user's call site (file:line);
+* a missing input path, a corrupt Parquet file and bad SQL fail the job at once (no retries): the
+  error names the file or the SQL text and where the node was created;
+* after a failed job a DataSinkNode's output_path does not exist, or still holds exactly the
+  previous complete result.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, List
+
+import pytest
+
+from smallpond.errors import JobFailed, ParameterError, TaskError
+from smallpond.execution.job import run_job
+from smallpond.logical.dataset import CsvDataSet, ParquetDataSet
+from smallpond.logical.node import (
+    ArrowComputeNode,
+    Context,
+    DataSetPartitionNode,
+    DataSinkNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LimitNode,
+    LogicalPlan,
+    Node,
+    SqlEngineNode,
+)
+from tests.datagen import generate_parquet_files, parquet_paths_in, write_corrupt_parquet
+
+THIS_FILE = os.path.abspath(__file__)
+
+
+def innermost_line_here(excinfo) -> int:
+    """The line of this file closest to where the exception was raised (the node's call site)."""
+    line, tb = None, excinfo.tb
+    while tb is not None:
+        if os.path.abspath(tb.tb_frame.f_code.co_filename) == THIS_FILE:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def source(ctx: Context) -> Node:
+    return DataSourceNode(ctx, ParquetDataSet(["/nonexistent/x.parquet"]))
+
+
+BAD_NODES = {
+    "npartitions=0": (lambda ctx: DataSetPartitionNode(ctx, (source(ctx),), 0), ["npartitions", "got 0"]),
+    "hash npartitions=0": (lambda ctx: HashPartitionNode(ctx, (source(ctx),), 0, ["a"]), ["npartitions", "got 0"]),
+    "output_name with a slash": (
+        lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select * from {0}", output_name="a/b"),
+        ["output_name", "'a/b'"],
+    ),
+    "sink relative output_path": (
+        lambda ctx: DataSinkNode(ctx, (source(ctx),), "relative/dir"),
+        ["output_path", "absolute", "'relative/dir'"],
+    ),
+    "node relative output_path": (
+        lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select 1", output_path="relative/dir"),
+        ["output_path", "absolute", "'relative/dir'"],
+    ),
+    "engine_type": (
+        lambda ctx: HashPartitionNode(ctx, (source(ctx),), 2, ["a"], engine_type="polars"),
+        ["engine_type", "'polars'", "duckdb"],
+    ),
+    "negative limit": (lambda ctx: LimitNode(ctx, source(ctx), -1), ["limit", "got -1"]),
+    "unbalanced brace in SQL": (
+        lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select '{' from {0}"),
+        ["{{", "select '{' from {0}"],
+    ),
+    "rows and column": (
+        lambda ctx: DataSetPartitionNode(ctx, (source(ctx),), 2, partition_by_rows=True, data_partition_column="k"),
+        ["partition_by_rows", "data_partition_column"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_NODES))
+def test_bad_node_parameters_fail_at_build_time(case):
+    build, expected = BAD_NODES[case]
+    with pytest.raises(ParameterError) as info:
+        build(Context())
+    message = str(info.value)
+    for text in expected:
+        assert text in message
+    assert f"{THIS_FILE}:{innermost_line_here(info)}" in message, message
+    # upstream raised bare assertions here; scripts that catch AssertionError keep working
+    assert isinstance(info.value, AssertionError) and isinstance(info.value, ValueError)
+
+
+def run_failing(plan: LogicalPlan, rt, log_messages: List[str]) -> TaskError:
+    with pytest.raises(JobFailed) as info:
+        run_job(plan, rt, num_workers=2)
+    assert not [m for m in log_messages if "retrying" in m], "a user error was retried"
+    err = info.value.errors[0]
+    assert isinstance(err, TaskError)
+    assert err.attempt == 0
+    tasks_dir = os.path.join(rt.log_root, "tasks")
+    retried = [f for f in os.listdir(tasks_dir) if not f.endswith(".0.log")] if os.path.isdir(tasks_dir) else []
+    assert not retried, retried
+    with open(rt.job_status_path) as f:
+        assert f.read().split()[-1].startswith("failure@")
+    return err
+
+
+def assert_no_partial_sink(sink: str) -> None:
+    assert not os.path.exists(sink), f"{sink} exists after a failed job: {os.listdir(sink)}"
+    parent = os.path.dirname(sink)
+    leftovers = [n for n in os.listdir(parent) if n.startswith(os.path.basename(sink) + ".")]
+    assert not leftovers, f"staging leftovers next to the sink: {leftovers}"
+
+
+def sink_plan(build: Callable[[Context], Node], sink: str) -> LogicalPlan:
+    ctx = Context()
+    return LogicalPlan(ctx, DataSinkNode(ctx, (build(ctx),), sink))
+
+
+@pytest.mark.parametrize("kind", ["file", "glob", "csv"])
+def test_missing_input_path(tmp_path, make_rt, log_messages, kind):
+    missing = {
+        "file": str(tmp_path / "nope.parquet"),
+        "glob": str(tmp_path / "nothing_here" / "*.parquet"),
+        "csv": str(tmp_path / "nope.csv"),
+    }[kind]
+    dataset = CsvDataSet([missing], {"a": "varchar"}) if kind == "csv" else ParquetDataSet([missing])
+    sink = str(tmp_path / "sink")
+    plan = sink_plan(lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, dataset),), "select * from {0}"), sink)
+    err = run_failing(plan, make_rt(), log_messages)
+    assert missing in err.message
+    assert err.location.startswith(THIS_FILE + ":")
+    assert_no_partial_sink(sink)
+
+
+@pytest.fixture
+def inputs_with_corrupt_file(tmp_path) -> List[str]:
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=10)
+    write_corrupt_parquet(files[1])
+    return files
+
+
+CORRUPT_READERS = {
+    # one partition per file: the other partitions succeed, the job still fails as a whole
+    "sql": lambda ctx, files: SqlEngineNode(
+        ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 3),), "select * from {0}"
+    ),
+    # all files in one task: the message must still single out the bad one
+    "sql one task": lambda ctx, files: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select * from {0}"),
+    "arrow one task": lambda ctx, files: ArrowComputeNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), process_func=lambda rt, ts: ts[0]
+    ),
+    "partition by rows": lambda ctx, files: DataSetPartitionNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 2, partition_by_rows=True
+    ),
+    "hash partition": lambda ctx, files: HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 2, ["key"]),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(CORRUPT_READERS))
+def test_corrupt_parquet_file(tmp_path, make_rt, log_messages, inputs_with_corrupt_file, reader):
+    sink = str(tmp_path / "sink")
+    plan = sink_plan(lambda ctx: CORRUPT_READERS[reader](ctx, inputs_with_corrupt_file), sink)
+    err = run_failing(plan, make_rt(), log_messages)
+    assert inputs_with_corrupt_file[1] in err.message
+    assert inputs_with_corrupt_file[0] not in err.message
+    assert err.location.startswith(THIS_FILE + ":")
+    assert_no_partial_sink(sink)
+
+
+@pytest.mark.parametrize(
+    "query,culprit",
+    [
+        ("selec * from {0}", "selec *"),
+        ("select no_such_column from {0}", "no_such_column"),
+        ("select * from {1}", "{1}"),
+        ("select * from {0} where {nope} = 1", "{nope}"),
+    ],
+)
+def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit):
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    sink = str(tmp_path / "sink")
+    plan = sink_plan(lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), query), sink)
+    err = run_failing(plan, make_rt(), log_messages)
+    assert err.sql is not None and culprit in err.sql
+    assert culprit in str(err)
+    assert f"node created at: {THIS_FILE}:" in str(err)
+    assert_no_partial_sink(sink)
+
+
+def test_failed_job_leaves_previous_sink_result_intact(tmp_path, make_rt, log_messages, inputs_with_corrupt_file):
+    good = generate_parquet_files(str(tmp_path / "good"), nfiles=2, rows_per_file=10)
+    sink = str(tmp_path / "sink")
+
+    def plan_over(files):
+        return sink_plan(
+            lambda ctx: SqlEngineNode(
+                ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 2),), "select * from {0}"
+            ),
+            sink,
+        )
+
+    run_job(plan_over(good), make_rt(), num_workers=2)
+    before = {name: open(os.path.join(sink, name), "rb").read() for name in os.listdir(sink)}
+    assert len(parquet_paths_in(sink)) == 2
+    run_failing(plan_over(inputs_with_corrupt_file), make_rt(), log_messages)
+    after = {name: open(os.path.join(sink, name), "rb").read() for name in os.listdir(sink)}
+    assert after == before
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("sink.")]
