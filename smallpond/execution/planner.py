@@ -171,6 +171,7 @@ class Planner:
         self.rt = runtime_ctx
         self.parallelism = parallelism or (runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count)
         self.node_to_tasks: Dict[int, List[Task]] = {}
+        self._planned_nodes: List[Node] = []
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
@@ -206,6 +207,7 @@ class Planner:
             else:
                 raise PlanError(f"no planner for node type {type(n).__name__} ({n!r} created at {n.location})")
             self.node_to_tasks[id(n)] = tasks
+            self._planned_nodes.append(n)  # keeps id(n) from being reused while memoized
             n.generated_tasks = [t.key for t in tasks]
         return self.node_to_tasks[id(node)]
 
