@@ -221,18 +221,13 @@ class Scheduler:
             task = st.tasks[key]
             inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
-            if task.exec_on_scheduler:
+            if task.exec_on_scheduler or self.executor is None:
+                # metadata-only tasks (and everything, without an executor) run right here
                 try:
-                    ds = run_inline(self.rt, task, inputs)
-                except TaskError as e:
-                    self._fail(key, e)
-                    continue
-                self._finish(key, ds)
-                progressed = True
-                continue
-            if self.executor is None:
-                try:
-                    ds = execute_attempt(self.rt, task, inputs, attempt)
+                    if task.exec_on_scheduler:
+                        ds = run_inline(self.rt, task, inputs)
+                    else:
+                        ds = execute_attempt(self.rt, task, inputs, attempt)
                 except TaskError as e:
                     self._fail(key, e)
                     continue
