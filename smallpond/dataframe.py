@@ -185,6 +185,8 @@ class DataFrame:
         * ``by``: a column or SQL expression whose value (in ``[0, npartitions)``) is the partition;
         * otherwise by files, or by rows with ``by_rows=True``.
         """
+        if "by_row" in kwargs:  # the name upstream's documentation uses
+            by_rows = bool(kwargs.pop("by_row")) or by_rows
         if by is not None and hash_by is not None:
             raise ParameterError("repartition: give either hash_by or by, not both")
         if by is not None:

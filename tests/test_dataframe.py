@@ -342,3 +342,20 @@ def test_udf_in_sql_map(sp):
 
     df = sp.from_arrow(pa.table({"a": [12, 9, 7], "b": [8, 6, 5]}))
     assert [r["g"] for r in df.map("my_gcd(a, b) as g", udfs=[my_gcd]).take_all()] == [4, 3, 1]
+
+
+def test_fusion_keeps_placeholders_and_escaped_braces(sp):
+    df = sp.from_items(list(range(40))).repartition(4, by_row=True)  # upstream's documented spelling
+    step1 = df.filter("item % 2 = 0")
+    step2 = step1.map("item, {__data_partition__} as p, {rand_seed} > 0 as seeded, '{{x}}' as braces")
+    assert "Optimized plan" in step2.explain()
+    out = step2.take_all()
+    assert sorted(r["item"] for r in out) == list(range(0, 40, 2))
+    assert sorted({r["p"] for r in out}) == [0, 1, 2, 3]
+    assert all(r["braces"] == "{x}" and r["seeded"] for r in out)
+
+
+def test_udf_type_int_alias():
+    from smallpond.logical.udf import UDFType
+
+    assert UDFType.INT is UDFType.INTEGER

@@ -37,6 +37,7 @@ class UDFType(Enum):
     SMALLINT = "SMALLINT"
     USMALLINT = "USMALLINT"
     INTEGER = "INTEGER"
+    INT = "INTEGER"  # alias: upstream's documentation writes UDFType.INT
     UINTEGER = "UINTEGER"
     BIGINT = "BIGINT"
     UBIGINT = "UBIGINT"
