@@ -1,0 +1,109 @@
+"""smallpond.execution.planner: task ids, partition matching (broadcast) and planning errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from smallpond.errors import PlanError
+from smallpond.execution.job import run_job
+from smallpond.execution.planner import Planner
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    EvenlyDistributedPartitionNode,
+    HashPartitionNode,
+    LogicalPlan,
+    SqlEngineNode,
+)
+from tests.datagen import generate_parquet_files, read_parquet, rows
+
+
+def two_inputs(ctx, files, a, b, dim_a=None, dim_b=None):
+    src = DataSourceNode(ctx, ParquetDataSet(files))
+    left = EvenlyDistributedPartitionNode(ctx, (src,), a, dimension=dim_a)
+    right = EvenlyDistributedPartitionNode(ctx, (src,), b, dimension=dim_b)
+    return left, right
+
+
+@pytest.mark.parametrize(
+    "a,b,dim_a,dim_b",
+    [(3, 4, None, None), (2, 2, "left_dim", "right_dim")],
+    ids=["npartitions differ", "dimensions differ"],
+)
+def test_incompatible_partitionings_fail_at_planning(make_rt, parquet_files, a, b, dim_a, dim_b):
+    ctx = Context()
+    left, right = two_inputs(ctx, parquet_files, a, b, dim_a, dim_b)
+    join = SqlEngineNode(ctx, (left, right), "select * from {0} join {1} using (id)")  # building is fine
+    rt = make_rt()
+    with pytest.raises(PlanError) as info:
+        Planner(rt).create_exec_plan(LogicalPlan(ctx, join))
+    assert isinstance(info.value, AssertionError)
+    message = str(info.value)
+    assert repr(join) in message and __file__ in message
+    assert "npartitions" in message
+
+
+def test_single_partition_input_is_broadcast(make_rt, tmp_path):
+    facts = generate_parquet_files(str(tmp_path / "facts"), nfiles=4, rows_per_file=5)
+    dims = generate_parquet_files(str(tmp_path / "dims"), nfiles=2, rows_per_file=3, prefix="dim")
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(facts)),), 4)
+    small = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(dims)),), 1)
+    join = SqlEngineNode(
+        ctx,
+        (parts, small),
+        "select f.id as fid, d.id as did, {__data_partition__} as part from {0} f cross join {1} d",
+    )
+    plan = LogicalPlan(ctx, join)
+    assert join.num_partitions == 4
+    exec_plan = Planner(make_rt()).create_exec_plan(plan)
+    join_tasks = [t for t in exec_plan.tasks.values() if t.node_id == join.id]
+    assert len(join_tasks) == 4
+    broadcast_inputs = {t.input_keys[1] for t in join_tasks}
+    assert len(broadcast_inputs) == 1, "every partition reads the same single-partition input"
+    assert len({t.input_keys[0] for t in join_tasks}) == 4
+
+    result = run_job(LogicalPlan(ctx, join), make_rt(), num_workers=2)
+    table = read_parquet(sorted(result.final_output.resolved_paths))
+    got = sorted(rows(table, ["fid", "did", "part"]))
+    assert got == sorted((f, d, f // 5) for f in range(20) for d in range(6))
+
+
+def test_task_ids_and_fingerprints_are_deterministic(make_rt, parquet_files):
+    def plan_once():
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+        hashed = HashPartitionNode(ctx, (DataSetPartitionNode(ctx, (src,), 3),), 4, ["key"])
+        node = SqlEngineNode(ctx, (hashed,), "select key, count(*) from {0} group by key")
+        exec_plan = Planner(make_rt("same-job")).create_exec_plan(LogicalPlan(ctx, node))
+        return {k: (t.fingerprint, t.input_keys) for k, t in exec_plan.tasks.items()}
+
+    first = plan_once()
+    assert first == plan_once()
+    assert all(k.split("-")[-1].isdigit() and len(k.split("-")[-1]) == 6 for k in first)
+
+
+def test_fingerprint_changes_with_the_sql(make_rt, parquet_files):
+    def fingerprints(query):
+        ctx = Context()
+        node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), query)
+        exec_plan = Planner(make_rt("same-job")).create_exec_plan(LogicalPlan(ctx, node))
+        return {k: t.fingerprint for k, t in exec_plan.tasks.items() if k.startswith("SqlEngineTask")}
+
+    a, b = fingerprints("select * from {0}"), fingerprints("select id from {0}")
+    assert a.keys() == b.keys() and a != b
+
+
+def test_nested_partitions_multiply(make_rt, parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    outer = EvenlyDistributedPartitionNode(ctx, (src,), 3, dimension="outer")
+    inner = HashPartitionNode(ctx, (outer,), 2, ["key"], dimension="inner", nested=True)
+    node = SqlEngineNode(ctx, (inner,), "select {outer} as o, {inner} as i, count(*) as n from {0}")
+    assert node.num_partitions == 6
+    result = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=2)
+    table = read_parquet(sorted(result.final_output.resolved_paths))
+    assert sorted((o, i) for o, i, _ in rows(table)) == [(o, i) for o in range(3) for i in range(2)]
+    assert sum(table.column("n").to_pylist()) == 30

@@ -1,0 +1,174 @@
+"""smallpond.execution.scheduler: the state machine's retry, memory-boost and fail-fast policies.
+
+The executor here is scripted: it answers each submitted attempt with a chosen outcome, so every
+test is a fixed sequence of events, checked against the scheduler's state.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import pytest
+
+from smallpond.common import GB, MB
+from smallpond.errors import InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
+from smallpond.execution.executors.base import Completion, Executor
+from smallpond.execution.planner import Planner
+from smallpond.execution.scheduler import Scheduler
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+
+class ScriptedExecutor(Executor):
+    """Completes each attempt at once with the next scripted outcome for its task (default: ok)."""
+
+    num_cpus = 2
+    memory = 8 * GB
+
+    def __init__(self, script: Dict[str, List[Optional[BaseException]]]) -> None:
+        self.script = {k: list(v) for k, v in script.items()}
+        self.submitted: List[tuple] = []  # (key, attempt, memory_limit)
+        self.pending: List[Completion] = []
+
+    def free_slots(self) -> int:
+        return 2 - len(self.pending)
+
+    def submit(self, task, inputs, attempt) -> None:
+        self.submitted.append((task.key, attempt, task.memory_limit))
+        outcomes = self.script.get(task.key, [])
+        error = outcomes.pop(0) if outcomes else None
+        if error is None:
+            self.pending.append(Completion(task.key, attempt, True, ParquetDataSet([], root_dir=None)))
+        else:
+            self.pending.append(Completion(task.key, attempt, False, None, error))
+
+    def poll(self, timeout: float) -> List[Completion]:
+        out, self.pending = self.pending, []
+        return out
+
+    def cancel(self, key: str) -> None:
+        self.pending = [c for c in self.pending if c.key != key]
+
+    def shutdown(self) -> None:
+        pass
+
+
+@pytest.fixture
+def plan_tasks(make_rt, parquet_files):
+    """An execution plan with two SQL tasks; returns (runtime ctx, exec plan, the SQL task keys)."""
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    node = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), 2),), "select * from {0}", memory_limit=100 * MB)
+    rt = make_rt()
+    rt.initialize()
+    exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, node))
+    sql_keys = sorted(k for k in exec_plan.tasks if k.startswith("SqlEngineTask"))
+    return rt, exec_plan, sql_keys
+
+
+def run(rt, exec_plan, script, **kwargs):
+    executor = ScriptedExecutor(script)
+    scheduler = Scheduler(rt, executor, **kwargs)
+    try:
+        scheduler.run([exec_plan.root_task], exec_plan.tasks)
+    finally:
+        executor.shutdown()
+    return scheduler, executor
+
+
+def attempts_of(executor, key):
+    return [(a, m) for k, a, m in executor.submitted if k == key]
+
+
+def test_retryable_failures_are_retried_until_success(plan_tasks):
+    rt, exec_plan, (a, b) = plan_tasks
+    lost = WorkerLost("worker died")
+    scheduler, executor = run(rt, exec_plan, {a: [InjectedFault("x"), lost]}, max_fail_count=3)
+    st = scheduler.state
+    assert [x for x, _ in attempts_of(executor, a)] == [0, 1, 2]
+    assert [x for x, _ in attempts_of(executor, b)] == [0]
+    assert st.attempts == {a: 2} and st.fail_counts == {a: 2}
+    assert not st.failed and not st.running and not st.ready and not st.waiting
+    assert {a, b} <= st.executed and exec_plan.root_task.key in st.done
+
+
+def test_out_of_memory_doubles_the_memory_limit(plan_tasks):
+    rt, exec_plan, (a, b) = plan_tasks
+    scheduler, executor = run(rt, exec_plan, {a: [OutOfMemory("oom"), OutOfMemory("oom again")]})
+    assert attempts_of(executor, a) == [(0, 100 * MB), (1, 200 * MB), (2, 400 * MB)]
+    assert attempts_of(executor, b) == [(0, 100 * MB)]
+    assert a in scheduler.state.done
+
+
+def test_out_of_memory_reported_by_a_worker_as_task_error(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    err = TaskError("DuckDB ran out of memory", task_key=a, retryable=True, cause_type="OutOfMemory")
+    _, executor = run(rt, exec_plan, {a: [err]})
+    assert attempts_of(executor, a) == [(0, 100 * MB), (1, 200 * MB)]
+
+
+def test_memory_boost_is_capped_by_the_executor(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    exec_plan.tasks[a].memory_limit = 6 * GB
+    _, executor = run(rt, exec_plan, {a: [OutOfMemory("oom")]})
+    assert attempts_of(executor, a) == [(0, 6 * GB), (1, 8 * GB)]
+
+
+def test_user_errors_fail_fast(plan_tasks):
+    rt, exec_plan, (a, b) = plan_tasks
+    err = TaskError("ParserException: syntax error", task_key=a, retryable=False, sql="selec 1")
+    with pytest.raises(JobFailed) as info:
+        run(rt, exec_plan, {a: [err]})
+    assert info.value.errors == [err]
+    assert "selec 1" in str(info.value)
+
+
+def test_gives_up_after_max_fail_count(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    executor = ScriptedExecutor({a: [InjectedFault(str(i)) for i in range(10)]})
+    scheduler = Scheduler(rt, executor, max_fail_count=3)
+    with pytest.raises(JobFailed):
+        scheduler.run([exec_plan.root_task], exec_plan.tasks)
+    assert [x for x, _ in attempts_of(executor, a)] == [0, 1, 2]
+    assert scheduler.state.fail_counts[a] == 3
+    assert set(scheduler.state.failed) == {a}
+    assert not scheduler.state.running
+
+
+def test_gives_up_after_max_retry_count(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    executor = ScriptedExecutor({a: [InjectedFault(str(i)) for i in range(10)]})
+    scheduler = Scheduler(rt, executor, max_retry_count=1, max_fail_count=10)
+    with pytest.raises(JobFailed):
+        scheduler.run([exec_plan.root_task], exec_plan.tasks)
+    assert [x for x, _ in attempts_of(executor, a)] == [0, 1]
+
+
+def test_completions_of_superseded_attempts_are_ignored(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    executor = ScriptedExecutor({})
+    scheduler = Scheduler(rt, executor)
+    scheduler._add([exec_plan.root_task], exec_plan.tasks)
+    scheduler.state.running[a] = 1
+    scheduler._on_completion(Completion(a, 0, False, None, InjectedFault("late")))
+    assert scheduler.state.running == {a: 1} and not scheduler.state.fail_counts
+
+
+def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files):
+    """End to end: a query that needs ~100 MB, given 64 MB, fails with OOM once and then succeeds."""
+    import glob
+    import os
+
+    from smallpond.execution.job import run_job
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
+    query = "select len(l) as n, (select count(*) from {0}) as rows_in from (select list(i) as l from range(3000000) t(i))"
+    node = SqlEngineNode(ctx, (src,), query, memory_limit=64 * MB)
+    rt = make_rt()
+    result = run_job(LogicalPlan(ctx, node), rt, num_workers=1)
+    assert result.final_output.to_arrow_table().to_pylist() == [{"n": 3000000, "rows_in": 10}]
+    logs = sorted(glob.glob(os.path.join(rt.log_root, "tasks", "SqlEngineTask-*.log")))
+    assert [os.path.basename(p).split(".")[1] for p in logs] == ["0", "1"]
+    with open(logs[0]) as f:
+        assert "Out of Memory" in f.read()

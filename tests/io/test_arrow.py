@@ -1,0 +1,111 @@
+"""smallpond.io.arrow: row ranges, exact-size batch readers, Parquet dump/load."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smallpond.errors import UserCodeError
+from smallpond.io.arrow import (
+    RowRange,
+    build_batch_reader_from_files,
+    dump_to_parquet_files,
+    load_from_parquet_files,
+    read_row_ranges,
+)
+from tests.datagen import generate_parquet_files, write_corrupt_parquet
+
+
+def test_partition_by_rows_30_rows_in_3_files_into_4(parquet_files):
+    ranges = read_row_ranges(parquet_files)
+    assert [r.num_rows for r in ranges] == [10, 10, 10]
+    groups = RowRange.partition_by_rows(ranges, 4)
+    assert [sum(r.num_rows for r in g) for g in groups] == [8, 8, 7, 7]
+    # contiguous and complete: each file's rows appear once, in order
+    covered = [(r.path, row) for g in groups for r in g for row in range(r.begin, r.end)]
+    assert covered == [(p, row) for p in parquet_files for row in range(10)]
+    # the input ranges are not modified
+    assert [(r.begin, r.end) for r in ranges] == [(0, 10)] * 3
+
+
+def test_partition_by_rows_more_partitions_than_rows(parquet_files):
+    groups = RowRange.partition_by_rows(read_row_ranges(parquet_files[:1]), 12)
+    assert [sum(r.num_rows for r in g) for g in groups] == [1] * 10 + [0, 0]
+
+
+def test_row_range_load_reads_only_its_rows(parquet_files):
+    groups = RowRange.partition_by_rows(read_row_ranges(parquet_files), 4)
+    ids = [load_from_parquet_files(g).column("id").to_pylist() for g in groups]
+    assert ids == [list(range(0, 8)), list(range(8, 16)), list(range(16, 23)), list(range(23, 30))]
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 7, 10, 30, 100])
+def test_batch_reader_yields_exact_batch_sizes_across_files(parquet_files, batch_size):
+    reader = build_batch_reader_from_files(parquet_files, batch_size=batch_size)
+    sizes = [b.num_rows for b in reader]
+    full, rest = divmod(30, batch_size)
+    assert sizes == [batch_size] * full + ([rest] if rest else [])
+
+
+def test_batch_reader_over_row_ranges_and_columns(parquet_files):
+    groups = RowRange.partition_by_rows(read_row_ranges(parquet_files), 4)
+    reader = build_batch_reader_from_files(groups[1] + groups[2], columns=["id"], batch_size=4)
+    batches = list(reader)
+    assert [b.num_rows for b in batches] == [4, 4, 4, 3]
+    assert reader.schema.names == ["id"]
+    assert [x for b in batches for x in b.column(0).to_pylist()] == list(range(8, 23))
+
+
+def test_batch_reader_mixes_string_and_large_string_files(tmp_path):
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"s": pa.array(["x", "y"], pa.string())}), a)
+    pq.write_table(pa.table({"s": pa.array(["z"], pa.large_string())}), b)
+    reader = build_batch_reader_from_files([a, b], batch_size=2)
+    assert [x for batch in reader for x in batch.column(0).to_pylist()] == ["x", "y", "z"]
+    assert load_from_parquet_files([a, b]).column("s").to_pylist() == ["x", "y", "z"]
+
+
+def test_batch_reader_missing_column_names_the_file(parquet_files):
+    with pytest.raises(KeyError, match=r"nope.*part0\.parquet"):
+        build_batch_reader_from_files(parquet_files, columns=["nope"])
+
+
+def test_empty_inputs_need_a_schema():
+    schema = pa.schema([("a", pa.int64())])
+    assert load_from_parquet_files([], schema=schema).schema == schema
+    assert list(build_batch_reader_from_files([], schema=schema)) == []
+    with pytest.raises(ValueError):
+        load_from_parquet_files([])
+
+
+def test_corrupt_file_is_named(tmp_path):
+    good = generate_parquet_files(str(tmp_path), nfiles=1)[0]
+    bad = write_corrupt_parquet(str(tmp_path / "bad.parquet"))
+    for read in (
+        lambda: read_row_ranges([good, bad]),
+        lambda: load_from_parquet_files([good, bad]),
+        lambda: list(build_batch_reader_from_files([RowRange(good, 0, 10, 0, 10), RowRange(bad, 0, 10, 0, 5)])),
+    ):
+        with pytest.raises(UserCodeError, match="bad.parquet"):
+            read()
+
+
+def test_dump_and_load_roundtrip(tmp_path):
+    table = pa.table({"a": list(range(1000)), "b": [str(i) for i in range(1000)]})
+    paths = dump_to_parquet_files(table, str(tmp_path / "out"), "data", row_group_size=10, max_workers=4, metadata={"k": "v"})
+    assert len(paths) > 1
+    assert paths == sorted(paths), "file names must sort in row order"
+    assert all(os.path.basename(p).startswith("data-") for p in paths)
+    loaded = load_from_parquet_files(paths)
+    assert loaded.column("a").to_pylist() == list(range(1000))
+    assert pq.read_schema(paths[0]).metadata[b"k"] == b"v"
+
+
+def test_dump_empty_table(tmp_path):
+    table = pa.table({"a": pa.array([], pa.int64())})
+    paths = dump_to_parquet_files(table, str(tmp_path), "empty")
+    assert len(paths) == 1
+    assert load_from_parquet_files(paths).num_rows == 0

@@ -1,0 +1,83 @@
+"""smallpond.io.filesystem: atomic writes and signed pickles."""
+
+from __future__ import annotations
+
+import os
+import threading
+from datetime import datetime
+
+import pytest
+
+from smallpond.execution.task import JobId, RuntimeContext
+from smallpond.io.filesystem import SignatureError, atomic_write_bytes, dump, link_or_copy, load, remove_path
+
+SECRET = b"s" * 32
+
+
+def test_signed_roundtrip(tmp_path):
+    path = str(tmp_path / "obj.pickle")
+    obj = {"a": [1, 2, 3], "b": "text"}
+    dump(obj, path, secret=SECRET)
+    assert load(path, secret=SECRET) == obj
+
+
+def test_runtime_context_roundtrip(tmp_path):
+    rt = RuntimeContext(JobId.new(), datetime(2024, 1, 2, 3, 4, 5), str(tmp_path), num_executors=2)
+    path = str(tmp_path / "rt.pickle")
+    dump(rt, path, secret=SECRET)
+    loaded = load(path, secret=SECRET)
+    assert loaded.job_root == rt.job_root and loaded.job_id == rt.job_id
+    assert os.path.basename(loaded.job_root) == f"2024-01-02-03-04-05.{rt.job_id}"
+
+
+def test_tampered_pickle_is_refused(tmp_path):
+    path = str(tmp_path / "obj.pickle")
+    dump({"cmd": "harmless"}, path, secret=SECRET)
+    data = bytearray(open(path, "rb").read())
+    data[-5] ^= 0xFF  # flip bits in the payload, keep the signature
+    open(path, "wb").write(bytes(data))
+    with pytest.raises(SignatureError, match="signature does not match"):
+        load(path, secret=SECRET)
+
+
+def test_pickle_signed_with_another_secret_is_refused(tmp_path):
+    path = str(tmp_path / "obj.pickle")
+    dump([1], path, secret=b"other secret")
+    with pytest.raises(SignatureError):
+        load(path, secret=SECRET)
+
+
+def test_unsigned_pickle_is_refused(tmp_path):
+    import pickle
+
+    path = str(tmp_path / "obj.pickle")
+    with open(path, "wb") as f:
+        pickle.dump([1, 2], f)
+    with pytest.raises(SignatureError, match="unsigned"):
+        load(path, secret=SECRET)
+
+
+def test_unpicklable_object_raises_type_error(tmp_path):
+    with pytest.raises(TypeError):
+        dump(threading.Lock(), str(tmp_path / "lock.pickle"), secret=SECRET)
+    assert not os.path.exists(tmp_path / "lock.pickle")
+
+
+def test_atomic_write_leaves_no_temp_files(tmp_path):
+    path = str(tmp_path / "f.txt")
+    atomic_write_bytes(path, b"one")
+    atomic_write_bytes(path, b"two")
+    assert open(path, "rb").read() == b"two"
+    assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_link_or_copy_and_remove(tmp_path):
+    src = tmp_path / "src"
+    src.write_text("data")
+    assert link_or_copy(str(src), str(tmp_path / "linked")) == "link"
+    assert link_or_copy(str(src), str(tmp_path / "copied"), allow_link=False) == "copy"
+    assert (tmp_path / "copied").read_text() == "data"
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    remove_path(str(tmp_path / "d"))
+    remove_path(str(tmp_path / "missing"))
+    assert sorted(os.listdir(tmp_path)) == ["copied", "linked", "src"]

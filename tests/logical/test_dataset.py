@@ -1,0 +1,112 @@
+"""smallpond.logical.dataset: partitioning by files and rows, SQL fragments (also when empty)."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+
+from smallpond.logical.dataset import CsvDataSet, DataSet, JsonDataSet, ParquetDataSet
+from tests.datagen import generate_parquet_files
+
+
+def ids_of(ds: DataSet):
+    conn = duckdb.connect()
+    return [r[0] for r in conn.execute(f"select id from {ds.sql_query_fragment(conn=conn)}").fetchall()]
+
+
+def test_resolved_paths_are_sorted_and_globs_expanded(tmp_path):
+    files = generate_parquet_files(str(tmp_path), nfiles=3)
+    ds = ParquetDataSet(["*.parquet"], root_dir=str(tmp_path))
+    assert ds.resolved_paths == sorted(files)
+    assert ds.num_files == 3 and ds.num_rows == 30
+
+
+def test_partition_by_files_stays_by_files_after_num_rows(parquet_files):
+    ds = ParquetDataSet(parquet_files)
+    before = [p.resolved_paths for p in ds.partition_by_files(2)]
+    assert ds.num_rows == 30  # resolves row ranges
+    after = ds.partition_by_files(2)
+    assert [p.resolved_paths for p in after] == before == [parquet_files[:2], parquet_files[2:]]
+    assert [p.num_rows for p in after] == [20, 10]
+    assert [sorted(ids_of(p)) for p in after] == [list(range(20)), list(range(20, 30))]
+
+
+def test_partition_by_files_more_partitions_than_files(parquet_files):
+    parts = ParquetDataSet(parquet_files).partition_by_files(5)
+    assert [p.num_files for p in parts] == [1, 1, 1, 0, 0]
+    assert [ids_of(p) for p in parts[3:]] == [[], []]
+
+
+def test_partition_by_rows(parquet_files):
+    parts = ParquetDataSet(parquet_files).partition_by_rows(4)
+    assert [p.num_rows for p in parts] == [8, 8, 7, 7]
+    assert [ids_of(p) for p in parts] == [list(range(0, 8)), list(range(8, 16)), list(range(16, 23)), list(range(23, 30))]
+    assert [p.to_arrow_table().column("id").to_pylist() for p in parts] == [ids_of(p) for p in parts]
+
+
+def test_partition_by_rows_random_shuffle_is_seeded(parquet_files):
+    ds = ParquetDataSet(parquet_files)
+    a = [sorted(ids_of(p)) for p in ds.partition_by_rows(3, random_shuffle=True, seed=7)]
+    b = [sorted(ids_of(p)) for p in ds.partition_by_rows(3, random_shuffle=True, seed=7)]
+    assert a == b
+    assert sorted(x for p in a for x in p) == list(range(30))
+
+
+def test_merge_keeps_row_ranges(parquet_files):
+    parts = ParquetDataSet(parquet_files).partition_by_rows(4)
+    merged = DataSet.merge([parts[1], parts[3]])
+    assert merged.num_rows == 15
+    assert sorted(ids_of(merged)) == list(range(8, 16)) + list(range(23, 30))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: ParquetDataSet([]),
+        lambda d: ParquetDataSet([f"{d}/*.parquet"]),
+        lambda d: ParquetDataSet([f"{d}/*.parquet"], columns=["a", "b"]),
+        lambda d: CsvDataSet([f"{d}/*.csv"], {"a": "bigint", "b": "varchar"}),
+        lambda d: JsonDataSet([f"{d}/*.json"], {"a": "bigint", "b": "varchar"}),
+    ],
+)
+def test_empty_datasets_render_valid_sql(tmp_path, make):
+    ds = make(str(tmp_path))
+    assert ds.empty
+    conn = duckdb.connect()
+    fragment = ds.sql_query_fragment(conn=conn)
+    assert conn.execute(f"select count(*) from {fragment}").fetchone() == (0,)
+    assert conn.execute(f"select * from {fragment}").fetchall() == []
+
+
+def test_empty_csv_keeps_its_typed_columns(tmp_path):
+    ds = CsvDataSet([f"{tmp_path}/*.csv"], {"a": "bigint", "b": "varchar"})
+    conn = duckdb.connect()
+    columns = conn.execute(f"describe select * from {ds.sql_query_fragment(conn=conn)}").fetchall()
+    assert [(c[0], c[1]) for c in columns] == [("a", "BIGINT"), ("b", "VARCHAR")]
+
+
+def test_empty_parquet_with_a_known_schema_keeps_its_columns():
+    ds = ParquetDataSet([])
+    ds.schema = pa.schema([("x", pa.int32()), ("y", pa.string())])
+    conn = duckdb.connect()
+    assert conn.sql(f"select * from {ds.sql_query_fragment(conn=conn)}").to_arrow_table().column_names == ["x", "y"]
+    assert ds.to_arrow_table().schema.names == ["x", "y"]
+
+
+def test_csv_fragment_reads_tabs(tmp_path):
+    path = tmp_path / "a.tsv"
+    path.write_text("x/y\t1\nz/w\t2\n")
+    ds = CsvDataSet([str(path)], {"url": "varchar", "n": "bigint"}, delim="\t")
+    conn = duckdb.connect()
+    assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)} order by n").fetchall() == [("x/y", 1), ("z/w", 2)]
+
+
+def test_fingerprint_follows_file_content(parquet_files):
+    import os
+
+    a = ParquetDataSet(parquet_files).fingerprint()
+    assert ParquetDataSet(parquet_files).fingerprint() == a
+    st = os.stat(parquet_files[0])
+    os.utime(parquet_files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert ParquetDataSet(parquet_files).fingerprint() != a

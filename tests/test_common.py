@@ -1,0 +1,50 @@
+"""smallpond.common: the partition helpers every layer relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from smallpond.common import get_nth_partition, next_power_of_two, split_into_cols, split_into_rows
+
+
+def test_split_into_rows_example():
+    assert split_into_rows(list(range(10)), 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert split_into_rows([1, 2], 4) == [[1], [2], [], []]
+
+
+@given(st.lists(st.integers(), max_size=200), st.integers(min_value=1, max_value=50))
+def test_split_into_rows_is_array_split(items, n):
+    chunks = split_into_rows(items, n)
+    assert len(chunks) == n
+    assert [x for c in chunks for x in c] == items
+    assert [list(c) for c in np.array_split(np.array(items, dtype=object), n)] == chunks
+
+
+@given(st.lists(st.integers(), max_size=200), st.integers(min_value=1, max_value=50))
+def test_get_nth_partition_equals_split_into_rows(items, n):
+    chunks = split_into_rows(items, n)
+    assert [get_nth_partition(items, i, n) for i in range(n)] == chunks
+
+
+@given(st.lists(st.integers(), max_size=200), st.integers(min_value=1, max_value=50))
+def test_split_into_cols_is_balanced_round_robin(items, n):
+    cols = split_into_cols(items, n)
+    assert len(cols) == n
+    assert sorted(x for c in cols for x in c) == sorted(items)
+    assert max(map(len, cols)) - min(map(len, cols)) <= 1
+    assert all(items.index(c[0]) == i for i, c in enumerate(cols) if c) or len(set(items)) < len(items)
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_split_rejects_non_positive_counts(n):
+    with pytest.raises(ValueError):
+        split_into_rows([1, 2, 3], n)
+    with pytest.raises(ValueError):
+        split_into_cols([1, 2, 3], n)
+
+
+def test_next_power_of_two():
+    assert [next_power_of_two(x) for x in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
