@@ -51,7 +51,12 @@ def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
 def _outputs_exist(ds: DataSet) -> bool:
     datasets = ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]
     for d in datasets:
-        paths = d._resolved_paths if d._resolved_paths is not None else []
+        # resolved_paths, not the cache: outputs are built from plain path lists that nothing
+        # has resolved yet, and a check of nothing would take deleted outputs for done
+        try:
+            paths = d.resolved_paths
+        except Exception:
+            return False
         if any(not os.path.exists(p) for p in paths[:1000]):
             return False
     return True

@@ -11,6 +11,7 @@ import collections
 import glob
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,31 @@ def test_resume_after_sigkill(tmp_path, data_root, kill):
         assert started(root) == started_after
         assert len(counter_lines(counter)) == counted
         assert sink_rows(sink) == expected_rows(inputs)
+
+
+def test_rerun_republishes_a_deleted_sink(tmp_path, make_rt):
+    from smallpond.execution.job import run_job
+    from tests.e2e.counting_job import counting_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), make_rt(job_id), num_workers=2)
+    assert sink_rows(sink) == expected_rows(inputs)
+    shutil.rmtree(sink)
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), make_rt(job_id), num_workers=2)
+    assert sink_rows(sink) == expected_rows(inputs)
+    assert len(counter_lines(counter)) == 3, "only the sink had to run again"
+
+
+def test_changed_input_is_recomputed_not_reused(tmp_path, make_rt):
+    from smallpond.execution.job import run_job
+    from tests.e2e.counting_job import counting_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), make_rt(job_id), num_workers=2)
+    generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=12, seed=1)  # same names, new rows
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), make_rt(job_id), num_workers=2)
+    assert sink_rows(sink) == expected_rows(inputs)
+    assert len(sink_rows(sink)) == 24
+    assert len(counter_lines(counter)) == 6
