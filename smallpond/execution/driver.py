@@ -81,7 +81,13 @@ class Driver:
         p.add_argument("--remove_output_root", action="store_true")
         p.add_argument("--skip_task_with_empty_input", action="store_true")
         p.add_argument("--self_contained_final_results", action="store_true")
-        p.add_argument("--malloc", "--memory_allocator", dest="memory_allocator", choices=("system", "jemalloc", "mimalloc"), default="mimalloc")
+        p.add_argument(
+            "--malloc",
+            "--memory_allocator",
+            dest="memory_allocator",
+            choices=("system", "jemalloc", "mimalloc"),
+            default="mimalloc",
+        )
         p.add_argument("--memory_purge_delay", type=int, default=10000)
         p.add_argument("--bind_numa_node", action="store_true")
         p.add_argument("--enforce_memory_limit", action="store_true")
@@ -232,7 +238,12 @@ class Driver:
         from smallpond.dataframe import DataFrame
 
         a = self.driver_args
-        sp = smallpond.init(job_id=a.job_id, data_root=a.data_root, num_executors=a.num_executors or None, _remove_output_root=a.remove_output_root)
+        sp = smallpond.init(
+            job_id=a.job_id,
+            data_root=a.data_root,
+            num_executors=a.num_executors or None,
+            _remove_output_root=a.remove_output_root,
+        )
         try:
             DataFrame(sp, plan.root_node).compute()
         finally:
