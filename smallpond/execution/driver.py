@@ -110,7 +110,13 @@ class Driver:
         ns = self.driver_parser.parse_args(args)
         user_dests = {a.dest for a in self.user_parser._actions}
         self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
-        self.driver_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k not in user_dests})
+        # a user argument that reuses a driver option's name replaces it (conflict_handler
+        # "resolve"); the driver then runs with that option's default
+        driver_defaults = argparse.ArgumentParser(add_help=False)
+        self._add_driver_arguments(driver_defaults)
+        driver = vars(driver_defaults.parse_args([]))
+        driver.update({k: v for k, v in vars(ns).items() if k not in user_dests})
+        self.driver_args = argparse.Namespace(**driver)
         return self.user_args, self.driver_args
 
     def _ensure_parsed(self) -> None:
