@@ -115,6 +115,62 @@ def run_inline(rt: RuntimeContext, task: Task, inputs: List[DataSet]) -> DataSet
         raise to_task_error(task, task.retry_count, e, inputs) from e
 
 
+class TaskLogSink:
+    """A loguru sink that writes each attempt's records to that attempt's own log file.
+
+    Workers add one of these per process (:func:`install_task_log_sink`) instead of one loguru
+    file sink per attempt: adding a loguru handler costs about a millisecond (it inspects the
+    interpreter's library paths every time), more than a tiny task itself. The file
+    ``log/tasks/{key}.{attempt}.log`` is opened on the attempt's first record and closed at its end.
+    """
+
+    def __init__(self) -> None:
+        self._path: Optional[str] = None
+        self._file = None
+
+    def begin(self, path: str) -> None:
+        self.end()
+        self._path = path
+
+    def end(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file = None
+        self._path = None
+
+    def write(self, message: str) -> None:
+        if self._path is None:
+            return
+        if self._file is None:
+            try:
+                self._file = open(self._path, "a")
+            except FileNotFoundError:
+                os.makedirs(os.path.dirname(self._path), exist_ok=True)
+                self._file = open(self._path, "a")
+        self._file.write(message)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+
+_process_log_sink: Optional[TaskLogSink] = None
+
+
+def install_task_log_sink(level: str) -> TaskLogSink:
+    """Route this process's log records during attempts to per-attempt files (call once)."""
+    from loguru import logger
+
+    global _process_log_sink
+    sink = TaskLogSink()
+    logger.add(sink, level=level, enqueue=False, colorize=False)
+    _process_log_sink = sink
+    return sink
+
+
 def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int) -> DataSet:
     """Run one attempt in a worker and commit it. Raises TaskError on failure."""
     from loguru import logger
@@ -123,8 +179,13 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
     task.runtime_ctx = rt
     rt.current_task = task
     log_path = os.path.join(rt.log_root, "tasks", f"{task.key}.{attempt}.log")
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
+    sink = _process_log_sink
+    sink_id = None
+    if sink is not None:
+        sink.begin(log_path)
+    else:  # not in a worker (e.g. the scheduler running tasks itself): a sink for this attempt
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
     start = time.time()
     tmp = None
     try:
@@ -156,7 +217,10 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
             raise
         raise err from e
     finally:
-        logger.remove(sink_id)
+        if sink_id is not None:
+            logger.remove(sink_id)
+        elif sink is not None:
+            sink.end()
         rt.current_task = None
         if tmp is not None:
             remove_path(tmp)

@@ -267,8 +267,9 @@ class Planner:
         return slim
 
     def _clamp_resources(self, task: Task) -> None:
-        cpus = self.rt.usable_cpu_count
-        mem = self.rt.usable_memory_size
+        if not hasattr(self, "_usable"):
+            self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
+        cpus, mem = self._usable
         if task.cpu_limit > cpus:
             self._warn_once(task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}")
             task.cpu_limit = cpus

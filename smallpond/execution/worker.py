@@ -1,8 +1,10 @@
 """The worker process loop of the local executor.
 
 A worker receives ``(task, inputs, attempt)`` messages on a pipe, runs the attempt
-(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It imports the
-heavy libraries once at start, so each task starts in microseconds.
+(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
+only what every task needs (the attempt machinery, one log sink for all its attempts); DuckDB and
+Arrow are imported by the first task that uses them and stay loaded, so later tasks start in
+microseconds and a worker running only Python tasks never pays for them.
 """
 
 from __future__ import annotations
@@ -15,23 +17,21 @@ import time
 
 
 def _preload() -> None:
-    import duckdb  # noqa: F401
-    import pyarrow  # noqa: F401
-    import pyarrow.parquet  # noqa: F401
-
-    from smallpond.execution import attempt, planner  # noqa: F401
+    from smallpond.execution import attempt  # noqa: F401
 
 
 def worker_main(conn, rt_path: str, index: int) -> None:
     import cloudpickle
     from loguru import logger
 
-    from smallpond.execution.attempt import execute_attempt
+    from smallpond.execution.attempt import execute_attempt, install_task_log_sink
     from smallpond.execution.executors.base import Completion
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
     logger.remove()  # the worker logs into each attempt's log file; the scheduler reports failures
+    os.makedirs(os.path.join(rt.log_root, "tasks"), exist_ok=True)
+    install_task_log_sink(rt.file_log_level)
     from smallpond.utility import capture_stdlib_logging
 
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
