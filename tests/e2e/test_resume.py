@@ -190,3 +190,32 @@ def test_changed_input_is_recomputed_not_reused(tmp_path, make_rt):
     assert sink_rows(sink) == expected_rows(inputs)
     assert len(sink_rows(sink)) == 24
     assert len(counter_lines(counter)) == 6
+
+
+def fail_unless_fixed(runtime_ctx, tables):
+    if os.environ.get("SP_TEST_SETTING") != "fixed":
+        raise RuntimeError(f"SP_TEST_SETTING is {os.environ.get('SP_TEST_SETTING')!r}")
+    return tables[0]
+
+
+def test_rerun_runs_with_the_new_settings(tmp_path, make_rt, monkeypatch):
+    """Fix the environment and rerun: workers must see the rerun's settings, not the first run's."""
+    from smallpond.errors import JobFailed
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan
+
+    monkeypatch.setenv("SP_TEST_SETTING", "unset")  # restored after the test (run_job sets it)
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+
+    def plan():
+        ctx = Context()
+        return LogicalPlan(
+            ctx, ArrowComputeNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), process_func=fail_unless_fixed)
+        )
+
+    job_id = str(uuid.uuid4())
+    with pytest.raises(JobFailed, match="'broken'"):
+        run_job(plan(), make_rt(job_id, env_overrides={"SP_TEST_SETTING": "broken"}), num_workers=1, max_fail_count=1)
+    result = run_job(plan(), make_rt(job_id, env_overrides={"SP_TEST_SETTING": "fixed"}), num_workers=1)
+    assert result.final_output.num_rows == 5

@@ -87,10 +87,12 @@ def run_example(args: List[str], cwd: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, EXAMPLE, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
 
 
-def test_sort_mock_urls_driver(url_files, tmp_path, data_root):
+@pytest.mark.parametrize("fault_inject_prob", ["0", "0.2"])
+def test_sort_mock_urls_driver(url_files, tmp_path, data_root, fault_inject_prob):
     job_id = str(uuid.uuid4())
     out = tmp_path / "out"
     args = ["scheduler", "--job_id", job_id, "--data_root", data_root, "--num_executors", "2"]
+    args += ["--fault_inject_prob", fault_inject_prob]
     args += ["-i", *url_files, "-n", "3", "-o", str(out)]
     proc = run_example(args, str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]

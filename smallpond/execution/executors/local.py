@@ -73,11 +73,12 @@ class LocalExecutor(Executor):
         self._lost: List[Completion] = []
 
     def start(self) -> None:
-        if not os.path.exists(self._rt_path):
-            from smallpond.io.filesystem import dump
+        from smallpond.io.filesystem import dump
 
-            os.makedirs(os.path.dirname(self._rt_path), exist_ok=True)
-            dump(self.rt, self._rt_path, secret=self.rt.secret)
+        # always this run's context: a resumed job may run with other settings (environment,
+        # fault injection, log levels) than the run that first created the job root
+        os.makedirs(os.path.dirname(self._rt_path), exist_ok=True)
+        dump(self.rt, self._rt_path, secret=self.rt.secret)
         while len(self.workers) < self.num_workers:
             self._spawn()
 
