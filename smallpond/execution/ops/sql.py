@@ -260,7 +260,7 @@ class HashPartitionTask(Task):
                 sub = os.path.join(output_dir, entry)
                 parts[k] = sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".parquet"))
             if any(not p for p in parts):
-                schema = conn.execute(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
+                schema = conn.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
                 if write_col == "false":
                     schema = schema.remove(schema.get_field_index(col))
                 self._write_placeholders(parts, output_dir, col, schema, prefix)
