@@ -153,6 +153,9 @@ def test_resume_after_sigkill(tmp_path, data_root, kill):
     assert sink_rows(sink) == expected_rows(inputs)
     with open(os.path.join(root, "log", ".STATUS")) as f:
         assert f.read().split()[-1].startswith("success@")
+    # what the killed attempts left half-written is cleaned, never published
+    assert not glob.glob(os.path.join(root, "staging", "*", "*.tmp-*"))
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("sink.")]
 
     if kill == "process_group":
         # once finished, a rerun executes nothing and leaves the result as it was

@@ -94,10 +94,11 @@ def test_empty_parquet_with_a_known_schema_keeps_its_columns():
     assert ds.to_arrow_table().schema.names == ["x", "y"]
 
 
-def test_csv_fragment_reads_tabs(tmp_path):
+@pytest.mark.parametrize("delim", ["\t", r"\t"], ids=["tab", "backslash-t"])
+def test_csv_fragment_reads_tabs(tmp_path, delim):
     path = tmp_path / "a.tsv"
     path.write_text("x/y\t1\nz/w\t2\n")
-    ds = CsvDataSet([str(path)], {"url": "varchar", "n": "bigint"}, delim="\t")
+    ds = CsvDataSet([str(path)], {"url": "varchar", "n": "bigint"}, delim=delim)
     conn = duckdb.connect()
     assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)} order by n").fetchall() == [("x/y", 1), ("z/w", 2)]
 
