@@ -54,7 +54,7 @@ def open_connection(task: Task, runtime_ctx, *, cpu_overcommit_ratio: float = 1.
     spill = os.path.join(task.temp_abspath, "duckdb")
     os.makedirs(spill, exist_ok=True)
     conn.execute(f"SET threads = {threads}")
-    conn.execute(f"SET memory_limit = '{memory_mb}MB'")
+    conn.execute(f"SET memory_limit = '{memory_mb}MiB'")
     conn.execute(f"SET temp_directory = '{spill}'")
     conn.execute("SET enable_progress_bar = false")
     conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})").fetchall()
