@@ -27,7 +27,25 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
 
 def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float) -> None:
     record = {"key": task.key, "fingerprint": task.fingerprint, "dataset": dataset, "attempt": attempt, "elapsed": elapsed}
-    dump(record, commit_path(rt, task.key), secret=rt.secret)
+    path = commit_path(rt, task.key)
+    payload = _fast_pickle(record)
+    if payload is None:
+        dump(record, path, secret=rt.secret)
+        return
+    # the same signed format as io.filesystem.dump, without cloudpickle's per-object hooks and
+    # Python-level HMAC objects (together ~0.2 ms, as much as a tiny task's own work)
+    atomic_write_bytes(path, _SIG_MAGIC + hmac.digest(rt.secret, payload, "sha256") + payload)
+
+
+def _fast_pickle(obj) -> Optional[bytes]:
+    """``pickle.dumps(obj)`` if plain pickle can carry it to another process, else None."""
+    try:
+        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return None
+    # classes and functions of the user's script pickle by reference to ``__main__``, which other
+    # processes cannot resolve: those need cloudpickle
+    return None if b"__main__" in payload else payload
 
 
 def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
@@ -124,9 +142,10 @@ class TaskLogSink:
     ``log/tasks/{key}.{attempt}.log`` is opened on the attempt's first record and closed at its end.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, level_no: int = 0) -> None:
         self._path: Optional[str] = None
         self._file = None
+        self.level_no = level_no
 
     def begin(self, path: str) -> None:
         self.end()
@@ -156,6 +175,12 @@ class TaskLogSink:
         if self._file is not None:
             self._file.flush()
 
+    def info(self, text: str) -> None:
+        """An INFO line in loguru's default format, written directly (a loguru call is ~0.3 ms)."""
+        if self.level_no <= 20:
+            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+            self.write(f"{stamp} | INFO     | smallpond.execution.attempt:execute_attempt - {text}\n")
+
 
 _process_log_sink: Optional[TaskLogSink] = None
 
@@ -165,7 +190,7 @@ def install_task_log_sink(level: str) -> TaskLogSink:
     from loguru import logger
 
     global _process_log_sink
-    sink = TaskLogSink()
+    sink = TaskLogSink(logger.level(level).no if isinstance(level, str) else int(level))
     logger.add(sink, level=level, enqueue=False, colorize=False)
     _process_log_sink = sink
     return sink
@@ -189,11 +214,15 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
     start = time.time()
     tmp = None
     try:
-        logger.info("start {} attempt {} of {} partitions={} inputs={}", task.key, attempt, task.node_label, list(task.partition_infos), len(inputs))
+        started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
+        if sink_id is None:
+            sink.info(started)
+        else:
+            logger.info(started)
         task.inject_fault()
         if task.writes_output:
             final = task.final_output_abspath
-            tmp = f"{final}.tmp-{attempt}-{uuid.uuid4().hex[:8]}"
+            tmp = f"{final}.tmp-{attempt}-{_unique_suffix()}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
             ds = task.run(rt, inputs, tmp)
@@ -208,7 +237,11 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
             task.inject_fault()
         elapsed = time.time() - start
         write_commit(rt, task, ds, attempt, elapsed)
-        logger.info("done {} attempt {} in {:.3f}s", task.key, attempt, elapsed)
+        done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s"
+        if sink_id is None:
+            sink.info(done)
+        else:
+            logger.info(done)
         return ds
     except BaseException as e:
         err = to_task_error(task, attempt, e, inputs)
@@ -224,6 +257,19 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
         rt.current_task = None
         if tmp is not None:
             remove_path(tmp)
-        remove_path(task.temp_abspath)
+        temp = task.temp_abspath
+        if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
+            remove_path(temp)
         sys.stdout.flush()
+
+
+_suffix_prefix = uuid.uuid4().hex[:6]
+_suffix_counter = 0
+
+
+def _unique_suffix() -> str:
+    """Unique among attempts on any machine sharing the data root, without a uuid4 per call."""
+    global _suffix_counter
+    _suffix_counter += 1
+    return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
 

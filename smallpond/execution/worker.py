@@ -1,7 +1,9 @@
 """The worker process loop of the local executor.
 
-A worker receives ``(task, inputs, attempt)`` messages on a pipe, runs the attempt
-(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
+A worker receives ``(node_key, node_blob, body)`` messages on a pipe: ``body`` is the pickled
+``(task, inputs, attempt)`` without the task's node, and ``node_blob`` the pickled node the first
+time this worker sees it (``None`` after that: the worker keeps it by ``node_key``). It runs the
+attempt (:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
 only what every task needs (the attempt machinery, one log sink for all its attempts); DuckDB and
 Arrow are imported by the first task that uses them and stay loaded, so later tasks start in
 microseconds and a worker running only Python tasks never pays for them.
@@ -24,7 +26,7 @@ def worker_main(conn, rt_path: str, index: int) -> None:
     import cloudpickle
     from loguru import logger
 
-    from smallpond.execution.attempt import execute_attempt, install_task_log_sink
+    from smallpond.execution.attempt import _fast_pickle, execute_attempt, install_task_log_sink
     from smallpond.execution.executors.base import Completion
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -43,6 +45,19 @@ def worker_main(conn, rt_path: str, index: int) -> None:
         pass
     for k, v in rt.env_overrides.items():
         os.environ[k] = v
+    node_blobs: dict = {}
+    nodes: dict = {}
+
+    def _node(key):
+        node = nodes.get(key)
+        if node is None:
+            node = pickle.loads(node_blobs[key])
+            # smallpond's own nodes are read-only descriptions: one copy serves every task; a
+            # user's node subclass gets a fresh copy per task, as if it had been sent with it
+            if type(node).__module__.startswith("smallpond."):
+                nodes[key] = node
+        return node
+
     while True:
         try:
             msg = conn.recv_bytes()
@@ -50,7 +65,11 @@ def worker_main(conn, rt_path: str, index: int) -> None:
             return
         if msg == b"stop":
             return
-        task, inputs, attempt = pickle.loads(msg)
+        node_key, node_blob, body = pickle.loads(msg)
+        if node_blob is not None:
+            node_blobs[node_key] = node_blob
+        task, inputs, attempt = pickle.loads(body)
+        task.node = _node(node_key)
         start = time.time()
         try:
             ds = execute_attempt(rt, task, inputs, attempt)
@@ -59,7 +78,7 @@ def worker_main(conn, rt_path: str, index: int) -> None:
             err = e.__cause__ if not hasattr(e, "retryable") and e.__cause__ is not None else e
             result = Completion(task.key, attempt, False, None, err, time.time() - start)
         try:
-            payload = cloudpickle.dumps(result)
+            payload = _fast_pickle(result) or cloudpickle.dumps(result)
         except Exception as e:
             from smallpond.errors import TaskError
 

@@ -9,11 +9,12 @@ microseconds. Each worker runs one attempt at a time; a worker that dies (killed
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import subprocess
 import sys
 from multiprocessing.connection import Connection, wait
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import cloudpickle
 from loguru import logger
@@ -46,6 +47,7 @@ class _Worker:
         self.sock = parent_sock
         self.conn = Connection(parent_sock.detach())
         self.running: Optional[Tuple[str, int]] = None
+        self.nodes_sent: Set[int] = set()  # node keys this worker has received
 
     @property
     def pid(self) -> int:
@@ -71,6 +73,10 @@ class LocalExecutor(Executor):
         self.workers: List[_Worker] = []
         self._next_index = 0
         self._lost: List[Completion] = []
+        # a node is pickled once and sent once per worker; tasks travel without it. Keys are
+        # held with a reference to the node, so an id() is never reused while it is cached.
+        self._node_keys: Dict[int, Tuple[int, object]] = {}
+        self._node_blobs: Dict[int, bytes] = {}
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
@@ -91,11 +97,28 @@ class LocalExecutor(Executor):
     def free_slots(self) -> int:
         return sum(1 for w in self.workers if w.running is None)
 
+    def _encode(self, task: Task, inputs: list, attempt: int) -> Tuple[int, bytes]:
+        """(node key, pickled ``(task without its node, inputs, attempt)``)."""
+        from smallpond.execution.attempt import _fast_pickle
+
+        node = task.node
+        entry = self._node_keys.get(id(node))
+        if entry is None:
+            key = len(self._node_keys)
+            self._node_blobs[key] = cloudpickle.dumps(node)
+            self._node_keys[id(node)] = entry = (key, node)
+        task.node = None
+        try:
+            body = _fast_pickle((task, inputs, attempt)) or cloudpickle.dumps((task, inputs, attempt))
+        finally:
+            task.node = node
+        return entry[0], body
+
     def submit(self, task: Task, inputs: list, attempt: int) -> None:
         if not self.workers:
             self.start()
         try:
-            payload = cloudpickle.dumps((task, inputs, attempt))
+            node_key, body = self._encode(task, inputs, attempt)
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
         w = next((w for w in self.workers if w.running is None), None)
@@ -103,7 +126,9 @@ class LocalExecutor(Executor):
             raise RuntimeError("no idle worker")  # the scheduler checks free_slots first
         for _ in range(2):
             try:
-                w.conn.send_bytes(payload)
+                blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
+                w.conn.send_bytes(pickle.dumps((node_key, blob, body), protocol=pickle.HIGHEST_PROTOCOL))
+                w.nodes_sent.add(node_key)
             except (BrokenPipeError, OSError):
                 # the worker died while idle: nobody would ever answer for this attempt, so
                 # send it to a fresh worker instead
@@ -123,7 +148,7 @@ class LocalExecutor(Executor):
             w = busy[conn]
             got = None
             try:
-                got = cloudpickle.loads(conn.recv_bytes())
+                got = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 got = None
             if got is not None:
