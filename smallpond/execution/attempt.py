@@ -8,17 +8,20 @@ either a committed task or garbage in a ``*.tmp-*`` directory that is ignored an
 
 from __future__ import annotations
 
+import hmac
 import os
+import pickle
 import sys
 import time
 import traceback
 import uuid
+from datetime import datetime
 from typing import List, Optional
 
 from smallpond.errors import ParameterError, PlanError, TaskError, UserCodeError
-from smallpond.io.filesystem import dump, load, remove_path, SignatureError
-from smallpond.logical.dataset import DataSet, PartitionedDataSet
 from smallpond.execution.task import RuntimeContext, Task
+from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, dump, load, remove_path
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 
 def commit_path(rt: RuntimeContext, key: str) -> str:
