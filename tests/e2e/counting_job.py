@@ -8,7 +8,8 @@ task key to the counter file on every execution, adds ``doubled = id * 2``) → 
 that run on workers (each writes a commit record).
 
 ``--die_once MARKER_DIR`` makes the first execution of each listed partition index kill its own
-worker process (SIGKILL); the marker file records that it happened, so the retry proceeds.
+worker process (SIGKILL, or ``os._exit`` with ``die_how="exit"``); the marker file records that
+it happened, so the retry proceeds.
 """
 
 from __future__ import annotations
@@ -36,7 +37,13 @@ from smallpond.logical.node import (
 
 
 def count_and_double(
-    runtime_ctx, tables: List[pa.Table], counter: str, sleep: float, die_once: Optional[str], die_partitions: List[int]
+    runtime_ctx,
+    tables: List[pa.Table],
+    counter: str,
+    sleep: float,
+    die_once: Optional[str],
+    die_partitions: List[int],
+    die_how: str = "kill",
 ) -> pa.Table:
     task = runtime_ctx.task
     fd = os.open(counter, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -50,6 +57,8 @@ def count_and_double(
         if not os.path.exists(marker):
             with open(marker, "w") as f:
                 f.write(str(os.getpid()))
+            if die_how == "exit":
+                os._exit(3)  # no cleanup, no exception: like a crash in native code
             os.kill(os.getpid(), signal.SIGKILL)
     time.sleep(sleep)
     table = tables[0]
@@ -64,12 +73,18 @@ def counting_plan(
     sleep: float = 0.05,
     die_once: Optional[str] = None,
     die_partitions: Optional[List[int]] = None,
+    die_how: str = "kill",
 ) -> LogicalPlan:
     ctx = Context()
     source = DataSourceNode(ctx, ParquetDataSet(input_paths))
     parts = DataSetPartitionNode(ctx, (source,), npartitions, partition_by_rows=True)
     fn = functools.partial(
-        count_and_double, counter=counter, sleep=sleep, die_once=die_once, die_partitions=list(die_partitions or [])
+        count_and_double,
+        counter=counter,
+        sleep=sleep,
+        die_once=die_once,
+        die_partitions=list(die_partitions or []),
+        die_how=die_how,
     )
     doubled = ArrowComputeNode(ctx, (parts,), process_func=fn)
     ordered = SqlEngineNode(ctx, (doubled,), "select id, key, name, doubled from {0} order by id")

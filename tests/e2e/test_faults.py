@@ -17,6 +17,7 @@ import time
 from typing import List
 
 import pyarrow as pa
+import pytest
 
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
@@ -72,14 +73,17 @@ def test_fault_injection_url_sort(tmp_path, make_rt, url_files, monkeypatch):
     check_sorted_urls(faulty_files, url_files, 3)
 
 
-def test_worker_kills_itself_during_a_task(tmp_path, make_rt):
+@pytest.mark.parametrize("die_how", ["kill", "exit"])
+def test_worker_dies_during_a_task(tmp_path, make_rt, die_how):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=20)
     markers = tmp_path / "markers"
     markers.mkdir()
     sink = str(tmp_path / "sink")
     counter = str(tmp_path / "counter")
     rt = make_rt()
-    plan = counting_plan(inputs, counter, sink, npartitions=6, sleep=0, die_once=str(markers), die_partitions=[0, 3])
+    plan = counting_plan(
+        inputs, counter, sink, npartitions=6, sleep=0, die_once=str(markers), die_partitions=[0, 3], die_how=die_how
+    )
     exec_plan = run_job(plan, rt, num_workers=2)
     assert exec_plan.successful
     died = sorted(p.name for p in markers.iterdir())
