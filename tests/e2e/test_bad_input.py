@@ -210,3 +210,19 @@ def test_failed_job_leaves_previous_sink_result_intact(tmp_path, make_rt, log_me
     after = {name: open(os.path.join(sink, name), "rb").read() for name in os.listdir(sink)}
     assert after == before
     assert not [n for n in os.listdir(tmp_path) if n.startswith("sink.")]
+
+
+def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
+    """A sink killed while copying leaves ``{sink}.staging-*`` beside its output; the next run clears it."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    sink = tmp_path / "sink"
+    for leftover in ("sink.staging-0badc0de", "sink.old-0badc0de"):
+        (tmp_path / leftover).mkdir()
+        (tmp_path / leftover / "half-written.parquet").write_bytes(b"PAR1")
+    (tmp_path / "sink.keep").mkdir()  # not ours: left alone
+    plan = sink_plan(
+        lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select * from {0}"), str(sink)
+    )
+    run_job(plan, make_rt(), num_workers=1)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink")) == ["sink", "sink.keep"]
+    assert len(parquet_paths_in(str(sink))) == 1

@@ -69,6 +69,18 @@ def publish_directory(staging: str, output_path: str) -> None:
     remove_path(staging)
 
 
+def remove_stale_siblings(output_path: str) -> None:
+    """Remove the ``.staging-*`` / ``.old-*`` directories a crashed publication left beside ``output_path``."""
+    parent, base = os.path.split(output_path.rstrip(os.sep))
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.startswith((base + ".staging-", base + ".old-")):
+            remove_path(os.path.join(parent, name))
+
+
 class DataSinkTask(Task):
     writes_output = False
 
@@ -80,6 +92,7 @@ class DataSinkTask(Task):
             os.makedirs(output_path, exist_ok=True)
             atomic_write_text(os.path.join(output_path, MANIFEST), "".join(f + "\n" for f in files))
             return _as_dataset(files)
+        remove_stale_siblings(output_path)
         staging = f"{output_path.rstrip(os.sep)}.staging-{uuid.uuid4().hex[:8]}"
         os.makedirs(staging)
         try:
