@@ -28,12 +28,14 @@ def worker_main(conn, rt_path: str, index: int) -> None:
 
     from smallpond.execution.attempt import _fast_pickle, execute_attempt, install_task_log_sink
     from smallpond.execution.executors.base import Completion
+    from smallpond.execution.ops.sql import share_database_in_process
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
     logger.remove()  # the worker logs into each attempt's log file; the scheduler reports failures
     os.makedirs(os.path.join(rt.log_root, "tasks"), exist_ok=True)
     install_task_log_sink(rt.file_log_level)
+    share_database_in_process()
     from smallpond.utility import capture_stdlib_logging
 
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too

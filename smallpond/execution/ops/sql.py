@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import string
 from typing import Dict, List, Optional
 
@@ -44,18 +45,69 @@ def classify_duckdb_error(e: BaseException, sql: str) -> BaseException:
     return e
 
 
-def open_connection(task: Task, runtime_ctx, *, cpu_overcommit_ratio: float = 1.0, memory_overcommit_ratio: float = 0.9):
+# A DuckDB database costs ~30 ms of CPU to open (it builds its whole function catalog), more than
+# a small task's query. Worker processes therefore keep one database and give each task a fresh
+# cursor on it: the cursor has its own temp views and tables and its own random seed, and the
+# task's threads and memory limit are set on it before it runs. What would outlive a task in a
+# shared database (tables or views it creates, settings, attached databases, UDFs) is why a task
+# whose SQL might do any of that still gets a database of its own.
+_share_database = False
+_shared_databases: Dict[tuple, object] = {}
+_MAY_OUTLIVE_TASK = re.compile(
+    r"\b(create|drop|alter|insert|update|delete|truncate|set|reset|pragma|attach|detach|use|install|load|call|"
+    r"import|export|checkpoint|begin|commit|rollback|vacuum|comment|prepare|execute|deallocate)\b",
+    re.IGNORECASE,
+)
+
+
+def share_database_in_process(enabled: bool = True) -> None:
+    """Let SQL tasks in this process share one DuckDB database (workers turn this on)."""
+    global _share_database
+    _share_database = enabled
+
+
+def sql_may_outlive_task(queries: List[str]) -> bool:
+    """True if SQL text might leave state behind in the database it ran in (conservative)."""
+    return any(_MAY_OUTLIVE_TASK.search(q) for q in queries)
+
+
+def _shared_database(runtime_ctx):
     import duckdb
 
-    conn = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+    key = (os.getpid(), runtime_ctx.temp_root)
+    db = _shared_databases.get(key)
+    if db is None:
+        db = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+        # DuckDB keeps one spill directory per database: one per worker process
+        spill = os.path.join(runtime_ctx.temp_root, f"duckdb-{socket.gethostname()}-{os.getpid()}")
+        os.makedirs(spill, exist_ok=True)
+        db.execute(f"SET temp_directory = '{spill}'")
+        _shared_databases[key] = db
+    return db
+
+
+def open_connection(
+    task: Task, runtime_ctx, *, cpu_overcommit_ratio: float = 1.0, memory_overcommit_ratio: float = 0.9, shareable: bool = False
+):
+    """A DuckDB connection for ``task`` with its threads, memory limit, spill directory and seed.
+
+    ``shareable``: the caller vouches that the task leaves nothing behind in the database (no
+    UDFs, no DDL or settings in its SQL), so a cursor on this worker's shared database will do.
+    """
+    import duckdb
+
     threads = max(1, int(round(task.cpu_limit * cpu_overcommit_ratio)))
     memory = task.memory_limit or default_memory_limit(runtime_ctx, task.cpu_limit)
     memory_mb = max(64, int(memory * memory_overcommit_ratio) // MB)
-    spill = os.path.join(task.temp_abspath, "duckdb")
-    os.makedirs(spill, exist_ok=True)
+    if shareable and _share_database:
+        conn = _shared_database(runtime_ctx).cursor()
+    else:
+        conn = duckdb.connect(config={"allow_unsigned_extensions": "true"})
+        spill = os.path.join(task.temp_abspath, "duckdb")
+        os.makedirs(spill, exist_ok=True)
+        conn.execute(f"SET temp_directory = '{spill}'")
     conn.execute(f"SET threads = {threads}")
     conn.execute(f"SET memory_limit = '{memory_mb}MiB'")
-    conn.execute(f"SET temp_directory = '{spill}'")
     conn.execute("SET enable_progress_bar = false")
     conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})").fetchall()
     return conn
@@ -155,8 +207,13 @@ class SqlEngineTask(Task):
 
     def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
         node = self.node
+        shareable = not node.udf_contexts and not any(getattr(d, "udfs", None) for d in inputs) and not sql_may_outlive_task(node.sql_queries)
         conn = open_connection(
-            self, runtime_ctx, cpu_overcommit_ratio=node.cpu_overcommit_ratio, memory_overcommit_ratio=node.memory_overcommit_ratio
+            self,
+            runtime_ctx,
+            cpu_overcommit_ratio=node.cpu_overcommit_ratio,
+            memory_overcommit_ratio=node.memory_overcommit_ratio,
+            shareable=shareable,
         )
         try:
             for ctx in node.udf_contexts.values():
@@ -225,7 +282,7 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         ds = merge_datasets(inputs)
-        conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0)
+        conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=not getattr(ds, "udfs", None))
         try:
             views = create_input_views(self, conn, [ds])
             src = views[0]

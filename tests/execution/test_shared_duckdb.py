@@ -1,0 +1,75 @@
+"""SQL tasks in one worker share a DuckDB database through fresh cursors, and see nothing of each
+other: no temp views, no tables, the same random numbers as with a database of their own."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+
+from smallpond.execution.job import run_job
+from smallpond.execution.ops.sql import sql_may_outlive_task
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+
+def _rows(exec_plan, column):
+    out = []
+    for path in exec_plan.final_output.resolved_paths:
+        out.extend(pq.read_table(path).column(column).to_pylist())
+    return out
+
+
+def _partitioned(ctx, files, n):
+    return DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), n, partition_by_rows=True)
+
+
+def test_each_task_sees_only_its_own_temp_views(parquet_files, make_rt):
+    ctx = Context()
+    node = SqlEngineNode(
+        ctx,
+        (_partitioned(ctx, parquet_files, 6),),
+        "select (select count(*) from duckdb_views() where starts_with(view_name, '__input')) as views, (select count(*) from duckdb_tables()) as tables, count(*) as n from {0}",
+    )
+    exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    assert _rows(exec_plan, "views") == [1] * 6  # only the task's own input view
+    assert _rows(exec_plan, "tables") == [0] * 6
+    assert sum(_rows(exec_plan, "n")) == 30
+
+
+def test_tasks_creating_tables_get_a_database_of_their_own(parquet_files, make_rt):
+    ctx = Context()
+    node = SqlEngineNode(
+        ctx, (_partitioned(ctx, parquet_files, 4),), ["create table t as select * from {0}", "select count(*) as n from t"]
+    )
+    exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    assert sorted(_rows(exec_plan, "n")) == [7, 7, 8, 8]
+
+
+def test_random_numbers_follow_the_task_seed_as_in_a_database_of_their_own(parquet_files, tmp_path):
+    from smallpond.execution.job import make_runtime_ctx
+    from smallpond.execution.planner import Planner
+    from smallpond.execution.scheduler import Scheduler
+
+    def plan():
+        ctx = Context()
+        node = SqlEngineNode(ctx, (_partitioned(ctx, parquet_files, 3),), "select id, random() as r from {0}")
+        return LogicalPlan(ctx, node)
+
+    # in worker processes: tasks share the worker's database
+    shared = run_job(plan(), make_runtime_ctx("same-job", None, str(tmp_path / "a")), num_workers=1)
+    # in this process, without an executor: every task opens a database of its own
+    rt = make_runtime_ctx("same-job", None, str(tmp_path / "b"))
+    rt.initialize()
+    own = Planner(rt, parallelism=1).create_exec_plan(plan())
+    own.results = Scheduler(rt, None).run([own.final_task], own.tasks)
+    got = sorted(zip(_rows(shared, "id"), _rows(shared, "r")))
+    assert len({r for _, r in got}) == 30
+    assert got == sorted(zip(_rows(own, "id"), _rows(own, "r")))
+
+
+def test_statements_that_may_leave_state_are_detected():
+    assert sql_may_outlive_task(["create table t as select 1"])
+    assert sql_may_outlive_task(["select 1", "SET threads = 4"])
+    assert sql_may_outlive_task(["pragma enable_profiling"])
+    assert sql_may_outlive_task(["attach 'x.db'"])
+    assert not sql_may_outlive_task(["select a, count(*) from {0} group by a order by a"])
+    assert not sql_may_outlive_task(["select * from {0} where name like '%x%' limit 10"])
