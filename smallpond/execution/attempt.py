@@ -111,7 +111,8 @@ def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[Dat
         ctx = task.error_context()
     except Exception:
         ctx = {}
-    sql = getattr(exc, "sql", None) or getattr(task, "_current_sql", None) or ctx.get("sql")
+    # the query as the user wrote it (placeholders and all) is what they can find in their script
+    sql = ctx.get("sql") or getattr(exc, "sql", None) or getattr(task, "_current_sql", None)
     message = f"{type(exc).__name__}: {exc}"
     return TaskError(
         message,
