@@ -110,7 +110,11 @@ class LoadPartitionedDataSetNode(PartitionNode):
         memory_limit: Optional[int] = None,
     ) -> None:
         if dimension is None and data_partition_column is None:
-            raise ParameterError("LoadPartitionedDataSetNode needs a dimension or a data_partition_column")
+            from smallpond.logical.base import user_call_site
+
+            raise ParameterError(
+                f"LoadPartitionedDataSetNode created at {user_call_site()}: needs a dimension or a data_partition_column"
+            )
         super().__init__(
             ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit
         )
