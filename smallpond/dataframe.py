@@ -63,7 +63,13 @@ class Session(SessionBase):
         return self._source(JsonDataSet(paths, dict(schema)))
 
     def from_items(self, items: List[Any]) -> "DataFrame":
-        """A DataFrame from Python values: dicts become columns, other values a column ``item``."""
+        """A DataFrame from Python values: dicts become columns, other values a column ``item``.
+
+        >>> sp.from_items([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]).take_all()
+        [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]
+        >>> sp.from_items([3, 4]).take_all()
+        [{'item': 3}, {'item': 4}]
+        """
         import pyarrow as pa
 
         if not isinstance(items, (list, tuple)) or not items:
@@ -87,9 +93,15 @@ class Session(SessionBase):
     def partial_sql(self, query: str, *inputs: "DataFrame", **kwargs) -> "DataFrame":
         """Run ``query`` once per partition; ``{0}``, ``{1}``, ... name the inputs.
 
-        Example::
+        Inputs with the same partitioning are matched partition by partition; an input with a
+        single partition is given to every partition of the other. With no input the query runs
+        once. Literal braces are written ``{{`` and ``}}``.
 
-            sp.partial_sql("select host, count(*) from {0} group by host", df)
+        >>> sp.partial_sql("select * from range(3)").to_pandas()["range"].tolist()
+        [0, 1, 2]
+        >>> df = sp.from_items([{"host": "a"}, {"host": "b"}, {"host": "a"}])
+        >>> sp.partial_sql("select host, count(*) as n from {0} group by host order by host", df).take_all()
+        [{'host': 'a', 'n': 2}, {'host': 'b', 'n': 1}]
         """
         for i, df in enumerate(inputs):
             if not isinstance(df, DataFrame):
@@ -218,7 +230,14 @@ class DataFrame:
         )
 
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
-        """Keep rows where a SQL condition or a Python predicate on the row dict is true."""
+        """Keep rows where a SQL condition or a Python predicate on the row dict is true.
+
+        >>> df = sp.from_items([1, 2, 3, 4])
+        >>> df.filter("item % 2 = 0").take_all()
+        [{'item': 2}, {'item': 4}]
+        >>> df.filter(lambda row: row["item"] > 2).take_all()
+        [{'item': 3}, {'item': 4}]
+        """
         if isinstance(sql_or_func, str):
             return self._new(
                 SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_or_func})", **kwargs), "filter"
@@ -230,7 +249,14 @@ class DataFrame:
     def map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], Dict[str, Any]]], *, schema=None, **kwargs) -> "DataFrame":
         """Map each row: a SQL select list (``"a + b as c"``) or a function row dict → dict.
 
-        ``schema`` (a ``pa.Schema``) fixes the output types of a Python function.
+        ``schema`` (a ``pa.Schema``) fixes the output types of a Python function; without it the
+        types are inferred from the first rows whose values are not all None.
+
+        >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
+        >>> df.map("a + b as c").take_all()
+        [{'c': 5}, {'c': 7}]
+        >>> df.map(lambda row: {"c": row["a"] * row["b"]}).take_all()
+        [{'c': 4}, {'c': 10}]
         """
         if isinstance(sql_or_func, str):
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "map")
@@ -241,7 +267,12 @@ class DataFrame:
     def flat_map(
         self, sql_or_func: Union[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]], *, schema=None, **kwargs
     ) -> "DataFrame":
-        """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts."""
+        """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts.
+
+        >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
+        >>> df.flat_map(lambda row: [{"c": row["a"]}, {"c": row["b"]}]).take_all()
+        [{'c': 1}, {'c': 4}, {'c': 2}, {'c': 5}]
+        """
         if isinstance(sql_or_func, str):
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "flat_map")
         if callable(sql_or_func):
@@ -249,7 +280,13 @@ class DataFrame:
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
     def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs) -> "DataFrame":
-        """Apply ``func(pa.Table) -> pa.Table`` to batches of exactly ``batch_size`` rows (the last may be smaller)."""
+        """Apply ``func(pa.Table) -> pa.Table`` to batches of exactly ``batch_size`` rows (the last may be smaller).
+
+        >>> import pyarrow as pa
+        >>> sizes = sp.from_items(list(range(10))).map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_size=4)
+        >>> [row["n"] for row in sizes.take_all()]
+        [4, 4, 2]
+        """
         if not callable(func):
             raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
         return self._python_op("map_batches", _MapBatches(func), None, dict(kwargs, streaming_batch_size=batch_size))
@@ -261,7 +298,11 @@ class DataFrame:
         return self._new(node, op)
 
     def limit(self, limit: int) -> "DataFrame":
-        """The first ``limit`` rows of the whole DataFrame, as one partition."""
+        """The first ``limit`` rows of the whole DataFrame, as one partition.
+
+        >>> sp.from_items(list(range(100))).repartition(10, by_rows=True).limit(3).count()
+        3
+        """
         return self._new(LimitNode(self._ctx, self.plan, limit), "limit")
 
     def recompute(self) -> "DataFrame":
@@ -287,7 +328,11 @@ class DataFrame:
         return self._compute()
 
     def count(self) -> int:
-        """Number of rows."""
+        """Number of rows.
+
+        >>> sp.from_items([1, 2, 3]).count()
+        3
+        """
         return sum(ds.num_rows for ds in self._datasets())
 
     def take(self, limit: int) -> List[Dict[str, Any]]:
@@ -339,7 +384,23 @@ class DataFrame:
         return self._new(node, "write_parquet")
 
     def explain(self) -> str:
-        """The logical plan and the optimized plan, with partition counts."""
+        """The logical plan and the optimized plan, with partition counts.
+
+        A ``filter`` followed by a ``map`` runs as one SQL query in the optimized plan:
+
+        >>> df = sp.from_items([1, 2, 3]).repartition(2, by_rows=True).filter("item > 1").map("item * 10 as x")
+        >>> print(df.explain())  # doctest: +ELLIPSIS
+        == Logical plan ==
+        SqlEngineNode-... (DataFrame.map) [2 partition(s)] sql='select item * 10 as x from {0}'  @ ...
+          SqlEngineNode-... (DataFrame.filter) [2 partition(s)] sql='select * from {0} where (item > 1)'  @ ...
+            EvenlyDistributedPartitionNode-... (DataFrame.repartition) [2 partition(s)]  @ ...
+              DataSourceNode-... [1 partition(s)] ArrowTableDataSet([])  @ ...
+        <BLANKLINE>
+        == Optimized plan ==
+        SqlEngineNode-... (DataFrame.map) [2 partition(s)] sql='select item * 10 as x from (select * from {0} where (item > 1))'  @ ...
+          EvenlyDistributedPartitionNode-... (DataFrame.repartition) [2 partition(s)]  @ ...
+            DataSourceNode-... [1 partition(s)] ArrowTableDataSet([])  @ ...
+        """
         from smallpond.logical.optimizer import optimize
 
         frozen = set(self.session._planner.node_to_tasks)
