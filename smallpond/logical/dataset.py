@@ -22,7 +22,7 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GENERATED_COLUMNS, GB, split_into_rows
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, split_into_rows
 from smallpond.errors import ParameterError
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
@@ -663,6 +663,10 @@ class _InMemoryDataSet(DataSet):
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
         return self._table()
+
+    def __repr__(self) -> str:
+        t = self._table()
+        return f"{type(self).__name__}({t.num_rows} rows, columns {t.column_names})"
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
         import pyarrow as pa
