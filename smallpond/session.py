@@ -226,6 +226,46 @@ class SessionBase:
                 del st.tasks[key]
                 st.waiting.pop(key, None)
 
+    def dump_timeline(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the timeline of the tasks run so far as Chrome trace JSON (open it in Perfetto or
+        ``chrome://tracing``). Default path: ``log/timeline_exec.json``. Returns the path written.
+
+        Each finished task is one event, from its commit record: start = commit time - elapsed.
+        Tasks resumed from an earlier run appear with the time they originally ran.
+        """
+        import json
+
+        from smallpond.execution.attempt import commit_path
+        from smallpond.io.filesystem import atomic_write_text, load
+
+        rt = self._runtime_ctx
+        path = path or os.path.join(rt.log_root, "timeline_exec.json")
+        events = []
+        tasks = self._scheduler.state.tasks if self._scheduler is not None else {}
+        for key, task in sorted(tasks.items(), key=lambda kv: int(kv[1].id)):
+            record_path = commit_path(rt, key)
+            try:
+                record = load(record_path, secret=rt.secret)
+                end = os.path.getmtime(record_path)
+            except Exception:
+                continue  # not run, inline (metadata-only) or cleaned up
+            elapsed = float(record.get("elapsed") or 0.0)
+            events.append(
+                {
+                    "name": key,
+                    "cat": task.node_label,
+                    "ph": "X",
+                    "ts": int((end - elapsed) * 1e6),
+                    "dur": int(elapsed * 1e6),
+                    "pid": int(task.node_id),
+                    "tid": int(task.id),
+                    "args": {"attempt": record.get("attempt", 0), "partition": [str(p) for p in task.partition_infos]},
+                }
+            )
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(path, json.dumps({"traceEvents": events}))
+        return path
+
     # -- lifecycle -------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop workers and write ``log/.STATUS``; on success remove queue/, temp/, staging/."""

@@ -143,6 +143,11 @@ class ExecutionPlan:
         return self.final_task.node.output_path if self.final_task is not None else None
 
     @property
+    def analyzed_logical_plan(self) -> Optional[LogicalPlan]:
+        """The logical plan this execution plan was made from."""
+        return self.logical_plan
+
+    @property
     def named_outputs(self) -> Dict[str, Any]:
         names = sorted({t.output_name for t in self.tasks.values() if t.output_name})
         return {n: self.get_output(n) for n in names}

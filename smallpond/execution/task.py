@@ -180,6 +180,23 @@ class RuntimeContext:
         return os.path.join(self.staging_root, "completed_tasks")
 
     @property
+    def started_task_dir(self) -> str:
+        return os.path.join(self.staging_root, "started_tasks")
+
+    @property
+    def sched_state_path(self) -> str:
+        return os.path.join(self.config_root, "sched_state.pickle")
+
+    @property
+    def logcial_plan_graph_path(self) -> str:  # upstream spelling
+        """Base path of the plan graph (``log/graph``; ``.dot`` / ``.png`` are appended)."""
+        return os.path.join(self.log_root, "graph")
+
+    @property
+    def ray_log_path(self) -> str:
+        return os.path.join(self.log_root, "ray.log")
+
+    @property
     def job_status_path(self) -> str:
         return os.path.join(self.log_root, ".STATUS")
 
@@ -248,6 +265,20 @@ class RuntimeContext:
     @property
     def usable_gpu_count(self) -> int:
         return 0
+
+    @property
+    def numa_node_count(self) -> int:
+        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
+        return 1
+
+    @property
+    def numa_node_id(self) -> Optional[int]:
+        """The NUMA node this process is bound to; None (no binding in this build)."""
+        return None
+
+    def get_local_gpus(self) -> list:
+        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
+        return []
 
     @property
     def secs_executor_probe_timeout(self) -> float:

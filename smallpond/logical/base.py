@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 import re
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from smallpond.errors import ParameterError
 from smallpond.logical.udf import (
@@ -204,6 +204,22 @@ class Node:
     def num_partitions(self) -> int:
         return shape_size(self.partition_shape())
 
+    # -- performance metrics --------------------------------------------------------------------
+    def add_perf_metrics(self, name: str, value: float) -> None:
+        """Record one sample of metric ``name`` (e.g. a task's elapsed seconds) for this node."""
+        self.perf_metrics.setdefault(name, []).append(value)
+        self.perf_stats.pop(name, None)
+
+    def get_perf_stats(self, name: str) -> Optional["PerfStats"]:
+        """Summary statistics of metric ``name`` over the recorded samples, or None if there are none."""
+        stats = self.perf_stats.get(name)
+        if stats is None:
+            samples = self.perf_metrics.get(name)
+            if not samples:
+                return None
+            stats = self.perf_stats[name] = PerfStats.of(samples)
+        return stats
+
     def slim_copy(self) -> "Node":
         """A shallow copy without input dependencies, as shipped to workers."""
         import copy
@@ -213,6 +229,31 @@ class Node:
         c.generated_tasks = []
         c.ctx = None
         return c
+
+
+class PerfStats(NamedTuple):
+    """Count, sum, min, max, mean and percentiles of a node's metric samples."""
+
+    cnt: int
+    sum: float
+    min: float
+    max: float
+    avg: float
+    p50: float
+    p75: float
+    p95: float
+    p99: float
+
+    @staticmethod
+    def of(samples: Sequence[float]) -> "PerfStats":
+        xs = sorted(samples)
+        n = len(xs)
+
+        def pct(q: float) -> float:
+            return xs[min(n - 1, int(q * n))]
+
+        total = sum(xs)
+        return PerfStats(n, total, xs[0], xs[-1], total / n, pct(0.50), pct(0.75), pct(0.95), pct(0.99))
 
 
 def _is_broadcastable(shape: Shape, main: Shape) -> bool:
