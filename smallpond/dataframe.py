@@ -412,14 +412,29 @@ class DataFrame:
 
 def _read(ds: DataSet):
     if isinstance(ds, ParquetDataSet) and not ds._has_expressions() and not ds.generated_columns:
-        return ds.to_arrow_table()
+        return _nullable(ds.to_arrow_table())
     import duckdb
 
     conn = duckdb.connect()
     try:
-        return ds.to_arrow_table(conn=conn)
+        return _nullable(ds.to_arrow_table(conn=conn))
     finally:
         conn.close()
+
+
+def _nullable(table):
+    """The table with every top-level field nullable (no data is copied).
+
+    DuckDB >= 1.5 marks a Parquet column REQUIRED when its statistics show no NULLs, so results
+    would come back as e.g. ``int64 not null`` depending on the data; upstream (DuckDB 1.2) always
+    returned nullable fields, and ``df.to_arrow() == pa.table(...)`` relies on that.
+    """
+    import pyarrow as pa
+
+    if all(f.nullable for f in table.schema):
+        return table
+    schema = pa.schema([f.with_nullable(True) for f in table.schema], metadata=table.schema.metadata)
+    return pa.Table.from_arrays(table.columns, schema=schema)
 
 
 class _MapRows:

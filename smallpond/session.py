@@ -186,14 +186,33 @@ class SessionBase:
             results = self._scheduler.run(targets, self._planner.tasks)
         except JobFailed as e:
             self._failed = True
+            self._forget_unfinished_work()
             # surface the failed task itself: it names the node, the call site, the SQL
             raise (e.errors[0] if e.errors else e) from None
         except BaseException:
             self._failed = True
+            self._forget_unfinished_work()
             raise
         if self._scheduler.progress:
             self._scheduler.progress(None, 0.0)
         return [[results[t.key] for t in ts] for ts in task_lists]
+
+    def _forget_unfinished_work(self) -> None:
+        """After a failed computation, keep only finished results in the scheduler.
+
+        The failed tasks and the work queued for that computation are dropped, so a later
+        computation in the same session (a notebook cell after an error) neither re-raises the old
+        error nor runs the failed work again unless it needs it; a DataFrame computed again after
+        a failure retries its failed tasks.
+        """
+        from smallpond.execution.scheduler import SchedState
+
+        old = self._scheduler.state
+        fresh = SchedState()
+        fresh.done = old.done
+        fresh.resumed = old.resumed
+        fresh.executed = old.executed
+        self._scheduler.state = fresh
 
     def _is_done(self, node) -> bool:
         tasks = self._planner.node_to_tasks.get(id(node)) if self._planner else None

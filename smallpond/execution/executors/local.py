@@ -231,7 +231,8 @@ def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
     return TaskError(
         f"Can't pickle task {task.key}:{culprit} {type(e).__name__}: {e}. Please check if your function has "
         "captured unpicklable objects (open files, locks, connections, loggers with file sinks); create them "
-        "inside the function instead.",
+        "inside the function instead.\nHINT: DO NOT use externally imported loguru logger in your task. "
+        "Please import it within the task.",  # upstream 0.15's hint, word for word (scripts may match it)
         node=task.node_label,
         location=task.location,
         task_key=task.key,
