@@ -156,6 +156,16 @@ def duckdb_connect(threads: int, memory_limit: Optional[int] = None, temp_dir: O
     return conn
 
 
+def parquet_writer_options(compression: Optional[str], dictionary: bool) -> str:
+    """DuckDB COPY options writing the same Parquet as a smallpond node with these settings
+    (``parquet_compression``, ``parquet_dictionary_encoding``): both sides of a comparison write
+    the same file format."""
+    opts = f"FORMAT PARQUET, COMPRESSION '{(compression or 'uncompressed').lower()}'"
+    if not dictionary:
+        opts += ", DICTIONARY_SIZE_LIMIT 0, WRITE_BLOOM_FILTER false"
+    return opts
+
+
 def sql_list(paths: List[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 

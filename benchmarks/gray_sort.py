@@ -18,7 +18,8 @@ Validation (like ``valsort``, :func:`validate_sorted`): keys are non-decreasing 
 files in partition order, and the record count and an order-independent checksum (sum of
 per-record hashes) equal the input's. The DuckDB baseline is ``COPY (SELECT ... ORDER BY key) TO
 one Parquet file`` over the same input, with the same threads (executors x sort CPUs), the same
-total memory and the same output compression; its output is validated the same way.
+total memory and the same Parquet writer options (compression; dictionary encoding only with
+``--dictionary``, the SqlEngineNode default being off); its output is validated the same way.
 
 Run::
 
@@ -44,7 +45,7 @@ RECORD_BYTES = 100
 KEY_BYTES = 10
 PAYLOAD_BYTES = RECORD_BYTES - KEY_BYTES
 #: records per generated chunk; chunk boundaries (and so the data) do not depend on file counts
-CHUNK_RECORDS = 1 << 20
+CHUNK_RECORDS = 1 << 18
 
 
 class ValidationError(AssertionError):
@@ -157,6 +158,7 @@ def gray_sort_plan(
     sort_cpu_limit: int = 1,
     sort_memory_limit: Optional[int] = None,
     compression: Optional[str] = "snappy",
+    dictionary: bool = False,
     output_name: str = "sorted_records",
 ):
     """Range-shuffle the records into ``num_sort_partitions`` buckets, then sort each bucket."""
@@ -182,6 +184,7 @@ def gray_sort_plan(
         per_thread_output=False,
         parquet_compression=compression,
         parquet_compression_level=None,
+        parquet_dictionary_encoding=dictionary,
         output_name=output_name,
         cpu_limit=sort_cpu_limit,
         memory_limit=sort_memory_limit,
@@ -264,13 +267,13 @@ def duckdb_sort(
     memory_limit: Optional[int],
     compression: Optional[str],
     temp_dir: str,
+    dictionary: bool = False,
 ) -> None:
     conn = common.duckdb_connect(threads, memory_limit, temp_dir)
     try:
-        comp = (compression or "uncompressed").lower()
         conn.execute(
             f"COPY (SELECT key, payload FROM read_parquet({common.sql_list(list(input_paths))}) ORDER BY key) "
-            f"TO '{output_path}' (FORMAT PARQUET, COMPRESSION '{comp}')"
+            f"TO '{output_path}' ({common.parquet_writer_options(compression, dictionary)})"
         )
     finally:
         conn.close()
@@ -293,6 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--sort-cpus", type=int, default=1, help="CPUs per sort task (default 1)")
     p.add_argument("--shuffle-cpus", type=int, default=1, help="CPUs per shuffle task (default 1)")
     p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
+    p.add_argument("--dictionary", action="store_true", help="allow dictionary encoding of the output, both sides (default off)")
     p.add_argument("--seed", type=int, default=2025)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
@@ -328,6 +332,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sort_cpu_limit=args.sort_cpus,
             sort_memory_limit=args.memory_limit,
             compression=args.compression,
+            dictionary=args.dictionary,
         )
         secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
@@ -345,6 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             memory_limit=duckdb_memory,
             compression=args.compression,
             temp_dir=os.path.join(data_dir, "duckdb-temp"),
+            dictionary=args.dictionary,
         )
         timings.add("duckdb", secs)
         if args.validate:

@@ -9,7 +9,8 @@ smallpond (:func:`hash_partition_plan`): ``HashPartitionNode(hash_columns=["url"
 data_partition_column="partition_key")`` over the files, one producer task per executor. DuckDB:
 ``COPY (SELECT *, hash(url) % P AS partition_key FROM read_parquet(files)) TO dir (PARTITION_BY
 (partition_key), WRITE_PARTITION_COLUMNS true)`` with threads = executors and the same total memory
-and compression. Both use DuckDB's ``hash``, so partition k must hold the same rows on both sides;
+and Parquet writer options (compression; dictionary encoding only with ``--dictionary``, the
+node default being off). Both use DuckDB's ``hash``, so partition k must hold the same rows on both sides;
 validation (:func:`validate_partitions`) checks that every row of partition k hashes to k, and
 that counts per partition and an order-independent checksum match DuckDB's and the input's.
 
@@ -80,6 +81,8 @@ def hash_partition_plan(
     cpu_limit: int = 1,
     memory_limit: Optional[int] = None,
     compression: Optional[str] = "snappy",
+    dictionary: bool = False,
+    engine_type: Optional[str] = None,
 ):
     """``HashPartitionNode`` over the files: rows to ``hash(url) % npartitions``."""
     from smallpond.logical.dataset import ParquetDataSet
@@ -95,6 +98,8 @@ def hash_partition_plan(
         data_partition_column=PARTITION_COLUMN,
         parquet_compression=compression,
         parquet_compression_level=None,
+        parquet_dictionary_encoding=dictionary,
+        engine_type=engine_type,
         output_name="partitioned",
         cpu_limit=cpu_limit,
         memory_limit=memory_limit,
@@ -179,13 +184,14 @@ def duckdb_partition(
     memory_limit: Optional[int],
     compression: Optional[str],
     temp_dir: str,
+    dictionary: bool = False,
 ) -> None:
     conn = common.duckdb_connect(threads, memory_limit, temp_dir)
     try:
-        comp = (compression or "uncompressed").lower()
+        opts = common.parquet_writer_options(compression, dictionary)
         conn.execute(
             f"COPY (SELECT *, hash({KEY_COLUMN}) % {npartitions} AS {PARTITION_COLUMN} FROM read_parquet({common.sql_list(list(input_paths))})) "
-            f"TO '{output_dir}' (FORMAT PARQUET, COMPRESSION '{comp}', PARTITION_BY ({PARTITION_COLUMN}), WRITE_PARTITION_COLUMNS true)"
+            f"TO '{output_dir}' ({opts}, PARTITION_BY ({PARTITION_COLUMN}), WRITE_PARTITION_COLUMNS true)"
         )
     finally:
         conn.close()
@@ -200,6 +206,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("-f", "--input-files", type=int, default=None, help="input Parquet files (default: 2 x executors)")
     p.add_argument("--cpus", type=int, default=1, help="CPUs per partitioning task (default 1)")
     p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
+    p.add_argument("--dictionary", action="store_true", help="allow dictionary encoding of the output, both sides (default off)")
+    p.add_argument(
+        "--engine", choices=("duckdb", "arrow"), default=None, help="HashPartitionNode engine_type (default: the node's default)"
+    )
     p.add_argument("--seed", type=int, default=2025)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
@@ -229,7 +239,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     timings = common.Timings()
     for rep in range(args.repeat):
         plan = hash_partition_plan(
-            inputs, args.partitions, cpu_limit=args.cpus, memory_limit=args.memory_limit, compression=args.compression
+            inputs,
+            args.partitions,
+            cpu_limit=args.cpus,
+            memory_limit=args.memory_limit,
+            compression=args.compression,
+            dictionary=args.dictionary,
+            engine_type=args.engine,
         )
         secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
@@ -244,6 +260,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             memory_limit=duckdb_memory,
             compression=args.compression,
             temp_dir=os.path.join(data_dir, "duckdb-temp"),
+            dictionary=args.dictionary,
         )
         timings.add("duckdb", secs)
         if args.validate:

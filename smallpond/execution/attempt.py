@@ -216,6 +216,7 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
         sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
     start = time.time()
+    cpu_start = time.process_time()
     tmp = None
     try:
         started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
@@ -241,7 +242,7 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
             task.inject_fault()
         elapsed = time.time() - start
         write_commit(rt, task, ds, attempt, elapsed)
-        done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s"
+        done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)
         else:
