@@ -156,7 +156,12 @@ class ExecutionPlan:
         """All outputs of the tasks with this ``output_name``, merged into one dataset."""
         from smallpond.execution.ops.structural import merge_datasets
 
-        outs = [self.results[k] for k, t in sorted(self.tasks.items(), key=lambda kv: kv[1].id) if t.output_name == output_name and k in self.results and not isinstance(t, DataSinkTask)]
+        named = [(k, t) for k, t in sorted(self.tasks.items(), key=lambda kv: kv[1].id) if t.output_name == output_name and not isinstance(t, DataSinkTask)]
+        # a node's inner tasks (a partition node's splits, merges and producers; a limit's
+        # per-partition steps) share its name: only the tasks no task of the same node consumes
+        # hold its output
+        inner = {d for _, t in named for d in t.input_keys if d in self.tasks and self.tasks[d].node_id == t.node_id}
+        outs = [self.results[k] for k, _ in named if k not in inner and k in self.results]
         if not outs:
             return None
         return merge_datasets(outs)

@@ -1,0 +1,189 @@
+"""Upstream's tests/test_session.py and the ``smallpond.init`` contract (reference §1.1, §1.2, §1.7)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from datetime import datetime
+
+import pytest
+
+import smallpond
+
+
+def _status(sp) -> str:
+    with open(os.path.join(sp._runtime_ctx.log_root, ".STATUS")) as f:
+        return f.read()
+
+
+def test_shutdown_cleanup(tmp_path):
+    sp = smallpond.init(data_root=str(tmp_path))
+    assert os.path.exists(sp._runtime_ctx.queue_root), "queue directory should exist"
+    assert os.path.exists(sp._runtime_ctx.staging_root), "staging directory should exist"
+    assert os.path.exists(sp._runtime_ctx.temp_root), "temp directory should exist"
+
+    # create some tasks and complete them
+    df = sp.from_items([1, 2, 3])
+    df.write_parquet(sp._runtime_ctx.output_root)
+    sp.shutdown()
+
+    # shutdown should clean up directories
+    assert not os.path.exists(sp._runtime_ctx.queue_root), "queue directory should be cleared"
+    assert not os.path.exists(sp._runtime_ctx.staging_root), "staging directory should be cleared"
+    assert not os.path.exists(sp._runtime_ctx.temp_root), "temp directory should be cleared"
+    assert "success" in _status(sp)
+
+
+def test_shutdown_no_cleanup_on_failure(tmp_path):
+    sp = smallpond.init(data_root=str(tmp_path))
+    df = sp.from_items([1, 2, 3])
+    try:
+        # create a task that will fail
+        df.map(lambda x: x / 0).compute()
+    except Exception:
+        pass
+    else:
+        raise AssertionError("the task should fail")
+    sp.shutdown()
+
+    # shutdown should not clean up directories
+    assert os.path.exists(sp._runtime_ctx.queue_root), "queue directory should not be cleared"
+    assert os.path.exists(sp._runtime_ctx.staging_root), "staging directory should not be cleared"
+    assert os.path.exists(sp._runtime_ctx.temp_root), "temp directory should not be cleared"
+    assert "failure" in _status(sp)
+
+
+def test_shutdown_is_idempotent_and_keeps_output_when_asked(tmp_path):
+    sp = smallpond.init(data_root=str(tmp_path), _remove_output_root=False)
+    sp.from_items([1]).map("item", output_name="kept").compute()
+    sp.shutdown()
+    sp.shutdown()
+    assert os.path.isdir(sp.runtime_ctx.output_root)
+    assert _status(sp).count("success") == 1
+
+
+def test_job_root_layout(tmp_path):
+    job_id = str(uuid.uuid4())
+    when = datetime(2024, 1, 2, 3, 4, 5)
+    sp = smallpond.init(job_id=job_id, job_time=when, data_root=str(tmp_path))
+    try:
+        assert sp.runtime_ctx.job_root == os.path.join(str(tmp_path), f"2024-01-02-03-04-05.{job_id}")
+        for d in ("config", "log", "queue", "output", "staging", "temp"):
+            assert os.path.isdir(os.path.join(sp.runtime_ctx.job_root, d)), d
+        assert str(sp.runtime_ctx.job_id) == job_id
+    finally:
+        sp.shutdown()
+
+
+def test_environment_variables(tmp_path, monkeypatch):
+    job_id = str(uuid.uuid4())
+    monkeypatch.setenv("SP_JOBID", job_id)
+    monkeypatch.setenv("SP_JOB_TIME", "2023-05-06T07:08:09")
+    monkeypatch.setenv("SP_DATA_ROOT", str(tmp_path / "env_root"))
+    monkeypatch.setenv("SP_NUM_EXECUTORS", "2")
+    monkeypatch.setenv("SP_BIND_NUMA_NODE", "0")
+    monkeypatch.setenv("SP_MEMORY_ALLOCATOR", "system")
+    sp = smallpond.init()
+    try:
+        cfg = sp.config
+        assert cfg.job_id == job_id
+        assert cfg.job_time == datetime(2023, 5, 6, 7, 8, 9)
+        assert cfg.data_root == str(tmp_path / "env_root")
+        assert cfg.num_executors == 2
+        assert cfg.bind_numa_node is False
+        assert cfg.memory_allocator == "system"
+        assert sp.runtime_ctx.job_root == os.path.join(str(tmp_path / "env_root"), f"2023-05-06-07-08-09.{job_id}")
+        assert sp.from_items([1, 2]).count() == 2
+    finally:
+        sp.shutdown()
+
+
+def test_arguments_win_over_environment(tmp_path, monkeypatch):
+    """§8.11: upstream let the environment override init() arguments, against its docstring; ours
+    follows the docstring."""
+    monkeypatch.setenv("SP_DATA_ROOT", str(tmp_path / "env_root"))
+    monkeypatch.setenv("SP_NUM_EXECUTORS", "3")
+    sp = smallpond.init(data_root=str(tmp_path / "arg_root"), num_executors=1)
+    try:
+        assert sp.config.data_root == str(tmp_path / "arg_root") and sp.config.num_executors == 1
+    finally:
+        sp.shutdown()
+
+
+def test_job_time_as_datetime_iso_or_epoch(tmp_path):
+    """§8.11: upstream documented float epoch seconds but only a datetime worked."""
+    when = datetime(2024, 5, 6, 7, 8, 9)
+    for value in (when, when.isoformat(), when.timestamp()):
+        sp = smallpond.init(data_root=str(tmp_path), job_time=value)
+        try:
+            assert os.path.basename(sp.runtime_ctx.job_root).startswith("2024-05-06-07-08-09.")
+        finally:
+            sp.shutdown()
+
+
+def test_accepted_extra_arguments(tmp_path, log_messages):
+    """job_name and memory_allocator are accepted; ray_address warns and runs embedded (no Ray backend)."""
+    sp = smallpond.init(
+        data_root=str(tmp_path), job_name="compat", memory_allocator="system", ray_address="127.0.0.1:6379", bind_numa_node=False
+    )
+    try:
+        assert sp.from_items([1, 2, 3]).count() == 3
+        assert sp.config.ray_address == "127.0.0.1:6379"
+    finally:
+        sp.shutdown()
+    assert any("ray_address" in m for m in log_messages)
+
+
+def test_version():
+    assert isinstance(smallpond.__version__, str) and smallpond.__version__
+
+
+def test_shutdown_registered_at_exit(tmp_path):
+    """init() registers shutdown with atexit: a script that never calls it still records success."""
+    code = (
+        "import smallpond, sys\n"
+        f"sp = smallpond.init(data_root={str(tmp_path)!r})\n"
+        "sp.from_items([1, 2]).compute()\n"
+        "print(sp.runtime_ctx.job_root)\n"
+    )
+    env = dict(os.environ, SP_PROGRESS="0")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    job_root = proc.stdout.strip().splitlines()[-1]
+    with open(os.path.join(job_root, "log", ".STATUS")) as f:
+        assert "success" in f.read()
+    assert not os.path.exists(os.path.join(job_root, "staging"))
+
+
+def test_rerun_with_same_job_reuses_completed_tasks(tmp_path):
+    """§1.7: re-running the same script with the same job_id + job_time + data_root skips the tasks
+    that completed (the first run failed, so its staging area, with the checkpoints, was kept)."""
+    marker_dir = str(tmp_path / "runs")
+    os.makedirs(marker_dir)
+    job_id, when = str(uuid.uuid4()), datetime(2024, 2, 3, 4, 5, 6)
+
+    def tag(row):
+        import os
+        import uuid
+
+        open(os.path.join(marker_dir, uuid.uuid4().hex), "w").close()
+        return row
+
+    def script(fail: bool) -> int:
+        sp = smallpond.init(job_id=job_id, job_time=when, data_root=str(tmp_path / "root"))
+        try:
+            base = sp.from_items(list(range(4))).repartition(2, by_rows=True).map(tag)
+            n = base.count()
+            if fail:
+                with pytest.raises(Exception, match="ZeroDivisionError|division by zero"):
+                    base.map(lambda r: {"x": 1 // 0}).compute()
+            return n
+        finally:
+            sp.shutdown()
+
+    assert script(fail=True) == 4
+    assert len(os.listdir(marker_dir)) == 4
+    assert script(fail=False) == 4
+    assert len(os.listdir(marker_dir)) == 4  # nothing of `tag` ran again
