@@ -7,12 +7,15 @@ Non-nested partitioning replaces the input's dimensions with one new dimension o
 
 from __future__ import annotations
 
+import re
 from typing import List, Optional, Sequence, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME
 from smallpond.errors import ParameterError, PlanError
 from smallpond.logical.base import Context, Node, Shape, call_site_msg, validate_dimension
 from smallpond.logical.dataset import DataSet
+
+_IDENT_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 class PartitionNode(Node):
@@ -201,11 +204,16 @@ class HashPartitionNode(PartitionNode):
         memory_limit: Optional[int] = None,
     ) -> None:
         data_partition_column = data_partition_column or self.default_data_partition_column
+        if dimension is None:
+            # the dimension is named after the column; a shuffle by an SQL expression
+            # (``"item % 10"``, accepted upstream) gets the default dimension name instead
+            is_name = _IDENT_RE.fullmatch(data_partition_column) is not None
+            dimension = data_partition_column if is_name else DATA_PARTITION_COLUMN_NAME
         super().__init__(
             ctx,
             input_deps,
             npartitions,
-            dimension or data_partition_column,
+            dimension,
             nested,
             output_name,
             output_path,
