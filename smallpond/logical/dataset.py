@@ -208,7 +208,9 @@ class DataSet:
         from smallpond.io.arrow import rebatch
 
         conn = _default_conn(conn)
-        reader = conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}").fetch_record_batch(batch_size)
+        rel = conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}")
+        # DuckDB 2 deprecates fetch_record_batch in favour of to_arrow_reader (absent in older releases)
+        reader = rel.to_arrow_reader(batch_size) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_size)
         return rebatch(reader, batch_size)
 
     def to_pandas(self):
