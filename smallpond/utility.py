@@ -97,3 +97,44 @@ class ConcurrentIter:
                 break
         if self.thread is not None:
             self.thread.join(timeout=5)
+
+
+def overall_stats(
+    ctx,
+    inp,
+    sql_per_part: str,
+    sql_on_merged: str,
+    output_name: str,
+    output_dir: Optional[str] = None,
+    cpu_limit: int = 2,
+    memory_limit: int = 30 * (1 << 30),
+):
+    """Statistics over a whole dataset in two SQL steps: ``sql_per_part`` runs on each partition
+    of ``inp``, its results are gathered into one partition and ``sql_on_merged`` combines them
+    (its output is named ``output_name``). With ``output_dir`` the result is also published there
+    by a DataSinkNode. Returns the last node.
+
+    Example::
+
+        stats = overall_stats(ctx, parts, "select count(*) as n from {0}", "select sum(n) as n from {0}", "row_count")
+    """
+    import os
+
+    from smallpond.logical.node import DataSetPartitionNode, DataSinkNode, SqlEngineNode
+
+    per_part = SqlEngineNode(ctx, (inp,), sql_per_part, cpu_limit=cpu_limit, memory_limit=memory_limit)
+    merged = DataSetPartitionNode(ctx, (per_part,), npartitions=1)
+    stats = SqlEngineNode(ctx, (merged,), sql_on_merged, output_name=output_name, cpu_limit=cpu_limit, memory_limit=memory_limit)
+    if output_dir is not None:
+        return DataSinkNode(ctx, (stats,), os.path.abspath(output_dir))
+    return stats
+
+
+def cprofile_to_string(perf_profile, order_by: str = "cumulative", top_k: int = 20) -> str:
+    """The ``top_k`` entries of a ``cProfile.Profile`` as text, sorted by ``order_by``."""
+    import io
+    import pstats
+
+    out = io.StringIO()
+    pstats.Stats(perf_profile, stream=out).sort_stats(order_by).print_stats(top_k)
+    return out.getvalue()

@@ -1,0 +1,112 @@
+"""smallpond.common, smallpond.contrib and smallpond.utility as upstream exposed them (§0, §5.3, §5.4)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+import smallpond.common as common
+from smallpond.contrib import CopyArrowTable, LogDataSet, StreamCopy
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, UnionNode
+from smallpond.utility import ConcurrentIter, cprofile_to_string, execute_command, overall_stats
+from tests.compat.conftest import assert_same_rows
+
+
+def test_constants():
+    assert (common.KB, common.MB, common.GB, common.TB) == (1 << 10, 1 << 20, 1 << 30, 1 << 40)
+    assert common.DEFAULT_MAX_RETRY_COUNT == 5 and common.DEFAULT_MAX_FAIL_COUNT == 3
+    assert common.MAX_ROW_GROUP_SIZE == 10 * 1024 * 1024 and common.MAX_ROW_GROUP_BYTES == 2 * common.GB
+    assert common.MAX_NUM_ROW_GROUPS == 256 and common.MAX_PARQUET_FILE_BYTES == 8 * common.GB
+    assert common.DEFAULT_ROW_GROUP_SIZE == 122880 and common.DEFAULT_ROW_GROUP_BYTES == 122880 * 4 * common.KB
+    assert common.DEFAULT_BATCH_SIZE == 122880 and common.RAND_SEED_BYTE_LEN == 128
+    assert common.DATA_PARTITION_COLUMN_NAME == "__data_partition__"
+    assert common.PARQUET_METADATA_KEY_PREFIX == "SMALLPOND:" and common.INPUT_VIEW_PREFIX == "__input"
+    assert common.GENERATED_COLUMNS == ("filename", "file_row_number")
+
+
+def test_helpers():
+    assert common.pytest_running()
+    assert common.split_into_rows(range(10), 3) == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert common.split_into_rows([1], 3) == [[1], [], []]
+    assert common.split_into_cols(list(range(5)), 2) == [[0, 2, 4], [1, 3]]
+    for n in range(1, 5):
+        assert [common.get_nth_partition(list(range(10)), i, n) for i in range(n)] == common.split_into_rows(range(10), n)
+    assert [common.next_power_of_two(x) for x in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+    assert common.round_up(1) == common.MB and common.round_up(10, 4) == 12
+    assert common.first_value_in_dict({"a": 3, "b": 4}) == 3
+    assert common.clamp_value(5, 1, 3) == 3 and common.clamp_value(0, 1, 3) == 1
+    assert common.clamp_row_group_size(1) == common.DEFAULT_ROW_GROUP_SIZE
+    assert common.clamp_row_group_bytes(1 << 40) == common.MAX_ROW_GROUP_BYTES
+
+
+def test_exceptions():
+    for exc in (common.InjectedFault, common.OutOfMemory, common.NonzeroExitCode):
+        assert issubclass(exc, common.SmallpondError)
+    assert issubclass(common.SmallpondError, Exception)
+
+
+def test_contrib_nodes(run_plan, compat_data):
+    ctx = Context()
+    dataset = ParquetDataSet([os.path.join(compat_data["arrow"], "*.parquet")])
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, dataset),), npartitions=3)
+    copied = CopyArrowTable(ctx, (parts,), output_name="copied")
+    streamed = StreamCopy(ctx, (parts,), streaming_batch_size=64, output_name="streamed")
+    logged = LogDataSet(ctx, (parts,), num_rows=3)
+    exec_plan = run_plan(LogicalPlan(ctx, UnionNode(ctx, (copied, streamed, logged))))
+    expected = dataset.to_arrow_table()
+    assert_same_rows(exec_plan.get_output("copied").to_arrow_table(), expected)
+    assert_same_rows(exec_plan.get_output("streamed").to_arrow_table(), expected)
+
+
+def test_overall_stats(run_plan, compat_data, tmp_path):
+    ctx = Context()
+    dataset = ParquetDataSet([os.path.join(compat_data["arrow"], "*.parquet")])
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, dataset),), npartitions=4)
+    out_dir = str(tmp_path / "stats")
+    node = overall_stats(
+        ctx,
+        parts,
+        "select count(*) as n from {0}",
+        "select sum(n) as n from {0}",
+        "row_count",
+        output_dir=out_dir,
+        memory_limit=256 * common.MB,
+    )
+    exec_plan = run_plan(LogicalPlan(ctx, node))
+    assert exec_plan.get_output("row_count").to_arrow_table().column("n").to_pylist() == [1000]
+    assert os.path.exists(os.path.join(out_dir, ".MANIFEST.txt"))
+
+
+def test_concurrent_iter():
+    with ConcurrentIter(range(10)) as items:
+        assert list(items) == list(range(10))
+    with ConcurrentIter(iter(range(3)), max_buffer_size=2) as outer:
+        assert [list(ConcurrentIter(range(x)).__enter__()) for x in outer] == [[], [0], [0, 1]]
+
+    def broken():
+        yield 1
+        raise KeyError("x")
+
+    with pytest.raises(Exception) as ex:
+        with ConcurrentIter(broken()) as items:
+            list(items)
+    assert isinstance(ex.value.__cause__, KeyError) or "KeyError" in repr(ex.value)
+
+
+def test_execute_command():
+    assert list(execute_command("echo hello; echo world", shell=True)) == ["hello", "world"]
+    with pytest.raises(subprocess.CalledProcessError):
+        list(execute_command(["false"]))
+
+
+def test_cprofile_to_string():
+    import cProfile
+
+    prof = cProfile.Profile()
+    prof.enable()
+    sum(range(1000))
+    prof.disable()
+    assert "function calls" in cprofile_to_string(prof)
