@@ -420,6 +420,24 @@ def test_results_are_reused_across_dataframes(sp, tmp_path):
     assert len(os.listdir(marker_dir)) == runs  # the derived DataFrame did not run `tag` again
 
 
+def test_recompute_runs_again(sp, tmp_path):
+    marker_dir = str(tmp_path / "runs")
+    os.makedirs(marker_dir)
+
+    def tag(row):
+        import os
+        import uuid
+
+        open(os.path.join(marker_dir, uuid.uuid4().hex), "w").close()
+        return row
+
+    base = sp.from_items(list(range(3))).map(tag)
+    assert base.count() == 3 and len(os.listdir(marker_dir)) == 3
+    assert base.count() == 3 and len(os.listdir(marker_dir)) == 3  # computed once
+    assert base.recompute().count() == 3
+    assert len(os.listdir(marker_dir)) == 6  # ran again after recompute()
+
+
 def test_write_parquet(sp, tmp_path):
     out = str(tmp_path / "out")
     df = sp.from_items(list(range(100))).repartition(4, by_rows=True).map("item * 2 as x")

@@ -525,3 +525,26 @@ def test_output_files_carry_smallpond_metadata(run_plan, compat_data):
 
 
 _ = (GB, EvenlyDistributedPartitionNode)
+
+
+def test_sql_placeholders(run_plan, compat_data):
+    ctx = Context()
+    dataset = ParquetDataSet([os.path.join(compat_data["arrow"], "*.parquet")])
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, dataset),), npartitions=2)
+    node = SqlEngineNode(
+        ctx,
+        (parts,),
+        [
+            "create temp table q0 as select {query_index} as q from {0} limit 1",
+            "select {batch_index} as b, (select q from q0) as q0, {query_index} as q1, {cpu_limit} as c, {memory_limit} as m, "
+            "'{output_filename}' as f, {rand_seed} as r, {__data_partition__} as p, {{'k': 1}} as lit, count(*) as n from {0}",
+        ],
+        cpu_limit=1,
+        memory_limit=256 * MB,
+    )
+    rows = sorted(run_plan(LogicalPlan(ctx, node)).final_output.to_arrow_table().to_pylist(), key=lambda r: r["p"])
+    assert [r["p"] for r in rows] == [0, 1] and sum(r["n"] for r in rows) == 1000
+    for r in rows:
+        assert r["b"] == 0 and r["q0"] == 0 and r["q1"] == 1 and r["c"] == 1 and r["m"] == 256 * MB
+        assert r["f"] and 0 <= r["r"] < 2**32 and r["lit"] == {"k": 1}
+    assert rows[0]["f"] != rows[1]["f"]

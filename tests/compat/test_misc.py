@@ -110,3 +110,46 @@ def test_cprofile_to_string():
     sum(range(1000))
     prof.disable()
     assert "function calls" in cprofile_to_string(prof)
+
+
+def test_runtime_context(tmp_path):
+    import pickle
+    from datetime import datetime
+
+    from smallpond.execution.task import JobId, RuntimeContext
+
+    job_id = JobId.new()
+    rt = RuntimeContext(
+        job_id, datetime(2024, 3, 4, 5, 6, 7), str(tmp_path), num_executors=0, random_seed=123456, output_path=str(tmp_path / "o")
+    )
+    assert rt.job_root == os.path.join(str(tmp_path), f"2024-03-04-05-06-07.{job_id}")
+    rt.initialize(exec_id="exec-1")
+    for d in (rt.config_root, rt.log_root, rt.queue_root, rt.output_root, rt.staging_root, rt.temp_root):
+        assert os.path.isdir(d) and d.startswith(rt.job_root)
+    assert rt.final_output_path == str(tmp_path / "o")
+    assert rt.job_status_path == os.path.join(rt.log_root, ".STATUS")
+    assert rt.runtime_ctx_path.startswith(rt.config_root) and rt.exec_plan_path.startswith(rt.config_root)
+    assert rt.logcial_plan_path.startswith(rt.config_root) and rt.sched_state_path.startswith(rt.config_root)
+    assert rt.completed_task_dir.startswith(rt.staging_root) and rt.started_task_dir.startswith(rt.staging_root)
+    assert rt.usable_cpu_count >= 1 and rt.usable_memory_size > 0 and rt.total_memory >= rt.available_memory > 0
+    assert rt.numa_node_count == 1 and rt.get_local_gpus() == [] and rt.usable_gpu_count == 0
+    assert rt.secs_executor_probe_timeout == 30 * 6
+    assert rt.task is None
+    copy = pickle.loads(pickle.dumps(rt))
+    assert copy.job_root == rt.job_root and copy.random_seed == 123456
+    rt.cleanup(remove_output_root=False)
+    assert not os.path.exists(rt.staging_root) and os.path.isdir(rt.output_root)
+    rt.cleanup_root()
+    assert not os.path.exists(rt.job_root)
+
+
+def test_partition_info_and_ids():
+    from smallpond.execution.task import PartitionInfo, StreamOutput, TaskId, TaskRuntimeId
+
+    a, b = PartitionInfo(1, 4, "d"), PartitionInfo(1, 8, "d")
+    assert a == b and hash(a) == hash(b)  # (dimension, index) only
+    assert PartitionInfo(0, 4, "d") < a and str(a) == "d[1/4]"
+    assert PartitionInfo() == PartitionInfo(0, 1, "@toplevel@")
+    assert str(TaskId(12)) == "000012" and str(TaskRuntimeId(12, 0, 1)) == "000012.0.1"
+    out = StreamOutput(None)
+    assert out.batch_indices is None and out.force_checkpoint is False
