@@ -159,6 +159,7 @@ def gray_sort_plan(
     sort_memory_limit: Optional[int] = None,
     compression: Optional[str] = "snappy",
     dictionary: bool = False,
+    shuffle_engine: str = "arrow",
     output_name: str = "sorted_records",
 ):
     """Range-shuffle the records into ``num_sort_partitions`` buckets, then sort each bucket."""
@@ -173,6 +174,7 @@ def gray_sort_plan(
         num_sort_partitions,
         data_partition_column=bucket_expression(num_sort_partitions),
         dimension="bucket",
+        engine_type=shuffle_engine,
         parquet_compression=None,  # intermediate data: random bytes do not compress
         cpu_limit=shuffle_cpu_limit,
         memory_limit=shuffle_memory_limit,
@@ -297,6 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--shuffle-cpus", type=int, default=1, help="CPUs per shuffle task (default 1)")
     p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
     p.add_argument("--dictionary", action="store_true", help="allow dictionary encoding of the output, both sides (default off)")
+    p.add_argument("--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="ShuffleNode engine_type (default arrow)")
     p.add_argument("--seed", type=int, default=2025)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
@@ -333,6 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sort_memory_limit=args.memory_limit,
             compression=args.compression,
             dictionary=args.dictionary,
+            shuffle_engine=args.shuffle_engine,
         )
         secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)

@@ -296,6 +296,10 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         ds = merge_datasets(inputs)
+        if node.engine_type == "arrow":
+            batches = _arrow_row_group_reader(ds)
+            if batches is not None:
+                return self._run_arrow(runtime_ctx, ds, batches, output_dir)
         conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=not getattr(ds, "udfs", None))
         try:
             views = create_input_views(self, conn, [ds])
@@ -343,6 +347,73 @@ class HashPartitionTask(Task):
         finally:
             conn.close()
 
+    def _run_arrow(self, runtime_ctx, ds: ParquetDataSet, reader, output_dir: str) -> PartitionedDataSet:
+        """The ``arrow`` engine: stream Arrow batches, split each by partition, append to writers.
+
+        DuckDB still computes the partition of each row (over the Arrow batch, zero-copy), so both
+        engines assign rows to the same partitions; the rows are then moved by Arrow (a stable
+        radix sort of partition indices and one ``take`` per batch) and written by pyarrow's
+        Parquet writer. On wide binary columns this costs about half the CPU of DuckDB's
+        partitioned COPY (GraySort records: ~1.0 vs ~2.2 s per 2.6M); on strings hashed by DuckDB
+        it is no faster, which is why it is not the default. Rows keep their input order within
+        a partition.
+        """
+        import numpy as np
+        import pyarrow as pa
+
+        node = self.node
+        n = node.npartitions
+        memory = self.memory_limit or default_memory_limit(runtime_ctx, self.cpu_limit)
+        # batches of ~1/16 of the task's memory (at most 128 MB); written out every 32 MB at most:
+        # buffering more costs more in fresh pages than it saves in row-group overhead
+        batch_bytes = max(1 * MB, min(128 * MB, memory // 16))
+        columns = list(reader.schema.names)
+        expr, col = self._key_expr(columns)
+        computed_key = node.shuffle_only and node.data_partition_column not in columns
+        write_col = not (node.drop_partition_column or computed_key)
+        body_names = [c for c in columns if c != col]
+        direct = node.shuffle_only and col in columns  # the partition is a column: no SQL needed
+        self._current_sql = f"SELECT {expr} FROM <batch>"
+        conn = None if direct else open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=True)
+        writer = _PartitionWriters(self, output_dir, col, n, write_col, min(32 * MB, batch_bytes))
+        try:
+            for batch in reader.batches(batch_bytes):
+                if batch.num_rows == 0:
+                    continue
+                if direct:
+                    keys = batch.column(col).to_numpy(zero_copy_only=False)
+                else:
+                    conn.register("__sp_batch", batch)
+                    keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
+                    conn.unregister("__sp_batch")
+                keys = np.asarray(keys)
+                if keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
+                    bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
+                    raise UserCodeError(f"partition key {bad[0] if len(bad) else keys.dtype} is out of range 0-{n - 1}")
+                # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
+                keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
+                order = np.argsort(keys, kind="stable")
+                counts = np.bincount(keys, minlength=n)
+                body = batch.select(body_names).take(_int64_array(order))
+                start = 0
+                for k in np.flatnonzero(counts):
+                    end = start + int(counts[k])
+                    writer.add(int(k), body.slice(start, end - start))
+                    start = end
+            parts = writer.close()
+        finally:
+            writer.abort()
+            if conn is not None:
+                conn.close()
+        if any(not p for p in parts):
+            schema = writer.schema
+            if schema is None:  # no rows at all: the columns the writers would have written
+                schema = pa.schema([reader.schema.field(c) for c in body_names])
+                if write_col:
+                    schema = schema.append(pa.field(col, pa.int64()))
+            self._write_placeholders(parts, output_dir, col, schema, self.output_filename)
+        return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+
     def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
         import pyarrow.parquet as pq
 
@@ -356,6 +427,161 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
             pq.write_table(schema.with_metadata(md).empty_table(), path)
             parts[k] = [path]
+
+
+class _RowGroupReader:
+    """Reads a Parquet dataset's row ranges a row group at a time, as Arrow tables.
+
+    Whole row groups need no re-batching (no copies): the arrow engine splits each table by
+    partition anyway. Row groups larger than a batch are read in slices.
+    """
+
+    def __init__(self, ds: ParquetDataSet, files: list, schema) -> None:
+        self.ds, self.files, self.schema = ds, files, schema
+
+    def batches(self, batch_bytes: int):
+        columns = self.ds.columns
+        for r, pf in self.files:
+            md = pf.metadata
+            pos = 0
+            for i in range(md.num_row_groups):
+                rg = md.row_group(i)
+                lo, hi = pos, pos + rg.num_rows
+                pos = hi
+                if hi <= r.begin or rg.num_rows == 0:
+                    continue
+                if lo >= r.end:
+                    break
+                a, b = max(r.begin, lo) - lo, min(r.end, hi) - lo
+                if rg.total_byte_size > 2 * batch_bytes:
+                    rows = max(1, batch_bytes * rg.num_rows // max(1, rg.total_byte_size))
+                    start = 0
+                    for piece in pf.iter_batches(batch_size=rows, row_groups=[i], columns=columns, use_threads=False):
+                        end = start + piece.num_rows
+                        if end > a and start < b:
+                            import pyarrow as pa
+
+                            yield pa.Table.from_batches([piece.slice(max(a, start) - start, min(b, end) - max(a, start))])
+                        start = end
+                    continue
+                t = pf.read_row_group(i, columns=columns, use_threads=False)
+                yield t if (a, b) == (0, rg.num_rows) else t.slice(a, b - a)
+
+
+def _arrow_row_group_reader(ds) -> Optional[_RowGroupReader]:
+    """A row-group reader for ``ds``, or None if pyarrow cannot read it as DuckDB would (not
+    Parquet, expression or generated columns, files whose schemas differ)."""
+    if not isinstance(ds, ParquetDataSet) or ds.empty or ds.generated_columns or ds._has_expressions():
+        return None
+    if ds.columns is not None and "*" in ds.columns:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files, schema = [], None
+    for r in ds.resolved_row_ranges:
+        pf = pq.ParquetFile(r.path)
+        s = pf.schema_arrow
+        if ds.columns is not None:
+            if any(c not in s.names for c in ds.columns):
+                return None
+            s = pa.schema([s.field(c) for c in ds.columns])
+        s = s.remove_metadata()
+        if schema is None:
+            schema = s
+        elif not s.equals(schema):
+            return None
+        files.append((r, pf))
+    return _RowGroupReader(ds, files, schema) if files else None
+
+
+def _int64_array(values):
+    """An Arrow int64 array over a numpy array's memory (``pa.array`` would import pandas, ~0.5 s)."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = np.ascontiguousarray(values, dtype=np.int64)
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+
+
+class _PartitionWriters:
+    """Buffers rows per partition and writes ``{col}={k}/{prefix}-0.parquet`` with pyarrow.
+
+    A partition's rows are written as a row group once it has ``parquet_row_group_size`` of them;
+    when all buffers together pass ``max_buffered`` bytes, every buffer is written out.
+    """
+
+    def __init__(self, task: Task, output_dir: str, col: str, n: int, write_col: bool, max_buffered: int) -> None:
+        from smallpond.common import DEFAULT_ROW_GROUP_SIZE
+
+        node = task.node
+        self.task, self.output_dir, self.col, self.n, self.write_col = task, output_dir, col, n, write_col
+        self.max_buffered = max_buffered
+        self.row_group_size = node.parquet_row_group_size or DEFAULT_ROW_GROUP_SIZE
+        comp = str(node.parquet_compression or "none").lower()
+        self.options = {"compression": "none" if comp == "uncompressed" else comp, "use_dictionary": node.parquet_dictionary_encoding}
+        if comp == "zstd" and node.parquet_compression_level is not None:
+            self.options["compression_level"] = node.parquet_compression_level
+        self.buffers: Dict[int, list] = {}
+        self.buffered_rows: Dict[int, int] = {}
+        self.buffered_bytes = 0
+        self.writers: Dict[int, object] = {}
+        self.paths: List[List[str]] = [[] for _ in range(n)]
+        self.schema = None
+
+    def add(self, k: int, table) -> None:
+        self.buffers.setdefault(k, []).append(table)
+        self.buffered_rows[k] = self.buffered_rows.get(k, 0) + table.num_rows
+        self.buffered_bytes += table.nbytes
+        if self.buffered_rows[k] >= self.row_group_size:
+            self._flush(k)
+        if self.buffered_bytes > self.max_buffered:
+            for j in list(self.buffers):
+                self._flush(j)
+
+    def _flush(self, k: int) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        tables = self.buffers.pop(k, None)
+        if not tables:
+            return
+        self.buffered_rows.pop(k, None)
+        table = pa.concat_tables(tables)
+        self.buffered_bytes -= sum(t.nbytes for t in tables)
+        if self.write_col:
+            table = table.append_column(self.col, _int64_array(np.full(table.num_rows, k, dtype=np.int64)))
+        w = self.writers.get(k)
+        if w is None:
+            if self.schema is None:
+                md = dict(table.schema.metadata or {})
+                md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata().items()})
+                self.schema = table.schema.with_metadata(md)
+            sub = os.path.join(self.output_dir, f"{self.col}={k}")
+            os.makedirs(sub, exist_ok=True)
+            path = os.path.join(sub, f"{self.task.output_filename}-0.parquet")
+            md = dict(self.schema.metadata)
+            md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata({self.col: k}).items()})
+            w = self.writers[k] = pq.ParquetWriter(path, self.schema.with_metadata(md), **self.options)
+            self.paths[k] = [path]
+        w.write_table(table.replace_schema_metadata(w.schema.metadata), row_group_size=self.row_group_size)
+
+    def close(self) -> List[List[str]]:
+        for k in list(self.buffers):
+            self._flush(k)
+        for w in self.writers.values():
+            w.close()
+        self.writers = {}
+        return self.paths
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            try:
+                w.close()
+            except Exception:
+                pass
+        self.writers = {}
 
 
 def dataset_row_count(ds: DataSet) -> Optional[int]:
