@@ -548,3 +548,20 @@ def test_sql_placeholders(run_plan, compat_data):
         assert r["b"] == 0 and r["q0"] == 0 and r["q1"] == 1 and r["c"] == 1 and r["m"] == 256 * MB
         assert r["f"] and 0 <= r["r"] < 2**32 and r["lit"] == {"k": 1}
     assert rows[0]["f"] != rows[1]["f"]
+
+
+def test_process_func_results(run_plan, compat_data):
+    """A PythonScript process returning False fails the task; an Arrow process returning None writes nothing."""
+    ctx = Context()
+    source = DataSourceNode(ctx, ParquetDataSet([os.path.join(compat_data["arrow"], "data0.parquet")]))
+    nothing = ArrowComputeNode(ctx, (source,), process_func=lambda rt, tables: None, output_name="nothing")
+    exec_plan = run_plan(LogicalPlan(ctx, nothing))
+    assert exec_plan.get_output("nothing").num_rows == 0
+
+    ctx = Context()
+    source = DataSourceNode(ctx, ParquetDataSet([os.path.join(compat_data["arrow"], "data0.parquet")]))
+    failing = PythonScriptNode(ctx, (source,), process_func=lambda rt, inputs, out: False)
+    with pytest.raises(Exception, match="False"):
+        run_plan(LogicalPlan(ctx, failing), max_fail_count=1)
+    with open(os.path.join(run_plan.runtime_ctx.job_root, "log", ".STATUS")) as f:
+        assert "failure" in f.read()

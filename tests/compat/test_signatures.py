@@ -442,3 +442,22 @@ def test_node_perf_stats():
 )
 def test_node_create_task_and_spawn():
     pass
+
+
+def test_upstream_import_paths():
+    """The modules upstream scripts import public names from."""
+    from smallpond.execution.planner import Planner as OurPlanner
+    from smallpond.logical.planner import ExecutionPlan as UpstreamExecutionPlan
+    from smallpond.logical.planner import Planner as UpstreamPlanner
+
+    assert UpstreamPlanner is OurPlanner and UpstreamExecutionPlan is ExecutionPlan
+    import smallpond.logical.node as node_module
+    from smallpond.contrib.copy_table import CopyArrowTable, StreamCopy  # noqa: F401
+    from smallpond.contrib.log_dataset import LogDataSet  # noqa: F401
+    from smallpond.execution.driver import Driver as D  # noqa: F401
+    from smallpond.execution.task import JobId, PartitionInfo, RuntimeContext, StreamOutput, TaskId, TaskRuntimeId  # noqa: F401
+
+    assert all(hasattr(node_module, n) for n in node_module.__all__)
+    from smallpond.session import Config, SessionBase  # noqa: F401
+
+    assert issubclass(Session, SessionBase)
