@@ -189,9 +189,20 @@ def parquet_options(node, kv: Dict[str, str]) -> str:
     return ", ".join(opts)
 
 
+def writer_buffer_option(task: Task, open_writers: int = 1) -> str:
+    """``ROW_GROUP_SIZE_BYTES`` keeping the writers' buffered row groups within 1/8 of the task's
+    memory. A writer holds a whole row group before writing it (122880 rows of 100 bytes are
+    12 MB), memory DuckDB cannot spill: a sort within a small limit fails there otherwise."""
+    rt = task.runtime_ctx
+    memory = task.memory_limit or (default_memory_limit(rt, task.cpu_limit) if rt is not None else 0)
+    if not memory:
+        return ""
+    return f", ROW_GROUP_SIZE_BYTES {max(256 * 1024, memory // (8 * max(1, open_writers)))}"
+
+
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
     """``COPY (query) TO output_dir`` as Parquet; returns the number of rows written."""
-    opts = parquet_options(task.node, task.parquet_kv_metadata())
+    opts = parquet_options(task.node, task.parquet_kv_metadata()) + writer_buffer_option(task, max(1, int(task.cpu_limit)))
     if per_thread_output and task.cpu_limit > 1:
         sql = f"COPY ({query}) TO '{output_dir}' ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN '{prefix}-{{i}}', OVERWRITE_OR_IGNORE true)"
     else:
@@ -313,7 +324,7 @@ class HashPartitionTask(Task):
             # (as upstream does) unless drop_partition_column is set
             computed_key = node.shuffle_only and node.data_partition_column not in columns
             write_col = "false" if node.drop_partition_column or computed_key else "true"
-            opts = parquet_options(node, self.parquet_kv_metadata())
+            opts = parquet_options(node, self.parquet_kv_metadata()) + writer_buffer_option(self, n)
             prefix = self.output_filename
             sql = (
                 f"COPY ({query}) TO '{output_dir}' ({opts}, PARTITION_BY (\"{col}\"), WRITE_PARTITION_COLUMNS {write_col}, "
