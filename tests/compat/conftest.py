@@ -66,14 +66,15 @@ def sp(tmp_path_factory):
 
 @pytest.fixture
 def run_plan(tmp_path) -> Callable:
-    """``run_plan(plan, **runtime_ctx_kwargs)``: run a LogicalPlan as a job (what upstream's
-    ``TestFabric.execute_plan`` did), return the ExecutionPlan. ``job_root`` of the last run is
-    kept on the function for inspection."""
+    """``run_plan(plan, num_workers=1, **runtime_ctx_kwargs)``: run a LogicalPlan as a job (what
+    upstream's ``TestFabric.execute_plan`` did), return the ExecutionPlan. The runtime context of
+    the last run is kept as ``run_plan.runtime_ctx``. One worker by default keeps the suite fast;
+    a few tests ask for two."""
     from smallpond.execution.job import make_runtime_ctx, run_job
 
     data_root = str(tmp_path / "job_data")
 
-    def run(plan, *, job_id=None, num_workers=2, max_fail_count=3, manifest_only_final_results=True, **kwargs):
+    def run(plan, *, job_id=None, num_workers=1, max_fail_count=3, manifest_only_final_results=True, **kwargs):
         kwargs.setdefault("random_seed", 123456)
         rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, **kwargs)
         run.runtime_ctx = rt

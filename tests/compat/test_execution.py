@@ -92,7 +92,7 @@ def test_arrow_task(run_plan, compat_data, tmp_path, use_duckdb_reader):
     )
     data_sink = DataSinkNode(ctx, (arrow_compute, arrow_stream, arrow_batch), output_path=str(tmp_path / "sink"))
     plan = LogicalPlan(ctx, data_sink)
-    exec_plan = run_plan(plan)
+    exec_plan = run_plan(plan, num_workers=2)  # upstream ran this on 2 executors
     assert exec_plan.successful
     for name in ("arrow_compute", "arrow_stream", "arrow_batch"):
         out = _read_output(os.path.join(output_dir, name, "**", "*.parquet"))

@@ -60,7 +60,7 @@ def test_many_row_partitions(run_plan, compat_data):
     )
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, dataset),), npartitions=200, partition_by_rows=True)
     rows = SqlEngineNode(ctx, (parts,), "select url, {__data_partition__} as p from {0}")
-    exec_plan = run_plan(LogicalPlan(ctx, rows))
+    exec_plan = run_plan(LogicalPlan(ctx, rows), num_workers=2)
     out = exec_plan.final_output.to_arrow_table()
     assert out.num_rows == 200
     assert sorted(out.column("p").to_pylist()) == list(range(200))  # one row per partition
