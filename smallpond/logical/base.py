@@ -23,7 +23,10 @@ from smallpond.logical.udf import (
 )
 
 TOPLEVEL_DIMENSION = "@toplevel@"
-_NAME_RE = re.compile(r"[a-zA-Z0-9_]+")
+# upstream 0.15 only checked that an output name *starts* with [a-zA-Z0-9_] (so "url-counts" or
+# "v1.2" worked); the name becomes a directory and file-name prefix, so path separators, quotes
+# and control characters are refused
+_NAME_RE = re.compile(r"[a-zA-Z0-9_][^/\\'\"\x00-\x1f]*")
 _DIM_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,7 +138,12 @@ class Node:
             if not isinstance(dep, Node):
                 raise ParameterError(self._msg(f"input_deps must contain nodes, got {dep!r}"))
         if output_name is not None and (not isinstance(output_name, str) or not _NAME_RE.fullmatch(output_name)):
-            raise ParameterError(self._msg(f"output_name must match [a-zA-Z0-9_]+, got {output_name!r}"))
+            raise ParameterError(
+                self._msg(
+                    "output_name must start with a letter, digit or underscore and contain no slashes, quotes "
+                    f"or control characters, got {output_name!r}"
+                )
+            )
         if output_path is not None and (not isinstance(output_path, str) or not os.path.isabs(output_path)):
             raise ParameterError(self._msg(f"output_path must be an absolute path, got {output_path!r}"))
         if not isinstance(cpu_limit, (int, float)) or cpu_limit <= 0:

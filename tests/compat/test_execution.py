@@ -565,3 +565,14 @@ def test_process_func_results(run_plan, compat_data):
         run_plan(LogicalPlan(ctx, failing), max_fail_count=1)
     with open(os.path.join(run_plan.runtime_ctx.job_root, "log", ".STATUS")) as f:
         assert "failure" in f.read()
+
+
+def test_output_name_with_dashes_and_dots(run_plan, compat_data):
+    ctx = Context()
+    source = DataSourceNode(ctx, ParquetDataSet([os.path.join(compat_data["arrow"], "data0.parquet")]))
+    node = SqlEngineNode(ctx, (source,), "select url from {0}", output_name="url-counts.v2")
+    exec_plan = run_plan(LogicalPlan(ctx, node))
+    out = exec_plan.get_output("url-counts.v2")
+    assert out.num_rows == 100
+    assert all(os.path.basename(p).startswith("url-counts.v2") for p in out.resolved_paths)
+    assert os.path.exists(os.path.join(run_plan.runtime_ctx.output_root, "url-counts.v2", ".MANIFEST.txt"))

@@ -100,8 +100,12 @@ def test_node_ids_and_repr():
 def test_node_parameter_checks():
     ctx = Context()
     source = DataSourceNode(ctx, None)
-    with pytest.raises(AssertionError):
-        SqlEngineNode(ctx, (source,), "select 1", output_name="bad name!")
+    for bad in ("-starts-with-dash", "a/b", "quo'te"):
+        with pytest.raises(AssertionError):
+            SqlEngineNode(ctx, (source,), "select 1", output_name=bad)
+    # upstream only checked the first character: names like these worked there
+    for ok in ("url-counts", "v1.2", "name_1"):
+        assert SqlEngineNode(ctx, (source,), "select 1", output_name=ok).output_name == ok
     with pytest.raises(AssertionError):
         SqlEngineNode(ctx, (source,), "select 1", output_path="relative/path")
     with pytest.raises(AssertionError):
