@@ -212,6 +212,7 @@ class SessionBase:
         fresh.done = old.done
         fresh.resumed = old.resumed
         fresh.executed = old.executed
+        fresh.consumers = old.consumers  # so recompute() still reaches what consumed a result
         self._scheduler.state = fresh
 
     def _is_done(self, node) -> bool:
