@@ -53,8 +53,11 @@ class UserCodeError(SmallpondError):
     """User input that can never succeed on retry (bad SQL, missing file, unpicklable function)."""
 
 
-class TaskError(SmallpondError):
+class TaskError(SmallpondError, RuntimeError):
     """A task failed. Carries everything needed to find the culprit.
+
+    Also a ``RuntimeError``: upstream 0.15 surfaced failed SQL as ``RuntimeError("failed to run
+    query: ...")``, and scripts written for it may catch that.
 
     Attributes: ``node`` (e.g. ``SqlEngineNode-000004 'name'``), ``location`` (file:line where the
     node was created), ``task_key``, ``attempt``, ``sql`` (when there is one), ``input_files``

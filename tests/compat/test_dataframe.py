@@ -316,6 +316,7 @@ def test_error_message(sp):
         sp.partial_sql("select a,, from {0}", df).to_arrow()
     # sql query should be in the exception message
     assert "select a,, from" in str(ex.value)
+    assert isinstance(ex.value, RuntimeError)  # upstream raised RuntimeError("failed to run query: ...")
 
 
 def test_unpicklable_task_exception(sp):
