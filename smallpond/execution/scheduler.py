@@ -215,6 +215,11 @@ class Scheduler:
             raise JobFailed(f"{len(errors)} task(s) failed; first: {errors[0]}", errors) from errors[0]
         return {k: st.done[k] for k in target_keys}
 
+    def _queue_slots(self) -> int:
+        """Workers that take a task queued behind their current short one (pipelining)."""
+        slots = getattr(self.executor, "queue_slots", None)
+        return slots() if slots is not None else 0
+
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
             return []
@@ -245,13 +250,22 @@ class Scheduler:
                 continue
             mem = self._memory_of(task)
             fits = task.cpu_limit <= self._free_cpus and (mem <= self._free_memory or not st.running)
-            if not fits or self.executor.free_slots() == 0:
-                deferred.append(item)
-                if self.executor.free_slots() == 0:
-                    break
-                continue
+            idle = self.executor.free_slots()
+            queue = False
+            if not fits or idle == 0:
+                # a one-CPU task may wait on a worker behind a short task and run with the
+                # resources that task leaves; it then reserves nothing of its own
+                queue = task.cpu_limit <= 1 and self._queue_slots() > 0
+                if not queue:
+                    deferred.append(item)
+                    if idle == 0 and not self._queue_slots():
+                        break
+                    continue
             try:
-                self.executor.submit(task, inputs, attempt)
+                if queue:
+                    self.executor.submit(task, inputs, attempt, queue=True)
+                else:
+                    self.executor.submit(task, inputs, attempt)
             except TaskError as e:
                 st.attempts[key] = attempt
                 st.fail_counts[key] = self.max_fail_count
@@ -259,9 +273,9 @@ class Scheduler:
                 logger.error("task failed: {}", e)
                 break
             st.running[key] = attempt
-            self._free_cpus -= task.cpu_limit
-            self._free_memory -= mem
-            task._reserved = (task.cpu_limit, mem)
+            task._reserved = (0, 0) if queue else (task.cpu_limit, mem)
+            self._free_cpus -= task._reserved[0]
+            self._free_memory -= task._reserved[1]
             progressed = True
         for item in deferred:
             heapq.heappush(st.ready, item)

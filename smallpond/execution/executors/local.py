@@ -4,6 +4,12 @@ Workers are long-lived interpreters that import DuckDB and Arrow once, so a task
 microseconds. Each worker runs one attempt at a time; a worker that dies (killed, segfault,
 ``os._exit``) is noticed when its end of the socket closes, its attempt is reported as
 :class:`~smallpond.errors.WorkerLost`, and a fresh worker takes its place.
+
+Short tasks are pipelined: a worker running a task of a node whose tasks have taken less than
+``QUEUE_BEHIND_SECONDS`` may be sent one more task (``submit(..., queue=True)``), which it starts
+the moment the current one ends instead of waiting for the scheduler's next round trip. The
+queued task is the worker's own: if the worker dies or is cancelled, the tasks queued behind its
+current one are sent to its replacement, unchanged.
 """
 
 from __future__ import annotations
@@ -13,8 +19,10 @@ import pickle
 import socket
 import subprocess
 import sys
+import time
+from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Deque, Dict, List, Optional, Set, Tuple
 
 import cloudpickle
 from loguru import logger
@@ -46,8 +54,15 @@ class _Worker:
         child_sock.close()
         self.sock = parent_sock
         self.conn = Connection(parent_sock.detach())
-        self.running: Optional[Tuple[str, int]] = None
+        # attempts sent and not answered, in the order the worker runs them: (key, attempt,
+        # node key, pickled body); the first one is running
+        self.inflight: Deque[Tuple[str, int, int, bytes]] = deque()
+        self.head_since = 0.0  # when the first in-flight attempt started (about)
         self.nodes_sent: Set[int] = set()  # node keys this worker has received
+
+    @property
+    def running(self) -> Optional[Tuple[str, int]]:
+        return self.inflight[0][:2] if self.inflight else None
 
     @property
     def pid(self) -> int:
@@ -59,6 +74,10 @@ class _Worker:
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
+
+
+#: a task may be queued behind a running one whose node's tasks take less than this (seconds)
+QUEUE_BEHIND_SECONDS = 0.05
 
 
 class LocalExecutor(Executor):
@@ -77,6 +96,7 @@ class LocalExecutor(Executor):
         # held with a reference to the node, so an id() is never reused while it is cached.
         self._node_keys: Dict[int, Tuple[int, object]] = {}
         self._node_blobs: Dict[int, bytes] = {}
+        self._node_times: Dict[int, List[float]] = {}  # node key -> [attempts, total seconds]
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
@@ -95,7 +115,19 @@ class LocalExecutor(Executor):
         return w
 
     def free_slots(self) -> int:
-        return sum(1 for w in self.workers if w.running is None)
+        return sum(1 for w in self.workers if not w.inflight)
+
+    def _short(self, w: _Worker, now: float) -> bool:
+        """True if ``w`` runs exactly one task, of a node known to be quick, and not for long."""
+        if len(w.inflight) != 1 or now - w.head_since > QUEUE_BEHIND_SECONDS:
+            return False
+        stats = self._node_times.get(w.inflight[0][2])
+        return stats is not None and stats[0] >= 2 and stats[1] / stats[0] < QUEUE_BEHIND_SECONDS
+
+    def queue_slots(self) -> int:
+        """Workers that could take a task queued behind their current (short) one."""
+        now = time.monotonic()
+        return sum(1 for w in self.workers if self._short(w, now))
 
     def _encode(self, task: Task, inputs: list, attempt: int) -> Tuple[int, bytes]:
         """(node key, pickled ``(task without its node, inputs, attempt)``)."""
@@ -114,30 +146,43 @@ class LocalExecutor(Executor):
             task.node = node
         return entry[0], body
 
-    def submit(self, task: Task, inputs: list, attempt: int) -> None:
+    def submit(self, task: Task, inputs: list, attempt: int, *, queue: bool = False) -> None:
+        """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
         if not self.workers:
             self.start()
         try:
             node_key, body = self._encode(task, inputs, attempt)
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
-        w = next((w for w in self.workers if w.running is None), None)
+        if queue:
+            now = time.monotonic()
+            w = next((w for w in self.workers if self._short(w, now)), None)
+        else:
+            w = next((w for w in self.workers if not w.inflight), None)
         if w is None:
-            raise RuntimeError("no idle worker")  # the scheduler checks free_slots first
+            raise RuntimeError("no worker can take the task")  # the scheduler checks first
+        entry = (task.key, attempt, node_key, body)
         for _ in range(2):
-            try:
-                blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
-                w.conn.send_bytes(pickle.dumps((node_key, blob, body), protocol=pickle.HIGHEST_PROTOCOL))
-                w.nodes_sent.add(node_key)
-            except (BrokenPipeError, OSError):
-                # the worker died while idle: nobody would ever answer for this attempt, so
-                # send it to a fresh worker instead
-                logger.warning("worker {} (pid {}) died while idle; replacing it", w.index, w.pid)
-                w = self._replace(w)
-                continue
-            w.running = (task.key, attempt)
-            return
+            if self._send(w, entry):
+                return
+            # the worker died while idle: nobody would ever answer for this attempt, so send
+            # it (and whatever was queued on the worker) to a fresh worker instead
+            logger.warning("worker {} (pid {}) died while idle; replacing it", w.index, w.pid)
+            w = self._replace(w)
         self._lost.append(Completion(task.key, attempt, False, None, WorkerLost(f"could not send {task.key} to a worker")))
+
+    def _send(self, w: _Worker, entry: Tuple[str, int, int, bytes]) -> bool:
+        node_key, body = entry[2], entry[3]
+        try:
+            blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
+            w.conn.send_bytes(pickle.dumps((node_key, blob, body), protocol=pickle.HIGHEST_PROTOCOL))
+        except (BrokenPipeError, OSError):
+            return False
+        w.nodes_sent.add(node_key)
+        if not w.inflight:
+            w.head_since = time.monotonic()
+        w.inflight.append(entry)
+        return True
 
     def poll(self, timeout: float) -> List[Completion]:
         out, self._lost = self._lost, []
@@ -152,7 +197,11 @@ class LocalExecutor(Executor):
             except (EOFError, OSError):
                 got = None
             if got is not None:
-                w.running = None
+                head = w.inflight.popleft()
+                w.head_since = time.monotonic()
+                stats = self._node_times.setdefault(head[2], [0, 0.0])
+                stats[0] += 1
+                stats[1] += got.elapsed
                 out.append(got)
                 continue
             key, attempt = w.running
@@ -167,11 +216,12 @@ class LocalExecutor(Executor):
                     key, attempt, False, None, WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}")
                 )
             )
-            w.running = None
+            w.inflight.popleft()
             self._replace(w)
         return out
 
     def _replace(self, w: _Worker) -> _Worker:
+        """Kill ``w`` and start a fresh worker, which gets the attempts still queued on ``w``."""
         if w in self.workers:
             self.workers.remove(w)
         try:
@@ -183,12 +233,18 @@ class LocalExecutor(Executor):
             w.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        return self._spawn()
+        fresh = self._spawn()
+        pending, w.inflight = list(w.inflight), deque()
+        for entry in pending:
+            if not self._send(fresh, entry):
+                self._lost.append(Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker")))
+        return fresh
 
     def cancel(self, key: str) -> None:
         for w in list(self.workers):
-            if w.running is not None and w.running[0] == key:
-                w.running = None
+            if any(e[0] == key for e in w.inflight):
+                # a worker cannot be told to skip a task: stop it; the rest of its queue moves on
+                w.inflight = deque(e for e in w.inflight if e[0] != key)
                 self._replace(w)
 
     def shutdown(self) -> None:

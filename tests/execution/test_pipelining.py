@@ -1,0 +1,78 @@
+"""Short tasks are queued on busy workers (pipelining); a worker's queue survives its death."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import smallpond.execution.executors.local as local
+from smallpond.execution.attempt import read_commit
+from smallpond.execution.job import run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, PythonScriptNode
+
+
+def _note_partition(runtime_ctx, inputs, output_path, crash_on=None):
+    index = runtime_ctx.task.partition_infos_as_dict["__data_partition__"]
+    if index == crash_on and runtime_ctx.task.retry_count == 0:
+        os._exit(3)  # the worker dies with tasks queued behind this one
+    with open(os.path.join(output_path, "index.txt"), "w") as f:
+        f.write(str(index))
+    return True
+
+
+def _plan(files, n, crash_on=None):
+    import functools
+
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), n, partition_by_rows=True)
+    node = PythonScriptNode(ctx, (parts,), process_func=functools.partial(_note_partition, crash_on=crash_on))
+    return LogicalPlan(ctx, node), node
+
+
+def _indexes(exec_plan, node):
+    out = []
+    for t in exec_plan.tasks.values():
+        if t.node_id == int(node.id):
+            for path in exec_plan.results[t.key].resolved_paths:
+                out.append(int(open(path).read()))
+    return sorted(out)
+
+
+@pytest.fixture
+def queue_everything(monkeypatch):
+    """Let every task queue behind a running one, however long, and count queued submissions."""
+    queued = []
+    original = local.LocalExecutor.submit
+
+    def submit(self, task, inputs, attempt, *, queue=False):
+        if queue:
+            queued.append(task.key)
+        return original(self, task, inputs, attempt, queue=queue)
+
+    monkeypatch.setattr(local, "QUEUE_BEHIND_SECONDS", 1e9)
+    monkeypatch.setattr(local.LocalExecutor, "submit", submit)
+    return queued
+
+
+def test_tiny_tasks_are_queued_behind_running_ones(parquet_files, make_rt, queue_everything):
+    plan, node = _plan(parquet_files, 30)
+    exec_plan = run_job(plan, make_rt(), num_workers=2)
+    assert _indexes(exec_plan, node) == list(range(30))
+    assert len(queue_everything) > 0  # after the first tasks of the node, workers got a second one
+
+
+def test_tasks_queued_on_a_dying_worker_run_on_its_replacement(parquet_files, make_rt, queue_everything):
+    plan, node = _plan(parquet_files, 12, crash_on=5)
+    rt = make_rt()
+    exec_plan = run_job(plan, rt, num_workers=1)
+    assert _indexes(exec_plan, node) == list(range(12))
+    attempts = {
+        t.partition_infos_as_dict["__data_partition__"]: read_commit(rt, t)["attempt"]
+        for t in exec_plan.tasks.values()
+        if t.node_id == int(node.id)
+    }
+    # only the task that killed its worker was retried; the ones queued behind it were not charged
+    assert attempts == {i: (1 if i == 5 else 0) for i in range(12)}
+    assert queue_everything
