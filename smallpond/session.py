@@ -58,7 +58,10 @@ class Config:
         **unknown,
     ) -> "Config":
         if unknown:
-            raise ParameterError(f"smallpond.init() got unexpected arguments {sorted(unknown)}")
+            # upstream handed extra arguments to the platform launcher; scripts may pass them
+            import warnings
+
+            warnings.warn(f"smallpond.init(): ignoring arguments this backend does not use: {sorted(unknown)}", stacklevel=4)
         env = os.environ
 
         def pick(arg, var, default, convert=lambda x: x):
