@@ -194,6 +194,28 @@ def remove(path: str) -> None:
         os.unlink(path)
 
 
+class Leftovers:
+    """Paths to remove once all timed runs are over (none with ``keep``).
+
+    Removing thousands of files right before a timed run slows the file creation of that run for
+    seconds on a filesystem mounted with online discard (this machine's is): the removal of one
+    repeat's outputs would be paid by the next repeat, and by whichever side runs next.
+    """
+
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
+        self.paths: List[str] = []
+
+    def add(self, path: str) -> None:
+        self.paths.append(path)
+
+    def remove_all(self) -> None:
+        if not self.keep:
+            for p in self.paths:
+                remove(p)
+        self.paths = []
+
+
 def append_results(benchmark: str, data: str, smallpond: str, duckdb: str, ratio: str, path: str = RESULTS_PATH) -> None:
     """Append one row to the results table (created with its header if missing)."""
     if not os.path.exists(path):

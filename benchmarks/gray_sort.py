@@ -299,7 +299,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--shuffle-cpus", type=int, default=1, help="CPUs per shuffle task (default 1)")
     p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
     p.add_argument("--dictionary", action="store_true", help="allow dictionary encoding of the output, both sides (default off)")
-    p.add_argument("--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="ShuffleNode engine_type (default arrow)")
+    p.add_argument(
+        "--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="ShuffleNode engine_type (default arrow)"
+    )
     p.add_argument("--seed", type=int, default=2025)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
@@ -326,6 +328,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
+    leftovers = common.Leftovers(args.keep)
     for rep in range(args.repeat):
         plan = gray_sort_plan(
             inputs,
@@ -342,8 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         timings.add("smallpond", secs)
         if args.validate:
             validate_sorted(input_summary, sorted_output_files(exec_plan))
-        if not args.keep:
-            common.remove(common.job_root_of(exec_plan))
+        leftovers.add(common.job_root_of(exec_plan))
 
         out = os.path.join(data_dir, f"duckdb-sorted-{uuid.uuid4().hex[:8]}.parquet")
         secs, _ = common.timed(
@@ -359,13 +361,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         timings.add("duckdb", secs)
         if args.validate:
             validate_sorted(input_summary, [out])
-        if not args.keep:
-            common.remove(out)
+        leftovers.add(out)
         print(
             f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s",
             flush=True,
         )
 
+    leftovers.remove_all()
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
     print(f"smallpond: {timings.describe('smallpond')}; {args.records / sp / 1e6:.2f} M records/s")
     print(f"DuckDB:    {timings.describe('duckdb')}; {args.records / dd / 1e6:.2f} M records/s")

@@ -237,6 +237,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize_input(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
+    leftovers = common.Leftovers(args.keep)
     for rep in range(args.repeat):
         plan = hash_partition_plan(
             inputs,
@@ -266,14 +267,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.validate:
             expected = validate_partitions(input_summary, duckdb_partition_files(out, args.partitions), args.partitions)
             validate_partitions(input_summary, partition_files(exec_plan), args.partitions, expected)
-        if not args.keep:
-            common.remove(common.job_root_of(exec_plan))
-            common.remove(out)
+        leftovers.add(common.job_root_of(exec_plan))
+        leftovers.add(out)
         print(
             f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s",
             flush=True,
         )
 
+    leftovers.remove_all()
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
     print(f"smallpond: {timings.describe('smallpond')}; {args.rows / sp / 1e6:.2f} M rows/s")
     print(f"DuckDB:    {timings.describe('duckdb')}; {args.rows / dd / 1e6:.2f} M rows/s")

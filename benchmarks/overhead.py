@@ -167,19 +167,19 @@ def main(argv: Optional[List[str]] = None) -> int:
         "overhead", {"tiny tasks": f"{args.tasks:,} ({args.kind})", "executors": args.executors, "machine": common.machine()}
     )
     timings = common.Timings()
+    leftovers = common.Leftovers(args.keep)
     for rep in range(args.repeat):
         plan = overhead_plan(input_path, args.tasks, args.kind)
         secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
         if args.validate:
             validate_outputs(exec_plan, args.tasks, args.kind)
-        if not args.keep:
-            common.remove(common.job_root_of(exec_plan))
+        leftovers.add(common.job_root_of(exec_plan))
         out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
         os.makedirs(out)
         secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks)
         timings.add("duckdb", secs)
-        common.remove(out)
+        leftovers.add(out)
         print(
             f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s ({args.tasks / timings.runs['smallpond'][-1]:.0f} tasks/s), "
             f"DuckDB {timings.runs['duckdb'][-1]:.2f}s",
@@ -189,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             sp = first_result_seconds(_FIRST_RESULT_SMALLPOND, input_path, jobs, str(args.executors))
             if sp["rows"] != args.tasks:
                 raise ValidationError(f"first result counted {sp['rows']} rows, expected {args.tasks}")
-            common.remove(sp["job_root"])
+            leftovers.add(sp["job_root"])
             dd = first_result_seconds(_FIRST_RESULT_DUCKDB, input_path)
             timings.add("startup-smallpond", sp["seconds"])
             timings.add("startup-duckdb", dd["seconds"])
@@ -198,6 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 flush=True,
             )
 
+    leftovers.remove_all()
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
     print(f"smallpond: {args.tasks} tasks, {timings.describe('smallpond')}: {args.tasks / sp:.0f} tasks/s")
     print(f"DuckDB:    {args.tasks} statements, {timings.describe('duckdb')}: {args.tasks / dd:.0f} statements/s")
