@@ -2,9 +2,11 @@
 running a plan on the embedded backend, and the ``RESULTS.md`` table.
 
 Timings are wall-clock seconds of whole operations as a user sees them: for smallpond, the
-``run_job`` call (planning, worker start-up, tasks, commits, shutdown); for DuckDB, one statement
-on a connection opened beforehand. Repeats of the two are interleaved, so a noisy neighbour on the
-machine slows both sides alike, and the reported figure is the median of the repeats.
+``run_job`` call (planning, worker start-up, tasks, commits, shutdown); for DuckDB, opening a
+connection and running one statement. Repeats of the two are interleaved, so a noisy neighbour on
+the machine slows both sides alike, and the reported figure is the median of the repeats. Dirty
+pages are written back before each timed run (``os.sync``), and outputs are removed only after
+the last run (see :class:`Leftovers`), so no run pays for another's I/O.
 """
 
 from __future__ import annotations
@@ -136,6 +138,9 @@ class Timings:
 
 
 def timed(fn: Callable, *args, **kwargs):
+    """``(seconds, result)`` of ``fn(*args, **kwargs)``, after writing back all dirty pages: runs
+    alternate between the two sides, and neither should pay for writing the other's output."""
+    os.sync()
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return time.perf_counter() - start, result

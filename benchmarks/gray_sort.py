@@ -17,7 +17,7 @@ Buckets are ranges of the key, so the partitions read in partition order are glo
 Validation (like ``valsort``, :func:`validate_sorted`): keys are non-decreasing across all output
 files in partition order, and the record count and an order-independent checksum (sum of
 per-record hashes) equal the input's. The DuckDB baseline is ``COPY (SELECT ... ORDER BY key) TO
-one Parquet file`` over the same input, with the same threads (executors x sort CPUs), the same
+one Parquet file`` over the same input, with the same threads (one per executor), the same
 total memory and the same Parquet writer options (compression; dictionary encoding only with
 ``--dictionary``, the SqlEngineNode default being off); its output is validated the same way.
 
@@ -311,9 +311,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(data_dir, exist_ok=True)
     nfiles = args.input_files or 2 * args.executors
-    threads = args.executors * args.sort_cpus
+    threads = args.executors  # smallpond's CPU budget: one per worker
     task_memory = args.memory_limit or max(128 * MB, psutil.virtual_memory().total * args.sort_cpus // common.usable_cpus())
-    duckdb_memory = threads // args.sort_cpus * task_memory
+    # as much memory as the tasks that run at once get together
+    duckdb_memory = min(psutil.virtual_memory().total, max(1, args.executors // args.sort_cpus) * task_memory)
     common.print_header(
         "gray sort",
         {

@@ -219,9 +219,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(data_dir, exist_ok=True)
     nfiles = args.input_files or 2 * args.executors
-    threads = args.executors * args.cpus
+    threads = args.executors  # smallpond's CPU budget: one per worker
     task_memory = args.memory_limit or max(128 * MB, psutil.virtual_memory().total * args.cpus // common.usable_cpus())
-    duckdb_memory = args.executors * task_memory
+    # as much memory as the tasks that run at once get together
+    duckdb_memory = min(psutil.virtual_memory().total, max(1, args.executors // args.cpus) * task_memory)
     inputs = generate_input(data_dir, args.rows, nfiles, args.seed)
     size = sum(os.path.getsize(f) for f in inputs)
     common.print_header(

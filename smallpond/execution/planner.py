@@ -367,7 +367,9 @@ class Planner:
                     out.append(self._task(PartitionConsumerTask, node, [*infos, PartitionInfo(i, n, node.dimension)], [producer], i))
             return out
         all_inputs = [t for ts in inputs for t in ts]
-        nprod = max(1, min(node.max_num_producer_tasks, self.parallelism if producer_cls is HashPartitionTask else 1))
+        # as many producers as can run at once: one per worker, fewer when each takes several CPUs
+        width = max(1, self.parallelism // max(1, int(node.cpu_limit)))
+        nprod = max(1, min(node.max_num_producer_tasks, width if producer_cls is HashPartitionTask else 1))
         if nprod == 1:
             srcs = [all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)]
         elif len(all_inputs) >= nprod:
