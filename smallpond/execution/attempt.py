@@ -99,7 +99,20 @@ def _input_files(inputs: List[DataSet]) -> List[str]:
 def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, TaskError):
         return exc.retryable
-    if isinstance(exc, (UserCodeError, ParameterError, PlanError, NotImplementedError, TypeError, KeyError, AttributeError, NameError, SyntaxError)):
+    if isinstance(
+        exc,
+        (
+            UserCodeError,
+            ParameterError,
+            PlanError,
+            NotImplementedError,
+            TypeError,
+            KeyError,
+            AttributeError,
+            NameError,
+            SyntaxError,
+        ),
+    ):
         return False
     return True
 
@@ -277,4 +290,3 @@ def _unique_suffix() -> str:
     global _suffix_counter
     _suffix_counter += 1
     return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
-

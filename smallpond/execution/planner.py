@@ -116,14 +116,27 @@ def stable_digest(obj: Any, h=None) -> str:
 def _consts(code) -> tuple:
     out = []
     for c in code.co_consts:
-        out.append(_consts(c) if isinstance(c, types.CodeType) else c if isinstance(c, (str, int, float, bool, type(None), bytes, tuple)) else repr(c))
+        out.append(
+            _consts(c)
+            if isinstance(c, types.CodeType)
+            else c
+            if isinstance(c, (str, int, float, bool, type(None), bytes, tuple))
+            else repr(c)
+        )
     return tuple(out)
 
 
 class ExecutionPlan:
     """The tasks of a planned job and, once it ran, their outputs."""
 
-    def __init__(self, ctx: RuntimeContext, root_task: Task, logical_plan: Optional[LogicalPlan], tasks: Dict[str, Task], final_task: Optional[Task] = None) -> None:
+    def __init__(
+        self,
+        ctx: RuntimeContext,
+        root_task: Task,
+        logical_plan: Optional[LogicalPlan],
+        tasks: Dict[str, Task],
+        final_task: Optional[Task] = None,
+    ) -> None:
         self.ctx = ctx
         self.root_task = root_task
         self.logical_plan = logical_plan
@@ -156,7 +169,11 @@ class ExecutionPlan:
         """All outputs of the tasks with this ``output_name``, merged into one dataset."""
         from smallpond.execution.ops.structural import merge_datasets
 
-        named = [(k, t) for k, t in sorted(self.tasks.items(), key=lambda kv: kv[1].id) if t.output_name == output_name and not isinstance(t, DataSinkTask)]
+        named = [
+            (k, t)
+            for k, t in sorted(self.tasks.items(), key=lambda kv: kv[1].id)
+            if t.output_name == output_name and not isinstance(t, DataSinkTask)
+        ]
         # a node's inner tasks (a partition node's splits, merges and producers; a limit's
         # per-partition steps) share its name: only the tasks no task of the same node consumes
         # hold its output
@@ -179,7 +196,9 @@ class Planner:
 
     def __init__(self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None) -> None:
         self.rt = runtime_ctx
-        self.parallelism = parallelism or (runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count)
+        self.parallelism = parallelism or (
+            runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count
+        )
         self.node_to_tasks: Dict[int, List[Task]] = {}
         self._planned_nodes: List[Node] = []
         self.tasks: Dict[str, Task] = {}
@@ -234,7 +253,9 @@ class Planner:
         for name, nodes in sorted(names.items()):
             if len(nodes) > 1:
                 warnings.warn(f"output_name {name!r} is used by {len(nodes)} nodes: {nodes}")
-            sinks.append(DataSinkNode(ctx, nodes, os.path.join(base, name), type="copy" if self.rt.final_output_path else "manifest"))
+            sinks.append(
+                DataSinkNode(ctx, nodes, os.path.join(base, name), type="copy" if self.rt.final_output_path else "manifest")
+            )
         if isinstance(root, DataSinkNode):
             final = root
         else:
@@ -281,7 +302,9 @@ class Planner:
             self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
         cpus, mem = self._usable
         if task.cpu_limit > cpus:
-            self._warn_once(task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}")
+            self._warn_once(
+                task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
+            )
             task.cpu_limit = cpus
         if task.memory_limit is not None and task.memory_limit > mem:
             self._warn_once(task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped")
@@ -364,7 +387,9 @@ class Planner:
                 src = ts[0] if len(ts) == 1 else self._task(MergeDataSetsTask, node, infos, ts)
                 producer = self._task(producer_cls, node, infos, [src])
                 for i in range(n):
-                    out.append(self._task(PartitionConsumerTask, node, [*infos, PartitionInfo(i, n, node.dimension)], [producer], i))
+                    out.append(
+                        self._task(PartitionConsumerTask, node, [*infos, PartitionInfo(i, n, node.dimension)], [producer], i)
+                    )
             return out
         all_inputs = [t for ts in inputs for t in ts]
         # as many producers as can run at once: one per worker, fewer when each takes several CPUs
@@ -375,12 +400,16 @@ class Planner:
         elif len(all_inputs) >= nprod:
             from smallpond.common import split_into_rows
 
-            srcs = [g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in split_into_rows(all_inputs, nprod)]
+            srcs = [
+                g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in split_into_rows(all_inputs, nprod)
+            ]
         else:
             merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
             srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]
         producers = [self._task(producer_cls, node, [TOP], [s]) for s in srcs]
-        return [self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)]
+        return [
+            self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
+        ]
 
 
 def _own_methods(node: Node) -> list:

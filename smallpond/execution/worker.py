@@ -85,7 +85,19 @@ def worker_main(conn, rt_path: str, index: int) -> None:
             from smallpond.errors import TaskError
 
             payload = cloudpickle.dumps(
-                Completion(task.key, attempt, False, None, TaskError(f"cannot send the result back: {e}", task_key=task.key, node=task.node_label, location=task.location, retryable=False))
+                Completion(
+                    task.key,
+                    attempt,
+                    False,
+                    None,
+                    TaskError(
+                        f"cannot send the result back: {e}",
+                        task_key=task.key,
+                        node=task.node_label,
+                        location=task.location,
+                        retryable=False,
+                    ),
+                )
             )
         try:
             conn.send_bytes(payload)

@@ -237,7 +237,9 @@ class LocalExecutor(Executor):
         pending, w.inflight = list(w.inflight), deque()
         for entry in pending:
             if not self._send(fresh, entry):
-                self._lost.append(Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker")))
+                self._lost.append(
+                    Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker"))
+                )
         return fresh
 
     def cancel(self, key: str) -> None:

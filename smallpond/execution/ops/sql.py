@@ -232,7 +232,11 @@ class SqlEngineTask(Task):
 
     def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
         node = self.node
-        shareable = not node.udf_contexts and not any(getattr(d, "udfs", None) for d in inputs) and not sql_may_outlive_task(node.sql_queries)
+        shareable = (
+            not node.udf_contexts
+            and not any(getattr(d, "udfs", None) for d in inputs)
+            and not sql_may_outlive_task(node.sql_queries)
+        )
         conn = open_connection(
             self,
             runtime_ctx,
@@ -278,7 +282,11 @@ class HashPartitionTask(Task):
 
     def error_context(self):
         node = self.node
-        return {"sql": self._current_sql} if getattr(self, "_current_sql", None) else {"sql": f"partition by {node.hash_columns or node.data_partition_column}"}
+        return (
+            {"sql": self._current_sql}
+            if getattr(self, "_current_sql", None)
+            else {"sql": f"partition by {node.hash_columns or node.data_partition_column}"}
+        )
 
     def estimated_cost(self) -> float:
         return 3.0
@@ -291,12 +299,12 @@ class HashPartitionTask(Task):
         if getattr(node, "split_points", None) is not None:
             pts = ", ".join(repr(p) if not isinstance(p, str) else "'" + p.replace("'", "''") + "'" for p in node.split_points)
             key = node.key_column
-            return f"CAST(len(list_filter([{pts}], lambda x: x <= \"{key}\")) AS BIGINT)", col
+            return f'CAST(len(list_filter([{pts}], lambda x: x <= "{key}")) AS BIGINT)', col
         if node.random_shuffle:
             return f"CAST(floor(random() * {n}) AS BIGINT)", col
         if node.shuffle_only:
             if col in columns:
-                return f"CAST(\"{col}\" AS BIGINT)", col
+                return f'CAST("{col}" AS BIGINT)', col
             return f"CAST(({col}) AS BIGINT)", node.dimension
         cols = ", ".join(c if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c) else f'"{c}"' for c in node.hash_columns)
         return f"CAST(hash({cols}) % {n} AS BIGINT)", col
@@ -530,7 +538,10 @@ class _PartitionWriters:
         self.max_buffered = max_buffered
         self.row_group_size = node.parquet_row_group_size or DEFAULT_ROW_GROUP_SIZE
         comp = str(node.parquet_compression or "none").lower()
-        self.options = {"compression": "none" if comp == "uncompressed" else comp, "use_dictionary": node.parquet_dictionary_encoding}
+        self.options = {
+            "compression": "none" if comp == "uncompressed" else comp,
+            "use_dictionary": node.parquet_dictionary_encoding,
+        }
         if comp == "zstd" and node.parquet_compression_level is not None:
             self.options["compression_level"] = node.parquet_compression_level
         self.buffers: Dict[int, list] = {}
