@@ -31,8 +31,10 @@ DEFAULT_DATA_DIR = os.path.join(REPO_ROOT, "bench-data")  # gitignored
 
 RESULTS_HEADER = (
     "# Benchmark results\n\n"
-    "Rows are appended by `--append-results`. Times are medians of `--repeat` runs, in seconds;\n"
-    "ratio = smallpond / DuckDB (lower is better; for throughput rows, DuckDB / smallpond).\n\n"
+    "Rows are appended by `--append-results`. Figures are medians of `--repeat` interleaved runs;\n"
+    "ratio = smallpond's time / DuckDB's time for the same work (lower is better). Both sides of a\n"
+    "row ran on the same machine in the same session; absolute times on a shared VM vary by 20% or\n"
+    "more between sessions, so compare ratios within a row.\n\n"
     "| date | benchmark | command | data | machine | smallpond | DuckDB | ratio | commit |\n"
     "|---|---|---|---|---|---|---|---|---|\n"
 )
@@ -116,8 +118,12 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command_line() -> str:
-    argv = [os.path.relpath(sys.argv[0], REPO_ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]] + sys.argv[1:]
-    return "python " + " ".join(shlex.quote(a) for a in argv)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:  # run as ``python -m benchmarks.x``
+        head = ["-m", spec.name]
+    else:
+        head = [os.path.relpath(sys.argv[0], REPO_ROOT) if os.path.isabs(sys.argv[0]) else sys.argv[0]]
+    return "python " + " ".join(shlex.quote(a) for a in head + sys.argv[1:])
 
 
 @dataclass
