@@ -224,6 +224,7 @@ class Leftovers:
         if not self.keep:
             for p in self.paths:
                 remove(p)
+            os.sync()  # wait out the discards here, not in whatever runs next
         self.paths = []
 
 
