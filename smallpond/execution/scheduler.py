@@ -253,9 +253,11 @@ class Scheduler:
             idle = self.executor.free_slots()
             queue = False
             if not fits or idle == 0:
-                # a one-CPU task may wait on a worker behind a short task and run with the
-                # resources that task leaves; it then reserves nothing of its own
-                queue = task.cpu_limit <= 1 and self._queue_slots() > 0
+                # a one-CPU task needing no more than a worker's share of memory may wait on a
+                # worker behind a short task and run with what that task leaves: it reserves
+                # nothing of its own, and a worker still runs one task at a time
+                share = self.executor.memory // max(1, self.executor.num_cpus)
+                queue = task.cpu_limit <= 1 and mem <= share and self._queue_slots() > 0
                 if not queue:
                     deferred.append(item)
                     if idle == 0 and not self._queue_slots():

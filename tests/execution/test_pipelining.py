@@ -22,12 +22,14 @@ def _note_partition(runtime_ctx, inputs, output_path, crash_on=None):
     return True
 
 
-def _plan(files, n, crash_on=None):
+def _plan(files, n, crash_on=None, memory_limit=None):
     import functools
 
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), n, partition_by_rows=True)
-    node = PythonScriptNode(ctx, (parts,), process_func=functools.partial(_note_partition, crash_on=crash_on))
+    node = PythonScriptNode(
+        ctx, (parts,), process_func=functools.partial(_note_partition, crash_on=crash_on), memory_limit=memory_limit
+    )
     return LogicalPlan(ctx, node), node
 
 
@@ -76,3 +78,12 @@ def test_tasks_queued_on_a_dying_worker_run_on_its_replacement(parquet_files, ma
     # only the task that killed its worker was retried; the ones queued behind it were not charged
     assert attempts == {i: (1 if i == 5 else 0) for i in range(12)}
     assert queue_everything
+
+
+def test_tasks_needing_more_than_a_workers_share_of_memory_are_not_queued(parquet_files, make_rt, queue_everything):
+    import psutil
+
+    plan, node = _plan(parquet_files, 8, memory_limit=int(psutil.virtual_memory().total * 0.9))
+    exec_plan = run_job(plan, make_rt(), num_workers=2)
+    assert _indexes(exec_plan, node) == list(range(8))
+    assert queue_everything == []  # they wait for memory, as without pipelining
