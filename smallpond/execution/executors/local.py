@@ -165,10 +165,10 @@ class LocalExecutor(Executor):
         for _ in range(2):
             if self._send(w, entry):
                 return
-            # the worker died while idle: nobody would ever answer for this attempt, so send
-            # it (and whatever was queued on the worker) to a fresh worker instead
-            logger.warning("worker {} (pid {}) died while idle; replacing it", w.index, w.pid)
-            w = self._replace(w)
+            # the worker died: nobody would ever answer for this attempt, so send it to a fresh
+            # worker instead; the attempt the dead worker was running (if any) is lost
+            logger.warning("worker {} (pid {}) died; replacing it", w.index, w.pid)
+            w = self._replace(w, lose_head=True)
         self._lost.append(Completion(task.key, attempt, False, None, WorkerLost(f"could not send {task.key} to a worker")))
 
     def _send(self, w: _Worker, entry: Tuple[str, int, int, bytes]) -> bool:
@@ -220,8 +220,10 @@ class LocalExecutor(Executor):
             self._replace(w)
         return out
 
-    def _replace(self, w: _Worker) -> _Worker:
-        """Kill ``w`` and start a fresh worker, which gets the attempts still queued on ``w``."""
+    def _replace(self, w: _Worker, lose_head: bool = False) -> _Worker:
+        """Kill ``w`` and start a fresh worker, which gets the attempts still queued on ``w``.
+
+        With ``lose_head`` the attempt ``w`` was running is reported as lost instead."""
         if w in self.workers:
             self.workers.remove(w)
         try:
@@ -235,6 +237,11 @@ class LocalExecutor(Executor):
             pass
         fresh = self._spawn()
         pending, w.inflight = list(w.inflight), deque()
+        if lose_head and pending:
+            key, attempt = pending.pop(0)[:2]
+            self._lost.append(
+                Completion(key, attempt, False, None, WorkerLost(f"worker process {w.pid} died while running {key}"))
+            )
         for entry in pending:
             if not self._send(fresh, entry):
                 self._lost.append(
