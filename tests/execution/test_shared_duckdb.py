@@ -73,3 +73,13 @@ def test_statements_that_may_leave_state_are_detected():
     assert sql_may_outlive_task(["attach 'x.db'"])
     assert not sql_may_outlive_task(["select a, count(*) from {0} group by a order by a"])
     assert not sql_may_outlive_task(["select * from {0} where name like '%x%' limit 10"])
+
+
+def test_statements_that_may_draw_random_numbers_are_detected():
+    from smallpond.execution.ops.sql import sql_may_draw_random
+
+    assert sql_may_draw_random(["select random() from {0}"])
+    assert sql_may_draw_random(["select * from {0} using sample 10%"])
+    assert sql_may_draw_random(["select uuid() as id from {0}"])
+    assert sql_may_draw_random(["select {rand_seed} as s"])
+    assert not sql_may_draw_random(["select a, count(*) from {0} group by a"])
