@@ -301,7 +301,15 @@ class RuntimeContext:
             remove_path(self.job_root)
         if os.path.isdir(self.job_root) and not root_exist_ok:
             raise FileExistsError(f"job root {self.job_root} already exists")
-        for d in (self.config_root, self.log_root, self.queue_root, self.staging_root, self.output_root, self.temp_root, self.completed_task_dir):
+        for d in (
+            self.config_root,
+            self.log_root,
+            self.queue_root,
+            self.staging_root,
+            self.output_root,
+            self.temp_root,
+            self.completed_task_dir,
+        ):
             os.makedirs(d, mode=0o700, exist_ok=True)
         os.chmod(self.job_root, 0o700)
         _ = self.secret
@@ -359,7 +367,9 @@ class Task:
         self.node_id = int(node.id)
         self.node_label = node.label
         self.location = node.location
-        self.partition_infos: Tuple[PartitionInfo, ...] = tuple(sorted(partition_infos, key=lambda p: (p.dimension != "@toplevel@", p.dimension)))
+        self.partition_infos: Tuple[PartitionInfo, ...] = tuple(
+            sorted(partition_infos, key=lambda p: (p.dimension != "@toplevel@", p.dimension))
+        )
         self.input_keys = list(input_keys)
         self.cpu_limit = node.cpu_limit
         self.gpu_limit = node.gpu_limit

@@ -84,7 +84,9 @@ class SqlEngineNode(Node):
         self.sql_queries: List[str] = queries
         self.udfs = list(udfs or [])
         if self.udfs and self.cpu_limit > self.max_udf_cpu_limit:
-            warnings.warn(f"{self!r}: cpu_limit {self.cpu_limit} lowered to {self.max_udf_cpu_limit} for Python UDFs", stacklevel=2)
+            warnings.warn(
+                f"{self!r}: cpu_limit {self.cpu_limit} lowered to {self.max_udf_cpu_limit} for Python UDFs", stacklevel=2
+            )
             self.cpu_limit = self.max_udf_cpu_limit
         for spec in self.udfs:
             from smallpond.logical.udf import udf_context_from_spec

@@ -321,7 +321,7 @@ class CsvDataSet(DataSet):
         return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
 
     def _typed_empty(self) -> str:
-        cols = ", ".join(f"CAST(NULL AS {v}) AS \"{k}\"" for k, v in self.csv_schema.items())
+        cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.csv_schema.items())
         return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
 
     def _merge(self, datasets):
@@ -356,7 +356,7 @@ class JsonDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            cols = ", ".join(f"CAST(NULL AS {v}) AS \"{k}\"" for k, v in self.json_schema.items())
+            cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.json_schema.items())
             return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
         return (
@@ -457,10 +457,7 @@ class ParquetDataSet(DataSet):
             if whole:
                 pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
                 whole = []
-            inner = (
-                f"SELECT * FROM {self._read_parquet([r.path], True)} "
-                f"WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
-            )
+            inner = f"SELECT * FROM {self._read_parquet([r.path], True)} WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
             if not keep_rn:
                 inner = f"SELECT * EXCLUDE (file_row_number) FROM ({inner})"
             pieces.append(f"SELECT {self._column_str} FROM ({inner})")
@@ -496,10 +493,14 @@ class ParquetDataSet(DataSet):
             import pyarrow as pa
 
             schema = self._schema_source()
-            return build_batch_reader_from_files([], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([]))
+            return build_batch_reader_from_files(
+                [], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([])
+            )
         return build_batch_reader_from_files(self.resolved_row_ranges, columns=self.columns, batch_size=batch_size)
 
-    def partition_by_rows(self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None) -> List["ParquetDataSet"]:
+    def partition_by_rows(
+        self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None
+    ) -> List["ParquetDataSet"]:
         """Split into ``npartition`` datasets of near-equal row counts (files may be split)."""
         from smallpond.io.arrow import RowRange
 
@@ -568,7 +569,9 @@ class ParquetDataSet(DataSet):
         paths = dump_to_parquet_files(table, output_dir, filename)
         return ParquetDataSet(paths, root_dir=None)
 
-    def load_partitioned_datasets(self, npartition: int, data_partition_column: str, hive_partitioning: bool = False) -> List["ParquetDataSet"]:
+    def load_partitioned_datasets(
+        self, npartition: int, data_partition_column: str, hive_partitioning: bool = False
+    ) -> List["ParquetDataSet"]:
         """Group files by their partition key (KV metadata, hive path ``col=k`` or column value)."""
         groups: List[List[str]] = [[] for _ in range(npartition)]
         for path in self.resolved_paths:

@@ -11,8 +11,8 @@ from itertools import zip_longest
 from typing import List, Optional
 
 from smallpond.errors import UserCodeError
-from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
 from smallpond.execution.task import StreamOutput, Task
+from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
 
 
 def _list_output(output_dir: str) -> DataSet:
@@ -51,7 +51,11 @@ class _ParquetSink:
             compression=(node.parquet_compression or "NONE"),
             use_dictionary=node.parquet_dictionary_encoding,
         )
-        if node.parquet_compression and str(node.parquet_compression).upper() == "ZSTD" and node.parquet_compression_level is not None:
+        if (
+            node.parquet_compression
+            and str(node.parquet_compression).upper() == "ZSTD"
+            and node.parquet_compression_level is not None
+        ):
             self.kw["compression_level"] = node.parquet_compression_level
         self.row_group_size = node.parquet_row_group_size
 

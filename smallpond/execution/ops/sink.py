@@ -12,9 +12,9 @@ from typing import List
 
 from loguru import logger
 
+from smallpond.execution.task import Task
 from smallpond.io.filesystem import atomic_write_text, link_or_copy, remove_path
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
-from smallpond.execution.task import Task
 
 MANIFEST = ".MANIFEST.txt"
 

@@ -11,6 +11,7 @@ import os
 from typing import List
 
 from smallpond.errors import UserCodeError
+from smallpond.execution.task import Task
 from smallpond.logical.dataset import (
     ArrowTableDataSet,
     DataSet,
@@ -19,7 +20,6 @@ from smallpond.logical.dataset import (
     PartitionedDataSet,
     SqlQueryDataSet,
 )
-from smallpond.execution.task import Task
 
 
 class DataSourceTask(Task):
@@ -45,7 +45,7 @@ class MaterializeSourceTask(Task):
     def run(self, runtime_ctx, inputs, output_dir):
         ds = self.node.dataset
         if isinstance(ds, SqlQueryDataSet):
-            from smallpond.execution.ops.sql import open_connection, copy_to_parquet
+            from smallpond.execution.ops.sql import copy_to_parquet, open_connection
 
             conn = open_connection(self, runtime_ctx)
             try:
@@ -191,7 +191,9 @@ class LoadPartitionedDataSetProducerTask(Task):
         ds = merge_datasets(inputs)
         if not isinstance(ds, ParquetDataSet):
             raise UserCodeError(f"LoadPartitionedDataSetNode needs Parquet input, got {type(ds).__name__}")
-        return PartitionedDataSet(ds.load_partitioned_datasets(node.npartitions, node.data_partition_column, node.hive_partitioning))
+        return PartitionedDataSet(
+            ds.load_partitioned_datasets(node.npartitions, node.data_partition_column, node.hive_partitioning)
+        )
 
 
 class PartitionConsumerTask(Task):
