@@ -105,7 +105,7 @@ def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
     os.replace(tmp, path)
 
 
-def atomic_write_text(path: str, text: str, *, fsync: bool = True) -> None:
+def atomic_write_text(path: str, text: str, *, fsync: bool = False) -> None:
     atomic_write_bytes(path, text.encode(), fsync=fsync)
 
 
