@@ -254,3 +254,20 @@ def print_header(title: str, facts: Dict[str, object]) -> None:
     for k, v in facts.items():
         print(f"   {k}: {v}")
     sys.stdout.flush()
+
+
+def print_run(timings: Timings, rep: int) -> None:
+    """One line per timed repeat: both sides' seconds."""
+    print(
+        f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s", flush=True
+    )
+
+
+def report_time_ratio(timings: Timings, benchmark: str, count: int, unit: str, data: str, validated: bool, append: bool) -> None:
+    """Print both medians with throughput in ``unit`` and the ratio; append a RESULTS.md row if asked."""
+    sp, dd = timings.median("smallpond"), timings.median("duckdb")
+    print(f"smallpond: {timings.describe('smallpond')}; {count / sp / 1e6:.2f} M {unit}/s")
+    print(f"DuckDB:    {timings.describe('duckdb')}; {count / dd / 1e6:.2f} M {unit}/s")
+    print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if validated else ""))
+    if append:
+        append_results(benchmark, data, f"{sp:.2f} s", f"{dd:.2f} s", f"{sp / dd:.2f}")

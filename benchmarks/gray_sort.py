@@ -363,24 +363,18 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.validate:
             validate_sorted(input_summary, [out])
         leftovers.add(out)
-        print(
-            f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s",
-            flush=True,
-        )
+        common.print_run(timings, rep)
 
     leftovers.remove_all()
-    sp, dd = timings.median("smallpond"), timings.median("duckdb")
-    print(f"smallpond: {timings.describe('smallpond')}; {args.records / sp / 1e6:.2f} M records/s")
-    print(f"DuckDB:    {timings.describe('duckdb')}; {args.records / dd / 1e6:.2f} M records/s")
-    print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if args.validate else ""))
-    if args.append_results:
-        common.append_results(
-            "gray sort",
-            f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, {args.executors} executors",
-            f"{sp:.2f} s",
-            f"{dd:.2f} s",
-            f"{sp / dd:.2f}",
-        )
+    common.report_time_ratio(
+        timings,
+        "gray sort",
+        args.records,
+        "records",
+        f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, {args.executors} executors",
+        args.validate,
+        args.append_results,
+    )
     return 0
 
 

@@ -270,24 +270,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             validate_partitions(input_summary, partition_files(exec_plan), args.partitions, expected)
         leftovers.add(common.job_root_of(exec_plan))
         leftovers.add(out)
-        print(
-            f"   run {rep + 1}: smallpond {timings.runs['smallpond'][-1]:.2f}s, DuckDB {timings.runs['duckdb'][-1]:.2f}s",
-            flush=True,
-        )
+        common.print_run(timings, rep)
 
     leftovers.remove_all()
-    sp, dd = timings.median("smallpond"), timings.median("duckdb")
-    print(f"smallpond: {timings.describe('smallpond')}; {args.rows / sp / 1e6:.2f} M rows/s")
-    print(f"DuckDB:    {timings.describe('duckdb')}; {args.rows / dd / 1e6:.2f} M rows/s")
-    print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if args.validate else ""))
-    if args.append_results:
-        common.append_results(
-            "hash partition",
-            f"{args.rows:,} rows ({common.human_bytes(size)} Parquet) into {args.partitions}, {args.executors} executors",
-            f"{sp:.2f} s",
-            f"{dd:.2f} s",
-            f"{sp / dd:.2f}",
-        )
+    common.report_time_ratio(
+        timings,
+        "hash partition",
+        args.rows,
+        "rows",
+        f"{args.rows:,} rows ({common.human_bytes(size)} Parquet) into {args.partitions}, {args.executors} executors",
+        args.validate,
+        args.append_results,
+    )
     return 0
 
 
