@@ -26,8 +26,13 @@ try:
 except ImportError:  # pragma: no cover
     __version__ = "unknown"
 
+from smallpond import compat as _compat
+
+_compat.install()  # upstream import paths such as smallpond.logical.planner
+
 if TYPE_CHECKING:
-    from smallpond.dataframe import DataFrame, Session
+    from smallpond.dataframe import DataFrame
+    from smallpond.session import Session
 
 __all__ = ["init", "Session", "DataFrame", "__version__"]
 
@@ -59,7 +64,7 @@ def init(
         data_root: where job directories live. Default ``~/.smallpond/data``.
         num_executors: worker processes. Default: one per usable CPU.
     """
-    from smallpond.dataframe import Session
+    from smallpond.session import Session
 
     return Session(
         job_id=job_id,
@@ -76,8 +81,12 @@ def init(
 
 
 def __getattr__(name):
-    if name in ("Session", "DataFrame"):
-        from smallpond import dataframe
+    if name == "Session":
+        from smallpond.session import Session
 
-        return getattr(dataframe, name)
+        return Session
+    if name == "DataFrame":
+        from smallpond.dataframe import DataFrame
+
+        return DataFrame
     raise AttributeError(f"module 'smallpond' has no attribute {name!r}")

@@ -87,6 +87,24 @@ def get_nth_partition(items: Sequence[T], n: int, npartitions: int) -> List[T]:
     return list(items[start:end])
 
 
+def quote_identifier(name: str) -> str:
+    """``name`` as a SQL identifier, whatever characters it holds (DuckDB's double quotes).
+
+    >>> quote_identifier('a"b')
+    '"a""b"'
+    """
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as a SQL string literal.
+
+    >>> quote_literal("it's")
+    "'it''s'"
+    """
+    return "'" + str(text).replace("'", "''") + "'"
+
+
 def next_power_of_two(x: int) -> int:
     return 2 ** (x - 1).bit_length()
 
@@ -110,5 +128,112 @@ def chunks(items: Iterable[T], size: int) -> Iterable[List[T]]:
         yield buf
 
 
+class _SmallpondLogger:
+    """smallpond's own loguru logger, created on first use.
+
+    It has a core of its own, so the host process's loguru configuration is never touched: the
+    library adds its sinks here (a console sink at WARNING by default, the job's log files) and
+    removes only those. User code inside tasks logs through loguru's global logger as usual; the
+    worker processes route that into each task's log file.
+    """
+
+    _logger = None
+    _default_sink: "int | None" = None
+
+    def _get(self):
+        if _SmallpondLogger._logger is None:
+            import sys
+
+            from loguru import logger as global_logger
+
+            try:
+                from loguru._logger import Core, Logger
+
+                own = Logger(
+                    core=Core(),
+                    exception=None,
+                    depth=0,
+                    record=False,
+                    lazy=False,
+                    colors=False,
+                    raw=False,
+                    capture=True,
+                    patchers=[],
+                    extra={},
+                )
+                _SmallpondLogger._default_sink = own.add(sys.stderr, level="WARNING")
+            except Exception:  # a loguru without these internals: share its global logger
+                own = global_logger
+            _SmallpondLogger._logger = own
+        return _SmallpondLogger._logger
+
+    def remove_default_sink(self) -> None:
+        """Drop the default console sink (a session or the Driver adds its own at its level)."""
+        lg = self._get()
+        if _SmallpondLogger._default_sink is not None:
+            try:
+                lg.remove(_SmallpondLogger._default_sink)
+            except ValueError:
+                pass
+            _SmallpondLogger._default_sink = None
+
+    def restore_default_sink(self) -> None:
+        """Put the default console sink back (when a session or the Driver removed its own)."""
+        import sys
+
+        lg = self._get()
+        if _SmallpondLogger._default_sink is None and lg is not _global_logger():
+            _SmallpondLogger._default_sink = lg.add(sys.stderr, level="WARNING")
+
+    def __getattr__(self, name: str):
+        return getattr(self._get(), name)
+
+
+def _global_logger():
+    from loguru import logger as global_logger
+
+    return global_logger
+
+
+#: smallpond's logger (loguru API); see :class:`_SmallpondLogger`
+logger = _SmallpondLogger()
+
 from smallpond.errors import InjectedFault, NonzeroExitCode, OutOfMemory, SmallpondError  # noqa: E402,F401
-from smallpond.logical.udf import *  # noqa: E402,F401,F403
+
+# upstream's common module star-imported the UDF helpers (UDFType, udf, ...); they are forwarded
+# lazily so that importing the constants loads no logical-layer code
+_UDF_NAMES = (
+    "UDFType",
+    "UDFStructType",
+    "UDFListType",
+    "UDFMapType",
+    "UDFAnyParameters",
+    "UDFContext",
+    "PythonUDFContext",
+    "ExternalModuleContext",
+    "DuckDbExtensionContext",
+    "UserDefinedFunction",
+    "udf",
+)
+
+
+def __getattr__(name: str):
+    if name in _UDF_NAMES:
+        from smallpond.logical import udf
+
+        return getattr(udf, name)
+    raise AttributeError(f"module 'smallpond.common' has no attribute {name!r}")
+
+
+__all__ = [
+    "KB", "MB", "GB", "TB",
+    "DEFAULT_MAX_RETRY_COUNT", "DEFAULT_MAX_FAIL_COUNT", "MAX_ROW_GROUP_SIZE", "MAX_ROW_GROUP_BYTES",
+    "MAX_NUM_ROW_GROUPS", "MAX_PARQUET_FILE_BYTES", "DEFAULT_ROW_GROUP_SIZE", "DEFAULT_ROW_GROUP_BYTES",
+    "DEFAULT_BATCH_SIZE", "RAND_SEED_BYTE_LEN", "DATA_PARTITION_COLUMN_NAME", "PARQUET_METADATA_KEY_PREFIX",
+    "INPUT_VIEW_PREFIX", "GENERATED_COLUMNS",
+    "pytest_running", "clamp_value", "clamp_row_group_size", "clamp_row_group_bytes", "split_into_rows",
+    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "next_power_of_two", "round_up",
+    "first_value_in_dict", "chunks",
+    "SmallpondError", "InjectedFault", "OutOfMemory", "NonzeroExitCode",
+    *_UDF_NAMES,
+]  # fmt: skip

@@ -1,4 +1,4 @@
-"""The lazy DataFrame and the Session that creates DataFrames.
+"""The lazy DataFrame (the Session that creates DataFrames is in :mod:`smallpond.session`).
 
 Every DataFrame method builds one logical node and returns a new DataFrame; nothing runs until a
 consumer (``compute``, ``count``, ``take``, ``to_pandas``, ``to_arrow``, ``write_parquet``) asks.
@@ -8,16 +8,12 @@ Results are computed once per session: a DataFrame derived from a computed one r
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE
 from smallpond.errors import ParameterError
 from smallpond.logical.dataset import (
-    ArrowTableDataSet,
-    CsvDataSet,
     DataSet,
-    JsonDataSet,
-    PandasDataSet,
     ParquetDataSet,
 )
 from smallpond.logical.node import (
@@ -32,116 +28,9 @@ from smallpond.logical.node import (
     ShuffleNode,
     SqlEngineNode,
 )
-from smallpond.session import SessionBase
 
-
-class Session(SessionBase):
-    """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
-
-    # -- sources ---------------------------------------------------------------------------------
-    def read_csv(self, paths: Union[str, List[str]], schema: Dict[str, str], delim: str = ",") -> "DataFrame":
-        """Read CSV files (no header) with a schema of column name → DuckDB type.
-
-        Example::
-
-            df = sp.read_csv("urls/*.tsv", schema={"urlstr": "varchar", "valstr": "varchar"}, delim="\\t")
-        """
-        return self._source(CsvDataSet(paths, dict(schema), delim))
-
-    def read_parquet(
-        self,
-        paths: Union[str, List[str]],
-        recursive: bool = False,
-        columns: Optional[List[str]] = None,
-        union_by_name: bool = False,
-    ) -> "DataFrame":
-        """Read Parquet files (globs allowed)."""
-        return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
-
-    def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> "DataFrame":
-        """Read newline-delimited JSON files with a schema of column name → DuckDB type."""
-        return self._source(JsonDataSet(paths, dict(schema)))
-
-    def from_items(self, items: List[Any]) -> "DataFrame":
-        """A DataFrame from Python values: dicts become columns, other values a column ``item``.
-
-        >>> sp.from_items([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]).take_all()
-        [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]
-        >>> sp.from_items([3, 4]).take_all()
-        [{'item': 3}, {'item': 4}]
-        """
-        import pyarrow as pa
-
-        if not isinstance(items, (list, tuple)) or not items:
-            raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
-        if isinstance(items[0], dict):
-            return self.from_arrow(pa.Table.from_pylist(list(items)))
-        return self.from_arrow(pa.table({"item": list(items)}))
-
-    def from_pandas(self, df) -> "DataFrame":
-        """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""
-        return self._source(PandasDataSet(df))
-
-    def from_arrow(self, table) -> "DataFrame":
-        """A DataFrame from a pyarrow Table (written to Parquet when first computed)."""
-        return self._source(ArrowTableDataSet(table))
-
-    def _source(self, dataset: DataSet) -> "DataFrame":
-        return DataFrame(self, DataSourceNode(self._ctx, dataset))
-
-    # -- SQL -------------------------------------------------------------------------------------
-    def partial_sql(self, query: str, *inputs: "DataFrame", **kwargs) -> "DataFrame":
-        """Run ``query`` once per partition; ``{0}``, ``{1}``, ... name the inputs.
-
-        Inputs with the same partitioning are matched partition by partition; an input with a
-        single partition is given to every partition of the other. With no input the query runs
-        once. Literal braces are written ``{{`` and ``}}``.
-
-        >>> sp.partial_sql("select * from range(3)").to_pandas()["range"].tolist()
-        [0, 1, 2]
-        >>> df = sp.from_items([{"host": "a"}, {"host": "b"}, {"host": "a"}])
-        >>> sp.partial_sql("select host, count(*) as n from {0} group by host order by host", df).take_all()
-        [{'host': 'a', 'n': 2}, {'host': 'b', 'n': 1}]
-        """
-        for i, df in enumerate(inputs):
-            if not isinstance(df, DataFrame):
-                raise ParameterError(f"partial_sql input {i} must be a DataFrame, got {type(df).__name__}")
-        plan = _tag(SqlEngineNode(self._ctx, tuple(df.plan for df in inputs), query, **kwargs), "partial_sql")
-        return DataFrame(self, plan, recompute=any(df.need_recompute for df in inputs))
-
-    # -- execution -------------------------------------------------------------------------------
-    def wait(self, *dfs: "DataFrame") -> None:
-        """Compute several DataFrames together."""
-        self._compute_frames(list(dfs))
-
-    def _compute_frames(self, dfs: List["DataFrame"]) -> List[List[DataSet]]:
-        from smallpond.logical.optimizer import optimize
-
-        for df in dfs:
-            # recompute(): this frame's own node runs again once (and what consumes it); frames
-            # derived from it inherit the flag and rerun their own node in turn
-            if df.need_recompute and not getattr(df, "_recomputed", False):
-                self._invalidate(df.plan)
-                self._invalidate(self._optimized.get(id(df.plan), df.plan))
-                df._recomputed = True
-        frozen = set(self._planner.node_to_tasks)
-        nodes = []
-        for df in dfs:
-            opt = optimize(df.plan, frozen, self._optimized)
-            df.optimized_plan = opt
-            nodes.append(opt)
-        return self._run_nodes(nodes)
-
-    def graph(self):
-        """A DOT description of every node created in this session (``.source`` is the text)."""
-        from smallpond.logical.node import dot_graph
-
-        return dot_graph(self._nodes)
-
-    def dump_graph(self, path: Optional[str] = None) -> Optional[str]:
-        """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
-        path = path or os.path.join(self._runtime_ctx.log_root, "graph.dot")
-        return self.graph().render(path)
+if TYPE_CHECKING:
+    from smallpond.session import Session
 
 
 def _tag(node: Node, op: str) -> Node:
@@ -152,7 +41,7 @@ def _tag(node: Node, op: str) -> Node:
 class DataFrame:
     """A lazy, partitioned table. Build with :class:`Session` methods; nothing runs until asked."""
 
-    def __init__(self, session: Session, plan: Node, recompute: bool = False) -> None:
+    def __init__(self, session: "Session", plan: Node, recompute: bool = False) -> None:
         self.session = session
         self.plan = plan
         self.optimized_plan: Optional[Node] = None
@@ -403,7 +292,7 @@ class DataFrame:
         """
         from smallpond.logical.optimizer import optimize
 
-        frozen = set(self.session._planner.node_to_tasks)
+        frozen = set(self.session._node_to_tasks)
         opt = optimize(self.plan, frozen, dict(self.session._optimized))
         logical = LogicalPlan(self._ctx, self.plan).explain_str()
         optimized = LogicalPlan(self._ctx, opt).explain_str()
@@ -514,3 +403,12 @@ class _MapBatches:
             out = self.func(pa.Table.from_batches([batch]))
             if out is not None:
                 yield out
+
+
+def __getattr__(name: str):
+    # upstream's import path: ``from smallpond.dataframe import Session``
+    if name == "Session":
+        from smallpond.session import Session
+
+        return Session
+    raise AttributeError(f"module 'smallpond.dataframe' has no attribute {name!r}")

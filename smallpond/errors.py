@@ -11,6 +11,7 @@ Two families matter to the scheduler:
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import List, Optional
 
 
@@ -77,6 +78,7 @@ class TaskError(SmallpondError, RuntimeError):
         retryable: bool = True,
         cause_type: str = "",
         details: str = "",
+        decision: Optional["Decision"] = None,
     ):
         self.message = message
         self.node = node
@@ -85,11 +87,16 @@ class TaskError(SmallpondError, RuntimeError):
         self.attempt = attempt
         self.sql = sql
         self.input_files = list(input_files or [])
-        self.retryable = retryable
+        #: what the scheduler does about it (see :func:`classify`); ``retryable`` is derived from it
+        self.decision = Decision(decision) if decision is not None else (Decision.RETRY if retryable else Decision.FAIL)
         self.cause_type = cause_type
         #: the formatted traceback of the original exception (also in the task's log file)
         self.details = details
         super().__init__(self._render())
+
+    @property
+    def retryable(self) -> bool:
+        return self.decision is not Decision.FAIL
 
     def _render(self) -> str:
         lines = [f"task {self.task_key} (attempt {self.attempt}) of {self.node} failed: {self.message}"]
@@ -116,11 +123,14 @@ class TaskError(SmallpondError, RuntimeError):
                 self.retryable,
                 self.cause_type,
                 self.details,
+                self.decision.value,
             ),
         )
 
 
-def _rebuild_task_error(message, node, location, task_key, attempt, sql, input_files, retryable, cause_type, details=""):
+def _rebuild_task_error(
+    message, node, location, task_key, attempt, sql, input_files, retryable, cause_type, details="", decision=None
+):
     return TaskError(
         message,
         node=node,
@@ -132,6 +142,7 @@ def _rebuild_task_error(message, node, location, task_key, attempt, sql, input_f
         retryable=retryable,
         cause_type=cause_type,
         details=details,
+        decision=decision,
     )
 
 
@@ -141,3 +152,46 @@ class JobFailed(SmallpondError):
     def __init__(self, message: str, errors: Optional[List[BaseException]] = None):
         self.errors = list(errors or [])
         super().__init__(message)
+
+
+class Decision(str, Enum):
+    """What the scheduler does after a failed attempt."""
+
+    RETRY = "retry"
+    FAIL = "fail"
+    RETRY_WITH_MORE_MEMORY = "retry_with_more_memory"
+
+
+# Exception types that say the input or the code is wrong: running it again cannot help.
+_FAIL_FAST = (
+    UserCodeError,
+    ParameterError,
+    PlanError,
+    NotImplementedError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    NameError,
+    SyntaxError,
+)
+
+
+def classify(exc: BaseException) -> Decision:
+    """The one place that decides retry, fail, or retry with more memory, from the error's class.
+
+    * out of memory (:class:`OutOfMemory`, ``MemoryError``) → retry with more memory;
+    * user and input errors (:class:`UserCodeError`, :class:`ParameterError`, :class:`PlanError`,
+      and Python's ``TypeError``, ``KeyError``, ``AttributeError``, ``NameError``,
+      ``SyntaxError``, ``NotImplementedError``) → fail at once;
+    * everything else (I/O errors, :class:`WorkerLost`, :class:`InjectedFault`, unknown) → retry.
+
+    A :class:`TaskError` carries the decision made where the original exception was raised
+    (in a worker, possibly another process), so it is classified once.
+    """
+    if isinstance(exc, TaskError):
+        return exc.decision
+    if isinstance(exc, (OutOfMemory, MemoryError)):
+        return Decision.RETRY_WITH_MORE_MEMORY
+    if isinstance(exc, _FAIL_FAST):
+        return Decision.FAIL
+    return Decision.RETRY

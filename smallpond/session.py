@@ -1,8 +1,9 @@
-"""Session: configuration, the job's data root, and the engine behind DataFrames.
+"""Session: the DataFrame API's entry point, its configuration, and the job behind it.
 
-A session owns one logical :class:`~smallpond.logical.node.Context`, one runtime context (the job
-root), one planner (node → tasks memo) and one scheduler with its executor, so every DataFrame of
-the session shares results: a DataFrame derived from a computed one reuses what was computed.
+A session owns one logical :class:`~smallpond.logical.node.Context` and one
+:class:`~smallpond.execution.job.Job` (runtime context, planner, scheduler, executor), so every
+DataFrame of the session shares results: a DataFrame derived from a computed one reuses what was
+computed.
 
 Configuration precedence, for each setting: explicit argument, then ``SP_*`` environment
 variable, then default.
@@ -14,12 +15,17 @@ import atexit
 import os
 import sys
 import time
-import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
+from smallpond.common import logger
+from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
+from smallpond.execution.runtime import resolve_job
+from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, DataSet, JsonDataSet, PandasDataSet, ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
 
 
 @dataclass
@@ -59,37 +65,27 @@ class Config:
     ) -> "Config":
         if unknown:
             # upstream handed extra arguments to the platform launcher; scripts may pass them
-            import warnings
-
             warnings.warn(f"smallpond.init(): ignoring arguments this backend does not use: {sorted(unknown)}", stacklevel=4)
         env = os.environ
 
         def pick(arg, var, default, convert=lambda x: x):
             if arg is not None:
                 return arg
-            if var in env and env[var] != "":
+            if env.get(var):
                 try:
                     return convert(env[var])
                 except ValueError:
                     raise ParameterError(f"environment variable {var}={env[var]!r} is not valid") from None
             return default
 
-        jid = pick(job_id, "SP_JOBID", None) or str(uuid.uuid4())
-        jt = pick(job_time, "SP_JOB_TIME", None, datetime.fromisoformat)
-        if isinstance(jt, (int, float)):
-            jt = datetime.fromtimestamp(jt)
-        elif isinstance(jt, str):
-            jt = datetime.fromisoformat(jt)
-        root = pick(data_root, "SP_DATA_ROOT", None)
-        if root is None:
-            root = os.path.join(os.path.expanduser("~"), ".smallpond", "data")
+        jid, jt, root = resolve_job(job_id, job_time, data_root)
         nexec = pick(num_executors, "SP_NUM_EXECUTORS", 0, int)
-        if not isinstance(nexec, int) or nexec < 0:
+        if isinstance(nexec, bool) or not isinstance(nexec, int) or nexec < 0:
             raise ParameterError(f"num_executors must be a non-negative integer, got {nexec!r}")
         return Config(
-            job_id=str(jid),
+            job_id=str(job_id if job_id else env.get("SP_JOBID") or jid),
             job_time=jt,
-            data_root=os.path.abspath(root),
+            data_root=root,
             num_executors=nexec,
             ray_address=pick(ray_address, "SP_RAY_ADDRESS", None),
             bind_numa_node=bool(pick(bind_numa_node, "SP_BIND_NUMA_NODE", False, lambda v: v == "1")),
@@ -104,14 +100,11 @@ class Config:
         )
 
 
-class SessionBase:
-    """The engine part of a session: runtime context, planner, scheduler, executor."""
+class Session:
+    """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
     def __init__(self, **kwargs) -> None:
-        from loguru import logger
-
-        from smallpond.execution.job import make_runtime_ctx
-        from smallpond.logical.node import Context
+        from smallpond.execution.job import Job, make_runtime_ctx
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
@@ -121,7 +114,7 @@ class SessionBase:
         if cfg.platform not in (None, "", "base", "local"):
             logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
         self._ctx = Context()
-        self._runtime_ctx = make_runtime_ctx(
+        rt = make_runtime_ctx(
             cfg.job_id,
             cfg.job_time,
             cfg.data_root,
@@ -130,25 +123,25 @@ class SessionBase:
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
         )
-        self._runtime_ctx.initialize()
-        self._log_sinks = _setup_session_logging(self._runtime_ctx)
+        progress = _make_progress()
+        self._job = Job(
+            rt,
+            num_workers=cfg.num_executors or None,
+            max_retry_count=cfg.max_retry_count,
+            max_fail_count=cfg.max_fail_count,
+            listeners=[progress] if progress else [],
+        )
         self._nodes: List[Any] = []
-        self._failed = False
-        self._planner = None
-        self._scheduler = None
-        self._executor = None
         self._optimized: Dict[int, Any] = {}
-        from smallpond.execution.scheduler import write_status
-
-        write_status(self._runtime_ctx, "running")
-        self._start_executor()
+        self._job.start()
         atexit.register(self.shutdown)
-        logger.info("smallpond session {} at {}", self._runtime_ctx.job_id, self._runtime_ctx.job_root)
 
     # -- properties ------------------------------------------------------------------------------
     @property
     def runtime_ctx(self):
-        return self._runtime_ctx
+        return self._job.rt
+
+    _runtime_ctx = runtime_ctx
 
     @property
     def config(self) -> Config:
@@ -156,129 +149,166 @@ class SessionBase:
 
     @property
     def _node_to_tasks(self):
-        return self._planner.node_to_tasks if self._planner else {}
+        return self._job.planner.node_to_tasks if self._job.planner else {}
 
-    # -- engine ----------------------------------------------------------------------------------
-    def _start_executor(self) -> None:
-        from smallpond.execution.executors.local import LocalExecutor
-        from smallpond.execution.planner import Planner
-        from smallpond.execution.scheduler import Scheduler
+    @property
+    def _failed(self) -> bool:
+        return self._job.failed
 
-        rt = self._runtime_ctx
-        nworkers = self._config.num_executors or None
-        self._executor = LocalExecutor(rt, nworkers)
-        self._executor.start()  # workers boot while the user's script builds its DataFrames
-        self._planner = Planner(rt, parallelism=self._executor.num_workers)
-        self._scheduler = Scheduler(
-            rt,
-            self._executor,
-            max_retry_count=self._config.max_retry_count,
-            max_fail_count=self._config.max_fail_count,
-            progress=_make_progress(),
-        )
+    @_failed.setter
+    def _failed(self, value: bool) -> None:
+        self._job.failed = value
+
+    # -- sources ---------------------------------------------------------------------------------
+    def read_csv(self, paths: Union[str, List[str]], schema: Dict[str, str], delim: str = ",") -> DataFrame:
+        """Read CSV files (no header) with a schema of column name → DuckDB type.
+
+        Example::
+
+            df = sp.read_csv("urls/*.tsv", schema={"urlstr": "varchar", "valstr": "varchar"}, delim="\\t")
+        """
+        return self._source(CsvDataSet(paths, dict(schema), delim))
+
+    def read_parquet(
+        self,
+        paths: Union[str, List[str]],
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> DataFrame:
+        """Read Parquet files (globs allowed)."""
+        return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
+
+    def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> DataFrame:
+        """Read newline-delimited JSON files with a schema of column name → DuckDB type."""
+        return self._source(JsonDataSet(paths, dict(schema)))
+
+    def from_items(self, items: List[Any]) -> DataFrame:
+        """A DataFrame from Python values: dicts become columns, other values a column ``item``.
+
+        >>> sp.from_items([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]).take_all()
+        [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]
+        >>> sp.from_items([3, 4]).take_all()
+        [{'item': 3}, {'item': 4}]
+        """
+        import pyarrow as pa
+
+        if not isinstance(items, (list, tuple)) or not items:
+            raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
+        if isinstance(items[0], dict):
+            return self.from_arrow(pa.Table.from_pylist(list(items)))
+        return self.from_arrow(pa.table({"item": list(items)}))
+
+    def from_pandas(self, df) -> DataFrame:
+        """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""
+        return self._source(PandasDataSet(df))
+
+    def from_arrow(self, table) -> DataFrame:
+        """A DataFrame from a pyarrow Table (written to Parquet when first computed)."""
+        return self._source(ArrowTableDataSet(table))
+
+    def _source(self, dataset: DataSet) -> DataFrame:
+        return DataFrame(self, DataSourceNode(self._ctx, dataset))
+
+    # -- SQL -------------------------------------------------------------------------------------
+    def partial_sql(self, query: str, *inputs: DataFrame, **kwargs) -> DataFrame:
+        """Run ``query`` once per partition; ``{0}``, ``{1}``, ... name the inputs.
+
+        Inputs with the same partitioning are matched partition by partition; an input with a
+        single partition is given to every partition of the other. With no input the query runs
+        once. Literal braces are written ``{{`` and ``}}``.
+
+        >>> sp.partial_sql("select * from range(3)").to_pandas()["range"].tolist()
+        [0, 1, 2]
+        >>> df = sp.from_items([{"host": "a"}, {"host": "b"}, {"host": "a"}])
+        >>> sp.partial_sql("select host, count(*) as n from {0} group by host order by host", df).take_all()
+        [{'host': 'a', 'n': 2}, {'host': 'b', 'n': 1}]
+        """
+        for i, df in enumerate(inputs):
+            if not isinstance(df, DataFrame):
+                raise ParameterError(f"partial_sql input {i} must be a DataFrame, got {type(df).__name__}")
+        plan = _tag(SqlEngineNode(self._ctx, tuple(df.plan for df in inputs), query, **kwargs), "partial_sql")
+        return DataFrame(self, plan, recompute=any(df.need_recompute for df in inputs))
+
+    # -- execution -------------------------------------------------------------------------------
+    def wait(self, *dfs: DataFrame) -> None:
+        """Compute several DataFrames together."""
+        self._compute_frames(list(dfs))
+
+    def _compute_frames(self, dfs: List[DataFrame]) -> List[List[DataSet]]:
+        from smallpond.logical.optimizer import optimize
+
+        if self._shutdown_called:
+            raise ParameterError("this session has been shut down; call smallpond.init() for a new one")
+        for df in dfs:
+            # recompute(): this frame's own node runs again once (and what consumes it); frames
+            # derived from it inherit the flag and rerun their own node in turn
+            if df.need_recompute and not getattr(df, "_recomputed", False):
+                self._job.invalidate(df.plan)
+                self._job.invalidate(self._optimized.get(id(df.plan), df.plan))
+                df._recomputed = True
+        frozen = set(self._node_to_tasks)
+        nodes = []
+        for df in dfs:
+            opt = optimize(df.plan, frozen, self._optimized)
+            df.optimized_plan = opt
+            nodes.append(opt)
+        return self._run_nodes(nodes)
 
     def _run_nodes(self, nodes: List[Any]) -> List[List[Any]]:
         """Plan and run nodes; returns each node's output datasets in partition order."""
         from smallpond.errors import JobFailed
 
-        if self._shutdown_called:
-            raise ParameterError("this session has been shut down; call smallpond.init() for a new one")
-        task_lists = [self._planner.plan(n) for n in nodes]
-        targets = [t for ts in task_lists for t in ts]
         try:
-            results = self._scheduler.run(targets, self._planner.tasks)
+            return self._job.run_nodes(nodes)
         except JobFailed as e:
-            self._failed = True
-            self._forget_unfinished_work()
             # surface the failed task itself: it names the node, the call site, the SQL
             raise (e.errors[0] if e.errors else e) from None
-        except BaseException:
-            self._failed = True
-            self._forget_unfinished_work()
-            raise
-        if self._scheduler.progress:
-            self._scheduler.progress(None, 0.0)
-        return [[results[t.key] for t in ts] for ts in task_lists]
-
-    def _forget_unfinished_work(self) -> None:
-        """After a failed computation, keep only finished results in the scheduler.
-
-        The failed tasks and the work queued for that computation are dropped, so a later
-        computation in the same session (a notebook cell after an error) neither re-raises the old
-        error nor runs the failed work again unless it needs it; a DataFrame computed again after
-        a failure retries its failed tasks.
-        """
-        from smallpond.execution.scheduler import SchedState
-
-        old = self._scheduler.state
-        fresh = SchedState()
-        fresh.done = old.done
-        fresh.resumed = old.resumed
-        fresh.executed = old.executed
-        fresh.consumers = old.consumers  # so recompute() still reaches what consumed a result
-        self._scheduler.state = fresh
 
     def _is_done(self, node) -> bool:
-        tasks = self._planner.node_to_tasks.get(id(node)) if self._planner else None
-        if not tasks:
-            return False
-        done = self._scheduler.state.done
-        return all(t.key in done for t in tasks)
+        return self._job.is_done(node)
 
-    def _invalidate(self, node) -> None:
-        """Forget results of ``node`` and of every planned task downstream of it."""
-        from smallpond.execution.attempt import commit_path
-        from smallpond.io.filesystem import remove_path
+    def graph(self):
+        """A DOT description of every node created in this session (``.source`` is the text)."""
+        from smallpond.logical.node import dot_graph
 
-        tasks = self._planner.node_to_tasks.get(id(node)) or []
-        st = self._scheduler.state
-        stack = [t.key for t in tasks]
-        seen = set()
-        while stack:
-            key = stack.pop()
-            if key in seen:
-                continue
-            seen.add(key)
-            st.done.pop(key, None)
-            st.resumed.discard(key)
-            remove_path(commit_path(self._runtime_ctx, key))
-            for c in st.consumers.get(key, []):
-                stack.append(c)
-        for key in seen:
-            if key in st.tasks:
-                del st.tasks[key]
-                st.waiting.pop(key, None)
+        return dot_graph(self._nodes)
+
+    def dump_graph(self, path: Optional[str] = None) -> Optional[str]:
+        """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
+        path = path or os.path.join(self.runtime_ctx.log_root, "graph.dot")
+        return self.graph().render(path)
 
     def dump_timeline(self, path: Optional[str] = None) -> Optional[str]:
         """Write the timeline of the tasks run so far as Chrome trace JSON (open it in Perfetto or
         ``chrome://tracing``). Default path: ``log/timeline_exec.json``. Returns the path written.
 
-        Each finished task is one event, from its commit record: start = commit time - elapsed.
-        Tasks resumed from an earlier run appear with the time they originally ran.
+        Each finished task is one event, from its commit record. Tasks resumed from an earlier run
+        appear with the time they originally ran.
         """
         import json
 
         from smallpond.execution.attempt import commit_path
         from smallpond.io.filesystem import atomic_write_text, load
 
-        rt = self._runtime_ctx
+        rt = self.runtime_ctx
         path = path or os.path.join(rt.log_root, "timeline_exec.json")
         events = []
-        tasks = self._scheduler.state.tasks if self._scheduler is not None else {}
+        tasks = self._job.scheduler.state.tasks if self._job.scheduler is not None else {}
         for key, task in sorted(tasks.items(), key=lambda kv: int(kv[1].id)):
             record_path = commit_path(rt, key)
             try:
                 record = load(record_path, secret=rt.secret)
-                end = os.path.getmtime(record_path)
             except Exception:
                 continue  # not run, inline (metadata-only) or cleaned up
             elapsed = float(record.get("elapsed") or 0.0)
+            start = record.get("started") or (os.path.getmtime(record_path) - elapsed)
             events.append(
                 {
                     "name": key,
                     "cat": task.node_label,
                     "ph": "X",
-                    "ts": int((end - elapsed) * 1e6),
+                    "ts": int(start * 1e6),
                     "dur": int(elapsed * 1e6),
                     "pid": int(task.node_id),
                     "tid": int(task.id),
@@ -295,17 +325,7 @@ class SessionBase:
         if self._shutdown_called:
             return
         self._shutdown_called = True
-        from smallpond.execution.scheduler import cleanup_temp_dirs, write_status
-
-        if self._executor is not None:
-            self._executor.shutdown()
-        rt = self._runtime_ctx
-        if self._failed:
-            write_status(rt, "failure")
-        else:
-            write_status(rt, "success")
-            cleanup_temp_dirs(rt)
-            rt.cleanup(remove_output_root=self._config.remove_output_root)
+        self._job.finish(remove_intermediates=True, remove_output_root=self._config.remove_output_root)
         try:
             atexit.unregister(self.shutdown)
         except Exception:
@@ -320,39 +340,22 @@ class SessionBase:
         self.shutdown()
 
 
-def _setup_session_logging(rt) -> list:
-    from loguru import logger
-
-    try:
-        logger.remove(0)  # loguru's default stderr sink: replace it with one at our console level
-        ids = [logger.add(sys.stderr, level=rt.console_log_level)]
-    except ValueError:
-        ids = []
-    ids.append(
-        logger.add(os.path.join(rt.log_root, f"{rt.exec_id}.log"), level=rt.file_log_level, rotation="100 MB", retention=5)
-    )
-    return ids
+#: upstream's name for the engine part of a session (``smallpond.session.SessionBase``)
+SessionBase = Session
 
 
-def _make_progress():
-    """A progress line on stderr, only on a terminal; ``SP_PROGRESS=0`` turns it off."""
-    if os.environ.get("SP_PROGRESS", "1") in ("0", "false", "off", "no"):
-        return None
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    state = {"last": 0.0, "shown": False}
+class _TerminalProgress:
+    """A progress line on stderr (a SchedulerListener), only on a terminal."""
 
-    def show(st, elapsed: float) -> None:
+    def __init__(self) -> None:
+        self.last = 0.0
+        self.shown = False
+
+    def on_tick(self, st, elapsed: float) -> None:
         now = time.time()
-        if st is None:
-            if state["shown"]:
-                sys.stderr.write("\r\x1b[2K")
-                sys.stderr.flush()
-                state["shown"] = False
+        if now - self.last < 0.2:
             return
-        if now - state["last"] < 0.2:
-            return
-        state["last"] = now
+        self.last = now
         per_node: Dict[str, List[int]] = {}
         for key, t in st.tasks.items():
             if t.exec_on_scheduler:
@@ -366,9 +369,24 @@ def _make_progress():
         line = f"smallpond: {done}/{total} tasks  {elapsed:5.1f}s  " + "  ".join(active)
         sys.stderr.write("\r\x1b[2K" + line[:160])
         sys.stderr.flush()
-        state["shown"] = True
+        self.shown = True
 
-    return show
+    def on_end(self, st, ok: bool) -> None:
+        if self.shown:
+            sys.stderr.write("\r\x1b[2K")
+            sys.stderr.flush()
+            self.shown = False
+
+    def __getattr__(self, name: str):
+        if name.startswith("on_"):
+            return lambda *args: None
+        raise AttributeError(name)
 
 
-_ = Union
+def _make_progress() -> Optional[_TerminalProgress]:
+    """A progress line on stderr, only on a terminal; ``SP_PROGRESS=0`` turns it off."""
+    if os.environ.get("SP_PROGRESS", "1") in ("0", "false", "off", "no"):
+        return None
+    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        return None
+    return _TerminalProgress()

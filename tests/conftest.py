@@ -44,8 +44,8 @@ def parquet_files(tmp_path) -> List[str]:
 
 @pytest.fixture
 def log_messages():
-    """Messages logged through loguru during the test (WARNING and above)."""
-    from loguru import logger
+    """Messages smallpond logged during the test (WARNING and above)."""
+    from smallpond.common import logger
 
     messages: List[str] = []
     sink_id = logger.add(lambda m: messages.append(str(m)), level="WARNING")

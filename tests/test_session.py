@@ -142,7 +142,7 @@ def test_progress_display_only_on_terminal(monkeypatch):
     from smallpond.execution.scheduler import SchedState
 
     st = SchedState()
-    show(st, 1.5)
+    show.on_tick(st, 1.5)
     assert "0/0 tasks" in tty.getvalue()
     monkeypatch.setenv("SP_PROGRESS", "0")
     assert _make_progress() is None

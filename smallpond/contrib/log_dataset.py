@@ -13,7 +13,7 @@ class LogDataSet(PythonScriptNode):
         self.num_rows = num_rows
 
     def process(self, runtime_ctx, input_datasets, output_path: str) -> bool:
-        from loguru import logger
+        from smallpond.common import logger
 
         for ds in input_datasets:
             table = ds.to_arrow_table()

@@ -8,6 +8,7 @@ either a committed task or garbage in a ``*.tmp-*`` directory that is ignored an
 
 from __future__ import annotations
 
+import copy
 import hmac
 import os
 import pickle
@@ -18,8 +19,9 @@ import uuid
 from datetime import datetime
 from typing import List, Optional
 
-from smallpond.errors import ParameterError, PlanError, TaskError, UserCodeError
-from smallpond.execution.task import RuntimeContext, Task
+from smallpond.errors import TaskError, classify
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import Task
 from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, dump, load, remove_path
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -28,8 +30,16 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
     return os.path.join(rt.completed_task_dir, f"{key}.commit")
 
 
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float) -> None:
-    record = {"key": task.key, "fingerprint": task.fingerprint, "dataset": dataset, "attempt": attempt, "elapsed": elapsed}
+def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> None:
+    """Write the task's signed commit record: from now on the task is complete."""
+    record = {
+        "key": task.key,
+        "fingerprint": task.fingerprint,
+        "dataset": dataset,
+        "attempt": attempt,
+        "elapsed": elapsed,
+        **extra,
+    }
     path = commit_path(rt, task.key)
     payload = _fast_pickle(record)
     if payload is None:
@@ -83,6 +93,18 @@ def _outputs_exist(ds: DataSet) -> bool:
     return True
 
 
+def _bytes_of(ds: DataSet) -> int:
+    """Bytes of the files a task wrote (one stat per file)."""
+    total = 0
+    for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+        for p in d.paths if d.root_dir is None else ():
+            try:
+                total += os.stat(p).st_size
+            except OSError:
+                pass
+    return total
+
+
 def _input_files(inputs: List[DataSet]) -> List[str]:
     out: List[str] = []
     for ds in inputs:
@@ -94,27 +116,6 @@ def _input_files(inputs: List[DataSet]) -> List[str]:
         if len(out) >= 10:
             break
     return out
-
-
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, TaskError):
-        return exc.retryable
-    if isinstance(
-        exc,
-        (
-            UserCodeError,
-            ParameterError,
-            PlanError,
-            NotImplementedError,
-            TypeError,
-            KeyError,
-            AttributeError,
-            NameError,
-            SyntaxError,
-        ),
-    ):
-        return False
-    return True
 
 
 def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[DataSet]) -> TaskError:
@@ -135,7 +136,7 @@ def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[Dat
         attempt=attempt,
         sql=sql,
         input_files=_input_files(inputs),
-        retryable=is_retryable(exc),
+        decision=classify(exc),
         cause_type=type(exc).__name__,
         details="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     )
@@ -203,20 +204,45 @@ _process_log_sink: Optional[TaskLogSink] = None
 
 
 def install_task_log_sink(level: str) -> TaskLogSink:
-    """Route this process's log records during attempts to per-attempt files (call once)."""
-    from loguru import logger
+    """Route this worker process's log records during attempts to per-attempt files (call once).
+
+    Both smallpond's logger and loguru's global one (which user code in tasks logs to) write
+    there; the global logger's other sinks are removed, which only a worker process may do.
+    """
+    from loguru import logger as global_logger
+
+    from smallpond.common import logger
 
     global _process_log_sink
     sink = TaskLogSink(logger.level(level).no if isinstance(level, str) else int(level))
-    logger.add(sink, level=level, enqueue=False, colorize=False)
+    for lg in {id(x): x for x in (logger._get(), global_logger)}.values():
+        lg.remove()
+        lg.add(sink, level=level, enqueue=False, colorize=False)
     _process_log_sink = sink
     return sink
 
 
-def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int) -> DataSet:
-    """Run one attempt in a worker and commit it. Raises TaskError on failure."""
-    from loguru import logger
+def execute_attempt(
+    rt: RuntimeContext,
+    task: Task,
+    inputs: List[DataSet],
+    attempt: int,
+    *,
+    memory: int,
+    worker: str = "",
+    stats: Optional[dict] = None,
+) -> DataSet:
+    """Run one attempt with ``memory`` bytes and commit it. Raises TaskError on failure.
 
+    The attempt runs on a copy of ``task`` carrying the attempt's number and effective memory
+    limit, so the caller's task object (the scheduler's, when it runs tasks itself) is unchanged.
+    What the attempt measured (``rows``, ``bytes`` written) is put into ``stats``.
+    """
+    from smallpond.common import logger
+
+    task = copy.copy(task)
+    task.memory_limit = int(memory)
+    task.stats = stats if stats is not None else {}
     task.retry_count = attempt
     task.runtime_ctx = rt
     rt.current_task = task
@@ -254,7 +280,8 @@ def execute_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attem
             ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
-        write_commit(rt, task, ds, attempt, elapsed)
+        task.stats["bytes"] = _bytes_of(ds)
+        write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)
@@ -290,3 +317,20 @@ def _unique_suffix() -> str:
     global _suffix_counter
     _suffix_counter += 1
     return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
+
+
+def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int, memory: int, worker: str):
+    """Run one attempt and describe its outcome as a Completion (what every backend sends back).
+
+    Never raises for a failed attempt (the error travels in the Completion, with the decision
+    already made from its original class); KeyboardInterrupt and SystemExit pass through.
+    """
+    from smallpond.execution.executors.base import Completion
+
+    start = time.time()
+    stats: dict = {}
+    try:
+        ds = execute_attempt(rt, task, inputs, attempt, memory=memory, worker=worker, stats=stats)
+    except TaskError as e:
+        return Completion(task.key, attempt, False, None, e, time.time() - start, worker, start, stats)
+    return Completion(task.key, attempt, True, ds, None, time.time() - start, worker, start, stats)

@@ -171,12 +171,12 @@ class Driver:
                 ok = True
             elif a.mode == "ray":
                 result = self._run_ray(plan)
-                ok = True
+                ok = result is not None
             else:
                 result = self._run_scheduler(plan)
                 ok = result is not None
         except Exception as e:  # report, then exit non-zero
-            from loguru import logger
+            from smallpond.common import logger
 
             logger.error("job failed: {}", e)
             result, ok = None, False
@@ -191,10 +191,10 @@ class Driver:
 
         a = self.driver_args
         env = dict(kv.split("=", 1) for kv in a.env_variables if "=" in kv)
-        return make_runtime_ctx(
+        rt = make_runtime_ctx(
             a.job_id,
             a.job_time,
-            a.data_root or os.environ.get("SP_DATA_ROOT"),
+            a.data_root,
             num_executors=a.num_executors,
             random_seed=a.random_seed,
             env_overrides=env,
@@ -210,51 +210,43 @@ class Driver:
             disable_log_rotation=a.disable_log_rotation,
             output_path=a.output_path,
         )
+        rt.exec_id = a.exec_id
+        return rt
 
     def _run_scheduler(self, plan):
-        from loguru import logger
-
+        from smallpond.common import logger
         from smallpond.errors import JobFailed
-        from smallpond.execution.job import run_job, setup_logging
+        from smallpond.execution.job import Job
 
         if plan is None:
             raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
         a = self.driver_args
-        rt = self._runtime_ctx()
-        rt.initialize(a.exec_id)
-        setup_logging(rt)
-        logger.info("smallpond job {} starting at {}", rt.job_id, rt.job_root)
+        job = Job(
+            self._runtime_ctx(),
+            num_workers=a.num_executors or None,
+            max_retry_count=a.max_retry_count,
+            max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
+            log_name="scheduler",
+        )
+        ok = False
         try:
-            return run_job(
-                plan,
-                rt,
-                max_retry_count=a.max_retry_count,
-                max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
-                manifest_only_final_results=not a.self_contained_final_results,
-                remove_output_root=a.remove_output_root,
-                num_workers=a.num_executors or None,
-            )
+            job.start()
+            exec_plan = job.run_plan(plan, manifest_only_final_results=not a.self_contained_final_results)
+            ok = True
+            return exec_plan
         except JobFailed as e:
             for err in e.errors:
                 logger.error("{}", err)
             return None
+        finally:
+            # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
+            job.finish(ok, remove_intermediates=a.remove_output_root)
 
     def _run_ray(self, plan):
-        import smallpond
-        from smallpond.dataframe import DataFrame
+        from smallpond.common import logger
 
-        a = self.driver_args
-        sp = smallpond.init(
-            job_id=a.job_id,
-            data_root=a.data_root,
-            num_executors=a.num_executors or None,
-            _remove_output_root=a.remove_output_root,
-        )
-        try:
-            DataFrame(sp, plan.root_node).compute()
-        finally:
-            sp.shutdown()
-        return plan
+        logger.warning("ray mode: this build has no Ray backend yet; running the plan on this machine")
+        return self._run_scheduler(plan)
 
 
 def main() -> None:

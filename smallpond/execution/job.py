@@ -1,73 +1,218 @@
-"""Running a whole logical plan as a job: the path behind the Driver's ``scheduler`` mode.
+"""The job engine: the one place a job is set up, run and finished.
 
-``run_job`` initializes the job root (or reuses it: same job id, same data root means resume),
-plans, runs the scheduler on the local executor, writes ``log/.STATUS`` and cleans up.
+Both the DataFrame :class:`~smallpond.session.Session` and the node-API
+:class:`~smallpond.execution.driver.Driver` run their work through a :class:`Job`:
+
+1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
+   resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running and starts the executor;
+2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
+   for the Driver) plans nodes into tasks and has the scheduler run them;
+3. :meth:`Job.finish` stops the executor, writes the final status, removes the leftovers of
+   abandoned attempts and, on success, the intermediate folders, and removes the log sinks it added.
+
+Nothing here changes the host process beyond that: no environment variable, no global logging
+configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`).
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import sys
-import uuid
 from datetime import datetime
-from typing import Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from loguru import logger
-
-from smallpond.errors import JobFailed
+from smallpond.common import logger
+from smallpond.errors import JobFailed, ParameterError
+from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
-from smallpond.execution.scheduler import Scheduler, cleanup_temp_dirs, write_status
-from smallpond.execution.task import JobId, RuntimeContext
-from smallpond.io.filesystem import dump
+from smallpond.execution.runtime import RuntimeContext, resolve_job
+from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished
+from smallpond.io.filesystem import dump, remove_path
+from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
 
 
-def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
-    """The job time of an existing job root for ``job_id`` under ``data_root`` (newest first)."""
-    roots = sorted(glob.glob(os.path.join(os.path.abspath(data_root), f"*.{job_id}")))
-    for r in reversed(roots):
-        stamp = os.path.basename(r)[: -len(job_id) - 1]
-        try:
-            return datetime.strptime(stamp, "%Y-%m-%d-%H-%M-%S")
-        except ValueError:
-            continue
-    return None
-
-
 def make_runtime_ctx(job_id=None, job_time=None, data_root=None, **kwargs) -> RuntimeContext:
-    job_id = str(job_id) if job_id else str(uuid.uuid4())
-    try:
-        jid = JobId(hex=job_id)
-    except ValueError:
-        # any string works as a job id: map it to a stable UUID
-        jid = JobId(bytes=uuid.uuid5(uuid.NAMESPACE_URL, job_id).bytes)
-    data_root = data_root or os.path.join(os.path.expanduser("~"), ".smallpond", "data")
-    if job_time is None:
-        job_time = find_job_time(data_root, str(jid)) or datetime.now()
-    elif isinstance(job_time, (int, float)):
-        job_time = datetime.fromtimestamp(job_time)
-    elif isinstance(job_time, str):
-        job_time = datetime.fromisoformat(job_time)
-    return RuntimeContext(jid, job_time, data_root, **kwargs)
+    """A runtime context for a job identified by :func:`~smallpond.execution.runtime.resolve_job`."""
+    jid, jt, root = resolve_job(job_id, job_time, data_root)
+    return RuntimeContext(jid, jt, root, **kwargs)
 
 
-def setup_logging(rt: RuntimeContext, name: str = "scheduler") -> list:
-    """Console at ``console_log_level``, ``log/{name}.log`` at ``file_log_level``; stdlib logging captured."""
-    from smallpond.utility import capture_stdlib_logging
+def write_status(rt: RuntimeContext, status: str) -> None:
+    """Append ``{status}@{time}`` to ``log/.STATUS`` (the last line is the job's state)."""
+    os.makedirs(rt.log_root, exist_ok=True)
+    with open(rt.job_status_path, "a") as f:
+        f.write(f"{status}@{datetime.now():%Y-%m-%d-%H-%M-%S}\n")
 
-    logger.remove()
-    ids = [
-        logger.add(sys.stderr, level=rt.console_log_level),
-        logger.add(
-            os.path.join(rt.log_root, f"{name}.log"),
-            level=rt.file_log_level,
-            rotation=None if rt.disable_log_rotation else "100 MB",
-            retention=5,
-        ),
-    ]
-    capture_stdlib_logging()
-    return ids
+
+def cleanup_temp_dirs(rt: RuntimeContext) -> None:
+    """Remove leftovers of abandoned attempts (``*.tmp-*`` dirs) under staging/ and output/."""
+    for root in (rt.staging_root, rt.output_root):
+        if not os.path.isdir(root):
+            continue
+        for name in os.listdir(root):
+            sub = os.path.join(root, name)
+            if not os.path.isdir(sub):
+                continue
+            for entry in os.listdir(sub):
+                if ".tmp-" in entry:
+                    remove_path(os.path.join(sub, entry))
+
+
+def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None) -> Executor:
+    """The embedded backend: worker processes on this machine."""
+    from smallpond.execution.executors.local import LocalExecutor
+
+    return LocalExecutor(rt, num_workers)
+
+
+class Job:
+    """One job: runtime context, log sinks, planner, scheduler, executor, status and clean-up.
+
+    Args:
+        rt: the job's runtime context.
+        executor: the backend (default: worker processes on this machine).
+        num_workers: workers of the default backend (default: one per usable CPU).
+        max_retry_count, max_fail_count: the scheduler's retry policy.
+        listeners: observers of the scheduler (progress, event log, summary).
+        log_name: the job log file is ``log/{log_name}.log``.
+    """
+
+    def __init__(
+        self,
+        rt: RuntimeContext,
+        *,
+        executor: Optional[Executor] = None,
+        num_workers: Optional[int] = None,
+        max_retry_count: int = 5,
+        max_fail_count: int = 3,
+        listeners: Sequence[SchedulerListener] = (),
+        log_name: Optional[str] = None,
+    ) -> None:
+        self.rt = rt
+        self._executor = executor
+        self._num_workers = num_workers
+        self.max_retry_count = max_retry_count
+        self.max_fail_count = max_fail_count
+        self.listeners = list(listeners)
+        self.log_name = log_name
+        self.executor: Optional[Executor] = None
+        self.planner: Optional[Planner] = None
+        self.scheduler: Optional[Scheduler] = None
+        self.failed = False
+        self.finished = False
+        self._sinks: List[int] = []
+
+    # -- life cycle ------------------------------------------------------------------------------
+    def start(self) -> "Job":
+        rt = self.rt
+        rt.initialize()
+        self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
+        write_status(rt, "running")
+        self.executor = self._executor or make_executor(rt, self._num_workers)
+        self.executor.start()  # workers boot while the user's script builds its plan
+        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
+        self.scheduler = Scheduler(
+            rt,
+            self.executor,
+            max_retry_count=self.max_retry_count,
+            max_fail_count=self.max_fail_count,
+            listeners=self.listeners,
+        )
+        logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
+        return self
+
+    def finish(self, ok: Optional[bool] = None, *, remove_intermediates: bool = False, remove_output_root: bool = False) -> None:
+        """Stop the executor and write the final status.
+
+        On success, ``remove_intermediates`` removes queue/, temp/ and staging/ (a session, whose
+        results were read already), and ``remove_output_root`` output/ as well.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        ok = (not self.failed) if ok is None else ok
+        rt = self.rt
+        try:
+            if self.executor is not None:
+                self.executor.shutdown()
+            cleanup_temp_dirs(rt)
+            write_status(rt, "success" if ok else "failure")
+            if ok and (remove_intermediates or remove_output_root):
+                rt.cleanup(remove_output_root=remove_output_root)
+        finally:
+            _remove_log_sinks(self._sinks)
+            self._sinks = []
+
+    # -- running ---------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.finished:
+            raise ParameterError("this job has finished; start a new one (smallpond.init() for a session)")
+
+    def _run(self, targets) -> Dict[str, Any]:
+        try:
+            return self.scheduler.run(targets, self.planner.tasks)
+        except BaseException:
+            self.failed = True
+            self.scheduler.state = keep_only_finished(self.scheduler.state)
+            raise
+
+    def run_nodes(self, nodes: Sequence[Node]) -> List[List[Any]]:
+        """Plan ``nodes`` (reusing what was planned and computed before) and run them.
+
+        Returns each node's output datasets in partition order; raises JobFailed.
+        """
+        self._check_open()
+        task_lists = [self.planner.plan(n) for n in nodes]
+        results = self._run([t for ts in task_lists for t in ts])
+        return [[results[t.key] for t in ts] for ts in task_lists]
+
+    def run_plan(self, plan: LogicalPlan, *, manifest_only_final_results: bool = True) -> ExecutionPlan:
+        """Plan and run a whole logical plan; named outputs and ``FinalResults`` are published."""
+        self._check_open()
+        rt = self.rt
+        try:
+            dump(plan, rt.logical_plan_path, secret=rt.secret)
+        except Exception as e:  # a plan with unpicklable parts still runs; it just is not saved
+            logger.debug("could not save the logical plan: {}", e)
+        with open(os.path.join(rt.log_root, "plan.dot"), "w") as f:
+            f.write(plan.graph().source)
+        try:
+            exec_plan = self.planner.create_exec_plan(plan, manifest_only_final_results)
+        except BaseException:
+            self.failed = True
+            raise
+        logger.info("job {} planned: {} tasks; job root {}", rt.job_id, len(exec_plan.tasks), rt.job_root)
+        results = self._run([exec_plan.root_task])
+        st = self.scheduler.state
+        exec_plan.results = dict(st.done)
+        exec_plan.results.update(results)
+        exec_plan.successful = True
+        exec_plan.num_executed = len(st.executed)
+        exec_plan.num_resumed = len(st.resumed)
+        logger.info(
+            "job {} succeeded: {} task(s) run, {} resumed from checkpoints",
+            rt.job_id,
+            exec_plan.num_executed,
+            exec_plan.num_resumed,
+        )
+        return exec_plan
+
+    # -- results of a session ---------------------------------------------------------------------
+    def tasks_of(self, node: Node):
+        return self.planner.node_to_tasks.get(id(node)) if self.planner else None
+
+    def is_done(self, node: Node) -> bool:
+        tasks = self.tasks_of(node)
+        return bool(tasks) and all(t.key in self.scheduler.state.done for t in tasks)
+
+    def invalidate(self, node: Node) -> None:
+        """Forget the results of ``node`` and of every planned task downstream of it, on disk too."""
+        from smallpond.execution.attempt import commit_path
+
+        tasks = self.tasks_of(node) or []
+        for key in invalidate(self.scheduler.state, [t.key for t in tasks]):
+            remove_path(commit_path(self.rt, key))
 
 
 def run_job(
@@ -79,47 +224,51 @@ def run_job(
     manifest_only_final_results: bool = True,
     remove_output_root: bool = False,
     num_workers: Optional[int] = None,
+    executor: Optional[Executor] = None,
+    listeners: Sequence[SchedulerListener] = (),
 ) -> ExecutionPlan:
-    """Plan and run ``plan``. Returns the ExecutionPlan with results; raises JobFailed on failure."""
-    from smallpond.execution.executors.local import LocalExecutor
-
-    rt.initialize()
-    write_status(rt, "running")
-    try:
-        dump(plan, rt.logical_plan_path, secret=rt.secret)
-    except Exception as e:  # a plan with unpicklable parts still runs; it just is not saved
-        logger.debug("could not save the logical plan: {}", e)
-    try:
-        with open(os.path.join(rt.log_root, "plan.dot"), "w") as f:
-            f.write(plan.graph().source)
-        exec_plan = Planner(rt, parallelism=num_workers).create_exec_plan(plan, manifest_only_final_results)
-    except BaseException:
-        write_status(rt, "failure")
-        raise
-    logger.info("job {} planned: {} tasks; job root {}", rt.job_id, len(exec_plan.tasks), rt.job_root)
-    executor = LocalExecutor(rt, num_workers)
-    executor.start()
-    scheduler = Scheduler(rt, executor, max_retry_count=max_retry_count, max_fail_count=max_fail_count)
-    try:
-        results = scheduler.run([exec_plan.root_task], exec_plan.tasks)
-        exec_plan.results = dict(scheduler.state.done)
-        exec_plan.results.update(results)
-        exec_plan.successful = True
-        exec_plan.num_executed = len(scheduler.state.executed)
-        exec_plan.num_resumed = len(scheduler.state.resumed)
-    except JobFailed:
-        write_status(rt, "failure")
-        raise
-    except BaseException:
-        write_status(rt, "failure")
-        raise
-    finally:
-        executor.shutdown()
-    cleanup_temp_dirs(rt)
-    write_status(rt, "success")
-    logger.info(
-        "job {} succeeded: {} task(s) run, {} resumed from checkpoints", rt.job_id, exec_plan.num_executed, exec_plan.num_resumed
+    """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
+    job = Job(
+        rt,
+        executor=executor,
+        num_workers=num_workers,
+        max_retry_count=max_retry_count,
+        max_fail_count=max_fail_count,
+        listeners=listeners,
     )
-    if remove_output_root:
-        rt.cleanup(remove_output_root=False)
-    return exec_plan
+    ok = False
+    try:
+        job.start()
+        exec_plan = job.run_plan(plan, manifest_only_final_results=manifest_only_final_results)
+        ok = True
+        return exec_plan
+    finally:
+        # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
+        # (upstream's --remove_output_root removes them, and keeps output/)
+        job.finish(ok, remove_intermediates=remove_output_root)
+
+
+def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
+    """smallpond's console sink at the job's console level, and ``log/{name}.log``."""
+    logger.remove_default_sink()
+    return [
+        logger.add(sys.stderr, level=rt.console_log_level),
+        logger.add(
+            os.path.join(rt.log_root, f"{name}.log"),
+            level=rt.file_log_level,
+            rotation=None if rt.disable_log_rotation else "100 MB",
+            retention=5,
+        ),
+    ]
+
+
+def _remove_log_sinks(ids: List[int]) -> None:
+    for sink_id in ids:
+        try:
+            logger.remove(sink_id)
+        except ValueError:
+            pass
+    logger.restore_default_sink()
+
+
+__all__ = ["Job", "JobFailed", "make_runtime_ctx", "run_job", "write_status", "cleanup_temp_dirs", "make_executor"]

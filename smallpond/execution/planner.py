@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import types
 import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 from smallpond.errors import PlanError
+from smallpond.execution.fingerprint import Unfingerprintable, stable_digest
 from smallpond.execution.ops.arrow import (
     ArrowBatchTask,
     ArrowComputeTask,
@@ -24,8 +24,9 @@ from smallpond.execution.ops.arrow import (
     PandasComputeTask,
     PythonScriptTask,
 )
+from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.sink import DataSinkTask
-from smallpond.execution.ops.sql import HashPartitionTask, SqlEngineTask
+from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
     EvenlyDistributedPartitionProducerTask,
@@ -40,7 +41,8 @@ from smallpond.execution.ops.structural import (
     UserDefinedPartitionProducerTask,
     is_literal_dataset,
 )
-from smallpond.execution.task import PartitionInfo, RuntimeContext, Task
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import PartitionInfo, Task
 from smallpond.logical.base import Node
 from smallpond.logical.graph import topological_order
 from smallpond.logical.node import (
@@ -69,61 +71,6 @@ from smallpond.logical.node import (
 )
 
 TOP = PartitionInfo()
-
-
-def stable_digest(obj: Any, h=None) -> str:
-    """A digest of ``obj`` that is the same in every run of the same script."""
-    top = h is None
-    h = h or hashlib.sha256()
-    if isinstance(obj, (str, int, float, bool, type(None), bytes)):
-        h.update(repr(obj).encode())
-    elif isinstance(obj, (list, tuple)):
-        h.update(b"[")
-        for x in obj:
-            stable_digest(x, h)
-        h.update(b"]")
-    elif isinstance(obj, dict):
-        h.update(b"{")
-        for k in sorted(obj, key=repr):
-            stable_digest(k, h)
-            stable_digest(obj[k], h)
-        h.update(b"}")
-    elif isinstance(obj, partial):
-        stable_digest((obj.func, obj.args, obj.keywords), h)
-    elif isinstance(obj, types.FunctionType):
-        code = obj.__code__
-        stable_digest((obj.__module__, obj.__qualname__, code.co_code, _consts(code)), h)
-        for cell in obj.__closure__ or ():
-            try:
-                stable_digest(cell.cell_contents, h)
-            except ValueError:
-                pass
-    elif isinstance(obj, types.MethodType):
-        stable_digest((obj.__func__, type(obj.__self__).__qualname__), h)
-    elif hasattr(obj, "fingerprint") and callable(obj.fingerprint):
-        h.update(obj.fingerprint().encode())
-    elif isinstance(obj, Node):
-        stable_digest((type(obj).__qualname__, obj.fingerprint_params()), h)
-    elif isinstance(obj, type):
-        h.update(f"{obj.__module__}.{obj.__qualname__}".encode())
-    elif hasattr(obj, "__dict__"):
-        stable_digest((type(obj).__qualname__, {k: v for k, v in vars(obj).items() if not k.startswith("_")}), h)
-    else:
-        h.update(repr(obj).encode())
-    return h.hexdigest() if top else ""
-
-
-def _consts(code) -> tuple:
-    out = []
-    for c in code.co_consts:
-        out.append(
-            _consts(c)
-            if isinstance(c, types.CodeType)
-            else c
-            if isinstance(c, (str, int, float, bool, type(None), bytes, tuple))
-            else repr(c)
-        )
-    return tuple(out)
 
 
 class ExecutionPlan:
@@ -200,7 +147,11 @@ class Planner:
             runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count
         )
         self.node_to_tasks: Dict[int, List[Task]] = {}
+        # caches by node id (nodes hold only what the user described); the planned nodes are
+        # kept alive so that an id is never reused while it is a key here
         self._planned_nodes: List[Node] = []
+        self._digests: Dict[int, str] = {}
+        self._slim_copies: Dict[int, Node] = {}
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
@@ -236,8 +187,7 @@ class Planner:
             else:
                 raise PlanError(f"no planner for node type {type(n).__name__} ({n!r} created at {n.location})")
             self.node_to_tasks[id(n)] = tasks
-            self._planned_nodes.append(n)  # keeps id(n) from being reused while memoized
-            n.generated_tasks = [t.key for t in tasks]
+            self._planned_nodes.append(n)
         return self.node_to_tasks[id(node)]
 
     def create_exec_plan(self, logical_plan: LogicalPlan, manifest_only_final_results: bool = True) -> ExecutionPlan:
@@ -269,7 +219,7 @@ class Planner:
     # -- helpers ---------------------------------------------------------------------------------
     def _new_task(self, klass: Type[Task], node: Node, infos: Sequence[PartitionInfo], inputs: Sequence[Task], *extra) -> Task:
         self.next_task_id += 1
-        task = klass(node, self.next_task_id, list(infos), [t.key for t in inputs], *extra)
+        task = klass(self._slim(node), self.next_task_id, list(infos), [t.key for t in inputs], *extra)
         self._clamp_resources(task)
         h = hashlib.sha256()
         h.update(klass.__qualname__.encode())
@@ -283,18 +233,30 @@ class Planner:
         return task
 
     def _node_digest(self, node: Node) -> str:
-        cached = getattr(node, "_fp_digest", None)
-        if cached is None:
-            cached = stable_digest((type(node).__qualname__, node.fingerprint_params(), _own_methods(node)))
-            node._fp_digest = cached
-        return cached
+        digest = self._digests.get(id(node))
+        if digest is None:
+            try:
+                digest = stable_digest(node)
+            except Unfingerprintable as e:
+                msg = (
+                    f"{node.label} created at {node.location}: cannot fingerprint {e.what}, which it uses; "
+                    "a change to it could not be detected, so this node's tasks will not be reused from an earlier run"
+                )
+                from smallpond.common import logger
+
+                logger.warning(msg)
+                warnings.warn(msg, stacklevel=3)
+                digest = "unreusable:" + os.urandom(16).hex()
+            self._digests[id(node)] = digest
+            if id(node) not in self._slim_copies:
+                self._planned_nodes.append(node)
+        return digest
 
     def _slim(self, node: Node) -> Node:
-        slim = getattr(node, "_slim", None)
+        slim = self._slim_copies.get(id(node))
         if slim is None:
-            slim = node.slim_copy()
-            slim.__dict__.pop("_slim", None)
-            node._slim = slim
+            slim = self._slim_copies[id(node)] = node.slim_copy()
+            self._planned_nodes.append(node)
         return slim
 
     def _clamp_resources(self, task: Task) -> None:
@@ -313,13 +275,12 @@ class Planner:
     def _warn_once(self, task: Task, msg: str) -> None:
         if task.node_id not in self._warned:
             self._warned.add(task.node_id)
-            from loguru import logger
+            from smallpond.common import logger
 
             logger.warning(msg)
             warnings.warn(msg, stacklevel=2)
 
-    def _task(self, klass, node, infos, inputs, *extra) -> Task:
-        return self._new_task(klass, self._slim(node), infos, inputs, *extra)
+    _task = _new_task
 
     # -- plan functions --------------------------------------------------------------------------
     def _plan_source(self, node: DataSourceNode, inputs) -> List[Task]:
@@ -410,16 +371,6 @@ class Planner:
         return [
             self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
         ]
-
-
-def _own_methods(node: Node) -> list:
-    """User overrides of process/partition (subclass-defined code is part of the node's identity)."""
-    out = []
-    for name in ("process", "partition"):
-        fn = getattr(type(node), name, None)
-        if fn is not None and not type(node).__module__.startswith("smallpond."):
-            out.append(fn)
-    return out
 
 
 def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Task]]]:

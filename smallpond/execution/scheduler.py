@@ -1,39 +1,47 @@
 """The scheduler: one event loop around an explicit state.
 
-State (:class:`SchedState`), per task key:
+:class:`SchedState` is the scheduler's whole state, and it changes only through the functions of
+this module (``add_tasks``, ``finish_task``, ``fail_attempt``, ...), as in dask's local
+scheduler. Per task key:
 
-* ``waiting``  — some input is not done yet;
+* ``waiting``  — some input is not done yet (the keys still missing);
 * ``ready``    — inputs done; a heap ordered by critical-path length (longest chain first), then id;
-* ``running``  — submitted to the executor, with its attempt number;
-* ``done``     — output DataSet known (from this run, an earlier run of this session, or a
+* ``running``  — submitted attempts and what each reserved: ``{key: {attempt: (cpus, memory)}}``;
+* ``done``     — output DataSet known (from this run, an earlier computation of this session, or a
   matching commit record on disk: that is resume);
 * ``failed``   — gave up, with its TaskError.
 
-Policies: an attempt that fails with a retryable error is retried (attempt + 1) until the task has
-failed ``max_fail_count`` times or used ``max_retry_count`` retries; an :class:`OutOfMemory`
-failure doubles the task's memory for the next attempt (up to the machine's); a non-retryable
-error (bad SQL, missing file, user exception types) fails the job at once. Metadata-only tasks
-run inline here; everything else goes to the executor.
+Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``memory`` (the
+effective memory limit of each task's next attempt, raised after out-of-memory failures),
+``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
+``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
+
+Policies, in :func:`fail_attempt`: the error is classified once by
+:func:`smallpond.errors.classify` into retry / fail / retry with more memory. A retried task gets
+the next attempt number until it has failed ``max_fail_count`` times or used ``max_retry_count``
+retries; more memory means twice the last limit, capped by the executor's memory. Metadata-only
+tasks run inline here; everything else goes to the executor.
+
+Observers (progress bars, the event log behind the run report, the end-of-job summary) are
+:class:`SchedulerListener` objects: they see every event and never change the state.
 """
 
 from __future__ import annotations
 
 import heapq
-import os
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Callable, Dict, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
-from loguru import logger
-
-from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
-from smallpond.errors import JobFailed, OutOfMemory, TaskError
-from smallpond.execution.attempt import execute_attempt, is_retryable, read_commit, run_inline, to_task_error
-from smallpond.execution.executors.base import Completion, Executor
-from smallpond.execution.task import RuntimeContext, Task, default_memory_limit
-from smallpond.io.filesystem import atomic_write_text, remove_path
+from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
+from smallpond.errors import Decision, JobFailed, TaskError, classify
+from smallpond.execution.attempt import execute_attempt, read_commit, run_inline, to_task_error
+from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.runtime import RuntimeContext, default_memory_limit
+from smallpond.execution.task import Task
 from smallpond.logical.graph import critical_path_lengths, topological_order
+
+Reservation = Tuple[int, int]  # (cpus, bytes of memory)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class SchedState:
     tasks: Dict[str, Task] = field(default_factory=dict)
     waiting: Dict[str, Set[str]] = field(default_factory=dict)
     ready: List[tuple] = field(default_factory=list)
-    running: Dict[str, int] = field(default_factory=dict)
+    running: Dict[str, Dict[int, Reservation]] = field(default_factory=dict)
     done: Dict[str, object] = field(default_factory=dict)
     failed: Dict[str, TaskError] = field(default_factory=dict)
     attempts: Dict[str, int] = field(default_factory=dict)
@@ -50,12 +58,182 @@ class SchedState:
     priority: Dict[str, float] = field(default_factory=dict)
     resumed: Set[str] = field(default_factory=set)
     executed: Set[str] = field(default_factory=set)
+    memory: Dict[str, int] = field(default_factory=dict)
+    free_cpus: int = 0
+    free_memory: int = 0
 
 
-def write_status(rt: RuntimeContext, status: str) -> None:
-    os.makedirs(rt.log_root, exist_ok=True)
-    with open(rt.job_status_path, "a") as f:
-        f.write(f"{status}@{datetime.now():%Y-%m-%d-%H-%M-%S}\n")
+class SchedulerListener:
+    """Sees what the scheduler does; every method is optional. Listeners never change the state."""
+
+    def on_start(self, state: SchedState) -> None:
+        pass
+
+    def on_resumed(self, task: Task, record: dict) -> None:
+        pass
+
+    def on_submit(self, task: Task, attempt: int, memory: int) -> None:
+        pass
+
+    def on_inline(self, task: Task, ok: bool, elapsed: float) -> None:
+        pass
+
+    def on_completion(self, task: Task, completion: Completion, decision: Optional[Decision]) -> None:
+        """An attempt ended; ``decision`` is None on success, else what was decided about it."""
+
+    def on_tick(self, state: SchedState, elapsed: float) -> None:
+        pass
+
+    def on_end(self, state: SchedState, ok: bool) -> None:
+        pass
+
+
+# -- state transitions (the only code that changes a SchedState) ---------------------------------
+
+
+def new_state(capacity: Capacity) -> SchedState:
+    return SchedState(free_cpus=capacity.num_cpus, free_memory=capacity.memory)
+
+
+def add_tasks(
+    state: SchedState, rt: RuntimeContext, targets: Sequence[Task], all_tasks: Dict[str, Task]
+) -> Tuple[List[str], Dict[str, dict]]:
+    """Add ``targets`` and what they need; tasks with a matching commit record are done at once.
+
+    Returns (the new keys, the commit records of the resumed ones).
+    """
+    order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
+    new = [k for k in order if k not in state.tasks]
+    for k in new:
+        state.tasks[k] = all_tasks[k]
+    lengths = critical_path_lengths(order, lambda k: all_tasks[k].input_keys, lambda k: all_tasks[k].estimated_cost())
+    state.priority.update(lengths)
+    for k in new:
+        for d in all_tasks[k].input_keys:
+            state.consumers.setdefault(d, []).append(k)
+    resumed: Dict[str, dict] = {}
+    for k in new:
+        t = state.tasks[k]
+        if not t.exec_on_scheduler:
+            # the fingerprint covers the inputs' identity, so a matching record is reusable
+            # even when its (metadata-only) inputs are recomputed
+            record = read_commit(rt, t)
+            if record is not None:
+                state.done[k] = record["dataset"]
+                state.resumed.add(k)
+                resumed[k] = record
+                continue
+        pending = {d for d in t.input_keys if d not in state.done}
+        state.waiting[k] = pending
+        if not pending:
+            make_ready(state, k)
+    return new, resumed
+
+
+def make_ready(state: SchedState, key: str) -> None:
+    state.waiting.pop(key, None)
+    heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(state.tasks[key].id), key))
+
+
+def reserve(state: SchedState, key: str, attempt: int, cpus: int, memory: int) -> None:
+    state.running.setdefault(key, {})[attempt] = (cpus, memory)
+    state.free_cpus -= cpus
+    state.free_memory -= memory
+
+
+def release(state: SchedState, key: str, attempt: int) -> bool:
+    """Give back what an attempt reserved. False if it was not running (cancelled, superseded)."""
+    attempts = state.running.get(key)
+    if not attempts or attempt not in attempts:
+        return False
+    cpus, memory = attempts.pop(attempt)
+    if not attempts:
+        del state.running[key]
+    state.free_cpus += cpus
+    state.free_memory += memory
+    return True
+
+
+def finish_task(state: SchedState, key: str, dataset) -> None:
+    state.done[key] = dataset
+    state.executed.add(key)
+    for c in state.consumers.get(key, []):
+        pending = state.waiting.get(c)
+        if pending is None:
+            continue
+        pending.discard(key)
+        if not pending:
+            make_ready(state, c)
+
+
+def fail_attempt(
+    state: SchedState, key: str, error: TaskError, *, max_fail_count: int, max_retry_count: int, memory_cap: int
+) -> Decision:
+    """Record a failed attempt and decide. The task is made ready again unless the decision is FAIL."""
+    state.fail_counts[key] = state.fail_counts.get(key, 0) + 1
+    decision = classify(error)
+    if decision is not Decision.FAIL and (
+        state.fail_counts[key] >= max_fail_count or state.attempts.get(key, 0) >= max_retry_count
+    ):
+        decision = Decision.FAIL
+    if decision is Decision.FAIL:
+        state.failed[key] = error
+        return decision
+    if decision is Decision.RETRY_WITH_MORE_MEMORY:
+        state.memory[key] = int(min(memory_cap, state.memory[key] * 2))
+    state.attempts[key] = state.attempts.get(key, 0) + 1
+    make_ready(state, key)
+    return decision
+
+
+def abandon_running(state: SchedState) -> List[Tuple[str, int]]:
+    """Forget every running attempt (the caller cancels them); their tasks become ready again."""
+    out = []
+    for key in list(state.running):
+        for attempt in list(state.running[key]):
+            release(state, key, attempt)
+            out.append((key, attempt))
+        make_ready(state, key)
+    return out
+
+
+def keep_only_finished(state: SchedState) -> SchedState:
+    """A state holding only finished results, for a session after a failed computation.
+
+    The failed tasks and the work queued for that computation are dropped, so a later computation
+    neither re-raises the old error nor runs the failed work again unless it needs it. The
+    consumer graph is kept so ``recompute()`` still reaches what consumed a result.
+    """
+    return SchedState(
+        done=state.done,
+        resumed=state.resumed,
+        executed=state.executed,
+        consumers=state.consumers,
+        free_cpus=state.free_cpus + sum(c for a in state.running.values() for c, _ in a.values()),
+        free_memory=state.free_memory + sum(m for a in state.running.values() for _, m in a.values()),
+    )
+
+
+def invalidate(state: SchedState, keys: Iterable[str]) -> Set[str]:
+    """Forget the results of ``keys`` and of every known task downstream of them. Returns them all."""
+    stack = list(keys)
+    seen: Set[str] = set()
+    while stack:
+        key = stack.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        state.done.pop(key, None)
+        state.resumed.discard(key)
+        stack.extend(state.consumers.get(key, []))
+    for key in seen:
+        if key in state.tasks:
+            del state.tasks[key]
+            state.waiting.pop(key, None)
+    return seen
+
+
+# -- the loop --------------------------------------------------------------------------------------
 
 
 class Scheduler:
@@ -66,7 +244,7 @@ class Scheduler:
         executor: the backend; ``None`` runs every task in this process (debugging).
         max_retry_count: retries per task before giving up.
         max_fail_count: failed attempts per task before the job fails.
-        progress: called as ``progress(state, elapsed_seconds)`` after each change.
+        listeners: observers of the run (progress, event log, summary).
     """
 
     def __init__(
@@ -76,101 +254,28 @@ class Scheduler:
         *,
         max_retry_count: int = DEFAULT_MAX_RETRY_COUNT,
         max_fail_count: int = DEFAULT_MAX_FAIL_COUNT,
-        progress: Optional[Callable[["SchedState", float], None]] = None,
+        listeners: Sequence[SchedulerListener] = (),
     ) -> None:
         self.rt = runtime_ctx
         self.executor = executor
         self.max_retry_count = max_retry_count
         self.max_fail_count = max(1, max_fail_count)
-        self.progress = progress
-        self.state = SchedState()
-        self._free_cpus = executor.num_cpus if executor else 1
-        self._free_memory = executor.memory if executor else 0
-        self._default_memory: Dict[int, int] = {}  # by cpu_limit; psutil per task costs ~0.2 ms
+        self.listeners: List[SchedulerListener] = list(listeners)
+        self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
+        self.state = new_state(self.capacity)
 
-    def _memory_of(self, task: Task) -> int:
-        if task.memory_limit:
-            return task.memory_limit
-        mem = self._default_memory.get(task.cpu_limit)
+    def _emit(self, event: str, *args) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(*args)
+
+    def effective_memory(self, task: Task) -> int:
+        """The memory limit of ``task``'s next attempt: its own, or its CPUs' share of the backend."""
+        mem = self.state.memory.get(task.key)
         if mem is None:
-            mem = self._default_memory[task.cpu_limit] = default_memory_limit(self.rt, task.cpu_limit)
+            mem = task.memory_limit or default_memory_limit(self.capacity, task.cpu_limit)
+            self.state.memory[task.key] = mem
         return mem
 
-    # -- state transitions ----------------------------------------------------------------------
-    def _add(self, targets: List[Task], all_tasks: Dict[str, Task]) -> List[str]:
-        st = self.state
-        order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
-        new = [k for k in order if k not in st.tasks]
-        for k in new:
-            st.tasks[k] = all_tasks[k]
-        lengths = critical_path_lengths(order, lambda k: all_tasks[k].input_keys, lambda k: all_tasks[k].estimated_cost())
-        st.priority.update(lengths)
-        for k in new:
-            for d in all_tasks[k].input_keys:
-                st.consumers.setdefault(d, []).append(k)
-        for k in new:
-            t = st.tasks[k]
-            if not t.exec_on_scheduler:
-                # the fingerprint covers the inputs' identity, so a matching record is reusable
-                # even when its (metadata-only) inputs are recomputed
-                record = read_commit(self.rt, t)
-                if record is not None:
-                    st.done[k] = record["dataset"]
-                    st.resumed.add(k)
-                    continue
-            pending = {d for d in t.input_keys if d not in st.done}
-            st.waiting[k] = pending
-            if not pending:
-                self._make_ready(k)
-        return new
-
-    def _make_ready(self, key: str) -> None:
-        st = self.state
-        st.waiting.pop(key, None)
-        heapq.heappush(st.ready, (-st.priority.get(key, 0.0), int(st.tasks[key].id), key))
-
-    def _finish(self, key: str, dataset) -> None:
-        st = self.state
-        st.running.pop(key, None)
-        st.done[key] = dataset
-        st.executed.add(key)
-        for c in st.consumers.get(key, []):
-            pending = st.waiting.get(c)
-            if pending is None:
-                continue
-            pending.discard(key)
-            if not pending:
-                self._make_ready(c)
-
-    def _fail(self, key: str, err: BaseException) -> bool:
-        """Record a failed attempt. Returns True if the task will be retried."""
-        st = self.state
-        task = st.tasks[key]
-        st.running.pop(key, None)
-        st.fail_counts[key] = st.fail_counts.get(key, 0) + 1
-        retryable = is_retryable(err)
-        if isinstance(err, TaskError):
-            terr = err
-        else:
-            terr = to_task_error(task, st.attempts.get(key, 0), err, [])
-        if retryable and st.fail_counts[key] < self.max_fail_count and st.attempts.get(key, 0) < self.max_retry_count:
-            if terr.cause_type in ("OutOfMemory", "OutOfMemoryException") or isinstance(err, OutOfMemory):
-                self._boost_memory(task)
-            st.attempts[key] = st.attempts.get(key, 0) + 1
-            logger.warning("retrying {} (attempt {}) after: {}", key, st.attempts[key], terr.message)
-            self._make_ready(key)
-            return True
-        st.failed[key] = terr
-        logger.info("task failed: {}", terr)
-        return False
-
-    def _boost_memory(self, task: Task) -> None:
-        current = self._memory_of(task)
-        cap = self.executor.memory if self.executor else self.rt.usable_memory_size
-        task.memory_limit = int(min(cap, current * 2))
-        logger.info("{}: memory limit raised to {} bytes after running out of memory", task.key, task.memory_limit)
-
-    # -- the loop --------------------------------------------------------------------------------
     def run(self, targets: List[Task], all_tasks: Dict[str, Task]) -> Dict[str, object]:
         """Run ``targets`` (and whatever they need) to completion. Returns outputs by task key.
 
@@ -178,52 +283,67 @@ class Scheduler:
         """
         st = self.state
         start = time.time()
-        self._add(targets, all_tasks)
+        _, resumed = add_tasks(st, self.rt, targets, all_tasks)
+        for key, record in resumed.items():
+            self._emit("on_resumed", st.tasks[key], record)
+        if resumed:
+            logger.info("resume: {} task(s) already committed are skipped", len(resumed))
+        self._emit("on_start", st)
         target_keys = [t.key for t in targets]
-        if st.resumed:
-            logger.info("resume: {} task(s) already committed are skipped", len(st.resumed))
+        ok = False
         try:
-            while not all(k in st.done for k in target_keys):
-                if st.failed:
-                    break
+            while not st.failed and not all(k in st.done for k in target_keys):
                 progressed = self._dispatch()
                 if st.failed or all(k in st.done for k in target_keys):
-                    continue
+                    break
                 if st.running:
-                    timeout = 0.0 if progressed else 0.5
-                    for c in self._poll(timeout):
+                    for c in self._poll(0.0 if progressed else 0.5):
                         self._on_completion(c)
                 elif not progressed:
-                    # nothing running and nothing could start: never spin silently
-                    missing = [k for k in target_keys if k not in st.done]
-                    blocked = [st.tasks[item[2]] for item in st.ready][:3]
-                    detail = "; ".join(
-                        f"{t.key} needs {t.cpu_limit} CPU(s) and {t.memory_limit or 'default'} bytes" for t in blocked
-                    )
-                    raise RuntimeError(
-                        f"scheduler stalled: {missing[:5]} not done and nothing can start "
-                        f"(free CPUs {self._free_cpus}, free memory {self._free_memory}; {detail or 'no task is ready'})"
-                    )
-                if self.progress:
-                    self.progress(st, time.time() - start)
-        except BaseException:
-            self._abort_running()
-            raise
+                    raise RuntimeError(self._stall_message(target_keys))
+                self._emit("on_tick", st, time.time() - start)
+            ok = not st.failed
+        finally:
+            if not ok:
+                self._abort_running()
+            self._emit("on_tick", st, time.time() - start)
+            self._emit("on_end", st, ok)
         if st.failed:
-            self._abort_running()
             errors = list(st.failed.values())
             raise JobFailed(f"{len(errors)} task(s) failed; first: {errors[0]}", errors) from errors[0]
         return {k: st.done[k] for k in target_keys}
 
-    def _queue_slots(self) -> int:
-        """Workers that take a task queued behind their current short one (pipelining)."""
-        slots = getattr(self.executor, "queue_slots", None)
-        return slots() if slots is not None else 0
+    def _stall_message(self, target_keys: List[str]) -> str:
+        """Nothing running and nothing could start: say why instead of spinning silently."""
+        st = self.state
+        missing = [k for k in target_keys if k not in st.done]
+        blocked = [st.tasks[item[2]] for item in st.ready][:3]
+        detail = "; ".join(f"{t.key} needs {t.cpu_limit} CPU(s) and {self.effective_memory(t)} bytes" for t in blocked)
+        return (
+            f"scheduler stalled: {missing[:5]} not done and nothing can start "
+            f"(free CPUs {st.free_cpus}, free memory {st.free_memory}; {detail or 'no task is ready'})"
+        )
 
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
             return []
         return self.executor.poll(timeout)
+
+    def _run_here(self, task: Task, inputs: list, attempt: int) -> None:
+        """Metadata-only tasks (and everything, without an executor) run in this process."""
+        st = self.state
+        start = time.time()
+        try:
+            if task.exec_on_scheduler:
+                ds = run_inline(self.rt, task, inputs)
+            else:
+                ds = execute_attempt(self.rt, task, inputs, attempt, memory=self.effective_memory(task))
+        except TaskError as e:
+            self._emit("on_inline", task, False, time.time() - start)
+            self._record_failure(task.key, e)
+            return
+        finish_task(st, task.key, ds)
+        self._emit("on_inline", task, True, time.time() - start)
 
     def _dispatch(self) -> bool:
         st = self.state
@@ -236,48 +356,33 @@ class Scheduler:
             inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
             if task.exec_on_scheduler or self.executor is None:
-                # metadata-only tasks (and everything, without an executor) run right here
-                try:
-                    if task.exec_on_scheduler:
-                        ds = run_inline(self.rt, task, inputs)
-                    else:
-                        ds = execute_attempt(self.rt, task, inputs, attempt)
-                except TaskError as e:
-                    self._fail(key, e)
-                    continue
-                self._finish(key, ds)
+                self._run_here(task, inputs, attempt)
                 progressed = True
                 continue
-            mem = self._memory_of(task)
-            fits = task.cpu_limit <= self._free_cpus and (mem <= self._free_memory or not st.running)
+            mem = self.effective_memory(task)
+            fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
             idle = self.executor.free_slots()
             queue = False
             if not fits or idle == 0:
                 # a one-CPU task needing no more than a worker's share of memory may wait on a
                 # worker behind a short task and run with what that task leaves: it reserves
                 # nothing of its own, and a worker still runs one task at a time
-                share = self.executor.memory // max(1, self.executor.num_cpus)
-                queue = task.cpu_limit <= 1 and mem <= share and self._queue_slots() > 0
+                slots = self.executor.queue_slots()
+                queue = task.cpu_limit <= 1 and mem <= self.capacity.memory_per_cpu and slots > 0
                 if not queue:
                     deferred.append(item)
-                    if idle == 0 and not self._queue_slots():
+                    if idle == 0 and not slots:
                         break
                     continue
             try:
-                if queue:
-                    self.executor.submit(task, inputs, attempt, queue=True)
-                else:
-                    self.executor.submit(task, inputs, attempt)
-            except TaskError as e:
+                self.executor.submit(task, inputs, attempt, memory=mem, queue=queue)
+            except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
-                st.fail_counts[key] = self.max_fail_count
                 st.failed[key] = e
                 logger.error("task failed: {}", e)
                 break
-            st.running[key] = attempt
-            task._reserved = (0, 0) if queue else (task.cpu_limit, mem)
-            self._free_cpus -= task._reserved[0]
-            self._free_memory -= task._reserved[1]
+            reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem)
+            self._emit("on_submit", task, attempt, mem)
             progressed = True
         for item in deferred:
             heapq.heappush(st.ready, item)
@@ -285,43 +390,38 @@ class Scheduler:
 
     def _on_completion(self, c: Completion) -> None:
         st = self.state
-        if st.running.get(c.key) != c.attempt:
+        if not release(st, c.key, c.attempt):
             return  # a cancelled or superseded attempt
         task = st.tasks[c.key]
-        cpu, mem = getattr(task, "_reserved", (task.cpu_limit, 0))
-        self._free_cpus += cpu
-        self._free_memory += mem
         if c.ok:
-            self._finish(c.key, c.dataset)
+            finish_task(st, c.key, c.dataset)
+            self._emit("on_completion", task, c, None)
+            return
+        decision = self._record_failure(c.key, c.error)
+        self._emit("on_completion", task, c, decision)
+
+    def _record_failure(self, key: str, error: BaseException) -> Decision:
+        st = self.state
+        task = st.tasks[key]
+        terr = error if isinstance(error, TaskError) else to_task_error(task, st.attempts.get(key, 0), error, [])
+        self.effective_memory(task)
+        decision = fail_attempt(
+            st,
+            key,
+            terr,
+            max_fail_count=self.max_fail_count,
+            max_retry_count=self.max_retry_count,
+            memory_cap=self.capacity.memory,
+        )
+        if decision is Decision.FAIL:
+            logger.info("task failed: {}", terr)
         else:
-            self._fail(c.key, c.error)
+            if decision is Decision.RETRY_WITH_MORE_MEMORY:
+                logger.info("{}: memory limit raised to {} bytes after running out of memory", key, st.memory[key])
+            logger.warning("retrying {} (attempt {}) after: {}", key, st.attempts[key], terr.message)
+        return decision
 
     def _abort_running(self) -> None:
-        st = self.state
-        for key in list(st.running):
+        for key, attempt in abandon_running(self.state):
             if self.executor is not None:
-                self.executor.cancel(key)
-            task = st.tasks[key]
-            cpu, mem = getattr(task, "_reserved", (task.cpu_limit, 0))
-            self._free_cpus += cpu
-            self._free_memory += mem
-            st.running.pop(key, None)
-            st.ready.append((0, int(task.id), key))
-        heapq.heapify(st.ready)
-
-
-def cleanup_temp_dirs(rt: RuntimeContext) -> None:
-    """Remove leftovers of abandoned attempts (``*.tmp-*`` dirs) under staging/ and output/."""
-    for root in (rt.staging_root, rt.output_root):
-        if not os.path.isdir(root):
-            continue
-        for name in os.listdir(root):
-            sub = os.path.join(root, name)
-            if not os.path.isdir(sub):
-                continue
-            for entry in os.listdir(sub):
-                if ".tmp-" in entry:
-                    remove_path(os.path.join(sub, entry))
-
-
-_ = atomic_write_text
+                self.executor.cancel(key, attempt)

@@ -1,4 +1,5 @@
-"""Task identity, partition infos, the runtime context, and the Task base class.
+"""Task identity, partition infos, and the Task base class (the runtime context is in
+:mod:`smallpond.execution.runtime`; it is importable from here, as upstream scripts do).
 
 A task is one unit of work: a node's work on one partition. Its ``id`` comes from the planner's
 deterministic walk; its ``fingerprint`` digests the node's parameters, the partition and the
@@ -14,20 +15,14 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import socket
-import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, Dict, List, Optional, Tuple
 
-from smallpond.common import GB, MB, PARQUET_METADATA_KEY_PREFIX, TB
-from smallpond.logical.dataset import DataSet, ParquetDataSet
+from smallpond.common import PARQUET_METADATA_KEY_PREFIX
+from smallpond.execution.runtime import JobId, RuntimeContext
+from smallpond.logical.dataset import DataSet
 
-
-class JobId(uuid.UUID):
-    @staticmethod
-    def new() -> "JobId":
-        return JobId(hex=uuid.uuid4().hex)
+__all__ = ["JobId", "TaskId", "TaskRuntimeId", "PartitionInfo", "RuntimeContext", "StreamOutput", "Task"]
 
 
 class TaskId(int):
@@ -78,268 +73,6 @@ class PartitionInfo:
         self.index, self.npartitions, self.dimension = state
 
 
-class RuntimeContext:
-    """Where a job lives and how it runs. Shared (pickled) by the scheduler and every worker.
-
-    The job root is ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}`` with the folders
-    ``config/ log/ queue/ staging/ output/ temp/``. The per-job secret that signs pickles lives
-    in ``config/secret`` (owner-only).
-    """
-
-    def __init__(
-        self,
-        job_id: JobId,
-        job_time: datetime,
-        data_root: str,
-        *,
-        num_executors: int = 1,
-        random_seed: Optional[int] = None,
-        env_overrides: Optional[Dict[str, str]] = None,
-        bind_numa_node: bool = False,
-        enforce_memory_limit: bool = False,
-        max_usable_cpu_count: int = 1024,
-        max_usable_gpu_count: int = 1024,
-        max_usable_memory_size: int = 16 * TB,
-        secs_wq_poll_interval: float = 0.5,
-        secs_executor_probe_interval: float = 30,
-        max_num_missed_probes: int = 6,
-        fault_inject_prob: float = 0.0,
-        enable_profiling: bool = False,
-        enable_diagnostic_metrics: bool = False,
-        remove_empty_parquet: bool = False,
-        skip_task_with_empty_input: bool = False,
-        shared_log_root: Optional[str] = None,
-        console_log_level: str = "INFO",
-        file_log_level: str = "DEBUG",
-        disable_log_rotation: bool = False,
-        output_path: Optional[str] = None,
-    ) -> None:
-        if not isinstance(job_id, uuid.UUID):
-            job_id = JobId(hex=str(job_id))
-        if not 0.0 <= fault_inject_prob < 1.0:
-            from smallpond.errors import ParameterError
-
-            raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
-        self.job_id = job_id
-        self.job_time = job_time
-        self.data_root = os.path.abspath(data_root)
-        self.num_executors = num_executors
-        if random_seed is None:
-            random_seed = int.from_bytes(hashlib.sha256(job_id.bytes).digest()[:16], "big")
-        self.random_seed = random_seed
-        self.env_overrides = dict(env_overrides or {})
-        self.bind_numa_node = bind_numa_node
-        self.enforce_memory_limit = enforce_memory_limit
-        self.max_usable_cpu_count = max_usable_cpu_count
-        self.max_usable_gpu_count = max_usable_gpu_count
-        self.max_usable_memory_size = max_usable_memory_size
-        self.secs_wq_poll_interval = secs_wq_poll_interval
-        self.secs_executor_probe_interval = secs_executor_probe_interval
-        self.max_num_missed_probes = max_num_missed_probes
-        self.fault_inject_prob = fault_inject_prob
-        self.enable_profiling = enable_profiling
-        self.enable_diagnostic_metrics = enable_diagnostic_metrics
-        self.remove_empty_parquet = remove_empty_parquet
-        self.skip_task_with_empty_input = skip_task_with_empty_input
-        self.shared_log_root = shared_log_root
-        self.console_log_level = console_log_level
-        self.file_log_level = file_log_level
-        self.disable_log_rotation = disable_log_rotation
-        self.final_output_path = os.path.abspath(output_path) if output_path else None
-        self.job_root = os.path.join(self.data_root, f"{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}")
-        self.current_task: Optional["Task"] = None
-        self._secret: Optional[bytes] = None
-
-    # -- layout ----------------------------------------------------------------------------------
-    @property
-    def config_root(self) -> str:
-        return os.path.join(self.job_root, "config")
-
-    @property
-    def log_root(self) -> str:
-        return os.path.join(self.job_root, "log")
-
-    @property
-    def queue_root(self) -> str:
-        return os.path.join(self.job_root, "queue")
-
-    @property
-    def staging_root(self) -> str:
-        return os.path.join(self.job_root, "staging")
-
-    @property
-    def output_root(self) -> str:
-        return os.path.join(self.job_root, "output")
-
-    @property
-    def temp_root(self) -> str:
-        return os.path.join(self.job_root, "temp")
-
-    @property
-    def completed_task_dir(self) -> str:
-        return os.path.join(self.staging_root, "completed_tasks")
-
-    @property
-    def started_task_dir(self) -> str:
-        return os.path.join(self.staging_root, "started_tasks")
-
-    @property
-    def sched_state_path(self) -> str:
-        return os.path.join(self.config_root, "sched_state.pickle")
-
-    @property
-    def logcial_plan_graph_path(self) -> str:  # upstream spelling
-        """Base path of the plan graph (``log/graph``; ``.dot`` / ``.png`` are appended)."""
-        return os.path.join(self.log_root, "graph")
-
-    @property
-    def ray_log_path(self) -> str:
-        return os.path.join(self.log_root, "ray.log")
-
-    @property
-    def job_status_path(self) -> str:
-        return os.path.join(self.log_root, ".STATUS")
-
-    @property
-    def runtime_ctx_path(self) -> str:
-        return os.path.join(self.config_root, "runtime_ctx.pickle")
-
-    @property
-    def logical_plan_path(self) -> str:
-        return os.path.join(self.config_root, "logical_plan.pickle")
-
-    logcial_plan_path = logical_plan_path  # upstream spelling
-
-    @property
-    def exec_plan_path(self) -> str:
-        return os.path.join(self.config_root, "exec_plan.pickle")
-
-    @property
-    def secret(self) -> bytes:
-        if self._secret is None:
-            path = os.path.join(self.config_root, "secret")
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    self._secret = f.read()
-            else:
-                from smallpond.io.filesystem import atomic_write_bytes
-
-                os.makedirs(self.config_root, mode=0o700, exist_ok=True)
-                key = os.urandom(32)
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(key)
-                    self._secret = key
-                except FileExistsError:
-                    with open(path, "rb") as f:
-                        self._secret = f.read()
-                _ = atomic_write_bytes
-        return self._secret
-
-    # -- resources -------------------------------------------------------------------------------
-    @property
-    def physical_cpu_count(self) -> int:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-    @property
-    def usable_cpu_count(self) -> int:
-        return max(1, min(self.max_usable_cpu_count, self.physical_cpu_count))
-
-    @property
-    def total_memory(self) -> int:
-        import psutil
-
-        return psutil.virtual_memory().total
-
-    @property
-    def available_memory(self) -> int:
-        import psutil
-
-        return psutil.virtual_memory().available
-
-    @property
-    def usable_memory_size(self) -> int:
-        return min(self.max_usable_memory_size, self.total_memory)
-
-    @property
-    def usable_gpu_count(self) -> int:
-        return 0
-
-    @property
-    def numa_node_count(self) -> int:
-        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
-        return 1
-
-    @property
-    def numa_node_id(self) -> Optional[int]:
-        """The NUMA node this process is bound to; None (no binding in this build)."""
-        return None
-
-    def get_local_gpus(self) -> list:
-        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
-        return []
-
-    @property
-    def secs_executor_probe_timeout(self) -> float:
-        return self.secs_executor_probe_interval * self.max_num_missed_probes
-
-    @property
-    def task(self) -> Optional["Task"]:
-        return self.current_task
-
-    def set_current_task(self, task: Optional["Task"]) -> "RuntimeContext":
-        self.current_task = task
-        return self
-
-    # -- lifecycle -------------------------------------------------------------------------------
-    def initialize(self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False) -> None:
-        """Create the job directories (owner-only) and the per-job secret."""
-        from smallpond.io.filesystem import remove_path
-
-        if cleanup_root:
-            remove_path(self.job_root)
-        if os.path.isdir(self.job_root) and not root_exist_ok:
-            raise FileExistsError(f"job root {self.job_root} already exists")
-        for d in (
-            self.config_root,
-            self.log_root,
-            self.queue_root,
-            self.staging_root,
-            self.output_root,
-            self.temp_root,
-            self.completed_task_dir,
-        ):
-            os.makedirs(d, mode=0o700, exist_ok=True)
-        os.chmod(self.job_root, 0o700)
-        _ = self.secret
-        for k, v in self.env_overrides.items():
-            os.environ[k] = v
-        self.exec_id = exec_id or socket.gethostname()
-
-    def cleanup(self, remove_output_root: bool = True) -> None:
-        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job."""
-        from smallpond.io.filesystem import remove_path
-
-        for d in (self.queue_root, self.temp_root, self.staging_root):
-            remove_path(d)
-        if remove_output_root:
-            remove_path(self.output_root)
-
-    def cleanup_root(self) -> None:
-        from smallpond.io.filesystem import remove_path
-
-        remove_path(self.job_root)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["current_task"] = None
-        return state
-
-    def __repr__(self) -> str:
-        return f"RuntimeContext(job_root={self.job_root!r})"
-
-
 @dataclass
 class StreamOutput:
     """An output table of a streaming task, optionally marking a checkpoint after it."""
@@ -380,6 +113,8 @@ class Task:
         self.retry_count = 0
         self.runtime_ctx: Optional[RuntimeContext] = None
         self.perf_metrics: Dict[str, float] = {}
+        #: what the running attempt measured (``rows``, ``bytes`` written); reset per attempt
+        self.stats: Dict[str, Any] = {}
 
     def __repr__(self) -> str:
         return f"{self.key}({self.node_label})"
@@ -505,9 +240,6 @@ class Task:
     def run(self, runtime_ctx: RuntimeContext, inputs: List[DataSet], output_dir: str) -> DataSet:
         raise NotImplementedError
 
-    def output_dataset(self, output_dir: str) -> DataSet:
-        return ParquetDataSet(["*.parquet"], root_dir=output_dir)
-
     def error_context(self) -> Dict[str, Any]:
         """Extra fields for a TaskError (e.g. the SQL text)."""
         return {}
@@ -518,11 +250,3 @@ class Task:
         state.pop("_py_rng", None)
         state.pop("_np_rng", None)
         return state
-
-
-def default_memory_limit(rt: RuntimeContext, cpu_limit: int) -> int:
-    """A task's share of the machine's memory in proportion to its CPUs (at least 128 MB)."""
-    return max(128 * MB, rt.usable_memory_size * cpu_limit // rt.usable_cpu_count)
-
-
-_ = GB

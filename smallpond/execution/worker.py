@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import sys
-import time
 
 
 def _preload() -> None:
@@ -24,29 +24,17 @@ def _preload() -> None:
 
 def worker_main(conn, rt_path: str, index: int) -> None:
     import cloudpickle
-    from loguru import logger
 
-    from smallpond.execution.attempt import _fast_pickle, execute_attempt, install_task_log_sink
+    from smallpond.execution.attempt import _fast_pickle, install_task_log_sink, run_attempt
     from smallpond.execution.executors.base import Completion
-    from smallpond.execution.ops.sql import share_database_in_process
+    from smallpond.execution.ops.duckdb import share_database_in_process
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
-    logger.remove()  # the worker logs into each attempt's log file; the scheduler reports failures
-    os.makedirs(os.path.join(rt.log_root, "tasks"), exist_ok=True)
+    setup_worker_process(rt, f"smallpond-worker-{index}")
     install_task_log_sink(rt.file_log_level)
     share_database_in_process()
-    from smallpond.utility import capture_stdlib_logging
-
-    capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
-    try:
-        import setproctitle  # type: ignore
-
-        setproctitle.setproctitle(f"smallpond-worker-{index}")
-    except ImportError:
-        pass
-    for k, v in rt.env_overrides.items():
-        os.environ[k] = v
+    worker_name = f"{socket.gethostname()}/local-{index}"
     node_blobs: dict = {}
     nodes: dict = {}
 
@@ -70,15 +58,9 @@ def worker_main(conn, rt_path: str, index: int) -> None:
         node_key, node_blob, body = pickle.loads(msg)
         if node_blob is not None:
             node_blobs[node_key] = node_blob
-        task, inputs, attempt = pickle.loads(body)
+        task, inputs, attempt, memory = pickle.loads(body)
         task.node = _node(node_key)
-        start = time.time()
-        try:
-            ds = execute_attempt(rt, task, inputs, attempt)
-            result = Completion(task.key, attempt, True, ds, None, time.time() - start)
-        except Exception as e:  # execute_attempt raises TaskError from the original
-            err = e.__cause__ if not hasattr(e, "retryable") and e.__cause__ is not None else e
-            result = Completion(task.key, attempt, False, None, err, time.time() - start)
+        result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
         try:
             payload = _fast_pickle(result) or cloudpickle.dumps(result)
         except Exception as e:
@@ -97,12 +79,30 @@ def worker_main(conn, rt_path: str, index: int) -> None:
                         location=task.location,
                         retryable=False,
                     ),
+                    worker=worker_name,
                 )
             )
         try:
             conn.send_bytes(payload)
         except (BrokenPipeError, OSError):
             return
+
+
+def setup_worker_process(rt, title: str) -> None:
+    """What a worker process (never the user's) sets up: its title, the job's environment
+    variables, and stdlib logging routed into the task logs."""
+    from smallpond.utility import capture_stdlib_logging
+
+    try:
+        import setproctitle  # type: ignore
+
+        setproctitle.setproctitle(title)
+    except ImportError:
+        pass
+    os.makedirs(os.path.join(rt.log_root, "tasks"), exist_ok=True)
+    for k, v in rt.env_overrides.items():
+        os.environ[k] = v
+    capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
 
 
 def _load_runtime_ctx(path: str):

@@ -12,13 +12,14 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import UserCodeError
+from smallpond.io.parquet import ParquetWriterOptions
 
 
 @contextmanager
@@ -282,13 +283,8 @@ def dump_to_parquet_files(
     if table.num_rows > rg_size * 4:
         nfiles = max(nfiles, min(max_workers, table.num_rows // rg_size))
     nfiles = min(nfiles, max(1, table.num_rows))
-    kw = dict(
-        compression=compression or "NONE",
-        row_group_size=rg_size,
-        use_dictionary=use_dictionary,
-    )
-    if compression and compression_level is not None and compression.upper() in ("ZSTD", "GZIP", "BROTLI"):
-        kw["compression_level"] = compression_level
+    kw = ParquetWriterOptions(compression, compression_level, rg_size, use_dictionary).pyarrow()
+    kw["row_group_size"] = rg_size
     paths = []
     bounds = [(i * table.num_rows // nfiles, (i + 1) * table.num_rows // nfiles) for i in range(nfiles)]
 
@@ -304,11 +300,6 @@ def dump_to_parquet_files(
         with ThreadPoolExecutor(min(max_workers, nfiles)) as pool:
             paths = list(pool.map(write, range(nfiles)))
     return paths
-
-
-def iter_tables(reader: pa.RecordBatchReader) -> Iterable[pa.Table]:
-    for batch in reader:
-        yield pa.Table.from_batches([batch])
 
 
 def rebatch(reader: pa.RecordBatchReader, batch_size: int) -> pa.RecordBatchReader:

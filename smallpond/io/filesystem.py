@@ -50,14 +50,6 @@ def find_mount_point(path: str) -> str:
     return path
 
 
-def same_device(a: str, b: str) -> bool:
-    """True if hard links from ``a`` into directory ``b`` are possible (same filesystem)."""
-    try:
-        return os.stat(a).st_dev == os.stat(b).st_dev
-    except OSError:
-        return False
-
-
 def remove_path(path: str) -> None:
     """Remove a file, a symlink or a directory tree. A missing path is a no-op."""
     if os.path.islink(path) or os.path.isfile(path):
@@ -67,24 +59,6 @@ def remove_path(path: str) -> None:
             pass
     elif os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def makedirs_private(path: str) -> None:
-    """Create a directory (and parents) readable only by the owner."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-
-
-def fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:

@@ -160,7 +160,6 @@ class Node:
         self.cpu_limit = max(int(cpu_limit) if cpu_limit >= 1 else 1, int(gpu_limit * 8))
         self.gpu_limit = gpu_limit
         self.memory_limit = int(memory_limit) if memory_limit is not None else None
-        self.generated_tasks: List[str] = []
         self.perf_stats: Dict[str, Any] = {}
         self.perf_metrics: Dict[str, List[float]] = {}
 
@@ -180,9 +179,16 @@ class Node:
     def _msg(self, text: str) -> str:
         return f"{type(self).__name__} created at {self.location}: {text}"
 
+    #: attributes that do not change what the node computes: identity and graph links, labels,
+    #: resource hints, statistics. Subclasses extend this set; every other attribute (including
+    #: those of a user's subclass) enters the fingerprint.
+    fingerprint_exclude = frozenset(
+        {"ctx", "id", "input_deps", "location", "df_op", "perf_stats", "perf_metrics", "cpu_limit", "gpu_limit", "memory_limit"}
+    )
+
     def fingerprint_params(self) -> Dict[str, Any]:
-        """The parameters that determine this node's output (used for checkpoint fingerprints)."""
-        skip = {"ctx", "id", "input_deps", "location", "generated_tasks", "perf_stats", "perf_metrics"}
+        """The parameters that determine this node's output (they enter checkpoint fingerprints)."""
+        skip = self.fingerprint_exclude
         return {k: v for k, v in sorted(self.__dict__.items()) if k not in skip and not k.startswith("_")}
 
     # -- partitions -----------------------------------------------------------------------------
@@ -234,7 +240,6 @@ class Node:
 
         c = copy.copy(self)
         c.input_deps = ()
-        c.generated_tasks = []
         c.ctx = None
         return c
 

@@ -124,10 +124,15 @@ class SqlEngineNode(Node):
     def oneline_query(self) -> str:
         return "; ".join(" ".join(q.split()) for q in self.sql_queries)
 
-    def fingerprint_params(self):
-        p = super().fingerprint_params()
-        p.pop("udf_contexts", None)
-        return p
+    # derived from udfs / extension_paths / udf_module_paths (which enter the fingerprint); the
+    # overcommit ratios and the temp directory switch tune resources, not results
+    fingerprint_exclude = Node.fingerprint_exclude | {
+        "udf_contexts",
+        "cpu_overcommit_ratio",
+        "memory_overcommit_ratio",
+        "enable_temp_directory",
+        "fused_from",
+    }
 
 
 def _check_format(node: Node, query: str) -> None:

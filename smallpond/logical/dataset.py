@@ -217,7 +217,7 @@ class DataSet:
         return self.to_arrow_table().to_pandas()
 
     def log(self, num_rows: int = 200) -> None:
-        from loguru import logger
+        from smallpond.common import logger
 
         logger.info(f"{self}:\n{self.to_pandas().head(num_rows)}")
 

@@ -7,13 +7,12 @@ The families live in :mod:`.base`, :mod:`.partition` and :mod:`.compute`; the st
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
-from smallpond.logical.base import Context, Node, NodeId, Shape, call_site_msg, shape_size
+from smallpond.logical.base import Context, Node, NodeId
 from smallpond.logical.compute import (
     ArrowBatchNode,
     ArrowComputeNode,
@@ -23,7 +22,6 @@ from smallpond.logical.compute import (
     PythonScriptNode,
     SqlEngineNode,
 )
-from smallpond.logical.dataset import DataSet, ParquetDataSet
 from smallpond.logical.graph import topological_order
 from smallpond.logical.partition import (
     DataSetPartitionNode,
@@ -36,6 +34,15 @@ from smallpond.logical.partition import (
     ShuffleNode,
     UserDefinedPartitionNode,
     UserPartitionedDataSourceNode,
+)
+from smallpond.logical.structural import (
+    ConsolidateNode,
+    DataSinkNode,
+    DataSourceNode,
+    LimitNode,
+    ProjectionNode,
+    RootNode,
+    UnionNode,
 )
 
 __all__ = [
@@ -70,152 +77,6 @@ __all__ = [
 ]
 
 
-class DataSourceNode(Node):
-    """A dataset as the start of a plan (one partition). ``None`` means an empty input."""
-
-    def __init__(self, ctx: Context, dataset: Optional[DataSet]) -> None:
-        super().__init__(ctx, ())
-        if dataset is None:
-            dataset = ParquetDataSet([])
-        if not isinstance(dataset, DataSet):
-            raise ParameterError(self._msg(f"dataset must be a DataSet, got {type(dataset).__name__}"))
-        self.dataset = dataset
-
-    def partition_shape(self) -> Shape:
-        return ()
-
-    def fingerprint_params(self):
-        return {"dataset": self.dataset.fingerprint()}
-
-
-SINK_TYPES = ("link", "copy", "link_or_copy", "manifest")
-
-
-class DataSinkNode(Node):
-    """Publish the inputs' files into ``output_path``.
-
-    ``type``: ``"link"`` (hard link, else symlink across filesystems), ``"copy"``,
-    ``"link_or_copy"`` (hard link, else copy) or ``"manifest"`` (only ``.MANIFEST.txt``).
-    The directory is published whole: it is built aside and renamed into place, so a reader
-    never sees part of a result. ``.MANIFEST.txt`` lists the published files.
-    """
-
-    def __init__(
-        self,
-        ctx: Context,
-        input_deps: Sequence[Node],
-        output_path: str,
-        type: str = "link",
-        manifest_only: bool = False,
-        is_final_node: bool = False,
-    ) -> None:
-        if not isinstance(output_path, str) or not os.path.isabs(output_path):
-            raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
-        super().__init__(ctx, input_deps, None, output_path, 1, 0, None)
-        if manifest_only:
-            type = "manifest"
-        if type not in SINK_TYPES:
-            raise ParameterError(self._msg(f"type must be one of {list(SINK_TYPES)}, got {type!r}"))
-        if not self.input_deps:
-            raise ParameterError(self._msg("a data sink needs at least one input"))
-        self.type = type
-        self.is_final_node = is_final_node
-
-    def partition_shape(self) -> Shape:
-        for d in self.input_deps:
-            d.partition_shape()
-        return ()
-
-
-class RootNode(Node):
-    """A virtual node that depends on every node that must run."""
-
-    def __init__(self, ctx: Context, input_deps: Sequence[Node]) -> None:
-        super().__init__(ctx, input_deps)
-
-    def partition_shape(self) -> Shape:
-        for d in self.input_deps:
-            d.partition_shape()
-        return ()
-
-
-class ConsolidateNode(Node):
-    """Merge partitions, keeping only the given dimensions (no data is moved)."""
-
-    def __init__(self, ctx: Context, input_dep: Node, dimensions: List[str]) -> None:
-        super().__init__(ctx, (input_dep,))
-        self.dimensions = list(dimensions)
-
-    def partition_shape(self) -> Shape:
-        shape = self.input_deps[0].partition_shape()
-        dims = [d for d, _ in shape]
-        missing = [d for d in self.dimensions if d not in dims]
-        if missing:
-            raise PlanError(self._msg(f"dimensions {missing} are not among the input's dimensions {dims}"))
-        return tuple((d, n) for d, n in shape if d in self.dimensions)
-
-
-class UnionNode(Node):
-    """Concatenate the partitions of several inputs with the same partition dimensions."""
-
-    def __init__(self, ctx: Context, input_deps: Sequence[Node]) -> None:
-        super().__init__(ctx, input_deps)
-        if not self.input_deps:
-            raise ParameterError(self._msg("UnionNode needs at least one input"))
-
-    def partition_shape(self) -> Shape:
-        shapes = [d.partition_shape() for d in self.input_deps]
-        dims = {tuple(d for d, _ in s) for s in shapes}
-        if len(dims) != 1:
-            raise PlanError(self._msg(f"all inputs of a union must have the same partition dimensions, got {shapes}"))
-        return shapes[0]
-
-    @property
-    def num_partitions(self) -> int:
-        return sum(d.num_partitions for d in self.input_deps)
-
-
-class ProjectionNode(Node):
-    """Select columns (or DuckDB expressions) and add generated columns, without moving data."""
-
-    def __init__(
-        self,
-        ctx: Context,
-        input_dep: Node,
-        columns: Optional[List[str]] = None,
-        generated_columns: Optional[List[str]] = None,
-        union_by_name: Optional[bool] = None,
-    ) -> None:
-        super().__init__(ctx, (input_dep,))
-        columns = list(columns) if columns is not None else ["*"]
-        generated_columns = list(generated_columns or [])
-        overlap = set(columns) & set(generated_columns)
-        if overlap:
-            raise ParameterError(self._msg(f"columns and generated_columns overlap: {sorted(overlap)}"))
-        from smallpond.common import GENERATED_COLUMNS
-
-        bad = [c for c in generated_columns if c not in GENERATED_COLUMNS]
-        if bad:
-            raise ParameterError(self._msg(f"generated_columns must be among {list(GENERATED_COLUMNS)}, got {bad}"))
-        self.columns = columns
-        self.generated_columns = generated_columns
-        self.union_by_name = union_by_name
-
-
-class LimitNode(SqlEngineNode):
-    """Keep the first ``limit`` rows of the whole input (a global limit: one output partition)."""
-
-    def __init__(self, ctx: Context, input_dep: Node, limit: int) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ParameterError(call_site_msg("LimitNode", f"limit must be a non-negative integer, got {limit!r}"))
-        super().__init__(ctx, (input_dep,), f"select * from {{0}} limit {limit}")
-        self.limit = limit
-
-    def partition_shape(self) -> Shape:
-        self.input_deps[0].partition_shape()
-        return ()
-
-
 class _Digraph:
     """A DOT description of a plan; renders to an image only if Graphviz ``dot`` exists."""
 
@@ -230,7 +91,7 @@ class _Digraph:
         with open(path, "w") as f:
             f.write(self.source)
         if shutil.which("dot") is None:
-            from loguru import logger
+            from smallpond.common import logger
 
             logger.warning("Graphviz 'dot' not found: wrote {} as DOT text only", path)
             return None
@@ -333,6 +194,3 @@ def _node_detail(node: Node) -> str:
     if isinstance(node, DataSinkNode):
         return f" {node.type} -> {node.output_path}"
     return ""
-
-
-_ = shape_size

@@ -81,8 +81,6 @@ def fuse_sql(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
             mems = [m for m in (child.memory_limit, new.memory_limit) if m is not None]
             fused.memory_limit = max(mems) if mems else None
             fused.fused_from = getattr(child, "fused_from", [child]) + [node]
-            for k in ("_fp_digest", "_slim"):
-                fused.__dict__.pop(k, None)
             new = fused
     memo[id(node)] = new
     return new

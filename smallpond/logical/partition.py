@@ -14,6 +14,7 @@ from smallpond.common import DATA_PARTITION_COLUMN_NAME
 from smallpond.errors import ParameterError, PlanError
 from smallpond.logical.base import Context, Node, Shape, call_site_msg, validate_dimension
 from smallpond.logical.dataset import DataSet
+from smallpond.logical.structural import ConsolidateNode, DataSourceNode
 
 _IDENT_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
@@ -151,8 +152,6 @@ def DataSetPartitionNode(
         ctx, input_deps, npartitions, partition_by_rows=partition_by_rows, random_shuffle=random_shuffle
     )
     if npartitions == 1:
-        from smallpond.logical.node import ConsolidateNode
-
         return ConsolidateNode(ctx, node, [])
     return node
 
@@ -332,8 +331,6 @@ class UserPartitionedDataSourceNode(UserDefinedPartitionNode):
     max_num_producer_tasks = 1
 
     def __init__(self, ctx: Context, partitioned_datasets: List[DataSet], dimension: Optional[str] = None) -> None:
-        from smallpond.logical.node import DataSourceNode
-
         if not partitioned_datasets or not all(isinstance(d, DataSet) for d in partitioned_datasets):
             raise ParameterError(
                 call_site_msg(

@@ -48,10 +48,10 @@ def queue_everything(monkeypatch):
     queued = []
     original = local.LocalExecutor.submit
 
-    def submit(self, task, inputs, attempt, *, queue=False):
+    def submit(self, task, inputs, attempt, *, memory, queue=False):
         if queue:
             queued.append(task.key)
-        return original(self, task, inputs, attempt, queue=queue)
+        return original(self, task, inputs, attempt, memory=memory, queue=queue)
 
     monkeypatch.setattr(local, "QUEUE_BEHIND_SECONDS", 1e9)
     monkeypatch.setattr(local.LocalExecutor, "submit", submit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smallpond.execution.ops.sql import HashPartitionTask
+from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, HashPartitionNode, LogicalPlan

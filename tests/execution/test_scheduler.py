@@ -11,10 +11,10 @@ from typing import Dict, List, Optional
 import pytest
 
 from smallpond.common import GB, MB
-from smallpond.errors import InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
-from smallpond.execution.executors.base import Completion, Executor
+from smallpond.errors import Decision, InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
+from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.planner import Planner
-from smallpond.execution.scheduler import Scheduler
+from smallpond.execution.scheduler import Scheduler, add_tasks, reserve
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
@@ -22,8 +22,7 @@ from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode
 class ScriptedExecutor(Executor):
     """Completes each attempt at once with the next scripted outcome for its task (default: ok)."""
 
-    num_cpus = 2
-    memory = 8 * GB
+    capacity = Capacity(2, 2, 8 * GB)
 
     def __init__(self, script: Dict[str, List[Optional[BaseException]]]) -> None:
         self.script = {k: list(v) for k, v in script.items()}
@@ -33,8 +32,8 @@ class ScriptedExecutor(Executor):
     def free_slots(self) -> int:
         return 2 - len(self.pending)
 
-    def submit(self, task, inputs, attempt) -> None:
-        self.submitted.append((task.key, attempt, task.memory_limit))
+    def submit(self, task, inputs, attempt, *, memory, queue=False) -> None:
+        self.submitted.append((task.key, attempt, memory))
         outcomes = self.script.get(task.key, [])
         error = outcomes.pop(0) if outcomes else None
         if error is None:
@@ -46,7 +45,7 @@ class ScriptedExecutor(Executor):
         out, self.pending = self.pending, []
         return out
 
-    def cancel(self, key: str) -> None:
+    def cancel(self, key: str, attempt=None) -> None:
         self.pending = [c for c in self.pending if c.key != key]
 
     def shutdown(self) -> None:
@@ -102,14 +101,14 @@ def test_out_of_memory_doubles_the_memory_limit(plan_tasks):
 
 def test_out_of_memory_reported_by_a_worker_as_task_error(plan_tasks):
     rt, exec_plan, (a, _) = plan_tasks
-    err = TaskError("DuckDB ran out of memory", task_key=a, retryable=True, cause_type="OutOfMemory")
+    err = TaskError("DuckDB ran out of memory", task_key=a, decision=Decision.RETRY_WITH_MORE_MEMORY, cause_type="OutOfMemory")
     _, executor = run(rt, exec_plan, {a: [err]})
     assert attempts_of(executor, a) == [(0, 100 * MB), (1, 200 * MB)]
 
 
 def test_memory_boost_is_capped_by_the_executor(plan_tasks):
     rt, exec_plan, (a, _) = plan_tasks
-    exec_plan.tasks[a].memory_limit = 6 * GB
+    exec_plan.tasks[a].memory_limit = 6 * GB  # as the user asked it of the node
     _, executor = run(rt, exec_plan, {a: [OutOfMemory("oom")]})
     assert attempts_of(executor, a) == [(0, 6 * GB), (1, 8 * GB)]
 
@@ -148,10 +147,10 @@ def test_completions_of_superseded_attempts_are_ignored(plan_tasks):
     rt, exec_plan, (a, _) = plan_tasks
     executor = ScriptedExecutor({})
     scheduler = Scheduler(rt, executor)
-    scheduler._add([exec_plan.root_task], exec_plan.tasks)
-    scheduler.state.running[a] = 1
+    add_tasks(scheduler.state, rt, [exec_plan.root_task], exec_plan.tasks)
+    reserve(scheduler.state, a, 1, 1, 100 * MB)
     scheduler._on_completion(Completion(a, 0, False, None, InjectedFault("late")))
-    assert scheduler.state.running == {a: 1} and not scheduler.state.fail_counts
+    assert scheduler.state.running == {a: {1: (1, 100 * MB)}} and not scheduler.state.fail_counts
 
 
 def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 
 from smallpond.execution.job import run_job
-from smallpond.execution.ops.sql import sql_may_outlive_task
+from smallpond.execution.ops.duckdb import sql_may_outlive_task
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
@@ -76,7 +76,7 @@ def test_statements_that_may_leave_state_are_detected():
 
 
 def test_statements_that_may_draw_random_numbers_are_detected():
-    from smallpond.execution.ops.sql import sql_may_draw_random
+    from smallpond.execution.ops.duckdb import sql_may_draw_random
 
     assert sql_may_draw_random(["select random() from {0}"])
     assert sql_may_draw_random(["select * from {0} using sample 10%"])

@@ -1,22 +1,55 @@
-"""The executor contract shared by every backend.
+"""The executor contract shared by every backend (local worker processes, Ray, the file queue).
 
-The scheduler calls :meth:`Executor.submit` for a ready task, :meth:`Executor.poll` to collect
-finished attempts, :meth:`Executor.cancel` to abandon one and :meth:`Executor.shutdown` at the
-end. It never knows which backend it drives. A backend reports a lost worker as a failed attempt
-(:class:`~smallpond.errors.WorkerLost`, retryable); it never hangs waiting for a dead process.
+The scheduler owns every decision (what runs, when, with how much memory, whether to retry); a
+backend only moves attempts to workers and brings their outcomes back. The scheduler never
+knows which backend it drives: everything it needs is here.
+
+Life cycle::
+
+    executor.start()                      # may return before workers are ready
+    executor.capacity                     # Capacity(num_workers, num_cpus, memory): what it offers
+    executor.free_slots()                 # how many more attempts could start now
+    executor.submit(task, inputs, attempt, memory=...)
+    executor.poll(timeout) -> [Completion, ...]
+    executor.cancel(key, attempt)         # abandon an attempt; no Completion is reported for it
+    executor.shutdown()
+
+Rules every backend keeps:
+
+* **One attempt, one outcome.** Every submitted attempt is reported exactly once by ``poll``,
+  unless it was cancelled. ``(key, attempt)`` identifies it; the same task may have two attempts
+  running at once (a speculative copy), and they are independent.
+* **A lost worker is an outcome, not a hang.** When the process, Ray worker or node running an
+  attempt dies, the attempt is reported as failed with :class:`~smallpond.errors.WorkerLost`
+  (retryable) within a bounded time; the backend replaces the worker if it can.
+* **Resources.** ``memory`` passed to ``submit`` is the attempt's effective memory limit, decided
+  by the scheduler (it grows after an out-of-memory failure); the task's ``cpu_limit`` is its
+  CPU count. The backend runs the attempt with these limits (DuckDB ``threads`` and
+  ``memory_limit``; Ray ``num_cpus`` and ``memory``), never changing the scheduler's task object.
+* **Serialization errors are the caller's.** If a task cannot be sent (an unpicklable user
+  function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
+* **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
+  behind their current short one (``submit(..., queue=True)``); backends without it return 0.
+* **Data never flows through the executor.** Attempts read and write files on the shared data
+  root; a Completion carries only the output's description.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
 
 from smallpond.execution.task import Task
 
 
 @dataclass
 class Completion:
-    """A finished attempt: ``ok`` with the output ``dataset``, or not ok with ``error``."""
+    """A finished attempt: ``ok`` with the output ``dataset``, or not ok with ``error``.
+
+    ``worker`` names the worker that ran it and ``started`` is when it began there (epoch
+    seconds), for timelines; ``stats`` holds what the attempt measured (``rows``, ``bytes``
+    written) when it knows.
+    """
 
     key: str
     attempt: int
@@ -24,29 +57,75 @@ class Completion:
     dataset: Any = None
     error: Optional[BaseException] = None
     elapsed: float = 0.0
+    worker: str = ""
+    started: float = 0.0
+    stats: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """What a backend offers: workers (attempts at once), CPU units and bytes of memory."""
+
+    num_workers: int
+    num_cpus: int
+    memory: int
+
+    @property
+    def memory_per_cpu(self) -> int:
+        return self.memory // max(1, self.num_cpus)
 
 
 class Executor:
-    #: CPU units the backend offers (tasks with cpu_limit c use c units).
-    num_cpus: int = 1
-    #: Bytes of memory the backend offers.
-    memory: int = 0
+    """Base class of the backends; see the module docstring for the contract."""
+
+    #: a short name for logs and the run report ("local", "ray", "queue")
+    name: str = "base"
+
+    @property
+    def capacity(self) -> Capacity:
+        """The CPUs, memory and workers this backend offers (may grow while workers join)."""
+        raise NotImplementedError
+
+    # upstream-style shorthands, derived from the capacity
+    @property
+    def num_cpus(self) -> int:
+        return self.capacity.num_cpus
+
+    @property
+    def memory(self) -> int:
+        return self.capacity.memory
 
     def start(self) -> None:
         """Make workers ready (may return before they are)."""
 
     def free_slots(self) -> int:
-        """How many more tasks could start now."""
+        """How many more attempts could start now without queueing."""
         raise NotImplementedError
 
-    def submit(self, task: Task, inputs: list, attempt: int) -> None:
+    def queue_slots(self) -> int:
+        """Workers that would take an attempt queued behind their current short one."""
+        return 0
+
+    def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
+        """Start attempt ``attempt`` of ``task`` on ``inputs`` (a list of DataSets) with ``memory`` bytes.
+
+        Raises :class:`~smallpond.errors.TaskError` if the task cannot be sent to a worker.
+        """
         raise NotImplementedError
 
     def poll(self, timeout: float) -> List[Completion]:
+        """Outcomes of attempts finished since the last call, waiting up to ``timeout`` seconds for one."""
         raise NotImplementedError
 
-    def cancel(self, key: str) -> None:
+    def cancel(self, key: str, attempt: Optional[int] = None) -> None:
+        """Abandon an attempt of ``key`` (every attempt if ``attempt`` is None); it is not reported."""
         raise NotImplementedError
 
     def shutdown(self) -> None:
+        """Stop the workers this backend started. Idempotent."""
         raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for logs: the backend and where its workers are."""
+        c = self.capacity
+        return f"{self.name}: {c.num_workers} worker(s), {c.num_cpus} CPU(s), {c.memory // (1 << 20)} MiB"

@@ -25,11 +25,12 @@ from multiprocessing.connection import Connection, wait
 from typing import Deque, Dict, List, Optional, Set, Tuple
 
 import cloudpickle
-from loguru import logger
 
+from smallpond.common import logger
 from smallpond.errors import TaskError, WorkerLost
-from smallpond.execution.executors.base import Completion, Executor
-from smallpond.execution.task import RuntimeContext, Task
+from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import Task
 
 
 class _Worker:
@@ -83,11 +84,14 @@ QUEUE_BEHIND_SECONDS = 0.05
 class LocalExecutor(Executor):
     """Worker processes on this machine: ``num_workers`` of them (default: usable CPUs)."""
 
+    name = "local"
+
     def __init__(self, runtime_ctx: RuntimeContext, num_workers: Optional[int] = None) -> None:
         self.rt = runtime_ctx
         self.num_workers = max(1, num_workers or runtime_ctx.usable_cpu_count)
-        self.num_cpus = max(self.num_workers, runtime_ctx.usable_cpu_count)
-        self.memory = runtime_ctx.usable_memory_size
+        self._capacity = Capacity(
+            self.num_workers, max(self.num_workers, runtime_ctx.usable_cpu_count), runtime_ctx.usable_memory_size
+        )
         self._rt_path = os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
         self.workers: List[_Worker] = []
         self._next_index = 0
@@ -97,6 +101,10 @@ class LocalExecutor(Executor):
         self._node_keys: Dict[int, Tuple[int, object]] = {}
         self._node_blobs: Dict[int, bytes] = {}
         self._node_times: Dict[int, List[float]] = {}  # node key -> [attempts, total seconds]
+
+    @property
+    def capacity(self) -> Capacity:
+        return self._capacity
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
@@ -129,8 +137,8 @@ class LocalExecutor(Executor):
         now = time.monotonic()
         return sum(1 for w in self.workers if self._short(w, now))
 
-    def _encode(self, task: Task, inputs: list, attempt: int) -> Tuple[int, bytes]:
-        """(node key, pickled ``(task without its node, inputs, attempt)``)."""
+    def _encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
+        """(node key, pickled ``(task without its node, inputs, attempt, memory)``)."""
         from smallpond.execution.attempt import _fast_pickle
 
         node = task.node
@@ -141,17 +149,18 @@ class LocalExecutor(Executor):
             self._node_keys[id(node)] = entry = (key, node)
         task.node = None
         try:
-            body = _fast_pickle((task, inputs, attempt)) or cloudpickle.dumps((task, inputs, attempt))
+            message = (task, inputs, attempt, memory)
+            body = _fast_pickle(message) or cloudpickle.dumps(message)
         finally:
             task.node = node
         return entry[0], body
 
-    def submit(self, task: Task, inputs: list, attempt: int, *, queue: bool = False) -> None:
+    def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
         if not self.workers:
             self.start()
         try:
-            node_key, body = self._encode(task, inputs, attempt)
+            node_key, body = self._encode(task, inputs, attempt, memory)
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
         if queue:
@@ -213,7 +222,12 @@ class LocalExecutor(Executor):
             logger.warning("worker {} (pid {}) died with exit code {} while running {}", w.index, w.pid, code, key)
             out.append(
                 Completion(
-                    key, attempt, False, None, WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}")
+                    key,
+                    attempt,
+                    False,
+                    None,
+                    WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}"),
+                    worker=f"local-{w.index}",
                 )
             )
             w.inflight.popleft()
@@ -249,11 +263,14 @@ class LocalExecutor(Executor):
                 )
         return fresh
 
-    def cancel(self, key: str) -> None:
+    def cancel(self, key: str, attempt: Optional[int] = None) -> None:
+        def match(e) -> bool:
+            return e[0] == key and (attempt is None or e[1] == attempt)
+
         for w in list(self.workers):
-            if any(e[0] == key for e in w.inflight):
+            if any(match(e) for e in w.inflight):
                 # a worker cannot be told to skip a task: stop it; the rest of its queue moves on
-                w.inflight = deque(e for e in w.inflight if e[0] != key)
+                w.inflight = deque(e for e in w.inflight if not match(e))
                 self._replace(w)
 
     def shutdown(self) -> None:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from smallpond.errors import UserCodeError
 from smallpond.execution.task import StreamOutput, Task
+from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
 
 
@@ -46,18 +47,9 @@ class _ParquetSink:
         self.file_index = 0
         self.rows = 0
         self.schema_hint = schema_hint
-        node = task.node
-        self.kw = dict(
-            compression=(node.parquet_compression or "NONE"),
-            use_dictionary=node.parquet_dictionary_encoding,
-        )
-        if (
-            node.parquet_compression
-            and str(node.parquet_compression).upper() == "ZSTD"
-            and node.parquet_compression_level is not None
-        ):
-            self.kw["compression_level"] = node.parquet_compression_level
-        self.row_group_size = node.parquet_row_group_size
+        options = ParquetWriterOptions.of(task.node)
+        self.kw = options.pyarrow()
+        self.row_group_size = options.row_group_size
 
     def write(self, table) -> None:
         import pyarrow as pa
@@ -138,6 +130,7 @@ class ArrowComputeTask(Task):
         sink = _ParquetSink(self, output_dir)
         sink.write(result)
         sink.close()
+        self.stats["rows"] = sink.rows
         return _list_output(output_dir)
 
 
@@ -188,6 +181,7 @@ class ArrowStreamTask(Task):
                         continue
                     sink.write(out)
         sink.close()
+        self.stats["rows"] = sink.rows
         return _list_output(output_dir)
 
 

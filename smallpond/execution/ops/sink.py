@@ -10,8 +10,7 @@ import os
 import uuid
 from typing import List
 
-from loguru import logger
-
+from smallpond.common import logger
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import atomic_write_text, link_or_copy, remove_path
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet

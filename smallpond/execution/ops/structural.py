@@ -45,7 +45,7 @@ class MaterializeSourceTask(Task):
     def run(self, runtime_ctx, inputs, output_dir):
         ds = self.node.dataset
         if isinstance(ds, SqlQueryDataSet):
-            from smallpond.execution.ops.sql import copy_to_parquet, open_connection
+            from smallpond.execution.ops.duckdb import copy_to_parquet, open_connection
 
             conn = open_connection(self, runtime_ctx)
             try:

@@ -1,0 +1,421 @@
+"""A job's identity, its folder layout and its settings.
+
+* :func:`resolve_job` is the one place that turns what the user gave (arguments, ``SP_*``
+  environment variables, defaults) into a job id, a job time and an absolute data root.
+* :class:`JobLayout` is where a job's files live, and nothing else:
+  ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}/`` with ``config/ log/ queue/ staging/
+  output/ temp/``.
+* :class:`RuntimeContext` holds the knobs a job runs with (seeds, fault injection, log levels,
+  resource caps) and its layout. It is pickled to every worker, so it holds no open resources.
+
+The per-job secret that signs every pickle crossing the shared filesystem lives in
+``config/secret``, created owner-only (``0600`` in a ``0700`` folder): only the user who started
+the job (and root) can read it, and so only they can forge a record the job would load.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import uuid
+from datetime import datetime
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
+
+from smallpond.common import MB, TB
+from smallpond.errors import ParameterError
+
+if TYPE_CHECKING:
+    from smallpond.execution.executors.base import Capacity
+
+DEFAULT_DATA_ROOT = os.path.join("~", ".smallpond", "data")
+JOB_TIME_FORMAT = "%Y-%m-%d-%H-%M-%S"
+
+
+class JobId(uuid.UUID):
+    @staticmethod
+    def new() -> "JobId":
+        return JobId(hex=uuid.uuid4().hex)
+
+
+def _env(var: str) -> Optional[str]:
+    value = os.environ.get(var)
+    return value if value else None
+
+
+def parse_job_id(job_id) -> JobId:
+    """A job id from a UUID, or from any other string (mapped to a stable UUID)."""
+    if isinstance(job_id, uuid.UUID):
+        return JobId(bytes=job_id.bytes)
+    text = str(job_id)
+    try:
+        return JobId(hex=text)
+    except ValueError:
+        return JobId(bytes=uuid.uuid5(uuid.NAMESPACE_URL, text).bytes)
+
+
+def parse_job_time(job_time) -> datetime:
+    """A job time from a ``datetime``, an ISO string or epoch seconds."""
+    if isinstance(job_time, datetime):
+        return job_time
+    if isinstance(job_time, (int, float)) and not isinstance(job_time, bool):
+        return datetime.fromtimestamp(job_time)
+    if isinstance(job_time, str):
+        try:
+            return datetime.fromisoformat(job_time)
+        except ValueError:
+            raise ParameterError(f"job_time must be an ISO date-time, got {job_time!r}") from None
+    raise ParameterError(f"job_time must be a datetime, an ISO string or epoch seconds, got {job_time!r}")
+
+
+def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
+    """The job time of an existing job folder for ``job_id`` under ``data_root`` (the newest)."""
+    roots = sorted(glob.glob(os.path.join(glob.escape(os.path.abspath(data_root)), f"*.{job_id}")))
+    for r in reversed(roots):
+        stamp = os.path.basename(r)[: -len(job_id) - 1]
+        try:
+            return datetime.strptime(stamp, JOB_TIME_FORMAT)
+        except ValueError:
+            continue
+    return None
+
+
+def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, datetime, str]:
+    """(job id, job time, absolute data root) from arguments, then ``SP_*`` variables, then defaults.
+
+    * data root: ``data_root``, ``SP_DATA_ROOT``, ``~/.smallpond/data``;
+    * job id: ``job_id``, ``SP_JOBID``, a new UUID; a string that is not a UUID names a stable one;
+    * job time: ``job_time``, ``SP_JOB_TIME``, the time of an existing job with this id under the
+      data root (so the same id resumes it), now.
+    """
+    root = os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+    raw_id = job_id if job_id not in (None, "") else _env("SP_JOBID")
+    jid = parse_job_id(raw_id) if raw_id is not None else JobId.new()
+    raw_time = job_time if job_time is not None else _env("SP_JOB_TIME")
+    if raw_time is not None:
+        jt = parse_job_time(raw_time)
+    else:
+        jt = find_job_time(root, str(jid)) or datetime.now()
+    return jid, jt, root
+
+
+class JobLayout:
+    """The folders of one job under the data root (no I/O except :meth:`create`)."""
+
+    def __init__(self, data_root: str, job_time: datetime, job_id: uuid.UUID) -> None:
+        self.data_root = os.path.abspath(data_root)
+        self.job_root = os.path.join(self.data_root, f"{job_time:{JOB_TIME_FORMAT}}.{job_id}")
+
+    def _sub(self, *parts: str) -> str:
+        return os.path.join(self.job_root, *parts)
+
+    @property
+    def config_root(self) -> str:
+        return self._sub("config")
+
+    @property
+    def log_root(self) -> str:
+        return self._sub("log")
+
+    @property
+    def queue_root(self) -> str:
+        return self._sub("queue")
+
+    @property
+    def staging_root(self) -> str:
+        return self._sub("staging")
+
+    @property
+    def output_root(self) -> str:
+        return self._sub("output")
+
+    @property
+    def temp_root(self) -> str:
+        return self._sub("temp")
+
+    @property
+    def completed_task_dir(self) -> str:
+        return self._sub("staging", "completed_tasks")
+
+    @property
+    def started_task_dir(self) -> str:
+        return self._sub("staging", "started_tasks")
+
+    @property
+    def secret_path(self) -> str:
+        return self._sub("config", "secret")
+
+    @property
+    def job_status_path(self) -> str:
+        return self._sub("log", ".STATUS")
+
+    @property
+    def runtime_ctx_path(self) -> str:
+        return self._sub("config", "runtime_ctx.pickle")
+
+    @property
+    def logical_plan_path(self) -> str:
+        return self._sub("config", "logical_plan.pickle")
+
+    @property
+    def exec_plan_path(self) -> str:
+        return self._sub("config", "exec_plan.pickle")
+
+    @property
+    def sched_state_path(self) -> str:
+        return self._sub("config", "sched_state.pickle")
+
+    @property
+    def plan_graph_path(self) -> str:
+        """Base path of the plan graph (``log/graph``; ``.dot`` / ``.png`` are appended)."""
+        return self._sub("log", "graph")
+
+    @property
+    def ray_log_path(self) -> str:
+        return self._sub("log", "ray.log")
+
+    @property
+    def folders(self) -> Tuple[str, ...]:
+        return (
+            self.config_root,
+            self.log_root,
+            self.queue_root,
+            self.staging_root,
+            self.output_root,
+            self.temp_root,
+            self.completed_task_dir,
+        )
+
+    def create(self) -> None:
+        """Create the folders, owner-only."""
+        for d in self.folders:
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        os.chmod(self.job_root, 0o700)
+
+
+class RuntimeContext:
+    """How a job runs (settings) and where it lives (:attr:`layout`). Shared by the scheduler and
+    every worker (pickled), so it holds settings and paths, never open resources.
+
+    The layout's paths are also attributes here (``job_root``, ``log_root``, ...), as upstream
+    scripts read them.
+    """
+
+    def __init__(
+        self,
+        job_id: JobId,
+        job_time: datetime,
+        data_root: str,
+        *,
+        num_executors: int = 1,
+        random_seed: Optional[int] = None,
+        env_overrides: Optional[Dict[str, str]] = None,
+        bind_numa_node: bool = False,
+        enforce_memory_limit: bool = False,
+        max_usable_cpu_count: int = 1024,
+        max_usable_gpu_count: int = 1024,
+        max_usable_memory_size: int = 16 * TB,
+        secs_wq_poll_interval: float = 0.5,
+        secs_executor_probe_interval: float = 30,
+        max_num_missed_probes: int = 6,
+        fault_inject_prob: float = 0.0,
+        enable_profiling: bool = False,
+        enable_diagnostic_metrics: bool = False,
+        remove_empty_parquet: bool = False,
+        skip_task_with_empty_input: bool = False,
+        shared_log_root: Optional[str] = None,
+        console_log_level: str = "INFO",
+        file_log_level: str = "DEBUG",
+        disable_log_rotation: bool = False,
+        output_path: Optional[str] = None,
+    ) -> None:
+        if not isinstance(job_id, uuid.UUID):
+            job_id = parse_job_id(job_id)
+        if not 0.0 <= fault_inject_prob < 1.0:
+            raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
+        self.job_id = job_id
+        self.job_time = job_time
+        self.layout = JobLayout(data_root, job_time, job_id)
+        self.num_executors = num_executors
+        if random_seed is None:
+            random_seed = int.from_bytes(hashlib.sha256(job_id.bytes).digest()[:16], "big")
+        self.random_seed = random_seed
+        self.env_overrides = dict(env_overrides or {})
+        self.bind_numa_node = bind_numa_node
+        self.enforce_memory_limit = enforce_memory_limit
+        self.max_usable_cpu_count = max_usable_cpu_count
+        self.max_usable_gpu_count = max_usable_gpu_count
+        self.max_usable_memory_size = max_usable_memory_size
+        self.secs_wq_poll_interval = secs_wq_poll_interval
+        self.secs_executor_probe_interval = secs_executor_probe_interval
+        self.max_num_missed_probes = max_num_missed_probes
+        self.fault_inject_prob = fault_inject_prob
+        self.enable_profiling = enable_profiling
+        self.enable_diagnostic_metrics = enable_diagnostic_metrics
+        self.remove_empty_parquet = remove_empty_parquet
+        self.skip_task_with_empty_input = skip_task_with_empty_input
+        self.shared_log_root = shared_log_root
+        self.console_log_level = console_log_level
+        self.file_log_level = file_log_level
+        self.disable_log_rotation = disable_log_rotation
+        self.final_output_path = os.path.abspath(output_path) if output_path else None
+        self.exec_id: Optional[str] = None
+        self.current_task = None
+        self._secret: Optional[bytes] = None
+
+    # -- layout (upstream attribute names) -------------------------------------------------------
+    data_root = property(lambda self: self.layout.data_root)
+    job_root = property(lambda self: self.layout.job_root)
+    config_root = property(lambda self: self.layout.config_root)
+    log_root = property(lambda self: self.layout.log_root)
+    queue_root = property(lambda self: self.layout.queue_root)
+    staging_root = property(lambda self: self.layout.staging_root)
+    output_root = property(lambda self: self.layout.output_root)
+    temp_root = property(lambda self: self.layout.temp_root)
+    completed_task_dir = property(lambda self: self.layout.completed_task_dir)
+    started_task_dir = property(lambda self: self.layout.started_task_dir)
+    sched_state_path = property(lambda self: self.layout.sched_state_path)
+    job_status_path = property(lambda self: self.layout.job_status_path)
+    runtime_ctx_path = property(lambda self: self.layout.runtime_ctx_path)
+    logical_plan_path = property(lambda self: self.layout.logical_plan_path)
+    logcial_plan_path = logical_plan_path  # upstream spelling
+    logcial_plan_graph_path = property(lambda self: self.layout.plan_graph_path)  # upstream spelling
+    exec_plan_path = property(lambda self: self.layout.exec_plan_path)
+    ray_log_path = property(lambda self: self.layout.ray_log_path)
+
+    @property
+    def secret(self) -> bytes:
+        """The per-job signing key (``config/secret``), created on first use."""
+        if self._secret is None:
+            self._secret = _read_or_create_secret(self.layout)
+        return self._secret
+
+    # -- resources -------------------------------------------------------------------------------
+    @property
+    def physical_cpu_count(self) -> int:
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+    @property
+    def usable_cpu_count(self) -> int:
+        return max(1, min(self.max_usable_cpu_count, self.physical_cpu_count))
+
+    @property
+    def total_memory(self) -> int:
+        return _total_memory()
+
+    @property
+    def available_memory(self) -> int:
+        import psutil
+
+        return psutil.virtual_memory().available
+
+    @property
+    def usable_memory_size(self) -> int:
+        return min(self.max_usable_memory_size, self.total_memory)
+
+    @property
+    def usable_gpu_count(self) -> int:
+        return 0
+
+    @property
+    def numa_node_count(self) -> int:
+        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
+        return 1
+
+    @property
+    def numa_node_id(self) -> Optional[int]:
+        """The NUMA node this process is bound to; None (no binding in this build)."""
+        return None
+
+    def get_local_gpus(self) -> list:
+        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
+        return []
+
+    @property
+    def secs_executor_probe_timeout(self) -> float:
+        return self.secs_executor_probe_interval * self.max_num_missed_probes
+
+    @property
+    def task(self):
+        return self.current_task
+
+    def set_current_task(self, task) -> "RuntimeContext":
+        self.current_task = task
+        return self
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def initialize(self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False) -> None:
+        """Create the job's folders (owner-only) and its secret. Changes nothing else in this process."""
+        import socket
+
+        from smallpond.io.filesystem import remove_path
+
+        if cleanup_root:
+            remove_path(self.job_root)
+        if os.path.isdir(self.job_root) and not root_exist_ok:
+            raise FileExistsError(f"job root {self.job_root} already exists")
+        self.layout.create()
+        _ = self.secret
+        self.exec_id = exec_id or self.exec_id or socket.gethostname()
+
+    def cleanup(self, remove_output_root: bool = True) -> None:
+        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job."""
+        from smallpond.io.filesystem import remove_path
+
+        for d in (self.queue_root, self.temp_root, self.staging_root):
+            remove_path(d)
+        if remove_output_root:
+            remove_path(self.output_root)
+
+    def cleanup_root(self) -> None:
+        from smallpond.io.filesystem import remove_path
+
+        remove_path(self.job_root)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["current_task"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"RuntimeContext(job_root={self.job_root!r})"
+
+
+def _read_or_create_secret(layout: JobLayout) -> bytes:
+    path = layout.secret_path
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        pass
+    os.makedirs(layout.config_root, mode=0o700, exist_ok=True)
+    key = os.urandom(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this job created it first
+        with open(path, "rb") as f:
+            return f.read()
+    with os.fdopen(fd, "wb") as f:
+        f.write(key)
+    return key
+
+
+_total_memory_cache: Optional[int] = None
+
+
+def _total_memory() -> int:
+    global _total_memory_cache
+    if _total_memory_cache is None:
+        import psutil
+
+        _total_memory_cache = psutil.virtual_memory().total
+    return _total_memory_cache
+
+
+def default_memory_limit(capacity: "Capacity", cpu_limit: int) -> int:
+    """A task's share of the backend's memory in proportion to its CPUs (at least 128 MB).
+
+    The one function that decides the memory of a task that did not ask for a limit; the
+    scheduler calls it once per task and passes the result along with every attempt.
+    """
+    return max(128 * MB, capacity.memory * cpu_limit // max(1, capacity.num_cpus))
