@@ -17,7 +17,16 @@ print(json.dumps(sorted(m for m in sys.modules if m == "ray" or m.startswith(("r
 
 @pytest.mark.parametrize(
     "module",
-    ["smallpond.logical", "smallpond.logical.node", "smallpond.logical.dataset", "smallpond.logical.udf", "smallpond.common"],
+    [
+        "smallpond.logical",
+        "smallpond.logical.node",
+        "smallpond.logical.dataset",
+        "smallpond.logical.udf",
+        "smallpond.common",
+        "smallpond.io.arrow",
+        # upstream's import path, forwarded by smallpond.compat: the planner loads on first use only
+        "smallpond.logical.planner",
+    ],
 )
 def test_logical_layer_imports_no_execution_and_no_ray(module):
     proc = subprocess.run([sys.executable, "-c", PROBE.format(module=module)], capture_output=True, text=True, timeout=120)
