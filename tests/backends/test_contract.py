@@ -23,7 +23,6 @@ import uuid
 from typing import List
 
 import psutil
-import pytest
 
 from tests.datagen import generate_mock_urls, generate_parquet_files, read_parquet
 from tests.e2e.test_resume import (
