@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import logger
 from smallpond.errors import JobFailed, ParameterError
+from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
@@ -137,6 +138,7 @@ class Job:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
+            remove_orphan_outputs(rt)
             write_status(rt, "success" if ok else "failure")
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
