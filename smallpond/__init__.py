@@ -47,6 +47,9 @@ def init(
     bind_numa_node=None,
     platform=None,
     _remove_output_root=True,
+    *,
+    random_seed=None,
+    task_cache=None,
     **kwargs,
 ) -> "Session":
     """Start a session. With no arguments it runs embedded on this machine (no service to start).
@@ -63,11 +66,21 @@ def init(
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
         num_executors: worker processes. Default: one per usable CPU.
+        random_seed: the seed of every random number the job's tasks draw (``random()`` in SQL,
+            random shuffles, ``task.python_random_gen``); ``SP_RANDOM_SEED``. Default: a constant,
+            so the same plan on the same inputs gives the same bytes in every run; pass another
+            to draw other numbers.
+        task_cache: the folder of the task cache shared by jobs (``SP_TASK_CACHE``); default
+            ``{data_root}/.task_cache``; ``False`` or ``"off"`` turns it off. A task whose
+            parameters, code and input files match one an earlier job computed is taken from it
+            instead of run (``DataFrame.recompute()`` runs it again).
 
     Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
     ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
     tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
-    ``max_fail_count`` and ``console_log_level`` as for the Driver.
+    ``max_fail_count`` and ``console_log_level`` as for the Driver; ``task_cache_max_bytes``
+    (``SP_TASK_CACHE_MAX_BYTES``) bounds the task cache when the session ends (least recently
+    used entries go first; see :func:`smallpond.execution.cache.clean`).
     """
     from smallpond.session import Session
 
@@ -81,6 +94,8 @@ def init(
         bind_numa_node=bind_numa_node,
         platform=platform,
         _remove_output_root=_remove_output_root,
+        random_seed=random_seed,
+        task_cache=task_cache,
         **kwargs,
     )
 

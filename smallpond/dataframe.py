@@ -272,8 +272,15 @@ class DataFrame:
         node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy")
         return self._new(node, "write_parquet")
 
-    def explain(self) -> str:
+    def explain(self, dry_run: bool = False) -> str:
         """The logical plan and the optimized plan, with partition counts.
+
+        Nodes whose output may differ between two runs are marked ``[may differ between runs:
+        why]`` (multi-threaded SQL without ORDER BY, user Python, SQL reading the clock).
+        With ``dry_run=True`` a third section, ``== What will run ==``, lists each task that
+        computing this DataFrame would run (and why: never computed, which input file, parameter
+        or upstream task changed) or reuse (from this session, this job's commits or the task
+        cache), without running anything.
 
         A ``filter`` followed by a ``map`` runs as one SQL query in the optimized plan:
 
@@ -296,7 +303,10 @@ class DataFrame:
         opt = optimize(self.plan, frozen, dict(self.session._optimized))
         logical = LogicalPlan(self._ctx, self.plan).explain_str()
         optimized = LogicalPlan(self._ctx, opt).explain_str()
-        return f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}"
+        text = f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}"
+        if dry_run:
+            text += f"\n\n== What will run ==\n{self.session._job.dry_run_nodes([opt])}"
+        return text
 
 
 def _read(ds: DataSet):

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Union
 from smallpond.common import logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
-from smallpond.execution.runtime import resolve_job
+from smallpond.execution.runtime import resolve_job, resolve_task_cache
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, DataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
 
@@ -45,6 +45,9 @@ class Config:
     max_retry_count: int = 5
     max_fail_count: int = 3
     speculative_exec: object = "disable"
+    random_seed: Optional[int] = None
+    task_cache: Optional[str] = None
+    task_cache_max_bytes: Optional[int] = None
 
     @staticmethod
     def from_args_and_env(
@@ -63,6 +66,9 @@ class Config:
         max_retry_count=None,
         max_fail_count=None,
         speculative_exec=None,
+        random_seed=None,
+        task_cache=None,
+        task_cache_max_bytes=None,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -81,6 +87,12 @@ class Config:
             return default
 
         jid, jt, root = resolve_job(job_id, job_time, data_root)
+        seed = pick(random_seed, "SP_RANDOM_SEED", None, int)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ParameterError(f"random_seed must be an integer, got {seed!r}")
+        cache_bound = pick(task_cache_max_bytes, "SP_TASK_CACHE_MAX_BYTES", None, int)
+        if cache_bound is not None and (isinstance(cache_bound, bool) or not isinstance(cache_bound, int) or cache_bound < 0):
+            raise ParameterError(f"task_cache_max_bytes must be a number of bytes >= 0, got {cache_bound!r}")
         nexec = pick(num_executors, "SP_NUM_EXECUTORS", 0, int)
         if isinstance(nexec, bool) or not isinstance(nexec, int) or nexec < 0:
             raise ParameterError(f"num_executors must be a non-negative integer, got {nexec!r}")
@@ -100,6 +112,9 @@ class Config:
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
             speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
+            random_seed=seed,
+            task_cache=resolve_task_cache(task_cache, root),
+            task_cache_max_bytes=cache_bound,
         )
 
 
@@ -126,6 +141,8 @@ class Session:
             bind_numa_node=cfg.bind_numa_node,
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
+            random_seed=cfg.random_seed,
+            task_cache=cfg.task_cache or False,
         )
         progress = _make_progress()
         self._job = Job(
@@ -135,6 +152,7 @@ class Session:
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],
             speculation=Speculation.of(cfg.speculative_exec),
+            task_cache_max_bytes=cfg.task_cache_max_bytes,
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}

@@ -356,12 +356,27 @@ def execute_attempt(
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
-        winner = write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats, output_dir=final)
+        winner = write_commit(
+            rt,
+            task,
+            ds,
+            attempt,
+            elapsed,
+            started=start,
+            worker=worker,
+            stats=task.stats,
+            output_dir=final,
+            cache_key=task.cache_key,
+        )
         if winner is not None:  # another attempt committed first: its output is the task's
             if final is not None:
                 remove_path(final)
             ds = winner["dataset"]
             logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
+        elif task.cache_key is not None:
+            from smallpond.execution.cache import insert_after_commit
+
+            insert_after_commit(rt, task, ds, final)  # never raises
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

@@ -62,7 +62,28 @@ class Driver:
         p.add_argument("--runtime_ctx_path", default=None)
         p.add_argument("--num_executors", type=int, default=0, help="worker processes (0: one per usable CPU)")
         p.add_argument("--num_executors_per_task", type=int, default=5)
-        p.add_argument("--random_seed", type=int, default=None)
+        p.add_argument(
+            "--random_seed",
+            type=int,
+            default=None,
+            help="seed of every random number the tasks draw (default: a constant, so reruns give the same bytes)",
+        )
+        p.add_argument(
+            "--task_cache",
+            default=None,
+            help="folder of the task cache shared by jobs (default: {data_root}/.task_cache, or SP_TASK_CACHE); 'off' turns it off",
+        )
+        p.add_argument(
+            "--task_cache_max_bytes",
+            type=int,
+            default=None,
+            help="after the job, remove least recently used task-cache entries beyond this many bytes",
+        )
+        p.add_argument(
+            "--dry_run",
+            action="store_true",
+            help="plan, then list which tasks would run and which would be reused (and why); run nothing",
+        )
         p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
         p.add_argument("--max_fail", "--max_fail_count", dest="max_fail_count", type=int, default=DEFAULT_MAX_FAIL_COUNT)
         p.add_argument("--prioritize_retry", action="store_true")
@@ -217,6 +238,7 @@ class Driver:
             file_log_level=a.file_log_level,
             disable_log_rotation=a.disable_log_rotation,
             output_path=a.output_path,
+            task_cache=a.task_cache,
         )
         rt.exec_id = a.exec_id
         return rt
@@ -229,6 +251,12 @@ class Driver:
         if plan is None:
             raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
         a = self.driver_args
+        if a.dry_run:
+            from smallpond.execution.job import dry_run_plan
+
+            result = dry_run_plan(plan, self._runtime_ctx(), manifest_only_final_results=not a.self_contained_final_results)
+            print(result)
+            return result
         job = Job(
             self._runtime_ctx(),
             num_workers=a.num_executors or None,
@@ -236,6 +264,7 @@ class Driver:
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
             speculation=self._speculation(),
+            task_cache_max_bytes=a.task_cache_max_bytes,
         )
         ok = False
         try:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from smallpond.common import logger
 from smallpond.errors import JobFailed, ParameterError
 from smallpond.execution.attempt import remove_orphan_outputs
+from smallpond.execution.cache_keys import JobCache
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
@@ -77,6 +78,9 @@ class Job:
         max_retry_count, max_fail_count: the scheduler's retry policy.
         listeners: observers of the scheduler (progress, event log, summary).
         log_name: the job log file is ``log/{log_name}.log``.
+        speculation: when stragglers get a second copy.
+        task_cache_max_bytes: after the job, remove the least recently used entries of the task
+            cache (``rt.task_cache``) until it holds at most this many bytes (None: no bound).
     """
 
     def __init__(
@@ -90,9 +94,11 @@ class Job:
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
         speculation: Speculation = Speculation(),
+        task_cache_max_bytes: Optional[int] = None,
     ) -> None:
         self.rt = rt
         self.speculation = speculation
+        self.task_cache_max_bytes = task_cache_max_bytes
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -112,9 +118,11 @@ class Job:
         rt.initialize()
         self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
         write_status(rt, "running")
+        # the cache first: a folder that is not safe to use stops the job before any worker starts
+        cache = JobCache(rt) if rt.task_cache else None
         self.executor = self._executor or make_executor(rt, self._num_workers)
         self.executor.start()  # workers boot while the user's script builds its plan
-        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
+        self.planner = Planner(rt)
         self.scheduler = Scheduler(
             rt,
             self.executor,
@@ -122,8 +130,15 @@ class Job:
             max_fail_count=self.max_fail_count,
             listeners=self.listeners,
             speculation=self.speculation,
+            cache=cache,
         )
-        logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
+        logger.info(
+            "smallpond job {} at {} on {}; task cache {}",
+            rt.job_id,
+            rt.job_root,
+            self.executor.describe(),
+            rt.task_cache or "off",
+        )
         return self
 
     def finish(self, ok: Optional[bool] = None, *, remove_intermediates: bool = False, remove_output_root: bool = False) -> None:
@@ -145,9 +160,21 @@ class Job:
             write_status(rt, "success" if ok else "failure")
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
+            if rt.task_cache and self.task_cache_max_bytes is not None:
+                self._bound_cache()
         finally:
             _remove_log_sinks(self._sinks)
             self._sinks = []
+
+    def _bound_cache(self) -> None:
+        from smallpond.execution.cache import clean
+
+        try:
+            report = clean(self.rt.task_cache, max_bytes=self.task_cache_max_bytes, dry_run=False)
+            if report.removed:
+                logger.info("task cache {}: {}", self.rt.task_cache, report)
+        except Exception as e:  # bounding the cache never fails a job
+            logger.warning("task cache {}: could not bound it to {} bytes: {}", self.rt.task_cache, self.task_cache_max_bytes, e)
 
     # -- running ---------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -195,13 +222,26 @@ class Job:
         exec_plan.successful = True
         exec_plan.num_executed = len(st.executed)
         exec_plan.num_resumed = len(st.resumed)
+        exec_plan.num_reused = len(st.reused)
         logger.info(
-            "job {} succeeded: {} task(s) run, {} resumed from checkpoints",
+            "job {} succeeded: {} task(s) run, {} resumed from checkpoints, {} reused from the task cache",
             rt.job_id,
             exec_plan.num_executed,
             exec_plan.num_resumed,
+            exec_plan.num_reused,
         )
         return exec_plan
+
+    def dry_run_nodes(self, nodes: Sequence[Node]):
+        """What computing ``nodes`` would run and reuse, and why; nothing runs and nothing of
+        this job changes (see :mod:`smallpond.execution.dryrun`)."""
+        from smallpond.execution.dryrun import dry_run
+
+        self._check_open()
+        planner = self.planner.fork()
+        targets = [t for n in nodes for t in planner.plan(n)]
+        cache = self.scheduler.cache.fork() if self.scheduler.cache is not None else None
+        return dry_run(self.rt, targets, planner.tasks, done=dict(self.scheduler.state.done), cache=cache)
 
     # -- results of a session ---------------------------------------------------------------------
     def tasks_of(self, node: Node):
@@ -216,7 +256,11 @@ class Job:
         from smallpond.execution.attempt import commit_path
 
         tasks = self.tasks_of(node) or []
-        for key in invalidate(self.scheduler.state, [t.key for t in tasks]):
+        keys = invalidate(self.scheduler.state, [t.key for t in tasks])
+        if self.scheduler.cache is not None:
+            # recomputed means recomputed: not taken from the task cache either
+            self.scheduler.cache.forget(keys)
+        for key in keys:
             remove_path(commit_path(self.rt, key))
 
 
@@ -232,6 +276,7 @@ def run_job(
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
     speculation: Speculation = Speculation(),
+    task_cache_max_bytes: Optional[int] = None,
 ) -> ExecutionPlan:
     """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
     job = Job(
@@ -242,6 +287,7 @@ def run_job(
         max_fail_count=max_fail_count,
         listeners=listeners,
         speculation=speculation,
+        task_cache_max_bytes=task_cache_max_bytes,
     )
     ok = False
     try:
@@ -253,6 +299,19 @@ def run_job(
         # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
         # (upstream's --remove_output_root removes them, and keeps output/)
         job.finish(ok, remove_intermediates=remove_output_root)
+
+
+def dry_run_plan(plan: LogicalPlan, rt: RuntimeContext, *, manifest_only_final_results: bool = True):
+    """Plan a whole job and say which tasks would run, which would be reused (from this job's
+    commit records or the task cache) and why, without running anything or starting workers.
+
+    Returns a :class:`~smallpond.execution.dryrun.DryRun` (``str()`` of it is the listing).
+    """
+    from smallpond.execution.dryrun import dry_run
+
+    exec_plan = Planner(rt).create_exec_plan(plan, manifest_only_final_results)
+    cache = JobCache(rt) if rt.task_cache else None
+    return dry_run(rt, [exec_plan.root_task], exec_plan.tasks, cache=cache)
 
 
 def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
@@ -278,4 +337,13 @@ def _remove_log_sinks(ids: List[int]) -> None:
     logger.restore_default_sink()
 
 
-__all__ = ["Job", "JobFailed", "make_runtime_ctx", "run_job", "write_status", "cleanup_temp_dirs", "make_executor"]
+__all__ = [
+    "Job",
+    "JobFailed",
+    "make_runtime_ctx",
+    "run_job",
+    "dry_run_plan",
+    "write_status",
+    "cleanup_temp_dirs",
+    "make_executor",
+]

@@ -69,6 +69,7 @@ from smallpond.logical.node import (
     UnionNode,
     UserDefinedPartitionNode,
 )
+from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS
 
 TOP = PartitionInfo()
 
@@ -139,13 +140,17 @@ class ExecutionPlan:
 
 
 class Planner:
-    """Turns nodes into tasks. Keeps its node→tasks memo, so a session can plan incrementally."""
+    """Turns nodes into tasks. Keeps its node→tasks memo, so a session can plan incrementally.
+
+    The plan depends only on the logical plan, its inputs and the job's settings that change
+    results (the random seed), never on the backend: ``parallelism`` (the workers available) is
+    kept for callers but decides nothing, so the same script plans the same tasks, with the same
+    ids and output files, on one worker or a hundred.
+    """
 
     def __init__(self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None) -> None:
         self.rt = runtime_ctx
-        self.parallelism = parallelism or (
-            runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count
-        )
+        self.parallelism = parallelism
         self.node_to_tasks: Dict[int, List[Task]] = {}
         # caches by node id (nodes hold only what the user described); the planned nodes are
         # kept alive so that an id is never reused while it is a key here
@@ -172,6 +177,20 @@ class Planner:
             (ArrowComputeNode, partial(self._plan_compute, ArrowComputeTask)),
             (SqlEngineNode, partial(self._plan_compute, SqlEngineTask)),
         ]
+
+    def fork(self) -> "Planner":
+        """A planner that continues from this one's state without changing it (a dry run plans
+        what a session would plan next: the same task ids, and no trace of it afterwards)."""
+        import copy
+
+        p = copy.copy(self)
+        p.node_to_tasks = dict(self.node_to_tasks)
+        p.tasks = dict(self.tasks)
+        p._planned_nodes = list(self._planned_nodes)
+        p._digests = dict(self._digests)
+        p._slim_copies = dict(self._slim_copies)
+        p._warned = set(self._warned)
+        return p
 
     # -- entry points ----------------------------------------------------------------------------
     def plan(self, node: Node) -> List[Task]:
@@ -221,11 +240,16 @@ class Planner:
         self.next_task_id += 1
         task = klass(self._slim(node), self.next_task_id, list(infos), [t.key for t in inputs], *extra)
         self._clamp_resources(task)
+        task.plan_components = {
+            "task": klass.__qualname__,
+            "params": self._node_digest(node),
+            "partition": repr([(p.dimension, p.index, p.npartitions) for p in task.partition_infos]) + repr(extra),
+            # the seed decides what random() and the task's generators draw
+            "seed": self.rt.random_seed,
+        }
         h = hashlib.sha256()
-        h.update(klass.__qualname__.encode())
-        h.update(self._node_digest(node).encode())
-        h.update(repr([(p.dimension, p.index, p.npartitions) for p in task.partition_infos]).encode())
-        h.update(repr(extra).encode())
+        for k in ("task", "params", "partition", "seed"):
+            h.update(f"{k}:{task.plan_components[k]}\x00".encode())
         for t in inputs:
             h.update(t.fingerprint.encode())
         task.fingerprint = h.hexdigest()
@@ -353,9 +377,7 @@ class Planner:
                     )
             return out
         all_inputs = [t for ts in inputs for t in ts]
-        # as many producers as can run at once: one per worker, fewer when each takes several CPUs
-        width = max(1, self.parallelism // max(1, int(node.cpu_limit)))
-        nprod = max(1, min(node.max_num_producer_tasks, width if producer_cls is HashPartitionTask else 1))
+        nprod = num_producers(node, len(all_inputs)) if producer_cls is HashPartitionTask else 1
         if nprod == 1:
             srcs = [all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)]
         elif len(all_inputs) >= nprod:
@@ -371,6 +393,23 @@ class Planner:
         return [
             self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
         ]
+
+
+def num_producers(node: PartitionNode, num_inputs: int) -> int:
+    """How many producer tasks a (non-nested) data-moving partition node gets: decided by the plan.
+
+    ``num_producers=`` on the node if given; else one per input partition (at most
+    ``max_num_producer_tasks``), so a change to one input partition reruns one producer; for a
+    single input partition a fixed split of ``default_num_producers`` (8), so the work still
+    spreads over workers. Never the number of workers: the producers' files are the partitions'
+    files, and the same plan must write the same files whatever the machine.
+    """
+    explicit = getattr(node, "num_producers", None)
+    if explicit:
+        return max(1, min(node.max_num_producer_tasks, explicit))
+    if num_inputs > 1:
+        return max(1, min(node.max_num_producer_tasks, num_inputs))
+    return max(1, min(node.max_num_producer_tasks, getattr(node, "default_num_producers", SINGLE_INPUT_PRODUCERS)))
 
 
 def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Task]]]:

@@ -16,7 +16,6 @@ the job (and root) can read it, and so only they can forge a record the job woul
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import uuid
 from datetime import datetime
@@ -29,6 +28,11 @@ if TYPE_CHECKING:
     from smallpond.execution.executors.base import Capacity
 
 DEFAULT_DATA_ROOT = os.path.join("~", ".smallpond", "data")
+#: The job seed when none is given. A constant (upstream derived it from the job id): the same plan
+#: on the same inputs draws the same random numbers in every job, so its outputs are reproducible
+#: and reusable from the task cache. Pass ``random_seed`` (``init(random_seed=...)``, the Driver's
+#: ``--random_seed``, ``SP_RANDOM_SEED``) to draw others; it is part of every task's fingerprint.
+DEFAULT_RANDOM_SEED = 0x5EED
 JOB_TIME_FORMAT = "%Y-%m-%d-%H-%M-%S"
 
 
@@ -97,6 +101,34 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     else:
         jt = find_job_time(root, str(jid)) or datetime.now()
     return jid, jt, root
+
+
+#: The task cache's folder under the data root when no other place is given.
+TASK_CACHE_DIRNAME = ".task_cache"
+_OFF = ("off", "false", "0", "no", "none", "disable", "disabled")
+_ON = ("on", "true", "1", "yes", "default", "enable", "enabled")
+
+
+def resolve_task_cache(value, data_root: str) -> Optional[str]:
+    """The task cache folder (absolute) from an argument, else ``SP_TASK_CACHE``, else the default
+    ``{data_root}/.task_cache``; None when the cache is turned off (``False``, ``"off"``).
+
+    The one place that decides where the task cache is (see :mod:`smallpond.execution.cache`).
+    """
+    if value is None:
+        value = _env("SP_TASK_CACHE")
+    if value is None or value is True:
+        return os.path.join(os.path.abspath(os.path.expanduser(data_root)), TASK_CACHE_DIRNAME)
+    if value is False:
+        return None
+    if isinstance(value, (str, os.PathLike)):
+        text = os.fspath(value).strip()
+        if text.lower() in _OFF:
+            return None
+        if text.lower() in _ON:
+            return os.path.join(os.path.abspath(os.path.expanduser(data_root)), TASK_CACHE_DIRNAME)
+        return os.path.abspath(os.path.expanduser(text))
+    raise ParameterError(f"task_cache must be a folder path, True (the default place) or False/'off', got {value!r}")
 
 
 class JobLayout:
@@ -228,6 +260,7 @@ class RuntimeContext:
         file_log_level: str = "DEBUG",
         disable_log_rotation: bool = False,
         output_path: Optional[str] = None,
+        task_cache=None,
     ) -> None:
         if not isinstance(job_id, uuid.UUID):
             job_id = parse_job_id(job_id)
@@ -238,7 +271,9 @@ class RuntimeContext:
         self.layout = JobLayout(data_root, job_time, job_id)
         self.num_executors = num_executors
         if random_seed is None:
-            random_seed = int.from_bytes(hashlib.sha256(job_id.bytes).digest()[:16], "big")
+            random_seed = DEFAULT_RANDOM_SEED
+        if isinstance(random_seed, bool) or not isinstance(random_seed, int):
+            raise ParameterError(f"random_seed must be an integer, got {random_seed!r}")
         self.random_seed = random_seed
         self.env_overrides = dict(env_overrides or {})
         self.bind_numa_node = bind_numa_node
@@ -259,6 +294,8 @@ class RuntimeContext:
         self.file_log_level = file_log_level
         self.disable_log_rotation = disable_log_rotation
         self.final_output_path = os.path.abspath(output_path) if output_path else None
+        #: the task cache folder shared by jobs (None: off); see :func:`resolve_task_cache`
+        self.task_cache: Optional[str] = resolve_task_cache(task_cache, self.layout.data_root)
         self.exec_id: Optional[str] = None
         self.current_task = None
         self._secret: Optional[bytes] = None

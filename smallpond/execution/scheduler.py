@@ -7,14 +7,23 @@ scheduler. Per task key:
 * ``waiting``  — some input is not done yet (the keys still missing);
 * ``ready``    — inputs done; a heap ordered by critical-path length (longest chain first), then id;
 * ``running``  — submitted attempts and what each reserved: ``{key: {attempt: (cpus, memory)}}``;
-* ``done``     — output DataSet known (from this run, an earlier computation of this session, or a
-  matching commit record on disk: that is resume);
-* ``failed``   — gave up, with its TaskError.
+* ``done``     — output DataSet known (from this run, an earlier computation of this session, a
+  matching commit record on disk: that is resume, or an entry of the task cache);
+* ``failed``   — gave up, with its TaskError;
+* ``cache_wait`` — tasks another job is computing right now (it holds their key's claim in the
+  task cache): when to look again for their entry.
 
 Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``memory`` (the
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
 ``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
-``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
+``resumed`` / ``executed`` / ``reused`` (for the summary: from the job's own commit records, run
+here, or taken from the task cache) and ``consumers`` (reverse edges).
+
+The task cache (:mod:`smallpond.execution.cache`), when the job has one: a ready task's key is
+computed from its inputs; a verified entry is linked in and the task is done (``reused``);
+otherwise the task's key is claimed before it is submitted, and a task whose key another live job
+holds waits in ``cache_wait`` (the loop keeps running everything else) until that job's entry
+appears, or its claim goes away and this job computes the task itself.
 
 Speculation (:class:`Speculation`, Spark's knobs): a task still running long after most of its
 node's tasks finished gets a second attempt on an idle worker; the first attempt to commit wins
@@ -36,7 +45,7 @@ import heapq
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
 from smallpond.errors import Decision, JobFailed, TaskError, classify
@@ -45,6 +54,12 @@ from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.runtime import RuntimeContext, default_memory_limit
 from smallpond.execution.task import Task
 from smallpond.logical.graph import critical_path_lengths, topological_order
+
+if TYPE_CHECKING:
+    from smallpond.execution.cache_keys import JobCache
+
+#: how often a task waiting for another job's cache entry looks again (seconds)
+CACHE_WAIT_RECHECK = 0.25
 
 
 class Running(NamedTuple):
@@ -111,6 +126,8 @@ class SchedState:
     priority: Dict[str, float] = field(default_factory=dict)
     resumed: Set[str] = field(default_factory=set)
     executed: Set[str] = field(default_factory=set)
+    reused: Set[str] = field(default_factory=set)
+    cache_wait: Dict[str, float] = field(default_factory=dict)
     memory: Dict[str, int] = field(default_factory=dict)
     runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
     free_cpus: int = 0
@@ -125,6 +142,10 @@ class SchedulerListener:
 
     def on_resumed(self, task: Task, record: dict) -> None:
         pass
+
+    def on_reused(self, task: Task, entry) -> None:
+        """The task's output was taken from the task cache (``entry``: a
+        :class:`~smallpond.execution.cache.Entry`; ``entry.job`` / ``entry.task`` wrote it)."""
 
     def on_submit(self, task: Task, attempt: int, memory: int) -> None:
         pass
@@ -239,9 +260,11 @@ def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
     return sorted(out, key=lambda k: next(iter(state.running[k].values())).since)
 
 
-def finish_task(state: SchedState, key: str, dataset) -> None:
+def finish_task(state: SchedState, key: str, dataset, *, reused: bool = False) -> None:
+    """The task's output is known: run here, or (``reused``) taken from the task cache."""
     state.done[key] = dataset
-    state.executed.add(key)
+    (state.reused if reused else state.executed).add(key)
+    state.cache_wait.pop(key, None)
     for c in state.consumers.get(key, []):
         pending = state.waiting.get(c)
         if pending is None:
@@ -249,6 +272,20 @@ def finish_task(state: SchedState, key: str, dataset) -> None:
         pending.discard(key)
         if not pending:
             make_ready(state, c)
+
+
+def wait_for_cache(state: SchedState, key: str, until: float) -> None:
+    """Another job is computing the task: look for its cache entry again at ``until``."""
+    state.cache_wait[key] = until
+
+
+def wake_waiting(state: SchedState, now: float) -> List[str]:
+    """Tasks whose wait for another job's cache entry is over: ready again (to look and claim)."""
+    woken = [k for k, t in state.cache_wait.items() if t <= now]
+    for k in woken:
+        del state.cache_wait[k]
+        make_ready(state, k)
+    return woken
 
 
 def fail_attempt(
@@ -293,6 +330,7 @@ def keep_only_finished(state: SchedState) -> SchedState:
         done=state.done,
         resumed=state.resumed,
         executed=state.executed,
+        reused=state.reused,
         consumers=state.consumers,
         runtimes=state.runtimes,
         free_cpus=state.free_cpus + sum(r.cpus for a in state.running.values() for r in a.values()),
@@ -311,6 +349,7 @@ def invalidate(state: SchedState, keys: Iterable[str]) -> Set[str]:
         seen.add(key)
         state.done.pop(key, None)
         state.resumed.discard(key)
+        state.reused.discard(key)
         stack.extend(state.consumers.get(key, []))
     for key in seen:
         if key in state.tasks:
@@ -332,6 +371,7 @@ class Scheduler:
         max_fail_count: failed attempts per task before the job fails.
         listeners: observers of the run (progress, event log, summary).
         speculation: when to give stragglers a second copy (off by default).
+        cache: the job's side of the task cache (None: no cache).
     """
 
     def __init__(
@@ -343,8 +383,10 @@ class Scheduler:
         max_fail_count: int = DEFAULT_MAX_FAIL_COUNT,
         listeners: Sequence[SchedulerListener] = (),
         speculation: Speculation = Speculation(),
+        cache: Optional["JobCache"] = None,
     ) -> None:
         self.rt = runtime_ctx
+        self.cache = cache
         self.speculation = speculation
         self.executor = executor
         self.max_retry_count = max_retry_count
@@ -374,6 +416,8 @@ class Scheduler:
         start = time.time()
         _, resumed = add_tasks(st, self.rt, targets, all_tasks)
         for key, record in resumed.items():
+            if self.cache is not None:
+                self.cache.on_done(st.tasks[key], record["dataset"], record, ran=False)
             self._emit("on_resumed", st.tasks[key], record)
         if resumed:
             logger.info("resume: {} task(s) already committed are skipped", len(resumed))
@@ -382,21 +426,31 @@ class Scheduler:
         ok = False
         try:
             while not st.failed and not all(k in st.done for k in target_keys):
+                if st.cache_wait:
+                    wake_waiting(st, time.time())
                 progressed = self._dispatch()
                 if self.speculation.enabled and self.executor is not None:
                     progressed = self._speculate() or progressed
                 if st.failed or all(k in st.done for k in target_keys):
                     break
+                # a task waiting for another job's cache entry is looked at again soon
+                idle_wait = min(0.5, max(0.0, min(st.cache_wait.values()) - time.time())) if st.cache_wait else 0.5
                 if st.running:
-                    for c in self._poll(0.0 if progressed else 0.5):
+                    for c in self._poll(0.0 if progressed else idle_wait):
                         self._on_completion(c)
                 elif not progressed:
-                    raise RuntimeError(self._stall_message(target_keys))
+                    if not st.cache_wait:
+                        raise RuntimeError(self._stall_message(target_keys))
+                    time.sleep(idle_wait)
+                if self.cache is not None:
+                    self.cache.tick()
                 self._emit("on_tick", st, time.time() - start)
             ok = not st.failed
         finally:
             if not ok:
                 self._abort_running()
+            if self.cache is not None:
+                self.cache.close()
             self._emit("on_tick", st, time.time() - start)
             self._emit("on_end", st, ok)
         if st.failed:
@@ -431,14 +485,69 @@ class Scheduler:
                 ds = execute_attempt(self.rt, task, inputs, attempt, memory=self.effective_memory(task))
         except TaskError as e:
             self._emit("on_inline", task, False, time.time() - start)
-            self._record_failure(task.key, e)
+            if self._record_failure(task.key, e) is Decision.FAIL and self.cache is not None:
+                self.cache.release(task.key)
             return
         finish_task(st, task.key, ds)
+        if self.cache is not None and not task.exec_on_scheduler:
+            self.cache.on_done(task, ds)
+            self.cache.release(task.key)
         self._emit("on_inline", task, True, time.time() - start)
+
+    def _from_cache(self, task: Task, attempt: int) -> bool:
+        """Take the task's output from the task cache if a verified entry has its key."""
+        entry = self.cache.lookup(task)
+        if entry is None:
+            return False
+        try:
+            ds = self.cache.reuse(task, entry, attempt)
+        except OSError as e:  # removed by a cleaner meanwhile, a full disk: run the task instead
+            logger.warning("task cache: could not reuse {} for {}: {}", entry.path, task.key, e)
+            return False
+        self.cache.release(task.key)
+        finish_task(self.state, task.key, ds, reused=True)
+        self.cache.on_done(task, ds)
+        logger.debug("{} reused from the task cache (written by {} of job {})", task.key, entry.task, entry.job)
+        self._emit("on_reused", task, entry)
+        return True
+
+    def _reuse_ready(self) -> bool:
+        """Look up every ready task not looked up yet and reuse the hits, whether or not a worker
+        is free (reusing needs none). Each task is looked up once when it becomes ready, and again
+        only right before it runs (after claiming it: a job may have finished it meanwhile)."""
+        st = self.state
+        reused = False
+        while True:
+            fresh = sorted(i for i in st.ready if i[2] not in self.cache.looked_up and not st.tasks[i[2]].exec_on_scheduler)
+            hits = set()
+            for item in fresh:
+                key = item[2]
+                task = st.tasks[key]
+                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
+                self.cache.looked_up.add(key)
+                if self._from_cache(task, st.attempts.get(key, 0)):
+                    hits.add(key)
+            if not hits:
+                return reused
+            reused = True
+            st.ready = [i for i in st.ready if i[2] not in hits]
+            heapq.heapify(st.ready)
+
+    def _claim(self, task: Task, attempt: int) -> str:
+        """Claim the task's cache key before running it: ``"run"``; ``"reused"`` if its entry
+        appeared meanwhile; ``"wait"`` if another job is computing it (the task waits for that
+        job's entry in ``cache_wait``)."""
+        if self.cache.claim(task) is not None:
+            self.cache.looked_up.discard(task.key)  # look again when the wait is over
+            wait_for_cache(self.state, task.key, time.time() + CACHE_WAIT_RECHECK)
+            return "wait"
+        if self._from_cache(task, attempt):
+            return "reused"
+        return "run"
 
     def _dispatch(self) -> bool:
         st = self.state
-        progressed = False
+        progressed = self.cache is not None and self._reuse_ready()
         deferred = []
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
@@ -447,6 +556,12 @@ class Scheduler:
             inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
             if task.exec_on_scheduler or self.executor is None:
+                if not task.exec_on_scheduler and self.cache is not None:
+                    self.cache.prepare(task, inputs)
+                    verdict = self._claim(task, attempt)
+                    if verdict != "run":
+                        progressed = progressed or verdict == "reused"
+                        continue
                 self._run_here(task, inputs, attempt)
                 progressed = True
                 continue
@@ -465,12 +580,20 @@ class Scheduler:
                     if idle == 0 and not slots:
                         break
                     continue
+            if self.cache is not None:
+                self.cache.prepare(task, inputs)
+                verdict = self._claim(task, attempt)
+                if verdict != "run":
+                    progressed = progressed or verdict == "reused"
+                    continue
             try:
                 self.executor.submit(task, inputs, attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
                 logger.error("task failed: {}", e)
+                if self.cache is not None:
+                    self.cache.release(key)
                 break
             reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem, time.time())
             self._emit("on_submit", task, attempt, mem)
@@ -510,6 +633,9 @@ class Scheduler:
         if c.ok:
             record_runtime(st, c.key, c.elapsed)
             finish_task(st, c.key, c.dataset)
+            if self.cache is not None:
+                self.cache.on_done(task, c.dataset)
+                self.cache.release(c.key)
             # the other attempts of this task (speculative copies) lost: stop them; a copy that
             # commits anyway finds the winner's record and removes its own files
             for other in list(st.running.get(c.key, {})):
@@ -525,6 +651,8 @@ class Scheduler:
             self._emit("on_completion", task, c, Decision.RETRY)
             return
         decision = self._record_failure(c.key, c.error)
+        if decision is Decision.FAIL and self.cache is not None:
+            self.cache.release(c.key)
         self._emit("on_completion", task, c, decision)
 
     def _record_failure(self, key: str, error: BaseException) -> Decision:

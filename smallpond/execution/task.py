@@ -110,6 +110,14 @@ class Task:
         self.output_name = node.output_name
         self.output_path = node.output_path
         self.fingerprint = ""
+        #: what the fingerprint digests besides the inputs (the planner fills it in): the task
+        #: class, the node's parameter digest, the partition and the seed
+        self.plan_components: Dict[str, Any] = {}
+        #: the task-cache key of this task's inputs as they are, set by the scheduler when the
+        #: task is about to run (None: the task is not put in the cache)
+        self.cache_key: Optional[str] = None
+        #: replace the cache's entry for this key (the user asked to recompute the task)
+        self.cache_replace = False
         self.retry_count = 0
         self.runtime_ctx: Optional[RuntimeContext] = None
         self.perf_metrics: Dict[str, float] = {}
@@ -137,17 +145,27 @@ class Task:
 
     @property
     def output_filename(self) -> str:
-        return f"{self.output_name or self.default_output_name}-{self.id}.{self.retry_count}"
+        """The prefix of every file the task writes: ``{output name or Node.id}-{task id}``.
 
-    @property
-    def final_output_abspath(self) -> str:
-        rt = self.runtime_ctx
+        It names neither the job nor the attempt (upstream's ``{name}-{job}.{id}.{epoch}.{retry}``
+        did): each attempt writes into a directory of its own, and the same plan gives the same
+        file names in every job, so its outputs are byte-identical, names included.
+        """
+        return f"{self.output_name or self.default_output_name}-{self.id}"
+
+    def output_base(self, rt: RuntimeContext) -> str:
+        """Where the task's output directories go in job ``rt``: each attempt (or reuse from the
+        task cache) writes ``{output_base}.{attempt}.{token}``."""
         name = self.output_name or self.default_output_name
         if self.output_path:
             return os.path.join(self.output_path, name, self.key)
         if self.output_name:
             return os.path.join(rt.output_root, name, self.key)
         return os.path.join(rt.staging_root, name, self.key)
+
+    @property
+    def final_output_abspath(self) -> str:
+        return self.output_base(self.runtime_ctx)
 
     @property
     def runtime_output_abspath(self) -> str:
@@ -159,6 +177,8 @@ class Task:
 
     @property
     def random_seed_bytes(self) -> bytes:
+        """The task's own seed: a digest of the job's ``random_seed`` and the task id (the same in
+        every run of the same plan with the same seed, different for every task)."""
         seed = self.runtime_ctx.random_seed if self.runtime_ctx else 0
         return hashlib.sha256(f"{seed}:{int(self.id)}".encode()).digest()
 
@@ -222,10 +242,15 @@ class Task:
         self._last_ts = now
 
     def parquet_kv_metadata(self, extra: Optional[Dict[str, int]] = None) -> Dict[str, str]:
+        """Key-value metadata of the Parquet files the task writes (keys prefixed ``SMALLPOND:``).
+
+        The task key, the node id, each partition dimension's index and ``extra``. Unlike upstream
+        0.15 there is no ``__job_id__``: it would make the same plan's outputs differ from job to
+        job (and a file reused from the task cache would name a job that did not write it).
+        """
         md = {
             PARQUET_METADATA_KEY_PREFIX + "__task_key__": self.key,
             PARQUET_METADATA_KEY_PREFIX + "__node_id__": str(self.node_id),
-            PARQUET_METADATA_KEY_PREFIX + "__job_id__": str(self.runtime_ctx.job_id) if self.runtime_ctx else "",
         }
         for p in self.partition_infos:
             md[PARQUET_METADATA_KEY_PREFIX + p.dimension] = str(p.index)

@@ -114,6 +114,11 @@ class LogicalPlan:
         return {n.id: n for n in topological_order([self.root_node], lambda n: n.input_deps)}
 
     def explain_str(self) -> str:
+        """The plan as an indented tree: each node with its partition count, its parameters and
+        where it was created; a node whose output may differ between two runs of the plan is
+        marked ``[may differ between runs: why]`` (see :mod:`smallpond.logical.determinism`)."""
+        from smallpond.logical.determinism import nondeterminism
+
         lines: List[str] = []
         seen = set()
 
@@ -121,6 +126,10 @@ class LogicalPlan:
             again = node.id in seen
             seen.add(node.id)
             detail = _node_detail(node)
+            if not again:
+                why = nondeterminism(node)
+                if why:
+                    detail += f" [may differ between runs: {'; '.join(why)}]"
             lines.append(
                 f"{'  ' * depth}{node.label} [{_count(node)} partition(s)]{detail}"
                 + (" (see above)" if again else f"  @ {node.location}")

@@ -18,6 +18,12 @@ from smallpond.logical.structural import ConsolidateNode, DataSourceNode
 
 _IDENT_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
+#: Producer tasks of a hash/shuffle/range partitioning whose input is a single partition (it is
+#: split into this many pieces by files, or by rows when it has fewer files). A constant, not the
+#: number of workers: the producers' files are the output's files, and the same plan writes the
+#: same files on every machine. Override it per node with ``num_producers=``.
+SINGLE_INPUT_PRODUCERS = 8
+
 
 class PartitionNode(Node):
     """Base class of the partition nodes.
@@ -168,6 +174,9 @@ class HashPartitionNode(PartitionNode):
         drop_partition_column: leave the partition column out of the output files.
         hive_partitioning: write ``{column}={k}/`` directories.
         engine_type: ``"duckdb"`` (the only engine; ``"arrow"`` is accepted and runs DuckDB).
+        num_producers: producer tasks (not in upstream 0.15). Default: one per input partition, or
+            :data:`SINGLE_INPUT_PRODUCERS` for a single input partition; never the worker count,
+            so the output files are the same on every machine.
     """
 
     default_cpu_limit = 1
@@ -175,6 +184,7 @@ class HashPartitionNode(PartitionNode):
     default_data_partition_column = DATA_PARTITION_COLUMN_NAME
     default_engine_type = "duckdb"
     max_num_producer_tasks = 1000
+    default_num_producers = SINGLE_INPUT_PRODUCERS
     enable_resource_boost = True
 
     def __init__(
@@ -201,6 +211,7 @@ class HashPartitionNode(PartitionNode):
         output_path: Optional[str] = None,
         cpu_limit: Optional[int] = None,
         memory_limit: Optional[int] = None,
+        num_producers: Optional[int] = None,
     ) -> None:
         data_partition_column = data_partition_column or self.default_data_partition_column
         if dimension is None:
@@ -230,6 +241,11 @@ class HashPartitionNode(PartitionNode):
             raise ParameterError(self._msg("hash_columns is required unless random_shuffle or shuffle_only is set"))
         if hash_columns is not None and not all(isinstance(c, str) and c for c in hash_columns):
             raise ParameterError(self._msg(f"hash_columns must be column names, got {hash_columns!r}"))
+        if num_producers is not None and (
+            isinstance(num_producers, bool) or not isinstance(num_producers, int) or num_producers <= 0
+        ):
+            raise ParameterError(self._msg(f"num_producers must be a positive integer or None, got {num_producers!r}"))
+        self.num_producers = num_producers
         self.hash_columns = list(hash_columns) if hash_columns else []
         self.data_partition_column = data_partition_column
         self.engine_type = engine_type
@@ -267,6 +283,7 @@ class ShuffleNode(HashPartitionNode):
         output_path: Optional[str] = None,
         cpu_limit: Optional[int] = None,
         memory_limit: Optional[int] = None,
+        num_producers: Optional[int] = None,
     ) -> None:
         super().__init__(
             ctx,
@@ -288,6 +305,7 @@ class ShuffleNode(HashPartitionNode):
             output_path=output_path,
             cpu_limit=cpu_limit,
             memory_limit=memory_limit,
+            num_producers=num_producers,
         )
 
 

@@ -197,11 +197,22 @@ def run_sql(conn, sql: str) -> list:
         raise mapped from e
 
 
+#: Largest row group a writer buffers, in bytes. A constant so that row groups are cut at the same
+#: rows on every machine: the task's memory (which depends on the machine and the worker count)
+#: only lowers it below this when the task has less than 8 x 64 MiB per open writer.
+MAX_ROW_GROUP_BYTES_PER_WRITER = 64 * MB
+
+
 def writer_row_group_bytes(task: Task, open_writers: int = 1) -> int:
     """``ROW_GROUP_SIZE_BYTES`` keeping the writers' buffered row groups within 1/8 of the task's
     memory. A writer holds a whole row group before writing it (122880 rows of 100 bytes are
-    12 MB), memory DuckDB cannot spill: a sort within a small limit fails there otherwise."""
-    return max(256 * 1024, task_memory(task) // (8 * max(1, open_writers)))
+    12 MB), memory DuckDB cannot spill: a sort within a small limit fails there otherwise.
+
+    At most :data:`MAX_ROW_GROUP_BYTES_PER_WRITER`, so that with enough memory the files are the
+    same whatever memory the task got.
+    """
+    share = task_memory(task) // (8 * max(1, open_writers))
+    return max(256 * 1024, min(MAX_ROW_GROUP_BYTES_PER_WRITER, share))
 
 
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:

@@ -1,0 +1,610 @@
+"""The task cache: task outputs shared by jobs, found by what produced them.
+
+A task whose key (its parameters, code, partition, seed, the engine's versions and the content of
+its inputs, see :mod:`smallpond.execution.cache_keys`) matches an entry written by an earlier job
+is not run: the entry's files are linked into the job and committed as the task's output.
+
+Layout of the cache folder (default ``{data_root}/.task_cache``; ``init(task_cache=...)``,
+``SP_TASK_CACHE``, the Driver's ``--task_cache``; ``off`` turns it off)::
+
+    secret                    32 random bytes (0600) that sign every record
+    entries/{k[:2]}/{k}/      one entry per key: files/ (the task's output files, hard links to
+                              the committed files, copies across filesystems) and record
+    locks/{k}.lock            a claim: the job computing key k right now
+    index/{p[:2]}/{p}         per task position (node, partition): key and components of its last build
+    tmp/                      entries being built
+
+Invariants:
+
+* **Only complete entries are visible.** An entry is built under ``tmp/`` and renamed into
+  ``entries/`` with its signed record inside; a crash leaves garbage in ``tmp/`` only.
+* **Only verified entries are served.** The record is signed with the cache's secret (a record is
+  a pickle: code to whoever loads it), and every file must have the size, modification time and
+  head/tail digest the record holds: the first and last 64 KiB, and at least the whole Parquet
+  footer (its length is read from the file's end). Hard links share the inode with the files of
+  the job that wrote them, so a job output edited in place changes the entry too: its time and
+  size catch an append or a rewrite, the digests catch a truncation or a replaced block at either
+  end. A full hash is not taken on reuse (it would read every byte of every reused output). An
+  entry that fails is removed and the task runs.
+* **The cache never fails a task.** Insertion errors are warnings; a missing or unreadable entry
+  is a miss.
+* **The folder is the user's.** It is created ``0700``; a folder owned by someone else or
+  writable by group or others is refused (its entries could be forged), as is a readable secret.
+* **A task is computed once among jobs running at once.** Before submitting a task the scheduler
+  claims its key (a lock file created exclusively, naming host, pid, process start time and job);
+  a job that finds a live claim waits for the entry and reuses it, and computes the task itself
+  if the claimant dies or fails. A claim is stale when its process is gone (same host) or it has
+  not been refreshed for :data:`LOCK_STALE_SECONDS` (another host; holders refresh theirs).
+
+:func:`clean` bounds the cache's size (least recently used entries go first) and drops old ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+from smallpond.common import logger
+from smallpond.errors import ParameterError
+from smallpond.io.filesystem import SignatureError, atomic_write_bytes, dump, link_or_copy, load, remove_path
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
+
+CACHE_FORMAT = 1
+HEAD_TAIL_BYTES = 64 * 1024
+_MAX_FOOTER = 64 * 1024 * 1024
+#: a claim by a process on another host is stale after this long without a refresh
+LOCK_STALE_SECONDS = 600.0
+#: holders refresh their claims this often
+LOCK_REFRESH_SECONDS = 60.0
+
+
+@dataclass
+class Entry:
+    """A verified cache entry: its key, folder and (signed) record."""
+
+    key: str
+    path: str
+    record: Dict[str, Any]
+
+    @property
+    def files_dir(self) -> str:
+        return os.path.join(self.path, "files")
+
+    @property
+    def job(self) -> str:
+        return str(self.record.get("job", ""))
+
+    @property
+    def task(self) -> str:
+        return str(self.record.get("task", ""))
+
+    @property
+    def bytes(self) -> int:
+        return int(self.record.get("bytes", 0))
+
+
+@dataclass
+class Claim:
+    """Who holds a key's lock: host, process, its start time, job, and when it was refreshed."""
+
+    host: str
+    pid: int
+    started: float
+    job: str
+    refreshed: float = 0.0
+    path: str = ""
+    inode: int = 0
+
+    def describe(self) -> str:
+        return f"job {self.job} (pid {self.pid} on {self.host})"
+
+
+@dataclass
+class CleanReport:
+    """What :func:`clean` removed (or would remove, in a dry run)."""
+
+    removed: List[str] = field(default_factory=list)
+    removed_bytes: int = 0
+    kept: int = 0
+    kept_bytes: int = 0
+    dry_run: bool = True
+
+    def __str__(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (
+            f"{verb} {len(self.removed)} entr{'y' if len(self.removed) == 1 else 'ies'} "
+            f"({self.removed_bytes} bytes); {self.kept} kept ({self.kept_bytes} bytes)"
+        )
+
+
+_caches: Dict[str, "TaskCache"] = {}
+
+
+def open_cache(path: str) -> "TaskCache":
+    """The task cache at ``path`` (created if needed; one object per folder and process).
+
+    Raises :class:`ParameterError` if the folder is not safe to use (see the module docstring).
+    """
+    path = os.path.abspath(path)
+    cache = _caches.get(path)
+    if cache is None:
+        cache = TaskCache(path)
+        cache.check()
+        _caches[path] = cache
+    return cache
+
+
+class TaskCache:
+    """The cache folder: entries, claims and the position index (see the module docstring)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._secret: Optional[bytes] = None
+        self._process: Optional[Claim] = None
+
+    # -- the folder -----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Create the folder (0700) and its secret; refuse a folder others could write."""
+        for sub in ("", "entries", "locks", "index", "tmp"):
+            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+        st = os.stat(self.path)
+        if hasattr(os, "getuid") and st.st_uid != os.getuid():
+            raise ParameterError(
+                f"task cache {self.path} is owned by uid {st.st_uid}, not by this user (uid {os.getuid()}): refusing to use "
+                "it (its entries could be forged); point task_cache elsewhere or turn it off (task_cache='off')"
+            )
+        if st.st_mode & 0o022:
+            raise ParameterError(
+                f"task cache {self.path} is writable by group or others (mode {st.st_mode & 0o777:o}): refusing to use it "
+                f"(its entries could be forged); run 'chmod 700 {self.path}' or turn it off (task_cache='off')"
+            )
+        _ = self.secret
+
+    @property
+    def secret(self) -> bytes:
+        if self._secret is None:
+            path = os.path.join(self.path, "secret")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                st = os.stat(path)
+                if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
+                    raise ParameterError(
+                        f"task cache secret {path} is not private to this user (mode {st.st_mode & 0o777:o}): refusing to use the cache"
+                    ) from None
+                with open(path, "rb") as f:
+                    self._secret = f.read()
+                if len(self._secret) < 32:  # being written by another process: wait for it
+                    time.sleep(0.05)
+                    with open(path, "rb") as f:
+                        self._secret = f.read()
+            else:
+                key = os.urandom(32)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key)
+                self._secret = key
+        return self._secret
+
+    def entry_path(self, key: str) -> str:
+        return os.path.join(self.path, "entries", key[:2], key)
+
+    def lock_path(self, key: str) -> str:
+        return os.path.join(self.path, "locks", f"{key}.lock")
+
+    def index_path(self, position: str) -> str:
+        return os.path.join(self.path, "index", position[:2], position)
+
+    # -- entries --------------------------------------------------------------------------------
+    def lookup(self, key: str, drop: bool = True) -> Optional[Entry]:
+        """The entry for ``key`` if it exists and verifies; one that does not is removed (unless
+        ``drop`` is False: a dry run changes nothing)."""
+        path = self.entry_path(key)
+        record_path = os.path.join(path, "record")
+        if not os.path.exists(record_path):
+            return None
+        try:
+            record = load(record_path, secret=self.secret)
+        except SignatureError as e:
+            problem = f"its record is not signed by this cache ({e})"
+        except Exception as e:  # torn, or removed meanwhile by clean()
+            if not os.path.exists(record_path):
+                return None
+            problem = f"its record cannot be read ({type(e).__name__}: {e})"
+        else:
+            if record.get("format") != CACHE_FORMAT or record.get("key") != key:
+                problem = "its record is of another format or key"
+            else:
+                entry = Entry(key, path, record)
+                problem = verify(entry)
+                if problem is None:
+                    return entry
+        if drop:
+            self._drop(path, problem)
+        return None
+
+    def _drop(self, path: str, why: str) -> None:
+        logger.warning("task cache: entry {} is not served and is removed: {}", path, why)
+        self._remove_entry(path)
+
+    def _remove_entry(self, path: str) -> None:
+        # rename first: a reader sees the whole entry or nothing
+        trash = os.path.join(self.path, "tmp", f"drop-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(path, trash)
+        except OSError:
+            return
+        remove_path(trash)
+
+    def insert(self, key: str, dataset: DataSet, output_dir: str, info: Dict[str, Any], replace: bool = False) -> Optional[str]:
+        """Add the committed output of a task (``dataset``, whose files lie in ``output_dir``).
+
+        Returns the entry's folder, or None if the output cannot be cached (a file outside
+        ``output_dir``) or an entry exists (unless ``replace``).
+        """
+        final = self.entry_path(key)
+        if os.path.exists(final) and not replace:
+            return None
+        files = _dataset_files(dataset)
+        base = output_dir.rstrip(os.sep)
+        if any(not (p == base or p.startswith(base + os.sep)) for p in files):
+            return None
+        tmp = os.path.join(self.path, "tmp", f"{key}.{uuid.uuid4().hex[:12]}")
+        files_dir = os.path.join(tmp, "files")
+        try:
+            os.makedirs(files_dir, mode=0o700)
+            listed: List[Tuple[str, int, int, str]] = []
+            total = 0
+            for p in sorted(set(files)):
+                rel = os.path.relpath(p, base)
+                dst = os.path.join(files_dir, rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                link_or_copy(p, dst)
+                st = os.stat(dst)
+                listed.append((rel, st.st_size, st.st_mtime_ns, file_check(dst, st.st_size)))
+                total += st.st_size
+            stored = copy_dataset(dataset)
+            entry_files = os.path.join(final, "files")
+            stored._rebase(base, entry_files)
+            record = {
+                "format": CACHE_FORMAT,
+                "key": key,
+                "base": entry_files,
+                "dataset": stored,
+                "files": listed,
+                "bytes": total,
+                "created": time.time(),
+                **info,
+            }
+            dump(record, os.path.join(tmp, "record"), secret=self.secret)
+            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+            if replace and os.path.exists(final):
+                self._remove_entry(final)
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another job inserted the same key first: its entry stays
+                return None
+            tmp = None
+            return final
+        finally:
+            if tmp is not None:
+                remove_path(tmp)
+
+    def link_into(self, entry: Entry, output_base: str, attempt: int) -> Tuple[DataSet, str]:
+        """Link (or copy) the entry's files into a new output directory of the job; returns the
+        entry's dataset rebased there, and the directory (``{output_base}.{attempt}.{token}``)."""
+        token = f"{attempt}.{uuid.uuid4().hex[:16]}"
+        tmp = f"{output_base}.tmp-{token}"
+        final = f"{output_base}.{token}"
+        os.makedirs(tmp)
+        try:
+            for rel, *_ in entry.record["files"]:
+                dst = os.path.join(tmp, rel)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                link_or_copy(os.path.join(entry.files_dir, rel), dst)
+            os.rename(tmp, final)
+            tmp = None
+        finally:
+            if tmp is not None:
+                remove_path(tmp)
+        ds = copy_dataset(entry.record["dataset"])
+        ds._rebase(entry.record["base"], final)
+        touch(entry.path)
+        return ds, final
+
+    # -- claims -----------------------------------------------------------------------------------
+    def me(self, job: str) -> Claim:
+        if self._process is None:
+            self._process = Claim(socket.gethostname(), os.getpid(), _process_start(os.getpid()), "")
+        return Claim(self._process.host, self._process.pid, self._process.started, job)
+
+    def claim(self, key: str, job: str) -> Optional[Claim]:
+        """Claim ``key`` for ``job``. Returns None if the claim is now this process's, else the
+        live claim of another process (a stale claim is broken and taken over)."""
+        path = self.lock_path(key)
+        mine = self.me(job)
+        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "job": job}).encode()
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                holder = read_claim(path)
+                if holder is None:
+                    continue  # released meanwhile (or torn): try again
+                if holder.host == mine.host and holder.pid == mine.pid:
+                    return None  # ours (a retry, a speculative copy)
+                if claim_is_live(holder):
+                    return holder
+                logger.info("task cache: breaking the stale claim of {} on {}", holder.describe(), key)
+                _break(path, holder)
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+            return None
+        return read_claim(path) or Claim("?", 0, 0.0, "?")
+
+    def release(self, key: str) -> None:
+        path = self.lock_path(key)
+        holder = read_claim(path)
+        if holder is not None and holder.host == socket.gethostname() and holder.pid == os.getpid():
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def refresh(self, keys) -> None:
+        for key in keys:
+            try:
+                os.utime(self.lock_path(key))
+            except OSError:
+                pass
+
+    # -- the position index -------------------------------------------------------------------------
+    def read_index(self, position: str) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.index_path(position), "rb") as f:
+                return json.loads(f.read())
+        except (OSError, ValueError):
+            return None
+
+    def write_index(self, position: str, data: Dict[str, Any]) -> None:
+        path = self.index_path(position)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode())
+
+    # -- walking ----------------------------------------------------------------------------------
+    def entries(self) -> Iterator[Tuple[str, str]]:
+        """(key, folder) of every entry."""
+        root = os.path.join(self.path, "entries")
+        for shard in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+            shard_dir = os.path.join(root, shard)
+            for key in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
+                yield key, os.path.join(shard_dir, key)
+
+
+# -- verification ---------------------------------------------------------------------------------
+
+
+def file_check(path: str, size: Optional[int] = None) -> str:
+    """A digest of a file's size, its first and last 64 KiB and (for Parquet) its whole footer."""
+    if size is None:
+        size = os.stat(path).st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(HEAD_TAIL_BYTES))
+        tail = HEAD_TAIL_BYTES
+        if size >= 12:
+            f.seek(size - 8)
+            end = f.read(8)
+            if end[4:] == b"PAR1":
+                footer = int.from_bytes(end[:4], "little")
+                if 0 < footer <= min(_MAX_FOOTER, size - 12):
+                    tail = max(tail, footer + 8)
+        start = max(0, size - tail)
+        f.seek(start)
+        h.update(f.read(size - start))
+    return h.hexdigest()
+
+
+def verify(entry: Entry) -> Optional[str]:
+    """None if every file of the entry is as recorded, else what is wrong."""
+    for rel, size, mtime_ns, check in entry.record.get("files", []):
+        path = os.path.join(entry.files_dir, rel)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return f"file {rel} is missing"
+        if st.st_size != size:
+            return f"file {rel} has {st.st_size} bytes, not {size}"
+        if st.st_mtime_ns != mtime_ns:
+            return f"file {rel} was modified after it was cached"
+        try:
+            if file_check(path, size) != check:
+                return f"file {rel} does not match its checksum"
+        except OSError as e:
+            return f"file {rel} cannot be read ({e})"
+    return None
+
+
+def touch(path: str) -> None:
+    """Mark an entry used now (its record's modification time is its last use)."""
+    try:
+        os.utime(os.path.join(path, "record"))
+    except OSError:
+        pass
+
+
+# -- claims -------------------------------------------------------------------------------------------
+
+
+def read_claim(path: str) -> Optional[Claim]:
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            data = json.loads(f.read() or b"null")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        # created and not yet written: a claim in progress, live for a moment
+        return Claim("?", 0, 0.0, "?", st.st_mtime, path, st.st_ino)
+    return Claim(
+        str(data.get("host", "?")),
+        int(data.get("pid", 0)),
+        float(data.get("started", 0.0)),
+        str(data.get("job", "?")),
+        st.st_mtime,
+        path,
+        st.st_ino,
+    )
+
+
+def claim_is_live(claim: Claim) -> bool:
+    """True while the claimant may still finish: its process runs (this host), or its claim was
+    refreshed recently (another host)."""
+    if claim.host == "?":
+        return time.time() - claim.refreshed < 5.0
+    if claim.host != socket.gethostname():
+        return time.time() - claim.refreshed < LOCK_STALE_SECONDS
+    started = _process_start(claim.pid)
+    return started is not None and (not claim.started or abs(started - claim.started) < 1.0)
+
+
+def _break(path: str, holder: Claim) -> None:
+    """Remove a stale claim, unless it was replaced meanwhile (then it is someone's live claim)."""
+    try:
+        if holder.inode and os.stat(path).st_ino != holder.inode:
+            return
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _process_start(pid: int) -> Optional[float]:
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
+        return None
+
+
+# -- helpers --------------------------------------------------------------------------------------------
+
+
+def _dataset_files(ds: DataSet) -> List[str]:
+    if isinstance(ds, PartitionedDataSet):
+        return [p for d in ds.datasets for p in _dataset_files(d)]
+    out = list(ds.resolved_paths)
+    schema_path = getattr(ds, "_schema_path", None)
+    if schema_path and not out:
+        out.append(schema_path)
+    return out
+
+
+def copy_dataset(ds: DataSet) -> DataSet:
+    """A deep copy of a dataset description (rebasing one must not change another)."""
+    import cloudpickle
+
+    return pickle.loads(cloudpickle.dumps(ds))
+
+
+def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str]) -> None:
+    """Put a committed attempt's output in the task cache (in the worker that ran it).
+
+    Does nothing for a task the scheduler gave no cache key. Never raises: a failure is a warning
+    and the task's output stays committed.
+    """
+    key = getattr(task, "cache_key", None)
+    if not key or not rt.task_cache or output_dir is None:
+        return
+    try:
+        cache = open_cache(rt.task_cache)
+        info = {"task": task.key, "node": task.node_label, "job": str(rt.job_id)}
+        cache.insert(key, dataset, output_dir, info, replace=bool(getattr(task, "cache_replace", False)))
+    except Exception as e:
+        logger.warning("task cache: could not add the output of {} to {}: {}: {}", task.key, rt.task_cache, type(e).__name__, e)
+
+
+# -- cleaning -----------------------------------------------------------------------------------------
+
+
+def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float] = None, dry_run: bool = True) -> CleanReport:
+    """Remove cache entries: those unused for ``older_than`` seconds, then the least recently used
+    until the entries hold at most ``max_bytes``. With ``dry_run`` (the default) only report.
+
+    Also removes leftovers of entries being built by processes that died, and claims of dead
+    processes. Entries a running job links while they are removed stay intact in that job (a hard
+    link keeps the file).
+
+    Example::
+
+        from smallpond.execution.cache import clean
+        print(clean("/data/jobs/.task_cache", max_bytes=500 << 30, dry_run=False))
+    """
+    if max_bytes is not None and max_bytes < 0:
+        raise ParameterError(f"max_bytes must be >= 0 or None, got {max_bytes!r}")
+    if older_than is not None and older_than < 0:
+        raise ParameterError(f"older_than must be a number of seconds >= 0 or None, got {older_than!r}")
+    cache = TaskCache(path)
+    if not os.path.isdir(os.path.join(cache.path, "entries")):
+        raise ParameterError(f"{cache.path} is not a task cache (no entries/ folder)")
+    cache.check()
+    now = time.time()
+    entries = []
+    for key, folder in cache.entries():
+        try:
+            used = os.stat(os.path.join(folder, "record")).st_mtime
+        except OSError:
+            used = 0.0  # a broken entry: first to go
+        entries.append((used, key, folder, _tree_bytes(os.path.join(folder, "files"))))
+    entries.sort()
+    report = CleanReport(dry_run=dry_run)
+    total = sum(e[3] for e in entries)
+    for used, key, folder, size in entries:
+        too_old = older_than is not None and now - used > older_than
+        too_big = max_bytes is not None and total > max_bytes
+        if not (too_old or too_big or used == 0.0):
+            report.kept += 1
+            report.kept_bytes += size
+            continue
+        report.removed.append(key)
+        report.removed_bytes += size
+        total -= size
+        if not dry_run:
+            cache._remove_entry(folder)
+    if not dry_run:
+        _clean_leftovers(cache, now)
+    return report
+
+
+def _tree_bytes(folder: str) -> int:
+    total = 0
+    for root, _dirs, names in os.walk(folder):
+        for n in names:
+            try:
+                total += os.stat(os.path.join(root, n)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _clean_leftovers(cache: TaskCache, now: float) -> None:
+    tmp = os.path.join(cache.path, "tmp")
+    for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
+        p = os.path.join(tmp, name)
+        try:
+            if now - os.stat(p).st_mtime > 3600:
+                remove_path(p)
+        except OSError:
+            pass
+    locks = os.path.join(cache.path, "locks")
+    for name in os.listdir(locks) if os.path.isdir(locks) else ():
+        holder = read_claim(os.path.join(locks, name))
+        if holder is not None and not claim_is_live(holder):
+            _break(os.path.join(locks, name), holder)

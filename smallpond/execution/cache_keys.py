@@ -1,0 +1,375 @@
+"""Task-cache keys: what a task will compute, from what it actually reads.
+
+A task's plan fingerprint (resume within a job) digests the fingerprints of its input *tasks*,
+so it changes when any file of a whole source changes. The cache key is finer: it is computed by
+the scheduler when the task is about to run, from the datasets the task will read:
+
+* the plan components (task class, node parameters and code, partition, random seed; see
+  ``Task.plan_components``) and the engine's versions (:func:`engine_versions`);
+* for each input dataset, its description (kind, columns, options, row ranges) and the identity
+  of every file: an input file of the user by its path, size and modification time; a file
+  written by a task of this job by that task's key and the file's path inside its output.
+
+So a partition task over files that did not change keeps its key when another file of the
+source is rewritten, and a task downstream of a recomputed one changes key (its input's producer
+did). The components are kept per task position in the cache's index, so a dry run can say why a
+task will run: which file changed, which parameter, which upstream task (:func:`why_changed`).
+
+:class:`JobCache` is the scheduler's side of the cache: keys, reuse, claims and the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+from smallpond.common import logger
+from smallpond.execution.cache import LOCK_REFRESH_SECONDS, Claim, Entry, TaskCache, open_cache
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import Task
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
+
+_versions: Optional[str] = None
+PRODUCED = "task:"
+
+
+def engine_versions() -> str:
+    """The versions that decide what a task writes: Python, DuckDB, pyarrow and smallpond (its
+    release and a digest of its code, so a changed engine never serves results of the old one)."""
+    global _versions
+    if _versions is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        parts = [f"python={sys.version_info[0]}.{sys.version_info[1]}"]
+        for dist in ("duckdb", "pyarrow", "smallpond"):
+            try:
+                parts.append(f"{dist}={version(dist)}")
+            except PackageNotFoundError:
+                parts.append(f"{dist}=?")
+        parts.append(f"code={_package_digest()}")
+        _versions = " ".join(parts)
+    return _versions
+
+
+def _package_digest() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the smallpond package
+    h = hashlib.sha256()
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for n in sorted(names):
+            if n.endswith(".py"):
+                path = os.path.join(folder, n)
+                h.update(os.path.relpath(path, root).encode())
+                with open(path, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()[:16]
+
+
+def external_identity(path: str) -> str:
+    """What tells one version of a user's input file from another: size and modification time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) -> Dict[str, Any]:
+    """``{"desc": digest of the dataset's description, "files": {label: identity}}``.
+
+    A file's label is its path for a user's file, ``task:{key}/{path inside the output}`` for a
+    file a task of the job wrote (``identify`` decides); paths in the description are replaced by
+    labels, so the same dataset over the same files has the same components in every job.
+    """
+    from smallpond.logical.dataset import _InMemoryDataSet
+
+    files: Dict[str, str] = {}
+
+    def label(path: str) -> str:
+        lab, ident = identify(path)
+        files[lab] = ident
+        return lab
+
+    def walk(d: DataSet) -> list:
+        if isinstance(d, PartitionedDataSet):
+            return ["partitioned", [walk(x) for x in d.datasets]]
+        if isinstance(d, _InMemoryDataSet):
+            return [type(d).__name__, d.fingerprint()]
+        paths = list(d.resolved_paths)
+        labels = {p: label(p) for p in paths}
+        schema_path = getattr(d, "_schema_path", None)
+        if schema_path:
+            labels[schema_path] = label(schema_path)
+        desc = _relabel(d._describe(), labels)
+        schema = None if d.schema is None else str(d.schema)
+        return [type(d).__name__, [labels[p] for p in paths], repr(desc), schema, labels.get(schema_path)]
+
+    shape = walk(ds)
+    return {"desc": hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest(), "files": files}
+
+
+def _relabel(value, labels: Dict[str, str]):
+    if isinstance(value, str):
+        return labels.get(value, value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_relabel(v, labels) for v in value)
+    return value
+
+
+def cache_key(components: Dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def position_key(task: Task) -> str:
+    """Where a task sits in a plan, stable across builds of the same script: its class, node
+    (class, id, DataFrame operation, output name), the script file that created the node and its
+    partition. The index keeps the last build of each position."""
+    script = task.location.rsplit(":", 1)[0] if task.location else ""
+    text = "\x00".join([type(task).__qualname__, task.node_label, script, task.plan_components.get("partition", "")])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int = 4) -> List[str]:
+    """Why a task's key differs from the last build at its position (most telling first)."""
+    if prev is None:
+        return ["never computed (no earlier build of this task in the cache)"]
+    reasons: List[str] = []
+    p_plan, c_plan = prev.get("plan", {}), cur.get("plan", {})
+    if p_plan.get("params") != c_plan.get("params"):
+        reasons.append("the node's parameters or code changed")
+    if p_plan.get("partition") != c_plan.get("partition"):
+        reasons.append("its partition changed")
+    if p_plan.get("seed") != c_plan.get("seed"):
+        reasons.append(f"the random seed changed ({p_plan.get('seed')} -> {c_plan.get('seed')})")
+    if prev.get("engine") != cur.get("engine"):
+        reasons.append(f"the engine changed ({_diff_words(prev.get('engine', ''), cur.get('engine', ''))})")
+    p_in, c_in = prev.get("inputs", []), cur.get("inputs", [])
+    if len(p_in) != len(c_in):
+        reasons.append(f"it has {len(c_in)} input(s), the last build had {len(p_in)}")
+    for i, (a, b) in enumerate(zip(p_in, c_in)):
+        reasons.extend(_input_changes(i, a, b))
+    if not reasons and prev.get("key") == cur.get("key"):
+        reasons.append("its earlier result is no longer in the cache (removed, or it failed verification)")
+    elif not reasons:
+        reasons.append("its inputs' description changed")
+    if len(reasons) > limit:
+        reasons = reasons[:limit] + [f"(+{len(reasons) - limit} more)"]
+    return reasons
+
+
+def _input_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[str]:
+    out: List[str] = []
+    pf, cf = prev.get("files", {}), cur.get("files", {})
+    changed_tasks: Dict[str, None] = {}
+    external: List[str] = []
+    for lab in sorted(set(pf) | set(cf)):
+        a, b = pf.get(lab), cf.get(lab)
+        if a == b:
+            continue
+        if lab.startswith(PRODUCED):
+            changed_tasks.setdefault(lab[len(PRODUCED) :].split("/", 1)[0], None)
+        elif a is None:
+            external.append(f"input file {lab} is new")
+        elif b is None:
+            external.append(f"input file {lab} is gone")
+        else:
+            external.append(f"input file {lab} changed ({_describe_identity_change(a, b)})")
+    out.extend(external[:3])
+    if len(external) > 3:
+        out.append(f"(+{len(external) - 3} more changed input files)")
+    names = list(changed_tasks)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        out.append(f"its input from {shown} was recomputed")
+    if not out and prev.get("desc") != cur.get("desc"):
+        out.append(f"input {i}'s description changed (columns, options or row ranges)")
+    return out
+
+
+def _describe_identity_change(a: str, b: str) -> str:
+    try:
+        (sa, ma), (sb, mb) = a.split(":")[:2], b.split(":")[:2]
+    except ValueError:
+        return "its identity changed"
+    if sa != sb:
+        return f"{sa} -> {sb} bytes"
+    if ma != mb:
+        return "rewritten: same size, new modification time"
+    return "its identity changed"
+
+
+def _diff_words(a: str, b: str) -> str:
+    wa, wb = set(a.split()), set(b.split())
+    return ", ".join(sorted(wb - wa)) or b
+
+
+class JobCache:
+    """The scheduler's side of the task cache for one job (see the module docstring).
+
+    The scheduler calls :meth:`prepare` when a task is ready to run, then :meth:`lookup` (reuse
+    the entry with :meth:`reuse`), else :meth:`claim` before submitting it; :meth:`on_done` for
+    every task whose output is known (run, resumed, reused); :meth:`release` when a task's fate is
+    decided; :meth:`tick` on every loop round and :meth:`close` at the end.
+    """
+
+    def __init__(self, rt: RuntimeContext, cache: Optional[TaskCache] = None) -> None:
+        self.rt = rt
+        self.cache = cache or open_cache(rt.task_cache)
+        self.keys: Dict[str, str] = {}  # task key -> cache key (or, if not cacheable, its identity)
+        self.components: Dict[str, Dict[str, Any]] = {}
+        self.identities: Dict[str, str] = {}  # task key -> what downstream keys use for its files
+        self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
+        self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
+        self.bypass: Set[str] = set()  # task keys to recompute (DataFrame.recompute())
+        self.waiting_on: Dict[str, Claim] = {}
+        self.looked_up: Set[str] = set()  # task keys looked up since they last became ready
+        self._index: Dict[str, Dict[str, Any]] = {}
+        self._last_refresh = time.time()
+
+    def fork(self) -> "JobCache":
+        """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
+        other = JobCache(self.rt, self.cache)
+        other.produced = dict(self.produced)
+        other.identities = dict(self.identities)
+        other.bypass = set(self.bypass)
+        return other
+
+    # -- keys -------------------------------------------------------------------------------------
+    @staticmethod
+    def cacheable(task: Task) -> bool:
+        """Tasks that write files of their own (not inline metadata tasks, not pass-through or
+        publishing tasks), of nodes whose parameters could be fingerprinted."""
+        if task.exec_on_scheduler or not task.writes_output:
+            return False
+        return not str(task.plan_components.get("params", "unreusable:")).startswith("unreusable:")
+
+    def identify(self, path: str) -> Tuple[str, str]:
+        d = path
+        while True:
+            hit = self.produced.get(d)
+            if hit is not None:
+                return f"{PRODUCED}{hit[0]}/{os.path.relpath(path, d)}", hit[1]
+            parent = os.path.dirname(d)
+            if parent == d:
+                return path, external_identity(path)
+            d = parent
+
+    def components_of(self, task: Task, inputs: List[DataSet]) -> Dict[str, Any]:
+        return {
+            "plan": dict(task.plan_components),
+            "engine": engine_versions(),
+            "inputs": [input_components(ds, self.identify) for ds in inputs],
+        }
+
+    def prepare(self, task: Task, inputs: List[DataSet]) -> str:
+        """Compute the task's key from its inputs (once) and give it to the task (for its worker)."""
+        key = self.keys.get(task.key)
+        if key is None:
+            comps = self.components_of(task, inputs)
+            key = cache_key(comps)
+            self.keys[task.key] = key
+            self.components[task.key] = comps
+        cacheable = self.cacheable(task)
+        task.cache_key = key if cacheable else None
+        task.cache_replace = task.key in self.bypass
+        return key
+
+    # -- reuse ------------------------------------------------------------------------------------
+    def lookup(self, task: Task) -> Optional[Entry]:
+        if not self.cacheable(task) or task.key in self.bypass:
+            return None
+        return self.cache.lookup(self.keys[task.key])
+
+    def reuse(self, task: Task, entry: Entry, attempt: int) -> DataSet:
+        """Link the entry into the job and commit it as the task's output (a normal signed commit
+        record, so a resumed job finds it). Returns the task's output dataset."""
+        from smallpond.execution.attempt import write_commit
+
+        ds, final = self.cache.link_into(entry, task.output_base(self.rt), attempt)
+        reused = {"key": entry.key, "job": entry.job, "task": entry.task}
+        winner = write_commit(self.rt, task, ds, attempt, 0.0, output_dir=final, cache_key=entry.key, reused_from=reused)
+        if winner is not None:  # an attempt of this job committed first: keep its output
+            from smallpond.io.filesystem import remove_path
+
+            remove_path(final)
+            return winner["dataset"]
+        return ds
+
+    # -- claims -----------------------------------------------------------------------------------
+    def claim(self, task: Task) -> Optional[Claim]:
+        """Claim the task's key before it runs. None: this job may run it; else the live claim
+        of the job computing it now (wait for its entry)."""
+        if not self.cacheable(task):
+            return None
+        key = self.keys[task.key]
+        holder = self.cache.claim(key, str(self.rt.job_id))
+        if holder is None:
+            self.claimed[task.key] = key
+            self.waiting_on.pop(task.key, None)
+            return None
+        if task.key not in self.waiting_on:
+            logger.info("task cache: {} waits for {}, which is computing the same task", task.key, holder.describe())
+        self.waiting_on[task.key] = holder
+        return holder
+
+    def release(self, task_key: str) -> None:
+        key = self.claimed.pop(task_key, None)
+        if key is not None:
+            self.cache.release(key)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def on_done(self, task: Task, dataset: DataSet, record: Optional[dict] = None, ran: bool = True) -> None:
+        """Note a task's output: its files are known by the task's identity from now on, and
+        (for a task run or reused here) its components become its position's last build."""
+        if task.exec_on_scheduler:
+            return
+        key = self.keys.get(task.key) or (record or {}).get("cache_key") or f"fp:{task.fingerprint}"
+        self.identities[task.key] = key
+        base = task.output_base(self.rt)
+        for p in _paths(dataset):
+            if p.startswith(base + "."):
+                rest = p[len(base) + 1 :].split(os.sep, 1)[0]
+                self.produced[f"{base}.{rest}"] = (task.key, key)
+        comps = self.components.get(task.key)
+        if ran and comps is not None and self.cacheable(task):
+            self._index[position_key(task)] = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}
+
+    def forget(self, task_keys) -> None:
+        """Recompute these tasks: drop their keys and never reuse their cached outputs."""
+        for k in task_keys:
+            self.keys.pop(k, None)
+            self.components.pop(k, None)
+            self.bypass.add(k)
+
+    def tick(self) -> None:
+        now = time.time()
+        if now - self._last_refresh >= LOCK_REFRESH_SECONDS:
+            self._last_refresh = now
+            self.cache.refresh(self.claimed.values())
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        index, self._index = self._index, {}
+        for position, data in index.items():
+            try:
+                self.cache.write_index(position, data)
+            except OSError as e:
+                logger.debug("task cache: could not write index {}: {}", position, e)
+
+    def close(self) -> None:
+        for k in list(self.claimed):
+            self.release(k)
+        self.flush_index()
+
+
+def _paths(ds: DataSet) -> List[str]:
+    if isinstance(ds, PartitionedDataSet):
+        return [p for d in ds.datasets for p in _paths(d)]
+    try:
+        return list(ds.resolved_paths)
+    except Exception:
+        return []

@@ -1,0 +1,200 @@
+"""A dry run: which tasks of a plan will run, which will be reused, and why (nothing runs).
+
+The tasks are walked dependencies first, as the scheduler would run them:
+
+* metadata-only tasks (sources, splits, merges) run for real in this process: they read file
+  lists and Parquet footers, never data, and the tasks after them need what they describe;
+* a task committed in this job (same job id and data root) is *resumed*;
+* otherwise, when every input is known, the task's cache key is computed from its inputs as the
+  scheduler would (:mod:`smallpond.execution.cache_keys`): a verified entry means *reused from the
+  task cache*; a miss means it *will run*, with the reason found by comparing its fingerprint's
+  components with the last build of the same task position (a changed input file, parameter,
+  seed or engine, or a recomputed upstream task);
+* a task downstream of one that will run will run too ("its input from X will run").
+
+Entries are looked up but never removed, claims are not taken, and nothing is written to the job.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from smallpond.execution.attempt import read_commit, run_inline
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import Task
+from smallpond.logical.graph import topological_order
+
+RUN = "run"
+REUSED = "reused"
+RESUMED = "resumed"
+DONE = "done"
+FAILS = "fails"
+
+
+@dataclass
+class Verdict:
+    """What a dry run expects of one task: ``action`` is run / reused / resumed / done / fails."""
+
+    task: Task
+    action: str
+    reasons: List[str] = field(default_factory=list)
+    source: str = ""  # for reused tasks: which job and task wrote the entry
+
+
+@dataclass
+class DryRun:
+    """The verdicts of a dry run, in the order the tasks would run."""
+
+    verdicts: List[Verdict]
+    task_cache: Optional[str]
+
+    def of(self, action: str) -> List[Verdict]:
+        return [v for v in self.verdicts if v.action == action]
+
+    def __str__(self) -> str:
+        return format_dry_run(self)
+
+
+def dry_run(
+    rt: RuntimeContext,
+    targets: Sequence[Task],
+    all_tasks: Dict[str, Task],
+    *,
+    done: Optional[Dict[str, object]] = None,
+    cache=None,
+) -> DryRun:
+    """Walk ``targets`` and what they need; see the module docstring.
+
+    Args:
+        rt: the job's runtime context (its commit records are read if the job folder exists).
+        targets, all_tasks: the planned tasks, as given to the scheduler.
+        done: outputs already known (a session's earlier results), by task key.
+        cache: a :class:`~smallpond.execution.cache_keys.JobCache` to look entries up in, or
+            None when the task cache is off.
+    """
+    from smallpond.execution.cache_keys import JobCache, position_key, why_changed
+
+    done = dict(done or {})
+    order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
+    outputs: Dict[str, object] = {}
+    causes: Dict[str, List[str]] = {}  # task key -> the tasks that will run before its output is known
+    verdicts: List[Verdict] = []
+    job_exists = os.path.isdir(rt.job_root) and os.path.exists(rt.layout.secret_path)
+    for key in order:
+        task = all_tasks[key]
+        if key in done:
+            outputs[key] = done[key]
+            if not task.exec_on_scheduler:
+                verdicts.append(Verdict(task, DONE, ["computed earlier in this session"]))
+            continue
+        unknown = [d for d in task.input_keys if d not in outputs]
+        if unknown:
+            upstream = sorted({c for d in unknown for c in causes.get(d, [d])})
+            causes[key] = upstream if task.exec_on_scheduler else [key]
+            if not task.exec_on_scheduler:
+                verdicts.append(Verdict(task, RUN, [f"its input from {_names(upstream)} will run"]))
+            continue
+        inputs = [outputs[d] for d in task.input_keys]
+        if task.exec_on_scheduler:
+            try:
+                outputs[key] = run_inline(rt, task, inputs)
+            except Exception as e:
+                causes[key] = [key]
+                verdicts.append(Verdict(task, FAILS, [getattr(e, "message", None) or str(e)]))
+            continue
+        record = read_commit(rt, task) if job_exists else None
+        if record is not None:
+            outputs[key] = record["dataset"]
+            if cache is not None:
+                cache.on_done(task, record["dataset"], record, ran=False)
+            verdicts.append(Verdict(task, RESUMED, ["committed earlier in this job"]))
+            continue
+        causes[key] = [key]
+        if cache is None:
+            verdicts.append(Verdict(task, RUN, ["the task cache is off"]))
+            continue
+        if not task.writes_output:
+            verdicts.append(Verdict(task, RUN, [_uncached_reason(task)]))
+            continue
+        if not JobCache.cacheable(task):
+            verdicts.append(Verdict(task, RUN, ["its node could not be fingerprinted, so its results are never reused"]))
+            continue
+        cache_key = cache.prepare(task, inputs)
+        if key in cache.bypass:
+            verdicts.append(Verdict(task, RUN, ["recompute() was asked for it"]))
+            continue
+        entry = cache.cache.lookup(cache_key, drop=False)
+        if entry is not None:
+            outputs[key] = _as_if_linked(rt, task, entry)
+            del causes[key]
+            cache.produced[_dry_dir(rt, task)] = (key, cache_key)
+            cache.identities[key] = cache_key
+            verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
+            continue
+        prev = cache.cache.read_index(position_key(task))
+        verdicts.append(Verdict(task, RUN, why_changed(prev, {"key": cache_key, **cache.components[key]})))
+    return DryRun(verdicts, rt.task_cache if cache is not None else None)
+
+
+def _dry_dir(rt: RuntimeContext, task: Task) -> str:
+    return f"{task.output_base(rt)}.0.dryrun"
+
+
+def _as_if_linked(rt: RuntimeContext, task: Task, entry):
+    """The entry's dataset as the task's output would be once linked into the job: under the
+    task's output folder, so merges order its files as in the real run. Nothing is linked: the
+    row ranges of its Parquet files are read here, from the entry, for the tasks after it that
+    split by rows."""
+    from smallpond.execution.cache import copy_dataset
+    from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
+
+    ds = copy_dataset(entry.record["dataset"])
+    for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+        if isinstance(d, ParquetDataSet):
+            _ = d.resolved_row_ranges
+    ds._rebase(entry.record["base"], _dry_dir(rt, task))
+    return ds
+
+
+def _uncached_reason(task: Task) -> str:
+    from smallpond.execution.ops.sink import DataSinkTask
+
+    if isinstance(task, DataSinkTask):
+        return f"publishes to {task.node.output_path} (publishing always runs)"
+    return "passes its inputs through (not cached; cheap)"
+
+
+def _names(keys: List[str]) -> str:
+    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+def format_dry_run(result: DryRun) -> str:
+    """The listing: a summary, then one line per task (grouped by node), with the reasons."""
+    counts = {a: len(result.of(a)) for a in (RUN, REUSED, RESUMED, DONE, FAILS)}
+    lines = [
+        f"task cache: {result.task_cache or 'off'}",
+        f"{counts[RUN]} task(s) will run, {counts[REUSED]} reused from the task cache, "
+        f"{counts[RESUMED]} resumed from this job's commits"
+        + (f", {counts[DONE]} computed earlier in this session" if counts[DONE] else "")
+        + (f", {counts[FAILS]} would fail" if counts[FAILS] else ""),
+    ]
+    node = None
+    for v in sorted(result.verdicts, key=lambda v: (v.task.node_id, int(v.task.id))):
+        t = v.task
+        if t.node_label != node:
+            node = t.node_label
+            lines.append(f"{node} @ {t.location}")
+        parts = ",".join(f"{p.dimension}={p.index}" for p in t.partition_infos if p.dimension != "@toplevel@")
+        where = f" [{parts}]" if parts else ""
+        if v.action == REUSED:
+            text = f"reused (written by {v.source})"
+        elif v.action == RUN:
+            text = "will run: " + "; ".join(v.reasons)
+        elif v.action == FAILS:
+            text = "would fail: " + "; ".join(v.reasons)
+        else:
+            text = v.action + ": " + "; ".join(v.reasons)
+        lines.append(f"  {t.key}{where}  {text}")
+    return "\n".join(lines)
