@@ -182,7 +182,12 @@ def sql_list(paths: List[str]) -> str:
 
 
 def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = None, quiet: bool = True, **rt_kwargs):
-    """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan."""
+    """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan.
+
+    The task cache is on, as by default, but each run gets an empty one of its own inside its job
+    folder (unless ``task_cache`` is given): repeats never reuse each other's results, and each
+    pays what a first build pays for filling the cache.
+    """
     from loguru import logger
 
     from smallpond.execution.job import make_runtime_ctx, run_job
@@ -190,7 +195,12 @@ def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = No
     if quiet:
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
+    own_cache = "task_cache" not in rt_kwargs
+    if own_cache:
+        rt_kwargs["task_cache"] = "off"
     rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)
+    if own_cache:
+        rt.task_cache = os.path.join(rt.job_root, "task_cache")
     return run_job(plan, rt, num_workers=executors)
 
 

@@ -127,6 +127,7 @@ from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngi
 ctx = Context()
 node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([sys.argv[1]], root_dir=None)),), "select count(*) as n from {0}")
 rt = make_runtime_ctx(None, None, sys.argv[2], console_log_level="WARNING")
+rt.task_cache = rt.job_root + "/task_cache"  # on, as by default, but empty: repeats never reuse
 result = run_job(LogicalPlan(ctx, node), rt, num_workers=int(sys.argv[3])).final_output.to_arrow_table()
 n = result.column("n")[0].as_py()
 print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root}))

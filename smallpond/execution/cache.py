@@ -152,7 +152,7 @@ class TaskCache:
     # -- the folder -----------------------------------------------------------------------------
     def check(self) -> None:
         """Create the folder (0700) and its secret; refuse a folder others could write."""
-        for sub in ("", "entries", "locks", "index", "tmp"):
+        for sub in ("", "entries", "locks", "index"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         st = os.stat(self.path)
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -258,6 +258,7 @@ class TaskCache:
         tmp = os.path.join(self.path, "tmp", f"{key}.{uuid.uuid4().hex[:12]}")
         files_dir = os.path.join(tmp, "files")
         try:
+            os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
             os.makedirs(files_dir, mode=0o700)
             listed: List[Tuple[str, int, int, str]] = []
             total = 0

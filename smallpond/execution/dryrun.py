@@ -94,7 +94,8 @@ def dry_run(
             upstream = sorted({c for d in unknown for c in causes.get(d, [d])})
             causes[key] = upstream if task.exec_on_scheduler else [key]
             if not task.exec_on_scheduler:
-                verdicts.append(Verdict(task, RUN, [f"its input from {_names(upstream)} will run"]))
+                why = [f"its input from {_names(upstream)} will run"]
+                verdicts.append(Verdict(task, RUN, why if task.writes_output else [_uncached_reason(task)] + why))
             continue
         inputs = [outputs[d] for d in task.input_keys]
         if task.exec_on_scheduler:

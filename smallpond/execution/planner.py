@@ -160,7 +160,10 @@ class Planner:
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
-        self._registry: List[Tuple[Type[Node], Callable]] = [
+        self._registry = self._plan_functions()
+
+    def _plan_functions(self) -> List[Tuple[Type[Node], Callable]]:
+        return [
             (DataSourceNode, self._plan_source),
             (DataSinkNode, self._plan_sink),
             (RootNode, self._plan_root),
@@ -190,6 +193,7 @@ class Planner:
         p._digests = dict(self._digests)
         p._slim_copies = dict(self._slim_copies)
         p._warned = set(self._warned)
+        p._registry = p._plan_functions()  # bound to the fork, not to this planner
         return p
 
     # -- entry points ----------------------------------------------------------------------------

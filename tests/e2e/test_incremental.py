@@ -1,0 +1,289 @@
+"""Acceptance: incremental builds across jobs through the task cache.
+
+* a plan over 100 input files (partition by files -> SQL per partition -> hash partition -> SQL
+  -> sink), built once, then again with a new job id after one input file was rewritten: the
+  second build runs only the tasks that depend on that file (counted from the scheduler's events
+  and from the task logs), its output is byte-identical to a clean build's, and a dry run names
+  the file;
+* two jobs of the same plan started at once on one cache compute each task once;
+* a job waiting for another job's task computes it itself when that job dies.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from typing import Dict, List
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smallpond.execution.job import dry_run_plan, make_runtime_ctx, run_job
+from smallpond.execution.scheduler import SchedulerListener
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSinkNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LogicalPlan,
+    SqlEngineNode,
+)
+from tests.datagen import generate_parquet_files
+from tests.e2e.test_resume import COUNTING_JOB, counter_lines, expected_rows, sink_rows
+
+NFILES, NPARTS, NHASH = 100, 20, 4
+
+
+def incremental_plan(inputs: List[str], sink: str) -> LogicalPlan:
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(inputs))
+    parts = DataSetPartitionNode(ctx, (src,), NPARTS)  # by files: 5 files per partition
+    cleaned = SqlEngineNode(ctx, (parts,), "select id, key, name, length(name) as len from {0}")
+    hashed = HashPartitionNode(ctx, (cleaned,), NHASH, ["key"])
+    totals = SqlEngineNode(
+        ctx, (hashed,), "select key, count(*) as n, sum(len) as total, min(id) as first from {0} group by key order by key"
+    )
+    return LogicalPlan(ctx, DataSinkNode(ctx, (totals,), sink))
+
+
+class Events(SchedulerListener):
+    """What the scheduler did: attempts submitted and tasks reused from the cache."""
+
+    def __init__(self) -> None:
+        self.submitted: List[str] = []
+        self.reused: Dict[str, object] = {}
+        self.resumed: List[str] = []
+
+    def on_submit(self, task, attempt, memory):
+        self.submitted.append(task.key)
+
+    def on_reused(self, task, entry):
+        self.reused[task.key] = entry
+
+    def on_resumed(self, task, record):
+        self.resumed.append(task.key)
+
+
+def started_in_logs(root: str) -> Counter:
+    """How often each task started in the job at ``root``, from its per-attempt task logs."""
+    counts: Counter = Counter()
+    for path in glob.glob(os.path.join(root, "log", "tasks", "*.log")):
+        with open(path) as f:
+            counts.update(m.group(1) for m in re.finditer(r"start (\S+) attempt \d+", f.read()))
+    return counts
+
+
+def tree_digest(folder: str) -> Dict[str, str]:
+    """Every file under ``folder`` (relative name) with the SHA-256 of its bytes."""
+    out = {}
+    for root, _dirs, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def rewrite(path: str, seed: int) -> None:
+    t = pq.read_table(path)
+    names = pa.array([f"changed{seed}_{i}" for i in range(t.num_rows)], pa.string())
+    pq.write_table(t.set_column(t.schema.get_field_index("name"), "name", names), path)
+
+
+def test_rebuild_after_one_file_changed_runs_only_what_depends_on_it(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=NFILES, rows_per_file=20)
+    data_root, sink = str(tmp_path / "root"), str(tmp_path / "sink")
+    first = Events()
+    plan1 = run_job(
+        incremental_plan(inputs, sink), make_runtime_ctx("build-1", None, data_root), num_workers=2, listeners=[first]
+    )
+    worker_tasks = {k for k, t in plan1.tasks.items() if not t.exec_on_scheduler}
+    assert set(first.submitted) == worker_tasks and not first.reused
+    assert len(worker_tasks) == NPARTS + NPARTS + NHASH + 1  # SQL per partition, producers, SQL per hash partition, sink
+
+    changed = inputs[37]
+    rewrite(changed, seed=1)
+    listing = str(dry_run_plan(incremental_plan(inputs, sink), make_runtime_ctx("build-2", None, data_root)))
+    assert f"input file {changed} changed" in listing, listing
+
+    second = Events()
+    plan2 = run_job(
+        incremental_plan(inputs, sink), make_runtime_ctx("build-2", None, data_root), num_workers=2, listeners=[second]
+    )
+    tasks = plan2.tasks
+    # what depends on the changed file: its partition's SQL task, the producer reading that task,
+    # every SQL task after the hash partitioning (each reads every producer) and the sink
+    part_sql = [k for k, t in tasks.items() if type(t).__name__ == "SqlEngineTask" and t.node_id == 3]
+    (changed_sql,) = [k for k in part_sql if _reads(plan2, k, changed)]
+    (changed_producer,) = [k for k, t in tasks.items() if type(t).__name__ == "HashPartitionTask" and changed_sql in t.input_keys]
+    final_sql = {k for k, t in tasks.items() if type(t).__name__ == "SqlEngineTask" and t.node_id == 5}
+    sink_task = {k for k, t in tasks.items() if type(t).__name__ == "DataSinkTask"}
+    expected = {changed_sql, changed_producer} | final_sql | sink_task
+    assert set(second.submitted) == expected
+    assert set(started_in_logs(plan2.ctx.job_root)) == expected, "the task logs agree with the events"
+    assert len(second.reused) == len(worker_tasks) - len(expected) == 2 * (NPARTS - 1)
+    assert plan2.num_reused == len(second.reused)
+    # the dry run said the same before the build
+    for key in expected - sink_task:
+        assert re.search(rf"{key}( \[[^\]]*\])?  will run", listing), key
+    assert listing.count("  reused (written by") == len(second.reused)
+
+    # the output is byte-identical to a clean build of the changed inputs
+    rebuilt = tree_digest(sink)
+    clean_sink = str(tmp_path / "clean_sink")
+    clean_rt = make_runtime_ctx("clean", None, str(tmp_path / "clean_root"), task_cache="off")
+    run_job(incremental_plan(inputs, clean_sink), clean_rt, num_workers=1)
+    clean = tree_digest(clean_sink)
+    manifest = ".MANIFEST.txt"  # lists absolute paths of the files, which differ with the folder
+    assert {k: v for k, v in rebuilt.items() if k != manifest} == {k: v for k, v in clean.items() if k != manifest}
+    assert len(rebuilt) == NHASH + 1
+
+
+def _reads(plan, key: str, path: str) -> bool:
+    consumer = plan.tasks[plan.tasks[key].input_keys[0]]
+    return path in plan.results[consumer.key].resolved_paths
+
+
+def counting_command(job_id: str, data_root: str, cache: str, inputs: List[str], counter: str, sink: str, extra_sleep: str):
+    return [
+        sys.executable,
+        COUNTING_JOB,
+        "scheduler",
+        "--env_variables",
+        f"COUNTING_JOB_EXTRA_SLEEP={extra_sleep}",
+        "--job_id",
+        job_id,
+        "--data_root",
+        data_root,
+        "--task_cache",
+        cache,
+        "--num_executors",
+        "2",
+        "--sleep",
+        "0",
+        "-i",
+        *inputs,
+        "-c",
+        counter,
+        "-o",
+        sink,
+        "-n",
+        "6",
+    ]
+
+
+def test_two_jobs_started_at_once_compute_each_task_once(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=30)
+    counter, cache = str(tmp_path / "counter"), str(tmp_path / "cache")
+    procs = [
+        subprocess.Popen(
+            counting_command(f"twin-{i}", str(tmp_path / f"root{i}"), cache, inputs, counter, str(tmp_path / f"sink{i}"), "0.3"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    executions = Counter(counter_lines(counter))
+    assert len(executions) == 6 and set(executions.values()) == {1}, executions  # six partitions, each computed once
+    for i in range(2):
+        assert sink_rows(str(tmp_path / f"sink{i}")) == expected_rows(inputs)
+    started = [started_in_logs(glob.glob(str(tmp_path / f"root{i}" / "*.*"))[0]) for i in range(2)]
+    computes = [k for s in started for k in s if k.startswith("ArrowComputeTask")]
+    assert sorted(computes) == sorted(executions), "each partition's task started in exactly one of the jobs"
+
+
+def test_a_job_waiting_for_a_dead_job_computes_the_task_itself(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=20)
+    counter, cache = str(tmp_path / "counter"), str(tmp_path / "cache")
+    first = subprocess.Popen(
+        counting_command("slow", str(tmp_path / "root0"), cache, inputs, counter, str(tmp_path / "sink0"), "60"),
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not glob.glob(os.path.join(cache, "locks", "*.lock")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first job never claimed a task"
+            time.sleep(0.05)
+        second = subprocess.Popen(
+            counting_command("patient", str(tmp_path / "root1"), cache, inputs, counter, str(tmp_path / "sink1"), "0"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        log = None
+        while log is None or "waits for" not in open(log).read():
+            assert second.poll() is None and time.monotonic() < deadline, "the second job did not wait"
+            found = glob.glob(os.path.join(str(tmp_path / "root1"), "*.*", "log", "scheduler.log"))
+            log = found[0] if found else None
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-3000:]
+    assert sink_rows(str(tmp_path / "sink1")) == expected_rows(inputs)
+    assert "breaking the stale claim" in open(log).read()
+
+
+@pytest.mark.parametrize("how", ["off", "other_seed"])
+def test_no_reuse_with_the_cache_off_or_another_seed(tmp_path, how):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=10)
+    root = str(tmp_path / "root")
+    run_job(incremental_plan(inputs, str(tmp_path / "s1")), make_runtime_ctx("a", None, root), num_workers=1)
+    kw = {"task_cache": "off"} if how == "off" else {"random_seed": 12345}
+    events = Events()
+    run_job(
+        incremental_plan(inputs, str(tmp_path / "s2")), make_runtime_ctx("b", None, root, **kw), num_workers=1, listeners=[events]
+    )
+    assert not events.reused and events.submitted
+
+
+def test_a_resumed_job_keeps_what_it_took_from_the_cache(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=10)
+    root = str(tmp_path / "root")
+    run_job(incremental_plan(inputs, str(tmp_path / "s1")), make_runtime_ctx("a", None, root), num_workers=1)
+    second = Events()
+    run_job(incremental_plan(inputs, str(tmp_path / "s2")), make_runtime_ctx("b", None, root), num_workers=1, listeners=[second])
+    assert second.reused
+    # the same job again (resume): what was reused is committed in the job, nothing is looked up
+    third = Events()
+    again = run_job(
+        incremental_plan(inputs, str(tmp_path / "s2")), make_runtime_ctx("b", None, root), num_workers=1, listeners=[third]
+    )
+    assert set(third.resumed) >= set(second.reused) and again.num_reused == 0 and not third.submitted
+
+
+def test_a_failed_insertion_is_a_warning_not_a_failure(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    root, cache = str(tmp_path / "root"), str(tmp_path / "cache")
+    from smallpond.execution.cache import open_cache
+
+    open_cache(cache)
+    os.symlink(str(tmp_path / "nowhere"), os.path.join(cache, "tmp"))  # entries cannot be built there
+    sink = str(tmp_path / "sink")
+    result = run_job(incremental_plan(inputs, sink), make_runtime_ctx("a", None, root, task_cache=cache), num_workers=1)
+    assert result.successful and sink_rows_of(sink)
+    assert not glob.glob(os.path.join(cache, "entries", "*", "*"))
+    (job,) = glob.glob(os.path.join(root, "*.*"))
+    logs = "".join(open(p).read() for p in glob.glob(os.path.join(job, "log", "tasks", "*.log")))
+    assert "task cache: could not add the output" in logs
+
+
+def sink_rows_of(sink: str) -> int:
+    return sum(pq.read_metadata(os.path.join(sink, n)).num_rows for n in os.listdir(sink) if n.endswith(".parquet"))

@@ -1,0 +1,262 @@
+"""The task cache's folder: entries are signed and verified, claims are exclusive, cleaning is LRU.
+
+Real files on disk, real processes for claims; no job runs here (see tests/e2e/test_incremental.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smallpond.errors import ParameterError
+from smallpond.execution.cache import TaskCache, clean, file_check, open_cache, read_claim
+from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
+
+
+def write_output(folder: str, n: int = 3, rows: int = 100) -> ParquetDataSet:
+    """A task's committed output folder with ``n`` Parquet files (one in a subfolder)."""
+    paths = []
+    for i in range(n):
+        sub = os.path.join(folder, f"k={i}") if i == n - 1 else folder
+        os.makedirs(sub, exist_ok=True)
+        p = os.path.join(sub, f"out-{i}.parquet")
+        pq.write_table(pa.table({"x": list(range(i * rows, (i + 1) * rows))}), p)
+        paths.append(p)
+    return ParquetDataSet(paths, root_dir=None)
+
+
+@pytest.fixture
+def cache(tmp_path) -> TaskCache:
+    c = TaskCache(str(tmp_path / "cache"))
+    c.check()
+    return c
+
+
+def insert(cache: TaskCache, tmp_path, key: str = "a" * 64, **kw):
+    out = str(tmp_path / f"job-out-{key[:6]}")
+    ds = write_output(out, **kw)
+    assert cache.insert(key, ds, out, {"task": "T-000001", "job": "j1"}) is not None
+    return ds, out
+
+
+def test_insert_lookup_and_link_round_trip(cache, tmp_path):
+    ds, out = insert(cache, tmp_path)
+    entry = cache.lookup("a" * 64)
+    assert entry is not None and entry.task == "T-000001" and entry.job == "j1"
+    linked, folder = cache.link_into(entry, str(tmp_path / "job2" / "Node" / "T-000001"), 0)
+    assert os.path.basename(folder).startswith("T-000001.0.")
+    assert [os.path.relpath(p, folder) for p in linked.resolved_paths] == [os.path.relpath(p, out) for p in ds.resolved_paths]
+    for a, b in zip(ds.resolved_paths, linked.resolved_paths):
+        assert os.path.samefile(a, b)  # hard links: no copy of the data
+    assert pq.read_table(linked.resolved_paths).num_rows == 300
+
+
+def test_a_partitioned_output_is_rebased_part_by_part(cache, tmp_path):
+    out = str(tmp_path / "out")
+    parts = PartitionedDataSet([write_output(os.path.join(out, f"p{i}"), n=1) for i in range(2)])
+    assert cache.insert("b" * 64, parts, out, {}) is not None
+    linked, folder = cache.link_into(cache.lookup("b" * 64), str(tmp_path / "j" / "T"), 1)
+    assert [len(d.resolved_paths) for d in linked.datasets] == [1, 1]
+    assert all(p.startswith(folder + os.sep) and os.path.exists(p) for p in linked.paths)
+
+
+def test_an_output_with_files_elsewhere_is_not_cached(cache, tmp_path):
+    ds = write_output(str(tmp_path / "elsewhere"))
+    assert cache.insert("c" * 64, ds, str(tmp_path / "out"), {}) is None
+    assert cache.lookup("c" * 64) is None
+
+
+def test_the_first_entry_for_a_key_stays(cache, tmp_path):
+    insert(cache, tmp_path, rows=10)
+    out = str(tmp_path / "second")
+    assert cache.insert("a" * 64, write_output(out, rows=20), out, {}) is None
+    assert pq.read_table(cache.lookup("a" * 64).record["dataset"].resolved_paths).num_rows == 30
+
+
+@pytest.mark.parametrize("damage", ["truncate", "append", "delete", "touch", "head", "tail"])
+def test_an_entry_whose_files_do_not_verify_is_not_served_and_is_removed(cache, tmp_path, damage, log_messages):
+    ds, out = insert(cache, tmp_path)
+    victim = ds.resolved_paths[0]  # a hard link of the entry's file: damaging it damages the entry
+    st = os.stat(victim)
+    if damage == "truncate":
+        os.truncate(victim, st.st_size - 1)
+    elif damage == "append":
+        with open(victim, "ab") as f:
+            f.write(b"x")
+    elif damage == "delete":
+        os.unlink(os.path.join(cache.entry_path("a" * 64), "files", os.path.relpath(victim, out)))
+    elif damage == "touch":
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    else:  # same size, same modification time, one byte changed at either end
+        with open(victim, "r+b") as f:
+            f.seek(0 if damage == "head" else st.st_size - 10)
+            b = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([b[0] ^ 0xFF]))
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.lookup("a" * 64) is None
+    assert not os.path.exists(cache.entry_path("a" * 64)), "a bad entry is removed"
+    assert any("is not served" in m for m in log_messages)
+
+
+def test_the_whole_parquet_footer_is_checked(tmp_path):
+    """A footer longer than the 64 KiB tail: a change at its start is still seen."""
+    path = str(tmp_path / "wide.parquet")
+    pq.write_table(pa.table({f"a_rather_long_column_name_{i:05d}": [i] for i in range(3000)}), path)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(size - 8)
+        footer = int.from_bytes(f.read(4), "little")
+    assert footer > 2 * 64 * 1024, "the test needs a footer longer than the tail read"
+    before = file_check(path)
+    with open(path, "r+b") as f:
+        f.seek(size - 8 - footer + 16)  # inside the footer, far from both ends of the file
+        b = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([b[0] ^ 0x01]))
+    assert file_check(path) != before
+
+
+def test_a_record_not_signed_by_this_cache_is_refused(cache, tmp_path, log_messages):
+    insert(cache, tmp_path)
+    other = TaskCache(str(tmp_path / "other"))
+    other.check()
+    # a record signed with another cache's secret, put where this cache's record was
+    record_path = os.path.join(cache.entry_path("a" * 64), "record")
+    from smallpond.io.filesystem import dump, load
+
+    record = load(record_path, secret=cache.secret)
+    dump(record, record_path, secret=other.secret)
+    assert cache.lookup("a" * 64) is None
+    assert any("not signed by this cache" in m for m in log_messages)
+
+
+def test_a_dry_lookup_changes_nothing(cache, tmp_path):
+    ds, _ = insert(cache, tmp_path)
+    os.truncate(ds.resolved_paths[0], 10)
+    assert cache.lookup("a" * 64, drop=False) is None
+    assert os.path.exists(cache.entry_path("a" * 64))
+
+
+def test_a_folder_others_could_write_is_refused(tmp_path):
+    path = tmp_path / "shared"
+    path.mkdir()
+    os.chmod(path, 0o777)
+    with pytest.raises(ParameterError, match="writable by group or others"):
+        TaskCache(str(path)).check()
+
+
+@pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="changing a folder's owner needs root")
+def test_a_folder_owned_by_someone_else_is_refused(tmp_path):
+    path = tmp_path / "theirs"
+    path.mkdir(mode=0o700)
+    os.chown(path, 54321, -1)
+    with pytest.raises(ParameterError, match="owned by uid 54321"):
+        TaskCache(str(path)).check()
+
+
+def test_a_readable_secret_is_refused(tmp_path):
+    c = TaskCache(str(tmp_path / "c"))
+    c.check()
+    os.chmod(os.path.join(c.path, "secret"), 0o644)
+    with pytest.raises(ParameterError, match="not private"):
+        TaskCache(c.path).check()
+
+
+def test_the_folder_and_secret_are_private(tmp_path):
+    c = open_cache(str(tmp_path / "c"))
+    assert os.stat(c.path).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(c.path, "secret")).st_mode & 0o777 == 0o600
+
+
+# -- claims ------------------------------------------------------------------------------------------
+
+
+def test_a_claim_is_exclusive_and_released(cache):
+    assert cache.claim("k" * 64, "job-a") is None
+    assert cache.claim("k" * 64, "job-a") is None, "a process's own claim is its own"
+    holder = read_claim(cache.lock_path("k" * 64))
+    assert (holder.host, holder.pid, holder.job) == (socket.gethostname(), os.getpid(), "job-a")
+    cache.release("k" * 64)
+    assert not os.path.exists(cache.lock_path("k" * 64))
+
+
+def lock_of_process(cache: TaskCache, key: str, proc: subprocess.Popen) -> None:
+    import psutil
+
+    with open(cache.lock_path(key), "w") as f:
+        json.dump(
+            {"host": socket.gethostname(), "pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "job": "other"}, f
+        )
+
+
+def test_a_live_claim_of_another_process_holds_and_a_dead_ones_is_broken(cache):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_of_process(cache, "k" * 64, proc)
+        holder = cache.claim("k" * 64, "job-b")
+        assert holder is not None and holder.pid == proc.pid and holder.job == "other"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert cache.claim("k" * 64, "job-b") is None, "the claim of a dead process is stale"
+    assert read_claim(cache.lock_path("k" * 64)).job == "job-b"
+
+
+def test_a_claim_from_another_host_is_stale_once_not_refreshed(cache):
+    from smallpond.execution.cache import LOCK_STALE_SECONDS
+
+    path = cache.lock_path("k" * 64)
+    with open(path, "w") as f:
+        json.dump({"host": "some-other-host", "pid": 1, "started": 0, "job": "remote"}, f)
+    assert cache.claim("k" * 64, "job-c") is not None, "a fresh remote claim is live"
+    old = time.time() - LOCK_STALE_SECONDS - 1
+    os.utime(path, (old, old))
+    assert cache.claim("k" * 64, "job-c") is None
+
+
+# -- cleaning ----------------------------------------------------------------------------------------
+
+
+def test_clean_removes_least_recently_used_first(cache, tmp_path):
+    keys = [c * 64 for c in "def"]
+    for i, k in enumerate(keys):
+        insert(cache, tmp_path, key=k)
+        record = os.path.join(cache.entry_path(k), "record")
+        os.utime(record, (1000 + i, 1000 + i))
+    # use the oldest: it becomes the most recent
+    cache.link_into(cache.lookup(keys[0]), str(tmp_path / "j" / "T"), 0)
+    size = sum(
+        os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(os.path.join(cache.entry_path(keys[1]), "files")) for n in ns
+    )
+    dry = clean(cache.path, max_bytes=size)
+    assert dry.dry_run and set(dry.removed) == {keys[1], keys[2]} and all(os.path.exists(cache.entry_path(k)) for k in keys)
+    report = clean(cache.path, max_bytes=size, dry_run=False)
+    assert set(report.removed) == {keys[1], keys[2]}
+    assert os.path.exists(cache.entry_path(keys[0])) and cache.lookup(keys[0]) is not None
+    assert not os.path.exists(cache.entry_path(keys[1]))
+
+
+def test_clean_older_than(cache, tmp_path):
+    insert(cache, tmp_path, key="d" * 64)
+    insert(cache, tmp_path, key="e" * 64)
+    old = time.time() - 10 * 86400
+    os.utime(os.path.join(cache.entry_path("d" * 64), "record"), (old, old))
+    report = clean(cache.path, older_than=86400, dry_run=False)
+    assert report.removed == ["d" * 64]
+    assert cache.lookup("e" * 64) is not None
+
+
+def test_clean_validates_and_refuses_a_non_cache(tmp_path):
+    with pytest.raises(ParameterError, match="not a task cache"):
+        clean(str(tmp_path))
+    with pytest.raises(ParameterError, match="max_bytes"):
+        clean(str(tmp_path), max_bytes=-1)
