@@ -225,6 +225,7 @@ class JobCache:
         self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
         self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
         self.bypass: Set[str] = set()  # task keys to recompute (DataFrame.recompute())
+        self.bypass_nodes: Set[int] = set()  # node ids to recompute, planned or not yet
         self.waiting_on: Dict[str, Claim] = {}
         self.looked_up: Set[str] = set()  # task keys looked up since they last became ready
         self._index: Dict[str, Dict[str, Any]] = {}
@@ -236,6 +237,7 @@ class JobCache:
         other.produced = dict(self.produced)
         other.identities = dict(self.identities)
         other.bypass = set(self.bypass)
+        other.bypass_nodes = set(self.bypass_nodes)
         return other
 
     # -- keys -------------------------------------------------------------------------------------
@@ -275,12 +277,16 @@ class JobCache:
             self.components[task.key] = comps
         cacheable = self.cacheable(task)
         task.cache_key = key if cacheable else None
-        task.cache_replace = task.key in self.bypass
+        task.cache_replace = self.bypassed(task)
         return key
+
+    def bypassed(self, task: Task) -> bool:
+        """True if the user asked to recompute the task (its cached output is not used)."""
+        return task.key in self.bypass or task.node_id in self.bypass_nodes
 
     # -- reuse ------------------------------------------------------------------------------------
     def lookup(self, task: Task) -> Optional[Entry]:
-        if not self.cacheable(task) or task.key in self.bypass:
+        if not self.cacheable(task) or self.bypassed(task):
             return None
         return self.cache.lookup(self.keys[task.key])
 
@@ -338,12 +344,15 @@ class JobCache:
         if ran and comps is not None and self.cacheable(task):
             self._index[position_key(task)] = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}
 
-    def forget(self, task_keys) -> None:
-        """Recompute these tasks: drop their keys and never reuse their cached outputs."""
+    def forget(self, task_keys, node_id: Optional[int] = None) -> None:
+        """Recompute these tasks (and every task of node ``node_id``, planned later too): drop
+        their keys and never reuse their cached outputs."""
         for k in task_keys:
             self.keys.pop(k, None)
             self.components.pop(k, None)
             self.bypass.add(k)
+        if node_id is not None:
+            self.bypass_nodes.add(int(node_id))
 
     def tick(self) -> None:
         now = time.time()

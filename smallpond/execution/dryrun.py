@@ -123,7 +123,7 @@ def dry_run(
             verdicts.append(Verdict(task, RUN, ["its node could not be fingerprinted, so its results are never reused"]))
             continue
         cache_key = cache.prepare(task, inputs)
-        if key in cache.bypass:
+        if cache.bypassed(task):
             verdicts.append(Verdict(task, RUN, ["recompute() was asked for it"]))
             continue
         entry = cache.cache.lookup(cache_key, drop=False)

@@ -258,8 +258,9 @@ class Job:
         tasks = self.tasks_of(node) or []
         keys = invalidate(self.scheduler.state, [t.key for t in tasks])
         if self.scheduler.cache is not None:
-            # recomputed means recomputed: not taken from the task cache either
-            self.scheduler.cache.forget(keys)
+            # recomputed means recomputed: not taken from the task cache either, even when the
+            # node is planned only later (a new session over an earlier job's results)
+            self.scheduler.cache.forget(keys, node_id=int(node.id))
         for key in keys:
             remove_path(commit_path(self.rt, key))
 

@@ -287,3 +287,34 @@ def test_a_failed_insertion_is_a_warning_not_a_failure(tmp_path):
 
 def sink_rows_of(sink: str) -> int:
     return sum(pq.read_metadata(os.path.join(sink, n)).num_rows for n in os.listdir(sink) if n.endswith(".parquet"))
+
+
+def count_rows(table: pa.Table, counter: str) -> pa.Table:
+    with open(counter, "a") as f:
+        f.write("x\n")
+    return table
+
+
+def test_recompute_is_not_served_from_the_cache(tmp_path):
+    import functools
+
+    import smallpond
+
+    counter = str(tmp_path / "counter")
+    fn = functools.partial(count_rows, counter=counter)
+
+    def session_rows(job_id: str, recompute: bool):
+        sp = smallpond.init(job_id=job_id, data_root=str(tmp_path / "root"))
+        try:
+            df = sp.from_items([{"a": i} for i in range(10)]).map_batches(fn)
+            if recompute:
+                df.recompute()
+            return [r["a"] for r in df.take_all()]
+        finally:
+            sp.shutdown()
+
+    assert session_rows("first", False) == list(range(10))
+    assert session_rows("second", False) == list(range(10))
+    assert len(counter_lines(counter)) == 1, "the second session reused the first one's result"
+    assert session_rows("third", True) == list(range(10))
+    assert len(counter_lines(counter)) == 2, "recompute() runs the node again"

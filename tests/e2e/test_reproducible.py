@@ -108,3 +108,34 @@ def test_random_shuffle_depends_only_on_the_seed(tmp_path, seed):
     a, b = shuffled("shuffle-a", 1, seed), shuffled("shuffle-b", 2, seed)
     assert a == b and sorted(a) == list(range(200)) and a != list(range(200))
     assert shuffled("shuffle-c", 1, 99 if seed is None else None) != a
+
+
+def test_retried_attempts_write_the_same_files(url_files, tmp_path, data_root):
+    """Attempt numbers appear in no file name: a run whose tasks all failed twice (injected
+    faults) before succeeding writes what a run without failures writes."""
+    out = str(tmp_path / "out")
+    digests = []
+    for job_id, faults in (("clean-run", "0"), ("faulty-run", "0.9")):
+        cmd = [sys.executable, SORT_EXAMPLE, "scheduler", "--job_id", job_id, "--data_root", data_root, "--task_cache", "off"]
+        cmd += ["--fault_inject_prob", faults, "--max_fail_count", "3", "-i", *url_files, "-n", "2", "-o", out]
+        run(cmd, str(tmp_path))
+        digests.append(tree_digest(out))
+    assert digests[0] == digests[1]
+
+
+def test_row_groups_do_not_follow_the_memory_a_task_gets():
+    from smallpond.execution.ops.duckdb import MAX_ROW_GROUP_BYTES_PER_WRITER, writer_row_group_bytes
+    from smallpond.execution.task import Task
+
+    class _Node:
+        id, label, location, output_name, output_path = 1, "N-1", "x:1", None, None
+        cpu_limit, gpu_limit, memory_limit = 1, 0, None
+
+    task = Task(_Node(), 1, [], [])
+    sizes = set()
+    for memory in (4 << 30, 12 << 30, 64 << 30):  # one worker or many, a small machine or a big one
+        task.memory_limit = memory
+        sizes.add(writer_row_group_bytes(task, 1))
+        task.memory_limit = memory * 16
+        sizes.add(writer_row_group_bytes(task, 16))
+    assert sizes == {MAX_ROW_GROUP_BYTES_PER_WRITER}
