@@ -765,6 +765,27 @@ class PartitionedDataSet(DataSet):
     def __len__(self) -> int:
         return len(self._datasets)
 
+    @staticmethod
+    def gather(producers: Sequence["PartitionedDataSet"], index: int) -> Optional[DataSet]:
+        """Partition ``index`` of every producer as one dataset, when all are compact file lists of
+        one kind and options (the common case of a shuffle): the paths are concatenated, no
+        per-producer dataset is built. None when they are not; merge the partitions instead."""
+        first = producers[0]._compact if producers else None
+        if first is None:
+            return None
+        cls, template, _ = first
+        paths: List[str] = []
+        for p in producers:
+            c = p._compact
+            if c is None or c[0] is not cls or (c[1] is not template and c[1] != template):
+                return None
+            paths.extend(c[2][index])
+        ds = cls.__new__(cls)
+        ds.__dict__.update(template)
+        ds.paths = paths
+        ds._resolved_paths = sorted(paths)
+        return ds
+
     @property
     def paths(self):
         if self._compact is not None:
