@@ -10,6 +10,7 @@ scheduler. Per task key:
 * ``done``     — output DataSet known (from this run, an earlier computation of this session, a
   matching commit record on disk: that is resume, or an entry of the task cache);
 * ``failed``   — gave up, with its TaskError;
+* ``fresh``    — tasks made ready since the last round, which the task cache looks up once;
 * ``cache_wait`` — tasks another job is computing right now (it holds their key's claim in the
   task cache): when to look again for their entry.
 
@@ -44,8 +45,9 @@ from __future__ import annotations
 import heapq
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
 from smallpond.errors import Decision, JobFailed, TaskError, classify
@@ -117,6 +119,8 @@ class SchedState:
     tasks: Dict[str, Task] = field(default_factory=dict)
     waiting: Dict[str, Set[str]] = field(default_factory=dict)
     ready: List[tuple] = field(default_factory=list)
+    ready_inline: Deque[str] = field(default_factory=deque)  # metadata-only tasks: they never wait for workers
+    fresh: List[str] = field(default_factory=list)  # tasks made ready since the task cache last looked
     running: Dict[str, Dict[int, Running]] = field(default_factory=dict)
     done: Dict[str, object] = field(default_factory=dict)
     failed: Dict[str, TaskError] = field(default_factory=dict)
@@ -207,7 +211,12 @@ def add_tasks(
 
 def make_ready(state: SchedState, key: str) -> None:
     state.waiting.pop(key, None)
-    heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(state.tasks[key].id), key))
+    task = state.tasks[key]
+    if task.exec_on_scheduler:
+        state.ready_inline.append(key)
+    else:
+        heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(task.id), key))
+        state.fresh.append(key)
 
 
 def reserve(
@@ -462,7 +471,7 @@ class Scheduler:
         """Nothing running and nothing could start: say why instead of spinning silently."""
         st = self.state
         missing = [k for k in target_keys if k not in st.done]
-        blocked = [st.tasks[item[2]] for item in st.ready][:3]
+        blocked = [st.tasks[item[2]] for item in st.ready][:3]  # (metadata-only tasks never block)
         detail = "; ".join(f"{t.key} needs {t.cpu_limit} CPU(s) and {self.effective_memory(t)} bytes" for t in blocked)
         return (
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
@@ -512,26 +521,25 @@ class Scheduler:
         return True
 
     def _reuse_ready(self) -> bool:
-        """Look up every ready task not looked up yet and reuse the hits, whether or not a worker
-        is free (reusing needs none). Each task is looked up once when it becomes ready, and again
-        only right before it runs (after claiming it: a job may have finished it meanwhile)."""
+        """Look up the tasks that became ready since the last round (``fresh``) and reuse the
+        hits, whether or not a worker is free (reusing needs none). A task is looked up once when
+        it becomes ready, and again only right before it runs (after claiming it: another job may
+        have finished it meanwhile). Returns True if a task was reused."""
         st = self.state
-        reused = False
-        while True:
-            fresh = sorted(i for i in st.ready if i[2] not in self.cache.looked_up and not st.tasks[i[2]].exec_on_scheduler)
-            hits = set()
-            for item in fresh:
-                key = item[2]
-                task = st.tasks[key]
-                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
-                self.cache.looked_up.add(key)
-                if self._from_cache(task, st.attempts.get(key, 0)):
-                    hits.add(key)
-            if not hits:
-                return reused
-            reused = True
+        fresh, st.fresh = st.fresh, []
+        hits = set()
+        for key in fresh:
+            task = st.tasks.get(key)
+            if task is None or key in st.done or key in self.cache.looked_up:
+                continue
+            self.cache.looked_up.add(key)
+            self.cache.prepare(task, [st.done[d] for d in task.input_keys])
+            if self._from_cache(task, st.attempts.get(key, 0)):
+                hits.add(key)
+        if hits:
             st.ready = [i for i in st.ready if i[2] not in hits]
             heapq.heapify(st.ready)
+        return bool(hits)
 
     def _claim(self, task: Task, attempt: int) -> str:
         """Claim the task's cache key before running it: ``"run"``; ``"reused"`` if its entry
@@ -546,24 +554,40 @@ class Scheduler:
         return "run"
 
     def _dispatch(self) -> bool:
+        """Run ready metadata-only tasks here, then send ready tasks to the executor while it has room."""
         st = self.state
-        progressed = self.cache is not None and self._reuse_ready()
+        progressed = False
+        while True:
+            while st.ready_inline and not st.failed:
+                key = st.ready_inline.popleft()
+                task = st.tasks[key]
+                self._run_here(task, [st.done[d] for d in task.input_keys], st.attempts.get(key, 0))
+                progressed = True
+            if self.cache is None:
+                st.fresh.clear()
+                break
+            # reusing needs no worker: look up what became ready, and run what the hits made ready
+            if st.failed or not self._reuse_ready():
+                break
+            progressed = True
         deferred = []
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
             key = item[2]
             task = st.tasks[key]
-            inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
-            if task.exec_on_scheduler or self.executor is None:
-                if not task.exec_on_scheduler and self.cache is not None:
-                    self.cache.prepare(task, inputs)
+            if self.executor is None:
+                if self.cache is not None:
+                    self.cache.prepare(task, [st.done[d] for d in task.input_keys])
                     verdict = self._claim(task, attempt)
                     if verdict != "run":
                         progressed = progressed or verdict == "reused"
                         continue
-                self._run_here(task, inputs, attempt)
+                self._run_here(task, [st.done[d] for d in task.input_keys], attempt)
                 progressed = True
+                while st.ready_inline and not st.failed:  # what it made ready, in order
+                    k = st.ready_inline.popleft()
+                    self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
@@ -577,17 +601,17 @@ class Scheduler:
                 queue = task.cpu_limit <= 1 and mem <= self.capacity.memory_per_cpu and slots > 0
                 if not queue:
                     deferred.append(item)
-                    if idle == 0 and not slots:
-                        break
+                    if (idle == 0 or st.free_cpus <= 0) and not slots:
+                        break  # nothing else can start either: stop scanning the ready tasks
                     continue
             if self.cache is not None:
-                self.cache.prepare(task, inputs)
+                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
                 verdict = self._claim(task, attempt)
                 if verdict != "run":
                     progressed = progressed or verdict == "reused"
                     continue
             try:
-                self.executor.submit(task, inputs, attempt, memory=mem, queue=queue)
+                self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
