@@ -46,6 +46,7 @@ import json
 import os
 import pickle
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -148,6 +149,7 @@ class TaskCache:
         self.path = os.path.abspath(path)
         self._secret: Optional[bytes] = None
         self._process: Optional[Claim] = None
+        self._held: Dict[str, int] = {}  # keys this process claimed -> inode of its lock file
 
     # -- the folder -----------------------------------------------------------------------------
     def check(self) -> None:
@@ -339,6 +341,7 @@ class TaskCache:
                 if holder is None:
                     continue  # released meanwhile (or torn): try again
                 if holder.host == mine.host and holder.pid == mine.pid:
+                    self._held.setdefault(key, holder.inode)
                     return None  # ours (a retry, a speculative copy)
                 if claim_is_live(holder):
                     return holder
@@ -347,17 +350,22 @@ class TaskCache:
                 continue
             with os.fdopen(fd, "wb") as f:
                 f.write(body)
+                self._held[key] = os.fstat(f.fileno()).st_ino
             return None
         return read_claim(path) or Claim("?", 0, 0.0, "?")
 
     def release(self, key: str) -> None:
+        """Give up this process's claim on ``key`` (not one that replaced it after it was taken
+        for stale: the lock file must still be the one this process created)."""
+        inode = self._held.pop(key, None)
+        if inode is None:
+            return
         path = self.lock_path(key)
-        holder = read_claim(path)
-        if holder is not None and holder.host == socket.gethostname() and holder.pid == os.getpid():
-            try:
+        try:
+            if os.stat(path).st_ino == inode:
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
+        except FileNotFoundError:
+            pass
 
     def refresh(self, keys) -> None:
         for key in keys:
@@ -609,3 +617,28 @@ def _clean_leftovers(cache: TaskCache, now: float) -> None:
         holder = read_claim(os.path.join(locks, name))
         if holder is not None and not claim_is_live(holder):
             _break(os.path.join(locks, name), holder)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m smallpond.execution.cache clean PATH [--max_bytes N] [--older_than SECONDS] [--yes]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m smallpond.execution.cache", description="Manage a smallpond task cache.")
+    sub = p.add_subparsers(dest="verb", required=True)
+    c = sub.add_parser("clean", help="remove least recently used entries (a dry run unless --yes)")
+    c.add_argument("path", help="the task cache folder (e.g. {data_root}/.task_cache)")
+    c.add_argument("--max_bytes", type=int, default=None, help="keep at most this many bytes of entries")
+    c.add_argument("--older_than", type=float, default=None, help="remove entries unused for this many seconds")
+    c.add_argument("--yes", action="store_true", help="remove them (default: only list what would go)")
+    args = p.parse_args(argv)
+    try:
+        report = clean(args.path, max_bytes=args.max_bytes, older_than=args.older_than, dry_run=not args.yes)
+    except ParameterError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -223,6 +223,7 @@ class JobCache:
         self.components: Dict[str, Dict[str, Any]] = {}
         self.identities: Dict[str, str] = {}  # task key -> what downstream keys use for its files
         self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
+        self._parents: Dict[str, None] = {}  # the folders holding output dirs (one per node)
         self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
         self.bypass: Set[str] = set()  # task keys to recompute (DataFrame.recompute())
         self.bypass_nodes: Set[int] = set()  # node ids to recompute, planned or not yet
@@ -235,6 +236,7 @@ class JobCache:
         """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
         other = JobCache(self.rt, self.cache)
         other.produced = dict(self.produced)
+        other._parents = dict(self._parents)
         other.identities = dict(self.identities)
         other.bypass = set(self.bypass)
         other.bypass_nodes = set(self.bypass_nodes)
@@ -249,16 +251,24 @@ class JobCache:
             return False
         return not str(task.plan_components.get("params", "unreusable:")).startswith("unreusable:")
 
+    def register(self, output_dir: str, task_key: str, identity: str) -> None:
+        """Files under ``output_dir`` were written by ``task_key``, known as ``identity``."""
+        self.produced[output_dir] = (task_key, identity)
+        self._parents.setdefault(os.path.dirname(output_dir), None)
+
     def identify(self, path: str) -> Tuple[str, str]:
-        d = path
-        while True:
-            hit = self.produced.get(d)
-            if hit is not None:
-                return f"{PRODUCED}{hit[0]}/{os.path.relpath(path, d)}", hit[1]
-            parent = os.path.dirname(d)
-            if parent == d:
-                return path, external_identity(path)
-            d = parent
+        """(label, identity) of a file: the task that wrote it and where in its output, or, for a
+        user's file, its path and :func:`external_identity`. An output directory is a child of a
+        node's output folder, so only those few folders are compared with the path."""
+        for parent in self._parents:
+            n = len(parent)
+            if path.startswith(parent) and path[n : n + 1] == os.sep:
+                cut = path.find(os.sep, n + 1)
+                out_dir = path if cut < 0 else path[:cut]
+                hit = self.produced.get(out_dir)
+                if hit is not None:
+                    return f"{PRODUCED}{hit[0]}/{path[len(out_dir) + 1 :]}", hit[1]
+        return path, external_identity(path)
 
     def components_of(self, task: Task, inputs: List[DataSet]) -> Dict[str, Any]:
         return {
@@ -339,7 +349,7 @@ class JobCache:
         for p in _paths(dataset):
             if p.startswith(base + "."):
                 rest = p[len(base) + 1 :].split(os.sep, 1)[0]
-                self.produced[f"{base}.{rest}"] = (task.key, key)
+                self.register(f"{base}.{rest}", task.key, key)
         comps = self.components.get(task.key)
         if ran and comps is not None and self.cacheable(task):
             self._index[position_key(task)] = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}

@@ -130,7 +130,7 @@ def dry_run(
         if entry is not None:
             outputs[key] = _as_if_linked(rt, task, entry)
             del causes[key]
-            cache.produced[_dry_dir(rt, task)] = (key, cache_key)
+            cache.register(_dry_dir(rt, task), key, cache_key)
             cache.identities[key] = cache_key
             verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
             continue

@@ -260,3 +260,18 @@ def test_clean_validates_and_refuses_a_non_cache(tmp_path):
         clean(str(tmp_path))
     with pytest.raises(ParameterError, match="max_bytes"):
         clean(str(tmp_path), max_bytes=-1)
+
+
+def test_clean_from_the_command_line(cache, tmp_path):
+    insert(cache, tmp_path, key="d" * 64)
+    cmd = [sys.executable, "-m", "smallpond.execution.cache", "clean", cache.path, "--max_bytes", "0"]
+    dry = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0 and "would remove 1 entry" in dry.stdout
+    assert os.path.exists(cache.entry_path("d" * 64))
+    done = subprocess.run(cmd + ["--yes"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "removed 1 entry" in done.stdout
+    assert not os.path.exists(cache.entry_path("d" * 64))
+    bad = subprocess.run(
+        [sys.executable, "-m", "smallpond.execution.cache", "clean", str(tmp_path)], capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "not a task cache" in bad.stderr
