@@ -185,8 +185,8 @@ def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = No
     """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan.
 
     The task cache is on, as by default, but each run gets an empty one of its own inside its job
-    folder (unless ``task_cache`` is given): repeats never reuse each other's results, and each
-    pays what a first build pays for filling the cache.
+    folder (unless ``task_cache`` is given, or ``SP_TASK_CACHE=off``): repeats never reuse each
+    other's results, and each pays what a first build pays for filling the cache.
     """
     from loguru import logger
 
@@ -195,7 +195,7 @@ def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = No
     if quiet:
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
-    own_cache = "task_cache" not in rt_kwargs
+    own_cache = "task_cache" not in rt_kwargs and os.environ.get("SP_TASK_CACHE", "").lower() != "off"
     if own_cache:
         rt_kwargs["task_cache"] = "off"
     rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)

@@ -11,7 +11,8 @@ Layout of the cache folder (default ``{data_root}/.task_cache``; ``init(task_cac
     entries/{k[:2]}/{k}/      one entry per key: files/ (the task's output files, hard links to
                               the committed files, copies across filesystems) and record
     locks/{k}.lock            a claim: the job computing key k right now
-    index/{p[:2]}/{p}         per task position (node, partition): key and components of its last build
+    index/{p[:2]}/{p}         per node position: for each partition, the key and fingerprint
+                              components of its last build (what a dry run compares with)
     tmp/                      entries being built
 
 Invariants:
@@ -150,6 +151,8 @@ class TaskCache:
         self._secret: Optional[bytes] = None
         self._process: Optional[Claim] = None
         self._held: Dict[str, int] = {}  # keys this process claimed -> inode of its lock file
+        self._tmp_ready = False
+        self._shards: set = set()  # entry shard folders known to exist
 
     # -- the folder -----------------------------------------------------------------------------
     def check(self) -> None:
@@ -260,14 +263,19 @@ class TaskCache:
         tmp = os.path.join(self.path, "tmp", f"{key}.{uuid.uuid4().hex[:12]}")
         files_dir = os.path.join(tmp, "files")
         try:
-            os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
+            if not self._tmp_ready:
+                os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
+                self._tmp_ready = True
             os.makedirs(files_dir, mode=0o700)
             listed: List[Tuple[str, int, int, str]] = []
             total = 0
+            made = {files_dir}
             for p in sorted(set(files)):
                 rel = os.path.relpath(p, base)
                 dst = os.path.join(files_dir, rel)
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                if os.path.dirname(dst) not in made:  # (a mkdir that fails costs as much as one that works)
+                    os.makedirs(os.path.dirname(dst), exist_ok=True)
+                    made.add(os.path.dirname(dst))
                 link_or_copy(p, dst)
                 st = os.stat(dst)
                 listed.append((rel, st.st_size, st.st_mtime_ns, file_check(dst, st.st_size)))
@@ -285,8 +293,12 @@ class TaskCache:
                 "created": time.time(),
                 **info,
             }
-            dump(record, os.path.join(tmp, "record"), secret=self.secret)
-            os.makedirs(os.path.dirname(final), mode=0o700, exist_ok=True)
+            # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
+            dump(record, os.path.join(tmp, "record"), secret=self.secret, atomic_write=False)
+            shard = os.path.dirname(final)
+            if shard not in self._shards:
+                os.makedirs(shard, mode=0o700, exist_ok=True)
+                self._shards.add(shard)
             if replace and os.path.exists(final):
                 self._remove_entry(final)
             try:
@@ -382,8 +394,13 @@ class TaskCache:
         except (OSError, ValueError):
             return None
 
-    def write_index(self, position: str, data: Dict[str, Any]) -> None:
+    def update_index(self, position: str, builds: Dict[str, Any]) -> None:
+        """Record the last build of some partitions of a node position (read, merge, replace: of
+        two jobs updating one node at once, one's update may be lost; that only makes a later dry
+        run's explanation vaguer)."""
         path = self.index_path(position)
+        data = self.read_index(position) or {}
+        data.update(builds)
         os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
         atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode())
 
@@ -518,9 +535,12 @@ def _dataset_files(ds: DataSet) -> List[str]:
 
 def copy_dataset(ds: DataSet) -> DataSet:
     """A deep copy of a dataset description (rebasing one must not change another)."""
-    import cloudpickle
+    try:
+        return pickle.loads(pickle.dumps(ds, protocol=pickle.HIGHEST_PROTOCOL))
+    except Exception:  # a dataset holding something only cloudpickle can carry
+        import cloudpickle
 
-    return pickle.loads(cloudpickle.dumps(ds))
+        return pickle.loads(cloudpickle.dumps(ds))
 
 
 def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str]) -> None:

@@ -124,13 +124,16 @@ def cache_key(components: Dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def position_key(task: Task) -> str:
-    """Where a task sits in a plan, stable across builds of the same script: its class, node
-    (class, id, DataFrame operation, output name), the script file that created the node and its
-    partition. The index keeps the last build of each position."""
+def node_position(task: Task) -> str:
+    """Where a task's node sits in a plan, stable across builds of the same script: the task class,
+    the node (class, id, DataFrame operation, output name) and the script file that created it.
+    The index keeps, per node position, the last build of each partition."""
     script = task.location.rsplit(":", 1)[0] if task.location else ""
-    text = "\x00".join([type(task).__qualname__, task.node_label, script, task.plan_components.get("partition", "")])
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256("\x00".join([type(task).__qualname__, task.node_label, script]).encode()).hexdigest()
+
+
+def partition_of(task: Task) -> str:
+    return str(task.plan_components.get("partition", ""))
 
 
 def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int = 4) -> List[str]:
@@ -229,7 +232,8 @@ class JobCache:
         self.bypass_nodes: Set[int] = set()  # node ids to recompute, planned or not yet
         self.waiting_on: Dict[str, Claim] = {}
         self.looked_up: Set[str] = set()  # task keys looked up since they last became ready
-        self._index: Dict[str, Dict[str, Any]] = {}
+        self._index: Dict[str, Dict[str, Any]] = {}  # node position -> partition -> build, to write
+        self._index_read: Dict[str, Dict[str, Any]] = {}  # node position -> what the index holds
         self._last_refresh = time.time()
 
     def fork(self) -> "JobCache":
@@ -319,7 +323,7 @@ class JobCache:
     def claim(self, task: Task) -> Optional[Claim]:
         """Claim the task's key before it runs. None: this job may run it; else the live claim
         of the job computing it now (wait for its entry)."""
-        if not self.cacheable(task):
+        if not self.cacheable(task) or task.key in self.claimed:
             return None
         key = self.keys[task.key]
         holder = self.cache.claim(key, str(self.rt.job_id))
@@ -352,12 +356,22 @@ class JobCache:
                 self.register(f"{base}.{rest}", task.key, key)
         comps = self.components.get(task.key)
         if ran and comps is not None and self.cacheable(task):
-            self._index[position_key(task)] = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}
+            build = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}
+            self._index.setdefault(node_position(task), {})[partition_of(task)] = build
+
+    def previous_build(self, task: Task) -> Optional[Dict[str, Any]]:
+        """The last build recorded at the task's position (its node's partition), if any."""
+        position = node_position(task)
+        builds = self._index_read.get(position)
+        if builds is None:
+            builds = self._index_read[position] = self.cache.read_index(position) or {}
+        return builds.get(partition_of(task))
 
     def forget(self, task_keys, node_id: Optional[int] = None) -> None:
         """Recompute these tasks (and every task of node ``node_id``, planned later too): drop
         their keys and never reuse their cached outputs."""
         for k in task_keys:
+            self.release(k)
             self.keys.pop(k, None)
             self.components.pop(k, None)
             self.bypass.add(k)
@@ -373,9 +387,9 @@ class JobCache:
 
     def flush_index(self) -> None:
         index, self._index = self._index, {}
-        for position, data in index.items():
+        for position, builds in index.items():
             try:
-                self.cache.write_index(position, data)
+                self.cache.update_index(position, builds)
             except OSError as e:
                 logger.debug("task cache: could not write index {}: {}", position, e)
 

@@ -74,7 +74,7 @@ def dry_run(
         cache: a :class:`~smallpond.execution.cache_keys.JobCache` to look entries up in, or
             None when the task cache is off.
     """
-    from smallpond.execution.cache_keys import JobCache, position_key, why_changed
+    from smallpond.execution.cache_keys import JobCache, why_changed
 
     done = dict(done or {})
     order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
@@ -134,7 +134,7 @@ def dry_run(
             cache.identities[key] = cache_key
             verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
             continue
-        prev = cache.cache.read_index(position_key(task))
+        prev = cache.previous_build(task)
         verdicts.append(Verdict(task, RUN, why_changed(prev, {"key": cache_key, **cache.components[key]})))
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
 

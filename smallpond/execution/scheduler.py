@@ -589,6 +589,15 @@ class Scheduler:
                     k = st.ready_inline.popleft()
                     self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
+            if self.cache is not None:
+                # claimed before the executor is asked for room: the claim touches the cache's
+                # folder, and a worker's queue slot may be gone after that long; a claim held
+                # while the task waits for room says that this job is about to compute it
+                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
+                verdict = self._claim(task, attempt)
+                if verdict != "run":
+                    progressed = progressed or verdict == "reused"
+                    continue
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
             idle = self.executor.free_slots()
@@ -603,12 +612,6 @@ class Scheduler:
                     deferred.append(item)
                     if (idle == 0 or st.free_cpus <= 0) and not slots:
                         break  # nothing else can start either: stop scanning the ready tasks
-                    continue
-            if self.cache is not None:
-                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
-                verdict = self._claim(task, attempt)
-                if verdict != "run":
-                    progressed = progressed or verdict == "reused"
                     continue
             try:
                 self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)

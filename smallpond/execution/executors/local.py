@@ -165,7 +165,11 @@ class LocalExecutor(Executor):
             raise _pickle_error(task, attempt, e) from e
         if queue:
             now = time.monotonic()
-            w = next((w for w in self.workers if self._short(w, now)), None)
+            # a worker that was short when the scheduler asked may have passed the limit since
+            # (pickling the task takes time): any worker running exactly one task will do
+            w = next((w for w in self.workers if self._short(w, now)), None) or next(
+                (w for w in self.workers if len(w.inflight) == 1), None
+            )
         else:
             w = next((w for w in self.workers if not w.inflight), None)
         if w is None:
