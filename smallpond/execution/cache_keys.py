@@ -35,6 +35,8 @@ from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 _versions: Optional[str] = None
 PRODUCED = "task:"
+#: a task waiting for another job's entry says so again this often (seconds)
+WAIT_WARNING_SECONDS = 60.0
 
 
 def engine_versions() -> str:
@@ -224,14 +226,15 @@ class JobCache:
         self.cache = cache or open_cache(rt.task_cache)
         self.keys: Dict[str, str] = {}  # task key -> cache key (or, if not cacheable, its identity)
         self.components: Dict[str, Dict[str, Any]] = {}
-        self.identities: Dict[str, str] = {}  # task key -> what downstream keys use for its files
         self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
         self._parents: Dict[str, None] = {}  # the folders holding output dirs (one per node)
         self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
         self.bypass: Set[str] = set()  # task keys to recompute (DataFrame.recompute())
         self.bypass_nodes: Set[int] = set()  # node ids to recompute, planned or not yet
         self.waiting_on: Dict[str, Claim] = {}
-        self.looked_up: Set[str] = set()  # task keys looked up since they last became ready
+        self._waiting_since: Dict[str, float] = {}
+        self._warned_at: Dict[str, float] = {}
+        self.looked_up: Dict[str, float] = {}  # task key -> when it was looked up since it became ready
         self._index: Dict[str, Dict[str, Any]] = {}  # node position -> partition -> build, to write
         self._index_read: Dict[str, Dict[str, Any]] = {}  # node position -> what the index holds
         self._last_refresh = time.time()
@@ -241,7 +244,6 @@ class JobCache:
         other = JobCache(self.rt, self.cache)
         other.produced = dict(self.produced)
         other._parents = dict(self._parents)
-        other.identities = dict(self.identities)
         other.bypass = set(self.bypass)
         other.bypass_nodes = set(self.bypass_nodes)
         return other
@@ -331,8 +333,19 @@ class JobCache:
             self.claimed[task.key] = key
             self.waiting_on.pop(task.key, None)
             return None
+        now = time.time()
         if task.key not in self.waiting_on:
             logger.info("task cache: {} waits for {}, which is computing the same task", task.key, holder.describe())
+            self._waiting_since[task.key] = self._warned_at[task.key] = now
+        elif now - self._warned_at[task.key] >= WAIT_WARNING_SECONDS:  # never wait silently
+            self._warned_at[task.key] = now
+            logger.warning(
+                "task cache: {} has waited {:.0f} s for {}, which is computing the same task (its claim: {})",
+                task.key,
+                now - self._waiting_since[task.key],
+                holder.describe(),
+                holder.path,
+            )
         self.waiting_on[task.key] = holder
         return holder
 
@@ -348,7 +361,6 @@ class JobCache:
         if task.exec_on_scheduler:
             return
         key = self.keys.get(task.key) or (record or {}).get("cache_key") or f"fp:{task.fingerprint}"
-        self.identities[task.key] = key
         base = task.output_base(self.rt)
         for p in _paths(dataset):
             if p.startswith(base + "."):

@@ -251,6 +251,10 @@ class Driver:
         if plan is None:
             raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
         a = self.driver_args
+        if a.task_cache_max_bytes is not None and a.task_cache_max_bytes < 0:
+            from smallpond.errors import ParameterError
+
+            raise ParameterError(f"--task_cache_max_bytes must be >= 0, got {a.task_cache_max_bytes}")
         if a.dry_run:
             from smallpond.execution.job import dry_run_plan
 

@@ -131,7 +131,6 @@ def dry_run(
             outputs[key] = _as_if_linked(rt, task, entry)
             del causes[key]
             cache.register(_dry_dir(rt, task), key, cache_key)
-            cache.identities[key] = cache_key
             verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
             continue
         prev = cache.previous_build(task)

@@ -6,7 +6,9 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
    resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running and starts the executor;
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
-   for the Driver) plans nodes into tasks and has the scheduler run them;
+   for the Driver) plans nodes into tasks and has the scheduler run them, taking what it can from
+   the task cache shared by jobs (:mod:`smallpond.execution.cache`; :func:`dry_run_plan` and
+   :meth:`Job.dry_run_nodes` say beforehand what would run and why);
 3. :meth:`Job.finish` stops the executor, writes the final status, removes the leftovers of
    abandoned attempts and, on success, the intermediate folders, and removes the log sinks it added.
 

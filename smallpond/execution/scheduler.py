@@ -532,7 +532,7 @@ class Scheduler:
             task = st.tasks.get(key)
             if task is None or key in st.done or key in self.cache.looked_up:
                 continue
-            self.cache.looked_up.add(key)
+            self.cache.looked_up[key] = time.time()
             self.cache.prepare(task, [st.done[d] for d in task.input_keys])
             if self._from_cache(task, st.attempts.get(key, 0)):
                 hits.add(key)
@@ -546,9 +546,11 @@ class Scheduler:
         appeared meanwhile; ``"wait"`` if another job is computing it (the task waits for that
         job's entry in ``cache_wait``)."""
         if self.cache.claim(task) is not None:
-            self.cache.looked_up.discard(task.key)  # look again when the wait is over
+            self.cache.looked_up.pop(task.key, None)  # look again when the wait is over
             wait_for_cache(self.state, task.key, time.time() + CACHE_WAIT_RECHECK)
             return "wait"
+        # a job that finished the task released its claim after adding the entry: look again
+        # (one stat), or a task another job finished since it was first looked up runs twice
         if self._from_cache(task, attempt):
             return "reused"
         return "run"

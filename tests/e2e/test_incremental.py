@@ -318,3 +318,18 @@ def test_recompute_is_not_served_from_the_cache(tmp_path):
     assert len(counter_lines(counter)) == 1, "the second session reused the first one's result"
     assert session_rows("third", True) == list(range(10))
     assert len(counter_lines(counter)) == 2, "recompute() runs the node again"
+
+
+def test_the_cache_is_bounded_after_a_job(tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=10)
+    root = str(tmp_path / "root")
+    run_job(incremental_plan(inputs, str(tmp_path / "s1")), make_runtime_ctx("a", None, root), num_workers=1)
+    entries = glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*"))
+    assert entries, "what the job computed is cached"
+    run_job(
+        incremental_plan(inputs, str(tmp_path / "s2")), make_runtime_ctx("b", None, root), num_workers=1, task_cache_max_bytes=0
+    )
+    assert not glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*"))
+    events = Events()
+    run_job(incremental_plan(inputs, str(tmp_path / "s3")), make_runtime_ctx("c", None, root), num_workers=1, listeners=[events])
+    assert not events.reused

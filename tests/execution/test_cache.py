@@ -92,7 +92,7 @@ def test_an_entry_whose_files_do_not_verify_is_not_served_and_is_removed(cache, 
         with open(victim, "ab") as f:
             f.write(b"x")
     elif damage == "delete":
-        os.unlink(os.path.join(cache.entry_path("a" * 64), "files", os.path.relpath(victim, out)))
+        os.unlink(os.path.join(cache.entry_path("a" * 64), os.path.relpath(victim, out)))
     elif damage == "touch":
         os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     else:  # same size, same modification time, one byte changed at either end
@@ -130,11 +130,11 @@ def test_a_record_not_signed_by_this_cache_is_refused(cache, tmp_path, log_messa
     other = TaskCache(str(tmp_path / "other"))
     other.check()
     # a record signed with another cache's secret, put where this cache's record was
-    record_path = os.path.join(cache.entry_path("a" * 64), "record")
+    record_path = os.path.join(cache.entry_path("a" * 64), ".record")
     from smallpond.io.filesystem import dump, load
 
     record = load(record_path, secret=cache.secret)
-    dump(record, record_path, secret=other.secret)
+    dump(record, record_path, secret=other.secret)  # (the format of io.filesystem.dump)
     assert cache.lookup("a" * 64) is None
     assert any("not signed by this cache" in m for m in log_messages)
 
@@ -230,13 +230,11 @@ def test_clean_removes_least_recently_used_first(cache, tmp_path):
     keys = [c * 64 for c in "def"]
     for i, k in enumerate(keys):
         insert(cache, tmp_path, key=k)
-        record = os.path.join(cache.entry_path(k), "record")
+        record = os.path.join(cache.entry_path(k), ".record")
         os.utime(record, (1000 + i, 1000 + i))
     # use the oldest: it becomes the most recent
     cache.link_into(cache.lookup(keys[0]), str(tmp_path / "j" / "T"), 0)
-    size = sum(
-        os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(os.path.join(cache.entry_path(keys[1]), "files")) for n in ns
-    )
+    size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(cache.entry_path(keys[1])) for n in ns)
     dry = clean(cache.path, max_bytes=size)
     assert dry.dry_run and set(dry.removed) == {keys[1], keys[2]} and all(os.path.exists(cache.entry_path(k)) for k in keys)
     report = clean(cache.path, max_bytes=size, dry_run=False)
@@ -249,7 +247,7 @@ def test_clean_older_than(cache, tmp_path):
     insert(cache, tmp_path, key="d" * 64)
     insert(cache, tmp_path, key="e" * 64)
     old = time.time() - 10 * 86400
-    os.utime(os.path.join(cache.entry_path("d" * 64), "record"), (old, old))
+    os.utime(os.path.join(cache.entry_path("d" * 64), ".record"), (old, old))
     report = clean(cache.path, older_than=86400, dry_run=False)
     assert report.removed == ["d" * 64]
     assert cache.lookup("e" * 64) is not None
