@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
-from smallpond.execution.task import Task
+from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, dump, load, remove_path
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -269,7 +269,8 @@ def execute_attempt(
             tmp = f"{final}.tmp-{attempt}-{_unique_suffix()}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
-            ds = task.run(rt, inputs, tmp)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, tmp)
             task.inject_fault()
             if os.path.lexists(final):
                 remove_path(final)  # left by an attempt that died between rename and commit
@@ -277,7 +278,8 @@ def execute_attempt(
             tmp = None
             ds._rebase(task._runtime_output_abspath, final)
         else:
-            ds = task.run(rt, inputs, None)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)

@@ -263,18 +263,32 @@ class Planner:
         if not hasattr(self, "_usable"):
             self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
         cpus, mem = self._usable
+        # a node's own default (RangePartitionNode's 16 CPUs and 128 GB, as upstream) is a wish,
+        # not a request the user made: clamped without a warning
+        defaults = getattr(task.node, "_default_limits", ())
         if task.cpu_limit > cpus:
-            self._warn_once(
-                task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
-            )
+            if "cpu_limit" not in defaults:
+                self._warn_once(
+                    task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
+                )
             task.cpu_limit = cpus
         if task.memory_limit is not None and task.memory_limit > mem:
-            self._warn_once(task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped")
+            if "memory_limit" not in defaults:
+                self._warn_once(
+                    task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped"
+                )
             task.memory_limit = mem
+        if task.gpu_limit > 0:
+            self._warn_once(
+                task,
+                f"{task.node_label} created at {task.location}: gpu_limit {task.gpu_limit} has no effect beyond cpu_limit "
+                "(8 CPUs per GPU, as upstream): this build assigns no GPUs to tasks",
+                "gpu",
+            )
 
-    def _warn_once(self, task: Task, msg: str) -> None:
-        if task.node_id not in self._warned:
-            self._warned.add(task.node_id)
+    def _warn_once(self, task: Task, msg: str, kind: str = "clamp") -> None:
+        if (task.node_id, kind) not in self._warned:
+            self._warned.add((task.node_id, kind))
             from smallpond.common import logger
 
             logger.warning(msg)

@@ -233,6 +233,13 @@ class RuntimeContext:
             job_id = parse_job_id(job_id)
         if not 0.0 <= fault_inject_prob < 1.0:
             raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
+        if bind_numa_node:
+            import warnings
+
+            warnings.warn(
+                "bind_numa_node is accepted but has no effect: this build does not bind workers to NUMA nodes",
+                stacklevel=2,
+            )
         self.job_id = job_id
         self.job_time = job_time
         self.layout = JobLayout(data_root, job_time, job_id)
@@ -319,16 +326,16 @@ class RuntimeContext:
 
     @property
     def numa_node_count(self) -> int:
-        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
+        """NUMA nodes the scheduler places work on: 1 (this build binds no worker to a NUMA node)."""
         return 1
 
     @property
     def numa_node_id(self) -> Optional[int]:
-        """The NUMA node this process is bound to; None (no binding in this build)."""
+        """The NUMA node this process is bound to: None, as this build binds no process."""
         return None
 
     def get_local_gpus(self) -> list:
-        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
+        """GPUs this build assigns to tasks: none (it schedules no GPUs; see ``Task.local_gpu``)."""
         return []
 
     @property
