@@ -346,6 +346,24 @@ class _MapRows:
                 rows.append(out)
         return rows
 
+    def output_schema_for(self, sample):
+        """The output schema, from ``schema=`` or the function applied to sample rows (a
+        partition with no rows writes an empty file of this schema)."""
+        import pyarrow as pa
+
+        if self.schema is not None:
+            return self.schema
+        found = None
+        for row in sample.to_pylist():  # row by row: the first row with typed values settles it
+            out = self.func(row)
+            rows = list(out) if self.flat else [out]
+            if not rows:
+                continue
+            found = pa.Table.from_pylist(rows).schema
+            if not any(pa.types.is_null(f.type) for f in found):
+                break
+        return found
+
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
@@ -375,6 +393,9 @@ class _FilterRows:
         self.__name__ = getattr(func, "__name__", "filter")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
+    def output_schema_for(self, sample):
+        return sample.schema  # a filter keeps the input's columns
+
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
@@ -395,6 +416,14 @@ class _MapBatches:
         self.func = func
         self.__name__ = getattr(func, "__name__", "map_batches")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+
+    def output_schema_for(self, sample):
+        """The schema of the function's output on a sample batch (rows of another partition, or
+        an empty table of the input's schema)."""
+        import pyarrow as pa
+
+        out = self.func(sample)
+        return out.schema if isinstance(out, (pa.Table, pa.RecordBatch)) else None
 
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa

@@ -159,6 +159,8 @@ class DataSet:
             self.paths = [mv(p) for p in self.paths]
         if self._resolved_paths is not None:
             self._resolved_paths = [mv(p) for p in self._resolved_paths]
+        if getattr(self, "_schema_path", None):
+            self._schema_path = mv(self._schema_path)
         ranges = getattr(self, "_resolved_row_ranges", None)
         if ranges is not None:
             for r in ranges:
@@ -247,8 +249,7 @@ class DataSet:
         ds.recursive = any(d.recursive for d in datasets)
         ds._union_by_name = any(d._union_by_name for d in datasets)
         ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
-        if not ds.paths:
-            ds._schema_path = next((getattr(d, "_schema_path", None) for d in datasets if getattr(d, "_schema_path", None)), None)
+        ds._schema_path = next((d._schema_path for d in datasets if getattr(d, "_schema_path", None)), None)
         return ds
 
     def __repr__(self) -> str:
@@ -527,12 +528,22 @@ class ParquetDataSet(DataSet):
         ds = super()._with_paths(paths)
         ds._resolved_row_ranges = None
         if not paths and ds.schema is None:
-            # an empty piece of a non-empty dataset keeps a file to take its columns from
-            source = self._resolved_paths or (self._resolved_row_ranges and [r.path for r in self._resolved_row_ranges])
+            # an empty piece of a non-empty dataset keeps a file to take its columns from (see
+            # ``_schema_path`` in :meth:`_schema_source`)
+            ranges = self._resolved_row_ranges or []
+            source = [r.path for r in ranges if r.num_rows > 0] or self._resolved_paths or [r.path for r in ranges]
             ds._schema_path = source[0] if source else getattr(self, "_schema_path", None)
         return ds
 
     def _schema_source(self):
+        """The schema of an empty dataset: :attr:`schema` if set, else that of ``_schema_path``.
+
+        ``_schema_path`` is a Parquet file with this dataset's columns, set on the empty pieces of a
+        partitioned dataset (and on the empty-placeholder partitions of a partition producer): a
+        file of a sibling partition. Besides giving an empty dataset its columns, its rows serve as
+        a sample from which a Python map infers the output schema of a partition with no rows.
+        """
+
         import pyarrow.parquet as pq
 
         if self.schema is not None:

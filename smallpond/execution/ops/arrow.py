@@ -83,6 +83,10 @@ class _ParquetSink:
             self.writer = None
             self.file_index += 1
 
+    @property
+    def wrote_nothing(self) -> bool:
+        return self.writer is None and self.file_index == 0
+
     def close(self) -> None:
         import pyarrow.parquet as pq
 
@@ -91,7 +95,9 @@ class _ParquetSink:
             self.writer = None
         elif self.file_index == 0 and self.schema_hint is not None:
             path = os.path.join(self.output_dir, f"{self.task.output_filename}-00000.parquet")
-            pq.write_table(self.schema_hint.empty_table(), path)
+            md = dict(self.schema_hint.metadata or {})
+            md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
+            pq.write_table(self.schema_hint.with_metadata(md).empty_table(), path, **self.kw)
 
 
 def _needs_duckdb(node, ds: DataSet) -> bool:
@@ -180,9 +186,63 @@ class ArrowStreamTask(Task):
                     if isinstance(out, (pa.Table, pa.RecordBatch)) and out.num_rows == 0 and sink.writer is not None:
                         continue
                     sink.write(out)
+        if sink.wrote_nothing and sink.schema_hint is None:
+            sink.schema_hint = self._empty_output_schema(inputs, readers)
         sink.close()
         self.stats["rows"] = sink.rows
         return _list_output(output_dir)
+
+    def _empty_output_schema(self, inputs: List[DataSet], readers):
+        """The output schema of a partition that produced nothing, if its function can tell.
+
+        A function may describe its output given a sample input (``output_schema_for(sample)``:
+        the DataFrame's map, flat_map, filter and map_batches do). The sample is a few rows of a
+        sibling partition (the input's ``_schema_path``, set by the partitioning) when there is
+        one, else an empty table of the input's schema. So a partition with no rows still writes
+        a file with the columns of the others, and SQL over it binds them.
+        """
+        from smallpond.common import logger
+
+        infer = getattr(getattr(self.node, "process_func", None), "output_schema_for", None)
+        if infer is None or not inputs:
+            return None
+        sample = _sample_rows(self.node, inputs[0], _SAMPLE_ROWS)
+        what = f"{sample.num_rows} sample row(s) of {inputs[0]._schema_path}" if sample is not None else "an empty input"
+        if sample is None:
+            sample = readers[0].schema.empty_table()
+        try:
+            schema = infer(sample)
+        except Exception as e:  # the function could not run on the sample: no schema, as before
+            logger.info("{}: no rows, and the output schema could not be inferred from {}: {!r}", self.key, what, e)
+            return None
+        if schema is not None:
+            logger.info("{}: no rows; output schema inferred from {}: {}", self.key, what, schema.names)
+        return schema
+
+
+_SAMPLE_ROWS = 100
+
+
+def _sample_rows(node, ds: DataSet, n: int):
+    """Up to ``n`` rows of the file ``ds._schema_path`` (another partition's), read as the task
+    reads its input; None if there is no such file."""
+    path = getattr(ds, "_schema_path", None)
+    if not isinstance(ds, ParquetDataSet) or not path or not os.path.exists(path):
+        return None
+    import pyarrow as pa
+
+    src = ParquetDataSet([path], root_dir=None, columns=ds.columns, generated_columns=ds.generated_columns)
+    conn = None
+    try:
+        if _needs_duckdb(node, src):
+            import duckdb
+
+            conn = duckdb.connect()
+        batch = next(iter(src.to_batch_reader(n, conn=conn)), None)
+    finally:
+        if conn is not None:
+            conn.close()
+    return pa.Table.from_batches([batch]) if batch is not None and batch.num_rows else None
 
 
 class ArrowBatchTask(ArrowStreamTask):

@@ -131,7 +131,7 @@ class HashPartitionTask(Task):
                 schema = conn.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
-                self._write_placeholders(parts, output_dir, part_col, schema, prefix)
+                return self._with_placeholders(parts, output_dir, part_col, schema, prefix)
             return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
         finally:
             conn.close()
@@ -205,15 +205,20 @@ class HashPartitionTask(Task):
                 schema = pa.schema([reader.schema.field(c) for c in body_names])
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
-            self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
+            return self._with_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
         return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
 
-    def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
+    def _with_placeholders(self, parts, output_dir, col, schema, prefix) -> PartitionedDataSet:
+        """The partitions, each empty one given a placeholder file with the schema.
+
+        An empty partition also names a file of a non-empty one as its ``_schema_path``: a sample
+        of rows from which a Python map infers its output schema on the empty partition.
+        """
         import pyarrow.parquet as pq
 
-        for k, p in enumerate(parts):
-            if p:
-                continue
+        sample = next((p[0] for p in parts if p), None)
+        empty = [k for k, p in enumerate(parts) if not p]
+        for k in empty:
             sub = os.path.join(output_dir, f"{col}={k}")
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
@@ -221,6 +226,11 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
             pq.write_table(schema.with_metadata(md).empty_table(), path)
             parts[k] = [path]
+        datasets = [ParquetDataSet(p, root_dir=None) for p in parts]
+        if sample is not None:
+            for k in empty:
+                datasets[k]._schema_path = sample
+        return PartitionedDataSet(datasets)
 
 
 class _RowGroupReader:
