@@ -63,10 +63,6 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         col = node.data_partition_column
-        if getattr(node, "split_points", None) is not None:
-            pts = ", ".join(quote_literal(p) if isinstance(p, str) else repr(p) for p in node.split_points)
-            key = quote_identifier(node.key_column)
-            return f"CAST(len(list_filter([{pts}], lambda x: x <= {key})) AS BIGINT)", col
         if node.random_shuffle:
             return f"CAST(floor(random() * {n}) AS BIGINT)", col
         if node.shuffle_only:
