@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE
 from smallpond.errors import ParameterError
+from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
     DataSet,
     ParquetDataSet,
@@ -367,12 +368,14 @@ class _MapRows:
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
+        # each output names the input batches it completes, so a stream checkpoint after it is exact
         known = self.schema
         pending: list = []
-        for batch in readers[0]:
+        i = -1
+        for i, batch in enumerate(readers[0]):
             rows = self._rows(batch)
             if known is not None:
-                yield pa.Table.from_pylist(rows, schema=known)
+                yield StreamOutput(pa.Table.from_pylist(rows, schema=known), batch_indices=[i])
                 continue
             table = pa.Table.from_pylist(rows)
             if not rows or any(pa.types.is_null(f.type) for f in table.schema):
@@ -380,11 +383,11 @@ class _MapRows:
                 continue
             known = table.schema
             if pending:
-                yield pa.Table.from_pylist(pending, schema=known)
+                table = pa.concat_tables([pa.Table.from_pylist(pending, schema=known), table])
                 pending = []
-            yield table
+            yield StreamOutput(table, batch_indices=[i])
         if pending:
-            yield pa.Table.from_pylist(pending)
+            yield StreamOutput(pa.Table.from_pylist(pending), batch_indices=[i])
 
 
 class _FilterRows:
@@ -401,12 +404,10 @@ class _FilterRows:
 
         reader = readers[0]
         wrote = False
-        for batch in reader:
+        for i, batch in enumerate(reader):
             mask = pa.array([bool(self.func(r)) for r in batch.to_pylist()], pa.bool_())
-            out = pa.Table.from_batches([batch]).filter(mask)
-            if out.num_rows or not wrote:
-                wrote = True
-                yield out
+            wrote = True
+            yield StreamOutput(pa.Table.from_batches([batch]).filter(mask), batch_indices=[i])
         if not wrote:
             yield reader.schema.empty_table()
 
@@ -428,10 +429,8 @@ class _MapBatches:
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
-        for batch in readers[0]:
-            out = self.func(pa.Table.from_batches([batch]))
-            if out is not None:
-                yield out
+        for i, batch in enumerate(readers[0]):
+            yield StreamOutput(self.func(pa.Table.from_batches([batch])), batch_indices=[i])
 
 
 def __getattr__(name: str):

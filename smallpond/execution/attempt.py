@@ -284,6 +284,10 @@ def execute_attempt(
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
         write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
+        try:
+            task.on_committed(rt)
+        except Exception as e:  # the task is complete: what is left behind is cleaned with staging/
+            logger.warning("{}: cleaning up after the commit failed: {!r}", task.key, e)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

@@ -262,6 +262,9 @@ class Task:
         """Extra fields for a TaskError (e.g. the SQL text)."""
         return {}
 
+    def on_committed(self, runtime_ctx: RuntimeContext) -> None:
+        """Called once the task's commit record is written (e.g. to drop a stream checkpoint)."""
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["runtime_ctx"] = None
