@@ -54,10 +54,11 @@ def firsts(lines, attempt):
     return [first for a, first in lines if a == attempt]
 
 
-def test_forced_checkpoint_resumes_after_a_failure(tmp_path, ids):
+@pytest.mark.parametrize("use_duckdb_reader", [False, True])  # skips rows by row ranges / by dropping them
+def test_forced_checkpoint_resumes_after_a_failure(tmp_path, ids, use_duckdb_reader):
     counter = str(tmp_path / "counter")
     fn = functools.partial(stream_helpers.stream_with_forced_checkpoint, counter=counter, checkpoint_at=4, fail_at=7)
-    ep, rt = run_stream(tmp_path, ids, fn)
+    ep, rt = run_stream(tmp_path, ids, fn, use_duckdb_reader=use_duckdb_reader)
     lines = counted_lines(counter)
     assert firsts(lines, 0) == [0, 10, 20, 30, 40, 50, 60, 70]  # failed at batch 7
     assert firsts(lines, 1) == [50, 60, 70, 80, 90, 100, 110], "only the batches after the checkpoint (0..4)"

@@ -37,21 +37,28 @@ def _plan():
     return LogicalPlan(ctx, ArrowComputeNode(ctx, (parts,), process_func=draw))
 
 
-def _numbers(data_root, job_id):
-    ep = run_job(_plan(), make_runtime_ctx(job_id, None, data_root), num_workers=2)
-    return sorted(ep.final_output.to_arrow_table().to_pylist(), key=lambda r: (r["part"], r["py"]))
+def _compute_tasks(rt):
+    tasks = {}
+    for t in Planner(rt).create_exec_plan(_plan()).tasks.values():
+        if t.key.startswith("ArrowCompute"):
+            t.runtime_ctx = rt  # as in a worker: the seed is the job's
+            tasks[t.partition_infos_as_dict["__data_partition__"]] = t
+    return tasks
 
 
-def test_global_random_is_seeded_per_task_so_the_same_job_draws_the_same_numbers(tmp_path):
-    a = _numbers(str(tmp_path / "a"), "seeded-job")
-    b = _numbers(str(tmp_path / "b"), "seeded-job")  # the same job elsewhere: other processes
-    assert a == b
-    by_part = {p: [r["py"] for r in a if r["part"] == p] for p in range(3)}
-    assert len({tuple(v) for v in by_part.values()}) == 3, "each task has its own stream"
-    assert len({r["py"] for r in a}) == 12
-    other = _numbers(str(tmp_path / "c"), "another-job")
-    assert {r["py"] for r in other}.isdisjoint({r["py"] for r in a})
-    assert all(r["gpu"] == repr((0, None, [])) for r in a)  # a task without GPUs
+def test_global_random_is_seeded_per_task_so_the_same_job_draws_the_same_numbers(tmp_path, make_rt):
+    ep = run_job(_plan(), make_runtime_ctx("seeded-job", None, str(tmp_path)), num_workers=2)
+    got = ep.final_output.to_arrow_table().to_pylist()
+    # what any run of this job draws: each task's stream, from the job's seed and the task id
+    tasks = _compute_tasks(make_rt("seeded-job"))
+    for part, task in tasks.items():
+        rows = [r for r in got if r["part"] == part]
+        expected = random.Random(task.random_seed_bytes)
+        assert rows and [r["py"] for r in rows] == [expected.random() for _ in rows]
+    assert len({r["py"] for r in got}) == 12, "each task has its own stream"
+    other = _compute_tasks(make_rt("another-job")).values()
+    assert {t.random_seed_bytes for t in other}.isdisjoint({t.random_seed_bytes for t in tasks.values()})
+    assert all(r["gpu"] == repr((0, None, [])) for r in got)  # a task without GPUs
 
 
 def test_seeded_random_restores_the_callers_state(make_rt):
