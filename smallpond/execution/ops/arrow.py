@@ -22,10 +22,10 @@ def _list_output(output_dir: str) -> DataSet:
         files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
     files.sort()
     if files and all(f.endswith(".parquet") for f in files):
-        return ParquetDataSet(files, root_dir=None)
+        return ParquetDataSet.from_files(files)
     if not files:
-        return ParquetDataSet([], root_dir=None)
-    return FileSet(files, root_dir=None)
+        return ParquetDataSet.from_files([])
+    return FileSet.from_files(files)
 
 
 class PythonScriptTask(Task):
@@ -151,7 +151,7 @@ class ArrowComputeTask(Task):
         tables = self._convert_in(self._load_tables(runtime_ctx, inputs))
         result = self.node.process(runtime_ctx, tables)
         if result is None:
-            return ParquetDataSet([], root_dir=None)
+            return ParquetDataSet.from_files([])
         result = self._convert_out(result)
         sink = _ParquetSink(self, output_dir)
         sink.write(result)
@@ -299,7 +299,7 @@ def _sample_rows(node, ds: DataSet, n: int):
         return None
     import pyarrow as pa
 
-    src = ParquetDataSet([path], root_dir=None, columns=ds.columns, generated_columns=ds.generated_columns)
+    src = ParquetDataSet.from_files([path], columns=ds.columns, generated_columns=ds.generated_columns)
     conn = None
     try:
         if _needs_duckdb(node, src):

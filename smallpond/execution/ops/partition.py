@@ -128,7 +128,7 @@ class HashPartitionTask(Task):
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
                 return self._with_placeholders(parts, output_dir, part_col, schema, prefix)
-            return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+            return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
 
@@ -202,19 +202,18 @@ class HashPartitionTask(Task):
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
             return self._with_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
-        return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+        return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
     def _with_placeholders(self, parts, output_dir, col, schema, prefix) -> PartitionedDataSet:
         """The partitions, each empty one given a placeholder file with the schema.
 
-        An empty partition also names a file of a non-empty one as its ``_schema_path``: a sample
-        of rows from which a Python map infers its output schema on the empty partition.
+        The partitions also name a file of a non-empty one as their ``_schema_path``: a sample of
+        rows from which a Python map infers its output schema on an empty partition.
         """
         import pyarrow.parquet as pq
 
         sample = next((p[0] for p in parts if p), None)
-        empty = [k for k, p in enumerate(parts) if not p]
-        for k in empty:
+        for k in [k for k, p in enumerate(parts) if not p]:
             sub = os.path.join(output_dir, f"{col}={k}")
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
@@ -222,10 +221,10 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
             pq.write_table(schema.with_metadata(md).empty_table(), path)
             parts[k] = [path]
-        datasets = [ParquetDataSet(p, root_dir=None) for p in parts]
+        datasets = [ParquetDataSet.from_files(p) for p in parts]
         if sample is not None:
-            for k in empty:
-                datasets[k]._schema_path = sample
+            for ds in datasets:  # all alike, so the partitions still travel as one template
+                ds._schema_path = sample
         return PartitionedDataSet(datasets)
 
 

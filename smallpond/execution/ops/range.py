@@ -188,7 +188,7 @@ class RangeSampleTask(Task):
             run_sql(conn, f"COPY ({query}) TO {quote_literal(path)} (FORMAT PARQUET)")
         finally:
             conn.close()
-        return ParquetDataSet([path], root_dir=None)
+        return ParquetDataSet.from_files([path])
 
 
 def read_split_points(ds: DataSet) -> List[str]:
