@@ -250,7 +250,7 @@ class ArrowStreamTask(Task):
             if self._conn is not None:
                 self._conn.close()
         if sink.wrote_nothing and sink.schema_hint is None:
-            sink.schema_hint = self._empty_output_schema(inputs, [c for c in counted])
+            sink.schema_hint = self._empty_output_schema(inputs, counted)
         sink.close()
         self.stats["rows"] = sink.rows
         return _list_output(output_dir)
