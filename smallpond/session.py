@@ -322,8 +322,8 @@ class Session:
             atexit.unregister(self.shutdown)
         except Exception:
             pass
-        if want_session_summary():
-            sys.stderr.write(self._job.summary())
+        if want_session_summary():  # a failed computation's error reached the user's code already
+            sys.stderr.write(self._job.summary(show_error=False))
             sys.stderr.flush()
 
     def __enter__(self):

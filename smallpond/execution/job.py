@@ -172,11 +172,12 @@ class Job:
         try:
             return self.scheduler.run(targets, self.planner.tasks)
         except BaseException as e:
-            self._record_error(e)
+            self.record_error(e)
             self.scheduler.state = keep_only_finished(self.scheduler.state)
             raise
 
-    def _record_error(self, e: BaseException) -> None:
+    def record_error(self, e: BaseException) -> None:
+        """Mark the job failed by ``e`` (the first error is the one reported)."""
         self.failed = True
         if self.error is None:
             self.error = e.errors[0] if isinstance(e, JobFailed) and e.errors else e
@@ -204,7 +205,7 @@ class Job:
         try:
             exec_plan = self.planner.create_exec_plan(plan, manifest_only_final_results)
         except BaseException as e:
-            self._record_error(e)
+            self.record_error(e)
             raise
         logger.info("job {} planned: {} tasks; job root {}", rt.job_id, len(exec_plan.tasks), rt.job_root)
         results = self._run([exec_plan.root_task])
@@ -222,13 +223,13 @@ class Job:
         )
         return exec_plan
 
-    def summary(self):
+    def summary(self, show_error: bool = True):
         """The end-of-job summary block (:mod:`smallpond.execution.summary`) of this run so far."""
         from smallpond.execution.events import JobHistory
         from smallpond.execution.summary import format_summary
 
         history = self.events.history if self.events is not None else JobHistory()
-        return format_summary(history, self.rt.job_root, report_path=self.report_path)
+        return format_summary(history, self.rt.job_root, report_path=self.report_path, show_error=show_error)
 
     # -- results of a session ---------------------------------------------------------------------
     def tasks_of(self, node: Node):

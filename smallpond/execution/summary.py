@@ -56,7 +56,10 @@ def format_summary(
     lines = [head]
     end = run.end or {}
     if end.get("error"):
-        lines.append(_indent(end["error"]))
+        if show_error:
+            lines.append(_indent(end["error"]))
+        elif end.get("task"):
+            lines.append(f"  failed task: {end['task']}")
         if end.get("log"):
             lines.append(f"  task log: {os.path.join(job_root, 'log', end['log'])}")
         others = sum(n.failed for n in run.nodes.values()) - 1
