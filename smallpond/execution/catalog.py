@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import List, Optional
 
 from smallpond.errors import SmallpondError
-from smallpond.execution.events import read_events
+from smallpond.execution.events import scan_last_run
 from smallpond.execution.runtime import JOB_TIME_FORMAT, parse_job_id
 
 JOB_DIR_RE = re.compile(
@@ -50,6 +50,9 @@ class JobInfo:
     argv: List[str] = field(default_factory=list)
     host: str = ""
     pid: int = 0
+    tasks_done: int = 0  # attempts that ended well in the latest run
+    tasks_resumed: int = 0
+    attempts_failed: int = 0
 
     @property
     def log_root(self) -> str:
@@ -107,7 +110,9 @@ def describe_job(path: str) -> JobInfo:
         raise JobLookupError(f"{path} is not a job folder (expected a name like 2026-01-31-12-00-00.<uuid>)")
     info = JobInfo(path, m.group(2), datetime.strptime(m.group(1), JOB_TIME_FORMAT))
     status, info.updated = _last_status(path)
-    start = next((e for e in reversed(read_events(info.log_root)) if e.get("ev") == "job_start"), None)
+    scan = scan_last_run(info.log_root)
+    start = scan["start"]
+    info.tasks_done, info.tasks_resumed, info.attempts_failed = scan["done"], scan["resumed"], scan["failed"]
     if start is not None:
         info.name = start.get("name", "")
         info.argv = list(start.get("argv") or [])

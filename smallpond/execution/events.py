@@ -74,6 +74,34 @@ def read_events(log_root: str) -> List[dict]:
     return out
 
 
+def scan_last_run(log_root: str) -> Dict[str, Any]:
+    """The ``job_start`` and ``job_end`` events of a job's latest run and how many attempts ended
+    ``done`` / ``failed`` and tasks were ``resumed`` in it, without parsing every event (for listing
+    many jobs quickly; events are written with ``ev`` first)."""
+    out: Dict[str, Any] = {"start": None, "end": None, "done": 0, "failed": 0, "resumed": 0}
+    try:
+        f = open(events_path(log_root), encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            if not line.startswith('{"ev":"'):
+                continue
+            kind = line[7 : line.find('"', 7)]
+            if kind in ("done", "failed", "resumed"):
+                out[kind] += 1
+            elif kind in ("job_start", "job_end"):
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if kind == "job_start":
+                    out.update(start=ev, end=None, done=0, failed=0, resumed=0)
+                else:
+                    out["end"] = ev
+    return out
+
+
 # -- statistics ------------------------------------------------------------------------------------
 
 

@@ -40,9 +40,18 @@ class SummaryText(str):
 
 
 def format_summary(
-    history: JobHistory, job_root: str, *, report_path: Optional[str] = None, state: Optional[str] = None
+    history: JobHistory,
+    job_root: str,
+    *,
+    report_path: Optional[str] = None,
+    state: Optional[str] = None,
+    show_error: bool = True,
 ) -> SummaryText:
-    """The summary block of the latest run in ``history``."""
+    """The summary block of the latest run in ``history``.
+
+    ``show_error=False`` leaves out the failed task's error text (keeping its log's path), for a
+    caller that has shown it already (a session re-raises it to the user's code).
+    """
     run = history.last
     if run is None:
         return SummaryText(f"smallpond job at {job_root}: no events recorded\n")
