@@ -133,6 +133,26 @@ def human_seconds(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+class TextBlock(str):
+    """A ``str`` that a notebook or REPL shows as its text (lines, not a quoted literal with ``\\n``).
+
+    >>> TextBlock("a\nb")
+    a
+    b
+    """
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
 def next_power_of_two(x: int) -> int:
     return 2 ** (x - 1).bit_length()
 
@@ -260,7 +280,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE", "RAND_SEED_BYTE_LEN", "DATA_PARTITION_COLUMN_NAME", "PARQUET_METADATA_KEY_PREFIX",
     "INPUT_VIEW_PREFIX", "GENERATED_COLUMNS",
     "pytest_running", "clamp_value", "clamp_row_group_size", "clamp_row_group_bytes", "split_into_rows",
-    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "human_bytes", "human_seconds",
+    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "human_bytes", "human_seconds", "TextBlock",
     "next_power_of_two", "round_up",
     "first_value_in_dict", "chunks",
     "SmallpondError", "InjectedFault", "OutOfMemory", "NonzeroExitCode",

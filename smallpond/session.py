@@ -134,6 +134,7 @@ class Session:
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}
+        self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
         atexit.register(self.shutdown)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -122,27 +121,3 @@ def test_graph_and_explain(tmp_path):
         path = sp.dump_graph(str(tmp_path / "g.dot"))
         assert os.path.exists(tmp_path / "g.dot")
         assert path is None or os.path.exists(path)  # a picture only if Graphviz is installed
-
-
-def test_progress_display_only_on_terminal(monkeypatch):
-    from smallpond.session import _make_progress
-
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert _make_progress() is None  # not a terminal
-
-    class FakeTty(io.StringIO):
-        def isatty(self):
-            return True
-
-    tty = FakeTty()
-    monkeypatch.setattr(sys, "stderr", tty)
-    monkeypatch.delenv("SP_PROGRESS", raising=False)
-    show = _make_progress()
-    assert show is not None
-    from smallpond.execution.scheduler import SchedState
-
-    st = SchedState()
-    show.on_tick(st, 1.5)
-    assert "0/0 tasks" in tty.getvalue()
-    monkeypatch.setenv("SP_PROGRESS", "0")
-    assert _make_progress() is None

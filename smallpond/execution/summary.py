@@ -22,21 +22,14 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from smallpond.common import human_bytes, human_seconds
+from smallpond.common import TextBlock, human_bytes, human_seconds
 from smallpond.execution.events import JobHistory, RunStats
 
 MAX_NODES_SHOWN = 12
 _VERB = {"success": "succeeded", "failure": "failed", "interrupted": "was interrupted", "running": "is running"}
 
 
-class SummaryText(str):
-    """A ``str`` that shows as itself in a notebook or REPL (not as a quoted literal)."""
-
-    def __repr__(self) -> str:
-        return str(self)
-
-    def _repr_pretty_(self, p, cycle) -> None:
-        p.text(str(self))
+SummaryText = TextBlock
 
 
 def format_summary(
