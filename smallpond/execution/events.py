@@ -501,9 +501,9 @@ def _versions() -> Dict[str, str]:
 
 def chrome_trace(run: RunStats) -> dict:
     """The attempts of a run as Chrome trace events (open in Perfetto or ``chrome://tracing``):
-    one process per worker, one slice per attempt."""
+    one process per worker (named in each slice's ``args``), one slice per attempt."""
     workers = {w: i for i, w in enumerate(run.workers)}
-    events: List[dict] = [{"name": "process_name", "ph": "M", "pid": i, "args": {"name": w}} for w, i in workers.items()]
+    events: List[dict] = []
     for a in run.attempts:
         ns = run.nodes.get(int(a["node"]))
         events.append(
@@ -515,7 +515,10 @@ def chrome_trace(run: RunStats) -> dict:
                 "dur": int(float(a["elapsed"]) * 1e6),
                 "pid": workers.get(a.get("worker") or "?", 0),
                 "tid": int(a["node"]),
-                "args": {k: a.get(k) for k in ("attempt", "rows", "bytes", "read", "error", "decision") if a.get(k) is not None},
+                "args": {
+                    "worker": a.get("worker") or "?",
+                    **{k: a.get(k) for k in ("attempt", "rows", "bytes", "read", "error", "decision") if a.get(k) is not None},
+                },
             }
         )
     return {"traceEvents": events}
