@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -44,6 +45,7 @@ from smallpond.common import logger
 from smallpond.execution.scheduler import SchedulerListener
 
 EVENTS_FILE = "events.jsonl"
+_EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
 _FLUSH_SECONDS = 1.0
 
 
@@ -85,9 +87,10 @@ def scan_last_run(log_root: str) -> Dict[str, Any]:
         return out
     with f:
         for line in f:
-            if not line.startswith('{"ev":"'):
+            m = _EV_KIND.match(line)
+            if m is None:
                 continue
-            kind = line[7 : line.find('"', 7)]
+            kind = m.group(1)
             if kind in ("done", "failed", "resumed"):
                 out[kind] += 1
             elif kind in ("job_start", "job_end"):

@@ -224,7 +224,7 @@ def _node_table(run: RunStats) -> str:
         med = human_seconds(d[len(d) // 2]) if d else ""
         mx = human_seconds(d[-1]) if d else ""
         rows.append(
-            f'<tr data-node="{nid}"><td><code>{_e(ns.label)}</code><div class="muted small">{_e(ns.detail)}</div></td>'
+            f'<tr data-node="{nid}"><td><code>{_e(ns.label)}</code><div class="muted small">{_e(_fit(ns.detail, 160))}</div></td>'
             f'<td class="state {ns.state}">{ns.state}</td><td class="num">{ns.finished}/{ns.planned or ns.finished}</td>'
             f'<td class="num">{ns.done - ns.inline}{" + " + str(ns.inline) + " inline" if ns.inline else ""}</td>'
             f'<td class="num">{ns.resumed}</td><td class="num">{ns.retries}</td><td class="num">{ns.failed}</td>'
