@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from smallpond.errors import JobFailed
 from smallpond.execution.events import JobHistory, read_events, scan_last_run
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
@@ -85,7 +86,7 @@ def test_retries_and_failures_are_logged_with_decisions(make_rt, parquet_files):
     src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
     bad = SqlEngineNode(ctx, (src,), "select no_such_column from {0}")
     rt = make_rt()
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailed):
         run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
     events = read_events(rt.log_root)
     end = events[-1]
@@ -132,7 +133,7 @@ def test_inline_failures_are_reported_at_the_end(make_rt, tmp_path):
     parts = DataSetPartitionNode(ctx, (src,), npartitions=1)
     bad = SqlEngineNode(ctx, (parts,), "select * from {0}")
     rt = make_rt()
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailed):
         run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
     history = JobHistory.load(rt.log_root)
     assert history.last.status == "failure"

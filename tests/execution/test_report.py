@@ -10,6 +10,7 @@ import re
 
 import pytest
 
+from smallpond.errors import JobFailed
 from smallpond.execution.events import NodeStats
 from smallpond.execution.job import run_job
 from smallpond.execution.report import layered_layout, write_report
@@ -44,7 +45,7 @@ def _hostile_job(make_rt, parquet_files):
     q = SqlEngineNode(ctx, (src,), "select '<script>alert(1)</script>' as x, id from {0}", output_name="a_b")
     bad = SqlEngineNode(ctx, (q,), "select nope, '<img src=x onerror=alert(2)>' from {0}")
     rt = make_rt()
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailed):
         run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
     return rt
 
