@@ -183,7 +183,7 @@ def _hash_partition_schema(node: HashPartitionNode, schema):
         return schema
     if node.shuffle_only:  # a computed key (an expression) is not written
         return schema
-    return schema.append(pa.field(col, pa.uint64()))
+    return schema.append(pa.field(col, pa.int64()))  # what both hash engines write
 
 
 def _projection_schema(node: ProjectionNode, schema, conn):
