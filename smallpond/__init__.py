@@ -63,6 +63,11 @@ def init(
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
         num_executors: worker processes. Default: one per usable CPU.
+
+    Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
+    ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
+    tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
+    ``max_fail_count`` and ``console_log_level`` as for the Driver.
     """
     from smallpond.session import Session
 

@@ -28,11 +28,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import logger
 from smallpond.errors import JobFailed, ParameterError
+from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
-from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished
+from smallpond.execution.scheduler import Scheduler, SchedulerListener, Speculation, invalidate, keep_only_finished
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -96,9 +97,11 @@ class Job:
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
         name: Optional[str] = None,
+        speculation: Speculation = Speculation(),
     ) -> None:
         self.rt = rt
         self.name = name
+        self.speculation = speculation
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -133,6 +136,7 @@ class Job:
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
             listeners=[self.events, *self.listeners],
+            speculation=self.speculation,
         )
         logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
         return self
@@ -152,6 +156,7 @@ class Job:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
+            remove_orphan_outputs(rt)
             write_status(rt, "success" if ok else "failure")
             if self.events is not None:
                 interrupted = isinstance(self.error, (KeyboardInterrupt, SystemExit))
@@ -259,6 +264,7 @@ def run_job(
     num_workers: Optional[int] = None,
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
+    speculation: Speculation = Speculation(),
 ) -> ExecutionPlan:
     """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
     job = Job(
@@ -268,6 +274,7 @@ def run_job(
         max_retry_count=max_retry_count,
         max_fail_count=max_fail_count,
         listeners=listeners,
+        speculation=speculation,
     )
     ok = False
     try:
