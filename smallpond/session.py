@@ -118,6 +118,15 @@ class Session:
             logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
         if cfg.platform not in (None, "", "base", "local"):
             logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
+        ignored = [
+            n
+            for n, used in (("bind_numa_node", cfg.bind_numa_node), ("memory_allocator", cfg.memory_allocator != "system"))
+            if used
+        ]
+        if ignored:
+            logger.warning(
+                "smallpond.init(): {} {} no effect in this build", ", ".join(ignored), "has" if len(ignored) == 1 else "have"
+            )
         self._ctx = Context()
         rt = make_runtime_ctx(
             cfg.job_id,

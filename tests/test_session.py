@@ -121,3 +121,12 @@ def test_graph_and_explain(tmp_path):
         path = sp.dump_graph(str(tmp_path / "g.dot"))
         assert os.path.exists(tmp_path / "g.dot")
         assert path is None or os.path.exists(path)  # a picture only if Graphviz is installed
+
+
+def test_settings_without_effect_are_warned_about(tmp_path, log_messages):
+    import smallpond
+
+    sp = smallpond.init(data_root=str(tmp_path / "root"), bind_numa_node=True, memory_allocator="jemalloc")
+    sp.shutdown()
+    warned = [m for m in log_messages if "no effect" in m]
+    assert len(warned) == 1 and "bind_numa_node, memory_allocator" in warned[0]
