@@ -30,7 +30,7 @@ REPORT_FILE = "report.html"
 #: attempts drawn at most in the timeline (the table and the counts still cover all of them)
 MAX_TIMELINE_ATTEMPTS = 20000
 _PALETTE = ["#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#edc948", "#9c755f", "#ff9da7", "#86bcb6", "#bab0ac"]
-_STATE_COLOURS = {"done": "#e3f1e3", "running": "#fff3cd", "failed": "#f8d7da", "waiting": "#eeeeee"}
+_STATE_COLOURS = {"done": "#e3f1e3", "running": "#fff3cd", "failed": "#f8d7da", "waiting": "#eeeeee", "incomplete": "#eeeeee"}
 
 
 def _e(text) -> str:
@@ -114,7 +114,7 @@ def _plan_svg(run: RunStats) -> str:
             )
     for nid, ns in sorted(nodes.items()):
         x, y = xy(nid)
-        state = ns.state
+        state = _state(run, ns)
         kind = ns.type[:-4] if ns.type.endswith("Node") else ns.type or "node"
         name = _fit(f"{kind} #{nid}", 32)
         extra = ns.label.split(" ", 1)[1] if " " in ns.label else ""
@@ -135,6 +135,12 @@ def _plan_svg(run: RunStats) -> str:
         )
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _state(run: RunStats, ns: NodeStats) -> str:
+    """A node's state; a node left unfinished by a run that ended is "incomplete", not running."""
+    state = ns.state
+    return "incomplete" if run.end is not None and state in ("running", "waiting") else state
 
 
 def _fit(text: str, n: int) -> str:
@@ -225,7 +231,7 @@ def _node_table(run: RunStats) -> str:
         mx = human_seconds(d[-1]) if d else ""
         rows.append(
             f'<tr data-node="{nid}"><td><code>{_e(ns.label)}</code><div class="muted small">{_e(_fit(ns.detail, 160))}</div></td>'
-            f'<td class="state {ns.state}">{ns.state}</td><td class="num">{ns.finished}/{ns.planned or ns.finished}</td>'
+            f'<td class="state {_state(run, ns)}">{_state(run, ns)}</td><td class="num">{ns.finished}/{ns.planned or ns.finished}</td>'
             f'<td class="num">{ns.done - ns.inline}{" + " + str(ns.inline) + " inline" if ns.inline else ""}</td>'
             f'<td class="num">{ns.resumed}</td><td class="num">{ns.retries}</td><td class="num">{ns.failed}</td>'
             f'<td class="num">{ns.rows:,}</td><td class="num">{human_bytes(ns.written)}</td><td class="num">{human_bytes(ns.read)}</td>'
