@@ -35,8 +35,9 @@ from __future__ import annotations
 import heapq
 import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
 from smallpond.errors import Decision, JobFailed, TaskError, classify
@@ -102,6 +103,7 @@ class SchedState:
     tasks: Dict[str, Task] = field(default_factory=dict)
     waiting: Dict[str, Set[str]] = field(default_factory=dict)
     ready: List[tuple] = field(default_factory=list)
+    ready_inline: Deque[str] = field(default_factory=deque)  # metadata-only tasks: they never wait for workers
     running: Dict[str, Dict[int, Running]] = field(default_factory=dict)
     done: Dict[str, object] = field(default_factory=dict)
     failed: Dict[str, TaskError] = field(default_factory=dict)
@@ -186,7 +188,11 @@ def add_tasks(
 
 def make_ready(state: SchedState, key: str) -> None:
     state.waiting.pop(key, None)
-    heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(state.tasks[key].id), key))
+    task = state.tasks[key]
+    if task.exec_on_scheduler:
+        state.ready_inline.append(key)
+    else:
+        heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(task.id), key))
 
 
 def reserve(
@@ -408,7 +414,7 @@ class Scheduler:
         """Nothing running and nothing could start: say why instead of spinning silently."""
         st = self.state
         missing = [k for k in target_keys if k not in st.done]
-        blocked = [st.tasks[item[2]] for item in st.ready][:3]
+        blocked = [st.tasks[item[2]] for item in st.ready][:3]  # (metadata-only tasks never block)
         detail = "; ".join(f"{t.key} needs {t.cpu_limit} CPU(s) and {self.effective_memory(t)} bytes" for t in blocked)
         return (
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
@@ -437,18 +443,26 @@ class Scheduler:
         self._emit("on_inline", task, True, time.time() - start)
 
     def _dispatch(self) -> bool:
+        """Run ready metadata-only tasks here, then send ready tasks to the executor while it has room."""
         st = self.state
         progressed = False
+        while st.ready_inline and not st.failed:
+            key = st.ready_inline.popleft()
+            task = st.tasks[key]
+            self._run_here(task, [st.done[d] for d in task.input_keys], st.attempts.get(key, 0))
+            progressed = True
         deferred = []
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
             key = item[2]
             task = st.tasks[key]
-            inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
-            if task.exec_on_scheduler or self.executor is None:
-                self._run_here(task, inputs, attempt)
+            if self.executor is None:
+                self._run_here(task, [st.done[d] for d in task.input_keys], attempt)
                 progressed = True
+                while st.ready_inline and not st.failed:  # what it made ready, in order
+                    k = st.ready_inline.popleft()
+                    self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
@@ -462,11 +476,11 @@ class Scheduler:
                 queue = task.cpu_limit <= 1 and mem <= self.capacity.memory_per_cpu and slots > 0
                 if not queue:
                     deferred.append(item)
-                    if idle == 0 and not slots:
-                        break
+                    if (idle == 0 or st.free_cpus <= 0) and not slots:
+                        break  # nothing else can start either: stop scanning the ready tasks
                     continue
             try:
-                self.executor.submit(task, inputs, attempt, memory=mem, queue=queue)
+                self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e

@@ -132,7 +132,7 @@ class HashPartitionTask(Task):
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
                 self._write_placeholders(parts, output_dir, part_col, schema, prefix)
-            return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+            return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
 
@@ -206,7 +206,7 @@ class HashPartitionTask(Task):
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
             self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
-        return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+        return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
     def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
         import pyarrow.parquet as pq
