@@ -134,7 +134,7 @@ def human_seconds(s: float) -> str:
 
 
 class TextBlock(str):
-    """A ``str`` that a notebook or REPL shows as its text (lines, not a quoted literal with ``\\n``).
+    r"""A ``str`` that a notebook or REPL shows as its text (lines, not a quoted literal with ``\n``).
 
     >>> TextBlock("a\nb")
     a
