@@ -178,6 +178,29 @@ def _bytes_of(ds: DataSet) -> int:
     return total
 
 
+def _bytes_read(inputs: List[DataSet]) -> int:
+    """Bytes of the input files an attempt was given (a file's share of them for a row range)."""
+    total = 0
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            ranges = getattr(d, "_resolved_row_ranges", None)
+            try:
+                if ranges and not all(r.whole_file for r in ranges):
+                    for r in ranges:
+                        size = os.stat(r.path).st_size
+                        total += size * r.num_rows // r.file_num_rows if r.file_num_rows else size
+                    continue
+                paths = d.resolved_paths
+            except Exception:
+                continue
+            for p in paths:
+                try:
+                    total += os.stat(p).st_size
+                except OSError:
+                    pass
+    return total
+
+
 def _input_files(inputs: List[DataSet]) -> List[str]:
     out: List[str] = []
     for ds in inputs:
@@ -309,7 +332,8 @@ def execute_attempt(
 
     The attempt runs on a copy of ``task`` carrying the attempt's number and effective memory
     limit, so the caller's task object (the scheduler's, when it runs tasks itself) is unchanged.
-    What the attempt measured (``rows``, ``bytes`` written) is put into ``stats``.
+    What the attempt measured (``rows`` and ``bytes`` written, bytes of input files ``read``) is
+    put into ``stats``.
     """
     from smallpond.common import logger
 
@@ -358,6 +382,7 @@ def execute_attempt(
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
+        task.stats["read"] = _bytes_read(inputs)
         winner = write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats, output_dir=final)
         if winner is not None:  # another attempt committed first: its output is the task's
             if final is not None:

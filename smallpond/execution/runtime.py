@@ -80,6 +80,11 @@ def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
     return None
 
 
+def resolve_data_root(data_root=None) -> str:
+    """The absolute data root: ``data_root``, else ``SP_DATA_ROOT``, else ``~/.smallpond/data``."""
+    return os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+
+
 def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, datetime, str]:
     """(job id, job time, absolute data root) from arguments, then ``SP_*`` variables, then defaults.
 
@@ -88,7 +93,7 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     * job time: ``job_time``, ``SP_JOB_TIME``, the time of an existing job with this id under the
       data root (so the same id resumes it), now.
     """
-    root = os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+    root = resolve_data_root(data_root)
     raw_id = job_id if job_id not in (None, "") else _env("SP_JOBID")
     jid = parse_job_id(raw_id) if raw_id is not None else JobId.new()
     raw_time = job_time if job_time is not None else _env("SP_JOB_TIME")

@@ -105,10 +105,16 @@ class DataSet:
             for p in self.absolute_paths:
                 if _WILDCARD.search(p):
                     out.extend(x for x in glob.glob(p, recursive=self.recursive) if not os.path.isdir(x))
+                elif os.path.isdir(p):
+                    out.extend(self._directory_files(p))
                 else:
                     out.append(p)
             self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
         return self._resolved_paths
+
+    def _directory_files(self, directory: str) -> List[str]:
+        """The files a directory given as a path stands for (subclasses decide; default: itself)."""
+        return [directory]
 
     @property
     def num_files(self) -> int:
@@ -381,6 +387,11 @@ class JsonDataSet(DataSet):
 class ParquetDataSet(DataSet):
     """Parquet files, optionally restricted to row ranges, with optional generated columns.
 
+    A directory among ``paths`` stands for the files its ``.MANIFEST.txt`` lists (one path per
+    line; relative ones are relative to the directory), as ``write_parquet`` and a Driver job's
+    named outputs and ``FinalResults`` write it; without a manifest, for the ``*.parquet`` files in
+    it (and below it with ``recursive=True``).
+
     Args:
         generated_columns: any of ``"filename"`` and ``"file_row_number"``, added by the reader.
     """
@@ -401,6 +412,18 @@ class ParquetDataSet(DataSet):
             raise ParameterError(f"generated_columns must be among {list(GENERATED_COLUMNS)}, got {bad}")
         self.generated_columns = generated_columns
         self._resolved_row_ranges = None
+
+    def _directory_files(self, directory: str) -> List[str]:
+        manifest = os.path.join(directory, ".MANIFEST.txt")
+        if os.path.isfile(manifest):
+            with open(manifest, encoding="utf-8") as f:
+                return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]
+        pattern = (
+            os.path.join(glob.escape(directory), "**", "*.parquet")
+            if self.recursive
+            else os.path.join(glob.escape(directory), "*.parquet")
+        )
+        return sorted(glob.glob(pattern, recursive=self.recursive))
 
     def _describe(self):
         ranges = None
