@@ -152,6 +152,7 @@ def test_global_sort_example_equals_one_order_by(tmp_path):
     sizes = [pq.read_metadata(str(out / f)).num_rows for f in os.listdir(out) if f.endswith(".parquet")]
     assert max(sizes) <= 2 * sum(sizes) / 8, f"no partition over twice the average: {sizes}"
 
+
 def test_sort_mock_urls_example_as_written_in_its_docstring(tmp_path):
     """From a fresh clone: the mock data is generated, the job runs, its result folder is printed and
     reads back (a FinalResults manifest), and the same command resumes."""
