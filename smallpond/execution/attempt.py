@@ -22,7 +22,7 @@ from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
-from smallpond.execution.task import Task
+from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, load, remove_path
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -178,6 +178,29 @@ def _bytes_of(ds: DataSet) -> int:
     return total
 
 
+def _bytes_read(inputs: List[DataSet]) -> int:
+    """Bytes of the input files an attempt was given (a file's share of them for a row range)."""
+    total = 0
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            ranges = getattr(d, "_resolved_row_ranges", None)
+            try:
+                if ranges and not all(r.whole_file for r in ranges):
+                    for r in ranges:
+                        size = os.stat(r.path).st_size
+                        total += size * r.num_rows // r.file_num_rows if r.file_num_rows else size
+                    continue
+                paths = d.resolved_paths
+            except Exception:
+                continue
+            for p in paths:
+                try:
+                    total += os.stat(p).st_size
+                except OSError:
+                    pass
+    return total
+
+
 def _input_files(inputs: List[DataSet]) -> List[str]:
     out: List[str] = []
     for ds in inputs:
@@ -309,7 +332,8 @@ def execute_attempt(
 
     The attempt runs on a copy of ``task`` carrying the attempt's number and effective memory
     limit, so the caller's task object (the scheduler's, when it runs tasks itself) is unchanged.
-    What the attempt measured (``rows``, ``bytes`` written) is put into ``stats``.
+    What the attempt measured (``rows`` and ``bytes`` written, bytes of input files ``read``) is
+    put into ``stats``.
     """
     from smallpond.common import logger
 
@@ -345,17 +369,20 @@ def execute_attempt(
             tmp = f"{task.final_output_abspath}.tmp-{token}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
-            ds = task.run(rt, inputs, tmp)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, tmp)
             task.inject_fault()
             os.rename(tmp, final)
             tmp = None
             ds._rebase(task._runtime_output_abspath, final)
         else:
             final = None
-            ds = task.run(rt, inputs, None)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
+        task.stats["read"] = _bytes_read(inputs)
         winner = write_commit(
             rt,
             task,
@@ -377,6 +404,10 @@ def execute_attempt(
             from smallpond.execution.cache import insert_after_commit
 
             insert_after_commit(rt, task, ds, final)  # never raises
+        try:
+            task.on_committed(rt)  # the task is complete (by this attempt or the winner)
+        except Exception as e:  # what is left behind is cleaned with staging/
+            logger.warning("{}: cleaning up after the commit failed: {!r}", task.key, e)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

@@ -4,13 +4,18 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 :class:`~smallpond.execution.driver.Driver` run their work through a :class:`Job`:
 
 1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
-   resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running and starts the executor;
+   resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running, starts the executor
+   and the event log (``log/events.jsonl``, :mod:`smallpond.execution.events`);
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
    for the Driver) plans nodes into tasks and has the scheduler run them, taking what it can from
    the task cache shared by jobs (:mod:`smallpond.execution.cache`; :func:`dry_run_plan` and
    :meth:`Job.dry_run_nodes` say beforehand what would run and why);
-3. :meth:`Job.finish` stops the executor, writes the final status, removes the leftovers of
+3. :meth:`Job.finish` stops the executor, writes the final status and the run report
+   (``log/report.html``, :mod:`smallpond.execution.report`), removes the leftovers of
    abandoned attempts and, on success, the intermediate folders, and removes the log sinks it added.
+
+Every job keeps an event log and writes a report, whoever runs it; what is shown on the console
+(progress bars, the end-of-job summary) is the caller's choice (:mod:`smallpond.execution.observe`).
 
 Nothing here changes the host process beyond that: no environment variable, no global logging
 configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`).
@@ -27,6 +32,7 @@ from smallpond.common import logger
 from smallpond.errors import JobFailed, ParameterError
 from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
+from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
@@ -78,8 +84,9 @@ class Job:
         executor: the backend (default: worker processes on this machine).
         num_workers: workers of the default backend (default: one per usable CPU).
         max_retry_count, max_fail_count: the scheduler's retry policy.
-        listeners: observers of the scheduler (progress, event log, summary).
+        listeners: observers of the scheduler besides the job's own event log (progress bars).
         log_name: the job log file is ``log/{log_name}.log``.
+        name: a label for the job, shown by ``smallpond jobs`` and in the report.
         speculation: when stragglers get a second copy.
         task_cache_max_bytes: after the job, remove the least recently used entries of the task
             cache (``rt.task_cache``) until it holds at most this many bytes (None: no bound).
@@ -95,10 +102,12 @@ class Job:
         max_fail_count: int = 3,
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
+        name: Optional[str] = None,
         speculation: Speculation = Speculation(),
         task_cache_max_bytes: Optional[int] = None,
     ) -> None:
         self.rt = rt
+        self.name = name
         self.speculation = speculation
         self.task_cache_max_bytes = task_cache_max_bytes
         self._executor = executor
@@ -112,6 +121,10 @@ class Job:
         self.scheduler: Optional[Scheduler] = None
         self.failed = False
         self.finished = False
+        #: the first error that failed the job (a TaskError for a failed task)
+        self.error: Optional[BaseException] = None
+        self.events: Optional[EventLog] = None
+        self.report_path: Optional[str] = None
         self._sinks: List[int] = []
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -124,13 +137,15 @@ class Job:
         cache = JobCache(rt) if rt.task_cache else None
         self.executor = self._executor or make_executor(rt, self._num_workers)
         self.executor.start()  # workers boot while the user's script builds its plan
+        self.events = EventLog(rt.log_root)
+        self.events.job_start(rt, name=self.name, executor=self.executor.describe())
         self.planner = Planner(rt)
         self.scheduler = Scheduler(
             rt,
             self.executor,
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
-            listeners=self.listeners,
+            listeners=[self.events, *self.listeners],
             speculation=self.speculation,
             cache=cache,
         )
@@ -160,6 +175,10 @@ class Job:
             cleanup_temp_dirs(rt)
             remove_orphan_outputs(rt)
             write_status(rt, "success" if ok else "failure")
+            if self.events is not None:
+                interrupted = isinstance(self.error, (KeyboardInterrupt, SystemExit))
+                self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
+                self.report_path = _write_report(rt)
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
             if rt.task_cache and self.task_cache_max_bytes is not None:
@@ -186,10 +205,16 @@ class Job:
     def _run(self, targets) -> Dict[str, Any]:
         try:
             return self.scheduler.run(targets, self.planner.tasks)
-        except BaseException:
-            self.failed = True
+        except BaseException as e:
+            self.record_error(e)
             self.scheduler.state = keep_only_finished(self.scheduler.state)
             raise
+
+    def record_error(self, e: BaseException) -> None:
+        """Mark the job failed by ``e`` (the first error is the one reported)."""
+        self.failed = True
+        if self.error is None:
+            self.error = e.errors[0] if isinstance(e, JobFailed) and e.errors else e
 
     def run_nodes(self, nodes: Sequence[Node]) -> List[List[Any]]:
         """Plan ``nodes`` (reusing what was planned and computed before) and run them.
@@ -213,8 +238,8 @@ class Job:
             f.write(plan.graph().source)
         try:
             exec_plan = self.planner.create_exec_plan(plan, manifest_only_final_results)
-        except BaseException:
-            self.failed = True
+        except BaseException as e:
+            self.record_error(e)
             raise
         logger.info("job {} planned: {} tasks; job root {}", rt.job_id, len(exec_plan.tasks), rt.job_root)
         results = self._run([exec_plan.root_task])
@@ -244,6 +269,14 @@ class Job:
         targets = [t for n in nodes for t in planner.plan(n)]
         cache = self.scheduler.cache.fork() if self.scheduler.cache is not None else None
         return dry_run(self.rt, targets, planner.tasks, done=dict(self.scheduler.state.done), cache=cache)
+
+    def summary(self, show_error: bool = True):
+        """The end-of-job summary block (:mod:`smallpond.execution.summary`) of this run so far."""
+        from smallpond.execution.events import JobHistory
+        from smallpond.execution.summary import format_summary
+
+        history = self.events.history if self.events is not None else JobHistory()
+        return format_summary(history, self.rt.job_root, report_path=self.report_path, show_error=show_error)
 
     # -- results of a session ---------------------------------------------------------------------
     def tasks_of(self, node: Node):
@@ -317,11 +350,28 @@ def dry_run_plan(plan: LogicalPlan, rt: RuntimeContext, *, manifest_only_final_r
     return dry_run(rt, [exec_plan.root_task], exec_plan.tasks, cache=cache)
 
 
+def _write_report(rt: RuntimeContext) -> Optional[str]:
+    """Write ``log/report.html`` from the job folder; a report that cannot be written never fails the job."""
+    from smallpond.execution.report import write_report
+
+    try:
+        return write_report(rt.job_root)
+    except Exception as e:
+        logger.warning("could not write the run report of job {}: {}", rt.job_id, e)
+        return None
+
+
 def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
-    """smallpond's console sink at the job's console level, and ``log/{name}.log``."""
+    """smallpond's console sink at the job's console level, and ``log/{name}.log``.
+
+    Console lines go through :func:`~smallpond.execution.progress.write_console`, which moves
+    progress bars out of their way.
+    """
+    from smallpond.execution.progress import write_console
+
     logger.remove_default_sink()
     return [
-        logger.add(sys.stderr, level=rt.console_log_level),
+        logger.add(write_console, level=rt.console_log_level, colorize=_stderr_is_tty()),
         logger.add(
             os.path.join(rt.log_root, f"{name}.log"),
             level=rt.file_log_level,
@@ -329,6 +379,13 @@ def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
             retention=5,
         ),
     ]
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _remove_log_sinks(ids: List[int]) -> None:

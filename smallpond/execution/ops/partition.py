@@ -15,9 +15,11 @@ from smallpond.common import MB, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     create_input_views,
+    format_query,
     open_connection,
     run_sql,
     sql_may_draw_random,
+    sql_may_outlive_task,
     task_memory,
     writer_row_group_bytes,
 )
@@ -41,6 +43,8 @@ class HashPartitionTask(Task):
 
     def error_context(self):
         node = self.node
+        if getattr(node, "pre_sql", None):
+            return {"sql": node.pre_sql}  # the query as the user wrote it, placeholders and all
         return (
             {"sql": self._current_sql}
             if getattr(self, "_current_sql", None)
@@ -63,10 +67,6 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         col = node.data_partition_column
-        if getattr(node, "split_points", None) is not None:
-            pts = ", ".join(quote_literal(p) if isinstance(p, str) else repr(p) for p in node.split_points)
-            key = quote_identifier(node.key_column)
-            return f"CAST(len(list_filter([{pts}], lambda x: x <= {key})) AS BIGINT)", col
         if node.random_shuffle:
             return f"CAST(floor(random() * {n}) AS BIGINT)", col
         if node.shuffle_only:
@@ -80,16 +80,23 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         ds = merge_datasets(inputs)
-        if node.engine_type == "arrow":
+        pre_sql = getattr(node, "pre_sql", None)
+        if node.engine_type == "arrow" and pre_sql is None:
             batches = _arrow_row_group_reader(ds)
             if batches is not None:
                 return self._run_arrow(runtime_ctx, ds, batches, output_dir)
-        conn = open_connection(
-            self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=not getattr(ds, "udfs", None), seeded=self._draws_random(ds)
-        )
+        shareable = not getattr(ds, "udfs", None) and not (pre_sql and sql_may_outlive_task([pre_sql]))
+        seeded = self._draws_random(ds) or bool(pre_sql and sql_may_draw_random([pre_sql]))
+        conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=shareable, seeded=seeded)
         try:
             views = create_input_views(self, conn, [ds])
             src = views[0]
+            if pre_sql is not None:
+                # fused with the SQL node before it: partition that query's result
+                query = format_query(self, pre_sql, views, {"batch_index": 0, "query_index": 0})
+                self._current_sql = query
+                run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS {query}")
+                src = f"__sp_fused_{int(self.id)}"
             columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
             expr, col = self._key_expr(columns)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
@@ -131,7 +138,7 @@ class HashPartitionTask(Task):
                 schema = conn.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
-                self._write_placeholders(parts, output_dir, part_col, schema, prefix)
+                return self._with_placeholders(parts, output_dir, part_col, schema, prefix)
             return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
@@ -205,15 +212,19 @@ class HashPartitionTask(Task):
                 schema = pa.schema([reader.schema.field(c) for c in body_names])
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
-            self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
+            return self._with_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
         return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
-    def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
+    def _with_placeholders(self, parts, output_dir, col, schema, prefix) -> PartitionedDataSet:
+        """The partitions, each empty one given a placeholder file with the schema.
+
+        The partitions also name a file of a non-empty one as their ``_schema_path``: a sample of
+        rows from which a Python map infers its output schema on an empty partition.
+        """
         import pyarrow.parquet as pq
 
-        for k, p in enumerate(parts):
-            if p:
-                continue
+        sample = next((p[0] for p in parts if p), None)
+        for k in [k for k, p in enumerate(parts) if not p]:
             sub = os.path.join(output_dir, f"{col}={k}")
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
@@ -221,6 +232,11 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
             pq.write_table(schema.with_metadata(md).empty_table(), path)
             parts[k] = [path]
+        datasets = [ParquetDataSet.from_files(p) for p in parts]
+        if sample is not None:
+            for ds in datasets:  # all alike, so the partitions still travel as one template
+                ds._schema_path = sample
+        return PartitionedDataSet(datasets)
 
 
 class _RowGroupReader:
