@@ -7,6 +7,8 @@
     smallpond logs JOB [TASK]           the job's log, or a task's attempt logs
     smallpond report JOB [--open]       (re)build the job's HTML report; print its path or open it
     smallpond clean [--yes]             remove finished jobs (a dry run unless --yes)
+    smallpond cache clean [--max-bytes 500G] [--older-than 30d] [--yes]
+                                        bound the task cache shared by jobs (a dry run unless --yes)
 
 JOB is a job id (a UUID, or the string given as ``--job_id``/``job_id=``), a unique prefix of one,
 or a job folder's path. The data root is ``--data_root``, else ``SP_DATA_ROOT``, else
@@ -33,6 +35,14 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``500G``, ``20GB``, ``1.5T`` or plain bytes (binary units)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text, re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"a size looks like 500G, 20GB or 1048576, got {text!r}")
+    return int(float(m.group(1)) * 1024 ** "_kmgt".index(m.group(2).lower() or "_"))
 
 
 def parse_age(text: str) -> float:
@@ -84,6 +94,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--state", default=None, help="only jobs in these states (comma-separated; default: every finished state)")
     s.add_argument("--yes", "-y", action="store_true", help="really delete")
+    s = sub.add_parser("cache", parents=[common], help="the task cache shared by jobs")
+    cache_sub = s.add_subparsers(dest="cache_verb", metavar="CACHE_VERB", required=True)
+    c = cache_sub.add_parser(
+        "clean",
+        parents=[common],
+        help="remove least recently used entries (a dry run unless --yes)",
+        description="Remove task-cache entries unused for --older-than, then the least recently used until the "
+        "cache holds at most --max-bytes. Jobs running meanwhile keep what they linked. Without --yes, only says "
+        "what it would remove.",
+    )
+    c.add_argument(
+        "--task_cache",
+        "--task-cache",
+        default=None,
+        help="the cache folder (default: $SP_TASK_CACHE, else {data_root}/.task_cache)",
+    )
+    c.add_argument("--max-bytes", "--max_bytes", type=parse_size, default=None, help="keep at most this much (500G, 20GB)")
+    c.add_argument("--older-than", "--older_than", type=parse_age, default=None, help="remove entries unused this long (30d)")
+    c.add_argument("--yes", "-y", action="store_true", help="really delete")
     return p
 
 
@@ -94,12 +123,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     data_root = resolve_data_root(getattr(args, "data_root", None))
     try:
-        return {"jobs": _jobs, "status": _status, "logs": _logs, "report": _report, "clean": _clean}[args.verb](args, data_root)
+        verbs = {"jobs": _jobs, "status": _status, "logs": _logs, "report": _report, "clean": _clean, "cache": _cache}
+        return verbs[args.verb](args, data_root)
     except JobLookupError as e:
         print(f"smallpond {args.verb}: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. `smallpond logs JOB | head`
         return EXIT_OK
+
+
+def _cache(args, data_root: str) -> int:
+    from smallpond.errors import ParameterError
+    from smallpond.execution.cache import clean
+    from smallpond.execution.runtime import resolve_task_cache
+
+    path = resolve_task_cache(args.task_cache, data_root)
+    if path is None:
+        print("smallpond cache: the task cache is off (SP_TASK_CACHE)", file=sys.stderr)
+        return EXIT_USAGE
+    if args.max_bytes is None and args.older_than is None:
+        print("smallpond cache clean: give --max-bytes and/or --older-than", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        report = clean(path, max_bytes=args.max_bytes, older_than=args.older_than, dry_run=not args.yes)
+    except ParameterError as e:
+        print(f"smallpond cache clean: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"task cache {path}: {report}" + ("" if args.yes else " (dry run: --yes removes them)"))
+    return EXIT_OK
 
 
 def _states(text: Optional[str]) -> Optional[set]:

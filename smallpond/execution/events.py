@@ -16,6 +16,8 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   computation): ``tasks``, ``resumed`` / ``ok``;
 * ``resumed``: a task found committed by an earlier run (its original ``started``, ``elapsed``,
   ``worker``, ``rows``, ``bytes``);
+* ``reused``: a task whose output was taken from the task cache: ``key``, ``node``, ``entry`` (the
+  cache key), ``from_job`` and ``from_task`` (which job and task wrote it), ``bytes``;
 * ``submit``: an attempt sent to a worker: ``key``, ``node``, ``attempt``, ``memory``;
 * ``done`` / ``failed``: an attempt ended: ``key``, ``node``, ``attempt``, ``worker``,
   ``started``, ``elapsed``, ``rows``, ``bytes`` (written), ``read`` (bytes of input files),
@@ -123,6 +125,7 @@ class NodeStats:
     done: int = 0  # tasks finished by this run (executed or inline)
     inline: int = 0
     resumed: int = 0
+    reused: int = 0  # taken from the task cache
     retries: int = 0  # failed attempts that were retried
     failed: int = 0  # tasks given up
     running: int = 0
@@ -136,7 +139,7 @@ class NodeStats:
 
     @property
     def finished(self) -> int:
-        return self.done + self.resumed
+        return self.done + self.resumed + self.reused
 
     @property
     def wall_seconds(self) -> float:
@@ -229,6 +232,8 @@ class JobHistory:
             ns.planned = int(ev.get("tasks", 0))
         elif kind == "resumed":
             run.node(int(ev["node"])).resumed += 1
+        elif kind == "reused":
+            run.node(int(ev["node"])).reused += 1
         elif kind == "submit":
             run.running[(ev["key"], ev.get("attempt", 0))] = ev
             run.node(int(ev["node"])).running += 1
@@ -413,6 +418,17 @@ class EventLog(SchedulerListener):
                 rows=stats.get("rows"),
                 bytes=stats.get("bytes"),
             )
+
+    def on_reused(self, task, entry) -> None:
+        self.emit(
+            "reused",
+            key=task.key,
+            node=task.node_id,
+            entry=entry.key,
+            from_job=entry.job,
+            from_task=entry.task,
+            bytes=entry.bytes,
+        )
 
     def on_submit(self, task, attempt: int, memory: int) -> None:
         self.emit("submit", key=task.key, node=task.node_id, attempt=attempt, memory=memory)

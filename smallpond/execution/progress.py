@@ -184,6 +184,11 @@ class ProgressBars(SchedulerListener):
             self._bars.append(bar)
             self._of_node.update({nid: bar for nid in rest})
 
+    def on_reused(self, task, entry) -> None:
+        bar = self._of_node.get(task.node_id)
+        if bar is not None:
+            bar.add(0, 0)
+
     def _draw(self) -> None:
         tqdm, _ = self._tqdm()
         leave = self.mode != "terminal"  # a notebook or a log keeps the final state; a terminal is cleared

@@ -220,7 +220,7 @@ def _timeline_svg(run: RunStats) -> str:
 
 def _node_table(run: RunStats) -> str:
     head = (
-        "<tr><th>Node</th><th>State</th><th>Tasks</th><th>Run</th><th>Resumed</th><th>Retries</th><th>Failed</th>"
+        "<tr><th>Node</th><th>State</th><th>Tasks</th><th>Run</th><th>Resumed</th><th>Reused</th><th>Retries</th><th>Failed</th>"
         "<th>Rows</th><th>Written</th><th>Read</th><th>Wall time</th><th>Task time</th><th>Median task</th>"
         "<th>Slowest task</th><th>Created at</th></tr>"
     )
@@ -233,7 +233,7 @@ def _node_table(run: RunStats) -> str:
             f'<tr data-node="{nid}"><td><code>{_e(ns.label)}</code><div class="muted small">{_e(_fit(ns.detail, 160))}</div></td>'
             f'<td class="state {_state(run, ns)}">{_state(run, ns)}</td><td class="num">{ns.finished}/{ns.planned or ns.finished}</td>'
             f'<td class="num">{ns.done - ns.inline}{" + " + str(ns.inline) + " inline" if ns.inline else ""}</td>'
-            f'<td class="num">{ns.resumed}</td><td class="num">{ns.retries}</td><td class="num">{ns.failed}</td>'
+            f'<td class="num">{ns.resumed}</td><td class="num">{ns.reused}</td><td class="num">{ns.retries}</td><td class="num">{ns.failed}</td>'
             f'<td class="num">{ns.rows:,}</td><td class="num">{human_bytes(ns.written)}</td><td class="num">{human_bytes(ns.read)}</td>'
             f'<td class="num">{human_seconds(ns.wall_seconds)}</td><td class="num">{human_seconds(ns.task_seconds)}</td>'
             f'<td class="num">{med}</td><td class="num">{mx}</td><td class="small">{_e(ns.location)}</td></tr>'
@@ -271,9 +271,13 @@ def _runs_table(history: JobHistory) -> str:
         rows.append(
             f'<tr><td class="num">{r.index + 1}</td><td>{_when(r.started)}</td><td>{_e(r.status)}</td>'
             f'<td class="num">{human_seconds(r.elapsed)}</td><td class="num">{ran}</td><td class="num">{r.total("resumed")}</td>'
+            f'<td class="num">{r.total("reused")}</td>'
             f'<td class="num">{len(r.failures)}</td></tr>'
         )
-    head = "<tr><th>Run</th><th>Started</th><th>Result</th><th>Elapsed</th><th>Tasks run</th><th>Resumed</th><th>Failed attempts</th></tr>"
+    head = (
+        "<tr><th>Run</th><th>Started</th><th>Result</th><th>Elapsed</th><th>Tasks run</th><th>Resumed</th><th>Reused</th>"
+        "<th>Failed attempts</th></tr>"
+    )
     return f'<section id="runs"><h2>Runs of this job</h2><table>{head}{"".join(rows)}</table></section>'
 
 
@@ -338,6 +342,7 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
     cards = [
         (f"{ran:,}", "tasks run"),
         (f"{run.total('resumed'):,}", "resumed"),
+        (f"{run.total('reused'):,}", "reused from the task cache"),
         (f"{retries:,}", "retries"),
         (f"{failed:,}", "failed"),
         (f"{run.total('rows'):,}", "rows written"),

@@ -82,11 +82,12 @@ def _body(run: RunStats) -> list:
     inline = run.total("inline")
     ran = run.total("done") - inline
     lines = [
-        f"  tasks  {ran:,} run, {run.total('resumed'):,} resumed, {run.total('retries'):,} retried, "
+        f"  tasks  {ran:,} run, {run.total('resumed'):,} resumed, {run.total('reused'):,} reused from the task cache, "
+        f"{run.total('retries'):,} retried, "
         f"{run.total('failed'):,} failed" + (f" (+{inline:,} metadata-only)" if inline else ""),
         f"  data   read {human_bytes(run.total('read'))}, wrote {human_bytes(run.total('written'))} ({run.total('rows'):,} rows)",
     ]
-    nodes = [n for _, n in sorted(run.nodes.items()) if n.done - n.inline or n.resumed or n.failed or n.retries]
+    nodes = [n for _, n in sorted(run.nodes.items()) if n.done - n.inline or n.resumed or n.reused or n.failed or n.retries]
     if not nodes:
         return lines
     width = min(48, max(len(n.label) for n in nodes))

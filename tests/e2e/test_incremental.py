@@ -133,6 +133,12 @@ def test_rebuild_after_one_file_changed_runs_only_what_depends_on_it(tmp_path):
     assert set(started_in_logs(plan2.ctx.job_root)) == expected, "the task logs agree with the events"
     assert len(second.reused) == len(worker_tasks) - len(expected) == 2 * (NPARTS - 1)
     assert plan2.num_reused == len(second.reused)
+    # the job's event log (behind the summary and the report) counts them too
+    from smallpond.execution.events import JobHistory
+    from smallpond.execution.summary import summary_of
+
+    assert JobHistory.load(plan2.ctx.log_root).last.total("reused") == len(second.reused)
+    assert f"{len(second.reused)} reused from the task cache" in summary_of(plan2.ctx.job_root)
     # the dry run said the same before the build
     for key in expected - sink_task:
         assert re.search(rf"{key}( \[[^\]]*\])?  will run", listing), key
