@@ -65,7 +65,10 @@ def test_schema_is_known_without_running_and_matches_the_result(sp, files):
         if name != "hash kept column":  # (to_arrow reads those files back with large_string: left alone)
             assert schemas[name] == df.to_arrow().schema, name
     kept = frames["hash kept column"]
-    assert schemas["hash kept column"] == pq.read_schema(kept._datasets()[0].resolved_paths[0]).remove_metadata()
+    # DuckDB writes a column it knows holds no NULLs (one input file's statistics) as required;
+    # the engine's schemas are nullable, as upstream's were
+    written = pq.read_schema(kept._datasets()[0].resolved_paths[0]).remove_metadata()
+    assert schemas["hash kept column"] == pa.schema([f.with_nullable(True) for f in written])
     assert schemas["sql"].names == ["s", "n", "m", "l", "p"]
 
 

@@ -108,7 +108,7 @@ class Driver:
         p.add_argument(
             "--dry_run",
             action="store_true",
-            help="plan, then list which tasks would run and which would be reused (and why); run nothing",
+            help="plan, list which tasks would run and which would be reused (and why), and exit: run nothing",
         )
         p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
         p.add_argument("--max_fail", "--max_fail_count", dest="max_fail_count", type=int, default=DEFAULT_MAX_FAIL_COUNT)
@@ -248,6 +248,8 @@ class Driver:
             logger.warning("these driver options have no effect in this build and are ignored: {}", ", ".join(unused))
         if tags:
             logger.warning("Driver.run(tags=...) has no effect in this build and is ignored")
+        if a.dry_run and a.mode != "executor":
+            self._dry_run(plan)  # exits: nothing ran, so nothing the script does next could work
         try:
             if a.mode == "executor":
                 print(
@@ -270,6 +272,24 @@ class Driver:
             sys.stderr.flush()
             sys.exit(EX_OK if ok else EX_SOFTWARE)
         return result
+
+    def _dry_run(self, plan) -> None:
+        """Print what would run and what would be reused (and why), then exit: 0, or 70 if the
+        plan cannot even be planned. Nothing runs, whatever ``stop_process_on_done`` says."""
+        from smallpond.common import logger
+        from smallpond.execution.job import dry_run_plan
+
+        if plan is None:
+            raise ValueError("Driver.run(plan) needs a LogicalPlan for --dry_run")
+        a = self.driver_args
+        try:
+            listing = dry_run_plan(plan, self._runtime_ctx(), manifest_only_final_results=not a.self_contained_final_results)
+        except Exception as e:
+            logger.error("dry run failed: {}", e)
+            sys.exit(EX_SOFTWARE)
+        print(listing)
+        sys.stdout.flush()
+        sys.exit(EX_OK)
 
     def _runtime_ctx(self):
         from smallpond.execution.job import make_runtime_ctx
@@ -310,12 +330,6 @@ class Driver:
             from smallpond.errors import ParameterError
 
             raise ParameterError(f"--task_cache_max_bytes must be >= 0, got {a.task_cache_max_bytes}")
-        if a.dry_run:
-            from smallpond.execution.job import dry_run_plan
-
-            result = dry_run_plan(plan, self._runtime_ctx(), manifest_only_final_results=not a.self_contained_final_results)
-            print(result)
-            return result
         job = Job(
             self._runtime_ctx(),
             num_workers=a.num_executors or None,

@@ -56,7 +56,11 @@ def test_global_random_is_seeded_per_task_so_the_same_job_draws_the_same_numbers
         expected = random.Random(task.random_seed_bytes)
         assert rows and [r["py"] for r in rows] == [expected.random() for _ in rows]
     assert len({r["py"] for r in got}) == 12, "each task has its own stream"
-    other = _compute_tasks(make_rt("another-job")).values()
+    # the job seed is a constant unless set: another job of the same plan draws the same numbers
+    # (reproducible outputs), another seed draws others
+    same = _compute_tasks(make_rt("another-job")).values()
+    assert {t.random_seed_bytes for t in same} == {t.random_seed_bytes for t in tasks.values()}
+    other = _compute_tasks(make_rt("another-job", random_seed=12345)).values()
     assert {t.random_seed_bytes for t in other}.isdisjoint({t.random_seed_bytes for t in tasks.values()})
     assert all(r["gpu"] == repr((0, None, [])) for r in got)  # a task without GPUs
 
