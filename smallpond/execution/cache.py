@@ -154,7 +154,9 @@ class TaskCache:
         self.path = os.path.abspath(path)
         self._secret: Optional[bytes] = None
         self._process: Optional[Claim] = None
-        self._held: Dict[str, int] = {}  # keys this process claimed -> inode of its lock file
+        self._held: Dict[str, int] = {}  # keys this process claimed
+        self._releaser = None  # a thread removing released claims
+        self._released: Dict[str, Any] = {}  # key -> the removal of its claim, under way
         self._tmp_ready = False
         self._shards: set = set()  # entry shard folders known to exist
 
@@ -258,8 +260,6 @@ class TaskCache:
         ``output_dir``) or an entry exists (unless ``replace``).
         """
         final = self.entry_path(key)
-        if os.path.exists(final) and not replace:
-            return None
         files = _dataset_files(dataset)
         base = output_dir.rstrip(os.sep)
         if any(not (p == base or p.startswith(base + os.sep)) for p in files):
@@ -281,9 +281,9 @@ class TaskCache:
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
                     made.add(os.path.dirname(dst))
                 link_or_copy(p, dst)
-                st = os.stat(dst)
-                listed.append((rel, st.st_size, st.st_mtime_ns, file_check(dst, st.st_size)))
-                total += st.st_size
+                size, mtime_ns, check = _stat_and_check(dst)
+                listed.append((rel, size, mtime_ns, check))
+                total += size
             stored = copy_dataset(dataset)
             entry_files = final
             stored._rebase(base, entry_files)
@@ -306,7 +306,7 @@ class TaskCache:
             if replace and os.path.exists(final):
                 self._remove_entry(final)
             try:
-                os.rename(tmp, final)
+                os.rename(tmp, final)  # fails if the entry exists (a folder is not replaced)
             except OSError:  # another job inserted the same key first: its entry stays
                 return None
             tmp = None
@@ -346,6 +346,9 @@ class TaskCache:
     def claim(self, key: str, job: str) -> Optional[Claim]:
         """Claim ``key`` for ``job``. Returns None if the claim is now this process's, else the
         live claim of another process (a stale claim is broken and taken over)."""
+        pending = self._released.pop(key, None)
+        if pending is not None:  # claimed again before its last claim was removed: let that finish
+            pending.result()
         path = self.lock_path(key)
         mine = self.me(job)
         body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "job": job})
@@ -366,22 +369,31 @@ class TaskCache:
                 logger.info("task cache: breaking the stale claim of {} on {}", holder.describe(), key)
                 _break(path, holder)
                 continue
-            self._held[key] = os.lstat(path).st_ino
+            self._held[key] = 0
             return None
         return read_claim(path) or Claim("?", 0, 0.0, "?")
 
     def release(self, key: str) -> None:
-        """Give up this process's claim on ``key`` (not one that replaced it after it was taken
-        for stale: the lock file must still be the one this process created)."""
-        inode = self._held.pop(key, None)
-        if inode is None:
+        """Give up this process's claim on ``key``.
+
+        The lock is removed by a background thread (an unlink can take a millisecond on a shared
+        filesystem, and the scheduler's loop should not wait for it): a job waiting for the key
+        looks for the entry before it looks at the claim, so a claim removed a moment late
+        delays nobody. :meth:`drain` waits until every released claim is gone.
+        """
+        if self._held.pop(key, None) is None:
             return
-        path = self.lock_path(key)
-        try:
-            if os.lstat(path).st_ino == inode:
-                os.unlink(path)
-        except FileNotFoundError:
-            pass
+        if self._releaser is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="smallpond-cache-release")
+        self._released[key] = self._releaser.submit(_unlink_quietly, self.lock_path(key))
+
+    def drain(self) -> None:
+        """Wait until the claims given up so far are removed."""
+        released, self._released = self._released, {}
+        for f in released.values():
+            f.result()
 
     def refresh(self, keys) -> None:
         for key in keys:
@@ -425,20 +437,35 @@ def file_check(path: str, size: Optional[int] = None) -> str:
     """A digest of a file's size, its first and last 64 KiB and (for Parquet) its whole footer."""
     if size is None:
         size = os.stat(path).st_size
-    h = hashlib.sha256(str(size).encode())
     with open(path, "rb") as f:
-        h.update(f.read(HEAD_TAIL_BYTES))
-        tail = HEAD_TAIL_BYTES
-        if size >= 12:
-            f.seek(size - 8)
-            end = f.read(8)
-            if end[4:] == b"PAR1":
-                footer = int.from_bytes(end[:4], "little")
-                if 0 < footer <= min(_MAX_FOOTER, size - 12):
-                    tail = max(tail, footer + 8)
-        start = max(0, size - tail)
-        f.seek(start)
-        h.update(f.read(size - start))
+        return _check_open_file(f, size)
+
+
+def _stat_and_check(path: str) -> Tuple[int, int, str]:
+    """(size, modification time, :func:`file_check`) of a file, opening it once."""
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        return st.st_size, st.st_mtime_ns, _check_open_file(f, st.st_size)
+
+
+def _check_open_file(f, size: int) -> str:
+    h = hashlib.sha256(str(size).encode())
+    head = f.read(HEAD_TAIL_BYTES)
+    h.update(head)
+    if size <= HEAD_TAIL_BYTES:  # a small file: read whole already (the usual task output of a test)
+        h.update(head)
+        return h.hexdigest()
+    tail = HEAD_TAIL_BYTES
+    if size >= 12:
+        f.seek(size - 8)
+        end = f.read(8)
+        if end[4:] == b"PAR1":
+            footer = int.from_bytes(end[:4], "little")
+            if 0 < footer <= min(_MAX_FOOTER, size - 12):
+                tail = max(tail, footer + 8)
+    start = max(0, size - tail)
+    f.seek(start)
+    h.update(f.read(size - start))
     return h.hexdigest()
 
 
@@ -508,6 +535,15 @@ def claim_is_live(claim: Claim) -> bool:
         return time.time() - claim.refreshed < LOCK_STALE_SECONDS
     started = _process_start(claim.pid)
     return started is not None and (not claim.started or abs(started - claim.started) < 1.0)
+
+
+def _unlink_quietly(path: str) -> None:
+    # no check that the link is still this process's: it is taken over only when stale, and a
+    # claim of a live process on this host never is (another host's, not while it is refreshed)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _break(path: str, holder: Claim) -> None:

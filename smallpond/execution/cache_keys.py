@@ -395,6 +395,7 @@ class JobCache:
         if now - self._last_refresh >= LOCK_REFRESH_SECONDS:
             self._last_refresh = now
             self.cache.refresh(self.claimed.values())
+            self.cache.drain()
             self.flush_index()
 
     def flush_index(self) -> None:
@@ -408,6 +409,7 @@ class JobCache:
     def close(self) -> None:
         for k in list(self.claimed):
             self.release(k)
+        self.cache.drain()
         self.flush_index()
 
 
