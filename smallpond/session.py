@@ -104,13 +104,11 @@ class Session:
     """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
     def __init__(self, **kwargs) -> None:
-        from smallpond.execution.job import Job, make_runtime_ctx
+        from smallpond.execution.job import Job, make_executor, make_runtime_ctx
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
         cfg = self._config
-        if cfg.ray_address:
-            logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
         if cfg.platform not in (None, "", "base", "local"):
             logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
         self._ctx = Context()
@@ -124,9 +122,11 @@ class Session:
             console_log_level=cfg.console_log_level,
         )
         progress = _make_progress()
+        # with a Ray address every task runs on that Ray cluster; without one, embedded
+        backend = "ray" if cfg.ray_address else "local"
         self._job = Job(
             rt,
-            num_workers=cfg.num_executors or None,
+            executor=make_executor(rt, cfg.num_executors or None, backend=backend, ray_address=cfg.ray_address),
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],

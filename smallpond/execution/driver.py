@@ -10,9 +10,10 @@ A script builds a LogicalPlan and hands it to ``Driver().run(plan)``::
 
 Modes: ``scheduler`` (default: plan and run the job with worker processes on this machine),
 ``executor`` (accepted for compatibility; this design needs no separately started executors),
-``ray`` (runs the plan through the DataFrame session). The process exits 0 on success and
-non-zero (70, EX_SOFTWARE) on failure. Rerunning with the same ``--job_id`` and ``--data_root``
-resumes the job: committed tasks are not run again.
+``ray`` (the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
+``SP_RAY_ADDRESS``, else Ray's default; ``--ray_address`` selects Ray in ``scheduler`` mode too).
+The process exits 0 on success and non-zero (70, EX_SOFTWARE) on failure. Rerunning with the
+same ``--job_id`` and ``--data_root`` resumes the job: committed tasks are not run again.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class Driver:
         p.add_argument("--disable_log_rotation", action="store_true")
         p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
         p.add_argument("--platform", default=None)
+        p.add_argument(
+            "--ray_address",
+            default=None,
+            help="run tasks on this Ray cluster (host:port, auto, or local for a private one); implies ray mode",
+        )
 
     # -- arguments -------------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs) -> None:
@@ -169,7 +175,7 @@ class Driver:
                 )
                 result = None
                 ok = True
-            elif a.mode == "ray":
+            elif a.mode == "ray" or a.ray_address:
                 result = self._run_ray(plan)
                 ok = result is not None
             else:
@@ -213,17 +219,18 @@ class Driver:
         rt.exec_id = a.exec_id
         return rt
 
-    def _run_scheduler(self, plan):
+    def _run_scheduler(self, plan, backend: str = "local", ray_address: Optional[str] = None):
         from smallpond.common import logger
         from smallpond.errors import JobFailed
-        from smallpond.execution.job import Job
+        from smallpond.execution.job import Job, make_executor
 
         if plan is None:
-            raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
+            raise ValueError(f"Driver.run(plan) needs a LogicalPlan in {self.driver_args.mode} mode")
         a = self.driver_args
+        rt = self._runtime_ctx()
         job = Job(
-            self._runtime_ctx(),
-            num_workers=a.num_executors or None,
+            rt,
+            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address),
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
@@ -243,10 +250,9 @@ class Driver:
             job.finish(ok, remove_intermediates=a.remove_output_root)
 
     def _run_ray(self, plan):
-        from smallpond.common import logger
-
-        logger.warning("ray mode: this build has no Ray backend yet; running the plan on this machine")
-        return self._run_scheduler(plan)
+        """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide)."""
+        address = self.driver_args.ray_address or os.environ.get("SP_RAY_ADDRESS") or None
+        return self._run_scheduler(plan, backend="ray", ray_address=address)
 
 
 def main() -> None:

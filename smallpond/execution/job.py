@@ -59,8 +59,20 @@ def cleanup_temp_dirs(rt: RuntimeContext) -> None:
                     remove_path(os.path.join(sub, entry))
 
 
-def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None) -> Executor:
-    """The embedded backend: worker processes on this machine."""
+def make_executor(
+    rt: RuntimeContext, num_workers: Optional[int] = None, *, backend: str = "local", ray_address: Optional[str] = None
+) -> Executor:
+    """The backend for a job: ``"local"`` (worker processes on this machine, the default) or ``"ray"``.
+
+    ``num_workers`` caps the attempts run at once (default: one per CPU, of this machine or of the
+    Ray cluster). Ray is imported only here, only when asked for.
+    """
+    if backend == "ray":
+        from smallpond.execution.executors.ray import RayExecutor
+
+        return RayExecutor(rt, ray_address, num_workers)
+    if backend != "local":
+        raise ParameterError(f"backend must be one of ['local', 'ray'], got {backend!r}")
     from smallpond.execution.executors.local import LocalExecutor
 
     return LocalExecutor(rt, num_workers)
@@ -110,8 +122,12 @@ class Job:
         self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
         write_status(rt, "running")
         self.executor = self._executor or make_executor(rt, self._num_workers)
-        self.executor.start()  # workers boot while the user's script builds its plan
-        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
+        try:
+            self.executor.start()  # workers boot while the user's script builds its plan
+        except BaseException:
+            self.finish(False)  # a cluster that cannot run the job: status, log sinks, connection
+            raise
+        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers, attempt_limits=self.executor.attempt_limits())
         self.scheduler = Scheduler(
             rt,
             self.executor,

@@ -13,7 +13,8 @@ scheduler. Per task key:
 
 Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``memory`` (the
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
-``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
+``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved;
+the executor's offer is read every round and may change, e.g. when Ray nodes join or leave),
 ``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
 
 Policies, in :func:`fail_attempt`: the error is classified once by
@@ -186,6 +187,12 @@ def fail_attempt(
     return decision
 
 
+def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
+    """The executor's capacity changed (nodes joined or left): what is free changes by as much."""
+    state.free_cpus += new.num_cpus - old.num_cpus
+    state.free_memory += new.memory - old.memory
+
+
 def abandon_running(state: SchedState) -> List[Tuple[str, int]]:
     """Forget every running attempt (the caller cancels them); their tasks become ready again."""
     out = []
@@ -293,6 +300,7 @@ class Scheduler:
         ok = False
         try:
             while not st.failed and not all(k in st.done for k in target_keys):
+                self._follow_capacity()
                 progressed = self._dispatch()
                 if st.failed or all(k in st.done for k in target_keys):
                     break
@@ -323,6 +331,15 @@ class Scheduler:
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
             f"(free CPUs {st.free_cpus}, free memory {st.free_memory}; {detail or 'no task is ready'})"
         )
+
+    def _follow_capacity(self) -> None:
+        """Take in a change of the executor's capacity (a Ray node joined or left)."""
+        if self.executor is None:
+            return
+        cap = self.executor.capacity
+        if cap is not self.capacity and cap != self.capacity:
+            resize(self.state, self.capacity, cap)
+            self.capacity = cap
 
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
@@ -411,7 +428,7 @@ class Scheduler:
             terr,
             max_fail_count=self.max_fail_count,
             max_retry_count=self.max_retry_count,
-            memory_cap=self.capacity.memory,
+            memory_cap=self.executor.attempt_limits()[1] if self.executor else self.capacity.memory,
         )
         if decision is Decision.FAIL:
             logger.info("task failed: {}", terr)

@@ -92,6 +92,7 @@ class LocalExecutor(Executor):
         self._capacity = Capacity(
             self.num_workers, max(self.num_workers, runtime_ctx.usable_cpu_count), runtime_ctx.usable_memory_size
         )
+        self._limits = (runtime_ctx.usable_cpu_count, runtime_ctx.usable_memory_size)
         self._rt_path = os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
         self.workers: List[_Worker] = []
         self._next_index = 0
@@ -105,6 +106,9 @@ class LocalExecutor(Executor):
     @property
     def capacity(self) -> Capacity:
         return self._capacity
+
+    def attempt_limits(self) -> Tuple[int, int]:
+        return self._limits
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
@@ -139,21 +143,13 @@ class LocalExecutor(Executor):
 
     def _encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
         """(node key, pickled ``(task without its node, inputs, attempt, memory)``)."""
-        from smallpond.execution.attempt import _fast_pickle
-
         node = task.node
         entry = self._node_keys.get(id(node))
         if entry is None:
             key = len(self._node_keys)
             self._node_blobs[key] = cloudpickle.dumps(node)
             self._node_keys[id(node)] = entry = (key, node)
-        task.node = None
-        try:
-            message = (task, inputs, attempt, memory)
-            body = _fast_pickle(message) or cloudpickle.dumps(message)
-        finally:
-            task.node = node
-        return entry[0], body
+        return entry[0], encode_attempt(task, inputs, attempt, memory)
 
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
@@ -289,6 +285,22 @@ class LocalExecutor(Executor):
             except OSError:
                 pass
         self.workers = []
+
+
+def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
+    """Pickle ``(task without its node, inputs, attempt, memory)``; nodes travel separately, once.
+
+    The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
+    """
+    from smallpond.execution.attempt import _fast_pickle
+
+    node = task.node
+    task.node = None
+    try:
+        message = (task, inputs, attempt, memory)
+        return _fast_pickle(message) or cloudpickle.dumps(message)
+    finally:
+        task.node = node
 
 
 def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
