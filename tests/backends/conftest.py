@@ -56,7 +56,7 @@ def _available() -> List[str]:
 _cache: Dict[str, Backend] = {}
 
 
-@pytest.fixture(scope="session", params=_available())
+@pytest.fixture(scope="session", params=[pytest.param(n, marks=[pytest.mark.ray] if n == "ray" else []) for n in _available()])
 def backend(request, tmp_path_factory) -> Backend:
     name = request.param
     if name not in _cache:
