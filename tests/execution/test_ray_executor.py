@@ -231,6 +231,33 @@ def test_requests_larger_than_any_node_are_clamped_with_one_warning(cluster, mak
     assert tasks[0].cpu_limit == 64  # the scheduler's task object is not changed
 
 
+def test_attempts_of_a_node_known_to_be_short_may_queue_in_ray(cluster, make_rt, parquet_files, tmp_path, monkeypatch):
+    """Like local workers' pipelining: Ray holds one more short attempt per slot until a CPU frees."""
+    import smallpond.execution.executors.ray as ray_backend
+
+    monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 1e9)  # "short" whatever this machine's load
+    rt = make_rt()
+    tasks, inputs, _ = prepared(rt, parquet_files, 8, log=str(tmp_path / "log"))
+    ex = executor_for(rt)
+    try:
+        for t in tasks[:4]:
+            ex.submit(t, inputs(t), 0, memory=256 << 20)
+        assert ex.free_slots() == 0 and ex.queue_slots() == 0  # nothing known of this node yet
+        assert all(c.ok for c in wait_for(ex, 4))
+        for t in tasks[4:]:
+            ex.submit(t, inputs(t), 0, memory=256 << 20)
+        assert ex.free_slots() == 0 and ex.queue_slots() == 4  # its attempts are known to be short
+        monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 0.0)
+        assert ex.queue_slots() == 0  # ... unless they are not
+        monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 1e9)
+        for t in tasks[:4]:
+            ex.submit(t, inputs(t), 1, memory=256 << 20, queue=True)
+        assert ex.queue_slots() == 0
+        assert all(c.ok for c in wait_for(ex, 8))
+    finally:
+        ex.shutdown()
+
+
 def test_capacity_follows_nodes_joining_and_leaving(cluster, make_rt, parquet_files, tmp_path, log_messages):
     rt = make_rt()
     tasks, _, all_tasks = prepared(rt, parquet_files, 3, log=str(tmp_path / "log"))

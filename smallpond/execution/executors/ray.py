@@ -55,7 +55,7 @@ from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor
-from smallpond.execution.executors.local import _pickle_error, encode_attempt
+from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 
@@ -318,6 +318,7 @@ class RayExecutor(Executor):
         self._next_refresh = 0.0
         self._checks: Optional[Tuple[str, str, Dict[object, RayNode]]] = None
         self._gone: Set[str] = set()  # nodes found dead while Ray still listed them as alive
+        self._node_times: Dict[int, List[float]] = {}  # node id -> [attempts, total seconds]
 
     # -- capacity ----------------------------------------------------------------------------------
     @property
@@ -433,6 +434,18 @@ class RayExecutor(Executor):
     def free_slots(self) -> int:
         return max(0, self._capacity.num_workers - len(self._inflight))
 
+    def queue_slots(self) -> int:
+        """While every attempt in flight is of a node whose attempts are short, Ray may hold one
+        more attempt per worker slot, started by Ray the moment a CPU frees (no round trip to us)."""
+        extra = 2 * self._capacity.num_workers - len(self._inflight)
+        if extra <= 0 or not self._inflight:
+            return 0
+        for _, task in self._inflight.values():
+            stats = self._node_times.get(task.node_id)
+            if stats is None or stats[0] < 2 or stats[1] / stats[0] >= QUEUE_BEHIND_SECONDS:
+                return 0
+        return extra
+
     def _clamp(self, task: Task, memory: int) -> Tuple[int, int]:
         """(CPUs, memory) for an attempt: what it asks, at most what the largest fitting node has."""
         cpus = min(task.cpu_limit, max((n.cpus for n in self.nodes.values()), default=1))
@@ -451,7 +464,7 @@ class RayExecutor(Executor):
         return cpus, mem
 
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
-        """Start attempt ``attempt`` of ``task`` as a Ray task (``queue`` is not used: Ray has no queue slots)."""
+        """Start attempt ``attempt`` of ``task`` as a Ray task (``queue``: Ray holds it until a CPU frees)."""
         if not self._started:
             self.start()
         cpus, mem = self._clamp(task, memory)
@@ -482,7 +495,11 @@ class RayExecutor(Executor):
         for ref in ready:
             key, attempt = self._by_ref.pop(ref)
             _, task = self._inflight.pop((key, attempt))
-            out.append(self._outcome(ref, task, attempt))
+            c = self._outcome(ref, task, attempt)
+            stats = self._node_times.setdefault(task.node_id, [0, 0.0])
+            stats[0] += 1
+            stats[1] += c.elapsed
+            out.append(c)
         return out
 
     def _outcome(self, ref, task: Task, attempt: int) -> Completion:
