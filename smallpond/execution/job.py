@@ -68,8 +68,15 @@ def make_executor(
     Ray cluster). Ray is imported only here, only when asked for.
     """
     if backend == "ray":
-        from smallpond.execution.executors.ray import RayExecutor
-
+        try:
+            from smallpond.execution.executors.ray import RayExecutor
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise ParameterError(
+                f"ray_address={ray_address!r} asks for the Ray backend, but Ray is not installed: "
+                'pip install "smallpond[ray]"'
+            ) from e
         return RayExecutor(rt, ray_address, num_workers)
     if backend != "local":
         raise ParameterError(f"backend must be one of ['local', 'ray'], got {backend!r}")

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ LOST_ERRORS = (
 NODE_REFRESH_SECONDS = 1.0
 #: seconds every node has to answer the data-root check
 CHECK_TIMEOUT_SECONDS = 60.0
+#: seconds to reach a cluster's address before connecting (ray.init waits minutes for a dead one)
+REACH_TIMEOUT_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -100,12 +103,26 @@ def connect(address: Optional[str]) -> bool:
     """
     if ray.is_initialized():
         return False
+    _reach(address)
     kwargs = {"include_dashboard": False} if address == "local" else {}
     try:
         ray.init(address=address or None, **kwargs)
     except ConnectionError as e:
         raise ClusterError(f"cannot connect to the Ray cluster at {address!r}: {e}") from e
     return True
+
+
+def _reach(address: Optional[str]) -> None:
+    """Fail at once if ``host:port`` takes no connection (``ray.init`` would retry for minutes)."""
+    if not address or address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: Ray judges it
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_SECONDS).close()
+    except OSError as e:
+        raise ClusterError(f"cannot reach the Ray cluster at {address!r}: {e}") from e
 
 
 def task_nodes(gone: Set[str] = frozenset()) -> Dict[str, RayNode]:
