@@ -146,3 +146,10 @@ def test_progress_display_only_on_terminal(monkeypatch):
     assert "0/0 tasks" in tty.getvalue()
     monkeypatch.setenv("SP_PROGRESS", "0")
     assert _make_progress() is None
+
+
+def test_ray_address_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an interpreter without Ray does at `import ray`
+    monkeypatch.delitem(sys.modules, "smallpond.execution.executors.ray", raising=False)
+    with pytest.raises(ParameterError, match=r"Ray is not installed: pip install \"smallpond\[ray\]\""):
+        smallpond.init(data_root=str(tmp_path), ray_address="10.0.0.5:6379")
