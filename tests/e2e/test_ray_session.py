@@ -86,7 +86,10 @@ def test_sp_ray_address_runs_the_quickstart_example_unchanged(tmp_path):
     want = duckdb.sql(f"select ticker, min(price), max(price) from '{prices}' group by ticker order by ticker").fetchall()
     assert got == want
     (log,) = glob.glob(os.path.join(data_root, "*", "log", "*.log"))
-    assert f"on ray at {cluster.address}" in open(log).read()
+    text = open(log).read()
+    assert f"on ray at {cluster.address}" in text
+    # without num_executors the whole cluster takes part, and the log names its nodes
+    assert "2 node(s) run tasks" in text and all(n in text for n in cluster.worker_node_ids())
 
 
 def test_driver_ray_address_selects_ray_in_scheduler_mode(tmp_path):

@@ -113,6 +113,9 @@ def test_an_attempt_runs_on_a_worker_node_and_commits(cluster, make_rt, parquet_
     rec = read_commit(rt, task)
     assert rec["worker"] == c.worker and rec["attempt"] == 0
     assert open(c.dataset.resolved_paths[0]).read() == "0"
+    capped = executor_for(make_rt(), num_workers=1)  # num_executors: at most this many attempts at once
+    capped.shutdown()
+    assert capped.capacity.num_workers == 1 and capped.capacity.num_cpus == 4
 
 
 def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reported(cluster, make_rt, parquet_files, tmp_path):
