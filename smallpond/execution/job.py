@@ -74,8 +74,7 @@ def make_executor(
             if e.name != "ray":
                 raise
             raise ParameterError(
-                f"ray_address={ray_address!r} asks for the Ray backend, but Ray is not installed: "
-                'pip install "smallpond[ray]"'
+                f'ray_address={ray_address!r} asks for the Ray backend, but Ray is not installed: pip install "smallpond[ray]"'
             ) from e
         return RayExecutor(rt, ray_address, num_workers)
     if backend != "local":

@@ -162,6 +162,10 @@ class LocalExecutor(Executor):
         if queue:
             now = time.monotonic()
             w = next((w for w in self.workers if self._short(w, now)), None)
+            if w is None:
+                # the worker that was short when the scheduler asked has passed the mark since
+                # (a loaded machine): queue behind the least busy one rather than fail the job
+                w = min(self.workers, key=lambda x: len(x.inflight))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
         if w is None:
