@@ -70,6 +70,11 @@ def init(
             see ``data_root`` at the same path. Needs ``pip install "smallpond[ray]"``.
             ``shutdown()`` disconnects (and stops a cluster it started).
 
+    Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
+    ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
+    tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
+    ``max_fail_count`` and ``console_log_level`` as for the Driver.
+
     Example::
 
         sp = smallpond.init(ray_address="10.0.0.5:6379", data_root="/shared/smallpond")
