@@ -292,6 +292,30 @@ def _poll_until(ex, condition, deadline: float = 90) -> None:
     assert condition(), f"not reached after {deadline}s: capacity {ex.capacity}, nodes {list(ex.nodes)}"
 
 
+def test_a_straggler_on_ray_is_overtaken_by_its_copy(cluster, make_rt, tmp_path):
+    """Speculative execution on Ray: the stalled first attempt can only end by being cancelled."""
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import run_job
+    from smallpond.execution.scheduler import Speculation
+    from tests.datagen import generate_parquet_files
+    from tests.execution.test_speculation import plan as stalling_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=20)
+    logical, node = stalling_plan(inputs, str(tmp_path / "never"))
+    rt = make_rt()
+    spec = Speculation.of("aggressive", min_runtime=1.0, multiplier=2.0, quantile=0.5)
+    exec_plan = run_job(logical, rt, executor=RayExecutor(rt, None), speculation=spec)
+    assert exec_plan.final_output.num_rows == 60
+    slow = next(
+        t for t in exec_plan.tasks.values() if t.node_id == int(node.id) and t.partition_infos_as_dict["__data_partition__"] == 2
+    )
+    record = read_commit(rt, slow)
+    assert record["attempt"] >= 1 and "/ray-node-" in record["worker"]
+    assert set(exec_plan.results[slow.key].to_arrow_table().column("attempt").to_pylist()) == {record["attempt"]}
+    node_dir = os.path.dirname(record["output_dir"])
+    assert [n for n in os.listdir(node_dir) if n.startswith(slow.key)] == [os.path.basename(record["output_dir"])]
+
+
 @pytest.mark.filterwarnings("ignore:.*cannot fingerprint")
 def test_an_unpicklable_task_fails_at_submit(cluster, make_rt, parquet_files, tmp_path):
     rt = make_rt()
