@@ -345,16 +345,11 @@ def _unshare_works() -> str:
     return "" if probe.returncode == 0 else f"unshare --mount is not permitted here: {probe.stderr.strip()}"
 
 
-@pytest.fixture(scope="module")
-def blind_node(cluster: RayTestCluster, tmp_path_factory):
-    """A real extra Ray node whose processes do not see a folder ``shared`` (a tmpfs hides it there)."""
-    reason = _unshare_works()
-    if reason:
-        pytest.skip(reason)
+def start_blind_node(cluster: RayTestCluster, hidden: str) -> Tuple[subprocess.Popen, str]:
+    """Start a real extra Ray node whose processes do not see ``hidden`` (a tmpfs covers it in the
+    node's own mount namespace); returns its process and node id once it has joined."""
     import ray
 
-    hidden = tmp_path_factory.mktemp("blind") / "shared"
-    hidden.mkdir()
     before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     script = (
         f'mount -t tmpfs tmpfs "{hidden}" && exec ray start --address {cluster.address} --num-cpus 1 '
@@ -375,13 +370,36 @@ def blind_node(cluster: RayTestCluster, tmp_path_factory):
         node_id = next(iter(new), None)
         time.sleep(0.5)
     assert node_id, "the extra node did not join"
-    yield str(hidden), node_id
+    return proc, node_id
+
+
+def stop_blind_node(proc: subprocess.Popen, node_id: str) -> None:
+    import ray
+
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(timeout=60)
     end = time.monotonic() + 120
     while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()) and time.monotonic() < end:
         time.sleep(0.5)
     assert not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()), "the extra node did not leave"
+
+
+def hidden_folder(tmp_path_factory) -> str:
+    reason = _unshare_works()
+    if reason:
+        pytest.skip(reason)
+    hidden = tmp_path_factory.mktemp("blind") / "shared"
+    hidden.mkdir()
+    return str(hidden)
+
+
+@pytest.fixture(scope="module")
+def blind_node(cluster: RayTestCluster, tmp_path_factory):
+    """(a folder, the id of a real extra Ray node that cannot see it)."""
+    hidden = hidden_folder(tmp_path_factory)
+    proc, node_id = start_blind_node(cluster, hidden)
+    yield hidden, node_id
+    stop_blind_node(proc, node_id)
 
 
 def test_a_node_that_cannot_see_the_data_root_fails_the_start_naming_it(cluster, blind_node, tmp_path):
@@ -426,3 +444,24 @@ def test_executor_start_raises_cluster_error_for_a_blind_node(cluster, blind_nod
     ex.shutdown()
     leftovers: Dict[str, list] = {d: os.listdir(os.path.join(rt.temp_root)) for d in ["temp"]}
     assert leftovers == {"temp": []}, "the check's marker folder is left behind"
+
+
+def test_a_node_that_joins_and_cannot_see_the_data_root_fails_the_job_naming_it(cluster, tmp_path_factory):
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import make_runtime_ctx
+
+    hidden = hidden_folder(tmp_path_factory)
+    rt = make_runtime_ctx("blind-joiner", None, os.path.join(hidden, "root"))
+    rt.initialize()
+    ex = RayExecutor(rt, None)
+    ex.start()  # every node there now sees the data root
+    proc, bad_node = start_blind_node(cluster, hidden)
+    try:
+        with pytest.raises(ClusterError, match=f"joined cannot use the data root(.|\\n)*{bad_node}"):
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                ex.poll(0.2)
+                time.sleep(0.2)
+    finally:
+        ex.shutdown()
+        stop_blind_node(proc, bad_node)

@@ -114,6 +114,7 @@ def connect(address: Optional[str]) -> bool:
 
 def _reach(address: Optional[str]) -> None:
     """Fail at once if ``host:port`` takes no connection (``ray.init`` would retry for minutes)."""
+    address = address or os.environ.get("RAY_ADDRESS")  # what Ray itself would use
     if not address or address in ("auto", "local"):
         return
     host, _, port = address.split("://", 1)[-1].rpartition(":")
@@ -330,10 +331,10 @@ class RayExecutor(Executor):
         self._by_ref: Dict[object, Tuple[str, int]] = {}
         # a node is put into the object store once; held with the node, so an id() is not reused
         self._node_refs: Dict[int, Tuple[object, object]] = {}
-        self._lost: List[Completion] = []
         self._warned: Set[int] = set()
         self._next_refresh = 0.0
-        self._checks: Optional[Tuple[str, str, Dict[object, RayNode]]] = None
+        self._checks: Optional[Tuple[str, str, Dict[object, RayNode]]] = None  # one round at a time
+        self._unchecked: Set[str] = set()  # joined, not checked yet
         self._gone: Set[str] = set()  # nodes found dead while Ray still listed them as alive
         self._node_times: Dict[int, List[float]] = {}  # node id -> [attempts, total seconds]
 
@@ -343,8 +344,8 @@ class RayExecutor(Executor):
         return self._capacity
 
     def attempt_limits(self) -> Tuple[int, int]:
-        if not self.nodes:
-            return 1, 0
+        if not self.nodes:  # not started, or every node left: nothing to clamp against
+            return 1, self.rt.usable_memory_size
         return max(n.cpus for n in self.nodes.values()), max(n.memory for n in self.nodes.values())
 
     def _set_nodes(self, nodes: Dict[str, RayNode]) -> None:
@@ -362,6 +363,7 @@ class RayExecutor(Executor):
             return
         self._next_refresh = now + NODE_REFRESH_SECONDS
         self._collect_checks()
+        self._start_checks()
         nodes = task_nodes(self._gone)
         if nodes.keys() == self.nodes.keys():
             return
@@ -371,8 +373,17 @@ class RayExecutor(Executor):
         for n in joined:
             logger.info("Ray {} joined the cluster with {} CPU(s)", n, n.cpus)
         self._set_nodes(nodes)
-        if joined and self._checks is None:
-            self._checks = start_node_checks(self.rt, joined)
+        self._unchecked |= {n.node_id for n in joined}
+        self._start_checks()
+
+    def _start_checks(self) -> None:
+        """Check the data root on the nodes that joined (one round at a time; joiners wait their turn)."""
+        todo = [self.nodes[k] for k in self._unchecked if k in self.nodes]
+        self._unchecked = set()
+        if todo and self._checks is None:
+            self._checks = start_node_checks(self.rt, todo)
+        else:
+            self._unchecked = {n.node_id for n in todo}
 
     def _collect_checks(self) -> None:
         if self._checks is None:
@@ -393,6 +404,7 @@ class RayExecutor(Executor):
             raise ClusterError(
                 f"a Ray node that joined cannot use the data root {self.rt.data_root}:\n  " + "\n  ".join(problems)
             )
+        self._start_checks()
 
     # -- life cycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -437,6 +449,7 @@ class RayExecutor(Executor):
         self._node_refs.clear()
         self._job_ref = None
         self._checks = None
+        self._unchecked = set()
         self._started = False
         self._disconnect()
 
@@ -466,8 +479,8 @@ class RayExecutor(Executor):
     def _clamp(self, task: Task, memory: int) -> Tuple[int, int]:
         """(CPUs, memory) for an attempt: what it asks, at most what the largest fitting node has."""
         cpus = min(task.cpu_limit, max((n.cpus for n in self.nodes.values()), default=1))
-        node_memory = max((n.memory for n in self.nodes.values() if n.cpus >= cpus), default=memory)
-        mem = min(int(memory), node_memory)
+        node_memory = max((n.memory for n in self.nodes.values() if n.cpus >= cpus), default=0)
+        mem = min(int(memory), node_memory) if node_memory > 0 else int(memory)
         if (cpus, mem) != (task.cpu_limit, int(memory)) and task.node_id not in self._warned:
             self._warned.add(task.node_id)
             logger.warning(
@@ -501,12 +514,12 @@ class RayExecutor(Executor):
         self._by_ref[ref] = (task.key, attempt)
 
     def poll(self, timeout: float) -> List[Completion]:
-        out, self._lost = self._lost, []
+        out: List[Completion] = []
         self._refresh_nodes()
         if not self._by_ref:
             return out
         refs = list(self._by_ref)
-        ready, _ = ray.wait(refs, num_returns=1, timeout=0 if out else timeout)
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready and len(refs) > 1:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
