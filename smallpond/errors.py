@@ -146,6 +146,19 @@ def _rebuild_task_error(
     )
 
 
+class JobTerminated(SystemExit):
+    """The job's process received SIGTERM: the job stops as on Ctrl-C (workers stopped, status
+    ``interrupted``) and can be resumed by running the same command again.
+
+    A ``SystemExit`` (exit status ``128 + signal``), so ``except Exception`` in a script does not
+    swallow it and an uncaught one ends the script without a traceback.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
 class JobFailed(SmallpondError):
     """A job could not finish. ``errors`` holds the :class:`TaskError` of each failed task."""
 

@@ -9,7 +9,6 @@ either a committed task or garbage in a ``*.tmp-*`` directory that is ignored an
 from __future__ import annotations
 
 import copy
-import hmac
 import os
 import pickle
 import sys
@@ -22,7 +21,7 @@ from typing import List, Optional
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, dump, load, remove_path
+from smallpond.io.filesystem import CorruptRecord, atomic_write_bytes, remove_path, signed_bytes, verified_payload
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 
@@ -30,8 +29,8 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
     return os.path.join(rt.completed_task_dir, f"{key}.commit")
 
 
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> None:
-    """Write the task's signed commit record: from now on the task is complete."""
+def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> bytes:
+    """The signed bytes of the task's commit record."""
     record = {
         "key": task.key,
         "fingerprint": task.fingerprint,
@@ -40,14 +39,19 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
         "elapsed": elapsed,
         **extra,
     }
-    path = commit_path(rt, task.key)
+    # plain pickle where it can carry the record: cloudpickle's per-object hooks cost ~0.2 ms,
+    # as much as a tiny task's own work
     payload = _fast_pickle(record)
     if payload is None:
-        dump(record, path, secret=rt.secret)
-        return
-    # the same signed format as io.filesystem.dump, without cloudpickle's per-object hooks and
-    # Python-level HMAC objects (together ~0.2 ms, as much as a tiny task's own work)
-    atomic_write_bytes(path, _SIG_MAGIC + hmac.digest(rt.secret, payload, "sha256") + payload)
+        import cloudpickle
+
+        payload = cloudpickle.dumps(record)
+    return signed_bytes(payload, rt.secret)
+
+
+def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> None:
+    """Write the task's signed commit record: from now on the task is complete."""
+    atomic_write_bytes(commit_path(rt, task.key), commit_record_bytes(rt, task, dataset, attempt, elapsed, **extra))
 
 
 def _fast_pickle(obj) -> Optional[bytes]:
@@ -62,17 +66,35 @@ def _fast_pickle(obj) -> Optional[bytes]:
 
 
 def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
-    """The task's commit record if it exists and matches the task's fingerprint."""
+    """The task's commit record if it exists and matches the task's fingerprint.
+
+    A torn or damaged record (a crash or a full disk while it was written: empty, truncated,
+    not a record) counts as absent, with a warning: the task runs again. A record that is intact
+    but not signed with this job's secret was planted or altered: that raises
+    :class:`~smallpond.io.filesystem.SignatureError` naming the file, and nothing is loaded.
+    """
+    from smallpond.common import logger
+
     path = commit_path(rt, task.key)
-    if not os.path.exists(path):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        logger.warning("commit record {} cannot be read ({}): {} runs again", path, e, task.key)
         return None
     try:
-        record = load(path, secret=rt.secret)
-    except SignatureError:
-        raise
-    except Exception:
-        return None  # unreadable: recompute
-    if record.get("fingerprint") != task.fingerprint:
+        payload = verified_payload(data, rt.secret, path)
+    except CorruptRecord as e:
+        logger.warning("{}: it counts as absent and {} runs again", e, task.key)
+        return None
+    try:
+        record = pickle.loads(payload)
+    except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
+        logger.warning("commit record {} cannot be loaded ({}: {}): {} runs again", path, type(e).__name__, e, task.key)
+        return None
+    if not isinstance(record, dict) or record.get("fingerprint") != task.fingerprint:
         return None
     if not _outputs_exist(record["dataset"]):
         return None
@@ -275,13 +297,16 @@ def execute_attempt(
                 remove_path(final)  # left by an attempt that died between rename and commit
             os.rename(tmp, final)
             tmp = None
+            _test_crash_point("after_rename", task)
             ds._rebase(task._runtime_output_abspath, final)
         else:
             ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
-        write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
+        _test_crash_point("before_commit", task)
+        if not task.commits_on_publication:
+            write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)
@@ -306,6 +331,18 @@ def execute_attempt(
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _test_crash_point(point: str, task: Task) -> None:
+    """Tests only: ``SP_TEST_CRASH_AT={point}:{task key prefix}`` kills this worker at ``point``
+    of the first attempt of each matching task (a crash between two steps of a commit). Inert
+    when the variable is unset."""
+    spec = os.environ.get("SP_TEST_CRASH_AT")
+    if not spec or task.retry_count > 0:
+        return
+    where, _, prefix = spec.partition(":")
+    if where == point and task.key.startswith(prefix):
+        os._exit(86)
 
 
 _suffix_prefix = uuid.uuid4().hex[:6]

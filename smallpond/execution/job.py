@@ -4,29 +4,39 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 :class:`~smallpond.execution.driver.Driver` run their work through a :class:`Job`:
 
 1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
-   resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running and starts the executor;
+   resume, only if the folder is safely the user's, see :mod:`~smallpond.execution.ownership`),
+   takes the job lock (a second run of the same job at once is refused), finishes a publication
+   an earlier run began (:func:`~smallpond.execution.ops.sink.roll_forward`), adds smallpond's log
+   sinks, writes ``log/.STATUS`` = running, handles SIGTERM like Ctrl-C and starts the executor;
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
-   for the Driver) plans nodes into tasks and has the scheduler run them;
-3. :meth:`Job.finish` stops the executor, writes the final status, removes the leftovers of
-   abandoned attempts and, on success, the intermediate folders, and removes the log sinks it added.
+   for the Driver) plans nodes into tasks and has the scheduler run them; when every task of the
+   computation has succeeded, the sinks it prepared are published together (all or none);
+3. :meth:`Job.finish` stops the executor, writes the final status (``success``, ``failure`` or
+   ``interrupted``), removes the leftovers of abandoned attempts and of sinks that were prepared
+   but not published and, on success, the intermediate folders; it releases the lock, restores
+   the SIGTERM handler and removes the log sinks it added.
 
 Nothing here changes the host process beyond that: no environment variable, no global logging
-configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`).
+configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`); the SIGTERM
+handler is installed only when the process has none of its own, and only while the job runs.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import logger
-from smallpond.errors import JobFailed, ParameterError
+from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution.executors.base import Executor
+from smallpond.execution.ownership import JobLock
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
-from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished
+from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished, replace_result
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -76,6 +86,8 @@ class Job:
         max_retry_count, max_fail_count: the scheduler's retry policy.
         listeners: observers of the scheduler (progress, event log, summary).
         log_name: the job log file is ``log/{log_name}.log``.
+        restart: move an existing folder of this job aside and start over (the way out when a
+            folder cannot be resumed, e.g. its secret is lost).
     """
 
     def __init__(
@@ -88,8 +100,14 @@ class Job:
         max_fail_count: int = 3,
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
+        restart: bool = False,
     ) -> None:
         self.rt = rt
+        self.restart = restart
+        self.interrupted: Optional[str] = None
+        self._lock: Optional[JobLock] = None
+        self._prev_sigterm = None
+        self._published: set = set()
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -105,12 +123,23 @@ class Job:
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> "Job":
+        from smallpond.execution.ops.sink import roll_forward
+
         rt = self.rt
-        rt.initialize()
-        self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
-        write_status(rt, "running")
-        self.executor = self._executor or make_executor(rt, self._num_workers)
-        self.executor.start()  # workers boot while the user's script builds its plan
+        rt.initialize(restart=self.restart)
+        self._lock = JobLock(rt.layout)
+        self._lock.acquire()
+        try:
+            roll_forward(rt)  # a publication an earlier run of this job began and did not finish
+            self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
+            write_status(rt, "running")
+            self._install_sigterm_handler()
+            self.executor = self._executor or make_executor(rt, self._num_workers)
+            self.executor.start()  # workers boot while the user's script builds its plan
+        except BaseException:
+            self._restore_sigterm_handler()
+            self._lock.release()
+            raise
         self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
         self.scheduler = Scheduler(
             rt,
@@ -131,18 +160,49 @@ class Job:
         if self.finished:
             return
         self.finished = True
-        ok = (not self.failed) if ok is None else ok
+        ok = (not self.failed and not self.interrupted) if ok is None else (ok and not self.interrupted)
         rt = self.rt
         try:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
-            write_status(rt, "success" if ok else "failure")
+            self._discard_unpublished()
+            write_status(rt, "success" if ok else ("interrupted" if self.interrupted else "failure"))
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
+            if self.interrupted:
+                print(
+                    f"smallpond: job {rt.job_id} was interrupted ({self.interrupted}); run the same command again "
+                    f"(job id {rt.job_id}, data root {rt.data_root}) to resume it",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
+            self._restore_sigterm_handler()
+            if self._lock is not None:
+                self._lock.release()
             _remove_log_sinks(self._sinks)
             self._sinks = []
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_sigterm_handler(self) -> None:
+        """Handle SIGTERM like Ctrl-C, unless the process already has a handler of its own."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return
+        self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._prev_sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+        self._prev_sigterm = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.interrupted = signal.Signals(signum).name
+        raise JobTerminated(signum)
 
     # -- running ---------------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -151,11 +211,66 @@ class Job:
 
     def _run(self, targets) -> Dict[str, Any]:
         try:
-            return self.scheduler.run(targets, self.planner.tasks)
-        except BaseException:
+            results = self.scheduler.run(targets, self.planner.tasks)
+            self._publish()
+        except BaseException as e:
             self.failed = True
+            if isinstance(e, KeyboardInterrupt) and not self.interrupted:
+                self.interrupted = "SIGINT"
+            self._discard_unpublished()
             self.scheduler.state = keep_only_finished(self.scheduler.state)
             raise
+        st = self.scheduler.state
+        return {k: st.done[k] for k in results}
+
+    # -- publication -----------------------------------------------------------------------------
+    def _unpublished(self) -> List[str]:
+        st = self.scheduler.state if self.scheduler is not None else None
+        if st is None:
+            return []
+        keys = [
+            k
+            for k in st.executed
+            if k in st.done and k not in self._published and getattr(st.tasks.get(k), "commits_on_publication", False)
+        ]
+        return sorted(keys, key=lambda k: int(st.tasks[k].id))
+
+    def _publish(self) -> None:
+        """Publish every sink this computation prepared, all at once (see ops/sink.py)."""
+        from smallpond.execution.attempt import commit_path, commit_record_bytes
+        from smallpond.execution.ops.sink import publish, roll_forward, staged_to_final
+
+        keys = self._unpublished()
+        if not keys:
+            return
+        rt, st = self.rt, self.scheduler.state
+        roll_forward(rt)  # an earlier publication of this session that failed half way
+        prepared, finals = [], {}
+        for k in keys:
+            task = st.tasks[k]
+            finals[k] = staged_to_final(rt, task, st.done[k])
+            data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0)
+            prepared.append((task, {"path": commit_path(rt, k), "data": data}))
+        publish(rt, prepared)
+        for k in keys:
+            replace_result(st, k, finals[k])
+            self._published.add(k)
+        logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
+
+    def _discard_unpublished(self) -> None:
+        """Forget sinks that were prepared but not published, and remove what they staged.
+
+        Kept as they are while a publication journal exists: the next start finishes it.
+        """
+        from smallpond.execution.ops.sink import journal_path, staging_path
+
+        keys = self._unpublished()
+        if not keys or os.path.exists(journal_path(self.rt)):
+            return
+        st = self.scheduler.state
+        for k in keys:
+            remove_path(staging_path(self.rt, st.tasks[k]))
+        invalidate(st, keys)
 
     def run_nodes(self, nodes: Sequence[Node]) -> List[List[Any]]:
         """Plan ``nodes`` (reusing what was planned and computed before) and run them.
@@ -226,6 +341,7 @@ def run_job(
     num_workers: Optional[int] = None,
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
+    restart: bool = False,
 ) -> ExecutionPlan:
     """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
     job = Job(
@@ -235,6 +351,7 @@ def run_job(
         max_retry_count=max_retry_count,
         max_fail_count=max_fail_count,
         listeners=listeners,
+        restart=restart,
     )
     ok = False
     try:

@@ -25,7 +25,7 @@ from smallpond.execution.ops.arrow import (
     PythonScriptTask,
 )
 from smallpond.execution.ops.partition import HashPartitionTask
-from smallpond.execution.ops.sink import DataSinkTask
+from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -155,6 +155,8 @@ class Planner:
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
+        #: the file datasets read by the sources planned so far (outputs must not overlap them)
+        self._input_datasets: List[Any] = []
         self._registry: List[Tuple[Type[Node], Callable]] = [
             (DataSourceNode, self._plan_source),
             (DataSinkNode, self._plan_sink),
@@ -285,11 +287,35 @@ class Planner:
     # -- plan functions --------------------------------------------------------------------------
     def _plan_source(self, node: DataSourceNode, inputs) -> List[Task]:
         klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
+        if klass is DataSourceTask:
+            self._input_datasets.append(node.dataset)
         return [self._task(klass, node, [TOP], [])]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
+        """A sink task, after the checks that keep user data safe (see :mod:`~smallpond.execution.ops.sink`).
+
+        A destination outside the job folder must not overlap any input planned so far (the
+        sources of this plan, or of this session) nor the data root, and its content must allow
+        the sink's ``mode``; all of this raises PlanError now, before any task runs. A sink that
+        already published in this job (its commit record matches) is not checked again.
+        """
+        from smallpond.execution.attempt import read_commit
+
         all_inputs = [t for ts in inputs for t in ts]
-        return [self._task(DataSinkTask, node, [TOP], all_inputs)]
+        task = self._task(DataSinkTask, node, [TOP], all_inputs)
+        internal = node.output_path.startswith(self.rt.job_root + os.sep)
+        if not internal:
+            check_overlap(node, self._input_datasets, self.rt.data_root)
+        task.runtime_ctx = self.rt
+        committed = read_commit(self.rt, task) is not None
+        task.runtime_ctx = None
+        if check_destination(node, committed) == "skip":
+            from smallpond.common import logger
+
+            logger.warning("{}: {} is not empty and mode='ignore': it is left as it is", node.label, node.output_path)
+            del self.tasks[task.key]
+            task = self._task(DataSinkTask, node, [TOP], [], True)
+        return [task]
 
     def _plan_root(self, node: RootNode, inputs) -> List[Task]:
         return [self._task(RootTask, node, [TOP], [t for ts in inputs for t in ts])]

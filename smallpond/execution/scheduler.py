@@ -166,6 +166,13 @@ def finish_task(state: SchedState, key: str, dataset) -> None:
             make_ready(state, c)
 
 
+def replace_result(state: SchedState, key: str, dataset) -> None:
+    """Give a done task its final output description (a sink's files once they are published)."""
+    if key not in state.done:
+        raise KeyError(f"{key} is not done")
+    state.done[key] = dataset
+
+
 def fail_attempt(
     state: SchedState, key: str, error: TaskError, *, max_fail_count: int, max_retry_count: int, memory_cap: int
 ) -> Decision:

@@ -92,6 +92,9 @@ class Task:
     exec_on_scheduler = False
     #: True if the task's output is a set of files it wrote (False for pass-through tasks).
     writes_output = True
+    #: True if the task is complete only once its job publishes it (sinks): the publication, not
+    #: the attempt, writes its commit record (see :mod:`smallpond.execution.ops.sink`)
+    commits_on_publication = False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:
         self.id = TaskId(task_id)

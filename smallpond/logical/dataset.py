@@ -22,18 +22,75 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, split_into_rows
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, quote_literal, split_into_rows
 from smallpond.errors import ParameterError
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
+_DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
+
+_quote = quote_literal
 
 
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+def duckdb_file_literal(path: str) -> str:
+    """A SQL literal naming exactly one file for DuckDB's readers, which glob every path again.
+
+    Glob characters are escaped as one-character classes (``a*.parquet`` → ``a[*].parquet``), so a
+    file whose name holds ``*``, ``?`` or ``[`` is read once, and only it. Paths without them (the
+    usual case) are passed unchanged and cost DuckDB no directory listing.
+    """
+    if _DUCKDB_GLOB_CHARS.search(path):
+        path = _DUCKDB_GLOB_CHARS.sub(lambda m: "[" + m.group(0) + "]", path)
+    return quote_literal(path)
 
 
 def _path_list_sql(paths: Sequence[str]) -> str:
-    return "[" + ", ".join(_quote(p) for p in paths) + "]"
+    return "[" + ", ".join(duckdb_file_literal(p) for p in paths) + "]"
+
+
+_PARQUET_TAIL = 8  # 4-byte footer length + b"PAR1"
+_MAX_FOOTER = 64 * 1024 * 1024
+
+
+def file_identity(path: str) -> str:
+    """What tells one version of an input file from another, without reading the file.
+
+    Size and modification time, plus:
+
+    * for Parquet files, a digest of the footer (the file's metadata: row groups, their offsets,
+      sizes and column statistics), read from the end of the file: one small read. A rewrite
+      that keeps the size and restores the modification time still changes the footer, unless it
+      writes byte-identical row groups;
+    * for other files, the inode change time, which no user call can set back (a rewrite, a
+      ``chmod`` or a new hard link changes it, so such a file is recomputed, never stale).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}:missing;"
+    ident = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if path.endswith(".parquet") or path.endswith(".parq"):
+        footer = _parquet_footer_digest(path, st.st_size)
+        if footer is not None:
+            return f"{ident}:footer={footer};"
+    return f"{ident}:ctime={st.st_ctime_ns};"
+
+
+def _parquet_footer_digest(path: str, size: int) -> Optional[str]:
+    if size < 12:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - _PARQUET_TAIL)
+            tail = f.read(_PARQUET_TAIL)
+            if len(tail) != _PARQUET_TAIL or tail[4:] != b"PAR1":
+                return None
+            length = int.from_bytes(tail[:4], "little")
+            if length <= 0 or length > min(_MAX_FOOTER, size - 12):
+                return None
+            f.seek(size - _PARQUET_TAIL - length)
+            return hashlib.sha256(f.read(length)).hexdigest()[:32]
+    except OSError:
+        return None
 
 
 def _default_conn(conn):
@@ -87,17 +144,37 @@ class DataSet:
             return sorted(self.paths)
         return sorted(os.path.join(self.root_dir, p) for p in self.paths)
 
+    def _patterns(self) -> List[tuple]:
+        """(absolute path, glob pattern or None) per path; ``root_dir`` is never read as a pattern."""
+        if self.root_dir is None:
+            return [(p, p if _WILDCARD.search(p) else None) for p in sorted(self.paths)]
+        root = glob.escape(self.root_dir)
+        return sorted(
+            (os.path.join(self.root_dir, p), os.path.join(root, p) if _WILDCARD.search(p) else None) for p in self.paths
+        )
+
     @property
     def resolved_paths(self) -> List[str]:
         if self._resolved_paths is None:
             out: List[str] = []
-            for p in self.absolute_paths:
-                if _WILDCARD.search(p):
-                    out.extend(x for x in glob.glob(p, recursive=self.recursive) if not os.path.isdir(x))
+            for path, pattern in self._patterns():
+                if pattern is not None:
+                    out.extend(x for x in glob.glob(pattern, recursive=self.recursive) if not os.path.isdir(x))
                 else:
-                    out.append(p)
+                    out.append(path)
             self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
         return self._resolved_paths
+
+    @classmethod
+    def from_files(cls, files: Sequence[str], **kwargs) -> "DataSet":
+        """A dataset of exactly these files: their names are never read as glob patterns.
+
+        What tasks produce is described this way, so a data root or file name holding ``*``,
+        ``?`` or ``[`` names itself and nothing else.
+        """
+        ds = cls(list(files), root_dir=None, **kwargs)
+        ds._resolved_paths = sorted(ds.paths)
+        return ds
 
     @property
     def num_files(self) -> int:
@@ -122,12 +199,12 @@ class DataSet:
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""
         missing = []
-        for p in self.absolute_paths:
-            if _WILDCARD.search(p):
-                if not glob.glob(p, recursive=self.recursive):
-                    missing.append(p)
-            elif not os.path.exists(p):
-                missing.append(p)
+        for path, pattern in self._patterns():
+            if pattern is not None:
+                if not glob.glob(pattern, recursive=self.recursive):
+                    missing.append(path)
+            elif not os.path.exists(path):
+                missing.append(path)
         return missing
 
     def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
@@ -166,16 +243,12 @@ class DataSet:
 
     # -- identity ------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """A digest of the description and of the files' sizes and modification times."""
+        """A digest of the description and of each file's identity (see :func:`file_identity`)."""
         h = hashlib.sha256()
         h.update(type(self).__name__.encode())
         h.update(repr(self._describe()).encode())
         for p in self.resolved_paths:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
-            except OSError:
-                h.update(f"{p}:missing;".encode())
+            h.update(file_identity(p).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def _describe(self) -> tuple:
@@ -314,14 +387,14 @@ class CsvDataSet(DataSet):
         if self.empty:
             return self._typed_empty()
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
-        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}"
+        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
         if self.max_line_size is not None:
             opts += f", max_line_size={int(self.max_line_size)}"
         opts += f", union_by_name={self.union_by_name}"
         return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
 
     def _typed_empty(self) -> str:
-        cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.csv_schema.items())
+        cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.csv_schema.items())
         return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
 
     def _merge(self, datasets):
@@ -356,13 +429,13 @@ class JsonDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.json_schema.items())
+            cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.json_schema.items())
             return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
         return (
             f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
             f"format={_quote(self.format)}, columns={{ {cols} }}, maximum_object_size={int(self.max_object_size)}, "
-            f"union_by_name={self.union_by_name}) )"
+            f"union_by_name={self.union_by_name}, hive_partitioning=false) )"
         )
 
 
@@ -438,7 +511,7 @@ class ParquetDataSet(DataSet):
             opts.append("filename=true")
         if extra_row_number or "file_row_number" in self.generated_columns:
             opts.append("file_row_number=true")
-        src = _path_list_sql(paths) if len(paths) > 1 else _quote(paths[0])
+        src = _path_list_sql(paths) if len(paths) > 1 else duckdb_file_literal(paths[0])
         return f"read_parquet({src}, {', '.join(opts)})"
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
@@ -543,7 +616,7 @@ class ParquetDataSet(DataSet):
     def _empty_fragment(self, conn) -> str:
         path = getattr(self, "_schema_path", None)
         if self.schema is None and path:
-            return f"( SELECT {self._column_str} FROM read_parquet({_quote(path)}, hive_partitioning=false) LIMIT 0 )"
+            return f"( SELECT {self._column_str} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
         return super()._empty_fragment(conn)
 
     def _merge(self, datasets):
