@@ -157,6 +157,8 @@ class Planner:
         self._warned: set = set()
         #: the file datasets read by the sources planned so far (outputs must not overlap them)
         self._input_datasets: List[Any] = []
+        #: ids of the sinks this planner made for named outputs under the job's output/ folder
+        self._own_sinks: set = set()
         self._registry: List[Tuple[Type[Node], Callable]] = [
             (DataSourceNode, self._plan_source),
             (DataSinkNode, self._plan_sink),
@@ -213,6 +215,8 @@ class Planner:
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
             final = DataSinkNode(ctx, [root], os.path.join(base, "FinalResults"), type=kind, is_final_node=True)
+        if not self.rt.final_output_path:
+            self._own_sinks.update(id(n) for n in sinks + ([] if final is root else [final]))
         root_node = RootNode(ctx, [final] + sinks)
         root_tasks = self.plan(root_node)
         final_tasks = self.node_to_tasks[id(final)]
@@ -303,8 +307,7 @@ class Planner:
 
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)
-        internal = node.output_path.startswith(self.rt.job_root + os.sep)
-        if not internal:
+        if id(node) not in self._own_sinks:  # the job's own named outputs live in its folder
             check_overlap(node, self._input_datasets, self.rt.data_root)
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None

@@ -234,6 +234,49 @@ def _source_files(inputs: List[DataSet]) -> List[str]:
     return files
 
 
+def _sources(inputs: List[DataSet]) -> List[Tuple[str, Optional[List[Tuple[int, int]]]]]:
+    """What to publish: (file, None) to publish a whole file, (file, [(begin, end), ...]) for
+    only some of its rows. Partitions split by rows share files: a file whose ranges cover it
+    exactly once is published once and whole, never once per partition."""
+    order: List[str] = []
+    ranges: Dict[str, List] = {}
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            rr = getattr(d, "_resolved_row_ranges", None)
+            if rr is None or all(r.whole_file for r in rr):
+                for p in d.resolved_paths:
+                    order.append(p)
+                    ranges.setdefault(p, []).append(None)
+                continue
+            for r in rr:
+                if r.path not in ranges:
+                    order.append(r.path)
+                ranges.setdefault(r.path, []).append(r)
+    out: List[Tuple[str, Optional[List[Tuple[int, int]]]]] = []
+    seen = set()
+    for p in order:
+        parts = ranges[p]
+        if any(r is None for r in parts):
+            out.append((p, None))  # a whole-file input: published as it is, once per mention
+            continue
+        if p in seen:
+            continue
+        seen.add(p)
+        spans = sorted((r.begin, r.end) for r in parts)
+        total = parts[0].file_num_rows
+        exact = spans[0][0] == 0 and spans[-1][1] == total and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        out.append((p, None if exact else spans))
+    return out
+
+
+def _write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(src).read()
+    pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
+
+
 def _dest_names(files: List[str], token: Optional[str] = None) -> List[str]:
     names = [os.path.basename(f) for f in files]
     if token is None and len(set(names)) == len(names):
@@ -291,12 +334,16 @@ class DataSinkTask(Task):
             self.inject_fault()
             return _as_dataset(files)
         token = uuid.uuid4().hex[:8] if node.mode == "append" else None
+        sources = _sources(inputs)
         staged = []
-        for src, name in zip(files, _dest_names(files, token)):
+        for (src, spans), name in zip(sources, _dest_names([p for p, _ in sources], token)):
             dst = os.path.join(staging, name)
-            # "link" falls back to a copy across filesystems rather than a symlink that would
-            # dangle once the job's staging area is cleaned
-            link_or_copy(src, dst, allow_link=node.type != "copy")
+            if spans is not None:
+                _write_rows(src, spans, dst)  # some rows of a file: only those are published
+            else:
+                # "link" falls back to a copy across filesystems rather than a symlink that would
+                # dangle once the job's staging area is cleaned
+                link_or_copy(src, dst, allow_link=node.type != "copy")
             staged.append(dst)
         atomic_write_text(
             os.path.join(staging, MANIFEST), "".join(os.path.join(output_path, os.path.basename(f)) + "\n" for f in staged)
