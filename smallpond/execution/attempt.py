@@ -22,7 +22,7 @@ from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import CorruptRecord, atomic_write_bytes, remove_path, signed_bytes, verified_payload
-from smallpond.logical.dataset import DataSet, PartitionedDataSet
+from smallpond.logical.dataset import DataSet, PartitionedDataSet, release_file_aliases
 
 
 def commit_path(rt: RuntimeContext, key: str) -> str:
@@ -275,7 +275,9 @@ def execute_attempt(
         sink.begin(log_path)
     else:  # not in a worker (e.g. the scheduler running tasks itself): a sink for this attempt
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
+        from smallpond.common import loguru_file_path
+
+        sink_id = logger.add(loguru_file_path(log_path), level=rt.file_log_level, enqueue=False)
     start = time.time()
     cpu_start = time.process_time()
     tmp = None
@@ -325,6 +327,7 @@ def execute_attempt(
         elif sink is not None:
             sink.end()
         rt.current_task = None
+        release_file_aliases()
         if tmp is not None:
             remove_path(tmp)
         temp = task.temp_abspath

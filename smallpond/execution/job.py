@@ -30,7 +30,7 @@ import threading
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
-from smallpond.common import logger
+from smallpond.common import logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.ownership import JobLock
@@ -371,7 +371,7 @@ def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
     return [
         logger.add(sys.stderr, level=rt.console_log_level),
         logger.add(
-            os.path.join(rt.log_root, f"{name}.log"),
+            loguru_file_path(os.path.join(rt.log_root, f"{name}.log")),
             level=rt.file_log_level,
             rotation=None if rt.disable_log_rotation else "100 MB",
             retention=5,

@@ -36,11 +36,50 @@ def duckdb_file_literal(path: str) -> str:
 
     Glob characters are escaped as one-character classes (``a*.parquet`` → ``a[*].parquet``), so a
     file whose name holds ``*``, ``?`` or ``[`` is read once, and only it. Paths without them (the
-    usual case) are passed unchanged and cost DuckDB no directory listing.
+    usual case) are passed unchanged and cost DuckDB no directory listing. DuckDB's glob also takes
+    a backslash for a path separator, so a path holding both is read through a symbolic link with
+    a plain name (:func:`release_file_aliases` removes those).
     """
     if _DUCKDB_GLOB_CHARS.search(path):
-        path = _DUCKDB_GLOB_CHARS.sub(lambda m: "[" + m.group(0) + "]", path)
+        if "\\" in path:
+            path = _file_alias(path)
+        if _DUCKDB_GLOB_CHARS.search(path):
+            path = _DUCKDB_GLOB_CHARS.sub(lambda m: "[" + m.group(0) + "]", path)
     return quote_literal(path)
+
+
+_aliases: Dict[str, str] = {}
+_alias_dir: Optional[str] = None
+
+
+def _file_alias(path: str) -> str:
+    global _alias_dir
+    link = _aliases.get(path)
+    if link is not None:
+        return link
+    if _alias_dir is None:
+        import atexit
+        import tempfile
+
+        _alias_dir = tempfile.mkdtemp(prefix="smallpond-aliases-")
+        atexit.register(release_file_aliases)
+    ext = os.path.splitext(path)[1]
+    link = os.path.join(_alias_dir, f"{len(_aliases)}{ext if ext.isalnum() or ext[1:].isalnum() else ''}")
+    os.symlink(path, link)
+    _aliases[path] = link
+    return link
+
+
+def release_file_aliases() -> None:
+    """Remove the symbolic links :func:`duckdb_file_literal` made (call when the SQL that used them ended)."""
+    global _alias_dir
+    if _alias_dir is None:
+        return
+    import shutil
+
+    shutil.rmtree(_alias_dir, ignore_errors=True)
+    _alias_dir = None
+    _aliases.clear()
 
 
 def _path_list_sql(paths: Sequence[str]) -> str:
@@ -640,7 +679,7 @@ class ParquetDataSet(DataSet):
         from smallpond.io.arrow import dump_to_parquet_files
 
         paths = dump_to_parquet_files(table, output_dir, filename)
-        return ParquetDataSet(paths, root_dir=None)
+        return ParquetDataSet.from_files(paths)
 
     def load_partitioned_datasets(
         self, npartition: int, data_partition_column: str, hive_partitioning: bool = False

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 from smallpond.common import MB, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
+    copy_target_dir,
     create_input_views,
     open_connection,
     run_sql,
@@ -107,12 +108,13 @@ class HashPartitionTask(Task):
             write_part = "true" if write_col and part_col == col else "false"
             opts = ParquetWriterOptions.of(node).duckdb(self.parquet_kv_metadata(), writer_row_group_bytes(self, n))
             prefix = self.output_filename
-            sql = (
-                f"COPY ({query}) TO {quote_literal(output_dir)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
-                f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
-            )
-            self._current_sql = sql
-            written = run_sql(conn, sql)
+            with copy_target_dir(output_dir) as target:
+                sql = (
+                    f"COPY ({query}) TO {quote_literal(target)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
+                    f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
+                )
+                self._current_sql = sql
+                written = run_sql(conn, sql)
             self.stats["rows"] = int(written[0][0]) if written and written[0] else 0
             parts: List[List[str]] = [[] for _ in range(n)]
             for entry in sorted(os.listdir(output_dir)):
@@ -132,7 +134,7 @@ class HashPartitionTask(Task):
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
                 self._write_placeholders(parts, output_dir, part_col, schema, prefix)
-            return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+            return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
 
@@ -206,7 +208,7 @@ class HashPartitionTask(Task):
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
             self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
-        return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+        return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
     def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
         import pyarrow.parquet as pq
