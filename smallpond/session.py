@@ -44,6 +44,7 @@ class Config:
     fault_inject_prob: float = 0.0
     max_retry_count: int = 5
     max_fail_count: int = 3
+    restart: bool = False
 
     @staticmethod
     def from_args_and_env(
@@ -61,6 +62,7 @@ class Config:
         fault_inject_prob=None,
         max_retry_count=None,
         max_fail_count=None,
+        restart=False,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -97,6 +99,7 @@ class Config:
             fault_inject_prob=float(pick(fault_inject_prob, "SP_FAULT_INJECT_PROB", 0.0, float)),
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
+            restart=bool(restart),
         )
 
 
@@ -130,6 +133,7 @@ class Session:
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],
+            restart=cfg.restart,
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}

@@ -140,6 +140,52 @@ def _input_files(inputs: List[DataSet]) -> List[str]:
     return out
 
 
+def producer_key_of(rt: RuntimeContext, path: str) -> Optional[str]:
+    """The key of the task that wrote ``path``, if it is a task output in the job folder.
+
+    Task outputs live in ``{staging|output}/{name}/{task key}/...`` (:attr:`Task.final_output_abspath`).
+    """
+    for root in (rt.staging_root, rt.output_root):
+        if path.startswith(root + os.sep):
+            parts = path[len(root) + 1 :].split(os.sep)
+            return parts[1] if len(parts) > 2 else None
+    return None
+
+
+def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: BaseException, limit: int = 10_000) -> List[str]:
+    """Input files written by earlier tasks of this job that cannot be read (after a failure).
+
+    Every such Parquet input's footer is read; a file the error message names is read whole
+    (damaged pages leave the footer intact). Only called when an attempt failed, so the reads cost
+    nothing on success.
+    """
+    import pyarrow.parquet as pq
+
+    text = str(exc)
+    bad: List[str] = []
+    seen = 0
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            try:
+                paths = d.resolved_paths
+            except Exception:
+                continue
+            for p in paths:
+                if seen >= limit:
+                    return bad
+                if not p.endswith(".parquet") or producer_key_of(rt, p) is None:
+                    continue
+                seen += 1
+                try:
+                    if p in text:
+                        pq.ParquetFile(p).read()
+                    else:
+                        pq.read_metadata(p)
+                except Exception:
+                    bad.append(p)
+    return bad
+
+
 def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[DataSet]) -> TaskError:
     if isinstance(exc, TaskError):
         return exc
@@ -317,9 +363,14 @@ def execute_attempt(
         return ds
     except BaseException as e:
         err = to_task_error(task, attempt, e, inputs)
-        logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
             raise
+        if not isinstance(e, TaskError) and inputs:
+            err.corrupt_inputs = unreadable_intermediates(rt, inputs, e)
+        logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
+        if err.corrupt_inputs:
+            logger.error("{} input file(s) written by earlier tasks cannot be read: {}", len(err.corrupt_inputs), err.corrupt_inputs[:5])
         raise err from e
     finally:
         if sink_id is not None:

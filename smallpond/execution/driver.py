@@ -97,6 +97,12 @@ class Driver:
         p.add_argument("--file_log_level", default="DEBUG")
         p.add_argument("--disable_log_rotation", action="store_true")
         p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
+        p.add_argument(
+            "--restart",
+            action="store_true",
+            help="start the job over: an existing folder of this job is moved aside to {folder}.restarted-{time} "
+            "(the way out when it cannot be resumed, e.g. its config/secret was lost)",
+        )
         p.add_argument("--platform", default=None)
 
     # -- arguments -------------------------------------------------------------------------------
@@ -227,6 +233,7 @@ class Driver:
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
+            restart=a.restart,
         )
         ok = False
         try:
