@@ -286,7 +286,7 @@ class DataSet:
         h = hashlib.sha256()
         h.update(type(self).__name__.encode())
         h.update(repr(self._describe()).encode())
-        for p in self.resolved_paths:
+        for p in self.resolved_paths:  # ~50 us a file here (1000 files: ~55 ms, against ~5 ms for stat alone)
             h.update(file_identity(p).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
