@@ -207,6 +207,8 @@ def recompute_producers(state: SchedState, consumer: str, producers: Iterable[st
     """
     stack = [k for k in producers if k in state.done and k not in state.recomputed]
     state.recomputed.update(stack)
+    for key in stack:  # a fresh attempt number: new file names and a log of its own
+        state.attempts[key] = state.attempts.get(key, 0) + 1
     redo: Set[str] = set()
     while stack:
         key = stack.pop()
