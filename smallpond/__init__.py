@@ -63,6 +63,9 @@ def init(
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
         num_executors: worker processes. Default: one per usable CPU.
+        restart (keyword): start the job over: an existing folder of this job is moved aside to
+            ``{folder}.restarted-{time}`` (never deleted). The way out when it cannot be resumed,
+            e.g. its ``config/secret`` was lost. Use it for one run, not permanently.
     """
     from smallpond.session import Session
 

@@ -10,7 +10,9 @@
 
 The per-job secret that signs every pickle crossing the shared filesystem lives in
 ``config/secret``, created owner-only (``0600`` in a ``0700`` folder): only the user who started
-the job (and root) can read it, and so only they can forge a record the job would load.
+the job (and root) can read it, and so only they can forge a record the job would load. An
+existing folder is resumed only after :mod:`smallpond.execution.ownership` checked that it is
+safely the current user's and still has its secret (:meth:`RuntimeContext.initialize`).
 """
 
 from __future__ import annotations
