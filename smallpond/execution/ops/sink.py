@@ -39,8 +39,8 @@ Guarantees:
   two renames. The previous result's files are then removed, only those its manifest lists:
   anything else found there (a file a user dropped in during the job) is moved back.
 
-``SP_TEST_PUBLISH_STEP_DELAY`` (seconds, tests only) pauses before each publication step, so a
-test can kill a job in the middle of publishing; it is inert when unset.
+``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) and ``SP_TEST_PUBLISH_KILL_AT_STEP`` (a step index) let
+tests kill a job in the middle of publishing; both are inert when unset.
 """
 
 from __future__ import annotations
@@ -468,10 +468,17 @@ def _discard(aside: str, dest: str, ours: set) -> None:
         pass
 
 
-def _delay() -> None:
+def _test_hooks(index: int) -> None:
+    """Tests only, inert when unset: ``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) pauses before each
+    step; ``SP_TEST_PUBLISH_KILL_AT_STEP=n`` SIGKILLs this process before step ``n`` (0-based)."""
     delay = os.environ.get("SP_TEST_PUBLISH_STEP_DELAY")
     if delay:
         time.sleep(float(delay))
+    kill_at = os.environ.get("SP_TEST_PUBLISH_KILL_AT_STEP")
+    if kill_at is not None and int(kill_at) == index:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def journal_path(runtime_ctx) -> str:
@@ -494,8 +501,8 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None) -> bool:
             remove_path(path)
             return False
         logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
-    for step in journal["steps"]:
-        _delay()
+    for index, step in enumerate(journal["steps"]):
+        _test_hooks(index)
         _step(step)
     for folder in journal.get("sync", []):
         fsync_dir(folder)
