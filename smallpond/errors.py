@@ -134,7 +134,18 @@ class TaskError(SmallpondError, RuntimeError):
 
 
 def _rebuild_task_error(
-    message, node, location, task_key, attempt, sql, input_files, retryable, cause_type, details="", decision=None, corrupt_inputs=None
+    message,
+    node,
+    location,
+    task_key,
+    attempt,
+    sql,
+    input_files,
+    retryable,
+    cause_type,
+    details="",
+    decision=None,
+    corrupt_inputs=None,
 ):
     return TaskError(
         message,

@@ -22,7 +22,8 @@ from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import CorruptRecord, atomic_write_bytes, remove_path, signed_bytes, verified_payload
-from smallpond.logical.dataset import DataSet, PartitionedDataSet, release_file_aliases
+from smallpond.io.paths import release_file_aliases
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 
 def commit_path(rt: RuntimeContext, key: str) -> str:
@@ -370,7 +371,9 @@ def execute_attempt(
             err.corrupt_inputs = unreadable_intermediates(rt, inputs, e)
         logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
         if err.corrupt_inputs:
-            logger.error("{} input file(s) written by earlier tasks cannot be read: {}", len(err.corrupt_inputs), err.corrupt_inputs[:5])
+            logger.error(
+                "{} input file(s) written by earlier tasks cannot be read: {}", len(err.corrupt_inputs), err.corrupt_inputs[:5]
+            )
         raise err from e
     finally:
         if sink_id is not None:

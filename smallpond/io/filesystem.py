@@ -169,7 +169,9 @@ def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
         digest, sig = data[start : start + _DIGEST], data[start + _DIGEST : start + 2 * _DIGEST]
         payload = data[start + 2 * _DIGEST :]
         if not hmac.compare_digest(digest, hashlib.sha256(payload).digest()):
-            raise CorruptRecord(f"refusing to load {path!r}: the record is torn or damaged (its content does not match its digest)")
+            raise CorruptRecord(
+                f"refusing to load {path!r}: the record is torn or damaged (its content does not match its digest)"
+            )
         if not hmac.compare_digest(sig, sign(payload, secret)):
             raise SignatureError(
                 f"refusing to load {path!r}: its signature does not match this job's secret "
@@ -181,7 +183,9 @@ def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
         if not hmac.compare_digest(sig, sign(payload, secret)):
             raise SignatureError(f"refusing to load pickle {path!r}: its signature does not match this job's secret")
         return payload
-    raise CorruptRecord(f"refusing to load unsigned pickle {path!r}: not a signed record ({len(data)} bytes; empty, torn or unsigned)")
+    raise CorruptRecord(
+        f"refusing to load unsigned pickle {path!r}: not a signed record ({len(data)} bytes; empty, torn or unsigned)"
+    )
 
 
 def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: bool = True, fsync: bool = False) -> int:

@@ -19,7 +19,8 @@ import pytest
 
 import smallpond
 from smallpond.execution.job import run_job
-from smallpond.logical.dataset import ParquetDataSet, file_identity
+from smallpond.io.paths import file_identity
+from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, RangePartitionNode, SqlEngineNode
 from tests.datagen import generate_parquet_files
 from tests.e2e.counting_job import counting_plan
@@ -98,7 +99,8 @@ def test_same_size_rewrite_with_the_mtime_kept_is_not_reused(tmp_path, make_rt):
     def plan():
         ctx = Context()
         return LogicalPlan(
-            ctx, DataSinkNode(ctx, (SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), "select id from {0}"),), sink)
+            ctx,
+            DataSinkNode(ctx, (SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), "select id from {0}"),), sink),
         )
 
     run_job(plan(), make_rt(job_id), num_workers=1)

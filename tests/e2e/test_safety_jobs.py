@@ -67,7 +67,9 @@ def test_torn_commit_record_counts_as_absent(tmp_path, make_rt, log_messages, da
     key = os.path.basename(record)[: -len(".commit")]
     after = started(rt2)
     again = sorted(k for k in after if after[k] > before.get(k, 0))
-    assert again == sorted([key] + [k for k in after if k.startswith("DataSinkTask")]), "only the torn task (and the sink) ran again"
+    assert again == sorted([key] + [k for k in after if k.startswith("DataSinkTask")]), (
+        "only the torn task (and the sink) ran again"
+    )
     assert any("torn or damaged" in m or "not a signed record" in m for m in log_messages)
     assert published_rows(sink, "id") == list(range(20))
     assert open(record, "rb").read()[:6] == b"SPSIG2", "the rerun wrote a whole record"
@@ -116,7 +118,10 @@ def test_driver_restart_flag(tmp_path, data_root):
         driver = Driver()
         driver.parse_arguments(["scheduler", "--job_id", job_id, "--data_root", data_root, *extra])
         ctx = Context()
-        return driver.run(LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select * from {0}")), stop_process_on_done=False)
+        return driver.run(
+            LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select * from {0}")),
+            stop_process_on_done=False,
+        )
 
     assert run() is not None
     root = glob.glob(os.path.join(data_root, f"*.{job_id}"))[0]

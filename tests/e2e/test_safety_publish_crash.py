@@ -19,8 +19,6 @@ import sys
 import time
 import uuid
 
-import pytest
-
 from tests.datagen import generate_parquet_files
 from tests.e2e.safety_helpers import manifest, published_rows
 
@@ -69,7 +67,9 @@ def test_sigkill_during_publication_then_rerun(tmp_path, data_root):
         cmd = command(job_id, data_root, files, a, b)
         if kill == "random":  # a random instant: publication steps are slowed, the kill comes from outside
             env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY=str(DELAY))
-            proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
             deadline = time.monotonic() + 120
             while not glob.glob(journal_glob):
                 assert proc.poll() is None, f"the job ended before publishing: {proc.stderr.read()[-3000:]}"

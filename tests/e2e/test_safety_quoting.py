@@ -8,14 +8,14 @@ not write a file; a data root or output path holding ``'`` must work; a file nam
 from __future__ import annotations
 
 import glob
-import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 import smallpond
-from smallpond.logical.dataset import CsvDataSet, JsonDataSet, ParquetDataSet, duckdb_file_literal
+from smallpond.io.paths import duckdb_file_literal
+from smallpond.logical.dataset import CsvDataSet, JsonDataSet, ParquetDataSet
 from tests.e2e.safety_helpers import published_rows, tree
 
 HOSTILE = """x" FROM range(1)) TO 'PWNED.csv'; COPY (SELECT 1 AS "a"""

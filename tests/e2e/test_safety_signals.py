@@ -17,7 +17,7 @@ import pytest
 
 import smallpond
 from tests.datagen import generate_parquet_files
-from tests.e2e.test_resume import COUNTING_JOB, committed, job_command, sink_rows, expected_rows
+from tests.e2e.test_resume import COUNTING_JOB, committed, expected_rows, job_command, sink_rows
 
 RESUME_LINE = "was interrupted (SIGTERM); run the same command again"
 
@@ -84,7 +84,9 @@ def test_sigterm_stops_a_session(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(SESSION_SCRIPT)
     data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
-    proc = subprocess.Popen([sys.executable, str(script), job_id, data_root], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), job_id, data_root], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert proc.stdout.readline().strip() == "computing"
     roots = os.path.join(data_root, f"*.{job_id}")
     wait_for(lambda: glob.glob(roots) and committed(glob.glob(roots)[0]), proc, "a commit")

@@ -144,7 +144,11 @@ def check_destination(node, committed: bool) -> str:
     if mode in ("error", "errorifexists"):
         present = read_manifest(dest) is not None if node.type == "manifest" else _nonempty(dest)
         if present:
-            raise PlanError(node._msg(f"output path {dest} already exists and is not empty (mode={mode!r}); remove it or use mode='overwrite'"))
+            raise PlanError(
+                node._msg(
+                    f"output path {dest} already exists and is not empty (mode={mode!r}); remove it or use mode='overwrite'"
+                )
+            )
         return "write"
     if mode == "overwrite" and node.type != "manifest":
         foreign = foreign_entries(dest)
@@ -374,7 +378,9 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
         raise PublicationError(f"{node.label}: output path {dest} is not a directory; nothing was published")
     old = read_manifest(dest)
     if node.mode in ("error", "errorifexists") and (old is not None if node.type == "manifest" else _nonempty(dest)):
-        raise PublicationError(f"{node.label}: output path {dest} was filled while the job ran (mode={node.mode!r}); nothing was published")
+        raise PublicationError(
+            f"{node.label}: output path {dest} was filled while the job ran (mode={node.mode!r}); nothing was published"
+        )
     new_manifest = os.path.join(staging, MANIFEST)
     if node.mode == "append" and old:
         with open(new_manifest) as f:
