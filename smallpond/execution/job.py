@@ -107,7 +107,8 @@ class Job:
         self.interrupted: Optional[str] = None
         self._lock: Optional[JobLock] = None
         self._prev_sigterm = None
-        self._published: set = set()
+        #: sink key -> the dataset it was published as (a sink that ran again is published again)
+        self._published: Dict[str, Any] = {}
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -231,7 +232,9 @@ class Job:
         keys = [
             k
             for k in st.executed
-            if k in st.done and k not in self._published and getattr(st.tasks.get(k), "commits_on_publication", False)
+            if k in st.done
+            and self._published.get(k) is not st.done[k]
+            and getattr(st.tasks.get(k), "commits_on_publication", False)
         ]
         return sorted(keys, key=lambda k: int(st.tasks[k].id))
 
@@ -254,7 +257,7 @@ class Job:
         publish(rt, prepared)
         for k in keys:
             replace_result(st, k, finals[k])
-            self._published.add(k)
+            self._published[k] = finals[k]
         logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
 
     def _discard_unpublished(self) -> None:

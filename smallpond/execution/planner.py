@@ -308,7 +308,7 @@ class Planner:
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)
         if id(node) not in self._own_sinks:  # the job's own named outputs live in its folder
-            check_overlap(node, self._input_datasets, self.rt.data_root)
+            check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None
         task.runtime_ctx = None

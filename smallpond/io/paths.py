@@ -27,7 +27,7 @@ def duckdb_file_literal(path: str) -> str:
     a backslash for a path separator, so a path holding both is read through a symbolic link with
     a plain name (:func:`release_file_aliases` removes those).
     """
-    if _DUCKDB_GLOB_CHARS.search(path):
+    if "*" in path or "?" in path or "[" in path:  # (three substring tests: cheaper than a regex)
         if "\\" in path:
             path = _file_alias(path)
         if _DUCKDB_GLOB_CHARS.search(path):

@@ -100,7 +100,8 @@ def test_output_over_the_data_root_or_a_job_folder_is_refused(sp, tmp_path):
     with pytest.raises(PlanError, match="data root"):
         df.write_parquet(str(tmp_path))
     with pytest.raises(PlanError, match="job folder"):
-        df.write_parquet(os.path.join(rt.job_root, "output", "mine"))
+        df.write_parquet(os.path.join(rt.job_root, "staging", "mine"))
+    df.write_parquet(os.path.join(rt.output_root, "mine"))  # the job's own output folder is for outputs
 
 
 def test_overwrite_replaces_only_the_earlier_result(sp, tmp_path):

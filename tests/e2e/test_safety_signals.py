@@ -117,7 +117,11 @@ def test_a_handler_of_the_users_own_is_left_alone(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, previous)
     # with none of its own, the session handles SIGTERM while it lives, then restores the default
-    sp = smallpond.init(data_root=str(tmp_path), num_executors=1)
-    assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, mine)
-    sp.shutdown()
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        sp = smallpond.init(data_root=str(tmp_path), num_executors=1)
+        assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, mine)
+        sp.shutdown()
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -185,14 +185,17 @@ def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:
     return match(0, 0)
 
 
-def check_overlap(node, datasets: Sequence[DataSet], data_root: str) -> None:
-    """Refuse (PlanError) an output path equal to, inside or containing an input or the data root."""
+def check_overlap(node, datasets: Sequence[DataSet], data_root: str, output_root: Optional[str] = None) -> None:
+    """Refuse (PlanError) an output path equal to, inside or containing an input or the data root.
+
+    Under the data root, a folder of its own is allowed (no job looks there) and so is the current
+    job's ``output/`` folder (made for outputs); any other place in a job folder is refused.
+    """
     dest = os.path.realpath(node.output_path)
     root = os.path.realpath(data_root)
     if _inside(root, dest):
         raise PlanError(node._msg(f"output path {node.output_path} is or contains the job data root {data_root}"))
-    if _inside(dest, root):
-        # a folder of its own under the data root is harmless; inside a job folder it is not
+    if _inside(dest, root) and not (output_root and _inside(dest, os.path.realpath(output_root))):
         first = os.path.relpath(dest, root).split(os.sep)[0]
         if _JOB_FOLDER.fullmatch(first):
             raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
