@@ -45,6 +45,7 @@ class Config:
     max_retry_count: int = 5
     max_fail_count: int = 3
     restart: bool = False
+    speculative_exec: object = "disable"
 
     @staticmethod
     def from_args_and_env(
@@ -63,6 +64,7 @@ class Config:
         max_retry_count=None,
         max_fail_count=None,
         restart=False,
+        speculative_exec=None,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -100,6 +102,7 @@ class Config:
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
             restart=bool(restart),
+            speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
         )
 
 
@@ -108,6 +111,7 @@ class Session:
 
     def __init__(self, **kwargs) -> None:
         from smallpond.execution.job import Job, make_runtime_ctx
+        from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
@@ -134,6 +138,7 @@ class Session:
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],
             restart=cfg.restart,
+            speculation=Speculation.of(cfg.speculative_exec),
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}

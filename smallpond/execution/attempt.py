@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import re
 import sys
 import time
 import traceback
@@ -21,7 +22,7 @@ from typing import List, Optional
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.io.filesystem import CorruptRecord, atomic_write_bytes, remove_path, signed_bytes, verified_payload
+from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, verified_payload
 from smallpond.io.paths import release_file_aliases
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -30,9 +31,24 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
     return os.path.join(rt.completed_task_dir, f"{key}.commit")
 
 
+def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
+    payload = _fast_pickle(record)
+    if payload is None:
+        import cloudpickle
+
+        payload = cloudpickle.dumps(record)
+    # the format of io.filesystem.dump, without cloudpickle's per-object hooks when plain pickle
+    # will do (~0.2 ms, as much as a tiny task's own work)
+    return signed_bytes(payload, rt.secret)
+
+
 def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> bytes:
-    """The signed bytes of the task's commit record."""
-    record = {
+    """The signed bytes of the task's commit record (a publication writes sinks' records itself)."""
+    return _signed_record(rt, _record(task, dataset, attempt, elapsed, **extra))
+
+
+def _record(task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> dict:
+    return {
         "key": task.key,
         "fingerprint": task.fingerprint,
         "dataset": dataset,
@@ -40,19 +56,106 @@ def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attemp
         "elapsed": elapsed,
         **extra,
     }
-    # plain pickle where it can carry the record: cloudpickle's per-object hooks cost ~0.2 ms,
-    # as much as a tiny task's own work
-    payload = _fast_pickle(record)
-    if payload is None:
-        import cloudpickle
-
-        payload = cloudpickle.dumps(record)
-    return signed_bytes(payload, rt.secret)
 
 
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> None:
-    """Write the task's signed commit record: from now on the task is complete."""
-    atomic_write_bytes(commit_path(rt, task.key), commit_record_bytes(rt, task, dataset, attempt, elapsed, **extra))
+def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
+    """Commit the task: write its signed record, unless another attempt committed it first.
+
+    The record is published with ``link()``, which fails if a record exists: of two attempts of
+    one task running at once (a speculative copy, an executor of an earlier scheduler), the first
+    to commit wins. Returns None when this attempt's record is now the task's, else the winning
+    record. A record left by an earlier plan (another fingerprint), one whose outputs are gone,
+    or a torn one, is replaced.
+    """
+    record = _record(task, dataset, attempt, elapsed, **extra)
+    path = commit_path(rt, task.key)
+    tmp = f"{path}.tmp-{_unique_suffix()}"
+    with open(tmp, "wb") as f:
+        f.write(_signed_record(rt, record))
+    try:
+        try:
+            os.link(tmp, path)
+            return None
+        except FileExistsError:
+            pass
+        existing = _load_record(rt, path)
+        if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
+            return existing
+        os.replace(tmp, path)
+        return None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+_ATTEMPT_DIR = re.compile(r"(?P<key>.+-\d{6,})\.\d+\.[0-9a-f]+")
+
+
+def remove_orphan_outputs(rt: RuntimeContext) -> int:
+    """Remove attempt output directories no commit record claims. Returns how many were removed.
+
+    They are left by an attempt that crashed between renaming its output into place and
+    committing, by an attempt that lost to another, or by a task recomputed after its plan
+    changed. Only a task with more than one directory, or with none committed, is looked at
+    closely, so this costs one ``listdir`` per node and a ``stat`` per task.
+    """
+    removed = 0
+    for root in (rt.staging_root, rt.output_root):
+        try:
+            node_dirs = [os.path.join(root, d) for d in os.listdir(root)]
+        except FileNotFoundError:
+            continue
+        for node_dir in node_dirs:
+            if not os.path.isdir(node_dir):
+                continue
+            by_key: dict = {}
+            for name in os.listdir(node_dir):
+                m = _ATTEMPT_DIR.fullmatch(name)
+                if m:
+                    by_key.setdefault(m.group("key"), []).append(os.path.join(node_dir, name))
+            for key, dirs in by_key.items():
+                path = commit_path(rt, key)
+                if len(dirs) == 1 and os.path.exists(path):
+                    continue
+                record = _load_record(rt, path) if os.path.exists(path) else None
+                keep = record.get("output_dir") if record else None
+                for d in dirs:
+                    if d != keep:
+                        remove_path(d)
+                        removed += 1
+    return removed
+
+
+def _load_record(rt: RuntimeContext, path: str, task_key: Optional[str] = None) -> Optional[dict]:
+    """The commit record at ``path``, or None if it is absent, torn or damaged, or not loadable here.
+
+    A torn or damaged record (a crash or a full disk while it was written: empty, truncated, not a
+    record) counts as absent, with a warning. A record that is intact but not signed with this
+    job's secret was planted or altered: :class:`~smallpond.io.filesystem.SignatureError`, naming
+    the file; nothing is loaded.
+    """
+    from smallpond.common import logger
+
+    again = f": {task_key} runs again" if task_key else ""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        logger.warning("commit record {} cannot be read ({}){}", path, e, again)
+        return None
+    try:
+        payload = verified_payload(data, rt.secret, path)
+    except CorruptRecord as e:
+        logger.warning("{}: it counts as absent{}", e, again)
+        return None
+    try:
+        record = pickle.loads(payload)
+    except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
+        logger.warning("commit record {} cannot be loaded ({}: {}){}", path, type(e).__name__, e, again)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _fast_pickle(obj) -> Optional[bytes]:
@@ -67,35 +170,12 @@ def _fast_pickle(obj) -> Optional[bytes]:
 
 
 def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
-    """The task's commit record if it exists and matches the task's fingerprint.
+    """The task's commit record if it exists, is intact and matches the task's fingerprint.
 
-    A torn or damaged record (a crash or a full disk while it was written: empty, truncated,
-    not a record) counts as absent, with a warning: the task runs again. A record that is intact
-    but not signed with this job's secret was planted or altered: that raises
-    :class:`~smallpond.io.filesystem.SignatureError` naming the file, and nothing is loaded.
+    A torn record counts as absent (the task runs again); a forged one raises (see :func:`_load_record`).
     """
-    from smallpond.common import logger
-
-    path = commit_path(rt, task.key)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        logger.warning("commit record {} cannot be read ({}): {} runs again", path, e, task.key)
-        return None
-    try:
-        payload = verified_payload(data, rt.secret, path)
-    except CorruptRecord as e:
-        logger.warning("{}: it counts as absent and {} runs again", e, task.key)
-        return None
-    try:
-        record = pickle.loads(payload)
-    except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
-        logger.warning("commit record {} cannot be loaded ({}: {}): {} runs again", path, type(e).__name__, e, task.key)
-        return None
-    if not isinstance(record, dict) or record.get("fingerprint") != task.fingerprint:
+    record = _load_record(rt, commit_path(rt, task.key), task.key)
+    if record is None or record.get("fingerprint") != task.fingerprint:
         return None
     if not _outputs_exist(record["dataset"]):
         return None
@@ -144,12 +224,16 @@ def _input_files(inputs: List[DataSet]) -> List[str]:
 def producer_key_of(rt: RuntimeContext, path: str) -> Optional[str]:
     """The key of the task that wrote ``path``, if it is a task output in the job folder.
 
-    Task outputs live in ``{staging|output}/{name}/{task key}/...`` (:attr:`Task.final_output_abspath`).
+    Task outputs live in ``{staging|output}/{name}/{task key}.{attempt}.{token}/...``
+    (:attr:`Task.final_output_abspath` and the attempt's token).
     """
     for root in (rt.staging_root, rt.output_root):
         if path.startswith(root + os.sep):
             parts = path[len(root) + 1 :].split(os.sep)
-            return parts[1] if len(parts) > 2 else None
+            if len(parts) <= 2:
+                return None
+            m = _ATTEMPT_DIR.fullmatch(parts[1])  # each attempt writes {key}.{attempt}.{token}
+            return m.group("key") if m else parts[1]
     return None
 
 
@@ -336,26 +420,35 @@ def execute_attempt(
             logger.info(started)
         task.inject_fault()
         if task.writes_output:
-            final = task.final_output_abspath
-            tmp = f"{final}.tmp-{attempt}-{_unique_suffix()}"
+            # each attempt writes into a directory of its own, renamed from a temp name once every
+            # file is complete; the commit record says which attempt's directory is the output
+            token = f"{attempt}.{_unique_suffix()}"
+            final = f"{task.final_output_abspath}.{token}"
+            tmp = f"{task.final_output_abspath}.tmp-{token}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
             ds = task.run(rt, inputs, tmp)
             task.inject_fault()
-            if os.path.lexists(final):
-                remove_path(final)  # left by an attempt that died between rename and commit
             os.rename(tmp, final)
             tmp = None
             _test_crash_point("after_rename", task)
             ds._rebase(task._runtime_output_abspath, final)
         else:
+            final = None
             ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
         _test_crash_point("before_commit", task)
         if not task.commits_on_publication:
-            write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
+            winner = write_commit(
+                rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats, output_dir=final
+            )
+            if winner is not None:  # another attempt committed first: its output is the task's
+                if final is not None:
+                    remove_path(final)
+                ds = winner["dataset"]
+                logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

@@ -32,11 +32,19 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
+from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.ownership import JobLock
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
-from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished, replace_result
+from smallpond.execution.scheduler import (
+    Scheduler,
+    SchedulerListener,
+    Speculation,
+    invalidate,
+    keep_only_finished,
+    replace_result,
+)
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -101,8 +109,10 @@ class Job:
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
         restart: bool = False,
+        speculation: Speculation = Speculation(),
     ) -> None:
         self.rt = rt
+        self.speculation = speculation
         self.restart = restart
         self.interrupted: Optional[str] = None
         self._lock: Optional[JobLock] = None
@@ -148,6 +158,7 @@ class Job:
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
             listeners=self.listeners,
+            speculation=self.speculation,
         )
         logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
         return self
@@ -167,6 +178,7 @@ class Job:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
+            remove_orphan_outputs(rt)
             self._discard_unpublished()
             write_status(rt, "success" if ok else ("interrupted" if self.interrupted else "failure"))
             if ok and (remove_intermediates or remove_output_root):
@@ -345,6 +357,7 @@ def run_job(
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
     restart: bool = False,
+    speculation: Speculation = Speculation(),
 ) -> ExecutionPlan:
     """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
     job = Job(
@@ -355,6 +368,7 @@ def run_job(
         max_fail_count=max_fail_count,
         listeners=listeners,
         restart=restart,
+        speculation=speculation,
     )
     ok = False
     try:

@@ -69,6 +69,7 @@ from smallpond.logical.node import (
     UnionNode,
     UserDefinedPartitionNode,
 )
+from smallpond.logical.optimizer import optimize, optimized_of
 
 TOP = PartitionInfo()
 
@@ -157,8 +158,6 @@ class Planner:
         self._warned: set = set()
         #: the file datasets read by the sources planned so far (outputs must not overlap them)
         self._input_datasets: List[Any] = []
-        #: ids of the sinks this planner made for named outputs under the job's output/ folder
-        self._own_sinks: set = set()
         self._registry: List[Tuple[Type[Node], Callable]] = [
             (DataSourceNode, self._plan_source),
             (DataSinkNode, self._plan_sink),
@@ -215,11 +214,12 @@ class Planner:
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
             final = DataSinkNode(ctx, [root], os.path.join(base, "FinalResults"), type=kind, is_final_node=True)
-        if not self.rt.final_output_path:
-            self._own_sinks.update(id(n) for n in sinks + ([] if final is root else [final]))
-        root_node = RootNode(ctx, [final] + sinks)
+        # the same rules as the DataFrame API's (SQL chains fused, SQL fused into the partitioning
+        # after it): optimized once over everything the job runs, so shared nodes stay shared
+        memo: Dict = {}
+        root_node = optimize(RootNode(ctx, [final] + sinks), set(self.node_to_tasks), memo)
         root_tasks = self.plan(root_node)
-        final_tasks = self.node_to_tasks[id(final)]
+        final_tasks = self.node_to_tasks[id(optimized_of(memo, final))]
         return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -307,8 +307,7 @@ class Planner:
 
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)
-        if id(node) not in self._own_sinks:  # the job's own named outputs live in its folder
-            check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
+        check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None
         task.runtime_ctx = None
@@ -382,6 +381,15 @@ class Planner:
                     )
             return out
         all_inputs = [t for ts in inputs for t in ts]
+        if getattr(node, "pre_sql", None) is not None:
+            # fused with the SQL node before it (optimizer.fuse_sql_into_partition): one producer per
+            # input partition runs the query over that partition (its placeholders see the input's
+            # partition) and routes the result
+            producers = [self._task(producer_cls, node, t.partition_infos, [t]) for t in all_inputs]
+            return [
+                self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i)
+                for i in range(n)
+            ]
         # as many producers as can run at once: one per worker, fewer when each takes several CPUs
         width = max(1, self.parallelism // max(1, int(node.cpu_limit)))
         nprod = max(1, min(node.max_num_producer_tasks, width if producer_cls is HashPartitionTask else 1))

@@ -150,7 +150,7 @@ def test_completions_of_superseded_attempts_are_ignored(plan_tasks):
     add_tasks(scheduler.state, rt, [exec_plan.root_task], exec_plan.tasks)
     reserve(scheduler.state, a, 1, 1, 100 * MB)
     scheduler._on_completion(Completion(a, 0, False, None, InjectedFault("late")))
-    assert scheduler.state.running == {a: {1: (1, 100 * MB)}} and not scheduler.state.fail_counts
+    assert scheduler.state.running == {a: {1: (1, 100 * MB, 0.0, False)}} and not scheduler.state.fail_counts
 
 
 def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files):
@@ -175,19 +175,24 @@ def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files
 
 @pytest.fixture
 def chain_tasks(make_rt, parquet_files):
-    """source → 2 partitions → SQL A → SQL B; returns (runtime ctx, exec plan, A keys, B keys)."""
+    """source → 2 partitions → SQL A → Arrow B (not fused into A); returns (runtime ctx, exec plan, A keys, B keys)."""
+    from smallpond.logical.node import ArrowComputeNode
+
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
     a = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), 2),), "select * from {0}")
-    b = SqlEngineNode(ctx, (a,), "select * from {0}")
+    b = ArrowComputeNode(ctx, (a,), process_func=_first_table)
     rt = make_rt()
     rt.initialize()
     exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, b))
-    node_of = {k: t.node_id for k, t in exec_plan.tasks.items() if k.startswith("SqlEngineTask")}
-    first = min(node_of.values())
-    a_keys = sorted(k for k, n in node_of.items() if n == first)
-    b_keys = sorted(k for k, n in node_of.items() if n != first)
+    a_keys = sorted(k for k in exec_plan.tasks if k.startswith("SqlEngineTask"))
+    b_keys = sorted(k for k in exec_plan.tasks if k.startswith("ArrowComputeTask"))
+    assert len(a_keys) == len(b_keys) == 2
     return rt, exec_plan, a_keys, b_keys
+
+
+def _first_table(runtime_ctx, tables):
+    return tables[0]
 
 
 def unreadable(rt, producer_key):

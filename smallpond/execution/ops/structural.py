@@ -207,9 +207,10 @@ class PartitionConsumerTask(Task):
         self.index = index
 
     def run(self, runtime_ctx, inputs, output_dir):
-        parts = []
         for ds in inputs:
             if not isinstance(ds, PartitionedDataSet):
                 raise TypeError(f"{self.key}: expected partitioned input, got {type(ds).__name__}")
-            parts.append(ds[self.index])
-        return merge_datasets(parts)
+        gathered = PartitionedDataSet.gather(inputs, self.index)
+        if gathered is not None:
+            return gathered
+        return merge_datasets([ds[self.index] for ds in inputs])

@@ -1,0 +1,40 @@
+"""The embedded backend: worker processes of the driver on this machine."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import List
+
+import psutil
+
+from tests.backends.conftest import Backend
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def driver_args(self) -> List[str]:
+        return ["--num_executors", "2"]
+
+    def init_kwargs(self):
+        return {"num_executors": 2}
+
+    def kill_one_worker(self, driver_pid: int, job_root: str) -> str:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            for child in psutil.Process(driver_pid).children(recursive=True):
+                try:
+                    cmd = " ".join(child.cmdline())
+                except psutil.Error:
+                    continue
+                if "smallpond.execution.worker" in cmd:
+                    os.kill(child.pid, signal.SIGKILL)
+                    return f"worker process {child.pid}"
+            time.sleep(0.05)
+        raise AssertionError("no worker process found to kill")
+
+
+def make_backend(tmp_path_factory) -> Backend:
+    return LocalBackend()

@@ -1,0 +1,181 @@
+"""One contract, every backend: the same plans, the same results, the same failure behaviour.
+
+Each test runs a real job through the Driver command line (a subprocess, as users run it) on the
+backend under test (see conftest.py: embedded worker processes, a Ray cluster, queue executors)
+and checks:
+
+* the results equal the embedded run's / plain pyarrow's;
+* injected faults fire and are retried, and the result is still right;
+* SIGKILL of the driver, then the same command: only unfinished tasks run again;
+* a worker killed in the middle of a job: the job still finishes with the right output;
+* bad SQL: exit status 70 and the SQL in the message, without retries.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from typing import List
+
+import psutil
+
+from tests.datagen import generate_mock_urls, generate_parquet_files, read_parquet
+from tests.e2e.test_resume import (
+    COUNTING_JOB,
+    NPARTITIONS,
+    WORKER_TASKS,
+    committed,
+    counter_lines,
+    expected_rows,
+    sink_rows,
+    started,
+    wait_for_commits,
+)
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SORT_EXAMPLE = os.path.join(REPO, "examples", "sort_mock_urls.py")
+EX_SOFTWARE = 70
+
+
+def counting_command(backend, job_id, data_root, inputs, counter, sink, *extra: str) -> List[str]:
+    return [
+        sys.executable,
+        COUNTING_JOB,
+        backend.driver_mode(),
+        "--job_id",
+        job_id,
+        "--data_root",
+        data_root,
+        *backend.driver_args(),
+        *extra,
+        "-i",
+        *inputs,
+        "-c",
+        counter,
+        "-o",
+        sink,
+        "-n",
+        str(NPARTITIONS),
+    ]
+
+
+def run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, SP_PROGRESS="0")
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def attempts_used(root: str) -> int:
+    """Attempts beyond the first, over all tasks (from the per-attempt task logs)."""
+    return sum(1 for p in glob.glob(os.path.join(root, "log", "tasks", "*.log")) if not p.endswith(".0.log"))
+
+
+def test_same_result_as_plain_pyarrow(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
+    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
+    proc = run(counting_command(backend, str(uuid.uuid4()), data_root, inputs, counter, sink, "--sleep", "0"), tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sink_rows(sink) == expected_rows(inputs)
+    assert len(counter_lines(counter)) == NPARTITIONS
+
+
+def test_example_gives_the_embedded_output(backend, tmp_path):
+    """examples/sort_mock_urls.py unchanged: the same sorted rows as an embedded run."""
+    urls = generate_mock_urls(str(tmp_path / "urls"), nfiles=4, nlines=50)
+    outputs = {}
+    for name, mode, args in [("embedded", "scheduler", []), (backend.name, backend.driver_mode(), backend.driver_args())]:
+        out = str(tmp_path / f"out-{name}")
+        cmd = [sys.executable, SORT_EXAMPLE, mode, "--job_id", str(uuid.uuid4()), "--data_root", str(tmp_path / name)]
+        proc = run([*cmd, *args, "-i", *urls, "-n", "3", "-o", out], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        table = read_parquet(sorted(glob.glob(os.path.join(out, "data_sink", "*.parquet"))))
+        outputs[name] = table.sort_by([("host", "ascending"), ("url", "ascending")]).to_pylist()
+    assert outputs[backend.name] == outputs["embedded"]
+    assert len(outputs["embedded"]) == 200
+
+
+def test_injected_faults_are_retried(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
+    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
+    job_id = str(uuid.uuid4())
+    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0", "--fault_inject", "0.3")
+    proc = run(cmd, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sink_rows(sink) == expected_rows(inputs)
+    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    assert attempts_used(root) > 0, "no injected fault fired: the test proves nothing"
+
+
+def test_resume_after_sigkill_of_the_driver(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
+    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
+    job_id = str(uuid.uuid4())
+    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.1")
+    proc = subprocess.Popen(
+        cmd, cwd=str(tmp_path), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 8, proc, deadline=240)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    time.sleep(1.0)  # let workers of the killed driver notice (they must not commit into its place twice)
+    done_before = committed(root)
+    started_before = started(root)
+    assert len(done_before) < WORKER_TASKS, "the job finished before it was killed"
+
+    rerun = run(cmd, tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    started_after = started(root)
+    rerun_started = {k for k in started_after if started_after[k] > started_before.get(k, 0)}
+    assert not rerun_started & done_before, "a task committed before the kill ran again"
+    assert sink_rows(sink) == expected_rows(inputs)
+
+
+def test_a_killed_worker_does_not_fail_the_job(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
+    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
+    job_id = str(uuid.uuid4())
+    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.3")
+    proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 2, proc, deadline=240)
+        killed = backend.kill_one_worker(proc.pid, root)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            for child in psutil.Process(proc.pid).children(recursive=True):
+                child.kill()
+            proc.kill()
+    assert proc.returncode == 0, f"after killing {killed}:\n{err[-3000:]}"
+    assert sink_rows(sink) == expected_rows(inputs)
+
+
+BAD_SQL_JOB = """
+import sys
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+driver = Driver()
+driver.add_argument("-i", "--input_paths", nargs="+")
+args = driver.get_arguments()
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet(args["input_paths"]))
+driver.run(LogicalPlan(ctx, SqlEngineNode(ctx, (src,), "select idd, from {0}")))
+"""
+
+
+def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    script = tmp_path / "bad_sql.py"
+    script.write_text(BAD_SQL_JOB)
+    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
+    cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
+    proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path)
+    assert proc.returncode == EX_SOFTWARE
+    assert "select idd, from" in proc.stderr
+    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    assert attempts_used(root) == 0, "a parse error was retried"
