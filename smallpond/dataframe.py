@@ -110,7 +110,11 @@ class DataFrame:
         return self._new(node, "random_shuffle")
 
     def partial_sort(self, by: Union[str, List[str]], **kwargs) -> "DataFrame":
-        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed)."""
+        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed).
+
+        Items are SQL, written by the caller: a column whose name is not a plain identifier must be
+        quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
+        """
         cols = [by] if isinstance(by, str) else list(by)
         if not cols:
             raise ParameterError("partial_sort needs at least one column")

@@ -38,7 +38,7 @@ dir_names = name_text.filter(lambda n: "\n" not in n and n.strip() == n and n no
 
 # each example runs a whole job: few examples, and no shrinking (a failing example is reported as drawn)
 FUZZ = settings(
-    max_examples=6, deadline=None, suppress_health_check=list(HealthCheck), database=None, phases=(Phase.explicit, Phase.generate)
+    max_examples=4, deadline=None, suppress_health_check=list(HealthCheck), database=None, phases=(Phase.explicit, Phase.generate)
 )
 
 

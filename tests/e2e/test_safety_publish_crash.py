@@ -58,7 +58,7 @@ def test_sigkill_during_publication_then_rerun(tmp_path, data_root):
     files, current = versions(tmp_path, 0)
     first = subprocess.run(command(str(uuid.uuid4()), data_root, files, a, b), capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr[-3000:]
-    for i, kill in enumerate(["step0", "step2", "step4", "step7", "random"], start=1):
+    for i, kill in enumerate(["step0", "step4", "step7", "random"], start=1):
         files, new = versions(tmp_path, i)
         expect = {"A": {"old": current["A"], "new": new["A"]}, "B": {"old": current["B"], "new": new["B"]}}
         assert (state_of(a, expect["A"]), state_of(b, expect["B"])) == ("old", "old")
