@@ -21,7 +21,7 @@ from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
-from smallpond.execution.task import Task
+from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, verified_payload
 from smallpond.io.paths import release_file_aliases
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
@@ -208,6 +208,29 @@ def _bytes_of(ds: DataSet) -> int:
     return total
 
 
+def _bytes_read(inputs: List[DataSet]) -> int:
+    """Bytes of the input files an attempt was given (a file's share of them for a row range)."""
+    total = 0
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            ranges = getattr(d, "_resolved_row_ranges", None)
+            try:
+                if ranges and not all(r.whole_file for r in ranges):
+                    for r in ranges:
+                        size = os.stat(r.path).st_size
+                        total += size * r.num_rows // r.file_num_rows if r.file_num_rows else size
+                    continue
+                paths = d.resolved_paths
+            except Exception:
+                continue
+            for p in paths:
+                try:
+                    total += os.stat(p).st_size
+                except OSError:
+                    pass
+    return total
+
+
 def _input_files(inputs: List[DataSet]) -> List[str]:
     out: List[str] = []
     for ds in inputs:
@@ -389,7 +412,8 @@ def execute_attempt(
 
     The attempt runs on a copy of ``task`` carrying the attempt's number and effective memory
     limit, so the caller's task object (the scheduler's, when it runs tasks itself) is unchanged.
-    What the attempt measured (``rows``, ``bytes`` written) is put into ``stats``.
+    What the attempt measured (``rows`` and ``bytes`` written, bytes of input files ``read``) is
+    put into ``stats``.
     """
     from smallpond.common import logger
 
@@ -427,7 +451,8 @@ def execute_attempt(
             tmp = f"{task.final_output_abspath}.tmp-{token}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
-            ds = task.run(rt, inputs, tmp)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, tmp)
             task.inject_fault()
             os.rename(tmp, final)
             tmp = None
@@ -435,10 +460,12 @@ def execute_attempt(
             ds._rebase(task._runtime_output_abspath, final)
         else:
             final = None
-            ds = task.run(rt, inputs, None)
+            with seeded_random(task):
+                ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
+        task.stats["read"] = _bytes_read(inputs)
         _test_crash_point("before_commit", task)
         if not task.commits_on_publication:
             winner = write_commit(
@@ -449,6 +476,10 @@ def execute_attempt(
                     remove_path(final)
                 ds = winner["dataset"]
                 logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
+            try:
+                task.on_committed(rt)  # the task is complete (by this attempt or the winner)
+            except Exception as e:  # what is left behind is cleaned with staging/
+                logger.warning("{}: cleaning up after the commit failed: {!r}", task.key, e)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

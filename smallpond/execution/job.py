@@ -7,14 +7,19 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
    resume, only if the folder is safely the user's, see :mod:`~smallpond.execution.ownership`),
    takes the job lock (a second run of the same job at once is refused), finishes a publication
    an earlier run began (:func:`~smallpond.execution.ops.sink.roll_forward`), adds smallpond's log
-   sinks, writes ``log/.STATUS`` = running, handles SIGTERM like Ctrl-C and starts the executor;
+   sinks, writes ``log/.STATUS`` = running, handles SIGTERM like Ctrl-C, starts the executor and
+   the event log (``log/events.jsonl``, :mod:`smallpond.execution.events`);
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
    for the Driver) plans nodes into tasks and has the scheduler run them; when every task of the
    computation has succeeded, the sinks it prepared are published together (all or none);
 3. :meth:`Job.finish` stops the executor, writes the final status (``success``, ``failure`` or
-   ``interrupted``), removes the leftovers of abandoned attempts and of sinks that were prepared
-   but not published and, on success, the intermediate folders; it releases the lock, restores
-   the SIGTERM handler and removes the log sinks it added.
+   ``interrupted``) and the run report (``log/report.html``, :mod:`smallpond.execution.report`),
+   removes the leftovers of abandoned attempts and of sinks that were prepared but not
+   published and, on success, the intermediate folders; it releases the lock, restores the
+   SIGTERM handler and removes the log sinks it added.
+
+Every job keeps an event log and writes a report, whoever runs it; what is shown on the console
+(progress bars, the end-of-job summary) is the caller's choice (:mod:`smallpond.execution.observe`).
 
 Nothing here changes the host process beyond that: no environment variable, no global logging
 configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`); the SIGTERM
@@ -33,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from smallpond.common import logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution.attempt import remove_orphan_outputs
+from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.ownership import JobLock
 from smallpond.execution.planner import ExecutionPlan, Planner
@@ -92,10 +98,11 @@ class Job:
         executor: the backend (default: worker processes on this machine).
         num_workers: workers of the default backend (default: one per usable CPU).
         max_retry_count, max_fail_count: the scheduler's retry policy.
-        listeners: observers of the scheduler (progress, event log, summary).
+        listeners: observers of the scheduler besides the job's own event log (progress bars).
         log_name: the job log file is ``log/{log_name}.log``.
         restart: move an existing folder of this job aside and start over (the way out when a
             folder cannot be resumed, e.g. its secret is lost).
+        name: a label for the job, shown by ``smallpond jobs`` and in the report.
     """
 
     def __init__(
@@ -109,9 +116,11 @@ class Job:
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
         restart: bool = False,
+        name: Optional[str] = None,
         speculation: Speculation = Speculation(),
     ) -> None:
         self.rt = rt
+        self.name = name
         self.speculation = speculation
         self.restart = restart
         self.interrupted: Optional[str] = None
@@ -130,6 +139,10 @@ class Job:
         self.scheduler: Optional[Scheduler] = None
         self.failed = False
         self.finished = False
+        #: the first error that failed the job (a TaskError for a failed task)
+        self.error: Optional[BaseException] = None
+        self.events: Optional[EventLog] = None
+        self.report_path: Optional[str] = None
         self._sinks: List[int] = []
 
     # -- life cycle ------------------------------------------------------------------------------
@@ -147,6 +160,8 @@ class Job:
             self._install_sigterm_handler()
             self.executor = self._executor or make_executor(rt, self._num_workers)
             self.executor.start()  # workers boot while the user's script builds its plan
+            self.events = EventLog(rt.log_root)
+            self.events.job_start(rt, name=self.name, executor=self.executor.describe())
         except BaseException:
             self._restore_sigterm_handler()
             self._lock.release()
@@ -157,7 +172,7 @@ class Job:
             self.executor,
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
-            listeners=self.listeners,
+            listeners=[self.events, *self.listeners],
             speculation=self.speculation,
         )
         logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
@@ -180,7 +195,12 @@ class Job:
             cleanup_temp_dirs(rt)
             remove_orphan_outputs(rt)
             self._discard_unpublished()
-            write_status(rt, "success" if ok else ("interrupted" if self.interrupted else "failure"))
+            status = "success" if ok else ("interrupted" if self.interrupted else "failure")
+            write_status(rt, status)
+            if self.events is not None:
+                interrupted = self.interrupted or isinstance(self.error, (KeyboardInterrupt, SystemExit))
+                self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
+                self.report_path = _write_report(rt)
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
             if self.interrupted:
@@ -227,7 +247,7 @@ class Job:
             results = self.scheduler.run(targets, self.planner.tasks)
             self._publish()
         except BaseException as e:
-            self.failed = True
+            self.record_error(e)
             if isinstance(e, KeyboardInterrupt) and not self.interrupted:
                 self.interrupted = "SIGINT"
             self._discard_unpublished()
@@ -287,6 +307,12 @@ class Job:
             remove_path(staging_path(self.rt, st.tasks[k]))
         invalidate(st, keys)
 
+    def record_error(self, e: BaseException) -> None:
+        """Mark the job failed by ``e`` (the first error is the one reported)."""
+        self.failed = True
+        if self.error is None:
+            self.error = e.errors[0] if isinstance(e, JobFailed) and e.errors else e
+
     def run_nodes(self, nodes: Sequence[Node]) -> List[List[Any]]:
         """Plan ``nodes`` (reusing what was planned and computed before) and run them.
 
@@ -309,8 +335,8 @@ class Job:
             f.write(plan.graph().source)
         try:
             exec_plan = self.planner.create_exec_plan(plan, manifest_only_final_results)
-        except BaseException:
-            self.failed = True
+        except BaseException as e:
+            self.record_error(e)
             raise
         logger.info("job {} planned: {} tasks; job root {}", rt.job_id, len(exec_plan.tasks), rt.job_root)
         results = self._run([exec_plan.root_task])
@@ -327,6 +353,14 @@ class Job:
             exec_plan.num_resumed,
         )
         return exec_plan
+
+    def summary(self, show_error: bool = True):
+        """The end-of-job summary block (:mod:`smallpond.execution.summary`) of this run so far."""
+        from smallpond.execution.events import JobHistory
+        from smallpond.execution.summary import format_summary
+
+        history = self.events.history if self.events is not None else JobHistory()
+        return format_summary(history, self.rt.job_root, report_path=self.report_path, show_error=show_error)
 
     # -- results of a session ---------------------------------------------------------------------
     def tasks_of(self, node: Node):
@@ -382,11 +416,28 @@ def run_job(
         job.finish(ok, remove_intermediates=remove_output_root)
 
 
+def _write_report(rt: RuntimeContext) -> Optional[str]:
+    """Write ``log/report.html`` from the job folder; a report that cannot be written never fails the job."""
+    from smallpond.execution.report import write_report
+
+    try:
+        return write_report(rt.job_root)
+    except Exception as e:
+        logger.warning("could not write the run report of job {}: {}", rt.job_id, e)
+        return None
+
+
 def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
-    """smallpond's console sink at the job's console level, and ``log/{name}.log``."""
+    """smallpond's console sink at the job's console level, and ``log/{name}.log``.
+
+    Console lines go through :func:`~smallpond.execution.progress.write_console`, which moves
+    progress bars out of their way.
+    """
+    from smallpond.execution.progress import write_console
+
     logger.remove_default_sink()
     return [
-        logger.add(sys.stderr, level=rt.console_log_level),
+        logger.add(write_console, level=rt.console_log_level, colorize=_stderr_is_tty()),
         logger.add(
             loguru_file_path(os.path.join(rt.log_root, f"{name}.log")),
             level=rt.file_log_level,
@@ -394,6 +445,13 @@ def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
             retention=5,
         ),
     ]
+
+
+def _stderr_is_tty() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _remove_log_sinks(ids: List[int]) -> None:

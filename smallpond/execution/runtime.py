@@ -93,6 +93,11 @@ def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
     return None
 
 
+def resolve_data_root(data_root=None) -> str:
+    """The absolute data root: ``data_root``, else ``SP_DATA_ROOT``, else ``~/.smallpond/data``."""
+    return os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+
+
 def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, datetime, str]:
     """(job id, job time, absolute data root) from arguments, then ``SP_*`` variables, then defaults.
 
@@ -101,7 +106,7 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     * job time: ``job_time``, ``SP_JOB_TIME``, the time of an existing job with this id under the
       data root (so the same id resumes it), now.
     """
-    root = os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+    root = resolve_data_root(data_root)
     raw_id = job_id if job_id not in (None, "") else _env("SP_JOBID")
     jid = parse_job_id(raw_id) if raw_id is not None else JobId.new()
     raw_time = job_time if job_time is not None else _env("SP_JOB_TIME")
@@ -246,6 +251,13 @@ class RuntimeContext:
             job_id = parse_job_id(job_id)
         if not 0.0 <= fault_inject_prob < 1.0:
             raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
+        if bind_numa_node:
+            import warnings
+
+            warnings.warn(
+                "bind_numa_node is accepted but has no effect: this build does not bind workers to NUMA nodes",
+                stacklevel=2,
+            )
         self.job_id = job_id
         self.job_time = job_time
         self.layout = JobLayout(data_root, job_time, job_id)
@@ -332,16 +344,16 @@ class RuntimeContext:
 
     @property
     def numa_node_count(self) -> int:
-        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
+        """NUMA nodes the scheduler places work on: 1 (this build binds no worker to a NUMA node)."""
         return 1
 
     @property
     def numa_node_id(self) -> Optional[int]:
-        """The NUMA node this process is bound to; None (no binding in this build)."""
+        """The NUMA node this process is bound to: None, as this build binds no process."""
         return None
 
     def get_local_gpus(self) -> list:
-        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
+        """GPUs this build assigns to tasks: none (it schedules no GPUs; see ``Task.local_gpu``)."""
         return []
 
     @property

@@ -534,7 +534,7 @@ class Scheduler:
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
-                logger.error("task failed: {}", e)
+                logger.debug("task failed: {}", e)  # the job's summary shows it, once
                 break
             reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem, time.time())
             self._emit("on_submit", task, attempt, mem)
@@ -607,7 +607,8 @@ class Scheduler:
             memory_cap=self.capacity.memory,
         )
         if decision is Decision.FAIL:
-            logger.info("task failed: {}", terr)
+            # in the job log only: the job's summary shows the error to the user, once
+            logger.debug("task failed: {}", terr)
         else:
             if decision is Decision.RETRY_WITH_MORE_MEMORY:
                 logger.info("{}: memory limit raised to {} bytes after running out of memory", key, st.memory[key])

@@ -112,10 +112,16 @@ class DataSet:
             for path, pattern in self._patterns():
                 if pattern is not None:
                     out.extend(x for x in glob.glob(pattern, recursive=self.recursive) if not os.path.isdir(x))
+                elif os.path.isdir(path):
+                    out.extend(self._directory_files(path))
                 else:
                     out.append(path)
             self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
         return self._resolved_paths
+
+    def _directory_files(self, directory: str) -> List[str]:
+        """The files a directory given as a path stands for (subclasses decide; default: itself)."""
+        return [directory]
 
     @property
     def num_files(self) -> int:
@@ -177,6 +183,8 @@ class DataSet:
             self.paths = [mv(p) for p in self.paths]
         if self._resolved_paths is not None:
             self._resolved_paths = [mv(p) for p in self._resolved_paths]
+        if getattr(self, "_schema_path", None):
+            self._schema_path = mv(self._schema_path)
         ranges = getattr(self, "_resolved_row_ranges", None)
         if ranges is not None:
             for r in ranges:
@@ -261,8 +269,7 @@ class DataSet:
         ds.recursive = any(d.recursive for d in datasets)
         ds._union_by_name = any(d._union_by_name for d in datasets)
         ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
-        if not ds.paths:
-            ds._schema_path = next((getattr(d, "_schema_path", None) for d in datasets if getattr(d, "_schema_path", None)), None)
+        ds._schema_path = next((d._schema_path for d in datasets if getattr(d, "_schema_path", None)), None)
         return ds
 
     def __repr__(self) -> str:
@@ -383,6 +390,11 @@ class JsonDataSet(DataSet):
 class ParquetDataSet(DataSet):
     """Parquet files, optionally restricted to row ranges, with optional generated columns.
 
+    A directory among ``paths`` stands for the files its ``.MANIFEST.txt`` lists (one path per
+    line; relative ones are relative to the directory), as ``write_parquet`` and a Driver job's
+    named outputs and ``FinalResults`` write it; without a manifest, for the ``*.parquet`` files in
+    it (and below it with ``recursive=True``).
+
     Args:
         generated_columns: any of ``"filename"`` and ``"file_row_number"``, added by the reader.
     """
@@ -403,6 +415,18 @@ class ParquetDataSet(DataSet):
             raise ParameterError(f"generated_columns must be among {list(GENERATED_COLUMNS)}, got {bad}")
         self.generated_columns = generated_columns
         self._resolved_row_ranges = None
+
+    def _directory_files(self, directory: str) -> List[str]:
+        manifest = os.path.join(directory, ".MANIFEST.txt")
+        if os.path.isfile(manifest):
+            with open(manifest, encoding="utf-8") as f:
+                return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]
+        pattern = (
+            os.path.join(glob.escape(directory), "**", "*.parquet")
+            if self.recursive
+            else os.path.join(glob.escape(directory), "*.parquet")
+        )
+        return sorted(glob.glob(pattern, recursive=self.recursive))
 
     def _describe(self):
         ranges = None
@@ -541,12 +565,22 @@ class ParquetDataSet(DataSet):
         ds = super()._with_paths(paths)
         ds._resolved_row_ranges = None
         if not paths and ds.schema is None:
-            # an empty piece of a non-empty dataset keeps a file to take its columns from
-            source = self._resolved_paths or (self._resolved_row_ranges and [r.path for r in self._resolved_row_ranges])
+            # an empty piece of a non-empty dataset keeps a file to take its columns from (see
+            # ``_schema_path`` in :meth:`_schema_source`)
+            ranges = self._resolved_row_ranges or []
+            source = [r.path for r in ranges if r.num_rows > 0] or self._resolved_paths or [r.path for r in ranges]
             ds._schema_path = source[0] if source else getattr(self, "_schema_path", None)
         return ds
 
     def _schema_source(self):
+        """The schema of an empty dataset: :attr:`schema` if set, else that of ``_schema_path``.
+
+        ``_schema_path`` is a Parquet file with this dataset's columns, set on the empty pieces of a
+        partitioned dataset (and on the empty-placeholder partitions of a partition producer): a
+        file of a sibling partition. Besides giving an empty dataset its columns, its rows serve as
+        a sample from which a Python map infers the output schema of a partition with no rows.
+        """
+
         import pyarrow.parquet as pq
 
         if self.schema is not None:
@@ -831,7 +865,8 @@ def _compact_partitions(datasets: Sequence[DataSet]):
         return None
     varying = ("paths", "_resolved_paths", "_num_rows")
     template = {k: v for k, v in first.__dict__.items() if k not in varying}
-    if template.get("root_dir") is not None or template.get("_resolved_row_ranges") is not None or "_schema_path" in template:
+    # a ``_schema_path`` is fine when every partition has the same one (checked below, as every option)
+    if template.get("root_dir") is not None or template.get("_resolved_row_ranges") is not None:
         return None
     for d in datasets:
         if type(d) is not cls or d._resolved_paths is None or d._resolved_paths != sorted(d.paths):

@@ -46,10 +46,6 @@ def test_crash_between_output_rename_and_commit_record(tmp_path, make_rt, monkey
     assert all(os.path.basename(d).split(".")[1] == "1" for d in task_dirs), task_dirs
 
 
-@pytest.mark.skip(
-    reason="RangePartitionNode fails on main ('RangePartitionNode' object has no attribute 'engine_type'); "
-    "another engineer is rewriting it: enable this public-API boundary test when that lands"
-)
 def test_range_partition_boundaries(tmp_path, make_rt):
     """Partition k holds ``split_points[k-1] <= key < split_points[k]``: the points themselves open a partition."""
     src = tmp_path / "in.parquet"

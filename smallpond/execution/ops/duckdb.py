@@ -175,6 +175,12 @@ def format_query(task: Task, query: str, views: List[str], extra: Dict[str, obje
     }
     named.update({p.dimension: p.index for p in task.partition_infos})
     named.update(extra)
+    return render_query(query, views, named)
+
+
+def render_query(query: str, views: List[str], named: Dict[str, object]) -> str:
+    """``query`` with ``{0}``, ``{1}``, ... replaced by ``views`` and named placeholders by ``named``;
+    an unknown placeholder is a :class:`UserCodeError` listing the ones there are."""
     try:
         return query.format(*views, **named)
     except (KeyError, IndexError) as e:

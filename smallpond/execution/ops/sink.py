@@ -205,6 +205,11 @@ def check_overlap(node, datasets: Sequence[DataSet], data_root: str, output_root
 
 
 def _check_one_input(node, ds: DataSet, dest: str) -> None:
+    for path, pattern in ds._patterns():  # a folder given as an input path stands for its files
+        if pattern is None and os.path.isdir(path):
+            folder = os.path.realpath(path)
+            if dest == folder or (ds.recursive and _inside(dest, folder)):
+                raise PlanError(node._msg(f"output path {node.output_path} is inside input folder {path!r}"))
     patterns = [p for p in ds.absolute_paths if _WILDCARD.search(p)]
     for p in patterns:
         if _pattern_reaches(os.path.abspath(p), dest, ds.recursive) or _pattern_reaches(os.path.realpath(p), dest, ds.recursive):
