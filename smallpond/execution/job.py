@@ -59,11 +59,27 @@ def cleanup_temp_dirs(rt: RuntimeContext) -> None:
                     remove_path(os.path.join(sub, entry))
 
 
-def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None) -> Executor:
-    """The embedded backend: worker processes on this machine."""
-    from smallpond.execution.executors.local import LocalExecutor
+#: platform names that mean the embedded backend (worker processes of this process)
+EMBEDDED_PLATFORMS = (None, "", "local")
 
-    return LocalExecutor(rt, num_workers)
+
+def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None, *, platform=None) -> Executor:
+    """The backend a job runs on; the one place that picks it.
+
+    * no ``platform`` (or ``"local"``): the embedded backend, ``num_workers`` worker processes
+      of this process (default: one per usable CPU);
+    * a platform (``"mpi"``, ``"base"``, ``"manual"``, a module name or a
+      :class:`~smallpond.platform.Platform`): the queue backend, whose executors that platform
+      starts (``num_workers`` of them, default one per usable CPU; none for ``"manual"``:
+      they are started by hand).
+    """
+    if platform in EMBEDDED_PLATFORMS:
+        from smallpond.execution.executors.local import LocalExecutor
+
+        return LocalExecutor(rt, num_workers)
+    from smallpond.execution.executors.queue import QueueExecutor
+
+    return QueueExecutor(rt, platform=platform, num_executors=num_workers or 0)
 
 
 class Job:
@@ -72,7 +88,10 @@ class Job:
     Args:
         rt: the job's runtime context.
         executor: the backend (default: worker processes on this machine).
-        num_workers: workers of the default backend (default: one per usable CPU).
+        num_workers: workers of the default backend (default: one per usable CPU), or executors
+            the platform starts.
+        platform: run on the queue backend, with executors this platform starts (see
+            :func:`make_executor`); default: the embedded backend.
         max_retry_count, max_fail_count: the scheduler's retry policy.
         listeners: observers of the scheduler (progress, event log, summary).
         log_name: the job log file is ``log/{log_name}.log``.
@@ -88,10 +107,12 @@ class Job:
         max_fail_count: int = 3,
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
+        platform=None,
     ) -> None:
         self.rt = rt
         self._executor = executor
         self._num_workers = num_workers
+        self._platform = platform
         self.max_retry_count = max_retry_count
         self.max_fail_count = max_fail_count
         self.listeners = list(listeners)
@@ -108,9 +129,17 @@ class Job:
         rt = self.rt
         rt.initialize()
         self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
+        self.executor = self._executor or make_executor(rt, self._num_workers, platform=self._platform)
+        try:
+            self.executor.start()  # workers boot while the user's script builds its plan
+        except BaseException:
+            # nothing of this job ran: leave its status as it was (another scheduler may own it)
+            self.finished = True
+            self.executor.shutdown()
+            _remove_log_sinks(self._sinks)
+            self._sinks = []
+            raise
         write_status(rt, "running")
-        self.executor = self._executor or make_executor(rt, self._num_workers)
-        self.executor.start()  # workers boot while the user's script builds its plan
         self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
         self.scheduler = Scheduler(
             rt,

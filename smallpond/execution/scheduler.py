@@ -135,6 +135,12 @@ def make_ready(state: SchedState, key: str) -> None:
     heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(state.tasks[key].id), key))
 
 
+def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
+    """The executor's capacity changed (workers joined or left): so does what is free."""
+    state.free_cpus += new.num_cpus - old.num_cpus
+    state.free_memory += new.memory - old.memory
+
+
 def reserve(state: SchedState, key: str, attempt: int, cpus: int, memory: int) -> None:
     state.running.setdefault(key, {})[attempt] = (cpus, memory)
     state.free_cpus -= cpus
@@ -293,11 +299,17 @@ class Scheduler:
         ok = False
         try:
             while not st.failed and not all(k in st.done for k in target_keys):
+                self._follow_capacity()
                 progressed = self._dispatch()
                 if st.failed or all(k in st.done for k in target_keys):
                     break
                 if st.running:
                     for c in self._poll(0.0 if progressed else 0.5):
+                        self._on_completion(c)
+                elif not progressed and self.executor is not None and self.capacity.num_workers == 0:
+                    # no worker yet (they are joining): wait; a backend whose workers cannot
+                    # come raises from poll
+                    for c in self._poll(0.5):
                         self._on_completion(c)
                 elif not progressed:
                     raise RuntimeError(self._stall_message(target_keys))
@@ -312,6 +324,15 @@ class Scheduler:
             errors = list(st.failed.values())
             raise JobFailed(f"{len(errors)} task(s) failed; first: {errors[0]}", errors) from errors[0]
         return {k: st.done[k] for k in target_keys}
+
+    def _follow_capacity(self) -> None:
+        """Take in a change of the executor's capacity (workers that joined or left)."""
+        if self.executor is None:
+            return
+        cap = self.executor.capacity
+        if cap != self.capacity:
+            resize(self.state, self.capacity, cap)
+            self.capacity = cap
 
     def _stall_message(self, target_keys: List[str]) -> str:
         """Nothing running and nothing could start: say why instead of spinning silently."""
@@ -358,6 +379,9 @@ class Scheduler:
             if task.exec_on_scheduler or self.executor is None:
                 self._run_here(task, inputs, attempt)
                 progressed = True
+                continue
+            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing to size it by
+                deferred.append(item)
                 continue
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)

@@ -87,13 +87,30 @@ def sign(data: bytes, secret: bytes) -> bytes:
     return hmac.new(secret, data, hashlib.sha256).digest()
 
 
+def signed(payload: bytes, secret: bytes) -> bytes:
+    """``payload`` with this job's signature in front (the format :func:`verified` checks)."""
+    return _SIG_MAGIC + hmac.digest(secret, payload, "sha256") + payload
+
+
+def verified(data: bytes, secret: bytes, what: str = "data") -> bytes:
+    """The payload of signed ``data``; raises :class:`SignatureError` naming ``what`` if the
+    signature is missing or does not match ``secret``."""
+    if not data.startswith(_SIG_MAGIC) or len(data) < len(_SIG_MAGIC) + 32:
+        raise SignatureError(f"refusing to load unsigned pickle {what!r}")
+    sig = data[len(_SIG_MAGIC) : len(_SIG_MAGIC) + 32]
+    payload = data[len(_SIG_MAGIC) + 32 :]
+    if not hmac.compare_digest(sig, hmac.digest(secret, payload, "sha256")):
+        raise SignatureError(f"refusing to load pickle {what!r}: its signature does not match this job's secret")
+    return payload
+
+
 def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: bool = True) -> int:
     """Pickle ``obj`` with cloudpickle (signed if ``secret`` is given) and write it to ``path``."""
     import cloudpickle
 
     payload = cloudpickle.dumps(obj)
     if secret is not None:
-        payload = _SIG_MAGIC + sign(payload, secret) + payload
+        payload = signed(payload, secret)
     if atomic_write:
         atomic_write_bytes(path, payload)
     else:
@@ -109,13 +126,7 @@ def load(path: str, *, secret: Optional[bytes] = None) -> Any:
     with open(path, "rb") as f:
         data = f.read()
     if secret is not None:
-        if not data.startswith(_SIG_MAGIC) or len(data) < len(_SIG_MAGIC) + 32:
-            raise SignatureError(f"refusing to load unsigned pickle {path!r}")
-        sig = data[len(_SIG_MAGIC) : len(_SIG_MAGIC) + 32]
-        payload = data[len(_SIG_MAGIC) + 32 :]
-        if not hmac.compare_digest(sig, sign(payload, secret)):
-            raise SignatureError(f"refusing to load pickle {path!r}: its signature does not match this job's secret")
-        data = payload
+        data = verified(data, secret, path)
     return pickle.loads(data)
 
 
