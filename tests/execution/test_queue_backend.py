@@ -217,6 +217,26 @@ def test_a_cancelled_attempt_is_killed_and_not_reported(queue_executor, inputs, 
         stop(procs)
 
 
+def test_a_killed_executors_worker_dies_with_it_and_its_attempt_is_lost(queue_executor, inputs, marker_dir):
+    qe = queue_executor()
+    task, task_inputs = planned_task(qe.rt, inputs, marker_dir, sleep=30)
+    procs = start_executors(1, str(qe.rt.job_id), qe.rt.data_root)
+    try:
+        qe.submit(task, task_inputs, 0, memory=256 << 20)
+        (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the attempt to start")[0]
+        procs[0].kill()
+        (c,) = poll_until_some(qe, 30)
+        assert (c.key, c.attempt, c.ok) == (task.key, 0, False) and isinstance(c.error, WorkerLost)
+        assert "died" in str(c.error)
+        # its worker does not go on running the attempt the scheduler now gives to another
+        wait_until(
+            lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, "the worker to die"
+        )
+    finally:
+        qe.shutdown()
+        stop(procs)
+
+
 # -- generations -----------------------------------------------------------------------------------
 
 
@@ -239,6 +259,36 @@ def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(que
         (c,) = poll_until_some(new, 60)
         assert c.ok and c.key == task2.key
     finally:
+        stop(procs)
+
+
+def test_an_old_executor_that_does_not_answer_is_fenced_off_before_the_new_scheduler_starts(
+    queue_executor, make_rt, inputs, marker_dir
+):
+    rt = make_rt()
+    old = queue_executor(rt)
+    task, task_inputs = planned_task(rt, inputs, marker_dir, sleep=30)
+    procs = start_executors(1, str(rt.job_id), rt.data_root)
+    holder = None
+    try:
+        old.submit(task, task_inputs, 0, memory=256 << 20)
+        (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the old generation's attempt to start")[0]
+        holder = psutil.Process(procs[0].pid)
+        holder.suspend()  # hung: it cannot acknowledge the new generation (its worker still runs)
+        new = queue_executor(make_rt(str(rt.job_id)))
+        # before the new scheduler reads anything, the silent executor has been declared lost
+        (member,) = os.listdir(new.paths.executors)
+        assert os.path.exists(new.paths.member(member, "lost"))
+        holder.resume()
+        assert procs[0].wait(30) == 75  # it finds the marker, kills its worker and exits
+        assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        assert [m for m in markers(marker_dir) if m[0] == "end"] == []
+    finally:
+        if holder is not None:
+            try:
+                holder.resume()
+            except psutil.Error:
+                pass
         stop(procs)
 
 
