@@ -62,7 +62,12 @@ def init(
             job with this id under ``data_root``, else now.
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
-        num_executors: worker processes. Default: one per usable CPU.
+        num_executors: worker processes (or, with ``platform``, executor processes). Default: one
+            per usable CPU.
+        platform: run on the queue backend, with executors started by this platform: ``"mpi"``
+            (mpirun), ``"base"`` (subprocesses), ``"manual"`` (by hand:
+            ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
+            Default: embedded (also ``"local"``).
     """
     from smallpond.session import Session
 

@@ -111,8 +111,6 @@ class Session:
         cfg = self._config
         if cfg.ray_address:
             logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
-        if cfg.platform not in (None, "", "base", "local"):
-            logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
         self._ctx = Context()
         rt = make_runtime_ctx(
             cfg.job_id,
@@ -127,6 +125,7 @@ class Session:
         self._job = Job(
             rt,
             num_workers=cfg.num_executors or None,
+            platform=cfg.platform,  # a named platform runs the session on the queue backend
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],

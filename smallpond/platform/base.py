@@ -141,22 +141,38 @@ class Platform:
         self._close_log(str(job_id))
         return code
 
-    def stop_job(self, job_id: str) -> None:
-        """Kill a launched job (its whole process group: the launcher and what it started)."""
+    def stop_job(self, job_id: str, grace: float = 5.0) -> None:
+        """Stop a launched job and every process it started: SIGTERM, then SIGKILL after ``grace`` s.
+
+        The processes are found by descent, not by process group: mpirun puts its ranks in
+        groups of their own, so killing its group would orphan them.
+        """
+        import psutil
+
         proc = self._procs.get(str(job_id))
-        if proc is None:
-            os.kill(int(job_id), signal.SIGKILL)  # upstream's behaviour for ids it did not keep
-            return
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                proc.kill()
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass
-        self._close_log(str(job_id))
+            leader = psutil.Process(proc.pid if proc is not None else int(job_id))
+            procs = [leader] + leader.children(recursive=True)
+        except psutil.Error:
+            procs = []
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, left = psutil.wait_procs(procs, timeout=grace)
+        for p in left:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(left, timeout=grace)
+        if proc is not None:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+            self._close_log(str(job_id))
 
     def _close_log(self, job_id: str) -> None:
         f = self._logs.pop(job_id, None)
