@@ -181,17 +181,28 @@ def sql_list(paths: List[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = None, quiet: bool = True, **rt_kwargs):
-    """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan."""
+def run_plan(
+    plan,
+    data_root: str,
+    executors: int,
+    *,
+    job_id: Optional[str] = None,
+    quiet: bool = True,
+    platform: Optional[str] = None,
+    **rt_kwargs,
+):
+    """Run a LogicalPlan (embedded, or on the queue backend with executors ``platform`` starts);
+    returns the ExecutionPlan."""
     from loguru import logger
 
-    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.execution.job import make_executor, make_runtime_ctx, run_job
 
     if quiet:
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
     rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)
-    return run_job(plan, rt, num_workers=executors)
+    executor = make_executor(rt, executors, platform=platform) if platform else None
+    return run_job(plan, rt, num_workers=executors, executor=executor)
 
 
 def job_root_of(exec_plan) -> str:

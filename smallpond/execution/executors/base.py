@@ -30,6 +30,11 @@ Rules every backend keeps:
   function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
   behind their current short one (``submit(..., queue=True)``); backends without it return 0.
+* **Capacity may change.** Workers may join and leave while a job runs (executors started by
+  hand, a lost node): ``capacity`` is what the backend offers now, and the scheduler reads it
+  every round (it must be cheap). It may be zero workers at first; the scheduler then waits in
+  ``poll``, and a backend whose workers can no longer come raises from ``poll`` with the reason
+  instead of leaving the scheduler waiting.
 * **Data never flows through the executor.** Attempts read and write files on the shared data
   root; a Completion carries only the output's description.
 """
@@ -83,7 +88,7 @@ class Executor:
 
     @property
     def capacity(self) -> Capacity:
-        """The CPUs, memory and workers this backend offers (may grow while workers join)."""
+        """The CPUs, memory and workers this backend offers now (changes as workers join or leave)."""
         raise NotImplementedError
 
     # upstream-style shorthands, derived from the capacity
