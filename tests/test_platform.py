@@ -14,6 +14,8 @@ import pytest
 
 from smallpond.platform import MPI, Manual, Platform, get_platform
 
+pytestmark = pytest.mark.backend
+
 REPORT = textwrap.dedent(
     """
     import os, sys, time

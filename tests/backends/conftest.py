@@ -70,7 +70,11 @@ def _available() -> List[str]:
 _cache: Dict[str, Backend] = {}
 
 
-@pytest.fixture(scope="session", params=_available())
+@pytest.fixture(
+    scope="session",
+    # backends other than the embedded one start executors or clusters: marked "backend"
+    params=[pytest.param(name, marks=() if name == "local" else pytest.mark.backend) for name in _available()],
+)
 def backend(request, tmp_path_factory) -> Backend:
     name = request.param
     if name not in _cache:

@@ -51,13 +51,14 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Deque, Dict, List, Optional, Set, Tuple
 
 from smallpond.common import logger
 from smallpond.errors import ParameterError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
-from smallpond.execution.executors.local import TaskEncoder
+from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, TaskEncoder
 from smallpond.execution.runtime import JobLayout, RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import atomic_write_bytes, dump, remove_path, signed, verified
@@ -239,6 +240,7 @@ class _Member:
     epoch: int = -1
     state: str = ""
     checked: float = 0.0  # monotonic time its process was last checked (same host only)
+    read: float = 0.0  # monotonic time its heartbeat was last read
 
     @property
     def workers(self) -> int:
@@ -304,6 +306,8 @@ class QueueExecutor(Executor):
         self._encoder = TaskEncoder()
         self._nodes_written: Set[int] = set()
         self._outstanding: Dict[str, Tuple[str, int]] = {}  # item name -> (key, attempt)
+        self._queued: Set[str] = set()  # outstanding items submitted with queue=True (reserving nothing)
+        self._recent: Deque[float] = deque(maxlen=32)  # seconds of the latest successful attempts
         self._names: Dict[Tuple[str, int], str] = {}  # (key, attempt) -> item name
         self._members: Dict[str, _Member] = {}
         self._gone: Set[str] = set()  # executors lost or exited: never counted again
@@ -482,20 +486,27 @@ class QueueExecutor(Executor):
             if os.path.exists(self.paths.member(name, "lost")):
                 self._gone.add(name)
                 continue
-            # a heartbeat last written long ago (an executor of an earlier run that died) counts
-            # as that old at once, instead of only after a timeout from now
+            # a heartbeat last written long ago (an executor of an earlier run that died) counts as
+            # that old at once, less two heartbeats: a live executor on a host whose clock is off
+            # gets that long to show its heartbeat moving
             try:
                 age = time.time() - os.stat(self.paths.member(name, "heartbeat")).st_mtime
             except OSError:
                 age = 0.0
-            self._members[name] = _Member(name, info, changed=now - max(0.0, min(age, self.settings.timeout + 1)))
+            grace = self.settings.timeout - 2 * self.settings.heartbeat
+            self._members[name] = _Member(name, info, changed=now - max(0.0, min(age, grace)))
         for m in list(self._members.values()):
-            hb = read_json(self.paths.member(m.name, "heartbeat")) or {}
-            counter = hb.get("n")
-            if counter != m.counter:
-                m.counter, m.changed = counter, now
-            m.epoch = int(hb.get("epoch", -1))
-            m.state = str(hb.get("state", ""))
+            # a joined executor's heartbeat is read twice per heartbeat; one that is joining, at
+            # every scan (the job may be waiting for it)
+            joined = m.epoch == self.epoch and m.state == "running"
+            if force or not joined or now - m.read >= self.settings.heartbeat / 2:
+                m.read = now
+                hb = read_json(self.paths.member(m.name, "heartbeat")) or {}
+                counter = hb.get("n")
+                if counter != m.counter:
+                    m.counter, m.changed = counter, now
+                m.epoch = int(hb.get("epoch", -1))
+                m.state = str(hb.get("state", ""))
             if m.state == "exited":
                 self._leave(m, "exited")
             elif now - m.changed > self.settings.timeout:
@@ -555,6 +566,7 @@ class QueueExecutor(Executor):
     def _forget(self, item: str) -> Tuple[str, int]:
         key, attempt = self._outstanding.pop(item)
         self._names.pop((key, attempt), None)
+        self._queued.discard(item)
         return key, attempt
 
     def _check_launched(self) -> None:
@@ -584,7 +596,15 @@ class QueueExecutor(Executor):
         return Capacity(sum(m.workers for m in joined), sum(m.cpus for m in joined), sum(m.memory for m in joined))
 
     def free_slots(self) -> int:
-        return max(0, self.capacity.num_workers - len(self._outstanding))
+        return max(0, self.capacity.num_workers - (len(self._outstanding) - len(self._queued)))
+
+    def queue_slots(self) -> int:
+        """While attempts are short, one more per worker may wait in ``todo/``: an executor then
+        starts its next attempt the moment one ends, not a scheduler round trip later."""
+        recent = self._recent
+        if len(recent) < 4 or sum(recent) / len(recent) >= QUEUE_BEHIND_SECONDS:
+            return 0
+        return max(0, self.capacity.num_workers - len(self._queued))
 
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Write the attempt into ``todo/`` (and its node into ``nodes/`` the first time)."""
@@ -602,6 +622,8 @@ class QueueExecutor(Executor):
         atomic_write_bytes(os.path.join(self.paths.todo, item), encode_item(header, body, secret))
         self._outstanding[item] = (task.key, attempt)
         self._names[(task.key, attempt)] = item
+        if queue:
+            self._queued.add(item)
 
     def poll(self, timeout: float) -> List[Completion]:
         deadline = time.monotonic() + timeout
@@ -641,6 +663,8 @@ class QueueExecutor(Executor):
                         key, attempt, False, None, WorkerLost(f"the outcome of {key} attempt {attempt} is unreadable: {e}")
                     )
                 self._forget(name)
+                if c.ok:
+                    self._recent.append(c.elapsed)
                 self._ready.append(c)
             remove_path(path)  # done, or a cancelled / older attempt's: nobody's outcome
 
