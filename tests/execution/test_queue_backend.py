@@ -176,6 +176,9 @@ def test_every_attempt_runs_on_exactly_one_executor(tmp_path, inputs, marker_dir
         assert len(starts) == 30 and len({m[1] for m in starts}) == 30, sorted(starts)
         # they took turns: more than one executor ran attempts
         assert len({m[3] for m in starts}) > 1
+        # three executors on one host, three registrations (upstream's shared one exec id per host)
+        (root,) = glob.glob(os.path.join(data_root, "*"))
+        assert len(os.listdir(os.path.join(root, "queue", "executors"))) == 3
         for p in procs:
             assert p.wait(30) == 0, p.stderr.read()[-2000:]
     finally:
@@ -238,6 +241,40 @@ def test_a_killed_executors_worker_dies_with_it_and_its_attempt_is_lost(queue_ex
         wait_until(
             lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 10, "the worker to die"
         )
+    finally:
+        qe.shutdown()
+        stop(procs)
+
+
+def test_two_attempts_of_one_task_run_at_once_and_one_can_be_cancelled(queue_executor, inputs, marker_dir):
+    """What a speculative copy needs: attempts 0 (slow) and 1 (quick) of the same task run side
+    by side on two executors; 1 is reported, 0 is cancelled and killed, never reported."""
+    qe = queue_executor()
+    plan = queue_plan(inputs, marker_dir, npartitions=1, sleep=30, always_slow=False)
+    planner = Planner(qe.rt)
+    (task,) = planner.plan(plan.root_node)
+    results = {}
+    for key, t in planner.tasks.items():
+        if t.exec_on_scheduler:
+            results[key] = run_inline(qe.rt, t, [results[d] for d in t.input_keys])
+    task_inputs = [results[d] for d in task.input_keys]
+    procs = start_executors(2, str(qe.rt.job_id), qe.rt.data_root)
+    try:
+        qe.submit(task, task_inputs, 0, memory=256 << 20)
+        wait_until(lambda: markers(marker_dir), 60, "attempt 0 to start")
+        qe.submit(task, task_inputs, 1, memory=256 << 20)
+        (c,) = poll_until_some(qe, 60)
+        assert (c.key, c.attempt, c.ok) == (task.key, 1, True)
+        (slow_pid,) = [m[3] for m in markers(marker_dir) if m[0] == "start" and m[2] == 0]
+        assert psutil.pid_exists(slow_pid), "attempt 0 should still be running"
+        qe.cancel(task.key, 0)
+        wait_until(
+            lambda: not psutil.pid_exists(slow_pid) or psutil.Process(slow_pid).status() == psutil.STATUS_ZOMBIE,
+            10,
+            "attempt 0's worker to die",
+        )
+        assert qe.poll(1.0) == []
+        assert [(m[0], m[2]) for m in markers(marker_dir) if m[0] == "end"] == [("end", 1)]
     finally:
         qe.shutdown()
         stop(procs)
