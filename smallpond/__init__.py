@@ -68,6 +68,11 @@ def init(
             (mpirun), ``"base"`` (subprocesses), ``"manual"`` (by hand:
             ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
             Default: embedded (also ``"local"``).
+
+    Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
+    ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
+    tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
+    ``max_fail_count`` and ``console_log_level`` as for the Driver.
     """
     from smallpond.session import Session
 

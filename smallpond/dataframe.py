@@ -293,7 +293,8 @@ class DataFrame:
         from smallpond.logical.optimizer import optimize
 
         frozen = set(self.session._node_to_tasks)
-        opt = optimize(self.plan, frozen, dict(self.session._optimized))
+        memo = {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.session._optimized.items()}
+        opt = optimize(self.plan, frozen, memo)
         logical = LogicalPlan(self._ctx, self.plan).explain_str()
         optimized = LogicalPlan(self._ctx, opt).explain_str()
         return f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}"

@@ -44,6 +44,7 @@ class Config:
     fault_inject_prob: float = 0.0
     max_retry_count: int = 5
     max_fail_count: int = 3
+    speculative_exec: object = "disable"
 
     @staticmethod
     def from_args_and_env(
@@ -61,6 +62,7 @@ class Config:
         fault_inject_prob=None,
         max_retry_count=None,
         max_fail_count=None,
+        speculative_exec=None,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -97,6 +99,7 @@ class Config:
             fault_inject_prob=float(pick(fault_inject_prob, "SP_FAULT_INJECT_PROB", 0.0, float)),
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
+            speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
         )
 
 
@@ -105,6 +108,7 @@ class Session:
 
     def __init__(self, **kwargs) -> None:
         from smallpond.execution.job import Job, make_runtime_ctx
+        from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
@@ -129,6 +133,7 @@ class Session:
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=[progress] if progress else [],
+            speculation=Speculation.of(cfg.speculative_exec),
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}

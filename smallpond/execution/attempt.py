@@ -12,6 +12,7 @@ import copy
 import hmac
 import os
 import pickle
+import re
 import sys
 import time
 import traceback
@@ -22,7 +23,7 @@ from typing import List, Optional
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, dump, load, remove_path
+from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, load, remove_path
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 
@@ -30,8 +31,26 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
     return os.path.join(rt.completed_task_dir, f"{key}.commit")
 
 
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> None:
-    """Write the task's signed commit record: from now on the task is complete."""
+def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
+    payload = _fast_pickle(record)
+    if payload is None:
+        import cloudpickle
+
+        payload = cloudpickle.dumps(record)
+    # the format of io.filesystem.dump, without cloudpickle's per-object hooks and Python-level
+    # HMAC objects when plain pickle will do (together ~0.2 ms, as much as a tiny task's own work)
+    return _SIG_MAGIC + hmac.digest(rt.secret, payload, "sha256") + payload
+
+
+def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
+    """Commit the task: write its signed record, unless another attempt committed it first.
+
+    The record is published with ``link()``, which fails if a record exists: of two attempts of
+    one task running at once (a speculative copy, an executor of an earlier scheduler), the first
+    to commit wins. Returns None when this attempt's record is now the task's, else the winning
+    record. A record left by an earlier plan (another fingerprint), or one whose outputs are gone,
+    is replaced.
+    """
     record = {
         "key": task.key,
         "fingerprint": task.fingerprint,
@@ -41,13 +60,70 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
         **extra,
     }
     path = commit_path(rt, task.key)
-    payload = _fast_pickle(record)
-    if payload is None:
-        dump(record, path, secret=rt.secret)
-        return
-    # the same signed format as io.filesystem.dump, without cloudpickle's per-object hooks and
-    # Python-level HMAC objects (together ~0.2 ms, as much as a tiny task's own work)
-    atomic_write_bytes(path, _SIG_MAGIC + hmac.digest(rt.secret, payload, "sha256") + payload)
+    tmp = f"{path}.tmp-{_unique_suffix()}"
+    with open(tmp, "wb") as f:
+        f.write(_signed_record(rt, record))
+    try:
+        try:
+            os.link(tmp, path)
+            return None
+        except FileExistsError:
+            pass
+        existing = _load_record(rt, path)
+        if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
+            return existing
+        os.replace(tmp, path)
+        return None
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+
+
+_ATTEMPT_DIR = re.compile(r"(?P<key>.+-\d{6,})\.\d+\.[0-9a-f]+")
+
+
+def remove_orphan_outputs(rt: RuntimeContext) -> int:
+    """Remove attempt output directories no commit record claims. Returns how many were removed.
+
+    They are left by an attempt that crashed between renaming its output into place and
+    committing, by an attempt that lost to another, or by a task recomputed after its plan
+    changed. Only a task with more than one directory, or with none committed, is looked at
+    closely, so this costs one ``listdir`` per node and a ``stat`` per task.
+    """
+    removed = 0
+    for root in (rt.staging_root, rt.output_root):
+        try:
+            node_dirs = [os.path.join(root, d) for d in os.listdir(root)]
+        except FileNotFoundError:
+            continue
+        for node_dir in node_dirs:
+            if not os.path.isdir(node_dir):
+                continue
+            by_key: dict = {}
+            for name in os.listdir(node_dir):
+                m = _ATTEMPT_DIR.fullmatch(name)
+                if m:
+                    by_key.setdefault(m.group("key"), []).append(os.path.join(node_dir, name))
+            for key, dirs in by_key.items():
+                path = commit_path(rt, key)
+                if len(dirs) == 1 and os.path.exists(path):
+                    continue
+                record = _load_record(rt, path) if os.path.exists(path) else None
+                keep = record.get("output_dir") if record else None
+                for d in dirs:
+                    if d != keep:
+                        remove_path(d)
+                        removed += 1
+    return removed
+
+
+def _load_record(rt: RuntimeContext, path: str) -> Optional[dict]:
+    try:
+        return load(path, secret=rt.secret)
+    except SignatureError:
+        raise
+    except Exception:
+        return None
 
 
 def _fast_pickle(obj) -> Optional[bytes]:
@@ -66,11 +142,8 @@ def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
     path = commit_path(rt, task.key)
     if not os.path.exists(path):
         return None
-    try:
-        record = load(path, secret=rt.secret)
-    except SignatureError:
-        raise
-    except Exception:
+    record = _load_record(rt, path)
+    if record is None:
         return None  # unreadable: recompute
     if record.get("fingerprint") != task.fingerprint:
         return None
@@ -265,23 +338,30 @@ def execute_attempt(
             logger.info(started)
         task.inject_fault()
         if task.writes_output:
-            final = task.final_output_abspath
-            tmp = f"{final}.tmp-{attempt}-{_unique_suffix()}"
+            # each attempt writes into a directory of its own, renamed from a temp name once every
+            # file is complete; the commit record says which attempt's directory is the output
+            token = f"{attempt}.{_unique_suffix()}"
+            final = f"{task.final_output_abspath}.{token}"
+            tmp = f"{task.final_output_abspath}.tmp-{token}"
             os.makedirs(tmp)
             task._runtime_output_abspath = tmp
             ds = task.run(rt, inputs, tmp)
             task.inject_fault()
-            if os.path.lexists(final):
-                remove_path(final)  # left by an attempt that died between rename and commit
             os.rename(tmp, final)
             tmp = None
             ds._rebase(task._runtime_output_abspath, final)
         else:
+            final = None
             ds = task.run(rt, inputs, None)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
-        write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats)
+        winner = write_commit(rt, task, ds, attempt, elapsed, started=start, worker=worker, stats=task.stats, output_dir=final)
+        if winner is not None:  # another attempt committed first: its output is the task's
+            if final is not None:
+                remove_path(final)
+            ds = winner["dataset"]
+            logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)

@@ -83,7 +83,15 @@ class Driver:
         p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
         p.add_argument("--max_fail", "--max_fail_count", dest="max_fail_count", type=int, default=DEFAULT_MAX_FAIL_COUNT)
         p.add_argument("--prioritize_retry", action="store_true")
-        p.add_argument("--speculative_exec", choices=("disable", "enable", "aggressive"), default="enable")
+        p.add_argument(
+            "--speculative_exec",
+            choices=("disable", "enable", "aggressive"),
+            default="enable",
+            help="give stragglers a second copy on an idle worker (default: enable)",
+        )
+        p.add_argument("--speculation_quantile", type=float, default=None, help="fraction of a node's tasks done first (0.75)")
+        p.add_argument("--speculation_multiplier", type=float, default=None, help="times the median runtime (1.5)")
+        p.add_argument("--speculation_min_runtime", type=float, default=None, help="seconds a task runs at least (60)")
         p.add_argument("--enable_speculative_exec", dest="speculative_exec", action="store_const", const="enable")
         p.add_argument("--disable_speculative_exec", dest="speculative_exec", action="store_const", const="disable")
         p.add_argument("--stop_executor_on_failure", action="store_true")
@@ -283,6 +291,7 @@ class Driver:
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
+            speculation=self._speculation(),
         )
         ok = False
         try:
@@ -297,6 +306,17 @@ class Driver:
         finally:
             # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
             job.finish(ok, remove_intermediates=a.remove_output_root)
+
+    def _speculation(self):
+        from smallpond.execution.scheduler import Speculation
+
+        a = self.driver_args
+        return Speculation.of(
+            a.speculative_exec,
+            quantile=a.speculation_quantile,
+            multiplier=a.speculation_multiplier,
+            min_runtime=a.speculation_min_runtime,
+        )
 
     def _run_ray(self, plan):
         from smallpond.common import logger

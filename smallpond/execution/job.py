@@ -23,10 +23,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import logger
 from smallpond.errors import JobFailed, ParameterError
+from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
-from smallpond.execution.scheduler import Scheduler, SchedulerListener, invalidate, keep_only_finished
+from smallpond.execution.scheduler import Scheduler, SchedulerListener, Speculation, invalidate, keep_only_finished
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -107,9 +108,11 @@ class Job:
         max_fail_count: int = 3,
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
+        speculation: Speculation = Speculation(),
         platform=None,
     ) -> None:
         self.rt = rt
+        self.speculation = speculation
         self._executor = executor
         self._num_workers = num_workers
         self._platform = platform
@@ -147,6 +150,7 @@ class Job:
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
             listeners=self.listeners,
+            speculation=self.speculation,
         )
         logger.info("smallpond job {} at {} on {}", rt.job_id, rt.job_root, self.executor.describe())
         return self
@@ -166,6 +170,7 @@ class Job:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
+            remove_orphan_outputs(rt)
             write_status(rt, "success" if ok else "failure")
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
@@ -255,6 +260,7 @@ def run_job(
     num_workers: Optional[int] = None,
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
+    speculation: Speculation = Speculation(),
 ) -> ExecutionPlan:
     """Run a whole plan as a job. Returns the ExecutionPlan with results; raises JobFailed on failure."""
     job = Job(
@@ -264,6 +270,7 @@ def run_job(
         max_retry_count=max_retry_count,
         max_fail_count=max_fail_count,
         listeners=listeners,
+        speculation=speculation,
     )
     ok = False
     try:

@@ -69,6 +69,7 @@ from smallpond.logical.node import (
     UnionNode,
     UserDefinedPartitionNode,
 )
+from smallpond.logical.optimizer import optimize, optimized_of
 
 TOP = PartitionInfo()
 
@@ -211,9 +212,12 @@ class Planner:
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
             final = DataSinkNode(ctx, [root], os.path.join(base, "FinalResults"), type=kind, is_final_node=True)
-        root_node = RootNode(ctx, [final] + sinks)
+        # the same rules as the DataFrame API's (SQL chains fused, SQL fused into the partitioning
+        # after it): optimized once over everything the job runs, so shared nodes stay shared
+        memo: Dict = {}
+        root_node = optimize(RootNode(ctx, [final] + sinks), set(self.node_to_tasks), memo)
         root_tasks = self.plan(root_node)
-        final_tasks = self.node_to_tasks[id(final)]
+        final_tasks = self.node_to_tasks[id(optimized_of(memo, final))]
         return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -353,6 +357,15 @@ class Planner:
                     )
             return out
         all_inputs = [t for ts in inputs for t in ts]
+        if getattr(node, "pre_sql", None) is not None:
+            # fused with the SQL node before it (optimizer.fuse_sql_into_partition): one producer per
+            # input partition runs the query over that partition (its placeholders see the input's
+            # partition) and routes the result
+            producers = [self._task(producer_cls, node, t.partition_infos, [t]) for t in all_inputs]
+            return [
+                self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i)
+                for i in range(n)
+            ]
         # as many producers as can run at once: one per worker, fewer when each takes several CPUs
         width = max(1, self.parallelism // max(1, int(node.cpu_limit)))
         nprod = max(1, min(node.max_num_producer_tasks, width if producer_cls is HashPartitionTask else 1))

@@ -16,6 +16,10 @@ effective memory limit of each task's next attempt, raised after out-of-memory f
 ``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
 ``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
 
+Speculation (:class:`Speculation`, Spark's knobs): a task still running long after most of its
+node's tasks finished gets a second attempt on an idle worker; the first attempt to commit wins
+(``write_commit`` publishes records exclusively) and the others are cancelled.
+
 Policies, in :func:`fail_attempt`: the error is classified once by
 :func:`smallpond.errors.classify` into retry / fail / retry with more memory. A retried task gets
 the next attempt number until it has failed ``max_fail_count`` times or used ``max_retry_count``
@@ -29,9 +33,11 @@ Observers (progress bars, the event log behind the run report, the end-of-job su
 from __future__ import annotations
 
 import heapq
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
 from smallpond.errors import Decision, JobFailed, TaskError, classify
@@ -41,7 +47,55 @@ from smallpond.execution.runtime import RuntimeContext, default_memory_limit
 from smallpond.execution.task import Task
 from smallpond.logical.graph import critical_path_lengths, topological_order
 
-Reservation = Tuple[int, int]  # (cpus, bytes of memory)
+
+class Running(NamedTuple):
+    """A submitted attempt: what it reserved, when it was sent, and whether it is a speculative copy."""
+
+    cpus: int
+    memory: int
+    since: float = 0.0
+    speculative: bool = False
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Spark-style speculative execution: a straggler gets a second copy on another worker.
+
+    A running task is a straggler when at least ``quantile`` of its node's tasks have finished and
+    it has run longer than ``multiplier`` times their median runtime and at least ``min_runtime``
+    seconds. The copy runs only on a worker that is otherwise idle; the first attempt to commit
+    wins (the commit record decides) and the other is cancelled, its files removed.
+    """
+
+    enabled: bool = False
+    quantile: float = 0.75
+    multiplier: float = 1.5
+    min_runtime: float = 60.0
+
+    MODES = ("disable", "enable", "aggressive")
+
+    @staticmethod
+    def of(mode=None, *, quantile=None, multiplier=None, min_runtime=None) -> "Speculation":
+        """From upstream's ``--speculative_exec`` modes (or a bool), with optional knobs."""
+        if isinstance(mode, Speculation):
+            base = mode
+        elif mode in (None, False, "disable", "disabled", "off"):
+            base = Speculation(False)
+        elif mode in (True, "enable", "enabled", "on"):
+            base = Speculation(True)
+        elif mode == "aggressive":
+            base = Speculation(True, quantile=0.5, multiplier=1.25, min_runtime=5.0)
+        else:
+            from smallpond.errors import ParameterError
+
+            raise ParameterError(f"speculative execution must be one of {list(Speculation.MODES)} or a bool, got {mode!r}")
+        knobs = {"quantile": quantile, "multiplier": multiplier, "min_runtime": min_runtime}
+        spec = Speculation(base.enabled, **{k: (v if v is not None else getattr(base, k)) for k, v in knobs.items()})
+        if not 0 < spec.quantile <= 1 or spec.multiplier < 1 or spec.min_runtime < 0:
+            from smallpond.errors import ParameterError
+
+            raise ParameterError(f"speculation knobs out of range: {spec} (0 < quantile <= 1, multiplier >= 1, min_runtime >= 0)")
+        return spec
 
 
 @dataclass
@@ -49,7 +103,8 @@ class SchedState:
     tasks: Dict[str, Task] = field(default_factory=dict)
     waiting: Dict[str, Set[str]] = field(default_factory=dict)
     ready: List[tuple] = field(default_factory=list)
-    running: Dict[str, Dict[int, Reservation]] = field(default_factory=dict)
+    ready_inline: Deque[str] = field(default_factory=deque)  # metadata-only tasks: they never wait for workers
+    running: Dict[str, Dict[int, Running]] = field(default_factory=dict)
     done: Dict[str, object] = field(default_factory=dict)
     failed: Dict[str, TaskError] = field(default_factory=dict)
     attempts: Dict[str, int] = field(default_factory=dict)
@@ -59,6 +114,7 @@ class SchedState:
     resumed: Set[str] = field(default_factory=set)
     executed: Set[str] = field(default_factory=set)
     memory: Dict[str, int] = field(default_factory=dict)
+    runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
     free_cpus: int = 0
     free_memory: int = 0
 
@@ -132,7 +188,11 @@ def add_tasks(
 
 def make_ready(state: SchedState, key: str) -> None:
     state.waiting.pop(key, None)
-    heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(state.tasks[key].id), key))
+    task = state.tasks[key]
+    if task.exec_on_scheduler:
+        state.ready_inline.append(key)
+    else:
+        heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(task.id), key))
 
 
 def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
@@ -141,8 +201,10 @@ def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
     state.free_memory += new.memory - old.memory
 
 
-def reserve(state: SchedState, key: str, attempt: int, cpus: int, memory: int) -> None:
-    state.running.setdefault(key, {})[attempt] = (cpus, memory)
+def reserve(
+    state: SchedState, key: str, attempt: int, cpus: int, memory: int, since: float = 0.0, speculative: bool = False
+) -> None:
+    state.running.setdefault(key, {})[attempt] = Running(cpus, memory, since, speculative)
     state.free_cpus -= cpus
     state.free_memory -= memory
 
@@ -152,12 +214,41 @@ def release(state: SchedState, key: str, attempt: int) -> bool:
     attempts = state.running.get(key)
     if not attempts or attempt not in attempts:
         return False
-    cpus, memory = attempts.pop(attempt)
+    cpus, memory = attempts.pop(attempt)[:2]
     if not attempts:
         del state.running[key]
     state.free_cpus += cpus
     state.free_memory += memory
     return True
+
+
+def record_runtime(state: SchedState, key: str, seconds: float) -> None:
+    state.runtimes.setdefault(state.tasks[key].node_id, []).append(seconds)
+
+
+def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
+    """Running tasks with a single attempt that has run too long for its node (see Speculation)."""
+    if not spec.enabled or not state.running:
+        return []
+    totals: Dict[int, int] = {}
+    for t in state.tasks.values():
+        if not t.exec_on_scheduler:
+            totals[t.node_id] = totals.get(t.node_id, 0) + 1
+    out = []
+    medians: Dict[int, Optional[float]] = {}
+    for key, attempts in state.running.items():
+        if len(attempts) != 1:
+            continue
+        node_id = state.tasks[key].node_id
+        if node_id not in medians:
+            times = state.runtimes.get(node_id) or []
+            enough = times and len(times) >= spec.quantile * totals.get(node_id, 1)
+            medians[node_id] = statistics.median(times) if enough else None
+        median = medians[node_id]
+        (running,) = attempts.values()
+        if median is not None and now - running.since > max(spec.min_runtime, spec.multiplier * median):
+            out.append(key)
+    return sorted(out, key=lambda k: next(iter(state.running[k].values())).since)
 
 
 def finish_task(state: SchedState, key: str, dataset) -> None:
@@ -215,8 +306,9 @@ def keep_only_finished(state: SchedState) -> SchedState:
         resumed=state.resumed,
         executed=state.executed,
         consumers=state.consumers,
-        free_cpus=state.free_cpus + sum(c for a in state.running.values() for c, _ in a.values()),
-        free_memory=state.free_memory + sum(m for a in state.running.values() for _, m in a.values()),
+        runtimes=state.runtimes,
+        free_cpus=state.free_cpus + sum(r.cpus for a in state.running.values() for r in a.values()),
+        free_memory=state.free_memory + sum(r.memory for a in state.running.values() for r in a.values()),
     )
 
 
@@ -251,6 +343,7 @@ class Scheduler:
         max_retry_count: retries per task before giving up.
         max_fail_count: failed attempts per task before the job fails.
         listeners: observers of the run (progress, event log, summary).
+        speculation: when to give stragglers a second copy (off by default).
     """
 
     def __init__(
@@ -261,8 +354,10 @@ class Scheduler:
         max_retry_count: int = DEFAULT_MAX_RETRY_COUNT,
         max_fail_count: int = DEFAULT_MAX_FAIL_COUNT,
         listeners: Sequence[SchedulerListener] = (),
+        speculation: Speculation = Speculation(),
     ) -> None:
         self.rt = runtime_ctx
+        self.speculation = speculation
         self.executor = executor
         self.max_retry_count = max_retry_count
         self.max_fail_count = max(1, max_fail_count)
@@ -301,6 +396,8 @@ class Scheduler:
             while not st.failed and not all(k in st.done for k in target_keys):
                 self._follow_capacity()
                 progressed = self._dispatch()
+                if self.speculation.enabled and self.executor is not None:
+                    progressed = self._speculate() or progressed
                 if st.failed or all(k in st.done for k in target_keys):
                     break
                 if st.running:
@@ -338,7 +435,7 @@ class Scheduler:
         """Nothing running and nothing could start: say why instead of spinning silently."""
         st = self.state
         missing = [k for k in target_keys if k not in st.done]
-        blocked = [st.tasks[item[2]] for item in st.ready][:3]
+        blocked = [st.tasks[item[2]] for item in st.ready][:3]  # (metadata-only tasks never block)
         detail = "; ".join(f"{t.key} needs {t.cpu_limit} CPU(s) and {self.effective_memory(t)} bytes" for t in blocked)
         return (
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
@@ -367,22 +464,30 @@ class Scheduler:
         self._emit("on_inline", task, True, time.time() - start)
 
     def _dispatch(self) -> bool:
+        """Run ready metadata-only tasks here, then send ready tasks to the executor while it has room."""
         st = self.state
         progressed = False
+        while st.ready_inline and not st.failed:
+            key = st.ready_inline.popleft()
+            task = st.tasks[key]
+            self._run_here(task, [st.done[d] for d in task.input_keys], st.attempts.get(key, 0))
+            progressed = True
         deferred = []
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
             key = item[2]
             task = st.tasks[key]
-            inputs = [st.done[d] for d in task.input_keys]
             attempt = st.attempts.get(key, 0)
-            if task.exec_on_scheduler or self.executor is None:
-                self._run_here(task, inputs, attempt)
+            if self.executor is None:
+                self._run_here(task, [st.done[d] for d in task.input_keys], attempt)
                 progressed = True
+                while st.ready_inline and not st.failed:  # what it made ready, in order
+                    k = st.ready_inline.popleft()
+                    self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
-            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing to size it by
+            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing can start
                 deferred.append(item)
-                continue
+                break
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
             idle = self.executor.free_slots()
@@ -395,22 +500,45 @@ class Scheduler:
                 queue = task.cpu_limit <= 1 and mem <= self.capacity.memory_per_cpu and slots > 0
                 if not queue:
                     deferred.append(item)
-                    if idle == 0 and not slots:
-                        break
+                    if (idle == 0 or st.free_cpus <= 0) and not slots:
+                        break  # nothing else can start either: stop scanning the ready tasks
                     continue
             try:
-                self.executor.submit(task, inputs, attempt, memory=mem, queue=queue)
+                self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
                 logger.error("task failed: {}", e)
                 break
-            reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem)
+            reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem, time.time())
             self._emit("on_submit", task, attempt, mem)
             progressed = True
         for item in deferred:
             heapq.heappush(st.ready, item)
         return progressed
+
+    def _speculate(self) -> bool:
+        """Give stragglers a second attempt on idle workers (see :class:`Speculation`)."""
+        st = self.state
+        started = False
+        for key in stragglers(st, self.speculation, time.time()):
+            if st.ready or self.executor.free_slots() == 0:
+                break  # waiting work and idle workers come first
+            task = st.tasks[key]
+            mem = self.effective_memory(task)
+            if task.cpu_limit > st.free_cpus or mem > st.free_memory:
+                continue
+            attempt = st.attempts.get(key, 0) + 1
+            try:
+                self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem)
+            except TaskError:
+                continue  # the first attempt was sent, so this cannot happen; never fail the job for a copy
+            st.attempts[key] = attempt
+            reserve(st, key, attempt, task.cpu_limit, mem, time.time(), speculative=True)
+            logger.info("{} is a straggler: speculative attempt {} started", key, attempt)
+            self._emit("on_submit", task, attempt, mem)
+            started = True
+        return started
 
     def _on_completion(self, c: Completion) -> None:
         st = self.state
@@ -418,8 +546,21 @@ class Scheduler:
             return  # a cancelled or superseded attempt
         task = st.tasks[c.key]
         if c.ok:
+            record_runtime(st, c.key, c.elapsed)
             finish_task(st, c.key, c.dataset)
+            # the other attempts of this task (speculative copies) lost: stop them; a copy that
+            # commits anyway finds the winner's record and removes its own files
+            for other in list(st.running.get(c.key, {})):
+                release(st, c.key, other)
+                if self.executor is not None:
+                    self.executor.cancel(c.key, other)
             self._emit("on_completion", task, c, None)
+            return
+        if c.key in st.running and classify(c.error) is not Decision.FAIL:
+            # another attempt of this task is still running: it may yet succeed
+            st.fail_counts[c.key] = st.fail_counts.get(c.key, 0) + 1
+            logger.warning("{} attempt {} failed while another attempt runs: {}", c.key, c.attempt, c.error)
+            self._emit("on_completion", task, c, Decision.RETRY)
             return
         decision = self._record_failure(c.key, c.error)
         self._emit("on_completion", task, c, decision)

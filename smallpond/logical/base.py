@@ -183,7 +183,19 @@ class Node:
     #: resource hints, statistics. Subclasses extend this set; every other attribute (including
     #: those of a user's subclass) enters the fingerprint.
     fingerprint_exclude = frozenset(
-        {"ctx", "id", "input_deps", "location", "df_op", "perf_stats", "perf_metrics", "cpu_limit", "gpu_limit", "memory_limit"}
+        {
+            "ctx",
+            "id",
+            "input_deps",
+            "location",
+            "df_op",
+            "fused_from",
+            "perf_stats",
+            "perf_metrics",
+            "cpu_limit",
+            "gpu_limit",
+            "memory_limit",
+        }
     )
 
     def fingerprint_params(self) -> Dict[str, Any]:

@@ -131,7 +131,6 @@ class SqlEngineNode(Node):
         "cpu_overcommit_ratio",
         "memory_overcommit_ratio",
         "enable_temp_directory",
-        "fused_from",
     }
 
 

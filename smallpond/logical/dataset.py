@@ -80,6 +80,17 @@ class DataSet:
         #: Optional Arrow schema, used to render typed SQL when the dataset has no files.
         self.schema = None
 
+    @classmethod
+    def from_files(cls, files: Sequence[str], **kwargs) -> "DataSet":
+        """A dataset of exact, absolute file paths (written by a task): used as given, never globbed.
+
+        Cheaper than the constructor for the engine's own outputs, and safe for file names that
+        hold glob characters (``*``, ``?``, ``[``).
+        """
+        ds = cls(list(files), root_dir=None, **kwargs)
+        ds._resolved_paths = sorted(ds.paths)
+        return ds
+
     # -- paths ---------------------------------------------------------------------------------
     @property
     def absolute_paths(self) -> List[str]:
@@ -708,20 +719,77 @@ class PandasDataSet(_InMemoryDataSet):
 
 
 class PartitionedDataSet(DataSet):
-    """A list of datasets, one per partition (the output of a partition producer)."""
+    """A list of datasets, one per partition (the output of a partition producer).
+
+    A shuffle of P producers into C partitions hands the scheduler P x C datasets. When every
+    partition is a plain list of files of one kind (what producers write), the object pickles
+    compactly, as the per-partition file lists plus one template, and a partition's dataset is
+    built when it is first used.
+    """
 
     def __init__(self, datasets: List[DataSet]) -> None:
         super().__init__([], root_dir=None)
-        self.datasets = list(datasets)
+        self._datasets: List[Optional[DataSet]] = list(datasets)
+        self._compact = None  # (dataset class, template state, per-partition path tuples)
+
+    @property
+    def datasets(self) -> List[DataSet]:
+        if self._compact is not None:
+            self._datasets = [self[i] for i in range(len(self._datasets))]
+            self._compact = None
+        return self._datasets
+
+    @datasets.setter
+    def datasets(self, value: List[DataSet]) -> None:
+        self._datasets = list(value)
+        self._compact = None
+
+    def __reduce__(self):
+        compact = self._compact or _compact_partitions(self._datasets)
+        if compact is None:
+            return (_rebuild_partitioned, (self._datasets, {k: v for k, v in self.__dict__.items() if k != "_datasets"}))
+        return (_partitioned_from_compact, compact)
 
     def __getitem__(self, i: int) -> DataSet:
-        return self.datasets[i]
+        ds = self._datasets[i]
+        if ds is None:
+            cls, template, paths = self._compact
+            # built on each use, not kept: a consumer takes its partition from every producer once,
+            # and P x C datasets held in the scheduler would cost more than rebuilding one
+            ds = cls.__new__(cls)
+            ds.__dict__.update(template)
+            ds.paths = list(paths[i])
+            ds._resolved_paths = sorted(ds.paths)
+        return ds
 
     def __len__(self) -> int:
-        return len(self.datasets)
+        return len(self._datasets)
+
+    @staticmethod
+    def gather(producers: Sequence["PartitionedDataSet"], index: int) -> Optional[DataSet]:
+        """Partition ``index`` of every producer as one dataset, when all are compact file lists of
+        one kind and options (the common case of a shuffle): the paths are concatenated, no
+        per-producer dataset is built. None when they are not; merge the partitions instead."""
+        first = producers[0]._compact if producers else None
+        if first is None:
+            return None
+        cls, template, _ = first
+        paths: List[str] = []
+        for p in producers:
+            c = p._compact
+            if c is None or c[0] is not cls or (c[1] is not template and c[1] != template):
+                return None
+            paths.extend(c[2][index])
+        ds = cls.__new__(cls)
+        ds.__dict__.update(template)
+        ds.paths = paths
+        ds._resolved_paths = sorted(paths)
+        return ds
 
     @property
     def paths(self):
+        if self._compact is not None:
+            return [p for ps in self._compact[2] for p in sorted(ps)]
         return [p for d in self.datasets for p in d.resolved_paths]
 
     @paths.setter
@@ -745,3 +813,37 @@ class PartitionedDataSet(DataSet):
         if any(len(d.datasets) != n for d in datasets):
             raise ParameterError("cannot merge partitioned datasets with different partition counts")
         return PartitionedDataSet([DataSet.merge([d.datasets[i] for d in datasets]) for i in range(n)])
+
+
+def _compact_partitions(datasets: Sequence[DataSet]):
+    """(class, template state, per-partition path tuples) if every dataset is a plain list of files
+    of one kind with the same options, else None."""
+    if not datasets or datasets[0] is None:
+        return None
+    first = datasets[0]
+    cls = type(first)
+    if cls not in (ParquetDataSet, FileSet):
+        return None
+    varying = ("paths", "_resolved_paths", "_num_rows")
+    template = {k: v for k, v in first.__dict__.items() if k not in varying}
+    if template.get("root_dir") is not None or template.get("_resolved_row_ranges") is not None or "_schema_path" in template:
+        return None
+    for d in datasets:
+        if type(d) is not cls or d._resolved_paths is None or d._resolved_paths != sorted(d.paths):
+            return None
+        state = d.__dict__
+        if len(state) != len(first.__dict__) or any(state.get(k) is not v and state.get(k) != v for k, v in template.items()):
+            return None
+    return (cls, template, [tuple(d.paths) for d in datasets])
+
+
+def _partitioned_from_compact(cls, template, paths) -> PartitionedDataSet:
+    part = PartitionedDataSet([None] * len(paths))
+    part._compact = (cls, template, paths)
+    return part
+
+
+def _rebuild_partitioned(datasets, state) -> PartitionedDataSet:
+    part = PartitionedDataSet(datasets)
+    part.__dict__.update(state)
+    return part

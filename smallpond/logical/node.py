@@ -188,6 +188,11 @@ def _node_detail(node: Node) -> str:
             if node.shuffle_only
             else f"hash {node.hash_columns}"
         )
+        pre = getattr(node, "pre_sql", None)
+        if pre is not None:
+            q = " ".join(pre.split())
+            fused = ", ".join(repr(n) for n in getattr(node, "fused_from", [])[:-1])
+            how += f" of sql={q[:80] + '...' if len(q) > 80 else q!r} (fused: {fused}, one pass per input partition)"
         return f" {how}"
     if isinstance(node, DataSourceNode):
         return f" {node.dataset!r}"

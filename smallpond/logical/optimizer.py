@@ -1,14 +1,19 @@
-"""Optimizer rules over logical nodes. Each rule is ``apply(node, ctx) -> node`` and returns new
-nodes instead of changing existing ones, so the user's graph (and what it already computed) is
-never disturbed.
+"""Optimizer rules over logical nodes. Each rule is ``apply(node, frozen, memo) -> node`` and
+returns new nodes instead of changing existing ones, so the user's graph (and what it already
+computed) is never disturbed. ``frozen`` holds the ids of nodes already planned (their results
+are reused, never fused away); ``memo`` maps a node's id to what the rule made of it, and lives
+as long as the session, so a node shared by several DataFrames is optimized into the same copy.
 
-Rules, in order (:data:`RULES`):
+Rules, in order (:data:`RULES`), used by the DataFrame API and the Driver alike:
 
 * :func:`fuse_sql` — a single-input SQL node over another SQL node becomes one SQL node, so a
   ``filter`` followed by a ``map`` runs as one DuckDB query per partition instead of two tasks
   with a Parquet round trip between them. A global ``limit`` is never fused (it must stay
   global), and a node that is already computed is never fused into its consumer (its result is
   reused instead).
+* :func:`fuse_sql_into_partition` — a hash partition or shuffle whose input is a single-input SQL
+  node read by nothing else runs that SQL itself: one producer per input partition runs the
+  query and routes its result, so the data is read and written once instead of twice.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Callable, Dict, List, Set
 from smallpond.logical.base import Node
 from smallpond.logical.compute import SqlEngineNode
 from smallpond.logical.node import LimitNode
+from smallpond.logical.partition import HashPartitionNode, ShuffleNode
 
 
 def _escape(text: str) -> str:
@@ -86,11 +92,91 @@ def fuse_sql(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
     return new
 
 
-RULES: List[Callable] = [fuse_sql]
+def _consumer_counts(root: Node) -> Dict[int, int]:
+    counts: Dict[int, int] = {}
+    seen: Set[int] = set()
+    stack = [root]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        for d in n.input_deps:
+            counts[id(d)] = counts.get(id(d), 0) + 1
+            stack.append(d)
+    return counts
 
 
-def optimize(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
-    """Apply every rule; nodes whose ids are in ``frozen`` (already planned) are kept as they are."""
+def _fusable_into_partition(part: Node, child: Node, frozen: Set[int], consumers: Dict[int, int]) -> bool:
+    return (
+        type(part) in (HashPartitionNode, ShuffleNode)
+        and not part.nested
+        and getattr(part, "pre_sql", None) is None
+        and len(part.input_deps) == 1
+        and type(child) is SqlEngineNode
+        and consumers.get(id(child), 0) == 1
+        and id(child) not in frozen
+        and len(child.input_deps) == 1
+        and len(child.sql_queries) == 1
+        and child.output_name is None
+        and child.output_path is None
+        and child.materialize_output
+        and not child.materialize_in_memory
+        and not child.batched_processing
+        and not child.udf_contexts
+        and child.input_deps[0].num_partitions > 1
+    )
+
+
+def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
+    consumers = _consumer_counts(node)
+
+    def visit(n: Node) -> Node:
+        if id(n) in memo:
+            return memo[id(n)]
+        if id(n) in frozen:
+            memo[id(n)] = n
+            return n
+        deps = tuple(visit(d) for d in n.input_deps)
+        new = n
+        if any(a is not b for a, b in zip(deps, n.input_deps)):
+            new = copy.copy(n)
+            new.input_deps = deps
+        if new.input_deps and _fusable_into_partition(new, new.input_deps[0], frozen, consumers):
+            child = new.input_deps[0]
+            fused = copy.copy(new)
+            fused.input_deps = child.input_deps
+            # the producer runs the child's query over each input partition, then partitions it
+            fused.pre_sql = child.sql_queries[0]
+            fused.cpu_limit = max(child.cpu_limit, new.cpu_limit)
+            mems = [m for m in (child.memory_limit, new.memory_limit) if m is not None]
+            fused.memory_limit = max(mems) if mems else None
+            fused.fused_from = getattr(child, "fused_from", [child]) + [n]
+            new = fused
+        memo[id(n)] = new
+        return new
+
+    return visit(node)
+
+
+RULES: List[Callable] = [fuse_sql, fuse_sql_into_partition]
+
+
+def optimize(node: Node, frozen: Set[int], memo: Dict) -> Node:
+    """Apply every rule; nodes whose ids are in ``frozen`` (already planned) are kept as they are.
+
+    ``memo`` (kept by the caller across calls) maps the id of each node optimized so far to its
+    optimized form; each rule keeps its own memo inside it.
+    """
+    original = node
     for rule in RULES:
-        node = rule(node, frozen, memo)
+        node = rule(node, frozen, memo.setdefault(rule.__name__, {}))
+    memo[id(original)] = node
+    return node
+
+
+def optimized_of(memo: Dict, node: Node) -> Node:
+    """What :func:`optimize` (with this ``memo``) made of ``node``, itself if nothing."""
+    for rule in RULES:
+        node = memo.get(rule.__name__, {}).get(id(node), node)
     return node

@@ -127,3 +127,12 @@ def test_generated_parquet_has_the_declared_columns(tmp_path):
     inputs = gray_sort.generate_input(str(tmp_path), 1000, 1, seed=0, executors=1)
     schema = pq.read_schema(inputs[0])
     assert schema.names == ["key", "payload"]
+
+
+# -- scale ---------------------------------------------------------------------------------------
+def test_scale_benchmark_plans_and_schedules_every_task(tmp_path):
+    from benchmarks import scale
+
+    result = scale.measure(600, 8, str(tmp_path / "root"))
+    assert result["producers"] == 8 and result["consumers"] == (600 - 2 - 3 * 8) // 2
+    assert result["tasks"] >= 2 * result["consumers"]  # every task was done (measure checks it)

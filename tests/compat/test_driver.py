@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -188,12 +189,17 @@ def test_rerun_with_same_job_id_resumes(compat_data, tmp_path):
     driver = Driver()
     driver.parse_arguments(args)
     assert driver.run(plan(fail=True), stop_process_on_done=False) is None  # failed
-    assert len(os.listdir(marker_dir)) == 3
+    runs_before = len(os.listdir(marker_dir))
+    # fail-fast may stop tagging tasks still running when the first query fails: count what committed
+    (root,) = glob.glob(os.path.join(str(tmp_path / "root"), f"*.{job_id}"))
+    committed = len(glob.glob(os.path.join(root, "staging", "completed_tasks", "PythonScriptTask-*.commit")))
+    assert committed >= 1
     driver = Driver()
     driver.parse_arguments(args)
     exec_plan = driver.run(plan(fail=False), stop_process_on_done=False)
     assert exec_plan is not None and exec_plan.successful
-    assert len(os.listdir(marker_dir)) == 3  # the committed PythonScript tasks were not run again
+    # the committed PythonScript tasks were not run again; the others ran once more
+    assert len(os.listdir(marker_dir)) == runs_before + (3 - committed)
 
 
 def test_ray_mode_runs_the_plan_embedded(compat_data, tmp_path, monkeypatch):

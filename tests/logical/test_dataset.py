@@ -111,3 +111,25 @@ def test_fingerprint_follows_file_content(parquet_files):
     st = os.stat(parquet_files[0])
     os.utime(parquet_files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert ParquetDataSet(parquet_files).fingerprint() != a
+
+
+def test_partitioned_outputs_pickle_compactly_and_read_the_same():
+    """A producer's P partitions of plain file lists travel as path lists plus one template."""
+    import pickle
+
+    from smallpond.logical.dataset import FileSet, ParquetDataSet, PartitionedDataSet
+
+    parts = PartitionedDataSet([ParquetDataSet.from_files([f"/o/k={i}/b.parquet", f"/o/k={i}/a.parquet"]) for i in range(500)])
+    blob = pickle.dumps(parts)
+    again = pickle.loads(blob)
+    assert again._compact is not None
+    assert len(again) == 500 and again.paths == parts.paths
+    assert again[7].resolved_paths == ["/o/k=7/a.parquet", "/o/k=7/b.parquet"]
+    assert [d.resolved_paths for d in again.datasets] == [d.resolved_paths for d in parts.datasets]
+    assert len(blob) < 100 * 500  # ~ the paths, not 500 pickled objects
+    # partitions of different kinds or options are kept whole
+    mixed = PartitionedDataSet([ParquetDataSet.from_files(["/a"]), FileSet.from_files(["/b"])])
+    back = pickle.loads(pickle.dumps(mixed))
+    assert back._compact is None and [type(d) for d in back.datasets] == [ParquetDataSet, FileSet]
+    cols = PartitionedDataSet([ParquetDataSet.from_files(["/a"]), ParquetDataSet.from_files(["/b"], columns=["x"])])
+    assert [d.columns for d in pickle.loads(pickle.dumps(cols)).datasets] == [None, ["x"]]

@@ -22,10 +22,10 @@ def _list_output(output_dir: str) -> DataSet:
         files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
     files.sort()
     if files and all(f.endswith(".parquet") for f in files):
-        return ParquetDataSet(files, root_dir=None)
+        return ParquetDataSet.from_files(files)
     if not files:
-        return ParquetDataSet([], root_dir=None)
-    return FileSet(files, root_dir=None)
+        return ParquetDataSet.from_files([])
+    return FileSet.from_files(files)
 
 
 class PythonScriptTask(Task):
@@ -125,7 +125,7 @@ class ArrowComputeTask(Task):
         tables = self._convert_in(self._load_tables(runtime_ctx, inputs))
         result = self.node.process(runtime_ctx, tables)
         if result is None:
-            return ParquetDataSet([], root_dir=None)
+            return ParquetDataSet.from_files([])
         result = self._convert_out(result)
         sink = _ParquetSink(self, output_dir)
         sink.write(result)

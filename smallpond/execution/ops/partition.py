@@ -15,9 +15,11 @@ from smallpond.common import MB, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     create_input_views,
+    format_query,
     open_connection,
     run_sql,
     sql_may_draw_random,
+    sql_may_outlive_task,
     task_memory,
     writer_row_group_bytes,
 )
@@ -41,6 +43,8 @@ class HashPartitionTask(Task):
 
     def error_context(self):
         node = self.node
+        if getattr(node, "pre_sql", None):
+            return {"sql": node.pre_sql}  # the query as the user wrote it, placeholders and all
         return (
             {"sql": self._current_sql}
             if getattr(self, "_current_sql", None)
@@ -80,16 +84,23 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         ds = merge_datasets(inputs)
-        if node.engine_type == "arrow":
+        pre_sql = getattr(node, "pre_sql", None)
+        if node.engine_type == "arrow" and pre_sql is None:
             batches = _arrow_row_group_reader(ds)
             if batches is not None:
                 return self._run_arrow(runtime_ctx, ds, batches, output_dir)
-        conn = open_connection(
-            self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=not getattr(ds, "udfs", None), seeded=self._draws_random(ds)
-        )
+        shareable = not getattr(ds, "udfs", None) and not (pre_sql and sql_may_outlive_task([pre_sql]))
+        seeded = self._draws_random(ds) or bool(pre_sql and sql_may_draw_random([pre_sql]))
+        conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=shareable, seeded=seeded)
         try:
             views = create_input_views(self, conn, [ds])
             src = views[0]
+            if pre_sql is not None:
+                # fused with the SQL node before it: partition that query's result
+                query = format_query(self, pre_sql, views, {"batch_index": 0, "query_index": 0})
+                self._current_sql = query
+                run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS {query}")
+                src = f"__sp_fused_{int(self.id)}"
             columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
             expr, col = self._key_expr(columns)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
@@ -132,7 +143,7 @@ class HashPartitionTask(Task):
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
                 self._write_placeholders(parts, output_dir, part_col, schema, prefix)
-            return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+            return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
 
@@ -206,7 +217,7 @@ class HashPartitionTask(Task):
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
             self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
-        return PartitionedDataSet([ParquetDataSet(p, root_dir=None) for p in parts])
+        return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
     def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
         import pyarrow.parquet as pq

@@ -115,5 +115,5 @@ class DataSinkTask(Task):
 
 def _as_dataset(files: List[str]) -> DataSet:
     if all(f.endswith(".parquet") for f in files):
-        return ParquetDataSet(files, root_dir=None)
-    return FileSet(files, root_dir=None)
+        return ParquetDataSet.from_files(files)
+    return FileSet.from_files(files)

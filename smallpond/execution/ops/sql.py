@@ -29,13 +29,13 @@ class SqlEngineTask(Task):
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
         if runtime_ctx.skip_task_with_empty_input and any(d.empty for d in inputs):
-            return ParquetDataSet([], root_dir=None)
+            return ParquetDataSet.from_files([])
         batches = [inputs]
         if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
             batches = [[b] for b in inputs[0].partition_by_size(max(1, task_memory(self) // 2))] or [inputs]
         for batch_index, batch in enumerate(batches):
             self._run_batch(runtime_ctx, batch, output_dir, batch_index)
-        return ParquetDataSet(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)), root_dir=None)
+        return ParquetDataSet.from_files(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)))
 
     def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
         node = self.node

@@ -58,7 +58,7 @@ class MaterializeSourceTask(Task):
 
             table = ds.to_arrow_table()
             dump_to_parquet_files(table, output_dir, "data", max_workers=max(1, self.cpu_limit))
-        out = ParquetDataSet(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)), root_dir=None)
+        out = ParquetDataSet.from_files(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)))
         return out
 
     def error_context(self):
@@ -82,7 +82,7 @@ class MergeDataSetsTask(Task):
 
 def merge_datasets(inputs: List[DataSet]) -> DataSet:
     if not inputs:
-        return ParquetDataSet([], root_dir=None)
+        return ParquetDataSet.from_files([])
     if len(inputs) == 1:
         return inputs[0]
     nonempty = [d for d in inputs if not d.empty] or inputs[:1]
@@ -140,7 +140,7 @@ class RootTask(Task):
     writes_output = False
 
     def run(self, runtime_ctx, inputs, output_dir):
-        return ParquetDataSet([], root_dir=None)
+        return ParquetDataSet.from_files([])
 
 
 class EvenlyDistributedPartitionProducerTask(Task):
@@ -207,9 +207,10 @@ class PartitionConsumerTask(Task):
         self.index = index
 
     def run(self, runtime_ctx, inputs, output_dir):
-        parts = []
         for ds in inputs:
             if not isinstance(ds, PartitionedDataSet):
                 raise TypeError(f"{self.key}: expected partitioned input, got {type(ds).__name__}")
-            parts.append(ds[self.index])
-        return merge_datasets(parts)
+        gathered = PartitionedDataSet.gather(inputs, self.index)
+        if gathered is not None:
+            return gathered
+        return merge_datasets([ds[self.index] for ds in inputs])

@@ -1,0 +1,89 @@
+"""smallpond.execution.attempt: one attempt's output directory, the exclusive commit, orphans."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from smallpond.common import MB
+from smallpond.execution.attempt import commit_path, execute_attempt, read_commit, remove_orphan_outputs
+from smallpond.execution.planner import Planner
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+
+@pytest.fixture
+def sql_task(make_rt, parquet_files):
+    ctx = Context()
+    node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select id * 2 as x from {0}")
+    rt = make_rt()
+    rt.initialize()
+    plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, node))
+    task = next(t for t in plan.tasks.values() if t.key.startswith("SqlEngineTask"))
+    source = next(t for t in plan.tasks.values() if t.key.startswith("DataSourceTask"))
+    from smallpond.execution.attempt import run_inline
+
+    inputs = [run_inline(rt, source, [])]
+    return rt, task, inputs
+
+
+def output_dirs(task):
+    return sorted(glob.glob(glob.escape(task.runtime_ctx.staging_root if task.runtime_ctx else "") + "/*/*"))
+
+
+def test_each_attempt_writes_its_own_directory(sql_task):
+    rt, task, inputs = sql_task
+    ds = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    (d,) = {os.path.dirname(p) for p in ds.resolved_paths}
+    assert os.path.basename(d).startswith(f"{task.key}.0.")
+    assert read_commit(rt, task)["output_dir"] == d
+
+
+def test_first_attempt_to_commit_wins(sql_task):
+    """Two attempts of one task (a speculative copy): the second to finish adopts the first's output."""
+    rt, task, inputs = sql_task
+    first = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    second = execute_attempt(rt, task, inputs, 1, memory=256 * MB)
+    assert second.resolved_paths == first.resolved_paths
+    record = read_commit(rt, task)
+    assert record["attempt"] == 0
+    node_dir = os.path.dirname(record["output_dir"])
+    assert os.listdir(node_dir) == [os.path.basename(record["output_dir"])], "the losing attempt's files must be gone"
+
+
+def test_a_stale_record_is_replaced(sql_task):
+    rt, task, inputs = sql_task
+    execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    task.fingerprint = "changed plan"
+    execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    assert read_commit(rt, task)["fingerprint"] == "changed plan"
+
+
+def test_orphans_of_a_crash_between_rename_and_commit_are_removed(sql_task):
+    rt, task, inputs = sql_task
+    ds = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    committed_dir = read_commit(rt, task)["output_dir"]
+    node_dir = os.path.dirname(committed_dir)
+    # an attempt that renamed its output into place and died before committing
+    orphan = os.path.join(node_dir, f"{task.key}.1.deadbeef")
+    os.makedirs(orphan)
+    open(os.path.join(orphan, "x.parquet"), "wb").close()
+    # a task that never committed at all
+    never = os.path.join(node_dir, "SqlEngineTask-999999.0.abc123")
+    os.makedirs(never)
+    assert remove_orphan_outputs(rt) == 2
+    assert os.listdir(node_dir) == [os.path.basename(committed_dir)]
+    assert all(os.path.exists(p) for p in ds.resolved_paths)
+
+
+def test_without_its_output_a_record_does_not_count(sql_task):
+    rt, task, inputs = sql_task
+    ds = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    for p in ds.resolved_paths:
+        os.unlink(p)
+    assert os.path.exists(commit_path(rt, task.key))
+    assert read_commit(rt, task) is None
+    again = execute_attempt(rt, task, inputs, 1, memory=256 * MB)
+    assert read_commit(rt, task)["attempt"] == 1 and all(os.path.exists(p) for p in again.resolved_paths)
