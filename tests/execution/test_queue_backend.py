@@ -440,3 +440,28 @@ def test_a_job_whose_launched_executors_all_exit_fails_with_the_reason(tmp_path,
     (root,) = glob.glob(os.path.join(data_root, "*"))
     with open(os.path.join(root, "log", "executors.out")) as f:
         assert "SP_EXECUTOR_CPUS must be a positive integer, got 'many'" in f.read()
+
+
+def test_speculation_on_the_queue_backend(tmp_path, make_rt):
+    """The tech lead's straggler scenario on launched executors: the stalled first attempt can
+    never finish, so the job ends only through its speculative copy, and nothing of it is left."""
+    from smallpond.execution.attempt import read_commit
+    from smallpond.execution.job import run_job
+    from smallpond.execution.scheduler import Speculation
+    from tests.execution.test_speculation import plan as straggler_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=20)
+    logical, node = straggler_plan(inputs, str(tmp_path / "never"))
+    rt = make_rt()
+    executor = QueueExecutor(rt, platform="base", num_executors=2, settings=SETTINGS)
+    spec = Speculation.of("aggressive", min_runtime=1.0, multiplier=2.0, quantile=0.5)
+    exec_plan = run_job(logical, rt, executor=executor, speculation=spec)
+    assert exec_plan.final_output.num_rows == 60
+    slow = next(
+        t for t in exec_plan.tasks.values() if t.node_id == int(node.id) and t.partition_infos_as_dict["__data_partition__"] == 2
+    )
+    record = read_commit(rt, slow)
+    assert record["attempt"] >= 1, "the stalled first attempt cannot have committed"
+    node_dir = os.path.dirname(record["output_dir"])
+    assert [n for n in os.listdir(node_dir) if n.startswith(slow.key)] == [os.path.basename(record["output_dir"])]
+    assert not glob.glob(os.path.join(rt.staging_root, "*", "*.tmp-*"))
