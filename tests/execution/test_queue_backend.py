@@ -29,7 +29,8 @@ import pytest
 
 from smallpond.errors import TaskError, WorkerLost
 from smallpond.execution.attempt import run_inline
-from smallpond.execution.executors.queue import ItemName, QueueExecutor, QueueSettings
+from smallpond.execution.executors.queue import QueueExecutor
+from smallpond.execution.executors.queue_protocol import ItemName, QueueSettings
 from smallpond.execution.planner import Planner
 from smallpond.io.filesystem import signed
 from tests.backends.backend_queue import alive, job_executors
@@ -345,7 +346,7 @@ def test_an_outcome_of_an_old_generation_is_not_taken_for_the_new_ones(queue_exe
     new.submit(task, task_inputs, 0, memory=256 << 20)  # the same task and attempt number
     # a late executor of the old generation reports its attempt
     from smallpond.execution.executors.base import Completion
-    from smallpond.execution.executors.queue import encode_completion
+    from smallpond.execution.executors.queue_protocol import encode_completion
 
     late = Completion(task.key, 0, False, None, WorkerLost("late outcome of the old generation"))
     with open(os.path.join(new.paths.done, old_item), "wb") as f:

@@ -33,7 +33,7 @@ from smallpond.common import logger
 from smallpond.errors import SmallpondError, TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.executors.local import LocalExecutor
-from smallpond.execution.executors.queue import (
+from smallpond.execution.executors.queue_protocol import (
     ItemName,
     QueuePaths,
     QueueSettings,
