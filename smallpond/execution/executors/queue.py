@@ -159,7 +159,6 @@ class QueueExecutor(Executor):
         self._ready: List[Completion] = []  # outcomes read, not yet returned by poll
         self._lost: List[Completion] = []
         self._launched: List[str] = []
-        self._launch_failed: Optional[str] = None
         self._relaunches = 0
         self._last_scan = 0.0
         self._started_at = 0.0
@@ -255,6 +254,9 @@ class QueueExecutor(Executor):
         prev = read_json(self.paths.epoch)
         if not prev:
             return
+        stop = read_json(self.paths.stop)
+        if stop is not None and int(stop.get("epoch", 0)) >= int(prev.get("epoch", 0)):
+            return  # the last run ended
         if prev.get("host") == self._host["host"] and prev.get("pidns") == self._host["pidns"]:
             alive = prev.get("pid") != os.getpid() and process_alive(int(prev.get("pid", -1)), prev.get("create_time"))
         else:  # on another host: alive if its heartbeat moves

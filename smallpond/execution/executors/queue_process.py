@@ -94,6 +94,12 @@ class ExecutorProcess:
     def register(self) -> None:
         os.makedirs(self.paths.member(self.name, "claimed"), mode=0o700, exist_ok=True)
         self._load_runtime()
+        self._write_info()
+        self.beat()
+        logger.info("executor {} registered: {} CPU(s), {} MiB", self.name, self.cpus, self.memory >> 20)
+
+    def _write_info(self) -> None:
+        """What the scheduler reads once about this executor: who, where, what it offers."""
         write_json(
             self.paths.member(self.name, "info"),
             {
@@ -108,8 +114,6 @@ class ExecutorProcess:
                 **self.host,
             },
         )
-        self.beat()
-        logger.info("executor {} registered: {} CPU(s), {} MiB", self.name, self.cpus, self.memory >> 20)
 
     def _load_runtime(self) -> None:
         self.rt = load(self.layout.runtime_ctx_path, secret=self.secret)
@@ -218,7 +222,8 @@ class ExecutorProcess:
         self.settings = QueueSettings(
             float(meta["heartbeat"]), float(meta["timeout"]), float(meta.get("wait", self.settings.wait))
         )
-        self._load_runtime()  # this run's settings
+        self._load_runtime()  # this run's settings (they may change what this executor offers)
+        self._write_info()
         self.nodes.clear()
         self._sched_beat, self._sched_seen = _read_bytes(self.paths.scheduler), time.monotonic()
         self._start_pool()
