@@ -230,6 +230,10 @@ class LocalExecutor(Executor):
         if queue:
             now = time.monotonic()
             w = next((w for w in self.workers if self._short(w, now)), None)
+            if w is None:
+                # the window closed since queue_slots() was asked (a loaded machine): the short
+                # task ended (its worker is idle) or runs longer; the least busy worker takes it
+                w = min(self.workers, key=lambda x: len(x.inflight))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
         if w is None:
