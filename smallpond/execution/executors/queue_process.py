@@ -324,7 +324,12 @@ class ExecutorProcess:
             return
         self.running[name] = (item.key, item.attempt, item.cpus)
         self.items[(item.key, item.attempt)] = name
-        self.pool.submit_encoded(item.key, item.attempt, ref, blob, body, queue=queue)
+        try:
+            self.pool.submit_encoded(item.key, item.attempt, ref, blob, body, queue=queue)
+        except Exception as e:  # a fault of this executor, not of the task: another one retries it
+            logger.exception("executor {}: could not start {} attempt {}", self.name, item.key, item.attempt)
+            error = WorkerLost(f"executor {self.name} could not start {item.key} attempt {item.attempt}: {e}")
+            self._report(Completion(item.key, item.attempt, False, None, error, worker=self.name), name)
 
     def _report(self, c: Completion, name: Optional[str] = None) -> None:
         """Write the outcome to ``done/`` (atomically), then forget the claim."""
