@@ -333,9 +333,10 @@ class ExecutorProcess:
 
     def _report(self, c: Completion, name: Optional[str] = None) -> None:
         """Write the outcome to ``done/`` (atomically), then forget the claim."""
-        name = name or self.items.pop((c.key, c.attempt), None)
+        name = name or self.items.get((c.key, c.attempt))
         if name is None or name not in self.running:
             return  # cancelled meanwhile
+        self.items.pop((c.key, c.attempt), None)
         c.worker = f"{self.host['host']}/{self.name}/{c.worker.rsplit('/', 1)[-1]}" if c.worker else self.name
         atomic_write_bytes(os.path.join(self.paths.done, name), encode_completion(c, self.secret))
         del self.running[name]
