@@ -106,10 +106,13 @@ class Platform:
         if log_path:
             os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
             out = open(log_path, "ab")
-        # own session: a Ctrl-C in the launcher's terminal is for the launcher, which stops
-        # its executors itself; and stop_job can signal the whole group
+        # own process group: a Ctrl-C in the launcher's terminal is for the launcher, which
+        # stops its executors itself. Not a session of their own: the kernel's autogroup
+        # scheduling shares CPU between sessions, so a new session would give the executors a
+        # CPU share apart from the launcher's (as if they ran on another machine)
+        group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
         proc = subprocess.Popen(
-            cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None, **group
         )
         job_id = str(proc.pid)
         self._procs[job_id] = proc
