@@ -50,8 +50,8 @@ from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verif
 EX_OK = 0
 EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to others
 
-#: how often the executor reads the queue's control files (seconds)
-CONTROL_INTERVAL = 0.02
+#: how often the executor reads the queue's control files and cancellations (seconds)
+CONTROL_INTERVAL = 0.05
 #: the shortest and longest pauses of an idle executor between looks at ``todo/`` (seconds)
 IDLE_MIN, IDLE_MAX = 0.0005, 0.02
 
@@ -138,6 +138,7 @@ class ExecutorProcess:
                 now = time.monotonic()
                 if now >= next_control:
                     self._control(now)
+                    self._cancels()
                     next_control = now + CONTROL_INTERVAL
                 if now >= self._next_beat:
                     self.beat()
@@ -262,7 +263,6 @@ class ExecutorProcess:
         pool = self.pool
         free, behind = pool.free_slots(), pool.queue_slots()
         if free == 0 and behind == 0:
-            self._cancels()
             return 0
         try:
             names = sorted(n for n in os.listdir(self.paths.todo) if not n.startswith("."))
@@ -295,7 +295,6 @@ class ExecutorProcess:
             free, behind = pool.free_slots(), pool.queue_slots()
             if free == 0 and behind == 0:
                 break
-        self._cancels()
         return claimed
 
     def _start(self, name: str, item: ItemName, path: str, queue: bool) -> None:
@@ -343,7 +342,7 @@ class ExecutorProcess:
         remove_path(self.paths.member(self.name, "claimed", name))
 
     def _cancels(self) -> None:
-        if not self.running:
+        if not self.running or self.pool is None:
             return
         try:
             wanted = [n for n in os.listdir(self.paths.cancel) if n in self.running]
