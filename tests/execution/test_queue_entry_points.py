@@ -92,3 +92,11 @@ print(json.dumps(sorted(m for m in sys.modules if m.startswith(("smallpond.platf
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
     assert len(glob.glob(os.path.join(marker_dir, "end.*"))) == 2
+
+
+def test_num_executors_with_the_manual_platform_warns(make_rt, log_messages):
+    from smallpond.execution.executors.queue import QueueExecutor
+
+    executor = QueueExecutor(make_rt(), platform="manual", num_executors=3)
+    assert executor.num_executors == 0
+    assert any("num_executors=3 is ignored with platform 'manual'" in m for m in log_messages)

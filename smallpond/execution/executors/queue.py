@@ -144,6 +144,10 @@ class QueueExecutor(Executor):
             raise ParameterError(f"num_executors must not be negative, got {num_executors!r}")
         #: executors the platform starts (none for "manual": they are started by hand)
         self.num_executors = 0 if self.platform.name == "manual" else (num_executors or runtime_ctx.usable_cpu_count)
+        if self.platform.name == "manual" and num_executors:
+            logger.warning(
+                "queue backend: num_executors={} is ignored with platform 'manual': start executors by hand", num_executors
+            )
         self.settings = settings or QueueSettings.from_env()
         self.paths = QueuePaths(runtime_ctx.layout)
         self.epoch = 0
