@@ -1,6 +1,6 @@
 """Sort mock URLs: TSV → partitions → parse → hash partition by host → sort each partition.
 
-Run it as a job::
+Run it as a job (from the repository's root; the mock data is written on first use)::
 
     python examples/sort_mock_urls.py scheduler --job_id my-job --data_root /tmp/sp \\
         -i tests/data/mock_urls/*.tsv -n 4
@@ -8,12 +8,15 @@ Run it as a job::
 Each input line is ``{url}\\t{base64 payload}`` where a URL looks like ``com.12345.678/page.html``.
 The result has one row per line with columns ``host``, ``url`` and ``payload`` (decoded); each
 output file holds the rows of some hosts, sorted by ``host, url``. Rerunning the same command
-resumes the job: finished tasks are not run again.
+resumes the job: finished tasks are not run again. At the end it prints the job's summary (where
+its logs and run report are) and the folder of the result, which ``sp.read_parquet(folder)``
+reads (its ``.MANIFEST.txt`` lists the files).
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from typing import List, Optional
 
 import pyarrow as pa
@@ -82,13 +85,20 @@ def sort_mock_urls(
 
 
 def main() -> None:
+    from mock_urls import DEFAULT_PATTERN, input_files
+
     driver = Driver()
-    driver.add_argument("-i", "--input_paths", nargs="+", required=True)
+    driver.add_argument("-i", "--input_paths", nargs="+", default=[DEFAULT_PATTERN])
     driver.add_argument("-n", "--npartitions", type=int, default=10)
     driver.add_argument("-e", "--engine_type", default="duckdb", choices=("duckdb", "arrow"))
     driver.add_argument("-o", "--external_output_path", default=None)
-    plan = sort_mock_urls(**driver.get_arguments())
-    driver.run(plan)
+    args = driver.get_arguments()
+    args["input_paths"] = input_files(args["input_paths"])
+    plan = sort_mock_urls(**args)
+    exec_plan = driver.run(plan, stop_process_on_done=False)
+    if exec_plan is None:
+        sys.exit(70)  # the summary above says what failed and where its log is
+    print(f"sorted URLs: {exec_plan.final_output_path}  (read with smallpond.init().read_parquet(path))")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,10 @@ def init(
     Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
     ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
     tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
-    ``max_fail_count`` and ``console_log_level`` as for the Driver.
+    ``max_fail_count`` and ``console_log_level`` as for the Driver. ``restart=True`` starts the
+    job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}``
+    (never deleted), the way out when it cannot be resumed (e.g. its ``config/secret`` was lost);
+    use it for one run, not permanently.
     """
     from smallpond.session import Session
 

@@ -105,6 +105,63 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def loguru_file_path(path: str) -> str:
+    """``path`` for a loguru file sink, which formats it (``{time}``): braces are kept literal.
+
+    >>> loguru_file_path("/data/{0}/job.log")
+    '/data/{{0}}/job.log'
+    """
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
+def human_bytes(n: float) -> str:
+    """A byte count with a binary unit.
+
+    >>> human_bytes(4_718_592)
+    '4.5 MiB'
+    """
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} PiB"  # pragma: no cover
+
+
+def human_seconds(s: float) -> str:
+    """A duration for people.
+
+    >>> human_seconds(0.25), human_seconds(3.21), human_seconds(600)
+    ('250 ms', '3.2 s', '10.0 min')
+    """
+    if s < 1:
+        return f"{s * 1000:.0f} ms"
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+class TextBlock(str):
+    r"""A ``str`` that a notebook or REPL shows as its text (lines, not a quoted literal with ``\n``).
+
+    >>> TextBlock("a\nb")
+    a
+    b
+    """
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(str(self))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return f"<pre>{html.escape(str(self))}</pre>"
+
+
 def next_power_of_two(x: int) -> int:
     return 2 ** (x - 1).bit_length()
 
@@ -232,7 +289,8 @@ __all__ = [
     "DEFAULT_BATCH_SIZE", "RAND_SEED_BYTE_LEN", "DATA_PARTITION_COLUMN_NAME", "PARQUET_METADATA_KEY_PREFIX",
     "INPUT_VIEW_PREFIX", "GENERATED_COLUMNS",
     "pytest_running", "clamp_value", "clamp_row_group_size", "clamp_row_group_bytes", "split_into_rows",
-    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "next_power_of_two", "round_up",
+    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "human_bytes", "human_seconds", "TextBlock",
+    "next_power_of_two", "round_up",
     "first_value_in_dict", "chunks",
     "SmallpondError", "InjectedFault", "OutOfMemory", "NonzeroExitCode",
     *_UDF_NAMES,

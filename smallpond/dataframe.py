@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock
 from smallpond.errors import ParameterError
+from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
     DataSet,
     ParquetDataSet,
@@ -52,7 +53,94 @@ class DataFrame:
         return repr(self.plan)
 
     def __repr__(self) -> str:
-        return f"DataFrame({self.plan!r}, {self._num_partitions_str()} partitions)"
+        """The node, its partition count, whether it is computed, and its schema (never runs anything)."""
+        lines = [self._headline()]
+        schema, why = self._known_schema()
+        if schema is not None:
+            lines.extend(f"  {f.name}: {f.type}" for f in schema)
+        else:
+            lines.append(f"  schema: {why}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A notebook's view: the schema, and the first rows when the result is already computed."""
+        import html
+
+        schema, why = self._known_schema()
+        out = [f"<div><b>{html.escape(self._headline())}</b>"]
+        if schema is None:
+            out.append(f"<p>schema: {html.escape(why)}</p></div>")
+            return "".join(out)
+        out.append("<table><tr><th>column</th><th>type</th></tr>")
+        out.extend(f"<tr><td>{html.escape(f.name)}</td><td>{html.escape(str(f.type))}</td></tr>" for f in schema)
+        out.append("</table>")
+        if self.is_computed():
+            try:
+                out.append(f"<p>first rows:</p>{_html_table(self._head(10))}")
+            except Exception:
+                pass
+        out.append("</div>")
+        return "".join(out)
+
+    def _headline(self) -> str:
+        state = "computed" if self._is_computed_quietly() else "not computed"
+        return f"DataFrame[{self.plan.label}] {self._num_partitions_str()} partition(s), {state}"
+
+    def _is_computed_quietly(self) -> bool:
+        try:
+            return self.is_computed()
+        except Exception:
+            return False
+
+    def _known_schema(self):
+        """(schema, None) when known without running anything, else (None, why not)."""
+        from smallpond.execution.schema import SchemaUnknown, infer_schema
+
+        try:
+            return infer_schema(self.plan, self.session._schemas), None
+        except SchemaUnknown as e:
+            if self._is_computed_quietly():
+                try:
+                    return self._result_schema(), None
+                except Exception:
+                    pass
+            return None, f"known once computed ({e})"
+        except Exception as e:  # a repr never raises
+            return None, f"unknown ({type(e).__name__}: {e})"
+
+    @property
+    def schema(self):
+        """The ``pyarrow.Schema`` of the result, known before running where possible.
+
+        Sources and SQL are described by DuckDB over empty inputs (no data is read); a Python
+        ``map``/``flat_map`` without ``schema=`` (or another user-code node) is computed first,
+        and the schema is that of its result (which is kept, as for any consumer).
+
+        >>> sp.from_items([{"a": 1, "b": "x"}]).map("a + 1 as c, b").schema
+        c: int64
+        b: string
+        """
+        from smallpond.execution.schema import SchemaUnknown, infer_schema
+
+        try:
+            return infer_schema(self.plan, self.session._schemas)
+        except SchemaUnknown:
+            schema = self._result_schema()
+            self.session._schemas[id(self.plan)] = schema
+            return schema
+
+    def _result_schema(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        datasets = self._datasets()
+        for ds in datasets:
+            if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
+                schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
+                if ds.columns and "*" not in ds.columns:
+                    schema = pa.schema([schema.field(c) for c in ds.columns])
+                return _nullable(schema.empty_table()).schema
+        return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 
     def _num_partitions_str(self) -> str:
         try:
@@ -110,7 +198,11 @@ class DataFrame:
         return self._new(node, "random_shuffle")
 
     def partial_sort(self, by: Union[str, List[str]], **kwargs) -> "DataFrame":
-        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed)."""
+        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed).
+
+        Items are SQL, written by the caller: a column whose name is not a plain identifier must be
+        quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
+        """
         cols = [by] if isinstance(by, str) else list(by)
         if not cols:
             raise ParameterError("partial_sort needs at least one column")
@@ -226,15 +318,45 @@ class DataFrame:
 
     def take(self, limit: int) -> List[Dict[str, Any]]:
         """The first ``limit`` rows as dicts."""
+        return self._head(limit).to_pylist()
+
+    def _head(self, limit: int):
+        """The first ``limit`` rows as a ``pyarrow.Table`` (computing only what they need)."""
+        import pyarrow as pa
+
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ParameterError(f"take(limit) needs a non-negative integer, got {limit!r}")
         source = self if (self.is_computed() or isinstance(self.plan, DataSourceNode)) else self.limit(limit)
-        rows: List[Dict[str, Any]] = []
+        tables, n = [], 0
         for ds in source._datasets():
-            if len(rows) >= limit:
+            if n >= limit and tables:
                 break
-            rows.extend(_read(ds).slice(0, limit - len(rows)).to_pylist())
-        return rows[:limit]
+            t = _read(ds)
+            t = t.slice(0, max(0, limit - n))
+            tables.append(t)
+            n += t.num_rows
+        tables = [t for t in tables if t.num_columns > 0] or tables[:1]
+        if not tables:
+            return pa.table({})
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            from smallpond.io.arrow import cast_columns_to_large_string
+
+            return pa.concat_tables([cast_columns_to_large_string(t) for t in tables], promote_options="permissive")
+
+    def show(self, n: int = 20) -> None:
+        """Print the first ``n`` rows as a table, with column types (computes only what they need).
+
+        >>> sp.from_items([{"a": 1, "b": "x"}, {"a": 2, "b": None}]).show()
+        a     | b
+        int64 | string
+        ------+-------
+            1 | x
+            2 | null
+        (2 rows)
+        """
+        print(format_table(self._head(n), n))
 
     def take_all(self) -> List[Dict[str, Any]]:
         """Every row as dicts, in partition order."""
@@ -261,19 +383,33 @@ class DataFrame:
         """The whole result as one ``pandas.DataFrame`` with a fresh index."""
         return self.to_arrow().to_pandas()
 
-    def write_parquet(self, path: str) -> None:
-        """Write the result as Parquet files into directory ``path`` (published all at once)."""
-        self.write_parquet_lazy(path).compute()
+    def write_parquet(self, path: str, mode: str = "overwrite") -> None:
+        """Write the result as Parquet files into directory ``path`` (published all at once).
 
-    def write_parquet_lazy(self, path: str) -> "DataFrame":
+        ``mode`` says what happens when ``path`` has content (Spark's names):
+
+        * ``"overwrite"`` (default): an earlier smallpond result there (the files its
+          ``.MANIFEST.txt`` lists) is replaced. A folder holding other files is refused before
+          anything runs, naming them: a file smallpond did not write is never deleted;
+        * ``"append"``: the new files are added under names that cannot collide;
+        * ``"error"`` / ``"errorifexists"``: a folder that is not empty is refused;
+        * ``"ignore"``: a folder that is not empty is left as it is, and nothing is computed.
+
+        A ``path`` that overlaps an input of the job is refused too.
+        """
+        self.write_parquet_lazy(path, mode).compute()
+
+    def write_parquet_lazy(self, path: str, mode: str = "overwrite") -> "DataFrame":
         """Like :meth:`write_parquet` but lazy: returns the DataFrame of the written files."""
         if not isinstance(path, str) or not path:
             raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
-        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy")
+        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy", mode=mode)
         return self._new(node, "write_parquet")
 
     def explain(self) -> str:
         """The logical plan and the optimized plan, with partition counts.
+
+        The result is a ``str`` that a notebook or the REPL shows as its lines.
 
         A ``filter`` followed by a ``map`` runs as one SQL query in the optimized plan:
 
@@ -297,7 +433,7 @@ class DataFrame:
         opt = optimize(self.plan, frozen, memo)
         logical = LogicalPlan(self._ctx, self.plan).explain_str()
         optimized = LogicalPlan(self._ctx, opt).explain_str()
-        return f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}"
+        return TextBlock(f"== Logical plan ==\n{logical}\n\n== Optimized plan ==\n{optimized}")
 
 
 def _read(ds: DataSet):
@@ -310,6 +446,53 @@ def _read(ds: DataSet):
         return _nullable(ds.to_arrow_table(conn=conn))
     finally:
         conn.close()
+
+
+_CELL_WIDTH = 40
+
+
+def _cell(value) -> str:
+    text = "null" if value is None else str(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 1] + "…"
+
+
+def format_table(table, limit: int) -> str:
+    """A plain-text table of ``table``'s rows, headed by column names and types."""
+    import pyarrow as pa
+
+    if table.num_columns == 0:
+        return "(no columns)"
+    names = table.column_names
+    types = [str(f.type) for f in table.schema]
+    cols = [[_cell(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type) for f in table.schema]
+    widths = [max([len(names[i]), len(types[i])] + [len(v) for v in cols[i]]) for i in range(len(names))]
+
+    def line(values, align_numbers=False):
+        return " | ".join(
+            (v.rjust(w) if align_numbers and num else v.ljust(w)) for v, w, num in zip(values, widths, numeric)
+        ).rstrip()
+
+    out = [line(names), line(types), "-+-".join("-" * w for w in widths)]
+    out.extend(line([c[r] for c in cols], True) for r in range(table.num_rows))
+    out.append(
+        f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}{', limit ' + str(limit) if table.num_rows >= limit else ''})"
+    )
+    return "\n".join(out)
+
+
+def _html_table(table) -> str:
+    import html
+
+    head = "".join(
+        f"<th>{html.escape(n)}<br><small>{html.escape(str(f.type))}</small></th>"
+        for n, f in zip(table.column_names, table.schema)
+    )
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in table.to_pylist()
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _nullable(table):
@@ -347,15 +530,35 @@ class _MapRows:
                 rows.append(out)
         return rows
 
+    def output_schema_for(self, sample):
+        """The output schema, from ``schema=`` or the function applied to sample rows (a
+        partition with no rows writes an empty file of this schema)."""
+        import pyarrow as pa
+
+        if self.schema is not None:
+            return self.schema
+        found = None
+        for row in sample.to_pylist():  # row by row: the first row with typed values settles it
+            out = self.func(row)
+            rows = list(out) if self.flat else [out]
+            if not rows:
+                continue
+            found = pa.Table.from_pylist(rows).schema
+            if not any(pa.types.is_null(f.type) for f in found):
+                break
+        return found
+
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
+        # each output names the input batches it completes, so a stream checkpoint after it is exact
         known = self.schema
         pending: list = []
-        for batch in readers[0]:
+        i = -1
+        for i, batch in enumerate(readers[0]):
             rows = self._rows(batch)
             if known is not None:
-                yield pa.Table.from_pylist(rows, schema=known)
+                yield StreamOutput(pa.Table.from_pylist(rows, schema=known), batch_indices=[i])
                 continue
             table = pa.Table.from_pylist(rows)
             if not rows or any(pa.types.is_null(f.type) for f in table.schema):
@@ -363,11 +566,11 @@ class _MapRows:
                 continue
             known = table.schema
             if pending:
-                yield pa.Table.from_pylist(pending, schema=known)
+                table = pa.concat_tables([pa.Table.from_pylist(pending, schema=known), table])
                 pending = []
-            yield table
+            yield StreamOutput(table, batch_indices=[i])
         if pending:
-            yield pa.Table.from_pylist(pending)
+            yield StreamOutput(pa.Table.from_pylist(pending), batch_indices=[i])
 
 
 class _FilterRows:
@@ -376,17 +579,18 @@ class _FilterRows:
         self.__name__ = getattr(func, "__name__", "filter")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
+    def output_schema_for(self, sample):
+        return sample.schema  # a filter keeps the input's columns
+
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
         reader = readers[0]
         wrote = False
-        for batch in reader:
+        for i, batch in enumerate(reader):
             mask = pa.array([bool(self.func(r)) for r in batch.to_pylist()], pa.bool_())
-            out = pa.Table.from_batches([batch]).filter(mask)
-            if out.num_rows or not wrote:
-                wrote = True
-                yield out
+            wrote = True
+            yield StreamOutput(pa.Table.from_batches([batch]).filter(mask), batch_indices=[i])
         if not wrote:
             yield reader.schema.empty_table()
 
@@ -397,13 +601,19 @@ class _MapBatches:
         self.__name__ = getattr(func, "__name__", "map_batches")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
+    def output_schema_for(self, sample):
+        """The schema of the function's output on a sample batch (rows of another partition, or
+        an empty table of the input's schema)."""
+        import pyarrow as pa
+
+        out = self.func(sample)
+        return out.schema if isinstance(out, (pa.Table, pa.RecordBatch)) else None
+
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
-        for batch in readers[0]:
-            out = self.func(pa.Table.from_batches([batch]))
-            if out is not None:
-                yield out
+        for i, batch in enumerate(readers[0]):
+            yield StreamOutput(self.func(pa.Table.from_batches([batch])), batch_indices=[i])
 
 
 def __getattr__(name: str):

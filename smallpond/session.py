@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import os
 import sys
-import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,9 @@ from typing import Any, Dict, List, Optional, Union
 from smallpond.common import logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
+from smallpond.execution.progress import console_listeners
 from smallpond.execution.runtime import resolve_job
+from smallpond.execution.summary import want_session_summary
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, DataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
 
@@ -44,6 +45,7 @@ class Config:
     fault_inject_prob: float = 0.0
     max_retry_count: int = 5
     max_fail_count: int = 3
+    restart: bool = False
     speculative_exec: object = "disable"
 
     @staticmethod
@@ -62,6 +64,7 @@ class Config:
         fault_inject_prob=None,
         max_retry_count=None,
         max_fail_count=None,
+        restart=False,
         speculative_exec=None,
         **unknown,
     ) -> "Config":
@@ -99,6 +102,7 @@ class Config:
             fault_inject_prob=float(pick(fault_inject_prob, "SP_FAULT_INJECT_PROB", 0.0, float)),
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
+            restart=bool(restart),
             speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
         )
 
@@ -115,6 +119,15 @@ class Session:
         cfg = self._config
         if cfg.ray_address:
             logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
+        ignored = [
+            n
+            for n, used in (("bind_numa_node", cfg.bind_numa_node), ("memory_allocator", cfg.memory_allocator != "system"))
+            if used
+        ]
+        if ignored:
+            logger.warning(
+                "smallpond.init(): {} {} no effect in this build", ", ".join(ignored), "has" if len(ignored) == 1 else "have"
+            )
         self._ctx = Context()
         rt = make_runtime_ctx(
             cfg.job_id,
@@ -125,18 +138,20 @@ class Session:
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
         )
-        progress = _make_progress()
         self._job = Job(
             rt,
             num_workers=cfg.num_executors or None,
             platform=cfg.platform,  # a named platform runs the session on the queue backend
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
-            listeners=[progress] if progress else [],
+            listeners=console_listeners(),
+            name=cfg.job_name,
+            restart=cfg.restart,
             speculation=Speculation.of(cfg.speculative_exec),
         )
         self._nodes: List[Any] = []
         self._optimized: Dict[int, Any] = {}
+        self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
         atexit.register(self.shutdown)
 
@@ -285,43 +300,34 @@ class Session:
 
     def dump_timeline(self, path: Optional[str] = None) -> Optional[str]:
         """Write the timeline of the tasks run so far as Chrome trace JSON (open it in Perfetto or
-        ``chrome://tracing``). Default path: ``log/timeline_exec.json``. Returns the path written.
+        ``chrome://tracing``): one track per worker, one slice per attempt, failed ones included.
+        Default path: ``log/timeline_exec.json``. Returns the path written.
 
-        Each finished task is one event, from its commit record. Tasks resumed from an earlier run
-        appear with the time they originally ran.
+        The run report ``log/report.html`` (written at shutdown) shows the same timeline.
         """
         import json
 
-        from smallpond.execution.attempt import commit_path
-        from smallpond.io.filesystem import atomic_write_text, load
+        from smallpond.execution.events import JobHistory, chrome_trace
+        from smallpond.io.filesystem import atomic_write_text
 
         rt = self.runtime_ctx
         path = path or os.path.join(rt.log_root, "timeline_exec.json")
-        events = []
-        tasks = self._job.scheduler.state.tasks if self._job.scheduler is not None else {}
-        for key, task in sorted(tasks.items(), key=lambda kv: int(kv[1].id)):
-            record_path = commit_path(rt, key)
-            try:
-                record = load(record_path, secret=rt.secret)
-            except Exception:
-                continue  # not run, inline (metadata-only) or cleaned up
-            elapsed = float(record.get("elapsed") or 0.0)
-            start = record.get("started") or (os.path.getmtime(record_path) - elapsed)
-            events.append(
-                {
-                    "name": key,
-                    "cat": task.node_label,
-                    "ph": "X",
-                    "ts": int(start * 1e6),
-                    "dur": int(elapsed * 1e6),
-                    "pid": int(task.node_id),
-                    "tid": int(task.id),
-                    "args": {"attempt": record.get("attempt", 0), "partition": [str(p) for p in task.partition_infos]},
-                }
-            )
+        events = self._job.events
+        if events is not None:
+            events.flush()
+        run = (events.history if events is not None else JobHistory()).last
+        trace = chrome_trace(run) if run is not None else {"traceEvents": []}
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        atomic_write_text(path, json.dumps({"traceEvents": events}))
+        atomic_write_text(path, json.dumps(trace))
         return path
+
+    def summary(self):
+        """The summary of this session's job so far: tasks run, resumed, retried and failed, wall
+        time per node, bytes read and written, and where the logs and the run report are.
+
+        Printed to stderr at shutdown when stderr is a terminal or ``SP_SUMMARY=1``.
+        """
+        return self._job.summary()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def shutdown(self) -> None:
@@ -334,6 +340,9 @@ class Session:
             atexit.unregister(self.shutdown)
         except Exception:
             pass
+        if want_session_summary():  # a failed computation's error reached the user's code already
+            sys.stderr.write(self._job.summary(show_error=False))
+            sys.stderr.flush()
 
     def __enter__(self):
         return self
@@ -346,51 +355,3 @@ class Session:
 
 #: upstream's name for the engine part of a session (``smallpond.session.SessionBase``)
 SessionBase = Session
-
-
-class _TerminalProgress:
-    """A progress line on stderr (a SchedulerListener), only on a terminal."""
-
-    def __init__(self) -> None:
-        self.last = 0.0
-        self.shown = False
-
-    def on_tick(self, st, elapsed: float) -> None:
-        now = time.time()
-        if now - self.last < 0.2:
-            return
-        self.last = now
-        per_node: Dict[str, List[int]] = {}
-        for key, t in st.tasks.items():
-            if t.exec_on_scheduler:
-                continue
-            c = per_node.setdefault(t.node_label, [0, 0])
-            c[1] += 1
-            c[0] += key in st.done
-        done = sum(c[0] for c in per_node.values())
-        total = sum(c[1] for c in per_node.values())
-        active = [f"{name.split('-')[0]} {c[0]}/{c[1]}" for name, c in per_node.items() if c[0] < c[1]][:3]
-        line = f"smallpond: {done}/{total} tasks  {elapsed:5.1f}s  " + "  ".join(active)
-        sys.stderr.write("\r\x1b[2K" + line[:160])
-        sys.stderr.flush()
-        self.shown = True
-
-    def on_end(self, st, ok: bool) -> None:
-        if self.shown:
-            sys.stderr.write("\r\x1b[2K")
-            sys.stderr.flush()
-            self.shown = False
-
-    def __getattr__(self, name: str):
-        if name.startswith("on_"):
-            return lambda *args: None
-        raise AttributeError(name)
-
-
-def _make_progress() -> Optional[_TerminalProgress]:
-    """A progress line on stderr, only on a terminal; ``SP_PROGRESS=0`` turns it off."""
-    if os.environ.get("SP_PROGRESS", "1") in ("0", "false", "off", "no"):
-        return None
-    if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        return None
-    return _TerminalProgress()

@@ -53,11 +53,12 @@ class ConcurrentIter:
 
     _DONE = object()
 
-    def __init__(self, iterable: Iterable, max_buffer_size: int = 1) -> None:
+    def __init__(self, iterable: Iterable, max_buffer_size: int = 1, name: Optional[str] = None) -> None:
         self.iterable = iterable
         self.queue: "queue.Queue" = queue.Queue(maxsize=max(1, max_buffer_size))
         self.stop = threading.Event()
         self.thread: Optional[threading.Thread] = None
+        self.name = name
 
     def _produce(self) -> None:
         try:
@@ -75,7 +76,7 @@ class ConcurrentIter:
             self.queue.put((False, e))
 
     def __enter__(self) -> Iterator:
-        self.thread = threading.Thread(target=self._produce, daemon=True)
+        self.thread = threading.Thread(target=self._produce, daemon=True, name=self.name)
         self.thread.start()
         return self._consume()
 

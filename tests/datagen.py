@@ -5,7 +5,6 @@ Every generator takes a ``seed`` so the same call always writes the same bytes.
 
 from __future__ import annotations
 
-import base64
 import os
 import random
 import string
@@ -22,24 +21,18 @@ def _word(rnd: random.Random, lo: int, hi: int) -> str:
 
 
 def generate_mock_urls(directory: str, nfiles: int = 6, nlines: int = 60, seed: int = 0) -> List[str]:
-    """Write ``urls{i}.tsv`` files of ``{url}\\t{base64 payload}`` lines; return their paths.
+    """The sort examples' mock URL files (``examples/mock_urls.py``, the one generator of them)."""
+    return _examples_mock_urls().generate_mock_urls(directory, nfiles=nfiles, nlines=nlines, seed=seed)
 
-    URLs look like ``com.{n}.{m}/{word}.html``; hosts repeat across files (a few hundred of them),
-    so a hash partition by host has real work to do.
-    """
-    os.makedirs(directory, exist_ok=True)
-    rnd = random.Random(seed)
-    hosts = [f"com.{rnd.randint(10000, 999999)}.{rnd.randint(100, 9999)}" for _ in range(max(1, nfiles * nlines // 3))]
-    paths = []
-    for i in range(nfiles):
-        path = os.path.join(directory, f"urls{i}.tsv")
-        with open(path, "w") as f:
-            for _ in range(nlines):
-                url = f"{rnd.choice(hosts)}/{_word(rnd, 10, 20)}.html"
-                payload = base64.b64encode(_word(rnd, 50, 100).encode()).decode()
-                f.write(f"{url}\t{payload}\n")
-        paths.append(path)
-    return paths
+
+def _examples_mock_urls():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "mock_urls.py")
+    spec = importlib.util.spec_from_file_location("_smallpond_example_mock_urls", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def generate_parquet_files(

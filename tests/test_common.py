@@ -48,3 +48,12 @@ def test_split_rejects_non_positive_counts(n):
 
 def test_next_power_of_two():
     assert [next_power_of_two(x) for x in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+
+
+def test_common_docstring_examples():
+    import doctest
+
+    import smallpond.common
+
+    result = doctest.testmod(smallpond.common, verbose=False)
+    assert result.attempted >= 5 and result.failed == 0

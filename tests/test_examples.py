@@ -1,4 +1,7 @@
-"""Every example in examples/ runs, and its result equals plain DuckDB's on the same input."""
+"""Every example in examples/ runs as written, and its result equals plain DuckDB's on the same input.
+
+(sort_mock_urls.py through the Driver is also checked in depth in tests/e2e/test_sort_mock_urls.py.)
+"""
 
 from __future__ import annotations
 
@@ -82,3 +85,102 @@ def test_sort_mock_urls_v2_example(tmp_path):
             order by all"""
     ).fetchall()
     assert got == want
+
+
+def _import_example(name):
+    sys.path.insert(0, EXAMPLES)
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(EXAMPLES)
+
+
+def test_shuffle_training_data_example(tmp_path):
+    shuffle = _import_example("shuffle_training_data")
+    inputs = shuffle.make_data(str(tmp_path / "shards"), shards=3, rows=2000)
+    out = tmp_path / "shuffled"
+    proc = run_example("shuffle_training_data.py", inputs, str(out), "-n", "4", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(str(out / f) for f in os.listdir(out) if f.endswith(".parquet"))
+    got = duckdb.sql(f"select example_id, label, text from read_parquet({files!r})").fetchall()
+    want = duckdb.sql(f"select example_id, label, text from read_parquet('{inputs}')").fetchall()
+    assert sorted(got) == sorted(want), "a permutation of the input: every example once"
+    before = [r[0] for r in duckdb.sql(f"select example_id from read_parquet('{inputs}')").fetchall()]
+    after = [r[0] for r in got]
+    assert sum(a == b for a, b in zip(before, after)) < len(before) // 10, "the order is shuffled"
+    labels = [r[1] for r in got[:500]]
+    assert len(set(labels)) == 10, "the first rows mix all labels (the input was sorted by label)"
+
+
+def test_dedup_documents_example(tmp_path):
+    dedup = _import_example("dedup_documents")
+    inputs = dedup.make_data(str(tmp_path / "docs"), files=3, docs=1500)
+    out = tmp_path / "deduped"
+    proc = run_example("dedup_documents.py", inputs, str(out), "-n", "4", cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    got = duckdb.sql(f"select doc_id, url, content from read_parquet('{out}/*.parquet') order by doc_id").fetchall()
+    want = duckdb.sql(
+        f"""select doc_id, url, content from read_parquet('{inputs}')
+            qualify row_number() over (partition by content order by doc_id) = 1 order by doc_id"""
+    ).fetchall()
+    assert got == want
+    total = duckdb.sql(f"select count(*) from read_parquet('{inputs}')").fetchall()[0][0]
+    assert len(got) < total, "the sample data has duplicates"
+
+
+def test_global_sort_example_equals_one_order_by(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    inputs = []
+    for i in range(4):  # skewed keys (Zipf), some NULL, in no order
+        keys = rng.zipf(1.2, 25_000).astype(np.float64)
+        keys[rng.random(len(keys)) < 0.001] = np.nan
+        path = str(tmp_path / f"in{i}.parquet")
+        pq.write_table(pa.table({"key": pa.array(keys, from_pandas=True), "row": np.arange(i * 25_000, (i + 1) * 25_000)}), path)
+        inputs.append(path)
+    out = tmp_path / "sorted"
+    args = ["scheduler", "--data_root", str(tmp_path / "root"), "-i", *inputs, "-k", "key", "-n", "8", "-o", str(out)]
+    proc = run_example("global_sort.py", *args, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    global_sort = _import_example("global_sort")
+    got = global_sort.read_in_order(str(out))
+    want = duckdb.sql(f"select key, row from read_parquet({inputs!r}) order by key, row").fetchall()
+    assert list(zip(got.column("key").to_pylist(), got.column("row").to_pylist())) == want
+    sizes = [pq.read_metadata(str(out / f)).num_rows for f in os.listdir(out) if f.endswith(".parquet")]
+    assert max(sizes) <= 2 * sum(sizes) / 8, f"no partition over twice the average: {sizes}"
+
+
+def test_sort_mock_urls_example_as_written_in_its_docstring(tmp_path):
+    """From a fresh clone: the mock data is generated, the job runs, its result folder is printed and
+    reads back (a FinalResults manifest), and the same command resumes."""
+    import smallpond
+
+    args = ["scheduler", "--job_id", "my-job", "--data_root", str(tmp_path / "sp"), "-i", "tests/data/mock_urls/*.tsv", "-n", "4"]
+    proc = run_example("sort_mock_urls.py", *args, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "writing mock URL data" in proc.stderr and "succeeded" in proc.stderr and "report.html" in proc.stderr
+    final = proc.stdout.split("sorted URLs:", 1)[1].split()[0]
+    assert final.endswith("FinalResults") and os.path.exists(os.path.join(final, ".MANIFEST.txt"))
+    sp = smallpond.init(data_root=str(tmp_path / "reader"))
+    try:
+        result = sp.read_parquet(final)
+        assert result.count() == 1000 and result.schema.names == ["host", "url", "payload"]
+    finally:
+        sp.shutdown()
+    again = run_example("sort_mock_urls.py", *args, cwd=str(tmp_path))
+    assert again.returncode == 0 and "writing mock URL data" not in again.stderr
+    assert " 0 run, " in again.stderr and "resumed" in again.stderr
+
+
+def test_sort_mock_urls_v2_example_as_written_prints_its_result(tmp_path):
+    proc = run_example(
+        "sort_mock_urls_v2.py", "-i", "tests/data/mock_urls/*.tsv", "-o", "sorted_urls/", "-n", "4", cwd=str(tmp_path)
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "host: string" in out and "payload: binary" in out  # the schema, before running
+    assert f"wrote 1000 rows in 4 file(s) to {tmp_path / 'sorted_urls'}" in out
+    assert "(5 rows, limit 5)" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -124,25 +123,10 @@ def test_graph_and_explain(tmp_path):
         assert path is None or os.path.exists(path)  # a picture only if Graphviz is installed
 
 
-def test_progress_display_only_on_terminal(monkeypatch):
-    from smallpond.session import _make_progress
+def test_settings_without_effect_are_warned_about(tmp_path, log_messages):
+    import smallpond
 
-    monkeypatch.setattr(sys, "stderr", io.StringIO())
-    assert _make_progress() is None  # not a terminal
-
-    class FakeTty(io.StringIO):
-        def isatty(self):
-            return True
-
-    tty = FakeTty()
-    monkeypatch.setattr(sys, "stderr", tty)
-    monkeypatch.delenv("SP_PROGRESS", raising=False)
-    show = _make_progress()
-    assert show is not None
-    from smallpond.execution.scheduler import SchedState
-
-    st = SchedState()
-    show.on_tick(st, 1.5)
-    assert "0/0 tasks" in tty.getvalue()
-    monkeypatch.setenv("SP_PROGRESS", "0")
-    assert _make_progress() is None
+    sp = smallpond.init(data_root=str(tmp_path / "root"), bind_numa_node=True, memory_allocator="jemalloc")
+    sp.shutdown()
+    warned = [m for m in log_messages if "no effect" in m]
+    assert len(warned) == 1 and "bind_numa_node, memory_allocator" in warned[0]

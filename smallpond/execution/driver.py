@@ -41,6 +41,31 @@ EX_OK = 0
 EX_SOFTWARE = 70
 MODES = ("scheduler", "executor", "ray")
 
+#: driver options (by dest) that upstream scripts pass but that change nothing in this build; using
+#: one gives one warning listing them all, and ``--help`` marks them "(no effect)"
+NO_EFFECT = (
+    "job_priority",
+    "resource_group",
+    "sidecars",
+    "tags",
+    "task_image",
+    "python_venv",
+    "runtime_ctx_path",
+    "num_executors_per_task",
+    "prioritize_retry",
+    "stop_executor_on_failure",
+    "nonzero_exitcode_as_oom",
+    "enable_profiling",
+    "enable_diagnostic_metrics",
+    "enable_sched_state_dump",
+    "remove_empty_parquet",
+    "memory_allocator",
+    "memory_purge_delay",
+    "bind_numa_node",
+    "enforce_memory_limit",
+    "share_log_analytics",
+)
+
 
 class Driver:
     """Parses driver and user arguments and runs a LogicalPlan."""
@@ -55,6 +80,7 @@ class Driver:
         self._add_driver_arguments(self.driver_parser)
         self.user_args: Optional[argparse.Namespace] = None
         self.driver_args: Optional[argparse.Namespace] = None
+        self._argv: List[str] = []
 
     @staticmethod
     def _add_driver_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,10 +149,19 @@ class Driver:
         p.add_argument("--disable_log_rotation", action="store_true")
         p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
         p.add_argument(
+            "--restart",
+            action="store_true",
+            help="start the job over: an existing folder of this job is moved aside to {folder}.restarted-{time} "
+            "(the way out when it cannot be resumed, e.g. its config/secret was lost)",
+        )
+        p.add_argument(
             "--platform",
             default=None,
             help="run on the queue backend, executors started by: mpi, base (subprocesses), manual (by hand)",
         )
+        for action in p._actions:
+            if action.dest in NO_EFFECT:
+                action.help = f"{action.help} (no effect)" if action.help else "(no effect)"
 
     # -- arguments -------------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs) -> None:
@@ -137,6 +172,7 @@ class Driver:
     def parse_arguments(self, args: Optional[List[str]] = None) -> Tuple[argparse.Namespace, argparse.Namespace]:
         self._from_command_line = args is None
         args = sys.argv[1:] if args is None else list(args)
+        self._argv = args
         user_dests = {a.dest for a in self.user_parser._actions}
         # an executor needs no user argument (it gets its tasks from the scheduler): required
         # user arguments are checked only in the other modes
@@ -200,14 +236,42 @@ class Driver:
         self._ensure_parsed()
         return self.driver_args.num_executors
 
+    def unused_flags(self) -> List[str]:
+        """The no-effect options (:data:`NO_EFFECT`) this command line used."""
+        self._ensure_parsed()
+        defaults = argparse.ArgumentParser(add_help=False)
+        self._add_driver_arguments(defaults)
+        default_values = vars(defaults.parse_args([]))
+        user_dests = {a.dest for a in self.user_parser._actions}
+        used = []
+        for action in self.driver_parser._actions:
+            if action.dest not in NO_EFFECT or action.dest in user_dests or not action.option_strings:
+                continue
+            given = any(arg == o or arg.startswith(o + "=") for o in action.option_strings for arg in self._argv)
+            changed = getattr(self.driver_args, action.dest, None) != default_values.get(action.dest)
+            if given or changed:
+                name = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+                if name not in used:
+                    used.append(name)
+        return used
+
     # -- running ---------------------------------------------------------------------------------
     def run(self, plan=None, stop_process_on_done: bool = True, tags: Optional[Dict[str, str]] = None):
         """Run ``plan`` in the chosen mode. Returns the ExecutionPlan on success, else None.
 
-        With ``stop_process_on_done`` the process exits with 0 on success and 70 on failure.
+        With ``stop_process_on_done`` the process exits with 0 on success and 70 on failure. The
+        end-of-job summary (and a failed job's error, once, with the path of the failed task's
+        log) is printed on stderr.
         """
+        from smallpond.common import logger
+
         self._ensure_parsed()
         a = self.driver_args
+        unused = self.unused_flags()
+        if unused:
+            logger.warning("these driver options have no effect in this build and are ignored: {}", ", ".join(unused))
+        if tags:
+            logger.warning("Driver.run(tags=...) has no effect in this build and is ignored")
         try:
             if a.mode == "executor":
                 result = None
@@ -221,9 +285,7 @@ class Driver:
             else:
                 result = self._run_scheduler(plan)
                 ok = result is not None
-        except Exception as e:  # report, then exit non-zero
-            from smallpond.common import logger
-
+        except Exception as e:  # failed before the job started (its summary would say it otherwise)
             logger.error("job failed: {}", e)
             result, ok = None, False
         if stop_process_on_done:
@@ -277,9 +339,8 @@ class Driver:
         return rt
 
     def _run_scheduler(self, plan):
-        from smallpond.common import logger
-        from smallpond.errors import JobFailed
         from smallpond.execution.job import Job
+        from smallpond.execution.progress import console_listeners
 
         if plan is None:
             raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
@@ -291,6 +352,9 @@ class Driver:
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
+            restart=a.restart,
+            listeners=console_listeners(),
+            name=None if a.job_name == "smallpond" else a.job_name,  # the default names nothing
             speculation=self._speculation(),
         )
         ok = False
@@ -299,13 +363,18 @@ class Driver:
             exec_plan = job.run_plan(plan, manifest_only_final_results=not a.self_contained_final_results)
             ok = True
             return exec_plan
-        except JobFailed as e:
-            for err in e.errors:
-                logger.error("{}", err)
-            return None
+        except Exception as e:
+            if job.events is None:  # the job never started: nothing will summarize the error
+                raise
+            job.record_error(e)
+            return None  # the summary below says what failed, once
         finally:
             # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
             job.finish(ok, remove_intermediates=a.remove_output_root)
+            if job.events is not None:
+                sys.stdout.flush()
+                sys.stderr.write(job.summary())
+                sys.stderr.flush()
 
     def _speculation(self):
         from smallpond.execution.scheduler import Speculation

@@ -4,17 +4,25 @@ A task's fingerprint covers its node's parameters (as the node declares them, se
 :meth:`smallpond.logical.base.Node.fingerprint_params`), the user code it runs, its position in
 the partition grid and its inputs' fingerprints. Resume reuses a commit record only when the
 fingerprint matches, so everything that can change a task's output must reach it, and nothing
-that differs between two runs of the same script (memory addresses, ``id()``) may.
+that differs between two runs of the same script (memory addresses, ``id()``, hash seeds, the
+ids cloudpickle gives classes) may.
 
 :func:`stable_digest` never fails on ordinary user values and never recurses without bound:
 
-* modules are identified by name; classes by module and qualified name;
-* functions by their code (bytecode, constants, nested code), their closure, and the globals
-  their code names (a module-level constant the function reads is part of it);
-* containers and objects are walked with cycles cut; ``DataSet``\\ s and nodes describe themselves;
-* values that cannot be described (a NumPy array, an object of a C extension) fall back to a
-  digest of their pickled bytes;
-* a value that can be neither described nor pickled (a lock, an open file) is reported through
+* modules are identified by name; functions and classes of installed libraries (site-packages,
+  the standard library, smallpond) by module, qualified name and the library's version;
+* the user's own functions by their code (bytecode, the names it uses, constants, nested code),
+  defaults, closure, and the globals their code names (a module-level constant the function reads
+  is part of it); the user's own classes by their methods;
+* each object is walked once: a second sighting (a cycle, or an object shared by two places)
+  is written as a reference to the first, so cycles are cut and shared objects cost nothing;
+  past a depth of 64 a value is digested by its pickled bytes;
+* containers are walked in a stable order (sets and dict keys sorted by value, never by address);
+* objects are described the way pickle would rebuild them (their ``__dict__``/slots, or what
+  ``__getstate__`` / ``__reduce_ex__`` return), so an object that drops a lock or a cache when
+  pickled is fingerprinted by what a worker actually receives; NumPy arrays by dtype, shape and
+  data; locks by their type (a lock holds no data);
+* a value that still cannot be described (a generator, an open connection) is reported through
   :class:`Unfingerprintable`: the planner then warns, naming the node and the value, and the task
   is never reused from an earlier run.
 """
@@ -22,16 +30,22 @@ that differs between two runs of the same script (memory addresses, ``id()``) ma
 from __future__ import annotations
 
 import hashlib
+import os
+import sys
+import sysconfig
+import threading
 import types
 from functools import partial
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
-_PRIMITIVES = (str, int, float, bool, type(None), bytes, complex)
 _MAX_DEPTH = 64
+_SCALARS = (int, float, bool, type(None), complex)
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+_OBJECT_GETSTATE = getattr(object, "__getstate__", None)  # Python >= 3.11
 
 
 class Unfingerprintable(Exception):
-    """A value whose changes cannot be detected (neither describable nor picklable)."""
+    """A value whose changes cannot be detected (it can be neither described nor pickled)."""
 
     def __init__(self, what: str) -> None:
         super().__init__(what)
@@ -42,53 +56,78 @@ def stable_digest(obj: Any) -> str:
     """A hex digest of ``obj`` that is the same in every run of the same script.
 
     Raises :class:`Unfingerprintable` for a value it cannot describe (see the module docstring).
+
+    >>> stable_digest({"b": 1, "a": [1.5, None]}) == stable_digest({"a": [1.5, None], "b": 1})
+    True
     """
     h = hashlib.sha256()
-    _Walker(h).walk(obj, 0)
+    try:
+        _Walker(h).walk(obj, 0)
+    except Unfingerprintable:
+        raise
+    except Exception as e:  # a user's __reduce_ex__ / property that fails: never crash planning
+        raise Unfingerprintable(f"{_name(type(obj))} ({type(e).__name__}: {e})") from None
     return h.hexdigest()
 
 
 class _Walker:
     def __init__(self, h) -> None:
         self.h = h
-        self.active: set = set()  # ids of containers on the current path (cycle cut)
-        self.seen_code: set = set()
+        self.seen: Dict[int, int] = {}  # id -> order of first sighting
+        # everything walked stays alive until the walk ends, so no id is reused by a temporary
+        # (the values __reduce_ex__ builds) while it is a key of ``seen``
+        self.keep: List[Any] = []
 
     def put(self, text: str) -> None:
         self.h.update(text.encode("utf-8", "surrogatepass"))
         self.h.update(b"\x00")
 
+    def raw(self, tag: str, data) -> None:
+        self.put(f"{tag}:{len(data)}")
+        self.h.update(data)
+
     def walk(self, obj: Any, depth: int) -> None:
-        if isinstance(obj, _PRIMITIVES):
-            self.put(f"{type(obj).__name__}:{obj!r}")
+        if isinstance(obj, str):
+            self.raw(type(obj).__name__, obj.encode("utf-8", "surrogatepass"))
             return
+        if isinstance(obj, (bytes, bytearray)):
+            self.raw(type(obj).__name__, bytes(obj) if isinstance(obj, bytearray) else obj)
+            return
+        if isinstance(obj, _SCALARS):  # subclasses too (IntEnum, NodeId): their type and value
+            base = next(t for t in (bool, int, float, complex, type(None)) if isinstance(obj, t))
+            self.put(f"{type(obj).__qualname__}:{base.__repr__(obj)}")
+            return
+        key = id(obj)
+        ref = self.seen.get(key)
+        if ref is not None:
+            self.put(f"<ref {ref}>")
+            return
+        self.seen[key] = len(self.seen)
+        self.keep.append(obj)
         if depth > _MAX_DEPTH:
             self.pickled(obj)
             return
-        key = id(obj)
-        if key in self.active:
-            self.put("<cycle>")
-            return
-        self.active.add(key)
-        try:
-            self._walk(obj, depth + 1)
-        finally:
-            self.active.discard(key)
+        self._walk(obj, depth + 1)
 
     def _walk(self, obj: Any, depth: int) -> None:  # noqa: C901 - one dispatch table
         from smallpond.logical.base import Node
+        from smallpond.logical.dataset import DataSet
 
         if isinstance(obj, types.ModuleType):
-            self.put(f"module:{obj.__name__}")
-        elif isinstance(obj, (list, tuple, set, frozenset)):
-            items = sorted(obj, key=repr) if isinstance(obj, (set, frozenset)) else obj
-            self.put(f"{type(obj).__name__}[{len(obj)}")
-            for x in items:
+            self.put(f"module:{obj.__name__}{_library_version(obj.__name__)}")
+        elif isinstance(obj, (list, tuple)):
+            self.put(f"{type(obj).__qualname__}[{len(obj)}")
+            for x in obj:
+                self.walk(x, depth)
+            self.put("]")
+        elif isinstance(obj, (set, frozenset)):
+            self.put(f"{type(obj).__qualname__}[{len(obj)}")
+            for x in _stable_order(obj):
                 self.walk(x, depth)
             self.put("]")
         elif isinstance(obj, dict):
-            self.put(f"dict[{len(obj)}")
-            for k in sorted(obj, key=repr):
+            self.put(f"{type(obj).__qualname__}[{len(obj)}")
+            for k in _stable_order(obj):
                 self.walk(k, depth)
                 self.walk(obj[k], depth)
             self.put("]")
@@ -101,27 +140,39 @@ class _Walker:
             self.put("method")
             self.walk(obj.__func__, depth)
             self.walk(obj.__self__, depth)
-        elif isinstance(obj, (types.BuiltinFunctionType, type)):
-            self.put(f"name:{getattr(obj, '__module__', None)}.{getattr(obj, '__qualname__', repr(obj))}")
+        elif isinstance(obj, type):
+            self.cls(obj, depth)
+        elif isinstance(obj, (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType)):
+            module = getattr(obj, "__module__", None) or type(getattr(obj, "__self__", None)).__module__
+            self.put(f"builtin:{module}.{getattr(obj, '__qualname__', repr(obj))}")
+        elif isinstance(obj, types.CodeType):
+            self.code(obj, depth)
         elif isinstance(obj, Node):
             self.put(f"node:{type(obj).__module__}.{type(obj).__qualname__}")
             self.walk(obj.fingerprint_params(), depth)
             self.walk(_own_functions(type(obj)), depth)  # a user's subclass: its process() etc.
-        elif callable(getattr(obj, "fingerprint", None)) and not isinstance(obj, type):
+        elif isinstance(obj, DataSet):
             self.put(f"fp:{type(obj).__qualname__}:{obj.fingerprint()}")
+        elif isinstance(obj, _LOCK_TYPES):
+            self.put(f"lock:{type(obj).__qualname__}")
+        elif _is_ndarray(obj):
+            self.ndarray(obj, depth)
         elif _is_plain_object(obj):
             cls = type(obj)
             self.put(f"obj:{cls.__module__}.{cls.__qualname__}")
             state = obj.__dict__ if hasattr(obj, "__dict__") else {s: getattr(obj, s, None) for s in _slots(cls)}
             self.walk({k: v for k, v in state.items() if not k.startswith("__")}, depth)
-            # a subclass's own code is part of what it computes
-            self.walk(_own_functions(cls), depth)
+            self.walk(_own_functions(cls), depth)  # a subclass's own code is part of what it computes
         else:
-            self.pickled(obj)
+            self.reduced(obj, depth)
 
     def function(self, fn: types.FunctionType, depth: int) -> None:
+        module = getattr(fn, "__module__", None) or ""
+        if _is_library(module):
+            self.put(f"libfn:{module}.{fn.__qualname__}{_library_version(module)}")
+            return
+        self.put(f"fn:{module}.{fn.__qualname__}")
         code = fn.__code__
-        self.put(f"fn:{fn.__module__}.{fn.__qualname__}")
         self.code(code, depth)
         self.walk(fn.__defaults__ or (), depth)
         self.walk(fn.__kwdefaults__ or {}, depth)
@@ -139,12 +190,50 @@ class _Walker:
                 self.walk(g[name], depth)
 
     def code(self, code: types.CodeType, depth: int) -> None:
+        self.put("code")
         self.h.update(code.co_code)
+        # the names it loads and calls: ``pc.add`` and ``pc.multiply`` differ only here
+        self.walk(code.co_names, depth)
         for c in code.co_consts:
             if isinstance(c, types.CodeType):
                 self.code(c, depth)
             else:
                 self.walk(c, depth)
+
+    def cls(self, cls: type, depth: int) -> None:
+        module = getattr(cls, "__module__", None) or ""
+        self.put(f"class:{module}.{getattr(cls, '__qualname__', repr(cls))}{_library_version(module)}")
+        if not _is_library(module):
+            self.walk(_own_functions(cls), depth)
+
+    def ndarray(self, a, depth: int) -> None:
+        self.put(f"ndarray:{a.dtype.str}:{a.shape}")
+        if a.dtype.hasobject:
+            self.walk(a.tolist(), depth)
+            return
+        import numpy as np
+
+        self.h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+
+    def reduced(self, obj: Any, depth: int) -> None:
+        """An object described by what pickle would rebuild it from (``__reduce_ex__``)."""
+        cls = type(obj)
+        try:
+            rv = obj.__reduce_ex__(4)
+        except Exception as e:
+            raise Unfingerprintable(f"{_name(cls)} ({type(e).__name__}: {e})") from None
+        if isinstance(rv, str):  # pickled as a global by name
+            module = getattr(obj, "__module__", None) or cls.__module__
+            self.put(f"global:{module}.{rv}")
+            return
+        self.put(f"reduce:{_name(cls)}")
+        if not _is_library(cls.__module__ or ""):
+            self.walk(_own_functions(cls), depth)
+        parts = list(rv)
+        for i, part in enumerate(parts[:5]):
+            if i >= 3 and part is not None:  # list and dict items come as iterators
+                part = list(part)
+            self.walk(part, depth)
 
     def pickled(self, obj: Any) -> None:
         import cloudpickle
@@ -152,8 +241,20 @@ class _Walker:
         try:
             data = cloudpickle.dumps(obj)
         except Exception as e:
-            raise Unfingerprintable(f"{type(obj).__module__}.{type(obj).__qualname__} ({type(e).__name__}: {e})") from None
+            raise Unfingerprintable(f"{_name(type(obj))} ({type(e).__name__}: {e})") from None
         self.put(f"pickle:{hashlib.sha256(data).hexdigest()}")
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _stable_order(items) -> list:
+    """The items of a set (or a dict's keys) in an order that does not depend on addresses."""
+    items = list(items)
+    if all(isinstance(x, (str, bytes, int, float, bool, type(None))) for x in items):
+        return sorted(items, key=lambda x: (type(x).__name__, x if not isinstance(x, float) or x == x else 0.0, repr(x)))
+    return [x for _, x in sorted(((stable_digest(x), i), x) for i, x in enumerate(items))]
 
 
 def _slots(cls) -> List[str]:
@@ -164,20 +265,38 @@ def _slots(cls) -> List[str]:
     return [s for s in out if s not in ("__dict__", "__weakref__")]
 
 
+def _is_ndarray(obj: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and type(obj) is np.ndarray
+
+
 def _is_plain_object(obj: Any) -> bool:
-    """An instance of a Python class whose state is in ``__dict__`` / ``__slots__`` (not a C type)."""
+    """An instance of a Python class whose state is in ``__dict__`` / ``__slots__`` (not a C type)
+    and that pickles by that state (no ``__reduce__`` / ``__getstate__`` of its own)."""
     cls = type(obj)
     if cls.__module__ == "builtins":
+        return False
+    if cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__:
+        return False
+    if getattr(cls, "__getstate__", None) is not _OBJECT_GETSTATE:
         return False
     return hasattr(obj, "__dict__") or bool(_slots(cls))
 
 
 def _own_functions(cls) -> dict:
-    """Methods defined by a user class (not by smallpond or the standard library)."""
-    module = cls.__module__ or ""
-    if module.startswith(("smallpond.", "builtins")) or module in ("abc", "enum", "typing"):
-        return {}
-    return {k: v for k, v in sorted(vars(cls).items()) if isinstance(v, types.FunctionType)}
+    """Methods defined by a user class and its user base classes (not by libraries)."""
+    out = {}
+    for k in reversed(cls.__mro__):
+        if _is_library(getattr(k, "__module__", None) or "builtins"):
+            continue
+        for name, v in vars(k).items():
+            if isinstance(v, (staticmethod, classmethod)):
+                v = v.__func__
+            if isinstance(v, types.FunctionType):
+                out[f"{k.__qualname__}.{name}"] = v
+            elif isinstance(v, property):
+                out[f"{k.__qualname__}.{name}"] = tuple(f for f in (v.fget, v.fset, v.fdel) if f is not None)
+    return dict(sorted(out.items()))
 
 
 def _global_names(code: types.CodeType, out: Optional[set] = None) -> set:
@@ -187,3 +306,40 @@ def _global_names(code: types.CodeType, out: Optional[set] = None) -> set:
         if isinstance(c, types.CodeType):
             _global_names(c, out)
     return out
+
+
+_library_cache: Dict[str, bool] = {}
+
+
+def _library_roots() -> tuple:
+    paths = sysconfig.get_paths()
+    roots = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    roots.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    return tuple(os.path.realpath(r) + os.sep for r in roots if r)
+
+
+def _is_library(module: str) -> bool:
+    """True for modules of installed libraries, the standard library and smallpond: identified by
+    name and version (their code does not change between two runs of a script), not walked."""
+    hit = _library_cache.get(module)
+    if hit is None:
+        top = module.partition(".")[0]
+        if top in ("smallpond", "builtins") or top in sys.builtin_module_names:
+            hit = True
+        elif module == "__main__":
+            hit = False
+        else:
+            mod = sys.modules.get(module) or sys.modules.get(top)
+            path = getattr(mod, "__file__", None)
+            hit = path is None or os.path.realpath(path).startswith(_library_roots())
+        _library_cache[module] = hit
+    return hit
+
+
+def _library_version(module: str) -> str:
+    """``@version`` of the library a module belongs to (a new release may compute differently)."""
+    if not module or not _is_library(module):
+        return ""
+    top = sys.modules.get(module.partition(".")[0])
+    version = getattr(top, "__version__", None)
+    return f"@{version}" if isinstance(version, str) else ""

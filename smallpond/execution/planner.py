@@ -25,7 +25,8 @@ from smallpond.execution.ops.arrow import (
     PythonScriptTask,
 )
 from smallpond.execution.ops.partition import HashPartitionTask
-from smallpond.execution.ops.sink import DataSinkTask
+from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
+from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -156,6 +157,8 @@ class Planner:
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
+        #: the file datasets read by the sources planned so far (outputs must not overlap them)
+        self._input_datasets: List[Any] = []
         self._registry: List[Tuple[Type[Node], Callable]] = [
             (DataSourceNode, self._plan_source),
             (DataSinkNode, self._plan_sink),
@@ -267,18 +270,32 @@ class Planner:
         if not hasattr(self, "_usable"):
             self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
         cpus, mem = self._usable
+        # a node's own default (RangePartitionNode's 16 CPUs and 128 GB, as upstream) is a wish,
+        # not a request the user made: clamped without a warning
+        defaults = getattr(task.node, "_default_limits", ())
         if task.cpu_limit > cpus:
-            self._warn_once(
-                task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
-            )
+            if "cpu_limit" not in defaults:
+                self._warn_once(
+                    task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
+                )
             task.cpu_limit = cpus
         if task.memory_limit is not None and task.memory_limit > mem:
-            self._warn_once(task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped")
+            if "memory_limit" not in defaults:
+                self._warn_once(
+                    task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped"
+                )
             task.memory_limit = mem
+        if task.gpu_limit > 0:
+            self._warn_once(
+                task,
+                f"{task.node_label} created at {task.location}: gpu_limit {task.gpu_limit} has no effect beyond cpu_limit "
+                "(8 CPUs per GPU, as upstream): this build assigns no GPUs to tasks",
+                "gpu",
+            )
 
-    def _warn_once(self, task: Task, msg: str) -> None:
-        if task.node_id not in self._warned:
-            self._warned.add(task.node_id)
+    def _warn_once(self, task: Task, msg: str, kind: str = "clamp") -> None:
+        if (task.node_id, kind) not in self._warned:
+            self._warned.add((task.node_id, kind))
             from smallpond.common import logger
 
             logger.warning(msg)
@@ -289,11 +306,33 @@ class Planner:
     # -- plan functions --------------------------------------------------------------------------
     def _plan_source(self, node: DataSourceNode, inputs) -> List[Task]:
         klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
+        if klass is DataSourceTask:
+            self._input_datasets.append(node.dataset)
         return [self._task(klass, node, [TOP], [])]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
+        """A sink task, after the checks that keep user data safe (see :mod:`~smallpond.execution.ops.sink`).
+
+        A destination outside the job folder must not overlap any input planned so far (the
+        sources of this plan, or of this session) nor the data root, and its content must allow
+        the sink's ``mode``; all of this raises PlanError now, before any task runs. A sink that
+        already published in this job (its commit record matches) is not checked again.
+        """
+        from smallpond.execution.attempt import read_commit
+
         all_inputs = [t for ts in inputs for t in ts]
-        return [self._task(DataSinkTask, node, [TOP], all_inputs)]
+        task = self._task(DataSinkTask, node, [TOP], all_inputs)
+        check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
+        task.runtime_ctx = self.rt
+        committed = read_commit(self.rt, task) is not None
+        task.runtime_ctx = None
+        if check_destination(node, committed) == "skip":
+            from smallpond.common import logger
+
+            logger.warning("{}: {} is not empty and mode='ignore': it is left as it is", node.label, node.output_path)
+            del self.tasks[task.key]
+            task = self._task(DataSinkTask, node, [TOP], [], True)
+        return [task]
 
     def _plan_root(self, node: RootNode, inputs) -> List[Task]:
         return [self._task(RootTask, node, [TOP], [t for ts in inputs for t in ts])]
@@ -333,9 +372,9 @@ class Planner:
             producer_cls = LoadPartitionedDataSetProducerTask
         elif isinstance(node, UserDefinedPartitionNode):
             producer_cls = UserDefinedPartitionProducerTask
-        elif isinstance(node, (HashPartitionNode, RangePartitionNode)):
-            if isinstance(node, RangePartitionNode) and not node.key_column:
-                raise PlanError(f"{node!r} created at {node.location}: RangePartitionNode needs key_column")
+        elif isinstance(node, RangePartitionNode):
+            producer_cls = RangePartitionTask
+        elif isinstance(node, HashPartitionNode):
             producer_cls = HashPartitionTask
         else:
             raise PlanError(f"no planner for partition node type {type(node).__name__}")
@@ -350,7 +389,7 @@ class Planner:
             out = []
             for infos, ts in groups.items():
                 src = ts[0] if len(ts) == 1 else self._task(MergeDataSetsTask, node, infos, ts)
-                producer = self._task(producer_cls, node, infos, [src])
+                producer = self._task(producer_cls, node, infos, [src, *self._split_points_task(node, infos, [src])])
                 for i in range(n):
                     out.append(
                         self._task(PartitionConsumerTask, node, [*infos, PartitionInfo(i, n, node.dimension)], [producer], i)
@@ -368,7 +407,7 @@ class Planner:
             ]
         # as many producers as can run at once: one per worker, fewer when each takes several CPUs
         width = max(1, self.parallelism // max(1, int(node.cpu_limit)))
-        nprod = max(1, min(node.max_num_producer_tasks, width if producer_cls is HashPartitionTask else 1))
+        nprod = max(1, min(node.max_num_producer_tasks, width if issubclass(producer_cls, HashPartitionTask) else 1))
         if nprod == 1:
             srcs = [all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)]
         elif len(all_inputs) >= nprod:
@@ -380,10 +419,18 @@ class Planner:
         else:
             merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
             srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]
-        producers = [self._task(producer_cls, node, [TOP], [s]) for s in srcs]
+        extra = self._split_points_task(node, [TOP], srcs)
+        producers = [self._task(producer_cls, node, [TOP], [s, *extra]) for s in srcs]
         return [
             self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
         ]
+
+    def _split_points_task(self, node: PartitionNode, infos, srcs: List[Task]) -> List[Task]:
+        """The task sampling a range partitioning's split points from all of ``srcs`` (when it has
+        none given): every producer of the partitioning reads the same split points."""
+        if not isinstance(node, RangePartitionNode) or not node.sampled:
+            return []
+        return [self._task(RangeSampleTask, node, infos, srcs)]
 
 
 def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Task]]]:

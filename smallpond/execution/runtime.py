@@ -10,7 +10,9 @@
 
 The per-job secret that signs every pickle crossing the shared filesystem lives in
 ``config/secret``, created owner-only (``0600`` in a ``0700`` folder): only the user who started
-the job (and root) can read it, and so only they can forge a record the job would load.
+the job (and root) can read it, and so only they can forge a record the job would load. An
+existing folder is resumed only after :mod:`smallpond.execution.ownership` checked that it is
+safely the current user's and still has its secret (:meth:`RuntimeContext.initialize`).
 """
 
 from __future__ import annotations
@@ -69,15 +71,31 @@ def parse_job_time(job_time) -> datetime:
 
 
 def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
-    """The job time of an existing job folder for ``job_id`` under ``data_root`` (the newest)."""
+    """The job time of an existing job folder for ``job_id`` under ``data_root`` (the newest of
+    the current user's; folders of other users are skipped with a warning: they are never resumed)."""
     roots = sorted(glob.glob(os.path.join(glob.escape(os.path.abspath(data_root)), f"*.{job_id}")))
     for r in reversed(roots):
         stamp = os.path.basename(r)[: -len(job_id) - 1]
         try:
-            return datetime.strptime(stamp, JOB_TIME_FORMAT)
+            jt = datetime.strptime(stamp, JOB_TIME_FORMAT)
         except ValueError:
             continue
+        try:
+            owner = os.lstat(r).st_uid
+        except OSError:
+            continue
+        if owner != os.geteuid():
+            from smallpond.common import logger
+
+            logger.warning("ignoring job folder {}: it is owned by uid {}, not by you; it will not be resumed", r, owner)
+            continue
+        return jt
     return None
+
+
+def resolve_data_root(data_root=None) -> str:
+    """The absolute data root: ``data_root``, else ``SP_DATA_ROOT``, else ``~/.smallpond/data``."""
+    return os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
 
 
 def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, datetime, str]:
@@ -88,7 +106,7 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     * job time: ``job_time``, ``SP_JOB_TIME``, the time of an existing job with this id under the
       data root (so the same id resumes it), now.
     """
-    root = os.path.abspath(os.path.expanduser(data_root or _env("SP_DATA_ROOT") or DEFAULT_DATA_ROOT))
+    root = resolve_data_root(data_root)
     raw_id = job_id if job_id not in (None, "") else _env("SP_JOBID")
     jid = parse_job_id(raw_id) if raw_id is not None else JobId.new()
     raw_time = job_time if job_time is not None else _env("SP_JOB_TIME")
@@ -233,6 +251,13 @@ class RuntimeContext:
             job_id = parse_job_id(job_id)
         if not 0.0 <= fault_inject_prob < 1.0:
             raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
+        if bind_numa_node:
+            import warnings
+
+            warnings.warn(
+                "bind_numa_node is accepted but has no effect: this build does not bind workers to NUMA nodes",
+                stacklevel=2,
+            )
         self.job_id = job_id
         self.job_time = job_time
         self.layout = JobLayout(data_root, job_time, job_id)
@@ -319,16 +344,16 @@ class RuntimeContext:
 
     @property
     def numa_node_count(self) -> int:
-        """NUMA nodes of this machine as the scheduler uses them (tasks are not bound: always 1)."""
+        """NUMA nodes the scheduler places work on: 1 (this build binds no worker to a NUMA node)."""
         return 1
 
     @property
     def numa_node_id(self) -> Optional[int]:
-        """The NUMA node this process is bound to; None (no binding in this build)."""
+        """The NUMA node this process is bound to: None, as this build binds no process."""
         return None
 
     def get_local_gpus(self) -> list:
-        """GPUs usable by tasks on this machine (GPU scheduling is not supported yet: empty)."""
+        """GPUs this build assigns to tasks: none (it schedules no GPUs; see ``Task.local_gpu``)."""
         return []
 
     @property
@@ -344,16 +369,33 @@ class RuntimeContext:
         return self
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def initialize(self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False) -> None:
-        """Create the job's folders (owner-only) and its secret. Changes nothing else in this process."""
+    def initialize(
+        self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False, restart: bool = False
+    ) -> None:
+        """Create the job's folders (owner-only) and its secret. Changes nothing else in this process.
+
+        An existing folder is resumed only if it is safely the current user's and still has its
+        secret (:mod:`smallpond.execution.ownership`); ``restart`` moves an existing folder aside
+        (``{job_root}.restarted-{time}``) and starts the job afresh.
+        """
         import socket
 
+        from smallpond.execution.ownership import check_job_folder, check_secret, move_aside, warn_if_shared
         from smallpond.io.filesystem import remove_path
 
         if cleanup_root:
             remove_path(self.job_root)
-        if os.path.isdir(self.job_root) and not root_exist_ok:
+        exists = os.path.lexists(self.job_root)
+        if exists and not root_exist_ok:
             raise FileExistsError(f"job root {self.job_root} already exists")
+        warn_if_shared(self.data_root)
+        if exists and restart:
+            move_aside(self.layout)
+            self._secret = None
+            exists = False
+        if exists:
+            check_job_folder(self.layout)
+            check_secret(self.layout)
         self.layout.create()
         _ = self.secret
         self.exec_id = exec_id or self.exec_id or socket.gethostname()

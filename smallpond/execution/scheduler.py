@@ -13,6 +13,8 @@ scheduler. Per task key:
 
 Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``memory`` (the
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
+``recomputed`` (done tasks whose output turned out unreadable and that were run again, once:
+:func:`recompute_producers`),
 ``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
 ``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
 
@@ -114,6 +116,7 @@ class SchedState:
     resumed: Set[str] = field(default_factory=set)
     executed: Set[str] = field(default_factory=set)
     memory: Dict[str, int] = field(default_factory=dict)
+    recomputed: Set[str] = field(default_factory=set)
     runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
     free_cpus: int = 0
     free_memory: int = 0
@@ -237,8 +240,8 @@ def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
     out = []
     medians: Dict[int, Optional[float]] = {}
     for key, attempts in state.running.items():
-        if len(attempts) != 1:
-            continue
+        if len(attempts) != 1 or getattr(state.tasks[key], "commits_on_publication", False):
+            continue  # (a sink stages its result in one place per task: never two copies at once)
         node_id = state.tasks[key].node_id
         if node_id not in medians:
             times = state.runtimes.get(node_id) or []
@@ -263,6 +266,13 @@ def finish_task(state: SchedState, key: str, dataset) -> None:
             make_ready(state, c)
 
 
+def replace_result(state: SchedState, key: str, dataset) -> None:
+    """Give a done task its final output description (a sink's files once they are published)."""
+    if key not in state.done:
+        raise KeyError(f"{key} is not done")
+    state.done[key] = dataset
+
+
 def fail_attempt(
     state: SchedState, key: str, error: TaskError, *, max_fail_count: int, max_retry_count: int, memory_cap: int
 ) -> Decision:
@@ -281,6 +291,40 @@ def fail_attempt(
     state.attempts[key] = state.attempts.get(key, 0) + 1
     make_ready(state, key)
     return decision
+
+
+def recompute_producers(state: SchedState, consumer: str, producers: Iterable[str]) -> Set[str]:
+    """Run ``producers`` again (done tasks whose committed output a consumer could not read).
+
+    Their results and those of every task downstream of them that is not running are forgotten;
+    those tasks wait for their inputs again, ``consumer`` (whose attempt failed) among them, with a
+    new attempt number that is not counted as a failure. A producer is recomputed at most once
+    (``state.recomputed``). Returns the keys whose results were forgotten (the caller removes
+    their commit records).
+    """
+    stack = [k for k in producers if k in state.done and k not in state.recomputed]
+    state.recomputed.update(stack)
+    for key in stack:  # a fresh attempt number: new file names and a log of its own
+        state.attempts[key] = state.attempts.get(key, 0) + 1
+    redo: Set[str] = set()
+    while stack:
+        key = stack.pop()
+        if key in redo or key not in state.tasks or key in state.running:
+            continue
+        redo.add(key)
+        stack.extend(state.consumers.get(key, []))
+    redo.add(consumer)
+    for key in redo:
+        state.done.pop(key, None)
+        state.resumed.discard(key)
+        state.executed.discard(key)
+    state.attempts[consumer] = state.attempts.get(consumer, 0) + 1
+    for key in topological_order(sorted(redo), lambda k: [d for d in state.tasks[k].input_keys if d in redo]):
+        pending = {d for d in state.tasks[key].input_keys if d not in state.done}
+        state.waiting[key] = pending
+        if not pending:
+            make_ready(state, key)
+    return redo
 
 
 def abandon_running(state: SchedState) -> List[Tuple[str, int]]:
@@ -469,6 +513,8 @@ class Scheduler:
         progressed = False
         while st.ready_inline and not st.failed:
             key = st.ready_inline.popleft()
+            if key in st.done or st.waiting.get(key):
+                continue  # made ready twice, or waiting again for an input being recomputed
             task = st.tasks[key]
             self._run_here(task, [st.done[d] for d in task.input_keys], st.attempts.get(key, 0))
             progressed = True
@@ -476,6 +522,8 @@ class Scheduler:
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
             key = item[2]
+            if key in st.done or key in st.running or st.waiting.get(key):
+                continue  # made ready twice, or waiting again for an input being recomputed
             task = st.tasks[key]
             attempt = st.attempts.get(key, 0)
             if self.executor is None:
@@ -483,6 +531,8 @@ class Scheduler:
                 progressed = True
                 while st.ready_inline and not st.failed:  # what it made ready, in order
                     k = st.ready_inline.popleft()
+                    if k in st.done or st.waiting.get(k):
+                        continue
                     self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
             if self.capacity.num_workers == 0:  # no worker has joined yet: nothing can start
@@ -508,7 +558,7 @@ class Scheduler:
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
-                logger.error("task failed: {}", e)
+                logger.debug("task failed: {}", e)  # the job's summary shows it, once
                 break
             reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem, time.time())
             self._emit("on_submit", task, attempt, mem)
@@ -569,6 +619,8 @@ class Scheduler:
         st = self.state
         task = st.tasks[key]
         terr = error if isinstance(error, TaskError) else to_task_error(task, st.attempts.get(key, 0), error, [])
+        if terr.corrupt_inputs and self._recompute_producers(key, terr):
+            return Decision.RETRY
         self.effective_memory(task)
         decision = fail_attempt(
             st,
@@ -579,12 +631,34 @@ class Scheduler:
             memory_cap=self.capacity.memory,
         )
         if decision is Decision.FAIL:
-            logger.info("task failed: {}", terr)
+            # in the job log only: the job's summary shows the error to the user, once
+            logger.debug("task failed: {}", terr)
         else:
             if decision is Decision.RETRY_WITH_MORE_MEMORY:
                 logger.info("{}: memory limit raised to {} bytes after running out of memory", key, st.memory[key])
             logger.warning("retrying {} (attempt {}) after: {}", key, st.attempts[key], terr.message)
         return decision
+
+    def _recompute_producers(self, key: str, terr: TaskError) -> bool:
+        """An input written by an earlier task is unreadable: run that task again (once)."""
+        from smallpond.execution.attempt import commit_path, producer_key_of
+        from smallpond.io.filesystem import remove_path
+
+        st = self.state
+        producers = {producer_key_of(self.rt, p) for p in terr.corrupt_inputs} - {None}
+        fresh = sorted(p for p in producers if p in st.done and p not in st.recomputed)
+        if not fresh:
+            return False
+        logger.warning(
+            "{}: input file(s) {} cannot be read; recomputing {} that wrote them, then {} runs again",
+            key,
+            terr.corrupt_inputs[:3],
+            fresh,
+            key,
+        )
+        for k in recompute_producers(st, key, fresh):
+            remove_path(commit_path(self.rt, k))
+        return True
 
     def _abort_running(self) -> None:
         for key, attempt in abandon_running(self.state):

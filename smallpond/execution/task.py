@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from smallpond.common import PARQUET_METADATA_KEY_PREFIX
 from smallpond.execution.runtime import JobId, RuntimeContext
@@ -92,6 +93,9 @@ class Task:
     exec_on_scheduler = False
     #: True if the task's output is a set of files it wrote (False for pass-through tasks).
     writes_output = True
+    #: True if the task is complete only once its job publishes it (sinks): the publication, not
+    #: the attempt, writes its commit record (see :mod:`smallpond.execution.ops.sink`)
+    commits_on_publication = False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:
         self.id = TaskId(task_id)
@@ -190,16 +194,33 @@ class Task:
     def random_float(self) -> float:
         return self.python_random_gen.random()
 
+    # GPUs: this build places no task on a GPU. A task that asked for none gets the answers of a
+    # machine without GPUs; one that asked for some cannot be told which GPU is its own.
+    def _no_gpu_placement(self, what: str):
+        raise NotImplementedError(
+            f"{what}: {self.key} of {self.node_label} asked for gpu_limit={self.gpu_limit}, but this build of smallpond "
+            "does not assign GPUs to tasks; select the device in your own code (e.g. CUDA_VISIBLE_DEVICES)"
+        )
+
     @property
     def local_rank(self) -> int:
+        """Rank of the task's first GPU: 0 for a task without GPUs."""
+        if self.gpu_limit > 0:
+            self._no_gpu_placement("local_rank")
         return 0
 
     @property
     def local_gpu(self):
+        """The task's GPU: None for a task without GPUs."""
+        if self.gpu_limit > 0:
+            self._no_gpu_placement("local_gpu")
         return None
 
     @property
     def local_gpu_ranks(self) -> List[int]:
+        """Ranks of the task's GPUs: empty for a task without GPUs."""
+        if self.gpu_limit > 0:
+            self._no_gpu_placement("local_gpu_ranks")
         return []
 
     def inject_fault(self) -> None:
@@ -207,7 +228,7 @@ class Task:
         rt = self.runtime_ctx
         if rt is None or rt.fault_inject_prob <= 0 or self.retry_count >= 2:
             return
-        if random.random() < rt.fault_inject_prob:
+        if _fault_rng.random() < rt.fault_inject_prob:
             from smallpond.errors import InjectedFault
 
             raise InjectedFault(f"injected fault in {self.key} attempt {self.retry_count}")
@@ -244,9 +265,32 @@ class Task:
         """Extra fields for a TaskError (e.g. the SQL text)."""
         return {}
 
+    def on_committed(self, runtime_ctx: RuntimeContext) -> None:
+        """Called once the task's commit record is written (e.g. to drop a stream checkpoint)."""
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["runtime_ctx"] = None
         state.pop("_py_rng", None)
         state.pop("_np_rng", None)
         return state
+
+
+# fault injection draws from its own generator: the global one is the task's, seeded per task
+_fault_rng = random.Random()
+
+
+@contextmanager
+def seeded_random(task: Task) -> Iterator[None]:
+    """Seed Python's global ``random`` for the task's code, and restore the caller's state after.
+
+    The seed is the task's (:attr:`Task.random_seed_bytes`: the job's seed and the task id), as for
+    :attr:`Task.python_random_gen` and :attr:`Task.numpy_random_gen`, so the same job draws the same
+    numbers in every task, on every attempt and in every process.
+    """
+    state = random.getstate()
+    random.seed(task.random_seed_bytes)
+    try:
+        yield
+    finally:
+        random.setstate(state)

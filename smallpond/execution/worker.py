@@ -114,32 +114,29 @@ def _load_runtime_ctx(path: str):
     return load(path, secret=secret)
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Have the kernel kill this process when its parent dies (Linux; elsewhere a no-op).
-
-    A worker of a queue executor must not outlive it: once the executor is lost, the scheduler
-    gives its attempts to others, and a worker finishing one anyway would race them.
-    """
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the process that started it dies (even by
+    SIGKILL), so no worker outlives its job running a task nobody will collect."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
+    parent = os.getppid()
+    try:
+        import ctypes
 
-    pr_set_pdeathsig = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before the request took effect
-        os._exit(0)
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
 
 
 def main(argv=None) -> None:
-    """``python -m smallpond.execution.worker FD RT_PATH INDEX [PARENT_PID]``; with ``PARENT_PID``
-    the worker dies with that parent (see :func:`die_with_parent`)."""
     from multiprocessing.connection import Connection
 
     argv = sys.argv[1:] if argv is None else argv
     fd, rt_path, index = int(argv[0]), argv[1], int(argv[2])
-    if len(argv) > 3:
-        die_with_parent(int(argv[3]))
+    die_with_parent()
     _preload()
     worker_main(Connection(fd), rt_path, index)
 

@@ -221,6 +221,27 @@ class ArrowStreamNode(ArrowComputeNode):
     """Run ``process_func(runtime_ctx, readers: List[pa.RecordBatchReader])`` yielding tables.
 
     Yield ``pa.Table`` or :class:`StreamOutput`; output is written as it is produced.
+
+    A task checkpoints its output and input position every ``secs_checkpoint_interval`` seconds
+    (default ``ceil(180 / min(6, gpu_limit + 2, cpu_limit))``) and after a
+    ``StreamOutput(..., batch_indices=[i, ...], force_checkpoint=True)``; after a crash or a
+    failure it resumes from the last checkpoint, and its readers start after the input rows that
+    checkpoint covers: every input row reaches the output once. ``batch_indices`` name the batches
+    (counted from the first batch the function receives, in every input alike) that the outputs
+    so far complete; without them a checkpoint covers every batch taken from the readers, which
+    is exact for a function that yields the output of each batch before taking the next. State
+    the function keeps in its own variables is not checkpointed.
+
+    ``background_io_thread`` (with ``cpu_limit > 1``, as upstream) reads the next batch in a
+    background thread while the function works on the current one.
+
+    Example::
+
+        def tokenize(runtime_ctx, readers):
+            for i, batch in enumerate(readers[0]):
+                yield StreamOutput(tokenize_batch(batch), batch_indices=[i])
+
+        ArrowStreamNode(ctx, (docs,), process_func=tokenize, streaming_batch_size=10_000, secs_checkpoint_interval=60)
     """
 
     default_batch_size = DEFAULT_BATCH_SIZE
@@ -262,9 +283,21 @@ class ArrowStreamNode(ArrowComputeNode):
         )
         if streaming_batch_size is not None and (not isinstance(streaming_batch_size, int) or streaming_batch_size <= 0):
             raise ParameterError(self._msg(f"streaming_batch_size must be a positive integer, got {streaming_batch_size!r}"))
-        self.background_io_thread = background_io_thread and self.cpu_limit > 1
+        if secs_checkpoint_interval is not None and (
+            isinstance(secs_checkpoint_interval, bool)
+            or not isinstance(secs_checkpoint_interval, (int, float))
+            or secs_checkpoint_interval < 0
+        ):
+            raise ParameterError(
+                self._msg(f"secs_checkpoint_interval must be a non-negative number of seconds, got {secs_checkpoint_interval!r}")
+            )
+        # as upstream: the next batch is read in the background only when the task has a CPU to spare
+        self.background_io_thread = bool(background_io_thread) and self.cpu_limit > 1
         self.streaming_batch_size = streaming_batch_size or self.default_batch_size
         self.secs_checkpoint_interval = secs_checkpoint_interval
+
+    # how often progress is saved and whether reading overlaps processing change no result
+    fingerprint_exclude = ArrowComputeNode.fingerprint_exclude | {"secs_checkpoint_interval", "background_io_thread"}
 
 
 class ArrowBatchNode(ArrowStreamNode):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import List, Optional, Sequence, Union
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, GB
 from smallpond.errors import ParameterError, PlanError
 from smallpond.logical.base import Context, Node, Shape, call_site_msg, validate_dimension
 from smallpond.logical.dataset import DataSet
@@ -346,26 +346,113 @@ class UserPartitionedDataSourceNode(UserDefinedPartitionNode):
 
 
 class RangePartitionNode(PartitionNode):
-    """Partition by ranges of one column: partition k holds ``split_points[k-1] <= key < split_points[k]``."""
+    """Partition rows by ranges of a key: partition ``i`` holds keys ``k`` with
+    ``split_points[i-1] <= k < split_points[i]`` (the first partition has no lower bound, the last
+    no upper bound), so partitions sorted one by one and concatenated in order are globally sorted.
+
+    A key equal to a split point goes to the partition above it. NULL keys go to the last
+    partition (as ``ORDER BY`` puts NULLs last in DuckDB); so does NaN, which DuckDB orders after
+    every other number. Equal split points are allowed: the partitions between them stay empty.
+
+    Args:
+        split_points: sorted boundaries, ``npartitions - 1`` of them (empty: one partition). Python
+            values comparable with the key column (numbers, strings, bytes, dates, ...).
+        key_column: the column holding the key; by default the input's first column.
+        npartitions: instead of ``split_points`` (an extension): compute ``npartitions - 1`` split
+            points from a reservoir sample of the key column, so that the partitions are as
+            balanced as the data allows; keys that repeat a lot (skew) are never split across
+            partitions, so the other partitions share the rest.
+        sample_size: rows in that sample (default ``max(20000, 1000 * npartitions)``, at most 1M).
+        engine_type: ``"duckdb"`` (default) or ``"arrow"``; both assign every row alike.
+
+    Example::
+
+        RangePartitionNode(ctx, (source,), [100, 200])                          # 3 partitions
+        RangePartitionNode(ctx, (source,), npartitions=16, key_column="ts")     # sampled
+    """
+
+    max_num_producer_tasks = 1000
+    enable_resource_boost = True
 
     def __init__(
         self,
         ctx: Context,
         input_deps: Sequence[Node],
-        split_points: List,
+        split_points: Optional[Sequence] = None,
         dimension: Optional[str] = None,
         nested: bool = False,
         output_name: Optional[str] = None,
         output_path: Optional[str] = None,
-        cpu_limit: int = 1,
-        memory_limit: Optional[int] = None,
+        cpu_limit: int = 16,
+        memory_limit: Optional[int] = 128 * GB,
         *,
         key_column: Optional[str] = None,
+        npartitions: Optional[int] = None,
+        sample_size: Optional[int] = None,
+        engine_type: Optional[str] = None,
     ) -> None:
-        super().__init__(
-            ctx, input_deps, len(split_points) + 1, dimension, nested, output_name, output_path, cpu_limit, memory_limit
-        )
-        if list(split_points) != sorted(split_points):
-            raise ParameterError(self._msg("split_points must be sorted"))
-        self.split_points = list(split_points)
+        from smallpond.logical.base import user_call_site
+
+        where = f"RangePartitionNode created at {user_call_site()}"
+        if split_points is None and npartitions is None:
+            raise ParameterError(f"{where}: give split_points, or npartitions to compute them by sampling")
+        if split_points is not None:
+            split_points = _check_split_points(where, split_points)
+            if npartitions is not None and npartitions != len(split_points) + 1:
+                raise ParameterError(
+                    f"{where}: npartitions={npartitions!r} does not match {len(split_points)} split points "
+                    f"({len(split_points) + 1} partitions); give one or the other"
+                )
+            npartitions = len(split_points) + 1
+        super().__init__(ctx, input_deps, npartitions, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
+        if key_column is not None and (not isinstance(key_column, str) or not key_column):
+            raise ParameterError(self._msg(f"key_column must be a column name, got {key_column!r}"))
+        if sample_size is not None and (isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size <= 0):
+            raise ParameterError(self._msg(f"sample_size must be a positive integer, got {sample_size!r}"))
+        engine_type = engine_type or HashPartitionNode.default_engine_type
+        if engine_type not in ("duckdb", "arrow"):
+            raise ParameterError(self._msg(f"engine_type must be one of ['duckdb', 'arrow'], got {engine_type!r}"))
+        self.split_points = split_points
         self.key_column = key_column
+        self.sample_size = sample_size or min(1_000_000, max(20_000, 1000 * self.npartitions))
+        self.engine_type = engine_type
+        # what the partition producers (shared with HashPartitionNode) read
+        self.data_partition_column = self.dimension
+        self.drop_partition_column = True
+        self.hash_columns: List[str] = []
+        self.random_shuffle = False
+        self.shuffle_only = False
+        self.hive_partitioning = False
+        self.use_parquet_writer = False
+        self.parquet_row_group_size = None
+        self.parquet_dictionary_encoding = False
+        self.parquet_compression = "ZSTD"
+        self.parquet_compression_level = 3
+        # upstream's defaults ask for a whole big machine; on a smaller one they are clamped quietly
+        self._default_limits = {
+            name
+            for name, value, default in (("cpu_limit", cpu_limit, 16), ("memory_limit", memory_limit, 128 * GB))
+            if value == default
+        }
+
+    @property
+    def sampled(self) -> bool:
+        """True if the split points are computed from a sample at run time."""
+        return self.split_points is None
+
+
+def _check_split_points(where: str, split_points) -> list:
+    if isinstance(split_points, (str, bytes)) or not hasattr(split_points, "__iter__"):
+        raise ParameterError(f"{where}: split_points must be a list of values, got {split_points!r}")
+    points = list(split_points)
+    if any(p is None for p in points):
+        raise ParameterError(f"{where}: split_points must not contain None, got {points!r}")
+    if any(isinstance(p, float) and p != p for p in points):
+        raise ParameterError(f"{where}: split_points must not contain NaN, got {points!r}")
+    try:
+        ordered = all(not (b < a) for a, b in zip(points, points[1:]))
+    except TypeError as e:
+        raise ParameterError(f"{where}: split_points must be values of one comparable type, got {points!r} ({e})") from None
+    if not ordered:
+        raise ParameterError(f"{where}: split_points must be sorted in ascending order, got {points!r}")
+    return points

@@ -223,13 +223,12 @@ def test_signature_matches_upstream(name):
 
 
 def test_range_partition_node_signature():
-    """Upstream defaults cpu_limit=16, memory_limit=128GB, but its planner raised NotImplementedError,
-    so no upstream script ever ran this node. We implement it (with an added keyword-only
-    ``key_column``) and keep the ordinary node defaults (cpu_limit=1, memory_limit=None): a deliberate
-    difference. Names, order and the other defaults match."""
+    """Upstream's signature, defaults included (cpu_limit=16, memory_limit=128GB: clamped quietly to
+    the machine); ours adds keyword-only ``key_column``, ``npartitions``, ``sample_size`` and
+    ``engine_type``, and makes ``split_points`` optional (``npartitions`` samples them instead)."""
     problems = signature_problems(
         nd.RangePartitionNode.__init__,
-        "ctx, input_deps, split_points, dimension=None, nested=False, output_name=None, output_path=None, cpu_limit=1, memory_limit=None",
+        "ctx, input_deps, split_points, dimension=None, nested=False, output_name=None, output_path=None, cpu_limit=16, memory_limit=128*GB",
     )
     assert problems == []
 

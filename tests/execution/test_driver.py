@@ -51,3 +51,54 @@ def test_unknown_mode_is_rejected(capsys):
         make_driver().parse_arguments(["bogus_mode"])
     assert info.value.code == 2
     assert "bogus_mode" in capsys.readouterr().err
+
+
+def test_options_without_effect_are_marked_in_help_and_warned_about_once(tmp_path, parquet_files):
+    import os
+    import subprocess
+    import sys
+
+    from smallpond.execution.driver import NO_EFFECT
+    from tests.conftest import REPO_ROOT
+
+    d = make_driver()
+    by_option = {o: a for a in d.driver_parser._actions for o in a.option_strings}
+    for option in ("--tags", "--malloc", "--task_image", "--job_priority", "--sidecars", "--python_venv", "--bind_numa_node"):
+        assert by_option[option].help.endswith("(no effect)"), option
+    for option in ("--job_id", "--data_root", "--num_executors", "--output_path", "--speculative_exec", "--platform"):
+        assert "(no effect)" not in (by_option[option].help or ""), option
+    assert d.driver_parser.format_help().count("(no effect)") >= len(NO_EFFECT)
+    # being built by other engineers right now: not marked
+    for dest in ("speculative_exec", "platform", "ray_address"):
+        assert dest not in NO_EFFECT
+
+    d = make_driver()
+    d.parse_arguments(["--tags", "a", "--malloc", "jemalloc", "--memory_purge_delay=5", "--disable_sched_state_dump"])
+    assert sorted(d.unused_flags()) == sorted(["--tags", "--malloc", "--memory_purge_delay", "--disable_sched_state_dump"])
+    d = make_driver()
+    d.parse_arguments(["--job_id", "x", "-n", "3"])
+    assert d.unused_flags() == []
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "from smallpond.execution.driver import Driver\n"
+        "from smallpond.logical.dataset import ParquetDataSet\n"
+        "from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode\n"
+        "d = Driver()\n"
+        "d.add_argument('-i', nargs='+')\n"
+        "a = d.get_arguments()\n"
+        "ctx = Context()\n"
+        "src = DataSourceNode(ctx, ParquetDataSet(a['i']))\n"
+        "d.run(LogicalPlan(ctx, SqlEngineNode(ctx, (src,), 'select no_such_column from {0}')))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    argv = [sys.executable, str(script), "--data_root", str(tmp_path / "root"), "--tags", "t", "--malloc", "jemalloc"]
+    proc = subprocess.run([*argv, "-i", *parquet_files], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 70
+    err = proc.stderr
+    assert err.count("have no effect") == 1 and "--tags, --malloc" in err
+    # the failed task's error is printed once, with the path of its log, in the job's summary
+    assert err.count('Referenced column "no_such_column" not found') == 1, err
+    log_line = next(ln for ln in err.splitlines() if ln.strip().startswith("task log:"))
+    assert os.path.exists(log_line.split("task log:", 1)[1].strip())
+    assert "failed in" in err and "report.html" in err

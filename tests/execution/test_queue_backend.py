@@ -32,7 +32,7 @@ from smallpond.execution.attempt import run_inline
 from smallpond.execution.executors.queue import QueueExecutor
 from smallpond.execution.executors.queue_protocol import ItemName, QueueSettings
 from smallpond.execution.planner import Planner
-from smallpond.io.filesystem import signed
+from smallpond.io.filesystem import signed_bytes, verified_payload
 from tests.backends.backend_queue import alive, job_executors
 from tests.datagen import generate_parquet_files
 from tests.execution.queue_job import queue_plan
@@ -194,9 +194,9 @@ def test_a_forged_item_is_refused_not_run(queue_executor, inputs, marker_dir):
     path = os.path.join(qe.paths.todo, item)
     with open(path, "rb") as f:
         genuine = f.read()
-    # the same bytes, signed by someone without the job's secret
+    # the same content, signed by someone without the job's secret
     with open(path, "wb") as f:
-        f.write(signed(genuine[6 + 32 :], os.urandom(32)))
+        f.write(signed_bytes(verified_payload(genuine, qe.rt.secret), os.urandom(32)))
     procs = start_executors(1, str(qe.rt.job_id), qe.rt.data_root)
     try:
         (c,) = poll_until_some(qe, 60)

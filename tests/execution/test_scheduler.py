@@ -171,3 +171,46 @@ def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files
     assert [os.path.basename(p).split(".")[1] for p in logs] == ["0", "1"]
     with open(logs[0]) as f:
         assert "Out of Memory" in f.read()
+
+
+@pytest.fixture
+def chain_tasks(make_rt, parquet_files):
+    """source → 2 partitions → SQL A → Arrow B (not fused into A); returns (runtime ctx, exec plan, A keys, B keys)."""
+    from smallpond.logical.node import ArrowComputeNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    a = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), 2),), "select * from {0}")
+    b = ArrowComputeNode(ctx, (a,), process_func=_first_table)
+    rt = make_rt()
+    rt.initialize()
+    exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, b))
+    a_keys = sorted(k for k in exec_plan.tasks if k.startswith("SqlEngineTask"))
+    b_keys = sorted(k for k in exec_plan.tasks if k.startswith("ArrowComputeTask"))
+    assert len(a_keys) == len(b_keys) == 2
+    return rt, exec_plan, a_keys, b_keys
+
+
+def _first_table(runtime_ctx, tables):
+    return tables[0]
+
+
+def unreadable(rt, producer_key):
+    path = f"{rt.staging_root}/SqlEngineNode.000003/{producer_key}/x.parquet"
+    return TaskError("InvalidInputException: No magic bytes", task_key="B", retryable=False, corrupt_inputs=[path])
+
+
+def test_unreadable_input_recomputes_its_producer_once(chain_tasks):
+    rt, exec_plan, (a0, a1), (b0, b1) = chain_tasks
+    scheduler, ex = run(rt, exec_plan, {b0: [unreadable(rt, a0)]})
+    assert [a for a, _ in attempts_of(ex, a0)] == [0, 1], "the producer ran again, with a new attempt number"
+    assert [a for a, _ in attempts_of(ex, b0)] == [0, 1]
+    assert [a for a, _ in attempts_of(ex, a1)] == [0] and [a for a, _ in attempts_of(ex, b1)] == [0]
+    assert scheduler.state.recomputed == {a0}
+    assert scheduler.state.fail_counts.get(b0, 0) == 0, "the consumer's attempt is not counted as its failure"
+
+
+def test_unreadable_again_after_recomputing_is_reported(chain_tasks):
+    rt, exec_plan, (a0, _), (b0, _) = chain_tasks
+    with pytest.raises(JobFailed, match="No magic bytes"):
+        run(rt, exec_plan, {b0: [unreadable(rt, a0), unreadable(rt, a0)]})

@@ -52,8 +52,8 @@ class Completion:
     """A finished attempt: ``ok`` with the output ``dataset``, or not ok with ``error``.
 
     ``worker`` names the worker that ran it and ``started`` is when it began there (epoch
-    seconds), for timelines; ``stats`` holds what the attempt measured (``rows``, ``bytes``
-    written) when it knows.
+    seconds), for timelines; ``stats`` holds what the attempt measured (``rows`` and ``bytes``
+    written, ``read``: bytes of its input files) when it knows.
     """
 
     key: str

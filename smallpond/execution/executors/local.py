@@ -41,14 +41,12 @@ class _Worker:
     worker talk over a socket pair; the worker's death closes its end, which wakes the parent.
     """
 
-    def __init__(self, index: int, rt_path: str, die_with_parent: bool = False) -> None:
+    def __init__(self, index: int, rt_path: str) -> None:
         parent_sock, child_sock = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.index = index
         argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
-        if die_with_parent:
-            argv.append(str(os.getpid()))
         self.proc = subprocess.Popen(
             argv,
             pass_fds=(child_sock.fileno(),),
@@ -139,9 +137,6 @@ class LocalExecutor(Executor):
             worker, and its usable memory).
         rt_path: a signed runtime-context file (beside the job secret) the workers load; default:
             this context, written to ``config/runtime_ctx.pickle`` by :meth:`start`.
-        die_with_parent: workers are killed when this process dies (Linux), instead of finishing
-            the attempt they hold: for a pool inside a queue executor, whose attempts are given
-            to others when it is lost.
     """
 
     name = "local"
@@ -154,7 +149,6 @@ class LocalExecutor(Executor):
         cpus: Optional[int] = None,
         memory: Optional[int] = None,
         rt_path: Optional[str] = None,
-        die_with_parent: bool = False,
     ) -> None:
         self.rt = runtime_ctx
         self.num_workers = max(1, num_workers or runtime_ctx.usable_cpu_count)
@@ -165,7 +159,6 @@ class LocalExecutor(Executor):
         )
         self._write_rt = rt_path is None
         self._rt_path = rt_path or os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
-        self._die_with_parent = die_with_parent
         self.workers: List[_Worker] = []
         self._next_index = 0
         self._lost: List[Completion] = []
@@ -190,7 +183,7 @@ class LocalExecutor(Executor):
             self._spawn()
 
     def _spawn(self) -> _Worker:
-        w = _Worker(self._next_index, self._rt_path, self._die_with_parent)
+        w = _Worker(self._next_index, self._rt_path)
         self._next_index += 1
         self.workers.append(w)
         return w

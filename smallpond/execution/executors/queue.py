@@ -69,7 +69,7 @@ from smallpond.execution.executors.queue_protocol import (
 )
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.io.filesystem import atomic_write_bytes, dump, remove_path, signed, verified
+from smallpond.io.filesystem import atomic_write_bytes, dump, remove_path, signed_bytes, verified_payload
 
 # -- the scheduler's side -------------------------------------------------------------------------
 
@@ -180,8 +180,7 @@ class QueueExecutor(Executor):
             return
         self._started = True
         rt, paths = self.rt, self.paths
-        paths.create()
-        self._refuse_if_another_scheduler_runs()
+        paths.create()  # one scheduler per job at a time: the Job's lock (execution.ownership) sees to it
         # executors' workers load this run's context (settings may differ from an earlier run)
         dump(rt, rt.runtime_ctx_path, secret=rt.secret)
         self.epoch = self._next_epoch()
@@ -193,7 +192,6 @@ class QueueExecutor(Executor):
                 "timeout": self.settings.timeout,
                 "wait": self.settings.wait,
                 "pid": os.getpid(),
-                "create_time": _own_create_time(),
                 **self._host,
             },
         )
@@ -252,26 +250,6 @@ class QueueExecutor(Executor):
         logger.info(
             "queue backend: {} started {} executor(s) (launch ids {}); their output: {}", self.platform.name, n, ids, log_path
         )
-
-    def _refuse_if_another_scheduler_runs(self) -> None:
-        """Two schedulers on one job would run every task twice: refuse to be the second."""
-        prev = read_json(self.paths.epoch)
-        if not prev:
-            return
-        stop = read_json(self.paths.stop)
-        if stop is not None and int(stop.get("epoch", 0)) >= int(prev.get("epoch", 0)):
-            return  # the last run ended
-        if prev.get("host") == self._host["host"] and prev.get("pidns") == self._host["pidns"]:
-            alive = prev.get("pid") != os.getpid() and process_alive(int(prev.get("pid", -1)), prev.get("create_time"))
-        else:  # on another host: alive if its heartbeat moves
-            first = _read_text(self.paths.scheduler)
-            time.sleep(2 * float(prev.get("heartbeat", self.settings.heartbeat)))
-            alive = _read_text(self.paths.scheduler) != first
-        if alive:
-            raise RuntimeError(
-                f"job {self.rt.job_id} is already being run by a scheduler (pid {prev.get('pid')} on {prev.get('host')}); "
-                "stop it before running the job again"
-            )
 
     def _next_epoch(self) -> int:
         prev = read_json(self.paths.epoch) or {}
@@ -465,7 +443,7 @@ class QueueExecutor(Executor):
         ref = f"{self.epoch}.{node_key}"
         secret = self.rt.secret
         if node_key not in self._nodes_written:
-            atomic_write_bytes(self.paths.node(ref), signed(self._encoder.blobs[node_key], secret))
+            atomic_write_bytes(self.paths.node(ref), signed_bytes(self._encoder.blobs[node_key], secret))
             self._nodes_written.add(node_key)
         self._seq += 1
         item = str(ItemName(self.epoch, self._seq, max(1, int(task.cpu_limit)), task.key, attempt))
@@ -507,7 +485,7 @@ class QueueExecutor(Executor):
             if name in self._outstanding:
                 try:
                     with open(path, "rb") as f:
-                        c = pickle.loads(verified(f.read(), secret, path))
+                        c = pickle.loads(verified_payload(f.read(), secret, path))
                 except Exception as e:  # unreadable or forged: the attempt's outcome is unknown
                     key, attempt = self._outstanding[name]
                     c = Completion(
@@ -562,20 +540,3 @@ class QueueExecutor(Executor):
             f"{c.num_workers} worker(s), {c.num_cpus} CPU(s), {c.memory // (1 << 20)} MiB; "
             f"{self.num_executors} launched"
         )
-
-
-def _read_text(path: str) -> Optional[str]:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _own_create_time() -> Optional[float]:
-    import psutil
-
-    try:
-        return psutil.Process().create_time()
-    except psutil.Error:
-        return None

@@ -11,8 +11,9 @@ suffix), then loops: claim attempts from ``todo/`` by renaming them into its ``c
 run them on its own pool of worker processes (the embedded backend's
 :class:`~smallpond.execution.executors.local.LocalExecutor`, whose workers run
 :func:`~smallpond.execution.attempt.run_attempt`), write each outcome to ``done/``, heartbeat,
-and kill the attempts the scheduler cancels (``cancel/``). Its workers die with it (Linux), so
-a lost executor leaves no attempt running behind the scheduler's back.
+and kill the attempts the scheduler cancels (``cancel/``). Its workers die with it (Linux: every
+worker of the embedded backend does), so a lost executor leaves no attempt running behind the
+scheduler's back.
 
 When the job ends (``queue/stop``) it exits 0. When a new scheduler takes the job (a new epoch)
 it kills what it runs for the old one; an executor its platform started for the old scheduler
@@ -45,7 +46,7 @@ from smallpond.execution.executors.queue_protocol import (
     write_json,
 )
 from smallpond.execution.runtime import JobLayout, RuntimeContext, resolve_job
-from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verified
+from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verified_payload
 
 EX_OK = 0
 EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to others
@@ -236,7 +237,6 @@ class ExecutorProcess:
             cpus=self.cpus,
             memory=self.memory,
             rt_path=self.layout.runtime_ctx_path,
-            die_with_parent=True,
         )
         self.pool.start()
         self.state = "running"
@@ -306,7 +306,7 @@ class ExecutorProcess:
             if blob is None:
                 node_path = self.paths.node(ref)
                 with open(node_path, "rb") as f:
-                    blob = self.nodes[ref] = verified(f.read(), self.secret, node_path)
+                    blob = self.nodes[ref] = verified_payload(f.read(), self.secret, node_path)
         except Exception as e:  # a forged or torn item: never run it, say so
             self.running[name] = (item.key, item.attempt, item.cpus)
             self._report(

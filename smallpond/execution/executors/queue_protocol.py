@@ -17,7 +17,7 @@ from typing import Dict, Optional, Tuple
 from smallpond.errors import ParameterError
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.runtime import JobLayout, RuntimeContext
-from smallpond.io.filesystem import atomic_write_bytes, signed, verified
+from smallpond.io.filesystem import atomic_write_bytes, signed_bytes, verified_payload
 
 # -- settings ------------------------------------------------------------------------------------
 
@@ -109,12 +109,12 @@ class ItemName:
 
 def encode_item(header: dict, body: bytes, secret: bytes) -> bytes:
     """A queued attempt: ``header`` (key, attempt, node ref, memory) and the pickled attempt, signed."""
-    return signed(pickle.dumps((header, body), protocol=pickle.HIGHEST_PROTOCOL), secret)
+    return signed_bytes(pickle.dumps((header, body), protocol=pickle.HIGHEST_PROTOCOL), secret)
 
 
 def decode_item(data: bytes, secret: bytes, what: str) -> Tuple[dict, bytes]:
     """(header, body) of a queued attempt; raises SignatureError if it is not this job's."""
-    return pickle.loads(verified(data, secret, what))
+    return pickle.loads(verified_payload(data, secret, what))
 
 
 def encode_completion(c: Completion, secret: bytes) -> bytes:
@@ -122,7 +122,7 @@ def encode_completion(c: Completion, secret: bytes) -> bytes:
 
     from smallpond.execution.attempt import _fast_pickle
 
-    return signed(_fast_pickle(c) or cloudpickle.dumps(c), secret)
+    return signed_bytes(_fast_pickle(c) or cloudpickle.dumps(c), secret)
 
 
 def read_json(path: str) -> Optional[dict]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from itertools import zip_longest
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from smallpond.errors import UserCodeError
 from smallpond.execution.task import StreamOutput, Task
@@ -37,7 +37,11 @@ class PythonScriptTask(Task):
 
 
 class _ParquetSink:
-    """Writes tables into ``{prefix}-{i:05d}.parquet`` files, one file per checkpoint."""
+    """Writes tables into ``{prefix}-{i:05d}.parquet`` files, one file per checkpoint.
+
+    ``closed`` lists the complete files in output order (those restored from a stream checkpoint
+    first); :meth:`checkpoint` closes the file being written and starts the next one.
+    """
 
     def __init__(self, task: Task, output_dir: str, schema_hint=None) -> None:
         self.task = task
@@ -46,10 +50,25 @@ class _ParquetSink:
         self.schema = None
         self.file_index = 0
         self.rows = 0
+        self.closed: List[str] = []
         self.schema_hint = schema_hint
         options = ParquetWriterOptions.of(task.node)
         self.kw = options.pyarrow()
         self.row_group_size = options.row_group_size
+
+    def restored(self, nfiles: int, rows: int) -> None:
+        """Files ``0..nfiles-1`` (with ``rows`` rows) were restored from a checkpoint: continue after
+        them, with their schema."""
+        import pyarrow.parquet as pq
+
+        self.closed = [self._path(i) for i in range(nfiles)]
+        self.file_index = nfiles
+        self.rows = rows
+        if nfiles:
+            self.schema = pq.read_schema(self.closed[-1])
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.output_dir, f"{self.task.output_filename}-{index:05d}.parquet")
 
     def write(self, table) -> None:
         import pyarrow as pa
@@ -60,11 +79,11 @@ class _ParquetSink:
         if not isinstance(table, pa.Table):
             raise UserCodeError(f"process function must return a pyarrow Table, got {type(table).__name__}")
         if self.writer is None:
-            md = dict(table.schema.metadata or {})
-            md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
-            self.schema = table.schema.with_metadata(md)
-            path = os.path.join(self.output_dir, f"{self.task.output_filename}-{self.file_index:05d}.parquet")
-            self.writer = pq.ParquetWriter(path, self.schema, **self.kw)
+            if self.schema is None:
+                md = dict(table.schema.metadata or {})
+                md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
+                self.schema = table.schema.with_metadata(md)
+            self.writer = pq.ParquetWriter(self._path(self.file_index), self.schema, **self.kw)
         if not table.schema.equals(self.schema, check_metadata=False):
             try:
                 table = table.select(self.schema.names).cast(self.schema)
@@ -81,7 +100,12 @@ class _ParquetSink:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            self.closed.append(self._path(self.file_index))
             self.file_index += 1
+
+    @property
+    def wrote_nothing(self) -> bool:
+        return self.writer is None and self.file_index == 0
 
     def close(self) -> None:
         import pyarrow.parquet as pq
@@ -91,7 +115,9 @@ class _ParquetSink:
             self.writer = None
         elif self.file_index == 0 and self.schema_hint is not None:
             path = os.path.join(self.output_dir, f"{self.task.output_filename}-00000.parquet")
-            pq.write_table(self.schema_hint.empty_table(), path)
+            md = dict(self.schema_hint.metadata or {})
+            md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
+            pq.write_table(self.schema_hint.with_metadata(md).empty_table(), path, **self.kw)
 
 
 def _needs_duckdb(node, ds: DataSet) -> bool:
@@ -145,44 +171,146 @@ class PandasComputeTask(ArrowComputeTask):
 
 
 class ArrowStreamTask(Task):
+    """Run a streaming process function over batch readers, writing its outputs as they come.
+
+    The task checkpoints (see :mod:`smallpond.execution.ops.stream_checkpoint`): an attempt after
+    a crash or a failure resumes from the last checkpoint, skipping the input rows it covers.
+    """
+
     schema_hint = None
 
-    def _readers(self, runtime_ctx, inputs: List[DataSet]):
-        import duckdb
+    def _read(self, ds: DataSet):
+        if _needs_duckdb(self.node, ds):
+            import duckdb
 
-        readers = []
+            self._conn = self._conn or duckdb.connect()
+            return ds.to_batch_reader(self.node.streaming_batch_size, conn=self._conn)
+        return ds.to_batch_reader(self.node.streaming_batch_size)
+
+    def _readers(self, runtime_ctx, inputs: List[DataSet], skip: Sequence[int]):
+        from smallpond.execution.ops.stream_checkpoint import CountedInput, skip_rows
+
         self._conn = None
-        for ds in inputs:
-            if _needs_duckdb(self.node, ds):
-                self._conn = self._conn or duckdb.connect()
-                readers.append(ds.to_batch_reader(self.node.streaming_batch_size, conn=self._conn))
-            else:
-                readers.append(ds.to_batch_reader(self.node.streaming_batch_size))
-        return readers
+        prefetch = bool(getattr(self.node, "background_io_thread", False))
+        batch = self.node.streaming_batch_size
+        return [
+            CountedInput(skip_rows(ds, n, self._read, _needs_duckdb(self.node, ds), batch), prefetch=prefetch)
+            for ds, n in zip(inputs, skip)
+        ]
 
     def _outputs(self, runtime_ctx, readers):
         return self.node.process(runtime_ctx, readers)
 
     def run(self, runtime_ctx, inputs, output_dir):
+        import time
+
         import pyarrow as pa
 
-        readers = self._readers(runtime_ctx, inputs)
-        sink = _ParquetSink(self, output_dir, getattr(self.node, "output_schema", None))
-        outputs = self._outputs(runtime_ctx, readers)
-        if outputs is not None:
-            for out in outputs:
+        from smallpond.execution.ops.stream_checkpoint import StreamCheckpoint, default_checkpoint_interval
+
+        node = self.node
+        ckpt = StreamCheckpoint(runtime_ctx, self)
+        sink = _ParquetSink(self, output_dir, getattr(node, "output_schema", None))
+        record = ckpt.resume(output_dir, len(inputs))
+        base = [0] * len(inputs)
+        if record is not None:
+            base = list(record["rows"])
+            sink.restored(len(record["files"]), record["output_rows"])
+            self.stats["resumed_rows"] = sum(base)
+        interval = getattr(node, "secs_checkpoint_interval", None)
+        interval = default_checkpoint_interval(node) if interval is None else interval
+        counted = self._readers(runtime_ctx, inputs, base)
+        last = time.monotonic()
+        try:
+            outputs = self._outputs(runtime_ctx, [c.reader for c in counted])
+            for out in outputs if outputs is not None else ():
+                indices, force = None, False
                 if isinstance(out, StreamOutput):
-                    if out.output_table is not None and out.output_table.num_rows > 0:
-                        sink.write(out.output_table)
-                    if out.force_checkpoint and out.batch_indices:
-                        sink.checkpoint()
-                elif out is not None:
-                    if isinstance(out, (pa.Table, pa.RecordBatch)) and out.num_rows == 0 and sink.writer is not None:
-                        continue
+                    indices, force = out.batch_indices, out.force_checkpoint
+                    out = out.output_table
+                # an empty table is written only while no file has the schema yet
+                if out is not None and not (
+                    isinstance(out, (pa.Table, pa.RecordBatch)) and out.num_rows == 0 and not sink.wrote_nothing
+                ):
                     sink.write(out)
+                now = time.monotonic()
+                if (force and indices) or now - last >= interval:
+                    if indices:
+                        top = max(indices)
+                        position = [b + c.rows_through(top) for b, c in zip(base, counted)]
+                    else:
+                        position = [b + c.rows for b, c in zip(base, counted)]
+                    sink.checkpoint()
+                    ckpt.save(sink.closed, position, [c.batches for c in counted], sink.rows)
+                    last = now
+            self.stats["batches"] = sum(c.batches for c in counted)
+        finally:
+            for c in counted:
+                c.close()
+            if self._conn is not None:
+                self._conn.close()
+        if sink.wrote_nothing and sink.schema_hint is None:
+            sink.schema_hint = self._empty_output_schema(inputs, counted)
         sink.close()
         self.stats["rows"] = sink.rows
         return _list_output(output_dir)
+
+    def on_committed(self, runtime_ctx) -> None:
+        from smallpond.execution.ops.stream_checkpoint import StreamCheckpoint
+
+        StreamCheckpoint(runtime_ctx, self).remove()
+
+    def _empty_output_schema(self, inputs: List[DataSet], readers):
+        """The output schema of a partition that produced nothing, if its function can tell.
+
+        A function may describe its output given a sample input (``output_schema_for(sample)``:
+        the DataFrame's map, flat_map, filter and map_batches do). The sample is a few rows of a
+        sibling partition (the input's ``_schema_path``, set by the partitioning) when there is
+        one, else an empty table of the input's schema. So a partition with no rows still writes
+        a file with the columns of the others, and SQL over it binds them.
+        """
+        from smallpond.common import logger
+
+        infer = getattr(getattr(self.node, "process_func", None), "output_schema_for", None)
+        if infer is None or not inputs:
+            return None
+        sample = _sample_rows(self.node, inputs[0], _SAMPLE_ROWS)
+        what = f"{sample.num_rows} sample row(s) of {inputs[0]._schema_path}" if sample is not None else "an empty input"
+        if sample is None:
+            sample = readers[0].schema.empty_table()
+        try:
+            schema = infer(sample)
+        except Exception as e:  # the function could not run on the sample: no schema, as before
+            logger.info("{}: no rows, and the output schema could not be inferred from {}: {!r}", self.key, what, e)
+            return None
+        if schema is not None:
+            logger.info("{}: no rows; output schema inferred from {}: {}", self.key, what, schema.names)
+        return schema
+
+
+_SAMPLE_ROWS = 100
+
+
+def _sample_rows(node, ds: DataSet, n: int):
+    """Up to ``n`` rows of the file ``ds._schema_path`` (another partition's), read as the task
+    reads its input; None if there is no such file."""
+    path = getattr(ds, "_schema_path", None)
+    if not isinstance(ds, ParquetDataSet) or not path or not os.path.exists(path):
+        return None
+    import pyarrow as pa
+
+    src = ParquetDataSet.from_files([path], columns=ds.columns, generated_columns=ds.generated_columns)
+    conn = None
+    try:
+        if _needs_duckdb(node, src):
+            import duckdb
+
+            conn = duckdb.connect()
+        batch = next(iter(src.to_batch_reader(n, conn=conn)), None)
+    finally:
+        if conn is not None:
+            conn.close()
+    return pa.Table.from_batches([batch]) if batch is not None and batch.num_rows else None
 
 
 class ArrowBatchTask(ArrowStreamTask):
@@ -197,11 +325,11 @@ class ArrowBatchTask(ArrowStreamTask):
 
         iters = [iter(r) for r in readers]
         empties = [r.schema.empty_table() for r in readers]
-        for batches in zip_longest(*iters):
-            tables = [pa.Table.from_batches([b]) if b is not None else empties[i] for i, b in enumerate(batches)]
+        for i, batches in enumerate(zip_longest(*iters)):
+            tables = [pa.Table.from_batches([b]) if b is not None else empties[j] for j, b in enumerate(batches)]
             result = self.node.process(runtime_ctx, self._convert_in(tables))
-            if result is not None:
-                yield self._convert_out(result)
+            # the output of batch i covers exactly batch i of every input: checkpoints are exact
+            yield StreamOutput(self._convert_out(result) if result is not None else None, batch_indices=[i])
 
 
 class PandasBatchTask(ArrowBatchTask):

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 from smallpond.common import MB, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
+    copy_target_dir,
     create_input_views,
     format_query,
     open_connection,
@@ -67,10 +68,6 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         col = node.data_partition_column
-        if getattr(node, "split_points", None) is not None:
-            pts = ", ".join(quote_literal(p) if isinstance(p, str) else repr(p) for p in node.split_points)
-            key = quote_identifier(node.key_column)
-            return f"CAST(len(list_filter([{pts}], lambda x: x <= {key})) AS BIGINT)", col
         if node.random_shuffle:
             return f"CAST(floor(random() * {n}) AS BIGINT)", col
         if node.shuffle_only:
@@ -118,12 +115,13 @@ class HashPartitionTask(Task):
             write_part = "true" if write_col and part_col == col else "false"
             opts = ParquetWriterOptions.of(node).duckdb(self.parquet_kv_metadata(), writer_row_group_bytes(self, n))
             prefix = self.output_filename
-            sql = (
-                f"COPY ({query}) TO {quote_literal(output_dir)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
-                f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
-            )
-            self._current_sql = sql
-            written = run_sql(conn, sql)
+            with copy_target_dir(output_dir) as target:
+                sql = (
+                    f"COPY ({query}) TO {quote_literal(target)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
+                    f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
+                )
+                self._current_sql = sql
+                written = run_sql(conn, sql)
             self.stats["rows"] = int(written[0][0]) if written and written[0] else 0
             parts: List[List[str]] = [[] for _ in range(n)]
             for entry in sorted(os.listdir(output_dir)):
@@ -142,7 +140,7 @@ class HashPartitionTask(Task):
                 schema = conn.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
                 if write_part == "false":
                     schema = schema.remove(schema.get_field_index(part_col))
-                self._write_placeholders(parts, output_dir, part_col, schema, prefix)
+                return self._with_placeholders(parts, output_dir, part_col, schema, prefix)
             return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
@@ -216,15 +214,19 @@ class HashPartitionTask(Task):
                 schema = pa.schema([reader.schema.field(c) for c in body_names])
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
-            self._write_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
+            return self._with_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
         return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
-    def _write_placeholders(self, parts, output_dir, col, schema, prefix) -> None:
+    def _with_placeholders(self, parts, output_dir, col, schema, prefix) -> PartitionedDataSet:
+        """The partitions, each empty one given a placeholder file with the schema.
+
+        The partitions also name a file of a non-empty one as their ``_schema_path``: a sample of
+        rows from which a Python map infers its output schema on an empty partition.
+        """
         import pyarrow.parquet as pq
 
-        for k, p in enumerate(parts):
-            if p:
-                continue
+        sample = next((p[0] for p in parts if p), None)
+        for k in [k for k, p in enumerate(parts) if not p]:
             sub = os.path.join(output_dir, f"{col}={k}")
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
@@ -232,6 +234,11 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
             pq.write_table(schema.with_metadata(md).empty_table(), path)
             parts[k] = [path]
+        datasets = [ParquetDataSet.from_files(p) for p in parts]
+        if sample is not None:
+            for ds in datasets:  # all alike, so the partitions still travel as one template
+                ds._schema_path = sample
+        return PartitionedDataSet(datasets)
 
 
 class _RowGroupReader:

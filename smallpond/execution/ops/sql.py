@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
     create_input_views,
@@ -16,7 +17,14 @@ from smallpond.execution.ops.duckdb import (
     task_memory,
 )
 from smallpond.execution.task import Task
-from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.dataset import DataSet, ParquetDataSet
+
+
+def _columns_unknown(ds: DataSet) -> bool:
+    """An input with no files and no schema to take its columns from (it reads as no columns)."""
+    if not isinstance(ds, ParquetDataSet) or not ds.empty or ds.schema is not None:
+        return False
+    return not getattr(ds, "_schema_path", None)
 
 
 class SqlEngineTask(Task):
@@ -33,8 +41,20 @@ class SqlEngineTask(Task):
         batches = [inputs]
         if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
             batches = [[b] for b in inputs[0].partition_by_size(max(1, task_memory(self) // 2))] or [inputs]
-        for batch_index, batch in enumerate(batches):
-            self._run_batch(runtime_ctx, batch, output_dir, batch_index)
+        try:
+            for batch_index, batch in enumerate(batches):
+                self._run_batch(runtime_ctx, batch, output_dir, batch_index)
+        except UserCodeError as e:
+            unknown = [i for i, d in enumerate(inputs) if _columns_unknown(d)]
+            if not unknown or "__empty__" not in str(e):
+                raise
+            hint = UserCodeError(
+                f"{e}\nHINT: input(s) {', '.join('{%d}' % i for i in unknown)} of this task are empty partitions whose "
+                "columns are unknown: a Python map/flat_map produced no rows there and had no rows to infer its output "
+                "schema from. Pass schema= (a pyarrow.Schema) to that map/flat_map."
+            )
+            hint.sql = getattr(e, "sql", None)
+            raise hint from e
         return ParquetDataSet.from_files(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)))
 
     def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):

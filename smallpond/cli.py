@@ -1,0 +1,268 @@
+"""The ``smallpond`` command: look at and tidy the jobs under a data root.
+
+::
+
+    smallpond jobs                      list jobs (state, age, tasks, name or command)
+    smallpond status JOB                a job's state and summary
+    smallpond logs JOB [TASK]           the job's log, or a task's attempt logs
+    smallpond report JOB [--open]       (re)build the job's HTML report; print its path or open it
+    smallpond clean [--yes]             remove finished jobs (a dry run unless --yes)
+
+JOB is a job id (a UUID, or the string given as ``--job_id``/``job_id=``), a unique prefix of one,
+or a job folder's path. The data root is ``--data_root``, else ``SP_DATA_ROOT``, else
+``~/.smallpond/data``.
+
+Exit status: 0 success; 1 for ``status`` of a job that failed, crashed or was interrupted;
+2 for a usage error, or a job or task that cannot be found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from typing import List, Optional
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def parse_age(text: str) -> float:
+    """Seconds in ``30m``, ``12h``, ``7d``, ``2w`` or plain seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"an age looks like 30m, 12h, 7d or 2w, got {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--data_root",
+        "--data-root",
+        default=argparse.SUPPRESS,
+        help="where job folders live (default: $SP_DATA_ROOT, else ~/.smallpond/data)",
+    )
+    p = argparse.ArgumentParser(
+        prog="smallpond",
+        description="Look at and tidy smallpond jobs under a data root.",
+        epilog="JOB: a job id, a unique prefix of one, or a job folder path. Exit status: 0 ok; 1 job failed "
+        "(status); 2 usage error or not found.",
+        parents=[common],
+    )
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    s = sub.add_parser("jobs", parents=[common], help="list jobs with their state and age")
+    s.add_argument("--state", default=None, help="only jobs in these states (comma-separated: running,success,failure,...)")
+    s = sub.add_parser("status", parents=[common], help="a job's state and summary (exit 1 if it failed)")
+    s.add_argument("job", metavar="JOB")
+    s = sub.add_parser("logs", parents=[common], help="print the job's log, or a task's attempt logs")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("task", metavar="TASK", nargs="?", help="a task key (SqlEngineTask-000015), its number (15) or a prefix")
+    s.add_argument("--list", action="store_true", help="list the task logs instead")
+    s.add_argument("-n", "--lines", type=int, default=0, help="only the last N lines of each log")
+    s = sub.add_parser("report", parents=[common], help="(re)build the job's HTML run report and print its path")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--open", action="store_true", help="open it in a web browser")
+    s.add_argument("--trace", action="store_true", help="also write log/timeline_exec.json (Chrome trace format)")
+    s = sub.add_parser(
+        "clean",
+        parents=[common],
+        help="remove finished jobs' folders (a dry run unless --yes)",
+        description="Remove the folders of finished jobs (success, failure, interrupted, crashed). Running jobs "
+        "and anything that is not a job folder are never touched. Without --yes, only says what it would remove.",
+    )
+    s.add_argument(
+        "--older-than", "--older_than", type=parse_age, default=0.0, help="only jobs that ended this long ago (30m, 12h, 7d)"
+    )
+    s.add_argument("--state", default=None, help="only jobs in these states (comma-separated; default: every finished state)")
+    s.add_argument("--yes", "-y", action="store_true", help="really delete")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from smallpond.execution.catalog import JobLookupError
+    from smallpond.execution.runtime import resolve_data_root
+
+    args = _parser().parse_args(argv)
+    data_root = resolve_data_root(getattr(args, "data_root", None))
+    try:
+        return {"jobs": _jobs, "status": _status, "logs": _logs, "report": _report, "clean": _clean}[args.verb](args, data_root)
+    except JobLookupError as e:
+        print(f"smallpond {args.verb}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `smallpond logs JOB | head`
+        return EXIT_OK
+
+
+def _states(text: Optional[str]) -> Optional[set]:
+    return {s.strip() for s in text.split(",") if s.strip()} if text else None
+
+
+def _jobs(args, data_root: str) -> int:
+    from smallpond.execution.catalog import list_jobs
+
+    jobs = list_jobs(data_root)
+    wanted = _states(args.state)
+    if wanted:
+        jobs = [j for j in jobs if j.state in wanted]
+    if not jobs:
+        print(f"no jobs under {data_root}", file=sys.stderr)
+        return EXIT_OK
+    print(f"{'STARTED':19}  {'AGE':>5}  {'STATE':11}  {'TASKS':>7}  {'JOB ID':36}  NAME / COMMAND")
+    for j in jobs:
+        what = j.name or j.command
+        what = what if len(what) <= 70 else what[:69] + "…"
+        tasks = f"{j.tasks_done + j.tasks_resumed}"
+        print(f"{j.job_time:%Y-%m-%d %H:%M:%S}  {_age(j.age_seconds):>5}  {j.state:11}  {tasks:>7}  {j.job_id:36}  {what}")
+    print(f"{len(jobs)} job(s) under {data_root}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _status(args, data_root: str) -> int:
+    from smallpond.execution.catalog import find_job
+    from smallpond.execution.summary import summary_of
+
+    job = find_job(data_root, args.job)
+    print(f"job {job.job_id}: {job.state} (started {job.job_time:%Y-%m-%d %H:%M:%S}, {_age(job.age_seconds)} ago)")
+    print(f"folder {job.path}")
+    if job.command:
+        print(f"command {job.command}" + (f" on {job.host} (pid {job.pid})" if job.host else ""))
+    print(summary_of(job.path, state=job.state), end="")
+    return EXIT_OK if job.state in ("success", "running") else EXIT_FAILED
+
+
+def _task_logs(log_root: str, task: Optional[str]) -> List[str]:
+    tasks_dir = os.path.join(log_root, "tasks")
+    try:
+        names = sorted(os.listdir(tasks_dir))
+    except FileNotFoundError:
+        return []
+    if task is None:
+        return [os.path.join(tasks_dir, n) for n in names]
+
+    def key_of(name: str) -> str:
+        return name.rsplit(".", 2)[0]  # {key}.{attempt}.log
+
+    exact = [n for n in names if key_of(n) == task]
+    if not exact and task.isdigit():
+        exact = [n for n in names if key_of(n).endswith(f"-{int(task):06d}")]
+    if not exact:
+        exact = [n for n in names if n.startswith(task)]
+    keys = sorted({key_of(n) for n in exact})
+    if len(keys) > 1:
+        from smallpond.execution.catalog import JobLookupError
+
+        shown = ", ".join(keys[:6]) + (" ..." if len(keys) > 6 else "")
+        raise JobLookupError(f"task {task!r} matches {len(keys)} tasks: {shown}")
+    return [os.path.join(tasks_dir, n) for n in sorted(exact, key=lambda n: int(n.rsplit(".", 2)[1]))]
+
+
+def _print_file(path: str, lines: int) -> None:
+    with open(path, errors="replace") as f:
+        if lines > 0:
+            from collections import deque
+
+            sys.stdout.writelines(deque(f, maxlen=lines))
+        else:
+            for line in f:
+                sys.stdout.write(line)
+
+
+def _logs(args, data_root: str) -> int:
+    from smallpond.execution.catalog import JobLookupError, find_job
+
+    job = find_job(data_root, args.job)
+    log_root = job.log_root
+    if args.list:
+        for path in _task_logs(log_root, args.task):
+            print(f"{os.path.getsize(path):>10}  {os.path.relpath(path, log_root)}")
+        return EXIT_OK
+    if args.task is None:
+        mains = sorted(f for f in os.listdir(log_root) if f.endswith(".log")) if os.path.isdir(log_root) else []
+        if not mains:
+            raise JobLookupError(f"job {job.job_id} has no job log in {log_root}")
+        for name in mains:
+            if len(mains) > 1:
+                print(f"==> {os.path.join(log_root, name)} <==")
+            _print_file(os.path.join(log_root, name), args.lines)
+        return EXIT_OK
+    paths = _task_logs(log_root, args.task)
+    if not paths:
+        raise JobLookupError(
+            f"no log of task {args.task!r} in {os.path.join(log_root, 'tasks')} (smallpond logs {args.job} --list)"
+        )
+    for path in paths:
+        print(f"==> {path} <==")
+        _print_file(path, args.lines)
+    return EXIT_OK
+
+
+def _report(args, data_root: str) -> int:
+    import json
+
+    from smallpond.execution.catalog import find_job
+    from smallpond.execution.events import JobHistory, chrome_trace
+    from smallpond.execution.report import write_report
+    from smallpond.io.filesystem import atomic_write_text
+
+    job = find_job(data_root, args.job)
+    path = write_report(job.path)
+    print(path)
+    if args.trace:
+        run = JobHistory.load(job.log_root).last
+        trace_path = os.path.join(job.log_root, "timeline_exec.json")
+        atomic_write_text(trace_path, json.dumps(chrome_trace(run) if run else {"traceEvents": []}))
+        print(trace_path)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open("file://" + os.path.abspath(path)):
+            print(f"smallpond report: no web browser found; open {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _clean(args, data_root: str) -> int:
+    from smallpond.common import human_bytes
+    from smallpond.execution.catalog import FINISHED, JobLookupError, folder_size, list_jobs, remove_job
+
+    wanted = _states(args.state) or set(FINISHED)
+    unknown = wanted - set(FINISHED)
+    if unknown:
+        print(f"smallpond clean: can only remove finished jobs ({', '.join(FINISHED)}), not {sorted(unknown)}", file=sys.stderr)
+        return EXIT_USAGE
+    now = time.time()
+    chosen, total = [], 0
+    for job in list_jobs(data_root):
+        if job.state not in wanted or now - (job.updated or job.job_time.timestamp()) < args.older_than:
+            continue
+        size = folder_size(job.path)
+        total += size
+        chosen.append((job, size))
+    if not chosen:
+        print(f"nothing to remove under {data_root}")
+        return EXIT_OK
+    verb = "removing" if args.yes else "would remove"
+    for job, size in chosen:
+        print(f"{verb} {job.path}  ({job.state}, {_age(job.age_seconds)} old, {human_bytes(size)})")
+        if args.yes:
+            try:
+                remove_job(data_root, job)
+            except JobLookupError as e:
+                print(f"  skipped: {e}", file=sys.stderr)
+    if args.yes:
+        print(f"removed {len(chosen)} job(s), {human_bytes(total)}")
+    else:
+        print(f"{len(chosen)} job(s), {human_bytes(total)}; run again with --yes to delete them")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,527 @@
+"""The job's event log (``log/events.jsonl``) and the statistics read back from it.
+
+Every job writes one JSON object per line to ``log/events.jsonl``; a resumed job appends to the
+same file (each run of the job begins with a ``job_start`` event). The run report, the end-of-job
+summary, ``smallpond status`` and ``Session.dump_timeline`` are all computed from these events by
+:class:`JobHistory`, so they agree with each other and can be rebuilt for any job, including one
+whose process crashed (its log simply ends without a ``job_end``).
+
+Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
+
+* ``job_start``: ``job_id``, ``job_root``, ``name``, ``host``, ``pid``, ``argv``, ``executor``,
+  ``versions``;
+* ``node``: a plan node, the first time one of its tasks is seen: ``id``, ``label``, ``type``,
+  ``inputs`` (node ids), ``partitions``, ``tasks`` (planned), ``location``, ``detail``;
+* ``run_start`` / ``run_end``: one scheduler run (a Driver job has one; a session one per
+  computation): ``tasks``, ``resumed`` / ``ok``;
+* ``resumed``: a task found committed by an earlier run (its original ``started``, ``elapsed``,
+  ``worker``, ``rows``, ``bytes``);
+* ``submit``: an attempt sent to a worker: ``key``, ``node``, ``attempt``, ``memory``;
+* ``done`` / ``failed``: an attempt ended: ``key``, ``node``, ``attempt``, ``worker``,
+  ``started``, ``elapsed``, ``rows``, ``bytes`` (written), ``read`` (bytes of input files),
+  ``log`` (its log file, relative to ``log/``); ``failed`` adds ``error``, ``cause`` and
+  ``decision`` (``retry``, ``retry_with_more_memory`` or ``fail``);
+* ``inline``: a metadata-only task run by the scheduler itself: ``key``, ``node``, ``ok``,
+  ``elapsed``;
+* ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
+
+Invariants: the log is append-only and written only by the job's scheduler process; a torn last
+line (a crash mid-write) is ignored when read; writing it never fails a job (an I/O error turns
+the log off with one warning).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional
+
+from smallpond.common import logger
+from smallpond.execution.scheduler import SchedulerListener
+
+EVENTS_FILE = "events.jsonl"
+_EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
+_FLUSH_SECONDS = 1.0
+
+
+def events_path(log_root: str) -> str:
+    return os.path.join(log_root, EVENTS_FILE)
+
+
+def task_log_relpath(key: str, attempt: int) -> str:
+    """An attempt's log file relative to ``log/`` (see :func:`smallpond.execution.attempt.execute_attempt`)."""
+    return f"tasks/{key}.{attempt}.log"
+
+
+def read_events(log_root: str) -> List[dict]:
+    """The events of a job (every run), oldest first; unreadable lines (a torn tail) are skipped."""
+    out: List[dict] = []
+    try:
+        f = open(events_path(log_root), encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict) and "ev" in ev:
+                out.append(ev)
+    return out
+
+
+def scan_last_run(log_root: str) -> Dict[str, Any]:
+    """The ``job_start`` and ``job_end`` events of a job's latest run and how many attempts ended
+    ``done`` / ``failed`` and tasks were ``resumed`` in it, without parsing every event (for listing
+    many jobs quickly; events are written with ``ev`` first)."""
+    out: Dict[str, Any] = {"start": None, "end": None, "done": 0, "failed": 0, "resumed": 0}
+    try:
+        f = open(events_path(log_root), encoding="utf-8")
+    except FileNotFoundError:
+        return out
+    with f:
+        for line in f:
+            m = _EV_KIND.match(line)
+            if m is None:
+                continue
+            kind = m.group(1)
+            if kind in ("done", "failed", "resumed"):
+                out[kind] += 1
+            elif kind in ("job_start", "job_end"):
+                try:
+                    ev = json.loads(line)
+                except ValueError:
+                    continue
+                if kind == "job_start":
+                    out.update(start=ev, end=None, done=0, failed=0, resumed=0)
+                else:
+                    out["end"] = ev
+    return out
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeStats:
+    """What one node's tasks did in one run of a job."""
+
+    id: int
+    label: str = ""
+    type: str = ""
+    inputs: List[int] = field(default_factory=list)
+    partitions: Any = "?"
+    planned: int = 0
+    location: str = ""
+    detail: str = ""
+    done: int = 0  # tasks finished by this run (executed or inline)
+    inline: int = 0
+    resumed: int = 0
+    retries: int = 0  # failed attempts that were retried
+    failed: int = 0  # tasks given up
+    running: int = 0
+    rows: int = 0
+    written: int = 0
+    read: int = 0
+    task_seconds: float = 0.0
+    first_start: Optional[float] = None
+    last_end: Optional[float] = None
+    durations: List[float] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.resumed
+
+    @property
+    def wall_seconds(self) -> float:
+        if self.first_start is None or self.last_end is None:
+            return 0.0
+        return max(0.0, self.last_end - self.first_start)
+
+    @property
+    def state(self) -> str:
+        if self.failed:
+            return "failed"
+        if self.planned and self.finished >= self.planned:
+            return "done"
+        if self.running or self.finished:
+            return "running"
+        return "waiting"
+
+
+@dataclass
+class RunStats:
+    """One run of a job: from a ``job_start`` to its ``job_end`` (absent if the process died)."""
+
+    index: int
+    start: dict
+    end: Optional[dict] = None
+    nodes: Dict[int, NodeStats] = field(default_factory=dict)
+    attempts: List[dict] = field(default_factory=list)  # done and failed attempts, in order
+    failures: List[dict] = field(default_factory=list)  # failed attempts (retried or not)
+    running: Dict[tuple, dict] = field(default_factory=dict)  # (key, attempt) -> submit event
+    last_time: float = 0.0
+
+    @property
+    def started(self) -> float:
+        return float(self.start.get("t", 0.0))
+
+    @property
+    def status(self) -> str:
+        return self.end.get("status", "failure") if self.end else "running"
+
+    @property
+    def elapsed(self) -> float:
+        if self.end is not None:
+            return float(self.end.get("elapsed") or (self.end["t"] - self.started))
+        return max(0.0, self.last_time - self.started)
+
+    def node(self, node_id: int) -> NodeStats:
+        ns = self.nodes.get(node_id)
+        if ns is None:
+            ns = self.nodes[node_id] = NodeStats(node_id, label=f"node {node_id}")
+        return ns
+
+    def total(self, attr: str):
+        return sum(getattr(n, attr) for n in self.nodes.values())
+
+    @property
+    def workers(self) -> List[str]:
+        return sorted({a.get("worker") or "?" for a in self.attempts})
+
+
+class JobHistory:
+    """Every run of a job, built from its events (fed one by one, or all at once)."""
+
+    def __init__(self, events: Iterable[dict] = ()) -> None:
+        self.runs: List[RunStats] = []
+        for ev in events:
+            self.feed(ev)
+
+    @staticmethod
+    def load(log_root: str) -> "JobHistory":
+        return JobHistory(read_events(log_root))
+
+    @property
+    def last(self) -> Optional[RunStats]:
+        return self.runs[-1] if self.runs else None
+
+    def feed(self, ev: dict) -> None:
+        kind = ev.get("ev")
+        if kind == "job_start" or not self.runs:
+            self.runs.append(RunStats(len(self.runs), ev if kind == "job_start" else {"t": ev.get("t", 0.0)}))
+            if kind == "job_start":
+                return
+        run = self.runs[-1]
+        t = float(ev.get("t", 0.0))
+        run.last_time = max(run.last_time, t)
+        if kind == "node":
+            ns = run.node(int(ev["id"]))
+            for k in ("label", "type", "inputs", "partitions", "location", "detail"):
+                if k in ev:
+                    setattr(ns, k, ev[k])
+            ns.planned = int(ev.get("tasks", 0))
+        elif kind == "resumed":
+            run.node(int(ev["node"])).resumed += 1
+        elif kind == "submit":
+            run.running[(ev["key"], ev.get("attempt", 0))] = ev
+            run.node(int(ev["node"])).running += 1
+        elif kind in ("done", "failed"):
+            self._attempt_end(run, ev, t)
+        elif kind == "inline":
+            ns = run.node(int(ev["node"]))
+            if ev.get("ok", True):
+                ns.done += 1
+                ns.inline += 1
+        elif kind == "job_end":
+            run.end = ev
+
+    @staticmethod
+    def _attempt_end(run: RunStats, ev: dict, t: float) -> None:
+        ns = run.node(int(ev["node"]))
+        sub = run.running.pop((ev["key"], ev.get("attempt", 0)), None)
+        if sub is not None:
+            ns.running = max(0, ns.running - 1)
+        elapsed = float(ev.get("elapsed") or 0.0)
+        started = float(ev.get("started") or 0.0)
+        if not started:  # a lost worker reports no start: from the submission to now
+            started = float(sub["t"]) if sub is not None else t - elapsed
+            elapsed = max(elapsed, t - started)
+        a = dict(ev, started=started, elapsed=elapsed)
+        run.attempts.append(a)
+        ns.first_start = started if ns.first_start is None else min(ns.first_start, started)
+        ns.last_end = started + elapsed if ns.last_end is None else max(ns.last_end, started + elapsed)
+        ns.task_seconds += elapsed
+        if ev["ev"] == "done":
+            ns.done += 1
+            ns.rows += int(ev.get("rows") or 0)
+            ns.written += int(ev.get("bytes") or 0)
+            ns.read += int(ev.get("read") or 0)
+            ns.durations.append(elapsed)
+            return
+        run.failures.append(a)
+        if ev.get("decision") == "fail":
+            ns.failed += 1
+        else:
+            ns.retries += 1
+
+
+# -- the writer ------------------------------------------------------------------------------------
+
+
+class EventLog(SchedulerListener):
+    """Writes the job's events (a scheduler listener, plus the job's start and end) and keeps a
+    :class:`JobHistory` of them in memory for the summary."""
+
+    def __init__(self, log_root: str) -> None:
+        self.log_root = log_root
+        self.path = events_path(log_root)
+        self.history = JobHistory()
+        self._file = None
+        self._broken = False
+        self._last_flush = 0.0
+        self._announced: set = set()
+        self._pending_resumed: List[tuple] = []
+        self._reported_failures: set = set()
+        self._run_tasks: Dict[int, int] = {}
+        self._started = time.time()
+
+    # -- writing ---------------------------------------------------------------------------------
+    def emit(self, kind: str, **fields) -> None:
+        ev = {"ev": kind, "t": round(time.time(), 3), **fields}
+        self.history.feed(ev)
+        if self._broken:
+            return
+        try:
+            if self._file is None:
+                os.makedirs(self.log_root, exist_ok=True)
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(json.dumps(ev, default=str, separators=(",", ":")) + "\n")
+        except (OSError, TypeError, ValueError) as e:
+            self._broken = True
+            logger.warning("cannot write the event log {}: {}; the run report will be incomplete", self.path, e)
+
+    def flush(self) -> None:
+        self._last_flush = time.time()
+        if self._file is not None:
+            try:
+                self._file.flush()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+
+    # -- the job ---------------------------------------------------------------------------------
+    def job_start(self, rt, *, name: Optional[str], executor: str) -> None:
+        self._started = time.time()
+        self.emit(
+            "job_start",
+            job_id=str(rt.job_id),
+            job_root=rt.job_root,
+            name=name or "",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            argv=list(sys.argv),
+            executor=executor,
+            versions=_versions(),
+        )
+        self.flush()
+
+    def job_end(self, status: str, error: Optional[BaseException] = None) -> None:
+        fields: Dict[str, Any] = {"status": status, "elapsed": round(time.time() - self._started, 3)}
+        if error is not None:
+            fields["error"] = _error_text(error)
+            key = getattr(error, "task_key", "")
+            if key:
+                fields["task"] = key
+                fields["log"] = task_log_relpath(key, getattr(error, "attempt", 0))
+        self.emit("job_end", **fields)
+        self.close()
+
+    # -- nodes -----------------------------------------------------------------------------------
+    def _announce(self, node, tasks: int, inputs: List[int], partitions: int) -> None:
+        from smallpond.logical.node import _node_detail
+
+        self._announced.add(int(node.id))
+        try:
+            detail = _node_detail(node).strip()
+        except Exception:
+            detail = ""
+        self.emit(
+            "node",
+            id=int(node.id),
+            label=node.label,
+            type=type(node).__name__,
+            inputs=inputs,
+            partitions=partitions,
+            tasks=tasks,
+            location=node.location,
+            detail=detail,
+        )
+
+    # -- scheduler events ------------------------------------------------------------------------
+    def on_resumed(self, task, record: dict) -> None:
+        self._pending_resumed.append((task, record))  # written after the nodes, at on_start
+
+    def on_start(self, state) -> None:
+        # the nodes tasks carry are slim copies without their inputs: the edges come from the tasks
+        counts: Dict[int, int] = {}
+        inputs: Dict[int, set] = {}
+        partitions: Dict[int, int] = {}
+        nodes = {}
+        for t in state.tasks.values():
+            if t.node_id in self._announced or t.node is None:
+                continue
+            counts[t.node_id] = counts.get(t.node_id, 0) + 1
+            nodes.setdefault(t.node_id, t.node)
+            grid = 1
+            for p in t.partition_infos:
+                grid *= max(1, int(p.npartitions))
+            partitions[t.node_id] = max(partitions.get(t.node_id, 1), grid)
+            deps = inputs.setdefault(t.node_id, set())
+            for k in t.input_keys:
+                dep = state.tasks.get(k)
+                if dep is not None and dep.node_id != t.node_id:
+                    deps.add(dep.node_id)
+        for nid in sorted(nodes):  # inputs are created, so numbered, before their consumers
+            self._announce(nodes[nid], counts[nid], sorted(inputs[nid]), partitions[nid])
+        resumed, self._pending_resumed = self._pending_resumed, []
+        self.emit("run_start", tasks=len(state.tasks) - len(state.done) + len(resumed), resumed=len(resumed))
+        for task, record in resumed:
+            stats = record.get("stats") or {}
+            self.emit(
+                "resumed",
+                key=task.key,
+                node=task.node_id,
+                attempt=record.get("attempt", 0),
+                started=record.get("started"),
+                elapsed=record.get("elapsed"),
+                worker=record.get("worker", ""),
+                rows=stats.get("rows"),
+                bytes=stats.get("bytes"),
+            )
+
+    def on_submit(self, task, attempt: int, memory: int) -> None:
+        self.emit("submit", key=task.key, node=task.node_id, attempt=attempt, memory=memory)
+
+    def on_inline(self, task, ok: bool, elapsed: float) -> None:
+        self.emit("inline", key=task.key, node=task.node_id, ok=ok, elapsed=round(elapsed, 6))
+
+    def on_completion(self, task, c, decision) -> None:
+        fields = dict(
+            key=task.key,
+            node=task.node_id,
+            attempt=c.attempt,
+            worker=c.worker,
+            started=round(c.started, 3) if c.started else None,
+            elapsed=round(c.elapsed, 6),
+            rows=c.stats.get("rows"),
+            bytes=c.stats.get("bytes"),
+            read=c.stats.get("read"),
+            log=task_log_relpath(task.key, c.attempt),
+        )
+        if decision is None:
+            self.emit("done", **fields)
+            return
+        self._reported_failures.add((task.key, c.attempt))
+        err = c.error
+        self.emit(
+            "failed",
+            **fields,
+            error=getattr(err, "message", None) or _error_text(err),
+            cause=getattr(err, "cause_type", "") or type(err).__name__,
+            decision=getattr(decision, "value", str(decision)),
+        )
+
+    def on_tick(self, state, elapsed: float) -> None:
+        if time.time() - self._last_flush >= _FLUSH_SECONDS:
+            self.flush()
+
+    def on_end(self, state, ok: bool) -> None:
+        # failures the scheduler decided without an attempt ending (inline tasks, unpicklable tasks)
+        for key, err in state.failed.items():
+            attempt = getattr(err, "attempt", 0)
+            if (key, attempt) in self._reported_failures:
+                continue
+            self._reported_failures.add((key, attempt))
+            task = state.tasks.get(key)
+            self.emit(
+                "failed",
+                key=key,
+                node=task.node_id if task is not None else 0,
+                attempt=attempt,
+                worker="scheduler",
+                started=None,
+                elapsed=0.0,
+                log=task_log_relpath(key, attempt),
+                error=getattr(err, "message", None) or _error_text(err),
+                cause=getattr(err, "cause_type", "") or type(err).__name__,
+                decision="fail",
+            )
+        self.emit("run_end", ok=ok)
+        self.flush()
+
+
+def _error_text(err: Optional[BaseException]) -> str:
+    """An error as one text: a TaskError renders itself (node, call site, SQL); others get their class."""
+    from smallpond.errors import TaskError
+
+    if err is None:
+        return ""
+    if isinstance(err, TaskError):
+        return str(err)
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def _versions() -> Dict[str, str]:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in ("smallpond", "duckdb", "pyarrow"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# -- derived views ---------------------------------------------------------------------------------
+
+
+def chrome_trace(run: RunStats) -> dict:
+    """The attempts of a run as Chrome trace events (open in Perfetto or ``chrome://tracing``):
+    one process per worker (named in each slice's ``args``), one slice per attempt."""
+    workers = {w: i for i, w in enumerate(run.workers)}
+    events: List[dict] = []
+    for a in run.attempts:
+        ns = run.nodes.get(int(a["node"]))
+        events.append(
+            {
+                "name": a["key"],
+                "cat": ns.label if ns else str(a["node"]),
+                "ph": "X",
+                "ts": int(float(a["started"]) * 1e6),
+                "dur": int(float(a["elapsed"]) * 1e6),
+                "pid": workers.get(a.get("worker") or "?", 0),
+                "tid": int(a["node"]),
+                "args": {
+                    "worker": a.get("worker") or "?",
+                    **{k: a.get(k) for k in ("attempt", "rows", "bytes", "read", "error", "decision") if a.get(k) is not None},
+                },
+            }
+        )
+    return {"traceEvents": events}

@@ -1,0 +1,198 @@
+"""Output schemas of nodes, known before anything runs.
+
+:func:`infer_schema` walks a node's inputs down to its sources and computes the Arrow schema its
+output will have, without reading any data:
+
+* sources: a Parquet dataset's schema comes from its first file's footer; CSV and JSON from their
+  declared columns; in-memory tables from the table; other SQL sources from DuckDB binding the
+  query over nothing (``LIMIT 0``);
+* SQL nodes: DuckDB binds the node's query over empty tables typed like its inputs, and the
+  ``LIMIT 0`` result is written to a temporary Parquet file, so the schema is what a task writes
+  (and what ``to_arrow()`` returns);
+* partition, sink, limit and projection nodes: their input's schema, plus the partition column a
+  hash partition keeps;
+* Python nodes: the ``schema=`` given to ``map`` / ``flat_map``, the input's schema for a row
+  ``filter``; anything else raises :class:`SchemaUnknown` (the caller may run the node instead).
+
+Every field is nullable, as results read back are (see ``smallpond.dataframe._nullable``).
+"""
+
+from __future__ import annotations
+
+import os
+import string
+import tempfile
+from typing import Dict, List
+
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, quote_literal
+from smallpond.logical.compute import ArrowStreamNode, SqlEngineNode
+from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
+from smallpond.logical.node import (
+    ConsolidateNode,
+    DataSinkNode,
+    DataSourceNode,
+    HashPartitionNode,
+    Node,
+    PartitionNode,
+    ProjectionNode,
+    RangePartitionNode,
+)
+
+
+class SchemaUnknown(Exception):
+    """The schema of a node cannot be known without running it; the message says why."""
+
+
+def _nullable(schema):
+    import pyarrow as pa
+
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def infer_schema(node: Node, cache: Dict[int, object]):
+    """The ``pyarrow.Schema`` of ``node``'s output. ``cache`` maps ``id(node)`` to known schemas
+    (it is filled in). Raises :class:`SchemaUnknown` when running it is the only way to know."""
+    import duckdb
+
+    hit = cache.get(id(node))
+    if hit is not None:
+        return hit
+    conn = duckdb.connect()
+    try:
+        return _infer(node, cache, conn)
+    finally:
+        conn.close()
+
+
+def _infer(node: Node, cache: Dict[int, object], conn):
+    hit = cache.get(id(node))
+    if hit is not None:
+        return hit
+    schema = _nullable(_schema_of(node, cache, conn))
+    cache[id(node)] = schema
+    return schema
+
+
+def _input(node: Node, cache, conn, i: int = 0):
+    if len(node.input_deps) <= i:
+        raise SchemaUnknown(f"{node!r} has no input {i}")
+    return _infer(node.input_deps[i], cache, conn)
+
+
+def _schema_of(node: Node, cache, conn):
+    if isinstance(node, DataSourceNode):
+        return _source_schema(node, conn)
+    if isinstance(node, SqlEngineNode):  # LimitNode too
+        return _sql_schema(node, [_infer(d, cache, conn) for d in node.input_deps], conn)
+    if isinstance(node, HashPartitionNode):
+        return _hash_partition_schema(node, _input(node, cache, conn))
+    if isinstance(node, (PartitionNode, DataSinkNode, ConsolidateNode)) and not isinstance(node, RangePartitionNode):
+        return _input(node, cache, conn)
+    if isinstance(node, ProjectionNode):
+        return _projection_schema(node, _input(node, cache, conn), conn)
+    if isinstance(node, ArrowStreamNode):
+        given = getattr(node, "output_schema", None)
+        if given is not None:
+            return given
+        if getattr(node, "df_op", None) == "filter":
+            return _input(node, cache, conn)
+        raise SchemaUnknown(f"{node.label} runs a Python function whose output schema was not given (pass schema=)")
+    raise SchemaUnknown(f"the output schema of {type(node).__name__} is only known once it runs")
+
+
+def _describe(conn, sql: str):
+    """The Arrow schema of what ``COPY (sql) TO '...parquet'`` writes, from an empty result."""
+    import pyarrow.parquet as pq
+
+    with tempfile.TemporaryDirectory(prefix="smallpond-schema-") as d:
+        path = os.path.join(d, "schema.parquet")
+        try:
+            conn.execute(f"COPY (SELECT * FROM ({sql}) LIMIT 0) TO {quote_literal(path)} (FORMAT parquet)")
+        except Exception as e:  # duckdb.Error: a binder error names the column, keep it
+            raise SchemaUnknown(f"DuckDB cannot bind the query: {e}") from e
+        return pq.read_schema(path).remove_metadata()
+
+
+def _source_schema(node: DataSourceNode, conn):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ds = node.dataset
+    if isinstance(ds, ArrowTableDataSet):
+        return ds.table.schema.remove_metadata()
+    if isinstance(ds, PandasDataSet):
+        return pa.Table.from_pandas(ds.df.head(0), preserve_index=False).schema.remove_metadata()
+    if isinstance(ds, ParquetDataSet):
+        if ds.empty:
+            schema = ds._schema_source()
+            if schema is None:
+                raise SchemaUnknown(f"{node.label} has no file to read a schema from")
+            return schema
+        plain = not ds.generated_columns and not ds._has_expressions() and not ds.union_by_name
+        if plain:
+            schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
+            if ds.columns and "*" not in ds.columns:
+                return pa.schema([schema.field(c) for c in ds.columns])
+            return schema
+    if isinstance(ds, (CsvDataSet, JsonDataSet)):  # the declared columns; the files are not opened
+        from smallpond.common import quote_identifier
+
+        declared = ds.csv_schema if isinstance(ds, CsvDataSet) else ds.json_schema
+        cols = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in declared.items())
+        return _describe(conn, f"SELECT {ds._column_str} FROM (SELECT {cols})")
+    if hasattr(ds, "sql_query_fragment"):
+        try:
+            fragment = ds.sql_query_fragment(conn=conn)
+        except NotImplementedError:
+            raise SchemaUnknown(f"{type(ds).__name__} cannot be described with SQL") from None
+        return _describe(conn, f"SELECT * FROM {fragment}")
+    raise SchemaUnknown(f"cannot describe {type(ds).__name__}")
+
+
+def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):
+    from smallpond.execution.ops.duckdb import render_query
+
+    if node.udf_contexts:
+        raise SchemaUnknown(f"{node.label} uses UDFs, which are bound only when it runs")
+    if len(node.sql_queries) != 1:
+        raise SchemaUnknown(f"{node.label} runs several SQL statements; only the last one's result is known when it runs")
+    views = []
+    for i, schema in enumerate(inputs):
+        name = f"__schema_input_{int(node.id)}_{i}"
+        conn.register(name, schema.empty_table())
+        views.append(name)
+    query = node.sql_queries[0]
+    fields = {f for _, f, _, _ in string.Formatter().parse(query) if f and not f.isdigit()}
+    named: Dict[str, object] = {f: 0 for f in fields}  # partition dimensions, batch index, ...
+    named.update(
+        rand_seed=0,
+        cpu_limit=node.cpu_limit,
+        memory_limit=node.memory_limit or 0,
+        output_filename="schema",
+        batch_index=0,
+        query_index=0,
+    )
+    return _describe(conn, render_query(query, views, named))
+
+
+def _hash_partition_schema(node: HashPartitionNode, schema):
+    import pyarrow as pa
+
+    col = node.data_partition_column or DATA_PARTITION_COLUMN_NAME
+    if node.drop_partition_column or col in schema.names:
+        return schema
+    if node.shuffle_only:  # a computed key (an expression) is not written
+        return schema
+    return schema.append(pa.field(col, pa.int64()))  # what both hash engines write
+
+
+def _projection_schema(node: ProjectionNode, schema, conn):
+    from smallpond.common import quote_identifier
+
+    name = f"__schema_projection_{int(node.id)}"
+    conn.register(name, schema.empty_table())
+    cols = node.columns if node.columns else ["*"]
+    select = ", ".join(c if c == "*" else quote_identifier(c) if c in schema.names else c for c in cols)
+    extra = {"filename": "'' AS filename", "file_row_number": "CAST(0 AS BIGINT) AS file_row_number"}
+    gen = [extra[g] for g in (node.generated_columns or []) if g in extra and g not in cols]
+    return _describe(conn, f"SELECT {', '.join([select, *gen])} FROM {name}")

@@ -1,0 +1,121 @@
+"""The end-of-job summary: one short block of text, computed from the job's event log.
+
+::
+
+    smallpond job 3f2a91c0 (nightly) succeeded in 4.1 s
+      tasks  24 run, 3 resumed, 1 retried, 0 failed (+8 metadata-only)
+      data   read 12.3 MiB, wrote 8.1 MiB (120,000 rows)
+      node                                     tasks    wall
+      SqlEngineNode-000003 'imported_urls'       4/4   0.8 s
+      ...
+      logs   /data/2026-...-3f2a91c0-.../log  (smallpond logs 3f2a91c0)
+      report /data/2026-...-3f2a91c0-.../log/report.html
+
+Who prints it: the Driver always (on stderr, after the job); a session at shutdown when stderr is
+a terminal or ``SP_SUMMARY=1`` (``SP_SUMMARY=0`` never), and ``Session.summary()`` returns it at
+any time. A failed job's block starts with its error, shown once, and the path of the failed
+task's log.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from smallpond.common import TextBlock, human_bytes, human_seconds
+from smallpond.execution.events import JobHistory, RunStats
+
+MAX_NODES_SHOWN = 12
+_VERB = {"success": "succeeded", "failure": "failed", "interrupted": "was interrupted", "running": "is running"}
+
+
+SummaryText = TextBlock
+
+
+def format_summary(
+    history: JobHistory,
+    job_root: str,
+    *,
+    report_path: Optional[str] = None,
+    state: Optional[str] = None,
+    show_error: bool = True,
+) -> SummaryText:
+    """The summary block of the latest run in ``history``.
+
+    ``show_error=False`` leaves out the failed task's error text (keeping its log's path), for a
+    caller that has shown it already (a session re-raises it to the user's code).
+    """
+    run = history.last
+    if run is None:
+        return SummaryText(f"smallpond job at {job_root}: no events recorded\n")
+    start = run.start
+    job_id = str(start.get("job_id") or "")
+    short = job_id[:8]
+    name = start.get("name") or ""
+    state = state or run.status
+    head = f"smallpond job {short}{f' ({name})' if name else ''} {_VERB.get(state, state)}"
+    head += f" in {human_seconds(run.elapsed)}" if state != "running" else f" for {human_seconds(run.elapsed)}"
+    lines = [head]
+    end = run.end or {}
+    if end.get("error"):
+        if show_error:
+            lines.append(_indent(end["error"]))
+        elif end.get("task"):
+            lines.append(f"  failed task: {end['task']}")
+        if end.get("log"):
+            lines.append(f"  task log: {os.path.join(job_root, 'log', end['log'])}")
+        others = sum(n.failed for n in run.nodes.values()) - 1
+        if others > 0:
+            lines.append(f"  ({others} more task(s) failed: see the report)")
+    lines.extend(_body(run))
+    log_root = os.path.join(job_root, "log")
+    lines.append(f"  logs   {log_root}  (smallpond logs {short})")
+    lines.append(f"  report {report_path or os.path.join(log_root, 'report.html')}")
+    return SummaryText("\n".join(lines) + "\n")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + ln for ln in str(text).splitlines())
+
+
+def _body(run: RunStats) -> list:
+    inline = run.total("inline")
+    ran = run.total("done") - inline
+    lines = [
+        f"  tasks  {ran:,} run, {run.total('resumed'):,} resumed, {run.total('retries'):,} retried, "
+        f"{run.total('failed'):,} failed" + (f" (+{inline:,} metadata-only)" if inline else ""),
+        f"  data   read {human_bytes(run.total('read'))}, wrote {human_bytes(run.total('written'))} ({run.total('rows'):,} rows)",
+    ]
+    nodes = [n for _, n in sorted(run.nodes.items()) if n.done - n.inline or n.resumed or n.failed or n.retries]
+    if not nodes:
+        return lines
+    width = min(48, max(len(n.label) for n in nodes))
+    lines.append(f"  {'node':<{width}}  {'tasks':>9}  {'wall':>8}")
+    for n in nodes[:MAX_NODES_SHOWN]:
+        label = n.label if len(n.label) <= width else n.label[: width - 1] + "…"
+        tasks = f"{n.finished}/{n.planned or n.finished}"
+        flag = "  FAILED" if n.failed else ""
+        lines.append(f"  {label:<{width}}  {tasks:>9}  {human_seconds(n.wall_seconds):>8}{flag}")
+    if len(nodes) > MAX_NODES_SHOWN:
+        lines.append(f"  ... {len(nodes) - MAX_NODES_SHOWN} more node(s): see the report")
+    return lines
+
+
+def summary_of(job_root: str, state: Optional[str] = None) -> SummaryText:
+    """The summary of a job folder's latest run (for ``smallpond status``)."""
+    return format_summary(JobHistory.load(os.path.join(job_root, "log")), job_root, state=state)
+
+
+def want_session_summary() -> bool:
+    """Whether a session prints its summary at shutdown: ``SP_SUMMARY``, else on a terminal."""
+    import sys
+
+    setting = os.environ.get("SP_SUMMARY", "").strip().lower()
+    if setting in ("0", "false", "off", "no"):
+        return False
+    if setting in ("1", "true", "on", "yes"):
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False

@@ -1,0 +1,65 @@
+"""Job folders: their state (running, crashed, finished) and the refusal to remove anything else."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from smallpond.execution.catalog import JobLookupError, describe_job, find_job, list_jobs, remove_job
+
+
+def _folder(root, stamp, job_id, status, pid=None):
+    path = os.path.join(root, f"{stamp}.{job_id}")
+    os.makedirs(os.path.join(path, "log"))
+    with open(os.path.join(path, "log", ".STATUS"), "w") as f:
+        f.write(f"{status}@{stamp}\n")
+    if pid is not None:
+        with open(os.path.join(path, "log", "events.jsonl"), "w") as f:
+            f.write(json.dumps({"ev": "job_start", "t": 0, "host": socket.gethostname(), "pid": pid}) + "\n")
+    return path
+
+
+A = "aaaaaaaa-0000-0000-0000-000000000001"
+B = "bbbbbbbb-0000-0000-0000-000000000002"
+C = "cccccccc-0000-0000-0000-000000000003"
+
+
+def test_states_and_lookup(data_root):
+    _folder(data_root, "2026-01-01-00-00-00", A, "success")
+    _folder(data_root, "2026-01-02-00-00-00", B, "running", pid=os.getpid())  # alive: this process
+    _folder(data_root, "2026-01-03-00-00-00", C, "running", pid=2**22 + 7)  # gone
+    states = {j.job_id: j.state for j in list_jobs(data_root)}
+    assert states == {A: "success", B: "running", C: "crashed"}
+    assert find_job(data_root, "bbbb").job_id == B
+    assert find_job(data_root, "2026-01-03").job_id == C  # a prefix of the folder name
+    with pytest.raises(JobLookupError, match="matches 3 jobs"):
+        find_job(data_root, "2026")
+    with pytest.raises(JobLookupError, match="no job matching"):
+        find_job(data_root, "dddd")
+
+
+def test_remove_job_refuses_running_jobs_and_non_job_folders(data_root, tmp_path):
+    running = describe_job(_folder(data_root, "2026-01-02-00-00-00", B, "running", pid=os.getpid()))
+    with pytest.raises(JobLookupError, match="the job is running"):
+        remove_job(data_root, running)
+    assert os.path.isdir(running.path)
+
+    elsewhere = tmp_path / "other_root"
+    elsewhere.mkdir()
+    outside = describe_job(_folder(str(elsewhere), "2026-01-01-00-00-00", A, "success"))
+    with pytest.raises(JobLookupError, match="not a job folder directly under"):
+        remove_job(data_root, outside)  # a finished job, but not under this data root
+    assert os.path.isdir(outside.path)
+
+    link = os.path.join(data_root, f"2026-01-05-00-00-00.{C}")
+    os.symlink(outside.path, link)
+    with pytest.raises(JobLookupError):
+        remove_job(data_root, describe_job(link))
+    assert os.path.isdir(outside.path)
+
+    done = describe_job(_folder(data_root, "2026-01-01-00-00-00", A, "success"))
+    remove_job(data_root, done)
+    assert not os.path.exists(done.path)

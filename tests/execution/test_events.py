@@ -1,0 +1,140 @@
+"""The event log of a job (log/events.jsonl) and the statistics read back from it."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from smallpond.errors import JobFailed
+from smallpond.execution.events import JobHistory, read_events, scan_last_run
+from smallpond.execution.job import run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LogicalPlan,
+    PythonScriptNode,
+    SqlEngineNode,
+)
+
+
+def _plan(parquet_files, sql="select key, count(*) as n from {0} group by key"):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    parts = DataSetPartitionNode(ctx, (src,), npartitions=3)
+    hashed = HashPartitionNode(ctx, (parts,), npartitions=2, hash_columns=["key"])
+    counts = SqlEngineNode(ctx, (hashed,), sql)
+    return LogicalPlan(ctx, counts), (src, parts, hashed, counts)
+
+
+def test_a_job_logs_its_nodes_tasks_and_end(make_rt, parquet_files):
+    plan, (src, parts, hashed, counts) = _plan(parquet_files)
+    rt = make_rt()
+    run_job(plan, rt, num_workers=2)
+    events = read_events(rt.log_root)
+    kinds = [e["ev"] for e in events]
+    assert kinds[0] == "job_start" and kinds[-1] == "job_end"
+    assert events[-1]["status"] == "success"
+    nodes = {e["id"]: e for e in events if e["ev"] == "node"}
+    # edges come from the tasks (tasks carry slim nodes without inputs)
+    assert nodes[int(parts.id)]["inputs"] == [int(src.id)]
+    assert nodes[int(hashed.id)]["inputs"] == [int(parts.id)]
+    assert nodes[int(counts.id)]["inputs"] == [int(hashed.id)]
+    assert nodes[int(counts.id)]["partitions"] == 2 and nodes[int(counts.id)]["tasks"] == 2
+    done = [e for e in events if e["ev"] == "done"]
+    submitted = [e for e in events if e["ev"] == "submit"]
+    assert len(done) == len(submitted) and done
+    for e in done:
+        assert e["worker"] and e["started"] and e["elapsed"] >= 0
+        assert os.path.exists(os.path.join(rt.log_root, e["log"]))  # the attempt's log is where the event says
+
+    run = JobHistory(events).last
+    sql = run.nodes[int(counts.id)]
+    assert (sql.done, sql.planned, sql.failed, sql.retries) == (2, 2, 0, 0)
+    assert sql.rows == 10  # keys 0..9, one row each
+    assert sql.written > 0 and sql.read > 0
+    assert run.nodes[int(hashed.id)].rows == 30  # the hash partition wrote every input row once
+    assert run.status == "success"
+    assert os.path.exists(os.path.join(rt.log_root, "report.html"))
+
+
+def _fail_first_attempt(rt, inputs, output_path):
+    task = rt.task
+    if task.retry_count == 0:
+        raise OSError("transient failure on purpose")
+    open(os.path.join(output_path, "ok.txt"), "w").close()
+    return True
+
+
+def test_retries_and_failures_are_logged_with_decisions(make_rt, parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    flaky = PythonScriptNode(ctx, (src,), process_func=_fail_first_attempt)
+    rt = make_rt()
+    run_job(LogicalPlan(ctx, flaky), rt, num_workers=1)
+    run = JobHistory.load(rt.log_root).last
+    fails = run.failures
+    assert len(fails) == 1 and fails[0]["decision"] == "retry" and "transient failure" in fails[0]["error"]
+    assert fails[0]["log"] == f"tasks/{fails[0]['key']}.0.log"
+    assert run.nodes[int(flaky.id)].retries == 1 and run.nodes[int(flaky.id)].done == 1
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    bad = SqlEngineNode(ctx, (src,), "select no_such_column from {0}")
+    rt = make_rt()
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
+    events = read_events(rt.log_root)
+    end = events[-1]
+    assert end["ev"] == "job_end" and end["status"] == "failure"
+    assert "no_such_column" in end["error"] and end["log"].startswith("tasks/SqlEngineTask-")
+    failed = [e for e in events if e["ev"] == "failed"]
+    assert [e["decision"] for e in failed] == ["fail"]
+
+
+def test_resumed_tasks_are_logged_as_a_second_run(make_rt, parquet_files):
+    plan, nodes = _plan(parquet_files)
+    job_id = "resume-events"
+    run_job(plan, make_rt(job_id))
+    plan, nodes = _plan(parquet_files)
+    rt = make_rt(job_id)
+    run_job(plan, rt)
+    history = JobHistory.load(rt.log_root)
+    assert len(history.runs) == 2
+    second = history.last
+    assert second.total("resumed") > 0 and not second.attempts  # nothing ran again
+    scan = scan_last_run(rt.log_root)
+    assert scan["resumed"] == second.total("resumed") and scan["done"] == 0 and scan["end"]["status"] == "success"
+
+
+def test_a_torn_last_line_is_ignored(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    good = [{"ev": "job_start", "t": 1.0, "job_id": "x"}, {"ev": "node", "t": 1.1, "id": 1, "label": "N", "tasks": 1}]
+    with open(log / "events.jsonl", "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in good)
+        f.write('{"ev":"done","t":1.2,"key":"T-1","no')  # the process died mid-write
+    assert read_events(str(log)) == good
+    run = JobHistory.load(str(log)).last
+    assert run.status == "running" and run.nodes[1].planned == 1
+
+
+def test_inline_failures_are_reported_at_the_end(make_rt, tmp_path):
+    from smallpond.logical.dataset import FileSet
+
+    ctx = Context()
+    # a FileSet cannot be read by SQL: the SQL task fails (fail fast), the inline tasks succeed
+    src = DataSourceNode(ctx, FileSet([str(tmp_path / "x.txt")]))
+    (tmp_path / "x.txt").write_text("x")
+    parts = DataSetPartitionNode(ctx, (src,), npartitions=1)
+    bad = SqlEngineNode(ctx, (parts,), "select * from {0}")
+    rt = make_rt()
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
+    history = JobHistory.load(rt.log_root)
+    assert history.last.status == "failure"
+    assert history.last.nodes[int(bad.id)].failed == 1

@@ -1,0 +1,187 @@
+"""RangePartitionNode: exact boundaries, the first column as default key, NULL/NaN placement, both
+engines alike, sampled split points balanced on skewed keys, and clear errors."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond.execution.ops.range as range_ops
+from smallpond.errors import JobFailed, ParameterError
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.ops.range import balanced_split_indices
+from smallpond.execution.planner import Planner
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, RangePartitionNode, RootNode, SqlEngineNode
+
+
+def run_partitionings(paths, data_root, job_id=None, **configs):
+    """Run several range partitionings of ``paths`` in one job: {name: each partition's rows
+    (sorted by the key), in partition order} for each ``name=dict(RangePartitionNode kwargs)``."""
+    ctx = Context()
+    paths = [paths] if isinstance(paths, str) else paths
+    src = DataSourceNode(ctx, ParquetDataSet(paths))
+    nodes = {}
+    for name, kwargs in configs.items():
+        rp = RangePartitionNode(ctx, (src,), **kwargs)
+        key = kwargs.get("key_column") or pq.read_schema(paths[0]).names[0]
+        query = f"select *, {{__data_partition__}} as part from {{0}} order by {key} nulls last, id"
+        nodes[name] = SqlEngineNode(ctx, (rp,), query)
+    ep = run_job(LogicalPlan(ctx, RootNode(ctx, list(nodes.values()))), make_runtime_ctx(job_id, None, data_root), num_workers=2)
+    out = {}
+    for name, node in nodes.items():
+        tasks = sorted((t for t in ep.tasks.values() if t.node_id == node.id), key=lambda t: t.partition_infos[-1].index)
+        parts = [ep.results[t.key].to_arrow_table().to_pylist() for t in tasks]
+        assert all(r["part"] == i for i, rows in enumerate(parts) for r in rows)
+        out[name] = [[{k: v for k, v in r.items() if k != "part"} for r in rows] for rows in parts]
+    return out
+
+
+def partitions(paths, data_root, job_id=None, **kwargs):
+    return run_partitionings(paths, data_root, job_id, only=kwargs)["only"]
+
+
+@pytest.fixture
+def keyed(tmp_path):
+    """id and key columns, key first: 0..20 twice, NULLs, and NaN in a float copy of the key."""
+    keys = [i % 21 for i in range(42)] + [None, None]
+    path = str(tmp_path / "keyed.parquet")
+    fkeys = [float(k) if k is not None else None for k in keys[:-1]] + [float("nan")]
+    pq.write_table(pa.table({"key": pa.array(keys, pa.int64()), "id": list(range(44)), "f": fkeys}), path)
+    return path
+
+
+def test_boundaries_are_exact_and_both_engines_agree(keyed, tmp_path):
+    got = run_partitionings(
+        keyed,
+        str(tmp_path),
+        duckdb=dict(split_points=[5, 10, 10, 15]),  # the first column is the key
+        arrow=dict(split_points=[5, 10, 10, 15], engine_type="arrow"),
+        f_duckdb=dict(split_points=[2.5, 7.0, 19.5], key_column="f"),
+        f_arrow=dict(split_points=[2.5, 7.0, 19.5], key_column="f", engine_type="arrow"),
+        one=dict(split_points=[]),
+    )
+    parts = got["duckdb"]
+    assert len(parts) == 5
+    keys = [[r["key"] for r in p] for p in parts]
+    assert keys[0] == sorted(k for k in range(5) for _ in range(2))
+    assert keys[1] == sorted(k for k in range(5, 10) for _ in range(2))  # 5 == split[0] goes up
+    assert keys[2] == []  # between the two equal split points
+    assert keys[3] == sorted(k for k in range(10, 15) for _ in range(2))  # 10 goes above both 10s
+    assert keys[4] == sorted(k for k in range(15, 21) for _ in range(2)) + [None, None]  # NULLs last
+    assert sorted(r["id"] for p in parts for r in p) == list(range(44))
+    assert repr(got["arrow"]) == repr(parts)
+    assert repr(got["f_duckdb"]) == repr(got["f_arrow"])  # repr: NaN != NaN
+    floats = [[r["f"] for r in p] for p in got["f_duckdb"]]
+    assert floats[1][:2] == [3.0, 3.0] and 2.0 in floats[0] and 7.0 in floats[2] and 19.0 in floats[2]
+    assert any(isinstance(x, float) and math.isnan(x) for x in floats[3]) and None in floats[3]  # NaN and NULL last
+    assert len(got["one"]) == 1 and len(got["one"][0]) == 44
+
+
+def test_string_and_bytes_keys(tmp_path):
+    words = ["apple", "b", "banana", "c", "cherry", "d", "O'Neil", "z", ""]
+    path = str(tmp_path / "words.parquet")
+    pq.write_table(pa.table({"w": words, "raw": [w.encode() for w in words], "id": list(range(len(words)))}), path)
+    got = run_partitionings(
+        path, str(tmp_path), s=dict(split_points=["b", "c", "d"]), b=dict(split_points=[b"b", b"c\xff"], key_column="raw")
+    )
+    assert [[r["w"] for r in p] for p in got["s"]] == [["", "O'Neil", "apple"], ["b", "banana"], ["c", "cherry"], ["d", "z"]]
+    assert [[r["w"] for r in p] for p in got["b"]] == [["", "O'Neil", "apple"], ["b", "banana", "c", "cherry"], ["d", "z"]]
+
+
+def zipf_files(directory, nfiles=4, rows=40_000, a=1.2, seed=7):
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(nfiles):
+        keys = rng.zipf(a, rows).astype(np.int64)
+        path = f"{directory}/zipf{i}.parquet"
+        pq.write_table(pa.table({"key": keys, "id": np.arange(i * rows, (i + 1) * rows)}), path)
+        paths.append(path)
+    return paths
+
+
+def test_sampled_split_points_balance_skewed_keys_and_sort_globally(tmp_path):
+    paths = zipf_files(str(tmp_path))
+    n = 8
+    parts = partitions(paths, str(tmp_path / "a"), job_id="zipf-job", npartitions=n)
+    sizes = [len(p) for p in parts]
+    total = sum(sizes)
+    assert total == 160_000
+    top = duckdb.sql(f"select max(c) from (select count(*) c from read_parquet({paths!r}) group by key)").fetchall()[0][0]
+    assert top < 2 * total / n, "the data allows balance within 2x"
+    assert max(sizes) <= 2 * total / n, sizes
+    assert min(sizes) > 0
+    got = [(r["key"], r["id"]) for p in parts for r in p]
+    want = duckdb.sql(f"select key, id from read_parquet({paths!r}) order by key, id").fetchall()
+    assert got == want
+    # the same job elsewhere (other processes, the other engine) samples the same split points
+    again = partitions(paths, str(tmp_path / "b"), job_id="zipf-job", npartitions=n, engine_type="arrow")
+    assert again == parts
+
+
+def test_sampling_with_fewer_distinct_keys_than_partitions(tmp_path):
+    path = str(tmp_path / "few.parquet")
+    pq.write_table(pa.table({"key": [1, 2, 1, 2, 3, None], "id": list(range(6))}), path)
+    parts = partitions(path, str(tmp_path / "r"), npartitions=6)
+    assert [r["key"] for p in parts for r in p] == [1, 1, 2, 2, 3, None]
+    assert sum(1 for p in parts if p) <= 4
+
+
+def test_balanced_split_indices():
+    assert doctest.testmod(range_ops).failed == 0
+    assert balanced_split_indices([], 4) == []
+    assert balanced_split_indices([5], 4) == [0, 0, 0]
+    assert balanced_split_indices([1] * 10, 3) == [3, 6]
+    counts = [50, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]  # one key is 70% of the rows
+    cuts = balanced_split_indices(counts, 4)
+    assert cuts[0] == 1 and len(set(cuts)) == 3  # the heavy key alone; the rest split three ways
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        counts = rng.integers(1, 100, size=int(rng.integers(1, 60))).tolist()
+        n = int(rng.integers(2, 10))
+        cuts = balanced_split_indices(counts, n)
+        assert len(cuts) == n - 1 and cuts == sorted(cuts)
+        bounds = [0, *cuts, len(counts)]
+        largest = max(sum(counts[a:b]) for a, b in zip(bounds, bounds[1:]))
+        assert largest <= max(max(counts), math.ceil(sum(counts) / n) + max(counts))
+
+
+def test_bad_parameters_fail_when_the_node_is_built(keyed):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([keyed]))
+    for bad, match in [
+        ([3, 1], "sorted in ascending order"),
+        ([1, None], "must not contain None"),
+        ([1, "a"], "one comparable type"),
+        ("abc", "list of values"),
+    ]:
+        with pytest.raises(ParameterError, match=match) as e:
+            RangePartitionNode(ctx, (src,), bad)
+        assert "test_range_partition.py" in str(e.value)
+    with pytest.raises(ParameterError, match="give split_points, or npartitions"):
+        RangePartitionNode(ctx, (src,))
+    with pytest.raises(ParameterError, match="does not match"):
+        RangePartitionNode(ctx, (src,), [1, 2], npartitions=5)
+
+
+def test_run_time_errors_name_the_key(keyed, tmp_path):
+    with pytest.raises(JobFailed) as e:
+        partitions(keyed, str(tmp_path / "a"), split_points=[1], key_column="nope")
+    assert "range partition key column 'nope' is not a column of the input" in str(e.value.errors[0])
+    with pytest.raises(JobFailed) as e:
+        partitions(keyed, str(tmp_path / "b"), split_points=["x"])
+    assert "cannot be compared with the key column 'key'" in str(e.value.errors[0])
+
+
+def test_upstream_default_resources_are_clamped_quietly(make_rt, keyed, recwarn):
+    ctx = Context()
+    node = RangePartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([keyed])),), [1])
+    assert node.cpu_limit == 16
+    Planner(make_rt("x")).create_exec_plan(LogicalPlan(ctx, node))
+    assert not [w for w in recwarn if "exceeds" in str(w.message)]

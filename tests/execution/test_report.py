@@ -1,0 +1,131 @@
+"""The run report (log/report.html): self-contained, escaped, rebuilt from the job folder, and
+rendered by a real headless Chromium without console errors."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import re
+
+import pytest
+
+from smallpond.errors import JobFailed
+from smallpond.execution.events import NodeStats
+from smallpond.execution.job import run_job
+from smallpond.execution.report import layered_layout, write_report
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+from tests.browser import chromium_path, open_page
+from tests.conftest import REPO_ROOT
+
+ARTIFACTS = os.path.join(REPO_ROOT, "tests", "artifacts")
+
+
+def test_layered_layout_puts_each_node_below_its_deepest_input():
+    #   1   2
+    #   |\ /
+    #   | 3
+    #   |/
+    #   4
+    nodes = {
+        1: NodeStats(1, inputs=[]),
+        2: NodeStats(2, inputs=[]),
+        3: NodeStats(3, inputs=[1, 2]),
+        4: NodeStats(4, inputs=[1, 3]),
+    }
+    pos = layered_layout(nodes)
+    assert {n: lv for n, (lv, _) in pos.items()} == {1: 0, 2: 0, 3: 1, 4: 2}
+    assert sorted(i for lv, i in pos.values() if lv == 0) == [0, 1]
+
+
+def _hostile_job(make_rt, parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    q = SqlEngineNode(ctx, (src,), "select '<script>alert(1)</script>' as x, id from {0}", output_name="a_b")
+    bad = SqlEngineNode(ctx, (q,), "select nope, '<img src=x onerror=alert(2)>' from {0}")
+    rt = make_rt()
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, bad), rt, num_workers=1)
+    return rt
+
+
+def test_report_is_self_contained_escaped_and_links_task_logs(make_rt, parquet_files):
+    rt = _hostile_job(make_rt, parquet_files)
+    path = os.path.join(rt.log_root, "report.html")
+    page = open(path, encoding="utf-8").read()
+    # nothing from the job reaches the page unescaped
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    # loads nothing: no URL with a scheme, no src= attribute
+    assert not re.search(r"(https?|ftp)://", page)
+    assert not re.search(r"\bsrc\s*=", page.replace("&lt;img src=x", ""))
+    # plan, timeline, node table, failures with links to logs that exist
+    assert page.count('<g class="node') >= 3  # source, two SQL nodes (+ the sinks a Driver-style job adds)
+    assert "SqlEngine #2" in page and "SqlEngine #3" in page and '<g class="node failed"' in page
+    assert '<svg class="timeline"' in page and '<table class="nodes">' in page
+    links = re.findall(r'href="(tasks/[^"]+)"', page)
+    assert links and all(os.path.exists(os.path.join(rt.log_root, p)) for p in links)
+    assert "gave up" in page
+
+
+def test_report_is_rebuilt_from_the_folder_of_a_crashed_job(make_rt, parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    q = SqlEngineNode(ctx, (src,), "select * from {0}")
+    rt = make_rt()
+    run_job(LogicalPlan(ctx, q), rt, num_workers=1)
+    # make it look like a run that died: no job_end, .STATUS running, a process that is gone
+    events_file = os.path.join(rt.log_root, "events.jsonl")
+    lines = [json.loads(x) for x in open(events_file)]
+    lines = [e for e in lines if e["ev"] != "job_end"]
+    lines[0]["pid"] = 2**22 + 12345  # above the default pid_max: no such process
+    with open(events_file, "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in lines)
+    with open(rt.job_status_path, "a") as f:
+        f.write("running@2026-01-01-00-00-00\n")
+    os.remove(os.path.join(rt.log_root, "report.html"))
+    path = write_report(rt.job_root)
+    page = open(path, encoding="utf-8").read()
+    assert '<span class="badge crashed">crashed</span>' in page
+    assert "no end recorded" in page
+    assert page.count('<g class="node') >= 2
+
+
+@pytest.fixture
+def sort_example(monkeypatch):
+    monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, "examples"))
+    return importlib.import_module("sort_mock_urls")
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+def test_url_sort_report_renders_in_headless_chromium(make_rt, url_files, sort_example, tmp_path):
+    plan = sort_example.sort_mock_urls(url_files, npartitions=3)
+    rt = make_rt()
+    run_job(plan, rt, num_workers=2)
+    path = os.path.join(rt.log_root, "report.html")
+    shot = os.path.join(ARTIFACTS, "report-url-sort.png")
+    got = open_page(
+        path,
+        {
+            "plan_nodes": "document.querySelectorAll('svg.plan g.node').length",
+            "edges": "document.querySelectorAll('svg.plan path.edge').length",
+            "attempts": "document.querySelectorAll('svg.timeline rect.att').length",
+            "lanes": "document.querySelectorAll('svg.timeline text.lane').length",
+            "node_rows": "document.querySelectorAll('table.nodes tr[data-node]').length",
+            "plan_width": "document.querySelector('svg.plan').getBoundingClientRect().width",
+            "timeline_width": "document.querySelector('svg.timeline').getBoundingClientRect().width",
+            "title": "document.querySelector('h1').textContent",
+        },
+        screenshot=shot,
+    )
+    print(f"\nscreenshot of the URL-sort run report: {shot}")
+    assert got.exceptions == [] and got.console_errors == []
+    assert [u for u in got.requests if not u.startswith(("file:", "data:", "about:"))] == []
+    v = got.values
+    assert v["plan_nodes"] >= 6 and v["edges"] >= v["plan_nodes"] - 1
+    assert v["attempts"] >= 9 and v["lanes"] == 2
+    assert v["node_rows"] == v["plan_nodes"]
+    assert v["plan_width"] > 200 and v["timeline_width"] > 800
+    assert "success" in v["title"]
+    assert os.path.getsize(shot) > 10_000

@@ -1,0 +1,94 @@
+"""What user code sees of its task at run time: seeded random numbers and GPU/NUMA answers."""
+
+from __future__ import annotations
+
+import random
+
+import pyarrow as pa
+import pytest
+
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.planner import Planner
+from smallpond.execution.task import seeded_random
+from smallpond.logical.dataset import ArrowTableDataSet
+from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+
+
+def draw(runtime_ctx, tables):
+    import random as global_random
+
+    task = runtime_ctx.task
+    n = tables[0].num_rows
+    return pa.table(
+        {
+            "part": [task.partition_infos_as_dict["__data_partition__"]] * n,
+            "py": [global_random.random() for _ in range(n)],
+            "np": task.numpy_random_gen.random(n).tolist(),
+            "u32": [task.random_uint32() for _ in range(n)],
+            "gpu": [repr((task.local_rank, task.local_gpu, task.local_gpu_ranks))] * n,
+        }
+    )
+
+
+def _plan():
+    ctx = Context()
+    src = DataSourceNode(ctx, ArrowTableDataSet(pa.table({"x": list(range(12))})))
+    parts = DataSetPartitionNode(ctx, (src,), 3, partition_by_rows=True)
+    return LogicalPlan(ctx, ArrowComputeNode(ctx, (parts,), process_func=draw))
+
+
+def _compute_tasks(rt):
+    tasks = {}
+    for t in Planner(rt).create_exec_plan(_plan()).tasks.values():
+        if t.key.startswith("ArrowCompute"):
+            t.runtime_ctx = rt  # as in a worker: the seed is the job's
+            tasks[t.partition_infos_as_dict["__data_partition__"]] = t
+    return tasks
+
+
+def test_global_random_is_seeded_per_task_so_the_same_job_draws_the_same_numbers(tmp_path, make_rt):
+    ep = run_job(_plan(), make_runtime_ctx("seeded-job", None, str(tmp_path)), num_workers=2)
+    got = ep.final_output.to_arrow_table().to_pylist()
+    # what any run of this job draws: each task's stream, from the job's seed and the task id
+    tasks = _compute_tasks(make_rt("seeded-job"))
+    for part, task in tasks.items():
+        rows = [r for r in got if r["part"] == part]
+        expected = random.Random(task.random_seed_bytes)
+        assert rows and [r["py"] for r in rows] == [expected.random() for _ in rows]
+    assert len({r["py"] for r in got}) == 12, "each task has its own stream"
+    other = _compute_tasks(make_rt("another-job")).values()
+    assert {t.random_seed_bytes for t in other}.isdisjoint({t.random_seed_bytes for t in tasks.values()})
+    assert all(r["gpu"] == repr((0, None, [])) for r in got)  # a task without GPUs
+
+
+def test_seeded_random_restores_the_callers_state(make_rt):
+    plan = _plan()
+    task = next(t for t in Planner(make_rt("x")).create_exec_plan(plan).tasks.values() if t.key.startswith("ArrowCompute"))
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    first = random.random()
+    with seeded_random(task):
+        inside = random.random()
+    with seeded_random(task):
+        assert random.random() == inside  # the same numbers on every attempt
+    assert [first, random.random(), random.random()] == expected
+
+
+def test_gpu_placement_questions_raise_a_clear_error_for_a_task_that_asked_for_gpus(make_rt):
+    ctx = Context()
+    src = DataSourceNode(ctx, ArrowTableDataSet(pa.table({"x": [1]})))
+    node = ArrowComputeNode(ctx, (src,), process_func=draw, gpu_limit=1)
+    with pytest.warns(UserWarning, match="gpu_limit 1 has no effect"):
+        ep = Planner(make_rt("gpu")).create_exec_plan(LogicalPlan(ctx, node))
+    task = next(t for t in ep.tasks.values() if t.key.startswith("ArrowCompute"))
+    assert task.cpu_limit >= 1
+    for attr in ("local_gpu", "local_rank", "local_gpu_ranks"):
+        with pytest.raises(NotImplementedError, match="does not assign GPUs"):
+            getattr(task, attr)
+
+
+def test_bind_numa_node_warns_that_it_has_no_effect(tmp_path):
+    with pytest.warns(UserWarning, match="bind_numa_node is accepted but has no effect"):
+        rt = make_runtime_ctx("numa", None, str(tmp_path), bind_numa_node=True)
+    assert rt.numa_node_id is None and rt.numa_node_count == 1 and rt.get_local_gpus() == []

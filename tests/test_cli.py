@@ -1,0 +1,136 @@
+"""The ``smallpond`` command, run for real in subprocesses: jobs, status, logs, report, clean."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from smallpond.errors import JobFailed
+from smallpond.execution.job import run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+from tests.conftest import REPO_ROOT
+
+
+def cli(*args, data_root=None, env_root=None):
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    env.pop("SP_DATA_ROOT", None)
+    if env_root:
+        env["SP_DATA_ROOT"] = env_root
+    argv = [sys.executable, "-m", "smallpond", *args] + (["--data_root", data_root] if data_root else [])
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _job(make_rt, parquet_files, sql, job_id):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    rt = make_rt(job_id)
+    try:
+        run_job(LogicalPlan(ctx, SqlEngineNode(ctx, (src,), sql)), rt, num_workers=1)
+    except JobFailed:
+        pass
+    return rt
+
+
+@pytest.fixture
+def two_jobs(make_rt, parquet_files):
+    ok = _job(make_rt, parquet_files, "select * from {0}", "11111111-0000-0000-0000-000000000001")
+    bad = _job(make_rt, parquet_files, "select nope from {0}", "22222222-0000-0000-0000-000000000002")
+    return ok, bad
+
+
+def test_jobs_status_and_exit_codes(two_jobs, data_root):
+    ok, bad = two_jobs
+    out = cli("jobs", env_root=data_root)  # the data root from SP_DATA_ROOT
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split()[:3] == ["STARTED", "AGE", "STATE"]
+    assert any(str(ok.job_id) in ln and "success" in ln for ln in lines)
+    assert any(str(bad.job_id) in ln and "failure" in ln for ln in lines)
+    assert cli("jobs", "--state", "failure", data_root=data_root).stdout.count("\n") == 2  # header + 1
+
+    st = cli("status", "1111", data_root=data_root)  # a prefix
+    assert st.returncode == 0 and "succeeded" in st.stdout and "report.html" in st.stdout
+    st = cli("status", str(bad.job_id), data_root=data_root)
+    assert st.returncode == 1 and "nope" in st.stdout and "task log:" in st.stdout
+    st = cli("status", bad.job_root)  # a folder path needs no data root
+    assert st.returncode == 1
+    missing = cli("status", "99999999", data_root=data_root)
+    assert missing.returncode == 2 and "no job matching" in missing.stderr
+    assert cli("status", data_root=data_root).returncode == 2  # JOB is required: argparse's usage error
+    assert cli("frobnicate").returncode == 2
+    helped = cli("--help")
+    assert helped.returncode == 0 and all(v in helped.stdout for v in ("jobs", "status", "logs", "report", "clean"))
+
+
+def test_logs_of_a_job_and_of_a_task(two_jobs, data_root):
+    _, bad = two_jobs
+    events = [json.loads(x) for x in open(os.path.join(bad.log_root, "events.jsonl"))]
+    failed = next(e for e in events if e["ev"] == "failed")
+    out = cli("logs", str(bad.job_id)[:8], data_root=data_root)
+    assert out.returncode == 0 and "smallpond job" in out.stdout  # the job log
+    number = failed["key"].rsplit("-", 1)[1].lstrip("0")
+    task = cli("logs", str(bad.job_id), number, data_root=data_root)  # a task by its number
+    assert task.returncode == 0 and f"==> {os.path.join(bad.log_root, failed['log'])} <==" in task.stdout
+    assert "nope" in task.stdout
+    listed = cli("logs", str(bad.job_id), "--list", data_root=data_root)
+    assert failed["log"] in listed.stdout
+    assert cli("logs", str(bad.job_id), "NoSuchTask-1", data_root=data_root).returncode == 2
+
+
+def test_report_rebuilds_the_page(two_jobs, data_root):
+    ok, _ = two_jobs
+    page = os.path.join(ok.log_root, "report.html")
+    os.remove(page)
+    out = cli("report", str(ok.job_id), "--trace", data_root=data_root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [page, os.path.join(ok.log_root, "timeline_exec.json")]
+    assert '<svg class="plan"' in open(page).read()
+
+
+def test_clean_is_a_dry_run_unless_yes_and_never_touches_running_jobs_or_other_files(two_jobs, data_root, tmp_path):
+    ok, bad = two_jobs
+    # a running job: .STATUS says running and the process that started it (this one) is alive
+    running = os.path.join(data_root, "2026-01-01-00-00-00.33333333-0000-0000-0000-000000000003")
+    os.makedirs(os.path.join(running, "log"))
+    with open(os.path.join(running, "log", ".STATUS"), "w") as f:
+        f.write("running@2026-01-01-00-00-00\n")
+    with open(os.path.join(running, "log", "events.jsonl"), "w") as f:
+        start = {"ev": "job_start", "t": 0, "job_id": "33333333", "host": os.uname().nodename, "pid": os.getpid()}
+        f.write(json.dumps(start) + "\n")
+    # not job folders: a user's file and a look-alike without .STATUS
+    user_file = os.path.join(data_root, "notes.txt")
+    open(user_file, "w").write("mine")
+    lookalike = os.path.join(data_root, "2026-01-01-00-00-00.44444444-0000-0000-0000-000000000004")
+    os.makedirs(lookalike)
+
+    dry = cli("clean", data_root=data_root)
+    assert dry.returncode == 0 and "would remove" in dry.stdout and "--yes" in dry.stdout
+    assert os.path.isdir(ok.job_root) and os.path.isdir(bad.job_root)  # nothing deleted
+    assert running not in dry.stdout
+
+    only_failed = cli("clean", "--state", "failure", "--yes", data_root=data_root)
+    assert only_failed.returncode == 0
+    assert not os.path.exists(bad.job_root) and os.path.isdir(ok.job_root)
+
+    assert "nothing to remove" in cli("clean", "--older-than", "7d", data_root=data_root).stdout
+    assert cli("clean", "--state", "running", data_root=data_root).returncode == 2  # never running jobs
+
+    cli("clean", "--yes", data_root=data_root)
+    assert not os.path.exists(ok.job_root)
+    assert os.path.isdir(running) and os.path.isdir(lookalike) and open(user_file).read() == "mine"
+
+
+def test_the_console_script_is_declared():
+    import tomllib
+
+    with open(os.path.join(REPO_ROOT, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["smallpond"] == "smallpond.cli:main"
+    from smallpond.cli import main
+
+    assert callable(main)

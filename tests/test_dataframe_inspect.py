@@ -1,0 +1,121 @@
+"""A DataFrame you can look at: ``schema`` before running, ``show()``, the repr, ``_repr_html_``,
+``explain()``; and ``read_parquet`` of a folder with a ``.MANIFEST.txt``."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond
+from smallpond.execution.events import read_events
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    session = smallpond.init(data_root=str(tmp_path_factory.mktemp("inspect_root")), num_executors=2)
+    yield session
+    session.shutdown()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inspect_data")
+    t = pa.table({"a": list(range(60)), "s": [f"k{i % 5}" for i in range(60)], "f": [i / 3 for i in range(60)]})
+    paths = []
+    for i in range(3):
+        p = str(d / f"p{i}.parquet")
+        pq.write_table(t.slice(i * 20, 20), p)
+        paths.append(p)
+    csv = str(d / "x.csv")
+    t.to_pandas().to_csv(csv, index=False, header=False)
+    return paths, csv
+
+
+def _attempts(sp) -> int:
+    sp._job.events.flush()
+    return sum(1 for e in read_events(sp.runtime_ctx.log_root) if e["ev"] in ("submit", "inline"))
+
+
+def test_schema_is_known_without_running_and_matches_the_result(sp, files):
+    paths, csv = files
+    src = sp.read_parquet(paths)
+    frames = {
+        "source": src,
+        "hash": src.repartition(3, hash_by="s"),
+        "hash kept column": src.repartition(2, hash_by="s", drop_partition_column=False),
+        "by expression": src.repartition(2, by="a % 2"),
+        "sql": sp.partial_sql(
+            "select s, count(*) as n, avg(f) as m, list(a) as l, {__data_partition__} as p from {0} group by s",
+            src.repartition(2, hash_by="s"),
+        ),
+        "filter+map": src.filter("a > 3").map("a * 2 as b, upper(s) as u"),
+        "limit": src.limit(7),
+        "csv": sp.read_csv(csv, schema={"a": "bigint", "s": "varchar", "f": "double"}),
+        "items": sp.from_items([{"x": 1, "y": "z"}]),
+        "row filter": src.filter(lambda r: r["a"] % 2 == 0),
+        "map with schema": src.map(lambda r: {"k": r["a"]}, schema=pa.schema([("k", pa.int64())])),
+    }
+    before = _attempts(sp)
+    schemas = {name: df.schema for name, df in frames.items()}
+    assert _attempts(sp) == before, "asking for a schema ran tasks"
+    for name, df in frames.items():
+        if name != "hash kept column":  # (to_arrow reads those files back with large_string: left alone)
+            assert schemas[name] == df.to_arrow().schema, name
+    kept = frames["hash kept column"]
+    assert schemas["hash kept column"] == pq.read_schema(kept._datasets()[0].resolved_paths[0]).remove_metadata()
+    assert schemas["sql"].names == ["s", "n", "m", "l", "p"]
+
+
+def test_a_python_map_without_schema_is_computed_for_its_schema(sp, files):
+    df = sp.read_parquet(files[0]).map(lambda r: {"k": r["a"], "t": str(r["a"])})
+    assert "known once computed" in repr(df) and not df.is_computed()
+    assert df.schema == pa.schema([("k", pa.int64()), ("t", pa.string())])
+    assert df.is_computed()
+    assert "k: int64" in repr(df)
+
+
+def test_a_bad_query_is_named_in_the_repr_not_raised(sp, files):
+    df = sp.partial_sql("select no_such_column from {0}", sp.read_parquet(files[0]))
+    text = repr(df)
+    assert "no_such_column" in text and "schema:" in text
+
+
+def test_repr_show_html_and_explain(sp, files, capsys):
+    df = sp.read_parquet(files[0]).repartition(3, hash_by="s").map("a, s")
+    text = repr(df)
+    assert text.splitlines()[0].startswith("DataFrame[SqlEngineNode-") and "3 partition(s), not computed" in text
+    assert "  a: int64" in text and "  s: string" in text
+    html = df._repr_html_()
+    assert "<table>" in html and "int64" in html
+    df.show(4)
+    shown = capsys.readouterr().out.splitlines()
+    assert shown[0].split() == ["a", "|", "s"] and shown[1].split() == ["int64", "|", "string"]
+    assert len(shown) == 3 + 4 + 1 and shown[-1] == "(4 rows, limit 4)"
+    plan = df.explain()
+    assert isinstance(plan, str) and "== Optimized plan ==" in plan
+    assert repr(plan) == plan  # a notebook shows the lines, not a literal with \n escapes
+    assert "computed" in repr(df) and "first rows" in df._repr_html_()
+
+
+def test_read_parquet_of_a_written_folder_and_of_a_driver_final_results(sp, files, tmp_path):
+    out = str(tmp_path / "out")
+    sp.read_parquet(files[0]).repartition(2, by_rows=True).map("a, s, f").write_parquet(out)
+    assert os.path.exists(os.path.join(out, ".MANIFEST.txt"))
+    assert sp.read_parquet(out).count() == 60
+
+    # a manifest listing files elsewhere (what a Driver job's FinalResults holds)
+    final = tmp_path / "FinalResults"
+    final.mkdir()
+    (final / ".MANIFEST.txt").write_text("".join(p + "\n" for p in files[0]))
+    back = sp.read_parquet(str(final))
+    assert back.count() == 60 and back.schema.names == ["a", "s", "f"]
+
+    # a folder without a manifest: its *.parquet files
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    pq.write_table(pa.table({"a": [1, 2]}), str(plain / "one.parquet"))
+    (plain / "notes.txt").write_text("not data")
+    assert sp.read_parquet(str(plain)).take_all() == [{"a": 1}, {"a": 2}]

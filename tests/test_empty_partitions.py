@@ -1,0 +1,109 @@
+"""A Python map/flat_map/filter/map_batches over a partition with no rows writes the same columns
+as over the others, so SQL after it binds them (issue 12, item 2)."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond
+from smallpond.dataframe import _read
+from smallpond.errors import TaskError
+
+QUERY = "select ticker, count(*) as n, sum(price) as total from {0} group by ticker"
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    session = smallpond.init(data_root=str(tmp_path_factory.mktemp("empty_root")))
+    yield session
+    session.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prices(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("empty_data") / "prices.parquet")
+    pq.write_table(pa.table({"ticker": ["a", "b", "a", "c", "b"], "price": [1.0, 2.0, 3.0, 4.0, 5.0]}), path)
+    return path
+
+
+def _expected(path):
+    q = QUERY.replace("{0}", f"read_parquet('{path}')")
+    return sorted(duckdb.sql(q).fetchall())
+
+
+def _grouped(sp, df):
+    out = sp.partial_sql(QUERY, df).to_arrow().to_pylist()
+    totals = {}
+    for r in out:  # partial_sql runs per partition: combine the partial groups
+        n, t = totals.get(r["ticker"], (0, 0.0))
+        totals[r["ticker"]] = (n + r["n"], t + r["total"])
+    return sorted((k, n, t) for k, (n, t) in totals.items())
+
+
+def test_the_issues_reproduction(sp, prices):
+    df = sp.read_parquet(prices).repartition(4).map(lambda r: r)
+    assert _grouped(sp, df) == _expected(prices)
+
+
+PARTITIONINGS = {
+    "files": lambda df: df.repartition(4),
+    "rows": lambda df: df.repartition(8, by_rows=True),
+    "hash": lambda df: df.repartition(8, hash_by="ticker"),
+}
+OPS = {
+    "map": lambda df: df.map(lambda r: {"ticker": r["ticker"], "price": r["price"]}),
+    "flat_map": lambda df: df.flat_map(lambda r: [{"ticker": r["ticker"], "price": r["price"]}]),
+    "filter": lambda df: df.filter(lambda r: r["price"] > 0),
+    "map_batches": lambda df: df.map_batches(lambda t: t.select(["ticker", "price"])),
+}
+
+
+@pytest.mark.parametrize("partitioning", sorted(PARTITIONINGS))
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_every_partition_has_the_same_columns(sp, prices, partitioning, op):
+    df = OPS[op](PARTITIONINGS[partitioning](sp.read_parquet(prices)))
+    datasets = df._datasets()
+    tables = [_read(ds) for ds in datasets]
+    assert any(t.num_rows == 0 for t in tables), "the partitioning should leave some partition empty"
+    names = {tuple(t.column_names) for t in tables}
+    assert names == {("ticker", "price")}, names
+    assert _grouped(sp, df) == _expected(prices)
+
+
+def test_map_batches_after_a_sql_filter_infers_from_the_empty_input(sp, prices):
+    """A partition emptied by SQL has no sibling rows at hand: the function runs on an empty table."""
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5")
+    out = df.map_batches(lambda t: t.append_column("double", pa.compute.multiply(t["price"], 2)))
+    tables = [_read(ds) for ds in out._datasets()]
+    assert [t.num_rows for t in tables] == [0, 2]
+    assert {tuple(t.column_names) for t in tables} == {("ticker", "price", "double")}
+    assert sorted(sp.partial_sql("select ticker, double from {0}", out).take_all(), key=str) == [
+        {"ticker": "b", "double": 10.0},
+        {"ticker": "c", "double": 8.0},
+    ]
+
+
+def test_row_map_with_nothing_to_infer_from_says_to_pass_schema(sp, prices):
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r)
+    with pytest.raises(TaskError, match="Pass schema="):
+        sp.partial_sql("select ticker from {0}", df).take_all()
+    schema = pa.schema([("ticker", pa.string()), ("price", pa.float64())])
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r, schema=schema)
+    assert sorted(r["ticker"] for r in sp.partial_sql("select ticker from {0}", df).take_all()) == ["b", "c"]
+
+
+def test_inference_runs_the_function_on_sample_rows_of_another_partition(sp, prices):
+    """The map below changes the columns: only running it can tell the empty partitions what they are."""
+    df = sp.read_parquet(prices).repartition(3, hash_by="ticker").repartition(6, by_rows=True)
+    df = df.map(lambda r: {"key": r["ticker"].upper(), "cents": int(r["price"] * 100)})
+    tables = [_read(ds) for ds in df._datasets()]
+    assert any(t.num_rows == 0 for t in tables)
+    assert {tuple(t.column_names) for t in tables} == {("key", "cents")}
+    got = sorted(sp.partial_sql("select key, sum(cents) as c from {0} group by key", df).take_all(), key=str)
+    merged = {}
+    for r in got:
+        merged[r["key"]] = merged.get(r["key"], 0) + r["c"]
+    assert merged == {"A": 400, "B": 700, "C": 400}
