@@ -62,8 +62,13 @@ def init(
             job with this id under ``data_root``, else now.
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
-        num_executors: worker processes (or, with ``platform``, executor processes). Default: one
-            per usable CPU.
+        num_executors: worker processes (on Ray: attempts at once; with ``platform``: executor
+            processes). Default: one per usable CPU (on Ray: per CPU of the cluster).
+        ray_address: run every task on this Ray cluster instead of embedded: ``"host:port"``
+            connects to a running cluster, ``"auto"`` to the one started on this machine with
+            ``ray start``, ``"local"`` starts a private one for this session. Every node must
+            see ``data_root`` at the same path. Needs ``pip install "smallpond[ray]"``.
+            ``shutdown()`` disconnects (and stops a cluster it started).
         platform: run on the queue backend, with executors started by this platform: ``"mpi"``
             (mpirun), ``"base"`` (subprocesses), ``"manual"`` (by hand:
             ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
@@ -76,6 +81,10 @@ def init(
     job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}``
     (never deleted), the way out when it cannot be resumed (e.g. its ``config/secret`` was lost);
     use it for one run, not permanently.
+
+    Example::
+
+        sp = smallpond.init(ray_address="10.0.0.5:6379", data_root="/shared/smallpond")
     """
     from smallpond.session import Session
 

@@ -47,7 +47,11 @@ class NonzeroExitCode(SmallpondError):
 
 
 class WorkerLost(SmallpondError):
-    """The worker process running a task died (killed, crashed, ``os._exit``)."""
+    """The worker process running a task died (killed, crashed, ``os._exit``), or its machine did."""
+
+
+class ClusterError(SmallpondError):
+    """The cluster cannot run the job: no node to run tasks on, or a node that cannot see the data root."""
 
 
 class UserCodeError(SmallpondError):

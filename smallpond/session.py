@@ -111,14 +111,12 @@ class Session:
     """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
     def __init__(self, **kwargs) -> None:
-        from smallpond.execution.job import Job, make_runtime_ctx
+        from smallpond.execution.job import Job, make_executor, make_runtime_ctx
         from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
         cfg = self._config
-        if cfg.ray_address:
-            logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
         ignored = [
             n
             for n, used in (("bind_numa_node", cfg.bind_numa_node), ("memory_allocator", cfg.memory_allocator != "system"))
@@ -138,10 +136,14 @@ class Session:
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
         )
+        # with a Ray address every task runs on that Ray cluster; with a platform, on the queue
+        # backend's executors; without either, embedded
+        backend = "ray" if cfg.ray_address else "local"
         self._job = Job(
             rt,
-            num_workers=cfg.num_executors or None,
-            platform=cfg.platform,  # a named platform runs the session on the queue backend
+            executor=make_executor(
+                rt, cfg.num_executors or None, backend=backend, ray_address=cfg.ray_address, platform=cfg.platform
+            ),
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=console_listeners(),

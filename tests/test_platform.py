@@ -14,7 +14,7 @@ import pytest
 
 from smallpond.platform import MPI, Manual, Platform, get_platform
 
-pytestmark = pytest.mark.backend
+pytestmark = pytest.mark.queue
 
 REPORT = textwrap.dedent(
     """

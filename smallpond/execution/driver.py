@@ -10,18 +10,20 @@ A script builds a LogicalPlan and hands it to ``Driver().run(plan)``::
 
 Modes:
 
-* ``scheduler`` (default): plan and run the job. Without ``--platform`` it runs embedded: worker
-  processes of this process (``--num_executors`` of them, default one per usable CPU). With
-  ``--platform`` it runs on the queue backend (:mod:`smallpond.execution.executors.queue`):
-  ``--platform mpi`` starts ``--num_executors`` executor processes through ``mpirun``,
-  ``--platform base`` as plain subprocesses, ``--platform manual`` starts none (they are
-  started by hand); ``--platform local`` is the embedded backend.
+* ``scheduler`` (default): plan and run the job. Without ``--platform`` or ``--ray_address`` it
+  runs embedded: worker processes of this process (``--num_executors`` of them, default one per
+  usable CPU). With ``--platform`` it runs on the queue backend
+  (:mod:`smallpond.execution.executors.queue`): ``--platform mpi`` starts ``--num_executors``
+  executor processes through ``mpirun``, ``--platform base`` as plain subprocesses,
+  ``--platform manual`` starts none (they are started by hand); ``--platform local`` is the
+  embedded backend. ``--ray_address`` selects Ray (as the ``ray`` mode does).
 * ``executor``: serve the job given by ``--job_id`` and ``--data_root`` (and ``--job_time``, if
   several runs share the id) as one executor of the queue backend, on any host that sees the
   data root, until the job ends; exit 0. User arguments are not required in this mode, and the
   executor starts as soon as the script asks for its arguments (``get_arguments``) or calls
   ``run``: the script's plan is not built (the scheduler sends the tasks).
-* ``ray``: runs the plan through the DataFrame session.
+* ``ray``: the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
+  ``SP_RAY_ADDRESS``, else Ray's default.
 
 The process exits 0 on success and non-zero (70, EX_SOFTWARE) on failure. Rerunning with the
 same ``--job_id`` and ``--data_root`` resumes the job: committed tasks are not run again.
@@ -159,6 +161,11 @@ class Driver:
             default=None,
             help="run on the queue backend, executors started by: mpi, base (subprocesses), manual (by hand)",
         )
+        p.add_argument(
+            "--ray_address",
+            default=None,
+            help="run tasks on this Ray cluster (host:port, auto, or local for a private one); implies ray mode",
+        )
         for action in p._actions:
             if action.dest in NO_EFFECT:
                 action.help = f"{action.help} (no effect)" if action.help else "(no effect)"
@@ -279,7 +286,7 @@ class Driver:
                 ok = code == EX_OK
                 if stop_process_on_done:
                     self._exit(code)
-            elif a.mode == "ray":
+            elif a.mode == "ray" or a.ray_address:
                 result = self._run_ray(plan)
                 ok = result is not None
             else:
@@ -338,17 +345,17 @@ class Driver:
         rt.exec_id = a.exec_id
         return rt
 
-    def _run_scheduler(self, plan):
-        from smallpond.execution.job import Job
+    def _run_scheduler(self, plan, backend: str = "local", ray_address: Optional[str] = None):
+        from smallpond.execution.job import Job, make_executor
         from smallpond.execution.progress import console_listeners
 
         if plan is None:
-            raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
+            raise ValueError(f"Driver.run(plan) needs a LogicalPlan in {self.driver_args.mode} mode")
         a = self.driver_args
+        rt = self._runtime_ctx()
         job = Job(
-            self._runtime_ctx(),
-            num_workers=a.num_executors or None,
-            platform=a.platform,
+            rt,
+            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address, platform=a.platform),
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
@@ -388,10 +395,9 @@ class Driver:
         )
 
     def _run_ray(self, plan):
-        from smallpond.common import logger
-
-        logger.warning("ray mode: this build has no Ray backend yet; running the plan on this machine")
-        return self._run_scheduler(plan)
+        """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide)."""
+        address = self.driver_args.ray_address or os.environ.get("SP_RAY_ADDRESS") or None
+        return self._run_scheduler(plan, backend="ray", ray_address=address)
 
 
 def main() -> None:

@@ -87,23 +87,50 @@ def cleanup_temp_dirs(rt: RuntimeContext) -> None:
 EMBEDDED_PLATFORMS = (None, "", "local")
 
 
-def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None, *, platform=None) -> Executor:
-    """The backend a job runs on; the one place that picks it.
+def make_executor(
+    rt: RuntimeContext,
+    num_workers: Optional[int] = None,
+    *,
+    backend: str = "local",
+    ray_address: Optional[str] = None,
+    platform=None,
+) -> Executor:
+    """The backend for a job; the one place that picks it.
 
-    * no ``platform`` (or ``"local"``): the embedded backend, ``num_workers`` worker processes
-      of this process (default: one per usable CPU);
-    * a platform (``"mpi"``, ``"base"``, ``"manual"``, a module name or a
-      :class:`~smallpond.platform.Platform`): the queue backend, whose executors that platform
-      starts (``num_workers`` of them, default one per usable CPU; none for ``"manual"``:
-      they are started by hand).
+    * ``backend="ray"``: every attempt a Ray task on the cluster at ``ray_address``;
+    * a ``platform`` (``"mpi"``, ``"base"``, ``"manual"``, a module name or a
+      :class:`~smallpond.platform.Platform`; not ``"local"``): the queue backend, whose executors
+      that platform starts (``num_workers`` of them, default one per usable CPU; none for
+      ``"manual"``: they are started by hand);
+    * else the embedded backend: ``num_workers`` worker processes of this process.
+
+    ``num_workers`` caps the attempts run at once (default: one per CPU, of this machine or of the
+    Ray cluster). Ray is imported only here, only when asked for.
     """
-    if platform in EMBEDDED_PLATFORMS:
-        from smallpond.execution.executors.local import LocalExecutor
+    if platform not in EMBEDDED_PLATFORMS:
+        if backend == "ray":
+            raise ParameterError(
+                f"platform={platform!r} (the queue backend) and the Ray backend (ray_address={ray_address!r}) "
+                "were both asked for; give one"
+            )
+        from smallpond.execution.executors.queue import QueueExecutor
 
-        return LocalExecutor(rt, num_workers)
-    from smallpond.execution.executors.queue import QueueExecutor
+        return QueueExecutor(rt, platform=platform, num_executors=num_workers or 0)
+    if backend == "ray":
+        try:
+            from smallpond.execution.executors.ray import RayExecutor
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise ParameterError(
+                f'ray_address={ray_address!r} asks for the Ray backend, but Ray is not installed: pip install "smallpond[ray]"'
+            ) from e
+        return RayExecutor(rt, ray_address, num_workers)
+    if backend != "local":
+        raise ParameterError(f"backend must be one of ['local', 'ray'], got {backend!r}")
+    from smallpond.execution.executors.local import LocalExecutor
 
-    return QueueExecutor(rt, platform=platform, num_executors=num_workers or 0)
+    return LocalExecutor(rt, num_workers)
 
 
 class Job:
@@ -112,10 +139,7 @@ class Job:
     Args:
         rt: the job's runtime context.
         executor: the backend (default: worker processes on this machine).
-        num_workers: workers of the default backend (default: one per usable CPU), or executors
-            the platform starts.
-        platform: run on the queue backend, with executors this platform starts (see
-            :func:`make_executor`); default: the embedded backend.
+        num_workers: workers of the default backend (default: one per usable CPU).
         max_retry_count, max_fail_count: the scheduler's retry policy.
         listeners: observers of the scheduler besides the job's own event log (progress bars).
         log_name: the job log file is ``log/{log_name}.log``.
@@ -137,7 +161,6 @@ class Job:
         restart: bool = False,
         name: Optional[str] = None,
         speculation: Speculation = Speculation(),
-        platform=None,
     ) -> None:
         self.rt = rt
         self.name = name
@@ -150,7 +173,6 @@ class Job:
         self._published: Dict[str, Any] = {}
         self._executor = executor
         self._num_workers = num_workers
-        self._platform = platform
         self.max_retry_count = max_retry_count
         self.max_fail_count = max_fail_count
         self.listeners = list(listeners)
@@ -179,15 +201,22 @@ class Job:
             self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
             write_status(rt, "running")
             self._install_sigterm_handler()
-            self.executor = self._executor or make_executor(rt, self._num_workers, platform=self._platform)
-            self.executor.start()  # workers boot while the user's script builds its plan
+            self.executor = self._executor or make_executor(rt, self._num_workers)
+            try:
+                self.executor.start()  # workers boot while the user's script builds its plan
+            except BaseException as e:
+                # a cluster that cannot run the job: failure status, executor (a Ray connection),
+                # log sinks and lock released here, since no caller will finish a job not started
+                self.record_error(e)
+                self.finish(False)
+                raise
             self.events = EventLog(rt.log_root)
             self.events.job_start(rt, name=self.name, executor=self.executor.describe())
         except BaseException:
             self._restore_sigterm_handler()
             self._lock.release()
             raise
-        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers)
+        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers, attempt_limits=self.executor.attempt_limits())
         self.scheduler = Scheduler(
             rt,
             self.executor,

@@ -143,8 +143,12 @@ class ExecutionPlan:
 class Planner:
     """Turns nodes into tasks. Keeps its node→tasks memo, so a session can plan incrementally."""
 
-    def __init__(self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None) -> None:
+    def __init__(
+        self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None, attempt_limits: Optional[Tuple[int, int]] = None
+    ) -> None:
         self.rt = runtime_ctx
+        # (CPUs, memory) one task may ask for: the executor's largest worker (default: this machine)
+        self._attempt_limits = attempt_limits
         self.parallelism = parallelism or (
             runtime_ctx.num_executors if runtime_ctx.num_executors > 0 else runtime_ctx.usable_cpu_count
         )
@@ -267,9 +271,9 @@ class Planner:
         return slim
 
     def _clamp_resources(self, task: Task) -> None:
-        if not hasattr(self, "_usable"):
-            self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
-        cpus, mem = self._usable
+        if self._attempt_limits is None:
+            self._attempt_limits = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
+        cpus, mem = self._attempt_limits
         # a node's own default (RangePartitionNode's 16 CPUs and 128 GB, as upstream) is a wish,
         # not a request the user made: clamped without a warning
         defaults = getattr(task.node, "_default_limits", ())

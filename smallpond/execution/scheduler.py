@@ -15,7 +15,8 @@ Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``me
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
 ``recomputed`` (done tasks whose output turned out unreadable and that were run again, once:
 :func:`recompute_producers`),
-``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
+``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved;
+the executor's offer is read every round and may change, e.g. when Ray nodes join or leave),
 ``resumed`` / ``executed`` (for the summary) and ``consumers`` (reverse edges).
 
 Speculation (:class:`Speculation`, Spark's knobs): a task still running long after most of its
@@ -198,12 +199,6 @@ def make_ready(state: SchedState, key: str) -> None:
         heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(task.id), key))
 
 
-def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
-    """The executor's capacity changed (workers joined or left): so does what is free."""
-    state.free_cpus += new.num_cpus - old.num_cpus
-    state.free_memory += new.memory - old.memory
-
-
 def reserve(
     state: SchedState, key: str, attempt: int, cpus: int, memory: int, since: float = 0.0, speculative: bool = False
 ) -> None:
@@ -291,6 +286,12 @@ def fail_attempt(
     state.attempts[key] = state.attempts.get(key, 0) + 1
     make_ready(state, key)
     return decision
+
+
+def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
+    """The executor's capacity changed (workers or nodes joined or left): what is free changes by as much."""
+    state.free_cpus += new.num_cpus - old.num_cpus
+    state.free_memory += new.memory - old.memory
 
 
 def recompute_producers(state: SchedState, consumer: str, producers: Iterable[str]) -> Set[str]:
@@ -466,15 +467,6 @@ class Scheduler:
             raise JobFailed(f"{len(errors)} task(s) failed; first: {errors[0]}", errors) from errors[0]
         return {k: st.done[k] for k in target_keys}
 
-    def _follow_capacity(self) -> None:
-        """Take in a change of the executor's capacity (workers that joined or left)."""
-        if self.executor is None:
-            return
-        cap = self.executor.capacity
-        if cap != self.capacity:
-            resize(self.state, self.capacity, cap)
-            self.capacity = cap
-
     def _stall_message(self, target_keys: List[str]) -> str:
         """Nothing running and nothing could start: say why instead of spinning silently."""
         st = self.state
@@ -485,6 +477,15 @@ class Scheduler:
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
             f"(free CPUs {st.free_cpus}, free memory {st.free_memory}; {detail or 'no task is ready'})"
         )
+
+    def _follow_capacity(self) -> None:
+        """Take in a change of the executor's capacity (executors or Ray nodes joined or left)."""
+        if self.executor is None:
+            return
+        cap = self.executor.capacity
+        if cap is not self.capacity and cap != self.capacity:
+            resize(self.state, self.capacity, cap)
+            self.capacity = cap
 
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
@@ -628,7 +629,7 @@ class Scheduler:
             terr,
             max_fail_count=self.max_fail_count,
             max_retry_count=self.max_retry_count,
-            memory_cap=self.capacity.memory,
+            memory_cap=self.executor.attempt_limits()[1] if self.executor else self.capacity.memory,
         )
         if decision is Decision.FAIL:
             # in the job log only: the job's summary shows the error to the user, once

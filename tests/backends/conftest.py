@@ -72,8 +72,11 @@ _cache: Dict[str, Backend] = {}
 
 @pytest.fixture(
     scope="session",
-    # backends other than the embedded one start executors or clusters: marked "backend"
-    params=[pytest.param(name, marks=() if name == "local" else pytest.mark.backend) for name in _available()],
+    # backends that start a cluster or executor processes carry a marker (-m "not ray", "not queue")
+    params=[
+        pytest.param(n, marks=[pytest.mark.ray] if n == "ray" else [pytest.mark.queue] if n.startswith("queue") else [])
+        for n in _available()
+    ],
 )
 def backend(request, tmp_path_factory) -> Backend:
     name = request.param

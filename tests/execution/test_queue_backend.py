@@ -46,7 +46,7 @@ FAST = QueueSettings(heartbeat=0.2, timeout=2.0, wait=30.0)
 
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="executors' workers die with them on Linux"),
-    pytest.mark.backend,
+    pytest.mark.queue,
 ]
 
 

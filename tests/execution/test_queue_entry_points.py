@@ -17,7 +17,7 @@ from tests.backends.backend_queue import alive
 from tests.datagen import generate_parquet_files
 from tests.execution.test_queue_backend import QUEUE_JOB, queue_env
 
-pytestmark = pytest.mark.backend
+pytestmark = pytest.mark.queue
 
 
 def test_executor_mode_needs_no_user_arguments():

@@ -14,7 +14,7 @@ from smallpond.common import GB, MB
 from smallpond.errors import Decision, InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.planner import Planner
-from smallpond.execution.scheduler import Scheduler, add_tasks, reserve
+from smallpond.execution.scheduler import SchedState, Scheduler, add_tasks, reserve, resize
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
@@ -171,6 +171,45 @@ def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files
     assert [os.path.basename(p).split(".")[1] for p in logs] == ["0", "1"]
     with open(logs[0]) as f:
         assert "Out of Memory" in f.read()
+
+
+class GrowingExecutor(ScriptedExecutor):
+    """A backend whose nodes join while the job runs: its capacity grows after the first submit.
+
+    Machines hold at most 3 GB each (``attempt_limits``), while the whole offers 8 GB and then 16 GB.
+    """
+
+    capacity = Capacity(2, 2, 8 * GB)
+
+    def attempt_limits(self):
+        return 2, 3 * GB
+
+    def submit(self, task, inputs, attempt, *, memory, queue=False) -> None:
+        super().submit(task, inputs, attempt, memory=memory, queue=queue)
+        self.capacity = Capacity(4, 4, 16 * GB)
+
+
+def test_resize_moves_what_is_free_by_the_change():
+    st = SchedState(free_cpus=1, free_memory=2 * GB)
+    resize(st, Capacity(2, 2, 8 * GB), Capacity(4, 6, 16 * GB))
+    assert (st.free_cpus, st.free_memory) == (5, 10 * GB)
+
+
+def test_the_scheduler_follows_a_changing_capacity(plan_tasks):
+    rt, exec_plan, _ = plan_tasks
+    executor = GrowingExecutor({})
+    scheduler = Scheduler(rt, executor)
+    scheduler.run([exec_plan.root_task], exec_plan.tasks)
+    assert scheduler.capacity == Capacity(4, 4, 16 * GB)
+    assert (scheduler.state.free_cpus, scheduler.state.free_memory) == (4, 16 * GB)
+
+
+def test_memory_boost_is_capped_by_the_largest_attempt_not_the_whole_cluster(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    exec_plan.tasks[a].memory_limit = 2 * GB
+    executor = GrowingExecutor({a: [OutOfMemory("oom"), OutOfMemory("oom")]})
+    Scheduler(rt, executor).run([exec_plan.root_task], exec_plan.tasks)
+    assert attempts_of(executor, a) == [(0, 2 * GB), (1, 3 * GB), (2, 3 * GB)]
 
 
 @pytest.fixture

@@ -107,24 +107,15 @@ class TaskEncoder:
         return key, True
 
     def encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
-        """(node key, pickled ``(task without its node, inputs, attempt, memory)``).
+        """(node key, :func:`encode_attempt`'s pickle of the attempt).
 
         Raises :class:`~smallpond.errors.TaskError` (not retryable) if it cannot be pickled.
         """
-        from smallpond.execution.attempt import _fast_pickle
-
-        node = task.node
         try:
-            key, _ = self.node_key(node)
-            task.node = None
-            try:
-                message = (task, inputs, attempt, memory)
-                body = _fast_pickle(message) or cloudpickle.dumps(message)
-            finally:
-                task.node = node
+            key, _ = self.node_key(task.node)
+            return key, encode_attempt(task, inputs, attempt, memory)
         except Exception as e:
-            raise pickle_error(task, attempt, e) from e
-        return key, body
+            raise _pickle_error(task, attempt, e) from e
 
 
 class LocalExecutor(Executor):
@@ -157,6 +148,7 @@ class LocalExecutor(Executor):
             max(self.num_workers, cpus or runtime_ctx.usable_cpu_count),
             memory or runtime_ctx.usable_memory_size,
         )
+        self._limits = (cpus or runtime_ctx.usable_cpu_count, memory or runtime_ctx.usable_memory_size)
         self._write_rt = rt_path is None
         self._rt_path = rt_path or os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
         self.workers: List[_Worker] = []
@@ -170,6 +162,9 @@ class LocalExecutor(Executor):
     @property
     def capacity(self) -> Capacity:
         return self._capacity
+
+    def attempt_limits(self) -> Tuple[int, int]:
+        return self._limits
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
@@ -224,8 +219,8 @@ class LocalExecutor(Executor):
             now = time.monotonic()
             w = next((w for w in self.workers if self._short(w, now)), None)
             if w is None:
-                # the window closed since queue_slots() was asked (a loaded machine): the short
-                # task ended (its worker is idle) or runs longer; the least busy worker takes it
+                # the worker that was short when the scheduler asked has passed the mark since
+                # (a loaded machine): queue behind the least busy one rather than fail the job
                 w = min(self.workers, key=lambda x: len(x.inflight))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
@@ -351,7 +346,23 @@ class LocalExecutor(Executor):
         self.workers = []
 
 
-def pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
+def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
+    """Pickle ``(task without its node, inputs, attempt, memory)``; nodes travel separately, once.
+
+    The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
+    """
+    from smallpond.execution.attempt import _fast_pickle
+
+    node = task.node
+    task.node = None
+    try:
+        message = (task, inputs, attempt, memory)
+        return _fast_pickle(message) or cloudpickle.dumps(message)
+    finally:
+        task.node = node
+
+
+def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
     """The TaskError for a task that cannot be sent to a worker: names the unpicklable function."""
     import inspect
 

@@ -424,6 +424,14 @@ class QueueExecutor(Executor):
         joined = self._joined()
         return Capacity(sum(m.workers for m in joined), sum(m.cpus for m in joined), sum(m.memory for m in joined))
 
+    def attempt_limits(self) -> Tuple[int, int]:
+        """The largest joined executor's CPUs and memory; before any joined, this machine's (an
+        executor given more than it has runs the attempt when it is otherwise idle)."""
+        joined = self._joined()
+        if not joined:
+            return self.rt.usable_cpu_count, self.rt.usable_memory_size
+        return max(m.cpus for m in joined), max(m.memory for m in joined)
+
     def free_slots(self) -> int:
         return max(0, self.capacity.num_workers - (len(self._outstanding) - len(self._queued)))
 
