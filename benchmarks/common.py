@@ -190,9 +190,11 @@ def run_plan(
     quiet: bool = True,
     backend: str = "local",
     ray_address: Optional[str] = None,
+    platform: Optional[str] = None,
     **rt_kwargs,
 ):
-    """Run a LogicalPlan on the embedded backend (or ``backend="ray"``); returns the ExecutionPlan."""
+    """Run a LogicalPlan on the embedded backend (or ``backend="ray"``, or on the queue backend with
+    executors ``platform`` starts); returns the ExecutionPlan."""
     from loguru import logger
 
     from smallpond.execution.job import make_executor, make_runtime_ctx, run_job
@@ -201,7 +203,11 @@ def run_plan(
         logger.remove()
         logger.add(sys.stderr, level="WARNING")
     rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)
-    executor = make_executor(rt, executors, backend=backend, ray_address=ray_address) if backend != "local" else None
+    executor = (
+        make_executor(rt, executors, backend=backend, ray_address=ray_address, platform=platform)
+        if backend != "local" or platform
+        else None
+    )
     return run_job(plan, rt, num_workers=executors, executor=executor)
 
 

@@ -62,13 +62,17 @@ def init(
             job with this id under ``data_root``, else now.
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
-        num_executors: worker processes (on Ray: attempts at once). Default: one per usable CPU
-            (on Ray: per CPU of the cluster).
+        num_executors: worker processes (on Ray: attempts at once; with ``platform``: executor
+            processes). Default: one per usable CPU (on Ray: per CPU of the cluster).
         ray_address: run every task on this Ray cluster instead of embedded: ``"host:port"``
             connects to a running cluster, ``"auto"`` to the one started on this machine with
             ``ray start``, ``"local"`` starts a private one for this session. Every node must
             see ``data_root`` at the same path. Needs ``pip install "smallpond[ray]"``.
             ``shutdown()`` disconnects (and stops a cluster it started).
+        platform: run on the queue backend, with executors started by this platform: ``"mpi"``
+            (mpirun), ``"base"`` (subprocesses), ``"manual"`` (by hand:
+            ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
+            Default: embedded (also ``"local"``).
 
     Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
     ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling

@@ -117,8 +117,6 @@ class Session:
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
         cfg = self._config
-        if cfg.platform not in (None, "", "base", "local"):
-            logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
         ignored = [
             n
             for n, used in (("bind_numa_node", cfg.bind_numa_node), ("memory_allocator", cfg.memory_allocator != "system"))
@@ -138,11 +136,14 @@ class Session:
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
         )
-        # with a Ray address every task runs on that Ray cluster; without one, embedded
+        # with a Ray address every task runs on that Ray cluster; with a platform, on the queue
+        # backend's executors; without either, embedded
         backend = "ray" if cfg.ray_address else "local"
         self._job = Job(
             rt,
-            executor=make_executor(rt, cfg.num_executors or None, backend=backend, ray_address=cfg.ray_address),
+            executor=make_executor(
+                rt, cfg.num_executors or None, backend=backend, ray_address=cfg.ray_address, platform=cfg.platform
+            ),
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=console_listeners(),

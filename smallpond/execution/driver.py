@@ -8,10 +8,23 @@ A script builds a LogicalPlan and hands it to ``Driver().run(plan)``::
     plan = build_plan(**driver.get_arguments())
     driver.run(plan)          # python script.py scheduler --job_id ... --data_root ...
 
-Modes: ``scheduler`` (default: plan and run the job with worker processes on this machine),
-``executor`` (accepted for compatibility; this design needs no separately started executors),
-``ray`` (the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
-``SP_RAY_ADDRESS``, else Ray's default; ``--ray_address`` selects Ray in ``scheduler`` mode too).
+Modes:
+
+* ``scheduler`` (default): plan and run the job. Without ``--platform`` or ``--ray_address`` it
+  runs embedded: worker processes of this process (``--num_executors`` of them, default one per
+  usable CPU). With ``--platform`` it runs on the queue backend
+  (:mod:`smallpond.execution.executors.queue`): ``--platform mpi`` starts ``--num_executors``
+  executor processes through ``mpirun``, ``--platform base`` as plain subprocesses,
+  ``--platform manual`` starts none (they are started by hand); ``--platform local`` is the
+  embedded backend. ``--ray_address`` selects Ray (as the ``ray`` mode does).
+* ``executor``: serve the job given by ``--job_id`` and ``--data_root`` (and ``--job_time``, if
+  several runs share the id) as one executor of the queue backend, on any host that sees the
+  data root, until the job ends; exit 0. User arguments are not required in this mode, and the
+  executor starts as soon as the script asks for its arguments (``get_arguments``) or calls
+  ``run``: the script's plan is not built (the scheduler sends the tasks).
+* ``ray``: the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
+  ``SP_RAY_ADDRESS``, else Ray's default.
+
 The process exits 0 on success and non-zero (70, EX_SOFTWARE) on failure. Rerunning with the
 same ``--job_id`` and ``--data_root`` resumes the job: committed tasks are not run again.
 """
@@ -87,7 +100,12 @@ class Driver:
         p.add_argument("--python_venv", default=None)
         p.add_argument("--data_root", default=None, help="root directory of job data (default ~/.smallpond/data)")
         p.add_argument("--runtime_ctx_path", default=None)
-        p.add_argument("--num_executors", type=int, default=0, help="worker processes (0: one per usable CPU)")
+        p.add_argument(
+            "--num_executors",
+            type=int,
+            default=0,
+            help="worker processes, or executors a --platform starts (0: one per usable CPU)",
+        )
         p.add_argument("--num_executors_per_task", type=int, default=5)
         p.add_argument("--random_seed", type=int, default=None)
         p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
@@ -138,7 +156,11 @@ class Driver:
             help="start the job over: an existing folder of this job is moved aside to {folder}.restarted-{time} "
             "(the way out when it cannot be resumed, e.g. its config/secret was lost)",
         )
-        p.add_argument("--platform", default=None)
+        p.add_argument(
+            "--platform",
+            default=None,
+            help="run on the queue backend, executors started by: mpi, base (subprocesses), manual (by hand)",
+        )
         p.add_argument(
             "--ray_address",
             default=None,
@@ -155,10 +177,24 @@ class Driver:
         self.driver_parser.add_argument(*args, **kwargs)
 
     def parse_arguments(self, args: Optional[List[str]] = None) -> Tuple[argparse.Namespace, argparse.Namespace]:
+        self._from_command_line = args is None
         args = sys.argv[1:] if args is None else list(args)
         self._argv = args
-        ns = self.driver_parser.parse_args(args)
         user_dests = {a.dest for a in self.user_parser._actions}
+        # an executor needs no user argument (it gets its tasks from the scheduler): required
+        # user arguments are checked only in the other modes
+        required = [a for a in self.driver_parser._actions if a.required and a.dest in user_dests]
+        for a in required:
+            a.required = False
+        try:
+            ns = self.driver_parser.parse_args(args)
+        finally:
+            for a in required:
+                a.required = True
+        missing = [a for a in required if getattr(ns, a.dest, None) is None]
+        if missing and ns.mode != "executor":
+            names = ", ".join("/".join(a.option_strings) or a.dest for a in missing)
+            self.driver_parser.error(f"the following arguments are required: {names}")
         self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
         # a user argument that reuses a driver option's name replaces it (conflict_handler
         # "resolve"); the driver then runs with that option's default
@@ -175,6 +211,10 @@ class Driver:
 
     def get_user_arguments(self, to_dict: bool = True):
         self._ensure_parsed()
+        if self.driver_args.mode == "executor" and getattr(self, "_from_command_line", False):
+            # the script's own command line made this process an executor: serve now, before
+            # the script builds a plan from arguments an executor is not given
+            self._exit(self._run_executor())
         return dict(vars(self.user_args)) if to_dict else self.user_args
 
     get_arguments = get_user_arguments
@@ -241,12 +281,11 @@ class Driver:
             logger.warning("Driver.run(tags=...) has no effect in this build and is ignored")
         try:
             if a.mode == "executor":
-                print(
-                    "smallpond: 'executor' mode is not needed: the scheduler starts its own worker processes",
-                    file=sys.stderr,
-                )
                 result = None
-                ok = True
+                code = self._run_executor()
+                ok = code == EX_OK
+                if stop_process_on_done:
+                    self._exit(code)
             elif a.mode == "ray" or a.ray_address:
                 result = self._run_ray(plan)
                 ok = result is not None
@@ -257,10 +296,27 @@ class Driver:
             logger.error("job failed: {}", e)
             result, ok = None, False
         if stop_process_on_done:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            sys.exit(EX_OK if ok else EX_SOFTWARE)
+            self._exit(EX_OK if ok else EX_SOFTWARE)
         return result
+
+    @staticmethod
+    def _exit(code: int) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        sys.exit(code)
+
+    def _run_executor(self) -> int:
+        """Serve the job as one executor of the queue backend; the exit status (0: the job ended)."""
+        from smallpond.execution.executors.queue_process import run_executor
+
+        a = self.driver_args
+        return run_executor(
+            a.job_id,
+            a.data_root,
+            a.job_time,
+            exec_id=a.exec_id,
+            console_log_level=a.console_log_level,
+        )
 
     def _runtime_ctx(self):
         from smallpond.execution.job import make_runtime_ctx
@@ -299,7 +355,7 @@ class Driver:
         rt = self._runtime_ctx()
         job = Job(
             rt,
-            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address),
+            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address, platform=a.platform),
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",

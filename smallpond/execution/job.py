@@ -83,14 +83,39 @@ def cleanup_temp_dirs(rt: RuntimeContext) -> None:
                     remove_path(os.path.join(sub, entry))
 
 
+#: platform names that mean the embedded backend (worker processes of this process)
+EMBEDDED_PLATFORMS = (None, "", "local")
+
+
 def make_executor(
-    rt: RuntimeContext, num_workers: Optional[int] = None, *, backend: str = "local", ray_address: Optional[str] = None
+    rt: RuntimeContext,
+    num_workers: Optional[int] = None,
+    *,
+    backend: str = "local",
+    ray_address: Optional[str] = None,
+    platform=None,
 ) -> Executor:
-    """The backend for a job: ``"local"`` (worker processes on this machine, the default) or ``"ray"``.
+    """The backend for a job; the one place that picks it.
+
+    * ``backend="ray"``: every attempt a Ray task on the cluster at ``ray_address``;
+    * a ``platform`` (``"mpi"``, ``"base"``, ``"manual"``, a module name or a
+      :class:`~smallpond.platform.Platform`; not ``"local"``): the queue backend, whose executors
+      that platform starts (``num_workers`` of them, default one per usable CPU; none for
+      ``"manual"``: they are started by hand);
+    * else the embedded backend: ``num_workers`` worker processes of this process.
 
     ``num_workers`` caps the attempts run at once (default: one per CPU, of this machine or of the
     Ray cluster). Ray is imported only here, only when asked for.
     """
+    if platform not in EMBEDDED_PLATFORMS:
+        if backend == "ray":
+            raise ParameterError(
+                f"platform={platform!r} (the queue backend) and the Ray backend (ray_address={ray_address!r}) "
+                "were both asked for; give one"
+            )
+        from smallpond.execution.executors.queue import QueueExecutor
+
+        return QueueExecutor(rt, platform=platform, num_executors=num_workers or 0)
     if backend == "ray":
         try:
             from smallpond.execution.executors.ray import RayExecutor

@@ -289,7 +289,7 @@ def fail_attempt(
 
 
 def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
-    """The executor's capacity changed (nodes joined or left): what is free changes by as much."""
+    """The executor's capacity changed (workers or nodes joined or left): what is free changes by as much."""
     state.free_cpus += new.num_cpus - old.num_cpus
     state.free_memory += new.memory - old.memory
 
@@ -448,6 +448,11 @@ class Scheduler:
                 if st.running:
                     for c in self._poll(0.0 if progressed else 0.5):
                         self._on_completion(c)
+                elif not progressed and self.executor is not None and self.capacity.num_workers == 0:
+                    # no worker yet (they are joining): wait; a backend whose workers cannot
+                    # come raises from poll
+                    for c in self._poll(0.5):
+                        self._on_completion(c)
                 elif not progressed:
                     raise RuntimeError(self._stall_message(target_keys))
                 self._emit("on_tick", st, time.time() - start)
@@ -474,7 +479,7 @@ class Scheduler:
         )
 
     def _follow_capacity(self) -> None:
-        """Take in a change of the executor's capacity (a Ray node joined or left)."""
+        """Take in a change of the executor's capacity (executors or Ray nodes joined or left)."""
         if self.executor is None:
             return
         cap = self.executor.capacity
@@ -531,6 +536,9 @@ class Scheduler:
                         continue
                     self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
+            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing can start
+                deferred.append(item)
+                break
             mem = self.effective_memory(task)
             fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
             idle = self.executor.free_slots()

@@ -30,9 +30,12 @@ Rules every backend keeps:
   ``attempt_limits()`` is the most one attempt can get (one machine's CPUs and memory): the
   planner clamps tasks to it, and the scheduler never raises an attempt's memory above it. A
   backend whose machines changed since planning clamps what it is given again, with a warning.
-* **Capacity may change.** Workers or nodes may join or leave while a job runs (a Ray cluster);
-  ``capacity`` then returns a new value, and the scheduler reads it every round. A backend whose
-  capacity never changes returns the same object every time.
+* **Capacity may change.** Workers or nodes may join or leave while a job runs (a Ray cluster,
+  queue executors started by hand, a lost executor); ``capacity`` then returns a new value, and
+  the scheduler reads it every round (it must be cheap). A backend whose capacity never changes
+  returns the same object every time. It may be zero workers at first: the scheduler then waits
+  in ``poll``, and a backend whose workers can no longer come raises from ``poll`` with the
+  reason instead of leaving the scheduler waiting.
 * **Serialization errors are the caller's.** If a task cannot be sent (an unpicklable user
   function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
@@ -90,7 +93,7 @@ class Executor:
 
     @property
     def capacity(self) -> Capacity:
-        """The CPUs, memory and workers this backend offers (may grow while workers join)."""
+        """The CPUs, memory and workers this backend offers now (changes as workers join or leave)."""
         raise NotImplementedError
 
     # upstream-style shorthands, derived from the capacity
