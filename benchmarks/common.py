@@ -181,8 +181,20 @@ def sql_list(paths: List[str]) -> str:
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
-def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = None, quiet: bool = True, **rt_kwargs):
-    """Run a LogicalPlan on the embedded backend; returns the ExecutionPlan.
+def run_plan(
+    plan,
+    data_root: str,
+    executors: int,
+    *,
+    job_id: Optional[str] = None,
+    quiet: bool = True,
+    backend: str = "local",
+    ray_address: Optional[str] = None,
+    platform: Optional[str] = None,
+    **rt_kwargs,
+):
+    """Run a LogicalPlan on the embedded backend (or ``backend="ray"``, or on the queue backend with
+    executors ``platform`` starts); returns the ExecutionPlan.
 
     The task cache is on, as by default, but each run gets an empty one of its own inside its job
     folder (unless ``task_cache`` is given, or ``SP_TASK_CACHE=off``): repeats never reuse each
@@ -190,7 +202,7 @@ def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = No
     """
     from loguru import logger
 
-    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.execution.job import make_executor, make_runtime_ctx, run_job
 
     if quiet:
         logger.remove()
@@ -201,7 +213,12 @@ def run_plan(plan, data_root: str, executors: int, *, job_id: Optional[str] = No
     rt = make_runtime_ctx(job_id or str(uuid.uuid4()), None, data_root, console_log_level="WARNING", **rt_kwargs)
     if own_cache:
         rt.task_cache = os.path.join(rt.job_root, "task_cache")
-    return run_job(plan, rt, num_workers=executors)
+    executor = (
+        make_executor(rt, executors, backend=backend, ray_address=ray_address, platform=platform)
+        if backend != "local" or platform
+        else None
+    )
+    return run_job(plan, rt, num_workers=executors, executor=executor)
 
 
 def job_root_of(exec_plan) -> str:

@@ -1,4 +1,5 @@
-"""Per-task overhead and start-up time of the embedded backend.
+"""Per-task overhead and start-up time of the embedded backend (and the Ray backend's overhead, and
+the queue backend's, whose executors ``--platform`` starts: ``base`` subprocesses or ``mpi``).
 
 1. Throughput: N tiny tasks, the N one-row partitions of a tiny Parquet file
    (``DataSetPartitionNode(N, partition_by_rows=True)``), each run by a ``PythonScriptNode`` that
@@ -11,11 +12,20 @@
    result of a one-task job (``SqlEngineNode("select count(*) from {0}")`` → Arrow table); DuckDB:
    from ``import duckdb`` to the same count.
 
+With ``--backend ray`` the same jobs run as Ray tasks: on a private Ray instance of
+``--executors`` CPUs started once before the timed runs (``--ray-address local``, the default), or
+on a running cluster (``--ray-address host:port``). The benchmark process stays connected for all
+repeats, as a long-lived driver would, so from the second repeat on the Ray worker processes
+are warm; every timed run still includes its data-root check on every node. Start-up is not
+measured on Ray (it is the embedded default's figure: booting a Ray instance takes seconds).
+
 Validation: the job's output holds exactly one result per task, carrying the task's row.
 
 Run::
 
     python -m benchmarks.overhead --tasks 2000 --repeat 3
+    python -m benchmarks.overhead --tasks 2000 --repeat 3 --backend ray
+    python -m benchmarks.overhead --tasks 2000 --repeat 3 --platform mpi   # the queue backend
 """
 
 from __future__ import annotations
@@ -121,14 +131,16 @@ _FIRST_RESULT_SMALLPOND = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import smallpond
-from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.job import make_executor, make_runtime_ctx, run_job
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
 ctx = Context()
 node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([sys.argv[1]], root_dir=None)),), "select count(*) as n from {0}")
 rt = make_runtime_ctx(None, None, sys.argv[2], console_log_level="WARNING")
 rt.task_cache = rt.job_root + "/task_cache"  # on, as by default, but empty: repeats never reuse
-result = run_job(LogicalPlan(ctx, node), rt, num_workers=int(sys.argv[3])).final_output.to_arrow_table()
+platform = sys.argv[4] or None
+executor = make_executor(rt, int(sys.argv[3]), platform=platform) if platform else None
+result = run_job(LogicalPlan(ctx, node), rt, num_workers=int(sys.argv[3]), executor=executor).final_output.to_arrow_table()
 n = result.column("n")[0].as_py()
 print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root}))
 """
@@ -152,26 +164,57 @@ def first_result_seconds(code: str, *args: str) -> Dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def connect_ray(address: str, cpus: int) -> str:
+    """Connect this process to Ray once for all repeats; ``local`` starts a private instance of ``cpus`` CPUs."""
+    import ray
+
+    if address == "local":
+        ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+        return f"a private local instance, {cpus} CPUs"
+    ray.init(address=address, log_to_driver=False)
+    return f"the cluster at {address}, {int(ray.cluster_resources().get('CPU', 0))} CPUs"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", "--tasks", type=common.parse_count, default=2000, help="tiny tasks (default 2000)")
     p.add_argument("--kind", choices=("python", "sql"), default="python", help="what each tiny task runs (default python)")
     p.add_argument("--skip-startup", action="store_true", help="skip the import-to-first-result measurement")
+    p.add_argument("--backend", choices=("local", "ray"), default="local", help="where tasks run (default local)")
+    p.add_argument("--ray-address", default="local", help="with --backend ray: a cluster, or local (default) for a private one")
+    p.add_argument(
+        "--platform",
+        choices=("base", "mpi"),
+        default=None,
+        help="run on the queue backend, --executors executors started by this platform (default: embedded)",
+    )
     common.add_common_arguments(p)
     args = p.parse_args(argv)
+    if args.backend == "ray":
+        args.skip_startup = True
+        ray_where = connect_ray(args.ray_address, args.executors)
 
     data_dir = os.path.abspath(args.data_dir)
     os.makedirs(data_dir, exist_ok=True)
     jobs = os.path.join(data_dir, "jobs")
     input_path = make_input(data_dir, args.tasks)
+    if args.platform and args.backend == "ray":
+        p.error("--platform (the queue backend) and --backend ray select different backends; give one")
+    where = f"ray ({ray_where})" if args.backend == "ray" else f"queue backend ({args.platform})" if args.platform else "embedded"
     common.print_header(
-        "overhead", {"tiny tasks": f"{args.tasks:,} ({args.kind})", "executors": args.executors, "machine": common.machine()}
+        "overhead",
+        {
+            "tiny tasks": f"{args.tasks:,} ({args.kind})",
+            "executors": args.executors,
+            "backend": where,
+            "machine": common.machine(),
+        },
     )
     timings = common.Timings()
     leftovers = common.Leftovers(args.keep)
     for rep in range(args.repeat):
         plan = overhead_plan(input_path, args.tasks, args.kind)
-        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
+        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors, backend=args.backend, platform=args.platform)
         timings.add("smallpond", secs)
         if args.validate:
             validate_outputs(exec_plan, args.tasks, args.kind)
@@ -187,7 +230,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             flush=True,
         )
         if not args.skip_startup:
-            sp = first_result_seconds(_FIRST_RESULT_SMALLPOND, input_path, jobs, str(args.executors))
+            sp = first_result_seconds(_FIRST_RESULT_SMALLPOND, input_path, jobs, str(args.executors), args.platform or "")
             if sp["rows"] != args.tasks:
                 raise ValidationError(f"first result counted {sp['rows']} rows, expected {args.tasks}")
             leftovers.add(sp["job_root"])
@@ -212,14 +255,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.append_results:
         common.append_results(
             "overhead",
-            f"{args.tasks:,} tiny {args.kind} tasks, {args.executors} executors",
+            f"{args.tasks:,} tiny {args.kind} tasks, {args.executors} executors"
+            + (f", Ray backend ({ray_where})" if args.backend == "ray" else f", {where}" if args.platform else ""),
             f"{args.tasks / sp:.0f} tasks/s ({sp:.2f} s)",
             f"{args.tasks / dd:.0f} statements/s ({dd:.2f} s)",
             f"{sp / dd:.2f}",
         )
         if not args.skip_startup:
             common.append_results(
-                "startup", "import to first result of a 1-task job", f"{ssp:.2f} s", f"{sdd:.2f} s", f"{ssp / sdd:.1f}"
+                "startup",
+                "import to first result of a 1-task job" + (f", {where}" if args.platform else ""),
+                f"{ssp:.2f} s",
+                f"{sdd:.2f} s",
+                f"{ssp / sdd:.1f}",
             )
     return 0
 

@@ -65,7 +65,17 @@ def init(
             job with this id under ``data_root``, else now.
         job_name: a label for logs.
         data_root: where job directories live. Default ``~/.smallpond/data``.
-        num_executors: worker processes. Default: one per usable CPU.
+        num_executors: worker processes (on Ray: attempts at once; with ``platform``: executor
+            processes). Default: one per usable CPU (on Ray: per CPU of the cluster).
+        ray_address: run every task on this Ray cluster instead of embedded: ``"host:port"``
+            connects to a running cluster, ``"auto"`` to the one started on this machine with
+            ``ray start``, ``"local"`` starts a private one for this session. Every node must
+            see ``data_root`` at the same path. Needs ``pip install "smallpond[ray]"``.
+            ``shutdown()`` disconnects (and stops a cluster it started).
+        platform: run on the queue backend, with executors started by this platform: ``"mpi"``
+            (mpirun), ``"base"`` (subprocesses), ``"manual"`` (by hand:
+            ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
+            Default: embedded (also ``"local"``).
         random_seed: the seed of every random number the job's tasks draw (``random()`` in SQL,
             random shuffles, ``task.python_random_gen``); ``SP_RANDOM_SEED``. Default: a constant,
             so the same plan on the same inputs gives the same bytes in every run; pass another
@@ -80,7 +90,14 @@ def init(
     tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
     ``max_fail_count`` and ``console_log_level`` as for the Driver; ``task_cache_max_bytes``
     (``SP_TASK_CACHE_MAX_BYTES``) bounds the task cache when the session ends (least recently
-    used entries go first; see :func:`smallpond.execution.cache.clean`).
+    used entries go first; see :func:`smallpond.execution.cache.clean`). ``restart=True`` starts the
+    job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}``
+    (never deleted), the way out when it cannot be resumed (e.g. its ``config/secret`` was lost);
+    use it for one run, not permanently.
+
+    Example::
+
+        sp = smallpond.init(ray_address="10.0.0.5:6379", data_root="/shared/smallpond")
     """
     from smallpond.session import Session
 

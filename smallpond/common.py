@@ -105,6 +105,15 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def loguru_file_path(path: str) -> str:
+    """``path`` for a loguru file sink, which formats it (``{time}``): braces are kept literal.
+
+    >>> loguru_file_path("/data/{0}/job.log")
+    '/data/{{0}}/job.log'
+    """
+    return str(path).replace("{", "{{").replace("}", "}}")
+
+
 def human_bytes(n: float) -> str:
     """A byte count with a binary unit.
 

@@ -198,7 +198,11 @@ class DataFrame:
         return self._new(node, "random_shuffle")
 
     def partial_sort(self, by: Union[str, List[str]], **kwargs) -> "DataFrame":
-        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed)."""
+        """Sort each partition by ``by`` (items like ``"b desc"`` are allowed).
+
+        Items are SQL, written by the caller: a column whose name is not a plain identifier must be
+        quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
+        """
         cols = [by] if isinstance(by, str) else list(by)
         if not cols:
             raise ParameterError("partial_sort needs at least one column")
@@ -379,15 +383,27 @@ class DataFrame:
         """The whole result as one ``pandas.DataFrame`` with a fresh index."""
         return self.to_arrow().to_pandas()
 
-    def write_parquet(self, path: str) -> None:
-        """Write the result as Parquet files into directory ``path`` (published all at once)."""
-        self.write_parquet_lazy(path).compute()
+    def write_parquet(self, path: str, mode: str = "overwrite") -> None:
+        """Write the result as Parquet files into directory ``path`` (published all at once).
 
-    def write_parquet_lazy(self, path: str) -> "DataFrame":
+        ``mode`` says what happens when ``path`` has content (Spark's names):
+
+        * ``"overwrite"`` (default): an earlier smallpond result there (the files its
+          ``.MANIFEST.txt`` lists) is replaced. A folder holding other files is refused before
+          anything runs, naming them: a file smallpond did not write is never deleted;
+        * ``"append"``: the new files are added under names that cannot collide;
+        * ``"error"`` / ``"errorifexists"``: a folder that is not empty is refused;
+        * ``"ignore"``: a folder that is not empty is left as it is, and nothing is computed.
+
+        A ``path`` that overlaps an input of the job is refused too.
+        """
+        self.write_parquet_lazy(path, mode).compute()
+
+    def write_parquet_lazy(self, path: str, mode: str = "overwrite") -> "DataFrame":
         """Like :meth:`write_parquet` but lazy: returns the DataFrame of the written files."""
         if not isinstance(path, str) or not path:
             raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
-        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy")
+        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy", mode=mode)
         return self._new(node, "write_parquet")
 
     def explain(self, dry_run: bool = False) -> str:

@@ -47,7 +47,11 @@ class NonzeroExitCode(SmallpondError):
 
 
 class WorkerLost(SmallpondError):
-    """The worker process running a task died (killed, crashed, ``os._exit``)."""
+    """The worker process running a task died (killed, crashed, ``os._exit``), or its machine did."""
+
+
+class ClusterError(SmallpondError):
+    """The cluster cannot run the job: no node to run tasks on, or a node that cannot see the data root."""
 
 
 class UserCodeError(SmallpondError):
@@ -79,6 +83,7 @@ class TaskError(SmallpondError, RuntimeError):
         cause_type: str = "",
         details: str = "",
         decision: Optional["Decision"] = None,
+        corrupt_inputs: Optional[List[str]] = None,
     ):
         self.message = message
         self.node = node
@@ -92,6 +97,9 @@ class TaskError(SmallpondError, RuntimeError):
         self.cause_type = cause_type
         #: the formatted traceback of the original exception (also in the task's log file)
         self.details = details
+        #: input files written by earlier tasks of the job that turned out unreadable: the
+        #: scheduler recomputes the tasks that wrote them (once) instead of failing this one
+        self.corrupt_inputs: List[str] = list(corrupt_inputs or [])
         super().__init__(self._render())
 
     @property
@@ -124,12 +132,24 @@ class TaskError(SmallpondError, RuntimeError):
                 self.cause_type,
                 self.details,
                 self.decision.value,
+                self.corrupt_inputs,
             ),
         )
 
 
 def _rebuild_task_error(
-    message, node, location, task_key, attempt, sql, input_files, retryable, cause_type, details="", decision=None
+    message,
+    node,
+    location,
+    task_key,
+    attempt,
+    sql,
+    input_files,
+    retryable,
+    cause_type,
+    details="",
+    decision=None,
+    corrupt_inputs=None,
 ):
     return TaskError(
         message,
@@ -143,7 +163,21 @@ def _rebuild_task_error(
         cause_type=cause_type,
         details=details,
         decision=decision,
+        corrupt_inputs=corrupt_inputs,
     )
+
+
+class JobTerminated(SystemExit):
+    """The job's process received SIGTERM: the job stops as on Ctrl-C (workers stopped, status
+    ``interrupted``) and can be resumed by running the same command again.
+
+    A ``SystemExit`` (exit status ``128 + signal``), so ``except Exception`` in a script does not
+    swallow it and an uncaught one ends the script without a traceback.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(128 + signum)
+        self.signum = signum
 
 
 class JobFailed(SmallpondError):

@@ -45,6 +45,7 @@ class Config:
     fault_inject_prob: float = 0.0
     max_retry_count: int = 5
     max_fail_count: int = 3
+    restart: bool = False
     speculative_exec: object = "disable"
     random_seed: Optional[int] = None
     task_cache: Optional[str] = None
@@ -66,6 +67,7 @@ class Config:
         fault_inject_prob=None,
         max_retry_count=None,
         max_fail_count=None,
+        restart=False,
         speculative_exec=None,
         random_seed=None,
         task_cache=None,
@@ -112,6 +114,7 @@ class Config:
             fault_inject_prob=float(pick(fault_inject_prob, "SP_FAULT_INJECT_PROB", 0.0, float)),
             max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
             max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
+            restart=bool(restart),
             speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
@@ -123,16 +126,12 @@ class Session:
     """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
     def __init__(self, **kwargs) -> None:
-        from smallpond.execution.job import Job, make_runtime_ctx
+        from smallpond.execution.job import Job, make_executor, make_runtime_ctx
         from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
         cfg = self._config
-        if cfg.ray_address:
-            logger.warning("ray_address={} given, but this build runs embedded only; running on this machine", cfg.ray_address)
-        if cfg.platform not in (None, "", "base", "local"):
-            logger.warning("platform={!r} is not supported by the embedded backend; running on this machine", cfg.platform)
         ignored = [
             n
             for n, used in (("bind_numa_node", cfg.bind_numa_node), ("memory_allocator", cfg.memory_allocator != "system"))
@@ -154,13 +153,19 @@ class Session:
             random_seed=cfg.random_seed,
             task_cache=cfg.task_cache or False,
         )
+        # with a Ray address every task runs on that Ray cluster; with a platform, on the queue
+        # backend's executors; without either, embedded
+        backend = "ray" if cfg.ray_address else "local"
         self._job = Job(
             rt,
-            num_workers=cfg.num_executors or None,
+            executor=make_executor(
+                rt, cfg.num_executors or None, backend=backend, ray_address=cfg.ray_address, platform=cfg.platform
+            ),
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
             listeners=console_listeners(),
             name=cfg.job_name,
+            restart=cfg.restart,
             speculation=Speculation.of(cfg.speculative_exec),
             task_cache_max_bytes=cfg.task_cache_max_bytes,
         )

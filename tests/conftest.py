@@ -51,3 +51,12 @@ def log_messages():
     sink_id = logger.add(lambda m: messages.append(str(m)), level="WARNING")
     yield messages
     logger.remove(sink_id)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the Ray test cluster if a test started one (tests/ray_cluster.py)."""
+    import sys
+
+    module = sys.modules.get("tests.ray_cluster")
+    if module is not None:
+        module.stop_cluster()

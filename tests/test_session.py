@@ -130,3 +130,10 @@ def test_settings_without_effect_are_warned_about(tmp_path, log_messages):
     sp.shutdown()
     warned = [m for m in log_messages if "no effect" in m]
     assert len(warned) == 1 and "bind_numa_node, memory_allocator" in warned[0]
+
+
+def test_ray_address_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what an interpreter without Ray does at `import ray`
+    monkeypatch.delitem(sys.modules, "smallpond.execution.executors.ray", raising=False)
+    with pytest.raises(ParameterError, match=r"Ray is not installed: pip install \"smallpond\[ray\]\""):
+        smallpond.init(data_root=str(tmp_path), ray_address="10.0.0.5:6379")

@@ -9,7 +9,6 @@ either a committed task or garbage in a ``*.tmp-*`` directory that is ignored an
 from __future__ import annotations
 
 import copy
-import hmac
 import os
 import pickle
 import re
@@ -23,7 +22,8 @@ from typing import List, Optional
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
-from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, load, remove_path
+from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, verified_payload
+from smallpond.io.paths import release_file_aliases
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 
@@ -37,9 +37,25 @@ def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
         import cloudpickle
 
         payload = cloudpickle.dumps(record)
-    # the format of io.filesystem.dump, without cloudpickle's per-object hooks and Python-level
-    # HMAC objects when plain pickle will do (together ~0.2 ms, as much as a tiny task's own work)
-    return _SIG_MAGIC + hmac.digest(rt.secret, payload, "sha256") + payload
+    # the format of io.filesystem.dump, without cloudpickle's per-object hooks when plain pickle
+    # will do (~0.2 ms, as much as a tiny task's own work)
+    return signed_bytes(payload, rt.secret)
+
+
+def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> bytes:
+    """The signed bytes of the task's commit record (a publication writes sinks' records itself)."""
+    return _signed_record(rt, _record(task, dataset, attempt, elapsed, **extra))
+
+
+def _record(task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> dict:
+    return {
+        "key": task.key,
+        "fingerprint": task.fingerprint,
+        "dataset": dataset,
+        "attempt": attempt,
+        "elapsed": elapsed,
+        **extra,
+    }
 
 
 def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
@@ -48,17 +64,10 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
     The record is published with ``link()``, which fails if a record exists: of two attempts of
     one task running at once (a speculative copy, an executor of an earlier scheduler), the first
     to commit wins. Returns None when this attempt's record is now the task's, else the winning
-    record. A record left by an earlier plan (another fingerprint), or one whose outputs are gone,
-    is replaced.
+    record. A record left by an earlier plan (another fingerprint), one whose outputs are gone,
+    or a torn one, is replaced.
     """
-    record = {
-        "key": task.key,
-        "fingerprint": task.fingerprint,
-        "dataset": dataset,
-        "attempt": attempt,
-        "elapsed": elapsed,
-        **extra,
-    }
+    record = _record(task, dataset, attempt, elapsed, **extra)
     path = commit_path(rt, task.key)
     tmp = f"{path}.tmp-{_unique_suffix()}"
     with open(tmp, "wb") as f:
@@ -117,13 +126,36 @@ def remove_orphan_outputs(rt: RuntimeContext) -> int:
     return removed
 
 
-def _load_record(rt: RuntimeContext, path: str) -> Optional[dict]:
+def _load_record(rt: RuntimeContext, path: str, task_key: Optional[str] = None) -> Optional[dict]:
+    """The commit record at ``path``, or None if it is absent, torn or damaged, or not loadable here.
+
+    A torn or damaged record (a crash or a full disk while it was written: empty, truncated, not a
+    record) counts as absent, with a warning. A record that is intact but not signed with this
+    job's secret was planted or altered: :class:`~smallpond.io.filesystem.SignatureError`, naming
+    the file; nothing is loaded.
+    """
+    from smallpond.common import logger
+
+    again = f": {task_key} runs again" if task_key else ""
     try:
-        return load(path, secret=rt.secret)
-    except SignatureError:
-        raise
-    except Exception:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        logger.warning("commit record {} cannot be read ({}){}", path, e, again)
+        return None
+    try:
+        payload = verified_payload(data, rt.secret, path)
+    except CorruptRecord as e:
+        logger.warning("{}: it counts as absent{}", e, again)
+        return None
+    try:
+        record = pickle.loads(payload)
+    except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
+        logger.warning("commit record {} cannot be loaded ({}: {}){}", path, type(e).__name__, e, again)
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _fast_pickle(obj) -> Optional[bytes]:
@@ -138,14 +170,12 @@ def _fast_pickle(obj) -> Optional[bytes]:
 
 
 def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
-    """The task's commit record if it exists and matches the task's fingerprint."""
-    path = commit_path(rt, task.key)
-    if not os.path.exists(path):
-        return None
-    record = _load_record(rt, path)
-    if record is None:
-        return None  # unreadable: recompute
-    if record.get("fingerprint") != task.fingerprint:
+    """The task's commit record if it exists, is intact and matches the task's fingerprint.
+
+    A torn record counts as absent (the task runs again); a forged one raises (see :func:`_load_record`).
+    """
+    record = _load_record(rt, commit_path(rt, task.key), task.key)
+    if record is None or record.get("fingerprint") != task.fingerprint:
         return None
     if not _outputs_exist(record["dataset"]):
         return None
@@ -212,6 +242,56 @@ def _input_files(inputs: List[DataSet]) -> List[str]:
         if len(out) >= 10:
             break
     return out
+
+
+def producer_key_of(rt: RuntimeContext, path: str) -> Optional[str]:
+    """The key of the task that wrote ``path``, if it is a task output in the job folder.
+
+    Task outputs live in ``{staging|output}/{name}/{task key}.{attempt}.{token}/...``
+    (:attr:`Task.final_output_abspath` and the attempt's token).
+    """
+    for root in (rt.staging_root, rt.output_root):
+        if path.startswith(root + os.sep):
+            parts = path[len(root) + 1 :].split(os.sep)
+            if len(parts) <= 2:
+                return None
+            m = _ATTEMPT_DIR.fullmatch(parts[1])  # each attempt writes {key}.{attempt}.{token}
+            return m.group("key") if m else parts[1]
+    return None
+
+
+def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: BaseException, limit: int = 10_000) -> List[str]:
+    """Input files written by earlier tasks of this job that cannot be read (after a failure).
+
+    Every such Parquet input's footer is read; a file the error message names is read whole
+    (damaged pages leave the footer intact). Only called when an attempt failed, so the reads cost
+    nothing on success.
+    """
+    import pyarrow.parquet as pq
+
+    text = str(exc)
+    bad: List[str] = []
+    seen = 0
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            try:
+                paths = d.resolved_paths
+            except Exception:
+                continue
+            for p in paths:
+                if seen >= limit:
+                    return bad
+                if not p.endswith(".parquet") or producer_key_of(rt, p) is None:
+                    continue
+                seen += 1
+                try:
+                    if p in text:
+                        pq.ParquetFile(p).read()
+                    else:
+                        pq.read_metadata(p)
+                except Exception:
+                    bad.append(p)
+    return bad
 
 
 def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[DataSet]) -> TaskError:
@@ -350,7 +430,9 @@ def execute_attempt(
         sink.begin(log_path)
     else:  # not in a worker (e.g. the scheduler running tasks itself): a sink for this attempt
         os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        sink_id = logger.add(log_path, level=rt.file_log_level, enqueue=False)
+        from smallpond.common import loguru_file_path
+
+        sink_id = logger.add(loguru_file_path(log_path), level=rt.file_log_level, enqueue=False)
     start = time.time()
     cpu_start = time.process_time()
     tmp = None
@@ -374,6 +456,7 @@ def execute_attempt(
             task.inject_fault()
             os.rename(tmp, final)
             tmp = None
+            _test_crash_point("after_rename", task)
             ds._rebase(task._runtime_output_abspath, final)
         else:
             final = None
@@ -383,31 +466,33 @@ def execute_attempt(
         elapsed = time.time() - start
         task.stats["bytes"] = _bytes_of(ds)
         task.stats["read"] = _bytes_read(inputs)
-        winner = write_commit(
-            rt,
-            task,
-            ds,
-            attempt,
-            elapsed,
-            started=start,
-            worker=worker,
-            stats=task.stats,
-            output_dir=final,
-            cache_key=task.cache_key,
-        )
-        if winner is not None:  # another attempt committed first: its output is the task's
-            if final is not None:
-                remove_path(final)
-            ds = winner["dataset"]
-            logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
-        elif task.cache_key is not None:
-            from smallpond.execution.cache import insert_after_commit
+        _test_crash_point("before_commit", task)
+        if not task.commits_on_publication:
+            winner = write_commit(
+                rt,
+                task,
+                ds,
+                attempt,
+                elapsed,
+                started=start,
+                worker=worker,
+                stats=task.stats,
+                output_dir=final,
+                cache_key=task.cache_key,
+            )
+            if winner is not None:  # another attempt committed first: its output is the task's
+                if final is not None:
+                    remove_path(final)
+                ds = winner["dataset"]
+                logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
+            elif task.cache_key is not None:
+                from smallpond.execution.cache import insert_after_commit
 
-            insert_after_commit(rt, task, ds, final)  # never raises
-        try:
-            task.on_committed(rt)  # the task is complete (by this attempt or the winner)
-        except Exception as e:  # what is left behind is cleaned with staging/
-            logger.warning("{}: cleaning up after the commit failed: {!r}", task.key, e)
+                insert_after_commit(rt, task, ds, final)  # never raises
+            try:
+                task.on_committed(rt)  # the task is complete (by this attempt or the winner)
+            except Exception as e:  # what is left behind is cleaned with staging/
+                logger.warning("{}: cleaning up after the commit failed: {!r}", task.key, e)
         done = f"done {task.key} attempt {attempt} in {elapsed:.3f}s (process CPU {time.process_time() - cpu_start:.3f}s)"
         if sink_id is None:
             sink.info(done)
@@ -416,9 +501,16 @@ def execute_attempt(
         return ds
     except BaseException as e:
         err = to_task_error(task, attempt, e, inputs)
-        logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
             raise
+        if not isinstance(e, TaskError) and inputs:
+            err.corrupt_inputs = unreadable_intermediates(rt, inputs, e)
+        logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
+        if err.corrupt_inputs:
+            logger.error(
+                "{} input file(s) written by earlier tasks cannot be read: {}", len(err.corrupt_inputs), err.corrupt_inputs[:5]
+            )
         raise err from e
     finally:
         if sink_id is not None:
@@ -426,12 +518,25 @@ def execute_attempt(
         elif sink is not None:
             sink.end()
         rt.current_task = None
+        release_file_aliases()
         if tmp is not None:
             remove_path(tmp)
         temp = task.temp_abspath
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _test_crash_point(point: str, task: Task) -> None:
+    """Tests only: ``SP_TEST_CRASH_AT={point}:{task key prefix}`` kills this worker at ``point``
+    of the first attempt of each matching task (a crash between two steps of a commit). Inert
+    when the variable is unset."""
+    spec = os.environ.get("SP_TEST_CRASH_AT")
+    if not spec or task.retry_count > 0:
+        return
+    where, _, prefix = spec.partition(":")
+    if where == point and task.key.startswith(prefix):
+        os._exit(86)
 
 
 _suffix_prefix = uuid.uuid4().hex[:6]

@@ -58,7 +58,15 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from smallpond.common import logger
 from smallpond.errors import ParameterError
-from smallpond.io.filesystem import _SIG_MAGIC, SignatureError, atomic_write_bytes, link_or_copy, load, remove_path, sign
+from smallpond.io.filesystem import (
+    CorruptRecord,
+    SignatureError,
+    atomic_write_bytes,
+    link_or_copy,
+    load,
+    remove_path,
+    signed_bytes,
+)
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 CACHE_FORMAT = 1
@@ -222,7 +230,9 @@ class TaskCache:
             return None
         try:
             record = load(record_path, secret=self.secret)
-        except SignatureError as e:
+        except CorruptRecord as e:  # a crash or a full disk while it was written
+            problem = f"its record is torn or damaged ({e})"
+        except SignatureError as e:  # intact, but not written with this cache's secret
             problem = f"its record is not signed by this cache ({e})"
         except Exception as e:  # torn, or removed meanwhile by clean()
             if not os.path.exists(record_path):
@@ -590,7 +600,7 @@ def _write_signed(path: str, obj: Any, secret: bytes) -> None:
 
         payload = cloudpickle.dumps(obj)
     with open(path, "wb") as f:
-        f.write(_SIG_MAGIC + sign(payload, secret) + payload)
+        f.write(signed_bytes(payload, secret))
 
 
 def copy_dataset(ds: DataSet) -> DataSet:

@@ -8,11 +8,25 @@ A script builds a LogicalPlan and hands it to ``Driver().run(plan)``::
     plan = build_plan(**driver.get_arguments())
     driver.run(plan)          # python script.py scheduler --job_id ... --data_root ...
 
-Modes: ``scheduler`` (default: plan and run the job with worker processes on this machine),
-``executor`` (accepted for compatibility; this design needs no separately started executors),
-``ray`` (runs the plan through the DataFrame session). The process exits 0 on success and
-non-zero (70, EX_SOFTWARE) on failure. Rerunning with the same ``--job_id`` and ``--data_root``
-resumes the job: committed tasks are not run again.
+Modes:
+
+* ``scheduler`` (default): plan and run the job. Without ``--platform`` or ``--ray_address`` it
+  runs embedded: worker processes of this process (``--num_executors`` of them, default one per
+  usable CPU). With ``--platform`` it runs on the queue backend
+  (:mod:`smallpond.execution.executors.queue`): ``--platform mpi`` starts ``--num_executors``
+  executor processes through ``mpirun``, ``--platform base`` as plain subprocesses,
+  ``--platform manual`` starts none (they are started by hand); ``--platform local`` is the
+  embedded backend. ``--ray_address`` selects Ray (as the ``ray`` mode does).
+* ``executor``: serve the job given by ``--job_id`` and ``--data_root`` (and ``--job_time``, if
+  several runs share the id) as one executor of the queue backend, on any host that sees the
+  data root, until the job ends; exit 0. User arguments are not required in this mode, and the
+  executor starts as soon as the script asks for its arguments (``get_arguments``) or calls
+  ``run``: the script's plan is not built (the scheduler sends the tasks).
+* ``ray``: the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
+  ``SP_RAY_ADDRESS``, else Ray's default.
+
+The process exits 0 on success and non-zero (70, EX_SOFTWARE) on failure. Rerunning with the
+same ``--job_id`` and ``--data_root`` resumes the job: committed tasks are not run again.
 """
 
 from __future__ import annotations
@@ -86,7 +100,12 @@ class Driver:
         p.add_argument("--python_venv", default=None)
         p.add_argument("--data_root", default=None, help="root directory of job data (default ~/.smallpond/data)")
         p.add_argument("--runtime_ctx_path", default=None)
-        p.add_argument("--num_executors", type=int, default=0, help="worker processes (0: one per usable CPU)")
+        p.add_argument(
+            "--num_executors",
+            type=int,
+            default=0,
+            help="worker processes, or executors a --platform starts (0: one per usable CPU)",
+        )
         p.add_argument("--num_executors_per_task", type=int, default=5)
         p.add_argument(
             "--random_seed",
@@ -152,7 +171,22 @@ class Driver:
         p.add_argument("--file_log_level", default="DEBUG")
         p.add_argument("--disable_log_rotation", action="store_true")
         p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
-        p.add_argument("--platform", default=None)
+        p.add_argument(
+            "--restart",
+            action="store_true",
+            help="start the job over: an existing folder of this job is moved aside to {folder}.restarted-{time} "
+            "(the way out when it cannot be resumed, e.g. its config/secret was lost)",
+        )
+        p.add_argument(
+            "--platform",
+            default=None,
+            help="run on the queue backend, executors started by: mpi, base (subprocesses), manual (by hand)",
+        )
+        p.add_argument(
+            "--ray_address",
+            default=None,
+            help="run tasks on this Ray cluster (host:port, auto, or local for a private one); implies ray mode",
+        )
         for action in p._actions:
             if action.dest in NO_EFFECT:
                 action.help = f"{action.help} (no effect)" if action.help else "(no effect)"
@@ -164,10 +198,24 @@ class Driver:
         self.driver_parser.add_argument(*args, **kwargs)
 
     def parse_arguments(self, args: Optional[List[str]] = None) -> Tuple[argparse.Namespace, argparse.Namespace]:
+        self._from_command_line = args is None
         args = sys.argv[1:] if args is None else list(args)
         self._argv = args
-        ns = self.driver_parser.parse_args(args)
         user_dests = {a.dest for a in self.user_parser._actions}
+        # an executor needs no user argument (it gets its tasks from the scheduler): required
+        # user arguments are checked only in the other modes
+        required = [a for a in self.driver_parser._actions if a.required and a.dest in user_dests]
+        for a in required:
+            a.required = False
+        try:
+            ns = self.driver_parser.parse_args(args)
+        finally:
+            for a in required:
+                a.required = True
+        missing = [a for a in required if getattr(ns, a.dest, None) is None]
+        if missing and ns.mode != "executor":
+            names = ", ".join("/".join(a.option_strings) or a.dest for a in missing)
+            self.driver_parser.error(f"the following arguments are required: {names}")
         self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
         # a user argument that reuses a driver option's name replaces it (conflict_handler
         # "resolve"); the driver then runs with that option's default
@@ -184,6 +232,10 @@ class Driver:
 
     def get_user_arguments(self, to_dict: bool = True):
         self._ensure_parsed()
+        if self.driver_args.mode == "executor" and getattr(self, "_from_command_line", False):
+            # the script's own command line made this process an executor: serve now, before
+            # the script builds a plan from arguments an executor is not given
+            self._exit(self._run_executor())
         return dict(vars(self.user_args)) if to_dict else self.user_args
 
     get_arguments = get_user_arguments
@@ -252,13 +304,12 @@ class Driver:
             self._dry_run(plan)  # exits: nothing ran, so nothing the script does next could work
         try:
             if a.mode == "executor":
-                print(
-                    "smallpond: 'executor' mode is not needed: the scheduler starts its own worker processes",
-                    file=sys.stderr,
-                )
                 result = None
-                ok = True
-            elif a.mode == "ray":
+                code = self._run_executor()
+                ok = code == EX_OK
+                if stop_process_on_done:
+                    self._exit(code)
+            elif a.mode == "ray" or a.ray_address:
                 result = self._run_ray(plan)
                 ok = result is not None
             else:
@@ -268,9 +319,7 @@ class Driver:
             logger.error("job failed: {}", e)
             result, ok = None, False
         if stop_process_on_done:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            sys.exit(EX_OK if ok else EX_SOFTWARE)
+            self._exit(EX_OK if ok else EX_SOFTWARE)
         return result
 
     def _dry_run(self, plan) -> None:
@@ -286,10 +335,28 @@ class Driver:
             listing = dry_run_plan(plan, self._runtime_ctx(), manifest_only_final_results=not a.self_contained_final_results)
         except Exception as e:
             logger.error("dry run failed: {}", e)
-            sys.exit(EX_SOFTWARE)
+            self._exit(EX_SOFTWARE)
         print(listing)
+        self._exit(EX_OK)
+
+    @staticmethod
+    def _exit(code: int) -> None:
         sys.stdout.flush()
-        sys.exit(EX_OK)
+        sys.stderr.flush()
+        sys.exit(code)
+
+    def _run_executor(self) -> int:
+        """Serve the job as one executor of the queue backend; the exit status (0: the job ended)."""
+        from smallpond.execution.executors.queue_process import run_executor
+
+        a = self.driver_args
+        return run_executor(
+            a.job_id,
+            a.data_root,
+            a.job_time,
+            exec_id=a.exec_id,
+            console_log_level=a.console_log_level,
+        )
 
     def _runtime_ctx(self):
         from smallpond.execution.job import make_runtime_ctx
@@ -319,23 +386,25 @@ class Driver:
         rt.exec_id = a.exec_id
         return rt
 
-    def _run_scheduler(self, plan):
-        from smallpond.execution.job import Job
+    def _run_scheduler(self, plan, backend: str = "local", ray_address: Optional[str] = None):
+        from smallpond.execution.job import Job, make_executor
         from smallpond.execution.progress import console_listeners
 
         if plan is None:
-            raise ValueError("Driver.run(plan) needs a LogicalPlan in scheduler mode")
+            raise ValueError(f"Driver.run(plan) needs a LogicalPlan in {self.driver_args.mode} mode")
         a = self.driver_args
         if a.task_cache_max_bytes is not None and a.task_cache_max_bytes < 0:
             from smallpond.errors import ParameterError
 
             raise ParameterError(f"--task_cache_max_bytes must be >= 0, got {a.task_cache_max_bytes}")
+        rt = self._runtime_ctx()
         job = Job(
-            self._runtime_ctx(),
-            num_workers=a.num_executors or None,
+            rt,
+            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address, platform=a.platform),
             max_retry_count=a.max_retry_count,
             max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
             log_name="scheduler",
+            restart=a.restart,
             listeners=console_listeners(),
             name=None if a.job_name == "smallpond" else a.job_name,  # the default names nothing
             speculation=self._speculation(),
@@ -372,10 +441,9 @@ class Driver:
         )
 
     def _run_ray(self, plan):
-        from smallpond.common import logger
-
-        logger.warning("ray mode: this build has no Ray backend yet; running the plan on this machine")
-        return self._run_scheduler(plan)
+        """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide)."""
+        address = self.driver_args.ray_address or os.environ.get("SP_RAY_ADDRESS") or None
+        return self._run_scheduler(plan, backend="ray", ray_address=address)
 
 
 def main() -> None:

@@ -4,39 +4,56 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 :class:`~smallpond.execution.driver.Driver` run their work through a :class:`Job`:
 
 1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
-   resume), adds smallpond's log sinks, writes ``log/.STATUS`` = running, starts the executor
-   and the event log (``log/events.jsonl``, :mod:`smallpond.execution.events`);
+   resume, only if the folder is safely the user's, see :mod:`~smallpond.execution.ownership`),
+   takes the job lock (a second run of the same job at once is refused), finishes a publication
+   an earlier run began (:func:`~smallpond.execution.ops.sink.roll_forward`), adds smallpond's log
+   sinks, writes ``log/.STATUS`` = running, handles SIGTERM like Ctrl-C, starts the executor and
+   the event log (``log/events.jsonl``, :mod:`smallpond.execution.events`);
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
    for the Driver) plans nodes into tasks and has the scheduler run them, taking what it can from
    the task cache shared by jobs (:mod:`smallpond.execution.cache`; :func:`dry_run_plan` and
-   :meth:`Job.dry_run_nodes` say beforehand what would run and why);
-3. :meth:`Job.finish` stops the executor, writes the final status and the run report
-   (``log/report.html``, :mod:`smallpond.execution.report`), removes the leftovers of
-   abandoned attempts and, on success, the intermediate folders, and removes the log sinks it added.
+   :meth:`Job.dry_run_nodes` say beforehand what would run and why); when every task of the
+   computation has succeeded, the sinks it prepared are published together (all or none);
+3. :meth:`Job.finish` stops the executor, writes the final status (``success``, ``failure`` or
+   ``interrupted``) and the run report (``log/report.html``, :mod:`smallpond.execution.report`),
+   removes the leftovers of abandoned attempts and of sinks that were prepared but not
+   published and, on success, the intermediate folders; it releases the lock, restores the
+   SIGTERM handler and removes the log sinks it added.
 
 Every job keeps an event log and writes a report, whoever runs it; what is shown on the console
 (progress bars, the end-of-job summary) is the caller's choice (:mod:`smallpond.execution.observe`).
 
 Nothing here changes the host process beyond that: no environment variable, no global logging
-configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`).
+configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`); the SIGTERM
+handler is installed only when the process has none of its own, and only while the job runs.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
-from smallpond.common import logger
-from smallpond.errors import JobFailed, ParameterError
+from smallpond.common import logger, loguru_file_path
+from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
 from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
+from smallpond.execution.ownership import JobLock
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
-from smallpond.execution.scheduler import Scheduler, SchedulerListener, Speculation, invalidate, keep_only_finished
+from smallpond.execution.scheduler import (
+    Scheduler,
+    SchedulerListener,
+    Speculation,
+    invalidate,
+    keep_only_finished,
+    replace_result,
+)
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -69,8 +86,51 @@ def cleanup_temp_dirs(rt: RuntimeContext) -> None:
                     remove_path(os.path.join(sub, entry))
 
 
-def make_executor(rt: RuntimeContext, num_workers: Optional[int] = None) -> Executor:
-    """The embedded backend: worker processes on this machine."""
+#: platform names that mean the embedded backend (worker processes of this process)
+EMBEDDED_PLATFORMS = (None, "", "local")
+
+
+def make_executor(
+    rt: RuntimeContext,
+    num_workers: Optional[int] = None,
+    *,
+    backend: str = "local",
+    ray_address: Optional[str] = None,
+    platform=None,
+) -> Executor:
+    """The backend for a job; the one place that picks it.
+
+    * ``backend="ray"``: every attempt a Ray task on the cluster at ``ray_address``;
+    * a ``platform`` (``"mpi"``, ``"base"``, ``"manual"``, a module name or a
+      :class:`~smallpond.platform.Platform`; not ``"local"``): the queue backend, whose executors
+      that platform starts (``num_workers`` of them, default one per usable CPU; none for
+      ``"manual"``: they are started by hand);
+    * else the embedded backend: ``num_workers`` worker processes of this process.
+
+    ``num_workers`` caps the attempts run at once (default: one per CPU, of this machine or of the
+    Ray cluster). Ray is imported only here, only when asked for.
+    """
+    if platform not in EMBEDDED_PLATFORMS:
+        if backend == "ray":
+            raise ParameterError(
+                f"platform={platform!r} (the queue backend) and the Ray backend (ray_address={ray_address!r}) "
+                "were both asked for; give one"
+            )
+        from smallpond.execution.executors.queue import QueueExecutor
+
+        return QueueExecutor(rt, platform=platform, num_executors=num_workers or 0)
+    if backend == "ray":
+        try:
+            from smallpond.execution.executors.ray import RayExecutor
+        except ModuleNotFoundError as e:
+            if e.name != "ray":
+                raise
+            raise ParameterError(
+                f'ray_address={ray_address!r} asks for the Ray backend, but Ray is not installed: pip install "smallpond[ray]"'
+            ) from e
+        return RayExecutor(rt, ray_address, num_workers)
+    if backend != "local":
+        raise ParameterError(f"backend must be one of ['local', 'ray'], got {backend!r}")
     from smallpond.execution.executors.local import LocalExecutor
 
     return LocalExecutor(rt, num_workers)
@@ -86,6 +146,8 @@ class Job:
         max_retry_count, max_fail_count: the scheduler's retry policy.
         listeners: observers of the scheduler besides the job's own event log (progress bars).
         log_name: the job log file is ``log/{log_name}.log``.
+        restart: move an existing folder of this job aside and start over (the way out when a
+            folder cannot be resumed, e.g. its secret is lost).
         name: a label for the job, shown by ``smallpond jobs`` and in the report.
         speculation: when stragglers get a second copy.
         task_cache_max_bytes: after the job, remove the least recently used entries of the task
@@ -102,6 +164,7 @@ class Job:
         max_fail_count: int = 3,
         listeners: Sequence[SchedulerListener] = (),
         log_name: Optional[str] = None,
+        restart: bool = False,
         name: Optional[str] = None,
         speculation: Speculation = Speculation(),
         task_cache_max_bytes: Optional[int] = None,
@@ -110,6 +173,12 @@ class Job:
         self.name = name
         self.speculation = speculation
         self.task_cache_max_bytes = task_cache_max_bytes
+        self.restart = restart
+        self.interrupted: Optional[str] = None
+        self._lock: Optional[JobLock] = None
+        self._prev_sigterm = None
+        #: sink key -> the dataset it was published as (a sink that ran again is published again)
+        self._published: Dict[str, Any] = {}
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -129,17 +198,35 @@ class Job:
 
     # -- life cycle ------------------------------------------------------------------------------
     def start(self) -> "Job":
+        from smallpond.execution.ops.sink import roll_forward
+
         rt = self.rt
-        rt.initialize()
-        self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
-        write_status(rt, "running")
-        # the cache first: a folder that is not safe to use stops the job before any worker starts
-        cache = JobCache(rt) if rt.task_cache else None
-        self.executor = self._executor or make_executor(rt, self._num_workers)
-        self.executor.start()  # workers boot while the user's script builds its plan
-        self.events = EventLog(rt.log_root)
-        self.events.job_start(rt, name=self.name, executor=self.executor.describe())
-        self.planner = Planner(rt)
+        rt.initialize(restart=self.restart)
+        self._lock = JobLock(rt.layout)
+        self._lock.acquire()
+        try:
+            roll_forward(rt)  # a publication an earlier run of this job began and did not finish
+            self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
+            write_status(rt, "running")
+            # the cache first: a folder that is not safe to use stops the job before any worker starts
+            cache = JobCache(rt) if rt.task_cache else None
+            self._install_sigterm_handler()
+            self.executor = self._executor or make_executor(rt, self._num_workers)
+            try:
+                self.executor.start()  # workers boot while the user's script builds its plan
+            except BaseException as e:
+                # a cluster that cannot run the job: failure status, executor (a Ray connection),
+                # log sinks and lock released here, since no caller will finish a job not started
+                self.record_error(e)
+                self.finish(False)
+                raise
+            self.events = EventLog(rt.log_root)
+            self.events.job_start(rt, name=self.name, executor=self.executor.describe())
+        except BaseException:
+            self._restore_sigterm_handler()
+            self._lock.release()
+            raise
+        self.planner = Planner(rt, parallelism=self.executor.capacity.num_workers, attempt_limits=self.executor.attempt_limits())
         self.scheduler = Scheduler(
             rt,
             self.executor,
@@ -167,23 +254,35 @@ class Job:
         if self.finished:
             return
         self.finished = True
-        ok = (not self.failed) if ok is None else ok
+        ok = (not self.failed and not self.interrupted) if ok is None else (ok and not self.interrupted)
         rt = self.rt
         try:
             if self.executor is not None:
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
             remove_orphan_outputs(rt)
-            write_status(rt, "success" if ok else "failure")
+            self._discard_unpublished()
+            status = "success" if ok else ("interrupted" if self.interrupted else "failure")
+            write_status(rt, status)
             if self.events is not None:
-                interrupted = isinstance(self.error, (KeyboardInterrupt, SystemExit))
+                interrupted = self.interrupted or isinstance(self.error, (KeyboardInterrupt, SystemExit))
                 self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
                 self.report_path = _write_report(rt)
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
             if rt.task_cache and self.task_cache_max_bytes is not None:
                 self._bound_cache()
+            if self.interrupted:
+                print(
+                    f"smallpond: job {rt.job_id} was interrupted ({self.interrupted}); run the same command again "
+                    f"(job id {rt.job_id}, data root {rt.data_root}) to resume it",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
+            self._restore_sigterm_handler()
+            if self._lock is not None:
+                self._lock.release()
             _remove_log_sinks(self._sinks)
             self._sinks = []
 
@@ -197,6 +296,26 @@ class Job:
         except Exception as e:  # bounding the cache never fails a job
             logger.warning("task cache {}: could not bound it to {} bytes: {}", self.rt.task_cache, self.task_cache_max_bytes, e)
 
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_sigterm_handler(self) -> None:
+        """Handle SIGTERM like Ctrl-C, unless the process already has a handler of its own."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+            return
+        self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _restore_sigterm_handler(self) -> None:
+        if self._prev_sigterm is None or threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
+            signal.signal(signal.SIGTERM, self._prev_sigterm)
+        self._prev_sigterm = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self.interrupted = signal.Signals(signum).name
+        raise JobTerminated(signum)
+
     # -- running ---------------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self.finished:
@@ -204,11 +323,68 @@ class Job:
 
     def _run(self, targets) -> Dict[str, Any]:
         try:
-            return self.scheduler.run(targets, self.planner.tasks)
+            results = self.scheduler.run(targets, self.planner.tasks)
+            self._publish()
         except BaseException as e:
             self.record_error(e)
+            if isinstance(e, KeyboardInterrupt) and not self.interrupted:
+                self.interrupted = "SIGINT"
+            self._discard_unpublished()
             self.scheduler.state = keep_only_finished(self.scheduler.state)
             raise
+        st = self.scheduler.state
+        return {k: st.done[k] for k in results}
+
+    # -- publication -----------------------------------------------------------------------------
+    def _unpublished(self) -> List[str]:
+        st = self.scheduler.state if self.scheduler is not None else None
+        if st is None:
+            return []
+        keys = [
+            k
+            for k in st.executed
+            if k in st.done
+            and self._published.get(k) is not st.done[k]
+            and getattr(st.tasks.get(k), "commits_on_publication", False)
+        ]
+        return sorted(keys, key=lambda k: int(st.tasks[k].id))
+
+    def _publish(self) -> None:
+        """Publish every sink this computation prepared, all at once (see ops/sink.py)."""
+        from smallpond.execution.attempt import commit_path, commit_record_bytes
+        from smallpond.execution.ops.sink import publish, roll_forward, staged_to_final
+
+        keys = self._unpublished()
+        if not keys:
+            return
+        rt, st = self.rt, self.scheduler.state
+        roll_forward(rt)  # an earlier publication of this session that failed half way
+        prepared, finals = [], {}
+        for k in keys:
+            task = st.tasks[k]
+            finals[k] = staged_to_final(rt, task, st.done[k])
+            data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0)
+            prepared.append((task, {"path": commit_path(rt, k), "data": data}))
+        publish(rt, prepared)
+        for k in keys:
+            replace_result(st, k, finals[k])
+            self._published[k] = finals[k]
+        logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
+
+    def _discard_unpublished(self) -> None:
+        """Forget sinks that were prepared but not published, and remove what they staged.
+
+        Kept as they are while a publication journal exists: the next start finishes it.
+        """
+        from smallpond.execution.ops.sink import journal_path, staging_path
+
+        keys = self._unpublished()
+        if not keys or os.path.exists(journal_path(self.rt)):
+            return
+        st = self.scheduler.state
+        for k in keys:
+            remove_path(staging_path(self.rt, st.tasks[k]))
+        invalidate(st, keys)
 
     def record_error(self, e: BaseException) -> None:
         """Mark the job failed by ``e`` (the first error is the one reported)."""
@@ -311,6 +487,7 @@ def run_job(
     num_workers: Optional[int] = None,
     executor: Optional[Executor] = None,
     listeners: Sequence[SchedulerListener] = (),
+    restart: bool = False,
     speculation: Speculation = Speculation(),
     task_cache_max_bytes: Optional[int] = None,
 ) -> ExecutionPlan:
@@ -322,6 +499,7 @@ def run_job(
         max_retry_count=max_retry_count,
         max_fail_count=max_fail_count,
         listeners=listeners,
+        restart=restart,
         speculation=speculation,
         task_cache_max_bytes=task_cache_max_bytes,
     )
@@ -373,7 +551,7 @@ def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
     return [
         logger.add(write_console, level=rt.console_log_level, colorize=_stderr_is_tty()),
         logger.add(
-            os.path.join(rt.log_root, f"{name}.log"),
+            loguru_file_path(os.path.join(rt.log_root, f"{name}.log")),
             level=rt.file_log_level,
             rotation=None if rt.disable_log_rotation else "100 MB",
             retention=5,

@@ -26,7 +26,7 @@ from smallpond.execution.ops.arrow import (
 )
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
-from smallpond.execution.ops.sink import DataSinkTask
+from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -150,8 +150,12 @@ class Planner:
     ids and output files, on one worker or a hundred.
     """
 
-    def __init__(self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None) -> None:
+    def __init__(
+        self, runtime_ctx: RuntimeContext, parallelism: Optional[int] = None, attempt_limits: Optional[Tuple[int, int]] = None
+    ) -> None:
         self.rt = runtime_ctx
+        # (CPUs, memory) one task may ask for: the executor's largest worker (default: this machine)
+        self._attempt_limits = attempt_limits
         self.parallelism = parallelism
         self.node_to_tasks: Dict[int, List[Task]] = {}
         # caches by node id (nodes hold only what the user described); the planned nodes are
@@ -162,6 +166,8 @@ class Planner:
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
+        #: the file datasets read by the sources planned so far (outputs must not overlap them)
+        self._input_datasets: List[Any] = []
         self._registry = self._plan_functions()
 
     def _plan_functions(self) -> List[Tuple[Type[Node], Callable]]:
@@ -195,6 +201,7 @@ class Planner:
         p._digests = dict(self._digests)
         p._slim_copies = dict(self._slim_copies)
         p._warned = set(self._warned)
+        p._input_datasets = list(self._input_datasets)
         p._registry = p._plan_functions()  # bound to the fork, not to this planner
         return p
 
@@ -293,9 +300,9 @@ class Planner:
         return slim
 
     def _clamp_resources(self, task: Task) -> None:
-        if not hasattr(self, "_usable"):
-            self._usable = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
-        cpus, mem = self._usable
+        if self._attempt_limits is None:
+            self._attempt_limits = (self.rt.usable_cpu_count, self.rt.usable_memory_size)  # psutil: once, not per task
+        cpus, mem = self._attempt_limits
         # a node's own default (RangePartitionNode's 16 CPUs and 128 GB, as upstream) is a wish,
         # not a request the user made: clamped without a warning
         defaults = getattr(task.node, "_default_limits", ())
@@ -332,11 +339,33 @@ class Planner:
     # -- plan functions --------------------------------------------------------------------------
     def _plan_source(self, node: DataSourceNode, inputs) -> List[Task]:
         klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
+        if klass is DataSourceTask:
+            self._input_datasets.append(node.dataset)
         return [self._task(klass, node, [TOP], [])]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
+        """A sink task, after the checks that keep user data safe (see :mod:`~smallpond.execution.ops.sink`).
+
+        A destination outside the job folder must not overlap any input planned so far (the
+        sources of this plan, or of this session) nor the data root, and its content must allow
+        the sink's ``mode``; all of this raises PlanError now, before any task runs. A sink that
+        already published in this job (its commit record matches) is not checked again.
+        """
+        from smallpond.execution.attempt import read_commit
+
         all_inputs = [t for ts in inputs for t in ts]
-        return [self._task(DataSinkTask, node, [TOP], all_inputs)]
+        task = self._task(DataSinkTask, node, [TOP], all_inputs)
+        check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
+        task.runtime_ctx = self.rt
+        committed = read_commit(self.rt, task) is not None
+        task.runtime_ctx = None
+        if check_destination(node, committed) == "skip":
+            from smallpond.common import logger
+
+            logger.warning("{}: {} is not empty and mode='ignore': it is left as it is", node.label, node.output_path)
+            del self.tasks[task.key]
+            task = self._task(DataSinkTask, node, [TOP], [], True)
+        return [task]
 
     def _plan_root(self, node: RootNode, inputs) -> List[Task]:
         return [self._task(RootTask, node, [TOP], [t for ts in inputs for t in ts])]

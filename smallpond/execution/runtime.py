@@ -10,7 +10,9 @@
 
 The per-job secret that signs every pickle crossing the shared filesystem lives in
 ``config/secret``, created owner-only (``0600`` in a ``0700`` folder): only the user who started
-the job (and root) can read it, and so only they can forge a record the job would load.
+the job (and root) can read it, and so only they can forge a record the job would load. An
+existing folder is resumed only after :mod:`smallpond.execution.ownership` checked that it is
+safely the current user's and still has its secret (:meth:`RuntimeContext.initialize`).
 """
 
 from __future__ import annotations
@@ -73,14 +75,25 @@ def parse_job_time(job_time) -> datetime:
 
 
 def find_job_time(data_root: str, job_id: str) -> Optional[datetime]:
-    """The job time of an existing job folder for ``job_id`` under ``data_root`` (the newest)."""
+    """The job time of an existing job folder for ``job_id`` under ``data_root`` (the newest of
+    the current user's; folders of other users are skipped with a warning: they are never resumed)."""
     roots = sorted(glob.glob(os.path.join(glob.escape(os.path.abspath(data_root)), f"*.{job_id}")))
     for r in reversed(roots):
         stamp = os.path.basename(r)[: -len(job_id) - 1]
         try:
-            return datetime.strptime(stamp, JOB_TIME_FORMAT)
+            jt = datetime.strptime(stamp, JOB_TIME_FORMAT)
         except ValueError:
             continue
+        try:
+            owner = os.lstat(r).st_uid
+        except OSError:
+            continue
+        if owner != os.geteuid():
+            from smallpond.common import logger
+
+            logger.warning("ignoring job folder {}: it is owned by uid {}, not by you; it will not be resumed", r, owner)
+            continue
+        return jt
     return None
 
 
@@ -393,16 +406,33 @@ class RuntimeContext:
         return self
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def initialize(self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False) -> None:
-        """Create the job's folders (owner-only) and its secret. Changes nothing else in this process."""
+    def initialize(
+        self, exec_id: Optional[str] = None, root_exist_ok: bool = True, cleanup_root: bool = False, restart: bool = False
+    ) -> None:
+        """Create the job's folders (owner-only) and its secret. Changes nothing else in this process.
+
+        An existing folder is resumed only if it is safely the current user's and still has its
+        secret (:mod:`smallpond.execution.ownership`); ``restart`` moves an existing folder aside
+        (``{job_root}.restarted-{time}``) and starts the job afresh.
+        """
         import socket
 
+        from smallpond.execution.ownership import check_job_folder, check_secret, move_aside, warn_if_shared
         from smallpond.io.filesystem import remove_path
 
         if cleanup_root:
             remove_path(self.job_root)
-        if os.path.isdir(self.job_root) and not root_exist_ok:
+        exists = os.path.lexists(self.job_root)
+        if exists and not root_exist_ok:
             raise FileExistsError(f"job root {self.job_root} already exists")
+        warn_if_shared(self.data_root)
+        if exists and restart:
+            move_aside(self.layout)
+            self._secret = None
+            exists = False
+        if exists:
+            check_job_folder(self.layout)
+            check_secret(self.layout)
         self.layout.create()
         _ = self.secret
         self.exec_id = exec_id or self.exec_id or socket.gethostname()

@@ -16,7 +16,10 @@ scheduler. Per task key:
 
 Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``memory`` (the
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
-``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved),
+``recomputed`` (done tasks whose output turned out unreadable and that were run again, once:
+:func:`recompute_producers`),
+``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved;
+the executor's offer is read every round and may change, e.g. when Ray nodes join or leave),
 ``resumed`` / ``executed`` / ``reused`` (for the summary: from the job's own commit records, run
 here, or taken from the task cache) and ``consumers`` (reverse edges).
 
@@ -133,6 +136,7 @@ class SchedState:
     reused: Set[str] = field(default_factory=set)
     cache_wait: Dict[str, float] = field(default_factory=dict)
     memory: Dict[str, int] = field(default_factory=dict)
+    recomputed: Set[str] = field(default_factory=set)
     runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
     free_cpus: int = 0
     free_memory: int = 0
@@ -255,8 +259,8 @@ def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
     out = []
     medians: Dict[int, Optional[float]] = {}
     for key, attempts in state.running.items():
-        if len(attempts) != 1:
-            continue
+        if len(attempts) != 1 or getattr(state.tasks[key], "commits_on_publication", False):
+            continue  # (a sink stages its result in one place per task: never two copies at once)
         node_id = state.tasks[key].node_id
         if node_id not in medians:
             times = state.runtimes.get(node_id) or []
@@ -297,6 +301,13 @@ def wake_waiting(state: SchedState, now: float) -> List[str]:
     return woken
 
 
+def replace_result(state: SchedState, key: str, dataset) -> None:
+    """Give a done task its final output description (a sink's files once they are published)."""
+    if key not in state.done:
+        raise KeyError(f"{key} is not done")
+    state.done[key] = dataset
+
+
 def fail_attempt(
     state: SchedState, key: str, error: TaskError, *, max_fail_count: int, max_retry_count: int, memory_cap: int
 ) -> Decision:
@@ -315,6 +326,47 @@ def fail_attempt(
     state.attempts[key] = state.attempts.get(key, 0) + 1
     make_ready(state, key)
     return decision
+
+
+def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
+    """The executor's capacity changed (workers or nodes joined or left): what is free changes by as much."""
+    state.free_cpus += new.num_cpus - old.num_cpus
+    state.free_memory += new.memory - old.memory
+
+
+def recompute_producers(state: SchedState, consumer: str, producers: Iterable[str]) -> Set[str]:
+    """Run ``producers`` again (done tasks whose committed output a consumer could not read).
+
+    Their results and those of every task downstream of them that is not running are forgotten;
+    those tasks wait for their inputs again, ``consumer`` (whose attempt failed) among them, with a
+    new attempt number that is not counted as a failure. A producer is recomputed at most once
+    (``state.recomputed``). Returns the keys whose results were forgotten (the caller removes
+    their commit records).
+    """
+    stack = [k for k in producers if k in state.done and k not in state.recomputed]
+    state.recomputed.update(stack)
+    for key in stack:  # a fresh attempt number: new file names and a log of its own
+        state.attempts[key] = state.attempts.get(key, 0) + 1
+    redo: Set[str] = set()
+    while stack:
+        key = stack.pop()
+        if key in redo or key not in state.tasks or key in state.running:
+            continue
+        redo.add(key)
+        stack.extend(state.consumers.get(key, []))
+    redo.add(consumer)
+    for key in redo:
+        state.done.pop(key, None)
+        state.resumed.discard(key)
+        state.executed.discard(key)
+        state.reused.discard(key)
+    state.attempts[consumer] = state.attempts.get(consumer, 0) + 1
+    for key in topological_order(sorted(redo), lambda k: [d for d in state.tasks[k].input_keys if d in redo]):
+        pending = {d for d in state.tasks[key].input_keys if d not in state.done}
+        state.waiting[key] = pending
+        if not pending:
+            make_ready(state, key)
+    return redo
 
 
 def abandon_running(state: SchedState) -> List[Tuple[str, int]]:
@@ -437,6 +489,7 @@ class Scheduler:
             while not st.failed and not all(k in st.done for k in target_keys):
                 if st.cache_wait:
                     wake_waiting(st, time.time())
+                self._follow_capacity()
                 progressed = self._dispatch()
                 if self.speculation.enabled and self.executor is not None:
                     progressed = self._speculate() or progressed
@@ -446,6 +499,11 @@ class Scheduler:
                 idle_wait = min(0.5, max(0.0, min(st.cache_wait.values()) - time.time())) if st.cache_wait else 0.5
                 if st.running:
                     for c in self._poll(0.0 if progressed else idle_wait):
+                        self._on_completion(c)
+                elif not progressed and self.executor is not None and self.capacity.num_workers == 0:
+                    # no worker yet (they are joining): wait; a backend whose workers cannot
+                    # come raises from poll
+                    for c in self._poll(0.5):
                         self._on_completion(c)
                 elif not progressed:
                     if not st.cache_wait:
@@ -477,6 +535,15 @@ class Scheduler:
             f"scheduler stalled: {missing[:5]} not done and nothing can start "
             f"(free CPUs {st.free_cpus}, free memory {st.free_memory}; {detail or 'no task is ready'})"
         )
+
+    def _follow_capacity(self) -> None:
+        """Take in a change of the executor's capacity (executors or Ray nodes joined or left)."""
+        if self.executor is None:
+            return
+        cap = self.executor.capacity
+        if cap is not self.capacity and cap != self.capacity:
+            resize(self.state, self.capacity, cap)
+            self.capacity = cap
 
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
@@ -562,6 +629,8 @@ class Scheduler:
         while True:
             while st.ready_inline and not st.failed:
                 key = st.ready_inline.popleft()
+                if key in st.done or st.waiting.get(key):
+                    continue  # made ready twice, or waiting again for an input being recomputed
                 task = st.tasks[key]
                 self._run_here(task, [st.done[d] for d in task.input_keys], st.attempts.get(key, 0))
                 progressed = True
@@ -576,6 +645,8 @@ class Scheduler:
         while st.ready and not st.failed:
             item = heapq.heappop(st.ready)
             key = item[2]
+            if key in st.done or key in st.running or st.waiting.get(key):
+                continue  # made ready twice, or waiting again for an input being recomputed
             task = st.tasks[key]
             attempt = st.attempts.get(key, 0)
             if self.executor is None:
@@ -589,8 +660,13 @@ class Scheduler:
                 progressed = True
                 while st.ready_inline and not st.failed:  # what it made ready, in order
                     k = st.ready_inline.popleft()
+                    if k in st.done or st.waiting.get(k):
+                        continue
                     self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
                 continue
+            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing can start
+                deferred.append(item)
+                break
             if self.cache is not None:
                 # claimed before the executor is asked for room: the claim touches the cache's
                 # folder, and a worker's queue slot may be gone after that long; a claim held
@@ -688,6 +764,8 @@ class Scheduler:
         st = self.state
         task = st.tasks[key]
         terr = error if isinstance(error, TaskError) else to_task_error(task, st.attempts.get(key, 0), error, [])
+        if terr.corrupt_inputs and self._recompute_producers(key, terr):
+            return Decision.RETRY
         self.effective_memory(task)
         decision = fail_attempt(
             st,
@@ -695,7 +773,7 @@ class Scheduler:
             terr,
             max_fail_count=self.max_fail_count,
             max_retry_count=self.max_retry_count,
-            memory_cap=self.capacity.memory,
+            memory_cap=self.executor.attempt_limits()[1] if self.executor else self.capacity.memory,
         )
         if decision is Decision.FAIL:
             # in the job log only: the job's summary shows the error to the user, once
@@ -705,6 +783,29 @@ class Scheduler:
                 logger.info("{}: memory limit raised to {} bytes after running out of memory", key, st.memory[key])
             logger.warning("retrying {} (attempt {}) after: {}", key, st.attempts[key], terr.message)
         return decision
+
+    def _recompute_producers(self, key: str, terr: TaskError) -> bool:
+        """An input written by an earlier task is unreadable: run that task again (once)."""
+        from smallpond.execution.attempt import commit_path, producer_key_of
+        from smallpond.io.filesystem import remove_path
+
+        st = self.state
+        producers = {producer_key_of(self.rt, p) for p in terr.corrupt_inputs} - {None}
+        fresh = sorted(p for p in producers if p in st.done and p not in st.recomputed)
+        if not fresh:
+            return False
+        logger.warning(
+            "{}: input file(s) {} cannot be read; recomputing {} that wrote them, then {} runs again",
+            key,
+            terr.corrupt_inputs[:3],
+            fresh,
+            key,
+        )
+        if self.cache is not None:  # a reused output is a link to the cache entry's file: bypass it
+            self.cache.forget(fresh)
+        for k in recompute_producers(st, key, fresh):
+            remove_path(commit_path(self.rt, k))
+        return True
 
     def _abort_running(self) -> None:
         for key, attempt in abandon_running(self.state):

@@ -93,6 +93,9 @@ class Task:
     exec_on_scheduler = False
     #: True if the task's output is a set of files it wrote (False for pass-through tasks).
     writes_output = True
+    #: True if the task is complete only once its job publishes it (sinks): the publication, not
+    #: the attempt, writes its commit record (see :mod:`smallpond.execution.ops.sink`)
+    commits_on_publication = False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:
         self.id = TaskId(task_id)
@@ -245,7 +248,9 @@ class Task:
         rt = self.runtime_ctx
         if rt is None or rt.fault_inject_prob <= 0 or self.retry_count >= 2:
             return
-        if _fault_rng.random() < rt.fault_inject_prob:
+        # drawn from the OS, not a module-level generator: forked workers would share its state
+        # and draw the same numbers, so whole jobs would see no fault at all
+        if int.from_bytes(os.urandom(7), "big") / float(1 << 56) < rt.fault_inject_prob:
             from smallpond.errors import InjectedFault
 
             raise InjectedFault(f"injected fault in {self.key} attempt {self.retry_count}")
@@ -296,10 +301,6 @@ class Task:
         state.pop("_py_rng", None)
         state.pop("_np_rng", None)
         return state
-
-
-# fault injection draws from its own generator: the global one is the task's, seeded per task
-_fault_rng = random.Random()
 
 
 @contextmanager

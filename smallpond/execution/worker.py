@@ -35,18 +35,7 @@ def worker_main(conn, rt_path: str, index: int) -> None:
     install_task_log_sink(rt.file_log_level)
     share_database_in_process()
     worker_name = f"{socket.gethostname()}/local-{index}"
-    node_blobs: dict = {}
-    nodes: dict = {}
-
-    def _node(key):
-        node = nodes.get(key)
-        if node is None:
-            node = pickle.loads(node_blobs[key])
-            # smallpond's own nodes are read-only descriptions: one copy serves every task; a
-            # user's node subclass gets a fresh copy per task, as if it had been sent with it
-            if type(node).__module__.startswith("smallpond."):
-                nodes[key] = node
-        return node
+    nodes = NodeCache()
 
     while True:
         try:
@@ -57,9 +46,9 @@ def worker_main(conn, rt_path: str, index: int) -> None:
             return
         node_key, node_blob, body = pickle.loads(msg)
         if node_blob is not None:
-            node_blobs[node_key] = node_blob
+            nodes.add(node_key, node_blob)
         task, inputs, attempt, memory = pickle.loads(body)
-        task.node = _node(node_key)
+        task.node = nodes.get(node_key)
         result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
         try:
             payload = _fast_pickle(result) or cloudpickle.dumps(result)
@@ -88,6 +77,32 @@ def worker_main(conn, rt_path: str, index: int) -> None:
             return
 
 
+class NodeCache:
+    """The pickled nodes a worker has received, by key, and the nodes it may reuse.
+
+    smallpond's own nodes are read-only descriptions: one copy serves every task. A user's node
+    subclass gets a fresh copy per task, as if it had been sent with it.
+    """
+
+    def __init__(self) -> None:
+        self._blobs: dict = {}
+        self._nodes: dict = {}
+
+    def __contains__(self, key) -> bool:
+        return key in self._blobs
+
+    def add(self, key, blob: bytes) -> None:
+        self._blobs[key] = blob
+
+    def get(self, key):
+        node = self._nodes.get(key)
+        if node is None:
+            node = pickle.loads(self._blobs[key])
+            if type(node).__module__.startswith("smallpond."):
+                self._nodes[key] = node
+        return node
+
+
 def setup_worker_process(rt, title: str) -> None:
     """What a worker process (never the user's) sets up: its title, the job's environment
     variables, and stdlib logging routed into the task logs."""
@@ -114,11 +129,29 @@ def _load_runtime_ctx(path: str):
     return load(path, secret=secret)
 
 
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when the process that started it dies (even by
+    SIGKILL), so no worker outlives its job running a task nobody will collect."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main(argv=None) -> None:
     from multiprocessing.connection import Connection
 
     argv = sys.argv[1:] if argv is None else argv
     fd, rt_path, index = int(argv[0]), argv[1], int(argv[2])
+    die_with_parent()
     _preload()
     worker_main(Connection(fd), rt_path, index)
 

@@ -7,6 +7,14 @@ Invariants:
 * :func:`dump` / :func:`load` move signed pickles across the shared filesystem. A pickle is code
   to whoever loads it, so every pickle carries an HMAC-SHA256 of its bytes under a per-job secret;
   :func:`load` refuses a pickle whose signature does not match.
+
+A signed record is ``SPSIG2 | sha256(payload) | HMAC-SHA256(secret, payload) | payload``. The plain
+digest tells an accident from an attack: a record that is empty, short, of another format or
+whose payload does not match its digest was torn or damaged (a crash, a full disk, a bad block):
+:class:`CorruptRecord`, which callers may treat as absent. A record that is intact but whose HMAC
+does not match was written by someone without the job's secret: :class:`SignatureError`, which is
+always an error. Neither is ever unpickled. (Records of the earlier ``SPSIG1`` format, without the
+plain digest, are still read; for those a mismatch cannot be told apart and is a SignatureError.)
 """
 
 from __future__ import annotations
@@ -22,11 +30,21 @@ from typing import Any, Optional
 HF3FS_MOUNT_POINT_PREFIX = "/hf3fs"
 HF3FS_FSSPEC_PROTOCOL = "hf3fs://"
 
-_SIG_MAGIC = b"SPSIG1"
+_SIG_MAGIC_V1 = b"SPSIG1"
+_SIG_MAGIC = b"SPSIG2"
+_DIGEST = 32
 
 
 class SignatureError(Exception):
-    """A pickle's signature does not match this job's secret."""
+    """A pickle's signature does not match this job's secret (it was forged or altered on purpose)."""
+
+
+class CorruptRecord(SignatureError):
+    """A signed record is torn or damaged (empty, truncated, not a record): nothing was loaded.
+
+    A subclass of :class:`SignatureError`, so code that refuses unverifiable records refuses these
+    too; code that can recompute what the record described (commit records) treats it as absent.
+    """
 
 
 def on_hf3fs(path: str) -> bool:
@@ -71,12 +89,64 @@ def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        if fsync:
-            f.flush()
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)  # a full disk or an interrupt leaves no half-written temp file behind
+        raise
+    if fsync:
+        fsync_dir(directory)
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` (renames into it) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+_renameat2 = None
+
+
+def exchange_paths(a: str, b: str) -> bool:
+    """Atomically swap two existing paths (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns False, having changed nothing, where the system or the filesystem cannot do it; the
+    caller then falls back to two renames.
+    """
+    global _renameat2
+    if _renameat2 is None:
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            _renameat2 = libc.renameat2
+            _renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+        except (OSError, AttributeError):
+            _renameat2 = False
+    if not _renameat2:
+        return False
+    import ctypes
+
+    at_fdcwd, rename_exchange = -100, 2
+    if _renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a, None, b)
 
 
 def atomic_write_text(path: str, text: str, *, fsync: bool = False) -> None:
@@ -87,15 +157,46 @@ def sign(data: bytes, secret: bytes) -> bytes:
     return hmac.new(secret, data, hashlib.sha256).digest()
 
 
-def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: bool = True) -> int:
+def signed_bytes(payload: bytes, secret: bytes) -> bytes:
+    """``payload`` framed as a signed record (see the module docstring)."""
+    return _SIG_MAGIC + hashlib.sha256(payload).digest() + hmac.digest(secret, payload, "sha256") + payload
+
+
+def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
+    """The payload of a signed record, or :class:`CorruptRecord` / :class:`SignatureError`."""
+    if data.startswith(_SIG_MAGIC) and len(data) >= len(_SIG_MAGIC) + 2 * _DIGEST:
+        start = len(_SIG_MAGIC)
+        digest, sig = data[start : start + _DIGEST], data[start + _DIGEST : start + 2 * _DIGEST]
+        payload = data[start + 2 * _DIGEST :]
+        if not hmac.compare_digest(digest, hashlib.sha256(payload).digest()):
+            raise CorruptRecord(
+                f"refusing to load {path!r}: the record is torn or damaged (its content does not match its digest)"
+            )
+        if not hmac.compare_digest(sig, sign(payload, secret)):
+            raise SignatureError(
+                f"refusing to load {path!r}: its signature does not match this job's secret "
+                "(the record is intact but was not written by this job: it was altered or planted)"
+            )
+        return payload
+    if data.startswith(_SIG_MAGIC_V1) and len(data) >= len(_SIG_MAGIC_V1) + _DIGEST:
+        sig, payload = data[len(_SIG_MAGIC_V1) : len(_SIG_MAGIC_V1) + _DIGEST], data[len(_SIG_MAGIC_V1) + _DIGEST :]
+        if not hmac.compare_digest(sig, sign(payload, secret)):
+            raise SignatureError(f"refusing to load pickle {path!r}: its signature does not match this job's secret")
+        return payload
+    raise CorruptRecord(
+        f"refusing to load unsigned pickle {path!r}: not a signed record ({len(data)} bytes; empty, torn or unsigned)"
+    )
+
+
+def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: bool = True, fsync: bool = False) -> int:
     """Pickle ``obj`` with cloudpickle (signed if ``secret`` is given) and write it to ``path``."""
     import cloudpickle
 
     payload = cloudpickle.dumps(obj)
     if secret is not None:
-        payload = _SIG_MAGIC + sign(payload, secret) + payload
+        payload = signed_bytes(payload, secret)
     if atomic_write:
-        atomic_write_bytes(path, payload)
+        atomic_write_bytes(path, payload, fsync=fsync)
     else:
         with open(path, "wb") as f:
             f.write(payload)
@@ -109,13 +210,7 @@ def load(path: str, *, secret: Optional[bytes] = None) -> Any:
     with open(path, "rb") as f:
         data = f.read()
     if secret is not None:
-        if not data.startswith(_SIG_MAGIC) or len(data) < len(_SIG_MAGIC) + 32:
-            raise SignatureError(f"refusing to load unsigned pickle {path!r}")
-        sig = data[len(_SIG_MAGIC) : len(_SIG_MAGIC) + 32]
-        payload = data[len(_SIG_MAGIC) + 32 :]
-        if not hmac.compare_digest(sig, sign(payload, secret)):
-            raise SignatureError(f"refusing to load pickle {path!r}: its signature does not match this job's secret")
-        data = payload
+        data = verified_payload(data, secret, path)
     return pickle.loads(data)
 
 

@@ -11,15 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Union
 
-from smallpond.common import DEFAULT_ROW_GROUP_SIZE
+from smallpond.common import DEFAULT_ROW_GROUP_SIZE, quote_literal
 
 _NO_COMPRESSION = ("", "none", "uncompressed")
 # codecs both writers know, by DuckDB's name
 _CODECS = ("uncompressed", "snappy", "gzip", "zstd", "lz4", "lz4_raw", "brotli")
-
-
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 @dataclass(frozen=True)
@@ -64,7 +60,7 @@ class ParquetWriterOptions:
 
     def duckdb(self, kv_metadata: Optional[Dict[str, str]] = None, row_group_bytes: Optional[int] = None) -> str:
         """The option list of a DuckDB ``COPY ... TO`` (without the parentheses)."""
-        opts = ["FORMAT PARQUET", f"COMPRESSION {_sql_string(self.compression)}"]
+        opts = ["FORMAT PARQUET", f"COMPRESSION {quote_literal(self.compression)}"]
         if self._level() is not None:
             opts.append(f"COMPRESSION_LEVEL {self._level()}")
         opts.append(f"ROW_GROUP_SIZE {self.row_group_size}")
@@ -76,7 +72,7 @@ class ParquetWriterOptions:
             # a high-cardinality column and then dropping it is a third of the writer's time there.
             opts.append("DICTIONARY_SIZE_LIMIT 0, WRITE_BLOOM_FILTER false")
         if kv_metadata:
-            items = ", ".join(f"{_sql_string(k)}: {_sql_string(v)}" for k, v in kv_metadata.items())
+            items = ", ".join(f"{quote_literal(k)}: {quote_literal(v)}" for k, v in kv_metadata.items())
             opts.append(f"KV_METADATA {{{items}}}")
         return ", ".join(opts)
 

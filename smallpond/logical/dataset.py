@@ -22,18 +22,16 @@ import re
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, split_into_rows
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, quote_literal, split_into_rows
 from smallpond.errors import ParameterError
+from smallpond.io.paths import duckdb_file_literal, file_identity
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
-
-
-def _quote(s: str) -> str:
-    return "'" + s.replace("'", "''") + "'"
+_quote = quote_literal
 
 
 def _path_list_sql(paths: Sequence[str]) -> str:
-    return "[" + ", ".join(_quote(p) for p in paths) + "]"
+    return "[" + ", ".join(duckdb_file_literal(p) for p in paths) + "]"
 
 
 def _default_conn(conn):
@@ -98,17 +96,26 @@ class DataSet:
             return sorted(self.paths)
         return sorted(os.path.join(self.root_dir, p) for p in self.paths)
 
+    def _patterns(self) -> List[tuple]:
+        """(absolute path, glob pattern or None) per path; ``root_dir`` is never read as a pattern."""
+        if self.root_dir is None:
+            return [(p, p if _WILDCARD.search(p) else None) for p in sorted(self.paths)]
+        root = glob.escape(self.root_dir)
+        return sorted(
+            (os.path.join(self.root_dir, p), os.path.join(root, p) if _WILDCARD.search(p) else None) for p in self.paths
+        )
+
     @property
     def resolved_paths(self) -> List[str]:
         if self._resolved_paths is None:
             out: List[str] = []
-            for p in self.absolute_paths:
-                if _WILDCARD.search(p):
-                    out.extend(x for x in glob.glob(p, recursive=self.recursive) if not os.path.isdir(x))
-                elif os.path.isdir(p):
-                    out.extend(self._directory_files(p))
+            for path, pattern in self._patterns():
+                if pattern is not None:
+                    out.extend(x for x in glob.glob(pattern, recursive=self.recursive) if not os.path.isdir(x))
+                elif os.path.isdir(path):
+                    out.extend(self._directory_files(path))
                 else:
-                    out.append(p)
+                    out.append(path)
             self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
         return self._resolved_paths
 
@@ -139,12 +146,12 @@ class DataSet:
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""
         missing = []
-        for p in self.absolute_paths:
-            if _WILDCARD.search(p):
-                if not glob.glob(p, recursive=self.recursive):
-                    missing.append(p)
-            elif not os.path.exists(p):
-                missing.append(p)
+        for path, pattern in self._patterns():
+            if pattern is not None:
+                if not glob.glob(pattern, recursive=self.recursive):
+                    missing.append(path)
+            elif not os.path.exists(path):
+                missing.append(path)
         return missing
 
     def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
@@ -187,16 +194,12 @@ class DataSet:
 
     # -- identity ------------------------------------------------------------------------------
     def fingerprint(self) -> str:
-        """A digest of the description and of the files' sizes and modification times."""
+        """A digest of the description and of each file's identity (see :func:`file_identity`)."""
         h = hashlib.sha256()
         h.update(type(self).__name__.encode())
         h.update(repr(self._describe()).encode())
-        for p in self.resolved_paths:
-            try:
-                st = os.stat(p)
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns};".encode())
-            except OSError:
-                h.update(f"{p}:missing;".encode())
+        for p in self.resolved_paths:  # ~50 us a file here (1000 files: ~55 ms, against ~5 ms for stat alone)
+            h.update(file_identity(p).encode("utf-8", "surrogateescape"))
         return h.hexdigest()
 
     def _describe(self) -> tuple:
@@ -334,14 +337,14 @@ class CsvDataSet(DataSet):
         if self.empty:
             return self._typed_empty()
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
-        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}"
+        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
         if self.max_line_size is not None:
             opts += f", max_line_size={int(self.max_line_size)}"
         opts += f", union_by_name={self.union_by_name}"
         return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
 
     def _typed_empty(self) -> str:
-        cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.csv_schema.items())
+        cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.csv_schema.items())
         return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
 
     def _merge(self, datasets):
@@ -376,13 +379,13 @@ class JsonDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            cols = ", ".join(f'CAST(NULL AS {v}) AS "{k}"' for k, v in self.json_schema.items())
+            cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.json_schema.items())
             return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
         return (
             f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
             f"format={_quote(self.format)}, columns={{ {cols} }}, maximum_object_size={int(self.max_object_size)}, "
-            f"union_by_name={self.union_by_name}) )"
+            f"union_by_name={self.union_by_name}, hive_partitioning=false) )"
         )
 
 
@@ -475,7 +478,7 @@ class ParquetDataSet(DataSet):
             opts.append("filename=true")
         if extra_row_number or "file_row_number" in self.generated_columns:
             opts.append("file_row_number=true")
-        src = _path_list_sql(paths) if len(paths) > 1 else _quote(paths[0])
+        src = _path_list_sql(paths) if len(paths) > 1 else duckdb_file_literal(paths[0])
         return f"read_parquet({src}, {', '.join(opts)})"
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
@@ -590,7 +593,9 @@ class ParquetDataSet(DataSet):
     def _empty_fragment(self, conn) -> str:
         path = getattr(self, "_schema_path", None)
         if self.schema is None and path:
-            return f"( SELECT {self._column_str} FROM read_parquet({_quote(path)}, hive_partitioning=false) LIMIT 0 )"
+            return (
+                f"( SELECT {self._column_str} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
+            )
         return super()._empty_fragment(conn)
 
     def _merge(self, datasets):
@@ -614,7 +619,7 @@ class ParquetDataSet(DataSet):
         from smallpond.io.arrow import dump_to_parquet_files
 
         paths = dump_to_parquet_files(table, output_dir, filename)
-        return ParquetDataSet(paths, root_dir=None)
+        return ParquetDataSet.from_files(paths)
 
     def load_partitioned_datasets(
         self, npartition: int, data_partition_column: str, hive_partitioning: bool = False

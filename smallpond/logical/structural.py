@@ -34,15 +34,32 @@ class DataSourceNode(Node):
 
 
 SINK_TYPES = ("link", "copy", "link_or_copy", "manifest")
+#: what a sink does with a destination that already has content (Spark's ``mode`` names)
+SINK_MODES = ("overwrite", "append", "error", "errorifexists", "ignore")
 
 
 class DataSinkNode(Node):
     """Publish the inputs' files into ``output_path``.
 
-    ``type``: ``"link"`` (hard link, else symlink across filesystems), ``"copy"``,
-    ``"link_or_copy"`` (hard link, else copy) or ``"manifest"`` (only ``.MANIFEST.txt``).
-    The directory is published whole: it is built aside and renamed into place, so a reader
-    never sees part of a result. ``.MANIFEST.txt`` lists the published files.
+    Args:
+        output_path: an absolute directory.
+        type: ``"link"`` (hard link, else a copy across filesystems), ``"copy"``,
+            ``"link_or_copy"`` (hard link, else copy) or ``"manifest"`` (only ``.MANIFEST.txt``,
+            listing the inputs' files where they are).
+        manifest_only: deprecated spelling of ``type="manifest"``.
+        mode: what to do when ``output_path`` has content:
+
+            * ``"overwrite"`` (default): replace an earlier smallpond result (the files its
+              ``.MANIFEST.txt`` lists). A folder holding any other file is refused before the job
+              runs, naming the files: nothing a user put there is ever deleted or overwritten;
+            * ``"append"``: add the files under new names beside whatever is there;
+            * ``"error"`` / ``"errorifexists"``: refuse a folder that is not empty;
+            * ``"ignore"``: leave a folder that is not empty as it is (its inputs are not computed).
+
+    The result is published whole, with every other sink of the job: it is built aside and
+    renamed into place, so a reader never sees part of it (see :mod:`smallpond.execution.ops.sink`).
+    ``.MANIFEST.txt`` lists the published files. An output path that overlaps an input of the job
+    or its data root is refused when the job is planned.
     """
 
     def __init__(
@@ -53,17 +70,24 @@ class DataSinkNode(Node):
         type: str = "link",
         manifest_only: bool = False,
         is_final_node: bool = False,
+        *,
+        mode: str = "overwrite",
     ) -> None:
         if not isinstance(output_path, str) or not os.path.isabs(output_path):
             raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
-        super().__init__(ctx, input_deps, None, output_path, 1, 0, None)
+        super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)
         if manifest_only:
             type = "manifest"
         if type not in SINK_TYPES:
             raise ParameterError(self._msg(f"type must be one of {list(SINK_TYPES)}, got {type!r}"))
+        if mode not in SINK_MODES:
+            raise ParameterError(self._msg(f"mode must be one of {list(SINK_MODES)}, got {mode!r}"))
         if not self.input_deps:
             raise ParameterError(self._msg("a data sink needs at least one input"))
+        if self.output_path == os.sep:
+            raise ParameterError(self._msg("output_path must not be the filesystem root"))
         self.type = type
+        self.mode = mode
         self.is_final_node = is_final_node
 
     def partition_shape(self) -> Shape:

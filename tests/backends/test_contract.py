@@ -13,6 +13,7 @@ and checks:
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import signal
@@ -64,9 +65,14 @@ def counting_command(backend, job_id, data_root, inputs, counter, sink, *extra: 
     ]
 
 
-def run(cmd, cwd, timeout=300) -> subprocess.CompletedProcess:
-    env = dict(os.environ, SP_PROGRESS="0")
+def run(cmd, cwd, backend=None, timeout=300) -> subprocess.CompletedProcess:
+    env = dict(backend.env() if backend else os.environ, SP_PROGRESS="0")
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def start(cmd, cwd, backend, **kwargs) -> subprocess.Popen:
+    env = dict(backend.env(), SP_PROGRESS="0")
+    return subprocess.Popen(cmd, cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kwargs)
 
 
 def attempts_used(root: str) -> int:
@@ -77,7 +83,9 @@ def attempts_used(root: str) -> int:
 def test_same_result_as_plain_pyarrow(backend, tmp_path):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
     counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    proc = run(counting_command(backend, str(uuid.uuid4()), data_root, inputs, counter, sink, "--sleep", "0"), tmp_path)
+    job_id = str(uuid.uuid4())
+    with backend.job_side(COUNTING_JOB, job_id, data_root):
+        proc = run(counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0"), tmp_path, backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sink_rows(sink) == expected_rows(inputs)
     assert len(counter_lines(counter)) == NPARTITIONS
@@ -89,8 +97,11 @@ def test_example_gives_the_embedded_output(backend, tmp_path):
     outputs = {}
     for name, mode, args in [("embedded", "scheduler", []), (backend.name, backend.driver_mode(), backend.driver_args())]:
         out = str(tmp_path / f"out-{name}")
-        cmd = [sys.executable, SORT_EXAMPLE, mode, "--job_id", str(uuid.uuid4()), "--data_root", str(tmp_path / name)]
-        proc = run([*cmd, *args, "-i", *urls, "-n", "3", "-o", out], tmp_path)
+        job_id, data_root = str(uuid.uuid4()), str(tmp_path / name)
+        cmd = [sys.executable, SORT_EXAMPLE, mode, "--job_id", job_id, "--data_root", data_root]
+        side = backend.job_side(SORT_EXAMPLE, job_id, data_root) if name == backend.name else contextlib.nullcontext()
+        with side:
+            proc = run([*cmd, *args, "-i", *urls, "-n", "3", "-o", out], tmp_path, backend if name == backend.name else None)
         assert proc.returncode == 0, proc.stderr[-3000:]
         table = read_parquet(sorted(glob.glob(os.path.join(out, "data_sink", "*.parquet"))))
         outputs[name] = table.sort_by([("host", "ascending"), ("url", "ascending")]).to_pylist()
@@ -103,7 +114,8 @@ def test_injected_faults_are_retried(backend, tmp_path):
     counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
     job_id = str(uuid.uuid4())
     cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0", "--fault_inject", "0.3")
-    proc = run(cmd, tmp_path)
+    with backend.job_side(COUNTING_JOB, job_id, data_root):
+        proc = run(cmd, tmp_path, backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sink_rows(sink) == expected_rows(inputs)
     (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
@@ -115,18 +127,17 @@ def test_resume_after_sigkill_of_the_driver(backend, tmp_path):
     counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
     job_id = str(uuid.uuid4())
     cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.1")
-    proc = subprocess.Popen(
-        cmd, cwd=str(tmp_path), start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 8, proc, deadline=240)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    time.sleep(1.0)  # let workers of the killed driver notice (they must not commit into its place twice)
-    done_before = committed(root)
-    started_before = started(root)
-    assert len(done_before) < WORKER_TASKS, "the job finished before it was killed"
+    with backend.job_side(COUNTING_JOB, job_id, data_root):
+        proc = start(cmd, tmp_path, backend, start_new_session=True)
+        root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 8, proc, deadline=240)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        time.sleep(1.0)  # let workers of the killed driver notice (they must not commit into its place twice)
+        done_before = committed(root)
+        started_before = started(root)
+        assert len(done_before) < WORKER_TASKS, "the job finished before it was killed"
 
-    rerun = run(cmd, tmp_path)
+        rerun = run(cmd, tmp_path, backend)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     started_after = started(root)
     rerun_started = {k for k in started_after if started_after[k] > started_before.get(k, 0)}
@@ -139,16 +150,17 @@ def test_a_killed_worker_does_not_fail_the_job(backend, tmp_path):
     counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
     job_id = str(uuid.uuid4())
     cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.3")
-    proc = subprocess.Popen(cmd, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 2, proc, deadline=240)
-        killed = backend.kill_one_worker(proc.pid, root)
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            for child in psutil.Process(proc.pid).children(recursive=True):
-                child.kill()
-            proc.kill()
+    with backend.job_side(COUNTING_JOB, job_id, data_root):
+        proc = start(cmd, tmp_path, backend)
+        try:
+            root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 2, proc, deadline=240)
+            killed = backend.kill_one_worker(proc.pid, root)
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    child.kill()
+                proc.kill()
     assert proc.returncode == 0, f"after killing {killed}:\n{err[-3000:]}"
     assert sink_rows(sink) == expected_rows(inputs)
 
@@ -174,7 +186,8 @@ def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
     script.write_text(BAD_SQL_JOB)
     data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
     cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
-    proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path)
+    with backend.job_side(str(script), job_id, data_root):
+        proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path, backend)
     assert proc.returncode == EX_SOFTWARE
     assert "select idd, from" in proc.stderr
     (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -123,17 +124,26 @@ def test_job_time_as_datetime_iso_or_epoch(tmp_path):
             sp.shutdown()
 
 
-def test_accepted_extra_arguments(tmp_path, log_messages):
-    """job_name and memory_allocator are accepted; ray_address warns and runs embedded (no Ray backend)."""
-    sp = smallpond.init(
-        data_root=str(tmp_path), job_name="compat", memory_allocator="system", ray_address="127.0.0.1:6379", bind_numa_node=False
-    )
+def test_accepted_extra_arguments(tmp_path):
+    """job_name, memory_allocator and bind_numa_node are accepted."""
+    sp = smallpond.init(data_root=str(tmp_path), job_name="compat", memory_allocator="system", bind_numa_node=False)
     try:
         assert sp.from_items([1, 2, 3]).count() == 3
-        assert sp.config.ray_address == "127.0.0.1:6379"
     finally:
         sp.shutdown()
-    assert any("ray_address" in m for m in log_messages)
+
+
+def test_ray_address_of_no_cluster_fails_at_init_naming_it(tmp_path):
+    """ray_address selects the Ray backend (tests/e2e/test_ray_session.py); with no cluster there,
+    init fails at once naming the address instead of running elsewhere."""
+    pytest.importorskip("ray", reason="the Ray backend needs the [ray] extra (CI installs it)")
+    from smallpond.errors import ClusterError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    with pytest.raises(ClusterError, match=address):
+        smallpond.init(data_root=str(tmp_path), ray_address=address)
 
 
 def test_version():

@@ -24,6 +24,7 @@ from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSinkNode, DataSourceNode, LogicalPlan
 from tests.datagen import generate_parquet_files, parquet_paths_in, read_parquet, rows
 from tests.e2e.counting_job import counting_plan
+from tests.e2e.safety_helpers import fault_count
 
 
 def sink_content(sink: str) -> List[tuple]:
@@ -46,8 +47,10 @@ def test_fault_injection_gives_the_clean_output(tmp_path, make_rt):
     rt = make_rt(fault_inject_prob=0.2)
     exec_plan = run_job(counting_plan(inputs, str(tmp_path / "c2"), faulty_sink, sleep=0), rt, num_workers=2)
     assert exec_plan.successful
-    # 33 tasks on workers, each attempt failing with probability >= 0.36: some retries happened
+    # 33 tasks on workers, each attempt failing with probability >= 0.36: some retries happened,
+    # and they were retries of injected faults
     assert retried_attempts(rt), "no fault was injected"
+    assert fault_count(rt.log_root) >= len(retried_attempts(rt)) > 0
     assert sink_content(faulty_sink) == sink_content(clean_sink)
     assert sorted(sink_content(clean_sink)) == expected(inputs)
     # nothing of the failed attempts is left behind
@@ -65,6 +68,7 @@ def test_fault_injection_url_sort(tmp_path, make_rt, url_files, monkeypatch):
     run_job(sort_mock_urls(url_files, 3, external_output_path=str(clean)), make_rt(), num_workers=2)
     rt = make_rt(fault_inject_prob=0.2)
     run_job(sort_mock_urls(url_files, 3, external_output_path=str(faulty)), rt, num_workers=2)
+    assert fault_count(rt.log_root) > 0, "no fault was injected"
     clean_files = parquet_paths_in(str(clean / "data_sink"))
     faulty_files = parquet_paths_in(str(faulty / "data_sink"))
     assert len(clean_files) == len(faulty_files)

@@ -102,6 +102,10 @@ def test_sort_mock_urls_driver(url_files, tmp_path, data_root, fault_inject_prob
     assert status[-1].startswith("success@")
     assert os.path.exists(os.path.join(job_root, "log", "scheduler.log"))
     assert glob.glob(os.path.join(job_root, "log", "tasks", "*.0.log"))
+    if fault_inject_prob != "0":
+        from tests.e2e.safety_helpers import fault_count
+
+        assert fault_count(os.path.join(job_root, "log")) > 0, "no fault was injected"
 
 
 def test_sort_mock_urls_driver_failure_exit_code(tmp_path, data_root):

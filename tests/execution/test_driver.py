@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from smallpond.execution.driver import Driver
@@ -51,6 +54,33 @@ def test_unknown_mode_is_rejected(capsys):
         make_driver().parse_arguments(["bogus_mode"])
     assert info.value.code == 2
     assert "bogus_mode" in capsys.readouterr().err
+
+
+EMBEDDED_DRIVER_JOB = """
+import sys
+from smallpond.execution.driver import Driver
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+sys.argv = ["job.py", "scheduler", "--data_root", sys.argv[1], "--num_executors", "1"]
+ctx = Context()
+plan = LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, None),), "select 42 as x"))
+result = Driver().run(plan, stop_process_on_done=False)
+print(result.final_output.to_arrow_table().column("x").to_pylist())
+assert "ray" not in sys.modules, "the embedded Driver imported ray"
+"""
+
+
+def test_the_embedded_driver_never_imports_ray(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", EMBEDDED_DRIVER_JOB, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[42]"
+
+
+def test_ray_address_flag_is_parsed():
+    _, driver = make_driver().parse_arguments(["ray", "--ray_address", "10.0.0.5:6379"])
+    assert driver.mode == "ray" and driver.ray_address == "10.0.0.5:6379"
+    _, driver = make_driver().parse_arguments(["scheduler"])
+    assert driver.ray_address is None
 
 
 def test_options_without_effect_are_marked_in_help_and_warned_about_once(tmp_path, parquet_files):

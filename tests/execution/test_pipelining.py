@@ -87,3 +87,30 @@ def test_tasks_needing_more_than_a_workers_share_of_memory_are_not_queued(parque
     exec_plan = run_job(plan, make_rt(), num_workers=2)
     assert _indexes(exec_plan, node) == list(range(8))
     assert queue_everything == []  # they wait for memory, as without pipelining
+
+
+def test_a_queued_submit_finds_a_worker_after_its_short_task_stopped_being_short(parquet_files, make_rt):
+    """The scheduler saw a queue slot; by the time it submits, no worker counts as short any more
+    (their task ran past the mark, or nothing is known of the node): it queues anyway."""
+    plan, node = _plan(parquet_files, 2)
+    rt = make_rt()
+    rt.initialize()
+    from smallpond.execution.planner import Planner
+    from smallpond.execution.scheduler import Scheduler
+
+    planner = Planner(rt)
+    tasks = planner.plan(node)
+    upstream = sorted({k for t in tasks for k in t.input_keys})
+    results = Scheduler(rt, None).run([planner.tasks[k] for k in upstream], planner.tasks)
+    ex = local.LocalExecutor(rt, 1)
+    ex.start()
+    try:
+        ex.submit(tasks[0], [results[k] for k in tasks[0].input_keys], 0, memory=256 << 20)
+        assert ex.queue_slots() == 0  # nothing is known of this node: not short
+        ex.submit(tasks[1], [results[k] for k in tasks[1].input_keys], 0, memory=256 << 20, queue=True)
+        done = []
+        while len(done) < 2:
+            done.extend(ex.poll(5))
+    finally:
+        ex.shutdown()
+    assert sorted((c.key, c.ok) for c in done) == sorted((t.key, True) for t in tasks)

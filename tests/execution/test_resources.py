@@ -42,3 +42,14 @@ def test_limits_become_duckdb_settings(tmp_path):
     row = ep.final_output.to_arrow_table().to_pylist()[0]
     assert int(row["threads"]) == 1
     assert row["mem"].replace(" ", "") in ("512.0MiB", "512MiB", "536.8MB", "536.8MB")
+
+
+def test_tasks_are_clamped_to_the_executors_largest_attempt(tmp_path):
+    """On a cluster the limit is one node's CPUs and memory, not this machine's (Job passes them)."""
+    rt = make_runtime_ctx(None, None, str(tmp_path))
+    ctx = Context()
+    node = SqlEngineNode(ctx, (DataSourceNode(ctx, None),), "select 1 as x", cpu_limit=2, memory_limit=3 * 2**30)
+    with pytest.warns(UserWarning, match="clamped") as record:
+        tasks = Planner(rt, attempt_limits=(1, 2**30)).plan(node)
+    assert (tasks[-1].cpu_limit, tasks[-1].memory_limit) == (1, 2**30)
+    assert "exceeds the 1 usable CPUs" in str(record[0].message)

@@ -14,7 +14,7 @@ from smallpond.common import GB, MB
 from smallpond.errors import Decision, InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.planner import Planner
-from smallpond.execution.scheduler import Scheduler, add_tasks, reserve
+from smallpond.execution.scheduler import SchedState, Scheduler, add_tasks, reserve, resize
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
@@ -171,3 +171,85 @@ def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files
     assert [os.path.basename(p).split(".")[1] for p in logs] == ["0", "1"]
     with open(logs[0]) as f:
         assert "Out of Memory" in f.read()
+
+
+class GrowingExecutor(ScriptedExecutor):
+    """A backend whose nodes join while the job runs: its capacity grows after the first submit.
+
+    Machines hold at most 3 GB each (``attempt_limits``), while the whole offers 8 GB and then 16 GB.
+    """
+
+    capacity = Capacity(2, 2, 8 * GB)
+
+    def attempt_limits(self):
+        return 2, 3 * GB
+
+    def submit(self, task, inputs, attempt, *, memory, queue=False) -> None:
+        super().submit(task, inputs, attempt, memory=memory, queue=queue)
+        self.capacity = Capacity(4, 4, 16 * GB)
+
+
+def test_resize_moves_what_is_free_by_the_change():
+    st = SchedState(free_cpus=1, free_memory=2 * GB)
+    resize(st, Capacity(2, 2, 8 * GB), Capacity(4, 6, 16 * GB))
+    assert (st.free_cpus, st.free_memory) == (5, 10 * GB)
+
+
+def test_the_scheduler_follows_a_changing_capacity(plan_tasks):
+    rt, exec_plan, _ = plan_tasks
+    executor = GrowingExecutor({})
+    scheduler = Scheduler(rt, executor)
+    scheduler.run([exec_plan.root_task], exec_plan.tasks)
+    assert scheduler.capacity == Capacity(4, 4, 16 * GB)
+    assert (scheduler.state.free_cpus, scheduler.state.free_memory) == (4, 16 * GB)
+
+
+def test_memory_boost_is_capped_by_the_largest_attempt_not_the_whole_cluster(plan_tasks):
+    rt, exec_plan, (a, _) = plan_tasks
+    exec_plan.tasks[a].memory_limit = 2 * GB
+    executor = GrowingExecutor({a: [OutOfMemory("oom"), OutOfMemory("oom")]})
+    Scheduler(rt, executor).run([exec_plan.root_task], exec_plan.tasks)
+    assert attempts_of(executor, a) == [(0, 2 * GB), (1, 3 * GB), (2, 3 * GB)]
+
+
+@pytest.fixture
+def chain_tasks(make_rt, parquet_files):
+    """source → 2 partitions → SQL A → Arrow B (not fused into A); returns (runtime ctx, exec plan, A keys, B keys)."""
+    from smallpond.logical.node import ArrowComputeNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    a = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), 2),), "select * from {0}")
+    b = ArrowComputeNode(ctx, (a,), process_func=_first_table)
+    rt = make_rt()
+    rt.initialize()
+    exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, b))
+    a_keys = sorted(k for k in exec_plan.tasks if k.startswith("SqlEngineTask"))
+    b_keys = sorted(k for k in exec_plan.tasks if k.startswith("ArrowComputeTask"))
+    assert len(a_keys) == len(b_keys) == 2
+    return rt, exec_plan, a_keys, b_keys
+
+
+def _first_table(runtime_ctx, tables):
+    return tables[0]
+
+
+def unreadable(rt, producer_key):
+    path = f"{rt.staging_root}/SqlEngineNode.000003/{producer_key}/x.parquet"
+    return TaskError("InvalidInputException: No magic bytes", task_key="B", retryable=False, corrupt_inputs=[path])
+
+
+def test_unreadable_input_recomputes_its_producer_once(chain_tasks):
+    rt, exec_plan, (a0, a1), (b0, b1) = chain_tasks
+    scheduler, ex = run(rt, exec_plan, {b0: [unreadable(rt, a0)]})
+    assert [a for a, _ in attempts_of(ex, a0)] == [0, 1], "the producer ran again, with a new attempt number"
+    assert [a for a, _ in attempts_of(ex, b0)] == [0, 1]
+    assert [a for a, _ in attempts_of(ex, a1)] == [0] and [a for a, _ in attempts_of(ex, b1)] == [0]
+    assert scheduler.state.recomputed == {a0}
+    assert scheduler.state.fail_counts.get(b0, 0) == 0, "the consumer's attempt is not counted as its failure"
+
+
+def test_unreadable_again_after_recomputing_is_reported(chain_tasks):
+    rt, exec_plan, (a0, _), (b0, _) = chain_tasks
+    with pytest.raises(JobFailed, match="No magic bytes"):
+        run(rt, exec_plan, {b0: [unreadable(rt, a0), unreadable(rt, a0)]})

@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 
 from smallpond.execution.task import JobId, RuntimeContext
-from smallpond.io.filesystem import SignatureError, atomic_write_bytes, dump, link_or_copy, load, remove_path
+from smallpond.io.filesystem import CorruptRecord, SignatureError, atomic_write_bytes, dump, link_or_copy, load, remove_path
 
 SECRET = b"s" * 32
 
@@ -31,12 +31,36 @@ def test_runtime_context_roundtrip(tmp_path):
 
 
 def test_tampered_pickle_is_refused(tmp_path):
+    """An attacker rewrites the payload and its plain digest; only the HMAC gives it away."""
+    import hashlib
+
+    path = str(tmp_path / "obj.pickle")
+    dump({"cmd": "harmless"}, path, secret=SECRET)
+    data = open(path, "rb").read()
+    head, payload = data[:6], bytearray(data[6 + 64 :])
+    payload[-5] ^= 0xFF
+    forged = head + hashlib.sha256(bytes(payload)).digest() + data[6 + 32 : 6 + 64] + bytes(payload)
+    open(path, "wb").write(forged)
+    with pytest.raises(SignatureError, match="signature does not match") as info:
+        load(path, secret=SECRET)
+    assert not isinstance(info.value, CorruptRecord)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "bit_flip", "zeros"])
+def test_torn_or_damaged_record_is_corrupt_not_forged(tmp_path, damage):
     path = str(tmp_path / "obj.pickle")
     dump({"cmd": "harmless"}, path, secret=SECRET)
     data = bytearray(open(path, "rb").read())
-    data[-5] ^= 0xFF  # flip bits in the payload, keep the signature
+    if damage == "empty":
+        data = bytearray()
+    elif damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "bit_flip":
+        data[-5] ^= 0xFF
+    else:
+        data = bytearray(len(data))
     open(path, "wb").write(bytes(data))
-    with pytest.raises(SignatureError, match="signature does not match"):
+    with pytest.raises(CorruptRecord):
         load(path, secret=SECRET)
 
 

@@ -8,6 +8,7 @@ Life cycle::
 
     executor.start()                      # may return before workers are ready
     executor.capacity                     # Capacity(num_workers, num_cpus, memory): what it offers
+    executor.attempt_limits()             # (CPUs, bytes): the most one attempt can be given
     executor.free_slots()                 # how many more attempts could start now
     executor.submit(task, inputs, attempt, memory=...)
     executor.poll(timeout) -> [Completion, ...]
@@ -26,6 +27,15 @@ Rules every backend keeps:
   by the scheduler (it grows after an out-of-memory failure); the task's ``cpu_limit`` is its
   CPU count. The backend runs the attempt with these limits (DuckDB ``threads`` and
   ``memory_limit``; Ray ``num_cpus`` and ``memory``), never changing the scheduler's task object.
+  ``attempt_limits()`` is the most one attempt can get (one machine's CPUs and memory): the
+  planner clamps tasks to it, and the scheduler never raises an attempt's memory above it. A
+  backend whose machines changed since planning clamps what it is given again, with a warning.
+* **Capacity may change.** Workers or nodes may join or leave while a job runs (a Ray cluster,
+  queue executors started by hand, a lost executor); ``capacity`` then returns a new value, and
+  the scheduler reads it every round (it must be cheap). A backend whose capacity never changes
+  returns the same object every time. It may be zero workers at first: the scheduler then waits
+  in ``poll``, and a backend whose workers can no longer come raises from ``poll`` with the
+  reason instead of leaving the scheduler waiting.
 * **Serialization errors are the caller's.** If a task cannot be sent (an unpicklable user
   function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
@@ -37,7 +47,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from smallpond.execution.task import Task
 
@@ -83,7 +93,7 @@ class Executor:
 
     @property
     def capacity(self) -> Capacity:
-        """The CPUs, memory and workers this backend offers (may grow while workers join)."""
+        """The CPUs, memory and workers this backend offers now (changes as workers join or leave)."""
         raise NotImplementedError
 
     # upstream-style shorthands, derived from the capacity
@@ -94,6 +104,11 @@ class Executor:
     @property
     def memory(self) -> int:
         return self.capacity.memory
+
+    def attempt_limits(self) -> Tuple[int, int]:
+        """(CPUs, bytes of memory): the most one attempt can be given (one worker machine's)."""
+        c = self.capacity
+        return c.num_cpus, c.memory
 
     def start(self) -> None:
         """Make workers ready (may return before they are)."""

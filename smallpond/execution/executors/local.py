@@ -46,8 +46,9 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.index = index
+        argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)],
+            argv,
             pass_fds=(child_sock.fileno(),),
             env=env,
             stdin=subprocess.DEVNULL,
@@ -57,9 +58,9 @@ class _Worker:
         self.conn = Connection(parent_sock.detach())
         # attempts sent and not answered, in the order the worker runs them: (key, attempt,
         # node key, pickled body); the first one is running
-        self.inflight: Deque[Tuple[str, int, int, bytes]] = deque()
+        self.inflight: Deque[Tuple[str, int, object, bytes]] = deque()
         self.head_since = 0.0  # when the first in-flight attempt started (about)
-        self.nodes_sent: Set[int] = set()  # node keys this worker has received
+        self.nodes_sent: Set[object] = set()  # node keys this worker has received
 
     @property
     def running(self) -> Optional[Tuple[str, int]]:
@@ -81,38 +82,98 @@ class _Worker:
 QUEUE_BEHIND_SECONDS = 0.05
 
 
+class TaskEncoder:
+    """Pickles attempts for worker processes: each node once, each task without its node.
+
+    A node (with the user's functions, SQL, datasets) is pickled the first time it is seen and
+    kept by key; an attempt travels as ``(task without its node, inputs, attempt, memory)``.
+    Keys are held with a reference to the node, so an ``id()`` is never reused while cached.
+    Shared by the backends that ship tasks to processes (local workers, the file queue).
+    """
+
+    def __init__(self) -> None:
+        self._node_keys: Dict[int, Tuple[int, object]] = {}
+        #: node key -> the pickled node
+        self.blobs: Dict[object, bytes] = {}
+
+    def node_key(self, node) -> Tuple[int, bool]:
+        """(the node's key, whether it was pickled just now)."""
+        entry = self._node_keys.get(id(node))
+        if entry is not None:
+            return entry[0], False
+        key = len(self._node_keys)
+        self.blobs[key] = cloudpickle.dumps(node)
+        self._node_keys[id(node)] = (key, node)
+        return key, True
+
+    def encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
+        """(node key, :func:`encode_attempt`'s pickle of the attempt).
+
+        Raises :class:`~smallpond.errors.TaskError` (not retryable) if it cannot be pickled.
+        """
+        try:
+            key, _ = self.node_key(task.node)
+            return key, encode_attempt(task, inputs, attempt, memory)
+        except Exception as e:
+            raise _pickle_error(task, attempt, e) from e
+
+
 class LocalExecutor(Executor):
-    """Worker processes on this machine: ``num_workers`` of them (default: usable CPUs)."""
+    """Worker processes on this machine: ``num_workers`` of them (default: usable CPUs).
+
+    Args:
+        runtime_ctx: the job's runtime context.
+        num_workers: worker processes (default: usable CPUs).
+        cpus, memory: what the pool offers (default: the machine's usable CPUs, at least one per
+            worker, and its usable memory).
+        rt_path: a signed runtime-context file (beside the job secret) the workers load; default:
+            this context, written to ``config/runtime_ctx.pickle`` by :meth:`start`.
+    """
 
     name = "local"
 
-    def __init__(self, runtime_ctx: RuntimeContext, num_workers: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        runtime_ctx: RuntimeContext,
+        num_workers: Optional[int] = None,
+        *,
+        cpus: Optional[int] = None,
+        memory: Optional[int] = None,
+        rt_path: Optional[str] = None,
+    ) -> None:
         self.rt = runtime_ctx
         self.num_workers = max(1, num_workers or runtime_ctx.usable_cpu_count)
         self._capacity = Capacity(
-            self.num_workers, max(self.num_workers, runtime_ctx.usable_cpu_count), runtime_ctx.usable_memory_size
+            self.num_workers,
+            max(self.num_workers, cpus or runtime_ctx.usable_cpu_count),
+            memory or runtime_ctx.usable_memory_size,
         )
-        self._rt_path = os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
+        self._limits = (cpus or runtime_ctx.usable_cpu_count, memory or runtime_ctx.usable_memory_size)
+        self._write_rt = rt_path is None
+        self._rt_path = rt_path or os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
         self.workers: List[_Worker] = []
         self._next_index = 0
         self._lost: List[Completion] = []
-        # a node is pickled once and sent once per worker; tasks travel without it. Keys are
-        # held with a reference to the node, so an id() is never reused while it is cached.
-        self._node_keys: Dict[int, Tuple[int, object]] = {}
-        self._node_blobs: Dict[int, bytes] = {}
-        self._node_times: Dict[int, List[float]] = {}  # node key -> [attempts, total seconds]
+        # a node is pickled once and sent once per worker; tasks travel without it
+        self._encoder = TaskEncoder()
+        self._node_blobs = self._encoder.blobs
+        self._node_times: Dict[object, List[float]] = {}  # node key -> [attempts, total seconds]
 
     @property
     def capacity(self) -> Capacity:
         return self._capacity
+
+    def attempt_limits(self) -> Tuple[int, int]:
+        return self._limits
 
     def start(self) -> None:
         from smallpond.io.filesystem import dump
 
         # always this run's context: a resumed job may run with other settings (environment,
         # fault injection, log levels) than the run that first created the job root
-        os.makedirs(os.path.dirname(self._rt_path), exist_ok=True)
-        dump(self.rt, self._rt_path, secret=self.rt.secret)
+        if self._write_rt:
+            os.makedirs(os.path.dirname(self._rt_path), exist_ok=True)
+            dump(self.rt, self._rt_path, secret=self.rt.secret)
         while len(self.workers) < self.num_workers:
             self._spawn()
 
@@ -137,44 +198,34 @@ class LocalExecutor(Executor):
         now = time.monotonic()
         return sum(1 for w in self.workers if self._short(w, now))
 
-    def _encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
-        """(node key, pickled ``(task without its node, inputs, attempt, memory)``)."""
-        from smallpond.execution.attempt import _fast_pickle
-
-        node = task.node
-        entry = self._node_keys.get(id(node))
-        if entry is None:
-            key = len(self._node_keys)
-            self._node_blobs[key] = cloudpickle.dumps(node)
-            self._node_keys[id(node)] = entry = (key, node)
-        task.node = None
-        try:
-            message = (task, inputs, attempt, memory)
-            body = _fast_pickle(message) or cloudpickle.dumps(message)
-        finally:
-            task.node = node
-        return entry[0], body
-
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
+        node_key, body = self._encoder.encode(task, inputs, attempt, memory)
+        self._submit_entry((task.key, attempt, node_key, body), queue)
+
+    def submit_encoded(self, key: str, attempt: int, node_key, node_blob: bytes, body: bytes, *, queue: bool = False) -> None:
+        """Like :meth:`submit`, for an attempt pickled elsewhere (by a :class:`TaskEncoder`).
+
+        ``node_key`` names ``node_blob`` (the pickled node) among this pool's nodes; use keys that
+        are not ints, which :meth:`submit` uses for its own.
+        """
+        self._node_blobs.setdefault(node_key, node_blob)
+        self._submit_entry((key, attempt, node_key, body), queue)
+
+    def _submit_entry(self, entry: Tuple[str, int, object, bytes], queue: bool) -> None:
         if not self.workers:
             self.start()
-        try:
-            node_key, body = self._encode(task, inputs, attempt, memory)
-        except Exception as e:
-            raise _pickle_error(task, attempt, e) from e
         if queue:
             now = time.monotonic()
-            # a worker that was short when the scheduler asked may have passed the limit since
-            # (pickling the task takes time): any worker running exactly one task will do
-            w = next((w for w in self.workers if self._short(w, now)), None) or next(
-                (w for w in self.workers if len(w.inflight) == 1), None
-            )
+            w = next((w for w in self.workers if self._short(w, now)), None)
+            if w is None:
+                # the worker that was short when the scheduler asked has passed the mark since
+                # (a loaded machine): queue behind the least busy one rather than fail the job
+                w = min(self.workers, key=lambda x: len(x.inflight))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
         if w is None:
             raise RuntimeError("no worker can take the task")  # the scheduler checks first
-        entry = (task.key, attempt, node_key, body)
         for _ in range(2):
             if self._send(w, entry):
                 return
@@ -182,9 +233,9 @@ class LocalExecutor(Executor):
             # worker instead; the attempt the dead worker was running (if any) is lost
             logger.warning("worker {} (pid {}) died; replacing it", w.index, w.pid)
             w = self._replace(w, lose_head=True)
-        self._lost.append(Completion(task.key, attempt, False, None, WorkerLost(f"could not send {task.key} to a worker")))
+        self._lost.append(Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker")))
 
-    def _send(self, w: _Worker, entry: Tuple[str, int, int, bytes]) -> bool:
+    def _send(self, w: _Worker, entry: Tuple[str, int, object, bytes]) -> bool:
         node_key, body = entry[2], entry[3]
         try:
             blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
@@ -295,7 +346,24 @@ class LocalExecutor(Executor):
         self.workers = []
 
 
+def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
+    """Pickle ``(task without its node, inputs, attempt, memory)``; nodes travel separately, once.
+
+    The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
+    """
+    from smallpond.execution.attempt import _fast_pickle
+
+    node = task.node
+    task.node = None
+    try:
+        message = (task, inputs, attempt, memory)
+        return _fast_pickle(message) or cloudpickle.dumps(message)
+    finally:
+        task.node = node
+
+
 def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:
+    """The TaskError for a task that cannot be sent to a worker: names the unpicklable function."""
     import inspect
 
     culprit = ""

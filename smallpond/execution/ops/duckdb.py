@@ -10,6 +10,7 @@ Everything that reaches SQL from outside (paths, column names, values) goes thro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -221,14 +222,41 @@ def writer_row_group_bytes(task: Task, open_writers: int = 1) -> int:
     return max(256 * 1024, min(MAX_ROW_GROUP_BYTES_PER_WRITER, share))
 
 
+@contextlib.contextmanager
+def copy_target_dir(path: str):
+    """A name for directory ``path`` that DuckDB's directory-writing ``COPY`` handles as given.
+
+    ``COPY ... (PARTITION_BY ...)`` and ``PER_THREAD_OUTPUT`` turn backslashes in the target into
+    slashes and then fail. For such a path (a data root may hold any character) a symbolic link
+    with a plain name, in the system's temp folder, stands in for it while the ``COPY`` runs; the
+    files are written through it into ``path`` itself.
+    """
+    if "\\" not in path:
+        yield path
+        return
+    import tempfile
+    import uuid
+
+    link = os.path.join(tempfile.gettempdir(), f"smallpond-copy-{uuid.uuid4().hex}")
+    if "\\" in link:
+        raise OSError(f"cannot write into {path!r}: DuckDB cannot write partitioned output under a path holding a backslash")
+    os.symlink(path, link)
+    try:
+        yield link
+    finally:
+        os.unlink(link)
+
+
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
     """``COPY (query) TO output_dir`` as Parquet with the node's writer options; returns rows written."""
     writers = max(1, int(task.cpu_limit))
     opts = ParquetWriterOptions.of(task.node).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
     if per_thread_output and task.cpu_limit > 1:
         pattern = quote_literal(f"{prefix}-{{i}}")
-        sql = f"COPY ({query}) TO {quote_literal(output_dir)} ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN {pattern}, OVERWRITE_OR_IGNORE true)"
+        with copy_target_dir(output_dir) as target:
+            sql = f"COPY ({query}) TO {quote_literal(target)} ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN {pattern}, OVERWRITE_OR_IGNORE true)"
+            rows = run_sql(conn, sql)
     else:
         sql = f"COPY ({query}) TO {quote_literal(os.path.join(output_dir, prefix + '-0.parquet'))} ({opts})"
-    rows = run_sql(conn, sql)
+        rows = run_sql(conn, sql)
     return int(rows[0][0]) if rows and rows[0] else 0

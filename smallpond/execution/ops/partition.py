@@ -14,6 +14,7 @@ from typing import Dict, List, Optional
 from smallpond.common import MB, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
+    copy_target_dir,
     create_input_views,
     format_query,
     open_connection,
@@ -114,12 +115,13 @@ class HashPartitionTask(Task):
             write_part = "true" if write_col and part_col == col else "false"
             opts = ParquetWriterOptions.of(node).duckdb(self.parquet_kv_metadata(), writer_row_group_bytes(self, n))
             prefix = self.output_filename
-            sql = (
-                f"COPY ({query}) TO {quote_literal(output_dir)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
-                f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
-            )
-            self._current_sql = sql
-            written = run_sql(conn, sql)
+            with copy_target_dir(output_dir) as target:
+                sql = (
+                    f"COPY ({query}) TO {quote_literal(target)} ({opts}, PARTITION_BY ({quote_identifier(part_col)}), "
+                    f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
+                )
+                self._current_sql = sql
+                written = run_sql(conn, sql)
             self.stats["rows"] = int(written[0][0]) if written and written[0] else 0
             parts: List[List[str]] = [[] for _ in range(n)]
             for entry in sorted(os.listdir(output_dir)):

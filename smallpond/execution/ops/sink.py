@@ -1,21 +1,239 @@
-"""Publishing task outputs into a user directory (``DataSinkNode``, ``write_parquet``).
+"""Publishing results into user folders (``DataSinkNode``, ``write_parquet``) without losing data.
 
-The result directory is built beside its destination and renamed into place, so a reader sees
-either the previous content or the complete new result, never a part of it.
+Guarantees:
+
+* **Nothing we did not write is deleted or overwritten.** A destination's files are "ours" when
+  its ``.MANIFEST.txt`` (written by an earlier publication) lists them. With the default
+  ``mode="overwrite"``, a destination holding any other file is refused *at plan time*, before any
+  task runs, naming the files (:func:`check_destination`). ``"append"`` adds files under names that
+  cannot collide (``{stem}.{token}{suffix}``) and leaves every other file alone; ``"error"`` (or
+  ``"errorifexists"``) refuses a non-empty destination; ``"ignore"`` keeps a non-empty destination
+  as it is and computes nothing for it. A manifest-only sink (``type="manifest"``) only ever
+  replaces ``.MANIFEST.txt``.
+* **No output overlaps an input.** An output path equal to, inside or containing an input path
+  of the job (any data source's files or globs), equal to or containing the data root, or inside
+  a job folder is refused at plan time (:func:`check_overlap`): a job never reads its own earlier
+  output, nor publishes over its input or its checkpoints. (A folder of its own directly under
+  the data root is allowed: no job ever looks there.)
+* **A computation publishes all its sinks or none, and never a part of one.** This is a two-phase
+  publication:
+
+  1. *prepare* (:class:`DataSinkTask`, on a worker): the sink's files are hard-linked or copied into
+     ``{dest}.staging-{job}-{task}`` beside the destination (same filesystem, so renames work), with
+     the new ``.MANIFEST.txt``. Nothing in the destination changes. The task's output describes the
+     staged files, so tasks downstream of a sink in the same computation can read them.
+  2. *publish* (:func:`publish`, in the job's process, once every task of the computation
+     succeeded): the steps for every prepared sink are planned (:func:`plan_steps`) and written to
+     a signed, fsynced **publication journal** ``config/publication.journal``, together with the
+     sinks' commit records. Then the steps run (:func:`roll_forward`), the destinations' folders
+     are fsynced and the journal is removed. A sink's commit record is written by the journal's
+     last steps: a sink is complete if and only if its result is published.
+
+  Every step is idempotent and knows from the filesystem whether it already happened (a swapped
+  directory is recognised by its inode), so a job killed at any instant of step 2 finishes the
+  publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
+  rolls a journal it finds forward before anything else); a job killed before the journal exists
+  published nothing, and its staged folders are removed by the next attempt. Replacing a previous
+  result swaps the two directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
+  allows it (readers see the old result or the new one, never a missing or mixed folder), else by
+  two renames. The previous result's files are then removed, only those its manifest lists:
+  anything else found there (a file a user dropped in during the job) is moved back.
+
+``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) and ``SP_TEST_PUBLISH_KILL_AT_STEP`` (a step index) let
+tests kill a job in the middle of publishing; both are inert when unset.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
+import time
 import uuid
-from typing import List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
+from smallpond.errors import PlanError, SmallpondError
 from smallpond.execution.task import Task
-from smallpond.io.filesystem import atomic_write_text, link_or_copy, remove_path
-from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
+from smallpond.io.filesystem import (
+    atomic_write_bytes,
+    atomic_write_text,
+    dump,
+    exchange_paths,
+    fsync_dir,
+    link_or_copy,
+    load,
+    remove_path,
+)
+from smallpond.logical.dataset import _WILDCARD, DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 
 MANIFEST = ".MANIFEST.txt"
+_JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
+JOURNAL = "publication.journal"
+_SHOWN = 5
+
+
+class PublicationError(SmallpondError):
+    """A prepared result could not be published (the destination changed, a staged folder vanished)."""
+
+
+# -- what is in a destination ---------------------------------------------------------------------
+
+
+def read_manifest(dest: str) -> Optional[List[str]]:
+    """The paths listed by ``dest/.MANIFEST.txt``, or None if there is none."""
+    try:
+        with open(os.path.join(dest, MANIFEST)) as f:
+            return [line.rstrip("\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+
+
+def _same_dir(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def our_names(dest: str) -> List[str]:
+    """Names in ``dest`` that an earlier publication of ours wrote (its manifest lists them there)."""
+    listed = read_manifest(dest) or []
+    names = {os.path.basename(p) for p in listed if _same_dir(os.path.dirname(p), dest)}
+    return sorted(names | ({MANIFEST} if listed is not None else set()))
+
+
+def foreign_entries(dest: str) -> List[str]:
+    """Names in ``dest`` that no manifest of ours lists (a missing destination has none)."""
+    try:
+        entries = os.listdir(dest)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    ours = set(our_names(dest))
+    ours.add(MANIFEST)
+    return sorted(e for e in entries if e not in ours)
+
+
+def _show(names: Sequence[str], where: str) -> str:
+    more = f" (and {len(names) - _SHOWN} more)" if len(names) > _SHOWN else ""
+    return f"{len(names)} file(s) in {where}: {', '.join(repr(n) for n in names[:_SHOWN])}{more}"
+
+
+def _nonempty(dest: str) -> bool:
+    try:
+        return bool(os.listdir(dest))
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
+def check_destination(node, committed: bool) -> str:
+    """Decide at plan time what a sink does with its destination: ``"write"`` or ``"skip"``.
+
+    Raises :class:`PlanError` (naming the node, its call site and the files) when the mode forbids
+    writing there. ``committed``: this very sink already published in this job (a resume), so the
+    destination holds its own result and nothing needs deciding.
+    """
+    dest = node.output_path
+    if committed:
+        return "write"
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise PlanError(node._msg(f"output path {dest} exists and is not a directory"))
+    mode = node.mode
+    if mode == "ignore":
+        present = read_manifest(dest) is not None if node.type == "manifest" else _nonempty(dest)
+        return "skip" if present else "write"
+    if mode in ("error", "errorifexists"):
+        present = read_manifest(dest) is not None if node.type == "manifest" else _nonempty(dest)
+        if present:
+            raise PlanError(
+                node._msg(
+                    f"output path {dest} already exists and is not empty (mode={mode!r}); remove it or use mode='overwrite'"
+                )
+            )
+        return "write"
+    if mode == "overwrite" and node.type != "manifest":
+        foreign = foreign_entries(dest)
+        if foreign:
+            raise PlanError(
+                node._msg(
+                    f"refusing to write into {dest}: it holds {_show(foreign, 'it')} that no earlier smallpond result "
+                    "(.MANIFEST.txt) lists, and overwriting would lose them. Remove them, choose an empty folder, "
+                    "or use mode='append' to add files beside them"
+                )
+            )
+    return "write"
+
+
+# -- overlap of outputs and inputs ------------------------------------------------------------------
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:
+    """Whether a glob pattern could match a file directly inside ``dest`` (segment by segment)."""
+    pat = [s for s in pattern.split(os.sep) if s][:-1]  # the directory part; any file name may match
+    segs = [s for s in dest.split(os.sep) if s]
+
+    def match(i: int, j: int) -> bool:
+        if i == len(pat):
+            return j == len(segs)
+        if pat[i] == "**" and recursive:
+            return any(match(i + 1, k) for k in range(j, len(segs) + 1))
+        return j < len(segs) and fnmatch.fnmatchcase(segs[j], pat[i]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def check_overlap(node, datasets: Sequence[DataSet], data_root: str, output_root: Optional[str] = None) -> None:
+    """Refuse (PlanError) an output path equal to, inside or containing an input or the data root.
+
+    Under the data root, a folder of its own is allowed (no job looks there) and so is the current
+    job's ``output/`` folder (made for outputs); any other place in a job folder is refused.
+    """
+    dest = os.path.realpath(node.output_path)
+    root = os.path.realpath(data_root)
+    if _inside(root, dest):
+        raise PlanError(node._msg(f"output path {node.output_path} is or contains the job data root {data_root}"))
+    if _inside(dest, root) and not (output_root and _inside(dest, os.path.realpath(output_root))):
+        first = os.path.relpath(dest, root).split(os.sep)[0]
+        if _JOB_FOLDER.fullmatch(first):
+            raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
+    for ds in datasets:
+        for sub in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            _check_one_input(node, sub, dest)
+
+
+def _check_one_input(node, ds: DataSet, dest: str) -> None:
+    for path, pattern in ds._patterns():  # a folder given as an input path stands for its files
+        if pattern is None and os.path.isdir(path):
+            folder = os.path.realpath(path)
+            if dest == folder or (ds.recursive and _inside(dest, folder)):
+                raise PlanError(node._msg(f"output path {node.output_path} is inside input folder {path!r}"))
+    patterns = [p for p in ds.absolute_paths if _WILDCARD.search(p)]
+    for p in patterns:
+        if _pattern_reaches(os.path.abspath(p), dest, ds.recursive) or _pattern_reaches(os.path.realpath(p), dest, ds.recursive):
+            raise PlanError(
+                node._msg(f"output path {node.output_path} is inside input pattern {p!r}: a rerun would read its own output")
+            )
+    try:
+        files = ds.resolved_paths
+    except Exception:
+        return
+    dirs = {}
+    for f in files:
+        dirs.setdefault(os.path.dirname(f), f)
+    for d, example in dirs.items():
+        rd = os.path.realpath(d)
+        if _inside(rd, dest):
+            raise PlanError(node._msg(f"output path {node.output_path} contains input file {example!r}"))
+    for f in files if len(files) <= 10_000 else files[:10_000]:
+        rf = os.path.realpath(f) if os.path.islink(f) else f
+        if _inside(dest, rf):
+            raise PlanError(node._msg(f"output path {node.output_path} is inside (or equal to) input path {f!r}"))
+
+
+# -- phase 1: prepare --------------------------------------------------------------------------------
 
 
 def _source_files(inputs: List[DataSet]) -> List[str]:
@@ -28,92 +246,317 @@ def _source_files(inputs: List[DataSet]) -> List[str]:
     return files
 
 
-def _dest_names(files: List[str]) -> List[str]:
+def _sources(inputs: List[DataSet]) -> List[Tuple[str, Optional[List[Tuple[int, int]]]]]:
+    """What to publish: (file, None) to publish a whole file, (file, [(begin, end), ...]) for
+    only some of its rows. Partitions split by rows share files: a file whose ranges cover it
+    exactly once is published once and whole, never once per partition."""
+    order: List[str] = []
+    ranges: Dict[str, List] = {}
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            rr = getattr(d, "_resolved_row_ranges", None)
+            if rr is None or all(r.whole_file for r in rr):
+                for p in d.resolved_paths:
+                    order.append(p)
+                    ranges.setdefault(p, []).append(None)
+                continue
+            for r in rr:
+                if r.path not in ranges:
+                    order.append(r.path)
+                ranges.setdefault(r.path, []).append(r)
+    out: List[Tuple[str, Optional[List[Tuple[int, int]]]]] = []
+    seen = set()
+    for p in order:
+        parts = ranges[p]
+        if any(r is None for r in parts):
+            out.append((p, None))  # a whole-file input: published as it is, once per mention
+            continue
+        if p in seen:
+            continue
+        seen.add(p)
+        spans = sorted((r.begin, r.end) for r in parts)
+        total = parts[0].file_num_rows
+        exact = spans[0][0] == 0 and spans[-1][1] == total and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        out.append((p, None if exact else spans))
+    return out
+
+
+def _write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(src).read()
+    pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
+
+
+def _dest_names(files: List[str], token: Optional[str] = None) -> List[str]:
     names = [os.path.basename(f) for f in files]
-    if len(set(names)) == len(names):
+    if token is None and len(set(names)) == len(names):
         return names
     out = []
     for idx, n in enumerate(names):
         stem, suffix = os.path.splitext(n)
-        out.append(f"{stem}.{idx}{suffix}")
+        out.append(f"{stem}.{token}-{idx}{suffix}" if token else f"{stem}.{idx}{suffix}")
     return out
 
 
-def publish_directory(staging: str, output_path: str) -> None:
-    """Move the finished ``staging`` directory to ``output_path`` without exposing a partial result."""
-    if not os.path.lexists(output_path):
-        os.makedirs(os.path.dirname(output_path) or ".", exist_ok=True)
-        os.rename(staging, output_path)
-        return
-    if os.path.isdir(output_path) and not os.listdir(output_path):
-        os.rmdir(output_path)
-        os.rename(staging, output_path)
-        return
-    if os.path.isdir(output_path) and os.path.exists(os.path.join(output_path, MANIFEST)):
-        # a previous result of ours: swap whole directories
-        old = f"{output_path}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(output_path, old)
-        os.rename(staging, output_path)
-        remove_path(old)
-        return
-    # the user's own directory with other files in it: move ours in, manifest last
-    for name in sorted(os.listdir(staging)):
-        if name == MANIFEST:
-            continue
-        dst = os.path.join(output_path, name)
-        if os.path.exists(dst):
-            logger.warning("replacing existing file {}", dst)
-        os.replace(os.path.join(staging, name), dst)
-    os.replace(os.path.join(staging, MANIFEST), os.path.join(output_path, MANIFEST))
-    remove_path(staging)
+def staging_path(runtime_ctx, task: Task) -> str:
+    """Where sink ``task`` prepares its result: beside the destination, named after job and task."""
+    return f"{task.node.output_path.rstrip(os.sep)}.staging-{runtime_ctx.job_id.hex[:8]}-{int(task.id)}"
 
 
-def remove_stale_siblings(output_path: str) -> None:
-    """Remove the ``.staging-*`` / ``.old-*`` directories a crashed publication left beside ``output_path``."""
+def remove_stale_siblings(output_path: str, keep: Sequence[str] = ()) -> None:
+    """Remove the ``.staging-*`` / ``.old-*`` folders an interrupted publication left beside ``output_path``."""
     parent, base = os.path.split(output_path.rstrip(os.sep))
     try:
         names = os.listdir(parent)
     except FileNotFoundError:
         return
     for name in names:
-        if name.startswith((base + ".staging-", base + ".old-")):
-            remove_path(os.path.join(parent, name))
+        path = os.path.join(parent, name)
+        if name.startswith((base + ".staging-", base + ".old-")) and path not in keep:
+            remove_path(path)
 
 
 class DataSinkTask(Task):
+    """Phase 1 of a publication: stage the sink's files beside its destination (see module docstring)."""
+
     writes_output = False
+    #: complete only once published: its commit record is written by the publication
+    commits_on_publication = True
+
+    def __init__(self, node, task_id, partition_infos, input_keys, skip: bool = False):
+        super().__init__(node, task_id, partition_infos, input_keys)
+        self.skip = skip
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
         output_path = node.output_path
+        if self.skip:  # mode="ignore" and the destination has content: leave it as it is
+            listed = read_manifest(output_path)
+            if listed is None:
+                listed = sorted(os.path.join(output_path, n) for n in os.listdir(output_path) if not n.startswith("."))
+            return _as_dataset(listed)
         files = _source_files(inputs)
-        if node.type == "manifest":
-            os.makedirs(output_path, exist_ok=True)
-            atomic_write_text(os.path.join(output_path, MANIFEST), "".join(f + "\n" for f in files))
-            return _as_dataset(files)
+        staging = staging_path(runtime_ctx, self)
         remove_stale_siblings(output_path)
-        staging = f"{output_path.rstrip(os.sep)}.staging-{uuid.uuid4().hex[:8]}"
         os.makedirs(staging)
-        try:
-            final = []
-            for src, name in zip(files, _dest_names(files)):
-                dst = os.path.join(staging, name)
-                if node.type == "copy":
-                    link_or_copy(src, dst, allow_link=False)
-                else:
-                    # "link" falls back to a copy across filesystems rather than a symlink that
-                    # would dangle once the job's staging area is cleaned
-                    link_or_copy(src, dst, allow_link=True)
-                final.append(os.path.join(output_path, name))
-            atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in final))
+        if node.type == "manifest":
+            atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in files))
             self.inject_fault()
-            publish_directory(staging, output_path)
-        finally:
-            remove_path(staging)
-        return _as_dataset(final)
+            return _as_dataset(files)
+        token = uuid.uuid4().hex[:8] if node.mode == "append" else None
+        sources = _sources(inputs)
+        staged = []
+        for (src, spans), name in zip(sources, _dest_names([p for p, _ in sources], token)):
+            dst = os.path.join(staging, name)
+            if spans is not None:
+                _write_rows(src, spans, dst)  # some rows of a file: only those are published
+            else:
+                # "link" falls back to a copy across filesystems rather than a symlink that would
+                # dangle once the job's staging area is cleaned
+                link_or_copy(src, dst, allow_link=node.type != "copy")
+            staged.append(dst)
+        atomic_write_text(
+            os.path.join(staging, MANIFEST), "".join(os.path.join(output_path, os.path.basename(f)) + "\n" for f in staged)
+        )
+        self.inject_fault()
+        return _as_dataset(staged)
 
 
 def _as_dataset(files: List[str]) -> DataSet:
     if all(f.endswith(".parquet") for f in files):
         return ParquetDataSet.from_files(files)
     return FileSet.from_files(files)
+
+
+# -- phase 2: publish ---------------------------------------------------------------------------------
+
+Step = Tuple
+
+
+def plan_steps(runtime_ctx, task: Task) -> List[Step]:
+    """The publication steps of one prepared sink (it may still change its staged manifest)."""
+    node = task.node
+    dest = node.output_path
+    staging = staging_path(runtime_ctx, task)
+    if not os.path.isdir(staging):
+        raise PublicationError(f"{node.label}: its prepared result {staging} is missing; nothing was published")
+    if os.path.lexists(dest) and not os.path.isdir(dest):
+        raise PublicationError(f"{node.label}: output path {dest} is not a directory; nothing was published")
+    old = read_manifest(dest)
+    if node.mode in ("error", "errorifexists") and (old is not None if node.type == "manifest" else _nonempty(dest)):
+        raise PublicationError(
+            f"{node.label}: output path {dest} was filled while the job ran (mode={node.mode!r}); nothing was published"
+        )
+    new_manifest = os.path.join(staging, MANIFEST)
+    if node.mode == "append" and old:
+        with open(new_manifest) as f:
+            new = f.read()
+        kept = "".join(p + "\n" for p in old if os.path.lexists(p) or not _same_dir(os.path.dirname(p), dest))
+        atomic_write_text(new_manifest, kept + new)
+    if node.type == "manifest":
+        return [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST)), ("remove", staging)]
+    if node.mode == "append" and os.path.isdir(dest):
+        steps: List[Step] = []
+        for name in sorted(os.listdir(staging)):
+            if name == MANIFEST:
+                continue
+            target = os.path.join(dest, name)
+            if os.path.lexists(target):
+                raise PublicationError(f"{node.label}: {target} exists; appending would overwrite it; nothing was published")
+            steps.append(("move", os.path.join(staging, name), target))
+        return steps + [("move", new_manifest, os.path.join(dest, MANIFEST)), ("remove", staging)]
+    parent = os.path.dirname(dest.rstrip(os.sep)) or "."
+    aside = f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
+    return [
+        ("mkdir", parent),
+        ("swap", staging, dest, aside, os.stat(staging).st_ino),
+        ("discard", aside, dest, our_names(dest)),
+    ]
+
+
+def _ino(path: str) -> Optional[int]:
+    try:
+        return os.lstat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _step(step: Step) -> None:
+    kind = step[0]
+    if kind == "mkdir":
+        os.makedirs(step[1], exist_ok=True)
+    elif kind == "move":
+        _, src, dst = step
+        if os.path.lexists(src):
+            os.replace(src, dst)
+    elif kind == "remove":
+        remove_path(step[1])
+    elif kind == "write":
+        _, path, data = step
+        atomic_write_bytes(path, data)
+    elif kind == "swap":
+        _, staging, dest, aside, new_ino = step
+        if _ino(dest) == new_ino:  # the new result is in place
+            if os.path.lexists(staging):  # an exchange left the previous result here
+                os.rename(staging, aside)
+            return
+        if not os.path.lexists(staging):
+            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
+        if not os.path.lexists(dest):
+            os.rename(staging, dest)
+        elif exchange_paths(staging, dest):
+            os.rename(staging, aside)
+        else:
+            os.rename(dest, aside)
+            os.rename(staging, dest)
+    elif kind == "discard":
+        _, aside, dest, ours = step
+        _discard(aside, dest, set(ours))
+    else:
+        raise PublicationError(f"unknown publication step {kind!r}")
+
+
+def _discard(aside: str, dest: str, ours: set) -> None:
+    """Remove the previous result (moved to ``aside``), only the files its manifest listed."""
+    try:
+        names = os.listdir(aside)
+    except FileNotFoundError:
+        return
+    for name in names:
+        path = os.path.join(aside, name)
+        if name in ours or name == MANIFEST:
+            remove_path(path)
+            continue
+        # not ours: a user's file that arrived during the job; it goes back, never away
+        target = os.path.join(dest, name)
+        if not os.path.lexists(target):
+            os.rename(path, target)
+            logger.warning("kept {} (not written by smallpond) in {}", name, dest)
+        else:
+            logger.warning("kept {}: it is not ours and {} exists", path, target)
+    try:
+        os.rmdir(aside)
+    except OSError:
+        pass
+
+
+def _test_hooks(index: int) -> None:
+    """Tests only, inert when unset: ``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) pauses before each
+    step; ``SP_TEST_PUBLISH_KILL_AT_STEP=n`` SIGKILLs this process before step ``n`` (0-based)."""
+    delay = os.environ.get("SP_TEST_PUBLISH_STEP_DELAY")
+    if delay:
+        time.sleep(float(delay))
+    kill_at = os.environ.get("SP_TEST_PUBLISH_KILL_AT_STEP")
+    if kill_at is not None and int(kill_at) == index:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def journal_path(runtime_ctx) -> str:
+    return os.path.join(runtime_ctx.config_root, JOURNAL)
+
+
+def roll_forward(runtime_ctx, journal: Optional[dict] = None) -> bool:
+    """Carry out (or finish) the publication in the job's journal. Returns False if there is none."""
+    from smallpond.io.filesystem import CorruptRecord
+
+    path = journal_path(runtime_ctx)
+    if journal is None:
+        if not os.path.exists(path):
+            return False
+        try:
+            journal = load(path, secret=runtime_ctx.secret)
+        except CorruptRecord as e:
+            # written atomically before any step ran: a torn journal means no step ran
+            logger.warning("{}; no publication step had started, so there is nothing to finish", e)
+            remove_path(path)
+            return False
+        logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
+    for index, step in enumerate(journal["steps"]):
+        _test_hooks(index)
+        _step(step)
+    for folder in journal.get("sync", []):
+        fsync_dir(folder)
+    remove_path(path)
+    return True
+
+
+def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
+    """Publish every prepared sink at once (phase 2), then write their commit records.
+
+    ``prepared``: (sink task, its signed commit record as ``{"path": ..., "data": ...}``) pairs.
+    """
+    if not prepared:
+        return
+    dests: Dict[str, Task] = {}
+    for task, _ in prepared:
+        dest = os.path.realpath(task.node.output_path)
+        if dest in dests and not task.skip:
+            raise PublicationError(f"{task.node.label} and {dests[dest].node.label} both publish into {task.node.output_path}")
+        dests[dest] = task
+    steps: List[Step] = []
+    sync = set()
+    for task, _ in prepared:
+        if task.skip:
+            continue
+        steps.extend(plan_steps(runtime_ctx, task))
+        sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
+        sync.add(task.node.output_path)
+    steps.extend(("write", rec["path"], rec["data"]) for _, rec in prepared)
+    journal = {"steps": steps, "sync": sorted(sync)}
+    dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=True)
+    roll_forward(runtime_ctx, journal)
+
+
+def staged_to_final(runtime_ctx, task: Task, ds: DataSet) -> DataSet:
+    """The dataset of a sink's files at their published place (its staged files are renamed there)."""
+    if task.skip or task.node.type == "manifest":
+        return ds
+    staging = staging_path(runtime_ctx, task) + os.sep
+    paths = ds.resolved_paths
+    if not all(p.startswith(staging) for p in paths):
+        return ds
+    return type(ds).from_files([os.path.join(task.node.output_path, p[len(staging) :]) for p in paths])

@@ -1,0 +1,425 @@
+"""The executor process of the queue backend: take attempts from the job's queue, run them, report.
+
+An executor is started by a platform (``mpirun``, a subprocess) or by hand on any host that sees
+the data root::
+
+    python script.py executor --job_id JOB --data_root /shared/jobs      # or:
+    python -m smallpond.execution.driver executor --job_id JOB --data_root /shared/jobs
+
+It registers under ``queue/executors/{name}/`` (a name unique per process: host, pid and a random
+suffix), then loops: claim attempts from ``todo/`` by renaming them into its ``claimed/`` folder,
+run them on its own pool of worker processes (the embedded backend's
+:class:`~smallpond.execution.executors.local.LocalExecutor`, whose workers run
+:func:`~smallpond.execution.attempt.run_attempt`), write each outcome to ``done/``, heartbeat,
+and kill the attempts the scheduler cancels (``cancel/``). Its workers die with it (Linux: every
+worker of the embedded backend does), so a lost executor leaves no attempt running behind the
+scheduler's back.
+
+When the job ends (``queue/stop``) it exits 0. When a new scheduler takes the job (a new epoch)
+it kills what it runs for the old one; an executor its platform started for the old scheduler
+then exits, one started by hand rejoins. When the scheduler falls silent for the timeout, a
+launched executor exits; one started by hand waits up to ``SP_QUEUE_WAIT`` seconds for a
+scheduler to come back, then exits. Exit status 75 means the scheduler declared it lost.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from typing import Dict, Optional, Tuple
+
+from smallpond.common import logger
+from smallpond.errors import SmallpondError, TaskError, WorkerLost
+from smallpond.execution.executors.base import Completion
+from smallpond.execution.executors.local import LocalExecutor
+from smallpond.execution.executors.queue_protocol import (
+    ItemName,
+    QueuePaths,
+    QueueSettings,
+    decode_item,
+    encode_completion,
+    executor_resources,
+    read_json,
+    this_host,
+    write_json,
+)
+from smallpond.execution.runtime import JobLayout, RuntimeContext, resolve_job
+from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verified_payload
+
+EX_OK = 0
+EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to others
+
+#: how often the executor reads the queue's control files and cancellations (seconds)
+CONTROL_INTERVAL = 0.05
+#: the shortest and longest pauses of an idle executor between looks at ``todo/`` (seconds)
+IDLE_MIN, IDLE_MAX = 0.0005, 0.02
+
+
+class _Exit(Exception):
+    def __init__(self, code: int, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+        self.why = why
+
+
+class ExecutorProcess:
+    """One executor: its registration, its worker pool and its loop (see the module docstring)."""
+
+    def __init__(self, layout: JobLayout, secret: bytes, *, exec_id: Optional[str] = None, bound_epoch: Optional[int] = None):
+        import psutil
+
+        self.layout = layout
+        self.paths = QueuePaths(layout)
+        self.secret = secret
+        self.bound_epoch = bound_epoch
+        host = this_host()
+        self.name = f"{exec_id or host['host']}-{os.getpid()}-{uuid.uuid4().hex[:6]}".replace("/", "_").replace(".", "_")
+        self.host = host
+        self.rt: Optional[RuntimeContext] = None
+        self.cpus, self.memory = 1, 0
+        self.pool: Optional[LocalExecutor] = None
+        self.epoch = -1
+        self.settings = QueueSettings.from_env()
+        self.running: Dict[str, Tuple[str, int, int]] = {}  # item -> (key, attempt, cpus)
+        self.items: Dict[Tuple[str, int], str] = {}  # (key, attempt) -> item
+        self.nodes: Dict[str, bytes] = {}  # node ref -> pickled node (verified)
+        self.beats = 0
+        self.state = "waiting"
+        self._sched_beat: Optional[bytes] = None
+        self._sched_seen = time.monotonic()
+        self._create_time = psutil.Process().create_time()
+
+    # -- registration and heartbeat ----------------------------------------------------------------
+    def register(self) -> None:
+        os.makedirs(self.paths.member(self.name, "claimed"), mode=0o700, exist_ok=True)
+        self._load_runtime()
+        self._write_info()
+        self.beat()
+        logger.info("executor {} registered: {} CPU(s), {} MiB", self.name, self.cpus, self.memory >> 20)
+
+    def _write_info(self) -> None:
+        """What the scheduler reads once about this executor: who, where, what it offers."""
+        write_json(
+            self.paths.member(self.name, "info"),
+            {
+                "name": self.name,
+                "pid": os.getpid(),
+                "create_time": self._create_time,
+                "cpus": self.cpus,
+                "workers": self.cpus,
+                "memory": self.memory,
+                "epoch_bound": self.bound_epoch,
+                "started": time.time(),
+                **self.host,
+            },
+        )
+
+    def _load_runtime(self) -> None:
+        self.rt = load(self.layout.runtime_ctx_path, secret=self.secret)
+        self.cpus, self.memory = executor_resources(self.rt)
+
+    def beat(self) -> None:
+        self.beats += 1
+        write_json(
+            self.paths.member(self.name, "heartbeat"),
+            {"n": self.beats, "epoch": self.epoch, "state": self.state, "running": len(self.running)},
+        )
+        self._next_beat = time.monotonic() + self.settings.heartbeat
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        code, why = EX_OK, "the job ended"
+        try:
+            self.register()
+            next_control = 0.0
+            pause = IDLE_MIN
+            while True:
+                now = time.monotonic()
+                if now >= next_control:
+                    self._control(now)
+                    self._cancels()
+                    next_control = now + CONTROL_INTERVAL
+                if now >= self._next_beat:
+                    self.beat()
+                if self.pool is None:
+                    time.sleep(CONTROL_INTERVAL)
+                    continue
+                claimed = self._claim()
+                done = self.pool.poll(0 if claimed else pause)
+                for c in done:
+                    self._report(c)
+                if claimed or done:
+                    pause = IDLE_MIN
+                else:
+                    if not any(w.inflight for w in self.pool.workers):
+                        time.sleep(pause)  # the pool's poll returns at once when nothing runs
+                    pause = min(IDLE_MAX, pause * 2)
+        except _Exit as e:
+            code, why = e.code, e.why
+        except KeyboardInterrupt:
+            code, why = 130, "interrupted"
+        except BaseException as e:
+            code, why = 1, f"{type(e).__name__}: {e}"
+            raise
+        finally:
+            self._stop_pool(why)
+            self.state = "exited"
+            try:
+                self.beat()
+            except OSError:
+                pass  # the job folder is gone
+        (logger.info if code == EX_OK else logger.warning)("executor {} exits ({}): {}", self.name, code, why)
+        return code
+
+    def _control(self, now: float) -> None:
+        """Follow the scheduler: its generation, its heartbeat, the job's end, our own loss."""
+        if os.path.exists(self.paths.member(self.name, "lost")):
+            raise _Exit(EX_LOST, "the scheduler declared this executor lost (no heartbeat in time)")
+        meta = read_json(self.paths.epoch)
+        if meta is None:
+            if not os.path.isdir(self.paths.root):
+                raise _Exit(EX_OK, "the job's queue folder is gone")
+            return  # being rewritten
+        stop = read_json(self.paths.stop)
+        if stop is not None and int(stop.get("epoch", 0)) >= max(self.epoch, int(meta["epoch"])):
+            raise _Exit(EX_OK, "the job ended")
+        epoch = int(meta["epoch"])
+        if epoch != self.epoch:
+            self._join(epoch, meta)
+            return
+        beat = _read_bytes(self.paths.scheduler)
+        if beat != self._sched_beat:
+            self._sched_beat, self._sched_seen = beat, now
+            if self.pool is None:  # the scheduler came back
+                self._start_pool()
+        silent = now - self._sched_seen
+        if silent > self.settings.timeout and self.pool is not None:
+            if self.bound_epoch is not None:
+                raise _Exit(EX_OK, f"the scheduler sent no heartbeat for {silent:.0f}s")
+            logger.warning(
+                "executor {}: the scheduler is silent for {:.0f}s; dropping its attempts and waiting", self.name, silent
+            )
+            self._stop_pool(f"the scheduler sent no heartbeat for {silent:.0f}s")
+        if self.pool is None and silent > self.settings.timeout + self.settings.wait:
+            raise _Exit(EX_OK, f"no scheduler for {silent:.0f}s")
+
+    def _join(self, epoch: int, meta: dict) -> None:
+        """A new scheduler generation: drop the old one's attempts, then serve the new one."""
+        if self.bound_epoch is not None and epoch > self.bound_epoch:
+            raise _Exit(EX_OK, f"a new scheduler (generation {epoch}) took the job over")
+        if self.bound_epoch is not None and epoch < self.bound_epoch:
+            return  # our scheduler has not written its generation yet
+        if self.epoch >= 0:
+            logger.info(
+                "executor {}: generation {} -> {}; dropping {} attempt(s) of the old one",
+                self.name,
+                self.epoch,
+                epoch,
+                len(self.running),
+            )
+        self._stop_pool(f"scheduler generation {epoch} replaced {self.epoch}")
+        self.epoch = epoch
+        self.settings = QueueSettings(
+            float(meta["heartbeat"]), float(meta["timeout"]), float(meta.get("wait", self.settings.wait))
+        )
+        self._load_runtime()  # this run's settings (they may change what this executor offers)
+        self._write_info()
+        self.nodes.clear()
+        self._sched_beat, self._sched_seen = _read_bytes(self.paths.scheduler), time.monotonic()
+        self._start_pool()
+
+    def _start_pool(self) -> None:
+        self.pool = LocalExecutor(
+            self.rt,
+            self.cpus,
+            cpus=self.cpus,
+            memory=self.memory,
+            rt_path=self.layout.runtime_ctx_path,
+        )
+        self.pool.start()
+        self.state = "running"
+        self.beat()  # acknowledges the generation at once: the new scheduler waits for it
+
+    def _stop_pool(self, why: str = "") -> None:
+        """Kill the workers (and so every attempt this executor holds) and report those attempts
+        as lost (``why``): a scheduler that is only slow gets an outcome for each."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+        for name, (key, attempt, _) in list(self.running.items()):
+            error = WorkerLost(f"executor {self.name} dropped {key} attempt {attempt}: {why or 'it stopped'}")
+            try:
+                self._report(Completion(key, attempt, False, None, error, worker=self.name), name)
+            except OSError:
+                remove_path(self.paths.member(self.name, "claimed", name))
+        self.running.clear()
+        self.items.clear()
+        self.state = "waiting"
+
+    # -- claiming, reporting, cancelling ---------------------------------------------------------
+    def _claim(self) -> int:
+        pool = self.pool
+        free, behind = pool.free_slots(), pool.queue_slots()
+        if free == 0 and behind == 0:
+            return 0
+        try:
+            names = sorted(n for n in os.listdir(self.paths.todo) if not n.startswith("."))
+        except FileNotFoundError:
+            return 0
+        claimed = 0
+        used = sum(c for _, _, c in self.running.values())
+        for name in names:
+            item = ItemName.parse(name)
+            if item is None or item.epoch != self.epoch:
+                continue
+            if free > 0:
+                # a task needing more CPUs than are free here waits for another executor, or for
+                # this one to be idle (so a task bigger than any executor still runs somewhere)
+                if self.running and item.cpus > self.cpus - used:
+                    continue
+                queue = False
+            elif behind > 0 and item.cpus <= 1:
+                queue = True
+            else:
+                continue
+            mine = self.paths.member(self.name, "claimed", name)
+            try:
+                os.rename(os.path.join(self.paths.todo, name), mine)
+            except FileNotFoundError:
+                continue  # another executor was faster
+            self._start(name, item, mine, queue)
+            claimed += 1
+            used += item.cpus
+            free, behind = pool.free_slots(), pool.queue_slots()
+            if free == 0 and behind == 0:
+                break
+        return claimed
+
+    def _start(self, name: str, item: ItemName, path: str, queue: bool) -> None:
+        try:
+            with open(path, "rb") as f:
+                header, body = decode_item(f.read(), self.secret, path)
+            ref = header["node"]
+            blob = self.nodes.get(ref)
+            if blob is None:
+                node_path = self.paths.node(ref)
+                with open(node_path, "rb") as f:
+                    blob = self.nodes[ref] = verified_payload(f.read(), self.secret, node_path)
+        except Exception as e:  # a forged or torn item: never run it, say so
+            self.running[name] = (item.key, item.attempt, item.cpus)
+            self._report(
+                Completion(
+                    item.key,
+                    item.attempt,
+                    False,
+                    None,
+                    TaskError(f"executor {self.name} refused queued item {name}: {e}", task_key=item.key, retryable=False),
+                    worker=self.name,
+                ),
+                name,
+            )
+            return
+        self.running[name] = (item.key, item.attempt, item.cpus)
+        self.items[(item.key, item.attempt)] = name
+        try:
+            self.pool.submit_encoded(item.key, item.attempt, ref, blob, body, queue=queue)
+        except Exception as e:  # a fault of this executor, not of the task: another one retries it
+            logger.exception("executor {}: could not start {} attempt {}", self.name, item.key, item.attempt)
+            error = WorkerLost(f"executor {self.name} could not start {item.key} attempt {item.attempt}: {e}")
+            self._report(Completion(item.key, item.attempt, False, None, error, worker=self.name), name)
+
+    def _report(self, c: Completion, name: Optional[str] = None) -> None:
+        """Write the outcome to ``done/`` (atomically), then forget the claim."""
+        name = name or self.items.get((c.key, c.attempt))
+        if name is None or name not in self.running:
+            return  # cancelled meanwhile
+        self.items.pop((c.key, c.attempt), None)
+        c.worker = f"{self.host['host']}/{self.name}/{c.worker.rsplit('/', 1)[-1]}" if c.worker else self.name
+        atomic_write_bytes(os.path.join(self.paths.done, name), encode_completion(c, self.secret))
+        del self.running[name]
+        remove_path(self.paths.member(self.name, "claimed", name))
+
+    def _cancels(self) -> None:
+        if not self.running or self.pool is None:
+            return
+        try:
+            wanted = [n for n in os.listdir(self.paths.cancel) if n in self.running]
+        except FileNotFoundError:
+            return
+        for name in wanted:
+            key, attempt, _ = self.running.pop(name)
+            self.items.pop((key, attempt), None)
+            self.pool.cancel(key, attempt)
+            remove_path(self.paths.member(self.name, "claimed", name))
+            remove_path(os.path.join(self.paths.cancel, name))
+            logger.info("executor {}: cancelled {} attempt {}", self.name, key, attempt)
+
+
+def _read_bytes(path: str) -> Optional[bytes]:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _wait_for(what: str, check, seconds: float):
+    """``check()`` once it returns something other than None, within ``seconds``; else raise."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = check()
+        if value is not None:
+            return value
+        if time.monotonic() > deadline:
+            raise SmallpondError(f"executor: gave up after {seconds:.0f}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def find_job(job_id, data_root, job_time=None, wait: float = 0.0) -> JobLayout:
+    """The job folder the executor serves: given by its time, or the one for ``job_id`` found
+    under ``data_root`` (waiting up to ``wait`` seconds for a scheduler to create it)."""
+    from smallpond.execution.runtime import find_job_time
+
+    if job_id in (None, "") and not os.environ.get("SP_JOBID"):
+        raise SmallpondError("executor mode needs the job to serve: --job_id (or SP_JOBID), as given to the scheduler")
+    jid, jt, root = resolve_job(job_id, job_time, data_root)
+    explicit_time = job_time is not None or bool(os.environ.get("SP_JOB_TIME"))
+    if not explicit_time:
+        jt = _wait_for(f"job {jid} to appear under {root}", lambda: find_job_time(root, str(jid)), wait)
+    layout = JobLayout(root, jt, jid)
+    _wait_for(f"the scheduler of job {jid} to set up {layout.queue_root}", lambda: read_json(QueuePaths(layout).epoch), wait)
+    return layout
+
+
+def run_executor(
+    job_id=None,
+    data_root: Optional[str] = None,
+    job_time=None,
+    *,
+    exec_id: Optional[str] = None,
+    console_log_level: str = "INFO",
+) -> int:
+    """Serve one job as an executor until it ends; returns the exit status (0: the job ended)."""
+    settings = QueueSettings.from_env()
+    raw_epoch = os.environ.get("SP_QUEUE_EPOCH")
+    bound = int(raw_epoch) if raw_epoch and raw_epoch.isdigit() else None
+    logger.remove_default_sink()
+    sink = logger.add(sys.stderr, level=console_log_level)
+    file_sink = None
+    try:
+        layout = find_job(job_id, data_root, job_time, settings.wait)
+        with open(layout.secret_path, "rb") as f:
+            secret = f.read()
+        proc = ExecutorProcess(layout, secret, exec_id=exec_id, bound_epoch=bound)
+        file_sink = logger.add(os.path.join(layout.log_root, f"executor-{proc.name}.log"), level="DEBUG")
+        return proc.run()
+    except SmallpondError as e:
+        logger.error("{}", e)
+        return 1
+    finally:
+        for s in (sink, file_sink):
+            if s is not None:
+                logger.remove(s)
+        logger.restore_default_sink()

@@ -1,0 +1,283 @@
+"""Who may use a job folder: ownership checks, the job lock, the secret, and starting over.
+
+A job folder ``{data_root}/{time}.{job_id}/`` holds pickles, and a pickle is code to whoever loads
+it. They are signed with the job's secret (``config/secret``, ``0600`` in a ``0700`` folder), so
+only the user who started the job (and root) can write a record the job will load. That holds
+only if the folder really is that user's, which this module checks before anything is read:
+
+* :func:`check_job_folder`: an existing folder is adopted for resume only if it is a real
+  directory (not a symlink), owned by the current user and not writable by group or others; its
+  ``config/`` likewise, and its secret is a regular file only its owner can read. Anything else is
+  a :class:`JobFolderError` naming the folder and the reason. A data root writable by every user
+  gets a warning (:func:`warn_if_shared`): others can plant folders there (they are refused, but
+  the job's name is then taken).
+* :func:`check_secret`: a folder with signed records but no ``config/secret`` cannot be resumed
+  (nothing in it can be verified): a :class:`JobFolderError` that names the way out,
+  ``restart=True`` / ``--restart``, which moves the old folder aside (:func:`move_aside`; nothing is
+  deleted) and starts the job afresh.
+* :class:`JobLock`: ``config/job.lock``, created with ``O_EXCL``, holds the host, PID and process
+  start time of the process running the job. A second run of the same job at the same time is
+  refused with a message naming the holder. A lock whose holder is gone (same host, and that
+  process no longer exists or is another process with a reused PID) is taken over; a lock held on
+  another host is never taken over automatically: the message says how to remove it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import time
+import uuid
+from datetime import datetime
+from typing import Optional
+
+from smallpond.common import logger
+from smallpond.errors import SmallpondError
+
+LOCK_NAME = "job.lock"
+
+
+class JobFolderError(SmallpondError):
+    """A job folder cannot be used: not ours, unsafe permissions, missing secret, or in use."""
+
+
+def _describe_owner(uid: int) -> str:
+    try:
+        import pwd
+
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+def _check_owned(path: str, what: str, *, directory: bool) -> os.stat_result:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise
+    if stat.S_ISLNK(st.st_mode):
+        raise JobFolderError(f"refusing to use {what} {path}: it is a symbolic link (to {os.readlink(path)!r})")
+    if directory and not stat.S_ISDIR(st.st_mode):
+        raise JobFolderError(f"refusing to use {what} {path}: it is not a directory")
+    if not directory and not stat.S_ISREG(st.st_mode):
+        raise JobFolderError(f"refusing to use {what} {path}: it is not a regular file")
+    me = os.geteuid()
+    if st.st_uid != me:
+        raise JobFolderError(
+            f"refusing to resume from {what} {path}: it is owned by {_describe_owner(st.st_uid)}, not by you "
+            f"({_describe_owner(me)}); its records could run someone else's code. Use another data root or job id."
+        )
+    if st.st_mode & 0o022:
+        raise JobFolderError(
+            f"refusing to resume from {what} {path}: it is writable by {'group and others' if st.st_mode & 0o002 else 'its group'} "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}), so someone else could have planted records in it. "
+            f"If you trust its content, 'chmod go-w {path}' and run again; else start over with restart=True (--restart)."
+        )
+    return st
+
+
+def check_job_folder(layout) -> None:
+    """Raise :class:`JobFolderError` unless the existing job folder of ``layout`` is safely ours."""
+    _check_owned(layout.job_root, "job folder", directory=True)
+    if os.path.lexists(layout.config_root):
+        _check_owned(layout.config_root, "job config folder", directory=True)
+    if os.path.lexists(layout.secret_path):
+        st = _check_owned(layout.secret_path, "job secret", directory=False)
+        if st.st_mode & 0o077:
+            raise JobFolderError(
+                f"refusing to resume with job secret {layout.secret_path}: it is readable by others "
+                f"(mode {stat.S_IMODE(st.st_mode):04o}), so anyone could have signed records with it. "
+                "Start over with restart=True (--restart)."
+            )
+
+
+_warned_roots: set = set()
+
+
+def warn_if_shared(data_root: str) -> None:
+    """Warn (once per data root) if every user may create entries in ``data_root``."""
+    try:
+        st = os.stat(data_root)
+    except OSError:
+        return
+    if st.st_mode & 0o002 and data_root not in _warned_roots:
+        _warned_roots.add(data_root)
+        sticky = "" if st.st_mode & stat.S_ISVTX else " and has no sticky bit (others may also rename your folders)"
+        logger.warning(
+            "data root {} is writable by every user{}: others can plant job folders there. smallpond resumes only "
+            "folders you own that only you can write, but a private data root (SP_DATA_ROOT) is safer",
+            data_root,
+            sticky,
+        )
+
+
+def has_signed_records(layout) -> bool:
+    """True if the folder holds anything signed with its secret (checkpoints, pickles, a journal)."""
+    try:
+        with os.scandir(layout.completed_task_dir) as it:
+            if any(e.name.endswith(".commit") for e in it):
+                return True
+    except OSError:
+        pass
+    try:
+        with os.scandir(layout.config_root) as it:
+            return any(e.name.endswith((".pickle", ".journal")) for e in it)
+    except OSError:
+        return False
+
+
+def check_secret(layout) -> None:
+    """A resumed folder with signed records must still have its secret; else say how to start over."""
+    if os.path.lexists(layout.secret_path) or not has_signed_records(layout):
+        return
+    raise JobFolderError(
+        f"cannot resume job folder {layout.job_root}: its secret {layout.secret_path} is missing, so none of its "
+        "checkpoints can be verified. Start the job over with restart=True (smallpond.init) or --restart (Driver): "
+        "the old folder is moved aside, not deleted."
+    )
+
+
+def move_aside(layout) -> Optional[str]:
+    """Rename an existing job folder to ``{job_root}.restarted-{time}``; returns the new name."""
+    if not os.path.lexists(layout.job_root):
+        return None
+    aside = f"{layout.job_root}.restarted-{datetime.now():%Y-%m-%d-%H-%M-%S}-{uuid.uuid4().hex[:6]}"
+    os.rename(layout.job_root, aside)
+    logger.warning("restart: the previous job folder {} was moved to {}; the job starts over", layout.job_root, aside)
+    return aside
+
+
+def _process_start_time(pid: int) -> Optional[float]:
+    try:
+        import psutil
+
+        return psutil.Process(pid).create_time()
+    except Exception:
+        return None
+
+
+def _holder_alive(holder: dict) -> bool:
+    """Whether the process that wrote a lock on this host still runs (and is the same process)."""
+    pid = int(holder.get("pid", -1))
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    started = holder.get("started")
+    actual = _process_start_time(pid)
+    if started is not None and actual is not None and abs(actual - float(started)) > 1.0:
+        return False  # the PID was reused by another process
+    return True
+
+
+class JobLock:
+    """The lock that keeps a second run of the same job out while one runs (see module docstring)."""
+
+    def __init__(self, layout) -> None:
+        self.path = os.path.join(layout.config_root, LOCK_NAME)
+        self.job_root = layout.job_root
+        self.held = False
+        self._token = uuid.uuid4().hex
+
+    def _record(self) -> bytes:
+        pid = os.getpid()
+        return json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": pid,
+                "started": _process_start_time(pid),
+                "token": self._token,
+                "acquired": time.time(),
+            }
+        ).encode()
+
+    def _read(self) -> Optional[dict]:
+        try:
+            with open(self.path, "rb") as f:
+                return json.loads(f.read().decode() or "{}")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # torn or unreadable: treated as held by an unknown holder on this host
+
+    def _create(self) -> None:
+        """Create the lock file with its content in one step (FileExistsError if it exists).
+
+        The record is written to a temp file and hard-linked to the lock's name, so nobody ever
+        reads a lock without its holder; where hard links are not allowed, ``O_EXCL``.
+        """
+        tmp = f"{self.path}.tmp-{self._token}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(self._record())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(self._record())
+        finally:
+            os.unlink(tmp)
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`JobFolderError` naming its holder."""
+        for _ in range(3):
+            try:
+                self._create()
+            except FileExistsError:
+                holder = self._read()
+                if holder is None:
+                    continue  # released meanwhile
+                self._take_over_if_stale(holder)
+                continue
+            self.held = True
+            return
+        raise JobFolderError(f"could not take the job lock {self.path} (it changed hands repeatedly); try again")
+
+    def _take_over_if_stale(self, holder: dict) -> None:
+        host = holder.get("host")
+        where = f"process {holder.get('pid', '?')} on host {host or '?'}"
+        since = holder.get("acquired")
+        since_txt = f" since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}" if since else ""
+        if host and host != socket.gethostname():
+            raise JobFolderError(
+                f"job {self.job_root} is being run by {where}{since_txt} (lock {self.path}). Wait for it to end; "
+                f"if that process is gone (its machine crashed), remove {self.path} and run again."
+            )
+        if holder and _holder_alive(holder):
+            raise JobFolderError(
+                f"job {self.job_root} is already being run by {where}{since_txt} (lock {self.path}); "
+                "two runs of one job would undo each other's work. Wait for it to end, or stop it."
+            )
+        # stale (holder gone, or a torn lock file): move it away; of several processes doing this
+        # at once only one rename succeeds, and all of them then race on O_EXCL again
+        stale = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+        try:
+            os.rename(self.path, stale)
+        except FileNotFoundError:
+            return
+        logger.warning("took over the stale job lock of {} (that process is gone)", where)
+        try:
+            os.unlink(stale)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        """Remove the lock if this object still holds it."""
+        if not self.held:
+            return
+        self.held = False
+        holder = self._read()
+        if holder and holder.get("token") == self._token:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass

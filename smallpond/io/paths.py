@@ -1,0 +1,115 @@
+"""Files as DuckDB and checkpoints see them: exact SQL literals, and a cheap identity.
+
+* :func:`duckdb_file_literal` names exactly one file for DuckDB's readers, which glob every path
+  they are given: glob characters are escaped, so ``a*.parquet`` is read once and only it.
+* :func:`file_identity` tells one version of an input file from another without reading it, for
+  the fingerprints that decide whether a checkpoint may be reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from typing import Dict, Optional
+
+from smallpond.common import quote_literal
+
+_DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
+
+
+def duckdb_file_literal(path: str) -> str:
+    """A SQL literal naming exactly one file for DuckDB's readers, which glob every path again.
+
+    Glob characters are escaped as one-character classes (``a*.parquet`` → ``a[*].parquet``), so a
+    file whose name holds ``*``, ``?`` or ``[`` is read once, and only it. Paths without them (the
+    usual case) are passed unchanged and cost DuckDB no directory listing. DuckDB's glob also takes
+    a backslash for a path separator, so a path holding both is read through a symbolic link with
+    a plain name (:func:`release_file_aliases` removes those).
+    """
+    if "*" in path or "?" in path or "[" in path:  # (three substring tests: cheaper than a regex)
+        if "\\" in path:
+            path = _file_alias(path)
+        if _DUCKDB_GLOB_CHARS.search(path):
+            path = _DUCKDB_GLOB_CHARS.sub(lambda m: "[" + m.group(0) + "]", path)
+    return quote_literal(path)
+
+
+_aliases: Dict[str, str] = {}
+_alias_dir: Optional[str] = None
+
+
+def _file_alias(path: str) -> str:
+    global _alias_dir
+    link = _aliases.get(path)
+    if link is not None:
+        return link
+    if _alias_dir is None:
+        import atexit
+        import tempfile
+
+        _alias_dir = tempfile.mkdtemp(prefix="smallpond-aliases-")
+        atexit.register(release_file_aliases)
+    ext = os.path.splitext(path)[1]
+    link = os.path.join(_alias_dir, f"{len(_aliases)}{ext if ext.isalnum() or ext[1:].isalnum() else ''}")
+    os.symlink(path, link)
+    _aliases[path] = link
+    return link
+
+
+def release_file_aliases() -> None:
+    """Remove the symbolic links :func:`duckdb_file_literal` made (call when the SQL that used them ended)."""
+    global _alias_dir
+    if _alias_dir is None:
+        return
+    import shutil
+
+    shutil.rmtree(_alias_dir, ignore_errors=True)
+    _alias_dir = None
+    _aliases.clear()
+
+
+_PARQUET_TAIL = 8  # 4-byte footer length + b"PAR1"
+_MAX_FOOTER = 64 * 1024 * 1024
+
+
+def file_identity(path: str) -> str:
+    """What tells one version of an input file from another, without reading the file.
+
+    Size and modification time, plus:
+
+    * for Parquet files, a digest of the footer (the file's metadata: row groups, their offsets,
+      sizes and column statistics), read from the end of the file: one small read. A rewrite
+      that keeps the size and restores the modification time still changes the footer, unless it
+      writes byte-identical row groups;
+    * for other files, the inode change time, which no user call can set back (a rewrite, a
+      ``chmod`` or a new hard link changes it, so such a file is recomputed, never stale).
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"{path}:missing;"
+    ident = f"{path}:{st.st_size}:{st.st_mtime_ns}"
+    if path.endswith(".parquet") or path.endswith(".parq"):
+        footer = _parquet_footer_digest(path, st.st_size)
+        if footer is not None:
+            return f"{ident}:footer={footer};"
+    return f"{ident}:ctime={st.st_ctime_ns};"
+
+
+def _parquet_footer_digest(path: str, size: int) -> Optional[str]:
+    if size < 12:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(size - _PARQUET_TAIL)
+            tail = f.read(_PARQUET_TAIL)
+            if len(tail) != _PARQUET_TAIL or tail[4:] != b"PAR1":
+                return None
+            length = int.from_bytes(tail[:4], "little")
+            if length <= 0 or length > min(_MAX_FOOTER, size - 12):
+                return None
+            f.seek(size - _PARQUET_TAIL - length)
+            return hashlib.sha256(f.read(length)).hexdigest()[:32]
+    except OSError:
+        return None

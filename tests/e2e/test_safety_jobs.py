@@ -1,0 +1,238 @@
+"""Job folders, checkpoints and crash windows (issue 8, parts 3 and 4).
+
+* torn commit records count as absent (warning, the task runs again); forged ones are refused;
+* a lost secret gives a clear error and ``restart`` as the way out, moving the old folder aside;
+* a folder that is not safely the user's is never resumed; a world-writable data root warns;
+* a lock keeps a second run of the same job out, and a stale lock is taken over;
+* an unreadable committed intermediate is recomputed from the task that wrote it.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import smallpond
+from smallpond.execution.job import run_job
+from smallpond.execution.ownership import JobFolderError
+from smallpond.io.filesystem import SignatureError
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import ArrowComputeNode, Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
+from tests.datagen import generate_parquet_files
+from tests.e2e.counting_job import counting_plan
+from tests.e2e.safety_helpers import published_rows, snapshot
+
+
+def counter_lines(path) -> list:
+    return open(path).read().split() if os.path.exists(path) else []
+
+
+def commits(rt, prefix=""):
+    return sorted(glob.glob(os.path.join(rt.completed_task_dir, f"{prefix}*.commit")))
+
+
+def started(rt) -> dict:
+    """How many attempts of each task started, from the task logs."""
+    import collections
+    import re
+
+    counts: collections.Counter = collections.Counter()
+    for path in glob.glob(os.path.join(rt.log_root, "tasks", "*.log")):
+        counts.update(re.findall(r"start (\S+) attempt \d+", open(path).read()))
+    return dict(counts)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_torn_commit_record_counts_as_absent(tmp_path, make_rt, log_messages, damage):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    rt = make_rt(job_id)
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), rt, num_workers=2)
+    before = started(rt)
+    record = commits(rt, "SqlEngineTask")[0]
+    data = open(record, "rb").read()
+    open(record, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
+    shutil.rmtree(sink)  # so the sink, and what it needs, runs again
+    rt2 = make_rt(job_id)
+    run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), rt2, num_workers=2)
+    key = os.path.basename(record)[: -len(".commit")]
+    after = started(rt2)
+    again = sorted(k for k in after if after[k] > before.get(k, 0))
+    assert again == sorted([key] + [k for k in after if k.startswith("DataSinkTask")]), (
+        "only the torn task (and the sink) ran again"
+    )
+    assert any("torn or damaged" in m or "not a signed record" in m for m in log_messages)
+    assert published_rows(sink, "id") == list(range(20))
+    assert open(record, "rb").read()[:6] == b"SPSIG2", "the rerun wrote a whole record"
+
+
+def test_forged_commit_record_is_refused_naming_the_file(tmp_path, make_rt):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    rt = make_rt(job_id)
+    run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt, num_workers=1)
+    record = commits(rt, "ArrowComputeTask")[0]
+    data = open(record, "rb").read()
+    payload = data[6 + 64 :]
+    # a well-formed record (correct plain digest) with a signature made without the secret
+    forged = data[:6] + hashlib.sha256(payload).digest() + bytes(32) + payload
+    open(record, "wb").write(forged)
+    with pytest.raises(SignatureError, match="planted") as info:
+        run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), make_rt(job_id), num_workers=1)
+    assert record in str(info.value)
+
+
+def test_lost_secret_gives_a_way_out(tmp_path, make_rt):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    rt = make_rt(job_id)
+    run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt, num_workers=1)
+    os.remove(rt.layout.secret_path)
+    with pytest.raises(JobFolderError, match="secret .* is missing.*restart=True"):
+        run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), make_rt(job_id), num_workers=1)
+    old = snapshot(rt.job_root)
+    rt2 = make_rt(job_id)
+    run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt2, num_workers=1, restart=True)
+    assert published_rows(sink, "id") == list(range(5))
+    aside = glob.glob(rt.job_root + ".restarted-*")
+    assert len(aside) == 1 and snapshot(aside[0]) == old, "the old folder is moved aside whole, never deleted"
+    assert len(counter_lines(counter)) == 4, "the restarted job ran everything again"
+
+
+def test_driver_restart_flag(tmp_path, data_root):
+    from smallpond.execution.driver import Driver
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    job_id = str(uuid.uuid4())
+
+    def run(*extra):
+        driver = Driver()
+        driver.parse_arguments(["scheduler", "--job_id", job_id, "--data_root", data_root, *extra])
+        ctx = Context()
+        return driver.run(
+            LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select * from {0}")),
+            stop_process_on_done=False,
+        )
+
+    assert run() is not None
+    root = glob.glob(os.path.join(data_root, f"*.{job_id}"))[0]
+    os.remove(os.path.join(root, "config", "secret"))
+    assert run() is None
+    assert run("--restart") is not None
+    assert glob.glob(root + ".restarted-*")
+
+
+def test_group_writable_job_folder_is_not_resumed(tmp_path, make_rt):
+    job_id = str(uuid.uuid4())
+    rt = make_rt(job_id)
+    rt.initialize()
+    os.chmod(rt.job_root, 0o770)
+    with pytest.raises(JobFolderError, match="writable by its group"):
+        make_rt(job_id).initialize()
+    os.chmod(rt.job_root, 0o700)
+    make_rt(job_id).initialize()  # fixed: resumable again
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a folder owned by another user")
+def test_job_folder_of_another_user_is_not_adopted(tmp_path, data_root, log_messages):
+    """Another user plants a folder with the victim's job id (and its own secret) in a shared root."""
+    from datetime import datetime
+
+    from smallpond.execution.job import make_runtime_ctx
+    from smallpond.execution.runtime import JOB_TIME_FORMAT, parse_job_id
+
+    job_id = "nightly"
+    planted_time = datetime(2020, 1, 1, 0, 0, 0)
+    planted = os.path.join(data_root, f"{planted_time:{JOB_TIME_FORMAT}}.{parse_job_id(job_id)}")
+    os.makedirs(os.path.join(planted, "config"))
+    open(os.path.join(planted, "config", "secret"), "wb").write(b"attacker's key")
+    for path in (planted, os.path.join(planted, "config"), os.path.join(planted, "config", "secret")):
+        os.chown(path, 65534, 65534)
+    # the newest folder with this id is the planted one: it is skipped, never resumed
+    rt = make_runtime_ctx(job_id, None, data_root)
+    assert rt.job_root != planted
+    assert any("owned by uid 65534" in m for m in log_messages)
+    # pointed at it explicitly (same job time): refused, naming the owner
+    rt = make_runtime_ctx(job_id, planted_time, data_root)
+    with pytest.raises(JobFolderError, match="owned by uid 65534"):
+        rt.initialize()
+
+
+def test_world_writable_data_root_warns(tmp_path, log_messages):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    sp = smallpond.init(data_root=str(shared), num_executors=1)
+    sp.shutdown()
+    assert any("writable by every user" in m for m in log_messages)
+
+
+def test_same_job_twice_at_once_is_refused_and_stale_lock_taken_over(tmp_path, log_messages):
+    job_id = str(uuid.uuid4())
+    root = str(tmp_path / "root")
+    first = smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+    try:
+        with pytest.raises(JobFolderError, match=rf"already being run by process {os.getpid()} on host {socket.gethostname()}"):
+            smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+    finally:
+        first.shutdown()
+    lock = os.path.join(first.runtime_ctx.config_root, "job.lock")
+    assert not os.path.exists(lock), "the lock is released at shutdown"
+    # a lock left by a process that is gone (this host) is taken over
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(lock, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": 0, "token": "x"}, f)
+    again = smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+    again.shutdown()
+    assert any("took over the stale job lock" in m for m in log_messages)
+    # a lock held on another host is never taken over: the message says what to do
+    with open(lock, "w") as f:
+        json.dump({"host": "elsewhere.example", "pid": 1, "token": "y"}, f)
+    with pytest.raises(JobFolderError, match=rf"host elsewhere.example.*remove {lock}"):
+        smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+    assert os.path.exists(lock)
+
+
+def test_unreadable_committed_intermediate_is_recomputed(tmp_path, make_rt, log_messages):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    sink, job_id = str(tmp_path / "sink"), str(uuid.uuid4())
+
+    def plan(offset):
+        ctx = Context()
+        a = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select id, key from {0}")
+        b = ArrowComputeNode(ctx, (a,), process_func=functools.partial(add_to_ids, offset=offset))
+        return LogicalPlan(ctx, DataSinkNode(ctx, (b,), sink))
+
+    rt = make_rt(job_id)
+    run_job(plan(0), rt, num_workers=1)
+    produced = glob.glob(os.path.join(rt.staging_root, "SqlEngineNode.000002", "SqlEngineTask-*", "*.parquet"))
+    assert len(produced) == 1
+    with open(produced[0], "r+b") as f:  # a damaged intermediate: its end (the footer) overwritten
+        f.seek(-16, os.SEEK_END)
+        f.write(b"\0" * 16)
+    # the consumer changes, so it runs; its committed producer is resumed, and its file is unreadable
+    rt2 = make_rt(job_id)
+    result = run_job(plan(100), rt2, num_workers=1)
+    assert result.successful
+    assert published_rows(sink, "id") == [i + 100 for i in range(20)]
+    assert any("cannot be read; recomputing" in m and "SqlEngineTask-000002" in m for m in log_messages)
+    logs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(rt2.log_root, "tasks", "SqlEngineTask-*.log")))
+    assert logs == ["SqlEngineTask-000002.0.log", "SqlEngineTask-000002.1.log"], "the producer ran again, once"
+
+
+def add_to_ids(runtime_ctx, tables, offset):
+    import pyarrow.compute as pc
+
+    table = tables[0]
+    return table.set_column(table.schema.get_field_index("id"), "id", pc.add(table.column("id"), offset))

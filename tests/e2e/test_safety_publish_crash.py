@@ -1,0 +1,97 @@
+"""Acceptance: SIGKILL at any instant of a publication, then a rerun: every output folder holds the
+previous complete result or the new complete one, never a mix, and the rerun completes the new one.
+
+A Driver job with two sinks replaces their earlier results and is SIGKILLed while it publishes:
+just before a given publication step (``SP_TEST_PUBLISH_KILL_AT_STEP``, the job kills itself), or
+at a random instant with the steps slowed down (``SP_TEST_PUBLISH_STEP_DELAY``). With the default
+layout the publication has 12 steps (3 per sink, then the 3 commit records), so the chosen steps
+fall before, between and after the two swaps.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+from tests.datagen import generate_parquet_files
+from tests.e2e.safety_helpers import manifest, published_rows
+
+PUBLISH_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish_job.py")
+DELAY = 0.25
+
+
+def command(job_id, data_root, inputs, a, b):
+    return [sys.executable, PUBLISH_JOB, "scheduler", "--job_id", job_id, "--data_root", data_root, "--num_executors", "1",
+            "-i", *inputs, "-a", a, "-b", b]  # fmt: skip
+
+
+def state_of(folder: str, versions: dict) -> str:
+    """Which complete version a folder holds ("old" or "new"), or what is wrong with it."""
+    if not os.path.isdir(folder):
+        return "missing"
+    listed = manifest(folder)
+    present = sorted(n for n in os.listdir(folder) if n != ".MANIFEST.txt")
+    if sorted(os.path.basename(p) for p in listed) != present:
+        return f"manifest {listed} does not match files {present}"
+    rows = published_rows(folder, "id")
+    for name, expected in versions.items():
+        if rows == expected:
+            return name
+    return f"mixed rows {rows}"
+
+
+def versions(tmp_path, i):
+    """Input files of version ``i`` and what sinks A and B hold once it is published."""
+    files = generate_parquet_files(str(tmp_path / f"v{i}"), nfiles=2, rows_per_file=5 + i, seed=i, prefix=f"v{i}-")
+    rows = list(range(2 * (5 + i)))
+    return files, {"A": rows, "B": [2 * r for r in rows]}
+
+
+def test_sigkill_during_publication_then_rerun(tmp_path, data_root):
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    files, current = versions(tmp_path, 0)
+    first = subprocess.run(command(str(uuid.uuid4()), data_root, files, a, b), capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for i, kill in enumerate(["step0", "step4", "step7", "random"], start=1):
+        files, new = versions(tmp_path, i)
+        expect = {"A": {"old": current["A"], "new": new["A"]}, "B": {"old": current["B"], "new": new["B"]}}
+        assert (state_of(a, expect["A"]), state_of(b, expect["B"])) == ("old", "old")
+        job_id = str(uuid.uuid4())
+        journal_glob = os.path.join(data_root, f"*.{job_id}", "config", "publication.journal")
+        cmd = command(job_id, data_root, files, a, b)
+        if kill == "random":  # a random instant: publication steps are slowed, the kill comes from outside
+            env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY=str(DELAY))
+            proc = subprocess.Popen(
+                cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            )
+            deadline = time.monotonic() + 120
+            while not glob.glob(journal_glob):
+                assert proc.poll() is None, f"the job ended before publishing: {proc.stderr.read()[-3000:]}"
+                assert time.monotonic() < deadline, "no publication journal appeared"
+                time.sleep(0.01)
+            time.sleep(random.uniform(0, 10 * DELAY))
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()
+        else:  # the job kills itself (SIGKILL) just before publication step n
+            env = dict(os.environ, SP_TEST_PUBLISH_KILL_AT_STEP=kill[len("step") :])
+            killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+            assert glob.glob(journal_glob), "killed during publication, but the journal is gone"
+
+        # at the instant of the kill each folder held one complete version: the swap is atomic
+        after_kill = (state_of(a, expect["A"]), state_of(b, expect["B"]))
+        assert set(after_kill) <= {"old", "new"}, (kill, after_kill)
+
+        rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert (state_of(a, expect["A"]), state_of(b, expect["B"])) == ("new", "new"), kill
+        assert not glob.glob(journal_glob)
+        assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
+        current = new

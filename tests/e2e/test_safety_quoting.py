@@ -1,0 +1,112 @@
+"""Nothing from the data or the filesystem is run as SQL (issue 8, part 2).
+
+Reproductions: a Parquet column whose name closes the quote and appends a ``COPY ... TO`` must
+not write a file; a data root or output path holding ``'`` must work; a file named
+``a*.parquet`` must be read once (DuckDB globs every path it is given).
+"""
+
+from __future__ import annotations
+
+import glob
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond
+from smallpond.io.paths import duckdb_file_literal
+from smallpond.logical.dataset import CsvDataSet, JsonDataSet, ParquetDataSet
+from tests.e2e.safety_helpers import published_rows, tree
+
+HOSTILE = """x" FROM range(1)) TO 'PWNED.csv'; COPY (SELECT 1 AS "a"""
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative path written by injected SQL lands here
+    return tmp_path
+
+
+def test_hostile_column_name_is_data_not_sql(in_tmp):
+    src = in_tmp / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": list(range(20)), HOSTILE: [f"v{i}" for i in range(20)]}), src / "data.parquet")
+    sp = smallpond.init(data_root=str(in_tmp / "root"), num_executors=2)
+    try:
+        df = sp.read_parquet(str(src / "*.parquet")).repartition(2, hash_by="id")
+        out = df.to_arrow()
+        assert sorted(out.column("id").to_pylist()) == list(range(20))
+        assert sorted(out.column(HOSTILE).to_pylist()) == sorted(f"v{i}" for i in range(20))
+        # hashing by the hostile column itself: its name is matched to the data and quoted
+        out = sp.read_parquet(str(src / "*.parquet")).repartition(3, hash_by=HOSTILE).to_arrow()
+        assert sorted(out.column("id").to_pylist()) == list(range(20))
+    finally:
+        sp.shutdown()
+    assert not glob.glob(str(in_tmp / "**" / "PWNED*"), recursive=True)
+
+
+@pytest.mark.parametrize("name", ["it's", "a'b\"c", "sp ace", "x*y", "q?[1]", "{0}"])
+def test_quote_and_glob_characters_in_data_root_and_output_path(tmp_path, name):
+    data_root = tmp_path / f"root-{name}"
+    out = tmp_path / f"out-{name}"
+    sp = smallpond.init(data_root=str(data_root), num_executors=1)
+    try:
+        df = sp.from_items([{"id": i} for i in range(10)]).repartition(2, hash_by="id")
+        df = sp.partial_sql("select id * 2 as d from {0}", df)
+        df.write_parquet(str(out))
+        assert published_rows(str(out), "d") == [2 * i for i in range(10)]
+    finally:
+        sp.shutdown()
+
+
+def test_file_named_with_a_star_is_read_once(tmp_path):
+    """``dir/*.parquet`` finds ``a*.parquet`` and ``ab.parquet``: each must be read exactly once."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(pa.table({"id": [1, 2]}), src / "a*.parquet")
+    pq.write_table(pa.table({"id": [3]}), src / "ab.parquet")
+    pq.write_table(pa.table({"id": [4]}), src / "q?.parquet")
+    pq.write_table(pa.table({"id": [5]}), src / "qx.parquet")
+    pq.write_table(pa.table({"id": [6]}), src / "b[1].parquet")
+    pq.write_table(pa.table({"id": [7]}), src / "b1.parquet")
+    sp = smallpond.init(data_root=str(tmp_path / "root"), num_executors=1)
+    try:
+        df = sp.read_parquet(str(src / "*.parquet"))
+        assert df.count() == 7
+        assert sorted(r["id"] for r in sp.partial_sql("select id from {0}", df).take_all()) == [1, 2, 3, 4, 5, 6, 7]
+    finally:
+        sp.shutdown()
+
+
+def test_file_literals_escape_only_glob_characters():
+    assert duckdb_file_literal("/data/part-0.parquet") == "'/data/part-0.parquet'"
+    assert duckdb_file_literal("/d/a*b?c[d].parquet") == "'/d/a[*]b[?]c[[]d].parquet'"
+    assert duckdb_file_literal("/d/it's") == "'/d/it''s'"
+
+
+def test_csv_and_json_with_hostile_names(tmp_path):
+    import duckdb
+
+    src = tmp_path / "x=1 [it's]"
+    src.mkdir()
+    (src / "a*.csv").write_text("1,2\n")
+    (src / "ab.csv").write_text("3,4\n")
+    (src / "j?.json").write_text('{"k": 1}\n')
+    conn = duckdb.connect()
+    csv = CsvDataSet([glob.escape(str(src)) + "/*.csv"], {'a"b': "int", "c d": "int"})
+    rows = conn.execute(f"select * from {csv.sql_query_fragment(conn=conn)}").fetchall()
+    assert sorted(rows) == [(1, 2), (3, 4)]  # no hive column "x" from the folder name, no row twice
+    empty = CsvDataSet([], {'a"b': "int"})
+    assert conn.execute(f"select * from {empty.sql_query_fragment(conn=conn)}").fetchall() == []
+    js = JsonDataSet([glob.escape(str(src)) + "/*.json"], {"k": "int"})
+    assert conn.execute(f"select * from {js.sql_query_fragment(conn=conn)}").fetchall() == [(1,)]
+
+
+def test_root_dir_is_never_read_as_a_pattern(tmp_path):
+    weird = tmp_path / "d[1]"
+    weird.mkdir()
+    pq.write_table(pa.table({"id": [1]}), weird / "f.parquet")
+    ds = ParquetDataSet(["*.parquet"], root_dir=str(weird))
+    assert ds.resolved_paths == [str(weird / "f.parquet")]
+    assert ParquetDataSet.from_files([str(weird / "f.parquet")]).resolved_paths == [str(weird / "f.parquet")]
+    assert tree(str(weird)) == ["f.parquet"]

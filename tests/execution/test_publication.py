@@ -1,0 +1,131 @@
+"""The publication protocol of ops/sink.py: a crash after any rename, then a roll forward.
+
+Every rename of a publication (the journal's own, the swap's, each append's) is made to crash in
+turn; rolling the journal forward must then give the new complete result (or, when the crash came
+before the journal was written, leave the previous one), with user files untouched.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from smallpond.execution.ops import sink
+from smallpond.execution.ops.sink import DataSinkTask, journal_path, publish, roll_forward, staging_path
+from smallpond.execution.task import PartitionInfo
+from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
+from tests.e2e.safety_helpers import snapshot
+
+
+class Crash(Exception):
+    pass
+
+
+def setup(tmp_path, make_rt, mode):
+    rt = make_rt()
+    rt.initialize()
+    dest = tmp_path / "dest"
+    dest.mkdir(parents=True)
+    (dest / "old.parquet").write_bytes(b"old")
+    (dest / ".MANIFEST.txt").write_text(f"{dest / 'old.parquet'}\n")
+    if mode == "append":
+        (dest / "user.txt").write_text("mine")
+    ctx = Context()
+    node = DataSinkNode(ctx, (DataSourceNode(ctx, None),), str(dest), mode=mode)
+    task = DataSinkTask(node, 7, [PartitionInfo()], [])
+    staging = staging_path(rt, task)
+    os.makedirs(staging)
+    new_names = ["new1.parquet", "new2.parquet"] if mode == "overwrite" else ["old.ab12-0.parquet", "new.ab12-1.parquet"]
+    for n in new_names:
+        with open(os.path.join(staging, n), "w") as f:
+            f.write(n)
+    with open(os.path.join(staging, ".MANIFEST.txt"), "w") as f:
+        f.write("".join(f"{dest / n}\n" for n in new_names))
+    record = {"path": os.path.join(rt.completed_task_dir, f"{task.key}.commit"), "data": b"record"}
+    return rt, dest, task, record, new_names
+
+
+def expected_new(dest, mode, new_names):
+    files = {n: n.encode() for n in new_names}
+    if mode == "append":
+        files.update({"old.parquet": b"old", "user.txt": b"mine"})
+        listed = [str(dest / "old.parquet")] + [str(dest / n) for n in new_names]
+    else:
+        listed = [str(dest / n) for n in new_names]
+    files[".MANIFEST.txt"] = "".join(p + "\n" for p in listed).encode()
+    return files
+
+
+def count_renames(monkeypatch, limit):
+    calls = {"n": 0}
+    real_rename, real_replace, real_exchange = os.rename, os.replace, sink.exchange_paths
+
+    def wrap(fn):
+        def inner(*args, **kwargs):
+            if calls["n"] >= limit:
+                raise Crash()
+            calls["n"] += 1
+            return fn(*args, **kwargs)
+
+        return inner
+
+    monkeypatch.setattr(os, "rename", wrap(real_rename))
+    monkeypatch.setattr(os, "replace", wrap(real_replace))
+    monkeypatch.setattr(sink, "exchange_paths", wrap(real_exchange))
+    return calls
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two_renames"])
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_crash_after_each_rename_then_roll_forward(tmp_path, make_rt, monkeypatch, mode, exchange):
+    if not exchange:
+        monkeypatch.setattr(sink, "exchange_paths", lambda a, b: False)
+    # a dry run counts the renames of one publication
+    rt, dest, task, record, new_names = setup(tmp_path / "dry", make_rt, mode)
+    calls = count_renames(monkeypatch, 10**6)
+    publish(rt, [(task, record)])
+    total = calls["n"]
+    monkeypatch.undo()
+    if not exchange:
+        monkeypatch.setattr(sink, "exchange_paths", lambda a, b: False)
+    assert snapshot(str(dest)) == expected_new(dest, mode, new_names)
+    assert total >= 3
+
+    for crash_at in range(total):
+        base = tmp_path / f"crash{crash_at}"
+        rt, dest, task, record, new_names = setup(base, make_rt, mode)
+        old = snapshot(str(dest))
+        with monkeypatch.context() as m:
+            count_renames(m, crash_at)
+            with pytest.raises(Crash):
+                publish(rt, [(task, record)])
+        at_crash = snapshot(str(dest)) if dest.exists() else None
+        if mode == "overwrite" and exchange:
+            # with an atomic exchange a reader sees the previous or the new result, nothing else
+            assert at_crash in (old, expected_new(dest, mode, new_names))
+        journal = os.path.exists(journal_path(rt))
+        roll_forward(rt)
+        if journal:
+            assert snapshot(str(dest)) == expected_new(dest, mode, new_names), f"crash after {crash_at} renames"
+            assert open(record["path"], "rb").read() == b"record"
+        else:  # the crash came before the journal was written: nothing was published
+            assert snapshot(str(dest)) == old
+            assert not os.path.exists(record["path"])
+        assert not os.path.exists(journal_path(rt))
+        assert not [n for n in os.listdir(base) if ".old-" in n]
+
+
+def test_user_file_dropped_in_during_the_job_is_moved_back(tmp_path, make_rt, monkeypatch):
+    rt, dest, task, record, new_names = setup(tmp_path, make_rt, "overwrite")
+    real = sink.plan_steps
+
+    def plan_then_drop(runtime_ctx, t):
+        steps = real(runtime_ctx, t)
+        (dest / "late.txt").write_text("arrived during the job")  # after the check, before the swap
+        return steps
+
+    monkeypatch.setattr(sink, "plan_steps", plan_then_drop)
+    publish(rt, [(task, record)])
+    assert (dest / "late.txt").read_text() == "arrived during the job"
+    assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt", "late.txt"] + new_names)

@@ -1,0 +1,467 @@
+"""The Ray backend against a real Ray cluster on this machine (a head without CPUs, two worker nodes).
+
+This test process connects to the cluster as a Ray driver and drives a
+:class:`~smallpond.execution.executors.ray.RayExecutor` directly: attempts run on worker nodes,
+two attempts of one task run at once and one is cancelled, a killed Ray worker or a removed node
+is a ``WorkerLost``, oversized requests are clamped instead of waiting forever, the capacity follows
+nodes joining and leaving, unpicklable tasks fail at submit, and a node that cannot see the data
+root (a real node in its own mount namespace) fails the start naming that node.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, List, Tuple
+
+import pytest
+
+from smallpond.errors import ClusterError, TaskError, WorkerLost
+from smallpond.execution.attempt import read_commit
+from smallpond.execution.planner import Planner
+from smallpond.execution.scheduler import Scheduler
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, PythonScriptNode
+from tests.ray_cluster import OBJECT_STORE, RayTestCluster, get_cluster, ray_env
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """The session's Ray cluster, with this process connected to it as a driver."""
+    c = get_cluster()
+    import ray
+
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    yield c
+    ray.shutdown()
+
+
+def record(runtime_ctx, inputs, output_path, log: str, sleep: float = 0.0, die_on_first: bool = False) -> bool:
+    """A task: note its attempt in ``log``, maybe kill its own process or sleep, then write a file."""
+    task = runtime_ctx.task
+    with open(log, "a") as f:
+        f.write(f"start {task.key} {task.retry_count} {os.getpid()}\n")
+    if die_on_first and task.retry_count == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if task.retry_count == 0:
+        time.sleep(sleep)
+    with open(os.path.join(output_path, "out.txt"), "w") as f:
+        f.write(str(task.retry_count))
+    with open(log, "a") as f:
+        f.write(f"end {task.key} {task.retry_count}\n")
+    return True
+
+
+def prepared(rt, parquet_files, n: int = 1, **kwargs) -> Tuple[List, Callable, Dict]:
+    """The ``n`` tasks of a PythonScriptNode running :func:`record`, their inputs (computed here),
+    and every planned task by key."""
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), n, partition_by_rows=True)
+    node = PythonScriptNode(ctx, (parts,), process_func=functools.partial(record, **kwargs))
+    planner = Planner(rt)
+    tasks = planner.plan(node)
+    upstream = sorted({k for t in tasks for k in t.input_keys})
+    results = Scheduler(rt, None).run([planner.tasks[k] for k in upstream], planner.tasks)
+    return tasks, lambda t: [results[k] for k in t.input_keys], planner.tasks
+
+
+def executor_for(rt, **kwargs):
+    from smallpond.execution.executors.ray import RayExecutor
+
+    rt.initialize()
+    ex = RayExecutor(rt, None, **kwargs)  # None: this process is connected already
+    ex.start()
+    return ex
+
+
+def wait_for(ex, n: int, deadline: float = 120) -> List:
+    """Poll until ``n`` completions arrived (a hang guard, not a timing assertion)."""
+    out: List = []
+    end = time.monotonic() + deadline
+    while len(out) < n and time.monotonic() < end:
+        out.extend(ex.poll(0.2))
+    assert len(out) >= n, f"only {len(out)} of {n} completions after {deadline}s"
+    return out
+
+
+def lines(path: str) -> List[str]:
+    return open(path).read().split("\n")[:-1] if os.path.exists(path) else []
+
+
+def test_an_attempt_runs_on_a_worker_node_and_commits(cluster, make_rt, parquet_files, tmp_path):
+    rt = make_rt()
+    (task,), inputs, _ = prepared(rt, parquet_files, log=str(tmp_path / "log"))
+    ex = executor_for(rt)
+    try:
+        assert ex.capacity.num_cpus == 4 and ex.capacity.num_workers == 4  # two nodes of two CPUs; the head has none
+        assert set(ex.nodes) == set(cluster.worker_node_ids())
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        (c,) = wait_for(ex, 1)
+    finally:
+        ex.shutdown()
+    assert c.ok, c.error
+    assert (c.key, c.attempt) == (task.key, 0)
+    node_id = c.worker.split("/ray-node-")[1].split("/")[0]
+    assert node_id in cluster.worker_node_ids()
+    rec = read_commit(rt, task)
+    assert rec["worker"] == c.worker and rec["attempt"] == 0
+    assert open(c.dataset.resolved_paths[0]).read() == "0"
+    capped = executor_for(make_rt(), num_workers=1)  # num_executors: at most this many attempts at once
+    capped.shutdown()
+    assert capped.capacity.num_workers == 1 and capped.capacity.num_cpus == 4
+
+
+def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reported(cluster, make_rt, parquet_files, tmp_path):
+    """What speculative execution needs: attempt 0 (slow) and attempt 1 run together; 0 is cancelled."""
+    rt = make_rt()
+    log = str(tmp_path / "log")
+    (task,), inputs, _ = prepared(rt, parquet_files, log=log, sleep=4.0)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        end = time.monotonic() + 60
+        while not any(line.startswith(f"start {task.key} 0") for line in lines(log)) and time.monotonic() < end:
+            assert ex.poll(0.1) == []
+        ex.submit(task, inputs(task), 1, memory=256 << 20)
+        assert ex.free_slots() == 2
+        (c,) = wait_for(ex, 1)
+        assert (c.attempt, c.ok) == (1, True)
+        ex.cancel(task.key, 0)
+        assert ex.free_slots() == 4
+        pid0 = int(next(line for line in lines(log) if line.startswith(f"start {task.key} 0")).split()[3])
+        # the cancelled attempt's worker process is killed (force), so it never ends or commits
+        end = time.monotonic() + 30
+        while _alive(pid0) and time.monotonic() < end:
+            assert ex.poll(0.2) == []
+        assert not _alive(pid0)
+        assert ex.poll(0.5) == []
+    finally:
+        ex.shutdown()
+    assert f"end {task.key} 0" not in lines(log)
+    assert read_commit(rt, task)["attempt"] == 1
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):
+    rt = make_rt()
+    (task,), inputs, _ = prepared(rt, parquet_files, log=str(tmp_path / "log"), die_on_first=True)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        (lost,) = wait_for(ex, 1)
+        ex.submit(task, inputs(task), 1, memory=256 << 20)
+        (retried,) = wait_for(ex, 1)
+    finally:
+        ex.shutdown()
+    assert not lost.ok and isinstance(lost.error, WorkerLost), lost.error
+    assert task.key in str(lost.error)
+    assert retried.ok and read_commit(rt, task)["attempt"] == 1
+    # Ray did not retry the crashed attempt on its own: our scheduler owns retries
+    assert [x.split()[:3] for x in lines(str(tmp_path / "log"))] == [
+        ["start", task.key, "0"],
+        ["start", task.key, "1"],
+        ["end", task.key, "1"],
+    ]
+
+
+def test_a_removed_node_reports_its_attempts_lost(cluster, make_rt, parquet_files, tmp_path):
+    """Four slow attempts fill both worker nodes; one node is killed: its two come back as WorkerLost.
+
+    A job starting right after sees the dead node still listed as alive by Ray (its health checks
+    take seconds): the data-root check finds it gone, and the start goes on without it.
+    """
+    import ray
+
+    rt = make_rt()
+    log = str(tmp_path / "log")
+    tasks, inputs, _ = prepared(rt, parquet_files, 4, log=log, sleep=8.0)
+    ex = executor_for(rt)
+    try:
+        for t in tasks:
+            ex.submit(t, inputs(t), 0, memory=256 << 20)
+        end = time.monotonic() + 90
+        while len([x for x in lines(log) if x.startswith("start")]) < 4 and time.monotonic() < end:
+            assert ex.poll(0.1) == []
+        victim = cluster.remove_worker(0)
+        listed_alive = any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes())
+        later = executor_for(make_rt())
+        later.shutdown()
+        done = wait_for(ex, 4)
+    finally:
+        ex.shutdown()
+        cluster.restore_workers()
+    lost = [c for c in done if not c.ok]
+    assert len(lost) == 2, [(c.key, c.ok, c.error) for c in done]
+    assert all(isinstance(c.error, WorkerLost) for c in lost)
+    assert all(victim not in c.worker for c in done if c.ok)
+    assert victim not in later.nodes and later.capacity.num_cpus == 2
+    if listed_alive:
+        assert victim in later._gone
+
+
+def test_requests_larger_than_any_node_are_clamped_with_one_warning(cluster, make_rt, parquet_files, tmp_path, log_messages):
+    """Ray would keep a request no node can meet pending forever: it is clamped to the largest node."""
+    rt = make_rt()
+    tasks, inputs, _ = prepared(rt, parquet_files, 2, log=str(tmp_path / "log"))
+    ex = executor_for(rt)
+    try:
+        assert ex.attempt_limits() == (2, 3 << 30)
+        for t in tasks:
+            t.cpu_limit = 64  # as if planned for a bigger cluster than this one is now
+            ex.submit(t, inputs(t), 0, memory=1 << 40)
+        assert len(ex._node_refs) == 1  # the node went into the object store once for both tasks
+        done = wait_for(ex, 2)
+    finally:
+        ex.shutdown()
+    assert all(c.ok for c in done)
+    warnings = [m for m in log_messages if "more than any Ray node has" in m]
+    assert len(warnings) == 1 and "clamped to 2 CPU(s)" in warnings[0]
+    assert tasks[0].cpu_limit == 64  # the scheduler's task object is not changed
+
+
+def test_attempts_of_a_node_known_to_be_short_may_queue_in_ray(cluster, make_rt, parquet_files, tmp_path, monkeypatch):
+    """Like local workers' pipelining: Ray holds one more short attempt per slot until a CPU frees."""
+    import smallpond.execution.executors.ray as ray_backend
+
+    monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 1e9)  # "short" whatever this machine's load
+    rt = make_rt()
+    tasks, inputs, _ = prepared(rt, parquet_files, 8, log=str(tmp_path / "log"))
+    ex = executor_for(rt)
+    try:
+        for t in tasks[:4]:
+            ex.submit(t, inputs(t), 0, memory=256 << 20)
+        assert ex.free_slots() == 0 and ex.queue_slots() == 0  # nothing known of this node yet
+        assert all(c.ok for c in wait_for(ex, 4))
+        for t in tasks[4:]:
+            ex.submit(t, inputs(t), 0, memory=256 << 20)
+        assert ex.free_slots() == 0 and ex.queue_slots() == 4  # its attempts are known to be short
+        monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 0.0)
+        assert ex.queue_slots() == 0  # ... unless they are not
+        monkeypatch.setattr(ray_backend, "QUEUE_BEHIND_SECONDS", 1e9)
+        for t in tasks[:4]:
+            ex.submit(t, inputs(t), 1, memory=256 << 20, queue=True)
+        assert ex.queue_slots() == 0
+        assert all(c.ok for c in wait_for(ex, 8))
+    finally:
+        ex.shutdown()
+
+
+def test_capacity_follows_nodes_joining_and_leaving(cluster, make_rt, parquet_files, tmp_path, log_messages):
+    rt = make_rt()
+    tasks, _, all_tasks = prepared(rt, parquet_files, 3, log=str(tmp_path / "log"))
+    ex = executor_for(rt)
+    try:
+        scheduler = Scheduler(rt, ex)
+        assert ex.capacity.num_cpus == 4 and scheduler.state.free_cpus == 4
+        extra = cluster.add_worker()
+        _poll_until(ex, lambda: ex.capacity.num_cpus == 6)
+        assert extra.node_id in ex.nodes
+        # the scheduler takes the new capacity in: what is free afterwards is all of it
+        results = scheduler.run(tasks, all_tasks)
+        assert all(open(results[t.key].resolved_paths[0]).read() == "0" for t in tasks)
+        assert scheduler.capacity.num_cpus == 6 and scheduler.state.free_cpus == 6
+        cluster.cluster.remove_node(extra, allow_graceful=True)
+        _poll_until(ex, lambda: ex.capacity.num_cpus == 4)
+        assert extra.node_id not in ex.nodes
+        # "left" when Ray reported it dead; "gone" when its data-root check found it dead first
+        assert any(("left the cluster" in m or "is gone" in m) and extra.node_id in m for m in log_messages)
+    finally:
+        ex.shutdown()
+
+
+def _poll_until(ex, condition, deadline: float = 90) -> None:
+    end = time.monotonic() + deadline
+    while not condition() and time.monotonic() < end:
+        ex.poll(0.2)
+        time.sleep(0.2)
+    assert condition(), f"not reached after {deadline}s: capacity {ex.capacity}, nodes {list(ex.nodes)}"
+
+
+def test_a_straggler_on_ray_is_overtaken_by_its_copy(cluster, make_rt, tmp_path):
+    """Speculative execution on Ray: the stalled first attempt can only end by being cancelled."""
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import run_job
+    from smallpond.execution.scheduler import Speculation
+    from tests.datagen import generate_parquet_files
+    from tests.execution.test_speculation import plan as stalling_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=20)
+    logical, node = stalling_plan(inputs, str(tmp_path / "never"))
+    rt = make_rt()
+    spec = Speculation.of("aggressive", min_runtime=1.0, multiplier=2.0, quantile=0.5)
+    exec_plan = run_job(logical, rt, executor=RayExecutor(rt, None), speculation=spec)
+    assert exec_plan.final_output.num_rows == 60
+    slow = next(
+        t for t in exec_plan.tasks.values() if t.node_id == int(node.id) and t.partition_infos_as_dict["__data_partition__"] == 2
+    )
+    record = read_commit(rt, slow)
+    assert record["attempt"] >= 1 and "/ray-node-" in record["worker"]
+    assert set(exec_plan.results[slow.key].to_arrow_table().column("attempt").to_pylist()) == {record["attempt"]}
+    node_dir = os.path.dirname(record["output_dir"])
+    assert [n for n in os.listdir(node_dir) if n.startswith(slow.key)] == [os.path.basename(record["output_dir"])]
+
+
+@pytest.mark.filterwarnings("ignore:.*cannot fingerprint")
+def test_an_unpicklable_task_fails_at_submit(cluster, make_rt, parquet_files, tmp_path):
+    rt = make_rt()
+    lock = threading.Lock()
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 1)
+    node = PythonScriptNode(ctx, (parts,), process_func=lambda rc, i, o: lock is not None)
+    planner = Planner(rt)
+    (task,) = planner.plan(node)
+    ex = executor_for(rt)
+    try:
+        with pytest.raises(TaskError, match="Can't pickle task") as info:
+            ex.submit(task, [], 0, memory=256 << 20)
+    finally:
+        ex.shutdown()
+    assert not info.value.retryable
+
+
+# -- the data root, seen from every node --------------------------------------------------------------
+
+
+def _unshare_works() -> str:
+    """Why a node cannot be started in its own mount namespace here ('' if it can)."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, text=True)
+    return "" if probe.returncode == 0 else f"unshare --mount is not permitted here: {probe.stderr.strip()}"
+
+
+def start_blind_node(cluster: RayTestCluster, hidden: str) -> Tuple[subprocess.Popen, str]:
+    """Start a real extra Ray node whose processes do not see ``hidden`` (a tmpfs covers it in the
+    node's own mount namespace); returns its process and node id once it has joined."""
+    import ray
+
+    before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+    script = (
+        f'mount -t tmpfs tmpfs "{hidden}" && exec ray start --address {cluster.address} --num-cpus 1 '
+        f"--object-store-memory {OBJECT_STORE} --disable-usage-stats --block"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        env=dict(os.environ, **ray_env()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    cluster.extra_processes.append(proc)
+    node_id = None
+    end = time.monotonic() + 120
+    while node_id is None and time.monotonic() < end:
+        new = {n["NodeID"] for n in ray.nodes() if n["Alive"]} - before
+        node_id = next(iter(new), None)
+        time.sleep(0.5)
+    assert node_id, "the extra node did not join"
+    return proc, node_id
+
+
+def stop_blind_node(proc: subprocess.Popen, node_id: str) -> None:
+    import ray
+
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    end = time.monotonic() + 120
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()) and time.monotonic() < end:
+        time.sleep(0.5)
+    assert not any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()), "the extra node did not leave"
+
+
+def hidden_folder(tmp_path_factory) -> str:
+    reason = _unshare_works()
+    if reason:
+        pytest.skip(reason)
+    hidden = tmp_path_factory.mktemp("blind") / "shared"
+    hidden.mkdir()
+    return str(hidden)
+
+
+@pytest.fixture(scope="module")
+def blind_node(cluster: RayTestCluster, tmp_path_factory):
+    """(a folder, the id of a real extra Ray node that cannot see it)."""
+    hidden = hidden_folder(tmp_path_factory)
+    proc, node_id = start_blind_node(cluster, hidden)
+    yield hidden, node_id
+    stop_blind_node(proc, node_id)
+
+
+def test_a_node_that_cannot_see_the_data_root_fails_the_start_naming_it(cluster, blind_node, tmp_path):
+    import sys
+
+    hidden, bad_node = blind_node
+    data_root = os.path.join(hidden, "root-session")
+    code = (
+        "import sys, smallpond\n"
+        "sp = smallpond.init(ray_address=sys.argv[1], data_root=sys.argv[2], job_id='blind')\n"
+        "print('started')\n"
+    )
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", code, cluster.address, data_root],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, SP_PROGRESS="0"),
+    )
+    took = time.monotonic() - start
+    assert proc.returncode != 0 and "started" not in proc.stdout
+    assert "ClusterError" in proc.stderr and "cannot use the data root" in proc.stderr
+    message = proc.stderr[proc.stderr.index("ClusterError") :]
+    assert bad_node in message
+    assert not any(good in message for good in cluster.worker_node_ids())
+    print(f"the start failed after {took:.1f}s (import, connect and check included)")
+    status = open(os.path.join(data_root, os.listdir(data_root)[0], "log", ".STATUS")).read().split()
+    assert status[-1].startswith("failure@")
+
+
+def test_executor_start_raises_cluster_error_for_a_blind_node(cluster, blind_node, make_rt):
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import make_runtime_ctx
+
+    hidden, bad_node = blind_node
+    rt = make_runtime_ctx("blind-in-process", None, os.path.join(hidden, "root"))
+    rt.initialize()
+    ex = RayExecutor(rt, None)
+    with pytest.raises(ClusterError, match=bad_node):
+        ex.start()
+    ex.shutdown()
+    leftovers: Dict[str, list] = {d: os.listdir(os.path.join(rt.temp_root)) for d in ["temp"]}
+    assert leftovers == {"temp": []}, "the check's marker folder is left behind"
+
+
+def test_a_node_that_joins_and_cannot_see_the_data_root_fails_the_job_naming_it(cluster, tmp_path_factory):
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import make_runtime_ctx
+
+    hidden = hidden_folder(tmp_path_factory)
+    rt = make_runtime_ctx("blind-joiner", None, os.path.join(hidden, "root"))
+    rt.initialize()
+    ex = RayExecutor(rt, None)
+    ex.start()  # every node there now sees the data root
+    proc, bad_node = start_blind_node(cluster, hidden)
+    try:
+        with pytest.raises(ClusterError, match=f"joined cannot use the data root(.|\\n)*{bad_node}"):
+            end = time.monotonic() + 120
+            while time.monotonic() < end:
+                ex.poll(0.2)
+                time.sleep(0.2)
+    finally:
+        ex.shutdown()
+        stop_blind_node(proc, bad_node)
