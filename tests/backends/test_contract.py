@@ -8,13 +8,17 @@ and checks:
 * injected faults fire and are retried, and the result is still right;
 * SIGKILL of the driver, then the same command: only unfinished tasks run again;
 * a worker killed in the middle of a job: the job still finishes with the right output;
-* bad SQL: exit status 70 and the SQL in the message, without retries.
+* bad SQL: exit status 70 and the SQL in the message, without retries;
+* the task cache: a second job (new job id, same inputs, same data root) runs no task the first
+  one computed (entries are inserted where the attempt commits: the worker, whatever the backend)
+  and gives the same output.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -192,3 +196,28 @@ def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
     assert "select idd, from" in proc.stderr
     (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
     assert attempts_used(root) == 0, "a parse error was retried"
+
+
+def events_of(root: str, kind: str) -> List[dict]:
+    with open(os.path.join(root, "log", "events.jsonl")) as f:
+        return [e for e in map(json.loads, f) if e.get("ev") == kind]
+
+
+def test_a_second_job_reuses_the_first_jobs_tasks_from_the_cache(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
+    counter, data_root = str(tmp_path / "counter"), str(tmp_path / "root")
+    roots = []
+    for n in range(2):
+        job_id, sink = str(uuid.uuid4()), str(tmp_path / f"sink{n}")
+        with backend.job_side(COUNTING_JOB, job_id, data_root):
+            proc = run(counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0"), tmp_path, backend)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert sink_rows(sink) == expected_rows(inputs)
+        (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+        roots.append(root)
+    assert len(counter_lines(counter)) == NPARTITIONS, "the second job computed a task again"
+    assert not events_of(roots[0], "reused")
+    reused = events_of(roots[1], "reused")
+    # every task of the first job that writes files of its own, except the sink (published, not cached)
+    assert len(reused) == WORKER_TASKS - 1, [e["key"] for e in reused]
+    assert {e["from_job"] for e in reused} == {os.path.basename(roots[0]).split(".", 1)[1]}
