@@ -260,17 +260,28 @@ def producer_key_of(rt: RuntimeContext, path: str) -> Optional[str]:
     return None
 
 
+# words of a reader's message about bytes it could not decode (neither DuckDB nor pyarrow names the
+# file when a page in the middle of it is damaged)
+_DECODE_ERROR_HINTS = ("thrift", "tprotocol", "corrupt", "deserializ", "invalid data", "checksum", "decompress", "magic")
+#: bytes of intermediates read whole, at most, to find a damaged page no message names
+FULL_READ_BUDGET = 2 << 30
+
+
 def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: BaseException, limit: int = 10_000) -> List[str]:
     """Input files written by earlier tasks of this job that cannot be read (after a failure).
 
     Every such Parquet input's footer is read; a file the error message names is read whole
-    (damaged pages leave the footer intact). Only called when an attempt failed, so the reads cost
-    nothing on success.
+    (damaged pages leave the footer intact). When no footer is bad, no file is named and the
+    message is about undecodable bytes, the files are read whole, up to :data:`FULL_READ_BUDGET`
+    bytes: a damaged page in the middle of a file (or of a task cache entry, which verification
+    reads only at both ends) is found and its producer runs again. Only called when an attempt
+    failed, so the reads cost nothing on success.
     """
     import pyarrow.parquet as pq
 
     text = str(exc)
     bad: List[str] = []
+    unnamed: List[str] = []
     seen = 0
     for ds in inputs:
         for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
@@ -289,8 +300,20 @@ def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: Bas
                         pq.ParquetFile(p).read()
                     else:
                         pq.read_metadata(p)
+                        unnamed.append(p)
                 except Exception:
                     bad.append(p)
+    if bad or not any(h in text.lower() for h in _DECODE_ERROR_HINTS):
+        return bad
+    budget = FULL_READ_BUDGET
+    for p in unnamed:
+        try:
+            budget -= os.path.getsize(p)
+            if budget < 0:
+                break
+            pq.ParquetFile(p).read()
+        except Exception:
+            bad.append(p)
     return bad
 
 

@@ -346,3 +346,46 @@ def test_the_cache_is_bounded_after_a_job(tmp_path):
     events = Events()
     run_job(incremental_plan(inputs, str(tmp_path / "s3")), make_runtime_ctx("c", None, root), num_workers=1, listeners=[events])
     assert not events.reused
+
+
+def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, log_messages):
+    """An entry damaged where verification does not look (the middle of a big file) is served, the
+    consumer cannot read it: its producer runs again, bypassing the cache (whose file is the same
+    inode), and the entry is replaced by the new output."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=20_000)
+    root, sink = str(tmp_path / "root"), str(tmp_path / "sink")
+
+    def plan(offset):
+        ctx = Context()
+        sql = "select id, key, md5(name || id::varchar) || md5(id::varchar) as pad from {0}"  # ~1.5 MB, incompressible
+        a = SqlEngineNode(
+            ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), sql, output_name="padded", parquet_compression="uncompressed"
+        )
+        b = SqlEngineNode(ctx, (a,), f"select id + {offset} as id, pad from {{0}}")  # DuckDB names the file it cannot read
+        return LogicalPlan(ctx, DataSinkNode(ctx, (b,), sink))
+
+    run_job(plan(0), make_runtime_ctx("one", None, root), num_workers=1)
+    (big,) = [
+        p for p in glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*", "*.parquet")) if os.path.getsize(p) > 1 << 20
+    ]
+    st = os.stat(big)
+    with open(big, "r+b") as f:  # zero the middle: the head, the tail and the footer stay intact
+        f.seek(256 << 10)
+        f.write(b"\0" * (st.st_size - (512 << 10)))
+    os.utime(big, ns=(st.st_atime_ns, st.st_mtime_ns))  # and its time (bit rot, a copy keeping times)
+    events = Events()
+    result = run_job(plan(100), make_runtime_ctx("two", None, root), num_workers=1, listeners=[events])
+    assert result.successful
+    assert sorted(r[0] for r in rows_of(sink)) == [i + 100 for i in range(20_000)]
+    assert any("cannot be read; recomputing" in m for m in log_messages)
+    producer = "SqlEngineTask-000002"
+    assert producer in events.reused and events.submitted.count(producer) == 1, "reused, then run"
+    (big,) = [
+        p for p in glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*", "*.parquet")) if os.path.getsize(p) > 1 << 20
+    ]
+    assert pq.read_table(big).num_rows == 20_000, "the damaged entry was replaced"
+
+
+def rows_of(folder: str) -> List[tuple]:
+    paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
+    return [tuple(r.values()) for p in paths for r in pq.read_table(p, columns=["id"]).to_pylist()]
