@@ -31,6 +31,7 @@ from smallpond.common import logger
 from smallpond.execution.cache import LOCK_REFRESH_SECONDS, Claim, Entry, TaskCache, open_cache
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
+from smallpond.io.paths import file_identity
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 _versions: Optional[str] = None
@@ -72,12 +73,11 @@ def _package_digest() -> str:
 
 
 def external_identity(path: str) -> str:
-    """What tells one version of a user's input file from another: size and modification time."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return "missing"
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    """What tells one version of a user's input file from another: :func:`~smallpond.io.paths.file_identity`
+    (size, modification time, and the Parquet footer's digest or the inode change time: a rewrite
+    that keeps the size and sets the time back is still seen), without the path (the label)."""
+    ident = file_identity(path)
+    return ident[len(path) + 1 :] if ident.startswith(path + ":") else ident
 
 
 def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) -> Dict[str, Any]:
@@ -204,7 +204,7 @@ def _describe_identity_change(a: str, b: str) -> str:
         return f"{sa} -> {sb} bytes"
     if ma != mb:
         return "rewritten: same size, new modification time"
-    return "its identity changed"
+    return "rewritten: same size and modification time, new content (Parquet footer or inode change time)"
 
 
 def _diff_words(a: str, b: str) -> str:

@@ -389,3 +389,30 @@ def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, lo
 def rows_of(folder: str) -> List[tuple]:
     paths = sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".parquet"))
     return [tuple(r.values()) for p in paths for r in pq.read_table(p, columns=["id"]).to_pylist()]
+
+
+def test_an_input_rewritten_with_its_size_and_time_kept_is_not_served_stale(tmp_path):
+    """A rewrite that keeps the file's size and sets its modification time back (``cp -p``,
+    ``rsync -t``) still changes the cache key: the Parquet footer is part of the file's identity."""
+    path = str(tmp_path / "in" / "values.parquet")
+    os.makedirs(os.path.dirname(path))
+
+    def write(offset: int) -> None:
+        table = pa.table({"id": pa.array(range(offset, offset + 50), pa.int64())})
+        pq.write_table(table, path, compression="NONE", use_dictionary=False)
+
+    write(0)
+    root = str(tmp_path / "root")
+
+    def total(job_id: str, sink: str) -> int:
+        ctx = Context()
+        node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), "select sum(id) as s from {0}")
+        run_job(LogicalPlan(ctx, DataSinkNode(ctx, (node,), sink)), make_runtime_ctx(job_id, None, root), num_workers=1)
+        return sum(pq.read_table(os.path.join(sink, n))["s"][0].as_py() for n in os.listdir(sink) if n.endswith(".parquet"))
+
+    assert total("first", str(tmp_path / "s1")) == sum(range(50))
+    st = os.stat(path)
+    write(1000)
+    assert os.path.getsize(path) == st.st_size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert total("second", str(tmp_path / "s2")) == sum(range(1000, 1050))
