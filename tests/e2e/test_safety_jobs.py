@@ -56,14 +56,15 @@ def started(rt) -> dict:
 def test_torn_commit_record_counts_as_absent(tmp_path, make_rt, log_messages, damage):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
     counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
-    rt = make_rt(job_id)
+    # the task cache off: with it, a task whose record is torn is reused from its entry instead of run
+    rt = make_rt(job_id, task_cache="off")
     run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), rt, num_workers=2)
     before = started(rt)
     record = commits(rt, "SqlEngineTask")[0]
     data = open(record, "rb").read()
     open(record, "wb").write(b"" if damage == "empty" else data[: len(data) // 2])
     shutil.rmtree(sink)  # so the sink, and what it needs, runs again
-    rt2 = make_rt(job_id)
+    rt2 = make_rt(job_id, task_cache="off")
     run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), rt2, num_workers=2)
     key = os.path.basename(record)[: -len(".commit")]
     after = started(rt2)
@@ -95,13 +96,13 @@ def test_forged_commit_record_is_refused_naming_the_file(tmp_path, make_rt):
 def test_lost_secret_gives_a_way_out(tmp_path, make_rt):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
     counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
-    rt = make_rt(job_id)
+    rt = make_rt(job_id, task_cache="off")  # with the task cache, a restarted job reuses its entries
     run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt, num_workers=1)
     os.remove(rt.layout.secret_path)
     with pytest.raises(JobFolderError, match="secret .* is missing.*restart=True"):
-        run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), make_rt(job_id), num_workers=1)
+        run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), make_rt(job_id, task_cache="off"), num_workers=1)
     old = snapshot(rt.job_root)
-    rt2 = make_rt(job_id)
+    rt2 = make_rt(job_id, task_cache="off")
     run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt2, num_workers=1, restart=True)
     assert published_rows(sink, "id") == list(range(5))
     aside = glob.glob(rt.job_root + ".restarted-*")
