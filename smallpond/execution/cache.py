@@ -28,13 +28,20 @@ Invariants:
   the job that wrote them, so a job output edited in place changes the entry too: its time and
   size catch an append or a rewrite, the digests catch a truncation or a replaced block at either
   end. A full hash is not taken on reuse (it would read every byte of every reused output). An
-  entry that fails is removed and the task runs.
+  entry that fails is removed and the task runs. Damage in the middle of a file that keeps its
+  size and time (bit rot) is not seen here: the consumer's read fails, the scheduler recomputes
+  the producer without the cache (:func:`~smallpond.execution.attempt.unreadable_intermediates`)
+  and its new output replaces the entry.
+* **Every backend fills it.** Insertion happens where the attempt commits
+  (:func:`insert_after_commit`, called by ``execute_attempt``): a worker process embedded, a Ray
+  task, a queue executor on any host that sees the cache folder. Reuse, claims and waiting are
+  the scheduler's (driver side), whatever the backend.
 * **The cache never fails a task.** Insertion errors are warnings; a missing or unreadable entry
   is a miss.
 * **The folder is the user's.** It is created ``0700``; a folder owned by someone else or
   writable by group or others is refused (its entries could be forged), as is a readable secret.
 * **A task is computed once among jobs running at once.** Before submitting a task the scheduler
-  claims its key (a lock file created exclusively, naming host, pid, process start time and job);
+  claims its key (a symbolic link created exclusively, naming host, pid, process start time and job);
   a job that finds a live claim waits for the entry and reuses it, and computes the task itself
   if the claimant dies or fails. A claim is stale when its process is gone (same host) or it has
   not been refreshed for :data:`LOCK_STALE_SECONDS` (another host; holders refresh theirs).
