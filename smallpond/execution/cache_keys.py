@@ -87,7 +87,7 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
     file a task of the job wrote (``identify`` decides); paths in the description are replaced by
     labels, so the same dataset over the same files has the same components in every job.
     """
-    from smallpond.logical.dataset import _InMemoryDataSet
+    from smallpond.logical.dataset_composite import _InMemoryDataSet
 
     files: Dict[str, str] = {}
 
