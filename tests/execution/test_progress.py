@@ -69,7 +69,7 @@ def test_bars_end_cleanly_before_a_traceback_in_a_terminal(tmp_path):
             import time, smallpond
             sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=2)
             df = sp.from_items(list(range(12))).repartition(6, by_rows=True)
-            slow = df.map(lambda r: (time.sleep(0.25), r)[1])
+            slow = df.map(lambda r: (time.sleep(0.5), r)[1])
             sp.partial_sql("select no_such_column from {{0}}", slow).to_pandas()
             """
         )
