@@ -75,7 +75,7 @@ def test_bars_end_cleanly_before_a_traceback_in_a_terminal(tmp_path):
         )
     )
     socket_name = f"smallpond-test-{os.getpid()}"
-    env = f"PYTHONPATH={REPO_ROOT} SP_SUMMARY=0"
+    env = f"PYTHONPATH={REPO_ROOT} SP_SUMMARY=0 SP_PROGRESS=auto"  # not inherited: the terminal decides
     cmd = f"cd {tmp_path} && {env} {sys.executable} {script}; echo __END__; sleep 60"
     started = _tmux("new-session", "-d", "-s", "t", "-x", "200", "-y", "60", cmd, socket_name=socket_name)
     assert started.returncode == 0, started.stderr
