@@ -226,14 +226,21 @@ def release(state: SchedState, key: str, attempt: int) -> bool:
     return True
 
 
-def elastic_threads(cpu_limit: int, free_cpus: int, runnable: int, most: int) -> int:
+#: the least memory an elastic thread brings along: DuckDB's sorts and hash tables hold buffers per
+#: thread, and a sort of twice a 64 MiB limit that spills fine on one thread runs out of memory on
+#: two (tests/e2e/test_sort_spill.py)
+ELASTIC_MEMORY_PER_THREAD = 256 << 20
+
+
+def elastic_threads(cpu_limit: int, free_cpus: int, runnable: int, most: int, memory: int) -> int:
     """CPUs (DuckDB threads) for a task that may use more than its ``cpu_limit``: an equal share
     of the free CPUs among the ``runnable`` tasks (this one included), at most ``most`` (one
-    machine's CPUs), never less than ``cpu_limit``. A stage with fewer runnable tasks than free
-    CPUs gives each more threads; one with many tasks gives each its own ``cpu_limit``, so the
-    CPUs reserved never exceed the CPUs there are."""
+    machine's CPUs) and at most one per :data:`ELASTIC_MEMORY_PER_THREAD` of the attempt's
+    ``memory``, never less than ``cpu_limit``. A stage with fewer runnable tasks than free CPUs
+    gives each more threads; one with many tasks gives each its own ``cpu_limit``, so the CPUs
+    reserved never exceed the CPUs there are."""
     share = free_cpus // max(1, runnable)
-    return max(cpu_limit, min(share, most))
+    return max(cpu_limit, min(share, most, memory // ELASTIC_MEMORY_PER_THREAD))
 
 
 def record_runtime(state: SchedState, key: str, seconds: float) -> None:
@@ -582,7 +589,8 @@ class Scheduler:
             cpus = task.cpu_limit
             sent = task
             if not queue and self.elastic and task.may_use_more_threads():
-                cpus = elastic_threads(task.cpu_limit, st.free_cpus, len(st.ready) + len(deferred) + 1, self._most_cpus())
+                runnable = len(st.ready) + len(deferred) + 1
+                cpus = elastic_threads(task.cpu_limit, st.free_cpus, runnable, self._most_cpus(), mem)
                 if cpus > task.cpu_limit:
                     sent = copy.copy(task)  # the attempt's copy carries its threads; ours stays as planned
                     sent.threads = cpus

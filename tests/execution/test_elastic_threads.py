@@ -34,12 +34,15 @@ def test_only_an_outermost_order_by_counts(sql, expected):
     assert has_final_order_by(sql) is expected
 
 
-def test_a_share_of_the_free_cpus_never_less_than_asked_nor_more_than_a_machine():
-    assert elastic_threads(1, free_cpus=8, runnable=1, most=8) == 8
-    assert elastic_threads(1, free_cpus=8, runnable=3, most=8) == 2
-    assert elastic_threads(1, free_cpus=2, runnable=16, most=2) == 1  # many tasks: one each
-    assert elastic_threads(2, free_cpus=2, runnable=16, most=2) == 2
-    assert elastic_threads(1, free_cpus=64, runnable=1, most=4) == 4  # one machine's CPUs at most
+def test_a_share_of_the_free_cpus_never_less_than_asked_nor_more_than_a_machine_or_its_memory():
+    gb = 1 << 30
+    assert elastic_threads(1, free_cpus=8, runnable=1, most=8, memory=8 * gb) == 8
+    assert elastic_threads(1, free_cpus=8, runnable=3, most=8, memory=8 * gb) == 2
+    assert elastic_threads(1, free_cpus=2, runnable=16, most=2, memory=8 * gb) == 1  # many tasks: one each
+    assert elastic_threads(2, free_cpus=2, runnable=16, most=2, memory=8 * gb) == 2
+    assert elastic_threads(1, free_cpus=64, runnable=1, most=4, memory=8 * gb) == 4  # one machine's CPUs at most
+    assert elastic_threads(1, free_cpus=8, runnable=1, most=8, memory=64 << 20) == 1  # a small limit: one thread
+    assert elastic_threads(1, free_cpus=8, runnable=1, most=8, memory=512 << 20) == 2
 
 
 def _input(tmp_path, rows=400_000, files=1):
