@@ -34,7 +34,8 @@ RESULTS_HEADER = (
     "Rows are appended by `--append-results`. Figures are medians of `--repeat` interleaved runs;\n"
     "ratio = smallpond's time / DuckDB's time for the same work (lower is better). Both sides of a\n"
     "row ran on the same machine in the same session; absolute times on a shared VM vary by 20% or\n"
-    "more between sessions, so compare ratios within a row.\n\n"
+    "more between sessions, so compare ratios within a row. `commit` is the commit of the code measured,\n"
+    "with `+dirty` when `smallpond/` or `benchmarks/` (other than this file) had uncommitted changes.\n\n"
     "| date | benchmark | command | data | machine | smallpond | DuckDB | ratio | commit |\n"
     "|---|---|---|---|---|---|---|---|---|\n"
 )
