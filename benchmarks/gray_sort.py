@@ -13,6 +13,14 @@ The smallpond plan (:func:`gray_sort_plan`)::
                      (one DuckDB pass per producer; uncompressed intermediate files)
       → SqlEngineNode: ``select key, payload from {0} order by key``, one file per partition
 
+With ``--plan user`` the plan is the one the reference's examples write (:func:`user_sort_plan`):
+``DataSetPartitionNode(20)`` → a ``SqlEngineNode`` adding the same range bucket → ``ShuffleNode``
+→ ``SqlEngineNode(order by key)`` → ``DataSinkNode``, every node with its defaults (ZSTD Parquet;
+the engine writes its staging files uncompressed); DuckDB then writes the sort node's format.
+
+Both report the peak RSS of the whole process tree (the workers included), sampled; give
+``--memory-limit`` to bound every task and see the peak stay within what the tasks were given.
+
 Buckets are ranges of the key, so the partitions read in partition order are globally sorted.
 Validation (like ``valsort``, :func:`validate_sorted`): keys are non-decreasing across all output
 files in partition order, and the record count and an order-independent checksum (sum of
@@ -24,6 +32,7 @@ total memory and the same Parquet writer options (compression; dictionary encodi
 Run::
 
     python -m benchmarks.gray_sort --records 5M --partitions 16 --repeat 3
+    python -m benchmarks.gray_sort --records 20M --partitions 16 --plan user --memory-limit 1GB --repeat 3
 """
 
 from __future__ import annotations

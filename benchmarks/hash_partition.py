@@ -14,9 +14,15 @@ node default being off). Both use DuckDB's ``hash``, so partition k must hold th
 validation (:func:`validate_partitions`) checks that every row of partition k hashes to k, and
 that counts per partition and an order-independent checksum match DuckDB's and the input's.
 
+With ``--plan user`` the plan is the one the reference's examples write
+(:func:`user_hash_partition_plan`): ``DataSetPartitionNode(20)`` → ``HashPartitionNode(P, [url])``
+→ ``DataSinkNode``, with the node's defaults (ZSTD Parquet), and DuckDB writes the same format.
+Both sides report the peak RSS of their process tree.
+
 Run::
 
     python -m benchmarks.hash_partition --rows 5M --partitions 16 --repeat 3
+    python -m benchmarks.hash_partition --rows 7.5M --partitions 16 --plan user --repeat 3
 """
 
 from __future__ import annotations
