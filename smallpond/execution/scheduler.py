@@ -436,6 +436,7 @@ class Scheduler:
         self.listeners: List[SchedulerListener] = list(listeners)
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
         self.elastic = elastic
+        self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
         self.state = new_state(self.capacity)
 
     def _emit(self, event: str, *args) -> None:
@@ -515,6 +516,13 @@ class Scheduler:
             resize(self.state, self.capacity, cap)
             self.capacity = cap
 
+    def _may_use_more_threads(self, task: Task) -> bool:
+        """``task.may_use_more_threads()``, asked once per node (it may parse the node's SQL)."""
+        ok = self._elastic_nodes.get(task.node_id)
+        if ok is None:
+            ok = self._elastic_nodes[task.node_id] = bool(task.may_use_more_threads())
+        return ok
+
     def _most_cpus(self) -> int:
         """The most CPUs one attempt can be given (one machine's)."""
         return int(self.executor.attempt_limits()[0]) if self.executor is not None else 1
@@ -588,12 +596,14 @@ class Scheduler:
                     continue
             cpus = task.cpu_limit
             sent = task
-            if not queue and self.elastic and task.may_use_more_threads():
+            if not queue and self.elastic and st.free_cpus > task.cpu_limit:
                 runnable = len(st.ready) + len(deferred) + 1
                 cpus = elastic_threads(task.cpu_limit, st.free_cpus, runnable, self._most_cpus(), mem)
-                if cpus > task.cpu_limit:
+                if cpus > task.cpu_limit and self._may_use_more_threads(task):
                     sent = copy.copy(task)  # the attempt's copy carries its threads; ours stays as planned
                     sent.threads = cpus
+                else:
+                    cpus = task.cpu_limit
             try:
                 self.executor.submit(sent, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
