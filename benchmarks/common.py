@@ -190,8 +190,18 @@ class PeakRss:
     def __init__(self, interval: float = 0.05) -> None:
         self.interval = interval
         self.peak = 0
+        #: CPU seconds (user + system) this process and its reaped children used in the block:
+        #: less sensitive than wall time to other load on a shared machine
+        self.cpu = 0.0
         self._stop = None
         self._thread = None
+
+    @staticmethod
+    def _cpu_now() -> float:
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
     def sample(self) -> int:
         import psutil
@@ -214,6 +224,7 @@ class PeakRss:
         import threading
 
         self.peak = self.sample()
+        self._cpu0 = self._cpu_now()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
@@ -223,6 +234,7 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.sample())
+        self.cpu = self._cpu_now() - self._cpu0
 
 
 def timed(fn: Callable, *args, **kwargs):
@@ -371,14 +383,20 @@ def report_time_ratio(
     validated: bool,
     append: bool,
     peaks: Optional[Dict[str, List[int]]] = None,
+    cpus: Optional[Dict[str, List[float]]] = None,
 ) -> None:
     """Print both medians with throughput in ``unit`` and the ratio; append a RESULTS.md row if asked.
 
     ``peaks``: peak RSS of the process tree per side and repeat (:class:`PeakRss`); the largest
-    is reported beside each time."""
+    is reported beside each time. ``cpus``: CPU seconds per side and repeat; the median is shown."""
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
     peak = {side: max(v) for side, v in (peaks or {}).items() if v}
-    rss = {side: f", peak RSS {human_bytes(peak[side])}" if side in peak else "" for side in ("smallpond", "duckdb")}
+    cpu = {side: statistics.median(v) for side, v in (cpus or {}).items() if v}
+    rss = {
+        side: (f", peak RSS {human_bytes(peak[side])}" if side in peak else "")
+        + (f", CPU {cpu[side]:.1f} s" if side in cpu else "")
+        for side in ("smallpond", "duckdb")
+    }
     print(f"smallpond: {timings.describe('smallpond')}; {count / sp / 1e6:.2f} M {unit}/s{rss['smallpond']}")
     print(f"DuckDB:    {timings.describe('duckdb')}; {count / dd / 1e6:.2f} M {unit}/s{rss['duckdb']}")
     print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if validated else ""))

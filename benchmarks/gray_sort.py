@@ -381,6 +381,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
     peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
+    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
     writer_options = None
     if user:  # DuckDB writes what the user plan's sort node writes (node defaults)
@@ -410,6 +411,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
         peaks["smallpond"].append(rss.peak)
+        cpus["smallpond"].append(rss.cpu)
         if args.validate:
             validate_sorted(input_summary, sorted_output_files(exec_plan, sort_node))
         leftovers.add(common.job_root_of(exec_plan))
@@ -429,6 +431,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         timings.add("duckdb", secs)
         peaks["duckdb"].append(rss.peak)
+        cpus["duckdb"].append(rss.cpu)
         if args.validate:
             validate_sorted(input_summary, [out])
         leftovers.add(out)
@@ -447,6 +450,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.validate,
         args.append_results,
         peaks,
+        cpus,
     )
     return 0
 

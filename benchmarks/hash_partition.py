@@ -272,6 +272,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
     peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
+    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
     writer_options = None
     if user:  # DuckDB writes what the user plan's partition node writes (node defaults)
@@ -298,6 +299,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
         peaks["smallpond"].append(rss.peak)
+        cpus["smallpond"].append(rss.cpu)
 
         out = os.path.join(data_dir, f"duckdb-partitioned-{uuid.uuid4().hex[:8]}")
         with common.PeakRss() as rss:
@@ -315,6 +317,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             )
         timings.add("duckdb", secs)
         peaks["duckdb"].append(rss.peak)
+        cpus["duckdb"].append(rss.cpu)
         if args.validate:
             expected = validate_partitions(input_summary, duckdb_partition_files(out, args.partitions), args.partitions)
             validate_partitions(input_summary, partition_files(exec_plan, node), args.partitions, expected)
@@ -333,6 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.validate,
         args.append_results,
         peaks,
+        cpus,
     )
     return 0
 

@@ -76,7 +76,7 @@ def test_gray_sort_user_plan_tiny(tmp_path, capsys):
     args = ["--records", "20K", "--partitions", "3", "--repeat", "1", "--data-dir", str(tmp_path), "--plan", "user"]
     assert gray_sort.main(args) == 0
     out = capsys.readouterr().out
-    assert "(validated)" in out and out.count("peak RSS") == 2
+    assert "(validated)" in out and out.count("peak RSS") == 2 and out.count(" CPU ") == 2
     assert not [n for n in os.listdir(tmp_path) if n.startswith("user-sorted-")]
 
 
@@ -147,7 +147,7 @@ def test_hash_partition_user_plan_tiny(tmp_path, capsys):
     args = ["--rows", "10K", "--partitions", "4", "--repeat", "1", "--data-dir", str(tmp_path), "--plan", "user"]
     assert hash_partition.main(args) == 0
     out = capsys.readouterr().out
-    assert "(validated)" in out and out.count("peak RSS") == 2
+    assert "(validated)" in out and out.count("peak RSS") == 2 and out.count(" CPU ") == 2
 
 
 # -- overhead ------------------------------------------------------------------------------------
