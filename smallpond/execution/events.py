@@ -126,6 +126,7 @@ class NodeStats:
     retries: int = 0  # failed attempts that were retried
     failed: int = 0  # tasks given up
     running: int = 0
+    cancelled: int = 0  # attempts stopped while running (speculative copies that lost)
     rows: int = 0
     written: int = 0
     read: int = 0
@@ -234,6 +235,11 @@ class JobHistory:
             run.node(int(ev["node"])).running += 1
         elif kind in ("done", "failed"):
             self._attempt_end(run, ev, t)
+        elif kind == "cancelled":
+            ns = run.node(int(ev["node"]))
+            if run.running.pop((ev["key"], ev.get("attempt", 0)), None) is not None:
+                ns.running = max(0, ns.running - 1)
+            ns.cancelled += 1
         elif kind == "inline":
             ns = run.node(int(ev["node"]))
             if ev.get("ok", True):
@@ -445,6 +451,9 @@ class EventLog(SchedulerListener):
             cause=getattr(err, "cause_type", "") or type(err).__name__,
             decision=getattr(decision, "value", str(decision)),
         )
+
+    def on_cancelled(self, task, attempt: int, reason: str) -> None:
+        self.emit("cancelled", key=task.key, node=task.node_id, attempt=attempt, reason=reason)
 
     def on_tick(self, state, elapsed: float) -> None:
         if time.time() - self._last_flush >= _FLUSH_SECONDS:

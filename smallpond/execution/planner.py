@@ -224,6 +224,11 @@ class Planner:
             if id(n) in self.node_to_tasks:
                 continue
             n.partition_shape()  # raises PlanError for incompatible inputs
+            if n.output_path and not isinstance(n, DataSinkNode):
+                # a compute node's own output_path gets the sinks' overlap rules: never inside an
+                # input (a rerun would read its own output) nor in another job's folder; it writes
+                # only into attempt folders of its own there, so no file of the user's is replaced
+                check_overlap(n, self._input_datasets, self.rt.data_root, self.rt.output_root)
             for klass, fn in self._registry:
                 if isinstance(n, klass):
                     tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])

@@ -147,6 +147,9 @@ class SchedulerListener:
     def on_completion(self, task: Task, completion: Completion, decision: Optional[Decision]) -> None:
         """An attempt ended; ``decision`` is None on success, else what was decided about it."""
 
+    def on_cancelled(self, task: Task, attempt: int, reason: str) -> None:
+        """An attempt still running was stopped (a speculative copy that lost to another attempt)."""
+
     def on_tick(self, state: SchedState, elapsed: float) -> None:
         pass
 
@@ -655,6 +658,7 @@ class Scheduler:
                 release(st, c.key, other)
                 if self.executor is not None:
                     self.executor.cancel(c.key, other)
+                self._emit("on_cancelled", task, other, f"attempt {c.attempt} finished first")
             self._emit("on_completion", task, c, None)
             return
         if c.key in st.running and classify(c.error) is not Decision.FAIL:

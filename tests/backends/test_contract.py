@@ -40,6 +40,7 @@ from tests.e2e.test_resume import (
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SORT_EXAMPLE = os.path.join(REPO, "examples", "sort_mock_urls.py")
+GLOBAL_SORT_EXAMPLE = os.path.join(REPO, "examples", "global_sort.py")
 EX_SOFTWARE = 70
 
 
@@ -107,6 +108,40 @@ def test_example_gives_the_embedded_output(backend, tmp_path):
         outputs[name] = table.sort_by([("host", "ascending"), ("url", "ascending")]).to_pylist()
     assert outputs[backend.name] == outputs["embedded"]
     assert len(outputs["embedded"]) == 200
+
+
+def test_global_sort_example_gives_the_embedded_output(backend, tmp_path):
+    """examples/global_sort.py unchanged (range partitioning with sampling): the same order."""
+    from tests.datagen import generate_parquet_files
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=40)
+    outputs = {}
+    for name, mode, args in [("embedded", "scheduler", []), (backend.name, backend.driver_mode(), backend.driver_args())]:
+        out = str(tmp_path / f"out-{name}")
+        job_id, data_root = str(uuid.uuid4()), str(tmp_path / name)
+        cmd = [sys.executable, GLOBAL_SORT_EXAMPLE, mode, "--job_id", job_id, "--data_root", data_root]
+        side = backend.job_side(GLOBAL_SORT_EXAMPLE, job_id, data_root) if name == backend.name else contextlib.nullcontext()
+        with side:
+            proc = run(
+                [*cmd, *args, "-i", *inputs, "-k", "key", "-n", "3", "-o", out],
+                tmp_path,
+                backend if name == backend.name else None,
+            )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = _import_global_sort().read_in_order(out).to_pylist()
+    assert outputs[backend.name] == outputs["embedded"]
+    keys = [r["key"] for r in outputs["embedded"]]
+    assert keys == sorted(keys) and len(set(keys)) > 3
+    assert len(outputs["embedded"]) == 120
+
+
+def _import_global_sort():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("global_sort_example", GLOBAL_SORT_EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_injected_faults_are_retried(backend, tmp_path):

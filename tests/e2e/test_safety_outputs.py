@@ -203,3 +203,23 @@ def test_write_parquet_result_is_readable_and_rebased(sp, tmp_path):
     for ds in df._datasets():
         assert all(os.path.dirname(p) == str(out) for p in ds.resolved_paths)
     assert pq.read_table(manifest(str(out))[0]).num_rows > 0
+
+
+def test_a_compute_node_output_path_gets_the_same_overlap_rules(tmp_path, make_rt):
+    """A node's own ``output_path=`` (not a sink) inside an input folder is refused at plan time."""
+    inputs = tmp_path / "in"
+    files = generate_parquet_files(str(inputs), nfiles=2, rows_per_file=5)
+    before = snapshot(str(inputs))
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(inputs / "*.parquet")]))
+    node = SqlEngineNode(ctx, (src,), "select * from {0}", output_name="mine", output_path=str(inputs))
+    with pytest.raises(PlanError, match=r"SqlEngineNode.*inside input pattern"):
+        run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    assert snapshot(str(inputs)) == before
+    # beside the inputs it is fine, and the output stays in attempt folders of its own
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(files))
+    out = tmp_path / "own"
+    node = SqlEngineNode(ctx, (src,), "select * from {0}", output_name="mine", output_path=str(out))
+    assert run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1).successful
+    assert os.listdir(out) == ["mine"]

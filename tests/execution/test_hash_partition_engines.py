@@ -55,6 +55,14 @@ def test_engines_agree_on_hash_partitions(parquet_files, make_rt, by_rows):
     for p in arrow:
         assert [r["id"] for r in p] == sorted(r["id"] for r in p)
         assert len({r["__data_partition__"] for r in p}) <= 1
+    # every row is in partition hash(key, name) % 5, as DuckDB computes it on its own
+    import duckdb
+
+    expected = dict(
+        duckdb.sql(f"select id, hash(key, name) % 5 from read_parquet({[str(f) for f in parquet_files]!r})").fetchall()
+    )
+    assert {r["id"]: i for i, p in enumerate(duck) for r in p} == expected
+    assert len({v for v in expected.values()}) == 5  # the data reaches every partition
 
 
 def test_arrow_engine_shuffles_by_column_or_expression(parquet_files, make_rt):

@@ -59,6 +59,13 @@ def test_a_straggler_is_overtaken_by_its_copy(tmp_path, make_rt):
     node_dir = os.path.dirname(record["output_dir"])
     assert [n for n in os.listdir(node_dir) if n.startswith(slow.key)] == [os.path.basename(record["output_dir"])]
     assert not glob.glob(os.path.join(rt.staging_root, "*", "*.tmp-*"))
+    # the event log says so: the report and the summary do not count the loser as running
+    from smallpond.execution.events import JobHistory, read_events
+
+    cancelled = [e for e in read_events(rt.log_root) if e["ev"] == "cancelled"]
+    assert [(e["key"], e["attempt"]) for e in cancelled] == [(slow.key, 0)]
+    stats = JobHistory.load(rt.log_root).last.node(int(node.id))
+    assert stats.cancelled == 1 and stats.running == 0
 
 
 def test_no_copy_when_speculation_is_off(tmp_path, make_rt):

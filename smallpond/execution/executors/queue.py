@@ -217,29 +217,15 @@ class QueueExecutor(Executor):
         """The command that starts one more executor of this job (on any host sharing the data root)."""
         script = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else None
         head = [sys.executable, script] if script else [sys.executable, "-m", "smallpond.execution.driver"]
-        return head + [
-            "executor",
-            "--job_id",
-            str(self.rt.job_id),
-            "--job_time",
-            repr(self.rt.job_time.timestamp()),
-            "--data_root",
-            self.rt.data_root,
-        ]
+        return head + self._executor_args()
+
+    def _executor_args(self) -> List[str]:
+        """The Driver arguments of an executor of this job."""
+        rt = self.rt
+        return ["executor", "--job_id", str(rt.job_id), "--job_time", repr(rt.job_time.timestamp()), "--data_root", rt.data_root]
 
     def _launch(self, n: int) -> None:
-        args = [
-            "smallpond.execution.driver",
-            "executor",
-            "--job_id",
-            str(self.rt.job_id),
-            "--job_time",
-            repr(self.rt.job_time.timestamp()),
-            "--data_root",
-            self.rt.data_root,
-            "--console_log_level",
-            self.rt.console_log_level,
-        ]
+        args = ["smallpond.execution.driver", *self._executor_args(), "--console_log_level", self.rt.console_log_level]
         envs = {"SP_QUEUE_EPOCH": str(self.epoch)}
         for var in ("SP_EXECUTOR_CPUS", "SP_QUEUE_HEARTBEAT", "SP_QUEUE_TIMEOUT", "SP_QUEUE_WAIT"):
             if os.environ.get(var):

@@ -1,0 +1,288 @@
+"""The DataSet base class: a description of data on the shared filesystem (see :mod:`smallpond.logical.dataset`).
+
+A DataSet is a *description*: file paths (globs allowed), column selection and format options.
+Tasks exchange DataSets, never the data itself.
+
+Invariants:
+
+* ``resolved_paths`` is sorted and cached; globs are expanded once.
+* An empty dataset always renders valid SQL (typed when its schema is known).
+* ``partition_by_files`` always splits by files (it never silently switches to rows).
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import hashlib
+import os
+import random
+import re
+from typing import List, Optional, Sequence, Union
+
+from smallpond.common import DEFAULT_BATCH_SIZE, quote_literal, split_into_rows
+from smallpond.errors import ParameterError
+from smallpond.io.paths import duckdb_file_literal, file_identity
+
+_WILDCARD = re.compile(r"[*?]|\[.*\]")
+_quote = quote_literal
+
+
+def _path_list_sql(paths: Sequence[str]) -> str:
+    return "[" + ", ".join(duckdb_file_literal(p) for p in paths) + "]"
+
+
+def _default_conn(conn):
+    if conn is not None:
+        return conn
+    import duckdb
+
+    return duckdb.connect()
+
+
+class DataSet:
+    """Base class: a list of paths (or glob patterns) relative to ``root_dir``.
+
+    Args:
+        paths: a path, a glob pattern, or a list of them.
+        root_dir: directory that relative paths are joined to; ``""`` means the current working
+            directory at construction time; ``None`` means paths are used verbatim.
+        recursive: let ``**`` in patterns match across directories.
+        columns: columns (or SQL expressions, for DuckDB readers) to select; ``None`` means all.
+        union_by_name: combine files by column name rather than position.
+    """
+
+    def __init__(
+        self,
+        paths: Union[str, List[str]],
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if isinstance(paths, str):
+            paths = [paths]
+        if not isinstance(paths, (list, tuple)) or not all(isinstance(p, str) for p in paths):
+            raise ParameterError(f"paths must be a str or a list of str, got {paths!r}")
+        if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
+            raise ParameterError(f"columns must be a list of str, got {columns!r}")
+        self.paths: List[str] = list(paths)
+        self.root_dir: Optional[str] = os.path.abspath(root_dir) if root_dir is not None else None
+        self.recursive = recursive
+        self.columns = list(columns) if columns is not None else None
+        self._union_by_name = union_by_name
+        self._resolved_paths: Optional[List[str]] = None
+        self._num_rows: Optional[int] = None
+        #: Optional Arrow schema, used to render typed SQL when the dataset has no files.
+        self.schema = None
+
+    @classmethod
+    def from_files(cls, files: Sequence[str], **kwargs) -> "DataSet":
+        """A dataset of exact, absolute file paths (written by a task): used as given, never globbed.
+
+        Cheaper than the constructor for the engine's own outputs, and safe for file names that
+        hold glob characters (``*``, ``?``, ``[``).
+        """
+        ds = cls(list(files), root_dir=None, **kwargs)
+        ds._resolved_paths = sorted(ds.paths)
+        return ds
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def absolute_paths(self) -> List[str]:
+        if self.root_dir is None:
+            return sorted(self.paths)
+        return sorted(os.path.join(self.root_dir, p) for p in self.paths)
+
+    def _patterns(self) -> List[tuple]:
+        """(absolute path, glob pattern or None) per path; ``root_dir`` is never read as a pattern."""
+        if self.root_dir is None:
+            return [(p, p if _WILDCARD.search(p) else None) for p in sorted(self.paths)]
+        root = glob.escape(self.root_dir)
+        return sorted(
+            (os.path.join(self.root_dir, p), os.path.join(root, p) if _WILDCARD.search(p) else None) for p in self.paths
+        )
+
+    @property
+    def resolved_paths(self) -> List[str]:
+        if self._resolved_paths is None:
+            out: List[str] = []
+            for path, pattern in self._patterns():
+                if pattern is not None:
+                    out.extend(x for x in glob.glob(pattern, recursive=self.recursive) if not os.path.isdir(x))
+                elif os.path.isdir(path):
+                    out.extend(self._directory_files(path))
+                else:
+                    out.append(path)
+            self._resolved_paths = sorted(set(out)) if len(out) != len(set(out)) else sorted(out)
+        return self._resolved_paths
+
+    def _directory_files(self, directory: str) -> List[str]:
+        """The files a directory given as a path stands for (subclasses decide; default: itself)."""
+        return [directory]
+
+    @property
+    def num_files(self) -> int:
+        return len(self.resolved_paths)
+
+    @property
+    def empty(self) -> bool:
+        return self.num_files == 0
+
+    @property
+    def union_by_name(self) -> bool:
+        return self._union_by_name or self.columns is not None
+
+    @property
+    def udfs(self) -> list:
+        return []
+
+    @property
+    def _column_str(self) -> str:
+        return ", ".join(self.columns) if self.columns else "*"
+
+    def missing_paths(self) -> List[str]:
+        """Plain (non-glob) paths that do not exist, and globs that match nothing."""
+        missing = []
+        for path, pattern in self._patterns():
+            if pattern is not None:
+                if not glob.glob(pattern, recursive=self.recursive):
+                    missing.append(path)
+            elif not os.path.exists(path):
+                missing.append(path)
+        return missing
+
+    def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
+        if paths is not None:
+            self.paths = [paths] if isinstance(paths, str) else list(paths)
+            self.root_dir = os.path.abspath(root_dir) if root_dir is not None else None
+        if recursive is not None:
+            self.recursive = recursive
+        self._resolved_paths = None
+        self._num_rows = None
+
+    def _with_paths(self, paths: List[str]) -> "DataSet":
+        ds = copy.copy(self)
+        ds.paths = list(paths)
+        ds.root_dir = None
+        ds._resolved_paths = sorted(paths)
+        ds._num_rows = None
+        return ds
+
+    def _rebase(self, old: str, new: str) -> None:
+        """Rewrite paths under directory ``old`` to lie under ``new`` (after a rename)."""
+
+        def mv(p: str) -> str:
+            return new + p[len(old) :] if p == old or p.startswith(old + os.sep) else p
+
+        if self.root_dir is not None:
+            self.root_dir = mv(self.root_dir)
+        else:
+            self.paths = [mv(p) for p in self.paths]
+        if self._resolved_paths is not None:
+            self._resolved_paths = [mv(p) for p in self._resolved_paths]
+        if getattr(self, "_schema_path", None):
+            self._schema_path = mv(self._schema_path)
+        ranges = getattr(self, "_resolved_row_ranges", None)
+        if ranges is not None:
+            for r in ranges:
+                r.path = mv(r.path)
+
+    # -- identity ------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A digest of the description and of each file's identity (see :func:`file_identity`)."""
+        h = hashlib.sha256()
+        h.update(type(self).__name__.encode())
+        h.update(repr(self._describe()).encode())
+        for p in self.resolved_paths:  # ~50 us a file here (1000 files: ~55 ms, against ~5 ms for stat alone)
+            h.update(file_identity(p).encode("utf-8", "surrogateescape"))
+        return h.hexdigest()
+
+    def _describe(self) -> tuple:
+        return (self.columns, self._union_by_name, self.recursive)
+
+    # -- SQL -----------------------------------------------------------------------------------
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        raise NotImplementedError(f"{type(self).__name__} cannot be read with SQL")
+
+    def _empty_fragment(self, conn) -> str:
+        if self.schema is not None and conn is not None:
+            name = f"__empty_{id(self):x}"
+            conn.register(name, self.schema.empty_table())
+            return f"( SELECT {self._column_str} FROM {name} )"
+        return "( SELECT * FROM (SELECT NULL AS __empty__) WHERE false )"
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            conn = _default_conn(None)
+            self._num_rows = conn.execute(f"SELECT count(*) FROM {self.sql_query_fragment(conn=conn)}").fetchone()[0]
+        return self._num_rows
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        conn = _default_conn(conn)
+        return conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}").to_arrow_table()
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        from smallpond.io.arrow import rebatch
+
+        conn = _default_conn(conn)
+        rel = conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}")
+        # DuckDB 2 deprecates fetch_record_batch in favour of to_arrow_reader (absent in older releases)
+        reader = rel.to_arrow_reader(batch_size) if hasattr(rel, "to_arrow_reader") else rel.fetch_record_batch(batch_size)
+        return rebatch(reader, batch_size)
+
+    def to_pandas(self):
+        return self.to_arrow_table().to_pandas()
+
+    def log(self, num_rows: int = 200) -> None:
+        from smallpond.common import logger
+
+        logger.info(f"{self}:\n{self.to_pandas().head(num_rows)}")
+
+    # -- partitioning --------------------------------------------------------------------------
+    def partition_by_files(self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None) -> List["DataSet"]:
+        """Split into ``npartition`` datasets by whole files (some may be empty)."""
+        if npartition <= 0:
+            raise ParameterError(f"npartition must be positive, got {npartition}")
+        paths = list(self.resolved_paths)
+        if random_shuffle:
+            random.Random(seed).shuffle(paths)
+        groups = split_into_rows(paths, npartition)
+        return [self._with_paths(g) for g in groups]
+
+    @staticmethod
+    def merge(datasets: Sequence["DataSet"]) -> "DataSet":
+        if not datasets:
+            raise ParameterError("cannot merge an empty list of datasets")
+        first = datasets[0]
+        if any(type(d) is not type(first) for d in datasets):
+            kinds = sorted({type(d).__name__ for d in datasets})
+            raise ParameterError(f"cannot merge datasets of different kinds: {kinds}")
+        return first._merge(datasets)
+
+    def _merge(self, datasets: Sequence["DataSet"]) -> "DataSet":
+        ds = self._with_paths([p for d in datasets for p in d.resolved_paths])
+        ds.recursive = any(d.recursive for d in datasets)
+        ds._union_by_name = any(d._union_by_name for d in datasets)
+        ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
+        ds._schema_path = next((d._schema_path for d in datasets if getattr(d, "_schema_path", None)), None)
+        return ds
+
+    def __repr__(self) -> str:
+        shown = self.paths[:3]
+        more = f" (+{len(self.paths) - 3} more)" if len(self.paths) > 3 else ""
+        return f"{type(self).__name__}({shown}{more})"
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+
+def _empty_table(schema=None):
+    import pyarrow as pa
+
+    return (schema or pa.schema([])).empty_table()

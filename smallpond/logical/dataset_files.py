@@ -1,0 +1,392 @@
+"""Datasets of files: any files (FileSet), CSV, JSON and Parquet (the engine's own format).
+
+Parquet datasets can be split by files, by rows (row ranges that cut through files) and by size;
+an empty one renders typed SQL from a schema source when it has one.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import random
+import re
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence
+
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier
+from smallpond.errors import ParameterError
+from smallpond.io.paths import duckdb_file_literal
+from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
+
+
+class FileSet(DataSet):
+    """A set of files of any kind; read as a table with a single column ``resolved_paths``."""
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        import pyarrow as pa
+
+        return pa.table({"resolved_paths": pa.array(self.resolved_paths, pa.string())})
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        import pyarrow as pa
+
+        t = self.to_arrow_table()
+        return pa.RecordBatchReader.from_batches(t.schema, t.to_batches(max_chunksize=batch_size))
+
+    @property
+    def num_rows(self) -> int:
+        return self.num_files
+
+
+class CsvDataSet(DataSet):
+    """CSV files with an explicit schema (column name → DuckDB type)."""
+
+    def __init__(
+        self,
+        paths,
+        schema: Dict[str, str],
+        delim: str = ",",
+        max_line_size: Optional[int] = None,
+        parallel: bool = True,
+        header: bool = False,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if not isinstance(schema, dict) or not schema:
+            raise ParameterError(f"CsvDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        self.csv_schema = OrderedDict(schema)
+        self.delim = delim
+        self.max_line_size = max_line_size
+        self.parallel = parallel
+        self.header = header
+
+    def _describe(self):
+        return super()._describe() + (tuple(self.csv_schema.items()), self.delim, self.header)
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            return self._typed_empty()
+        cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
+        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
+        if self.max_line_size is not None:
+            opts += f", max_line_size={int(self.max_line_size)}"
+        opts += f", union_by_name={self.union_by_name}"
+        return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
+
+    def _typed_empty(self) -> str:
+        cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.csv_schema.items())
+        return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
+
+    def _merge(self, datasets):
+        ds = super()._merge(datasets)
+        ds.header = self.header
+        return ds
+
+
+class JsonDataSet(DataSet):
+    """Newline-delimited JSON files with an explicit schema."""
+
+    def __init__(
+        self,
+        paths,
+        schema: Dict[str, str],
+        format: str = "newline_delimited",
+        max_object_size: int = 1 * GB,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        if not isinstance(schema, dict) or not schema:
+            raise ParameterError(f"JsonDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        self.json_schema = OrderedDict(schema)
+        self.format = format
+        self.max_object_size = max_object_size
+
+    def _describe(self):
+        return super()._describe() + (tuple(self.json_schema.items()), self.format)
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.json_schema.items())
+            return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
+        cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
+        return (
+            f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
+            f"format={_quote(self.format)}, columns={{ {cols} }}, maximum_object_size={int(self.max_object_size)}, "
+            f"union_by_name={self.union_by_name}, hive_partitioning=false) )"
+        )
+
+
+class ParquetDataSet(DataSet):
+    """Parquet files, optionally restricted to row ranges, with optional generated columns.
+
+    A directory among ``paths`` stands for the files its ``.MANIFEST.txt`` lists (one path per
+    line; relative ones are relative to the directory), as ``write_parquet`` and a Driver job's
+    named outputs and ``FinalResults`` write it; without a manifest, for the ``*.parquet`` files in
+    it (and below it with ``recursive=True``).
+
+    Args:
+        generated_columns: any of ``"filename"`` and ``"file_row_number"``, added by the reader.
+    """
+
+    def __init__(
+        self,
+        paths,
+        root_dir: Optional[str] = "",
+        recursive: bool = False,
+        columns: Optional[List[str]] = None,
+        generated_columns: Optional[List[str]] = None,
+        union_by_name: bool = False,
+    ) -> None:
+        super().__init__(paths, root_dir, recursive, columns, union_by_name)
+        generated_columns = list(generated_columns or [])
+        bad = [c for c in generated_columns if c not in GENERATED_COLUMNS]
+        if bad:
+            raise ParameterError(f"generated_columns must be among {list(GENERATED_COLUMNS)}, got {bad}")
+        self.generated_columns = generated_columns
+        self._resolved_row_ranges = None
+
+    def _directory_files(self, directory: str) -> List[str]:
+        manifest = os.path.join(directory, ".MANIFEST.txt")
+        if os.path.isfile(manifest):
+            with open(manifest, encoding="utf-8") as f:
+                return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]
+        pattern = (
+            os.path.join(glob.escape(directory), "**", "*.parquet")
+            if self.recursive
+            else os.path.join(glob.escape(directory), "*.parquet")
+        )
+        return sorted(glob.glob(pattern, recursive=self.recursive))
+
+    def _describe(self):
+        ranges = None
+        if self._resolved_row_ranges is not None and not all(r.whole_file for r in self._resolved_row_ranges):
+            ranges = tuple((r.path, r.begin, r.end) for r in self._resolved_row_ranges)
+        return super()._describe() + (tuple(self.generated_columns), ranges)
+
+    def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
+        super().reset(paths, root_dir, recursive)
+        self._resolved_row_ranges = None
+
+    @property
+    def _column_str(self) -> str:
+        if not self.columns:
+            return "*"
+        if "*" in self.columns:
+            return ", ".join(self.columns)
+        return ", ".join(self.columns + [c for c in self.generated_columns if c not in self.columns])
+
+    @property
+    def resolved_row_ranges(self):
+        if self._resolved_row_ranges is None:
+            from smallpond.io.arrow import read_row_ranges
+
+            self._resolved_row_ranges = read_row_ranges(self.resolved_paths, max_workers=32)
+        return self._resolved_row_ranges
+
+    @property
+    def num_rows(self) -> int:
+        if self._num_rows is None:
+            self._num_rows = sum(r.num_rows for r in self.resolved_row_ranges)
+        return self._num_rows
+
+    @property
+    def empty(self) -> bool:
+        if self._resolved_row_ranges is not None:
+            return not self._resolved_row_ranges
+        return self.num_files == 0
+
+    @property
+    def estimated_data_size(self) -> int:
+        return sum(r.estimated_data_size for r in self.resolved_row_ranges)
+
+    def _read_parquet(self, paths: Sequence[str], extra_row_number: bool) -> str:
+        opts = [f"union_by_name={self.union_by_name}", "hive_partitioning=false"]
+        if "filename" in self.generated_columns:
+            opts.append("filename=true")
+        if extra_row_number or "file_row_number" in self.generated_columns:
+            opts.append("file_row_number=true")
+        src = _path_list_sql(paths) if len(paths) > 1 else duckdb_file_literal(paths[0])
+        return f"read_parquet({src}, {', '.join(opts)})"
+
+    def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        if self.empty:
+            return self._empty_fragment(conn)
+        ranges = self._resolved_row_ranges
+        if ranges is None or all(r.whole_file for r in ranges):
+            paths = [r.path for r in ranges] if ranges is not None else self.resolved_paths
+            return f"( SELECT {self._column_str} FROM {self._read_parquet(paths, False)} )"
+        pieces, whole = [], []
+        keep_rn = "file_row_number" in self.generated_columns
+        for r in ranges:
+            if r.whole_file:
+                whole.append(r.path)
+                continue
+            if whole:
+                pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
+                whole = []
+            inner = f"SELECT * FROM {self._read_parquet([r.path], True)} WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
+            if not keep_rn:
+                inner = f"SELECT * EXCLUDE (file_row_number) FROM ({inner})"
+            pieces.append(f"SELECT {self._column_str} FROM ({inner})")
+        if whole:
+            pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
+        joiner = " UNION ALL BY NAME " if self.union_by_name else " UNION ALL "
+        return "( " + joiner.join(pieces) + " )"
+
+    def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        if conn is not None or self.generated_columns or (self.columns and "*" in self.columns) or self._has_expressions():
+            if self.empty and self._schema_source() is None:
+                return _empty_table()
+            return super().to_arrow_table(max_workers, filesystem, conn)
+        from smallpond.io.arrow import load_from_parquet_files
+
+        if self.empty:
+            return _empty_table(self._schema_source())
+        return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
+
+    def _has_expressions(self) -> bool:
+        return bool(self.columns) and any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c) for c in self.columns)
+
+    def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        if conn is not None or self.generated_columns or self._has_expressions() or self.union_by_name and self.columns is None:
+            if self.empty and self._schema_source() is None:
+                import pyarrow as pa
+
+                return pa.RecordBatchReader.from_batches(pa.schema([]), iter([]))
+            return super().to_batch_reader(batch_size, filesystem, conn)
+        from smallpond.io.arrow import build_batch_reader_from_files
+
+        if self.empty:
+            import pyarrow as pa
+
+            schema = self._schema_source()
+            return build_batch_reader_from_files(
+                [], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([])
+            )
+        return build_batch_reader_from_files(self.resolved_row_ranges, columns=self.columns, batch_size=batch_size)
+
+    def partition_by_rows(
+        self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None
+    ) -> List["ParquetDataSet"]:
+        """Split into ``npartition`` datasets of near-equal row counts (files may be split)."""
+        from smallpond.io.arrow import RowRange
+
+        if npartition <= 0:
+            raise ParameterError(f"npartition must be positive, got {npartition}")
+        ranges = list(self.resolved_row_ranges)
+        if random_shuffle:
+            random.Random(seed).shuffle(ranges)
+        out = []
+        for group in RowRange.partition_by_rows(ranges, npartition):
+            group = sorted(group, key=lambda r: (r.path, r.begin))
+            ds = self._with_paths(sorted({r.path for r in group}))
+            ds._resolved_row_ranges = group
+            out.append(ds)
+        return out
+
+    def partition_by_size(self, max_partition_size: int) -> List["ParquetDataSet"]:
+        if self.empty:
+            return []
+        n = self.estimated_data_size // max(1, max_partition_size) + 1
+        return self.partition_by_rows(int(n))
+
+    def _with_paths(self, paths):
+        ds = super()._with_paths(paths)
+        ds._resolved_row_ranges = None
+        if not paths and ds.schema is None:
+            # an empty piece of a non-empty dataset keeps a file to take its columns from (see
+            # ``_schema_path`` in :meth:`_schema_source`)
+            ranges = self._resolved_row_ranges or []
+            source = [r.path for r in ranges if r.num_rows > 0] or self._resolved_paths or [r.path for r in ranges]
+            ds._schema_path = source[0] if source else getattr(self, "_schema_path", None)
+        return ds
+
+    def _schema_source(self):
+        """The schema of an empty dataset: :attr:`schema` if set, else that of ``_schema_path``.
+
+        ``_schema_path`` is a Parquet file with this dataset's columns, set on the empty pieces of a
+        partitioned dataset (and on the empty-placeholder partitions of a partition producer): a
+        file of a sibling partition. Besides giving an empty dataset its columns, its rows serve as
+        a sample from which a Python map infers the output schema of a partition with no rows.
+        """
+
+        import pyarrow.parquet as pq
+
+        if self.schema is not None:
+            return self.schema
+        path = getattr(self, "_schema_path", None)
+        return pq.read_schema(path) if path else None
+
+    def _empty_fragment(self, conn) -> str:
+        path = getattr(self, "_schema_path", None)
+        if self.schema is None and path:
+            return (
+                f"( SELECT {self._column_str} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
+            )
+        return super()._empty_fragment(conn)
+
+    def _merge(self, datasets):
+        ds = super()._merge(datasets)
+        ds.columns = self.columns
+        ds.generated_columns = self.generated_columns
+        if any(d._resolved_row_ranges is not None for d in datasets):
+            ds._resolved_row_ranges = [r for d in datasets for r in d.resolved_row_ranges]
+            ds._resolved_paths = sorted({r.path for r in ds._resolved_row_ranges})
+        return ds
+
+    def remove_empty_files(self) -> None:
+        ranges = [r for r in self.resolved_row_ranges if r.num_rows > 0]
+        if not ranges and self._resolved_row_ranges:
+            ranges = self._resolved_row_ranges[:1]
+        self._resolved_row_ranges = ranges
+        self._resolved_paths = sorted({r.path for r in ranges})
+
+    @staticmethod
+    def create_from(table, output_dir: str, filename: str = "data") -> "ParquetDataSet":
+        from smallpond.io.arrow import dump_to_parquet_files
+
+        paths = dump_to_parquet_files(table, output_dir, filename)
+        return ParquetDataSet.from_files(paths)
+
+    def load_partitioned_datasets(
+        self, npartition: int, data_partition_column: str, hive_partitioning: bool = False
+    ) -> List["ParquetDataSet"]:
+        """Group files by their partition key (KV metadata, hive path ``col=k`` or column value)."""
+        groups: List[List[str]] = [[] for _ in range(npartition)]
+        for path in self.resolved_paths:
+            key = self._read_partition_key(path, data_partition_column, hive_partitioning)
+            if key is None:
+                continue
+            if not 0 <= key < npartition:
+                raise ParameterError(f"partition key {key} of {path!r} is out of range 0-{npartition - 1}")
+            groups[key].append(path)
+        return [self._with_paths(g) for g in groups]
+
+    @staticmethod
+    def _read_partition_key(path: str, data_partition_column: str, hive_partitioning: bool) -> Optional[int]:
+        import pyarrow.parquet as pq
+
+        from smallpond.common import PARQUET_METADATA_KEY_PREFIX
+
+        if hive_partitioning:
+            m = re.search(rf"{re.escape(data_partition_column)}=(\d+)", path)
+            if m:
+                return int(m.group(1))
+        md = pq.read_metadata(path)
+        kv = md.metadata or {}
+        raw = kv.get((PARQUET_METADATA_KEY_PREFIX + data_partition_column).encode())
+        if raw is not None:
+            return int(raw.decode())
+        m = re.search(rf"{re.escape(data_partition_column)}=(\d+)", path)
+        if m:
+            return int(m.group(1))
+        if md.num_rows == 0:
+            return None
+        t = pq.ParquetFile(path).read_row_group(0, columns=[data_partition_column])
+        return int(t.column(0)[0].as_py())
