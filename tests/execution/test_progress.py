@@ -69,13 +69,13 @@ def test_bars_end_cleanly_before_a_traceback_in_a_terminal(tmp_path):
             import time, smallpond
             sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=2)
             df = sp.from_items(list(range(12))).repartition(6, by_rows=True)
-            slow = df.map(lambda r: (time.sleep(0.25), r)[1])
+            slow = df.map(lambda r: (time.sleep(0.5), r)[1])
             sp.partial_sql("select no_such_column from {{0}}", slow).to_pandas()
             """
         )
     )
     socket_name = f"smallpond-test-{os.getpid()}"
-    env = f"PYTHONPATH={REPO_ROOT} SP_SUMMARY=0"
+    env = f"PYTHONPATH={REPO_ROOT} SP_SUMMARY=0 SP_PROGRESS=auto"  # not inherited: the terminal decides
     cmd = f"cd {tmp_path} && {env} {sys.executable} {script}; echo __END__; sleep 60"
     started = _tmux("new-session", "-d", "-s", "t", "-x", "200", "-y", "60", cmd, socket_name=socket_name)
     assert started.returncode == 0, started.stderr
