@@ -34,7 +34,8 @@ RESULTS_HEADER = (
     "Rows are appended by `--append-results`. Figures are medians of `--repeat` interleaved runs;\n"
     "ratio = smallpond's time / DuckDB's time for the same work (lower is better). Both sides of a\n"
     "row ran on the same machine in the same session; absolute times on a shared VM vary by 20% or\n"
-    "more between sessions, so compare ratios within a row.\n\n"
+    "more between sessions, so compare ratios within a row. `commit` is the commit of the code measured,\n"
+    "with `+dirty` when `smallpond/` or `benchmarks/` (other than this file) had uncommitted changes.\n\n"
     "| date | benchmark | command | data | machine | smallpond | DuckDB | ratio | commit |\n"
     "|---|---|---|---|---|---|---|---|---|\n"
 )
@@ -92,7 +93,19 @@ def git_commit() -> str:
     try:
         out = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(
-            ["git", "-C", REPO_ROOT, "status", "--porcelain", "--untracked-files=no", "smallpond", "benchmarks"],
+            # the code measured: smallpond and the benchmarks, not the results table being appended to
+            [
+                "git",
+                "-C",
+                REPO_ROOT,
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "smallpond",
+                "benchmarks",
+                ":!benchmarks/RESULTS.md",
+            ],
             capture_output=True,
             text=True,
             timeout=5,
@@ -100,6 +113,29 @@ def git_commit() -> str:
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def compile_bytecode() -> None:
+    """Compile smallpond's modules to bytecode, as installing the package does.
+
+    A measurement that starts fresh interpreters (the quick start, import to first result) must
+    not pay for compiling smallpond's sources in every process when DuckDB's are precompiled:
+    ``pip install`` compiles both, but an editable checkout run with ``PYTHONDONTWRITEBYTECODE``
+    (set on this machine) would compile smallpond in every process, the workers included.
+    """
+    import compileall
+
+    compileall.compile_dir(os.path.join(REPO_ROOT, "smallpond"), quiet=1)
+
+
+def add_plan_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plan",
+        choices=("user", "tuned"),
+        default="tuned",
+        help="user: the plan as the reference's examples write it (node defaults, DataSetPartitionNode(20), a "
+        "DataSinkNode); tuned: the plan written for this benchmark (default)",
+    )
 
 
 def add_common_arguments(p: argparse.ArgumentParser) -> None:
@@ -141,6 +177,64 @@ class Timings:
     def describe(self, side: str) -> str:
         xs = self.runs[side]
         return f"median {self.median(side):.2f}s of {len(xs)} (" + ", ".join(f"{x:.2f}" for x in xs) + ")"
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its descendants (the worker processes), summed,
+    sampled every ``interval`` seconds by a background thread while the ``with`` block runs.
+
+    A sample is a walk of the process tree (psutil); memory held for less than ``interval`` can be
+    missed, so the figure is a lower bound of the true peak, close to it for jobs of seconds.
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.peak = 0
+        #: CPU seconds (user + system) this process and its reaped children used in the block:
+        #: less sensitive than wall time to other load on a shared machine
+        self.cpu = 0.0
+        self._stop = None
+        self._thread = None
+
+    @staticmethod
+    def _cpu_now() -> float:
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    def sample(self) -> int:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "PeakRss":
+        import threading
+
+        self.peak = self.sample()
+        self._cpu0 = self._cpu_now()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.sample())
+        self.cpu = self._cpu_now() - self._cpu0
 
 
 def timed(fn: Callable, *args, **kwargs):
@@ -290,11 +384,31 @@ def print_run(timings: Timings, rep: int) -> None:
     )
 
 
-def report_time_ratio(timings: Timings, benchmark: str, count: int, unit: str, data: str, validated: bool, append: bool) -> None:
-    """Print both medians with throughput in ``unit`` and the ratio; append a RESULTS.md row if asked."""
+def report_time_ratio(
+    timings: Timings,
+    benchmark: str,
+    count: int,
+    unit: str,
+    data: str,
+    validated: bool,
+    append: bool,
+    peaks: Optional[Dict[str, List[int]]] = None,
+    cpus: Optional[Dict[str, List[float]]] = None,
+) -> None:
+    """Print both medians with throughput in ``unit`` and the ratio; append a RESULTS.md row if asked.
+
+    ``peaks``: peak RSS of the process tree per side and repeat (:class:`PeakRss`); the largest
+    is reported beside each time. ``cpus``: CPU seconds per side and repeat; the median is shown."""
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
-    print(f"smallpond: {timings.describe('smallpond')}; {count / sp / 1e6:.2f} M {unit}/s")
-    print(f"DuckDB:    {timings.describe('duckdb')}; {count / dd / 1e6:.2f} M {unit}/s")
+    peak = {side: max(v) for side, v in (peaks or {}).items() if v}
+    cpu = {side: statistics.median(v) for side, v in (cpus or {}).items() if v}
+    rss = {
+        side: (f", peak RSS {human_bytes(peak[side])}" if side in peak else "")
+        + (f", CPU {cpu[side]:.1f} s" if side in cpu else "")
+        for side in ("smallpond", "duckdb")
+    }
+    print(f"smallpond: {timings.describe('smallpond')}; {count / sp / 1e6:.2f} M {unit}/s{rss['smallpond']}")
+    print(f"DuckDB:    {timings.describe('duckdb')}; {count / dd / 1e6:.2f} M {unit}/s{rss['duckdb']}")
     print(f"ratio smallpond/DuckDB: {sp / dd:.2f}" + (" (validated)" if validated else ""))
     if append:
-        append_results(benchmark, data, f"{sp:.2f} s", f"{dd:.2f} s", f"{sp / dd:.2f}")
+        append_results(benchmark, data, f"{sp:.2f} s{rss['smallpond']}", f"{dd:.2f} s{rss['duckdb']}", f"{sp / dd:.2f}")

@@ -13,6 +13,14 @@ The smallpond plan (:func:`gray_sort_plan`)::
                      (one DuckDB pass per producer; uncompressed intermediate files)
       → SqlEngineNode: ``select key, payload from {0} order by key``, one file per partition
 
+With ``--plan user`` the plan is the one the reference's examples write (:func:`user_sort_plan`):
+``DataSetPartitionNode(20)`` → a ``SqlEngineNode`` adding the same range bucket → ``ShuffleNode``
+→ ``SqlEngineNode(order by key)`` → ``DataSinkNode``, every node with its defaults (ZSTD Parquet;
+the engine writes its staging files uncompressed); DuckDB then writes the sort node's format.
+
+Both report the peak RSS of the whole process tree (the workers included), sampled; give
+``--memory-limit`` to bound every task and see the peak stay within what the tasks were given.
+
 Buckets are ranges of the key, so the partitions read in partition order are globally sorted.
 Validation (like ``valsort``, :func:`validate_sorted`): keys are non-decreasing across all output
 files in partition order, and the record count and an order-independent checksum (sum of
@@ -24,6 +32,7 @@ total memory and the same Parquet writer options (compression; dictionary encodi
 Run::
 
     python -m benchmarks.gray_sort --records 5M --partitions 16 --repeat 3
+    python -m benchmarks.gray_sort --records 20M --partitions 16 --plan user --memory-limit 1GB --repeat 3
 """
 
 from __future__ import annotations
@@ -194,9 +203,47 @@ def gray_sort_plan(
     return LogicalPlan(ctx, ordered)
 
 
-def sorted_output_files(exec_plan) -> List[str]:
+USER_DATA_PARTITIONS = 20
+
+
+def user_sort_plan(input_paths: Sequence[str], num_sort_partitions: int, output_path: str, *, memory_limit: Optional[int] = None):
+    """The sort as the reference's examples write it, with every node's defaults (ZSTD Parquet)::
+
+        DataSetPartitionNode(20) → SqlEngineNode adding the range bucket
+          → ShuffleNode(P, data_partition_column="bucket") → SqlEngineNode(order by key)
+          → DataSinkNode(output_path)
+
+    Returns ``(plan, sort node)``; ``memory_limit`` (if given) is set on every task, as a user
+    bounding the job would."""
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import (
+        Context,
+        DataSetPartitionNode,
+        DataSinkNode,
+        DataSourceNode,
+        LogicalPlan,
+        ShuffleNode,
+        SqlEngineNode,
+    )
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
+    parts = DataSetPartitionNode(ctx, (src,), npartitions=USER_DATA_PARTITIONS)
+    bucketed = SqlEngineNode(
+        ctx,
+        (parts,),
+        f"select {bucket_expression(num_sort_partitions)} as bucket, key, payload from {{0}}",
+        memory_limit=memory_limit,
+    )
+    shuffled = ShuffleNode(ctx, (bucketed,), num_sort_partitions, data_partition_column="bucket", memory_limit=memory_limit)
+    ordered = SqlEngineNode(ctx, (shuffled,), "select key, payload from {0} order by key", memory_limit=memory_limit)
+    sink = DataSinkNode(ctx, (ordered,), output_path)
+    return LogicalPlan(ctx, sink), ordered
+
+
+def sorted_output_files(exec_plan, node=None) -> List[str]:
     """The sort node's output files, in partition order (the order that must be sorted)."""
-    root = exec_plan.logical_plan.root_node
+    root = node if node is not None else exec_plan.logical_plan.root_node
     tasks = [t for t in exec_plan.tasks.values() if t.node_id == int(root.id) and t.key in exec_plan.results]
 
     def index(t) -> int:
@@ -270,12 +317,14 @@ def duckdb_sort(
     compression: Optional[str],
     temp_dir: str,
     dictionary: bool = False,
+    writer_options: Optional[str] = None,
 ) -> None:
+    """``writer_options``: the COPY options to write with (default: from compression and dictionary)."""
     conn = common.duckdb_connect(threads, memory_limit, temp_dir)
     try:
         conn.execute(
             f"COPY (SELECT key, payload FROM read_parquet({common.sql_list(list(input_paths))}) ORDER BY key) "
-            f"TO '{output_path}' ({common.parquet_writer_options(compression, dictionary)})"
+            f"TO '{output_path}' ({writer_options or common.parquet_writer_options(compression, dictionary)})"
         )
     finally:
         conn.close()
@@ -303,8 +352,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="ShuffleNode engine_type (default arrow)"
     )
     p.add_argument("--seed", type=int, default=2025)
+    common.add_plan_argument(p)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
+    user = args.plan == "user"
 
     import psutil
 
@@ -329,51 +380,77 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
+    peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
+    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
+    writer_options = None
+    if user:  # DuckDB writes what the user plan's sort node writes (node defaults)
+        from smallpond.io.parquet import ParquetWriterOptions
+
+        _, sort_node = user_sort_plan(inputs, args.partitions, os.path.join(data_dir, "unused"))
+        writer_options = ParquetWriterOptions.of(sort_node).duckdb()
     for rep in range(args.repeat):
-        plan = gray_sort_plan(
-            inputs,
-            args.partitions,
-            shuffle_cpu_limit=args.shuffle_cpus,
-            shuffle_memory_limit=args.memory_limit,
-            sort_cpu_limit=args.sort_cpus,
-            sort_memory_limit=args.memory_limit,
-            compression=args.compression,
-            dictionary=args.dictionary,
-            shuffle_engine=args.shuffle_engine,
-        )
-        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
+        sort_node = None
+        if user:
+            sink_dir = os.path.join(data_dir, f"user-sorted-{uuid.uuid4().hex[:8]}")
+            plan, sort_node = user_sort_plan(inputs, args.partitions, sink_dir, memory_limit=args.memory_limit)
+            leftovers.add(sink_dir)
+        else:
+            plan = gray_sort_plan(
+                inputs,
+                args.partitions,
+                shuffle_cpu_limit=args.shuffle_cpus,
+                shuffle_memory_limit=args.memory_limit,
+                sort_cpu_limit=args.sort_cpus,
+                sort_memory_limit=args.memory_limit,
+                compression=args.compression,
+                dictionary=args.dictionary,
+                shuffle_engine=args.shuffle_engine,
+            )
+        with common.PeakRss() as rss:
+            secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
+        peaks["smallpond"].append(rss.peak)
+        cpus["smallpond"].append(rss.cpu)
         if args.validate:
-            validate_sorted(input_summary, sorted_output_files(exec_plan))
+            validate_sorted(input_summary, sorted_output_files(exec_plan, sort_node))
         leftovers.add(common.job_root_of(exec_plan))
 
         out = os.path.join(data_dir, f"duckdb-sorted-{uuid.uuid4().hex[:8]}.parquet")
-        secs, _ = common.timed(
-            duckdb_sort,
-            inputs,
-            out,
-            threads=threads,
-            memory_limit=duckdb_memory,
-            compression=args.compression,
-            temp_dir=os.path.join(data_dir, "duckdb-temp"),
-            dictionary=args.dictionary,
-        )
+        with common.PeakRss() as rss:
+            secs, _ = common.timed(
+                duckdb_sort,
+                inputs,
+                out,
+                threads=threads,
+                memory_limit=duckdb_memory,
+                compression=args.compression,
+                temp_dir=os.path.join(data_dir, "duckdb-temp"),
+                dictionary=args.dictionary,
+                writer_options=writer_options,
+            )
         timings.add("duckdb", secs)
+        peaks["duckdb"].append(rss.peak)
+        cpus["duckdb"].append(rss.cpu)
         if args.validate:
             validate_sorted(input_summary, [out])
         leftovers.add(out)
         common.print_run(timings, rep)
 
     leftovers.remove_all()
+    limit = f", memory limit {common.human_bytes(args.memory_limit)} per task" if args.memory_limit else ""
     common.report_time_ratio(
         timings,
-        "gray sort",
+        "gray sort (user plan)" if user else "gray sort",
         args.records,
         "records",
-        f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, {args.executors} executors",
+        f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, "
+        f"{args.executors} executors{limit}"
+        + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else ""),
         args.validate,
         args.append_results,
+        peaks,
+        cpus,
     )
     return 0
 

@@ -14,9 +14,15 @@ node default being off). Both use DuckDB's ``hash``, so partition k must hold th
 validation (:func:`validate_partitions`) checks that every row of partition k hashes to k, and
 that counts per partition and an order-independent checksum match DuckDB's and the input's.
 
+With ``--plan user`` the plan is the one the reference's examples write
+(:func:`user_hash_partition_plan`): ``DataSetPartitionNode(20)`` → ``HashPartitionNode(P, [url])``
+→ ``DataSinkNode``, with the node's defaults (ZSTD Parquet), and DuckDB writes the same format.
+Both sides report the peak RSS of their process tree.
+
 Run::
 
     python -m benchmarks.hash_partition --rows 5M --partitions 16 --repeat 3
+    python -m benchmarks.hash_partition --rows 7.5M --partitions 16 --plan user --repeat 3
 """
 
 from __future__ import annotations
@@ -107,11 +113,34 @@ def hash_partition_plan(
     return LogicalPlan(ctx, parts)
 
 
-def partition_files(exec_plan) -> List[List[str]]:
+USER_DATA_PARTITIONS = 20
+
+
+def user_hash_partition_plan(
+    input_paths: Sequence[str], npartitions: int, output_path: str, *, memory_limit: Optional[int] = None
+):
+    """The partitioning as the reference's examples write it, with the nodes' defaults (ZSTD)::
+
+        DataSetPartitionNode(20) → HashPartitionNode(P, [url]) → DataSinkNode(output_path)
+
+    Returns ``(plan, the hash partition node)``."""
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSetPartitionNode, DataSinkNode, DataSourceNode, HashPartitionNode, LogicalPlan
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
+    parts = DataSetPartitionNode(ctx, (src,), npartitions=USER_DATA_PARTITIONS)
+    hashed = HashPartitionNode(
+        ctx, (parts,), npartitions, hash_columns=[KEY_COLUMN], data_partition_column=PARTITION_COLUMN, memory_limit=memory_limit
+    )
+    return LogicalPlan(ctx, DataSinkNode(ctx, (hashed,), output_path)), hashed
+
+
+def partition_files(exec_plan, node=None) -> List[List[str]]:
     """Files of each partition, index k at position k."""
     from smallpond.execution.ops.structural import PartitionConsumerTask
 
-    root = exec_plan.logical_plan.root_node
+    root = node if node is not None else exec_plan.logical_plan.root_node
     out: Dict[int, List[str]] = {}
     for t in exec_plan.tasks.values():
         if t.node_id == int(root.id) and isinstance(t, PartitionConsumerTask) and t.key in exec_plan.results:
@@ -185,10 +214,12 @@ def duckdb_partition(
     compression: Optional[str],
     temp_dir: str,
     dictionary: bool = False,
+    writer_options: Optional[str] = None,
 ) -> None:
+    """``writer_options``: the COPY options to write with (default: from compression and dictionary)."""
     conn = common.duckdb_connect(threads, memory_limit, temp_dir)
     try:
-        opts = common.parquet_writer_options(compression, dictionary)
+        opts = writer_options or common.parquet_writer_options(compression, dictionary)
         conn.execute(
             f"COPY (SELECT *, hash({KEY_COLUMN}) % {npartitions} AS {PARTITION_COLUMN} FROM read_parquet({common.sql_list(list(input_paths))})) "
             f"TO '{output_dir}' ({opts}, PARTITION_BY ({PARTITION_COLUMN}), WRITE_PARTITION_COLUMNS true)"
@@ -211,8 +242,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         "--engine", choices=("duckdb", "arrow"), default=None, help="HashPartitionNode engine_type (default: the node's default)"
     )
     p.add_argument("--seed", type=int, default=2025)
+    common.add_plan_argument(p)
     common.add_common_arguments(p)
     args = p.parse_args(argv)
+    user = args.plan == "user"
 
     import psutil
 
@@ -238,36 +271,56 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize_input(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
+    peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
+    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
+    writer_options = None
+    if user:  # DuckDB writes what the user plan's partition node writes (node defaults)
+        from smallpond.io.parquet import ParquetWriterOptions
+
+        writer_options = ParquetWriterOptions.of(user_hash_partition_plan(inputs, args.partitions, data_dir)[1]).duckdb()
     for rep in range(args.repeat):
-        plan = hash_partition_plan(
-            inputs,
-            args.partitions,
-            cpu_limit=args.cpus,
-            memory_limit=args.memory_limit,
-            compression=args.compression,
-            dictionary=args.dictionary,
-            engine_type=args.engine,
-        )
-        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
+        node = None
+        if user:
+            sink_dir = os.path.join(data_dir, f"user-partitioned-{uuid.uuid4().hex[:8]}")
+            plan, node = user_hash_partition_plan(inputs, args.partitions, sink_dir, memory_limit=args.memory_limit)
+            leftovers.add(sink_dir)
+        else:
+            plan = hash_partition_plan(
+                inputs,
+                args.partitions,
+                cpu_limit=args.cpus,
+                memory_limit=args.memory_limit,
+                compression=args.compression,
+                dictionary=args.dictionary,
+                engine_type=args.engine,
+            )
+        with common.PeakRss() as rss:
+            secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
         timings.add("smallpond", secs)
+        peaks["smallpond"].append(rss.peak)
+        cpus["smallpond"].append(rss.cpu)
 
         out = os.path.join(data_dir, f"duckdb-partitioned-{uuid.uuid4().hex[:8]}")
-        secs, _ = common.timed(
-            duckdb_partition,
-            inputs,
-            out,
-            args.partitions,
-            threads=threads,
-            memory_limit=duckdb_memory,
-            compression=args.compression,
-            temp_dir=os.path.join(data_dir, "duckdb-temp"),
-            dictionary=args.dictionary,
-        )
+        with common.PeakRss() as rss:
+            secs, _ = common.timed(
+                duckdb_partition,
+                inputs,
+                out,
+                args.partitions,
+                threads=threads,
+                memory_limit=duckdb_memory,
+                compression=args.compression,
+                temp_dir=os.path.join(data_dir, "duckdb-temp"),
+                dictionary=args.dictionary,
+                writer_options=writer_options,
+            )
         timings.add("duckdb", secs)
+        peaks["duckdb"].append(rss.peak)
+        cpus["duckdb"].append(rss.cpu)
         if args.validate:
             expected = validate_partitions(input_summary, duckdb_partition_files(out, args.partitions), args.partitions)
-            validate_partitions(input_summary, partition_files(exec_plan), args.partitions, expected)
+            validate_partitions(input_summary, partition_files(exec_plan, node), args.partitions, expected)
         leftovers.add(common.job_root_of(exec_plan))
         leftovers.add(out)
         common.print_run(timings, rep)
@@ -275,12 +328,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     leftovers.remove_all()
     common.report_time_ratio(
         timings,
-        "hash partition",
+        "hash partition (user plan)" if user else "hash partition",
         args.rows,
         "rows",
-        f"{args.rows:,} rows ({common.human_bytes(size)} Parquet) into {args.partitions}, {args.executors} executors",
+        f"{args.rows:,} rows ({common.human_bytes(size)} Parquet) into {args.partitions}, {args.executors} executors"
+        + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else ""),
         args.validate,
         args.append_results,
+        peaks,
+        cpus,
     )
     return 0
 

@@ -16,16 +16,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-try:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        __version__ = version("smallpond")
-    except PackageNotFoundError:  # pragma: no cover
-        __version__ = "unknown"
-except ImportError:  # pragma: no cover
-    __version__ = "unknown"
-
 from smallpond import compat as _compat
 
 _compat.install()  # upstream import paths such as smallpond.logical.planner
@@ -35,6 +25,32 @@ if TYPE_CHECKING:
     from smallpond.session import Session
 
 __all__ = ["init", "Session", "DataFrame", "__version__"]
+
+
+def __getattr__(name: str):
+    # importlib.metadata costs ~20 ms to import and query, in every process (each worker too):
+    # the version is looked up when asked for
+    if name == "__version__":
+        try:
+            from importlib.metadata import PackageNotFoundError, version
+
+            try:
+                value = version("smallpond")
+            except PackageNotFoundError:  # pragma: no cover
+                value = "unknown"
+        except ImportError:  # pragma: no cover
+            value = "unknown"
+        globals()["__version__"] = value
+        return value
+    if name == "Session":
+        from smallpond.session import Session
+
+        return Session
+    if name == "DataFrame":
+        from smallpond.dataframe import DataFrame
+
+        return DataFrame
+    raise AttributeError(f"module 'smallpond' has no attribute {name!r}")
 
 
 def init(
@@ -115,15 +131,3 @@ def init(
         task_cache=task_cache,
         **kwargs,
     )
-
-
-def __getattr__(name):
-    if name == "Session":
-        from smallpond.session import Session
-
-        return Session
-    if name == "DataFrame":
-        from smallpond.dataframe import DataFrame
-
-        return DataFrame
-    raise AttributeError(f"module 'smallpond' has no attribute {name!r}")

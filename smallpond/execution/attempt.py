@@ -461,6 +461,8 @@ def execute_attempt(
     tmp = None
     try:
         started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
+        if task.threads:
+            started += f" threads={task.threads} (elastic)"
         if sink_id is None:
             sink.info(started)
         else:

@@ -75,6 +75,40 @@ from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS
 
 TOP = PartitionInfo()
 
+# Consumers that read their inputs' files and write files of their own; and consumers that pass
+# their inputs' files on as they are (file lists, row ranges), so what reads those files is
+# whatever consumes them.
+_REWRITING = (SqlEngineNode, HashPartitionNode, RangePartitionNode, ArrowComputeNode)
+_PASSING_ON = (EvenlyDistributedPartitionNode, RepeatPartitionNode, ConsolidateNode, UnionNode, ProjectionNode)
+
+
+def engine_only_outputs(root: Node) -> set:
+    """Ids of the nodes under ``root`` whose output files only smallpond's own tasks read.
+
+    Such a node has no ``output_name`` / ``output_path``, is not the plan's result, and every
+    path from it through nodes that pass files on (repartitioning by files, unions, ...) ends
+    in a node that reads the files and writes its own (SQL, partitioning, Arrow/pandas). A sink,
+    a user Python script (which may copy files) or any other node is a reader outside the
+    engine: the files it can reach are published and keep the node's Parquet settings.
+    """
+    nodes = topological_order([root], lambda x: x.input_deps)
+    consumers: Dict[int, List[Node]] = {}
+    for n in nodes:
+        for d in n.input_deps:
+            consumers.setdefault(id(d), []).append(n)
+    published: Dict[int, bool] = {}
+    for n in reversed(nodes):  # consumers before their inputs
+        cs = consumers.get(id(n), [])
+        pub = not cs or bool(n.output_name) or bool(getattr(n, "output_path", None)) or isinstance(n, DataSinkNode)
+        for c in cs:
+            if isinstance(c, _REWRITING) and not isinstance(c, LimitNode):
+                continue
+            if isinstance(c, _PASSING_ON) and not published[id(c)]:
+                continue
+            pub = True
+        published[id(n)] = pub
+    return {i for i, pub in published.items() if not pub}
+
 
 class ExecutionPlan:
     """The tasks of a planned job and, once it ran, their outputs."""
@@ -166,6 +200,8 @@ class Planner:
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
         self._warned: set = set()
+        #: nodes whose outputs only the engine reads (:func:`engine_only_outputs`)
+        self._engine_only: set = set()
         #: the file datasets read by the sources planned so far (outputs must not overlap them)
         self._input_datasets: List[Any] = []
         self._registry = self._plan_functions()
@@ -252,6 +288,10 @@ class Planner:
         # after it): optimized once over everything the job runs, so shared nodes stay shared
         memo: Dict = {}
         root_node = optimize(RootNode(ctx, [final] + sinks), set(self.node_to_tasks), memo)
+        # the whole job is known here, so each node's role is final: intermediate files only the
+        # engine reads are written in the staging format (the DataFrame API, whose frames may be
+        # written out by a later call, keeps every node's settings)
+        self._engine_only = engine_only_outputs(root_node) - set(self.node_to_tasks)
         root_tasks = self.plan(root_node)
         final_tasks = self.node_to_tasks[id(optimized_of(memo, final))]
         return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
@@ -261,15 +301,19 @@ class Planner:
         self.next_task_id += 1
         task = klass(self._slim(node), self.next_task_id, list(infos), [t.key for t in inputs], *extra)
         self._clamp_resources(task)
+        if id(node) in self._engine_only:
+            task.staging = True
         task.plan_components = {
             "task": klass.__qualname__,
+            # staging files are written uncompressed: another format, another output
+            "staging": bool(task.staging),
             "params": self._node_digest(node),
             "partition": repr([(p.dimension, p.index, p.npartitions) for p in task.partition_infos]) + repr(extra),
             # the seed decides what random() and the task's generators draw
             "seed": self.rt.random_seed,
         }
         h = hashlib.sha256()
-        for k in ("task", "params", "partition", "seed"):
+        for k in ("task", "staging", "params", "partition", "seed"):
             h.update(f"{k}:{task.plan_components[k]}\x00".encode())
         for t in inputs:
             h.update(t.fingerprint.encode())

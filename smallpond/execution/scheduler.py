@@ -39,12 +39,18 @@ the next attempt number until it has failed ``max_fail_count`` times or used ``m
 retries; more memory means twice the last limit, capped by the executor's memory. Metadata-only
 tasks run inline here; everything else goes to the executor.
 
+Elastic threads (:func:`elastic_threads`): when fewer tasks are runnable than CPUs are free, a
+task whose output bytes cannot depend on its DuckDB thread count (``Task.may_use_more_threads``:
+SQL whose outermost query ends in ORDER BY) is sent with a share of the free CPUs as its threads
+and reserves them; the attempt's copy of the task carries ``threads``, the planned task does not.
+
 Observers (progress bars, the event log behind the run report, the end-of-job summary) are
 :class:`SchedulerListener` objects: they see every event and never change the state.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 import statistics
 import time
@@ -247,6 +253,23 @@ def release(state: SchedState, key: str, attempt: int) -> bool:
     return True
 
 
+#: the least memory an elastic thread brings along: DuckDB's sorts and hash tables hold buffers per
+#: thread, and a sort of twice a 64 MiB limit that spills fine on one thread runs out of memory on
+#: two (tests/e2e/test_sort_spill.py)
+ELASTIC_MEMORY_PER_THREAD = 256 << 20
+
+
+def elastic_threads(cpu_limit: int, free_cpus: int, runnable: int, most: int, memory: int) -> int:
+    """CPUs (DuckDB threads) for a task that may use more than its ``cpu_limit``: an equal share
+    of the free CPUs among the ``runnable`` tasks (this one included), at most ``most`` (one
+    machine's CPUs) and at most one per :data:`ELASTIC_MEMORY_PER_THREAD` of the attempt's
+    ``memory``, never less than ``cpu_limit``. A stage with fewer runnable tasks than free CPUs
+    gives each more threads; one with many tasks gives each its own ``cpu_limit``, so the CPUs
+    reserved never exceed the CPUs there are."""
+    share = free_cpus // max(1, runnable)
+    return max(cpu_limit, min(share, most, memory // ELASTIC_MEMORY_PER_THREAD))
+
+
 def record_runtime(state: SchedState, key: str, seconds: float) -> None:
     state.runtimes.setdefault(state.tasks[key].node_id, []).append(seconds)
 
@@ -436,6 +459,9 @@ class Scheduler:
         listeners: observers of the run (progress, event log, summary).
         speculation: when to give stragglers a second copy (off by default).
         cache: the job's side of the task cache (None: no cache).
+        elastic: give a task that may use more DuckDB threads than its ``cpu_limit`` without
+            changing its output (:meth:`Task.may_use_more_threads`) a share of the idle CPUs
+            when fewer tasks are runnable than CPUs are free (:func:`elastic_threads`).
     """
 
     def __init__(
@@ -448,6 +474,7 @@ class Scheduler:
         listeners: Sequence[SchedulerListener] = (),
         speculation: Speculation = Speculation(),
         cache: Optional["JobCache"] = None,
+        elastic: bool = True,
     ) -> None:
         self.rt = runtime_ctx
         self.cache = cache
@@ -457,6 +484,8 @@ class Scheduler:
         self.max_fail_count = max(1, max_fail_count)
         self.listeners: List[SchedulerListener] = list(listeners)
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
+        self.elastic = elastic
+        self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
         self.state = new_state(self.capacity)
 
     def _emit(self, event: str, *args) -> None:
@@ -547,6 +576,17 @@ class Scheduler:
         if cap is not self.capacity and cap != self.capacity:
             resize(self.state, self.capacity, cap)
             self.capacity = cap
+
+    def _may_use_more_threads(self, task: Task) -> bool:
+        """``task.may_use_more_threads()``, asked once per node (it may parse the node's SQL)."""
+        ok = self._elastic_nodes.get(task.node_id)
+        if ok is None:
+            ok = self._elastic_nodes[task.node_id] = bool(task.may_use_more_threads())
+        return ok
+
+    def _most_cpus(self) -> int:
+        """The most CPUs one attempt can be given (one machine's)."""
+        return int(self.executor.attempt_limits()[0]) if self.executor is not None else 1
 
     def _poll(self, timeout: float) -> List[Completion]:
         if self.executor is None:
@@ -694,8 +734,18 @@ class Scheduler:
                     if (idle == 0 or st.free_cpus <= 0) and not slots:
                         break  # nothing else can start either: stop scanning the ready tasks
                     continue
+            cpus = task.cpu_limit
+            sent = task
+            if not queue and self.elastic and st.free_cpus > task.cpu_limit:
+                runnable = len(st.ready) + len(deferred) + 1
+                cpus = elastic_threads(task.cpu_limit, st.free_cpus, runnable, self._most_cpus(), mem)
+                if cpus > task.cpu_limit and self._may_use_more_threads(task):
+                    sent = copy.copy(task)  # the attempt's copy carries its threads; ours stays as planned
+                    sent.threads = cpus
+                else:
+                    cpus = task.cpu_limit
             try:
-                self.executor.submit(task, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
+                self.executor.submit(sent, [st.done[d] for d in task.input_keys], attempt, memory=mem, queue=queue)
             except TaskError as e:  # cannot be sent (unpicklable): retrying cannot help
                 st.attempts[key] = attempt
                 st.failed[key] = e
@@ -703,7 +753,7 @@ class Scheduler:
                 if self.cache is not None:
                     self.cache.release(key)
                 break
-            reserve(st, key, attempt, 0 if queue else task.cpu_limit, 0 if queue else mem, time.time())
+            reserve(st, key, attempt, 0 if queue else cpus, 0 if queue else mem, time.time())
             self._emit("on_submit", task, attempt, mem)
             progressed = True
         for item in deferred:

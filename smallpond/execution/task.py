@@ -96,6 +96,17 @@ class Task:
     #: True if the task is complete only once its job publishes it (sinks): the publication, not
     #: the attempt, writes its commit record (see :mod:`smallpond.execution.ops.sink`)
     commits_on_publication = False
+    #: True if only smallpond's own tasks read this task's files (decided by the planner): they are
+    #: written in the staging format (:meth:`ParquetWriterOptions.for_task`), not the node's
+    staging = False
+    #: DuckDB threads of the running attempt, when the scheduler gave it more than ``cpu_limit``
+    #: (elastic threads, see :meth:`may_use_more_threads`); None: ``cpu_limit``
+    threads: Optional[int] = None
+
+    def may_use_more_threads(self) -> bool:
+        """True if running this task with more DuckDB threads than ``cpu_limit`` cannot change its
+        output bytes, so the scheduler may give it idle CPUs (elastic threads). False by default."""
+        return False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:
         self.id = TaskId(task_id)

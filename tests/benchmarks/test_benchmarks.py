@@ -70,6 +70,54 @@ def test_gray_sort_main_tiny(tmp_path, capsys):
     assert any(n.startswith("graysort-") for n in os.listdir(tmp_path))
 
 
+def test_gray_sort_user_plan_tiny(tmp_path, capsys):
+    """The user plan (DataSetPartitionNode(20) → bucket SQL → ShuffleNode → ORDER BY → sink) sorts,
+    validates, reports peak RSS of both sides and removes its sink folders."""
+    args = ["--records", "20K", "--partitions", "3", "--repeat", "1", "--data-dir", str(tmp_path), "--plan", "user"]
+    assert gray_sort.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(validated)" in out and out.count("peak RSS") == 2 and out.count(" CPU ") == 2
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("user-sorted-")]
+
+
+def test_peak_rss_counts_child_processes():
+    import subprocess
+    import sys
+
+    with common.PeakRss(interval=0.01) as alone:
+        pass
+    code = "b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(0.5)"
+    with common.PeakRss(interval=0.01) as tree:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert tree.peak - alone.peak > 150 * 2**20
+
+
+def test_the_dirty_flag_ignores_the_results_table(tmp_path):
+    import shutil
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    (repo / "smallpond").mkdir()
+    (repo / "benchmarks" / "RESULTS.md").write_text("a\n")
+    (repo / "smallpond" / "x.py").write_text("a\n")
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@t")
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run([git, "-C", str(repo), *cmd], check=True, env=env)
+    old = common.REPO_ROOT
+    common.REPO_ROOT = str(repo)
+    try:
+        (repo / "benchmarks" / "RESULTS.md").write_text("b\n")
+        assert not common.git_commit().endswith("+dirty")
+        (repo / "smallpond" / "x.py").write_text("b\n")
+        assert common.git_commit().endswith("+dirty")
+    finally:
+        common.REPO_ROOT = old
+
+
 # -- hash partition ------------------------------------------------------------------------------
 def test_hash_partition_matches_duckdb(tmp_path):
     inputs = hash_partition.generate_input(str(tmp_path / "data"), 20_000, 2, seed=3)
@@ -93,6 +141,13 @@ def test_hash_partition_matches_duckdb(tmp_path):
 def test_hash_partition_main_tiny(tmp_path, capsys):
     assert hash_partition.main(["--rows", "10K", "--partitions", "4", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
     assert "(validated)" in capsys.readouterr().out
+
+
+def test_hash_partition_user_plan_tiny(tmp_path, capsys):
+    args = ["--rows", "10K", "--partitions", "4", "--repeat", "1", "--data-dir", str(tmp_path), "--plan", "user"]
+    assert hash_partition.main(args) == 0
+    out = capsys.readouterr().out
+    assert "(validated)" in out and out.count("peak RSS") == 2 and out.count(" CPU ") == 2
 
 
 # -- overhead ------------------------------------------------------------------------------------

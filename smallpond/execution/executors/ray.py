@@ -478,15 +478,16 @@ class RayExecutor(Executor):
 
     def _clamp(self, task: Task, memory: int) -> Tuple[int, int]:
         """(CPUs, memory) for an attempt: what it asks, at most what the largest fitting node has."""
-        cpus = min(task.cpu_limit, max((n.cpus for n in self.nodes.values()), default=1))
+        asked = task.threads or task.cpu_limit  # elastic threads reserve their CPUs in Ray too
+        cpus = min(asked, max((n.cpus for n in self.nodes.values()), default=1))
         node_memory = max((n.memory for n in self.nodes.values() if n.cpus >= cpus), default=0)
         mem = min(int(memory), node_memory) if node_memory > 0 else int(memory)
-        if (cpus, mem) != (task.cpu_limit, int(memory)) and task.node_id not in self._warned:
+        if (cpus, mem) != (asked, int(memory)) and task.node_id not in self._warned:
             self._warned.add(task.node_id)
             logger.warning(
                 "{}: asks {} CPU(s) and {} bytes, more than any Ray node has; clamped to {} CPU(s) and {} bytes",
                 task.node_label,
-                task.cpu_limit,
+                asked,
                 int(memory),
                 cpus,
                 mem,

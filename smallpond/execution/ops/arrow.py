@@ -52,7 +52,7 @@ class _ParquetSink:
         self.rows = 0
         self.closed: List[str] = []
         self.schema_hint = schema_hint
-        options = ParquetWriterOptions.of(task.node)
+        options = ParquetWriterOptions.for_task(task)
         self.kw = options.pyarrow()
         self.row_group_size = options.row_group_size
 

@@ -1,6 +1,7 @@
 """DuckDB for tasks: connections with the task's limits, error mapping, and SQL helpers.
 
-Each task gets a connection with ``threads`` = its CPUs, ``memory_limit`` = its effective memory
+Each task gets a connection with ``threads`` = its CPUs (or more, when the scheduler gives a task
+whose output cannot change idle CPUs: :func:`task_threads`), ``memory_limit`` = its effective memory
 (decided by the scheduler, see :func:`smallpond.execution.runtime.default_memory_limit`) and a
 spill directory under ``temp/``, so a task larger than its memory spills instead of failing.
 
@@ -68,6 +69,60 @@ _MAY_OUTLIVE_TASK = re.compile(
 _MAY_DRAW_RANDOM = re.compile(r"rand|sample|uuid|shuffle", re.IGNORECASE)
 
 
+_ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
+
+
+def top_level_text(sql: str) -> str:
+    """``sql`` without its string literals, quoted identifiers, comments and parenthesized parts:
+    what is left is the outermost statement's own clauses."""
+    out, depth, i, n = [], 0, 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"":
+            j = sql.find(c, i + 1)
+            while j != -1 and j + 1 < n and sql[j + 1] == c:  # doubled quote inside
+                j = sql.find(c, j + 2)
+            i = n if j == -1 else j + 1
+            out.append(" ")
+            continue
+        if sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j == -1 else j
+            continue
+        if sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j == -1 else j + 2
+            out.append(" ")
+            continue
+        if c == "(":
+            depth += 1
+            out.append(" ")
+        elif c == ")":
+            depth = max(0, depth - 1)
+        elif depth == 0:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def has_final_order_by(sql: str) -> bool:
+    """True if the outermost query of ``sql`` ends in ``ORDER BY`` (not one inside a subquery or a
+    window): its rows come out in the order the query defines, whatever DuckDB's thread count.
+
+    Measured with DuckDB 2.0.1: a ``COPY`` of such a query writes the same bytes with 1 or 2
+    threads when the sort keys are unique; rows with equal keys may come out in another order with
+    more than one thread (the query does not define their order). Any other query (a scan, a
+    filter, an aggregate) may be written with other row-group boundaries or row order.
+    """
+    return bool(_ORDER_BY.search(top_level_text(sql)))
+
+
+def task_threads(task: Task, cpu_overcommit_ratio: float = 1.0) -> int:
+    """The DuckDB threads of an attempt: what the scheduler gave it (elastic threads), else its
+    ``cpu_limit``, times the node's ``cpu_overcommit_ratio``."""
+    return max(1, int(round((task.threads or task.cpu_limit) * cpu_overcommit_ratio)))
+
+
 def share_database_in_process(enabled: bool = True) -> None:
     """Let SQL tasks in this process share one DuckDB database (workers turn this on)."""
     global _share_database
@@ -125,7 +180,7 @@ def open_connection(
     """
     import duckdb
 
-    threads = max(1, int(round(task.cpu_limit * cpu_overcommit_ratio)))
+    threads = task_threads(task, cpu_overcommit_ratio)
     memory_mb = max(64, int(task_memory(task) * memory_overcommit_ratio) // MB)
     settings = {"threads": str(threads), "memory_limit": f"'{memory_mb}MiB'"}
     if shareable and _share_database:
@@ -250,7 +305,7 @@ def copy_target_dir(path: str):
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
     """``COPY (query) TO output_dir`` as Parquet with the node's writer options; returns rows written."""
     writers = max(1, int(task.cpu_limit))
-    opts = ParquetWriterOptions.of(task.node).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
+    opts = ParquetWriterOptions.for_task(task).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
     if per_thread_output and task.cpu_limit > 1:
         pattern = quote_literal(f"{prefix}-{{i}}")
         with copy_target_dir(output_dir) as target:

@@ -113,7 +113,7 @@ class HashPartitionTask(Task):
             select.append(f"{expr} AS {quote_identifier(part_col)}")
             query = f"SELECT {', '.join(select)} FROM {src}"
             write_part = "true" if write_col and part_col == col else "false"
-            opts = ParquetWriterOptions.of(node).duckdb(self.parquet_kv_metadata(), writer_row_group_bytes(self, n))
+            opts = ParquetWriterOptions.for_task(self).duckdb(self.parquet_kv_metadata(), writer_row_group_bytes(self, n))
             prefix = self.output_filename
             with copy_target_dir(output_dir) as target:
                 sql = (
@@ -326,7 +326,7 @@ class _PartitionWriters:
     def __init__(self, task: Task, output_dir: str, col: str, dir_col: str, n: int, write_col: bool, max_buffered: int) -> None:
         self.task, self.output_dir, self.col, self.dir_col, self.n, self.write_col = task, output_dir, col, dir_col, n, write_col
         self.max_buffered = max_buffered
-        options = ParquetWriterOptions.of(task.node)
+        options = ParquetWriterOptions.for_task(task)
         self.row_group_size = options.row_group_size
         self.options = options.pyarrow()
         self.buffers: Dict[int, list] = {}

@@ -9,6 +9,7 @@ from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
     create_input_views,
     format_query,
+    has_final_order_by,
     map_duckdb_error,
     open_connection,
     run_sql,
@@ -33,6 +34,17 @@ class SqlEngineTask(Task):
 
     def estimated_cost(self) -> float:
         return 2.0
+
+    def may_use_more_threads(self) -> bool:
+        """Only a final ``ORDER BY`` makes the bytes written independent of the thread count (see
+        :func:`has_final_order_by`); per-thread output files and random numbers would follow it."""
+        node = self.node
+        queries = list(node.sql_queries)
+        if not queries or not node.materialize_output or (node.per_thread_output and self.cpu_limit > 1):
+            return False
+        if node.udf_contexts or sql_may_draw_random(queries):
+            return False
+        return has_final_order_by(queries[-1])
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
