@@ -50,6 +50,7 @@ class Config:
     random_seed: Optional[int] = None
     task_cache: Optional[str] = None
     task_cache_max_bytes: Optional[int] = None
+    elastic_threads: bool = False
 
     @staticmethod
     def from_args_and_env(
@@ -72,6 +73,7 @@ class Config:
         random_seed=None,
         task_cache=None,
         task_cache_max_bytes=None,
+        elastic_threads=None,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -119,6 +121,9 @@ class Config:
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
+            elastic_threads=bool(
+                pick(elastic_threads, "SP_ELASTIC_THREADS", False, lambda v: v.lower() in ("1", "true", "yes", "on"))
+            ),
         )
 
 
@@ -152,6 +157,7 @@ class Session:
             console_log_level=cfg.console_log_level,
             random_seed=cfg.random_seed,
             task_cache=cfg.task_cache or False,
+            elastic_threads=cfg.elastic_threads,
         )
         # with a Ray address every task runs on that Ray cluster; with a platform, on the queue
         # backend's executors; without either, embedded

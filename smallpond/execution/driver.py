@@ -146,6 +146,12 @@ class Driver:
         p.add_argument("--stop_executor_on_failure", action="store_true")
         p.add_argument("--fail_fast", "--fail_fast_on_failure", dest="fail_fast_on_failure", action="store_true")
         p.add_argument("--nonzero_exitcode_as_oom", action="store_true")
+        p.add_argument(
+            "--elastic_threads",
+            action="store_true",
+            help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads "
+            "(faster stage tails; rows with equal sort keys may then come out in another order)",
+        )
         p.add_argument("--fault_inject", "--fault_inject_prob", dest="fault_inject_prob", type=float, default=0.0)
         p.add_argument("--enable_profiling", action="store_true")
         p.add_argument("--enable_diagnostic_metrics", action="store_true")
@@ -382,6 +388,7 @@ class Driver:
             disable_log_rotation=a.disable_log_rotation,
             output_path=a.output_path,
             task_cache=a.task_cache,
+            elastic_threads=a.elastic_threads,
         )
         rt.exec_id = a.exec_id
         return rt

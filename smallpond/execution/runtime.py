@@ -279,6 +279,7 @@ class RuntimeContext:
         disable_log_rotation: bool = False,
         output_path: Optional[str] = None,
         task_cache=None,
+        elastic_threads: bool = False,
     ) -> None:
         if not isinstance(job_id, uuid.UUID):
             job_id = parse_job_id(job_id)
@@ -310,6 +311,8 @@ class RuntimeContext:
         self.secs_executor_probe_interval = secs_executor_probe_interval
         self.max_num_missed_probes = max_num_missed_probes
         self.fault_inject_prob = fault_inject_prob
+        #: give lone ORDER BY tasks idle CPUs as DuckDB threads (see scheduler.elastic_threads)
+        self.elastic_threads = bool(elastic_threads)
         self.enable_profiling = enable_profiling
         self.enable_diagnostic_metrics = enable_diagnostic_metrics
         self.remove_empty_parquet = remove_empty_parquet

@@ -39,10 +39,12 @@ the next attempt number until it has failed ``max_fail_count`` times or used ``m
 retries; more memory means twice the last limit, capped by the executor's memory. Metadata-only
 tasks run inline here; everything else goes to the executor.
 
-Elastic threads (:func:`elastic_threads`): when fewer tasks are runnable than CPUs are free, a
-task whose output bytes cannot depend on its DuckDB thread count (``Task.may_use_more_threads``:
-SQL whose outermost query ends in ORDER BY) is sent with a share of the free CPUs as its threads
-and reserves them; the attempt's copy of the task carries ``threads``, the planned task does not.
+Elastic threads (:func:`elastic_threads`, opt-in: ``elastic_threads=True``): when fewer tasks are
+runnable than CPUs are free, a task whose rows are ordered by its SQL (``Task.may_use_more_threads``:
+the outermost query ends in ORDER BY) is sent with a share of the free CPUs as its threads and
+reserves them; the attempt's copy of the task carries ``threads``, the planned task does not. Off by
+default because rows with equal sort keys may come out in another order with more threads, and
+the number of threads would follow timing: outputs would no longer be byte-reproducible.
 
 Observers (progress bars, the event log behind the run report, the end-of-job summary) are
 :class:`SchedulerListener` objects: they see every event and never change the state.
@@ -459,9 +461,11 @@ class Scheduler:
         listeners: observers of the run (progress, event log, summary).
         speculation: when to give stragglers a second copy (off by default).
         cache: the job's side of the task cache (None: no cache).
-        elastic: give a task that may use more DuckDB threads than its ``cpu_limit`` without
-            changing its output (:meth:`Task.may_use_more_threads`) a share of the idle CPUs
-            when fewer tasks are runnable than CPUs are free (:func:`elastic_threads`).
+        elastic: give a task that may use more DuckDB threads than its ``cpu_limit``
+            (:meth:`Task.may_use_more_threads`) a share of the idle CPUs when fewer tasks are
+            runnable than CPUs are free (:func:`elastic_threads`). None: the runtime context's
+            ``elastic_threads`` (off unless the user turns it on: rows with equal sort keys may
+            then come out in another order, so outputs are not byte-reproducible).
     """
 
     def __init__(
@@ -474,7 +478,7 @@ class Scheduler:
         listeners: Sequence[SchedulerListener] = (),
         speculation: Speculation = Speculation(),
         cache: Optional["JobCache"] = None,
-        elastic: bool = True,
+        elastic: Optional[bool] = None,
     ) -> None:
         self.rt = runtime_ctx
         self.cache = cache
@@ -484,7 +488,7 @@ class Scheduler:
         self.max_fail_count = max(1, max_fail_count)
         self.listeners: List[SchedulerListener] = list(listeners)
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
-        self.elastic = elastic
+        self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic
         self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
         self.state = new_state(self.capacity)
 

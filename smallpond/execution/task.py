@@ -104,8 +104,9 @@ class Task:
     threads: Optional[int] = None
 
     def may_use_more_threads(self) -> bool:
-        """True if running this task with more DuckDB threads than ``cpu_limit`` cannot change its
-        output bytes, so the scheduler may give it idle CPUs (elastic threads). False by default."""
+        """True if the task's SQL orders its rows, so more DuckDB threads than ``cpu_limit`` change at
+        most the order of rows with equal sort keys; the scheduler may then give it idle CPUs
+        (elastic threads, when the job turns them on). False by default."""
         return False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:

@@ -6,9 +6,10 @@ partition producers is decided by the plan (not the worker count), and a task ru
 with one thread (the default ``cpu_limit=1``) writes its rows in a defined order. What remains is
 listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
 
-* DuckDB with more than one thread (``cpu_limit > 1``): without a final ``ORDER BY``, row order
-  (and, with ``per_thread_output``, which rows land in which file) depends on thread timing; the
-  thread count itself is clamped to the machine's CPUs;
+* DuckDB with more than one thread (``cpu_limit > 1``, or elastic threads when the job turns them
+  on): without a final ``ORDER BY`` row order depends on thread timing, and with one, the order of
+  rows with equal sort keys does (and, with ``per_thread_output``, which rows land in which
+  file); the thread count itself is clamped to the machine's CPUs;
 * multi-threaded hash partitioning: row order within each partition;
 * SQL reading the clock (``now()``, ``current_timestamp``, ...);
 * ``batched_processing`` without ``memory_limit``: the batches follow the memory the task gets;
@@ -56,6 +57,8 @@ def nondeterminism(node: Node) -> List[str]:
                 reasons.append(f"DuckDB with {threads} threads writes per-thread files: which rows land in which file varies")
             elif not _ORDER_BY.search(queries[-1] if queries else ""):
                 reasons.append(f"DuckDB with {threads} threads and no final ORDER BY: row order varies")
+            else:
+                reasons.append(f"DuckDB with {threads} threads: rows with equal sort keys may come out in another order")
         if any(_CLOCK.search(q) for q in queries):
             reasons.append("its SQL reads the clock")
         if getattr(node, "batched_processing", False) and node.memory_limit is None:

@@ -57,12 +57,12 @@ def _input(tmp_path, rows=400_000, files=1):
     return paths
 
 
-def _run(make_rt, paths, sql, npartitions, cpus):
+def _run(make_rt, paths, sql, npartitions, cpus, elastic=True):
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(paths))
     parts = DataSetPartitionNode(ctx, (src,), npartitions=npartitions)
     node = SqlEngineNode(ctx, (parts,), sql)
-    rt = make_rt()
+    rt = make_rt(elastic_threads=elastic, task_cache=False)  # each run computes
     ex = LocalExecutor(rt, 2, cpus=cpus)
     ep = run_job(LogicalPlan(ctx, node), rt, executor=ex)
     return sorted(ep.final_output.resolved_paths)
@@ -87,6 +87,14 @@ def test_a_lone_ordered_task_gets_the_free_cpus_and_writes_the_same_bytes(make_r
         return hashlib.sha256(open(out, "rb").read()).hexdigest()
 
     assert digest(wide) == digest(narrow)
+
+
+def test_elastic_threads_are_off_unless_asked_for(make_rt, tmp_path):
+    """Off by default: with ties in the sort keys, more threads may reorder equal rows, and the
+    thread count would follow timing (outputs must stay byte-reproducible)."""
+    paths = _input(tmp_path, rows=20_000)
+    sql = "select current_setting('threads') as t, id, s from {0} order by id"
+    assert set(_threads(_run(make_rt, paths, sql, 1, cpus=4, elastic=False)).values()) == {1}
 
 
 def test_sql_without_a_final_order_by_keeps_its_cpu_limit(make_rt, tmp_path):

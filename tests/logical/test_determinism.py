@@ -35,7 +35,7 @@ def test_marks():
     python = ArrowComputeNode(ctx, (src,), process_func=ident)
 
     assert nondeterminism(one_thread) == [] and nondeterminism(seeded) == [] and nondeterminism(hashed1) == []
-    assert nondeterminism(many_ordered) == []
+    assert "equal sort keys" in nondeterminism(many_ordered)[0]  # ties: DuckDB measured to reorder them
     assert "no final ORDER BY" in nondeterminism(many_unordered)[0]
     assert "per-thread files" in nondeterminism(per_thread)[0]
     assert nondeterminism(clock) == ["its SQL reads the clock"]
