@@ -1,0 +1,400 @@
+"""The scheduler's state and the only functions that change it (see :mod:`smallpond.execution.scheduler`).
+
+:class:`SchedState` is the whole state of a run; ``add_tasks``, ``make_ready``, ``reserve``,
+``release``, ``finish_task``, ``fail_attempt``, ``invalidate``, ``recompute_producers``, ... are its
+transitions, pure functions of the state and their arguments (no I/O, no executor), so each policy
+(retries, speculation, elastic threads) can be tested on a state built by hand.
+"""
+
+from __future__ import annotations
+
+import heapq
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+
+from smallpond.errors import Decision, TaskError, classify
+from smallpond.execution.attempt import read_commit
+from smallpond.execution.executors.base import Capacity, Completion
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.task import Task
+from smallpond.logical.graph import critical_path_lengths, topological_order
+
+#: how often a task waiting for another job's cache entry looks again (seconds)
+CACHE_WAIT_RECHECK = 0.25
+
+
+class Running(NamedTuple):
+    """A submitted attempt: what it reserved, when it was sent, and whether it is a speculative copy."""
+
+    cpus: int
+    memory: int
+    since: float = 0.0
+    speculative: bool = False
+
+
+@dataclass(frozen=True)
+class Speculation:
+    """Spark-style speculative execution: a straggler gets a second copy on another worker.
+
+    A running task is a straggler when at least ``quantile`` of its node's tasks have finished and
+    it has run longer than ``multiplier`` times their median runtime and at least ``min_runtime``
+    seconds. The copy runs only on a worker that is otherwise idle; the first attempt to commit
+    wins (the commit record decides) and the other is cancelled, its files removed.
+    """
+
+    enabled: bool = False
+    quantile: float = 0.75
+    multiplier: float = 1.5
+    min_runtime: float = 60.0
+
+    MODES = ("disable", "enable", "aggressive")
+
+    @staticmethod
+    def of(mode=None, *, quantile=None, multiplier=None, min_runtime=None) -> "Speculation":
+        """From upstream's ``--speculative_exec`` modes (or a bool), with optional knobs."""
+        if isinstance(mode, Speculation):
+            base = mode
+        elif mode in (None, False, "disable", "disabled", "off"):
+            base = Speculation(False)
+        elif mode in (True, "enable", "enabled", "on"):
+            base = Speculation(True)
+        elif mode == "aggressive":
+            base = Speculation(True, quantile=0.5, multiplier=1.25, min_runtime=5.0)
+        else:
+            from smallpond.errors import ParameterError
+
+            raise ParameterError(f"speculative execution must be one of {list(Speculation.MODES)} or a bool, got {mode!r}")
+        knobs = {"quantile": quantile, "multiplier": multiplier, "min_runtime": min_runtime}
+        spec = Speculation(base.enabled, **{k: (v if v is not None else getattr(base, k)) for k, v in knobs.items()})
+        if not 0 < spec.quantile <= 1 or spec.multiplier < 1 or spec.min_runtime < 0:
+            from smallpond.errors import ParameterError
+
+            raise ParameterError(f"speculation knobs out of range: {spec} (0 < quantile <= 1, multiplier >= 1, min_runtime >= 0)")
+        return spec
+
+
+@dataclass
+class SchedState:
+    tasks: Dict[str, Task] = field(default_factory=dict)
+    waiting: Dict[str, Set[str]] = field(default_factory=dict)
+    ready: List[tuple] = field(default_factory=list)
+    ready_inline: Deque[str] = field(default_factory=deque)  # metadata-only tasks: they never wait for workers
+    fresh: List[str] = field(default_factory=list)  # tasks made ready since the task cache last looked
+    running: Dict[str, Dict[int, Running]] = field(default_factory=dict)
+    done: Dict[str, object] = field(default_factory=dict)
+    failed: Dict[str, TaskError] = field(default_factory=dict)
+    attempts: Dict[str, int] = field(default_factory=dict)
+    fail_counts: Dict[str, int] = field(default_factory=dict)
+    consumers: Dict[str, List[str]] = field(default_factory=dict)
+    priority: Dict[str, float] = field(default_factory=dict)
+    resumed: Set[str] = field(default_factory=set)
+    executed: Set[str] = field(default_factory=set)
+    reused: Set[str] = field(default_factory=set)
+    cache_wait: Dict[str, float] = field(default_factory=dict)
+    memory: Dict[str, int] = field(default_factory=dict)
+    recomputed: Set[str] = field(default_factory=set)
+    runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
+    free_cpus: int = 0
+    free_memory: int = 0
+
+
+class SchedulerListener:
+    """Sees what the scheduler does; every method is optional. Listeners never change the state."""
+
+    def on_start(self, state: SchedState) -> None:
+        pass
+
+    def on_resumed(self, task: Task, record: dict) -> None:
+        pass
+
+    def on_reused(self, task: Task, entry) -> None:
+        """The task's output was taken from the task cache (``entry``: a
+        :class:`~smallpond.execution.cache.Entry`; ``entry.job`` / ``entry.task`` wrote it)."""
+
+    def on_submit(self, task: Task, attempt: int, memory: int) -> None:
+        pass
+
+    def on_inline(self, task: Task, ok: bool, elapsed: float) -> None:
+        pass
+
+    def on_completion(self, task: Task, completion: Completion, decision: Optional[Decision]) -> None:
+        """An attempt ended; ``decision`` is None on success, else what was decided about it."""
+
+    def on_cancelled(self, task: Task, attempt: int, reason: str) -> None:
+        """An attempt still running was stopped (a speculative copy that lost to another attempt)."""
+
+    def on_tick(self, state: SchedState, elapsed: float) -> None:
+        pass
+
+    def on_end(self, state: SchedState, ok: bool) -> None:
+        pass
+
+
+# -- state transitions (the only code that changes a SchedState) ---------------------------------
+
+
+def new_state(capacity: Capacity) -> SchedState:
+    return SchedState(free_cpus=capacity.num_cpus, free_memory=capacity.memory)
+
+
+def add_tasks(
+    state: SchedState, rt: RuntimeContext, targets: Sequence[Task], all_tasks: Dict[str, Task]
+) -> Tuple[List[str], Dict[str, dict]]:
+    """Add ``targets`` and what they need; tasks with a matching commit record are done at once.
+
+    Returns (the new keys, the commit records of the resumed ones).
+    """
+    order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
+    new = [k for k in order if k not in state.tasks]
+    for k in new:
+        state.tasks[k] = all_tasks[k]
+    lengths = critical_path_lengths(order, lambda k: all_tasks[k].input_keys, lambda k: all_tasks[k].estimated_cost())
+    state.priority.update(lengths)
+    for k in new:
+        for d in all_tasks[k].input_keys:
+            state.consumers.setdefault(d, []).append(k)
+    resumed: Dict[str, dict] = {}
+    for k in new:
+        t = state.tasks[k]
+        if not t.exec_on_scheduler:
+            # the fingerprint covers the inputs' identity, so a matching record is reusable
+            # even when its (metadata-only) inputs are recomputed
+            record = read_commit(rt, t)
+            if record is not None:
+                state.done[k] = record["dataset"]
+                state.resumed.add(k)
+                resumed[k] = record
+                continue
+        pending = {d for d in t.input_keys if d not in state.done}
+        state.waiting[k] = pending
+        if not pending:
+            make_ready(state, k)
+    return new, resumed
+
+
+def make_ready(state: SchedState, key: str) -> None:
+    state.waiting.pop(key, None)
+    task = state.tasks[key]
+    if task.exec_on_scheduler:
+        state.ready_inline.append(key)
+    else:
+        heapq.heappush(state.ready, (-state.priority.get(key, 0.0), int(task.id), key))
+        state.fresh.append(key)
+
+
+def reserve(
+    state: SchedState, key: str, attempt: int, cpus: int, memory: int, since: float = 0.0, speculative: bool = False
+) -> None:
+    state.running.setdefault(key, {})[attempt] = Running(cpus, memory, since, speculative)
+    state.free_cpus -= cpus
+    state.free_memory -= memory
+
+
+def release(state: SchedState, key: str, attempt: int) -> bool:
+    """Give back what an attempt reserved. False if it was not running (cancelled, superseded)."""
+    attempts = state.running.get(key)
+    if not attempts or attempt not in attempts:
+        return False
+    cpus, memory = attempts.pop(attempt)[:2]
+    if not attempts:
+        del state.running[key]
+    state.free_cpus += cpus
+    state.free_memory += memory
+    return True
+
+
+#: the least memory an elastic thread brings along: DuckDB's sorts and hash tables hold buffers per
+#: thread, and a sort of twice a 64 MiB limit that spills fine on one thread runs out of memory on
+#: two (tests/e2e/test_sort_spill.py)
+ELASTIC_MEMORY_PER_THREAD = 256 << 20
+
+
+def elastic_threads(cpu_limit: int, free_cpus: int, runnable: int, most: int, memory: int) -> int:
+    """CPUs (DuckDB threads) for a task that may use more than its ``cpu_limit``: an equal share
+    of the free CPUs among the ``runnable`` tasks (this one included), at most ``most`` (one
+    machine's CPUs) and at most one per :data:`ELASTIC_MEMORY_PER_THREAD` of the attempt's
+    ``memory``, never less than ``cpu_limit``. A stage with fewer runnable tasks than free CPUs
+    gives each more threads; one with many tasks gives each its own ``cpu_limit``, so the CPUs
+    reserved never exceed the CPUs there are."""
+    share = free_cpus // max(1, runnable)
+    return max(cpu_limit, min(share, most, memory // ELASTIC_MEMORY_PER_THREAD))
+
+
+def record_runtime(state: SchedState, key: str, seconds: float) -> None:
+    state.runtimes.setdefault(state.tasks[key].node_id, []).append(seconds)
+
+
+def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
+    """Running tasks with a single attempt that has run too long for its node (see Speculation)."""
+    if not spec.enabled or not state.running:
+        return []
+    totals: Dict[int, int] = {}
+    for t in state.tasks.values():
+        if not t.exec_on_scheduler:
+            totals[t.node_id] = totals.get(t.node_id, 0) + 1
+    out = []
+    medians: Dict[int, Optional[float]] = {}
+    for key, attempts in state.running.items():
+        if len(attempts) != 1 or getattr(state.tasks[key], "commits_on_publication", False):
+            continue  # (a sink stages its result in one place per task: never two copies at once)
+        node_id = state.tasks[key].node_id
+        if node_id not in medians:
+            times = state.runtimes.get(node_id) or []
+            enough = times and len(times) >= spec.quantile * totals.get(node_id, 1)
+            medians[node_id] = statistics.median(times) if enough else None
+        median = medians[node_id]
+        (running,) = attempts.values()
+        if median is not None and now - running.since > max(spec.min_runtime, spec.multiplier * median):
+            out.append(key)
+    return sorted(out, key=lambda k: next(iter(state.running[k].values())).since)
+
+
+def finish_task(state: SchedState, key: str, dataset, *, reused: bool = False) -> None:
+    """The task's output is known: run here, or (``reused``) taken from the task cache."""
+    state.done[key] = dataset
+    (state.reused if reused else state.executed).add(key)
+    state.cache_wait.pop(key, None)
+    for c in state.consumers.get(key, []):
+        pending = state.waiting.get(c)
+        if pending is None:
+            continue
+        pending.discard(key)
+        if not pending:
+            make_ready(state, c)
+
+
+def wait_for_cache(state: SchedState, key: str, until: float) -> None:
+    """Another job is computing the task: look for its cache entry again at ``until``."""
+    state.cache_wait[key] = until
+
+
+def wake_waiting(state: SchedState, now: float) -> List[str]:
+    """Tasks whose wait for another job's cache entry is over: ready again (to look and claim)."""
+    woken = [k for k, t in state.cache_wait.items() if t <= now]
+    for k in woken:
+        del state.cache_wait[k]
+        make_ready(state, k)
+    return woken
+
+
+def replace_result(state: SchedState, key: str, dataset) -> None:
+    """Give a done task its final output description (a sink's files once they are published)."""
+    if key not in state.done:
+        raise KeyError(f"{key} is not done")
+    state.done[key] = dataset
+
+
+def fail_attempt(
+    state: SchedState, key: str, error: TaskError, *, max_fail_count: int, max_retry_count: int, memory_cap: int
+) -> Decision:
+    """Record a failed attempt and decide. The task is made ready again unless the decision is FAIL."""
+    state.fail_counts[key] = state.fail_counts.get(key, 0) + 1
+    decision = classify(error)
+    if decision is not Decision.FAIL and (
+        state.fail_counts[key] >= max_fail_count or state.attempts.get(key, 0) >= max_retry_count
+    ):
+        decision = Decision.FAIL
+    if decision is Decision.FAIL:
+        state.failed[key] = error
+        return decision
+    if decision is Decision.RETRY_WITH_MORE_MEMORY:
+        state.memory[key] = int(min(memory_cap, state.memory[key] * 2))
+    state.attempts[key] = state.attempts.get(key, 0) + 1
+    make_ready(state, key)
+    return decision
+
+
+def resize(state: SchedState, old: Capacity, new: Capacity) -> None:
+    """The executor's capacity changed (workers or nodes joined or left): what is free changes by as much."""
+    state.free_cpus += new.num_cpus - old.num_cpus
+    state.free_memory += new.memory - old.memory
+
+
+def recompute_producers(state: SchedState, consumer: str, producers: Iterable[str]) -> Set[str]:
+    """Run ``producers`` again (done tasks whose committed output a consumer could not read).
+
+    Their results and those of every task downstream of them that is not running are forgotten;
+    those tasks wait for their inputs again, ``consumer`` (whose attempt failed) among them, with a
+    new attempt number that is not counted as a failure. A producer is recomputed at most once
+    (``state.recomputed``). Returns the keys whose results were forgotten (the caller removes
+    their commit records).
+    """
+    stack = [k for k in producers if k in state.done and k not in state.recomputed]
+    state.recomputed.update(stack)
+    for key in stack:  # a fresh attempt number: new file names and a log of its own
+        state.attempts[key] = state.attempts.get(key, 0) + 1
+    redo: Set[str] = set()
+    while stack:
+        key = stack.pop()
+        if key in redo or key not in state.tasks or key in state.running:
+            continue
+        redo.add(key)
+        stack.extend(state.consumers.get(key, []))
+    redo.add(consumer)
+    for key in redo:
+        state.done.pop(key, None)
+        state.resumed.discard(key)
+        state.executed.discard(key)
+        state.reused.discard(key)
+    state.attempts[consumer] = state.attempts.get(consumer, 0) + 1
+    for key in topological_order(sorted(redo), lambda k: [d for d in state.tasks[k].input_keys if d in redo]):
+        pending = {d for d in state.tasks[key].input_keys if d not in state.done}
+        state.waiting[key] = pending
+        if not pending:
+            make_ready(state, key)
+    return redo
+
+
+def abandon_running(state: SchedState) -> List[Tuple[str, int]]:
+    """Forget every running attempt (the caller cancels them); their tasks become ready again."""
+    out = []
+    for key in list(state.running):
+        for attempt in list(state.running[key]):
+            release(state, key, attempt)
+            out.append((key, attempt))
+        make_ready(state, key)
+    return out
+
+
+def keep_only_finished(state: SchedState) -> SchedState:
+    """A state holding only finished results, for a session after a failed computation.
+
+    The failed tasks and the work queued for that computation are dropped, so a later computation
+    neither re-raises the old error nor runs the failed work again unless it needs it. The
+    consumer graph is kept so ``recompute()`` still reaches what consumed a result.
+    """
+    return SchedState(
+        done=state.done,
+        resumed=state.resumed,
+        executed=state.executed,
+        reused=state.reused,
+        consumers=state.consumers,
+        runtimes=state.runtimes,
+        free_cpus=state.free_cpus + sum(r.cpus for a in state.running.values() for r in a.values()),
+        free_memory=state.free_memory + sum(r.memory for a in state.running.values() for r in a.values()),
+    )
+
+
+def invalidate(state: SchedState, keys: Iterable[str]) -> Set[str]:
+    """Forget the results of ``keys`` and of every known task downstream of them. Returns them all."""
+    stack = list(keys)
+    seen: Set[str] = set()
+    while stack:
+        key = stack.pop()
+        if key in seen:
+            continue
+        seen.add(key)
+        state.done.pop(key, None)
+        state.resumed.discard(key)
+        state.reused.discard(key)
+        stack.extend(state.consumers.get(key, []))
+    for key in seen:
+        if key in state.tasks:
+            del state.tasks[key]
+            state.waiting.pop(key, None)
+    return seen
+
+
+# -- the loop --------------------------------------------------------------------------------------
