@@ -370,7 +370,10 @@ class Scheduler:
                     progressed = progressed or verdict == "reused"
                     continue
             mem = self.effective_memory(task)
-            fits = task.cpu_limit <= st.free_cpus and (mem <= st.free_memory or not st.running)
+            # a task bigger than what is free runs alone once nothing else runs (as with memory):
+            # the planner sized it against the executors of its time, and those that have joined
+            # since may be smaller (queue executors, Ray nodes); waiting for room would be forever
+            fits = (task.cpu_limit <= st.free_cpus or not st.running) and (mem <= st.free_memory or not st.running)
             idle = self.executor.free_slots()
             queue = False
             if not fits or idle == 0:

@@ -253,3 +253,13 @@ def test_unreadable_again_after_recomputing_is_reported(chain_tasks):
     rt, exec_plan, (a0, _), (b0, _) = chain_tasks
     with pytest.raises(JobFailed, match="No magic bytes"):
         run(rt, exec_plan, {b0: [unreadable(rt, a0), unreadable(rt, a0)]})
+
+
+def test_a_task_bigger_than_the_free_cpus_runs_alone(plan_tasks):
+    """Executors joined since planning are smaller than the task asked for: it runs once nothing
+    else does, instead of the scheduler stalling (seen with one 1-CPU queue executor joined)."""
+    rt, exec_plan, (a, b) = plan_tasks
+    exec_plan.tasks[a].cpu_limit = 3  # more than the executor's 2 CPUs
+    scheduler, executor = run(rt, exec_plan, {})
+    assert {a, b} <= scheduler.state.executed
+    assert scheduler.state.free_cpus == 2  # all given back
