@@ -45,6 +45,13 @@ Invariants:
   a job that finds a live claim waits for the entry and reuses it, and computes the task itself
   if the claimant dies or fails. A claim is stale when its process is gone (same host) or it has
   not been refreshed for :data:`LOCK_STALE_SECONDS` (another host; holders refresh theirs).
+  A claim costs a file per task, so a job alone on the cache takes none: at its first task it
+  announces itself in ``jobs/`` (the same kind of link) and looks for other live jobs. While it
+  is alone it looks again every few tenths of a second; when another job appears it claims the
+  tasks it is running and every later one, and the newcomer waits a grace period
+  (``cache_keys.PRESENCE_GRACE_SECONDS``) before its first claim, which covers that delay. (A
+  job whose scheduler loop stalls longer than the grace period may compute a task the newcomer
+  computes too; both write the same bytes.)
 
 :func:`clean` bounds the cache's size (least recently used entries go first) and drops old ones.
 """
@@ -178,7 +185,7 @@ class TaskCache:
     # -- the folder -----------------------------------------------------------------------------
     def check(self) -> None:
         """Create the folder (0700) and its secret; refuse a folder others could write."""
-        for sub in ("", "entries", "locks", "index"):
+        for sub in ("", "entries", "locks", "index", "jobs"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         st = os.stat(self.path)
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
@@ -353,6 +360,43 @@ class TaskCache:
         ds._rebase(entry.record["base"], final)
         touch(entry.path)
         return ds, final
+
+    # -- jobs using the cache -----------------------------------------------------------------------
+    def presence_path(self, job: str) -> str:
+        me = self.me(job)
+        return os.path.join(self.path, "jobs", f"{me.host}.{me.pid}.{job}")
+
+    def announce(self, job: str) -> None:
+        """Say that ``job`` (in this process) uses the cache: a claim-like link in ``jobs/``."""
+        mine = self.me(job)
+        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "job": job})
+        os.makedirs(os.path.join(self.path, "jobs"), mode=0o700, exist_ok=True)
+        try:
+            os.symlink(body, self.presence_path(job))
+        except FileExistsError:
+            pass
+
+    def refresh_presence(self, job: str) -> None:
+        try:
+            os.utime(self.presence_path(job), follow_symlinks=False)
+        except OSError:
+            pass
+
+    def withdraw(self, job: str) -> None:
+        _unlink_quietly(self.presence_path(job))
+
+    def other_jobs(self, job: str) -> List[Claim]:
+        """The live jobs other than ``job`` (of this process) that announced they use the cache."""
+        folder = os.path.join(self.path, "jobs")
+        mine = self.me(job)
+        out = []
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            c = read_claim(os.path.join(folder, name))
+            if c is None or (c.host == mine.host and c.pid == mine.pid and c.job == job):
+                continue
+            if claim_is_live(c):
+                out.append(c)
+        return out
 
     # -- claims -----------------------------------------------------------------------------------
     def me(self, job: str) -> Claim:
@@ -709,11 +753,12 @@ def _clean_leftovers(cache: TaskCache, now: float) -> None:
                 remove_path(p)
         except OSError:
             pass
-    locks = os.path.join(cache.path, "locks")
-    for name in os.listdir(locks) if os.path.isdir(locks) else ():
-        holder = read_claim(os.path.join(locks, name))
-        if holder is not None and not claim_is_live(holder):
-            _break(os.path.join(locks, name), holder)
+    for sub in ("locks", "jobs"):  # claims and announcements of processes that are gone
+        folder = os.path.join(cache.path, sub)
+        for name in os.listdir(folder) if os.path.isdir(folder) else ():
+            holder = read_claim(os.path.join(folder, name))
+            if holder is not None and not claim_is_live(holder):
+                _break(os.path.join(folder, name), holder)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -38,6 +38,11 @@ _versions: Optional[str] = None
 PRODUCED = "task:"
 #: a task waiting for another job's entry says so again this often (seconds)
 WAIT_WARNING_SECONDS = 60.0
+#: a job alone on its cache takes no claims; it looks this often whether another job came
+PRESENCE_CHECK_SECONDS = 0.2
+#: how long a job that finds another one on the cache waits before its first claim: the time the
+#: other job needs to notice it and claim the tasks it is running (its loop turns at least every 0.5 s)
+PRESENCE_GRACE_SECONDS = 2.0
 
 
 def engine_versions() -> str:
@@ -229,6 +234,9 @@ class JobCache:
         self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
         self._parents: Dict[str, None] = {}  # the folders holding output dirs (one per node)
         self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
+        self.unclaimed: Dict[str, str] = {}  # the same, for tasks run while this job was alone
+        self.solo: Optional[bool] = None  # alone on the cache (None: not known before the first claim)
+        self._presence_checked = 0.0
         self.bypass: Set[str] = set()  # task keys to recompute (DataFrame.recompute())
         self.bypass_nodes: Set[int] = set()  # node ids to recompute, planned or not yet
         self.waiting_on: Dict[str, Claim] = {}
@@ -325,9 +333,14 @@ class JobCache:
     def claim(self, task: Task) -> Optional[Claim]:
         """Claim the task's key before it runs. None: this job may run it; else the live claim
         of the job computing it now (wait for its entry)."""
-        if not self.cacheable(task) or task.key in self.claimed:
+        if not self.cacheable(task) or task.key in self.claimed or task.key in self.unclaimed:
             return None
         key = self.keys[task.key]
+        if self._alone():
+            # nobody to keep out: a claim costs a file per task; if another job comes, the
+            # tasks running then are claimed (see tick) before that job claims anything
+            self.unclaimed[task.key] = key
+            return None
         holder = self.cache.claim(key, str(self.rt.job_id))
         if holder is None:
             self.claimed[task.key] = key
@@ -349,7 +362,42 @@ class JobCache:
         self.waiting_on[task.key] = holder
         return holder
 
+    def _alone(self) -> bool:
+        """Whether this job is the only one using the cache (asked at its first claim, then
+        followed by :meth:`tick`; once another job came, claims are taken for good)."""
+        if self.solo is None:
+            job = str(self.rt.job_id)
+            self.cache.announce(job)
+            self._presence_checked = time.time()
+            others = self.cache.other_jobs(job)
+            self.solo = not others
+            if others:
+                logger.info(
+                    "task cache: {} also use(s) {}; claiming tasks after {:.0f} s",
+                    ", ".join(c.describe() for c in others[:3]),
+                    self.cache.path,
+                    PRESENCE_GRACE_SECONDS,
+                )
+                time.sleep(PRESENCE_GRACE_SECONDS)  # a job alone until now claims what it runs meanwhile
+        return self.solo
+
+    def _check_presence(self, now: float) -> None:
+        self._presence_checked = now
+        job = str(self.rt.job_id)
+        others = self.cache.other_jobs(job)
+        if not others:
+            return
+        self.solo = False
+        for task_key, key in list(self.unclaimed.items()):
+            holder = self.cache.claim(key, job)
+            if holder is None:
+                self.claimed[task_key] = key
+            else:  # it claimed first after all: both compute the task, with the same result
+                logger.info("task cache: {} runs here and in {} at once", task_key, holder.describe())
+        self.unclaimed.clear()
+
     def release(self, task_key: str) -> None:
+        self.unclaimed.pop(task_key, None)
         key = self.claimed.pop(task_key, None)
         if key is not None:
             self.cache.release(key)
@@ -392,9 +440,13 @@ class JobCache:
 
     def tick(self) -> None:
         now = time.time()
+        if self.solo and now - self._presence_checked >= PRESENCE_CHECK_SECONDS:
+            self._check_presence(now)
         if now - self._last_refresh >= LOCK_REFRESH_SECONDS:
             self._last_refresh = now
             self.cache.refresh(self.claimed.values())
+            if self.solo is not None:
+                self.cache.refresh_presence(str(self.rt.job_id))
             self.cache.drain()
             self.flush_index()
 
@@ -409,6 +461,10 @@ class JobCache:
     def close(self) -> None:
         for k in list(self.claimed):
             self.release(k)
+        self.unclaimed.clear()
+        if self.solo is not None:
+            self.cache.withdraw(str(self.rt.job_id))
+            self.solo = None
         self.cache.drain()
         self.flush_index()
 

@@ -230,8 +230,10 @@ def test_a_job_waiting_for_a_dead_job_computes_the_task_itself(tmp_path):
     )
     try:
         deadline = time.monotonic() + 120
-        while not glob.glob(os.path.join(cache, "locks", "*.lock")):
-            assert first.poll() is None and time.monotonic() < deadline, "the first job never claimed a task"
+        # alone on the cache, the first job claims nothing; it says it uses the cache at its
+        # first task, and claims what it runs once the second job appears
+        while not glob.glob(os.path.join(cache, "jobs", "*")):
+            assert first.poll() is None and time.monotonic() < deadline, "the first job never started a task"
             time.sleep(0.05)
         second = subprocess.Popen(
             counting_command("patient", str(tmp_path / "root1"), cache, inputs, counter, str(tmp_path / "sink1"), "0"),

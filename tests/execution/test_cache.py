@@ -274,3 +274,38 @@ def test_clean_from_the_command_line(cache, tmp_path):
         [sys.executable, "-m", "smallpond.execution.cache", "clean", str(tmp_path)], capture_output=True, text=True
     )
     assert bad.returncode == 2 and "not a task cache" in bad.stderr
+
+
+def test_a_job_alone_on_the_cache_claims_nothing_until_another_job_comes(tmp_path, make_rt, monkeypatch):
+    """A claim is a file per task; alone on its cache a job takes none. When a second job says it
+    uses the cache, the first claims the tasks it is running (before the second claims anything:
+    the second waits PRESENCE_GRACE_SECONDS, here 0), and every later task."""
+    from types import SimpleNamespace
+
+    from smallpond.execution import cache_keys
+
+    monkeypatch.setattr(cache_keys, "PRESENCE_GRACE_SECONDS", 0.0)
+    path = str(tmp_path / "c")
+
+    def task(key):
+        return SimpleNamespace(key=key, exec_on_scheduler=False, writes_output=True, plan_components={"params": "p"})
+
+    first = cache_keys.JobCache(make_rt(task_cache=path))
+    first.keys.update({"T-1": "a" * 64, "T-2": "b" * 64})
+    assert first.claim(task("T-1")) is None and first.solo
+    assert os.listdir(os.path.join(path, "locks")) == []
+    assert len(os.listdir(os.path.join(path, "jobs"))) == 1
+    first.tick()  # alone still: nothing changes
+    assert os.listdir(os.path.join(path, "locks")) == []
+
+    second = cache_keys.JobCache(make_rt(task_cache=path))
+    assert second._alone() is False  # it finds the first job
+    first._presence_checked = 0.0
+    first.tick()  # the first notices, and claims the task it runs
+    assert not first.solo and os.listdir(os.path.join(path, "locks")) == ["a" * 64 + ".lock"]
+    assert first.claim(task("T-2")) is None  # and claims from now on
+    assert sorted(os.listdir(os.path.join(path, "locks"))) == ["a" * 64 + ".lock", "b" * 64 + ".lock"]
+    first.close()
+    second.close()
+    assert os.listdir(os.path.join(path, "jobs")) == []
+    assert os.listdir(os.path.join(path, "locks")) == []
