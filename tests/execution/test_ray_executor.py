@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from typing import Callable, Dict, List, Tuple
@@ -352,7 +353,7 @@ def start_blind_node(cluster: RayTestCluster, hidden: str) -> Tuple[subprocess.P
 
     before = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     script = (
-        f'mount -t tmpfs tmpfs "{hidden}" && exec ray start --address {cluster.address} --num-cpus 1 '
+        f'mount -t tmpfs tmpfs "{hidden}" && exec "{sys.executable}" -m ray.scripts.scripts start --address {cluster.address} --num-cpus 1 '
         f"--object-store-memory {OBJECT_STORE} --disable-usage-stats --block"
     )
     proc = subprocess.Popen(
