@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Every issue-13 measurement, medians of 3 interleaved runs, each appending its row(s) to
+# benchmarks/RESULTS.md of the tree measured. Run on a quiet machine:
+#
+#   bash benchmarks/run_all.sh [REPO]        # REPO defaults to this checkout
+#
+# Estimated duration on this 2-core VM when idle: ~20 min, of which ~3 min generate the inputs
+# the first time (cached under $DATA afterwards). The user-plan sort at 20M records (2 GB) is the
+# longest step (~7 min). Output: the console log in /tmp/smallpond-bench-<time>.log (or $LOG).
+set -euo pipefail
+REPO=${1:-$(cd "$(dirname "$0")/.." && pwd)}
+DATA=${DATA:-$REPO/bench-data}
+cd "$REPO"
+export PYTHONPATH=$REPO
+export SP_PROGRESS=0
+LOG=${LOG:-/tmp/smallpond-bench-$(date +%Y%m%d-%H%M%S).log}
+echo "measuring $(git -C "$REPO" rev-parse --short HEAD) in $REPO; log: $LOG"
+step() {
+  echo "== $*" | tee -a "$LOG"
+  local t0=$SECONDS
+  "$@" --repeat 3 --append-results --data-dir "$DATA" 2>&1 | tee -a "$LOG"
+  echo "   (step took $((SECONDS - t0)) s)" | tee -a "$LOG"
+}
+uptime | tee -a "$LOG"
+# 1. sorts: the user plan at 2 GB within a 1 GB per-task memory limit (peak RSS of the process tree
+#    is reported beside each time), at 5M records, and the tuned GraySort plan at 5M records
+step python -m benchmarks.gray_sort --records 20M --partitions 16 --plan user --memory-limit 1GB
+step python -m benchmarks.gray_sort --records 5M --partitions 16 --plan user
+step python -m benchmarks.gray_sort --records 5M --partitions 16
+# 2. hash partitioning: the user plan, 7.5M rows into 16
+step python -m benchmarks.hash_partition --rows 7.5M --partitions 16 --plan user
+# 3. start-up and small jobs: the README quick start on 1M rows (whole process), tiny SQL tasks
+#    (same statements in DuckDB; also import to first result), tiny Python tasks (tasks/s only)
+step python -m benchmarks.quickstart --rows 1M
+step python -m benchmarks.overhead --tasks 2000 --kind sql
+step python -m benchmarks.overhead --tasks 2000 --kind python --skip-startup
+# 4. scale on paper: 10k / 30k / 100k tasks through the real planner and scheduler
+step python -m benchmarks.scale --tasks 10k,30k,100k
+uptime | tee -a "$LOG"
+echo "done in $SECONDS s; rows appended to $REPO/benchmarks/RESULTS.md" | tee -a "$LOG"
