@@ -342,23 +342,8 @@ class Scheduler:
                 continue  # made ready twice, or waiting again for an input being recomputed
             task = st.tasks[key]
             attempt = st.attempts.get(key, 0)
-            if self.executor is None:
-                if self.cache is not None:
-                    self.cache.prepare(task, [st.done[d] for d in task.input_keys])
-                    verdict = self._claim(task, attempt)
-                    if verdict != "run":
-                        progressed = progressed or verdict == "reused"
-                        continue
-                self._run_here(task, [st.done[d] for d in task.input_keys], attempt)
-                progressed = True
-                while st.ready_inline and not st.failed:  # what it made ready, in order
-                    k = st.ready_inline.popleft()
-                    if k in st.done or st.waiting.get(k):
-                        continue
-                    self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
-                continue
-            if self.capacity.num_workers == 0:  # no worker has joined yet: nothing can start
-                deferred.append(item)
+            if self.executor is not None and self.capacity.num_workers == 0:
+                deferred.append(item)  # no worker has joined yet: nothing can start
                 break
             if self.cache is not None:
                 # claimed before the executor is asked for room: the claim touches the cache's
@@ -369,6 +354,15 @@ class Scheduler:
                 if verdict != "run":
                     progressed = progressed or verdict == "reused"
                     continue
+            if self.executor is None:
+                self._run_here(task, [st.done[d] for d in task.input_keys], attempt)
+                progressed = True
+                while st.ready_inline and not st.failed:  # what it made ready, in order
+                    k = st.ready_inline.popleft()
+                    if k in st.done or st.waiting.get(k):
+                        continue
+                    self._run_here(st.tasks[k], [st.done[d] for d in st.tasks[k].input_keys], st.attempts.get(k, 0))
+                continue
             mem = self.effective_memory(task)
             # a task bigger than what is free runs alone once nothing else runs (as with memory):
             # the planner sized it against the executors of its time, and those that have joined
