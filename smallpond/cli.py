@@ -282,7 +282,8 @@ def _report(args, data_root: str) -> int:
 
 def _clean(args, data_root: str) -> int:
     from smallpond.common import human_bytes
-    from smallpond.execution.catalog import FINISHED, JobLookupError, folder_size, list_jobs, remove_job
+    from smallpond.execution.catalog import FINISHED, JobLookupError, list_jobs, remove_job
+    from smallpond.io.filesystem import folder_size
 
     wanted = _states(args.state) or set(FINISHED)
     unknown = wanted - set(FINISHED)

@@ -76,6 +76,7 @@ from smallpond.io.filesystem import (
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
+    folder_size,
     link_or_copy,
     load,
     remove_path,
@@ -712,7 +713,7 @@ def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float
             used = os.stat(os.path.join(folder, RECORD)).st_mtime
         except OSError:
             used = 0.0  # a broken entry: first to go
-        entries.append((used, key, folder, _tree_bytes(folder)))
+        entries.append((used, key, folder, folder_size(folder)))
     entries.sort()
     report = CleanReport(dry_run=dry_run)
     total = sum(e[3] for e in entries)
@@ -731,17 +732,6 @@ def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float
     if not dry_run:
         _clean_leftovers(cache, now)
     return report
-
-
-def _tree_bytes(folder: str) -> int:
-    total = 0
-    for root, _dirs, names in os.walk(folder):
-        for n in names:
-            try:
-                total += os.stat(os.path.join(root, n)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def _clean_leftovers(cache: TaskCache, now: float) -> None:

@@ -162,18 +162,6 @@ def find_job(data_root: str, spec: str) -> JobInfo:
     return max(hits, key=lambda j: j.job_time)
 
 
-def folder_size(path: str) -> int:
-    """Bytes of the files under ``path`` (symbolic links are not followed)."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    return total
-
-
 def remove_job(data_root: str, info: JobInfo) -> None:
     """Delete a finished job's folder; refuses anything that is not one (see the module docstring)."""
     from smallpond.io.filesystem import remove_path

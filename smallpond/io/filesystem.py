@@ -225,3 +225,15 @@ def link_or_copy(src: str, dst: str, *, allow_link: bool = True) -> str:
                 raise
     shutil.copyfile(src, dst)
     return "copy"
+
+
+def folder_size(path: str) -> int:
+    """Bytes of the files under ``path`` (symbolic links are not followed)."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_size
+            except OSError:
+                pass
+    return total
