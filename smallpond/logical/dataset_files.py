@@ -19,6 +19,12 @@ from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
 
 
+def _typed_empty_sql(column_str: str, schema: Dict[str, str]) -> str:
+    """A query with no rows and the columns of ``schema`` (column -> DuckDB type)."""
+    cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in schema.items())
+    return f"( SELECT {column_str} FROM (SELECT {cols}) WHERE false )"
+
+
 class FileSet(DataSet):
     """A set of files of any kind; read as a table with a single column ``resolved_paths``."""
 
@@ -68,17 +74,13 @@ class CsvDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            return self._typed_empty()
+            return _typed_empty_sql(self._column_str, self.csv_schema)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
         opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
         if self.max_line_size is not None:
             opts += f", max_line_size={int(self.max_line_size)}"
         opts += f", union_by_name={self.union_by_name}"
         return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
-
-    def _typed_empty(self) -> str:
-        cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.csv_schema.items())
-        return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
 
     def _merge(self, datasets):
         ds = super()._merge(datasets)
@@ -112,8 +114,7 @@ class JsonDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in self.json_schema.items())
-            return f"( SELECT {self._column_str} FROM (SELECT {cols}) WHERE false )"
+            return _typed_empty_sql(self._column_str, self.json_schema)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
         return (
             f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
