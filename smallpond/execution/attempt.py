@@ -16,7 +16,6 @@ import sys
 import time
 import traceback
 import uuid
-from datetime import datetime
 from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
@@ -395,8 +394,21 @@ class TaskLogSink:
     def info(self, text: str) -> None:
         """An INFO line in loguru's default format, written directly (a loguru call is ~0.3 ms)."""
         if self.level_no <= 20:
-            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-            self.write(f"{stamp} | INFO     | smallpond.execution.attempt:execute_attempt - {text}\n")
+            self.write(f"{_log_stamp()} | INFO     | smallpond.execution.attempt:execute_attempt - {text}\n")
+
+
+_stamp_second = [0, ""]
+
+
+def _log_stamp() -> str:
+    """loguru's default time stamp (``YYYY-MM-DD HH:MM:SS.mmm``, local time), its seconds part
+    formatted once per second."""
+    now = time.time()
+    second = int(now)
+    if _stamp_second[0] != second:
+        _stamp_second[0] = second
+        _stamp_second[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+    return f"{_stamp_second[1]}.{int((now - second) * 1000):03d}"
 
 
 _process_log_sink: Optional[TaskLogSink] = None

@@ -246,6 +246,10 @@ class JobCache:
         self._index: Dict[str, Dict[str, Any]] = {}  # node position -> partition -> build, to write
         self._index_read: Dict[str, Dict[str, Any]] = {}  # node position -> what the index holds
         self._last_refresh = time.time()
+        # tasks whose key is computed when a consumer asks for it: task key -> (task, inputs)
+        self._deferred: Dict[str, Tuple[Task, List[DataSet]]] = {}
+        # user's file -> (its stat, its identity): the many tasks reading one file read its footer once
+        self._external: Dict[str, Tuple[Tuple[int, int, int, int], str]] = {}
 
     def fork(self) -> "JobCache":
         """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
@@ -254,6 +258,7 @@ class JobCache:
         other._parents = dict(self._parents)
         other.bypass = set(self.bypass)
         other.bypass_nodes = set(self.bypass_nodes)
+        other._deferred = dict(self._deferred)
         return other
 
     # -- keys -------------------------------------------------------------------------------------
@@ -265,8 +270,9 @@ class JobCache:
             return False
         return not str(task.plan_components.get("params", "unreusable:")).startswith("unreusable:")
 
-    def register(self, output_dir: str, task_key: str, identity: str) -> None:
-        """Files under ``output_dir`` were written by ``task_key``, known as ``identity``."""
+    def register(self, output_dir: str, task_key: str, identity: Optional[str]) -> None:
+        """Files under ``output_dir`` were written by ``task_key``, known as ``identity`` (None:
+        the task's key, computed when first asked for)."""
         self.produced[output_dir] = (task_key, identity)
         self._parents.setdefault(os.path.dirname(output_dir), None)
 
@@ -281,8 +287,28 @@ class JobCache:
                 out_dir = path if cut < 0 else path[:cut]
                 hit = self.produced.get(out_dir)
                 if hit is not None:
-                    return f"{PRODUCED}{hit[0]}/{path[len(out_dir) + 1 :]}", hit[1]
-        return path, external_identity(path)
+                    identity = hit[1]
+                    if identity is None:  # a task whose key was deferred: compute it now
+                        identity = self._key_of(hit[0]) or hit[0]
+                        self.produced[out_dir] = (hit[0], identity)
+                    return f"{PRODUCED}{hit[0]}/{path[len(out_dir) + 1 :]}", identity
+        return path, self._external_identity(path)
+
+    def _external_identity(self, path: str) -> str:
+        """:func:`external_identity`, read once per version of the file in this job: a file whose
+        size, modification time, inode and inode change time (which no user call can set back)
+        are those seen before is the version seen before."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return external_identity(path)
+        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        hit = self._external.get(path)
+        if hit is not None and hit[0] == seen:
+            return hit[1]
+        ident = external_identity(path)
+        self._external[path] = (seen, ident)
+        return ident
 
     def components_of(self, task: Task, inputs: List[DataSet]) -> Dict[str, Any]:
         return {
@@ -291,17 +317,39 @@ class JobCache:
             "inputs": [input_components(ds, self.identify) for ds in inputs],
         }
 
-    def prepare(self, task: Task, inputs: List[DataSet]) -> str:
-        """Compute the task's key from its inputs (once) and give it to the task (for its worker)."""
+    def prepare(self, task: Task, inputs: List[DataSet]) -> Optional[str]:
+        """Compute the task's key from its inputs (once) and give it to the task (for its worker).
+
+        A task whose output is never cached (a sink, a node that cannot be fingerprinted) gets
+        none: its key only names its files in the keys of its consumers, and is computed when the
+        first of them asks (a sink of thousands of inputs has no consumer). Returns the key, or
+        None for such a task.
+        """
+        task.cache_replace = self.bypassed(task)
         key = self.keys.get(task.key)
         if key is None:
-            comps = self.components_of(task, inputs)
-            key = cache_key(comps)
-            self.keys[task.key] = key
-            self.components[task.key] = comps
-        cacheable = self.cacheable(task)
-        task.cache_key = key if cacheable else None
-        task.cache_replace = self.bypassed(task)
+            if not self.cacheable(task):
+                self._deferred[task.key] = (task, list(inputs))
+                task.cache_key = None
+                return None
+            key = self._compute_key(task, inputs)
+        task.cache_key = key if self.cacheable(task) else None
+        return key
+
+    def _compute_key(self, task: Task, inputs: List[DataSet]) -> str:
+        comps = self.components_of(task, inputs)
+        key = cache_key(comps)
+        self.keys[task.key] = key
+        self.components[task.key] = comps
+        return key
+
+    def _key_of(self, task_key: str) -> Optional[str]:
+        """The key of a task of this job, computing a deferred one (see :meth:`prepare`)."""
+        key = self.keys.get(task_key)
+        if key is None:
+            deferred = self._deferred.pop(task_key, None)
+            if deferred is not None:
+                key = self._compute_key(*deferred)
         return key
 
     def bypassed(self, task: Task) -> bool:
@@ -408,7 +456,9 @@ class JobCache:
         (for a task run or reused here) its components become its position's last build."""
         if task.exec_on_scheduler:
             return
-        key = self.keys.get(task.key) or (record or {}).get("cache_key") or f"fp:{task.fingerprint}"
+        key = self.keys.get(task.key) or (record or {}).get("cache_key")
+        if key is None:
+            key = None if task.key in self._deferred else f"fp:{task.fingerprint}"
         base = task.output_base(self.rt)
         for p in _paths(dataset):
             if p.startswith(base + "."):
@@ -434,6 +484,7 @@ class JobCache:
             self.release(k)
             self.keys.pop(k, None)
             self.components.pop(k, None)
+            self._deferred.pop(k, None)
             self.bypass.add(k)
         if node_id is not None:
             self.bypass_nodes.add(int(node_id))

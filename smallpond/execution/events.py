@@ -23,8 +23,8 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   ``started``, ``elapsed``, ``rows``, ``bytes`` (written), ``read`` (bytes of input files),
   ``log`` (its log file, relative to ``log/``); ``failed`` adds ``error``, ``cause`` and
   ``decision`` (``retry``, ``retry_with_more_memory`` or ``fail``);
-* ``inline``: a metadata-only task run by the scheduler itself: ``key``, ``node``, ``ok``,
-  ``elapsed``;
+* ``inline``: metadata-only tasks run by the scheduler itself: ``node``, ``ok``, ``elapsed``, and
+  ``key`` for one task or ``n`` for several of one node that succeeded (written as one event);
 * ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
 
 Invariants: the log is append-only and written only by the job's scheduler process; a torn last
@@ -47,6 +47,7 @@ from smallpond.common import logger
 from smallpond.execution.scheduler import SchedulerListener
 
 EVENTS_FILE = "events.jsonl"
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 _EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
 _FLUSH_SECONDS = 1.0
 
@@ -248,8 +249,9 @@ class JobHistory:
         elif kind == "inline":
             ns = run.node(int(ev["node"]))
             if ev.get("ok", True):
-                ns.done += 1
-                ns.inline += 1
+                n = int(ev.get("n", 1))
+                ns.done += n
+                ns.inline += n
         elif kind == "job_end":
             run.end = ev
 
@@ -294,10 +296,13 @@ class EventLog(SchedulerListener):
         self.log_root = log_root
         self.path = events_path(log_root)
         self.history = JobHistory()
+        #: the log holds no earlier run of the job: :attr:`history` is the whole job's
+        self._first_run = not os.path.exists(self.path)
         self._file = None
         self._broken = False
         self._last_flush = 0.0
         self._announced: set = set()
+        self._inline: Dict[int, list] = {}  # node id -> [tasks, seconds]: inline tasks not yet written
         self._pending_resumed: List[tuple] = []
         self._reported_failures: set = set()
         self._run_tasks: Dict[int, int] = {}
@@ -305,6 +310,11 @@ class EventLog(SchedulerListener):
 
     # -- writing ---------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
+        if self._inline:
+            self._emit_inline()
+        self._emit(kind, fields)
+
+    def _emit(self, kind: str, fields: Dict[str, Any]) -> None:
         ev = {"ev": kind, "t": round(time.time(), 3), **fields}
         self.history.feed(ev)
         if self._broken:
@@ -313,12 +323,31 @@ class EventLog(SchedulerListener):
             if self._file is None:
                 os.makedirs(self.log_root, exist_ok=True)
                 self._file = open(self.path, "a", encoding="utf-8")
-            self._file.write(json.dumps(ev, default=str, separators=(",", ":")) + "\n")
+            self._file.write(_ENCODER.encode(ev) + "\n")
         except (OSError, TypeError, ValueError) as e:
             self._broken = True
             logger.warning("cannot write the event log {}: {}; the run report will be incomplete", self.path, e)
 
+    def whole_history(self) -> JobHistory:
+        """Every run of the job: the events kept in memory if this is its first run (and all of
+        them could be written), else read back from the log."""
+        if self._inline:
+            self._emit_inline()
+        if self._first_run and not self._broken:
+            return self.history
+        self.flush()
+        return JobHistory.load(self.log_root)
+
+    def _emit_inline(self) -> None:
+        """One ``inline`` event per node for the metadata-only tasks that succeeded since the last
+        event (a partition of thousands of tasks is thousands of them, written at once)."""
+        pending, self._inline = self._inline, {}
+        for node, (n, elapsed) in pending.items():
+            self._emit("inline", {"node": node, "ok": True, "n": n, "elapsed": round(elapsed, 6)})
+
     def flush(self) -> None:
+        if self._inline:
+            self._emit_inline()
         self._last_flush = time.time()
         if self._file is not None:
             try:
@@ -440,7 +469,15 @@ class EventLog(SchedulerListener):
         self.emit("submit", key=task.key, node=task.node_id, attempt=attempt, memory=memory)
 
     def on_inline(self, task, ok: bool, elapsed: float) -> None:
-        self.emit("inline", key=task.key, node=task.node_id, ok=ok, elapsed=round(elapsed, 6))
+        if not ok:
+            self.emit("inline", key=task.key, node=task.node_id, ok=False, elapsed=round(elapsed, 6))
+            return
+        pending = self._inline.get(task.node_id)
+        if pending is None:
+            self._inline[task.node_id] = [1, elapsed]
+        else:
+            pending[0] += 1
+            pending[1] += elapsed
 
     def on_completion(self, task, c, decision) -> None:
         fields = dict(

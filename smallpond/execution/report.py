@@ -392,14 +392,19 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def write_report(job_root: str, path: Optional[str] = None) -> str:
+def write_report(job_root: str, path: Optional[str] = None, history: Optional[JobHistory] = None) -> str:
     """Build the report of the job in ``job_root`` from its folder and write it (atomically) to
-    ``path`` (default ``log/report.html``). Returns the path."""
+    ``path`` (default ``log/report.html``). Returns the path.
+
+    ``history``: the job's events as the scheduler kept them (every run of the job), instead of
+    reading them back from its event log.
+    """
     from smallpond.execution.catalog import describe_job
     from smallpond.io.filesystem import atomic_write_text
 
     log_root = os.path.join(job_root, "log")
-    history = JobHistory.load(log_root)
+    if history is None:
+        history = JobHistory.load(log_root)
     try:
         state = describe_job(job_root).state
     except Exception:

@@ -157,7 +157,12 @@ class JobLayout:
         self.job_root = os.path.join(self.data_root, f"{job_time:{JOB_TIME_FORMAT}}.{job_id}")
 
     def _sub(self, *parts: str) -> str:
-        return os.path.join(self.job_root, *parts)
+        # asked for on every attempt (commit records, logs): joined once per layout
+        memo = self.__dict__.setdefault("_joined", {})
+        path = memo.get(parts)
+        if path is None:
+            path = memo[parts] = os.path.join(self.job_root, *parts)
+        return path
 
     @property
     def config_root(self) -> str:

@@ -9,6 +9,7 @@ transitions, pure functions of the state and their arguments (no I/O, no executo
 from __future__ import annotations
 
 import heapq
+import os
 import statistics
 from collections import deque
 from dataclasses import dataclass, field
@@ -156,9 +157,15 @@ def add_tasks(
         for d in all_tasks[k].input_keys:
             state.consumers.setdefault(d, []).append(k)
     resumed: Dict[str, dict] = {}
+    # one listing instead of a failed open per task (a new job has no record at all); a record
+    # written after it (an executor of an earlier scheduler) is found when the attempt commits
+    try:
+        records = set(os.listdir(rt.completed_task_dir))
+    except OSError:
+        records = set()
     for k in new:
         t = state.tasks[k]
-        if not t.exec_on_scheduler:
+        if not t.exec_on_scheduler and f"{k}.commit" in records:
             # the fingerprint covers the inputs' identity, so a matching record is reusable
             # even when its (metadata-only) inputs are recomputed
             record = read_commit(rt, t)

@@ -310,8 +310,10 @@ class Scheduler:
             wait_for_cache(self.state, task.key, time.time() + CACHE_WAIT_RECHECK)
             return "wait"
         # a job that finished the task released its claim after adding the entry: look again
-        # (one stat), or a task another job finished since it was first looked up runs twice
-        if self._from_cache(task, attempt):
+        # (one stat), or a task another job finished since it was first looked up runs twice.
+        # Not while this job is alone on the cache: a job that comes claims nothing for a grace
+        # period, and this one sees it within that period (JobCache.tick)
+        if not self.cache.solo and self._from_cache(task, attempt):
             return "reused"
         return "run"
 

@@ -315,6 +315,17 @@ class Task:
         return state
 
 
+_restore_random_state = True
+
+
+def process_owns_random_state() -> None:
+    """Called by smallpond's own worker processes, where only tasks draw from ``random``: each
+    attempt seeds it, and the state is not saved and restored around it (which costs as much as
+    the seeding)."""
+    global _restore_random_state
+    _restore_random_state = False
+
+
 @contextmanager
 def seeded_random(task: Task) -> Iterator[None]:
     """Seed Python's global ``random`` for the task's code, and restore the caller's state after.
@@ -323,6 +334,10 @@ def seeded_random(task: Task) -> Iterator[None]:
     :attr:`Task.python_random_gen` and :attr:`Task.numpy_random_gen`, so the same job draws the same
     numbers in every task, on every attempt and in every process.
     """
+    if not _restore_random_state:
+        random.seed(task.random_seed_bytes)
+        yield
+        return
     state = random.getstate()
     random.seed(task.random_seed_bytes)
     try:

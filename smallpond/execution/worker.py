@@ -28,11 +28,13 @@ def worker_main(conn, rt_path: str, index: int) -> None:
     from smallpond.execution.attempt import _fast_pickle, install_task_log_sink, run_attempt
     from smallpond.execution.executors.base import Completion
     from smallpond.execution.ops.duckdb import share_database_in_process
+    from smallpond.execution.task import process_owns_random_state
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
     setup_worker_process(rt, f"smallpond-worker-{index}")
     install_task_log_sink(rt.file_log_level)
+    process_owns_random_state()
     share_database_in_process()
     worker_name = f"{socket.gethostname()}/local-{index}"
     nodes = NodeCache()

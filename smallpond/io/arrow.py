@@ -6,12 +6,10 @@ covers part of a file is read without touching the rest.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
 import pyarrow as pa
@@ -20,6 +18,7 @@ import pyarrow.parquet as pq
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import UserCodeError
 from smallpond.io.parquet import ParquetWriterOptions
+from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
 
 
 @contextmanager
@@ -32,57 +31,6 @@ def _reading(path: str) -> Iterator[None]:
         yield
     except pa.ArrowInvalid as e:
         raise UserCodeError(f"cannot read Parquet file {path!r}: {e}") from e
-
-
-@dataclass
-class RowRange:
-    """Rows ``[begin, end)`` of one Parquet file."""
-
-    path: str
-    data_size: int
-    file_num_rows: int
-    begin: int
-    end: int
-
-    @property
-    def num_rows(self) -> int:
-        return self.end - self.begin
-
-    @property
-    def estimated_data_size(self) -> int:
-        return self.data_size * self.num_rows // self.file_num_rows if self.file_num_rows > 0 else 0
-
-    @property
-    def whole_file(self) -> bool:
-        return self.begin == 0 and self.end == self.file_num_rows
-
-    def take(self, n: int) -> "RowRange":
-        """Split off the first ``n`` rows (mutates self to the remainder)."""
-        n = min(n, self.num_rows)
-        head = RowRange(self.path, self.data_size, self.file_num_rows, self.begin, self.begin + n)
-        self.begin += n
-        return head
-
-    @staticmethod
-    def partition_by_rows(row_ranges: Sequence["RowRange"], npartition: int) -> List[List["RowRange"]]:
-        """Split ranges into ``npartition`` groups of near-equal row counts, earlier groups larger."""
-        pending = [copy.copy(r) for r in row_ranges if r.num_rows > 0]
-        total = sum(r.num_rows for r in pending)
-        out: List[List[RowRange]] = []
-        idx = 0
-        for p in range(npartition):
-            want = math.ceil(total / (npartition - p)) if npartition - p > 0 else 0
-            total -= want
-            group: List[RowRange] = []
-            while want > 0 and idx < len(pending):
-                r = pending[idx]
-                piece = r.take(want)
-                want -= piece.num_rows
-                group.append(piece)
-                if r.num_rows == 0:
-                    idx += 1
-            out.append(group)
-        return out
 
 
 def read_row_ranges(paths: Sequence[str], max_workers: int = 16) -> List[RowRange]:

@@ -276,7 +276,7 @@ class ParquetDataSet(DataSet):
         self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None
     ) -> List["ParquetDataSet"]:
         """Split into ``npartition`` datasets of near-equal row counts (files may be split)."""
-        from smallpond.io.arrow import RowRange
+        from smallpond.io.rowrange import RowRange
 
         if npartition <= 0:
             raise ParameterError(f"npartition must be positive, got {npartition}")

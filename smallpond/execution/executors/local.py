@@ -347,19 +347,22 @@ class LocalExecutor(Executor):
 
 
 def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
-    """Pickle ``(task without its node, inputs, attempt, memory)``; nodes travel separately, once.
+    """Pickle ``(task without its node and its cache-key components, inputs, attempt, memory)``;
+    nodes travel separately, once.
 
     The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
     """
     from smallpond.execution.attempt import _fast_pickle
 
-    node = task.node
+    node, components = task.node, task.plan_components
     task.node = None
+    task.plan_components = {}  # what the scheduler's cache keys are made of: the worker has the key
     try:
         message = (task, inputs, attempt, memory)
         return _fast_pickle(message) or cloudpickle.dumps(message)
     finally:
         task.node = node
+        task.plan_components = components
 
 
 def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:

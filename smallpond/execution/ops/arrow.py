@@ -16,10 +16,25 @@ from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
 
 
+def _files_under(folder: str, out: List[str]) -> None:
+    """The files under ``folder``, as ``os.walk`` finds them (subfolders included, links to folders
+    not followed), dot files left out; one ``scandir`` per folder."""
+    try:
+        entries = os.scandir(folder)
+    except OSError:
+        return
+    with entries:
+        for e in entries:
+            if e.is_dir():
+                if not e.is_symlink():
+                    _files_under(e.path, out)
+            elif not e.name.startswith("."):
+                out.append(e.path)
+
+
 def _list_output(output_dir: str) -> DataSet:
-    files = []
-    for root, _dirs, names in os.walk(output_dir):
-        files.extend(os.path.join(root, n) for n in names if not n.startswith("."))
+    files: List[str] = []
+    _files_under(output_dir, files)
     files.sort()
     if files and all(f.endswith(".parquet") for f in files):
         return ParquetDataSet.from_files(files)
