@@ -287,9 +287,10 @@ class TaskCache:
         final = self.entry_path(key)
         files = _dataset_files(dataset)
         base = output_dir.rstrip(os.sep)
-        if any(not (p == base or p.startswith(base + os.sep)) for p in files):
+        prefix = base + os.sep
+        if any(not p.startswith(prefix) for p in files):
             return None
-        tmp = os.path.join(self.path, "tmp", f"{key}.{uuid.uuid4().hex[:12]}")
+        tmp = os.path.join(self.path, "tmp", f"{key}.{_unique_suffix()}")
         files_dir = tmp
         try:
             if not self._tmp_ready:
@@ -300,30 +301,34 @@ class TaskCache:
             total = 0
             made = {files_dir}
             for p in sorted(set(files)):
-                rel = os.path.relpath(p, base)
-                dst = os.path.join(files_dir, rel)
-                if os.path.dirname(dst) not in made:  # (a mkdir that fails costs as much as one that works)
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    made.add(os.path.dirname(dst))
+                rel = p[len(prefix) :]
+                dst = f"{files_dir}{os.sep}{rel}"
+                parent = dst.rpartition(os.sep)[0]
+                if parent not in made:  # (a mkdir that fails costs as much as one that works)
+                    os.makedirs(parent, exist_ok=True)
+                    made.add(parent)
                 link_or_copy(p, dst)
                 size, mtime_ns, check = _stat_and_check(dst)
                 listed.append((rel, size, mtime_ns, check))
                 total += size
-            stored = copy_dataset(dataset)
-            entry_files = final
-            stored._rebase(base, entry_files)
             record = {
                 "format": CACHE_FORMAT,
                 "key": key,
-                "base": entry_files,
-                "dataset": stored,
+                "base": final,
+                "dataset": dataset,
                 "files": listed,
                 "bytes": total,
                 "created": time.time(),
                 **info,
             }
-            # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
-            _write_signed(os.path.join(tmp, RECORD), record, self.secret)
+            # the record holds the dataset rebased into the entry: rebased for the pickling only
+            # (a copy would cost a pickle more); not an atomic write: the whole entry becomes
+            # visible at once when tmp/ is renamed
+            dataset._rebase(base, final)
+            try:
+                _write_signed(os.path.join(tmp, RECORD), record, self.secret)
+            finally:
+                dataset._rebase(final, base)
             shard = os.path.dirname(final)
             if shard not in self._shards:
                 os.makedirs(shard, mode=0o700, exist_ok=True)
@@ -653,6 +658,18 @@ def _write_signed(path: str, obj: Any, secret: bytes) -> None:
         payload = cloudpickle.dumps(obj)
     with open(path, "wb") as f:
         f.write(signed_bytes(payload, secret))
+
+
+_suffix_counter = [0]
+
+
+def _unique_suffix() -> str:
+    """Unique among the processes sharing the cache (host, pid and a counter), without a uuid4."""
+    _suffix_counter[0] += 1
+    return f"{_HOST_TAG}{os.getpid():x}.{_suffix_counter[0]:x}"
+
+
+_HOST_TAG = uuid.uuid4().hex[:6]
 
 
 def copy_dataset(ds: DataSet) -> DataSet:

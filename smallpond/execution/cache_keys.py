@@ -136,7 +136,14 @@ def node_position(task: Task) -> str:
     the node (class, id, DataFrame operation, output name) and the script file that created it.
     The index keeps, per node position, the last build of each partition."""
     script = task.location.rsplit(":", 1)[0] if task.location else ""
-    return hashlib.sha256("\x00".join([type(task).__qualname__, task.node_label, script]).encode()).hexdigest()
+    what = (type(task).__qualname__, task.node_label, script)
+    position = _positions.get(what)
+    if position is None:
+        position = _positions[what] = hashlib.sha256("\x00".join(what).encode()).hexdigest()
+    return position
+
+
+_positions: Dict[Tuple[str, str, str], str] = {}
 
 
 def partition_of(task: Task) -> str:
@@ -246,6 +253,7 @@ class JobCache:
         self._index: Dict[str, Dict[str, Any]] = {}  # node position -> partition -> build, to write
         self._index_read: Dict[str, Dict[str, Any]] = {}  # node position -> what the index holds
         self._last_refresh = time.time()
+        self._job = str(rt.job_id)
         # tasks whose key is computed when a consumer asks for it: task key -> (task, inputs)
         self._deferred: Dict[str, Tuple[Task, List[DataSet]]] = {}
         # user's file -> (its stat, its identity): the many tasks reading one file read its footer once
@@ -466,7 +474,7 @@ class JobCache:
                 self.register(f"{base}.{rest}", task.key, key)
         comps = self.components.get(task.key)
         if ran and comps is not None and self.cacheable(task):
-            build = {"key": key, "task": task.key, "job": str(self.rt.job_id), **comps}
+            build = {"key": key, "task": task.key, "job": self._job, **comps}
             self._index.setdefault(node_position(task), {})[partition_of(task)] = build
 
     def previous_build(self, task: Task) -> Optional[Dict[str, Any]]:
