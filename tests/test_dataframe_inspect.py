@@ -36,7 +36,7 @@ def files(tmp_path_factory):
 
 def _attempts(sp) -> int:
     sp._job.events.flush()
-    return sum(e.get("n", 1) for e in read_events(sp.runtime_ctx.log_root) if e["ev"] in ("submit", "inline"))
+    return sum(e.get("n", 1) for e in read_events(sp.runtime_ctx.log_root) if e["ev"] in ("done", "failed", "inline"))
 
 
 def test_schema_is_known_without_running_and_matches_the_result(sp, files):

@@ -18,7 +18,9 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   ``worker``, ``rows``, ``bytes``);
 * ``reused``: a task whose output was taken from the task cache: ``key``, ``node``, ``entry`` (the
   cache key), ``from_job`` and ``from_task`` (which job and task wrote it), ``bytes``;
-* ``submit``: an attempt sent to a worker: ``key``, ``node``, ``attempt``, ``memory``;
+* ``submit``: an attempt sent to a worker: ``key``, ``node``, ``attempt``, ``memory`` (written when
+  the log is flushed, about every second, for the attempts still running then, and before a
+  ``failed`` event; an attempt that succeeded first is told by its ``done`` event alone);
 * ``done`` / ``failed``: an attempt ended: ``key``, ``node``, ``attempt``, ``worker``,
   ``started``, ``elapsed``, ``rows``, ``bytes`` (written), ``read`` (bytes of input files),
   ``log`` (its log file, relative to ``log/``); ``failed`` adds ``error``, ``cause`` and
@@ -303,6 +305,7 @@ class EventLog(SchedulerListener):
         self._last_flush = 0.0
         self._announced: set = set()
         self._inline: Dict[int, list] = {}  # node id -> [tasks, seconds]: inline tasks not yet written
+        self._unwritten: Dict[tuple, dict] = {}  # (task key, attempt) -> its submit event, not yet written
         self._pending_resumed: List[tuple] = []
         self._reported_failures: set = set()
         self._run_tasks: Dict[int, int] = {}
@@ -317,6 +320,9 @@ class EventLog(SchedulerListener):
     def _emit(self, kind: str, fields: Dict[str, Any]) -> None:
         ev = {"ev": kind, "t": round(time.time(), 3), **fields}
         self.history.feed(ev)
+        self._write(ev)
+
+    def _write(self, ev: Dict[str, Any]) -> None:
         if self._broken:
             return
         try:
@@ -348,6 +354,10 @@ class EventLog(SchedulerListener):
     def flush(self) -> None:
         if self._inline:
             self._emit_inline()
+        if self._unwritten:  # submissions of attempts still running
+            unwritten, self._unwritten = self._unwritten, {}
+            for ev in unwritten.values():
+                self._write(ev)
         self._last_flush = time.time()
         if self._file is not None:
             try:
@@ -466,7 +476,20 @@ class EventLog(SchedulerListener):
         )
 
     def on_submit(self, task, attempt: int, memory: int) -> None:
-        self.emit("submit", key=task.key, node=task.node_id, attempt=attempt, memory=memory)
+        # kept in memory, and written at the next flush only if the attempt still runs then: an
+        # attempt that ended before is told by its done/failed event (which carries its start)
+        if self._inline:
+            self._emit_inline()
+        ev = {
+            "ev": "submit",
+            "t": round(time.time(), 3),
+            "key": task.key,
+            "node": task.node_id,
+            "attempt": attempt,
+            "memory": memory,
+        }
+        self.history.feed(ev)
+        self._unwritten[(task.key, attempt)] = ev
 
     def on_inline(self, task, ok: bool, elapsed: float) -> None:
         if not ok:
@@ -492,9 +515,12 @@ class EventLog(SchedulerListener):
             read=c.stats.get("read"),
             log=task_log_relpath(task.key, c.attempt),
         )
+        submitted = self._unwritten.pop((task.key, c.attempt), None)
         if decision is None:
             self.emit("done", **fields)
             return
+        if submitted is not None:  # a lost worker's failure has no start of its own: its submission tells it
+            self._write(submitted)
         self._reported_failures.add((task.key, c.attempt))
         err = c.error
         self.emit(
@@ -506,6 +532,7 @@ class EventLog(SchedulerListener):
         )
 
     def on_cancelled(self, task, attempt: int, reason: str) -> None:
+        self._unwritten.pop((task.key, attempt), None)
         self.emit("cancelled", key=task.key, node=task.node_id, attempt=attempt, reason=reason)
 
     def on_tick(self, state, elapsed: float) -> None:

@@ -47,7 +47,9 @@ def test_a_job_logs_its_nodes_tasks_and_end(make_rt, parquet_files):
     assert nodes[int(counts.id)]["partitions"] == 2 and nodes[int(counts.id)]["tasks"] == 2
     done = [e for e in events if e["ev"] == "done"]
     submitted = [e for e in events if e["ev"] == "submit"]
-    assert len(done) == len(submitted) and done
+    # a submission is written only for an attempt still running at a flush: one that ended
+    # first is told by its done event, which carries its start
+    assert done and {(e["key"], e["attempt"]) for e in submitted} <= {(e["key"], e["attempt"]) for e in done}
     for e in done:
         assert e["worker"] and e["started"] and e["elapsed"] >= 0
         assert os.path.exists(os.path.join(rt.log_root, e["log"]))  # the attempt's log is where the event says
