@@ -303,7 +303,7 @@ class Planner:
         self._clamp_resources(task)
         if id(node) in self._engine_only:
             task.staging = True
-        task.plan_components = {
+        components = task.plan_components = {
             "task": klass.__qualname__,
             # staging files are written uncompressed: another format, another output
             "staging": bool(task.staging),
@@ -312,12 +312,14 @@ class Planner:
             # the seed decides what random() and the task's generators draw
             "seed": self.rt.random_seed,
         }
-        h = hashlib.sha256()
-        for k in ("task", "staging", "params", "partition", "seed"):
-            h.update(f"{k}:{task.plan_components[k]}\x00".encode())
-        for t in inputs:
-            h.update(t.fingerprint.encode())
-        task.fingerprint = h.hexdigest()
+        text = "".join(
+            [
+                f"task:{components['task']}\x00staging:{components['staging']}\x00params:{components['params']}\x00",
+                f"partition:{components['partition']}\x00seed:{components['seed']}\x00",
+                *[t.fingerprint for t in inputs],
+            ]
+        )
+        task.fingerprint = hashlib.sha256(text.encode()).hexdigest()
         self.tasks[task.key] = task
         return task
 
