@@ -196,11 +196,12 @@ class _SmallpondLogger:
 
     _logger = None
     _default_sink: "int | None" = None
+    #: the default console sink is wanted but not added yet: it is added by the first call that
+    #: logs (adding a loguru sink costs milliseconds, and a job replaces it with its own at once)
+    _want_default = False
 
     def _get(self):
         if _SmallpondLogger._logger is None:
-            import sys
-
             from loguru import logger as global_logger
 
             try:
@@ -218,7 +219,7 @@ class _SmallpondLogger:
                     patchers=[],
                     extra={},
                 )
-                _SmallpondLogger._default_sink = own.add(sys.stderr, level="WARNING")
+                _SmallpondLogger._want_default = True
             except Exception:  # a loguru without these internals: share its global logger
                 own = global_logger
             _SmallpondLogger._logger = own
@@ -227,6 +228,7 @@ class _SmallpondLogger:
     def remove_default_sink(self) -> None:
         """Drop the default console sink (a session or the Driver adds its own at its level)."""
         lg = self._get()
+        _SmallpondLogger._want_default = False
         if _SmallpondLogger._default_sink is not None:
             try:
                 lg.remove(_SmallpondLogger._default_sink)
@@ -235,15 +237,41 @@ class _SmallpondLogger:
             _SmallpondLogger._default_sink = None
 
     def restore_default_sink(self) -> None:
-        """Put the default console sink back (when a session or the Driver removed its own)."""
-        import sys
-
+        """Put the default console sink back (when a session or the Driver removed its own): at
+        the next call that logs, so a process that ends with its job never pays for it."""
         lg = self._get()
         if _SmallpondLogger._default_sink is None and lg is not _global_logger():
-            _SmallpondLogger._default_sink = lg.add(sys.stderr, level="WARNING")
+            _SmallpondLogger._want_default = True
 
     def __getattr__(self, name: str):
-        return getattr(self._get(), name)
+        lg = self._get()
+        if _SmallpondLogger._want_default and name in _LOGGING_CALLS:
+            import sys
+
+            _SmallpondLogger._want_default = False
+            _SmallpondLogger._default_sink = lg.add(sys.stderr, level="WARNING")
+        return getattr(lg, name)
+
+
+#: the logger's methods that log, or return a logger that will (the default sink must be there)
+_LOGGING_CALLS = frozenset(
+    (
+        "trace",
+        "debug",
+        "info",
+        "success",
+        "warning",
+        "error",
+        "critical",
+        "exception",
+        "log",
+        "opt",
+        "bind",
+        "patch",
+        "contextualize",
+        "catch",
+    )
+)
 
 
 def _global_logger():

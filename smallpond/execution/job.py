@@ -267,7 +267,7 @@ class Job:
             if self.events is not None:
                 interrupted = self.interrupted or isinstance(self.error, (KeyboardInterrupt, SystemExit))
                 self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
-                self.report_path = _write_report(rt, self.events.whole_history())
+                self.report_path = _write_report(rt, self.events.whole_history(), status)
             if ok and (remove_intermediates or remove_output_root):
                 rt.cleanup(remove_output_root=remove_output_root)
             if rt.task_cache and self.task_cache_max_bytes is not None:
@@ -528,12 +528,12 @@ def dry_run_plan(plan: LogicalPlan, rt: RuntimeContext, *, manifest_only_final_r
     return dry_run(rt, [exec_plan.root_task], exec_plan.tasks, cache=cache)
 
 
-def _write_report(rt: RuntimeContext, history=None) -> Optional[str]:
+def _write_report(rt: RuntimeContext, history=None, state: Optional[str] = None) -> Optional[str]:
     """Write ``log/report.html`` from the job folder; a report that cannot be written never fails the job."""
     from smallpond.execution.report import write_report
 
     try:
-        return write_report(rt.job_root, history=history)
+        return write_report(rt.job_root, history=history, state=state)
     except Exception as e:
         logger.warning("could not write the run report of job {}: {}", rt.job_id, e)
         return None

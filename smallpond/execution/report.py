@@ -392,23 +392,28 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def write_report(job_root: str, path: Optional[str] = None, history: Optional[JobHistory] = None) -> str:
+def write_report(
+    job_root: str, path: Optional[str] = None, history: Optional[JobHistory] = None, state: Optional[str] = None
+) -> str:
     """Build the report of the job in ``job_root`` from its folder and write it (atomically) to
     ``path`` (default ``log/report.html``). Returns the path.
 
     ``history``: the job's events as the scheduler kept them (every run of the job), instead of
-    reading them back from its event log.
+    reading them back from its event log; ``state``: the job's state as its scheduler just wrote
+    it, instead of reading it back (:func:`~smallpond.execution.catalog.describe_job`).
     """
-    from smallpond.execution.catalog import describe_job
     from smallpond.io.filesystem import atomic_write_text
 
     log_root = os.path.join(job_root, "log")
     if history is None:
         history = JobHistory.load(log_root)
-    try:
-        state = describe_job(job_root).state
-    except Exception:
-        state = history.last.status if history.last else "unknown"
+    if state is None:
+        from smallpond.execution.catalog import describe_job
+
+        try:
+            state = describe_job(job_root).state
+        except Exception:
+            state = history.last.status if history.last else "unknown"
     try:
         log_files = sorted(f for f in os.listdir(log_root) if f.endswith(".log"))
     except OSError:
