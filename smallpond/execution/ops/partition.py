@@ -137,10 +137,18 @@ class HashPartitionTask(Task):
                 sub = os.path.join(output_dir, entry)
                 parts[k] = sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".parquet"))
             if any(not p for p in parts):
-                schema = conn.sql(f"SELECT * FROM ({query}) LIMIT 0").to_arrow_table().schema
-                if write_part == "false":
-                    schema = schema.remove(schema.get_field_index(part_col))
-                return self._with_placeholders(parts, output_dir, part_col, schema, prefix)
+                # placeholders written by DuckDB too, with the columns the partitions' files have
+                # (pyarrow, which a task of this engine never loads otherwise, costs ~0.3 s to import)
+                written_cols = select if write_part == "true" else select[:-1]
+                empty = f"SELECT {', '.join(written_cols)} FROM {src} LIMIT 0"
+                row_group_bytes = writer_row_group_bytes(self, n)
+
+                def write_empty(path: str, k: int) -> None:
+                    kv = self.parquet_kv_metadata({part_col: k})
+                    opts = ParquetWriterOptions.for_task(self).duckdb(kv, row_group_bytes)
+                    run_sql(conn, f"COPY ({empty}) TO {quote_literal(path)} ({opts})")
+
+                return self._with_placeholders(parts, output_dir, part_col, prefix, write_empty)
             return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
@@ -214,25 +222,36 @@ class HashPartitionTask(Task):
                 schema = pa.schema([reader.schema.field(c) for c in body_names])
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
-            return self._with_placeholders(parts, output_dir, dir_col, schema, self.output_filename)
+            return self._with_placeholders(
+                parts, output_dir, dir_col, self.output_filename, self._arrow_empty_writer(schema, dir_col)
+            )
         return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
-    def _with_placeholders(self, parts, output_dir, col, schema, prefix) -> PartitionedDataSet:
-        """The partitions, each empty one given a placeholder file with the schema.
+    def _arrow_empty_writer(self, schema, col: str):
+        """Writes an empty partition's placeholder with pyarrow (the arrow engine's)."""
+
+        def write_empty(path: str, k: int) -> None:
+            import pyarrow.parquet as pq
+
+            md = dict(schema.metadata or {})
+            md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
+            pq.write_table(schema.with_metadata(md).empty_table(), path)
+
+        return write_empty
+
+    def _with_placeholders(self, parts, output_dir, col, prefix, write_empty) -> PartitionedDataSet:
+        """The partitions, each empty one given a placeholder file with the schema, written by
+        ``write_empty(path, k)``.
 
         The partitions also name a file of a non-empty one as their ``_schema_path``: a sample of
         rows from which a Python map infers its output schema on an empty partition.
         """
-        import pyarrow.parquet as pq
-
         sample = next((p[0] for p in parts if p), None)
         for k in [k for k, p in enumerate(parts) if not p]:
             sub = os.path.join(output_dir, f"{col}={k}")
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
-            md = dict(schema.metadata or {})
-            md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
-            pq.write_table(schema.with_metadata(md).empty_table(), path)
+            write_empty(path, k)
             parts[k] = [path]
         datasets = [ParquetDataSet.from_files(p) for p in parts]
         if sample is not None:
