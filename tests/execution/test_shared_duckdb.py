@@ -27,7 +27,11 @@ def test_each_task_sees_only_its_own_temp_views(parquet_files, make_rt):
     node = SqlEngineNode(
         ctx,
         (_partitioned(ctx, parquet_files, 6),),
-        "select (select count(*) from duckdb_views() where starts_with(view_name, '__input')) as views, (select count(*) from duckdb_tables()) as tables, count(*) as n from {0}",
+        # two statements: the inputs are views (a single SELECT names them in a WITH clause instead)
+        [
+            "select 1",
+            "select (select count(*) from duckdb_views() where starts_with(view_name, '__input')) as views, (select count(*) from duckdb_tables()) as tables, count(*) as n from {0}",
+        ],
     )
     exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
     assert _rows(exec_plan, "views") == [1] * 6  # only the task's own input view
@@ -83,3 +87,29 @@ def test_statements_that_may_draw_random_numbers_are_detected():
     assert sql_may_draw_random(["select uuid() as id from {0}"])
     assert sql_may_draw_random(["select {rand_seed} as s"])
     assert not sql_may_draw_random(["select a, count(*) from {0} group by a"])
+
+
+def test_a_single_select_names_its_inputs_in_a_with_clause():
+    from smallpond.execution.ops.duckdb import is_query, with_input_ctes
+
+    ctes = "__input_1_000000 AS NOT MATERIALIZED (SELECT 1 AS k)"
+    assert with_input_ctes("select * from __input_1_000000", ctes) == f"WITH {ctes} select * from __input_1_000000"
+    # comments before it stay; the query's own WITH (RECURSIVE too) gets ours first
+    assert with_input_ctes("-- c\n/* d */ SELECT 1", ctes) == f"-- c\n/* d */ WITH {ctes} SELECT 1"
+    assert with_input_ctes("WITH RECURSIVE r(n) AS (SELECT 1) SELECT * FROM r", ctes) == (
+        f"WITH RECURSIVE {ctes}, r(n) AS (SELECT 1) SELECT * FROM r"
+    )
+    assert is_query(" with a as (select 1) select * from a") and is_query("SELECT 1")
+    assert not is_query("create table t as select 1") and not is_query("withdraw") and not is_query("(select 1)")
+
+
+def test_inputs_in_a_with_clause_keep_what_views_allow(parquet_files, make_rt):
+    # a query with its own WITH, qualified columns ({0}.col) and a self-join of an input
+    ctx = Context()
+    node = SqlEngineNode(
+        ctx,
+        (_partitioned(ctx, parquet_files, 3),),
+        "with ids as (select id from {0}) select count(*) as n from {0} join ids on {0}.id = ids.id join {0} as b on b.id = ids.id",
+    )
+    exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    assert sum(_rows(exec_plan, "n")) == 30

@@ -10,12 +10,15 @@ from smallpond.execution.ops.duckdb import (
     create_input_views,
     format_query,
     has_final_order_by,
+    input_ctes,
+    is_query,
     map_duckdb_error,
     open_connection,
     run_sql,
     sql_may_draw_random,
     sql_may_outlive_task,
     task_memory,
+    with_input_ctes,
 )
 from smallpond.execution.task import Task
 from smallpond.logical.dataset import DataSet, ParquetDataSet
@@ -94,10 +97,18 @@ class SqlEngineTask(Task):
                     if mapped is e:
                         raise
                     raise mapped from e
-            views = create_input_views(self, conn, inputs)
             nq = len(node.sql_queries)
+            # one query written to Parquet (the usual node) names its inputs in a WITH clause of
+            # its own rather than in views: one statement to bind instead of one per input more
+            ctes = None
+            if nq == 1 and node.materialize_output and not node.materialize_in_memory and is_query(node.sql_queries[0]):
+                views, ctes = input_ctes(self, conn, inputs)
+            else:
+                views = create_input_views(self, conn, inputs)
             for qi, raw in enumerate(node.sql_queries):
                 sql = format_query(self, raw, views, {"batch_index": batch_index, "query_index": qi})
+                if ctes is not None:
+                    sql = with_input_ctes(sql, ctes)
                 self._current_sql = sql
                 if qi < nq - 1 or not node.materialize_output:
                     run_sql(conn, sql)
