@@ -418,3 +418,66 @@ def test_an_input_rewritten_with_its_size_and_time_kept_is_not_served_stale(tmp_
     assert os.path.getsize(path) == st.st_size
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert total("second", str(tmp_path / "s2")) == sum(range(1000, 1050))
+
+
+# read by passthrough(): a generator cannot be fingerprinted, so that node is never reused
+_UNFINGERPRINTABLE = (i for i in range(3))
+
+
+def passthrough(runtime_ctx, tables):
+    assert _UNFINGERPRINTABLE is not None
+    return tables[0]
+
+
+def test_consumers_of_a_node_that_is_never_reused_are_not_reused_either(tmp_path):
+    """The key of a task whose output is never cached is computed only when a consumer asks for
+    it; it still differs between builds, so what consumes it is recomputed too."""
+    from smallpond.logical.node import ArrowComputeNode
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=20)
+    root, cache = str(tmp_path / "root"), str(tmp_path / "cache")
+
+    def build(job_id: str) -> Events:
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(inputs))
+        mid = ArrowComputeNode(ctx, (src,), process_func=passthrough)
+        total = SqlEngineNode(ctx, (mid,), "select count(*) as n from {0}")
+        events = Events()
+        with pytest.warns(UserWarning, match="cannot fingerprint"):
+            run_job(
+                LogicalPlan(ctx, total), make_runtime_ctx(job_id, None, root, task_cache=cache), num_workers=1, listeners=[events]
+            )
+        return events
+
+    build("first")
+    second = build("second")
+    assert not second.reused, "a consumer of a node that is never reused was served from the cache"
+    assert any(k.startswith("SqlEngineTask") for k in second.submitted)
+
+
+def test_an_input_rewritten_during_a_session_is_read_again(tmp_path):
+    """Within one session the cache knows each input file's identity once per version of it: a
+    rewrite (same size, time set back) between two computations is seen."""
+    import smallpond
+
+    path = str(tmp_path / "in" / "values.parquet")
+    os.makedirs(os.path.dirname(path))
+
+    def write(offset: int) -> None:
+        pq.write_table(pa.table({"id": pa.array(range(offset, offset + 50), pa.int64())}), path, compression="NONE")
+
+    write(0)
+    sp = smallpond.init(job_id="rewrite", data_root=str(tmp_path / "root"))
+    try:
+
+        def total() -> int:
+            return sp.partial_sql("select sum(id) as s from {0}", sp.read_parquet(path)).to_arrow()["s"][0].as_py()
+
+        assert total() == sum(range(50))
+        st = os.stat(path)
+        write(1000)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert os.path.getsize(path) == st.st_size
+        assert total() == sum(range(1000, 1050))
+    finally:
+        sp.shutdown()
