@@ -140,3 +140,28 @@ def test_inline_failures_are_reported_at_the_end(make_rt, tmp_path):
     history = JobHistory.load(rt.log_root)
     assert history.last.status == "failure"
     assert history.last.nodes[int(bad.id)].failed == 1
+
+
+def test_the_log_of_a_run_that_died_shows_the_attempts_still_running(tmp_path):
+    """A submission is written at the next flush for an attempt still running then (and skipped
+    for one that already ended): the log of a scheduler killed mid-run shows what was running."""
+    import types
+
+    from smallpond.errors import WorkerLost
+    from smallpond.execution.events import EventLog
+    from smallpond.execution.executors.base import Completion
+    from smallpond.execution.sched_state import Decision
+
+    log = EventLog(str(tmp_path))
+    task = {k: types.SimpleNamespace(key=k, node_id=1) for k in ("A", "B", "C")}
+    for k in task:
+        log.on_submit(task[k], 0, 1 << 20)
+    log.on_completion(task["A"], Completion("A", 0, True, None, None, 0.1, "w", 1.0, {}), None)
+    lost = Completion("C", 0, False, None, WorkerLost("gone"), 0.0, "w", 0.0, {})
+    log.on_completion(task["C"], lost, Decision.RETRY)
+    log.flush()  # then the process dies: no more events
+    events = read_events(str(tmp_path))
+    submitted = sorted(e["key"] for e in events if e["ev"] == "submit")
+    assert submitted == ["B", "C"], "B runs still; C's failure needs its submission for its start"
+    run = JobHistory(events).last
+    assert (run.node(1).done, run.node(1).running) == (1, 1)
