@@ -576,16 +576,23 @@ def _error_text(err: Optional[BaseException]) -> str:
 
 
 def _versions() -> Dict[str, str]:
-    import platform
-    from importlib.metadata import PackageNotFoundError, version
+    """Python's, smallpond's, DuckDB's and pyarrow's versions (looked up once per process)."""
+    global _versions_seen
+    if _versions_seen is None:
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
-    for dist in ("smallpond", "duckdb", "pyarrow"):
-        try:
-            out[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return out
+        out = {"python": platform.python_version()}
+        for dist in ("smallpond", "duckdb", "pyarrow"):
+            try:
+                out[dist] = version(dist)
+            except PackageNotFoundError:
+                pass
+        _versions_seen = out
+    return dict(_versions_seen)
+
+
+_versions_seen: Optional[Dict[str, str]] = None
 
 
 # -- derived views ---------------------------------------------------------------------------------
