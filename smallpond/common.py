@@ -243,6 +243,17 @@ class _SmallpondLogger:
         if _SmallpondLogger._default_sink is None and lg is not _global_logger():
             _SmallpondLogger._want_default = True
 
+    def remove(self, handler_id=None) -> None:
+        """loguru's ``remove``; removing every sink (no id) also drops the default console sink
+        that was not added yet."""
+        lg = self._get()
+        if handler_id is None:
+            _SmallpondLogger._want_default = False
+            _SmallpondLogger._default_sink = None
+        elif handler_id == _SmallpondLogger._default_sink:
+            _SmallpondLogger._default_sink = None
+        lg.remove(handler_id)
+
     def __getattr__(self, name: str):
         lg = self._get()
         if _SmallpondLogger._want_default and name in _LOGGING_CALLS:

@@ -55,3 +55,24 @@ def test_sessions_and_jobs_leave_logging_and_environment_as_they_found_them(tmp_
     assert result["same"], result
     assert "USER still mine" in lines  # the user's own sink still works
     assert not any(line.startswith("USER") and "smallpond" in line for line in lines), "smallpond wrote to the user's sink"
+
+
+def test_smallpond_logger_prints_warnings_by_default_and_stays_silent_once_its_sinks_are_removed():
+    """The default console sink is added at the first call that logs; removing every sink (before
+    or after that) keeps smallpond silent, as it did when the sink was added eagerly."""
+    import subprocess
+    import sys
+
+    def stderr_of(code: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    assert "hello" in stderr_of("from smallpond.common import logger; logger.warning('hello')")
+    assert stderr_of("from smallpond.common import logger; logger.remove(); logger.warning('hello')") == ""
+    assert (
+        stderr_of("from smallpond.common import logger; logger.warning('a'); logger.remove(); logger.warning('hello')").count(
+            "hello"
+        )
+        == 0
+    )
