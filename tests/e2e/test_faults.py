@@ -65,8 +65,10 @@ def test_fault_injection_url_sort(tmp_path, make_rt, url_files, monkeypatch):
     from sort_mock_urls import sort_mock_urls
 
     clean, faulty = tmp_path / "clean", tmp_path / "faulty"
-    run_job(sort_mock_urls(url_files, 3, external_output_path=str(clean)), make_rt(), num_workers=2)
-    rt = make_rt(fault_inject_prob=0.2)
+    # the task cache off: the faulty job would otherwise reuse every task but its sinks from the
+    # clean one (the same tasks, the same keys), and two tasks often draw no fault at all
+    run_job(sort_mock_urls(url_files, 3, external_output_path=str(clean)), make_rt(task_cache="off"), num_workers=2)
+    rt = make_rt(fault_inject_prob=0.5, task_cache="off")  # 11 tasks: all of them draw no fault 1 time in 2,000
     run_job(sort_mock_urls(url_files, 3, external_output_path=str(faulty)), rt, num_workers=2)
     assert fault_count(rt.log_root) > 0, "no fault was injected"
     clean_files = parquet_paths_in(str(clean / "data_sink"))
