@@ -164,12 +164,25 @@ def command_line() -> str:
 
 @dataclass
 class Timings:
-    """Seconds of each repeat, per side."""
+    """Seconds of each repeat, per side; for runs taken with :meth:`measure`, also the peak RSS of
+    the process tree and the CPU seconds of each."""
 
     runs: Dict[str, List[float]] = field(default_factory=dict)
+    peaks: Dict[str, List[int]] = field(default_factory=dict)
+    cpus: Dict[str, List[float]] = field(default_factory=dict)
 
     def add(self, side: str, seconds: float) -> None:
         self.runs.setdefault(side, []).append(seconds)
+
+    def measure(self, side: str, fn: Callable, *args, **kwargs):
+        """Run ``fn(*args, **kwargs)`` as one repeat of ``side`` (:func:`timed`, under
+        :class:`PeakRss`); records its seconds, peak RSS and CPU seconds, returns its result."""
+        with PeakRss() as rss:
+            secs, result = timed(fn, *args, **kwargs)
+        self.add(side, secs)
+        self.peaks.setdefault(side, []).append(rss.peak)
+        self.cpus.setdefault(side, []).append(rss.cpu)
+        return result
 
     def median(self, side: str) -> float:
         return statistics.median(self.runs[side])
@@ -392,16 +405,14 @@ def report_time_ratio(
     data: str,
     validated: bool,
     append: bool,
-    peaks: Optional[Dict[str, List[int]]] = None,
-    cpus: Optional[Dict[str, List[float]]] = None,
 ) -> None:
     """Print both medians with throughput in ``unit`` and the ratio; append a RESULTS.md row if asked.
 
-    ``peaks``: peak RSS of the process tree per side and repeat (:class:`PeakRss`); the largest
-    is reported beside each time. ``cpus``: CPU seconds per side and repeat; the median is shown."""
+    For sides measured with :meth:`Timings.measure`, the largest peak RSS of the process tree and
+    the median CPU seconds are reported beside each time."""
     sp, dd = timings.median("smallpond"), timings.median("duckdb")
-    peak = {side: max(v) for side, v in (peaks or {}).items() if v}
-    cpu = {side: statistics.median(v) for side, v in (cpus or {}).items() if v}
+    peak = {side: max(v) for side, v in timings.peaks.items() if v}
+    cpu = {side: statistics.median(v) for side, v in timings.cpus.items() if v}
     rss = {
         side: (f", peak RSS {human_bytes(peak[side])}" if side in peak else "")
         + (f", CPU {cpu[side]:.1f} s" if side in cpu else "")

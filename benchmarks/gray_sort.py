@@ -380,8 +380,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
-    peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
-    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
     writer_options = None
     if user:  # DuckDB writes what the user plan's sort node writes (node defaults)
@@ -407,31 +405,24 @@ def main(argv: Optional[List[str]] = None) -> int:
                 dictionary=args.dictionary,
                 shuffle_engine=args.shuffle_engine,
             )
-        with common.PeakRss() as rss:
-            secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
-        timings.add("smallpond", secs)
-        peaks["smallpond"].append(rss.peak)
-        cpus["smallpond"].append(rss.cpu)
+        exec_plan = timings.measure("smallpond", common.run_plan, plan, jobs, args.executors)
         if args.validate:
             validate_sorted(input_summary, sorted_output_files(exec_plan, sort_node))
         leftovers.add(common.job_root_of(exec_plan))
 
         out = os.path.join(data_dir, f"duckdb-sorted-{uuid.uuid4().hex[:8]}.parquet")
-        with common.PeakRss() as rss:
-            secs, _ = common.timed(
-                duckdb_sort,
-                inputs,
-                out,
-                threads=threads,
-                memory_limit=duckdb_memory,
-                compression=args.compression,
-                temp_dir=os.path.join(data_dir, "duckdb-temp"),
-                dictionary=args.dictionary,
-                writer_options=writer_options,
-            )
-        timings.add("duckdb", secs)
-        peaks["duckdb"].append(rss.peak)
-        cpus["duckdb"].append(rss.cpu)
+        timings.measure(
+            "duckdb",
+            duckdb_sort,
+            inputs,
+            out,
+            threads=threads,
+            memory_limit=duckdb_memory,
+            compression=args.compression,
+            temp_dir=os.path.join(data_dir, "duckdb-temp"),
+            dictionary=args.dictionary,
+            writer_options=writer_options,
+        )
         if args.validate:
             validate_sorted(input_summary, [out])
         leftovers.add(out)
@@ -449,8 +440,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else ""),
         args.validate,
         args.append_results,
-        peaks,
-        cpus,
     )
     return 0
 

@@ -271,8 +271,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     input_summary = summarize_input(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()
-    peaks: Dict[str, List[int]] = {"smallpond": [], "duckdb": []}
-    cpus: Dict[str, List[float]] = {"smallpond": [], "duckdb": []}
     leftovers = common.Leftovers(args.keep)
     writer_options = None
     if user:  # DuckDB writes what the user plan's partition node writes (node defaults)
@@ -295,29 +293,22 @@ def main(argv: Optional[List[str]] = None) -> int:
                 dictionary=args.dictionary,
                 engine_type=args.engine,
             )
-        with common.PeakRss() as rss:
-            secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors)
-        timings.add("smallpond", secs)
-        peaks["smallpond"].append(rss.peak)
-        cpus["smallpond"].append(rss.cpu)
+        exec_plan = timings.measure("smallpond", common.run_plan, plan, jobs, args.executors)
 
         out = os.path.join(data_dir, f"duckdb-partitioned-{uuid.uuid4().hex[:8]}")
-        with common.PeakRss() as rss:
-            secs, _ = common.timed(
-                duckdb_partition,
-                inputs,
-                out,
-                args.partitions,
-                threads=threads,
-                memory_limit=duckdb_memory,
-                compression=args.compression,
-                temp_dir=os.path.join(data_dir, "duckdb-temp"),
-                dictionary=args.dictionary,
-                writer_options=writer_options,
-            )
-        timings.add("duckdb", secs)
-        peaks["duckdb"].append(rss.peak)
-        cpus["duckdb"].append(rss.cpu)
+        timings.measure(
+            "duckdb",
+            duckdb_partition,
+            inputs,
+            out,
+            args.partitions,
+            threads=threads,
+            memory_limit=duckdb_memory,
+            compression=args.compression,
+            temp_dir=os.path.join(data_dir, "duckdb-temp"),
+            dictionary=args.dictionary,
+            writer_options=writer_options,
+        )
         if args.validate:
             expected = validate_partitions(input_summary, duckdb_partition_files(out, args.partitions), args.partitions)
             validate_partitions(input_summary, partition_files(exec_plan, node), args.partitions, expected)
@@ -335,8 +326,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else ""),
         args.validate,
         args.append_results,
-        peaks,
-        cpus,
     )
     return 0
 
