@@ -5,10 +5,11 @@ Every generator takes a ``seed`` so the same call always writes the same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import string
-from typing import List
+from typing import Dict, List
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,3 +87,14 @@ def rows(table: pa.Table, columns: List[str] = None) -> List[tuple]:
     columns = columns or table.column_names
     cols = [table.column(c).to_pylist() for c in columns]
     return list(zip(*cols))
+
+
+def tree_digest(folder: str) -> Dict[str, str]:
+    """Every file under ``folder`` (relative name) with the SHA-256 of its bytes."""
+    out = {}
+    for root, _dirs, names in os.walk(folder):
+        for n in names:
+            p = os.path.join(root, n)
+            with open(p, "rb") as f:
+                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out

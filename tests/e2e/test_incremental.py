@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 import signal
@@ -38,7 +37,7 @@ from smallpond.logical.node import (
     LogicalPlan,
     SqlEngineNode,
 )
-from tests.datagen import generate_parquet_files
+from tests.datagen import generate_parquet_files, tree_digest
 from tests.e2e.test_resume import COUNTING_JOB, counter_lines, expected_rows, sink_rows
 
 NFILES, NPARTS, NHASH = 100, 20, 4
@@ -81,17 +80,6 @@ def started_in_logs(root: str) -> Counter:
         with open(path) as f:
             counts.update(m.group(1) for m in re.finditer(r"start (\S+) attempt \d+", f.read()))
     return counts
-
-
-def tree_digest(folder: str) -> Dict[str, str]:
-    """Every file under ``folder`` (relative name) with the SHA-256 of its bytes."""
-    out = {}
-    for root, _dirs, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def rewrite(path: str, seed: int) -> None:

@@ -10,30 +10,18 @@ off, or the second run would only relink the first run's files.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
-from typing import Dict
 
 import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.datagen import tree_digest
 
 SORT_EXAMPLE = os.path.join(REPO_ROOT, "examples", "sort_mock_urls.py")
 QUICKSTART = os.path.join(REPO_ROOT, "examples", "quickstart.py")
-
-
-def tree_digest(folder: str) -> Dict[str, str]:
-    """Every file under ``folder`` (relative name) with the SHA-256 of its bytes."""
-    out = {}
-    for root, _dirs, names in os.walk(folder):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def run(cmd, cwd, env=None) -> None:
