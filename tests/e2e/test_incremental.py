@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from typing import Dict, List
@@ -38,7 +37,7 @@ from smallpond.logical.node import (
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files, tree_digest
-from tests.e2e.test_resume import COUNTING_JOB, counter_lines, expected_rows, sink_rows
+from tests.e2e.test_resume import counter_lines, expected_rows, job_command, sink_rows
 
 NFILES, NPARTS, NHASH = 100, 20, 4
 
@@ -156,31 +155,20 @@ def depends_on(plan, path: str) -> set:
 
 
 def counting_command(job_id: str, data_root: str, cache: str, inputs: List[str], counter: str, sink: str, extra_sleep: str):
-    return [
-        sys.executable,
-        COUNTING_JOB,
-        "scheduler",
+    return job_command(
+        job_id,
+        data_root,
+        inputs,
+        counter,
+        sink,
         "--env_variables",
         f"COUNTING_JOB_EXTRA_SLEEP={extra_sleep}",
-        "--job_id",
-        job_id,
-        "--data_root",
-        data_root,
         "--task_cache",
         cache,
-        "--num_executors",
-        "2",
         "--sleep",
         "0",
-        "-i",
-        *inputs,
-        "-c",
-        counter,
-        "-o",
-        sink,
-        "-n",
-        "6",
-    ]
+        npartitions=6,
+    )
 
 
 def test_two_jobs_started_at_once_compute_each_task_once(tmp_path):

@@ -29,7 +29,9 @@ NPARTITIONS = 16
 WORKER_TASKS = 2 * NPARTITIONS + 1  # compute + sort per partition, and the sink
 
 
-def job_command(job_id: str, data_root: str, inputs: List[str], counter: str, sink: str, *extra: str) -> List[str]:
+def job_command(
+    job_id: str, data_root: str, inputs: List[str], counter: str, sink: str, *extra: str, npartitions: int = NPARTITIONS
+) -> List[str]:
     return [
         sys.executable,
         COUNTING_JOB,
@@ -48,7 +50,7 @@ def job_command(job_id: str, data_root: str, inputs: List[str], counter: str, si
         "-o",
         sink,
         "-n",
-        str(NPARTITIONS),
+        str(npartitions),
     ]
 
 
