@@ -208,13 +208,21 @@ def open_connection(
     return conn
 
 
-def create_input_views(task: Task, conn, datasets: List[DataSet]) -> List[str]:
-    names = []
+def _input_queries(task: Task, conn, datasets: List[DataSet]) -> List[Tuple[str, str]]:
+    """``(name, query)`` of each input as the task's SQL sees it (``{0}``, ``{1}``, ...), its UDFs
+    bound on ``conn``."""
+    out = []
     for i, ds in enumerate(datasets):
-        name = f"__input_{int(task.id)}_{i:06d}"
         for ctx in getattr(ds, "udfs", []) or []:
             ctx.bind(conn)
-        sql = f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {ds.sql_query_fragment(conn=conn)}"
+        out.append((f"__input_{int(task.id)}_{i:06d}", f"SELECT * FROM {ds.sql_query_fragment(conn=conn)}"))
+    return out
+
+
+def create_input_views(task: Task, conn, datasets: List[DataSet]) -> List[str]:
+    names = []
+    for name, query in _input_queries(task, conn, datasets):
+        sql = f"CREATE OR REPLACE TEMP VIEW {name} AS {query}"
         task._current_sql = sql
         run_sql(conn, sql)
         names.append(name)
@@ -230,14 +238,8 @@ def input_ctes(task: Task, conn, datasets: List[DataSet]) -> Tuple[List[str], st
     """The names :func:`create_input_views` would give the inputs, and the text of common table
     expressions defining them (``NOT MATERIALIZED``: inlined where used, as a view is), for
     :func:`with_input_ctes`. Binds the inputs' UDFs as the views would."""
-    names, defs = [], []
-    for i, ds in enumerate(datasets):
-        name = f"__input_{int(task.id)}_{i:06d}"
-        for ctx in getattr(ds, "udfs", []) or []:
-            ctx.bind(conn)
-        names.append(name)
-        defs.append(f"{name} AS NOT MATERIALIZED (SELECT * FROM {ds.sql_query_fragment(conn=conn)})")
-    return names, ", ".join(defs)
+    inputs = _input_queries(task, conn, datasets)
+    return [name for name, _ in inputs], ", ".join(f"{name} AS NOT MATERIALIZED ({query})" for name, query in inputs)
 
 
 def is_query(sql: str) -> bool:
