@@ -313,14 +313,15 @@ class EventLog(SchedulerListener):
 
     # -- writing ---------------------------------------------------------------------------------
     def emit(self, kind: str, **fields) -> None:
+        self._write(self._event(kind, fields))
+
+    def _event(self, kind: str, fields: Dict[str, Any]) -> Dict[str, Any]:
+        """The event, fed to the history (after the inline tasks not yet written, in order)."""
         if self._inline:
             self._emit_inline()
-        self._emit(kind, fields)
-
-    def _emit(self, kind: str, fields: Dict[str, Any]) -> None:
         ev = {"ev": kind, "t": round(time.time(), 3), **fields}
         self.history.feed(ev)
-        self._write(ev)
+        return ev
 
     def _write(self, ev: Dict[str, Any]) -> None:
         if self._broken:
@@ -349,7 +350,7 @@ class EventLog(SchedulerListener):
         event (a partition of thousands of tasks is thousands of them, written at once)."""
         pending, self._inline = self._inline, {}
         for node, (n, elapsed) in pending.items():
-            self._emit("inline", {"node": node, "ok": True, "n": n, "elapsed": round(elapsed, 6)})
+            self.emit("inline", node=node, ok=True, n=n, elapsed=round(elapsed, 6))
 
     def flush(self) -> None:
         if self._inline:
@@ -478,18 +479,8 @@ class EventLog(SchedulerListener):
     def on_submit(self, task, attempt: int, memory: int) -> None:
         # kept in memory, and written at the next flush only if the attempt still runs then: an
         # attempt that ended before is told by its done/failed event (which carries its start)
-        if self._inline:
-            self._emit_inline()
-        ev = {
-            "ev": "submit",
-            "t": round(time.time(), 3),
-            "key": task.key,
-            "node": task.node_id,
-            "attempt": attempt,
-            "memory": memory,
-        }
-        self.history.feed(ev)
-        self._unwritten[(task.key, attempt)] = ev
+        fields = {"key": task.key, "node": task.node_id, "attempt": attempt, "memory": memory}
+        self._unwritten[(task.key, attempt)] = self._event("submit", fields)
 
     def on_inline(self, task, ok: bool, elapsed: float) -> None:
         if not ok:
