@@ -15,13 +15,12 @@ import re
 import sys
 import time
 import traceback
-import uuid
 from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
-from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, verified_payload
+from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, unique_suffix, verified_payload
 from smallpond.io.paths import release_file_aliases
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -68,7 +67,7 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
     """
     record = _record(task, dataset, attempt, elapsed, **extra)
     path = commit_path(rt, task.key)
-    tmp = f"{path}.tmp-{_unique_suffix()}"
+    tmp = f"{path}.tmp-{unique_suffix()}"
     with open(tmp, "wb") as f:
         f.write(_signed_record(rt, record))
     try:
@@ -484,7 +483,7 @@ def execute_attempt(
         if task.writes_output:
             # each attempt writes into a directory of its own, renamed from a temp name once every
             # file is complete; the commit record says which attempt's directory is the output
-            token = f"{attempt}.{_unique_suffix()}"
+            token = f"{attempt}.{unique_suffix()}"
             final = f"{task.final_output_abspath}.{token}"
             tmp = f"{task.final_output_abspath}.tmp-{token}"
             os.makedirs(tmp)
@@ -575,17 +574,6 @@ def _test_crash_point(point: str, task: Task) -> None:
     where, _, prefix = spec.partition(":")
     if where == point and task.key.startswith(prefix):
         os._exit(86)
-
-
-_suffix_prefix = uuid.uuid4().hex[:6]
-_suffix_counter = 0
-
-
-def _unique_suffix() -> str:
-    """Unique among attempts on any machine sharing the data root, without a uuid4 per call."""
-    global _suffix_counter
-    _suffix_counter += 1
-    return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
 
 
 def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int, memory: int, worker: str):

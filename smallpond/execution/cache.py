@@ -81,6 +81,7 @@ from smallpond.io.filesystem import (
     load,
     remove_path,
     signed_bytes,
+    unique_suffix,
 )
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -290,7 +291,7 @@ class TaskCache:
         prefix = base + os.sep
         if any(not p.startswith(prefix) for p in files):
             return None
-        tmp = os.path.join(self.path, "tmp", f"{key}.{_unique_suffix()}")
+        tmp = os.path.join(self.path, "tmp", f"{key}.{unique_suffix()}")
         files_dir = tmp
         try:
             if not self._tmp_ready:
@@ -658,18 +659,6 @@ def _write_signed(path: str, obj: Any, secret: bytes) -> None:
         payload = cloudpickle.dumps(obj)
     with open(path, "wb") as f:
         f.write(signed_bytes(payload, secret))
-
-
-_suffix_counter = [0]
-
-
-def _unique_suffix() -> str:
-    """Unique among the processes sharing the cache (host, pid and a counter), without a uuid4."""
-    _suffix_counter[0] += 1
-    return f"{_HOST_TAG}{os.getpid():x}.{_suffix_counter[0]:x}"
-
-
-_HOST_TAG = uuid.uuid4().hex[:6]
 
 
 def copy_dataset(ds: DataSet) -> DataSet:

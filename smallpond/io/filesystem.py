@@ -79,6 +79,19 @@ def remove_path(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+_suffix_prefix = uuid.uuid4().hex[:6]
+_suffix_counter = 0
+
+
+def unique_suffix() -> str:
+    """A name part unique among the processes of every machine sharing a folder (a random tag of
+    this process, its pid and a counter), without a uuid4 per call: for temp names and attempt
+    folders made once per task."""
+    global _suffix_counter
+    _suffix_counter += 1
+    return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
+
+
 def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
 
