@@ -425,8 +425,8 @@ def install_task_log_sink(level: str) -> TaskLogSink:
 
     global _process_log_sink
     sink = TaskLogSink(logger.level(level).no if isinstance(level, str) else int(level))
-    logger.remove_default_sink()  # (and never add it back: a worker logs into the task logs only)
-    for lg in {id(x): x for x in (logger._get(), global_logger)}.values():
+    # smallpond's logger through its own remove(), which also drops its default console sink
+    for lg in [logger] if logger._get() is global_logger else [logger, global_logger]:
         lg.remove()
         lg.add(sink, level=level, enqueue=False, colorize=False)
     _process_log_sink = sink
