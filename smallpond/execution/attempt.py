@@ -20,7 +20,16 @@ from typing import List, Optional
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
-from smallpond.io.filesystem import CorruptRecord, remove_path, signed_bytes, unique_suffix, verified_payload
+from smallpond.io.filesystem import (
+    CorruptRecord,
+    read_file,
+    remove_path,
+    rename_noreplace,
+    signed_bytes,
+    unique_suffix,
+    verified_payload,
+    write_file,
+)
 from smallpond.io.paths import release_file_aliases
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -59,19 +68,23 @@ def _record(task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra)
 def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
     """Commit the task: write its signed record, unless another attempt committed it first.
 
-    The record is published with ``link()``, which fails if a record exists: of two attempts of
-    one task running at once (a speculative copy, an executor of an earlier scheduler), the first
-    to commit wins. Returns None when this attempt's record is now the task's, else the winning
-    record. A record left by an earlier plan (another fingerprint), one whose outputs are gone,
-    or a torn one, is replaced.
+    The record is published by a rename that fails if a record exists (``renameat2`` with
+    ``RENAME_NOREPLACE``; ``link()`` and an unlink where the filesystem lacks it): of two attempts
+    of one task running at once (a speculative copy, an executor of an earlier scheduler), the
+    first to commit wins. Returns None when this attempt's record is now the task's, else the
+    winning record. A record left by an earlier plan (another fingerprint), one whose outputs are
+    gone, or a torn one, is replaced.
     """
     record = _record(task, dataset, attempt, elapsed, **extra)
     path = commit_path(rt, task.key)
     tmp = f"{path}.tmp-{unique_suffix()}"
-    with open(tmp, "wb") as f:
-        f.write(_signed_record(rt, record))
+    write_file(tmp, _signed_record(rt, record), exclusive=True)
+    tmp_left = True
     try:
         try:
+            if rename_noreplace(tmp, path):
+                tmp_left = False
+                return None
             os.link(tmp, path)
             return None
         except FileExistsError:
@@ -80,10 +93,14 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
         if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
             return existing
         os.replace(tmp, path)
+        tmp_left = False
         return None
     finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
+        if tmp_left:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
 
 
 _ATTEMPT_DIR = re.compile(r"(?P<key>.+-\d{6,})\.\d+\.[0-9a-f]+")
@@ -136,8 +153,7 @@ def _load_record(rt: RuntimeContext, path: str, task_key: Optional[str] = None) 
 
     again = f": {task_key} runs again" if task_key else ""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        data = read_file(path)
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -359,7 +375,7 @@ class TaskLogSink:
 
     def __init__(self, level_no: int = 0) -> None:
         self._path: Optional[str] = None
-        self._file = None
+        self._fd: Optional[int] = None
         self.level_no = level_no
 
     def begin(self, path: str) -> None:
@@ -367,28 +383,32 @@ class TaskLogSink:
         self._path = path
 
     def end(self) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             try:
-                self._file.close()
+                os.close(self._fd)
             except OSError:
                 pass
-        self._file = None
+        self._fd = None
         self._path = None
 
     def write(self, message: str) -> None:
+        """Append one record, unbuffered (a running task's log can be read as it grows), with
+        plain system calls (a Python file object costs more than a tiny task's two records)."""
         if self._path is None:
             return
-        if self._file is None:
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             try:
-                self._file = open(self._path, "a")
+                self._fd = os.open(self._path, flags, 0o666)
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(self._path), exist_ok=True)
-                self._file = open(self._path, "a")
-        self._file.write(message)
+                self._fd = os.open(self._path, flags, 0o666)
+        view = memoryview(message.encode("utf-8", "backslashreplace"))
+        while view:
+            view = view[os.write(self._fd, view) :]
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        pass  # nothing is buffered
 
     def info(self, text: str) -> None:
         """An INFO line in loguru's default format, written directly (a loguru call is ~0.3 ms)."""

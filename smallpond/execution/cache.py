@@ -82,6 +82,7 @@ from smallpond.io.filesystem import (
     remove_path,
     signed_bytes,
     unique_suffix,
+    write_file,
 )
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -503,37 +504,53 @@ class TaskCache:
 
 def file_check(path: str, size: Optional[int] = None) -> str:
     """A digest of a file's size, its first and last 64 KiB and (for Parquet) its whole footer."""
-    if size is None:
-        size = os.stat(path).st_size
-    with open(path, "rb") as f:
-        return _check_open_file(f, size)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        return _check_fd(fd, os.fstat(fd).st_size if size is None else size)
+    finally:
+        os.close(fd)
 
 
 def _stat_and_check(path: str) -> Tuple[int, int, str]:
     """(size, modification time, :func:`file_check`) of a file, opening it once."""
-    with open(path, "rb") as f:
-        st = os.fstat(f.fileno())
-        return st.st_size, st.st_mtime_ns, _check_open_file(f, st.st_size)
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        st = os.fstat(fd)
+        return st.st_size, st.st_mtime_ns, _check_fd(fd, st.st_size)
+    finally:
+        os.close(fd)
 
 
-def _check_open_file(f, size: int) -> str:
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_at(fd: int, n: int, offset: int) -> bytes:
+    out = os.pread(fd, n, offset)
+    while len(out) < n:  # a short read (a network filesystem): read on until the end of file
+        more = os.pread(fd, n - len(out), offset + len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
+def _check_fd(fd: int, size: int) -> str:
+    """(plain system calls: a Python file object costs more than reading a small output)"""
     h = hashlib.sha256(str(size).encode())
-    head = f.read(HEAD_TAIL_BYTES)
+    head = _read_at(fd, min(HEAD_TAIL_BYTES, size), 0)
     h.update(head)
     if size <= HEAD_TAIL_BYTES:  # a small file: read whole already (the usual task output of a test)
         h.update(head)
         return h.hexdigest()
     tail = HEAD_TAIL_BYTES
     if size >= 12:
-        f.seek(size - 8)
-        end = f.read(8)
+        end = _read_at(fd, 8, size - 8)
         if end[4:] == b"PAR1":
             footer = int.from_bytes(end[:4], "little")
             if 0 < footer <= min(_MAX_FOOTER, size - 12):
                 tail = max(tail, footer + 8)
     start = max(0, size - tail)
-    f.seek(start)
-    h.update(f.read(size - start))
+    h.update(_read_at(fd, size - start, start))
     return h.hexdigest()
 
 
@@ -657,8 +674,7 @@ def _write_signed(path: str, obj: Any, secret: bytes) -> None:
         import cloudpickle
 
         payload = cloudpickle.dumps(obj)
-    with open(path, "wb") as f:
-        f.write(signed_bytes(payload, secret))
+    write_file(path, signed_bytes(payload, secret))
 
 
 def copy_dataset(ds: DataSet) -> DataSet:

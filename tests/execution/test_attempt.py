@@ -53,6 +53,27 @@ def test_first_attempt_to_commit_wins(sql_task):
     assert os.listdir(node_dir) == [os.path.basename(record["output_dir"])], "the losing attempt's files must be gone"
 
 
+def test_first_attempt_to_commit_wins_without_renameat2(sql_task, monkeypatch):
+    """Where the filesystem cannot rename without replacing, the commit links instead: the same
+    winner, and no temp record left behind."""
+    import smallpond.execution.attempt as attempt_module
+
+    monkeypatch.setattr(attempt_module, "rename_noreplace", lambda a, b: False)
+    rt, task, inputs = sql_task
+    first = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    second = execute_attempt(rt, task, inputs, 1, memory=256 * MB)
+    assert second.resolved_paths == first.resolved_paths
+    assert read_commit(rt, task)["attempt"] == 0
+    assert os.listdir(os.path.dirname(commit_path(rt, task.key))) == [os.path.basename(commit_path(rt, task.key))]
+
+
+def test_commit_leaves_no_temp_record(sql_task):
+    rt, task, inputs = sql_task
+    execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    execute_attempt(rt, task, inputs, 1, memory=256 * MB)  # loses: its temp record must go too
+    assert os.listdir(os.path.dirname(commit_path(rt, task.key))) == [os.path.basename(commit_path(rt, task.key))]
+
+
 def test_a_stale_record_is_replaced(sql_task):
     rt, task, inputs = sql_task
     execute_attempt(rt, task, inputs, 0, memory=256 * MB)
@@ -87,3 +108,22 @@ def test_without_its_output_a_record_does_not_count(sql_task):
     assert read_commit(rt, task) is None
     again = execute_attempt(rt, task, inputs, 1, memory=256 * MB)
     assert read_commit(rt, task)["attempt"] == 1 and all(os.path.exists(p) for p in again.resolved_paths)
+
+
+def test_task_log_sink_writes_each_record_at_once(tmp_path):
+    """A running task's log can be read as it grows (nothing is held in a buffer), any text is
+    written (a lone surrogate from user data is escaped, not an error), and a missing folder is made."""
+    from smallpond.execution.attempt import TaskLogSink
+
+    sink = TaskLogSink()
+    path = str(tmp_path / "tasks" / "T-000001.0.log")
+    sink.begin(path)
+    sink.write("first line\n")
+    assert open(path).read() == "first line\n"
+    sink.info("second")
+    sink.write("odd \udcff text\n")
+    sink.end()
+    sink.write("after the attempt: dropped\n")
+    lines = open(path, encoding="utf-8").read().splitlines()
+    assert lines[0] == "first line" and lines[1].endswith("| INFO     | smallpond.execution.attempt:execute_attempt - second")
+    assert lines[2] == "odd \\udcff text" and len(lines) == 3

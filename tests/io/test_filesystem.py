@@ -9,7 +9,18 @@ from datetime import datetime
 import pytest
 
 from smallpond.execution.task import JobId, RuntimeContext
-from smallpond.io.filesystem import CorruptRecord, SignatureError, atomic_write_bytes, dump, link_or_copy, load, remove_path
+from smallpond.io.filesystem import (
+    CorruptRecord,
+    SignatureError,
+    atomic_write_bytes,
+    dump,
+    link_or_copy,
+    load,
+    read_file,
+    remove_path,
+    rename_noreplace,
+    write_file,
+)
 
 SECRET = b"s" * 32
 
@@ -93,6 +104,35 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_bytes(path, b"two")
     assert open(path, "rb").read() == b"two"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_write_file_and_read_file(tmp_path):
+    path = str(tmp_path / "f.bin")
+    big = os.urandom(300_000)  # more than one read
+    write_file(path, big)
+    assert read_file(path) == big
+    write_file(path, b"short")  # truncates, as open(path, "wb")
+    assert read_file(path) == b"short"
+    with pytest.raises(FileExistsError):
+        write_file(path, b"other", exclusive=True)
+    assert read_file(path) == b"short"
+    write_file(str(tmp_path / "empty"), b"")
+    assert read_file(str(tmp_path / "empty")) == b""
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_rename_noreplace_never_replaces(tmp_path):
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_file(a, b"first")
+    if not rename_noreplace(a, b):
+        pytest.skip("renameat2(RENAME_NOREPLACE) is not available here")
+    assert not os.path.exists(a) and read_file(b) == b"first"
+    write_file(a, b"second")
+    with pytest.raises(FileExistsError):
+        rename_noreplace(a, b)
+    assert read_file(a) == b"second" and read_file(b) == b"first"
 
 
 def test_link_or_copy_and_remove(tmp_path):
