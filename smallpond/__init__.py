@@ -28,18 +28,11 @@ __all__ = ["init", "Session", "DataFrame", "__version__"]
 
 
 def __getattr__(name: str):
-    # importlib.metadata costs ~20 ms to import and query, in every process (each worker too):
-    # the version is looked up when asked for
+    # looked up when asked for, without importlib.metadata (~20 ms to import, in every process)
     if name == "__version__":
-        try:
-            from importlib.metadata import PackageNotFoundError, version
+        from smallpond.common import installed_version
 
-            try:
-                value = version("smallpond")
-            except PackageNotFoundError:  # pragma: no cover
-                value = "unknown"
-        except ImportError:  # pragma: no cover
-            value = "unknown"
+        value = installed_version("smallpond") or "unknown"
         globals()["__version__"] = value
         return value
     if name == "Session":

@@ -114,6 +114,54 @@ def loguru_file_path(path: str) -> str:
     return str(path).replace("{", "{{").replace("}", "}}")
 
 
+def installed_version(dist: str) -> "str | None":
+    """The installed version of distribution ``dist``, None if it is not installed.
+
+    The answer of ``importlib.metadata.version``, read from the ``{name}-{version}.dist-info``
+    folder found first on ``sys.path`` without importing ``importlib.metadata`` (~25 ms at a
+    job's start, where the engine's versions are recorded); other layouts (eggs, zip files) go
+    through ``importlib.metadata``.
+
+    >>> installed_version("no-such-distribution-here") is None
+    True
+    """
+    import os
+    import re
+    import sys
+
+    want = re.sub(r"[-_.]+", "_", dist).lower()
+    if want in _versions_found:
+        return _versions_found[want]
+    found = None
+    for entry in sys.path:
+        names = _path_listing.get(entry)
+        if names is None:
+            try:
+                names = _path_listing[entry] = [n for n in os.listdir(entry or ".") if n.endswith(".dist-info")]
+            except OSError:
+                names = _path_listing[entry] = []
+        for n in names:
+            name, _, version = n[: -len(".dist-info")].rpartition("-")
+            if re.sub(r"[-_.]+", "_", name).lower() == want and version:
+                found = version
+                break
+        if found:
+            break
+    if found is None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version(dist)
+        except PackageNotFoundError:
+            found = None
+    _versions_found[want] = found
+    return found
+
+
+_versions_found: Dict[str, "str | None"] = {}
+_path_listing: Dict[str, List[str]] = {}
+
+
 def human_bytes(n: float) -> str:
     """A byte count with a binary unit.
 

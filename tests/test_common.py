@@ -57,3 +57,20 @@ def test_common_docstring_examples():
 
     result = doctest.testmod(smallpond.common, verbose=False)
     assert result.attempted >= 5 and result.failed == 0
+
+
+@pytest.mark.parametrize(
+    "dist", ["smallpond", "duckdb", "pyarrow", "pandas", "typing_extensions", "typing-extensions", "no-such-dist-x"]
+)
+def test_installed_version_is_importlib_metadatas(dist):
+    """The engine's versions (recorded in each job's events and in cache keys) are read without
+    importlib.metadata, with the same answer."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from smallpond.common import installed_version
+
+    try:
+        expected = version(dist)
+    except PackageNotFoundError:
+        expected = None
+    assert installed_version(dist) == expected

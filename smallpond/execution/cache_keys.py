@@ -50,14 +50,11 @@ def engine_versions() -> str:
     release and a digest of its code, so a changed engine never serves results of the old one)."""
     global _versions
     if _versions is None:
-        from importlib.metadata import PackageNotFoundError, version
+        from smallpond.common import installed_version
 
         parts = [f"python={sys.version_info[0]}.{sys.version_info[1]}"]
         for dist in ("duckdb", "pyarrow", "smallpond"):
-            try:
-                parts.append(f"{dist}={version(dist)}")
-            except PackageNotFoundError:
-                parts.append(f"{dist}=?")
+            parts.append(f"{dist}={installed_version(dist) or '?'}")
         parts.append(f"code={_package_digest()}")
         _versions = " ".join(parts)
     return _versions

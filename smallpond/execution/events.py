@@ -571,14 +571,14 @@ def _versions() -> Dict[str, str]:
     global _versions_seen
     if _versions_seen is None:
         import platform
-        from importlib.metadata import PackageNotFoundError, version
+
+        from smallpond.common import installed_version
 
         out = {"python": platform.python_version()}
         for dist in ("smallpond", "duckdb", "pyarrow"):
-            try:
-                out[dist] = version(dist)
-            except PackageNotFoundError:
-                pass
+            found = installed_version(dist)
+            if found is not None:
+                out[dist] = found
         _versions_seen = out
     return dict(_versions_seen)
 
