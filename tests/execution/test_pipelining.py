@@ -65,6 +65,24 @@ def test_tiny_tasks_are_queued_behind_running_ones(parquet_files, make_rt, queue
     assert len(queue_everything) > 0  # after the first tasks of the node, workers got a second one
 
 
+def test_a_worker_holds_at_most_queue_depth_attempts(parquet_files, make_rt, queue_everything, monkeypatch):
+    """Workers are kept fed (more than one attempt queued when the scheduler has them), but never
+    hold more than QUEUE_DEPTH attempts: a long queue would keep tasks from idle workers."""
+    most = []
+    original = local.LocalExecutor._send
+
+    def send(self, w, entry):
+        ok = original(self, w, entry)
+        most.append(len(w.inflight))
+        return ok
+
+    monkeypatch.setattr(local.LocalExecutor, "_send", send)
+    plan, node = _plan(parquet_files, 60)
+    exec_plan = run_job(plan, make_rt(), num_workers=2)
+    assert _indexes(exec_plan, node) == list(range(60))
+    assert max(most) == local.QUEUE_DEPTH
+
+
 def test_tasks_queued_on_a_dying_worker_run_on_its_replacement(parquet_files, make_rt, queue_everything):
     plan, node = _plan(parquet_files, 12, crash_on=5)
     rt = make_rt()

