@@ -2,8 +2,10 @@
 
 :class:`SchedState` is the whole state of a run; ``add_tasks``, ``make_ready``, ``reserve``,
 ``release``, ``finish_task``, ``fail_attempt``, ``invalidate``, ``recompute_producers``, ... are its
-transitions, pure functions of the state and their arguments (no I/O, no executor), so each policy
-(retries, speculation, elastic threads) can be tested on a state built by hand.
+transitions, functions of the state and their arguments that never touch the executor, so each
+policy (retries, speculation, elastic threads) can be tested on a state built by hand. The one
+that reads files is ``add_tasks``: resume, which lists the job's commit records once and loads
+those of the tasks it adds (a state built by hand over a job folder without records reads none).
 """
 
 from __future__ import annotations
