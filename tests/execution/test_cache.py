@@ -125,6 +125,50 @@ def test_the_whole_parquet_footer_is_checked(tmp_path):
     assert file_check(path) != before
 
 
+def _check_as_first_written(path):
+    """The file check as entries written by earlier releases computed it (through a Python file
+    object): their records must keep verifying."""
+    import hashlib
+
+    tail_bytes = 64 * 1024
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        h = hashlib.sha256(str(size).encode())
+        head = f.read(tail_bytes)
+        h.update(head)
+        if size <= tail_bytes:
+            h.update(head)
+            return h.hexdigest()
+        tail = tail_bytes
+        if size >= 12:
+            f.seek(size - 8)
+            end = f.read(8)
+            if end[4:] == b"PAR1":
+                footer = int.from_bytes(end[:4], "little")
+                if 0 < footer <= min(64 * 1024 * 1024, size - 12):
+                    tail = max(tail, footer + 8)
+        start = max(0, size - tail)
+        f.seek(start)
+        h.update(f.read(size - start))
+        return h.hexdigest()
+
+
+@pytest.mark.parametrize("size", [0, 1, 11, 12, 100, 65535, 65536, 65537, 200_000])
+def test_file_check_digests_are_those_of_earlier_entries(tmp_path, size):
+    path = str(tmp_path / f"f{size}")
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    assert file_check(path) == _check_as_first_written(path)
+
+
+def test_file_check_digests_of_parquet_are_those_of_earlier_entries(tmp_path):
+    small, wide = str(tmp_path / "small.parquet"), str(tmp_path / "wide.parquet")
+    pq.write_table(pa.table({"a": list(range(100_000))}), small)
+    pq.write_table(pa.table({f"a_rather_long_column_name_{i:05d}": [i] for i in range(3000)}), wide)
+    for path in (small, wide):
+        assert file_check(path) == _check_as_first_written(path)
+
+
 def test_a_record_not_signed_by_this_cache_is_refused(cache, tmp_path, log_messages):
     insert(cache, tmp_path)
     other = TaskCache(str(tmp_path / "other"))
