@@ -214,9 +214,21 @@ def rename_noreplace(a: str, b: str) -> bool:
     atomic step (Linux ``renameat2(RENAME_NOREPLACE)``).
 
     Returns False, having changed nothing, where the system or the filesystem cannot do it (the
-    caller then uses ``os.link`` and an unlink, which give the same result in three steps).
+    caller then uses ``os.link`` and an unlink, which give the same result in three steps). A
+    folder whose filesystem said so is not asked again: on a network filesystem each refused call
+    is a round trip, once per task commit.
     """
-    return _rename2(a, b, _RENAME_NOREPLACE)
+    folder = os.path.dirname(b)
+    if folder in _no_noreplace:
+        return False
+    if _rename2(a, b, _RENAME_NOREPLACE):
+        return True
+    _no_noreplace.add(folder)
+    return False
+
+
+#: folders whose filesystem cannot rename without replacing (see :func:`rename_noreplace`)
+_no_noreplace: set = set()
 
 
 def atomic_write_text(path: str, text: str, *, fsync: bool = False) -> None:

@@ -135,6 +135,30 @@ def test_rename_noreplace_never_replaces(tmp_path):
     assert read_file(a) == b"second" and read_file(b) == b"first"
 
 
+def test_rename_noreplace_asks_a_refusing_filesystem_once(tmp_path, monkeypatch):
+    """Where renameat2 is refused (NFS, some FUSE filesystems), later renames into the same folder
+    go straight to the caller's link fallback, without a refused call per commit."""
+    import ctypes
+    import errno
+
+    import smallpond.io.filesystem as fs
+
+    calls = []
+
+    def refused(*args):
+        calls.append(args)
+        ctypes.set_errno(errno.EINVAL)
+        return -1
+
+    monkeypatch.setattr(fs, "_renameat2", refused)
+    monkeypatch.setattr(fs, "_no_noreplace", set())
+    for i in range(3):
+        write_file(str(tmp_path / f"a{i}"), b"x")
+        assert rename_noreplace(str(tmp_path / f"a{i}"), str(tmp_path / f"b{i}")) is False
+        assert os.path.exists(tmp_path / f"a{i}") and not os.path.exists(tmp_path / f"b{i}")
+    assert len(calls) == 1
+
+
 def test_link_or_copy_and_remove(tmp_path):
     src = tmp_path / "src"
     src.write_text("data")
