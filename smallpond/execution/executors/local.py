@@ -81,8 +81,8 @@ class _Worker:
 #: a task may be queued behind a running one whose node's tasks take less than this (seconds)
 QUEUE_BEHIND_SECONDS = 0.05
 #: attempts a worker may hold at once: the one it runs and those queued behind it (at most
-#: ``QUEUE_DEPTH - 1`` short tasks wait behind a short one; deeper than 2 measured ~5% faster on
-#: 2,000 no-op tasks, deeper than 4 no faster)
+#: ``QUEUE_DEPTH - 1`` short tasks wait behind a short one). On 2,000 no-op tasks 4 measured 1-10%
+#: faster than 2, in two sets of 5 runs; 6 and 8 were within the noise of 4.
 QUEUE_DEPTH = 4
 
 
