@@ -21,6 +21,7 @@ from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import (
+    APPEND_FLAGS,
     CorruptRecord,
     read_file,
     remove_path,
@@ -28,6 +29,7 @@ from smallpond.io.filesystem import (
     signed_bytes,
     unique_suffix,
     verified_payload,
+    write_all,
     write_file,
 )
 from smallpond.io.paths import release_file_aliases
@@ -397,15 +399,12 @@ class TaskLogSink:
         if self._path is None:
             return
         if self._fd is None:
-            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
             try:
-                self._fd = os.open(self._path, flags, 0o666)
+                self._fd = os.open(self._path, APPEND_FLAGS, 0o666)
             except FileNotFoundError:
                 os.makedirs(os.path.dirname(self._path), exist_ok=True)
-                self._fd = os.open(self._path, flags, 0o666)
-        view = memoryview(message.encode("utf-8", "backslashreplace"))
-        while view:
-            view = view[os.write(self._fd, view) :]
+                self._fd = os.open(self._path, APPEND_FLAGS, 0o666)
+        write_all(self._fd, message.encode("utf-8", "backslashreplace"))
 
     def flush(self) -> None:
         pass  # nothing is buffered

@@ -73,6 +73,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from smallpond.common import logger
 from smallpond.errors import ParameterError
 from smallpond.io.filesystem import (
+    READ_FLAGS,
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
@@ -504,7 +505,7 @@ class TaskCache:
 
 def file_check(path: str, size: Optional[int] = None) -> str:
     """A digest of a file's size, its first and last 64 KiB and (for Parquet) its whole footer."""
-    fd = os.open(path, _READ_FLAGS)
+    fd = os.open(path, READ_FLAGS)
     try:
         return _check_fd(fd, os.fstat(fd).st_size if size is None else size)
     finally:
@@ -513,15 +514,12 @@ def file_check(path: str, size: Optional[int] = None) -> str:
 
 def _stat_and_check(path: str) -> Tuple[int, int, str]:
     """(size, modification time, :func:`file_check`) of a file, opening it once."""
-    fd = os.open(path, _READ_FLAGS)
+    fd = os.open(path, READ_FLAGS)
     try:
         st = os.fstat(fd)
         return st.st_size, st.st_mtime_ns, _check_fd(fd, st.st_size)
     finally:
         os.close(fd)
-
-
-_READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 
 
 def _read_at(fd: int, n: int, offset: int) -> bytes:

@@ -92,7 +92,18 @@ def unique_suffix() -> str:
     return f"{_suffix_prefix}{os.getpid():x}{_suffix_counter:x}"
 
 
-_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _CLOEXEC
+#: ``os.open`` flags to read a file, and to append to one (created if missing)
+READ_FLAGS = os.O_RDONLY | _CLOEXEC
+APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _CLOEXEC
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to file descriptor ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_file(path: str, data: bytes, *, exclusive: bool = False) -> None:
@@ -105,16 +116,14 @@ def write_file(path: str, data: bytes, *, exclusive: bool = False) -> None:
     """
     fd = os.open(path, (_NEW_FILE_FLAGS | os.O_EXCL) if exclusive else _NEW_FILE_FLAGS, 0o666)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
     finally:
         os.close(fd)
 
 
 def read_file(path: str) -> bytes:
     """The whole content of ``path``, with plain system calls (see :func:`write_file`)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd = os.open(path, READ_FLAGS)
     try:
         size = os.fstat(fd).st_size
         chunks = []
