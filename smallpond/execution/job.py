@@ -197,6 +197,16 @@ class Job:
         self._sinks: List[int] = []
 
     # -- life cycle ------------------------------------------------------------------------------
+    def _start_executor(self) -> None:
+        try:
+            self.executor.start()  # workers boot while the user's script builds its plan
+        except BaseException as e:
+            # a cluster that cannot run the job: failure status, executor (a Ray connection),
+            # log sinks and lock released here, since no caller will finish a job not started
+            self.record_error(e)
+            self.finish(False)
+            raise
+
     def start(self) -> "Job":
         from smallpond.execution.ops.sink import roll_forward
 
@@ -204,25 +214,29 @@ class Job:
         rt.initialize(restart=self.restart)
         self._lock = JobLock(rt.layout)
         self._lock.acquire()
+        started = False
         try:
             roll_forward(rt)  # a publication an earlier run of this job began and did not finish
-            self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
-            write_status(rt, "running")
             # the cache first: a folder that is not safe to use stops the job before any worker starts
             cache = JobCache(rt) if rt.task_cache else None
-            self._install_sigterm_handler()
             self.executor = self._executor or make_executor(rt, self._num_workers)
-            try:
-                self.executor.start()  # workers boot while the user's script builds its plan
-            except BaseException as e:
-                # a cluster that cannot run the job: failure status, executor (a Ray connection),
-                # log sinks and lock released here, since no caller will finish a job not started
-                self.record_error(e)
-                self.finish(False)
-                raise
+            if self.executor.starts_quietly:  # local workers boot while loguru's sinks are set up
+                self._start_executor()
+                started = True
+            self._sinks = _add_log_sinks(rt, self.log_name or rt.exec_id or "scheduler")
+            write_status(rt, "running")
+            self._install_sigterm_handler()
+            if not started:
+                self._start_executor()
+                started = True
             self.events = EventLog(rt.log_root)
             self.events.job_start(rt, name=self.name, executor=self.executor.describe())
         except BaseException:
+            if not self.finished:  # workers started before a later step failed
+                if started:
+                    self.executor.shutdown()
+                _remove_log_sinks(self._sinks)
+                self._sinks = []
             self._restore_sigterm_handler()
             self._lock.release()
             raise

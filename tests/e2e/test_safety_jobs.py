@@ -237,3 +237,33 @@ def add_to_ids(runtime_ctx, tables, offset):
 
     table = tables[0]
     return table.set_column(table.schema.get_field_index("id"), "id", pc.add(table.column("id"), offset))
+
+
+def test_a_start_that_fails_after_the_workers_booted_stops_them_and_releases_the_lock(tmp_path, monkeypatch):
+    # local workers start before the job's log sinks (so they boot while loguru loads); a failure
+    # in a later step of the start must not leave them running or the job folder locked
+    import smallpond.execution.job as job_module
+    from smallpond.execution.executors.local import LocalExecutor
+
+    started = []
+    real_start = LocalExecutor.start
+
+    def spy_start(self):
+        real_start(self)
+        started.append(list(self.workers))
+
+    def broken_sinks(rt, name):
+        raise OSError("the log folder is full")
+
+    monkeypatch.setattr(LocalExecutor, "start", spy_start)
+    monkeypatch.setattr(job_module, "_add_log_sinks", broken_sinks)
+    job_id = str(uuid.uuid4())
+    root = str(tmp_path / "root")
+    with pytest.raises(OSError, match="the log folder is full"):
+        smallpond.init(job_id=job_id, data_root=root, num_executors=2)
+    assert started and len(started[0]) == 2, "the workers were started before the sinks"
+    for w in started[0]:
+        assert w.proc.wait(timeout=10) is not None, "a worker outlived the failed start"
+    monkeypatch.undo()
+    again = smallpond.init(job_id=job_id, data_root=root, num_executors=1)  # the lock was released
+    again.shutdown()

@@ -90,6 +90,9 @@ class Executor:
 
     #: a short name for logs and the run report ("local", "ray", "queue")
     name: str = "base"
+    #: :meth:`start` logs nothing and cannot wait on anything: a job starts it before its log
+    #: sinks, so workers boot while the scheduler sets up (local processes: ~0.1 s sooner)
+    starts_quietly: bool = False
 
     @property
     def capacity(self) -> Capacity:

@@ -135,6 +135,7 @@ class LocalExecutor(Executor):
     """
 
     name = "local"
+    starts_quietly = True
 
     def __init__(
         self,
