@@ -129,3 +129,27 @@ def test_user_file_dropped_in_during_the_job_is_moved_back(tmp_path, make_rt, mo
     publish(rt, [(task, record)])
     assert (dest / "late.txt").read_text() == "arrived during the job"
     assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt", "late.txt"] + new_names)
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["existing_destination", "new_destination"])
+def test_journal_is_fsynced_only_where_a_destination_exists(tmp_path, make_rt, monkeypatch, existing):
+    # a power loss in the middle of swapping out a previous result (or appending beside a user's
+    # files) must find the journal on disk; a new destination holds only this job's files, which
+    # a re-run publishes again, so its publication skips the fsyncs (each waits for the writeback
+    # of everything the job just wrote)
+    rt, dest, task, record, new_names = setup(tmp_path, make_rt, "overwrite")
+    if not existing:
+        for name in os.listdir(dest):
+            os.unlink(dest / name)
+        dest.rmdir()
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    publish(rt, [(task, record)])
+    assert snapshot(str(dest)) == expected_new(dest, "overwrite", new_names)
+    journal_dir = os.path.dirname(journal_path(rt))
+    if existing:
+        assert any(os.path.basename(p).startswith(".publication.journal.tmp-") for p in synced), synced
+        assert journal_dir in synced and str(dest) in synced and str(tmp_path) in synced
+    else:
+        assert synced == []
