@@ -56,3 +56,41 @@ def test_num_producers_is_validated(parquet_files, bad):
     ctx = Context()
     with pytest.raises(ParameterError, match="num_producers"):
         HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 4, ["key"], num_producers=bad)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("npartitions", [5, 7])
+def test_producers_given_no_files_write_nothing_and_every_partition_keeps_a_file(parquet_files, make_rt, engine, npartitions):
+    # DataSetPartitionNode(n) over 3 files leaves n - 3 partitions without a file; their producers
+    # write nothing, except the first producer, which leaves a file (rows or a placeholder with
+    # the schema) in every partition whatever its input
+    import duckdb
+
+    from smallpond.execution.job import run_job
+    from smallpond.logical.node import DataSinkNode
+
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), npartitions)
+    node = HashPartitionNode(ctx, (parts,), 48, ["id"], engine_type=engine)  # 30 rows: empty partitions
+    plan = run_job(LogicalPlan(ctx, DataSinkNode(ctx, (node,), str(parquet_files[0]) + ".out")), make_rt(), num_workers=2)
+    producers = sorted((t for t in plan.tasks.values() if isinstance(t, HashPartitionTask)), key=lambda t: t.producer_index)
+    assert [t.producer_index for t in producers] == list(range(npartitions))
+    empty = [plan.results[t.input_keys[0]].empty for t in producers]
+    assert empty.count(True) == npartitions - 3, empty
+    for t, no_input in zip(producers, empty):
+        files = [p for d in plan.results[t.key].datasets for p in d.resolved_paths]
+        if no_input and t.producer_index > 0:
+            assert files == [], f"producer {t.producer_index} was given no file and wrote {files}"
+        else:
+            assert files, f"producer {t.producer_index} must leave a file in every partition"
+    consumers = [t for t in plan.tasks.values() if t.node_id == node.id and not isinstance(t, HashPartitionTask)]
+    consumers = [t for t in consumers if type(t).__name__ == "PartitionConsumerTask"]
+    assert len(consumers) == 48
+    seen = []
+    for c in consumers:
+        paths = plan.results[c.key].resolved_paths
+        assert paths, f"partition {c.key} has no file"
+        rel = duckdb.sql(f"SELECT id, key FROM read_parquet({paths!r})")
+        assert rel.columns == ["id", "key"]
+        seen += [r[0] for r in rel.fetchall()]
+    assert sorted(seen) == list(range(30))
