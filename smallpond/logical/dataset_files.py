@@ -185,9 +185,15 @@ class ParquetDataSet(DataSet):
     @property
     def resolved_row_ranges(self):
         if self._resolved_row_ranges is None:
-            from smallpond.io.arrow import read_row_ranges
+            from smallpond.io import parquet_footer
 
-            self._resolved_row_ranges = read_row_ranges(self.resolved_paths, max_workers=32)
+            # a few files, pyarrow not loaded: their footers read without importing it (~0.1 s)
+            ranges = parquet_footer.read_row_ranges(self.resolved_paths)
+            if ranges is None:
+                from smallpond.io.arrow import read_row_ranges
+
+                ranges = read_row_ranges(self.resolved_paths, max_workers=32)
+            self._resolved_row_ranges = ranges
         return self._resolved_row_ranges
 
     @property

@@ -1,0 +1,367 @@
+"""A Parquet file's row count and data size, read from its footer without pyarrow.
+
+The scheduler plans row ranges before any task runs: for each input file it needs the number of
+rows and the data size (the sum of the row groups' ``total_byte_size``), nothing else. Importing
+pyarrow only to read those two numbers costs about 0.1 s at job start, so :func:`read_row_summary`
+reads them itself. A Parquet file ends with ``footer | 4-byte little-endian footer length | PAR1``,
+and the footer is a ``FileMetaData`` struct in Thrift's compact protocol: ``num_rows`` is its field
+3, and each ``RowGroup`` of its field 4 holds ``total_byte_size`` as field 2. Everything else (the
+schema, the column chunks, their statistics, key-value metadata) is walked over by a generic
+compact-protocol skipper, which needs no knowledge of the Parquet format.
+
+Limits: the answer is None, and the caller falls back to pyarrow, for a file that is not Parquet
+(too short, no ``PAR1`` at the end), an encrypted footer (``PARE``), a footer longer than
+:data:`MAX_FOOTER_BYTES`, and any footer this parser does not understand: unknown type ids,
+truncated data, a required field missing or of the wrong type, containers nested deeper than
+:data:`MAX_DEPTH`, bytes after the ``FileMetaData`` (the signature of a plaintext-footer encrypted
+file). It validates only the structure and the fields it reads: where pyarrow rejects a footer
+for a reason elsewhere (a broken schema, a damaged column chunk), this reader may still answer.
+Files are read with ``os.pread``, so only paths the operating system can open are supported.
+
+Cost (CPython 3.11): about 0.2 ms for the quick start's file (2 columns, 9 row groups, a 2 KB
+footer); about 45 ms for 100 columns x 50 row groups with statistics (a 560 KB footer), where
+pyarrow, once imported, takes about 5 ms.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from smallpond.io.rowrange import RowRange
+
+#: Footers longer than this are left to pyarrow (the caller's fallback). Python parses about
+#: 12 MB/s of footer, pyarrow several times that once loaded: up to this size, parsing costs at
+#: most about what importing pyarrow would.
+MAX_FOOTER_BYTES = 1 << 20
+#: :func:`read_row_ranges` reads at most this many files; more go to pyarrow's threaded reader
+MAX_FILES = 8
+#: Containers (structs, lists, sets, maps) nested deeper than this are not parsed. Parquet's own
+#: metadata nests about five deep.
+MAX_DEPTH = 64
+
+_MAGIC = b"PAR1"
+_MASK64 = (1 << 64) - 1
+
+# Compact-protocol type ids: 1/2 bool true/false, 3 byte, 4 i16, 5 i32, 6 i64, 7 double,
+# 8 binary, 9 list, 10 set, 11 map, 12 struct. A field header of type 0 ends a struct: writers
+# write a 0 byte, and Thrift's own reader (the one pyarrow uses) ignores the high nibble there.
+_I64 = 6
+_LIST = 9
+_STRUCT = 12
+
+
+class _Unsupported(Exception):
+    """The footer holds something this parser does not understand (read_row_summary answers None)."""
+
+
+def read_row_summary(path: str) -> Optional[Tuple[int, int]]:
+    """(num_rows, data_size) of a Parquet file from its footer, or None where this reader does not apply.
+
+    ``num_rows`` is what ``pyarrow.parquet.read_metadata(path).num_rows`` returns and ``data_size``
+    the sum of the row groups' ``total_byte_size``. None means "ask pyarrow": the file is not
+    Parquet, its footer is encrypted, longer than :data:`MAX_FOOTER_BYTES` or not understood here
+    (see the module's docstring). Malformed footers never raise; filesystem errors do (``OSError``,
+    e.g. ``FileNotFoundError`` for a missing file).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        if size < 12:  # leading magic + footer length + trailing magic
+            return None
+        tail = _pread_exact(fd, 8, size - 8)
+        if tail is None or tail[4:] != _MAGIC:  # not Parquet, or an encrypted footer (PARE)
+            return None
+        footer_len = int.from_bytes(tail[:4], "little")
+        if footer_len > MAX_FOOTER_BYTES or footer_len > size - 12:
+            return None
+        footer = _pread_exact(fd, footer_len, size - 8 - footer_len)
+    finally:
+        os.close(fd)
+    if footer is None:
+        return None
+    try:
+        return _parse_file_metadata(footer)
+    except (_Unsupported, IndexError):  # IndexError: the data ended inside a value
+        return None
+
+
+def read_row_ranges(paths: Sequence[str]) -> Optional[List[RowRange]]:
+    """One whole-file :class:`~smallpond.io.rowrange.RowRange` per path, or None: ask pyarrow
+    (:func:`smallpond.io.arrow.read_row_ranges`, which also gives the errors their context).
+
+    Only while pyarrow is not loaded in this process and for at most :data:`MAX_FILES` files: this
+    saves a scheduler that plans a split of a few files the ~0.1 s of importing pyarrow; once
+    pyarrow is loaded, or for many files, pyarrow's reader is the faster one.
+    """
+    if len(paths) > MAX_FILES or "pyarrow.parquet" in sys.modules:
+        return None
+    ranges = []
+    for path in paths:
+        try:
+            summary = read_row_summary(path)
+        except OSError:
+            return None
+        if summary is None:
+            return None
+        num_rows, data_size = summary
+        ranges.append(RowRange(path, data_size, num_rows, 0, num_rows))
+    return ranges
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> Optional[bytes]:
+    """``n`` bytes at ``offset``, or None if the file ends first (it shrank since fstat)."""
+    data = os.pread(fd, n, offset)
+    if len(data) == n:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        chunk = os.pread(fd, n - got, offset + got)
+        if not chunk:
+            return None
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _parse_file_metadata(buf: bytes) -> Tuple[int, int]:
+    """(FileMetaData.num_rows, sum of RowGroup.total_byte_size); raises _Unsupported/IndexError."""
+    num_rows = data_size = None
+    fid = 0
+    pos = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        t = b & 0x0F
+        if t == 0:  # stop
+            break
+        if b >= 0x10:
+            fid += b >> 4
+        else:  # long form: the field id follows as a zigzag varint
+            v, pos = _varint(buf, pos)
+            fid = (v >> 1) ^ -(v & 1)
+        if fid == 3:
+            if t != _I64:
+                raise _Unsupported
+            v, pos = _varint(buf, pos)
+            num_rows = (v >> 1) ^ -(v & 1)
+        elif fid == 4:
+            if t != _LIST:
+                raise _Unsupported
+            data_size, pos = _sum_row_group_sizes(buf, pos)
+        elif t == 1 or t == 2:  # a bool field has no payload
+            continue
+        else:
+            pos = _skip_value(buf, pos, t, 1)
+    if num_rows is None or data_size is None:
+        raise _Unsupported
+    if pos != len(buf):  # writers end the footer with FileMetaData's stop byte; see the module's docstring
+        raise _Unsupported
+    return num_rows, data_size
+
+
+def _sum_row_group_sizes(buf: bytes, pos: int) -> Tuple[int, int]:
+    """Sum of total_byte_size (field 2) over the list<RowGroup> at ``pos``, and the position after it."""
+    b = buf[pos]
+    pos += 1
+    n = b >> 4
+    if n == 15:
+        n, pos = _varint(buf, pos)
+    if n == 0:
+        return 0, pos
+    if b & 0x0F != _STRUCT or n > len(buf) - pos:
+        raise _Unsupported
+    total = 0
+    for _ in range(n):
+        fid = 0
+        size = None
+        while True:
+            b = buf[pos]
+            pos += 1
+            t = b & 0x0F
+            if t == 0:
+                break
+            if b >= 0x10:
+                fid += b >> 4
+            else:
+                v, pos = _varint(buf, pos)
+                fid = (v >> 1) ^ -(v & 1)
+            if fid == 2:
+                if t != _I64:
+                    raise _Unsupported
+                v, pos = _varint(buf, pos)
+                size = (v >> 1) ^ -(v & 1)
+            elif t == 1 or t == 2:
+                continue
+            else:  # the row group's column chunks (a list) and its other fields
+                pos = _skip_value(buf, pos, t, 3)
+        if size is None:
+            raise _Unsupported
+        total += size
+    return total, pos
+
+
+def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
+    """The unsigned varint at ``pos`` (at most 10 bytes, kept to 64 bits) and the position after it."""
+    b = buf[pos]
+    if b < 0x80:
+        return b, pos + 1
+    value = b & 0x7F
+    shift = 7
+    pos += 1
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value & _MASK64, pos
+        shift += 7
+        if shift > 63:
+            raise _Unsupported
+
+
+def _header_kinds() -> bytes:
+    """For each field header byte, what :func:`_skip_struct` does with the field.
+
+    0 stop, 1 varint (i16, i32, i64), 2 binary, 3 struct, 4 list or set, 5 bool (no payload),
+    6 anything else (double, byte, map, unknown ids); plus 8 where the header's delta is 0, so
+    that the field id follows as a varint. One table lookup replaces a chain of tests per field.
+    """
+    kind_of_type = {4: 1, 5: 1, 6: 1, 8: 2, 12: 3, 9: 4, 10: 4, 1: 5, 2: 5}
+    kinds = bytearray(256)
+    for b in range(256):
+        if b & 0x0F:  # (type 0 is the stop, whatever the high nibble: kind 0)
+            kinds[b] = kind_of_type.get(b & 0x0F, 6) + (8 if b < 0x10 else 0)
+    return bytes(kinds)
+
+
+_HEADER_KINDS = _header_kinds()
+
+
+def _skip_struct(buf: bytes, pos: int, depth: int) -> int:
+    """The position after the struct whose first field header is at ``pos``."""
+    if depth > MAX_DEPTH:
+        raise _Unsupported
+    kinds = _HEADER_KINDS
+    while True:
+        h = buf[pos]
+        k = kinds[h]
+        pos += 1
+        if k == 1:  # the most common field: a varint
+            while buf[pos] > 0x7F:
+                pos += 1
+            pos += 1
+            continue
+        if k == 0:
+            return pos
+        if k > 8:  # long-form field id: skip its varint, then the value as usual
+            while buf[pos] > 0x7F:
+                pos += 1
+            pos += 1
+            k -= 8
+            if k == 1:
+                while buf[pos] > 0x7F:
+                    pos += 1
+                pos += 1
+                continue
+        if k == 2:  # binary: varint length, then the bytes
+            n = buf[pos]
+            if n < 0x80:
+                pos += 1 + n
+            else:
+                n, pos = _varint(buf, pos)
+                pos += n
+        elif k == 3:
+            pos = _skip_struct(buf, pos, depth + 1)
+        elif k == 4:
+            pos = _skip_list(buf, pos, depth + 1)
+        elif k == 6:
+            pos = _skip_value(buf, pos, h & 0x0F, depth + 1)
+        # k == 5: a bool field, whose value is its type id
+
+
+def _skip_list(buf: bytes, pos: int, depth: int) -> int:
+    """The position after the list or set whose header is at ``pos``."""
+    if depth > MAX_DEPTH:
+        raise _Unsupported
+    b = buf[pos]
+    pos += 1
+    n = b >> 4
+    et = b & 0x0F
+    if n == 15:
+        n, pos = _varint(buf, pos)
+    if et > 12:
+        raise _Unsupported
+    if n == 0:
+        return pos
+    if n > len(buf) - pos:  # every element takes at least one byte
+        raise _Unsupported
+    if et == 12:
+        for _ in range(n):
+            pos = _skip_struct(buf, pos, depth + 1)
+    elif 4 <= et <= 6:
+        for _ in range(n):
+            while buf[pos] > 0x7F:
+                pos += 1
+            pos += 1
+    elif et == 8:
+        for _ in range(n):
+            m = buf[pos]
+            if m < 0x80:
+                pos += 1 + m
+            else:
+                m, pos = _varint(buf, pos)
+                pos += m
+    elif 1 <= et <= 3:  # bools and bytes: one byte each
+        pos += n
+    elif et == 7:
+        pos += 8 * n
+    elif et:
+        for _ in range(n):
+            pos = _skip_value(buf, pos, et, depth + 1)
+    else:
+        raise _Unsupported
+    return pos
+
+
+def _skip_value(buf: bytes, pos: int, t: int, depth: int) -> int:
+    """The position after the value of type ``t`` at ``pos``, as an element of a container.
+
+    (Bools take one byte here; a bool struct field has no payload and is handled by the caller.)
+    Positions only grow, and every read is an index into ``buf``, so data that ends early raises
+    IndexError rather than reading past it.
+    """
+    if 4 <= t <= 6:
+        while buf[pos] > 0x7F:
+            pos += 1
+        return pos + 1
+    if t == 8:
+        n, pos = _varint(buf, pos)
+        return pos + n
+    if t == 12:
+        return _skip_struct(buf, pos, depth)
+    if t == 9 or t == 10:
+        return _skip_list(buf, pos, depth)
+    if t == 11:
+        if depth > MAX_DEPTH:
+            raise _Unsupported
+        n, pos = _varint(buf, pos)
+        if n == 0:
+            return pos
+        kv = buf[pos]
+        pos += 1
+        if 2 * n > len(buf) - pos:  # every key and value takes at least one byte
+            raise _Unsupported
+        kt = kv >> 4
+        vt = kv & 0x0F
+        for _ in range(n):
+            pos = _skip_value(buf, pos, kt, depth + 1)
+            pos = _skip_value(buf, pos, vt, depth + 1)
+        return pos
+    if 1 <= t <= 3:
+        return pos + 1
+    if t == 7:
+        return pos + 8
+    raise _Unsupported
