@@ -40,6 +40,9 @@ Rules every backend keeps:
   function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
   behind their current short one (``submit(..., queue=True)``); backends without it return 0.
+* **A quiet start may come first.** A backend whose ``start`` logs nothing and waits on nothing
+  (spawning local processes) sets ``starts_quietly``: a job then starts it before its log sinks,
+  so the workers boot meanwhile. Others are started once the job's log file is open.
 * **Data never flows through the executor.** Attempts read and write files on the shared data
   root; a Completion carries only the output's description.
 """
