@@ -502,9 +502,10 @@ class Planner:
             merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
             srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]
         extra = self._split_points_task(node, [TOP], srcs)
-        # the first producer leaves a file in every partition (HashPartitionTask.producer_index)
-        index = (lambda i: (i,)) if issubclass(producer_cls, HashPartitionTask) else (lambda i: ())
-        producers = [self._task(producer_cls, node, [TOP], [s, *extra], *index(i)) for i, s in enumerate(srcs)]
+        # a hash or range producer knows its index: the first one leaves a file in every
+        # partition (HashPartitionTask.producer_index); the index is part of its fingerprint
+        numbered = issubclass(producer_cls, HashPartitionTask)
+        producers = [self._task(producer_cls, node, [TOP], [s, *extra], *((i,) if numbered else ())) for i, s in enumerate(srcs)]
         return [
             self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
         ]
