@@ -132,21 +132,13 @@ def _parse_file_metadata(buf: bytes) -> Tuple[int, int]:
     fid = 0
     pos = 0
     while True:
-        b = buf[pos]
-        pos += 1
-        t = b & 0x0F
+        fid, t, pos = _field_header(buf, pos, fid)
         if t == 0:  # stop
             break
-        if b >= 0x10:
-            fid += b >> 4
-        else:  # long form: the field id follows as a zigzag varint
-            v, pos = _varint(buf, pos)
-            fid = (v >> 1) ^ -(v & 1)
         if fid == 3:
             if t != _I64:
                 raise _Unsupported
-            v, pos = _varint(buf, pos)
-            num_rows = (v >> 1) ^ -(v & 1)
+            num_rows, pos = _zigzag(buf, pos)
         elif fid == 4:
             if t != _LIST:
                 raise _Unsupported
@@ -178,21 +170,13 @@ def _sum_row_group_sizes(buf: bytes, pos: int) -> Tuple[int, int]:
         fid = 0
         size = None
         while True:
-            b = buf[pos]
-            pos += 1
-            t = b & 0x0F
+            fid, t, pos = _field_header(buf, pos, fid)
             if t == 0:
                 break
-            if b >= 0x10:
-                fid += b >> 4
-            else:
-                v, pos = _varint(buf, pos)
-                fid = (v >> 1) ^ -(v & 1)
             if fid == 2:
                 if t != _I64:
                     raise _Unsupported
-                v, pos = _varint(buf, pos)
-                size = (v >> 1) ^ -(v & 1)
+                size, pos = _zigzag(buf, pos)
             elif t == 1 or t == 2:
                 continue
             else:  # the row group's column chunks (a list) and its other fields
@@ -201,6 +185,23 @@ def _sum_row_group_sizes(buf: bytes, pos: int) -> Tuple[int, int]:
             raise _Unsupported
         total += size
     return total, pos
+
+
+def _field_header(buf: bytes, pos: int, fid: int) -> Tuple[int, int, int]:
+    """(field id, type, position after it) of the struct field header at ``pos``; ``fid`` is the
+    previous field's id (the short form gives a delta to it). Type 0 is the struct's end."""
+    b = buf[pos]
+    t = b & 0x0F
+    if t == 0 or b >= 0x10:
+        return fid + (b >> 4), t, pos + 1
+    fid, pos = _zigzag(buf, pos + 1)  # the long form: the id itself, as a zigzag varint
+    return fid, t, pos
+
+
+def _zigzag(buf: bytes, pos: int) -> Tuple[int, int]:
+    """The zigzag-encoded signed varint at ``pos`` (i16, i32, i64) and the position after it."""
+    v, pos = _varint(buf, pos)
+    return (v >> 1) ^ -(v & 1), pos
 
 
 def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
