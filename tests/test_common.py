@@ -74,3 +74,44 @@ def test_installed_version_is_importlib_metadatas(dist):
     except PackageNotFoundError:
         expected = None
     assert installed_version(dist) == expected
+
+
+def test_loguru_library_folders_are_computed_once_per_sys_path(monkeypatch, tmp_path):
+    # loguru asks sysconfig for every scheme's paths for each sink added (~11-25 ms each); the
+    # answer depends on sys.path only, so smallpond keeps it per sys.path: same answer, once
+    import sys
+    import sysconfig
+
+    from loguru._better_exceptions import ExceptionFormatter
+
+    from smallpond.common import _share_loguru_lib_dirs, logger
+
+    logger._get()  # smallpond's logger wraps the helper when it is first used
+    _share_loguru_lib_dirs()  # and wrapping twice changes nothing
+    shared = ExceptionFormatter._get_lib_dirs
+    if not getattr(shared, "_smallpond_shared", False):
+        pytest.skip("this loguru has no _get_lib_dirs helper to share")
+    original = shared.__wrapped__
+    assert getattr(original, "_smallpond_shared", False) is False
+    assert shared() == original()
+    calls = []
+    real_get_path = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path", lambda *a, **k: calls.append(a) or real_get_path(*a, **k))
+    first = shared()
+    assert calls == [], "asked sysconfig again for the same sys.path"
+    first.append("changed by a caller")  # each caller gets a copy
+    assert shared() == original()
+    asked = len(calls)  # by original() alone
+    monkeypatch.setattr(sys, "path", [*sys.path, str(tmp_path)])  # another sys.path: asked again
+    assert shared() == original() and len(calls) == 3 * asked
+    # loguru's exception formatting still works through the shared helper
+    messages = []
+    sink = logger.add(lambda m: messages.append(str(m)), level="ERROR")
+    try:
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.remove(sink)
+    assert "ValueError: boom" in messages[0] and "failed" in messages[0]
