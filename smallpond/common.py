@@ -268,6 +268,69 @@ def _share_loguru_lib_dirs() -> None:
     ExceptionFormatter._get_lib_dirs = staticmethod(_get_lib_dirs)
 
 
+#: what to run once loguru is imported in this process (:func:`when_loguru_is_imported`)
+_loguru_callbacks: List[Any] = []
+
+
+def when_loguru_is_imported(fn) -> None:
+    """Run ``fn()`` once loguru is imported in this process: now if it is already.
+
+    A worker process routes loguru's records into its task logs this way, so a worker whose
+    tasks never log through loguru never imports it (~55 ms of its start: loguru imports asyncio).
+    smallpond's own logger imports it on its first call, and a task's ``from loguru import
+    logger`` is caught by a one-shot import hook; either way ``fn`` runs before the first record.
+    """
+    import sys
+
+    if "loguru" in sys.modules and not _SmallpondLogger._creating:
+        fn()
+        return
+    _loguru_callbacks.append(fn)
+    if "loguru" not in sys.modules and not any(isinstance(f, _LoguruImportHook) for f in sys.meta_path):
+        sys.meta_path.insert(0, _LoguruImportHook())
+
+
+def _run_loguru_callbacks() -> None:
+    while _loguru_callbacks:
+        _loguru_callbacks.pop(0)()
+
+
+class _LoguruImportHook:
+    """A one-shot meta path finder: loguru is found by the other finders as usual, and the
+    callbacks run as soon as its module has executed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "loguru":
+            return None
+        import importlib.util
+        import sys
+
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _RunCallbacksAfter(spec.loader)
+        return spec
+
+
+class _RunCallbacksAfter:
+    """A loader that runs the loguru callbacks after the module it wraps has executed."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    def create_module(self, spec):
+        return self.inner.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self.inner.exec_module(module)
+        if not _SmallpondLogger._creating:  # else smallpond's logger runs them once it exists
+            _run_loguru_callbacks()
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 class _SmallpondLogger:
     """smallpond's own loguru logger, created on first use.
 
@@ -282,33 +345,43 @@ class _SmallpondLogger:
     #: the default console sink is wanted but not added yet: it is added by the first call that
     #: logs (adding a loguru sink costs milliseconds, and a job replaces it with its own at once)
     _want_default = False
+    #: the logger is being created (loguru's import callbacks wait until it exists)
+    _creating = False
 
     def _get(self):
         if _SmallpondLogger._logger is None:
-            from loguru import logger as global_logger
-
-            _share_loguru_lib_dirs()
-
+            _SmallpondLogger._creating = True
             try:
-                from loguru._logger import Core, Logger
-
-                own = Logger(
-                    core=Core(),
-                    exception=None,
-                    depth=0,
-                    record=False,
-                    lazy=False,
-                    colors=False,
-                    raw=False,
-                    capture=True,
-                    patchers=[],
-                    extra={},
-                )
-                _SmallpondLogger._want_default = True
-            except Exception:  # a loguru without these internals: share its global logger
-                own = global_logger
-            _SmallpondLogger._logger = own
+                _SmallpondLogger._logger = self._create()
+            finally:
+                _SmallpondLogger._creating = False
+            _run_loguru_callbacks()
         return _SmallpondLogger._logger
+
+    @staticmethod
+    def _create():
+        from loguru import logger as global_logger
+
+        _share_loguru_lib_dirs()
+        try:
+            from loguru._logger import Core, Logger
+
+            own = Logger(
+                core=Core(),
+                exception=None,
+                depth=0,
+                record=False,
+                lazy=False,
+                colors=False,
+                raw=False,
+                capture=True,
+                patchers=[],
+                extra={},
+            )
+            _SmallpondLogger._want_default = True
+        except Exception:  # a loguru without these internals: share its global logger
+            own = global_logger
+        return own
 
     def remove_default_sink(self) -> None:
         """Drop the default console sink (a session or the Driver adds its own at its level)."""

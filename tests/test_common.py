@@ -115,3 +115,36 @@ def test_loguru_library_folders_are_computed_once_per_sys_path(monkeypatch, tmp_
     finally:
         logger.remove(sink)
     assert "ValueError: boom" in messages[0] and "failed" in messages[0]
+
+
+@pytest.mark.parametrize("first", ["smallpond", "loguru"])
+def test_callbacks_run_once_loguru_is_imported_whoever_imports_it(first):
+    # a worker routes loguru into its task logs only once loguru is imported: by smallpond's own
+    # logger on its first call (the callback then sees that logger created), or by a task's import
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from smallpond.common import logger, when_loguru_is_imported
+calls = []
+
+def route():
+    from loguru import logger as global_logger
+    calls.append(logger._get() is not None)
+    logger.remove()
+    logger.add(lambda m: calls.append(str(m).strip()), level="INFO", format="{{message}}")
+
+when_loguru_is_imported(route)
+assert "loguru" not in sys.modules and calls == []
+if {first!r} == "smallpond":
+    logger.warning("first")
+else:
+    import loguru
+    assert calls == [True], calls
+    logger.warning("first")
+logger.info("second")
+when_loguru_is_imported(lambda: calls.append("at once"))
+assert calls == [True, "first", "second", "at once"], calls
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

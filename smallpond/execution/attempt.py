@@ -438,18 +438,31 @@ def install_task_log_sink(level: str) -> TaskLogSink:
     Both smallpond's logger and loguru's global one (which user code in tasks logs to) write
     there; the global logger's other sinks are removed, which only a worker process may do.
     """
-    from loguru import logger as global_logger
-
-    from smallpond.common import logger
+    from smallpond.common import logger, when_loguru_is_imported
 
     global _process_log_sink
-    sink = TaskLogSink(logger.level(level).no if isinstance(level, str) else int(level))
-    # smallpond's logger through its own remove(), which also drops its default console sink
-    for lg in [logger] if logger._get() is global_logger else [logger, global_logger]:
-        lg.remove()
-        lg.add(sink, level=level, enqueue=False, colorize=False)
+    level_no = _LEVELS.get(level.upper()) if isinstance(level, str) else int(level)
+    if level_no is None:  # a level of the user's own: loguru knows its number
+        level_no = logger.level(level).no
+    sink = TaskLogSink(level_no)
     _process_log_sink = sink
+
+    def route() -> None:
+        from loguru import logger as global_logger
+
+        # smallpond's logger through its own remove(), which also drops its default console sink
+        for lg in [logger] if logger._get() is global_logger else [logger, global_logger]:
+            lg.remove()
+            lg.add(sink, level=level, enqueue=False, colorize=False)
+
+    # the start and done lines are written by the sink itself: loguru is loaded (~55 ms) only
+    # when a task, or smallpond on a rarer path, logs through it
+    when_loguru_is_imported(route)
     return sink
+
+
+#: loguru's standard levels, by name (a worker knows them without importing loguru)
+_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
 def execute_attempt(

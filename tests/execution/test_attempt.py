@@ -127,3 +127,56 @@ def test_task_log_sink_writes_each_record_at_once(tmp_path):
     lines = open(path, encoding="utf-8").read().splitlines()
     assert lines[0] == "first line" and lines[1].endswith("| INFO     | smallpond.execution.attempt:execute_attempt - second")
     assert lines[2] == "odd \\udcff text" and len(lines) == 3
+
+
+def _logs_through_loguru(runtime_ctx, input_datasets, output_path):
+    import logging
+    import sys
+
+    quiet_before = "loguru" not in sys.modules
+    from loguru import logger
+
+    logger.info("a record from the task's loguru logger")
+    logging.getLogger("user.code").warning("a record from stdlib logging")
+    from smallpond.common import logger as smallpond_logger
+
+    smallpond_logger.warning("a record from smallpond's logger")
+    with open(os.path.join(output_path, "quiet.txt"), "w") as f:
+        f.write(str(quiet_before))
+    return True
+
+
+def _writes_whether_loguru_is_loaded(runtime_ctx, input_datasets, output_path):
+    import sys
+
+    with open(os.path.join(output_path, "loaded.txt"), "w") as f:
+        f.write(str("loguru" in sys.modules))
+    return True
+
+
+def test_workers_load_loguru_only_when_a_task_logs_through_it(parquet_files, make_rt):
+    # a worker writes its tasks' start and done lines itself; loguru (~55 ms to import) is loaded,
+    # and routed into the task's log, only once something logs through it
+    from smallpond.execution.job import run_job
+    from smallpond.logical.node import PythonScriptNode
+
+    rt = make_rt(task_cache="off")
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
+    quiet = PythonScriptNode(ctx, (src,), process_func=_writes_whether_loguru_is_loaded)
+    plan = run_job(LogicalPlan(ctx, quiet), rt, num_workers=1)
+    [out] = plan.final_output.resolved_paths
+    assert open(out).read() == "False", "a worker whose task does not log loaded loguru"
+
+    rt = make_rt(task_cache="off")
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
+    loud = PythonScriptNode(ctx, (src,), process_func=_logs_through_loguru)
+    plan = run_job(LogicalPlan(ctx, loud), rt, num_workers=1)
+    [out] = plan.final_output.resolved_paths
+    assert open(out).read() == "True"
+    [log] = glob.glob(os.path.join(rt.log_root, "tasks", "PythonScriptTask-*.0.log"))
+    text = open(log).read()
+    for line in ("start PythonScriptTask", "a record from the task's loguru logger", "a record from stdlib logging"):
+        assert line in text, f"{line!r} is missing from the task log:\n{text}"
+    assert "a record from smallpond's logger" in text and "done PythonScriptTask" in text
