@@ -154,27 +154,27 @@ def _writes_whether_loguru_is_loaded(runtime_ctx, input_datasets, output_path):
     return True
 
 
-def test_workers_load_loguru_only_when_a_task_logs_through_it(parquet_files, make_rt):
-    # a worker writes its tasks' start and done lines itself; loguru (~55 ms to import) is loaded,
-    # and routed into the task's log, only once something logs through it
+def _run_python_task(make_rt, parquet_files, fn):
+    """Run ``fn`` as the one task of a PythonScriptNode on one worker: (its runtime context, the
+    text of the one file it wrote)."""
     from smallpond.execution.job import run_job
     from smallpond.logical.node import PythonScriptNode
 
     rt = make_rt(task_cache="off")
     ctx = Context()
-    src = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
-    quiet = PythonScriptNode(ctx, (src,), process_func=_writes_whether_loguru_is_loaded)
-    plan = run_job(LogicalPlan(ctx, quiet), rt, num_workers=1)
-    [out] = plan.final_output.resolved_paths
-    assert open(out).read() == "False", "a worker whose task does not log loaded loguru"
+    node = PythonScriptNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files[:1])),), process_func=fn)
+    [out] = run_job(LogicalPlan(ctx, node), rt, num_workers=1).final_output.resolved_paths
+    return rt, open(out).read()
 
-    rt = make_rt(task_cache="off")
-    ctx = Context()
-    src = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
-    loud = PythonScriptNode(ctx, (src,), process_func=_logs_through_loguru)
-    plan = run_job(LogicalPlan(ctx, loud), rt, num_workers=1)
-    [out] = plan.final_output.resolved_paths
-    assert open(out).read() == "True"
+
+def test_workers_load_loguru_only_when_a_task_logs_through_it(parquet_files, make_rt):
+    # a worker writes its tasks' start and done lines itself; loguru (~55 ms to import) is loaded,
+    # and routed into the task's log, only once something logs through it
+    _, loaded = _run_python_task(make_rt, parquet_files, _writes_whether_loguru_is_loaded)
+    assert loaded == "False", "a worker whose task does not log loaded loguru"
+
+    rt, quiet_before = _run_python_task(make_rt, parquet_files, _logs_through_loguru)
+    assert quiet_before == "True"
     [log] = glob.glob(os.path.join(rt.log_root, "tasks", "PythonScriptTask-*.0.log"))
     text = open(log).read()
     for line in ("start PythonScriptTask", "a record from the task's loguru logger", "a record from stdlib logging"):
