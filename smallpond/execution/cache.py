@@ -80,11 +80,13 @@ from smallpond.io.filesystem import (
     folder_size,
     link_or_copy,
     load,
+    pread_full,
     remove_path,
     signed_bytes,
     unique_suffix,
     write_file,
 )
+from smallpond.io.parquet_footer import footer_length
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 CACHE_FORMAT = 1
@@ -522,33 +524,21 @@ def _stat_and_check(path: str) -> Tuple[int, int, str]:
         os.close(fd)
 
 
-def _read_at(fd: int, n: int, offset: int) -> bytes:
-    out = os.pread(fd, n, offset)
-    while len(out) < n:  # a short read (a network filesystem): read on until the end of file
-        more = os.pread(fd, n - len(out), offset + len(out))
-        if not more:
-            break
-        out += more
-    return out
-
-
 def _check_fd(fd: int, size: int) -> str:
     """(plain system calls: a Python file object costs more than reading a small output)"""
     h = hashlib.sha256(str(size).encode())
-    head = _read_at(fd, min(HEAD_TAIL_BYTES, size), 0)
+    head = pread_full(fd, min(HEAD_TAIL_BYTES, size), 0)
     h.update(head)
     if size <= HEAD_TAIL_BYTES:  # a small file: read whole already (the usual task output of a test)
         h.update(head)
         return h.hexdigest()
     tail = HEAD_TAIL_BYTES
     if size >= 12:
-        end = _read_at(fd, 8, size - 8)
-        if end[4:] == b"PAR1":
-            footer = int.from_bytes(end[:4], "little")
-            if 0 < footer <= min(_MAX_FOOTER, size - 12):
-                tail = max(tail, footer + 8)
+        footer = footer_length(pread_full(fd, 8, size - 8), size, _MAX_FOOTER)
+        if footer is not None:
+            tail = max(tail, footer + 8)
     start = max(0, size - tail)
-    h.update(_read_at(fd, size - start, start))
+    h.update(pread_full(fd, size - start, start))
     return h.hexdigest()
 
 

@@ -106,6 +106,18 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def pread_full(fd: int, n: int, offset: int) -> bytes:
+    """``n`` bytes of ``fd`` at ``offset``, fewer only where the file ends first (``os.pread``
+    may return less than asked, on a network filesystem, before the end of file)."""
+    out = os.pread(fd, n, offset)
+    while len(out) < n:
+        more = os.pread(fd, n - len(out), offset + len(out))
+        if not more:
+            break
+        out += more
+    return out
+
+
 def write_file(path: str, data: bytes, *, exclusive: bool = False) -> None:
     """Write ``data`` to a new file ``path`` (truncated if it exists, refused with
     ``FileExistsError`` if ``exclusive``), mode 0666 less the umask as ``open(path, "wb")``.

@@ -29,6 +29,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from smallpond.io.filesystem import READ_FLAGS, pread_full
 from smallpond.io.rowrange import RowRange
 
 #: Footers longer than this are left to pyarrow (the caller's fallback). Python parses about
@@ -65,20 +66,7 @@ def read_row_summary(path: str) -> Optional[Tuple[int, int]]:
     (see the module's docstring). Malformed footers never raise; filesystem errors do (``OSError``,
     e.g. ``FileNotFoundError`` for a missing file).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        size = os.fstat(fd).st_size
-        if size < 12:  # leading magic + footer length + trailing magic
-            return None
-        tail = _pread_exact(fd, 8, size - 8)
-        if tail is None or tail[4:] != _MAGIC:  # not Parquet, or an encrypted footer (PARE)
-            return None
-        footer_len = int.from_bytes(tail[:4], "little")
-        if footer_len > MAX_FOOTER_BYTES or footer_len > size - 12:
-            return None
-        footer = _pread_exact(fd, footer_len, size - 8 - footer_len)
-    finally:
-        os.close(fd)
+    footer = read_footer(path, MAX_FOOTER_BYTES)
     if footer is None:
         return None
     try:
@@ -110,20 +98,31 @@ def read_row_ranges(paths: Sequence[str]) -> Optional[List[RowRange]]:
     return ranges
 
 
-def _pread_exact(fd: int, n: int, offset: int) -> Optional[bytes]:
-    """``n`` bytes at ``offset``, or None if the file ends first (it shrank since fstat)."""
-    data = os.pread(fd, n, offset)
-    if len(data) == n:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        chunk = os.pread(fd, n - got, offset + got)
-        if not chunk:
+def footer_length(tail: bytes, size: int, max_bytes: int) -> Optional[int]:
+    """The length of the footer of a Parquet file of ``size`` bytes whose last 8 bytes are
+    ``tail``, or None: not Parquet (or an encrypted footer, ``PARE``), or a length that is 0, that
+    does not fit in the file or is over ``max_bytes``."""
+    if size < 12 or len(tail) != 8 or tail[4:] != _MAGIC:  # 12: leading magic, length, trailing magic
+        return None
+    length = int.from_bytes(tail[:4], "little")
+    return length if 0 < length <= min(max_bytes, size - 12) else None
+
+
+def read_footer(path: str, max_bytes: int, size: Optional[int] = None) -> Optional[bytes]:
+    """The footer bytes of the Parquet file ``path`` (``size`` bytes if known), or None where
+    :func:`footer_length` finds none or the file ends early (it shrank meanwhile). Filesystem
+    errors raise ``OSError``."""
+    fd = os.open(path, READ_FLAGS)
+    try:
+        if size is None:
+            size = os.fstat(fd).st_size
+        length = footer_length(pread_full(fd, 8, size - 8) if size >= 12 else b"", size, max_bytes)
+        if length is None:
             return None
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
+        footer = pread_full(fd, length, size - 8 - length)
+    finally:
+        os.close(fd)
+    return footer if len(footer) == length else None
 
 
 def _parse_file_metadata(buf: bytes) -> Tuple[int, int]:

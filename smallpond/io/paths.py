@@ -14,6 +14,7 @@ import re
 from typing import Dict, Optional
 
 from smallpond.common import quote_literal
+from smallpond.io.parquet_footer import read_footer
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 
@@ -69,7 +70,6 @@ def release_file_aliases() -> None:
     _aliases.clear()
 
 
-_PARQUET_TAIL = 8  # 4-byte footer length + b"PAR1"
 _MAX_FOOTER = 64 * 1024 * 1024
 
 
@@ -98,18 +98,8 @@ def file_identity(path: str) -> str:
 
 
 def _parquet_footer_digest(path: str, size: int) -> Optional[str]:
-    if size < 12:
-        return None
     try:
-        with open(path, "rb") as f:
-            f.seek(size - _PARQUET_TAIL)
-            tail = f.read(_PARQUET_TAIL)
-            if len(tail) != _PARQUET_TAIL or tail[4:] != b"PAR1":
-                return None
-            length = int.from_bytes(tail[:4], "little")
-            if length <= 0 or length > min(_MAX_FOOTER, size - 12):
-                return None
-            f.seek(size - _PARQUET_TAIL - length)
-            return hashlib.sha256(f.read(length)).hexdigest()[:32]
+        footer = read_footer(path, _MAX_FOOTER, size)
     except OSError:
         return None
+    return None if footer is None else hashlib.sha256(footer).hexdigest()[:32]
