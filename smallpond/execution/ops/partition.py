@@ -41,15 +41,14 @@ class HashPartitionTask(Task):
     """
 
     writes_output = True
-    #: this task's place among its node's producers (set by the planner). The first producer
-    #: always leaves a file (rows or a placeholder) in every partition; the others, when given no
-    #: input files at all, write nothing: with ``DataSetPartitionNode(20)`` over 4 files, 16
-    #: producers would otherwise each write a placeholder into each partition (5% of the work of
-    #: a 2 GB hash partition into 16)
-    producer_index = 0
 
     def __init__(self, node, task_id, partition_infos, input_keys, producer_index: int = 0) -> None:
         super().__init__(node, task_id, partition_infos, input_keys)
+        #: this task's place among its node's producers (given by the planner). The first
+        #: producer always leaves a file (rows or a placeholder) in every partition; the others,
+        #: when given no input files at all, write nothing: with ``DataSetPartitionNode(20)`` over
+        #: 4 files, 16 producers would otherwise each write a placeholder into each partition (5%
+        #: of the work of a 2 GB hash partition into 16)
         self.producer_index = producer_index
 
     def error_context(self):
