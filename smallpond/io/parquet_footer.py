@@ -222,6 +222,15 @@ def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
             raise _Unsupported
 
 
+def _skip_binary(buf: bytes, pos: int) -> int:
+    """The position after the binary value (a varint length, then the bytes) at ``pos``."""
+    n = buf[pos]
+    if n < 0x80:  # (most are shorter than 128 bytes: a one-byte length)
+        return pos + 1 + n
+    n, pos = _varint(buf, pos)
+    return pos + n
+
+
 def _header_kinds() -> bytes:
     """For each field header byte, what :func:`_skip_struct` does with the field.
 
@@ -266,13 +275,8 @@ def _skip_struct(buf: bytes, pos: int, depth: int) -> int:
                     pos += 1
                 pos += 1
                 continue
-        if k == 2:  # binary: varint length, then the bytes
-            n = buf[pos]
-            if n < 0x80:
-                pos += 1 + n
-            else:
-                n, pos = _varint(buf, pos)
-                pos += n
+        if k == 2:
+            pos = _skip_binary(buf, pos)
         elif k == 3:
             pos = _skip_struct(buf, pos, depth + 1)
         elif k == 4:
@@ -308,12 +312,7 @@ def _skip_list(buf: bytes, pos: int, depth: int) -> int:
             pos += 1
     elif et == 8:
         for _ in range(n):
-            m = buf[pos]
-            if m < 0x80:
-                pos += 1 + m
-            else:
-                m, pos = _varint(buf, pos)
-                pos += m
+            pos = _skip_binary(buf, pos)
     elif 1 <= et <= 3:  # bools and bytes: one byte each
         pos += n
     elif et == 7:
@@ -338,8 +337,7 @@ def _skip_value(buf: bytes, pos: int, t: int, depth: int) -> int:
             pos += 1
         return pos + 1
     if t == 8:
-        n, pos = _varint(buf, pos)
-        return pos + n
+        return _skip_binary(buf, pos)
     if t == 12:
         return _skip_struct(buf, pos, depth)
     if t == 9 or t == 10:
