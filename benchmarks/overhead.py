@@ -7,7 +7,8 @@ the queue backend's, whose executors ``--platform`` starts: ``base`` subprocesse
    row to Parquet (``--kind sql``). Reported: tasks per second over the whole ``run_job`` call
    (planning, worker start-up, scheduling, commits, shutdown). With ``--kind sql`` the DuckDB
    figure is the same N statements run one after another on one connection with as many threads
-   as smallpond has executors (``COPY (SELECT * FROM file LIMIT 1 OFFSET i) TO ...``), i.e. the
+   as smallpond has executors (``COPY (SELECT * FROM file LIMIT 1 OFFSET i) TO ...``, with the SQL
+   node's Parquet writer options: both sides write ZSTD level 3 without dictionary pages), i.e. the
    same tiny work without a framework around it, and the ratio compares the two. A Python task
    does other work than a statement, so ``--kind python`` reports tasks per second only.
 2. Start-up: in a fresh subprocess, the seconds from just before ``import smallpond`` to the first
@@ -118,12 +119,22 @@ def validate_outputs(exec_plan, num_tasks: int, kind: str) -> None:
         raise ValidationError(f"the tasks' outputs hold ids {sorted(ids)[:5]}..., expected 0..{num_tasks - 1} once each")
 
 
-def duckdb_tiny_statements(input_path: str, output_dir: str, num_tasks: int, threads: int = 1) -> None:
+def duckdb_tiny_statements(
+    input_path: str, output_dir: str, num_tasks: int, threads: int = 1, writer_options: Optional[str] = None
+) -> None:
+    """The tiny SQL tasks' work as ``num_tasks`` statements on one connection; ``writer_options``:
+    the COPY options (default: those of the SQL node of :func:`overhead_plan`, i.e. smallpond's
+    default writer options, ZSTD level 3 without dictionary pages), so both sides write the same
+    Parquet format."""
+    if writer_options is None:
+        from smallpond.io.parquet import ParquetWriterOptions
+
+        writer_options = ParquetWriterOptions().duckdb()
     conn = common.duckdb_connect(threads)
     try:
         for i in range(num_tasks):
             conn.execute(
-                f"COPY (SELECT * FROM read_parquet('{input_path}') LIMIT 1 OFFSET {i}) TO '{output_dir}/{i}.parquet' (FORMAT PARQUET)"
+                f"COPY (SELECT * FROM read_parquet('{input_path}') LIMIT 1 OFFSET {i}) TO '{output_dir}/{i}.parquet' ({writer_options})"
             )
     finally:
         conn.close()
@@ -228,7 +239,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         if compare:
             out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
             os.makedirs(out)
-            secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors)
+            from smallpond.io.parquet import ParquetWriterOptions
+
+            options = ParquetWriterOptions.of(plan.root_node).duckdb()  # what the SQL tasks write
+            secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors, options)
             timings.add("duckdb", secs)
             leftovers.add(out)
             line += f", DuckDB {timings.runs['duckdb'][-1]:.2f}s"
