@@ -127,6 +127,46 @@ class Config:
         )
 
 
+#: what reading a result in this process needs: ``to_arrow``/``take`` pyarrow and its Parquet
+#: reader, ``to_pandas`` pandas too (which imports pyarrow itself when it is installed)
+WARM_IMPORTS = ("pyarrow", "pyarrow.parquet", "pandas")
+_warming = None
+
+
+def warm_result_imports(modules=WARM_IMPORTS):
+    """Import what reading a result needs (pyarrow, pandas) in a background thread, once per process.
+
+    A session's results are read in this process (``to_pandas``, ``to_arrow``, ``take``), and
+    importing pyarrow and pandas takes 0.3-0.5 s of one core, which a small job would otherwise
+    add to its wall time right after its tasks are done. Started when the session is created, the
+    imports overlap the workers' start and the first job. Python holds a lock per module being
+    imported, so a script importing one of these modules meanwhile waits for it to be done rather
+    than importing it twice. The thread is not a daemon: an interpreter that exits early waits for it
+    (it is never torn down in the middle of an import). ``SP_WARM_IMPORTS=0`` turns it off.
+    Returns the thread, or None if nothing was started.
+    """
+    global _warming
+    if _warming is not None or os.environ.get("SP_WARM_IMPORTS", "").strip().lower() in ("0", "false", "off", "no"):
+        return None
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
+        return None
+    import threading
+
+    def run() -> None:
+        import importlib
+
+        for name in todo:
+            try:
+                importlib.import_module(name)
+            except BaseException:  # missing or broken: whoever needs it gets the error then
+                return
+
+    _warming = threading.Thread(target=run, name="smallpond-warm-imports")
+    _warming.start()
+    return _warming
+
+
 class Session:
     """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
@@ -180,6 +220,7 @@ class Session:
         self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
         atexit.register(self.shutdown)
+        warm_result_imports()
 
     # -- properties ------------------------------------------------------------------------------
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -137,3 +138,50 @@ def test_ray_address_without_ray_installed_says_how_to_install_it(tmp_path, monk
     monkeypatch.delitem(sys.modules, "smallpond.execution.executors.ray", raising=False)
     with pytest.raises(ParameterError, match=r"Ray is not installed: pip install \"smallpond\[ray\]\""):
         smallpond.init(data_root=str(tmp_path), ray_address="10.0.0.5:6379")
+
+
+_WARM_PROBE = r"""
+import json, sys, threading
+import smallpond
+from smallpond import session
+before = sorted(m for m in ("pyarrow", "pyarrow.parquet", "pandas") if m in sys.modules)
+sp = smallpond.init(data_root=sys.argv[1], num_executors=1)
+thread = session._warming
+state = {"before": before, "thread": thread is not None, "daemon": thread.daemon if thread else None}
+if thread is not None:
+    thread.join(60)
+state["after"] = sorted(m for m in ("pyarrow", "pyarrow.parquet", "pandas") if m in sys.modules)
+state["again"] = session.warm_result_imports() is None  # once per process
+sp.shutdown()
+print(json.dumps(state))
+"""
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_a_session_imports_what_reading_results_needs_in_the_background(tmp_path, setting):
+    """pyarrow and pandas are imported by a (non-daemon) thread the session starts, so that reading
+    the first result does not wait for them; SP_WARM_IMPORTS=0 turns it off."""
+    env = {k: v for k, v in os.environ.items() if k != "SP_WARM_IMPORTS"}
+    if setting is not None:
+        env["SP_WARM_IMPORTS"] = setting
+    proc = subprocess.run([sys.executable, "-c", _WARM_PROBE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    state = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert state["before"] == []  # importing smallpond and building a session needs neither
+    if setting == "0":
+        assert not state["thread"]
+        assert state["after"] == []
+    else:
+        assert state["thread"] and state["daemon"] is False
+        assert state["after"] == ["pandas", "pyarrow", "pyarrow.parquet"]
+        assert state["again"]
+
+
+def test_warming_a_module_that_does_not_exist_is_quiet(monkeypatch):
+    from smallpond import session
+
+    monkeypatch.setattr(session, "_warming", None)
+    thread = session.warm_result_imports(("smallpond_no_such_module_xyz", "json"))
+    assert thread is not None
+    thread.join(30)
+    assert not thread.is_alive()
