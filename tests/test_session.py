@@ -164,7 +164,9 @@ def test_a_session_imports_what_reading_results_needs_in_the_background(tmp_path
     env = {k: v for k, v in os.environ.items() if k != "SP_WARM_IMPORTS"}
     if setting is not None:
         env["SP_WARM_IMPORTS"] = setting
-    proc = subprocess.run([sys.executable, "-c", _WARM_PROBE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WARM_PROBE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout.strip().splitlines()[-1])
     assert state["before"] == []  # importing smallpond and building a session needs neither
