@@ -160,6 +160,47 @@ def test_overhead_plan_runs_one_result_per_task(tmp_path, kind):
         overhead.validate_outputs(exec_plan, 13, kind)
 
 
+def test_tiny_sql_tasks_and_duckdb_write_the_same_parquet_format(tmp_path):
+    """Like for like: the DuckDB statements write what the SQL tasks write (the node's writer
+    options: ZSTD, no dictionary pages), not DuckDB's default (Snappy with dictionaries)."""
+    import glob
+
+    import pyarrow.parquet as pq
+
+    from smallpond.io.parquet import ParquetWriterOptions
+
+    def formats(paths):
+        out = set()
+        for p in paths:
+            md = pq.ParquetFile(p).metadata
+            for g in range(md.num_row_groups):
+                out |= {
+                    (md.row_group(g).column(c).compression, md.row_group(g).column(c).has_dictionary_page)
+                    for c in range(md.num_columns)
+                }
+        return out
+
+    path = overhead.make_input(str(tmp_path), 4)
+    plan = overhead.overhead_plan(path, 4, "sql")
+    exec_plan = common.run_plan(plan, str(tmp_path / "jobs"), 2)
+    ours = [
+        f
+        for t in exec_plan.tasks.values()
+        if t.node_id == int(plan.root_node.id)
+        for f in exec_plan.results[t.key].resolved_paths
+    ]
+    out = tmp_path / "duckdb"
+    out.mkdir()
+    overhead.duckdb_tiny_statements(path, str(out), 4, 1, ParquetWriterOptions.of(plan.root_node).duckdb())
+    theirs = glob.glob(str(out / "*.parquet"))
+    assert len(ours) == len(theirs) == 4
+    assert formats(ours) == formats(theirs) == {("ZSTD", False)}
+    default = tmp_path / "default"
+    default.mkdir()
+    overhead.duckdb_tiny_statements(path, str(default), 1, 1)  # without options: the same default
+    assert formats(glob.glob(str(default / "*.parquet"))) == {("ZSTD", False)}
+
+
 def test_overhead_main_tiny_with_startup(tmp_path, capsys):
     assert overhead.main(["--tasks", "10", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
