@@ -203,6 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     )
     common.add_common_arguments(p)
     args = p.parse_args(argv)
+    from smallpond.io.parquet import ParquetWriterOptions
+
     if args.backend == "ray":
         args.skip_startup = True
         ray_where = connect_ray(args.ray_address, args.executors)
@@ -239,8 +241,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         if compare:
             out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
             os.makedirs(out)
-            from smallpond.io.parquet import ParquetWriterOptions
-
             options = ParquetWriterOptions.of(plan.root_node).duckdb()  # what the SQL tasks write
             secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors, options)
             timings.add("duckdb", secs)

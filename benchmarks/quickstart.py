@@ -1,9 +1,9 @@
 """The README quick start as a whole process, against the same query in one plain DuckDB process.
 
 Both sides are timed as a user sees them: ``python script.py`` from start to exit, including the
-interpreter, imports, reading ``prices.parquet``, the per-ticker min/max, writing Parquet (the same format on both sides: smallpond's default writer
-options, ZSTD level 3 without dictionary pages), and
-printing the result as a pandas frame. Runs are interleaved and medians reported.
+interpreter, imports, reading ``prices.parquet``, the per-ticker min/max, writing Parquet (the same
+format on both sides: smallpond's default writer options, ZSTD level 3 without dictionary pages),
+and printing the result as a pandas frame. Runs are interleaved and medians reported.
 
     python benchmarks/quickstart.py --rows 1M --repeat 3 [--append-results]
 """

@@ -137,7 +137,7 @@ def warm_result_imports(modules=WARM_IMPORTS):
     """Import what reading a result needs (pyarrow, pandas) in a background thread, once per process.
 
     A session's results are read in this process (``to_pandas``, ``to_arrow``, ``take``), and
-    importing pyarrow and pandas takes 0.3-0.5 s of one core, which a small job would otherwise
+    importing pyarrow and pandas takes 0.2-0.5 s of one core, which a small job would otherwise
     add to its wall time right after its tasks are done. Started when the session is created, the
     imports overlap the workers' start and the first job. Python holds a lock per module being
     imported, so a script importing one of these modules meanwhile waits for it to be done rather
