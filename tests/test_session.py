@@ -183,6 +183,7 @@ def test_warming_a_module_that_does_not_exist_is_quiet(monkeypatch):
     from smallpond import session
 
     monkeypatch.setattr(session, "_warming", None)
+    monkeypatch.delenv("SP_WARM_IMPORTS", raising=False)
     thread = session.warm_result_imports(("smallpond_no_such_module_xyz", "json"))
     assert thread is not None
     thread.join(30)
