@@ -233,6 +233,18 @@ def chunks(items: Iterable[T], size: int) -> Iterable[List[T]]:
         yield buf
 
 
+#: the spellings that turn an ``SP_*`` switch off (``SP_PROGRESS=0``) or on (``SP_SUMMARY=yes``)
+SWITCH_OFF = ("0", "false", "off", "no")
+SWITCH_ON = ("1", "true", "on", "yes")
+
+
+def env_setting(name: str) -> str:
+    """The value of environment variable ``name``, stripped and lower-cased ("" if unset)."""
+    import os
+
+    return os.environ.get(name, "").strip().lower()
+
+
 def _share_loguru_lib_dirs() -> None:
     """Compute loguru's list of library folders once per ``sys.path``, not once per sink.
 

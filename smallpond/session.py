@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from smallpond.common import logger
+from smallpond.common import SWITCH_OFF, SWITCH_ON, env_setting, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
 from smallpond.execution.progress import console_listeners
@@ -121,9 +121,7 @@ class Config:
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
-            elastic_threads=bool(
-                pick(elastic_threads, "SP_ELASTIC_THREADS", False, lambda v: v.lower() in ("1", "true", "yes", "on"))
-            ),
+            elastic_threads=bool(pick(elastic_threads, "SP_ELASTIC_THREADS", False, lambda v: v.lower() in SWITCH_ON)),
         )
 
 
@@ -146,7 +144,7 @@ def warm_result_imports(modules=WARM_IMPORTS):
     Returns the thread, or None if nothing was started.
     """
     global _warming
-    if _warming is not None or os.environ.get("SP_WARM_IMPORTS", "").strip().lower() in ("0", "false", "off", "no"):
+    if _warming is not None or env_setting("SP_WARM_IMPORTS") in SWITCH_OFF:
         return None
     todo = [m for m in modules if m not in sys.modules]
     if not todo:

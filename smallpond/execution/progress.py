@@ -21,12 +21,11 @@ the way and draws them again below the line.
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Dict, List, Optional
 
-from smallpond.common import human_bytes
+from smallpond.common import SWITCH_OFF, env_setting, human_bytes
 from smallpond.execution.scheduler import SchedulerListener
 
 #: a computation shorter than this draws no bar
@@ -59,8 +58,8 @@ def _stderr_is_tty() -> bool:
 
 def progress_mode() -> Optional[str]:
     """``"terminal"``, ``"notebook"``, ``"text"`` or None (no progress); see the module docstring."""
-    setting = os.environ.get("SP_PROGRESS", "").strip().lower()
-    if setting in ("0", "false", "off", "no"):
+    setting = env_setting("SP_PROGRESS")
+    if setting in SWITCH_OFF:
         return None
     if setting == "always":
         return "text"

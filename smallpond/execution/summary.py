@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from smallpond.common import TextBlock, human_bytes, human_seconds
+from smallpond.common import SWITCH_OFF, SWITCH_ON, TextBlock, env_setting, human_bytes, human_seconds
 from smallpond.execution.events import JobHistory, RunStats
 
 MAX_NODES_SHOWN = 12
@@ -111,10 +111,10 @@ def want_session_summary() -> bool:
     """Whether a session prints its summary at shutdown: ``SP_SUMMARY``, else on a terminal."""
     import sys
 
-    setting = os.environ.get("SP_SUMMARY", "").strip().lower()
-    if setting in ("0", "false", "off", "no"):
+    setting = env_setting("SP_SUMMARY")
+    if setting in SWITCH_OFF:
         return False
-    if setting in ("1", "true", "on", "yes"):
+    if setting in SWITCH_ON:
         return True
     try:
         return sys.stderr.isatty()
