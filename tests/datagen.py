@@ -82,6 +82,29 @@ def read_parquet(paths: List[str]) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def column_chunk_formats(paths: List[str]) -> set:
+    """``(codec, has a dictionary page)`` of every column chunk of the given Parquet files."""
+    out = set()
+    for p in paths:
+        md = pq.ParquetFile(p).metadata
+        for g in range(md.num_row_groups):
+            out |= {
+                (md.row_group(g).column(c).compression, md.row_group(g).column(c).has_dictionary_page)
+                for c in range(md.num_columns)
+            }
+    return out
+
+
+def node_output_files(exec_plan, node) -> List[str]:
+    """The files written by ``node``'s tasks in a finished execution plan."""
+    return [
+        p
+        for t in exec_plan.tasks.values()
+        if t.node_id == int(node.id) and t.key in exec_plan.results
+        for p in exec_plan.results[t.key].resolved_paths
+    ]
+
+
 def rows(table: pa.Table, columns: List[str] = None) -> List[tuple]:
     """The table as a list of tuples (for exact comparisons)."""
     columns = columns or table.column_names

@@ -169,7 +169,7 @@ def test_a_session_imports_what_reading_results_needs_in_the_background(tmp_path
     )
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert state["before"] == []  # importing smallpond and building a session needs neither
+    assert state["before"] == []  # `import smallpond` loads none of them
     if setting == "0":
         assert not state["thread"]
         assert state["after"] == []

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmarks import common, gray_sort, hash_partition, overhead
+from tests.datagen import column_chunk_formats, node_output_files
 
 
 # -- gray sort -----------------------------------------------------------------------------------
@@ -165,40 +166,22 @@ def test_tiny_sql_tasks_and_duckdb_write_the_same_parquet_format(tmp_path):
     options: ZSTD, no dictionary pages), not DuckDB's default (Snappy with dictionaries)."""
     import glob
 
-    import pyarrow.parquet as pq
-
     from smallpond.io.parquet import ParquetWriterOptions
-
-    def formats(paths):
-        out = set()
-        for p in paths:
-            md = pq.ParquetFile(p).metadata
-            for g in range(md.num_row_groups):
-                out |= {
-                    (md.row_group(g).column(c).compression, md.row_group(g).column(c).has_dictionary_page)
-                    for c in range(md.num_columns)
-                }
-        return out
 
     path = overhead.make_input(str(tmp_path), 4)
     plan = overhead.overhead_plan(path, 4, "sql")
     exec_plan = common.run_plan(plan, str(tmp_path / "jobs"), 2)
-    ours = [
-        f
-        for t in exec_plan.tasks.values()
-        if t.node_id == int(plan.root_node.id)
-        for f in exec_plan.results[t.key].resolved_paths
-    ]
+    ours = node_output_files(exec_plan, plan.root_node)
     out = tmp_path / "duckdb"
     out.mkdir()
     overhead.duckdb_tiny_statements(path, str(out), 4, 1, ParquetWriterOptions.of(plan.root_node).duckdb())
     theirs = glob.glob(str(out / "*.parquet"))
     assert len(ours) == len(theirs) == 4
-    assert formats(ours) == formats(theirs) == {("ZSTD", False)}
+    assert column_chunk_formats(ours) == column_chunk_formats(theirs) == {("ZSTD", False)}
     default = tmp_path / "default"
     default.mkdir()
     overhead.duckdb_tiny_statements(path, str(default), 1, 1)  # without options: the same default
-    assert formats(glob.glob(str(default / "*.parquet"))) == {("ZSTD", False)}
+    assert column_chunk_formats(glob.glob(str(default / "*.parquet"))) == {("ZSTD", False)}
 
 
 def test_overhead_main_tiny_with_startup(tmp_path, capsys):

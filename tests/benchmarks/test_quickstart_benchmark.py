@@ -3,23 +3,12 @@
 from __future__ import annotations
 
 from benchmarks import quickstart
+from tests.datagen import column_chunk_formats
 
 
 def test_quickstart_benchmark_tiny(tmp_path):
     timings = quickstart.run(rows=2000, repeat=1, data_dir=str(tmp_path), check=True)
     assert len(timings.runs["smallpond"]) == 1 and len(timings.runs["duckdb"]) == 1
-
-
-def _format_of(path: str) -> set:
-    """(codec, has a dictionary page) of every column chunk of a Parquet file."""
-    import pyarrow.parquet as pq
-
-    md = pq.ParquetFile(path).metadata
-    return {
-        (md.row_group(g).column(c).compression, md.row_group(g).column(c).has_dictionary_page)
-        for g in range(md.num_row_groups)
-        for c in range(md.num_columns)
-    }
 
 
 def test_both_sides_write_the_same_parquet_format(tmp_path):
@@ -33,5 +22,5 @@ def test_both_sides_write_the_same_parquet_format(tmp_path):
     ours = sorted(glob.glob(os.path.join(work, "sp-out-0", "*.parquet")))
     assert ours
     expected = {("ZSTD", False)}
-    assert set().union(*(_format_of(p) for p in ours)) == expected
-    assert _format_of(os.path.join(work, "duck-out-0.parquet")) == expected
+    assert column_chunk_formats(ours) == expected
+    assert column_chunk_formats([os.path.join(work, "duck-out-0.parquet")]) == expected

@@ -22,26 +22,11 @@ from smallpond.logical.node import (
     ShuffleNode,
     SqlEngineNode,
 )
+from tests.datagen import column_chunk_formats
 
 
 def _codecs(paths):
-    out = set()
-    for p in paths:
-        if os.path.getsize(p) == 0:
-            continue
-        md = pq.ParquetFile(p).metadata
-        for rg in range(md.num_row_groups):
-            out.update(md.row_group(rg).column(c).compression for c in range(md.num_columns))
-    return out
-
-
-def _files_of(exec_plan, node):
-    return [
-        p
-        for t in exec_plan.tasks.values()
-        if t.node_id == int(node.id) and t.key in exec_plan.results
-        for p in exec_plan.results[t.key].resolved_paths
-    ]
+    return {codec for codec, _ in column_chunk_formats([p for p in paths if os.path.getsize(p) > 0])}
 
 
 def test_the_user_sort_plan_stages_uncompressed_and_publishes_zstd(make_rt, parquet_files, tmp_path):
