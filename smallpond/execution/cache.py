@@ -86,13 +86,12 @@ from smallpond.io.filesystem import (
     unique_suffix,
     write_file,
 )
-from smallpond.io.parquet_footer import footer_length
+from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, footer_length
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 CACHE_FORMAT = 1
 RECORD = ".record"
 HEAD_TAIL_BYTES = 64 * 1024
-_MAX_FOOTER = 64 * 1024 * 1024
 #: a claim by a process on another host is stale after this long without a refresh
 LOCK_STALE_SECONDS = 600.0
 #: holders refresh their claims this often
@@ -534,7 +533,7 @@ def _check_fd(fd: int, size: int) -> str:
         return h.hexdigest()
     tail = HEAD_TAIL_BYTES
     if size >= 12:
-        footer = footer_length(pread_full(fd, 8, size - 8), size, _MAX_FOOTER)
+        footer = footer_length(pread_full(fd, 8, size - 8), size, DIGEST_MAX_FOOTER_BYTES)
         if footer is not None:
             tail = max(tail, footer + 8)
     start = max(0, size - tail)

@@ -36,6 +36,10 @@ from smallpond.io.rowrange import RowRange
 #: 12 MB/s of footer, pyarrow several times that once loaded: up to this size, parsing costs at
 #: most about what importing pyarrow would.
 MAX_FOOTER_BYTES = 1 << 20
+#: The longest footer the file digests take a Parquet file's footer to be (the input fingerprints'
+#: :func:`~smallpond.io.paths.file_identity` and the task cache's file check): a longer one is
+#: not treated as a footer
+DIGEST_MAX_FOOTER_BYTES = 64 * 1024 * 1024
 #: :func:`read_row_ranges` reads at most this many files; more go to pyarrow's threaded reader
 MAX_FILES = 8
 #: Containers (structs, lists, sets, maps) nested deeper than this are not parsed. Parquet's own

@@ -14,7 +14,7 @@ import re
 from typing import Dict, Optional
 
 from smallpond.common import quote_literal
-from smallpond.io.parquet_footer import read_footer
+from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 
@@ -70,9 +70,6 @@ def release_file_aliases() -> None:
     _aliases.clear()
 
 
-_MAX_FOOTER = 64 * 1024 * 1024
-
-
 def file_identity(path: str) -> str:
     """What tells one version of an input file from another, without reading the file.
 
@@ -99,7 +96,7 @@ def file_identity(path: str) -> str:
 
 def _parquet_footer_digest(path: str, size: int) -> Optional[str]:
     try:
-        footer = read_footer(path, _MAX_FOOTER, size)
+        footer = read_footer(path, DIGEST_MAX_FOOTER_BYTES, size)
     except OSError:
         return None
     return None if footer is None else hashlib.sha256(footer).hexdigest()[:32]
