@@ -13,7 +13,8 @@ the queue backend's, whose executors ``--platform`` starts: ``base`` subprocesse
    does other work than a statement, so ``--kind python`` reports tasks per second only.
 2. Start-up: in a fresh subprocess, the seconds from just before ``import smallpond`` to the first
    result of a one-task job (``SqlEngineNode("select count(*) from {0}")`` → Arrow table); DuckDB:
-   from ``import duckdb`` to the same count.
+   from ``import duckdb`` to the same count as an Arrow table (``to_arrow_table()``: both sides
+   import pyarrow and hand the user the same kind of result).
 
 With ``--backend ray`` the same jobs run as Ray tasks: on a private Ray instance of
 ``--executors`` CPUs started once before the timed runs (``--ray-address local``, the default), or
@@ -155,15 +156,17 @@ platform = sys.argv[4] or None
 executor = make_executor(rt, int(sys.argv[3]), platform=platform) if platform else None
 result = run_job(LogicalPlan(ctx, node), rt, num_workers=int(sys.argv[3]), executor=executor).final_output.to_arrow_table()
 n = result.column("n")[0].as_py()
-print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root}))
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root, "result": type(result).__module__ + "." + type(result).__name__}))
 """
 
 _FIRST_RESULT_DUCKDB = r"""
 import sys, time, json
 t0 = time.perf_counter()
 import duckdb
-n = duckdb.connect().execute(f"select count(*) from read_parquet('{sys.argv[1]}')").fetchone()[0]
-print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n}))
+# the same result as smallpond's side: an Arrow table (so pyarrow is imported on both sides)
+table = duckdb.connect().execute(f"select count(*) as n from read_parquet('{sys.argv[1]}')").to_arrow_table()
+n = table.column("n")[0].as_py()
+print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "result": type(table).__module__ + "." + type(table).__name__}))
 """
 
 
@@ -253,6 +256,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise ValidationError(f"first result counted {sp['rows']} rows, expected {args.tasks}")
             leftovers.add(sp["job_root"])
             dd = first_result_seconds(_FIRST_RESULT_DUCKDB, input_path)
+            if dd["rows"] != args.tasks or dd["result"] != sp["result"]:
+                raise ValidationError(f"the two first results differ: smallpond {sp}, DuckDB {dd}")
             timings.add("startup-smallpond", sp["seconds"])
             timings.add("startup-duckdb", dd["seconds"])
             print(

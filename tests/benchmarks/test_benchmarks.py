@@ -190,6 +190,16 @@ def test_overhead_main_tiny_with_startup(tmp_path, capsys):
     assert "tasks/s" in out and "import to first result" in out
 
 
+def test_both_sides_of_the_first_result_hand_back_an_arrow_table(tmp_path):
+    """Like for like: DuckDB's side builds the same kind of result as smallpond's (an Arrow
+    table, so both import pyarrow), not a Python value from ``fetchone``."""
+    path = overhead.make_input(str(tmp_path), 5)
+    ours = overhead.first_result_seconds(overhead._FIRST_RESULT_SMALLPOND, path, str(tmp_path / "jobs"), "1", "")
+    theirs = overhead.first_result_seconds(overhead._FIRST_RESULT_DUCKDB, path)
+    assert ours["rows"] == theirs["rows"] == 5
+    assert ours["result"] == theirs["result"] == "pyarrow.lib.Table"
+
+
 # -- results table -------------------------------------------------------------------------------
 def test_append_results_writes_a_row_under_the_header(tmp_path):
     path = str(tmp_path / "RESULTS.md")
