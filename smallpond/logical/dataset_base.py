@@ -187,8 +187,6 @@ class DataSet:
         if ranges is not None:
             for r in ranges:
                 r.path = mv(r.path)
-        if getattr(self, "_schema_path", None):
-            self._schema_path = mv(self._schema_path)
 
     # -- identity ------------------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -133,3 +133,22 @@ def test_partitioned_outputs_pickle_compactly_and_read_the_same():
     assert back._compact is None and [type(d) for d in back.datasets] == [ParquetDataSet, FileSet]
     cols = PartitionedDataSet([ParquetDataSet.from_files(["/a"]), ParquetDataSet.from_files(["/b"], columns=["x"])])
     assert [d.columns for d in pickle.loads(pickle.dumps(cols)).datasets] == [None, ["x"]]
+
+
+def test_rebase_moves_every_path_once_even_into_a_subfolder_of_the_old_one(tmp_path):
+    """``_rebase(old, new)`` rewrites each path under ``old`` once: with ``new`` inside ``old``,
+    a path rewritten twice would land a folder too deep."""
+    old = str(tmp_path / "out")
+    new = str(tmp_path / "out" / "moved")
+    import pyarrow.parquet as pq
+
+    (tmp_path / "out").mkdir()
+    for name in ("a", "b"):
+        pq.write_table(pa.table({"x": [1, 2]}), f"{old}/{name}.parquet")
+    ds = ParquetDataSet([f"{old}/a.parquet", f"{old}/b.parquet"], root_dir=None)
+    ds.resolved_row_ranges  # noqa: B018 (resolved before the move, as a task's output is)
+    ds._schema_path = f"{old}/a.parquet"
+    ds._rebase(old, new)
+    assert ds.resolved_paths == [f"{new}/a.parquet", f"{new}/b.parquet"]
+    assert [r.path for r in ds.resolved_row_ranges] == [f"{new}/a.parquet", f"{new}/b.parquet"]
+    assert ds._schema_path == f"{new}/a.parquet"
