@@ -263,3 +263,53 @@ def test_a_task_bigger_than_the_free_cpus_runs_alone(plan_tasks):
     scheduler, executor = run(rt, exec_plan, {})
     assert {a, b} <= scheduler.state.executed
     assert scheduler.state.free_cpus == 2  # all given back
+
+
+def test_a_large_stage_is_sent_before_every_key_is_computed(make_rt, tmp_path, monkeypatch):
+    """With a task cache, the tasks of a stage that become ready at once are looked up a round at
+    a time (``LOOKUPS_PER_ROUND``): the first is sent after about one round of keys, not after
+    the keys of the whole stage, and every task is still looked up before it is sent."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution import scheduler as scheduler_module
+    from smallpond.execution.cache_keys import JobCache
+    from smallpond.logical.node import PythonScriptNode
+
+    n = 4 * scheduler_module.LOOKUPS_PER_ROUND
+    path = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"id": list(range(n))}), path)
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), n, partition_by_rows=True)
+    node = PythonScriptNode(ctx, (parts,), process_func=lambda rt, inputs, out: True)
+    rt = make_rt(task_cache=str(tmp_path / "cache"))
+    rt.initialize()
+    exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, node))
+
+    looked_up: List[str] = []
+    original_look_up = Scheduler._look_up
+    monkeypatch.setattr(Scheduler, "_look_up", lambda self, task: looked_up.append(task.key) or original_look_up(self, task))
+    keys_at_send: List[int] = []
+
+    class Recording(ScriptedExecutor):
+        """Room for the whole stage at once: the scheduler sends more tasks in a round than it
+        looks up in one, so most of them are looked up as they are sent."""
+
+        capacity = Capacity(n, n, 64 * GB)
+
+        def free_slots(self) -> int:
+            return n - len(self.pending)
+
+        def submit(self, task, inputs, attempt, *, memory, queue=False) -> None:
+            assert task.key in looked_up or not JobCache.cacheable(task), f"{task.key} sent without a lookup"
+            keys_at_send.append(len(looked_up))
+            super().submit(task, inputs, attempt, memory=memory, queue=queue)
+
+    executor = Recording({})
+    Scheduler(rt, executor, cache=JobCache(rt)).run([exec_plan.root_task], exec_plan.tasks)
+    script_tasks = [k for k in exec_plan.tasks if k.startswith("PythonScriptTask")]
+    assert sorted(k for k, _, _ in executor.submitted if k.startswith("PythonScriptTask")) == sorted(script_tasks)
+    assert len(script_tasks) == n
+    assert sorted(k for k in looked_up if k.startswith("PythonScriptTask")) == sorted(script_tasks)  # each once
+    assert keys_at_send[0] <= scheduler_module.LOOKUPS_PER_ROUND + 1 < n
+    assert max(keys_at_send[:n]) > scheduler_module.LOOKUPS_PER_ROUND + 1  # some looked up as they were sent
