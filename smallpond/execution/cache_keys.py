@@ -100,11 +100,15 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
 
     def walk(d: DataSet) -> list:
         if isinstance(d, PartitionedDataSet):
-            return ["partitioned", [walk(x) for x in d.datasets]]
+            # partition by partition: ``datasets`` would turn a compact one into P x C objects for good
+            return ["partitioned", [walk(d[i]) for i in range(len(d))]]
         if isinstance(d, _InMemoryDataSet):
             return [type(d).__name__, d.fingerprint()]
         paths = list(d.resolved_paths)
-        labels = {p: label(p) for p in paths}
+        labels = {}
+        for p in paths:  # (label() inlined: a sort after a shuffle has a file of every producer)
+            lab, files[lab] = identify(p)
+            labels[p] = lab
         schema_path = getattr(d, "_schema_path", None)
         if schema_path:
             labels[schema_path] = label(schema_path)
@@ -113,7 +117,16 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
         return [type(d).__name__, [labels[p] for p in paths], repr(desc), schema, labels.get(schema_path)]
 
     shape = walk(ds)
-    return {"desc": hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest(), "files": files}
+    return {
+        "desc": hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest(),
+        "files": files,
+        # the files once as a digest: the key and the index take it instead of serializing them again
+        "files_digest": _files_digest(files),
+    }
+
+
+def _files_digest(files: Dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def _relabel(value, labels: Dict[str, str]):
@@ -125,7 +138,14 @@ def _relabel(value, labels: Dict[str, str]):
 
 
 def cache_key(components: Dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(components, sort_keys=True, default=str).encode()).hexdigest()
+    """The digest of a task's components; each input's files enter through their digest."""
+    inputs = [
+        {"desc": i.get("desc"), "files": i.get("files_digest") or _files_digest(i.get("files") or {})}
+        for i in components.get("inputs", [])
+    ]
+    keyed = {k: v for k, v in components.items() if k != "inputs"}
+    keyed["inputs"] = inputs
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def node_position(task: Task) -> str:
@@ -145,6 +165,30 @@ _positions: Dict[Tuple[str, str, str], str] = {}
 
 def partition_of(task: Task) -> str:
     return str(task.plan_components.get("partition", ""))
+
+
+#: an input of more files than this is kept in the cache's index as digests and counts, not file by
+#: file (its user's files still one by one, up to this many): a sort after a shuffle reads a file of
+#: every producer, and P x C identities made the index of that node 410 MB at 100,000 tasks
+INDEX_FILES_LIMIT = 32
+
+
+def index_input(inp: Dict[str, Any]) -> Dict[str, Any]:
+    """An input's components as the index keeps them (see :data:`INDEX_FILES_LIMIT`): its
+    description and files, or for many files their digest and counts (and its user's files)."""
+    if "count" in inp:  # kept as a summary already
+        return inp
+    files = inp.get("files") or {}
+    if len(files) <= INDEX_FILES_LIMIT:
+        return {"desc": inp.get("desc"), "files": files}
+    external = {lab: ident for lab, ident in files.items() if not lab.startswith(PRODUCED)}
+    return {
+        "desc": inp.get("desc"),
+        "files_digest": inp.get("files_digest") or _files_digest(files),
+        "count": len(files),
+        "external": external if len(external) <= INDEX_FILES_LIMIT else None,
+        "produced": len(files) - len(external),
+    }
 
 
 def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int = 4) -> List[str]:
@@ -176,6 +220,8 @@ def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int 
 
 
 def _input_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[str]:
+    if "count" in prev or "count" in cur or len(cur.get("files") or {}) > INDEX_FILES_LIMIT:
+        return _summary_changes(i, index_input(prev), index_input(cur))
     out: List[str] = []
     pf, cf = prev.get("files", {}), cur.get("files", {})
     changed_tasks: Dict[str, None] = {}
@@ -202,6 +248,24 @@ def _input_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[st
     if not out and prev.get("desc") != cur.get("desc"):
         out.append(f"input {i}'s description changed (columns, options or row ranges)")
     return out
+
+
+def _summary_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[str]:
+    """Like :func:`_input_changes`, for inputs of many files the index keeps as digests."""
+    if prev.get("files_digest") == cur.get("files_digest"):
+        return (
+            [f"input {i}'s description changed (columns, options or row ranges)"] if prev.get("desc") != cur.get("desc") else []
+        )
+    out: List[str] = []
+    pe, ce = prev.get("external"), cur.get("external")
+    if pe is not None and ce is not None and pe != ce:
+        out.extend(_input_changes(i, {"files": pe}, {"files": ce}))
+    if prev.get("produced") or cur.get("produced"):
+        if pe is not None and ce is not None and pe == ce:  # the user's files are the same: an upstream task's output changed
+            out.append(f"its input from upstream tasks ({cur.get('produced', 0)} files) was recomputed")
+        elif pe is None or ce is None:
+            out.append(f"its {cur.get('count', 0)} input files are not those of the last build")
+    return out or [f"its {cur.get('count', 0)} input files are not those of the last build"]
 
 
 def _describe_identity_change(a: str, b: str) -> str:
@@ -284,20 +348,33 @@ class JobCache:
     def identify(self, path: str) -> Tuple[str, str]:
         """(label, identity) of a file: the task that wrote it and where in its output, or, for a
         user's file, its path and :func:`external_identity`. An output directory is a child of a
-        node's output folder, so only those few folders are compared with the path."""
+        node's output folder, so only those few folders are compared with the path (after the
+        file's nearest folders: a task's files lie at most a couple of folders below its output
+        directory, and a sort after a shuffle asks for a file of every producer)."""
+        produced = self.produced
+        head = path
+        for _ in range(3):
+            head = head.rpartition(os.sep)[0]
+            hit = produced.get(head)
+            if hit is not None:
+                if hit[1] is None:
+                    return self._produced_label(head, path)
+                return f"{PRODUCED}{hit[0]}/{path[len(head) + 1 :]}", hit[1]
         for parent in self._parents:
             n = len(parent)
             if path.startswith(parent) and path[n : n + 1] == os.sep:
                 cut = path.find(os.sep, n + 1)
                 out_dir = path if cut < 0 else path[:cut]
-                hit = self.produced.get(out_dir)
-                if hit is not None:
-                    identity = hit[1]
-                    if identity is None:  # a task whose key was deferred: compute it now
-                        identity = self._key_of(hit[0]) or hit[0]
-                        self.produced[out_dir] = (hit[0], identity)
-                    return f"{PRODUCED}{hit[0]}/{path[len(out_dir) + 1 :]}", identity
+                if out_dir in produced:
+                    return self._produced_label(out_dir, path)
         return path, self._external_identity(path)
+
+    def _produced_label(self, out_dir: str, path: str) -> Tuple[str, str]:
+        task_key, identity = self.produced[out_dir]
+        if identity is None:  # a task whose key was deferred: compute it now
+            identity = self._key_of(task_key) or task_key
+            self.produced[out_dir] = (task_key, identity)
+        return f"{PRODUCED}{task_key}/{path[len(out_dir) + 1 :]}", identity
 
     def _external_identity(self, path: str) -> str:
         """:func:`external_identity`, read once per version of the file in this job: a file whose
@@ -464,14 +541,17 @@ class JobCache:
         key = self.keys.get(task.key) or (record or {}).get("cache_key")
         if key is None:
             key = None if task.key in self._deferred else f"fp:{task.fingerprint}"
-        base = task.output_base(self.rt)
-        for p in _paths(dataset):
-            if p.startswith(base + "."):
-                rest = p[len(base) + 1 :].split(os.sep, 1)[0]
-                self.register(f"{base}.{rest}", task.key, key)
-        comps = self.components.get(task.key)
+        prefix = task.output_base(self.rt) + "."
+        n = len(prefix)
+        # (a set: a producer's thousands of partition files lie in one output directory)
+        out_dirs = {p if (cut := p.find(os.sep, n)) < 0 else p[:cut] for p in _paths(dataset) if p.startswith(prefix)}
+        for out_dir in out_dirs:
+            self.register(out_dir, task.key, key)
+        # the components are kept until the task is done, for the index (and a dry run) only
+        comps = self.components.pop(task.key, None)
         if ran and comps is not None and self.cacheable(task):
             build = {"key": key, "task": task.key, "job": self._job, **comps}
+            build["inputs"] = [index_input(inp) for inp in comps.get("inputs", [])]
             self._index.setdefault(node_position(task), {})[partition_of(task)] = build
 
     def previous_build(self, task: Task) -> Optional[Dict[str, Any]]:
@@ -527,7 +607,9 @@ class JobCache:
 
 def _paths(ds: DataSet) -> List[str]:
     if isinstance(ds, PartitionedDataSet):
-        return [p for d in ds.datasets for p in _paths(d)]
+        # from its compact form when it has one: ``datasets`` would build (and keep) a dataset
+        # per partition, P x C of them for a shuffle's outputs
+        return ds.all_paths()
     try:
         return list(ds.resolved_paths)
     except Exception:

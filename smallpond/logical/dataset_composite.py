@@ -193,6 +193,16 @@ class PartitionedDataSet(DataSet):
     def resolved_paths(self):
         return sorted(self.paths)
 
+    def all_paths(self) -> List[str]:
+        """Every partition's paths, unsorted, without building a dataset per partition (a shuffle
+        producer's output holds one per consumer)."""
+        if self._compact is not None:
+            return [p for ps in self._compact[2] for p in ps]
+        out: List[str] = []
+        for d in self._datasets:
+            out.extend(d.all_paths() if isinstance(d, PartitionedDataSet) else d.resolved_paths)
+        return out
+
     @property
     def udfs(self):
         return [u for d in self.datasets for u in d.udfs]
