@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 
 import pyarrow.parquet as pq
@@ -225,3 +226,13 @@ def test_scale_benchmark_plans_and_schedules_every_task(tmp_path):
     result = scale.measure(600, 8, str(tmp_path / "root"))
     assert result["producers"] == 8 and result["consumers"] == (600 - 2 - 3 * 8) // 2
     assert result["tasks"] >= 2 * result["consumers"]  # every task was done (measure checks it)
+    # with the task cache on, as a job has it: the sorts were keyed and indexed
+    assert result["task_cache"] and glob.glob(str(tmp_path / "root" / "*" / "task_cache" / "index" / "*" / "*"))
+
+
+def test_scale_benchmark_without_the_task_cache(tmp_path):
+    from benchmarks import scale
+
+    result = scale.measure(300, 4, str(tmp_path / "root"), task_cache=False)
+    assert not result["task_cache"] and result["tasks"] >= 2 * result["consumers"]
+    assert not glob.glob(str(tmp_path / "root" / "*" / "task_cache"))
