@@ -152,3 +152,18 @@ def test_rebase_moves_every_path_once_even_into_a_subfolder_of_the_old_one(tmp_p
     assert ds.resolved_paths == [f"{new}/a.parquet", f"{new}/b.parquet"]
     assert [r.path for r in ds.resolved_row_ranges] == [f"{new}/a.parquet", f"{new}/b.parquet"]
     assert ds._schema_path == f"{new}/a.parquet"
+
+
+def test_all_paths_of_a_partitioned_dataset_without_building_its_partitions():
+    """``all_paths``: every partition's files, read from the compact form a producer's output
+    travels in, which stays compact (``datasets`` would build one object per partition)."""
+    import pickle
+
+    from smallpond.logical.dataset import PartitionedDataSet
+
+    parts = [ParquetDataSet.from_files([f"/out/p={i}/b.parquet", f"/out/p={i}/a.parquet"]) for i in range(50)]
+    compact = pickle.loads(pickle.dumps(PartitionedDataSet(parts)))
+    expected = sorted(p for d in parts for p in d.resolved_paths)
+    assert sorted(compact.all_paths()) == expected and compact._compact is not None
+    nested = PartitionedDataSet([PartitionedDataSet(parts[:10]), *parts[10:]])
+    assert sorted(nested.all_paths()) == expected
