@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/run_all.sh [REPO]        # REPO defaults to this checkout
 #
-# Estimated duration on this 2-core VM when idle: ~20 min, of which ~3 min generate the inputs
+# Estimated duration on this 2-core VM when idle: ~22 min, of which ~3 min generate the inputs
 # the first time (cached under $DATA afterwards). The user-plan sort at 20M records (2 GB) is the
 # longest step (~7 min). Output: the console log in /tmp/smallpond-bench-<time>.log (or $LOG).
 set -euo pipefail
@@ -34,7 +34,9 @@ step python -m benchmarks.hash_partition --rows 7.5M --partitions 16 --plan user
 step python -m benchmarks.quickstart --rows 1M
 step python -m benchmarks.overhead --tasks 2000 --kind sql
 step python -m benchmarks.overhead --tasks 2000 --kind python --skip-startup
-# 4. scale on paper: 10k / 30k / 100k tasks through the real planner and scheduler
+# 4. scale on paper: 10k / 30k / 100k tasks through the real planner and scheduler, with the task
+#    cache on (as a job runs by default; ~2.5 min) and off
 step python -m benchmarks.scale --tasks 10k,30k,100k
+step python -m benchmarks.scale --tasks 10k,30k,100k --task-cache off
 uptime | tee -a "$LOG"
 echo "done in $SECONDS s; rows appended to $REPO/benchmarks/RESULTS.md" | tee -a "$LOG"
