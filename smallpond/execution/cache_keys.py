@@ -609,7 +609,10 @@ def _paths(ds: DataSet) -> List[str]:
     if isinstance(ds, PartitionedDataSet):
         # from its compact form when it has one: ``datasets`` would build (and keep) a dataset
         # per partition, P x C of them for a shuffle's outputs
-        return ds.all_paths()
+        try:
+            return ds.all_paths()
+        except Exception:  # a partition without files of its own (as below)
+            return [p for i in range(len(ds)) for p in _paths(ds[i])]
     try:
         return list(ds.resolved_paths)
     except Exception:
