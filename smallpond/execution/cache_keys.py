@@ -83,7 +83,8 @@ def external_identity(path: str) -> str:
 
 
 def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) -> Dict[str, Any]:
-    """``{"desc": digest of the dataset's description, "files": {label: identity}}``.
+    """``{"desc": digest of the dataset's description, "files": {label: identity}, "files_digest":
+    digest of the files}`` (the key and the index take the files through their digest).
 
     A file's label is its path for a user's file, ``task:{key}/{path inside the output}`` for a
     file a task of the job wrote (``identify`` decides); paths in the description are replaced by
@@ -105,10 +106,7 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
         if isinstance(d, _InMemoryDataSet):
             return [type(d).__name__, d.fingerprint()]
         paths = list(d.resolved_paths)
-        labels = {}
-        for p in paths:  # (label() inlined: a sort after a shuffle has a file of every producer)
-            lab, files[lab] = identify(p)
-            labels[p] = lab
+        labels = {p: label(p) for p in paths}
         schema_path = getattr(d, "_schema_path", None)
         if schema_path:
             labels[schema_path] = label(schema_path)
@@ -120,7 +118,6 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
     return {
         "desc": hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest(),
         "files": files,
-        # the files once as a digest: the key and the index take it instead of serializing them again
         "files_digest": _files_digest(files),
     }
 
@@ -260,11 +257,9 @@ def _summary_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[
     pe, ce = prev.get("external"), cur.get("external")
     if pe is not None and ce is not None and pe != ce:
         out.extend(_input_changes(i, {"files": pe}, {"files": ce}))
-    if prev.get("produced") or cur.get("produced"):
-        if pe is not None and ce is not None and pe == ce:  # the user's files are the same: an upstream task's output changed
-            out.append(f"its input from upstream tasks ({cur.get('produced', 0)} files) was recomputed")
-        elif pe is None or ce is None:
-            out.append(f"its {cur.get('count', 0)} input files are not those of the last build")
+    elif pe is not None and pe == ce and (prev.get("produced") or cur.get("produced")):
+        # the user's files are the same: an upstream task's output changed
+        out.append(f"its input from upstream tasks ({cur.get('produced', 0)} files) was recomputed")
     return out or [f"its {cur.get('count', 0)} input files are not those of the last build"]
 
 
@@ -357,20 +352,21 @@ class JobCache:
             head = head.rpartition(os.sep)[0]
             hit = produced.get(head)
             if hit is not None:
-                if hit[1] is None:
-                    return self._produced_label(head, path)
-                return f"{PRODUCED}{hit[0]}/{path[len(head) + 1 :]}", hit[1]
+                return self._produced_label(head, path, hit)
         for parent in self._parents:
             n = len(parent)
             if path.startswith(parent) and path[n : n + 1] == os.sep:
                 cut = path.find(os.sep, n + 1)
                 out_dir = path if cut < 0 else path[:cut]
-                if out_dir in produced:
-                    return self._produced_label(out_dir, path)
+                hit = produced.get(out_dir)
+                if hit is not None:
+                    return self._produced_label(out_dir, path, hit)
         return path, self._external_identity(path)
 
-    def _produced_label(self, out_dir: str, path: str) -> Tuple[str, str]:
-        task_key, identity = self.produced[out_dir]
+    def _produced_label(self, out_dir: str, path: str, hit: Tuple[str, Optional[str]]) -> Tuple[str, str]:
+        """(label, identity) of ``path``, in the output directory ``out_dir`` that ``hit`` (its
+        entry in ``produced``) describes."""
+        task_key, identity = hit
         if identity is None:  # a task whose key was deferred: compute it now
             identity = self._key_of(task_key) or task_key
             self.produced[out_dir] = (task_key, identity)
