@@ -34,7 +34,6 @@ from smallpond.logical.node import (
     DataSourceNode,
     HashPartitionNode,
     LogicalPlan,
-    PythonScriptNode,
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files, tree_digest
@@ -460,30 +459,20 @@ def test_an_input_rewritten_during_a_session_is_read_again(tmp_path):
         sp.shutdown()
 
 
-def write_first_row(runtime_ctx, input_datasets, output_path) -> bool:
-    """A tiny task: the first row id of its partition, in a text file."""
-    with open(os.path.join(output_path, "row.txt"), "w") as f:
-        f.write(f"{input_datasets[0].resolved_row_ranges[0].begin}\n")
-    return True
-
-
 def test_a_stage_larger_than_a_round_of_lookups_is_reused_whole(tmp_path):
     """The scheduler looks up ``LOOKUPS_PER_ROUND`` newly ready tasks a round, and a task sent
     before its turn when it is sent: a rebuild of a stage of more tasks than that reuses every
-    one of them and runs none."""
+    one of them and runs none (the tiny Python tasks of ``benchmarks.overhead``)."""
+    from benchmarks.overhead import make_input, overhead_plan
     from smallpond.execution.scheduler import LOOKUPS_PER_ROUND
 
     n = 3 * LOOKUPS_PER_ROUND + 5
-    path = str(tmp_path / "rows.parquet")
-    pq.write_table(pa.table({"id": list(range(n))}), path)
+    path = make_input(str(tmp_path), n)
     root = str(tmp_path / "root")
 
     def build(job_id: str) -> Events:
-        ctx = Context()
-        parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), n, partition_by_rows=True)
         events = Events()
-        node = PythonScriptNode(ctx, (parts,), process_func=write_first_row)
-        run_job(LogicalPlan(ctx, node), make_runtime_ctx(job_id, None, root), num_workers=2, listeners=[events])
+        run_job(overhead_plan(path, n, "python"), make_runtime_ctx(job_id, None, root), num_workers=2, listeners=[events])
         return events
 
     def tiny_tasks(keys) -> List[str]:

@@ -269,22 +269,14 @@ def test_a_large_stage_is_sent_before_every_key_is_computed(make_rt, tmp_path, m
     """With a task cache, the tasks of a stage that become ready at once are looked up a round at
     a time (``LOOKUPS_PER_ROUND``): the first is sent after about one round of keys, not after
     the keys of the whole stage, and every task is still looked up before it is sent."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
+    from benchmarks.overhead import make_input, overhead_plan
     from smallpond.execution import scheduler as scheduler_module
     from smallpond.execution.cache_keys import JobCache
-    from smallpond.logical.node import PythonScriptNode
 
-    n = 4 * scheduler_module.LOOKUPS_PER_ROUND
-    path = str(tmp_path / "rows.parquet")
-    pq.write_table(pa.table({"id": list(range(n))}), path)
-    ctx = Context()
-    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), n, partition_by_rows=True)
-    node = PythonScriptNode(ctx, (parts,), process_func=lambda rt, inputs, out: True)
+    n = 4 * scheduler_module.LOOKUPS_PER_ROUND  # tiny Python tasks, one a row
     rt = make_rt(task_cache=str(tmp_path / "cache"))
     rt.initialize()
-    exec_plan = Planner(rt).create_exec_plan(LogicalPlan(ctx, node))
+    exec_plan = Planner(rt).create_exec_plan(overhead_plan(make_input(str(tmp_path), n), n, "python"))
 
     looked_up: List[str] = []
     original_look_up = Scheduler._look_up
