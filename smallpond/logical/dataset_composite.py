@@ -194,14 +194,11 @@ class PartitionedDataSet(DataSet):
         return sorted(self.paths)
 
     def all_paths(self) -> List[str]:
-        """Every partition's paths, unsorted, without building a dataset per partition (a shuffle
-        producer's output holds one per consumer)."""
+        """:attr:`paths` in any order: from the compact form, without sorting each partition's
+        files (a shuffle producer's output has a partition per consumer)."""
         if self._compact is not None:
             return [p for ps in self._compact[2] for p in ps]
-        out: List[str] = []
-        for d in self._datasets:
-            out.extend(d.all_paths() if isinstance(d, PartitionedDataSet) else d.resolved_paths)
-        return out
+        return self.paths
 
     @property
     def udfs(self):
