@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import time
+from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from smallpond.common import logger
@@ -82,16 +83,31 @@ def external_identity(path: str) -> str:
     return ident[len(path) + 1 :] if ident.startswith(path + ":") else ident
 
 
-def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) -> Dict[str, Any]:
+def input_components(
+    ds: DataSet,
+    identify: Callable[[str], Tuple[str, str]],
+    whole: Optional[Tuple[str, str]] = None,
+) -> Dict[str, Any]:
     """``{"desc": digest of the dataset's description, "files": {label: identity}, "files_digest":
     digest of the files}`` (the key and the index take the files through their digest).
 
     A file's label is its path for a user's file, ``task:{key}/{path inside the output}`` for a
     file a task of the job wrote (``identify`` decides); paths in the description are replaced by
     labels, so the same dataset over the same files has the same components in every job.
+
+    ``whole``: ``(task key, identity)`` when the dataset is the output of a task of this job known
+    as a whole (see ``JobCache._whole_identity``); its one label then stands for every file,
+    and no file is looked at.
     """
     from smallpond.logical.dataset_composite import _InMemoryDataSet
 
+    if whole is not None:
+        files = {f"{PRODUCED}{whole[0]}": whole[1]}
+        kind = type(ds).__name__
+        desc = _whole_descs.get(kind)
+        if desc is None:
+            desc = _whole_descs[kind] = hashlib.sha256(json.dumps(["whole", kind]).encode()).hexdigest()
+        return {"desc": desc, "files": files, "files_digest": _files_digest(files)}
     files: Dict[str, str] = {}
 
     def label(path: str) -> str:
@@ -120,6 +136,9 @@ def input_components(ds: DataSet, identify: Callable[[str], Tuple[str, str]]) ->
         "files": files,
         "files_digest": _files_digest(files),
     }
+
+
+_whole_descs: Dict[str, str] = {}
 
 
 def _files_digest(files: Dict[str, str]) -> str:
@@ -295,6 +314,9 @@ class JobCache:
         self.keys: Dict[str, str] = {}  # task key -> cache key (or, if not cacheable, its identity)
         self.components: Dict[str, Dict[str, Any]] = {}
         self.produced: Dict[str, Tuple[str, str]] = {}  # output dir -> (task key, identity)
+        # task key -> the identity of its output as a whole, "" if its files are identified one by
+        # one (see _whole_identity)
+        self.whole: Dict[str, str] = {}
         self._parents: Dict[str, None] = {}  # the folders holding output dirs (one per node)
         self.claimed: Dict[str, str] = {}  # task key -> cache key it holds a claim on
         self.unclaimed: Dict[str, str] = {}  # the same, for tasks run while this job was alone
@@ -319,6 +341,7 @@ class JobCache:
         """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
         other = JobCache(self.rt, self.cache)
         other.produced = dict(self.produced)
+        other.whole = dict(self.whole)
         other._parents = dict(self._parents)
         other.bypass = set(self.bypass)
         other.bypass_nodes = set(self.bypass_nodes)
@@ -389,11 +412,49 @@ class JobCache:
         return ident
 
     def components_of(self, task: Task, inputs: List[DataSet]) -> Dict[str, Any]:
+        deps = task.input_keys if len(task.input_keys) == len(inputs) else [None] * len(inputs)
         return {
             "plan": dict(task.plan_components),
             "engine": engine_versions(),
-            "inputs": [input_components(ds, self.identify) for ds in inputs],
+            "inputs": [input_components(ds, self.identify, self._whole_input(d)) for d, ds in zip(deps, inputs)],
         }
+
+    def _whole_input(self, dep: Optional[str]) -> Optional[Tuple[str, str]]:
+        identity = self.whole.get(dep) if dep is not None else None
+        return (dep, identity) if identity else None
+
+    def _whole_identity(self, task: Task, key: Optional[str]) -> str:
+        """The identity of a done task's output as a whole (``key``: its key), or "" when its files
+        must be identified one by one (Merkle style, as Bazel and Nix do: a task's output is what
+        its key says).
+
+        * A task whose output is cached: its key. Its consumers' keys then take one identity for
+          its files, however many, instead of one per file (a sort after a shuffle of P
+          producers read P files, labelled and digested one by one: ~200 us a task).
+        * A pass-through task run here (a shuffle's consumer gathering its partition of every
+          producer, a projection, a split): a digest of its plan components and of its inputs'
+          identities, when every input has one; "" when any does not (a split of a user's
+          files: those keep their identity file by file, so a partition over files that did not
+          change keeps its key when another file of the source changes).
+        * Any other task (a source, a sink, a node that cannot be fingerprinted): "".
+
+        The choice depends only on the plan, never on timing, so a dry run, a resumed job and
+        another job of the same script key every task the same way.
+        """
+        if not task.exec_on_scheduler:
+            return key if key is not None and self.cacheable(task) else ""
+        params = str(task.plan_components.get("params", "unreusable:"))
+        if not task.input_keys or params.startswith("unreusable:"):
+            return ""
+        identities = []
+        for d in task.input_keys:
+            identity = self.whole.get(d)
+            if not identity:
+                return ""
+            identities.append(identity)
+        # (no identity holds a NUL, and JSON escapes one: the text reads back one way only)
+        text = "\0".join([json.dumps(task.plan_components, sort_keys=True, default=str), *identities])
+        return "via:" + hashlib.sha256(text.encode()).hexdigest()
 
     def prepare(self, task: Task, inputs: List[DataSet]) -> Optional[str]:
         """Compute the task's key from its inputs (once) and give it to the task (for its worker).
@@ -533,15 +594,13 @@ class JobCache:
         """Note a task's output: its files are known by the task's identity from now on, and
         (for a task run or reused here) its components become its position's last build."""
         if task.exec_on_scheduler:
+            self.whole[task.key] = self._whole_identity(task, None)
             return
         key = self.keys.get(task.key) or (record or {}).get("cache_key")
         if key is None:
             key = None if task.key in self._deferred else f"fp:{task.fingerprint}"
-        prefix = task.output_base(self.rt) + "."
-        n = len(prefix)
-        # (a set: a producer's thousands of partition files lie in one output directory)
-        out_dirs = {p if (cut := p.find(os.sep, n)) < 0 else p[:cut] for p in _paths(dataset) if p.startswith(prefix)}
-        for out_dir in out_dirs:
+        self.whole[task.key] = self._whole_identity(task, key)
+        for out_dir in _output_dirs(_paths(dataset), task.output_base(self.rt) + "."):
             self.register(out_dir, task.key, key)
         # the components are kept until the task is done, for the index (and a dry run) only
         comps = self.components.pop(task.key, None)
@@ -564,6 +623,7 @@ class JobCache:
         for k in task_keys:
             self.release(k)
             self.keys.pop(k, None)
+            self.whole.pop(k, None)
             self.components.pop(k, None)
             self._deferred.pop(k, None)
             self.bypass.add(k)
@@ -599,6 +659,19 @@ class JobCache:
             self.solo = None
         self.cache.drain()
         self.flush_index()
+
+
+def _output_dirs(paths: List[str], prefix: str) -> Set[str]:
+    """The output directories (``prefix`` and a name) that hold ``paths``. A producer's thousands
+    of partition files usually lie in one: checked for all at once (in C) before file by file."""
+    first = next((p for p in paths if p.startswith(prefix)), None)
+    if first is None:
+        return set()
+    cut = first.find(os.sep, len(prefix))
+    if cut > 0 and all(map(str.startswith, paths, repeat(first[: cut + 1]))):
+        return {first[:cut]}
+    n = len(prefix)
+    return {p if (cut := p.find(os.sep, n)) < 0 else p[:cut] for p in paths if p.startswith(prefix)}
 
 
 def _paths(ds: DataSet) -> List[str]:

@@ -104,6 +104,9 @@ def dry_run(
             except Exception as e:
                 causes[key] = [key]
                 verdicts.append(Verdict(task, FAILS, [getattr(e, "message", None) or str(e)]))
+                continue
+            if cache is not None:  # its output's identity, as the scheduler notes it
+                cache.on_done(task, outputs[key])
             continue
         record = read_commit(rt, task) if job_exists else None
         if record is not None:
@@ -130,7 +133,7 @@ def dry_run(
         if entry is not None:
             outputs[key] = _as_if_linked(rt, task, entry)
             del causes[key]
-            cache.register(_dry_dir(rt, task), key, cache_key)
+            cache.on_done(task, outputs[key], ran=False)  # its files, as linked under _dry_dir
             verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
             continue
         prev = cache.previous_build(task)

@@ -14,6 +14,7 @@ import warnings
 from functools import partial
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
+from smallpond.common import rare_full_collections
 from smallpond.errors import PlanError
 from smallpond.execution.fingerprint import Unfingerprintable, stable_digest
 from smallpond.execution.ops.arrow import (
@@ -292,7 +293,8 @@ class Planner:
         # engine reads are written in the staging format (the DataFrame API, whose frames may be
         # written out by a later call, keeps every node's settings)
         self._engine_only = engine_only_outputs(root_node) - set(self.node_to_tasks)
-        root_tasks = self.plan(root_node)
+        with rare_full_collections():  # every task lives as long as the job
+            root_tasks = self.plan(root_node)
         final_tasks = self.node_to_tasks[id(optimized_of(memo, final))]
         return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
 

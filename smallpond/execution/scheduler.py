@@ -57,7 +57,7 @@ import heapq
 import time
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger
+from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger, rare_full_collections
 from smallpond.errors import Decision, JobFailed, TaskError, classify
 from smallpond.execution.attempt import execute_attempt, run_inline, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor
@@ -161,6 +161,10 @@ class Scheduler:
 
         Raises :class:`JobFailed` (with the TaskErrors) if a task cannot be completed.
         """
+        with rare_full_collections():  # the run holds every output until it ends
+            return self._run(targets, all_tasks)
+
+    def _run(self, targets: List[Task], all_tasks: Dict[str, Task]) -> Dict[str, object]:
         st = self.state
         start = time.time()
         _, resumed = add_tasks(st, self.rt, targets, all_tasks)
@@ -264,9 +268,10 @@ class Scheduler:
                 self.cache.release(task.key)
             return
         finish_task(st, task.key, ds)
-        if self.cache is not None and not task.exec_on_scheduler:
-            self.cache.on_done(task, ds)
-            self.cache.release(task.key)
+        if self.cache is not None:
+            self.cache.on_done(task, ds)  # for a pass-through task, its output's identity only
+            if not task.exec_on_scheduler:
+                self.cache.release(task.key)
         self._emit("on_inline", task, True, time.time() - start)
 
     def _from_cache(self, task: Task, attempt: int) -> bool:

@@ -87,3 +87,84 @@ def test_why_changed_explains_an_input_kept_as_digests():
     # the same files: nothing about the files
     cur = {"key": "b", "plan": {}, "engine": "e", "inputs": [dict(_input({**produced, **user}), desc="other")]}
     assert why_changed(prev, cur) == ["input 0's description changed (columns, options or row ranges)"]
+
+
+class _PassThrough(_Task):
+    """A shuffle's consumer (or a split, a projection): run by the scheduler, it writes nothing."""
+
+    def __init__(self, key: str, input_keys, params: str = "p") -> None:
+        super().__init__(key, "/unused")
+        self.exec_on_scheduler, self.writes_output = True, False
+        self.input_keys = list(input_keys)
+        self.plan_components = {"params": params, "partition": key}
+
+
+def _shuffle_consumer(jc: JobCache, root: str, producer_keys, index: int = 3):
+    """Producers done with the given keys, then the consumer of partition ``index``: its task and
+    its output (partition ``index`` of every producer)."""
+    outputs = []
+    for i, key in enumerate(producer_keys):
+        task = _Task(f"HashPartitionTask-{i:06d}", f"{root}/HashPartitionTask-{i:06d}")
+        task.input_keys = []
+        jc.keys[task.key] = key
+        out = _producer_output(root, i, 8)
+        jc.on_done(task, out)
+        outputs.append(out)
+    consumer = _PassThrough(
+        f"PartitionConsumerTask-{index:06d}", [f"HashPartitionTask-{i:06d}" for i in range(len(producer_keys))]
+    )
+    gathered = PartitionedDataSet.gather(outputs, index)
+    jc.on_done(consumer, gathered)
+    return consumer, gathered
+
+
+def test_a_sort_after_a_shuffle_keys_its_input_by_the_producers_keys_not_file_by_file(make_rt, tmp_path):
+    """A consumer's input that a task of the job produced as a whole is keyed by that task's
+    identity (Merkle style): one label, no file looked at; it changes with any producer's key."""
+    root = str(tmp_path / "staging")
+
+    def sort_key(producer_keys):
+        jc = JobCache(make_rt(task_cache=str(tmp_path / "cache")))
+        consumer, gathered = _shuffle_consumer(jc, root, producer_keys)
+        looked_at = []
+        jc.identify = lambda path: looked_at.append(path) or ("?", "?")
+        sort = _Task("SqlEngineTask-000100", f"{root}/SqlEngineTask-000100")
+        sort.input_keys = [consumer.key]
+        comps = jc.components_of(sort, [gathered])
+        assert looked_at == [], "the input's files were identified one by one"
+        (label,) = comps["inputs"][0]["files"]
+        assert label == f"task:{consumer.key}" and jc.whole[consumer.key].startswith("via:")
+        return cache_keys.cache_key(comps)
+
+    keys = [hashlib.sha256(bytes([i])).hexdigest() for i in range(16)]
+    assert sort_key(keys) == sort_key(list(keys)), "the same producers give the same key"
+    changed = list(keys)
+    changed[5] = "f" * 64  # one producer was recomputed from another input
+    assert sort_key(changed) != sort_key(keys)
+
+
+def test_a_split_of_a_users_files_keeps_identifying_them_file_by_file(make_rt, tmp_path):
+    """A pass-through over a source (whose files are the user's) has no identity as a whole: its
+    consumers identify each file, so a partition over files that did not change keeps its key
+    when another file of the source changes. So has one whose node cannot be fingerprinted."""
+    jc = JobCache(make_rt(task_cache=str(tmp_path / "cache")))
+    files = []
+    for i in range(3):
+        path = tmp_path / f"in{i}.parquet"
+        path.write_bytes(b"PAR1" + bytes(20) + b"PAR1")
+        files.append(str(path))
+    source = _PassThrough("DataSourceTask-000001", [])
+    jc.on_done(source, ParquetDataSet.from_files(files))
+    split = _PassThrough("SplitDataSetTask-000002", [source.key])
+    part = ParquetDataSet.from_files(files[:2])
+    jc.on_done(split, part)
+    assert jc.whole[source.key] == "" and jc.whole[split.key] == ""
+    sql = _Task("SqlEngineTask-000003", str(tmp_path / "out" / "SqlEngineTask-000003"))
+    sql.input_keys = [split.key]
+    assert sorted(jc.components_of(sql, [part])["inputs"][0]["files"]) == files[:2]
+
+    consumer, _ = _shuffle_consumer(jc, str(tmp_path / "staging"), ["k" * 64, "l" * 64])
+    assert jc.whole[consumer.key].startswith("via:")
+    unreusable = _PassThrough("PartitionConsumerTask-000009", consumer.input_keys, params="unreusable:x")
+    jc.on_done(unreusable, None)
+    assert jc.whole[unreusable.key] == ""
