@@ -148,3 +148,24 @@ when_loguru_is_imported(lambda: calls.append("at once"))
 assert calls == [True, "first", "second", "at once"], calls
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_rare_full_collections_raises_the_third_threshold_and_puts_it_back():
+    import gc
+
+    from smallpond.common import rare_full_collections
+
+    before = gc.get_threshold()
+    with rare_full_collections():
+        inside = gc.get_threshold()
+        with rare_full_collections():  # nested (a session's job inside a planner call): unchanged
+            assert gc.get_threshold() == inside
+        assert gc.get_threshold() == inside
+    assert inside[:2] == before[:2] and inside[2] >= 1000
+    assert gc.get_threshold() == before
+    try:
+        with rare_full_collections():
+            raise ValueError("a failed plan")
+    except ValueError:
+        pass
+    assert gc.get_threshold() == before
