@@ -8,7 +8,12 @@ the scheduler when the task is about to run, from the datasets the task will rea
   ``Task.plan_components``) and the engine's versions (:func:`engine_versions`);
 * for each input dataset, its description (kind, columns, options, row ranges) and the identity
   of every file: an input file of the user by its path, size and modification time; a file
-  written by a task of this job by that task's key and the file's path inside its output.
+  written by a task of this job by that task's key and the file's path inside its output;
+* or, for an input that is the whole output of a task of this job known by an identity (a
+  cached task's key; for a pass-through task such as a shuffle's consumer, a digest of its plan
+  and of its inputs' identities), that one identity (Merkle style; see
+  ``JobCache._whole_identity``): a sort after a shuffle of P producers is keyed without
+  looking at its P files.
 
 So a partition task over files that did not change keeps its key when another file of the
 source is rewritten, and a task downstream of a recomputed one changes key (its input's producer
