@@ -318,21 +318,17 @@ class TaskCache:
             record = {
                 "format": CACHE_FORMAT,
                 "key": key,
-                "base": final,
+                # the folder the dataset's paths are under (the task's output directory): a reader
+                # rebases them from there to where it links the files (two rebases less per entry)
+                "base": base,
                 "dataset": dataset,
                 "files": listed,
                 "bytes": total,
                 "created": time.time(),
                 **info,
             }
-            # the record holds the dataset rebased into the entry: rebased for the pickling only
-            # (a copy would cost a pickle more); not an atomic write: the whole entry becomes
-            # visible at once when tmp/ is renamed
-            dataset._rebase(base, final)
-            try:
-                _write_signed(os.path.join(tmp, RECORD), record, self.secret)
-            finally:
-                dataset._rebase(final, base)
+            # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
+            _write_signed(os.path.join(tmp, RECORD), record, self.secret)
             shard = os.path.dirname(final)
             if shard not in self._shards:
                 os.makedirs(shard, mode=0o700, exist_ok=True)

@@ -154,10 +154,11 @@ def _as_if_linked(rt: RuntimeContext, task: Task, entry):
     from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 
     ds = copy_dataset(entry.record["dataset"])
+    ds._rebase(entry.record["base"], entry.files_dir)  # where its files are now
     for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
         if isinstance(d, ParquetDataSet):
             _ = d.resolved_row_ranges
-    ds._rebase(entry.record["base"], _dry_dir(rt, task))
+    ds._rebase(entry.files_dir, _dry_dir(rt, task))
     return ds
 
 
