@@ -360,6 +360,11 @@ class JobCache:
         publishing tasks), of nodes whose parameters could be fingerprinted."""
         if task.exec_on_scheduler or not task.writes_output:
             return False
+        return JobCache._fingerprinted(task)
+
+    @staticmethod
+    def _fingerprinted(task: Task) -> bool:
+        """Whether the planner could fingerprint the task's node (its parameters and code)."""
         return not str(task.plan_components.get("params", "unreusable:")).startswith("unreusable:")
 
     def register(self, output_dir: str, task_key: str, identity: Optional[str]) -> None:
@@ -425,7 +430,7 @@ class JobCache:
         }
 
     def _whole_input(self, dep: Optional[str]) -> Optional[Tuple[str, str]]:
-        identity = self.whole.get(dep) if dep is not None else None
+        identity = self.whole.get(dep)
         return (dep, identity) if identity else None
 
     def _whole_identity(self, task: Task, key: Optional[str]) -> str:
@@ -448,8 +453,7 @@ class JobCache:
         """
         if not task.exec_on_scheduler:
             return key if key is not None and self.cacheable(task) else ""
-        params = str(task.plan_components.get("params", "unreusable:"))
-        if not task.input_keys or params.startswith("unreusable:"):
+        if not task.input_keys or not self._fingerprinted(task):
             return ""
         identities = []
         for d in task.input_keys:
