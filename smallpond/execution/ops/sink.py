@@ -30,8 +30,9 @@ Guarantees:
      if its result is published. Where a destination exists already (a previous result to swap
      out, files to append beside), the journal is fsynced before the first step and the
      destinations' folders after the last, so that even a power loss cannot leave a user's files
-     moved aside with no journal to finish the move. Publishing into new destinations skips these
-     fsyncs: those steps move only files this job wrote, a re-run redoes them whatever survived
+     moved aside with no journal to finish the move. Publishing into new destinations, or into
+     the job's own folder (named outputs, ``FinalResults``), skips these fsyncs: those steps move
+     only files this job wrote, a re-run redoes them whatever survived
      (resume checks that a commit record's files exist), and an fsync right after a large write
      waits for its writeback (0.04-0.3 s on this project's test machine).
 
@@ -546,10 +547,15 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     steps: List[Step] = []
     sync = set()
     existing = False  # a destination that exists: the steps move files that may not be ours
+    job_root = os.path.realpath(runtime_ctx.job_root)
     for task, _ in prepared:
         if task.skip:
             continue
-        existing = existing or os.path.lexists(task.node.output_path)
+        # a destination in the job's own folder (a named output, FinalResults) holds only what
+        # this job wrote, whatever it holds: like a new one, it needs no fsync
+        existing = existing or (
+            os.path.lexists(task.node.output_path) and not _inside(os.path.realpath(task.node.output_path), job_root)
+        )
         steps.extend(plan_steps(runtime_ctx, task))
         sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
         sync.add(task.node.output_path)
