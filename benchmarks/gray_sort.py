@@ -9,8 +9,9 @@ by parallel smallpond tasks (not timed; cached under ``--data-dir``).
 The smallpond plan (:func:`gray_sort_plan`)::
 
     DataSourceNode(input files)
-      → ShuffleNode: range bucket = the key's first 16 bits scaled to [0, partitions)
-                     (one DuckDB pass per producer; uncompressed intermediate files)
+      → RangePartitionNode: buckets = ranges of the key's first 16 bits, split evenly
+                     (arrow engine; uncompressed intermediate files). ``--partitioner
+                     expression``: a ShuffleNode computing the same bucket with an expression
       → SqlEngineNode: ``select key, payload from {0} order by key``, one file per partition
 
 With ``--plan user`` the plan is the one the reference's examples write (:func:`user_sort_plan`):
@@ -158,6 +159,16 @@ def bucket_expression(npartitions: int, key: str = "key") -> str:
     return f"(({key}[1:2]::BIT::INTEGER * {npartitions}) >> 16)"
 
 
+def split_points(npartitions: int) -> List[bytes]:
+    """The ``npartitions - 1`` split points giving the buckets of :func:`bucket_expression`:
+    bucket ``i`` starts at the keys whose first 16 bits are ``ceil(i * 65536 / npartitions)``
+    (a 2-byte prefix sorts before every 10-byte key that starts with it)."""
+    if not 1 <= npartitions <= 1 << 16:
+        raise ValueError(f"npartitions must be in [1, 65536], got {npartitions}")
+    firsts = [-(-i * (1 << 16) // npartitions) for i in range(1, npartitions)]
+    return [bytes([v >> 8, v & 0xFF]) for v in firsts]
+
+
 def gray_sort_plan(
     input_paths: Sequence[str],
     num_sort_partitions: int,
@@ -170,24 +181,47 @@ def gray_sort_plan(
     dictionary: bool = False,
     shuffle_engine: str = "arrow",
     output_name: str = "sorted_records",
+    partitioner: str = "range",
 ):
-    """Range-shuffle the records into ``num_sort_partitions`` buckets, then sort each bucket."""
+    """Range-shuffle the records into ``num_sort_partitions`` buckets, then sort each bucket.
+
+    ``partitioner="range"`` (the default) shuffles with a ``RangePartitionNode`` over the split
+    points of :func:`split_points` (DuckDB compares each key with log2(P) of them: ~45 ns a
+    record); ``"expression"`` with a ``ShuffleNode`` whose partition column is
+    :func:`bucket_expression` (a blob-to-bit-to-integer cast: ~95 ns a record), the plan measured
+    before 2026-12-03. Both put every record in the same bucket.
+    """
     from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, ShuffleNode, SqlEngineNode
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, RangePartitionNode, ShuffleNode, SqlEngineNode
 
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
-    shuffled = ShuffleNode(
-        ctx,
-        (src,),
-        num_sort_partitions,
-        data_partition_column=bucket_expression(num_sort_partitions),
-        dimension="bucket",
-        engine_type=shuffle_engine,
-        parquet_compression=None,  # intermediate data: random bytes do not compress
-        cpu_limit=shuffle_cpu_limit,
-        memory_limit=shuffle_memory_limit,
-    )
+    if partitioner == "range":
+        # staging files only the sort reads: the engine writes them uncompressed
+        shuffled = RangePartitionNode(
+            ctx,
+            (src,),
+            split_points(num_sort_partitions),
+            dimension="bucket",
+            key_column="key",
+            engine_type=shuffle_engine,
+            cpu_limit=shuffle_cpu_limit,
+            memory_limit=shuffle_memory_limit,
+        )
+    elif partitioner == "expression":
+        shuffled = ShuffleNode(
+            ctx,
+            (src,),
+            num_sort_partitions,
+            data_partition_column=bucket_expression(num_sort_partitions),
+            dimension="bucket",
+            engine_type=shuffle_engine,
+            parquet_compression=None,  # intermediate data: random bytes do not compress
+            cpu_limit=shuffle_cpu_limit,
+            memory_limit=shuffle_memory_limit,
+        )
+    else:
+        raise ValueError(f"partitioner must be 'range' or 'expression', got {partitioner!r}")
     ordered = SqlEngineNode(
         ctx,
         (shuffled,),
@@ -349,7 +383,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--compression", default="snappy", help="output Parquet compression, both sides (default snappy)")
     p.add_argument("--dictionary", action="store_true", help="allow dictionary encoding of the output, both sides (default off)")
     p.add_argument(
-        "--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="ShuffleNode engine_type (default arrow)"
+        "--shuffle-engine", choices=("arrow", "duckdb"), default="arrow", help="the shuffle's engine_type (default arrow)"
+    )
+    p.add_argument(
+        "--partitioner",
+        choices=("range", "expression"),
+        default="range",
+        help="the tuned plan's shuffle: RangePartitionNode over split points (default), or a ShuffleNode over a bucket expression",
     )
     p.add_argument("--seed", type=int, default=2025)
     common.add_plan_argument(p)
@@ -404,6 +444,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 compression=args.compression,
                 dictionary=args.dictionary,
                 shuffle_engine=args.shuffle_engine,
+                partitioner=args.partitioner,
             )
         exec_plan = timings.measure("smallpond", common.run_plan, plan, jobs, args.executors)
         if args.validate:
@@ -437,7 +478,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "records",
         f"{args.records:,} records ({common.human_bytes(args.records * RECORD_BYTES)}), {args.partitions} partitions, "
         f"{args.executors} executors{limit}"
-        + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else ""),
+        + (f", {USER_DATA_PARTITIONS} data partitions, node defaults (ZSTD)" if user else f", {args.partitioner} shuffle"),
         args.validate,
         args.append_results,
     )

@@ -34,6 +34,23 @@ def test_bucket_expression_is_a_monotone_range_partition():
     assert [r[0] for r in got] == [0, 1, 2, 4]
 
 
+@pytest.mark.parametrize("npartitions", [1, 3, 16, 1000])
+def test_split_points_give_the_bucket_expressions_buckets(npartitions):
+    # the tuned plan's RangePartitionNode and the expression plan's ShuffleNode put every key in
+    # the same bucket: checked in DuckDB, over every 2-byte prefix
+    import duckdb
+
+    from smallpond.execution.ops.range import range_index_sql, sql_literal
+
+    points = [sql_literal(p) for p in gray_sort.split_points(npartitions)]
+    by_range = range_index_sql("k", points, npartitions) if points else "0"
+    by_expr = gray_sort.bucket_expression(npartitions).replace("key", "k")
+    keys = "select (unhex(printf('%04X', v)) || unhex('00FF00FF00FF00FF'))::BLOB as k from range(65536) t(v)"
+    differ = duckdb.sql(f"select count(*) from ({keys}) where ({by_range}) <> ({by_expr})").fetchall()[0][0]
+    assert differ == 0
+    assert len(gray_sort.split_points(npartitions)) == npartitions - 1
+
+
 def test_gray_sort_plan_sorts_and_validates(tmp_path):
     inputs = gray_sort.generate_input(str(tmp_path / "data"), 30_000, 3, seed=1, executors=2)
     assert len(inputs) == 1  # 30k records fit one generated chunk
