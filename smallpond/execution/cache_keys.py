@@ -131,7 +131,9 @@ def input_components(
         schema_path = getattr(d, "_schema_path", None)
         if schema_path:
             labels[schema_path] = label(schema_path)
-        desc = _relabel(d._describe(), labels)
+        desc = d._describe()
+        if any(p != lab for p, lab in labels.items()):  # a user's files are labelled by their paths
+            desc = _relabel(desc, labels)
         schema = None if d.schema is None else str(d.schema)
         return [type(d).__name__, [labels[p] for p in paths], repr(desc), schema, labels.get(schema_path)]
 
@@ -147,7 +149,19 @@ _whole_descs: Dict[str, str] = {}
 
 
 def _files_digest(files: Dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    if len(files) > 4:
+        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    # the partitions of a user's few files share them: each set is digested once
+    items = tuple(files.items())
+    digest = _few_files_digests.get(items)
+    if digest is None:
+        if len(_few_files_digests) >= 4096:
+            _few_files_digests.clear()
+        digest = _few_files_digests[items] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    return digest
+
+
+_few_files_digests: Dict[Tuple[Tuple[str, str], ...], str] = {}
 
 
 def _relabel(value, labels: Dict[str, str]):

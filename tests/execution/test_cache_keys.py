@@ -4,6 +4,7 @@ scale of a shuffle (P producers x C partitions)."""
 from __future__ import annotations
 
 import hashlib
+import os
 
 from smallpond.execution import cache_keys
 from smallpond.execution.cache_keys import INDEX_FILES_LIMIT, JobCache, index_input, input_components, why_changed
@@ -168,3 +169,32 @@ def test_a_split_of_a_users_files_keeps_identifying_them_file_by_file(make_rt, t
     unreusable = _PassThrough("PartitionConsumerTask-000009", consumer.input_keys, params="unreusable:x")
     jc.on_done(unreusable, None)
     assert jc.whole[unreusable.key] == ""
+
+
+def test_an_input_of_produced_files_is_described_without_the_job_folder(tmp_path):
+    # files a task of the job wrote are known by labels (task and path inside its output), in the
+    # description too (a row range names its file): the same rows of the same outputs have the
+    # same components in any job
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def components(job: str) -> dict:
+        out_dir = str(tmp_path / job / "staging" / "Node" / "SqlEngineTask-000003.0.abc")
+        os.makedirs(out_dir)
+        pq.write_table(pa.table({"x": list(range(10))}), f"{out_dir}/part-0.parquet")
+        second_half = ParquetDataSet.from_files([f"{out_dir}/part-0.parquet"]).partition_by_rows(2)[1]
+
+        def identify(path: str):
+            return f"task:SqlEngineTask-000003/{path[len(out_dir) + 1 :]}", "identity-of-its-output"
+
+        return input_components(second_half, identify)
+
+    a, b = components("jobA"), components("jobB")
+    assert a == b
+    assert list(a["files"]) == ["task:SqlEngineTask-000003/part-0.parquet"]
+    # a user's files are their own labels (their paths), and their description keeps them
+    user = ParquetDataSet.from_files(["/data/in/a.parquet"])
+    assert input_components(user, lambda p: (p, "id"))["files"] == {"/data/in/a.parquet": "id"}
+    assert input_components(user, lambda p: (p, "id")) != input_components(
+        ParquetDataSet.from_files(["/data/in/b.parquet"]), lambda p: (p, "id")
+    )
