@@ -467,7 +467,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.validate:
             validate_sorted(input_summary, [out])
         leftovers.add(out)
-        common.print_run(timings, rep)
+        common.print_run(timings, rep, exec_plan)
 
     leftovers.remove_all()
     limit = f", memory limit {common.human_bytes(args.memory_limit)} per task" if args.memory_limit else ""

@@ -314,7 +314,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             validate_partitions(input_summary, partition_files(exec_plan, node), args.partitions, expected)
         leftovers.add(common.job_root_of(exec_plan))
         leftovers.add(out)
-        common.print_run(timings, rep)
+        common.print_run(timings, rep, exec_plan)
 
     leftovers.remove_all()
     common.report_time_ratio(

@@ -253,3 +253,25 @@ def test_scale_benchmark_without_the_task_cache(tmp_path):
     result = scale.measure(300, 4, str(tmp_path / "root"), task_cache=False)
     assert not result["task_cache"] and result["tasks"] >= 2 * result["consumers"]
     assert not glob.glob(str(tmp_path / "root" / "*" / "task_cache"))
+
+
+def test_stage_summary_says_where_a_jobs_time_went(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    events = [
+        {"ev": "job_start", "t": 100.0},
+        {"ev": "done", "t": 101.0, "key": "HashPartitionTask-000003", "started": 100.1, "elapsed": 0.9},
+        {"ev": "done", "t": 101.2, "key": "HashPartitionTask-000004", "started": 100.2, "elapsed": 1.0},
+        {"ev": "failed", "t": 101.3, "key": "SqlEngineTask-000005", "started": 101.2, "elapsed": 0.1},
+        {"ev": "done", "t": 102.0, "key": "SqlEngineTask-000005", "started": 101.3, "elapsed": 0.7},
+        {"ev": "run_end", "t": 102.1},
+    ]
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    plan = SimpleNamespace(ctx=SimpleNamespace(job_root=str(tmp_path)))
+    assert common.stage_summary(plan) == (
+        "start to first task 0.10s; HashPartitionTask x2 1.10s (1.90 task-s); SqlEngineTask x1 0.70s (0.70 task-s); "
+        "last task to end 0.10s"
+    )
+    assert common.stage_summary(SimpleNamespace(ctx=SimpleNamespace(job_root=str(tmp_path / "none")))) == ""
