@@ -226,8 +226,17 @@ def index_input(inp: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int = 4) -> List[str]:
-    """Why a task's key differs from the last build at its position (most telling first)."""
+def why_changed(
+    prev: Optional[Dict[str, Any]],
+    cur: Dict[str, Any],
+    limit: int = 4,
+    origin: Optional[Callable[[str], List[str]]] = None,
+) -> List[str]:
+    """Why a task's key differs from the last build at its position (most telling first).
+
+    ``origin``: the tasks to name for an input whose producing task (by key) changed: a step run
+    on the scheduler (a shuffle's gathering of a partition) names the recomputed tasks behind it.
+    """
     if prev is None:
         return ["never computed (no earlier build of this task in the cache)"]
     reasons: List[str] = []
@@ -244,7 +253,7 @@ def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int 
     if len(p_in) != len(c_in):
         reasons.append(f"it has {len(c_in)} input(s), the last build had {len(p_in)}")
     for i, (a, b) in enumerate(zip(p_in, c_in)):
-        reasons.extend(_input_changes(i, a, b))
+        reasons.extend(_input_changes(i, a, b, origin))
     if not reasons and prev.get("key") == cur.get("key"):
         reasons.append("its earlier result is no longer in the cache (removed, or it failed verification)")
     elif not reasons:
@@ -254,7 +263,9 @@ def why_changed(prev: Optional[Dict[str, Any]], cur: Dict[str, Any], limit: int 
     return reasons
 
 
-def _input_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[str]:
+def _input_changes(
+    i: int, prev: Dict[str, Any], cur: Dict[str, Any], origin: Optional[Callable[[str], List[str]]] = None
+) -> List[str]:
     if "count" in prev or "count" in cur or len(cur.get("files") or {}) > INDEX_FILES_LIMIT:
         return _summary_changes(i, index_input(prev), index_input(cur))
     out: List[str] = []
@@ -276,7 +287,7 @@ def _input_changes(i: int, prev: Dict[str, Any], cur: Dict[str, Any]) -> List[st
     out.extend(external[:3])
     if len(external) > 3:
         out.append(f"(+{len(external) - 3} more changed input files)")
-    names = list(changed_tasks)
+    names = list(dict.fromkeys(n for k in changed_tasks for n in (origin(k) if origin else [k])))
     if names:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         out.append(f"its input from {shown} was recomputed")

@@ -137,8 +137,39 @@ def dry_run(
             verdicts.append(Verdict(task, REUSED, [], f"{entry.task} of job {entry.job}"))
             continue
         prev = cache.previous_build(task)
-        verdicts.append(Verdict(task, RUN, why_changed(prev, {"key": cache_key, **cache.components[key]})))
+        cur = {"key": cache_key, **cache.components[key]}
+        verdicts.append(Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache))))
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
+
+
+def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache) -> List[str]:
+    """The tasks to name for a changed input produced by task ``key``: itself, or for a step run
+    on the scheduler (a shuffle consumer gathering its partition from every producer), the tasks
+    behind it whose key differs from their last build (all of them if none can be told)."""
+    task = all_tasks.get(key)
+    if task is None or not task.exec_on_scheduler:
+        return [key]
+    behind: List[str] = []
+    stack, seen = list(task.input_keys), set()
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        t = all_tasks.get(k)
+        if t is None:
+            continue
+        if t.exec_on_scheduler:
+            stack.extend(t.input_keys)
+        elif t.writes_output:
+            behind.append(k)
+    behind.sort()
+    changed = []
+    for k in behind:
+        prev = cache.previous_build(all_tasks[k])
+        if prev is not None and prev.get("key") != cache.whole.get(k):
+            changed.append(k)
+    return changed or behind or [key]
 
 
 def _dry_dir(rt: RuntimeContext, task: Task) -> str:

@@ -70,3 +70,59 @@ def test_dataframe_explain_dry_run(tmp_path):
         assert "reused (written by" in text
     finally:
         sp2.shutdown()
+
+
+def _marked_copy(runtime_ctx, input_datasets, output_path) -> bool:
+    """Copies its partition's rows; fails while the file named by SP_TEST_DRYRUN_MARKER exists."""
+    import pyarrow.parquet as pq
+
+    if os.path.exists(os.environ.get("SP_TEST_DRYRUN_MARKER", "")):
+        raise RuntimeError("marker present")
+    table = input_datasets[0].to_arrow_table()
+    pq.write_table(table, os.path.join(output_path, "rows.parquet"))
+    return True
+
+
+def test_dry_run_names_the_recomputed_producer_behind_a_shuffle(tmp_path, monkeypatch):
+    # a task after a shuffle reads its partition gathered from every producer; when the
+    # producers were recomputed (here: committed by a run of this job that failed later), the
+    # dry run names them, not the gathering step run on the scheduler
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.errors import JobFailed
+    from smallpond.execution.job import dry_run_plan, make_runtime_ctx, run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, HashPartitionNode, LogicalPlan, PythonScriptNode
+
+    data = tmp_path / "in.parquet"
+    marker = tmp_path / "marker"
+    monkeypatch.setenv("SP_TEST_DRYRUN_MARKER", str(marker))
+    cache = str(tmp_path / "cache")
+
+    def plan():
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet([str(data)], root_dir=None))
+        parts = HashPartitionNode(ctx, (src,), 3, hash_columns=["host"])
+        return LogicalPlan(ctx, PythonScriptNode(ctx, (parts,), process_func=_marked_copy))
+
+    def rt(job_id):
+        return make_runtime_ctx(job_id, None, str(tmp_path / "root"), task_cache=cache, console_log_level="WARNING")
+
+    pq.write_table(pa.table({"host": [f"h{i % 5}" for i in range(40)], "n": list(range(40))}), data)
+    run_job(plan(), rt("first"), num_workers=2)
+    pq.write_table(pa.table({"host": [f"h{i % 5}" for i in range(41)], "n": list(range(41))}), data)
+    marker.write_text("fail")
+    try:
+        run_job(plan(), rt("second"), num_workers=2, max_fail_count=1, max_retry_count=0)
+    except JobFailed:
+        pass
+    marker.unlink()
+    result = dry_run_plan(plan(), rt("second"))
+    producers = result.of("resumed")
+    assert producers and all(v.task.key.startswith("HashPartitionTask") for v in producers), result
+    running = [v for v in result.of("run") if v.task.key.startswith("PythonScriptTask")]
+    assert len(running) == 3, result
+    for v in running:
+        text = "; ".join(v.reasons)
+        assert "was recomputed" in text and "HashPartitionTask" in text and "PartitionConsumerTask" not in text, text
