@@ -39,6 +39,12 @@ from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.paths import file_identity
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
+from smallpond.logical.dataset_composite import _InMemoryDataSet
+
+# json.dumps with any option builds an encoder per call; these give the same text, built once
+_SHAPE_JSON = json.JSONEncoder(default=str)
+_SORTED_JSON = json.JSONEncoder(sort_keys=True)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, default=str)
 
 _versions: Optional[str] = None
 PRODUCED = "task:"
@@ -104,8 +110,6 @@ def input_components(
     as a whole (see ``JobCache._whole_identity``); its one label then stands for every file,
     and no file is looked at.
     """
-    from smallpond.logical.dataset_composite import _InMemoryDataSet
-
     if whole is not None:
         files = {f"{PRODUCED}{whole[0]}": whole[1]}
         kind = type(ds).__name__
@@ -139,7 +143,7 @@ def input_components(
 
     shape = walk(ds)
     return {
-        "desc": hashlib.sha256(json.dumps(shape, default=str).encode()).hexdigest(),
+        "desc": hashlib.sha256(_SHAPE_JSON.encode(shape).encode()).hexdigest(),
         "files": files,
         "files_digest": _files_digest(files),
     }
@@ -150,14 +154,14 @@ _whole_descs: Dict[str, str] = {}
 
 def _files_digest(files: Dict[str, str]) -> str:
     if len(files) > 4:
-        return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return hashlib.sha256(_SORTED_JSON.encode(files).encode()).hexdigest()
     # the partitions of a user's few files share them: each set is digested once
     items = tuple(files.items())
     digest = _few_files_digests.get(items)
     if digest is None:
         if len(_few_files_digests) >= 4096:
             _few_files_digests.clear()
-        digest = _few_files_digests[items] = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        digest = _few_files_digests[items] = hashlib.sha256(_SORTED_JSON.encode(files).encode()).hexdigest()
     return digest
 
 
@@ -180,7 +184,7 @@ def cache_key(components: Dict[str, Any]) -> str:
     ]
     keyed = {k: v for k, v in components.items() if k != "inputs"}
     keyed["inputs"] = inputs
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()
+    return hashlib.sha256(_KEY_JSON.encode(keyed).encode()).hexdigest()
 
 
 def node_position(task: Task) -> str:

@@ -198,3 +198,23 @@ def test_an_input_of_produced_files_is_described_without_the_job_folder(tmp_path
     assert input_components(user, lambda p: (p, "id")) != input_components(
         ParquetDataSet.from_files(["/data/in/b.parquet"]), lambda p: (p, "id")
     )
+
+
+def test_how_keys_are_derived_is_pinned():
+    # a key is a digest of the task's components; deriving it differently (another serialization,
+    # another digest) silently makes every entry of every existing cache unreachable. The digests
+    # below are those of the derivation in use since the task cache's Merkle keys (b966e30): change
+    # them only together with CACHE_FORMAT, on purpose
+    from smallpond.execution.cache_keys import cache_key
+
+    inp = input_components(
+        ParquetDataSet.from_files(["/data/in/a.parquet", "/data/in/b.parquet"]), lambda p: (p, f"10:20:footer={p[-9]};")
+    )
+    comps = {
+        "plan": {"task": "SqlEngineTask", "params": "p", "partition": "[('@toplevel@', 0, 1)]", "seed": 7},
+        "engine": "python=3.11 duckdb=2.0.1",
+        "inputs": [inp],
+    }
+    assert inp["desc"] == "4dba986cdc4ce87baa2f45e7197a592578f2af72176180eb8ac04ac55dc46e88"
+    assert inp["files_digest"] == "ef44b3e82d851658546412eef6093792c2ffa8f36287e349cf2376729b289d4a"
+    assert cache_key(comps) == "03df2143ed110925736ffadcb75967e4c6f0e04dd9fe7031df7e3a6fefb258a6"
