@@ -491,7 +491,7 @@ class JobCache:
                 return ""
             identities.append(identity)
         # (no identity holds a NUL, and JSON escapes one: the text reads back one way only)
-        text = "\0".join([json.dumps(task.plan_components, sort_keys=True, default=str), *identities])
+        text = "\0".join([_KEY_JSON.encode(task.plan_components), *identities])
         return "via:" + hashlib.sha256(text.encode()).hexdigest()
 
     def prepare(self, task: Task, inputs: List[DataSet]) -> Optional[str]:
