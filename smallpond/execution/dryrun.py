@@ -81,6 +81,7 @@ def dry_run(
     outputs: Dict[str, object] = {}
     causes: Dict[str, List[str]] = {}  # task key -> the tasks that will run before its output is known
     verdicts: List[Verdict] = []
+    behind: Dict[tuple, List[str]] = {}  # the inputs of a step run on the scheduler -> what to name
     job_exists = os.path.isdir(rt.job_root) and os.path.exists(rt.layout.secret_path)
     for key in order:
         task = all_tasks[key]
@@ -138,17 +139,23 @@ def dry_run(
             continue
         prev = cache.previous_build(task)
         cur = {"key": cache_key, **cache.components[key]}
-        verdicts.append(Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache))))
+        verdicts.append(
+            Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, behind)))
+        )
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
 
 
-def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache) -> List[str]:
+def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache, memo: Dict[tuple, List[str]]) -> List[str]:
     """The tasks to name for a changed input produced by task ``key``: itself, or for a step run
     on the scheduler (a shuffle consumer gathering its partition from every producer), the tasks
-    behind it whose key differs from their last build (all of them if none can be told)."""
+    behind it whose key differs from their last build (all of them if none can be told).
+    ``memo``: by the step's inputs (the consumers of one shuffle share their producers)."""
     task = all_tasks.get(key)
     if task is None or not task.exec_on_scheduler:
         return [key]
+    known = memo.get(tuple(task.input_keys))
+    if known is not None:
+        return known
     behind: List[str] = []
     stack, seen = list(task.input_keys), set()
     while stack:
@@ -169,7 +176,11 @@ def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache) -> List[str]
         prev = cache.previous_build(all_tasks[k])
         if prev is not None and prev.get("key") != cache.whole.get(k):
             changed.append(k)
-    return changed or behind or [key]
+    named = changed or behind
+    if not named:
+        return [key]
+    memo[tuple(task.input_keys)] = named
+    return named
 
 
 def _dry_dir(rt: RuntimeContext, task: Task) -> str:
