@@ -403,31 +403,28 @@ def print_run(timings: Timings, rep: int, exec_plan=None) -> None:
 
 
 def stage_summary(exec_plan) -> str:
-    """Where a job's time went, from its event log: the seconds from the job's start to its first
-    task, each kind of task (tasks, the span from the first start to the last end, task-seconds),
-    and from the last task's end to the job's end. "" if the log cannot be read."""
-    import json
+    """Where a job's time went, from its event log (read as the run report reads it): the seconds
+    from the job's start to its first task, each kind of task (tasks done, the span from the first
+    start to the last end, task-seconds), and from the last task's end to the job's end. "" if
+    the log holds no started run with a finished task."""
+    from smallpond.execution.events import JobHistory
 
-    path = os.path.join(job_root_of(exec_plan), "log", "events.jsonl")
-    try:
-        with open(path) as f:
-            events = [json.loads(line) for line in f if line.strip()]
-    except (OSError, ValueError):
+    run = JobHistory.load(os.path.join(job_root_of(exec_plan), "log")).last
+    if run is None or run.start.get("ev") != "job_start":
         return ""
-    start = next((e["t"] for e in events if e.get("ev") == "job_start"), None)
-    end = next((e["t"] for e in reversed(events) if e.get("ev") in ("job_end", "run_end")), None)
     kinds: Dict[str, List[float]] = {}  # task class -> [tasks, first start, last end, task-seconds]
-    for e in events:
-        if e.get("ev") != "done" or not e.get("started"):
+    for a in run.attempts:
+        if a.get("ev") != "done" or not a.get("started"):
             continue
-        began, took = float(e["started"]), float(e.get("elapsed") or 0.0)
-        k = kinds.setdefault(e["key"].rsplit("-", 1)[0], [0, began, began + took, 0.0])
+        began, took = float(a["started"]), float(a.get("elapsed") or 0.0)
+        k = kinds.setdefault(a["key"].rsplit("-", 1)[0], [0, began, began + took, 0.0])
         k[0] += 1
         k[1], k[2], k[3] = min(k[1], began), max(k[2], began + took), k[3] + took
-    if start is None or end is None or not kinds:
+    if not kinds:
         return ""
+    end = float(run.end["t"]) if run.end is not None else run.last_time
     first, last = min(k[1] for k in kinds.values()), max(k[2] for k in kinds.values())
-    parts = [f"start to first task {first - start:.2f}s"]
+    parts = [f"start to first task {first - run.started:.2f}s"]
     for name, (n, lo, hi, busy) in sorted(kinds.items(), key=lambda kv: kv[1][1]):
         parts.append(f"{name} x{n} {hi - lo:.2f}s ({busy:.2f} task-s)")
     parts.append(f"last task to end {max(0.0, end - last):.2f}s")

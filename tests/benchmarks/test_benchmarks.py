@@ -261,10 +261,10 @@ def test_stage_summary_says_where_a_jobs_time_went(tmp_path):
 
     events = [
         {"ev": "job_start", "t": 100.0},
-        {"ev": "done", "t": 101.0, "key": "HashPartitionTask-000003", "started": 100.1, "elapsed": 0.9},
-        {"ev": "done", "t": 101.2, "key": "HashPartitionTask-000004", "started": 100.2, "elapsed": 1.0},
-        {"ev": "failed", "t": 101.3, "key": "SqlEngineTask-000005", "started": 101.2, "elapsed": 0.1},
-        {"ev": "done", "t": 102.0, "key": "SqlEngineTask-000005", "started": 101.3, "elapsed": 0.7},
+        {"ev": "done", "t": 101.0, "key": "HashPartitionTask-000003", "node": 2, "started": 100.1, "elapsed": 0.9},
+        {"ev": "done", "t": 101.2, "key": "HashPartitionTask-000004", "node": 2, "started": 100.2, "elapsed": 1.0},
+        {"ev": "failed", "t": 101.3, "key": "SqlEngineTask-000005", "node": 3, "started": 101.2, "elapsed": 0.1},
+        {"ev": "done", "t": 102.0, "key": "SqlEngineTask-000005", "node": 3, "started": 101.3, "elapsed": 0.7},
         {"ev": "run_end", "t": 102.1},
     ]
     (tmp_path / "log").mkdir()
