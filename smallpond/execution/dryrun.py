@@ -81,7 +81,7 @@ def dry_run(
     outputs: Dict[str, object] = {}
     causes: Dict[str, List[str]] = {}  # task key -> the tasks that will run before its output is known
     verdicts: List[Verdict] = []
-    behind: Dict[tuple, List[str]] = {}  # the inputs of a step run on the scheduler -> what to name
+    named_behind: Dict[tuple, List[str]] = {}  # the inputs of a step run on the scheduler -> what to name
     job_exists = os.path.isdir(rt.job_root) and os.path.exists(rt.layout.secret_path)
     for key in order:
         task = all_tasks[key]
@@ -140,7 +140,7 @@ def dry_run(
         prev = cache.previous_build(task)
         cur = {"key": cache_key, **cache.components[key]}
         verdicts.append(
-            Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, behind)))
+            Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, named_behind)))
         )
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
 
@@ -153,11 +153,12 @@ def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache, memo: Dict[t
     task = all_tasks.get(key)
     if task is None or not task.exec_on_scheduler:
         return [key]
-    known = memo.get(tuple(task.input_keys))
+    inputs = tuple(task.input_keys)
+    known = memo.get(inputs)
     if known is not None:
         return known
     behind: List[str] = []
-    stack, seen = list(task.input_keys), set()
+    stack, seen = list(inputs), set()
     while stack:
         k = stack.pop()
         if k in seen:
@@ -179,7 +180,7 @@ def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache, memo: Dict[t
     named = changed or behind
     if not named:
         return [key]
-    memo[tuple(task.input_keys)] = named
+    memo[inputs] = named
     return named
 
 
