@@ -196,29 +196,18 @@ def gray_sort_plan(
 
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
+    shuffle = dict(dimension="bucket", engine_type=shuffle_engine, cpu_limit=shuffle_cpu_limit, memory_limit=shuffle_memory_limit)
     if partitioner == "range":
         # staging files only the sort reads: the engine writes them uncompressed
-        shuffled = RangePartitionNode(
-            ctx,
-            (src,),
-            split_points(num_sort_partitions),
-            dimension="bucket",
-            key_column="key",
-            engine_type=shuffle_engine,
-            cpu_limit=shuffle_cpu_limit,
-            memory_limit=shuffle_memory_limit,
-        )
+        shuffled = RangePartitionNode(ctx, (src,), split_points(num_sort_partitions), key_column="key", **shuffle)
     elif partitioner == "expression":
         shuffled = ShuffleNode(
             ctx,
             (src,),
             num_sort_partitions,
             data_partition_column=bucket_expression(num_sort_partitions),
-            dimension="bucket",
-            engine_type=shuffle_engine,
             parquet_compression=None,  # intermediate data: random bytes do not compress
-            cpu_limit=shuffle_cpu_limit,
-            memory_limit=shuffle_memory_limit,
+            **shuffle,
         )
     else:
         raise ValueError(f"partitioner must be 'range' or 'expression', got {partitioner!r}")
