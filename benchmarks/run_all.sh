@@ -15,8 +15,24 @@ export PYTHONPATH=$REPO
 export SP_PROGRESS=0
 LOG=${LOG:-/tmp/smallpond-bench-$(date +%Y%m%d-%H%M%S).log}
 echo "measuring $(git -C "$REPO" rev-parse --short HEAD) in $REPO; log: $LOG"
+# The kernel's caches, fresh before each step. On this VM's ext4 (mounted without a journal),
+# creating a file or folder cost 10-30 us after a cache drop and 250-850 us (system CPU) once the
+# block device's page cache held many buffers of churned inode tables (perf: find_inode_bit ->
+# recently_deleted -> find_get_block_common), which benchmark runs that create and delete tens of
+# thousands of files cause within minutes: the tiny-task figures then measured the kernel. As root,
+# each step starts from written-back, dropped caches with its inputs read back (both sides warm).
+fresh_caches() {
+  if [ -w /proc/sys/vm/drop_caches ]; then
+    sync
+    echo 3 >/proc/sys/vm/drop_caches
+    find "$DATA" -path "$DATA/jobs" -prune -o -type f -name '*.parquet' -print0 | xargs -0 -r cat >/dev/null
+  else
+    echo "   (not root: the kernel's caches are not dropped before the step)" | tee -a "$LOG"
+  fi
+}
 step() {
   echo "== $*" | tee -a "$LOG"
+  fresh_caches
   local t0=$SECONDS
   "$@" --repeat 3 --append-results --data-dir "$DATA" 2>&1 | tee -a "$LOG"
   echo "   (step took $((SECONDS - t0)) s)" | tee -a "$LOG"
