@@ -15,7 +15,7 @@ import re
 import sys
 import time
 import traceback
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
@@ -114,9 +114,14 @@ def remove_orphan_outputs(rt: RuntimeContext) -> int:
     They are left by an attempt that crashed between renaming its output into place and
     committing, by an attempt that lost to another, or by a task recomputed after its plan
     changed. Only a task with more than one directory, or with none committed, is looked at
-    closely, so this costs one ``listdir`` per node and a ``stat`` per task.
+    closely, so this costs a ``listdir`` per node and one of the commit records' folder (not a
+    ``stat`` per task: a round trip each on a networked filesystem, at the end of every job).
     """
     removed = 0
+    try:
+        committed = set(os.listdir(rt.completed_task_dir))
+    except FileNotFoundError:
+        committed = set()
     for root in (rt.staging_root, rt.output_root):
         try:
             node_dirs = [os.path.join(root, d) for d in os.listdir(root)]
@@ -131,9 +136,9 @@ def remove_orphan_outputs(rt: RuntimeContext) -> int:
                 if m:
                     by_key.setdefault(m.group("key"), []).append(os.path.join(node_dir, name))
             for key, dirs in by_key.items():
-                path = commit_path(rt, key)
-                if len(dirs) == 1 and os.path.exists(path):
+                if len(dirs) == 1 and f"{key}.commit" in committed:
                     continue
+                path = commit_path(rt, key)
                 record = _load_record(rt, path) if os.path.exists(path) else None
                 keep = record.get("output_dir") if record else None
                 for d in dirs:
@@ -224,8 +229,26 @@ def _bytes_of(ds: DataSet) -> int:
     return total
 
 
+#: sizes of the input files this process has seen (for the ``read`` statistic only): the tasks
+#: of a node mostly read the same few files, a row range or a partition's share each time
+_input_sizes: Dict[str, int] = {}
+
+
+def _input_size(path: str) -> int:
+    size = _input_sizes.get(path)
+    if size is None:
+        size = os.stat(path).st_size
+        if len(_input_sizes) >= 100_000:
+            _input_sizes.clear()
+        _input_sizes[path] = size
+    return size
+
+
 def _bytes_read(inputs: List[DataSet]) -> int:
-    """Bytes of the input files an attempt was given (a file's share of them for a row range)."""
+    """Bytes of the input files an attempt was given (a file's share of them for a row range).
+
+    A statistic: each file's size is taken once per process, so a file that changes while the
+    job runs (it should not) is counted at the size first seen."""
     total = 0
     for ds in inputs:
         for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
@@ -233,7 +256,7 @@ def _bytes_read(inputs: List[DataSet]) -> int:
             try:
                 if ranges and not all(r.whole_file for r in ranges):
                     for r in ranges:
-                        size = os.stat(r.path).st_size
+                        size = _input_size(r.path)
                         total += size * r.num_rows // r.file_num_rows if r.file_num_rows else size
                     continue
                 paths = d.resolved_paths
@@ -241,7 +264,7 @@ def _bytes_read(inputs: List[DataSet]) -> int:
                 continue
             for p in paths:
                 try:
-                    total += os.stat(p).st_size
+                    total += _input_size(p)
                 except OSError:
                     pass
     return total
@@ -518,7 +541,10 @@ def execute_attempt(
             token = f"{attempt}.{unique_suffix()}"
             final = f"{task.final_output_abspath}.{token}"
             tmp = f"{task.final_output_abspath}.tmp-{token}"
-            os.makedirs(tmp)
+            try:
+                os.mkdir(tmp)  # its node's output folder exists after the node's first task
+            except FileNotFoundError:
+                os.makedirs(tmp)
             task._runtime_output_abspath = tmp
             with seeded_random(task):
                 ds = task.run(rt, inputs, tmp)
