@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import uuid
@@ -170,6 +171,33 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "result": type
 """
 
 
+class CpuTime:
+    """CPU seconds (user + system) used in a ``with`` block by this process and by the child
+    processes it reaped meanwhile (the job's workers, stopped when the job ends); ``here``: this
+    process's alone. Less sensitive than wall time to the machine's other load."""
+
+    def __enter__(self) -> "CpuTime":
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._now()
+        self.here = end[0] - self._start[0]
+        self.seconds = self.here + end[1] - self._start[1]
+
+    @staticmethod
+    def _now():
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime, b.ru_utime + b.ru_stime
+
+
+def cpu_per_task(timings: "common.Timings", side: str, tasks: int) -> float:
+    """Median CPU milliseconds a task (or statement) of ``side``."""
+    return statistics.median(timings.cpus[side]) / tasks * 1e3
+
+
 def first_result_seconds(code: str, *args: str) -> Dict:
     """Run ``code`` in a fresh interpreter; it prints a JSON object with ``seconds``."""
     env = dict(os.environ)
@@ -235,8 +263,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         common.compile_bytecode()
     for rep in range(args.repeat):
         plan = overhead_plan(input_path, args.tasks, args.kind)
-        secs, exec_plan = common.timed(common.run_plan, plan, jobs, args.executors, backend=args.backend, platform=args.platform)
+        with CpuTime() as cpu:
+            secs, exec_plan = common.timed(
+                common.run_plan, plan, jobs, args.executors, backend=args.backend, platform=args.platform
+            )
         timings.add("smallpond", secs)
+        timings.cpus.setdefault("smallpond", []).append(cpu.seconds)
+        timings.cpus.setdefault("smallpond-here", []).append(cpu.here)
         if args.validate:
             validate_outputs(exec_plan, args.tasks, args.kind)
         leftovers.add(common.job_root_of(exec_plan))
@@ -245,8 +278,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
             os.makedirs(out)
             options = ParquetWriterOptions.of(plan.root_node).duckdb()  # what the SQL tasks write
-            secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors, options)
+            with CpuTime() as cpu:
+                secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors, options)
             timings.add("duckdb", secs)
+            timings.cpus.setdefault("duckdb", []).append(cpu.seconds)
             leftovers.add(out)
             line += f", DuckDB {timings.runs['duckdb'][-1]:.2f}s"
         print(line, flush=True)
@@ -267,10 +302,18 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     leftovers.remove_all()
     sp = timings.median("smallpond")
-    print(f"smallpond: {args.tasks} tasks, {timings.describe('smallpond')}: {args.tasks / sp:.0f} tasks/s")
+    sp_cpu = cpu_per_task(timings, "smallpond", args.tasks)
+    here = statistics.median(timings.cpus["smallpond-here"]) / args.tasks * 1e3
+    print(
+        f"smallpond: {args.tasks} tasks, {timings.describe('smallpond')}: {args.tasks / sp:.0f} tasks/s; "
+        f"CPU {sp_cpu:.2f} ms a task ({here:.2f} in this process, the rest in the workers)"
+    )
     if compare:
         dd = timings.median("duckdb")
-        print(f"DuckDB:    {args.tasks} statements, {timings.describe('duckdb')}: {args.tasks / dd:.0f} statements/s")
+        dd_cpu = cpu_per_task(timings, "duckdb", args.tasks)
+        print(
+            f"DuckDB:    {args.tasks} statements, {timings.describe('duckdb')}: {args.tasks / dd:.0f} statements/s; CPU {dd_cpu:.2f} ms a statement"
+        )
         print(f"ratio smallpond/DuckDB (time): {sp / dd:.2f}")
     if not args.skip_startup:
         ssp, sdd = timings.median("startup-smallpond"), timings.median("startup-duckdb")
@@ -282,8 +325,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             "overhead",
             f"{args.tasks:,} tiny {args.kind} tasks, {args.executors} executors"
             + (f", Ray backend ({ray_where})" if args.backend == "ray" else f", {where}" if args.platform else ""),
-            f"{args.tasks / sp:.0f} tasks/s ({sp:.2f} s)",
-            f"{args.tasks / dd:.0f} statements/s ({dd:.2f} s)" if compare else "— (other work)",
+            f"{args.tasks / sp:.0f} tasks/s ({sp:.2f} s), CPU {sp_cpu:.2f} ms/task",
+            f"{args.tasks / dd:.0f} statements/s ({dd:.2f} s), CPU {dd_cpu:.2f} ms/statement" if compare else "— (other work)",
             f"{sp / dd:.2f}" if compare else "—",
         )
         if not args.skip_startup:
