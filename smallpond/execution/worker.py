@@ -119,7 +119,31 @@ def setup_worker_process(rt, title: str) -> None:
     os.makedirs(os.path.join(rt.log_root, "tasks"), exist_ok=True)
     for k, v in rt.env_overrides.items():
         os.environ[k] = v
+    limit_blas_threads(os.environ)
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
+
+
+#: the thread pools of BLAS libraries (numpy's OpenBLAS, MKL), one thread in a worker unless the
+#: user's or the job's environment sets either (then both are left as they are)
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads(environ) -> bool:
+    """Give the BLAS libraries of a worker process one thread, as Dask's nanny and Ray do for
+    their workers; returns True if it did. Call before numpy is imported.
+
+    A worker runs one task per CPU it reserved, and OpenBLAS otherwise starts a thread per core in
+    every process that imports numpy (through pyarrow or pandas, for Arrow and Python tasks), which
+    spin for ~0.1 s once started (``perf``: ``blas_thread_server``): CPU taken from the other
+    workers at every job's start, and 63 spinning threads per worker on a 64-core machine.
+    ``OMP_NUM_THREADS`` is not set: Arrow sizes its own thread pool from it. A task that wants
+    threaded BLAS sets ``OPENBLAS_NUM_THREADS`` (in the environment, or the Driver's
+    ``--env_variables``)."""
+    if any(v in environ for v in BLAS_THREAD_VARIABLES):
+        return False
+    for v in BLAS_THREAD_VARIABLES:
+        environ[v] = "1"
+    return True
 
 
 def _load_runtime_ctx(path: str):

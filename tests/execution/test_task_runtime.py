@@ -96,3 +96,37 @@ def test_bind_numa_node_warns_that_it_has_no_effect(tmp_path):
     with pytest.warns(UserWarning, match="bind_numa_node is accepted but has no effect"):
         rt = make_runtime_ctx("numa", None, str(tmp_path), bind_numa_node=True)
     assert rt.numa_node_id is None and rt.numa_node_count == 1 and rt.get_local_gpus() == []
+
+
+def blas_settings(runtime_ctx, tables):
+    import os
+
+    import numpy  # noqa: F401  (loaded after the worker set its environment)
+
+    n = tables[0].num_rows
+    return pa.table({k: [os.environ.get(k, "")] * n for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+
+
+def _blas_plan():
+    ctx = Context()
+    src = DataSourceNode(ctx, ArrowTableDataSet(pa.table({"x": list(range(4))})))
+    parts = DataSetPartitionNode(ctx, (src,), 2, partition_by_rows=True)
+    return LogicalPlan(ctx, ArrowComputeNode(ctx, (parts,), process_func=blas_settings))
+
+
+def test_workers_give_blas_one_thread_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    # OpenBLAS would start a thread per core in each worker that imports numpy, and those spin
+    # for a while once started: a worker runs one task per CPU it reserved (as Dask's and Ray's do)
+    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    ep = run_job(_blas_plan(), make_runtime_ctx("blas-default", None, str(tmp_path), task_cache=False), num_workers=2)
+    rows = ep.final_output.to_arrow_table().to_pylist()
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} for r in rows)
+    # the user's choice (the job's environment, or the one the workers inherit) is left as it is
+    rt = make_runtime_ctx("blas-user", None, str(tmp_path), env_overrides={"OPENBLAS_NUM_THREADS": "3"}, task_cache=False)
+    rows = run_job(_blas_plan(), rt, num_workers=2).final_output.to_arrow_table().to_pylist()
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "3", "MKL_NUM_THREADS": ""} for r in rows)
+    monkeypatch.setenv("MKL_NUM_THREADS", "2")
+    rows = run_job(_blas_plan(), make_runtime_ctx("blas-inherited", None, str(tmp_path), task_cache=False), num_workers=2)
+    rows = rows.final_output.to_arrow_table().to_pylist()
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": "2"} for r in rows)
