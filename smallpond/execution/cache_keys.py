@@ -5,7 +5,8 @@ so it changes when any file of a whole source changes. The cache key is finer: i
 the scheduler when the task is about to run, from the datasets the task will read:
 
 * the plan components (task class, node parameters and code, partition, random seed; see
-  ``Task.plan_components``) and the engine's versions (:func:`engine_versions`);
+  ``Task.plan_components``), the engine's versions (:func:`engine_versions`) and the job's
+  environment variables for its tasks, as keyed digests (:func:`env_components`);
 * for each input dataset, its description (kind, columns, options, row ranges) and the identity
   of every file: an input file of the user by its path, size and modification time; a file
   written by a task of this job by that task's key and the file's path inside its output;
@@ -26,6 +27,7 @@ task will run: which file changed, which parameter, which upstream task (:func:`
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import sys
@@ -230,6 +232,22 @@ def index_input(inp: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
+def env_components(env: Dict[str, str], secret: bytes) -> Optional[Dict[str, str]]:
+    """The job's environment variables for its tasks (``RuntimeContext.env_overrides``, the
+    Driver's ``--env_variables``) as a key component: a task's output may depend on them, so a
+    task of a job run with other values is not served the result of this one. Each value enters
+    as a digest keyed with the cache's secret (the index keeps components, and a variable may
+    hold a password). None without variables: the keys of such jobs are what they were before
+    variables were keyed. The environment the workers inherit is not keyed (``PATH``, ``HOME``,
+    ...), as Bazel keys only ``--action_env``."""
+    if not env:
+        return None
+    return {
+        str(k): hmac.new(secret, str(v).encode("utf-8", "surrogatepass"), "sha256").hexdigest()[:32]
+        for k, v in sorted(env.items())
+    }
+
+
 def why_changed(
     prev: Optional[Dict[str, Any]],
     cur: Dict[str, Any],
@@ -253,6 +271,11 @@ def why_changed(
         reasons.append(f"the random seed changed ({p_plan.get('seed')} -> {c_plan.get('seed')})")
     if prev.get("engine") != cur.get("engine"):
         reasons.append(f"the engine changed ({_diff_words(prev.get('engine', ''), cur.get('engine', ''))})")
+    p_env, c_env = prev.get("env") or {}, cur.get("env") or {}
+    if p_env != c_env:
+        names = sorted(k for k in set(p_env) | set(c_env) if p_env.get(k) != c_env.get(k))
+        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        reasons.append(f"the job's environment variable{'s' if len(names) > 1 else ''} {shown} changed")
     p_in, c_in = prev.get("inputs", []), cur.get("inputs", [])
     if len(p_in) != len(c_in):
         reasons.append(f"it has {len(c_in)} input(s), the last build had {len(p_in)}")
@@ -370,6 +393,7 @@ class JobCache:
         self._deferred: Dict[str, Tuple[Task, List[DataSet]]] = {}
         # user's file -> (its stat, its identity): the many tasks reading one file read its footer once
         self._external: Dict[str, Tuple[Tuple[int, int, int, int], str]] = {}
+        self._env = env_components(rt.env_overrides, self.cache.secret)
 
     def fork(self) -> "JobCache":
         """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
@@ -452,11 +476,14 @@ class JobCache:
 
     def components_of(self, task: Task, inputs: List[DataSet]) -> Dict[str, Any]:
         deps = task.input_keys if len(task.input_keys) == len(inputs) else [None] * len(inputs)
-        return {
+        comps = {
             "plan": dict(task.plan_components),
             "engine": engine_versions(),
             "inputs": [input_components(ds, self.identify, self._whole_input(d)) for d, ds in zip(deps, inputs)],
         }
+        if self._env is not None:
+            comps["env"] = self._env
+        return comps
 
     def _whole_input(self, dep: Optional[str]) -> Optional[Tuple[str, str]]:
         identity = self.whole.get(dep)

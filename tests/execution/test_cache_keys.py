@@ -3,6 +3,7 @@ scale of a shuffle (P producers x C partitions)."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 
@@ -218,3 +219,51 @@ def test_how_keys_are_derived_is_pinned():
     assert inp["desc"] == "4dba986cdc4ce87baa2f45e7197a592578f2af72176180eb8ac04ac55dc46e88"
     assert inp["files_digest"] == "ef44b3e82d851658546412eef6093792c2ffa8f36287e349cf2376729b289d4a"
     assert cache_key(comps) == "03df2143ed110925736ffadcb75967e4c6f0e04dd9fe7031df7e3a6fefb258a6"
+
+
+def _write_mode(runtime_ctx, input_datasets, output_path) -> bool:
+    """A task whose output depends on the job's environment."""
+    with open(os.path.join(output_path, "mode.txt"), "w") as f:
+        f.write(os.environ.get("SP_TEST_MODE", "<unset>"))
+    return True
+
+
+def _mode_plan():
+    from smallpond.logical.dataset import ParquetDataSet as PDS
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, PythonScriptNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, PDS([]))
+    return LogicalPlan(ctx, PythonScriptNode(ctx, (src,), process_func=_write_mode))
+
+
+def _run_mode(tmp_path, job: str, env):
+    from smallpond.execution.job import make_runtime_ctx, run_job
+
+    rt = make_runtime_ctx(job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"), env_overrides=env)
+    ep = run_job(_mode_plan(), rt, num_workers=1)
+    (path,) = [p for p in ep.final_output.resolved_paths if p.endswith("mode.txt")]
+    with open(path) as f:
+        return f.read(), ep
+
+
+def test_the_jobs_environment_variables_are_part_of_the_key(tmp_path):
+    """A task of a job run with other environment variables (the Driver's ``--env_variables``) is not
+    served the result computed with the earlier values; the same values are reused; the dry run
+    names the variable, and the cache's index keeps no value in clear."""
+    from smallpond.execution.job import dry_run_plan, make_runtime_ctx
+
+    def dry(job: str, mode: str) -> str:
+        env = {"SP_TEST_MODE": mode}
+        rt = make_runtime_ctx(job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"), env_overrides=env)
+        return str(dry_run_plan(_mode_plan(), rt))
+
+    assert _run_mode(tmp_path, "env-a", {"SP_TEST_MODE": "alpha"})[0] == "alpha"
+    assert _run_mode(tmp_path, "env-b", {"SP_TEST_MODE": "beta"})[0] == "beta"
+    listing = dry("env-dry-gamma", "gamma")
+    assert "PythonScriptTask-000002  will run: the job's environment variable SP_TEST_MODE changed" in listing, listing
+    listing = dry("env-dry-beta", "beta")
+    assert "PythonScriptTask-000002  reused (written by PythonScriptTask-000002 of job" in listing, listing
+    assert _run_mode(tmp_path, "env-a2", {"SP_TEST_MODE": "alpha"})[0] == "alpha"
+    index = "".join(open(p, errors="replace").read() for p in glob.glob(str(tmp_path / "cache" / "index" / "*" / "*")))
+    assert "SP_TEST_MODE" in index and "alpha" not in index and "beta" not in index
