@@ -60,7 +60,8 @@ def count_and_double(
             if die_how == "exit":
                 os._exit(3)  # no cleanup, no exception: like a crash in native code
             os.kill(os.getpid(), signal.SIGKILL)
-    # COUNTING_JOB_EXTRA_SLEEP (``--env_variables``) slows one job down without changing its plan
+    # COUNTING_JOB_EXTRA_SLEEP (in the environment the workers inherit, which is not part of a task's
+    # cache key; ``--env_variables`` are) slows one job down without changing its tasks' keys
     time.sleep(sleep + float(os.environ.get("COUNTING_JOB_EXTRA_SLEEP", "0")))
     table = tables[0]
     return table.append_column("doubled", pc.multiply(table.column("id"), 2))

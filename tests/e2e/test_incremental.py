@@ -154,21 +154,14 @@ def depends_on(plan, path: str) -> set:
     return {k for k in affected if not tasks[k].exec_on_scheduler}
 
 
-def counting_command(job_id: str, data_root: str, cache: str, inputs: List[str], counter: str, sink: str, extra_sleep: str):
-    return job_command(
-        job_id,
-        data_root,
-        inputs,
-        counter,
-        sink,
-        "--env_variables",
-        f"COUNTING_JOB_EXTRA_SLEEP={extra_sleep}",
-        "--task_cache",
-        cache,
-        "--sleep",
-        "0",
-        npartitions=6,
-    )
+def counting_command(job_id: str, data_root: str, cache: str, inputs: List[str], counter: str, sink: str):
+    return job_command(job_id, data_root, inputs, counter, sink, "--task_cache", cache, "--sleep", "0", npartitions=6)
+
+
+def slowed_env(extra_sleep: str) -> Dict[str, str]:
+    """The environment of a job whose tasks sleep ``extra_sleep`` seconds more: inherited by its
+    workers, and so not part of its tasks' keys (its ``--env_variables`` would be)."""
+    return {**os.environ, "COUNTING_JOB_EXTRA_SLEEP": extra_sleep}
 
 
 def test_two_jobs_started_at_once_compute_each_task_once(tmp_path):
@@ -176,7 +169,8 @@ def test_two_jobs_started_at_once_compute_each_task_once(tmp_path):
     counter, cache = str(tmp_path / "counter"), str(tmp_path / "cache")
     procs = [
         subprocess.Popen(
-            counting_command(f"twin-{i}", str(tmp_path / f"root{i}"), cache, inputs, counter, str(tmp_path / f"sink{i}"), "0.3"),
+            counting_command(f"twin-{i}", str(tmp_path / f"root{i}"), cache, inputs, counter, str(tmp_path / f"sink{i}")),
+            env=slowed_env("0.3"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -199,7 +193,8 @@ def test_a_job_waiting_for_a_dead_job_computes_the_task_itself(tmp_path):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=20)
     counter, cache = str(tmp_path / "counter"), str(tmp_path / "cache")
     first = subprocess.Popen(
-        counting_command("slow", str(tmp_path / "root0"), cache, inputs, counter, str(tmp_path / "sink0"), "60"),
+        counting_command("slow", str(tmp_path / "root0"), cache, inputs, counter, str(tmp_path / "sink0")),
+        env=slowed_env("60"),
         start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -212,7 +207,8 @@ def test_a_job_waiting_for_a_dead_job_computes_the_task_itself(tmp_path):
             assert first.poll() is None and time.monotonic() < deadline, "the first job never started a task"
             time.sleep(0.05)
         second = subprocess.Popen(
-            counting_command("patient", str(tmp_path / "root1"), cache, inputs, counter, str(tmp_path / "sink1"), "0"),
+            counting_command("patient", str(tmp_path / "root1"), cache, inputs, counter, str(tmp_path / "sink1")),
+            env=slowed_env("0"),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
