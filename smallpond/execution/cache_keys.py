@@ -269,6 +269,9 @@ def why_changed(
         reasons.append("its partition changed")
     if p_plan.get("seed") != c_plan.get("seed"):
         reasons.append(f"the random seed changed ({p_plan.get('seed')} -> {c_plan.get('seed')})")
+    for option in sorted((set(p_plan) | set(c_plan)) - {"params", "partition", "seed"}):
+        if p_plan.get(option) != c_plan.get(option):
+            reasons.append(f"its {option} changed ({p_plan.get(option)} -> {c_plan.get(option)})")
     if prev.get("engine") != cur.get("engine"):
         reasons.append(f"the engine changed ({_diff_words(prev.get('engine', ''), cur.get('engine', ''))})")
     p_env, c_env = prev.get("env") or {}, cur.get("env") or {}

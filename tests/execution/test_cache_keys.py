@@ -267,3 +267,40 @@ def test_the_jobs_environment_variables_are_part_of_the_key(tmp_path):
     assert _run_mode(tmp_path, "env-a2", {"SP_TEST_MODE": "alpha"})[0] == "alpha"
     index = "".join(open(p, errors="replace").read() for p in glob.glob(str(tmp_path / "cache" / "index" / "*" / "*")))
     assert "SP_TEST_MODE" in index and "alpha" not in index and "beta" not in index
+
+
+def _count_plan(path: str):
+    from smallpond.logical.dataset import ParquetDataSet as PDS
+    from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, PDS([path])),), 2, partition_by_rows=True)
+    return LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select count(*) as n from {0}"))
+
+
+def test_skipping_tasks_with_an_empty_input_is_part_of_their_key(tmp_path):
+    """``skip_task_with_empty_input`` changes what a SQL task writes for an empty partition (nothing,
+    where ``count(*)`` writes a row of 0): a job with it on is not served the other's output."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.job import dry_run_plan, make_runtime_ctx, run_job
+
+    path = str(tmp_path / "one.parquet")
+    pq.write_table(pa.table({"x": [1]}), path)  # one row: partition 1 of 2 is empty
+
+    def rt(job: str, skip: bool):
+        return make_runtime_ctx(
+            job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"), skip_task_with_empty_input=skip
+        )
+
+    def counts(job: str, skip: bool):
+        return sorted(
+            r["n"] for r in run_job(_count_plan(path), rt(job, skip), num_workers=1).final_output.to_arrow_table().to_pylist()
+        )
+
+    assert counts("keep-empty", False) == [0, 1]
+    listing = str(dry_run_plan(_count_plan(path), rt("dry-skip", True)))
+    assert listing.count("will run: its skip_empty_input changed (None -> True)") == 2, listing
+    assert counts("skip-empty", True) == [1]
+    assert counts("keep-empty-again", False) == [0, 1]

@@ -32,6 +32,9 @@ def _columns_unknown(ds: DataSet) -> bool:
 
 
 class SqlEngineTask(Task):
+    #: honours the job's ``skip_task_with_empty_input`` (part of its cache key when on)
+    skips_empty_input = True
+
     def error_context(self):
         return {"sql": "; ".join(self.node.sql_queries)}
 
