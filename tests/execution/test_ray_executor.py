@@ -428,7 +428,8 @@ def test_a_node_that_cannot_see_the_data_root_fails_the_start_naming_it(cluster,
     assert bad_node in message
     assert not any(good in message for good in cluster.worker_node_ids())
     print(f"the start failed after {took:.1f}s (import, connect and check included)")
-    status = open(os.path.join(data_root, os.listdir(data_root)[0], "log", ".STATUS")).read().split()
+    (job_folder,) = [d for d in os.listdir(data_root) if not d.startswith(".")]  # not .task_cache
+    status = open(os.path.join(data_root, job_folder, "log", ".STATUS")).read().split()
     assert status[-1].startswith("failure@")
 
 
