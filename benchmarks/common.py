@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_PATH = os.path.join(REPO_ROOT, "benchmarks", "RESULTS.md")
@@ -192,6 +192,28 @@ class Timings:
         return f"median {self.median(side):.2f}s of {len(xs)} (" + ", ".join(f"{x:.2f}" for x in xs) + ")"
 
 
+class CpuTime:
+    """CPU seconds (user + system) used in a ``with`` block by this process and by the child
+    processes it reaped meanwhile (a job's workers, stopped when the job ends): ``seconds``;
+    ``here``: this process's alone. Less sensitive than wall time to the machine's other load."""
+
+    def __enter__(self) -> "CpuTime":
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        end = self._now()
+        self.here = end[0] - self._start[0]
+        self.seconds = self.here + end[1] - self._start[1]
+
+    @staticmethod
+    def _now() -> Tuple[float, float]:
+        import resource
+
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime, b.ru_utime + b.ru_stime
+
+
 class PeakRss:
     """Peak resident memory of this process and all its descendants (the worker processes), summed,
     sampled every ``interval`` seconds by a background thread while the ``with`` block runs.
@@ -206,15 +228,9 @@ class PeakRss:
         #: CPU seconds (user + system) this process and its reaped children used in the block:
         #: less sensitive than wall time to other load on a shared machine
         self.cpu = 0.0
+        self._cpu = CpuTime()
         self._stop = None
         self._thread = None
-
-    @staticmethod
-    def _cpu_now() -> float:
-        import resource
-
-        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
     def sample(self) -> int:
         import psutil
@@ -237,7 +253,7 @@ class PeakRss:
         import threading
 
         self.peak = self.sample()
-        self._cpu0 = self._cpu_now()
+        self._cpu.__enter__()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
         self._thread.start()
@@ -247,7 +263,8 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, self.sample())
-        self.cpu = self._cpu_now() - self._cpu0
+        self._cpu.__exit__()
+        self.cpu = self._cpu.seconds
 
 
 def timed(fn: Callable, *args, **kwargs):

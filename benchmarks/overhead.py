@@ -171,28 +171,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "result": type
 """
 
 
-class CpuTime:
-    """CPU seconds (user + system) used in a ``with`` block by this process and by the child
-    processes it reaped meanwhile (the job's workers, stopped when the job ends); ``here``: this
-    process's alone. Less sensitive than wall time to the machine's other load."""
-
-    def __enter__(self) -> "CpuTime":
-        self._start = self._now()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        end = self._now()
-        self.here = end[0] - self._start[0]
-        self.seconds = self.here + end[1] - self._start[1]
-
-    @staticmethod
-    def _now():
-        import resource
-
-        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime, b.ru_utime + b.ru_stime
-
-
 def cpu_per_task(timings: "common.Timings", side: str, tasks: int) -> float:
     """Median CPU milliseconds a task (or statement) of ``side``."""
     return statistics.median(timings.cpus[side]) / tasks * 1e3
@@ -263,7 +241,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         common.compile_bytecode()
     for rep in range(args.repeat):
         plan = overhead_plan(input_path, args.tasks, args.kind)
-        with CpuTime() as cpu:
+        with common.CpuTime() as cpu:
             secs, exec_plan = common.timed(
                 common.run_plan, plan, jobs, args.executors, backend=args.backend, platform=args.platform
             )
@@ -278,7 +256,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             out = os.path.join(data_dir, f"duckdb-tiny-{uuid.uuid4().hex[:8]}")
             os.makedirs(out)
             options = ParquetWriterOptions.of(plan.root_node).duckdb()  # what the SQL tasks write
-            with CpuTime() as cpu:
+            with common.CpuTime() as cpu:
                 secs, _ = common.timed(duckdb_tiny_statements, input_path, out, args.tasks, args.executors, options)
             timings.add("duckdb", secs)
             timings.cpus.setdefault("duckdb", []).append(cpu.seconds)
@@ -303,7 +281,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     leftovers.remove_all()
     sp = timings.median("smallpond")
     sp_cpu = cpu_per_task(timings, "smallpond", args.tasks)
-    here = statistics.median(timings.cpus["smallpond-here"]) / args.tasks * 1e3
+    here = cpu_per_task(timings, "smallpond-here", args.tasks)
     print(
         f"smallpond: {args.tasks} tasks, {timings.describe('smallpond')}: {args.tasks / sp:.0f} tasks/s; "
         f"CPU {sp_cpu:.2f} ms a task ({here:.2f} in this process, the rest in the workers)"
