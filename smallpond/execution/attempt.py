@@ -9,13 +9,14 @@ either a committed task or garbage in a ``*.tmp-*`` directory that is ignored an
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import pickle
 import re
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
@@ -229,19 +230,11 @@ def _bytes_of(ds: DataSet) -> int:
     return total
 
 
-#: sizes of the input files this process has seen (for the ``read`` statistic only): the tasks
-#: of a node mostly read the same few files, a row range or a partition's share each time
-_input_sizes: Dict[str, int] = {}
-
-
+@functools.lru_cache(maxsize=100_000)
 def _input_size(path: str) -> int:
-    size = _input_sizes.get(path)
-    if size is None:
-        size = os.stat(path).st_size
-        if len(_input_sizes) >= 100_000:
-            _input_sizes.clear()
-        _input_sizes[path] = size
-    return size
+    """An input file's size, taken once per process (for the ``read`` statistic only): the tasks
+    of a node mostly read the same few files, a row range or a partition's share each time."""
+    return os.stat(path).st_size
 
 
 def _bytes_read(inputs: List[DataSet]) -> int:

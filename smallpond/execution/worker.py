@@ -128,9 +128,9 @@ def setup_worker_process(rt, title: str) -> None:
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-def limit_blas_threads(environ) -> bool:
+def limit_blas_threads(environ) -> None:
     """Give the BLAS libraries of a worker process one thread, as Dask's nanny and Ray do for
-    their workers; returns True if it did. Call before numpy is imported.
+    their workers. Call before numpy is imported.
 
     A worker runs one task per CPU it reserved, and OpenBLAS otherwise starts a thread per core in
     every process that imports numpy (through pyarrow or pandas, for Arrow and Python tasks), which
@@ -139,11 +139,9 @@ def limit_blas_threads(environ) -> bool:
     ``OMP_NUM_THREADS`` is not set: Arrow sizes its own thread pool from it. A task that wants
     threaded BLAS sets ``OPENBLAS_NUM_THREADS`` (in the environment, or the Driver's
     ``--env_variables``)."""
-    if any(v in environ for v in BLAS_THREAD_VARIABLES):
-        return False
-    for v in BLAS_THREAD_VARIABLES:
-        environ[v] = "1"
-    return True
+    if not any(v in environ for v in BLAS_THREAD_VARIABLES):
+        for v in BLAS_THREAD_VARIABLES:
+            environ[v] = "1"
 
 
 def _load_runtime_ctx(path: str):
