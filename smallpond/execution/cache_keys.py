@@ -26,6 +26,7 @@ task will run: which file changed, which parameter, which upstream task (:func:`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -155,19 +156,18 @@ _whole_descs: Dict[str, str] = {}
 
 
 def _files_digest(files: Dict[str, str]) -> str:
-    if len(files) > 4:
-        return hashlib.sha256(_SORTED_JSON.encode(files).encode()).hexdigest()
-    # the partitions of a user's few files share them: each set is digested once
-    items = tuple(files.items())
-    digest = _few_files_digests.get(items)
-    if digest is None:
-        if len(_few_files_digests) >= 4096:
-            _few_files_digests.clear()
-        digest = _few_files_digests[items] = hashlib.sha256(_SORTED_JSON.encode(files).encode()).hexdigest()
-    return digest
+    if len(files) <= 4:  # the partitions of a user's few files share them: each set is digested once
+        return _few_files_digest(tuple(files.items()))
+    return _sorted_digest(files)
 
 
-_few_files_digests: Dict[Tuple[Tuple[str, str], ...], str] = {}
+@functools.lru_cache(maxsize=4096)
+def _few_files_digest(items: Tuple[Tuple[str, str], ...]) -> str:
+    return _sorted_digest(dict(items))
+
+
+def _sorted_digest(files: Dict[str, str]) -> str:
+    return hashlib.sha256(_SORTED_JSON.encode(files).encode()).hexdigest()
 
 
 def _relabel(value, labels: Dict[str, str]):
