@@ -229,22 +229,22 @@ def _write_mode(runtime_ctx, input_datasets, output_path) -> bool:
 
 
 def _mode_plan():
-    from smallpond.logical.dataset import ParquetDataSet as PDS
     from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, PythonScriptNode
 
     ctx = Context()
-    src = DataSourceNode(ctx, PDS([]))
+    src = DataSourceNode(ctx, ParquetDataSet([]))
     return LogicalPlan(ctx, PythonScriptNode(ctx, (src,), process_func=_write_mode))
 
 
-def _run_mode(tmp_path, job: str, env):
+def _run_mode(tmp_path, job: str, env) -> str:
+    """What the job's task wrote."""
     from smallpond.execution.job import make_runtime_ctx, run_job
 
     rt = make_runtime_ctx(job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"), env_overrides=env)
     ep = run_job(_mode_plan(), rt, num_workers=1)
     (path,) = [p for p in ep.final_output.resolved_paths if p.endswith("mode.txt")]
     with open(path) as f:
-        return f.read(), ep
+        return f.read()
 
 
 def test_the_jobs_environment_variables_are_part_of_the_key(tmp_path):
@@ -258,23 +258,22 @@ def test_the_jobs_environment_variables_are_part_of_the_key(tmp_path):
         rt = make_runtime_ctx(job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"), env_overrides=env)
         return str(dry_run_plan(_mode_plan(), rt))
 
-    assert _run_mode(tmp_path, "env-a", {"SP_TEST_MODE": "alpha"})[0] == "alpha"
-    assert _run_mode(tmp_path, "env-b", {"SP_TEST_MODE": "beta"})[0] == "beta"
+    assert _run_mode(tmp_path, "env-a", {"SP_TEST_MODE": "alpha"}) == "alpha"
+    assert _run_mode(tmp_path, "env-b", {"SP_TEST_MODE": "beta"}) == "beta"
     listing = dry("env-dry-gamma", "gamma")
     assert "PythonScriptTask-000002  will run: the job's environment variable SP_TEST_MODE changed" in listing, listing
     listing = dry("env-dry-beta", "beta")
     assert "PythonScriptTask-000002  reused (written by PythonScriptTask-000002 of job" in listing, listing
-    assert _run_mode(tmp_path, "env-a2", {"SP_TEST_MODE": "alpha"})[0] == "alpha"
+    assert _run_mode(tmp_path, "env-a2", {"SP_TEST_MODE": "alpha"}) == "alpha"
     index = "".join(open(p, errors="replace").read() for p in glob.glob(str(tmp_path / "cache" / "index" / "*" / "*")))
     assert "SP_TEST_MODE" in index and "alpha" not in index and "beta" not in index
 
 
 def _count_plan(path: str):
-    from smallpond.logical.dataset import ParquetDataSet as PDS
     from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
     ctx = Context()
-    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, PDS([path])),), 2, partition_by_rows=True)
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 2, partition_by_rows=True)
     return LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select count(*) as n from {0}"))
 
 
