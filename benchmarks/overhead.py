@@ -12,9 +12,12 @@ the queue backend's, whose executors ``--platform`` starts: ``base`` subprocesse
    same tiny work without a framework around it, and the ratio compares the two. A Python task
    does other work than a statement, so ``--kind python`` reports tasks per second only.
 2. Start-up: in a fresh subprocess, the seconds from just before ``import smallpond`` to the first
-   result of a one-task job (``SqlEngineNode("select count(*) from {0}")`` → Arrow table); DuckDB:
-   from ``import duckdb`` to the same count as an Arrow table (``to_arrow_table()``: both sides
-   import pyarrow and hand the user the same kind of result).
+   result of a one-task job, written both ways users write it: with nodes
+   (``SqlEngineNode("select count(*) from {0}")`` through ``run_job``, then
+   ``final_output.to_arrow_table()``) and with the DataFrame API (``smallpond.init()``, then
+   ``sp.partial_sql(..., sp.read_parquet(path)).to_arrow()``); DuckDB: from ``import duckdb`` to
+   the same count as an Arrow table (``to_arrow_table()``: all sides import pyarrow and hand the
+   user the same kind of result). The task cache is on, as by default, in a fresh folder.
 
 With ``--backend ray`` the same jobs run as Ray tasks: on a private Ray instance of
 ``--executors`` CPUs started once before the timed runs (``--ray-address local``, the default), or
@@ -160,6 +163,19 @@ n = result.column("n")[0].as_py()
 print(json.dumps({"seconds": time.perf_counter() - t0, "rows": n, "job_root": rt.job_root, "result": type(result).__module__ + "." + type(result).__name__}))
 """
 
+_FIRST_RESULT_DATAFRAME = r"""
+import sys, time, json, os, uuid
+t0 = time.perf_counter()
+import smallpond
+# the task cache on, as by default, but in a fresh folder: repeats never reuse
+cache = os.path.join(sys.argv[2], "first-result-cache-" + uuid.uuid4().hex[:12])
+sp = smallpond.init(data_root=sys.argv[2], num_executors=int(sys.argv[3]), platform=sys.argv[4] or None, task_cache=cache)
+result = sp.partial_sql("select count(*) as n from {0}", sp.read_parquet(sys.argv[1])).to_arrow()
+n = result.column("n")[0].as_py()
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "rows": n, "job_root": sp.runtime_ctx.job_root, "cache": cache, "result": type(result).__module__ + "." + type(result).__name__}))
+"""
+
 _FIRST_RESULT_DUCKDB = r"""
 import sys, time, json
 t0 = time.perf_counter()
@@ -268,13 +284,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             if sp["rows"] != args.tasks:
                 raise ValidationError(f"first result counted {sp['rows']} rows, expected {args.tasks}")
             leftovers.add(sp["job_root"])
+            df = first_result_seconds(_FIRST_RESULT_DATAFRAME, input_path, jobs, str(args.executors), args.platform or "")
+            leftovers.add(df["job_root"])
+            leftovers.add(df["cache"])
             dd = first_result_seconds(_FIRST_RESULT_DUCKDB, input_path)
-            if dd["rows"] != args.tasks or dd["result"] != sp["result"]:
-                raise ValidationError(f"the two first results differ: smallpond {sp}, DuckDB {dd}")
+            if not dd["rows"] == df["rows"] == args.tasks or not dd["result"] == df["result"] == sp["result"]:
+                raise ValidationError(f"the first results differ: smallpond {sp}, its DataFrame API {df}, DuckDB {dd}")
             timings.add("startup-smallpond", sp["seconds"])
+            timings.add("startup-dataframe", df["seconds"])
             timings.add("startup-duckdb", dd["seconds"])
             print(
-                f"   run {rep + 1}: import to first result: smallpond {sp['seconds']:.2f}s, DuckDB {dd['seconds']:.2f}s",
+                f"   run {rep + 1}: import to first result: smallpond nodes {sp['seconds']:.2f}s, "
+                f"DataFrame {df['seconds']:.2f}s, DuckDB {dd['seconds']:.2f}s",
                 flush=True,
             )
 
@@ -294,9 +315,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         print(f"ratio smallpond/DuckDB (time): {sp / dd:.2f}")
     if not args.skip_startup:
-        ssp, sdd = timings.median("startup-smallpond"), timings.median("startup-duckdb")
+        ssp, sdf, sdd = (timings.median(k) for k in ("startup-smallpond", "startup-dataframe", "startup-duckdb"))
         print(
-            f"import to first result: smallpond {timings.describe('startup-smallpond')}; DuckDB {timings.describe('startup-duckdb')}; ratio {ssp / sdd:.1f}"
+            f"import to first result: smallpond nodes {timings.describe('startup-smallpond')}; "
+            f"DataFrame {timings.describe('startup-dataframe')}; DuckDB {timings.describe('startup-duckdb')}; "
+            f"ratios {ssp / sdd:.2f} (nodes), {sdf / sdd:.2f} (DataFrame)"
         )
     if args.append_results:
         common.append_results(
@@ -308,13 +331,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             f"{sp / dd:.2f}" if compare else "—",
         )
         if not args.skip_startup:
-            common.append_results(
-                "startup",
-                "import to first result of a 1-task job" + (f", {where}" if args.platform else ""),
-                f"{ssp:.2f} s",
-                f"{sdd:.2f} s",
-                f"{ssp / sdd:.1f}",
-            )
+            for api, secs in (("", ssp), (", DataFrame API", sdf)):
+                common.append_results(
+                    "startup",
+                    "import to first result of a 1-task job" + api + (f", {where}" if args.platform else ""),
+                    f"{secs:.2f} s",
+                    f"{sdd:.2f} s",
+                    f"{secs / sdd:.2f}",
+                )
     return 0
 
 

@@ -205,7 +205,7 @@ def test_tiny_sql_tasks_and_duckdb_write_the_same_parquet_format(tmp_path):
 def test_overhead_main_tiny_with_startup(tmp_path, capsys):
     assert overhead.main(["--tasks", "10", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "tasks/s" in out and "import to first result" in out
+    assert "tasks/s" in out and "import to first result" in out and "(DataFrame)" in out
 
 
 def test_both_sides_of_the_first_result_hand_back_an_arrow_table(tmp_path):
@@ -213,9 +213,12 @@ def test_both_sides_of_the_first_result_hand_back_an_arrow_table(tmp_path):
     table, so both import pyarrow), not a Python value from ``fetchone``."""
     path = overhead.make_input(str(tmp_path), 5)
     ours = overhead.first_result_seconds(overhead._FIRST_RESULT_SMALLPOND, path, str(tmp_path / "jobs"), "1", "")
+    frames = overhead.first_result_seconds(overhead._FIRST_RESULT_DATAFRAME, path, str(tmp_path / "jobs"), "1", "")
     theirs = overhead.first_result_seconds(overhead._FIRST_RESULT_DUCKDB, path)
-    assert ours["rows"] == theirs["rows"] == 5
-    assert ours["result"] == theirs["result"] == "pyarrow.lib.Table"
+    assert ours["rows"] == frames["rows"] == theirs["rows"] == 5
+    assert ours["result"] == frames["result"] == theirs["result"] == "pyarrow.lib.Table"
+    # the DataFrame side ran with a fresh task cache of its own (repeats never reuse a result)
+    assert frames["cache"].startswith(str(tmp_path / "jobs")) and os.path.isdir(frames["cache"])
 
 
 # -- results table -------------------------------------------------------------------------------
