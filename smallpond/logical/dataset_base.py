@@ -205,6 +205,13 @@ class DataSet:
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         raise NotImplementedError(f"{type(self).__name__} cannot be read with SQL")
 
+    def sql_query_body(self, filesystem=None, conn=None) -> str:
+        """A query returning this dataset's rows, as a view or a common table expression is
+        defined: :meth:`sql_query_fragment` without its parentheses where a dataset can say so
+        (Parquet), else ``SELECT * FROM`` the fragment. The same rows, in the same order; one
+        level of ``SELECT *`` less saves DuckDB ~0.1 ms binding each statement."""
+        return f"SELECT * FROM {self.sql_query_fragment(filesystem, conn)}"
+
     def _empty_fragment(self, conn) -> str:
         if self.schema is not None and conn is not None:
             name = f"__empty_{id(self):x}"

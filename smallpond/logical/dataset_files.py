@@ -224,10 +224,16 @@ class ParquetDataSet(DataSet):
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
             return self._empty_fragment(conn)
+        return f"( {self.sql_query_body(filesystem, conn)} )"
+
+    def sql_query_body(self, filesystem=None, conn=None) -> str:
+        if self.empty or type(self).sql_query_fragment is not ParquetDataSet.sql_query_fragment:
+            # a subclass that writes its own fragment is read through it
+            return super().sql_query_body(filesystem, conn)
         ranges = self._resolved_row_ranges
         if ranges is None or all(r.whole_file for r in ranges):
             paths = [r.path for r in ranges] if ranges is not None else self.resolved_paths
-            return f"( SELECT {self._column_str} FROM {self._read_parquet(paths, False)} )"
+            return f"SELECT {self._column_str} FROM {self._read_parquet(paths, False)}"
         pieces, whole = [], []
         keep_rn = "file_row_number" in self.generated_columns
         for r in ranges:
@@ -248,7 +254,7 @@ class ParquetDataSet(DataSet):
         if whole:
             pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
         joiner = " UNION ALL BY NAME " if self.union_by_name else " UNION ALL "
-        return "( " + joiner.join(pieces) + " )"
+        return joiner.join(pieces)
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
         if conn is not None or self.generated_columns or (self.columns and "*" in self.columns) or self._has_expressions():

@@ -215,7 +215,7 @@ def _input_queries(task: Task, conn, datasets: List[DataSet]) -> List[Tuple[str,
     for i, ds in enumerate(datasets):
         for ctx in getattr(ds, "udfs", []) or []:
             ctx.bind(conn)
-        out.append((f"__input_{int(task.id)}_{i:06d}", f"SELECT * FROM {ds.sql_query_fragment(conn=conn)}"))
+        out.append((f"__input_{int(task.id)}_{i:06d}", ds.sql_query_body(conn=conn)))
     return out
 
 
