@@ -224,12 +224,16 @@ class ParquetDataSet(DataSet):
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
             return self._empty_fragment(conn)
-        return f"( {self.sql_query_body(filesystem, conn)} )"
+        return f"( {self._select_rows()} )"
 
     def sql_query_body(self, filesystem=None, conn=None) -> str:
         if self.empty or type(self).sql_query_fragment is not ParquetDataSet.sql_query_fragment:
             # a subclass that writes its own fragment is read through it
             return super().sql_query_body(filesystem, conn)
+        return self._select_rows()
+
+    def _select_rows(self) -> str:
+        """The SELECT (or UNION ALL of SELECTs) of this (non-empty) set's rows."""
         ranges = self._resolved_row_ranges
         if ranges is None or all(r.whole_file for r in ranges):
             paths = [r.path for r in ranges] if ranges is not None else self.resolved_paths

@@ -45,6 +45,33 @@ def test_partition_by_rows(parquet_files):
     assert [p.to_arrow_table().column("id").to_pylist() for p in parts] == [ids_of(p) for p in parts]
 
 
+def test_a_datasets_query_body_reads_what_its_fragment_reads(parquet_files, tmp_path):
+    """The text an input's view or common table expression is defined as: the same rows in the
+    same order as ``SELECT * FROM`` the fragment, for whole files, row ranges, a union of both,
+    selected columns and an empty set; a subclass that writes its own fragment is read through it."""
+    conn = duckdb.connect()
+    whole = ParquetDataSet(parquet_files)
+    parts = whole.partition_by_rows(4)
+    cases = [
+        whole,
+        parts[1],
+        DataSet.merge([parts[1], parts[3]]),
+        ParquetDataSet(parquet_files, columns=["id"]),
+        ParquetDataSet([]),
+    ]
+    cases[-1].schema = pa.schema([("id", pa.int64())])
+    for ds in cases:
+        body = ds.sql_query_body(conn=conn)
+        assert not body.startswith("SELECT * FROM (") or ds.empty
+        assert conn.execute(body).fetchall() == conn.execute(f"SELECT * FROM {ds.sql_query_fragment(conn=conn)}").fetchall()
+
+    class Shifted(ParquetDataSet):
+        def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+            return f"( SELECT id + 100 AS id FROM {super().sql_query_fragment(filesystem, conn)} )"
+
+    assert conn.execute(Shifted(parquet_files).sql_query_body(conn=conn)).fetchall()[:2] == [(100,), (101,)]
+
+
 def test_partition_by_rows_random_shuffle_is_seeded(parquet_files):
     ds = ParquetDataSet(parquet_files)
     a = [sorted(ids_of(p)) for p in ds.partition_by_rows(3, random_shuffle=True, seed=7)]
