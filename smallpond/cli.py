@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -216,6 +216,36 @@ def _task_logs(log_root: str, task: Optional[str]) -> List[str]:
     return [os.path.join(tasks_dir, n) for n in sorted(exact, key=lambda n: int(n.rsplit(".", 2)[1]))]
 
 
+def _process_log_lines(log_root: str, task: str) -> Tuple[str, List[str]]:
+    """(the task's key, the start and done lines of its attempts) from the worker processes' logs
+    (``log/workers/``), for a task whose attempts logged nothing else (no file of their own).
+    ``task`` is matched as :func:`_task_logs` matches it; ("", []) if nothing matches."""
+    from smallpond.execution.attempt import PROCESS_LOG_DIR
+
+    folder = os.path.join(log_root, PROCESS_LOG_DIR)
+    line_of = re.compile(r" - (?:start|done) (\S+) attempt (\d+)")
+    found: Dict[str, List[Tuple[str, str]]] = {}
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        with open(os.path.join(folder, name), errors="replace") as f:
+            for line in f:
+                m = line_of.search(line)
+                if m:
+                    found.setdefault(m.group(1), []).append((line[:23], line))
+    keys = [k for k in found if k == task]
+    if not keys and task.isdigit():
+        keys = [k for k in found if k.endswith(f"-{int(task):06d}")]
+    if not keys:
+        keys = [k for k in found if k.startswith(task)]
+    if len(keys) > 1:
+        from smallpond.execution.catalog import JobLookupError
+
+        shown = ", ".join(sorted(keys)[:6]) + (" ..." if len(keys) > 6 else "")
+        raise JobLookupError(f"task {task!r} matches {len(keys)} tasks: {shown}")
+    if not keys:
+        return "", []
+    return keys[0], [line for _, line in sorted(found[keys[0]], key=lambda x: x[0])]
+
+
 def _print_file(path: str, lines: int) -> None:
     with open(path, errors="replace") as f:
         if lines > 0:
@@ -247,9 +277,14 @@ def _logs(args, data_root: str) -> int:
         return EXIT_OK
     paths = _task_logs(log_root, args.task)
     if not paths:
-        raise JobLookupError(
-            f"no log of task {args.task!r} in {os.path.join(log_root, 'tasks')} (smallpond logs {args.job} --list)"
-        )
+        key, lines = _process_log_lines(log_root, args.task)
+        if not lines:
+            raise JobLookupError(
+                f"no log of task {args.task!r} in {os.path.join(log_root, 'tasks')} (smallpond logs {args.job} --list)"
+            )
+        print(f"==> {key}: its attempts logged nothing of their own; their start and done lines <==")
+        sys.stdout.writelines(lines[-args.lines :] if args.lines > 0 else lines)
+        return EXIT_OK
     for path in paths:
         print(f"==> {path} <==")
         _print_file(path, args.lines)

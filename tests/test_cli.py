@@ -82,6 +82,23 @@ def test_logs_of_a_job_and_of_a_task(two_jobs, data_root):
     assert cli("logs", str(bad.job_id), "NoSuchTask-1", data_root=data_root).returncode == 2
 
 
+def test_logs_of_a_task_whose_attempts_logged_nothing_of_their_own(two_jobs, data_root):
+    """A quiet attempt leaves no file in log/tasks/; its start and done lines are found in the
+    worker processes' logs, by key, number or prefix."""
+    ok, _ = two_jobs
+    events = [json.loads(x) for x in open(os.path.join(ok.log_root, "events.jsonl"))]
+    done = next(e for e in events if e["ev"] == "done" and e["key"].startswith("SqlEngineTask-"))
+    assert done["log"].startswith("workers/") and os.path.exists(os.path.join(ok.log_root, done["log"]))
+    assert not os.path.exists(os.path.join(ok.log_root, "tasks", f"{done['key']}.0.log"))
+    for ref in (done["key"], done["key"].rsplit("-", 1)[1].lstrip("0")):
+        out = cli("logs", str(ok.job_id), ref, data_root=data_root)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == f"==> {done['key']}: its attempts logged nothing of their own; their start and done lines <=="
+        assert [ln.split(" - ")[1].split(" attempt")[0] for ln in lines[1:]] == [f"start {done['key']}", f"done {done['key']}"]
+    assert cli("logs", str(ok.job_id), "NoSuchTask-1", data_root=data_root).returncode == 2
+
+
 def test_report_rebuilds_the_page(two_jobs, data_root):
     ok, _ = two_jobs
     page = os.path.join(ok.log_root, "report.html")

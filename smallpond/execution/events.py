@@ -504,7 +504,8 @@ class EventLog(SchedulerListener):
             rows=c.stats.get("rows"),
             bytes=c.stats.get("bytes"),
             read=c.stats.get("read"),
-            log=task_log_relpath(task.key, c.attempt),
+            # the attempt's own log, or the worker process's log holding its start and done lines
+            log=c.stats.get("log") or task_log_relpath(task.key, c.attempt),
         )
         submitted = self._unwritten.pop((task.key, c.attempt), None)
         if decision is None:

@@ -19,6 +19,7 @@ from typing import List
 import pyarrow as pa
 import pytest
 
+from smallpond.execution.attempt import logged_attempts
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSinkNode, DataSourceNode, LogicalPlan
@@ -37,7 +38,8 @@ def expected(inputs: List[str]) -> List[tuple]:
 
 
 def retried_attempts(rt) -> List[str]:
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(rt.log_root, "tasks", "*.log")) if not p.endswith(".0.log"))
+    """``{key}.{attempt}`` of every attempt after a task's first (from the task logs and the workers' logs)."""
+    return [f"{key}.{attempt}" for key, attempt in logged_attempts(rt.log_root) if attempt > 0]
 
 
 def test_fault_injection_gives_the_clean_output(tmp_path, make_rt):
@@ -99,7 +101,7 @@ def test_worker_dies_during_a_task(tmp_path, make_rt, die_how):
     assert len(executions) == 6 + 2  # the two killed attempts, then their retries
     for name in died:
         key = name[len("died-") :]
-        assert os.path.exists(os.path.join(rt.log_root, "tasks", f"{key}.1.log"))
+        assert f"{key}.1" in retried_attempts(rt)
     assert sorted(sink_content(sink)) == expected(inputs)
 
 
@@ -149,7 +151,7 @@ def test_worker_killed_from_outside(tmp_path, make_rt):
         thread.join()
     assert len(killed) == 3
     assert sorted(rows(read_parquet(parquet_paths_in(str(sink))), ["id"])) == [(i,) for i in range(40)]
-    assert len(glob.glob(os.path.join(rt.log_root, "tasks", "ArrowComputeTask-*.1.log"))) == 3
+    assert len([a for a in retried_attempts(rt) if a.startswith("ArrowComputeTask-") and a.endswith(".1")]) == 3
 
 
 def test_idle_workers_killed_from_outside(tmp_path, make_rt, monkeypatch):

@@ -73,12 +73,10 @@ class Events(SchedulerListener):
 
 
 def started_in_logs(root: str) -> Counter:
-    """How often each task started in the job at ``root``, from its per-attempt task logs."""
-    counts: Counter = Counter()
-    for path in glob.glob(os.path.join(root, "log", "tasks", "*.log")):
-        with open(path) as f:
-            counts.update(m.group(1) for m in re.finditer(r"start (\S+) attempt \d+", f.read()))
-    return counts
+    """How often each task started in the job at ``root``, from its attempts' logs."""
+    from smallpond.execution.attempt import logged_attempts
+
+    return Counter(key for key, _ in logged_attempts(os.path.join(root, "log")))
 
 
 def rewrite(path: str, seed: int) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import glob
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -67,15 +66,10 @@ def committed(root: str) -> Set[str]:
 
 
 def started(root: str) -> collections.Counter:
-    """How many times each task key was started, from the per-attempt task logs."""
-    counts: collections.Counter = collections.Counter()
-    for path in glob.glob(os.path.join(root, "log", "tasks", "*.log")):
-        with open(path) as f:
-            for line in f:
-                m = re.search(r"start (\S+) attempt \d+", line)
-                if m:
-                    counts[m.group(1)] += 1
-    return counts
+    """How many times each task key was started, from the attempts' logs."""
+    from smallpond.execution.attempt import logged_attempts
+
+    return collections.Counter(key for key, _ in logged_attempts(os.path.join(root, "log")))
 
 
 def counter_lines(counter: str) -> List[str]:

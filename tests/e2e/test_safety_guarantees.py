@@ -37,7 +37,9 @@ def test_crash_between_output_rename_and_commit_record(tmp_path, make_rt, monkey
     rt = make_rt()
     run_job(counting_plan(inputs, str(tmp_path / "counter"), sink, npartitions=3, sleep=0), rt, num_workers=2)
     assert published_rows(sink, "id") == list(range(20))
-    crashed = glob.glob(os.path.join(rt.log_root, "tasks", "SqlEngineTask-*.1.log"))
+    from smallpond.execution.attempt import logged_attempts
+
+    crashed = [k for k, a in logged_attempts(rt.log_root) if k.startswith("SqlEngineTask-") and a == 1]
     assert len(crashed) == 3, "every SQL task's first attempt crashed in the window and was retried"
     # each task has one output folder, the retry's ({key}.{attempt}.{token}): the crashed
     # attempt's (renamed into place, never committed) was not taken for done and is gone

@@ -42,14 +42,12 @@ def commits(rt, prefix=""):
 
 
 def started(rt) -> dict:
-    """How many attempts of each task started, from the task logs."""
+    """How many attempts of each task started, from the attempts' logs."""
     import collections
-    import re
 
-    counts: collections.Counter = collections.Counter()
-    for path in glob.glob(os.path.join(rt.log_root, "tasks", "*.log")):
-        counts.update(re.findall(r"start (\S+) attempt \d+", open(path).read()))
-    return dict(counts)
+    from smallpond.execution.attempt import logged_attempts
+
+    return dict(collections.Counter(key for key, _ in logged_attempts(rt.log_root)))
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
@@ -228,8 +226,10 @@ def test_unreadable_committed_intermediate_is_recomputed(tmp_path, make_rt, log_
     assert result.successful
     assert published_rows(sink, "id") == [i + 100 for i in range(20)]
     assert any("cannot be read; recomputing" in m and "SqlEngineTask-000002" in m for m in log_messages)
-    logs = sorted(os.path.basename(p) for p in glob.glob(os.path.join(rt2.log_root, "tasks", "SqlEngineTask-*.log")))
-    assert logs == ["SqlEngineTask-000002.0.log", "SqlEngineTask-000002.1.log"], "the producer ran again, once"
+    from smallpond.execution.attempt import logged_attempts
+
+    ran = [a for a in logged_attempts(rt2.log_root) if a[0].startswith("SqlEngineTask-")]
+    assert ran == [("SqlEngineTask-000002", 0), ("SqlEngineTask-000002", 1)], "the producer ran again, once"
 
 
 def add_to_ids(runtime_ctx, tables, offset):

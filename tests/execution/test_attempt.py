@@ -112,21 +112,59 @@ def test_without_its_output_a_record_does_not_count(sql_task):
 
 def test_task_log_sink_writes_each_record_at_once(tmp_path):
     """A running task's log can be read as it grows (nothing is held in a buffer), any text is
-    written (a lone surrogate from user data is escaped, not an error), and a missing folder is made."""
-    from smallpond.execution.attempt import TaskLogSink
+    written (a lone surrogate from user data is escaped, not an error), and a missing folder is
+    made. The file begins with the attempt's start line, and the start and done lines of every
+    attempt are in the process's log."""
+    from smallpond.execution.attempt import PROCESS_LOG_DIR, TaskLogSink
 
     sink = TaskLogSink()
     path = str(tmp_path / "tasks" / "T-000001.0.log")
     sink.begin(path)
+    sink.start("start T-000001 attempt 0 of N")
+    assert not os.path.exists(path)  # nothing of its own logged yet
     sink.write("first line\n")
-    assert open(path).read() == "first line\n"
-    sink.info("second")
+    assert open(path).read().splitlines()[1] == "first line"
     sink.write("odd \udcff text\n")
+    sink.done("done T-000001 attempt 0 in 0.001s")
     sink.end()
     sink.write("after the attempt: dropped\n")
     lines = open(path, encoding="utf-8").read().splitlines()
-    assert lines[0] == "first line" and lines[1].endswith("| INFO     | smallpond.execution.attempt:execute_attempt - second")
-    assert lines[2] == "odd \\udcff text" and len(lines) == 3
+    assert lines[0].endswith("| INFO     | smallpond.execution.attempt:execute_attempt - start T-000001 attempt 0 of N")
+    assert lines[1:3] == ["first line", "odd \\udcff text"]
+    assert lines[3].endswith(" - done T-000001 attempt 0 in 0.001s") and len(lines) == 4
+    (process_log,) = (tmp_path / PROCESS_LOG_DIR).iterdir()
+    assert [line.split(" - ")[1] for line in process_log.read_text().splitlines()] == [
+        "start T-000001 attempt 0 of N",
+        "done T-000001 attempt 0 in 0.001s",
+    ]
+
+
+def test_an_attempt_that_logs_nothing_of_its_own_leaves_no_file(tmp_path):
+    """A quiet attempt's start and done lines are only in the process's log (a file creation less
+    per tiny task); the job's attempts are listed from both places."""
+    from smallpond.execution.attempt import TaskLogSink, logged_attempts
+
+    sink = TaskLogSink()
+    for key, talks in (("Q-000001", False), ("L-000002", True)):
+        sink.begin(str(tmp_path / "tasks" / f"{key}.0.log"))
+        sink.start(f"start {key} attempt 0 of N")
+        if talks:
+            sink.write("a record of its own\n")
+        sink.done(f"done {key} attempt 0 in 0.001s")
+        sink.end()
+    assert sorted(os.listdir(tmp_path / "tasks")) == ["L-000002.0.log"]
+    assert logged_attempts(str(tmp_path)) == [("L-000002", 0), ("Q-000001", 0)]
+
+
+def test_a_sink_above_info_level_writes_no_start_or_done_lines(tmp_path):
+    from smallpond.execution.attempt import TaskLogSink
+
+    sink = TaskLogSink(level_no=30)
+    sink.begin(str(tmp_path / "tasks" / "W-000001.0.log"))
+    sink.start("start W-000001 attempt 0 of N")
+    sink.done("done W-000001 attempt 0 in 0.001s")
+    sink.end()
+    assert not os.path.exists(tmp_path / "tasks") and not os.path.exists(tmp_path / "workers")
 
 
 def _logs_through_loguru(runtime_ctx, input_datasets, output_path):
