@@ -81,8 +81,11 @@ def start(cmd, cwd, backend, **kwargs) -> subprocess.Popen:
 
 
 def attempts_used(root: str) -> int:
-    """Attempts beyond the first, over all tasks (from the per-attempt task logs)."""
-    return sum(1 for p in glob.glob(os.path.join(root, "log", "tasks", "*.log")) if not p.endswith(".0.log"))
+    """Attempts beyond the first, over all tasks (from the attempts' logs: their own files and
+    the worker processes' logs, where a quiet attempt's start line is)."""
+    from smallpond.execution.attempt import logged_attempts
+
+    return sum(1 for _, attempt in logged_attempts(os.path.join(root, "log")) if attempt > 0)
 
 
 def test_same_result_as_plain_pyarrow(backend, tmp_path):
