@@ -420,6 +420,17 @@ class TaskLogSink:
         self._path = None
         self._start_line = None
 
+    def close(self) -> None:
+        """End the attempt (if any) and close the process's log (a Ray worker installs a new
+        sink for each job it serves)."""
+        self.end()
+        if self._process_log is not None:
+            try:
+                os.close(self._process_log[1])
+            except OSError:
+                pass
+            self._process_log = None
+
     def write(self, message: str) -> None:
         """Append one record to the attempt's file (created now if need be), unbuffered (a
         running task's log can be read as it grows), with plain system calls (a Python file
@@ -552,6 +563,8 @@ def install_task_log_sink(level: str) -> TaskLogSink:
     if level_no is None:  # a level of the user's own: loguru knows its number
         level_no = logger.level(level).no
     sink = TaskLogSink(level_no)
+    if _process_log_sink is not None:
+        _process_log_sink.close()
     _process_log_sink = sink
 
     def route() -> None:

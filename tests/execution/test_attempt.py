@@ -156,6 +156,27 @@ def test_an_attempt_that_logs_nothing_of_its_own_leaves_no_file(tmp_path):
     assert logged_attempts(str(tmp_path)) == [("L-000002", 0), ("Q-000001", 0)]
 
 
+def test_a_new_sink_closes_the_process_log_of_the_one_before(tmp_path, monkeypatch):
+    """A Ray worker installs a sink for each job it serves: the previous one's process log is
+    closed, not leaked."""
+    import smallpond.common
+    from smallpond.execution import attempt
+
+    monkeypatch.setattr(attempt, "_process_log_sink", None)
+    # not in a worker: leave this process's loguru handlers alone
+    monkeypatch.setattr(smallpond.common, "when_loguru_is_imported", lambda callback: None)
+    first = attempt.install_task_log_sink("INFO")
+    first.begin(str(tmp_path / "a" / "tasks" / "T-000001.0.log"))
+    first.start("start T-000001 attempt 0 of N")
+    first.end()
+    fd = first._process_log[1]
+    os.fstat(fd)  # open
+    second = attempt.install_task_log_sink("INFO")
+    assert attempt._process_log_sink is second and first._process_log is None
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
 def test_a_sink_above_info_level_writes_no_start_or_done_lines(tmp_path):
     from smallpond.execution.attempt import TaskLogSink
 
