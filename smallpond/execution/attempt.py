@@ -424,6 +424,9 @@ class TaskLogSink:
         """End the attempt (if any) and close the process's log (a Ray worker installs a new
         sink for each job it serves)."""
         self.end()
+        self._close_process_log()
+
+    def _close_process_log(self) -> None:
         if self._process_log is not None:
             try:
                 os.close(self._process_log[1])
@@ -465,7 +468,7 @@ class TaskLogSink:
 
     def log_relpath(self) -> Optional[str]:
         """Where the running attempt's lines are, relative to the log root: its own file, or
-        the process's log (None before :meth:`start` or above the INFO level)."""
+        the process's log (None if neither holds a line of it: above the INFO level)."""
         if self._path is None:
             return None
         if self._fd is not None:
@@ -479,11 +482,7 @@ class TaskLogSink:
         # worker serves many jobs (log roots) in turn
         log_root = os.path.dirname(os.path.dirname(self._path))
         if self._process_log is None or self._process_log[0] != log_root:
-            if self._process_log is not None:
-                try:
-                    os.close(self._process_log[1])
-                except OSError:
-                    pass
+            self._close_process_log()
             import socket
 
             path = os.path.join(log_root, PROCESS_LOG_DIR, f"{socket.gethostname()}-{os.getpid()}.log")
