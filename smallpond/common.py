@@ -107,6 +107,22 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def as_subquery(sql: str) -> str:
+    """A query as it can be put between parentheses (``COPY (...)``, ``FROM (...)``): without
+    trailing semicolons and blanks, and ending with a line break when its last line holds ``--``
+    (a trailing comment would otherwise swallow the closing parenthesis).
+
+    >>> as_subquery("select 1;  ")
+    'select 1'
+    >>> as_subquery("select 1 -- one row")
+    'select 1 -- one row\\n'
+    """
+    text = sql.rstrip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return text + "\n" if "--" in text.rpartition("\n")[2] else text
+
+
 def loguru_file_path(path: str) -> str:
     """``path`` for a loguru file sink, which formats it (``{time}``): braces are kept literal.
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Callable, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_BATCH_SIZE
+from smallpond.common import DEFAULT_BATCH_SIZE, as_subquery
 from smallpond.errors import ParameterError
 from smallpond.logical.dataset_base import DataSet
 from smallpond.logical.dataset_files import FileSet, ParquetDataSet
@@ -34,7 +34,7 @@ class SqlQueryDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         sql = self.query_builder(conn, filesystem) if self.query_builder is not None else self.sql_query
-        return f"( {sql} )"
+        return f"( {as_subquery(sql)} )"
 
 
 class _InMemoryDataSet(DataSet):

@@ -72,6 +72,16 @@ def test_a_datasets_query_body_reads_what_its_fragment_reads(parquet_files, tmp_
     assert conn.execute(Shifted(parquet_files).sql_query_body(conn=conn)).fetchall()[:2] == [(100,), (101,)]
 
 
+def test_a_sql_query_dataset_may_end_with_a_comment_or_a_semicolon():
+    from smallpond.common import as_subquery
+    from smallpond.logical.dataset import SqlQueryDataSet
+
+    conn = duckdb.connect()
+    for sql in ("select range as x from range(3) -- three rows", "select range as x from range(3);"):
+        assert conn.execute(f"select * from {SqlQueryDataSet(sql).sql_query_fragment()}").fetchall() == [(0,), (1,), (2,)]
+    assert as_subquery("select '--' as s") == "select '--' as s\n"  # a line break is harmless anywhere
+
+
 def test_partition_by_rows_random_shuffle_is_seeded(parquet_files):
     ds = ParquetDataSet(parquet_files)
     a = [sorted(ids_of(p)) for p in ds.partition_by_rows(3, random_shuffle=True, seed=7)]

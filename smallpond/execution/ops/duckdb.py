@@ -18,7 +18,7 @@ import socket
 import string
 from typing import Dict, List, Tuple
 
-from smallpond.common import MB, quote_literal
+from smallpond.common import MB, as_subquery, quote_literal
 from smallpond.errors import OutOfMemory, UserCodeError
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
@@ -347,6 +347,7 @@ def copy_target_dir(path: str):
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
     """``COPY (query) TO output_dir`` as Parquet with the node's writer options; returns rows written."""
     writers = max(1, int(task.cpu_limit))
+    query = as_subquery(query)
     opts = ParquetWriterOptions.for_task(task).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
     if per_thread_output and task.cpu_limit > 1:
         pattern = quote_literal(f"{prefix}-{{i}}")
