@@ -120,6 +120,20 @@ def as_subquery(sql: str) -> str:
     text = sql.rstrip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
+    return sql_fragment(text)
+
+
+def sql_fragment(text: str) -> str:
+    """A piece of SQL (a condition, a select list, an ORDER BY item) as it can be followed by more
+    SQL: ending with a line break when its last line holds ``--``, whose comment would otherwise
+    swallow what follows (``where (a > 1 -- big)`` loses its parenthesis, ``order by b -- new, a``
+    silently drops ``a``). Text without ``--`` on its last line is returned as it is.
+
+    >>> sql_fragment("a > 1 -- big ones")
+    'a > 1 -- big ones\\n'
+    >>> sql_fragment("a > 1")
+    'a > 1'
+    """
     return text + "\n" if "--" in text.rpartition("\n")[2] else text
 
 

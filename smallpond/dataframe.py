@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock, sql_fragment
 from smallpond.errors import ParameterError
 from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
@@ -207,7 +207,10 @@ class DataFrame:
         if not cols:
             raise ParameterError("partial_sort needs at least one column")
         return self._new(
-            SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(cols)}", **kwargs), "partial_sort"
+            SqlEngineNode(
+                self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(sql_fragment(c) for c in cols)}", **kwargs
+            ),
+            "partial_sort",
         )
 
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
@@ -221,7 +224,8 @@ class DataFrame:
         """
         if isinstance(sql_or_func, str):
             return self._new(
-                SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_or_func})", **kwargs), "filter"
+                SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_fragment(sql_or_func)})", **kwargs),
+                "filter",
             )
         if callable(sql_or_func):
             return self._python_op("filter", _FilterRows(sql_or_func), None, kwargs)
@@ -240,7 +244,9 @@ class DataFrame:
         [{'c': 4}, {'c': 10}]
         """
         if isinstance(sql_or_func, str):
-            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "map")
+            return self._new(
+                SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "map"
+            )
         if callable(sql_or_func):
             return self._python_op("map", _MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
@@ -255,7 +261,9 @@ class DataFrame:
         [{'c': 1}, {'c': 4}, {'c': 2}, {'c': 5}]
         """
         if isinstance(sql_or_func, str):
-            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {sql_or_func} from {{0}}", **kwargs), "flat_map")
+            return self._new(
+                SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "flat_map"
+            )
         if callable(sql_or_func):
             return self._python_op("flat_map", _MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")

@@ -252,6 +252,20 @@ def test_sql_may_end_with_a_comment_or_a_semicolon(sp):
     assert sp.partial_sql("select '--;' as s;").take_all() == [{"s": "--;"}]  # in a literal: kept
 
 
+def test_expressions_may_end_with_a_comment(sp):
+    """filter/map/flat_map/partial_sort put the caller's SQL between other SQL: a trailing ``--``
+    comment must not swallow what follows (a parenthesis, ``from {0}``, or the next sort key, which
+    would silently drop it)."""
+    df = sp.from_items([{"a": 2, "b": 4}, {"a": 1, "b": 5}])
+    assert df.filter("a > 1 -- the big ones").take_all() == [{"a": 2, "b": 4}]
+    assert df.map("a + b as c -- the sum").take_all() == [{"c": 6}, {"c": 6}]
+    assert sorted(r["c"] for r in df.flat_map("unnest([a, b]) as c -- both").take_all()) == [1, 2, 4, 5]
+    ties = sp.from_items([{"a": a, "b": 0} for a in (5, 3, 4, 1, 2)])
+    assert [r["a"] for r in ties.partial_sort(["b desc -- the newest first", "a"]).take_all()] == [1, 2, 3, 4, 5]
+    # an expression without a comment is passed as it is (its task keeps its cache key)
+    assert df.filter("a > 1").plan.sql_queries == ["select * from {0} where (a > 1)"]
+
+
 def test_empty_results_keep_schema(sp, files):
     df = source(sp, files, "parquet").filter("a < 0")
     t = df.to_arrow()
