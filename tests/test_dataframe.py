@@ -176,6 +176,15 @@ def test_repartition_by_expression(sp):
     assert out == [{"min": i, "max": i} for i in range(10)]
 
 
+def test_partition_expressions_may_end_with_a_comment(sp):
+    items = sp.from_items(list(range(100)))
+    df = items.repartition(10, by="item % 10 -- the last digit")
+    out = sp.partial_sql("select min(item % 10) as min, max(item % 10) as max from {0}", df).take_all()
+    assert out == [{"min": i, "max": i} for i in range(10)]
+    hashed = items.repartition(4, hash_by=["item % 7 -- a bucket", "item % 3"])
+    assert sorted(r["item"] for r in hashed.take_all()) == list(range(100))
+
+
 def test_repartition_key_out_of_range(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_items(list(range(100))).repartition(10, by="item % 11")

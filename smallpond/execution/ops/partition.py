@@ -11,7 +11,7 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from smallpond.common import MB, quote_identifier, quote_literal
+from smallpond.common import MB, quote_identifier, quote_literal, sql_fragment
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_target_dir,
@@ -82,8 +82,8 @@ class HashPartitionTask(Task):
         if node.shuffle_only:
             if col in columns:
                 return f"CAST({quote_identifier(col)} AS BIGINT)", col
-            return f"CAST(({col}) AS BIGINT)", node.dimension
-        cols = ", ".join(quote_identifier(c) if c in columns else c for c in node.hash_columns)
+            return f"CAST(({sql_fragment(col)}) AS BIGINT)", node.dimension
+        cols = ", ".join(quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns)
         return f"CAST(hash({cols}) % {n} AS BIGINT)", col
 
     def run(self, runtime_ctx, inputs, output_dir):
