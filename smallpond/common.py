@@ -109,18 +109,33 @@ def quote_literal(text: str) -> str:
 
 def as_subquery(sql: str) -> str:
     """A query as it can be put between parentheses (``COPY (...)``, ``FROM (...)``): without
-    trailing semicolons and blanks, and ending with a line break when its last line holds ``--``
-    (a trailing comment would otherwise swallow the closing parenthesis).
+    trailing semicolons, comments and blanks (a trailing ``--`` comment would swallow the closing
+    parenthesis, a semicolon ends the statement).
 
     >>> as_subquery("select 1;  ")
     'select 1'
-    >>> as_subquery("select 1 -- one row")
-    'select 1 -- one row\\n'
+    >>> as_subquery("select 1; -- one row")
+    'select 1'
+    >>> as_subquery("select '--;' as s")
+    "select '--;' as s"
     """
     text = sql.rstrip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
-    return sql_fragment(text)
+    if "--" not in text.rpartition("\n")[2] and not text.endswith("*/"):
+        return text
+    # a comment at the end, perhaps after a semicolon: DuckDB's tokenizer tells a comment from
+    # "--" in a string literal; trailing comment and ";" tokens are cut off
+    try:
+        import duckdb
+
+        tokens = duckdb.tokenize(text)
+    except Exception:  # (an unterminated literal: DuckDB will report it)
+        return sql_fragment(text)
+    cut = len(text)
+    while tokens and (tokens[-1][1] == duckdb.token_type.comment or text.startswith(";", tokens[-1][0])):
+        cut = tokens.pop()[0]
+    return text[:cut].rstrip()
 
 
 def sql_fragment(text: str) -> str:

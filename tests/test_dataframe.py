@@ -256,7 +256,12 @@ def test_sql_may_end_with_a_comment_or_a_semicolon(sp):
     """The engine puts a query between parentheses (COPY (...) TO ...): a trailing ``--`` comment
     must not swallow the closing one, and a trailing semicolon is the end of the query."""
     df = sp.from_items([{"a": 1}, {"a": 2}])
-    for query in ("select a from {0} -- both rows", "select a from {0};", "select a -- the column\nfrom {0} ;  \n"):
+    for query in (
+        "select a from {0} -- both rows",
+        "select a from {0};",
+        "select a -- the column\nfrom {0} ;  \n",
+        "select a from {0}; -- both rows",
+    ):
         assert sp.partial_sql(query, df).take_all() == [{"a": 1}, {"a": 2}], query
     assert sp.partial_sql("select '--;' as s;").take_all() == [{"s": "--;"}]  # in a literal: kept
 

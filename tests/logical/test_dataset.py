@@ -77,9 +77,15 @@ def test_a_sql_query_dataset_may_end_with_a_comment_or_a_semicolon():
     from smallpond.logical.dataset import SqlQueryDataSet
 
     conn = duckdb.connect()
-    for sql in ("select range as x from range(3) -- three rows", "select range as x from range(3);"):
+    for sql in (
+        "select range as x from range(3) -- three rows",
+        "select range as x from range(3);",
+        "select range as x from range(3); -- three rows",
+        "select range as x from range(3) /* three */ ;",
+    ):
         assert conn.execute(f"select * from {SqlQueryDataSet(sql).sql_query_fragment()}").fetchall() == [(0,), (1,), (2,)]
-    assert as_subquery("select '--' as s") == "select '--' as s\n"  # a line break is harmless anywhere
+    assert as_subquery("select '--' as s") == "select '--' as s"  # in a literal: not a comment
+    assert as_subquery("select 1 as s -- one; two") == "select 1 as s"
 
 
 def test_partition_by_rows_random_shuffle_is_seeded(parquet_files):
