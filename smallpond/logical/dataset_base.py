@@ -20,7 +20,7 @@ import random
 import re
 from typing import List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, quote_literal, split_into_rows
+from smallpond.common import DEFAULT_BATCH_SIZE, quote_literal, split_into_rows, sql_fragment
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal, file_identity
 
@@ -139,7 +139,7 @@ class DataSet:
 
     @property
     def _column_str(self) -> str:
-        return ", ".join(self.columns) if self.columns else "*"
+        return ", ".join(map(sql_fragment, self.columns)) if self.columns else "*"
 
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""

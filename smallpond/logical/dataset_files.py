@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, sql_fragment
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
@@ -179,8 +179,8 @@ class ParquetDataSet(DataSet):
         if not self.columns:
             return "*"
         if "*" in self.columns:
-            return ", ".join(self.columns)
-        return ", ".join(self.columns + [c for c in self.generated_columns if c not in self.columns])
+            return ", ".join(map(sql_fragment, self.columns))
+        return ", ".join(map(sql_fragment, self.columns + [c for c in self.generated_columns if c not in self.columns]))
 
     @property
     def resolved_row_ranges(self):

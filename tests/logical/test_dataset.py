@@ -88,6 +88,18 @@ def test_a_sql_query_dataset_may_end_with_a_comment_or_a_semicolon():
     assert as_subquery("select 1 as s -- one; two") == "select 1 as s"
 
 
+def test_column_expressions_may_end_with_a_comment(parquet_files, tmp_path):
+    from smallpond.logical.dataset import CsvDataSet
+
+    conn = duckdb.connect()
+    ds = ParquetDataSet(parquet_files, columns=["id + 1 as next -- one more", "id"])
+    assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)} order by id").fetchall()[:2] == [(1, 0), (2, 1)]
+    csv = tmp_path / "a.csv"
+    csv.write_text("1\n2\n")
+    ds = CsvDataSet([str(csv)], schema={"a": "BIGINT"}, columns=["a * 10 as b -- tenfold", "a"])
+    assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)}").fetchall() == [(10, 1), (20, 2)]
+
+
 def test_partition_by_rows_random_shuffle_is_seeded(parquet_files):
     ds = ParquetDataSet(parquet_files)
     a = [sorted(ids_of(p)) for p in ds.partition_by_rows(3, random_shuffle=True, seed=7)]
