@@ -7,12 +7,13 @@ its dimensions with the same counts (a single-partition input goes to every task
 
 from __future__ import annotations
 
+import re
 import warnings
 from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_SIZE
 from smallpond.errors import ParameterError
-from smallpond.logical.base import Context, Node
+from smallpond.logical.base import TOPLEVEL_DIMENSION, Context, Node
 
 
 def _check_parquet_options(node: Node, row_group_size, compression, compression_level) -> None:
@@ -78,6 +79,7 @@ class SqlEngineNode(Node):
             raise ParameterError(self._msg(f"sql_query must be a non-empty SQL string or list of strings, got {sql_query!r}"))
         for q in queries:
             _check_format(self, q)
+            _check_placeholders(self, q)
         if relax_memory_if_oom is not None:
             warnings.warn("relax_memory_if_oom is deprecated: memory is always relaxed on OOM", DeprecationWarning, stacklevel=2)
         _check_parquet_options(self, parquet_row_group_size, parquet_compression, parquet_compression_level)
@@ -142,6 +144,48 @@ def _check_format(node: Node, query: str) -> None:
     except ValueError as e:
         raise ParameterError(
             node._msg(f"cannot parse placeholders in SQL ({e}); write literal braces as '{{{{' and '}}}}': {query}")
+        ) from None
+
+
+#: the named placeholders every SQL task has (besides its partition dimensions; reference §2.5)
+TASK_PLACEHOLDERS = ("batch_index", "query_index", "cpu_limit", "memory_limit", "rand_seed", "output_filename")
+
+
+def _check_placeholders(node: Node, query: str) -> None:
+    """Fail at build time, naming the node and where it was created, if ``query`` uses a
+    placeholder no task of the node will have: an input ``{k}`` beyond its inputs, or a name that is
+    neither a task placeholder nor a partition dimension of an ancestor (``{3}`` in a regular
+    expression's ``'[0-9]{3}'``, ``{"a": 1}`` in a JSON literal). The tasks format the query with
+    the same rules (``str.format``), so what passes here cannot fail there for this reason."""
+    dims = {TOPLEVEL_DIMENSION}
+    seen, stack = set(), list(node.input_deps)
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        dim = getattr(n, "dimension", None)
+        if isinstance(dim, str):
+            dims.add(dim)
+        stack.extend(getattr(n, "input_deps", ()))
+    named = {name: 0 for name in (*TASK_PLACEHOLDERS, *dims)}
+    nin = len(node.input_deps)
+    try:
+        query.format(*(f"__input_{k}" for k in range(nin)), **named)
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+        import string
+
+        used = sorted({f for _, f, _, _ in string.Formatter().parse(query) if f})
+        bases = {f: re.split(r"[.\[]", f)[0] for f in used}
+        bad = [f for f, b in bases.items() if (int(b) >= nin if b.isdigit() else b not in named)]
+        what = ", ".join("{" + f + "}" for f in bad) if bad else str(e)
+        inputs = f"{{0}}..{{{nin - 1}}}" if nin else "none"
+        names = sorted(n for n in named if n != TOPLEVEL_DIMENSION)
+        raise ParameterError(
+            node._msg(
+                f"unknown placeholder {what} in SQL: the node has {nin} input(s) ({inputs}) and named placeholders {names}. "
+                f"Write literal braces as '{{{{' and '}}}}': {query}"
+            )
         ) from None
 
 

@@ -176,8 +176,6 @@ def test_corrupt_parquet_file(tmp_path, make_rt, log_messages, inputs_with_corru
     [
         ("selec * from {0}", "selec *"),
         ("select no_such_column from {0}", "no_such_column"),
-        ("select * from {1}", "{1}"),
-        ("select * from {0} where {nope} = 1", "{nope}"),
     ],
 )
 def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit):
@@ -189,6 +187,40 @@ def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit):
     assert culprit in str(err)
     assert f"node created at: {THIS_FILE}:" in str(err)
     assert_no_partial_sink(sink)
+
+
+@pytest.mark.parametrize(
+    "query,culprit",
+    [
+        ("select * from {1}", "{1}"),
+        ("select * from {0} where {nope} = 1", "{nope}"),
+        ("select regexp_matches(s, '[0-9]{3}') from {0}", "{3}"),
+        ("select '{\"a\": 1}'::json as j from {0}", '{"a"}'),
+        ("select {__data_partition__} as p from {0}", "{__data_partition__}"),  # no partition node above
+    ],
+)
+def test_unknown_placeholders_fail_when_the_node_is_built(tmp_path, query, culprit):
+    """A placeholder no task of the node will have is an error at build time, naming the node, the
+    call site and the placeholder (at run time it would fail every task)."""
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "x.parquet")]))
+    with pytest.raises(ParameterError) as info:
+        SqlEngineNode(ctx, (src,), query)
+    msg = str(info.value)
+    assert f"unknown placeholder {culprit}" in msg and f"created at {THIS_FILE}:" in msg and "'{{'" in msg
+
+
+def test_known_placeholders_pass_the_build_time_check(tmp_path):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "x.parquet")]))
+    parts = DataSetPartitionNode(ctx, (src,), 2)
+    nested = HashPartitionNode(ctx, (parts,), 2, ["a"], dimension="bucket", nested=True)
+    query = (
+        "select *, {__data_partition__} as p, {bucket} as b, {rand_seed} as s, {cpu_limit} as c, {memory_limit} as m, "
+        "'{output_filename}' as o, {batch_index} as i, {query_index} as q, '[0-9]{{3}}' as r from {0}"
+    )
+    SqlEngineNode(ctx, (nested,), query)
+    SqlEngineNode(ctx, (nested, src), "select * from {0} join {1} using (a)")
 
 
 def test_failed_job_leaves_previous_sink_result_intact(tmp_path, make_rt, log_messages, inputs_with_corrupt_file):
