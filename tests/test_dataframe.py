@@ -176,6 +176,15 @@ def test_repartition_by_expression(sp):
     assert out == [{"min": i, "max": i} for i in range(10)]
 
 
+def test_reading_a_column_the_files_lack_is_an_error(sp, tmp_path):
+    path = str(tmp_path / "x.parquet")
+    pq.write_table(pa.table({"a": [1, 2]}), path)
+    with pytest.raises(KeyError, match=r"columns \['nope'\] not found"):
+        sp.read_parquet(path, columns=["nope"]).to_arrow()  # (read by pyarrow: it left the column out)
+    with pytest.raises(TaskError, match="nope"):
+        sp.partial_sql("select * from {0}", sp.read_parquet(path, columns=["nope"])).to_arrow()
+
+
 def test_partition_expressions_may_end_with_a_comment(sp):
     items = sp.from_items(list(range(100)))
     df = items.repartition(10, by="item % 10 -- the last digit")

@@ -198,6 +198,14 @@ def load_from_parquet_files(
     else:
         with ThreadPoolExecutor(min(max_workers, len(items))) as pool:
             tables = list(pool.map(one, items))
+    if columns is not None:  # pyarrow leaves out a column a file lacks; one that no file has is an error
+        present = {name for t in tables for name in t.schema.names}
+        missing = [c for c in columns if c not in present]
+        if missing:
+            paths = [p.path if isinstance(p, RowRange) else p for p in items]
+            where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
+            has = pq.read_schema(paths[0]).names
+            raise KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {has}")
     if any(not t.schema.equals(tables[0].schema) for t in tables):
         tables = [cast_columns_to_large_string(t) for t in tables]
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]

@@ -42,6 +42,19 @@ def test_row_range_load_reads_only_its_rows(parquet_files):
     assert ids == [list(range(0, 8)), list(range(8, 16)), list(range(16, 23)), list(range(23, 30))]
 
 
+def test_loading_a_column_no_file_has_is_an_error(parquet_files, tmp_path):
+    """pyarrow leaves out a requested column a file lacks: one that no file has must not become a
+    table without that column. A column only some files have is filled with nulls (union by name)."""
+    with pytest.raises(KeyError, match=r"columns \['nope'\] not found in any of 3 files"):
+        load_from_parquet_files(parquet_files, columns=["id", "nope"])
+    with pytest.raises(KeyError, match="not found in"):
+        load_from_parquet_files(parquet_files[:1], columns=["nope"])
+    extra = str(tmp_path / "extra.parquet")
+    pq.write_table(pa.table({"id": [100], "more": ["x"]}), extra)
+    t = load_from_parquet_files([parquet_files[0], extra], columns=["id", "more"])
+    assert t.column("more").to_pylist() == [None] * 10 + ["x"]
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 10, 30, 100])
 def test_batch_reader_yields_exact_batch_sizes_across_files(parquet_files, batch_size):
     reader = build_batch_reader_from_files(parquet_files, batch_size=batch_size)
