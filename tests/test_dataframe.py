@@ -201,6 +201,16 @@ def test_repartition_key_out_of_range(tmp_path):
             df.to_arrow()
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("by", ["k", "k + 0"])
+def test_repartition_by_a_null_key_names_null(sp, engine, by):
+    """A row whose key is NULL has no partition: the error says NULL (DuckDB's engine saw a folder
+    named __HIVE_DEFAULT_PARTITION__, the Arrow engine NaN or a masked value)."""
+    df = sp.from_items([{"k": 1}, {"k": None}]).repartition(3, by=by, engine_type=engine)
+    with pytest.raises(TaskError, match="partition key NULL is out of range 0-2"):
+        df.to_arrow()
+
+
 def test_repartition_both_by_and_hash_by(sp):
     with pytest.raises(ValueError):
         sp.from_items([1]).repartition(2, by="item", hash_by="item")

@@ -145,7 +145,9 @@ class HashPartitionTask(Task):
                 except ValueError:
                     k = None
                 if k is None or not 0 <= k < n:
-                    raise UserCodeError(f"partition key {m.group(1)} is out of range 0-{n - 1}")
+                    # (DuckDB names the folder of NULL keys __HIVE_DEFAULT_PARTITION__)
+                    key = "NULL" if m.group(1) == "__HIVE_DEFAULT_PARTITION__" else m.group(1)
+                    raise UserCodeError(f"partition key {key} is out of range 0-{n - 1}")
                 sub = os.path.join(output_dir, entry)
                 parts[k] = sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".parquet"))
             if any(not p for p in parts):
@@ -209,8 +211,12 @@ class HashPartitionTask(Task):
                     conn.register("__sp_batch", batch)
                     keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
                     conn.unregister("__sp_batch")
+                if np.ma.isMaskedArray(keys) and np.ma.getmaskarray(keys).any():
+                    raise UserCodeError(f"partition key NULL is out of range 0-{n - 1}")
                 keys = np.asarray(keys)
                 if keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
+                    if keys.dtype.kind == "f" and np.isnan(keys).any():  # (pyarrow turns nulls into NaN)
+                        raise UserCodeError(f"partition key NULL is out of range 0-{n - 1}")
                     bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
                     raise UserCodeError(f"partition key {bad[0] if len(bad) else keys.dtype} is out of range 0-{n - 1}")
                 # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
