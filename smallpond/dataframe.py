@@ -11,7 +11,7 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock, sql_fragment
-from smallpond.errors import ParameterError
+from smallpond.errors import ParameterError, UserCodeError
 from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
     DataSet,
@@ -462,6 +462,15 @@ def _read(ds: DataSet):
     conn = duckdb.connect()
     try:
         return _nullable(ds.to_arrow_table(conn=conn))
+    except duckdb.Error as e:  # (a CSV row that does not parse, ...): say which files were read
+        try:
+            paths = list(ds.resolved_paths)
+        except Exception:
+            raise e from None
+        if not paths:
+            raise
+        where = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        raise type(e)(f"{e}\n  reading {where}") from e
     finally:
         conn.close()
 
@@ -528,6 +537,11 @@ def _nullable(table):
     return pa.Table.from_arrays(table.columns, schema=schema)
 
 
+def _describe(value) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
 class _MapRows:
     """Row-wise map / flat_map with a schema that stays the same across batches of a task."""
 
@@ -538,15 +552,22 @@ class _MapRows:
         self.__name__ = getattr(func, "__name__", "map")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
+    def _apply(self, row) -> list:
+        """The function's output rows for ``row`` (checked: a dict, or a list of dicts for flat_map)."""
+        out = self.func(row)
+        if self.flat:  # any iterable of dicts (a list, a generator)
+            rows = None if isinstance(out, (dict, str, bytes)) or not hasattr(out, "__iter__") else list(out)
+            if rows is None or any(not isinstance(x, dict) for x in rows):
+                raise UserCodeError(
+                    f"the flat_map function {self.__qualname__} must return a list of dicts, got {_describe(out)}"
+                )
+            return rows
+        if not isinstance(out, dict):
+            raise UserCodeError(f"the map function {self.__qualname__} must return a dict, got {_describe(out)}")
+        return [out]
+
     def _rows(self, batch) -> list:
-        rows = []
-        for r in batch.to_pylist():
-            out = self.func(r)
-            if self.flat:
-                rows.extend(out)
-            else:
-                rows.append(out)
-        return rows
+        return [out for r in batch.to_pylist() for out in self._apply(r)]
 
     def output_schema_for(self, sample):
         """The output schema, from ``schema=`` or the function applied to sample rows (a
@@ -557,8 +578,7 @@ class _MapRows:
             return self.schema
         found = None
         for row in sample.to_pylist():  # row by row: the first row with typed values settles it
-            out = self.func(row)
-            rows = list(out) if self.flat else [out]
+            rows = self._apply(row)
             if not rows:
                 continue
             found = pa.Table.from_pylist(rows).schema

@@ -279,9 +279,16 @@ class Session:
 
         if not isinstance(items, (list, tuple)) or not items:
             raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
-        if isinstance(items[0], dict):
-            return self.from_arrow(pa.Table.from_pylist(list(items)))
-        return self.from_arrow(pa.table({"item": list(items)}))
+        try:
+            if isinstance(items[0], dict):
+                table = pa.Table.from_pylist(list(items))
+            else:
+                table = pa.table({"item": list(items)})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise ParameterError(
+                f"from_items: the items do not make a table (values of one column must be of one type): {e}"
+            ) from e
+        return self.from_arrow(table)
 
     def from_pandas(self, df) -> DataFrame:
         """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""

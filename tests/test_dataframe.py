@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import smallpond
-from smallpond.errors import TaskError
+from smallpond.errors import ParameterError, TaskError
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +209,30 @@ def test_repartition_by_a_null_key_names_null(sp, engine, by):
     df = sp.from_items([{"k": 1}, {"k": None}]).repartition(3, by=by, engine_type=engine)
     with pytest.raises(TaskError, match="partition key NULL is out of range 0-2"):
         df.to_arrow()
+
+
+def test_a_source_that_does_not_parse_names_its_file(sp, tmp_path):
+    import duckdb
+
+    path = tmp_path / "h.csv"
+    path.write_text("a,b\n1,x\n")  # a header row: read_csv reads no header (as upstream)
+    with pytest.raises(duckdb.ConversionException, match=f"reading {path}"):
+        sp.read_csv(str(path), schema={"a": "bigint", "b": "varchar"}).take_all()
+
+
+def test_from_items_of_mixed_types_is_a_parameter_error(sp):
+    with pytest.raises(ParameterError, match="from_items: the items do not make a table"):
+        sp.from_items([1, "a"])
+
+
+def test_map_functions_must_return_rows(sp):
+    df = sp.from_items([1, 2])
+    with pytest.raises(TaskError, match="the map function .* must return a dict, got int 5"):
+        df.map(lambda r: 5).take_all()
+    with pytest.raises(TaskError, match=r"the flat_map function .* must return a list of dicts, got dict \{'a': 1\}"):
+        df.flat_map(lambda r: {"a": 1}).take_all()
+    # any iterable of dicts will do (upstream extends a list with the result)
+    assert df.flat_map(lambda r: ({"x": r["item"]} for _ in range(2))).take_all() == [{"x": 1}, {"x": 1}, {"x": 2}, {"x": 2}]
 
 
 def test_repartition_both_by_and_hash_by(sp):
