@@ -137,6 +137,13 @@ class Node:
         for dep in input_deps:
             if not isinstance(dep, Node):
                 raise ParameterError(self._msg(f"input_deps must contain nodes, got {dep!r}"))
+            if getattr(dep, "ctx", ctx) is not ctx:  # (ids are numbered per Context: two nodes would share one)
+                raise ParameterError(
+                    self._msg(
+                        f"input {dep!r} was built with another Context; the nodes of a plan must share one Context "
+                        "(or, with DataFrames, one session)"
+                    )
+                )
         if output_name is not None and (not isinstance(output_name, str) or not _NAME_RE.fullmatch(output_name)):
             raise ParameterError(
                 self._msg(

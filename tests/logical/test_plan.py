@@ -100,3 +100,16 @@ def test_networkx_view():
     g = plan.to_networkx()
     assert g.number_of_nodes() == len(plan.nodes) == 8  # DataSetPartitionNode(1) is two nodes
     assert g.has_edge(nodes[0].id, nodes[1].id)
+
+
+def test_a_node_over_an_input_of_another_context_is_refused():
+    """Node ids are numbered per Context: a node of one Context over an input of another would
+    share its id (both 000001 here), which the planner and the task keys rely on being unique."""
+    import pytest
+
+    from smallpond.errors import ParameterError
+
+    src = DataSourceNode(Context(), ParquetDataSet(["/data/x.parquet"]))
+    with pytest.raises(ParameterError, match="was built with another Context") as info:
+        SqlEngineNode(Context(), (src,), "select * from {0}")
+    assert "test_plan.py" in str(info.value)  # the call site
