@@ -16,7 +16,7 @@ import re
 import sys
 import time
 import traceback
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
@@ -264,16 +264,18 @@ def _bytes_read(inputs: List[DataSet]) -> int:
 
 
 def _input_files(inputs: List[DataSet]) -> List[str]:
-    out: List[str] = []
+    """Up to 10 distinct input files, in order (row ranges of one file name it once)."""
+    out: Dict[str, None] = {}
     for ds in inputs:
         try:
             paths = ds.paths if isinstance(ds, PartitionedDataSet) else ds.resolved_paths
         except Exception:
             continue
-        out.extend(paths[:10])
-        if len(out) >= 10:
-            break
-    return out
+        for p in paths:
+            out[p] = None
+            if len(out) >= 10:
+                return list(out)
+    return list(out)
 
 
 def producer_key_of(rt: RuntimeContext, path: str) -> Optional[str]:

@@ -239,3 +239,20 @@ def test_workers_load_loguru_only_when_a_task_logs_through_it(parquet_files, mak
     for line in ("start PythonScriptTask", "a record from the task's loguru logger", "a record from stdlib logging"):
         assert line in text, f"{line!r} is missing from the task log:\n{text}"
     assert "a record from smallpond's logger" in text and "done PythonScriptTask" in text
+
+
+def test_a_failed_tasks_input_files_are_named_once_each(tmp_path):
+    """Inputs that are row ranges of one file name it once in a task error (a range partition's
+    sample task read 'x, x, x, x, x (+1 more)')."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.attempt import _input_files
+
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    for path in (a, b):
+        pq.write_table(pa.table({"x": list(range(6))}), path)
+    inputs = ParquetDataSet([a]).partition_by_rows(3) + [ParquetDataSet([b])]
+    assert _input_files(inputs) == [a, b]
+    many = [ParquetDataSet.from_files([str(tmp_path / f"{i}.parquet")]) for i in range(30)]
+    assert len(_input_files(many)) == 10
