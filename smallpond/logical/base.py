@@ -172,7 +172,7 @@ class Node:
 
     # -- identity -------------------------------------------------------------------------------
     def __repr__(self) -> str:
-        return f"{type(self).__name__}-{self.id}"
+        return f"{type(self).__name__}-{getattr(self, 'id', '(being built)')}"
 
     def __str__(self) -> str:
         return repr(self)

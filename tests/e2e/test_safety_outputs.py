@@ -146,7 +146,8 @@ def test_bad_mode_fails_at_build_time(sp, tmp_path):
     with pytest.raises(ParameterError, match="mode must be one of"):
         sp.from_arrow(ids(1)).write_parquet(str(tmp_path / "o"), mode="replace")
     with pytest.raises(ParameterError, match="mode must be one of"):
-        DataSinkNode(Context(), (DataSourceNode(Context(), None),), "/tmp/x", mode="truncate")
+        ctx = Context()
+        DataSinkNode(ctx, (DataSourceNode(ctx, None),), "/tmp/x", mode="truncate")
 
 
 def test_driver_job_publishes_all_sinks_or_none(tmp_path, make_rt):
