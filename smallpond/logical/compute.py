@@ -157,24 +157,19 @@ def _check_placeholders(node: Node, query: str) -> None:
     neither a task placeholder nor a partition dimension of an ancestor (``{3}`` in a regular
     expression's ``'[0-9]{3}'``, ``{"a": 1}`` in a JSON literal). The tasks format the query with
     the same rules (``str.format``), so what passes here cannot fail there for this reason."""
-    dims = {TOPLEVEL_DIMENSION}
-    seen, stack = set(), list(node.input_deps)
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        dim = getattr(n, "dimension", None)
-        if isinstance(dim, str):
-            dims.add(dim)
-        stack.extend(getattr(n, "input_deps", ()))
-    named = {name: 0 for name in (*TASK_PLACEHOLDERS, *dims)}
     nin = len(node.input_deps)
+    views = [f"__input_{k}" for k in range(nin)]
+    named = dict.fromkeys((*TASK_PLACEHOLDERS, TOPLEVEL_DIMENSION), 0)
     try:
-        query.format(*(f"__input_{k}" for k in range(nin)), **named)
+        try:
+            query.format(*views, **named)
+        except KeyError:  # perhaps a partition dimension: those of the ancestors (walked only now)
+            named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
+            query.format(*views, **named)
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
         import string
 
+        named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
         used = sorted({f for _, f, _, _ in string.Formatter().parse(query) if f})
         bases = {f: re.split(r"[.\[]", f)[0] for f in used}
         bad = [f for f, b in bases.items() if (int(b) >= nin if b.isdigit() else b not in named)]
@@ -187,6 +182,21 @@ def _check_placeholders(node: Node, query: str) -> None:
                 f"Write literal braces as '{{{{' and '}}}}': {query}"
             )
         ) from None
+
+
+def _ancestor_dimensions(node: Node) -> set:
+    """The partition dimensions of every node ``node`` reads from (directly or not)."""
+    dims, seen, stack = set(), set(), list(node.input_deps)
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        dim = getattr(n, "dimension", None)
+        if isinstance(dim, str):
+            dims.add(dim)
+        stack.extend(getattr(n, "input_deps", ()))
+    return dims
 
 
 class PythonScriptNode(Node):

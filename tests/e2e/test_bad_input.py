@@ -210,6 +210,14 @@ def test_unknown_placeholders_fail_when_the_node_is_built(tmp_path, query, culpr
     assert f"unknown placeholder {culprit}" in msg and f"created at {THIS_FILE}:" in msg and "'{{'" in msg
 
 
+def test_an_unknown_placeholder_is_named_alone(tmp_path):
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "x.parquet")])),), 2)
+    with pytest.raises(ParameterError) as info:
+        SqlEngineNode(ctx, (parts,), "select {__data_partition__} as p, * from {1}")
+    assert "unknown placeholder {1} in SQL" in str(info.value)  # the dimension is known
+
+
 def test_known_placeholders_pass_the_build_time_check(tmp_path):
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "x.parquet")]))
