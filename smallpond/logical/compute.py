@@ -160,16 +160,18 @@ def _check_placeholders(node: Node, query: str) -> None:
     nin = len(node.input_deps)
     views = [f"__input_{k}" for k in range(nin)]
     named = dict.fromkeys((*TASK_PLACEHOLDERS, TOPLEVEL_DIMENSION), 0)
+    failures = (KeyError, IndexError, ValueError, AttributeError, TypeError)
     try:
-        try:
-            query.format(*views, **named)
-        except KeyError:  # perhaps a partition dimension: those of the ancestors (walked only now)
-            named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
-            query.format(*views, **named)
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
+        query.format(*views, **named)
+        return
+    except failures:  # perhaps a partition dimension: the ancestors are walked only now
+        named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
+    try:
+        query.format(*views, **named)
+        return
+    except failures as e:
         import string
 
-        named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
         used = sorted({f for _, f, _, _ in string.Formatter().parse(query) if f})
         bases = {f: re.split(r"[.\[]", f)[0] for f in used}
         bad = [f for f, b in bases.items() if (int(b) >= nin if b.isdigit() else b not in named)]

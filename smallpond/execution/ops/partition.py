@@ -211,14 +211,14 @@ class HashPartitionTask(Task):
                     conn.register("__sp_batch", batch)
                     keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
                     conn.unregister("__sp_batch")
-                if np.ma.isMaskedArray(keys) and np.ma.getmaskarray(keys).any():
-                    raise UserCodeError(f"partition key NULL is out of range 0-{n - 1}")
+                # a NULL key: masked (DuckDB's fetchnumpy) or NaN (pyarrow's to_numpy)
+                null = np.ma.isMaskedArray(keys) and bool(np.ma.getmaskarray(keys).any())
                 keys = np.asarray(keys)
-                if keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
-                    if keys.dtype.kind == "f" and np.isnan(keys).any():  # (pyarrow turns nulls into NaN)
-                        raise UserCodeError(f"partition key NULL is out of range 0-{n - 1}")
+                null = null or (keys.dtype.kind == "f" and bool(np.isnan(keys).any()))
+                if null or keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
                     bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
-                    raise UserCodeError(f"partition key {bad[0] if len(bad) else keys.dtype} is out of range 0-{n - 1}")
+                    key = "NULL" if null else bad[0] if len(bad) else keys.dtype
+                    raise UserCodeError(f"partition key {key} is out of range 0-{n - 1}")
                 # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
                 keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
                 order = np.argsort(keys, kind="stable")
