@@ -249,6 +249,7 @@ class Job:
             listeners=[self.events, *self.listeners],
             speculation=self.speculation,
             cache=cache,
+            plan_nodes=self._planned_nodes,
         )
         logger.info(
             "smallpond job {} at {} on {}; task cache {}",
@@ -331,6 +332,10 @@ class Job:
         raise JobTerminated(signum)
 
     # -- running ---------------------------------------------------------------------------------
+    def _planned_nodes(self) -> List[Node]:
+        """Every node planned so far (what the plan check reads; see plancheck.py)."""
+        return list(self.planner._planned_nodes)
+
     def _check_open(self) -> None:
         if self.finished:
             raise ParameterError("this job has finished; start a new one (smallpond.init() for a session)")

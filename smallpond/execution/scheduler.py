@@ -55,12 +55,13 @@ from __future__ import annotations
 import copy
 import heapq
 import time
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger, rare_full_collections
 from smallpond.errors import Decision, JobFailed, TaskError, classify
 from smallpond.execution.attempt import execute_attempt, run_inline, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.plancheck import PlanCheck
 from smallpond.execution.runtime import RuntimeContext, default_memory_limit
 
 # the state and its transitions live in sched_state; they are part of this module's API
@@ -118,6 +119,9 @@ class Scheduler:
             runnable than CPUs are free (:func:`elastic_threads`). None: the runtime context's
             ``elastic_threads`` (off unless the user turns it on: rows with equal sort keys may
             then come out in another order, so outputs are not byte-reproducible).
+        plan_nodes: the planned nodes (a callable returning them, e.g. the planner's); given, the
+            queries of nodes that have not run yet are checked once a run has lasted a moment
+            (:mod:`smallpond.execution.plancheck`; ``SP_PLAN_CHECK`` sets when, or turns it off).
     """
 
     def __init__(
@@ -131,8 +135,10 @@ class Scheduler:
         speculation: Speculation = Speculation(),
         cache: Optional["JobCache"] = None,
         elastic: Optional[bool] = None,
+        plan_nodes: Optional[Callable[[], list]] = None,
     ) -> None:
         self.rt = runtime_ctx
+        self.plan_nodes = plan_nodes
         self.cache = cache
         self.speculation = speculation
         self.executor = executor
@@ -176,6 +182,7 @@ class Scheduler:
             logger.info("resume: {} task(s) already committed are skipped", len(resumed))
         self._emit("on_start", st)
         target_keys = [t.key for t in targets]
+        check = PlanCheck.from_environment(self.plan_nodes) if self.plan_nodes is not None else None
         ok = False
         try:
             while not st.failed and not all(k in st.done for k in target_keys):
@@ -203,9 +210,13 @@ class Scheduler:
                     time.sleep(idle_wait)
                 if self.cache is not None:
                     self.cache.tick()
+                if check is not None:
+                    check.tick(st, time.time() - start)  # raises for a query that cannot bind
                 self._emit("on_tick", st, time.time() - start)
             ok = not st.failed
         finally:
+            if check is not None:
+                check.close()
             if not ok:
                 self._abort_running()
             if self.cache is not None:

@@ -24,7 +24,7 @@ import string
 import tempfile
 from typing import Dict, List
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME, quote_literal
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
 from smallpond.logical.compute import ArrowStreamNode, SqlEngineNode
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import (
@@ -107,7 +107,7 @@ def _describe(conn, sql: str):
     with tempfile.TemporaryDirectory(prefix="smallpond-schema-") as d:
         path = os.path.join(d, "schema.parquet")
         try:
-            conn.execute(f"COPY (SELECT * FROM ({sql}) LIMIT 0) TO {quote_literal(path)} (FORMAT parquet)")
+            conn.execute(f"COPY (SELECT * FROM ({as_subquery(sql)}) LIMIT 0) TO {quote_literal(path)} (FORMAT parquet)")
         except Exception as e:  # duckdb.Error: a binder error names the column, keep it
             raise SchemaUnknown(f"DuckDB cannot bind the query: {e}") from e
         return pq.read_schema(path).remove_metadata()
@@ -150,6 +150,12 @@ def _source_schema(node: DataSourceNode, conn):
 
 
 def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):
+    return _describe(conn, render_sql(node, inputs, conn))
+
+
+def render_sql(node: SqlEngineNode, inputs: List[object], conn) -> str:
+    """``node``'s query as a task would run it, over empty tables (registered on ``conn``) typed
+    like ``inputs``; placeholders that vary per task are 0."""
     from smallpond.execution.ops.duckdb import render_query
 
     if node.udf_contexts:
@@ -172,7 +178,7 @@ def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):
         batch_index=0,
         query_index=0,
     )
-    return _describe(conn, render_query(query, views, named))
+    return render_query(query, views, named)
 
 
 def _hash_partition_schema(node: HashPartitionNode, schema):

@@ -32,6 +32,26 @@ from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def partition_key_expr(node, columns: List[str]) -> (str, str):
+    """(SQL expression computing each row's partition index, name of the partition column) of a
+    hash or shuffle partition ``node`` over rows with ``columns``.
+
+    A name the user gave that is a column of the data is quoted as an identifier; any other
+    text is an SQL expression the user wrote (``"item % 10"``, ``"random()"``), used as is.
+    (Also what the plan check binds: :mod:`smallpond.execution.plancheck`.)
+    """
+    n = node.npartitions
+    col = node.data_partition_column
+    if node.random_shuffle:
+        return f"CAST(floor(random() * {n}) AS BIGINT)", col
+    if node.shuffle_only:
+        if col in columns:
+            return f"CAST({quote_identifier(col)} AS BIGINT)", col
+        return f"CAST(({sql_fragment(col)}) AS BIGINT)", node.dimension
+    cols = ", ".join(quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns)
+    return f"CAST(hash({cols}) % {n} AS BIGINT)", col
+
+
 class HashPartitionTask(Task):
     """Route every row of the input to one of ``npartitions`` partitions in one DuckDB pass.
 
@@ -69,22 +89,7 @@ class HashPartitionTask(Task):
         return node.random_shuffle or sql_may_draw_random([node.data_partition_column, *node.hash_columns, *(ds.columns or [])])
 
     def _key_expr(self, columns: List[str]) -> (str, str):
-        """(SQL expression computing each row's partition index, name of the partition column).
-
-        A name the user gave that is a column of the data is quoted as an identifier; any other
-        text is an SQL expression the user wrote (``"item % 10"``, ``"random()"``), used as is.
-        """
-        node = self.node
-        n = node.npartitions
-        col = node.data_partition_column
-        if node.random_shuffle:
-            return f"CAST(floor(random() * {n}) AS BIGINT)", col
-        if node.shuffle_only:
-            if col in columns:
-                return f"CAST({quote_identifier(col)} AS BIGINT)", col
-            return f"CAST(({sql_fragment(col)}) AS BIGINT)", node.dimension
-        cols = ", ".join(quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns)
-        return f"CAST(hash({cols}) % {n} AS BIGINT)", col
+        return partition_key_expr(self.node, columns)
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node

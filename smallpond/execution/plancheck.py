@@ -1,0 +1,222 @@
+"""The plan check: a query that cannot run on its inputs' columns fails the job before its turn.
+
+A SQL node far down a pipeline (after an hour of upstream stages) whose query has a typo, or a
+``repartition(hash_by=...)`` naming a column its input does not have, would otherwise fail only
+when its first task runs. Once a job has run for :data:`DEFAULT_DELAY` seconds, a thread of the
+scheduler's process binds every SQL node's query, and every hash or shuffle partition's key, over
+empty tables typed like the node's inputs (the schemas of :mod:`smallpond.execution.schema`,
+known without reading data), in DuckDB as the tasks do. An error that cannot depend on the data
+fails the job at once with a :class:`~smallpond.errors.PlanError` that names the node, where it
+was created, the query and DuckDB's message; what the job already committed stays committed (a
+rerun after the fix resumes).
+
+Only errors that do not depend on data are reported: DuckDB's parser errors, and its binder's
+``Referenced column``/``Referenced table`` errors. Anything else (a type mismatch, a missing
+function, a file a query reads itself) is left to the tasks, which see the real data. Not checked:
+nodes whose query uses a per-task placeholder (a partition dimension), nodes with UDFs or several
+statements, nodes downstream of one whose schema is only known when it runs (Python code without
+``schema=``), and nodes of which a task has already finished (it ran: the query is fine).
+
+Jobs shorter than the delay never pay for the check (it imports DuckDB in the scheduler's
+process). ``SP_PLAN_CHECK`` sets the delay in seconds, or turns the check off (``off``).
+"""
+
+from __future__ import annotations
+
+import string
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
+from smallpond.errors import PlanError
+
+#: seconds a job runs before its plan is checked (a shorter job never pays for the check)
+DEFAULT_DELAY = 1.0
+#: placeholders with the same value in every task of a node (anything else varies per task)
+_CONSTANT_PLACEHOLDERS = frozenset(("cpu_limit", "memory_limit", "rand_seed", "query_index", "batch_index", "output_filename"))
+
+
+def check_delay() -> Optional[float]:
+    """Seconds after which a job's plan is checked (``SP_PLAN_CHECK``), or None if it is off."""
+    text = env_setting("SP_PLAN_CHECK").strip().lower()
+    if not text:
+        return DEFAULT_DELAY
+    if text in SWITCH_OFF and text != "0":
+        return None
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        logger.warning("SP_PLAN_CHECK={!r} is neither a number of seconds nor 'off'; using {}", text, DEFAULT_DELAY)
+        return DEFAULT_DELAY
+
+
+def definite(exc: BaseException) -> bool:
+    """Is this DuckDB error one that no data could avoid (a syntax error, a missing column)?"""
+    import duckdb
+
+    if isinstance(exc, duckdb.ParserException):
+        return True
+    if isinstance(exc, duckdb.BinderException):
+        text = str(exc)
+        return "Referenced column" in text or "Referenced table" in text
+    return False
+
+
+def _originals(node) -> list:
+    """The nodes the user built behind ``node`` (a fused node stands for several)."""
+    return list(getattr(node, "fused_from", None) or [node])
+
+
+def _checked_query(node) -> Optional[str]:
+    """The query of a SQL node worth checking, or None."""
+    from smallpond.logical.compute import SqlEngineNode
+
+    if not isinstance(node, SqlEngineNode) or node.udf_contexts or len(node.sql_queries) != 1:
+        return None
+    query = node.sql_queries[0]
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(query) if f and not f.isdigit()}
+    except ValueError:
+        return None
+    if names - _CONSTANT_PLACEHOLDERS:
+        return None  # a partition dimension: its value, and so perhaps the query, varies per task
+    return query
+
+
+def find_errors(nodes: list, cancelled: threading.Event) -> List[Tuple[object, str, str]]:
+    """(node, query, DuckDB's message) of each node in ``nodes`` whose query or partition key
+    cannot bind over its inputs' columns. ``nodes`` in the order they were created (inputs first)."""
+    import duckdb
+
+    from smallpond.execution.ops.partition import partition_key_expr
+    from smallpond.execution.schema import SchemaUnknown, _infer, render_sql
+    from smallpond.logical.node import HashPartitionNode
+
+    schemas: Dict[int, object] = {}
+    unknown: set = set()  # ids of nodes whose schema is not known: their consumers are skipped
+    found = []
+    conn = duckdb.connect()
+    try:
+        for node in nodes:
+            if cancelled.is_set():
+                break
+            if any(id(d) in unknown for d in node.input_deps):
+                unknown.add(id(node))
+                continue
+            try:
+                inputs = [_infer(d, schemas, conn) for d in node.input_deps]
+            except SchemaUnknown:
+                unknown.add(id(node))
+                continue
+            query = _checked_query(node)
+            if query is not None:
+                try:
+                    sql = as_subquery(render_sql(node, inputs, conn))
+                    statements = conn.extract_statements(sql)  # a syntax error, shown in the query alone
+                    if len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT:
+                        conn.sql(sql)  # binds a SELECT without running it (anything else is not run here)
+                except duckdb.Error as e:
+                    if definite(e):
+                        found.append((node, query, str(e)))
+                    unknown.add(id(node))
+                except Exception as e:  # e.g. a placeholder problem: the tasks will say
+                    logger.debug("plan check: {} not checked: {}", node.label, e)
+                    unknown.add(id(node))
+                continue
+            if isinstance(node, HashPartitionNode) and not node.random_shuffle and len(inputs) == 1:
+                name = f"__plan_check_{int(node.id)}"
+                conn.register(name, inputs[0].empty_table())
+                expr, _ = partition_key_expr(node, inputs[0].names)
+                try:
+                    conn.execute(f"SELECT {expr} FROM {name} LIMIT 0").fetchall()
+                except duckdb.Error as e:
+                    if definite(e):
+                        what = node.hash_columns if node.hash_columns else node.data_partition_column
+                        found.append((node, f"partition key {what!r}", str(e)))
+                        unknown.add(id(node))
+    finally:
+        conn.close()
+    return found
+
+
+class PlanCheck:
+    """Checks a running job's plan in a thread once the job has run for ``delay`` seconds.
+
+    The scheduler calls :meth:`tick` from its loop (it raises the error found, if any) and
+    :meth:`close` when the run ends.
+    """
+
+    def __init__(self, delay: float, nodes: Callable[[], list]) -> None:
+        self.delay = delay
+        self._nodes = nodes  # the planned nodes (whole ones: a task carries a copy without inputs)
+        self._thread: Optional[threading.Thread] = None
+        self._cancelled = threading.Event()
+        self._found: Optional[list] = None
+        self._started_at: Optional[float] = None
+
+    @classmethod
+    def from_environment(cls, nodes: Callable[[], list]) -> Optional["PlanCheck"]:
+        delay = check_delay()
+        return None if delay is None else cls(delay, nodes)
+
+    def tick(self, state, elapsed: float) -> None:
+        """Start the check when due; raise a :class:`PlanError` for the first error it found in a
+        node that has not run yet."""
+        if self._thread is None:
+            if elapsed >= self.delay and not self._cancelled.is_set():
+                self._start(state)
+            return
+        if self._found is None or not self._found:
+            return
+        found, self._found = self._found, []
+        ran = self._ran_nodes(state)
+        for node, query, message in found:
+            if int(node.id) in ran:  # a task of it finished: the check was wrong about it
+                logger.debug("plan check: {} ran although its query did not bind: {}", node.label, message)
+                continue
+            raise PlanError(
+                f"{node.label} created at {node.location} cannot run: {message.strip()}\n"
+                f"query: {query}\n"
+                "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
+                "ran; tasks already finished stay committed. SP_PLAN_CHECK=off turns this check off)"
+            )
+
+    def _start(self, state) -> None:
+        ran = self._ran_nodes(state)
+        waiting = {t.node_id for t in list(state.tasks.values())} - ran
+        nodes: Dict[int, object] = {}
+        for planned in self._nodes() if waiting else ():
+            if int(planned.id) in waiting:
+                for node in _originals(planned):
+                    nodes.setdefault(id(node), node)
+        todo = sorted((n for n in nodes.values() if int(n.id) not in ran), key=lambda n: int(n.id))
+        self._started_at = time.time()
+
+        def run() -> None:
+            try:
+                self._found = find_errors(todo, self._cancelled)
+            except Exception as e:  # the check never fails a job by its own fault
+                logger.debug("plan check could not run: {}: {}", type(e).__name__, e)
+                self._found = []
+            logger.debug("plan check of {} node(s) took {:.3f}s", len(todo), time.time() - self._started_at)
+
+        self._thread = threading.Thread(target=run, name="smallpond-plan-check")
+        self._thread.start()
+
+    @staticmethod
+    def _ran_nodes(state) -> set:
+        """Ids of the nodes (fused ones stand for all they fused) of which a task finished."""
+        ran = set()
+        for key in list(state.done):
+            task = state.tasks.get(key)
+            if task is not None:
+                ran.update(int(n.id) for n in _originals(task.node))
+                ran.add(task.node_id)
+        return ran
+
+    def close(self) -> None:
+        """Stop the check (it ends after the node it is binding) and wait for its thread."""
+        self._cancelled.set()
+        if self._thread is not None:
+            self._thread.join()
