@@ -33,6 +33,8 @@ from smallpond.errors import PlanError
 
 #: seconds a job runs before its plan is checked (a shorter job never pays for the check)
 DEFAULT_DELAY = 1.0
+#: seconds the end of a run waits for a check still binding a query (after interrupting it)
+CLOSE_TIMEOUT = 5.0
 #: placeholders with the same value in every task of a node (anything else varies per task)
 _CONSTANT_PLACEHOLDERS = frozenset(("cpu_limit", "memory_limit", "rand_seed", "query_index", "batch_index", "output_filename"))
 
@@ -84,9 +86,22 @@ def _checked_query(node) -> Optional[str]:
     return query
 
 
-def find_errors(nodes: list, cancelled: threading.Event) -> List[Tuple[object, str, str]]:
+def _checked(node) -> bool:
+    from smallpond.logical.node import HashPartitionNode
+
+    if isinstance(node, HashPartitionNode):
+        return not node.random_shuffle
+    return _checked_query(node) is not None
+
+
+def find_errors(
+    nodes: list, cancelled: threading.Event, connected: Callable = lambda conn: None
+) -> List[Tuple[object, str, str]]:
     """(node, query, DuckDB's message) of each node in ``nodes`` whose query or partition key
-    cannot bind over its inputs' columns. ``nodes`` in the order they were created (inputs first)."""
+    cannot bind over its inputs' columns. ``nodes`` in the order they were created (inputs first);
+    ``connected`` is given the DuckDB connection used (so that it can be interrupted)."""
+    if not any(_checked(n) for n in nodes):
+        return []  # (no DuckDB import for a plan of Python nodes)
     import duckdb
 
     from smallpond.execution.ops.partition import partition_key_expr
@@ -97,6 +112,7 @@ def find_errors(nodes: list, cancelled: threading.Event) -> List[Tuple[object, s
     unknown: set = set()  # ids of nodes whose schema is not known: their consumers are skipped
     found = []
     conn = duckdb.connect()
+    connected(conn)
     try:
         for node in nodes:
             if cancelled.is_set():
@@ -154,6 +170,7 @@ class PlanCheck:
         self._cancelled = threading.Event()
         self._found: Optional[list] = None
         self._started_at: Optional[float] = None
+        self._conn = None  # the check's DuckDB connection, while it runs
 
     @classmethod
     def from_environment(cls, nodes: Callable[[], list]) -> Optional["PlanCheck"]:
@@ -195,13 +212,15 @@ class PlanCheck:
 
         def run() -> None:
             try:
-                self._found = find_errors(todo, self._cancelled)
+                self._found = find_errors(todo, self._cancelled, self._connected)
             except Exception as e:  # the check never fails a job by its own fault
                 logger.debug("plan check could not run: {}: {}", type(e).__name__, e)
                 self._found = []
             logger.debug("plan check of {} node(s) took {:.3f}s", len(todo), time.time() - self._started_at)
 
-        self._thread = threading.Thread(target=run, name="smallpond-plan-check")
+        # a daemon: close() waits for it, but an interpreter leaving while a query binds (a
+        # query reading a slow remote file) does not hang on it
+        self._thread = threading.Thread(target=run, name="smallpond-plan-check", daemon=True)
         self._thread.start()
 
     @staticmethod
@@ -215,8 +234,20 @@ class PlanCheck:
                 ran.add(task.node_id)
         return ran
 
+    def _connected(self, conn) -> None:
+        self._conn = conn
+
     def close(self) -> None:
-        """Stop the check (it ends after the node it is binding) and wait for its thread."""
+        """Stop the check (a query being bound is interrupted) and wait for its thread a moment."""
         self._cancelled.set()
-        if self._thread is not None:
-            self._thread.join()
+        if self._thread is None:
+            return
+        conn = self._conn
+        if conn is not None and self._thread.is_alive():
+            try:
+                conn.interrupt()
+            except Exception:  # closed meanwhile
+                pass
+        self._thread.join(CLOSE_TIMEOUT)
+        if self._thread.is_alive():
+            logger.warning("plan check: still binding a query after {}s; left behind", CLOSE_TIMEOUT)

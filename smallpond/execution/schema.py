@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import string
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
 from smallpond.logical.compute import ArrowStreamNode, SqlEngineNode
@@ -85,7 +85,11 @@ def _schema_of(node: Node, cache, conn):
     if isinstance(node, SqlEngineNode):  # LimitNode too
         return _sql_schema(node, [_infer(d, cache, conn) for d in node.input_deps], conn)
     if isinstance(node, HashPartitionNode):
-        return _hash_partition_schema(node, _input(node, cache, conn))
+        schema = _input(node, cache, conn)
+        pre_sql = getattr(node, "pre_sql", None)
+        if pre_sql is not None:  # fused with the SQL node before it: it partitions that query's result
+            schema = _nullable(_describe(conn, render_sql(node, [schema], conn, pre_sql)))
+        return _hash_partition_schema(node, schema)
     if isinstance(node, (PartitionNode, DataSinkNode, ConsolidateNode)) and not isinstance(node, RangePartitionNode):
         return _input(node, cache, conn)
     if isinstance(node, ProjectionNode):
@@ -153,27 +157,28 @@ def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):
     return _describe(conn, render_sql(node, inputs, conn))
 
 
-def render_sql(node: SqlEngineNode, inputs: List[object], conn) -> str:
-    """``node``'s query as a task would run it, over empty tables (registered on ``conn``) typed
-    like ``inputs``; placeholders that vary per task are 0."""
+def render_sql(node, inputs: List[object], conn, query: Optional[str] = None) -> str:
+    """``node``'s query (or ``query``, run by ``node``) as a task would run it, over empty tables
+    (registered on ``conn``) typed like ``inputs``; placeholders that vary per task are 0."""
     from smallpond.execution.ops.duckdb import render_query
 
-    if node.udf_contexts:
-        raise SchemaUnknown(f"{node.label} uses UDFs, which are bound only when it runs")
-    if len(node.sql_queries) != 1:
-        raise SchemaUnknown(f"{node.label} runs several SQL statements; only the last one's result is known when it runs")
+    if query is None:
+        if node.udf_contexts:
+            raise SchemaUnknown(f"{node.label} uses UDFs, which are bound only when it runs")
+        if len(node.sql_queries) != 1:
+            raise SchemaUnknown(f"{node.label} runs several SQL statements; only the last one's result is known when it runs")
+        query = node.sql_queries[0]
     views = []
     for i, schema in enumerate(inputs):
         name = f"__schema_input_{int(node.id)}_{i}"
         conn.register(name, schema.empty_table())
         views.append(name)
-    query = node.sql_queries[0]
     fields = {f for _, f, _, _ in string.Formatter().parse(query) if f and not f.isdigit()}
     named: Dict[str, object] = {f: 0 for f in fields}  # partition dimensions, batch index, ...
     named.update(
         rand_seed=0,
-        cpu_limit=node.cpu_limit,
-        memory_limit=node.memory_limit or 0,
+        cpu_limit=getattr(node, "cpu_limit", 1),
+        memory_limit=getattr(node, "memory_limit", None) or 0,
         output_filename="schema",
         batch_index=0,
         query_index=0,

@@ -1,0 +1,166 @@
+"""smallpond.execution.plancheck: a query that cannot bind fails the job before its turn.
+
+Each pipeline puts a slow stage (rows that sleep, writing a marker when done) before the faulty
+node, so without the check the job would fail only once the slow stage is over: the tests assert
+that the error is the plan check's and that the slow stage had not finished when it came.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pyarrow as pa
+import pytest
+
+import smallpond
+from smallpond.errors import PlanError
+from smallpond.execution import plancheck
+
+SLOW_SECONDS = 3.0
+SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.int64())])
+
+
+@pytest.fixture
+def check_now(monkeypatch):
+    monkeypatch.setenv("SP_PLAN_CHECK", "0")
+
+
+def _slow_frame(sp, markers: str, rows: int = 4):
+    """``rows`` one-row partitions, each held up SLOW_SECONDS by a Python map (schema given, so the
+    nodes after it have known inputs)."""
+    os.makedirs(markers, exist_ok=True)
+
+    def slow(row):
+        time.sleep(SLOW_SECONDS)
+        open(os.path.join(markers, str(row["a"])), "w").close()
+        return row
+
+    df = sp.from_arrow(pa.table({"a": list(range(rows)), "b": list(range(rows))})).repartition(rows, by_rows=True)
+    return df.map(slow, schema=SCHEMA)
+
+
+@pytest.fixture
+def sp(data_root):
+    session = smallpond.init(data_root=data_root, num_executors=2, task_cache="off")
+    yield session
+    session.shutdown()
+
+
+def _fails_early(df, markers: str) -> PlanError:
+    with pytest.raises(PlanError) as info:
+        df.to_arrow()
+    assert len(os.listdir(markers)) < 4, "the error came only after the slow stage had finished"
+    return info.value
+
+
+def test_a_missing_column_fails_the_job_before_its_node_runs(sp, tmp_path, check_now):
+    markers = str(tmp_path / "markers")
+    bad = sp.partial_sql("select a, nope from {0}", _slow_frame(sp, markers))
+    err = _fails_early(bad, markers)
+    text = str(err)
+    assert "partial_sql" in text and "SqlEngineNode" in text
+    assert f"{__file__}:" in text  # where the node was created
+    assert 'Referenced column "nope" not found' in text
+    assert "query: select a, nope from {0}" in text
+
+
+def test_a_syntax_error_is_shown_in_the_query(sp, tmp_path, check_now):
+    markers = str(tmp_path / "markers")
+    err = _fails_early(sp.partial_sql("selec a from {0}", _slow_frame(sp, markers)), markers)
+    assert 'syntax error at or near "selec"' in str(err)
+
+
+def test_a_hash_key_that_is_no_column_fails_early_also_when_fused_with_sql(sp, tmp_path, check_now):
+    markers = str(tmp_path / "markers")
+    # the SQL node is fused into the partition's producers: the check reads the nodes as built
+    df = sp.partial_sql("select a + b as c from {0}", _slow_frame(sp, markers)).repartition(2, hash_by="a")
+    err = _fails_early(df, markers)
+    assert "HashPartitionNode" in str(err) and "repartition" in str(err)
+    assert 'Referenced column "a" not found' in str(err)
+
+
+def test_data_dependent_errors_are_left_to_the_tasks(sp, tmp_path, check_now):
+    # a type error may depend on the types read: the check does not report it, and the tasks'
+    # own error comes (after the slow stage)
+    markers = str(tmp_path / "markers")
+    df = _slow_frame(sp, markers, rows=2)
+    with pytest.raises(Exception) as info:
+        sp.partial_sql("select a::int[] + 1 as x from {0}", df).to_arrow()
+    assert not isinstance(info.value, PlanError)
+    assert len(os.listdir(markers)) == 2
+
+
+def test_the_check_is_off_when_asked(sp, tmp_path, monkeypatch):
+    monkeypatch.setenv("SP_PLAN_CHECK", "off")
+    markers = str(tmp_path / "markers")
+    with pytest.raises(Exception) as info:
+        sp.partial_sql("select nope from {0}", _slow_frame(sp, markers, rows=2)).to_arrow()
+    assert not isinstance(info.value, PlanError)
+    assert 'Referenced column "nope" not found' in str(info.value)
+    assert len(os.listdir(markers)) == 2  # the slow stage ran to its end first
+
+
+def test_good_queries_pass_the_check(sp, tmp_path, check_now):
+    df = sp.from_arrow(pa.table({"a": [1, 2, 3], "b": [4, 5, 6]})).repartition(3, by_rows=True)
+    out = sp.partial_sql("select a + b as c, {cpu_limit} as n from {0} -- sum;", df).repartition(2, hash_by="c")
+    out = sp.partial_sql("select sum(c) as s from {0}", out)
+    assert sum(out.to_pandas()["s"].tolist()) == 21
+
+
+def test_check_delay_reads_the_environment(monkeypatch):
+    monkeypatch.delenv("SP_PLAN_CHECK", raising=False)
+    assert plancheck.check_delay() == plancheck.DEFAULT_DELAY
+    monkeypatch.setenv("SP_PLAN_CHECK", "0")
+    assert plancheck.check_delay() == 0.0
+    monkeypatch.setenv("SP_PLAN_CHECK", "2.5")
+    assert plancheck.check_delay() == 2.5
+    for off in ("off", "false", "no"):
+        monkeypatch.setenv("SP_PLAN_CHECK", off)
+        assert plancheck.check_delay() is None
+
+
+def test_only_data_independent_errors_are_definite():
+    import duckdb
+
+    conn = duckdb.connect()
+    conn.execute("create table t (a integer)")
+    errors = {}
+    for name, sql in {
+        "syntax": "selec a from t",
+        "column": "select nope from t",
+        "table": "select x.a from t",
+        "types": "select a::int[] + 1 from t",
+        "function": "select no_such_function(a) from t",
+    }.items():
+        try:
+            conn.execute(sql)
+        except duckdb.Error as e:
+            errors[name] = e
+    assert {k for k, e in errors.items() if plancheck.definite(e)} == {"syntax", "column", "table"}
+
+
+def test_node_graphs_are_checked_too(make_rt, parquet_files, check_now):
+    # the faulty node comes after a shuffle of 60 producers (a barrier): its turn is seconds away
+    # when the check, a fraction of a second in, reports it
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import (
+        Context,
+        DataSetPartitionNode,
+        DataSourceNode,
+        HashPartitionNode,
+        LogicalPlan,
+        SqlEngineNode,
+    )
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
+    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
+    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+    bad = SqlEngineNode(ctx, (shuffled,), "select id, name from {0}")  # name was left out above
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, bad), make_rt(), num_workers=2)
+    assert "SqlEngineNode" in str(info.value) and 'Referenced column "name" not found' in str(info.value)
+    assert "query: select id, name from {0}" in str(info.value)
