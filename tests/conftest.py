@@ -43,6 +43,13 @@ def parquet_files(tmp_path) -> List[str]:
 
 
 @pytest.fixture
+def no_plan_check(monkeypatch):
+    """For tests of how a task's own failure is handled: queries that cannot bind fail in their
+    tasks, not earlier in the plan check (tests/execution/test_plancheck.py)."""
+    monkeypatch.setenv("SP_PLAN_CHECK", "off")
+
+
+@pytest.fixture
 def log_messages():
     """Messages smallpond logged during the test (WARNING and above)."""
     from smallpond.common import logger

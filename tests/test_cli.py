@@ -37,7 +37,7 @@ def _job(make_rt, parquet_files, sql, job_id):
 
 
 @pytest.fixture
-def two_jobs(make_rt, parquet_files):
+def two_jobs(make_rt, parquet_files, no_plan_check):
     ok = _job(make_rt, parquet_files, "select * from {0}", "11111111-0000-0000-0000-000000000001")
     bad = _job(make_rt, parquet_files, "select nope from {0}", "22222222-0000-0000-0000-000000000002")
     return ok, bad

@@ -178,7 +178,7 @@ def test_corrupt_parquet_file(tmp_path, make_rt, log_messages, inputs_with_corru
         ("select no_such_column from {0}", "no_such_column"),
     ],
 )
-def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit):
+def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit, no_plan_check):
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
     sink = str(tmp_path / "sink")
     plan = sink_plan(lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), query), sink)

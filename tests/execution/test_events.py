@@ -72,7 +72,7 @@ def _fail_first_attempt(rt, inputs, output_path):
     return True
 
 
-def test_retries_and_failures_are_logged_with_decisions(make_rt, parquet_files):
+def test_retries_and_failures_are_logged_with_decisions(make_rt, parquet_files, no_plan_check):
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
     flaky = PythonScriptNode(ctx, (src,), process_func=_fail_first_attempt)

@@ -164,3 +164,19 @@ def test_node_graphs_are_checked_too(make_rt, parquet_files, check_now):
         run_job(LogicalPlan(ctx, bad), make_rt(), num_workers=2)
     assert "SqlEngineNode" in str(info.value) and 'Referenced column "name" not found' in str(info.value)
     assert "query: select id, name from {0}" in str(info.value)
+
+
+def test_an_error_about_a_node_that_ran_is_not_reported():
+    # a task of the node finished: its query did bind, whatever the check concluded (the check is
+    # then wrong about it, e.g. a schema it could not know exactly), so the job goes on
+    from types import SimpleNamespace
+
+    node = SimpleNamespace(id=7, label="SqlEngineNode-000007", location="x.py:1")
+    task = SimpleNamespace(node=node, node_id=7)
+    check = plancheck.PlanCheck(0.0, lambda: [node])
+    check._thread = object()  # started
+    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    check.tick(SimpleNamespace(done={"t1": object()}, tasks={"t1": task}), 1.0)  # no error
+    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    with pytest.raises(PlanError, match="SqlEngineNode-000007 created at x.py:1"):
+        check.tick(SimpleNamespace(done={}, tasks={"t1": task}), 1.0)

@@ -50,7 +50,7 @@ def _hostile_job(make_rt, parquet_files):
     return rt
 
 
-def test_report_is_self_contained_escaped_and_links_task_logs(make_rt, parquet_files):
+def test_report_is_self_contained_escaped_and_links_task_logs(make_rt, parquet_files, no_plan_check):
     rt = _hostile_job(make_rt, parquet_files)
     path = os.path.join(rt.log_root, "report.html")
     page = open(path, encoding="utf-8").read()
