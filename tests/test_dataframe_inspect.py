@@ -57,6 +57,8 @@ def test_schema_is_known_without_running_and_matches_the_result(sp, files):
         "items": sp.from_items([{"x": 1, "y": "z"}]),
         "row filter": src.filter(lambda r: r["a"] % 2 == 0),
         "map with schema": src.map(lambda r: {"k": r["a"]}, schema=pa.schema([("k", pa.int64())])),
+        # a query ending with a comment or a semicolon is put between parentheses as tasks do
+        "trailing comment": sp.partial_sql("select a, s from {0} -- two columns;", src),
     }
     before = _attempts(sp)
     schemas = {name: df.schema for name, df in frames.items()}
