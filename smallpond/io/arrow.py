@@ -179,9 +179,13 @@ def load_from_parquet_files(
 
     def one(p: PathOrRange) -> pa.Table:
         if isinstance(p, RowRange) and not p.whole_file:
-            return pa.Table.from_batches(
-                list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=_file_schema(p.path, columns)
-            )
+            # the columns of ``columns`` this file has, as ParquetFile.read below does for a
+            # whole file (one that no file has is an error below; others are filled with nulls)
+            with _reading(p.path):
+                has = pq.read_schema(p.path)
+            cols = None if columns is None else [c for c in columns if c in has.names]
+            schema = has if cols is None else pa.schema([has.field(c) for c in cols], metadata=has.metadata)
+            return pa.Table.from_batches(list(_iter_range_batches(p, cols, DEFAULT_BATCH_SIZE)), schema=schema)
         path = p.path if isinstance(p, RowRange) else p
         with _reading(path):
             # ParquetFile.read, not read_table: the latter goes through pyarrow.dataset, whose

@@ -53,6 +53,13 @@ def test_loading_a_column_no_file_has_is_an_error(parquet_files, tmp_path):
     pq.write_table(pa.table({"id": [100], "more": ["x"]}), extra)
     t = load_from_parquet_files([parquet_files[0], extra], columns=["id", "more"])
     assert t.column("more").to_pylist() == [None] * 10 + ["x"]
+    # the same when the file lacking the column is read as a row range
+    part = read_row_ranges(parquet_files[:1])[0].take(4)
+    assert not part.whole_file
+    t = load_from_parquet_files([part, extra], columns=["id", "more"])
+    assert t.column("id").to_pylist() == [0, 1, 2, 3, 100] and t.column("more").to_pylist() == [None] * 4 + ["x"]
+    with pytest.raises(KeyError, match=r"columns \['nope'\] not found"):
+        load_from_parquet_files([part], columns=["id", "nope"])
 
 
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 10, 30, 100])
