@@ -3,9 +3,9 @@
 A SQL node far down a pipeline (after an hour of upstream stages) whose query has a typo, or a
 ``repartition(hash_by=...)`` naming a column its input does not have, would otherwise fail only
 when its first task runs. Once a job has run for :data:`DEFAULT_DELAY` seconds, a thread of the
-scheduler's process binds every SQL node's query, and every hash or shuffle partition's key, over
-empty tables typed like the node's inputs (the schemas of :mod:`smallpond.execution.schema`,
-known without reading data), in DuckDB as the tasks do. An error that cannot depend on the data
+scheduler's process binds every SQL node's query, every hash or shuffle partition's key and every
+projection's columns over empty tables typed like the node's inputs (the schemas of
+:mod:`smallpond.execution.schema`, known without reading data), in DuckDB as the tasks do. An error that cannot depend on the data
 fails the job at once with a :class:`~smallpond.errors.PlanError` that names the node, where it
 was created, the query and DuckDB's message; what the job already committed stays committed (a
 rerun after the fix resumes).
@@ -87,11 +87,11 @@ def _checked_query(node) -> Optional[str]:
 
 
 def _checked(node) -> bool:
-    from smallpond.logical.node import HashPartitionNode
+    from smallpond.logical.node import HashPartitionNode, ProjectionNode
 
     if isinstance(node, HashPartitionNode):
         return not node.random_shuffle
-    return _checked_query(node) is not None
+    return isinstance(node, ProjectionNode) or _checked_query(node) is not None
 
 
 def find_errors(
@@ -105,8 +105,8 @@ def find_errors(
     import duckdb
 
     from smallpond.execution.ops.partition import partition_key_expr
-    from smallpond.execution.schema import SchemaUnknown, _infer, render_sql
-    from smallpond.logical.node import HashPartitionNode
+    from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql
+    from smallpond.logical.node import HashPartitionNode, ProjectionNode
 
     schemas: Dict[int, object] = {}
     unknown: set = set()  # ids of nodes whose schema is not known: their consumers are skipped
@@ -138,6 +138,14 @@ def find_errors(
                     unknown.add(id(node))
                 except Exception as e:  # e.g. a placeholder problem: the tasks will say
                     logger.debug("plan check: {} not checked: {}", node.label, e)
+                    unknown.add(id(node))
+                continue
+            if isinstance(node, ProjectionNode) and len(inputs) == 1:
+                try:
+                    _projection_schema(node, inputs[0], conn)
+                except SchemaUnknown as e:
+                    if e.__cause__ is not None and definite(e.__cause__):
+                        found.append((node, f"columns {node.columns!r}", str(e.__cause__)))
                     unknown.add(id(node))
                 continue
             if isinstance(node, HashPartitionNode) and not node.random_shuffle and len(inputs) == 1:
@@ -225,11 +233,13 @@ class PlanCheck:
 
     @staticmethod
     def _ran_nodes(state) -> set:
-        """Ids of the nodes (fused ones stand for all they fused) of which a task finished."""
+        """Ids of the nodes (fused ones stand for all they fused) of which a task that reads data
+        finished (a projection's task only rewrites a description in the scheduler: its
+        consumers read the columns)."""
         ran = set()
         for key in list(state.done):
             task = state.tasks.get(key)
-            if task is not None:
+            if task is not None and not task.exec_on_scheduler:
                 ran.update(int(n.id) for n in _originals(task.node))
                 ran.add(task.node_id)
         return ran

@@ -172,7 +172,7 @@ def test_an_error_about_a_node_that_ran_is_not_reported():
     from types import SimpleNamespace
 
     node = SimpleNamespace(id=7, label="SqlEngineNode-000007", location="x.py:1")
-    task = SimpleNamespace(node=node, node_id=7)
+    task = SimpleNamespace(node=node, node_id=7, exec_on_scheduler=False)
     check = plancheck.PlanCheck(0.0, lambda: [node])
     check._thread = object()  # started
     check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
@@ -180,3 +180,35 @@ def test_an_error_about_a_node_that_ran_is_not_reported():
     check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
     with pytest.raises(PlanError, match="SqlEngineNode-000007 created at x.py:1"):
         check.tick(SimpleNamespace(done={}, tasks={"t1": task}), 1.0)
+    # a task run in the scheduler (a projection's) read no data: it proves nothing
+    task.exec_on_scheduler = True
+    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    with pytest.raises(PlanError):
+        check.tick(SimpleNamespace(done={"t1": object()}, tasks={"t1": task}), 1.0)
+
+
+def test_a_projection_of_a_missing_column_is_reported(make_rt, parquet_files, check_now):
+    # a projection's task only rewrites a description (in the scheduler, at once): its consumers
+    # read the columns, so its having finished does not mean its columns exist
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import (
+        Context,
+        DataSetPartitionNode,
+        DataSourceNode,
+        HashPartitionNode,
+        LogicalPlan,
+        ProjectionNode,
+        SqlEngineNode,
+    )
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
+    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
+    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+    projected = ProjectionNode(ctx, shuffled, ["id", "name"])
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, SqlEngineNode(ctx, (projected,), "select * from {0}")), make_rt(), num_workers=2)
+    assert "ProjectionNode" in str(info.value) and 'Referenced column "name" not found' in str(info.value)
+    assert "columns ['id', 'name']" in str(info.value)
