@@ -111,15 +111,26 @@ def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], bat
         yield batch.slice(lo, hi - lo)
 
 
-def _file_schema(path: str, columns: Optional[List[str]]) -> pa.Schema:
-    with _reading(path):
-        schema = pq.read_schema(path)
-    if columns is not None:
-        missing = [c for c in columns if c not in schema.names]
-        if missing:
-            raise KeyError(f"columns {missing} not found in {path!r}; it has {schema.names}")
-        schema = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
-    return schema
+def _reader_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Schema:
+    """The schema of reading ``columns`` of ``paths`` (all columns: the first file's). A column the
+    first file lacks is typed by the next file that has it (its rows are nulls where a file lacks
+    it, as :func:`load_from_parquet_files` reads them); one that no file has is a KeyError."""
+    with _reading(paths[0]):
+        first = pq.read_schema(paths[0])
+    if columns is None:
+        return first
+    fields = {c: first.field(c) for c in columns if c in first.names}
+    for path in paths[1:]:
+        if len(fields) == len(set(columns)):
+            break
+        with _reading(path):
+            other = pq.read_schema(path)
+        fields.update((c, other.field(c)) for c in columns if c not in fields and c in other.names)
+    missing = [c for c in columns if c not in fields]
+    if missing:
+        where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
+        raise KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {first.names}")
+    return pa.schema([fields[c] for c in columns], metadata=first.metadata)
 
 
 def build_batch_reader_from_files(
@@ -138,7 +149,7 @@ def build_batch_reader_from_files(
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
         raise ValueError("cannot build a batch reader over zero files without a schema")
-    out_schema = schema or _file_schema(ranges[0].path, columns)
+    out_schema = schema or _reader_schema([r.path for r in ranges], columns)
     if max_batch_byte_size and ranges:
         total_rows = sum(r.num_rows for r in ranges) or 1
         total_bytes = sum(r.estimated_data_size for r in ranges)
@@ -152,7 +163,10 @@ def build_batch_reader_from_files(
             for b in _iter_range_batches(r, columns, batch_size):
                 if b.schema != out_schema:
                     b = pa.RecordBatch.from_arrays(
-                        [b.column(out_schema.field(i).name).cast(out_schema.field(i).type) for i in range(len(out_schema))],
+                        [
+                            b.column(f.name).cast(f.type) if f.name in b.schema.names else pa.nulls(b.num_rows, f.type)
+                            for f in out_schema
+                        ],
                         schema=out_schema,
                     )
                 pending.append(b)

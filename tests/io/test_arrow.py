@@ -93,6 +93,17 @@ def test_batch_reader_missing_column_names_the_file(parquet_files):
         build_batch_reader_from_files(parquet_files, columns=["nope"])
 
 
+def test_batch_reader_fills_a_column_some_files_lack_with_nulls(parquet_files, tmp_path):
+    # as load_from_parquet_files does (union by name), whichever file has the column first
+    extra = str(tmp_path / "extra.parquet")
+    pq.write_table(pa.table({"id": [100], "more": ["x"]}), extra)
+    for order in ([parquet_files[0], extra], [extra, parquet_files[0]]):
+        batches = list(build_batch_reader_from_files(order, columns=["id", "more"], batch_size=100))
+        rows = {i: m for b in batches for i, m in zip(b.column(0).to_pylist(), b.column(1).to_pylist())}
+        assert rows == {**{i: None for i in range(10)}, 100: "x"}
+        assert load_from_parquet_files(order, columns=["id", "more"]).num_rows == 11
+
+
 def test_empty_inputs_need_a_schema():
     schema = pa.schema([("a", pa.int64())])
     assert load_from_parquet_files([], schema=schema).schema == schema
