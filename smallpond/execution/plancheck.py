@@ -5,7 +5,8 @@ A SQL node far down a pipeline (after an hour of upstream stages) whose query ha
 when its first task runs. Once a job has run for :data:`DEFAULT_DELAY` seconds, a thread of the
 scheduler's process binds every SQL node's query, every hash or shuffle partition's key and every
 projection's columns over empty tables typed like the node's inputs (the schemas of
-:mod:`smallpond.execution.schema`, known without reading data), in DuckDB as the tasks do. An error that cannot depend on the data
+:mod:`smallpond.execution.schema`, known without reading data), in DuckDB as the tasks do, and
+looks up each range partition's key column. An error that cannot depend on the data
 fails the job at once with a :class:`~smallpond.errors.PlanError` that names the node, where it
 was created, the query and DuckDB's message; what the job already committed stays committed (a
 rerun after the fix resumes).
@@ -87,11 +88,11 @@ def _checked_query(node) -> Optional[str]:
 
 
 def _checked(node) -> bool:
-    from smallpond.logical.node import HashPartitionNode, ProjectionNode
+    from smallpond.logical.node import HashPartitionNode, ProjectionNode, RangePartitionNode
 
     if isinstance(node, HashPartitionNode):
         return not node.random_shuffle
-    return isinstance(node, ProjectionNode) or _checked_query(node) is not None
+    return isinstance(node, (ProjectionNode, RangePartitionNode)) or _checked_query(node) is not None
 
 
 def find_errors(
@@ -104,9 +105,11 @@ def find_errors(
         return []  # (no DuckDB import for a plan of Python nodes)
     import duckdb
 
+    from smallpond.errors import UserCodeError
     from smallpond.execution.ops.partition import partition_key_expr
+    from smallpond.execution.ops.range import key_column_of
     from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql
-    from smallpond.logical.node import HashPartitionNode, ProjectionNode
+    from smallpond.logical.node import HashPartitionNode, ProjectionNode, RangePartitionNode
 
     schemas: Dict[int, object] = {}
     unknown: set = set()  # ids of nodes whose schema is not known: their consumers are skipped
@@ -138,6 +141,13 @@ def find_errors(
                     unknown.add(id(node))
                 except Exception as e:  # e.g. a placeholder problem: the tasks will say
                     logger.debug("plan check: {} not checked: {}", node.label, e)
+                    unknown.add(id(node))
+                continue
+            if isinstance(node, RangePartitionNode) and len(inputs) == 1:
+                try:
+                    key_column_of(node, inputs[0].names)
+                except UserCodeError as e:
+                    found.append((node, f"key_column {node.key_column!r}", str(e)))
                     unknown.add(id(node))
                 continue
             if isinstance(node, ProjectionNode) and len(inputs) == 1:

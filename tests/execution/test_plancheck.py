@@ -212,3 +212,27 @@ def test_a_projection_of_a_missing_column_is_reported(make_rt, parquet_files, ch
         run_job(LogicalPlan(ctx, SqlEngineNode(ctx, (projected,), "select * from {0}")), make_rt(), num_workers=2)
     assert "ProjectionNode" in str(info.value) and 'Referenced column "name" not found' in str(info.value)
     assert "columns ['id', 'name']" in str(info.value)
+
+
+def test_a_range_partition_key_that_is_no_column_is_reported(make_rt, parquet_files, check_now):
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import (
+        Context,
+        DataSetPartitionNode,
+        DataSourceNode,
+        HashPartitionNode,
+        LogicalPlan,
+        RangePartitionNode,
+        SqlEngineNode,
+    )
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
+    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
+    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+    ranged = RangePartitionNode(ctx, (shuffled,), [10, 20], key_column="name", cpu_limit=1, memory_limit=None)
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, ranged), make_rt(), num_workers=2)
+    assert "RangePartitionNode" in str(info.value) and "key column 'name' is not a column" in str(info.value)
