@@ -64,6 +64,7 @@ def dry_run(
     *,
     done: Optional[Dict[str, object]] = None,
     cache=None,
+    planned_nodes: Sequence = (),
 ) -> DryRun:
     """Walk ``targets`` and what they need; see the module docstring.
 
@@ -73,6 +74,9 @@ def dry_run(
         done: outputs already known (a session's earlier results), by task key.
         cache: a :class:`~smallpond.execution.cache_keys.JobCache` to look entries up in, or
             None when the task cache is off.
+        planned_nodes: the planned nodes (whole, as the planner holds them): the tasks of one
+            that the plan check (:mod:`smallpond.execution.plancheck`) finds cannot run would
+            fail, and say why, instead of "will run".
     """
     from smallpond.execution.cache_keys import JobCache, why_changed
 
@@ -142,7 +146,25 @@ def dry_run(
         verdicts.append(
             Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, named_behind)))
         )
+    _plan_check(verdicts, planned_nodes)
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
+
+
+def _plan_check(verdicts: List[Verdict], planned_nodes: Sequence) -> None:
+    """Tasks that will run, of nodes whose query cannot bind, would fail (the check runs now: a dry
+    run is asked for, so its cost is not on a job's way)."""
+    from smallpond.execution.plancheck import check_delay, errors_by_node
+
+    will_run = {v.task.node_id for v in verdicts if v.action == RUN}
+    if not planned_nodes or not will_run or check_delay() is None:
+        return
+    try:
+        reasons = errors_by_node(planned_nodes, will_run)
+    except Exception:  # the check never fails a dry run by its own fault
+        return
+    for v in verdicts:
+        if v.action == RUN and v.task.node_id in reasons:
+            v.action, v.reasons = FAILS, [reasons[v.task.node_id]]
 
 
 def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache, memo: Dict[tuple, List[str]]) -> List[str]:

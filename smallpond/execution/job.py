@@ -463,7 +463,14 @@ class Job:
         planner = self.planner.fork()
         targets = [t for n in nodes for t in planner.plan(n)]
         cache = self.scheduler.cache.fork() if self.scheduler.cache is not None else None
-        return dry_run(self.rt, targets, planner.tasks, done=dict(self.scheduler.state.done), cache=cache)
+        return dry_run(
+            self.rt,
+            targets,
+            planner.tasks,
+            done=dict(self.scheduler.state.done),
+            cache=cache,
+            planned_nodes=planner._planned_nodes,
+        )
 
     def summary(self, show_error: bool = True):
         """The end-of-job summary block (:mod:`smallpond.execution.summary`) of this run so far."""
@@ -542,9 +549,10 @@ def dry_run_plan(plan: LogicalPlan, rt: RuntimeContext, *, manifest_only_final_r
     """
     from smallpond.execution.dryrun import dry_run
 
-    exec_plan = Planner(rt).create_exec_plan(plan, manifest_only_final_results)
+    planner = Planner(rt)
+    exec_plan = planner.create_exec_plan(plan, manifest_only_final_results)
     cache = JobCache(rt) if rt.task_cache else None
-    return dry_run(rt, [exec_plan.root_task], exec_plan.tasks, cache=cache)
+    return dry_run(rt, [exec_plan.root_task], exec_plan.tasks, cache=cache, planned_nodes=planner._planned_nodes)
 
 
 def _write_report(rt: RuntimeContext, history=None, state: Optional[str] = None) -> Optional[str]:

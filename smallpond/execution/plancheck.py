@@ -27,7 +27,7 @@ from __future__ import annotations
 import string
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
 from smallpond.errors import PlanError
@@ -125,7 +125,7 @@ def find_errors(
                 continue
             try:
                 inputs = [_infer(d, schemas, conn) for d in node.input_deps]
-            except SchemaUnknown:
+            except Exception:  # SchemaUnknown, or a footer that cannot be read: the tasks will say
                 unknown.add(id(node))
                 continue
             query = _checked_query(node)
@@ -174,6 +174,41 @@ def find_errors(
     return found
 
 
+def nodes_to_check(planned: Sequence, node_ids: Set[int]) -> Tuple[list, Dict[int, int]]:
+    """The nodes the user built behind the planned nodes whose ids are in ``node_ids``, inputs
+    first, and for each (by ``id()``) the id of the planned node that runs it."""
+    nodes: Dict[int, object] = {}
+    owner: Dict[int, int] = {}
+    for planned_node in planned:
+        if int(planned_node.id) in node_ids:
+            for node in _originals(planned_node):
+                nodes.setdefault(id(node), node)
+                owner.setdefault(id(node), int(planned_node.id))
+    return sorted(nodes.values(), key=lambda n: int(n.id)), owner
+
+
+def plan_error(node, what: str, message: str) -> PlanError:
+    """The error the check raises for ``node`` (``what``: its query, or the key or columns)."""
+    return PlanError(
+        f"{node.label} created at {node.location} cannot run: {message.strip()}\n"
+        f"query: {what}\n"
+        "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
+        "ran; tasks already finished stay committed. SP_PLAN_CHECK=off turns this check off)"
+    )
+
+
+def errors_by_node(planned: Sequence, node_ids: Set[int]) -> Dict[int, str]:
+    """Check now (a dry run): for each planned node whose id is in ``node_ids`` and whose query,
+    key or columns cannot bind, a one-line reason, by the planned node's id."""
+    todo, owner = nodes_to_check(planned, node_ids)
+    reasons: Dict[int, str] = {}
+    for node, _what, message in find_errors(todo, threading.Event()):
+        first = message.strip().splitlines()[0] if message.strip() else message
+        where = "" if owner[id(node)] == int(node.id) else f" (in {node.label}, fused into it)"
+        reasons.setdefault(owner[id(node)], f"the plan check: {first}{where}")
+    return reasons
+
+
 class PlanCheck:
     """Checks a running job's plan in a thread once the job has run for ``delay`` seconds.
 
@@ -210,22 +245,13 @@ class PlanCheck:
             if int(node.id) in ran:  # a task of it finished: the check was wrong about it
                 logger.debug("plan check: {} ran although its query did not bind: {}", node.label, message)
                 continue
-            raise PlanError(
-                f"{node.label} created at {node.location} cannot run: {message.strip()}\n"
-                f"query: {query}\n"
-                "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
-                "ran; tasks already finished stay committed. SP_PLAN_CHECK=off turns this check off)"
-            )
+            raise plan_error(node, query, message)
 
     def _start(self, state) -> None:
         ran = self._ran_nodes(state)
         waiting = {t.node_id for t in list(state.tasks.values())} - ran
-        nodes: Dict[int, object] = {}
-        for planned in self._nodes() if waiting else ():
-            if int(planned.id) in waiting:
-                for node in _originals(planned):
-                    nodes.setdefault(id(node), node)
-        todo = sorted((n for n in nodes.values() if int(n.id) not in ran), key=lambda n: int(n.id))
+        todo, _ = nodes_to_check(self._nodes() if waiting else (), waiting)
+        todo = [n for n in todo if int(n.id) not in ran]
         self._started_at = time.time()
 
         def run() -> None:

@@ -236,3 +236,26 @@ def test_a_range_partition_key_that_is_no_column_is_reported(make_rt, parquet_fi
     with pytest.raises(PlanError) as info:
         run_job(LogicalPlan(ctx, ranged), make_rt(), num_workers=2)
     assert "RangePartitionNode" in str(info.value) and "key column 'name' is not a column" in str(info.value)
+
+
+def test_a_dry_run_says_which_nodes_would_fail_and_why(sp, data_root, make_rt, parquet_files):
+    # explain(dry_run=True) and the Driver's --dry_run check the plan at once (nothing runs)
+    df = sp.from_arrow(pa.table({"a": [1, 2, 3], "b": [4, 5, 6]})).repartition(3, by_rows=True)
+    fused = sp.partial_sql("select a + b as c from {0}", df).repartition(2, hash_by="a")
+    text = sp.partial_sql("select c, nope from {0}", fused).explain(dry_run=True)
+    lines = text.splitlines()
+    hash_line = next(i for i, ln in enumerate(lines) if ln.startswith("HashPartitionNode"))
+    assert 'would fail: the plan check: Binder Error: Referenced column "a" not found' in lines[hash_line + 1]
+    assert "fused into it" not in lines[hash_line + 1]  # the key is the partition's own
+    assert "would fail" in text and text.count("would fail: the plan check") >= 3, text
+    good = sp.partial_sql("select a + b as c from {0}", df).explain(dry_run=True)
+    assert "would fail" not in good
+
+    from smallpond.execution.job import dry_run_plan
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    ctx = Context()
+    bad = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "selec id from {0}")
+    text = str(dry_run_plan(LogicalPlan(ctx, bad), make_rt()))
+    assert 'would fail: the plan check: Parser Error: syntax error at or near "selec"' in text
