@@ -98,8 +98,8 @@ def _checked(node) -> bool:
 def find_errors(
     nodes: list, cancelled: threading.Event, connected: Callable = lambda conn: None
 ) -> List[Tuple[object, str, str]]:
-    """(node, query, DuckDB's message) of each node in ``nodes`` whose query or partition key
-    cannot bind over its inputs' columns. ``nodes`` in the order they were created (inputs first);
+    """(node, what, message) of each node in ``nodes`` whose query, partition key or columns cannot
+    bind over its inputs' columns (``what``: ``query: …``, ``partition key …``, ``columns …``). ``nodes`` in the order they were created (inputs first);
     ``connected`` is given the DuckDB connection used (so that it can be interrupted)."""
     if not any(_checked(n) for n in nodes):
         return []  # (no DuckDB import for a plan of Python nodes)
@@ -137,7 +137,7 @@ def find_errors(
                         conn.sql(sql)  # binds a SELECT without running it (anything else is not run here)
                 except duckdb.Error as e:
                     if definite(e):
-                        found.append((node, query, str(e)))
+                        found.append((node, f"query: {query}", str(e)))
                     unknown.add(id(node))
                 except Exception as e:  # e.g. a placeholder problem: the tasks will say
                     logger.debug("plan check: {} not checked: {}", node.label, e)
@@ -191,7 +191,7 @@ def plan_error(node, what: str, message: str) -> PlanError:
     """The error the check raises for ``node`` (``what``: its query, or the key or columns)."""
     return PlanError(
         f"{node.label} created at {node.location} cannot run: {message.strip()}\n"
-        f"query: {what}\n"
+        f"{what}\n"
         "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
         "ran; tasks already finished stay committed. SP_PLAN_CHECK=off turns this check off)"
     )
@@ -241,11 +241,11 @@ class PlanCheck:
             return
         found, self._found = self._found, []
         ran = self._ran_nodes(state)
-        for node, query, message in found:
+        for node, what, message in found:
             if int(node.id) in ran:  # a task of it finished: the check was wrong about it
-                logger.debug("plan check: {} ran although its query did not bind: {}", node.label, message)
+                logger.debug("plan check: {} ran although its {} did not bind: {}", node.label, what, message)
                 continue
-            raise plan_error(node, query, message)
+            raise plan_error(node, what, message)
 
     def _start(self, state) -> None:
         ran = self._ran_nodes(state)

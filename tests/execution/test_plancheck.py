@@ -77,6 +77,7 @@ def test_a_hash_key_that_is_no_column_fails_early_also_when_fused_with_sql(sp, t
     df = sp.partial_sql("select a + b as c from {0}", _slow_frame(sp, markers)).repartition(2, hash_by="a")
     err = _fails_early(df, markers)
     assert "HashPartitionNode" in str(err) and "repartition" in str(err)
+    assert "partition key ['a']" in str(err) and "query:" not in str(err)
     assert 'Referenced column "a" not found' in str(err)
 
 
@@ -175,14 +176,14 @@ def test_an_error_about_a_node_that_ran_is_not_reported():
     task = SimpleNamespace(node=node, node_id=7, exec_on_scheduler=False)
     check = plancheck.PlanCheck(0.0, lambda: [node])
     check._thread = object()  # started
-    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    check._found = [(node, "query: select nope from {0}", "Binder Error: Referenced column")]
     check.tick(SimpleNamespace(done={"t1": object()}, tasks={"t1": task}), 1.0)  # no error
-    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    check._found = [(node, "query: select nope from {0}", "Binder Error: Referenced column")]
     with pytest.raises(PlanError, match="SqlEngineNode-000007 created at x.py:1"):
         check.tick(SimpleNamespace(done={}, tasks={"t1": task}), 1.0)
     # a task run in the scheduler (a projection's) read no data: it proves nothing
     task.exec_on_scheduler = True
-    check._found = [(node, "select nope from {0}", "Binder Error: Referenced column")]
+    check._found = [(node, "query: select nope from {0}", "Binder Error: Referenced column")]
     with pytest.raises(PlanError):
         check.tick(SimpleNamespace(done={"t1": object()}, tasks={"t1": task}), 1.0)
 
