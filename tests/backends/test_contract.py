@@ -236,6 +236,52 @@ def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
     assert attempts_used(root) == 0, "a parse error was retried"
 
 
+LATE_BAD_SQL_JOB = """
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context, DataSetPartitionNode, DataSourceNode, HashPartitionNode, LogicalPlan, SqlEngineNode,
+)
+
+driver = Driver()
+driver.add_argument("-i", "--input_paths", nargs="+")
+args = driver.get_arguments()
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet(args["input_paths"]))
+rows = DataSetPartitionNode(ctx, (src,), 60, partition_by_rows=True)
+picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
+shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+driver.run(LogicalPlan(ctx, SqlEngineNode(ctx, (shuffled,), "select id, name from {0}")))
+"""
+
+
+def test_a_query_that_cannot_bind_fails_the_job_before_its_turn(backend, tmp_path):
+    # the plan check runs in the scheduler's process whatever the backend: the bad node comes
+    # after a shuffle of 60 producers, and the job fails with a PlanError before any task fails
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=30)
+    script = tmp_path / "late_bad_sql.py"
+    script.write_text(LATE_BAD_SQL_JOB)
+    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
+    cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
+    with backend.job_side(str(script), job_id, data_root):
+        env_backend = _WithEnv(backend, SP_PLAN_CHECK="0")
+        proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path, env_backend)
+    assert proc.returncode == EX_SOFTWARE, proc.stderr[-3000:]
+    assert "PlanError" in proc.stderr and 'Referenced column "name" not found' in proc.stderr, proc.stderr[-3000:]
+    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    assert events_of(root, "failed") == [], "a task failed: the check did not come first"
+
+
+class _WithEnv:
+    """A backend whose jobs run with some more environment variables."""
+
+    def __init__(self, backend, **env: str) -> None:
+        self.backend, self.extra = backend, env
+
+    def env(self):
+        return dict(self.backend.env(), **self.extra)
+
+
 def events_of(root: str, kind: str) -> List[dict]:
     with open(os.path.join(root, "log", "events.jsonl")) as f:
         return [e for e in map(json.loads, f) if e.get("ev") == kind]
