@@ -31,13 +31,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
 from smallpond.errors import PlanError
+from smallpond.logical.compute import TASK_PLACEHOLDERS
 
 #: seconds a job runs before its plan is checked (a shorter job never pays for the check)
 DEFAULT_DELAY = 1.0
 #: seconds the end of a run waits for a check still binding a query (after interrupting it)
 CLOSE_TIMEOUT = 5.0
-#: placeholders with the same value in every task of a node (anything else varies per task)
-_CONSTANT_PLACEHOLDERS = frozenset(("cpu_limit", "memory_limit", "rand_seed", "query_index", "batch_index", "output_filename"))
+#: placeholders that every task has and that do not change which columns a query names (the
+#: others, partition dimensions, may differ per task: a query using one is not checked)
+_CONSTANT_PLACEHOLDERS = frozenset(TASK_PLACEHOLDERS)
 
 
 def check_delay() -> Optional[float]:
