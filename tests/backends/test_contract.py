@@ -237,27 +237,43 @@ def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
 
 
 LATE_BAD_SQL_JOB = """
+import os, time
+import pyarrow as pa
 from smallpond.execution.driver import Driver
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import (
-    Context, DataSetPartitionNode, DataSourceNode, HashPartitionNode, LogicalPlan, SqlEngineNode,
+    ArrowStreamNode, Context, DataSetPartitionNode, DataSourceNode, HashPartitionNode, LogicalPlan, SqlEngineNode,
 )
 
 driver = Driver()
 driver.add_argument("-i", "--input_paths", nargs="+")
+driver.add_argument("-m", "--marker")
 args = driver.get_arguments()
+
+
+def held_up(runtime_ctx, readers):
+    # waits (at most two minutes) for a file nobody creates: the job can only end early by the
+    # plan check's error
+    deadline = time.time() + 120
+    while not os.path.exists(args["marker"]) and time.time() < deadline:
+        time.sleep(0.05)
+    for reader in readers:
+        yield reader.read_all().select(["id", "key"])
+
+
 ctx = Context()
 src = DataSourceNode(ctx, ParquetDataSet(args["input_paths"]))
-rows = DataSetPartitionNode(ctx, (src,), 60, partition_by_rows=True)
-picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
-shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+rows = DataSetPartitionNode(ctx, (src,), 4, partition_by_rows=True)
+slow = ArrowStreamNode(ctx, (rows,), process_func=held_up)
+slow.output_schema = pa.schema([("id", pa.int64()), ("key", pa.int64())])  # what map(schema=...) sets
+shuffled = HashPartitionNode(ctx, (slow,), 2, "key")
 driver.run(LogicalPlan(ctx, SqlEngineNode(ctx, (shuffled,), "select id, name from {0}")))
 """
 
 
 def test_a_query_that_cannot_bind_fails_the_job_before_its_turn(backend, tmp_path):
     # the plan check runs in the scheduler's process whatever the backend: the bad node comes
-    # after a shuffle of 60 producers, and the job fails with a PlanError before any task fails
+    # after a stage held up until the job ends, and the job fails with a PlanError (no task fails)
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=30)
     script = tmp_path / "late_bad_sql.py"
     script.write_text(LATE_BAD_SQL_JOB)
@@ -265,7 +281,8 @@ def test_a_query_that_cannot_bind_fails_the_job_before_its_turn(backend, tmp_pat
     cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
     with backend.job_side(str(script), job_id, data_root):
         env_backend = _WithEnv(backend, SP_PLAN_CHECK="0")
-        proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path, env_backend)
+        marker = str(tmp_path / "never")
+        proc = run([*cmd, *backend.driver_args(), "-i", *inputs, "-m", marker], tmp_path, env_backend, timeout=240)
     assert proc.returncode == EX_SOFTWARE, proc.stderr[-3000:]
     assert "PlanError" in proc.stderr and 'Referenced column "name" not found' in proc.stderr, proc.stderr[-3000:]
     (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))

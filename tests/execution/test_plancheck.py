@@ -40,6 +40,31 @@ def _slow_frame(sp, markers: str, rows: int = 4):
     return df.map(slow, schema=SCHEMA)
 
 
+HOLD_SECONDS = 60.0
+
+
+def _held_up_shuffle(ctx, parquet_files, marker: str):
+    """``id, key`` of the files, through a stage that waits for ``marker`` (never created; at most
+    HOLD_SECONDS), then shuffled by ``key``: what comes after can only run once the stage gives up,
+    so a job that ends sooner was ended by the plan check. (The stage's output schema is declared
+    as ``map(schema=...)`` declares it.)"""
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import ArrowStreamNode, DataSetPartitionNode, DataSourceNode, HashPartitionNode
+
+    def held_up(runtime_ctx, readers):
+        deadline = time.time() + HOLD_SECONDS
+        while not os.path.exists(marker) and time.time() < deadline:
+            time.sleep(0.05)
+        for reader in readers:
+            yield reader.read_all().select(["id", "key"])
+
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    rows = DataSetPartitionNode(ctx, (src,), 2, partition_by_rows=True)
+    slow = ArrowStreamNode(ctx, (rows,), process_func=held_up)
+    slow.output_schema = pa.schema([("id", pa.int64()), ("key", pa.int64())])
+    return HashPartitionNode(ctx, (slow,), 2, "key")
+
+
 @pytest.fixture
 def sp(data_root):
     session = smallpond.init(data_root=data_root, num_executors=2, task_cache="off")
@@ -141,25 +166,12 @@ def test_only_data_independent_errors_are_definite():
     assert {k for k, e in errors.items() if plancheck.definite(e)} == {"syntax", "column", "table"}
 
 
-def test_node_graphs_are_checked_too(make_rt, parquet_files, check_now):
-    # the faulty node comes after a shuffle of 60 producers (a barrier): its turn is seconds away
-    # when the check, a fraction of a second in, reports it
+def test_node_graphs_are_checked_too(make_rt, parquet_files, tmp_path, check_now):
     from smallpond.execution.job import run_job
-    from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import (
-        Context,
-        DataSetPartitionNode,
-        DataSourceNode,
-        HashPartitionNode,
-        LogicalPlan,
-        SqlEngineNode,
-    )
+    from smallpond.logical.node import Context, LogicalPlan, SqlEngineNode
 
     ctx = Context()
-    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
-    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
-    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
-    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+    shuffled = _held_up_shuffle(ctx, parquet_files, str(tmp_path / "never"))
     bad = SqlEngineNode(ctx, (shuffled,), "select id, name from {0}")  # name was left out above
     with pytest.raises(PlanError) as info:
         run_job(LogicalPlan(ctx, bad), make_rt(), num_workers=2)
@@ -188,51 +200,26 @@ def test_an_error_about_a_node_that_ran_is_not_reported():
         check.tick(SimpleNamespace(done={"t1": object()}, tasks={"t1": task}), 1.0)
 
 
-def test_a_projection_of_a_missing_column_is_reported(make_rt, parquet_files, check_now):
+def test_a_projection_of_a_missing_column_is_reported(make_rt, parquet_files, tmp_path, check_now):
     # a projection's task only rewrites a description (in the scheduler, at once): its consumers
     # read the columns, so its having finished does not mean its columns exist
     from smallpond.execution.job import run_job
-    from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import (
-        Context,
-        DataSetPartitionNode,
-        DataSourceNode,
-        HashPartitionNode,
-        LogicalPlan,
-        ProjectionNode,
-        SqlEngineNode,
-    )
+    from smallpond.logical.node import Context, LogicalPlan, ProjectionNode, SqlEngineNode
 
     ctx = Context()
-    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
-    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
-    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
-    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
-    projected = ProjectionNode(ctx, shuffled, ["id", "name"])
+    projected = ProjectionNode(ctx, _held_up_shuffle(ctx, parquet_files, str(tmp_path / "never")), ["id", "name"])
     with pytest.raises(PlanError) as info:
         run_job(LogicalPlan(ctx, SqlEngineNode(ctx, (projected,), "select * from {0}")), make_rt(), num_workers=2)
     assert "ProjectionNode" in str(info.value) and 'Referenced column "name" not found' in str(info.value)
     assert "columns ['id', 'name']" in str(info.value)
 
 
-def test_a_range_partition_key_that_is_no_column_is_reported(make_rt, parquet_files, check_now):
+def test_a_range_partition_key_that_is_no_column_is_reported(make_rt, parquet_files, tmp_path, check_now):
     from smallpond.execution.job import run_job
-    from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import (
-        Context,
-        DataSetPartitionNode,
-        DataSourceNode,
-        HashPartitionNode,
-        LogicalPlan,
-        RangePartitionNode,
-        SqlEngineNode,
-    )
+    from smallpond.logical.node import Context, LogicalPlan, RangePartitionNode
 
     ctx = Context()
-    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
-    rows = DataSetPartitionNode(ctx, (src,), 30, partition_by_rows=True)
-    picked = SqlEngineNode(ctx, (rows,), "select id, key from {0}")
-    shuffled = HashPartitionNode(ctx, (picked,), 2, "key")
+    shuffled = _held_up_shuffle(ctx, parquet_files, str(tmp_path / "never"))
     ranged = RangePartitionNode(ctx, (shuffled,), [10, 20], key_column="name", cpu_limit=1, memory_limit=None)
     with pytest.raises(PlanError) as info:
         run_job(LogicalPlan(ctx, ranged), make_rt(), num_workers=2)
