@@ -222,17 +222,24 @@ driver.run(LogicalPlan(ctx, SqlEngineNode(ctx, (src,), "select idd, from {0}")))
 """
 
 
-def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
-    script = tmp_path / "bad_sql.py"
-    script.write_text(BAD_SQL_JOB)
+def run_script_job(backend, tmp_path, name: str, text: str, inputs: List[str], *extra: str, env_backend=None, timeout=300):
+    """Run a Driver script (``text``) on ``backend`` over ``inputs``; returns the process and the
+    job's folder."""
+    script = tmp_path / name
+    script.write_text(text)
     data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
     cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
     with backend.job_side(str(script), job_id, data_root):
-        proc = run([*cmd, *backend.driver_args(), "-i", *inputs], tmp_path, backend)
+        proc = run([*cmd, *backend.driver_args(), "-i", *inputs, *extra], tmp_path, env_backend or backend, timeout=timeout)
+    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    return proc, root
+
+
+def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    proc, root = run_script_job(backend, tmp_path, "bad_sql.py", BAD_SQL_JOB, inputs)
     assert proc.returncode == EX_SOFTWARE
     assert "select idd, from" in proc.stderr
-    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
     assert attempts_used(root) == 0, "a parse error was retried"
 
 
@@ -275,17 +282,13 @@ def test_a_query_that_cannot_bind_fails_the_job_before_its_turn(backend, tmp_pat
     # the plan check runs in the scheduler's process whatever the backend: the bad node comes
     # after a stage held up until the job ends, and the job fails with a PlanError (no task fails)
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=30)
-    script = tmp_path / "late_bad_sql.py"
-    script.write_text(LATE_BAD_SQL_JOB)
-    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
-    cmd = [sys.executable, str(script), backend.driver_mode(), "--job_id", job_id, "--data_root", data_root]
-    with backend.job_side(str(script), job_id, data_root):
-        env_backend = _WithEnv(backend, SP_PLAN_CHECK="0")
-        marker = str(tmp_path / "never")
-        proc = run([*cmd, *backend.driver_args(), "-i", *inputs, "-m", marker], tmp_path, env_backend, timeout=240)
+    marker = str(tmp_path / "never")
+    env_backend = _WithEnv(backend, SP_PLAN_CHECK="0")
+    proc, root = run_script_job(
+        backend, tmp_path, "late_bad_sql.py", LATE_BAD_SQL_JOB, inputs, "-m", marker, env_backend=env_backend, timeout=240
+    )
     assert proc.returncode == EX_SOFTWARE, proc.stderr[-3000:]
     assert "PlanError" in proc.stderr and 'Referenced column "name" not found' in proc.stderr, proc.stderr[-3000:]
-    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
     assert events_of(root, "failed") == [], "a task failed: the check did not come first"
 
 
