@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from smallpond.platform import MPI, Manual, Platform, get_platform
+from tests.processes import alive
 
 pytestmark = pytest.mark.queue
 
@@ -90,7 +91,7 @@ def test_base_platform_starts_polls_and_stops_subprocesses(script, log_messages)
     for i in ids:
         platform.stop_job(i)
     assert all(platform.poll_job(i) is not None for i in ids)
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun is not installed (.ci/run installs openmpi-bin)")
@@ -126,11 +127,3 @@ def test_mpi_job_survives_the_loss_of_one_rank(script):
 
 def test_manual_platform_starts_nothing():
     assert Manual().start_job(3, sys.executable, ["-c", "pass"]) == []
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (it may exit between two questions asked of it)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False

@@ -36,6 +36,7 @@ from smallpond.io.filesystem import signed_bytes, verified_payload
 from tests.backends.backend_queue import alive, job_executors
 from tests.datagen import generate_parquet_files
 from tests.execution.queue_job import queue_plan
+from tests.processes import alive as pid_alive
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUEUE_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "queue_job.py")
@@ -81,14 +82,6 @@ def markers(path: str) -> List[Tuple[str, str, int, int]]:
         kind, key, attempt, pid = name.split(".")
         out.append((kind, key, int(attempt), int(pid)))
     return out
-
-
-def _gone(pid: int) -> bool:
-    """The process has exited (or is a zombie); it may exit between two questions asked of it."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_until(predicate, seconds: float, what: str):
@@ -224,7 +217,7 @@ def test_a_cancelled_attempt_is_killed_and_not_reported(queue_executor, inputs, 
         qe.submit(task, task_inputs, 0, memory=256 << 20)
         (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the attempt to start")[0]
         qe.cancel(task.key, 0)
-        wait_until(lambda: _gone(pid), 10, "the worker to die")
+        wait_until(lambda: not pid_alive(pid), 10, "the worker to die")
         assert qe.poll(1.0) == []
         assert [m for m in markers(marker_dir) if m[0] == "end"] == []
         assert os.listdir(qe.paths.member(os.listdir(qe.paths.executors)[0], "claimed")) == []
@@ -245,7 +238,7 @@ def test_a_killed_executors_worker_dies_with_it_and_its_attempt_is_lost(queue_ex
         assert (c.key, c.attempt, c.ok) == (task.key, 0, False) and isinstance(c.error, WorkerLost)
         assert "died" in str(c.error)
         # its worker does not go on running the attempt the scheduler now gives to another
-        wait_until(lambda: _gone(pid), 10, "the worker to die")
+        wait_until(lambda: not pid_alive(pid), 10, "the worker to die")
     finally:
         qe.shutdown()
         stop(procs)
@@ -274,7 +267,7 @@ def test_two_attempts_of_one_task_run_at_once_and_one_can_be_cancelled(queue_exe
         assert psutil.pid_exists(slow_pid), "attempt 0 should still be running"
         qe.cancel(task.key, 0)
         wait_until(
-            lambda: _gone(slow_pid),
+            lambda: not pid_alive(slow_pid),
             10,
             "attempt 0's worker to die",
         )
@@ -299,7 +292,7 @@ def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(que
         new = queue_executor(make_rt(str(rt.job_id)))  # the same job: its rerun
         assert new.epoch == old.epoch + 1
         # by the time the new scheduler may read commit records, the old attempt is dead
-        assert _gone(pid)
+        assert not pid_alive(pid)
         assert [m for m in markers(marker_dir) if m[0] == "end"] == []
         # the executor started by hand rejoined: it serves the new generation
         task2, inputs2 = planned_task(new.rt, inputs, marker_dir, sleep=0)
@@ -329,7 +322,7 @@ def test_an_old_executor_that_does_not_answer_is_fenced_off_before_the_new_sched
         assert os.path.exists(new.paths.member(member, "lost"))
         holder.resume()
         assert procs[0].wait(30) == 75  # it finds the marker, kills its worker and exits
-        assert _gone(pid)
+        assert not pid_alive(pid)
         assert [m for m in markers(marker_dir) if m[0] == "end"] == []
     finally:
         if holder is not None:
@@ -384,7 +377,7 @@ def test_a_hung_executor_is_lost_and_its_attempt_runs_elsewhere(tmp_path, inputs
         holder.resume()  # it wakes up, finds itself declared lost, kills its worker and exits
         code = next(p for p in procs if p.pid == holder.pid).wait(30)
         assert code == 75
-        assert _gone(worker_pid)
+        assert not pid_alive(worker_pid)
         assert ("end", key, attempt, worker_pid) not in markers(marker_dir)
     finally:
         for p in stopped:

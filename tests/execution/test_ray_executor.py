@@ -28,6 +28,7 @@ from smallpond.execution.planner import Planner
 from smallpond.execution.scheduler import Scheduler
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, PythonScriptNode
+from tests.processes import alive
 from tests.ray_cluster import OBJECT_STORE, RayTestCluster, get_cluster, ray_env
 
 pytestmark = pytest.mark.ray
@@ -139,23 +140,14 @@ def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reporte
         pid0 = int(next(line for line in lines(log) if line.startswith(f"start {task.key} 0")).split()[3])
         # the cancelled attempt's worker process is killed (force), so it never ends or commits
         end = time.monotonic() + 30
-        while _alive(pid0) and time.monotonic() < end:
+        while alive(pid0) and time.monotonic() < end:
             assert ex.poll(0.2) == []
-        assert not _alive(pid0)
+        assert not alive(pid0)
         assert ex.poll(0.5) == []
     finally:
         ex.shutdown()
     assert f"end {task.key} 0" not in lines(log)
     assert read_commit(rt, task)["attempt"] == 1
-
-
-def _alive(pid: int) -> bool:
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):
