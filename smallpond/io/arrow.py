@@ -128,9 +128,14 @@ def _reader_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Sch
         fields.update((c, other.field(c)) for c in columns if c not in fields and c in other.names)
     missing = [c for c in columns if c not in fields]
     if missing:
-        where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
-        raise KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {first.names}")
+        raise _no_such_columns(missing, paths, first.names)
     return pa.schema([fields[c] for c in columns], metadata=first.metadata)
+
+
+def _no_such_columns(missing: List[str], paths: Sequence[str], first_names: List[str]) -> KeyError:
+    """The error for requested columns that none of ``paths`` has (``first_names``: the first's)."""
+    where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
+    return KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {first_names}")
 
 
 def build_batch_reader_from_files(
@@ -221,9 +226,7 @@ def load_from_parquet_files(
         missing = [c for c in columns if c not in present]
         if missing:
             paths = [p.path if isinstance(p, RowRange) else p for p in items]
-            where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
-            has = pq.read_schema(paths[0]).names
-            raise KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {has}")
+            raise _no_such_columns(missing, paths, pq.read_schema(paths[0]).names)
     if any(not t.schema.equals(tables[0].schema) for t in tables):
         tables = [cast_columns_to_large_string(t) for t in tables]
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
