@@ -239,7 +239,7 @@ class PlanCheck:
             if elapsed >= self.delay and not self._cancelled.is_set():
                 self._start(state)
             return
-        if self._found is None or not self._found:
+        if not self._found:  # still running, or nothing found
             return
         found, self._found = self._found, []
         ran = self._ran_nodes(state)
