@@ -13,7 +13,9 @@ rerun after the fix resumes).
 
 Only errors that do not depend on data are reported: DuckDB's parser errors, and its binder's
 ``Referenced column``/``Referenced table`` errors. Anything else (a type mismatch, a missing
-function, a file a query reads itself) is left to the tasks, which see the real data. Not checked:
+function, a file a query reads itself) is left to the tasks, which see the real data; so is a
+missing column in a query that reads files itself (``read_parquet(...)``, ``FROM 'x.csv'``): the
+job may write those files, or rewrite them with other columns, before the query runs. Not checked:
 nodes whose query uses a per-task placeholder (a partition dimension), nodes with UDFs or several
 statements, nodes downstream of one whose schema is only known when it runs (Python code without
 ``schema=``), and nodes of which a task has already finished (it ran: the query is fine).
@@ -24,6 +26,7 @@ process). ``SP_PLAN_CHECK`` sets the delay in seconds, or turns the check off (`
 
 from __future__ import annotations
 
+import re
 import string
 import threading
 import time
@@ -66,6 +69,20 @@ def definite(exc: BaseException) -> bool:
         text = str(exc)
         return "Referenced column" in text or "Referenced table" in text
     return False
+
+
+#: a query that reads data of its own (a table function over files, or a file named after FROM
+#: or JOIN): those files may be written, or rewritten with other columns, by the job before the
+#: query runs, so a missing column there is not definite
+_READS_OWN_DATA = re.compile(
+    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_metadata|parquet_schema)\s*\(|\b(?:from|join)\s+['\"]",
+    re.IGNORECASE,
+)
+
+
+def reads_own_data(query: str) -> bool:
+    """Does the user's query read files itself (beside its inputs' ``{0}``, ``{1}``, …)?"""
+    return _READS_OWN_DATA.search(query) is not None
 
 
 def _originals(node) -> list:
@@ -138,7 +155,8 @@ def find_errors(
                     if len(statements) == 1 and statements[0].type == duckdb.StatementType.SELECT:
                         conn.sql(sql)  # binds a SELECT without running it (anything else is not run here)
                 except duckdb.Error as e:
-                    if definite(e):
+                    # a column missing from a file the query reads itself may be there when it runs
+                    if definite(e) and (isinstance(e, duckdb.ParserException) or not reads_own_data(query)):
                         found.append((node, f"query: {query}", str(e)))
                     unknown.add(id(node))
                 except Exception as e:  # e.g. a placeholder problem: the tasks will say
