@@ -283,6 +283,11 @@ def test_queries_reading_files_themselves_are_recognised():
         'select * from {0} join "d.csv" using (k)',
         "select * from glob('x/*')",
     ]
-    plain = ["select a, b from {0}", "select readme from {0}", "select * from {0} join {1} using (k)", "select 'from' as f from {0}"]
+    plain = [
+        "select a, b from {0}",
+        "select readme from {0}",
+        "select * from {0} join {1} using (k)",
+        "select 'from' as f from {0}",
+    ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)
