@@ -222,6 +222,13 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} PiB"  # pragma: no cover
 
 
+def some_of(items: Sequence[str], shown: int = 3) -> str:
+    """The first ``shown`` of ``items`` joined by commas, and how many more there are:
+    ``"a, b, c and 4 more"``."""
+    head = ", ".join(items[:shown])
+    return head + (f" and {len(items) - shown} more" if len(items) > shown else "")
+
+
 def human_seconds(s: float) -> str:
     """A duration for people.
 
@@ -554,6 +561,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "some_of",
     "KB", "MB", "GB", "TB",
     "DEFAULT_MAX_RETRY_COUNT", "DEFAULT_MAX_FAIL_COUNT", "MAX_ROW_GROUP_SIZE", "MAX_ROW_GROUP_BYTES",
     "MAX_NUM_ROW_GROUPS", "MAX_PARQUET_FILE_BYTES", "DEFAULT_ROW_GROUP_SIZE", "DEFAULT_ROW_GROUP_BYTES",

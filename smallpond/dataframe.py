@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock, sql_fragment
+from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock, some_of, sql_fragment
 from smallpond.errors import ParameterError, UserCodeError
 from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
@@ -469,7 +469,7 @@ def _read(ds: DataSet):
             raise e from None
         if not paths:
             raise
-        where = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+        where = some_of(paths)
         raise type(e)(f"{e}\n  reading {where}") from e
     finally:
         conn.close()

@@ -169,3 +169,12 @@ def test_rare_full_collections_raises_the_third_threshold_and_puts_it_back():
     except ValueError:
         pass
     assert gc.get_threshold() == before
+
+
+def test_some_of_names_the_first_few_and_counts_the_rest():
+    from smallpond.common import some_of
+
+    assert some_of([]) == ""
+    assert some_of(["a", "b", "c"]) == "a, b, c"
+    assert some_of(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
+    assert some_of(list("abcdefg"), 5) == "a, b, c, d, e and 2 more"

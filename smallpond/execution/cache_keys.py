@@ -36,7 +36,7 @@ import time
 from itertools import repeat
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from smallpond.common import logger
+from smallpond.common import logger, some_of
 from smallpond.execution.cache import LOCK_REFRESH_SECONDS, Claim, Entry, TaskCache, open_cache
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -277,7 +277,7 @@ def why_changed(
     p_env, c_env = prev.get("env") or {}, cur.get("env") or {}
     if p_env != c_env:
         names = sorted(k for k in set(p_env) | set(c_env) if p_env.get(k) != c_env.get(k))
-        shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        shown = some_of(names, 5)
         reasons.append(f"the job's environment variable{'s' if len(names) > 1 else ''} {shown} changed")
     p_in, c_in = prev.get("inputs", []), cur.get("inputs", [])
     if len(p_in) != len(c_in):
@@ -319,7 +319,7 @@ def _input_changes(
         out.append(f"(+{len(external) - 3} more changed input files)")
     names = list(dict.fromkeys(n for k in changed_tasks for n in (origin(k) if origin else [k])))
     if names:
-        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        shown = some_of(names)
         out.append(f"its input from {shown} was recomputed")
     if not out and prev.get("desc") != cur.get("desc"):
         out.append(f"input {i}'s description changed (columns, options or row ranges)")

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from smallpond.common import some_of
 from smallpond.execution.attempt import read_commit, run_inline
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -236,7 +237,7 @@ def _uncached_reason(task: Task) -> str:
 
 
 def _names(keys: List[str]) -> str:
-    return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    return some_of(keys)
 
 
 def format_dry_run(result: DryRun) -> str:
