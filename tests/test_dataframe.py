@@ -85,6 +85,13 @@ def test_count_and_to_arrow_every_source(sp, files, kind):
     assert rows(df.to_arrow(), "a", "b", "s") == rows(files["table"], "a", "b", "s")
 
 
+@pytest.mark.parametrize("how", [{"hash_by": "a"}, {"hash_by": ["a", "b"]}, {"by_rows": True}, {}])
+def test_count_after_a_repartition_of_several_files(sp, files, how):
+    # a hash or value repartition's partitions travel in a compact form; each counts its rows
+    df = source(sp, files, "parquet").repartition(4, **how)
+    assert df.count() == 1000
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_python_map_filter_on_every_source(sp, files, kind):
     df = source(sp, files, kind)

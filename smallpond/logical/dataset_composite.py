@@ -149,10 +149,7 @@ class PartitionedDataSet(DataSet):
             cls, template, paths = self._compact
             # built on each use, not kept: a consumer takes its partition from every producer once,
             # and P x C datasets held in the scheduler would cost more than rebuilding one
-            ds = cls.__new__(cls)
-            ds.__dict__.update(template)
-            ds.paths = list(paths[i])
-            ds._resolved_paths = sorted(ds.paths)
+            ds = _from_template(cls, template, list(paths[i]))
         return ds
 
     def __len__(self) -> int:
@@ -173,11 +170,7 @@ class PartitionedDataSet(DataSet):
             if c is None or c[0] is not cls or (c[1] is not template and c[1] != template):
                 return None
             paths.extend(c[2][index])
-        ds = cls.__new__(cls)
-        ds.__dict__.update(template)
-        ds.paths = paths
-        ds._resolved_paths = sorted(paths)
-        return ds
+        return _from_template(cls, template, paths)
 
     @property
     def paths(self):
@@ -236,6 +229,17 @@ def _compact_partitions(datasets: Sequence[DataSet]):
         if len(state) != len(first.__dict__) or any(state.get(k) is not v and state.get(k) != v for k, v in template.items()):
             return None
     return (cls, template, [tuple(d.paths) for d in datasets])
+
+
+def _from_template(cls, template: dict, paths: List[str]) -> DataSet:
+    """One partition of a compact form: the shared options, its files, and the state that
+    varies per partition (see ``_compact_partitions``) as a fresh dataset has it."""
+    ds = cls.__new__(cls)
+    ds.__dict__.update(template)
+    ds.paths = paths
+    ds._resolved_paths = sorted(paths)
+    ds._num_rows = None  # counted on first use, per partition
+    return ds
 
 
 def _partitioned_from_compact(cls, template, paths) -> PartitionedDataSet:
