@@ -109,8 +109,12 @@ class DataSet:
             out: List[str] = []
             for path, pattern in self._patterns():
                 if pattern is not None:
-                    out.extend(x for x in glob.glob(pattern, recursive=self.recursive) if not os.path.isdir(x))
-                elif os.path.isdir(path):
+                    matches = glob.glob(pattern, recursive=self.recursive)
+                    if matches or not os.path.exists(path):
+                        out.extend(self._glob_files(matches))
+                        continue
+                    # else: a name holding glob characters ("x[1]") that matches only itself, literally
+                if os.path.isdir(path):
                     out.extend(self._directory_files(path))
                 else:
                     out.append(path)
@@ -120,6 +124,19 @@ class DataSet:
     def _directory_files(self, directory: str) -> List[str]:
         """The files a directory given as a path stands for (subclasses decide; default: itself)."""
         return [directory]
+
+    def _glob_files(self, matches: List[str]) -> List[str]:
+        """The files a glob's matches stand for: its files, and the files of each folder it
+        matches when this kind reads folders (Parquet: ``out/part*`` over output folders reads
+        their files, as the folders given one by one would); other folders are left out."""
+        reads_folders = type(self)._directory_files is not DataSet._directory_files
+        out: List[str] = []
+        for x in matches:
+            if not os.path.isdir(x):
+                out.append(x)
+            elif reads_folders:
+                out.extend(self._directory_files(x))
+        return out
 
     @property
     def num_files(self) -> int:
@@ -146,7 +163,7 @@ class DataSet:
         missing = []
         for path, pattern in self._patterns():
             if pattern is not None:
-                if not glob.glob(pattern, recursive=self.recursive):
+                if not glob.glob(pattern, recursive=self.recursive) and not os.path.exists(path):
                     missing.append(path)
             elif not os.path.exists(path):
                 missing.append(path)

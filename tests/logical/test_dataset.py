@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import duckdb
 import pyarrow as pa
 import pytest
@@ -20,6 +22,26 @@ def test_resolved_paths_are_sorted_and_globs_expanded(tmp_path):
     ds = ParquetDataSet(["*.parquet"], root_dir=str(tmp_path))
     assert ds.resolved_paths == sorted(files)
     assert ds.num_files == 3 and ds.num_rows == 30
+
+
+def test_a_glob_matching_folders_reads_their_files(tmp_path):
+    # ``out/part*`` over output folders reads their files, as the folders given one by one do (it
+    # read nothing, silently); a folder whose name holds glob characters is read by that name
+    for i, name in enumerate(["part1", "part2", "odd*name", "x[1]"]):
+        generate_parquet_files(str(tmp_path / "out" / name), nfiles=2, prefix=f"p{i}-")
+    (tmp_path / "out" / "partial.txt").write_text("not a folder of Parquet files")
+    part = ParquetDataSet([str(tmp_path / "out" / "part?")])
+    assert [os.path.relpath(p, tmp_path) for p in part.resolved_paths] == [
+        "out/part1/p0-0.parquet",
+        "out/part1/p0-1.parquet",
+        "out/part2/p1-0.parquet",
+        "out/part2/p1-1.parquet",
+    ]
+    assert part.num_rows == 40 and part.missing_paths() == []
+    assert ParquetDataSet([str(tmp_path / "out" / "odd*name")]).num_files == 2
+    literal = ParquetDataSet([str(tmp_path / "out" / "x[1]")])  # as a pattern it matches only "x1"
+    assert literal.missing_paths() == [] and literal.num_files == 2
+    assert ParquetDataSet([str(tmp_path / "out" / "nothing*")]).missing_paths() == [str(tmp_path / "out" / "nothing*")]
 
 
 def test_partition_by_files_stays_by_files_after_num_rows(parquet_files):
