@@ -20,11 +20,23 @@ import random
 import re
 from typing import List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, quote_literal, split_into_rows, sql_fragment
+from smallpond.common import DEFAULT_BATCH_SIZE, quote_identifier, quote_literal, split_into_rows, sql_fragment
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal, file_identity
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
+#: a ``columns`` item that is a column name as it stands in SQL (else it is quoted when it names a
+#: column of the data, or taken as an expression)
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: DuckDB's reserved keywords: a column named so must be quoted (``select``, ``order``)
+_RESERVED = frozenset(
+    "all analyse analyze and any array as asc asymmetric both case cast check collate column constraint "
+    "create default deferrable desc describe distinct do else end except false fetch for foreign from "
+    "grant group having in initially intersect into lateral leading limit not null offset on only or "
+    "order pivot pivot_longer pivot_wider placing primary qualify references returning select show some "
+    "summarize symmetric table then to trailing true union unique unpivot using variadic when where "
+    "window with".split()
+)
 _quote = quote_literal
 
 
@@ -156,7 +168,26 @@ class DataSet:
 
     @property
     def _column_str(self) -> str:
-        return ", ".join(map(sql_fragment, self.columns)) if self.columns else "*"
+        return ", ".join(map(self._select_item, self.columns)) if self.columns else "*"
+
+    def _select_item(self, item: str) -> str:
+        """A ``columns`` item in SQL: a name of the data's columns quoted when it must be (``my
+        col``, ``select``), anything else as written (upstream's ``columns`` may hold expressions:
+        ``"string_split(url, '/')[1] as host"``)."""
+        if _PLAIN_NAME.fullmatch(item) and item.lower() not in _RESERVED:
+            return item
+        if item in self._data_column_names():
+            return quote_identifier(item)
+        return sql_fragment(item)
+
+    def _is_expression(self, item: str) -> bool:
+        """Whether a ``columns`` item is an expression rather than a name of the data's columns."""
+        return not _PLAIN_NAME.fullmatch(item) and item not in self._data_column_names()
+
+    def _data_column_names(self) -> frozenset:
+        """The names of the data's columns, when this kind knows them (asked only for a
+        ``columns`` item that is no plain name)."""
+        return frozenset()
 
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""

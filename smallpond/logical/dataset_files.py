@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, sql_fragment
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
@@ -72,6 +72,9 @@ class CsvDataSet(DataSet):
     def _describe(self):
         return super()._describe() + (tuple(self.csv_schema.items()), self.delim, self.header)
 
+    def _data_column_names(self) -> frozenset:
+        return frozenset(self.csv_schema)
+
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
             return _typed_empty_sql(self._column_str, self.csv_schema)
@@ -111,6 +114,9 @@ class JsonDataSet(DataSet):
 
     def _describe(self):
         return super()._describe() + (tuple(self.json_schema.items()), self.format)
+
+    def _data_column_names(self) -> frozenset:
+        return frozenset(self.json_schema)
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
@@ -179,8 +185,12 @@ class ParquetDataSet(DataSet):
         if not self.columns:
             return "*"
         if "*" in self.columns:
-            return ", ".join(map(sql_fragment, self.columns))
-        return ", ".join(map(sql_fragment, self.columns + [c for c in self.generated_columns if c not in self.columns]))
+            return ", ".join(map(self._select_item, self.columns))
+        return ", ".join(map(self._select_item, self.columns + [c for c in self.generated_columns if c not in self.columns]))
+
+    def _data_column_names(self) -> frozenset:
+        paths = self.resolved_paths
+        return _parquet_column_names(paths[0]) if paths else frozenset()
 
     @property
     def resolved_row_ranges(self):
@@ -272,7 +282,7 @@ class ParquetDataSet(DataSet):
         return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
 
     def _has_expressions(self) -> bool:
-        return bool(self.columns) and any(not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", c) for c in self.columns)
+        return bool(self.columns) and any(self._is_expression(c) for c in self.columns)
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
         if conn is not None or self.generated_columns or self._has_expressions() or self.union_by_name and self.columns is None:
@@ -411,3 +421,25 @@ class ParquetDataSet(DataSet):
             return None
         t = pq.ParquetFile(path).read_row_group(0, columns=[data_partition_column])
         return int(t.column(0)[0].as_py())
+
+
+_names_seen: Dict[tuple, frozenset] = {}
+
+
+def _parquet_column_names(path: str) -> frozenset:
+    """The column names of a Parquet file (its footer read once per version of the file)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return frozenset()
+    key = (path, st.st_size, st.st_mtime_ns)
+    names = _names_seen.get(key)
+    if names is None:
+        import pyarrow.parquet as pq
+
+        try:
+            names = frozenset(pq.read_schema(path).names)
+        except Exception:  # not readable: the reader's own error will say
+            names = frozenset()
+        _names_seen[key] = names
+    return names

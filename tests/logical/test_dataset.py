@@ -269,3 +269,26 @@ def test_all_paths_of_a_partitioned_dataset_without_building_its_partitions():
     assert sorted(compact.all_paths()) == expected and compact._compact is not None
     nested = PartitionedDataSet([PartitionedDataSet(parts[:10]), *parts[10:]])
     assert sorted(nested.all_paths()) == expected
+
+
+def test_columns_that_are_names_of_the_data_reach_sql_quoted(tmp_path):
+    # ``columns`` items naming a column (a space, a reserved word) are quoted; expressions stay SQL
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "odd.parquet")
+    pq.write_table(pa.table({"my col": [1, 2], "select": [3, 4], "x": ["a", "b"]}), path)
+    conn = duckdb.connect()
+
+    def rows(ds):
+        return conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)}").fetchall()
+
+    ds = ParquetDataSet([path], columns=["my col", "select", "x"])
+    assert rows(ds) == [(1, 3, "a"), (2, 4, "b")]
+    assert not ds._has_expressions()  # names only: the pyarrow reader serves them too
+    assert ds.to_arrow_table().column_names == ["my col", "select", "x"]
+    expr = ParquetDataSet([path], columns=["x || '!' as y", "my col"])
+    assert expr._has_expressions() and rows(expr) == [("a!", 1), ("b!", 2)]
+    csv = tmp_path / "odd.csv"
+    csv.write_text("1,2\n3,4\n")
+    cds = CsvDataSet([str(csv)], schema={"my col": "BIGINT", "order": "BIGINT"}, columns=["order", "my col"])
+    assert rows(cds) == [(2, 1), (4, 3)]
