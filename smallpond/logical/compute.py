@@ -164,8 +164,8 @@ def _check_placeholders(node: Node, query: str) -> None:
     try:
         query.format(*views, **named)
         return
-    except failures:  # perhaps a partition dimension: the ancestors are walked only now
-        named.update(dict.fromkeys(_ancestor_dimensions(node), 0))
+    except failures:  # perhaps a partition dimension: the input's partitioning is asked only now
+        named.update(dict.fromkeys(_task_dimensions(node), 0))
     try:
         query.format(*views, **named)
         return
@@ -184,6 +184,17 @@ def _check_placeholders(node: Node, query: str) -> None:
                 f"Write literal braces as '{{{{' and '}}}}': {query}"
             )
         ) from None
+
+
+def _task_dimensions(node: Node) -> set:
+    """The partition dimensions a task of ``node`` has: those of its input's partitioning (a
+    partition that is not nested replaces the dimensions before it, so an ancestor's dimension
+    is not necessarily one of them). Every ancestor's when the partitioning cannot be told here
+    (inputs that do not fit together: building the node reports that)."""
+    try:
+        return {d for d, _ in node._main_input_shape()}
+    except Exception:
+        return _ancestor_dimensions(node)
 
 
 def _ancestor_dimensions(node: Node) -> set:

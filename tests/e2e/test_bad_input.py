@@ -28,6 +28,7 @@ from smallpond.logical.node import (
     LimitNode,
     LogicalPlan,
     Node,
+    ShuffleNode,
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files, parquet_paths_in, write_corrupt_parquet
@@ -229,6 +230,22 @@ def test_known_placeholders_pass_the_build_time_check(tmp_path):
     )
     SqlEngineNode(ctx, (nested,), query)
     SqlEngineNode(ctx, (nested, src), "select * from {0} join {1} using (a)")
+
+
+@pytest.mark.parametrize("second", ["hash", "shuffle"])
+def test_a_dimension_a_partition_replaced_is_unknown_after_it(tmp_path, second):
+    # a partition that is not nested replaces the dimensions before it: {__data_partition__} is
+    # no placeholder of the tasks after it (it passed the build and the dry run, and failed them)
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "x.parquet")])),), 2)
+    if second == "hash":
+        again = HashPartitionNode(ctx, (parts,), 3, ["id"], data_partition_column="bucket")
+    else:
+        again = ShuffleNode(ctx, (parts,), 3, data_partition_column="bucket")
+    with pytest.raises(ParameterError) as info:
+        SqlEngineNode(ctx, (again,), "select {__data_partition__} as part, * from {0}")
+    assert "unknown placeholder {__data_partition__}" in str(info.value) and "'bucket'" in str(info.value)
+    SqlEngineNode(ctx, (again,), "select {bucket} as part, * from {0}")
 
 
 def test_failed_job_leaves_previous_sink_result_intact(tmp_path, make_rt, log_messages, inputs_with_corrupt_file):
