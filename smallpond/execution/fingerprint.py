@@ -9,8 +9,21 @@ ids cloudpickle gives classes) may.
 
 :func:`stable_digest` never fails on ordinary user values and never recurses without bound:
 
-* modules are identified by name; functions and classes of installed libraries (site-packages,
-  the standard library, smallpond) by module, qualified name and the library's version;
+* modules of installed libraries (site-packages, the standard library, smallpond) by name and
+  the library's version, as their functions and classes are (by module, qualified name and
+  version); a module without a source file that can be read (builtin, frozen, an extension
+  module, imported from a zip) by its name alone;
+* a module of the user's own code (any other module with a source file: one next to the script, a
+  package of the user's project, an editable install) by its name and the digest of its file, and
+  those of the user modules it refers to, transitively (:func:`_user_modules_of`: its loaded
+  submodules and the modules it imports). So ``mymod.g(x)`` in a lambda sees an edit of ``g``,
+  of a constant ``g`` reads, of ``pkg/sub.py`` behind ``pkg.sub.fn``, or of ``config.py`` behind
+  ``from config import K`` in ``mymod``. This over-invalidates on purpose: any edit of such a file
+  (a comment, a function the task never calls) changes the fingerprint; a stale reuse would be
+  worse. Each file is read once per version of it (path, size, times, inode) in a process. A
+  module whose file changed after it was imported (and was not reloaded) runs code the file no
+  longer holds: it is :class:`Unfingerprintable` (see below) rather than keyed by what the file
+  says now;
 * the user's own functions by their code (bytecode, the names it uses, constants, nested code),
   defaults, closure, and the globals their code names (a module-level constant the function reads
   is part of it); the user's own classes by their methods;
@@ -29,14 +42,18 @@ ids cloudpickle gives classes) may.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import os
 import sys
 import sysconfig
 import threading
 import types
+import weakref
 from functools import partial
-from typing import Any, Dict, List, Optional
+from importlib.machinery import EXTENSION_SUFFIXES
+from typing import Any, Dict, List, Optional, Tuple
 
 _MAX_DEPTH = 64
 _SCALARS = (int, float, bool, type(None), complex)
@@ -77,6 +94,7 @@ class _Walker:
         # everything walked stays alive until the walk ends, so no id is reused by a temporary
         # (the values __reduce_ex__ builds) while it is a key of ``seen``
         self.keep: List[Any] = []
+        self.sourced: set = set()  # ids of the user modules whose files are digested already
 
     def put(self, text: str) -> None:
         self.h.update(text.encode("utf-8", "surrogatepass"))
@@ -114,7 +132,7 @@ class _Walker:
         from smallpond.logical.dataset import DataSet
 
         if isinstance(obj, types.ModuleType):
-            self.put(f"module:{obj.__name__}{_library_version(obj.__name__)}")
+            self.module(obj)
         elif isinstance(obj, (list, tuple)):
             self.put(f"{type(obj).__qualname__}[{len(obj)}")
             for x in obj:
@@ -165,6 +183,24 @@ class _Walker:
             self.walk(_own_functions(cls), depth)  # a subclass's own code is part of what it computes
         else:
             self.reduced(obj, depth)
+
+    def module(self, mod: types.ModuleType) -> None:
+        name = getattr(mod, "__name__", None) or "?"
+        self.put(f"module:{name}{_library_version(name)}")
+        # a user module: its file, and those of the user modules it refers to (in a stable order,
+        # each once per walk; iteratively, so a long chain of imports does not deepen the walk)
+        todo = [mod]
+        while todo:
+            m = todo.pop()
+            if id(m) in self.sourced:
+                continue
+            self.sourced.add(id(m))
+            self.keep.append(m)
+            info = _user_source_info(m)
+            if info is None:
+                continue
+            self.put(f"source:{m.__name__}:{info[0]}")
+            todo.extend(reversed(_user_modules_of(m, info[1])))
 
     def function(self, fn: types.FunctionType, depth: int) -> None:
         module = getattr(fn, "__module__", None) or ""
@@ -343,3 +379,131 @@ def _library_version(module: str) -> str:
     top = sys.modules.get(module.partition(".")[0])
     version = getattr(top, "__version__", None)
     return f"@{version}" if isinstance(version, str) else ""
+
+
+# -- the user's own modules: digested by their files -------------------------------------------------
+
+_sources: Dict[Tuple[str, str], Optional[str]] = {}
+_files: Dict[Tuple[str, str], Tuple[tuple, Tuple[str, Tuple[str, ...]]]] = {}  # (path, package) -> (stat, info)
+#: per module object, what it was first digested as: (its __spec__, the file's digest); a module
+#: keeps its spec until it is reloaded (importlib.reload, IPython's autoreload), which replaces it
+_loaded: "weakref.WeakKeyDictionary[types.ModuleType, Tuple[Any, str]]" = weakref.WeakKeyDictionary()
+
+
+def _user_source(mod: types.ModuleType) -> Optional[str]:
+    """The real path of the source file of a module of the user's own code, or None: for a module
+    of smallpond (the engine's code digest is part of every cache key), of the standard library or
+    an installed package (identified by name and version), or without a file that can be read (no
+    ``__file__``: builtin, frozen, namespace package; an extension module; a file in a zip)."""
+    name, path = getattr(mod, "__name__", None), getattr(mod, "__file__", None)
+    if not isinstance(name, str) or not isinstance(path, str):
+        return None
+    key = (name, path)
+    if key in _sources:
+        return _sources[key]
+    top = name.partition(".")[0]
+    real: Optional[str] = os.path.realpath(path)
+    if (
+        top in ("smallpond", "builtins")
+        or top in sys.builtin_module_names
+        or real.endswith(tuple(EXTENSION_SUFFIXES))
+        or real.startswith(_library_roots())
+        or not os.path.isfile(real)
+    ):
+        real = None
+    _sources[key] = real
+    return real
+
+
+def _user_source_info(mod: types.ModuleType) -> Optional[Tuple[str, Tuple[str, ...]]]:
+    """``(digest of the file, names of the modules it imports)`` of a user module (see
+    :func:`_user_source`), None for any other module.
+
+    Raises :class:`Unfingerprintable` when the file cannot be read, or when it changed since this
+    module object first got a fingerprint and the module was not reloaded since: the code that
+    would run is then not the code in the file (a job keyed by the file would store the old code's
+    result under the new code's key). A reload (a new ``__spec__``) takes the file as it is then.
+    """
+    path = _user_source(mod)
+    if path is None:
+        return None
+    info = _file_info(path, mod)
+    spec = getattr(mod, "__spec__", None)
+    pinned = _loaded.get(mod)
+    if pinned is None or pinned[0] is not spec:
+        _loaded[mod] = (spec, info[0])
+    elif pinned[1] != info[0]:
+        raise Unfingerprintable(
+            f"module {mod.__name__} (its file {path} changed after it was imported, and the module was not "
+            "reloaded: the code that runs is not the code in the file; reload it or restart)"
+        )
+    return info
+
+
+def _file_info(path: str, mod: types.ModuleType) -> Tuple[str, Tuple[str, ...]]:
+    """Digest and imported module names of a user module's file, read once per version of it (its
+    size, modification and change times and inode: a rewrite that sets the time back is seen)."""
+    try:
+        st = os.stat(path)
+        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        key = (path, getattr(mod, "__package__", None) or "")  # (relative imports resolve in the package)
+        hit = _files.get(key)
+        if hit is not None and hit[0] == seen:
+            return hit[1]
+        info = _read_source(*key)
+    except OSError as e:
+        raise Unfingerprintable(f"module {mod.__name__} (its file {path}: {type(e).__name__}: {e})") from None
+    _files[key] = (seen, info)
+    return info
+
+
+def _read_source(path: str, package: str) -> Tuple[str, Tuple[str, ...]]:
+    with open(path, "rb") as f:
+        data = f.read()
+    return hashlib.sha256(data).hexdigest(), _imported_names(data, package) if path.endswith(".py") else ()
+
+
+def _imported_names(source: bytes, package: str) -> Tuple[str, ...]:
+    """Absolute names of the modules a module's source imports, anywhere in it (``import a.b``:
+    ``a`` and ``a.b``; ``from .c import d``: ``pkg.c`` and ``pkg.c.d``, which may be a submodule)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return ()
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                parts = alias.name.split(".")
+                names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+        elif isinstance(node, ast.ImportFrom):
+            try:
+                base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            except (ImportError, ValueError):  # a relative import beyond the top-level package
+                continue
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+    return tuple(sorted(names))
+
+
+def _user_modules_of(mod: types.ModuleType, imported: Tuple[str, ...]) -> List[types.ModuleType]:
+    """The user modules (:func:`_user_source`) a user module refers to, sorted by name: the loaded
+    modules its file imports (``imported``: an import not run yet, or of a module that failed, is
+    not followed) and, in its namespace, modules (the submodules of a package: ``pkg.sub`` after
+    ``import pkg.sub``) and the modules of functions and classes (set on it at run time)."""
+    found: Dict[str, types.ModuleType] = {}
+
+    def add(m: Any) -> None:
+        if isinstance(m, types.ModuleType) and m is not mod and _user_source(m) is not None:
+            found.setdefault(m.__name__, m)
+
+    for name in imported:
+        add(sys.modules.get(name))
+    for v in list(vars(mod).values()):
+        if isinstance(v, types.ModuleType):
+            add(v)
+        elif isinstance(v, (types.FunctionType, type)):
+            owner = getattr(v, "__module__", None)
+            if isinstance(owner, str):
+                add(sys.modules.get(owner))
+    return [found[k] for k in sorted(found)]

@@ -3,11 +3,15 @@ what does not, and are the same in two processes running the same script (so a r
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import os
 import subprocess
 import sys
+import textwrap
 import threading
+import uuid
 import warnings
 
 import numpy as np
@@ -17,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import smallpond
+from smallpond.execution import fingerprint
 from smallpond.execution.fingerprint import Unfingerprintable, stable_digest
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.execution.planner import Planner
@@ -224,3 +229,177 @@ def test_same_script_in_two_processes_gives_the_same_fingerprints_and_resumes(tm
     assert sum(k.startswith("ArrowComputeTask") for k in changed) == 1
     assert third["rows"]["factor"][5] == {"id": 5, "f": 15}
     assert third["rows"]["scaled"] == first["rows"]["scaled"]
+
+
+# -- the user's own modules, used through attribute access ------------------------------------------
+
+usermod = None  # set by the tests below to a module of theirs (as a script's ``import mymod`` would)
+
+
+def calls_usermod(x):
+    return usermod.g(x)
+
+
+def calls_usermod_sub(x):
+    return usermod.sub.g(x)
+
+
+def calls_math(x):
+    return math.sqrt(x)
+
+
+class UserModules:
+    """Writes modules into a folder on sys.path (under names unique to the test) and imports them."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.prefix = f"fp_user_{uuid.uuid4().hex[:8]}_"
+
+    def write(self, relpath: str, text: str) -> str:
+        """Write (or rewrite) a file, its modification time 2 s later than the last version's:
+        Python's bytecode cache tells versions apart by time (in seconds) and size."""
+        path = os.path.join(self.folder, relpath.replace("{p}", self.prefix))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        old = os.stat(path).st_mtime_ns if os.path.exists(path) else None
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text).replace("{p}", self.prefix))
+        if old is not None:
+            os.utime(path, ns=(old + 2_000_000_000, old + 2_000_000_000))
+        return path
+
+    def load(self, name: str):
+        return importlib.import_module(name.replace("{p}", self.prefix))
+
+    def reload(self, name: str):
+        return importlib.reload(self.load(name))
+
+
+@pytest.fixture
+def user_modules(tmp_path, monkeypatch):
+    folder = tmp_path / "mods"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    mods = UserModules(str(folder))
+    yield mods
+    for name in [n for n in sys.modules if n.startswith(mods.prefix)]:
+        del sys.modules[name]
+
+
+def test_an_edit_of_a_user_module_used_through_attribute_access_changes_the_fingerprint(user_modules, monkeypatch):
+    """``mymod.g(x)``: the function names only the module; its file is what identifies the code."""
+    user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")
+    monkeypatch.setattr(sys.modules[__name__], "usermod", user_modules.load("{p}mymod"))
+    first = stable_digest(calls_usermod)
+    assert stable_digest(calls_usermod) == first  # an unchanged module: the same fingerprint
+
+    user_modules.write("{p}mymod.py", "K = 20\ndef g(x):\n    return x * K\n")
+    user_modules.reload("{p}mymod")
+    assert usermod.g(1) == 20
+    assert stable_digest(calls_usermod) != first
+
+    user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")  # back: by content, not time
+    user_modules.reload("{p}mymod")
+    assert stable_digest(calls_usermod) == first
+
+
+def test_a_function_imported_from_a_user_module_is_fingerprinted_by_its_code(user_modules):
+    """``from mymod import g``: the function object itself, its code and the globals it reads."""
+    user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")
+    user_modules.write("{p}job.py", "from {p}mymod import g\ndef f(x):\n    return g(x)\n")
+    first = stable_digest(user_modules.load("{p}job").f)
+    assert stable_digest(user_modules.load("{p}job").f) == first
+    user_modules.write("{p}mymod.py", "K = 20\ndef g(x):\n    return x * K\n")
+    user_modules.reload("{p}mymod")
+    job = user_modules.reload("{p}job")  # a new run imports both again
+    assert job.f(1) == 20
+    assert stable_digest(job.f) != first
+
+
+def test_user_modules_behind_a_module_are_part_of_it(user_modules, monkeypatch):
+    """``pkg.sub.g(x)`` where only ``pkg`` is a global (its ``__init__`` does not import ``sub``), and
+    a constant ``pkg/sub.py`` imports from another user module by value."""
+    user_modules.write("{p}pkg/__init__.py", "")
+    user_modules.write("{p}pkg/sub.py", "from {p}config import K\ndef g(x):\n    return x * K\n")
+    user_modules.write("{p}config.py", "K = 1\n")
+    user_modules.load("{p}pkg.sub")
+    monkeypatch.setattr(sys.modules[__name__], "usermod", user_modules.load("{p}pkg"))
+    first = stable_digest(calls_usermod_sub)
+    assert stable_digest(calls_usermod_sub) == first
+
+    user_modules.write("{p}config.py", "K = 20\n")  # sub.py is unchanged
+    user_modules.reload("{p}config")
+    user_modules.reload("{p}pkg.sub")
+    assert usermod.sub.g(1) == 20
+    second = stable_digest(calls_usermod_sub)
+    assert second != first
+
+    user_modules.write("{p}pkg/sub.py", "from {p}config import K\ndef g(x):\n    return x * K + 1\n")
+    user_modules.reload("{p}pkg.sub")
+    assert stable_digest(calls_usermod_sub) not in (first, second)
+
+
+def test_a_user_module_edited_but_not_reloaded_is_unfingerprintable(user_modules, monkeypatch):
+    """The code that runs is the one imported: keyed by the file as it is now, a job would store
+    the old code's result under the new code's key."""
+    user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")
+    monkeypatch.setattr(sys.modules[__name__], "usermod", user_modules.load("{p}mymod"))
+    first = stable_digest(calls_usermod)
+    user_modules.write("{p}mymod.py", "K = 20\ndef g(x):\n    return x * K\n")
+    with pytest.raises(Unfingerprintable, match="changed after it was imported"):
+        stable_digest(calls_usermod)
+    user_modules.reload("{p}mymod")
+    assert stable_digest(calls_usermod) != first
+
+
+def test_module_files_are_read_once_per_version_and_library_modules_never(user_modules, monkeypatch):
+    reads = []
+    real = fingerprint._read_source
+    monkeypatch.setattr(fingerprint, "_read_source", lambda path, package: reads.append(path) or real(path, package))
+
+    first = stable_digest(calls_math)
+    assert [stable_digest(calls_math) for _ in range(3)] == [first] * 3
+    assert reads == []  # the standard library is identified by name and version
+
+    path = user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")
+    monkeypatch.setattr(sys.modules[__name__], "usermod", user_modules.load("{p}mymod"))
+    digests = {stable_digest(calls_usermod) for _ in range(3)}
+    assert len(digests) == 1 and reads == [os.path.realpath(path)]
+
+
+def test_an_edited_user_module_is_not_served_from_the_task_cache(tmp_path, ids_file):
+    """Two runs of a script whose map calls ``mymod.g`` (the user's module next to it) through
+    attribute access; only ``mymod.py`` changes between them, then nothing does."""
+    mods, calls = tmp_path / "mods", tmp_path / "calls.txt"
+    mods.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text(
+        textwrap.dedent(f"""
+            import smallpond
+            import mymod
+
+            sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=1, task_cache={str(tmp_path / "cache")!r})
+            try:
+                df = sp.read_parquet({ids_file!r})
+                print(df.map(lambda r: {{"y": mymod.g(r["id"])}}).to_pandas().y.sum())
+            finally:
+                sp.shutdown()
+        """)
+    )
+
+    def run(k: int) -> int:
+        (mods / "mymod.py").write_text(f"K = {k}\ndef g(x):\n    open({str(calls)!r}, 'a').write('.')\n    return x * K\n")
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, str(mods)]), SP_PROGRESS="0"),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip().splitlines()[-1])
+
+    assert run(1) == 45
+    assert run(20) == 900, "the first run's output was reused though mymod.py changed"
+    made = calls.read_text()
+    assert run(20) == 900
+    assert calls.read_text() == made, "an unchanged module should be reused from the cache"
