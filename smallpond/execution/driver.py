@@ -199,9 +199,41 @@ class Driver:
 
     # -- arguments -------------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs) -> None:
-        """Declare a user argument (same signature as ``argparse.ArgumentParser.add_argument``)."""
-        self.user_parser.add_argument(*args, **kwargs)
+        """Declare a user argument (same signature as ``argparse.ArgumentParser.add_argument``).
+
+        An option of the Driver's own name (``-o/--output_path``, ``--data_root``) is the script's
+        from then on, as upstream's Driver has it: the Driver runs with its default for it, and
+        says so. A user argument stored as ``mode`` is refused: the Driver's positional mode
+        (scheduler, executor, ray) would overwrite its value.
+        """
+        from smallpond.common import logger
+        from smallpond.errors import ParameterError
+
+        action = self.user_parser.add_argument(*args, **kwargs)
+        if action.dest == "mode":
+            self.user_parser._remove_action(action)
+            for opt in action.option_strings:
+                self.user_parser._option_string_actions.pop(opt, None)
+            names = "/".join(action.option_strings) or action.dest
+            raise ParameterError(
+                f"the script's argument {names} is stored as 'mode', which the Driver's positional mode "
+                "(scheduler, executor, ray) also sets: give it another name or dest= (e.g. dest='write_mode')"
+            )
+        shadowed = sorted(
+            {a for o in action.option_strings if (a := self.driver_parser._option_string_actions.get(o)) is not None}
+            | {a for a in self.driver_parser._actions if a.dest == action.dest and a.option_strings},
+            key=lambda a: a.dest,
+        )
+        # (named now: argparse takes the clashing option strings from the Driver's action)
+        replaced = [("/".join(a.option_strings), "" if a.default in (None, False) else f" ({a.default!r})") for a in shadowed]
         self.driver_parser.add_argument(*args, **kwargs)
+        for names, default in replaced:
+            logger.warning(
+                "the script's argument {} replaces the Driver's option {}: the Driver runs with its default{} for it",
+                "/".join(action.option_strings),
+                names,
+                default,
+            )
 
     def parse_arguments(self, args: Optional[List[str]] = None) -> Tuple[argparse.Namespace, argparse.Namespace]:
         self._from_command_line = args is None

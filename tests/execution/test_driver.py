@@ -39,14 +39,28 @@ def test_mode_defaults_to_scheduler_and_upstream_aliases_work():
     assert driver.max_retry_count == 2 and driver.fault_inject_prob == 0.1 and driver.fail_fast_on_failure
 
 
-def test_user_argument_may_reuse_a_driver_option_name():
+def test_user_argument_may_reuse_a_driver_option_name(log_messages):
     d = Driver()
     d.add_argument("-o", "--output_path", default="/default/out")
+    # as upstream's Driver has it, but not silently
+    assert any("-o/--output_path replaces the Driver's option --output_path" in m for m in log_messages)
     user, driver = d.parse_arguments(["scheduler", "--data_root", "/tmp/x", "-o", "/mine"])
     assert vars(user) == {"output_path": "/mine"}
     # the driver keeps working with its own default for the shadowed option
     assert driver.output_path is None and driver.data_root == "/tmp/x"
     assert d._runtime_ctx().final_output_path is None
+
+
+def test_a_user_argument_stored_as_mode_is_refused():
+    # the Driver's positional mode would overwrite its value (-m append gave "scheduler")
+    from smallpond.errors import ParameterError
+
+    d = Driver()
+    with pytest.raises(ParameterError, match="-m/--mode is stored as 'mode'"):
+        d.add_argument("-m", "--mode", default="overwrite", choices=["overwrite", "append"])
+    d.add_argument("-m", "--mode", dest="write_mode", default="overwrite", choices=["overwrite", "append"])
+    user, driver = d.parse_arguments(["-m", "append"])
+    assert vars(user) == {"write_mode": "append"} and driver.mode == "scheduler"
 
 
 def test_unknown_mode_is_rejected(capsys):
