@@ -56,6 +56,10 @@ class DataSinkNode(Node):
             * ``"error"`` / ``"errorifexists"``: refuse a folder that is not empty;
             * ``"ignore"``: leave a folder that is not empty as it is (its inputs are not computed).
 
+            Every ``type``, ``"manifest"`` included, follows these modes. A ``.MANIFEST.txt`` that
+            smallpond did not write (not one absolute path per line) is a user's file like any
+            other: no mode replaces it.
+
     The result is published whole, with every other sink of the job: it is built aside and
     renamed into place, so a reader never sees part of it (see :mod:`smallpond.execution.ops.sink`).
     ``.MANIFEST.txt`` lists the published files. An output path that overlaps an input of the job

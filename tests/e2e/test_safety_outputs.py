@@ -5,13 +5,16 @@ Reproductions of the issue, and the guarantees behind them:
 * a user's file next to an earlier result is never deleted: the default mode refuses the folder
   before anything runs, naming the file; ``append`` writes beside it;
 * an output inside (or containing) an input is refused at plan time; the inputs stay byte for byte;
-* the sink modes (overwrite / append / error / ignore);
+* the sink modes (overwrite / append / error / ignore), the same for a manifest-only sink, and a
+  ``.MANIFEST.txt`` smallpond did not write is never replaced, whatever the sink's type;
 * a job publishes all its sinks or none.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,7 +24,15 @@ import smallpond
 from smallpond.errors import JobFailed, ParameterError, PlanError
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
+from smallpond.logical.node import (
+    ArrowComputeNode,
+    Context,
+    DataSinkNode,
+    DataSourceNode,
+    LogicalPlan,
+    RootNode,
+    SqlEngineNode,
+)
 from tests.datagen import generate_parquet_files, write_corrupt_parquet
 from tests.e2e.safety_helpers import manifest, published_rows, snapshot
 
@@ -160,8 +171,6 @@ def test_driver_job_publishes_all_sinks_or_none(tmp_path, make_rt):
         a = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(good)),), "select id from {0}")
         b = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(second_inputs)),), "select id from {0}")
         sinks = [DataSinkNode(ctx, (a,), str(tmp_path / "A")), DataSinkNode(ctx, (b,), str(tmp_path / "B"))]
-        from smallpond.logical.node import RootNode
-
         return LogicalPlan(ctx, RootNode(ctx, sinks))
 
     run_job(plan(good), make_rt(), num_workers=2)
@@ -184,8 +193,6 @@ def test_named_outputs_of_a_failed_driver_job_are_not_half_published(tmp_path, d
         ctx = Context()
         a = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(good)),), "select id from {0}", output_name="first")
         b = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(second)),), "select id from {0}", output_name="second")
-        from smallpond.logical.node import RootNode
-
         driver = Driver()
         driver.parse_arguments(["scheduler", "--data_root", data_root, "--output_path", str(published), "--max_fail", "1"])
         return driver.run(LogicalPlan(ctx, RootNode(ctx, [a, b])), stop_process_on_done=False)
@@ -224,3 +231,140 @@ def test_a_compute_node_output_path_gets_the_same_overlap_rules(tmp_path, make_r
     node = SqlEngineNode(ctx, (src,), "select * from {0}", output_name="mine", output_path=str(out))
     assert run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1).successful
     assert os.listdir(out) == ["mine"]
+
+
+# -- a manifest-only sink (type="manifest") gets the same modes and the same ownership rule --------
+
+
+def _count_calls(runtime_ctx, tables, counter):
+    with open(counter, "a") as f:
+        f.write("x")
+    return tables[0]
+
+
+def sink_plan(inputs, out, counter, **sink_args) -> LogicalPlan:
+    """inputs -> a node that counts its calls in ``counter`` -> DataSinkNode(out, **sink_args)."""
+    ctx = Context()
+    counted = ArrowComputeNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), process_func=functools.partial(_count_calls, counter=counter)
+    )
+    return LogicalPlan(ctx, DataSinkNode(ctx, (counted,), str(out), **sink_args))
+
+
+def users_folder(out, own_manifest: bool = True) -> dict:
+    out.mkdir()
+    (out / "notes.txt").write_text("hi\n")
+    if own_manifest:
+        (out / ".MANIFEST.txt").write_text("my own manifest\n")
+    return snapshot(str(out))
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_manifest_sink_never_replaces_a_users_manifest(tmp_path, make_rt, mode):
+    """Case (a): the user's .MANIFEST.txt (and notes.txt) in the folder: refused when planned, naming the file."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    out, counter = tmp_path / "out", tmp_path / "calls"
+    before = users_folder(out)
+    with pytest.raises(PlanError) as info:
+        run_job(sink_plan(inputs, out, str(counter), type="manifest", mode=mode), make_rt(), num_workers=1)
+    message = str(info.value)
+    assert f"{out / '.MANIFEST.txt'} was not written by smallpond" in message and f"mode={mode!r}" in message
+    assert "'notes.txt'" in message
+    assert message.startswith("DataSinkNode created at ") and "test_safety_outputs.py" in message  # the user's call site
+    assert snapshot(str(out)) == before  # byte for byte
+    assert not counter.exists(), "a task ran before the refusal"
+
+
+def test_a_users_manifest_alone_is_not_replaced_by_any_sink(tmp_path, make_rt):
+    """A folder holding only a user's .MANIFEST.txt: link sinks replaced (deleted) it as their own."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".MANIFEST.txt").write_text("a.parquet\nb.parquet\n")  # relative paths, as a user lists them for read_parquet
+    before = snapshot(str(out))
+    for kind in ("link", "manifest"):
+        with pytest.raises(PlanError, match="was not written by smallpond"):
+            run_job(sink_plan(inputs, out, str(tmp_path / "calls"), type=kind), make_rt(), num_workers=1)
+        assert snapshot(str(out)) == before
+
+
+def test_manifest_sink_error_mode_refuses_a_non_empty_folder(tmp_path, make_rt):
+    """Case (b): mode='error' and a folder holding only notes.txt: refused when planned."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    out, counter = tmp_path / "out", tmp_path / "calls"
+    before = users_folder(out, own_manifest=False)
+    with pytest.raises(PlanError, match=r"DataSinkNode created at .*test_safety_outputs.py.*not empty \(mode='error'\)"):
+        run_job(sink_plan(inputs, out, str(counter), type="manifest", mode="error"), make_rt(), num_workers=1)
+    assert snapshot(str(out)) == before
+    assert not counter.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    run_job(sink_plan(inputs, empty, str(counter), type="manifest", mode="error"), make_rt(), num_workers=1)
+    assert os.listdir(empty) == [".MANIFEST.txt"] and published_rows(str(empty), "id") == list(range(10))
+
+
+def test_manifest_sink_ignore_mode_leaves_the_folder_and_computes_nothing(tmp_path, make_rt):
+    """Case (c): mode='ignore' and a folder holding only notes.txt: nothing computed, nothing published."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    out, counter = tmp_path / "out", tmp_path / "calls"
+    before = users_folder(out, own_manifest=False)
+    assert run_job(sink_plan(inputs, out, str(counter), type="manifest", mode="ignore"), make_rt(), num_workers=1).successful
+    assert snapshot(str(out)) == before
+    assert not counter.exists(), "mode='ignore' computed its input"
+
+
+def test_manifest_sink_overwrites_its_own_earlier_manifest(tmp_path, make_rt):
+    """Overwrite replaces a manifest smallpond wrote; the files it listed (a user's inputs) stay."""
+    first = generate_parquet_files(str(tmp_path / "in1"), nfiles=2, rows_per_file=5)
+    second = generate_parquet_files(str(tmp_path / "in2"), nfiles=1, rows_per_file=3)
+    inputs_before = snapshot(str(tmp_path / "in1"))
+    out = tmp_path / "out"
+
+    def plan(inputs):
+        ctx = Context()
+        return LogicalPlan(ctx, DataSinkNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), str(out), type="manifest"))
+
+    run_job(plan(first), make_rt(), num_workers=1)
+    assert manifest(str(out)) == first  # the inputs where they are
+    run_job(plan(second), make_rt(), num_workers=1)
+    assert os.listdir(out) == [".MANIFEST.txt"] and manifest(str(out)) == second
+    assert snapshot(str(tmp_path / "in1")) == inputs_before  # listed by the replaced manifest, not ours to remove
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")], "staging or old folders left behind"
+
+
+def test_manifest_sink_over_an_earlier_copied_result_replaces_it(tmp_path, make_rt):
+    """Overwrite replaces the earlier result, of any type: its files go; append keeps a user's file."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    out, counter = tmp_path / "out", str(tmp_path / "calls")
+    run_job(sink_plan(inputs, out, counter, type="copy"), make_rt(), num_workers=1)
+    copied = manifest(str(out))
+    assert copied and all(os.path.dirname(p) == str(out) for p in copied)
+    run_job(sink_plan(inputs, out, counter, type="manifest"), make_rt(), num_workers=1)
+    assert os.listdir(out) == [".MANIFEST.txt"], "the copied files of the replaced result were left behind, unlisted"
+    assert published_rows(str(out), "id") == list(range(10))
+    (out / "notes.txt").write_text("mine")
+    run_job(sink_plan(inputs, out, counter, type="manifest", mode="append"), make_rt(), num_workers=1)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert published_rows(str(out), "id") == sorted(2 * list(range(10)))  # both results listed
+
+
+def test_named_output_of_a_failed_job_is_published_on_resume(tmp_path, make_rt):
+    """A named output's folder (in the job folder) holds the task folders its manifest will list:
+    they are the job's own, so a resume of the job publishes it instead of refusing the folder."""
+    good = generate_parquet_files(str(tmp_path / "good"), nfiles=2, rows_per_file=5)
+    bad = [write_corrupt_parquet(str(tmp_path / "bad.parquet"))]
+    job_id = str(uuid.uuid4())
+
+    def plan(second):
+        ctx = Context()
+        a = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(good)),), "select id from {0}", output_name="first")
+        b = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(second)),), "select id from {0}")
+        return LogicalPlan(ctx, RootNode(ctx, [a, b]))
+
+    with pytest.raises(JobFailed):
+        run_job(plan(bad), make_rt(job_id), num_workers=1, max_fail_count=1)
+    rt = make_rt(job_id)
+    named = os.path.join(rt.output_root, "first")
+    assert os.listdir(named) and not os.path.exists(os.path.join(named, ".MANIFEST.txt"))  # the task ran, unpublished
+    run_job(plan(good), make_rt(job_id), num_workers=1)
+    assert published_rows(named, "id") == list(range(10))

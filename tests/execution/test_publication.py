@@ -12,7 +12,7 @@ import os
 import pytest
 
 from smallpond.execution.ops import sink
-from smallpond.execution.ops.sink import DataSinkTask, journal_path, publish, roll_forward, staging_path
+from smallpond.execution.ops.sink import DataSinkTask, PublicationError, journal_path, publish, roll_forward, staging_path
 from smallpond.execution.task import PartitionInfo
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
 from tests.e2e.safety_helpers import snapshot
@@ -22,7 +22,7 @@ class Crash(Exception):
     pass
 
 
-def setup(tmp_path, make_rt, mode):
+def setup(tmp_path, make_rt, mode, kind="link"):
     rt = make_rt()
     rt.initialize()
     dest = tmp_path / "dest"
@@ -32,7 +32,7 @@ def setup(tmp_path, make_rt, mode):
     if mode == "append":
         (dest / "user.txt").write_text("mine")
     ctx = Context()
-    node = DataSinkNode(ctx, (DataSourceNode(ctx, None),), str(dest), mode=mode)
+    node = DataSinkNode(ctx, (DataSourceNode(ctx, None),), str(dest), type=kind, mode=mode)
     task = DataSinkTask(node, 7, [PartitionInfo()], [])
     staging = staging_path(rt, task)
     os.makedirs(staging)
@@ -129,6 +129,38 @@ def test_user_file_dropped_in_during_the_job_is_moved_back(tmp_path, make_rt, mo
     publish(rt, [(task, record)])
     assert (dest / "late.txt").read_text() == "arrived during the job"
     assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt", "late.txt"] + new_names)
+
+
+@pytest.mark.parametrize("kind", ["link", "manifest"])
+def test_a_users_manifest_that_arrived_during_the_job_is_not_replaced(tmp_path, make_rt, kind):
+    # the plan's check saw smallpond's manifest; a user's file took its place while the job ran
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, "overwrite", kind)
+    (dest / ".MANIFEST.txt").write_text("mine\n")
+    before = snapshot(str(dest))
+    with pytest.raises(PublicationError, match=r"\.MANIFEST\.txt appeared while the job ran and smallpond did not write it"):
+        publish(rt, [(task, record)])
+    assert snapshot(str(dest)) == before
+    assert not os.path.exists(record["path"]) and not os.path.exists(journal_path(rt))
+
+
+def test_a_users_manifest_dropped_in_after_the_check_is_set_aside_not_deleted(tmp_path, make_rt, monkeypatch):
+    # a new (empty) destination holds no manifest of ours: a .MANIFEST.txt that arrives between the
+    # publication's check and its swap is a user's, kept (the new result's manifest has its name)
+    rt, dest, task, record, new_names = setup(tmp_path, make_rt, "overwrite")
+    for name in os.listdir(dest):
+        os.unlink(dest / name)
+    real = sink.plan_steps
+
+    def plan_then_drop(runtime_ctx, t):
+        steps = real(runtime_ctx, t)
+        (dest / ".MANIFEST.txt").write_text("mine")
+        return steps
+
+    monkeypatch.setattr(sink, "plan_steps", plan_then_drop)
+    publish(rt, [(task, record)])
+    assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt"] + new_names)
+    kept = [os.path.join(tmp_path, n, ".MANIFEST.txt") for n in os.listdir(tmp_path) if n.startswith("dest.old-")]
+    assert [open(p).read() for p in kept] == ["mine"]
 
 
 @pytest.mark.parametrize("existing", [True, False], ids=["existing_destination", "new_destination"])

@@ -3,13 +3,17 @@
 Guarantees:
 
 * **Nothing we did not write is deleted or overwritten.** A destination's files are "ours" when
-  its ``.MANIFEST.txt`` (written by an earlier publication) lists them. With the default
-  ``mode="overwrite"``, a destination holding any other file is refused *at plan time*, before any
-  task runs, naming the files (:func:`check_destination`). ``"append"`` adds files under names that
-  cannot collide (``{stem}.{token}{suffix}``) and leaves every other file alone; ``"error"`` (or
-  ``"errorifexists"``) refuses a non-empty destination; ``"ignore"`` keeps a non-empty destination
-  as it is and computes nothing for it. A manifest-only sink (``type="manifest"``) only ever
-  replaces ``.MANIFEST.txt``.
+  its ``.MANIFEST.txt`` (written by an earlier publication) lists them; the manifest itself is
+  ours only in the form publications write, one absolute path per line (:func:`_load_manifest`):
+  a user's file by that name is foreign like any other. With the default ``mode="overwrite"``, a
+  destination holding any foreign file is refused *at plan time*, before any task runs, naming
+  the files (:func:`check_destination`). ``"append"`` adds files under names that cannot collide
+  (``{stem}.{token}{suffix}``) and leaves every other file alone (it rewrites ``.MANIFEST.txt``, so
+  a foreign one is refused); ``"error"`` (or ``"errorifexists"``) refuses a non-empty destination;
+  ``"ignore"`` keeps a non-empty destination as it is and computes nothing for it. A
+  manifest-only sink (``type="manifest"``) follows the same rules; it publishes by replacing
+  ``.MANIFEST.txt`` in place (atomically) rather than by swapping folders, since its folder may
+  hold the files it lists (a named output's task folders).
 * **No output overlaps an input.** An output path equal to, inside or containing an input path
   of the job (any data source's files or globs), equal to or containing the data root, or inside
   a job folder is refused at plan time (:func:`check_overlap`): a job never reads its own earlier
@@ -87,15 +91,35 @@ class PublicationError(SmallpondError):
 # -- what is in a destination ---------------------------------------------------------------------
 
 
-def read_manifest(dest: str) -> Optional[List[str]]:
-    """The paths listed by ``dest/.MANIFEST.txt``, or None if there is none."""
+def _load_manifest(dest: str) -> Tuple[bool, Optional[List[str]]]:
+    """Whether ``dest`` holds a ``.MANIFEST.txt``, and the paths it lists if smallpond wrote it.
+
+    The manifest is the record of what smallpond wrote into a folder, and it vouches for itself
+    by its form: every publication writes one absolute path per line (no blank line; an empty
+    result writes an empty file). Anything else found under that name (free text, the relative
+    paths a user listed for ``read_parquet``, bytes that are not UTF-8, a folder) is a user's
+    file like any other: it lists nothing of ours, and no mode replaces it.
+    """
+    path = os.path.join(dest, MANIFEST)
     try:
-        with open(os.path.join(dest, MANIFEST)) as f:
-            return [line.rstrip("\n") for line in f if line.strip()]
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return os.path.lexists(path), None  # a dangling symlink by that name is not ours either
+    except (OSError, UnicodeDecodeError):
+        return True, None
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last path
+    if not all(os.path.isabs(line) for line in lines):
+        return True, None
+    return True, lines
+
+
+def read_manifest(dest: str) -> Optional[List[str]]:
+    """The paths listed by ``dest/.MANIFEST.txt``, or None if there is none or smallpond did not
+    write it (:func:`_load_manifest`)."""
+    return _load_manifest(dest)[1]
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -103,20 +127,21 @@ def _same_dir(a: str, b: str) -> bool:
 
 
 def our_names(dest: str) -> List[str]:
-    """Names in ``dest`` that an earlier publication of ours wrote (its manifest lists them there)."""
-    listed = read_manifest(dest) or []
-    names = {os.path.basename(p) for p in listed if _same_dir(os.path.dirname(p), dest)}
-    return sorted(names | ({MANIFEST} if listed is not None else set()))
+    """Names in ``dest`` that an earlier publication of ours wrote: its manifest, and the files it lists there."""
+    listed = read_manifest(dest)
+    if listed is None:
+        return []
+    return sorted({os.path.basename(p) for p in listed if _same_dir(os.path.dirname(p), dest)} | {MANIFEST})
 
 
 def foreign_entries(dest: str) -> List[str]:
-    """Names in ``dest`` that no manifest of ours lists (a missing destination has none)."""
+    """Names in ``dest`` that smallpond did not write (a missing destination has none); a
+    ``.MANIFEST.txt`` that is not smallpond's is among them."""
     try:
         entries = os.listdir(dest)
     except (FileNotFoundError, NotADirectoryError):
         return []
     ours = set(our_names(dest))
-    ours.add(MANIFEST)
     return sorted(e for e in entries if e not in ours)
 
 
@@ -132,12 +157,15 @@ def _nonempty(dest: str) -> bool:
         return False
 
 
-def check_destination(node, committed: bool) -> str:
+def check_destination(node, committed: bool, job_root: Optional[str] = None) -> str:
     """Decide at plan time what a sink does with its destination: ``"write"`` or ``"skip"``.
 
     Raises :class:`PlanError` (naming the node, its call site and the files) when the mode forbids
-    writing there. ``committed``: this very sink already published in this job (a resume), so the
-    destination holds its own result and nothing needs deciding.
+    writing there. Every type of sink gets the same rules; a manifest-only sink writes only
+    ``.MANIFEST.txt``, but that file may be a user's. ``committed``: this very sink already
+    published in this job (a resume), so the destination holds its own result and nothing needs
+    deciding. ``job_root``: the job's folder; a destination inside it (a named output) holds only
+    what this job wrote, such as the task folders a named output's manifest lists.
     """
     dest = node.output_path
     if committed:
@@ -146,28 +174,49 @@ def check_destination(node, committed: bool) -> str:
         raise PlanError(node._msg(f"output path {dest} exists and is not a directory"))
     mode = node.mode
     if mode == "ignore":
-        present = read_manifest(dest) is not None if node.type == "manifest" else _nonempty(dest)
-        return "skip" if present else "write"
+        return "skip" if _nonempty(dest) else "write"
     if mode in ("error", "errorifexists"):
-        present = read_manifest(dest) is not None if node.type == "manifest" else _nonempty(dest)
-        if present:
+        if _nonempty(dest):
             raise PlanError(
                 node._msg(
                     f"output path {dest} already exists and is not empty (mode={mode!r}); remove it or use mode='overwrite'"
                 )
             )
         return "write"
-    if mode == "overwrite" and node.type != "manifest":
-        foreign = foreign_entries(dest)
-        if foreign:
-            raise PlanError(
-                node._msg(
-                    f"refusing to write into {dest}: it holds {_show(foreign, 'it')} that no earlier smallpond result "
-                    "(.MANIFEST.txt) lists, and overwriting would lose them. Remove them, choose an empty folder, "
-                    "or use mode='append' to add files beside them"
-                )
+    if job_root and in_job_folder(dest, job_root):
+        return "write"
+    foreign = foreign_entries(dest)
+    if MANIFEST in foreign:  # overwrite and append both replace .MANIFEST.txt
+        rest = [n for n in foreign if n != MANIFEST]
+        also = f"; it also holds {_show(rest, 'it')} that no smallpond result lists" if rest else ""
+        raise PlanError(
+            node._msg(
+                f"refusing to write into {dest}: {os.path.join(dest, MANIFEST)} was not written by smallpond (a smallpond "
+                f"manifest lists one absolute path per line), and mode={mode!r} would replace it{also}. "
+                "Move or rename that file, or choose another folder"
             )
+        )
+    if mode == "overwrite" and foreign:
+        # a manifest-only sink would leave them in place, but beside a manifest that does not list
+        # them: the folder would no longer be one result, and the next overwrite would refuse it
+        why = (
+            "mode='overwrite' replaces only an earlier smallpond result"
+            if node.type == "manifest"
+            else "overwriting would lose them"
+        )
+        raise PlanError(
+            node._msg(
+                f"refusing to write into {dest}: it holds {_show(foreign, 'it')} that no earlier smallpond result "
+                f"(.MANIFEST.txt) lists, and {why}. Remove them, choose an empty folder, "
+                "or use mode='append' to add files beside them"
+            )
+        )
     return "write"
+
+
+def in_job_folder(path: str, job_root: str) -> bool:
+    """Whether ``path`` is inside the job's folder, whose files are all this job's (named outputs, ``FinalResults``)."""
+    return _inside(os.path.realpath(path), os.path.realpath(job_root))
 
 
 # -- overlap of outputs and inputs ------------------------------------------------------------------
@@ -391,10 +440,16 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
         raise PublicationError(f"{node.label}: its prepared result {staging} is missing; nothing was published")
     if os.path.lexists(dest) and not os.path.isdir(dest):
         raise PublicationError(f"{node.label}: output path {dest} is not a directory; nothing was published")
-    old = read_manifest(dest)
-    if node.mode in ("error", "errorifexists") and (old is not None if node.type == "manifest" else _nonempty(dest)):
+    present, old = _load_manifest(dest)
+    if node.mode in ("error", "errorifexists") and _nonempty(dest):
         raise PublicationError(
             f"{node.label}: output path {dest} was filled while the job ran (mode={node.mode!r}); nothing was published"
+        )
+    if present and old is None and not in_job_folder(dest, runtime_ctx.job_root):
+        # every publication replaces dest/.MANIFEST.txt, and this one is a user's (see check_destination)
+        raise PublicationError(
+            f"{node.label}: {os.path.join(dest, MANIFEST)} appeared while the job ran and smallpond did not write it; "
+            "nothing was published"
         )
     new_manifest = os.path.join(staging, MANIFEST)
     if node.mode == "append" and old:
@@ -403,9 +458,21 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
         kept = "".join(p + "\n" for p in old if os.path.lexists(p) or not _same_dir(os.path.dirname(p), dest))
         atomic_write_text(new_manifest, kept + new)
     if node.type == "manifest":
-        return [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST)), ("remove", staging)]
+        # the manifest replaces the earlier result in place, and then that result's files go (only
+        # those its manifest lists there: files it lists elsewhere, as a manifest-only result
+        # does, are not ours to remove); on append they stay, listed again
+        steps: List[Step] = [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST))]
+        if node.mode != "append":
+            with open(new_manifest) as f:
+                listed = {line.rstrip("\n") for line in f}
+            steps += [
+                ("remove", os.path.join(dest, n))
+                for n in our_names(dest)
+                if n != MANIFEST and os.path.join(dest, n) not in listed
+            ]
+        return steps + [("remove", staging)]
     if node.mode == "append" and os.path.isdir(dest):
-        steps: List[Step] = []
+        steps = []
         for name in sorted(os.listdir(staging)):
             if name == MANIFEST:
                 continue
@@ -473,7 +540,7 @@ def _discard(aside: str, dest: str, ours: set) -> None:
         return
     for name in names:
         path = os.path.join(aside, name)
-        if name in ours or name == MANIFEST:
+        if name in ours:  # the earlier result's manifest is among them only if smallpond wrote it
             remove_path(path)
             continue
         # not ours: a user's file that arrived during the job; it goes back, never away
@@ -553,9 +620,7 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
             continue
         # a destination in the job's own folder (a named output, FinalResults) holds only what
         # this job wrote, whatever it holds: like a new one, it needs no fsync
-        existing = existing or (
-            os.path.lexists(task.node.output_path) and not _inside(os.path.realpath(task.node.output_path), job_root)
-        )
+        existing = existing or (os.path.lexists(task.node.output_path) and not in_job_folder(task.node.output_path, job_root))
         steps.extend(plan_steps(runtime_ctx, task))
         sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
         sync.add(task.node.output_path)
