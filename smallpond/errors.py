@@ -54,6 +54,11 @@ class ClusterError(SmallpondError):
     """The cluster cannot run the job: no node to run tasks on, or a node that cannot see the data root."""
 
 
+class ReportedFailure(SmallpondError):
+    """A task's own code reported a failure without raising (a ``process_func`` returned False).
+    Retried as any failure is: the code may have met something transient (upstream 0.15 retried it too)."""
+
+
 class UserCodeError(SmallpondError):
     """User input that can never succeed on retry (bad SQL, missing file, unpicklable function)."""
 

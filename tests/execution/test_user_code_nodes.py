@@ -128,13 +128,32 @@ def fails(runtime_ctx, input_datasets, output_path):
     return False
 
 
-def test_python_script_returning_false_fails(urls, tmp_path):
+def fails_once(marker, runtime_ctx, input_datasets, output_path):
+    """Reports a failure (returns False) the first time, as code meeting a transient error would."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        return False
+    with open(os.path.join(output_path, "ok.txt"), "w") as f:
+        f.write("ok")
+    return True
+
+
+def test_python_script_returning_false_fails_after_its_retries(urls, tmp_path):
     from smallpond.errors import JobFailed
 
     ctx = Context()
     node = PythonScriptNode(ctx, (DataSourceNode(ctx, None),), process_func=fails)
-    with pytest.raises(JobFailed, match="returned False"):
-        run(ctx, node, tmp_path)
+    rt = make_runtime_ctx(None, None, str(tmp_path / "root"))
+    with pytest.raises(JobFailed, match="returned False") as info:
+        run_job(LogicalPlan(ctx, node), rt, max_retry_count=2)
+    assert "attempt 2" in str(info.value)  # retried, as upstream retried a task that returned False
+
+
+def test_python_script_returning_false_once_is_retried(urls, tmp_path):
+    ctx = Context()
+    node = PythonScriptNode(ctx, (DataSourceNode(ctx, None),), process_func=functools.partial(fails_once, str(tmp_path / "m")))
+    ep = run(ctx, node, tmp_path)
+    assert [os.path.basename(p) for p in ep.final_output.resolved_paths] == ["ok.txt"]
 
 
 def test_partition_placeholder_and_rand_seed(urls, tmp_path):

@@ -46,8 +46,10 @@ def _list_output(output_dir: str) -> DataSet:
 class PythonScriptTask(Task):
     def run(self, runtime_ctx, inputs, output_dir):
         ok = self.node.process(runtime_ctx, inputs, output_dir)
-        if ok is False:
-            raise UserCodeError(f"{type(self.node).__name__}.process returned False")
+        if ok is False:  # a failure the code reported itself: retried (it may be transient)
+            from smallpond.errors import ReportedFailure
+
+            raise ReportedFailure(f"{type(self.node).__name__}.process returned False")
         return _list_output(output_dir)
 
 
