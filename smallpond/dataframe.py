@@ -351,7 +351,14 @@ class DataFrame:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             from smallpond.io.arrow import cast_columns_to_large_string
 
-            return pa.concat_tables([cast_columns_to_large_string(t) for t in tables], promote_options="permissive")
+            tables = [cast_columns_to_large_string(t) for t in tables]
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # partitions that typed a column differently (files unioned by name, each partition
+            # over its own files: int64 in one, string in another): the frame's schema, which
+            # DuckDB gave for all the files, decides, as a query over the whole frame would
+            return pa.concat_tables([_conform(t, self.schema) for t in tables], promote_options="permissive")
 
     def show(self, n: int = 20) -> None:
         """Print the first ``n`` rows as a table, with column types (computes only what they need).
@@ -385,7 +392,14 @@ class DataFrame:
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             from smallpond.io.arrow import cast_columns_to_large_string
 
-            return pa.concat_tables([cast_columns_to_large_string(t) for t in tables], promote_options="permissive")
+            tables = [cast_columns_to_large_string(t) for t in tables]
+        try:
+            return pa.concat_tables(tables, promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            # partitions that typed a column differently (files unioned by name, each partition
+            # over its own files: int64 in one, string in another): the frame's schema, which
+            # DuckDB gave for all the files, decides, as a query over the whole frame would
+            return pa.concat_tables([_conform(t, self.schema) for t in tables], promote_options="permissive")
 
     def to_pandas(self):
         """The whole result as one ``pandas.DataFrame`` with a fresh index."""
@@ -661,3 +675,17 @@ def __getattr__(name: str):
 
         return Session
     raise AttributeError(f"module 'smallpond.dataframe' has no attribute {name!r}")
+
+
+def _conform(table, schema):
+    """``table`` with each column that ``schema`` has cast to its type there (string types as large)."""
+    import pyarrow as pa
+
+    from smallpond.io.arrow import cast_columns_to_large_string
+
+    target = cast_columns_to_large_string(schema.empty_table()).schema
+    columns = [
+        table.column(i).cast(target.field(name).type) if name in target.names else table.column(i)
+        for i, name in enumerate(table.column_names)
+    ]
+    return pa.table(columns, names=table.column_names)

@@ -446,3 +446,18 @@ def test_udf_type_int_alias():
     from smallpond.logical.udf import UDFType
 
     assert UDFType.INT is UDFType.INTEGER
+
+
+def test_union_by_name_unifies_a_column_typed_differently_in_two_files(sp, tmp_path):
+    # DuckDB reads k as VARCHAR over both files, as the frame's schema says; reading the frame, and
+    # partitions of it over one file each, must give the same (pyarrow cannot merge int64 and string)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"k": [1, 2], "x": ["a", "b"]}), str(tmp_path / "1.parquet"))
+    pq.write_table(pa.table({"k": ["3"], "y": [1.5]}), str(tmp_path / "2.parquet"))
+    expected = duckdb.sql(f"select * from read_parquet('{tmp_path}/*.parquet', union_by_name=true) order by k").fetchall()
+    df = sp.read_parquet(str(tmp_path / "*.parquet"), union_by_name=True)
+    assert str(df.schema.field("k").type) == "string"
+    for frame in (df, df.repartition(2, by_rows=True), df.repartition(2)):
+        got = sorted((r["k"], r["x"], r["y"]) for r in frame.take_all())
+        assert got == expected

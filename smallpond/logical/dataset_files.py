@@ -271,15 +271,32 @@ class ParquetDataSet(DataSet):
         return joiner.join(pieces)
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
-        if conn is not None or self.generated_columns or (self.columns and "*" in self.columns) or self._has_expressions():
+        # files unioned by name are read by DuckDB, which unifies a column's types across files
+        # (int64 in one, string in another: VARCHAR, as the frame's schema says), as the batch
+        # reader does; pyarrow cannot merge them
+        by_duckdb = self._union_by_name and self.columns is None
+        if (
+            conn is not None
+            or self.generated_columns
+            or (self.columns and "*" in self.columns)
+            or self._has_expressions()
+            or by_duckdb
+        ):
             if self.empty and self._schema_source() is None:
                 return _empty_table()
             return super().to_arrow_table(max_workers, filesystem, conn)
+        import pyarrow as pa
+
         from smallpond.io.arrow import load_from_parquet_files
 
         if self.empty:
             return _empty_table(self._schema_source())
-        return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
+        try:
+            return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
+        except pa.ArrowTypeError as e:  # a column typed differently in two files
+            if not self.union_by_name or "Unable to merge" not in str(e):
+                raise
+            return super().to_arrow_table(max_workers, filesystem, conn)
 
     def _has_expressions(self) -> bool:
         return bool(self.columns) and any(self._is_expression(c) for c in self.columns)
