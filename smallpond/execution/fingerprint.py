@@ -26,7 +26,19 @@ ids cloudpickle gives classes) may.
   says now;
 * the user's own functions by their code (bytecode, the names it uses, constants, nested code),
   defaults, closure, and the globals their code names (a module-level constant the function reads
-  is part of it); the user's own classes by their methods;
+  is part of it);
+* the user's own classes (defined in the script or in a user module, however they are reached) by
+  their qualified name, their metaclass, their bases (a user base class by the same description, a
+  library class by its name) and everything their ``__dict__`` holds: methods, static and class
+  methods and properties by their functions, and class-level data (constants, containers, nested
+  objects) like any other value. So ``F = 2`` changed to ``F = 3`` in ``class Scaler`` is seen by
+  ``Scaler()``, by a method of it and by a function that reads ``Scaler.F``, as is an attribute
+  inherited from a user base class. Entries that are not the user's data, or that differ between
+  two processes, are left out (:data:`_CLASS_NOISE`: ``__dict__``, ``__weakref__``,
+  ``__module__``, ``__doc__``, and what Python or a library stores on a class as it is used: the
+  ABC registry cache, copyreg's ``__slotnames__``, an Enum's value lookup table...). What
+  ``@dataclass``, ``Enum``, ``NamedTuple`` and ``Protocol`` generate is data or functions of this
+  kind and walks the same way in every process. An instance by its own state (below) and its class;
 * each object is walked once: a second sighting (a cycle, or an object shared by two places)
   is written as a reference to the first, so cycles are cut and shared objects cost nothing;
   past a depth of 64 a value is digested by its pickled bytes;
@@ -43,6 +55,7 @@ ids cloudpickle gives classes) may.
 from __future__ import annotations
 
 import ast
+import enum
 import hashlib
 import importlib.util
 import os
@@ -143,7 +156,7 @@ class _Walker:
             for x in _stable_order(obj):
                 self.walk(x, depth)
             self.put("]")
-        elif isinstance(obj, dict):
+        elif isinstance(obj, (dict, types.MappingProxyType)):  # a mappingproxy: a dataclass field's metadata
             self.put(f"{type(obj).__qualname__}[{len(obj)}")
             for k in _stable_order(obj):
                 self.walk(k, depth)
@@ -168,9 +181,11 @@ class _Walker:
         elif isinstance(obj, Node):
             self.put(f"node:{type(obj).__module__}.{type(obj).__qualname__}")
             self.walk(obj.fingerprint_params(), depth)
-            self.walk(_own_functions(type(obj)), depth)  # a user's subclass: its process() etc.
+            self.walk(type(obj), depth)  # a user's subclass: its process() etc. and class attributes
         elif isinstance(obj, DataSet):
             self.put(f"fp:{type(obj).__qualname__}:{obj.fingerprint()}")
+        elif isinstance(obj, (types.MemberDescriptorType, types.GetSetDescriptorType)):  # a slot of a class
+            self.put(f"descriptor:{type(obj).__qualname__}:{getattr(obj, '__qualname__', '?')}")
         elif isinstance(obj, _LOCK_TYPES):
             self.put(f"lock:{type(obj).__qualname__}")
         elif _is_ndarray(obj):
@@ -180,7 +195,7 @@ class _Walker:
             self.put(f"obj:{cls.__module__}.{cls.__qualname__}")
             state = obj.__dict__ if hasattr(obj, "__dict__") else {s: getattr(obj, s, None) for s in _slots(cls)}
             self.walk({k: v for k, v in state.items() if not k.startswith("__")}, depth)
-            self.walk(_own_functions(cls), depth)  # a subclass's own code is part of what it computes
+            self.walk(cls, depth)  # a user class's code and class attributes are part of what it computes
         else:
             self.reduced(obj, depth)
 
@@ -239,8 +254,13 @@ class _Walker:
     def cls(self, cls: type, depth: int) -> None:
         module = getattr(cls, "__module__", None) or ""
         self.put(f"class:{module}.{getattr(cls, '__qualname__', repr(cls))}{_library_version(module)}")
-        if not _is_library(module):
-            self.walk(_own_functions(cls), depth)
+        if _is_library(module):
+            return
+        # a user class: its metaclass and bases (user bases walked the same way: an attribute
+        # inherited from one, a method overridden), then what its own __dict__ holds
+        self.walk(type(cls), depth)
+        self.walk(cls.__bases__, depth)
+        self.walk(_class_state(cls), depth)
 
     def ndarray(self, a, depth: int) -> None:
         self.put(f"ndarray:{a.dtype.str}:{a.shape}")
@@ -264,7 +284,7 @@ class _Walker:
             return
         self.put(f"reduce:{_name(cls)}")
         if not _is_library(cls.__module__ or ""):
-            self.walk(_own_functions(cls), depth)
+            self.walk(cls, depth)
         parts = list(rv)
         for i, part in enumerate(parts[:5]):
             if i >= 3 and part is not None:  # list and dict items come as iterators
@@ -319,20 +339,56 @@ def _is_plain_object(obj: Any) -> bool:
     return hasattr(obj, "__dict__") or bool(_slots(cls))
 
 
-def _own_functions(cls) -> dict:
-    """Methods defined by a user class and its user base classes (not by libraries)."""
+#: entries of a class's ``__dict__`` that are not the user's data or differ between processes: the
+#: instance dict/weakref descriptors, the module (the class's qualified name is written already),
+#: the docstring (it computes nothing), the ABC registry cache (``_abc_impl``, which grows as
+#: isinstance checks run), what Python 3.13 derives from the source (line number, attribute names
+#: assigned in methods: irrelevant to the result, or implied by the methods' code) and the cache
+#: Python 3.14 keeps of the annotations it computes (``__annotate__``, their code, is walked), and
+#: ``__slotnames__``, which copyreg stores on a class the first time an instance of it is pickled
+#: or copied (its ``__slots__`` are walked). Then what libraries derive and store on a user class:
+#: a lazily computed ``__signature__``; pydantic's compiled schema, validator and serializer and its
+#: decorator index (derived from the fields, config and validator methods, which are walked; they
+#: name the class by its ``id()``) and its cache of attribute setters, filled as instances are set
+_CLASS_NOISE = frozenset(
+    {
+        "__dict__",
+        "__weakref__",
+        "__module__",
+        "__qualname__",
+        "__doc__",
+        "_abc_impl",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__annotations_cache__",
+        "__slotnames__",
+        "__signature__",
+        "__pydantic_core_schema__",
+        "__pydantic_validator__",
+        "__pydantic_serializer__",
+        "__pydantic_decorators__",
+        "__pydantic_setattr_handlers__",
+    }
+)
+
+
+def _class_state(cls: type) -> dict:
+    """What a user class's own ``__dict__`` holds, by name (its bases are walked on their own):
+    functions as they are, static and class methods by their function (and which kind they are),
+    properties by their functions, everything else (class-level data) as it is."""
     out = {}
-    for k in reversed(cls.__mro__):
-        if _is_library(getattr(k, "__module__", None) or "builtins"):
-            continue
-        for name, v in vars(k).items():
-            if isinstance(v, (staticmethod, classmethod)):
-                v = v.__func__
-            if isinstance(v, types.FunctionType):
-                out[f"{k.__qualname__}.{name}"] = v
-            elif isinstance(v, property):
-                out[f"{k.__qualname__}.{name}"] = tuple(f for f in (v.fget, v.fset, v.fdel) if f is not None)
-    return dict(sorted(out.items()))
+    is_enum = isinstance(cls, enum.EnumMeta)
+    for name, v in list(vars(cls).items()):
+        if name in _CLASS_NOISE or (name == "__annotations__" and not v):
+            continue  # (reading ``cls.__annotations__`` of a class without any stores an empty dict)
+        if is_enum and name == "_value2member_map_":
+            continue  # a cache: a Flag adds each combination used (the members are in _member_map_)
+        if isinstance(v, (staticmethod, classmethod)):
+            v = (type(v).__name__, v.__func__)
+        elif isinstance(v, property):
+            v = ("property", v.fget, v.fset, v.fdel)
+        out[name] = v
+    return out
 
 
 def _global_names(code: types.CodeType, out: Optional[set] = None) -> set:

@@ -3,16 +3,22 @@ what does not, and are the same in two processes running the same script (so a r
 
 from __future__ import annotations
 
+import abc
+import copy
+import dataclasses
+import enum
 import importlib
 import json
 import math
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import threading
 import uuid
 import warnings
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -403,3 +409,268 @@ def test_an_edited_user_module_is_not_served_from_the_task_cache(tmp_path, ids_f
     made = calls.read_text()
     assert run(20) == 900
     assert calls.read_text() == made, "an unchanged module should be reused from the cache"
+
+
+# -- the user's own classes: their class-level attributes, bases and instances -----------------------
+
+
+class ScalerBase:
+    OFFSET = 0
+    TABLE = {"a": [1, 2]}
+
+    def shift(self, v):
+        return v + self.OFFSET
+
+
+class Scaler(ScalerBase):
+    F = 2
+
+    def __init__(self, factor=1):
+        self.factor = factor
+
+    def __call__(self, row):
+        return {"y": self.shift(row["x"] * self.F * self.factor)}
+
+
+class Sibling(ScalerBase):  # inherits everything, overrides nothing
+    pass
+
+
+def reads_scaler_f(x):
+    return x * Scaler.F
+
+
+def test_a_class_attribute_is_part_of_the_class_its_instances_methods_and_readers(monkeypatch):
+    """``F = 2`` edited to ``F = 3`` in the script: every way the class reaches a task sees it."""
+    users = {"class": Scaler, "instance": Scaler(), "method": Scaler().__call__, "reader": reads_scaler_f}
+    before = {k: stable_digest(v) for k, v in users.items()}
+    assert {k: stable_digest(v) for k, v in users.items()} == before  # unchanged: the same
+
+    monkeypatch.setattr(Scaler, "F", 3)
+    after = {k: stable_digest(v) for k, v in users.items()}
+    assert all(after[k] != before[k] for k in users), after
+    monkeypatch.undo()
+    assert {k: stable_digest(v) for k, v in users.items()} == before
+
+    monkeypatch.setitem(ScalerBase.TABLE, "a", [1, 3])  # a value nested in a class-level container
+    assert stable_digest(Scaler()) != before["instance"]
+
+
+def test_what_a_class_inherits_from_a_user_base_class_is_part_of_it(monkeypatch):
+    before, sibling = stable_digest(Scaler()), stable_digest(Sibling)
+    monkeypatch.setattr(ScalerBase, "OFFSET", 1)  # an inherited attribute
+    assert stable_digest(Scaler()) != before and stable_digest(Sibling) != sibling
+    monkeypatch.undo()
+
+    monkeypatch.setattr(ScalerBase, "shift", lambda self, v: v - self.OFFSET)  # an inherited method
+    assert stable_digest(Scaler()) != before
+    monkeypatch.undo()
+
+    monkeypatch.setattr(Scaler, "OFFSET", 0, raising=False)  # the same value, now overridden by the subclass
+    assert stable_digest(Scaler()) != before
+    monkeypatch.setattr(Scaler, "shift", lambda self, v: v, raising=False)  # a method overridden
+    overridden = stable_digest(Scaler())
+    monkeypatch.undo()
+    assert overridden != before and stable_digest(Scaler()) == before
+
+
+def test_the_state_of_an_instance_passed_as_a_callable_is_part_of_it():
+    assert stable_digest(Scaler(factor=3)) == stable_digest(Scaler(factor=3))
+    assert stable_digest(Scaler(factor=3)) != stable_digest(Scaler(factor=2))
+    assert stable_digest(Scaler(factor=3).__call__) != stable_digest(Scaler(factor=2).__call__)
+
+
+def test_a_class_imported_from_a_user_module_by_name_is_fingerprinted_with_its_attributes(user_modules):
+    """``from mymod import Scaler``: the class itself reaches the task, not the module."""
+    user_modules.write("{p}mymod.py", "class Scaler:\n    F = 2\n    def __call__(self, x):\n        return x * self.F\n")
+    user_modules.write("{p}job.py", "from {p}mymod import Scaler\nscale = Scaler()\n")
+    first = stable_digest(user_modules.load("{p}job").scale)
+    assert stable_digest(user_modules.load("{p}job").scale) == first
+    user_modules.write("{p}mymod.py", "class Scaler:\n    F = 3\n    def __call__(self, x):\n        return x * self.F\n")
+    user_modules.reload("{p}mymod")
+    job = user_modules.reload("{p}job")  # a new run imports both again
+    assert job.scale(1) == 3
+    assert stable_digest(job.scale) != first
+
+
+class Point(NamedTuple):
+    x: int
+    y: int = 0
+
+
+class Perm(enum.IntFlag):
+    R = 1
+    W = 2
+
+
+class Shape(enum.Enum):
+    SQUARE = "square"
+    ROUND = "round"
+
+
+class Sized(Protocol):
+    def size(self) -> int: ...
+
+
+@runtime_checkable
+class Named(Protocol):
+    name: str
+
+
+class AbstractJob(abc.ABC):
+    @abc.abstractmethod
+    def run(self): ...
+
+
+class Job(AbstractJob):
+    __slots__ = ("n",)
+
+    def __init__(self, n):
+        self.n = n
+
+    def run(self):
+        return self.n
+
+
+@dataclasses.dataclass
+class Cfg:
+    k: int = 2
+    tags: list = dataclasses.field(default_factory=list, metadata={"doc": "tags"})
+
+
+def test_what_python_caches_on_a_class_as_it_is_used_does_not_change_its_fingerprint():
+    """The ABC registry cache, copyreg's ``__slotnames__``, an empty ``__annotations__`` read, a Flag's
+    combinations: stored on the class as it is used, not by the user; and these kinds never crash."""
+    kinds = [Point, Point(1), Perm, Perm.R, Shape, Shape.ROUND, Sized, Named, AbstractJob, Job, Job(1), Cfg, Cfg()]
+    before = [stable_digest(k) for k in kinds]
+    assert isinstance(Job(1), AbstractJob) and not isinstance(1, AbstractJob) and not isinstance(1, Named)
+    pickle.dumps([Job(1), Cfg(), Point(1), Scaler()])
+    copy.copy(Job(2)), copy.deepcopy(Cfg())
+    _ = Sized.__annotations__, Job.__annotations__, (Perm.R | Perm.W), Perm(3), ~Perm.R
+    assert [stable_digest(k) for k in kinds] == before
+
+
+CLASSES_SCRIPT = """
+    import dataclasses, enum, json, os, pickle, typing
+    from smallpond.execution.fingerprint import stable_digest
+
+    V = json.loads(os.environ.get("FP_VALUES", "{}"))
+
+    class Base:
+        OFFSET = V.get("offset", 0)
+        NAMES = {"a", "b", "c"}
+
+    class Scaler(Base):
+        F = V.get("f", 2)
+        def __call__(self, row):
+            return {"y": row["x"] * self.F + self.OFFSET}
+
+    @dataclasses.dataclass
+    class Cfg:
+        k: int = V.get("k", 2)
+        tags: list = dataclasses.field(default_factory=list)
+        def __call__(self, row):
+            return {"y": row["x"] * self.k}
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Frozen:
+        k: int = 1
+
+    class Shape(enum.Enum):
+        SQUARE = 1
+        ROUND = 2
+
+    class Point(typing.NamedTuple):
+        x: int
+        y: int = 0
+
+    class Sized(typing.Protocol):
+        def size(self) -> int: ...
+
+    objs = {
+        "class": Scaler, "instance": Scaler(), "dataclass": Cfg(), "dataclass-class": Cfg, "dataclass-k5": Cfg(k=5),
+        "frozen": Frozen(), "enum": Shape, "member": Shape.ROUND, "namedtuple": Point(1), "protocol": Sized,
+    }
+    try:
+        import pydantic
+    except ImportError:
+        pass
+    else:
+        class Model(pydantic.BaseModel):
+            x: int = 1
+            F: typing.ClassVar[int] = V.get("f", 2)
+        objs.update({"pydantic": Model, "pydantic-instance": Model(x=2)})
+    pickle.dumps(list(objs.values()))  # used before it is planned
+    print(json.dumps({k: stable_digest(v) for k, v in objs.items()}))
+"""
+
+
+def test_user_classes_have_the_same_fingerprint_in_two_processes_and_see_edits(tmp_path):
+    script = tmp_path / "classes.py"
+    script.write_text(textwrap.dedent(CLASSES_SCRIPT))
+
+    def digests(hash_seed, **values):
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=dict(os.environ, PYTHONPATH=REPO, PYTHONHASHSEED=str(hash_seed), FP_VALUES=json.dumps(values)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = digests(1)
+    assert digests(2) == first  # another process, another hash seed: the same
+    assert first["dataclass"] != first["dataclass-k5"]  # a field's value
+
+    def changed(**values):
+        return {k for k, v in digests(3, **values).items() if first[k] != v}
+
+    pydantic_too = {"pydantic", "pydantic-instance"} & set(first)
+    assert changed(f=3) == {"class", "instance"} | pydantic_too  # a class attribute
+    assert changed(offset=1) == {"class", "instance"}  # inherited from a user base class
+    assert changed(k=3) == {"dataclass", "dataclass-class", "dataclass-k5"}  # a field's default
+
+
+def test_an_edited_class_attribute_is_not_served_from_the_task_cache(tmp_path, ids_file):
+    """Two runs of a script whose map calls an instance of a class defined in it; only a class
+    attribute changes between them, then nothing does."""
+    calls = tmp_path / "calls.txt"
+    script = tmp_path / "job.py"
+
+    def run(factor: int) -> int:
+        script.write_text(
+            textwrap.dedent(f"""
+                import smallpond
+
+                class Scaler:
+                    F = {factor}
+
+                    def __call__(self, row):
+                        open({str(calls)!r}, "a").write(".")
+                        return {{"y": row["id"] * self.F}}
+
+                sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=1, task_cache={str(tmp_path / "cache")!r})
+                try:
+                    df = sp.read_parquet({ids_file!r})
+                    print(df.map(Scaler()).to_pandas().y.sum())
+                finally:
+                    sp.shutdown()
+            """)
+        )
+        proc = subprocess.run(
+            [sys.executable, str(script)],
+            env=dict(os.environ, PYTHONPATH=REPO, SP_PROGRESS="0"),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return int(proc.stdout.strip().splitlines()[-1])
+
+    assert run(2) == 90
+    assert run(3) == 135, "the first run's output was reused though Scaler.F changed"
+    made = calls.read_text()
+    assert run(3) == 135
+    assert calls.read_text() == made, "an unchanged class should be reused from the cache"
