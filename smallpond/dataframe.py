@@ -234,8 +234,13 @@ class DataFrame:
     def map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], Dict[str, Any]]], *, schema=None, **kwargs) -> "DataFrame":
         """Map each row: a SQL select list (``"a + b as c"``) or a function row dict → dict.
 
-        ``schema`` (a ``pa.Schema``) fixes the output types of a Python function; without it the
-        types are inferred from the first rows whose values are not all None.
+        ``schema`` (a ``pa.Schema``) fixes the output columns and types of a Python function;
+        without it they are those of the first batch of rows (``streaming_batch_size``, 122880 by
+        default) whose values are not all None. Values are never changed to fit: a later row with
+        a value the type cannot hold as it is (1.5 where the first batch had only integers, a
+        string in a number column) or a key the schema lacks fails the task, naming the column;
+        pass ``schema=`` then. An integer in a float column is stored as it is. A key missing from
+        a row gives a null.
 
         >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
         >>> df.map("a + b as c").take_all()
@@ -256,6 +261,8 @@ class DataFrame:
     ) -> "DataFrame":
         """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts.
 
+        ``schema`` works as for :meth:`map`.
+
         >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
         >>> df.flat_map(lambda row: [{"c": row["a"]}, {"c": row["b"]}]).take_all()
         [{'c': 1}, {'c': 4}, {'c': 2}, {'c': 5}]
@@ -268,8 +275,15 @@ class DataFrame:
             return self._python_op("flat_map", _MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
-    def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, **kwargs) -> "DataFrame":
+    def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, schema=None, **kwargs) -> "DataFrame":
         """Apply ``func(pa.Table) -> pa.Table`` to batches of exactly ``batch_size`` rows (the last may be smaller).
+
+        ``schema`` (a ``pa.Schema``) fixes the output columns and types; without it they are those
+        of the first batch's output. Every batch must return these columns: one more or one
+        missing fails the task, naming it. A batch is cast to the types only when no value changes
+        (int64 values into a float64 column, string into large_string); values that do not fit
+        (1.5 in an int64 column) fail the task, naming the column: pass ``schema=`` with a type
+        that holds them.
 
         >>> import pyarrow as pa
         >>> sizes = sp.from_items(list(range(10))).map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_size=4)
@@ -278,7 +292,7 @@ class DataFrame:
         """
         if not callable(func):
             raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
-        return self._python_op("map_batches", _MapBatches(func), None, dict(kwargs, streaming_batch_size=batch_size))
+        return self._python_op("map_batches", _MapBatches(func, schema), schema, dict(kwargs, streaming_batch_size=batch_size))
 
     def _python_op(self, op: str, fn, schema, kwargs) -> "DataFrame":
         node = ArrowStreamNode(self._ctx, (self.plan,), process_func=fn, **kwargs)
@@ -557,7 +571,15 @@ def _describe(value) -> str:
 
 
 class _MapRows:
-    """Row-wise map / flat_map with a schema that stays the same across batches of a task."""
+    """Row-wise map / flat_map.
+
+    Each batch's rows become a table with every key any row has, typed from the values (or by
+    ``schema``); the task's output writer then holds every later batch to the first one's schema
+    (see :func:`smallpond.io.arrow.conform_table`): values are never truncated or dropped.
+    """
+
+    #: a key a batch's rows all lack is a column of nulls there, as a key one row lacks is a null
+    fills_missing_columns = True
 
     def __init__(self, func: Callable, schema, flat: bool) -> None:
         self.func = func
@@ -565,6 +587,10 @@ class _MapRows:
         self.flat = flat
         self.__name__ = getattr(func, "__name__", "map")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
+
+    @property
+    def _op(self) -> str:
+        return "flat_map" if self.flat else "map"
 
     def _apply(self, row) -> list:
         """The function's output rows for ``row`` (checked: a dict, or a list of dicts for flat_map)."""
@@ -581,7 +607,70 @@ class _MapRows:
         return [out]
 
     def _rows(self, batch) -> list:
-        return [out for r in batch.to_pylist() for out in self._apply(r)]
+        if self.flat:
+            return [out for r in batch.to_pylist() for out in self._apply(r)]
+        rows = list(map(self.func, batch.to_pylist()))
+        if any(t is not dict for t in set(map(type, rows))):
+            for out in rows:
+                if not isinstance(out, dict):
+                    raise UserCodeError(f"the map function {self.__qualname__} must return a dict, got {_describe(out)}")
+        return rows
+
+    def _table(self, rows, schema=None):
+        """``rows`` as a table: a column for every key any row has, typed from the values, or by
+        ``schema`` where it names the key (cast only when no value changes; see the module's
+        :func:`~smallpond.io.arrow.conform_table`)."""
+        import pyarrow as pa
+
+        from smallpond.io.arrow import conform_table, lossless_cast_kind
+
+        if not rows:
+            return schema.empty_table() if schema is not None else pa.table({})
+        keys, values = _row_columns(rows)
+        arrays = []
+        for key, column in zip(keys, values):
+            target = None
+            if schema is not None and schema.get_field_index(key) >= 0:
+                target = schema.field(key).type
+            try:
+                array = pa.array(column)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+                if target is None:
+                    raise UserCodeError(
+                        f"the {self._op} function {self.__qualname__} returned values for {key!r} that Arrow cannot "
+                        f"store in one column: {e}. Return one type per key, or pass schema= to {self._op}()."
+                    ) from None
+                array = None
+            if target is not None and (array is None or array.type != target):
+                if array is not None and not lossless_cast_kind(array.type, target):
+                    array = None
+                elif array is not None:
+                    try:
+                        array = array.cast(target, safe=True)
+                    except pa.ArrowNotImplementedError:
+                        array = None
+                    except pa.ArrowInvalid:
+                        pass  # a value does not fit: conform_table below names it
+                if array is None:  # e.g. dicts for a map type, str for binary: pyarrow converts them to the type
+                    try:
+                        array = pa.array(column, type=target)
+                    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
+                        raise UserCodeError(
+                            f"the {self._op} function {self.__qualname__} returned values for {key!r} that do not fit "
+                            f"its type {target} in the schema given (schema=): {e}"
+                        ) from None
+            arrays.append(array)
+        table = pa.Table.from_arrays(arrays, names=keys)
+        if schema is not None and not table.schema.equals(schema, check_metadata=False):
+            table = conform_table(
+                table,
+                schema,
+                fill_missing=True,
+                origin="the schema given (schema=)",
+                hint=f"Give the column a type that holds every value in the schema= of {self._op}().",
+                columns_hint=f"Add the key to the schema= of {self._op}() (a row without it gets a null there).",
+            )
+        return table
 
     def output_schema_for(self, sample):
         """The output schema, from ``schema=`` or the function applied to sample rows (a
@@ -595,7 +684,7 @@ class _MapRows:
             rows = self._apply(row)
             if not rows:
                 continue
-            found = pa.Table.from_pylist(rows).schema
+            found = self._table(rows).schema
             if not any(pa.types.is_null(f.type) for f in found):
                 break
         return found
@@ -603,26 +692,42 @@ class _MapRows:
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
-        # each output names the input batches it completes, so a stream checkpoint after it is exact
-        known = self.schema
+        # each output names the input batches it completes, so a stream checkpoint after it is exact;
+        # later batches are held to the first output's schema by the task's writer
         pending: list = []
+        started = self.schema is not None
         i = -1
         for i, batch in enumerate(readers[0]):
             rows = self._rows(batch)
-            if known is not None:
-                yield StreamOutput(pa.Table.from_pylist(rows, schema=known), batch_indices=[i])
+            if started:
+                yield StreamOutput(self._table(rows, self.schema), batch_indices=[i])
                 continue
-            table = pa.Table.from_pylist(rows)
+            rows = pending + rows if pending else rows
+            table = self._table(rows)
             if not rows or any(pa.types.is_null(f.type) for f in table.schema):
-                pending.extend(rows)  # types not known yet: wait for a batch that shows them
+                pending = rows  # types not known yet: wait for a batch that shows them
                 continue
-            known = table.schema
-            if pending:
-                table = pa.concat_tables([pa.Table.from_pylist(pending, schema=known), table])
-                pending = []
+            pending, started = [], True
             yield StreamOutput(table, batch_indices=[i])
         if pending:
-            yield StreamOutput(pa.Table.from_pylist(pending), batch_indices=[i])
+            yield StreamOutput(self._table(pending), batch_indices=[i])
+
+
+def _row_columns(rows):
+    """The keys of ``rows`` (dicts; every key any row has, in the order first seen) and the
+    values of each, None where a row lacks the key."""
+    from itertools import chain
+    from operator import itemgetter
+
+    keys = list(rows[0])
+    # the usual case, checked in C: every row has the first row's keys and no other
+    if sum(map(len, rows)) == len(keys) * len(rows):
+        try:
+            return keys, [list(map(itemgetter(k), rows)) for k in keys]
+        except KeyError:
+            pass
+    keys = list(dict.fromkeys(chain.from_iterable(rows)))
+    return keys, [[r.get(k) for r in rows] for k in keys]
 
 
 class _FilterRows:
@@ -648,8 +753,9 @@ class _FilterRows:
 
 
 class _MapBatches:
-    def __init__(self, func: Callable) -> None:
+    def __init__(self, func: Callable, schema=None) -> None:
         self.func = func
+        self.schema = schema
         self.__name__ = getattr(func, "__name__", "map_batches")
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
@@ -658,6 +764,8 @@ class _MapBatches:
         an empty table of the input's schema)."""
         import pyarrow as pa
 
+        if self.schema is not None:
+            return self.schema
         out = self.func(sample)
         return out.schema if isinstance(out, (pa.Table, pa.RecordBatch)) else None
 

@@ -140,6 +140,95 @@ def test_map_schema_inference_stable_across_batches(sp):
     assert out.column("y").null_count == 10
 
 
+ROWS30 = [{"i": i} for i in range(30)]  # with streaming_batch_size=10 / batch_size=10: three batches
+
+
+def _task_fails(df, *fragments):
+    with pytest.raises(TaskError) as e:
+        df.to_arrow()
+    assert not e.value.retryable
+    text = str(e.value)
+    for f in fragments:
+        assert f in text, text
+    return text
+
+
+def test_map_value_a_later_batch_cannot_hold_fails_instead_of_truncating(sp):
+    df = sp.from_items(ROWS30)
+
+    def later_float(r):
+        return {"i": r["i"], "x": 1 if r["i"] < 20 else 1.5}
+
+    # the first batch fixed x as int64 and its file is written: 1.5 is not truncated to 1
+    _task_fails(df.map(later_float, streaming_batch_size=10), "'x'", "int64", "double", "1.5", "schema=")
+    _task_fails(df.map(lambda r: {"x": [1] if r["i"] < 20 else [2.7]}, streaming_batch_size=10), "'x'", "2.7", "schema=")
+    _task_fails(df.map(lambda r: {"x": 1 if r["i"] < 20 else "a"}, streaming_batch_size=10), "'x'", "string", "'a'")
+    # with schema= the values are kept
+    schema = pa.schema([("i", pa.int64()), ("x", pa.float64())])
+    out = df.map(later_float, schema=schema, streaming_batch_size=10).to_arrow()
+    assert out.column("x").to_pylist() == [1.0] * 20 + [1.5] * 10
+    # schema= never truncates either
+    _task_fails(df.map(lambda r: {"x": 1.5}, schema=pa.schema([("x", pa.int64())])), "'x'", "1.5", "schema=")
+
+
+def test_map_integers_after_floats_are_kept_as_floats(sp):
+    out = sp.from_items(ROWS30).map(lambda r: {"x": 0.5 if r["i"] < 10 else r["i"]}, streaming_batch_size=10).to_arrow()
+    assert out.column("x").type == pa.float64()
+    assert out.column("x").to_pylist() == [0.5] * 10 + [float(i) for i in range(10, 30)]
+
+
+def test_map_keys_not_in_the_first_row(sp):
+    df = sp.from_items(ROWS30)
+    # a key first returned by a later row of the first batch is a column, null in the rows before
+    out = df.map(lambda r: {"x": r["i"]} if r["i"] < 5 else {"x": r["i"], "y": -r["i"]}, streaming_batch_size=10)
+    out = out.to_arrow()
+    assert out.column_names == ["x", "y"]
+    assert out.column("y").to_pylist() == [None] * 5 + [-i for i in range(5, 30)]
+
+    # a key first returned in a later batch (the first batch's file has no such column) fails, naming it
+    def later_key(r):
+        return {"x": 1} if r["i"] < 20 else {"x": 1, "y": 2}
+
+    _task_fails(df.map(later_key, streaming_batch_size=10), "'y'", "schema=")
+    _task_fails(df.flat_map(lambda r: [later_key(r)], streaming_batch_size=10), "'y'", "flat_map()")
+    out = df.map(later_key, schema=pa.schema([("x", pa.int64()), ("y", pa.int64())]), streaming_batch_size=10).to_arrow()
+    assert out.column("y").to_pylist() == [None] * 20 + [2] * 10
+    # a key schema= lacks is not dropped
+    _task_fails(df.map(later_key, schema=pa.schema([("x", pa.int64())])), "'y'", "schema=")
+    # a key missing from a later batch's rows is null there, as in any row
+    out = df.map(lambda r: {"x": 1, "y": 2} if r["i"] < 20 else {"x": 1}, streaming_batch_size=10).to_arrow()
+    assert out.column("y").to_pylist() == [2] * 20 + [None] * 10
+
+
+def test_map_batches_output_that_changes_between_batches(sp):
+    df = sp.from_items(ROWS30)
+
+    def first(t):
+        return t.column("i")[0].as_py()
+
+    def add_y_later(t):
+        return t if first(t) < 20 else t.append_column("y", pa.array([7] * t.num_rows))
+
+    def drop_i_later(t):
+        return t.append_column("y", pa.array([7] * t.num_rows)).select(["y"] if first(t) >= 20 else ["i", "y"])
+
+    def halves_later(t):
+        return t if first(t) < 20 else pa.table({"i": pa.compute.add(t.column("i").cast(pa.float64()), 0.5)})
+
+    # a column added or dropped by a later batch fails, naming it
+    _task_fails(df.map_batches(add_y_later, batch_size=10), "'y'", "same columns")
+    _task_fails(df.map_batches(drop_i_later, batch_size=10), "'i'", "missing", "same columns")
+    # values that do not fit the first batch's type fail; with schema= they are kept
+    _task_fails(df.map_batches(halves_later, batch_size=10), "'i'", "int64", "20.5", "schema=")
+    out = df.map_batches(halves_later, batch_size=10, schema=pa.schema([("i", pa.float64())])).to_arrow()
+    assert out.column("i").to_pylist() == list(range(20)) + [i + 0.5 for i in range(20, 30)]
+    assert df.map_batches(halves_later, batch_size=10, schema=pa.schema([("i", pa.float64())])).schema.names == ["i"]
+    # a cast that keeps every value is done: int32 into the first batch's int64
+    out = df.map_batches(lambda t: t if first(t) < 10 else t.cast(pa.schema([("i", pa.int32())])), batch_size=10)
+    assert out.to_arrow().column("i").type == pa.int64()
+    assert out.to_arrow().column("i").to_pylist() == list(range(30))
+
+
 def test_map_batches_exact_sizes_across_files(sp, files):
     df = source(sp, files, "parquet")
     out = df.map_batches(lambda t: pa.table({"num_rows": [t.num_rows]}), batch_size=350).take_all()

@@ -80,6 +80,155 @@ def filter_schema(schema: pa.Schema, included_cols=None, excluded_cols=None) -> 
     return pa.schema(fields, metadata=schema.metadata)
 
 
+def lossless_cast_kind(src: pa.DataType, dst: pa.DataType) -> bool:
+    """Whether a column of type ``src`` may be cast to ``dst`` keeping every value, provided the
+    cast is ``safe`` (which raises on overflow, truncation and lost precision).
+
+    Allowed: nulls to anything; integers to integers, floats or decimals; floats to integers
+    (whole values only) or to floats at least as wide; decimals to decimals; string, binary and
+    list kinds to their large (or small) variants; timestamps of the same time zone, dates,
+    times and durations among their own kind; dictionary-encoded to and from its values; structs
+    whose every field the target has (by name), maps and lists, field by field. Everything else
+    (int to string, string to int, bool to int, a struct field the target lacks...) would change
+    or drop values, and is refused.
+    """
+    t = pa.types
+    if src == dst or t.is_null(src):
+        return True
+    if t.is_dictionary(src):
+        return lossless_cast_kind(src.value_type, dst)
+    if t.is_dictionary(dst):
+        return lossless_cast_kind(src, dst.value_type)
+    if t.is_integer(src) or t.is_floating(src):
+        if t.is_integer(dst):
+            return True
+        if t.is_floating(dst):
+            return t.is_integer(src) or src.bit_width <= dst.bit_width
+        return t.is_decimal(dst) and t.is_integer(src)
+    if t.is_decimal(src):
+        return t.is_decimal(dst)
+    for kind in (_is_string_kind, _is_binary_kind, t.is_date, t.is_time, t.is_duration):
+        if kind(src):
+            return kind(dst)
+    if t.is_timestamp(src):
+        return t.is_timestamp(dst) and src.tz == dst.tz
+    if _is_list_kind(src):
+        return _is_list_kind(dst) and lossless_cast_kind(src.value_type, dst.value_type)
+    if t.is_map(src):
+        return (
+            t.is_map(dst) and lossless_cast_kind(src.key_type, dst.key_type) and lossless_cast_kind(src.item_type, dst.item_type)
+        )
+    if t.is_struct(src):
+        if not t.is_struct(dst):
+            return False
+        for f in src:
+            i = dst.get_field_index(f.name)
+            if i < 0 or not lossless_cast_kind(f.type, dst.field(i).type):
+                return False
+        return True
+    return False
+
+
+def _never(t: pa.DataType) -> bool:
+    return False
+
+
+def _is_string_kind(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", _never)(t)
+
+
+def _is_binary_kind(t: pa.DataType) -> bool:
+    return pa.types.is_binary(t) or pa.types.is_large_binary(t) or getattr(pa.types, "is_binary_view", _never)(t)
+
+
+def _is_list_kind(t: pa.DataType) -> bool:
+    return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+
+def _example(column) -> str:
+    values = column.drop_null().slice(0, 1).to_pylist()
+    if not values:
+        return ""
+    text = repr(values[0])
+    return f" (e.g. {text[:60] + '...' if len(text) > 60 else text})"
+
+
+def _widened(field: pa.Field, new_type: pa.DataType) -> Optional[pa.DataType]:
+    """A type holding values of both ``field.type`` and ``new_type``, if Arrow knows one."""
+    try:
+        unified = pa.unify_schemas(
+            [pa.schema([field]), pa.schema([pa.field(field.name, new_type)])], promote_options="permissive"
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError):
+        return None
+    return unified.field(0).type
+
+
+def conform_table(
+    table: pa.Table,
+    schema: pa.Schema,
+    *,
+    fill_missing: bool = False,
+    origin: str = "",
+    hint: str = "",
+    columns_hint: Optional[str] = None,
+) -> pa.Table:
+    """``table`` with exactly ``schema`` (its columns, order, types and metadata), values unchanged.
+
+    Columns are matched by name; a column whose type differs is cast when
+    :func:`lossless_cast_kind` allows it, with ``safe=True``. A column ``schema`` lacks, a value
+    that does not fit (1.5 in an int64 column, 2**60 in a float64 one, a string in an int64 one)
+    or a column of ``schema`` missing from ``table`` (unless ``fill_missing``: then it is all
+    nulls) raises :class:`UserCodeError` naming the column, both types and an example value.
+    ``origin`` names ``schema`` in messages (e.g. "the schema of the first output batch"), ``hint``
+    says what to do about a type (``columns_hint`` about a column too many or missing, if it differs).
+    """
+    where = origin or "the schema"
+    tail = f" {hint}" if hint else ""
+    columns_tail = tail if columns_hint is None else f" {columns_hint}"
+    index = {}
+    for i, name in enumerate(table.column_names):
+        if name in index:
+            raise UserCodeError(f"the output has column {name!r} twice.{columns_tail}")
+        index[name] = i
+    extra = [n for n in table.column_names if schema.get_field_index(n) < 0]
+    if extra:
+        names = ", ".join(repr(n) for n in extra)
+        raise UserCodeError(
+            f"output column(s) {names} are not in {where} (columns {schema.names}); they would be dropped.{columns_tail}"
+        )
+    columns = []
+    for field in schema:
+        i = index.get(field.name)
+        if i is None:
+            if not fill_missing:
+                raise UserCodeError(
+                    f"output column {field.name!r} ({field.type}) of {where} is missing from this batch.{columns_tail}"
+                )
+            column = pa.nulls(table.num_rows, field.type)
+        else:
+            column = table.column(i)
+            if column.type != field.type:
+                column = _cast_column(column, field, where, tail)
+        if not field.nullable and column.null_count:
+            raise UserCodeError(f"output column {field.name!r} has nulls, but {where} says it has none.{tail}")
+        columns.append(column)
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _cast_column(column, field: pa.Field, where: str, tail: str):
+    new = column.type
+    wider = _widened(field, new)
+    widen = f" (a type holding both would be {wider})" if wider is not None and wider != field.type else ""
+    head = f"output column {field.name!r} is {field.type} in {where}, but this batch has {new} values"
+    if not lossless_cast_kind(new, field.type):
+        raise UserCodeError(f"{head}{_example(column)}, which cannot be stored as {field.type} unchanged{widen}.{tail}")
+    try:
+        return column.cast(field.type, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+        raise UserCodeError(f"{head} that do not fit: {e}{widen}.{tail}") from None
+
+
 PathOrRange = Union[str, RowRange]
 
 

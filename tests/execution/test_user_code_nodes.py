@@ -166,3 +166,34 @@ def test_partition_placeholder_and_rand_seed(urls, tmp_path):
     assert t.column("p").to_pylist() == [0, 1, 2, 3]
     assert t.column("c").to_pylist() == [50, 50, 50, 50]
     assert len(set(t.column("seed").to_pylist())) == 4
+
+
+def stream_halves_after_first(runtime_ctx, readers):
+    for i, batch in enumerate(readers[0]):
+        n = batch.column(batch.schema.get_field_index("n"))
+        yield pa.table({"n": n if i == 0 else pa.compute.add(n.cast(pa.float64()), 0.5)})
+
+
+def stream_int32_after_first(runtime_ctx, readers):
+    for i, batch in enumerate(readers[0]):
+        n = batch.column(batch.schema.get_field_index("n"))
+        yield pa.table({"n": n if i == 0 else n.cast(pa.int32())})
+
+
+def test_stream_output_is_held_to_the_first_batch_schema_without_changing_values(urls, tmp_path):
+    from smallpond.errors import JobFailed
+
+    _, pattern = urls
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([pattern]))
+    node = ArrowStreamNode(ctx, (src,), process_func=stream_halves_after_first, streaming_batch_size=50)
+    with pytest.raises(JobFailed) as e:
+        run(ctx, node, tmp_path)
+    text = str(e.value.errors[0])
+    assert "'n'" in text and "truncated" in text and "same column types" in text, text
+    # a batch whose values all fit is cast (int32 into int64), not refused
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([pattern]))
+    node = ArrowStreamNode(ctx, (src,), process_func=stream_int32_after_first, streaming_batch_size=50, output_name="s")
+    got = run(ctx, node, tmp_path / "ok").get_output("s").to_arrow_table()
+    assert got.schema.field("n").type == pa.int64() and sorted(got.column("n").to_pylist()) == list(range(200))

@@ -12,6 +12,7 @@ from smallpond.errors import UserCodeError
 from smallpond.io.arrow import (
     RowRange,
     build_batch_reader_from_files,
+    conform_table,
     dump_to_parquet_files,
     load_from_parquet_files,
     read_row_ranges,
@@ -140,3 +141,48 @@ def test_dump_empty_table(tmp_path):
     paths = dump_to_parquet_files(table, str(tmp_path), "empty")
     assert len(paths) == 1
     assert load_from_parquet_files(paths).num_rows == 0
+
+
+SCHEMA = pa.schema([("a", pa.int64()), ("b", pa.float64()), ("s", pa.string())])
+
+
+def test_conform_table_casts_only_what_keeps_every_value():
+    t = pa.table({"s": ["x"], "b": pa.array([3], pa.int32()), "a": pa.array([None], pa.null())})
+    out = conform_table(t, SCHEMA)
+    assert out.schema == SCHEMA and out.to_pylist() == [{"a": None, "b": 3.0, "s": "x"}]
+    assert conform_table(pa.table({"a": [2.0], "b": [1.0], "s": pa.array(["x"], pa.large_string())}), SCHEMA).column(
+        "a"
+    ).to_pylist() == [2]
+
+
+@pytest.mark.parametrize(
+    "column, fragment",
+    [
+        (pa.array([1.5]), "1.5"),  # truncated
+        (pa.array([2**60]), "1152921504606846976"),  # not exact as a float64
+        (pa.array(["12"]), "'12'"),  # a string is not parsed
+        (pa.array([True]), "bool"),
+    ],
+    ids=["float-to-int", "int-to-float", "string-to-int", "bool-to-int"],
+)
+def test_conform_table_refuses_values_it_would_change(column, fragment):
+    name = "b" if column.type == pa.int64() else "a"
+    t = pa.table({"a": [1], "b": [1.0], "s": ["x"]}).set_column(0 if name == "a" else 1, name, column)
+    with pytest.raises(UserCodeError, match=f"'{name}'") as e:
+        conform_table(t, SCHEMA, origin="the first batch's schema", hint="pass schema=")
+    assert fragment in str(e.value) and "pass schema=" in str(e.value) and "the first batch's schema" in str(e.value)
+
+
+def test_conform_table_refuses_columns_it_would_drop_or_invent():
+    t = pa.table({"a": [1], "b": [1.0], "s": ["x"], "new": [1]})
+    with pytest.raises(UserCodeError, match="'new'.*would be dropped"):
+        conform_table(t, SCHEMA)
+    nested = pa.schema([("m", pa.struct([("k", pa.int64())]))])
+    with pytest.raises(UserCodeError, match="'m'"):  # a struct field the schema lacks is not dropped either
+        conform_table(pa.table({"m": [{"k": 1, "extra": 2}]}), nested)
+    with pytest.raises(UserCodeError, match="'s'.*missing"):
+        conform_table(pa.table({"a": [1], "b": [1.0]}), SCHEMA)
+    assert conform_table(pa.table({"a": [1], "b": [1.0]}), SCHEMA, fill_missing=True).column("s").to_pylist() == [None]
+    strict = pa.schema([pa.field("a", pa.int64(), nullable=False)])
+    with pytest.raises(UserCodeError, match="'a' has nulls"):
+        conform_table(pa.table({"a": [1, None]}), strict)

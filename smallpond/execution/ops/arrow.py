@@ -69,6 +69,11 @@ class _ParquetSink:
         self.rows = 0
         self.closed: List[str] = []
         self.schema_hint = schema_hint
+        #: where the schema came from, for errors
+        self.origin = "the schema of the first output batch"
+        self.origin_given = False
+        #: a column the schema has and a batch lacks is all nulls (rows as dicts: a missing key is None), else an error
+        self.fill_missing = bool(getattr(getattr(task.node, "process_func", None), "fills_missing_columns", False))
         options = ParquetWriterOptions.for_task(task)
         self.kw = options.pyarrow()
         self.row_group_size = options.row_group_size
@@ -83,6 +88,7 @@ class _ParquetSink:
         self.rows = rows
         if nfiles:
             self.schema = pq.read_schema(self.closed[-1])
+            self.origin = "the schema of the output files written before the task resumed"
 
     def _path(self, index: int) -> str:
         return os.path.join(self.output_dir, f"{self.task.output_filename}-{index:05d}.parquet")
@@ -97,19 +103,27 @@ class _ParquetSink:
             raise UserCodeError(f"process function must return a pyarrow Table, got {type(table).__name__}")
         if self.writer is None:
             if self.schema is None:
-                md = dict(table.schema.metadata or {})
+                base = self.schema_hint if self.schema_hint is not None else table.schema
+                md = dict(base.metadata or {})
                 md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
-                self.schema = table.schema.with_metadata(md)
+                self.schema = base.with_metadata(md)
+                if self.schema_hint is not None:
+                    self.origin, self.origin_given = "the schema given (schema=)", True
             self.writer = pq.ParquetWriter(self._path(self.file_index), self.schema, **self.kw)
-        if not table.schema.equals(self.schema, check_metadata=False):
-            try:
-                table = table.select(self.schema.names).cast(self.schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, KeyError) as e:
-                raise UserCodeError(
-                    f"output batch schema {table.schema} does not match the first batch's schema {self.schema}: {e}"
-                ) from None
-        else:
+        if table.schema.equals(self.schema, check_metadata=False):
             table = table.replace_schema_metadata(self.schema.metadata)
+        else:
+            from smallpond.io.arrow import conform_table
+
+            # the file already has the schema: a batch that does not fit it fails, values unchanged
+            table = conform_table(
+                table,
+                self.schema,
+                fill_missing=self.fill_missing,
+                origin=self.origin,
+                hint=_types_hint(self.task.node, self.origin_given),
+                columns_hint=_columns_hint(self.task.node, self.origin_given, self.fill_missing),
+            )
         self.writer.write_table(table, row_group_size=self.row_group_size)
         self.rows += table.num_rows
 
@@ -135,6 +149,36 @@ class _ParquetSink:
             md = dict(self.schema_hint.metadata or {})
             md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
             pq.write_table(self.schema_hint.with_metadata(md).empty_table(), path, **self.kw)
+
+
+def _types_hint(node, given: bool) -> str:
+    """What to do when a column of an output batch has values its type cannot hold."""
+    op = getattr(node, "df_op", None)
+    if given:
+        return f"Give that column a type that holds every value in the schema= of {op}()."
+    if op in ("map", "flat_map", "map_batches"):
+        return (
+            "The first batch's output is already written with that type, so a later batch cannot widen it: "
+            f"pass schema= (a pyarrow.Schema giving each column a type that holds all its values) to {op}()."
+        )
+    return (
+        "The first batch's output is already written with that type: make every output batch have the same "
+        "column types (e.g. cast it to one pyarrow.Schema)."
+    )
+
+
+def _columns_hint(node, given: bool, fill_missing: bool) -> str:
+    """What to do when an output batch has a column too many (or one missing)."""
+    op = getattr(node, "df_op", None)
+    if fill_missing:  # map / flat_map: rows are dicts, a key a row lacks is null
+        if given:
+            return f"Add the key to the schema= of {op}() (a row without it gets a null there)."
+        return (
+            "The first batch's output is already written without it: pass schema= (a pyarrow.Schema naming "
+            f"every key the function may return) to {op}(); a row without a key gets a null there."
+        )
+    which = "those of its schema=" if given else "those of the first batch"
+    return f"Return the same columns from every batch ({which}), all nulls where a batch has no values."
 
 
 def _needs_duckdb(node, ds: DataSet) -> bool:
