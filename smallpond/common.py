@@ -28,6 +28,9 @@ DEFAULT_ROW_GROUP_BYTES = DEFAULT_ROW_GROUP_SIZE * 4 * KB
 DEFAULT_BATCH_SIZE = 122880
 RAND_SEED_BYTE_LEN = 128
 DATA_PARTITION_COLUMN_NAME = "__data_partition__"
+#: the one column SQL sees in an empty input whose columns are unknown (it has no rows); an output
+#: that still has it (and no rows) says nothing about the real columns and is dropped
+EMPTY_PLACEHOLDER_COLUMN = "__empty__"
 PARQUET_METADATA_KEY_PREFIX = "SMALLPOND:"
 INPUT_VIEW_PREFIX = "__input"
 GENERATED_COLUMNS = ("filename", "file_row_number")

@@ -10,7 +10,14 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from smallpond.common import DATA_PARTITION_COLUMN_NAME, DEFAULT_BATCH_SIZE, TextBlock, some_of, sql_fragment
+from smallpond.common import (
+    DATA_PARTITION_COLUMN_NAME,
+    DEFAULT_BATCH_SIZE,
+    EMPTY_PLACEHOLDER_COLUMN,
+    TextBlock,
+    some_of,
+    sql_fragment,
+)
 from smallpond.errors import ParameterError, UserCodeError
 from smallpond.execution.task import StreamOutput
 from smallpond.logical.dataset import (
@@ -357,7 +364,7 @@ class DataFrame:
             t = t.slice(0, max(0, limit - n))
             tables.append(t)
             n += t.num_rows
-        tables = [t for t in tables if t.num_columns > 0] or tables[:1]
+        tables = [t for t in tables if _has_columns(t)] or tables[:1]
         if not tables:
             return pa.table({})
         try:
@@ -396,7 +403,7 @@ class DataFrame:
         import pyarrow as pa
 
         tables = [_read(ds) for ds in self._datasets()]
-        tables = [t for t in tables if t.num_columns > 0] or tables[:1]
+        tables = [t for t in tables if _has_columns(t)] or tables[:1]
         if not tables:
             return pa.table({})
         if len(tables) == 1:
@@ -548,6 +555,15 @@ def _html_table(table) -> str:
         "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in table.to_pylist()
     )
     return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _has_columns(table) -> bool:
+    """Whether a partition's table has real columns: not none, and not only the placeholder
+    column SQL over an empty input of unknown columns sees (with no rows), which other partitions'
+    columns must not be unioned with."""
+    if table.num_columns == 0:
+        return False
+    return not (table.num_rows == 0 and table.column_names == [EMPTY_PLACEHOLDER_COLUMN])
 
 
 def _nullable(table):

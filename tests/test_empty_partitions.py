@@ -95,6 +95,17 @@ def test_row_map_with_nothing_to_infer_from_says_to_pass_schema(sp, prices):
     assert sorted(r["ticker"] for r in sp.partial_sql("select ticker from {0}", df).take_all()) == ["b", "c"]
 
 
+def test_select_star_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_column(sp, prices):
+    """The empty partition's columns are unknown: SQL over it writes no file (no column ``__empty__``),
+    and the result has the other partitions' columns only."""
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r)
+    out = sp.partial_sql("select * from {0}", df)
+    assert [ds.num_files for ds in out._datasets()] == [0, 1]
+    got = out.to_arrow()
+    assert got.column_names == ["ticker", "price"]
+    assert sorted(got.column("ticker").to_pylist()) == ["b", "c"]
+
+
 def test_inference_runs_the_function_on_sample_rows_of_another_partition(sp, prices):
     """The map below changes the columns: only running it can tell the empty partitions what they are."""
     df = sp.read_parquet(prices).repartition(3, hash_by="ticker").repartition(6, by_rows=True)

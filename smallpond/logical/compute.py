@@ -246,9 +246,17 @@ class ArrowComputeNode(Node):
     """Run ``process_func(runtime_ctx, tables: List[pa.Table]) -> pa.Table`` once per partition.
 
     Each input partition is loaded whole. Returning None writes nothing.
+
+    ``output_schema`` (a ``pyarrow.Schema``) declares the output's columns: every output is
+    written with it (a table is cast only where no value changes; another column set or a value
+    that does not fit fails the task), and a partition that produces nothing writes an empty file
+    with these columns. Without it, such a partition's output has no file and no columns (SQL
+    after it cannot name them), since what a function would return cannot be known.
     """
 
     default_row_group_size = DEFAULT_ROW_GROUP_SIZE
+    #: set only when given, so plans made without it keep their fingerprints
+    output_schema = None
 
     def __init__(
         self,
@@ -266,11 +274,18 @@ class ArrowComputeNode(Node):
         cpu_limit: int = 1,
         gpu_limit: float = 0,
         memory_limit: Optional[int] = None,
+        output_schema=None,
     ) -> None:
         super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, gpu_limit, memory_limit)
         if process_func is not None and not callable(process_func):
             raise ParameterError(self._msg(f"process_func must be callable, got {process_func!r}"))
         _check_parquet_options(self, parquet_row_group_size, parquet_compression, parquet_compression_level)
+        if output_schema is not None:
+            import pyarrow as pa
+
+            if not isinstance(output_schema, pa.Schema):
+                raise ParameterError(self._msg(f"output_schema must be a pyarrow.Schema, got {output_schema!r}"))
+            self.output_schema = output_schema
         self.process_func = process_func
         self.parquet_row_group_size = parquet_row_group_size
         self.parquet_dictionary_encoding = parquet_dictionary_encoding
@@ -302,6 +317,12 @@ class ArrowStreamNode(ArrowComputeNode):
     ``background_io_thread`` (with ``cpu_limit > 1``, as upstream) reads the next batch in a
     background thread while the function works on the current one.
 
+    ``output_schema`` declares the output's columns, as for :class:`ArrowComputeNode`; without
+    it the first output batch fixes them, and a later batch with other columns, or with values
+    that do not fit (1.5 in an int64 column), fails the task. A partition whose function yields
+    nothing writes an empty file with ``output_schema``; without one its output has no file and
+    no columns.
+
     Example::
 
         def tokenize(runtime_ctx, readers):
@@ -332,6 +353,7 @@ class ArrowStreamNode(ArrowComputeNode):
         cpu_limit: int = 1,
         gpu_limit: float = 0,
         memory_limit: Optional[int] = None,
+        output_schema=None,
     ) -> None:
         super().__init__(
             ctx,
@@ -347,6 +369,7 @@ class ArrowStreamNode(ArrowComputeNode):
             cpu_limit=cpu_limit,
             gpu_limit=gpu_limit,
             memory_limit=memory_limit,
+            output_schema=output_schema,
         )
         if streaming_batch_size is not None and (not isinstance(streaming_batch_size, int) or streaming_batch_size <= 0):
             raise ParameterError(self._msg(f"streaming_batch_size must be a positive integer, got {streaming_batch_size!r}"))

@@ -20,7 +20,7 @@ import random
 import re
 from typing import List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, quote_identifier, quote_literal, split_into_rows, sql_fragment
+from smallpond.common import DEFAULT_BATCH_SIZE, EMPTY_PLACEHOLDER_COLUMN, quote_identifier, quote_literal, split_into_rows, sql_fragment
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal, file_identity
 
@@ -265,7 +265,7 @@ class DataSet:
             name = f"__empty_{id(self):x}"
             conn.register(name, self.schema.empty_table())
             return f"( SELECT {self._column_str} FROM {name} )"
-        return "( SELECT * FROM (SELECT NULL AS __empty__) WHERE false )"
+        return f"( SELECT * FROM (SELECT NULL AS {EMPTY_PLACEHOLDER_COLUMN}) WHERE false )"
 
     # -- reading -------------------------------------------------------------------------------
     @property

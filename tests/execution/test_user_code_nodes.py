@@ -20,6 +20,7 @@ from smallpond.logical.node import (
     Context,
     DataSetPartitionNode,
     DataSourceNode,
+    HashPartitionNode,
     LogicalPlan,
     PandasBatchNode,
     PandasComputeNode,
@@ -197,3 +198,95 @@ def test_stream_output_is_held_to_the_first_batch_schema_without_changing_values
     node = ArrowStreamNode(ctx, (src,), process_func=stream_int32_after_first, streaming_batch_size=50, output_name="s")
     got = run(ctx, node, tmp_path / "ok").get_output("s").to_arrow_table()
     assert got.schema.field("n").type == pa.int64() and sorted(got.column("n").to_pylist()) == list(range(200))
+
+
+# -- empty partitions of a Python node ----------------------------------------------------------------
+
+KC = pa.schema([("k", pa.string()), ("c", pa.int64())])
+
+
+def pass_through(runtime_ctx, readers):
+    for batch in readers[0]:
+        yield batch
+
+
+def none_when_empty(runtime_ctx, tables):
+    return tables[0] if tables[0].num_rows else None
+
+
+def _one_key_plan(tmp_path, rows: int, *, kind="stream", after="select * from {0}", **node_kw):
+    """hash partition(3) of one key (two partitions empty) -> SQL -> a Python node -> SQL ``after`` as 'res'."""
+    path = str(tmp_path / f"onekey-{rows}.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(rows), pa.int64()), "k": pa.array(["only"] * rows, pa.string())}), path)
+    ctx = Context()
+    parts = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), npartitions=3, hash_columns=["k"])
+    agg = SqlEngineNode(ctx, (parts,), "select k, count(*) c from {0} group by k")
+    if kind == "stream":
+        py = ArrowStreamNode(ctx, (agg,), process_func=pass_through, **node_kw)
+    else:
+        py = ArrowComputeNode(ctx, (agg,), process_func=none_when_empty, **node_kw)
+    if after == "rehash":
+        rehashed = HashPartitionNode(ctx, (py,), 2, hash_columns=["k"])
+        after_node = SqlEngineNode(ctx, (rehashed,), "select k, c from {0}", output_name="res")
+    else:
+        after_node = SqlEngineNode(ctx, (py,), after, output_name="res")
+    return ctx, after_node
+
+
+def _published(ep):
+    """The schemas of the Parquet files published as 'res' (what a reader of output/res sees)."""
+    files = [os.path.join(d, f) for d, _, fs in os.walk(os.path.dirname(ep.final_output_path) + "/res") for f in fs]
+    return [pq.read_schema(f).names for f in sorted(files) if f.endswith(".parquet")]
+
+
+@pytest.mark.parametrize("kind", ["stream", "compute"])
+def test_sql_over_a_python_node_with_empty_partitions_adds_no_placeholder_column(tmp_path, kind, log_messages):
+    ctx, node = _one_key_plan(tmp_path, 1000, kind=kind)
+    ep = run(ctx, node, tmp_path)
+    got = ep.get_output("res").to_arrow_table()
+    assert got.column_names == ["k", "c"] and got.to_pylist() == [{"k": "only", "c": 1000}]
+    assert _published(ep) == [["k", "c"]]  # the empty partitions publish no file with made-up columns
+    assert not any("columns are unknown" in m for m in log_messages)
+
+
+def test_a_result_empty_everywhere_with_unknown_columns_says_so(tmp_path, log_messages):
+    ctx, node = _one_key_plan(tmp_path, 0)
+    ep = run(ctx, node, tmp_path)
+    assert ep.get_output("res").to_arrow_table().column_names == []
+    assert _published(ep) == []
+    said = [m for m in log_messages if "columns are unknown" in m]
+    assert len(said) == 1 and "/res" in said[0] and "output_schema=" in said[0], log_messages
+
+
+@pytest.mark.parametrize("kind", ["stream", "compute"])
+@pytest.mark.parametrize("rows", [1000, 0])
+def test_a_declared_output_schema_gives_empty_partitions_their_columns(tmp_path, kind, rows, log_messages):
+    ctx, node = _one_key_plan(tmp_path, rows, kind=kind, output_schema=KC)
+    ep = run(ctx, node, tmp_path)
+    got = ep.get_output("res").to_arrow_table()
+    assert got.column_names == ["k", "c"] and got.num_rows == (1 if rows else 0)
+    assert _published(ep) == [["k", "c"]] * 3
+    assert not any("columns are unknown" in m for m in log_messages)
+
+
+def test_partitioning_an_empty_output_with_unknown_columns(tmp_path):
+    ctx, node = _one_key_plan(tmp_path, 1000, after="rehash")
+    ep = run(ctx, node, tmp_path)
+    assert ep.get_output("res").to_arrow_table().to_pylist() == [{"k": "only", "c": 1000}]
+
+
+def test_sql_naming_columns_of_an_empty_output_with_unknown_columns_says_to_declare_them(tmp_path, no_plan_check):
+    from smallpond.errors import JobFailed
+
+    ctx, node = _one_key_plan(tmp_path, 1000, after="select k, sum(c) as c from {0} group by k")
+    with pytest.raises(JobFailed) as e:
+        run(ctx, node, tmp_path)
+    assert "output_schema=" in str(e.value.errors[0]) and "schema=" in str(e.value.errors[0])
+
+
+def test_output_schema_must_be_a_pyarrow_schema():
+    from smallpond.errors import ParameterError
+
+    ctx = Context()
+    with pytest.raises(ParameterError, match="output_schema"):
+        ArrowStreamNode(ctx, (DataSourceNode(ctx, None),), process_func=pass_through, output_schema={"k": "string"})

@@ -211,11 +211,10 @@ class ArrowComputeTask(Task):
     def run(self, runtime_ctx, inputs, output_dir):
         tables = self._convert_in(self._load_tables(runtime_ctx, inputs))
         result = self.node.process(runtime_ctx, tables)
-        if result is None:
-            return ParquetDataSet.from_files([])
-        result = self._convert_out(result)
-        sink = _ParquetSink(self, output_dir)
-        sink.write(result)
+        # with a declared output schema the output is written with it, and nothing writes an empty file of it
+        sink = _ParquetSink(self, output_dir, getattr(self.node, "output_schema", None))
+        if result is not None:
+            sink.write(self._convert_out(result))
         sink.close()
         self.stats["rows"] = sink.rows
         return _list_output(output_dir)

@@ -24,6 +24,7 @@ from smallpond.execution.ops.duckdb import (
     task_memory,
     writer_row_group_bytes,
 )
+from smallpond.execution.ops.sql import columns_unknown
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
@@ -96,7 +97,9 @@ class HashPartitionTask(Task):
         n = node.npartitions
         ds = merge_datasets(inputs)
         pre_sql = getattr(node, "pre_sql", None)
-        if self.producer_index > 0 and pre_sql is None and isinstance(ds, ParquetDataSet) and ds.empty:
+        if pre_sql is None and isinstance(ds, ParquetDataSet) and ds.empty and (self.producer_index > 0 or columns_unknown(ds)):
+            # nothing to split; an input whose columns are unknown (a Python node's output with no
+            # rows) has no columns to give the placeholders either: every partition is empty like it
             self.stats["rows"] = 0
             return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
         if node.engine_type == "arrow" and pre_sql is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from smallpond.common import EMPTY_PLACEHOLDER_COLUMN
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
@@ -24,7 +25,7 @@ from smallpond.execution.task import Task
 from smallpond.logical.dataset import DataSet, ParquetDataSet
 
 
-def _columns_unknown(ds: DataSet) -> bool:
+def columns_unknown(ds: DataSet) -> bool:
     """An input with no files and no schema to take its columns from (it reads as no columns)."""
     if not isinstance(ds, ParquetDataSet) or not ds.empty or ds.schema is not None:
         return False
@@ -60,21 +61,53 @@ class SqlEngineTask(Task):
         batches = [inputs]
         if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
             batches = [[b] for b in inputs[0].partition_by_size(max(1, task_memory(self) // 2))] or [inputs]
+        unknown = [i for i, d in enumerate(inputs) if columns_unknown(d)]
         try:
             for batch_index, batch in enumerate(batches):
                 self._run_batch(runtime_ctx, batch, output_dir, batch_index)
         except UserCodeError as e:
-            unknown = [i for i, d in enumerate(inputs) if _columns_unknown(d)]
-            if not unknown or "__empty__" not in str(e):
+            if not unknown or EMPTY_PLACEHOLDER_COLUMN not in str(e):
                 raise
             hint = UserCodeError(
                 f"{e}\nHINT: input(s) {', '.join('{%d}' % i for i in unknown)} of this task are empty partitions whose "
-                "columns are unknown: a Python map/flat_map produced no rows there and had no rows to infer its output "
-                "schema from. Pass schema= (a pyarrow.Schema) to that map/flat_map."
+                "columns are unknown: a Python function (a DataFrame map/flat_map/map_batches, an ArrowStreamNode, "
+                "ArrowBatchNode or ArrowComputeNode) produced no rows there and could not tell its output schema. "
+                "Pass schema= (a pyarrow.Schema) to that map/flat_map/map_batches, or output_schema= to that node."
             )
             hint.sql = getattr(e, "sql", None)
             raise hint from e
-        return ParquetDataSet.from_files(sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir)))
+        files = sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir))
+        if unknown:
+            files = self._drop_placeholder_outputs(files)
+        return ParquetDataSet.from_files(files)
+
+    def _drop_placeholder_outputs(self, files):
+        """The output files, less those whose columns came from an input's placeholder.
+
+        An empty input whose columns are unknown reads as no rows of one column,
+        ``__empty__``; a query over it (``select *``) may write that column, with no rows. Such a
+        file tells nothing about the real columns, and read with other partitions' files it would
+        add a bogus column to the result: it is removed, so this output is empty with unknown
+        columns too, as its input was.
+        """
+        import pyarrow.parquet as pq
+
+        from smallpond.common import logger
+
+        kept = []
+        for path in files:
+            if path.endswith(".parquet"):
+                md = pq.read_metadata(path)
+                if md.num_rows == 0 and EMPTY_PLACEHOLDER_COLUMN in md.schema.names:
+                    os.remove(path)
+                    continue
+            kept.append(path)
+        if len(kept) < len(files):
+            logger.info(
+                "{}: no rows, over input(s) whose columns are unknown: its output has no file, and no columns either",
+                self.key,
+            )
+        return kept
 
     def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
         node = self.node
