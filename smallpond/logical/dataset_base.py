@@ -20,7 +20,14 @@ import random
 import re
 from typing import List, Optional, Sequence, Union
 
-from smallpond.common import DEFAULT_BATCH_SIZE, EMPTY_PLACEHOLDER_COLUMN, quote_identifier, quote_literal, split_into_rows, sql_fragment
+from smallpond.common import (
+    DEFAULT_BATCH_SIZE,
+    EMPTY_PLACEHOLDER_COLUMN,
+    quote_identifier,
+    quote_literal,
+    split_into_rows,
+    sql_fragment,
+)
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal, file_identity
 
