@@ -361,8 +361,10 @@ class Driver:
         return result
 
     def _dry_run(self, plan) -> None:
-        """Print what would run and what would be reused (and why), then exit: 0, or 70 if the
-        plan cannot even be planned. Nothing runs, whatever ``stop_process_on_done`` says."""
+        """Print what would run and what would be reused (and why), then exit: 0; 70 if the plan
+        cannot even be planned, or if a task would fail (the plan check found a query that cannot
+        run: a dry run can gate a scheduled build). Nothing runs, whatever ``stop_process_on_done``
+        says."""
         from smallpond.common import logger
         from smallpond.execution.job import dry_run_plan
 
@@ -375,6 +377,11 @@ class Driver:
             logger.error("dry run failed: {}", e)
             self._exit(EX_SOFTWARE)
         print(listing)
+        from smallpond.execution.dryrun import FAILS
+
+        if listing.of(FAILS):
+            logger.error("dry run: {} task(s) would fail (listed above)", len(listing.of(FAILS)))
+            self._exit(EX_SOFTWARE)
         self._exit(EX_OK)
 
     @staticmethod

@@ -126,3 +126,47 @@ def test_dry_run_names_the_recomputed_producer_behind_a_shuffle(tmp_path, monkey
     for v in running:
         text = "; ".join(v.reasons)
         assert "was recomputed" in text and "HashPartitionTask" in text and "PartitionConsumerTask" not in text, text
+
+
+BAD_QUERY_SCRIPT = """
+import sys
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+driver = Driver()
+driver.add_argument("-i", "--input_paths", nargs="+")
+driver.add_argument("-q", "--query")
+args = driver.get_arguments()
+ctx = Context()
+node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(args["input_paths"])),), args["query"])
+driver.run(LogicalPlan(ctx, node))
+"""
+
+
+def test_a_dry_run_that_finds_a_task_would_fail_exits_70(parquet_files, tmp_path, data_root):
+    # so that a dry run can gate a scheduled build
+    script = tmp_path / "drv.py"
+    script.write_text(BAD_QUERY_SCRIPT)
+
+    def dry(query: str, job: str) -> subprocess.CompletedProcess:
+        argv = [
+            sys.executable,
+            str(script),
+            "--job_id",
+            job,
+            "--data_root",
+            data_root,
+            "--dry_run",
+            "-i",
+            *parquet_files,
+            "-q",
+            query,
+        ]
+        return subprocess.run(argv, cwd=str(tmp_path), capture_output=True, text=True, timeout=300)
+
+    bad = dry("select nope from {0}", "dry-bad")
+    assert bad.returncode == 70, bad.stderr[-2000:]
+    assert "1 would fail" in bad.stdout and "task(s) would fail" in bad.stderr
+    good = dry("select id from {0}", "dry-good")
+    assert good.returncode == 0, good.stderr[-2000:]
