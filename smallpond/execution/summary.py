@@ -104,7 +104,34 @@ def _body(run: RunStats) -> list:
 
 def summary_of(job_root: str, state: Optional[str] = None) -> SummaryText:
     """The summary of a job folder's latest run (for ``smallpond status``)."""
-    return format_summary(JobHistory.load(os.path.join(job_root, "log")), job_root, state=state)
+    log_root = os.path.join(job_root, "log")
+    history = JobHistory.load(log_root)
+    run = history.last
+    if run is not None and run.end is None:
+        # a run that ended without its end event (killed): its events are written in batches, so
+        # the last one may be long before the run's last act; its logs' times say when that was
+        run.last_time = max(run.last_time, last_log_write(log_root))
+    return format_summary(history, job_root, state=state)
+
+
+def last_log_write(log_root: str) -> float:
+    """When a job's logs were last written: the newest modification time of its event log, its
+    scheduler's log and its workers' logs (0.0 if none; a report written later does not count)."""
+    from smallpond.execution.attempt import PROCESS_LOG_DIR
+
+    newest = 0.0
+    for folder in (log_root, os.path.join(log_root, PROCESS_LOG_DIR)):
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if (e.name.endswith(".log") or e.name == "events.jsonl") and e.is_file():
+                    newest = max(newest, e.stat().st_mtime)
+            except OSError:
+                pass
+    return newest
 
 
 def want_session_summary() -> bool:

@@ -125,6 +125,24 @@ def test_a_torn_last_line_is_ignored(tmp_path):
     assert run.status == "running" and run.nodes[1].planned == 1
 
 
+def test_a_killed_run_lasted_until_its_logs_were_last_written(tmp_path):
+    # its events are written in batches: the last one written may be its start; its workers'
+    # logs say how long it ran ("crashed in 291 ms" for a job that ran 3 s)
+    from smallpond.execution.summary import summary_of
+
+    log = tmp_path / "log"
+    (log / "workers").mkdir(parents=True)
+    start = 1_000_000.0
+    with open(log / "events.jsonl", "w") as f:
+        f.write(json.dumps({"ev": "job_start", "t": start, "job_id": "abc", "name": "n"}) + "\n")
+    os.utime(log / "events.jsonl", (start + 0.3, start + 0.3))
+    (log / "workers" / "w.log").write_text("a line\n")
+    os.utime(log / "workers" / "w.log", (start + 3.0, start + 3.0))
+    (log / "report.html").write_text("written later, by a command")
+    text = summary_of(str(tmp_path), state="crashed")
+    assert " in 3.0" in text.splitlines()[0], text
+
+
 def test_inline_failures_are_reported_at_the_end(make_rt, tmp_path):
     from smallpond.logical.dataset import FileSet
 
