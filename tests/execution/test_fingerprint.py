@@ -394,15 +394,7 @@ def test_an_edited_user_module_is_not_served_from_the_task_cache(tmp_path, ids_f
 
     def run(k: int) -> int:
         (mods / "mymod.py").write_text(f"K = {k}\ndef g(x):\n    open({str(calls)!r}, 'a').write('.')\n    return x * K\n")
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, str(mods)]), SP_PROGRESS="0"),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return int(proc.stdout.strip().splitlines()[-1])
+        return _last_number(script, REPO, str(mods))
 
     assert run(1) == 45
     assert run(20) == 900, "the first run's output was reused though mymod.py changed"
@@ -659,18 +651,23 @@ def test_an_edited_class_attribute_is_not_served_from_the_task_cache(tmp_path, i
                     sp.shutdown()
             """)
         )
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            env=dict(os.environ, PYTHONPATH=REPO, SP_PROGRESS="0"),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert proc.returncode == 0, proc.stderr
-        return int(proc.stdout.strip().splitlines()[-1])
+        return _last_number(script, REPO)
 
     assert run(2) == 90
     assert run(3) == 135, "the first run's output was reused though Scaler.F changed"
     made = calls.read_text()
     assert run(3) == 135
     assert calls.read_text() == made, "an unchanged class should be reused from the cache"
+
+
+def _last_number(script, *pythonpath: str) -> int:
+    """Run ``script`` in a fresh interpreter; the number on its last line of output."""
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(pythonpath), SP_PROGRESS="0"),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return int(proc.stdout.strip().splitlines()[-1])
