@@ -550,3 +550,19 @@ def test_union_by_name_unifies_a_column_typed_differently_in_two_files(sp, tmp_p
     for frame in (df, df.repartition(2, by_rows=True), df.repartition(2)):
         got = sorted((r["k"], r["x"], r["y"]) for r in frame.take_all())
         assert got == expected
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_column_named_like_the_partition_column_is_kept(sp, engine):
+    # the frame's partition column is dropped after a repartition; a user column of that name is
+    # data and stays (it was dropped with it while the schema still listed it)
+    df = sp.from_items([{"a": i, "__data_partition__": 100 + i} for i in range(6)])
+    frames = [
+        df.repartition(3, hash_by="a", engine_type=engine),
+        df.repartition(3, by="a % 3", engine_type=engine),
+        df.random_shuffle() if engine == "duckdb" else df.repartition(2, hash_by=["a"], engine_type=engine),
+    ]
+    for frame in frames:
+        rows = sorted((r["a"], r["__data_partition__"]) for r in frame.take_all())
+        assert rows == [(i, 100 + i) for i in range(6)]
+        assert frame.schema.names == ["a", "__data_partition__"]

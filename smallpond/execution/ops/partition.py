@@ -33,6 +33,19 @@ from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+def _keeps_input_column(node, col: str, columns: List[str]) -> bool:
+    """Whether the input's own column named like the partition column is data to keep: a hash
+    partition that drops its partition column (the DataFrame's ``repartition(hash_by=...)``,
+    ``random_shuffle``), or a shuffle whose key is an expression named after its dimension
+    (``repartition(by="a % 3")``), must not drop the user's ``__data_partition__`` with it; the
+    partition is then carried by an internal column."""
+    if col not in columns:
+        return False
+    if node.shuffle_only:
+        return node.data_partition_column not in columns  # the key is computed, not this column
+    return bool(node.drop_partition_column)
+
+
 def partition_key_expr(node, columns: List[str]) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
@@ -128,6 +141,8 @@ class HashPartitionTask(Task):
             # plain identifier is carried as a separate internal partition column instead
             part_col = col if _IDENT.fullmatch(col) else "__sp_partition__"
             select = [quote_identifier(c) for c in columns if c != col]
+            if _keeps_input_column(node, col, columns):
+                part_col, select = "__sp_partition__", [quote_identifier(c) for c in columns]
             if part_col != col and write_col:
                 select.append(f"{expr} AS {quote_identifier(col)}")
             select.append(f"{expr} AS {quote_identifier(part_col)}")
@@ -200,14 +215,18 @@ class HashPartitionTask(Task):
         computed_key = node.shuffle_only and node.data_partition_column not in columns
         write_col = not (node.drop_partition_column or computed_key)
         body_names = [c for c in columns if c != col]
-        direct = node.shuffle_only and col in columns  # the partition is a column: no SQL needed
+        # the partition is a column of the data: no SQL needed
+        direct = node.shuffle_only and node.data_partition_column in columns
+        keep = _keeps_input_column(node, col, columns)
+        if keep:
+            body_names = list(columns)
         self._current_sql = f"SELECT {expr} FROM <batch>"
         conn = (
             None
             if direct
             else open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=True, seeded=self._draws_random(ds))
         )
-        dir_col = col if _IDENT.fullmatch(col) else "__sp_partition__"
+        dir_col = col if _IDENT.fullmatch(col) and not keep else "__sp_partition__"
         writer = _PartitionWriters(self, output_dir, col, dir_col, n, write_col, min(32 * MB, batch_bytes))
         try:
             for batch in reader.batches(batch_bytes):
