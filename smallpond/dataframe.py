@@ -351,7 +351,6 @@ class DataFrame:
 
     def _head(self, limit: int):
         """The first ``limit`` rows as a ``pyarrow.Table`` (computing only what they need)."""
-        import pyarrow as pa
 
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ParameterError(f"take(limit) needs a non-negative integer, got {limit!r}")
@@ -364,22 +363,7 @@ class DataFrame:
             t = t.slice(0, max(0, limit - n))
             tables.append(t)
             n += t.num_rows
-        tables = [t for t in tables if _has_columns(t)] or tables[:1]
-        if not tables:
-            return pa.table({})
-        try:
-            return pa.concat_tables(tables, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            from smallpond.io.arrow import cast_columns_to_large_string
-
-            tables = [cast_columns_to_large_string(t) for t in tables]
-        try:
-            return pa.concat_tables(tables, promote_options="permissive")
-        except (pa.ArrowInvalid, pa.ArrowTypeError):
-            # partitions that typed a column differently (files unioned by name, each partition
-            # over its own files: int64 in one, string in another): the frame's schema, which
-            # DuckDB gave for all the files, decides, as a query over the whole frame would
-            return pa.concat_tables([_conform(t, self.schema) for t in tables], promote_options="permissive")
+        return self._concat(tables)
 
     def show(self, n: int = 20) -> None:
         """Print the first ``n`` rows as a table, with column types (computes only what they need).
@@ -400,9 +384,15 @@ class DataFrame:
 
     def to_arrow(self):
         """The whole result as one ``pyarrow.Table`` (partitions in order)."""
+
+        return self._concat([_read(ds) for ds in self._datasets()])
+
+    def _concat(self, tables: list):
+        """The partitions' tables as one (those with columns; placeholders of unknown columns left
+        out): as they are when their types agree, else with strings as large strings, else
+        conformed to the frame's schema."""
         import pyarrow as pa
 
-        tables = [_read(ds) for ds in self._datasets()]
         tables = [t for t in tables if _has_columns(t)] or tables[:1]
         if not tables:
             return pa.table({})
