@@ -18,8 +18,7 @@ from smallpond.common import (
     some_of,
     sql_fragment,
 )
-from smallpond.errors import ParameterError, UserCodeError
-from smallpond.execution.task import StreamOutput
+from smallpond.errors import ParameterError
 from smallpond.logical.dataset import (
     DataSet,
     ParquetDataSet,
@@ -36,6 +35,7 @@ from smallpond.logical.node import (
     ShuffleNode,
     SqlEngineNode,
 )
+from smallpond.rowfuncs import FilterRows, MapBatches, MapRows
 
 if TYPE_CHECKING:
     from smallpond.session import Session
@@ -235,7 +235,7 @@ class DataFrame:
                 "filter",
             )
         if callable(sql_or_func):
-            return self._python_op("filter", _FilterRows(sql_or_func), None, kwargs)
+            return self._python_op("filter", FilterRows(sql_or_func), None, kwargs)
         raise ParameterError(f"filter expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
     def map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], Dict[str, Any]]], *, schema=None, **kwargs) -> "DataFrame":
@@ -260,7 +260,7 @@ class DataFrame:
                 SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "map"
             )
         if callable(sql_or_func):
-            return self._python_op("map", _MapRows(sql_or_func, schema, flat=False), schema, kwargs)
+            return self._python_op("map", MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
     def flat_map(
@@ -279,7 +279,7 @@ class DataFrame:
                 SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "flat_map"
             )
         if callable(sql_or_func):
-            return self._python_op("flat_map", _MapRows(sql_or_func, schema, flat=True), schema, kwargs)
+            return self._python_op("flat_map", MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
     def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, schema=None, **kwargs) -> "DataFrame":
@@ -299,7 +299,7 @@ class DataFrame:
         """
         if not callable(func):
             raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
-        return self._python_op("map_batches", _MapBatches(func, schema), schema, dict(kwargs, streaming_batch_size=batch_size))
+        return self._python_op("map_batches", MapBatches(func, schema), schema, dict(kwargs, streaming_batch_size=batch_size))
 
     def _python_op(self, op: str, fn, schema, kwargs) -> "DataFrame":
         node = ArrowStreamNode(self._ctx, (self.plan,), process_func=fn, **kwargs)
@@ -569,217 +569,6 @@ def _nullable(table):
         return table
     schema = pa.schema([f.with_nullable(True) for f in table.schema], metadata=table.schema.metadata)
     return pa.Table.from_arrays(table.columns, schema=schema)
-
-
-def _describe(value) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
-
-
-class _MapRows:
-    """Row-wise map / flat_map.
-
-    Each batch's rows become a table with every key any row has, typed from the values (or by
-    ``schema``); the task's output writer then holds every later batch to the first one's schema
-    (see :func:`smallpond.io.arrow.conform_table`): values are never truncated or dropped.
-    """
-
-    #: a key a batch's rows all lack is a column of nulls there, as a key one row lacks is a null
-    fills_missing_columns = True
-
-    def __init__(self, func: Callable, schema, flat: bool) -> None:
-        self.func = func
-        self.schema = schema
-        self.flat = flat
-        self.__name__ = getattr(func, "__name__", "map")
-        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
-
-    @property
-    def _op(self) -> str:
-        return "flat_map" if self.flat else "map"
-
-    def _apply(self, row) -> list:
-        """The function's output rows for ``row`` (checked: a dict, or a list of dicts for flat_map)."""
-        out = self.func(row)
-        if self.flat:  # any iterable of dicts (a list, a generator)
-            rows = None if isinstance(out, (dict, str, bytes)) or not hasattr(out, "__iter__") else list(out)
-            if rows is None or any(not isinstance(x, dict) for x in rows):
-                raise UserCodeError(
-                    f"the flat_map function {self.__qualname__} must return a list of dicts, got {_describe(out)}"
-                )
-            return rows
-        if not isinstance(out, dict):
-            raise UserCodeError(f"the map function {self.__qualname__} must return a dict, got {_describe(out)}")
-        return [out]
-
-    def _rows(self, batch) -> list:
-        if self.flat:
-            return [out for r in batch.to_pylist() for out in self._apply(r)]
-        rows = list(map(self.func, batch.to_pylist()))
-        if any(t is not dict for t in set(map(type, rows))):
-            for out in rows:
-                if not isinstance(out, dict):
-                    raise UserCodeError(f"the map function {self.__qualname__} must return a dict, got {_describe(out)}")
-        return rows
-
-    def _table(self, rows, schema=None):
-        """``rows`` as a table: a column for every key any row has, typed from the values, or by
-        ``schema`` where it names the key (cast only when no value changes; see the module's
-        :func:`~smallpond.io.arrow.conform_table`)."""
-        import pyarrow as pa
-
-        from smallpond.io.arrow import conform_table, lossless_cast_kind
-
-        if not rows:
-            return schema.empty_table() if schema is not None else pa.table({})
-        keys, values = _row_columns(rows)
-        arrays = []
-        for key, column in zip(keys, values):
-            target = None
-            if schema is not None and schema.get_field_index(key) >= 0:
-                target = schema.field(key).type
-            try:
-                array = pa.array(column)
-            except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-                if target is None:
-                    raise UserCodeError(
-                        f"the {self._op} function {self.__qualname__} returned values for {key!r} that Arrow cannot "
-                        f"store in one column: {e}. Return one type per key, or pass schema= to {self._op}()."
-                    ) from None
-                array = None
-            if target is not None and (array is None or array.type != target):
-                if array is not None and not lossless_cast_kind(array.type, target):
-                    array = None
-                elif array is not None:
-                    try:
-                        array = array.cast(target, safe=True)
-                    except pa.ArrowNotImplementedError:
-                        array = None
-                    except pa.ArrowInvalid:
-                        pass  # a value does not fit: conform_table below names it
-                if array is None:  # e.g. dicts for a map type, str for binary: pyarrow converts them to the type
-                    try:
-                        array = pa.array(column, type=target)
-                    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-                        raise UserCodeError(
-                            f"the {self._op} function {self.__qualname__} returned values for {key!r} that do not fit "
-                            f"its type {target} in the schema given (schema=): {e}"
-                        ) from None
-            arrays.append(array)
-        table = pa.Table.from_arrays(arrays, names=keys)
-        if schema is not None and not table.schema.equals(schema, check_metadata=False):
-            table = conform_table(
-                table,
-                schema,
-                fill_missing=True,
-                origin="the schema given (schema=)",
-                hint=f"Give the column a type that holds every value in the schema= of {self._op}().",
-                columns_hint=f"Add the key to the schema= of {self._op}() (a row without it gets a null there).",
-            )
-        return table
-
-    def output_schema_for(self, sample):
-        """The output schema, from ``schema=`` or the function applied to sample rows (a
-        partition with no rows writes an empty file of this schema)."""
-        import pyarrow as pa
-
-        if self.schema is not None:
-            return self.schema
-        found = None
-        for row in sample.to_pylist():  # row by row: the first row with typed values settles it
-            rows = self._apply(row)
-            if not rows:
-                continue
-            found = self._table(rows).schema
-            if not any(pa.types.is_null(f.type) for f in found):
-                break
-        return found
-
-    def __call__(self, runtime_ctx, readers):
-        import pyarrow as pa
-
-        # each output names the input batches it completes, so a stream checkpoint after it is exact;
-        # later batches are held to the first output's schema by the task's writer
-        pending: list = []
-        started = self.schema is not None
-        i = -1
-        for i, batch in enumerate(readers[0]):
-            rows = self._rows(batch)
-            if started:
-                yield StreamOutput(self._table(rows, self.schema), batch_indices=[i])
-                continue
-            rows = pending + rows if pending else rows
-            table = self._table(rows)
-            if not rows or any(pa.types.is_null(f.type) for f in table.schema):
-                pending = rows  # types not known yet: wait for a batch that shows them
-                continue
-            pending, started = [], True
-            yield StreamOutput(table, batch_indices=[i])
-        if pending:
-            yield StreamOutput(self._table(pending), batch_indices=[i])
-
-
-def _row_columns(rows):
-    """The keys of ``rows`` (dicts; every key any row has, in the order first seen) and the
-    values of each, None where a row lacks the key."""
-    from itertools import chain
-    from operator import itemgetter
-
-    keys = list(rows[0])
-    # the usual case, checked in C: every row has the first row's keys and no other
-    if sum(map(len, rows)) == len(keys) * len(rows):
-        try:
-            return keys, [list(map(itemgetter(k), rows)) for k in keys]
-        except KeyError:
-            pass
-    keys = list(dict.fromkeys(chain.from_iterable(rows)))
-    return keys, [[r.get(k) for r in rows] for k in keys]
-
-
-class _FilterRows:
-    def __init__(self, func: Callable) -> None:
-        self.func = func
-        self.__name__ = getattr(func, "__name__", "filter")
-        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
-
-    def output_schema_for(self, sample):
-        return sample.schema  # a filter keeps the input's columns
-
-    def __call__(self, runtime_ctx, readers):
-        import pyarrow as pa
-
-        reader = readers[0]
-        wrote = False
-        for i, batch in enumerate(reader):
-            mask = pa.array([bool(self.func(r)) for r in batch.to_pylist()], pa.bool_())
-            wrote = True
-            yield StreamOutput(pa.Table.from_batches([batch]).filter(mask), batch_indices=[i])
-        if not wrote:
-            yield reader.schema.empty_table()
-
-
-class _MapBatches:
-    def __init__(self, func: Callable, schema=None) -> None:
-        self.func = func
-        self.schema = schema
-        self.__name__ = getattr(func, "__name__", "map_batches")
-        self.__qualname__ = getattr(func, "__qualname__", self.__name__)
-
-    def output_schema_for(self, sample):
-        """The schema of the function's output on a sample batch (rows of another partition, or
-        an empty table of the input's schema)."""
-        import pyarrow as pa
-
-        if self.schema is not None:
-            return self.schema
-        out = self.func(sample)
-        return out.schema if isinstance(out, (pa.Table, pa.RecordBatch)) else None
-
-    def __call__(self, runtime_ctx, readers):
-        import pyarrow as pa
-
-        for i, batch in enumerate(readers[0]):
-            yield StreamOutput(self.func(pa.Table.from_batches([batch])), batch_indices=[i])
 
 
 def __getattr__(name: str):
