@@ -310,13 +310,13 @@ def test_an_edit_of_a_user_module_used_through_attribute_access_changes_the_fing
 
 def test_a_function_imported_from_a_user_module_is_fingerprinted_by_its_code(user_modules):
     """``from mymod import g``: the function object itself, its code and the globals it reads."""
-    user_modules.write("{p}mymod.py", "K = 1\ndef g(x):\n    return x * K\n")
-    user_modules.write("{p}job.py", "from {p}mymod import g\ndef f(x):\n    return g(x)\n")
-    first = stable_digest(user_modules.load("{p}job").f)
-    assert stable_digest(user_modules.load("{p}job").f) == first
-    user_modules.write("{p}mymod.py", "K = 20\ndef g(x):\n    return x * K\n")
-    user_modules.reload("{p}mymod")
-    job = user_modules.reload("{p}job")  # a new run imports both again
+    job, first = _job_across_an_edit(
+        user_modules,
+        "from {p}mymod import g\ndef f(x):\n    return g(x)\n",
+        "f",
+        "K = 1\ndef g(x):\n    return x * K\n",
+        "K = 20\ndef g(x):\n    return x * K\n",
+    )
     assert job.f(1) == 20
     assert stable_digest(job.f) != first
 
@@ -474,13 +474,13 @@ def test_the_state_of_an_instance_passed_as_a_callable_is_part_of_it():
 
 def test_a_class_imported_from_a_user_module_by_name_is_fingerprinted_with_its_attributes(user_modules):
     """``from mymod import Scaler``: the class itself reaches the task, not the module."""
-    user_modules.write("{p}mymod.py", "class Scaler:\n    F = 2\n    def __call__(self, x):\n        return x * self.F\n")
-    user_modules.write("{p}job.py", "from {p}mymod import Scaler\nscale = Scaler()\n")
-    first = stable_digest(user_modules.load("{p}job").scale)
-    assert stable_digest(user_modules.load("{p}job").scale) == first
-    user_modules.write("{p}mymod.py", "class Scaler:\n    F = 3\n    def __call__(self, x):\n        return x * self.F\n")
-    user_modules.reload("{p}mymod")
-    job = user_modules.reload("{p}job")  # a new run imports both again
+    job, first = _job_across_an_edit(
+        user_modules,
+        "from {p}mymod import Scaler\nscale = Scaler()\n",
+        "scale",
+        "class Scaler:\n    F = 2\n    def __call__(self, x):\n        return x * self.F\n",
+        "class Scaler:\n    F = 3\n    def __call__(self, x):\n        return x * self.F\n",
+    )
     assert job.scale(1) == 3
     assert stable_digest(job.scale) != first
 
@@ -671,3 +671,16 @@ def _last_number(script, *pythonpath: str) -> int:
     )
     assert proc.returncode == 0, proc.stderr
     return int(proc.stdout.strip().splitlines()[-1])
+
+
+def _job_across_an_edit(user_modules, job_source: str, name: str, before: str, after: str):
+    """A job module importing from ``mymod``: the digest of its ``name`` with ``mymod.py`` as
+    ``before`` (checked stable when the job is imported again), then the job as a new run imports
+    it after ``mymod.py`` became ``after``. Returns (that job, the first digest)."""
+    user_modules.write("{p}mymod.py", before)
+    user_modules.write("{p}job.py", job_source)
+    first = stable_digest(getattr(user_modules.load("{p}job"), name))
+    assert stable_digest(getattr(user_modules.load("{p}job"), name)) == first
+    user_modules.write("{p}mymod.py", after)
+    user_modules.reload("{p}mymod")
+    return user_modules.reload("{p}job"), first  # a new run imports both again
