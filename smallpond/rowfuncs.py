@@ -68,7 +68,7 @@ class MapRows:
         :func:`~smallpond.io.arrow.conform_table`)."""
         import pyarrow as pa
 
-        from smallpond.io.arrow import conform_table, lossless_cast_kind
+        from smallpond.io.arrow import array_from_values, conform_table
 
         if not rows:
             return schema.empty_table() if schema is not None else pa.table({})
@@ -79,32 +79,19 @@ class MapRows:
             if schema is not None and schema.get_field_index(key) >= 0:
                 target = schema.field(key).type
             try:
-                array = pa.array(column)
+                # with a type, values are held to it as the writer holds a batch: lossless only,
+                # inside maps, lists and structs too (a value that does not fit is named below)
+                array = pa.array(column) if target is None else array_from_values(column, target)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
                 if target is None:
                     raise UserCodeError(
                         f"the {self._op} function {self.__qualname__} returned values for {key!r} that Arrow cannot "
                         f"store in one column: {e}. Return one type per key, or pass schema= to {self._op}()."
                     ) from None
-                array = None
-            if target is not None and (array is None or array.type != target):
-                if array is not None and not lossless_cast_kind(array.type, target):
-                    array = None
-                elif array is not None:
-                    try:
-                        array = array.cast(target, safe=True)
-                    except pa.ArrowNotImplementedError:
-                        array = None
-                    except pa.ArrowInvalid:
-                        pass  # a value does not fit: conform_table below names it
-                if array is None:  # e.g. dicts for a map type, str for binary: pyarrow converts them to the type
-                    try:
-                        array = pa.array(column, type=target)
-                    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
-                        raise UserCodeError(
-                            f"the {self._op} function {self.__qualname__} returned values for {key!r} that do not fit "
-                            f"its type {target} in the schema given (schema=): {e}"
-                        ) from None
+                raise UserCodeError(
+                    f"the {self._op} function {self.__qualname__} returned values for {key!r} that do not fit "
+                    f"its type {target} in the schema given (schema=): {e}"
+                ) from None
             arrays.append(array)
         table = pa.Table.from_arrays(arrays, names=keys)
         if schema is not None and not table.schema.equals(schema, check_metadata=False):

@@ -171,6 +171,44 @@ def test_map_value_a_later_batch_cannot_hold_fails_instead_of_truncating(sp):
     _task_fails(df.map(lambda r: {"x": 1.5}, schema=pa.schema([("x", pa.int64())])), "'x'", "1.5", "schema=")
 
 
+def test_map_schema_holds_values_inside_maps_lists_and_structs(sp, tmp_path):
+    """pyarrow's conversion to a declared nested type truncates 1.5 to 1 in a map<string, int64> (and
+    drops a struct key it lacks): a value inside one is held to its type as a top-level value is."""
+    path = str(tmp_path / "rows.parquet")
+    pq.write_table(pa.table({"i": list(range(30))}), path)
+    df = sp.read_parquet(path)
+    ints = pa.map_(pa.string(), pa.int64())
+    for op, wrap in (("map", lambda row: row), ("flat_map", lambda row: [row])):
+        for value in ({"x": 1.5}, [("x", 1.5)]):  # a map as a dict or as (key, item) pairs
+            bad = getattr(df, op)(lambda r, v=value, w=wrap: w({"m": v}), schema=pa.schema([("m", ints)]))
+            _task_fails(bad, "'m'", "map<string, int64>", "map<string, double>", "1.5", f"schema= of {op}()")
+    # a later batch, after whole values, is held to the type too
+    later = df.map(lambda r: {"m": {"x": 1 if r["i"] < 20 else 1.5}}, schema=pa.schema([("m", ints)]), streaming_batch_size=10)
+    _task_fails(later, "'m'", "1.5", "schema=")
+    nested = [
+        (pa.list_(pa.int64()), [1, 1.5]),
+        (pa.struct([("v", pa.int64())]), {"v": 1.5}),
+        (pa.map_(pa.string(), pa.list_(pa.int64())), {"x": [1.5]}),
+        (pa.list_(ints), [{"x": 1.5}]),
+        (pa.struct([("m", ints)]), {"m": {"x": 1.5}}),
+    ]
+    for type_, value in nested:
+        _task_fails(df.map(lambda r, v=value: {"c": v}, schema=pa.schema([("c", type_)])), "'c'", str(type_), "1.5")
+    # a struct key the schema lacks is not dropped
+    struct = pa.schema([("s", pa.struct([("v", pa.int64())]))])
+    _task_fails(df.map(lambda r: {"s": {"v": 1, "w": 2.5}}, schema=struct), "'s'", "'w': 2.5", "schema=")
+    # whole values (2.0) convert, as in a top-level int64 column; nulls stay nulls
+    out = df.map(lambda r: {"m": {"x": 2.0, "y": None} if r["i"] else None}, schema=pa.schema([("m", ints)])).to_arrow()
+    assert out.schema.field("m").type == ints
+    assert out.column("m").to_pylist() == [None] + [[("x", 2), ("y", None)]] * 29
+    out = df.map(lambda r: {"s": {"v": 3.0} if r["i"] else {}}, schema=struct).to_arrow()
+    assert out.column("s").to_pylist() == [{"v": None}] + [{"v": 3}] * 29
+    # map_batches: a table of map<string, double> is held to a declared map<string, int64>
+    doubles = pa.array([[("x", 1.5)]], pa.map_(pa.string(), pa.float64()))
+    halves = df.map_batches(lambda t: pa.table({"m": pa.repeat(doubles[0], t.num_rows)}), schema=pa.schema([("m", ints)]))
+    _task_fails(halves, "'m'", "map<string, int64>", "1.5", "schema=")
+
+
 def test_map_integers_after_floats_are_kept_as_floats(sp):
     out = sp.from_items(ROWS30).map(lambda r: {"x": 0.5 if r["i"] < 10 else r["i"]}, streaming_batch_size=10).to_arrow()
     assert out.column("x").type == pa.float64()

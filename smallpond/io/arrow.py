@@ -145,6 +145,131 @@ def _is_list_kind(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+def array_from_values(values: list, target: pa.DataType) -> pa.Array:
+    """Python ``values`` as an Arrow array of type ``target`` wherever that keeps every value.
+
+    The values' own type (pyarrow's inference) is cast to ``target`` with ``safe=True`` when
+    :func:`lossless_cast_kind` allows it. What inference cannot put in ``target``'s form (dicts or
+    pairs for a map, a struct's dicts with a key ``target`` lacks) is built level by level, so a
+    value inside a map, list or struct is held to its type as a top-level one is: pyarrow's own
+    conversion to a nested type truncates 1.5 to 1 in a ``map<string, int64>``. Only values that
+    inference cannot type, or not castably (str for binary), go through pyarrow's conversion to
+    the type, which raises where a value does not fit.
+
+    Where a value does not fit, the array keeps the values' types there (``map<string, double>``),
+    and :func:`conform_table` names the column, both types and a value.
+    """
+    if not pa.types.is_map(target):  # dicts never infer as a map: build those directly
+        try:
+            array = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            array = None
+        if array is not None:
+            if array.type == target:
+                return array
+            if lossless_cast_kind(array.type, target):
+                try:
+                    return array.cast(target, safe=True)
+                except pa.ArrowInvalid:
+                    return array  # a value does not fit: conform_table names it
+                except pa.ArrowNotImplementedError:
+                    pass
+    built = _build_nested(values, target)
+    if built is None:
+        return pa.array(values, type=target)
+    if built.type != target and lossless_cast_kind(built.type, target):
+        try:
+            return built.cast(target, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass  # conform_table names it
+    return built
+
+
+def _offsets(values: list, lengths: list, large: bool = False) -> pa.Array:
+    """The offsets of a list-like column, null where a value is None (a null list or map: offsets
+    rather than ``mask=``, which ``MapArray.from_arrays`` takes only from pyarrow 17)."""
+    from itertools import accumulate
+
+    offsets = list(accumulate(lengths, initial=0))
+    for i, v in enumerate(values):
+        if v is None:
+            offsets[i] = None
+    return pa.array(offsets, pa.int64() if large else pa.int32())
+
+
+def _null_mask(values: list) -> Optional[pa.Array]:
+    """True where a value is None; None if none is."""
+    return pa.array([v is None for v in values], pa.bool_()) if any(v is None for v in values) else None
+
+
+def _build_map(values: list, target: pa.MapType) -> Optional[pa.Array]:
+    """A map array of ``values`` (dicts, or sequences of (key, item) pairs), keys and items typed by
+    :func:`array_from_values`; None for a value of another kind (pyarrow's conversion decides)."""
+    keys, items, lengths = [], [], []
+    for v in values:
+        if v is None:
+            lengths.append(0)
+            continue
+        if isinstance(v, dict):
+            keys.extend(v)
+            items.extend(v.values())
+            lengths.append(len(v))
+            continue
+        if not isinstance(v, (list, tuple)):
+            return None
+        for pair in v:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                return None
+            keys.append(pair[0])
+            items.append(pair[1])
+        lengths.append(len(v))
+    key_array = array_from_values(keys, target.key_type)
+    if key_array.null_count:
+        raise pa.ArrowInvalid("a map key is None")
+    item_array = array_from_values(items, target.item_type)
+    return pa.MapArray.from_arrays(_offsets(values, lengths), key_array, item_array)
+
+
+def _build_list(values: list, target) -> Optional[pa.Array]:
+    """A list (or large list) array of ``values`` (lists, tuples), elements typed by
+    :func:`array_from_values`; None for a value of another kind."""
+    if any(v is not None and not isinstance(v, (list, tuple)) for v in values):
+        return None
+    lengths = [0 if v is None else len(v) for v in values]
+    flat = [x for v in values if v is not None for x in v]
+    large = pa.types.is_large_list(target)
+    elements = array_from_values(flat, target.value_type)
+    return (pa.LargeListArray if large else pa.ListArray).from_arrays(_offsets(values, lengths, large), elements)
+
+
+def _build_struct(values: list, target: pa.StructType) -> Optional[pa.Array]:
+    """A struct array of ``values`` (dicts): ``target``'s fields typed by :func:`array_from_values`
+    (null where a dict lacks the key), then any key ``target`` lacks, typed from its values (so
+    :func:`conform_table` refuses to drop it); None for a value of another kind."""
+    if not target.num_fields or any(v is not None and not isinstance(v, dict) for v in values):
+        return None
+    present = [v for v in values if v is not None]
+    extra = [k for k in dict.fromkeys(k for v in present for k in v) if target.get_field_index(k) < 0]
+    names, children = [], []
+    for field in target:
+        names.append(field.name)
+        children.append(array_from_values([None if v is None else v.get(field.name) for v in values], field.type))
+    for key in extra:
+        names.append(key)
+        children.append(pa.array([None if v is None else v.get(key) for v in values]))
+    return pa.StructArray.from_arrays(children, names=names, mask=_null_mask(values))
+
+
+def _build_nested(values: list, target: pa.DataType) -> Optional[pa.Array]:
+    if pa.types.is_map(target):
+        return _build_map(values, target)
+    if _is_list_kind(target):
+        return _build_list(values, target)
+    if pa.types.is_struct(target):
+        return _build_struct(values, target)
+    return None
+
+
 def _example(column) -> str:
     values = column.drop_null().slice(0, 1).to_pylist()
     if not values:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,6 +12,7 @@ import pytest
 from smallpond.errors import UserCodeError
 from smallpond.io.arrow import (
     RowRange,
+    array_from_values,
     build_batch_reader_from_files,
     conform_table,
     dump_to_parquet_files,
@@ -186,3 +188,37 @@ def test_conform_table_refuses_columns_it_would_drop_or_invent():
     strict = pa.schema([pa.field("a", pa.int64(), nullable=False)])
     with pytest.raises(UserCodeError, match="'a' has nulls"):
         conform_table(pa.table({"a": [1, None]}), strict)
+
+
+@pytest.mark.parametrize(
+    "values, type_, kept",
+    [
+        ([{"x": 1.5}], pa.map_(pa.string(), pa.int64()), pa.map_(pa.string(), pa.float64())),
+        ([[("x", 1.5)]], pa.map_(pa.string(), pa.int64()), pa.map_(pa.string(), pa.float64())),
+        ([{"x": 300}], pa.map_(pa.string(), pa.int8()), pa.map_(pa.string(), pa.int64())),
+        ([[1, 1.5]], pa.list_(pa.int64()), pa.list_(pa.float64())),
+        ([{"v": 1.5}], pa.struct([("v", pa.int64())]), pa.struct([("v", pa.float64())])),
+        ([{"v": 1, "w": 2.5}], pa.struct([("v", pa.int64())]), pa.struct([("v", pa.int64()), ("w", pa.float64())])),
+        ([[{"x": 1.5}]], pa.list_(pa.map_(pa.string(), pa.int64())), pa.list_(pa.map_(pa.string(), pa.float64()))),
+    ],
+    ids=["map", "map-pairs", "map-overflow", "list", "struct", "struct-extra-key", "list-of-maps"],
+)
+def test_array_from_values_keeps_values_a_nested_type_cannot_hold(values, type_, kept):
+    """pyarrow.array(values, type=...) truncates these to the type (1.5 becomes 1) or drops the key:
+    they keep their own type, so conform_table refuses them, naming the column and a value."""
+    array = array_from_values(values, type_)
+    assert array.type == kept and array.to_pylist() == pa.array(values, kept).to_pylist()
+    with pytest.raises(UserCodeError, match=f"'c' is {re.escape(str(type_))}.*but this batch has"):
+        conform_table(pa.table({"c": array}), pa.schema([("c", type_)]), hint="pass schema=")
+
+
+def test_array_from_values_converts_what_keeps_every_value():
+    ints = pa.map_(pa.string(), pa.int64())
+    assert array_from_values([{"x": 2.0, "y": None}, None, {}], ints).to_pylist() == [[("x", 2), ("y", None)], None, []]
+    assert array_from_values([{"x": 2.0}], ints).type == ints
+    deep = pa.struct([("m", pa.map_(pa.string(), pa.list_(pa.binary()))), ("t", pa.string())])
+    out = array_from_values([{"m": {"k": ["a", None]}}, None], deep)  # str into binary: pyarrow's conversion
+    assert out.type == deep and out.to_pylist() == [{"m": [("k", [b"a", None])], "t": None}, None]
+    assert array_from_values([1, 2.0], pa.int64()).to_pylist() == [1, 2]
+    with pytest.raises(pa.ArrowInvalid, match="map key"):
+        array_from_values([[(None, 1)]], ints)
