@@ -106,6 +106,31 @@ def test_select_star_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_c
     assert sorted(got.column("ticker").to_pylist()) == ["b", "c"]
 
 
+def test_sql_union_by_name_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_column(sp, prices, tmp_path):
+    """Partition 0 of the map has no rows and unknown columns; partition 1 of the other input has
+    rows: ``union all by name`` of the two wrote a column ``__empty__`` of nulls beside them."""
+    mapped = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r)
+    other = sp.read_parquet(prices).repartition(2, by_rows=True)
+    for query in (
+        "select * from {0} union all by name select * from {1}",
+        "select * from {1} union all by name select * from {0} order by price",
+        "with u as (select * from {0} union all by name select * from {1}) select * from u -- last line",
+    ):
+        out = sp.partial_sql(query, mapped, other)
+        got = out.to_arrow()
+        assert got.column_names == ["ticker", "price"], query
+        assert sorted(got.column("price").to_pylist()) == [1.0, 2.0, 3.0, 4.0, 4.0, 5.0, 5.0]
+        assert out.schema.names == ["ticker", "price"]
+    assert got.column("price").to_pylist()[:3] == [1.0, 2.0, 3.0]  # partition 0's rows, in the query's order
+    # the files as written, read back by name
+    out.write_parquet(str(tmp_path / "out"))
+    assert sp.read_parquet(str(tmp_path / "out"), union_by_name=True).to_arrow().column_names == ["ticker", "price"]
+    # with no rows either side, the output's columns stay unknown (no file), as with select * alone
+    none = sp.partial_sql("select * from {0} union all by name select * from {1} where price > 9", mapped, other)
+    assert [ds.num_files for ds in none._datasets()] == [0, 1]
+    assert none.to_arrow().column_names == ["ticker", "price"]
+
+
 def test_inference_runs_the_function_on_sample_rows_of_another_partition(sp, prices):
     """The map below changes the columns: only running it can tell the empty partitions what they are."""
     df = sp.read_parquet(prices).repartition(3, hash_by="ticker").repartition(6, by_rows=True)

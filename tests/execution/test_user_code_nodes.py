@@ -249,6 +249,28 @@ def test_sql_over_a_python_node_with_empty_partitions_adds_no_placeholder_column
     assert not any("columns are unknown" in m for m in log_messages)
 
 
+def test_sql_union_by_name_of_an_empty_python_partition_and_rows_adds_no_placeholder_column(tmp_path):
+    """Two of the stream node's three partitions are empty with unknown columns; the other input
+    has rows in all three: ``union all by name`` wrote a column ``__empty__`` of nulls there."""
+    other_path = str(tmp_path / "other.parquet")
+    pq.write_table(pa.table({"k": [f"key{i}" for i in range(30)], "c": pa.array(range(30), pa.int64())}), other_path)
+    ctx, res = _one_key_plan(tmp_path, 1000)
+    py = res.input_deps[0]
+    other = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([other_path])),), npartitions=3, hash_columns=["k"])
+    other = SqlEngineNode(ctx, (other,), "select k, c from {0}")
+    union = SqlEngineNode(ctx, (py, other), "select * from {0} union all by name select * from {1}", output_name="union")
+    ep = run(ctx, union, tmp_path)
+    got = ep.get_output("union").to_arrow_table()
+    assert got.column_names == ["k", "c"]
+    assert sorted(got.to_pylist(), key=str) == sorted(
+        [{"k": "only", "c": 1000}] + [{"k": f"key{i}", "c": i} for i in range(30)], key=str
+    )
+    files = [
+        p for d, _, fs in os.walk(os.path.dirname(ep.final_output_path) + "/union") for p in (os.path.join(d, f) for f in fs)
+    ]
+    assert [pq.read_schema(f).names for f in sorted(files) if f.endswith(".parquet")] == [["k", "c"]] * 3
+
+
 def test_a_result_empty_everywhere_with_unknown_columns_says_so(tmp_path, log_messages):
     ctx, node = _one_key_plan(tmp_path, 0)
     ep = run(ctx, node, tmp_path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from smallpond.common import EMPTY_PLACEHOLDER_COLUMN
+from smallpond.common import EMPTY_PLACEHOLDER_COLUMN, as_subquery, quote_identifier
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
@@ -30,6 +30,27 @@ def columns_unknown(ds: DataSet) -> bool:
     if not isinstance(ds, ParquetDataSet) or not ds.empty or ds.schema is not None:
         return False
     return not getattr(ds, "_schema_path", None)
+
+
+def without_placeholder_column(conn, sql: str):
+    """``sql`` less the placeholder column, and whether it had one.
+
+    An input whose columns are unknown (:func:`columns_unknown`) reads as no rows of one column,
+    :data:`~smallpond.common.EMPTY_PLACEHOLDER_COLUMN`. Over it and another input, ``SELECT *``
+    with ``UNION ALL BY NAME`` (or a join, ``{0}.*`` ...) returns that column beside the real ones,
+    as nulls: it is excluded (quoted, in a query that wraps ``sql``). The view of such an input
+    cannot go without it: a view has at least one column. A query whose only column is the
+    placeholder, or that does not bind (it fails when it runs, with the error and its hint), is
+    left as it is.
+    """
+    placeholder = EMPTY_PLACEHOLDER_COLUMN.lower()
+    try:
+        columns = [row[0] for row in conn.execute(f"DESCRIBE {sql}").fetchall()]
+    except Exception:  # duckdb.Error: the query's own run reports it
+        return sql, False
+    if [c.lower() for c in columns].count(placeholder) != 1 or len(columns) == 1:
+        return sql, False
+    return f"SELECT * EXCLUDE ({quote_identifier(EMPTY_PLACEHOLDER_COLUMN)}) FROM ({as_subquery(sql)})", True
 
 
 class SqlEngineTask(Task):
@@ -62,9 +83,10 @@ class SqlEngineTask(Task):
         if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
             batches = [[b] for b in inputs[0].partition_by_size(max(1, task_memory(self) // 2))] or [inputs]
         unknown = [i for i, d in enumerate(inputs) if columns_unknown(d)]
+        excluded = False
         try:
             for batch_index, batch in enumerate(batches):
-                self._run_batch(runtime_ctx, batch, output_dir, batch_index)
+                excluded |= self._run_batch(runtime_ctx, batch, output_dir, batch_index, bool(unknown))
         except UserCodeError as e:
             if not unknown or EMPTY_PLACEHOLDER_COLUMN not in str(e):
                 raise
@@ -78,17 +100,18 @@ class SqlEngineTask(Task):
             raise hint from e
         files = sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir))
         if unknown:
-            files = self._drop_placeholder_outputs(files)
+            files = self._drop_placeholder_outputs(files, excluded)
         return ParquetDataSet.from_files(files)
 
-    def _drop_placeholder_outputs(self, files):
+    def _drop_placeholder_outputs(self, files, excluded: bool):
         """The output files, less those whose columns came from an input's placeholder.
 
         An empty input whose columns are unknown reads as no rows of one column,
-        ``__empty__``; a query over it (``select *``) may write that column, with no rows. Such a
-        file tells nothing about the real columns, and read with other partitions' files it would
-        add a bogus column to the result: it is removed, so this output is empty with unknown
-        columns too, as its input was.
+        ``__empty__``; a query over it (``select *``) may write that column, with no rows, or
+        without it if it was ``excluded`` (:func:`without_placeholder_column`). Such a file tells
+        nothing about the real columns, and read with other partitions' files it would add a bogus
+        column to the result, or lack columns they have: it is removed, so this output is empty
+        with unknown columns too, as its input was.
         """
         import pyarrow.parquet as pq
 
@@ -98,7 +121,7 @@ class SqlEngineTask(Task):
         for path in files:
             if path.endswith(".parquet"):
                 md = pq.read_metadata(path)
-                if md.num_rows == 0 and EMPTY_PLACEHOLDER_COLUMN in md.schema.names:
+                if md.num_rows == 0 and (excluded or EMPTY_PLACEHOLDER_COLUMN in md.schema.names):
                     os.remove(path)
                     continue
             kept.append(path)
@@ -109,8 +132,11 @@ class SqlEngineTask(Task):
             )
         return kept
 
-    def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index):
+    def _run_batch(self, runtime_ctx, inputs, output_dir, batch_index, unknown_columns: bool) -> bool:
+        """Run the node's queries over ``inputs``; True if the placeholder column of an input whose
+        columns are unknown was excluded from the output (see :func:`without_placeholder_column`)."""
         node = self.node
+        excluded = False
         shareable = (
             not node.udf_contexts
             and not any(getattr(d, "udfs", None) for d in inputs)
@@ -152,8 +178,12 @@ class SqlEngineTask(Task):
                 if node.materialize_in_memory:
                     run_sql(conn, f"CREATE OR REPLACE TEMP TABLE temp_query_result AS {sql}")
                     sql = "SELECT * FROM temp_query_result"
+                if unknown_columns:
+                    sql, stripped = without_placeholder_column(conn, sql)
+                    excluded |= stripped
                 prefix = f"{self.output_filename}-{batch_index}.{qi}"
                 rows = copy_to_parquet(self, conn, sql, output_dir, prefix, per_thread_output=node.per_thread_output)
                 self.stats["rows"] = self.stats.get("rows", 0) + rows
         finally:
             conn.close()
+        return excluded
