@@ -95,6 +95,17 @@ def test_row_map_with_nothing_to_infer_from_says_to_pass_schema(sp, prices):
     assert sorted(r["ticker"] for r in sp.partial_sql("select ticker from {0}", df).take_all()) == ["b", "c"]
 
 
+@pytest.mark.parametrize("op", sorted(OPS))
+def test_python_op_after_a_map_with_nothing_to_infer_from(sp, prices, op):
+    """Partition 0 of the map has no rows and unknown columns (no file): the next Python op reads
+    it as no rows of no columns, and its own output there is empty too (it failed every attempt
+    with an IndexError: an empty schema was taken for no schema)."""
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r)
+    assert [ds.num_files for ds in df._datasets()] == [0, 1]
+    out = OPS[op](df)
+    assert sorted((r["ticker"], r["price"]) for r in out.take_all()) == [("b", 5.0), ("c", 4.0)]
+
+
 def test_select_star_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_column(sp, prices):
     """The empty partition's columns are unknown: SQL over it writes no file (no column ``__empty__``),
     and the result has the other partitions' columns only."""

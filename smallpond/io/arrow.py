@@ -428,7 +428,7 @@ def build_batch_reader_from_files(
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
         raise ValueError("cannot build a batch reader over zero files without a schema")
-    out_schema = schema or _reader_schema([r.path for r in ranges], columns)
+    out_schema = schema if schema is not None else _reader_schema([r.path for r in ranges], columns)
     if max_batch_byte_size and ranges:
         total_rows = sum(r.num_rows for r in ranges) or 1
         total_bytes = sum(r.estimated_data_size for r in ranges)
