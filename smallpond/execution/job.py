@@ -494,7 +494,11 @@ class Job:
         from smallpond.execution.attempt import commit_path
 
         tasks = self.tasks_of(node) or []
-        keys = invalidate(self.scheduler.state, [t.key for t in tasks])
+        state = self.scheduler.state
+        known = dict(state.tasks)
+        keys = invalidate(state, [t.key for t in tasks])
+        # the nodes travel again, pickled as they are now (a value their functions read may have changed)
+        self.executor.forget_nodes({id(t.node): t.node for k in keys if (t := known.get(k)) is not None}.values())
         if self.scheduler.cache is not None:
             # recomputed means recomputed: not taken from the task cache either, even when the
             # node is planned only later (a new session over an earlier job's results)

@@ -504,3 +504,16 @@ def test_session_properties(sp):
     assert sp.config.data_root == sp.runtime_ctx.data_root
     ids = [sp.from_items([1]).plan.id for _ in range(3)]
     assert ids == sorted(ids) and len(set(ids)) == 3  # node ids increase monotonically in a session
+
+
+def test_recompute_runs_with_the_values_its_function_reads_now(sp):
+    """A recomputed node travels to the workers again: a value its function reads (a dict it
+    closes over) changed since the first run, and the rerun uses the new one, not the node as it
+    was pickled the first time."""
+    import pyarrow as pa
+
+    cfg = {"k": 2}
+    df = sp.from_items(list(range(10))).map(lambda r: {"y": r["item"] * cfg["k"]}, schema=pa.schema([("y", pa.int64())]))
+    assert sum(r["y"] for r in df.take_all()) == 90
+    cfg["k"] = 3
+    assert sum(r["y"] for r in df.recompute().take_all()) == 135

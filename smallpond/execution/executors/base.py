@@ -146,6 +146,12 @@ class Executor:
         """Stop the workers this backend started. Idempotent."""
         raise NotImplementedError
 
+    def forget_nodes(self, nodes) -> None:
+        """Drop what the backend keeps of ``nodes`` between attempts (each node is pickled once):
+        their tasks are planned again (``DataFrame.recompute()``) and travel as the nodes are now,
+        with the current values of what their functions read. Backends that keep nothing per
+        node need not override it."""
+
     def describe(self) -> str:
         """One line for logs: the backend and where its workers are."""
         c = self.capacity

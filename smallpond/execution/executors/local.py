@@ -99,16 +99,24 @@ class TaskEncoder:
         self._node_keys: Dict[int, Tuple[int, object]] = {}
         #: node key -> the pickled node
         self.blobs: Dict[object, bytes] = {}
+        self._next_key = 0  # keys are never reused: a worker keeps every node it was sent
 
     def node_key(self, node) -> Tuple[int, bool]:
         """(the node's key, whether it was pickled just now)."""
         entry = self._node_keys.get(id(node))
         if entry is not None:
             return entry[0], False
-        key = len(self._node_keys)
+        key = self._next_key
         self.blobs[key] = cloudpickle.dumps(node)
+        self._next_key += 1
         self._node_keys[id(node)] = (key, node)
         return key, True
+
+    def forget(self, nodes) -> None:
+        """Pickle ``nodes`` again when next seen, under new keys (see :meth:`Executor.forget_nodes`).
+        The old pickles stay: an attempt already queued with one still needs it."""
+        for node in nodes:
+            self._node_keys.pop(id(node), None)
 
     def encode(self, task: Task, inputs: list, attempt: int, memory: int) -> Tuple[int, bytes]:
         """(node key, :func:`encode_attempt`'s pickle of the attempt).
@@ -336,6 +344,9 @@ class LocalExecutor(Executor):
                 # a worker cannot be told to skip a task: stop it; the rest of its queue moves on
                 w.inflight = deque(e for e in w.inflight if not match(e))
                 self._replace(w)
+
+    def forget_nodes(self, nodes) -> None:
+        self._encoder.forget(nodes)
 
     def shutdown(self) -> None:
         # workers hold no state worth a graceful exit: every result is committed on disk, and an

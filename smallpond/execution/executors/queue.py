@@ -506,6 +506,9 @@ class QueueExecutor(Executor):
             except OSError as e:
                 logger.warning("queue backend: could not cancel {}: {}", item, e)
 
+    def forget_nodes(self, nodes) -> None:
+        self._encoder.forget(nodes)
+
     def shutdown(self) -> None:
         """Tell this generation's executors the job ended; wait for the launched ones to exit."""
         if self._closed or not self._started:

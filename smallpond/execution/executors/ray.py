@@ -438,6 +438,10 @@ class RayExecutor(Executor):
             ray.shutdown()
         self._connected_here = False
 
+    def forget_nodes(self, nodes) -> None:
+        for node in nodes:
+            self._node_refs.pop(id(node), None)
+
     def shutdown(self) -> None:
         for ref, _ in list(self._inflight.values()):
             try:
