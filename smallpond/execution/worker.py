@@ -50,8 +50,9 @@ def worker_main(conn, rt_path: str, index: int) -> None:
         if node_blob is not None:
             nodes.add(node_key, node_blob)
         task, inputs, attempt, memory = pickle.loads(body)
-        task.node = nodes.get(node_key)
-        result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
+        result = load_node(nodes, node_key, task, attempt, worker_name)
+        if result is None:
+            result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
         try:
             payload = _fast_pickle(result) or cloudpickle.dumps(result)
         except Exception as e:
@@ -103,6 +104,32 @@ class NodeCache:
             if type(node).__module__.startswith("smallpond."):
                 self._nodes[key] = node
         return node
+
+
+def load_node(nodes: NodeCache, node_key, task, attempt: int, worker_name: str):
+    """Set ``task.node`` from ``nodes``; None, or the failed Completion to send back when the node
+    cannot be unpickled here (not retryable: every worker would fail the same way). The usual
+    cause is a function the node uses that cloudpickle carried by name, not by value, and that the
+    worker cannot import: one defined in the user's script with a decorator such as
+    ``functools.lru_cache`` (in a worker, ``__main__`` is not the script)."""
+    try:
+        task.node = nodes.get(node_key)
+        return None
+    except Exception as e:
+        from smallpond.errors import TaskError
+        from smallpond.execution.executors.base import Completion
+
+        error = TaskError(
+            f"the worker cannot load the node of this task (its functions and data): {type(e).__name__}: {e}. "
+            "A function defined in your script travels by value unless it is wrapped (functools.lru_cache, "
+            "functools.cache, other decorators): then it is looked up by name and a worker cannot find it. "
+            "Move such a function into a module of its own, importable by the workers.",
+            task_key=task.key,
+            node=task.node_label,
+            location=task.location,
+            retryable=False,
+        )
+        return Completion(task.key, attempt, False, None, error, worker=worker_name)
 
 
 def setup_worker_process(rt, title: str) -> None:

@@ -283,3 +283,40 @@ def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
     run_job(plan, make_rt(), num_workers=1)
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink")) == ["sink", "sink.keep"]
     assert len(parquet_paths_in(str(sink))) == 1
+
+
+LRU_SCRIPT = """
+import functools, sys
+import pyarrow as pa
+import smallpond
+
+@functools.lru_cache(None)
+def doubled(x):
+    return x * 2
+
+sp = smallpond.init(data_root=sys.argv[1], task_cache="off")
+df = sp.from_items(list(range(10))).map(lambda r: {"y": doubled(r["item"])}, schema=pa.schema([("y", pa.int64())]))
+try:
+    df.to_arrow()
+except Exception as e:
+    print("ERROR", type(e).__name__, e)
+"""
+
+
+def test_a_node_the_worker_cannot_unpickle_fails_once_with_the_reason(tmp_path):
+    """A function wrapped by functools.lru_cache in the user's script travels by name, and a worker
+    (whose ``__main__`` is not the script) cannot load it: the task fails at once, not retried,
+    with the unpickling error and what to do; it used to kill the worker (``WorkerLost``, retried)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(LRU_SCRIPT)
+    env = dict(os.environ, SP_PROGRESS="0")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "root")], capture_output=True, text=True, timeout=180, env=env
+    )
+    out = proc.stdout
+    assert "ERROR TaskError" in out, (out, proc.stderr[-2000:])
+    assert "cannot load the node" in out and "Can't get attribute 'doubled'" in out and "lru_cache" in out
+    assert "retrying" not in proc.stderr and "WorkerLost" not in out + proc.stderr

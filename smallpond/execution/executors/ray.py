@@ -282,8 +282,12 @@ def _attempt_on_worker(job_box: list, node_box: list, body: bytes) -> Completion
     node_key = node_ref.hex()
     if node_key not in _worker_nodes:
         _worker_nodes.add(node_key, ray.get(node_ref))
+    from smallpond.execution.worker import load_node
+
     task, inputs, attempt, memory = pickle.loads(body)
-    task.node = _worker_nodes.get(node_key)
+    failed = load_node(_worker_nodes, node_key, task, attempt, _worker_job["name"])
+    if failed is not None:
+        return failed
     return run_attempt(rt, task, inputs, attempt, memory, _worker_job["name"])
 
 
