@@ -75,12 +75,15 @@ def file_identity(path: str) -> str:
 
     Size and modification time, plus:
 
+    * the inode change time, which no user call can set back (a rewrite, a ``chmod`` or a new
+      hard link changes it, so such a file is recomputed, never stale); except for a Parquet file
+      with several hard links (a published result shares its inode with the job that wrote it and
+      the task cache, whose links come and go without the content changing);
     * for Parquet files, a digest of the footer (the file's metadata: row groups, their offsets,
-      sizes and column statistics), read from the end of the file: one small read. A rewrite
-      that keeps the size and restores the modification time still changes the footer, unless it
-      writes byte-identical row groups;
-    * for other files, the inode change time, which no user call can set back (a rewrite, a
-      ``chmod`` or a new hard link changes it, so such a file is recomputed, never stale).
+      sizes and column statistics), read from the end of the file: one small read. It is what
+      tells apart two versions of a hard-linked Parquet file rewritten with its size and
+      modification time kept, unless the rewrite keeps every row group's size and statistics
+      (values swapped within a row group: only the change time shows that).
     """
     try:
         st = os.stat(path)
@@ -90,7 +93,7 @@ def file_identity(path: str) -> str:
     if path.endswith(".parquet") or path.endswith(".parq"):
         footer = _parquet_footer_digest(path, st.st_size)
         if footer is not None:
-            return f"{ident}:footer={footer};"
+            return f"{ident}:footer={footer};" if st.st_nlink > 1 else f"{ident}:footer={footer}:ctime={st.st_ctime_ns};"
     return f"{ident}:ctime={st.st_ctime_ns};"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 import uuid
 
 import pyarrow as pa
@@ -19,6 +20,7 @@ import pytest
 
 import smallpond
 from smallpond.execution.job import run_job
+from smallpond.io.parquet_footer import read_footer
 from smallpond.io.paths import file_identity
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, RangePartitionNode, SqlEngineNode
@@ -107,6 +109,38 @@ def test_same_size_rewrite_with_the_mtime_kept_is_not_reused(tmp_path, make_rt):
     assert file_identity(path) != ident
     run_job(plan(), make_rt(job_id), num_workers=1)
     assert published_rows(sink, "id") == list(range(100, 110)), "the old result was reused"
+
+
+def test_a_parquet_rewrite_with_the_same_footer_changes_the_identity(tmp_path):
+    """Values swapped within a row group keep the size, every offset and statistic, so the footer
+    is byte for byte the same; with the modification time set back, only the inode change time
+    tells the versions apart (the file has one link, so it is part of the identity)."""
+    path = str(tmp_path / "in.parquet")
+
+    def write(values):
+        pq.write_table(pa.table({"id": pa.array(values, pa.int64())}), path)
+
+    write(list(range(1000)))
+    st = os.stat(path)
+    before, footer = file_identity(path), read_footer(path, 1 << 20, st.st_size)
+    time.sleep(0.01)
+    write([1, 0] + list(range(2, 1000)))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and read_footer(path, 1 << 20, st.st_size) == footer
+    assert file_identity(path) != before
+
+
+def test_a_hard_linked_parquet_file_keeps_its_identity_as_links_come_and_go(tmp_path):
+    """A published result shares its inode with the job that wrote it and the task cache; their
+    links come and go (a new link changes the inode change time) without the content changing."""
+    path = str(tmp_path / "out.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(10), pa.int64())}), path)
+    os.link(path, str(tmp_path / "entry.parquet"))
+    before = file_identity(path)
+    time.sleep(0.01)
+    os.link(path, str(tmp_path / "another.parquet"))
+    os.unlink(str(tmp_path / "entry.parquet"))
+    assert file_identity(path) == before
 
 
 def test_file_identity_of_other_files_changes_with_any_rewrite(tmp_path):
