@@ -187,8 +187,9 @@ class Node:
         return f"{type(self).__name__} created at {self.location}: {text}"
 
     #: attributes that do not change what the node computes: identity and graph links, labels,
-    #: resource hints, statistics. Subclasses extend this set; every other attribute (including
-    #: those of a user's subclass) enters the fingerprint.
+    #: resource hints, statistics. Subclasses extend this set, naming their private attributes
+    #: too (``_default_limits``); every other attribute enters the fingerprint, including the
+    #: private ones of a user's subclass (``self._threshold`` is a parameter like ``threshold``).
     fingerprint_exclude = frozenset(
         {
             "ctx",
@@ -206,9 +207,10 @@ class Node:
     )
 
     def fingerprint_params(self) -> Dict[str, Any]:
-        """The parameters that determine this node's output (they enter checkpoint fingerprints)."""
+        """The parameters that determine this node's output (they enter checkpoint fingerprints):
+        every attribute but those :attr:`fingerprint_exclude` names and Python's own dunders."""
         skip = self.fingerprint_exclude
-        return {k: v for k, v in sorted(self.__dict__.items()) if k not in skip and not k.startswith("_")}
+        return {k: v for k, v in sorted(self.__dict__.items()) if k not in skip and not _is_dunder(k)}
 
     # -- partitions -----------------------------------------------------------------------------
     def partition_shape(self) -> Shape:
@@ -286,6 +288,12 @@ class PerfStats(NamedTuple):
 
         total = sum(xs)
         return PerfStats(n, total, xs[0], xs[-1], total / n, pct(0.50), pct(0.75), pct(0.95), pct(0.99))
+
+
+def _is_dunder(name: str) -> bool:
+    """``__orig_class__`` and the like, which Python sets on instances (a user's ``self.__x`` is
+    stored as ``_Class__x``, a parameter)."""
+    return name.startswith("__") and name.endswith("__")
 
 
 def _is_broadcastable(shape: Shape, main: Shape) -> bool:

@@ -453,6 +453,9 @@ class RangePartitionNode(PartitionNode):
             if value == default
         }
 
+    # which resource limits were left at their defaults: how a clamp is reported, not a result
+    fingerprint_exclude = PartitionNode.fingerprint_exclude | {"_default_limits"}
+
     @property
     def sampled(self) -> bool:
         """True if the split points are computed from a sample at run time."""

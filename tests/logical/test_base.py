@@ -1,0 +1,54 @@
+"""smallpond.logical.base: what a node's fingerprint parameters are (Node.fingerprint_params)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    ArrowComputeNode,
+    Context,
+    DataSinkNode,
+    DataSourceNode,
+    LogicalPlan,
+    RangePartitionNode,
+)
+
+
+class AboveThreshold(ArrowComputeNode):
+    """A user's node keeping its parameter in a private attribute."""
+
+    def __init__(self, ctx, deps, threshold):
+        super().__init__(ctx, deps)
+        self._threshold = threshold
+
+    def process(self, runtime_ctx, input_tables):
+        t = input_tables[0]
+        return t.filter(pc.greater(t["id"], self._threshold))
+
+
+def test_a_user_subclass_private_attribute_is_a_parameter_smallpond_private_state_is_not():
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    assert AboveThreshold(ctx, (src,), 7).fingerprint_params()["_threshold"] == 7
+    ranged = RangePartitionNode(ctx, (src,), [10, 20])
+    assert ranged._default_limits and "_default_limits" not in ranged.fingerprint_params()
+
+
+def test_a_changed_private_parameter_is_not_served_from_the_task_cache(tmp_path):
+    """Two jobs sharing a data root (and so its task cache): only ``_threshold`` differs."""
+    source = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(1000), pa.int64())}), source)
+
+    def rows_above(threshold: int, job: str) -> int:
+        ctx = Context()
+        node = AboveThreshold(ctx, (DataSourceNode(ctx, ParquetDataSet([source])),), threshold)
+        plan = LogicalPlan(ctx, DataSinkNode(ctx, (node,), str(tmp_path / f"out-{job}")))
+        ep = run_job(plan, make_runtime_ctx(job, None, str(tmp_path / "root")))
+        return ep.final_output.to_arrow_table().num_rows
+
+    assert rows_above(100, "first") == 899
+    assert rows_above(900, "second") == 99, "the first job's output was reused though _threshold changed"
