@@ -39,6 +39,10 @@ ids cloudpickle gives classes) may.
   ABC registry cache, copyreg's ``__slotnames__``, an Enum's value lookup table...). What
   ``@dataclass``, ``Enum``, ``NamedTuple`` and ``Protocol`` generate is data or functions of this
   kind and walks the same way in every process. An instance by its own state (below) and its class;
+* a node by the parameters it declares (``Node.fingerprint_params``: a SQL node's UDFs by their
+  functions and types, also those registered by name with ``ctx.create_function``), its class,
+  and the contents of the files it loads besides its inputs (``Node.fingerprint_files``: a UDF
+  module, a DuckDB extension; :func:`file_digest`);
 * each object is walked once: a second sighting (a cycle, or an object shared by two places)
   is written as a reference to the first, so cycles are cut and shared objects cost nothing;
   past a depth of 64 a value is digested by its pickled bytes;
@@ -181,6 +185,8 @@ class _Walker:
         elif isinstance(obj, Node):
             self.put(f"node:{type(obj).__module__}.{type(obj).__qualname__}")
             self.walk(obj.fingerprint_params(), depth)
+            for path in obj.fingerprint_files():  # a UDF module, a DuckDB extension
+                self.put(f"file:{path}:{file_digest(path)}")
             self.walk(type(obj), depth)  # a user's subclass: its process() etc. and class attributes
         elif isinstance(obj, DataSet):
             self.put(f"fp:{type(obj).__qualname__}:{obj.fingerprint()}")
@@ -435,6 +441,32 @@ def _library_version(module: str) -> str:
     top = sys.modules.get(module.partition(".")[0])
     version = getattr(top, "__version__", None)
     return f"@{version}" if isinstance(version, str) else ""
+
+
+# -- files a node loads besides its inputs (Node.fingerprint_files) ----------------------------------
+
+_contents: Dict[str, Tuple[tuple, str]] = {}  # path -> (its stat, the digest of its contents)
+
+
+def file_digest(path: str) -> str:
+    """The digest of a file's contents (a UDF module, a DuckDB extension a node loads), read once
+    per version of it in a process (its size, modification and change times and inode).
+
+    Raises :class:`Unfingerprintable` when the file cannot be read."""
+    try:
+        st = os.stat(path)
+        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        hit = _contents.get(path)
+        if hit is not None and hit[0] == seen:
+            return hit[1]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise Unfingerprintable(f"the file {path} ({type(e).__name__}: {e})") from None
+    _contents[path] = (seen, h.hexdigest())
+    return _contents[path][1]
 
 
 # -- the user's own modules: digested by their files -------------------------------------------------

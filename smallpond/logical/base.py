@@ -212,6 +212,11 @@ class Node:
         skip = self.fingerprint_exclude
         return {k: v for k, v in sorted(self.__dict__.items()) if k not in skip and not _is_dunder(k)}
 
+    def fingerprint_files(self) -> List[str]:
+        """Files, besides its inputs, whose contents decide what the node computes (a UDF module,
+        a DuckDB extension): the fingerprint digests their contents. Nodes never read them."""
+        return []
+
     # -- partitions -----------------------------------------------------------------------------
     def partition_shape(self) -> Shape:
         """The partition dimensions of this node's output, outermost first."""

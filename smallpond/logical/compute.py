@@ -126,14 +126,28 @@ class SqlEngineNode(Node):
     def oneline_query(self) -> str:
         return "; ".join(" ".join(q.split()) for q in self.sql_queries)
 
-    # derived from udfs / extension_paths / udf_module_paths (which enter the fingerprint); the
-    # overcommit ratios and the temp directory switch tune resources, not results
+    # the overcommit ratios and the temp directory switch tune resources, not results;
+    # udf_contexts enters through fingerprint_params (only when there are UDFs)
     fingerprint_exclude = Node.fingerprint_exclude | {
         "udf_contexts",
         "cpu_overcommit_ratio",
         "memory_overcommit_ratio",
         "enable_temp_directory",
     }
+
+    def fingerprint_params(self) -> dict:
+        """The node's parameters and, when it has UDFs, what they resolve to: ``udfs`` may hold
+        only a name registered with ``ctx.create_function`` (its function and types are in the
+        context) or a module's path (its file, see :meth:`fingerprint_files`)."""
+        params = super().fingerprint_params()
+        if self.udf_contexts:  # (absent otherwise: the fingerprints of nodes without UDFs stay)
+            params["udf_contexts"] = self.udf_contexts
+        return params
+
+    def fingerprint_files(self) -> List[str]:
+        """The UDF modules and DuckDB extension files the node loads (their contents are digested;
+        the modules a UDF module imports in turn are not)."""
+        return sorted({path for c in self.udf_contexts.values() for path in c.files()})
 
 
 def _check_format(node: Node, query: str) -> None:

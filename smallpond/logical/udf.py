@@ -10,7 +10,7 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 __all__ = [
     "UDFType",
@@ -120,6 +120,11 @@ class UDFContext:
     def bind(self, conn) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def files(self) -> Tuple[str, ...]:
+        """The files whose contents define the functions (a module, an extension): their digests
+        enter the fingerprint of a node using this context (see ``Node.fingerprint_files``)."""
+        return ()
+
 
 class PythonUDFContext(UDFContext):
     def __init__(self, name: str, func: Callable, params, return_type, use_arrow_type: bool = False):
@@ -158,6 +163,9 @@ class ExternalModuleContext(UDFContext):
         spec.loader.exec_module(module)
         module.create_duckdb_udfs(conn)
 
+    def files(self) -> Tuple[str, ...]:
+        return (self.module_path,)
+
 
 class DuckDbExtensionContext(UDFContext):
     def __init__(self, name: str, extension_path: str):
@@ -166,6 +174,9 @@ class DuckDbExtensionContext(UDFContext):
 
     def bind(self, conn) -> None:
         conn.load_extension(self.extension_path)
+
+    def files(self) -> Tuple[str, ...]:
+        return (self.extension_path,)
 
 
 @dataclass

@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, RootNode
+from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, RootNode, SqlEngineNode
+from smallpond.logical.udf import UDFType
 
 FACTOR = int(os.environ.get("FP_FACTOR", "2"))
 
@@ -76,14 +77,21 @@ def times_factor(runtime_ctx, tables):
     return pa.table({"id": t["id"], "f": pa.array([v * FACTOR for v in t["id"].to_pylist()], pa.int64())})
 
 
+def plus_one(x):
+    return x + 1
+
+
 def main(data_root: str, job_id: str, path: str) -> None:
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet([path]))
     a = ArrowComputeNode(ctx, (src,), process_func=make_scaler(), output_name="scaled")
     b = ArrowComputeNode(ctx, (src,), process_func=times_factor, output_name="factor")
-    plan = LogicalPlan(ctx, RootNode(ctx, [a, b]))
+    # a UDF registered by name: its function enters the fingerprint
+    ctx.create_function("plus_one", plus_one, [UDFType.BIGINT], UDFType.BIGINT)
+    c = SqlEngineNode(ctx, (src,), "select id, plus_one(id) as p from {0}", udfs=["plus_one"], output_name="udf")
+    plan = LogicalPlan(ctx, RootNode(ctx, [a, b, c]))
     ep = run_job(plan, make_runtime_ctx(job_id, None, data_root))
-    rows = {name: ep.get_output(name).to_arrow_table().to_pylist() for name in ("scaled", "factor")}
+    rows = {name: ep.get_output(name).to_arrow_table().to_pylist() for name in ("scaled", "factor", "udf")}
     fps = {k: t.fingerprint for k, t in ep.tasks.items()}
     on_workers = sum(not t.exec_on_scheduler for t in ep.tasks.values())
     out = {"fingerprints": fps, "on_workers": on_workers, "resumed": ep.num_resumed, "rows": rows}
