@@ -101,7 +101,9 @@ def dry_run(
             causes[key] = upstream if task.exec_on_scheduler else [key]
             if not task.exec_on_scheduler:
                 why = [f"its input from {_names(upstream)} will run"]
-                verdicts.append(Verdict(task, RUN, why if task.writes_output else [_uncached_reason(task)] + why))
+                if not task.writes_output or not JobCache.cacheable(task):
+                    why.insert(0, _uncached_reason(task))
+                verdicts.append(Verdict(task, RUN, why))
             continue
         inputs = [outputs[d] for d in task.input_keys]
         if task.exec_on_scheduler:
@@ -125,11 +127,8 @@ def dry_run(
         if cache is None:
             verdicts.append(Verdict(task, RUN, ["the task cache is off"]))
             continue
-        if not task.writes_output:
+        if not task.writes_output or not JobCache.cacheable(task):
             verdicts.append(Verdict(task, RUN, [_uncached_reason(task)]))
-            continue
-        if not JobCache.cacheable(task):
-            verdicts.append(Verdict(task, RUN, ["its node could not be fingerprinted, so its results are never reused"]))
             continue
         cache_key = cache.prepare(task, inputs)
         if cache.bypassed(task):
@@ -233,6 +232,9 @@ def _uncached_reason(task: Task) -> str:
 
     if isinstance(task, DataSinkTask):
         return f"publishes to {task.node.output_path} (publishing always runs)"
+    if task.writes_output:  # a task the cache does not key (see Planner._node_digest)
+        why = task.plan_components.get("unreused") or "its node could not be fingerprinted"
+        return f"{why}, so its results are never reused"
     return "passes its inputs through (not cached; cheap)"
 
 

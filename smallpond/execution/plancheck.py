@@ -26,7 +26,6 @@ process). ``SP_PLAN_CHECK`` sets the delay in seconds, or turns the check off (`
 
 from __future__ import annotations
 
-import re
 import string
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
 from smallpond.errors import PlanError
+from smallpond.execution.ops.duckdb import sql_reads_files
 from smallpond.logical.compute import TASK_PLACEHOLDERS
 
 #: seconds a job runs before its plan is checked (a shorter job never pays for the check)
@@ -71,18 +71,11 @@ def definite(exc: BaseException) -> bool:
     return False
 
 
-#: a query that reads data of its own (a table function over files, or a file named after FROM
-#: or JOIN): those files may be written, or rewritten with other columns, by the job before the
-#: query runs, so a missing column there is not definite
-_READS_OWN_DATA = re.compile(
-    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_metadata|parquet_schema)\s*\(|\b(?:from|join)\s+['\"]",
-    re.IGNORECASE,
-)
-
-
 def reads_own_data(query: str) -> bool:
-    """Does the user's query read files itself (beside its inputs' ``{0}``, ``{1}``, …)?"""
-    return _READS_OWN_DATA.search(query) is not None
+    """Does the user's query read files itself (beside its inputs' ``{0}``, ``{1}``, …)? Those
+    files may be written, or rewritten with other columns, by the job before the query runs, so a
+    missing column there is not definite."""
+    return sql_reads_files([query])
 
 
 def _originals(node) -> list:

@@ -25,6 +25,7 @@ from smallpond.execution.ops.arrow import (
     PandasComputeTask,
     PythonScriptTask,
 )
+from smallpond.execution.ops.duckdb import sql_reads_files
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
 from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
@@ -197,6 +198,8 @@ class Planner:
         # kept alive so that an id is never reused while it is a key here
         self._planned_nodes: List[Node] = []
         self._digests: Dict[int, str] = {}
+        #: why a node's tasks are never reused (its digest is then "unreusable:..."), by node id
+        self._unreused: Dict[int, str] = {}
         self._slim_copies: Dict[int, Node] = {}
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
@@ -236,6 +239,7 @@ class Planner:
         p.tasks = dict(self.tasks)
         p._planned_nodes = list(self._planned_nodes)
         p._digests = dict(self._digests)
+        p._unreused = dict(self._unreused)
         p._slim_copies = dict(self._slim_copies)
         p._warned = set(self._warned)
         p._input_datasets = list(self._input_datasets)
@@ -314,6 +318,8 @@ class Planner:
             # the seed decides what random() and the task's generators draw
             "seed": self.rt.random_seed,
         }
+        if id(node) in self._unreused:  # (for a dry run's explanation; the params are unique anyway)
+            components["unreused"] = self._unreused[id(node)]
         if self.rt.skip_task_with_empty_input and getattr(klass, "skips_empty_input", False):
             # the job's option changes what such a task writes for an empty input (nothing, where a
             # query such as count(*) would write a row): keyed only when on, so keys stay as they were
@@ -330,20 +336,39 @@ class Planner:
         return task
 
     def _node_digest(self, node: Node) -> str:
+        """The digest of a node's parameters and code, once per node; "unreusable:" and a random
+        suffix for a node whose output may change with something no fingerprint sees (a value that
+        cannot be described, a file its SQL reads itself): its tasks are then neither resumed nor
+        served from the task cache, and nor are the tasks after them."""
         digest = self._digests.get(id(node))
         if digest is None:
-            try:
-                digest = stable_digest(node)
-            except Unfingerprintable as e:
-                msg = (
-                    f"{node.label} created at {node.location}: cannot fingerprint {e.what}, which it uses; "
-                    "a change to it could not be detected, so this node's tasks will not be reused from an earlier run"
-                )
-                from smallpond.common import logger
+            from smallpond.common import logger
 
-                logger.warning(msg)
-                warnings.warn(msg, stacklevel=3)
+            if sql_reads_files(node_sql(node)):
+                # the files a query names can be told from its text only in simple cases (a path
+                # built from parts, a relative path, a glob, a remote URL), so none is keyed
+                why = "its SQL reads files itself, which the task cache cannot see change"
+                logger.info(
+                    "{} created at {}: {}; its tasks are not reused from an earlier run (give such a "
+                    "file to it as an input, {{1}}, to have it keyed)",
+                    node.label,
+                    node.location,
+                    why,
+                )
+                self._unreused[id(node)] = why
                 digest = "unreusable:" + os.urandom(16).hex()
+            else:
+                try:
+                    digest = stable_digest(node)
+                except Unfingerprintable as e:
+                    msg = (
+                        f"{node.label} created at {node.location}: cannot fingerprint {e.what}, which it uses; "
+                        "a change to it could not be detected, so this node's tasks will not be reused from an earlier run"
+                    )
+                    logger.warning(msg)
+                    warnings.warn(msg, stacklevel=3)
+                    self._unreused[id(node)] = f"its node could not be fingerprinted ({e.what})"
+                    digest = "unreusable:" + os.urandom(16).hex()
             self._digests[id(node)] = digest
             if id(node) not in self._slim_copies:
                 self._planned_nodes.append(node)
@@ -578,3 +603,15 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
             deps.append(match)
         out.append((mt.partition_infos, deps))
     return out
+
+
+def node_sql(node: Node) -> List[str]:
+    """The SQL text a node's tasks run as the user wrote it: a SQL node's queries (a fused one's
+    hold those of the nodes it fused), the query of a partitioning fused with the SQL before it,
+    a source's query (``SqlQueryDataSet``)."""
+    if isinstance(node, SqlEngineNode):
+        return list(node.sql_queries)
+    texts = [getattr(node, "pre_sql", None)]
+    if isinstance(node, DataSourceNode):
+        texts.append(getattr(node.dataset, "sql_query", None))
+    return [t for t in texts if isinstance(t, str)]

@@ -170,3 +170,24 @@ def test_a_dry_run_that_finds_a_task_would_fail_exits_70(parquet_files, tmp_path
     assert "1 would fail" in bad.stdout and "task(s) would fail" in bad.stderr
     good = dry("select id from {0}", "dry-good")
     assert good.returncode == 0, good.stderr[-2000:]
+
+
+def test_a_dry_run_says_why_sql_reading_a_file_itself_is_never_reused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import smallpond
+
+    lookup = str(tmp_path / "lookup.parquet")
+    pq.write_table(pa.table({"a": [0, 1, 2], "w": [10, 20, 30]}), lookup)
+    sp = smallpond.init(job_id="dry-reads", data_root=str(tmp_path / "root"))
+    try:
+        df = sp.from_items([{"a": i % 3, "b": i} for i in range(30)])
+        df = sp.partial_sql(f"select a, b * w as bw from {{0}} join '{lookup}' using (a)", df)
+        text = df.explain(dry_run=True)
+        assert (
+            "will run: its SQL reads files itself, which the task cache cannot see change, so its results are never reused"
+            in text
+        )
+    finally:
+        sp.shutdown()

@@ -282,12 +282,15 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from 'data/*.parquet'",
         'select * from {0} join "d.csv" using (k)',
         "select * from glob('x/*')",
+        "attach 'x.db' as x (read_only); select * from {0} join x.t using (k)",
+        "select * from parquet_metadata('x.parquet')",
     ]
     plain = [
         "select a, b from {0}",
         "select readme from {0}",
         "select * from {0} join {1} using (k)",
         "select 'from' as f from {0}",
+        "select attach, database from {0}",
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

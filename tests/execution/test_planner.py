@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from smallpond.errors import PlanError
-from smallpond.execution.job import run_job
-from smallpond.execution.planner import Planner
-from smallpond.logical.dataset import ParquetDataSet
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.planner import Planner, node_sql
+from smallpond.logical.dataset import ParquetDataSet, SqlQueryDataSet
 from smallpond.logical.node import (
     Context,
     DataSetPartitionNode,
@@ -107,3 +109,37 @@ def test_nested_partitions_multiply(make_rt, parquet_files):
     table = read_parquet(sorted(result.final_output.resolved_paths))
     assert sorted((o, i) for o, i, _ in rows(table)) == [(o, i) for o in range(3) for i in range(2)]
     assert sum(table.column("n").to_pylist()) == 30
+
+
+def test_sql_reading_a_file_itself_is_neither_resumed_nor_served_from_the_cache(tmp_path, data_root):
+    """A join with a lookup file the query names itself: the file is rewritten between runs that
+    share the task cache (another job) or the job's commits (the same job again)."""
+    facts, lookup = str(tmp_path / "facts.parquet"), str(tmp_path / "lookup.parquet")
+    pq.write_table(pa.table({"k": pa.array(range(100), pa.int64())}), facts)
+
+    def run(job: str, weight: int, **rt_options):
+        pq.write_table(pa.table({"k": pa.array(range(100), pa.int64()), "w": pa.array([weight] * 100, pa.int64())}), lookup)
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet([facts]))
+        node = SqlEngineNode(ctx, (src,), f"select sum(f.k * l.w) as s from {{0}} f join '{lookup}' l using (k)")
+        ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(job, None, data_root, **rt_options))
+        task = next(t for k, t in ep.tasks.items() if k.startswith("SqlEngineTask"))
+        return ep.final_output.to_arrow_table().column("s")[0].as_py(), task
+
+    assert run("one", 1)[0] == 4950
+    got, task = run("two", 1000)
+    assert got == 4950000, "the first job's output was served from the task cache though the lookup file changed"
+    resumed = run("one", 7, task_cache=False)[0]  # (no cache: its commit is the only thing to reuse)
+    assert resumed == 4950 * 7, "the job's commit was resumed though the lookup file changed"
+    assert task.plan_components["unreused"].startswith("its SQL reads files itself")
+
+
+def test_what_sql_reads_files_itself_is_found_in_every_node_that_runs_sql():
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    fused = HashPartitionNode(ctx, (src,), 4, ["k"])
+    fused.pre_sql = "select * from {0} join read_csv('d.csv') using (k)"  # as optimizer.fuse_sql_into_partition sets it
+    assert node_sql(fused) == [fused.pre_sql]
+    assert node_sql(SqlEngineNode(ctx, (src,), ["set threads=1", "select 1"])) == ["set threads=1", "select 1"]
+    assert node_sql(DataSourceNode(ctx, SqlQueryDataSet("select * from 'x.csv'"))) == ["select * from 'x.csv'"]
+    assert node_sql(src) == []

@@ -67,6 +67,17 @@ _MAY_OUTLIVE_TASK = re.compile(
     re.IGNORECASE,
 )
 _MAY_DRAW_RANDOM = re.compile(r"rand|sample|uuid|shuffle", re.IGNORECASE)
+#: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
+#: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
+#: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
+#: attached or imported database
+_READS_FILES = re.compile(
+    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
+    r"|\b(?:from|join)\s+['\"]"
+    r"|\battach\s+(?:database\s+)?(?:if\s+not\s+exists\s+)?['\"]"
+    r"|\bimport\s+database\b",
+    re.IGNORECASE,
+)
 
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
@@ -132,6 +143,13 @@ def share_database_in_process(enabled: bool = True) -> None:
 def sql_may_outlive_task(queries: List[str]) -> bool:
     """True if SQL text might leave state behind in the database it ran in (conservative)."""
     return any(_MAY_OUTLIVE_TASK.search(q) for q in queries)
+
+
+def sql_reads_files(texts) -> bool:
+    """True if SQL text might read files itself (``read_parquet('x')``, ``FROM 'x.csv'``,
+    ``ATTACH 'x.db'``), beside its inputs: searched for, never run (conservative: a quoted name
+    after FROM counts too)."""
+    return any(_READS_FILES.search(str(t)) for t in texts if t)
 
 
 def sql_may_draw_random(texts) -> bool:
