@@ -32,6 +32,9 @@ Invariants:
   size and time (bit rot) is not seen here: the consumer's read fails, the scheduler recomputes
   the producer without the cache (:func:`~smallpond.execution.attempt.unreadable_intermediates`)
   and its new output replaces the entry.
+* **A reused file is never published as a link.** :meth:`TaskCache.link_into` marks the output
+  directory it links (:data:`LINKED_MARKER`); a sink copies the files it finds there
+  (:mod:`~smallpond.execution.ops.sink`), so two jobs' results are never one inode.
 * **Every backend fills it.** Insertion happens where the attempt commits
   (:func:`insert_after_commit`, called by ``execute_attempt``): a worker process embedded, a Ray
   task, a queue executor on any host that sees the cache folder. Reuse, claims and waiting are
@@ -91,6 +94,8 @@ from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 CACHE_FORMAT = 1
 RECORD = ".record"
+#: in an output directory that :meth:`TaskCache.link_into` filled with links to an entry's files
+LINKED_MARKER = ".linked-from-task-cache"
 HEAD_TAIL_BYTES = 64 * 1024
 #: a claim by a process on another host is stale after this long without a refresh
 LOCK_STALE_SECONDS = 600.0
@@ -347,16 +352,20 @@ class TaskCache:
 
     def link_into(self, entry: Entry, output_base: str, attempt: int) -> Tuple[DataSet, str]:
         """Link (or copy) the entry's files into a new output directory of the job; returns the
-        entry's dataset rebased there, and the directory (``{output_base}.{attempt}.{token}``)."""
+        entry's dataset rebased there, and the directory (``{output_base}.{attempt}.{token}``,
+        holding :data:`LINKED_MARKER` if a file was linked)."""
         token = f"{attempt}.{uuid.uuid4().hex[:16]}"
         tmp = f"{output_base}.tmp-{token}"
         final = f"{output_base}.{token}"
         os.makedirs(tmp)
         try:
+            linked = False
             for rel, *_ in entry.record["files"]:
                 dst = os.path.join(tmp, rel)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-                link_or_copy(os.path.join(entry.files_dir, rel), dst)
+                linked = link_or_copy(os.path.join(entry.files_dir, rel), dst) == "link" or linked
+            if linked:  # its files are the entry's inodes: a sink publishes copies (ops/sink.py)
+                write_file(os.path.join(tmp, LINKED_MARKER), entry.path.encode())
             os.rename(tmp, final)
             tmp = None
         finally:

@@ -14,6 +14,13 @@ Guarantees:
   manifest-only sink (``type="manifest"``) follows the same rules; it publishes by replacing
   ``.MANIFEST.txt`` in place (atomically) rather than by swapping folders, since its folder may
   hold the files it lists (a named output's task folders).
+* **Results of two jobs never share a file.** A sink hard-links the files this job computed (a
+  link is free, and those inodes are this job's and, if cached, its cache entry's: a result edited
+  in place then fails the entry's verification and is not served again, see
+  :mod:`~smallpond.execution.cache`). A file the job took from the task cache is that entry's
+  inode, and so possibly another job's published result: it is copied (a reflink where the
+  filesystem has them), so editing one result in place never changes another
+  (:func:`_linked_from_cache`).
 * **No output overlaps an input.** An output path equal to, inside or containing an input path
   of the job (any data source's files or globs), equal to or containing the data root, or inside
   a job folder is refused at plan time (:func:`check_overlap`): a job never reads its own earlier
@@ -65,10 +72,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
 from smallpond.errors import PlanError, SmallpondError
+from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
     atomic_write_bytes,
     atomic_write_text,
+    clone_or_copy,
     dump,
     exchange_paths,
     fsync_dir,
@@ -403,21 +412,50 @@ class DataSinkTask(Task):
             return _as_dataset(files)
         token = uuid.uuid4().hex[:8] if node.mode == "append" else None
         sources = _sources(inputs)
-        staged = []
+        staged, reused, memo = [], 0, {}
         for (src, spans), name in zip(sources, _dest_names([p for p, _ in sources], token)):
             dst = os.path.join(staging, name)
             if spans is not None:
                 _write_rows(src, spans, dst)  # some rows of a file: only those are published
+            elif node.type != "copy" and _linked_from_cache(src, runtime_ctx.job_root, memo):
+                clone_or_copy(src, dst)  # another job's result may be that very inode
+                reused += 1
             else:
                 # "link" falls back to a copy across filesystems rather than a symlink that would
                 # dangle once the job's staging area is cleaned
                 link_or_copy(src, dst, allow_link=node.type != "copy")
             staged.append(dst)
+        if reused:
+            logger.info("{}: copied {} file(s) reused from the task cache rather than linking them", node.label, reused)
         atomic_write_text(
             os.path.join(staging, MANIFEST), "".join(os.path.join(output_path, os.path.basename(f)) + "\n" for f in staged)
         )
         self.inject_fault()
         return _as_dataset(staged)
+
+
+def _linked_from_cache(path: str, job_root: str, memo: Dict[str, bool]) -> bool:
+    """Whether ``path`` is a hard link to a file of a task cache entry: it lies in an output
+    directory of this job that the cache filled (one holding
+    :data:`~smallpond.execution.cache.LINKED_MARKER`). Such a file is the inode of the entry and of
+    every other job that computed or reused it, so publishing it by a link would make two results
+    one file. ``memo``: folder -> answer, shared by the files of one sink (a stat per folder)."""
+    root = os.path.abspath(job_root)
+    folder = os.path.dirname(os.path.abspath(path))
+    walked, hit = [], False
+    while folder != root and _inside(folder, root):
+        known = memo.get(folder)
+        if known is not None:
+            hit = known
+            break
+        walked.append(folder)
+        if os.path.lexists(os.path.join(folder, LINKED_MARKER)):
+            hit = True
+            break
+        folder = os.path.dirname(folder)
+    for f in walked:
+        memo[f] = hit
+    return hit
 
 
 def _as_dataset(files: List[str]) -> DataSet:

@@ -1,0 +1,79 @@
+"""Publishing outputs taken from the task cache: two jobs' results are never one file.
+
+A job that reuses a cache entry has the entry's inodes in its folder (hard links). Its sinks copy
+those files, so a result published from a reused task is not the file of the job that computed
+it (nor of the entry); the outputs a job computed itself are still published by a hard link.
+The other direction (a result published by a link, then edited in place) is caught by the
+entry's verification: the next job recomputes rather than serve the edited bytes.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smallpond.execution.cache import LINKED_MARKER
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+ROWS = 1000
+
+
+def _job(tmp_path, out: str):
+    """Run input -> SQL -> sink(out) as a new job on the shared cache; returns the ExecutionPlan."""
+    src = str(tmp_path / "in.parquet")
+    if not os.path.exists(src):
+        pq.write_table(pa.table({"id": pa.array(range(ROWS), pa.int64())}), src)
+    ctx = Context()
+    sql = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([src])),), "select id, id * 2 as y from {0}")
+    plan = LogicalPlan(ctx, DataSinkNode(ctx, (sql,), str(tmp_path / out)))
+    rt = make_runtime_ctx(data_root=str(tmp_path / "root"), task_cache=str(tmp_path / "cache"))
+    return run_job(plan, rt, num_workers=1)
+
+
+def _published(tmp_path, out: str) -> str:
+    (path,) = glob.glob(str(tmp_path / out / "*.parquet"))
+    return path
+
+
+def _ys(path: str):
+    return pq.read_table(path).column("y").to_pylist()
+
+
+def test_a_result_reused_from_the_cache_is_a_copy_not_the_other_jobs_file(tmp_path):
+    first = _job(tmp_path, "out_a")
+    assert first.num_reused == 0
+    file_a = _published(tmp_path, "out_a")
+    # computed by this job: published by a link (its job file and the cache entry share it)
+    assert os.stat(file_a).st_nlink >= 2
+
+    second = _job(tmp_path, "out_b")
+    assert second.num_reused == 1
+    assert glob.glob(os.path.join(second.ctx.staging_root, "*", "*", LINKED_MARKER))
+    file_b = _published(tmp_path, "out_b")
+    assert os.stat(file_b).st_ino != os.stat(file_a).st_ino
+    assert os.stat(file_b).st_nlink == 1
+    assert _ys(file_b) == [2 * i for i in range(ROWS)]
+
+    # the owner of out_a rewrites their file in place (pyarrow truncates the same inode)
+    pq.write_table(pa.table({"id": pa.array([1], pa.int64()), "y": pa.array([-1], pa.int64())}), file_a)
+    assert _ys(file_a) == [-1]
+    assert _ys(file_b) == [2 * i for i in range(ROWS)]
+
+
+def test_a_result_edited_in_place_is_not_served_from_the_cache_again(tmp_path):
+    _job(tmp_path, "out_a")
+    file_a = _published(tmp_path, "out_a")
+    # out_a is the entry's inode: editing it in place edits the entry (size and time change)
+    pq.write_table(pa.table({"id": pa.array([1], pa.int64()), "y": pa.array([-1], pa.int64())}), file_a)
+
+    second = _job(tmp_path, "out_b")
+    assert second.num_reused == 0  # the entry failed its verification: the task ran again
+    file_b = _published(tmp_path, "out_b")
+    assert _ys(file_b) == [2 * i for i in range(ROWS)]
+    assert os.stat(file_b).st_ino != os.stat(file_a).st_ino
+    assert _ys(file_a) == [-1]  # the user's edit is theirs: nothing of the engine touched it
