@@ -17,7 +17,8 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 3. :meth:`Job.finish` stops the executor, writes the final status (``success``, ``failure`` or
    ``interrupted``) and the run report (``log/report.html``, :mod:`smallpond.execution.report`),
    removes the leftovers of abandoned attempts and of sinks that were prepared but not
-   published and, on success, the intermediate folders; it releases the lock, restores the
+   published and, on success, the intermediate folders (keeping the sinks' commit records, so a
+   rerun of the job never publishes a sink twice); it releases the lock, restores the
    SIGTERM handler and removes the log sinks it added.
 
 Every job keeps an event log and writes a report, whoever runs it; what is shown on the console
@@ -208,7 +209,7 @@ class Job:
             raise
 
     def start(self) -> "Job":
-        from smallpond.execution.ops.sink import roll_forward
+        from smallpond.execution.ops.sink import restore_publication_records, roll_forward
 
         rt = self.rt
         rt.initialize(restart=self.restart)
@@ -216,6 +217,7 @@ class Job:
         self._lock.acquire()
         started = False
         try:
+            restore_publication_records(rt)  # the sinks an earlier run published, if it removed staging/
             roll_forward(rt)  # a publication an earlier run of this job began and did not finish
             # the cache first: a folder that is not safe to use stops the job before any worker starts
             cache = JobCache(rt) if rt.task_cache else None
@@ -264,8 +266,11 @@ class Job:
         """Stop the executor and write the final status.
 
         On success, ``remove_intermediates`` removes queue/, temp/ and staging/ (a session, whose
-        results were read already), and ``remove_output_root`` output/ as well.
+        results were read already), and ``remove_output_root`` output/ as well; the sinks' commit
+        records are kept in config/ (:func:`~smallpond.execution.ops.sink.park_publication_records`).
         """
+        from smallpond.execution.ops.sink import park_publication_records
+
         if self.finished:
             return
         self.finished = True
@@ -284,6 +289,7 @@ class Job:
                 self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
                 self.report_path = _write_report(rt, self.events.whole_history(), status)
             if ok and (remove_intermediates or remove_output_root):
+                park_publication_records(rt)  # a rerun of this job must not publish its sinks again
                 rt.cleanup(remove_output_root=remove_output_root)
             if rt.task_cache and self.task_cache_max_bytes is not None:
                 self._bound_cache()

@@ -115,12 +115,13 @@ def warn_if_shared(data_root: str) -> None:
 
 def has_signed_records(layout) -> bool:
     """True if the folder holds anything signed with its secret (checkpoints, pickles, a journal)."""
-    try:
-        with os.scandir(layout.completed_task_dir) as it:
-            if any(e.name.endswith(".commit") for e in it):
-                return True
-    except OSError:
-        pass
+    for records in (layout.completed_task_dir, layout.published_records_dir):
+        try:
+            with os.scandir(records) as it:
+                if any(e.name.endswith(".commit") for e in it):
+                    return True
+        except OSError:
+            pass
     try:
         with os.scandir(layout.config_root) as it:
             return any(e.name.endswith((".pickle", ".journal")) for e in it)

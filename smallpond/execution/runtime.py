@@ -197,6 +197,11 @@ class JobLayout:
         return self._sub("staging", "started_tasks")
 
     @property
+    def published_records_dir(self) -> str:
+        """The sinks' commit records while staging/ is removed (ops/sink.py, park_publication_records)."""
+        return self._sub("config", "published")
+
+    @property
     def secret_path(self) -> str:
         return self._sub("config", "secret")
 
@@ -343,6 +348,7 @@ class RuntimeContext:
     output_root = property(lambda self: self.layout.output_root)
     temp_root = property(lambda self: self.layout.temp_root)
     completed_task_dir = property(lambda self: self.layout.completed_task_dir)
+    published_records_dir = property(lambda self: self.layout.published_records_dir)
     started_task_dir = property(lambda self: self.layout.started_task_dir)
     sched_state_path = property(lambda self: self.layout.sched_state_path)
     job_status_path = property(lambda self: self.layout.job_status_path)

@@ -47,6 +47,10 @@ Guarantees:
      (resume checks that a commit record's files exist), and an fsync right after a large write
      waits for its writeback (0.04-0.3 s on this project's test machine).
 
+  The commit records outlive the job's intermediates: a session removes ``staging/`` at shutdown,
+  after moving its sinks' records to ``config/published/`` (:func:`park_publication_records`),
+  and a rerun of the job brings them back, so it does not publish the same sink twice.
+
   Every step is idempotent and knows from the filesystem whether it already happened (a swapped
   directory is recognised by its inode), so a job killed at any instant of step 2 finishes the
   publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
@@ -667,6 +671,48 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     journal = {"steps": steps, "sync": sorted(sync) if existing else []}
     dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=existing)
     roll_forward(runtime_ctx, journal)
+
+
+def park_publication_records(runtime_ctx) -> int:
+    """Move the commit records of the job's sinks out of ``staging/`` (which a session removes at
+    shutdown) into ``config/published/``; :func:`restore_publication_records` brings them back
+    when the job starts again. Returns how many were moved.
+
+    A sink is complete if and only if its record exists. Without it, a rerun of a session that
+    finished (after a crash once its shutdown had removed the intermediates, as the README
+    advises) would be a new job and publish its sinks again: ``mode="append"`` would add the rows
+    twice. With it, the rerun finds those sinks published, as a Driver job rerun with the same
+    ``--job_id`` does. A sink of a changed plan has another fingerprint and runs. Each record is
+    moved by a rename, so a crash leaves it in one of the two places.
+    """
+    src = runtime_ctx.completed_task_dir
+    prefix = f"{DataSinkTask.__name__}-"  # a task's key is "{its class}-{its id}" (Task.__init__)
+    try:
+        names = [n for n in os.listdir(src) if n.startswith(prefix) and n.endswith(".commit")]
+    except FileNotFoundError:
+        return 0
+    dst = runtime_ctx.published_records_dir
+    os.makedirs(dst, mode=0o700, exist_ok=True)
+    for name in names:
+        os.replace(os.path.join(src, name), os.path.join(dst, name))
+    return len(names)
+
+
+def restore_publication_records(runtime_ctx) -> None:
+    """Put the records :func:`park_publication_records` kept back among the commit records (a
+    record found in both places is the later one in ``staging/``)."""
+    src = runtime_ctx.published_records_dir
+    try:
+        names = os.listdir(src)
+    except FileNotFoundError:
+        return
+    dst = runtime_ctx.completed_task_dir
+    os.makedirs(dst, exist_ok=True)
+    for name in names:
+        if os.path.lexists(os.path.join(dst, name)):
+            remove_path(os.path.join(src, name))
+        else:
+            os.rename(os.path.join(src, name), os.path.join(dst, name))
 
 
 def staged_to_final(runtime_ctx, task: Task, ds: DataSet) -> DataSet:
