@@ -98,3 +98,49 @@ def test_arrow_engine_rejects_keys_out_of_range(parquet_files, make_rt):
             make_rt,
             lambda ctx: ShuffleNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 3, "id", engine_type="arrow"),
         )
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_shuffle_by_a_column_writes_the_column_as_it_was(tmp_path, make_rt, engine):
+    """Rows go to partition CAST(p AS BIGINT), and p stays the user's data: a uint16 stays a uint16,
+    a string '01' stays '01' (both engines wrote the key back as an int64 p)."""
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "p": pa.array([0, 1, 1, 0], pa.uint16()), "s": ["0", "1", "01", "0"]}), path)
+    # (the arrow engine takes an integer column's values as they are: a string key is refused)
+    for col, typ in [("p", pa.uint16())] + ([("s", pa.string())] if engine == "duckdb" else []):
+        files = _files_of(make_rt, path, col, engine)
+        rows = [r for f in files for r in pq.read_table(f).to_pylist()]
+        assert sorted((r["id"], r["p"], r["s"]) for r in rows) == [(1, 0, "0"), (2, 1, "1"), (3, 1, "01"), (4, 0, "0")]
+        assert {pq.read_schema(f).field(col).type for f in files} == {typ}
+
+
+def _files_of(make_rt, path, col, engine):
+    ctx = Context()
+    node = ShuffleNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 2, col, engine_type=engine)
+    plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    consumers = [t for t in plan.tasks.values() if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask)]
+    return [f for t in consumers for f in plan.results[t.key].resolved_paths]
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_user_column_named_like_the_internal_partition_column_is_kept(tmp_path, make_rt, engine):
+    """The DuckDB engine carries the partition in an internal column when the user's
+    __data_partition__ is data to keep; a user column with that internal name lost every row."""
+    path = str(tmp_path / "in.parquet")
+    table = pa.table(
+        {"k": list(range(20)), "__data_partition__": [i % 3 for i in range(20)], "__sp_partition__": [100 + i for i in range(20)]}
+    )
+    pq.write_table(table, path)
+    parts, _ = _run(
+        make_rt,
+        lambda ctx: HashPartitionNode(
+            ctx,
+            (DataSourceNode(ctx, ParquetDataSet([path])),),
+            4,
+            hash_columns=["k"],
+            drop_partition_column=True,
+            engine_type=engine,
+        ),
+    )
+    rows = sorted((r["k"], r["__data_partition__"], r["__sp_partition__"]) for p in parts for r in p)
+    assert rows == sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]))

@@ -46,6 +46,15 @@ def _keeps_input_column(node, col: str, columns: List[str]) -> bool:
     return bool(node.drop_partition_column)
 
 
+def _internal_column(columns: List[str]) -> str:
+    """The name of the internal partition column: ``__sp_partition__``, or that name with more
+    underscores if the data has a column so named (it would be replaced, and its rows lost)."""
+    name = "__sp_partition__"
+    while name in columns:
+        name += "_"
+    return name
+
+
 def partition_key_expr(node, columns: List[str]) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
@@ -131,18 +140,26 @@ class HashPartitionTask(Task):
                 self._current_sql = query
                 run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS {query}")
                 src = f"__sp_fused_{int(self.id)}"
-            columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
+            described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
+            columns = [r[0] for r in described]
             expr, col = self._key_expr(columns)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
             # (as upstream does) unless drop_partition_column is set
             computed_key = node.shuffle_only and node.data_partition_column not in columns
             write_col = not (node.drop_partition_column or computed_key)
             # DuckDB names the partition directories "{column}={k}": a column name that is not a
-            # plain identifier is carried as a separate internal partition column instead
-            part_col = col if _IDENT.fullmatch(col) else "__sp_partition__"
+            # plain identifier is carried as a separate internal partition column instead, under
+            # a name no input column has
+            internal = _internal_column(columns)
+            part_col = col if _IDENT.fullmatch(col) else internal
             select = [quote_identifier(c) for c in columns if c != col]
-            if _keeps_input_column(node, col, columns):
-                part_col, select = "__sp_partition__", [quote_identifier(c) for c in columns]
+            # a shuffle by a column of the data routes each row by its value as BIGINT, and writes
+            # the column as it was (0.4 stays 0.4, '01' stays '01', a uint16 stays a uint16)
+            data_key = node.shuffle_only and col in columns and dict((r[0], r[1]) for r in described).get(col) != "BIGINT"
+            if data_key:
+                write_col = False
+            if _keeps_input_column(node, col, columns) or data_key:
+                part_col, select = internal, [quote_identifier(c) for c in columns]
             if part_col != col and write_col:
                 select.append(f"{expr} AS {quote_identifier(col)}")
             select.append(f"{expr} AS {quote_identifier(part_col)}")
@@ -218,8 +235,10 @@ class HashPartitionTask(Task):
         # the partition is a column of the data: no SQL needed
         direct = node.shuffle_only and node.data_partition_column in columns
         keep = _keeps_input_column(node, col, columns)
-        if keep:
+        if keep or direct:  # direct: the user's column is written as it was (not as int64)
             body_names = list(columns)
+        if direct:
+            write_col = False
         self._current_sql = f"SELECT {expr} FROM <batch>"
         conn = (
             None
