@@ -77,3 +77,21 @@ def test_a_result_edited_in_place_is_not_served_from_the_cache_again(tmp_path):
     assert _ys(file_b) == [2 * i for i in range(ROWS)]
     assert os.stat(file_b).st_ino != os.stat(file_a).st_ino
     assert _ys(file_a) == [-1]  # the user's edit is theirs: nothing of the engine touched it
+
+
+def test_write_parquet_of_a_users_file_publishes_a_copy_not_the_input(tmp_path):
+    """write_parquet straight after read_parquet (a link_or_copy sink over the user's own files):
+    the result is a copy, so writing the published file in place leaves the input as it was."""
+    import smallpond
+
+    src = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(10), pa.int64())}), src)
+    sp = smallpond.init(data_root=str(tmp_path / "root"))
+    try:
+        sp.read_parquet(src).write_parquet(str(tmp_path / "out"))
+    finally:
+        sp.shutdown()
+    out = _published(tmp_path, "out")
+    assert os.stat(out).st_ino != os.stat(src).st_ino and os.stat(src).st_nlink == 1
+    pq.write_table(pa.table({"id": pa.array([-1], pa.int64())}), out)  # in place: truncates its inode
+    assert pq.read_table(src).column("id").to_pylist() == list(range(10))

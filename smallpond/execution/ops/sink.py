@@ -20,7 +20,8 @@ Guarantees:
   :mod:`~smallpond.execution.cache`). A file the job took from the task cache is that entry's
   inode, and so possibly another job's published result: it is copied (a reflink where the
   filesystem has them), so editing one result in place never changes another
-  (:func:`_linked_from_cache`).
+  (:func:`_linked_from_cache`). Likewise a user's input file that a ``"link_or_copy"`` sink
+  (``write_parquet``) publishes as is: the result is a copy, never the input itself.
 * **No output overlaps an input.** An output path equal to, inside or containing an input path
   of the job (any data source's files or globs), equal to or containing the data root, or inside
   a job folder is refused at plan time (:func:`check_overlap`): a job never reads its own earlier
@@ -424,6 +425,11 @@ class DataSinkTask(Task):
             elif node.type != "copy" and _linked_from_cache(src, runtime_ctx.job_root, memo):
                 clone_or_copy(src, dst)  # another job's result may be that very inode
                 reused += 1
+            elif node.type == "link_or_copy" and not _inside(os.path.abspath(src), os.path.abspath(runtime_ctx.job_root)):
+                # a user's input file published as is (write_parquet straight after read_parquet):
+                # a link would make the result and the input one file, and writing either in
+                # place would change the other
+                clone_or_copy(src, dst)
             else:
                 # "link" falls back to a copy across filesystems rather than a symlink that would
                 # dangle once the job's staging area is cleaned
