@@ -119,7 +119,9 @@ def input_components(
         desc = _whole_descs.get(kind)
         if desc is None:
             desc = _whole_descs[kind] = hashlib.sha256(json.dumps(["whole", kind]).encode()).hexdigest()
-        return {"desc": desc, "files": files, "files_digest": _files_digest(files)}
+        # the key takes the identity alone: the label names the task (for a dry run's reasons),
+        # and task numbers shift when a session computes something else first
+        return {"desc": desc, "files": files, "files_digest": _files_digest({PRODUCED: whole[1]})}
     files: Dict[str, str] = {}
 
     def label(path: str) -> str:

@@ -476,3 +476,33 @@ def test_a_stage_larger_than_a_round_of_lookups_is_reused_whole(tmp_path):
     assert len(tiny_tasks(first.submitted)) == n and not first.reused
     second = build("second")
     assert len(tiny_tasks(second.reused)) == n and not tiny_tasks(second.submitted)
+
+
+def test_a_session_that_computes_something_else_first_still_reuses_after_a_shuffle(tmp_path):
+    """Task numbers shift when a session computes another frame first; the tasks after a shuffle
+    are keyed by what their input is (the consumers' identities), not by those numbers."""
+    import smallpond
+
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"f{i}.parquet"))
+        pq.write_table(pa.table({"id": pa.array(range(i * 100, i * 100 + 100), pa.int64())}), paths[-1])
+
+    def build(other_first: bool):
+        sp = smallpond.init(data_root=str(tmp_path / "root"), task_cache=str(tmp_path / "cache"))
+        try:
+            if other_first:
+                assert sp.read_parquet(paths[0]).count() == 100
+            df = sp.partial_sql("select count(*) as c from {0}", sp.read_parquet(paths).repartition(3, hash_by="id"))
+            assert sum(r["c"] for r in df.take_all()) == 300
+            return sp.summary()
+        finally:
+            sp.shutdown()
+
+    def counts(summary) -> tuple:
+        m = re.search(r"([\d,]+) run, [\d,]+ resumed, ([\d,]+) reused", str(summary))
+        return tuple(int(g.replace(",", "")) for g in m.groups())
+
+    ran, reused = counts(build(False))
+    assert ran > 0 and reused == 0
+    assert counts(build(True)) == (0, ran)  # (count() of a file reads its footer: no task)
