@@ -13,6 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import copy
+import functools
 import glob
 import hashlib
 import os
@@ -49,6 +50,18 @@ _quote = quote_literal
 
 def _path_list_sql(paths: Sequence[str]) -> str:
     return "[" + ", ".join(duckdb_file_literal(p) for p in paths) + "]"
+
+
+@functools.lru_cache(maxsize=1024)
+def _parses_as_select_item(item: str) -> bool:
+    """Whether ``SELECT <item> FROM t`` is one statement DuckDB can parse (a ``columns`` item that
+    is not, like ``it's`` or ``a; drop table t``, can only be meant as a column name)."""
+    import duckdb
+
+    try:
+        return len(duckdb.connect().extract_statements(f"SELECT {sql_fragment(item)} FROM t")) == 1
+    except duckdb.Error:
+        return False
 
 
 def _default_conn(conn):
@@ -180,21 +193,25 @@ class DataSet:
     def _select_item(self, item: str) -> str:
         """A ``columns`` item in SQL: a name of the data's columns quoted when it must be (``my
         col``, ``select``), anything else as written (upstream's ``columns`` may hold expressions:
-        ``"string_split(url, '/')[1] as host"``)."""
+        ``"string_split(url, '/')[1] as host"``). An item that is no valid select item (``it's``)
+        is a name whatever the data's columns: it is quoted, never pasted raw (the names are not
+        known on an empty partition without a schema)."""
         if _PLAIN_NAME.fullmatch(item) and item.lower() not in _RESERVED:
             return item
-        if item in self._data_column_names():
-            return quote_identifier(item)
-        return sql_fragment(item)
+        if self._is_expression(item):
+            return sql_fragment(item)
+        return quote_identifier(item)
 
     def _is_expression(self, item: str) -> bool:
         """Whether a ``columns`` item is an expression rather than a name of the data's columns."""
-        return not _PLAIN_NAME.fullmatch(item) and item not in self._data_column_names()
+        if _PLAIN_NAME.fullmatch(item) or item in self._data_column_names():
+            return False
+        return _parses_as_select_item(item)
 
     def _data_column_names(self) -> frozenset:
         """The names of the data's columns, when this kind knows them (asked only for a
-        ``columns`` item that is no plain name)."""
-        return frozenset()
+        ``columns`` item that is no plain name): those of :attr:`schema` if set."""
+        return frozenset(self.schema.names) if self.schema is not None else frozenset()
 
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""

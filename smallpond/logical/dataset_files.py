@@ -190,7 +190,13 @@ class ParquetDataSet(DataSet):
 
     def _data_column_names(self) -> frozenset:
         paths = self.resolved_paths
-        return _parquet_column_names(paths[0]) if paths else frozenset()
+        if paths:
+            return _parquet_column_names(paths[0])
+        # an empty piece: the columns of its schema, or of its sibling's file (``_schema_path``)
+        path = getattr(self, "_schema_path", None)
+        if self.schema is None and path:
+            return _parquet_column_names(path)
+        return super()._data_column_names()
 
     @property
     def resolved_row_ranges(self):

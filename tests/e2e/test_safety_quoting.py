@@ -110,3 +110,17 @@ def test_root_dir_is_never_read_as_a_pattern(tmp_path):
     assert ds.resolved_paths == [str(weird / "f.parquet")]
     assert ParquetDataSet.from_files([str(weird / "f.parquet")]).resolved_paths == [str(weird / "f.parquet")]
     assert tree(str(weird)) == ["f.parquet"]
+
+
+def test_read_columns_needing_quotes_on_empty_partitions(tmp_path):
+    # one file in three partitions: two are empty, and their SQL had ``it's`` pasted raw
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"it's": [1, 2, 3], "id": [4, 5, 6]}), src)
+    sp = smallpond.init(data_root=str(tmp_path / "root"), num_executors=1, task_cache="off")
+    try:
+        df = sp.read_parquet(str(src), columns=["it's", "id"]).repartition(3)
+        out = sp.partial_sql("select * from {0}", df).to_arrow()
+        assert out.column_names == ["it's", "id"]
+        assert sorted(out.column("it's").to_pylist()) == [1, 2, 3]
+    finally:
+        sp.shutdown()

@@ -292,3 +292,25 @@ def test_columns_that_are_names_of_the_data_reach_sql_quoted(tmp_path):
     csv.write_text("1,2\n3,4\n")
     cds = CsvDataSet([str(csv)], schema={"my col": "BIGINT", "order": "BIGINT"}, columns=["order", "my col"])
     assert rows(cds) == [(2, 1), (4, 3)]
+
+
+def test_columns_of_an_empty_piece_reach_sql_quoted(tmp_path):
+    # an empty piece of a partitioned dataset has no file of its own: its column names come from
+    # its schema or its sibling's file; a name that is no SQL expression (``it's``) is quoted even
+    # when no column names are known (it was pasted raw: a parser error)
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "odd.parquet")
+    pq.write_table(pa.table({"it's": [1, 2], "my col": [3, 4], "id": [5, 6]}), path)
+    conn = duckdb.connect()
+    cols = ["it's", "my col", "id"]
+    full, empty = ParquetDataSet([path], columns=cols).partition_by_files(2)
+    assert empty.empty and not empty._has_expressions()
+    rel = conn.sql(f"select * from {empty.sql_query_fragment(conn=conn)}")
+    assert rel.columns == cols and rel.fetchall() == []
+    typed = ParquetDataSet([], columns=cols)
+    typed.schema = pa.schema([("it's", pa.int64()), ("my col", pa.int64()), ("id", pa.int64())])
+    rel = conn.sql(f"select * from {typed.sql_query_fragment(conn=conn)}")
+    assert rel.columns == cols and rel.fetchall() == []
+    unknown = ParquetDataSet([], columns=["it's", "a; select 1", "x || '!' as y"])
+    assert [unknown._select_item(c) for c in unknown.columns] == ['"it\'s"', '"a; select 1"', "x || '!' as y"]
