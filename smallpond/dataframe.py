@@ -19,6 +19,7 @@ from smallpond.common import (
     sql_fragment,
 )
 from smallpond.errors import ParameterError
+from smallpond.io.paths import user_path
 from smallpond.logical.dataset import (
     DataSet,
     ParquetDataSet,
@@ -417,7 +418,8 @@ class DataFrame:
         return self.to_arrow().to_pandas()
 
     def write_parquet(self, path: str, mode: str = "overwrite") -> None:
-        """Write the result as Parquet files into directory ``path`` (published all at once).
+        """Write the result as Parquet files into directory ``path`` (published all at once; a
+        leading ``~`` is the home directory).
 
         ``mode`` says what happens when ``path`` has content (Spark's names):
 
@@ -436,7 +438,7 @@ class DataFrame:
         """Like :meth:`write_parquet` but lazy: returns the DataFrame of the written files."""
         if not isinstance(path, str) or not path:
             raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
-        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(path), type="link_or_copy", mode=mode)
+        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(user_path(path)), type="link_or_copy", mode=mode)
         return self._new(node, "write_parquet")
 
     def explain(self, dry_run: bool = False) -> str:

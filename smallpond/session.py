@@ -260,7 +260,7 @@ class Session:
         columns: Optional[List[str]] = None,
         union_by_name: bool = False,
     ) -> DataFrame:
-        """Read Parquet files (globs allowed)."""
+        """Read Parquet files (globs allowed; a leading ``~`` is the home directory)."""
         return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
 
     def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> DataFrame:

@@ -509,6 +509,24 @@ def test_write_parquet(sp, files, tmp_path):
     assert os.path.exists(tmp_path / "out2" / ".MANIFEST.txt")
 
 
+def test_tilde_is_the_home_directory_for_inputs_and_outputs(sp, tmp_path, monkeypatch):
+    # as for data_root: read_parquet("~/...") failed at task time (<cwd>/~/in.parquet not found)
+    # and write_parquet("~/out") wrote into a folder named "~" in the current directory
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    (home / "d").mkdir(parents=True)
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    pq.write_table(pa.table({"k": [1, 2, 3]}), home / "d" / "in.parquet")
+    pq.write_table(pa.table({"k": [4]}), home / "d" / "x[1].parquet")
+    assert sp.read_parquet("~/d/in.parquet").count() == 3
+    assert sp.read_parquet("~/d/*.parquet").count() == 4
+    assert sp.read_parquet("~/d/x[1].parquet").count() == 1  # a literal name with glob characters
+    sp.read_parquet("~/d/in.parquet").write_parquet("~/out")
+    assert sorted(sp.read_parquet(str(home / "out")).to_arrow().column("k").to_pylist()) == [1, 2, 3]
+    assert not os.path.exists(cwd / "~")
+
+
 def test_bad_sql_names_the_sql(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_arrow(pa.table({"a": [1]}))

@@ -2,6 +2,7 @@
 
 * :func:`duckdb_file_literal` names exactly one file for DuckDB's readers, which glob every path
   they are given: glob characters are escaped, so ``a*.parquet`` is read once and only it.
+* :func:`user_path` is a path a user gave, as the filesystem sees it (``~`` expanded).
 * :func:`file_identity` tells one version of an input file from another without reading it, for
   the fingerprints that decide whether a checkpoint may be reused.
 """
@@ -17,6 +18,18 @@ from smallpond.common import quote_literal
 from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
+
+
+def user_path(path: str) -> str:
+    """A path a user gave (an input, an output folder, a root), as the filesystem sees it: a
+    leading ``~`` or ``~user`` is that home directory, as pandas, Polars and DuckDB read it.
+
+    >>> import os; user_path("~/in.parquet") == os.path.join(os.path.expanduser("~"), "in.parquet")
+    True
+    >>> user_path("data/~x")
+    'data/~x'
+    """
+    return os.path.expanduser(path)
 
 
 def duckdb_file_literal(path: str) -> str:

@@ -30,7 +30,7 @@ from smallpond.common import (
     sql_fragment,
 )
 from smallpond.errors import ParameterError
-from smallpond.io.paths import duckdb_file_literal, file_identity
+from smallpond.io.paths import duckdb_file_literal, file_identity, user_path
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
 #: a ``columns`` item that is a column name as it stands in SQL (else it is quoted when it names a
@@ -78,7 +78,8 @@ class DataSet:
     Args:
         paths: a path, a glob pattern, or a list of them.
         root_dir: directory that relative paths are joined to; ``""`` means the current working
-            directory at construction time; ``None`` means paths are used verbatim.
+            directory at construction time; ``None`` means paths are used verbatim. A leading
+            ``~`` in a path or in ``root_dir`` is the home directory.
         recursive: let ``**`` in patterns match across directories.
         columns: columns (or SQL expressions, for DuckDB readers) to select; ``None`` means all.
         union_by_name: combine files by column name rather than position.
@@ -98,8 +99,8 @@ class DataSet:
             raise ParameterError(f"paths must be a str or a list of str, got {paths!r}")
         if columns is not None and (isinstance(columns, str) or not all(isinstance(c, str) for c in columns)):
             raise ParameterError(f"columns must be a list of str, got {columns!r}")
-        self.paths: List[str] = list(paths)
-        self.root_dir: Optional[str] = os.path.abspath(root_dir) if root_dir is not None else None
+        self.paths: List[str] = [user_path(p) for p in paths]
+        self.root_dir: Optional[str] = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
         self.recursive = recursive
         self.columns = list(columns) if columns is not None else None
         self._union_by_name = union_by_name
@@ -226,8 +227,8 @@ class DataSet:
 
     def reset(self, paths=None, root_dir: Optional[str] = "", recursive=None) -> None:
         if paths is not None:
-            self.paths = [paths] if isinstance(paths, str) else list(paths)
-            self.root_dir = os.path.abspath(root_dir) if root_dir is not None else None
+            self.paths = [user_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
+            self.root_dir = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
         if recursive is not None:
             self.recursive = recursive
         self._resolved_paths = None

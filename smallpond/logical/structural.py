@@ -10,6 +10,7 @@ import os
 from typing import List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
+from smallpond.io.paths import user_path
 from smallpond.logical.base import Context, Node, Shape, call_site_msg
 from smallpond.logical.compute import SqlEngineNode
 from smallpond.logical.dataset import DataSet, ParquetDataSet
@@ -42,7 +43,7 @@ class DataSinkNode(Node):
     """Publish the inputs' files into ``output_path``.
 
     Args:
-        output_path: an absolute directory.
+        output_path: an absolute directory (a leading ``~`` is the home directory).
         type: ``"link"`` (hard link, else a copy across filesystems), ``"copy"``,
             ``"link_or_copy"`` (hard link, else copy) or ``"manifest"`` (only ``.MANIFEST.txt``,
             listing the inputs' files where they are).
@@ -77,6 +78,8 @@ class DataSinkNode(Node):
         *,
         mode: str = "overwrite",
     ) -> None:
+        if isinstance(output_path, str):
+            output_path = user_path(output_path)
         if not isinstance(output_path, str) or not os.path.isabs(output_path):
             raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
         super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)

@@ -314,3 +314,14 @@ def test_columns_of_an_empty_piece_reach_sql_quoted(tmp_path):
     assert rel.columns == cols and rel.fetchall() == []
     unknown = ParquetDataSet([], columns=["it's", "a; select 1", "x || '!' as y"])
     assert [unknown._select_item(c) for c in unknown.columns] == ['"it\'s"', '"a; select 1"', "x || '!' as y"]
+
+
+def test_tilde_in_paths_and_root_dir_is_the_home_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    files = generate_parquet_files(str(tmp_path / "d"), nfiles=2)
+    assert ParquetDataSet(["~/d/*.parquet"]).resolved_paths == sorted(files)
+    assert ParquetDataSet(["d"], root_dir="~").resolved_paths == sorted(files)
+    ds = ParquetDataSet([])
+    ds.reset(["~/d"])
+    assert ds.resolved_paths == sorted(files)
+    assert ParquetDataSet(["d/~x"], root_dir="/r").absolute_paths == ["/r/d/~x"]  # only a leading ~

@@ -113,3 +113,12 @@ def test_a_node_over_an_input_of_another_context_is_refused():
     with pytest.raises(ParameterError, match="was built with another Context") as info:
         SqlEngineNode(Context(), (src,), "select * from {0}")
     assert "test_plan.py" in str(info.value)  # the call site
+
+
+def test_a_sink_output_path_may_start_with_tilde(tmp_path, monkeypatch):
+    # "~/out" was refused as not absolute; the home directory is meant, as for read_parquet
+    monkeypatch.setenv("HOME", str(tmp_path))
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["~/in.parquet"]))
+    assert src.dataset.paths == [str(tmp_path / "in.parquet")]
+    assert DataSinkNode(ctx, (src,), "~/out/").output_path == str(tmp_path / "out")
