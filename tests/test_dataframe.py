@@ -527,6 +527,23 @@ def test_tilde_is_the_home_directory_for_inputs_and_outputs(sp, tmp_path, monkey
     assert not os.path.exists(cwd / "~")
 
 
+def test_write_parquet_refuses_a_line_break_its_manifest_would_hold(sp, tmp_path):
+    # .MANIFEST.txt lists one path per line: a folder "out\nx" was written and could not be read back
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"k": [1, 2, 3]}), src)
+    with pytest.raises(ParameterError) as info:
+        sp.read_parquet(str(src)).write_parquet(str(tmp_path / "out\nx"))
+    assert "line break" in str(info.value) and f"{__file__}:" in str(info.value)
+    assert not os.path.exists(tmp_path / "out\nx")
+    odd = tmp_path / "a\nb.parquet"
+    pq.write_table(pa.table({"k": [4]}), odd)
+    with pytest.raises(ParameterError, match="line break"):
+        sp.read_parquet(str(odd)).write_parquet(str(tmp_path / "out"))
+    # a step that writes files of its own publishes them under its names: allowed
+    sp.partial_sql("select * from {0}", sp.read_parquet(str(odd))).write_parquet(str(tmp_path / "out"))
+    assert sp.read_parquet(str(tmp_path / "out")).to_arrow().column("k").to_pylist() == [4]
+
+
 def test_bad_sql_names_the_sql(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_arrow(pa.table({"a": [1]}))

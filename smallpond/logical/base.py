@@ -114,6 +114,8 @@ class Node:
     """
 
     enable_resource_boost = False
+    #: the node's output is its inputs' files as they are (file lists, row ranges): it writes none
+    passes_input_files = False
 
     def __init__(
         self,

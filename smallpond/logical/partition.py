@@ -81,6 +81,7 @@ class EvenlyDistributedPartitionNode(PartitionNode):
     """
 
     max_num_producer_tasks = 1
+    passes_input_files = True
 
     def __init__(
         self,
@@ -311,6 +312,8 @@ class ShuffleNode(HashPartitionNode):
 
 class RepeatPartitionNode(PartitionNode):
     """Every one of the ``npartitions`` nested partitions is the whole input partition."""
+
+    passes_input_files = True
 
     def __init__(
         self,

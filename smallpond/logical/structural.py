@@ -7,6 +7,7 @@ source (for in-memory data), the sink and the limit move data.
 from __future__ import annotations
 
 import os
+import re
 from typing import List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
@@ -82,6 +83,9 @@ class DataSinkNode(Node):
             output_path = user_path(output_path)
         if not isinstance(output_path, str) or not os.path.isabs(output_path):
             raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
+        if _LINE_BREAK.search(output_path):
+            # .MANIFEST.txt lists one path per line: the published files could not be read back
+            raise ParameterError(call_site_msg("DataSinkNode", f"output_path must not contain a line break, got {output_path!r}"))
         super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)
         if manifest_only:
             type = "manifest"
@@ -96,11 +100,50 @@ class DataSinkNode(Node):
         self.type = type
         self.mode = mode
         self.is_final_node = is_final_node
+        listed = _listed_input_paths(self)
+        if listed:
+            raise ParameterError(
+                self._msg(
+                    f"input path {listed[0]!r} contains a line break and would be listed in "
+                    f"{os.path.join(self.output_path, '.MANIFEST.txt')}, which holds one path per line: rename it, "
+                    "or compute from it first (a SQL or Python step writes files of its own)"
+                )
+            )
 
     def partition_shape(self) -> Shape:
         for d in self.input_deps:
             d.partition_shape()
         return ()
+
+
+_LINE_BREAK = re.compile(r"[\n\r]")
+
+
+def _listed_input_paths(sink: DataSinkNode) -> List[str]:
+    """The paths given to the sink's sources, reached through nodes that pass their inputs' files
+    on (:attr:`Node.passes_input_files`), whose line in the sink's ``.MANIFEST.txt`` would hold a
+    line break (the whole path for ``type="manifest"``, else the file's name). Paths as given: the
+    files a glob or a folder stands for are not listed (that would read directories while the plan
+    is built)."""
+    out, seen, todo = [], set(), list(sink.input_deps)
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, DataSourceNode):
+            for path in node.dataset.absolute_paths:
+                if sink.type == "manifest":
+                    line = path
+                elif os.path.isdir(path):
+                    continue  # its files are published by their own names
+                else:
+                    line = os.path.basename(path)
+                if _LINE_BREAK.search(line):
+                    out.append(path)
+        elif node.passes_input_files:
+            todo.extend(node.input_deps)
+    return out
 
 
 class RootNode(Node):
@@ -118,6 +161,8 @@ class RootNode(Node):
 class ConsolidateNode(Node):
     """Merge partitions, keeping only the given dimensions (no data is moved)."""
 
+    passes_input_files = True
+
     def __init__(self, ctx: Context, input_dep: Node, dimensions: List[str]) -> None:
         super().__init__(ctx, (input_dep,))
         self.dimensions = list(dimensions)
@@ -133,6 +178,8 @@ class ConsolidateNode(Node):
 
 class UnionNode(Node):
     """Concatenate the partitions of several inputs with the same partition dimensions."""
+
+    passes_input_files = True
 
     def __init__(self, ctx: Context, input_deps: Sequence[Node]) -> None:
         super().__init__(ctx, input_deps)
@@ -153,6 +200,8 @@ class UnionNode(Node):
 
 class ProjectionNode(Node):
     """Select columns (or DuckDB expressions) and add generated columns, without moving data."""
+
+    passes_input_files = True
 
     def __init__(
         self,

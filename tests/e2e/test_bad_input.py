@@ -61,6 +61,16 @@ BAD_NODES = {
         lambda ctx: DataSinkNode(ctx, (source(ctx),), "relative/dir"),
         ["output_path", "absolute", "'relative/dir'"],
     ),
+    "sink output_path with a line break": (
+        lambda ctx: DataSinkNode(ctx, (source(ctx),), "/tmp/out\nx"),
+        ["output_path", "line break", "'/tmp/out\\nx'"],
+    ),
+    "sink input with a line break": (
+        lambda ctx: DataSinkNode(
+            ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(["/nonexistent/a\rb.parquet"])),), 2),), "/tmp/o"
+        ),
+        ["input path", "'/nonexistent/a\\rb.parquet'", "line break", ".MANIFEST.txt"],
+    ),
     "node relative output_path": (
         lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select 1", output_path="relative/dir"),
         ["output_path", "absolute", "'relative/dir'"],
