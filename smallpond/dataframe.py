@@ -20,6 +20,7 @@ from smallpond.common import (
 )
 from smallpond.errors import ParameterError
 from smallpond.io.paths import user_path
+from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset import (
     DataSet,
     ParquetDataSet,
@@ -40,6 +41,14 @@ from smallpond.rowfuncs import FilterRows, MapBatches, MapRows
 
 if TYPE_CHECKING:
     from smallpond.session import Session
+
+
+def _sql_text(op: str, param: str, text: str) -> str:
+    """``text`` (a non-blank SQL string) as it is pasted into ``op``'s query; blank text is
+    refused where it is given, not when its query fails to run."""
+    if not isinstance(text, str) or not text.strip():
+        raise ParameterError(call_site_msg(f"DataFrame.{op}", f"{param} must be a non-empty SQL string, got {text!r}"))
+    return sql_fragment(text)
 
 
 def _tag(node: Node, op: str) -> Node:
@@ -211,14 +220,12 @@ class DataFrame:
         Items are SQL, written by the caller: a column whose name is not a plain identifier must be
         quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
         """
-        cols = [by] if isinstance(by, str) else list(by)
+        cols = [by] if isinstance(by, str) else list(by) if isinstance(by, (list, tuple)) else None
         if not cols:
-            raise ParameterError("partial_sort needs at least one column")
+            raise ParameterError(call_site_msg("DataFrame.partial_sort", f"by must be a column or a list of them, got {by!r}"))
+        order = ", ".join(_sql_text("partial_sort", "by", c) for c in cols)
         return self._new(
-            SqlEngineNode(
-                self._ctx, (self.plan,), f"select * from {{0}} order by {', '.join(sql_fragment(c) for c in cols)}", **kwargs
-            ),
-            "partial_sort",
+            SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {order}", **kwargs), "partial_sort"
         )
 
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
@@ -231,10 +238,8 @@ class DataFrame:
         [{'item': 3}, {'item': 4}]
         """
         if isinstance(sql_or_func, str):
-            return self._new(
-                SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({sql_fragment(sql_or_func)})", **kwargs),
-                "filter",
-            )
+            cond = _sql_text("filter", "sql_or_func", sql_or_func)
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({cond})", **kwargs), "filter")
         if callable(sql_or_func):
             return self._python_op("filter", FilterRows(sql_or_func), None, kwargs)
         raise ParameterError(f"filter expects a SQL string or a function, got {type(sql_or_func).__name__}")
@@ -257,9 +262,8 @@ class DataFrame:
         [{'c': 4}, {'c': 10}]
         """
         if isinstance(sql_or_func, str):
-            return self._new(
-                SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "map"
-            )
+            select = _sql_text("map", "sql_or_func", sql_or_func)
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "map")
         if callable(sql_or_func):
             return self._python_op("map", MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
@@ -276,9 +280,8 @@ class DataFrame:
         [{'c': 1}, {'c': 4}, {'c': 2}, {'c': 5}]
         """
         if isinstance(sql_or_func, str):
-            return self._new(
-                SqlEngineNode(self._ctx, (self.plan,), f"select {sql_fragment(sql_or_func)} from {{0}}", **kwargs), "flat_map"
-            )
+            select = _sql_text("flat_map", "sql_or_func", sql_or_func)
+            return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "flat_map")
         if callable(sql_or_func):
             return self._python_op("flat_map", MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")

@@ -544,6 +544,30 @@ def test_write_parquet_refuses_a_line_break_its_manifest_would_hold(sp, tmp_path
     assert sp.read_parquet(str(tmp_path / "out")).to_arrow().column("k").to_pylist() == [4]
 
 
+BAD_ARGS = {
+    "repartition by=''": (lambda df: df.repartition(2, by=""), ["data_partition_column", "''"]),
+    "repartition hash_by=1": (lambda df: df.repartition(2, hash_by=1), ["hash_columns", "got 1"]),
+    "filter('')": (lambda df: df.filter(""), ["DataFrame.filter", "sql_or_func", "''"]),
+    "map(' ')": (lambda df: df.map(" "), ["DataFrame.map", "sql_or_func", "' '"]),
+    "flat_map('')": (lambda df: df.flat_map(""), ["DataFrame.flat_map", "sql_or_func", "''"]),
+    "partial_sort by=''": (lambda df: df.partial_sort(by=""), ["DataFrame.partial_sort", "by", "''"]),
+    "partial_sort by=['a', '']": (lambda df: df.partial_sort(by=["a", ""]), ["DataFrame.partial_sort", "by", "''"]),
+    "partial_sort by=[]": (lambda df: df.partial_sort(by=[]), ["DataFrame.partial_sort", "by", "[]"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_bad_arguments_fail_where_they_are_given(sp, case):
+    # they failed when the job ran (a binder or parser error, TypeError for hash_by=1)
+    build, expected = BAD_ARGS[case]
+    df = sp.from_items([{"a": 1}])
+    with pytest.raises(ParameterError) as info:
+        build(df)
+    for text in expected:
+        assert text in str(info.value)
+    assert f"{__file__}:" in str(info.value)
+
+
 def test_bad_sql_names_the_sql(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_arrow(pa.table({"a": [1]}))

@@ -238,6 +238,8 @@ class HashPartitionNode(PartitionNode):
             raise ParameterError(self._msg("random_shuffle and shuffle_only cannot both be set"))
         if isinstance(hash_columns, str):
             hash_columns = [hash_columns]
+        elif hash_columns is not None and not isinstance(hash_columns, (list, tuple)):
+            raise ParameterError(self._msg(f"hash_columns must be a column name or a list of them, got {hash_columns!r}"))
         if not random_shuffle and not shuffle_only and not hash_columns:
             raise ParameterError(self._msg("hash_columns is required unless random_shuffle or shuffle_only is set"))
         if hash_columns is not None and not all(isinstance(c, str) and c for c in hash_columns):
@@ -286,6 +288,14 @@ class ShuffleNode(HashPartitionNode):
         memory_limit: Optional[int] = None,
         num_producers: Optional[int] = None,
     ) -> None:
+        if data_partition_column is not None and not (isinstance(data_partition_column, str) and data_partition_column.strip()):
+            # (an empty one would silently become the default column, then fail to bind when it runs)
+            raise ParameterError(
+                call_site_msg(
+                    "ShuffleNode",
+                    f"data_partition_column must be a column name or SQL expression, got {data_partition_column!r}",
+                )
+            )
         super().__init__(
             ctx,
             input_deps,

@@ -75,6 +75,14 @@ BAD_NODES = {
         lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select 1", output_path="relative/dir"),
         ["output_path", "absolute", "'relative/dir'"],
     ),
+    "hash_columns not a list": (
+        lambda ctx: HashPartitionNode(ctx, (source(ctx),), 2, 1),
+        ["hash_columns", "got 1"],
+    ),
+    "shuffle by an empty column": (
+        lambda ctx: ShuffleNode(ctx, (source(ctx),), 2, data_partition_column=" "),
+        ["data_partition_column", "got ' '"],
+    ),
     "engine_type": (
         lambda ctx: HashPartitionNode(ctx, (source(ctx),), 2, ["a"], engine_type="polars"),
         ["engine_type", "'polars'", "duckdb"],
