@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import List
 
-from smallpond.common import quote_identifier
+from smallpond.common import escape_braces, quote_identifier
 from smallpond.execution.driver import Driver
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, RangePartitionNode, SqlEngineNode
@@ -30,8 +30,10 @@ def global_sort(input_paths: List[str], key: str, npartitions: int, output_path:
     ctx = Context()
     source = DataSourceNode(ctx, ParquetDataSet(input_paths))
     ranges = RangePartitionNode(ctx, (source,), npartitions=npartitions, key_column=key)
-    # ties are broken by every column, so the order is the same in every run
-    sorted_parts = SqlEngineNode(ctx, (ranges,), f"select * from {{0}} order by {quote_identifier(key)}, columns(*)")
+    # ties are broken by every column, so the order is the same in every run; the query is a format
+    # string ({0} is the input), so braces in the key's name are doubled
+    order_by = escape_braces(quote_identifier(key))
+    sorted_parts = SqlEngineNode(ctx, (ranges,), f"select * from {{0}} order by {order_by}, columns(*)")
     return LogicalPlan(ctx, DataSinkNode(ctx, (sorted_parts,), os.path.abspath(output_path)))
 
 

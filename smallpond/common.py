@@ -110,6 +110,18 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def escape_braces(text: str) -> str:
+    """``text`` as it stands for itself in a SQL string that is formatted (``partial_sql``,
+    ``filter``, ``map``, a SQL node's query), where ``{0}`` names an input: braces doubled.
+
+    >>> escape_braces(quote_literal("a{0}b"))
+    "'a{{0}}b'"
+    >>> "select * from {0} where s = " + escape_braces(quote_literal("a{0}b"))
+    "select * from {0} where s = 'a{{0}}b'"
+    """
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
 def as_subquery(sql: str) -> str:
     """A query as it can be put between parentheses (``COPY (...)``, ``FROM (...)``): without
     trailing semicolons, comments and blanks (a trailing ``--`` comment would swallow the closing
@@ -161,7 +173,7 @@ def loguru_file_path(path: str) -> str:
     >>> loguru_file_path("/data/{0}/job.log")
     '/data/{{0}}/job.log'
     """
-    return str(path).replace("{", "{{").replace("}", "}}")
+    return escape_braces(path)
 
 
 def installed_version(dist: str) -> "str | None":
@@ -571,7 +583,8 @@ __all__ = [
     "DEFAULT_BATCH_SIZE", "RAND_SEED_BYTE_LEN", "DATA_PARTITION_COLUMN_NAME", "PARQUET_METADATA_KEY_PREFIX",
     "INPUT_VIEW_PREFIX", "GENERATED_COLUMNS",
     "pytest_running", "clamp_value", "clamp_row_group_size", "clamp_row_group_bytes", "split_into_rows",
-    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "human_bytes", "human_seconds", "TextBlock",
+    "split_into_cols", "get_nth_partition", "quote_identifier", "quote_literal", "escape_braces",
+    "human_bytes", "human_seconds", "TextBlock",
     "next_power_of_two", "round_up",
     "first_value_in_dict", "chunks",
     "SmallpondError", "InjectedFault", "OutOfMemory", "NonzeroExitCode",

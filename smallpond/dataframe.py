@@ -15,6 +15,7 @@ from smallpond.common import (
     DEFAULT_BATCH_SIZE,
     EMPTY_PLACEHOLDER_COLUMN,
     TextBlock,
+    escape_braces,
     some_of,
     sql_fragment,
 )
@@ -219,11 +220,17 @@ class DataFrame:
 
         Items are SQL, written by the caller: a column whose name is not a plain identifier must be
         quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
+        Braces in an item are its own text (a column ``x{y}``), never a placeholder.
+
+        >>> from smallpond.common import quote_identifier
+        >>> df = sp.from_items([{"x{y}": 2}, {"x{y}": 1}])
+        >>> df.partial_sort(by=quote_identifier("x{y}") + " desc").take_all()
+        [{'x{y}': 2}, {'x{y}': 1}]
         """
         cols = [by] if isinstance(by, str) else list(by) if isinstance(by, (list, tuple)) else None
         if not cols:
             raise ParameterError(call_site_msg("DataFrame.partial_sort", f"by must be a column or a list of them, got {by!r}"))
-        order = ", ".join(_sql_text("partial_sort", "by", c) for c in cols)
+        order = ", ".join(escape_braces(_sql_text("partial_sort", "by", c)) for c in cols)
         return self._new(
             SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {order}", **kwargs), "partial_sort"
         )
@@ -231,11 +238,18 @@ class DataFrame:
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
         """Keep rows where a SQL condition or a Python predicate on the row dict is true.
 
+        The SQL is formatted as :meth:`Session.partial_sql`'s query is (as upstream does): ``{0}``
+        is the input, and a brace of its own is doubled (``{{``, ``}}``).
+        :func:`smallpond.common.escape_braces` doubles those of a quoted value or name.
+
         >>> df = sp.from_items([1, 2, 3, 4])
         >>> df.filter("item % 2 = 0").take_all()
         [{'item': 2}, {'item': 4}]
         >>> df.filter(lambda row: row["item"] > 2).take_all()
         [{'item': 3}, {'item': 4}]
+        >>> from smallpond.common import escape_braces, quote_literal
+        >>> sp.from_items(["a{0}b", "c"]).filter("item = " + escape_braces(quote_literal("a{0}b"))).take_all()
+        [{'item': 'a{0}b'}]
         """
         if isinstance(sql_or_func, str):
             cond = _sql_text("filter", "sql_or_func", sql_or_func)
@@ -255,11 +269,17 @@ class DataFrame:
         pass ``schema=`` then. An integer in a float column is stored as it is. A key missing from
         a row gives a null.
 
+        SQL is formatted as in :meth:`filter`: braces of its own are doubled
+        (:func:`smallpond.common.escape_braces`).
+
         >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
         >>> df.map("a + b as c").take_all()
         [{'c': 5}, {'c': 7}]
         >>> df.map(lambda row: {"c": row["a"] * row["b"]}).take_all()
         [{'c': 4}, {'c': 10}]
+        >>> from smallpond.common import escape_braces, quote_identifier
+        >>> sp.from_items([{"{0}": 3}]).map(escape_braces(quote_identifier("{0}")) + " as k").take_all()
+        [{'k': 3}]
         """
         if isinstance(sql_or_func, str):
             select = _sql_text("map", "sql_or_func", sql_or_func)
@@ -273,7 +293,7 @@ class DataFrame:
     ) -> "DataFrame":
         """Map each row to zero or more rows: SQL (``"unnest(array[a, b]) as c"``) or a function → list of dicts.
 
-        ``schema`` works as for :meth:`map`.
+        ``schema`` works as for :meth:`map`; SQL is formatted as in :meth:`filter`.
 
         >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
         >>> df.flat_map(lambda row: [{"c": row["a"]}, {"c": row["b"]}]).take_all()

@@ -307,7 +307,9 @@ class Session:
 
         Inputs with the same partitioning are matched partition by partition; an input with a
         single partition is given to every partition of the other. With no input the query runs
-        once. Literal braces are written ``{{`` and ``}}``.
+        once. The query is a format string: literal braces are written ``{{`` and ``}}``, and
+        :func:`smallpond.common.escape_braces` doubles those of a value pasted in
+        (``"... where s = " + escape_braces(quote_literal(value))``).
 
         >>> sp.partial_sql("select * from range(3)").to_pandas()["range"].tolist()
         [0, 1, 2]

@@ -568,6 +568,20 @@ def test_bad_arguments_fail_where_they_are_given(sp, case):
     assert f"{__file__}:" in str(info.value)
 
 
+def test_partial_sort_items_are_their_own_text_braces_included(sp, tmp_path):
+    # partial_sort(by=quote_identifier("x{y}")), as its docstring advises, was an unknown placeholder
+    from smallpond.common import escape_braces, quote_identifier, quote_literal
+
+    src = tmp_path / "braces.parquet"
+    pq.write_table(pa.table({"x{y}": [9, 8, 7], "{0}": [1, 3, 2], "s": ["a{0}b", "zz", "q"]}), src)
+    df = sp.read_parquet(str(src))
+    assert df.partial_sort(by=quote_identifier("x{y}")).to_arrow().column("x{y}").to_pylist() == [7, 8, 9]
+    got = df.partial_sort(by=[quote_identifier("{0}") + " desc"]).to_arrow().column("{0}").to_pylist()
+    assert got == [3, 2, 1]
+    # filter/map SQL stays a format string (upstream's): escape_braces makes a value its own text
+    assert df.filter("s = " + escape_braces(quote_literal("a{0}b"))).to_arrow().column("x{y}").to_pylist() == [9]
+
+
 def test_bad_sql_names_the_sql(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_arrow(pa.table({"a": [1]}))

@@ -153,6 +153,13 @@ def test_global_sort_example_equals_one_order_by(tmp_path):
     assert max(sizes) <= 2 * sum(sizes) / 8, f"no partition over twice the average: {sizes}"
 
 
+def test_global_sort_example_takes_a_key_with_braces(tmp_path):
+    # its query is a format string: a key "k{y}" was an unknown placeholder
+    plan = _import_example("global_sort").global_sort(["/in/x.parquet"], "k{y}", 2, str(tmp_path / "out"))
+    sql = plan.root_node.input_deps[0].sql_queries[0]
+    assert sql.format("t") == 'select * from t order by "k{y}", columns(*)'
+
+
 def test_sort_mock_urls_example_as_written_in_its_docstring(tmp_path):
     """From a fresh clone: the mock data is generated, the job runs, its result folder is printed and
     reads back (a FinalResults manifest), and the same command resumes."""
