@@ -44,6 +44,7 @@ from smallpond.execution.ops.structural import (
     UserDefinedPartitionProducerTask,
     is_literal_dataset,
 )
+from smallpond.execution.plansize import check_plan_size
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
 from smallpond.logical.base import Node
@@ -249,10 +250,13 @@ class Planner:
     # -- entry points ----------------------------------------------------------------------------
     def plan(self, node: Node) -> List[Task]:
         """The tasks producing ``node``'s partitions (planning its inputs first)."""
-        for n in topological_order([node], lambda x: x.input_deps):
+        order = topological_order([node], lambda x: x.input_deps)
+        # before any task is built: incompatible partitionings, and a plan too large for the
+        # scheduler's memory (repartition(10**9)), raise PlanError here
+        check_plan_size(order, self.node_to_tasks, len(self.tasks), self.rt.usable_memory_size)
+        for n in order:
             if id(n) in self.node_to_tasks:
                 continue
-            n.partition_shape()  # raises PlanError for incompatible inputs
             if n.output_path and not isinstance(n, DataSinkNode):
                 # a compute node's own output_path gets the sinks' overlap rules: never inside an
                 # input (a rerun would read its own output) nor in another job's folder; it writes
@@ -500,7 +504,10 @@ class Planner:
                 for t in ts:
                     groups.setdefault(t.partition_infos, []).append(t)
             if len(groups) * n > node.max_card_of_producers_x_consumers:
-                raise PlanError(f"{node!r}: {len(groups)} x {n} partitions is more than {node.max_card_of_producers_x_consumers}")
+                raise PlanError(
+                    f"{node.label} created at {node.location}: {len(groups):,} x {n:,} partitions is more than "
+                    f"{node.max_card_of_producers_x_consumers:,}; use fewer partitions"
+                )
             out = []
             for infos, ts in groups.items():
                 src = ts[0] if len(ts) == 1 else self._task(MergeDataSetsTask, node, infos, ts)

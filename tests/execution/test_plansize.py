@@ -1,0 +1,103 @@
+"""smallpond.execution.plansize: a plan too large for the scheduler's memory is refused before any
+task is built, naming the node, its call site, the count and the limit."""
+
+from __future__ import annotations
+
+import pytest
+
+from smallpond.common import GB, MB
+from smallpond.errors import PlanError
+from smallpond.execution.planner import Planner
+from smallpond.execution.plansize import BYTES_PER_TASK, check_plan_size, task_limit
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.graph import topological_order
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    EvenlyDistributedPartitionNode,
+    HashPartitionNode,
+    LimitNode,
+    LogicalPlan,
+    SqlEngineNode,
+    UnionNode,
+)
+
+
+@pytest.fixture(autouse=True)
+def no_env_limit(monkeypatch):
+    monkeypatch.delenv("SP_MAX_TASKS", raising=False)
+
+
+def hash_plan(files, npartitions: int):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(files))
+    parts = HashPartitionNode(ctx, (src,), npartitions, ["id"])  # line named by the error
+    line = parts.location
+    return LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select count(*) from {0}")), parts, line
+
+
+def test_a_plan_larger_than_memory_holds_is_refused_before_any_task_is_built(make_rt, parquet_files):
+    rt = make_rt(max_usable_memory_size=64 * MB)  # room for 4,096 tasks
+    plan, parts, line = hash_plan(parquet_files, 10_000)
+    planner = Planner(rt)
+    with pytest.raises(PlanError) as info:
+        planner.create_exec_plan(plan)
+    message = str(info.value)
+    assert f"{parts!r}" in message and line.startswith(__file__) and line in message, message
+    assert "npartitions=10,000" in message and "4,096 " in message and "SP_MAX_TASKS" in message, message
+    assert not planner.tasks  # refused from the counts alone: nothing was built
+
+
+def test_a_plan_that_fits_is_planned(make_rt, parquet_files):
+    rt = make_rt(max_usable_memory_size=64 * MB)
+    plan, _, _ = hash_plan(parquet_files, 1_000)
+    assert len(Planner(rt).create_exec_plan(plan).tasks) > 2_000
+
+
+def test_the_limit_is_set_or_removed_by_the_environment(make_rt, parquet_files, monkeypatch):
+    monkeypatch.setenv("SP_MAX_TASKS", "100")
+    with pytest.raises(PlanError, match="more than the 100 "):
+        Planner(make_rt()).create_exec_plan(hash_plan(parquet_files, 200)[0])
+    monkeypatch.setenv("SP_MAX_TASKS", "off")
+    plan = hash_plan(parquet_files, 10_000)[0]
+    assert len(Planner(make_rt(max_usable_memory_size=64 * MB)).create_exec_plan(plan).tasks) > 10_000
+
+
+def test_a_million_tasks_fit_a_24_gb_scheduler():
+    assert task_limit(24 * GB) >= 1_000_000
+    assert task_limit(24 * GB) == 24 * GB // BYTES_PER_TASK
+    ctx = Context()
+    node = EvenlyDistributedPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(["/x.parquet"])),), 1_000_000)
+    counts = check_plan_size(topological_order([node], lambda n: n.input_deps), {}, 0, 24 * GB)
+    assert sum(counts.values()) < 1_000_010
+    with pytest.raises(PlanError, match="1,000,003 tasks"):
+        check_plan_size(topological_order([node], lambda n: n.input_deps), {}, 0, 8 * GB)
+
+
+def test_nested_producers_x_consumers_is_refused_before_any_task_is_built(make_rt, parquet_files, monkeypatch):
+    monkeypatch.setenv("SP_MAX_TASKS", "off")  # only the per-node bound of upstream 0.15 applies
+    ctx = Context()
+    outer = EvenlyDistributedPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 3_000)
+    inner = EvenlyDistributedPartitionNode(ctx, (outer,), 2_000, dimension="inner", nested=True)
+    planner = Planner(make_rt())
+    with pytest.raises(PlanError) as info:
+        planner.create_exec_plan(LogicalPlan(ctx, inner))
+    message = str(info.value)
+    assert repr(inner) in message and inner.location in message and "6,000,000" in message and "4,096,000" in message
+    assert not planner.tasks
+
+
+def test_the_counts_bound_what_the_planner_builds(make_rt, parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    parts = DataSetPartitionNode(ctx, (src,), 3)
+    nested = EvenlyDistributedPartitionNode(ctx, (parts,), 4, dimension="inner", nested=True)
+    sql = SqlEngineNode(ctx, (nested,), "select * from {0}")
+    hashed = HashPartitionNode(ctx, (UnionNode(ctx, (sql, sql)),), 5, ["id"])
+    root = LimitNode(ctx, hashed, 7)
+    planner = Planner(make_rt())
+    order = topological_order([root], lambda n: n.input_deps)
+    estimate = sum(check_plan_size(order, {}, 0, 1 * GB).values())
+    built = len({t.key for t in planner.plan(root)} | set(planner.tasks))
+    assert built <= estimate <= 2 * built + 10, (built, estimate)
