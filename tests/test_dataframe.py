@@ -677,3 +677,24 @@ def test_a_column_named_like_the_partition_column_is_kept(sp, engine):
         rows = sorted((r["a"], r["__data_partition__"]) for r in frame.take_all())
         assert rows == [(i, 100 + i) for i in range(6)]
         assert frame.schema.names == ["a", "__data_partition__"]
+
+
+@pytest.mark.parametrize("op", ["hash", "shuffle", "random_shuffle", "by_rows"])
+def test_a_data_column_named_file_row_number_is_kept_through_row_splits(sp, tmp_path, op):
+    """A single file is split by rows to feed a partitioning's producers, and DuckDB's
+    ``file_row_number`` option clashes with a data column of that name: every row must still
+    arrive once, with the column's own values."""
+    path = str(tmp_path / "frn.parquet")
+    table = pa.table({"k": list(range(20)), "file_row_number": [1000 + i for i in range(20)]})
+    pq.write_table(table, path, row_group_size=5)
+    df = sp.read_parquet(path)
+    out = {
+        "hash": lambda: df.repartition(3, hash_by="k"),
+        "shuffle": lambda: df.repartition(3, by="k % 3"),
+        "random_shuffle": lambda: df.random_shuffle(),
+        "by_rows": lambda: df.repartition(3, by_rows=True).filter("k >= 0"),  # SQL reads the row ranges
+    }[op]().to_arrow()
+    assert out.column_names[:2] == ["k", "file_row_number"]
+    assert sorted(zip(out.column("k").to_pylist(), out.column("file_row_number").to_pylist())) == [
+        (i, 1000 + i) for i in range(20)
+    ]

@@ -263,6 +263,13 @@ class ParquetDataSet(DataSet):
             if whole:
                 pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
                 whole = []
+            if not keep_rn and _has_row_number_column(r.path):
+                # the file has a column of that name (any case), which DuckDB's file_row_number
+                # option refuses to add beside: the range is taken by position in the scan, which
+                # keeps the file's order (slower: the rows before it are read and skipped)
+                by_position = f"SELECT * FROM {self._read_parquet([r.path], False)} LIMIT {r.num_rows} OFFSET {r.begin}"
+                pieces.append(f"SELECT {self._column_str} FROM ({by_position})")
+                continue
             rows = f"{self._read_parquet([r.path], True)} WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
             star = "*" if keep_rn else "* EXCLUDE (file_row_number)"
             if self._column_str == "*":
@@ -466,3 +473,17 @@ def _parquet_column_names(path: str) -> frozenset:
             names = frozenset()
         _names_seen[key] = names
     return names
+
+
+def _has_row_number_column(path: str) -> bool:
+    """Has the Parquet file a column ``file_row_number`` (DuckDB compares names in any case)? Its
+    footer's bytes answer most files without pyarrow: a name absent from them is no column's."""
+    from smallpond.io import parquet_footer
+
+    try:
+        footer = parquet_footer.read_footer(path, parquet_footer.MAX_FOOTER_BYTES)
+    except OSError:  # the reader's own error will say
+        return False
+    if footer is not None and b"file_row_number" not in footer.lower():
+        return False
+    return any(name.lower() == "file_row_number" for name in _parquet_column_names(path))

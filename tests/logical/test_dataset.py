@@ -325,3 +325,27 @@ def test_tilde_in_paths_and_root_dir_is_the_home_directory(tmp_path, monkeypatch
     ds.reset(["~/d"])
     assert ds.resolved_paths == sorted(files)
     assert ParquetDataSet(["d/~x"], root_dir="/r").absolute_paths == ["/r/d/~x"]  # only a leading ~
+
+
+def test_row_ranges_of_a_file_with_a_column_named_file_row_number(tmp_path):
+    """DuckDB's ``file_row_number`` option, which selects a row range, refuses a file that has a
+    column of that name (in any case): such a file's ranges are read by position instead, the
+    same rows in the same order, with the file's own column kept."""
+    import pyarrow.parquet as pq
+
+    clash = str(tmp_path / "clash.parquet")
+    table = pa.table({"id": list(range(20)), "File_Row_Number": [1000 + i for i in range(20)]})
+    pq.write_table(table, clash, row_group_size=5)
+    other = str(tmp_path / "other.parquet")
+    pq.write_table(table.slice(3, 10), other)
+    conn = duckdb.connect()
+    for files, columns in [([clash], None), ([clash], ["id"]), ([other, clash], None)]:
+        whole = ParquetDataSet(files, columns=columns)
+        expected = conn.execute(f"SELECT * FROM {whole.sql_query_fragment(conn=conn)}").fetchall()
+        parts = whole.partition_by_rows(3)
+        assert not all(r.whole_file for p in parts for r in p.resolved_row_ranges)
+        got = [conn.execute(f"SELECT * FROM {p.sql_query_fragment(conn=conn)}").fetchall() for p in parts]
+        assert [len(g) for g in got] == [p.num_rows for p in parts]
+        assert [row for g in got for row in g] == expected, (files, columns)
+        names = [d[0] for d in conn.execute(f"SELECT * FROM {parts[1].sql_query_fragment(conn=conn)}").description]
+        assert names == (columns or list(pq.read_schema(files[0]).names))
