@@ -187,6 +187,57 @@ def find_errors(
     return found
 
 
+def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
+    """(node, what, message) of each node in ``nodes`` that reads with DuckDB (SQL, hash and range
+    partitioning) a Parquet source, passed on to it as files, whose file has two columns whose
+    names differ only in case: DuckDB would rename one and read the other for it (see
+    :func:`~smallpond.logical.dataset_files.column_case_clash`). Python code reading such files
+    through pyarrow sees both columns and is not reported. Only footers are read (by the
+    planner, for the nodes it plans: this needs no schema inference and no delay)."""
+    from smallpond.logical.dataset_files import ParquetDataSet, case_clash_message, column_case_clash
+    from smallpond.logical.node import (
+        ConsolidateNode,
+        DataSourceNode,
+        EvenlyDistributedPartitionNode,
+        HashPartitionNode,
+        ProjectionNode,
+        RangePartitionNode,
+        RepeatPartitionNode,
+        SqlEngineNode,
+        UnionNode,
+    )
+
+    passing_on = (EvenlyDistributedPartitionNode, RepeatPartitionNode, ConsolidateNode, UnionNode, ProjectionNode)
+    clash_of: Dict[int, object] = {}  # by id() of a source: its clash, or None
+
+    def first_clash(node):
+        if isinstance(node, DataSourceNode):
+            if id(node) not in clash_of:
+                ds = node.dataset
+                try:
+                    clash_of[id(node)] = column_case_clash(ds) if isinstance(ds, ParquetDataSet) and not ds.empty else None
+                except Exception:  # a path that cannot be listed: the tasks will say
+                    clash_of[id(node)] = None
+            return (node, clash_of[id(node)]) if clash_of[id(node)] else None
+        if isinstance(node, passing_on):
+            for d in node.input_deps:
+                hit = first_clash(d)
+                if hit:
+                    return hit
+        return None
+
+    found = []
+    for node in nodes:
+        if isinstance(node, (SqlEngineNode, HashPartitionNode, RangePartitionNode)):
+            for d in node.input_deps:
+                hit = first_clash(d)
+                if hit:
+                    src, clash = hit
+                    found.append((node, f"input: {src.label} created at {src.location}", case_clash_message(clash)))
+                    break
+    return found
+
+
 def nodes_to_check(planned: Sequence, node_ids: Set[int]) -> Tuple[list, Dict[int, int]]:
     """The nodes the user built behind the planned nodes whose ids are in ``node_ids``, inputs
     first, and for each (by ``id()``) the id of the planned node that runs it."""

@@ -44,6 +44,7 @@ from smallpond.execution.ops.structural import (
     UserDefinedPartitionProducerTask,
     is_literal_dataset,
 )
+from smallpond.execution.plancheck import case_clashes
 from smallpond.execution.plansize import check_plan_size
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
@@ -254,6 +255,8 @@ class Planner:
         # before any task is built: incompatible partitionings, and a plan too large for the
         # scheduler's memory (repartition(10**9)), raise PlanError here
         check_plan_size(order, self.node_to_tasks, len(self.tasks), self.rt.usable_memory_size)
+        for n, what, message in case_clashes([n for n in order if id(n) not in self.node_to_tasks]):
+            raise PlanError(f"{n.label} created at {n.location} cannot run: {message}\n{what}")
         for n in order:
             if id(n) in self.node_to_tasks:
                 continue

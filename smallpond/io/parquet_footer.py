@@ -102,6 +102,71 @@ def read_row_ranges(paths: Sequence[str]) -> Optional[List[RowRange]]:
     return ranges
 
 
+def read_column_names(path: str) -> Optional[List[str]]:
+    """The top-level column names of a Parquet file, from its footer's schema (``FileMetaData``
+    field 2: a list of ``SchemaElement``, the root first, each with its ``name`` (field 4) and
+    ``num_children`` (field 5), depth first), or None where this reader does not apply (as
+    :func:`read_row_summary`; filesystem errors raise ``OSError``)."""
+    footer = read_footer(path, MAX_FOOTER_BYTES)
+    if footer is None:
+        return None
+    try:
+        return _top_level_names(footer)
+    except (_Unsupported, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _top_level_names(buf: bytes) -> List[str]:
+    fid = pos = 0
+    while True:
+        fid, t, pos = _field_header(buf, pos, fid)
+        if t == 0:
+            raise _Unsupported  # no schema
+        if fid == 2:
+            break
+        pos = pos if t in (1, 2) else _skip_value(buf, pos, t, 1)
+    if t != _LIST:
+        raise _Unsupported
+    b = buf[pos]
+    pos += 1
+    n = b >> 4
+    if n == 15:
+        n, pos = _varint(buf, pos)
+    if n == 0 or b & 0x0F != _STRUCT or n > len(buf) - pos:
+        raise _Unsupported
+    elements = []  # (name, num_children)
+    for _ in range(n):
+        fid, name, children = 0, None, 0
+        while True:
+            fid, t, pos = _field_header(buf, pos, fid)
+            if t == 0:
+                break
+            if fid == 4 and t == 8:
+                length, pos = _varint(buf, pos)
+                name = buf[pos : pos + length].decode("utf-8")
+                pos += length
+            elif fid == 5 and t == 5:
+                children, pos = _zigzag(buf, pos)
+            elif t not in (1, 2):
+                pos = _skip_value(buf, pos, t, 2)
+        if name is None or children < 0:
+            raise _Unsupported
+        elements.append((name, children))
+    names, i = [], 1
+    for _ in range(elements[0][1]):  # the root's children, each followed by its subtree
+        if i >= len(elements):
+            raise _Unsupported
+        names.append(elements[i][0])
+        pending = elements[i][1]
+        i += 1
+        while pending:
+            if i >= len(elements):
+                raise _Unsupported
+            pending += elements[i][1] - 1
+            i += 1
+    return names
+
+
 def footer_length(tail: bytes, size: int, max_bytes: int) -> Optional[int]:
     """The length of the footer of a Parquet file of ``size`` bytes whose last 8 bytes are
     ``tail``, or None: not Parquet (or an encrypted footer, ``PARE``), or a length that is 0, that

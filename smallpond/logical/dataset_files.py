@@ -453,37 +453,67 @@ class ParquetDataSet(DataSet):
         return int(t.column(0)[0].as_py())
 
 
-_names_seen: Dict[tuple, frozenset] = {}
+_names_seen: Dict[tuple, tuple] = {}
 
 
 def _parquet_column_names(path: str) -> frozenset:
     """The column names of a Parquet file (its footer read once per version of the file)."""
+    return frozenset(_cached_column_names(path))
+
+
+def _cached_column_names(path: str) -> tuple:
     try:
         st = os.stat(path)
     except OSError:
-        return frozenset()
+        return ()
     key = (path, st.st_size, st.st_mtime_ns)
     names = _names_seen.get(key)
     if names is None:
-        import pyarrow.parquet as pq
-
-        try:
-            names = frozenset(pq.read_schema(path).names)
-        except Exception:  # not readable: the reader's own error will say
-            names = frozenset()
-        _names_seen[key] = names
+        _names_seen[key] = names = tuple(_column_names_in_order(path))
     return names
 
 
-def _has_row_number_column(path: str) -> bool:
-    """Has the Parquet file a column ``file_row_number`` (DuckDB compares names in any case)? Its
-    footer's bytes answer most files without pyarrow: a name absent from them is no column's."""
+def _column_names_in_order(path: str) -> List[str]:
+    """The top-level column names of a Parquet file, read from its footer (pyarrow only for a
+    footer the light reader does not take); [] for a file that cannot be read (the reader's own
+    error will say)."""
     from smallpond.io import parquet_footer
 
     try:
-        footer = parquet_footer.read_footer(path, parquet_footer.MAX_FOOTER_BYTES)
-    except OSError:  # the reader's own error will say
-        return False
-    if footer is not None and b"file_row_number" not in footer.lower():
-        return False
-    return any(name.lower() == "file_row_number" for name in _parquet_column_names(path))
+        names = parquet_footer.read_column_names(path)
+        if names is not None:
+            return names
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception:
+        return []
+
+
+def column_case_clash(ds: "ParquetDataSet") -> Optional[tuple]:
+    """``(file, name, other name)`` for the first file of ``ds`` (every file, when unioned by
+    name) with two columns whose names differ only in case, or None. DuckDB, which reads the
+    files, compares names in any case: it renames the second column (``a`` to ``a_1``) and
+    takes ``a`` in SQL for the first one, so such a file is refused before SQL reads it."""
+    paths = ds.resolved_paths
+    for path in paths if ds.union_by_name else paths[:1]:
+        seen: Dict[str, str] = {}
+        for name in _cached_column_names(path):
+            other = seen.setdefault(name.lower(), name)
+            if other != name:
+                return path, other, name
+    return None
+
+
+def case_clash_message(clash: tuple) -> str:
+    path, a, b = clash
+    return (
+        f"Parquet file {path} has columns {a!r} and {b!r}, whose names differ only in case: DuckDB, which "
+        f"runs SQL and partitioning, takes them for one name (it would read {b!r} as {b + '_1'!r} and use "
+        f"{a!r} for {b!r}); rename one of them in the file (Python code over it, through pyarrow, sees both)"
+    )
+
+
+def _has_row_number_column(path: str) -> bool:
+    """Has the Parquet file a column ``file_row_number`` (DuckDB compares names in any case)?"""
+    return any(name.lower() == "file_row_number" for name in _cached_column_names(path))

@@ -342,3 +342,80 @@ def test_a_node_the_worker_cannot_unpickle_fails_once_with_the_reason(tmp_path):
     assert "ERROR TaskError" in out, (out, proc.stderr[-2000:])
     assert "cannot load the node" in out and "Can't get attribute 'doubled'" in out and "lru_cache" in out
     assert "retrying" not in proc.stderr and "WorkerLost" not in out + proc.stderr
+
+
+def case_clash_file(tmp_path) -> str:
+    """A Parquet file with columns ``A`` and ``a`` (``a`` has 2 values), as pyarrow writes it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "cases.parquet")
+    pq.write_table(pa.table({"A": list(range(8)), "a": [i % 2 for i in range(8)]}), path)
+    return path
+
+
+CASE_CLASH_READERS = {
+    "sql": lambda ctx, src: SqlEngineNode(ctx, (src,), "select * from {0}"),
+    "hash": lambda ctx, src: HashPartitionNode(ctx, (src,), 4, ["a"]),
+    "shuffle": lambda ctx, src: ShuffleNode(ctx, (src,), 2, "a"),
+    "sql after a split by files": lambda ctx, src: SqlEngineNode(
+        ctx, (DataSetPartitionNode(ctx, (src,), 2),), "select a, count(*) from {0} group by a"
+    ),
+}
+
+
+@pytest.mark.parametrize("reader", sorted(CASE_CLASH_READERS))
+def test_columns_differing_only_in_case_are_refused_at_planning(tmp_path, make_rt, reader):
+    """DuckDB takes ``A`` and ``a`` for one name: it renamed ``a`` to ``a_1`` and hashed ``A`` for
+    ``hash_by="a"`` (rows of equal ``a`` in several partitions). Refused before any task is built,
+    naming the node, its line, the file, both columns and what to do."""
+    from smallpond.errors import PlanError
+    from smallpond.execution.planner import Planner
+
+    path = case_clash_file(tmp_path)
+    ctx = Context()
+    node = CASE_CLASH_READERS[reader](ctx, DataSourceNode(ctx, ParquetDataSet([path])))
+    planner = Planner(make_rt())
+    with pytest.raises(PlanError) as info:
+        planner.create_exec_plan(LogicalPlan(ctx, DataSinkNode(ctx, (node,), str(tmp_path / "sink"))))
+    message = str(info.value)
+    for text in (repr(node), node.location, path, "'A' and 'a'", "rename one"):
+        assert text in message, (text, message)
+    assert node.location.startswith(THIS_FILE + ":")
+    assert not planner.tasks
+
+
+def test_columns_differing_only_in_case_written_by_the_job_fail_the_first_reading_task(tmp_path, make_rt, log_messages):
+    """Files the job writes are not known at planning: the DuckDB task reading them refuses them
+    (no retry), naming the file and both columns."""
+    import pyarrow as pa
+
+    def both_cases(rt, tables):
+        return pa.table({"A": [1, 2], "a": [3, 4]})
+
+    sink = str(tmp_path / "sink")
+    src = str(tmp_path / "in.parquet")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1]}), src)
+
+    def build(ctx):
+        written = ArrowComputeNode(ctx, (DataSourceNode(ctx, ParquetDataSet([src])),), process_func=both_cases)
+        return SqlEngineNode(ctx, (written,), "select a from {0}")
+
+    err = run_failing(sink_plan(build, sink), make_rt(), log_messages)
+    assert "'A' and 'a'" in err.message and "rename one" in err.message and ".parquet" in err.message, err.message
+    assert err.location.startswith(THIS_FILE + ":")
+    assert_no_partial_sink(sink)
+
+
+def test_python_code_reads_columns_differing_only_in_case(tmp_path, make_rt):
+    """pyarrow keeps both columns: Python nodes over such a file are not refused."""
+    import pyarrow.parquet as pq
+
+    path = case_clash_file(tmp_path)
+    ctx = Context()
+    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), process_func=lambda rt, ts: ts[0])
+    result = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    table = pq.read_table(sorted(result.final_output.resolved_paths)[0])
+    assert table.column_names == ["A", "a"] and table.column("a").to_pylist() == [i % 2 for i in range(8)]

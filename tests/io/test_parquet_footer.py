@@ -514,3 +514,25 @@ def test_a_split_by_rows_is_planned_without_pyarrow(tmp_path):
         "assert 'pyarrow' not in sys.modules, 'pyarrow was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code, path, str(pyarrow_summary(path)[1])], check=True, cwd=REPO_ROOT)
+
+
+def test_column_names_agree_with_pyarrow(tmp_path):
+    """The top-level names, nested types' children skipped (a struct, a list of structs, a map),
+    in order, with the names' own case and non-ASCII characters."""
+    from smallpond.io.parquet_footer import read_column_names
+
+    table = pa.table(
+        {
+            "A": [1],
+            "s": pa.array([{"x": 1, "y": {"z": [1, 2]}}]),
+            "l": pa.array([[{"q": 1}]]),
+            "m": pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64())),
+            "a": [2],
+            "é": [3],
+        }
+    )
+    path = str(tmp_path / "nested.parquet")
+    pq.write_table(table, path)
+    assert read_column_names(path) == pq.read_schema(path).names == ["A", "s", "l", "m", "a", "é"]
+    (tmp_path / "not.parquet").write_bytes(b"not parquet at all")
+    assert read_column_names(str(tmp_path / "not.parquet")) is None
