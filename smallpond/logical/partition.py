@@ -53,15 +53,6 @@ class PartitionNode(Node):
         super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, 0, memory_limit)
         if isinstance(npartitions, bool) or not isinstance(npartitions, int) or npartitions <= 0:
             raise ParameterError(self._msg(f"npartitions must be a positive integer, got {npartitions!r}"))
-        if npartitions > self.max_card_of_producers_x_consumers:
-            # a task per partition at least, kept in the scheduler's memory: never plannable
-            # (the planner also refuses a plan too large for its machine: execution/plansize.py)
-            raise ParameterError(
-                self._msg(
-                    f"npartitions must be at most {self.max_card_of_producers_x_consumers:,} "
-                    f"(max_card_of_producers_x_consumers), got {npartitions:,}"
-                )
-            )
         if nested and dimension is None:
             raise ParameterError(self._msg("a nested partition needs a dimension name"))
         dimension = dimension if dimension is not None else DATA_PARTITION_COLUMN_NAME

@@ -53,10 +53,6 @@ def source(ctx: Context) -> Node:
 BAD_NODES = {
     "npartitions=0": (lambda ctx: DataSetPartitionNode(ctx, (source(ctx),), 0), ["npartitions", "got 0"]),
     "hash npartitions=0": (lambda ctx: HashPartitionNode(ctx, (source(ctx),), 0, ["a"]), ["npartitions", "got 0"]),
-    "npartitions no plan can hold": (
-        lambda ctx: HashPartitionNode(ctx, (source(ctx),), 10**9, ["a"]),
-        ["npartitions", "at most 4,096,000", "got 1,000,000,000"],
-    ),
     "output_name with a slash": (
         lambda ctx: SqlEngineNode(ctx, (source(ctx),), "select * from {0}", output_name="a/b"),
         ["output_name", "'a/b'"],
