@@ -83,7 +83,6 @@ TOP = PartitionInfo()
 # their inputs' files on as they are (file lists, row ranges), so what reads those files is
 # whatever consumes them.
 _REWRITING = (SqlEngineNode, HashPartitionNode, RangePartitionNode, ArrowComputeNode)
-_PASSING_ON = (EvenlyDistributedPartitionNode, RepeatPartitionNode, ConsolidateNode, UnionNode, ProjectionNode)
 
 
 def engine_only_outputs(root: Node) -> set:
@@ -107,7 +106,7 @@ def engine_only_outputs(root: Node) -> set:
         for c in cs:
             if isinstance(c, _REWRITING) and not isinstance(c, LimitNode):
                 continue
-            if isinstance(c, _PASSING_ON) and not published[id(c)]:
+            if c.passes_input_files and not published[id(c)]:  # (Node.passes_input_files)
                 continue
             pub = True
         published[id(n)] = pub
