@@ -209,6 +209,7 @@ class Planner:
         self._engine_only: set = set()
         #: the file datasets read by the sources planned so far (outputs must not overlap them)
         self._input_datasets: List[Any] = []
+        self._readers: Dict[int, str] = {}  # id(input dataset) -> the source node that reads it (for messages)
         self._registry = self._plan_functions()
 
     def _plan_functions(self) -> List[Tuple[Type[Node], Callable]]:
@@ -244,6 +245,7 @@ class Planner:
         p._slim_copies = dict(self._slim_copies)
         p._warned = set(self._warned)
         p._input_datasets = list(self._input_datasets)
+        p._readers = dict(self._readers)
         p._registry = p._plan_functions()  # bound to the fork, not to this planner
         return p
 
@@ -263,7 +265,7 @@ class Planner:
                 # a compute node's own output_path gets the sinks' overlap rules: never inside an
                 # input (a rerun would read its own output) nor in another job's folder; it writes
                 # only into attempt folders of its own there, so no file of the user's is replaced
-                check_overlap(n, self._input_datasets, self.rt.data_root, self.rt.output_root)
+                check_overlap(n, self._input_datasets, self.rt.data_root, self.rt.output_root, self._readers)
             for klass, fn in self._registry:
                 if isinstance(n, klass):
                     tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])
@@ -429,6 +431,7 @@ class Planner:
         klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
         if klass is DataSourceTask:
             self._input_datasets.append(node.dataset)
+            self._readers[id(node.dataset)] = f"{node.label} created at {node.location}"
         return [self._task(klass, node, [TOP], [])]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
@@ -443,7 +446,7 @@ class Planner:
 
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)
-        check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root)
+        check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root, self._readers)
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None
         task.runtime_ctx = None

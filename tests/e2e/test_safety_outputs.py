@@ -368,3 +368,18 @@ def test_named_output_of_a_failed_job_is_published_on_resume(tmp_path, make_rt):
     assert os.listdir(named) and not os.path.exists(os.path.join(named, ".MANIFEST.txt"))  # the task ran, unpublished
     run_job(plan(good), make_rt(job_id), num_workers=1)
     assert published_rows(named, "id") == list(range(10))
+
+
+def test_an_overlap_with_a_frame_computed_earlier_names_the_node_that_reads_it(sp, tmp_path):
+    """In a session, the inputs of earlier computations count too: writing over a folder an
+    earlier frame read is refused, and the message names that frame's source and where it was
+    created (the frame being written reads another file)."""
+    src = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"k": [1, 2, 3]}), src)
+    out = str(tmp_path / "out")
+    sp.read_parquet(src).write_parquet(out)
+    assert sp.read_parquet(out).count() == 3
+    with pytest.raises(
+        PlanError, match=r"inside input folder .*\(read by DataSourceNode-\d+ .*created at .*test_safety_outputs\.py:\d+"
+    ):
+        sp.read_parquet(src).map("k * 2 as k").write_parquet(out)

@@ -255,11 +255,15 @@ def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:
     return match(0, 0)
 
 
-def check_overlap(node, datasets: Sequence[DataSet], data_root: str, output_root: Optional[str] = None) -> None:
+def check_overlap(
+    node, datasets: Sequence[DataSet], data_root: str, output_root: Optional[str] = None, readers: Optional[Dict[int, str]] = None
+) -> None:
     """Refuse (PlanError) an output path equal to, inside or containing an input or the data root.
 
     Under the data root, a folder of its own is allowed (no job looks there) and so is the current
     job's ``output/`` folder (made for outputs); any other place in a job folder is refused.
+    ``readers``: id(input dataset) -> the node that reads it, named in the message (in a session,
+    it may be a frame computed earlier, not the one being written).
     """
     dest = os.path.realpath(node.output_path)
     root = os.path.realpath(data_root)
@@ -270,37 +274,41 @@ def check_overlap(node, datasets: Sequence[DataSet], data_root: str, output_root
         if _JOB_FOLDER.fullmatch(first):
             raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
     for ds in datasets:
+        reader = (readers or {}).get(id(ds))
         for sub in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
-            _check_one_input(node, sub, dest)
+            problem = _overlap_with(node, sub, dest)
+            if problem is not None:
+                by = f" (read by {reader}, an input of this job or of an earlier computation of this session)" if reader else ""
+                raise PlanError(node._msg(f"output path {node.output_path} {problem}{by}"))
 
 
-def _check_one_input(node, ds: DataSet, dest: str) -> None:
+def _overlap_with(node, ds: DataSet, dest: str) -> Optional[str]:
+    """How ``dest`` overlaps input ``ds`` (the end of a sentence), or None."""
     for path, pattern in ds._patterns():  # a folder given as an input path stands for its files
         if pattern is None and os.path.isdir(path):
             folder = os.path.realpath(path)
             if dest == folder or (ds.recursive and _inside(dest, folder)):
-                raise PlanError(node._msg(f"output path {node.output_path} is inside input folder {path!r}"))
+                return f"is inside input folder {path!r}"
     patterns = [p for p in ds.absolute_paths if _WILDCARD.search(p)]
     for p in patterns:
         if _pattern_reaches(os.path.abspath(p), dest, ds.recursive) or _pattern_reaches(os.path.realpath(p), dest, ds.recursive):
-            raise PlanError(
-                node._msg(f"output path {node.output_path} is inside input pattern {p!r}: a rerun would read its own output")
-            )
+            return f"is inside input pattern {p!r}: a rerun would read its own output"
     try:
         files = ds.resolved_paths
     except Exception:
-        return
+        return None
     dirs = {}
     for f in files:
         dirs.setdefault(os.path.dirname(f), f)
     for d, example in dirs.items():
         rd = os.path.realpath(d)
         if _inside(rd, dest):
-            raise PlanError(node._msg(f"output path {node.output_path} contains input file {example!r}"))
+            return f"contains input file {example!r}"
     for f in files if len(files) <= 10_000 else files[:10_000]:
         rf = os.path.realpath(f) if os.path.islink(f) else f
         if _inside(dest, rf):
-            raise PlanError(node._msg(f"output path {node.output_path} is inside (or equal to) input path {f!r}"))
+            return f"is inside (or equal to) input path {f!r}"
+    return None
 
 
 # -- phase 1: prepare --------------------------------------------------------------------------------
