@@ -88,12 +88,40 @@ def dry_run(
     verdicts: List[Verdict] = []
     named_behind: Dict[tuple, List[str]] = {}  # the inputs of a step run on the scheduler -> what to name
     job_exists = os.path.isdir(rt.job_root) and os.path.exists(rt.layout.secret_path)
+    # what the targets need, as the scheduler finds it: nothing behind a task committed earlier
+    # (a sink a finished job published, whose upstream records went with its staging/ folder)
+    committed: Dict[str, dict] = {}
+    needed, stack = set(), [t.key for t in targets]
+    while stack:
+        key = stack.pop()
+        if key in needed:
+            continue
+        needed.add(key)
+        task = all_tasks[key]
+        if job_exists and key not in done and not task.exec_on_scheduler:
+            record = read_commit(rt, task)
+            if record is not None:
+                committed[key] = record
+                continue
+        stack.extend(task.input_keys)
     for key in order:
+        if key not in needed:  # not run: listed if committed, as the scheduler's resume counts it
+            task = all_tasks[key]
+            if job_exists and key not in done and not task.exec_on_scheduler and read_commit(rt, task) is not None:
+                verdicts.append(Verdict(task, RESUMED, ["committed earlier in this job"]))
+            continue
         task = all_tasks[key]
         if key in done:
             outputs[key] = done[key]
             if not task.exec_on_scheduler:
                 verdicts.append(Verdict(task, DONE, ["computed earlier in this session"]))
+            continue
+        record = committed.get(key)
+        if record is not None:
+            outputs[key] = record["dataset"]
+            if cache is not None:
+                cache.on_done(task, record["dataset"], record, ran=False)
+            verdicts.append(Verdict(task, RESUMED, ["committed earlier in this job"]))
             continue
         unknown = [d for d in task.input_keys if d not in outputs]
         if unknown:
@@ -115,13 +143,6 @@ def dry_run(
                 continue
             if cache is not None:  # its output's identity, as the scheduler notes it
                 cache.on_done(task, outputs[key])
-            continue
-        record = read_commit(rt, task) if job_exists else None
-        if record is not None:
-            outputs[key] = record["dataset"]
-            if cache is not None:
-                cache.on_done(task, record["dataset"], record, ran=False)
-            verdicts.append(Verdict(task, RESUMED, ["committed earlier in this job"]))
             continue
         causes[key] = [key]
         if cache is None:

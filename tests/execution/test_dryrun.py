@@ -191,3 +191,32 @@ def test_a_dry_run_says_why_sql_reading_a_file_itself_is_never_reused(tmp_path):
         )
     finally:
         sp.shutdown()
+
+
+def test_a_dry_run_after_a_finished_job_that_removed_its_intermediates_publishes_nothing(tmp_path):
+    """A job that removed staging/ when it finished kept its sinks' commit records aside
+    (config/published/); a dry run of it again, which does not start the job, reads them there
+    and says the sink is done, as the real rerun finds it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.job import dry_run_plan, make_runtime_ctx, run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    data = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"n": list(range(10))}), data)
+
+    def plan():
+        ctx = Context()
+        sql = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([data])),), "select n * 2 as m from {0}")
+        return LogicalPlan(ctx, DataSinkNode(ctx, (sql,), str(tmp_path / "out"), mode="append"))
+
+    def rt():
+        return make_runtime_ctx("fixed", None, str(tmp_path / "root"), task_cache="off", console_log_level="WARNING")
+
+    run_job(plan(), rt(), num_workers=1, remove_output_root=True)
+    assert not os.path.exists(os.path.join(rt().job_root, "staging"))
+    result = dry_run_plan(plan(), rt())
+    assert not [v for v in result.of("run") if v.task.key.startswith("DataSinkTask")], result
+    assert [v.task.key for v in result.of("resumed") if v.task.key.startswith("DataSinkTask")], result
