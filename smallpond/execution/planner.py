@@ -25,7 +25,7 @@ from smallpond.execution.ops.arrow import (
     PandasComputeTask,
     PythonScriptTask,
 )
-from smallpond.execution.ops.duckdb import sql_reads_files
+from smallpond.execution.ops.duckdb import sql_may_draw_random, sql_reads_files
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
 from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
@@ -328,6 +328,10 @@ class Planner:
         }
         if id(node) in self._unreused:  # (for a dry run's explanation; the params are unique anyway)
             components["unreused"] = self._unreused[id(node)]
+        if draws_from_task_seed(node):
+            # its numbers come from the task's own seed, the job's seed and the task's number: two
+            # tasks alike in all else draw other numbers, so one's output is not the other's
+            components["task_seed"] = int(task.id)
         if self.rt.skip_task_with_empty_input and getattr(klass, "skips_empty_input", False):
             # the job's option changes what such a task writes for an empty input (nothing, where a
             # query such as count(*) would write a row): keyed only when on, so keys stay as they were
@@ -615,6 +619,25 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
             deps.append(match)
         out.append((mt.partition_infos, deps))
     return out
+
+
+#: nodes whose tasks run user Python, which may draw from the generators the engine seeds per task
+_USER_PYTHON = (ArrowComputeNode, ArrowStreamNode, PandasComputeNode, PythonScriptNode, UserDefinedPartitionNode)
+
+
+def draws_from_task_seed(node: Node) -> bool:
+    """Whether a node's tasks may draw random numbers from their own seed (the job's seed and the
+    task's number, :attr:`Task.random_seed_bytes`): SQL that may call ``random()`` and the like
+    (``{rand_seed}`` included), a random shuffle, a range partition's sampled boundaries, user
+    Python (``random``, NumPy and the task's generators are seeded per task)."""
+    if isinstance(node, _USER_PYTHON):
+        return True
+    if isinstance(node, RangePartitionNode) or getattr(node, "random_shuffle", False):
+        return True
+    texts = node_sql(node)
+    if isinstance(node, HashPartitionNode):
+        texts += [node.data_partition_column, *node.hash_columns]
+    return sql_may_draw_random(texts)
 
 
 def node_sql(node: Node) -> List[str]:

@@ -400,7 +400,8 @@ class ArrowStreamNode(ArrowComputeNode):
         self.streaming_batch_size = streaming_batch_size or self.default_batch_size
         self.secs_checkpoint_interval = secs_checkpoint_interval
 
-    # how often progress is saved and whether reading overlaps processing change no result
+    # how often progress is saved and whether reading overlaps processing change no row (a checkpoint
+    # starts a new output file: the file layout follows the timing, see logical/determinism.py)
     fingerprint_exclude = ArrowComputeNode.fingerprint_exclude | {"secs_checkpoint_interval", "background_io_thread"}
 
 

@@ -16,10 +16,21 @@ listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
 * user Python (Arrow/pandas/script nodes, user-defined partitioning): deterministic exactly when
   the function is. A function that reads the clock, draws from an unseeded generator (use
   ``runtime_ctx.task.python_random_gen`` / ``numpy_random_gen``, seeded per task) or reads
-  anything that is not one of its inputs cannot be made deterministic by the engine.
+  anything that is not one of its inputs cannot be made deterministic by the engine;
+* a streaming Python node (``map``, ``filter``, ``flat_map``, ``map_batches``, ``ArrowStreamNode``)
+  starts a new output file at each time-based checkpoint (``secs_checkpoint_interval``; 180 s
+  per CPU by default): the rows are the same, but a partition that runs longer than that is
+  written as more files;
+* in a session, task numbers follow the order in which frames are built and computed, and they
+  name the output files and seed each task's random draws (the job's seed and the task's
+  number): the same pipeline computed after another frame writes other file names, and draws
+  other numbers. A script run on its own gets the same numbers every time.
 
 The task cache (:mod:`smallpond.execution.cache`) reuses such a node's output like any other:
-any output it could have written is a valid one. ``DataFrame.recompute()`` runs it again.
+any output it could have written is a valid one. A task that may draw random numbers (SQL
+calling ``random()`` and the like, a random shuffle, a range partition's sample, user Python) is
+keyed with its task number too, since its seed is: two such tasks alike in all else are not
+served one for the other. ``DataFrame.recompute()`` runs a node again.
 """
 
 from __future__ import annotations

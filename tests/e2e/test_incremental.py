@@ -506,3 +506,30 @@ def test_a_session_that_computes_something_else_first_still_reuses_after_a_shuff
     ran, reused = counts(build(False))
     assert ran > 0 and reused == 0
     assert counts(build(True)) == (0, ran)  # (count() of a file reads its footer: no task)
+
+
+def test_two_random_columns_alike_in_all_but_their_task_are_not_served_one_for_the_other(tmp_path):
+    """random() draws from the task's own seed (the job's seed and the task's number): frame b,
+    the same query as a over the same input, draws other numbers, with the task cache on as off;
+    it was served a's cached output (every value equal)."""
+    import smallpond
+
+    src = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": pa.array(range(1000), pa.int64())}), src)
+
+    def same_values(second: bool) -> int:
+        sp = smallpond.init(data_root=str(tmp_path / "root"), task_cache=str(tmp_path / "cache"))
+        try:
+            df = sp.read_parquet(src)
+            a = sp.partial_sql("select id, random() as r from {0}", df)
+            if not second:
+                a.compute()
+                return 0
+            b = sp.partial_sql("select id, random() as r from {0}", df)
+            both = sp.partial_sql("select count(*) filter (where {0}.r = {1}.r) as same from {0} join {1} using (id)", a, b)
+            return both.take_all()[0]["same"]
+        finally:
+            sp.shutdown()
+
+    same_values(False)
+    assert same_values(True) == 0
