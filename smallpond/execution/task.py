@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -220,6 +221,33 @@ class Task:
             self._np_rng = np.random.default_rng(int.from_bytes(self.random_seed_bytes, "big"))
         return self._np_rng
 
+    def random_states(self) -> Dict[str, Any]:
+        """The states of the generators the task's code draws from, for a stream checkpoint: Python's
+        global ``random``, NumPy's global generator (if numpy is imported) and the task's own
+        :attr:`python_random_gen` / :attr:`numpy_random_gen` (those created so far)."""
+        states: Dict[str, Any] = {"random": random.getstate()}
+        np = sys.modules.get("numpy")
+        if np is not None:
+            states["numpy"] = np.random.get_state()
+        if "_py_rng" in self.__dict__:
+            states["task_random"] = self._py_rng.getstate()
+        if "_np_rng" in self.__dict__:
+            states["task_numpy"] = self._np_rng.bit_generator.state
+        return states
+
+    def restore_random_states(self, states: Dict[str, Any]) -> None:
+        """Put the generators back in ``states`` (from :meth:`random_states`), so the numbers drawn
+        next are those the attempt that saved them would have drawn next."""
+        random.setstate(states["random"])
+        if "numpy" in states:
+            import numpy as np
+
+            np.random.set_state(states["numpy"])
+        if "task_random" in states:
+            self.python_random_gen.setstate(states["task_random"])
+        if "task_numpy" in states:
+            self.numpy_random_gen.bit_generator.state = states["task_numpy"]
+
     def random_uint32(self) -> int:
         return self.python_random_gen.getrandbits(32)
 
@@ -332,15 +360,23 @@ def seeded_random(task: Task) -> Iterator[None]:
 
     The seed is the task's (:attr:`Task.random_seed_bytes`: the job's seed and the task id), as for
     :attr:`Task.python_random_gen` and :attr:`Task.numpy_random_gen`, so the same job draws the same
-    numbers in every task, on every attempt and in every process.
+    numbers in every task, on every attempt and in every process. NumPy's global generator is not
+    seeded. A streaming task that resumes from a stream checkpoint then puts every generator back
+    in the state recorded there (:meth:`Task.restore_random_states`, inside the block, so after
+    this seeding), and draws what an uninterrupted attempt draws. Outside smallpond's workers the
+    caller's states of ``random`` and, if imported, NumPy's global generator are put back after.
     """
     if not _restore_random_state:
         random.seed(task.random_seed_bytes)
         yield
         return
     state = random.getstate()
+    np = sys.modules.get("numpy")
+    np_state = np.random.get_state() if np is not None else None
     random.seed(task.random_seed_bytes)
     try:
         yield
     finally:
         random.setstate(state)
+        if np_state is not None:
+            np.random.set_state(np_state)

@@ -6,10 +6,13 @@ test can tell which batches each attempt processed.
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import threading
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -75,3 +78,34 @@ def batch_doubled(runtime_ctx, tables, counter, fail_at):
     if first == fail_at and task.retry_count == 0:
         raise OSError("simulated I/O failure in the middle of the stream")
     return t.append_column("doubled", pc.multiply(t["id"], 2))
+
+
+RANDOM_COLUMNS = ("py", "np", "task_py", "task_np")
+
+
+def stream_random(runtime_ctx, readers, draws, checkpoint_at, fail_at=None):
+    """Yields each batch with a number per row from every generator the task's code may use
+    (Python's and NumPy's global ones, the task's own two); forces a checkpoint after batch
+    ``checkpoint_at`` and, on attempt 0, fails at batch ``fail_at`` after drawing its numbers. Every
+    row's numbers are appended to ``draws`` as a JSON line ``[attempt, id, py, np, task_py, task_np]``."""
+    task = runtime_ctx.task
+    for i, batch in enumerate(readers[0]):
+        ids = batch.column("id").to_pylist()
+        cols = {
+            "py": [random.random() for _ in ids],
+            "np": np.random.random(len(ids)).tolist(),
+            "task_py": [task.python_random_gen.random() for _ in ids],
+            "task_np": task.numpy_random_gen.random(len(ids)).tolist(),
+        }
+        lines = [json.dumps([task.retry_count, x, *(cols[c][k] for c in RANDOM_COLUMNS)]) for k, x in enumerate(ids)]
+        record(draws, "\n".join(lines))
+        if fail_at is not None and i == fail_at and task.retry_count == 0:
+            raise OSError("simulated I/O failure in the middle of the stream")
+        table = pa.table({"id": ids, **{c: pa.array(v, pa.float64()) for c, v in cols.items()}})
+        yield StreamOutput(table, batch_indices=[i], force_checkpoint=(i == checkpoint_at))
+
+
+def drawn(draws: str):
+    """The lines of ``stream_random``'s ``draws`` file: ``{(attempt, id): (py, np, task_py, task_np)}``."""
+    with open(draws) as f:
+        return {(a, x): tuple(v) for a, x, *v in map(json.loads, f)}

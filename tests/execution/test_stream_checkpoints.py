@@ -66,6 +66,50 @@ def test_forced_checkpoint_resumes_after_a_failure(tmp_path, ids, use_duckdb_rea
     assert not os.listdir(os.path.join(rt.staging_root, "stream_checkpoints")), "removed once the task committed"
 
 
+def test_resumed_rows_draw_the_random_numbers_of_an_uninterrupted_run(tmp_path, ids):
+    """The generators continue from their states at the checkpoint, not from the seed: the rows
+    after it get the numbers an uninterrupted run gives them (not copies of the first rows')."""
+    clean_draws, retried_draws = str(tmp_path / "clean"), str(tmp_path / "retried")
+    clean_fn = functools.partial(stream_helpers.stream_random, draws=clean_draws, checkpoint_at=4)
+    clean, _ = run_stream(tmp_path / "a", ids, clean_fn)
+    retried_fn = functools.partial(stream_helpers.stream_random, draws=retried_draws, checkpoint_at=4, fail_at=7)
+    retried, _ = run_stream(tmp_path / "b", ids, retried_fn)
+
+    drawn = stream_helpers.drawn(retried_draws)
+    assert sorted(x for a, x in drawn if a == 1) == list(range(50, ROWS)), "resumed after the checkpoint"
+    for x in range(50, 80):  # drawn by the failed attempt and again by the resumed one: the same
+        assert drawn[(1, x)] == drawn[(0, x)], f"id {x}"
+    # NumPy's global generator is not seeded per attempt, so only the others repeat across jobs
+    seeded = ["id", "py", "task_py", "task_np"]
+    want, got = clean.final_output.to_arrow_table(), retried.final_output.to_arrow_table()
+    assert got.column("id").to_pylist() == list(range(ROWS))
+    assert got.select(seeded).to_pylist() == want.select(seeded).to_pylist()
+    assert got.column("py")[50].as_py() != got.column("py")[0].as_py()
+
+
+def test_a_checkpoint_without_random_states_still_resumes(tmp_path, ids):
+    """A record of the earlier format (no ``random_states``) resumes, with the attempt's seeding."""
+    from smallpond.errors import JobFailed
+    from smallpond.io.filesystem import dump, load
+
+    counter = str(tmp_path / "counter")
+    fn = functools.partial(stream_helpers.stream_with_forced_checkpoint, counter=counter, checkpoint_at=4, fail_at=7)
+    ctx = Context()
+    node = ArrowStreamNode(ctx, (DataSourceNode(ctx, ParquetDataSet(ids)),), process_func=fn, streaming_batch_size=BATCH)
+    rt = make_runtime_ctx("old-format", None, str(tmp_path / "root"))
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, node), rt, num_workers=1, max_fail_count=1)
+    (path,) = glob.glob(os.path.join(rt.staging_root, "stream_checkpoints", "*", "progress"))
+    record = load(path, secret=rt.secret)
+    assert set(record.pop("random_states")) >= {"random"}
+    dump(record, path, secret=rt.secret)
+
+    before = len(counted_lines(counter))
+    ep, _ = run_stream(tmp_path, ids, fn, job_id="old-format")
+    assert [first for _, first in counted_lines(counter)[before:]] == [50, 60, 70, 80, 90, 100, 110]
+    assert_exactly_once(ep)
+
+
 def test_time_based_checkpoints_with_plain_tables_and_background_reading(tmp_path, ids):
     counter = str(tmp_path / "counter")
     fn = functools.partial(stream_helpers.stream_plain_tables, counter=counter, fail_at=6, expect_prefetch=True)

@@ -280,6 +280,9 @@ class ArrowStreamTask(Task):
         interval = getattr(node, "secs_checkpoint_interval", None)
         interval = default_checkpoint_interval(node) if interval is None else interval
         counted = self._readers(runtime_ctx, inputs, base)
+        if record is not None and record.get("random_states") is not None:
+            # after the attempt's seeding (seeded_random), before the function sees a row
+            self.restore_random_states(record["random_states"])
         last = time.monotonic()
         try:
             outputs = self._outputs(runtime_ctx, [c.reader for c in counted])

@@ -12,8 +12,9 @@ input position it covers. Layout, under the job folder::
         {attempt}-{n}-{tag}.parquet   the output files completed so far (hard links, or copies
                                       across file systems, of the attempt's closed files)
 
-The record holds the task's fingerprint, the files in output order, and per input the rows
-consumed (and batches, for the logs).
+The record holds the task's fingerprint, the files in output order, per input the rows consumed
+(and batches, for the logs), and the states of the random generators the task's code draws from
+(:meth:`Task.random_states`) when the checkpoint was taken.
 
 Invariants:
 
@@ -25,6 +26,9 @@ Invariants:
 * a resumed attempt links the recorded files into its own output directory (in their order, under
   its own names, so they are published by its atomic rename like every other file of it) and
   its inputs skip the rows consumed, so every input row reaches the output exactly once;
+* a resumed attempt puts the random generators back in the recorded states before its process
+  function sees a row, so the rows after the checkpoint get the numbers an uninterrupted attempt
+  gives them (a record of the earlier format, without states, resumes with the attempt's seeding);
 * the checkpoint is removed once the task's commit record exists (its files are then part of the
   committed output).
 
@@ -32,7 +36,8 @@ The input position of a checkpoint is what the output written so far covers: wit
 ``StreamOutput(batch_indices=[...])``, the batches up to the highest index given (batch ``i`` of
 every input, counted from the first batch of this attempt); otherwise every batch the process
 function has taken from its readers. A function that reads ahead of what it yields must pass
-``batch_indices`` for its checkpoints to be exact.
+``batch_indices`` for its checkpoints to be exact; the generators' states are those at the
+checkpoint, so numbers it drew for rows after that position are not drawn again on resume.
 """
 
 from __future__ import annotations
@@ -67,8 +72,9 @@ class StreamCheckpoint:
     def resume(self, output_dir: str, ninputs: int) -> Optional[dict]:
         """Restore the last checkpoint of this task into ``output_dir``; None if there is none.
 
-        Returns the record (``rows``/``batches`` consumed per input, ``output_rows``); the files it
-        names are now in ``output_dir`` as ``{output_filename}-{i:05d}.parquet``, i = 0, 1, ...
+        Returns the record (``rows``/``batches`` consumed per input, ``output_rows``, and
+        ``random_states`` unless it is of the earlier format); the files it names are now in
+        ``output_dir`` as ``{output_filename}-{i:05d}.parquet``, i = 0, 1, ...
         """
         from smallpond.common import logger
 
@@ -115,6 +121,9 @@ class StreamCheckpoint:
         ``rows[j]`` rows of input ``j``."""
         if not self.enabled:
             return
+        # the process function is suspended at the output just written: these are the states the
+        # rows after ``rows`` start from
+        random_states = self.task.random_states()
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         new = closed_paths[len(self.files) :]
         for path in new:
@@ -134,6 +143,7 @@ class StreamCheckpoint:
             "batches": [int(b) for b in batches],
             "output_rows": int(output_rows),
             "attempt": self.task.retry_count,
+            "random_states": random_states,
             "saved": time.time(),
         }
         dump(record, os.path.join(self.dir, _RECORD), secret=self.rt.secret)
