@@ -87,18 +87,26 @@ def test_resumed_rows_draw_the_random_numbers_of_an_uninterrupted_run(tmp_path, 
     assert got.column("py")[50].as_py() != got.column("py")[0].as_py()
 
 
+def _fail_leaving_a_checkpoint(tmp_path, ids, fn, job_id: str):
+    """Run a stream of ``fn`` as job ``job_id`` until it fails for good (after a checkpoint);
+    returns the job's runtime context."""
+    from smallpond.errors import JobFailed
+
+    ctx = Context()
+    node = ArrowStreamNode(ctx, (DataSourceNode(ctx, ParquetDataSet(ids)),), process_func=fn, streaming_batch_size=BATCH)
+    rt = make_runtime_ctx(job_id, None, str(tmp_path / "root"))
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, node), rt, num_workers=1, max_fail_count=1)
+    return rt
+
+
 def test_a_checkpoint_without_random_states_still_resumes(tmp_path, ids):
     """A record of the earlier format (no ``random_states``) resumes, with the attempt's seeding."""
-    from smallpond.errors import JobFailed
     from smallpond.io.filesystem import dump, load
 
     counter = str(tmp_path / "counter")
     fn = functools.partial(stream_helpers.stream_with_forced_checkpoint, counter=counter, checkpoint_at=4, fail_at=7)
-    ctx = Context()
-    node = ArrowStreamNode(ctx, (DataSourceNode(ctx, ParquetDataSet(ids)),), process_func=fn, streaming_batch_size=BATCH)
-    rt = make_runtime_ctx("old-format", None, str(tmp_path / "root"))
-    with pytest.raises(JobFailed):
-        run_job(LogicalPlan(ctx, node), rt, num_workers=1, max_fail_count=1)
+    rt = _fail_leaving_a_checkpoint(tmp_path, ids, fn, "old-format")
     (path,) = glob.glob(os.path.join(rt.staging_root, "stream_checkpoints", "*", "progress"))
     record = load(path, secret=rt.secret)
     assert set(record.pop("random_states")) >= {"random"}
@@ -140,15 +148,10 @@ def test_without_checkpoints_a_retry_starts_over(tmp_path, ids):
 
 def test_a_checkpoint_of_another_plan_is_not_used(tmp_path, ids):
     """A job that failed for good leaves a checkpoint; the fixed script (another fingerprint) starts over."""
-    from smallpond.errors import JobFailed
 
     counter = str(tmp_path / "counter")
     fn = functools.partial(stream_helpers.stream_with_forced_checkpoint, counter=counter, checkpoint_at=3, fail_at=5)
-    ctx = Context()
-    node = ArrowStreamNode(ctx, (DataSourceNode(ctx, ParquetDataSet(ids)),), process_func=fn, streaming_batch_size=BATCH)
-    rt = make_runtime_ctx("stale", None, str(tmp_path / "root"))
-    with pytest.raises(JobFailed):
-        run_job(LogicalPlan(ctx, node), rt, num_workers=1, max_fail_count=1)
+    rt = _fail_leaving_a_checkpoint(tmp_path, ids, fn, "stale")
     assert glob.glob(os.path.join(rt.staging_root, "stream_checkpoints", "*", "progress"))
 
     fixed = functools.partial(stream_helpers.stream_with_forced_checkpoint, counter=counter, checkpoint_at=3)
