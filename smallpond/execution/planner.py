@@ -201,6 +201,8 @@ class Planner:
         self._digests: Dict[int, str] = {}
         #: why a node's tasks are never reused (its digest is then "unreusable:..."), by node id
         self._unreused: Dict[int, str] = {}
+        #: whether a node's tasks draw from their own seed (draws_from_task_seed), by node id
+        self._seeded: Dict[int, bool] = {}
         self._slim_copies: Dict[int, Node] = {}
         self.tasks: Dict[str, Task] = {}
         self.next_task_id = 0
@@ -242,6 +244,7 @@ class Planner:
         p._planned_nodes = list(self._planned_nodes)
         p._digests = dict(self._digests)
         p._unreused = dict(self._unreused)
+        p._seeded = dict(self._seeded)
         p._slim_copies = dict(self._slim_copies)
         p._warned = set(self._warned)
         p._input_datasets = list(self._input_datasets)
@@ -328,7 +331,10 @@ class Planner:
         }
         if id(node) in self._unreused:  # (for a dry run's explanation; the params are unique anyway)
             components["unreused"] = self._unreused[id(node)]
-        if draws_from_task_seed(node):
+        seeded = self._seeded.get(id(node))
+        if seeded is None:  # once per node: its SQL is searched, not each task's
+            seeded = self._seeded[id(node)] = draws_from_task_seed(node)
+        if seeded:
             # its numbers come from the task's own seed, the job's seed and the task's number: two
             # tasks alike in all else draw other numbers, so one's output is not the other's
             components["task_seed"] = int(task.id)
