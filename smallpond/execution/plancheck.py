@@ -195,19 +195,8 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
     through pyarrow sees both columns and is not reported. Only footers are read (by the
     planner, for the nodes it plans: this needs no schema inference and no delay)."""
     from smallpond.logical.dataset_files import ParquetDataSet, case_clash_message, column_case_clash
-    from smallpond.logical.node import (
-        ConsolidateNode,
-        DataSourceNode,
-        EvenlyDistributedPartitionNode,
-        HashPartitionNode,
-        ProjectionNode,
-        RangePartitionNode,
-        RepeatPartitionNode,
-        SqlEngineNode,
-        UnionNode,
-    )
+    from smallpond.logical.node import DataSourceNode, HashPartitionNode, RangePartitionNode, SqlEngineNode
 
-    passing_on = (EvenlyDistributedPartitionNode, RepeatPartitionNode, ConsolidateNode, UnionNode, ProjectionNode)
     clash_of: Dict[int, object] = {}  # by id() of a source: its clash, or None
 
     def first_clash(node):
@@ -219,7 +208,7 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
                 except Exception:  # a path that cannot be listed: the tasks will say
                     clash_of[id(node)] = None
             return (node, clash_of[id(node)]) if clash_of[id(node)] else None
-        if isinstance(node, passing_on):
+        if node.passes_input_files:  # (splits, unions, consolidations, projections)
             for d in node.input_deps:
                 hit = first_clash(d)
                 if hit:
