@@ -10,7 +10,14 @@ import smallpond.execution.executors.local as local
 from smallpond.execution.attempt import read_commit
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, PythonScriptNode
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    LogicalPlan,
+    PythonScriptNode,
+    SqlEngineNode,
+)
 
 
 def _note_partition(runtime_ctx, inputs, output_path, crash_on=None):
@@ -132,3 +139,35 @@ def test_a_queued_submit_finds_a_worker_after_its_short_task_stopped_being_short
     finally:
         ex.shutdown()
     assert sorted((c.key, c.ok) for c in done) == sorted((t.key, True) for t in tasks)
+
+
+def _spawn_counter(monkeypatch):
+    spawned = []
+    original = local.LocalExecutor._spawn
+
+    def spawn(self):
+        w = original(self)
+        spawned.append(w.index)
+        return w
+
+    monkeypatch.setattr(local.LocalExecutor, "_spawn", spawn)
+    return spawned
+
+
+def test_a_job_that_never_runs_two_tasks_at_once_starts_one_worker(parquet_files, make_rt, monkeypatch):
+    # a one-partition plan on a pool of 4: the other three interpreters would only compete with
+    # the scheduler and the one worker for the cores
+    spawned = _spawn_counter(monkeypatch)
+    ctx = Context()
+    node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select count(*) as n from {0}")
+    exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=4)
+    assert exec_plan.successful
+    assert spawned == [0]
+
+
+def test_workers_are_started_as_tasks_find_the_started_ones_busy(parquet_files, make_rt, monkeypatch):
+    spawned = _spawn_counter(monkeypatch)
+    plan, node = _plan(parquet_files, 6)
+    exec_plan = run_job(plan, make_rt(), num_workers=3)
+    assert _indexes(exec_plan, node) == list(range(6))
+    assert spawned == [0, 1, 2]  # never more than the pool's size
