@@ -42,6 +42,23 @@ def pytest_running() -> bool:
     return "pytest" in sys.modules
 
 
+def imported_module(name: str):
+    """The module ``name`` if its import is complete, else None (not imported, or being imported).
+
+    A module another thread is importing is in ``sys.modules`` before its body has run, without
+    most of its attributes: ``smallpond.init`` imports pyarrow and pandas (and so numpy) in a
+    background thread (``session.warm_result_imports``), so ``sys.modules.get("numpy")`` may be
+    a half-initialized numpy while a job is planned. ``importlib`` marks such a module's spec
+    ``_initializing`` until its body is done (CPython reads the same flag).
+    """
+    import sys
+
+    mod = sys.modules.get(name)
+    if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
+        return None
+    return mod
+
+
 def clamp_value(val, minval, maxval):
     return max(minval, min(val, maxval))
 

@@ -72,6 +72,8 @@ from functools import partial
 from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Dict, List, Optional, Tuple
 
+from smallpond.common import imported_module
+
 _MAX_DEPTH = 64
 _SCALARS = (int, float, bool, type(None), complex)
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
@@ -328,8 +330,10 @@ def _slots(cls) -> List[str]:
 
 
 def _is_ndarray(obj: Any) -> bool:
-    np = sys.modules.get("numpy")
-    return np is not None and type(obj) is np.ndarray
+    # numpy may be half imported by another thread (the session's warm-up imports pandas while a
+    # job is planned): in sys.modules without ``ndarray`` yet; no array exists before it is done
+    np = imported_module("numpy")
+    return np is not None and type(obj) is getattr(np, "ndarray", None)
 
 
 def _is_plain_object(obj: Any) -> bool:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from smallpond.common import PARQUET_METADATA_KEY_PREFIX
+from smallpond.common import PARQUET_METADATA_KEY_PREFIX, imported_module
 from smallpond.execution.runtime import JobId, RuntimeContext
 from smallpond.logical.dataset import DataSet
 
@@ -226,7 +225,7 @@ class Task:
         global ``random``, NumPy's global generator (if numpy is imported) and the task's own
         :attr:`python_random_gen` / :attr:`numpy_random_gen` (those created so far)."""
         states: Dict[str, Any] = {"random": random.getstate()}
-        np = sys.modules.get("numpy")
+        np = imported_module("numpy")  # not one another thread is importing
         if np is not None:
             states["numpy"] = np.random.get_state()
         if "_py_rng" in self.__dict__:
@@ -371,7 +370,7 @@ def seeded_random(task: Task) -> Iterator[None]:
         yield
         return
     state = random.getstate()
-    np = sys.modules.get("numpy")
+    np = imported_module("numpy")  # not one another thread is importing
     np_state = np.random.get_state() if np is not None else None
     random.seed(task.random_seed_bytes)
     try:

@@ -34,6 +34,7 @@ from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, SqlEngineNode
 from smallpond.logical.udf import UDFType, udf
+from tests import half_imported
 from tests.execution import fp_helpers
 
 FP_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fp_job.py")
@@ -453,6 +454,17 @@ def test_an_edited_user_module_is_not_served_from_the_task_cache(tmp_path, ids_f
     made = calls.read_text()
     assert run(20) == 900
     assert calls.read_text() == made, "an unchanged module should be reused from the cache"
+
+
+def test_numpy_half_imported_by_another_thread_changes_no_fingerprint():
+    """``smallpond.init`` imports pandas (so numpy) in a background thread while the script plans:
+    a plain object met meanwhile made the walk read ``numpy.ndarray`` of the half-initialized
+    module (AttributeError), so its node was not reused and its output never entered the cache."""
+    values = {"instance": Scaler(), "reader": reads_scaler_f, "namedtuple": Point(1, 2)}
+    expected = {k: stable_digest(v) for k, v in values.items()}
+    with half_imported.being_imported("numpy") as numpy:
+        assert not hasattr(numpy, "ndarray")
+        assert {k: stable_digest(v) for k, v in values.items()} == expected
 
 
 # -- the user's own classes: their class-level attributes, bases and instances -----------------------

@@ -12,6 +12,7 @@ from smallpond.execution.planner import Planner
 from smallpond.execution.task import seeded_random
 from smallpond.logical.dataset import ArrowTableDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+from tests import half_imported
 
 
 def draw(runtime_ctx, tables):
@@ -77,6 +78,18 @@ def test_seeded_random_restores_the_callers_state(make_rt):
     with seeded_random(task):
         assert random.random() == inside  # the same numbers on every attempt
     assert [first, random.random(), random.random()] == expected
+
+
+def test_seeded_random_runs_while_another_thread_imports_numpy(make_rt):
+    """A task run in the driver while ``smallpond.init``'s background thread imports pandas (so
+    numpy): the half-initialized numpy has no ``random`` yet, and its state is not the caller's."""
+    task = next(t for t in Planner(make_rt("x")).create_exec_plan(_plan()).tasks.values() if t.key.startswith("ArrowCompute"))
+    with half_imported.being_imported("numpy"):
+        with seeded_random(task):
+            inside = random.random()
+        assert task.random_states().keys() == {"random"}
+    with seeded_random(task):
+        assert random.random() == inside
 
 
 def test_gpu_placement_questions_raise_a_clear_error_for_a_task_that_asked_for_gpus(make_rt):
