@@ -59,6 +59,37 @@ def imported_module(name: str):
     return mod
 
 
+def import_in_background(modules):
+    """Import ``modules`` in order in a background thread; returns the thread, or None if every
+    one is imported (or being imported) already.
+
+    Python holds a lock per module being imported, so code importing one of them meanwhile waits
+    for it to be done rather than importing it twice (see :func:`imported_module` for reading
+    ``sys.modules`` meanwhile). A module that is missing or fails is left for whoever needs it to
+    get the error. The thread is not a daemon: an interpreter that exits early waits for it, and
+    is never torn down in the middle of an import.
+    """
+    import sys
+    import threading
+
+    todo = [m for m in modules if m not in sys.modules]
+    if not todo:
+        return None
+
+    def run() -> None:
+        import importlib
+
+        for name in todo:
+            try:
+                importlib.import_module(name)
+            except BaseException:
+                return
+
+    thread = threading.Thread(target=run, name="smallpond-warm-imports")
+    thread.start()
+    return thread
+
+
 def clamp_value(val, minval, maxval):
     return max(minval, min(val, maxval))
 

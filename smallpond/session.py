@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from smallpond.common import SWITCH_OFF, SWITCH_ON, env_setting, logger
+from smallpond.common import SWITCH_OFF, SWITCH_ON, env_setting, import_in_background, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
 from smallpond.execution.progress import console_listeners
@@ -125,9 +125,9 @@ class Config:
         )
 
 
-#: what reading a result in this process needs: ``to_arrow``/``take`` pyarrow and its Parquet
+#: what reading a result in this process needs: ``to_arrow``/``take`` pyarrow, its Parquet
 #: reader, ``to_pandas`` pandas too (which imports pyarrow itself when it is installed)
-WARM_IMPORTS = ("pyarrow", "pyarrow.parquet", "pandas")
+WARM_IMPORTS = ("pyarrow", "pyarrow.parquet", "duckdb", "pandas")
 _warming = None
 
 
@@ -146,22 +146,7 @@ def warm_result_imports(modules=WARM_IMPORTS):
     global _warming
     if _warming is not None or env_setting("SP_WARM_IMPORTS") in SWITCH_OFF:
         return None
-    todo = [m for m in modules if m not in sys.modules]
-    if not todo:
-        return None
-    import threading
-
-    def run() -> None:
-        import importlib
-
-        for name in todo:
-            try:
-                importlib.import_module(name)
-            except BaseException:  # missing or broken: whoever needs it gets the error then
-                return
-
-    _warming = threading.Thread(target=run, name="smallpond-warm-imports")
-    _warming.start()
+    _warming = import_in_background(modules)
     return _warming
 
 

@@ -38,7 +38,7 @@ import threading
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Sequence
 
-from smallpond.common import logger, loguru_file_path
+from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
@@ -513,6 +513,39 @@ class Job:
             remove_path(commit_path(self.rt, key))
 
 
+#: a job of at most this many tasks counts as small: its reader waits for the result imports
+SMALL_JOB_TASKS = 64
+#: what reading a node-API job's result in this process needs (``final_output.to_arrow_table()``
+#: queries the files through DuckDB into Arrow)
+RESULT_IMPORTS = ("pyarrow", "duckdb")
+
+
+class WarmResultImports(SchedulerListener):
+    """Import what reading the result needs while the job's first attempts run.
+
+    A script that runs a small plan with :func:`run_job` reads its result next, in this process,
+    and importing pyarrow and DuckDB takes ~0.1 s of one core that would come after the job.
+    This process mostly waits on its workers once the first attempt is sent, so the imports run
+    then, in a background thread (:func:`~smallpond.common.import_in_background`); started any
+    earlier they compete with the job's start and delay its first task. A job of more than
+    :data:`SMALL_JOB_TASKS` tasks is left alone (the imports are small beside it, and its
+    scheduler is busier). ``SP_WARM_IMPORTS=0`` turns it off.
+    """
+
+    def __init__(self, modules=RESULT_IMPORTS) -> None:
+        self.modules = modules
+        self.small = False
+        self.thread = None
+
+    def on_start(self, state) -> None:
+        self.small = len(state.tasks) <= SMALL_JOB_TASKS and env_setting("SP_WARM_IMPORTS") not in SWITCH_OFF
+
+    def on_tick(self, state, elapsed: float) -> None:
+        if self.small and state.running:
+            self.small = False  # once
+            self.thread = import_in_background(self.modules)
+
+
 def run_job(
     plan: LogicalPlan,
     rt: RuntimeContext,
@@ -535,7 +568,7 @@ def run_job(
         num_workers=num_workers,
         max_retry_count=max_retry_count,
         max_fail_count=max_fail_count,
-        listeners=listeners,
+        listeners=(*listeners, WarmResultImports()),
         restart=restart,
         speculation=speculation,
         task_cache_max_bytes=task_cache_max_bytes,

@@ -1,0 +1,69 @@
+"""run_job: what a small node-API job does for the script that reads its result next."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.datagen import generate_parquet_files
+
+_PROBE = r"""
+import json, sys, threading
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+files, root, partitions = sys.argv[1].split(","), sys.argv[2], int(sys.argv[3])
+ctx = Context()
+source = DataSourceNode(ctx, ParquetDataSet(files))
+if partitions > 1:
+    source = DataSetPartitionNode(ctx, (source,), partitions, partition_by_rows=True)
+node = SqlEngineNode(ctx, (source,), "select count(*) as n from {0}")
+rt = make_runtime_ctx(None, None, root, console_log_level="WARNING")
+modules = ("pyarrow", "duckdb")
+before = sorted(m for m in modules if m in sys.modules)
+exec_plan = run_job(LogicalPlan(ctx, node), rt, num_workers=1)
+warming = [t for t in threading.enumerate() if t.name == "smallpond-warm-imports"]
+for t in warming:
+    t.join(60)
+print(json.dumps({"before": before, "tasks": len(exec_plan.tasks), "thread": bool(warming),
+                  "after": sorted(m for m in modules if m in sys.modules)}))
+"""
+
+
+def _probe(tmp_path, partitions: int, setting=None) -> dict:
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=100)
+    env = {k: v for k, v in os.environ.items() if k != "SP_WARM_IMPORTS"}
+    if setting is not None:
+        env["SP_WARM_IMPORTS"] = setting
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, ",".join(files), str(tmp_path / "root"), str(partitions)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("setting", [None, "0"])
+def test_a_small_job_imports_what_reading_its_result_needs_while_its_tasks_run(tmp_path, setting):
+    state = _probe(tmp_path, 1, setting)
+    assert state["before"] == []  # neither planning nor the start needed them
+    if setting == "0":
+        assert not state["thread"] and state["after"] == []
+    else:
+        assert state["thread"] and state["after"] == ["duckdb", "pyarrow"]
+
+
+def test_a_large_job_leaves_its_scheduler_alone(tmp_path):
+    from smallpond.execution.job import SMALL_JOB_TASKS
+
+    state = _probe(tmp_path, SMALL_JOB_TASKS + 1)
+    assert state["tasks"] > SMALL_JOB_TASKS
+    assert not state["thread"] and state["after"] == []
