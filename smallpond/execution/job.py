@@ -239,6 +239,8 @@ class Job:
                     self.executor.shutdown()
                 _remove_log_sinks(self._sinks)
                 self._sinks = []
+                if self._lock.held:
+                    write_status(rt, "failure")
             self._restore_sigterm_handler()
             self._lock.release()
             raise
@@ -274,6 +276,14 @@ class Job:
         if self.finished:
             return
         self.finished = True
+        if self._lock is None or not self._lock.held:
+            # start() never took the job, or gave it up when it failed: another run may hold it
+            # (a second run refused while the first runs), so nothing in the job's folder is this
+            # run's to clean up, discard or mark
+            self._restore_sigterm_handler()
+            _remove_log_sinks(self._sinks)
+            self._sinks = []
+            return
         ok = (not self.failed and not self.interrupted) if ok is None else (ok and not self.interrupted)
         rt = self.rt
         try:

@@ -141,11 +141,30 @@ def check_secret(layout) -> None:
 
 
 def move_aside(layout) -> Optional[str]:
-    """Rename an existing job folder to ``{job_root}.restarted-{time}``; returns the new name."""
+    """Rename an existing job folder to ``{job_root}.restarted-{time}``; returns the new name.
+
+    The folder's job lock is taken first, so a job that is being run is never moved from under
+    it (:class:`JobFolderError` names its holder), and held across the rename, so no run can
+    start in it meanwhile.
+    """
     if not os.path.lexists(layout.job_root):
         return None
     aside = f"{layout.job_root}.restarted-{datetime.now():%Y-%m-%d-%H-%M-%S}-{uuid.uuid4().hex[:6]}"
-    os.rename(layout.job_root, aside)
+    lock = JobLock(layout) if os.path.isdir(layout.config_root) else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        os.rename(layout.job_root, aside)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if lock is not None:  # the lock moved with the folder: that run is over
+        lock.held = False
+        try:
+            os.unlink(os.path.join(aside, os.path.relpath(lock.path, layout.job_root)))
+        except OSError:
+            pass
     logger.warning("restart: the previous job folder {} was moved to {}; the job starts over", layout.job_root, aside)
     return aside
 
@@ -175,6 +194,22 @@ def _holder_alive(holder: dict) -> bool:
     if started is not None and actual is not None and abs(actual - float(started)) > 1.0:
         return False  # the PID was reused by another process
     return True
+
+
+def live_lock_holder(job_root: str) -> Optional[str]:
+    """Who holds the job lock of the folder ``job_root`` (a process on this host that is alive, or
+    any process on another host), or None if nobody does."""
+    try:
+        with open(os.path.join(job_root, "config", LOCK_NAME), "rb") as f:
+            holder = json.loads(f.read().decode() or "{}")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        holder = {}
+    host = holder.get("host")
+    if host and host != socket.gethostname() or not holder or _holder_alive(holder):
+        return f"process {holder.get('pid', '?')} on host {host or '?'}"
+    return None
 
 
 class JobLock:

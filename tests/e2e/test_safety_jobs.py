@@ -203,6 +203,37 @@ def test_same_job_twice_at_once_is_refused_and_stale_lock_taken_over(tmp_path, l
     assert os.path.exists(lock)
 
 
+def test_a_run_refused_while_the_job_runs_leaves_that_run_alone(tmp_path):
+    """A second run of a job that is being run (a Driver or run_job with its id, or a session with
+    ``restart``) is refused before it touches the job: the folder is not moved aside, an attempt's
+    folder in flight is not removed, and the status still says running."""
+    from smallpond.execution.job import make_runtime_ctx
+
+    job_id = str(uuid.uuid4())
+    root = str(tmp_path / "root")
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    first = smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+    try:
+        rt = first.runtime_ctx
+        in_flight = os.path.join(rt.staging_root, "SomeTask", "out.tmp-0123")  # an attempt writing now
+        os.makedirs(in_flight)
+        status_path = rt.job_status_path
+        status = open(status_path).read()
+        with pytest.raises(JobFolderError, match="already being run"):
+            smallpond.init(job_id=job_id, data_root=root, num_executors=1, restart=True)
+        assert not glob.glob(rt.job_root + ".restarted-*"), "the running job's folder was moved aside"
+        ctx = Context()
+        plan = LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select * from {0}"))
+        with pytest.raises(JobFolderError, match="already being run"):
+            run_job(plan, make_runtime_ctx(job_id, None, root), num_workers=1)
+        assert make_runtime_ctx(job_id, None, root).job_root == rt.job_root
+        assert os.path.isdir(in_flight), "the refused run removed an attempt in flight"
+        assert open(status_path).read() == status, "the refused run wrote the job's status"
+        assert first.read_parquet(inputs).count() == 5  # the first run goes on
+    finally:
+        first.shutdown()
+
+
 def test_unreadable_committed_intermediate_is_recomputed(tmp_path, make_rt, log_messages):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
     sink, job_id = str(tmp_path / "sink"), str(uuid.uuid4())
