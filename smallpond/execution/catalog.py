@@ -173,4 +173,9 @@ def remove_job(data_root: str, info: JobInfo) -> None:
     current = describe_job(path)
     if current.state not in FINISHED:
         raise JobLookupError(f"refusing to remove {path}: the job is {current.state}")
+    from smallpond.execution.ownership import live_lock_holder
+
+    holder = live_lock_holder(path)  # whatever .STATUS says, a job that is being run stays
+    if holder is not None:
+        raise JobLookupError(f"refusing to remove {path}: the job is being run by {holder} (it holds the job lock)")
     remove_path(path)

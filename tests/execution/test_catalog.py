@@ -63,3 +63,19 @@ def test_remove_job_refuses_running_jobs_and_non_job_folders(data_root, tmp_path
     done = describe_job(_folder(data_root, "2026-01-01-00-00-00", A, "success"))
     remove_job(data_root, done)
     assert not os.path.exists(done.path)
+
+
+def test_remove_job_refuses_a_job_whose_lock_is_held_whatever_its_status_says(data_root):
+    # .STATUS may be wrong (an older release, a refused second run that wrote it): the lock decides
+    path = _folder(data_root, "2026-01-01-00-00-00", A, "failure")
+    os.makedirs(os.path.join(path, "config"))
+    lock = os.path.join(path, "config", "job.lock")
+    with open(lock, "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": "x"}, f)
+    with pytest.raises(JobLookupError, match=rf"being run by process {os.getpid()}"):
+        remove_job(data_root, describe_job(path))
+    assert os.path.isdir(path)
+    with open(lock, "w") as f:  # its holder is gone: a stale lock does not keep the folder
+        json.dump({"host": socket.gethostname(), "pid": 2**22 + 7, "token": "x"}, f)
+    remove_job(data_root, describe_job(path))
+    assert not os.path.exists(path)
