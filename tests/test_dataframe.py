@@ -369,6 +369,18 @@ def test_map_functions_must_return_rows(sp):
     assert df.flat_map(lambda r: ({"x": r["item"]} for _ in range(2))).take_all() == [{"x": 1}, {"x": 1}, {"x": 2}, {"x": 2}]
 
 
+@pytest.mark.parametrize("hash_by", ["k", "k * 2"])
+def test_repartition_hash_by_a_key_typed_apart_in_two_files(sp, tmp_path, hash_by):
+    # 1 in an int64 file and 1.0 in a double file are one key once the files are unioned, so
+    # they must land in one partition: a GROUP BY per partition returns each key once
+    a, b = str(tmp_path / "a_int.parquet"), str(tmp_path / "b_double.parquet")
+    pq.write_table(pa.table({"k": pa.array(range(30), pa.int64()), "v": [1] * 30}), a)
+    pq.write_table(pa.table({"k": pa.array([float(i) for i in range(30)], pa.float64()), "v": [1] * 30}), b)
+    df = sp.read_parquet([a, b]).repartition(2, by_rows=True).repartition(8, hash_by=hash_by)
+    got = sp.partial_sql("select k, sum(v) as s from {0} group by k", df).to_arrow()
+    assert sorted(zip(got.column("k").to_pylist(), got.column("s").to_pylist())) == [(float(i), 2) for i in range(30)]
+
+
 def test_repartition_both_by_and_hash_by(sp):
     with pytest.raises(ValueError):
         sp.from_items([1]).repartition(2, by="item", hash_by="item")

@@ -144,3 +144,45 @@ def test_a_user_column_named_like_the_internal_partition_column_is_kept(tmp_path
     )
     rows = sorted((r["k"], r["__data_partition__"], r["__sp_partition__"]) for p in parts for r in p)
     assert rows == sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]))
+
+
+_EQUAL_KEYS_TYPED_APART = {
+    "int64 and double": (pa.int64(), pa.float64()),
+    "float and double": (pa.float32(), pa.float64()),
+    "decimal(5,1) and decimal(6,2)": (pa.decimal128(5, 1), pa.decimal128(6, 2)),
+    "int32 and decimal(6,2)": (pa.int32(), pa.decimal128(6, 2)),
+}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("case", sorted(_EQUAL_KEYS_TYPED_APART))
+def test_equal_keys_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine, case):
+    # each file is read by its own producer, with its own type for the key: 1 (int64) and 1.0
+    # (double), or 1.5 (float) and 1.5 (double), must still hash alike, or a GROUP BY per
+    # partition returns the key twice
+    from decimal import Decimal
+
+    first, second = _EQUAL_KEYS_TYPED_APART[case]
+    integral = pa.types.is_integer(first)
+    values = [i if integral else i + 0.5 * (i % 2) for i in range(40)] + [None]
+    paths = []
+    for n, typ in enumerate((first, second)):
+        keys = [None if v is None else Decimal(str(v)) if pa.types.is_decimal(typ) else v for v in values]
+        path = str(tmp_path / f"part{n}.parquet")
+        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
+        paths.append(path)
+
+    def build(ctx):
+        src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
+        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
+
+    parts, _ = _run(make_rt, build)
+    where = {}
+    for i, p in enumerate(parts):
+        for r in p:
+            key = None if r["k"] is None else float(r["k"])
+            where.setdefault(key, set()).add(i)
+    assert len(where) == len(values)
+    assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
+    # every row of both files is there
+    assert sorted(r["file"] for p in parts for r in p) == [0] * len(values) + [1] * len(values)

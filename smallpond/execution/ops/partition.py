@@ -55,12 +55,50 @@ def _internal_column(columns: List[str]) -> str:
     return name
 
 
-def partition_key_expr(node, columns: List[str]) -> (str, str):
+#: DuckDB types whose hash is not a function of the value alone across types: ``hash(1.0::DOUBLE)``,
+#: ``hash(1.0::FLOAT)``, ``hash(1::BIGINT)``, ``hash(1.0::DECIMAL(5,1))`` and
+#: ``hash(1.00::DECIMAL(6,2))`` all differ (integers of any width hash alike)
+_INEXACT_NUMERIC = re.compile(r"(FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC)\b", re.IGNORECASE)
+
+
+def _hash_operand(sql: str, type_name: Optional[str]) -> str:
+    """The value hashed for one hash key ``sql`` of DuckDB type ``type_name``.
+
+    Producers of one partitioning may read the key with different types (an int64 file and a
+    double file; decimal(5,1) and decimal(6,2)), and a consumer unions them by name, so equal
+    values must hash alike whatever their type. Integer keys hash as they are (hash partitions
+    of integer keys are unchanged); a float or decimal key hashes an integral value as that
+    integer, any other value as the hash of its DOUBLE (what a union with a double gives), so
+    ``1``, ``1.0`` and ``1.00`` meet, as do ``1.5::FLOAT`` and ``1.5::DOUBLE``.
+    """
+    if not type_name or not _INEXACT_NUMERIC.match(type_name.strip()):
+        return sql
+    v = f"({sql})"
+    return (
+        f"CASE WHEN {v} = trunc({v}) AND abs({v}) < 9223372036854775807 THEN CAST({v} AS HUGEINT) "
+        f"WHEN {v} IS NOT NULL THEN CAST(hash(CAST({v} AS DOUBLE)) AS HUGEINT) END"
+    )
+
+
+def hash_key_types(conn, src: str, node, columns: List[str]) -> Dict[str, str]:
+    """The DuckDB type of each of a hash partition ``node``'s key columns (or expressions) over
+    the relation ``src`` whose columns are ``columns``; empty for a shuffle."""
+    if node.random_shuffle or node.shuffle_only or not node.hash_columns:
+        return {}
+    exprs = [quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns]
+    rows = conn.execute(f"DESCRIBE SELECT {', '.join(exprs)} FROM {src}").fetchall()
+    return {c: r[1] for c, r in zip(node.hash_columns, rows)}
+
+
+def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]] = None) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
 
     A name the user gave that is a column of the data is quoted as an identifier; any other
     text is an SQL expression the user wrote (``"item % 10"``, ``"random()"``), used as is.
+    ``types`` (:func:`hash_key_types`) are the DuckDB types of the hash keys: float and decimal
+    keys are hashed by value, not by type (:func:`_hash_operand`); without them (the plan check,
+    which only binds the expression) keys are hashed as they are.
     (Also what the plan check binds: :mod:`smallpond.execution.plancheck`.)
     """
     n = node.npartitions
@@ -71,7 +109,10 @@ def partition_key_expr(node, columns: List[str]) -> (str, str):
         if col in columns:
             return f"CAST({quote_identifier(col)} AS BIGINT)", col
         return f"CAST(({sql_fragment(col)}) AS BIGINT)", node.dimension
-    cols = ", ".join(quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns)
+    types = types or {}
+    cols = ", ".join(
+        _hash_operand(quote_identifier(c) if c in columns else sql_fragment(c), types.get(c)) for c in node.hash_columns
+    )
     return f"CAST(hash({cols}) % {n} AS BIGINT)", col
 
 
@@ -111,8 +152,10 @@ class HashPartitionTask(Task):
         node = self.node
         return node.random_shuffle or sql_may_draw_random([node.data_partition_column, *node.hash_columns, *(ds.columns or [])])
 
-    def _key_expr(self, columns: List[str]) -> (str, str):
-        return partition_key_expr(self.node, columns)
+    def _key_expr(self, columns: List[str], conn=None, src: Optional[str] = None) -> (str, str):
+        """The partition index expression over ``src`` (read through ``conn``) with ``columns``."""
+        types = hash_key_types(conn, src, self.node, columns) if conn is not None else None
+        return partition_key_expr(self.node, columns, types)
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
@@ -142,7 +185,7 @@ class HashPartitionTask(Task):
                 src = f"__sp_fused_{int(self.id)}"
             described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             columns = [r[0] for r in described]
-            expr, col = self._key_expr(columns)
+            expr, col = self._key_expr(columns, conn, src)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
             # (as upstream does) unless drop_partition_column is set
             computed_key = node.shuffle_only and node.data_partition_column not in columns
@@ -239,12 +282,21 @@ class HashPartitionTask(Task):
             body_names = list(columns)
         if direct:
             write_col = False
-        self._current_sql = f"SELECT {expr} FROM <batch>"
         conn = (
             None
             if direct
             else open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=True, seeded=self._draws_random(ds))
         )
+        if conn is not None:
+            # the keys' types, as the DuckDB engine sees them, decide how they are hashed
+            conn.register("__sp_batch", reader.schema.empty_table())
+            try:
+                expr, _ = self._key_expr(columns, conn, "__sp_batch")
+                conn.unregister("__sp_batch")
+            except BaseException:
+                conn.close()
+                raise
+        self._current_sql = f"SELECT {expr} FROM <batch>"
         dir_col = col if _IDENT.fullmatch(col) and not keep else "__sp_partition__"
         writer = _PartitionWriters(self, output_dir, col, dir_col, n, write_col, min(32 * MB, batch_bytes))
         try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from smallpond.common import quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
@@ -230,7 +230,7 @@ class RangePartitionTask(HashPartitionTask):
                 ) from e
             raise
 
-    def _key_expr(self, columns: List[str]) -> (str, str):
+    def _key_expr(self, columns: List[str], conn=None, src: Optional[str] = None) -> (str, str):
         node = self.node
         self._key = key_column_of(node, columns)
         return range_index_sql(quote_identifier(self._key), self._points, node.npartitions), node.data_partition_column
