@@ -468,7 +468,7 @@ class Driver:
             job.record_error(e)
             return None  # the summary below says what failed, once
         finally:
-            # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
+            # intermediates stay unless asked; what a published result lists stays even then (retention.py)
             job.finish(ok, remove_intermediates=a.remove_output_root)
             if job.events is not None:
                 sys.stdout.flush()

@@ -268,10 +268,10 @@ class Job:
         """Stop the executor and write the final status.
 
         On success, ``remove_intermediates`` removes queue/, temp/ and staging/ (a session, whose
-        results were read already), and ``remove_output_root`` output/ as well; the sinks' commit
-        records are kept in config/ (:func:`~smallpond.execution.ops.sink.park_publication_records`).
+        results were read already), and ``remove_output_root`` output/ as well, except the files a
+        published result lists; the commit records of the sinks and of the tasks whose files are
+        kept move to config/ (:mod:`~smallpond.execution.retention`).
         """
-        from smallpond.execution.ops.sink import park_publication_records
 
         if self.finished:
             return
@@ -299,8 +299,7 @@ class Job:
                 self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
                 self.report_path = _write_report(rt, self.events.whole_history(), status)
             if ok and (remove_intermediates or remove_output_root):
-                park_publication_records(rt)  # a rerun of this job must not publish its sinks again
-                rt.cleanup(remove_output_root=remove_output_root)
+                rt.cleanup(remove_output_root=remove_output_root)  # keeps what published results list
             if rt.task_cache and self.task_cache_max_bytes is not None:
                 self._bound_cache()
             if self.interrupted:
@@ -398,7 +397,8 @@ class Job:
         for k in keys:
             task = st.tasks[k]
             finals[k] = staged_to_final(rt, task, st.done[k])
-            data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0)
+            # where it is published: the clean-up keeps the files a surviving result lists
+            data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0, output_path=task.node.output_path)
             prepared.append((task, {"path": commit_path(rt, k), "data": data}))
         publish(rt, prepared)
         for k in keys:
@@ -590,8 +590,8 @@ def run_job(
         ok = True
         return exec_plan
     finally:
-        # FinalResults may be a manifest of files in staging/: intermediates stay unless asked
-        # (upstream's --remove_output_root removes them, and keeps output/)
+        # intermediates stay unless asked; what a published result lists (FinalResults may be a
+        # manifest of files in staging/) stays even then (retention.py)
         job.finish(ok, remove_intermediates=remove_output_root)
 
 

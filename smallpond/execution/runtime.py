@@ -452,13 +452,11 @@ class RuntimeContext:
         self.exec_id = exec_id or self.exec_id or socket.gethostname()
 
     def cleanup(self, remove_output_root: bool = True) -> None:
-        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job."""
-        from smallpond.io.filesystem import remove_path
+        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job, but
+        for the files a published result lists (:mod:`~smallpond.execution.retention`)."""
+        from smallpond.execution.retention import remove_intermediates
 
-        for d in (self.queue_root, self.temp_root, self.staging_root):
-            remove_path(d)
-        if remove_output_root:
-            remove_path(self.output_root)
+        remove_intermediates(self, remove_output_root=remove_output_root)
 
     def cleanup_root(self) -> None:
         from smallpond.io.filesystem import remove_path

@@ -687,29 +687,40 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     roll_forward(runtime_ctx, journal)
 
 
-def park_publication_records(runtime_ctx) -> int:
-    """Move the commit records of the job's sinks out of ``staging/`` (which a session removes at
-    shutdown) into ``config/published/``; :func:`restore_publication_records` brings them back
-    when the job starts again. Returns how many were moved.
+def park_publication_records(runtime_ctx, names: Optional[Sequence[str]] = None) -> int:
+    """Move commit records out of ``staging/`` (which a finished job may remove) into
+    ``config/published/``; :func:`restore_publication_records` brings them back when the job
+    starts again. ``names``: the record files to move (default: every sink's). Returns how many
+    were moved.
 
     A sink is complete if and only if its record exists. Without it, a rerun of a session that
     finished (after a crash once its shutdown had removed the intermediates, as the README
     advises) would be a new job and publish its sinks again: ``mode="append"`` would add the rows
     twice. With it, the rerun finds those sinks published, as a Driver job rerun with the same
-    ``--job_id`` does. A sink of a changed plan has another fingerprint and runs. Each record is
-    moved by a rename, so a crash leaves it in one of the two places.
+    ``--job_id`` does. A sink of a changed plan has another fingerprint and runs. The clean-up
+    (:mod:`~smallpond.execution.retention`) also parks the records of the tasks whose files a
+    published result lists, so that a rerun resumes them rather than replacing those files.
+    Each record is moved by a rename, so a crash leaves it in one of the two places.
     """
     src = runtime_ctx.completed_task_dir
-    prefix = f"{DataSinkTask.__name__}-"  # a task's key is "{its class}-{its id}" (Task.__init__)
-    try:
-        names = [n for n in os.listdir(src) if n.startswith(prefix) and n.endswith(".commit")]
-    except FileNotFoundError:
+    if names is None:
+        prefix = f"{DataSinkTask.__name__}-"  # a task's key is "{its class}-{its id}" (Task.__init__)
+        try:
+            names = [n for n in os.listdir(src) if n.startswith(prefix) and n.endswith(".commit")]
+        except FileNotFoundError:
+            return 0
+    if not names:
         return 0
     dst = runtime_ctx.published_records_dir
     os.makedirs(dst, mode=0o700, exist_ok=True)
+    moved = 0
     for name in names:
-        os.replace(os.path.join(src, name), os.path.join(dst, name))
-    return len(names)
+        try:
+            os.replace(os.path.join(src, name), os.path.join(dst, name))
+            moved += 1
+        except FileNotFoundError:
+            pass
+    return moved
 
 
 def restore_publication_records(runtime_ctx) -> None:

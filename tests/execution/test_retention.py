@@ -1,0 +1,95 @@
+"""Removing a finished job's intermediates (retention.py) never leaves a published result dangling."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    ArrowComputeNode,
+    Context,
+    DataSinkNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LogicalPlan,
+    SqlEngineNode,
+)
+
+
+def _inputs(tmp_path):
+    paths = []
+    for i in range(3):
+        path = str(tmp_path / f"in{i}.parquet")
+        pq.write_table(pa.table({"host": [f"h{(i + j) % 5}" for j in range(4)], "v": list(range(4))}), path)
+        paths.append(path)
+    return paths
+
+
+def _same(runtime_ctx, tables):
+    return tables[0]
+
+
+def _plan(inputs):
+    """The tester's job: a named output (``counted``) between unnamed SQL, FinalResults a manifest."""
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(inputs))
+    parts = HashPartitionNode(ctx, (src,), npartitions=4, hash_columns=["host"])
+    counts = SqlEngineNode(ctx, (parts,), "select host, count(*) as c from {0} group by host")
+    named = ArrowComputeNode(ctx, (counts,), process_func=_same, output_name="counted")
+    return LogicalPlan(ctx, SqlEngineNode(ctx, (named,), "select * from {0}"))
+
+
+def _rt(tmp_path):
+    return make_runtime_ctx("ror", None, str(tmp_path / "root"), task_cache="off", console_log_level="WARNING")
+
+
+def _published(job_root):
+    """{output name: rows} of every manifest under output/, asserting each lists files that exist."""
+    out = {}
+    for manifest in sorted(glob.glob(os.path.join(job_root, "output", "*", ".MANIFEST.txt"))):
+        listed = [ln.strip() for ln in open(manifest) if ln.strip()]
+        missing = [p for p in listed if not os.path.exists(p)]
+        assert listed and not missing, (manifest, missing)
+        out[os.path.basename(os.path.dirname(manifest))] = sum(pq.read_metadata(p).num_rows for p in listed)
+    return out
+
+
+def test_remove_output_root_keeps_what_published_results_list_and_a_rerun_keeps_them_valid(tmp_path):
+    inputs = _inputs(tmp_path)
+    run_job(_plan(inputs), _rt(tmp_path), num_workers=1, remove_output_root=True)
+    job_root = _rt(tmp_path).job_root
+    assert _published(job_root) == {"FinalResults": 5, "counted": 5}
+    # the intermediates nothing published lists are gone: of staging/ only FinalResults' files stay
+    kept = {p.split(os.sep)[-3] for p in glob.glob(os.path.join(job_root, "staging", "*", "*", "*"))}
+    assert kept == {"SqlEngineNode.000005"}, kept
+    assert not os.path.exists(os.path.join(job_root, "staging", "completed_tasks"))
+
+    # the same command again (resume), with the flag and without: still valid, nothing recomputed
+    before = {p: os.stat(p).st_ino for p in glob.glob(os.path.join(job_root, "*", "*", "*", "*.parquet"))}
+    for flag in (True, False):
+        run_job(_plan(inputs), _rt(tmp_path), num_workers=1, remove_output_root=flag)
+        assert _published(job_root) == {"FinalResults": 5, "counted": 5}
+    after = {p: os.stat(p).st_ino for p in glob.glob(os.path.join(job_root, "*", "*", "*", "*.parquet"))}
+    assert after == before
+
+
+def test_a_manifest_sink_outside_the_job_survives_a_clean_up_of_staging_and_output(tmp_path):
+    inputs = _inputs(tmp_path)
+    dest = str(tmp_path / "listed")
+
+    def plan():
+        ctx = Context()
+        sql = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), "select v * 2 as w from {0}")
+        return LogicalPlan(ctx, DataSinkNode(ctx, (sql,), dest, type="manifest"))
+
+    run_job(plan(), _rt(tmp_path), num_workers=1)
+    rt = _rt(tmp_path)
+    rt.cleanup(remove_output_root=True)  # as a session's shutdown does
+    listed = [ln.strip() for ln in open(os.path.join(dest, ".MANIFEST.txt")) if ln.strip()]
+    assert listed and sum(pq.read_metadata(p).num_rows for p in listed) == 12
+    assert not os.path.exists(rt.output_root) and not os.path.exists(rt.queue_root)
