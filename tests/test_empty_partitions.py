@@ -154,3 +154,26 @@ def test_inference_runs_the_function_on_sample_rows_of_another_partition(sp, pri
     for r in got:
         merged[r["key"]] = merged.get(r["key"], 0) + r["c"]
     assert merged == {"A": 400, "B": 700, "C": 400}
+
+
+def test_skip_task_with_empty_input_skips_hash_partitions_no_key_fell_into(tmp_path):
+    """A hash partition no key fell into holds a placeholder file (its columns, no rows): with
+    ``skip_task_with_empty_input`` a SQL task over it writes nothing, like over one with no files."""
+    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, HashPartitionNode, LogicalPlan, SqlEngineNode
+
+    path = str(tmp_path / "two_keys.parquet")
+    pq.write_table(pa.table({"k": ["a", "b", "a", "b"], "v": [1, 2, 3, 4]}), path)
+
+    def counts(skip: bool):
+        ctx = Context()
+        parts = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), npartitions=6, hash_columns=["k"])
+        sql = SqlEngineNode(ctx, (parts,), "select {__data_partition__} as p, count(*) as n from {0}")
+        rt = make_runtime_ctx(f"skip-{skip}", None, str(tmp_path / "root"), task_cache="off", skip_task_with_empty_input=skip)
+        out = run_job(LogicalPlan(ctx, sql), rt, num_workers=1).final_output
+        return sorted((r["p"], r["n"]) for r in out.to_arrow_table().to_pylist())
+
+    everything = counts(False)
+    assert len(everything) == 6 and sum(n for _, n in everything) == 4  # 2 keys in 6 partitions: 4+ empty
+    assert counts(True) == [(p, n) for p, n in everything if n > 0]

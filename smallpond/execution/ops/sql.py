@@ -32,6 +32,40 @@ def columns_unknown(ds: DataSet) -> bool:
     return not getattr(ds, "_schema_path", None)
 
 
+def holds_no_rows(ds: DataSet) -> bool:
+    """Whether input ``ds`` has no rows, for ``skip_task_with_empty_input``: it has no files, or
+    it is Parquet and every file's footer counts no rows.
+
+    The second case is the usual empty partition: a partition producer gives a partition no row
+    fell into a placeholder file with the columns and no rows (so its columns are known), and
+    such a partition is as empty as one without files. Only read when the option is on: one footer
+    per file (a few hundred bytes, no pyarrow needed), stopping at the first file with rows.
+    """
+    if ds.empty:
+        return True
+    if not isinstance(ds, ParquetDataSet):
+        return False
+    ranges = getattr(ds, "_resolved_row_ranges", None)
+    if ranges is not None:  # row ranges (a split by rows): their counts, not the whole files'
+        return all(r.num_rows == 0 for r in ranges)
+    from smallpond.io.parquet_footer import read_row_summary
+
+    try:
+        for path in ds.resolved_paths:
+            summary = read_row_summary(path)
+            if summary is None:  # a footer this reader does not parse: pyarrow's
+                import pyarrow.parquet as pq
+
+                num_rows = pq.read_metadata(path).num_rows
+            else:
+                num_rows = summary[0]
+            if num_rows > 0:
+                return False
+    except Exception:  # an unreadable input: the query fails on it, with the file named
+        return False
+    return True
+
+
 def without_placeholder_column(conn, sql: str):
     """``sql`` less the placeholder column, and whether it had one.
 
@@ -77,7 +111,7 @@ class SqlEngineTask(Task):
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
-        if runtime_ctx.skip_task_with_empty_input and any(d.empty for d in inputs):
+        if runtime_ctx.skip_task_with_empty_input and any(holds_no_rows(d) for d in inputs):
             return ParquetDataSet.from_files([])
         batches = [inputs]
         if node.batched_processing and len(inputs) == 1 and isinstance(inputs[0], ParquetDataSet) and not inputs[0].empty:
