@@ -75,26 +75,38 @@ def _records(rt: RuntimeContext) -> Dict[str, dict]:
 
 
 def retained(rt: RuntimeContext, remove_output_root: bool) -> Tuple[Set[str], List[str]]:
-    """What survives the clean-up: (task output folders kept, names of the records to park)."""
+    """What survives the clean-up: (task output folders kept, names of the records to park).
+
+    Parked: a sink's record when every file it lists survives (so a rerun does not publish it
+    again), and a task's record when the folder it wrote survives (so a rerun does not write a new
+    one and remove this one as an orphan). A task that wrote no folder (metadata only) is cheap to
+    redo and removes nothing when it is: its record goes with staging/.
+    """
     roots = [os.path.abspath(rt.staging_root)] + ([os.path.abspath(rt.output_root)] if remove_output_root else [])
+
+    def removed(path: str) -> bool:
+        return any(_inside(path, r) for r in roots)
+
     records = _records(rt)
-    files = {name: _files(r.get("dataset")) for name, r in records.items()}
+    sinks = {name: _files(r.get("dataset")) for name, r in records.items() if name.startswith(_SINK_PREFIX)}
     keep: Set[str] = set()
-    for name, record in records.items():
-        if not name.startswith(_SINK_PREFIX):
-            continue
-        dest = record.get("output_path")
-        if dest is not None and any(_inside(os.path.abspath(dest), r) for r in roots):
+    for name, files in sinks.items():
+        dest = records[name].get("output_path")
+        if dest is not None and removed(os.path.abspath(dest)):
             continue  # the published result is removed as a whole
-        for f in files[name] or ():
+        for f in files or ():
             d = _attempt_dir(f, roots)
             if d is not None:
                 keep.add(d)
     park = []
-    for name, fs in files.items():
-        if fs is None or not fs:
+    for name, record in records.items():
+        if name in sinks:
+            files = sinks[name]
+            if files and all(not removed(f) or _attempt_dir(f, roots) in keep for f in files):
+                park.append(name)
             continue
-        if all(not any(_inside(f, r) for r in roots) or _attempt_dir(f, roots) in keep for f in fs):
+        folder = record.get("output_dir")
+        if folder and (not removed(os.path.abspath(folder)) or os.path.abspath(folder) in keep):
             park.append(name)
     return keep, park
 
