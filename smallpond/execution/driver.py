@@ -86,7 +86,9 @@ class Driver:
 
     @staticmethod
     def _add_driver_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("mode", nargs="?", choices=MODES, default="scheduler", help="scheduler (default), executor or ray")
+        # required, as upstream's (so `mode --flags in1 in2` gives a user positional in1 in2);
+        # parse_arguments supplies "scheduler" when a command line names no mode
+        p.add_argument("mode", choices=MODES, help="scheduler (the default when none is given), executor or ray")
         p.add_argument("--exec_id", default=socket.gethostname())
         p.add_argument("--job_id", default=None, help="job id (a UUID or any string); reuse it to resume a job")
         p.add_argument("--job_time", type=float, default=None, help="job time as epoch seconds")
@@ -246,7 +248,7 @@ class Driver:
         for a in required:
             a.required = False
         try:
-            ns = self.driver_parser.parse_args(args)
+            ns = self._parse_with_mode(args)
         finally:
             for a in required:
                 a.required = True
@@ -257,12 +259,47 @@ class Driver:
         self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
         # a user argument that reuses a driver option's name replaces it (conflict_handler
         # "resolve"); the driver then runs with that option's default
-        driver_defaults = argparse.ArgumentParser(add_help=False)
-        self._add_driver_arguments(driver_defaults)
-        driver = vars(driver_defaults.parse_args([]))
+        driver = self._driver_defaults()
         driver.update({k: v for k, v in vars(ns).items() if k not in user_dests})
         self.driver_args = argparse.Namespace(**driver)
         return self.user_args, self.driver_args
+
+    def _parse_with_mode(self, args: List[str]) -> argparse.Namespace:
+        """Parse ``args``; a command line that names no mode runs ``scheduler``.
+
+        The mode is a required positional, as upstream's: so in ``scheduler --job_id X in1 in2``
+        the mode takes ``scheduler`` and a user positional ``in1 in2`` (an optional mode would
+        take ``scheduler`` with the user positional and leave ``in1 in2`` unrecognized). A
+        command line without a mode (``-i a.parquet``, ``in1 in2``, ``--name ray``) fails that
+        parse and is parsed again as ``scheduler`` followed by it.
+        """
+        parser = self.driver_parser
+        if args and args[0] in MODES:
+            return parser.parse_args(args)
+
+        class _Failed(Exception):
+            pass
+
+        def fail(message):
+            raise _Failed(message)
+
+        parser.error = fail  # (an instance attribute: argparse calls self.error on a bad command line)
+        try:
+            return parser.parse_args(args)
+        except _Failed as first:
+            error = str(first)
+        finally:
+            del parser.error
+        user_positionals = [a for a in self.user_parser._actions if not a.option_strings]
+        if args and not args[0].startswith("-") and not user_positionals:
+            parser.error(error)  # a misspelt mode ("bogus_mode"): say so, not "unrecognized arguments"
+        return parser.parse_args(["scheduler", *args])
+
+    def _driver_defaults(self) -> Dict[str, object]:
+        """The Driver's own value of each of its options when the command line gives none."""
+        defaults = argparse.ArgumentParser(add_help=False)
+        self._add_driver_arguments(defaults)
+        return vars(defaults.parse_args(["scheduler"]))
 
     def _ensure_parsed(self) -> None:
         if self.driver_args is None:
@@ -305,9 +342,7 @@ class Driver:
     def unused_flags(self) -> List[str]:
         """The no-effect options (:data:`NO_EFFECT`) this command line used."""
         self._ensure_parsed()
-        defaults = argparse.ArgumentParser(add_help=False)
-        self._add_driver_arguments(defaults)
-        default_values = vars(defaults.parse_args([]))
+        default_values = self._driver_defaults()
         user_dests = {a.dest for a in self.user_parser._actions}
         used = []
         for action in self.driver_parser._actions:

@@ -63,11 +63,48 @@ def test_a_user_argument_stored_as_mode_is_refused():
     assert vars(user) == {"write_mode": "append"} and driver.mode == "scheduler"
 
 
+def test_user_positionals_follow_the_mode_and_driver_flags_in_upstream_order():
+    # upstream's mode is a required positional: `job.py scheduler --job_id X in1 in2` gives the
+    # script's positional in1 in2 (an optional mode left them "unrecognized")
+    def positional_driver() -> Driver:
+        d = Driver()
+        d.add_argument("input_paths", nargs="+")
+        d.add_argument("--name", default="n")
+        return d
+
+    for argv, mode in (
+        (["scheduler", "--job_id", "X", "in1", "in2"], "scheduler"),
+        (["scheduler", "--task_cache", "off", "in1", "in2"], "scheduler"),
+        (["ray", "--job_id", "X", "in1", "in2"], "ray"),
+        (["--job_id", "X", "scheduler", "in1", "in2"], "scheduler"),
+        (["scheduler", "in1", "in2"], "scheduler"),
+        (["in1", "in2"], "scheduler"),  # no mode: scheduler, as before
+        (["--job_id", "X", "in1", "in2"], "scheduler"),
+    ):
+        user, driver = positional_driver().parse_arguments(argv)
+        assert (driver.mode, user.input_paths) == (mode, ["in1", "in2"]), argv
+    # a user option whose value is a mode's name, with no mode given
+    user, driver = positional_driver().parse_arguments(["--name", "ray", "in1"])
+    assert (driver.mode, user.name, user.input_paths) == ("scheduler", "ray", ["in1"])
+    # an executor is given no user arguments
+    user, driver = positional_driver().parse_arguments(["executor", "--job_id", "j", "--data_root", "/tmp/x"])
+    assert driver.mode == "executor" and driver.job_id == "j"
+
+
+def test_mode_is_optional_for_scripts_without_positionals():
+    _, driver = make_driver().parse_arguments(["--job_id", "X", "-i", "a", "b"])
+    assert driver.mode == "scheduler" and driver.job_id == "X"
+    user, driver = make_driver().parse_arguments(["-i", "scheduler", "-n", "2"])
+    assert driver.mode == "scheduler" and user.input_paths == ["scheduler"]
+    user, driver = make_driver().parse_arguments(["-n", "2", "executor"])
+    assert driver.mode == "executor" and user.npartitions == 2
+
+
 def test_unknown_mode_is_rejected(capsys):
     with pytest.raises(SystemExit) as info:
         make_driver().parse_arguments(["bogus_mode"])
     assert info.value.code == 2
-    assert "bogus_mode" in capsys.readouterr().err
+    assert "invalid choice: 'bogus_mode'" in capsys.readouterr().err
 
 
 EMBEDDED_DRIVER_JOB = """
