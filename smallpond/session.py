@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from smallpond.common import SWITCH_OFF, SWITCH_ON, env_setting, import_in_background, logger
+from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
+from smallpond.execution.env_settings import setting
 from smallpond.execution.progress import console_listeners
 from smallpond.execution.runtime import resolve_job, resolve_task_cache
 from smallpond.execution.summary import want_session_summary
@@ -79,49 +80,37 @@ class Config:
         if unknown:
             # upstream handed extra arguments to the platform launcher; scripts may pass them
             warnings.warn(f"smallpond.init(): ignoring arguments this backend does not use: {sorted(unknown)}", stacklevel=4)
-        env = os.environ
-
-        def pick(arg, var, default, convert=lambda x: x):
-            if arg is not None:
-                return arg
-            if env.get(var):
-                try:
-                    return convert(env[var])
-                except ValueError:
-                    raise ParameterError(f"environment variable {var}={env[var]!r} is not valid") from None
-            return default
-
         jid, jt, root = resolve_job(job_id, job_time, data_root)
-        seed = pick(random_seed, "SP_RANDOM_SEED", None, int)
+        seed = setting(random_seed, "random_seed", None)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
             raise ParameterError(f"random_seed must be an integer, got {seed!r}")
-        cache_bound = pick(task_cache_max_bytes, "SP_TASK_CACHE_MAX_BYTES", None, int)
+        cache_bound = setting(task_cache_max_bytes, "task_cache_max_bytes", None)
         if cache_bound is not None and (isinstance(cache_bound, bool) or not isinstance(cache_bound, int) or cache_bound < 0):
             raise ParameterError(f"task_cache_max_bytes must be a number of bytes >= 0, got {cache_bound!r}")
-        nexec = pick(num_executors, "SP_NUM_EXECUTORS", 0, int)
+        nexec = setting(num_executors, "num_executors", 0)
         if isinstance(nexec, bool) or not isinstance(nexec, int) or nexec < 0:
             raise ParameterError(f"num_executors must be a non-negative integer, got {nexec!r}")
         return Config(
-            job_id=str(job_id if job_id else env.get("SP_JOBID") or jid),
+            job_id=str(job_id if job_id else os.environ.get("SP_JOBID") or jid),
             job_time=jt,
             data_root=root,
             num_executors=nexec,
-            ray_address=pick(ray_address, "SP_RAY_ADDRESS", None),
-            bind_numa_node=bool(pick(bind_numa_node, "SP_BIND_NUMA_NODE", False, lambda v: v == "1")),
-            platform=pick(platform, "SP_PLATFORM", None),
-            memory_allocator=pick(memory_allocator, "SP_MEMORY_ALLOCATOR", "system"),
+            ray_address=setting(ray_address, "ray_address", None),
+            bind_numa_node=bool(setting(bind_numa_node, "bind_numa_node", False)),
+            platform=setting(platform, "platform", None),
+            memory_allocator=setting(memory_allocator, "memory_allocator", "system"),
             remove_output_root=_remove_output_root,
             job_name=job_name,
-            console_log_level=pick(console_log_level, "SP_CONSOLE_LOG_LEVEL", "WARNING"),
-            fault_inject_prob=float(pick(fault_inject_prob, "SP_FAULT_INJECT_PROB", 0.0, float)),
-            max_retry_count=int(pick(max_retry_count, "SP_MAX_RETRY_COUNT", 5, int)),
-            max_fail_count=int(pick(max_fail_count, "SP_MAX_FAIL_COUNT", 3, int)),
+            console_log_level=setting(console_log_level, "console_log_level", "WARNING"),
+            fault_inject_prob=float(setting(fault_inject_prob, "fault_inject_prob", 0.0)),
+            max_retry_count=int(setting(max_retry_count, "max_retry_count", 5)),
+            max_fail_count=int(setting(max_fail_count, "max_fail_count", 3)),
             restart=bool(restart),
-            speculative_exec=pick(speculative_exec, "SP_SPECULATIVE_EXEC", "disable"),
+            speculative_exec=setting(speculative_exec, "speculative_exec", "disable"),
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
-            elastic_threads=bool(pick(elastic_threads, "SP_ELASTIC_THREADS", False, lambda v: v.lower() in SWITCH_ON)),
+            elastic_threads=bool(setting(elastic_threads, "elastic_threads", False)),
         )
 
 

@@ -25,6 +25,13 @@ Modes:
 * ``ray``: the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
   ``SP_RAY_ADDRESS``, else Ray's default.
 
+Settings: a flag wins, then its ``SP_*`` environment variable, as for ``smallpond.init()``
+(:mod:`smallpond.execution.env_settings`: ``SP_NUM_EXECUTORS``, ``SP_PLATFORM``,
+``SP_MAX_RETRY_COUNT``, ``SP_MAX_FAIL_COUNT``, ``SP_FAULT_INJECT_PROB``, ``SP_SPECULATIVE_EXEC``,
+``SP_RANDOM_SEED``, ``SP_CONSOLE_LOG_LEVEL``, ``SP_ELASTIC_THREADS``, ``SP_TASK_CACHE_MAX_BYTES``;
+``SP_JOBID``, ``SP_JOB_TIME``, ``SP_DATA_ROOT``, ``SP_TASK_CACHE``; ``SP_RAY_ADDRESS`` in ``ray``
+mode), then the default.
+
 The process exits 0 on success and non-zero (70, EX_SOFTWARE) on failure. Rerunning with the
 same ``--job_id`` and ``--data_root`` resumes the job: committed tasks are not run again.
 """
@@ -38,6 +45,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
+from smallpond.execution.env_settings import DRIVER_ENV_SETTINGS, ENV_SETTINGS, env_value
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -67,6 +75,14 @@ NO_EFFECT = (
     "enforce_memory_limit",
     "share_log_analytics",
 )
+
+#: settings whose ``SP_*`` variable changes nothing in this build, with the value that asks for nothing
+NO_EFFECT_ENV = {"bind_numa_node": False, "memory_allocator": "system"}
+
+
+def unused_env_settings() -> List[str]:
+    """The ``SP_*`` variables set to a value that has no effect in this build (as their flags)."""
+    return [ENV_SETTINGS[name][0] for name, default in NO_EFFECT_ENV.items() if env_value(name) not in (None, default)]
 
 
 class Driver:
@@ -247,6 +263,10 @@ class Driver:
         required = [a for a in self.driver_parser._actions if a.required and a.dest in user_dests]
         for a in required:
             a.required = False
+        env = self._env_settings()
+        defaults = self._driver_defaults()
+        # an SP_* variable stands in for its flag: the flag wins, then the variable, then the default
+        self.driver_parser.set_defaults(**{k: env.get(k, defaults[k]) for k in DRIVER_ENV_SETTINGS if k not in user_dests})
         try:
             ns = self._parse_with_mode(args)
         finally:
@@ -259,7 +279,7 @@ class Driver:
         self.user_args = argparse.Namespace(**{k: v for k, v in vars(ns).items() if k in user_dests})
         # a user argument that reuses a driver option's name replaces it (conflict_handler
         # "resolve"); the driver then runs with that option's default
-        driver = self._driver_defaults()
+        driver = {**defaults, **env}
         driver.update({k: v for k, v in vars(ns).items() if k not in user_dests})
         self.driver_args = argparse.Namespace(**driver)
         return self.user_args, self.driver_args
@@ -294,6 +314,32 @@ class Driver:
         if args and not args[0].startswith("-") and not user_positionals:
             parser.error(error)  # a misspelt mode ("bogus_mode"): say so, not "unrecognized arguments"
         return parser.parse_args(["scheduler", *args])
+
+    def _env_settings(self) -> Dict[str, object]:
+        """The Driver settings the ``SP_*`` environment gives (:data:`DRIVER_ENV_SETTINGS`), by dest."""
+        from smallpond.errors import ParameterError
+
+        found = {}
+        choices = {a.dest: a.choices for a in self._driver_actions() if a.choices}
+        for dest in DRIVER_ENV_SETTINGS:
+            try:
+                value = env_value(dest)
+            except ParameterError as e:
+                self.driver_parser.error(str(e))
+            if value is None:
+                continue
+            if dest in choices and value not in choices[dest]:
+                var = ENV_SETTINGS[dest][0]
+                self.driver_parser.error(
+                    f"environment variable {var}={value!r} is not valid: choose from {', '.join(choices[dest])}"
+                )
+            found[dest] = value
+        return found
+
+    def _driver_actions(self) -> List[argparse.Action]:
+        defaults = argparse.ArgumentParser(add_help=False)
+        self._add_driver_arguments(defaults)
+        return defaults._actions
 
     def _driver_defaults(self) -> Dict[str, object]:
         """The Driver's own value of each of its options when the command line gives none."""
@@ -368,7 +414,7 @@ class Driver:
 
         self._ensure_parsed()
         a = self.driver_args
-        unused = self.unused_flags()
+        unused = self.unused_flags() + unused_env_settings()
         if unused:
             logger.warning("these driver options have no effect in this build and are ignored: {}", ", ".join(unused))
         if tags:
