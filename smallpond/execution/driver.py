@@ -45,7 +45,7 @@ import sys
 from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
-from smallpond.execution.env_settings import DRIVER_ENV_SETTINGS, ENV_SETTINGS, env_value
+from smallpond.execution.env_settings import DRIVER_ENV_SETTINGS, ENV_SETTINGS, env_value, non_negative_int
 
 EX_OK = 0
 EX_SOFTWARE = 70
@@ -85,6 +85,14 @@ def unused_env_settings() -> List[str]:
     return [ENV_SETTINGS[name][0] for name, default in NO_EFFECT_ENV.items() if env_value(name) not in (None, default)]
 
 
+def _executor_count(text: str) -> int:
+    """``--num_executors``: a count, 0 for one per usable CPU (argparse names the flag)."""
+    try:
+        return non_negative_int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0: one per usable CPU), got {text!r}") from None
+
+
 class Driver:
     """Parses driver and user arguments and runs a LogicalPlan."""
 
@@ -120,7 +128,7 @@ class Driver:
         p.add_argument("--runtime_ctx_path", default=None)
         p.add_argument(
             "--num_executors",
-            type=int,
+            type=_executor_count,
             default=0,
             help="worker processes, or executors a --platform starts (0: one per usable CPU)",
         )
@@ -272,6 +280,12 @@ class Driver:
         finally:
             for a in required:
                 a.required = True
+        if "env_variables" not in user_dests:
+            bad = [kv for kv in ns.env_variables if "=" not in kv or kv.startswith("=")]
+            if bad:
+                self.driver_parser.error(
+                    f"argument --env_variables: expected NAME=VALUE entries, got {', '.join(map(repr, bad))}"
+                )
         missing = [a for a in required if getattr(ns, a.dest, None) is None]
         if missing and ns.mode != "executor":
             names = ", ".join("/".join(a.option_strings) or a.dest for a in missing)
@@ -390,16 +404,28 @@ class Driver:
         self._ensure_parsed()
         default_values = self._driver_defaults()
         user_dests = {a.dest for a in self.user_parser._actions}
+        actions = [
+            a for a in self.driver_parser._actions if a.dest in NO_EFFECT and a.dest not in user_dests and a.option_strings
+        ]
+
+        def given(action) -> bool:
+            return any(arg == o or arg.startswith(o + "=") for o in action.option_strings for arg in self._argv)
+
+        given_dests = {a.dest for a in actions if given(a)}
         used = []
-        for action in self.driver_parser._actions:
-            if action.dest not in NO_EFFECT or action.dest in user_dests or not action.option_strings:
-                continue
-            given = any(arg == o or arg.startswith(o + "=") for o in action.option_strings for arg in self._argv)
-            changed = getattr(self.driver_args, action.dest, None) != default_values.get(action.dest)
-            if given or changed:
-                name = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
-                if name not in used:
-                    used.append(name)
+        for action in actions:
+            value = getattr(self.driver_args, action.dest, None)
+            if not given(action):
+                # a value changed without the option spelt out (an abbreviation, --mall): named by
+                # the option of its dest that sets that value, never by its opposite
+                # (--disable_log_analytics is not --enable_log_analytics)
+                if action.dest in given_dests or value == default_values.get(action.dest):
+                    continue
+                if action.nargs == 0 and action.const != value:
+                    continue
+            name = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+            if name not in used:
+                used.append(name)
         return used
 
     # -- running ---------------------------------------------------------------------------------

@@ -111,6 +111,8 @@ def make_executor(
     ``num_workers`` caps the attempts run at once (default: one per CPU, of this machine or of the
     Ray cluster). Ray is imported only here, only when asked for.
     """
+    if num_workers is not None and (isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0):
+        raise ParameterError(f"num_executors must be a non-negative integer (0: one per usable CPU), got {num_workers!r}")
     if platform not in EMBEDDED_PLATFORMS:
         if backend == "ray":
             raise ParameterError(

@@ -183,3 +183,40 @@ def test_options_without_effect_are_marked_in_help_and_warned_about_once(tmp_pat
     log_line = next(ln for ln in err.splitlines() if ln.strip().startswith("task log:"))
     assert os.path.exists(log_line.split("task log:", 1)[1].strip())
     assert "failed in" in err and "report.html" in err
+
+
+def test_an_env_variables_entry_without_a_value_is_an_error_naming_it(capsys):
+    with pytest.raises(SystemExit) as info:
+        make_driver().parse_arguments(["scheduler", "--env_variables", "MYVAR=1", "OTHERVAR", "=x"])
+    assert info.value.code == 2
+    assert "argument --env_variables: expected NAME=VALUE entries, got 'OTHERVAR', '=x'" in capsys.readouterr().err
+    _, driver = make_driver().parse_arguments(["scheduler", "--env_variables", "A=1", "B=x=y", "C="])
+    assert driver.env_variables == ["A=1", "B=x=y", "C="]
+
+
+def test_the_no_effect_warning_names_only_the_options_given():
+    for argv, named in (
+        (["--disable_log_analytics"], ["--disable_log_analytics"]),
+        (["--enable_log_analytics"], ["--enable_log_analytics"]),
+        (["--disable_sched_state_dump"], ["--disable_sched_state_dump"]),
+        (["--enable_sched_state_dump"], ["--enable_sched_state_dump"]),
+        (["--disable_log_an"], ["--disable_log_analytics"]),  # an abbreviation names the option it stands for
+        (["--mall", "jemalloc"], ["--malloc"]),
+    ):
+        d = make_driver()
+        d.parse_arguments(["scheduler", *argv])
+        assert d.unused_flags() == named, argv
+
+
+def test_a_negative_num_executors_is_refused_by_every_backend(capsys, tmp_path):
+    from smallpond.errors import ParameterError
+    from smallpond.execution.job import make_executor, make_runtime_ctx
+
+    with pytest.raises(SystemExit) as info:
+        make_driver().parse_arguments(["scheduler", "--num_executors", "-1"])
+    assert info.value.code == 2
+    assert "argument --num_executors: expected a number >= 0 (0: one per usable CPU), got '-1'" in capsys.readouterr().err
+    rt = make_runtime_ctx("neg", None, str(tmp_path))
+    for platform in (None, "local", "base"):
+        with pytest.raises(ParameterError, match="num_executors must be a non-negative integer .* got -1"):
+            make_executor(rt, -1, platform=platform)
