@@ -77,6 +77,9 @@ from smallpond.logical.node import (
 from smallpond.logical.optimizer import optimize, optimized_of
 from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS
 
+#: the folder (under the output root or ``--output_path``) the root's results are published in
+FINAL_RESULTS = "FinalResults"
+
 TOP = PartitionInfo()
 
 # Consumers that read their inputs' files and write files of their own; and consumers that pass
@@ -289,6 +292,13 @@ class Planner:
         for n in logical_plan.nodes.values():
             if n.output_name and not isinstance(n, DataSinkNode):
                 names.setdefault(n.output_name, []).append(n)
+        if not isinstance(root, DataSinkNode):
+            for n in names.get(FINAL_RESULTS, []):
+                raise PlanError(
+                    f"{n.label} created at {n.location}: output_name {FINAL_RESULTS!r} is the folder the job publishes "
+                    f"its final results (the plan root's output) into, at {os.path.join(base, FINAL_RESULTS)}: "
+                    "give this output another name"
+                )
         for name, nodes in sorted(names.items()):
             if len(nodes) > 1:
                 warnings.warn(f"output_name {name!r} is used by {len(nodes)} nodes: {nodes}")
@@ -299,7 +309,7 @@ class Planner:
             final = root
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
-            final = DataSinkNode(ctx, [root], os.path.join(base, "FinalResults"), type=kind, is_final_node=True)
+            final = DataSinkNode(ctx, [root], os.path.join(base, FINAL_RESULTS), type=kind, is_final_node=True)
         # the same rules as the DataFrame API's (SQL chains fused, SQL fused into the partitioning
         # after it): optimized once over everything the job runs, so shared nodes stay shared
         memo: Dict = {}

@@ -27,6 +27,10 @@ TOPLEVEL_DIMENSION = "@toplevel@"
 # "v1.2" worked); the name becomes a directory and file-name prefix, so path separators, quotes
 # and control characters are refused
 _NAME_RE = re.compile(r"[a-zA-Z0-9_][^/\\'\"\x00-\x1f]*")
+#: the longest output_name (UTF-8 bytes): a file name (255 bytes at most on common file systems)
+#: is the name followed by up to ~50 bytes the tasks add ("-{task id}-{batch}.{query}_{n}.parquet",
+#: "-{i}-empty.parquet", "-split_points.parquet")
+MAX_OUTPUT_NAME_BYTES = 200
 _DIM_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,6 +155,14 @@ class Node:
                 self._msg(
                     "output_name must start with a letter, digit or underscore and contain no slashes, quotes "
                     f"or control characters, got {output_name!r}"
+                )
+            )
+        if output_name is not None and len(output_name.encode()) > MAX_OUTPUT_NAME_BYTES:
+            raise ParameterError(
+                self._msg(
+                    f"output_name is {len(output_name.encode())} bytes long, at most {MAX_OUTPUT_NAME_BYTES} fit: it names a "
+                    "folder and starts the name of each file the tasks write ('{output_name}-{task id}-...parquet'), "
+                    f"and a file name is at most 255 bytes; got {output_name[:40]!r}..."
                 )
             )
         if output_path is not None and (not isinstance(output_path, str) or not os.path.isabs(output_path)):

@@ -143,3 +143,41 @@ def test_what_sql_reads_files_itself_is_found_in_every_node_that_runs_sql():
     assert node_sql(SqlEngineNode(ctx, (src,), ["set threads=1", "select 1"])) == ["set threads=1", "select 1"]
     assert node_sql(DataSourceNode(ctx, SqlQueryDataSet("select * from 'x.csv'"))) == ["select * from 'x.csv'"]
     assert node_sql(src) == []
+
+
+def test_an_output_named_finalresults_is_refused_when_the_job_is_planned(make_rt, parquet_files, tmp_path):
+    from smallpond.logical.node import DataSinkNode
+
+    ctx = Context()
+    named = SqlEngineNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}", output_name="FinalResults"
+    )
+    root = SqlEngineNode(ctx, (named,), "select count(*) as c from {0}")
+    for plan in (LogicalPlan(ctx, root), LogicalPlan(ctx, named)):
+        with pytest.raises(PlanError) as info:
+            Planner(make_rt()).create_exec_plan(plan)
+        message = str(info.value)
+        assert message.startswith("SqlEngineNode-") and " 'FinalResults' created at " in message, message
+        assert "test_planner.py" in message and "give this output another name" in message
+    # a plan whose root is a sink of its own publishes no FinalResults: nothing to clash with
+    sink = DataSinkNode(ctx, (named,), str(tmp_path / "mine"))
+    Planner(make_rt()).create_exec_plan(LogicalPlan(ctx, sink))
+
+
+def test_an_output_name_of_the_longest_length_runs_in_every_kind_of_task(make_rt, parquet_files):
+    from smallpond.logical.base import MAX_OUTPUT_NAME_BYTES
+    from smallpond.logical.node import ArrowComputeNode, HashPartitionNode
+
+    def name(c: str) -> str:
+        return c * MAX_OUTPUT_NAME_BYTES
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    # 16 partitions of keys 0..9: some are empty and get placeholder files
+    parts = HashPartitionNode(ctx, (src,), npartitions=16, hash_columns=["key"], output_name=name("h"))
+    sql = SqlEngineNode(ctx, (parts,), "select * from {0}", output_name=name("s"), per_thread_output=True)
+    arrow = ArrowComputeNode(ctx, (sql,), process_func=lambda rt, tables: tables[0], output_name=name("a"))
+    result = run_job(LogicalPlan(ctx, arrow), make_rt(), num_workers=1)
+    assert result.final_output.num_rows == 30
+    for c in "hsa":
+        assert result.get_output(name(c)).num_rows == 30
