@@ -40,6 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
+from smallpond.execution import retention
 from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
 from smallpond.execution.events import EventLog
@@ -301,7 +302,7 @@ class Job:
                 self.events.job_end("success" if ok else "interrupted" if interrupted else "failure", self.error)
                 self.report_path = _write_report(rt, self.events.whole_history(), status)
             if ok and (remove_intermediates or remove_output_root):
-                rt.cleanup(remove_output_root=remove_output_root)  # keeps what published results list
+                retention.remove_intermediates(rt, remove_output_root=remove_output_root)  # keeps what published results list
             if rt.task_cache and self.task_cache_max_bytes is not None:
                 self._bound_cache()
             if self.interrupted:

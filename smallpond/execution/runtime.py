@@ -452,11 +452,17 @@ class RuntimeContext:
         self.exec_id = exec_id or self.exec_id or socket.gethostname()
 
     def cleanup(self, remove_output_root: bool = True) -> None:
-        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job, but
-        for the files a published result lists (:mod:`~smallpond.execution.retention`)."""
-        from smallpond.execution.retention import remove_intermediates
+        """Remove queue/, temp/ and staging/ (and output/ if asked) after a successful job.
 
-        remove_intermediates(self, remove_output_root=remove_output_root)
+        All of them: a job's own clean-up (``--remove_output_root``, a session's shutdown) goes
+        through :func:`smallpond.execution.retention.remove_intermediates` instead, which keeps
+        the files a published result lists."""
+        from smallpond.io.filesystem import remove_path
+
+        for d in (self.queue_root, self.temp_root, self.staging_root):
+            remove_path(d)
+        if remove_output_root:
+            remove_path(self.output_root)
 
     def cleanup_root(self) -> None:
         from smallpond.io.filesystem import remove_path

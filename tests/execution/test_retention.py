@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.retention import remove_intermediates
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import (
     ArrowComputeNode,
@@ -89,7 +90,7 @@ def test_a_manifest_sink_outside_the_job_survives_a_clean_up_of_staging_and_outp
 
     run_job(plan(), _rt(tmp_path), num_workers=1)
     rt = _rt(tmp_path)
-    rt.cleanup(remove_output_root=True)  # as a session's shutdown does
+    remove_intermediates(rt, remove_output_root=True)  # as a session's shutdown does
     listed = [ln.strip() for ln in open(os.path.join(dest, ".MANIFEST.txt")) if ln.strip()]
     assert listed and sum(pq.read_metadata(p).num_rows for p in listed) == 12
     assert not os.path.exists(rt.output_root) and not os.path.exists(rt.queue_root)
