@@ -30,8 +30,10 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
 * ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
 
 Invariants: the log is append-only and written only by the job's scheduler process; a torn last
-line (a crash mid-write) is ignored when read; writing it never fails a job (an I/O error turns
-the log off with one warning).
+line (a crash mid-write) is ignored when read, and the next run of the job starts its events on a
+new line, so its ``job_start`` is never glued to the torn one (a line glued so by an older version
+is split where each event begins); writing it never fails a job (an I/O error turns the log off
+with one warning).
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ from smallpond.execution.scheduler import SchedulerListener
 EVENTS_FILE = "events.jsonl"
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 _EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
+#: where an event begins: JSON strings escape their quotes, so this occurs nowhere else in a line
+_EV_START = re.compile(r'\{\s*"ev"\s*:')
 _FLUSH_SECONDS = 1.0
 
 
@@ -63,6 +67,15 @@ def task_log_relpath(key: str, attempt: int) -> str:
     return f"tasks/{key}.{attempt}.log"
 
 
+def _split_events(line: str) -> List[str]:
+    """The events of one line of the log: one, unless a run appended its first event to the torn
+    last line of a killed run (logs written before :meth:`EventLog._write` ended such a line)."""
+    starts = [m.start() for m in _EV_START.finditer(line)]
+    if len(starts) < 2:
+        return [line]
+    return [line[a:b] for a, b in zip(starts, starts[1:] + [len(line)])]
+
+
 def read_events(log_root: str) -> List[dict]:
     """The events of a job (every run), oldest first; unreadable lines (a torn tail) are skipped."""
     out: List[dict] = []
@@ -72,12 +85,13 @@ def read_events(log_root: str) -> List[dict]:
         return out
     with f:
         for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and "ev" in ev:
-                out.append(ev)
+            for part in _split_events(line):
+                try:
+                    ev = json.loads(part)
+                except ValueError:
+                    continue
+                if isinstance(ev, dict) and "ev" in ev:
+                    out.append(ev)
     return out
 
 
@@ -92,22 +106,28 @@ def scan_last_run(log_root: str) -> Dict[str, Any]:
         return out
     with f:
         for line in f:
-            m = _EV_KIND.match(line)
-            if m is None:
-                continue
-            kind = m.group(1)
-            if kind in ("done", "failed", "resumed"):
-                out[kind] += 1
-            elif kind in ("job_start", "job_end"):
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if kind == "job_start":
-                    out.update(start=ev, end=None, done=0, failed=0, resumed=0)
-                else:
-                    out["end"] = ev
+            for part in _split_events(line):
+                _scan_event(part, out)
     return out
+
+
+def _scan_event(part: str, out: Dict[str, Any]) -> None:
+    m = _EV_KIND.match(part)
+    if m is None:
+        return
+    kind = m.group(1)
+    if kind in ("done", "failed", "resumed"):
+        if part.rstrip().endswith("}"):  # not a torn one
+            out[kind] += 1
+    elif kind in ("job_start", "job_end"):
+        try:
+            ev = json.loads(part)
+        except ValueError:
+            return
+        if kind == "job_start":
+            out.update(start=ev, end=None, done=0, failed=0, resumed=0)
+        else:
+            out["end"] = ev
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -329,7 +349,10 @@ class EventLog(SchedulerListener):
         try:
             if self._file is None:
                 os.makedirs(self.log_root, exist_ok=True)
+                torn = _ends_mid_line(self.path)
                 self._file = open(self.path, "a", encoding="utf-8")
+                if torn:  # an earlier run was killed mid-write: its torn line stays alone
+                    self._file.write("\n")
             self._file.write(_ENCODER.encode(ev) + "\n")
         except (OSError, TypeError, ValueError) as e:
             self._broken = True
@@ -554,6 +577,19 @@ class EventLog(SchedulerListener):
             )
         self.emit("run_end", ok=ok)
         self.flush()
+
+
+def _ends_mid_line(path: str) -> bool:
+    """Whether the file at ``path`` is not empty and does not end with a newline."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except FileNotFoundError:
+        return False
 
 
 def _error_text(err: Optional[BaseException]) -> str:

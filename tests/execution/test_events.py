@@ -125,6 +125,43 @@ def test_a_torn_last_line_is_ignored(tmp_path):
     assert run.status == "running" and run.nodes[1].planned == 1
 
 
+def test_a_run_after_a_torn_last_line_starts_on_a_new_line(make_rt, parquet_files):
+    # kill -9 while the log's buffer is written leaves a line without its end; the next run of the
+    # job appended its job_start to it, so the report, status and summary took both runs for one
+    job_id = "torn-then-resumed"
+    plan, _ = _plan(parquet_files)
+    rt = make_rt(job_id)
+    run_job(plan, rt)
+    path = os.path.join(rt.log_root, "events.jsonl")
+    lines = open(path, encoding="utf-8").read().splitlines(True)
+    with open(path, "w", encoding="utf-8") as f:  # the job_end half written
+        f.writelines(lines[:-1])
+        f.write(lines[-1][: len(lines[-1]) // 2])
+    plan, _ = _plan(parquet_files)
+    run_job(plan, make_rt(job_id))
+    history = JobHistory.load(rt.log_root)
+    assert [r.status for r in history.runs] == ["running", "success"]
+    second = history.last
+    assert second.total("resumed") > 0 and not second.attempts  # nothing ran again
+    scan = scan_last_run(rt.log_root)
+    assert scan["done"] == 0 and scan["resumed"] == second.total("resumed") and scan["start"]["ev"] == "job_start"
+    # the torn line stays alone: every line holds one event
+    assert all(ln.count('{"ev":') == 1 for ln in open(path, encoding="utf-8"))
+
+
+def test_an_event_glued_to_a_torn_line_is_still_read(tmp_path):
+    # logs written before runs started on a new line: the torn event is dropped, the next kept
+    log = tmp_path / "log"
+    log.mkdir()
+    with open(log / "events.jsonl", "w") as f:
+        f.write('{"ev":"job_start","t":1.0,"job_id":"x"}\n{"ev":"done","t":1.2,"key":"T-1","no')
+        f.write('{"ev":"job_start","t":5.0,"job_id":"x"}\n{"ev":"resumed","t":5.1,"key":"T-1","node":1}\n')
+    assert [e["t"] for e in read_events(str(log))] == [1.0, 5.0, 5.1]
+    assert len(JobHistory.load(str(log)).runs) == 2
+    scan = scan_last_run(str(log))
+    assert scan["start"]["t"] == 5.0 and (scan["done"], scan["resumed"]) == (0, 1)
+
+
 def test_a_killed_run_lasted_until_its_logs_were_last_written(tmp_path):
     # its events are written in batches: the last one written may be its start; its workers'
     # logs say how long it ran ("crashed in 291 ms" for a job that ran 3 s)
