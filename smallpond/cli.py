@@ -15,7 +15,7 @@ or a job folder's path. The data root is ``--data_root``, else ``SP_DATA_ROOT``,
 ``~/.smallpond/data``.
 
 Exit status: 0 success; 1 for ``status`` of a job that failed, crashed or was interrupted;
-2 for a usage error, or a job or task that cannot be found.
+2 for a usage error, or a job or task that cannot be found or read.
 """
 
 from __future__ import annotations
@@ -130,6 +130,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. `smallpond logs JOB | head`
         return EXIT_OK
+    except OSError as e:  # e.g. another user's job folder (0700): say which file, no traceback
+        print(f"smallpond {args.verb}: cannot read {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _cache(args, data_root: str) -> int:

@@ -167,3 +167,72 @@ def test_cache_clean(two_jobs, data_root):
     assert cli("cache", "clean", data_root=data_root).returncode == 2  # neither bound given
     elsewhere = cli("cache", "clean", "--older-than", "1d", "--task_cache", data_root, data_root=data_root)
     assert elsewhere.returncode == 2 and "not a task cache" in elsewhere.stderr
+
+
+def _as_other_user(args):
+    """``args`` run as user nobody (needs root and setpriv), else as this user."""
+    if os.geteuid() != 0:
+        return list(args)
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: cannot run the command as another user")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *args]
+
+
+def test_another_users_job_folder_is_listed_as_unreadable_and_stops_nothing(parquet_files, tmp_path):
+    # job folders are 0700: in a data root shared by several users, each sees folders it cannot
+    # read; one of them made `jobs`, `status` (of any job) and `clean` fail with a traceback
+    import stat
+    import tempfile
+
+    from smallpond.execution.job import make_runtime_ctx
+
+    root = tempfile.mkdtemp(prefix="smallpond-shared-root-")  # reachable by every user (/tmp)
+    locked = []
+    try:
+        os.chmod(root, 0o755)
+        theirs, mine = (
+            _job(lambda jid: make_runtime_ctx(jid, None, root), parquet_files, "select * from {0}", jid)
+            for jid in ("aaaaaaaa-0000-0000-0000-00000000000a", "bbbbbbbb-0000-0000-0000-00000000000b")
+        )
+        if os.geteuid() == 0:  # the command runs as nobody: mine is readable by it, theirs (0700) not
+            for dirpath, _, files in os.walk(mine.job_root):
+                os.chmod(dirpath, 0o755)
+                for name in files:
+                    os.chmod(os.path.join(dirpath, name), 0o644)
+        else:
+            os.chmod(theirs.job_root, 0)
+            locked.append(theirs.job_root)
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT, HOME=root)
+
+        def run(*args):
+            argv = _as_other_user([sys.executable, "-m", "smallpond", *args, "--data_root", root])
+            return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120, cwd=root)
+
+        out = run("jobs")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert any(str(theirs.job_id) in ln and "unreadable" in ln for ln in out.stdout.splitlines())
+        assert any(str(mine.job_id) in ln and "success" in ln for ln in out.stdout.splitlines())
+        out = run("status", "bbbb")
+        assert out.returncode == 0 and "succeeded" in out.stdout, out.stderr
+        out = run("status", "aaaa")  # theirs: said, without a traceback
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "Permission denied" in out.stderr
+        out = run("clean")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        assert str(mine.job_id) in out.stdout and str(theirs.job_id) not in out.stdout
+    finally:
+        import shutil
+
+        for path in locked:
+            os.chmod(path, stat.S_IRWXU)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_data_root_that_is_a_file_is_a_usage_error(tmp_path):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    for args in (("jobs",), ("status", "abc"), ("clean",)):
+        out = cli(*args, data_root=str(not_a_folder))
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "cannot list the data root" in out.stderr

@@ -7,7 +7,9 @@ A job folder is a directory ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}`
   log's ``job_end``);
 * ``running``: ``.STATUS`` says running and the process that started the run is alive (or runs on
   another host, where this cannot be checked);
-* ``crashed``: ``.STATUS`` says running but that process is gone from this host.
+* ``crashed``: ``.STATUS`` says running but that process is gone from this host;
+* ``unreadable``: the folder is another user's (job folders are ``0700``): it is listed, never
+  removed, and does not stop the listing of the others.
 
 Invariants of :func:`remove_job`: it removes only a directory that is a direct child of the data
 root, named like a job folder, holding ``log/.STATUS``, not a symbolic link, and not running.
@@ -79,6 +81,8 @@ def _last_status(path: str) -> tuple:
         with open(status_path) as f:
             lines = [ln.strip() for ln in f if ln.strip()]
         mtime = os.path.getmtime(status_path)
+    except PermissionError:
+        return "unreadable", 0.0
     except OSError:
         return "unknown", 0.0
     return (lines[-1].split("@", 1)[0] if lines else "unknown"), mtime
@@ -110,7 +114,10 @@ def describe_job(path: str) -> JobInfo:
         raise JobLookupError(f"{path} is not a job folder (expected a name like 2026-01-31-12-00-00.<uuid>)")
     info = JobInfo(path, m.group(2), datetime.strptime(m.group(1), JOB_TIME_FORMAT))
     status, info.updated = _last_status(path)
-    scan = scan_last_run(info.log_root)
+    try:
+        scan = scan_last_run(info.log_root)
+    except OSError:  # another user's job: its state says so
+        scan = {"start": None, "done": 0, "resumed": 0, "failed": 0}
     start = scan["start"]
     info.tasks_done, info.tasks_resumed, info.attempts_failed = scan["done"], scan["resumed"], scan["failed"]
     if start is not None:
@@ -131,6 +138,8 @@ def list_jobs(data_root: str) -> List[JobInfo]:
         names = sorted(os.listdir(data_root))
     except FileNotFoundError:
         return []
+    except OSError as e:  # a file, or a folder this user may not list
+        raise JobLookupError(f"cannot list the data root {data_root}: {e.strerror or e}") from e
     out = []
     for name in names:
         path = os.path.join(data_root, name)
