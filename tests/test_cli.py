@@ -236,3 +236,22 @@ def test_a_data_root_that_is_a_file_is_a_usage_error(tmp_path):
         out = cli(*args, data_root=str(not_a_folder))
         assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
         assert "cannot list the data root" in out.stderr
+
+
+def test_a_job_killed_before_its_first_event_is_crashed_not_running(make_rt, parquet_files, data_root):
+    # .STATUS says running from before the executors start (mpirun may take seconds) until the
+    # event log's job_start names the process: a kill between them read as running forever
+    # (status exit 0, never removed by clean)
+    rt = _job(make_rt, parquet_files, "select * from {0}", "33333333-0000-0000-0000-000000000003")
+    os.remove(os.path.join(rt.log_root, "events.jsonl"))
+    with open(rt.job_status_path, "a") as f:
+        f.write("running@2026-01-01-00-00-00\n")
+    st = cli("status", rt.job_root)
+    assert st.returncode == 1 and "crashed" in st.stdout.splitlines()[0], st.stdout
+    assert str(rt.job_id) in cli("clean", data_root=data_root).stdout
+    # while a live process holds the job lock, the job runs
+    lock = os.path.join(rt.job_root, "config", "job.lock")
+    with open(lock, "w") as f:
+        json.dump({"host": __import__("socket").gethostname(), "pid": os.getpid()}, f)
+    st = cli("status", rt.job_root)
+    assert st.returncode == 0 and "running" in st.stdout.splitlines()[0], st.stdout

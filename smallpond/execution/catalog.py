@@ -7,7 +7,8 @@ A job folder is a directory ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}`
   log's ``job_end``);
 * ``running``: ``.STATUS`` says running and the process that started the run is alive (or runs on
   another host, where this cannot be checked);
-* ``crashed``: ``.STATUS`` says running but that process is gone from this host;
+* ``crashed``: ``.STATUS`` says running but that process is gone from this host (for a run killed
+  before its first event, no live process holds the job lock);
 * ``unreadable``: the folder is another user's (job folders are ``0700``): it is listed, never
   removed, and does not stop the listing of the others.
 
@@ -128,6 +129,13 @@ def describe_job(path: str) -> JobInfo:
     info.state = status
     if status == "running" and start is not None:
         if process_alive(info.host, info.pid, float(start.get("t", 0.0))) is False:
+            info.state = "crashed"
+    elif status == "running":
+        # killed before its first event (e.g. while mpirun started its executors): the job lock,
+        # taken before .STATUS said running, tells whether a process still runs it
+        from smallpond.execution.ownership import live_lock_holder
+
+        if live_lock_holder(path) is None:
             info.state = "crashed"
     return info
 
