@@ -62,13 +62,18 @@ class MapRows:
                     raise UserCodeError(f"the map function {self.__qualname__} must return a dict, got {_describe(out)}")
         return rows
 
-    def _table(self, rows, schema=None):
+    def _table(self, rows, schema=None, inputs=None):
         """``rows`` as a table: a column for every key any row has, typed from the values, or by
         ``schema`` where it names the key (cast only when no value changes; see the module's
-        :func:`~smallpond.io.arrow.conform_table`)."""
+        :func:`~smallpond.io.arrow.conform_table`).
+
+        Without ``schema``, a key that is a column of the input (schema ``inputs``) is typed like
+        it (:func:`~smallpond.io.arrow.natural_type`) when every value fits: a value passed through
+        keeps its nanoseconds, decimal precision, uint64 range or map form, which inference from
+        the Python values loses or cannot hold."""
         import pyarrow as pa
 
-        from smallpond.io.arrow import array_from_values, conform_table
+        from smallpond.io.arrow import array_from_values, conform_table, infer_array, natural_type
 
         if not rows:
             return schema.empty_table() if schema is not None else pa.table({})
@@ -78,10 +83,18 @@ class MapRows:
             target = None
             if schema is not None and schema.get_field_index(key) >= 0:
                 target = schema.field(key).type
+            elif inputs is not None and inputs.get_field_index(key) >= 0:
+                hint = inputs.field(key).type
+                array = _typed_like(column, natural_type(hint))
+                if array is None and hint == pa.uint64():  # values above int64's range
+                    array = _typed_like(column, hint)
+                if array is not None:
+                    arrays.append(array)
+                    continue
             try:
                 # with a type, values are held to it as the writer holds a batch: lossless only,
                 # inside maps, lists and structs too (a value that does not fit is named below)
-                array = pa.array(column) if target is None else array_from_values(column, target)
+                array = infer_array(column) if target is None else array_from_values(column, target)
             except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as e:
                 if target is None:
                     raise UserCodeError(
@@ -117,7 +130,7 @@ class MapRows:
             rows = self._apply(row)
             if not rows:
                 continue
-            found = self._table(rows).schema
+            found = self._table(rows, inputs=sample.schema).schema
             if not any(pa.types.is_null(f.type) for f in found):
                 break
         return found
@@ -129,21 +142,43 @@ class MapRows:
         # later batches are held to the first output's schema by the task's writer
         pending: list = []
         started = self.schema is not None
+        inputs = readers[0].schema
         i = -1
         for i, batch in enumerate(readers[0]):
             rows = self._rows(batch)
             if started:
-                yield StreamOutput(self._table(rows, self.schema), batch_indices=[i])
+                yield StreamOutput(self._table(rows, self.schema, inputs), batch_indices=[i])
                 continue
             rows = pending + rows if pending else rows
-            table = self._table(rows)
+            table = self._table(rows, inputs=inputs)
             if not rows or any(pa.types.is_null(f.type) for f in table.schema):
                 pending = rows  # types not known yet: wait for a batch that shows them
                 continue
             pending, started = [], True
             yield StreamOutput(table, batch_indices=[i])
         if pending:
-            yield StreamOutput(self._table(pending), batch_indices=[i])
+            yield StreamOutput(self._table(pending, inputs=inputs), batch_indices=[i])
+
+
+def _typed_like(values: list, target):
+    """``values`` as an array of ``target`` if they are of its kind (pyarrow's inference cannot type
+    them, or types them as the same kind: integers for an integer type, not floats or booleans)
+    and every value fits it as it is, else None."""
+    import pyarrow as pa
+
+    from smallpond.io.arrow import array_from_values, infer_array, same_kind
+
+    try:
+        inferred = infer_array(values).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        inferred = None
+    if inferred is not None and not pa.types.is_null(inferred) and not same_kind(inferred, target):
+        return None
+    try:
+        array = array_from_values(values, target)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError, TypeError, ValueError):
+        return None
+    return array if array.type == target else None
 
 
 def _row_columns(rows):

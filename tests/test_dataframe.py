@@ -209,6 +209,44 @@ def test_map_schema_holds_values_inside_maps_lists_and_structs(sp, tmp_path):
     _task_fails(halves, "'m'", "map<string, int64>", "1.5", "schema=")
 
 
+def test_python_map_passes_values_through_with_their_types(sp, tmp_path):
+    """A value a Python map or flat_map passes through keeps its type: inference from Python values
+    cut a nanosecond timestamp to microseconds (a 5 ns duration became 0), typed a decimal(12, 2)
+    by each batch's widest value (a later batch then failed), and could not hold a uint64 above
+    2**63 or a map. A key whose values change kind is still typed from its values."""
+    import decimal
+
+    n = 10
+    table = pa.table(
+        {
+            "ts": pa.array([1_700_000_000_123_456_789 + i for i in range(n)], pa.timestamp("ns")),
+            "dur": pa.array([5 + i for i in range(n)], pa.duration("ns")),
+            "dec": pa.array([decimal.Decimal(10 ** (i % 6)) / 100 for i in range(n)], pa.decimal128(12, 2)),
+            "u64": pa.array([2**63 + i for i in range(n)], pa.uint64()),
+            "m": pa.array([[("k", i)] for i in range(n)], pa.map_(pa.string(), pa.int64())),
+            "i8": pa.array(range(n), pa.int8()),
+        }
+    )
+    path = str(tmp_path / "typed.parquet")
+    pq.write_table(table, path)
+    df = sp.read_parquet(path)
+    for out in (df.map(lambda r: r, streaming_batch_size=3), df.flat_map(lambda r: [r], streaming_batch_size=3)):
+        got = out.to_arrow()
+        for name in ("ts", "dur", "dec", "u64"):
+            assert got.schema.field(name).type == table.schema.field(name).type, name
+            assert got.column(name).equals(table.column(name)), name
+        assert pa.types.is_map(got.schema.field("m").type)
+        assert got.column("m").to_pylist() == table.column("m").to_pylist()
+        assert got.schema.field("i8").type == pa.int64()  # as inference types it: a later batch may grow
+    # schema= of nanoseconds keeps them
+    got = df.map(lambda r: {"ts": r["ts"], "dur": r["dur"]}, schema=table.select(["ts", "dur"]).schema).to_arrow()
+    assert got.column("ts").equals(table.column("ts")) and got.column("dur").equals(table.column("dur"))
+    # values of another kind under an input column's name are typed from the values
+    got = df.map(lambda r: {"i8": r["i8"] / 2, "dec": str(r["dec"]), "u64": r["i8"] * 1000}, streaming_batch_size=3).to_arrow()
+    assert [got.schema.field(c).type for c in ("i8", "dec", "u64")] == [pa.float64(), pa.string(), pa.int64()]
+    assert got.column("i8").to_pylist() == [i / 2 for i in range(n)]
+
+
 def test_map_integers_after_floats_are_kept_as_floats(sp):
     out = sp.from_items(ROWS30).map(lambda r: {"x": 0.5 if r["i"] < 10 else r["i"]}, streaming_batch_size=10).to_arrow()
     assert out.column("x").type == pa.float64()

@@ -145,6 +145,91 @@ def _is_list_kind(t: pa.DataType) -> bool:
     return pa.types.is_list(t) or pa.types.is_large_list(t)
 
 
+def infer_array(values: list) -> pa.Array:
+    """``pa.array(values)``, keeping nanoseconds.
+
+    ``to_pylist`` gives a ``pandas.Timestamp`` / ``Timedelta`` for a nanosecond value that a
+    ``datetime`` cannot hold, and pyarrow infers those as microseconds, cutting the nanoseconds off
+    (a duration of 5 ns becomes 0): where such a value has nanoseconds, the column is nanoseconds.
+    """
+    array = pa.array(values)
+    t = array.type
+    temporal = pa.types.is_timestamp(t) or pa.types.is_duration(t)
+    if temporal and t.unit != "ns" and any(_nanos(v) for v in values):
+        array = pa.array(values, type=pa.timestamp("ns", t.tz) if pa.types.is_timestamp(t) else pa.duration("ns"))
+    return array
+
+
+def _nanos(value) -> int:
+    """The nanoseconds of a pandas Timestamp or Timedelta (0 for anything else)."""
+    if value is None:
+        return 0
+    return getattr(value, "nanosecond", 0) or getattr(value, "nanoseconds", 0)
+
+
+def _build_nested_kind(t: pa.DataType) -> bool:
+    return pa.types.is_map(t) or _is_list_kind(t) or pa.types.is_struct(t)
+
+
+def _has_nanoseconds(t: pa.DataType) -> bool:
+    """Whether ``t`` is, or holds, a nanosecond timestamp or duration."""
+    if pa.types.is_timestamp(t) or pa.types.is_duration(t):
+        return t.unit == "ns"
+    if pa.types.is_map(t):
+        return _has_nanoseconds(t.key_type) or _has_nanoseconds(t.item_type)
+    if _is_list_kind(t):
+        return _has_nanoseconds(t.value_type)
+    if pa.types.is_struct(t):
+        return any(_has_nanoseconds(f.type) for f in t)
+    return False
+
+
+def same_kind(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether ``a`` and ``b`` are types of one kind (integers, floats, decimals, strings, binaries,
+    booleans, timestamps, durations, dates, times, lists, structs or maps), whatever their width,
+    unit or children."""
+    t = pa.types
+    kinds = (
+        t.is_integer,
+        t.is_floating,
+        t.is_decimal,
+        _is_string_kind,
+        _is_binary_kind,
+        t.is_boolean,
+        t.is_timestamp,
+        t.is_duration,
+        t.is_date,
+        t.is_time,
+        _is_list_kind,
+        t.is_struct,
+        t.is_map,
+    )
+    return any(kind(a) and kind(b) for kind in kinds)
+
+
+def natural_type(t: pa.DataType) -> pa.DataType:
+    """The type to give Python values that came from a column of type ``t`` (a Python map's
+    output key named as an input column): ``t`` itself, where inference would lose its unit,
+    precision, scale or form (nanoseconds, decimal(12, 2), map), with integers as int64 and floats
+    as float64 (as inference types them) and dictionaries and fixed-size lists as plain values and
+    lists, so values a later batch computes for the key fit it as they fit inference's types."""
+    if pa.types.is_integer(t):
+        return pa.int64()
+    if pa.types.is_floating(t):
+        return pa.float64()
+    if pa.types.is_dictionary(t):
+        return natural_type(t.value_type)
+    if pa.types.is_fixed_size_list(t) or pa.types.is_list(t):
+        return pa.list_(natural_type(t.value_type))
+    if pa.types.is_large_list(t):
+        return pa.large_list(natural_type(t.value_type))
+    if pa.types.is_map(t):
+        return pa.map_(natural_type(t.key_type), natural_type(t.item_type))
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(natural_type(f.type)) for f in t])
+    return t
+
+
 def array_from_values(values: list, target: pa.DataType) -> pa.Array:
     """Python ``values`` as an Arrow array of type ``target`` wherever that keeps every value.
 
@@ -159,9 +244,11 @@ def array_from_values(values: list, target: pa.DataType) -> pa.Array:
     Where a value does not fit, the array keeps the values' types there (``map<string, double>``),
     and :func:`conform_table` names the column, both types and a value.
     """
-    if not pa.types.is_map(target):  # dicts never infer as a map: build those directly
+    # dicts never infer as a map, and a nested value's nanoseconds are cut by inference: build
+    # those level by level
+    if not pa.types.is_map(target) and not (_build_nested_kind(target) and _has_nanoseconds(target)):
         try:
-            array = pa.array(values)
+            array = infer_array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
             array = None
         if array is not None:

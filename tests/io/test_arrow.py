@@ -222,3 +222,22 @@ def test_array_from_values_converts_what_keeps_every_value():
     assert array_from_values([1, 2.0], pa.int64()).to_pylist() == [1, 2]
     with pytest.raises(pa.ArrowInvalid, match="map key"):
         array_from_values([[(None, 1)]], ints)
+
+
+def test_array_from_values_keeps_nanoseconds(tmp_path):
+    """to_pylist gives pandas Timestamps/Timedeltas for nanosecond values, which pyarrow infers as
+    microseconds: the nanoseconds were cut, also when the target type was nanoseconds."""
+    from smallpond.io.arrow import array_from_values, infer_array
+
+    path = str(tmp_path / "ns.parquet")
+    ts = pa.array([1_700_000_000_123_456_789, None], pa.timestamp("ns", "UTC"))
+    dur = pa.array([5, 123_456_789], pa.duration("ns"))
+    pq.write_table(pa.table({"ts": ts, "dur": dur, "l": pa.array([[5], None], pa.list_(pa.duration("ns")))}), path)
+    back = pq.read_table(path)
+    for name, expected in (("ts", ts), ("dur", dur)):
+        values = back.column(name).to_pylist()
+        assert infer_array(values).equals(expected)
+        assert array_from_values(values, expected.type).equals(expected)
+    assert (
+        array_from_values(back.column("l").to_pylist(), pa.list_(pa.duration("ns"))).to_pylist() == back.column("l").to_pylist()
+    )
