@@ -78,6 +78,11 @@ class MapRows:
         if not rows:
             return schema.empty_table() if schema is not None else pa.table({})
         keys, values = _row_columns(rows)
+        if not keys:  # dicts without keys: a table of no columns has no rows either, they would be lost
+            from smallpond.execution.ops.arrow import _no_columns
+
+            what = f"the {self._op} function {self.__qualname__}"
+            raise UserCodeError(_no_columns(len(rows), what) + " (a dict with at least one key)")
         arrays = []
         for key, column in zip(keys, values):
             target = None

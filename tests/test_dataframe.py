@@ -247,6 +247,17 @@ def test_python_map_passes_values_through_with_their_types(sp, tmp_path):
     assert got.column("i8").to_pylist() == [i / 2 for i in range(n)]
 
 
+def test_python_functions_returning_rows_without_columns_fail(sp, tmp_path):
+    """Rows without columns cannot be written to Parquet: count() was 0 for 30 rows."""
+    path = str(tmp_path / "ids.parquet")
+    pq.write_table(pa.table({"id": list(range(30))}), path)
+    df = sp.read_parquet(path)
+    _task_fails(df.map(lambda r: {}), "30 row(s) with no columns", "map function")
+    _task_fails(df.flat_map(lambda r: [{}]), "30 row(s) with no columns", "flat_map function")
+    _task_fails(df.map_batches(lambda t: t.select([])), "30 row(s) with no columns", "map_batches()")
+    assert df.flat_map(lambda r: []).count() == 0  # no rows at all is fine
+
+
 def test_map_integers_after_floats_are_kept_as_floats(sp):
     out = sp.from_items(ROWS30).map(lambda r: {"x": 0.5 if r["i"] < 10 else r["i"]}, streaming_batch_size=10).to_arrow()
     assert out.column("x").type == pa.float64()

@@ -157,6 +157,33 @@ def test_python_script_returning_false_once_is_retried(urls, tmp_path):
     assert [os.path.basename(p) for p in ep.final_output.resolved_paths] == ["ok.txt"]
 
 
+def no_columns(runtime_ctx, tables):
+    return tables[0].select([])
+
+
+def no_columns_stream(runtime_ctx, readers):
+    for batch in readers[0]:
+        yield pa.Table.from_batches([batch]).select([])
+
+
+@pytest.mark.parametrize("kind", ["compute", "stream"])
+def test_output_rows_without_columns_fail_instead_of_vanishing(urls, tmp_path, kind):
+    """Parquet keeps no rows without columns: a function returning 200 rows of no columns had an
+    output of 0 rows. It fails, fast, saying so."""
+    from smallpond.errors import JobFailed
+
+    _, pattern = urls
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([pattern]))
+    if kind == "compute":
+        node = ArrowComputeNode(ctx, (src,), process_func=no_columns)
+    else:
+        node = ArrowStreamNode(ctx, (src,), process_func=no_columns_stream, streaming_batch_size=50)
+    with pytest.raises(JobFailed, match="row\\(s\\) with no columns") as info:
+        run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path / "root")), max_retry_count=3)
+    assert "attempt 0" in str(info.value)  # a user error: not retried
+
+
 def test_partition_placeholder_and_rand_seed(urls, tmp_path):
     _, pattern = urls
     ctx = Context()

@@ -101,6 +101,9 @@ class _ParquetSink:
             table = pa.Table.from_batches([table])
         if not isinstance(table, pa.Table):
             raise UserCodeError(f"process function must return a pyarrow Table, got {type(table).__name__}")
+        if table.num_columns == 0 and table.num_rows:
+            op = getattr(self.task.node, "df_op", None)
+            raise UserCodeError(_no_columns(table.num_rows, f"the {op}() function" if op else "the process function"))
         if self.writer is None:
             if self.schema is None:
                 base = self.schema_hint if self.schema_hint is not None else table.schema
@@ -149,6 +152,14 @@ class _ParquetSink:
             md = dict(self.schema_hint.metadata or {})
             md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
             pq.write_table(self.schema_hint.with_metadata(md).empty_table(), path, **self.kw)
+
+
+def _no_columns(num_rows: int, what: str) -> str:
+    """The error for output rows without columns (which Parquet, and so the output, cannot hold)."""
+    return (
+        f"{what} returned {num_rows} row(s) with no columns: a Parquet file cannot hold rows without "
+        "columns, so they would be lost. Return at least one column (e.g. a constant) for each row."
+    )
 
 
 def _types_hint(node, given: bool) -> str:
