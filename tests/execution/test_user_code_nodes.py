@@ -184,6 +184,29 @@ def test_output_rows_without_columns_fail_instead_of_vanishing(urls, tmp_path, k
     assert "attempt 0" in str(info.value)  # a user error: not retried
 
 
+class ReturnsArrow(PandasComputeNode):
+    def process(self, runtime_ctx, input_dfs):
+        return pa.Table.from_pandas(input_dfs[0])
+
+
+class BatchReturnsList(PandasBatchNode):
+    def process(self, runtime_ctx, input_dfs):
+        return input_dfs[0].to_dict("records")
+
+
+@pytest.mark.parametrize("cls", [ReturnsArrow, BatchReturnsList])
+def test_pandas_node_returning_no_dataframe_says_so(urls, tmp_path, cls):
+    """Was: AttributeError: 'list' object has no attribute 'is_unique' (from pyarrow)."""
+    from smallpond.errors import JobFailed
+
+    _, pattern = urls
+    ctx = Context()
+    node = cls(ctx, (DataSourceNode(ctx, ParquetDataSet([pattern])),))
+    with pytest.raises(JobFailed, match=f"process function of {cls.__name__} must return a pandas DataFrame") as info:
+        run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path / "root")), max_retry_count=3)
+    assert "attempt 0" in str(info.value)  # a user error: not retried
+
+
 def test_partition_placeholder_and_rand_seed(urls, tmp_path):
     _, pattern = urls
     ctx = Context()

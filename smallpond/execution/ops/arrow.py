@@ -231,14 +231,26 @@ class ArrowComputeTask(Task):
         return _list_output(output_dir)
 
 
+def _from_pandas(result, node):
+    """A pandas node's output as a table, or a clear error naming what it returned instead (pyarrow
+    fails on anything else with an unrelated message: 'list' object has no attribute 'is_unique')."""
+    import pandas as pd
+    import pyarrow as pa
+
+    if not isinstance(result, pd.DataFrame):
+        raise UserCodeError(
+            f"the process function of {type(node).__name__} must return a pandas DataFrame (or None), "
+            f"got {type(result).__module__}.{type(result).__qualname__}"
+        )
+    return pa.Table.from_pandas(result, preserve_index=False)
+
+
 class PandasComputeTask(ArrowComputeTask):
     def _convert_in(self, tables):
         return [t.to_pandas() for t in tables]
 
     def _convert_out(self, result):
-        import pyarrow as pa
-
-        return pa.Table.from_pandas(result, preserve_index=False)
+        return _from_pandas(result, self.node)
 
 
 class ArrowStreamTask(Task):
@@ -411,6 +423,4 @@ class PandasBatchTask(ArrowBatchTask):
         return [t.to_pandas() for t in tables]
 
     def _convert_out(self, result):
-        import pyarrow as pa
-
-        return pa.Table.from_pandas(result, preserve_index=False)
+        return _from_pandas(result, self.node)
