@@ -52,6 +52,16 @@ def _sql_text(op: str, param: str, text: str) -> str:
     return sql_fragment(text)
 
 
+def _not_honoured(op: str, param: str, why: str) -> None:
+    """Warn, naming the user's call site, that ``param`` given to ``DataFrame.{op}`` has no effect."""
+    import warnings
+
+    warnings.warn(call_site_msg(f"DataFrame.{op}", f"{param} has no effect: {why}"), UserWarning, stacklevel=3)
+
+
+_SQL_SCHEMA = "it types a Python function's output; a SQL select list is typed by DuckDB (cast in the SQL: 'x::BIGINT AS x')"
+
+
 def _tag(node: Node, op: str) -> Node:
     node.df_op = op
     return node
@@ -283,6 +293,8 @@ class DataFrame:
         """
         if isinstance(sql_or_func, str):
             select = _sql_text("map", "sql_or_func", sql_or_func)
+            if schema is not None:
+                _not_honoured("map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "map")
         if callable(sql_or_func):
             return self._python_op("map", MapRows(sql_or_func, schema, flat=False), schema, kwargs)
@@ -301,6 +313,8 @@ class DataFrame:
         """
         if isinstance(sql_or_func, str):
             select = _sql_text("flat_map", "sql_or_func", sql_or_func)
+            if schema is not None:
+                _not_honoured("flat_map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "flat_map")
         if callable(sql_or_func):
             return self._python_op("flat_map", MapRows(sql_or_func, schema, flat=True), schema, kwargs)
@@ -323,9 +337,13 @@ class DataFrame:
         """
         if not callable(func):
             raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
+        if kwargs.pop("streaming_batch_size", None) is not None:
+            _not_honoured("map_batches", "streaming_batch_size=", f"batch_size= ({batch_size}) sets the size of the batches")
         return self._python_op("map_batches", MapBatches(func, schema), schema, dict(kwargs, streaming_batch_size=batch_size))
 
     def _python_op(self, op: str, fn, schema, kwargs) -> "DataFrame":
+        if kwargs.pop("output_schema", None) is not None:
+            _not_honoured(op, "output_schema=", "the output's columns and types are given by schema=")
         node = ArrowStreamNode(self._ctx, (self.plan,), process_func=fn, **kwargs)
         node.output_schema = schema
         fn.describe = op

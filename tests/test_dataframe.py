@@ -258,6 +258,32 @@ def test_python_functions_returning_rows_without_columns_fail(sp, tmp_path):
     assert df.flat_map(lambda r: []).count() == 0  # no rows at all is fine
 
 
+def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
+    """schema= of a SQL map/flat_map, streaming_batch_size= of map_batches (batch_size= wins) and
+    output_schema= of a Python map were accepted and silently ignored."""
+    path = str(tmp_path / "ten.parquet")
+    pq.write_table(pa.table({"a": list(range(10))}), path)
+    df = sp.read_parquet(path)
+    here = os.path.basename(__file__)
+    with pytest.warns(UserWarning, match=f"DataFrame.map created at .*{here}.*schema= has no effect") as w:
+        out = df.map("a::DOUBLE AS b", schema=pa.schema([("b", pa.int64())]))
+    assert len(w) == 1 and out.to_arrow().schema.field("b").type == pa.float64()
+    with pytest.warns(UserWarning, match="DataFrame.flat_map created at .*schema= has no effect"):
+        df.flat_map("a AS b", schema=pa.schema([("b", pa.string())]))
+    with pytest.warns(UserWarning, match="streaming_batch_size= has no effect: batch_size= \\(4\\)"):
+        sizes = df.map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_size=4, streaming_batch_size=3)
+    assert sizes.to_arrow().column("n").to_pylist() == [4, 4, 2]
+    with pytest.warns(UserWarning, match="output_schema= has no effect: .* schema="):
+        df.map(lambda r: r, output_schema=pa.schema([("a", pa.string())]))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df.map("a AS b")
+        df.map(lambda r: r, schema=pa.schema([("a", pa.int64())]))
+        df.map_batches(lambda t: t, batch_size=4)
+
+
 def test_map_integers_after_floats_are_kept_as_floats(sp):
     out = sp.from_items(ROWS30).map(lambda r: {"x": 0.5 if r["i"] < 10 else r["i"]}, streaming_batch_size=10).to_arrow()
     assert out.column("x").type == pa.float64()
