@@ -26,7 +26,9 @@ Every job keeps an event log and writes a report, whoever runs it; what is shown
 
 Nothing here changes the host process beyond that: no environment variable, no global logging
 configuration (worker processes set theirs up in :mod:`smallpond.execution.worker`); the SIGTERM
-handler is installed only when the process has none of its own, and only while the job runs.
+handler is installed only when the process has none of the user's own (the default, or the one
+``ray.init`` sets, which only exits), and only while the job runs: SIGTERM ends a job the same
+way on every backend (status ``interrupted``, exit status 143, resumable).
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ class Job:
         self.restart = restart
         self.interrupted: Optional[str] = None
         self._lock: Optional[JobLock] = None
-        self._prev_sigterm = None
+        self._prev_sigterm: Any = _NOT_INSTALLED  # the handler to restore at the end, once ours is installed
         #: sink key -> the dataset it was published as (a sink that ran again is published again)
         self._published: Dict[str, Any] = {}
         self._executor = executor
@@ -207,9 +209,14 @@ class Job:
         except BaseException as e:
             # a cluster that cannot run the job: failure status, executor (a Ray connection),
             # log sinks and lock released here, since no caller will finish a job not started
-            self.record_error(e)
+            error = self._as_interruption(e)
+            self.record_error(error)
             self.finish(False)
-            raise
+            if error is e:
+                raise
+            raise error from None
+        if self._prev_sigterm is not _NOT_INSTALLED:
+            self._install_sigterm_handler()  # again: ray.init takes SIGTERM for itself
 
     def start(self) -> "Job":
         from smallpond.execution.ops.sink import restore_publication_records, roll_forward
@@ -331,23 +338,58 @@ class Job:
 
     # -- signals ---------------------------------------------------------------------------------
     def _install_sigterm_handler(self) -> None:
-        """Handle SIGTERM like Ctrl-C, unless the process already has a handler of its own."""
+        """Handle SIGTERM like Ctrl-C, unless the process has a handler of the user's own.
+
+        Called again once the executor has started: ``ray.init`` replaces the process's SIGTERM
+        handler with its own (``sys.exit``: the job would end as a failure with exit status 1 or
+        15, not as interrupted). Ray's handlers, found before the job or set while it starts, are
+        not the user's, so ours takes their place for the job's life and the handler found first
+        is restored at the end. Ray still cleans up: ours ends the process too, through
+        ``Job.finish`` (which disconnects from a Ray it connected to, stopping a local instance)
+        and Ray's ``atexit`` hooks.
+        """
         if threading.current_thread() is not threading.main_thread():
             return
-        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        current = signal.getsignal(signal.SIGTERM)
+        if current == self._on_sigterm or _users_own_handler(current):
             return
-        self._prev_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self._prev_sigterm is _NOT_INSTALLED:
+            self._prev_sigterm = signal.SIG_DFL if previous is None else previous
 
     def _restore_sigterm_handler(self) -> None:
-        if self._prev_sigterm is None or threading.current_thread() is not threading.main_thread():
+        if self._prev_sigterm is _NOT_INSTALLED or threading.current_thread() is not threading.main_thread():
             return
         if signal.getsignal(signal.SIGTERM) == self._on_sigterm:
             signal.signal(signal.SIGTERM, self._prev_sigterm)
-        self._prev_sigterm = None
+        self._prev_sigterm = _NOT_INSTALLED
 
     def _on_sigterm(self, signum, frame) -> None:
         self.interrupted = signal.Signals(signum).name
         raise JobTerminated(signum)
+
+    def _as_interruption(self, e: BaseException) -> BaseException:
+        """``e``, or the JobTerminated it stands for.
+
+        Ray turns what a signal handler raises during ``ray.wait``/``ray.get`` into a
+        ``SystemExit(1)`` of its own (its core worker checks signals and re-raises them), so ours
+        records the signal before it raises and any SystemExit or KeyboardInterrupt after that is
+        the SIGTERM. While the executor starts, ``ray.init`` has its own handler installed for
+        seconds (``sys.exit``, after stopping the Ray processes it started): a SystemExit raised
+        while a Ray handler is in place of ours is a SIGTERM too.
+        """
+        if isinstance(e, JobTerminated) or not isinstance(e, (SystemExit, KeyboardInterrupt)):
+            return e
+        if self.interrupted == signal.SIGTERM.name:
+            return JobTerminated(signal.SIGTERM)
+        if (
+            isinstance(e, SystemExit)
+            and self._prev_sigterm is not _NOT_INSTALLED
+            and _is_ray_handler(signal.getsignal(signal.SIGTERM))
+        ):
+            self.interrupted = signal.SIGTERM.name
+            return JobTerminated(signal.SIGTERM)
+        return e
 
     # -- running ---------------------------------------------------------------------------------
     def _planned_nodes(self) -> List[Node]:
@@ -363,12 +405,15 @@ class Job:
             results = self.scheduler.run(targets, self.planner.tasks)
             self._publish()
         except BaseException as e:
-            self.record_error(e)
-            if isinstance(e, KeyboardInterrupt) and not self.interrupted:
+            error = self._as_interruption(e)
+            self.record_error(error)
+            if isinstance(error, KeyboardInterrupt) and not self.interrupted:
                 self.interrupted = "SIGINT"
             self._discard_unpublished()
             self.scheduler.state = keep_only_finished(self.scheduler.state)
-            raise
+            if error is e:
+                raise
+            raise error from None
         st = self.scheduler.state
         return {k: st.done[k] for k in results}
 
@@ -685,6 +730,25 @@ def _remove_log_sinks(ids: List[int]) -> None:
         except ValueError:
             pass
     logger.restore_default_sink()
+
+
+#: ``Job._prev_sigterm`` before the job installs its SIGTERM handler
+_NOT_INSTALLED = object()
+
+
+def _is_ray_handler(handler) -> bool:
+    """Whether a SIGTERM handler is one Ray sets: ``ray.init`` sets ``sys.exit(signum)`` on every
+    driver, and a local instance it starts sets one that stops its processes, then
+    ``sys.exit(1)`` (``Job.finish`` and Ray's ``atexit`` hook stop them too)."""
+    return getattr(handler, "__module__", "").startswith("ray.") and getattr(handler, "__qualname__", "").endswith(
+        "sigterm_handler"
+    )
+
+
+def _users_own_handler(handler) -> bool:
+    """Whether a SIGTERM handler is one the user set (left alone: the job does not install its
+    own). The default, one set outside Python and Ray's are not."""
+    return handler not in (signal.SIG_DFL, None) and not _is_ray_handler(handler)
 
 
 __all__ = [
