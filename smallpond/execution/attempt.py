@@ -366,7 +366,7 @@ def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[Dat
         ctx = {}
     # the query as the user wrote it (placeholders and all) is what they can find in their script
     sql = ctx.get("sql") or getattr(exc, "sql", None) or getattr(task, "_current_sql", None)
-    message = f"{type(exc).__name__}: {exc}"
+    message = _describe(exc)
     return TaskError(
         message,
         node=task.node_label,
@@ -379,6 +379,29 @@ def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[Dat
         cause_type=type(exc).__name__,
         details="".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
     )
+
+
+def _describe(exc: BaseException) -> str:
+    """The first line of a task's failure: the exception, and for an exit of the task's own code
+    what it did (an empty ``SystemExit`` message reads as nothing happened)."""
+    if isinstance(exc, SystemExit):
+        return (
+            f"SystemExit: the task's code called sys.exit({exc.code!r}); a task cannot end its worker "
+            "process (raise an exception to fail the task)"
+        )
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt: the task's code raised KeyboardInterrupt"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def is_code_exit(exc: BaseException) -> bool:
+    """Whether a SystemExit or KeyboardInterrupt raised in a worker process while an attempt ran
+    came from the task's code (a failure of the task, like any exception).
+
+    A worker process ignores SIGINT, and Ray stops a worker of its own with a SystemExit that
+    carries ``ray_terminate_msg`` (that one ends the process: its attempt is lost, not failed).
+    """
+    return isinstance(exc, (SystemExit, KeyboardInterrupt)) and not hasattr(exc, "ray_terminate_msg")
 
 
 def run_inline(rt: RuntimeContext, task: Task, inputs: List[DataSet]) -> DataSet:
@@ -745,7 +768,11 @@ def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: 
     """Run one attempt and describe its outcome as a Completion (what every backend sends back).
 
     Never raises for a failed attempt (the error travels in the Completion, with the decision
-    already made from its original class); KeyboardInterrupt and SystemExit pass through.
+    already made from its original class). Runs in a worker process (local, queue or Ray), where
+    a ``sys.exit()`` or a KeyboardInterrupt of the task's code fails the attempt as any exception
+    does (:func:`is_code_exit`), instead of ending the worker: the job then reports what the code
+    did, not a lost worker or a cancelled Ray task. (In the scheduler's process, which
+    :func:`execute_attempt` also serves, they pass through: there they may be the user's Ctrl-C.)
     """
     from smallpond.execution.executors.base import Completion
 
@@ -755,4 +782,9 @@ def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: 
         ds = execute_attempt(rt, task, inputs, attempt, memory=memory, worker=worker, stats=stats)
     except TaskError as e:
         return Completion(task.key, attempt, False, None, e, time.time() - start, worker, start, stats)
+    except (SystemExit, KeyboardInterrupt) as e:
+        if not is_code_exit(e):
+            raise
+        error = to_task_error(task, attempt, e, inputs)
+        return Completion(task.key, attempt, False, None, error, time.time() - start, worker, start, stats)
     return Completion(task.key, attempt, True, ds, None, time.time() - start, worker, start, stats)

@@ -10,6 +10,8 @@ and checks:
 * SIGTERM of the driver: exit status 143 and status ``interrupted``; the same command resumes;
 * a worker killed in the middle of a job: the job still finishes with the right output;
 * bad SQL: exit status 70 and the SQL in the message, without retries;
+* ``sys.exit()`` or KeyboardInterrupt in a task's code: exit status 70 and a message saying so,
+  without retries;
 * the task cache: a second job (new job id, same inputs, same data root) runs no task the first
   one computed (entries are inserted where the attempt commits: the worker, whatever the backend)
   and gives the same output.
@@ -29,6 +31,7 @@ import uuid
 from typing import List
 
 import psutil
+import pytest
 
 from tests.datagen import generate_mock_urls, generate_parquet_files, read_parquet
 from tests.e2e.test_resume import (
@@ -278,6 +281,49 @@ def test_bad_sql_fails_fast_with_the_sql(backend, tmp_path):
     assert proc.returncode == EX_SOFTWARE
     assert "select idd, from" in proc.stderr
     assert attempts_used(root) == 0, "a parse error was retried"
+
+
+EXITING_JOB = """
+import sys
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+
+driver = Driver()
+driver.add_argument("-i", "--input_paths", nargs="+")
+driver.add_argument("--how")
+args = driver.get_arguments()
+HOW = args["how"]  # travels with the function, to workers that do not share this environment
+
+
+def leave(runtime_ctx, tables):
+    if HOW == "exit0":
+        sys.exit(0)
+    raise KeyboardInterrupt()
+
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet(args["input_paths"]))
+driver.run(LogicalPlan(ctx, ArrowComputeNode(ctx, (DataSetPartitionNode(ctx, (src,), 2),), process_func=leave)))
+"""
+
+
+@pytest.mark.parametrize(
+    "how, said",
+    [
+        ("exit0", "SystemExit: the task's code called sys.exit(0)"),
+        ("kbint", "KeyboardInterrupt: the task's code raised KeyboardInterrupt"),
+    ],
+)
+def test_an_exit_of_the_tasks_code_fails_the_task_saying_so(backend, tmp_path, how, said):
+    # not a lost worker (reads like an out-of-memory kill) nor a cancelled Ray task: the task
+    # failed, by what its code did, which it would do again (no retry)
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+    proc, root = run_script_job(backend, tmp_path, "exiting.py", EXITING_JOB, inputs, "--how", how)
+    assert proc.returncode == EX_SOFTWARE, proc.stderr[-3000:]
+    failed = [line for line in proc.stderr.splitlines() if " failed: " in line and line.lstrip().startswith("task ")]
+    assert failed and all(said in line and "ArrowComputeNode" in line for line in failed), proc.stderr[-3000:]
+    assert "WorkerLost" not in proc.stderr and "TaskCancelledError" not in proc.stderr, proc.stderr[-3000:]
+    assert attempts_used(root) == 0, "an exit of the task's code was retried"
 
 
 LATE_BAD_SQL_JOB = """
