@@ -19,7 +19,7 @@ from smallpond.common import (
     some_of,
     sql_fragment,
 )
-from smallpond.errors import ParameterError
+from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset import (
@@ -57,6 +57,29 @@ def _not_honoured(op: str, param: str, why: str) -> None:
     import warnings
 
     warnings.warn(call_site_msg(f"DataFrame.{op}", f"{param} has no effect: {why}"), UserWarning, stacklevel=3)
+
+
+def _options_checked(method):
+    """``method`` (a transformation passing ``**kwargs`` on to the node it builds), with an
+    option that node does not take refused as an UnknownOptionError (a ParameterError and a
+    TypeError, as upstream raised) naming the method and the user's
+    call site, not a TypeError from inside the node's constructor."""
+    import functools
+    import re
+
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except TypeError as e:
+            m = re.search(r"unexpected keyword argument '([^']+)'", str(e))
+            if m is None or m.group(1) not in kwargs:
+                raise
+            raise UnknownOptionError(
+                call_site_msg(f"DataFrame.{method.__name__}", f"takes no option {m.group(1)!r} ({type(e).__name__}: {e})")
+            ) from None
+
+    return checked
 
 
 _SQL_SCHEMA = "it types a Python function's output; a SQL select list is typed by DuckDB (cast in the SQL: 'x::BIGINT AS x')"
@@ -188,6 +211,7 @@ class DataFrame:
         return self.plan.num_partitions
 
     # -- transformations -------------------------------------------------------------------------
+    @_options_checked
     def repartition(
         self,
         npartitions: int,
@@ -217,6 +241,7 @@ class DataFrame:
             node = EvenlyDistributedPartitionNode(self._ctx, (self.plan,), npartitions, partition_by_rows=by_rows, **kwargs)
         return self._new(node, "repartition")
 
+    @_options_checked
     def random_shuffle(self, **kwargs) -> "DataFrame":
         """Shuffle rows randomly across and within partitions (same number of partitions)."""
         n = self.plan.num_partitions
@@ -225,6 +250,7 @@ class DataFrame:
         node = SqlEngineNode(self._ctx, (part,), "select * from {0} order by random()", **kwargs)
         return self._new(node, "random_shuffle")
 
+    @_options_checked
     def partial_sort(self, by: Union[str, List[str]], **kwargs) -> "DataFrame":
         """Sort each partition by ``by`` (items like ``"b desc"`` are allowed).
 
@@ -245,6 +271,7 @@ class DataFrame:
             SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {order}", **kwargs), "partial_sort"
         )
 
+    @_options_checked
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
         """Keep rows where a SQL condition or a Python predicate on the row dict is true.
 
@@ -268,6 +295,7 @@ class DataFrame:
             return self._python_op("filter", FilterRows(sql_or_func), None, kwargs)
         raise ParameterError(f"filter expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
+    @_options_checked
     def map(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], Dict[str, Any]]], *, schema=None, **kwargs) -> "DataFrame":
         """Map each row: a SQL select list (``"a + b as c"``) or a function row dict → dict.
 
@@ -300,6 +328,7 @@ class DataFrame:
             return self._python_op("map", MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
+    @_options_checked
     def flat_map(
         self, sql_or_func: Union[str, Callable[[Dict[str, Any]], List[Dict[str, Any]]]], *, schema=None, **kwargs
     ) -> "DataFrame":
@@ -320,6 +349,7 @@ class DataFrame:
             return self._python_op("flat_map", MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
+    @_options_checked
     def map_batches(self, func: Callable, *, batch_size: int = DEFAULT_BATCH_SIZE, schema=None, **kwargs) -> "DataFrame":
         """Apply ``func(pa.Table) -> pa.Table`` to batches of exactly ``batch_size`` rows (the last may be smaller).
 

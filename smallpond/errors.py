@@ -27,6 +27,13 @@ class ParameterError(SmallpondError, ValueError, AssertionError):
     """
 
 
+class UnknownOptionError(ParameterError, TypeError):
+    """A call got a keyword option that the node it builds does not take.
+
+    Also a ``TypeError``, which is what upstream 0.15 raised (from the node's constructor).
+    """
+
+
 class PlanError(SmallpondError, AssertionError):
     """The logical plan cannot be turned into tasks (e.g. incompatible partitionings, cycles).
 

@@ -785,3 +785,21 @@ def test_a_data_column_named_file_row_number_is_kept_through_row_splits(sp, tmp_
     assert sorted(zip(out.column("k").to_pylist(), out.column("file_row_number").to_pylist())) == [
         (i, 1000 + i) for i in range(20)
     ]
+
+
+def test_an_option_the_built_node_does_not_take_is_refused_at_the_call_site(sp, tmp_path):
+    # was: TypeError from the node's constructor (SqlEngineNode.__init__() got an unexpected ...)
+    path = str(tmp_path / "three.parquet")
+    pq.write_table(pa.table({"a": [1, 2, 3]}), path)
+    df = sp.read_parquet(path)
+    here = os.path.basename(__file__)
+    calls = {
+        "filter": lambda: df.filter("a > 2", streaming_batch_size=3),
+        "map": lambda: df.map(lambda r: r, per_thread_output=False),
+        "repartition": lambda: df.repartition(2, hash_by="a", no_such_option=1),
+        "partial_sort": lambda: df.partial_sort("a", no_such_option=1),
+    }
+    for op, call in calls.items():
+        with pytest.raises(ParameterError, match=rf"DataFrame.{op} created at .*{here}:\d+: takes no option '\w+'"):
+            call()
+    assert df.filter("a > 1", cpu_limit=1).count() == 2  # options the node takes still pass
