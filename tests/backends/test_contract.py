@@ -224,9 +224,9 @@ def test_sigterm_interrupts_the_job_which_then_resumes(backend, tmp_path):
     done_before, started_before = committed(root), started(root)
     assert len(done_before) < WORKER_TASKS, "the job finished before the signal"
     if backend.name == "queue-byhand":
-        # executors started by hand end with the interrupted run, and new ones started before the
-        # rerun's scheduler has begun see that run's end and exit too (a limitation of that
-        # backend, not of SIGTERM): the rerun is left to the other backends
+        # executors started by hand end with the interrupted run, and a rerun with executors
+        # started by hand did not finish within 5 minutes here (not diagnosed; the closing note
+        # names it): the rerun is checked on the other backends
         return
     rerun = run(cmd, tmp_path, backend)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -316,22 +316,23 @@ driver.run(LogicalPlan(ctx, ArrowComputeNode(ctx, (DataSetPartitionNode(ctx, (sr
 
 
 @pytest.mark.parametrize(
-    "how, said",
+    "how, said, retried",
     [
-        ("exit0", "SystemExit: the task's code called sys.exit(0)"),
-        ("kbint", "KeyboardInterrupt: the task's code raised KeyboardInterrupt"),
+        ("exit0", "SystemExit: the task's code called sys.exit(0)", True),
+        ("kbint", "KeyboardInterrupt: the task's code raised KeyboardInterrupt", False),
     ],
 )
-def test_an_exit_of_the_tasks_code_fails_the_task_saying_so(backend, tmp_path, how, said):
+def test_an_exit_of_the_tasks_code_fails_the_task_saying_so(backend, tmp_path, how, said, retried):
     # not a lost worker (reads like an out-of-memory kill) nor a cancelled Ray task: the task
-    # failed, by what its code did, which it would do again (no retry)
+    # failed, by what its code did; sys.exit() is retried as a crash of the worker always was
+    # (tests/compat/test_execution.py exits on a first attempt only), KeyboardInterrupt is not
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
     proc, root = run_script_job(backend, tmp_path, "exiting.py", EXITING_JOB, inputs, "--how", how)
     assert proc.returncode == EX_SOFTWARE, proc.stderr[-3000:]
     failed = [line for line in proc.stderr.splitlines() if " failed: " in line and line.lstrip().startswith("task ")]
     assert failed and all(said in line and "ArrowComputeNode" in line for line in failed), proc.stderr[-3000:]
     assert "WorkerLost" not in proc.stderr and "TaskCancelledError" not in proc.stderr, proc.stderr[-3000:]
-    assert attempts_used(root) == 0, "an exit of the task's code was retried"
+    assert (attempts_used(root) > 0) == retried, "retried" if not retried else "not retried"
 
 
 LATE_BAD_SQL_JOB = """
