@@ -174,7 +174,7 @@ def _jobs(args, data_root: str) -> int:
     for j in jobs:
         what = j.name or j.command
         what = what if len(what) <= 70 else what[:69] + "…"
-        tasks = f"{j.tasks_done + j.tasks_resumed}"
+        tasks = f"{j.tasks_done + j.tasks_resumed + j.tasks_reused}"
         print(f"{j.job_time:%Y-%m-%d %H:%M:%S}  {_age(j.age_seconds):>5}  {j.state:11}  {tasks:>7}  {j.job_id:36}  {what}")
     print(f"{len(jobs)} job(s) under {data_root}", file=sys.stderr)
     return EXIT_OK

@@ -55,6 +55,7 @@ class JobInfo:
     pid: int = 0
     tasks_done: int = 0  # attempts that ended well in the latest run
     tasks_resumed: int = 0
+    tasks_reused: int = 0  # taken from the task cache in the latest run
     attempts_failed: int = 0
 
     @property
@@ -118,9 +119,10 @@ def describe_job(path: str) -> JobInfo:
     try:
         scan = scan_last_run(info.log_root)
     except OSError:  # another user's job: its state says so
-        scan = {"start": None, "done": 0, "resumed": 0, "failed": 0}
+        scan = {"start": None, "done": 0, "resumed": 0, "reused": 0, "failed": 0}
     start = scan["start"]
     info.tasks_done, info.tasks_resumed, info.attempts_failed = scan["done"], scan["resumed"], scan["failed"]
+    info.tasks_reused = scan.get("reused", 0)
     if start is not None:
         info.name = start.get("name", "")
         info.argv = list(start.get("argv") or [])

@@ -97,9 +97,9 @@ def read_events(log_root: str) -> List[dict]:
 
 def scan_last_run(log_root: str) -> Dict[str, Any]:
     """The ``job_start`` and ``job_end`` events of a job's latest run and how many attempts ended
-    ``done`` / ``failed`` and tasks were ``resumed`` in it, without parsing every event (for listing
+    ``done`` / ``failed`` and tasks were ``resumed`` / ``reused`` (from the task cache) in it, without parsing every event (for listing
     many jobs quickly; events are written with ``ev`` first)."""
-    out: Dict[str, Any] = {"start": None, "end": None, "done": 0, "failed": 0, "resumed": 0}
+    out: Dict[str, Any] = {"start": None, "end": None, "done": 0, "failed": 0, "resumed": 0, "reused": 0}
     try:
         f = open(events_path(log_root), encoding="utf-8")
     except FileNotFoundError:
@@ -116,7 +116,7 @@ def _scan_event(part: str, out: Dict[str, Any]) -> None:
     if m is None:
         return
     kind = m.group(1)
-    if kind in ("done", "failed", "resumed"):
+    if kind in ("done", "failed", "resumed", "reused"):
         if part.rstrip().endswith("}"):  # not a torn one
             out[kind] += 1
     elif kind in ("job_start", "job_end"):
@@ -125,7 +125,7 @@ def _scan_event(part: str, out: Dict[str, Any]) -> None:
         except ValueError:
             return
         if kind == "job_start":
-            out.update(start=ev, end=None, done=0, failed=0, resumed=0)
+            out.update(start=ev, end=None, done=0, failed=0, resumed=0, reused=0)
         else:
             out["end"] = ev
 

@@ -220,3 +220,26 @@ def test_the_log_of_a_run_that_died_shows_the_attempts_still_running(tmp_path):
     assert submitted == ["B", "C"], "B runs still; C's failure needs its submission for its start"
     run = JobHistory(events).last
     assert (run.node(1).done, run.node(1).running) == (1, 1)
+
+
+def test_the_latest_runs_scan_counts_tasks_taken_from_the_task_cache(tmp_path):
+    # `smallpond jobs` showed done + resumed: a job served from the task cache looked smaller
+    from smallpond.execution.catalog import describe_job
+
+    job = tmp_path / "2026-01-01-00-00-00.aaaaaaaa-0000-0000-0000-000000000001"
+    log = job / "log"
+    log.mkdir(parents=True)
+    (log / ".STATUS").write_text("success@2026-01-01-00-00-00\n")
+    events = [
+        {"ev": "job_start", "t": 1.0, "job_id": "x"},
+        {"ev": "reused", "t": 1.1, "key": "T-1"},
+        {"ev": "reused", "t": 1.2, "key": "T-2"},
+        {"ev": "done", "t": 1.3, "key": "T-3"},
+        {"ev": "job_end", "t": 1.4, "status": "success"},
+    ]
+    with open(log / "events.jsonl", "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in events)
+    scan = scan_last_run(str(log))
+    assert (scan["done"], scan["reused"], scan["resumed"]) == (1, 2, 0)
+    info = describe_job(str(job))
+    assert info.tasks_done + info.tasks_resumed + info.tasks_reused == 3
