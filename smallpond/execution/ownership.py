@@ -196,19 +196,31 @@ def _holder_alive(holder: dict) -> bool:
     return True
 
 
-def live_lock_holder(job_root: str) -> Optional[str]:
-    """Who holds the job lock of the folder ``job_root`` (a process on this host that is alive, or
-    any process on another host), or None if nobody does."""
+def _read_lock(path: str) -> Optional[dict]:
+    """The record of the job lock at ``path``: None if there is none, ``{}`` if it is torn or
+    unreadable (treated as held by an unknown holder on this host)."""
     try:
-        with open(os.path.join(job_root, "config", LOCK_NAME), "rb") as f:
-            holder = json.loads(f.read().decode() or "{}")
+        with open(path, "rb") as f:
+            return json.loads(f.read().decode() or "{}")
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        holder = {}
+        return {}
+
+
+def _holder_name(holder: dict) -> str:
+    return f"process {holder.get('pid', '?')} on host {holder.get('host') or '?'}"
+
+
+def live_lock_holder(job_root: str) -> Optional[str]:
+    """Who holds the job lock of the folder ``job_root`` (a process on this host that is alive, or
+    any process on another host), or None if nobody does."""
+    holder = _read_lock(os.path.join(job_root, "config", LOCK_NAME))
+    if holder is None:
+        return None
     host = holder.get("host")
     if host and host != socket.gethostname() or not holder or _holder_alive(holder):
-        return f"process {holder.get('pid', '?')} on host {host or '?'}"
+        return _holder_name(holder)
     return None
 
 
@@ -234,13 +246,7 @@ class JobLock:
         ).encode()
 
     def _read(self) -> Optional[dict]:
-        try:
-            with open(self.path, "rb") as f:
-                return json.loads(f.read().decode() or "{}")
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError):
-            return {}  # torn or unreadable: treated as held by an unknown holder on this host
+        return _read_lock(self.path)
 
     def _create(self) -> None:
         """Create the lock file with its content in one step (FileExistsError if it exists).
@@ -280,7 +286,7 @@ class JobLock:
 
     def _take_over_if_stale(self, holder: dict) -> None:
         host = holder.get("host")
-        where = f"process {holder.get('pid', '?')} on host {host or '?'}"
+        where = _holder_name(holder)
         since = holder.get("acquired")
         since_txt = f" since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}" if since else ""
         if host and host != socket.gethostname():
