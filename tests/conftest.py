@@ -67,3 +67,13 @@ def pytest_sessionfinish(session, exitstatus):
     module = sys.modules.get("tests.ray_cluster")
     if module is not None:
         module.stop_cluster()
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory):
+    """A DataFrame session shared by a test module (modules that need other settings define their own)."""
+    import smallpond
+
+    session = smallpond.init(data_root=str(tmp_path_factory.mktemp("df_root")))
+    yield session
+    session.shutdown()

@@ -8,18 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import smallpond
 from smallpond.dataframe import _read
 from smallpond.errors import TaskError
 
 QUERY = "select ticker, count(*) as n, sum(price) as total from {0} group by ticker"
-
-
-@pytest.fixture(scope="module")
-def sp(tmp_path_factory):
-    session = smallpond.init(data_root=str(tmp_path_factory.mktemp("empty_root")))
-    yield session
-    session.shutdown()
 
 
 @pytest.fixture(scope="module")

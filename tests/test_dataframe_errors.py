@@ -1,0 +1,134 @@
+"""DataFrame API: bad arguments and failing steps are reported where the user wrote them (the
+method, the call site, the SQL or function), and parameters given without effect warn."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import smallpond
+from smallpond.errors import ParameterError, TaskError
+
+
+def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
+    """schema= of a SQL map/flat_map, streaming_batch_size= of map_batches (batch_size= wins) and
+    output_schema= of a Python map were accepted and silently ignored."""
+    path = str(tmp_path / "ten.parquet")
+    pq.write_table(pa.table({"a": list(range(10))}), path)
+    df = sp.read_parquet(path)
+    here = os.path.basename(__file__)
+    with pytest.warns(UserWarning, match=f"DataFrame.map created at .*{here}.*schema= has no effect") as w:
+        out = df.map("a::DOUBLE AS b", schema=pa.schema([("b", pa.int64())]))
+    assert len(w) == 1 and out.to_arrow().schema.field("b").type == pa.float64()
+    with pytest.warns(UserWarning, match="DataFrame.flat_map created at .*schema= has no effect"):
+        df.flat_map("a AS b", schema=pa.schema([("b", pa.string())]))
+    with pytest.warns(UserWarning, match="streaming_batch_size= has no effect: batch_size= \\(4\\)"):
+        sizes = df.map_batches(lambda t: pa.table({"n": [t.num_rows]}), batch_size=4, streaming_batch_size=3)
+    assert sizes.to_arrow().column("n").to_pylist() == [4, 4, 2]
+    with pytest.warns(UserWarning, match="output_schema= has no effect: .* schema="):
+        df.map(lambda r: r, output_schema=pa.schema([("a", pa.string())]))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        df.map("a AS b")
+        df.map(lambda r: r, schema=pa.schema([("a", pa.int64())]))
+        df.map_batches(lambda t: t, batch_size=4)
+
+
+def test_write_parquet_refuses_a_line_break_its_manifest_would_hold(sp, tmp_path):
+    # .MANIFEST.txt lists one path per line: a folder "out\nx" was written and could not be read back
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"k": [1, 2, 3]}), src)
+    with pytest.raises(ParameterError) as info:
+        sp.read_parquet(str(src)).write_parquet(str(tmp_path / "out\nx"))
+    assert "line break" in str(info.value) and f"{__file__}:" in str(info.value)
+    assert not os.path.exists(tmp_path / "out\nx")
+    odd = tmp_path / "a\nb.parquet"
+    pq.write_table(pa.table({"k": [4]}), odd)
+    with pytest.raises(ParameterError, match="line break"):
+        sp.read_parquet(str(odd)).write_parquet(str(tmp_path / "out"))
+    # a step that writes files of its own publishes them under its names: allowed
+    sp.partial_sql("select * from {0}", sp.read_parquet(str(odd))).write_parquet(str(tmp_path / "out"))
+    assert sp.read_parquet(str(tmp_path / "out")).to_arrow().column("k").to_pylist() == [4]
+
+
+BAD_ARGS = {
+    "repartition by=''": (lambda df: df.repartition(2, by=""), ["data_partition_column", "''"]),
+    "repartition hash_by=1": (lambda df: df.repartition(2, hash_by=1), ["hash_columns", "got 1"]),
+    "filter('')": (lambda df: df.filter(""), ["DataFrame.filter", "sql_or_func", "''"]),
+    "map(' ')": (lambda df: df.map(" "), ["DataFrame.map", "sql_or_func", "' '"]),
+    "flat_map('')": (lambda df: df.flat_map(""), ["DataFrame.flat_map", "sql_or_func", "''"]),
+    "partial_sort by=''": (lambda df: df.partial_sort(by=""), ["DataFrame.partial_sort", "by", "''"]),
+    "partial_sort by=['a', '']": (lambda df: df.partial_sort(by=["a", ""]), ["DataFrame.partial_sort", "by", "''"]),
+    "partial_sort by=[]": (lambda df: df.partial_sort(by=[]), ["DataFrame.partial_sort", "by", "[]"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_bad_arguments_fail_where_they_are_given(sp, case):
+    # they failed when the job ran (a binder or parser error, TypeError for hash_by=1)
+    build, expected = BAD_ARGS[case]
+    df = sp.from_items([{"a": 1}])
+    with pytest.raises(ParameterError) as info:
+        build(df)
+    for text in expected:
+        assert text in str(info.value)
+    assert f"{__file__}:" in str(info.value)
+
+
+def test_bad_sql_names_the_sql(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        df = s.from_arrow(pa.table({"a": [1]}))
+        with pytest.raises(Exception) as info:
+            s.partial_sql("select a,, from {0}", df).compute()
+        text = str(info.value)
+        assert "select a,, from" in text
+        assert os.path.basename(__file__) in text  # the user's line that created the failing step
+        assert "partial_sql" in text
+
+
+def test_unpicklable_function_message(tmp_path):
+    import threading
+
+    lock = threading.Lock()
+
+    def uses_lock(row):
+        with lock:
+            return row
+
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        with pytest.raises(TaskError) as info:
+            s.from_items([1, 2]).map(uses_lock).compute()
+        text = str(info.value)
+        assert "Can't pickle" in text and "uses_lock" in text and "lock" in text.lower()
+
+
+def test_python_error_names_operation_and_line(tmp_path):
+    with smallpond.init(data_root=str(tmp_path)) as s:
+        df = s.from_items([1, 2, 3]).map(lambda r: {"x": 1 / 0})
+        with pytest.raises(TaskError) as info:
+            df.compute()
+        text = str(info.value)
+        assert "ZeroDivisionError" in text and "map" in text and os.path.basename(__file__) in text
+
+
+def test_an_option_the_built_node_does_not_take_is_refused_at_the_call_site(sp, tmp_path):
+    # was: TypeError from the node's constructor (SqlEngineNode.__init__() got an unexpected ...)
+    path = str(tmp_path / "three.parquet")
+    pq.write_table(pa.table({"a": [1, 2, 3]}), path)
+    df = sp.read_parquet(path)
+    here = os.path.basename(__file__)
+    calls = {
+        "filter": lambda: df.filter("a > 2", streaming_batch_size=3),
+        "map": lambda: df.map(lambda r: r, per_thread_output=False),
+        "repartition": lambda: df.repartition(2, hash_by="a", no_such_option=1),
+        "partial_sort": lambda: df.partial_sort("a", no_such_option=1),
+    }
+    for op, call in calls.items():
+        with pytest.raises(ParameterError, match=rf"DataFrame.{op} created at .*{here}:\d+: takes no option '\w+'"):
+            call()
+    assert df.filter("a > 1", cpu_limit=1).count() == 2  # options the node takes still pass
