@@ -34,36 +34,20 @@ def columns_unknown(ds: DataSet) -> bool:
 
 def holds_no_rows(ds: DataSet) -> bool:
     """Whether input ``ds`` has no rows, for ``skip_task_with_empty_input``: it has no files, or
-    it is Parquet and every file's footer counts no rows.
+    it is Parquet and its row count (its files' footers, or its row ranges) is zero.
 
     The second case is the usual empty partition: a partition producer gives a partition no row
     fell into a placeholder file with the columns and no rows (so its columns are known), and
-    such a partition is as empty as one without files. Only read when the option is on: one footer
-    per file (a few hundred bytes, no pyarrow needed), stopping at the first file with rows.
+    such a partition is as empty as one without files. Only asked when the option is on.
     """
     if ds.empty:
         return True
     if not isinstance(ds, ParquetDataSet):
         return False
-    ranges = getattr(ds, "_resolved_row_ranges", None)
-    if ranges is not None:  # row ranges (a split by rows): their counts, not the whole files'
-        return all(r.num_rows == 0 for r in ranges)
-    from smallpond.io.parquet_footer import read_row_summary
-
     try:
-        for path in ds.resolved_paths:
-            summary = read_row_summary(path)
-            if summary is None:  # a footer this reader does not parse: pyarrow's
-                import pyarrow.parquet as pq
-
-                num_rows = pq.read_metadata(path).num_rows
-            else:
-                num_rows = summary[0]
-            if num_rows > 0:
-                return False
+        return ds.num_rows == 0
     except Exception:  # an unreadable input: the query fails on it, with the file named
         return False
-    return True
 
 
 def without_placeholder_column(conn, sql: str):
