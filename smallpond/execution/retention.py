@@ -27,9 +27,6 @@ from typing import Dict, Iterable, List, Optional, Set, Tuple
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.io.filesystem import remove_path
 
-#: the key prefix of sink tasks (a task's key is "{its class}-{its id}", Task.__init__)
-_SINK_PREFIX = "DataSinkTask-"
-
 
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
@@ -87,8 +84,10 @@ def retained(rt: RuntimeContext, remove_output_root: bool) -> Tuple[Set[str], Li
     def removed(path: str) -> bool:
         return any(_inside(path, r) for r in roots)
 
+    from smallpond.execution.ops.sink import SINK_RECORD_PREFIX
+
     records = _records(rt)
-    sinks = {name: _files(r.get("dataset")) for name, r in records.items() if name.startswith(_SINK_PREFIX)}
+    sinks = {name: _files(r.get("dataset")) for name, r in records.items() if name.startswith(SINK_RECORD_PREFIX)}
     keep: Set[str] = set()
     for name, files in sinks.items():
         dest = records[name].get("output_path")

@@ -687,11 +687,15 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     roll_forward(runtime_ctx, journal)
 
 
-def park_publication_records(runtime_ctx, names: Optional[Sequence[str]] = None) -> int:
+#: how a sink's commit record is named: a task's key is "{its class}-{its id}" (Task.__init__)
+SINK_RECORD_PREFIX = f"{DataSinkTask.__name__}-"
+
+
+def park_publication_records(runtime_ctx, names: Sequence[str]) -> int:
     """Move commit records out of ``staging/`` (which a finished job may remove) into
     ``config/published/``; :func:`restore_publication_records` brings them back when the job
-    starts again. ``names``: the record files to move (default: every sink's). Returns how many
-    were moved.
+    starts again. ``names``: the record files to move (the clean-up's choice, see
+    :func:`~smallpond.execution.retention.retained`). Returns how many were moved.
 
     A sink is complete if and only if its record exists. Without it, a rerun of a session that
     finished (after a crash once its shutdown had removed the intermediates, as the README
@@ -703,12 +707,6 @@ def park_publication_records(runtime_ctx, names: Optional[Sequence[str]] = None)
     Each record is moved by a rename, so a crash leaves it in one of the two places.
     """
     src = runtime_ctx.completed_task_dir
-    if names is None:
-        prefix = f"{DataSinkTask.__name__}-"  # a task's key is "{its class}-{its id}" (Task.__init__)
-        try:
-            names = [n for n in os.listdir(src) if n.startswith(prefix) and n.endswith(".commit")]
-        except FileNotFoundError:
-            return 0
     if not names:
         return 0
     dst = runtime_ctx.published_records_dir
