@@ -185,6 +185,9 @@ def _status(args, data_root: str) -> int:
     from smallpond.execution.summary import summary_of
 
     job = find_job(data_root, args.job)
+    if job.state == "unreadable":  # another user's folder: one line on stderr, no half-printed status
+        print(f"smallpond status: cannot read job {job.job_id} in {job.path}: Permission denied", file=sys.stderr)
+        return EXIT_USAGE
     print(f"job {job.job_id}: {job.state} (started {job.job_time:%Y-%m-%d %H:%M:%S}, {_age(job.age_seconds)} ago)")
     print(f"folder {job.path}")
     if job.command:

@@ -229,6 +229,7 @@ def test_another_users_job_folder_is_listed_as_unreadable_and_stops_nothing(parq
         assert out.returncode == 0 and "succeeded" in out.stdout, out.stderr
         out = run("status", "aaaa")  # theirs: said, without a traceback
         assert out.returncode == 2 and "Traceback" not in out.stderr and "Permission denied" in out.stderr
+        assert out.stdout == "", out.stdout  # nothing printed before the error
         out = run("clean")
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
         assert str(mine.job_id) in out.stdout and str(theirs.job_id) not in out.stdout
