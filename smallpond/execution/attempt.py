@@ -197,9 +197,10 @@ def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
     A torn record counts as absent (the task runs again); a forged one raises (see :func:`_load_record`).
     """
     path = commit_path(rt, task.key)
-    if not os.path.lexists(path) and task.commits_on_publication:
-        # a sink's record that a finished session kept aside when it removed staging/ (put back
-        # when the job starts; a dry run, which does not start it, reads it there)
+    if not os.path.lexists(path):
+        # a record a finished job's clean-up kept aside when it removed staging/ (a sink's, or a
+        # task's whose files a published result lists): put back when the job starts; a dry run,
+        # which does not start it, reads it there
         parked = os.path.join(rt.published_records_dir, os.path.basename(path))
         path = parked if os.path.lexists(parked) else path
     record = _load_record(rt, path, task.key)

@@ -35,14 +35,14 @@ def _same(runtime_ctx, tables):
     return tables[0]
 
 
-def _plan(inputs):
+def _plan(inputs, final_sql="select * from {0}"):
     """The tester's job: a named output (``counted``) between unnamed SQL, FinalResults a manifest."""
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(inputs))
     parts = HashPartitionNode(ctx, (src,), npartitions=4, hash_columns=["host"])
     counts = SqlEngineNode(ctx, (parts,), "select host, count(*) as c from {0} group by host")
     named = ArrowComputeNode(ctx, (counts,), process_func=_same, output_name="counted")
-    return LogicalPlan(ctx, SqlEngineNode(ctx, (named,), "select * from {0}"))
+    return LogicalPlan(ctx, SqlEngineNode(ctx, (named,), final_sql))
 
 
 def _rt(tmp_path):
@@ -69,6 +69,14 @@ def test_remove_output_root_keeps_what_published_results_list_and_a_rerun_keeps_
     kept = {p.split(os.sep)[-3] for p in glob.glob(os.path.join(job_root, "staging", "*", "*", "*"))}
     assert kept == {"SqlEngineNode.000005"}, kept
     assert not os.path.exists(os.path.join(job_root, "staging", "completed_tasks"))
+    # a dry run, which does not start the job, finds what a rerun resumes: with the last query
+    # changed, the named output's tasks (records kept aside by the clean-up) are resumed, not run
+    from smallpond.execution.job import dry_run_plan
+
+    changed = _plan(inputs, "select host from {0}")
+    dry = dry_run_plan(changed, _rt(tmp_path))
+    assert {v.task.key.split("-")[0] for v in dry.of("run")} == {"SqlEngineTask", "DataSinkTask"}, dry.verdicts
+    assert len([v for v in dry.of("resumed") if v.task.key.startswith("ArrowComputeTask")]) == 4, dry.verdicts
 
     # the same command again (resume), with the flag and without: still valid, nothing recomputed
     before = {p: os.stat(p).st_ino for p in glob.glob(os.path.join(job_root, "*", "*", "*", "*.parquet"))}
@@ -77,6 +85,10 @@ def test_remove_output_root_keeps_what_published_results_list_and_a_rerun_keeps_
         assert _published(job_root) == {"FinalResults": 5, "counted": 5}
     after = {p: os.stat(p).st_ino for p in glob.glob(os.path.join(job_root, "*", "*", "*", "*.parquet"))}
     assert after == before
+    # ... as the real run of the changed plan does: the named output's files stay as they were
+    run_job(changed, _rt(tmp_path), num_workers=1)
+    arrow = {p: i for p, i in before.items() if "ArrowComputeTask" in p}
+    assert arrow and {p: os.stat(p).st_ino for p in arrow} == arrow
 
 
 def test_a_manifest_sink_outside_the_job_survives_a_clean_up_of_staging_and_output(tmp_path):
