@@ -186,3 +186,43 @@ def test_equal_keys_typed_apart_in_two_files_meet_in_one_partition(tmp_path, mak
     assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
     # every row of both files is there
     assert sorted(r["file"] for p in parts for r in p) == [0] * len(values) + [1] * len(values)
+
+
+_EQUAL_TIMES_TYPED_APART = {
+    "timestamp[ns] and timestamp[us]": (pa.timestamp("ns"), pa.timestamp("us")),
+    "timestamp[ms] and timestamp[us]": (pa.timestamp("ms"), pa.timestamp("us")),  # Parquet has no seconds
+    "date32 and timestamp[us]": (pa.date32(), pa.timestamp("us")),
+    "date32 and timestamp[ns]": (pa.date32(), pa.timestamp("ns")),
+}
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("case", sorted(_EQUAL_TIMES_TYPED_APART))
+def test_equal_times_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine, case):
+    # a file pandas wrote (nanoseconds) and one DuckDB wrote (microseconds), or a DATE key and a
+    # TIMESTAMP key: equal instants must hash alike, or a GROUP BY per partition returns them twice
+    import datetime
+
+    first, second = _EQUAL_TIMES_TYPED_APART[case]
+    days = [datetime.datetime(2024, 1, 1) + datetime.timedelta(days=i) for i in range(40)]
+    paths = []
+    for n, typ in enumerate((first, second)):
+        keys = [d.date() if pa.types.is_date(typ) else d for d in days] + [None]
+        path = str(tmp_path / f"part{n}.parquet")
+        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
+        paths.append(path)
+
+    def build(ctx):
+        src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
+        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
+
+    parts, _ = _run(make_rt, build)
+    where = {}
+    for i, p in enumerate(parts):
+        for r in p:
+            k = r["k"]
+            key = None if k is None else datetime.datetime(k.year, k.month, k.day)
+            where.setdefault(key, set()).add(i)
+    assert len(where) == len(days) + 1
+    assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
+    assert sorted(r["file"] for p in parts for r in p) == [0] * (len(days) + 1) + [1] * (len(days) + 1)

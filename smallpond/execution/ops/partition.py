@@ -61,6 +61,12 @@ def _internal_column(columns: List[str]) -> str:
 _INEXACT_NUMERIC = re.compile(r"(FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC)\b", re.IGNORECASE)
 
 
+#: DuckDB date and time types whose hash differs from an equal TIMESTAMP's: a DATE, and a
+#: timestamp in another unit (pandas writes nanoseconds, DuckDB and Spark microseconds). A
+#: TIMESTAMP WITH TIME ZONE already hashes as the TIMESTAMP of the same instant.
+_OTHER_TIMESTAMP = re.compile(r"(DATE|TIMESTAMP_NS|TIMESTAMP_MS|TIMESTAMP_S)$", re.IGNORECASE)
+
+
 def _hash_operand(sql: str, type_name: Optional[str]) -> str:
     """The value hashed for one hash key ``sql`` of DuckDB type ``type_name``.
 
@@ -69,8 +75,12 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
     values must hash alike whatever their type. Integer keys hash as they are (hash partitions
     of integer keys are unchanged); a float or decimal key hashes an integral value as that
     integer, any other value as the hash of its DOUBLE (what a union with a double gives), so
-    ``1``, ``1.0`` and ``1.00`` meet, as do ``1.5::FLOAT`` and ``1.5::DOUBLE``.
+    ``1``, ``1.0`` and ``1.00`` meet, as do ``1.5::FLOAT`` and ``1.5::DOUBLE``. A DATE or a
+    timestamp in seconds, milliseconds or nanoseconds hashes as the TIMESTAMP (microseconds) it
+    equals, so ``2024-01-01`` meets ``2024-01-01 00:00:00`` whatever the unit of either file.
     """
+    if type_name and _OTHER_TIMESTAMP.match(type_name.strip()):
+        return f"CAST(({sql}) AS TIMESTAMP)"
     if not type_name or not _INEXACT_NUMERIC.match(type_name.strip()):
         return sql
     v = f"({sql})"
