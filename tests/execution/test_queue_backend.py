@@ -30,7 +30,7 @@ import pytest
 from smallpond.errors import TaskError, WorkerLost
 from smallpond.execution.attempt import run_inline
 from smallpond.execution.executors.queue import QueueExecutor
-from smallpond.execution.executors.queue_protocol import ItemName, QueueSettings
+from smallpond.execution.executors.queue_protocol import ItemName, QueuePaths, QueueSettings, read_json
 from smallpond.execution.planner import Planner
 from smallpond.io.filesystem import signed_bytes, verified_payload
 from tests.backends.backend_queue import alive, job_executors
@@ -350,6 +350,49 @@ def test_an_outcome_of_an_old_generation_is_not_taken_for_the_new_ones(queue_exe
         f.write(encode_completion(late, rt.secret))
     assert new.poll(0.5) == []
     assert ItemName.parse(old_item).epoch == old.epoch
+
+
+def looked_at_the_queue(paths: QueuePaths, proc: subprocess.Popen) -> bool:
+    """Whether executor ``proc`` registered and heartbeat twice (reading the queue in between),
+    and is still there (its last heartbeat is not the one it writes as it exits)."""
+    assert proc.poll() is None, f"the executor exited with {proc.returncode}: {proc.communicate()[1][-2000:]!r}"
+    for name in os.listdir(paths.executors):
+        info, beat = (read_json(paths.member(name, f)) or {} for f in ("info", "heartbeat"))
+        if info.get("pid") == proc.pid and beat.get("n", 0) >= 2 and beat.get("state") != "exited":
+            return True
+    return False
+
+
+def test_an_executor_started_by_hand_after_a_run_ended_serves_the_rerun(queue_executor, make_rt, inputs, marker_dir):
+    """Started before the rerun of an interrupted job, it finds the last run's end marker: it
+    waits for the rerun (a new generation) and serves it, not exits as if the job had ended."""
+    rt = make_rt()
+    queue_executor(rt).shutdown()  # the interrupted run: its generation ended
+    procs = start_executors(1, str(rt.job_id), rt.data_root)
+    try:
+        wait_until(lambda: looked_at_the_queue(QueuePaths(rt.layout), procs[0]), 60, "the executor to read the queue")
+        rerun = queue_executor(make_rt(str(rt.job_id)))
+        task, task_inputs = planned_task(rerun.rt, inputs, marker_dir, sleep=0)
+        rerun.submit(task, task_inputs, 0, memory=256 << 20)
+        (c,) = poll_until_some(rerun, 60)
+        assert c.ok and c.key == task.key
+        rerun.shutdown()
+        assert procs[0].wait(30) == 0
+    finally:
+        stop(procs)
+
+
+def test_an_executor_started_by_hand_after_the_last_run_waits_then_exits(queue_executor, make_rt):
+    rt = make_rt()
+    queue_executor(rt).shutdown()
+    (proc,) = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="1")
+    try:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        assert b"the job's last run (generation 1) has ended; waiting up to 1s for the next run" in err
+        assert b"no new run started within 1s" in err
+    finally:
+        stop([proc])
 
 
 # -- executors lost, killed schedulers, joining -------------------------------------------------------

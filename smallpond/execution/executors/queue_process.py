@@ -15,9 +15,11 @@ and kill the attempts the scheduler cancels (``cancel/``). Its workers die with 
 worker of the embedded backend does), so a lost executor leaves no attempt running behind the
 scheduler's back.
 
-When the job ends (``queue/stop``) it exits 0. When a new scheduler takes the job (a new epoch)
-it kills what it runs for the old one; an executor its platform started for the old scheduler
-then exits, one started by hand rejoins. When the scheduler falls silent for the timeout, a
+When the run it serves ends (``queue/stop``) it exits 0; one started by hand after the job's last
+run ended (an interrupted run, before its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the
+next run and serves it. When a new scheduler takes the job (a new epoch) it kills what it runs
+for the old one; an executor its platform started for the old scheduler then exits, one started
+by hand rejoins. When the scheduler falls silent for the timeout, a
 launched executor exits; one started by hand waits up to ``SP_QUEUE_WAIT`` seconds for a
 scheduler to come back, then exits. Exit status 75 means the scheduler declared it lost.
 """
@@ -89,6 +91,7 @@ class ExecutorProcess:
         self.state = "waiting"
         self._sched_beat: Optional[bytes] = None
         self._sched_seen = time.monotonic()
+        self._ended_seen: Optional[float] = None  # when this executor found the job's last run ended
         self._create_time = psutil.Process().create_time()
 
     # -- registration and heartbeat ----------------------------------------------------------------
@@ -184,7 +187,12 @@ class ExecutorProcess:
             return  # being rewritten
         stop = read_json(self.paths.stop)
         if stop is not None and int(stop.get("epoch", 0)) >= max(self.epoch, int(meta["epoch"])):
-            raise _Exit(EX_OK, "the job ended")
+            if self.epoch >= 0 or self.bound_epoch is not None:
+                raise _Exit(EX_OK, "the job ended")
+            # started by hand after the job's last run ended (one interrupted, say): its rerun
+            # is a new generation, which this executor waits for and serves
+            self._await_next_run(now, int(stop.get("epoch", 0)))
+            return
         epoch = int(meta["epoch"])
         if epoch != self.epoch:
             self._join(epoch, meta)
@@ -204,6 +212,24 @@ class ExecutorProcess:
             self._stop_pool(f"the scheduler sent no heartbeat for {silent:.0f}s")
         if self.pool is None and silent > self.settings.timeout + self.settings.wait:
             raise _Exit(EX_OK, f"no scheduler for {silent:.0f}s")
+
+    def _await_next_run(self, now: float, ended: int) -> None:
+        """Wait (up to ``SP_QUEUE_WAIT`` seconds) for a run of the job after generation ``ended``,
+        which stopped before this executor joined; then exit."""
+        if self._ended_seen is None:
+            self._ended_seen = now
+            logger.info(
+                "executor {}: the job's last run (generation {}) has ended; waiting up to {:.0f}s for the next run "
+                "(the scheduler's command again)",
+                self.name,
+                ended,
+                self.settings.wait,
+            )
+        if now - self._ended_seen > self.settings.wait:
+            raise _Exit(
+                EX_OK,
+                f"the job's last run (generation {ended}) had ended and no new run started within {self.settings.wait:.0f}s",
+            )
 
     def _join(self, epoch: int, meta: dict) -> None:
         """A new scheduler generation: drop the old one's attempts, then serve the new one."""
