@@ -3,16 +3,23 @@
 
 The executors are not children of the driver: they wait for the job to appear, serve every run
 of it (a killed driver's rerun included: they rejoin), and must exit on their own when it ends.
+For a rerun of a job (its queue folder exists), :meth:`ByHandQueueBackend.job_side` lets the
+driver start only once the executors have registered and read the queue's state, as when they are
+started well before it: they then find the previous run ended, and must wait for the rerun.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import os
 import subprocess
 import sys
+import time
 from typing import Dict, Iterator, List
 
-from tests.backends.backend_queue import QueueBackend, assert_no_executor_outlives
+from smallpond.execution.executors.queue_protocol import read_json
+from tests.backends.backend_queue import QueueBackend, assert_no_executor_outlives, job_executors
 from tests.backends.conftest import Backend
 
 EXECUTORS = 3
@@ -39,6 +46,8 @@ class ByHandQueueBackend(QueueBackend):
             for _ in range(EXECUTORS)
         ]
         try:
+            if glob.glob(os.path.join(data_root, f"*.{job_id}", "queue", "epoch")):
+                wait_until_looked_at_the_queue(procs, data_root, job_id)
             yield
             assert_no_executor_outlives(data_root, job_id)
             for p in procs:
@@ -51,6 +60,28 @@ class ByHandQueueBackend(QueueBackend):
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+
+
+def wait_until_looked_at_the_queue(procs: List[subprocess.Popen], data_root: str, job_id: str) -> None:
+    """Until each executor has registered and heartbeat twice (its loop read the queue's control
+    files in between) without exiting; fails at once, with its output, if one exits instead."""
+    pids = {p.pid for p in procs}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                err = p.communicate()[1].decode(errors="replace")
+                raise AssertionError(f"an executor started by hand before the rerun exited with {p.returncode}:\n{err[-2000:]}")
+        beats = []
+        for info in job_executors(data_root, job_id):
+            if int(info["pid"]) in pids:
+                (member,) = glob.glob(os.path.join(data_root, f"*.{job_id}", "queue", "executors", info["name"]))
+                beat = read_json(os.path.join(member, "heartbeat")) or {}
+                beats.append(int(beat.get("n", 0)) if beat.get("state") != "exited" else 0)
+        if len(beats) == len(procs) and min(beats) >= 2:
+            return
+        time.sleep(0.05)
+    raise AssertionError("executors started by hand did not register with the job within 120s")
 
 
 def make_backend(tmp_path_factory) -> Backend:
