@@ -8,7 +8,8 @@
 * generations: a new scheduler of the job kills what executors still run for the old one before
   it starts, and an outcome of the old generation is never taken for one of the new;
 * executors the scheduler launched exit when it is killed (no orphans), executors started later
-  are waited for, and a job whose launched executors all die fails with a clear message.
+  are waited for, and a job whose launched executors all die fails with a clear message;
+* an executor started by hand after a run ended waits for the rerun (up to ``SP_QUEUE_WAIT``).
 
 The scheduler runs either in this process (a :class:`QueueExecutor` driven directly) or as a
 Driver subprocess (``tests/execution/queue_job.py``); executors are always real processes.
