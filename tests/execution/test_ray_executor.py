@@ -459,3 +459,67 @@ def test_a_node_that_joins_and_cannot_see_the_data_root_fails_the_job_naming_it(
     finally:
         ex.shutdown()
         stop_blind_node(proc, bad_node)
+
+
+_SLOW_JOB = """
+import os, sys, time
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+
+MARKS = os.environ["MARKS"]  # read here: the function carries it to Ray's workers
+
+
+def slow(runtime_ctx, tables):
+    name = f"{runtime_ctx.task.key}.{runtime_ctx.task.retry_count}.{os.getpid()}"
+    open(os.path.join(MARKS, f"start-{name}"), "w").close()
+    time.sleep(8)
+    with open(os.path.join(MARKS, f"end-{name}"), "w") as f:
+        f.write(repr(time.time()))
+    return tables[0]
+
+d = Driver()
+d.add_argument("-i", "--inputs", nargs="+")
+args = d.get_arguments()
+ctx = Context()
+src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(args["inputs"])),), 2, partition_by_rows=True)
+d.run(LogicalPlan(ctx, ArrowComputeNode(ctx, (src,), process_func=slow)))
+"""
+
+
+def test_sigterm_of_a_ray_driver_stops_its_running_attempts(cluster, parquet_files, tmp_path):
+    # the driver connected to Ray itself: its shutdown disconnects, and Ray stops the job's
+    # attempts (no force-cancel of each, which raced with an attempt finishing meanwhile and
+    # made Ray's core worker abort the driver); none running at the signal goes on to finish
+    script, marks = tmp_path / "slow_job.py", tmp_path / "marks"
+    script.write_text(_SLOW_JOB)
+    marks.mkdir()
+    cmd = [sys.executable, str(script), "ray", "--job_id", "slow", "--data_root", str(tmp_path / "root")]
+    cmd += ["--ray_address", cluster.address, "-i", *parquet_files]
+    proc = subprocess.Popen(cmd, env=dict(os.environ, MARKS=str(marks)), stderr=subprocess.PIPE, text=True)
+
+    def running():
+        names = os.listdir(marks)
+        return [n[len("start-") :] for n in names if n.startswith("start-") and f"end-{n[len('start-') :]}" not in names]
+
+    try:
+        end = time.monotonic() + 120
+        while not running() and time.monotonic() < end and proc.poll() is None:
+            time.sleep(0.2)
+        at_signal = running()
+        assert at_signal, "no attempt started: " + (proc.stderr.read()[-3000:] if proc.poll() is not None else "")
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    pids = [int(name.rsplit(".", 1)[1]) for name in at_signal]
+    end = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert not [p for p in pids if alive(p)], "an attempt outlived its driver"
+    time.sleep(1)
+    late = [n for n in os.listdir(marks) if n.startswith("end-") and float(open(marks / n).read()) > signalled]
+    assert not late, f"attempts finished after the driver was stopped: {late}"

@@ -447,7 +447,12 @@ class RayExecutor(Executor):
             self._node_refs.pop(id(node), None)
 
     def shutdown(self) -> None:
-        for ref, _ in list(self._inflight.values()):
+        # attempts still running are stopped: by Ray itself when this executor made the connection
+        # (the disconnect ends the Ray job, whose worker processes Ray then kills), else one by one.
+        # A force-cancel of each raced with an attempt finishing meanwhile, and Ray's core worker
+        # then aborted the driver ("Tried to complete task that was not pending"): a SIGTERM exited
+        # 1 instead of 143
+        for ref, _ in list(self._inflight.values()) if not (self._connected_here and ray.is_initialized()) else ():
             try:
                 ray.cancel(ref, force=True)
             except Exception:
