@@ -287,8 +287,10 @@ class DataSet:
 
     def _empty_fragment(self, conn) -> str:
         if self.schema is not None and conn is not None:
+            from smallpond.io.arrow import empty_table
+
             name = f"__empty_{id(self):x}"
-            conn.register(name, self.schema.empty_table())
+            conn.register(name, empty_table(self.schema))
             return f"( SELECT {self._column_str} FROM {name} )"
         return f"( SELECT * FROM (SELECT NULL AS {EMPTY_PLACEHOLDER_COLUMN}) WHERE false )"
 
@@ -365,4 +367,6 @@ class DataSet:
 def _empty_table(schema=None):
     import pyarrow as pa
 
-    return (schema or pa.schema([])).empty_table()
+    from smallpond.io.arrow import empty_table
+
+    return empty_table(schema or pa.schema([]))

@@ -16,6 +16,7 @@ from smallpond.io.arrow import (
     build_batch_reader_from_files,
     conform_table,
     dump_to_parquet_files,
+    empty_table,
     load_from_parquet_files,
     read_row_ranges,
 )
@@ -241,3 +242,22 @@ def test_array_from_values_keeps_nanoseconds(tmp_path):
     assert (
         array_from_values(back.column("l").to_pylist(), pa.list_(pa.duration("ns"))).to_pylist() == back.column("l").to_pylist()
     )
+
+
+def test_empty_table_is_pyarrows_empty_table():
+    """empty_table(schema) is schema.empty_table() (built without pa.array, which imports pandas)."""
+    schema = pa.schema(
+        [
+            pa.field("key", pa.binary(10), nullable=False),
+            ("m", pa.map_(pa.string(), pa.int64())),
+            ("s", pa.struct([("a", pa.int8())])),
+            ("ts", pa.timestamp("ns", "UTC")),
+            ("d", pa.dictionary(pa.int32(), pa.string())),
+            ("dec", pa.decimal128(5, 1)),
+        ],
+        metadata={b"k": b"v"},
+    )
+    for s in (schema, pa.schema([])):
+        got = empty_table(s)
+        assert got.equals(s.empty_table()) and got.schema.equals(s, check_metadata=True)
+        assert got.num_rows == 0 and [c.num_chunks for c in got.columns] == [1] * len(s)

@@ -144,6 +144,8 @@ class _ParquetSink:
     def close(self) -> None:
         import pyarrow.parquet as pq
 
+        from smallpond.io.arrow import empty_table
+
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -151,7 +153,7 @@ class _ParquetSink:
             path = os.path.join(self.output_dir, f"{self.task.output_filename}-00000.parquet")
             md = dict(self.schema_hint.metadata or {})
             md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
-            pq.write_table(self.schema_hint.with_metadata(md).empty_table(), path, **self.kw)
+            pq.write_table(empty_table(self.schema_hint.with_metadata(md)), path, **self.kw)
 
 
 def _no_columns(num_rows: int, what: str) -> str:
@@ -356,6 +358,7 @@ class ArrowStreamTask(Task):
         a file with the columns of the others, and SQL over it binds them.
         """
         from smallpond.common import logger
+        from smallpond.io.arrow import empty_table
 
         infer = getattr(getattr(self.node, "process_func", None), "output_schema_for", None)
         if infer is None or not inputs:
@@ -363,7 +366,7 @@ class ArrowStreamTask(Task):
         sample = _sample_rows(self.node, inputs[0], _SAMPLE_ROWS)
         what = f"{sample.num_rows} sample row(s) of {inputs[0]._schema_path}" if sample is not None else "an empty input"
         if sample is None:
-            sample = readers[0].schema.empty_table()
+            sample = empty_table(readers[0].schema)
         try:
             schema = infer(sample)
         except Exception as e:  # the function could not run on the sample: no schema, as before
@@ -409,8 +412,10 @@ class ArrowBatchTask(ArrowStreamTask):
     def _outputs(self, runtime_ctx, readers):
         import pyarrow as pa
 
+        from smallpond.io.arrow import empty_table
+
         iters = [iter(r) for r in readers]
-        empties = [r.schema.empty_table() for r in readers]
+        empties = [empty_table(r.schema) for r in readers]
         for i, batches in enumerate(zip_longest(*iters)):
             tables = [pa.Table.from_batches([b]) if b is not None else empties[j] for j, b in enumerate(batches)]
             result = self.node.process(runtime_ctx, self._convert_in(tables))

@@ -274,6 +274,8 @@ class HashPartitionTask(Task):
         import numpy as np
         import pyarrow as pa
 
+        from smallpond.io.arrow import empty_table
+
         node = self.node
         n = node.npartitions
         memory = task_memory(self)
@@ -299,7 +301,7 @@ class HashPartitionTask(Task):
         )
         if conn is not None:
             # the keys' types, as the DuckDB engine sees them, decide how they are hashed
-            conn.register("__sp_batch", reader.schema.empty_table())
+            conn.register("__sp_batch", empty_table(reader.schema))
             try:
                 expr, _ = self._key_expr(columns, conn, "__sp_batch")
                 conn.unregister("__sp_batch")
@@ -359,9 +361,11 @@ class HashPartitionTask(Task):
         def write_empty(path: str, k: int) -> None:
             import pyarrow.parquet as pq
 
+            from smallpond.io.arrow import empty_table
+
             md = dict(schema.metadata or {})
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
-            pq.write_table(schema.with_metadata(md).empty_table(), path)
+            pq.write_table(empty_table(schema.with_metadata(md)), path)
 
         return write_empty
 
