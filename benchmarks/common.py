@@ -118,8 +118,9 @@ def git_commit() -> str:
 def compile_bytecode() -> None:
     """Compile smallpond's modules to bytecode, as installing the package does.
 
-    A measurement that starts fresh interpreters (the quick start, import to first result) must
-    not pay for compiling smallpond's sources in every process when DuckDB's are precompiled:
+    A measurement that starts fresh interpreters (the quick start, import to first result, and
+    every job's worker processes: the sorts, the hash partitioning) must not pay for compiling
+    smallpond's sources in every process when DuckDB's are precompiled:
     ``pip install`` compiles both, but an editable checkout run with ``PYTHONDONTWRITEBYTECODE``
     (set on this machine) would compile smallpond in every process, the workers included.
     """

@@ -406,6 +406,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         },
     )
     inputs = generate_input(data_dir, args.records, nfiles, args.seed, args.executors)
+    common.compile_bytecode()  # workers are fresh interpreters: they load smallpond as installed, compiled
     input_summary = summarize(inputs) if args.validate else None
     jobs = os.path.join(data_dir, "jobs")
     timings = common.Timings()

@@ -257,6 +257,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # as much memory as the tasks that run at once get together
     duckdb_memory = min(psutil.virtual_memory().total, max(1, args.executors // args.cpus) * task_memory)
     inputs = generate_input(data_dir, args.rows, nfiles, args.seed)
+    common.compile_bytecode()  # workers are fresh interpreters: they load smallpond as installed, compiled
     size = sum(os.path.getsize(f) for f in inputs)
     common.print_header(
         "hash partition",
