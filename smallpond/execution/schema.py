@@ -139,11 +139,9 @@ def _source_schema(node: DataSourceNode, conn):
                 return pa.schema([schema.field(c) for c in ds.columns])
             return schema
     if isinstance(ds, (CsvDataSet, JsonDataSet)):  # the declared columns; the files are not opened
-        from smallpond.common import quote_identifier
+        from smallpond.logical.dataset_files import declared_columns_sql
 
-        declared = ds.csv_schema if isinstance(ds, CsvDataSet) else ds.json_schema
-        cols = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in declared.items())
-        return _describe(conn, f"SELECT {ds._column_str} FROM (SELECT {cols})")
+        return _describe(conn, f"SELECT {ds._column_str} FROM (SELECT {declared_columns_sql(ds)})")
     if hasattr(ds, "sql_query_fragment"):
         try:
             fragment = ds.sql_query_fragment(conn=conn)

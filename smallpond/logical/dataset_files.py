@@ -19,10 +19,48 @@ from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
 
 
-def _typed_empty_sql(column_str: str, schema: Dict[str, str]) -> str:
-    """A query with no rows and the columns of ``schema`` (column -> DuckDB type)."""
-    cols = ", ".join(f"CAST(NULL AS {v}) AS {quote_identifier(k)}" for k, v in schema.items())
-    return f"( SELECT {column_str} FROM (SELECT {cols}) WHERE false )"
+def duckdb_type_sql(kind: str, column: str, type_text: str) -> str:
+    """A declared column type (``schema={"a": "INT"}`` of CSV and JSON files) as SQL that is a type
+    and nothing else: DuckDB's own rendering of the type it parses (``INT`` → ``INTEGER``).
+
+    The text is data, a type name that DuckDB's readers parse; pasted into SQL it could be more
+    (``INT) AS a, (SELECT ...) AS b, CAST(NULL AS INT``), so a text that is no type is refused,
+    naming the column.
+
+    >>> duckdb_type_sql("CsvDataSet", "a", "decimal(5, 2)")
+    'DECIMAL(5,2)'
+    """
+    import duckdb
+
+    if not isinstance(type_text, str):
+        raise ParameterError(f"{kind}: the type of column {column!r} must be a str naming a DuckDB type, got {type_text!r}")
+    try:
+        return str(duckdb.sqltype(type_text))
+    except duckdb.Error as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ParameterError(f"{kind}: the type of column {column!r} is not a DuckDB type: {type_text!r} ({first})") from None
+
+
+def _checked_types(kind: str, schema: Dict[str, str]) -> Dict[str, str]:
+    """Each column's type of a declared ``schema`` as SQL (:func:`duckdb_type_sql`)."""
+    for k in schema:
+        if not isinstance(k, str):
+            raise ParameterError(f"{kind}: column names must be str, got {k!r}")
+    return {k: duckdb_type_sql(kind, k, v) for k, v in schema.items()}
+
+
+def declared_columns_sql(ds) -> str:
+    """``CAST(NULL AS <type>) AS "<column>", ...`` of a CSV or JSON dataset's declared schema: the
+    names quoted, the types as DuckDB renders them (never the user's text)."""
+    kind = type(ds).__name__
+    schema = ds.csv_schema if isinstance(ds, CsvDataSet) else ds.json_schema
+    types = _checked_types(kind, schema)
+    return ", ".join(f"CAST(NULL AS {types[k]}) AS {quote_identifier(k)}" for k in schema)
+
+
+def _typed_empty_sql(ds) -> str:
+    """A query with no rows and the declared columns of a CSV or JSON dataset."""
+    return f"( SELECT {ds._column_str} FROM (SELECT {declared_columns_sql(ds)}) WHERE false )"
 
 
 class FileSet(DataSet):
@@ -62,6 +100,7 @@ class CsvDataSet(DataSet):
     ) -> None:
         if not isinstance(schema, dict) or not schema:
             raise ParameterError(f"CsvDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        _checked_types("CsvDataSet", schema)  # a bad type fails here, where the user gave it
         super().__init__(paths, root_dir, recursive, columns, union_by_name)
         self.csv_schema = OrderedDict(schema)
         self.delim = delim
@@ -77,7 +116,7 @@ class CsvDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            return _typed_empty_sql(self._column_str, self.csv_schema)
+            return _typed_empty_sql(self)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
         opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
         if self.max_line_size is not None:
@@ -107,6 +146,7 @@ class JsonDataSet(DataSet):
     ) -> None:
         if not isinstance(schema, dict) or not schema:
             raise ParameterError(f"JsonDataSet needs a non-empty schema dict of column -> DuckDB type, got {schema!r}")
+        _checked_types("JsonDataSet", schema)  # a bad type fails here, where the user gave it
         super().__init__(paths, root_dir, recursive, columns, union_by_name)
         self.json_schema = OrderedDict(schema)
         self.format = format
@@ -120,7 +160,7 @@ class JsonDataSet(DataSet):
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
-            return _typed_empty_sql(self._column_str, self.json_schema)
+            return _typed_empty_sql(self)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
         return (
             f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import smallpond
+from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset import CsvDataSet, JsonDataSet, ParquetDataSet
 from tests.e2e.safety_helpers import published_rows, tree
@@ -124,3 +125,44 @@ def test_read_columns_needing_quotes_on_empty_partitions(tmp_path):
         assert sorted(out.column("it's").to_pylist()) == [1, 2, 3]
     finally:
         sp.shutdown()
+
+
+#: a CSV/JSON column type that, pasted into ``CAST(NULL AS <type>)``, adds a column of its own
+TYPE_INJECTION = "INT) AS a, (SELECT 'pwned') AS injected, CAST(NULL AS INT"
+
+
+@pytest.mark.parametrize("reader", ["read_csv", "read_json"])
+def test_a_declared_type_is_a_type_never_sql(tmp_path, reader):
+    # the type text was pasted raw where the dataset has no files (and in the plan check's schema
+    # inference): the result gained a column "injected"; now it is refused where it is given
+    sp = smallpond.init(data_root=str(tmp_path / "root"), num_executors=1, task_cache="off")
+    try:
+        with pytest.raises(ParameterError, match=r"type of column 'a' is not a DuckDB type: \"INT\) AS a"):
+            getattr(sp, reader)([], schema={"a": TYPE_INJECTION})
+        with pytest.raises(ParameterError, match=r"type of column 'b' must be a str"):
+            getattr(sp, reader)([], schema={"b": 3})
+        # a type DuckDB knows is rendered as DuckDB writes it, on the empty path too
+        df = getattr(sp, reader)([], schema={"it's": "decimal(5, 2)", "s": "varchar[]"})
+        out = df.to_arrow()
+        assert out.column_names == ["it's", "s"] and out.num_rows == 0
+        assert str(out.schema.field("it's").type) == "decimal128(5, 2)"
+    finally:
+        sp.shutdown()
+
+
+@pytest.mark.parametrize("kind", [CsvDataSet, JsonDataSet])
+def test_a_type_changed_after_construction_is_never_run(tmp_path, kind):
+    import duckdb
+
+    from smallpond.execution.schema import infer_schema
+    from smallpond.logical.node import Context, DataSourceNode
+
+    ds = kind([], {"a": "int"})
+    (ds.csv_schema if kind is CsvDataSet else ds.json_schema)["a"] = TYPE_INJECTION
+    with pytest.raises(ParameterError, match="not a DuckDB type"):
+        duckdb.connect().execute(f"select * from {ds.sql_query_fragment()}")
+    # the plan check and DataFrame.schema describe a source from its declared types
+    file_ds = kind([str(tmp_path / "x")], {"a": "int"})
+    (file_ds.csv_schema if kind is CsvDataSet else file_ds.json_schema)["a"] = TYPE_INJECTION
+    with pytest.raises(ParameterError, match="not a DuckDB type"):
+        infer_schema(DataSourceNode(Context(), file_ds), {})
