@@ -208,6 +208,23 @@ def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit, no_plan_check)
     assert_no_partial_sink(sink)
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_hash_key_that_is_no_column(tmp_path, make_rt, log_messages, engine, no_plan_check):
+    """The statement that first names the keys (their types, for hashing) failed with DuckDB's
+    binder error as is: retried twice as if transient, and the error showed the input's view."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    sink = str(tmp_path / "sink")
+    plan = sink_plan(
+        lambda ctx: HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 2, ["no_such_key"], engine_type=engine),
+        sink,
+    )
+    err = run_failing(plan, make_rt(), log_messages)
+    assert err.sql is not None and "no_such_key" in err.sql and err.sql.startswith("DESCRIBE SELECT")
+    assert "no_such_key" in err.message and "Binder Error" in err.message
+    assert f"node created at: {THIS_FILE}:" in str(err)
+    assert_no_partial_sink(sink)
+
+
 @pytest.mark.parametrize(
     "query,culprit",
     [

@@ -90,13 +90,20 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
     )
 
 
-def hash_key_types(conn, src: str, node, columns: List[str]) -> Dict[str, str]:
+def hash_key_types(conn, src: str, node, columns: List[str], task: Optional[Task] = None) -> Dict[str, str]:
     """The DuckDB type of each of a hash partition ``node``'s key columns (or expressions) over
-    the relation ``src`` whose columns are ``columns``; empty for a shuffle."""
+    the relation ``src`` whose columns are ``columns``; empty for a shuffle.
+
+    This is the first statement that names the keys: a key that is no column (nor a valid
+    expression) fails here, as the user's error (:func:`run_sql`: not retried), and ``task``'s
+    error shows this statement."""
     if node.random_shuffle or node.shuffle_only or not node.hash_columns:
         return {}
     exprs = [quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns]
-    rows = conn.execute(f"DESCRIBE SELECT {', '.join(exprs)} FROM {src}").fetchall()
+    sql = f"DESCRIBE SELECT {', '.join(exprs)} FROM {src}"
+    if task is not None:
+        task._current_sql = sql
+    rows = run_sql(conn, sql)
     return {c: r[1] for c, r in zip(node.hash_columns, rows)}
 
 
@@ -164,7 +171,7 @@ class HashPartitionTask(Task):
 
     def _key_expr(self, columns: List[str], conn=None, src: Optional[str] = None) -> (str, str):
         """The partition index expression over ``src`` (read through ``conn``) with ``columns``."""
-        types = hash_key_types(conn, src, self.node, columns) if conn is not None else None
+        types = hash_key_types(conn, src, self.node, columns, self) if conn is not None else None
         return partition_key_expr(self.node, columns, types)
 
     def run(self, runtime_ctx, inputs, output_dir):
