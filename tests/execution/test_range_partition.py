@@ -95,6 +95,28 @@ def test_string_and_bytes_keys(tmp_path):
     assert [[r["w"] for r in p] for p in got["b"]] == [["", "O'Neil", "apple"], ["b", "banana", "c", "cherry"], ["d", "z"]]
 
 
+class ReprIsNotSql(float):
+    """A float whose repr is text that, pasted into the query, would put every row in partition 0."""
+
+    def __repr__(self) -> str:
+        return "1e308 THEN 0 ELSE 0 END --"
+
+
+def test_numpy_and_subclassed_number_split_points_are_their_values(keyed, tmp_path):
+    # np.quantile's np.float64 was written as "np.float64(7.5)" (the task failed: no function
+    # float64), and a float subclass's repr went into the SQL as code
+    points = [float(p) for p in np.quantile(np.arange(21), [0.25, 0.75])]  # 5.0, 15.0
+    got = run_partitionings(
+        keyed,
+        str(tmp_path),
+        numpy=dict(split_points=[np.float64(p) for p in points], key_column="f"),
+        subclass=dict(split_points=[ReprIsNotSql(p) for p in points], key_column="f", engine_type="arrow"),
+        plain=dict(split_points=points, key_column="f"),
+    )
+    assert repr(got["numpy"]) == repr(got["plain"]) == repr(got["subclass"])
+    assert [len(p) for p in got["plain"]] == [10, 20, 14]  # 0-4 twice; 5-14 twice; 15-20 twice, NaN, NULL
+
+
 def zipf_files(directory, nfiles=4, rows=40_000, a=1.2, seed=7):
     rng = np.random.default_rng(seed)
     paths = []

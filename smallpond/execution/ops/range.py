@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import math
 import os
 from typing import List, Optional, Sequence
 
@@ -39,13 +40,22 @@ def key_column_of(node, columns: Sequence[str]) -> str:
 
 
 def sql_literal(value) -> str:
-    """An SQL literal for a split point given in Python; DuckDB casts it to the key's type when comparing."""
+    """An SQL literal for a split point given in Python; DuckDB casts it to the key's type when comparing.
+
+    A number is written as the plain ``int``/``float`` it equals, never as its own ``repr``: a
+    subclass's is not SQL (``np.float64(2.5)``, what ``np.quantile`` returns) and could be any text.
+
+    >>> import numpy as np
+    >>> [sql_literal(v) for v in (np.float64(2.5), 3, float("inf"), "it's")]
+    ['2.5', '3', "'inf'", "'it''s'"]
+    """
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
-        return str(value)
+        return str(int(value))
     if isinstance(value, float):
-        return repr(value) if value not in (float("inf"), float("-inf")) else quote_literal(repr(value))
+        value = float(value)
+        return repr(value) if math.isfinite(value) else quote_literal(repr(value))
     if isinstance(value, (bytes, bytearray)):
         return quote_literal("".join(f"\\x{b:02X}" for b in value))
     if isinstance(value, (str, decimal.Decimal, datetime.date, datetime.time, datetime.timedelta)):
