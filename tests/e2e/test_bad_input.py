@@ -208,19 +208,28 @@ def test_bad_sql(tmp_path, make_rt, log_messages, query, culprit, no_plan_check)
     assert_no_partial_sink(sink)
 
 
+BAD_KEYS = {  # name: (node over src, text of the key, DuckDB's error)
+    "hash by no column": (lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["nope"], engine_type=e), "nope", "Binder"),
+    "shuffle by no column": (lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "nope % 2", engine_type=e), "nope", "Binder"),
+    "shuffle by no SQL": (lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "nope +", engine_type=e), "nope", "Parser"),
+    # binds, then fails on the data (each batch, in the arrow engine)
+    "shuffle by no number": (lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e), "name", "Conversion"),
+}
+
+
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
-def test_a_hash_key_that_is_no_column(tmp_path, make_rt, log_messages, engine, no_plan_check):
-    """The statement that first names the keys (their types, for hashing) failed with DuckDB's
-    binder error as is: retried twice as if transient, and the error showed the input's view."""
+@pytest.mark.parametrize("case", sorted(BAD_KEYS))
+def test_a_partition_key_that_cannot_bind_or_cast(tmp_path, make_rt, log_messages, engine, case, no_plan_check):
+    """A hash key's types (DESCRIBE) and the arrow engine's key (per batch) were queried outside
+    run_sql: DuckDB's binder, parser or conversion error was retried twice as if transient, and a
+    hash key's error showed the input's view instead of the statement naming the key."""
+    build, culprit, error = BAD_KEYS[case]
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
     sink = str(tmp_path / "sink")
-    plan = sink_plan(
-        lambda ctx: HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 2, ["no_such_key"], engine_type=engine),
-        sink,
-    )
+    plan = sink_plan(lambda ctx: build(ctx, DataSourceNode(ctx, ParquetDataSet(files)), engine), sink)
     err = run_failing(plan, make_rt(), log_messages)
-    assert err.sql is not None and "no_such_key" in err.sql and err.sql.startswith("DESCRIBE SELECT")
-    assert "no_such_key" in err.message and "Binder Error" in err.message
+    assert err.sql is not None and culprit in err.sql
+    assert f"{error} Error" in err.message
     assert f"node created at: {THIS_FILE}:" in str(err)
     assert_no_partial_sink(sink)
 

@@ -17,6 +17,7 @@ from smallpond.execution.ops.duckdb import (
     copy_target_dir,
     create_input_views,
     format_query,
+    map_duckdb_error,
     open_connection,
     run_sql,
     sql_may_draw_random,
@@ -326,7 +327,13 @@ class HashPartitionTask(Task):
                     keys = batch.column(col).to_numpy(zero_copy_only=False)
                 else:
                     conn.register("__sp_batch", batch)
-                    keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
+                    try:
+                        keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
+                    except Exception as e:  # duckdb.Error: a key that does not bind or cast is the user's
+                        mapped = map_duckdb_error(e, f"SELECT {expr} AS k FROM <batch>")
+                        if mapped is e:
+                            raise
+                        raise mapped from e
                     conn.unregister("__sp_batch")
                 # a NULL key: masked (DuckDB's fetchnumpy) or NaN (pyarrow's to_numpy)
                 null = np.ma.isMaskedArray(keys) and bool(np.ma.getmaskarray(keys).any())
