@@ -158,6 +158,16 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def sql_bool(value) -> str:
+    """A flag as an SQL boolean literal: ``true`` or ``false``, never the value's own text (an
+    option given as ``"true) UNION ALL SELECT ..."`` would otherwise be pasted into the query).
+
+    >>> sql_bool(True), sql_bool(0), sql_bool("true) --")
+    ('true', 'false', 'true')
+    """
+    return "true" if value else "false"
+
+
 def escape_braces(text: str) -> str:
     """``text`` as it stands for itself in a SQL string that is formatted (``partial_sql``,
     ``filter``, ``map``, a SQL node's query), where ``{0}`` names an input: braces doubled.

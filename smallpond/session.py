@@ -234,7 +234,13 @@ class Session:
         columns: Optional[List[str]] = None,
         union_by_name: bool = False,
     ) -> DataFrame:
-        """Read Parquet files (globs allowed; a leading ``~`` is the home directory)."""
+        """Read Parquet files (globs allowed; a leading ``~`` is the home directory).
+
+        ``columns``: the columns to read. As upstream's, an item may also be an SQL expression that
+        the caller writes (``"string_split(url, '/')[1] as host"``): an item that is a column of
+        the files is quoted and read as that column, whatever characters its name holds; any
+        other item that DuckDB parses as a select item is run as the caller's SQL.
+        """
         return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
 
     def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> DataFrame:

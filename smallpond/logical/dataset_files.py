@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, sql_bool
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
@@ -118,10 +118,10 @@ class CsvDataSet(DataSet):
         if self.empty:
             return _typed_empty_sql(self)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
-        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={self.header}, parallel={self.parallel}, hive_partitioning=false"
+        opts = f"delim={_quote(self.delim)}, columns={{ {cols} }}, header={sql_bool(self.header)}, parallel={sql_bool(self.parallel)}, hive_partitioning=false"
         if self.max_line_size is not None:
             opts += f", max_line_size={int(self.max_line_size)}"
-        opts += f", union_by_name={self.union_by_name}"
+        opts += f", union_by_name={sql_bool(self.union_by_name)}"
         return f"( SELECT {self._column_str} FROM read_csv({_path_list_sql(self.resolved_paths)}, {opts}) )"
 
     def _merge(self, datasets):
@@ -165,7 +165,7 @@ class JsonDataSet(DataSet):
         return (
             f"( SELECT {self._column_str} FROM read_json({_path_list_sql(self.resolved_paths)}, "
             f"format={_quote(self.format)}, columns={{ {cols} }}, maximum_object_size={int(self.max_object_size)}, "
-            f"union_by_name={self.union_by_name}, hive_partitioning=false) )"
+            f"union_by_name={sql_bool(self.union_by_name)}, hive_partitioning=false) )"
         )
 
 
@@ -269,7 +269,7 @@ class ParquetDataSet(DataSet):
         return sum(r.estimated_data_size for r in self.resolved_row_ranges)
 
     def _read_parquet(self, paths: Sequence[str], extra_row_number: bool) -> str:
-        opts = [f"union_by_name={self.union_by_name}", "hive_partitioning=false"]
+        opts = [f"union_by_name={sql_bool(self.union_by_name)}", "hive_partitioning=false"]
         if "filename" in self.generated_columns:
             opts.append("filename=true")
         if extra_row_number or "file_row_number" in self.generated_columns:

@@ -233,7 +233,7 @@ class LimitNode(SqlEngineNode):
     def __init__(self, ctx: Context, input_dep: Node, limit: int) -> None:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
             raise ParameterError(call_site_msg("LimitNode", f"limit must be a non-negative integer, got {limit!r}"))
-        super().__init__(ctx, (input_dep,), f"select * from {{0}} limit {limit}")
+        super().__init__(ctx, (input_dep,), f"select * from {{0}} limit {int(limit)}")
         self.limit = limit
 
     def partition_shape(self) -> Shape:

@@ -166,3 +166,30 @@ def test_a_type_changed_after_construction_is_never_run(tmp_path, kind):
     (file_ds.csv_schema if kind is CsvDataSet else file_ds.json_schema)["a"] = TYPE_INJECTION
     with pytest.raises(ParameterError, match="not a DuckDB type"):
         infer_schema(DataSourceNode(Context(), file_ds), {})
+
+
+#: a reader flag that, pasted as its own text, ends the reader's call and appends a row
+FLAG_INJECTION = "true) UNION ALL SELECT 42 AS a FROM (SELECT 1"
+
+
+def test_reader_flags_are_sql_booleans_never_their_text(tmp_path):
+    # union_by_name (read_parquet's, upstream's signature), header and parallel were pasted as
+    # Python wrote them: a string flag ran as SQL
+    import duckdb
+
+    pq.write_table(pa.table({"a": [1]}), tmp_path / "a.parquet")
+    (tmp_path / "a.csv").write_text("1\n")
+    (tmp_path / "a.json").write_text('{"a": 1}\n')
+    conn = duckdb.connect()
+    datasets = [
+        ParquetDataSet([str(tmp_path / "a.parquet")], union_by_name=FLAG_INJECTION),
+        CsvDataSet([str(tmp_path / "a.csv")], {"a": "int"}, header=0, parallel=FLAG_INJECTION, union_by_name=FLAG_INJECTION),
+        JsonDataSet([str(tmp_path / "a.json")], {"a": "int"}, union_by_name=FLAG_INJECTION),
+    ]
+    for ds in datasets:
+        assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)}").fetchall() == [(1,)], ds
+    sp = smallpond.init(data_root=str(tmp_path / "root"), num_executors=1, task_cache="off")
+    try:
+        assert sp.read_parquet(str(tmp_path / "a.parquet"), union_by_name=FLAG_INJECTION).take_all() == [{"a": 1}]
+    finally:
+        sp.shutdown()
