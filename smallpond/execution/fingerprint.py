@@ -16,7 +16,8 @@ ids cloudpickle gives classes) may.
 * a module of the user's own code (any other module with a source file: one next to the script, a
   package of the user's project, an editable install) by its name and the digest of its file, and
   those of the user modules it refers to, transitively (:func:`_user_modules_of`: its loaded
-  submodules and the modules it imports). So ``mymod.g(x)`` in a lambda sees an edit of ``g``,
+  submodules and the modules it imports, also in a function that has not run yet: a module not
+  imported in this process is found where the import would find it, without importing it). So ``mymod.g(x)`` in a lambda sees an edit of ``g``,
   of a constant ``g`` reads, of ``pkg/sub.py`` behind ``pkg.sub.fn``, or of ``config.py`` behind
   ``from config import K`` in ``mymod``. This over-invalidates on purpose: any edit of such a file
   (a comment, a function the task never calls) changes the fingerprint; a stale reuse would be
@@ -25,8 +26,9 @@ ids cloudpickle gives classes) may.
   longer holds: it is :class:`Unfingerprintable` (see below) rather than keyed by what the file
   says now;
 * the user's own functions by their code (bytecode, the names it uses, constants, nested code),
-  defaults, closure, and the globals their code names (a module-level constant the function reads
-  is part of it);
+  defaults, closure, the globals their code names (a module-level constant the function reads
+  is part of it) and the user modules their body imports (``import helpers`` inside a UDF, as
+  above; a worker imports the file as it is when the task runs);
 * the user's own classes (defined in the script or in a user module, however they are reached) by
   their qualified name, their metaclass, their bases (a user base class by the same description, a
   library class by its name) and everything their ``__dict__`` holds: methods, static and class
@@ -59,6 +61,7 @@ ids cloudpickle gives classes) may.
 from __future__ import annotations
 
 import ast
+import dis
 import enum
 import hashlib
 import importlib.util
@@ -70,7 +73,7 @@ import types
 import weakref
 from functools import partial
 from importlib.machinery import EXTENSION_SUFFIXES
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from smallpond.common import imported_module
 
@@ -113,7 +116,7 @@ class _Walker:
         # everything walked stays alive until the walk ends, so no id is reused by a temporary
         # (the values __reduce_ex__ builds) while it is a key of ``seen``
         self.keep: List[Any] = []
-        self.sourced: set = set()  # ids of the user modules whose files are digested already
+        self.sourced: set = set()  # ids and names of the user modules whose files are digested already
 
     def put(self, text: str) -> None:
         self.h.update(text.encode("utf-8", "surrogatepass"))
@@ -210,14 +213,26 @@ class _Walker:
     def module(self, mod: types.ModuleType) -> None:
         name = getattr(mod, "__name__", None) or "?"
         self.put(f"module:{name}{_library_version(name)}")
-        # a user module: its file, and those of the user modules it refers to (in a stable order,
-        # each once per walk; iteratively, so a long chain of imports does not deepen the walk)
-        todo = [mod]
+        self.sources([mod])
+
+    def sources(self, todo: list) -> None:
+        """The files of user modules and of the user modules they refer to (in a stable order,
+        each once per walk; iteratively, so a long chain of imports does not deepen the walk).
+        ``todo`` holds module objects and :class:`_Unloaded` modules (not imported in this
+        process), which are digested by the file an import would load."""
         while todo:
             m = todo.pop()
-            if id(m) in self.sourced:
+            if isinstance(m, _Unloaded):
+                if m.name in self.sourced:
+                    continue
+                self.sourced.add(m.name)
+                digest, imported = _file_info(m.path, m.package, m.name)
+                self.put(f"source:{m.name}:{digest}")
+                todo.extend(reversed(_user_modules_of(None, imported)))
                 continue
-            self.sourced.add(id(m))
+            if id(m) in self.sourced or m.__name__ in self.sourced:
+                continue
+            self.sourced.update((id(m), m.__name__))
             self.keep.append(m)
             info = _user_source_info(m)
             if info is None:
@@ -247,6 +262,14 @@ class _Walker:
             if name in g:
                 self.put(f"global:{name}")
                 self.walk(g[name], depth)
+        # the user modules its body imports (``import helpers`` inside the function), imported in
+        # this process or not: a worker imports them as their files are when the task runs
+        imported = _code_imports(code, g.get("__package__") or "")
+        if imported:
+            modules = _user_modules_of(None, imported)
+            if modules:
+                self.put(f"imports:{','.join(_module_name(m) for m in modules)}")
+                self.sources(list(reversed(modules)))
 
     def code(self, code: types.CodeType, depth: int) -> None:
         self.put("code")
@@ -487,7 +510,11 @@ def _user_source(mod: types.ModuleType) -> Optional[str]:
     of smallpond (the engine's code digest is part of every cache key), of the standard library or
     an installed package (identified by name and version), or without a file that can be read (no
     ``__file__``: builtin, frozen, namespace package; an extension module; a file in a zip)."""
-    name, path = getattr(mod, "__name__", None), getattr(mod, "__file__", None)
+    return _user_source_at(getattr(mod, "__name__", None), getattr(mod, "__file__", None))
+
+
+def _user_source_at(name: Any, path: Any) -> Optional[str]:
+    """:func:`_user_source` of the module ``name`` loaded (or to be loaded) from ``path``."""
     if not isinstance(name, str) or not isinstance(path, str):
         return None
     key = (name, path)
@@ -519,7 +546,7 @@ def _user_source_info(mod: types.ModuleType) -> Optional[Tuple[str, Tuple[str, .
     path = _user_source(mod)
     if path is None:
         return None
-    info = _file_info(path, mod)
+    info = _file_info(path, getattr(mod, "__package__", None) or "", mod.__name__)
     spec = getattr(mod, "__spec__", None)
     pinned = _loaded.get(mod)
     if pinned is None or pinned[0] is not spec:
@@ -532,19 +559,20 @@ def _user_source_info(mod: types.ModuleType) -> Optional[Tuple[str, Tuple[str, .
     return info
 
 
-def _file_info(path: str, mod: types.ModuleType) -> Tuple[str, Tuple[str, ...]]:
-    """Digest and imported module names of a user module's file, read once per version of it (its
-    size, modification and change times and inode: a rewrite that sets the time back is seen)."""
+def _file_info(path: str, package: str, name: str) -> Tuple[str, Tuple[str, ...]]:
+    """Digest and imported module names of the file of the user module ``name`` (in ``package``,
+    where its relative imports resolve), read once per version of it (its size, modification and
+    change times and inode: a rewrite that sets the time back is seen)."""
     try:
         st = os.stat(path)
         seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-        key = (path, getattr(mod, "__package__", None) or "")  # (relative imports resolve in the package)
+        key = (path, package)
         hit = _files.get(key)
         if hit is not None and hit[0] == seen:
             return hit[1]
         info = _read_source(*key)
     except OSError as e:
-        raise Unfingerprintable(f"module {mod.__name__} (its file {path}: {type(e).__name__}: {e})") from None
+        raise Unfingerprintable(f"module {name} (its file {path}: {type(e).__name__}: {e})") from None
     _files[key] = (seen, info)
     return info
 
@@ -578,20 +606,40 @@ def _imported_names(source: bytes, package: str) -> Tuple[str, ...]:
     return tuple(sorted(names))
 
 
-def _user_modules_of(mod: types.ModuleType, imported: Tuple[str, ...]) -> List[types.ModuleType]:
-    """The user modules (:func:`_user_source`) a user module refers to, sorted by name: the loaded
-    modules its file imports (``imported``: an import not run yet, or of a module that failed, is
-    not followed) and, in its namespace, modules (the submodules of a package: ``pkg.sub`` after
-    ``import pkg.sub``) and the modules of functions and classes (set on it at run time)."""
-    found: Dict[str, types.ModuleType] = {}
+class _Unloaded(NamedTuple):
+    """A user module that is not imported in this process: what an import of it would load."""
+
+    name: str
+    path: str  # the real path of its source file
+    package: str  # where its relative imports resolve
+
+
+def _module_name(m: Any) -> str:
+    return m.name if isinstance(m, _Unloaded) else m.__name__
+
+
+def _user_modules_of(mod: Optional[types.ModuleType], imported: Tuple[str, ...]) -> list:
+    """The user modules (:func:`_user_source`) a user module (or a function's body, ``mod`` None)
+    refers to, sorted by name: the modules its code imports (``imported``; one that is not
+    imported in this process, by an import in a function that has not run, as an
+    :class:`_Unloaded` found where an import would find it) and, in a module's namespace, modules
+    (the submodules of a package: ``pkg.sub`` after ``import pkg.sub``) and the modules of
+    functions and classes (set on it at run time)."""
+    found: Dict[str, Any] = {}
 
     def add(m: Any) -> None:
         if isinstance(m, types.ModuleType) and m is not mod and _user_source(m) is not None:
             found.setdefault(m.__name__, m)
 
     for name in imported:
-        add(sys.modules.get(name))
-    for v in list(vars(mod).values()):
+        loaded = sys.modules.get(name)
+        if loaded is not None:
+            add(loaded)
+        elif name not in found:
+            unloaded = _unloaded_module(name)
+            if unloaded is not None:
+                found[name] = unloaded
+    for v in list(vars(mod).values()) if mod is not None else ():
         if isinstance(v, types.ModuleType):
             add(v)
         elif isinstance(v, (types.FunctionType, type)):
@@ -599,3 +647,74 @@ def _user_modules_of(mod: types.ModuleType, imported: Tuple[str, ...]) -> List[t
             if isinstance(owner, str):
                 add(sys.modules.get(owner))
     return [found[k] for k in sorted(found)]
+
+
+def _unloaded_module(name: str) -> Optional[_Unloaded]:
+    """The user module an ``import name`` would load, found without running any code (a parent
+    package that is not imported is looked up, not imported), or None: not found, not the user's
+    code (see :func:`_user_source`), or its parent package could not be searched."""
+    spec = _find_spec(name)
+    if spec is None or not getattr(spec, "has_location", False):
+        return None
+    path = _user_source_at(name, spec.origin)
+    if path is None:
+        return None
+    package = name if spec.submodule_search_locations is not None else name.rpartition(".")[0]
+    return _Unloaded(name, path, package)
+
+
+def _find_spec(name: str, depth: int = 0) -> Any:
+    parent = name.rpartition(".")[0]
+    search = None
+    if parent:
+        loaded = sys.modules.get(parent)
+        if loaded is not None:
+            search = getattr(loaded, "__path__", None)
+        elif depth < 32:
+            spec = _find_spec(parent, depth + 1)
+            search = getattr(spec, "submodule_search_locations", None)
+        if search is None:  # the parent is not a package, or was not found
+            return None
+    for finder in list(sys.meta_path):
+        find = getattr(finder, "find_spec", None)
+        if find is None:
+            continue
+        try:
+            spec = find(name, search)
+        except Exception:  # a finder that cannot search this name: another may
+            continue
+        if spec is not None:
+            return spec
+    return None
+
+
+_IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+_LOAD_CONSTANT = ("LOAD_CONST", "LOAD_SMALL_INT")  # (an import's level is a small int in Python 3.14)
+
+
+def _code_imports(code: types.CodeType, package: str) -> Tuple[str, ...]:
+    """Absolute names of the modules a function's code (nested functions included) imports when it
+    runs, as :func:`_imported_names` gives them for a file's source."""
+    names: set = set()
+    todo = [code]
+    while todo:
+        c = todo.pop()
+        todo.extend(x for x in c.co_consts if isinstance(x, types.CodeType))
+        if _IMPORT_NAME not in c.co_code[::2]:
+            continue
+        consts: list = []  # the constants loaded before IMPORT_NAME: its level and its fromlist
+        for ins in dis.get_instructions(c):
+            if ins.opname == "IMPORT_NAME":
+                level = consts[-2] if len(consts) >= 2 and isinstance(consts[-2], int) else 0
+                fromlist = consts[-1] if consts and isinstance(consts[-1], tuple) else ()
+                try:
+                    base = importlib.util.resolve_name("." * level + ins.argval, package) if level else ins.argval
+                except (ImportError, ValueError):  # a relative import beyond the top-level package
+                    continue
+                if not base:
+                    continue
+                parts = base.split(".")
+                names.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+                names.update(f"{base}.{n}" for n in fromlist if isinstance(n, str) and n != "*")
+            consts = consts + [ins.argval] if ins.opname in _LOAD_CONSTANT else []
+    return tuple(sorted(names))
