@@ -9,6 +9,7 @@ any task runs.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import warnings
 from functools import partial
@@ -216,6 +217,8 @@ class Planner:
         self._input_datasets: List[Any] = []
         self._readers: Dict[int, str] = {}  # id(input dataset) -> the source node that reads it (for messages)
         self._registry = self._plan_functions()
+        #: the job's environment variables for its tasks, in every fingerprint (see _env_fingerprint)
+        self._env_text = _env_fingerprint(runtime_ctx.env_overrides)
 
     def _plan_functions(self) -> List[Tuple[Type[Node], Callable]]:
         return [
@@ -356,6 +359,10 @@ class Planner:
             [
                 f"task:{components['task']}\x00staging:{components['staging']}\x00params:{components['params']}\x00",
                 f"partition:{components['partition']}\x00seed:{components['seed']}\x00",
+                # the job's settings the task cache keys too: a rerun of the job with other values
+                # resumes none of the outputs computed with the old ones
+                self._env_text,
+                "skip_empty_input\x00" if components.get("skip_empty_input") else "",
                 *[t.fingerprint for t in inputs],
             ]
         )
@@ -635,6 +642,17 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
             deps.append(match)
         out.append((mt.partition_infos, deps))
     return out
+
+
+def _env_fingerprint(env: Dict[str, str]) -> str:
+    """The environment variables a job sets for its tasks (the Driver's ``--env_variables``), which
+    the task cache keys (``cache_keys.env_components``), as a part of every task's fingerprint;
+    empty without variables (such jobs keep their fingerprints)."""
+    if not env:
+        return ""
+    text = json.dumps(sorted((str(k), str(v)) for k, v in env.items()))
+    # a digest: the commit records keep no value in clear (one may be a password)
+    return f"env:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}\x00"
 
 
 #: nodes whose tasks run user Python, which may draw from the generators the engine seeds per task

@@ -218,3 +218,52 @@ def test_rerun_runs_with_the_new_settings(tmp_path, make_rt, monkeypatch):
         run_job(plan(), make_rt(job_id, env_overrides={"SP_TEST_SETTING": "broken"}), num_workers=1, max_fail_count=1)
     result = run_job(plan(), make_rt(job_id, env_overrides={"SP_TEST_SETTING": "fixed"}), num_workers=1)
     assert result.final_output.num_rows == 5
+
+
+def tag_with_mode(runtime_ctx, tables):
+    import pyarrow as pa
+
+    t = tables[0]
+    return t.append_column("mode", pa.array([os.environ.get("SP_TEST_MODE", "?")] * t.num_rows))
+
+
+def test_a_rerun_with_other_settings_resumes_nothing_they_change(tmp_path, make_rt, monkeypatch):
+    """The same job run again with other ``--env_variables`` or ``skip_task_with_empty_input``
+    (both keyed by the task cache): its finished tasks' outputs were computed with the old values
+    and are not resumed (with the cache off, so only resume could serve them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    monkeypatch.setenv("SP_TEST_MODE", "unset")  # restored after the test (run_job sets it)
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
+
+    def tagged():
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(inputs))
+        return LogicalPlan(ctx, ArrowComputeNode(ctx, (src,), process_func=tag_with_mode))
+
+    def modes(mode: str) -> set:
+        rt = make_rt("settings-env", task_cache="off", env_overrides={"SP_TEST_MODE": mode})
+        return set(run_job(tagged(), rt, num_workers=1).final_output.to_arrow_table().column("mode").to_pylist())
+
+    assert modes("alpha") == {"alpha"}
+    assert modes("beta") == {"beta"}, "the rerun resumed the output computed with SP_TEST_MODE=alpha"
+    assert modes("beta") == {"beta"}
+
+    path = str(tmp_path / "one.parquet")
+    pq.write_table(pa.table({"x": [1]}), path)  # one row: partition 1 of 2 is empty
+
+    def counts(skip: bool) -> list:
+        ctx = Context()
+        parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 2, partition_by_rows=True)
+        plan = LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select count(*) as n from {0}"))
+        rt = make_rt("settings-skip", task_cache="off", skip_task_with_empty_input=skip)
+        return sorted(r["n"] for r in run_job(plan, rt, num_workers=1).final_output.to_arrow_table().to_pylist())
+
+    assert counts(False) == [0, 1]
+    assert counts(True) == [1], "the rerun resumed the row of 0 written for the empty partition"
+    assert counts(False) == [0, 1]
