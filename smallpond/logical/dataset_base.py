@@ -274,6 +274,12 @@ class DataSet:
     def _describe(self) -> tuple:
         return (self.columns, self._union_by_name, self.recursive)
 
+    def fingerprint_code(self) -> tuple:
+        """The user's Python the dataset runs to produce its rows (a query builder), which a task's
+        fingerprint digests as code beside :meth:`fingerprint` (a logical dataset cannot digest
+        code itself); none for datasets of files."""
+        return ()
+
     # -- SQL -----------------------------------------------------------------------------------
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         raise NotImplementedError(f"{type(self).__name__} cannot be read with SQL")

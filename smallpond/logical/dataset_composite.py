@@ -28,6 +28,10 @@ class SqlQueryDataSet(DataSet):
     def _describe(self):
         return (self.sql_query,)
 
+    def fingerprint_code(self) -> tuple:
+        # the query that runs is the builder's, whatever ``sql_query`` says
+        return () if self.query_builder is None else (self.query_builder,)
+
     @property
     def empty(self) -> bool:
         return False

@@ -32,7 +32,11 @@ class DataSourceNode(Node):
         return ()
 
     def fingerprint_params(self):
-        return {"dataset": self.dataset.fingerprint()}
+        params = {"dataset": self.dataset.fingerprint()}
+        code = self.dataset.fingerprint_code()
+        if code:  # a query builder: the query that runs (absent otherwise: fingerprints stay)
+            params["dataset_code"] = code
+        return params
 
 
 SINK_TYPES = ("link", "copy", "link_or_copy", "manifest")

@@ -303,3 +303,32 @@ def test_skipping_tasks_with_an_empty_input_is_part_of_their_key(tmp_path):
     assert listing.count("will run: its skip_empty_input changed (None -> True)") == 2, listing
     assert counts("skip-empty", True) == [1]
     assert counts("keep-empty-again", False) == [0, 1]
+
+
+def _five_rows(conn, fs) -> str:
+    return "select range as x from range(5)"
+
+
+def _fifty_rows(conn, fs) -> str:
+    return "select range as x from range(50)"
+
+
+def test_a_query_builders_code_is_part_of_its_sources_key(tmp_path):
+    """``SqlQueryDataSet(sql_query, query_builder=fn)``: the query that runs is the builder's, so a
+    job whose builder differs (the ``sql_query`` text the same) is not served the other's output,
+    and one with the same builder is."""
+    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.logical.dataset import SqlQueryDataSet
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    def count(job: str, builder):
+        ctx = Context()
+        src = DataSourceNode(ctx, SqlQueryDataSet("generated rows", query_builder=builder))
+        plan = LogicalPlan(ctx, SqlEngineNode(ctx, (src,), "select count(*) as n from {0}"))
+        rt = make_runtime_ctx(job, None, str(tmp_path / "root"), task_cache=str(tmp_path / "cache"))
+        done = run_job(plan, rt, num_workers=1)
+        return done.final_output.to_arrow_table().column("n").to_pylist(), done.num_reused
+
+    assert count("five", _five_rows) == ([5], 0)
+    assert count("fifty", _fifty_rows)[0] == [50], "served the output of the other builder's query"
+    assert count("five-again", _five_rows)[1] > 0, "the same builder should be reused"
