@@ -312,6 +312,11 @@ class _Walker:
         if isinstance(rv, str):  # pickled as a global by name
             module = getattr(obj, "__module__", None) or cls.__module__
             self.put(f"global:{module}.{rv}")
+            # a worker runs what the name is bound to in that module: a wrapper's function
+            # (``functools.lru_cache``, ``functools.cache``) is the code that runs
+            wrapped = getattr(obj, "__wrapped__", None)
+            if wrapped is not None:
+                self.walk(wrapped, depth)
             return
         self.put(f"reduce:{_name(cls)}")
         if not _is_library(cls.__module__ or ""):

@@ -1,6 +1,8 @@
-"""Fingerprints of the user modules a function imports in its body (``import helpers`` inside a
-UDF, a lazy import that keeps workers light): digested by the file the import loads, whether
-this process imported the module or not, without importing it."""
+"""Fingerprints of user code a function reaches other than through the values of its globals:
+the user modules it imports in its body (``import helpers`` inside a UDF, a lazy import that keeps
+workers light), digested by the file the import loads whether this process imported the module
+or not (without importing it), and a helper wrapped by ``functools.lru_cache``, which pickles by
+name."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import textwrap
 
 from smallpond.execution.fingerprint import stable_digest
 from tests.execution import test_fingerprint
-from tests.execution.test_fingerprint import REPO, _last_number
+from tests.execution.test_fingerprint import REPO, _job_across_an_edit, _last_number
 
 # the fixtures of test_fingerprint: Parquet ids 0-9, and user modules written on sys.path
 ids_file, user_modules = test_fingerprint.ids_file, test_fingerprint.user_modules
@@ -60,6 +62,21 @@ def test_library_and_missing_modules_imported_in_a_body_change_nothing(user_modu
     first = stable_digest(job.f)
     user_modules.write("{p}unrelated.py", "K = 1\n")
     assert stable_digest(job.f) == first
+
+
+def test_a_helper_wrapped_by_lru_cache_is_fingerprinted_by_its_code(user_modules):
+    """``functools.lru_cache`` (and ``functools.cache``) wrappers pickle by name, so a worker runs
+    what the user module's file defines now."""
+    job, first = _job_across_an_edit(
+        user_modules,
+        "from {p}mymod import g\ndef f(x):\n    return g(x)\n",
+        "f",
+        "import functools\n@functools.lru_cache(maxsize=None)\ndef g(x):\n    return x * 1\n",
+        "import functools\n@functools.lru_cache(maxsize=None)\ndef g(x):\n    return x * 20\n",
+    )
+    assert job.f(1) == 20
+    assert stable_digest(job.f) != first, "an edit of the wrapped helper was not seen"
+    assert stable_digest(job.f) == stable_digest(job.f)
 
 
 def _job(user_modules, source: str):
