@@ -26,8 +26,8 @@ ids cloudpickle gives classes) may.
   longer holds: it is :class:`Unfingerprintable` (see below) rather than keyed by what the file
   says now;
 * the user's own functions by their code (bytecode, the names it uses, constants, nested code),
-  defaults, closure, the globals their code names (a module-level constant the function reads
-  is part of it) and the user modules their body imports (``import helpers`` inside a UDF, as
+  defaults, closure, attributes set on them (``f.scale = 2``), the globals their code names (a
+  module-level constant the function reads is part of it) and the user modules their body imports (``import helpers`` inside a UDF, as
   above; a worker imports the file as it is when the task runs);
 * the user's own classes (defined in the script or in a user module, however they are reached) by
   their qualified name, their metaclass, their bases (a user base class by the same description, a
@@ -50,7 +50,8 @@ ids cloudpickle gives classes) may.
   past a depth of 64 a value is digested by its pickled bytes;
 * containers are walked in a stable order (sets and dict keys sorted by value, never by address);
 * objects are described the way pickle would rebuild them (their ``__dict__``/slots, or what
-  ``__getstate__`` / ``__reduce_ex__`` return), so an object that drops a lock or a cache when
+  ``__getstate__`` / ``__reduce_ex__`` or the reducer ``copyreg`` holds for their type return: a
+  compiled regular expression by its pattern and flags), so an object that drops a lock or a cache when
   pickled is fingerprinted by what a worker actually receives; NumPy arrays by dtype, shape and
   data; locks by their type (a lock holds no data);
 * a value that still cannot be described (a generator, an open connection) is reported through
@@ -61,6 +62,7 @@ ids cloudpickle gives classes) may.
 from __future__ import annotations
 
 import ast
+import copyreg
 import dis
 import enum
 import hashlib
@@ -250,6 +252,11 @@ class _Walker:
         self.code(code, depth)
         self.walk(fn.__defaults__ or (), depth)
         self.walk(fn.__kwdefaults__ or {}, depth)
+        # attributes set on the function (``f.scale = 2``), which travel with it to a worker
+        attrs = {k: v for k, v in getattr(fn, "__dict__", {}).items() if not k.startswith("__")}
+        if attrs:  # (absent otherwise: functions without any keep their fingerprints)
+            self.put("attrs")
+            self.walk(attrs, depth)
         for cell in fn.__closure__ or ():
             try:
                 value = cell.cell_contents
@@ -303,10 +310,12 @@ class _Walker:
         self.h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
 
     def reduced(self, obj: Any, depth: int) -> None:
-        """An object described by what pickle would rebuild it from (``__reduce_ex__``)."""
+        """An object described by what pickle would rebuild it from: the reducer ``copyreg``
+        registers for its type (``re.Pattern``: its pattern and flags), else ``__reduce_ex__``."""
         cls = type(obj)
         try:
-            rv = obj.__reduce_ex__(4)
+            reducer = copyreg.dispatch_table.get(cls)
+            rv = reducer(obj) if reducer is not None else obj.__reduce_ex__(4)
         except Exception as e:
             raise Unfingerprintable(f"{_name(cls)} ({type(e).__name__}: {e})") from None
         if isinstance(rv, str):  # pickled as a global by name

@@ -116,6 +116,27 @@ def test_the_names_a_function_calls_are_part_of_its_code():
     assert stable_digest(f) != stable_digest(g)
 
 
+def test_a_compiled_regular_expression_is_described_by_its_pattern_and_flags():
+    """``re.Pattern`` pickles through ``copyreg``, not ``__reduce_ex__``: a UDF using a module-level
+    ``re.compile`` must be fingerprintable (else its node is never reused) and see a new pattern."""
+    import re
+
+    one = stable_digest(re.compile("a+"))
+    assert one == stable_digest(re.compile("a+")) != stable_digest(re.compile("b+"))
+    assert one != stable_digest(re.compile("a+", re.IGNORECASE))
+
+
+def test_attributes_set_on_a_function_are_part_of_it():
+    def f(x):
+        return x * f.scale
+
+    f.scale = 2
+    first = stable_digest(f)
+    assert stable_digest(f) == first
+    f.scale = 3
+    assert stable_digest(f) != first
+
+
 SCALE = 2
 
 
