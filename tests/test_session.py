@@ -188,3 +188,33 @@ def test_warming_a_module_that_does_not_exist_is_quiet(monkeypatch):
     assert thread is not None
     thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_module_edited_between_two_computations_runs_as_it_is_now(tmp_path):
+    # a session's workers live on between its computations, and a module a task imported stays
+    # loaded in them: after the user edits it, the next computation must run the new code (its
+    # tasks are keyed by the new file; run with the old code, the old result would be cached under
+    # the new key and served to every later run)
+    mods = tmp_path / "mods"
+    mods.mkdir()
+    helper = mods / "sp_edited_helper.py"
+    helper.write_text("def value():\n    return 1\n")
+    code = (
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(mods)!r})\n"
+        "import smallpond\n"
+        f"sp = smallpond.init(data_root={str(tmp_path / 'root')!r}, num_executors=1)\n"
+        "def tag(row):\n"
+        "    import sp_edited_helper\n"
+        "    return {'a': row['a'], 'v': sp_edited_helper.value()}\n"
+        "def run():\n"
+        "    return sorted(set(sp.from_items([{'a': 1}, {'a': 2}]).map(tag).to_pandas()['v']))\n"
+        "print(run(), flush=True)\n"
+        "time.sleep(0.05)\n"
+        f"open({str(helper)!r}, 'w').write('def value():\\n    return 2\\n')\n"
+        "print(run(), flush=True)\n"
+        "sp.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("\n")[:2] == ["[1]", "[2]"], proc.stdout + proc.stderr[-3000:]

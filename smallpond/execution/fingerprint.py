@@ -573,6 +573,23 @@ def _user_source_info(mod: types.ModuleType) -> Optional[Tuple[str, Tuple[str, .
     return info
 
 
+def user_source_stats() -> Dict[str, tuple]:
+    """The files of the user's modules this process has digested (the code its jobs were keyed
+    by), each with its size, modification and change times and inode now (None: gone).
+
+    A job compares them before it runs with what they were when its previous run ended: a file
+    that changed meanwhile may be loaded, as it was, in a worker that lives on between the runs of
+    a session (:meth:`~smallpond.execution.executors.base.Executor.restart_workers`)."""
+    out: Dict[str, tuple] = {}
+    for path, _ in list(_files):
+        try:
+            st = os.stat(path)
+            out[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        except OSError:
+            out[path] = None
+    return out
+
+
 def _file_info(path: str, package: str, name: str) -> Tuple[str, Tuple[str, ...]]:
     """Digest and imported module names of the file of the user module ``name`` (in ``package``,
     where its relative imports resolve), read once per version of it (its size, modification and

@@ -185,6 +185,7 @@ class Job:
         self._prev_sigterm: Any = _NOT_INSTALLED  # the handler to restore at the end, once ours is installed
         #: sink key -> the dataset it was published as (a sink that ran again is published again)
         self._published: Dict[str, Any] = {}
+        self._code_stats: Optional[Dict[str, Any]] = None  # the user's code files when the last run ended
         self._executor = executor
         self._num_workers = num_workers
         self.max_retry_count = max_retry_count
@@ -400,7 +401,23 @@ class Job:
         if self.finished:
             raise ParameterError("this job has finished; start a new one (smallpond.init() for a session)")
 
+    def _refresh_workers(self) -> None:
+        """Before a run after the first (a session's next computation): replace the workers if a
+        file of the user's code changed since the last run ended. A worker imports the user's
+        modules once and keeps them; a task keyed by the new file's contents must not run the old
+        code (its result would be cached under the new code's key)."""
+        from smallpond.execution.fingerprint import user_source_stats
+
+        before, now = self._code_stats, user_source_stats()
+        if before is None:
+            return
+        changed = sorted(p for p, st in before.items() if now.get(p) != st)
+        if changed:
+            more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
+            self.executor.restart_workers(f"{changed[0]}{more} changed since the last run")
+
     def _run(self, targets) -> Dict[str, Any]:
+        self._refresh_workers()
         try:
             results = self.scheduler.run(targets, self.planner.tasks)
             self._publish()
@@ -414,6 +431,10 @@ class Job:
             if error is e:
                 raise
             raise error from None
+        finally:
+            from smallpond.execution.fingerprint import user_source_stats
+
+            self._code_stats = user_source_stats()  # what the workers may have loaded
         st = self.scheduler.state
         return {k: st.done[k] for k in results}
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from smallpond.common import logger
 from smallpond.execution.task import Task
 
 
@@ -145,6 +146,18 @@ class Executor:
     def shutdown(self) -> None:
         """Stop the workers this backend started. Idempotent."""
         raise NotImplementedError
+
+    def restart_workers(self, why: str) -> None:
+        """Replace the worker processes, which may hold modules of the user's code as they were
+        when first imported (``why`` says which file changed since): the next attempts must run
+        the code as it is now, the code their cache keys name. A backend that cannot replace them
+        says so; its results may then come from the old code."""
+        logger.warning(
+            "{}: {}; the workers of this backend are not restarted between runs, so tasks that import it may still run "
+            "its old code: restart the session",
+            type(self).__name__,
+            why,
+        )
 
     def forget_nodes(self, nodes) -> None:
         """Drop what the backend keeps of ``nodes`` between attempts (each node is pickled once):

@@ -357,6 +357,13 @@ class LocalExecutor(Executor):
     def forget_nodes(self, nodes) -> None:
         self._encoder.forget(nodes)
 
+    def restart_workers(self, why: str) -> None:
+        if not self.workers:
+            return
+        logger.info("restarting the workers ({}): they may hold the code as it was", why)
+        self.shutdown()
+        self.start()
+
     def shutdown(self) -> None:
         # workers hold no state worth a graceful exit: every result is committed on disk, and an
         # interpreter teardown (DuckDB, Arrow) costs ~0.4 s per worker

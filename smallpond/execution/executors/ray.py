@@ -446,13 +446,22 @@ class RayExecutor(Executor):
         for node in nodes:
             self._node_refs.pop(id(node), None)
 
+    def restart_workers(self, why: str) -> None:
+        if not (self._connected_here and ray.is_initialized()):
+            super().restart_workers(why)  # the connection is the caller's: its Ray job, its workers
+            return
+        logger.info("reconnecting to Ray ({}): a new Ray job has fresh worker processes", why)
+        self.shutdown()
+        self.start()
+
     def shutdown(self) -> None:
         # attempts still running are stopped: by Ray itself when this executor made the connection
         # (the disconnect ends the Ray job, whose worker processes Ray then kills), else one by one.
         # A force-cancel of each raced with an attempt finishing meanwhile, and Ray's core worker
         # then aborted the driver ("Tried to complete task that was not pending"): a SIGTERM exited
         # 1 instead of 143
-        for ref, _ in list(self._inflight.values()) if not (self._connected_here and ray.is_initialized()) else ():
+        by_ray = self._connected_here and ray.is_initialized()
+        for ref, _ in () if by_ray else list(self._inflight.values()):
             try:
                 ray.cancel(ref, force=True)
             except Exception:
