@@ -158,6 +158,26 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def as_flag(owner: str, name: str, value) -> bool:
+    """A yes/no parameter as a bool: ``True``/``False`` (NumPy's too), ``1``/``0``, or the text
+    ``"true"``/``"false"`` (any case; what upstream pasted into its SQL as it was). Anything else is
+    refused, naming ``owner`` and ``name``: ``"false"`` must not count as true, and no other text
+    reaches the SQL.
+
+    >>> as_flag("CsvDataSet", "header", "False"), as_flag("CsvDataSet", "header", 1)
+    (False, True)
+    """
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+        return bool(value)
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    from smallpond.errors import ParameterError
+
+    raise ParameterError(f"{owner}: {name} must be True or False, got {value!r}")
+
+
 def sql_bool(value) -> str:
     """A flag as an SQL boolean literal: ``true`` or ``false``, never the value's own text (an
     option given as ``"true) UNION ALL SELECT ..."`` would otherwise be pasted into the query).

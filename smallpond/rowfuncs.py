@@ -73,10 +73,10 @@ class MapRows:
         the Python values loses or cannot hold."""
         import pyarrow as pa
 
-        from smallpond.io.arrow import array_from_values, conform_table, infer_array, natural_type
+        from smallpond.io.arrow import array_from_values, conform_table, empty_table, infer_array, natural_type
 
         if not rows:
-            return schema.empty_table() if schema is not None else pa.table({})
+            return empty_table(schema) if schema is not None else pa.table({})
         keys, values = _row_columns(rows)
         if not keys:  # dicts without keys: a table of no columns has no rows either, they would be lost
             from smallpond.execution.ops.arrow import _no_columns
@@ -222,7 +222,9 @@ class FilterRows:
             wrote = True
             yield StreamOutput(pa.Table.from_batches([batch]).filter(mask), batch_indices=[i])
         if not wrote:
-            yield reader.schema.empty_table()
+            from smallpond.io.arrow import empty_table
+
+            yield empty_table(reader.schema)
 
 
 class MapBatches:

@@ -9,6 +9,7 @@ any task runs.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import warnings
@@ -218,7 +219,7 @@ class Planner:
         self._readers: Dict[int, str] = {}  # id(input dataset) -> the source node that reads it (for messages)
         self._registry = self._plan_functions()
         #: the job's environment variables for its tasks, in every fingerprint (see _env_fingerprint)
-        self._env_text = _env_fingerprint(runtime_ctx.env_overrides)
+        self._env_text = _env_fingerprint(runtime_ctx.env_overrides, lambda: runtime_ctx.secret)
 
     def _plan_functions(self) -> List[Tuple[Type[Node], Callable]]:
         return [
@@ -644,15 +645,16 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
     return out
 
 
-def _env_fingerprint(env: Dict[str, str]) -> str:
+def _env_fingerprint(env: Dict[str, str], secret: Callable[[], bytes]) -> str:
     """The environment variables a job sets for its tasks (the Driver's ``--env_variables``), which
     the task cache keys (``cache_keys.env_components``), as a part of every task's fingerprint;
-    empty without variables (such jobs keep their fingerprints)."""
+    empty without variables (such jobs keep their fingerprints). ``secret``: the job's secret."""
     if not env:
         return ""
     text = json.dumps(sorted((str(k), str(v)) for k, v in env.items()))
-    # a digest: the commit records keep no value in clear (one may be a password)
-    return f"env:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}\x00"
+    # a digest keyed with the job's secret: the commit records keep no value in clear, nor one a
+    # guess could be checked against (a variable may hold a password)
+    return f"env:{hmac.new(secret(), text.encode('utf-8', 'surrogatepass'), 'sha256').hexdigest()}\x00"
 
 
 #: nodes whose tasks run user Python, which may draw from the generators the engine seeds per task

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Union
 from smallpond.common import (
     DEFAULT_BATCH_SIZE,
     EMPTY_PLACEHOLDER_COLUMN,
+    as_flag,
     quote_identifier,
     quote_literal,
     split_into_rows,
@@ -103,7 +104,7 @@ class DataSet:
         self.root_dir: Optional[str] = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
         self.recursive = recursive
         self.columns = list(columns) if columns is not None else None
-        self._union_by_name = union_by_name
+        self._union_by_name = as_flag(type(self).__name__, "union_by_name", union_by_name)
         self._resolved_paths: Optional[List[str]] = None
         self._num_rows: Optional[int] = None
         #: Optional Arrow schema, used to render typed SQL when the dataset has no files.

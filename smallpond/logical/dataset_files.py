@@ -13,7 +13,7 @@ import re
 from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
-from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, quote_identifier, sql_bool
+from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ParameterError
 from smallpond.io.paths import duckdb_file_literal
 from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
@@ -105,8 +105,8 @@ class CsvDataSet(DataSet):
         self.csv_schema = OrderedDict(schema)
         self.delim = delim
         self.max_line_size = max_line_size
-        self.parallel = parallel
-        self.header = header
+        self.parallel = as_flag("CsvDataSet", "parallel", parallel)
+        self.header = as_flag("CsvDataSet", "header", header)
 
     def _describe(self):
         return super()._describe() + (tuple(self.csv_schema.items()), self.delim, self.header)

@@ -172,24 +172,37 @@ def test_a_type_changed_after_construction_is_never_run(tmp_path, kind):
 FLAG_INJECTION = "true) UNION ALL SELECT 42 AS a FROM (SELECT 1"
 
 
-def test_reader_flags_are_sql_booleans_never_their_text(tmp_path):
+def test_reader_flags_are_booleans_never_their_text(tmp_path):
     # union_by_name (read_parquet's, upstream's signature), header and parallel were pasted as
-    # Python wrote them: a string flag ran as SQL
+    # Python wrote them: a string flag ran as SQL. A flag is now a bool, or the text "true" or
+    # "false" (which upstream's SQL read as such); any other value is refused where it is given
     import duckdb
 
     pq.write_table(pa.table({"a": [1]}), tmp_path / "a.parquet")
-    (tmp_path / "a.csv").write_text("1\n")
+    (tmp_path / "a.csv").write_text("a\n1\n")
     (tmp_path / "a.json").write_text('{"a": 1}\n')
+    parquet, csv, json = (str(tmp_path / f"a.{x}") for x in ("parquet", "csv", "json"))
+    for build in (
+        lambda: ParquetDataSet([parquet], union_by_name=FLAG_INJECTION),
+        lambda: CsvDataSet([csv], {"a": "int"}, parallel=FLAG_INJECTION),
+        lambda: CsvDataSet([csv], {"a": "int"}, header="yes please"),
+        lambda: JsonDataSet([json], {"a": "int"}, union_by_name=2),
+    ):
+        with pytest.raises(ParameterError, match="must be True or False"):
+            build()
     conn = duckdb.connect()
     datasets = [
-        ParquetDataSet([str(tmp_path / "a.parquet")], union_by_name=FLAG_INJECTION),
-        CsvDataSet([str(tmp_path / "a.csv")], {"a": "int"}, header=0, parallel=FLAG_INJECTION, union_by_name=FLAG_INJECTION),
-        JsonDataSet([str(tmp_path / "a.json")], {"a": "int"}, union_by_name=FLAG_INJECTION),
+        ParquetDataSet([parquet], union_by_name="false"),
+        CsvDataSet([csv], {"a": "int"}, header="True", parallel=0, union_by_name="FALSE"),  # the header row skipped
+        JsonDataSet([json], {"a": "int"}, union_by_name=1),
     ]
     for ds in datasets:
         assert conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)}").fetchall() == [(1,)], ds
+    assert (datasets[0]._union_by_name, datasets[1].header, datasets[1].parallel) == (False, True, False)
     sp = smallpond.init(data_root=str(tmp_path / "root"), num_executors=1, task_cache="off")
     try:
-        assert sp.read_parquet(str(tmp_path / "a.parquet"), union_by_name=FLAG_INJECTION).take_all() == [{"a": 1}]
+        with pytest.raises(ParameterError, match="union_by_name"):
+            sp.read_parquet(parquet, union_by_name=FLAG_INJECTION)
+        assert sp.read_parquet(parquet, union_by_name="false").take_all() == [{"a": 1}]
     finally:
         sp.shutdown()

@@ -81,7 +81,7 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
     equals, so ``2024-01-01`` meets ``2024-01-01 00:00:00`` whatever the unit of either file.
     """
     if type_name and _OTHER_TIMESTAMP.match(type_name.strip()):
-        return f"CAST(({sql}) AS TIMESTAMP)"
+        return f"TRY_CAST(({sql}) AS TIMESTAMP)"  # a DATE past TIMESTAMP's range: NULL, one partition
     if not type_name or not _INEXACT_NUMERIC.match(type_name.strip()):
         return sql
     v = f"({sql})"

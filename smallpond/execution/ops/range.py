@@ -19,6 +19,8 @@ from __future__ import annotations
 import datetime
 import decimal
 import math
+import numbers
+import operator
 import os
 from typing import List, Optional, Sequence
 
@@ -45,15 +47,17 @@ def sql_literal(value) -> str:
     A number is written as the plain ``int``/``float`` it equals, never as its own ``repr``: a
     subclass's is not SQL (``np.float64(2.5)``, what ``np.quantile`` returns) and could be any text.
 
+    NumPy's integers and ``float32`` are numbers too (not ``int``/``float`` subclasses).
+
     >>> import numpy as np
-    >>> [sql_literal(v) for v in (np.float64(2.5), 3, float("inf"), "it's")]
-    ['2.5', '3', "'inf'", "'it''s'"]
+    >>> [sql_literal(v) for v in (np.float64(2.5), 3, np.int64(7), np.float32(0.5), float("inf"), "it's")]
+    ['2.5', '3', '7', '0.5', "'inf'", "'it''s'"]
     """
-    if isinstance(value, bool):
+    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
         return "true" if value else "false"
-    if isinstance(value, int):
-        return str(int(value))
-    if isinstance(value, float):
+    if isinstance(value, numbers.Integral):
+        return str(operator.index(value))
+    if isinstance(value, numbers.Real):  # (a Decimal is not one: written exactly below)
         value = float(value)
         return repr(value) if math.isfinite(value) else quote_literal(repr(value))
     if isinstance(value, (bytes, bytearray)):
