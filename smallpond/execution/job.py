@@ -406,7 +406,7 @@ class Job:
         file of the user's code changed since the last run ended. A worker imports the user's
         modules once and keeps them; a task keyed by the new file's contents must not run the old
         code (its result would be cached under the new code's key)."""
-        from smallpond.execution.fingerprint import user_source_stats
+        from smallpond.execution.fingerprint_sources import user_source_stats
 
         before, now = self._code_stats, user_source_stats()
         if before is None:
@@ -432,7 +432,7 @@ class Job:
                 raise
             raise error from None
         finally:
-            from smallpond.execution.fingerprint import user_source_stats
+            from smallpond.execution.fingerprint_sources import user_source_stats
 
             self._code_stats = user_source_stats()  # what the workers may have loaded
         st = self.scheduler.state

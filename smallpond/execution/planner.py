@@ -204,6 +204,10 @@ class Planner:
         # kept alive so that an id is never reused while it is a key here
         self._planned_nodes: List[Node] = []
         self._digests: Dict[int, str] = {}
+        #: where the modules user functions import in their bodies were found, in the current
+        #: call of :meth:`plan` (stable_digest's ``specs``: each name is looked up once however
+        #: many nodes import it; anew in each call: a module file created since is found)
+        self._specs: Dict[str, Any] = {}
         #: why a node's tasks are never reused (its digest is then "unreusable:..."), by node id
         self._unreused: Dict[int, str] = {}
         #: whether a node's tasks draw from their own seed (draws_from_task_seed), by node id
@@ -262,6 +266,7 @@ class Planner:
     # -- entry points ----------------------------------------------------------------------------
     def plan(self, node: Node) -> List[Task]:
         """The tasks producing ``node``'s partitions (planning its inputs first)."""
+        self._specs = {}
         order = topological_order([node], lambda x: x.input_deps)
         # before any task is built: incompatible partitionings, and a plan too large for the
         # scheduler's memory (repartition(10**9)), raise PlanError here
@@ -395,7 +400,7 @@ class Planner:
                 digest = "unreusable:" + os.urandom(16).hex()
             else:
                 try:
-                    digest = stable_digest(node)
+                    digest = stable_digest(node, self._specs)
                 except Unfingerprintable as e:
                     msg = (
                         f"{node.label} created at {node.location}: cannot fingerprint {e.what}, which it uses; "

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import smallpond
-from smallpond.execution import fingerprint
+from smallpond.execution import fingerprint_sources
 from smallpond.execution.fingerprint import Unfingerprintable, stable_digest
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.execution.planner import Planner
@@ -433,8 +433,8 @@ def test_a_user_module_edited_but_not_reloaded_is_unfingerprintable(user_modules
 
 def test_module_files_are_read_once_per_version_and_library_modules_never(user_modules, monkeypatch):
     reads = []
-    real = fingerprint._read_source
-    monkeypatch.setattr(fingerprint, "_read_source", lambda path, package: reads.append(path) or real(path, package))
+    real = fingerprint_sources._read_source
+    monkeypatch.setattr(fingerprint_sources, "_read_source", lambda path, package: reads.append(path) or real(path, package))
 
     first = stable_digest(calls_math)
     assert [stable_digest(calls_math) for _ in range(3)] == [first] * 3
