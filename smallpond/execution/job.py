@@ -299,6 +299,7 @@ class Job:
         rt = self.rt
         try:
             if self.executor is not None:
+                self.executor.record_outcome("success" if ok else ("interrupted" if self.interrupted else "failure"))
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
             remove_orphan_outputs(rt)

@@ -383,15 +383,38 @@ def test_an_executor_started_by_hand_after_a_run_ended_serves_the_rerun(queue_ex
         stop(procs)
 
 
-def test_an_executor_started_by_hand_after_the_last_run_waits_then_exits(queue_executor, make_rt):
+@pytest.mark.parametrize("outcome", [None, "interrupted", "failure"])  # None: a marker written before outcomes
+def test_an_executor_started_by_hand_after_the_last_run_waits_then_exits(queue_executor, make_rt, outcome):
     rt = make_rt()
-    queue_executor(rt).shutdown()
+    qe = queue_executor(rt)
+    if outcome is not None:
+        qe.record_outcome(outcome)
+    qe.shutdown()
+    assert read_json(QueuePaths(rt.layout).stop).get("outcome") == outcome
     (proc,) = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="1")
     try:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err[-2000:]
         assert b"the job's last run (generation 1) has ended; waiting up to 1s for the next run" in err
         assert b"no new run started within 1s" in err
+    finally:
+        stop([proc])
+
+
+def test_an_executor_started_by_hand_after_a_successful_job_exits_at_once(tmp_path, inputs, marker_dir):
+    """No rerun is likely after a successful run: it says so and exits instead of waiting."""
+    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
+    cmd = driver_command(job_id, data_root, inputs, marker_dir, "--platform", "base", "--num_executors", "1")
+    driver = subprocess.run(cmd, env=queue_env(), capture_output=True, text=True, timeout=120)
+    assert driver.returncode == 0, driver.stderr[-3000:]
+    (stop_path,) = glob.glob(os.path.join(data_root, "*", "queue", "stop"))
+    assert read_json(stop_path)["outcome"] == "success"
+    (proc,) = start_executors(1, job_id, data_root, SP_QUEUE_WAIT="3600")
+    try:
+        _, err = proc.communicate(timeout=120)  # a hang guard: without the outcome it waits an hour
+        assert proc.returncode == 0, err[-2000:]
+        assert b"the job finished successfully (generation 1); nothing to do" in err
+        assert b"waiting up to" not in err
     finally:
         stop([proc])
 

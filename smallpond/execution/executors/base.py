@@ -13,6 +13,7 @@ Life cycle::
     executor.submit(task, inputs, attempt, memory=...)
     executor.poll(timeout) -> [Completion, ...]
     executor.cancel(key, attempt)         # abandon an attempt; no Completion is reported for it
+    executor.record_outcome(status)      # the job's status, just before it ends (optional)
     executor.shutdown()
 
 Rules every backend keeps:
@@ -146,6 +147,11 @@ class Executor:
     def shutdown(self) -> None:
         """Stop the workers this backend started. Idempotent."""
         raise NotImplementedError
+
+    def record_outcome(self, outcome: str) -> None:
+        """The run's outcome (the job status: ``"success"``, ``"interrupted"`` or ``"failure"``),
+        told just before ``shutdown`` by the job that ends. A backend whose workers outlive the run
+        (queue executors started by hand) passes it on to them; others need not override it."""
 
     def restart_workers(self, why: str) -> None:
         """Replace the worker processes, which may hold modules of the user's code as they were

@@ -10,7 +10,7 @@ This module is the scheduler's side, :class:`QueueExecutor`; the executor proces
       epoch                    JSON: the scheduler's generation and its timing settings
       epochs/{n}/              created exclusively: one scheduler per generation
       scheduler                the scheduler's heartbeat ("{epoch} {counter}")
-      stop                     JSON: the job ended (executors of that generation exit)
+      stop                     JSON: the job ended (executors of that generation exit) and how
       nodes/{epoch}.{k}.node   signed pickled nodes, written once, shared by the attempts of a node
       todo/{item}              signed attempts waiting for an executor
       cancel/{item}            the scheduler abandoned this attempt (its executor kills it)
@@ -172,6 +172,7 @@ class QueueExecutor(Executor):
         self._beat: Optional[threading.Thread] = None
         self._started = False
         self._closed = False
+        self._outcome: Optional[str] = None  # the run's outcome, written into the stop marker
 
     # -- start -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -509,6 +510,11 @@ class QueueExecutor(Executor):
     def forget_nodes(self, nodes) -> None:
         self._encoder.forget(nodes)
 
+    def record_outcome(self, outcome: str) -> None:
+        """Written into the stop marker: an executor started by hand after a successful run exits
+        at once, after any other it waits for the rerun."""
+        self._outcome = outcome
+
     def shutdown(self) -> None:
         """Tell this generation's executors the job ended; wait for the launched ones to exit."""
         if self._closed or not self._started:
@@ -517,7 +523,10 @@ class QueueExecutor(Executor):
         self._closed = True
         if self.epoch > 0:  # else it never took a generation of the job (another scheduler runs it)
             try:
-                write_json(self.paths.stop, {"epoch": self.epoch})
+                stop = {"epoch": self.epoch}
+                if self._outcome is not None:
+                    stop["outcome"] = self._outcome
+                write_json(self.paths.stop, stop)
             except OSError:
                 pass
         deadline = time.monotonic() + max(10.0, 2 * self.settings.heartbeat)

@@ -16,8 +16,8 @@ worker of the embedded backend does), so a lost executor leaves no attempt runni
 scheduler's back.
 
 When the run it serves ends (``queue/stop``) it exits 0; one started by hand after the job's last
-run ended (an interrupted run, before its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the
-next run and serves it. When a new scheduler takes the job (a new epoch) it kills what it runs
+run ended exits 0 at once if that run succeeded, and else (an interrupted or failed run, before
+its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the next run and serves it. When a new scheduler takes the job (a new epoch) it kills what it runs
 for the old one; an executor its platform started for the old scheduler then exits, one started
 by hand rejoins. When the scheduler falls silent for the timeout, a
 launched executor exits; one started by hand waits up to ``SP_QUEUE_WAIT`` seconds for a
@@ -189,8 +189,11 @@ class ExecutorProcess:
         if stop is not None and int(stop.get("epoch", 0)) >= max(self.epoch, int(meta["epoch"])):
             if self.epoch >= 0 or self.bound_epoch is not None:
                 raise _Exit(EX_OK, "the job ended")
-            # started by hand after the job's last run ended (one interrupted, say): its rerun
-            # is a new generation, which this executor waits for and serves
+            if stop.get("outcome") == "success":
+                raise _Exit(EX_OK, f"the job finished successfully (generation {stop['epoch']}); nothing to do")
+            # started by hand after the job's last run ended (interrupted or failed, or a marker
+            # without the outcome): its rerun is likely, a new generation this executor waits
+            # for and serves
             self._await_next_run(now, int(stop.get("epoch", 0)))
             return
         epoch = int(meta["epoch"])
