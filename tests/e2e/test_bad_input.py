@@ -234,6 +234,23 @@ def test_a_partition_key_that_cannot_bind_or_cast(tmp_path, make_rt, log_message
     assert_no_partial_sink(sink)
 
 
+def test_the_arrow_engines_key_query_reported_is_the_one_that_ran(tmp_path, make_rt, log_messages, no_plan_check):
+    """The arrow engine computes each batch's partitions with a query over the batch (a view
+    named ``__sp_batch``); the SQL a failure reports is that query, so it fails the same way
+    when run over the input (it was reported without the ``AS k`` it ran with, over ``<batch>``)."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    build, _, _ = BAD_KEYS["shuffle by no number"]
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    plan = sink_plan(lambda ctx: build(ctx, DataSourceNode(ctx, ParquetDataSet(files)), "arrow"), str(tmp_path / "sink"))
+    err = run_failing(plan, make_rt(), log_messages)
+    conn = duckdb.connect()
+    conn.register("__sp_batch", pq.read_table(files[0]))
+    with pytest.raises(duckdb.ConversionException):
+        conn.execute(err.sql).fetchall()
+
+
 @pytest.mark.parametrize(
     "query,culprit",
     [

@@ -313,15 +313,24 @@ def render_query(query: str, views: List[str], named: Dict[str, object]) -> str:
         raise err from None
 
 
-def run_sql(conn, sql: str) -> list:
-    """Execute and fetch everything (DuckDB refuses new work while a result is unfinished)."""
+@contextlib.contextmanager
+def duckdb_errors_as(sql: str):
+    """Raise a DuckDB error from the block as :func:`map_duckdb_error` maps it (naming ``sql``,
+    what ran: a query or a step such as registering a UDF), from the original; an error it does
+    not map propagates as it was."""
     try:
-        return conn.execute(sql).fetchall()
+        yield
     except Exception as e:  # duckdb.Error subclasses
         mapped = map_duckdb_error(e, sql)
         if mapped is e:
             raise
         raise mapped from e
+
+
+def run_sql(conn, sql: str) -> list:
+    """Execute and fetch everything (DuckDB refuses new work while a result is unfinished)."""
+    with duckdb_errors_as(sql):
+        return conn.execute(sql).fetchall()
 
 
 #: Largest row group a writer buffers, in bytes. A constant so that row groups are cut at the same

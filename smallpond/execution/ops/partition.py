@@ -16,8 +16,8 @@ from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_target_dir,
     create_input_views,
+    duckdb_errors_as,
     format_query,
-    map_duckdb_error,
     open_connection,
     run_sql,
     sql_may_draw_random,
@@ -316,7 +316,8 @@ class HashPartitionTask(Task):
             except BaseException:
                 conn.close()
                 raise
-        self._current_sql = f"SELECT {expr} FROM <batch>"
+        key_sql = f"SELECT {expr} AS k FROM __sp_batch"  # __sp_batch: the batch, registered as a view
+        self._current_sql = key_sql
         dir_col = col if _IDENT.fullmatch(col) and not keep else "__sp_partition__"
         writer = _PartitionWriters(self, output_dir, col, dir_col, n, write_col, min(32 * MB, batch_bytes))
         try:
@@ -327,13 +328,8 @@ class HashPartitionTask(Task):
                     keys = batch.column(col).to_numpy(zero_copy_only=False)
                 else:
                     conn.register("__sp_batch", batch)
-                    try:
-                        keys = conn.execute(f"SELECT {expr} AS k FROM __sp_batch").fetchnumpy()["k"]
-                    except Exception as e:  # duckdb.Error: a key that does not bind or cast is the user's
-                        mapped = map_duckdb_error(e, f"SELECT {expr} AS k FROM <batch>")
-                        if mapped is e:
-                            raise
-                        raise mapped from e
+                    with duckdb_errors_as(key_sql):  # a key that does not bind or cast is the user's
+                        keys = conn.execute(key_sql).fetchnumpy()["k"]
                     conn.unregister("__sp_batch")
                 # a NULL key: masked (DuckDB's fetchnumpy) or NaN (pyarrow's to_numpy)
                 null = np.ma.isMaskedArray(keys) and bool(np.ma.getmaskarray(keys).any())

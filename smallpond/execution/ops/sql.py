@@ -9,11 +9,11 @@ from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
     create_input_views,
+    duckdb_errors_as,
     format_query,
     has_final_order_by,
     input_ctes,
     is_query,
-    map_duckdb_error,
     open_connection,
     run_sql,
     sql_may_draw_random,
@@ -170,13 +170,8 @@ class SqlEngineTask(Task):
         )
         try:
             for ctx in node.udf_contexts.values():
-                try:
+                with duckdb_errors_as(f"registering UDF {getattr(ctx, 'name', ctx)!r}"):
                     ctx.bind(conn)
-                except Exception as e:
-                    mapped = map_duckdb_error(e, f"registering UDF {getattr(ctx, 'name', ctx)!r}")
-                    if mapped is e:
-                        raise
-                    raise mapped from e
             nq = len(node.sql_queries)
             # one query written to Parquet (the usual node) names its inputs in a WITH clause of
             # its own rather than in views: one statement to bind instead of one per input more
