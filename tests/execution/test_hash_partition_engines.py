@@ -146,6 +146,30 @@ def test_a_user_column_named_like_the_internal_partition_column_is_kept(tmp_path
     assert rows == sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]))
 
 
+def _partition_two_files(tmp_path, make_rt, engine, keys_by_file, comparable):
+    """Write one file per ``(type, keys)`` of ``keys_by_file`` (columns ``k`` and ``file``, its
+    index), read each by its own producer and hash them by ``k`` into 16 partitions. Returns the
+    partitions' rows and the partitions each key went to, keyed by ``comparable(key)`` (a value
+    equal across the files' types) or None."""
+    paths = []
+    for n, (typ, keys) in enumerate(keys_by_file):
+        path = str(tmp_path / f"part{n}.parquet")
+        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
+        paths.append(path)
+
+    def build(ctx):
+        src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
+        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
+
+    parts, _ = _run(make_rt, build)
+    where = {}
+    for i, p in enumerate(parts):
+        for r in p:
+            key = None if r["k"] is None else comparable(r["k"])
+            where.setdefault(key, set()).add(i)
+    return parts, where
+
+
 _EQUAL_KEYS_TYPED_APART = {
     "int64 and double": (pa.int64(), pa.float64()),
     "float and double": (pa.float32(), pa.float64()),
@@ -165,23 +189,11 @@ def test_equal_keys_typed_apart_in_two_files_meet_in_one_partition(tmp_path, mak
     first, second = _EQUAL_KEYS_TYPED_APART[case]
     integral = pa.types.is_integer(first)
     values = [i if integral else i + 0.5 * (i % 2) for i in range(40)] + [None]
-    paths = []
-    for n, typ in enumerate((first, second)):
-        keys = [None if v is None else Decimal(str(v)) if pa.types.is_decimal(typ) else v for v in values]
-        path = str(tmp_path / f"part{n}.parquet")
-        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
-        paths.append(path)
-
-    def build(ctx):
-        src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
-        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
-
-    parts, _ = _run(make_rt, build)
-    where = {}
-    for i, p in enumerate(parts):
-        for r in p:
-            key = None if r["k"] is None else float(r["k"])
-            where.setdefault(key, set()).add(i)
+    keys_by_file = [
+        (typ, [None if v is None else Decimal(str(v)) if pa.types.is_decimal(typ) else v for v in values])
+        for typ in (first, second)
+    ]
+    parts, where = _partition_two_files(tmp_path, make_rt, engine, keys_by_file, float)
     assert len(where) == len(values)
     assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
     # every row of both files is there
@@ -205,24 +217,10 @@ def test_equal_times_typed_apart_in_two_files_meet_in_one_partition(tmp_path, ma
 
     first, second = _EQUAL_TIMES_TYPED_APART[case]
     days = [datetime.datetime(2024, 1, 1) + datetime.timedelta(days=i) for i in range(40)]
-    paths = []
-    for n, typ in enumerate((first, second)):
-        keys = [d.date() if pa.types.is_date(typ) else d for d in days] + [None]
-        path = str(tmp_path / f"part{n}.parquet")
-        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
-        paths.append(path)
-
-    def build(ctx):
-        src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
-        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
-
-    parts, _ = _run(make_rt, build)
-    where = {}
-    for i, p in enumerate(parts):
-        for r in p:
-            k = r["k"]
-            key = None if k is None else datetime.datetime(k.year, k.month, k.day)
-            where.setdefault(key, set()).add(i)
+    keys_by_file = [(typ, [d.date() if pa.types.is_date(typ) else d for d in days] + [None]) for typ in (first, second)]
+    parts, where = _partition_two_files(
+        tmp_path, make_rt, engine, keys_by_file, lambda k: datetime.datetime(k.year, k.month, k.day)
+    )
     assert len(where) == len(days) + 1
     assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
     assert sorted(r["file"] for p in parts for r in p) == [0] * (len(days) + 1) + [1] * (len(days) + 1)
