@@ -58,6 +58,7 @@ from smallpond.execution.scheduler import (
     keep_only_finished,
     replace_result,
 )
+from smallpond.execution.stall import StallLog
 from smallpond.io.filesystem import dump, remove_path
 from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
@@ -261,7 +262,7 @@ class Job:
             self.executor,
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
-            listeners=[self.events, *self.listeners],
+            listeners=[self.events, StallLog(), *self.listeners],
             speculation=self.speculation,
             cache=cache,
             plan_nodes=self._planned_nodes,

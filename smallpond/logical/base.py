@@ -10,6 +10,8 @@ at run time points back at the script.
 from __future__ import annotations
 
 import inspect
+import math
+import numbers
 import os
 import re
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -167,12 +169,15 @@ class Node:
             )
         if output_path is not None and (not isinstance(output_path, str) or not os.path.isabs(output_path)):
             raise ParameterError(self._msg(f"output_path must be an absolute path, got {output_path!r}"))
-        if not isinstance(cpu_limit, (int, float)) or cpu_limit <= 0:
-            raise ParameterError(self._msg(f"cpu_limit must be a positive number, got {cpu_limit!r}"))
-        if not isinstance(gpu_limit, (int, float)) or gpu_limit < 0:
-            raise ParameterError(self._msg(f"gpu_limit must be a non-negative number, got {gpu_limit!r}"))
-        if memory_limit is not None and (not isinstance(memory_limit, (int, float)) or memory_limit <= 0):
-            raise ParameterError(self._msg(f"memory_limit must be a positive number of bytes or None, got {memory_limit!r}"))
+        # numbers.Real: numpy's integers too; NaN and infinity fail every comparison below
+        if not isinstance(cpu_limit, numbers.Real) or not 0 < cpu_limit < math.inf:
+            raise ParameterError(self._msg(f"cpu_limit must be a positive finite number, got {cpu_limit!r}"))
+        if not isinstance(gpu_limit, numbers.Real) or not 0 <= gpu_limit < math.inf:
+            raise ParameterError(self._msg(f"gpu_limit must be a non-negative finite number, got {gpu_limit!r}"))
+        if memory_limit is not None and (not isinstance(memory_limit, numbers.Real) or not 1 <= memory_limit < math.inf):
+            raise ParameterError(
+                self._msg(f"memory_limit must be a finite number of bytes (at least 1) or None, got {memory_limit!r}")
+            )
         self.ctx = ctx
         self.id = ctx._new_node_id()
         self.input_deps: Tuple[Node, ...] = input_deps

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -300,14 +301,15 @@ class LocalExecutor(Executor):
                 code = w.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 code = None
-            logger.warning("worker {} (pid {}) died with exit code {} while running {}", w.index, w.pid, code, key)
+            how = exit_text(code)
+            logger.warning("worker {} (pid {}) {} while running {}", w.index, w.pid, how, key)
             out.append(
                 Completion(
                     key,
                     attempt,
                     False,
                     None,
-                    WorkerLost(f"worker process {w.pid} died (exit code {code}) while running {key}"),
+                    WorkerLost(f"worker process {w.pid} {how} while running {key}"),
                     worker=f"local-{w.index}",
                 )
             )
@@ -380,6 +382,25 @@ class LocalExecutor(Executor):
             except OSError:
                 pass
         self.workers = []
+
+
+def exit_text(code: Optional[int]) -> str:
+    """How a worker process ended, for a :class:`WorkerLost`: its exit code, or the signal that
+    killed it by name (SIGKILL with a word on the OOM killer, which sends it)."""
+    if code is None:
+        return "died (exit code unknown)"
+    if code >= 0:
+        return f"died (exit code {code})"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    if -code == signal.SIGKILL:
+        return (
+            f"was killed by {name} (exit code {code}; kill -9, or the kernel's OOM killer when the machine ran out of "
+            "memory: dmesg tells; then split the work into more partitions or smaller batches)"
+        )
+    return f"was killed by {name} (exit code {code})"
 
 
 def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
