@@ -429,16 +429,23 @@ class Planner:
         # a node's own default (RangePartitionNode's 16 CPUs and 128 GB, as upstream) is a wish,
         # not a request the user made: clamped without a warning
         defaults = getattr(task.node, "_default_limits", ())
+        # each clamp is its own warning (one per node), naming the line that built the node
         if task.cpu_limit > cpus:
             if "cpu_limit" not in defaults:
                 self._warn_once(
-                    task, f"{task.node_label}: cpu_limit {task.cpu_limit} exceeds the {cpus} usable CPUs; clamped to {cpus}"
+                    task,
+                    f"{task.node_label} created at {task.location}: cpu_limit {task.cpu_limit} exceeds the {cpus} "
+                    f"usable CPUs; clamped to {cpus}",
+                    "cpu",
                 )
             task.cpu_limit = cpus
         if task.memory_limit is not None and task.memory_limit > mem:
             if "memory_limit" not in defaults:
                 self._warn_once(
-                    task, f"{task.node_label}: memory_limit {task.memory_limit} exceeds the {mem} bytes usable; clamped"
+                    task,
+                    f"{task.node_label} created at {task.location}: memory_limit {task.memory_limit} exceeds the "
+                    f"{mem} bytes usable; clamped to {mem}",
+                    "memory",
                 )
             task.memory_limit = mem
         if task.gpu_limit > 0:
@@ -449,7 +456,7 @@ class Planner:
                 "gpu",
             )
 
-    def _warn_once(self, task: Task, msg: str, kind: str = "clamp") -> None:
+    def _warn_once(self, task: Task, msg: str, kind: str) -> None:
         if (task.node_id, kind) not in self._warned:
             self._warned.add((task.node_id, kind))
             from smallpond.common import logger

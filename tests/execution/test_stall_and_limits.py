@@ -71,3 +71,16 @@ def test_numpy_integer_limits_are_numbers():
     ctx = Context()
     node = SqlEngineNode(ctx, (DataSourceNode(ctx, None),), "select 1", cpu_limit=np.int64(2), memory_limit=np.int64(2**30))
     assert (node.cpu_limit, node.memory_limit) == (2, 2**30)
+
+
+def test_each_clamp_is_reported_with_the_call_site(tmp_path):
+    from smallpond.common import TB
+    from smallpond.execution.planner import Planner
+
+    ctx = Context()
+    node = SqlEngineNode(ctx, (DataSourceNode(ctx, None),), "select 1", cpu_limit=10_000, memory_limit=100 * TB)
+    with pytest.warns(UserWarning) as caught:
+        Planner(make_runtime_ctx(None, None, str(tmp_path))).plan(node)
+    texts = [str(w.message) for w in caught]
+    for limit in ("cpu_limit 10000", f"memory_limit {100 * TB}"):
+        assert any(limit in t and f"created at {node.location}" in t for t in texts), texts
