@@ -158,6 +158,11 @@ def quote_literal(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def is_bool(value) -> bool:
+    """Whether ``value`` is a boolean: Python's or NumPy's (``np.bool_``, no subclass of ``bool``)."""
+    return isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_"))
+
+
 def as_flag(owner: str, name: str, value) -> bool:
     """A yes/no parameter as a bool: ``True``/``False`` (NumPy's too), ``1``/``0``, or the text
     ``"true"``/``"false"`` (any case; what upstream pasted into its SQL as it was). Anything else is
@@ -167,7 +172,7 @@ def as_flag(owner: str, name: str, value) -> bool:
     >>> as_flag("CsvDataSet", "header", "False"), as_flag("CsvDataSet", "header", 1)
     (False, True)
     """
-    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+    if is_bool(value):
         return bool(value)
     if isinstance(value, int) and value in (0, 1):
         return bool(value)

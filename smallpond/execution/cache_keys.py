@@ -40,7 +40,7 @@ from smallpond.common import logger, some_of
 from smallpond.execution.cache import LOCK_REFRESH_SECONDS, Claim, Entry, TaskCache, open_cache
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.io.paths import file_identity
+from smallpond.io.paths import file_identity, file_version
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 from smallpond.logical.dataset_composite import _InMemoryDataSet
 
@@ -471,7 +471,7 @@ class JobCache:
             st = os.stat(path)
         except OSError:
             return external_identity(path)
-        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        seen = file_version(st)
         hit = self._external.get(path)
         if hit is not None and hit[0] == seen:
             return hit[1]

@@ -17,6 +17,8 @@ import weakref
 from importlib.machinery import EXTENSION_SUFFIXES, BuiltinImporter, FrozenImporter, PathFinder
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
+from smallpond.io.paths import file_version
+
 
 class Unfingerprintable(Exception):
     """A value whose changes cannot be detected (it can be neither described nor pickled)."""
@@ -75,7 +77,7 @@ def file_digest(path: str) -> str:
     Raises :class:`Unfingerprintable` when the file cannot be read."""
     try:
         st = os.stat(path)
-        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        seen = file_version(st)
         hit = _contents.get(path)
         if hit is not None and hit[0] == seen:
             return hit[1]
@@ -162,8 +164,7 @@ def user_source_stats() -> Dict[str, tuple]:
     out: Dict[str, tuple] = {}
     for path, _ in list(_files):
         try:
-            st = os.stat(path)
-            out[path] = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            out[path] = file_version(os.stat(path))
         except OSError:
             out[path] = None
     return out
@@ -175,7 +176,7 @@ def _file_info(path: str, package: str, name: str) -> Tuple[str, Tuple[str, ...]
     change times and inode: a rewrite that sets the time back is seen)."""
     try:
         st = os.stat(path)
-        seen = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        seen = file_version(st)
         key = (path, package)
         hit = _files.get(key)
         if hit is not None and hit[0] == seen:

@@ -47,6 +47,7 @@ from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
 from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
+from smallpond.execution.fingerprint_sources import user_source_stats
 from smallpond.execution.ownership import JobLock
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.runtime import RuntimeContext, resolve_job
@@ -305,12 +306,12 @@ class Job:
         rt = self.rt
         try:
             if self.executor is not None:
-                self.executor.record_outcome("success" if ok else ("interrupted" if self.interrupted else "failure"))
+                self.executor.record_outcome(self._status(ok))
                 self.executor.shutdown()
             cleanup_temp_dirs(rt)
             remove_orphan_outputs(rt)
             self._discard_unpublished()
-            status = "success" if ok else ("interrupted" if self.interrupted else "failure")
+            status = self._status(ok)  # asked again: a SIGTERM during the shutdown makes it interrupted
             write_status(rt, status)
             if self.events is not None:
                 interrupted = self.interrupted or isinstance(self.error, (KeyboardInterrupt, SystemExit))
@@ -343,6 +344,10 @@ class Job:
                 logger.info("task cache {}: {}", self.rt.task_cache, report)
         except Exception as e:  # bounding the cache never fails a job
             logger.warning("task cache {}: could not bound it to {} bytes: {}", self.rt.task_cache, self.task_cache_max_bytes, e)
+
+    def _status(self, ok: bool) -> str:
+        """The job's status word as ``.STATUS`` records it: success, interrupted or failure."""
+        return "success" if ok else ("interrupted" if self.interrupted else "failure")
 
     # -- signals ---------------------------------------------------------------------------------
     def _install_sigterm_handler(self) -> None:
@@ -413,8 +418,6 @@ class Job:
         file of the user's code changed since the last run ended. A worker imports the user's
         modules once and keeps them; a task keyed by the new file's contents must not run the old
         code (its result would be cached under the new code's key)."""
-        from smallpond.execution.fingerprint_sources import user_source_stats
-
         before, now = self._code_stats, user_source_stats()
         if before is None:
             return
@@ -439,8 +442,6 @@ class Job:
                 raise
             raise error from None
         finally:
-            from smallpond.execution.fingerprint_sources import user_source_stats
-
             self._code_stats = user_source_stats()  # what the workers may have loaded
         st = self.scheduler.state
         return {k: st.done[k] for k in results}

@@ -83,6 +83,13 @@ def release_file_aliases() -> None:
     _aliases.clear()
 
 
+def file_version(st: os.stat_result) -> tuple:
+    """What tells two versions of a file apart without reading it: its size, modification and
+    change times and inode (the change time cannot be set back by a user call, so a rewrite that
+    restores the modification time is a new version too)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def file_identity(path: str) -> str:
     """What tells one version of an input file from another, without reading the file.
 

@@ -24,7 +24,7 @@ import operator
 import os
 from typing import List, Optional, Sequence
 
-from smallpond.common import quote_identifier, quote_literal
+from smallpond.common import is_bool, quote_identifier, quote_literal
 from smallpond.errors import UserCodeError
 from smallpond.execution.ops.duckdb import create_input_views, open_connection, run_sql
 from smallpond.execution.ops.partition import HashPartitionTask
@@ -53,7 +53,7 @@ def sql_literal(value) -> str:
     >>> [sql_literal(v) for v in (np.float64(2.5), 3, np.int64(7), np.float32(0.5), float("inf"), "it's")]
     ['2.5', '3', '7', '0.5', "'inf'", "'it''s'"]
     """
-    if isinstance(value, bool) or (type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")):
+    if is_bool(value):
         return "true" if value else "false"
     if isinstance(value, numbers.Integral):
         return str(operator.index(value))
