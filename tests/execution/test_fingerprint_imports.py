@@ -16,7 +16,7 @@ from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan
 from tests.execution import test_fingerprint
-from tests.execution.test_fingerprint import REPO, _job_across_an_edit, _last_number
+from tests.execution.test_fingerprint import REPO, _job_across_an_edit, _last_number, _recomputed_after_the_edit_then_reused
 
 # the fixtures of test_fingerprint: Parquet ids 0-9, and user modules written on sys.path
 ids_file, user_modules = test_fingerprint.ids_file, test_fingerprint.user_modules
@@ -115,11 +115,7 @@ def test_an_edited_module_a_udf_imports_in_its_body_is_not_served_from_the_task_
         (mods / "helpers.py").write_text(f"K = {k}\n")
         return _last_number(script, REPO, str(mods))
 
-    assert run(1) == 45
-    assert run(20) == 900, "the first run's output was reused though helpers.py changed"
-    made = calls.read_text()
-    assert run(20) == 900
-    assert calls.read_text() == made, "an unchanged module should be reused from the cache"
+    _recomputed_after_the_edit_then_reused(run, "helpers.py", calls)
     assert os.path.getsize(calls) == 20  # 10 rows, computed twice
 
 
@@ -175,11 +171,7 @@ def test_an_object_pickled_by_name_is_not_served_from_the_task_cache(tmp_path, i
         (mods / "mymod.py").write_text(_BY_NAME.format(calls=f"open({str(calls)!r}, 'a').write('.')\n        ", k=k))
         return _last_number(script, REPO, str(mods))
 
-    assert run(1) == 45
-    assert run(20) == 900, "the first run's output was reused though mymod.py changed"
-    made = calls.read_text()
-    assert run(20) == 900
-    assert calls.read_text() == made, "an unchanged module should be reused from the cache"
+    _recomputed_after_the_edit_then_reused(run, "mymod.py", calls)
 
 
 def _builder_of(k: int):
