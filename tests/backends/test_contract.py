@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from typing import List
+from typing import List, NamedTuple
 
 import psutil
 import pytest
@@ -74,6 +74,35 @@ def counting_command(backend, job_id, data_root, inputs, counter, sink, *extra: 
     ]
 
 
+class CountingJob(NamedTuple):
+    """A run of the counting job: its inputs, counter and sink files, data root, id and command."""
+
+    inputs: List[str]
+    counter: str
+    sink: str
+    data_root: str
+    job_id: str
+    cmd: List[str]
+
+
+def counting_job(backend, tmp_path, rows_per_file: int, *extra: str) -> CountingJob:
+    """Four input files of ``rows_per_file`` rows under ``tmp_path``, and the counting job's command
+    over them (``extra``: its options) for a new job id."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=rows_per_file)
+    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
+    job_id = str(uuid.uuid4())
+    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, *extra)
+    return CountingJob(inputs, counter, sink, data_root, job_id, cmd)
+
+
+def assert_rerun_resumed(job: CountingJob, root: str, started_before, done_before, what: str) -> None:
+    """The rerun after ``what`` started no task committed before it, and the sink has every row."""
+    started_after = started(root)
+    rerun_started = {k for k in started_after if started_after[k] > started_before.get(k, 0)}
+    assert not rerun_started & done_before, f"a task committed before {what} ran again"
+    assert sink_rows(job.sink) == expected_rows(job.inputs)
+
+
 def run(cmd, cwd, backend=None, timeout=300) -> subprocess.CompletedProcess:
     env = dict(backend.env() if backend else os.environ, SP_PROGRESS="0")
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -93,14 +122,12 @@ def attempts_used(root: str) -> int:
 
 
 def test_same_result_as_plain_pyarrow(backend, tmp_path):
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
-    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    job_id = str(uuid.uuid4())
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        proc = run(counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0"), tmp_path, backend)
+    job = counting_job(backend, tmp_path, 30, "--sleep", "0")
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        proc = run(job.cmd, tmp_path, backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sink_rows(sink) == expected_rows(inputs)
-    assert len(counter_lines(counter)) == NPARTITIONS
+    assert sink_rows(job.sink) == expected_rows(job.inputs)
+    assert len(counter_lines(job.counter)) == NPARTITIONS
 
 
 def test_example_gives_the_embedded_output(backend, tmp_path):
@@ -156,26 +183,20 @@ def _import_global_sort():
 
 
 def test_injected_faults_are_retried(backend, tmp_path):
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
-    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    job_id = str(uuid.uuid4())
-    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0", "--fault_inject", "0.3")
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        proc = run(cmd, tmp_path, backend)
+    job = counting_job(backend, tmp_path, 30, "--sleep", "0", "--fault_inject", "0.3")
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        proc = run(job.cmd, tmp_path, backend)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert sink_rows(sink) == expected_rows(inputs)
-    (root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+    assert sink_rows(job.sink) == expected_rows(job.inputs)
+    (root,) = glob.glob(os.path.join(job.data_root, f"*.{job.job_id}"))
     assert attempts_used(root) > 0, "no injected fault fired: the test proves nothing"
 
 
 def test_resume_after_sigkill_of_the_driver(backend, tmp_path):
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
-    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    job_id = str(uuid.uuid4())
-    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.1")
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        proc = start(cmd, tmp_path, backend, start_new_session=True)
-        root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 8, proc, deadline=240)
+    job = counting_job(backend, tmp_path, 40, "--sleep", "0.1")
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        proc = start(job.cmd, tmp_path, backend, start_new_session=True)
+        root = wait_for_commits(os.path.join(job.data_root, f"*.{job.job_id}"), 8, proc, deadline=240)
         os.kill(proc.pid, signal.SIGKILL)
         proc.communicate()
         time.sleep(1.0)  # let workers of the killed driver notice (they must not commit into its place twice)
@@ -183,12 +204,9 @@ def test_resume_after_sigkill_of_the_driver(backend, tmp_path):
         started_before = started(root)
         assert len(done_before) < WORKER_TASKS, "the job finished before it was killed"
 
-        rerun = run(cmd, tmp_path, backend)
+        rerun = run(job.cmd, tmp_path, backend)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    started_after = started(root)
-    rerun_started = {k for k in started_after if started_after[k] > started_before.get(k, 0)}
-    assert not rerun_started & done_before, "a task committed before the kill ran again"
-    assert sink_rows(sink) == expected_rows(inputs)
+    assert_rerun_resumed(job, root, started_before, done_before, "the kill")
 
 
 #: what Ray's core worker says when it aborts the driver on a force-cancelled task that finished
@@ -199,14 +217,11 @@ def test_sigterm_interrupts_the_job_which_then_resumes(backend, tmp_path):
     # the same outcome on every backend (on Ray too, whose ray.init sets a SIGTERM handler of its
     # own): exit status 143, status interrupted, one line saying how to resume; the same command
     # then runs only what did not finish
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
-    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    job_id = str(uuid.uuid4())
-    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.2")
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        proc = start(cmd, tmp_path, backend)
+    job = counting_job(backend, tmp_path, 40, "--sleep", "0.2")
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        proc = start(job.cmd, tmp_path, backend)
         try:
-            root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 4, proc, deadline=240)
+            root = wait_for_commits(os.path.join(job.data_root, f"*.{job.job_id}"), 4, proc, deadline=240)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=120)
         finally:
@@ -225,23 +240,18 @@ def test_sigterm_interrupts_the_job_which_then_resumes(backend, tmp_path):
     assert len(done_before) < WORKER_TASKS, "the job finished before the signal"
     # the rerun; executors started by hand ended with the interrupted run, so new ones are started
     # for it, before the driver (they find the interrupted run's end and must wait for the rerun)
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        rerun = run(cmd, tmp_path, backend)
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        rerun = run(job.cmd, tmp_path, backend)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    started_after = started(root)
-    assert not {k for k in started_after if started_after[k] > started_before.get(k, 0)} & done_before
-    assert sink_rows(sink) == expected_rows(inputs)
+    assert_rerun_resumed(job, root, started_before, done_before, "the signal")
 
 
 def test_a_killed_worker_does_not_fail_the_job(backend, tmp_path):
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=40)
-    counter, sink, data_root = str(tmp_path / "counter"), str(tmp_path / "sink"), str(tmp_path / "root")
-    job_id = str(uuid.uuid4())
-    cmd = counting_command(backend, job_id, data_root, inputs, counter, sink, "--sleep", "0.3")
-    with backend.job_side(COUNTING_JOB, job_id, data_root):
-        proc = start(cmd, tmp_path, backend)
+    job = counting_job(backend, tmp_path, 40, "--sleep", "0.3")
+    with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
+        proc = start(job.cmd, tmp_path, backend)
         try:
-            root = wait_for_commits(os.path.join(data_root, f"*.{job_id}"), 2, proc, deadline=240)
+            root = wait_for_commits(os.path.join(job.data_root, f"*.{job.job_id}"), 2, proc, deadline=240)
             killed = backend.kill_one_worker(proc.pid, root)
             out, err = proc.communicate(timeout=300)
         finally:
@@ -250,7 +260,7 @@ def test_a_killed_worker_does_not_fail_the_job(backend, tmp_path):
                     child.kill()
                 proc.kill()
     assert proc.returncode == 0, f"after killing {killed}:\n{err[-3000:]}"
-    assert sink_rows(sink) == expected_rows(inputs)
+    assert sink_rows(job.sink) == expected_rows(job.inputs)
 
 
 BAD_SQL_JOB = """
