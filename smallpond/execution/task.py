@@ -353,26 +353,59 @@ def process_owns_random_state() -> None:
     _restore_random_state = False
 
 
+def _numpy():
+    """NumPy, imported if it is not yet (pyarrow imports it in every worker anyway), so the task's
+    code finds its global generator seeded even if it imports numpy itself; None if not installed.
+
+    If another thread is importing it (``smallpond.init``'s background imports, while the driver
+    runs a task itself), this waits for that import to finish, as the task's own ``import numpy``
+    would: seeding is skipped only if what that import leaves has no ``random``.
+    """
+    np = imported_module("numpy")
+    if np is None:
+        try:
+            import numpy as np
+        except ImportError:
+            return None
+    return np if hasattr(np, "random") else None
+
+
+def _seed_global_generators(task: Task, np) -> None:
+    """Seed Python's ``random`` and NumPy's global generator (``np.random.rand()`` and the other
+    module-level functions; ``np`` is numpy, or None without it) with the task's seed,
+    :attr:`Task.random_seed_bytes`.
+
+    NumPy's legacy seeding takes words of 32 bits: the seed's 32 bytes are 8 of them, so no two
+    tasks share a stream unless their seeds are equal."""
+    seed = task.random_seed_bytes
+    random.seed(seed)
+    if np is not None:
+        np.random.seed([int.from_bytes(seed[i : i + 4], "big") for i in range(0, len(seed), 4)])
+
+
 @contextmanager
 def seeded_random(task: Task) -> Iterator[None]:
-    """Seed Python's global ``random`` for the task's code, and restore the caller's state after.
+    """Seed the global generators for the task's code (:func:`_seed_global_generators`: Python's
+    ``random`` and NumPy's), and restore the caller's states after.
 
     The seed is the task's (:attr:`Task.random_seed_bytes`: the job's seed and the task id), as for
     :attr:`Task.python_random_gen` and :attr:`Task.numpy_random_gen`, so the same job draws the same
-    numbers in every task, on every attempt and in every process. NumPy's global generator is not
-    seeded. A streaming task that resumes from a stream checkpoint then puts every generator back
-    in the state recorded there (:meth:`Task.restore_random_states`, inside the block, so after
-    this seeding), and draws what an uninterrupted attempt draws. Outside smallpond's workers the
-    caller's states of ``random`` and, if imported, NumPy's global generator are put back after.
+    numbers in every task, on every attempt and in every process, and two tasks draw different
+    ones. Generators the task makes itself without a seed (``numpy.random.default_rng()``,
+    ``random.Random()``) draw from the OS and cannot be made reproducible. A streaming task that
+    resumes from a stream checkpoint then puts every generator back in the state recorded there
+    (:meth:`Task.restore_random_states`, inside the block, so after this seeding), and draws what an
+    uninterrupted attempt draws. Outside smallpond's workers the caller's states of ``random`` and
+    NumPy's global generator are put back after.
     """
+    np = _numpy()
     if not _restore_random_state:
-        random.seed(task.random_seed_bytes)
+        _seed_global_generators(task, np)
         yield
         return
     state = random.getstate()
-    np = imported_module("numpy")  # not one another thread is importing
     np_state = np.random.get_state() if np is not None else None
-    random.seed(task.random_seed_bytes)
+    _seed_global_generators(task, np)
     try:
         yield
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import threading
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -18,12 +20,15 @@ from tests import half_imported
 def draw(runtime_ctx, tables):
     import random as global_random
 
+    import numpy
+
     task = runtime_ctx.task
     n = tables[0].num_rows
     return pa.table(
         {
             "part": [task.partition_infos_as_dict["__data_partition__"]] * n,
             "py": [global_random.random() for _ in range(n)],
+            "npg": [float(numpy.random.random()) for _ in range(n)],
             "np": task.numpy_random_gen.random(n).tolist(),
             "u32": [task.random_uint32() for _ in range(n)],
             "gpu": [repr((task.local_rank, task.local_gpu, task.local_gpu_ranks))] * n,
@@ -56,7 +61,10 @@ def test_global_random_is_seeded_per_task_so_the_same_job_draws_the_same_numbers
         rows = [r for r in got if r["part"] == part]
         expected = random.Random(task.random_seed_bytes)
         assert rows and [r["py"] for r in rows] == [expected.random() for _ in rows]
-    assert len({r["py"] for r in got}) == 12, "each task has its own stream"
+        # NumPy's global generator too, from the seed's 32 bytes as eight 32-bit words
+        expected_np = np.random.RandomState(np.frombuffer(task.random_seed_bytes, dtype=">u4"))
+        assert [r["npg"] for r in rows] == expected_np.random_sample(len(rows)).tolist()
+    assert len({r["py"] for r in got}) == 12 and len({r["npg"] for r in got}) == 12, "each task has its own stream"
     # the job seed is a constant unless set: another job of the same plan draws the same numbers
     # (reproducible outputs), another seed draws others
     same = _compute_tasks(make_rt("another-job")).values()
@@ -80,16 +88,29 @@ def test_seeded_random_restores_the_callers_state(make_rt):
     assert [first, random.random(), random.random()] == expected
 
 
-def test_seeded_random_runs_while_another_thread_imports_numpy(make_rt):
+def test_seeded_random_waits_for_another_threads_import_of_numpy_then_seeds_it(make_rt):
     """A task run in the driver while ``smallpond.init``'s background thread imports pandas (so
-    numpy): the half-initialized numpy has no ``random`` yet, and its state is not the caller's."""
+    numpy): it waits for that import to finish, as its own ``import numpy`` would, and NumPy's
+    generator is seeded as in any other process (the half-initialized numpy has no ``random``)."""
+    import numpy as np
+
     task = next(t for t in Planner(make_rt("x")).create_exec_plan(_plan()).tasks.values() if t.key.startswith("ArrowCompute"))
-    with half_imported.being_imported("numpy"):
-        with seeded_random(task):
-            inside = random.random()
-        assert task.random_states().keys() == {"random"}
     with seeded_random(task):
-        assert random.random() == inside
+        expected = (random.random(), np.random.random())
+    got = []
+
+    def run_task():
+        with seeded_random(task):
+            import numpy
+
+            got.append((random.random(), numpy.random.random()))
+
+    with half_imported.being_imported("numpy", completes=True):
+        thread = threading.Thread(target=run_task)
+        thread.start()
+        assert half_imported.waiting_for_import(thread, "numpy"), "the task did not wait for the import"
+    thread.join(60)
+    assert got == [expected]
 
 
 def test_gpu_placement_questions_raise_a_clear_error_for_a_task_that_asked_for_gpus(make_rt):
