@@ -86,9 +86,10 @@ def init(
             ``python -m smallpond.execution.driver executor --job_id ... --data_root ...``).
             Default: embedded (also ``"local"``).
         random_seed: the seed of every random number the job's tasks draw (``random()`` in SQL,
-            random shuffles, ``task.python_random_gen``); ``SP_RANDOM_SEED``. Default: a constant,
-            so the same plan on the same inputs gives the same bytes in every run; pass another
-            to draw other numbers.
+            random shuffles, ``task.python_random_gen``, and in task code Python's ``random`` and
+            NumPy's global generator, seeded per task) and of the workers' ``PYTHONHASHSEED``;
+            ``SP_RANDOM_SEED``. Default: a constant, so the same plan on the same inputs gives
+            the same bytes in every run; pass another to draw other numbers.
         task_cache: the folder of the task cache shared by jobs (``SP_TASK_CACHE``); default
             ``{data_root}/.task_cache``; ``False`` or ``"off"`` turns it off. A task whose
             parameters, code and input files match one an earlier job computed is taken from it

@@ -11,6 +11,7 @@ microseconds and a worker running only Python tasks never pays for them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import signal
@@ -148,6 +149,25 @@ def setup_worker_process(rt, title: str) -> None:
         os.environ[k] = v
     limit_blas_threads(os.environ)
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
+
+
+def worker_hash_seed(rt, environ) -> str:
+    """``PYTHONHASHSEED`` of the worker interpreters smallpond starts for ``rt``'s job (local and
+    queue workers, Ray's for its attempts).
+
+    Python salts the hash of every ``str`` and ``bytes`` with a random number drawn at interpreter
+    start unless this variable says otherwise, and the iteration order of a set of strings follows
+    those hashes: a task that writes ``list({"a", "b", "c"})`` would write another order in every
+    worker process, in every run. Spark sets it for its Python workers for the same reason. The
+    value follows the job's ``random_seed``, as every other random number does; a value set by
+    the user (the job's environment overrides, or this process's environment; ``random`` turns
+    salting back on) wins. It must be in the environment a worker starts with: set after the
+    interpreter starts, it has no effect."""
+    for source in (rt.env_overrides, environ):
+        if source.get("PYTHONHASHSEED"):
+            return source["PYTHONHASHSEED"]
+    digest = hashlib.sha256(f"{rt.random_seed}:PYTHONHASHSEED".encode()).digest()
+    return str(int.from_bytes(digest[:4], "big"))
 
 
 #: the thread pools of BLAS libraries (numpy's OpenBLAS, MKL), one thread in a worker unless the

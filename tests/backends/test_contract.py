@@ -34,6 +34,7 @@ import psutil
 import pytest
 
 from tests.datagen import generate_mock_urls, generate_parquet_files, read_parquet
+from tests.e2e.test_reproducible_random import RANDOM_JOB, parquet_digests, random_job_command
 from tests.e2e.test_resume import (
     COUNTING_JOB,
     NPARTITIONS,
@@ -171,6 +172,27 @@ def test_global_sort_example_gives_the_embedded_output(backend, tmp_path):
     keys = [r["key"] for r in outputs["embedded"]]
     assert keys == sorted(keys) and len(set(keys)) > 3
     assert len(outputs["embedded"]) == 120
+
+
+def test_random_draws_give_the_embedded_bytes_after_a_retry(backend, tmp_path):
+    """tests/e2e/random_job.py (Python's and NumPy's global generators, a set's order, random
+    shuffles, ``random()`` in SQL), one of its tasks failing once after its draws on this backend:
+    the same bytes as a clean embedded run."""
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=30)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    outputs = {}
+    for name, mode, args in [("embedded", "scheduler", []), (backend.name, backend.driver_mode(), backend.driver_args())]:
+        out, job_id, data_root = str(tmp_path / f"out-{name}"), str(uuid.uuid4()), str(tmp_path / name)
+        extra = ["--task_cache", "off", *args] + (["--fail_once", str(markers)] if name == backend.name else [])
+        side = backend.job_side(RANDOM_JOB, job_id, data_root) if name == backend.name else contextlib.nullcontext()
+        with side:
+            cmd = random_job_command(inputs, out, job_id, data_root, *extra, mode=mode)
+            proc = run(cmd, tmp_path, backend if name == backend.name else None)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        outputs[name] = parquet_digests(out)
+    assert (markers / "failed-once").exists(), "no attempt failed: the test proves nothing"
+    assert len(outputs["embedded"]) == 3 and outputs[backend.name] == outputs["embedded"]
 
 
 def _import_global_sort():

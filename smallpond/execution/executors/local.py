@@ -32,6 +32,7 @@ from smallpond.errors import TaskError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
+from smallpond.execution.worker import worker_hash_seed
 
 
 class _Worker:
@@ -42,10 +43,11 @@ class _Worker:
     worker talk over a socket pair; the worker's death closes its end, which wakes the parent.
     """
 
-    def __init__(self, index: int, rt_path: str) -> None:
+    def __init__(self, index: int, rt_path: str, hash_seed: str) -> None:
         parent_sock, child_sock = socket.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONHASHSEED"] = hash_seed  # set orders in task code the same in every worker and run
         self.index = index
         argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
         self.proc = subprocess.Popen(
@@ -198,7 +200,7 @@ class LocalExecutor(Executor):
             self._spawn()
 
     def _spawn(self) -> _Worker:
-        w = _Worker(self._next_index, self._rt_path)
+        w = _Worker(self._next_index, self._rt_path, worker_hash_seed(self.rt, os.environ))
         self._next_index += 1
         self.workers.append(w)
         return w

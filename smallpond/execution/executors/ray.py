@@ -163,6 +163,20 @@ def _read_marker(marker: str, token: str, reply_dir: str) -> dict:
 _read_marker_remote = ray.remote(_read_marker)
 
 
+def worker_runtime_env(rt: RuntimeContext) -> Optional[dict]:
+    """The Ray runtime environment of the job's attempts: the workers' ``PYTHONHASHSEED``
+    (:func:`~smallpond.execution.worker.worker_hash_seed`), which must be in the environment a
+    worker process starts with. Ray starts workers for it and keeps them for the next attempts;
+    the data-root checks use it too, so the first attempts find them started. None if the Ray
+    job's own runtime environment sets the variable (Ray merges ``env_vars`` key by key)."""
+    from smallpond.execution.worker import worker_hash_seed
+
+    job_env = ray.get_runtime_context().runtime_env or {}
+    if "PYTHONHASHSEED" in (job_env.get("env_vars") or {}):
+        return None
+    return {"env_vars": {"PYTHONHASHSEED": worker_hash_seed(rt, os.environ)}}
+
+
 def start_node_checks(rt: RuntimeContext, nodes: List[RayNode]) -> Tuple[str, str, Dict[object, RayNode]]:
     """Write a marker under the job folder and start one check task pinned to each node.
 
@@ -181,6 +195,7 @@ def start_node_checks(rt: RuntimeContext, nodes: List[RayNode]) -> Tuple[str, st
             max_retries=0,
             name="smallpond-data-root-check",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
+            runtime_env=worker_runtime_env(rt),
         ).remote(marker, token, folder)
         refs[ref] = node
     return folder, token, refs
@@ -331,6 +346,7 @@ class RayExecutor(Executor):
         self._connected_here = False
         self._started = False
         self._job_ref = None
+        self._runtime_env: Optional[dict] = None
         self._inflight: Dict[Tuple[str, int], Tuple[object, Task]] = {}  # (key, attempt) -> (ref, task)
         self._by_ref: Dict[object, Tuple[str, int]] = {}
         # a node is put into the object store once; held with the node, so an id() is not reused
@@ -416,6 +432,7 @@ class RayExecutor(Executor):
             return
         self._connected_here = connect(self.address)
         try:
+            self._runtime_env = worker_runtime_env(self.rt)
             nodes = task_nodes()
             self._gone = check_nodes(self.rt, list(nodes.values()), self.check_timeout)
             nodes = {k: n for k, n in nodes.items() if k not in self._gone}
@@ -530,9 +547,9 @@ class RayExecutor(Executor):
             body = encode_attempt(task, inputs, attempt, mem)
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
-        ref = _attempt_remote.options(num_cpus=cpus, memory=mem, max_retries=0, retry_exceptions=False, name=task.key).remote(
-            [self._job_ref], [entry[0]], body
-        )
+        ref = _attempt_remote.options(
+            num_cpus=cpus, memory=mem, max_retries=0, retry_exceptions=False, name=task.key, runtime_env=self._runtime_env
+        ).remote([self._job_ref], [entry[0]], body)
         self._inflight[(task.key, attempt)] = (ref, task)
         self._by_ref[ref] = (task.key, attempt)
 
