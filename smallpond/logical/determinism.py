@@ -9,14 +9,28 @@ listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
 * DuckDB with more than one thread (``cpu_limit > 1``, or elastic threads when the job turns them
   on): without a final ``ORDER BY`` row order depends on thread timing, and with one, the order of
   rows with equal sort keys does (and, with ``per_thread_output``, which rows land in which
-  file); the thread count itself is clamped to the machine's CPUs;
-* multi-threaded hash partitioning: row order within each partition;
+  file); each thread draws ``random()`` from a stream of its own, so which row gets which number
+  depends on which thread read it (Python UDFs it calls, likewise); the thread count itself is
+  clamped to the machine's CPUs;
+* multi-threaded hash partitioning: row order within each partition, and with ``random_shuffle``
+  (or a ``random()`` key) which partition each row goes to;
 * SQL reading the clock (``now()``, ``current_timestamp``, ...);
+* SQL sampling a percentage by ``system`` or ``bernoulli`` (``USING SAMPLE 10%``, ``TABLESAMPLE
+  10%``) without a seed: DuckDB draws such a sample from the OS, not from the seed smallpond sets
+  (``setseed``), so every run samples other rows. Give it the task's seed:
+  ``USING SAMPLE 10% (bernoulli, {rand_seed})`` or ``USING SAMPLE bernoulli(10%) REPEATABLE
+  ({rand_seed})``. A reservoir sample without a seed follows the task's seed on one thread;
 * ``batched_processing`` without ``memory_limit``: the batches follow the memory the task gets;
 * user Python (Arrow/pandas/script nodes, user-defined partitioning): deterministic exactly when
-  the function is. A function that reads the clock, draws from an unseeded generator (use
-  ``runtime_ctx.task.python_random_gen`` / ``numpy_random_gen``, seeded per task) or reads
-  anything that is not one of its inputs cannot be made deterministic by the engine;
+  the function is. Each attempt seeds Python's ``random`` and NumPy's global generator
+  (``np.random.rand()`` and the like) with the task's seed, and the workers smallpond starts get a
+  ``PYTHONHASHSEED`` from the job's seed (so the order of a set of strings is the same in every
+  run), unless the user's environment sets one. A function that reads the clock, draws from a
+  generator it creates without a seed (``np.random.default_rng()``, ``random.Random()``, torch's;
+  use ``runtime_ctx.task.python_random_gen`` / ``numpy_random_gen`` instead, seeded per task),
+  or reads anything that is not one of its inputs cannot be made deterministic by the engine. A
+  task run in the driver process itself (a job without an executor) iterates sets in that
+  process's hash order;
 * a streaming Python node (``map``, ``filter``, ``flat_map``, ``map_batches``, ``ArrowStreamNode``)
   starts a new output file at each time-based checkpoint (``secs_checkpoint_interval``; 180 s
   per CPU by default): the rows are the same, but a partition that runs longer than that is
@@ -48,6 +62,38 @@ _CLOCK = re.compile(
 )
 
 
+_SAMPLE = re.compile(r"\b(?:using\s+sample|tablesample)\b", re.IGNORECASE)
+#: where a sample clause ends, at the latest
+_AFTER_SAMPLE = re.compile(
+    r"\b(?:where|group|order|limit|offset|join|union|except|intersect|having|qualify|window|select|from|on)\b|;",
+    re.IGNORECASE,
+)
+_SEEDED_SAMPLE = re.compile(r"\brepeatable\s*\(|,\s*[-+]?(?:\d+|\{rand_seed\})\s*\)", re.IGNORECASE)
+_RESERVOIR = re.compile(r"\breservoir\b|\brows\b", re.IGNORECASE)
+
+
+def unseeded_percentage_sample(text: str) -> bool:
+    """True if SQL ``text`` samples by ``system`` or ``bernoulli`` (a percentage's default) without
+    a seed: DuckDB draws that sample from the OS whatever ``setseed`` says (measured, DuckDB 2.0:
+    three runs of ``USING SAMPLE 10%`` after the same ``setseed`` gave three samples)."""
+    for m in _SAMPLE.finditer(text):
+        spec = text[m.end() : m.end() + 120]
+        end = _AFTER_SAMPLE.search(spec)
+        spec = spec[: end.start()] if end else spec
+        if not _SEEDED_SAMPLE.search(spec) and (not _RESERVOIR.search(spec) or re.search(r"system|bernoulli", spec, re.I)):
+            return True
+    return False
+
+
+_MAY_DRAW_RANDOM = re.compile(r"rand|sample|uuid|shuffle", re.IGNORECASE)
+
+
+def sql_may_draw_random(texts) -> bool:
+    """True if SQL text might use random numbers (random(), USING SAMPLE, uuid(), ...): such SQL
+    runs with the task's seed, and several DuckDB threads draw them in an order of their own."""
+    return any(_MAY_DRAW_RANDOM.search(str(t)) for t in texts if t)
+
+
 def nondeterminism(node: Node) -> List[str]:
     """Why ``node``'s output may differ between two runs of the same plan (empty: it does not)."""
     from smallpond.logical.compute import (
@@ -70,13 +116,21 @@ def nondeterminism(node: Node) -> List[str]:
                 reasons.append(f"DuckDB with {threads} threads and no final ORDER BY: row order varies")
             else:
                 reasons.append(f"DuckDB with {threads} threads: rows with equal sort keys may come out in another order")
+            if sql_may_draw_random(queries) or node.udf_contexts:
+                reasons.append(f"DuckDB with {threads} threads: which row gets which random number (or UDF call) varies")
         if any(_CLOCK.search(q) for q in queries):
             reasons.append("its SQL reads the clock")
+        if any(unseeded_percentage_sample(q) for q in queries):
+            reasons.append(
+                "its SQL samples a percentage without a seed: add (bernoulli, {rand_seed}) or REPEATABLE ({rand_seed})"
+            )
         if getattr(node, "batched_processing", False) and node.memory_limit is None:
             reasons.append("batched_processing without memory_limit: batches follow the memory the task gets")
     elif isinstance(node, HashPartitionNode):
         if threads > 1:
             reasons.append(f"partitioned by {threads} DuckDB threads: row order within partitions varies")
+            if node.random_shuffle or sql_may_draw_random([node.data_partition_column, *node.hash_columns]):
+                reasons.append(f"partitioned by {threads} DuckDB threads at random: which partition a row goes to varies")
     elif isinstance(node, UserDefinedPartitionNode) and not isinstance(node, UserPartitionedDataSourceNode):
         reasons.append("user Python partition(): deterministic only if the function is")
     elif isinstance(node, (ArrowComputeNode, ArrowStreamNode, PandasComputeNode, PythonScriptNode)):

@@ -97,3 +97,23 @@ def test_a_resumed_job_writes_what_an_uninterrupted_one_writes(tmp_path, inputs)
     rerun = run(cmd, tmp_path)
     assert "already committed are skipped" in rerun.stderr, rerun.stderr[-3000:]
     assert parquet_digests(out) == clean
+
+
+def test_a_sample_given_the_tasks_seed_is_the_same_in_every_run(tmp_path):
+    # the advice of smallpond.logical.determinism for system/bernoulli samples, which DuckDB
+    # otherwise draws from the OS: the task's seed ({rand_seed}) makes them repeat
+    import smallpond
+
+    def sampled(job_id: str, seed=None) -> List[int]:
+        sp = smallpond.init(job_id=job_id, data_root=str(tmp_path / job_id), random_seed=seed, task_cache="off")
+        try:
+            df = sp.from_items([{"x": i} for i in range(2000)]).repartition(2, by_rows=True)
+            df = sp.partial_sql("select x from {0} using sample 10% (bernoulli, {rand_seed}) order by x", df)
+            return [r["x"] for r in df.take_all()]
+        finally:
+            sp.shutdown()
+
+    first = sampled("sample-a")
+    assert 0 < len(first) < 2000
+    assert sampled("sample-b") == first
+    assert sampled("sample-c", seed=7) != first

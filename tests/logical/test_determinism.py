@@ -46,3 +46,41 @@ def test_marks():
     text = LogicalPlan(ctx, python).explain_str()
     assert "ArrowComputeNode-" in text and "[may differ between runs: user Python" in text
     assert "DataSourceNode" in text and text.count("may differ") == 1
+
+
+def test_random_numbers_drawn_by_several_threads_are_marked():
+    # each DuckDB thread draws from a stream of its own (measured: the same seed, 2 threads, 5
+    # runs over a 20-row-group file gave 5 different sums of i * random()), so with several
+    # threads a row's number depends on the thread that read it; one thread draws in row order
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    drawn = SqlEngineNode(ctx, (src,), "select *, random() as r from {0} order by r", cpu_limit=2, per_thread_output=False)
+    shuffled = HashPartitionNode(ctx, (src,), 4, random_shuffle=True, cpu_limit=2)
+    assert any("which row gets which random number" in r for r in nondeterminism(drawn))
+    assert any("which partition a row goes to" in r for r in nondeterminism(shuffled))
+    one_thread = HashPartitionNode(ctx, (src,), 4, random_shuffle=True)
+    assert nondeterminism(one_thread) == []
+
+
+def test_a_percentage_sample_without_a_seed_is_marked():
+    # DuckDB draws a system/bernoulli sample from the OS whatever setseed says; a reservoir
+    # sample and a sample given a seed follow the task's seed
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    marked = [
+        "select * from {0} using sample 10%",
+        "select * from {0} tablesample 10% where key > 1",
+        "select * from {0} using sample 10 percent (bernoulli) order by key",
+        "select * from (select * from {0} using sample 5%) t join {0} using (key)",
+    ]
+    unmarked = [
+        "select * from {0} using sample 10% (bernoulli, {rand_seed})",
+        "select * from {0} using sample bernoulli(10%) repeatable ({rand_seed})",
+        "select * from {0} using sample 10% (system, 5)",
+        "select * from {0} using sample 50 rows",
+        "select * from {0} using sample reservoir(10%)",
+    ]
+    for sql in marked:
+        assert any("samples a percentage without a seed" in r for r in nondeterminism(SqlEngineNode(ctx, (src,), sql))), sql
+    for sql in unmarked:
+        assert nondeterminism(SqlEngineNode(ctx, (src,), sql)) == [], sql

@@ -23,6 +23,7 @@ from smallpond.errors import OutOfMemory, UserCodeError
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.logical.dataset import DataSet
+from smallpond.logical.determinism import sql_may_draw_random  # noqa: F401  (the ops ask it here)
 
 # DuckDB error classes that can never succeed on retry.
 _USER_ERRORS = (
@@ -66,7 +67,6 @@ _MAY_OUTLIVE_TASK = re.compile(
     r"import|export|checkpoint|begin|commit|rollback|vacuum|comment|prepare|execute|deallocate)\b",
     re.IGNORECASE,
 )
-_MAY_DRAW_RANDOM = re.compile(r"rand|sample|uuid|shuffle", re.IGNORECASE)
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
 #: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
 #: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
@@ -150,11 +150,6 @@ def sql_reads_files(texts) -> bool:
     ``ATTACH 'x.db'``), beside its inputs: searched for, never run (conservative: a quoted name
     after FROM counts too)."""
     return any(_READS_FILES.search(str(t)) for t in texts if t)
-
-
-def sql_may_draw_random(texts) -> bool:
-    """True if SQL text might use random numbers (random(), USING SAMPLE, uuid(), ...)."""
-    return any(_MAY_DRAW_RANDOM.search(str(t)) for t in texts if t)
 
 
 def _shared_database(runtime_ctx):
