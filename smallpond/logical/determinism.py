@@ -14,7 +14,7 @@ listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
   clamped to the machine's CPUs;
 * multi-threaded hash partitioning: row order within each partition, and with ``random_shuffle``
   (or a ``random()`` key) which partition each row goes to;
-* SQL reading the clock (``now()``, ``current_timestamp``, ...);
+* SQL reading the clock (``now()``, ``current_timestamp``, ``uuidv7()``, ...);
 * SQL sampling a percentage by ``system`` or ``bernoulli`` (``USING SAMPLE 10%``, ``TABLESAMPLE
   10%``) without a seed: DuckDB draws such a sample from the OS, not from the seed smallpond sets
   (``setseed``), so every run samples other rows. Give it the task's seed:
@@ -57,7 +57,7 @@ from smallpond.logical.base import Node
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _CLOCK = re.compile(
     r"\b(now|current_timestamp|current_date|current_time|get_current_time|get_current_timestamp|today|"
-    r"localtimestamp|localtime|transaction_timestamp)\b",
+    r"localtimestamp|localtime|current_localtimestamp|current_localtime|transaction_timestamp|uuidv7)\b",
     re.IGNORECASE,
 )
 

@@ -84,3 +84,11 @@ def test_a_percentage_sample_without_a_seed_is_marked():
         assert any("samples a percentage without a seed" in r for r in nondeterminism(SqlEngineNode(ctx, (src,), sql))), sql
     for sql in unmarked:
         assert nondeterminism(SqlEngineNode(ctx, (src,), sql)) == [], sql
+
+
+def test_sql_reading_the_clock_is_marked_whichever_function_reads_it():
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    for fn in ("now()", "current_localtimestamp()", "current_localtime()", "uuidv7()", "today()", "get_current_time()"):
+        assert nondeterminism(SqlEngineNode(ctx, (src,), f"select *, {fn} as t from {{0}}")) == ["its SQL reads the clock"], fn
+    assert nondeterminism(SqlEngineNode(ctx, (src,), "select *, uuid() as u from {0}")) == []  # follows the task's seed
