@@ -181,15 +181,17 @@ class DataFrame:
             return schema
 
     def _result_schema(self):
-        import pyarrow as pa
         import pyarrow.parquet as pq
+
+        from smallpond.io.arrow import read_columns_schema
 
         datasets = self._datasets()
         for ds in datasets:
             if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
-                schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
-                if ds.columns and "*" not in ds.columns:
-                    schema = pa.schema([schema.field(c) for c in ds.columns])
+                if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
+                    schema = read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata()
+                else:
+                    schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
                 return _nullable(schema.empty_table()).schema
         return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 

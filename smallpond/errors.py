@@ -70,6 +70,25 @@ class UserCodeError(SmallpondError):
     """User input that can never succeed on retry (bad SQL, missing file, unpicklable function)."""
 
 
+class ColumnNotFoundError(UserCodeError, KeyError):
+    """A column the user named (``columns=`` of a reader or a projection) that the data does not
+    have. A ``KeyError`` too, as the readers raised before; its message is not quoted as a
+    ``KeyError``'s would be."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+def columns_not_found(missing: List[str], where: str, have: List[str], named_by: Optional[str] = None) -> ColumnNotFoundError:
+    """The error for the columns ``missing`` that ``where`` (a file, a set of files, a declared
+    schema, a node's input) lacks; ``have``: the columns it has; ``named_by``: the parameter that
+    named them, as the user wrote it (``"columns=['zz']"``, ``"hash_columns=['k']"``)."""
+    named = ", ".join(repr(c) for c in missing)
+    head = f"{named_by}: " if named_by else ""
+    noun = "column" if len(missing) == 1 else "columns"
+    return ColumnNotFoundError(f"{head}{noun} {named} not found in {where} (its columns: {', '.join(map(str, have))})")
+
+
 class TaskError(SmallpondError, RuntimeError):
     """A task failed. Carries everything needed to find the culprit.
 

@@ -117,8 +117,8 @@ def find_errors(
         return []  # (no DuckDB import for a plan of Python nodes)
     import duckdb
 
-    from smallpond.errors import UserCodeError
-    from smallpond.execution.ops.partition import partition_key_expr
+    from smallpond.errors import ColumnNotFoundError, UserCodeError
+    from smallpond.execution.ops.partition import check_key_columns, partition_key_expr
     from smallpond.execution.ops.range import key_column_of
     from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql
     from smallpond.logical.node import HashPartitionNode, ProjectionNode, RangePartitionNode
@@ -175,11 +175,15 @@ def find_errors(
                 name = f"__plan_check_{int(node.id)}"
                 conn.register(name, inputs[0].empty_table())
                 expr, _ = partition_key_expr(node, inputs[0].names)
+                what = node.hash_columns if node.hash_columns else node.data_partition_column
                 try:
+                    check_key_columns(node, inputs[0].names, conn)  # as the tasks say it
                     conn.execute(f"SELECT {expr} FROM {name} LIMIT 0").fetchall()
+                except ColumnNotFoundError as e:
+                    found.append((node, f"partition key {what!r}", str(e)))
+                    unknown.add(id(node))
                 except duckdb.Error as e:
                     if definite(e):
-                        what = node.hash_columns if node.hash_columns else node.data_partition_column
                         found.append((node, f"partition key {what!r}", str(e)))
                         unknown.add(id(node))
     finally:

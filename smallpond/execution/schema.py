@@ -25,6 +25,7 @@ import tempfile
 from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
+from smallpond.errors import ColumnNotFoundError
 from smallpond.logical.compute import ArrowStreamNode, SqlEngineNode
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import (
@@ -121,6 +122,8 @@ def _source_schema(node: DataSourceNode, conn):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from smallpond.io.arrow import read_columns_schema
+
     ds = node.dataset
     if isinstance(ds, ArrowTableDataSet):
         return ds.table.schema.remove_metadata()
@@ -132,13 +135,14 @@ def _source_schema(node: DataSourceNode, conn):
             if schema is None:
                 raise SchemaUnknown(f"{node.label} has no file to read a schema from")
             return schema
+        _check_source_columns(node)
         plain = not ds.generated_columns and not ds._has_expressions() and not ds.union_by_name
         if plain:
-            schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
-            if ds.columns and "*" not in ds.columns:
-                return pa.schema([schema.field(c) for c in ds.columns])
-            return schema
+            if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
+                return read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata()
+            return pq.read_schema(ds.resolved_paths[0]).remove_metadata()
     if isinstance(ds, (CsvDataSet, JsonDataSet)):  # the declared columns; the files are not opened
+        _check_source_columns(node)
         from smallpond.logical.dataset_files import declared_columns_sql
 
         return _describe(conn, f"SELECT {ds._column_str} FROM (SELECT {declared_columns_sql(ds)})")
@@ -149,6 +153,15 @@ def _source_schema(node: DataSourceNode, conn):
             raise SchemaUnknown(f"{type(ds).__name__} cannot be described with SQL") from None
         return _describe(conn, f"SELECT * FROM {fragment}")
     raise SchemaUnknown(f"cannot describe {type(ds).__name__}")
+
+
+def _check_source_columns(node: DataSourceNode) -> None:
+    """A source naming columns its data lacks fails here, before anything runs: the error names
+    the columns, the file and the line that built the source (as its task would at run time)."""
+    ds = node.dataset
+    missing = ds.missing_columns() if ds.columns else []
+    if missing:
+        raise ColumnNotFoundError(f"{node.label} created at {node.location}: {ds.columns_error(missing)}")
 
 
 def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):

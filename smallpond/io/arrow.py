@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
-from smallpond.errors import UserCodeError
+from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
 
@@ -479,10 +479,10 @@ def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], bat
         yield batch.slice(lo, hi - lo)
 
 
-def _reader_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Schema:
+def read_columns_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Schema:
     """The schema of reading ``columns`` of ``paths`` (all columns: the first file's). A column the
     first file lacks is typed by the next file that has it (its rows are nulls where a file lacks
-    it, as :func:`load_from_parquet_files` reads them); one that no file has is a KeyError."""
+    it, as :func:`load_from_parquet_files` reads them); one that no file has is a :class:`~smallpond.errors.ColumnNotFoundError`."""
     with _reading(paths[0]):
         first = pq.read_schema(paths[0])
     if columns is None:
@@ -500,10 +500,10 @@ def _reader_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Sch
     return pa.schema([fields[c] for c in columns], metadata=first.metadata)
 
 
-def _no_such_columns(missing: List[str], paths: Sequence[str], first_names: List[str]) -> KeyError:
+def _no_such_columns(missing: List[str], paths: Sequence[str], first_names: List[str]) -> ColumnNotFoundError:
     """The error for requested columns that none of ``paths`` has (``first_names``: the first's)."""
-    where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...)"
-    return KeyError(f"columns {missing} not found in {where}; {paths[0]!r} has {first_names}")
+    where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...); the first"
+    return columns_not_found(missing, where, first_names)
 
 
 def build_batch_reader_from_files(
@@ -522,7 +522,7 @@ def build_batch_reader_from_files(
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
         raise ValueError("cannot build a batch reader over zero files without a schema")
-    out_schema = schema if schema is not None else _reader_schema([r.path for r in ranges], columns)
+    out_schema = schema if schema is not None else read_columns_schema([r.path for r in ranges], columns)
     if max_batch_byte_size and ranges:
         total_rows = sum(r.num_rows for r in ranges) or 1
         total_bytes = sum(r.estimated_data_size for r in ranges)

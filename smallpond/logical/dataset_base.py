@@ -30,7 +30,7 @@ from smallpond.common import (
     split_into_rows,
     sql_fragment,
 )
-from smallpond.errors import ParameterError
+from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
 from smallpond.io.paths import duckdb_file_literal, file_identity, user_path
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
@@ -51,6 +51,12 @@ _quote = quote_literal
 
 def _path_list_sql(paths: Sequence[str]) -> str:
     return "[" + ", ".join(duckdb_file_literal(p) for p in paths) + "]"
+
+
+def _absent(names: Sequence[str], have) -> List[str]:
+    """The ``names`` not among ``have``, ignoring case (DuckDB binds ``Key`` to a column ``key``)."""
+    lower = {h.lower() for h in have}
+    return [n for n in names if n.lower() not in lower]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -214,6 +220,23 @@ class DataSet:
         """The names of the data's columns, when this kind knows them (asked only for a
         ``columns`` item that is no plain name): those of :attr:`schema` if set."""
         return frozenset(self.schema.names) if self.schema is not None else frozenset()
+
+    def _named_columns(self) -> List[str]:
+        """The items of ``columns`` that are plain names (``a``, ``url_2``), so name a column of the
+        data; others (expressions, ``*``, names that must be quoted) are left to the readers,
+        which need not parse them (or import DuckDB) in the scheduler's process."""
+        return [c for c in self.columns or () if _PLAIN_NAME.fullmatch(c)]
+
+    def missing_columns(self) -> List[str]:
+        """The plain names among ``columns`` (:meth:`_named_columns`) that are no column of the data,
+        when this kind knows its columns (compared ignoring case, as DuckDB binds names)."""
+        known = self._data_column_names()
+        return _absent(self._named_columns(), known) if self.columns and known else []
+
+    def columns_error(self, missing: List[str]) -> ColumnNotFoundError:
+        """The error for ``missing`` (from :meth:`missing_columns`): the columns, where they were
+        looked for, and what is there."""
+        return columns_not_found(missing, "the data", sorted(self._data_column_names()), f"columns={self.columns!r}")
 
     def missing_paths(self) -> List[str]:
         """Plain (non-glob) paths that do not exist, and globs that match nothing."""

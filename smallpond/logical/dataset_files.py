@@ -14,9 +14,10 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
-from smallpond.errors import ParameterError
+from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
 from smallpond.io.paths import duckdb_file_literal
-from smallpond.logical.dataset_base import DataSet, _empty_table, _path_list_sql, _quote
+from smallpond.logical.base import call_site_msg
+from smallpond.logical.dataset_base import DataSet, _absent, _empty_table, _path_list_sql, _quote
 
 
 def duckdb_type_sql(kind: str, column: str, type_text: str) -> str:
@@ -47,6 +48,14 @@ def _checked_types(kind: str, schema: Dict[str, str]) -> Dict[str, str]:
         if not isinstance(k, str):
             raise ParameterError(f"{kind}: column names must be str, got {k!r}")
     return {k: duckdb_type_sql(kind, k, v) for k, v in schema.items()}
+
+
+def _check_declared_columns(ds) -> None:
+    """A ``columns`` item of a CSV or JSON dataset naming a column its declared schema lacks fails
+    where the dataset is built (the schema is all the columns it can have)."""
+    missing = ds.missing_columns()
+    if missing:
+        raise ParameterError(call_site_msg(type(ds).__name__, str(ds.columns_error(missing))))
 
 
 def declared_columns_sql(ds) -> str:
@@ -103,6 +112,7 @@ class CsvDataSet(DataSet):
         _checked_types("CsvDataSet", schema)  # a bad type fails here, where the user gave it
         super().__init__(paths, root_dir, recursive, columns, union_by_name)
         self.csv_schema = OrderedDict(schema)
+        _check_declared_columns(self)
         self.delim = delim
         self.max_line_size = max_line_size
         self.parallel = as_flag("CsvDataSet", "parallel", parallel)
@@ -113,6 +123,9 @@ class CsvDataSet(DataSet):
 
     def _data_column_names(self) -> frozenset:
         return frozenset(self.csv_schema)
+
+    def columns_error(self, missing: List[str]) -> ColumnNotFoundError:
+        return columns_not_found(missing, "the declared schema", list(self.csv_schema), f"columns={self.columns!r}")
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
@@ -149,6 +162,7 @@ class JsonDataSet(DataSet):
         _checked_types("JsonDataSet", schema)  # a bad type fails here, where the user gave it
         super().__init__(paths, root_dir, recursive, columns, union_by_name)
         self.json_schema = OrderedDict(schema)
+        _check_declared_columns(self)
         self.format = format
         self.max_object_size = max_object_size
 
@@ -157,6 +171,9 @@ class JsonDataSet(DataSet):
 
     def _data_column_names(self) -> frozenset:
         return frozenset(self.json_schema)
+
+    def columns_error(self, missing: List[str]) -> ColumnNotFoundError:
+        return columns_not_found(missing, "the declared schema", list(self.json_schema), f"columns={self.columns!r}")
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         if self.empty:
@@ -237,6 +254,27 @@ class ParquetDataSet(DataSet):
         if self.schema is None and path:
             return _parquet_column_names(path)
         return super()._data_column_names()
+
+    def missing_columns(self) -> List[str]:
+        """The items of ``columns`` naming a column that no file has (one that some files lack is
+        read as nulls there, by DuckDB and pyarrow alike). Footers are read until every name is
+        found: the first file's, and further ones only for names it lacks."""
+        named = self._named_columns() if self.columns else []
+        paths = self.resolved_paths if named else []
+        missing = named
+        for path in paths:
+            names = _cached_column_names(path)
+            if not names:  # unreadable: the reader's own error will say
+                return []
+            missing = _absent(missing, names)
+            if not missing:
+                break
+        return missing if paths else []
+
+    def columns_error(self, missing: List[str]) -> ColumnNotFoundError:
+        paths = self.resolved_paths
+        where = repr(paths[0]) if len(paths) == 1 else f"any of {len(paths)} files ({paths[0]!r}, ...); the first"
+        return columns_not_found(missing, where, list(_cached_column_names(paths[0])), f"columns={self.columns!r}")
 
     @property
     def resolved_row_ranges(self):

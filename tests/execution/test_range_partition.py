@@ -195,7 +195,7 @@ def test_bad_parameters_fail_when_the_node_is_built(keyed):
 def test_run_time_errors_name_the_key(keyed, tmp_path):
     with pytest.raises(JobFailed) as e:
         partitions(keyed, str(tmp_path / "a"), split_points=[1], key_column="nope")
-    assert "range partition key column 'nope' is not a column of the input" in str(e.value.errors[0])
+    assert "key_column='nope': column 'nope' not found in the range partition's input" in str(e.value.errors[0])
     with pytest.raises(JobFailed) as e:
         partitions(keyed, str(tmp_path / "b"), split_points=["x"])
     assert "cannot be compared with the key column 'key'" in str(e.value.errors[0])

@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Optional
 
 from smallpond.common import MB, quote_identifier, quote_literal, sql_fragment
-from smallpond.errors import UserCodeError
+from smallpond.errors import UserCodeError, columns_not_found
 from smallpond.execution.ops.duckdb import (
     copy_target_dir,
     create_input_views,
@@ -108,6 +108,34 @@ def hash_key_types(conn, src: str, node, columns: List[str], task: Optional[Task
     return {c: r[1] for c, r in zip(node.hash_columns, rows)}
 
 
+def check_key_columns(node, columns: List[str], conn) -> None:
+    """Raise :class:`~smallpond.errors.ColumnNotFoundError` for a key of a hash or shuffle partition
+    ``node`` (``hash_columns``, or the ``data_partition_column`` of a shuffle) that the user wrote as
+    a plain name and is no column of the input (``columns``), rather than DuckDB's binder error
+    about the statement smallpond built. A name that DuckDB evaluates on its own (``current_date``)
+    is an expression, as any other key text is."""
+    if node.random_shuffle:
+        return
+    if node.shuffle_only:
+        keys, named_by = [node.data_partition_column], f"data_partition_column={node.data_partition_column!r}"
+    else:
+        keys, named_by = list(node.hash_columns), f"hash_columns={list(node.hash_columns)!r}"
+    have = {c.lower() for c in columns}
+    missing = [k for k in keys if _IDENT.fullmatch(k) and k.lower() not in have and not _binds_alone(conn, k)]
+    if missing:
+        raise columns_not_found(missing, "the input", list(columns), named_by)
+
+
+def _binds_alone(conn, text: str) -> bool:
+    import duckdb
+
+    try:
+        conn.execute(f"DESCRIBE SELECT {text}").fetchall()
+        return True
+    except duckdb.Error:
+        return False
+
+
 def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]] = None) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
@@ -172,6 +200,9 @@ class HashPartitionTask(Task):
 
     def _key_expr(self, columns: List[str], conn=None, src: Optional[str] = None) -> (str, str):
         """The partition index expression over ``src`` (read through ``conn``) with ``columns``."""
+        if conn is not None:
+            self._current_sql = None  # the error shows the keys, not the statement before
+            check_key_columns(self.node, columns, conn)
         types = hash_key_types(conn, src, self.node, columns, self) if conn is not None else None
         return partition_key_expr(self.node, columns, types)
 

@@ -25,7 +25,7 @@ import os
 from typing import List, Optional, Sequence
 
 from smallpond.common import is_bool, quote_identifier, quote_literal
-from smallpond.errors import UserCodeError
+from smallpond.errors import UserCodeError, columns_not_found
 from smallpond.execution.ops.duckdb import create_input_views, open_connection, run_sql
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.structural import merge_datasets
@@ -37,7 +37,7 @@ def key_column_of(node, columns: Sequence[str]) -> str:
     """The range key: the node's ``key_column``, else the input's first column."""
     key = node.key_column or (columns[0] if columns else None)
     if key is None or key not in columns:
-        raise UserCodeError(f"range partition key column {key!r} is not a column of the input; it has {list(columns)}")
+        raise columns_not_found([key], "the range partition's input", list(columns), f"key_column={key!r}")
     return key
 
 

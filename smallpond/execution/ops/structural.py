@@ -23,7 +23,9 @@ from smallpond.logical.dataset import (
 
 
 class DataSourceTask(Task):
-    """Pass a file dataset through, after checking that its paths exist."""
+    """Pass a file dataset through, after checking that its paths exist and that the columns it
+    names (``columns=``) are in its files: the job's first task, so a typo fails the job before
+    any other task runs, naming the column, the file and the line that built the source."""
 
     exec_on_scheduler = True
     writes_output = False
@@ -36,7 +38,19 @@ class DataSourceTask(Task):
             raise UserCodeError(f"input path not found: {', '.join(missing[:3])}{more}")
         ds._resolved_paths = None
         _ = ds.resolved_paths
+        _check_columns(ds)
         return ds
+
+
+def _check_columns(ds: DataSet) -> None:
+    """Raise :class:`~smallpond.errors.ColumnNotFoundError` if ``ds`` names columns it lacks.
+
+    Only for a whole source: a projection's task sees one partition, whose files may all lack a
+    column that others have (read as nulls there); the plan check binds a projection's columns
+    over its whole input instead."""
+    missing = ds.missing_columns() if ds.columns else []
+    if missing:
+        raise ds.columns_error(missing)
 
 
 class MaterializeSourceTask(Task):
