@@ -23,7 +23,9 @@ from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset import (
+    CsvDataSet,
     DataSet,
+    JsonDataSet,
     ParquetDataSet,
 )
 from smallpond.logical.node import (
@@ -35,6 +37,7 @@ from smallpond.logical.node import (
     LimitNode,
     LogicalPlan,
     Node,
+    ProjectionNode,
     ShuffleNode,
     SqlEngineNode,
 )
@@ -511,7 +514,10 @@ class DataFrame:
         """Like :meth:`write_parquet` but lazy: returns the DataFrame of the written files."""
         if not isinstance(path, str) or not path:
             raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
-        node = DataSinkNode(self._ctx, (self.plan,), os.path.abspath(user_path(path)), type="link_or_copy", mode=mode)
+        plan = self.plan
+        if not _files_are_the_result(plan):  # CSV/JSON files, or Parquet files read with columns=
+            plan = _tag(SqlEngineNode(self._ctx, (plan,), "select * from {0}"), "write_parquet")
+        node = DataSinkNode(self._ctx, (plan,), os.path.abspath(user_path(path)), type="link_or_copy", mode=mode)
         return self._new(node, "write_parquet")
 
     def explain(self, dry_run: bool = False) -> str:
@@ -552,6 +558,30 @@ class DataFrame:
         if dry_run:
             text += f"\n\n== What will run ==\n{self.session._job.dry_run_nodes([opt])}"
         return TextBlock(text)
+
+
+def _files_are_the_result(node: Node) -> bool:
+    """Whether the files ``node``'s output lists are its result as Parquet, so a sink may publish
+    them as they are: not so for a source's files read through a projection (``columns=``,
+    generated columns, ``ProjectionNode``) or of another format (CSV, JSON), reached through
+    nodes that pass their inputs' files on (splits by files or rows, unions)."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, ProjectionNode):
+            return False
+        if isinstance(n, DataSourceNode):
+            ds = n.dataset  # (in-memory data is written to Parquet by its source's task)
+            if isinstance(ds, (CsvDataSet, JsonDataSet)):
+                return False
+            if isinstance(ds, ParquetDataSet) and (ds.generated_columns or ds.columns not in (None, ["*"])):
+                return False
+        elif n.passes_input_files:
+            todo.extend(n.input_deps)
+    return True
 
 
 def _read(ds: DataSet):

@@ -563,6 +563,30 @@ def test_write_parquet(sp, files, tmp_path):
     assert os.path.exists(tmp_path / "out2" / ".MANIFEST.txt")
 
 
+def test_write_parquet_straight_after_a_reader_writes_the_frames_columns_as_parquet(sp, tmp_path):
+    """The sink published the source's files as they were: read_parquet(columns=["a"]) wrote the
+    files' every column, read_csv(...).write_parquet() published the .csv files themselves."""
+    ab, csv = str(tmp_path / "ab.parquet"), str(tmp_path / "ab.csv")
+    pq.write_table(pa.table({"a": [1, 2, 3], "b": ["x", "y", "z"]}), ab)
+    with open(csv, "w") as f:
+        f.write("1,x\n2,y\n")
+
+    def written(out: str):
+        names = sorted(n for n in os.listdir(out) if not n.startswith("."))
+        assert names and all(n.endswith(".parquet") for n in names), names
+        return [r for n in names for r in pq.read_table(os.path.join(out, n)).to_pylist()]
+
+    sp.read_parquet(ab, columns=["a"]).write_parquet(str(tmp_path / "cols"))
+    assert written(str(tmp_path / "cols")) == [{"a": 1}, {"a": 2}, {"a": 3}]
+    sp.read_parquet(ab, columns=["b"]).repartition(2, by_rows=True).write_parquet(str(tmp_path / "rows"))
+    assert written(str(tmp_path / "rows")) == [{"b": "x"}, {"b": "y"}, {"b": "z"}]
+    sp.read_csv(csv, schema={"a": "BIGINT", "b": "VARCHAR"}).write_parquet(str(tmp_path / "csv"))
+    assert written(str(tmp_path / "csv")) == [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
+    # files read whole are still published as they are (a copy of the user's file, by its name)
+    sp.read_parquet(ab).write_parquet(str(tmp_path / "whole"))
+    assert sorted(os.listdir(tmp_path / "whole")) == [".MANIFEST.txt", "ab.parquet"]
+
+
 def test_tilde_is_the_home_directory_for_inputs_and_outputs(sp, tmp_path, monkeypatch):
     # as for data_root: read_parquet("~/...") failed at task time (<cwd>/~/in.parquet not found)
     # and write_parquet("~/out") wrote into a folder named "~" in the current directory
