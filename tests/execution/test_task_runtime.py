@@ -164,3 +164,17 @@ def test_workers_give_blas_one_thread_unless_the_environment_says_otherwise(tmp_
     rows = run_job(_blas_plan(), make_runtime_ctx("blas-inherited", None, str(tmp_path), task_cache=False), num_workers=2)
     rows = rows.final_output.to_arrow_table().to_pylist()
     assert rows and all(r == {"OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": "2"} for r in rows)
+
+
+def test_workers_hash_seed_follows_the_job_seed_unless_the_user_sets_one(tmp_path):
+    from smallpond.execution.worker import worker_hash_seed
+
+    rt = make_runtime_ctx("hash-a", None, str(tmp_path), task_cache=False)
+    same = make_runtime_ctx("hash-b", None, str(tmp_path), task_cache=False)
+    other = make_runtime_ctx("hash-c", None, str(tmp_path), task_cache=False, random_seed=7)
+    seed = worker_hash_seed(rt, {})
+    assert seed.isdigit() and int(seed) < 2**32  # what Python accepts
+    assert worker_hash_seed(same, {}) == seed and worker_hash_seed(other, {}) != seed
+    assert worker_hash_seed(rt, {"PYTHONHASHSEED": "random"}) == "random"  # the user's environment
+    overridden = make_runtime_ctx("hash-d", None, str(tmp_path), task_cache=False, env_overrides={"PYTHONHASHSEED": "0"})
+    assert worker_hash_seed(overridden, {"PYTHONHASHSEED": "5"}) == "0"  # the job's own setting first
