@@ -103,6 +103,10 @@ class Task:
     #: (elastic threads, see :meth:`may_use_more_threads`); None: ``cpu_limit``
     threads: Optional[int] = None
 
+    #: the task runs the user's Python code (a function, a script, Python UDFs in its SQL), which
+    #: may draw from NumPy's global generator: it is imported and seeded for the task's attempts
+    runs_user_python = False
+
     def may_use_more_threads(self) -> bool:
         """True if the task's SQL orders its rows, so more DuckDB threads than ``cpu_limit`` change at
         most the order of rows with equal sort keys; the scheduler may then give it idle CPUs
@@ -353,34 +357,34 @@ def process_owns_random_state() -> None:
     _restore_random_state = False
 
 
-def _numpy():
-    """NumPy, imported if it is not yet (pyarrow imports it in every worker anyway), so the task's
-    code finds its global generator seeded even if it imports numpy itself; None if not installed.
+def _numpy_random(import_it: bool):
+    """``numpy.random``, whose module-level functions (``np.random.rand()``, ...) draw from NumPy's
+    global generator: if it is imported, or else imported when ``import_it`` (the task runs user
+    Python, which may import it itself and draw; ~20 ms once per process, numpy.random being
+    imported lazily by numpy 2); None if not (a task without user code never draws from it).
 
-    If another thread is importing it (``smallpond.init``'s background imports, while the driver
-    runs a task itself), this waits for that import to finish, as the task's own ``import numpy``
-    would: seeding is skipped only if what that import leaves has no ``random``.
-    """
-    np = imported_module("numpy")
-    if np is None:
+    If another thread is importing numpy (``smallpond.init``'s background imports, while the
+    driver runs a task itself), this waits for that import to finish, as the task's own ``import
+    numpy`` would; seeding is skipped only if what that import leaves has no generator."""
+    mod = imported_module("numpy.random")
+    if mod is None and import_it:
         try:
-            import numpy as np
+            import numpy.random as mod
         except ImportError:
             return None
-    return np if hasattr(np, "random") else None
+    return mod if mod is not None and hasattr(mod, "seed") else None
 
 
-def _seed_global_generators(task: Task, np) -> None:
-    """Seed Python's ``random`` and NumPy's global generator (``np.random.rand()`` and the other
-    module-level functions; ``np`` is numpy, or None without it) with the task's seed,
-    :attr:`Task.random_seed_bytes`.
+def _seed_global_generators(task: Task, npr) -> None:
+    """Seed Python's ``random`` and NumPy's global generator (``npr``: ``numpy.random``, or None)
+    with the task's seed, :attr:`Task.random_seed_bytes`.
 
     NumPy's legacy seeding takes words of 32 bits: the seed's 32 bytes are 8 of them, so no two
     tasks share a stream unless their seeds are equal."""
     seed = task.random_seed_bytes
     random.seed(seed)
-    if np is not None:
-        np.random.seed([int.from_bytes(seed[i : i + 4], "big") for i in range(0, len(seed), 4)])
+    if npr is not None:
+        npr.seed([int.from_bytes(seed[i : i + 4], "big") for i in range(0, len(seed), 4)])
 
 
 @contextmanager
@@ -398,17 +402,17 @@ def seeded_random(task: Task) -> Iterator[None]:
     uninterrupted attempt draws. Outside smallpond's workers the caller's states of ``random`` and
     NumPy's global generator are put back after.
     """
-    np = _numpy()
+    npr = _numpy_random(task.runs_user_python)
     if not _restore_random_state:
-        _seed_global_generators(task, np)
+        _seed_global_generators(task, npr)
         yield
         return
     state = random.getstate()
-    np_state = np.random.get_state() if np is not None else None
-    _seed_global_generators(task, np)
+    np_state = npr.get_state() if npr is not None else None
+    _seed_global_generators(task, npr)
     try:
         yield
     finally:
         random.setstate(state)
         if np_state is not None:
-            np.random.set_state(np_state)
+            npr.set_state(np_state)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 
@@ -178,3 +179,45 @@ def test_workers_hash_seed_follows_the_job_seed_unless_the_user_sets_one(tmp_pat
     assert worker_hash_seed(rt, {"PYTHONHASHSEED": "random"}) == "random"  # the user's environment
     overridden = make_runtime_ctx("hash-d", None, str(tmp_path), task_cache=False, env_overrides={"PYTHONHASHSEED": "0"})
     assert worker_hash_seed(overridden, {"PYTHONHASHSEED": "5"}) == "0"  # the job's own setting first
+
+
+ONLY_SQL_OR_PYTHON = """
+import json, sys, tempfile
+from smallpond.execution.job import make_runtime_ctx
+from smallpond.execution.planner import Planner
+from smallpond.execution.task import seeded_random
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+sql = SqlEngineNode(ctx, (src,), "select * from {0}")
+python = ArrowComputeNode(ctx, (sql,), process_func=lambda runtime_ctx, tables: tables[0])
+rt = make_runtime_ctx("imports", None, tempfile.mkdtemp(), task_cache=False)
+tasks = {type(t).__name__: t for t in Planner(rt).create_exec_plan(LogicalPlan(ctx, python)).tasks.values()}
+seen = {}
+for kind in ("SqlEngineTask", "ArrowComputeTask"):
+    with seeded_random(tasks[kind]):
+        seen[kind] = "numpy.random" in sys.modules
+        if seen[kind]:
+            import numpy
+            seen["draw"] = float(numpy.random.random())
+print(json.dumps(seen))
+"""
+
+
+def test_numpy_is_imported_and_seeded_for_tasks_that_run_user_python_only():
+    # numpy 2 imports numpy.random lazily (~20 ms, ~100 ms with numpy itself): a worker running
+    # only SQL tasks, which no user code runs in, does not pay for it
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    runs = [subprocess.run([sys.executable, "-c", ONLY_SQL_OR_PYTHON], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    seen = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
+    assert seen[0]["SqlEngineTask"] is False and seen[0]["ArrowComputeTask"] is True
+    assert seen[0]["draw"] == seen[1]["draw"]  # seeded: the same number in two processes

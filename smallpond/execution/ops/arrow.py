@@ -44,6 +44,8 @@ def _list_output(output_dir: str) -> DataSet:
 
 
 class PythonScriptTask(Task):
+    runs_user_python = True
+
     def run(self, runtime_ctx, inputs, output_dir):
         ok = self.node.process(runtime_ctx, inputs, output_dir)
         if ok is False:  # a failure the code reported itself: retried (it may be transient)
@@ -201,6 +203,8 @@ def _needs_duckdb(node, ds: DataSet) -> bool:
 
 
 class ArrowComputeTask(Task):
+    runs_user_python = True
+
     def _load_tables(self, runtime_ctx, inputs: List[DataSet]):
         import duckdb
 
@@ -262,6 +266,7 @@ class ArrowStreamTask(Task):
     a crash or a failure resumes from the last checkpoint, skipping the input rows it covers.
     """
 
+    runs_user_python = True
     schema_hint = None
 
     def _read(self, ds: DataSet):

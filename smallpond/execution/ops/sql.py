@@ -75,6 +75,10 @@ class SqlEngineTask(Task):
     #: honours the job's ``skip_task_with_empty_input`` (part of its cache key when on)
     skips_empty_input = True
 
+    @property
+    def runs_user_python(self) -> bool:
+        return bool(self.node.udf_contexts)  # (Python UDFs, or extensions: either way, no harm)
+
     def error_context(self):
         return {"sql": "; ".join(self.node.sql_queries)}
 

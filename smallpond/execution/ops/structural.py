@@ -187,6 +187,7 @@ class RepeatPartitionProducerTask(Task):
 
 class UserDefinedPartitionProducerTask(Task):
     writes_output = False
+    runs_user_python = True
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
