@@ -677,8 +677,9 @@ def draws_from_task_seed(node: Node) -> bool:
     """Whether a node's tasks may draw random numbers from their own seed (the job's seed and the
     task's number, :attr:`Task.random_seed_bytes`): SQL that may call ``random()`` and the like
     (``{rand_seed}`` included), a random shuffle, a range partition's sampled boundaries, user
-    Python (``random``, NumPy and the task's generators are seeded per task)."""
-    if isinstance(node, _USER_PYTHON):
+    Python, Python UDFs in SQL included (``random``, NumPy and the task's generators are seeded
+    per task)."""
+    if isinstance(node, _USER_PYTHON) or getattr(node, "udf_contexts", None):
         return True
     if isinstance(node, RangePartitionNode) or getattr(node, "random_shuffle", False):
         return True

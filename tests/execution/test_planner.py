@@ -181,3 +181,21 @@ def test_an_output_name_of_the_longest_length_runs_in_every_kind_of_task(make_rt
     assert result.final_output.num_rows == 30
     for c in "hsa":
         assert result.get_output(name(c)).num_rows == 30
+
+
+def test_a_query_calling_python_udfs_draws_from_its_tasks_seed():
+    """Its UDFs may draw from the generators seeded per task: two of its tasks alike in all else
+    write other numbers, so the task cache keys each with its task number (as for user Python)."""
+    from smallpond.execution.planner import draws_from_task_seed
+    from smallpond.logical.udf import UDFType, udf
+
+    @udf(params=[UDFType.INTEGER], return_type=UDFType.DOUBLE)
+    def noisy(x):
+        import random
+
+        return x + random.random()
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
+    assert draws_from_task_seed(SqlEngineNode(ctx, (src,), "select noisy(a) from {0}", udfs=[noisy]))
+    assert not draws_from_task_seed(SqlEngineNode(ctx, (src,), "select a + 1 from {0}"))
