@@ -114,19 +114,19 @@ class Config:
         )
 
 
-#: what reading a result in this process needs: ``to_arrow``/``take`` pyarrow, its Parquet
-#: reader, ``to_pandas`` pandas too (which imports pyarrow itself when it is installed)
-WARM_IMPORTS = ("pyarrow", "pyarrow.parquet", "duckdb", "pandas")
 _warming = None
 
 
-def warm_result_imports(modules=WARM_IMPORTS):
-    """Import what reading a result needs (pyarrow, pandas) in a background thread, once per process.
+def warm_result_imports(modules=None):
+    """Import what reading a result needs (``RESULT_IMPORTS`` of :mod:`smallpond.execution.job`:
+    pyarrow and its Parquet reader) in a background thread, once per process.
 
-    A session's results are read in this process (``to_pandas``, ``to_arrow``, ``take``), and
-    importing pyarrow and pandas takes 0.2-0.5 s of one core, which a small job would otherwise
-    add to its wall time right after its tasks are done. Started when the session is created, the
-    imports overlap the workers' start and the first job. Python holds a lock per module being
+    A session's results are read in this process (``to_arrow``, ``to_pandas``, ``take``), and
+    importing pyarrow takes ~60 ms of one core, which a small job would otherwise add to its wall
+    time right after its tasks are done. Started when the session is created, the imports overlap
+    the workers' start and the first job. pandas is left to ``to_pandas``: warmed here it cost
+    every session ~0.2 s of CPU, on the cores the first job's worker needs, and on a loaded
+    2-core machine ``to_pandas`` was not measurably quicker for it. Python holds a lock per module being
     imported, so a script importing one of these modules meanwhile waits for it to be done rather
     than importing it twice. The thread is not a daemon: an interpreter that exits early waits for it
     (it is never torn down in the middle of an import). ``SP_WARM_IMPORTS=0`` turns it off.
@@ -135,6 +135,8 @@ def warm_result_imports(modules=WARM_IMPORTS):
     global _warming
     if _warming is not None or env_setting("SP_WARM_IMPORTS") in SWITCH_OFF:
         return None
+    if modules is None:
+        from smallpond.execution.job import RESULT_IMPORTS as modules
     _warming = import_in_background(modules)
     return _warming
 

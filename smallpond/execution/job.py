@@ -602,16 +602,19 @@ class Job:
 
 #: a job of at most this many tasks counts as small: its reader waits for the result imports
 SMALL_JOB_TASKS = 64
-#: what reading a node-API job's result in this process needs (``final_output.to_arrow_table()``
-#: queries the files through DuckDB into Arrow)
-RESULT_IMPORTS = ("pyarrow", "duckdb")
+#: what reading a result in this process needs: ``final_output.to_arrow_table()`` (and a frame's
+#: ``to_arrow``/``to_pandas``/``take``) reads the Parquet files with pyarrow in
+#: :mod:`smallpond.io.arrow`. Not DuckDB: only the workers query with it (importing it here cost
+#: a one-task job ~40 ms of CPU on the core its worker needs, and delayed the worker's result
+#: while the import held the GIL); not pandas (~0.2 s of CPU, for ``to_pandas`` alone).
+RESULT_IMPORTS = ("pyarrow", "pyarrow.parquet", "smallpond.io.arrow")
 
 
 class WarmResultImports(SchedulerListener):
     """Import what reading the result needs while the job's first attempts run.
 
     A script that runs a small plan with :func:`run_job` reads its result next, in this process,
-    and importing pyarrow and DuckDB takes ~0.1 s of one core that would come after the job.
+    and importing pyarrow and its Parquet reader takes ~60 ms of one core that would come after the job.
     This process mostly waits on its workers once the first attempt is sent, so the imports run
     then, in a background thread (:func:`~smallpond.common.import_in_background`); started any
     earlier they compete with the job's start and delay its first task. A job of more than

@@ -24,8 +24,9 @@ if partitions > 1:
     source = DataSetPartitionNode(ctx, (source,), partitions, partition_by_rows=True)
 node = SqlEngineNode(ctx, (source,), "select count(*) as n from {0}")
 rt = make_runtime_ctx(None, None, root, console_log_level="WARNING")
-modules = ("pyarrow", "duckdb")
-before = sorted(m for m in modules if m in sys.modules)
+modules = ("pyarrow", "pyarrow.parquet", "smallpond.io.arrow", "duckdb", "pandas")
+loaded = lambda: sorted(m for m in modules if m in sys.modules)
+before = loaded()
 import smallpond.execution.job as job_module
 warming, start = [], job_module.import_in_background
 job_module.import_in_background = lambda mods: warming.append(start(mods)) or warming[-1]
@@ -33,8 +34,10 @@ exec_plan = run_job(LogicalPlan(ctx, node), rt, num_workers=1)
 for t in warming:
     if t is not None:
         t.join(60)
-print(json.dumps({"before": before, "tasks": len(exec_plan.tasks), "thread": bool(warming),
-                  "after": sorted(m for m in modules if m in sys.modules)}))
+after = loaded()
+n = exec_plan.final_output.to_arrow_table().column("n")[0].as_py()
+print(json.dumps({"before": before, "tasks": len(exec_plan.tasks), "thread": bool(warming), "after": after,
+                  "after_read": loaded(), "n": n}))
 """
 
 
@@ -58,10 +61,15 @@ def _probe(tmp_path, partitions: int, setting=None) -> dict:
 def test_a_small_job_imports_what_reading_its_result_needs_while_its_tasks_run(tmp_path, setting):
     state = _probe(tmp_path, 1, setting)
     assert state["before"] == []  # neither planning nor the start needed them
+    assert state["n"] == 100
+    # reading the result needs pyarrow and its Parquet reader, never DuckDB (only the workers
+    # query) nor pandas: warming those cost the job's worker a core's worth of CPU for nothing
+    assert state["after_read"] == ["pyarrow", "pyarrow.parquet", "smallpond.io.arrow"]
     if setting == "0":
         assert not state["thread"] and state["after"] == []
     else:
-        assert state["thread"] and state["after"] == ["duckdb", "pyarrow"]
+        # all of it imported while the job ran: the read after it imports nothing more
+        assert state["thread"] and state["after"] == state["after_read"]
 
 
 def test_a_large_job_leaves_its_scheduler_alone(tmp_path):
