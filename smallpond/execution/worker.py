@@ -6,7 +6,8 @@ time this worker sees it (``None`` after that: the worker keeps it by ``node_key
 attempt (:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
 only what every task needs (the attempt machinery, one log sink for all its attempts); DuckDB and
 Arrow are imported by the first task that uses them and stay loaded, so later tasks start in
-microseconds and a worker running only Python tasks never pays for them.
+microseconds and a worker running only Python tasks never pays for them; a worker forked by its
+driver (:mod:`~smallpond.execution.worker_fork`) opens DuckDB while it waits for its first task.
 """
 
 from __future__ import annotations
@@ -17,18 +18,26 @@ import pickle
 import signal
 import socket
 import sys
+from typing import Optional
 
 
 def _preload() -> None:
     from smallpond.execution import attempt  # noqa: F401
 
 
-def worker_main(conn, rt_path: str, index: int) -> None:
+def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False) -> None:
+    """Serve attempts on ``conn`` until it closes.
+
+    ``warm_while_idle``: if no attempt is waiting once the worker is set up, import DuckDB and
+    open the shared database meanwhile (a forked worker is ready ~40 ms before its driver sends
+    the first attempt of a job; a fresh interpreter finds it waiting, and loads DuckDB only for
+    a task that uses it).
+    """
     import cloudpickle
 
     from smallpond.execution.attempt import _fast_pickle, install_task_log_sink, run_attempt
     from smallpond.execution.executors.base import Completion
-    from smallpond.execution.ops.duckdb import share_database_in_process
+    from smallpond.execution.ops.duckdb import open_shared_database, share_database_in_process
     from smallpond.execution.task import process_owns_random_state
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -39,6 +48,8 @@ def worker_main(conn, rt_path: str, index: int) -> None:
     share_database_in_process()
     worker_name = f"{socket.gethostname()}/local-{index}"
     nodes = NodeCache()
+    if warm_while_idle and not conn.poll(0):
+        open_shared_database(rt)
 
     while True:
         try:
@@ -200,12 +211,15 @@ def _load_runtime_ctx(path: str):
     return load(path, secret=secret)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: Optional[int] = None) -> None:
     """Linux: have the kernel kill this worker when the process that started it dies (even by
-    SIGKILL), so no worker outlives its job running a task nobody will collect."""
+    SIGKILL), so no worker outlives its job running a task nobody will collect.
+
+    ``parent``: that process's PID when known (a forked worker's), else the parent it has now.
+    """
     if not sys.platform.startswith("linux"):
         return
-    parent = os.getppid()
+    parent = os.getppid() if parent is None else parent
     try:
         import ctypes
 

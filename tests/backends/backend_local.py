@@ -23,13 +23,16 @@ class LocalBackend(Backend):
 
     def kill_one_worker(self, driver_pid: int, job_root: str) -> str:
         deadline = time.time() + 60
+        driver = psutil.Process(driver_pid)
+        driver_cmd = driver.cmdline()
         while time.time() < deadline:
-            for child in psutil.Process(driver_pid).children(recursive=True):
+            for child in driver.children(recursive=True):
                 try:
-                    cmd = " ".join(child.cmdline())
+                    cmd = child.cmdline()
                 except psutil.Error:
                     continue
-                if "smallpond.execution.worker" in cmd:
+                # a fresh interpreter's command names the worker module; a forked worker's is the driver's
+                if "smallpond.execution.worker" in " ".join(cmd) or cmd == driver_cmd:
                     os.kill(child.pid, signal.SIGKILL)
                     return f"worker process {child.pid}"
             time.sleep(0.05)

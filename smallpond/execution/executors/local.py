@@ -36,32 +36,47 @@ from smallpond.execution.worker import worker_hash_seed
 
 
 class _Worker:
-    """A worker: a fresh interpreter running ``python -m smallpond.execution.worker``.
+    """A worker: a fresh interpreter running ``python -m smallpond.execution.worker``, or a fork of
+    this process when it holds nothing a fresh one would not (:mod:`~smallpond.execution.worker_fork`).
 
     A fresh interpreter (not ``multiprocessing``) so the user's script is never re-imported in
-    the worker: scripts without an ``if __name__ == "__main__"`` guard work. The parent and the
-    worker talk over a socket pair; the worker's death closes its end, which wakes the parent.
+    the worker: scripts without an ``if __name__ == "__main__"`` guard work. A fork starts the
+    same loop without Python's start-up and smallpond's imports (~75 ms of CPU before the first
+    task). The parent and the worker talk over a socket pair; the worker's death closes its end,
+    which wakes the parent.
     """
 
-    def __init__(self, index: int, rt_path: str, hash_seed: str) -> None:
+    def __init__(self, index: int, rt_path: str, hash_seed: str, may_fork: bool = True) -> None:
+        from smallpond.execution.worker_fork import fork_refusal, fork_worker
+
         parent_sock, child_sock = socket.socketpair()
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        env["PYTHONHASHSEED"] = hash_seed  # set orders in task code the same in every worker and run
         self.index = index
-        argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
-        self.proc = subprocess.Popen(
-            argv,
-            pass_fds=(child_sock.fileno(),),
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
+        #: why this worker is a fresh interpreter (None: it was forked)
+        self.not_forked = fork_refusal() if may_fork else "a fresh interpreter was asked for"
+        #: a fork has this process's salt of ``str`` hashes, drawn at its start unless
+        #: PYTHONHASHSEED said otherwise: not the job's (:func:`worker_hash_seed`), so set orders
+        #: in user Python would differ from a fresh worker's; it runs only tasks without user code
+        self.foreign_salt = self.not_forked is None and os.environ.get("PYTHONHASHSEED") != hash_seed
+        if self.not_forked is None:
+            self.proc = fork_worker(child_sock.fileno(), rt_path, index)
+        else:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            env["PYTHONHASHSEED"] = hash_seed  # set orders in task code the same in every worker and run
+            argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
+            self.proc = subprocess.Popen(
+                argv,
+                pass_fds=(child_sock.fileno(),),
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
         child_sock.close()
         self.sock = parent_sock
         self.conn = Connection(parent_sock.detach())
         # attempts sent and not answered, in the order the worker runs them: (key, attempt,
         # node key, pickled body); the first one is running
-        self.inflight: Deque[Tuple[str, int, object, bytes]] = deque()
+        #: (key, attempt, node key, pickled attempt, whether it may run user Python)
+        self.inflight: Deque[Tuple[str, int, object, bytes, bool]] = deque()
         self.head_since = 0.0  # when the first in-flight attempt started (about)
         self.nodes_sent: Set[object] = set()  # node keys this worker has received
 
@@ -199,8 +214,8 @@ class LocalExecutor(Executor):
         if not self.workers:
             self._spawn()
 
-    def _spawn(self) -> _Worker:
-        w = _Worker(self._next_index, self._rt_path, worker_hash_seed(self.rt, os.environ))
+    def _spawn(self, may_fork: bool = True) -> _Worker:
+        w = _Worker(self._next_index, self._rt_path, worker_hash_seed(self.rt, os.environ), may_fork)
         self._next_index += 1
         self.workers.append(w)
         return w
@@ -228,23 +243,31 @@ class LocalExecutor(Executor):
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
         node_key, body = self._encoder.encode(task, inputs, attempt, memory)
-        self._submit_entry((task.key, attempt, node_key, body), queue)
+        self._submit_entry((task.key, attempt, node_key, body, task.runs_user_python), queue)
 
-    def submit_encoded(self, key: str, attempt: int, node_key, node_blob: bytes, body: bytes, *, queue: bool = False) -> None:
+    def submit_encoded(
+        self, key: str, attempt: int, node_key, node_blob: bytes, body: bytes, *, queue: bool = False, user_python: bool = True
+    ) -> None:
         """Like :meth:`submit`, for an attempt pickled elsewhere (by a :class:`TaskEncoder`).
 
         ``node_key`` names ``node_blob`` (the pickled node) among this pool's nodes; use keys that
-        are not ints, which :meth:`submit` uses for its own.
+        are not ints, which :meth:`submit` uses for its own. ``user_python``: the attempt may run
+        the user's Python (:attr:`Task.runs_user_python`; when not known, True).
         """
         self._node_blobs.setdefault(node_key, node_blob)
-        self._submit_entry((key, attempt, node_key, body), queue)
+        self._submit_entry((key, attempt, node_key, body, user_python), queue)
 
-    def _submit_entry(self, entry: Tuple[str, int, object, bytes], queue: bool) -> None:
+    def _submit_entry(self, entry: Tuple[str, int, object, bytes, bool], queue: bool) -> None:
         if not self.workers:
             self.start()
         if queue:
             now = time.monotonic()
-            w = min((w for w in self.workers if self._short(w, now)), key=lambda x: len(x.inflight), default=None)
+            # a forked worker last: it would have to be replaced for an attempt of user Python
+            w = min(
+                (w for w in self.workers if self._short(w, now)),
+                key=lambda x: (entry[4] and x.foreign_salt, len(x.inflight)),
+                default=None,
+            )
             if w is None:
                 # the worker that was short when the scheduler asked has passed the mark since
                 # (a loaded machine): queue behind the least busy one rather than fail the job
@@ -255,6 +278,11 @@ class LocalExecutor(Executor):
                 w = self._spawn()
         if w is None:
             raise RuntimeError("no worker can take the task")  # the scheduler checks first
+        if w.foreign_salt and entry[4]:
+            # user Python runs in a worker with the job's hash salt only (set orders repeat):
+            # a fresh interpreter replaces the forked one (idle, unless no other worker could
+            # queue the attempt: then it takes over the one running there too, from the start)
+            w = self._replace(w, may_fork=False)
         for _ in range(2):
             if self._send(w, entry):
                 return
@@ -264,7 +292,7 @@ class LocalExecutor(Executor):
             w = self._replace(w, lose_head=True)
         self._lost.append(Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker")))
 
-    def _send(self, w: _Worker, entry: Tuple[str, int, object, bytes]) -> bool:
+    def _send(self, w: _Worker, entry: Tuple[str, int, object, bytes, bool]) -> bool:
         node_key, body = entry[2], entry[3]
         try:
             blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
@@ -319,10 +347,11 @@ class LocalExecutor(Executor):
             self._replace(w)
         return out
 
-    def _replace(self, w: _Worker, lose_head: bool = False) -> _Worker:
+    def _replace(self, w: _Worker, lose_head: bool = False, may_fork: bool = True) -> _Worker:
         """Kill ``w`` and start a fresh worker, which gets the attempts still queued on ``w``.
 
-        With ``lose_head`` the attempt ``w`` was running is reported as lost instead."""
+        With ``lose_head`` the attempt ``w`` was running is reported as lost instead; without
+        ``may_fork`` the new worker is a fresh interpreter."""
         if w in self.workers:
             self.workers.remove(w)
         try:
@@ -334,7 +363,7 @@ class LocalExecutor(Executor):
             w.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
-        fresh = self._spawn()
+        fresh = self._spawn(may_fork)
         pending, w.inflight = list(w.inflight), deque()
         if lose_head and pending:
             key, attempt = pending.pop(0)[:2]

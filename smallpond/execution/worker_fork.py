@@ -1,0 +1,338 @@
+"""Start a local worker by forking the scheduler's process, when that is as good as a fresh one.
+
+A worker is normally a fresh interpreter (``python -m smallpond.execution.worker``), which spends
+~75 ms of CPU starting Python and importing smallpond's attempt machinery before it can take its
+first task: on the critical path of every first result, since the scheduler waits for that task.
+A process that has loaded nothing but the standard library, smallpond and the modules a worker
+loads anyway holds no more than a fresh worker would, so a copy of it (``os.fork``) is a worker
+that starts in about a millisecond.
+
+:func:`fork_refusal` says whether this process is such a process (None) or why not; the
+local executor forks only then and starts a fresh interpreter otherwise. The conditions, each
+closing one known way a forked child differs from a fresh interpreter:
+
+- Linux (``/proc``; elsewhere fork is unsafe with system frameworks), and ``SP_FORK_WORKERS`` is
+  not ``0``;
+- one OS thread (``/proc/self/task``): no lock can be held by a thread the child does not have
+  (an import, an allocator, a library's pool); this rules out any library that started threads;
+- every loaded module is of the standard library, smallpond, cloudpickle or psutil (what
+  smallpond imports before its first worker starts), or one that every interpreter here loads
+  at start-up (named by an ``import`` line of a ``.pth`` file in a site-packages folder, or
+  ``sitecustomize``): no other library (DuckDB, Arrow, NumPy keep native state; any library may
+  hold connections or files), and none of the user's own modules (a fresh worker imports them
+  as their files are now: an edited file must not run as the old code);
+- no handler on any stdlib logger and loguru not loaded (their sinks are files and streams of
+  this process), and ``sys.stdout``/``sys.stderr`` are the interpreter's own;
+- no interpreter option on the command line (``-O``, ``-W``, ``-X``, ...: a fresh worker is
+  started without them) and not the development mode.
+
+In the child (:func:`_child`), before it runs :func:`~smallpond.execution.worker.worker_main`:
+every file descriptor but 0-2 and the worker's socket is closed (as ``subprocess`` does: a pipe
+or socket of the user's must not stay open in a worker), stdin reads ``/dev/null``, signal
+handlers and warning filters are a fresh interpreter's (the script's ``warnings.simplefilter``
+calls do not reach a fresh worker either), ``__main__`` is an empty module (in a fresh worker it is not the
+user's script either: a function pickled by name from the script fails the same way; the
+script's objects stay alive, held by its frame), the driver's objects are frozen for the garbage
+collector (none is ever finalized in the child: a file's buffer is never flushed twice, a closed
+descriptor never closed again) and collection is on, and it always
+ends with ``os._exit`` (the driver's ``atexit`` handlers are never run). It dies with its parent
+(``PR_SET_PDEATHSIG``) as a fresh worker does. Other process-wide settings the script changed
+at run time (the recursion limit, the default socket timeout, ...) carry over, as in any fork. Ready long before its driver has set up the job
+(log sinks, planning), it imports DuckDB and opens its shared database meanwhile, unless its
+first task is there already.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Dict, Iterable, Optional, Tuple
+
+#: packages outside the standard library the scheduler's process has loaded before its first
+#: worker starts, and a worker loads too; psutil's extension module keeps no state between calls
+OWN_PACKAGES = frozenset({"smallpond", "cloudpickle", "psutil"})
+_MAINS = ("__main__", "__mp_main__")  # the script, and multiprocessing's alias of it
+
+
+def fork_refusal(modules: Optional[Dict[str, object]] = None, threads: Optional[int] = None) -> Optional[str]:
+    """None if this process may fork a worker, else why not (see the module's docstring).
+
+    ``modules`` and ``threads`` stand for ``sys.modules`` and this process's OS threads (tests).
+    """
+    from smallpond.common import SWITCH_OFF, env_setting
+
+    if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
+        return f"not Linux ({sys.platform})"
+    if env_setting("SP_FORK_WORKERS") in SWITCH_OFF:
+        return "SP_FORK_WORKERS is off"
+    if threads is None:
+        try:
+            threads = len(os.listdir("/proc/self/task"))
+        except OSError as e:
+            return f"cannot count threads: {e}"
+    if threads != 1:
+        return f"{threads} threads"
+    modules = sys.modules if modules is None else modules
+    if "loguru" in modules:
+        return "loguru is loaded"
+    roots = _library_roots()
+    for name, module in list(modules.items()):
+        if _kind(name, module, roots) is None:
+            return f"module {name} ({getattr(module, '__file__', None)}) is not one a fresh worker would have"
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        return "sys.stdout or sys.stderr is replaced"
+    options = _interpreter_options(getattr(sys, "orig_argv", []))
+    if options or sys.flags.dev_mode:
+        return f"interpreter options {options or ['-X dev']}"
+    if "logging" in modules and _logging_configured(modules["logging"]):
+        return "a stdlib logger has handlers"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> Tuple[Tuple[str, ...], Tuple[str, ...], frozenset]:
+    """(the standard library's folders and the site-packages folders, as path prefixes; the
+    top-level names of the modules the interpreter loads at start-up)."""
+    import site
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    std = {paths.get("stdlib"), paths.get("platstdlib")}
+    try:
+        sites = set(site.getsitepackages())
+    except AttributeError:  # a virtualenv's old site.py
+        sites = set()
+    sites.update({paths.get("purelib"), paths.get("platlib")})
+    user = getattr(site, "getusersitepackages", lambda: None)()
+    if user:
+        sites.add(user)
+    sites.discard(None)
+
+    def prefixes(ps: Iterable[Optional[str]]) -> Tuple[str, ...]:  # as given, and resolved
+        ps = [p for p in ps if p]
+        return tuple({os.path.join(q, "") for p in ps for q in (os.path.abspath(p), os.path.realpath(p))})
+
+    return prefixes(std), prefixes(sites), frozenset(_startup_modules(sites))
+
+
+_PTH_IMPORT = re.compile(r"\bimport\s+([A-Za-z_]\w*)|__import__\(\s*[\'\"]([A-Za-z_]\w*)")
+
+
+def _startup_modules(sites: Iterable[str]) -> set:
+    """The top-level modules that ``site`` imports at start-up: those named in the ``import``
+    lines of the ``.pth`` files (a line that starts with ``import`` is run), and the
+    ``sitecustomize``/``usercustomize`` hooks."""
+    names = {"sitecustomize", "usercustomize"}
+    for folder in sites:
+        try:
+            entries = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.endswith(".pth"):
+                continue
+            try:
+                with open(os.path.join(folder, entry), encoding="utf-8", errors="replace") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines:
+                if line.startswith(("import ", "import\t")):
+                    names.update(a or b for a, b in _PTH_IMPORT.findall(line))
+    return names
+
+
+def _kind(name: str, module: object, roots) -> Optional[str]:
+    """How a loaded module fares in a forked worker: ``main`` (replaced), ``stdlib``, ``own``,
+    ``startup`` (loaded at every interpreter's start), or None (it may not be forked)."""
+    top = name.partition(".")[0]
+    if name in _MAINS:
+        return "main"
+    if top in OWN_PACKAGES:
+        return "own"
+    std, sites, startup = roots
+    path = getattr(module, "__file__", None)
+    if path is None:  # built in, frozen, or a namespace package (its modules are checked apiece)
+        return "stdlib" if top in sys.stdlib_module_names or not _has_path(module) else None
+    in_site = path.startswith(sites)
+    if not in_site and top in sys.stdlib_module_names:
+        return "stdlib"
+    if not in_site:  # a path through a symbolic link, or the user's
+        real = os.path.realpath(path)
+        in_site = real.startswith(sites)
+        if not in_site:
+            return "stdlib" if real.startswith(std) else None
+    return "startup" if top in startup else None
+
+
+def _has_path(module: object) -> bool:
+    """A namespace package (no file, a search path): folders of the user's, to be safe."""
+    return bool(list(getattr(module, "__path__", []) or []))
+
+
+def _interpreter_options(orig_argv) -> list:
+    """The options given to the interpreter itself (``python -O -W error script.py``: ``-O``,
+    ``-W``), the ones before the script, ``-c`` or ``-m``."""
+    options = []
+    for arg in orig_argv[1:]:
+        if arg in ("-c", "-m") or not arg.startswith("-") or arg == "-":
+            break
+        options.append(arg)
+    return options
+
+
+def _logging_configured(logging) -> bool:
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    return any(lg.handlers for lg in loggers)
+
+
+class ForkedProcess:
+    """A forked worker, with the part of :class:`subprocess.Popen` the local executor uses."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: Optional[int] = None
+
+    def poll(self) -> Optional[int]:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped by someone else (SIGCHLD ignored): as Popen says
+                self.returncode = 0
+                return 0
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"forked worker {self.pid}", timeout)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def fork_worker(child_fd: int, rt_path: str, index: int) -> ForkedProcess:
+    """Fork a worker that serves the socket ``child_fd`` (the caller closes its copy after)."""
+    for stream in (sys.stdout, sys.stderr):  # else the child writes their buffers out again
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        _child(child_fd, rt_path, index, parent)  # never returns
+    return ForkedProcess(pid)
+
+
+def _child(child_fd: int, rt_path: str, index: int, parent: int) -> None:
+    code = 1
+    try:
+        import gc
+        import types
+
+        gc.freeze()  # the driver's objects are never collected here: no finalizer of theirs runs
+        gc.enable()  # as in a fresh interpreter, whatever the driver chose
+        main = types.ModuleType("__main__")
+        for name in _MAINS:
+            sys.modules[name] = main
+        _close_fds_but(child_fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        _default_signals()
+        _default_warnings()
+        from smallpond.execution import worker
+
+        sys.argv = [worker.__file__, str(child_fd), rt_path, str(index)]
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # as a fresh worker's
+        worker.die_with_parent(parent)
+        from multiprocessing.connection import Connection
+
+        worker.worker_main(Connection(child_fd), rt_path, index, warm_while_idle=True)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BaseException:
+                pass
+        os._exit(code)
+
+
+def _default_warnings() -> None:
+    """The warning filters a fresh interpreter starts with: CPython's defaults (a release build's),
+    under those of ``PYTHONWARNINGS`` (the only source left: no ``-W``, no development mode)."""
+    import warnings
+
+    warnings.resetwarnings()
+    if not hasattr(sys, "gettotalrefcount"):
+        warnings.filters[:] = [
+            ("default", None, DeprecationWarning, "__main__", 0),
+            ("ignore", None, DeprecationWarning, None, 0),
+            ("ignore", None, PendingDeprecationWarning, None, 0),
+            ("ignore", None, ImportWarning, None, 0),
+            ("ignore", None, ResourceWarning, None, 0),
+        ]
+    warnings._processoptions(sys.warnoptions)
+    warnings._filters_mutated()
+
+
+def _close_fds_but(keep: int) -> None:
+    """Close every descriptor above 2 except ``keep`` (``/proc/self/fd``, as subprocess does)."""
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        if fd > 2 and fd != keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the listing's own descriptor, closed by now
+
+
+def _default_signals() -> None:
+    """The signal dispositions a fresh interpreter starts with: Python's own handlers, not the
+    driver's (a job's SIGTERM handler, the user's)."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except (ValueError, OSError):
+        pass
+    for sig in signal.valid_signals():
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            handler = signal.getsignal(sig)
+        except (ValueError, OSError):
+            continue
+        if sig == signal.SIGINT:
+            fresh = signal.default_int_handler
+        elif sig in (signal.SIGPIPE, getattr(signal, "SIGXFSZ", None)):
+            fresh = signal.SIG_IGN  # what Python sets at start-up
+        else:
+            fresh = signal.SIG_DFL
+        if handler is not fresh and handler is not None:
+            try:
+                signal.signal(sig, fresh)
+            except (ValueError, OSError):
+                pass
