@@ -123,8 +123,9 @@ def warm_result_imports(modules=None):
 
     A session's results are read in this process (``to_arrow``, ``to_pandas``, ``take``), and
     importing pyarrow takes ~60 ms of one core, which a small job would otherwise add to its wall
-    time right after its tasks are done. Started when the session is created, the imports overlap
-    the workers' start and the first job. pandas is left to ``to_pandas``: warmed here it cost
+    time right after its tasks are done. Started once the session's first computation has an
+    attempt running (:class:`~smallpond.execution.job.WarmResultImports`), the imports overlap
+    the job's tasks, not its start. pandas is left to ``to_pandas``: warmed here it cost
     every session ~0.2 s of CPU, on the cores the first job's worker needs, and on a loaded
     2-core machine ``to_pandas`` was not measurably quicker for it. Python holds a lock per module being
     imported, so a script importing one of these modules meanwhile waits for it to be done rather
@@ -145,7 +146,7 @@ class Session:
     """Entry point of the DataFrame API; create it with :func:`smallpond.init`."""
 
     def __init__(self, **kwargs) -> None:
-        from smallpond.execution.job import Job, make_executor, make_runtime_ctx
+        from smallpond.execution.job import Job, WarmResultImports, make_executor, make_runtime_ctx
         from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
@@ -183,7 +184,9 @@ class Session:
             ),
             max_retry_count=cfg.max_retry_count,
             max_fail_count=cfg.max_fail_count,
-            listeners=console_listeners(),
+            # pyarrow is imported once the first computation's first attempt runs: imported
+            # from here on, its ~60 ms held the GIL while this process planned and sent it
+            listeners=[*console_listeners(), WarmResultImports(start=warm_result_imports)],
             name=cfg.job_name,
             restart=cfg.restart,
             speculation=Speculation.of(cfg.speculative_exec),
@@ -194,7 +197,6 @@ class Session:
         self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
         atexit.register(self.shutdown)
-        warm_result_imports()
 
     # -- properties ------------------------------------------------------------------------------
     @property

@@ -13,6 +13,7 @@ import pytest
 
 import smallpond
 from smallpond.errors import ParameterError
+from tests.datagen import generate_parquet_files
 
 
 def test_init_needs_no_ray_and_no_service(tmp_path):
@@ -147,8 +148,10 @@ from smallpond import session
 modules = ("pyarrow", "pyarrow.parquet", "smallpond.io.arrow", "duckdb", "pandas")
 before = sorted(m for m in modules if m in sys.modules)
 sp = smallpond.init(data_root=sys.argv[1], num_executors=1)
+state = {"before": before, "at_init": session._warming is not None}
+sp.partial_sql("select count(*) as n from {0}", sp.read_parquet(sys.argv[2])).compute()
 thread = session._warming
-state = {"before": before, "thread": thread is not None, "daemon": thread.daemon if thread else None}
+state.update(thread=thread is not None, daemon=thread.daemon if thread else None)
 if thread is not None:
     thread.join(60)
 state["after"] = sorted(m for m in modules if m in sys.modules)
@@ -160,19 +163,25 @@ print(json.dumps(state))
 
 @pytest.mark.parametrize("setting", [None, "0"])
 def test_a_session_imports_what_reading_results_needs_in_the_background(tmp_path, setting):
-    """pyarrow and its Parquet reader are imported by a (non-daemon) thread the session starts, so
-    that reading the first result does not wait for them; not DuckDB (only workers query with it)
-    nor pandas (for to_pandas alone), whose imports took the first job's worker ~0.25 s of CPU on a
-    2-core machine; SP_WARM_IMPORTS=0 turns it off."""
+    """pyarrow and its Parquet reader are imported by a (non-daemon) thread the session starts
+    once its first computation has an attempt running (not at init, where it held the GIL while
+    the first job was planned and sent), so that reading the first result does not wait for them;
+    not DuckDB (only workers query with it) nor pandas (for to_pandas alone), whose imports took
+    the first job's worker ~0.25 s of CPU on a 2-core machine; SP_WARM_IMPORTS=0 turns it off."""
     env = {k: v for k, v in os.environ.items() if k != "SP_WARM_IMPORTS"}
     if setting is not None:
         env["SP_WARM_IMPORTS"] = setting
     proc = subprocess.run(
-        [sys.executable, "-c", _WARM_PROBE, str(tmp_path)], capture_output=True, text=True, env=env, timeout=120
+        [sys.executable, "-c", _WARM_PROBE, str(tmp_path), generate_parquet_files(str(tmp_path / "in"), nfiles=1)[0]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     state = json.loads(proc.stdout.strip().splitlines()[-1])
     assert state["before"] == []  # `import smallpond` loads none of them
+    assert not state["at_init"]
     if setting == "0":
         assert not state["thread"]
         assert state["after"] == []

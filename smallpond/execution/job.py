@@ -38,7 +38,7 @@ import signal
 import sys
 import threading
 from datetime import datetime
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
@@ -622,8 +622,10 @@ class WarmResultImports(SchedulerListener):
     scheduler is busier). ``SP_WARM_IMPORTS=0`` turns it off.
     """
 
-    def __init__(self, modules=RESULT_IMPORTS) -> None:
+    def __init__(self, modules=RESULT_IMPORTS, start: Optional[Callable[[], Any]] = None) -> None:
         self.modules = modules
+        #: starts the imports and returns the thread (a session's: once per process)
+        self.start = start or (lambda: import_in_background(self.modules))
         self.small = False
         self.thread = None
 
@@ -633,7 +635,7 @@ class WarmResultImports(SchedulerListener):
     def on_tick(self, state, elapsed: float) -> None:
         if self.small and state.running:
             self.small = False  # once
-            self.thread = import_in_background(self.modules)
+            self.thread = self.start()
 
 
 def run_job(
