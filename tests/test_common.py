@@ -178,3 +178,32 @@ def test_some_of_names_the_first_few_and_counts_the_rest():
     assert some_of(["a", "b", "c"]) == "a, b, c"
     assert some_of(["a", "b", "c", "d", "e"]) == "a, b, c and 2 more"
     assert some_of(list("abcdefg"), 5) == "a, b, c, d, e and 2 more"
+
+
+def test_process_start_time_is_psutils_create_time():
+    """Job locks and task cache claims record it and compare it later (to tell a process from one
+    that reuses its PID), also against records written with psutil's value: they must agree."""
+    import os
+    import subprocess
+    import sys
+
+    import psutil
+
+    from smallpond.common import process_start_time
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for pid in (os.getpid(), child.pid):
+            assert process_start_time(pid) == pytest.approx(psutil.Process(pid).create_time(), abs=0.02)
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start_time(child.pid) is None  # gone (and reaped)
+
+
+def test_total_memory_is_psutils():
+    import psutil
+
+    from smallpond.execution.runtime import _total_memory
+
+    assert _total_memory() == psutil.virtual_memory().total

@@ -73,7 +73,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from smallpond.common import logger
+from smallpond.common import logger, process_start_time
 from smallpond.errors import ParameterError
 from smallpond.io.filesystem import (
     READ_FLAGS,
@@ -416,7 +416,7 @@ class TaskCache:
     # -- claims -----------------------------------------------------------------------------------
     def me(self, job: str) -> Claim:
         if self._process is None:
-            self._process = Claim(socket.gethostname(), os.getpid(), _process_start(os.getpid()), "")
+            self._process = Claim(socket.gethostname(), os.getpid(), process_start_time(os.getpid()), "")
         return Claim(self._process.host, self._process.pid, self._process.started, job)
 
     def claim(self, key: str, job: str) -> Optional[Claim]:
@@ -610,7 +610,7 @@ def claim_is_live(claim: Claim) -> bool:
         return time.time() - claim.refreshed < 5.0
     if claim.host != socket.gethostname():
         return time.time() - claim.refreshed < LOCK_STALE_SECONDS
-    started = _process_start(claim.pid)
+    started = process_start_time(claim.pid)
     return started is not None and (not claim.started or abs(started - claim.started) < 1.0)
 
 
@@ -631,15 +631,6 @@ def _break(path: str, holder: Claim) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _process_start(pid: int) -> Optional[float]:
-    import psutil
-
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError):
-        return None
 
 
 # -- helpers --------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import uuid
 from datetime import datetime
 from typing import Optional
 
-from smallpond.common import logger
+from smallpond.common import logger, process_start_time
 from smallpond.errors import SmallpondError
 
 LOCK_NAME = "job.lock"
@@ -169,15 +169,6 @@ def move_aside(layout) -> Optional[str]:
     return aside
 
 
-def _process_start_time(pid: int) -> Optional[float]:
-    try:
-        import psutil
-
-        return psutil.Process(pid).create_time()
-    except Exception:
-        return None
-
-
 def _holder_alive(holder: dict) -> bool:
     """Whether the process that wrote a lock on this host still runs (and is the same process)."""
     pid = int(holder.get("pid", -1))
@@ -190,7 +181,7 @@ def _holder_alive(holder: dict) -> bool:
     except PermissionError:
         return True  # exists, owned by someone else
     started = holder.get("started")
-    actual = _process_start_time(pid)
+    actual = process_start_time(pid)
     if started is not None and actual is not None and abs(actual - float(started)) > 1.0:
         return False  # the PID was reused by another process
     return True
@@ -239,7 +230,7 @@ class JobLock:
             {
                 "host": socket.gethostname(),
                 "pid": pid,
-                "started": _process_start_time(pid),
+                "started": process_start_time(pid),
                 "token": self._token,
                 "acquired": time.time(),
             }

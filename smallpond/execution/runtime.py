@@ -501,11 +501,17 @@ _total_memory_cache: Optional[int] = None
 
 
 def _total_memory() -> int:
+    """The machine's memory in bytes (psutil's ``virtual_memory().total``: ``MemTotal`` on Linux,
+    which is the physical pages times the page size that ``sysconf`` gives, without importing
+    psutil at a job's start)."""
     global _total_memory_cache
     if _total_memory_cache is None:
-        import psutil
+        try:
+            _total_memory_cache = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # no such sysconf names (Windows)
+            import psutil
 
-        _total_memory_cache = psutil.virtual_memory().total
+            _total_memory_cache = psutil.virtual_memory().total
     return _total_memory_cache
 
 
