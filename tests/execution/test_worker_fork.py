@@ -126,7 +126,14 @@ def _run(tmp_path, mode: str = "plain", env_extra=None, wait: bool = True):
     out.mkdir(exist_ok=True)
     # stdout block-buffered (a pipe): what the driver printed is still in its buffer when it forks
     env = {k: v for k, v in os.environ.items() if k not in ("SP_FORK_WORKERS", "PYTHONUNBUFFERED")}
-    env.update(env_extra or {})
+    # the driver's salt of str hashes is the workers' (the user set it), so the forked worker may
+    # run the probe, which is user Python (see test_user_python_never_runs_in_a_fork_of_another_salt)
+    env["PYTHONHASHSEED"] = "0"
+    for k, v in (env_extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
     cmd = [sys.executable, "-c", _DRIVER, ",".join(files), str(tmp_path / "root"), mode, str(out)]
     if not wait:
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env), out
@@ -282,3 +289,15 @@ def test_a_driver_started_with_interpreter_options_does_not_fork():
     optimized = subprocess.run([sys.executable, "-O", "-c", probe], capture_output=True, text=True, env=env, timeout=60)
     assert plain.stdout.strip() == "None", plain.stderr
     assert optimized.stdout.strip() == "interpreter options ['-O']", optimized.stderr
+
+
+def test_user_python_never_runs_in_a_fork_of_another_salt(tmp_path):
+    # the driver's str-hash salt is random (no PYTHONHASHSEED): a forked worker has it too, not
+    # the job's, so set orders in the task's code would change from run to run; the Python task
+    # goes to a fresh interpreter, which replaces the fork
+    proc, out = _run(tmp_path, mode="python", env_extra={"PYTHONHASHSEED": None})
+    report = _report(proc)
+    forked, fresh = report["workers"][:2]
+    assert forked["not_forked"] is None
+    assert fresh["not_forked"] is not None
+    assert report["facts"]["pid"] == fresh["pid"], report
