@@ -6,6 +6,8 @@ with Arrow; the ``duckdb`` engine runs one partitioned COPY. Both must agree row
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -254,3 +256,32 @@ def test_arrow_engine_leaves_pandas_unimported(tmp_path, make_rt):
     run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
     seen = open(flag).read().split()
     assert len(seen) == 3 and set(seen) == {"False"}, f"pandas imported in the worker: {seen}"
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read with read calls so far (``rchar`` of /proc/self/io)."""
+    with open("/proc/self/io") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
+def test_arrow_engine_reads_its_input_through_a_memory_map(tmp_path):
+    """The arrow engine's reader maps its input files: a column chunk is decoded where the file
+    lies in the page cache, not first copied into a buffer by read calls (for an uncompressed
+    chunk, a second copy of its data; for a row group two producers split, paid by both)."""
+    from smallpond.execution.ops.partition import _arrow_row_group_reader
+
+    path = str(tmp_path / "records.parquet")
+    n = 200_000
+    payload = pa.FixedSizeBinaryArray.from_buffers(pa.binary(40), n, [None, pa.py_buffer(os.urandom(40 * n))])
+    table = pa.table({"id": pa.array(range(n), pa.int64()), "payload": payload})
+    pq.write_table(table, path, compression="none", use_dictionary=False, row_group_size=50_000)
+    size = os.path.getsize(path)
+    assert size > 9_000_000
+    ds = ParquetDataSet([path])
+    before = _bytes_read()
+    reader = _arrow_row_group_reader(ds)
+    batches = list(reader.batches(64 << 20))
+    read = _bytes_read() - before
+    assert pa.Table.from_batches([b for t in batches for b in t.to_batches()]).equals(table)
+    assert read < size // 10, f"read {read} of the file's {size} bytes with read calls"

@@ -478,11 +478,12 @@ def _arrow_row_group_reader(ds) -> Optional[_RowGroupReader]:
     if ds.columns is not None and "*" in ds.columns:
         return None
     import pyarrow as pa
-    import pyarrow.parquet as pq
+
+    from smallpond.io.arrow import open_mapped
 
     files, schema = [], None
     for r in ds.resolved_row_ranges:
-        pf = pq.ParquetFile(r.path)
+        pf = open_mapped(r.path)
         s = pf.schema_arrow
         if ds.columns is not None:
             if any(c not in s.names for c in ds.columns):
