@@ -8,7 +8,7 @@ by parallel smallpond tasks (not timed; cached under ``--data-dir``).
 
 The smallpond plan (:func:`gray_sort_plan`)::
 
-    DataSourceNode(input files)
+    DataSourceNode(input files) → DataSetPartitionNode(one partition per file)
       → RangePartitionNode: buckets = ranges of the key's first 16 bits, split evenly
                      (arrow engine; uncompressed intermediate files). ``--partitioner
                      expression``: a ShuffleNode computing the same bucket with an expression
@@ -190,12 +190,29 @@ def gray_sort_plan(
     record); ``"expression"`` with a ``ShuffleNode`` whose partition column is
     :func:`bucket_expression` (a blob-to-bit-to-integer cast: ~95 ns a record), the plan measured
     before 2026-12-03. Both put every record in the same bucket.
+
+    The shuffle gets one producer per input file (a ``DataSetPartitionNode`` by files). Over the
+    input as one partition the planner makes 8 producers of equal row counts, which split 4 files
+    in the middle of a row group: that row group is read and decoded by both producers, and the
+    4 extra tasks each close 16 more staging files, which 16 sort tasks then open. Measured on
+    5M records, 2 workers (DuckDB 2.0.1, pyarrow 26): the shuffle's task CPU fell from 1.8-2.0 s
+    to 1.5 s, the sort's stayed 3.2-3.3 s.
     """
     from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, RangePartitionNode, ShuffleNode, SqlEngineNode
+    from smallpond.logical.node import (
+        Context,
+        DataSetPartitionNode,
+        DataSourceNode,
+        LogicalPlan,
+        RangePartitionNode,
+        ShuffleNode,
+        SqlEngineNode,
+    )
 
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(list(input_paths), root_dir=None))
+    if len(input_paths) > 1:
+        src = DataSetPartitionNode(ctx, (src,), npartitions=len(input_paths))
     shuffle = dict(dimension="bucket", engine_type=shuffle_engine, cpu_limit=shuffle_cpu_limit, memory_limit=shuffle_memory_limit)
     if partitioner == "range":
         # staging files only the sort reads: the engine writes them uncompressed

@@ -75,6 +75,24 @@ def test_gray_sort_plan_sorts_and_validates(tmp_path):
     assert gray_sort.validate_sorted(summary, [out])["checksum"] == summary["checksum"]
 
 
+def test_gray_sort_plan_shuffles_with_one_producer_per_input_file(tmp_path):
+    """The tuned plan's shuffle has a producer per input file: over the input as one partition the
+    planner makes 8 producers of equal row counts, which cut files in the middle of a row group
+    that both producers then read and decode (and 8 x P staging files for the sorts to open)."""
+    from smallpond.execution.ops.range import RangePartitionTask
+
+    inputs = []
+    for i in range(3):
+        inputs.append(str(tmp_path / f"part-{i}.parquet"))
+        pq.write_table(gray_sort.generate_records(7, i * 10_000, 10_000), inputs[-1], row_group_size=4_000)
+    summary = gray_sort.summarize(inputs)
+    exec_plan = common.run_plan(gray_sort.gray_sort_plan(inputs, 4), str(tmp_path / "jobs"), 2)
+    producers = [t for t in exec_plan.tasks.values() if isinstance(t, RangePartitionTask)]
+    assert sorted(r.path for t in producers for r in exec_plan.results[t.input_keys[0]].resolved_row_ranges) == inputs
+    assert len(producers) == 3
+    assert gray_sort.validate_sorted(summary, gray_sort.sorted_output_files(exec_plan))["records"] == 30_000
+
+
 def _drop_bytecode(module: str) -> str:
     """Remove the compiled bytecode of a smallpond module; returns its path."""
     import importlib.util
