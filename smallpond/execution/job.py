@@ -425,6 +425,7 @@ class Job:
         if changed:
             more = f" and {len(changed) - 1} more" if len(changed) > 1 else ""
             self.executor.restart_workers(f"{changed[0]}{more} changed since the last run")
+            self._install_sigterm_handler()  # again: a Ray executor that reconnected ran ray.init
 
     def _run(self, targets) -> Dict[str, Any]:
         self._refresh_workers()

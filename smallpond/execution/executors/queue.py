@@ -7,7 +7,7 @@ This module is the scheduler's side, :class:`QueueExecutor`; the executor proces
 ``queue/`` folder, so executors need nothing but the data root (no port, no service)::
 
     queue/
-      epoch                    JSON: the scheduler's generation and its timing settings
+      epoch                    JSON: the scheduler's generation, its timing settings and its refresh count
       epochs/{n}/              created exclusively: one scheduler per generation
       scheduler                the scheduler's heartbeat ("{epoch} {counter}")
       stop                     JSON: the job ended (executors of that generation exit) and how
@@ -30,6 +30,12 @@ Invariants:
   held for the old one) or is gone. So a stale attempt can neither commit behind the new run's
   back nor be reported into it. Executors the old scheduler launched exit; executors started by
   hand rejoin.
+* **Fresh workers on request.** Between two runs of a session, a file of the user's code may have
+  changed; the worker processes of the executors may hold the module as it was
+  (:meth:`QueueExecutor.restart_workers`). The scheduler then raises the ``refresh`` count in
+  ``epoch``; each executor replaces its worker processes and says so in its heartbeat, and no
+  attempt is queued before every joined executor has (one that does not within the timeout is
+  declared lost). An executor that joins later starts fresh workers anyway.
 * **Nothing is lost silently.** Executors heartbeat; one whose heartbeat stops for
   ``timeout`` seconds (or whose process is found dead, on this host) is declared lost: its
   claimed attempts are reported as :class:`~smallpond.errors.WorkerLost` and retried elsewhere,
@@ -84,6 +90,7 @@ class _Member:
     changed: float = 0.0  # monotonic time its heartbeat last changed
     epoch: int = -1
     state: str = ""
+    refresh: int = 0  # the scheduler's refresh count its workers were started for (its heartbeat)
     checked: float = 0.0  # monotonic time its process was last checked (same host only)
     read: float = 0.0  # monotonic time its heartbeat was last read
 
@@ -151,6 +158,7 @@ class QueueExecutor(Executor):
         self.settings = settings or QueueSettings.from_env()
         self.paths = QueuePaths(runtime_ctx.layout)
         self.epoch = 0
+        self._refresh = 0  # how many times executors were asked for fresh worker processes
         self._seq = 0
         self._encoder = TaskEncoder()
         self._nodes_written: Set[int] = set()
@@ -185,17 +193,7 @@ class QueueExecutor(Executor):
         # executors' workers load this run's context (settings may differ from an earlier run)
         dump(rt, rt.runtime_ctx_path, secret=rt.secret)
         self.epoch = self._next_epoch()
-        write_json(
-            paths.epoch,
-            {
-                "epoch": self.epoch,
-                "heartbeat": self.settings.heartbeat,
-                "timeout": self.settings.timeout,
-                "wait": self.settings.wait,
-                "pid": os.getpid(),
-                **self._host,
-            },
-        )
+        self._write_epoch()
         remove_path(paths.stop)
         for d in (paths.todo, paths.cancel, paths.done, paths.nodes):
             for name in os.listdir(d):
@@ -213,6 +211,40 @@ class QueueExecutor(Executor):
                 "queue backend: waiting for executors; start them with: {}",
                 " ".join(self.executor_command()),
             )
+
+    def _write_epoch(self) -> None:
+        """``queue/epoch``: this scheduler's generation, timing and refresh count (executors read it)."""
+        write_json(
+            self.paths.epoch,
+            {
+                "epoch": self.epoch,
+                "heartbeat": self.settings.heartbeat,
+                "timeout": self.settings.timeout,
+                "wait": self.settings.wait,
+                "refresh": self._refresh,
+                "pid": os.getpid(),
+                **self._host,
+            },
+        )
+
+    def restart_workers(self, why: str) -> None:
+        """Have every executor replace its worker processes, and wait until the joined ones have
+        (those that do not within the timeout are declared lost): the next attempts run the code
+        as it is now. Between runs nothing of ours runs; an attempt still held is reported lost."""
+        if not self._started or self._closed:
+            return
+        self._refresh += 1
+        logger.info("queue backend: asking the executors for fresh worker processes ({})", why)
+        self._write_epoch()
+        deadline = time.monotonic() + self.settings.timeout
+        while True:
+            self._scan(force=True)
+            behind = [m for m in self._joined() if m.refresh < self._refresh]
+            if not behind or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        for m in behind:
+            self._lose(m, f"did not replace its worker processes within {self.settings.timeout:.0f}s")
 
     def executor_command(self) -> List[str]:
         """The command that starts one more executor of this job (on any host sharing the data root)."""
@@ -323,6 +355,7 @@ class QueueExecutor(Executor):
                     m.counter, m.changed = counter, now
                 m.epoch = int(hb.get("epoch", -1))
                 m.state = str(hb.get("state", ""))
+                m.refresh = int(hb.get("refresh", 0))
             if m.state == "exited":
                 self._leave(m, "exited")
             elif now - m.changed > self.settings.timeout:

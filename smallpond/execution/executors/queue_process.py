@@ -15,6 +15,10 @@ and kill the attempts the scheduler cancels (``cancel/``). Its workers die with 
 worker of the embedded backend does), so a lost executor leaves no attempt running behind the
 scheduler's back.
 
+When the scheduler raises the ``refresh`` count in ``queue/epoch`` (a file of the user's code
+changed between two runs of a session), it replaces its worker processes, which may hold the old
+module, before it takes another attempt, and acknowledges in its heartbeat.
+
 When the run it serves ends (``queue/stop``) it exits 0; one started by hand after the job's last
 run ended exits 0 at once if that run succeeded, and else (an interrupted or failed run, before
 its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the next run and serves it. When a new scheduler takes the job (a new epoch) it kills what it runs
@@ -83,6 +87,7 @@ class ExecutorProcess:
         self.cpus, self.memory = 1, 0
         self.pool: Optional[LocalExecutor] = None
         self.epoch = -1
+        self.refresh = 0  # the scheduler's refresh count this executor's workers were started for
         self.settings = QueueSettings.from_env()
         self.running: Dict[str, Tuple[str, int, int]] = {}  # item -> (key, attempt, cpus)
         self.items: Dict[Tuple[str, int], str] = {}  # (key, attempt) -> item
@@ -127,7 +132,7 @@ class ExecutorProcess:
         self.beats += 1
         write_json(
             self.paths.member(self.name, "heartbeat"),
-            {"n": self.beats, "epoch": self.epoch, "state": self.state, "running": len(self.running)},
+            {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "running": len(self.running)},
         )
         self._next_beat = time.monotonic() + self.settings.heartbeat
 
@@ -200,6 +205,9 @@ class ExecutorProcess:
         if epoch != self.epoch:
             self._join(epoch, meta)
             return
+        refresh = int(meta.get("refresh", 0))
+        if refresh != self.refresh:
+            self._refresh_pool(refresh)
         beat = _read_bytes(self.paths.scheduler)
         if beat != self._sched_beat:
             self._sched_beat, self._sched_seen = beat, now
@@ -256,8 +264,20 @@ class ExecutorProcess:
         self._load_runtime()  # this run's settings (they may change what this executor offers)
         self._write_info()
         self.nodes.clear()
+        self.refresh = int(meta.get("refresh", 0))  # the workers about to start are fresh
         self._sched_beat, self._sched_seen = _read_bytes(self.paths.scheduler), time.monotonic()
         self._start_pool()
+
+    def _refresh_pool(self, refresh: int) -> None:
+        """The scheduler asks for fresh worker processes (the user's code changed between two runs
+        of a session): replace them before taking another attempt, then acknowledge."""
+        self.refresh = refresh
+        if self.pool is None:  # none running: the next pool starts fresh anyway
+            self.beat()
+            return
+        logger.info("executor {}: replacing its worker processes (refresh {}): the user's code changed", self.name, refresh)
+        self._stop_pool("the scheduler asked for fresh worker processes")
+        self._start_pool()  # acknowledges in its heartbeat
 
     def _start_pool(self) -> None:
         self.pool = LocalExecutor(
