@@ -23,6 +23,13 @@ Invariants:
   ``NodeDiedError``, ``OwnerDiedError``, ``ObjectLostError``, ``RayActorError``, ...) is reported as a
   :class:`~smallpond.errors.WorkerLost` Completion, which the scheduler retries elsewhere; Ray's
   out-of-memory killer becomes :class:`~smallpond.errors.OutOfMemory`.
+* **The user's code as it is now.** A session's computations may follow an edit of a module its
+  tasks import, which a Ray worker process keeps loaded (:meth:`RayExecutor.restart_workers`). On
+  a connection this executor made, it reconnects: a new Ray job has new worker processes. On a
+  connection the user made (``ray.init`` before), which it must not end, its attempts carry a
+  ``runtime_env`` of their own (the environment variable :data:`WORKER_GENERATION`): Ray runs
+  them only in worker processes started for that environment, never in the user's own or in
+  those of an earlier session, and a restart takes a new generation, so new worker processes.
 * **Shipping.** The runtime context and each node are put into Ray's object store once per job
   and node; an attempt carries references to them and its own small pickled body. A Ray worker
   process sets itself up once per job (task log sink, environment overrides, the driver's working
@@ -73,6 +80,9 @@ LOST_ERRORS = (
     rex.RaySystemError,
 )
 
+#: the environment variable that tags the worker processes of one generation of attempts on a
+#: Ray connection the user made (Ray starts new worker processes for a new value)
+WORKER_GENERATION = "SMALLPOND_WORKER_GENERATION"
 #: seconds between two reads of the cluster's nodes while a job runs
 NODE_REFRESH_SECONDS = 1.0
 #: seconds every node has to answer the data-root check
@@ -344,6 +354,7 @@ class RayExecutor(Executor):
         self.nodes: Dict[str, RayNode] = {}
         self._capacity = Capacity(0, 0, 0)
         self._connected_here = False
+        self._generation: Optional[str] = None  # on the user's connection: this run's worker generation
         self._started = False
         self._job_ref = None
         self._runtime_env: Optional[dict] = None
@@ -431,6 +442,9 @@ class RayExecutor(Executor):
         if self._started:
             return
         self._connected_here = connect(self.address)
+        # on the user's connection, worker processes of our own: others may hold an older version
+        # of the user's modules (a session before this one, the user's own tasks)
+        self._generation = None if self._connected_here else uuid.uuid4().hex
         try:
             self._runtime_env = worker_runtime_env(self.rt)
             nodes = task_nodes()
@@ -464,8 +478,13 @@ class RayExecutor(Executor):
             self._node_refs.pop(id(node), None)
 
     def restart_workers(self, why: str) -> None:
+        if not self._started:
+            return
         if not (self._connected_here and ray.is_initialized()):
-            super().restart_workers(why)  # the connection is the caller's: its Ray job, its workers
+            # the connection is the user's: its Ray job and its worker processes live on, so
+            # attempts from now on run in worker processes of a new generation
+            self._generation = uuid.uuid4().hex
+            logger.info("Ray: {}; later attempts run in new worker processes (generation {})", why, self._generation[:8])
             return
         logger.info("reconnecting to Ray ({}): a new Ray job has fresh worker processes", why)
         self.shutdown()
@@ -547,9 +566,13 @@ class RayExecutor(Executor):
             body = encode_attempt(task, inputs, attempt, mem)
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
-        ref = _attempt_remote.options(
-            num_cpus=cpus, memory=mem, max_retries=0, retry_exceptions=False, name=task.key, runtime_env=self._runtime_env
-        ).remote([self._job_ref], [entry[0]], body)
+        options = dict(num_cpus=cpus, memory=mem, max_retries=0, retry_exceptions=False, name=task.key)
+        env_vars = dict((self._runtime_env or {}).get("env_vars") or {})  # the workers' hash seed
+        if self._generation is not None:
+            env_vars[WORKER_GENERATION] = self._generation
+        if env_vars:
+            options["runtime_env"] = {"env_vars": env_vars}  # merged with the job's
+        ref = _attempt_remote.options(**options).remote([self._job_ref], [entry[0]], body)
         self._inflight[(task.key, attempt)] = (ref, task)
         self._by_ref[ref] = (task.key, attempt)
 
