@@ -16,7 +16,7 @@ import re
 import sys
 import time
 import traceback
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution.runtime import RuntimeContext
@@ -612,6 +612,10 @@ def install_task_log_sink(level: str) -> TaskLogSink:
     return sink
 
 
+#: set in a worker process whose backend cancels an attempt by asking it (Ray): whether the running
+#: attempt was cancelled. A cancelled attempt never commits, and leaves no output directory behind
+cancel_check: Optional[Callable[[], bool]] = None
+
 #: loguru's standard levels, by name (a worker knows them without importing loguru)
 _LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
@@ -653,7 +657,7 @@ def execute_attempt(
         sink_id = logger.add(loguru_file_path(log_path), level=rt.file_log_level, enqueue=False)
     start = time.time()
     cpu_start = time.process_time()
-    tmp = None
+    tmp = final = None
     try:
         started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
         if task.threads:
@@ -682,7 +686,6 @@ def execute_attempt(
             _test_crash_point("after_rename", task)
             ds._rebase(task._runtime_output_abspath, final)
         else:
-            final = None
             with seeded_random(task):
                 ds = task.run(rt, inputs, None)
             task.inject_fault()
@@ -690,19 +693,11 @@ def execute_attempt(
         task.stats["bytes"] = _bytes_of(ds)
         task.stats["read"] = _bytes_read(inputs)
         _test_crash_point("before_commit", task)
+        if cancel_check is not None and cancel_check():  # its code went on (a swallowed interrupt, a long query)
+            raise TaskError(f"{task.key} attempt {attempt} was cancelled before it committed", task_key=task.key, retryable=False)
         if not task.commits_on_publication:
-            winner = write_commit(
-                rt,
-                task,
-                ds,
-                attempt,
-                elapsed,
-                started=start,
-                worker=worker,
-                stats=task.stats,
-                output_dir=final,
-                cache_key=task.cache_key,
-            )
+            extra = dict(started=start, worker=worker, stats=task.stats, output_dir=final, cache_key=task.cache_key)
+            winner = write_commit(rt, task, ds, attempt, elapsed, **extra)
             if winner is not None:  # another attempt committed first: its output is the task's
                 if final is not None:
                     remove_path(final)
@@ -726,7 +721,14 @@ def execute_attempt(
             logger.info(done)
         return ds
     except BaseException as e:
+        if final is not None and tmp is None:  # renamed into place: removed now unless its task's record names it
+            record = _load_record(rt, commit_path(rt, task.key))
+            if record is None or record.get("output_dir") != final:
+                remove_path(final)
         err = to_task_error(task, attempt, e, inputs)
+        if cancel_check is not None and cancel_check():
+            logger.info("cancelled {} attempt {} ({}): the scheduler stopped it", task.key, attempt, type(e).__name__)
+            raise err from e
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             logger.error("failed {} attempt {}: {}\n{}", task.key, attempt, err.message, err.details)
             raise

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from smallpond.common import MB
+from smallpond.errors import TaskError
 from smallpond.execution.attempt import commit_path, execute_attempt, read_commit, remove_orphan_outputs
 from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
@@ -39,6 +40,18 @@ def test_each_attempt_writes_its_own_directory(sql_task):
     (d,) = {os.path.dirname(p) for p in ds.resolved_paths}
     assert os.path.basename(d).startswith(f"{task.key}.0.")
     assert read_commit(rt, task)["output_dir"] == d
+
+
+def test_an_attempt_that_fails_after_its_rename_removes_its_output_at_once(sql_task):
+    # its output directory was renamed into place, then the commit failed (here: the records'
+    # folder is not a folder): no record names it, so it goes now, not at the job's end
+    rt, task, inputs = sql_task
+    os.rmdir(rt.completed_task_dir)
+    with open(rt.completed_task_dir, "w"):
+        pass
+    with pytest.raises(TaskError, match="NotADirectoryError"):
+        execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    assert glob.glob(glob.escape(task.output_base(rt)) + ".*") == [], "the failed attempt's output was left behind"
 
 
 def test_first_attempt_to_commit_wins(sql_task):

@@ -11,6 +11,7 @@ root (a real node in its own mount namespace) fails the start naming that node.
 from __future__ import annotations
 
 import functools
+import glob
 import os
 import shutil
 import signal
@@ -45,15 +46,25 @@ def cluster():
     ray.shutdown()
 
 
-def record(runtime_ctx, inputs, output_path, log: str, sleep: float = 0.0, die_on_first: bool = False) -> bool:
-    """A task: note its attempt in ``log``, maybe kill its own process or sleep, then write a file."""
+def record(
+    runtime_ctx, inputs, output_path, log: str, sleep: float = 0.0, die_on_first: bool = False, swallow: bool = False
+) -> bool:
+    """A task: note its attempt in ``log``, maybe kill its own process or sleep (noting an
+    interrupt, which ``swallow`` ignores), then write a file."""
     task = runtime_ctx.task
     with open(log, "a") as f:
         f.write(f"start {task.key} {task.retry_count} {os.getpid()}\n")
     if die_on_first and task.retry_count == 0:
         os.kill(os.getpid(), signal.SIGKILL)
     if task.retry_count == 0:
-        time.sleep(sleep)
+        try:
+            for _ in range(int(sleep * 20)):
+                time.sleep(0.05)
+        except KeyboardInterrupt:  # what ray.cancel raises in a running task
+            with open(log, "a") as f:
+                f.write(f"interrupted {task.key} {task.retry_count}\n")
+            if not swallow:
+                raise
     with open(os.path.join(output_path, "out.txt"), "w") as f:
         f.write(str(task.retry_count))
     with open(log, "a") as f:
@@ -137,17 +148,52 @@ def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reporte
         assert (c.attempt, c.ok) == (1, True)
         ex.cancel(task.key, 0)
         assert ex.free_slots() == 4
-        pid0 = int(next(line for line in lines(log) if line.startswith(f"start {task.key} 0")).split()[3])
-        # the cancelled attempt's worker process is killed (force), so it never ends or commits
-        end = time.monotonic() + 30
-        while alive(pid0) and time.monotonic() < end:
+        # the cancelled attempt is interrupted where it is (a cancel that asks: its worker process
+        # is not killed), so it never ends or commits
+        end = time.monotonic() + 60
+        while f"interrupted {task.key} 0" not in lines(log) and time.monotonic() < end:
             assert ex.poll(0.2) == []
-        assert not alive(pid0)
+        assert f"interrupted {task.key} 0" in lines(log)
         assert ex.poll(0.5) == []
     finally:
         ex.shutdown()
     assert f"end {task.key} 0" not in lines(log)
     assert read_commit(rt, task)["attempt"] == 1
+
+
+def logged(rt, text: str) -> bool:
+    """Whether a line of the job's logs (its attempts' and worker processes') holds ``text``."""
+    for folder, _, names in os.walk(rt.log_root):
+        for name in names:
+            with open(os.path.join(folder, name), errors="replace") as f:
+                if text in f.read():
+                    return True
+    return False
+
+
+def test_a_cancelled_attempt_that_carries_on_never_commits_and_leaves_no_files(cluster, make_rt, parquet_files, tmp_path):
+    # code that swallows the interrupt (or a DuckDB query, which runs on to its end) goes on after
+    # the cancel: the attempt still must not commit, and removes the output it renamed into place
+    rt = make_rt()
+    log = str(tmp_path / "log")
+    (task,), inputs, _ = prepared(rt, parquet_files, log=log, sleep=30.0, swallow=True)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        end = time.monotonic() + 60
+        while not any(line.startswith(f"start {task.key} 0") for line in lines(log)) and time.monotonic() < end:
+            assert ex.poll(0.1) == []
+        ex.cancel(task.key, 0)
+        end = time.monotonic() + 60
+        while not logged(rt, f"cancelled {task.key} attempt 0") and time.monotonic() < end:
+            assert ex.poll(0.2) == []
+        assert ex.poll(0.5) == []
+    finally:
+        ex.shutdown()
+    assert [f"interrupted {task.key} 0", f"end {task.key} 0"] == lines(log)[1:], "the task's code did not carry on"
+    assert read_commit(rt, task) is None, "a cancelled attempt committed"
+    base = task.output_base(rt)
+    assert glob.glob(base + ".*") == [], "a cancelled attempt left its output behind"
 
 
 def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):

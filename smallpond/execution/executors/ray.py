@@ -30,6 +30,12 @@ Invariants:
   ``runtime_env`` of their own (the environment variable :data:`WORKER_GENERATION`): Ray runs
   them only in worker processes started for that environment, never in the user's own or in
   those of an earlier session, and a restart takes a new generation, so new worker processes.
+* **Cancelling asks.** An attempt is cancelled with ``ray.cancel(force=False)``: Ray drops it if it
+  has not started, else raises KeyboardInterrupt in it at its next Python instruction (a DuckDB
+  query runs on to its end first). A cancelled attempt never commits (it checks
+  ``is_canceled()`` before its commit record) and removes what it wrote. A force-cancel killed
+  the worker process instead, and raced with an attempt that finished meanwhile: Ray's core
+  worker then aborted the driver ("Tried to complete task that was not pending").
 * **Shipping.** The runtime context and each node are put into Ray's object store once per job
   and node; an attempt carries references to them and its own small pickled body. A Ray worker
   process sets itself up once per job (task log sink, environment overrides, the driver's working
@@ -259,7 +265,7 @@ def check_nodes(rt: RuntimeContext, nodes: List[RayNode], timeout: float = CHECK
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         problems, gone = finish_node_checks(rt, folder, token, refs, ready)
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)  # not started (its node is gone or full): dropped
             problems.append(f"{refs[ref]}: did not answer within {timeout:.0f} s")
     finally:
         remove_path(folder)
@@ -283,6 +289,7 @@ def _setup_worker(job_ref) -> RuntimeContext:
     key = job_ref.hex()
     if _worker_job["key"] == key:
         return _worker_job["rt"]
+    from smallpond.execution import attempt
     from smallpond.execution.attempt import install_task_log_sink
     from smallpond.execution.ops.duckdb import share_database_in_process
     from smallpond.execution.worker import NodeCache, setup_worker_process
@@ -292,6 +299,7 @@ def _setup_worker(job_ref) -> RuntimeContext:
     setup_worker_process(rt, "smallpond-ray-worker")
     install_task_log_sink(rt.file_log_level)
     share_database_in_process()
+    attempt.cancel_check = ray.get_runtime_context().is_canceled  # the running Ray task's (see cancel)
     if os.path.isdir(job["cwd"]):  # relative paths in a plan mean what they mean to the driver
         os.chdir(job["cwd"])
     ctx = ray.get_runtime_context()
@@ -492,14 +500,12 @@ class RayExecutor(Executor):
 
     def shutdown(self) -> None:
         # attempts still running are stopped: by Ray itself when this executor made the connection
-        # (the disconnect ends the Ray job, whose worker processes Ray then kills), else one by one.
-        # A force-cancel of each raced with an attempt finishing meanwhile, and Ray's core worker
-        # then aborted the driver ("Tried to complete task that was not pending"): a SIGTERM exited
-        # 1 instead of 143
+        # (the disconnect ends the Ray job, whose worker processes Ray then kills), else each is
+        # cancelled (it never commits after that; see the module docstring)
         by_ray = self._connected_here and ray.is_initialized()
         for ref, _ in () if by_ray else list(self._inflight.values()):
             try:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)
             except Exception:
                 pass
         self._inflight.clear()
@@ -612,11 +618,13 @@ class RayExecutor(Executor):
         return Completion(task.key, attempt, False, None, error)
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
+        """Ask Ray to stop the attempt (not a force-cancel: see the module docstring); it stops at
+        its next Python instruction, or before it commits, and its outcome is not reported."""
         for k, a in [ka for ka in self._inflight if ka[0] == key and (attempt is None or ka[1] == attempt)]:
             ref, _ = self._inflight.pop((k, a))
             self._by_ref.pop(ref, None)
             try:
-                ray.cancel(ref, force=True)
+                ray.cancel(ref)
             except Exception as e:  # finished meanwhile, or its worker is gone already
                 logger.debug("cancel {} attempt {}: {}", k, a, e)
 
