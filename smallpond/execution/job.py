@@ -263,7 +263,7 @@ class Job:
             self.executor,
             max_retry_count=self.max_retry_count,
             max_fail_count=self.max_fail_count,
-            listeners=[self.events, StallLog(), *self.listeners],
+            listeners=[self.events, StallLog(executor=self.executor), *self.listeners],
             speculation=self.speculation,
             cache=cache,
             plan_nodes=self._planned_nodes,

@@ -8,6 +8,12 @@ that names each running attempt, its node, the line that built the node and how 
 run, then again after twice as long, and so on (a long task is named a few times, not every
 minute). Any attempt ending starts the count again.
 
+An attempt the scheduler submitted has not always started: it may wait on a worker behind a short
+attempt, or in the queue backend's ``todo/`` for an executor to take it. The backend says which
+attempts have started and where (:meth:`~smallpond.execution.executors.base.Executor.attempt_places`:
+the worker process, the executor); the warning names those as running, with that place, and the
+others as waiting to start, with what they wait for.
+
 Invariants: it only reads the scheduler's state (a listener never changes it); nothing is logged
 while nothing runs (a job waiting for executors or for another job's cache entry says so
 elsewhere).
@@ -45,8 +51,9 @@ def stall_seconds() -> Optional[float]:
 class StallLog(SchedulerListener):
     """Warns when running attempts have gone ``seconds`` without any attempt ending (module doc)."""
 
-    def __init__(self, seconds: Optional[float] = None) -> None:
+    def __init__(self, seconds: Optional[float] = None, executor=None) -> None:
         self.seconds = stall_seconds() if seconds is None else seconds
+        self.executor = executor  # says which attempts in flight have started (see the module doc)
         self._last = time.time()
         self._wait = self.seconds
 
@@ -67,22 +74,44 @@ class StallLog(SchedulerListener):
         if quiet < self._wait:
             return
         self._wait *= 2
-        running = sorted(
-            ((key, attempt, r.since) for key, attempts in state.running.items() for attempt, r in attempts.items()),
-            key=lambda item: item[2],
-        )
-        lines = []
-        for key, attempt, since in running[:MAX_NAMED]:
-            task = state.tasks.get(key)
-            where = f" of {task.node_label} created at {task.location}" if task is not None else ""
-            lines.append(f"  {key} (attempt {attempt}){where}: running for {now - since:.0f} s")
-        if len(running) > MAX_NAMED:
-            lines.append(f"  ... and {len(running) - MAX_NAMED} more")
+        places = self._places()
+        started, waiting = [], []
+        for key, attempts in state.running.items():
+            for attempt, r in attempts.items():
+                ran, where = places.get((key, attempt), (True, ""))
+                (started if ran else waiting).append((r.since, key, attempt, where))
+        lines = _named(state, sorted(started), now, "running{}", " on {}")
+        lines += _named(state, sorted(waiting), now, "waiting to start{}", ": {}")
+        also = f" and {len(waiting)} waiting to start" if waiting else ""
         logger.warning(
-            "no task has finished for {:.0f} s; {} attempt(s) still running:\n{}\n"
+            "no task has finished for {:.0f} s; {} attempt(s) still running{}:\n{}\n"
             "Tasks are not timed out: if one hangs, stop the job (Ctrl-C) and rerun it to resume "
             "(py-spy dump --pid <worker pid> shows where a Python task is); SP_STALL_LOG=off silences this",
             quiet,
-            len(running),
+            len(started),
+            also,
             "\n".join(lines),
         )
+
+    def _places(self) -> dict:
+        if self.executor is None:
+            return {}
+        try:
+            return self.executor.attempt_places()
+        except Exception as e:  # a log line never fails a job
+            logger.debug("stall warning: the executor cannot say where its attempts are: {!r}", e)
+            return {}
+
+
+def _named(state, attempts: list, now: float, what: str, where: str) -> list:
+    """One line per attempt ``(since, key, attempt, place)`` (the first :data:`MAX_NAMED`): ``what``
+    it does, ``where`` (when the backend says), and when it was submitted."""
+    lines = []
+    for since, key, attempt, place in attempts[:MAX_NAMED]:
+        task = state.tasks.get(key)
+        node = f" of {task.node_label} created at {task.location}" if task is not None else ""
+        done = what.format(where.format(place) if place else "")
+        lines.append(f"  {key} (attempt {attempt}){node}: {done} (submitted {now - since:.0f} s ago)")
+    if len(attempts) > MAX_NAMED:
+        lines.append(f"  ... and {len(attempts) - MAX_NAMED} more")
+    return lines

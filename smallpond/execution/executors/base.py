@@ -13,6 +13,7 @@ Life cycle::
     executor.submit(task, inputs, attempt, memory=...)
     executor.poll(timeout) -> [Completion, ...]
     executor.cancel(key, attempt)         # abandon an attempt; no Completion is reported for it
+    executor.attempt_places()             # which attempts in flight have started, and where (logs)
     executor.record_outcome(status)      # the job's status, just before it ends (optional)
     executor.shutdown()
 
@@ -170,6 +171,13 @@ class Executor:
         their tasks are planned again (``DataFrame.recompute()``) and travel as the nodes are now,
         with the current values of what their functions read. Backends that keep nothing per
         node need not override it."""
+
+    def attempt_places(self) -> Dict[Tuple[str, int], Tuple[bool, str]]:
+        """Where the attempts in flight are, for the stall warning (:mod:`~smallpond.execution.stall`):
+        ``(key, attempt) -> (started, where)``; ``started`` is False for one submitted that waits
+        for a worker (queued behind another attempt, or not taken by an executor yet). An attempt
+        a backend cannot place is left out (it counts as running). Asked rarely; may read files."""
+        return {}
 
     def describe(self) -> str:
         """One line for logs: the backend and where its workers are."""

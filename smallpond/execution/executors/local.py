@@ -390,6 +390,15 @@ class LocalExecutor(Executor):
     def forget_nodes(self, nodes) -> None:
         self._encoder.forget(nodes)
 
+    def attempt_places(self) -> Dict[Tuple[str, int], Tuple[bool, str]]:
+        """A worker runs the first attempt it holds; the others wait behind it."""
+        out = {}
+        for w in self.workers:
+            for i, (key, attempt, *_) in enumerate(w.inflight):
+                where = f"worker process {w.pid}" if i == 0 else f"queued behind {w.inflight[0][0]} on worker process {w.pid}"
+                out[(key, attempt)] = (i == 0, where)
+        return out
+
     def restart_workers(self, why: str) -> None:
         if not self.workers:
             return

@@ -543,6 +543,30 @@ class QueueExecutor(Executor):
     def forget_nodes(self, nodes) -> None:
         self._encoder.forget(nodes)
 
+    def attempt_places(self) -> Dict[Tuple[str, int], Tuple[bool, str]]:
+        """An item still in ``todo/`` waits for an executor; a claimed one runs if its executor's
+        latest heartbeat lists it as started, else it waits behind another attempt there."""
+        out: Dict[Tuple[str, int], Tuple[bool, str]] = {}
+        try:
+            todo = set(os.listdir(self.paths.todo))
+        except OSError:
+            todo = set()
+        for item in todo & self._outstanding.keys():
+            out[self._outstanding[item]] = (False, "in queue/todo, not taken by an executor yet")
+        for m in list(self._members.values()):
+            try:
+                claimed = [n for n in os.listdir(self.paths.member(m.name, "claimed")) if n in self._outstanding]
+            except OSError:
+                continue
+            started = set((read_json(self.paths.member(m.name, "heartbeat")) or {}).get("started", ())) if claimed else set()
+            for item in claimed:
+                ran = item in started
+                out[self._outstanding[item]] = (
+                    ran,
+                    f"executor {m.describe()}" + ("" if ran else ", queued behind another attempt"),
+                )
+        return out
+
     def record_outcome(self, outcome: str) -> None:
         """Written into the stop marker: an executor started by hand after a successful run exits
         at once, after any other it waits for the rerun."""

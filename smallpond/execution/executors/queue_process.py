@@ -130,9 +130,12 @@ class ExecutorProcess:
 
     def beat(self) -> None:
         self.beats += 1
+        # the items a worker runs (the first it holds; the others wait behind it): the scheduler's
+        # stall warning tells them from those that wait
+        started = [self.items[w.running] for w in self.pool.workers if w.running in self.items] if self.pool else []
         write_json(
             self.paths.member(self.name, "heartbeat"),
-            {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "running": len(self.running)},
+            {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "started": started},
         )
         self._next_beat = time.monotonic() + self.settings.heartbeat
 
