@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -381,6 +382,23 @@ def test_an_executor_started_by_hand_after_a_run_ended_serves_the_rerun(queue_ex
         assert procs[0].wait(30) == 0
     finally:
         stop(procs)
+
+
+def test_an_executor_whose_queue_folder_is_removed_ends_as_the_job_did(queue_executor, make_rt):
+    # a session that ended removes queue/ with its intermediates, maybe before an executor started
+    # by hand read the end marker: its next heartbeat, finding no folder, is the job's end (exit
+    # 0), not a failure of the executor (it exited 70 on the FileNotFoundError)
+    from smallpond.execution.executors.queue_process import EX_OK, ExecutorProcess, _Exit
+
+    rt = make_rt()
+    queue_executor(rt)
+    with open(rt.layout.secret_path, "rb") as f:
+        executor = ExecutorProcess(rt.layout, f.read())
+    executor.register()
+    shutil.rmtree(QueuePaths(rt.layout).root)
+    with pytest.raises(_Exit) as info:
+        executor.beat()
+    assert (info.value.code, info.value.why) == (EX_OK, "the job's queue folder is gone")
 
 
 @pytest.mark.parametrize("outcome", [None, "interrupted", "failure"])  # None: a marker written before outcomes

@@ -133,10 +133,16 @@ class ExecutorProcess:
         # the items a worker runs (the first it holds; the others wait behind it): the scheduler's
         # stall warning tells them from those that wait
         started = [self.items[w.running] for w in self.pool.workers if w.running in self.items] if self.pool else []
-        write_json(
-            self.paths.member(self.name, "heartbeat"),
-            {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "started": started},
-        )
+        try:
+            write_json(
+                self.paths.member(self.name, "heartbeat"),
+                {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "started": started},
+            )
+        except FileNotFoundError:
+            if os.path.isdir(self.paths.root):
+                raise
+            # a session that ended removes its queue folder, maybe before this executor read its end
+            raise _Exit(EX_OK, "the job's queue folder is gone") from None
         self._next_beat = time.monotonic() + self.settings.heartbeat
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -179,7 +185,7 @@ class ExecutorProcess:
             self.state = "exited"
             try:
                 self.beat()
-            except OSError:
+            except (OSError, _Exit):
                 pass  # the job folder is gone
         (logger.info if code == EX_OK else logger.warning)("executor {} exits ({}): {}", self.name, code, why)
         return code
