@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from typing import Dict, List, Tuple
@@ -395,10 +396,41 @@ def test_an_executor_whose_queue_folder_is_removed_ends_as_the_job_did(queue_exe
     with open(rt.layout.secret_path, "rb") as f:
         executor = ExecutorProcess(rt.layout, f.read())
     executor.register()
-    shutil.rmtree(QueuePaths(rt.layout).root)
-    with pytest.raises(_Exit) as info:
-        executor.beat()
-    assert (info.value.code, info.value.why) == (EX_OK, "the job's queue folder is gone")
+    # the removal under way (the executors' folders go before queue/ itself), then done
+    for folder in (QueuePaths(rt.layout).member(executor.name), QueuePaths(rt.layout).root):
+        shutil.rmtree(folder)
+        with pytest.raises(_Exit) as info:
+            executor.beat()
+        assert (info.value.code, info.value.why) == (EX_OK, "the job's queue folder is gone")
+
+
+def test_an_executor_that_finds_the_queue_folder_removed_exits_and_does_not_make_it_again(queue_executor, make_rt, monkeypatch):
+    # it found the job, then the session ended and removed queue/ before it registered (its
+    # registration made the folders again, and it waited for queue/epoch forever); and one whose
+    # queue/epoch is gone while the folder is not (a removal under way) exits after the timeout
+    from smallpond.execution.executors.queue_process import EX_OK, ExecutorProcess
+
+    monkeypatch.setenv("SP_QUEUE_HEARTBEAT", "0.2")
+    monkeypatch.setenv("SP_QUEUE_TIMEOUT", "1")
+    rt = make_rt()
+    queue_executor(rt)
+    paths = QueuePaths(rt.layout)
+    with open(rt.layout.secret_path, "rb") as f:
+        secret = f.read()
+
+    def exit_code() -> int:
+        codes: List[int] = []
+        runner = threading.Thread(target=lambda: codes.append(ExecutorProcess(rt.layout, secret).run()), daemon=True)
+        runner.start()
+        runner.join(60)  # a hang guard (it waited forever), not a timing assertion
+        assert codes, "the executor did not exit"
+        return codes[0]
+
+    os.unlink(paths.epoch)
+    assert exit_code() == EX_OK
+    shutil.rmtree(paths.root)
+    assert exit_code() == EX_OK
+    assert not os.path.exists(paths.root)
 
 
 @pytest.mark.parametrize("outcome", [None, "interrupted", "failure"])  # None: a marker written before outcomes

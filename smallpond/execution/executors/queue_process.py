@@ -97,11 +97,16 @@ class ExecutorProcess:
         self._sched_beat: Optional[bytes] = None
         self._sched_seen = time.monotonic()
         self._ended_seen: Optional[float] = None  # when this executor found the job's last run ended
+        self._no_epoch = 0.0  # since when queue/epoch has been missing (0: it is there)
         self._create_time = psutil.Process().create_time()
 
     # -- registration and heartbeat ----------------------------------------------------------------
     def register(self) -> None:
-        os.makedirs(self.paths.member(self.name, "claimed"), mode=0o700, exist_ok=True)
+        try:  # not makedirs: a queue folder removed meanwhile (a session that ended) is not made again
+            os.mkdir(self.paths.member(self.name), 0o700)
+            os.mkdir(self.paths.member(self.name, "claimed"), 0o700)
+        except FileNotFoundError:
+            raise _Exit(EX_OK, "the job's queue folder is gone") from None
         self._load_runtime()
         self._write_info()
         self.beat()
@@ -139,9 +144,10 @@ class ExecutorProcess:
                 {"n": self.beats, "epoch": self.epoch, "state": self.state, "refresh": self.refresh, "started": started},
             )
         except FileNotFoundError:
-            if os.path.isdir(self.paths.root):
+            if os.path.isdir(self.paths.member(self.name)):
                 raise
-            # a session that ended removes its queue folder, maybe before this executor read its end
+            # a session that ended removes its queue folder (this one's first), maybe before this
+            # executor read the end marker
             raise _Exit(EX_OK, "the job's queue folder is gone") from None
         self._next_beat = time.monotonic() + self.settings.heartbeat
 
@@ -198,7 +204,13 @@ class ExecutorProcess:
         if meta is None:
             if not os.path.isdir(self.paths.root):
                 raise _Exit(EX_OK, "the job's queue folder is gone")
-            return  # being rewritten
+            # replaced by renames, it is missing only while the folder is being removed (or the
+            # filesystem failed to answer: allowed for the timeout)
+            self._no_epoch = self._no_epoch or now
+            if now - self._no_epoch > self.settings.timeout:
+                raise _Exit(EX_OK, "the job's queue folder is gone (no queue/epoch)")
+            return
+        self._no_epoch = 0.0
         stop = read_json(self.paths.stop)
         if stop is not None and int(stop.get("epoch", 0)) >= max(self.epoch, int(meta["epoch"])):
             if self.epoch >= 0 or self.bound_epoch is not None:
