@@ -28,7 +28,7 @@ from smallpond.execution.attempt import read_commit
 from smallpond.execution.planner import Planner
 from smallpond.execution.scheduler import Scheduler
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, PythonScriptNode
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, PythonScriptNode, SqlEngineNode
 from tests.processes import alive
 from tests.ray_cluster import OBJECT_STORE, RayTestCluster, get_cluster, ray_env
 
@@ -72,12 +72,15 @@ def record(
     return True
 
 
-def prepared(rt, parquet_files, n: int = 1, **kwargs) -> Tuple[List, Callable, Dict]:
-    """The ``n`` tasks of a PythonScriptNode running :func:`record`, their inputs (computed here),
-    and every planned task by key."""
+def prepared(rt, parquet_files, n: int = 1, sql: str = "", **kwargs) -> Tuple[List, Callable, Dict]:
+    """The ``n`` tasks of a PythonScriptNode running :func:`record` (or of a SqlEngineNode running
+    ``sql``), their inputs (computed here), and every planned task by key."""
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), n, partition_by_rows=True)
-    node = PythonScriptNode(ctx, (parts,), process_func=functools.partial(record, **kwargs))
+    if sql:
+        node = SqlEngineNode(ctx, (parts,), sql)
+    else:
+        node = PythonScriptNode(ctx, (parts,), process_func=functools.partial(record, **kwargs))
     planner = Planner(rt)
     tasks = planner.plan(node)
     upstream = sorted({k for t in tasks for k in t.input_keys})
@@ -194,6 +197,28 @@ def test_a_cancelled_attempt_that_carries_on_never_commits_and_leaves_no_files(c
     assert read_commit(rt, task) is None, "a cancelled attempt committed"
     base = task.output_base(rt)
     assert glob.glob(base + ".*") == [], "a cancelled attempt left its output behind"
+
+
+def test_a_cancelled_attempt_in_a_long_duckdb_query_stops(cluster, make_rt, parquet_files, tmp_path):
+    # a query of hours: the cancel interrupts it (a Python exception alone waits for its end)
+    rt = make_rt()
+    sql = "select max(md5((a.id + r.range)::varchar)) as m from {0} a, range(1000000000) r"
+    (task,), inputs, _ = prepared(rt, parquet_files, sql=sql)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        end = time.monotonic() + 60
+        while not logged(rt, f"start {task.key} attempt 0") and time.monotonic() < end:
+            assert ex.poll(0.2) == []
+        time.sleep(1)  # into the query
+        ex.cancel(task.key, 0)
+        end = time.monotonic() + 120  # a hang guard: uninterrupted, the query runs for hours
+        while not logged(rt, f"cancelled {task.key} attempt 0") and time.monotonic() < end:
+            assert ex.poll(0.2) == []
+    finally:
+        ex.shutdown()
+    assert logged(rt, f"cancelled {task.key} attempt 0"), "the query was not interrupted"
+    assert read_commit(rt, task) is None
 
 
 def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):

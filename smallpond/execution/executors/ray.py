@@ -30,12 +30,13 @@ Invariants:
   ``runtime_env`` of their own (the environment variable :data:`WORKER_GENERATION`): Ray runs
   them only in worker processes started for that environment, never in the user's own or in
   those of an earlier session, and a restart takes a new generation, so new worker processes.
-* **Cancelling asks.** An attempt is cancelled with ``ray.cancel(force=False)``: Ray drops it if it
-  has not started, else raises KeyboardInterrupt in it at its next Python instruction (a DuckDB
-  query runs on to its end first). A cancelled attempt never commits (it checks
-  ``is_canceled()`` before its commit record) and removes what it wrote. A force-cancel killed
-  the worker process instead, and raced with an attempt that finished meanwhile: Ray's core
-  worker then aborted the driver ("Tried to complete task that was not pending").
+* **Cancelling asks, and never through Ray.** ``ray.cancel`` on an attempt that may be running,
+  forced or not, races in Ray 2.60 with the attempt's reply, and Ray's core worker then aborts
+  the driver ("Tried to complete task that was not pending"). So a cancelled attempt is marked on
+  the shared data root and forgotten; the worker process sees the mark within a fraction of a
+  second and stops it: a KeyboardInterrupt in its code, an interrupt of its DuckDB queries, and
+  no commit record after that, whatever its code does
+  (:mod:`~smallpond.execution.executors.cancel_marks`).
 * **Shipping.** The runtime context and each node are put into Ray's object store once per job
   and node; an attempt carries references to them and its own small pickled body. A Ray worker
   process sets itself up once per job (task log sink, environment overrides, the driver's working
@@ -69,6 +70,7 @@ from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.executors.cancel_marks import CancelMarks, CancelWatch
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -264,8 +266,7 @@ def check_nodes(rt: RuntimeContext, nodes: List[RayNode], timeout: float = CHECK
     try:
         ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=timeout)
         problems, gone = finish_node_checks(rt, folder, token, refs, ready)
-        for ref in pending:
-            ray.cancel(ref)  # not started (its node is gone or full): dropped
+        for ref in pending:  # left as they are (see the module docstring on ray.cancel)
             problems.append(f"{refs[ref]}: did not answer within {timeout:.0f} s")
     finally:
         remove_path(folder)
@@ -279,19 +280,20 @@ def check_nodes(rt: RuntimeContext, nodes: List[RayNode], timeout: float = CHECK
 
 # -- the worker side ---------------------------------------------------------------------------------
 
-_worker_job: Dict[str, object] = {"key": None, "rt": None, "name": ""}
+_worker_job: Dict[str, object] = {"key": None, "rt": None, "name": "", "cancelled": ""}
 _worker_nodes = None  # a NodeCache, created with the first attempt
+_watch: Optional[CancelWatch] = None  # stops a cancelled attempt (one per process)
 
 
 def _setup_worker(job_ref) -> RuntimeContext:
     """Set this Ray worker process up for the job of ``job_ref`` (once per process and job)."""
-    global _worker_nodes
+    global _worker_nodes, _watch
     key = job_ref.hex()
     if _worker_job["key"] == key:
         return _worker_job["rt"]
     from smallpond.execution import attempt
     from smallpond.execution.attempt import install_task_log_sink
-    from smallpond.execution.ops.duckdb import share_database_in_process
+    from smallpond.execution.ops.duckdb import interrupt_connections, share_database_in_process
     from smallpond.execution.worker import NodeCache, setup_worker_process
 
     job = cloudpickle.loads(ray.get(job_ref))
@@ -299,11 +301,14 @@ def _setup_worker(job_ref) -> RuntimeContext:
     setup_worker_process(rt, "smallpond-ray-worker")
     install_task_log_sink(rt.file_log_level)
     share_database_in_process()
-    attempt.cancel_check = ray.get_runtime_context().is_canceled  # the running Ray task's (see cancel)
+    if _watch is None:
+        _watch = CancelWatch(interrupt_connections)
+    attempt.cancel_check = _watch.cancelled  # no commit record once cancelled
     if os.path.isdir(job["cwd"]):  # relative paths in a plan mean what they mean to the driver
         os.chdir(job["cwd"])
     ctx = ray.get_runtime_context()
-    _worker_job.update(key=key, rt=rt, name=f"{ray.util.get_node_ip_address()}/ray-node-{ctx.get_node_id()}/pid-{os.getpid()}")
+    name = f"{ray.util.get_node_ip_address()}/ray-node-{ctx.get_node_id()}/pid-{os.getpid()}"
+    _worker_job.update(key=key, rt=rt, name=name, cancelled=job["cancelled"])
     _worker_nodes = NodeCache()
     return rt
 
@@ -315,13 +320,20 @@ def _attempt_on_worker(job_box: list, node_box: list, body: bytes) -> Completion
     node_key = node_ref.hex()
     if node_key not in _worker_nodes:
         _worker_nodes.add(node_key, ray.get(node_ref))
+    from smallpond.execution.ops.duckdb import track_connections
     from smallpond.execution.worker import load_node
 
     task, inputs, attempt, memory = pickle.loads(body)
     failed = load_node(_worker_nodes, node_key, task, attempt, _worker_job["name"])
     if failed is not None:
         return failed
-    return run_attempt(rt, task, inputs, attempt, memory, _worker_job["name"])
+    track_connections()  # this attempt's, interrupted if it is cancelled
+    _watch.begin(_worker_job["cancelled"], task.key, attempt)
+    try:
+        return run_attempt(rt, task, inputs, attempt, memory, _worker_job["name"])
+    finally:
+        _watch.end()
+        track_connections()
 
 
 _attempt_remote = ray.remote(_attempt_on_worker)
@@ -362,6 +374,7 @@ class RayExecutor(Executor):
         self.nodes: Dict[str, RayNode] = {}
         self._capacity = Capacity(0, 0, 0)
         self._connected_here = False
+        self._marks: Optional[CancelMarks] = None
         self._generation: Optional[str] = None  # on the user's connection: this run's worker generation
         self._started = False
         self._job_ref = None
@@ -467,7 +480,9 @@ class RayExecutor(Executor):
                 len(nodes),
                 "; ".join(f"{n} with {n.cpus} CPU(s), {n.memory >> 20} MiB" for n in nodes.values()),
             )
-            job = {"rt": self.rt, "cwd": os.getcwd()}
+            # one folder of cancel marks per start: a rerun's attempt 0 is not the cancelled attempt 0 of a run before
+            self._marks = CancelMarks(os.path.join(self.rt.temp_root, f"ray-cancelled-{uuid.uuid4().hex[:12]}"))
+            job = {"rt": self.rt, "cwd": os.getcwd(), "cancelled": self._marks.folder}
             _ = self.rt.secret  # loaded now, so workers get it with the context
             self._job_ref = ray.put(cloudpickle.dumps(job))
         except BaseException:
@@ -501,13 +516,10 @@ class RayExecutor(Executor):
     def shutdown(self) -> None:
         # attempts still running are stopped: by Ray itself when this executor made the connection
         # (the disconnect ends the Ray job, whose worker processes Ray then kills), else each is
-        # cancelled (it never commits after that; see the module docstring)
-        by_ray = self._connected_here and ray.is_initialized()
-        for ref, _ in () if by_ray else list(self._inflight.values()):
-            try:
-                ray.cancel(ref)
-            except Exception:
-                pass
+        # cancelled (by its mark: see the module docstring)
+        if not (self._connected_here and ray.is_initialized()):
+            for key, attempt in list(self._inflight):
+                self.cancel(key, attempt)
         self._inflight.clear()
         self._by_ref.clear()
         self._node_refs.clear()
@@ -618,15 +630,15 @@ class RayExecutor(Executor):
         return Completion(task.key, attempt, False, None, error)
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
-        """Ask Ray to stop the attempt (not a force-cancel: see the module docstring); it stops at
-        its next Python instruction, or before it commits, and its outcome is not reported."""
+        """Mark the attempt cancelled, for its worker to stop it (not ``ray.cancel``: see the
+        module docstring); its outcome is not reported."""
         for k, a in [ka for ka in self._inflight if ka[0] == key and (attempt is None or ka[1] == attempt)]:
             ref, _ = self._inflight.pop((k, a))
             self._by_ref.pop(ref, None)
             try:
-                ray.cancel(ref)
-            except Exception as e:  # finished meanwhile, or its worker is gone already
-                logger.debug("cancel {} attempt {}: {}", k, a, e)
+                self._marks.mark(k, a)
+            except OSError as e:  # it runs to its end then; a loser's commit finds the winner's record
+                logger.warning("could not mark {} attempt {} cancelled: {}", k, a, e)
 
 
 def _first_line(e: BaseException) -> str:

@@ -16,7 +16,7 @@ import os
 import re
 import socket
 import string
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import MB, as_subquery, quote_literal
 from smallpond.errors import OutOfMemory, UserCodeError
@@ -134,6 +134,23 @@ def task_threads(task: Task, cpu_overcommit_ratio: float = 1.0) -> int:
     return max(1, int(round((task.threads or task.cpu_limit) * cpu_overcommit_ratio)))
 
 
+#: the DuckDB connections opened since :func:`track_connections` was last called, while tracking
+#: is on (a Ray worker, whose cancelled attempt has its queries interrupted from another thread)
+_tracked: Optional[list] = None
+
+
+def track_connections(enabled: bool = True) -> None:
+    """Start (or stop) keeping the connections :func:`open_connection` opens, forgetting those kept."""
+    global _tracked
+    _tracked = [] if enabled else None
+
+
+def interrupt_connections() -> None:
+    """Interrupt the queries running on the connections kept (see :func:`track_connections`)."""
+    for conn in list(_tracked or ()):
+        conn.interrupt()
+
+
 def share_database_in_process(enabled: bool = True) -> None:
     """Let SQL tasks in this process share one DuckDB database (workers turn this on)."""
     global _share_database
@@ -225,6 +242,8 @@ def open_connection(
         conn.execute("SET enable_progress_bar = false")
     if seeded or fresh:
         conn.execute(f"SELECT setseed({task.rand_seed_float * 2 - 1 if task.rand_seed_float else 0.0})").fetchall()
+    if _tracked is not None:
+        _tracked.append(conn)
     return conn
 
 

@@ -1,0 +1,99 @@
+"""Cancelling an attempt by asking it, through a marker file on the shared data root.
+
+The Ray backend cannot use ``ray.cancel`` on an attempt that may be running: in Ray 2.60, forced or
+not, it races with the attempt's reply in the driver's core worker, which then aborts the driver
+("Check failed: it != submissible_tasks_.end() Tried to complete task that was not pending"; seen
+here under SIGTERM with either). So the scheduler's side writes ``{folder}/{key}.{attempt}``
+(:meth:`CancelMarks.mark`) and forgets the attempt; in the worker process a :class:`CancelWatch`
+looks for the mark of the attempt it runs, a few times a second, and stops it:
+
+* a ``KeyboardInterrupt`` is raised in the thread running the attempt (at its next Python
+  instruction), and every DuckDB connection the attempt opened is interrupted (a long query
+  stops too);
+* the attempt asks :meth:`CancelWatch.cancelled` just before it writes its commit record (code
+  that swallowed the interrupt gets that far), and a cancelled one never commits; the output it
+  renamed into place is removed (:func:`~smallpond.execution.attempt.execute_attempt`).
+
+The folder is one per executor start (a token in its name), so a mark of an earlier run never
+cancels an attempt of the same number in a rerun. Ray learns nothing of this: the attempt's task
+ends as any other, and its result is not read.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from typing import Callable, Optional, Tuple
+
+#: how often a worker looks for the mark of the attempt it runs (seconds)
+POLL_SECONDS = 0.2
+
+
+def mark_path(folder: str, key: str, attempt: int) -> str:
+    return os.path.join(folder, f"{key}.{attempt}")
+
+
+class CancelMarks:
+    """The scheduler's side: ``mark`` an attempt as cancelled (the folder is made on first use)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._made = False
+
+    def mark(self, key: str, attempt: int) -> None:
+        if not self._made:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            self._made = True
+        with open(mark_path(self.folder, key, attempt), "wb"):
+            pass
+
+
+class CancelWatch:
+    """A worker process's side: stops the attempt it runs once its mark appears (module docstring).
+
+    ``interrupt`` is called (from the watching thread) when the mark is found, besides the
+    ``KeyboardInterrupt``: it interrupts what the Python exception cannot reach (DuckDB queries).
+    """
+
+    def __init__(self, interrupt: Optional[Callable[[], None]] = None) -> None:
+        self.interrupt = interrupt
+        self._lock = threading.Lock()
+        self._current: Optional[Tuple[str, int]] = None  # (mark path, thread id) of the attempt running
+        self._thread: Optional[threading.Thread] = None
+
+    def begin(self, folder: str, key: str, attempt: int) -> None:
+        """The calling thread starts running attempt ``attempt`` of ``key``."""
+        with self._lock:
+            self._current = (mark_path(folder, key, attempt), threading.get_ident())
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._watch, name="smallpond-cancel-watch", daemon=True)
+            self._thread.start()
+
+    def end(self) -> None:
+        with self._lock:
+            self._current = None
+
+    def cancelled(self) -> bool:
+        """Whether the attempt running now was cancelled (its mark exists)."""
+        current = self._current
+        return current is not None and os.path.exists(current[0])
+
+    def _watch(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(POLL_SECONDS):
+            with self._lock:
+                current = self._current
+                if current is None or not os.path.exists(current[0]):
+                    continue
+                self._current = (current[0], 0)  # stopped once; cancelled() still answers True
+                if current[1]:
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(current[1]), ctypes.py_object(KeyboardInterrupt))
+            if self.interrupt is not None:
+                try:
+                    self.interrupt()
+                except Exception:  # a connection closed meanwhile
+                    pass
+
+
+__all__ = ["CancelMarks", "CancelWatch", "mark_path", "POLL_SECONDS"]
