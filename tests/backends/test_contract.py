@@ -234,9 +234,9 @@ def test_resume_after_sigkill_of_the_driver(backend, tmp_path):
 def test_sigterm_interrupts_the_job_which_then_resumes(backend, tmp_path):
     # the same outcome on every backend (on Ray too, whose ray.init sets a SIGTERM handler of its
     # own): exit status 143, status interrupted, one line saying how to resume; the same command
-    # then runs only what did not finish. (On Ray the running attempts are cancelled by asking:
-    # a force-cancel raced with an attempt finishing, and Ray's core worker then aborted the
-    # driver, "Tried to complete task that was not pending", exit status 1.)
+    # then runs only what did not finish. (On Ray the running attempts are cancelled by a mark on
+    # the data root: ray.cancel, forced or not, raced with an attempt finishing, and Ray's core
+    # worker then aborted the driver, "Tried to complete task that was not pending", exit status 1.)
     job = counting_job(backend, tmp_path, 40, "--sleep", "0.2")
     with backend.job_side(COUNTING_JOB, job.job_id, job.data_root):
         proc = start(job.cmd, tmp_path, backend)
