@@ -221,3 +221,37 @@ def test_numpy_is_imported_and_seeded_for_tasks_that_run_user_python_only():
     seen = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
     assert seen[0]["SqlEngineTask"] is False and seen[0]["ArrowComputeTask"] is True
     assert seen[0]["draw"] == seen[1]["draw"]  # seeded: the same number in two processes
+
+
+IN_A_WORKER = ONLY_SQL_OR_PYTHON.replace(
+    "seen = {}",
+    """from smallpond.execution.task import process_owns_random_state
+process_owns_random_state()  # as a worker process does
+seen = {}
+task = tasks["ArrowComputeTask"]
+with seeded_random(task):
+    seen["before"] = "numpy.random" in sys.modules
+    import numpy
+    seen["lazy"] = float(numpy.random.random())  # imported by the task's code: seeded on import
+with seeded_random(task):
+    seen["again"] = float(numpy.random.random())  # imported before the task: seeded at its start
+print(json.dumps(seen))
+raise SystemExit(0)""",
+)
+
+
+def test_a_worker_seeds_numpy_when_the_tasks_code_first_imports_it():
+    # a worker imports numpy.random only if a task's code does (~0.1 s of CPU per worker that
+    # runs Python tasks without NumPy); imported by the code, it is seeded as if it were before
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+    runs = [subprocess.run([sys.executable, "-c", IN_A_WORKER], capture_output=True, text=True, env=env) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr[-2000:]
+    seen = [json.loads(r.stdout.strip().splitlines()[-1]) for r in runs]
+    assert seen[0]["before"] is False
+    assert seen[0]["lazy"] == seen[0]["again"] == seen[1]["lazy"]
