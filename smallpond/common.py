@@ -532,23 +532,30 @@ class _LoguruImportHook:
             sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.loader is not None:
-            spec.loader = _RunCallbacksAfter(spec.loader)
+            spec.loader = RunAfterExec(spec.loader, _after_loguru_import)
         return spec
 
 
-class _RunCallbacksAfter:
-    """A loader that runs the loguru callbacks after the module it wraps has executed."""
+def _after_loguru_import(module) -> None:
+    if not _SmallpondLogger._creating:  # else smallpond's logger runs them once it exists
+        _run_loguru_callbacks()
 
-    def __init__(self, inner) -> None:
+
+class RunAfterExec:
+    """A loader that calls ``after(module)`` once the module it wraps (``inner``) has executed: a
+    post-import hook, for a meta path finder to put on the spec the other finders return (used
+    for loguru here, and for ``numpy.random`` by :mod:`smallpond.execution.task`)."""
+
+    def __init__(self, inner, after) -> None:
         self.inner = inner
+        self.after = after
 
     def create_module(self, spec):
         return self.inner.create_module(spec)
 
     def exec_module(self, module) -> None:
         self.inner.exec_module(module)
-        if not _SmallpondLogger._creating:  # else smallpond's logger runs them once it exists
-            _run_loguru_callbacks()
+        self.after(module)
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)

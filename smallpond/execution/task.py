@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from smallpond.common import PARQUET_METADATA_KEY_PREFIX, imported_module
+from smallpond.common import PARQUET_METADATA_KEY_PREFIX, RunAfterExec, imported_module
 from smallpond.execution.runtime import JobId, RuntimeContext
 from smallpond.logical.dataset import DataSet
 
@@ -385,22 +385,10 @@ def _numpy_words(seed: bytes) -> List[int]:
     return [int.from_bytes(seed[i : i + 4], "big") for i in range(0, len(seed), 4)]
 
 
-class _SeedingLoader:
-    """numpy.random's own loader, which seeds the generator once the module has run."""
-
-    def __init__(self, loader) -> None:
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self.loader.exec_module(module)
-        if _numpy_seed is not None and hasattr(module, "seed"):
-            module.seed(_numpy_words(_numpy_seed))
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
+def _seed_imported_numpy(module) -> None:
+    """Seed ``numpy.random`` once its module has run (:class:`_SeedNumpyOnImport`)."""
+    if _numpy_seed is not None and hasattr(module, "seed"):
+        module.seed(_numpy_words(_numpy_seed))
 
 
 class _SeedNumpyOnImport:
@@ -424,7 +412,7 @@ class _SeedNumpyOnImport:
             self._finding = False
         if spec is None or spec.loader is None:
             return None
-        spec.loader = _SeedingLoader(spec.loader)
+        spec.loader = RunAfterExec(spec.loader, _seed_imported_numpy)
         return spec
 
 
