@@ -107,6 +107,14 @@ def wait_for(ex, n: int, deadline: float = 120) -> List:
     return out
 
 
+def wait_started(ex, log: str, key: str, attempt: int, deadline: float = 60) -> None:
+    """Poll ``ex`` (nothing may complete meanwhile) until ``log`` says the attempt started, or
+    ``deadline`` seconds passed."""
+    end = time.monotonic() + deadline
+    while not any(line.startswith(f"start {key} {attempt}") for line in lines(log)) and time.monotonic() < end:
+        assert ex.poll(0.1) == []
+
+
 def lines(path: str) -> List[str]:
     return open(path).read().split("\n")[:-1] if os.path.exists(path) else []
 
@@ -142,9 +150,7 @@ def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reporte
     ex = executor_for(rt)
     try:
         ex.submit(task, inputs(task), 0, memory=256 << 20)
-        end = time.monotonic() + 60
-        while not any(line.startswith(f"start {task.key} 0") for line in lines(log)) and time.monotonic() < end:
-            assert ex.poll(0.1) == []
+        wait_started(ex, log, task.key, 0)
         ex.submit(task, inputs(task), 1, memory=256 << 20)
         assert ex.free_slots() == 2
         (c,) = wait_for(ex, 1)
@@ -183,9 +189,7 @@ def test_a_cancelled_attempt_that_carries_on_never_commits_and_leaves_no_files(c
     ex = executor_for(rt)
     try:
         ex.submit(task, inputs(task), 0, memory=256 << 20)
-        end = time.monotonic() + 60
-        while not any(line.startswith(f"start {task.key} 0") for line in lines(log)) and time.monotonic() < end:
-            assert ex.poll(0.1) == []
+        wait_started(ex, log, task.key, 0)
         ex.cancel(task.key, 0)
         end = time.monotonic() + 60
         while not logged(rt, f"cancelled {task.key} attempt 0") and time.monotonic() < end:
