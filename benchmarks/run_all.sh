@@ -45,6 +45,7 @@ uptime | tee -a "$LOG"
 step python -m benchmarks.gray_sort --records 20M --partitions 16 --plan user --memory-limit 1GB
 step python -m benchmarks.gray_sort --records 5M --partitions 16 --plan user
 step python -m benchmarks.gray_sort --records 5M --partitions 16
+step python -m benchmarks.gray_sort --records 5M --partitions 16 --sort-engine duckdb
 # 2. hash partitioning: the user plan, 7.5M rows into 16
 step python -m benchmarks.hash_partition --rows 7.5M --partitions 16 --plan user
 # 3. start-up and small jobs: the README quick start on 1M rows (whole process), tiny SQL tasks

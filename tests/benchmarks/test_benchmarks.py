@@ -51,7 +51,8 @@ def test_split_points_give_the_bucket_expressions_buckets(npartitions):
     assert len(gray_sort.split_points(npartitions)) == npartitions - 1
 
 
-def test_gray_sort_plan_sorts_and_validates(tmp_path):
+@pytest.mark.parametrize("sort_engine", ["arrow", "duckdb"])
+def test_gray_sort_plan_sorts_and_validates(tmp_path, sort_engine):
     inputs = gray_sort.generate_input(str(tmp_path / "data"), 30_000, 3, seed=1, executors=2)
     assert len(inputs) == 1  # 30k records fit one generated chunk
     summary = gray_sort.summarize(inputs)
@@ -60,10 +61,11 @@ def test_gray_sort_plan_sorts_and_validates(tmp_path):
     with pytest.raises(gray_sort.ValidationError):
         gray_sort.validate_sorted(summary, inputs)
 
-    plan = gray_sort.gray_sort_plan(inputs, 5, compression="zstd")
+    plan = gray_sort.gray_sort_plan(inputs, 5, compression="zstd", sort_engine=sort_engine)
     exec_plan = common.run_plan(plan, str(tmp_path / "jobs"), 2)
     files = gray_sort.sorted_output_files(exec_plan)
     assert len(files) == 5
+    assert {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files} == {"ZSTD"}
     result = gray_sort.validate_sorted(summary, files)
     assert result["records"] == 30_000
     # partitions out of order are caught
@@ -73,6 +75,33 @@ def test_gray_sort_plan_sorts_and_validates(tmp_path):
     out = str(tmp_path / "duckdb.parquet")
     gray_sort.duckdb_sort(inputs, out, threads=2, memory_limit=None, compression="snappy", temp_dir=str(tmp_path / "tmp"))
     assert gray_sort.validate_sorted(summary, [out])["checksum"] == summary["checksum"]
+
+
+def test_the_arrow_sort_orders_keys_by_all_ten_bytes():
+    """``_sort_by_key`` sorts by the keys' first 8 bytes as an integer; keys sharing those 8 bytes
+    must still come out in the order of their last 2 (and keys of other types by Arrow)."""
+    import random
+
+    import pyarrow as pa
+
+    rng = random.Random(5)
+    keys = [rng.randbytes(10) for _ in range(300)]
+    keys += [b"\x80" * 8 + bytes([b, a]) for a in range(3) for b in (9, 0, 255)]  # shared prefixes
+    keys += [b"\xff" * 10, b"\x00" * 10, b"\x00" * 10]
+    rng.shuffle(keys)
+    table = pa.table(
+        {
+            "key": pa.array(keys, pa.binary(10)),
+            "payload": pa.array([bytes([i % 256]) * 90 for i in range(len(keys))], pa.binary(90)),
+        }
+    )
+    for t in (table, table.slice(7), pa.concat_tables([table.slice(0, 100), table.slice(100)])):
+        out = gray_sort._sort_by_key(None, [t])
+        assert out.column("key").to_pylist() == sorted(t.column("key").to_pylist())
+        assert sorted(zip(*out.to_pydict().values())) == sorted(zip(*t.to_pydict().values()))
+    variable = table.cast(pa.schema([("key", pa.binary()), ("payload", pa.binary(90))]))
+    assert gray_sort._sort_by_key(None, [variable]).column("key").to_pylist() == sorted(keys)
+    assert gray_sort._sort_by_key(None, [table.slice(0, 0)]).num_rows == 0
 
 
 def test_gray_sort_plan_shuffles_with_one_producer_per_input_file(tmp_path):
