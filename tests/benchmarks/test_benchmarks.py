@@ -65,7 +65,9 @@ def test_gray_sort_plan_sorts_and_validates(tmp_path, sort_engine):
     exec_plan = common.run_plan(plan, str(tmp_path / "jobs"), 2)
     files = gray_sort.sorted_output_files(exec_plan)
     assert len(files) == 5
-    assert {pq.ParquetFile(f).metadata.row_group(0).column(0).compression for f in files} == {"ZSTD"}
+    # the same Parquet as DuckDB's sort writes: compression and physical types (BLOBs are BYTE_ARRAY)
+    columns = [pq.ParquetFile(f).metadata.row_group(0).column(i) for f in files for i in (0, 1)]
+    assert {(c.compression, c.physical_type) for c in columns} == {("ZSTD", "BYTE_ARRAY")}
     result = gray_sort.validate_sorted(summary, files)
     assert result["records"] == 30_000
     # partitions out of order are caught
@@ -98,6 +100,7 @@ def test_the_arrow_sort_orders_keys_by_all_ten_bytes():
     for t in (table, table.slice(7), pa.concat_tables([table.slice(0, 100), table.slice(100)])):
         out = gray_sort._sort_by_key(None, [t])
         assert out.column("key").to_pylist() == sorted(t.column("key").to_pylist())
+        assert out.schema.types == [pa.binary(), pa.binary()]  # what DuckDB reads and writes
         assert sorted(zip(*out.to_pydict().values())) == sorted(zip(*t.to_pydict().values()))
     variable = table.cast(pa.schema([("key", pa.binary()), ("payload", pa.binary(90))]))
     assert gray_sort._sort_by_key(None, [variable]).column("key").to_pylist() == sorted(keys)
