@@ -12,7 +12,9 @@ An attempt the scheduler submitted has not always started: it may wait on a work
 attempt, or in the queue backend's ``todo/`` for an executor to take it. The backend says which
 attempts have started and where (:meth:`~smallpond.execution.executors.base.Executor.attempt_places`:
 the worker process, the executor); the warning names those as running, with that place, and the
-others as waiting to start, with what they wait for.
+others as waiting to start, with what they wait for. Where the backend can (the embedded one,
+:mod:`~smallpond.execution.stacks`), the warning also shows the Python stack of each attempt it
+names as running: the line a hung task is stuck on.
 
 Invariants: it only reads the scheduler's state (a listener never changes it); nothing is logged
 while nothing runs (a job waiting for executors or for another job's cache entry says so
@@ -83,15 +85,34 @@ class StallLog(SchedulerListener):
         lines = _named(state, sorted(started), now, "running{}", " on {}")
         lines += _named(state, sorted(waiting), now, "waiting to start{}", ": {}")
         also = f" and {len(waiting)} waiting to start" if waiting else ""
+        where = self._stacks([(key, attempt) for _, key, attempt, _ in sorted(started)[:MAX_NAMED]])
         logger.warning(
-            "no task has finished for {:.0f} s; {} attempt(s) still running{}:\n{}\n"
-            "Tasks are not timed out: if one hangs, stop the job (Ctrl-C) and rerun it to resume "
-            "(py-spy dump --pid <worker pid> shows where a Python task is); SP_STALL_LOG=off silences this",
+            "no task has finished for {:.0f} s; {} attempt(s) still running{}:\n{}\n{}"
+            "Tasks are not timed out: if one hangs, stop the job (Ctrl-C) and rerun it to resume{}; "
+            "SP_STALL_LOG=off silences this",
             quiet,
             len(started),
             also,
             "\n".join(lines),
+            where,
+            "" if where else " (py-spy dump --pid <worker pid> shows where a Python task is)",
         )
+
+    def _stacks(self, attempts: list) -> str:
+        """Where each of ``attempts`` is, from its worker's stack (if the backend can tell)."""
+        if self.executor is None or not attempts:
+            return ""
+        try:
+            stacks = self.executor.attempt_stacks(attempts)
+        except Exception as e:  # a log line never fails a job
+            logger.debug("stall warning: the executor cannot give its attempts' stacks: {!r}", e)
+            return ""
+        parts = []
+        for key, attempt in attempts:
+            text = stacks.get((key, attempt))
+            if text:
+                parts.append(f"Where {key} (attempt {attempt}) is now, innermost call first:\n" + _indent(text) + "\n")
+        return "".join(parts)
 
     def _places(self) -> dict:
         if self.executor is None:
@@ -101,6 +122,10 @@ class StallLog(SchedulerListener):
         except Exception as e:  # a log line never fails a job
             logger.debug("stall warning: the executor cannot say where its attempts are: {!r}", e)
             return {}
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def _named(state, attempts: list, now: float, what: str, where: str) -> list:

@@ -35,6 +35,7 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
     """
     import cloudpickle
 
+    from smallpond.execution import stacks
     from smallpond.execution.attempt import _fast_pickle, install_task_log_sink, run_attempt
     from smallpond.execution.executors.base import Completion
     from smallpond.execution.ops.duckdb import open_shared_database, share_database_in_process
@@ -43,6 +44,7 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     rt = _load_runtime_ctx(rt_path)
     setup_worker_process(rt, f"smallpond-worker-{index}")
+    stacks.enable(rt.temp_root)  # where a task is, when the stall warning asks
     install_task_log_sink(rt.file_log_level)
     process_owns_random_state()
     share_database_in_process()

@@ -52,7 +52,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
 from smallpond.execution.task import Task
@@ -179,7 +179,45 @@ class Executor:
         a backend cannot place is left out (it counts as running). Asked rarely; may read files."""
         return {}
 
+    def attempt_stacks(self, attempts: Sequence[Tuple[str, int]]) -> Dict[Tuple[str, int], str]:
+        """The Python stack of each of ``attempts`` that runs (for the stall warning): the frames
+        of the thread running it, innermost first. A backend that cannot tell leaves attempts
+        out. Asked rarely; may take a second."""
+        return {}
+
     def describe(self) -> str:
         """One line for logs: the backend and where its workers are."""
         c = self.capacity
         return f"{self.name}: {c.num_workers} worker(s), {c.num_cpus} CPU(s), {c.memory // (1 << 20)} MiB"
+
+
+_KEEP_FILES_PICKLER = None
+
+
+def pickle_for_workers(obj) -> bytes:
+    """``cloudpickle.dumps(obj)`` for sending to workers, keeping the source file of the functions
+    it pickles by value (those of the user's script): cloudpickle writes ``<dynamic-code>`` in
+    their place, so a traceback or a stack from a worker would show ``File "<dynamic-code>", line
+    7`` instead of the script's path and the line's text."""
+    global _KEEP_FILES_PICKLER
+    import io
+    import pickle
+
+    if _KEEP_FILES_PICKLER is None:
+        import types
+
+        import cloudpickle
+
+        class KeepFiles(cloudpickle.Pickler):
+            def reducer_override(self, o):
+                if type(o) is types.CodeType:
+                    reduce = self.dispatch_table.get(types.CodeType)
+                    if reduce is not None:
+                        rebuild, args = reduce(o)
+                        return rebuild, tuple(o.co_filename if isinstance(a, str) and a == "<dynamic-code>" else a for a in args)
+                return super().reducer_override(o)
+
+        _KEEP_FILES_PICKLER = KeepFiles
+    buf = io.BytesIO()
+    _KEEP_FILES_PICKLER(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return buf.getvalue()

@@ -29,7 +29,7 @@ import cloudpickle
 
 from smallpond.common import logger
 from smallpond.errors import TaskError, WorkerLost
-from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_for_workers
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
@@ -125,7 +125,7 @@ class TaskEncoder:
         if entry is not None:
             return entry[0], False
         key = self._next_key
-        self.blobs[key] = cloudpickle.dumps(node)
+        self.blobs[key] = pickle_for_workers(node)
         self._next_key += 1
         self._node_keys[id(node)] = (key, node)
         return key, True
@@ -363,6 +363,7 @@ class LocalExecutor(Executor):
             w.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             pass
+        self._forget_worker(w)
         fresh = self._spawn(may_fork)
         pending, w.inflight = list(w.inflight), deque()
         if lose_head and pending:
@@ -399,6 +400,15 @@ class LocalExecutor(Executor):
                 out[(key, attempt)] = (i == 0, where)
         return out
 
+    def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
+        """Each running attempt's stack, from its worker's faulthandler (:mod:`~smallpond.execution.stacks`)."""
+        from smallpond.execution import stacks
+
+        wanted = set(attempts)
+        pids = {w.running: w.pid for w in self.workers if w.running in wanted}
+        dumps = stacks.request(self.rt.temp_root, pids)
+        return {key: stacks.attempt_frames(text) for key, text in dumps.items()}
+
     def restart_workers(self, why: str) -> None:
         if not self.workers:
             return
@@ -421,7 +431,14 @@ class LocalExecutor(Executor):
                 w.conn.close()
             except OSError:
                 pass
+            self._forget_worker(w)
         self.workers = []
+
+    def _forget_worker(self, w: _Worker) -> None:
+        """What a worker that has ended leaves behind: its stack dump file."""
+        from smallpond.execution import stacks
+
+        stacks.remove(self.rt.temp_root, w.pid)
 
 
 def exit_text(code: Optional[int]) -> str:

@@ -69,7 +69,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
-from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_for_workers
 from smallpond.execution.executors.cancel_marks import CancelMarks, CancelWatch
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
 from smallpond.execution.runtime import RuntimeContext
@@ -579,7 +579,7 @@ class RayExecutor(Executor):
         try:
             entry = self._node_refs.get(id(node))
             if entry is None:
-                entry = (ray.put(cloudpickle.dumps(node)), node)
+                entry = (ray.put(pickle_for_workers(node)), node)
                 self._node_refs[id(node)] = entry
             body = encode_attempt(task, inputs, attempt, mem)
         except Exception as e:

@@ -1,0 +1,186 @@
+"""The stall warning shows where a running task is: its worker's Python stack, dumped by
+faulthandler on request (smallpond.execution.stacks). Real jobs on the embedded backend."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pyarrow as pa
+
+from smallpond.execution import stacks
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan
+
+
+def _waits_in_here():
+    time.sleep(4)
+
+
+def _hangs(runtime_ctx, tables):
+    _waits_in_here()
+    return pa.table({"x": [1]})
+
+
+def _backtracking_length(seconds: float) -> int:
+    """A length of ``"a" * n`` on which ``(a+)+b`` backtracks for about ``seconds`` (doubling per
+    character), measured here."""
+    n = 16
+    while True:
+        t0 = time.perf_counter()
+        re.fullmatch(r"(a+)+b", "a" * n)
+        took = time.perf_counter() - t0
+        if took > 0.05:
+            break
+        n += 1
+    while took < seconds:
+        n, took = n + 1, took * 2
+    return n
+
+
+def _in_c_with_the_gil(n):
+    def process(runtime_ctx, tables):
+        re.fullmatch(r"(a+)+b", "a" * n)  # one C call that holds the GIL throughout
+        return pa.table({"x": [1]})
+
+    return process
+
+
+def _stall_warnings(tmp_path, monkeypatch, log_messages, func):
+    monkeypatch.setenv("SP_STALL_LOG", "1")
+    ctx = Context()
+    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, None),), process_func=func)
+    rt = make_runtime_ctx(None, None, str(tmp_path))
+    run_job(LogicalPlan(ctx, node), rt)
+    return rt, [m for m in log_messages if "still running" in m]
+
+
+def test_the_stall_warning_shows_the_line_a_task_waits_on(tmp_path, monkeypatch, log_messages):
+    rt, stalls = _stall_warnings(tmp_path, monkeypatch, log_messages, _hangs)
+    assert stalls, log_messages
+    text = stalls[0]
+    assert re.search(r"Where ArrowComputeTask-\S+ \(attempt 0\) is now, innermost call first:", text), text
+    frames = text.split("innermost call first:", 1)[1]
+    # the innermost frames first: the sleep's caller, then the task's function, in this file
+    assert frames.index("_waits_in_here") < frames.index("_hangs"), frames
+    assert __file__ in frames and "run_attempt" in frames
+    assert "py-spy" not in text  # the hint is for backends that cannot show the stack
+    # the worker's dump file goes with the worker
+    assert not list((tmp_path.glob("*/temp/stacks/*.txt"))), list(tmp_path.glob("*/temp/stacks/*"))
+
+
+def test_a_task_holding_the_gil_in_c_code_shows_its_stack_too(tmp_path, monkeypatch, log_messages):
+    # a Python thread asked to dump would wait for the GIL until the call returns; the signal
+    # handler of faulthandler writes while it is held
+    n = _backtracking_length(3.0)
+    _, stalls = _stall_warnings(tmp_path, monkeypatch, log_messages, _in_c_with_the_gil(n))
+    assert stalls, log_messages
+    frames = stalls[0].split("innermost call first:", 1)[1]
+    assert "in fullmatch" in frames and "in process" in frames, frames
+
+
+def test_a_process_without_a_dump_file_is_never_signalled(tmp_path):
+    # SIGUSR1 ends a process that did not register a handler: only workers that wrote their file
+    # (enable) are asked
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.2)
+        assert stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3) == {}
+        time.sleep(0.2)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_registered_process_dumps_on_request(tmp_path):
+    code = (
+        "import sys, time\n"
+        "from smallpond.execution import stacks\n"
+        "stacks.enable(sys.argv[1])\n"
+        "print('ready', flush=True)\n"
+        "def run_attempt():\n"
+        "    time.sleep(30)\n"
+        "run_attempt()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        dumps = stacks.request(str(tmp_path), {("t", 0): proc.pid})
+        frames = stacks.attempt_frames(dumps[("t", 0)])
+        assert frames.splitlines()[0].startswith("Current thread") or "Thread" in frames.splitlines()[0]
+        assert "in run_attempt" in frames and proc.poll() is None
+        # a second request gets the new dump only
+        again = stacks.request(str(tmp_path), {"k": proc.pid})
+        assert again["k"].count("in run_attempt") == 1
+    finally:
+        proc.kill()
+        proc.wait()
+    stacks.remove(str(tmp_path), proc.pid)
+    assert not (tmp_path / "stacks" / f"{proc.pid}.txt").exists()
+
+
+def test_attempt_frames_keeps_the_attempts_thread_and_cuts_long_stacks():
+    dump = (
+        "Thread 0x1 (most recent call first):\n"
+        '  File "threading.py", line 1 in wait\n'
+        "\n"
+        "Current thread 0x2 (most recent call first):\n"
+        + "".join(f'  File "u.py", line {i} in f{i}\n' for i in range(40))
+        + '  File "attempt.py", line 9 in run_attempt\n'
+    )
+    out = stacks.attempt_frames(dump, max_lines=10)
+    assert out.startswith("Current thread 0x2") and "wait" not in out
+    assert out.splitlines()[-1] == "  ... (32 more lines)"
+    assert stacks.attempt_frames("Thread 0x1:\n  File x") == "Thread 0x1:\n  File x"
+
+
+_FAILING_SCRIPT = """
+import pyarrow as pa
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan
+
+
+def divide(x):
+    return 1 / x
+
+
+def process(runtime_ctx, tables):
+    divide(0)
+    return pa.table({"x": [1]})
+
+
+if __name__ == "__main__":
+    import sys
+
+    ctx = Context()
+    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, None),), process_func=process)
+    run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, sys.argv[1]), max_retry_count=0)
+"""
+
+
+def test_a_task_traceback_names_the_users_script_and_line(tmp_path):
+    # the script's functions travel by value (its __main__ is not importable in a worker);
+    # cloudpickle writes "<dynamic-code>" for their file, which the traceback then showed
+    script = tmp_path / "my_job.py"
+    script.write_text(_FAILING_SCRIPT)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path / "root")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "ZeroDivisionError" in proc.stderr
+    (log,) = tmp_path.glob("root/*/log/tasks/ArrowComputeTask-*.log")
+    text = log.read_text()
+    assert f'File "{script}", line 8, in divide\n    return 1 / x' in text, text
+    assert "<dynamic-code>" not in text
+
+
+def test_pickle_for_workers_keeps_the_file_of_functions_pickled_by_value():
+    import pickle
+
+    from smallpond.execution.executors.base import pickle_for_workers
+
+    namespace = {"__name__": "not_importable_module"}
+    exec(compile("def outer():\n    def inner():\n        return 1\n    return inner\n", "/some/script.py", "exec"), namespace)
+    outer = pickle.loads(pickle_for_workers(namespace["outer"]))
+    assert outer.__code__.co_filename == "/some/script.py"
+    assert outer().__code__.co_filename == "/some/script.py" and outer()() == 1
