@@ -2,7 +2,7 @@
 
 A local worker registers :mod:`faulthandler` on ``SIGUSR1`` when it starts (:func:`enable`): the
 signal makes it write every thread's Python stack into its own file under
-``temp/stacks/{pid}.txt``. faulthandler writes from its C signal handler, so the stack comes out
+``temp/stacks/{host}-{pid}.txt``. faulthandler writes from its C signal handler, so the stack comes out
 while the task runs, including when a thread holds the GIL inside C code (a regular expression
 that backtracks, a C extension's loop), where a Python thread asked to dump would wait.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from typing import Dict, Hashable, List, Optional
 
@@ -24,11 +25,13 @@ SIGNAL = getattr(signal, "SIGUSR1", None)
 #: at most this many lines of one worker's dump are shown in a warning
 MAX_LINES = 30
 
+_HOST = socket.gethostname().replace(os.sep, "_")
 _file = None  # the open dump file of this process (faulthandler keeps only its descriptor)
 
 
 def stack_path(temp_root: str, pid: int) -> str:
-    return os.path.join(temp_root, "stacks", f"{pid}.txt")
+    """The dump file of process ``pid`` of this host (temp/ may be shared by several hosts)."""
+    return os.path.join(temp_root, "stacks", f"{_HOST}-{pid}.txt")
 
 
 def enable(temp_root: str) -> None:

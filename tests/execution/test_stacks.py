@@ -3,6 +3,7 @@ faulthandler on request (smallpond.execution.stacks). Real jobs on the embedded 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -119,7 +120,8 @@ def test_a_registered_process_dumps_on_request(tmp_path):
         proc.kill()
         proc.wait()
     stacks.remove(str(tmp_path), proc.pid)
-    assert not (tmp_path / "stacks" / f"{proc.pid}.txt").exists()
+    assert not os.path.exists(stacks.stack_path(str(tmp_path), proc.pid))
+    assert not list(tmp_path.glob("stacks/*"))
 
 
 def test_attempt_frames_keeps_the_attempts_thread_and_cuts_long_stacks():
