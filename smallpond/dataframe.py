@@ -186,7 +186,7 @@ class DataFrame:
     def _result_schema(self):
         import pyarrow.parquet as pq
 
-        from smallpond.io.arrow import read_columns_schema
+        from smallpond.io.arrow import empty_table, read_columns_schema
 
         datasets = self._datasets()
         for ds in datasets:
@@ -195,7 +195,7 @@ class DataFrame:
                     schema = read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata()
                 else:
                     schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
-                return _nullable(schema.empty_table()).schema
+                return _nullable(empty_table(schema)).schema
         return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 
     def _num_partitions_str(self) -> str:
@@ -689,9 +689,9 @@ def _conform(table, schema):
     """``table`` with each column that ``schema`` has cast to its type there (string types as large)."""
     import pyarrow as pa
 
-    from smallpond.io.arrow import cast_columns_to_large_string
+    from smallpond.io.arrow import cast_columns_to_large_string, empty_table
 
-    target = cast_columns_to_large_string(schema.empty_table()).schema
+    target = cast_columns_to_large_string(empty_table(schema)).schema
     columns = [
         table.column(i).cast(target.field(name).type) if name in target.names else table.column(i)
         for i, name in enumerate(table.column_names)

@@ -121,6 +121,7 @@ def find_errors(
     from smallpond.execution.ops.partition import check_key_columns, partition_key_expr
     from smallpond.execution.ops.range import key_column_of
     from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql
+    from smallpond.io.arrow import empty_table
     from smallpond.logical.node import HashPartitionNode, ProjectionNode, RangePartitionNode
 
     schemas: Dict[int, object] = {}
@@ -173,7 +174,7 @@ def find_errors(
                 continue
             if isinstance(node, HashPartitionNode) and not node.random_shuffle and len(inputs) == 1:
                 name = f"__plan_check_{int(node.id)}"
-                conn.register(name, inputs[0].empty_table())
+                conn.register(name, empty_table(inputs[0]))  # (Schema.empty_table imports pandas)
                 expr, _ = partition_key_expr(node, inputs[0].names)
                 what = node.hash_columns if node.hash_columns else node.data_partition_column
                 try:

@@ -172,6 +172,7 @@ def render_sql(node, inputs: List[object], conn, query: Optional[str] = None) ->
     """``node``'s query (or ``query``, run by ``node``) as a task would run it, over empty tables
     (registered on ``conn``) typed like ``inputs``; placeholders that vary per task are 0."""
     from smallpond.execution.ops.duckdb import render_query
+    from smallpond.io.arrow import empty_table
 
     if query is None:
         if node.udf_contexts:
@@ -182,7 +183,7 @@ def render_sql(node, inputs: List[object], conn, query: Optional[str] = None) ->
     views = []
     for i, schema in enumerate(inputs):
         name = f"__schema_input_{int(node.id)}_{i}"
-        conn.register(name, schema.empty_table())
+        conn.register(name, empty_table(schema))  # (Schema.empty_table imports pandas)
         views.append(name)
     fields = {f for _, f, _, _ in string.Formatter().parse(query) if f and not f.isdigit()}
     named: Dict[str, object] = {f: 0 for f in fields}  # partition dimensions, batch index, ...
@@ -210,9 +211,10 @@ def _hash_partition_schema(node: HashPartitionNode, schema):
 
 def _projection_schema(node: ProjectionNode, schema, conn):
     from smallpond.common import quote_identifier
+    from smallpond.io.arrow import empty_table
 
     name = f"__schema_projection_{int(node.id)}"
-    conn.register(name, schema.empty_table())
+    conn.register(name, empty_table(schema))
     cols = node.columns if node.columns else ["*"]
     select = ", ".join(c if c == "*" else quote_identifier(c) if c in schema.names else c for c in cols)
     extra = {"filename": "'' AS filename", "file_row_number": "CAST(0 AS BIGINT) AS file_row_number"}

@@ -296,3 +296,35 @@ def test_queries_reading_files_themselves_are_recognised():
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)
+
+
+_CHECK_IN_A_FRESH_PROCESS = """
+import sys, threading
+import pyarrow.parquet as pq
+from smallpond.execution import plancheck
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context, DataSourceNode, HashPartitionNode, LogicalPlan, ProjectionNode, ShuffleNode, SqlEngineNode
+)
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet([sys.argv[1]]))
+sql = SqlEngineNode(ctx, (src,), "select id, key, id % 3 as b from {0}")
+hashed = HashPartitionNode(ctx, (ProjectionNode(ctx, sql, ["id", "key", "b"]),), 3, "key")
+shuffled = ShuffleNode(ctx, (hashed,), 3, data_partition_column="b")
+nodes = [src, sql, hashed.input_deps[0], hashed, shuffled]
+assert plancheck.find_errors(nodes, threading.Event()) == []
+print("pandas" in sys.modules)
+"""
+
+
+def test_the_check_does_not_import_pandas(parquet_files):
+    # pyarrow's Schema.empty_table() imports pandas (pa.array's check for pandas objects): ~0.25 s
+    # of CPU in the scheduler's process of every job longer than the delay, beside its workers
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHECK_IN_A_FRESH_PROCESS, parquet_files[0]], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False"], proc.stdout
