@@ -30,7 +30,7 @@ Invariants:
   end. A full hash is not taken on reuse (it would read every byte of every reused output). An
   entry that fails is removed and the task runs. Damage in the middle of a file that keeps its
   size and time (bit rot) is not seen here: the consumer's read fails, the scheduler recomputes
-  the producer without the cache (:func:`~smallpond.execution.attempt.unreadable_intermediates`)
+  the producer without the cache (:func:`~smallpond.execution.attempt_files.unreadable_intermediates`)
   and its new output replaces the entry.
 * **A reused file is never published as a link.** :meth:`TaskCache.link_into` marks the output
   directory it links (:data:`LINKED_MARKER`); a sink copies the files it finds there

@@ -260,7 +260,7 @@ def test_a_failed_tasks_input_files_are_named_once_each(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from smallpond.execution.attempt import _input_files
+    from smallpond.execution.attempt_files import input_files as _input_files
 
     a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
     for path in (a, b):
