@@ -521,7 +521,7 @@ def execute_attempt(
         sink_id = logger.add(loguru_file_path(log_path), level=rt.file_log_level, enqueue=False)
     start = time.time()
     cpu_start = time.process_time()
-    tmp = final = None
+    tmp = final = watch = None
     try:
         started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
         if task.threads:
@@ -531,6 +531,10 @@ def execute_attempt(
         else:
             logger.info(started)
         task.inject_fault()
+        if rt.enforce_memory_limit:  # a thread that stops the attempt once it uses more than ``memory``
+            from smallpond.execution.memory_watch import watch_attempt
+
+            watch = watch_attempt(rt, task, attempt, task.memory_limit)
         if task.writes_output:
             # each attempt writes into a directory of its own, renamed from a temp name once every
             # file is complete; the commit record says which attempt's directory is the output
@@ -544,6 +548,7 @@ def execute_attempt(
             task._runtime_output_abspath = tmp
             with seeded_random(task):
                 ds = task.run(rt, inputs, tmp)
+            _end_memory_watch(watch)
             task.inject_fault()
             os.rename(tmp, final)
             tmp = None
@@ -552,6 +557,7 @@ def execute_attempt(
         else:
             with seeded_random(task):
                 ds = task.run(rt, inputs, None)
+            _end_memory_watch(watch)
             task.inject_fault()
         elapsed = time.time() - start
         task.stats["bytes"] = bytes_written(ds)
@@ -589,6 +595,9 @@ def execute_attempt(
             record = _load_record(rt, commit_path(rt, task.key))
             if record is None or record.get("output_dir") != final:
                 remove_path(final)
+        oom = watch.end() if watch is not None else None
+        if oom is not None:  # the watch's interrupt, or what it caused (an interrupted query), is running out of memory
+            e = oom.with_traceback(e.__traceback__)
         err = to_task_error(task, attempt, e, inputs)
         if cancel_check is not None and cancel_check():
             logger.info("cancelled {} attempt {} ({}): the scheduler stopped it", task.key, attempt, type(e).__name__)
@@ -617,6 +626,14 @@ def execute_attempt(
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _end_memory_watch(watch) -> None:
+    """Stop watching the memory of an attempt whose code returned; raise its OutOfMemory if the
+    watch stopped it (code that swallowed the interrupt never commits)."""
+    oom = watch.end() if watch is not None else None
+    if oom is not None:
+        raise oom
 
 
 def _test_crash_point(point: str, task: Task) -> None:
@@ -652,6 +669,10 @@ def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: 
     except (SystemExit, KeyboardInterrupt) as e:
         if not is_code_exit(e):
             raise
+        if rt.enforce_memory_limit:  # the memory watch's interrupt, raised as the attempt was failing otherwise
+            from smallpond.execution.memory_watch import error_of
+
+            e = error_of(e)
         error = to_task_error(task, attempt, e, inputs)
         return Completion(task.key, attempt, False, None, error, time.time() - start, worker, start, stats)
     return Completion(task.key, attempt, True, ds, None, time.time() - start, worker, start, stats)

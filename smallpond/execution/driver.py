@@ -72,7 +72,6 @@ NO_EFFECT = (
     "memory_allocator",
     "memory_purge_delay",
     "bind_numa_node",
-    "enforce_memory_limit",
     "share_log_analytics",
 )
 
@@ -196,7 +195,11 @@ class Driver:
         )
         p.add_argument("--memory_purge_delay", type=int, default=10000)
         p.add_argument("--bind_numa_node", action="store_true")
-        p.add_argument("--enforce_memory_limit", action="store_true")
+        p.add_argument(
+            "--enforce_memory_limit",
+            action="store_true",
+            help="stop an attempt whose Python/Arrow/numpy code uses more memory than its limit (OutOfMemory, retried)",
+        )
         p.add_argument("--enable_log_analytics", dest="share_log_analytics", action="store_true", default=None)
         p.add_argument("--disable_log_analytics", dest="share_log_analytics", action="store_false")
         p.add_argument("--console_log_level", default="INFO")

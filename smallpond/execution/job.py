@@ -275,11 +275,10 @@ class Job:
             self.executor.describe(),
             rt.task_cache or "off",
         )
-        if rt.enforce_memory_limit:  # accepted as upstream's, but nothing here enforces it: say so
-            logger.warning(
-                "enforce_memory_limit is not implemented by this build: memory_limit sets DuckDB's memory_limit and "
-                "guides scheduling, but Python, Arrow and numpy code in a task may use more"
-            )
+        if rt.enforce_memory_limit:  # attempts using more than their memory are stopped (or a warning says why not)
+            from smallpond.execution.memory_watch import announce
+
+            announce(self.executor.name)
         return self
 
     def finish(self, ok: Optional[bool] = None, *, remove_intermediates: bool = False, remove_output_root: bool = False) -> None:

@@ -161,6 +161,10 @@ def setup_worker_process(rt, title: str) -> None:
     for k, v in rt.env_overrides.items():
         os.environ[k] = v
     limit_blas_threads(os.environ)
+    if rt.enforce_memory_limit:  # the memory watch may end this process (its backend replaces it)
+        from smallpond.execution.memory_watch import allow_hard_stop
+
+        allow_hard_stop()
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
 
 

@@ -84,10 +84,3 @@ def test_each_clamp_is_reported_with_the_call_site(tmp_path):
     texts = [str(w.message) for w in caught]
     for limit in ("cpu_limit 10000", f"memory_limit {100 * TB}"):
         assert any(limit in t and f"created at {node.location}" in t for t in texts), texts
-
-
-def test_enforce_memory_limit_says_it_is_not_enforced(tmp_path, log_messages):
-    ctx = Context()
-    node = SqlEngineNode(ctx, (DataSourceNode(ctx, None),), "select 1 as x")
-    run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path), enforce_memory_limit=True))
-    assert any("enforce_memory_limit is not implemented" in m for m in log_messages), log_messages

@@ -88,7 +88,7 @@ class CancelWatch:
                     continue
                 self._current = (current[0], 0)  # stopped once; cancelled() still answers True
                 if current[1]:
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(current[1]), ctypes.py_object(KeyboardInterrupt))
+                    raise_in_thread(current[1], KeyboardInterrupt)
             if self.interrupt is not None:
                 try:
                     self.interrupt()
@@ -96,4 +96,15 @@ class CancelWatch:
                     pass
 
 
-__all__ = ["CancelMarks", "CancelWatch", "mark_path", "POLL_SECONDS"]
+def raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:
+    """Raise ``exc_type`` in thread ``thread_id`` at its next Python instruction (code running in C
+    sees it only once it returns to Python); ``None`` withdraws one not raised yet.
+
+    How an attempt is stopped from a watching thread (a cancel here, the memory limit in
+    :mod:`~smallpond.execution.memory_watch`): a ``BaseException``, so the task's ``except
+    Exception`` does not swallow it."""
+    exc = None if exc_type is None else ctypes.py_object(exc_type)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
+
+
+__all__ = ["CancelMarks", "CancelWatch", "mark_path", "raise_in_thread", "POLL_SECONDS"]

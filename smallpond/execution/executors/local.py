@@ -333,16 +333,8 @@ class LocalExecutor(Executor):
                 code = None
             how = exit_text(code)
             logger.warning("worker {} (pid {}) {} while running {}", w.index, w.pid, how, key)
-            out.append(
-                Completion(
-                    key,
-                    attempt,
-                    False,
-                    None,
-                    WorkerLost(f"worker process {w.pid} {how} while running {key}"),
-                    worker=f"local-{w.index}",
-                )
-            )
+            error = _memory_watch_note(self.rt, key, attempt) or WorkerLost(f"worker process {w.pid} {how} while running {key}")
+            out.append(Completion(key, attempt, False, None, error, worker=f"local-{w.index}"))
             w.inflight.popleft()
             self._replace(w)
         return out
@@ -439,6 +431,16 @@ class LocalExecutor(Executor):
         from smallpond.execution import stacks
 
         stacks.remove(self.rt.temp_root, w.pid)
+
+
+def _memory_watch_note(rt: RuntimeContext, key: str, attempt: int):
+    """The OutOfMemory of an attempt whose worker the memory watch ended (``enforce_memory_limit``:
+    its code, running in C, did not stop when interrupted), or None."""
+    if not rt.enforce_memory_limit:
+        return None
+    from smallpond.execution.memory_watch import take_note
+
+    return take_note(rt.log_root, key, attempt)
 
 
 def exit_text(code: Optional[int]) -> str:

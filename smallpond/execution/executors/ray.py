@@ -620,14 +620,25 @@ class RayExecutor(Executor):
         except rex.OutOfMemoryError as e:
             error: BaseException = OutOfMemory(f"Ray's memory monitor killed the worker running {task.key}: {_first_line(e)}")
         except LOST_ERRORS as e:
-            logger.warning("Ray lost the worker running {} attempt {}: {}", task.key, attempt, _first_line(e))
-            error = WorkerLost(f"the Ray worker or node running {task.key} died ({type(e).__name__}: {_first_line(e)})")
+            error = self._memory_watch_note(task.key, attempt)  # the memory watch ended the worker
+            if error is None:
+                logger.warning("Ray lost the worker running {} attempt {}: {}", task.key, attempt, _first_line(e))
+                error = WorkerLost(f"the Ray worker or node running {task.key} died ({type(e).__name__}: {_first_line(e)})")
         except rex.RayTaskError as e:  # raised outside run_attempt (setting the worker up)
             cause = e.cause if isinstance(getattr(e, "cause", None), BaseException) else e
             error = to_task_error(task, attempt, cause, [])
         except rex.RayError as e:
             error = WorkerLost(f"Ray could not run {task.key}: {type(e).__name__}: {_first_line(e)}")
         return Completion(task.key, attempt, False, None, error)
+
+    def _memory_watch_note(self, key: str, attempt: int) -> Optional[OutOfMemory]:
+        """The OutOfMemory of an attempt whose worker process the memory watch ended (its code,
+        running in C, did not stop when interrupted: ``enforce_memory_limit``), or None."""
+        if not self.rt.enforce_memory_limit:
+            return None
+        from smallpond.execution.memory_watch import take_note
+
+        return take_note(self.rt.log_root, key, attempt)
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
         """Mark the attempt cancelled, for its worker to stop it (not ``ray.cancel``: see the

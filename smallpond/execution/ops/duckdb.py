@@ -145,6 +145,11 @@ def track_connections(enabled: bool = True) -> None:
     _tracked = [] if enabled else None
 
 
+def connections_tracked() -> bool:
+    """Whether :func:`open_connection` keeps the connections it opens (see :func:`track_connections`)."""
+    return _tracked is not None
+
+
 def interrupt_connections() -> None:
     """Interrupt the queries running on the connections kept (see :func:`track_connections`)."""
     for conn in list(_tracked or ()):
