@@ -9,7 +9,10 @@ that backtracks, a C extension's loop), where a Python thread asked to dump woul
 The stall warning (:mod:`~smallpond.execution.stall`) asks for the stacks of the attempts it
 names (:func:`request`): it signals their workers, waits up to a second for each dump, and
 shows the frames of the thread that runs the attempt. Only a process that registered is ever
-signalled (a worker running an attempt has; ``SIGUSR1`` would end one that had not).
+signalled (a worker running an attempt has; ``SIGUSR1`` would end one that had not). On Ray, the
+worker's cancel watcher dumps the stacks when a request file appears
+(:meth:`~smallpond.execution.executors.cancel_marks.CancelMarks.request_stack`); being a Python
+thread, it cannot while the attempt holds the GIL in C code.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0) -> 
     return {key: texts[pid] for key, pid in pids.items() if pid in texts}
 
 
-def attempt_frames(dump: str, marker: str = "run_attempt", max_lines: int = MAX_LINES) -> str:
+def attempt_frames(dump: str, marker: str = "execute_attempt", max_lines: int = MAX_LINES) -> str:
     """The part of a faulthandler dump that matters for a task: the stack of the thread running
     the attempt (the one whose frames pass through ``marker``), innermost call first, at most
     ``max_lines`` lines; the whole dump (cut) if no thread matches."""

@@ -225,6 +225,27 @@ def test_a_cancelled_attempt_in_a_long_duckdb_query_stops(cluster, make_rt, parq
     assert read_commit(rt, task) is None
 
 
+def test_a_running_attempt_shows_its_stack_on_request(cluster, make_rt, parquet_files, tmp_path):
+    # what the stall warning shows: the worker's cancel watcher dumps the attempt's stack when
+    # asked (a request file beside the cancel marks), the frames of the thread running it
+    rt = make_rt()
+    log = str(tmp_path / "log")
+    (task,), inputs, _ = prepared(rt, parquet_files, log=log, sleep=30)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, inputs(task), 0, memory=256 << 20)
+        wait_started(ex, log, task.key, 0)
+        stacks = ex.attempt_stacks([(task.key, 0), ("NoSuchTask-000001", 0)])
+        ex.cancel(task.key, 0)
+    finally:
+        ex.shutdown()
+    assert list(stacks) == [(task.key, 0)], stacks
+    frames = stacks[(task.key, 0)]
+    assert frames.index("in record") < frames.index("in execute_attempt"), frames
+    assert __file__ in frames
+    assert not glob.glob(os.path.join(rt.temp_root, "ray-cancelled-*", "*.stack*")), "request or answer files left"
+
+
 def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):
     rt = make_rt()
     (task,), inputs, _ = prepared(rt, parquet_files, log=str(tmp_path / "log"), die_on_first=True)

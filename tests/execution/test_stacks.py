@@ -102,9 +102,9 @@ def test_a_registered_process_dumps_on_request(tmp_path):
         "from smallpond.execution import stacks\n"
         "stacks.enable(sys.argv[1])\n"
         "print('ready', flush=True)\n"
-        "def run_attempt():\n"
+        "def execute_attempt():\n"
         "    time.sleep(30)\n"
-        "run_attempt()\n"
+        "execute_attempt()\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -112,10 +112,10 @@ def test_a_registered_process_dumps_on_request(tmp_path):
         dumps = stacks.request(str(tmp_path), {("t", 0): proc.pid})
         frames = stacks.attempt_frames(dumps[("t", 0)])
         assert frames.splitlines()[0].startswith("Current thread") or "Thread" in frames.splitlines()[0]
-        assert "in run_attempt" in frames and proc.poll() is None
+        assert "in execute_attempt" in frames and proc.poll() is None
         # a second request gets the new dump only
         again = stacks.request(str(tmp_path), {"k": proc.pid})
-        assert again["k"].count("in run_attempt") == 1
+        assert again["k"].count("in execute_attempt") == 1
     finally:
         proc.kill()
         proc.wait()
@@ -131,7 +131,7 @@ def test_attempt_frames_keeps_the_attempts_thread_and_cuts_long_stacks():
         "\n"
         "Current thread 0x2 (most recent call first):\n"
         + "".join(f'  File "u.py", line {i} in f{i}\n' for i in range(40))
-        + '  File "attempt.py", line 9 in run_attempt\n'
+        + '  File "attempt.py", line 9 in execute_attempt\n'
     )
     out = stacks.attempt_frames(dump, max_lines=10)
     assert out.startswith("Current thread 0x2") and "wait" not in out

@@ -28,6 +28,9 @@ from typing import Callable, Optional, Tuple
 
 #: how often a worker looks for the mark of the attempt it runs (seconds)
 POLL_SECONDS = 0.2
+#: a request for the stack of the attempt is its mark's name with this suffix; the answer, the
+#: request's name with :data:`STACK_ANSWER` (the stall warning's stacks, :mod:`~smallpond.execution.stacks`)
+STACK_REQUEST, STACK_ANSWER = ".stack", ".txt"
 
 
 def mark_path(folder: str, key: str, attempt: int) -> str:
@@ -47,6 +50,17 @@ class CancelMarks:
             self._made = True
         with open(mark_path(self.folder, key, attempt), "wb"):
             pass
+
+    def request_stack(self, key: str, attempt: int) -> str:
+        """Ask the worker running the attempt for its Python stack (:meth:`CancelWatch` dumps it
+        within a poll); returns the file it will be written to."""
+        if not self._made:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            self._made = True
+        path = mark_path(self.folder, key, attempt) + STACK_REQUEST
+        with open(path, "wb"):
+            pass
+        return path + STACK_ANSWER
 
 
 class CancelWatch:
@@ -84,6 +98,8 @@ class CancelWatch:
         while not stop.wait(POLL_SECONDS):
             with self._lock:
                 current = self._current
+                if current is not None and os.path.exists(current[0] + STACK_REQUEST):
+                    _dump_stacks(current[0] + STACK_REQUEST)
                 if current is None or not os.path.exists(current[0]):
                     continue
                 self._current = (current[0], 0)  # stopped once; cancelled() still answers True
@@ -94,6 +110,21 @@ class CancelWatch:
                     self.interrupt()
                 except Exception:  # a connection closed meanwhile
                     pass
+
+
+def _dump_stacks(request: str) -> None:
+    """Answer a stack request: every thread's Python stack into ``request + STACK_ANSWER``
+    (written whole, then renamed), and the request removed."""
+    import faulthandler
+
+    answer = request + STACK_ANSWER
+    try:
+        with open(answer + ".tmp", "w") as f:
+            faulthandler.dump_traceback(f, all_threads=True)
+        os.replace(answer + ".tmp", answer)
+        os.unlink(request)
+    except OSError:
+        pass
 
 
 def raise_in_thread(thread_id: int, exc_type: Optional[type]) -> None:

@@ -53,6 +53,7 @@ local instance it started; it never stops a cluster it did not start.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
@@ -70,7 +71,7 @@ from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_for_workers
-from smallpond.execution.executors.cancel_marks import CancelMarks, CancelWatch
+from smallpond.execution.executors.cancel_marks import STACK_ANSWER, CancelMarks, CancelWatch
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -639,6 +640,36 @@ class RayExecutor(Executor):
         from smallpond.execution.memory_watch import take_note
 
         return take_note(self.rt.log_root, key, attempt)
+
+    def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
+        """Each running attempt's stack, dumped by its worker's :class:`CancelWatch` on request (a
+        request file beside the cancel marks); attempts whose worker does not answer within a
+        second (still waiting for a Ray worker, or stuck in C code holding the GIL) are left out."""
+        from smallpond.execution import stacks
+
+        answers = {}
+        for key, attempt in attempts:
+            if (key, attempt) in self._inflight:
+                try:
+                    answers[(key, attempt)] = self._marks.request_stack(key, attempt)
+                except OSError:
+                    pass
+        out: Dict[Tuple[str, int], str] = {}
+        deadline = time.monotonic() + 1.0
+        while answers and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for ka, path in list(answers.items()):
+                try:
+                    with open(path) as f:
+                        out[ka] = stacks.attempt_frames(f.read())
+                except OSError:
+                    continue
+                os.unlink(path)
+                del answers[ka]
+        for path in answers.values():  # unanswered: withdrawn, so a later attempt does not dump for nothing
+            with contextlib.suppress(OSError):
+                os.unlink(path[: -len(STACK_ANSWER)])
+        return out
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
         """Mark the attempt cancelled, for its worker to stop it (not ``ray.cancel``: see the
