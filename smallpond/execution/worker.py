@@ -1,9 +1,15 @@
 """The worker process loop of the local executor.
 
-A worker receives ``(node_key, node_blob, body)`` messages on a pipe: ``body`` is the pickled
-``(task, inputs, attempt)`` without the task's node, and ``node_blob`` the pickled node the first
-time this worker sees it (``None`` after that: the worker keeps it by ``node_key``). It runs the
-attempt (:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
+A worker receives ``(seq, node_key, node_blob, body)`` messages on a pipe: ``seq`` numbers the
+attempts its driver sent it (1, 2, ...), ``body`` is the pickled ``(task, inputs, attempt)``
+without the task's node, and ``node_blob`` the pickled node the first time this worker sees it
+(``None`` after that: the worker keeps it by ``node_key``). It runs the attempt
+(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion.
+
+Attempts queued behind a running one can be taken back (work stealing): on a second socket, the
+control socket, a thread answers the driver's ``[seq, ...]`` with the ones this worker has not
+started, and never starts them (:class:`Claims`). The driver sends those to another worker only
+after that answer, so an attempt runs once and none is lost. It starts with
 only what every task needs (the attempt machinery, one log sink for all its attempts); DuckDB and
 Arrow are imported by the first task that uses them and stay loaded, so later tasks start in
 microseconds and a worker running only Python tasks never pays for them; a worker forked by its
@@ -18,15 +24,17 @@ import pickle
 import signal
 import socket
 import sys
-from typing import Optional
+import threading
+from typing import Iterable, List, Optional
 
 
 def _preload() -> None:
     from smallpond.execution import attempt  # noqa: F401
 
 
-def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False) -> None:
-    """Serve attempts on ``conn`` until it closes.
+def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False, control=None) -> None:
+    """Serve attempts on ``conn`` until it closes; answer requests to take queued attempts back on
+    ``control`` (a connection; None: none can be taken back).
 
     ``warm_while_idle``: if no attempt is waiting once the worker is set up, import DuckDB and
     open the shared database meanwhile (a forked worker is ready ~40 ms before its driver sends
@@ -50,6 +58,9 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
     share_database_in_process()
     worker_name = f"{socket.gethostname()}/local-{index}"
     nodes = NodeCache()
+    claims = Claims()
+    if control is not None:
+        threading.Thread(target=serve_take_backs, args=(control, claims), name="smallpond-take-back", daemon=True).start()
     if warm_while_idle and not conn.poll(0):
         open_shared_database(rt)
 
@@ -60,9 +71,11 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
             return
         if msg == b"stop":
             return
-        node_key, node_blob, body = pickle.loads(msg)
+        seq, node_key, node_blob, body = pickle.loads(msg)
         if node_blob is not None:
-            nodes.add(node_key, node_blob)
+            nodes.add(node_key, node_blob)  # kept even if taken back: the driver counts it as sent
+        if not claims.start(seq):
+            continue  # taken back: another worker runs it
         task, inputs, attempt, memory = pickle.loads(body)
         result = load_node(nodes, node_key, task, attempt, worker_name)
         if result is None:
@@ -91,6 +104,47 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
         try:
             conn.send_bytes(payload)
         except (BrokenPipeError, OSError):
+            return
+
+
+class Claims:
+    """Which attempts this worker has started and which its driver took back, by ``seq``.
+
+    Messages are read in order, so the attempts not started are those above the last one started.
+    The lock makes "start" and "take back" exclusive: an attempt is either started here (and its
+    take-back answer leaves it out) or taken back (and skipped when its message is read), never
+    both.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started = 0
+        self._taken: set = set()
+
+    def start(self, seq: int) -> bool:
+        """Claim attempt ``seq`` to run it; False if it was taken back (skip it)."""
+        with self._lock:
+            if seq in self._taken:
+                self._taken.discard(seq)
+                return False
+            self._started = seq
+            return True
+
+    def take_back(self, seqs: Iterable[int]) -> List[int]:
+        """Give up the attempts of ``seqs`` not started yet; returns those."""
+        with self._lock:
+            out = [s for s in seqs if s > self._started]
+            self._taken.update(out)
+            return out
+
+
+def serve_take_backs(control, claims: Claims) -> None:
+    """The control socket's thread: answer each ``[seq, ...]`` with the attempts given up."""
+    while True:
+        try:
+            seqs = pickle.loads(control.recv_bytes())
+            control.send_bytes(pickle.dumps(claims.take_back(seqs)))
+        except (EOFError, OSError):
             return
 
 
@@ -242,9 +296,10 @@ def main(argv=None) -> None:
 
     argv = sys.argv[1:] if argv is None else argv
     fd, rt_path, index = int(argv[0]), argv[1], int(argv[2])
+    control = Connection(int(argv[3])) if len(argv) > 3 else None
     die_with_parent()
     _preload()
-    worker_main(Connection(fd), rt_path, index)
+    worker_main(Connection(fd), rt_path, index, control=control)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ closing one known way a forked child differs from a fresh interpreter:
   started without them) and not the development mode.
 
 In the child (:func:`_child`), before it runs :func:`~smallpond.execution.worker.worker_main`:
-every file descriptor but 0-2 and the worker's socket is closed (as ``subprocess`` does: a pipe
+every file descriptor but 0-2 and the worker's two sockets is closed (as ``subprocess`` does: a pipe
 or socket of the user's must not stay open in a worker), stdin reads ``/dev/null``, signal
 handlers and warning filters are a fresh interpreter's (the script's ``warnings.simplefilter``
 calls do not reach a fresh worker either), ``__main__`` is an empty module (in a fresh worker it is not the
@@ -227,8 +227,9 @@ class ForkedProcess:
                 pass
 
 
-def fork_worker(child_fd: int, rt_path: str, index: int) -> ForkedProcess:
-    """Fork a worker that serves the socket ``child_fd`` (the caller closes its copy after)."""
+def fork_worker(child_fd: int, rt_path: str, index: int, control_fd: Optional[int] = None) -> ForkedProcess:
+    """Fork a worker that serves the socket ``child_fd`` and answers take-backs on ``control_fd``
+    (the caller closes its copies after)."""
     for stream in (sys.stdout, sys.stderr):  # else the child writes their buffers out again
         try:
             stream.flush()
@@ -237,11 +238,11 @@ def fork_worker(child_fd: int, rt_path: str, index: int) -> ForkedProcess:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(child_fd, rt_path, index, parent)  # never returns
+        _child(child_fd, rt_path, index, parent, control_fd)  # never returns
     return ForkedProcess(pid)
 
 
-def _child(child_fd: int, rt_path: str, index: int, parent: int) -> None:
+def _child(child_fd: int, rt_path: str, index: int, parent: int, control_fd: Optional[int] = None) -> None:
     code = 1
     try:
         import gc
@@ -252,7 +253,7 @@ def _child(child_fd: int, rt_path: str, index: int, parent: int) -> None:
         main = types.ModuleType("__main__")
         for name in _MAINS:
             sys.modules[name] = main
-        _close_fds_but(child_fd)
+        _close_fds_but(child_fd, control_fd)
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         os.close(devnull)
@@ -260,12 +261,13 @@ def _child(child_fd: int, rt_path: str, index: int, parent: int) -> None:
         _default_warnings()
         from smallpond.execution import worker
 
-        sys.argv = [worker.__file__, str(child_fd), rt_path, str(index)]
+        sys.argv = [worker.__file__, str(child_fd), rt_path, str(index)] + ([] if control_fd is None else [str(control_fd)])
         os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # as a fresh worker's
         worker.die_with_parent(parent)
         from multiprocessing.connection import Connection
 
-        worker.worker_main(Connection(child_fd), rt_path, index, warm_while_idle=True)
+        control = None if control_fd is None else Connection(control_fd)
+        worker.worker_main(Connection(child_fd), rt_path, index, warm_while_idle=True, control=control)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
@@ -300,11 +302,11 @@ def _default_warnings() -> None:
     warnings._filters_mutated()
 
 
-def _close_fds_but(keep: int) -> None:
-    """Close every descriptor above 2 except ``keep`` (``/proc/self/fd``, as subprocess does)."""
+def _close_fds_but(*keep: Optional[int]) -> None:
+    """Close every descriptor above 2 except those of ``keep`` (``/proc/self/fd``, as subprocess does)."""
     for entry in os.listdir("/proc/self/fd"):
         fd = int(entry)
-        if fd > 2 and fd != keep:
+        if fd > 2 and fd not in keep:
             try:
                 os.close(fd)
             except OSError:

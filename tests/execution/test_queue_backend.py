@@ -190,6 +190,25 @@ def test_every_attempt_runs_on_exactly_one_executor(tmp_path, inputs, marker_dir
         stop(procs)
 
 
+def test_attempts_an_executor_queued_behind_a_long_one_go_to_the_idle_executor(tmp_path, inputs, marker_dir):
+    """Two one-CPU executors; partition 5 runs until every other one has ended. The executor
+    that runs it claimed attempts to run behind it while it looked short; it gives them back
+    (its worker never started them) and the other executor runs them: partition 5 sees them all
+    end. Without that they wait behind it, which waits for them (up to 20 s), and it gives up."""
+    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
+    procs = start_executors(2, job_id, data_root)
+    try:
+        cmd = driver_command(job_id, data_root, inputs, marker_dir, "--platform", "manual", "-n", "24")
+        cmd += ["--sleep", "20", "--slow_partition", "5"]
+        proc = subprocess.run(cmd, env=queue_env(), capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        starts = [m for m in markers(marker_dir) if m[0] == "start"]
+        assert len(starts) == 24 and len({m[1] for m in starts}) == 24, sorted(starts)  # each ran once
+        assert [m[0] for m in markers(marker_dir) if m[0] == "saw"] == ["saw"], "attempts waited behind the slow one"
+    finally:
+        stop(procs)
+
+
 def test_a_forged_item_is_refused_not_run(queue_executor, inputs, marker_dir):
     qe = queue_executor()
     task, task_inputs = planned_task(qe.rt, inputs, marker_dir, sleep=0)

@@ -41,7 +41,9 @@ Rules every backend keeps:
 * **Serialization errors are the caller's.** If a task cannot be sent (an unpicklable user
   function), ``submit`` raises :class:`~smallpond.errors.TaskError` (not retryable) at once.
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
-  behind their current short one (``submit(..., queue=True)``); backends without it return 0.
+  behind their current short one (``submit(..., queue=True)``); backends without it return 0. A
+  backend that pipelines does not let a queued attempt wait behind one that turned long while a
+  worker idles: it moves it (once, and only if it had not started; see the local backend).
 * **A quiet start may come first.** A backend whose ``start`` logs nothing and waits on nothing
   (spawning local processes) sets ``starts_quietly``: a job then starts it before its log sinks,
   so the workers boot meanwhile. Others are started once the job's log file is open.

@@ -10,6 +10,14 @@ Short tasks are pipelined: a worker running a task of a node whose tasks have ta
 attempts in all, which it starts the moment the one before ends instead of waiting for the
 scheduler's next round trip. The queued tasks are the worker's own: if the worker dies or is
 cancelled, the tasks queued behind its current one are sent to its replacement, unchanged.
+
+A queued task must not wait behind one that turned out long (a skewed partition, a slow file)
+while another worker sits idle: when :meth:`LocalExecutor.poll` finds a worker idle (the
+scheduler had nothing for it) and another holding queued attempts, it takes those back and gives
+them to the idle one (work stealing). The worker that held them decides: its control socket's
+thread answers with the attempts it has not started and will never start
+(:class:`~smallpond.execution.worker.Claims`); only those move, once the answer is in. Until then
+they stay where they were, for :meth:`~LocalExecutor.attempt_places` and :meth:`~LocalExecutor.cancel`.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import sys
 import time
 from collections import deque
 from multiprocessing.connection import Connection, wait
-from typing import Deque, Dict, List, Optional, Set, Tuple
+from typing import Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import cloudpickle
 
@@ -33,6 +41,17 @@ from smallpond.execution.executors.base import Capacity, Completion, Executor, p
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
+
+
+class _Entry(NamedTuple):
+    """An attempt sent to a worker: ``seq`` numbers it among the attempts that worker was sent."""
+
+    key: str
+    attempt: int
+    node_key: object
+    body: bytes  # the pickled attempt
+    user_python: bool  # whether it may run user Python
+    seq: int = 0
 
 
 class _Worker:
@@ -50,6 +69,7 @@ class _Worker:
         from smallpond.execution.worker_fork import fork_refusal, fork_worker
 
         parent_sock, child_sock = socket.socketpair()
+        parent_ctl, child_ctl = socket.socketpair()  # take-backs (see the module docstring)
         self.index = index
         #: why this worker is a fresh interpreter (None: it was forked)
         self.not_forked = fork_refusal() if may_fork else "a fresh interpreter was asked for"
@@ -58,27 +78,32 @@ class _Worker:
         #: in user Python would differ from a fresh worker's; it runs only tasks without user code
         self.foreign_salt = self.not_forked is None and os.environ.get("PYTHONHASHSEED") != hash_seed
         if self.not_forked is None:
-            self.proc = fork_worker(child_sock.fileno(), rt_path, index)
+            self.proc = fork_worker(child_sock.fileno(), rt_path, index, child_ctl.fileno())
         else:
             env = dict(os.environ)
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             env["PYTHONHASHSEED"] = hash_seed  # set orders in task code the same in every worker and run
-            argv = [sys.executable, "-m", "smallpond.execution.worker", str(child_sock.fileno()), rt_path, str(index)]
+            fds = (child_sock.fileno(), child_ctl.fileno())
+            argv = [sys.executable, "-m", "smallpond.execution.worker", str(fds[0]), rt_path, str(index), str(fds[1])]
             self.proc = subprocess.Popen(
                 argv,
-                pass_fds=(child_sock.fileno(),),
+                pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,
             )
         child_sock.close()
+        child_ctl.close()
         self.sock = parent_sock
         self.conn = Connection(parent_sock.detach())
-        # attempts sent and not answered, in the order the worker runs them: (key, attempt,
-        # node key, pickled body); the first one is running
-        #: (key, attempt, node key, pickled attempt, whether it may run user Python)
-        self.inflight: Deque[Tuple[str, int, object, bytes, bool]] = deque()
+        self.ctl = Connection(parent_ctl.detach())
+        #: attempts sent and not answered, in the order the worker runs them; the first one runs
+        self.inflight: Deque[_Entry] = deque()
         self.head_since = 0.0  # when the first in-flight attempt started (about)
         self.nodes_sent: Set[object] = set()  # node keys this worker has received
+        self.sent = 0  # the ``seq`` of the last attempt sent
+        #: the ``seq`` of the attempts asked back and not answered yet (nothing is sent meanwhile)
+        self.asked: Set[int] = set()
+        self.giving_back = False  # the last ask was :meth:`LocalExecutor.give_back`'s
 
     @property
     def running(self) -> Optional[Tuple[str, int]]:
@@ -94,6 +119,13 @@ class _Worker:
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
+
+    def close(self) -> None:
+        for conn in (self.conn, self.ctl):
+            try:
+                conn.close()
+            except OSError:
+                pass
 
 
 #: a task may be queued behind a running one whose node's tasks take less than this (seconds)
@@ -191,6 +223,7 @@ class LocalExecutor(Executor):
         self._encoder = TaskEncoder()
         self._node_blobs = self._encoder.blobs
         self._node_times: Dict[object, List[float]] = {}  # node key -> [attempts, total seconds]
+        self._given_back: List[Tuple[str, int]] = []  # see give_back
 
     @property
     def capacity(self) -> Capacity:
@@ -227,10 +260,10 @@ class LocalExecutor(Executor):
     def _short(self, w: _Worker, now: float) -> bool:
         """True if ``w`` runs a task and has room in its queue, every task it holds is of a node
         known to be quick, and the one running has not run for long."""
-        if not 1 <= len(w.inflight) < QUEUE_DEPTH or now - w.head_since > QUEUE_BEHIND_SECONDS:
+        if not 1 <= len(w.inflight) < QUEUE_DEPTH or now - w.head_since > QUEUE_BEHIND_SECONDS or w.asked:
             return False
         for entry in w.inflight:
-            stats = self._node_times.get(entry[2])
+            stats = self._node_times.get(entry.node_key)
             if stats is None or stats[0] < 2 or stats[1] / stats[0] >= QUEUE_BEHIND_SECONDS:
                 return False
         return True
@@ -243,7 +276,7 @@ class LocalExecutor(Executor):
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
         node_key, body = self._encoder.encode(task, inputs, attempt, memory)
-        self._submit_entry((task.key, attempt, node_key, body, task.runs_user_python), queue)
+        self._submit_entry(_Entry(task.key, attempt, node_key, body, task.runs_user_python), queue)
 
     def submit_encoded(
         self, key: str, attempt: int, node_key, node_blob: bytes, body: bytes, *, queue: bool = False, user_python: bool = True
@@ -255,30 +288,32 @@ class LocalExecutor(Executor):
         the user's Python (:attr:`Task.runs_user_python`; when not known, True).
         """
         self._node_blobs.setdefault(node_key, node_blob)
-        self._submit_entry((key, attempt, node_key, body, user_python), queue)
+        self._submit_entry(_Entry(key, attempt, node_key, body, user_python), queue)
 
-    def _submit_entry(self, entry: Tuple[str, int, object, bytes, bool], queue: bool) -> None:
+    def _submit_entry(self, entry: _Entry, queue: bool, avoid: Optional[_Worker] = None) -> None:
+        """Send ``entry`` to an idle worker, or with ``queue`` behind a short one (not ``avoid``)."""
         if not self.workers:
             self.start()
         if queue:
             now = time.monotonic()
             # a forked worker last: it would have to be replaced for an attempt of user Python
             w = min(
-                (w for w in self.workers if self._short(w, now)),
-                key=lambda x: (entry[4] and x.foreign_salt, len(x.inflight)),
+                (w for w in self.workers if w is not avoid and self._short(w, now)),
+                key=lambda x: (entry.user_python and x.foreign_salt, len(x.inflight)),
                 default=None,
             )
             if w is None:
                 # the worker that was short when the scheduler asked has passed the mark since
                 # (a loaded machine): queue behind the least busy one rather than fail the job
-                w = min(self.workers, key=lambda x: len(x.inflight))
+                # (one asked for its queued attempts last: nothing is sent to it until it answers)
+                w = min(self.workers, key=lambda x: (x is avoid, bool(x.asked), len(x.inflight)))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
             if w is None and len(self.workers) < self.num_workers:
                 w = self._spawn()
         if w is None:
             raise RuntimeError("no worker can take the task")  # the scheduler checks first
-        if w.foreign_salt and entry[4]:
+        if w.foreign_salt and entry.user_python:
             # user Python runs in a worker with the job's hash salt only (set orders repeat):
             # a fresh interpreter replaces the forked one (idle, unless no other worker could
             # queue the attempt: then it takes over the one running there too, from the start)
@@ -290,39 +325,112 @@ class LocalExecutor(Executor):
             # worker instead; the attempt the dead worker was running (if any) is lost
             logger.warning("worker {} (pid {}) died; replacing it", w.index, w.pid)
             w = self._replace(w, lose_head=True)
-        self._lost.append(Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker")))
+        self._lost.append(
+            Completion(entry.key, entry.attempt, False, None, WorkerLost(f"could not send {entry.key} to a worker"))
+        )
 
-    def _send(self, w: _Worker, entry: Tuple[str, int, object, bytes, bool]) -> bool:
-        node_key, body = entry[2], entry[3]
+    def _send(self, w: _Worker, entry: _Entry) -> bool:
+        node_key, seq = entry.node_key, w.sent + 1
         try:
             blob = None if node_key in w.nodes_sent else self._node_blobs[node_key]
-            w.conn.send_bytes(pickle.dumps((node_key, blob, body), protocol=pickle.HIGHEST_PROTOCOL))
+            w.conn.send_bytes(pickle.dumps((seq, node_key, blob, entry.body), protocol=pickle.HIGHEST_PROTOCOL))
         except (BrokenPipeError, OSError):
             return False
+        w.sent = seq
         w.nodes_sent.add(node_key)
         if not w.inflight:
             w.head_since = time.monotonic()
-        w.inflight.append(entry)
+        w.inflight.append(entry._replace(seq=seq))
         return True
+
+    def _ask_back(self) -> None:
+        """While a worker is idle (or not started yet) at the start of a poll, the scheduler had
+        nothing for it: ask the workers holding queued attempts for them (those most loaded
+        first, as many as the idle ones can hold). The answers come on their control sockets
+        (:meth:`_took_back`)."""
+        idle = sum(1 for w in self.workers if not w.inflight) + self.num_workers - len(self.workers)
+        room = idle * QUEUE_DEPTH
+        if room == 0:
+            return
+        for w in sorted(self.workers, key=lambda x: len(x.inflight), reverse=True):
+            if room <= 0 or len(w.inflight) < 2:
+                break
+            if not w.asked:
+                room -= self._ask(w, [e.seq for e in list(w.inflight)[1:]][-room:])  # the last wait longest
+
+    def give_back(self, after: float) -> None:
+        """Ask each worker whose running attempt has run for more than ``after`` seconds for the
+        attempts queued behind it. Those it gives up go to an idle worker of this pool if there
+        is one; the others are handed back by :meth:`given_back` (the queue backend's executor
+        puts them back in the job's queue, for any executor)."""
+        now = time.monotonic()
+        for w in self.workers:
+            if len(w.inflight) > 1 and not w.asked and now - w.head_since > after:
+                self._ask(w, [e.seq for e in list(w.inflight)[1:]], give_back=True)
+
+    def given_back(self) -> List[Tuple[str, int]]:
+        """The attempts ``(key, attempt)`` taken back by :meth:`give_back` since the last call: no
+        worker of this pool has them, none will run them."""
+        out, self._given_back = self._given_back, []
+        return out
+
+    def _ask(self, w: _Worker, seqs: List[int], give_back: bool = False) -> int:
+        """Ask ``w`` for the attempts ``seqs`` queued on it; returns how many were asked for."""
+        try:
+            w.ctl.send_bytes(pickle.dumps(seqs))
+        except OSError:
+            return 0  # it is dying: its socket tells poll
+        w.asked.update(seqs)
+        w.giving_back = give_back
+        return len(seqs)
+
+    def _took_back(self, w: _Worker) -> None:
+        """``w`` answered: the attempts it gave up go to idle workers, else queue behind short
+        ones (or, asked by :meth:`give_back`, to :meth:`given_back`)."""
+        try:
+            given = set(pickle.loads(w.ctl.recv_bytes()))
+        except (EOFError, OSError):
+            given = set()  # it died: its socket tells poll, and its replacement gets its queue
+        w.asked = set()
+        if not given:
+            return
+        moved = [e for e in w.inflight if e.seq in given]
+        w.inflight = deque(e for e in w.inflight if e.seq not in given)
+        for entry in moved:
+            idle = any(not x.inflight for x in self.workers) or len(self.workers) < self.num_workers
+            if w.giving_back and not idle:
+                self._given_back.append((entry.key, entry.attempt))
+                continue
+            logger.debug("{} attempt {} moves from worker {} (pid {})", entry.key, entry.attempt, w.index, w.pid)
+            self._submit_entry(entry, queue=not idle, avoid=w)
 
     def poll(self, timeout: float) -> List[Completion]:
         out, self._lost = self._lost, []
+        self._ask_back()
         busy = {w.conn: w for w in self.workers if w.running is not None}
-        if not busy:
+        asked = {w.ctl: w for w in self.workers if w.asked}
+        if not busy and not asked:
             return out
-        for conn in wait(list(busy), timeout=0 if out else timeout):
+        answered = []
+        for conn in wait([*busy, *asked], timeout=0 if out else timeout):
+            if conn in asked:
+                answered.append(asked[conn])  # after the completions: they may replace workers
+                continue
             w = busy[conn]
+            if w not in self.workers:
+                continue  # replaced by a submit of this poll
             got = None
             try:
                 got = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 got = None
             if got is not None:
-                head = w.inflight.popleft()
+                head = _pop_entry(w.inflight, got.key, got.attempt)
                 w.head_since = time.monotonic()
-                stats = self._node_times.setdefault(head[2], [0, 0.0])
-                stats[0] += 1
-                stats[1] += got.elapsed
+                if head is not None:
+                    stats = self._node_times.setdefault(head.node_key, [0, 0.0])
+                    stats[0] += 1
+                    stats[1] += got.elapsed
                 out.append(got)
                 continue
             key, attempt = w.running
@@ -337,6 +445,9 @@ class LocalExecutor(Executor):
             out.append(Completion(key, attempt, False, None, error, worker=f"local-{w.index}"))
             w.inflight.popleft()
             self._replace(w)
+        for w in answered:
+            if w in self.workers:  # else it was replaced, its queue sent to its replacement
+                self._took_back(w)
         return out
 
     def _replace(self, w: _Worker, lose_head: bool = False, may_fork: bool = True) -> _Worker:
@@ -346,10 +457,7 @@ class LocalExecutor(Executor):
         ``may_fork`` the new worker is a fresh interpreter."""
         if w in self.workers:
             self.workers.remove(w)
-        try:
-            w.conn.close()
-        except OSError:
-            pass
+        w.close()
         w.kill()
         try:
             w.proc.wait(timeout=5)
@@ -357,7 +465,7 @@ class LocalExecutor(Executor):
             pass
         self._forget_worker(w)
         fresh = self._spawn(may_fork)
-        pending, w.inflight = list(w.inflight), deque()
+        pending, w.inflight, w.asked = list(w.inflight), deque(), set()
         if lose_head and pending:
             key, attempt = pending.pop(0)[:2]
             self._lost.append(
@@ -366,13 +474,13 @@ class LocalExecutor(Executor):
         for entry in pending:
             if not self._send(fresh, entry):
                 self._lost.append(
-                    Completion(entry[0], entry[1], False, None, WorkerLost(f"could not send {entry[0]} to a worker"))
+                    Completion(entry.key, entry.attempt, False, None, WorkerLost(f"could not send {entry.key} to a worker"))
                 )
         return fresh
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
-        def match(e) -> bool:
-            return e[0] == key and (attempt is None or e[1] == attempt)
+        def match(e: _Entry) -> bool:
+            return e.key == key and (attempt is None or e.attempt == attempt)
 
         for w in list(self.workers):
             if any(match(e) for e in w.inflight):
@@ -419,10 +527,7 @@ class LocalExecutor(Executor):
             except subprocess.TimeoutExpired:
                 w.kill()
                 w.proc.wait(timeout=5)
-            try:
-                w.conn.close()
-            except OSError:
-                pass
+            w.close()
             self._forget_worker(w)
         self.workers = []
 
@@ -441,6 +546,17 @@ def _memory_watch_note(rt: RuntimeContext, key: str, attempt: int):
     from smallpond.execution.memory_watch import take_note
 
     return take_note(rt.log_root, key, attempt)
+
+
+def _pop_entry(inflight: Deque[_Entry], key: str, attempt: int) -> Optional[_Entry]:
+    """Remove the entry of the attempt ``(key, attempt)`` a worker answered for: its first one,
+    unless the worker skipped attempts it gave back before this one (their answer may come after
+    this completion)."""
+    for i, e in enumerate(inflight):
+        if e.key == key and e.attempt == attempt:
+            del inflight[i]
+            return e
+    return None
 
 
 def exit_text(code: Optional[int]) -> str:

@@ -11,7 +11,10 @@ suffix), then loops: claim attempts from ``todo/`` by renaming them into its ``c
 run them on its own pool of worker processes (the embedded backend's
 :class:`~smallpond.execution.executors.local.LocalExecutor`, whose workers run
 :func:`~smallpond.execution.attempt.run_attempt`), write each outcome to ``done/``, heartbeat,
-and kill the attempts the scheduler cancels (``cancel/``). Its workers die with it (Linux: every
+and kill the attempts the scheduler cancels (``cancel/``). Attempts it claimed to run behind a
+short one wait there only while that one stays short: after :data:`GIVE_BACK_AFTER` seconds its
+pool takes them back from the worker (which confirms it never started them) and they go back
+to ``todo/``, for an idle executor; else one executor would hoard them while another idles. Its workers die with it (Linux: every
 worker of the embedded backend does), so a lost executor leaves no attempt running behind the
 scheduler's back.
 
@@ -39,7 +42,7 @@ from typing import Dict, Optional, Tuple
 from smallpond.common import logger
 from smallpond.errors import SmallpondError, TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion
-from smallpond.execution.executors.local import LocalExecutor
+from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, LocalExecutor
 from smallpond.execution.executors.queue_protocol import (
     ItemName,
     QueuePaths,
@@ -61,6 +64,9 @@ EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to othe
 CONTROL_INTERVAL = 0.05
 #: the shortest and longest pauses of an idle executor between looks at ``todo/`` (seconds)
 IDLE_MIN, IDLE_MAX = 0.0005, 0.02
+#: attempts claimed to wait behind a short one go back to ``todo/`` once it has run this long
+#: (seconds): another executor may be idle, and the scheduler counts them as running
+GIVE_BACK_AFTER = 2 * QUEUE_BEHIND_SECONDS
 
 
 class _Exit(Exception):
@@ -170,9 +176,12 @@ class ExecutorProcess:
                     time.sleep(CONTROL_INTERVAL)
                     continue
                 claimed = self._claim()
+                self.pool.give_back(GIVE_BACK_AFTER)
                 done = self.pool.poll(0 if claimed else pause)
                 for c in done:
                     self._report(c)
+                for key, attempt in self.pool.given_back():
+                    self._unclaim(key, attempt)
                 if claimed or done:
                     pause = IDLE_MIN
                 else:
@@ -410,6 +419,18 @@ class ExecutorProcess:
         atomic_write_bytes(os.path.join(self.paths.done, name), encode_completion(c, self.secret))
         del self.running[name]
         remove_path(self.paths.member(self.name, "claimed", name))
+
+    def _unclaim(self, key: str, attempt: int) -> None:
+        """Put an attempt this executor claimed, and that its pool gave back unstarted, back in
+        ``todo/`` for any executor (this one included)."""
+        name = self.items.pop((key, attempt), None)
+        if name is None or self.running.pop(name, None) is None:
+            return  # cancelled meanwhile
+        try:
+            os.rename(self.paths.member(self.name, "claimed", name), os.path.join(self.paths.todo, name))
+        except FileNotFoundError:
+            return  # the job's queue folder is gone
+        logger.debug("executor {}: {} attempt {} waited behind a long one; back in queue/todo", self.name, key, attempt)
 
     def _cancels(self) -> None:
         if not self.running or self.pool is None:
