@@ -4,16 +4,16 @@ A worker receives ``(seq, node_key, node_blob, body)`` messages on a pipe: ``seq
 attempts its driver sent it (1, 2, ...), ``body`` is the pickled ``(task, inputs, attempt)``
 without the task's node, and ``node_blob`` the pickled node the first time this worker sees it
 (``None`` after that: the worker keeps it by ``node_key``). It runs the attempt
-(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion.
-
-Attempts queued behind a running one can be taken back (work stealing): on a second socket, the
-control socket, a thread answers the driver's ``[seq, ...]`` with the ones this worker has not
-started, and never starts them (:class:`Claims`). The driver sends those to another worker only
-after that answer, so an attempt runs once and none is lost. It starts with
+(:func:`~smallpond.execution.attempt.execute_attempt`) and sends back a Completion. It starts with
 only what every task needs (the attempt machinery, one log sink for all its attempts); DuckDB and
 Arrow are imported by the first task that uses them and stay loaded, so later tasks start in
 microseconds and a worker running only Python tasks never pays for them; a worker forked by its
 driver (:mod:`~smallpond.execution.worker_fork`) opens DuckDB while it waits for its first task.
+
+Attempts queued behind a running one can be taken back (work stealing): on a second socket, the
+control socket, a thread answers the driver's ``[seq, ...]`` with the ones this worker has not
+started, and never starts them (:class:`Claims`). The driver sends those to another worker only
+after that answer, so an attempt runs once and none is lost.
 """
 
 from __future__ import annotations
@@ -110,30 +110,30 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
 class Claims:
     """Which attempts this worker has started and which its driver took back, by ``seq``.
 
-    Messages are read in order, so the attempts not started are those above the last one started.
+    Messages are read in order, so the attempts not started are those above the last one read.
     The lock makes "start" and "take back" exclusive: an attempt is either started here (and its
     take-back answer leaves it out) or taken back (and skipped when its message is read), never
-    both.
+    both; and it is given up once at most.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._started = 0
-        self._taken: set = set()
+        self._read = 0  # the seq of the last message read (run or skipped)
+        self._taken: set = set()  # given up, not read yet
 
     def start(self, seq: int) -> bool:
         """Claim attempt ``seq`` to run it; False if it was taken back (skip it)."""
         with self._lock:
+            self._read = seq
             if seq in self._taken:
                 self._taken.discard(seq)
                 return False
-            self._started = seq
             return True
 
     def take_back(self, seqs: Iterable[int]) -> List[int]:
-        """Give up the attempts of ``seqs`` not started yet; returns those."""
+        """Give up the attempts of ``seqs`` neither started nor given up before; returns those."""
         with self._lock:
-            out = [s for s in seqs if s > self._started]
+            out = [s for s in seqs if s > self._read and s not in self._taken]
             self._taken.update(out)
             return out
 

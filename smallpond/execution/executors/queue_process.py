@@ -11,12 +11,14 @@ suffix), then loops: claim attempts from ``todo/`` by renaming them into its ``c
 run them on its own pool of worker processes (the embedded backend's
 :class:`~smallpond.execution.executors.local.LocalExecutor`, whose workers run
 :func:`~smallpond.execution.attempt.run_attempt`), write each outcome to ``done/``, heartbeat,
-and kill the attempts the scheduler cancels (``cancel/``). Attempts it claimed to run behind a
-short one wait there only while that one stays short: after :data:`GIVE_BACK_AFTER` seconds its
-pool takes them back from the worker (which confirms it never started them) and they go back
-to ``todo/``, for an idle executor; else one executor would hoard them while another idles. Its workers die with it (Linux: every
+and kill the attempts the scheduler cancels (``cancel/``). Its workers die with it (Linux: every
 worker of the embedded backend does), so a lost executor leaves no attempt running behind the
 scheduler's back.
+
+Attempts it claimed to run behind a short one wait there only while that one stays short: after
+:data:`GIVE_BACK_AFTER` seconds its pool takes them back from the worker (which confirms it never
+started them) and they go back to ``todo/``, for an idle executor. Else one executor would hoard
+them while another idles, and the scheduler, which counts them as running, would send no more.
 
 When the scheduler raises the ``refresh`` count in ``queue/epoch`` (a file of the user's code
 changed between two runs of a session), it replaces its worker processes, which may hold the old
