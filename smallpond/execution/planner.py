@@ -566,8 +566,12 @@ class Planner:
         if getattr(node, "pre_sql", None) is not None:
             # fused with the SQL node before it (optimizer.fuse_sql_into_partition): one producer per
             # input partition runs the query over that partition (its placeholders see the input's
-            # partition) and routes the result
-            producers = [self._task(producer_cls, node, t.partition_infos, [t]) for t in all_inputs]
+            # partition) and routes the result; numbered, as below (the first leaves the placeholders)
+            numbered = issubclass(producer_cls, HashPartitionTask)
+            producers = [
+                self._task(producer_cls, node, t.partition_infos, [t], *((i,) if numbered else ()))
+                for i, t in enumerate(all_inputs)
+            ]
             return [
                 self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i)
                 for i in range(n)

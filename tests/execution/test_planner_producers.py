@@ -58,7 +58,7 @@ def test_num_producers_is_validated(parquet_files, bad):
         HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 4, ["key"], num_producers=bad)
 
 
-@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("engine", ["duckdb", "arrow", "fused"])
 @pytest.mark.parametrize("npartitions", [5, 7])
 def test_producers_given_no_files_write_nothing_and_every_partition_keeps_a_file(parquet_files, make_rt, engine, npartitions):
     # DataSetPartitionNode(n) over 3 files leaves n - 3 partitions without a file; their producers
@@ -71,10 +71,15 @@ def test_producers_given_no_files_write_nothing_and_every_partition_keeps_a_file
 
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), npartitions)
-    node = HashPartitionNode(ctx, (parts,), 48, ["id"], engine_type=engine)  # 30 rows: empty partitions
+    if engine == "fused":  # an SQL node before the partitioning: its producers run that query first
+        from smallpond.logical.node import SqlEngineNode
+
+        parts = SqlEngineNode(ctx, (parts,), "select id, key from {0} where id >= 0")
+    node = HashPartitionNode(ctx, (parts,), 48, ["id"], engine_type="duckdb" if engine == "fused" else engine)
     plan = run_job(LogicalPlan(ctx, DataSinkNode(ctx, (node,), str(parquet_files[0]) + ".out")), make_rt(), num_workers=2)
     producers = sorted((t for t in plan.tasks.values() if isinstance(t, HashPartitionTask)), key=lambda t: t.producer_index)
     assert [t.producer_index for t in producers] == list(range(npartitions))
+    assert all(bool(getattr(t.node, "pre_sql", None)) == (engine == "fused") for t in producers)
     empty = [plan.results[t.input_keys[0]].empty for t in producers]
     assert empty.count(True) == npartitions - 3, empty
     for t, no_input in zip(producers, empty):
