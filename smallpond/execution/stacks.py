@@ -9,7 +9,9 @@ that backtracks, a C extension's loop), where a Python thread asked to dump woul
 The stall warning (:mod:`~smallpond.execution.stall`) asks for the stacks of the attempts it
 names (:func:`request`): it signals their workers, waits up to a second for each dump, and
 shows the frames of the thread that runs the attempt. Only a process that registered is ever
-signalled (a worker running an attempt has; ``SIGUSR1`` would end one that had not). On Ray, the
+signalled (a worker running an attempt has; ``SIGUSR1`` would end one that had not). A queue/MPI
+executor is asked through ``queue/epoch`` and asks its own workers the same way
+(:meth:`~smallpond.execution.executors.queue.QueueExecutor.attempt_stacks`). On Ray, the
 worker's cancel watcher dumps the stacks when a request file appears
 (:meth:`~smallpond.execution.executors.cancel_marks.CancelMarks.request_stack`); being a Python
 thread, it cannot while the attempt holds the GIL in C code.

@@ -12,8 +12,8 @@ An attempt the scheduler submitted has not always started: it may wait on a work
 attempt, or in the queue backend's ``todo/`` for an executor to take it. The backend says which
 attempts have started and where (:meth:`~smallpond.execution.executors.base.Executor.attempt_places`:
 the worker process, the executor); the warning names those as running, with that place, and the
-others as waiting to start, with what they wait for. Where the backend can (the embedded one and
-Ray, :mod:`~smallpond.execution.stacks`), the warning also shows the Python stack of each attempt it
+others as waiting to start, with what they wait for. Where the backend can (all three:
+:mod:`~smallpond.execution.stacks`), the warning also shows the Python stack of each attempt it
 names as running: the line a hung task is stuck on.
 
 Invariants: it only reads the scheduler's state (a listener never changes it); nothing is logged

@@ -112,6 +112,8 @@ class _Member:
 
 #: how often the scheduler looks at the executors' folders and heartbeats (seconds)
 SCAN_INTERVAL = 0.05
+#: seconds the stall warning waits for the executors' answers with their attempts' stacks
+STACKS_WAIT = 2.0
 #: the shortest and longest pauses of a poll that finds nothing (seconds)
 POLL_MIN, POLL_MAX = 0.0005, 0.02
 #: how often a scheduler without executors says so (seconds)
@@ -159,6 +161,7 @@ class QueueExecutor(Executor):
         self.paths = QueuePaths(runtime_ctx.layout)
         self.epoch = 0
         self._refresh = 0  # how many times executors were asked for fresh worker processes
+        self._stacks = 0  # how many times executors were asked for their attempts' stacks
         self._seq = 0
         self._encoder = TaskEncoder()
         self._nodes_written: Set[int] = set()
@@ -222,6 +225,7 @@ class QueueExecutor(Executor):
                 "timeout": self.settings.timeout,
                 "wait": self.settings.wait,
                 "refresh": self._refresh,
+                "stacks": self._stacks,
                 "pid": os.getpid(),
                 **self._host,
             },
@@ -565,6 +569,31 @@ class QueueExecutor(Executor):
                     ran,
                     f"executor {m.describe()}" + ("" if ran else ", queued behind another attempt"),
                 )
+        return out
+
+    def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
+        """Each running attempt's stack: the executors are asked through ``queue/epoch`` (a request
+        number) and answer in their ``stacks`` files, each from its own workers (executors on
+        other hosts too). Those that do not answer within :data:`STACKS_WAIT` seconds are left out."""
+        if not self._started or self._closed or not attempts:
+            return {}
+        wanted = set(attempts)
+        self._stacks += 1
+        self._write_epoch()
+        pending = {m.name for m in self._joined()}
+        out: Dict[Tuple[str, int], str] = {}
+        deadline = time.monotonic() + STACKS_WAIT
+        while pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for name in list(pending):
+                answer = read_json(self.paths.member(name, "stacks"))
+                if not answer or answer.get("n") != self._stacks:
+                    continue
+                pending.discard(name)
+                for item, text in (answer.get("stacks") or {}).items():
+                    key, _, attempt = str(item).rpartition("\t")
+                    if attempt.isdigit() and (key, int(attempt)) in wanted and isinstance(text, str):
+                        out[(key, int(attempt))] = text
         return out
 
     def record_outcome(self, outcome: str) -> None:

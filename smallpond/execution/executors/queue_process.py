@@ -96,6 +96,7 @@ class ExecutorProcess:
         self.pool: Optional[LocalExecutor] = None
         self.epoch = -1
         self.refresh = 0  # the scheduler's refresh count this executor's workers were started for
+        self.stacks = 0  # the scheduler's last request for the stacks of running attempts, answered
         self.settings = QueueSettings.from_env()
         self.running: Dict[str, Tuple[str, int, int]] = {}  # item -> (key, attempt, cpus)
         self.items: Dict[Tuple[str, int], str] = {}  # (key, attempt) -> item
@@ -240,6 +241,9 @@ class ExecutorProcess:
         refresh = int(meta.get("refresh", 0))
         if refresh != self.refresh:
             self._refresh_pool(refresh)
+        stacks = int(meta.get("stacks", 0))
+        if stacks != self.stacks:
+            self._answer_stacks(stacks)
         beat = _read_bytes(self.paths.scheduler)
         if beat != self._sched_beat:
             self._sched_beat, self._sched_seen = beat, now
@@ -255,6 +259,15 @@ class ExecutorProcess:
             self._stop_pool(f"the scheduler sent no heartbeat for {silent:.0f}s")
         if self.pool is None and silent > self.settings.timeout + self.settings.wait:
             raise _Exit(EX_OK, f"no scheduler for {silent:.0f}s")
+
+    def _answer_stacks(self, n: int) -> None:
+        """The stall warning asked (request ``n``) where the running attempts are: each one's
+        Python stack, from its worker (:meth:`LocalExecutor.attempt_stacks`), into this
+        executor's ``stacks`` file (text only, keyed ``"{key}\t{attempt}"``)."""
+        self.stacks = n
+        running = [w.running for w in self.pool.workers if w.running is not None] if self.pool else []
+        dumps = self.pool.attempt_stacks(running) if running else {}
+        write_json(self.paths.member(self.name, "stacks"), {"n": n, "stacks": {f"{k}\t{a}": t for (k, a), t in dumps.items()}})
 
     def _await_next_run(self, now: float, ended: int) -> None:
         """Wait (up to ``SP_QUEUE_WAIT`` seconds) for a run of the job after generation ``ended``,
