@@ -239,26 +239,8 @@ def gray_sort_plan(
         )
     else:
         raise ValueError(f"partitioner must be 'range' or 'expression', got {partitioner!r}")
-    if sort_engine == "arrow":
-        from smallpond.logical.node import ArrowComputeNode
-
-        ordered = ArrowComputeNode(
-            ctx,
-            (shuffled,),
-            process_func=_sort_by_key,
-            parquet_compression=compression,
-            parquet_compression_level=None,
-            parquet_dictionary_encoding=dictionary,
-            output_name=output_name,
-            cpu_limit=sort_cpu_limit,
-            memory_limit=sort_memory_limit,
-        )
-        return LogicalPlan(ctx, ordered)
-    ordered = SqlEngineNode(
-        ctx,
-        (shuffled,),
-        "select key, payload from {0} order by key",
-        per_thread_output=False,
+    # both sorts write the same Parquet (compression, no dictionary unless asked)
+    sort = dict(
         parquet_compression=compression,
         parquet_compression_level=None,
         parquet_dictionary_encoding=dictionary,
@@ -266,6 +248,12 @@ def gray_sort_plan(
         cpu_limit=sort_cpu_limit,
         memory_limit=sort_memory_limit,
     )
+    if sort_engine == "arrow":
+        from smallpond.logical.node import ArrowComputeNode
+
+        ordered = ArrowComputeNode(ctx, (shuffled,), process_func=_sort_by_key, **sort)
+    else:
+        ordered = SqlEngineNode(ctx, (shuffled,), "select key, payload from {0} order by key", per_thread_output=False, **sort)
     return LogicalPlan(ctx, ordered)
 
 

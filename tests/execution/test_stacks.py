@@ -194,24 +194,12 @@ def test_pickle_for_workers_keeps_the_file_of_functions_pickled_by_value():
 def test_a_queue_executors_running_attempt_shows_its_stack(queue_executor, make_rt, tmp_path):  # noqa: F811
     # the scheduler asks through queue/epoch; the executor (a separate process, as on another
     # host) signals its worker and answers in its own stacks file
-    from tests.datagen import generate_parquet_files
-    from tests.execution.test_queue_backend import markers, planned_task, start_executors, stop, wait_until
+    from tests.execution.test_stall_places import one_executor_running_a_hanging_attempt
 
-    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=10)
-    marks = tmp_path / "marks"
-    marks.mkdir()
     qe = queue_executor()
-    rt = qe.rt
-    procs = start_executors(1, str(rt.job_id), rt.data_root, SP_EXECUTOR_CPUS="1")
-    try:
-        task, task_inputs = planned_task(rt, inputs, str(marks), sleep=600)
-        wait_until(lambda: qe.capacity.num_workers == 1, 60, "the executor to join")
-        qe.submit(task, task_inputs, 0, memory=256 << 20)
-        wait_until(lambda: markers(str(marks)), 60, "attempt 0 to start")
+    with one_executor_running_a_hanging_attempt(qe, tmp_path) as (task, _):
         stacks = qe.attempt_stacks([(task.key, 0), ("NoSuchTask-000001", 0)])
         again = qe.attempt_stacks([(task.key, 0)])  # a second request gets a fresh answer
-    finally:
-        stop(procs)
     assert list(stacks) == [(task.key, 0)], stacks
     frames = stacks[(task.key, 0)]
     assert "in execute_attempt" in frames and "sleep" in frames, frames

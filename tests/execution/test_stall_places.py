@@ -10,6 +10,7 @@ hand or by a real ``mpirun``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -77,14 +78,13 @@ def test_embedded_an_attempt_queued_behind_another_is_waiting(make_rt, tmp_path,
     assert re.search(rf"{task.key} \(attempt 1\) .*: waiting to start: queued behind {task.key}", warning), warning
 
 
-@pytest.mark.queue
-def test_queue_attempts_no_executor_took_are_waiting(queue_executor, make_rt, tmp_path, log_messages):  # noqa: F811
-    # one executor with one worker: attempt 0 runs there (it hangs); attempts 1 (queue=True) and 2
-    # stay in todo/, as that executor takes no more (none fits beside a long attempt)
+@contextlib.contextmanager
+def one_executor_running_a_hanging_attempt(qe, tmp_path):
+    """A by-hand executor with one worker, joined to ``qe``, running attempt 0 of a task that
+    hangs (600 s) once it has started; yields ``(task, its inputs)``; the executor is stopped after."""
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=10)
     marks = tmp_path / "marks"
     marks.mkdir()
-    qe = queue_executor()
     rt = qe.rt
     procs = start_executors(1, str(rt.job_id), rt.data_root, SP_EXECUTOR_CPUS="1")
     try:
@@ -92,6 +92,17 @@ def test_queue_attempts_no_executor_took_are_waiting(queue_executor, make_rt, tm
         wait_until(lambda: qe.capacity.num_workers == 1, 60, "the executor to join")
         qe.submit(task, task_inputs, 0, memory=256 * MB)
         wait_until(lambda: markers(str(marks)), 60, "attempt 0 to start")
+        yield task, task_inputs
+    finally:
+        stop(procs)
+
+
+@pytest.mark.queue
+def test_queue_attempts_no_executor_took_are_waiting(queue_executor, make_rt, tmp_path, log_messages):  # noqa: F811
+    # one executor with one worker: attempt 0 runs there (it hangs); attempts 1 (queue=True) and 2
+    # stay in todo/, as that executor takes no more (none fits beside a long attempt)
+    qe = queue_executor()
+    with one_executor_running_a_hanging_attempt(qe, tmp_path) as (task, task_inputs):
         qe.submit(task, task_inputs, 1, memory=256 * MB, queue=True)
         qe.submit(task, task_inputs, 2, memory=256 * MB)
 
@@ -107,8 +118,6 @@ def test_queue_attempts_no_executor_took_are_waiting(queue_executor, make_rt, tm
             (task.key, 2): (False, "in queue/todo, not taken by an executor yet"),
         }
         warning = stall_warning(qe, task, [0, 1, 2], log_messages)
-    finally:
-        stop(procs)
     assert "1 attempt(s) still running and 2 waiting to start" in warning, warning
     assert re.search(rf"{task.key} \(attempt 0\) .*: running on executor {re.escape(member.describe())}", warning), warning
     assert warning.count("waiting to start: in queue/todo, not taken by an executor yet") == 2, warning
