@@ -23,7 +23,7 @@ import os
 import signal
 import socket
 import time
-from typing import Dict, Hashable, List, Optional
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Set
 
 #: the signal a worker dumps its stacks on
 SIGNAL = getattr(signal, "SIGUSR1", None)
@@ -80,22 +80,36 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0) -> 
             del sizes[pid]
     texts: Dict[int, str] = {}
     last: Dict[int, int] = {}
-    deadline = time.monotonic() + timeout
-    while sizes and time.monotonic() < deadline:
-        time.sleep(0.02)
-        for pid, before in list(sizes.items()):
-            try:
-                size = os.path.getsize(stack_path(temp_root, pid))
-            except OSError:
-                del sizes[pid]
-                continue
-            if size > before and last.get(pid) == size:  # it wrote, and has stopped writing
-                with open(stack_path(temp_root, pid), "rb") as f:
-                    f.seek(before)
-                    texts[pid] = f.read(size - before).decode("utf-8", "replace")
-                del sizes[pid]
-            last[pid] = size
+
+    def answered(pid: int) -> bool:
+        try:
+            size = os.path.getsize(stack_path(temp_root, pid))
+        except OSError:
+            return True  # gone: no answer will come
+        if size > sizes[pid] and last.get(pid) == size:  # it wrote, and has stopped writing
+            with open(stack_path(temp_root, pid), "rb") as f:
+                f.seek(sizes[pid])
+                texts[pid] = f.read(size - sizes[pid]).decode("utf-8", "replace")
+            return True
+        last[pid] = size
+        return False
+
+    await_answers(sizes, answered, timeout, interval=0.02)
     return {key: texts[pid] for key, pid in pids.items() if pid in texts}
+
+
+def await_answers(
+    pending: Iterable[Hashable], answered: Callable[[Hashable], bool], timeout: float, interval: float = 0.05
+) -> Set[Hashable]:
+    """Ask ``answered(item)`` for each of ``pending`` every ``interval`` seconds until every one
+    has answered (True) or ``timeout`` seconds passed; returns those that did not. How each backend
+    collects the stacks it asked for: from worker processes (here), queue executors and Ray workers."""
+    left = set(pending)
+    deadline = time.monotonic() + timeout
+    while left and time.monotonic() < deadline:
+        time.sleep(interval)
+        left = {item for item in left if not answered(item)}
+    return left
 
 
 def attempt_frames(dump: str, marker: str = "execute_attempt", max_lines: int = MAX_LINES) -> str:

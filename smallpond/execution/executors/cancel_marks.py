@@ -45,22 +45,22 @@ class CancelMarks:
         self._made = False
 
     def mark(self, key: str, attempt: int) -> None:
-        if not self._made:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-            self._made = True
-        with open(mark_path(self.folder, key, attempt), "wb"):
-            pass
+        self._touch(mark_path(self.folder, key, attempt))
 
     def request_stack(self, key: str, attempt: int) -> str:
         """Ask the worker running the attempt for its Python stack (:meth:`CancelWatch` dumps it
         within a poll); returns the file it will be written to."""
+        path = mark_path(self.folder, key, attempt) + STACK_REQUEST
+        self._touch(path)
+        return path + STACK_ANSWER
+
+    def _touch(self, path: str) -> None:
+        """Create the empty file ``path`` in the folder (made on first use)."""
         if not self._made:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
             self._made = True
-        path = mark_path(self.folder, key, attempt) + STACK_REQUEST
         with open(path, "wb"):
             pass
-        return path + STACK_ANSWER
 
 
 class CancelWatch:

@@ -575,25 +575,26 @@ class QueueExecutor(Executor):
         """Each running attempt's stack: the executors are asked through ``queue/epoch`` (a request
         number) and answer in their ``stacks`` files, each from its own workers (executors on
         other hosts too). Those that do not answer within :data:`STACKS_WAIT` seconds are left out."""
+        from smallpond.execution import stacks
+
         if not self._started or self._closed or not attempts:
             return {}
         wanted = set(attempts)
         self._stacks += 1
         self._write_epoch()
-        pending = {m.name for m in self._joined()}
         out: Dict[Tuple[str, int], str] = {}
-        deadline = time.monotonic() + STACKS_WAIT
-        while pending and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for name in list(pending):
-                answer = read_json(self.paths.member(name, "stacks"))
-                if not answer or answer.get("n") != self._stacks:
-                    continue
-                pending.discard(name)
-                for item, text in (answer.get("stacks") or {}).items():
-                    key, _, attempt = str(item).rpartition("\t")
-                    if attempt.isdigit() and (key, int(attempt)) in wanted and isinstance(text, str):
-                        out[(key, int(attempt))] = text
+
+        def answered(name: str) -> bool:
+            answer = read_json(self.paths.member(name, "stacks"))
+            if not answer or answer.get("n") != self._stacks:
+                return False
+            for item, text in (answer.get("stacks") or {}).items():
+                key, _, attempt = str(item).rpartition("\t")
+                if attempt.isdigit() and (key, int(attempt)) in wanted and isinstance(text, str):
+                    out[(key, int(attempt))] = text
+            return True
+
+        stacks.await_answers({m.name for m in self._joined()}, answered, STACKS_WAIT)
         return out
 
     def record_outcome(self, outcome: str) -> None:

@@ -655,20 +655,19 @@ class RayExecutor(Executor):
                 except OSError:
                     pass
         out: Dict[Tuple[str, int], str] = {}
-        deadline = time.monotonic() + 1.0
-        while answers and time.monotonic() < deadline:
-            time.sleep(0.05)
-            for ka, path in list(answers.items()):
-                try:
-                    with open(path) as f:
-                        out[ka] = stacks.attempt_frames(f.read())
-                except OSError:
-                    continue
-                os.unlink(path)
-                del answers[ka]
-        for path in answers.values():  # unanswered: withdrawn, so a later attempt does not dump for nothing
-            with contextlib.suppress(OSError):
-                os.unlink(path[: -len(STACK_ANSWER)])
+
+        def answered(ka) -> bool:
+            try:
+                with open(answers[ka]) as f:
+                    out[ka] = stacks.attempt_frames(f.read())
+            except OSError:
+                return False
+            os.unlink(answers[ka])
+            return True
+
+        for ka in stacks.await_answers(answers, answered, 1.0):  # unanswered: withdrawn, so a later
+            with contextlib.suppress(OSError):  # attempt does not dump for nothing
+                os.unlink(answers[ka][: -len(STACK_ANSWER)])
         return out
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
