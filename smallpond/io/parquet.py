@@ -22,6 +22,8 @@ _NO_COMPRESSION = ("", "none", "uncompressed")
 #: 0.34-0.59 s; files 1.0x / 0.6-0.75x / 0.6-0.77x / 0.37-0.40x of uncompressed. Resume and
 #: spilling do not depend on the codec; a disk-bound shared filesystem might prefer lz4_raw.
 STAGING_COMPRESSION = "uncompressed"
+#: the zstd level when none is given (DuckDB's default, and ZSTD's)
+ZSTD_DEFAULT_LEVEL = 3
 # codecs both writers know, by DuckDB's name
 _CODECS = ("uncompressed", "snappy", "gzip", "zstd", "lz4", "lz4_raw", "brotli")
 
@@ -32,7 +34,9 @@ class ParquetWriterOptions:
 
     Args:
         compression: a codec name (``"zstd"``, ``"snappy"``, ``"lz4"``, ...) or None/"none".
-        compression_level: the codec level (used with zstd).
+        compression_level: the codec level (used with zstd). None means ZSTD's default, 3, on
+            both writers: pyarrow's own default would be 1 and DuckDB's 3, so one node would
+            write other files depending on its engine.
         row_group_size: rows per row group.
         dictionary_encoding: False (no dictionary pages), True, or the columns to encode.
     """
@@ -48,6 +52,8 @@ class ParquetWriterOptions:
         if comp not in _CODECS:
             raise ValueError(f"parquet compression must be one of {list(_CODECS)} or None, got {self.compression!r}")
         object.__setattr__(self, "compression", comp)
+        if comp == "zstd" and self.compression_level is None:
+            object.__setattr__(self, "compression_level", ZSTD_DEFAULT_LEVEL)
         object.__setattr__(self, "row_group_size", int(self.row_group_size or DEFAULT_ROW_GROUP_SIZE))
 
     @staticmethod
