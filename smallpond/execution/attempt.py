@@ -18,6 +18,7 @@ import traceback
 from typing import Callable, List, Optional, Tuple
 
 from smallpond.errors import TaskError, classify
+from smallpond.execution import resource_use
 from smallpond.execution.attempt_files import ATTEMPT_DIR, bytes_read, bytes_written, input_files, unreadable_intermediates
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
@@ -521,6 +522,9 @@ def execute_attempt(
         sink_id = logger.add(loguru_file_path(log_path), level=rt.file_log_level, enqueue=False)
     start = time.time()
     cpu_start = time.process_time()
+    # in a worker, which runs one attempt at a time, the process's CPU and peak memory are the attempt's
+    measured = sink is not None
+    peak_known = measured and resource_use.start_peak()
     tmp = final = watch = None
     try:
         started = f"start {task.key} attempt {attempt} of {task.node_label} partitions={list(task.partition_infos)} inputs={len(inputs)}"
@@ -560,6 +564,7 @@ def execute_attempt(
             _end_memory_watch(watch)
             task.inject_fault()
         elapsed = time.time() - start
+        _record_use(task.stats, task.memory_limit, cpu_start if measured else None, peak_known)
         task.stats["bytes"] = bytes_written(ds)
         task.stats["read"] = bytes_read(inputs)
         _test_crash_point("before_commit", task)
@@ -591,6 +596,8 @@ def execute_attempt(
             logger.info(done)
         return ds
     except BaseException as e:
+        if "memory" not in task.stats:  # what a failed attempt used (an out-of-memory one's peak, say)
+            _record_use(task.stats, task.memory_limit, cpu_start if measured else None, peak_known)
         if final is not None and tmp is None:  # renamed into place: removed now unless its task's record names it
             record = _load_record(rt, commit_path(rt, task.key))
             if record is None or record.get("output_dir") != final:
@@ -626,6 +633,16 @@ def execute_attempt(
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _record_use(stats: dict, reserved: int, cpu_start: Optional[float], peak_known: bool) -> None:
+    """Put what the attempt used into its ``stats``: the memory reserved for it, and in a worker
+    its CPU seconds and peak memory (:mod:`~smallpond.execution.resource_use`)."""
+    stats["memory"] = int(reserved)
+    if cpu_start is not None:
+        stats["cpu"] = round(time.process_time() - cpu_start, 3)
+    if peak_known:
+        stats["peak_memory"] = resource_use.peak_since_start()
 
 
 def _end_memory_watch(watch) -> None:

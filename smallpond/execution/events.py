@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
 from smallpond.common import logger
+from smallpond.execution.resource_use import over_reservation
 from smallpond.execution.scheduler import SchedulerListener
 
 EVENTS_FILE = "events.jsonl"
@@ -157,9 +158,22 @@ class NodeStats:
     written: int = 0
     read: int = 0
     task_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # of the tasks run, as measured in their workers
+    peak_memory: int = 0  # the highest of its tasks' peaks (0: not measured)
+    peak_reserved: int = 0  # what the task that peaked highest had reserved
+    over_reserved: int = 0  # tasks whose peak was clearly above what they reserved
     first_start: Optional[float] = None
     last_end: Optional[float] = None
     durations: List[float] = field(default_factory=list)
+
+    def add_use(self, ev: dict) -> None:
+        """Count what a finished attempt used (its ``cpu``, ``peak_memory`` and ``memory`` fields)."""
+        self.cpu_seconds += float(ev.get("cpu") or 0.0)
+        peak, reserved = int(ev.get("peak_memory") or 0), int(ev.get("memory") or 0)
+        if peak > self.peak_memory:
+            self.peak_memory, self.peak_reserved = peak, reserved
+        if over_reservation(peak, reserved):
+            self.over_reserved += 1
 
     @property
     def finished(self) -> int:
@@ -299,12 +313,19 @@ class JobHistory:
             ns.written += int(ev.get("bytes") or 0)
             ns.read += int(ev.get("read") or 0)
             ns.durations.append(elapsed)
+            ns.add_use(ev)
             return
+        ns.add_use(ev)
         run.failures.append(a)
         if ev.get("decision") == "fail":
             ns.failed += 1
         else:
             ns.retries += 1
+
+
+def _use_fields(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """What an attempt used (:mod:`~smallpond.execution.resource_use`), the fields it measured."""
+    return {k: stats[k] for k in ("cpu", "peak_memory", "memory") if stats.get(k) is not None}
 
 
 # -- the writer ------------------------------------------------------------------------------------
@@ -486,6 +507,7 @@ class EventLog(SchedulerListener):
                 worker=record.get("worker", ""),
                 rows=stats.get("rows"),
                 bytes=stats.get("bytes"),
+                **_use_fields(stats),
             )
 
     def on_reused(self, task, entry) -> None:
@@ -527,6 +549,7 @@ class EventLog(SchedulerListener):
             rows=c.stats.get("rows"),
             bytes=c.stats.get("bytes"),
             read=c.stats.get("read"),
+            **_use_fields(c.stats),
             # the attempt's own log, or the worker process's log holding its start and done lines
             log=c.stats.get("log") or task_log_relpath(task.key, c.attempt),
         )

@@ -221,7 +221,7 @@ def _timeline_svg(run: RunStats) -> str:
 def _node_table(run: RunStats) -> str:
     head = (
         "<tr><th>Node</th><th>State</th><th>Tasks</th><th>Run</th><th>Resumed</th><th>Reused</th><th>Retries</th><th>Failed</th>"
-        "<th>Rows</th><th>Written</th><th>Read</th><th>Wall time</th><th>Task time</th><th>Median task</th>"
+        "<th>Rows</th><th>Written</th><th>Read</th><th>Wall time</th><th>Task time</th><th>Task CPU</th><th>Peak memory</th><th>Median task</th>"
         "<th>Slowest task</th><th>Created at</th></tr>"
     )
     rows = []
@@ -236,9 +236,26 @@ def _node_table(run: RunStats) -> str:
             f'<td class="num">{ns.resumed}</td><td class="num">{ns.reused}</td><td class="num">{ns.retries}</td><td class="num">{ns.failed}</td>'
             f'<td class="num">{ns.rows:,}</td><td class="num">{human_bytes(ns.written)}</td><td class="num">{human_bytes(ns.read)}</td>'
             f'<td class="num">{human_seconds(ns.wall_seconds)}</td><td class="num">{human_seconds(ns.task_seconds)}</td>'
+            f"{_use_cells(ns)}"
             f'<td class="num">{med}</td><td class="num">{mx}</td><td class="small">{_e(ns.location)}</td></tr>'
         )
     return f'<table class="nodes">{head}{"".join(rows)}</table>'
+
+
+def _use_cells(ns) -> str:
+    """The task CPU and peak memory cells of a node's row (the peak flagged when above what the
+    task reserved)."""
+    cpu = human_seconds(ns.cpu_seconds) if ns.cpu_seconds else ""
+    if not ns.peak_memory:
+        return f'<td class="num">{cpu}</td><td class="num"></td>'
+    title = f"the highest resident memory of a task's worker process; that task reserved {human_bytes(ns.peak_reserved)}"
+    over = ""
+    if ns.over_reserved:
+        over = f'<div class="over small">{ns.over_reserved} task(s) above what they reserved</div>'
+    return (
+        f'<td class="num">{cpu}</td><td class="num{" over" if ns.over_reserved else ""}" title="{_e(title)}">'
+        f"{human_bytes(ns.peak_memory)}{over}</td>"
+    )
 
 
 def _failure_table(run: RunStats) -> str:
@@ -305,7 +322,7 @@ svg text{font-family:system-ui,sans-serif}.plan .t1{font-size:12.5px;font-weight
 table{border-collapse:collapse;background:#fff;font-size:13px}th,td{border:1px solid #ddd;padding:4px 8px;vertical-align:top}
 th{background:#f0f0f0;text-align:left}td.num{text-align:right;white-space:nowrap}.muted{color:#777}.small{font-size:11.5px}
 td.state.done{color:#155724}td.state.failed,tr.fatal td{color:#a00}td.state.running{color:#856404}
-tr.hl td{background:#fff8dc}
+tr.hl td{background:#fff8dc}td.over,.over{color:#a35d00}
 """
 
 _JS = """

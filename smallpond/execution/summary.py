@@ -91,14 +91,23 @@ def _body(run: RunStats) -> list:
     if not nodes:
         return lines
     width = min(48, max(len(n.label) for n in nodes))
-    lines.append(f"  {'node':<{width}}  {'tasks':>9}  {'wall':>8}")
+    lines.append(f"  {'node':<{width}}  {'tasks':>9}  {'wall':>8}  {'task CPU':>8}  {'peak memory':>11}")
     for n in nodes[:MAX_NODES_SHOWN]:
         label = n.label if len(n.label) <= width else n.label[: width - 1] + "…"
         tasks = f"{n.finished}/{n.planned or n.finished}"
         flag = "  FAILED" if n.failed else ""
-        lines.append(f"  {label:<{width}}  {tasks:>9}  {human_seconds(n.wall_seconds):>8}{flag}")
+        cpu = human_seconds(n.cpu_seconds) if n.cpu_seconds else "-"
+        peak = human_bytes(n.peak_memory) if n.peak_memory else "-"
+        lines.append(f"  {label:<{width}}  {tasks:>9}  {human_seconds(n.wall_seconds):>8}  {cpu:>8}  {peak:>11}{flag}")
     if len(nodes) > MAX_NODES_SHOWN:
         lines.append(f"  ... {len(nodes) - MAX_NODES_SHOWN} more node(s): see the report")
+    for n in nodes:
+        if n.over_reserved:
+            lines.append(
+                f"  note: {n.over_reserved} task(s) of {n.label} peaked above the memory reserved for them "
+                f"(the highest peak {human_bytes(n.peak_memory)}, by a task that reserved {human_bytes(n.peak_reserved)}); give the node a "
+                "larger memory_limit, or the scheduler may start more tasks at once than the machine holds"
+            )
     return lines
 
 
