@@ -129,6 +129,13 @@ def test_same_result_as_plain_pyarrow(backend, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sink_rows(job.sink) == expected_rows(job.inputs)
     assert len(counter_lines(job.counter)) == NPARTITIONS
+    # each attempt a worker ran reports what it used (execution/resource_use.py), on every backend
+    (events,) = glob.glob(os.path.join(job.data_root, "*", "log", "events.jsonl"))
+    with open(events) as f:
+        done = [e for e in map(json.loads, f) if e["ev"] == "done"]
+    assert done and all(e.get("memory", 0) > 0 and "cpu" in e for e in done), done
+    if sys.platform.startswith("linux"):
+        assert all(e.get("peak_memory", 0) > 0 for e in done), done
 
 
 def test_example_gives_the_embedded_output(backend, tmp_path):
