@@ -667,7 +667,11 @@ def chrome_trace(run: RunStats) -> dict:
                 "tid": int(a["node"]),
                 "args": {
                     "worker": a.get("worker") or "?",
-                    **{k: a.get(k) for k in ("attempt", "rows", "bytes", "read", "error", "decision") if a.get(k) is not None},
+                    **{
+                        k: a.get(k)
+                        for k in ("attempt", "rows", "bytes", "read", "cpu", "peak_memory", "memory", "error", "decision")
+                        if a.get(k) is not None
+                    },
                 },
             }
         )

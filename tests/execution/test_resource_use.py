@@ -11,7 +11,7 @@ import pytest
 
 from smallpond.common import MB
 from smallpond.execution import resource_use
-from smallpond.execution.events import JobHistory
+from smallpond.execution.events import JobHistory, chrome_trace
 from smallpond.execution.job import run_job
 from smallpond.execution.summary import format_summary
 from smallpond.logical.dataset import ParquetDataSet
@@ -87,5 +87,7 @@ def test_events_summary_and_report_show_what_tasks_used(make_rt, parquet_files):
     assert "peak memory" in text
     notes = [ln for ln in text.splitlines() if "peaked above the memory reserved" in ln]
     assert len(notes) == 1 and f"PythonScriptNode-{int(big.id):06d}" in notes[0]
+    slices = [e for e in chrome_trace(history.last)["traceEvents"] if e["tid"] == int(big.id)]
+    assert slices and all(e["args"]["peak_memory"] >= BIG and "cpu" in e["args"] for e in slices)
     page = open(os.path.join(rt.log_root, "report.html"), encoding="utf-8").read()
     assert "<th>Peak memory</th>" in page and "above what they reserved" in page
