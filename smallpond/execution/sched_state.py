@@ -28,12 +28,19 @@ CACHE_WAIT_RECHECK = 0.25
 
 
 class Running(NamedTuple):
-    """A submitted attempt: what it reserved, when it was sent, and whether it is a speculative copy."""
+    """A submitted attempt: what it reserves, since when, and whether it is a speculative copy.
+
+    ``held``: its CPUs and memory are counted out of what is free. An attempt queued on a worker
+    behind another one (``submit(..., queue=True)``) is not held until its backend says it started
+    (:func:`hold`: the one before it ended, or it moved to a worker of its own), and then wherever
+    it runs; ``since`` is when it was sent, then when it started. What is held is freed once, by
+    :func:`release`."""
 
     cpus: int
     memory: int
     since: float = 0.0
     speculative: bool = False
+    held: bool = True
 
 
 @dataclass(frozen=True)
@@ -193,24 +200,52 @@ def make_ready(state: SchedState, key: str) -> None:
 
 
 def reserve(
-    state: SchedState, key: str, attempt: int, cpus: int, memory: int, since: float = 0.0, speculative: bool = False
+    state: SchedState,
+    key: str,
+    attempt: int,
+    cpus: int,
+    memory: int,
+    since: float = 0.0,
+    speculative: bool = False,
+    held: bool = True,
 ) -> None:
-    state.running.setdefault(key, {})[attempt] = Running(cpus, memory, since, speculative)
-    state.free_cpus -= cpus
-    state.free_memory -= memory
+    """An attempt was sent; it holds ``cpus`` and ``memory`` now, or (not ``held``: queued behind
+    another attempt) from when :func:`hold` says it started."""
+    state.running.setdefault(key, {})[attempt] = Running(cpus, memory, since, speculative, held)
+    if held:
+        state.free_cpus -= cpus
+        state.free_memory -= memory
+
+
+def hold(state: SchedState, key: str, attempt: int, now: float) -> bool:
+    """A queued attempt started (on the worker it waited on, or on another one it moved to): from
+    now on it holds what it reserved. False if it is not running (cancelled, finished) or held."""
+    r = state.running.get(key, {}).get(attempt)
+    if r is None or r.held:
+        return False
+    state.running[key][attempt] = r._replace(since=now, held=True)
+    state.free_cpus -= r.cpus
+    state.free_memory -= r.memory
+    return True
 
 
 def release(state: SchedState, key: str, attempt: int) -> bool:
-    """Give back what an attempt reserved. False if it was not running (cancelled, superseded)."""
+    """Give back what an attempt held. False if it was not running (cancelled, superseded)."""
     attempts = state.running.get(key)
     if not attempts or attempt not in attempts:
         return False
-    cpus, memory = attempts.pop(attempt)[:2]
+    r = attempts.pop(attempt)
     if not attempts:
         del state.running[key]
-    state.free_cpus += cpus
-    state.free_memory += memory
+    if r.held:
+        state.free_cpus += r.cpus
+        state.free_memory += r.memory
     return True
+
+
+def waiting_to_start(state: SchedState) -> bool:
+    """Whether an attempt waits queued behind another one (sent, not started)."""
+    return any(not r.held for attempts in state.running.values() for r in attempts.values())
 
 
 #: the least memory an elastic thread brings along: DuckDB's sorts and hash tables hold buffers per
@@ -235,7 +270,10 @@ def record_runtime(state: SchedState, key: str, seconds: float) -> None:
 
 
 def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
-    """Running tasks with a single attempt that has run too long for its node (see Speculation)."""
+    """Running tasks with a single attempt that has run too long for its node (see Speculation).
+
+    An attempt queued behind another one and not started is no straggler, however long it has
+    waited: it has not run (its backend moves it to an idle worker instead, work stealing)."""
     if not spec.enabled or not state.running:
         return []
     totals: Dict[int, int] = {}
@@ -249,13 +287,15 @@ def stragglers(state: SchedState, spec: Speculation, now: float) -> List[str]:
     for key, attempts in state.running.items():
         if len(attempts) != 1 or getattr(state.tasks[key], "commits_on_publication", False):
             continue  # (a sink stages its result in one place per task: never two copies at once)
+        (running,) = attempts.values()
+        if not running.held:
+            continue
         node_id = state.tasks[key].node_id
         if node_id not in medians:
             times = state.runtimes.get(node_id) or []
             enough = times and len(times) >= spec.quantile * totals.get(node_id, 1)
             medians[node_id] = statistics.median(times) if enough else None
         median = medians[node_id]
-        (running,) = attempts.values()
         if median is not None and now - running.since > max(spec.min_runtime, spec.multiplier * median):
             out.append(key)
     return sorted(out, key=lambda k: next(iter(state.running[k].values())).since)
@@ -382,8 +422,8 @@ def keep_only_finished(state: SchedState) -> SchedState:
         reused=state.reused,
         consumers=state.consumers,
         runtimes=state.runtimes,
-        free_cpus=state.free_cpus + sum(r.cpus for a in state.running.values() for r in a.values()),
-        free_memory=state.free_memory + sum(r.memory for a in state.running.values() for r in a.values()),
+        free_cpus=state.free_cpus + sum(r.cpus for a in state.running.values() for r in a.values() if r.held),
+        free_memory=state.free_memory + sum(r.memory for a in state.running.values() for r in a.values() if r.held),
     )
 
 

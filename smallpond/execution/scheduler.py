@@ -6,7 +6,9 @@ re-exported here), as in dask's local scheduler. This module holds the event loo
 
 * ``waiting``  — some input is not done yet (the keys still missing);
 * ``ready``    — inputs done; a heap ordered by critical-path length (longest chain first), then id;
-* ``running``  — submitted attempts and what each reserved: ``{key: {attempt: (cpus, memory)}}``;
+* ``running``  — submitted attempts and what each reserves: ``{key: {attempt: Running}}``; one
+  queued on a worker behind another attempt holds its CPUs and memory only from when the backend
+  says it started (``Executor.started``), wherever it runs (it may have moved to another worker);
 * ``done``     — output DataSet known (from this run, an earlier computation of this session, a
   matching commit record on disk: that is resume, or an entry of the task cache);
 * ``failed``   — gave up, with its TaskError;
@@ -18,7 +20,7 @@ Besides: ``attempts`` (the last attempt number given out), ``fail_counts``, ``me
 effective memory limit of each task's next attempt, raised after out-of-memory failures),
 ``recomputed`` (done tasks whose output turned out unreadable and that were run again, once:
 :func:`recompute_producers`),
-``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts reserved;
+``free_cpus`` / ``free_memory`` (what the executor offers minus what running attempts hold;
 the executor's offer is read every round and may change, e.g. when Ray nodes join or leave),
 ``resumed`` / ``executed`` / ``reused`` (for the summary: from the job's own commit records, run
 here, or taken from the task cache) and ``consumers`` (reverse edges).
@@ -31,7 +33,9 @@ appears, or its claim goes away and this job computes the task itself.
 
 Speculation (:class:`Speculation`, Spark's knobs): a task still running long after most of its
 node's tasks finished gets a second attempt on an idle worker; the first attempt to commit wins
-(``write_commit`` publishes records exclusively) and the others are cancelled.
+(``write_commit`` publishes records exclusively) and the others are cancelled. An attempt waiting
+queued behind another one is no straggler: it has not started, and while one waits an idle worker
+is for it (the backend moves it there: work stealing), not for a copy.
 
 Policies, in :func:`fail_attempt`: the error is classified once by
 :func:`smallpond.errors.classify` into retry / fail / retry with more memory. A retried task gets
@@ -77,6 +81,7 @@ from smallpond.execution.sched_state import (  # noqa: F401
     elastic_threads,
     fail_attempt,
     finish_task,
+    hold,
     invalidate,
     keep_only_finished,
     make_ready,
@@ -89,6 +94,7 @@ from smallpond.execution.sched_state import (  # noqa: F401
     resize,
     stragglers,
     wait_for_cache,
+    waiting_to_start,
     wake_waiting,
 )
 from smallpond.execution.task import Task
@@ -197,13 +203,11 @@ class Scheduler:
                 # a task waiting for another job's cache entry is looked at again soon
                 idle_wait = min(0.5, max(0.0, min(st.cache_wait.values()) - time.time())) if st.cache_wait else 0.5
                 if st.running:
-                    for c in self._poll(0.0 if progressed else idle_wait):
-                        self._on_completion(c)
+                    self._collect(0.0 if progressed else idle_wait)
                 elif not progressed and self.executor is not None and self.capacity.num_workers == 0:
                     # no worker yet (they are joining): wait; a backend whose workers cannot
                     # come raises from poll
-                    for c in self._poll(0.5):
-                        self._on_completion(c)
+                    self._collect(0.5)
                 elif not progressed:
                     if not st.cache_wait:
                         raise RuntimeError(self._stall_message(target_keys))
@@ -259,10 +263,16 @@ class Scheduler:
         """The most CPUs one attempt can be given (one machine's)."""
         return int(self.executor.attempt_limits()[0]) if self.executor is not None else 1
 
-    def _poll(self, timeout: float) -> List[Completion]:
+    def _collect(self, timeout: float) -> None:
+        """Take in what the executor reports (waiting up to ``timeout`` seconds): finished attempts,
+        then queued ones that started (from then on they hold their CPUs and memory)."""
         if self.executor is None:
-            return []
-        return self.executor.poll(timeout)
+            return
+        for c in self.executor.poll(timeout):
+            self._on_completion(c)
+        now = time.time()
+        for key, attempt in self.executor.started():
+            hold(self.state, key, attempt, now)
 
     def _run_here(self, task: Task, inputs: list, attempt: int) -> None:
         """Metadata-only tasks (and everything, without an executor) run in this process."""
@@ -407,8 +417,8 @@ class Scheduler:
             queue = False
             if not fits or idle == 0:
                 # a one-CPU task needing no more than a worker's share of memory may wait on a
-                # worker behind a short task and run with what that task leaves: it reserves
-                # nothing of its own, and a worker still runs one task at a time
+                # worker behind a short task: it holds nothing while it waits (a worker runs one
+                # task at a time), and what it reserved from when it starts (Running.held)
                 slots = self.executor.queue_slots()
                 queue = task.cpu_limit <= 1 and mem <= self.capacity.memory_per_cpu and slots > 0
                 if not queue:
@@ -435,7 +445,7 @@ class Scheduler:
                 if self.cache is not None:
                     self.cache.release(key)
                 break
-            reserve(st, key, attempt, 0 if queue else cpus, 0 if queue else mem, time.time())
+            reserve(st, key, attempt, cpus, mem, time.time(), held=not queue)
             self._emit("on_submit", task, attempt, mem)
             progressed = True
         for item in deferred:
@@ -447,6 +457,8 @@ class Scheduler:
         """Give stragglers a second attempt on idle workers (see :class:`Speculation`)."""
         st = self.state
         started = False
+        if waiting_to_start(st):
+            return False  # an attempt queued behind another needs an idle worker more than a copy does
         for key in stragglers(st, self.speculation, time.time()):
             if st.ready or self.executor.free_slots() == 0:
                 break  # waiting work and idle workers come first

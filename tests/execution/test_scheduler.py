@@ -14,7 +14,7 @@ from smallpond.common import GB, MB
 from smallpond.errors import Decision, InjectedFault, JobFailed, OutOfMemory, TaskError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.planner import Planner
-from smallpond.execution.scheduler import SchedState, Scheduler, add_tasks, reserve, resize
+from smallpond.execution.scheduler import Running, SchedState, Scheduler, add_tasks, reserve, resize
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
 
@@ -150,7 +150,7 @@ def test_completions_of_superseded_attempts_are_ignored(plan_tasks):
     add_tasks(scheduler.state, rt, [exec_plan.root_task], exec_plan.tasks)
     reserve(scheduler.state, a, 1, 1, 100 * MB)
     scheduler._on_completion(Completion(a, 0, False, None, InjectedFault("late")))
-    assert scheduler.state.running == {a: {1: (1, 100 * MB, 0.0, False)}} and not scheduler.state.fail_counts
+    assert scheduler.state.running == {a: {1: Running(1, 100 * MB, 0.0, False)}} and not scheduler.state.fail_counts
 
 
 def test_duckdb_out_of_memory_is_retried_with_more_memory(make_rt, parquet_files):

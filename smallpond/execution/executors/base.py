@@ -12,6 +12,7 @@ Life cycle::
     executor.free_slots()                 # how many more attempts could start now
     executor.submit(task, inputs, attempt, memory=...)
     executor.poll(timeout) -> [Completion, ...]
+    executor.started() -> [(key, attempt), ...]   # queued attempts that have started since
     executor.cancel(key, attempt)         # abandon an attempt; no Completion is reported for it
     executor.attempt_places()             # which attempts in flight have started, and where (logs)
     executor.record_outcome(status)      # the job's status, just before it ends (optional)
@@ -43,7 +44,10 @@ Rules every backend keeps:
 * **Pipelining is optional.** ``queue_slots`` is how many workers would accept an attempt queued
   behind their current short one (``submit(..., queue=True)``); backends without it return 0. A
   backend that pipelines does not let a queued attempt wait behind one that turned long while a
-  worker idles: it moves it (once, and only if it had not started; see the local backend).
+  worker idles: it moves it (once, and only if it had not started; see the local backend). A
+  queued attempt uses no CPU or memory until it starts, behind the one it waited for or on the
+  worker it moved to: ``started`` tells the scheduler, which counts its resources from then on.
+  Cancelling one that has not started takes it back; only a started attempt is killed.
 * **A quiet start may come first.** A backend whose ``start`` logs nothing and waits on nothing
   (spawning local processes) sets ``starts_quietly``: a job then starts it before its log sinks,
   so the workers boot meanwhile. Others are started once the job's log file is open.
@@ -142,6 +146,13 @@ class Executor:
     def poll(self, timeout: float) -> List[Completion]:
         """Outcomes of attempts finished since the last call, waiting up to ``timeout`` seconds for one."""
         raise NotImplementedError
+
+    def started(self) -> List[Tuple[str, int]]:
+        """The attempts submitted with ``queue=True`` that have started since the last call (the
+        attempt they waited behind ended, or they moved to a worker of their own), as far as the
+        backend knows: from then on they use their CPUs and memory. One that ends before the
+        backend saw it start may be left out. Backends that do not pipeline return []."""
+        return []
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
         """Abandon an attempt of ``key`` (every attempt if ``attempt`` is None); it is not reported."""

@@ -18,6 +18,13 @@ them to the idle one (work stealing). The worker that held them decides: its con
 thread answers with the attempts it has not started and will never start
 (:class:`~smallpond.execution.worker.Claims`); only those move, once the answer is in. Until then
 they stay where they were, for :meth:`~LocalExecutor.attempt_places` and :meth:`~LocalExecutor.cancel`.
+
+Cancelling a queued attempt asks for it the same way instead of killing its worker, which would
+take the attempt running there with it: one the worker gives up is dropped; one it had started by
+then (the one before it ended meanwhile) runs, and only then is the worker killed. A queued
+attempt starts when it becomes the first one its worker holds (the one before it ended, or it
+moved to a worker of its own): :meth:`LocalExecutor.started` tells the scheduler, which counts
+its CPUs and memory from then on.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ class _Entry(NamedTuple):
     body: bytes  # the pickled attempt
     user_python: bool  # whether it may run user Python
     seq: int = 0
+    queued: bool = False  # sent with ``queue=True`` and not reported started yet (LocalExecutor.started)
 
 
 class _Worker:
@@ -101,9 +109,16 @@ class _Worker:
         self.head_since = 0.0  # when the first in-flight attempt started (about)
         self.nodes_sent: Set[object] = set()  # node keys this worker has received
         self.sent = 0  # the ``seq`` of the last attempt sent
-        #: the ``seq`` of the attempts asked back and not answered yet (nothing is sent meanwhile)
-        self.asked: Set[int] = set()
-        self.giving_back = False  # the last ask was :meth:`LocalExecutor.give_back`'s
+        #: the asks for queued attempts not answered yet, oldest first (the worker answers in
+        #: order): why (``"steal"``, ``"give_back"``, ``"cancel"``) and the ``seq`` asked for
+        self.asks: Deque[Tuple[str, List[int]]] = deque()
+        #: the ``seq`` of cancelled attempts still in ``inflight``: asked back, not answered yet
+        self.doomed: Set[int] = set()
+
+    @property
+    def asked(self) -> Set[int]:
+        """The ``seq`` of the attempts asked back and not answered yet (nothing is sent meanwhile)."""
+        return {seq for _, seqs in self.asks for seq in seqs}
 
     @property
     def running(self) -> Optional[Tuple[str, int]]:
@@ -260,7 +275,7 @@ class LocalExecutor(Executor):
     def _short(self, w: _Worker, now: float) -> bool:
         """True if ``w`` runs a task and has room in its queue, every task it holds is of a node
         known to be quick, and the one running has not run for long."""
-        if not 1 <= len(w.inflight) < QUEUE_DEPTH or now - w.head_since > QUEUE_BEHIND_SECONDS or w.asked:
+        if not 1 <= len(w.inflight) < QUEUE_DEPTH or now - w.head_since > QUEUE_BEHIND_SECONDS or w.asks:
             return False
         for entry in w.inflight:
             stats = self._node_times.get(entry.node_key)
@@ -276,7 +291,7 @@ class LocalExecutor(Executor):
     def submit(self, task: Task, inputs: list, attempt: int, *, memory: int, queue: bool = False) -> None:
         """Send an attempt to an idle worker, or with ``queue`` behind a short running task."""
         node_key, body = self._encoder.encode(task, inputs, attempt, memory)
-        self._submit_entry(_Entry(task.key, attempt, node_key, body, task.runs_user_python), queue)
+        self._submit_entry(_Entry(task.key, attempt, node_key, body, task.runs_user_python, queued=queue), queue)
 
     def submit_encoded(
         self, key: str, attempt: int, node_key, node_blob: bytes, body: bytes, *, queue: bool = False, user_python: bool = True
@@ -288,7 +303,7 @@ class LocalExecutor(Executor):
         the user's Python (:attr:`Task.runs_user_python`; when not known, True).
         """
         self._node_blobs.setdefault(node_key, node_blob)
-        self._submit_entry(_Entry(key, attempt, node_key, body, user_python), queue)
+        self._submit_entry(_Entry(key, attempt, node_key, body, user_python, queued=queue), queue)
 
     def _submit_entry(self, entry: _Entry, queue: bool, avoid: Optional[_Worker] = None) -> None:
         """Send ``entry`` to an idle worker, or with ``queue`` behind a short one (not ``avoid``)."""
@@ -306,7 +321,7 @@ class LocalExecutor(Executor):
                 # the worker that was short when the scheduler asked has passed the mark since
                 # (a loaded machine): queue behind the least busy one rather than fail the job
                 # (one asked for its queued attempts last: nothing is sent to it until it answers)
-                w = min(self.workers, key=lambda x: (x is avoid, bool(x.asked), len(x.inflight)))
+                w = min(self.workers, key=lambda x: (x is avoid, bool(x.asks), len(x.inflight)))
         else:
             w = next((w for w in self.workers if not w.inflight), None)
             if w is None and len(self.workers) < self.num_workers:
@@ -355,8 +370,8 @@ class LocalExecutor(Executor):
         for w in sorted(self.workers, key=lambda x: len(x.inflight), reverse=True):
             if room <= 0 or len(w.inflight) < 2:
                 break
-            if not w.asked:
-                room -= self._ask(w, [e.seq for e in list(w.inflight)[1:]][-room:])  # the last wait longest
+            if not w.asks:
+                room -= self._ask(w, _queued_seqs(w)[-room:])  # the last wait longest
 
     def give_back(self, after: float) -> None:
         """Ask each worker whose running attempt has run for more than ``after`` seconds for the
@@ -365,8 +380,8 @@ class LocalExecutor(Executor):
         puts them back in the job's queue, for any executor)."""
         now = time.monotonic()
         for w in self.workers:
-            if len(w.inflight) > 1 and not w.asked and now - w.head_since > after:
-                self._ask(w, [e.seq for e in list(w.inflight)[1:]], give_back=True)
+            if len(w.inflight) > 1 and not w.asks and now - w.head_since > after:
+                self._ask(w, _queued_seqs(w), "give_back")
 
     def given_back(self) -> List[Tuple[str, int]]:
         """The attempts ``(key, attempt)`` taken back by :meth:`give_back` since the last call: no
@@ -374,41 +389,84 @@ class LocalExecutor(Executor):
         out, self._given_back = self._given_back, []
         return out
 
-    def _ask(self, w: _Worker, seqs: List[int], give_back: bool = False) -> int:
-        """Ask ``w`` for the attempts ``seqs`` queued on it; returns how many were asked for."""
+    def _ask(self, w: _Worker, seqs: List[int], why: str = "steal") -> int:
+        """Ask ``w`` for the attempts ``seqs`` queued on it (``why``: see ``_Worker.asks``);
+        returns how many were asked for."""
+        if not seqs:
+            return 0
         try:
             w.ctl.send_bytes(pickle.dumps(seqs))
         except OSError:
             return 0  # it is dying: its socket tells poll
-        w.asked.update(seqs)
-        w.giving_back = give_back
+        w.asks.append((why, list(seqs)))
         return len(seqs)
 
-    def _took_back(self, w: _Worker) -> None:
-        """``w`` answered: the attempts it gave up go to idle workers, else queue behind short
-        ones (or, asked by :meth:`give_back`, to :meth:`given_back`)."""
+    def _took_back(self, w: _Worker, out: List[Completion]) -> None:
+        """``w`` answered its oldest ask: the cancelled attempts it gave up are dropped; the others
+        go to idle workers, else queue behind short ones (or, asked by :meth:`give_back`, to
+        :meth:`given_back`). A cancelled attempt it did not give up had started: once the
+        outcomes it sent before are read (into ``out``), if it still runs, the worker is killed."""
+        why, seqs = w.asks.popleft()
         try:
             given = set(pickle.loads(w.ctl.recv_bytes()))
         except (EOFError, OSError):
-            given = set()  # it died: its socket tells poll, and its replacement gets its queue
-        w.asked = set()
-        if not given:
+            w.asks.clear()  # it died: its socket tells poll, and its replacement gets its queue
             return
-        moved = [e for e in w.inflight if e.seq in given]
+        moved = [e for e in w.inflight if e.seq in given and e.seq not in w.doomed]
         w.inflight = deque(e for e in w.inflight if e.seq not in given)
+        w.doomed -= given
         for entry in moved:
             idle = any(not x.inflight for x in self.workers) or len(self.workers) < self.num_workers
-            if w.giving_back and not idle:
+            if why == "give_back" and not idle:
                 self._given_back.append((entry.key, entry.attempt))
                 continue
             logger.debug("{} attempt {} moves from worker {} (pid {})", entry.key, entry.attempt, w.index, w.pid)
             self._submit_entry(entry, queue=not idle, avoid=w)
+        if not any(s in w.doomed for s in seqs):
+            return
+        # a cancelled attempt had started: the outcomes of those before it were sent before the
+        # answer, so they can be read now; if it has not ended with them, it runs: stop the worker
+        while w.conn.poll(0) and self._receive(w, out):
+            pass
+        if any(e.seq in w.doomed and e.seq in seqs for e in w.inflight):
+            logger.debug("worker {} (pid {}) started a cancelled attempt: stopping it", w.index, w.pid)
+            self._replace(w)
+
+    def _receive(self, w: _Worker, out: List[Completion]) -> bool:
+        """Read the outcome ``w`` sent into ``out`` (not a cancelled attempt's); False if it died."""
+        try:
+            got = pickle.loads(w.conn.recv_bytes())
+        except (EOFError, OSError):
+            return False
+        head = _pop_entry(w.inflight, got.key, got.attempt)
+        w.head_since = time.monotonic()
+        if head is not None:
+            stats = self._node_times.setdefault(head.node_key, [0, 0.0])
+            stats[0] += 1
+            stats[1] += got.elapsed
+            if head.seq in w.doomed:
+                w.doomed.discard(head.seq)
+                return True  # cancelled: not reported
+        out.append(got)
+        return True
+
+    def started(self) -> List[Tuple[str, int]]:
+        """The queued attempts that are now the first their worker holds (it runs them) and were
+        not reported yet."""
+        out = []
+        for w in self.workers:
+            head = w.inflight[0] if w.inflight else None
+            if head is not None and head.queued:
+                w.inflight[0] = head._replace(queued=False)
+                if head.seq not in w.doomed:
+                    out.append((head.key, head.attempt))
+        return out
 
     def poll(self, timeout: float) -> List[Completion]:
         out, self._lost = self._lost, []
         self._ask_back()
         busy = {w.conn: w for w in self.workers if w.running is not None}
-        asked = {w.ctl: w for w in self.workers if w.asked}
+        asked = {w.ctl: w for w in self.workers if w.asks}
         if not busy and not asked:
             return out
         answered = []
@@ -419,21 +477,10 @@ class LocalExecutor(Executor):
             w = busy[conn]
             if w not in self.workers:
                 continue  # replaced by a submit of this poll
-            got = None
-            try:
-                got = pickle.loads(conn.recv_bytes())
-            except (EOFError, OSError):
-                got = None
-            if got is not None:
-                head = _pop_entry(w.inflight, got.key, got.attempt)
-                w.head_since = time.monotonic()
-                if head is not None:
-                    stats = self._node_times.setdefault(head.node_key, [0, 0.0])
-                    stats[0] += 1
-                    stats[1] += got.elapsed
-                out.append(got)
+            if self._receive(w, out):
                 continue
-            key, attempt = w.running
+            head = w.inflight[0]
+            key, attempt = head.key, head.attempt
             w.kill()
             try:
                 code = w.proc.wait(timeout=5)
@@ -441,13 +488,16 @@ class LocalExecutor(Executor):
                 code = None
             how = exit_text(code)
             logger.warning("worker {} (pid {}) {} while running {}", w.index, w.pid, how, key)
-            error = _memory_watch_note(self.rt, key, attempt) or WorkerLost(f"worker process {w.pid} {how} while running {key}")
-            out.append(Completion(key, attempt, False, None, error, worker=f"local-{w.index}"))
+            if head.seq not in w.doomed:  # (a cancelled one is not reported)
+                error = _memory_watch_note(self.rt, key, attempt) or WorkerLost(
+                    f"worker process {w.pid} {how} while running {key}"
+                )
+                out.append(Completion(key, attempt, False, None, error, worker=f"local-{w.index}"))
             w.inflight.popleft()
             self._replace(w)
         for w in answered:
             if w in self.workers:  # else it was replaced, its queue sent to its replacement
-                self._took_back(w)
+                self._took_back(w, out)
         return out
 
     def _replace(self, w: _Worker, lose_head: bool = False, may_fork: bool = True) -> _Worker:
@@ -465,13 +515,18 @@ class LocalExecutor(Executor):
             pass
         self._forget_worker(w)
         fresh = self._spawn(may_fork)
-        pending, w.inflight, w.asked = list(w.inflight), deque(), set()
+        pending, w.inflight, w.asks = list(w.inflight), deque(), deque()
+        doomed, w.doomed = w.doomed, set()
         if lose_head and pending:
-            key, attempt = pending.pop(0)[:2]
-            self._lost.append(
-                Completion(key, attempt, False, None, WorkerLost(f"worker process {w.pid} died while running {key}"))
-            )
+            head = pending.pop(0)
+            if head.seq not in doomed:
+                key = head.key
+                self._lost.append(
+                    Completion(key, head.attempt, False, None, WorkerLost(f"worker process {w.pid} died while running {key}"))
+                )
         for entry in pending:
+            if entry.seq in doomed:
+                continue  # cancelled
             if not self._send(fresh, entry):
                 self._lost.append(
                     Completion(entry.key, entry.attempt, False, None, WorkerLost(f"could not send {entry.key} to a worker"))
@@ -479,14 +534,20 @@ class LocalExecutor(Executor):
         return fresh
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
-        def match(e: _Entry) -> bool:
-            return e.key == key and (attempt is None or e.attempt == attempt)
+        """Abandon the attempts of ``key``: one a worker runs ends with the worker (the rest of its
+        queue moves to a fresh one); one queued behind it is asked back (see the module docstring)."""
 
         for w in list(self.workers):
-            if any(match(e) for e in w.inflight):
-                # a worker cannot be told to skip a task: stop it; the rest of its queue moves on
-                w.inflight = deque(e for e in w.inflight if not match(e))
-                self._replace(w)
+            hits = [e.seq for e in w.inflight if e.key == key and (attempt is None or e.attempt == attempt)]
+            hits = [seq for seq in hits if seq not in w.doomed]
+            if not hits:
+                continue
+            if hits[0] != w.inflight[0].seq and self._ask(w, hits, "cancel"):
+                w.doomed.update(hits)
+                continue
+            # it runs (or the worker is dying): a worker cannot be told to stop a task; stop it
+            w.inflight = deque(e for e in w.inflight if e.seq not in hits)
+            self._replace(w)
 
     def forget_nodes(self, nodes) -> None:
         self._encoder.forget(nodes)
@@ -496,6 +557,8 @@ class LocalExecutor(Executor):
         out = {}
         for w in self.workers:
             for i, (key, attempt, *_) in enumerate(w.inflight):
+                if w.inflight[i].seq in w.doomed:
+                    continue
                 where = f"worker process {w.pid}" if i == 0 else f"queued behind {w.inflight[0][0]} on worker process {w.pid}"
                 out[(key, attempt)] = (i == 0, where)
         return out
@@ -546,6 +609,11 @@ def _memory_watch_note(rt: RuntimeContext, key: str, attempt: int):
     from smallpond.execution.memory_watch import take_note
 
     return take_note(rt.log_root, key, attempt)
+
+
+def _queued_seqs(w: _Worker) -> List[int]:
+    """The ``seq`` of the attempts queued on ``w`` behind its first one (not cancelled ones)."""
+    return [e.seq for e in list(w.inflight)[1:] if e.seq not in w.doomed]
 
 
 def _pop_entry(inflight: Deque[_Entry], key: str, attempt: int) -> Optional[_Entry]:

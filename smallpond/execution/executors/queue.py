@@ -93,6 +93,7 @@ class _Member:
     refresh: int = 0  # the scheduler's refresh count its workers were started for (its heartbeat)
     checked: float = 0.0  # monotonic time its process was last checked (same host only)
     read: float = 0.0  # monotonic time its heartbeat was last read
+    started: frozenset = frozenset()  # the items its workers run, as of its heartbeat
 
     @property
     def workers(self) -> int:
@@ -166,7 +167,8 @@ class QueueExecutor(Executor):
         self._encoder = TaskEncoder()
         self._nodes_written: Set[int] = set()
         self._outstanding: Dict[str, Tuple[str, int]] = {}  # item name -> (key, attempt)
-        self._queued: Set[str] = set()  # outstanding items submitted with queue=True (reserving nothing)
+        #: outstanding items submitted with queue=True and not seen started (using nothing yet)
+        self._queued: Set[str] = set()
         self._recent: Deque[float] = deque(maxlen=32)  # seconds of the latest successful attempts
         self._names: Dict[Tuple[str, int], str] = {}  # (key, attempt) -> item name
         self._members: Dict[str, _Member] = {}
@@ -360,6 +362,7 @@ class QueueExecutor(Executor):
                 m.epoch = int(hb.get("epoch", -1))
                 m.state = str(hb.get("state", ""))
                 m.refresh = int(hb.get("refresh", 0))
+                m.started = frozenset(hb.get("started") or ())
             if m.state == "exited":
                 self._leave(m, "exited")
             elif now - m.changed > self.settings.timeout:
@@ -502,6 +505,18 @@ class QueueExecutor(Executor):
                 return out
             time.sleep(min(pause, deadline - now))
             pause = min(POLL_MAX, pause * 2)
+
+    def started(self) -> List[Tuple[str, int]]:
+        """The queued items an executor's heartbeat lists as running (seen up to a heartbeat late):
+        from then on they take a worker, and the scheduler counts their CPUs and memory."""
+        if not self._queued:
+            return []
+        running = frozenset().union(*(m.started for m in self._members.values()))
+        out = []
+        for item in self._queued & running:
+            self._queued.discard(item)
+            out.append(self._outstanding[item])
+        return out
 
     def _collect_done(self) -> None:
         """Read the outcomes executors wrote into ``done/`` (kept for :meth:`poll`)."""
