@@ -30,7 +30,8 @@ from smallpond.execution.ops.arrow import (
 from smallpond.execution.ops.duckdb import sql_may_draw_random, sql_reads_files
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
-from smallpond.execution.ops.sink import DataSinkTask, check_destination, check_overlap
+from smallpond.execution.ops.sink import DataSinkTask, check_destination
+from smallpond.execution.ops.sink_overlap import check_overlap
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,

@@ -22,11 +22,8 @@ Guarantees:
   filesystem has them), so editing one result in place never changes another
   (:func:`_linked_from_cache`). Likewise a user's input file that a ``"link_or_copy"`` sink
   (``write_parquet``) publishes as is: the result is a copy, never the input itself.
-* **No output overlaps an input.** An output path equal to, inside or containing an input path
-  of the job (any data source's files or globs), equal to or containing the data root, or inside
-  a job folder is refused at plan time (:func:`check_overlap`): a job never reads its own earlier
-  output, nor publishes over its input or its checkpoints. (A folder of its own directly under
-  the data root is allowed: no job ever looks there.)
+* **No output overlaps an input**, the data root or a job folder: refused at plan time
+  (:mod:`~smallpond.execution.ops.sink_overlap`).
 * **A computation publishes all its sinks or none, and never a part of one.** This is a two-phase
   publication:
 
@@ -68,9 +65,7 @@ tests kill a job in the middle of publishing; both are inert when unset.
 
 from __future__ import annotations
 
-import fnmatch
 import os
-import re
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -78,6 +73,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from smallpond.common import logger
 from smallpond.errors import PlanError, SmallpondError
 from smallpond.execution.cache import LINKED_MARKER
+from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
     atomic_write_bytes,
@@ -90,10 +86,9 @@ from smallpond.io.filesystem import (
     load,
     remove_path,
 )
-from smallpond.logical.dataset import _WILDCARD, DataSet, FileSet, ParquetDataSet, PartitionedDataSet
+from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 
 MANIFEST = ".MANIFEST.txt"
-_JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
 JOURNAL = "publication.journal"
 _SHOWN = 5
 
@@ -231,84 +226,6 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None) -> 
 def in_job_folder(path: str, job_root: str) -> bool:
     """Whether ``path`` is inside the job's folder, whose files are all this job's (named outputs, ``FinalResults``)."""
     return _inside(os.path.realpath(path), os.path.realpath(job_root))
-
-
-# -- overlap of outputs and inputs ------------------------------------------------------------------
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:
-    """Whether a glob pattern could match a file directly inside ``dest`` (segment by segment)."""
-    pat = [s for s in pattern.split(os.sep) if s][:-1]  # the directory part; any file name may match
-    segs = [s for s in dest.split(os.sep) if s]
-
-    def match(i: int, j: int) -> bool:
-        if i == len(pat):
-            return j == len(segs)
-        if pat[i] == "**" and recursive:
-            return any(match(i + 1, k) for k in range(j, len(segs) + 1))
-        return j < len(segs) and fnmatch.fnmatchcase(segs[j], pat[i]) and match(i + 1, j + 1)
-
-    return match(0, 0)
-
-
-def check_overlap(
-    node, datasets: Sequence[DataSet], data_root: str, output_root: Optional[str] = None, readers: Optional[Dict[int, str]] = None
-) -> None:
-    """Refuse (PlanError) an output path equal to, inside or containing an input or the data root.
-
-    Under the data root, a folder of its own is allowed (no job looks there) and so is the current
-    job's ``output/`` folder (made for outputs); any other place in a job folder is refused.
-    ``readers``: id(input dataset) -> the node that reads it, named in the message (in a session,
-    it may be a frame computed earlier, not the one being written).
-    """
-    dest = os.path.realpath(node.output_path)
-    root = os.path.realpath(data_root)
-    if _inside(root, dest):
-        raise PlanError(node._msg(f"output path {node.output_path} is or contains the job data root {data_root}"))
-    if _inside(dest, root) and not (output_root and _inside(dest, os.path.realpath(output_root))):
-        first = os.path.relpath(dest, root).split(os.sep)[0]
-        if _JOB_FOLDER.fullmatch(first):
-            raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
-    for ds in datasets:
-        reader = (readers or {}).get(id(ds))
-        for sub in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
-            problem = _overlap_with(node, sub, dest)
-            if problem is not None:
-                by = f" (read by {reader}, an input of this job or of an earlier computation of this session)" if reader else ""
-                raise PlanError(node._msg(f"output path {node.output_path} {problem}{by}"))
-
-
-def _overlap_with(node, ds: DataSet, dest: str) -> Optional[str]:
-    """How ``dest`` overlaps input ``ds`` (the end of a sentence), or None."""
-    for path, pattern in ds._patterns():  # a folder given as an input path stands for its files
-        if pattern is None and os.path.isdir(path):
-            folder = os.path.realpath(path)
-            if dest == folder or (ds.recursive and _inside(dest, folder)):
-                return f"is inside input folder {path!r}"
-    patterns = [p for p in ds.absolute_paths if _WILDCARD.search(p)]
-    for p in patterns:
-        if _pattern_reaches(os.path.abspath(p), dest, ds.recursive) or _pattern_reaches(os.path.realpath(p), dest, ds.recursive):
-            return f"is inside input pattern {p!r}: a rerun would read its own output"
-    try:
-        files = ds.resolved_paths
-    except Exception:
-        return None
-    dirs = {}
-    for f in files:
-        dirs.setdefault(os.path.dirname(f), f)
-    for d, example in dirs.items():
-        rd = os.path.realpath(d)
-        if _inside(rd, dest):
-            return f"contains input file {example!r}"
-    for f in files if len(files) <= 10_000 else files[:10_000]:
-        rf = os.path.realpath(f) if os.path.islink(f) else f
-        if _inside(dest, rf):
-            return f"is inside (or equal to) input path {f!r}"
-    return None
 
 
 # -- phase 1: prepare --------------------------------------------------------------------------------
