@@ -500,8 +500,11 @@ class DataFrame:
         ``mode`` says what happens when ``path`` has content (Spark's names):
 
         * ``"overwrite"`` (default): an earlier smallpond result there (the files its
-          ``.MANIFEST.txt`` lists) is replaced. A folder holding other files is refused before
-          anything runs, naming them: a file smallpond did not write is never deleted;
+          ``.MANIFEST.txt`` lists) is replaced. A folder holding other files, or a listed file a
+          user replaced or modified since, is refused before anything runs, naming them: a file
+          smallpond did not write is never deleted. So is a result this data root has no record
+          of publishing (written by an older smallpond, by a job with another data root, or a
+          manifest written by hand): remove it yourself if it may go;
         * ``"append"``: the new files are added under names that cannot collide;
         * ``"error"`` / ``"errorifexists"``: a folder that is not empty is refused;
         * ``"ignore"``: a folder that is not empty is left as it is, and nothing is computed.

@@ -491,7 +491,7 @@ class Planner:
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None
         task.runtime_ctx = None
-        if check_destination(node, committed, self.rt.job_root) == "skip":
+        if check_destination(node, committed, self.rt.job_root, self.rt.sink_records_dir) == "skip":
             from smallpond.common import logger
 
             logger.warning("{}: {} is not empty and mode='ignore': it is left as it is", node.label, node.output_path)

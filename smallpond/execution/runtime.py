@@ -149,6 +149,17 @@ def resolve_task_cache(value, data_root: str) -> Optional[str]:
     raise ParameterError(f"task_cache must be a folder path, True (the default place) or False/'off', got {value!r}")
 
 
+#: Where publications keep what they wrote into each destination outside a job folder (see
+#: :mod:`smallpond.execution.ops.sink_record`): under the data root, shared by its jobs, never
+#: inside a result folder.
+SINK_RECORDS_DIRNAME = os.path.join(".smallpond", "sinks")
+
+
+def sink_records_dir(data_root: str) -> str:
+    """The folder of the sinks' records of a data root (the one place that decides it)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(data_root)), SINK_RECORDS_DIRNAME)
+
+
 class JobLayout:
     """The folders of one job under the data root (no I/O except :meth:`create`)."""
 
@@ -200,6 +211,11 @@ class JobLayout:
     def published_records_dir(self) -> str:
         """The sinks' commit records while staging/ is removed (ops/sink.py, park_publication_records)."""
         return self._sub("config", "published")
+
+    @property
+    def sink_records_dir(self) -> str:
+        """Not in the job folder: the records of every job of the data root (ops/sink_record.py)."""
+        return sink_records_dir(self.data_root)
 
     @property
     def secret_path(self) -> str:
@@ -349,6 +365,7 @@ class RuntimeContext:
     temp_root = property(lambda self: self.layout.temp_root)
     completed_task_dir = property(lambda self: self.layout.completed_task_dir)
     published_records_dir = property(lambda self: self.layout.published_records_dir)
+    sink_records_dir = property(lambda self: self.layout.sink_records_dir)
     started_task_dir = property(lambda self: self.layout.started_task_dir)
     sched_state_path = property(lambda self: self.layout.sched_state_path)
     job_status_path = property(lambda self: self.layout.job_status_path)

@@ -56,8 +56,12 @@ class DataSinkNode(Node):
         mode: what to do when ``output_path`` has content:
 
             * ``"overwrite"`` (default): replace an earlier smallpond result (the files its
-              ``.MANIFEST.txt`` lists). A folder holding any other file is refused before the job
-              runs, naming the files: nothing a user put there is ever deleted or overwritten;
+              ``.MANIFEST.txt`` lists, if they are still the ones smallpond wrote: the data root
+              keeps a record of each publication). A folder holding any other file, a listed file
+              a user replaced or modified, or a manifest smallpond has no record of (written by
+              hand, or by an older smallpond or a job with another data root) is refused before
+              the job runs, naming the files: nothing a user put there is ever deleted or
+              overwritten;
             * ``"append"``: add the files under new names beside whatever is there;
             * ``"error"`` / ``"errorifexists"``: refuse a folder that is not empty;
             * ``"ignore"``: leave a folder that is not empty as it is (its inputs are not computed).

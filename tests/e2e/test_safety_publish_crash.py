@@ -4,8 +4,9 @@ previous complete result or the new complete one, never a mix, and the rerun com
 A Driver job with two sinks replaces their earlier results and is SIGKILLed while it publishes:
 just before a given publication step (``SP_TEST_PUBLISH_KILL_AT_STEP``, the job kills itself), or
 at a random instant with the steps slowed down (``SP_TEST_PUBLISH_STEP_DELAY``). With the default
-layout the publication has 12 steps (3 per sink, then the 3 commit records), so the chosen steps
-fall before, between and after the two swaps.
+layout the publication has 14 steps (4 for each of A and B: parent folder, swap, record of what
+was published, discard; 3 for the manifest of the job's ``FinalResults``; then the 3 commit
+records), so the chosen steps fall before, between and after the two swaps.
 """
 
 from __future__ import annotations

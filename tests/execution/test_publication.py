@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from smallpond.execution.ops import sink
+from smallpond.execution.ops import sink, sink_record
 from smallpond.execution.ops.sink import DataSinkTask, PublicationError, journal_path, publish, roll_forward, staging_path
 from smallpond.execution.task import PartitionInfo
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
@@ -29,6 +29,10 @@ def setup(tmp_path, make_rt, mode, kind="link"):
     dest.mkdir(parents=True)
     (dest / "old.parquet").write_bytes(b"old")
     (dest / ".MANIFEST.txt").write_text(f"{dest / 'old.parquet'}\n")
+    # an earlier publication's: what it wrote is recorded under the data root
+    sink_record.save(
+        sink_record.record_path(rt.sink_records_dir, str(dest)), sink_record.record_of(str(dest), str(dest), ["old.parquet"])
+    )
     if mode == "append":
         (dest / "user.txt").write_text("mine")
     ctx = Context()
@@ -159,8 +163,11 @@ def test_a_users_manifest_dropped_in_after_the_check_is_set_aside_not_deleted(tm
     monkeypatch.setattr(sink, "plan_steps", plan_then_drop)
     publish(rt, [(task, record)])
     assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt"] + new_names)
-    kept = [os.path.join(tmp_path, n, ".MANIFEST.txt") for n in os.listdir(tmp_path) if n.startswith("dest.old-")]
+    # kept in a folder no clean-up removes (a later sink removes the .old-* of interrupted publications)
+    sink.remove_stale_siblings(str(dest))
+    kept = [os.path.join(tmp_path, n, ".MANIFEST.txt") for n in os.listdir(tmp_path) if n.startswith("dest.kept-")]
     assert [open(p).read() for p in kept] == ["mine"]
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("dest.old-")]
 
 
 @pytest.mark.parametrize("existing", [True, False], ids=["existing_destination", "new_destination"])
@@ -214,3 +221,34 @@ def test_a_destination_in_the_job_folder_is_not_fsynced(make_rt, monkeypatch):
     assert synced == []
     with open(os.path.join(dest, "new.parquet")) as f:
         assert f.read() == "new"
+
+
+def test_a_listed_file_changed_while_the_job_ran_fails_the_publication(tmp_path, make_rt):
+    # the plan's check found the earlier result as smallpond wrote it; a user appended to one of
+    # its files before the publication: it is theirs now, and nothing is published
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, "overwrite")
+    with open(dest / "old.parquet", "ab") as f:
+        f.write(b" and mine")
+    before = snapshot(str(dest))
+    with pytest.raises(PublicationError, match=r"'old.parquet' in .* changed while the job ran"):
+        publish(rt, [(task, record)])
+    assert snapshot(str(dest)) == before
+    assert not os.path.exists(record["path"]) and not os.path.exists(journal_path(rt))
+
+
+@pytest.mark.parametrize("kind", ["link", "manifest"])
+def test_a_listed_file_changed_after_the_check_is_kept(tmp_path, make_rt, monkeypatch, kind):
+    # changed between the publication's check and the removal: the removal checks its identity again
+    rt, dest, task, record, new_names = setup(tmp_path, make_rt, "overwrite", kind)
+    real = sink.plan_steps
+
+    def plan_then_edit(runtime_ctx, t):
+        steps = real(runtime_ctx, t)
+        with open(dest / "old.parquet", "ab") as f:
+            f.write(b" and mine")
+        return steps
+
+    monkeypatch.setattr(sink, "plan_steps", plan_then_edit)
+    publish(rt, [(task, record)])
+    assert (dest / "old.parquet").read_bytes() == b"old and mine"
+    assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt", "old.parquet"] + ([] if kind == "manifest" else new_names))

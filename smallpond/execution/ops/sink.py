@@ -2,15 +2,20 @@
 
 Guarantees:
 
-* **Nothing we did not write is deleted or overwritten.** A destination's files are "ours" when
-  its ``.MANIFEST.txt`` (written by an earlier publication) lists them; the manifest itself is
-  ours only in the form publications write, one absolute path per line (:func:`_load_manifest`):
-  a user's file by that name is foreign like any other. With the default ``mode="overwrite"``, a
-  destination holding any foreign file is refused *at plan time*, before any task runs, naming
-  the files (:func:`check_destination`). ``"append"`` adds files under names that cannot collide
+* **Nothing we did not write is deleted or overwritten.** A destination's ``.MANIFEST.txt`` lists
+  the files of an earlier publication, in the form publications write, one absolute path per line
+  (:func:`_load_manifest`); a file by that name in any other form is a user's like any other. A
+  name is only a claim: each publication outside the job's folder also records the identity
+  (size, modification time, inode, device) of the manifest and of every file it wrote, under the
+  data root, never in the result folder (:mod:`~smallpond.execution.ops.sink_record`). With the
+  default ``mode="overwrite"``, a destination is refused *at plan time*, before any task runs,
+  naming the files (:func:`check_destination`), if it holds any file no manifest lists, any listed
+  file that is no longer the one recorded (replaced or modified by a user), or a manifest the
+  record does not vouch for (written by hand, or by an older smallpond or a job with another data
+  root: the user removes that result). ``"append"`` adds files under names that cannot collide
   (``{stem}.{token}{suffix}``) and leaves every other file alone (it rewrites ``.MANIFEST.txt``, so
-  a foreign one is refused); ``"error"`` (or ``"errorifexists"``) refuses a non-empty destination;
-  ``"ignore"`` keeps a non-empty destination as it is and computes nothing for it. A
+  one not in smallpond's form is refused); ``"error"`` (or ``"errorifexists"``) refuses a non-empty
+  destination; ``"ignore"`` keeps a non-empty destination as it is and computes nothing for it. A
   manifest-only sink (``type="manifest"``) follows the same rules; it publishes by replacing
   ``.MANIFEST.txt`` in place (atomically) rather than by swapping folders, since its folder may
   hold the files it lists (a named output's task folders).
@@ -56,8 +61,10 @@ Guarantees:
   published nothing, and its staged folders are removed by the next attempt. Replacing a previous
   result swaps the two directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
   allows it (readers see the old result or the new one, never a missing or mixed folder), else by
-  two renames. The previous result's files are then removed, only those its manifest lists:
-  anything else found there (a file a user dropped in during the job) is moved back.
+  two renames. The record of what was published follows at once. The previous result's files are
+  then removed, only those the record proves smallpond wrote (checked again as they go): anything
+  else found there (a file a user dropped in or changed during the job) is moved back, or kept in
+  ``{dest}.kept-*`` if the new result has a file by its name.
 
 ``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) and ``SP_TEST_PUBLISH_KILL_AT_STEP`` (a step index) let
 tests kill a job in the middle of publishing; both are inert when unset.
@@ -73,7 +80,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from smallpond.common import logger
 from smallpond.errors import PlanError, SmallpondError
 from smallpond.execution.cache import LINKED_MARKER
+from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_overlap import inside as _inside
+from smallpond.execution.runtime import sink_records_dir
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
     atomic_write_bytes,
@@ -88,7 +97,7 @@ from smallpond.io.filesystem import (
 )
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 
-MANIFEST = ".MANIFEST.txt"
+MANIFEST = sink_record.MANIFEST
 JOURNAL = "publication.journal"
 _SHOWN = 5
 
@@ -135,17 +144,30 @@ def _same_dir(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b) or os.path.realpath(a) == os.path.realpath(b)
 
 
-def our_names(dest: str) -> List[str]:
-    """Names in ``dest`` that an earlier publication of ours wrote: its manifest, and the files it lists there."""
+def _listed_here(dest: str) -> Optional[List[str]]:
+    """The names of the files ``dest``'s manifest (if in smallpond's form) lists in ``dest`` itself."""
     listed = read_manifest(dest)
     if listed is None:
-        return []
-    return sorted({os.path.basename(p) for p in listed if _same_dir(os.path.dirname(p), dest)} | {MANIFEST})
+        return None
+    return sorted({os.path.basename(p) for p in listed if _same_dir(os.path.dirname(p), dest)})
+
+
+def our_names(dest: str) -> List[str]:
+    """Names in ``dest`` that its manifest (if in smallpond's form) claims: itself and the files
+    it lists there. Only a claim: :func:`ownership` says which of them smallpond really wrote."""
+    names = _listed_here(dest)
+    return [] if names is None else sorted(set(names) | {MANIFEST})
+
+
+def ownership(dest: str, records_dir: Optional[str]) -> sink_record.Ownership:
+    """Which files of ``dest``'s earlier result smallpond wrote, by the record of what it
+    published there (:mod:`~smallpond.execution.ops.sink_record`)."""
+    return sink_record.owned(records_dir, dest, _listed_here(dest) or [])
 
 
 def foreign_entries(dest: str) -> List[str]:
-    """Names in ``dest`` that smallpond did not write (a missing destination has none); a
-    ``.MANIFEST.txt`` that is not smallpond's is among them."""
+    """Names in ``dest`` that no manifest in smallpond's form lists (a missing destination has
+    none); a ``.MANIFEST.txt`` that is not in smallpond's form is among them."""
     try:
         entries = os.listdir(dest)
     except (FileNotFoundError, NotADirectoryError):
@@ -166,7 +188,7 @@ def _nonempty(dest: str) -> bool:
         return False
 
 
-def check_destination(node, committed: bool, job_root: Optional[str] = None) -> str:
+def check_destination(node, committed: bool, job_root: Optional[str] = None, records_dir: Optional[str] = None) -> str:
     """Decide at plan time what a sink does with its destination: ``"write"`` or ``"skip"``.
 
     Raises :class:`PlanError` (naming the node, its call site and the files) when the mode forbids
@@ -175,6 +197,8 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None) -> 
     published in this job (a resume), so the destination holds its own result and nothing needs
     deciding. ``job_root``: the job's folder; a destination inside it (a named output) holds only
     what this job wrote, such as the task folders a named output's manifest lists.
+    ``records_dir``: where the data root keeps what publications wrote (:mod:`~smallpond.execution.ops.sink_record`);
+    an overwrite removes only what that record proves smallpond wrote.
     """
     dest = node.output_path
     if committed:
@@ -205,6 +229,8 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None) -> 
                 "Move or rename that file, or choose another folder"
             )
         )
+    if mode == "overwrite":
+        _check_owned(node, dest, records_dir)
     if mode == "overwrite" and foreign:
         # a manifest-only sink would leave them in place, but beside a manifest that does not list
         # them: the folder would no longer be one result, and the next overwrite would refuse it
@@ -221,6 +247,41 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None) -> 
             )
         )
     return "write"
+
+
+def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:
+    """Refuse an overwrite of an earlier result that smallpond cannot prove it wrote, in whole or in part."""
+    if read_manifest(dest) is None:
+        return  # no earlier result (a manifest not in smallpond's form was refused already)
+    own = ownership(dest, records_dir)
+    record = sink_record.record_path(records_dir, dest) if records_dir else "the data root"
+    what = f"; it lists {_show(own.unproven, 'it')}" if own.unproven else ""
+    if not own.recorded:
+        why = (
+            f"the manifest was replaced or modified since smallpond wrote it, or a job with another data root "
+            f"published there since; the record is {record}"
+            if own.record is not None
+            else f"there is no record of it under {records_dir}: an earlier result written by an older smallpond or "
+            "by a job with another data root, or a manifest written by hand"
+        )
+        raise PlanError(
+            node._msg(
+                f"refusing to write into {dest}: smallpond cannot tell whether its {MANIFEST} and the files it lists "
+                f"are the ones smallpond wrote ({why}){what}, and mode='overwrite' removes only files smallpond "
+                "wrote. If that earlier result may go, remove it (the manifest and its files) and run again; "
+                "or choose another folder, or use mode='append' to add files beside it"
+            )
+        )
+    if own.unproven:
+        raise PlanError(
+            node._msg(
+                f"refusing to write into {dest}: {_show(own.unproven, 'it')} that its {MANIFEST} lists are not "
+                "the files smallpond wrote there (replaced or modified since: their size, modification time, inode "
+                f"or device differ from the record {record}), and mode='overwrite' would remove them. Move them "
+                "away (or remove them if they may go), choose another folder, or use mode='append' to add files "
+                "beside them"
+            )
+        )
 
 
 def in_job_folder(path: str, job_root: str) -> bool:
@@ -430,17 +491,18 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
             new = f.read()
         kept = "".join(p + "\n" for p in old if os.path.lexists(p) or not _same_dir(os.path.dirname(p), dest))
         atomic_write_text(new_manifest, kept + new)
+    ours, record = _owned_and_record(runtime_ctx, task, staging)
     if node.type == "manifest":
         # the manifest replaces the earlier result in place, and then that result's files go (only
         # those its manifest lists there: files it lists elsewhere, as a manifest-only result
         # does, are not ours to remove); on append they stay, listed again
-        steps: List[Step] = [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST))]
+        steps: List[Step] = [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST))] + record
         if node.mode != "append":
             with open(new_manifest) as f:
                 listed = {line.rstrip("\n") for line in f}
             steps += [
-                ("remove", os.path.join(dest, n))
-                for n in our_names(dest)
+                ("remove_owned", os.path.join(dest, n), ident)
+                for n, ident in sorted(ours.items())
                 if n != MANIFEST and os.path.join(dest, n) not in listed
             ]
         return steps + [("remove", staging)]
@@ -453,14 +515,48 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
             if os.path.lexists(target):
                 raise PublicationError(f"{node.label}: {target} exists; appending would overwrite it; nothing was published")
             steps.append(("move", os.path.join(staging, name), target))
-        return steps + [("move", new_manifest, os.path.join(dest, MANIFEST)), ("remove", staging)]
+        return steps + [("move", new_manifest, os.path.join(dest, MANIFEST))] + record + [("remove", staging)]
     parent = os.path.dirname(dest.rstrip(os.sep)) or "."
     aside = f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
-    return [
-        ("mkdir", parent),
-        ("swap", staging, dest, aside, os.stat(staging).st_ino),
-        ("discard", aside, dest, our_names(dest)),
-    ]
+    # the record follows the swap at once; until it is written the folder is "not recorded", so
+    # a crash between the two leaves files that are refused, never removed (ops/sink_record.py)
+    return (
+        [("mkdir", parent), ("swap", staging, dest, aside, os.stat(staging).st_ino)] + record + [("discard", aside, dest, ours)]
+    )
+
+
+def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, Optional[list]], List[Step]]:
+    """What of the earlier result in the sink's destination a publication may remove (name ->
+    identity, None: by name), and the step that records what it publishes there.
+
+    A destination in the job's folder holds only this job's files: names decide and nothing is
+    recorded. Elsewhere an overwrite removes only what the record proves smallpond wrote; a file
+    that changed since the plan's check (:func:`check_destination`) fails the publication, with
+    nothing published.
+    """
+    node, dest = task.node, task.node.output_path
+    if in_job_folder(dest, runtime_ctx.job_root):
+        return {n: None for n in our_names(dest)}, []
+    records_dir = sink_records_dir(runtime_ctx.data_root)
+    own = ownership(dest, records_dir)
+    listed = _listed_here(dest)
+    if node.mode != "append" and listed is not None and (own.unproven or not own.recorded):
+        changed = ", ".join(repr(n) for n in (own.unproven or [MANIFEST])[:_SHOWN])
+        raise PublicationError(
+            f"{node.label}: {changed} in {dest} changed while the job ran and smallpond can no longer tell it "
+            "from a user's file; nothing was published"
+        )
+    staged = [] if node.type == "manifest" else [n for n in sorted(os.listdir(staging)) if n != MANIFEST]
+    kept = {}
+    if node.mode == "append" and own.recorded:
+        # earlier files that stay, listed again: their recorded identities (a file a user changed
+        # keeps the identity it had, so it stays refused as theirs)
+        with open(os.path.join(staging, MANIFEST)) as f:
+            again = {os.path.basename(p) for p in (line.rstrip("\n") for line in f) if _same_dir(os.path.dirname(p), dest)}
+        kept = {n: ident for n, ident in own.record.files.items() if n in again and n not in staged}
+    data = sink_record.record_of(dest, staging, staged, kept)
+    step = [("record", sink_record.record_path(records_dir, dest), data)] if data is not None else []
+    return own.owned, step
 
 
 def _ino(path: str) -> Optional[int]:
@@ -498,22 +594,38 @@ def _step(step: Step) -> None:
         else:
             os.rename(dest, aside)
             os.rename(staging, dest)
+    elif kind == "record":
+        _, path, data = step
+        sink_record.save(path, data)
+    elif kind == "remove_owned":
+        _, path, ident = step
+        if ident is None or sink_record.identity(path) == ident:
+            remove_path(path)
+        elif os.path.lexists(path):
+            logger.warning("kept {}: it changed since smallpond wrote it", path)
     elif kind == "discard":
         _, aside, dest, ours = step
-        _discard(aside, dest, set(ours))
+        _discard(aside, dest, ours if isinstance(ours, dict) else dict.fromkeys(ours))
     else:
         raise PublicationError(f"unknown publication step {kind!r}")
 
 
-def _discard(aside: str, dest: str, ours: set) -> None:
-    """Remove the previous result (moved to ``aside``), only the files its manifest listed."""
+def _discard(aside: str, dest: str, ours: Dict[str, Optional[list]]) -> None:
+    """Remove the previous result (moved to ``aside``): only its files smallpond wrote (``ours``:
+    name -> identity, checked again now; None: by name, in the job's folder).
+
+    Anything else goes back into ``dest``; what cannot (the new result has a file by its name) is
+    kept in ``{dest}.kept-*``, which no clean-up removes (``.old-*`` folders are removed as
+    leftovers of interrupted publications: :func:`remove_stale_siblings`).
+    """
     try:
         names = os.listdir(aside)
     except FileNotFoundError:
         return
+    left = False
     for name in names:
         path = os.path.join(aside, name)
-        if name in ours:  # the earlier result's manifest is among them only if smallpond wrote it
+        if name in ours and (ours[name] is None or sink_record.identity(path) == ours[name]):
             remove_path(path)
             continue
         # not ours: a user's file that arrived during the job; it goes back, never away
@@ -522,11 +634,14 @@ def _discard(aside: str, dest: str, ours: set) -> None:
             os.rename(path, target)
             logger.warning("kept {} (not written by smallpond) in {}", name, dest)
         else:
-            logger.warning("kept {}: it is not ours and {} exists", path, target)
+            left = True
     try:
         os.rmdir(aside)
     except OSError:
-        pass
+        if left:
+            kept = f"{dest.rstrip(os.sep)}.kept-{aside.rsplit('.old-', 1)[-1]}"
+            os.rename(aside, kept)
+            logger.warning("kept files not written by smallpond in {}: {} holds files by their names", kept, dest)
 
 
 def _test_hooks(index: int) -> None:
@@ -597,6 +712,7 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
         steps.extend(plan_steps(runtime_ctx, task))
         sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
         sync.add(task.node.output_path)
+        sync.update(os.path.dirname(s[1]) for s in steps if s[0] == "record")
     steps.extend(("write", rec["path"], rec["data"]) for _, rec in prepared)
     # durable before any step only where a power loss could strand a user's files (module docstring)
     journal = {"steps": steps, "sync": sorted(sync) if existing else []}

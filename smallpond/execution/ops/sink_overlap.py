@@ -6,7 +6,8 @@ of an earlier computation of the session), equal to or containing the data root,
 folder is refused with a :class:`~smallpond.errors.PlanError` naming the node, its call site and
 the input (:func:`check_overlap`): a job never reads its own earlier output, nor publishes over
 its input or its checkpoints. A folder of its own directly under the data root is allowed (no job
-ever looks there), and so is the current job's ``output/`` folder.
+ever looks there), and so is the current job's ``output/`` folder; smallpond's own records
+folder there (``.smallpond``) is not.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 from typing import Dict, Optional, Sequence
 
 from smallpond.errors import PlanError
+from smallpond.execution.runtime import sink_records_dir
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
 
 _JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
@@ -60,6 +62,9 @@ def check_overlap(
         first = os.path.relpath(dest, root).split(os.sep)[0]
         if _JOB_FOLDER.fullmatch(first):
             raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
+        own = os.path.dirname(sink_records_dir(root))
+        if inside(dest, own):
+            raise PlanError(node._msg(f"output path {node.output_path} is inside {own}, where smallpond keeps its records"))
     for ds in datasets:
         reader = (readers or {}).get(id(ds))
         for sub in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
