@@ -85,6 +85,32 @@ def _options_checked(method):
     return checked
 
 
+def _schema_arg(op: str, schema):
+    """``schema=`` of a Python ``map``/``flat_map``/``map_batches`` as a ``pyarrow.Schema`` (None
+    stays None; a list of ``(name, type)`` pairs or a dict of name → type is converted as
+    ``pa.schema`` does), refused where it is given when it is not one: a dict of type names
+    DuckDB spells (``{"x": "int"}``) failed inside the task with an AttributeError."""
+    if schema is None:
+        return None
+    import pyarrow as pa
+
+    if isinstance(schema, pa.Schema):
+        return schema
+    if not isinstance(schema, (str, bytes)):
+        try:
+            return pa.schema(schema)
+        except (TypeError, ValueError, pa.ArrowException) as e:
+            why = f" ({type(e).__name__}: {e})"
+    else:
+        why = ""
+    raise ParameterError(
+        call_site_msg(
+            f"DataFrame.{op}",
+            f"schema must be a pyarrow.Schema, e.g. pa.schema([('x', pa.int64())]), got {type(schema).__name__} {schema!r}{why}",
+        )
+    )
+
+
 _SQL_SCHEMA = "it types a Python function's output; a SQL select list is typed by DuckDB (cast in the SQL: 'x::BIGINT AS x')"
 
 
@@ -330,6 +356,7 @@ class DataFrame:
                 _not_honoured("map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "map")
         if callable(sql_or_func):
+            schema = _schema_arg("map", schema)
             return self._python_op("map", MapRows(sql_or_func, schema, flat=False), schema, kwargs)
         raise ParameterError(f"map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
@@ -351,6 +378,7 @@ class DataFrame:
                 _not_honoured("flat_map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "flat_map")
         if callable(sql_or_func):
+            schema = _schema_arg("flat_map", schema)
             return self._python_op("flat_map", MapRows(sql_or_func, schema, flat=True), schema, kwargs)
         raise ParameterError(f"flat_map expects a SQL string or a function, got {type(sql_or_func).__name__}")
 
@@ -372,6 +400,7 @@ class DataFrame:
         """
         if not callable(func):
             raise ParameterError(f"map_batches expects a function, got {type(func).__name__}")
+        schema = _schema_arg("map_batches", schema)
         if kwargs.pop("streaming_batch_size", None) is not None:
             _not_honoured("map_batches", "streaming_batch_size=", f"batch_size= ({batch_size}) sets the size of the batches")
         return self._python_op("map_batches", MapBatches(func, schema), schema, dict(kwargs, streaming_batch_size=batch_size))

@@ -39,6 +39,16 @@ def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
         df.map_batches(lambda t: t, batch_size=4)
 
 
+def test_schema_given_as_pairs_or_a_dict_of_types_is_a_schema(sp):
+    df = sp.from_items([{"a": 1}, {"a": 2}])
+    mapped = df.map(lambda r: {"a": r["a"]}, schema=[("a", pa.int32())]).to_arrow()
+    assert mapped.schema.field("a").type == pa.int32() and mapped.column("a").to_pylist() == [1, 2]
+    flat = df.flat_map(lambda r: [r, r], schema={"a": "int16"}).to_arrow()
+    assert flat.schema.field("a").type == pa.int16() and flat.num_rows == 4
+    batches = df.map_batches(lambda t: t, schema={"a": pa.float64()}).to_arrow()
+    assert batches.schema.field("a").type == pa.float64()
+
+
 def test_write_parquet_refuses_a_line_break_its_manifest_would_hold(sp, tmp_path):
     # .MANIFEST.txt lists one path per line: a folder "out\nx" was written and could not be read back
     src = tmp_path / "in.parquet"
@@ -65,6 +75,14 @@ BAD_ARGS = {
     "partial_sort by=''": (lambda df: df.partial_sort(by=""), ["DataFrame.partial_sort", "by", "''"]),
     "partial_sort by=['a', '']": (lambda df: df.partial_sort(by=["a", ""]), ["DataFrame.partial_sort", "by", "''"]),
     "partial_sort by=[]": (lambda df: df.partial_sort(by=[]), ["DataFrame.partial_sort", "by", "[]"]),
+    # schema= that is no pyarrow schema failed in the task: AttributeError 'dict' object has no
+    # attribute 'get_field_index' (map, flat_map) or 'metadata' (map_batches)
+    "map schema={'x': 'int'}": (
+        lambda df: df.map(lambda r: r, schema={"x": "int"}),
+        ["DataFrame.map", "schema must be a pyarrow.Schema", "{'x': 'int'}", "No type alias for int"],
+    ),
+    "flat_map schema=3": (lambda df: df.flat_map(lambda r: [r], schema=3), ["DataFrame.flat_map", "schema", "int 3"]),
+    "map_batches schema='a'": (lambda df: df.map_batches(lambda t: t, schema="a"), ["DataFrame.map_batches", "str 'a'"]),
 }
 
 
