@@ -26,6 +26,7 @@ from smallpond.execution.env_settings import setting
 from smallpond.execution.progress import console_listeners
 from smallpond.execution.runtime import resolve_job, resolve_task_cache
 from smallpond.execution.summary import want_session_summary
+from smallpond.logical.base import user_call_site
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, DataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
 
@@ -310,6 +311,12 @@ class Session:
     # -- execution -------------------------------------------------------------------------------
     def wait(self, *dfs: DataFrame) -> None:
         """Compute several DataFrames together."""
+        for i, df in enumerate(dfs):
+            if not isinstance(df, DataFrame):
+                raise ParameterError(
+                    f"Session.wait called at {user_call_site()}: argument {i} must be a DataFrame, "
+                    f"got {type(df).__name__} {df!r:.80}"
+                )
         self._compute_frames(list(dfs))
 
     def _compute_frames(self, dfs: List[DataFrame]) -> List[List[DataSet]]:

@@ -83,6 +83,8 @@ BAD_ARGS = {
     ),
     "flat_map schema=3": (lambda df: df.flat_map(lambda r: [r], schema=3), ["DataFrame.flat_map", "schema", "int 3"]),
     "map_batches schema='a'": (lambda df: df.map_batches(lambda t: t, schema="a"), ["DataFrame.map_batches", "str 'a'"]),
+    # an AttributeError ('str' object has no attribute 'need_recompute')
+    "Session.wait('x')": (lambda df: df.session.wait(df, "x"), ["Session.wait", "argument 1", "str 'x'"]),
 }
 
 
