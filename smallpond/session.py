@@ -255,8 +255,13 @@ class Session:
     def from_items(self, items: List[Any]) -> DataFrame:
         """A DataFrame from Python values: dicts become columns, other values a column ``item``.
 
+        The columns of dicts are their keys, in the order first met; a dict without a key has a
+        null there.
+
         >>> sp.from_items([{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]).take_all()
         [{'a': 1, 'b': 'x'}, {'a': 2, 'b': 'y'}]
+        >>> sp.from_items([{"a": 1}, {"b": "y"}]).take_all()
+        [{'a': 1, 'b': None}, {'a': None, 'b': 'y'}]
         >>> sp.from_items([3, 4]).take_all()
         [{'item': 3}, {'item': 4}]
         """
@@ -266,7 +271,17 @@ class Session:
             raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
         try:
             if isinstance(items[0], dict):
-                table = pa.Table.from_pylist(list(items))
+                odd = next((i for i, item in enumerate(items) if not isinstance(item, dict)), None)
+                if odd is not None:
+                    raise ParameterError(
+                        f"from_items: item 0 is a dict but item {odd} is {type(items[odd]).__name__} {items[odd]!r:.80}"
+                    )
+                # pa.Table.from_pylist takes the columns of the first dict only: the keys other
+                # dicts add were dropped without a word
+                names = dict.fromkeys(key for item in items for key in item)
+                if any(not isinstance(key, str) for key in names):
+                    raise ParameterError(f"from_items: the keys of dict items are column names (str), got {list(names)!r:.120}")
+                table = pa.Table.from_pydict({key: [item.get(key) for item in items] for key in names})
             else:
                 table = pa.table({"item": list(items)})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:

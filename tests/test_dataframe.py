@@ -401,6 +401,19 @@ def test_from_items_of_mixed_types_is_a_parameter_error(sp):
         sp.from_items([1, "a"])
 
 
+def test_from_items_dicts_with_different_keys_keep_every_key(sp):
+    # the keys the first dict lacked were dropped: [{'a': 1}, {'a': None}, {'a': 3}]
+    got = sp.from_items([{"a": 1}, {"b": 2}, {"a": 3, "c": "x"}]).to_arrow()
+    assert got.column_names == ["a", "b", "c"]
+    assert got.to_pylist() == [
+        {"a": 1, "b": None, "c": None},
+        {"a": None, "b": 2, "c": None},
+        {"a": 3, "b": None, "c": "x"},
+    ]
+    with pytest.raises(ParameterError, match="item 0 is a dict but item 1 is int 2"):
+        sp.from_items([{"a": 1}, 2])
+
+
 def test_map_functions_must_return_rows(sp):
     df = sp.from_items([1, 2])
     with pytest.raises(TaskError, match="the map function .* must return a dict, got int 5"):
