@@ -332,6 +332,12 @@ class Session:
                     f"Session.wait called at {user_call_site()}: argument {i} must be a DataFrame, "
                     f"got {type(df).__name__} {df!r:.80}"
                 )
+            if df.session is not self:
+                # it ran in this session's job, and its own session computed it again when asked
+                raise ParameterError(
+                    f"Session.wait called at {user_call_site()}: argument {i} ({df}) is a DataFrame of another "
+                    "session; call wait on that session"
+                )
         self._compute_frames(list(dfs))
 
     def _compute_frames(self, dfs: List[DataFrame]) -> List[List[DataSet]]:

@@ -39,6 +39,22 @@ def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
         df.map_batches(lambda t: t, batch_size=4)
 
 
+def test_wait_refuses_a_frame_of_another_session(sp, tmp_path):
+    # it ran in this session's job, and its own session computed it again for its consumers
+    other = smallpond.init(data_root=str(tmp_path / "other"))
+    try:
+        theirs = other.from_items([7, 8])
+        with pytest.raises(ParameterError) as info:
+            sp.wait(sp.from_items([1]), theirs)
+        assert "argument 1" in str(info.value) and "another session" in str(info.value)
+        assert f"{__file__}:" in str(info.value)
+        assert not sp._is_done(theirs.plan)
+        other.wait(theirs)
+        assert theirs.is_computed() and theirs.count() == 2
+    finally:
+        other.shutdown()
+
+
 def test_schema_given_as_pairs_or_a_dict_of_types_is_a_schema(sp):
     df = sp.from_items([{"a": 1}, {"a": 2}])
     mapped = df.map(lambda r: {"a": r["a"]}, schema=[("a", pa.int32())]).to_arrow()
