@@ -114,6 +114,10 @@ def _schema_arg(op: str, schema):
 _SQL_SCHEMA = "it types a Python function's output; a SQL select list is typed by DuckDB (cast in the SQL: 'x::BIGINT AS x')"
 
 
+#: options of ``random_shuffle`` that only its partition step takes (the sort step is SQL)
+_SHUFFLE_PARTITION_OPTIONS = ("engine_type", "use_parquet_writer", "hive_partitioning", "num_producers", "dimension", "nested")
+
+
 def _tag(node: Node, op: str) -> Node:
     node.df_op = op
     return node
@@ -274,11 +278,23 @@ class DataFrame:
 
     @_options_checked
     def random_shuffle(self, **kwargs) -> "DataFrame":
-        """Shuffle rows randomly across and within partitions (same number of partitions)."""
+        """Shuffle rows randomly across and within partitions (same number of partitions).
+
+        Two steps run: a random partition, then a sort by ``random()`` in each partition. Resource
+        options (``cpu_limit``, ``memory_limit``, Parquet writer options) apply to both;
+        ``output_name``/``output_path`` name the result (the second step's output), and the
+        partition's own options (``engine_type``, ...) go to the first step.
+        """
         n = self.plan.num_partitions
-        part = HashPartitionNode(self._ctx, (self.plan,), n, random_shuffle=True, drop_partition_column=True, **kwargs)
+        # passed to both steps, output_name put the shuffled intermediate files in the named
+        # output beside the result: every row appeared there twice
+        result_only = {k: kwargs.pop(k) for k in ("output_name", "output_path") if k in kwargs}
+        partition_only = {k: kwargs.pop(k) for k in _SHUFFLE_PARTITION_OPTIONS if k in kwargs}
+        part = HashPartitionNode(
+            self._ctx, (self.plan,), n, random_shuffle=True, drop_partition_column=True, **partition_only, **kwargs
+        )
         _tag(part, "random_shuffle")
-        node = SqlEngineNode(self._ctx, (part,), "select * from {0} order by random()", **kwargs)
+        node = SqlEngineNode(self._ctx, (part,), "select * from {0} order by random()", **result_only, **kwargs)
         return self._new(node, "random_shuffle")
 
     @_options_checked

@@ -453,6 +453,19 @@ def test_random_shuffle(sp):
     assert "__data_partition__" not in shuffled.to_arrow().column_names
 
 
+def test_random_shuffle_output_name_holds_the_result_once(sp):
+    # output_name went to both steps: output/<name> also held the partition step's files, so
+    # every row was there twice; engine_type (the partition step's option) failed in the SQL step
+    import glob
+
+    df = sp.from_items(list(range(20))).repartition(2, by_rows=True)
+    shuffled = df.random_shuffle(output_name="shuffled_once", engine_type="arrow")
+    assert shuffled.count() == 20
+    named = glob.glob(os.path.join(sp.runtime_ctx.output_root, "shuffled_once", "**", "*.parquet"), recursive=True)
+    assert sorted(pq.read_table(named).column("item").to_pylist()) == list(range(20))
+    assert shuffled.plan.input_deps[0].output_name is None and shuffled.plan.input_deps[0].engine_type == "arrow"
+
+
 def test_partial_sort(sp, files):
     df = source(sp, files, "parquet").repartition(3, hash_by="b").partial_sort(["b", "a desc"])
     for ds in df._compute():
