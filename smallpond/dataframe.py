@@ -265,6 +265,10 @@ class DataFrame:
             by_rows = bool(kwargs.pop("by_row")) or by_rows
         if by is not None and hash_by is not None:
             raise ParameterError("repartition: give either hash_by or by, not both")
+        if by_rows and (by is not None or hash_by is not None):
+            _not_honoured(
+                "repartition", "by_rows=True", f"each row goes where {'by=' if by is not None else 'hash_by='} sends it"
+            )
         if by is not None:
             node = ShuffleNode(
                 self._ctx, (self.plan,), npartitions, by, dimension=kwargs.pop("dimension", DATA_PARTITION_COLUMN_NAME), **kwargs

@@ -14,8 +14,9 @@ from smallpond.errors import ParameterError, TaskError
 
 
 def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
-    """schema= of a SQL map/flat_map, streaming_batch_size= of map_batches (batch_size= wins) and
-    output_schema= of a Python map were accepted and silently ignored."""
+    """schema= of a SQL map/flat_map, streaming_batch_size= of map_batches (batch_size= wins),
+    output_schema= of a Python map and by_rows= of a repartition by hash_by=/by= were accepted and
+    silently ignored."""
     path = str(tmp_path / "ten.parquet")
     pq.write_table(pa.table({"a": list(range(10))}), path)
     df = sp.read_parquet(path)
@@ -30,10 +31,17 @@ def test_parameters_without_effect_warn_at_the_call_site(sp, tmp_path):
     assert sizes.to_arrow().column("n").to_pylist() == [4, 4, 2]
     with pytest.warns(UserWarning, match="output_schema= has no effect: .* schema="):
         df.map(lambda r: r, output_schema=pa.schema([("a", pa.string())]))
+    # by_rows=True beside hash_by=/by= was ignored without a word
+    with pytest.warns(UserWarning, match=f"DataFrame.repartition created at .*{here}.*by_rows=True has no effect.*hash_by="):
+        df.repartition(2, hash_by="a", by_rows=True)
+    with pytest.warns(UserWarning, match="by_rows=True has no effect: each row goes where by= sends it"):
+        df.repartition(2, by="a % 2", by_row=True)
     import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        df.repartition(2, hash_by="a")
+        df.repartition(2, by_rows=True)
         df.map("a AS b")
         df.map(lambda r: r, schema=pa.schema([("a", pa.int64())]))
         df.map_batches(lambda t: t, batch_size=4)
