@@ -214,18 +214,27 @@ class DataFrame:
             return schema
 
     def _result_schema(self):
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from smallpond.io.arrow import empty_table, read_columns_schema
 
         datasets = self._datasets()
+        schemas = []
         for ds in datasets:
             if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
                 if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
-                    schema = read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata()
+                    schemas.append(read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata())
                 else:
-                    schema = pq.read_schema(ds.resolved_paths[0]).remove_metadata()
-                return _nullable(empty_table(schema)).schema
+                    schemas.append(pq.read_schema(ds.resolved_paths[0]).remove_metadata())
+        if schemas:
+            # each partition of a Python map without schema= typed its output on its own (a
+            # partition of only None values: a null column); to_arrow() unifies them, so does this
+            try:
+                schema = pa.unify_schemas(schemas, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                schema = schemas[0]
+            return _nullable(empty_table(schema)).schema
         return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 
     def _num_partitions_str(self) -> str:

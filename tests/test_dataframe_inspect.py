@@ -82,6 +82,17 @@ def test_a_python_map_without_schema_is_computed_for_its_schema(sp, files):
     assert "k: int64" in repr(df)
 
 
+def test_a_python_map_typed_apart_in_two_partitions_has_the_schema_of_its_result(sp):
+    # .schema was the first partition's: x: null (its values were all None) and x: int64 (its
+    # values were integers, the other partition's floats) where to_arrow() gave int64 and double
+    items = sp.from_items(list(range(6))).repartition(2, by_rows=True)
+    nulls_first = items.map(lambda r: {"x": None if r["item"] < 3 else r["item"]})
+    floats_later = items.map(lambda r: {"x": r["item"] if r["item"] < 3 else r["item"] + 0.5})
+    for df, expected in ((nulls_first, pa.int64()), (floats_later, pa.float64())):
+        assert df.schema == pa.schema([("x", expected)])
+        assert df.schema == df.to_arrow().schema.remove_metadata()
+
+
 def test_a_bad_query_is_named_in_the_repr_not_raised(sp, files):
     df = sp.partial_sql("select no_such_column from {0}", sp.read_parquet(files[0]))
     text = repr(df)
