@@ -451,7 +451,9 @@ class DataFrame:
         return self._new(LimitNode(self._ctx, self.plan, limit), "limit")
 
     def recompute(self) -> "DataFrame":
-        """Compute this DataFrame and its inputs again next time, ignoring saved results."""
+        """Compute this DataFrame's own step again the next time it is consumed, ignoring its
+        saved result (and so what was computed from it); its inputs' results are kept. Frames
+        derived from it afterwards inherit the flag and compute their own step again. Returns self."""
         self.need_recompute = True
         self._recomputed = False
         return self

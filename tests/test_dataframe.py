@@ -573,6 +573,11 @@ def test_derived_frame_reuses_computed_result(sp, files, tmp_path):
     base.recompute()
     base.compute()
     assert len(os.listdir(marker)) == calls + 1
+    # recompute() reruns the frame's own step, not its inputs' (as upstream)
+    child = base.map_batches(tag, batch_size=1000)
+    child.compute()
+    child.recompute().compute()
+    assert len(os.listdir(marker)) == calls + 3
 
 
 def test_write_parquet(sp, files, tmp_path):
