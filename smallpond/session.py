@@ -292,10 +292,26 @@ class Session:
 
     def from_pandas(self, df) -> DataFrame:
         """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""
+        pd = sys.modules.get("pandas")  # (not imported: df cannot be a pandas DataFrame)
+        if pd is None or not isinstance(df, pd.DataFrame):
+            hint = "; a pyarrow Table goes to from_arrow()" if _is_arrow_table(df) else ""
+            raise ParameterError(
+                f"Session.from_pandas called at {user_call_site()}: needs a pandas.DataFrame, got {type(df).__name__}{hint}"
+            )
         return self._source(PandasDataSet(df))
 
     def from_arrow(self, table) -> DataFrame:
-        """A DataFrame from a pyarrow Table (written to Parquet when first computed)."""
+        """A DataFrame from a pyarrow Table or RecordBatch (written to Parquet when first computed)."""
+        pa = sys.modules.get("pyarrow")
+        if pa is not None and isinstance(table, pa.RecordBatch):
+            table = pa.Table.from_batches([table])
+        if not _is_arrow_table(table):
+            # it failed when the source task ran (AttributeError: ... has no attribute 'num_rows')
+            pd = sys.modules.get("pandas")
+            hint = "; a pandas DataFrame goes to from_pandas()" if pd is not None and isinstance(table, pd.DataFrame) else ""
+            raise ParameterError(
+                f"Session.from_arrow called at {user_call_site()}: needs a pyarrow.Table, got {type(table).__name__}{hint}"
+            )
         return self._source(ArrowTableDataSet(table))
 
     def _source(self, dataset: DataSet) -> DataFrame:
@@ -437,6 +453,11 @@ class Session:
         if exc_type is not None:
             self._failed = True
         self.shutdown()
+
+
+def _is_arrow_table(value) -> bool:
+    pa = sys.modules.get("pyarrow")  # (not imported: value cannot be a pyarrow Table)
+    return pa is not None and isinstance(value, pa.Table)
 
 
 #: upstream's name for the engine part of a session (``smallpond.session.SessionBase``)

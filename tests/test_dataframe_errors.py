@@ -63,6 +63,11 @@ def test_wait_refuses_a_frame_of_another_session(sp, tmp_path):
         other.shutdown()
 
 
+def test_from_arrow_takes_a_record_batch(sp):
+    # TypeError in the source task: expected pyarrow.lib.Table, got pyarrow.lib.RecordBatch
+    assert sp.from_arrow(pa.record_batch({"a": [1, 2]})).take_all() == [{"a": 1}, {"a": 2}]
+
+
 def test_schema_given_as_pairs_or_a_dict_of_types_is_a_schema(sp):
     df = sp.from_items([{"a": 1}, {"a": 2}])
     mapped = df.map(lambda r: {"a": r["a"]}, schema=[("a", pa.int32())]).to_arrow()
@@ -107,6 +112,16 @@ BAD_ARGS = {
     ),
     "flat_map schema=3": (lambda df: df.flat_map(lambda r: [r], schema=3), ["DataFrame.flat_map", "schema", "int 3"]),
     "map_batches schema='a'": (lambda df: df.map_batches(lambda t: t, schema="a"), ["DataFrame.map_batches", "str 'a'"]),
+    # the source task failed: AttributeError: 'DataFrame' object has no attribute 'num_rows', ...
+    "from_arrow(pandas)": (
+        lambda df: df.session.from_arrow(df.to_pandas()),
+        ["Session.from_arrow", "needs a pyarrow.Table, got DataFrame", "from_pandas()"],
+    ),
+    "from_arrow(dict)": (lambda df: df.session.from_arrow({"a": [1]}), ["Session.from_arrow", "got dict"]),
+    "from_pandas(table)": (
+        lambda df: df.session.from_pandas(pa.table({"a": [1]})),
+        ["Session.from_pandas", "needs a pandas.DataFrame, got Table", "from_arrow()"],
+    ),
     # an AttributeError ('str' object has no attribute 'need_recompute')
     "Session.wait('x')": (lambda df: df.session.wait(df, "x"), ["Session.wait", "argument 1", "str 'x'"]),
 }
