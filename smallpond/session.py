@@ -230,7 +230,7 @@ class Session:
 
             df = sp.read_csv("urls/*.tsv", schema={"urlstr": "varchar", "valstr": "varchar"}, delim="\\t")
         """
-        return self._source(CsvDataSet(paths, dict(schema), delim))
+        return self._source(_at_call_site("read_csv", lambda: CsvDataSet(paths, _schema_dict(schema), delim)))
 
     def read_parquet(
         self,
@@ -246,11 +246,16 @@ class Session:
         the files is quoted and read as that column, whatever characters its name holds; any
         other item that DuckDB parses as a select item is run as the caller's SQL.
         """
-        return self._source(ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive))
+        return self._source(
+            _at_call_site(
+                "read_parquet",
+                lambda: ParquetDataSet(paths, columns=columns, union_by_name=union_by_name, recursive=recursive),
+            )
+        )
 
     def read_json(self, paths: Union[str, List[str]], schema: Dict[str, str]) -> DataFrame:
         """Read newline-delimited JSON files with a schema of column name → DuckDB type."""
-        return self._source(JsonDataSet(paths, dict(schema)))
+        return self._source(_at_call_site("read_json", lambda: JsonDataSet(paths, _schema_dict(schema))))
 
     def from_items(self, items: List[Any]) -> DataFrame:
         """A DataFrame from Python values: dicts become columns, other values a column ``item``.
@@ -453,6 +458,26 @@ class Session:
         if exc_type is not None:
             self._failed = True
         self.shutdown()
+
+
+def _at_call_site(op: str, make):
+    """``make()`` (a dataset built from a user's arguments), its ParameterError naming
+    ``Session.{op}`` and the user's call site unless it names it already."""
+    try:
+        return make()
+    except ParameterError as e:
+        site = user_call_site()
+        if site in str(e):
+            raise
+        raise type(e)(f"Session.{op} called at {site}: {e}") from None
+
+
+def _schema_dict(schema):
+    """A mapping ``schema`` as a dict; anything else as it is, for the dataset to refuse by name
+    (``dict(['a'])`` raised a bare ValueError about a dictionary update sequence)."""
+    from collections.abc import Mapping
+
+    return dict(schema) if isinstance(schema, Mapping) else schema
 
 
 def _is_arrow_table(value) -> bool:

@@ -122,6 +122,11 @@ BAD_ARGS = {
         lambda df: df.session.from_pandas(pa.table({"a": [1]})),
         ["Session.from_pandas", "needs a pandas.DataFrame, got Table", "from_arrow()"],
     ),
+    # ValueError: dictionary update sequence element #0 has length 1; 2 is required; the
+    # datasets' own errors did not name the call site
+    "read_csv schema=['a']": (lambda df: df.session.read_csv("x.csv", schema=["a"]), ["CsvDataSet", "schema dict", "['a']"]),
+    "read_json schema='a'": (lambda df: df.session.read_json("x.json", schema="a"), ["JsonDataSet", "schema dict", "'a'"]),
+    "read_parquet(3)": (lambda df: df.session.read_parquet(3), ["Session.read_parquet", "paths must be a str", "got 3"]),
     # an AttributeError ('str' object has no attribute 'need_recompute')
     "Session.wait('x')": (lambda df: df.session.wait(df, "x"), ["Session.wait", "argument 1", "str 'x'"]),
 }
