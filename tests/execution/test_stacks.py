@@ -103,8 +103,8 @@ def test_a_registered_process_dumps_on_request(tmp_path):
         "import sys, time\n"
         "from smallpond.execution import stacks\n"
         "stacks.enable(sys.argv[1])\n"
-        "print('ready', flush=True)\n"
         "def execute_attempt():\n"
+        "    print('ready', flush=True)\n"  # inside: a dump right after it finds the function
         "    time.sleep(30)\n"
         "execute_attempt()\n"
     )
