@@ -440,6 +440,56 @@ def process_start_time(pid: int) -> "float | None":
         return None
 
 
+def process_start_id(pid: int) -> "str | None":
+    """Process ``pid``'s start as a token that a change of the wall clock does not move:
+    ``"{boot id}:{start in clock ticks after boot}"`` on Linux, None elsewhere or if unknown.
+
+    :func:`process_start_time` is the boot time (``btime``, which the kernel derives from the wall
+    clock) plus the ticks, so when the clock is stepped (NTP, a virtual machine resumed after a
+    pause) a process's start time read later differs from the one recorded: by seconds, enough
+    to take a live job's lock holder for a process that reused its PID. Records keep both; this
+    one decides where both sides know it (:func:`same_process_start`).
+    """
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
+        return f"{_boot_id()}:{ticks}"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def same_process_start(pid: int, started: "float | None", start_id: "str | None") -> "bool | None":
+    """Whether the running process ``pid`` is the one recorded as started at ``started`` (epoch
+    seconds) with ``start_id`` (:func:`process_start_id`); None if that cannot be told (no such
+    process readable, nothing recorded). The id decides when the record has one, else the times,
+    within a second."""
+    if start_id:
+        now = process_start_id(pid)
+        if now is not None:
+            return now == start_id
+    if started:
+        actual = process_start_time(pid)
+        if actual is not None:
+            return abs(actual - float(started)) <= 1.0
+    return None
+
+
+_boot_id_cache: "str | None" = None
+
+
+def _boot_id() -> str:
+    global _boot_id_cache
+    if _boot_id_cache is None:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            _boot_id_cache = f.read().decode().strip()
+    return _boot_id_cache
+
+
 _boot_time_cache: "float | None" = None
 
 

@@ -187,18 +187,56 @@ def test_process_start_time_is_psutils_create_time():
     import subprocess
     import sys
 
-    import psutil
-
     from smallpond.common import process_start_time
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        for pid in (os.getpid(), child.pid):
-            assert process_start_time(pid) == pytest.approx(psutil.Process(pid).create_time(), abs=0.02)
+        # both read the boot time (which moves with steps of the wall clock) in a fresh process,
+        # at the same moment: this long-lived test process read its own at another time
+        code = (
+            "import sys, psutil\n"
+            "from smallpond.common import process_start_time\n"
+            "for pid in map(int, sys.argv[1:]):\n"
+            "    print(process_start_time(pid) - psutil.Process(pid).create_time())\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code, str(os.getpid()), str(child.pid)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert [float(x) for x in out.stdout.split()] == pytest.approx([0.0, 0.0], abs=0.02)
     finally:
         child.kill()
         child.wait()
     assert process_start_time(child.pid) is None  # gone (and reaped)
+
+
+def test_a_process_start_id_does_not_move_with_the_wall_clock():
+    """Job locks, cache claims, job states and queue executors tell a live process from a later
+    one with its PID by its start. A start time read after a step of the wall clock (NTP, a virtual
+    machine resumed after a pause: seen here as 22 s) differs from the one recorded; the start
+    id, where both sides know it, decides instead."""
+    import os
+    import subprocess
+    import sys
+
+    from smallpond.common import process_start_id, process_start_time, same_process_start
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the start id is read from /proc")
+    me = os.getpid()
+    recorded_time, recorded_id = process_start_time(me), process_start_id(me)
+    assert recorded_id and recorded_id == process_start_id(me)
+    stepped = recorded_time - 22.0  # what the record says, read back after the clock moved
+    assert same_process_start(me, stepped, recorded_id) is True
+    assert same_process_start(me, stepped, None) is False  # only the time: taken for another process
+    assert same_process_start(me, recorded_time, None) is True
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        other = process_start_id(child.pid)
+        assert other and other != recorded_id
+        assert same_process_start(child.pid, recorded_time, recorded_id) is False  # a reused pid
+    finally:
+        child.kill()
+        child.wait()
+    assert same_process_start(child.pid, recorded_time, recorded_id) is None
 
 
 def test_total_memory_is_psutils():

@@ -73,7 +73,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from smallpond.common import logger, process_start_time
+from smallpond.common import logger, process_start_id, process_start_time, same_process_start
 from smallpond.errors import ParameterError
 from smallpond.io.filesystem import (
     READ_FLAGS,
@@ -139,6 +139,7 @@ class Claim:
     refreshed: float = 0.0
     path: str = ""
     inode: int = 0
+    start_id: str = ""  # the process's start as common.process_start_id gives it ("" if unknown)
 
     def describe(self) -> str:
         return f"job {self.job} (pid {self.pid} on {self.host})"
@@ -384,7 +385,7 @@ class TaskCache:
     def announce(self, job: str) -> None:
         """Say that ``job`` (in this process) uses the cache: a claim-like link in ``jobs/``."""
         mine = self.me(job)
-        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "job": job})
+        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "start_id": mine.start_id, "job": job})
         os.makedirs(os.path.join(self.path, "jobs"), mode=0o700, exist_ok=True)
         try:
             os.symlink(body, self.presence_path(job))
@@ -416,8 +417,9 @@ class TaskCache:
     # -- claims -----------------------------------------------------------------------------------
     def me(self, job: str) -> Claim:
         if self._process is None:
-            self._process = Claim(socket.gethostname(), os.getpid(), process_start_time(os.getpid()), "")
-        return Claim(self._process.host, self._process.pid, self._process.started, job)
+            pid = os.getpid()
+            self._process = Claim(socket.gethostname(), pid, process_start_time(pid), "", start_id=process_start_id(pid) or "")
+        return Claim(self._process.host, self._process.pid, self._process.started, job, start_id=self._process.start_id)
 
     def claim(self, key: str, job: str) -> Optional[Claim]:
         """Claim ``key`` for ``job``. Returns None if the claim is now this process's, else the
@@ -427,7 +429,7 @@ class TaskCache:
             pending.result()
         path = self.lock_path(key)
         mine = self.me(job)
-        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "job": job})
+        body = json.dumps({"host": mine.host, "pid": mine.pid, "started": mine.started, "start_id": mine.start_id, "job": job})
         for _ in range(3):
             try:
                 # a symbolic link whose target is the claim: created, with its content, in one
@@ -600,6 +602,7 @@ def read_claim(path: str) -> Optional[Claim]:
         st.st_mtime,
         path,
         st.st_ino,
+        str(data.get("start_id") or ""),
     )
 
 
@@ -610,8 +613,10 @@ def claim_is_live(claim: Claim) -> bool:
         return time.time() - claim.refreshed < 5.0
     if claim.host != socket.gethostname():
         return time.time() - claim.refreshed < LOCK_STALE_SECONDS
-    started = process_start_time(claim.pid)
-    return started is not None and (not claim.started or abs(started - claim.started) < 1.0)
+    if not claim.started and not claim.start_id:
+        return process_start_time(claim.pid) is not None  # (the process exists)
+    # by the start id where the claim has one: a step of the wall clock moves start times
+    return bool(same_process_start(claim.pid, claim.started, claim.start_id))
 
 
 def _unlink_quietly(path: str) -> None:

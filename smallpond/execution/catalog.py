@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import List, Optional
 
+from smallpond.common import process_start_id
 from smallpond.errors import SmallpondError
 from smallpond.execution.events import scan_last_run
 from smallpond.execution.runtime import JOB_TIME_FORMAT, parse_job_id
@@ -90,9 +91,14 @@ def _last_status(path: str) -> tuple:
     return (lines[-1].split("@", 1)[0] if lines else "unknown"), mtime
 
 
-def process_alive(host: str, pid: int, since: float = 0.0) -> Optional[bool]:
-    """True/False if process ``pid`` on ``host`` is alive (and started before ``since``); None if
-    ``host`` is another machine."""
+def process_alive(host: str, pid: int, since: float = 0.0, start_id: Optional[str] = None) -> Optional[bool]:
+    """True/False if process ``pid`` on ``host`` is alive (and is the one that started with
+    ``start_id``, :func:`~smallpond.common.process_start_id`; without it, one started before
+    ``since``); None if ``host`` is another machine.
+
+    The id, where known, decides: a start time read now moves with every step of the wall clock
+    since (NTP, a resumed virtual machine), and a running job taken for a crashed one could be
+    removed by ``smallpond clean``."""
     if host and host != socket.gethostname():
         return None
     if pid <= 0:
@@ -103,6 +109,10 @@ def process_alive(host: str, pid: int, since: float = 0.0) -> Optional[bool]:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
+        if start_id:
+            now = process_start_id(pid)
+            if now is not None:
+                return now == start_id
         return not since or p.create_time() <= since + 1.0  # a reused pid started later
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False
@@ -130,7 +140,7 @@ def describe_job(path: str) -> JobInfo:
         info.pid = int(start.get("pid") or 0)
     info.state = status
     if status == "running" and start is not None:
-        if process_alive(info.host, info.pid, float(start.get("t", 0.0))) is False:
+        if process_alive(info.host, info.pid, float(start.get("t", 0.0)), start.get("start_id")) is False:
             info.state = "crashed"
     elif status == "running":
         # killed before its first event (e.g. while mpirun started its executors): the job lock,

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
-from smallpond.common import logger
+from smallpond.common import logger, process_start_id
 from smallpond.execution.resource_use import over_reservation
 from smallpond.execution.scheduler import SchedulerListener
 
@@ -429,6 +429,7 @@ class EventLog(SchedulerListener):
             name=name or "",
             host=socket.gethostname(),
             pid=os.getpid(),
+            start_id=process_start_id(os.getpid()),  # tells this process from a later one with its pid
             argv=list(sys.argv),
             executor=executor,
             versions=_versions(),

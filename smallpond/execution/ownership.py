@@ -33,7 +33,7 @@ import uuid
 from datetime import datetime
 from typing import Optional
 
-from smallpond.common import logger, process_start_time
+from smallpond.common import logger, process_start_id, process_start_time, same_process_start
 from smallpond.errors import SmallpondError
 
 LOCK_NAME = "job.lock"
@@ -180,11 +180,9 @@ def _holder_alive(holder: dict) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    started = holder.get("started")
-    actual = process_start_time(pid)
-    if started is not None and actual is not None and abs(actual - float(started)) > 1.0:
-        return False  # the PID was reused by another process
-    return True
+    # another process that reused the PID? (by the start id where the record has one: a step of
+    # the wall clock since the lock was taken moves the start time read now)
+    return same_process_start(pid, holder.get("started"), holder.get("start_id")) is not False
 
 
 def _read_lock(path: str) -> Optional[dict]:
@@ -231,6 +229,7 @@ class JobLock:
                 "host": socket.gethostname(),
                 "pid": pid,
                 "started": process_start_time(pid),
+                "start_id": process_start_id(pid),
                 "token": self._token,
                 "acquired": time.time(),
             }

@@ -16,7 +16,6 @@ import signal
 import time
 from typing import Dict, Iterator, List
 
-import psutil
 import pytest
 
 from tests.backends.conftest import Backend
@@ -40,11 +39,9 @@ def job_executors(data_root: str, job_id: str) -> List[dict]:
 
 
 def alive(info: dict) -> bool:
-    try:
-        p = psutil.Process(int(info["pid"]))
-        return abs(p.create_time() - float(info["create_time"])) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    from smallpond.execution.executors.queue_protocol import process_alive
+
+    return process_alive(int(info["pid"]), info.get("create_time"), info.get("start_id"))
 
 
 def assert_no_executor_outlives(data_root: str, job_id: str, grace: float = 20.0) -> None:

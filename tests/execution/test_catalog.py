@@ -79,3 +79,39 @@ def test_remove_job_refuses_a_job_whose_lock_is_held_whatever_its_status_says(da
         json.dump({"host": socket.gethostname(), "pid": 2**22 + 7, "token": "x"}, f)
     remove_job(data_root, describe_job(path))
     assert not os.path.exists(path)
+
+
+def test_a_step_of_the_wall_clock_does_not_make_a_live_process_look_gone(data_root):
+    """Records of a process (a job's start, its lock, a task cache claim, a queue executor) keep
+    its start time and its start id. After a step of the wall clock (NTP; a virtual machine resumed
+    after a pause: 22 s was seen here) the start time read back differs from the recorded one, so
+    a live driver looked crashed, its lock stale (``smallpond clean`` could remove its folder)
+    and its executors lost. The start id decides where the record has one."""
+    import sys
+
+    from smallpond.common import process_start_id, process_start_time
+    from smallpond.execution.cache import Claim, claim_is_live
+    from smallpond.execution.executors.queue_protocol import process_alive
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the start id is read from /proc")
+    me = os.getpid()
+    stepped = process_start_time(me) - 22.0  # the recorded start, as it reads after the step
+    start_id = process_start_id(me)
+    path = _folder(data_root, "2026-01-02-00-00-00", B, "running")
+    with open(os.path.join(path, "log", "events.jsonl"), "w") as f:
+        start = {"ev": "job_start", "t": stepped, "host": socket.gethostname(), "pid": me, "start_id": start_id}
+        f.write(json.dumps(start) + "\n")
+    os.makedirs(os.path.join(path, "config"))
+    with open(os.path.join(path, "config", "job.lock"), "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": me, "started": stepped, "start_id": start_id, "token": "x"}, f)
+    job = describe_job(path)
+    assert job.state == "running"
+    with pytest.raises(JobLookupError, match="running"):
+        remove_job(data_root, job)
+    assert os.path.isdir(path)
+    assert claim_is_live(Claim(socket.gethostname(), me, stepped, "j", start_id=start_id))
+    assert process_alive(me, stepped, start_id)
+    # a record of another process with this pid (another start id) is not this one
+    assert not claim_is_live(Claim(socket.gethostname(), me, stepped, "j", start_id=start_id + "0"))
+    assert not process_alive(me, stepped, start_id + "0")

@@ -369,7 +369,7 @@ class QueueExecutor(Executor):
                 self._lose(m, f"sent no heartbeat for {now - m.changed:.1f}s")
             elif self._same_host(m) and now - m.checked > 0.2:
                 m.checked = now
-                if not process_alive(int(m.info.get("pid", -1)), m.info.get("create_time")):
+                if not process_alive(int(m.info.get("pid", -1)), m.info.get("create_time"), m.info.get("start_id")):
                     self._lose(m, "died")
 
     def _same_host(self, m: _Member) -> bool:

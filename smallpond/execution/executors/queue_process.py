@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from smallpond.common import logger
+from smallpond.common import logger, process_start_id
 from smallpond.errors import SmallpondError, TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, LocalExecutor
@@ -129,6 +129,7 @@ class ExecutorProcess:
                 "name": self.name,
                 "pid": os.getpid(),
                 "create_time": self._create_time,
+                "start_id": process_start_id(os.getpid()),
                 "cpus": self.cpus,
                 "workers": self.cpus,
                 "memory": self.memory,

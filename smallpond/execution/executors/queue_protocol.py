@@ -147,13 +147,22 @@ def this_host() -> Dict[str, object]:
     return {"host": socket.gethostname(), "pidns": pidns}
 
 
-def process_alive(pid: int, create_time: Optional[float]) -> bool:
-    """Whether process ``pid`` (started at ``create_time``, to tell a reused pid) runs on this host."""
+def process_alive(pid: int, create_time: Optional[float], start_id: Optional[str] = None) -> bool:
+    """Whether process ``pid`` runs on this host and is the one that started with ``start_id``
+    (:func:`~smallpond.common.process_start_id`) or, without one, at ``create_time``: a pid may be
+    reused. The id decides where known: a start time read now moves with every step of the wall
+    clock since the executor registered (a live executor was once declared lost that way)."""
     import psutil
+
+    from smallpond.common import process_start_id
 
     try:
         p = psutil.Process(pid)
-        if create_time is not None and abs(p.create_time() - create_time) > 1.0:
+        now = process_start_id(pid) if start_id else None
+        if now is not None:
+            if now != start_id:
+                return False
+        elif create_time is not None and abs(p.create_time() - create_time) > 1.0:
             return False
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
