@@ -106,7 +106,10 @@ def init(
     used entries go first; see :func:`smallpond.execution.cache.clean`). ``restart=True`` starts the
     job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}``
     (never deleted), the way out when it cannot be resumed (e.g. its ``config/secret`` was lost);
-    use it for one run, not permanently.
+    use it for one run, not permanently. ``remove_empty_parquet=True`` leaves Parquet files without
+    rows out of ``write_parquet`` results (one stays if none has rows) and
+    ``skip_task_with_empty_input=True`` skips SQL tasks whose input holds no rows, as the Driver's
+    flags of those names do.
 
     Example::
 

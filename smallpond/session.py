@@ -53,6 +53,8 @@ class Config:
     task_cache: Optional[str] = None
     task_cache_max_bytes: Optional[int] = None
     elastic_threads: bool = False
+    remove_empty_parquet: bool = False
+    skip_task_with_empty_input: bool = False
 
     @staticmethod
     def from_args_and_env(
@@ -76,6 +78,8 @@ class Config:
         task_cache=None,
         task_cache_max_bytes=None,
         elastic_threads=None,
+        remove_empty_parquet=False,
+        skip_task_with_empty_input=False,
         **unknown,
     ) -> "Config":
         if unknown:
@@ -112,6 +116,8 @@ class Config:
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
             elastic_threads=bool(setting(elastic_threads, "elastic_threads", False)),
+            remove_empty_parquet=bool(remove_empty_parquet),
+            skip_task_with_empty_input=bool(skip_task_with_empty_input),
         )
 
 
@@ -174,6 +180,8 @@ class Session:
             random_seed=cfg.random_seed,
             task_cache=cfg.task_cache or False,
             elastic_threads=cfg.elastic_threads,
+            remove_empty_parquet=cfg.remove_empty_parquet,
+            skip_task_with_empty_input=cfg.skip_task_with_empty_input,
         )
         # with a Ray address every task runs on that Ray cluster; with a platform, on the queue
         # backend's executors; without either, embedded

@@ -68,7 +68,6 @@ NO_EFFECT = (
     "enable_profiling",
     "enable_diagnostic_metrics",
     "enable_sched_state_dump",
-    "remove_empty_parquet",
     "memory_allocator",
     "memory_purge_delay",
     "bind_numa_node",

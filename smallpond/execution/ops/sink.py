@@ -82,6 +82,7 @@ from smallpond.errors import PlanError, SmallpondError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_overlap import inside as _inside
+from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
@@ -95,7 +96,7 @@ from smallpond.io.filesystem import (
     load,
     remove_path,
 )
-from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
+from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
 
 MANIFEST = sink_record.MANIFEST
 JOURNAL = "publication.journal"
@@ -292,70 +293,6 @@ def in_job_folder(path: str, job_root: str) -> bool:
 # -- phase 1: prepare --------------------------------------------------------------------------------
 
 
-def _source_files(inputs: List[DataSet]) -> List[str]:
-    files: List[str] = []
-    for ds in inputs:
-        if isinstance(ds, PartitionedDataSet):
-            files.extend(ds.paths)
-        else:
-            files.extend(ds.resolved_paths)
-    return files
-
-
-def _sources(inputs: List[DataSet]) -> List[Tuple[str, Optional[List[Tuple[int, int]]]]]:
-    """What to publish: (file, None) to publish a whole file, (file, [(begin, end), ...]) for
-    only some of its rows. Partitions split by rows share files: a file whose ranges cover it
-    exactly once is published once and whole, never once per partition."""
-    order: List[str] = []
-    ranges: Dict[str, List] = {}
-    for ds in inputs:
-        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
-            rr = getattr(d, "_resolved_row_ranges", None)
-            if rr is None or all(r.whole_file for r in rr):
-                for p in d.resolved_paths:
-                    order.append(p)
-                    ranges.setdefault(p, []).append(None)
-                continue
-            for r in rr:
-                if r.path not in ranges:
-                    order.append(r.path)
-                ranges.setdefault(r.path, []).append(r)
-    out: List[Tuple[str, Optional[List[Tuple[int, int]]]]] = []
-    seen = set()
-    for p in order:
-        parts = ranges[p]
-        if any(r is None for r in parts):
-            out.append((p, None))  # a whole-file input: published as it is, once per mention
-            continue
-        if p in seen:
-            continue
-        seen.add(p)
-        spans = sorted((r.begin, r.end) for r in parts)
-        total = parts[0].file_num_rows
-        exact = spans[0][0] == 0 and spans[-1][1] == total and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
-        out.append((p, None if exact else spans))
-    return out
-
-
-def _write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pq.ParquetFile(src).read()
-    pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
-
-
-def _dest_names(files: List[str], token: Optional[str] = None) -> List[str]:
-    names = [os.path.basename(f) for f in files]
-    if token is None and len(set(names)) == len(names):
-        return names
-    out = []
-    for idx, n in enumerate(names):
-        stem, suffix = os.path.splitext(n)
-        out.append(f"{stem}.{token}-{idx}{suffix}" if token else f"{stem}.{idx}{suffix}")
-    return out
-
-
 def staging_path(runtime_ctx, task: Task) -> str:
     """Where sink ``task`` prepares its result: beside the destination, named after job and task."""
     return f"{task.node.output_path.rstrip(os.sep)}.staging-{runtime_ctx.job_id.hex[:8]}-{int(task.id)}"
@@ -393,7 +330,9 @@ class DataSinkTask(Task):
             if listed is None:
                 listed = sorted(os.path.join(output_path, n) for n in os.listdir(output_path) if not n.startswith("."))
             return _as_dataset(listed)
-        files = _source_files(inputs)
+        files = source_files(inputs)
+        if runtime_ctx.remove_empty_parquet:
+            files = [f for f, _ in without_empty_parquet([(f, None) for f in files])]
         staging = staging_path(runtime_ctx, self)
         remove_stale_siblings(output_path)
         os.makedirs(staging)
@@ -402,12 +341,14 @@ class DataSinkTask(Task):
             self.inject_fault()
             return _as_dataset(files)
         token = uuid.uuid4().hex[:8] if node.mode == "append" else None
-        sources = _sources(inputs)
+        sources = sources_of(inputs)
+        if runtime_ctx.remove_empty_parquet:
+            sources = without_empty_parquet(sources)
         staged, reused, memo = [], 0, {}
-        for (src, spans), name in zip(sources, _dest_names([p for p, _ in sources], token)):
+        for (src, spans), name in zip(sources, dest_names([p for p, _ in sources], token)):
             dst = os.path.join(staging, name)
             if spans is not None:
-                _write_rows(src, spans, dst)  # some rows of a file: only those are published
+                write_rows(src, spans, dst)  # some rows of a file: only those are published
             elif node.type != "copy" and _linked_from_cache(src, runtime_ctx.job_root, memo):
                 clone_or_copy(src, dst)  # another job's result may be that very inode
                 reused += 1

@@ -1,0 +1,98 @@
+"""What a sink publishes: its input files, whole or only some of their rows, under names that do
+not collide, and (``remove_empty_parquet``) without the Parquet files that hold no rows."""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Optional, Tuple
+
+from smallpond.logical.dataset import DataSet, PartitionedDataSet
+
+#: a source: a file to publish whole (None) or the row spans ``[(begin, end), ...]`` of it to publish
+Source = Tuple[str, Optional[List[Tuple[int, int]]]]
+
+
+def source_files(inputs: List[DataSet]) -> List[str]:
+    files: List[str] = []
+    for ds in inputs:
+        if isinstance(ds, PartitionedDataSet):
+            files.extend(ds.paths)
+        else:
+            files.extend(ds.resolved_paths)
+    return files
+
+
+def sources_of(inputs: List[DataSet]) -> List[Source]:
+    """What to publish: (file, None) to publish a whole file, (file, [(begin, end), ...]) for
+    only some of its rows. Partitions split by rows share files: a file whose ranges cover it
+    exactly once is published once and whole, never once per partition."""
+    order: List[str] = []
+    ranges: Dict[str, List] = {}
+    for ds in inputs:
+        for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
+            rr = getattr(d, "_resolved_row_ranges", None)
+            if rr is None or all(r.whole_file for r in rr):
+                for p in d.resolved_paths:
+                    order.append(p)
+                    ranges.setdefault(p, []).append(None)
+                continue
+            for r in rr:
+                if r.path not in ranges:
+                    order.append(r.path)
+                ranges.setdefault(r.path, []).append(r)
+    out: List[Source] = []
+    seen = set()
+    for p in order:
+        parts = ranges[p]
+        if any(r is None for r in parts):
+            out.append((p, None))  # a whole-file input: published as it is, once per mention
+            continue
+        if p in seen:
+            continue
+        seen.add(p)
+        spans = sorted((r.begin, r.end) for r in parts)
+        total = parts[0].file_num_rows
+        exact = spans[0][0] == 0 and spans[-1][1] == total and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+        out.append((p, None if exact else spans))
+    return out
+
+
+def write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(src).read()
+    pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
+
+
+def dest_names(files: List[str], token: Optional[str] = None) -> List[str]:
+    names = [os.path.basename(f) for f in files]
+    if token is None and len(set(names)) == len(names):
+        return names
+    out = []
+    for idx, n in enumerate(names):
+        stem, suffix = os.path.splitext(n)
+        out.append(f"{stem}.{token}-{idx}{suffix}" if token else f"{stem}.{idx}{suffix}")
+    return out
+
+
+def without_empty_parquet(sources: List[Source]) -> List[Source]:
+    """The sources that hold rows, for a job run with ``remove_empty_parquet``: a Parquet file
+    whose footer counts no rows (an empty partition's placeholder, a filter that kept nothing) is
+    not published. If none holds rows, the first stays, so the result still has its columns.
+    Files that are not Parquet, or whose footer cannot be read, are kept."""
+    import pyarrow.parquet as pq
+
+    def has_rows(source: Source) -> bool:
+        path, spans = source
+        if spans is not None:
+            return any(end > begin for begin, end in spans)
+        if not path.endswith(".parquet"):
+            return True
+        try:
+            return pq.read_metadata(path).num_rows > 0
+        except Exception:  # not ours to judge: published as it is
+            return True
+
+    kept = [s for s in sources if has_rows(s)]
+    return kept or sources[:1]
