@@ -11,8 +11,10 @@ output will have, without reading any data:
   (and what ``to_arrow()`` returns);
 * partition, sink, limit and projection nodes: their input's schema, plus the partition column a
   hash partition keeps;
-* Python nodes: the ``schema=`` given to ``map`` / ``flat_map``, the input's schema for a row
-  ``filter``; anything else raises :class:`SchemaUnknown` (the caller may run the node instead).
+* Python nodes: the ``schema=`` given to ``map`` / ``flat_map`` / ``map_batches``, or the
+  ``output_schema=`` of an Arrow or pandas node (compute or stream: every output is written with
+  it), the input's schema for a row ``filter``; anything else raises :class:`SchemaUnknown` (the
+  caller may run the node instead).
 
 Every field is nullable, as results read back are (see ``smallpond.dataframe._nullable``).
 """
@@ -26,7 +28,7 @@ from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
 from smallpond.errors import ColumnNotFoundError
-from smallpond.logical.compute import ArrowStreamNode, SqlEngineNode
+from smallpond.logical.compute import ArrowComputeNode, SqlEngineNode
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import (
     ConsolidateNode,
@@ -95,7 +97,7 @@ def _schema_of(node: Node, cache, conn):
         return _input(node, cache, conn)
     if isinstance(node, ProjectionNode):
         return _projection_schema(node, _input(node, cache, conn), conn)
-    if isinstance(node, ArrowStreamNode):
+    if isinstance(node, ArrowComputeNode):  # Arrow/pandas, compute and stream nodes alike
         given = getattr(node, "output_schema", None)
         if given is not None:
             return given

@@ -251,6 +251,23 @@ def test_a_dry_run_says_which_nodes_would_fail_and_why(sp, data_root, make_rt, p
     assert 'would fail: the plan check: Parser Error: syntax error at or near "selec"' in text
 
 
+def test_a_python_compute_node_with_output_schema_gives_its_consumers_known_inputs(make_rt, parquet_files):
+    # ArrowComputeNode and PandasComputeNode write every output with their output_schema=, as the
+    # stream nodes do: a query after one is checked (it was skipped as "schema unknown", so the
+    # job ran the Python stage first and failed only at the query's turn)
+    from smallpond.execution.job import dry_run_plan
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, PandasComputeNode, SqlEngineNode
+
+    for node_type in (ArrowComputeNode, PandasComputeNode):
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+        py = node_type(ctx, (src,), process_func=lambda rt, tables: tables[0], output_schema=pa.schema([("id", pa.int64())]))
+        bad = SqlEngineNode(ctx, (py,), "select id, nope from {0}")
+        text = str(dry_run_plan(LogicalPlan(ctx, bad), make_rt()))
+        assert 'would fail: the plan check: Binder Error: Referenced column "nope" not found' in text, text
+
+
 def test_a_query_reading_files_itself_is_not_judged_on_their_present_columns(parquet_files, tmp_path):
     # the side file lacks "price" now; the job may rewrite it (a stage before the query writes a
     # new version) before the query runs: the check must not fail the job on today's file
