@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
-    s = sub.add_parser("jobs", parents=[common], help="list jobs with their state and age")
+    s = sub.add_parser("jobs", parents=[common], help="list jobs with their state and its age (since it last changed)")
     s.add_argument("--state", default=None, help="only jobs in these states (comma-separated: running,success,failure,...)")
     s = sub.add_parser("status", parents=[common], help="a job's state and summary (exit 1 if it failed)")
     s.add_argument("job", metavar="JOB")
@@ -188,7 +188,10 @@ def _status(args, data_root: str) -> int:
     if job.state == "unreadable":  # another user's folder: one line on stderr, no half-printed status
         print(f"smallpond status: cannot read job {job.job_id} in {job.path}: Permission denied", file=sys.stderr)
         return EXIT_USAGE
-    print(f"job {job.job_id}: {job.state} (started {job.job_time:%Y-%m-%d %H:%M:%S}, {_age(job.age_seconds)} ago)")
+    # the age is that of the last change of state (log/.STATUS), not of the start: a job resumed
+    # or ended long after it started must not read as started a moment ago
+    started = f"{job.job_time:%Y-%m-%d %H:%M:%S}"
+    print(f"job {job.job_id}: {job.state} (started {started}; state last changed {_age(job.age_seconds)} ago)")
     print(f"folder {job.path}")
     if job.command:
         print(f"command {job.command}" + (f" on {job.host} (pid {job.pid})" if job.host else ""))

@@ -67,6 +67,19 @@ def test_jobs_status_and_exit_codes(two_jobs, data_root):
     assert helped.returncode == 0 and all(v in helped.stdout for v in ("jobs", "status", "logs", "report", "clean"))
 
 
+def test_status_dates_the_start_and_ages_the_last_change_of_state(two_jobs, data_root):
+    # AGE is the time since log/.STATUS last changed (a job resumed or ended hours after it
+    # started): status said "started <time>, <that age> ago", as if the job had started then
+    import time
+
+    ok, _ = two_jobs
+    status = os.path.join(ok.log_root, ".STATUS")
+    three_hours_ago = time.time() - 3 * 3600
+    os.utime(status, (three_hours_ago, three_hours_ago))
+    first = cli("status", str(ok.job_id), data_root=data_root).stdout.splitlines()[0]
+    assert f"started {ok.job_time:%Y-%m-%d %H:%M:%S}; state last changed 3h ago" in first, first
+
+
 def test_logs_of_a_job_and_of_a_task(two_jobs, data_root):
     _, bad = two_jobs
     events = [json.loads(x) for x in open(os.path.join(bad.log_root, "events.jsonl"))]
