@@ -25,6 +25,23 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def log_level(text):
+    """``text`` if it names a loguru level (``DEBUG``, ``INFO``, ``WARNING``, ...; any case), in upper
+    case; else ValueError listing the levels. Checked where it is given, not when the job adds its
+    console log (a bare ``Level 'x' does not exist`` from loguru, after the job folder was made)."""
+    from smallpond.common import logger
+
+    if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
+        return text  # a severity number, as loguru takes it
+    name = text.strip().upper() if isinstance(text, str) else text
+    try:
+        logger.level(name)
+    except (ValueError, TypeError):
+        levels = ", ".join(("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"))
+        raise ValueError(f"not a log level (one of {levels}), got {text!r}") from None
+    return name
+
+
 def _switch(text: str) -> bool:
     return text.strip().lower() in SWITCH_ON
 
@@ -36,7 +53,7 @@ ENV_SETTINGS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     "ray_address": ("SP_RAY_ADDRESS", str),
     "bind_numa_node": ("SP_BIND_NUMA_NODE", lambda v: v == "1"),
     "memory_allocator": ("SP_MEMORY_ALLOCATOR", str),
-    "console_log_level": ("SP_CONSOLE_LOG_LEVEL", str),
+    "console_log_level": ("SP_CONSOLE_LOG_LEVEL", log_level),
     "fault_inject_prob": ("SP_FAULT_INJECT_PROB", float),
     "max_retry_count": ("SP_MAX_RETRY_COUNT", int),
     "max_fail_count": ("SP_MAX_FAIL_COUNT", int),

@@ -344,8 +344,16 @@ class RuntimeContext:
         self.remove_empty_parquet = remove_empty_parquet
         self.skip_task_with_empty_input = skip_task_with_empty_input
         self.shared_log_root = shared_log_root
-        self.console_log_level = console_log_level
-        self.file_log_level = file_log_level
+        from smallpond.execution.env_settings import log_level
+
+        levels = {}
+        for param, value in (("console_log_level", console_log_level), ("file_log_level", file_log_level)):
+            try:
+                levels[param] = log_level(value)
+            except ValueError as e:
+                raise ParameterError(f"{param}: {e}") from None
+        self.console_log_level = levels["console_log_level"]
+        self.file_log_level = levels["file_log_level"]
         self.disable_log_rotation = disable_log_rotation
         self.final_output_path = os.path.abspath(output_path) if output_path else None
         #: the task cache folder shared by jobs (None: off); see :func:`resolve_task_cache`

@@ -77,6 +77,7 @@ def test_a_script_option_named_like_a_driver_option_leaves_the_driver_its_variab
         ("SP_NUM_EXECUTORS", "-1", "SP_NUM_EXECUTORS='-1' is not valid: must be >= 0"),
         ("SP_SPECULATIVE_EXEC", "always", "SP_SPECULATIVE_EXEC='always' is not valid: choose from disable, enable, aggressive"),
         ("SP_MAX_FAIL_COUNT", "1.5", "SP_MAX_FAIL_COUNT='1.5' is not valid"),
+        ("SP_CONSOLE_LOG_LEVEL", "loud", "SP_CONSOLE_LOG_LEVEL='loud' is not valid: not a log level (one of TRACE, DEBUG"),
     ],
 )
 def test_a_bad_variable_is_an_error_naming_it(sp_env, capsys, var, value, message):
@@ -87,6 +88,20 @@ def test_a_bad_variable_is_an_error_naming_it(sp_env, capsys, var, value, messag
     if var != "SP_SPECULATIVE_EXEC":  # (init() hands it to Speculation.of, which checks it)
         with pytest.raises(ParameterError, match=message.replace("(", r"\(")):
             Config.from_args_and_env()
+
+
+def test_a_log_level_is_checked_where_it_is_given(tmp_path):
+    # it was first looked up by loguru when the job added its console log, after the job folder
+    # was made: "ValueError: Level 'loud' does not exist", naming neither the setting nor where
+    import smallpond
+
+    with pytest.raises(ParameterError, match="console_log_level: not a log level .* got 'loud'"):
+        smallpond.init(data_root=str(tmp_path / "root"), console_log_level="loud")
+    assert not os.path.exists(tmp_path / "root")
+    _, args = Driver().parse_arguments(["scheduler", "--console_log_level", "debug"])  # any case
+    from smallpond.execution.env_settings import log_level
+
+    assert log_level(args.console_log_level) == "DEBUG" and log_level(5) == 5
 
 
 JOB = """
