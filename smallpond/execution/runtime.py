@@ -70,7 +70,11 @@ def parse_job_time(job_time) -> datetime:
         try:
             return datetime.fromisoformat(job_time)
         except ValueError:
-            raise ParameterError(f"job_time must be an ISO date-time, got {job_time!r}") from None
+            pass
+        try:  # epoch seconds as text (SP_JOB_TIME, or the --job_time an executor command carries)
+            return datetime.fromtimestamp(float(job_time))
+        except (ValueError, OverflowError, OSError):
+            raise ParameterError(f"job_time must be an ISO date-time or epoch seconds, got {job_time!r}") from None
     raise ParameterError(f"job_time must be a datetime, an ISO string or epoch seconds, got {job_time!r}")
 
 
@@ -115,7 +119,12 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     jid = parse_job_id(raw_id) if raw_id is not None else JobId.new()
     raw_time = job_time if job_time is not None else _env("SP_JOB_TIME")
     if raw_time is not None:
-        jt = parse_job_time(raw_time)
+        try:
+            jt = parse_job_time(raw_time)
+        except ParameterError as e:
+            if job_time is not None:
+                raise
+            raise ParameterError(f"environment variable SP_JOB_TIME={raw_time!r} is not valid: {e}") from None
     else:
         jt = find_job_time(root, str(jid)) or datetime.now()
     return jid, jt, root

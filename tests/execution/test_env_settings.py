@@ -104,6 +104,22 @@ def test_a_log_level_is_checked_where_it_is_given(tmp_path):
     assert log_level(args.console_log_level) == "DEBUG" and log_level(5) == 5
 
 
+def test_sp_job_time_takes_epoch_seconds_and_a_bad_one_names_the_variable(sp_env, tmp_path):
+    # init() documents job_time as "a datetime, ISO string or epoch seconds", but from the
+    # environment (a string) only ISO parsed, and the error named job_time, not SP_JOB_TIME
+    from datetime import datetime
+
+    from smallpond.execution.runtime import resolve_job
+
+    sp_env.setenv("SP_JOB_TIME", "1796440487.5")
+    assert resolve_job(None, None, str(tmp_path))[1] == datetime.fromtimestamp(1796440487.5)
+    sp_env.setenv("SP_JOB_TIME", "2026-12-01T10:00:00")
+    assert resolve_job(None, None, str(tmp_path))[1] == datetime(2026, 12, 1, 10, 0, 0)
+    sp_env.setenv("SP_JOB_TIME", "yesterday")
+    with pytest.raises(ParameterError, match="SP_JOB_TIME='yesterday' is not valid: .*ISO date-time or epoch seconds"):
+        resolve_job(None, None, str(tmp_path))
+
+
 JOB = """
 from smallpond.execution.driver import Driver
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
