@@ -451,9 +451,9 @@ class DataFrame:
         return self._new(LimitNode(self._ctx, self.plan, limit), "limit")
 
     def recompute(self) -> "DataFrame":
-        """Compute this DataFrame's own step again the next time it is consumed, ignoring its
-        saved result (and so what was computed from it); its inputs' results are kept. Frames
-        derived from it afterwards inherit the flag and compute their own step again. Returns self."""
+        """Compute this DataFrame's own node again next time instead of reusing its result (from
+        this session, this job's commits or the task cache); its inputs are reused as before.
+        Frames derived from it inherit the flag and run their own node again too. Returns self."""
         self.need_recompute = True
         self._recomputed = False
         return self
