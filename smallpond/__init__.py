@@ -104,7 +104,7 @@ def init(
     another order, so it is off by default: outputs stay byte-reproducible); ``task_cache_max_bytes``
     (``SP_TASK_CACHE_MAX_BYTES``) bounds the task cache when the session ends (least recently
     used entries go first; see :func:`smallpond.execution.cache.clean`). ``restart=True`` starts the
-    job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}``
+    job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}-{hex}``
     (never deleted), the way out when it cannot be resumed (e.g. its ``config/secret`` was lost);
     use it for one run, not permanently. ``remove_empty_parquet=True`` leaves Parquet files without
     rows out of ``write_parquet`` results (one stays if none has rows) and

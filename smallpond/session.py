@@ -409,7 +409,8 @@ class Session:
         return dot_graph(self._nodes)
 
     def dump_graph(self, path: Optional[str] = None) -> Optional[str]:
-        """Write the session graph as DOT (and PNG when Graphviz ``dot`` exists)."""
+        """Write the session graph as DOT text to ``path`` (default ``log/graph.dot``) and, when
+        Graphviz ``dot`` exists, a PNG beside it. Returns the PNG's path, or None without Graphviz."""
         path = path or os.path.join(self.runtime_ctx.log_root, "graph.dot")
         return self.graph().render(path)
 
