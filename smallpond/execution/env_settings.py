@@ -29,17 +29,27 @@ def log_level(text):
     """``text`` if it names a loguru level (``DEBUG``, ``INFO``, ``WARNING``, ...; any case), in upper
     case; else ValueError listing the levels. Checked where it is given, not when the job adds its
     console log (a bare ``Level 'x' does not exist`` from loguru, after the job folder was made)."""
-    from smallpond.common import logger
+    import sys
 
     if isinstance(text, int) and not isinstance(text, bool) and text >= 0:
         return text  # a severity number, as loguru takes it
     name = text.strip().upper() if isinstance(text, str) else text
-    try:
-        logger.level(name)
-    except (ValueError, TypeError):
-        levels = ", ".join(("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"))
-        raise ValueError(f"not a log level (one of {levels}), got {text!r}") from None
-    return name
+    if name in LOG_LEVELS:
+        return name
+    if "loguru" in sys.modules:  # a level the user's code added to loguru (only then can there be one)
+        from smallpond.common import logger
+
+        try:
+            logger.level(name)
+            return name
+        except (ValueError, TypeError):
+            pass
+    raise ValueError(f"not a log level (one of {', '.join(LOG_LEVELS)}), got {text!r}")
+
+
+#: loguru's own levels. Checked without loading loguru: a process that loaded it cannot fork its
+#: first worker (execution/worker_fork.py), and a job's runtime context is made before that
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL")
 
 
 def _switch(text: str) -> bool:
