@@ -412,6 +412,19 @@ def env_setting(name: str) -> str:
     return os.environ.get(name, "").strip().lower()
 
 
+def env_switch(name: str, *more: str) -> str:
+    """:func:`env_setting` of an on/off variable: "" (unset), a spelling of :data:`SWITCH_OFF` or
+    :data:`SWITCH_ON`, or one of ``more``; any other value is an error naming the variable (a
+    typo such as ``SP_PROGRESS=flase`` must not be taken silently for "on")."""
+    value = env_setting(name)
+    if value and value not in SWITCH_OFF + SWITCH_ON + more:
+        from smallpond.errors import ParameterError
+
+        allowed = ", ".join(SWITCH_OFF + SWITCH_ON + more)
+        raise ParameterError(f"{name} must be one of {allowed} (or unset), got {value!r}")
+    return value
+
+
 def process_start_time(pid: int) -> "float | None":
     """When process ``pid`` started, in seconds since the epoch (psutil's ``create_time``); None
     if there is no such process or it cannot be read. With the PID, it tells a process from a

@@ -158,6 +158,7 @@ class Session:
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
+        want_session_summary()  # read at shutdown; a value that does not parse is refused now
         cfg = self._config
         ignored = [
             n

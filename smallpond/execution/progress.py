@@ -9,7 +9,7 @@ When they show (:func:`progress_mode`):
 
 * ``SP_PROGRESS=0`` (or ``false``/``off``/``no``): never;
 * ``SP_PROGRESS=always``: always, as plain text on stderr (for CI logs);
-* otherwise: when stderr is a terminal, or in a Jupyter kernel; never when output goes to a
+* otherwise (unset or ``auto``): when stderr is a terminal, or in a Jupyter kernel; never when output goes to a
   file or a pipe.
 
 Invariants: bars appear only once a computation has run for ``DELAY_SECONDS`` (a quick
@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from smallpond.common import SWITCH_OFF, env_setting, human_bytes
+from smallpond.common import SWITCH_OFF, env_switch, human_bytes
 from smallpond.execution.scheduler import SchedulerListener
 
 #: a computation shorter than this draws no bar
@@ -58,7 +58,7 @@ def _stderr_is_tty() -> bool:
 
 def progress_mode() -> Optional[str]:
     """``"terminal"``, ``"notebook"``, ``"text"`` or None (no progress); see the module docstring."""
-    setting = env_setting("SP_PROGRESS")
+    setting = env_switch("SP_PROGRESS", "always", "auto")
     if setting in SWITCH_OFF:
         return None
     if setting == "always":

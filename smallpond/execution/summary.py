@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from smallpond.common import SWITCH_OFF, SWITCH_ON, TextBlock, env_setting, human_bytes, human_seconds
+from smallpond.common import SWITCH_OFF, SWITCH_ON, TextBlock, env_switch, human_bytes, human_seconds
 from smallpond.execution.events import JobHistory, RunStats
 
 MAX_NODES_SHOWN = 12
@@ -147,7 +147,7 @@ def want_session_summary() -> bool:
     """Whether a session prints its summary at shutdown: ``SP_SUMMARY``, else on a terminal."""
     import sys
 
-    setting = env_setting("SP_SUMMARY")
+    setting = env_switch("SP_SUMMARY", "auto")
     if setting in SWITCH_OFF:
         return False
     if setting in SWITCH_ON:

@@ -64,11 +64,11 @@ def fork_refusal(modules: Optional[Dict[str, object]] = None, threads: Optional[
 
     ``modules`` and ``threads`` stand for ``sys.modules`` and this process's OS threads (tests).
     """
-    from smallpond.common import SWITCH_OFF, env_setting
+    from smallpond.common import SWITCH_OFF, env_switch
 
     if not sys.platform.startswith("linux") or not hasattr(os, "fork"):
         return f"not Linux ({sys.platform})"
-    if env_setting("SP_FORK_WORKERS") in SWITCH_OFF:
+    if env_switch("SP_FORK_WORKERS") in SWITCH_OFF:
         return "SP_FORK_WORKERS is off"
     if threads is None:
         try:

@@ -148,3 +148,41 @@ def test_variables_of_settings_without_effect_are_named(sp_env):
     assert unused_env_settings() == []
     sp_env.setenv("SP_MEMORY_ALLOCATOR", "jemalloc")
     assert unused_env_settings() == ["SP_MEMORY_ALLOCATOR"]
+
+
+@pytest.mark.parametrize(
+    "var,value",
+    [("SP_PROGRESS", "flase"), ("SP_SUMMARY", "maybe"), ("SP_FORK_WORKERS", "nah")],
+)
+def test_an_on_off_variable_that_does_not_parse_is_an_error_naming_it(tmp_path, monkeypatch, var, value):
+    """They were taken silently (a typo of "false" meant "on"); a session refuses them when it starts."""
+    import smallpond
+
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ParameterError, match=rf"{var} must be one of .* got '{value}'"):
+        sp = smallpond.init(data_root=str(tmp_path / "root"))
+        try:  # SP_FORK_WORKERS is read when the first worker starts
+            sp.from_items([1, 2]).count()
+        finally:
+            sp.shutdown()
+
+
+def test_the_valid_spellings_of_an_on_off_variable(monkeypatch):
+    from smallpond.common import env_switch
+
+    for value, got in (("", ""), (" YES ", "yes"), ("0", "0"), ("Off", "off"), ("always", "always")):
+        monkeypatch.setenv("SP_X", value)
+        assert env_switch("SP_X", "always") == got
+
+
+def test_a_bad_sp_executor_cpus_is_refused_by_the_driver_naming_it(tmp_path, monkeypatch):
+    """Each executor refused it and exited: the job said only that every executor exited."""
+    import smallpond
+
+    monkeypatch.setenv("SP_EXECUTOR_CPUS", "two")
+    with pytest.raises(ParameterError, match="SP_EXECUTOR_CPUS must be a positive integer, got 'two'"):
+        sp = smallpond.init(data_root=str(tmp_path / "root"), platform="base", num_executors=1)
+        try:
+            sp.from_items([1, 2]).count()
+        finally:
+            sp.shutdown()
