@@ -516,6 +516,8 @@ def run_executor(
     sink = logger.add(sys.stderr, level=console_log_level)
     file_sink = None
     try:
+        if os.environ.get("SP_TEST_EXECUTOR_EXIT"):  # tests only: an executor that cannot start
+            raise SmallpondError("SP_TEST_EXECUTOR_EXIT is set: this executor exits at once")
         layout = find_job(job_id, data_root, job_time, settings.wait)
         with open(layout.secret_path, "rb") as f:
             secret = f.read()
