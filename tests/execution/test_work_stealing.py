@@ -10,6 +10,7 @@ The queue backend's side (an executor gives such attempts back to ``queue/todo``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -174,15 +175,16 @@ def _wait_for_marks(markers: str, kind: str, count: int):
     return _marks(markers, kind)
 
 
-def test_cancelling_a_queued_attempt_takes_it_back_and_spares_the_running_one(parquet_files, make_rt, tmp_path):
-    """One worker runs partition 0 (it waits for a file) with 1 and 2 queued behind it; 2 is
-    cancelled. The worker gives 2 up: 0 goes on in the same process, started once, and ends
-    normally, 1 runs after it, 2 never runs and is not reported."""
+@contextlib.contextmanager
+def _one_worker_with_two_queued(parquet_files, make_rt, tmp_path, held: int):
+    """One worker running partition 0 with 1 and 2 queued behind it (partition ``held`` waits for
+    the file ``release``); yields ``(executor, first task, [(task, inputs), ...] queued, pid,
+    markers folder, release file)`` and shuts the executor down after."""
     rt = make_rt()
     rt.initialize()
     markers, release = tmp_path / "markers", tmp_path / "release"
     markers.mkdir()
-    fn = functools.partial(_hold, markers=str(markers), held=0, release=str(release))
+    fn = functools.partial(_hold, markers=str(markers), held=held, release=str(release))
     (first, first_in), *rest = _planned(rt, parquet_files, str(markers), 3, 0, fn)
     ex = local.LocalExecutor(rt, 1)
     ex.start()
@@ -191,7 +193,16 @@ def test_cancelling_a_queued_attempt_takes_it_back_and_spares_the_running_one(pa
         for task, task_in in rest:
             ex.submit(task, task_in, 0, memory=256 << 20, queue=True)
         (w0,) = ex.workers
-        pid = w0.pid
+        yield ex, first, rest, w0.pid, markers, release
+    finally:
+        ex.shutdown()
+
+
+def test_cancelling_a_queued_attempt_takes_it_back_and_spares_the_running_one(parquet_files, make_rt, tmp_path):
+    """One worker runs partition 0 (it waits for a file) with 1 and 2 queued behind it; 2 is
+    cancelled. The worker gives 2 up: 0 goes on in the same process, started once, and ends
+    normally, 1 runs after it, 2 never runs and is not reported."""
+    with _one_worker_with_two_queued(parquet_files, make_rt, tmp_path, held=0) as (ex, first, rest, pid, markers, release):
         assert _wait_for_marks(str(markers), "start", 1) == [(0, pid)]
         cancelled = rest[1][0]
         ex.cancel(cancelled.key, 0)
@@ -205,8 +216,6 @@ def test_cancelling_a_queued_attempt_takes_it_back_and_spares_the_running_one(pa
         release.touch()
         done += _poll_all(ex, 2)
         done += ex.poll(0.5)  # nothing more: the cancelled attempt has no outcome
-    finally:
-        ex.shutdown()
     assert sorted(c.key for c in done) == sorted([first.key, rest[0][0].key]), done
     assert all(c.ok for c in done), [c.error for c in done]
     assert sorted(_marks(str(markers), "start")) == [(0, pid), (1, pid)]  # 0 once, in its first worker; 2 never
@@ -218,20 +227,8 @@ def test_a_cancelled_attempt_that_started_meanwhile_is_stopped_with_its_worker(p
     before the driver has read their outcomes. Cancelled then, 2 is not given up (it runs): the
     driver reads the outcomes the worker sent before (both, so neither runs again), then kills
     the worker; 2 is never reported."""
-    rt = make_rt()
-    rt.initialize()
-    markers, release = tmp_path / "markers", tmp_path / "release"
-    markers.mkdir()
-    fn = functools.partial(_hold, markers=str(markers), held=2, release=str(release))
-    (first, first_in), *rest = _planned(rt, parquet_files, str(markers), 3, 0, fn)
-    ex = local.LocalExecutor(rt, 1)
-    ex.start()
-    try:
-        ex.submit(first, first_in, 0, memory=256 << 20)
-        for task, task_in in rest:
-            ex.submit(task, task_in, 0, memory=256 << 20, queue=True)
+    with _one_worker_with_two_queued(parquet_files, make_rt, tmp_path, held=2) as (ex, first, rest, pid, markers, release):
         (w0,) = ex.workers
-        pid = w0.pid
         assert sorted(_wait_for_marks(str(markers), "start", 3)) == [(0, pid), (1, pid), (2, pid)]
         assert len(w0.inflight) == 3  # no outcome read yet
         ex.cancel(rest[1][0].key, 0)
@@ -239,8 +236,6 @@ def test_a_cancelled_attempt_that_started_meanwhile_is_stopped_with_its_worker(p
         done += ex.poll(0.5)
         assert w0.proc.poll() is not None and pid not in [w.pid for w in ex.workers]  # stopped
         assert all(not w.inflight for w in ex.workers)
-    finally:
-        ex.shutdown()
     assert sorted((c.key, c.ok) for c in done) == sorted([(first.key, True), (rest[0][0].key, True)]), done
     assert sorted(_marks(str(markers), "end")) == [(0, pid), (1, pid)]  # each ran once; 2 never ended
 
