@@ -343,7 +343,7 @@ def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
     """A sink killed while copying leaves ``{sink}.staging-*`` beside its output; the next run clears it."""
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
     sink = tmp_path / "sink"
-    for leftover in ("sink.staging-0badc0de", "sink.old-0badc0de"):
+    for leftover in ("sink.staging-0badc0de-3", "sink.old-0badc0de"):  # the names publications give
         (tmp_path / leftover).mkdir()
         (tmp_path / leftover / "half-written.parquet").write_bytes(b"PAR1")
     (tmp_path / "sink.keep").mkdir()  # not ours: left alone
@@ -352,6 +352,24 @@ def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
     )
     run_job(plan, make_rt(), num_workers=1)
     assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink")) == ["sink", "sink.keep"]
+    assert len(parquet_paths_in(str(sink))) == 1
+
+
+def test_a_users_folders_named_like_leftovers_are_kept(tmp_path, make_rt):
+    """Only the exact names a publication gives its folders are leftovers: a user's backup named
+    ``sink.old-2025`` or ``sink.staging-area`` beside the destination is theirs (it was deleted)."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    sink = tmp_path / "sink"
+    users = ["sink.old-2025", "sink.staging-area", "sink.old-0badc0de-notes", "sink.staging-0badc0de-3x"]
+    for name in users:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "mine.txt").write_text(name)
+    plan = sink_plan(
+        lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select * from {0}"), str(sink)
+    )
+    run_job(plan, make_rt(), num_workers=1)
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink.")) == sorted(users)
+    assert [(tmp_path / n / "mine.txt").read_text() for n in users] == users
     assert len(parquet_paths_in(str(sink))) == 1
 
 

@@ -73,6 +73,7 @@ tests kill a job in the middle of publishing; both are inert when unset.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -298,8 +299,19 @@ def staging_path(runtime_ctx, task: Task) -> str:
     return f"{task.node.output_path.rstrip(os.sep)}.staging-{runtime_ctx.job_id.hex[:8]}-{int(task.id)}"
 
 
+def _aside_path(dest: str) -> str:
+    """Where a publication moves the previous result of ``dest`` before discarding it."""
+    return f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
+
+
+#: the names :func:`staging_path` and :func:`_aside_path` give, after ``{destination's name}.``;
+#: nothing else beside a destination is ours (a user's ``results.old-2025`` is theirs)
+_LEFTOVER = re.compile(r"\.(?:staging-[0-9a-f]{8}-[0-9]+|old-[0-9a-f]{8})")
+
+
 def remove_stale_siblings(output_path: str, keep: Sequence[str] = ()) -> None:
-    """Remove the ``.staging-*`` / ``.old-*`` folders an interrupted publication left beside ``output_path``."""
+    """Remove the ``.staging-*`` / ``.old-*`` folders an interrupted publication left beside
+    ``output_path``: only names of exactly the form a publication gives them."""
     parent, base = os.path.split(output_path.rstrip(os.sep))
     try:
         names = os.listdir(parent)
@@ -307,7 +319,7 @@ def remove_stale_siblings(output_path: str, keep: Sequence[str] = ()) -> None:
         return
     for name in names:
         path = os.path.join(parent, name)
-        if name.startswith((base + ".staging-", base + ".old-")) and path not in keep:
+        if name.startswith(base) and _LEFTOVER.fullmatch(name, len(base)) and path not in keep:
             remove_path(path)
 
 
@@ -458,7 +470,7 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
             steps.append(("move", os.path.join(staging, name), target))
         return steps + [("move", new_manifest, os.path.join(dest, MANIFEST))] + record + [("remove", staging)]
     parent = os.path.dirname(dest.rstrip(os.sep)) or "."
-    aside = f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
+    aside = _aside_path(dest)
     # the record follows the swap at once; until it is written the folder is "not recorded", so
     # a crash between the two leaves files that are refused, never removed (ops/sink_record.py)
     return (
