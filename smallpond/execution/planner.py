@@ -320,10 +320,13 @@ class Planner:
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
             final = DataSinkNode(ctx, [root], os.path.join(base, FINAL_RESULTS), type=kind, is_final_node=True)
+        # every sink of the plan is a target of its own: a rerun publishes again a sink whose result
+        # was deleted even when what depends on it (FinalResults of a RootNode) is still committed
+        inner = [n for n in logical_plan.nodes.values() if isinstance(n, DataSinkNode) and n is not final]
         # the same rules as the DataFrame API's (SQL chains fused, SQL fused into the partitioning
         # after it): optimized once over everything the job runs, so shared nodes stay shared
         memo: Dict = {}
-        root_node = optimize(RootNode(ctx, [final] + sinks), set(self.node_to_tasks), memo)
+        root_node = optimize(RootNode(ctx, [final] + sinks + inner), set(self.node_to_tasks), memo)
         # the whole job is known here, so each node's role is final: intermediate files only the
         # engine reads are written in the staging format (the DataFrame API, whose frames may be
         # written out by a later call, keeps every node's settings)

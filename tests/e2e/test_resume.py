@@ -177,6 +177,24 @@ def test_rerun_republishes_a_deleted_sink(tmp_path, make_rt):
     assert len(counter_lines(counter)) == 3, "only the sink had to run again"
 
 
+def test_rerun_republishes_a_deleted_sink_beside_another(tmp_path, make_rt):
+    # two sinks under a RootNode: FinalResults (of the root, which has no files) stays committed,
+    # and the deleted sink must still be a target of its own (it was not published again)
+    from smallpond.execution.job import run_job
+    from tests.e2e.publish_job import publish_plan
+    from tests.e2e.safety_helpers import published_rows
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    a, b, job_id = str(tmp_path / "A"), str(tmp_path / "B"), str(uuid.uuid4())
+    run_job(publish_plan(inputs, a, b), make_rt(job_id), num_workers=2)
+    assert published_rows(b, "id") == [2 * i for i in range(10)]
+    shutil.rmtree(b)
+    a_files = {n: os.stat(os.path.join(a, n)).st_ino for n in os.listdir(a)}
+    run_job(publish_plan(inputs, a, b), make_rt(job_id), num_workers=2)
+    assert published_rows(b, "id") == [2 * i for i in range(10)]
+    assert {n: os.stat(os.path.join(a, n)).st_ino for n in os.listdir(a)} == a_files, "A was published again"
+
+
 def test_changed_input_is_recomputed_not_reused(tmp_path, make_rt):
     from smallpond.execution.job import run_job
     from tests.e2e.counting_job import counting_plan
