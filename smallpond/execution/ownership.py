@@ -18,12 +18,14 @@ only if the folder really is that user's, which this module checks before anythi
 * :class:`JobLock`: ``config/job.lock``, created with ``O_EXCL``, holds the host, PID and process
   start time of the process running the job. A second run of the same job at the same time is
   refused with a message naming the holder. A lock whose holder is gone (same host, and that
-  process no longer exists or is another process with a reused PID) is taken over; a lock held on
-  another host is never taken over automatically: the message says how to remove it.
+  process no longer exists or is another process with a reused PID) is taken over, by one process
+  only (the stale record is checked again and moved under an flock of ``job.lock.guard``); a lock
+  held on another host is never taken over automatically: the message says how to remove it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -289,13 +291,23 @@ class JobLock:
                 f"job {self.job_root} is already being run by {where}{since_txt} (lock {self.path}); "
                 "two runs of one job would undo each other's work. Wait for it to end, or stop it."
             )
-        # stale (holder gone, or a torn lock file): move it away; of several processes doing this
-        # at once only one rename succeeds, and all of them then race on O_EXCL again
-        stale = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+        # stale (holder gone, or a torn lock file): move it away. Several processes may have read
+        # the same stale record; without a guard, one that renames after another took over moves
+        # the new holder's live lock away and both run the job. So the record is read again and
+        # moved under an flock (released when its process dies, so it never goes stale itself);
+        # whoever finds another record there gives up this take-over and races on O_EXCL again
+        guard = os.open(f"{self.path}.guard", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            os.rename(self.path, stale)
-        except FileNotFoundError:
-            return
+            fcntl.flock(guard, fcntl.LOCK_EX)
+            if self._read() != holder:
+                return
+            stale = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(self.path, stale)
+            except FileNotFoundError:
+                return
+        finally:
+            os.close(guard)
         logger.warning("took over the stale job lock of {} (that process is gone)", where)
         try:
             os.unlink(stale)

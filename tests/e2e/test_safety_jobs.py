@@ -203,6 +203,46 @@ def test_same_job_twice_at_once_is_refused_and_stale_lock_taken_over(tmp_path, l
     assert os.path.exists(lock)
 
 
+HOLD_LOCK = """
+import sys, types
+from smallpond.execution.ownership import JobLock
+lock = JobLock(types.SimpleNamespace(config_root=sys.argv[1], job_root=sys.argv[2]))
+lock.acquire()
+print(lock._token, flush=True)
+sys.stdin.read()  # holds the lock until the test closes its stdin
+"""
+
+
+def test_a_stale_lock_is_taken_over_by_one_run_only(tmp_path):
+    """Two reruns after a crash both read the dead run's lock record; the one that acts on it
+    second must not move away the lock the first one took meanwhile (both ran the job)."""
+    from types import SimpleNamespace
+
+    from smallpond.execution.ownership import JobLock
+
+    config = tmp_path / "config"
+    config.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with open(config / "job.lock", "w") as f:
+        json.dump({"host": socket.gethostname(), "pid": dead.pid, "started": 0, "token": "dead"}, f)
+    late = JobLock(SimpleNamespace(config_root=str(config), job_root=str(tmp_path)))
+    stale = late._read()  # the late run has read the dead run's record ...
+    # ... when another run takes the lock over (a real process, which holds it)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(config), str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        token = holder.stdout.readline().strip()
+        assert token and json.loads((config / "job.lock").read_text())["token"] == token
+        late._take_over_if_stale(stale)  # what the late run does next with the record it read
+        assert json.loads((config / "job.lock").read_text())["token"] == token, "the live holder's lock was moved away"
+        with pytest.raises(JobFolderError, match=f"already being run by process {holder.pid}"):
+            late.acquire()
+    finally:
+        holder.communicate("", timeout=30)
+
+
 def test_a_run_refused_while_the_job_runs_leaves_that_run_alone(tmp_path):
     """A second run of a job that is being run (a Driver or run_job with its id, or a session with
     ``restart``) is refused before it touches the job: the folder is not moved aside, an attempt's
