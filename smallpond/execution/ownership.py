@@ -298,7 +298,10 @@ class JobLock:
         # whoever finds another record there gives up this take-over and races on O_EXCL again
         guard = os.open(f"{self.path}.guard", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(guard, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(guard, fcntl.LOCK_EX)
+            except OSError as e:  # a filesystem without flock (some FUSE ones): unguarded, as before
+                logger.debug("no flock on {}: {!r}; taking the stale job lock over unguarded", self.path, e)
             if self._read() != holder:
                 return
             stale = f"{self.path}.stale-{uuid.uuid4().hex[:8]}"
