@@ -303,6 +303,44 @@ def test_a_removed_node_reports_its_attempts_lost(cluster, make_rt, parquet_file
         assert victim in later._gone
 
 
+def test_a_data_root_check_whose_worker_dies_runs_again_and_keeps_the_node(cluster, make_rt):
+    """A Ray worker process killed while it runs a node's data-root check says nothing of the node:
+    the check runs again and the node takes part (it was taken for gone: a one-node cluster then
+    failed the start with "no alive node with CPUs")."""
+    import psutil
+
+    killed: List[int] = []
+    done = threading.Event()
+
+    def kill_the_first_check() -> None:
+        ours = psutil.Process()  # the test cluster's raylets are this process's children
+        while not done.is_set() and not killed:
+            for p in ours.children(recursive=True):
+                try:
+                    if (p.cmdline() or [""])[0].startswith("ray::smallpond-data-root-check"):
+                        p.kill()
+                        killed.append(p.pid)
+                        break
+                except psutil.Error:  # ended meanwhile
+                    continue
+
+    # a seed of its own: a new PYTHONHASHSEED, so fresh Ray workers, which import the check's
+    # module while it is named after the check (a window the killer thread cannot miss)
+    rt = make_rt(random_seed=int(time.time_ns() % 1_000_000_007))
+    killer = threading.Thread(target=kill_the_first_check, daemon=True)
+    killer.start()
+    try:
+        ex = executor_for(rt)
+    finally:
+        done.set()
+        killer.join()
+    try:
+        assert killed, "no data-root check was seen running"
+        assert set(ex.nodes) == set(cluster.worker_node_ids()), "a node whose check's worker died was dropped"
+    finally:
+        ex.shutdown()
+
+
 def test_requests_larger_than_any_node_are_clamped_with_one_warning(cluster, make_rt, parquet_files, tmp_path, log_messages):
     """Ray would keep a request no node can meet pending forever: it is clamped to the largest node."""
     rt = make_rt()

@@ -18,7 +18,8 @@ Invariants:
 * **The data root.** At start every taking-part node runs a task pinned to it that reads a marker
   written under the job folder and writes a reply; a node that cannot see or write the data root
   fails the start within seconds, naming the node (id, IP, host name). A node joining later is
-  checked the same way, and the job fails if it cannot see the data root.
+  checked the same way, and the job fails if it cannot see the data root. (This check, which is no
+  attempt, is the one task Ray retries itself: when its worker process dies, the node may be fine.)
 * **Lost workers.** A Ray worker, raylet or node that dies under an attempt (``WorkerCrashedError``,
   ``NodeDiedError``, ``OwnerDiedError``, ``ObjectLostError``, ``RayActorError``, ...) is reported as a
   :class:`~smallpond.errors.WorkerLost` Completion, which the scheduler retries elsewhere; Ray's
@@ -96,6 +97,8 @@ WORKER_GENERATION = "SMALLPOND_WORKER_GENERATION"
 NODE_REFRESH_SECONDS = 1.0
 #: seconds every node has to answer the data-root check
 CHECK_TIMEOUT_SECONDS = 60.0
+#: how many times Ray runs a data-root check again whose worker process died
+CHECK_WORKER_RETRIES = 2
 #: seconds to reach a cluster's address before connecting (ray.init waits minutes for a dead one)
 REACH_TIMEOUT_SECONDS = 10.0
 
@@ -211,7 +214,10 @@ def start_node_checks(rt: RuntimeContext, nodes: List[RayNode]) -> Tuple[str, st
     for node in nodes:
         ref = _read_marker_remote.options(
             num_cpus=0,
-            max_retries=0,
+            # Ray runs the check again if its worker process dies (killed, out of memory): a dead
+            # worker says nothing of its node, which was taken for gone (a one-node cluster then
+            # failed the job, "no alive node"); a dead node still fails it, as unschedulable
+            max_retries=CHECK_WORKER_RETRIES,
             name="smallpond-data-root-check",
             scheduling_strategy=NodeAffinitySchedulingStrategy(node.node_id, soft=False),
             runtime_env=worker_runtime_env(rt),
