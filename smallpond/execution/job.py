@@ -689,6 +689,8 @@ def _warn_outputs_without_columns(exec_plan: ExecutionPlan) -> None:
     for task in exec_plan.tasks.values():
         if not isinstance(task, DataSinkTask) or task.skip or not task.input_keys:
             continue
+        if all(type(exec_plan.tasks[k].node).__name__ == "RootNode" for k in task.input_keys if k in exec_plan.tasks):
+            continue  # FinalResults over a root of the user's sinks: empty by design
         inputs = [exec_plan.results.get(k) for k in task.input_keys]
         if any(d is None for d in inputs):
             continue

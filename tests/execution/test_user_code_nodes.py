@@ -362,3 +362,18 @@ def test_output_schema_must_be_a_pyarrow_schema():
     ctx = Context()
     with pytest.raises(ParameterError, match="output_schema"):
         ArrowStreamNode(ctx, (DataSourceNode(ctx, None),), process_func=pass_through, output_schema={"k": "string"})
+
+
+def test_a_plan_rooted_in_several_sinks_is_not_said_to_have_an_empty_result(tmp_path, log_messages):
+    """A RootNode over the user's sinks (the Driver's multi-output shape) has no rows of its own;
+    FinalResults over it is empty by design, not a Python function that produced nothing."""
+    from smallpond.logical.node import DataSinkNode
+
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"k": ["a", "b"]}), path)
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([path]))
+    sinks = [DataSinkNode(ctx, (src,), str(tmp_path / name)) for name in ("a", "b")]
+    run(ctx, RootNode(ctx, tuple(sinks)), tmp_path)
+    assert all(os.path.exists(str(tmp_path / name / ".MANIFEST.txt")) for name in ("a", "b"))
+    assert not any("columns are unknown" in m for m in log_messages), log_messages
