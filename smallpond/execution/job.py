@@ -538,7 +538,9 @@ class Job:
         exec_plan.num_executed = len(st.executed)
         exec_plan.num_resumed = len(st.resumed)
         exec_plan.num_reused = len(st.reused)
-        _warn_outputs_without_columns(exec_plan)
+        from smallpond.execution.ops.sink import warn_results_without_columns
+
+        warn_results_without_columns(exec_plan.tasks, exec_plan.results)
         logger.info(
             "job {} succeeded: {} task(s) run, {} resumed from checkpoints, {} reused from the task cache",
             rt.job_id,
@@ -675,36 +677,6 @@ def run_job(
         # intermediates stay unless asked; what a published result lists (FinalResults may be a
         # manifest of files in staging/) stays even then (retention.py)
         job.finish(ok, remove_intermediates=remove_output_root)
-
-
-def _warn_outputs_without_columns(exec_plan: ExecutionPlan) -> None:
-    """Say when a published result (a named output, FinalResults) is empty and no partition could
-    tell its columns: its folder gets no Parquet file, not one with a made-up column, and a reader
-    finds no schema there."""
-    from smallpond.execution.ops.sink import DataSinkTask
-    from smallpond.execution.ops.sql import columns_unknown
-    from smallpond.logical.dataset import PartitionedDataSet
-
-    same_inputs: Dict[tuple, List[str]] = {}
-    for task in exec_plan.tasks.values():
-        if not isinstance(task, DataSinkTask) or task.skip or not task.input_keys:
-            continue
-        if all(type(exec_plan.tasks[k].node).__name__ == "RootNode" for k in task.input_keys if k in exec_plan.tasks):
-            continue  # FinalResults over a root of the user's sinks: empty by design
-        inputs = [exec_plan.results.get(k) for k in task.input_keys]
-        if any(d is None for d in inputs):
-            continue
-        datasets = [d for ds in inputs for d in (ds.datasets if isinstance(ds, PartitionedDataSet) else [ds])]
-        if datasets and all(columns_unknown(d) for d in datasets):
-            same_inputs.setdefault(tuple(sorted(task.input_keys)), []).append(task.node.output_path)
-    for paths in same_inputs.values():
-        logger.warning(
-            "the result in {} is empty and its columns are unknown: no partition wrote a file (a Python function "
-            "upstream produced no rows and declares no output schema), so there is no Parquet file there. Pass "
-            "output_schema= (a pyarrow.Schema) to that node, or schema= to that DataFrame map/flat_map/map_batches, "
-            "to get an empty file with its columns.",
-            " and ".join(paths),
-        )
 
 
 def dry_run_plan(plan: LogicalPlan, rt: RuntimeContext, *, manifest_only_final_results: bool = True):

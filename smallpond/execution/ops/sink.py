@@ -97,7 +97,7 @@ from smallpond.io.filesystem import (
     load,
     remove_path,
 )
-from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet
+from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 
 MANIFEST = sink_record.MANIFEST
 JOURNAL = "publication.journal"
@@ -733,3 +733,32 @@ def staged_to_final(runtime_ctx, task: Task, ds: DataSet) -> DataSet:
     if not all(p.startswith(staging) for p in paths):
         return ds
     return type(ds).from_files([os.path.join(task.node.output_path, p[len(staging) :]) for p in paths])
+
+
+def warn_results_without_columns(tasks: Dict[str, Task], results: Dict[str, DataSet]) -> None:
+    """Say when a published result (a named output, FinalResults) of a finished job is empty and
+    no partition could tell its columns: its folder gets no Parquet file, not one with a made-up
+    column, and a reader finds no schema there. ``tasks`` and ``results``: the job's, by key."""
+    from smallpond.execution.ops.sql import columns_unknown
+    from smallpond.execution.ops.structural import RootTask
+
+    same_inputs: Dict[tuple, List[str]] = {}
+    for task in tasks.values():
+        if not isinstance(task, DataSinkTask) or task.skip or not task.input_keys:
+            continue
+        if all(isinstance(tasks.get(k), RootTask) for k in task.input_keys):
+            continue  # FinalResults over a root of the user's sinks: empty by design
+        inputs = [results.get(k) for k in task.input_keys]
+        if any(d is None for d in inputs):
+            continue
+        datasets = [d for ds in inputs for d in (ds.datasets if isinstance(ds, PartitionedDataSet) else [ds])]
+        if datasets and all(columns_unknown(d) for d in datasets):
+            same_inputs.setdefault(tuple(sorted(task.input_keys)), []).append(task.node.output_path)
+    for paths in same_inputs.values():
+        logger.warning(
+            "the result in {} is empty and its columns are unknown: no partition wrote a file (a Python function "
+            "upstream produced no rows and declares no output schema), so there is no Parquet file there. Pass "
+            "output_schema= (a pyarrow.Schema) to that node, or schema= to that DataFrame map/flat_map/map_batches, "
+            "to get an empty file with its columns.",
+            " and ".join(paths),
+        )
