@@ -6,6 +6,7 @@ Nothing here imports heavy modules: `import smallpond.common` must stay cheap.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, TypeVar
@@ -439,10 +440,7 @@ def process_start_time(pid: int) -> "float | None":
 
     if sys.platform.startswith("linux"):
         try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-            ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])  # fields from the 3rd on
-            return _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
+            return _boot_time() + _start_ticks(pid) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError, IndexError):
             return None
     try:
@@ -468,10 +466,7 @@ def process_start_id(pid: int) -> "str | None":
     if not sys.platform.startswith("linux"):
         return None
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        ticks = int(stat[stat.rindex(b")") + 2 :].split()[19])
-        return f"{_boot_id()}:{ticks}"
+        return f"{_boot_id()}:{_start_ticks(pid)}"
     except (OSError, ValueError, IndexError):
         return None
 
@@ -492,31 +487,26 @@ def same_process_start(pid: int, started: "float | None", start_id: "str | None"
     return None
 
 
-_boot_id_cache: "str | None" = None
+def _start_ticks(pid: int) -> int:
+    """Process ``pid``'s start in clock ticks after boot: field 22 of ``/proc/{pid}/stat`` (Linux)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        stat = f.read()
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])  # fields from the 3rd on
 
 
+@functools.lru_cache(maxsize=None)
 def _boot_id() -> str:
-    global _boot_id_cache
-    if _boot_id_cache is None:
-        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
-            _boot_id_cache = f.read().decode().strip()
-    return _boot_id_cache
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        return f.read().decode().strip()
 
 
-_boot_time_cache: "float | None" = None
-
-
+@functools.lru_cache(maxsize=None)
 def _boot_time() -> float:
-    global _boot_time_cache
-    if _boot_time_cache is None:
-        with open("/proc/stat", "rb") as f:
-            for line in f:
-                if line.startswith(b"btime"):
-                    _boot_time_cache = float(line.split()[1])
-                    break
-            else:
-                raise ValueError("no btime in /proc/stat")
-    return _boot_time_cache
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"btime"):
+                return float(line.split()[1])
+    raise ValueError("no btime in /proc/stat")
 
 
 def _share_loguru_lib_dirs() -> None:

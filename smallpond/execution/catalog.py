@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import List, Optional
 
-from smallpond.common import process_start_id
+from smallpond.common import same_process_start
 from smallpond.errors import SmallpondError
 from smallpond.execution.events import scan_last_run
 from smallpond.execution.runtime import JOB_TIME_FORMAT, parse_job_id
@@ -109,10 +109,9 @@ def process_alive(host: str, pid: int, since: float = 0.0, start_id: Optional[st
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        if start_id:
-            now = process_start_id(pid)
-            if now is not None:
-                return now == start_id
+        same = same_process_start(pid, None, start_id)  # by the id; None: not recorded, or unreadable
+        if same is not None:
+            return same
         return not since or p.create_time() <= since + 1.0  # a reused pid started later
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return False

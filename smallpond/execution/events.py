@@ -307,15 +307,14 @@ class JobHistory:
         ns.first_start = started if ns.first_start is None else min(ns.first_start, started)
         ns.last_end = started + elapsed if ns.last_end is None else max(ns.last_end, started + elapsed)
         ns.task_seconds += elapsed
+        ns.add_use(ev)
         if ev["ev"] == "done":
             ns.done += 1
             ns.rows += int(ev.get("rows") or 0)
             ns.written += int(ev.get("bytes") or 0)
             ns.read += int(ev.get("read") or 0)
             ns.durations.append(elapsed)
-            ns.add_use(ev)
             return
-        ns.add_use(ev)
         run.failures.append(a)
         if ev.get("decision") == "fail":
             ns.failed += 1

@@ -68,6 +68,7 @@ from smallpond.execution.executors.queue_protocol import (
     QueuePaths,
     QueueSettings,
     encode_item,
+    executor_cpus_setting,
     process_alive,
     read_json,
     this_host,
@@ -264,10 +265,7 @@ class QueueExecutor(Executor):
         return ["executor", "--job_id", str(rt.job_id), "--job_time", repr(rt.job_time.timestamp()), "--data_root", rt.data_root]
 
     def _launch(self, n: int) -> None:
-        raw = os.environ.get("SP_EXECUTOR_CPUS")
-        if raw and (not raw.isdigit() or int(raw) < 1):
-            # checked here too: refused only by each executor, it showed as "every executor exited"
-            raise ParameterError(f"SP_EXECUTOR_CPUS must be a positive integer, got {raw!r}")
+        executor_cpus_setting()  # a bad value is refused here, not by each executor as it starts
         args = ["smallpond.execution.driver", *self._executor_args(), "--console_log_level", self.rt.console_log_level]
         envs = {"SP_QUEUE_EPOCH": str(self.epoch)}
         for var in ("SP_EXECUTOR_CPUS", "SP_QUEUE_HEARTBEAT", "SP_QUEUE_TIMEOUT", "SP_QUEUE_WAIT"):

@@ -154,15 +154,11 @@ def process_alive(pid: int, create_time: Optional[float], start_id: Optional[str
     clock since the executor registered (a live executor was once declared lost that way)."""
     import psutil
 
-    from smallpond.common import process_start_id
+    from smallpond.common import same_process_start
 
     try:
         p = psutil.Process(pid)
-        now = process_start_id(pid) if start_id else None
-        if now is not None:
-            if now != start_id:
-                return False
-        elif create_time is not None and abs(p.create_time() - create_time) > 1.0:
+        if same_process_start(pid, create_time, start_id) is False:
             return False
         return p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -182,10 +178,17 @@ def executor_resources(rt: RuntimeContext) -> Tuple[int, int]:
         if raw and raw.isdigit() and int(raw) > 0:
             share = int(raw)
             break
-    cpus = max(1, rt.usable_cpu_count // share)
-    raw = os.environ.get("SP_EXECUTOR_CPUS")
-    if raw:
-        if not raw.isdigit() or int(raw) < 1:
-            raise ParameterError(f"SP_EXECUTOR_CPUS must be a positive integer, got {raw!r}")
-        cpus = int(raw)
+    cpus = executor_cpus_setting() or max(1, rt.usable_cpu_count // share)
     return cpus, max(1, rt.usable_memory_size // share)
+
+
+def executor_cpus_setting() -> Optional[int]:
+    """``SP_EXECUTOR_CPUS`` (None if unset); not a positive integer: ParameterError naming it. Read
+    by each executor, and by the scheduler before it launches any (else a bad value showed only as
+    "every executor exited")."""
+    raw = os.environ.get("SP_EXECUTOR_CPUS")
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ParameterError(f"SP_EXECUTOR_CPUS must be a positive integer, got {raw!r}")
+    return int(raw)
