@@ -191,3 +191,23 @@ def test_sort_mock_urls_v2_example_as_written_prints_its_result(tmp_path):
     assert "host: string" in out and "payload: binary" in out  # the schema, before running
     assert f"wrote 1000 rows in 4 file(s) to {tmp_path / 'sorted_urls'}" in out
     assert "(5 rows, limit 5)" in out
+
+
+def test_readme_quick_start_runs_as_written(tmp_path):
+    """The README's quick start, copied out of its first ``python`` block and run in an empty
+    folder: it makes its data, publishes ``output/`` and prints every ticker's min and max."""
+    readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+    section = readme.split("## Quick start", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    script = tmp_path / "quick_start.py"
+    script.write_text(code)
+    env = dict(os.environ, SP_DATA_ROOT=str(tmp_path / "sp_data"), SP_PROGRESS="0")
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = duckdb.sql(f"select * from read_parquet('{tmp_path}/output/*.parquet') order by ticker").fetchall()
+    want = duckdb.sql(
+        f"select ticker, min(price), max(price) from '{tmp_path}/prices.parquet' group by ticker order by ticker"
+    ).fetchall()
+    assert got == want and len(got) == 50
+    assert (tmp_path / "output" / ".MANIFEST.txt").exists()
+    assert "T49" in proc.stdout  # the printed frame
