@@ -84,6 +84,7 @@ from smallpond.io.filesystem import (
     link_or_copy,
     load,
     pread_full,
+    private_key,
     remove_path,
     signed_bytes,
     unique_suffix,
@@ -214,26 +215,7 @@ class TaskCache:
     @property
     def secret(self) -> bytes:
         if self._secret is None:
-            path = os.path.join(self.path, "secret")
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                st = os.stat(path)
-                if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077:
-                    raise ParameterError(
-                        f"task cache secret {path} is not private to this user (mode {st.st_mode & 0o777:o}): refusing to use the cache"
-                    ) from None
-                with open(path, "rb") as f:
-                    self._secret = f.read()
-                if len(self._secret) < 32:  # being written by another process: wait for it
-                    time.sleep(0.05)
-                    with open(path, "rb") as f:
-                        self._secret = f.read()
-            else:
-                key = os.urandom(32)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(key)
-                self._secret = key
+            self._secret = private_key(os.path.join(self.path, "secret"), "task cache secret", "refusing to use the cache")
         return self._secret
 
     def entry_path(self, key: str) -> str:

@@ -24,6 +24,8 @@ import hashlib
 import hmac
 import os
 import shutil
+import stat
+import time
 import uuid
 from typing import Any, Optional
 
@@ -260,9 +262,80 @@ def sign(data: bytes, secret: bytes) -> bytes:
     return hmac.new(secret, data, hashlib.sha256).digest()
 
 
+#: the length of a key made by :func:`private_key`
+KEY_BYTES = 32
+
+
+def private_key(path: str, what: str, refusal: str, *, create: bool = True) -> Optional[bytes]:
+    """The signing key kept in file ``path``: :data:`KEY_BYTES` random bytes, created owner-only
+    (``0600``, exclusively) when there is none (None instead if not ``create``).
+
+    One mechanism for the keys that sign records shared by jobs (the task cache's, the data
+    root's records of published results): whoever can read the key can sign records its readers
+    trust, so a key that is not a regular file private to this user (owned by someone else,
+    readable or writable by group or others, a symbolic link) is refused with a
+    :class:`~smallpond.errors.ParameterError` naming it (``what``: what it is; ``refusal``: what
+    is refused). A key shorter than :data:`KEY_BYTES` is one being written by another process
+    (waited for), else the leftover of a crash, replaced by a new one: records signed with it no
+    longer verify and count as absent, which their readers allow for.
+    """
+    from smallpond.errors import ParameterError
+
+    for attempt in range(40):
+        try:
+            fd = os.open(path, READ_FLAGS | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # another process made it first: read theirs
+            key = os.urandom(KEY_BYTES)
+            try:
+                write_all(fd, key)
+            finally:
+                os.close(fd)
+            return key
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise ParameterError(f"{what} {path} is a symbolic link, not a file of its own: {refusal}") from None
+        try:
+            st = os.fstat(fd)
+            if (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o077 or not stat.S_ISREG(st.st_mode):
+                raise ParameterError(
+                    f"{what} {path} is not private to this user (owner uid {st.st_uid}, mode {st.st_mode & 0o777:o}): {refusal}"
+                )
+            key = pread_full(fd, KEY_BYTES + 1, 0)
+        finally:
+            os.close(fd)
+        if len(key) >= KEY_BYTES:
+            return key
+        if attempt < 20:
+            time.sleep(0.05)  # being written by the process that created it
+            continue
+        tmp = f"{path}.tmp-{unique_suffix()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
+        try:
+            write_all(fd, os.urandom(KEY_BYTES))
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)  # a crash left it short: read back whichever key won
+    raise ParameterError(f"{what} {path} could not be read: it keeps changing; {refusal}")
+
+
 def signed_bytes(payload: bytes, secret: bytes) -> bytes:
     """``payload`` framed as a signed record (see the module docstring)."""
     return _SIG_MAGIC + hashlib.sha256(payload).digest() + hmac.digest(secret, payload, "sha256") + payload
+
+
+def unverified_payload(data: bytes) -> bytes:
+    """The payload of a signed record *without* verifying it (``data`` itself if it is not one):
+    only for housekeeping that decides what to keep, never for what to trust."""
+    if data.startswith(_SIG_MAGIC) and len(data) >= len(_SIG_MAGIC) + 2 * _DIGEST:
+        return data[len(_SIG_MAGIC) + 2 * _DIGEST :]
+    return data
 
 
 def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:

@@ -16,6 +16,7 @@ from smallpond.io.filesystem import (
     dump,
     link_or_copy,
     load,
+    private_key,
     read_file,
     remove_path,
     rename_noreplace,
@@ -169,3 +170,30 @@ def test_link_or_copy_and_remove(tmp_path):
     remove_path(str(tmp_path / "d"))
     remove_path(str(tmp_path / "missing"))
     assert sorted(os.listdir(tmp_path)) == ["copied", "linked", "src"]
+
+
+def test_private_key_is_made_once_owner_only_and_refused_when_not_private(tmp_path):
+    from smallpond.errors import ParameterError
+
+    path = str(tmp_path / "secret")
+    assert private_key(path, "the key", "refusing", create=False) is None and not os.path.exists(path)
+    key = private_key(path, "the key", "refusing")
+    assert len(key) == 32 and os.stat(path).st_mode & 0o777 == 0o600
+    assert private_key(path, "the key", "refusing") == key  # read back, not made again
+    os.chmod(path, 0o640)
+    with pytest.raises(ParameterError, match=r"the key .*secret is not private to this user .*: refusing"):
+        private_key(path, "the key", "refusing")
+    os.chmod(path, 0o600)
+    link = str(tmp_path / "link")
+    os.symlink(path, link)
+    with pytest.raises(ParameterError, match="is a symbolic link"):
+        private_key(link, "the key", "refusing")
+
+
+def test_a_key_left_short_by_a_crash_is_replaced(tmp_path):
+    """An empty key (a crash between creating and writing it) signs records anyone could forge."""
+    path = str(tmp_path / "secret")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.close(fd)
+    key = private_key(path, "the key", "refusing")
+    assert len(key) == 32 and read_file(path) == key
