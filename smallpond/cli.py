@@ -6,7 +6,8 @@
     smallpond status JOB                a job's state and summary
     smallpond logs JOB [TASK]           the job's log, or a task's attempt logs
     smallpond report JOB [--open]       (re)build the job's HTML report; print its path or open it
-    smallpond clean [--yes]             remove finished jobs (a dry run unless --yes)
+    smallpond clean [--yes]             remove finished jobs, and the records of published results
+                                        that are gone (a dry run unless --yes)
     smallpond cache clean [--max-bytes 500G] [--older-than 30d] [--yes]
                                         bound the task cache shared by jobs (a dry run unless --yes)
 
@@ -85,9 +86,11 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "clean",
         parents=[common],
-        help="remove finished jobs' folders (a dry run unless --yes)",
-        description="Remove the folders of finished jobs (success, failure, interrupted, crashed). Running jobs "
-        "and anything that is not a job folder are never touched. Without --yes, only says what it would remove.",
+        help="remove finished jobs' folders and stale records of published results (a dry run unless --yes)",
+        description="Remove the folders of finished jobs (success, failure, interrupted, crashed), and the records "
+        "of published results (under {data_root}/.smallpond/sinks) whose folder no longer holds the result they "
+        "recorded. Running jobs, records of results still there, and anything that is not a job folder are never "
+        "touched. Without --yes, only says what it would remove.",
     )
     s.add_argument(
         "--older-than", "--older_than", type=parse_age, default=0.0, help="only jobs that ended this long ago (30m, 12h, 7d)"
@@ -342,9 +345,6 @@ def _clean(args, data_root: str) -> int:
         size = folder_size(job.path)
         total += size
         chosen.append((job, size))
-    if not chosen:
-        print(f"nothing to remove under {data_root}")
-        return EXIT_OK
     verb = "removing" if args.yes else "would remove"
     for job, size in chosen:
         print(f"{verb} {job.path}  ({job.state}, {_age(job.age_seconds)} old, {human_bytes(size)})")
@@ -353,11 +353,30 @@ def _clean(args, data_root: str) -> int:
                 remove_job(data_root, job)
             except JobLookupError as e:
                 print(f"  skipped: {e}", file=sys.stderr)
-    if args.yes:
-        print(f"removed {len(chosen)} job(s), {human_bytes(total)}")
+    records = _clean_records(data_root, args.yes)
+    if not chosen and not records:
+        print(f"nothing to remove under {data_root}")
+    elif args.yes:
+        print(f"removed {len(chosen)} job(s), {human_bytes(total)}, and {records} record(s) of published results")
     else:
-        print(f"{len(chosen)} job(s), {human_bytes(total)}; run again with --yes to delete them")
+        print(f"{len(chosen)} job(s), {human_bytes(total)}, and {records} record(s); run again with --yes to delete them")
     return EXIT_OK
+
+
+def _clean_records(data_root: str, really: bool) -> int:
+    """Prune the records of published results whose folder no longer holds them (ops/sink_record.py)."""
+    from smallpond.execution.ops.sink_record import prune
+    from smallpond.execution.runtime import sink_records_dir
+
+    folder = sink_records_dir(data_root)
+    gone, kept = prune(folder, dry_run=not really)
+    verb = "removed" if really else "would remove"
+    if gone:
+        print(
+            f"{verb} {len(gone)} record(s) of published results under {folder} whose folder no longer holds them "
+            f"(e.g. {gone[0]}); {kept} record(s) of results still there stay"
+        )
+    return len(gone)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def setup(tmp_path, make_rt, mode, kind="link"):
     (dest / "old.parquet").write_bytes(b"old")
     (dest / ".MANIFEST.txt").write_text(f"{dest / 'old.parquet'}\n")
     # an earlier publication's: what it wrote is recorded under the data root
+    records = rt.sink_records_dir
     sink_record.save(
-        sink_record.record_path(rt.sink_records_dir, str(dest)), sink_record.record_of(str(dest), str(dest), ["old.parquet"])
+        sink_record.record_path(records, str(dest)), sink_record.record_of(records, str(dest), str(dest), ["old.parquet"])
     )
     if mode == "append":
         (dest / "user.txt").write_text("mine")
@@ -231,6 +232,20 @@ def test_a_listed_file_changed_while_the_job_ran_fails_the_publication(tmp_path,
         f.write(b" and mine")
     before = snapshot(str(dest))
     with pytest.raises(PublicationError, match=r"'old.parquet' in .* changed while the job ran"):
+        publish(rt, [(task, record)])
+    assert snapshot(str(dest)) == before
+    assert not os.path.exists(record["path"]) and not os.path.exists(journal_path(rt))
+
+
+@pytest.mark.parametrize("kind", ["link", "manifest"])
+def test_an_append_whose_manifest_a_user_rewrote_while_the_job_ran_publishes_nothing(tmp_path, make_rt, kind):
+    # the plan's check found smallpond's recorded manifest; a user rewrote it (in smallpond's form)
+    # before the publication: an append would rewrite the user's manifest, so nothing is published
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, "append", kind)
+    (dest / "mine.parquet").write_bytes(b"mine")
+    (dest / ".MANIFEST.txt").write_text(f"{dest / 'old.parquet'}\n{dest / 'mine.parquet'}\n")
+    before = snapshot(str(dest))
+    with pytest.raises(PublicationError, match=r"'.MANIFEST.txt' in .* changed while the job ran"):
         publish(rt, [(task, record)])
     assert snapshot(str(dest)) == before
     assert not os.path.exists(record["path"]) and not os.path.exists(journal_path(rt))

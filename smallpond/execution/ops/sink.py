@@ -14,7 +14,7 @@ Guarantees:
   record does not vouch for (written by hand, or by an older smallpond or a job with another data
   root: the user removes that result). ``"append"`` adds files under names that cannot collide
   (``{stem}.{token}{suffix}``) and leaves every other file alone (it rewrites ``.MANIFEST.txt``, so
-  one not in smallpond's form is refused); ``"error"`` (or ``"errorifexists"``) refuses a non-empty
+  one not in smallpond's form, or one the record does not vouch for, is refused); ``"error"`` (or ``"errorifexists"``) refuses a non-empty
   destination; ``"ignore"`` keeps a non-empty destination as it is and computes nothing for it. A
   manifest-only sink (``type="manifest"``) follows the same rules; it publishes by replacing
   ``.MANIFEST.txt`` in place (atomically) rather than by swapping folders, since its folder may
@@ -79,7 +79,7 @@ import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
-from smallpond.errors import PlanError, SmallpondError
+from smallpond.errors import ParameterError, PlanError, SmallpondError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_overlap import inside as _inside
@@ -231,8 +231,12 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None, rec
                 "Move or rename that file, or choose another folder"
             )
         )
-    if mode == "overwrite":
-        _check_owned(node, dest, records_dir)
+    if records_dir:
+        try:
+            sink_record.key(records_dir)  # made now: a key that is not private is refused before anything runs
+        except ParameterError as e:
+            raise PlanError(node._msg(str(e))) from None
+    _check_owned(node, dest, records_dir)
     if mode == "overwrite" and foreign:
         # a manifest-only sink would leave them in place, but beside a manifest that does not list
         # them: the folder would no longer be one result, and the next overwrite would refuse it
@@ -252,29 +256,41 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None, rec
 
 
 def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:
-    """Refuse an overwrite of an earlier result that smallpond cannot prove it wrote, in whole or in part."""
+    """Refuse an overwrite of an earlier result that smallpond cannot prove it wrote, in whole or
+    in part, and an append into one whose manifest it cannot prove it wrote (an append rewrites
+    that manifest, keeping its lines)."""
     if read_manifest(dest) is None:
         return  # no earlier result (a manifest not in smallpond's form was refused already)
     own = ownership(dest, records_dir)
     record = sink_record.record_path(records_dir, dest) if records_dir else "the data root"
     what = f"; it lists {_show(own.unproven, 'it')}" if own.unproven else ""
     if not own.recorded:
-        why = (
-            f"the manifest was replaced or modified since smallpond wrote it, or a job with another data root "
-            f"published there since; the record is {record}"
-            if own.record is not None
-            else f"there is no record of it under {records_dir}: an earlier result written by an older smallpond or "
-            "by a job with another data root, or a manifest written by hand"
+        if own.record is not None:
+            why = (
+                "the manifest was replaced or modified since smallpond wrote it, or a job with another data root "
+                f"published there since; the record is {record}"
+            )
+        elif own.problem:
+            why = f"{own.problem}, so it counts as no record"
+        else:
+            why = (
+                f"there is no record of it under {records_dir}: an earlier result written by an older smallpond or "
+                "by a job with another data root, or a manifest written by hand"
+            )
+        does = (
+            "mode='overwrite' removes only files smallpond wrote"
+            if node.mode == "overwrite"
+            else f"mode='append' rewrites that {MANIFEST} (keeping its lines), and a manifest smallpond did not "
+            "write is a user's file"
         )
         raise PlanError(
             node._msg(
                 f"refusing to write into {dest}: smallpond cannot tell whether its {MANIFEST} and the files it lists "
-                f"are the ones smallpond wrote ({why}){what}, and mode='overwrite' removes only files smallpond "
-                "wrote. If that earlier result may go, remove it (the manifest and its files) and run again; "
-                "or choose another folder, or use mode='append' to add files beside it"
+                f"are the ones smallpond wrote ({why}){what}, and {does}. If that earlier result may go, remove it "
+                "(the manifest and its files) by hand once and run again; or choose another folder"
             )
         )
-    if own.unproven:
+    if own.unproven and node.mode == "overwrite":
         raise PlanError(
             node._msg(
                 f"refusing to write into {dest}: {_show(own.unproven, 'it')} that its {MANIFEST} lists are not "
@@ -493,8 +509,8 @@ def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, 
     records_dir = sink_records_dir(runtime_ctx.data_root)
     own = ownership(dest, records_dir)
     listed = _listed_here(dest)
-    if node.mode != "append" and listed is not None and (own.unproven or not own.recorded):
-        changed = ", ".join(repr(n) for n in (own.unproven or [MANIFEST])[:_SHOWN])
+    if listed is not None and (not own.recorded or (own.unproven and node.mode != "append")):
+        changed = ", ".join(repr(n) for n in ((own.unproven if node.mode != "append" else []) or [MANIFEST])[:_SHOWN])
         raise PublicationError(
             f"{node.label}: {changed} in {dest} changed while the job ran and smallpond can no longer tell it "
             "from a user's file; nothing was published"
@@ -507,7 +523,7 @@ def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, 
         with open(os.path.join(staging, MANIFEST)) as f:
             again = {os.path.basename(p) for p in (line.rstrip("\n") for line in f) if _same_dir(os.path.dirname(p), dest)}
         kept = {n: ident for n, ident in own.record.files.items() if n in again and n not in staged}
-    data = sink_record.record_of(dest, staging, staged, kept)
+    data = sink_record.record_of(records_dir, dest, staging, staged, kept)
     step = [("record", sink_record.record_path(records_dir, dest), data)] if data is not None else []
     return own.owned, step
 

@@ -11,7 +11,7 @@ hard links coming and going change) and of the manifest itself.
 Invariants:
 
 * **The result folder is unchanged by the record.** It is kept outside it, at
-  ``{data_root}/.smallpond/sinks/{sha256 of realpath(dest)}.json`` (:func:`record_path`), so two
+  ``{data_root}/.smallpond/sinks/{sha256 of realpath(dest)}.record`` (:func:`record_path`), so two
   runs of the same job still publish byte-identical folders holding only their files and
   ``.MANIFEST.txt``.
 * **A file is smallpond's only if the record proves it** (:func:`owned`): the record names the
@@ -21,17 +21,28 @@ Invariants:
   time, naming the files.
 * **No record, no ownership.** A result written by an older smallpond, or by a job with another
   data root, has no record here; its files cannot be told from a user's, so an overwrite of it is
-  refused with a message saying so (the user removes it, or chooses another folder). An append
-  beside it is allowed; its files stay unrecorded, only the new ones are recorded.
+  refused with a message saying so (the user removes it, or chooses another folder). So is an
+  append into it: an append rewrites the manifest (keeping its lines), and a manifest smallpond
+  cannot prove it wrote is a user's file. (An append beside files no manifest lists leaves them
+  alone and unrecorded; only the new ones are recorded.)
 * **Written right after the files it describes, from identities taken before.** The record's
   bytes are computed from the staged files when the publication is planned (a rename keeps
   every identity), and written by the journal step that follows the swap. A crash between the
   two leaves a record whose manifest identity does not match the folder: the folder is then
   "not recorded" (refused, never removed), and a rerun of the job rolls the journal forward and
   writes the record. A file a user changes in the meantime no longer matches the record.
-
-The record is not signed: whoever can write the data root can already change a job's results.
-Its folder is created owner-only.
+* **Signed, or no record.** A record is a signed record of :mod:`smallpond.io.filesystem`
+  (``SPSIG2``, HMAC-SHA256) under the data root's key ``{data_root}/.smallpond/secret``
+  (:func:`key`: 32 random bytes, ``0600``, made and checked by
+  :func:`~smallpond.io.filesystem.private_key`, as the task cache's key is). The data root may
+  be writable by others (a shared root gets a warning, not a refusal), and a record decides
+  what an overwrite deletes: a record planted there could name a user's manifest and files and
+  have them removed. A record that is damaged, signed with another key (planted, or the key was
+  lost), or of the earlier unsigned format (``{sha256}.json``) counts as no record; the refusal
+  says which (:func:`examine`).
+* **Records of results that are gone go.** :func:`prune` (``smallpond clean``) removes a record
+  whose destination no longer holds the manifest it recorded (removed, replaced, moved), and
+  never one whose destination still does: the result it vouches for is still there.
 """
 
 from __future__ import annotations
@@ -40,13 +51,26 @@ import hashlib
 import json
 import os
 import stat
-from typing import Dict, Iterable, List, NamedTuple, Optional
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
-from smallpond.io.filesystem import atomic_write_bytes
+from smallpond.errors import ParameterError
+from smallpond.io.filesystem import (
+    CorruptRecord,
+    SignatureError,
+    atomic_write_bytes,
+    private_key,
+    remove_path,
+    signed_bytes,
+    unique_suffix,
+    unverified_payload,
+    verified_payload,
+)
 
 #: the manifest's name in a destination (the one place that names it)
 MANIFEST = ".MANIFEST.txt"
-_FORMAT = "smallpond-sink-record-1"
+_FORMAT = "smallpond-sink-record-2"
+_LEGACY_FORMAT = "smallpond-sink-record-1"  # unsigned JSON in {sha256}.json: never trusted
+_SUFFIX, _LEGACY_SUFFIX = ".record", ".json"
 
 Identity = List[int]
 
@@ -63,10 +87,32 @@ def identity(path: str) -> Optional[Identity]:
     return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
 
 
+def key_path(records_dir: str) -> str:
+    """The data root's key for its records: ``{data_root}/.smallpond/secret``."""
+    return os.path.join(os.path.dirname(records_dir), "secret")
+
+
+def key(records_dir: str, create: bool = True) -> Optional[bytes]:
+    """The key that signs the records in ``records_dir`` (made if there is none and ``create``;
+    else None). Refused with a ParameterError if it is not private to this user."""
+    if create:
+        os.makedirs(os.path.dirname(records_dir), mode=0o700, exist_ok=True)
+    return private_key(
+        key_path(records_dir),
+        "the data root's key for its records of published results",
+        "refusing to trust or write records under it (remove it, or make it a file only this user can read)",
+        create=create,
+    )
+
+
 def record_path(records_dir: str, dest: str) -> str:
     """Where the record of destination ``dest`` is kept: named after its real path."""
-    key = hashlib.sha256(os.path.realpath(dest).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(records_dir, f"{key}.json")
+    name = hashlib.sha256(os.path.realpath(dest).encode("utf-8", "surrogateescape")).hexdigest()
+    return os.path.join(records_dir, name + _SUFFIX)
+
+
+def _legacy_path(path: str) -> str:
+    return path[: -len(_SUFFIX)] + _LEGACY_SUFFIX
 
 
 class Record(NamedTuple):
@@ -80,61 +126,111 @@ def _is_identity(value) -> bool:
     return isinstance(value, list) and len(value) == 4 and all(type(x) is int for x in value)
 
 
-def load(records_dir: Optional[str], dest: str) -> Optional[Record]:
-    """The record of ``dest``, or None if there is none (or it is not one this module wrote, or
-    it names another folder)."""
-    if not records_dir:
-        return None
+def _parse(payload: bytes) -> Optional[dict]:
     try:
-        with open(record_path(records_dir, dest), "rb") as f:
-            data = json.loads(f.read().decode("utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(payload.decode("utf-8"))
+    except ValueError:
         return None
-    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("dest") != os.path.realpath(dest):
-        return None
+    return data if isinstance(data, dict) else None
+
+
+def _valid(data: dict, dest: str) -> Optional[Record]:
     files, manifest = data.get("files"), data.get("manifest")
+    if data.get("format") != _FORMAT or data.get("dest") != os.path.realpath(dest):
+        return None
     if not _is_identity(manifest) or not isinstance(files, dict) or not all(_is_identity(v) for v in files.values()):
         return None
     return Record(manifest, files)
 
 
-def render(dest: str, manifest: Optional[Identity], files: Dict[str, Identity]) -> Optional[bytes]:
-    """The bytes of a record of ``dest`` (None when the manifest has no identity: nothing to vouch for)."""
+def examine(records_dir: Optional[str], dest: str) -> Tuple[Optional[Record], str]:
+    """The record of ``dest``; or None and why there is no usable one: ``""`` when there is none
+    at all, else a clause naming the record file and what is wrong with it (for refusals)."""
+    if not records_dir:
+        return None, ""
+    path = record_path(records_dir, dest)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        legacy = _legacy_path(path)
+        if os.path.lexists(legacy):
+            return None, (
+                f"its record {legacy} was written by an earlier smallpond, unsigned, and cannot be told from a "
+                "forged one; smallpond signs its records since"
+            )
+        return None, ""
+    except OSError as e:
+        return None, f"its record {path} cannot be read ({e.strerror or e})"
+    try:
+        secret = key(records_dir, create=False)
+    except (ParameterError, OSError) as e:
+        return None, f"its record {path} cannot be verified: {e}"
+    if secret is None:
+        return None, f"its record {path} cannot be verified: the key that signed it, {key_path(records_dir)}, is gone"
+    try:
+        payload = verified_payload(data, secret, path)
+    except CorruptRecord:
+        return None, f"its record {path} is not an intact signed record (torn, truncated, or unsigned)"
+    except SignatureError:
+        return None, (
+            f"its record {path} is not signed with this data root's key {key_path(records_dir)} "
+            "(it was altered or planted, or signed with a key since lost)"
+        )
+    parsed = _parse(payload)
+    rec = _valid(parsed, dest) if parsed is not None else None
+    if rec is None:
+        return None, f"its record {path} is not a record of this folder"
+    return rec, ""
+
+
+def load(records_dir: Optional[str], dest: str) -> Optional[Record]:
+    """The record of ``dest``, or None if there is none that is signed, intact and of this folder."""
+    return examine(records_dir, dest)[0]
+
+
+def render(dest: str, manifest: Optional[Identity], files: Dict[str, Identity], secret: bytes) -> Optional[bytes]:
+    """The bytes of a record of ``dest``, signed (None when the manifest has no identity: nothing to vouch for)."""
     if manifest is None:
         return None
     data = {"format": _FORMAT, "dest": os.path.realpath(dest), "manifest": manifest, "files": files}
-    return json.dumps(data, sort_keys=True).encode()
+    return signed_bytes(json.dumps(data, sort_keys=True).encode(), secret)
 
 
-def record_of(dest: str, folder: str, names: Iterable[str], kept: Optional[Dict[str, Identity]] = None) -> Optional[bytes]:
+def record_of(
+    records_dir: str, dest: str, folder: str, names: Iterable[str], kept: Optional[Dict[str, Identity]] = None
+) -> Optional[bytes]:
     """The record a publication of ``folder`` (a staged result: its ``.MANIFEST.txt`` and files
-    ``names``) into ``dest`` will leave, with ``kept``: the recorded identities of earlier files
-    that stay there, listed again (an append). Identities are taken now; the renames that
-    publish the files keep them."""
+    ``names``) into ``dest`` will leave, signed with the key of ``records_dir``, with ``kept``:
+    the recorded identities of earlier files that stay there, listed again (an append).
+    Identities are taken now; the renames that publish the files keep them."""
     files = dict(kept or {})
     for name in names:
         ident = identity(os.path.join(folder, name))
         if ident is not None:
             files[name] = ident
-    return render(dest, identity(os.path.join(folder, MANIFEST)), files)
+    return render(dest, identity(os.path.join(folder, MANIFEST)), files, key(records_dir))
 
 
 def save(path: str, data: bytes) -> None:
     """Write a record (atomically: a reader sees the previous record or this one)."""
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     atomic_write_bytes(path, data)
+    remove_path(_legacy_path(path))  # an unsigned record of the same folder, now replaced
 
 
 class Ownership(NamedTuple):
     """What of a destination's earlier result is smallpond's.
 
-    ``record``: the destination's record, if any; ``recorded``: it vouches for the manifest now
+    ``record``: the destination's record, if any; ``problem``: why a record file there is not
+    one (damaged, unsigned, forged: :func:`examine`), ``""`` if there is none; ``recorded``: it vouches for the manifest now
     there; ``owned``: name -> identity of the files that are still the ones it wrote (the
     manifest among them when ``recorded``); ``unproven``: names the manifest lists in the folder
     that are there but not owned (replaced, modified, or never recorded).
     """
 
     record: Optional[Record]
+    problem: str
     recorded: bool
     owned: Dict[str, Identity]
     unproven: List[str]
@@ -142,7 +238,7 @@ class Ownership(NamedTuple):
 
 def owned(records_dir: Optional[str], dest: str, listed: Iterable[str]) -> Ownership:
     """Which of ``listed`` (the names the manifest of ``dest`` lists in it) smallpond wrote there."""
-    rec = load(records_dir, dest)
+    rec, problem = examine(records_dir, dest)
     manifest = identity(os.path.join(dest, MANIFEST))
     recorded = rec is not None and manifest is not None and rec.manifest == manifest
     ours: Dict[str, Identity] = {MANIFEST: manifest} if recorded else {}
@@ -156,4 +252,65 @@ def owned(records_dir: Optional[str], dest: str, listed: Iterable[str]) -> Owner
             ours[name] = now
         else:
             unproven.append(name)
-    return Ownership(rec, recorded, ours, unproven)
+    return Ownership(rec, problem, recorded, ours, unproven)
+
+
+def _claim(data: bytes) -> Optional[dict]:
+    """What a record file says (its destination and manifest identity), verified or not (an
+    unsigned record of the earlier format too): pruning only decides what to keep, and keeping a
+    record is always safe, since only a verified one is ever used."""
+    payload = unverified_payload(data)
+    parsed = _parse(payload)
+    if parsed is None or not isinstance(parsed.get("dest"), str) or not _is_identity(parsed.get("manifest")):
+        return None
+    return parsed
+
+
+def _remove_if_same(path: str, ino: int) -> bool:
+    """Remove the record file ``path`` if it is still the file read (inode ``ino``): a job may
+    have written a newer record of the same destination meanwhile, which stays."""
+    aside = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.prune-{unique_suffix()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    if os.lstat(aside).st_ino != ino:  # a newer record: put it back unless a newer one still is there
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        except OSError:
+            if not os.path.lexists(path):
+                os.rename(aside, path)
+        remove_path(aside)
+        return False
+    remove_path(aside)
+    return True
+
+
+def prune(records_dir: str, dry_run: bool = True) -> Tuple[List[str], int]:
+    """Remove (unless ``dry_run``) the records whose destination no longer holds the manifest they
+    recorded; returns the destinations (or record files, for a record too damaged to name one)
+    whose record was or would be removed, and how many records stay.
+
+    A record whose destination still holds its manifest is kept, whether or not it verifies:
+    only a verified one is ever used, so keeping one is always safe."""
+    try:
+        names = sorted(n for n in os.listdir(records_dir) if n.endswith((_SUFFIX, _LEGACY_SUFFIX)) and not n.startswith("."))
+    except FileNotFoundError:
+        return [], 0
+    removed, kept = [], 0
+    for name in names:
+        path = os.path.join(records_dir, name)
+        try:
+            with open(path, "rb") as f:
+                ino, data = os.fstat(f.fileno()).st_ino, f.read()
+        except FileNotFoundError:
+            continue
+        claim = _claim(data)
+        if claim is not None and identity(os.path.join(claim["dest"], MANIFEST)) == claim["manifest"]:
+            kept += 1
+            continue
+        if dry_run or _remove_if_same(path, ino):
+            removed.append(claim["dest"] if claim is not None else path)
+    return removed, kept
