@@ -484,19 +484,24 @@ class Job:
         logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
 
     def _discard_unpublished(self) -> None:
-        """Forget sinks that were prepared but not published, and remove what they staged.
+        """Forget sinks that were prepared but not published, and remove what they staged, and
+        what the attempts of sinks that did not finish staged (a sink still running when another
+        task failed the job is stopped part way, beside the user's destination).
 
         Kept as they are while a publication journal exists: the next start finishes it.
         """
         from smallpond.execution.ops.sink import journal_path, staging_path
 
-        keys = self._unpublished()
-        if not keys or os.path.exists(journal_path(self.rt)):
+        st = self.scheduler.state if self.scheduler is not None else None
+        if st is None or os.path.exists(journal_path(self.rt)):
             return
-        st = self.scheduler.state
+        keys = self._unpublished()
         for k in keys:
             remove_path(staging_path(self.rt, st.tasks[k]))
         invalidate(st, keys)
+        for k, task in st.tasks.items():
+            if k not in st.done and getattr(task, "commits_on_publication", False):
+                remove_path(staging_path(self.rt, task))
 
     def record_error(self, e: BaseException) -> None:
         """Mark the job failed by ``e`` (the first error is the one reported)."""

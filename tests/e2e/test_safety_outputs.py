@@ -181,6 +181,31 @@ def test_driver_job_publishes_all_sinks_or_none(tmp_path, make_rt):
     assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
 
 
+def test_a_failed_job_removes_what_a_sink_that_did_not_finish_staged(tmp_path, make_rt):
+    """A sink attempt stopped part way (killed when another task failed the job) leaves its
+    ``{dest}.staging-{job}-{task}`` folder beside the user's destination; the failed job removes
+    it, not only the folders of sinks that finished. (Made here as such an attempt leaves it, for
+    a sink whose input fails, so the leftover cannot be the sink's own doing: it never starts.
+    Under load the race showed in test_driver_job_publishes_all_sinks_or_none, 2 runs in 15.)"""
+    from smallpond.execution.ops.sink import DataSinkTask, staging_path
+    from smallpond.execution.planner import Planner
+
+    bad = [write_corrupt_parquet(str(tmp_path / "bad.parquet"))]
+    ctx = Context()
+    b = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(bad)),), "select id from {0}")
+    plan = LogicalPlan(ctx, RootNode(ctx, [DataSinkNode(ctx, (b,), str(tmp_path / "B"))]))
+    rt = make_rt()
+    planner = Planner(rt)
+    planner.plan(plan.root_node)
+    (sink_task,) = [t for t in planner.tasks.values() if isinstance(t, DataSinkTask)]
+    leftover = staging_path(rt, sink_task)
+    os.makedirs(os.path.join(leftover, "part"))
+    with pytest.raises(JobFailed):
+        run_job(plan, rt, num_workers=2, max_fail_count=1)
+    assert not os.path.exists(tmp_path / "B")
+    assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
+
+
 def test_named_outputs_of_a_failed_driver_job_are_not_half_published(tmp_path, data_root):
     """``--output_path``: named outputs are copied there only when the whole job succeeded."""
     from smallpond.execution.driver import Driver
