@@ -121,6 +121,23 @@ class Config:
         )
 
 
+def spawn_if_asked(platform: Optional[str]) -> None:
+    """``SP_SPAWN=1`` (upstream's): run this script once more through ``platform`` (``SP_PLATFORM``;
+    default, as upstream: mpirun when it is on the PATH, else a subprocess), with this process's
+    ``SP_*`` variables but ``SP_SPAWN``, and exit with status 0 without running anything here."""
+    if os.environ.get("SP_SPAWN") != "1":
+        return
+    from smallpond.platform import get_platform
+
+    launcher = get_platform(None if platform in (None, "local") else platform)
+    # the launched process inherits this environment: without SP_SPAWN, or it would spawn again
+    del os.environ["SP_SPAWN"]
+    envs = {k: v for k, v in os.environ.items() if k.startswith("SP_")}
+    logger.info("SP_SPAWN=1: starting {} {} through {}", sys.argv[0], sys.argv[1:], type(launcher).__name__)
+    launcher.start_job(1, entrypoint=sys.argv[0], args=sys.argv[1:], envs=envs)
+    sys.exit(0)
+
+
 _warming = None
 
 
@@ -158,6 +175,7 @@ class Session:
 
         self._shutdown_called = False
         self._config = Config.from_args_and_env(**kwargs)
+        spawn_if_asked(self._config.platform)
         want_session_summary()  # read at shutdown; a value that does not parse is refused now
         cfg = self._config
         ignored = [

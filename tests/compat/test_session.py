@@ -197,3 +197,29 @@ def test_rerun_with_same_job_reuses_completed_tasks(tmp_path):
     assert len(os.listdir(marker_dir)) == 4
     assert script(fail=False) == 4
     assert len(os.listdir(marker_dir)) == 4  # nothing of `tag` ran again
+
+
+def test_sp_spawn_runs_the_script_through_the_platform(tmp_path):
+    """§1.1: with SP_SPAWN=1, init() starts the script once more through the platform (here the
+    base one: a subprocess), with the SP_* variables but SP_SPAWN, and exits with status 0; only
+    the spawned run computes."""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, smallpond\n"
+        "print('start', os.getpid(), os.environ.get('SP_SPAWN'), flush=True)\n"
+        "sp = smallpond.init()\n"
+        "print('done', os.getpid(), os.environ.get('SP_MARK'), sp.from_items([1, 2, 3]).count(), flush=True)\n"
+        "sp.shutdown()\n"
+    )
+    env = dict(os.environ, SP_SPAWN="1", SP_PLATFORM="base", SP_DATA_ROOT=str(tmp_path / "root"), SP_MARK="m1", SP_PROGRESS="0")
+    # the spawned process inherits stdout: run() returns once both closed it
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split() for line in proc.stdout.splitlines() if line.startswith(("start", "done"))]
+    starts = [line for line in lines if line[0] == "start"]
+    dones = [line for line in lines if line[0] == "done"]
+    assert [s[2] for s in starts] == ["1", "None"], proc.stdout
+    assert len(dones) == 1 and dones[0][1] == starts[1][1] != starts[0][1], proc.stdout
+    assert dones[0][2:] == ["m1", "3"]
+    # one job: the spawning process made no job folder
+    assert len([d for d in os.listdir(tmp_path / "root") if not d.startswith(".")]) == 1
