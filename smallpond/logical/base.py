@@ -105,6 +105,11 @@ def shape_size(shape: Shape) -> int:
     return n
 
 
+#: methods of upstream's nodes that built task objects (``PythonScriptNode.spawn``,
+#: ``Node.create_task``): a node class defining one is refused, since nothing here calls them
+UPSTREAM_TASK_HOOKS = ("spawn", "create_task")
+
+
 class Node:
     """Base class of every logical node.
 
@@ -134,6 +139,17 @@ class Node:
         memory_limit: Optional[int] = None,
     ) -> None:
         self.location = user_call_site()
+        for hook in UPSTREAM_TASK_HOOKS:
+            if callable(getattr(type(self), hook, None)):
+                raise ParameterError(
+                    self._msg(
+                        f"{type(self).__name__} overrides {hook}(), with which upstream smallpond built a node's tasks "
+                        "from its own task classes; this build plans tasks itself and never calls it. Override the "
+                        "node's process() instead (for a PythonScriptNode: process(self, runtime_ctx, input_datasets, "
+                        "output_path) -> bool, the task's process() moved to the node; a task's extra arguments "
+                        "become attributes of the node)"
+                    )
+                )
         if not isinstance(ctx, Context):
             raise ParameterError(self._msg(f"ctx must be a smallpond Context, got {type(ctx).__name__}"))
         if isinstance(input_deps, Node):

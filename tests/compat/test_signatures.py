@@ -12,6 +12,7 @@ import pytest
 
 import smallpond
 from smallpond.dataframe import DataFrame, Session
+from smallpond.errors import ParameterError
 from smallpond.execution.driver import Driver
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.task import PartitionInfo, RuntimeContext, StreamOutput
@@ -434,13 +435,27 @@ def test_node_perf_stats():
     assert st.p50 <= st.p75 <= st.p95 <= st.p99 <= 100.0
 
 
-@pytest.mark.skip(
-    reason="Node.create_task / PythonScriptNode.spawn return upstream's internal Task classes (built by upstream's "
-    "planner with its own constructor arguments); our planner builds tasks itself, so these extension points "
-    "are not offered. Override process() instead."
-)
-def test_node_create_task_and_spawn():
-    pass
+def test_node_create_task_and_spawn_are_refused_when_the_node_is_built():
+    """Node.create_task / PythonScriptNode.spawn returned upstream's internal Task classes (built by
+    upstream's planner with its own constructor arguments); our planner builds tasks itself and
+    never calls them. A node class that overrides one is refused where the node is built, naming
+    the node and the line, instead of failing each task with 'needs process_func'."""
+
+    class SpawningNode(nd.PythonScriptNode):
+        def spawn(self, *args, **kwargs):
+            raise AssertionError("never called")
+
+    class TaskBuildingNode(nd.ArrowComputeNode):
+        def create_task(self, *args, **kwargs):
+            raise AssertionError("never called")
+
+    ctx = nd.Context()
+    src = nd.DataSourceNode(ctx, ds.ParquetDataSet([]))
+    for cls, hook in ((SpawningNode, "spawn"), (TaskBuildingNode, "create_task")):
+        with pytest.raises(
+            ParameterError, match=rf"{cls.__name__} created at .*test_signatures.py:\d+: .*overrides {hook}\(\).*process\(\)"
+        ):
+            cls(ctx, (src,))
 
 
 def test_upstream_import_paths():
