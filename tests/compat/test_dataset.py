@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from smallpond.errors import ParameterError
 from smallpond.logical.dataset import (
     ArrowTableDataSet,
     CsvDataSet,
@@ -261,6 +262,15 @@ def test_load_partitioned_datasets(tmp_path):
     with pytest.raises(AssertionError):
         ds.load_partitioned_datasets(2, "__data_partition__")
     assert ParquetDataSet._read_partition_key(str(tmp_path / "kv-2.parquet"), "__data_partition__", False) == 2
+
+
+def test_load_partitioned_datasets_without_a_key_names_the_file(tmp_path):
+    """A file with no key anywhere (no metadata, no ``col=k`` folder, no column): what a DuckDB-engine
+    HashPartitionNode with drop_partition_column=True leaves after a sink copied it flat. Upstream's
+    files kept the key in their metadata; here the error names the file and says why."""
+    pq.write_table(pa.table({"v": [1, 2]}), str(tmp_path / "flat.parquet"))
+    with pytest.raises(ParameterError, match=r"cannot tell which partition .*flat\.parquet.*drop_partition_column"):
+        ParquetDataSet([str(tmp_path / "*.parquet")]).load_partitioned_datasets(2, "__data_partition__")
 
 
 def test_empty_dataset_renders_valid_sql():
