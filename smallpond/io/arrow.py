@@ -535,8 +535,9 @@ def build_batch_reader_from_files(
 ) -> pa.RecordBatchReader:
     """A reader that yields batches of exactly ``batch_size`` rows across file boundaries.
 
-    Only the last batch may be smaller. Strings are read as large types so files written with
-    ``string`` and ``large_string`` mix freely. An empty input list needs ``schema``.
+    Only the last batch may be smaller. Batches have the types of the first file (or of
+    ``schema``): a column another file stores otherwise (``large_string`` for ``string``, say) is
+    cast, so such files mix freely. An empty input list needs ``schema``.
     """
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
