@@ -129,6 +129,10 @@ def spawn_if_asked(platform: Optional[str]) -> None:
         return
     from smallpond.platform import get_platform
 
+    if not os.path.isfile(sys.argv[0]):  # python -c, a notebook, an interactive interpreter
+        raise ParameterError(
+            f"SP_SPAWN=1 starts the running script again, but this process runs no script file (argv[0] {sys.argv[0]!r})"
+        )
     launcher = get_platform(None if platform in (None, "local") else platform)
     # the launched process inherits this environment: without SP_SPAWN, or it would spawn again
     del os.environ["SP_SPAWN"]

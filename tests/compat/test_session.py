@@ -223,3 +223,11 @@ def test_sp_spawn_runs_the_script_through_the_platform(tmp_path):
     assert dones[0][2:] == ["m1", "3"]
     # one job: the spawning process made no job folder
     assert len([d for d in os.listdir(tmp_path / "root") if not d.startswith(".")]) == 1
+
+
+def test_sp_spawn_without_a_script_file_is_refused(tmp_path):
+    """SP_SPAWN=1 re-runs the script; ``python -c`` (or a notebook) has none to re-run."""
+    env = dict(os.environ, SP_SPAWN="1", SP_PLATFORM="base", SP_DATA_ROOT=str(tmp_path), SP_PROGRESS="0")
+    code = "import smallpond; smallpond.init()"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode != 0 and "SP_SPAWN=1 starts the running script again" in proc.stderr, proc.stderr
