@@ -215,10 +215,12 @@ class FilterRows:
     def __call__(self, runtime_ctx, readers):
         import pyarrow as pa
 
+        from smallpond.io.pyvalues import bool_array
+
         reader = readers[0]
         wrote = False
         for i, batch in enumerate(reader):
-            mask = pa.array([bool(self.func(r)) for r in batch.to_pylist()], pa.bool_())
+            mask = bool_array([bool(self.func(r)) for r in batch.to_pylist()])
             wrote = True
             yield StreamOutput(pa.Table.from_batches([batch]).filter(mask), batch_indices=[i])
         if not wrote:
