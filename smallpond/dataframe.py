@@ -213,27 +213,30 @@ class DataFrame:
             self.session._schemas[id(self.plan)] = schema
             return schema
 
+    def _what(self) -> str:
+        """The frame's node, as errors name it: its label and where it was created."""
+        return f"{self.plan.label} created at {self.plan.location}"
+
     def _result_schema(self):
-        import pyarrow as pa
         import pyarrow.parquet as pq
 
         from smallpond.io.arrow import empty_table, read_columns_schema
+        from smallpond.io.partition_types import task_of, unify_partition_schemas
 
         datasets = self._datasets()
         schemas = []
-        for ds in datasets:
+        for i, ds in enumerate(datasets):
             if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
                 if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
-                    schemas.append(read_columns_schema(ds.resolved_paths, ds.columns).remove_metadata())
+                    schema = read_columns_schema(ds.resolved_paths, ds.columns)
                 else:
-                    schemas.append(pq.read_schema(ds.resolved_paths[0]).remove_metadata())
+                    schema = pq.read_schema(ds.resolved_paths[0])
+                schemas.append((task_of(schema, f"partition {i}"), schema.remove_metadata()))
         if schemas:
             # each partition of a Python map without schema= typed its output on its own (a
-            # partition of only None values: a null column); to_arrow() unifies them, so does this
-            try:
-                schema = pa.unify_schemas(schemas, promote_options="permissive")
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                schema = schemas[0]
+            # partition of only None values: a null column): types that widen unchanged unify,
+            # others raise (naming the column, the partitions and their types), as in to_arrow()
+            schema = unify_partition_schemas(schemas, self._what())
             return _nullable(empty_table(schema)).schema
         return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 
@@ -365,7 +368,9 @@ class DataFrame:
         a value the type cannot hold as it is (1.5 where the first batch had only integers, a
         string in a number column) or a key the schema lacks fails the task, naming the column;
         pass ``schema=`` then. An integer in a float column is stored as it is. A key missing from
-        a row gives a null.
+        a row gives a null. Each partition types its own output: types that widen without changing
+        a value unify when read (null, int32 with int64, int with float); any other difference (an
+        int in one partition, a string in another) fails, naming both tasks and types.
 
         SQL is formatted as in :meth:`filter`: braces of its own are doubled
         (:func:`smallpond.common.escape_braces`).
@@ -535,6 +540,13 @@ class DataFrame:
             return pa.table({})
         if len(tables) == 1:
             return tables[0]
+        if not self._schema_declared():
+            # partitions of Python code without schema= typed their columns on their own: types
+            # that widen without changing a value unify, anything else is an error (never a cast
+            # that changes values, never the first partition's type imposed on the others)
+            from smallpond.io.partition_types import concat_partitions
+
+            return concat_partitions(tables, self._what())
         try:
             return pa.concat_tables(tables, promote_options="permissive")
         except (pa.ArrowInvalid, pa.ArrowTypeError):
@@ -548,6 +560,18 @@ class DataFrame:
             # over its own files: int64 in one, string in another): the frame's schema, which
             # DuckDB gave for all the files, decides, as a query over the whole frame would
             return pa.concat_tables([_conform(t, self.schema) for t in tables], promote_options="permissive")
+
+    def _schema_declared(self) -> bool:
+        """Is the frame's schema known without running it (sources, SQL over them, schema=)?"""
+        from smallpond.execution.schema import SchemaUnknown, infer_schema
+
+        try:
+            infer_schema(self.plan, self.session._schemas)
+        except SchemaUnknown:
+            return False
+        except Exception:
+            return True  # (what the old path then does: conform to the schema, or say why not)
+        return True
 
     def to_pandas(self):
         """The whole result as one ``pandas.DataFrame`` with a fresh index."""

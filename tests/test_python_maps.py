@@ -22,10 +22,14 @@ def sp(tmp_path):
 
 @pytest.fixture
 def ten(tmp_path):
-    """Two Parquet files of five rows (i: 0..9), each a partition of ``read_parquet``."""
+    """Two Parquet files of five rows (i: 0..9); ``_two`` reads them as a partition each."""
     for k in range(2):
         pq.write_table(pa.table({"i": list(range(k * 5, k * 5 + 5))}), str(tmp_path / f"p{k}.parquet"))
     return str(tmp_path / "p*.parquet")
+
+
+def _two(sp, ten):
+    return sp.read_parquet(ten).repartition(2)
 
 
 def _row(r):
@@ -56,3 +60,130 @@ def test_a_pure_python_map_worker_does_not_import_pandas(sp, ten):
     assert [r["s"] for r in rows[:3]] == ["s0", None, "s2"]
     # where the user asks for pandas, it is there
     assert len(kept.map_batches(lambda t: pa.Table.from_pandas(t.to_pandas())).to_pandas()) == 10
+
+
+def _int_then_str(r):
+    return {"x": r["i"] if r["i"] < 5 else f"s{r['i']}"}  # partition 0: int64, partition 1: string
+
+
+def _differ(excinfo, *fragments):
+    from smallpond.io.partition_types import PartitionTypesDiffer
+
+    err = excinfo.value
+    while not isinstance(err, PartitionTypesDiffer) and err.__cause__ is not None:
+        err = err.__cause__
+    assert isinstance(err, PartitionTypesDiffer), repr(excinfo.value)
+    text = str(err)
+    for f in ("'x'", "int64", "string", __file__, *fragments):
+        assert f in text, text
+    types = sorted(str(t) for t in (err.first[1], err.other[1]))  # (Arrow nodes write large strings)
+    assert err.first[0] != err.other[0] and types[0] == "int64" and types[1] in ("string", "large_string"), types
+    return text
+
+
+def test_partitions_typed_apart_fail_naming_node_tasks_and_types(sp, ten, tmp_path):
+    """A column that is int64 in one partition and string in another was read back cast to the
+    first partition's type ('5' -> 5; 's9' failed with "Failed to parse string"), .schema said int64,
+    and write_parquet published files of both types. Now the job fails as soon as both partitions
+    are done, naming the node, where it was created, both tasks and both types."""
+    df = _two(sp, ten)
+    for op, bad in (
+        ("map", df.map(_int_then_str)),
+        ("flat_map", df.flat_map(lambda r: [_int_then_str(r)])),
+        ("map_batches", df.map_batches(lambda t: pa.table({"x": t["i"] if t["i"][0].as_py() < 5 else t["i"].cast(pa.string())}))),
+    ):
+        # a consumer's job fails in the scheduler, naming the Python node (not the SQL node reading it)
+        with pytest.raises(Exception) as e:
+            sp.partial_sql("select x from {0}", bad).to_arrow()
+        _differ(e, f"(DataFrame.{op})", "ArrowStreamTask-")
+        with pytest.raises(Exception) as e:  # the node's tasks are done now: the reader says it too
+            bad.to_arrow()
+        _differ(e, f"(DataFrame.{op})")
+        with pytest.raises(Exception) as e:
+            _ = bad.schema
+        _differ(e, f"(DataFrame.{op})")
+    out = str(tmp_path / "out")
+    with pytest.raises(Exception) as e:
+        df.map(_int_then_str).write_parquet(out)
+    _differ(e, "(DataFrame.map)")
+    assert not os.path.exists(out) or not [f for f in os.listdir(out) if f.endswith(".parquet")]
+    # with schema= every partition has the type given
+    fixed = df.map(lambda r: {"x": str(_int_then_str(r)["x"])}, schema=pa.schema([("x", pa.string())]))
+    assert fixed.to_arrow().column("x").to_pylist()[:6] == ["0", "1", "2", "3", "4", "s5"]
+
+
+def test_partitions_whose_types_widen_unchanged_unify(sp, ten):
+    """null + int64, int32 + int64 and int64 + double (as Ray Data and Daft do) unify; a value the
+    wider type cannot hold unchanged (2**60 + 1 as a double) fails, naming it."""
+    df = _two(sp, ten)
+    cases = [
+        (lambda r: {"x": None if r["i"] < 5 else r["i"]}, pa.int64(), [None] * 5 + list(range(5, 10))),
+        (
+            lambda r: {"x": r["i"] if r["i"] < 5 else r["i"] + 0.5},
+            pa.float64(),
+            [0.0, 1.0, 2.0, 3.0, 4.0, 5.5, 6.5, 7.5, 8.5, 9.5],
+        ),
+    ]
+    for func, typ, values in cases:
+        mapped = df.map(func)
+        assert mapped.to_arrow().column("x").to_pylist() == values
+        assert mapped.schema.field("x").type == typ == mapped.to_arrow().schema.field("x").type
+        assert sp.partial_sql("select x from {0}", mapped).to_arrow().column("x").to_pylist() == values
+    narrow = df.map_batches(lambda t: pa.table({"x": t["i"] if t["i"][0].as_py() < 5 else t["i"].cast(pa.int32())}))
+    assert narrow.to_arrow().schema.field("x").type == pa.int64() == narrow.schema.field("x").type
+    lossy = df.map(lambda r: {"x": 2**60 + 1 if r["i"] < 5 else 0.5})
+    with pytest.raises(Exception, match=r"'x'.*does not fit.*not in range"):
+        lossy.to_arrow()
+
+
+def _typed_apart(runtime_ctx, tables):
+    first = tables[0].column("i")[0].as_py()
+    return pa.table({"x": [first] if first < 5 else [str(first)]})
+
+
+def _typed_apart_pandas(runtime_ctx, frames):
+    import pandas as pd
+
+    first = int(frames[0]["i"].iloc[0])
+    return pd.DataFrame({"x": [first] if first < 5 else [str(first)]})
+
+
+def test_arrow_and_pandas_compute_nodes_typed_apart_fail_the_job(tmp_path, ten, make_rt):
+    import glob
+
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import (
+        ArrowComputeNode,
+        Context,
+        DataSetPartitionNode,
+        DataSourceNode,
+        LogicalPlan,
+        PandasComputeNode,
+    )
+
+    for cls, func in ((ArrowComputeNode, _typed_apart), (PandasComputeNode, _typed_apart_pandas)):
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(sorted(glob.glob(ten))))
+        parts = DataSetPartitionNode(ctx, (src,), 2)
+        node = cls(ctx, (parts,), process_func=func)
+        with pytest.raises(Exception) as e:
+            run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+        _differ(e, f"{cls.__name__}-")
+
+
+def test_consumers_of_partitions_typed_apart_fail_in_later_runs_too(sp, ten, tmp_path):
+    """The map's tasks are done after its first (failed) read: a later job of the session that
+    consumes them (a SQL node, write_parquet) fails before it runs, instead of reading or
+    publishing files of both types (write_parquet published int64 and string files)."""
+    bad = _two(sp, ten).map(_int_then_str)
+    with pytest.raises(Exception) as e:
+        bad.to_arrow()
+    _differ(e, "(DataFrame.map)")
+    out = str(tmp_path / "out")
+    for run in (lambda: bad.write_parquet(out), lambda: sp.partial_sql("select x from {0}", bad).write_parquet(out)):
+        with pytest.raises(Exception) as e:
+            run()
+        _differ(e, "(DataFrame.map)", "ArrowStreamTask-")
+        assert not os.path.exists(out) or not [f for f in os.listdir(out) if f.endswith(".parquet")]
+    assert _two(sp, ten).map(lambda r: {"y": r["i"]}).count() == 10  # other frames of the session run

@@ -65,6 +65,7 @@ from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, lo
 from smallpond.errors import Decision, JobFailed, TaskError, classify
 from smallpond.execution.attempt import execute_attempt, run_inline, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor
+from smallpond.execution.partition_schemas import PartitionSchemaCheck
 from smallpond.execution.plancheck import PlanCheck
 from smallpond.execution.runtime import RuntimeContext, default_memory_limit
 
@@ -150,7 +151,9 @@ class Scheduler:
         self.executor = executor
         self.max_retry_count = max_retry_count
         self.max_fail_count = max(1, max_fail_count)
-        self.listeners: List[SchedulerListener] = list(listeners)
+        #: a Python node's partitions whose types do not unify fail the job (partition_schemas)
+        self.partition_check = PartitionSchemaCheck()
+        self.listeners: List[SchedulerListener] = [*listeners, self.partition_check]
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
         self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic
         self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
@@ -191,7 +194,9 @@ class Scheduler:
         check = PlanCheck.from_environment(self.plan_nodes) if self.plan_nodes is not None else None
         ok = False
         try:
+            self.partition_check.check_targets(st, target_keys)  # a node found bad in an earlier run
             while not st.failed and not all(k in st.done for k in target_keys):
+                self.partition_check.raise_found(st, target_keys)
                 if st.cache_wait:
                     wake_waiting(st, time.time())
                 self._follow_capacity()
@@ -216,6 +221,7 @@ class Scheduler:
                     self.cache.tick()
                 if check is not None:
                     check.tick(st, time.time() - start)  # raises for a query that cannot bind
+                self.partition_check.raise_found(st, target_keys)
                 self._emit("on_tick", st, time.time() - start)
             ok = not st.failed
         finally:
