@@ -91,7 +91,7 @@ def init(
             ``SP_RANDOM_SEED``. Default: a constant, so the same plan on the same inputs gives
             the same bytes in every run; pass another to draw other numbers.
         task_cache: the folder of the task cache shared by jobs (``SP_TASK_CACHE``); default
-            ``{data_root}/.task_cache``; ``False`` or ``"off"`` turns it off. A task whose
+            ``{data_root}/.smallpond/users/{uid}/task_cache`` (each user's own); ``False`` or ``"off"`` turns it off. A task whose
             parameters, code and input files match one an earlier job computed is taken from it
             instead of run (``DataFrame.recompute()`` runs it again).
 

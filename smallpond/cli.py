@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="remove finished jobs' folders and stale records of published results (a dry run unless --yes)",
         description="Remove the folders of finished jobs (success, failure, interrupted, crashed), and the records "
-        "of published results (under {data_root}/.smallpond/sinks) whose folder no longer holds the result they "
+        "of published results (this user's, under {data_root}/.smallpond/users/{uid}/sinks) whose folder no longer holds the result they "
         "recorded. Running jobs, records of results still there, and anything that is not a job folder are never "
         "touched. Without --yes, only says what it would remove.",
     )
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
         "--task_cache",
         "--task-cache",
         default=None,
-        help="the cache folder (default: $SP_TASK_CACHE, else {data_root}/.task_cache)",
+        help="the cache folder (default: $SP_TASK_CACHE, else {data_root}/.smallpond/users/{uid}/task_cache)",
     )
     c.add_argument("--max-bytes", "--max_bytes", type=parse_size, default=None, help="keep at most this much (500G, 20GB)")
     c.add_argument("--older-than", "--older_than", type=parse_age, default=None, help="remove entries unused this long (30d)")
@@ -364,12 +364,20 @@ def _clean(args, data_root: str) -> int:
 
 
 def _clean_records(data_root: str, really: bool) -> int:
-    """Prune the records of published results whose folder no longer holds them (ops/sink_record.py)."""
+    """Prune this user's records of published results whose folder no longer holds them (ops/sink_record.py)."""
+    from smallpond.errors import ParameterError
+    from smallpond.execution import user_folder
     from smallpond.execution.ops.sink_record import prune
     from smallpond.execution.runtime import sink_records_dir
 
     folder = sink_records_dir(data_root)
-    gone, kept = prune(folder, dry_run=not really)
+    try:
+        user_folder.migrate(data_root)
+        gone, kept = prune(data_root, dry_run=not really)
+    except (ParameterError, OSError) as e:  # e.g. a folder of another user in this user's place: said, not a traceback
+        what = str(e) if isinstance(e, ParameterError) else f"{e.filename or folder}: {e.strerror or e}"
+        print(f"smallpond clean: left the records of published results alone: {what}", file=sys.stderr)
+        return 0
     verb = "removed" if really else "would remove"
     if gone:
         print(

@@ -11,6 +11,7 @@ import pytest
 
 from smallpond.errors import JobFailed
 from smallpond.execution.job import run_job
+from smallpond.execution.runtime import user_dir
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
 from tests.conftest import REPO_ROOT
@@ -168,7 +169,7 @@ def test_the_console_script_is_declared():
 
 def test_cache_clean(two_jobs, data_root):
     """``smallpond cache clean`` bounds the task cache under the data root (a dry run unless --yes)."""
-    entries = os.path.join(data_root, ".task_cache", "entries")
+    entries = os.path.join(user_dir(data_root), "task_cache", "entries")
     cached = [os.path.join(entries, d, k) for d in os.listdir(entries) for k in os.listdir(os.path.join(entries, d))]
     assert cached, "the successful job's task is in the cache"
     dry = cli("cache", "clean", "--max-bytes", "0", data_root=data_root)

@@ -4,8 +4,9 @@ A task whose key (its parameters, code, partition, seed, the engine's versions a
 its inputs, see :mod:`smallpond.execution.cache_keys`) matches an entry written by an earlier job
 is not run: the entry's files are linked into the job and committed as the task's output.
 
-Layout of the cache folder (default ``{data_root}/.task_cache``; ``init(task_cache=...)``,
-``SP_TASK_CACHE``, the Driver's ``--task_cache``; ``off`` turns it off)::
+Layout of the cache folder (default ``task_cache`` in the user's own folder of the data root,
+``{data_root}/.smallpond/users/{uid}/task_cache``, see :mod:`~smallpond.execution.user_folder`;
+``init(task_cache=...)``, ``SP_TASK_CACHE``, the Driver's ``--task_cache``; ``off`` turns it off)::
 
     secret                    32 random bytes (0600) that sign every record
     entries/{k[:2]}/{k}/      one entry per key: the task's output files as it wrote them (hard
@@ -43,6 +44,7 @@ Invariants:
   is a miss.
 * **The folder is the user's.** It is created ``0700``; a folder owned by someone else or
   writable by group or others is refused (its entries could be forged), as is a readable secret.
+  The default one is in the user's own folder, so each user of a shared data root has theirs.
 * **A task is computed once among jobs running at once.** Before submitting a task the scheduler
   claims its key (a symbolic link created exclusively, naming host, pid, process start time and job);
   a job that finds a live claim waits for the entry and reuses it, and computes the task itself
@@ -75,6 +77,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from smallpond.common import logger, process_start_id, process_start_time, same_process_start
 from smallpond.errors import ParameterError
+from smallpond.execution import user_folder
 from smallpond.io.filesystem import (
     READ_FLAGS,
     CorruptRecord,
@@ -197,6 +200,7 @@ class TaskCache:
     # -- the folder -----------------------------------------------------------------------------
     def check(self) -> None:
         """Create the folder (0700) and its secret; refuse a folder others could write."""
+        user_folder.prepare_task_cache(self.path)  # the default place: the user's folder, made and checked first
         for sub in ("", "entries", "locks", "index", "jobs"):
             os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
         st = os.stat(self.path)
@@ -688,13 +692,14 @@ def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float
     Example::
 
         from smallpond.execution.cache import clean
-        print(clean("/data/jobs/.task_cache", max_bytes=500 << 30, dry_run=False))
+        print(clean("/data/jobs/.smallpond/users/1000/task_cache", max_bytes=500 << 30, dry_run=False))
     """
     if max_bytes is not None and max_bytes < 0:
         raise ParameterError(f"max_bytes must be >= 0 or None, got {max_bytes!r}")
     if older_than is not None and older_than < 0:
         raise ParameterError(f"older_than must be a number of seconds >= 0 or None, got {older_than!r}")
     cache = TaskCache(path)
+    user_folder.prepare_task_cache(cache.path, create=False)  # an earlier smallpond's {data_root}/.task_cache moves in
     if not os.path.isdir(os.path.join(cache.path, "entries")):
         raise ParameterError(f"{cache.path} is not a task cache (no entries/ folder)")
     cache.check()
@@ -750,7 +755,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m smallpond.execution.cache", description="Manage a smallpond task cache.")
     sub = p.add_subparsers(dest="verb", required=True)
     c = sub.add_parser("clean", help="remove least recently used entries (a dry run unless --yes)")
-    c.add_argument("path", help="the task cache folder (e.g. {data_root}/.task_cache)")
+    c.add_argument("path", help="the task cache folder (e.g. {data_root}/.smallpond/users/{uid}/task_cache)")
     c.add_argument("--max_bytes", type=int, default=None, help="keep at most this many bytes of entries")
     c.add_argument("--older_than", type=float, default=None, help="remove entries unused for this many seconds")
     c.add_argument("--yes", action="store_true", help="remove them (default: only list what would go)")

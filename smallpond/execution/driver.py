@@ -140,7 +140,7 @@ class Driver:
         p.add_argument(
             "--task_cache",
             default=None,
-            help="folder of the task cache shared by jobs (default: {data_root}/.task_cache, or SP_TASK_CACHE); 'off' turns it off",
+            help="folder of the task cache shared by jobs (default: {data_root}/.smallpond/users/{uid}/task_cache, or SP_TASK_CACHE); 'off' turns it off",
         )
         p.add_argument(
             "--task_cache_max_bytes",

@@ -45,7 +45,8 @@ class JobFolderError(SmallpondError):
     """A job folder cannot be used: not ours, unsafe permissions, missing secret, or in use."""
 
 
-def _describe_owner(uid: int) -> str:
+def describe_owner(uid: int) -> str:
+    """``uid 1000 (alice)``: a user as a message names them."""
     try:
         import pwd
 
@@ -68,8 +69,8 @@ def _check_owned(path: str, what: str, *, directory: bool) -> os.stat_result:
     me = os.geteuid()
     if st.st_uid != me:
         raise JobFolderError(
-            f"refusing to resume from {what} {path}: it is owned by {_describe_owner(st.st_uid)}, not by you "
-            f"({_describe_owner(me)}); its records could run someone else's code. Use another data root or job id."
+            f"refusing to resume from {what} {path}: it is owned by {describe_owner(st.st_uid)}, not by you "
+            f"({describe_owner(me)}); its records could run someone else's code. Use another data root or job id."
         )
     if st.st_mode & 0o022:
         raise JobFolderError(

@@ -130,22 +130,40 @@ def resolve_job(job_id=None, job_time=None, data_root=None) -> Tuple[JobId, date
     return jid, jt, root
 
 
-#: The task cache's folder under the data root when no other place is given.
-TASK_CACHE_DIRNAME = ".task_cache"
+#: Each user's own folder under a data root: ``.smallpond/users/{uid}`` (made and checked by
+#: :mod:`smallpond.execution.user_folder`), holding the key, the sinks' records and the task cache.
+SMALLPOND_DIRNAME, USERS_DIRNAME = ".smallpond", "users"
+#: In a user's folder: the records of published results, the task cache when no other place is given.
+SINKS_DIRNAME, TASK_CACHE_DIRNAME = "sinks", "task_cache"
+#: Where an earlier smallpond kept the task cache (one for all users; moved by its owner's next job).
+LEGACY_TASK_CACHE_DIRNAME = ".task_cache"
+
+
+def this_uid() -> int:
+    """The user whose folder this process uses (the owner of what it creates)."""
+    return os.geteuid() if hasattr(os, "geteuid") else 0
+
+
+def user_dir(data_root: str) -> str:
+    """This user's folder under ``data_root`` (the one place that names it; no I/O)."""
+    root = os.path.abspath(os.path.expanduser(data_root))
+    return os.path.join(root, SMALLPOND_DIRNAME, USERS_DIRNAME, str(this_uid()))
+
+
 _OFF = ("off", "false", "0", "no", "none", "disable", "disabled")
 _ON = ("on", "true", "1", "yes", "default", "enable", "enabled")
 
 
 def resolve_task_cache(value, data_root: str) -> Optional[str]:
     """The task cache folder (absolute) from an argument, else ``SP_TASK_CACHE``, else the default
-    ``{data_root}/.task_cache``; None when the cache is turned off (``False``, ``"off"``).
+    ``task_cache`` in this user's folder (:func:`user_dir`); None when the cache is turned off (``False``, ``"off"``).
 
     The one place that decides where the task cache is (see :mod:`smallpond.execution.cache`).
     """
     if value is None:
         value = _env("SP_TASK_CACHE")
     if value is None or value is True:
-        return os.path.join(os.path.abspath(os.path.expanduser(data_root)), TASK_CACHE_DIRNAME)
+        return os.path.join(user_dir(data_root), TASK_CACHE_DIRNAME)
     if value is False:
         return None
     if isinstance(value, (str, os.PathLike)):
@@ -153,20 +171,16 @@ def resolve_task_cache(value, data_root: str) -> Optional[str]:
         if text.lower() in _OFF:
             return None
         if text.lower() in _ON:
-            return os.path.join(os.path.abspath(os.path.expanduser(data_root)), TASK_CACHE_DIRNAME)
+            return os.path.join(user_dir(data_root), TASK_CACHE_DIRNAME)
         return os.path.abspath(os.path.expanduser(text))
     raise ParameterError(f"task_cache must be a folder path, True (the default place) or False/'off', got {value!r}")
 
 
-#: Where publications keep what they wrote into each destination outside a job folder (see
-#: :mod:`smallpond.execution.ops.sink_record`): under the data root, shared by its jobs, never
-#: inside a result folder.
-SINK_RECORDS_DIRNAME = os.path.join(".smallpond", "sinks")
-
-
 def sink_records_dir(data_root: str) -> str:
-    """The folder of the sinks' records of a data root (the one place that decides it)."""
-    return os.path.join(os.path.abspath(os.path.expanduser(data_root)), SINK_RECORDS_DIRNAME)
+    """Where publications keep what they wrote into each destination outside a job folder (see
+    :mod:`smallpond.execution.ops.sink_record`): in this user's folder under the data root, shared
+    by this user's jobs, never inside a result folder (the one place that decides it)."""
+    return os.path.join(user_dir(data_root), SINKS_DIRNAME)
 
 
 class JobLayout:
@@ -223,7 +237,7 @@ class JobLayout:
 
     @property
     def sink_records_dir(self) -> str:
-        """Not in the job folder: the records of every job of the data root (ops/sink_record.py)."""
+        """Not in the job folder: the records of every job of this user under the data root (ops/sink_record.py)."""
         return sink_records_dir(self.data_root)
 
     @property

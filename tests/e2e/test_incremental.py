@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from smallpond.execution.job import dry_run_plan, make_runtime_ctx, run_job
+from smallpond.execution.runtime import user_dir
 from smallpond.execution.scheduler import SchedulerListener
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import (
@@ -309,12 +310,12 @@ def test_the_cache_is_bounded_after_a_job(tmp_path):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=10)
     root = str(tmp_path / "root")
     run_job(incremental_plan(inputs, str(tmp_path / "s1")), make_runtime_ctx("a", None, root), num_workers=1)
-    entries = glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*"))
+    entries = glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*"))
     assert entries, "what the job computed is cached"
     run_job(
         incremental_plan(inputs, str(tmp_path / "s2")), make_runtime_ctx("b", None, root), num_workers=1, task_cache_max_bytes=0
     )
-    assert not glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*"))
+    assert not glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*"))
     events = Events()
     run_job(incremental_plan(inputs, str(tmp_path / "s3")), make_runtime_ctx("c", None, root), num_workers=1, listeners=[events])
     assert not events.reused
@@ -338,7 +339,9 @@ def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, lo
 
     run_job(plan(0), make_runtime_ctx("one", None, root), num_workers=1)
     (big,) = [
-        p for p in glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*", "*.parquet")) if os.path.getsize(p) > 1 << 20
+        p
+        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*", "*.parquet"))
+        if os.path.getsize(p) > 1 << 20
     ]
     st = os.stat(big)
     with open(big, "r+b") as f:  # zero the middle: the head, the tail and the footer stay intact
@@ -353,7 +356,9 @@ def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, lo
     producer = "SqlEngineTask-000002"
     assert producer in events.reused and events.submitted.count(producer) == 1, "reused, then run"
     (big,) = [
-        p for p in glob.glob(os.path.join(root, ".task_cache", "entries", "*", "*", "*.parquet")) if os.path.getsize(p) > 1 << 20
+        p
+        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*", "*.parquet"))
+        if os.path.getsize(p) > 1 << 20
     ]
     assert pq.read_table(big).num_rows == 20_000, "the damaged entry was replaced"
 

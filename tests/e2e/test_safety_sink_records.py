@@ -232,5 +232,9 @@ def test_prune_keeps_a_record_written_while_it_ran(sp, root, tmp_path):
     path = sink_record.record_path(sink_records_dir(root), str(out))
     stale = os.stat(path).st_ino
     sp.from_arrow(ids(2, 10)).write_parquet(str(out))  # a newer record of the same folder
-    assert not sink_record._remove_if_same(path, stale)
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert not sink_record._remove_if_same(folder, os.path.basename(path), stale)
+    finally:
+        os.close(folder)
     assert sink_record.load(sink_records_dir(root), str(out)).manifest == sink_record.identity(str(out / ".MANIFEST.txt"))

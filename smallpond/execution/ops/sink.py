@@ -274,8 +274,8 @@ def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:
             why = f"{own.problem}, so it counts as no record"
         else:
             why = (
-                f"there is no record of it under {records_dir}: an earlier result written by an older smallpond or "
-                "by a job with another data root, or a manifest written by hand"
+                f"there is no record of it under {records_dir}: an earlier result written by another user, by an "
+                "older smallpond or by a job with another data root, or a manifest written by hand"
             )
         does = (
             "mode='overwrite' removes only files smallpond wrote"

@@ -18,7 +18,7 @@ import re
 from typing import Dict, Optional, Sequence
 
 from smallpond.errors import PlanError
-from smallpond.execution.runtime import sink_records_dir
+from smallpond.execution.runtime import SMALLPOND_DIRNAME
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
 
 _JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
@@ -62,7 +62,7 @@ def check_overlap(
         first = os.path.relpath(dest, root).split(os.sep)[0]
         if _JOB_FOLDER.fullmatch(first):
             raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
-        own = os.path.dirname(sink_records_dir(root))
+        own = os.path.join(root, SMALLPOND_DIRNAME)
         if inside(dest, own):
             raise PlanError(node._msg(f"output path {node.output_path} is inside {own}, where smallpond keeps its records"))
     for ds in datasets:

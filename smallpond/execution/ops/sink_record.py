@@ -10,10 +10,12 @@ hard links coming and going change) and of the manifest itself.
 
 Invariants:
 
-* **The result folder is unchanged by the record.** It is kept outside it, at
-  ``{data_root}/.smallpond/sinks/{sha256 of realpath(dest)}.record`` (:func:`record_path`), so two
-  runs of the same job still publish byte-identical folders holding only their files and
-  ``.MANIFEST.txt``.
+* **The result folder is unchanged by the record.** It is kept outside it, in the user's own
+  folder of the data root (:mod:`~smallpond.execution.user_folder`), at
+  ``{data_root}/.smallpond/users/{uid}/sinks/{sha256 of realpath(dest)}.record``
+  (:func:`record_path`), so two runs of the same job still publish byte-identical folders holding
+  only their files and ``.MANIFEST.txt``. Each user of a shared data root has records of their own:
+  another user's result has no record of this user's, and is refused like any unrecorded one.
 * **A file is smallpond's only if the record proves it** (:func:`owned`): the record names the
   destination, the destination's manifest has the identity recorded (so a hand-written or
   user-edited manifest is not ours, and nor is anything it lists), and the file has the identity
@@ -32,7 +34,7 @@ Invariants:
   "not recorded" (refused, never removed), and a rerun of the job rolls the journal forward and
   writes the record. A file a user changes in the meantime no longer matches the record.
 * **Signed, or no record.** A record is a signed record of :mod:`smallpond.io.filesystem`
-  (``SPSIG2``, HMAC-SHA256) under the data root's key ``{data_root}/.smallpond/secret``
+  (``SPSIG2``, HMAC-SHA256) under the user's key ``{data_root}/.smallpond/users/{uid}/secret``
   (:func:`key`: 32 random bytes, ``0600``, made and checked by
   :func:`~smallpond.io.filesystem.private_key`, as the task cache's key is). The data root may
   be writable by others (a shared root gets a warning, not a refusal), and a record decides
@@ -42,7 +44,8 @@ Invariants:
   says which (:func:`examine`).
 * **Records of results that are gone go.** :func:`prune` (``smallpond clean``) removes a record
   whose destination no longer holds the manifest it recorded (removed, replaced, moved), and
-  never one whose destination still does: the result it vouches for is still there.
+  never one whose destination still does: the result it vouches for is still there. It prunes
+  this user's records only, through the checked user folder (:func:`~smallpond.execution.user_folder.open_own`).
 """
 
 from __future__ import annotations
@@ -54,7 +57,10 @@ import stat
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple
 
 from smallpond.errors import ParameterError
+from smallpond.execution import user_folder
+from smallpond.execution.runtime import SINKS_DIRNAME, sink_records_dir
 from smallpond.io.filesystem import (
+    READ_FLAGS,
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
@@ -88,15 +94,16 @@ def identity(path: str) -> Optional[Identity]:
 
 
 def key_path(records_dir: str) -> str:
-    """The data root's key for its records: ``{data_root}/.smallpond/secret``."""
+    """The key for the records in ``records_dir``: ``secret`` beside it, in the user's folder."""
     return os.path.join(os.path.dirname(records_dir), "secret")
 
 
 def key(records_dir: str, create: bool = True) -> Optional[bytes]:
     """The key that signs the records in ``records_dir`` (made if there is none and ``create``;
-    else None). Refused with a ParameterError if it is not private to this user."""
+    else None). Refused with a ParameterError if it, or the user folder holding it, is not private
+    to this user."""
     if create:
-        os.makedirs(os.path.dirname(records_dir), mode=0o700, exist_ok=True)
+        user_folder.prepare(records_dir)
     return private_key(
         key_path(records_dir),
         "the data root's key for its records of published results",
@@ -214,6 +221,7 @@ def record_of(
 
 def save(path: str, data: bytes) -> None:
     """Write a record (atomically: a reader sees the previous record or this one)."""
+    user_folder.prepare(os.path.dirname(path))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     atomic_write_bytes(path, data)
     remove_path(_legacy_path(path))  # an unsigned record of the same folder, now replaced
@@ -266,51 +274,80 @@ def _claim(data: bytes) -> Optional[dict]:
     return parsed
 
 
-def _remove_if_same(path: str, ino: int) -> bool:
-    """Remove the record file ``path`` if it is still the file read (inode ``ino``): a job may
-    have written a newer record of the same destination meanwhile, which stays."""
-    aside = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.prune-{unique_suffix()}")
+def _remove_if_same(folder: int, name: str, ino: int) -> bool:
+    """Remove the record file ``name`` of ``folder`` (a descriptor) if it is still the file read
+    (inode ``ino``): a job may have written a newer record of the same destination meanwhile, which stays."""
+    aside = f".{name}.prune-{unique_suffix()}"
     try:
-        os.rename(path, aside)
+        os.rename(name, aside, src_dir_fd=folder, dst_dir_fd=folder)
     except FileNotFoundError:
         return False
-    if os.lstat(aside).st_ino != ino:  # a newer record: put it back unless a newer one still is there
+    if os.stat(aside, dir_fd=folder, follow_symlinks=False).st_ino != ino:  # a newer record: put it back
         try:
-            os.link(aside, path)
+            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:
-            pass
+            pass  # a newer one still is there
         except OSError:
-            if not os.path.lexists(path):
-                os.rename(aside, path)
-        remove_path(aside)
+            if not _exists(folder, name):
+                os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
+        _unlink(folder, aside)
         return False
-    remove_path(aside)
+    _unlink(folder, aside)
     return True
 
 
-def prune(records_dir: str, dry_run: bool = True) -> Tuple[List[str], int]:
-    """Remove (unless ``dry_run``) the records whose destination no longer holds the manifest they
-    recorded; returns the destinations (or record files, for a record too damaged to name one)
-    whose record was or would be removed, and how many records stay.
+def _exists(folder: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(folder: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+
+
+def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
+    """Remove (unless ``dry_run``) this user's records under ``data_root`` whose destination no
+    longer holds the manifest they recorded; returns the destinations (or record files, for a
+    record too damaged to name one) whose record was or would be removed, and how many records stay.
 
     A record whose destination still holds its manifest is kept, whether or not it verifies:
-    only a verified one is ever used, so keeping one is always safe."""
+    only a verified one is ever used, so keeping one is always safe. Files are read and removed
+    through the user folder as checked when opened (a :class:`ParameterError` if it is not this
+    user's own), never by a path that a swapped folder could send elsewhere."""
+    records_dir = sink_records_dir(data_root)
     try:
-        names = sorted(n for n in os.listdir(records_dir) if n.endswith((_SUFFIX, _LEGACY_SUFFIX)) and not n.startswith("."))
+        folder = user_folder.open_own(data_root, SINKS_DIRNAME)
     except FileNotFoundError:
         return [], 0
+    try:
+        return _prune(folder, records_dir, dry_run)
+    finally:
+        os.close(folder)
+
+
+def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int]:
+    names = sorted(n for n in os.listdir(folder) if n.endswith((_SUFFIX, _LEGACY_SUFFIX)) and not n.startswith("."))
     removed, kept = [], 0
     for name in names:
-        path = os.path.join(records_dir, name)
         try:
-            with open(path, "rb") as f:
-                ino, data = os.fstat(f.fileno()).st_ino, f.read()
+            fd = os.open(name, READ_FLAGS | getattr(os, "O_NOFOLLOW", 0), dir_fd=folder)
         except FileNotFoundError:
             continue
+        except OSError:  # not a file (a link, a folder): not a record smallpond wrote; left alone
+            kept += 1
+            continue
+        with os.fdopen(fd, "rb") as f:
+            ino, data = os.fstat(f.fileno()).st_ino, f.read()
         claim = _claim(data)
         if claim is not None and identity(os.path.join(claim["dest"], MANIFEST)) == claim["manifest"]:
             kept += 1
             continue
-        if dry_run or _remove_if_same(path, ino):
-            removed.append(claim["dest"] if claim is not None else path)
+        if dry_run or _remove_if_same(folder, name, ino):
+            removed.append(claim["dest"] if claim is not None else os.path.join(records_dir, name))
     return removed, kept
