@@ -3,14 +3,14 @@
 Invariant: a task is complete if and only if its commit record
 ``staging/completed_tasks/{key}.commit`` exists. The record is written (atomically, signed) only
 after the output directory has been renamed to its final name, so a crash at any point leaves
-either a committed task or garbage in a ``*.tmp-*`` directory that is ignored and cleaned.
+either a committed task or garbage in a ``*.tmp-*`` directory that is ignored and cleaned. The
+records themselves are written and read by :mod:`~smallpond.execution.commit`.
 """
 
 from __future__ import annotations
 
 import copy
 import os
-import pickle
 import re
 import sys
 import time
@@ -19,208 +19,18 @@ from typing import Callable, List, Optional, Tuple
 
 from smallpond.errors import TaskError, classify
 from smallpond.execution import resource_use
-from smallpond.execution.attempt_files import ATTEMPT_DIR, bytes_read, bytes_written, input_files, unreadable_intermediates
+from smallpond.execution.attempt_files import bytes_read, bytes_written, input_files, unreadable_intermediates
+from smallpond.execution.commit import _load_record, commit_path, write_commit
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import (
     APPEND_FLAGS,
-    CorruptRecord,
-    read_file,
     remove_path,
-    rename_noreplace,
-    signed_bytes,
     unique_suffix,
-    verified_payload,
     write_all,
-    write_file,
 )
 from smallpond.io.paths import release_file_aliases
-from smallpond.logical.dataset import DataSet, PartitionedDataSet
-
-
-def commit_path(rt: RuntimeContext, key: str) -> str:
-    return os.path.join(rt.completed_task_dir, f"{key}.commit")
-
-
-def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
-    payload = _fast_pickle(record)
-    if payload is None:
-        import cloudpickle
-
-        payload = cloudpickle.dumps(record)
-    # the format of io.filesystem.dump, without cloudpickle's per-object hooks when plain pickle
-    # will do (~0.2 ms, as much as a tiny task's own work)
-    return signed_bytes(payload, rt.secret)
-
-
-def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> bytes:
-    """The signed bytes of the task's commit record (a publication writes sinks' records itself)."""
-    return _signed_record(rt, _record(task, dataset, attempt, elapsed, **extra))
-
-
-def _record(task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> dict:
-    return {
-        "key": task.key,
-        "fingerprint": task.fingerprint,
-        "dataset": dataset,
-        "attempt": attempt,
-        "elapsed": elapsed,
-        **extra,
-    }
-
-
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
-    """Commit the task: write its signed record, unless another attempt committed it first.
-
-    The record is published by a rename that fails if a record exists (``renameat2`` with
-    ``RENAME_NOREPLACE``; ``link()`` and an unlink where the filesystem lacks it): of two attempts
-    of one task running at once (a speculative copy, an executor of an earlier scheduler), the
-    first to commit wins. Returns None when this attempt's record is now the task's, else the
-    winning record. A record left by an earlier plan (another fingerprint), one whose outputs are
-    gone, or a torn one, is replaced.
-    """
-    record = _record(task, dataset, attempt, elapsed, **extra)
-    path = commit_path(rt, task.key)
-    tmp = f"{path}.tmp-{unique_suffix()}"
-    write_file(tmp, _signed_record(rt, record), exclusive=True)
-    tmp_left = True
-    try:
-        try:
-            if rename_noreplace(tmp, path):
-                tmp_left = False
-                return None
-            os.link(tmp, path)
-            return None
-        except FileExistsError:
-            pass
-        existing = _load_record(rt, path)
-        if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
-            return existing
-        os.replace(tmp, path)
-        tmp_left = False
-        return None
-    finally:
-        if tmp_left:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-
-
-def remove_orphan_outputs(rt: RuntimeContext) -> int:
-    """Remove attempt output directories no commit record claims. Returns how many were removed.
-
-    They are left by an attempt that crashed between renaming its output into place and
-    committing, by an attempt that lost to another, or by a task recomputed after its plan
-    changed. Only a task with more than one directory, or with none committed, is looked at
-    closely, so this costs a ``listdir`` per node and one of the commit records' folder (not a
-    ``stat`` per task: a round trip each on a networked filesystem, at the end of every job).
-    """
-    removed = 0
-    try:
-        committed = set(os.listdir(rt.completed_task_dir))
-    except FileNotFoundError:
-        committed = set()
-    for root in (rt.staging_root, rt.output_root):
-        try:
-            node_dirs = [os.path.join(root, d) for d in os.listdir(root)]
-        except FileNotFoundError:
-            continue
-        for node_dir in node_dirs:
-            if not os.path.isdir(node_dir):
-                continue
-            by_key: dict = {}
-            for name in os.listdir(node_dir):
-                m = ATTEMPT_DIR.fullmatch(name)
-                if m:
-                    by_key.setdefault(m.group("key"), []).append(os.path.join(node_dir, name))
-            for key, dirs in by_key.items():
-                if len(dirs) == 1 and f"{key}.commit" in committed:
-                    continue
-                path = commit_path(rt, key)
-                record = _load_record(rt, path) if os.path.exists(path) else None
-                keep = record.get("output_dir") if record else None
-                for d in dirs:
-                    if d != keep:
-                        remove_path(d)
-                        removed += 1
-    return removed
-
-
-def _load_record(rt: RuntimeContext, path: str, task_key: Optional[str] = None) -> Optional[dict]:
-    """The commit record at ``path``, or None if it is absent, torn or damaged, or not loadable here.
-
-    A torn or damaged record (a crash or a full disk while it was written: empty, truncated, not a
-    record) counts as absent, with a warning. A record that is intact but not signed with this
-    job's secret was planted or altered: :class:`~smallpond.io.filesystem.SignatureError`, naming
-    the file; nothing is loaded.
-    """
-    from smallpond.common import logger
-
-    again = f": {task_key} runs again" if task_key else ""
-    try:
-        data = read_file(path)
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        logger.warning("commit record {} cannot be read ({}){}", path, e, again)
-        return None
-    try:
-        payload = verified_payload(data, rt.secret, path)
-    except CorruptRecord as e:
-        logger.warning("{}: it counts as absent{}", e, again)
-        return None
-    try:
-        record = pickle.loads(payload)
-    except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
-        logger.warning("commit record {} cannot be loaded ({}: {}){}", path, type(e).__name__, e, again)
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def _fast_pickle(obj) -> Optional[bytes]:
-    """``pickle.dumps(obj)`` if plain pickle can carry it to another process, else None."""
-    try:
-        payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        return None
-    # classes and functions of the user's script pickle by reference to ``__main__``, which other
-    # processes cannot resolve: those need cloudpickle
-    return None if b"__main__" in payload else payload
-
-
-def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
-    """The task's commit record if it exists, is intact and matches the task's fingerprint.
-
-    A torn record counts as absent (the task runs again); a forged one raises (see :func:`_load_record`).
-    """
-    path = commit_path(rt, task.key)
-    if not os.path.lexists(path):
-        # a record a finished job's clean-up kept aside when it removed staging/ (a sink's, or a
-        # task's whose files a published result lists): put back when the job starts; a dry run,
-        # which does not start it, reads it there
-        parked = os.path.join(rt.published_records_dir, os.path.basename(path))
-        path = parked if os.path.lexists(parked) else path
-    record = _load_record(rt, path, task.key)
-    if record is None or record.get("fingerprint") != task.fingerprint:
-        return None
-    if not _outputs_exist(record["dataset"]):
-        return None
-    return record
-
-
-def _outputs_exist(ds: DataSet) -> bool:
-    datasets = ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]
-    for d in datasets:
-        # resolved_paths, not the cache: outputs are built from plain path lists that nothing
-        # has resolved yet, and a check of nothing would take deleted outputs for done
-        try:
-            paths = d.resolved_paths
-        except Exception:
-            return False
-        if any(not os.path.exists(p) for p in paths[:1000]):
-            return False
-    return True
+from smallpond.logical.dataset import DataSet
 
 
 def to_task_error(task: Task, attempt: int, exc: BaseException, inputs: List[DataSet]) -> TaskError:

@@ -574,7 +574,7 @@ class JobCache:
     def reuse(self, task: Task, entry: Entry, attempt: int) -> DataSet:
         """Link the entry into the job and commit it as the task's output (a normal signed commit
         record, so a resumed job finds it). Returns the task's output dataset."""
-        from smallpond.execution.attempt import write_commit
+        from smallpond.execution.commit import write_commit
 
         ds, final = self.cache.link_into(entry, task.output_base(self.rt), attempt)
         reused = {"key": entry.key, "job": entry.job, "task": entry.task}

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import some_of
-from smallpond.execution.attempt import read_commit, run_inline
+from smallpond.execution.attempt import run_inline
+from smallpond.execution.commit import read_commit
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.logical.graph import topological_order

@@ -43,8 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution import retention
-from smallpond.execution.attempt import remove_orphan_outputs
 from smallpond.execution.cache_keys import JobCache
+from smallpond.execution.commit import remove_orphan_outputs
 from smallpond.execution.events import EventLog
 from smallpond.execution.executors.base import Executor
 from smallpond.execution.fingerprint_sources import user_source_stats
@@ -462,7 +462,7 @@ class Job:
 
     def _publish(self) -> None:
         """Publish every sink this computation prepared, all at once (see ops/sink.py)."""
-        from smallpond.execution.attempt import commit_path, commit_record_bytes
+        from smallpond.execution.commit import commit_path, commit_record_bytes
         from smallpond.execution.ops.sink import publish, roll_forward, staged_to_final
 
         keys = self._unpublished()
@@ -591,7 +591,7 @@ class Job:
 
     def invalidate(self, node: Node) -> None:
         """Forget the results of ``node`` and of every planned task downstream of it, on disk too."""
-        from smallpond.execution.attempt import commit_path
+        from smallpond.execution.commit import commit_path
 
         tasks = self.tasks_of(node) or []
         state = self.scheduler.state

@@ -486,7 +486,7 @@ class Planner:
         the sink's ``mode``; all of this raises PlanError now, before any task runs. A sink that
         already published in this job (its commit record matches) is not checked again.
         """
-        from smallpond.execution.attempt import read_commit
+        from smallpond.execution.commit import read_commit
 
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)

@@ -57,7 +57,7 @@ def _attempt_dir(path: str, roots: Iterable[str]) -> Optional[str]:
 
 
 def _records(rt: RuntimeContext) -> Dict[str, dict]:
-    from smallpond.execution.attempt import _load_record
+    from smallpond.execution.commit import _load_record
 
     try:
         names = [n for n in os.listdir(rt.completed_task_dir) if n.endswith(".commit")]

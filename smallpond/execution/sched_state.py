@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.errors import Decision, TaskError, classify
-from smallpond.execution.attempt import read_commit
+from smallpond.execution.commit import read_commit
 from smallpond.execution.executors.base import Capacity, Completion
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task

@@ -541,8 +541,8 @@ class Scheduler:
 
     def _recompute_producers(self, key: str, terr: TaskError) -> bool:
         """An input written by an earlier task is unreadable: run that task again (once)."""
-        from smallpond.execution.attempt import commit_path
         from smallpond.execution.attempt_files import producer_key_of
+        from smallpond.execution.commit import commit_path
         from smallpond.io.filesystem import remove_path
 
         st = self.state

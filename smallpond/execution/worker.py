@@ -44,7 +44,8 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
     import cloudpickle
 
     from smallpond.execution import stacks
-    from smallpond.execution.attempt import _fast_pickle, install_task_log_sink, run_attempt
+    from smallpond.execution.attempt import install_task_log_sink, run_attempt
+    from smallpond.execution.commit import _fast_pickle
     from smallpond.execution.executors.base import Completion
     from smallpond.execution.ops.duckdb import open_shared_database, share_database_in_process
     from smallpond.execution.task import process_owns_random_state

@@ -24,7 +24,7 @@ JOB = r"""
 import json, resource, sys
 from loguru import logger
 logger.remove()
-from smallpond.execution.attempt import read_commit
+from smallpond.execution.commit import read_commit
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode

@@ -9,7 +9,8 @@ import pytest
 
 from smallpond.common import MB
 from smallpond.errors import TaskError
-from smallpond.execution.attempt import commit_path, execute_attempt, read_commit, remove_orphan_outputs
+from smallpond.execution.attempt import execute_attempt
+from smallpond.execution.commit import commit_path, read_commit, remove_orphan_outputs
 from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
@@ -69,7 +70,7 @@ def test_first_attempt_to_commit_wins(sql_task):
 def test_first_attempt_to_commit_wins_without_renameat2(sql_task, monkeypatch):
     """Where the filesystem cannot rename without replacing, the commit links instead: the same
     winner, and no temp record left behind."""
-    import smallpond.execution.attempt as attempt_module
+    import smallpond.execution.commit as attempt_module
 
     monkeypatch.setattr(attempt_module, "rename_noreplace", lambda a, b: False)
     rt, task, inputs = sql_task

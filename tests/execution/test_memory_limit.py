@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from smallpond.errors import Decision, JobFailed
-from smallpond.execution.attempt import logged_attempts, read_commit
+from smallpond.execution.attempt import logged_attempts
+from smallpond.execution.commit import read_commit
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, PythonScriptNode, RootNode, SqlEngineNode

@@ -7,7 +7,7 @@ import os
 import pytest
 
 import smallpond.execution.executors.local as local
-from smallpond.execution.attempt import read_commit
+from smallpond.execution.commit import read_commit
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import (

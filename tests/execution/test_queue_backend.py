@@ -580,7 +580,7 @@ def test_a_job_whose_launched_executors_all_exit_fails_with_the_reason(tmp_path,
 def test_speculation_on_the_queue_backend(tmp_path, make_rt):
     """The tech lead's straggler scenario on launched executors: the stalled first attempt can
     never finish, so the job ends only through its speculative copy, and nothing of it is left."""
-    from smallpond.execution.attempt import read_commit
+    from smallpond.execution.commit import read_commit
     from smallpond.execution.job import run_job
     from smallpond.execution.scheduler import Speculation
     from tests.execution.test_speculation import plan as straggler_plan

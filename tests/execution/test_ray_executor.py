@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Tuple
 import pytest
 
 from smallpond.errors import ClusterError, TaskError, WorkerLost
-from smallpond.execution.attempt import read_commit
+from smallpond.execution.commit import read_commit
 from smallpond.execution.planner import Planner
 from smallpond.execution.scheduler import Scheduler
 from smallpond.logical.dataset import ParquetDataSet

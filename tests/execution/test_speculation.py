@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from smallpond.errors import ParameterError
-from smallpond.execution.attempt import read_commit
+from smallpond.execution.commit import read_commit
 from smallpond.execution.job import run_job
 from smallpond.execution.scheduler import SchedState, Speculation, reserve, stragglers
 from smallpond.logical.dataset import ParquetDataSet

@@ -652,7 +652,7 @@ def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes
 
     The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
     """
-    from smallpond.execution.attempt import _fast_pickle
+    from smallpond.execution.commit import _fast_pickle
 
     node, components = task.node, task.plan_components
     task.node = None

@@ -120,7 +120,7 @@ def decode_item(data: bytes, secret: bytes, what: str) -> Tuple[dict, bytes]:
 def encode_completion(c: Completion, secret: bytes) -> bytes:
     import cloudpickle
 
-    from smallpond.execution.attempt import _fast_pickle
+    from smallpond.execution.commit import _fast_pickle
 
     return signed_bytes(_fast_pickle(c) or cloudpickle.dumps(c), secret)
 
