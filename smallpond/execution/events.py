@@ -27,6 +27,10 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   ``decision`` (``retry``, ``retry_with_more_memory`` or ``fail``);
 * ``inline``: metadata-only tasks run by the scheduler itself: ``node``, ``ok``, ``elapsed``, and
   ``key`` for one task or ``n`` for several of one node that succeeded (written as one event);
+* ``publication_abandoned``: a publication an earlier run began could not be finished (what it
+  would move in was removed) and was given up, its sinks run again: ``destinations``,
+  ``missing`` (the staged paths that are gone), ``records_removed``
+  (:mod:`~smallpond.execution.ops.sink_journal`);
 * ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
 
 Invariants: the log is append-only and written only by the job's scheduler process; a torn last

@@ -6,7 +6,7 @@ Both the DataFrame :class:`~smallpond.session.Session` and the node-API
 1. :meth:`Job.start` creates the job folder (or reopens it: same job id and data root means
    resume, only if the folder is safely the user's, see :mod:`~smallpond.execution.ownership`),
    takes the job lock (a second run of the same job at once is refused), finishes a publication
-   an earlier run began (:func:`~smallpond.execution.ops.sink.roll_forward`), adds smallpond's log
+   an earlier run began (:mod:`~smallpond.execution.publication`), adds smallpond's log
    sinks, writes ``log/.STATUS`` = running, handles SIGTERM like Ctrl-C, starts the executor and
    the event log (``log/events.jsonl``, :mod:`smallpond.execution.events`);
 2. :meth:`Job.run_nodes` (incremental, for sessions) or :meth:`Job.run_plan` (a whole plan,
@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
-from smallpond.execution import retention
+from smallpond.execution import publication, retention
 from smallpond.execution.cache_keys import JobCache
 from smallpond.execution.commit import remove_orphan_outputs
 from smallpond.execution.events import EventLog
@@ -57,7 +57,6 @@ from smallpond.execution.scheduler import (
     Speculation,
     invalidate,
     keep_only_finished,
-    replace_result,
 )
 from smallpond.execution.stall import StallLog
 from smallpond.io.filesystem import dump, remove_path
@@ -222,16 +221,14 @@ class Job:
             self._install_sigterm_handler()  # again: ray.init takes SIGTERM for itself
 
     def start(self) -> "Job":
-        from smallpond.execution.ops.sink import restore_publication_records, roll_forward
-
         rt = self.rt
         rt.initialize(restart=self.restart)
         self._lock = JobLock(rt.layout)
         self._lock.acquire()
         started = False
         try:
-            restore_publication_records(rt)  # the sinks an earlier run published, if it removed staging/
-            roll_forward(rt)  # a publication an earlier run of this job began and did not finish
+            # a publication an earlier run of this job began and did not finish (or had to give up)
+            abandoned = publication.finish_earlier(rt)
             # the cache first: a folder that is not safe to use stops the job before any worker starts
             cache = JobCache(rt) if rt.task_cache else None
             self.executor = self._executor or make_executor(rt, self._num_workers)
@@ -246,6 +243,8 @@ class Job:
                 started = True
             self.events = EventLog(rt.log_root)
             self.events.job_start(rt, name=self.name, executor=self.executor.describe())
+            if abandoned is not None:
+                publication.tell_abandoned(abandoned, self.events)
         except BaseException:
             if not self.finished:  # workers started before a later step failed
                 if started:
@@ -446,62 +445,12 @@ class Job:
         st = self.scheduler.state
         return {k: st.done[k] for k in results}
 
-    # -- publication -----------------------------------------------------------------------------
-    def _unpublished(self) -> List[str]:
-        st = self.scheduler.state if self.scheduler is not None else None
-        if st is None:
-            return []
-        keys = [
-            k
-            for k in st.executed
-            if k in st.done
-            and self._published.get(k) is not st.done[k]
-            and getattr(st.tasks.get(k), "commits_on_publication", False)
-        ]
-        return sorted(keys, key=lambda k: int(st.tasks[k].id))
-
+    # -- publication (execution/publication.py) ------------------------------------------------
     def _publish(self) -> None:
-        """Publish every sink this computation prepared, all at once (see ops/sink.py)."""
-        from smallpond.execution.commit import commit_path, commit_record_bytes
-        from smallpond.execution.ops.sink import publish, roll_forward, staged_to_final
-
-        keys = self._unpublished()
-        if not keys:
-            return
-        rt, st = self.rt, self.scheduler.state
-        roll_forward(rt)  # an earlier publication of this session that failed half way
-        prepared, finals = [], {}
-        for k in keys:
-            task = st.tasks[k]
-            finals[k] = staged_to_final(rt, task, st.done[k])
-            # where it is published: the clean-up keeps the files a surviving result lists
-            data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0, output_path=task.node.output_path)
-            prepared.append((task, {"path": commit_path(rt, k), "data": data}))
-        publish(rt, prepared)
-        for k in keys:
-            replace_result(st, k, finals[k])
-            self._published[k] = finals[k]
-        logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
+        publication.publish_prepared(self.rt, self.scheduler.state, self._published, self.events)
 
     def _discard_unpublished(self) -> None:
-        """Forget sinks that were prepared but not published, and remove what they staged, and
-        what the attempts of sinks that did not finish staged (a sink still running when another
-        task failed the job is stopped part way, beside the user's destination).
-
-        Kept as they are while a publication journal exists: the next start finishes it.
-        """
-        from smallpond.execution.ops.sink import journal_path, staging_path
-
-        st = self.scheduler.state if self.scheduler is not None else None
-        if st is None or os.path.exists(journal_path(self.rt)):
-            return
-        keys = self._unpublished()
-        for k in keys:
-            remove_path(staging_path(self.rt, st.tasks[k]))
-        invalidate(st, keys)
-        for k, task in st.tasks.items():
-            if k not in st.done and getattr(task, "commits_on_publication", False):
-                remove_path(staging_path(self.rt, task))
+        publication.discard_unpublished(self.rt, self.scheduler.state if self.scheduler else None, self._published)
 
     def record_error(self, e: BaseException) -> None:
         """Mark the job failed by ``e`` (the first error is the one reported)."""

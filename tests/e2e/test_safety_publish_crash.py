@@ -96,3 +96,42 @@ def test_sigkill_during_publication_then_rerun(tmp_path, data_root):
         assert not glob.glob(journal_glob)
         assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
         current = new
+
+
+def test_rerun_after_another_job_published_over_a_crashed_publication(tmp_path, data_root):
+    """Job X is SIGKILLed between its two swaps (A is published, B is staged); job Y, another job
+    id with the same destinations, publishes both, and its preparation removes X's staged B. X's
+    journal can no longer be finished: its rerun abandons it (a warning naming the destinations, a
+    ``publication_abandoned`` event), runs its sinks again and publishes A and B, whole, over Y's."""
+    import json
+
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    files_x, x = versions(tmp_path, 0)
+    files_y, y = versions(tmp_path, 1)
+    job_x = str(uuid.uuid4())
+    cmd_x = command(job_x, data_root, files_x, a, b)
+    env = dict(os.environ, SP_TEST_PUBLISH_KILL_AT_STEP="4")  # A's 4 steps ran, B's swap did not
+    killed = subprocess.run(cmd_x, env=env, capture_output=True, text=True, timeout=180)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert state_of(a, {"x": x["A"]}) == "x" and not os.path.exists(b)
+    assert [n for n in os.listdir(tmp_path) if n.startswith("B.staging-")]
+
+    other = subprocess.run(command(str(uuid.uuid4()), data_root, files_y, a, b), capture_output=True, text=True, timeout=180)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert (state_of(a, {"y": y["A"]}), state_of(b, {"y": y["B"]})) == ("y", "y")
+
+    rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
+    warning = [line for line in rerun.stderr.splitlines() if "abandoned the publication" in line]
+    assert len(warning) == 1 and a in warning[0] and b in warning[0], rerun.stderr[-3000:]
+    (job_root,) = glob.glob(os.path.join(data_root, f"*.{job_x}"))
+    with open(os.path.join(job_root, "log", "events.jsonl")) as f:
+        events = [json.loads(line) for line in f if '"publication_abandoned"' in line]
+    assert len(events) == 1 and {a, b} <= set(events[0]["destinations"]), events
+    assert not os.path.exists(os.path.join(job_root, "config", "publication.journal"))
+    assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
+
+    again = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)  # all published: nothing to abandon
+    assert again.returncode == 0 and "abandoned" not in again.stderr, again.stderr[-3000:]
+    assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")

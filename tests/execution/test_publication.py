@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from smallpond.execution.ops import sink, sink_record
+from smallpond.execution.ops import sink, sink_journal, sink_record
 from smallpond.execution.ops.sink import DataSinkTask, PublicationError, journal_path, publish, roll_forward, staging_path
 from smallpond.execution.task import PartitionInfo
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
@@ -64,7 +64,7 @@ def expected_new(dest, mode, new_names):
 
 def count_renames(monkeypatch, limit):
     calls = {"n": 0}
-    real_rename, real_replace, real_exchange = os.rename, os.replace, sink.exchange_paths
+    real_rename, real_replace, real_exchange = os.rename, os.replace, sink_journal.exchange_paths
 
     def wrap(fn):
         def inner(*args, **kwargs):
@@ -77,7 +77,7 @@ def count_renames(monkeypatch, limit):
 
     monkeypatch.setattr(os, "rename", wrap(real_rename))
     monkeypatch.setattr(os, "replace", wrap(real_replace))
-    monkeypatch.setattr(sink, "exchange_paths", wrap(real_exchange))
+    monkeypatch.setattr(sink_journal, "exchange_paths", wrap(real_exchange))
     return calls
 
 
@@ -85,7 +85,7 @@ def count_renames(monkeypatch, limit):
 @pytest.mark.parametrize("mode", ["overwrite", "append"])
 def test_crash_after_each_rename_then_roll_forward(tmp_path, make_rt, monkeypatch, mode, exchange):
     if not exchange:
-        monkeypatch.setattr(sink, "exchange_paths", lambda a, b: False)
+        monkeypatch.setattr(sink_journal, "exchange_paths", lambda a, b: False)
     # a dry run counts the renames of one publication
     rt, dest, task, record, new_names = setup(tmp_path / "dry", make_rt, mode)
     calls = count_renames(monkeypatch, 10**6)
@@ -93,7 +93,7 @@ def test_crash_after_each_rename_then_roll_forward(tmp_path, make_rt, monkeypatc
     total = calls["n"]
     monkeypatch.undo()
     if not exchange:
-        monkeypatch.setattr(sink, "exchange_paths", lambda a, b: False)
+        monkeypatch.setattr(sink_journal, "exchange_paths", lambda a, b: False)
     assert snapshot(str(dest)) == expected_new(dest, mode, new_names)
     assert total >= 3
 
@@ -267,3 +267,33 @@ def test_a_listed_file_changed_after_the_check_is_kept(tmp_path, make_rt, monkey
     publish(rt, [(task, record)])
     assert (dest / "old.parquet").read_bytes() == b"old and mine"
     assert sorted(os.listdir(dest)) == sorted([".MANIFEST.txt", "old.parquet"] + ([] if kind == "manifest" else new_names))
+
+
+@pytest.mark.parametrize("mode", ["overwrite", "append"])
+def test_journal_whose_staged_files_are_gone_is_abandoned_whole(tmp_path, make_rt, mode):
+    """Another job's clean-up removed the staged folder of a journal that was not finished: the
+    journal is given up before any step runs (the destination is left as it is), the commit record
+    it wrote goes (its sink runs again), and a record it did not write stays."""
+    import shutil
+
+    from smallpond.execution.ops.sink_journal import Abandoned
+    from smallpond.io.filesystem import dump
+
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, mode)
+    before = snapshot(str(dest))
+    steps = sink.plan_steps(rt, task) + [("write", record["path"], record["data"])]
+    other = os.path.join(rt.completed_task_dir, "SqlEngineTask-000001.commit")
+    steps.append(("write", other, b"the journal's bytes"))
+    dump({"steps": steps, "sync": []}, journal_path(rt), secret=rt.secret)  # an older journal: no destinations
+    os.makedirs(rt.completed_task_dir, exist_ok=True)
+    with open(record["path"], "wb") as f:  # written by the journal's last steps (its sink counts as published)
+        f.write(record["data"])
+    with open(other, "wb") as f:  # not the journal's bytes: not its to remove
+        f.write(b"another record")
+    shutil.rmtree(staging_path(rt, task))
+    outcome = roll_forward(rt)
+    assert isinstance(outcome, Abandoned) and outcome.destinations == [str(dest)] and outcome.records_removed == 1
+    assert snapshot(str(dest)) == before
+    assert not os.path.exists(record["path"]) and os.path.exists(other)
+    assert not os.path.exists(journal_path(rt))
+    assert "can no longer be finished" in outcome.describe() and str(dest) in outcome.describe()

@@ -39,12 +39,12 @@ Guarantees:
   2. *publish* (:func:`publish`, in the job's process, once every task of the computation
      succeeded): the steps for every prepared sink are planned (:func:`plan_steps`) and written to
      a signed **publication journal** ``config/publication.journal``, together with the sinks'
-     commit records. Then the steps run (:func:`roll_forward`) and the journal is removed. A
-     sink's commit record is written by the journal's last steps: a sink is complete if and only
-     if its result is published. Where a destination exists already (a previous result to swap
-     out, files to append beside), the journal is fsynced before the first step and the
-     destinations' folders after the last, so that even a power loss cannot leave a user's files
-     moved aside with no journal to finish the move. Publishing into new destinations, or into
+     commit records. Then the steps run (:func:`~smallpond.execution.ops.sink_journal.roll_forward`)
+     and the journal is removed. A sink's commit record is written by the journal's last steps: a
+     sink is complete if and only if its result is published. Where a destination exists already
+     (a previous result to swap out, files to append beside), the journal is fsynced before the
+     first step and the destinations' folders after the last, so that even a power loss cannot
+     leave a user's files moved aside with no journal to finish the move. Publishing into new destinations, or into
      the job's own folder (named outputs, ``FinalResults``), skips these fsyncs: those steps move
      only files this job wrote, a re-run redoes them whatever survived
      (resume checks that a commit record's files exist), and an fsync right after a large write
@@ -58,8 +58,11 @@ Guarantees:
   directory is recognised by its inode), so a job killed at any instant of step 2 finishes the
   publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
   rolls a journal it finds forward before anything else); a job killed before the journal exists
-  published nothing, and its staged folders are removed by the next attempt. Replacing a previous
-  result swaps the two directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
+  published nothing, and its staged folders are removed by the next attempt. A journal whose
+  staged files were removed since (by another job publishing into the same destination) can no
+  longer be finished: it is abandoned as a whole and the sinks run again
+  (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
+  directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
   allows it (readers see the old result or the new one, never a missing or mixed folder), else by
   two renames. The record of what was published follows at once. The previous result's files are
   then removed, only those the record proves smallpond wrote (checked again as they go): anything
@@ -74,38 +77,29 @@ from __future__ import annotations
 
 import os
 import re
-import time
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
-from smallpond.errors import ParameterError, PlanError, SmallpondError
+from smallpond.errors import ParameterError, PlanError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
+from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
-    atomic_write_bytes,
     atomic_write_text,
     clone_or_copy,
     dump,
-    exchange_paths,
-    fsync_dir,
     link_or_copy,
-    load,
     remove_path,
 )
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 
 MANIFEST = sink_record.MANIFEST
-JOURNAL = "publication.journal"
 _SHOWN = 5
-
-
-class PublicationError(SmallpondError):
-    """A prepared result could not be published (the destination changed, a staged folder vanished)."""
 
 
 # -- what is in a destination ---------------------------------------------------------------------
@@ -431,8 +425,6 @@ def _as_dataset(files: List[str]) -> DataSet:
 
 # -- phase 2: publish ---------------------------------------------------------------------------------
 
-Step = Tuple
-
 
 def plan_steps(runtime_ctx, task: Task) -> List[Step]:
     """The publication steps of one prepared sink (it may still change its staged manifest)."""
@@ -465,7 +457,7 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
         # the manifest replaces the earlier result in place, and then that result's files go (only
         # those its manifest lists there: files it lists elsewhere, as a manifest-only result
         # does, are not ours to remove); on append they stay, listed again
-        steps: List[Step] = [("mkdir", dest), ("move", new_manifest, os.path.join(dest, MANIFEST))] + record
+        steps: List[Step] = [("mkdir", dest), _move(new_manifest, os.path.join(dest, MANIFEST))] + record
         if node.mode != "append":
             with open(new_manifest) as f:
                 listed = {line.rstrip("\n") for line in f}
@@ -483,8 +475,8 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
             target = os.path.join(dest, name)
             if os.path.lexists(target):
                 raise PublicationError(f"{node.label}: {target} exists; appending would overwrite it; nothing was published")
-            steps.append(("move", os.path.join(staging, name), target))
-        return steps + [("move", new_manifest, os.path.join(dest, MANIFEST))] + record + [("remove", staging)]
+            steps.append(_move(os.path.join(staging, name), target))
+        return steps + [_move(new_manifest, os.path.join(dest, MANIFEST))] + record + [("remove", staging)]
     parent = os.path.dirname(dest.rstrip(os.sep)) or "."
     aside = _aside_path(dest)
     # the record follows the swap at once; until it is written the folder is "not recorded", so
@@ -492,6 +484,12 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
     return (
         [("mkdir", parent), ("swap", staging, dest, aside, os.stat(staging).st_ino)] + record + [("discard", aside, dest, ours)]
     )
+
+
+def _move(src: str, dst: str) -> Step:
+    """A step that moves a staged file into place; the file's identity tells a rerun whether it
+    moved already or is gone (:func:`~smallpond.execution.ops.sink_journal.blocked_steps`)."""
+    return ("move", src, dst, sink_record.identity(src))
 
 
 def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, Optional[list]], List[Step]]:
@@ -528,133 +526,6 @@ def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, 
     return own.owned, step
 
 
-def _ino(path: str) -> Optional[int]:
-    try:
-        return os.lstat(path).st_ino
-    except FileNotFoundError:
-        return None
-
-
-def _step(step: Step) -> None:
-    kind = step[0]
-    if kind == "mkdir":
-        os.makedirs(step[1], exist_ok=True)
-    elif kind == "move":
-        _, src, dst = step
-        if os.path.lexists(src):
-            os.replace(src, dst)
-    elif kind == "remove":
-        remove_path(step[1])
-    elif kind == "write":
-        _, path, data = step
-        atomic_write_bytes(path, data)
-    elif kind == "swap":
-        _, staging, dest, aside, new_ino = step
-        if _ino(dest) == new_ino:  # the new result is in place
-            if os.path.lexists(staging):  # an exchange left the previous result here
-                os.rename(staging, aside)
-            return
-        if not os.path.lexists(staging):
-            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
-        if not os.path.lexists(dest):
-            os.rename(staging, dest)
-        elif exchange_paths(staging, dest):
-            os.rename(staging, aside)
-        else:
-            os.rename(dest, aside)
-            os.rename(staging, dest)
-    elif kind == "record":
-        _, path, data = step
-        sink_record.save(path, data)
-    elif kind == "remove_owned":
-        _, path, ident = step
-        if ident is None or sink_record.identity(path) == ident:
-            remove_path(path)
-        elif os.path.lexists(path):
-            logger.warning("kept {}: it changed since smallpond wrote it", path)
-    elif kind == "discard":
-        _, aside, dest, ours = step
-        _discard(aside, dest, ours if isinstance(ours, dict) else dict.fromkeys(ours))
-    else:
-        raise PublicationError(f"unknown publication step {kind!r}")
-
-
-def _discard(aside: str, dest: str, ours: Dict[str, Optional[list]]) -> None:
-    """Remove the previous result (moved to ``aside``): only its files smallpond wrote (``ours``:
-    name -> identity, checked again now; None: by name, in the job's folder).
-
-    Anything else goes back into ``dest``; what cannot (the new result has a file by its name) is
-    kept in ``{dest}.kept-*``, which no clean-up removes (``.old-*`` folders are removed as
-    leftovers of interrupted publications: :func:`remove_stale_siblings`).
-    """
-    try:
-        names = os.listdir(aside)
-    except FileNotFoundError:
-        return
-    left = False
-    for name in names:
-        path = os.path.join(aside, name)
-        if name in ours and (ours[name] is None or sink_record.identity(path) == ours[name]):
-            remove_path(path)
-            continue
-        # not ours: a user's file that arrived during the job; it goes back, never away
-        target = os.path.join(dest, name)
-        if not os.path.lexists(target):
-            os.rename(path, target)
-            logger.warning("kept {} (not written by smallpond) in {}", name, dest)
-        else:
-            left = True
-    try:
-        os.rmdir(aside)
-    except OSError:
-        if left:
-            kept = f"{dest.rstrip(os.sep)}.kept-{aside.rsplit('.old-', 1)[-1]}"
-            os.rename(aside, kept)
-            logger.warning("kept files not written by smallpond in {}: {} holds files by their names", kept, dest)
-
-
-def _test_hooks(index: int) -> None:
-    """Tests only, inert when unset: ``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) pauses before each
-    step; ``SP_TEST_PUBLISH_KILL_AT_STEP=n`` SIGKILLs this process before step ``n`` (0-based)."""
-    delay = os.environ.get("SP_TEST_PUBLISH_STEP_DELAY")
-    if delay:
-        time.sleep(float(delay))
-    kill_at = os.environ.get("SP_TEST_PUBLISH_KILL_AT_STEP")
-    if kill_at is not None and int(kill_at) == index:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def journal_path(runtime_ctx) -> str:
-    return os.path.join(runtime_ctx.config_root, JOURNAL)
-
-
-def roll_forward(runtime_ctx, journal: Optional[dict] = None) -> bool:
-    """Carry out (or finish) the publication in the job's journal. Returns False if there is none."""
-    from smallpond.io.filesystem import CorruptRecord
-
-    path = journal_path(runtime_ctx)
-    if journal is None:
-        if not os.path.exists(path):
-            return False
-        try:
-            journal = load(path, secret=runtime_ctx.secret)
-        except CorruptRecord as e:
-            # written atomically before any step ran: a torn journal means no step ran
-            logger.warning("{}; no publication step had started, so there is nothing to finish", e)
-            remove_path(path)
-            return False
-        logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
-    for index, step in enumerate(journal["steps"]):
-        _test_hooks(index)
-        _step(step)
-    for folder in journal.get("sync", []):
-        fsync_dir(folder)
-    remove_path(path)
-    return True
-
-
 def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     """Publish every prepared sink at once (phase 2), then write their commit records.
 
@@ -684,9 +555,11 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
         sync.update(os.path.dirname(s[1]) for s in steps if s[0] == "record")
     steps.extend(("write", rec["path"], rec["data"]) for _, rec in prepared)
     # durable before any step only where a power loss could strand a user's files (module docstring)
-    journal = {"steps": steps, "sync": sorted(sync) if existing else []}
+    dests = sorted(t.node.output_path for t, _ in prepared if not t.skip)
+    journal = {"steps": steps, "sync": sorted(sync) if existing else [], "destinations": dests}
     dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=existing)
-    roll_forward(runtime_ctx, journal)
+    if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
+        raise PublicationError(f"cannot publish into {', '.join(dests)}: a prepared result was removed; nothing was published")
 
 
 #: how a sink's commit record is named: a task's key is "{its class}-{its id}" (Task.__init__)

@@ -1,0 +1,106 @@
+"""The job's side of publishing its sinks: which prepared sinks go out, their commit records, and
+finishing (or abandoning) a publication an earlier run began.
+
+How a publication is staged, journaled and carried out is in :mod:`~smallpond.execution.ops.sink`
+and :mod:`~smallpond.execution.ops.sink_journal`. Here: the sinks of the scheduler's state that a
+computation prepared and that are not published yet (:func:`unpublished`) are published together
+(:func:`publish_prepared`) or, when the computation failed, forgotten and their staged folders
+removed (:func:`discard_unpublished`); when the job starts, :func:`finish_earlier` finishes the
+publication a crashed run left in its journal, and :func:`tell_abandoned` says, in the log and in
+the event log (``publication_abandoned``), when that journal had to be given up.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional
+
+from smallpond.common import logger
+from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.sched_state import SchedState, invalidate, replace_result
+from smallpond.io.filesystem import remove_path
+
+
+def finish_earlier(rt: RuntimeContext):
+    """When the job starts: put back the sinks' records an earlier run parked, and finish the
+    publication an earlier run began. Returns the :class:`~smallpond.execution.ops.sink_journal.Abandoned`
+    journal if it could not be finished (its sinks run again), else None."""
+    from smallpond.execution.ops.sink import restore_publication_records
+    from smallpond.execution.ops.sink_journal import Abandoned, roll_forward
+
+    restore_publication_records(rt)  # the sinks an earlier run published, if it removed staging/
+    outcome = roll_forward(rt)
+    return outcome if isinstance(outcome, Abandoned) else None
+
+
+def tell_abandoned(abandoned, events=None) -> None:
+    """Say that an earlier publication was abandoned and why (a warning naming the destinations,
+    and a ``publication_abandoned`` event when the event log is open)."""
+    logger.warning("{}", abandoned.describe())
+    if events is not None:
+        events.emit(
+            "publication_abandoned",
+            destinations=abandoned.destinations,
+            missing=[staged for _, staged in abandoned.missing],
+            records_removed=abandoned.records_removed,
+        )
+
+
+def unpublished(st: Optional[SchedState], published: Dict[str, Any]) -> List[str]:
+    """Keys of the sinks this job ran whose result is not published (``published``: sink key ->
+    the dataset it was published as; a sink that ran again is published again)."""
+    if st is None:
+        return []
+    keys = [
+        k
+        for k in st.executed
+        if k in st.done and published.get(k) is not st.done[k] and getattr(st.tasks.get(k), "commits_on_publication", False)
+    ]
+    return sorted(keys, key=lambda k: int(st.tasks[k].id))
+
+
+def publish_prepared(rt: RuntimeContext, st: SchedState, published: Dict[str, Any], events=None) -> None:
+    """Publish every sink the computation prepared, all at once (see ops/sink.py)."""
+    from smallpond.execution.commit import commit_path, commit_record_bytes
+    from smallpond.execution.ops.sink import publish, staged_to_final
+    from smallpond.execution.ops.sink_journal import Abandoned, roll_forward
+
+    keys = unpublished(st, published)
+    if not keys:
+        return
+    earlier = roll_forward(rt)  # an earlier publication of this session that failed half way
+    if isinstance(earlier, Abandoned):
+        tell_abandoned(earlier, events)
+    prepared, finals = [], {}
+    for k in keys:
+        task = st.tasks[k]
+        finals[k] = staged_to_final(rt, task, st.done[k])
+        # where it is published: the clean-up keeps the files a surviving result lists
+        data = commit_record_bytes(rt, task, finals[k], st.attempts.get(k, 0), 0.0, output_path=task.node.output_path)
+        prepared.append((task, {"path": commit_path(rt, k), "data": data}))
+    publish(rt, prepared)
+    for k in keys:
+        replace_result(st, k, finals[k])
+        published[k] = finals[k]
+    logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
+
+
+def discard_unpublished(rt: RuntimeContext, st: Optional[SchedState], published: Dict[str, Any]) -> None:
+    """Forget sinks that were prepared but not published, and remove what they staged, and
+    what the attempts of sinks that did not finish staged (a sink still running when another
+    task failed the job is stopped part way, beside the user's destination).
+
+    Kept as they are while a publication journal exists: the next start finishes it.
+    """
+    from smallpond.execution.ops.sink import staging_path
+    from smallpond.execution.ops.sink_journal import journal_path
+
+    if st is None or os.path.exists(journal_path(rt)):
+        return
+    keys = unpublished(st, published)
+    for k in keys:
+        remove_path(staging_path(rt, st.tasks[k]))
+    invalidate(st, keys)
+    for k, task in st.tasks.items():
+        if k not in st.done and getattr(task, "commits_on_publication", False):
+            remove_path(staging_path(rt, task))
