@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
-from typing import Optional
+from typing import List, Optional
 
 from smallpond.execution.attempt_files import ATTEMPT_DIR
 from smallpond.execution.runtime import RuntimeContext
@@ -27,6 +27,9 @@ from smallpond.io.filesystem import (
     write_file,
 )
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
+
+#: the suffix :func:`set_aside` gives a damaged commit record of a task nothing needs
+DAMAGED = ".damaged"
 
 
 def commit_path(rt: RuntimeContext, key: str) -> str:
@@ -128,6 +131,8 @@ def remove_orphan_outputs(rt: RuntimeContext) -> int:
             for key, dirs in by_key.items():
                 if len(dirs) == 1 and f"{key}.commit" in committed:
                     continue
+                if f"{key}.commit" not in committed and f"{key}.commit{DAMAGED}" in committed:
+                    continue  # a damaged record set aside: a published manifest may list these (set_aside)
                 path = commit_path(rt, key)
                 record = _load_record(rt, path) if os.path.exists(path) else None
                 keep = record.get("output_dir") if record else None
@@ -138,33 +143,43 @@ def remove_orphan_outputs(rt: RuntimeContext) -> int:
     return removed
 
 
-def _load_record(rt: RuntimeContext, path: str, task_key: Optional[str] = None) -> Optional[dict]:
+def _load_record(
+    rt: RuntimeContext, path: str, task_key: Optional[str] = None, damaged: Optional[List[str]] = None
+) -> Optional[dict]:
     """The commit record at ``path``, or None if it is absent, torn or damaged, or not loadable here.
 
     A torn or damaged record (a crash or a full disk while it was written: empty, truncated, not a
-    record) counts as absent, with a warning. A record that is intact but not signed with this
-    job's secret was planted or altered: :class:`~smallpond.io.filesystem.SignatureError`, naming
-    the file; nothing is loaded.
+    record) counts as absent, with a warning (or, given ``damaged``, what is wrong with it is
+    appended there instead). A record that is intact but not signed with this job's secret was
+    planted or altered: :class:`~smallpond.io.filesystem.SignatureError`, naming the file; nothing
+    is loaded.
     """
     from smallpond.common import logger
 
     again = f": {task_key} runs again" if task_key else ""
+
+    def bad(text: str, suffix: str) -> None:
+        if damaged is None:
+            logger.opt(depth=1).warning("{}{}", text + suffix, again)
+        else:
+            damaged.append(text)
+
     try:
         data = read_file(path)
     except FileNotFoundError:
         return None
     except OSError as e:
-        logger.warning("commit record {} cannot be read ({}){}", path, e, again)
+        bad(f"commit record {path} cannot be read ({e})", "")
         return None
     try:
         payload = verified_payload(data, rt.secret, path)
     except CorruptRecord as e:
-        logger.warning("{}: it counts as absent{}", e, again)
+        bad(str(e), ": it counts as absent")
         return None
     try:
         record = pickle.loads(payload)
     except Exception as e:  # signed by us but not loadable here (e.g. a class that moved)
-        logger.warning("commit record {} cannot be loaded ({}: {}){}", path, type(e).__name__, e, again)
+        bad(f"commit record {path} cannot be loaded ({type(e).__name__}: {e})", "")
         return None
     return record if isinstance(record, dict) else None
 
@@ -180,10 +195,12 @@ def _fast_pickle(obj) -> Optional[bytes]:
     return None if b"__main__" in payload else payload
 
 
-def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
+def read_commit(rt: RuntimeContext, task: Task, damaged: Optional[List[str]] = None) -> Optional[dict]:
     """The task's commit record if it exists, is intact and matches the task's fingerprint.
 
-    A torn record counts as absent (the task runs again); a forged one raises (see :func:`_load_record`).
+    A torn record counts as absent (the task runs again, with a warning; given ``damaged``, what
+    is wrong with it is appended there instead: see :func:`set_aside`); a forged one raises (see
+    :func:`_load_record`).
     """
     path = commit_path(rt, task.key)
     if not os.path.lexists(path):
@@ -192,12 +209,37 @@ def read_commit(rt: RuntimeContext, task: Task) -> Optional[dict]:
         # which does not start it, reads it there
         parked = os.path.join(rt.published_records_dir, os.path.basename(path))
         path = parked if os.path.lexists(parked) else path
-    record = _load_record(rt, path, task.key)
+    record = _load_record(rt, path, task.key, damaged)
     if record is None or record.get("fingerprint") != task.fingerprint:
         return None
     if not _outputs_exist(record["dataset"]):
         return None
     return record
+
+
+def set_aside(rt: RuntimeContext, key: str, why: str) -> None:
+    """Rename the damaged commit record of ``key``, a task nothing needs now (what it feeds is
+    complete), to ``{key}.commit.damaged``, and say so once, at the info level.
+
+    The record is not trusted: the task counts as not done, and runs if a later computation needs
+    it. Renamed, it is not read (nor warned about) again on the next run. Its name still claims the
+    task's output folder for :func:`remove_orphan_outputs`, which leaves it be: a result published
+    from it (a manifest that lists its files) must not be left dangling.
+    """
+    from smallpond.common import logger
+
+    path = commit_path(rt, key)
+    try:
+        os.replace(path, path + DAMAGED)
+    except OSError:
+        return
+    logger.info(
+        "{}: nothing needs task {} now (what it feeds is complete), so it does not run; the record is set aside as {} "
+        "and not trusted",
+        why,
+        key,
+        path + DAMAGED,
+    )
 
 
 def _outputs_exist(ds: DataSet) -> bool:

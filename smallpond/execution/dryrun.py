@@ -108,7 +108,8 @@ def dry_run(
     for key in order:
         if key not in needed:  # not run: listed if committed, as the scheduler's resume counts it
             task = all_tasks[key]
-            if job_exists and key not in done and not task.exec_on_scheduler and read_commit(rt, task) is not None:
+            # quietly: a damaged record of a task nothing needs is set aside by the run, not warned about
+            if job_exists and key not in done and not task.exec_on_scheduler and read_commit(rt, task, []) is not None:
                 verdicts.append(Verdict(task, RESUMED, ["committed earlier in this job"]))
             continue
         task = all_tasks[key]

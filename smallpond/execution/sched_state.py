@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.errors import Decision, TaskError, classify
-from smallpond.execution.commit import read_commit
+from smallpond.execution.commit import read_commit, set_aside
 from smallpond.execution.executors.base import Capacity, Completion
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -153,10 +153,53 @@ def add_tasks(
 ) -> Tuple[List[str], Dict[str, dict]]:
     """Add ``targets`` and what they need; tasks with a matching commit record are done at once.
 
-    Returns (the new keys, the commit records of the resumed ones).
+    What the targets need stops at a task done or committed: the tasks behind a committed one are
+    added only if committed too (resumed, as counted before), never to run. So a task whose
+    record is gone or damaged but whose consumers are all complete (a sink published from its
+    output) is not run, and its damaged record is set aside quietly (:func:`~smallpond.execution.commit.set_aside`)
+    rather than warned about on every run. Returns (the new keys, the commit records of the
+    resumed ones).
     """
     order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
-    new = [k for k in order if k not in state.tasks]
+    # one listing instead of a failed open per task (a new job has no record at all); a record
+    # written after it (an executor of an earlier scheduler) is found when the attempt commits
+    try:
+        records = set(os.listdir(rt.completed_task_dir))
+    except OSError:
+        records = set()
+
+    def committed(k: str, damaged: Optional[List[str]] = None) -> Optional[dict]:
+        t = all_tasks[k]
+        if t.exec_on_scheduler or f"{k}.commit" not in records:
+            return None
+        # the fingerprint covers the inputs' identity, so a matching record is reusable even
+        # when its (metadata-only) inputs are recomputed
+        return read_commit(rt, t, damaged)
+
+    resumed: Dict[str, dict] = {}
+    needed, stack = set(), [t.key for t in targets]
+    while stack:  # as the dry run walks it (dryrun.py)
+        k = stack.pop()
+        if k in needed:
+            continue
+        needed.add(k)
+        if k in state.done:
+            continue
+        record = committed(k) if k not in state.tasks else None
+        if record is not None:
+            resumed[k] = record
+            continue
+        stack.extend(all_tasks[k].input_keys)
+    for k in order:
+        if k in needed or k in state.tasks:
+            continue
+        damaged: List[str] = []
+        record = committed(k, damaged)
+        if record is not None:
+            resumed[k] = record
+        elif damaged:
+            set_aside(rt, k, damaged[0])
+    new = [k for k in order if k not in state.tasks and (k in needed or k in resumed)]
     for k in new:
         state.tasks[k] = all_tasks[k]
     lengths = critical_path_lengths(order, lambda k: all_tasks[k].input_keys, lambda k: all_tasks[k].estimated_cost())
@@ -164,24 +207,12 @@ def add_tasks(
     for k in new:
         for d in all_tasks[k].input_keys:
             state.consumers.setdefault(d, []).append(k)
-    resumed: Dict[str, dict] = {}
-    # one listing instead of a failed open per task (a new job has no record at all); a record
-    # written after it (an executor of an earlier scheduler) is found when the attempt commits
-    try:
-        records = set(os.listdir(rt.completed_task_dir))
-    except OSError:
-        records = set()
     for k in new:
+        if k in resumed:
+            state.done[k] = resumed[k]["dataset"]
+            state.resumed.add(k)
+            continue
         t = state.tasks[k]
-        if not t.exec_on_scheduler and f"{k}.commit" in records:
-            # the fingerprint covers the inputs' identity, so a matching record is reusable
-            # even when its (metadata-only) inputs are recomputed
-            record = read_commit(rt, t)
-            if record is not None:
-                state.done[k] = record["dataset"]
-                state.resumed.add(k)
-                resumed[k] = record
-                continue
         pending = {d for d in t.input_keys if d not in state.done}
         state.waiting[k] = pending
         if not pending:
@@ -395,6 +426,24 @@ def recompute_producers(state: SchedState, consumer: str, producers: Iterable[st
         if not pending:
             make_ready(state, key)
     return redo
+
+
+def add_missing_inputs(state: SchedState, rt: RuntimeContext, keys: Iterable[str], all_tasks: Dict[str, Task]) -> Dict[str, dict]:
+    """``keys`` wait for their inputs again (:func:`recompute_producers`): add the inputs that were
+    never added (:func:`add_tasks` leaves out what only a committed task needed), and make ready
+    the keys whose inputs are all done then. Returns the commit records of those it resumed."""
+    keys = [k for k in keys if k in state.tasks]
+    missing = sorted({d for k in keys for d in state.tasks[k].input_keys if d not in state.tasks})
+    if not missing:
+        return {}
+    _, resumed = add_tasks(state, rt, [all_tasks[d] for d in missing], all_tasks)
+    for k in keys:
+        pending = state.waiting.get(k)
+        if pending:
+            pending.difference_update(state.done.keys())
+            if not pending:
+                make_ready(state, k)
+    return resumed
 
 
 def abandon_running(state: SchedState) -> List[Tuple[str, int]]:

@@ -78,6 +78,7 @@ from smallpond.execution.sched_state import (  # noqa: F401
     SchedulerListener,
     Speculation,
     abandon_running,
+    add_missing_inputs,
     add_tasks,
     elastic_threads,
     fail_attempt,
@@ -158,6 +159,7 @@ class Scheduler:
         self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic
         self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
         self.state = new_state(self.capacity)
+        self._all_tasks: Dict[str, Task] = {}  # the planned tasks of the current run
 
     def _emit(self, event: str, *args) -> None:
         for listener in self.listeners:
@@ -182,11 +184,9 @@ class Scheduler:
     def _run(self, targets: List[Task], all_tasks: Dict[str, Task]) -> Dict[str, object]:
         st = self.state
         start = time.time()
+        self._all_tasks = all_tasks
         _, resumed = add_tasks(st, self.rt, targets, all_tasks)
-        for key, record in resumed.items():
-            if self.cache is not None:
-                self.cache.on_done(st.tasks[key], record["dataset"], record, ran=False)
-            self._emit("on_resumed", st.tasks[key], record)
+        self._on_resumed(resumed)
         if resumed:
             logger.info("resume: {} task(s) already committed are skipped", len(resumed))
         self._emit("on_start", st)
@@ -237,6 +237,12 @@ class Scheduler:
             errors = list(st.failed.values())
             raise JobFailed(f"{len(errors)} task(s) failed; first: {errors[0]}", errors) from errors[0]
         return {k: st.done[k] for k in target_keys}
+
+    def _on_resumed(self, resumed: Dict[str, dict]) -> None:
+        for key, record in resumed.items():
+            if self.cache is not None:
+                self.cache.on_done(self.state.tasks[key], record["dataset"], record, ran=False)
+            self._emit("on_resumed", self.state.tasks[key], record)
 
     def _stall_message(self, target_keys: List[str]) -> str:
         """Nothing running and nothing could start: say why instead of spinning silently."""
@@ -559,8 +565,11 @@ class Scheduler:
         )
         if self.cache is not None:  # a reused output is a link to the cache entry's file: bypass it
             self.cache.forget(fresh)
-        for k in recompute_producers(st, key, fresh):
+        redo = recompute_producers(st, key, fresh)
+        for k in redo:
             remove_path(commit_path(self.rt, k))
+        # a resumed producer's own inputs may never have been added: nothing needed them then
+        self._on_resumed(add_missing_inputs(st, self.rt, redo, self._all_tasks))
         return True
 
     def _abort_running(self) -> None:

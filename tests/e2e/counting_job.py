@@ -76,6 +76,7 @@ def counting_plan(
     die_once: Optional[str] = None,
     die_partitions: Optional[List[int]] = None,
     die_how: str = "kill",
+    sink_type: str = "link",
 ) -> LogicalPlan:
     ctx = Context()
     source = DataSourceNode(ctx, ParquetDataSet(input_paths))
@@ -91,7 +92,7 @@ def counting_plan(
     doubled = ArrowComputeNode(ctx, (parts,), process_func=fn)
     ordered = SqlEngineNode(ctx, (doubled,), "select id, key, name, doubled from {0} order by id")
     merged = DataSetPartitionNode(ctx, (ordered,), 1)
-    return LogicalPlan(ctx, DataSinkNode(ctx, (merged,), output_path))
+    return LogicalPlan(ctx, DataSinkNode(ctx, (merged,), output_path, type=sink_type))
 
 
 def main() -> None:
@@ -103,6 +104,7 @@ def main() -> None:
     driver.add_argument("--sleep", type=float, default=0.05)
     driver.add_argument("--die_once", default=None)
     driver.add_argument("--die_partitions", type=int, nargs="*", default=[])
+    driver.add_argument("--sink_type", default="link")
     args = driver.get_arguments()
     args["output_path"] = args.pop("sink_path")
     driver.run(counting_plan(**args))

@@ -285,3 +285,37 @@ def test_a_rerun_with_other_settings_resumes_nothing_they_change(tmp_path, make_
     assert counts(False) == [0, 1]
     assert counts(True) == [1], "the rerun resumed the row of 0 written for the empty partition"
     assert counts(False) == [0, 1]
+
+
+def test_torn_record_of_a_task_nothing_needs_is_set_aside_once(tmp_path, data_root):
+    """A torn commit record of a task whose consumer is complete (a manifest sink that lists the
+    task's files, published): the rerun neither runs the task nor warns that it runs again; it sets
+    the record aside (never trusting it), saying so once at the info level, keeps the files the
+    manifest lists, and the next rerun is silent about it."""
+    import json
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    counter, sink, job_id = str(tmp_path / "counter.txt"), str(tmp_path / "sink"), str(uuid.uuid4())
+    cmd = job_command(job_id, data_root, inputs, counter, sink, "--sleep", "0", "--sink_type", "manifest", npartitions=3)
+    env = dict(os.environ, SP_TASK_CACHE="off")  # with the cache, the task would be reused from its entry
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    root = job_root(data_root, job_id)
+    record = sorted(glob.glob(os.path.join(root, "staging", "completed_tasks", "SqlEngineTask-*.commit")))[0]
+    with open(record, "r+b") as f:
+        f.truncate(10)
+    listed = [line.strip() for line in open(os.path.join(sink, ".MANIFEST.txt"))]
+    before = started(root)
+    for rerun in (1, 2):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert started(root) == before, "a task ran again"
+        assert "WARNING" not in done.stderr and "runs again" not in done.stderr, done.stderr[-3000:]
+        noted = [line for line in done.stderr.splitlines() if "set aside" in line]
+        assert len(noted) == (1 if rerun == 1 else 0) and all("INFO" in line for line in noted), done.stderr[-3000:]
+        assert all(os.path.exists(p) for p in listed), "a file the published manifest lists was removed"
+    assert not os.path.exists(record) and os.path.exists(record + ".damaged")
+    with open(os.path.join(root, "log", "events.jsonl")) as f:
+        events = [json.loads(line) for line in f]
+    last_starts = [i for i, ev in enumerate(events) if ev["ev"] == "job_start"][1]
+    assert not [ev for ev in events[last_starts:] if ev["ev"] == "submit"], "a rerun submitted a task"
