@@ -234,10 +234,10 @@ def set_aside(rt: RuntimeContext, key: str, why: str) -> None:
     except OSError:
         return
     logger.info(
-        "{}: nothing needs task {} now (what it feeds is complete), so it does not run; the record is set aside as {} "
-        "and not trusted",
-        why,
+        "task {} is not needed now (what it feeds is complete), so it does not run; its damaged commit record ({}) "
+        "is set aside as {}, not trusted",
         key,
+        why,
         path + DAMAGED,
     )
 
