@@ -115,6 +115,8 @@ def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: Bas
     """
     import pyarrow.parquet as pq
 
+    from smallpond.io.arrow import read_parquet_file
+
     text = str(exc)
     bad: List[str] = []
     unnamed: List[str] = []
@@ -133,7 +135,7 @@ def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: Bas
                 seen += 1
                 try:
                     if p in text:
-                        pq.ParquetFile(p).read()
+                        read_parquet_file(p)
                     else:
                         pq.read_metadata(p)
                         unnamed.append(p)
@@ -147,7 +149,7 @@ def unreadable_intermediates(rt: RuntimeContext, inputs: List[DataSet], exc: Bas
             budget -= os.path.getsize(p)
             if budget < 0:
                 break
-            pq.ParquetFile(p).read()
+            read_parquet_file(p)
         except Exception:
             bad.append(p)
     return bad

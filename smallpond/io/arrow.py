@@ -52,6 +52,21 @@ def open_mapped(path: str) -> pq.ParquetFile:
         return pq.ParquetFile(path)
 
 
+def read_parquet_file(source, columns: Optional[List[str]] = None) -> pa.Table:
+    """``pq.ParquetFile(source).read(columns=columns)`` (``source``: a path or a ParquetFile), also
+    for a file without row groups (what DuckDB writes for an empty result): pyarrow 18 and 19 raise
+    "The file only has 0 row groups" there, 17 and 20+ return an empty table, as this does.
+
+    A column of ``columns`` the file lacks is left out, as ``read`` does."""
+    pf = source if isinstance(source, pq.ParquetFile) else pq.ParquetFile(source)
+    if pf.metadata.num_row_groups > 0:
+        return pf.read(columns=columns)
+    schema = pf.schema_arrow
+    if columns is not None:
+        schema = pa.schema([schema.field(c) for c in columns if c in schema.names], metadata=schema.metadata)
+    return empty_table(schema)
+
+
 def empty_table(schema: pa.Schema) -> pa.Table:
     """``schema.empty_table()`` (one empty chunk per column, the schema's metadata kept) without
     importing pandas: pyarrow builds those columns with ``pa.array([])``, whose check for pandas
@@ -492,6 +507,8 @@ def _iter_range_batches(r: RowRange, columns: Optional[List[str]], batch_size: i
 
 def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], batch_size: int) -> Iterator[pa.RecordBatch]:
     f = pq.ParquetFile(r.path)
+    if f.metadata.num_row_groups == 0:
+        return  # (pyarrow 18 and 19 raise on iter_batches of such a file)
     pos = 0
     for batch in f.iter_batches(batch_size=batch_size, columns=columns, use_threads=True):
         bstart, bend = pos, pos + batch.num_rows
@@ -604,7 +621,7 @@ def load_from_parquet_files(
         with _reading(path):
             # ParquetFile.read, not read_table: the latter goes through pyarrow.dataset, whose
             # import pulls in pandas (~0.5 s before a first result)
-            return pq.ParquetFile(path).read(columns=columns)
+            return read_parquet_file(path, columns)
 
     items = list(paths_or_ranges)
     if not items:

@@ -261,3 +261,20 @@ def test_empty_table_is_pyarrows_empty_table():
         got = empty_table(s)
         assert got.equals(s.empty_table()) and got.schema.equals(s, check_metadata=True)
         assert got.num_rows == 0 and [c.num_chunks for c in got.columns] == [1] * len(s)
+
+
+def test_a_parquet_file_without_row_groups_reads_as_an_empty_table(tmp_path):
+    """What DuckDB writes for an empty result has no row group at all; pyarrow 18 and 19 raise
+    on ParquetFile.read of it ("The file only has 0 row groups"), which failed 33 tests of the
+    suite with pyarrow 18 installed (the Python 3.13 floor)."""
+    import duckdb
+
+    from smallpond.io.arrow import load_from_parquet_files, read_parquet_file
+
+    path = str(tmp_path / "empty.parquet")
+    duckdb.sql(f"COPY (SELECT 1::BIGINT AS a, 'x' AS b WHERE false) TO '{path}'")
+    assert pq.ParquetFile(path).metadata.num_row_groups == 0
+    t = read_parquet_file(path)
+    assert t.num_rows == 0 and t.schema.names == ["a", "b"] and t.schema.field("a").type == pa.int64()
+    assert read_parquet_file(path, ["b", "missing"]).schema.names == ["b"]
+    assert load_from_parquet_files([path, path]).num_rows == 0

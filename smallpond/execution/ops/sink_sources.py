@@ -61,7 +61,9 @@ def write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.ParquetFile(src).read()
+    from smallpond.io.arrow import read_parquet_file
+
+    table = read_parquet_file(src)
     pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
 
 
