@@ -172,7 +172,7 @@ def move_aside(layout) -> Optional[str]:
     return aside
 
 
-def _holder_alive(holder: dict) -> bool:
+def holder_alive(holder: dict) -> bool:
     """Whether the process that wrote a lock on this host still runs (and is the same process)."""
     pid = int(holder.get("pid", -1))
     if pid <= 0:
@@ -211,9 +211,26 @@ def live_lock_holder(job_root: str) -> Optional[str]:
     if holder is None:
         return None
     host = holder.get("host")
-    if host and host != socket.gethostname() or not holder or _holder_alive(holder):
+    if host and host != socket.gethostname() or not holder or holder_alive(holder):
         return _holder_name(holder)
     return None
+
+
+def lock_state(job_root: str) -> "tuple[str, Optional[dict]]":
+    """Whether a process runs the job in folder ``job_root``, by its job lock, and the lock's record:
+    ``"none"`` (no lock: nobody runs it), ``"alive"`` (held by a process on this host that still
+    runs), ``"dead"`` (held by a process on this host that is gone, or another one now has its PID),
+    ``"elsewhere"`` (held on another host: cannot be told from here) or ``"unreadable"`` (torn,
+    or this user may not read it: held by an unknown holder, as :func:`live_lock_holder` counts it)."""
+    holder = _read_lock(os.path.join(job_root, "config", LOCK_NAME))
+    if holder is None:
+        return "none", None
+    if not holder:
+        return "unreadable", holder
+    host = holder.get("host")
+    if host and host != socket.gethostname():
+        return "elsewhere", holder
+    return ("alive" if holder_alive(holder) else "dead"), holder
 
 
 class JobLock:
@@ -287,7 +304,7 @@ class JobLock:
                 f"job {self.job_root} is being run by {where}{since_txt} (lock {self.path}). Wait for it to end; "
                 f"if that process is gone (its machine crashed), remove {self.path} and run again."
             )
-        if holder and _holder_alive(holder):
+        if holder and holder_alive(holder):
             raise JobFolderError(
                 f"job {self.job_root} is already being run by {where}{since_txt} (lock {self.path}); "
                 "two runs of one job would undo each other's work. Wait for it to end, or stop it."

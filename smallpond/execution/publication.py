@@ -18,7 +18,6 @@ from typing import Any, Dict, List, Optional
 from smallpond.common import logger
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.sched_state import SchedState, invalidate, replace_result
-from smallpond.io.filesystem import remove_path
 
 
 def finish_earlier(rt: RuntimeContext):
@@ -94,13 +93,14 @@ def discard_unpublished(rt: RuntimeContext, st: Optional[SchedState], published:
     """
     from smallpond.execution.ops.sink import staging_path
     from smallpond.execution.ops.sink_journal import journal_path
+    from smallpond.execution.ops.sink_leftovers import remove_with_owner
 
     if st is None or os.path.exists(journal_path(rt)):
         return
     keys = unpublished(st, published)
     for k in keys:
-        remove_path(staging_path(rt, st.tasks[k]))
+        remove_with_owner(staging_path(rt, st.tasks[k]))
     invalidate(st, keys)
     for k, task in st.tasks.items():
         if k not in st.done and getattr(task, "commits_on_publication", False):
-            remove_path(staging_path(rt, task))
+            remove_with_owner(staging_path(rt, task))

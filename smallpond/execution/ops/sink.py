@@ -76,7 +76,6 @@ tests kill a job in the middle of publishing; both are inert when unset.
 from __future__ import annotations
 
 import os
-import re
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -85,6 +84,7 @@ from smallpond.errors import ParameterError, PlanError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
+from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
 from smallpond.execution.runtime import sink_records_dir
@@ -309,30 +309,6 @@ def staging_path(runtime_ctx, task: Task) -> str:
     return f"{task.node.output_path.rstrip(os.sep)}.staging-{runtime_ctx.job_id.hex[:8]}-{int(task.id)}"
 
 
-def _aside_path(dest: str) -> str:
-    """Where a publication moves the previous result of ``dest`` before discarding it."""
-    return f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
-
-
-#: the names :func:`staging_path` and :func:`_aside_path` give, after ``{destination's name}.``;
-#: nothing else beside a destination is ours (a user's ``results.old-2025`` is theirs)
-_LEFTOVER = re.compile(r"\.(?:staging-[0-9a-f]{8}-[0-9]+|old-[0-9a-f]{8})")
-
-
-def remove_stale_siblings(output_path: str, keep: Sequence[str] = ()) -> None:
-    """Remove the ``.staging-*`` / ``.old-*`` folders an interrupted publication left beside
-    ``output_path``: only names of exactly the form a publication gives them."""
-    parent, base = os.path.split(output_path.rstrip(os.sep))
-    try:
-        names = os.listdir(parent)
-    except FileNotFoundError:
-        return
-    for name in names:
-        path = os.path.join(parent, name)
-        if name.startswith(base) and _LEFTOVER.fullmatch(name, len(base)) and path not in keep:
-            remove_path(path)
-
-
 class DataSinkTask(Task):
     """Phase 1 of a publication: stage the sink's files beside its destination (see module docstring)."""
 
@@ -356,7 +332,9 @@ class DataSinkTask(Task):
         if runtime_ctx.remove_empty_parquet:
             files = [f for f, _ in without_empty_parquet([(f, None) for f in files])]
         staging = staging_path(runtime_ctx, self)
-        remove_stale_siblings(output_path)
+        # leftovers of jobs that no longer run (or of this job) go; another running job's stay
+        remove_stale_siblings(output_path, job_root=runtime_ctx.job_root)
+        write_owner(staging, owner_record(runtime_ctx.job_root))  # before the folder, never inside it
         os.makedirs(staging)
         if node.type == "manifest":
             atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in files))
@@ -478,7 +456,7 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
             steps.append(_move(os.path.join(staging, name), target))
         return steps + [_move(new_manifest, os.path.join(dest, MANIFEST))] + record + [("remove", staging)]
     parent = os.path.dirname(dest.rstrip(os.sep)) or "."
-    aside = _aside_path(dest)
+    aside = aside_path(dest)
     # the record follows the swap at once; until it is written the folder is "not recorded", so
     # a crash between the two leaves files that are refused, never removed (ops/sink_record.py)
     return (

@@ -29,6 +29,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 from smallpond.common import logger
 from smallpond.errors import SmallpondError
 from smallpond.execution.ops import sink_record
+from smallpond.execution.ops.sink_leftovers import is_leftover_name, owner_path, owner_record, write_owner
 from smallpond.io.filesystem import atomic_write_bytes, exchange_paths, fsync_dir, load, read_file, remove_path
 
 JOURNAL = "publication.journal"
@@ -69,7 +70,10 @@ def _ino(path: str) -> Optional[int]:
         return None
 
 
-def _step(step: Step) -> None:
+def _step(step: Step, owner: Optional[str] = None) -> None:
+    """Carry out one step. ``owner``: the owner record this job gives a previous result it sets
+    aside (:mod:`~smallpond.execution.ops.sink_leftovers`), so that no other job's sink removes it
+    while this publication discards it."""
     kind = step[0]
     if kind == "mkdir":
         os.makedirs(step[1], exist_ok=True)
@@ -79,24 +83,29 @@ def _step(step: Step) -> None:
             os.replace(src, dst)
     elif kind == "remove":
         remove_path(step[1])
+        if is_leftover_name(step[1]):  # a staged folder: its owner record goes after it
+            remove_path(owner_path(step[1]))
     elif kind == "write":
         _, path, data = step
         atomic_write_bytes(path, data)
     elif kind == "swap":
         _, staging, dest, aside, new_ino = step
-        if _ino(dest) == new_ino:  # the new result is in place
+        done = _ino(dest) == new_ino  # the new result is in place
+        if not done and not os.path.lexists(staging):
+            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
+        if owner and os.path.lexists(dest) and os.path.lexists(staging):
+            write_owner(aside, owner)  # before a previous result is set aside there
+        if done:
             if os.path.lexists(staging):  # an exchange left the previous result here
                 os.rename(staging, aside)
-            return
-        if not os.path.lexists(staging):
-            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
-        if not os.path.lexists(dest):
+        elif not os.path.lexists(dest):
             os.rename(staging, dest)
         elif exchange_paths(staging, dest):
             os.rename(staging, aside)
         else:
             os.rename(dest, aside)
             os.rename(staging, dest)
+        remove_path(owner_path(staging))  # the staged folder is gone (it is the destination now)
     elif kind == "record":
         _, path, data = step
         sink_record.save(path, data)
@@ -109,6 +118,7 @@ def _step(step: Step) -> None:
     elif kind == "discard":
         _, aside, dest, ours = step
         _discard(aside, dest, ours if isinstance(ours, dict) else dict.fromkeys(ours))
+        remove_path(owner_path(aside))
     else:
         raise PublicationError(f"unknown publication step {kind!r}")
 
@@ -119,7 +129,8 @@ def _discard(aside: str, dest: str, ours: Dict[str, Optional[list]]) -> None:
 
     Anything else goes back into ``dest``; what cannot (the new result has a file by its name) is
     kept in ``{dest}.kept-*``, which no clean-up removes (``.old-*`` folders are removed as
-    leftovers of interrupted publications: :func:`~smallpond.execution.ops.sink.remove_stale_siblings`).
+    leftovers of interrupted publications, once their job no longer runs:
+    :func:`~smallpond.execution.ops.sink_leftovers.remove_stale_siblings`).
     """
     try:
         names = os.listdir(aside)
@@ -237,9 +248,10 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None):
         return _abandon(runtime_ctx, journal, missing)
     if earlier:
         logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
+    owner = owner_record(runtime_ctx.job_root) if any(s[0] == "swap" for s in journal["steps"]) else None
     for index, step in enumerate(journal["steps"]):
         _test_hooks(index)
-        _step(step)
+        _step(step, owner)
     for folder in journal.get("sync", []):
         fsync_dir(folder)
     remove_path(path)

@@ -1,0 +1,178 @@
+"""What publications leave beside a destination, who owns it, and removing it once its job is gone.
+
+A sink stages its result in ``{dest}.staging-{job}-{task}`` and a publication moves the previous
+result aside to ``{dest}.old-{id}`` before discarding it (:mod:`~smallpond.execution.ops.sink`).
+A job killed on the way leaves them behind, and the next sink that publishes into the same
+destination removes them (:func:`remove_stale_siblings`). But two jobs may publish into one
+destination at the same time: a job's sink must never remove what another job that still runs
+has staged (it waits for its other tasks, or is publishing) or set aside (its publication is
+discarding it), or that job fails ("its prepared result ... is missing; nothing was published").
+
+So each such folder has an **owner record** beside it, ``{folder}.owner`` (:func:`owner_path`):
+never inside it, since a staged folder becomes the destination as it is and nothing of the record
+may ever be published (results stay byte-identical between runs). The record is written before
+its folder is made and removed after the folder is gone, so a folder of this layout never lacks
+one. It names the job folder and the process holding that job's lock when the record was written
+(host, PID, process start id). A leftover, with its record, is removed only if
+
+* its job is this very job (an earlier run of it, or the folder about to be made again), or
+* its job provably no longer runs: its job lock (``config/job.lock``,
+  :func:`~smallpond.execution.ownership.lock_state`) is gone or held by a process of this host that
+  is gone; where the job folder is not visible from here, the recorded process is checked instead.
+
+It is kept while that job runs on this host, and kept too (with a warning naming it and how to
+remove it) when that cannot be told: the job runs on another host, or its record or lock cannot be
+read. A leftover without an owner record (written by an older smallpond) is removed as before.
+Nothing else beside a destination is ever touched: only the exact names a publication gives.
+
+A publication journal that a crash interrupted relies on this: its staged folders stay while a
+rerun of its job runs (and may finish it), and are removed once no run of that job is alive, so
+that a journal that can no longer be finished is abandoned (:mod:`~smallpond.execution.ops.sink_journal`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import uuid
+from typing import Optional, Sequence, Tuple
+
+from smallpond.common import logger, process_start_id, process_start_time
+from smallpond.execution.ownership import holder_alive, lock_state
+from smallpond.io.filesystem import atomic_write_text, remove_path
+
+OWNER_SUFFIX = ".owner"
+#: what an owner record says it is (a file by its name in another form is not ours)
+_KIND = "smallpond publication leftover"
+
+#: the names a publication gives its folders, after ``{destination's name}``; nothing else beside
+#: a destination is ours (a user's ``results.old-2025`` is theirs)
+_LEFTOVER = re.compile(r"\.(?:staging-[0-9a-f]{8}-[0-9]+|old-[0-9a-f]{8})")
+
+
+def aside_path(dest: str) -> str:
+    """Where a publication moves the previous result of ``dest`` before discarding it."""
+    return f"{dest.rstrip(os.sep)}.old-{uuid.uuid4().hex[:8]}"
+
+
+def owner_path(folder: str) -> str:
+    """The owner record of a staged or set-aside folder: beside it, never inside."""
+    return folder.rstrip(os.sep) + OWNER_SUFFIX
+
+
+def is_leftover_name(path: str) -> bool:
+    """Whether ``path`` is named as a publication names its staged and set-aside folders."""
+    return _LEFTOVER.search(os.path.basename(path.rstrip(os.sep))) is not None
+
+
+def owner_record(job_root: str) -> str:
+    """The owner record of a folder job ``job_root`` makes beside a destination: the job folder and
+    the process holding its job lock (this process where there is no lock, e.g. a bare runtime)."""
+    job_root = os.path.abspath(job_root)
+    _, holder = lock_state(job_root)
+    if not holder or not holder.get("pid"):
+        pid = os.getpid()
+        holder = {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid), "start_id": process_start_id(pid)}
+    record = {"kind": _KIND, "job_root": job_root}
+    record.update({k: holder.get(k) for k in ("host", "pid", "started", "start_id")})
+    return json.dumps(record, sort_keys=True) + "\n"
+
+
+def write_owner(folder: str, record: str) -> None:
+    """Write ``folder``'s owner record (before the folder is made: see the module docstring)."""
+    atomic_write_text(owner_path(folder), record)
+
+
+def remove_with_owner(folder: str) -> None:
+    """Remove a staged or set-aside folder, then its owner record (in that order: see the module docstring)."""
+    remove_path(folder)
+    remove_path(owner_path(folder))
+
+
+def _read_owner(folder: str) -> Tuple[bool, Optional[dict]]:
+    """Whether ``folder`` has an owner record, and the record if it is one smallpond wrote."""
+    path = owner_path(folder)
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError:
+        return os.path.lexists(path), None
+    except (OSError, ValueError):
+        return True, None
+    if not isinstance(record, dict) or record.get("kind") != _KIND or not record.get("job_root"):
+        return True, None
+    return True, record
+
+
+def _same_folder(a: str, b: str) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b) or os.path.realpath(a) == os.path.realpath(b)
+
+
+def _kept_because(record: dict, job_root: Optional[str]) -> Tuple[Optional[str], bool]:
+    """Why the leftover that ``record`` owns must stay, or None if it may go; and whether that
+    is only because it cannot be told (worth a warning) rather than because its job runs here."""
+    root = record["job_root"]
+    if job_root and _same_folder(root, job_root):
+        return None, False  # this job's own: an earlier run's, or the folder it is about to make
+    who = f"process {record.get('pid', '?')} on host {record.get('host') or '?'}"
+    if os.path.isdir(os.path.join(root, "config")):
+        state, holder = lock_state(root)
+        if state in ("none", "dead"):
+            return None, False
+        if state == "alive":
+            return f"job {root} is running (process {holder.get('pid')} on this host)", False
+        if state == "elsewhere":
+            return (
+                f"job {root} is run by process {holder.get('pid', '?')} on host {holder.get('host')}, which cannot be checked from here",
+                True,
+            )
+        return f"the job lock of job {root} cannot be read", True
+    # the job folder is not visible from here (another data root, not mounted here): its process
+    if record.get("host") and record["host"] != socket.gethostname():
+        return f"job {root} was run by {who}, which cannot be checked from here", True
+    if holder_alive(record):
+        return f"job {root} is running ({who})", False
+    return None, False
+
+
+def remove_stale_siblings(output_path: str, keep: Sequence[str] = (), job_root: Optional[str] = None) -> None:
+    """Remove the ``.staging-*`` / ``.old-*`` folders that interrupted publications left beside
+    ``output_path``, with their owner records: only names of exactly the form a publication gives
+    them, and only those whose job no longer runs or is ``job_root`` (this job; see the module
+    docstring). ``keep``: paths to leave whatever they are."""
+    parent, base = os.path.split(output_path.rstrip(os.sep))
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return
+    present = set(names)
+    for name in names:
+        if not name.startswith(base):
+            continue
+        folder = name[: -len(OWNER_SUFFIX)] if name.endswith(OWNER_SUFFIX) else name
+        if not _LEFTOVER.fullmatch(folder, len(base)) or os.path.join(parent, folder) in keep:
+            continue
+        if name != folder and folder in present:
+            continue  # an owner record beside its folder: decided with the folder
+        path = os.path.join(parent, folder)
+        has_record, record = _read_owner(path)
+        if has_record and record is None:
+            if name == folder:
+                logger.warning(
+                    "kept {} beside {}: its owner record {} is not one smallpond wrote, so whether the job that "
+                    "left it still runs cannot be told; remove both by hand if no job publishes there now",
+                    path, output_path, owner_path(path),
+                )  # fmt: skip
+            continue
+        why, unsure = _kept_because(record, job_root) if record is not None else (None, False)
+        if why is None:
+            remove_with_owner(path)  # a record without its folder (the folder went first) goes too
+        elif unsure and name == folder:
+            logger.warning(
+                "kept {} beside {}: {}; if that job no longer runs, remove {} and {} by hand",
+                path, output_path, why, path, owner_path(path),
+            )  # fmt: skip
+        elif name == folder:
+            logger.info("kept {} beside {}: {}", path, output_path, why)
