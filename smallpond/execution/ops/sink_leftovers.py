@@ -81,7 +81,9 @@ def owner_record(job_root: str) -> str:
 
 
 def write_owner(folder: str, record: str) -> None:
-    """Write ``folder``'s owner record (before the folder is made: see the module docstring)."""
+    """Write ``folder``'s owner record (before the folder is made: see the module docstring),
+    making the folders above it that are missing (a new destination's parent)."""
+    os.makedirs(os.path.dirname(folder.rstrip(os.sep)) or ".", exist_ok=True)
     atomic_write_text(owner_path(folder), record)
 
 
