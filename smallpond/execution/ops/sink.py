@@ -58,7 +58,8 @@ Guarantees:
   directory is recognised by its inode), so a job killed at any instant of step 2 finishes the
   publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
   rolls a journal it finds forward before anything else); a job killed before the journal exists
-  published nothing, and its staged folders are removed by the next attempt. A journal whose
+  published nothing, and its staged folders are removed by the next sink that publishes there once
+  that job no longer runs (never while it runs: :mod:`~smallpond.execution.ops.sink_leftovers`). A journal whose
   staged files were removed since (by another job publishing into the same destination) can no
   longer be finished: it is abandoned as a whole and the sinks run again
   (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
