@@ -297,3 +297,31 @@ def test_journal_whose_staged_files_are_gone_is_abandoned_whole(tmp_path, make_r
     assert not os.path.exists(record["path"]) and os.path.exists(other)
     assert not os.path.exists(journal_path(rt))
     assert "can no longer be finished" in outcome.describe() and str(dest) in outcome.describe()
+
+
+def test_a_folder_that_took_the_staged_folders_inode_is_not_taken_for_the_swapped_result(tmp_path, make_rt):
+    """The staged folder of an unfinished journal was removed (another job's preparation) and the
+    destination replaced by another job's result, whose folder got the freed inode number (ext4
+    reuses them at once): that is not this journal's result swapped in. The journal is abandoned,
+    the other result left as it is; told by the inode alone, the rerun finished the publication over
+    it (exit 0, its record and commit records written for a result it never published)."""
+    import shutil
+
+    from smallpond.execution.ops.sink_journal import Abandoned
+    from smallpond.io.filesystem import dump
+
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, "overwrite")
+    steps = sink.plan_steps(rt, task) + [("write", record["path"], record["data"])]
+    shutil.rmtree(staging_path(rt, task))
+    shutil.rmtree(dest)
+    dest.mkdir()  # another job's result: the same file names, its own manifest
+    (dest / "new1.parquet").write_text("theirs")
+    (dest / ".MANIFEST.txt").write_text(f"{dest / 'new1.parquet'}\n")
+    # the inode number the removed staged folder had, as a reused one would be
+    steps = [s[:4] + (os.stat(dest).st_ino,) + s[5:] if s[0] == "swap" else s for s in steps]
+    dump({"steps": steps, "sync": []}, journal_path(rt), secret=rt.secret)
+    before = snapshot(str(dest))
+    outcome = roll_forward(rt)
+    assert isinstance(outcome, Abandoned) and outcome.destinations == [str(dest)]
+    assert snapshot(str(dest)) == before
+    assert not os.path.exists(record["path"])

@@ -55,8 +55,8 @@ Guarantees:
   and a rerun of the job brings them back, so it does not publish the same sink twice.
 
   Every step is idempotent and knows from the filesystem whether it already happened (a swapped
-  directory is recognised by its inode), so a job killed at any instant of step 2 finishes the
-  publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
+  directory is recognised by its inode and its manifest's identity), so a job killed at any
+  instant of step 2 finishes the publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
   rolls a journal it finds forward before anything else); a job killed before the journal exists
   published nothing, and its staged folders are removed by the next sink that publishes there once
   that job no longer runs (never while it runs: :mod:`~smallpond.execution.ops.sink_leftovers`). A journal whose
@@ -460,9 +460,9 @@ def plan_steps(runtime_ctx, task: Task) -> List[Step]:
     aside = aside_path(dest)
     # the record follows the swap at once; until it is written the folder is "not recorded", so
     # a crash between the two leaves files that are refused, never removed (ops/sink_record.py)
-    return (
-        [("mkdir", parent), ("swap", staging, dest, aside, os.stat(staging).st_ino)] + record + [("discard", aside, dest, ours)]
-    )
+    # the staged folder's inode and its manifest's identity tell a rerun whether the swap happened
+    swap = ("swap", staging, dest, aside, os.stat(staging).st_ino, sink_record.identity(new_manifest))
+    return [("mkdir", parent), swap] + record + [("discard", aside, dest, ours)]
 
 
 def _move(src: str, dst: str) -> Step:

@@ -4,8 +4,8 @@ publication that a crash interrupted is finished, or given up when it no longer 
 :func:`~smallpond.execution.ops.sink.publish` plans the steps of every prepared sink and writes
 them, signed, to ``config/publication.journal`` before the first one runs; :func:`roll_forward`
 runs them and removes the journal. Every step is idempotent and knows from the filesystem whether
-it already happened (a swapped folder by its inode, a moved file by its identity), so a job
-killed at any instant finishes the publication when it starts again.
+it already happened (a swapped folder by its inode and its manifest's identity, a moved file by its
+identity), so a job killed at any instant finishes the publication when it starts again.
 
 A journal can only be finished while what it moves in still exists. Another job with the same
 destinations may have published there since the crash (its sinks' preparation removes the
@@ -70,6 +70,17 @@ def _ino(path: str) -> Optional[int]:
         return None
 
 
+def _swapped(step: Step) -> bool:
+    """Whether a swap step's new result is in ``dest``: the staged folder's inode, and (in a journal
+    of smallpond since 0.16.x) its manifest's identity. The inode alone does not tell: once another
+    job removed the staged folder, the next folder made (that job's own staged result, swapped in
+    there) may get its inode number."""
+    _, _staging, dest, _aside, new_ino, *manifest = step
+    if _ino(dest) != new_ino:
+        return False
+    return not manifest or sink_record.identity(os.path.join(dest, sink_record.MANIFEST)) == manifest[0]
+
+
 def _step(step: Step, owner: Optional[str] = None) -> None:
     """Carry out one step. ``owner``: the owner record this job gives a previous result it sets
     aside (:mod:`~smallpond.execution.ops.sink_leftovers`), so that no other job's sink removes it
@@ -89,8 +100,8 @@ def _step(step: Step, owner: Optional[str] = None) -> None:
         _, path, data = step
         atomic_write_bytes(path, data)
     elif kind == "swap":
-        _, staging, dest, aside, new_ino = step
-        done = _ino(dest) == new_ino  # the new result is in place
+        staging, dest, aside = step[1:4]
+        done = _swapped(step)  # the new result is in place
         if not done and not os.path.lexists(staging):
             raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
         if owner and os.path.lexists(dest) and os.path.lexists(staging):
@@ -190,8 +201,8 @@ def blocked_steps(steps: List[Step]) -> List[Tuple[str, str]]:
     out = []
     for step in steps:
         if step[0] == "swap":
-            _, staging, dest, _aside, new_ino = step
-            if _ino(dest) != new_ino and not os.path.lexists(staging):
+            staging, dest = step[1:3]
+            if not _swapped(step) and not os.path.lexists(staging):
                 out.append((dest, staging))
         elif step[0] == "move" and len(step) > 3 and step[3] is not None:
             _, src, dst, ident = step
