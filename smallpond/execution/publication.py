@@ -41,6 +41,7 @@ def tell_abandoned(abandoned, events=None) -> None:
             "publication_abandoned",
             destinations=abandoned.destinations,
             missing=[staged for _, staged in abandoned.missing],
+            finished=abandoned.finished,
             records_removed=abandoned.records_removed,
         )
 

@@ -340,7 +340,9 @@ def test_failed_job_leaves_previous_sink_result_intact(tmp_path, make_rt, log_me
 
 
 def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
-    """A sink killed while copying leaves ``{sink}.staging-*`` beside its output; the next run clears it."""
+    """A sink killed while copying leaves ``{sink}.staging-*`` beside its output; the next run clears
+    it. A previous result an older smallpond set aside (no owner record listing what of it is
+    smallpond's) is kept whole, as ``{sink}.kept-*``: nothing in it is proven ours."""
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
     sink = tmp_path / "sink"
     for leftover in ("sink.staging-0badc0de-3", "sink.old-0badc0de"):  # the names publications give
@@ -351,7 +353,8 @@ def test_leftovers_of_a_crashed_publication_are_removed(tmp_path, make_rt):
         lambda ctx: SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select * from {0}"), str(sink)
     )
     run_job(plan, make_rt(), num_workers=1)
-    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink")) == ["sink", "sink.keep"]
+    assert sorted(n for n in os.listdir(tmp_path) if n.startswith("sink")) == ["sink", "sink.keep", "sink.kept-0badc0de"]
+    assert os.listdir(tmp_path / "sink.kept-0badc0de") == ["half-written.parquet"]
     assert len(parquet_paths_in(str(sink))) == 1
 
 

@@ -18,8 +18,14 @@ import sys
 import time
 import uuid
 
-from smallpond.execution.ops import sink, sink_journal
-from smallpond.execution.ops.sink_leftovers import owner_path, owner_record, remove_stale_siblings, write_owner
+from smallpond.execution.ops import sink, sink_journal, sink_record
+from smallpond.execution.ops.sink_leftovers import (
+    aside_record,
+    owner_path,
+    owner_record,
+    remove_stale_siblings,
+    write_owner,
+)
 from smallpond.execution.ownership import JobLock
 from tests.datagen import generate_parquet_files
 from tests.e2e.safety_helpers import manifest, published_rows
@@ -130,7 +136,9 @@ def test_which_leftovers_a_sink_removes(tmp_path, log_messages):
     """Removed: leftovers of a job whose lock is gone (it finished) or whose holder is a process
     that exited, of this very job, and of an older smallpond (no owner record); an owner record
     whose folder went is removed with the same rule. Kept: those of a job run by a live process
-    here, and of one run on another host (cannot be told: a warning says so and how to remove it)."""
+    here, and of one run on another host (cannot be told: a warning says so and how to remove it).
+    A set-aside previous result goes only by the list of its files its owner record carries; one
+    without that list is kept whole as ``D.kept-*``, with a warning."""
     from smallpond.common import process_start_id, process_start_time
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
@@ -152,6 +160,11 @@ def test_which_leftovers_a_sink_removes(tmp_path, log_messages):
         "running_old": _leftover(tmp_path, "D.old-0000000d", jobs["running"]),
         "elsewhere": _leftover(tmp_path, "D.staging-0000000e-4", jobs["elsewhere"]),
     }
+    crashed_part = str(made["crashed"] / "part.parquet")
+    write_owner(
+        str(made["crashed"]), aside_record(owner_record(jobs["crashed"]), {"part.parquet": sink_record.identity(crashed_part)})
+    )
+    _leftover(tmp_path, "D.old-00000012", jobs["crashed"])  # set aside with no list of what may go
     (tmp_path / "D.staging-0000000f-5").mkdir()  # an older smallpond's: no owner record
     write_owner(str(tmp_path / "D.old-00000010"), owner_record(jobs["crashed"]))  # its folder went first
     write_owner(str(tmp_path / "D.old-00000011"), owner_record(jobs["running"]))  # its folder comes next
@@ -164,9 +177,11 @@ def test_which_leftovers_a_sink_removes(tmp_path, log_messages):
     expected = sorted(
         [made[k].name for k in kept]
         + [made[k].name + ".owner" for k in kept]
-        + ["D.old-00000011.owner", "D.old-2025", "D.old-2025.owner"]
+        + ["D.kept-00000012", "D.old-00000011.owner", "D.old-2025", "D.old-2025.owner"]
     )
     assert siblings(tmp_path) == expected
+    assert os.listdir(tmp_path / "D.kept-00000012") == ["part.parquet"]
+    assert len([m for m in log_messages if "D.kept-00000012" in m and "remove it by hand" in m]) == 1
     warned = [m for m in log_messages if "D.staging-0000000e-4" in m]
     assert len(warned) == 1 and "cannot be checked from here" in warned[0] and "remove" in warned[0], log_messages
     assert not [m for m in log_messages if "0000000d" in m]  # a job running here is no cause for a warning

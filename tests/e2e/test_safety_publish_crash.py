@@ -135,3 +135,75 @@ def test_rerun_after_another_job_published_over_a_crashed_publication(tmp_path, 
     again = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)  # all published: nothing to abandon
     assert again.returncode == 0 and "abandoned" not in again.stderr, again.stderr[-3000:]
     assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
+
+
+def _kill_at(cmd, step):
+    """Run ``cmd``, which SIGKILLs itself just before publication step ``step`` (a rerun finishing
+    the journal counts the journal's steps the same way)."""
+    killed = subprocess.run(
+        cmd, env=dict(os.environ, SP_TEST_PUBLISH_KILL_AT_STEP=str(step)), capture_output=True, text=True, timeout=180
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+
+
+def _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at):
+    """An earlier result in A and B; job X publishes over it, a user's notes.txt arrives in A once
+    X's journal exists and before its swap, and X is killed just before step ``kill_at`` (2: A is
+    swapped in, not recorded; 3: recorded, its previous result and the notes not discarded)."""
+    files0, _ = versions(tmp_path, 0)
+    files_x, x = versions(tmp_path, 1)
+    first = subprocess.run(command(str(uuid.uuid4()), data_root, files0, a, b), capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cmd_x = command(str(uuid.uuid4()), data_root, files_x, a, b)
+    _kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
+    with open(os.path.join(a, "notes.txt"), "w") as f:
+        f.write("the user's notes\n")
+    _kill_at(cmd_x, kill_at)  # the rerun finishes the journal up to that step
+    (aside,) = glob.glob(a + ".old-*[0-9a-f]")
+    assert os.listdir(aside).count("notes.txt") == 1
+    return cmd_x, x
+
+
+def test_an_overtaken_journal_finishes_the_sinks_it_had_swapped_in(tmp_path, data_root):
+    """X is killed after swapping its result into A, before recording it; job Y (sinks A2 and B)
+    then removes X's staged B. X's journal is abandoned, but A, which readers already see, is
+    finished: recorded (else every rerun was refused at plan time, exit 70: smallpond could not
+    tell A's manifest from a user's) and its previous result discarded, the user's notes.txt kept
+    in A.kept-* (abandoning whole deleted it with the aside). X's sinks then publish again, whole."""
+    a, a2, b = str(tmp_path / "A"), str(tmp_path / "A2"), str(tmp_path / "B")
+    cmd_x, x = _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at=2)
+    (staged_b,) = glob.glob(b + ".staging-*[0-9]")
+    hold = os.open(staged_b, os.O_RDONLY)  # its inode number is not reused by the next folder made
+    try:
+        files_y, _ = versions(tmp_path, 2)
+        y = subprocess.run(command(str(uuid.uuid4()), data_root, files_y, a2, b), capture_output=True, text=True, timeout=180)
+        assert y.returncode == 0, y.stderr[-3000:]
+        assert not os.path.exists(staged_b)
+    finally:
+        os.close(hold)
+    for _ in range(2):  # the second run finds everything published
+        rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
+    (kept,) = glob.glob(a + ".kept-*")
+    assert os.listdir(kept) == ["notes.txt"]
+    with open(os.path.join(kept, "notes.txt")) as f:
+        assert f.read() == "the user's notes\n"
+    assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
+
+
+def test_another_job_discards_a_dead_jobs_aside_keeping_a_users_file(tmp_path, data_root):
+    """X is killed after swapping and recording A, before discarding its previous result, which
+    holds the user's notes.txt (it arrived in A during X's run). Job Y publishes into A and B: its
+    sink removes X's set-aside folder (X is dead), but only the files X's publication would have
+    removed, by the list in its owner record; notes.txt goes back into A (it was deleted)."""
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at=3)
+    files_y, y = versions(tmp_path, 2)
+    other = subprocess.run(command(str(uuid.uuid4()), data_root, files_y, a, b), capture_output=True, text=True, timeout=180)
+    assert other.returncode == 0, other.stderr[-3000:]
+    with open(os.path.join(a, "notes.txt")) as f:
+        assert f.read() == "the user's notes\n"
+    os.unlink(os.path.join(a, "notes.txt"))
+    assert (state_of(a, {"y": y["A"]}), state_of(b, {"y": y["B"]})) == ("y", "y")
+    assert not [n for n in os.listdir(tmp_path) if ".old-" in n or ".kept-" in n]

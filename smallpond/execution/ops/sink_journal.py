@@ -12,24 +12,40 @@ destinations may have published there since the crash (its sinks' preparation re
 staged folders it finds beside a destination, and its swap replaces a result this job had
 already swapped in), or a user may have removed a staged folder. Then a step finds neither its
 result in place nor the staged files it would move there. Every step is checked so before any
-runs (:func:`blocked_steps`); if one is blocked, the journal is **abandoned** as a whole: no step
-runs, the commit records it wrote are removed (only those still holding exactly its bytes), and
-the journal goes, with a warning naming the destinations. The job's sinks then count as not
-published and run again from their committed inputs, and publish through the same checks as any
-publication (the overwrite checks still apply, nothing smallpond cannot prove it wrote is
-removed), all at once. A crashed job is never left unable to run again.
+runs (:func:`blocked_steps`); if one is blocked, the journal is **abandoned**. All-or-nothing can
+no longer hold then: the sinks whose result was already swapped in (or whose manifest was moved
+in) are visible to every reader, and undoing that would need the previous result, which may hold
+a user's files and is being discarded. So finishing them is the only consistent choice: their
+remaining steps run (the record of what was published, without which every later overwrite of
+that destination is refused; the discard of the previous result, which keeps a user's file that
+arrived during the job in ``{dest}.kept-*``, not back in the destination: the rerun publishes
+there again at once, and its check would refuse that file). The other sinks' steps do not run:
+their destinations hold what was published there last. Then the commit records the journal wrote are removed (only those still
+holding exactly its bytes) and the journal goes, with a warning naming the destinations. All the
+job's sinks then count as not published and run again from their committed inputs, and publish
+through the same checks as any publication, all at once: a finished sink's destination holds its
+own recorded result, which it may overwrite (a commit record is not kept for the finished ones,
+since a sink downstream of one given up would then hide it from the rerun). A crashed job is never
+left unable to run again.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 from smallpond.common import logger
 from smallpond.errors import SmallpondError
 from smallpond.execution.ops import sink_record
-from smallpond.execution.ops.sink_leftovers import is_leftover_name, owner_path, owner_record, write_owner
+from smallpond.execution.ops.sink_leftovers import (
+    aside_record,
+    discard_aside,
+    is_leftover_name,
+    owner_path,
+    owner_record,
+    write_owner,
+)
 from smallpond.io.filesystem import atomic_write_bytes, exchange_paths, fsync_dir, load, read_file, remove_path
 
 JOURNAL = "publication.journal"
@@ -47,6 +63,7 @@ class Abandoned(NamedTuple):
     destinations: List[str]  # every destination the journal publishes into
     missing: List[Tuple[str, str]]  # (destination, its staged file or folder that is gone)
     records_removed: int  # commit records it had written, removed so that its sinks run again
+    finished: List[str]  # destinations whose result was swapped in already: their publication was finished
 
     def describe(self) -> str:
         gone = "; ".join(f"{dest}: {staged} is gone" for dest, staged in self.missing[:3])
@@ -54,12 +71,19 @@ class Abandoned(NamedTuple):
         into = ", ".join(self.destinations[:5]) + (
             f" (and {len(self.destinations) - 5} more)" if len(self.destinations) > 5 else ""
         )
+        if self.finished:
+            done = (
+                f"The results it had already swapped into {', '.join(self.finished)} stay (their publication was "
+                "finished: recorded, and the previous result discarded); nothing else of it is carried out"
+            )
+        else:
+            done = "Nothing of it is carried out"
         return (
             f"abandoned the publication an earlier run of this job began into {into}: it can "
             f"no longer be finished, since what it would move in was removed ({gone}{more}), most likely by another "
-            "job publishing into the same destination since. Nothing of it is carried out; this job's sinks run "
-            "again and publish afresh (all at once, through the usual checks). Those destinations hold what was "
-            "published there last until then"
+            f"job publishing into the same destination since. {done}; this job's sinks run "
+            "again and publish afresh (all at once, through the usual checks). The other destinations hold what "
+            "was published there last until then"
         )
 
 
@@ -81,10 +105,12 @@ def _swapped(step: Step) -> bool:
     return not manifest or sink_record.identity(os.path.join(dest, sink_record.MANIFEST)) == manifest[0]
 
 
-def _step(step: Step, owner: Optional[str] = None) -> None:
+def _step(step: Step, owner: Optional[str] = None, discards: Optional[dict] = None) -> None:
     """Carry out one step. ``owner``: the owner record this job gives a previous result it sets
     aside (:mod:`~smallpond.execution.ops.sink_leftovers`), so that no other job's sink removes it
-    while this publication discards it."""
+    while this publication discards it; ``discards``: aside -> what its discard step may remove,
+    written into that record, so that another job's clean-up removes no more
+    (:func:`~smallpond.execution.ops.sink_leftovers.discard_aside`)."""
     kind = step[0]
     if kind == "mkdir":
         os.makedirs(step[1], exist_ok=True)
@@ -105,7 +131,7 @@ def _step(step: Step, owner: Optional[str] = None) -> None:
         if not done and not os.path.lexists(staging):
             raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
         if owner and os.path.lexists(dest) and os.path.lexists(staging):
-            write_owner(aside, owner)  # before a previous result is set aside there
+            write_owner(aside, aside_record(owner, (discards or {}).get(aside)))  # before it is set aside there
         if done:
             if os.path.lexists(staging):  # an exchange left the previous result here
                 os.rename(staging, aside)
@@ -128,45 +154,10 @@ def _step(step: Step, owner: Optional[str] = None) -> None:
             logger.warning("kept {}: it changed since smallpond wrote it", path)
     elif kind == "discard":
         _, aside, dest, ours = step
-        _discard(aside, dest, ours if isinstance(ours, dict) else dict.fromkeys(ours))
+        discard_aside(aside, dest, ours if isinstance(ours, dict) else dict.fromkeys(ours))
         remove_path(owner_path(aside))
     else:
         raise PublicationError(f"unknown publication step {kind!r}")
-
-
-def _discard(aside: str, dest: str, ours: Dict[str, Optional[list]]) -> None:
-    """Remove the previous result (moved to ``aside``): only its files smallpond wrote (``ours``:
-    name -> identity, checked again now; None: by name, in the job's folder).
-
-    Anything else goes back into ``dest``; what cannot (the new result has a file by its name) is
-    kept in ``{dest}.kept-*``, which no clean-up removes (``.old-*`` folders are removed as
-    leftovers of interrupted publications, once their job no longer runs:
-    :func:`~smallpond.execution.ops.sink_leftovers.remove_stale_siblings`).
-    """
-    try:
-        names = os.listdir(aside)
-    except FileNotFoundError:
-        return
-    left = False
-    for name in names:
-        path = os.path.join(aside, name)
-        if name in ours and (ours[name] is None or sink_record.identity(path) == ours[name]):
-            remove_path(path)
-            continue
-        # not ours: a user's file that arrived during the job; it goes back, never away
-        target = os.path.join(dest, name)
-        if not os.path.lexists(target):
-            os.rename(path, target)
-            logger.warning("kept {} (not written by smallpond) in {}", name, dest)
-        else:
-            left = True
-    try:
-        os.rmdir(aside)
-    except OSError:
-        if left:
-            kept = f"{dest.rstrip(os.sep)}.kept-{aside.rsplit('.old-', 1)[-1]}"
-            os.rename(aside, kept)
-            logger.warning("kept files not written by smallpond in {}: {} holds files by their names", kept, dest)
 
 
 def _test_hooks(index: int) -> None:
@@ -211,9 +202,54 @@ def blocked_steps(steps: List[Step]) -> List[Tuple[str, str]]:
     return out
 
 
+def _sinks(steps: List[Step]) -> List[List[Step]]:
+    """The steps of each sink, in journal order: each sink's end with its ``discard`` (a swap) or
+    the removal of its staged folder (an append, a manifest-only sink). The job's commit records
+    (``write``) come after them all and are in none."""
+    groups: List[List[Step]] = [[]]
+    for step in steps:
+        if step[0] == "write":
+            continue
+        groups[-1].append(step)
+        if step[0] in ("discard", "remove"):
+            groups.append([])
+    return [g for g in groups if g]
+
+
+def _visible(sink: List[Step]) -> Optional[str]:
+    """The destination of a sink whose new result readers already see (its swap happened, or its
+    manifest was moved in), else None."""
+    for step in sink:
+        if step[0] == "swap":
+            return step[2] if _swapped(step) else None
+    moves = [s for s in sink if s[0] == "move"]
+    if not moves or len(moves[-1]) < 4 or moves[-1][3] is None:
+        return None  # an older journal's move cannot tell whether it happened
+    _, _src, manifest, ident = moves[-1]
+    return os.path.dirname(manifest) if sink_record.identity(manifest) == ident else None
+
+
 def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Abandoned:
-    """Give the journal up: remove the commit records it wrote (those still holding its bytes:
-    their sinks are not published now) and then the journal itself."""
+    """Give the journal up: finish the sinks readers already see (see the module docstring),
+    remove the commit records it wrote (those still holding its bytes: its sinks are not
+    published now) and then the journal itself."""
+    finished, owner = [], None
+    discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
+    for sink in _sinks(journal["steps"]):
+        dest = _visible(sink)
+        if dest is None:
+            continue
+        owner = owner or owner_record(runtime_ctx.job_root)
+        for step in sink:
+            if step[0] == "discard":  # the rerun publishes there again, and would refuse a user's file in it
+                _, aside, dest_, ours = step
+                discard_aside(aside, dest_, ours if isinstance(ours, dict) else dict.fromkeys(ours), back=False)
+                remove_path(owner_path(aside))
+            else:
+                _step(step, owner, discards)
+        finished.append(dest)
+    for folder in journal.get("sync", []) if finished else []:
+        fsync_dir(folder)
     removed = 0
     for step in journal["steps"]:
         if step[0] != "write":
@@ -230,15 +266,15 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     job_root = os.path.realpath(runtime_ctx.job_root) + os.sep
     # the user's destinations first: the job's own (named outputs, FinalResults) matter less
     dests = sorted(destinations(journal), key=lambda d: os.path.realpath(d).startswith(job_root))
-    return Abandoned(dests, missing, removed)
+    return Abandoned(dests, missing, removed, finished)
 
 
 def roll_forward(runtime_ctx, journal: Optional[dict] = None):
     """Carry out (or finish) the publication in the job's journal.
 
     Returns False if there is none, True once it is carried out, or an :class:`Abandoned` when
-    it could not be finished and was given up (nothing of it was carried out now; see the module
-    docstring). ``journal``: one just written (a publication in progress), else the job's is read.
+    it could not be finished and was given up (only the sinks readers already saw were finished;
+    see the module docstring). ``journal``: one just written (a publication in progress), else the job's is read.
     """
     from smallpond.io.filesystem import CorruptRecord
 
@@ -260,9 +296,10 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None):
     if earlier:
         logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
     owner = owner_record(runtime_ctx.job_root) if any(s[0] == "swap" for s in journal["steps"]) else None
+    discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
     for index, step in enumerate(journal["steps"]):
         _test_hooks(index)
-        _step(step, owner)
+        _step(step, owner, discards)
     for folder in journal.get("sync", []):
         fsync_dir(folder)
     remove_path(path)

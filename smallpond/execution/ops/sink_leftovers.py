@@ -22,8 +22,15 @@ one. It names the job folder and the process holding that job's lock when the re
 
 It is kept while that job runs on this host, and kept too (with a warning naming it and how to
 remove it) when that cannot be told: the job runs on another host, or its record or lock cannot be
-read. A leftover without an owner record (written by an older smallpond) is removed as before.
+read. A staged folder without an owner record (written by an older smallpond) is removed as before.
 Nothing else beside a destination is ever touched: only the exact names a publication gives.
+
+A set-aside previous result may hold more than smallpond wrote: a file a user dropped into the
+destination while the job ran is swapped out with it. So its owner record also lists the files
+the publication may remove (name -> identity, :func:`aside_record`), and whoever removes it
+discards it as the publication would (:func:`discard_aside`): those files go, anything else goes
+back into the destination, or is kept in ``{dest}.kept-*``. One without that list (an older
+smallpond's) is kept whole in ``{dest}.kept-*``, with a warning: nothing in it is proven ours.
 
 A publication journal that a crash interrupted relies on this: its staged folders stay while a
 rerun of its job runs (and may finish it), and are removed once no run of that job is alive, so
@@ -37,9 +44,10 @@ import os
 import re
 import socket
 import uuid
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from smallpond.common import logger, process_start_id, process_start_time
+from smallpond.execution.ops import sink_record
 from smallpond.execution.ownership import holder_alive, lock_state
 from smallpond.io.filesystem import atomic_write_text, remove_path
 
@@ -50,6 +58,7 @@ _KIND = "smallpond publication leftover"
 #: the names a publication gives its folders, after ``{destination's name}``; nothing else beside
 #: a destination is ours (a user's ``results.old-2025`` is theirs)
 _LEFTOVER = re.compile(r"\.(?:staging-[0-9a-f]{8}-[0-9]+|old-[0-9a-f]{8})")
+_ASIDE = re.compile(r"\.old-[0-9a-f]{8}")
 
 
 def aside_path(dest: str) -> str:
@@ -78,6 +87,71 @@ def owner_record(job_root: str) -> str:
     record = {"kind": _KIND, "job_root": job_root}
     record.update({k: holder.get(k) for k in ("host", "pid", "started", "start_id")})
     return json.dumps(record, sort_keys=True) + "\n"
+
+
+def aside_record(record: str, ours) -> str:
+    """The owner record (:func:`owner_record`) of a previous result set aside, with the files its
+    publication may remove (``ours``: name -> identity, None: by name; or a list of names)."""
+    data = json.loads(record)
+    data["discard"] = ours if isinstance(ours, dict) else dict.fromkeys(ours or ())
+    return json.dumps(data, sort_keys=True) + "\n"
+
+
+def kept_path(dest: str, aside: str) -> str:
+    """Where files of ``aside`` that cannot go back into ``dest`` are kept (no clean-up removes it)."""
+    return f"{dest.rstrip(os.sep)}.kept-{aside.rsplit('.old-', 1)[-1]}"
+
+
+def discard_aside(aside: str, dest: str, ours: Dict[str, Optional[list]], back: bool = True) -> None:
+    """Remove the previous result of ``dest`` (moved to ``aside``): only its files smallpond wrote
+    (``ours``: name -> identity, checked again now; None: by name, in the job's folder).
+
+    Anything else goes back into ``dest`` (``back``); what cannot (the new result has a file by
+    its name, or ``dest`` is gone; or not ``back``) is kept in ``{dest}.kept-*`` (:func:`kept_path`),
+    which no clean-up removes. The owner record stays: the caller removes it once this is done.
+    """
+    try:
+        names = os.listdir(aside)
+    except FileNotFoundError:
+        return
+    left = False
+    for name in names:
+        path = os.path.join(aside, name)
+        if name in ours and (ours[name] is None or sink_record.identity(path) == ours[name]):
+            remove_path(path)
+            continue
+        # not ours: a user's file that arrived during the job; it goes back, never away
+        target = os.path.join(dest, name)
+        if back and os.path.isdir(dest) and not os.path.lexists(target):
+            os.rename(path, target)
+            logger.warning("kept {} (not written by smallpond) in {}", name, dest)
+        else:
+            left = True
+    try:
+        os.rmdir(aside)
+    except OSError:
+        if left:
+            kept = kept_path(dest, aside)
+            os.rename(aside, kept)
+            why = f"{dest} holds files by their names" if back else f"{dest} is published again at once"
+            logger.warning("kept files not written by smallpond in {}: {}", kept, why)
+
+
+def _discard_stale_aside(aside: str, dest: str, record: Optional[dict]) -> None:
+    """A previous result its job set aside and did not discard: discarded as its publication would
+    have (:func:`discard_aside`), by the list in its owner record; without one, kept whole."""
+    ours = record.get("discard") if record else None
+    if isinstance(ours, dict):
+        discard_aside(aside, dest, ours)
+    elif os.path.isdir(aside):
+        kept = kept_path(dest, aside)
+        os.rename(aside, kept)
+        logger.warning(
+            "kept {} (a previous result of {} that an interrupted publication set aside): its owner record does not "
+            "say which of its files smallpond wrote, so none is removed; remove it by hand if nothing in it is yours",
+            kept, dest,
+        )  # fmt: skip
+    remove_path(owner_path(aside))
 
 
 def write_owner(folder: str, record: str) -> None:
@@ -143,7 +217,8 @@ def remove_stale_siblings(output_path: str, keep: Sequence[str] = (), job_root: 
     """Remove the ``.staging-*`` / ``.old-*`` folders that interrupted publications left beside
     ``output_path``, with their owner records: only names of exactly the form a publication gives
     them, and only those whose job no longer runs or is ``job_root`` (this job; see the module
-    docstring). ``keep``: paths to leave whatever they are."""
+    docstring). A set-aside previous result is discarded as its publication would have, never
+    removed whole (:func:`discard_aside`). ``keep``: paths to leave whatever they are."""
     parent, base = os.path.split(output_path.rstrip(os.sep))
     try:
         names = os.listdir(parent)
@@ -169,7 +244,9 @@ def remove_stale_siblings(output_path: str, keep: Sequence[str] = (), job_root: 
                 )  # fmt: skip
             continue
         why, unsure = _kept_because(record, job_root) if record is not None else (None, False)
-        if why is None:
+        if why is None and _ASIDE.fullmatch(folder, len(base)):
+            _discard_stale_aside(path, output_path, record)  # its files smallpond wrote go, no other
+        elif why is None:
             remove_with_owner(path)  # a record without its folder (the folder went first) goes too
         elif unsure and name == folder:
             logger.warning(
