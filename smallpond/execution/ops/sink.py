@@ -61,8 +61,8 @@ Guarantees:
   published nothing, and its staged folders are removed by the next sink that publishes there once
   that job no longer runs (never while it runs: :mod:`~smallpond.execution.ops.sink_leftovers`). A journal whose
   staged files were removed since (by another job publishing into the same destination) can no
-  longer be finished: it is abandoned as a whole and the sinks run again
-  (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
+  longer be finished: it is abandoned (only the sinks already swapped in are finished) and the
+  sinks run again (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
   directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
   allows it (readers see the old result or the new one, never a missing or mixed folder), else by
   two renames. The record of what was published follows at once. The previous result's files are
