@@ -84,6 +84,8 @@ def _nobody_python(engine: bool = False) -> tuple:
     if shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: cannot run commands as another user")
     module = "import duckdb, pyarrow, smallpond" if engine else "import smallpond"
+    if engine:  # a job starts its workers with sys.executable: that must start as nobody too
+        module += "; import subprocess, sys; subprocess.run([sys.executable, '-c', 'import duckdb'], check=True)"
     tried = []
     candidates = [(sys.executable, "")]
     if os.environ.get("SP_TEST_OTHER_USER_PYTHON"):
