@@ -91,6 +91,17 @@ def _shared_folder(path: str, mode: int, inside: str) -> None:
     """Make the shared folder ``path`` with ``mode`` (or check the one there): a folder, not a link;
     this user's own is given ``mode`` if it lacks some of it (a crash between mkdir and chmod,
     or an earlier smallpond's ``0700``)."""
+    _make_folder(path, inside)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise _refusal(path, "is not a folder (a symbolic link or a file); its owner or an administrator must remove it")
+    if st.st_uid == this_uid() and (st.st_mode & mode) != mode:
+        os.chmod(path, stat.S_IMODE(st.st_mode) | mode)
+
+
+def _make_folder(path: str, inside: str) -> None:
+    """Make ``path`` (``0700``) unless it is there; a parent that does not let this user in is a
+    :func:`_unreachable` error about making its folder ``inside``."""
     try:
         os.mkdir(path, 0o700)
     except FileExistsError:
@@ -98,11 +109,6 @@ def _shared_folder(path: str, mode: int, inside: str) -> None:
     except PermissionError:
         if not os.path.lexists(path):
             raise _unreachable(os.path.dirname(path), inside) from None
-    st = os.lstat(path)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise _refusal(path, "is not a folder (a symbolic link or a file); its owner or an administrator must remove it")
-    if st.st_uid == this_uid() and (st.st_mode & mode) != mode:
-        os.chmod(path, stat.S_IMODE(st.st_mode) | mode)
 
 
 def _unreachable(folder: str, inside: str) -> ParameterError:
@@ -130,13 +136,7 @@ def ensure(data_root: str) -> str:
     os.makedirs(root, exist_ok=True)
     _shared_folder(top, _TOP_MODE, mine)
     _shared_folder(users, _USERS_MODE, mine)
-    try:
-        os.mkdir(mine, 0o700)
-    except FileExistsError:
-        pass
-    except PermissionError:
-        if not os.path.lexists(mine):
-            raise _unreachable(users, mine) from None
+    _make_folder(mine, mine)
     _check_mine(mine, os.lstat(mine))
     if os.lstat(top).st_uid == this_uid():  # what an earlier smallpond kept there is this user's
         for name in (SINKS_DIRNAME, "secret"):  # a crash between the two: the next job moves the other
