@@ -7,6 +7,7 @@ import os
 import re
 from typing import Dict, List
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 
@@ -50,3 +51,8 @@ def fault_count(log_root: str, pattern: str = "InjectedFault") -> int:
         with open(path, errors="replace") as f:
             n += len(re.findall(rf"failed \S+ attempt \d+: {pattern}", f.read()))
     return n
+
+
+def ids(n: int, start: int = 0) -> pa.Table:
+    """A table of one column ``id``: ``start`` .. ``start + n - 1``."""
+    return pa.table({"id": list(range(start, start + n))})

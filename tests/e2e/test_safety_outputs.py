@@ -34,7 +34,7 @@ from smallpond.logical.node import (
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files, write_corrupt_parquet
-from tests.e2e.safety_helpers import manifest, published_rows, snapshot
+from tests.e2e.safety_helpers import ids, manifest, published_rows, snapshot
 
 
 @pytest.fixture
@@ -42,10 +42,6 @@ def sp(tmp_path):
     session = smallpond.init(data_root=str(tmp_path / "root"), num_executors=2)
     yield session
     session.shutdown()
-
-
-def ids(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"id": list(range(start, start + n))})
 
 
 def test_user_file_beside_an_earlier_result_is_never_deleted(sp, tmp_path):

@@ -35,7 +35,7 @@ from smallpond.execution.runtime import sink_records_dir
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan
 from tests.datagen import generate_parquet_files, tree_digest
-from tests.e2e.safety_helpers import manifest, published_rows, snapshot
+from tests.e2e.safety_helpers import ids, manifest, published_rows, snapshot
 from tests.e2e.test_safety_publish_crash import command, state_of, versions
 
 
@@ -49,10 +49,6 @@ def sp(root):
     session = smallpond.init(data_root=root, num_executors=1)
     yield session
     session.shutdown()
-
-
-def ids(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"id": list(range(start, start + n))})
 
 
 def parts(sp, n: int, start: int = 0, k: int = 2):

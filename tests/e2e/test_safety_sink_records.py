@@ -29,7 +29,7 @@ from smallpond.execution.ops import sink_record
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.io.filesystem import atomic_write_bytes, signed_bytes
 from tests.conftest import REPO_ROOT
-from tests.e2e.safety_helpers import published_rows, snapshot
+from tests.e2e.safety_helpers import ids, published_rows, snapshot
 from tests.e2e.test_safety_publish_crash import command, versions
 
 
@@ -43,10 +43,6 @@ def sp(root):
     session = smallpond.init(data_root=root, num_executors=1)
     yield session
     session.shutdown()
-
-
-def ids(n: int, start: int = 0) -> pa.Table:
-    return pa.table({"id": list(range(start, start + n))})
 
 
 def users_result(folder) -> None:
