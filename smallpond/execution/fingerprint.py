@@ -296,9 +296,12 @@ class _Walker:
         self.h.update(code.co_code)
         # the names it loads and calls: ``pc.add`` and ``pc.multiply`` differ only here
         self.walk(code.co_names, depth)
+        salted = _is_attrs_hash(code)
         for c in code.co_consts:
             if isinstance(c, types.CodeType):
                 self.code(c, depth)
+            elif salted and type(c) is int:
+                self.put("<attrs type hash>")
             else:
                 self.walk(c, depth)
 
@@ -454,6 +457,14 @@ def _class_state(cls: type) -> dict:
             v = ("property", v.fget, v.fset, v.fdel)
         out[name] = v
     return out
+
+
+def _is_attrs_hash(code: types.CodeType) -> bool:
+    """The ``__hash__`` attrs generates for a class (``frozen``, ``hash=True``): it holds the
+    ``hash()`` of a string naming the class as a constant, which differs in every process (string
+    hashes are salted), like the hashes it computes; the class's fields, which decide them, are
+    walked with the class."""
+    return code.co_name == "__hash__" and code.co_filename.startswith("<attrs generated")
 
 
 def _global_names(code: types.CodeType, out: Optional[set] = None) -> set:

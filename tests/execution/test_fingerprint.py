@@ -673,6 +673,15 @@ CLASSES_SCRIPT = """
             x: int = 1
             F: typing.ClassVar[int] = V.get("f", 2)
         objs.update({"pydantic": Model, "pydantic-instance": Model(x=2)})
+    try:
+        import attrs
+    except ImportError:
+        pass
+    else:
+        @attrs.frozen
+        class Frozen2:  # attrs' __hash__ holds a per-process constant
+            k: int = 1
+        objs.update({"attrs-frozen": Frozen2, "attrs-instance": Frozen2()})
     pickle.dumps(list(objs.values()))  # used before it is planned
     print(json.dumps({k: stable_digest(v) for k, v in objs.items()}))
 """
