@@ -218,25 +218,12 @@ class DataFrame:
         return f"{self.plan.label} created at {self.plan.location}"
 
     def _result_schema(self):
-        import pyarrow.parquet as pq
-
-        from smallpond.io.arrow import empty_table, read_columns_schema
-        from smallpond.io.partition_types import task_of, unify_partition_schemas
+        from smallpond.execution.partition_schemas import result_schema
+        from smallpond.io.arrow import empty_table
 
         datasets = self._datasets()
-        schemas = []
-        for i, ds in enumerate(datasets):
-            if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
-                if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
-                    schema = read_columns_schema(ds.resolved_paths, ds.columns)
-                else:
-                    schema = pq.read_schema(ds.resolved_paths[0])
-                schemas.append((task_of(schema, f"partition {i}"), schema.remove_metadata()))
-        if schemas:
-            # each partition of a Python map without schema= typed its output on its own (a
-            # partition of only None values: a null column): types that widen unchanged unify,
-            # others raise (naming the column, the partitions and their types), as in to_arrow()
-            schema = unify_partition_schemas(schemas, self._what())
+        schema = result_schema(datasets, self._what())
+        if schema is not None:
             return _nullable(empty_table(schema)).schema
         return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 

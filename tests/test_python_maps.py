@@ -187,3 +187,44 @@ def test_consumers_of_partitions_typed_apart_fail_in_later_runs_too(sp, ten, tmp
         _differ(e, "(DataFrame.map)", "ArrowStreamTask-")
         assert not os.path.exists(out) or not [f for f in os.listdir(out) if f.endswith(".parquet")]
     assert _two(sp, ten).map(lambda r: {"y": r["i"]}).count() == 10  # other frames of the session run
+
+
+def _int_and_extra_str_file(runtime_ctx, tables):
+    """Returns x as int64 and writes, beside that output, a file of its own with x as string (user
+    code may write into its task's output folder); with ``tables[0]`` from 5 on, only the extra file
+    differs from the other partition's output."""
+    task = runtime_ctx.task
+    first = tables[0].column("i")[0].as_py()
+    if first >= 5 or tables[0].num_rows == 10:
+        path = os.path.join(task.runtime_output_abspath, f"{task.output_filename}-zz-extra.parquet")
+        pq.write_table(pa.table({"x": ["s"]}), path)
+    return pa.table({"x": [first]})
+
+
+def test_files_of_one_task_typed_apart_fail_the_job(tmp_path, ten, make_rt):
+    """The check read the first file of each task's output only: a task whose first file had x as
+    int64 and a later file x as string passed (in one partition, or beside another partition of
+    int64), and its readers got either type. Now every file's footer is read."""
+    import glob
+
+    from smallpond.execution.job import run_job
+    from smallpond.execution.partition_schemas import result_schema
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import ArrowComputeNode, Context, DataSetPartitionNode, DataSourceNode, LogicalPlan
+
+    for npartitions in (1, 2):
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(sorted(glob.glob(ten))))
+        parts = DataSetPartitionNode(ctx, (src,), npartitions)
+        node = ArrowComputeNode(ctx, (parts,), process_func=_int_and_extra_str_file)
+        with pytest.raises(Exception) as e:
+            run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+        text = _differ(e, "ArrowComputeNode-", "-zz-extra.parquet)")
+        assert npartitions == 2 or "-00000.parquet)" in text, text  # one task: both files named
+    # a computed frame's .schema reads them the same way
+    pq.write_table(pa.table({"x": [1]}), str(tmp_path / "t-00000.parquet"))
+    pq.write_table(pa.table({"x": ["s"]}), str(tmp_path / "t-00001.parquet"))
+    files = ParquetDataSet([str(tmp_path / "t-0000*.parquet")])
+    with pytest.raises(Exception) as e:
+        result_schema([files], f"the frame created at {__file__}")
+    assert "t-00001.parquet" in _differ(e)

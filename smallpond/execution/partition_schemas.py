@@ -6,8 +6,8 @@ without ``output_schema=``) types each partition's output from its values. When 
 returns integers and another strings for the same column, nothing downstream can read them as one
 column without changing values: a consumer reading its own partition would go on with its own type,
 and a ``write_parquet`` would publish files of both types. When a task of such a node is done (run
-here, resumed from its commit, or taken from the task cache), the schema of its output (one Parquet
-footer) is unified with its node's partitions done before, by
+here, resumed from its commit, or taken from the task cache), the schema of each of its output
+files (their Parquet footers) is unified with its node's partitions done before, by
 :func:`~smallpond.io.partition_types.unify_partition_schemas`: null with anything, integers with
 wider integers or floats, small with large strings are fine; anything else raises
 :class:`~smallpond.io.partition_types.PartitionTypesDiffer` from the scheduler's loop, naming the
@@ -16,7 +16,7 @@ node, where it was created, the two tasks and their types. Tasks already finishe
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import logger
 from smallpond.execution.sched_state import SchedulerListener
@@ -32,22 +32,63 @@ def free_schema(node) -> bool:
     return getattr(node, "df_op", None) != "filter"  # a row filter keeps its input's columns
 
 
-def _output_schema(dataset):
-    """The schema of the first Parquet file of a task's output, or None (no file, not Parquet)."""
+def file_schemas(paths: List[str], name: Optional[str] = None, default: str = "", skip_unreadable: bool = False):
+    """``(name, schema)`` of each Parquet file of one partition (``paths``), without metadata;
+    ``name`` names the partition (else the task key in the file's metadata, else ``default``), and
+    the file too when there are several. Each file's types are its own: a task may write several
+    (a stream task one a checkpoint, user code more), and files of one partition typed apart are
+    no more one column than two partitions' are. Only the footers are read; one that cannot be read
+    raises, or is left out with ``skip_unreadable`` (the reader will say what is wrong with it)."""
+    import os
+
     import pyarrow.parquet as pq
 
+    from smallpond.io.partition_types import task_of
+
+    out: List[Tuple[str, object]] = []
+    for path in paths:
+        try:
+            schema = pq.read_schema(path)
+        except Exception as e:
+            if not skip_unreadable:
+                raise
+            logger.debug("partition types check: cannot read the schema of {}: {}", path, e)
+            continue
+        what = name or task_of(schema, default)
+        out.append((f"{what} ({os.path.basename(path)})" if len(paths) > 1 else what, schema.remove_metadata()))
+    return out
+
+
+def result_schema(datasets: list, what: str):
+    """The one schema of a computed node's output partitions (``datasets``) read as one table, by
+    :func:`~smallpond.io.partition_types.unify_partition_schemas` over every file's schema
+    (``what`` names the node in the error); None if no partition is plain Parquet to read it from."""
+    from smallpond.io.arrow import read_columns_schema
+    from smallpond.io.partition_types import task_of, unify_partition_schemas
+    from smallpond.logical.dataset import ParquetDataSet
+
+    schemas: List[Tuple[str, object]] = []
+    for i, ds in enumerate(datasets):
+        if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
+            if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
+                schema = read_columns_schema(ds.resolved_paths, ds.columns)
+                schemas.append((task_of(schema, f"partition {i}"), schema.remove_metadata()))
+            else:
+                schemas.extend(file_schemas(list(ds.resolved_paths), default=f"partition {i}"))
+    # each partition of a Python map without schema= typed its output on its own (a partition of
+    # only None values: a null column): types that widen unchanged unify, others raise (naming the
+    # column, the partitions and their types), as in to_arrow()
+    return unify_partition_schemas(schemas, what) if schemas else None
+
+
+def _output_schemas(task, dataset) -> List[Tuple[str, object]]:
+    """``(name, schema)`` of every Parquet file of ``task``'s output ([] if it is not Parquet)."""
     from smallpond.logical.dataset import ParquetDataSet
 
     if not isinstance(dataset, ParquetDataSet):
-        return None
+        return []
     paths = [p for p in getattr(dataset, "paths", None) or [] if isinstance(p, str)]
-    if not paths:
-        return None
-    try:
-        return pq.read_schema(paths[0])
-    except Exception as e:  # the reader will say what is wrong with the file
-        logger.debug("partition types check: cannot read the schema of {}: {}", paths[0], e)
-        return None
+    return file_schemas(paths, name=task.key, skip_unreadable=True)
 
 
 class PartitionSchemaCheck(SchedulerListener):
@@ -58,7 +99,7 @@ class PartitionSchemaCheck(SchedulerListener):
     def __init__(self) -> None:
         self._state = None
         self._partitions: Dict[int, List[Tuple[str, object]]] = {}  # node id -> (task, schema)
-        self._keys: Dict[int, Dict[str, object]] = {}  # node id -> its tasks seen, with their schemas
+        self._keys: Dict[int, Dict[str, list]] = {}  # node id -> its tasks seen, with their files' schemas
         self._bad: Dict[int, BaseException] = {}  # node id -> the difference found in its partitions
         self._fresh = False  # a difference found since the loop last looked
 
@@ -81,23 +122,24 @@ class PartitionSchemaCheck(SchedulerListener):
             return
         from smallpond.io.partition_types import PartitionTypesDiffer, unify_partition_schemas
 
-        schema = _output_schema(dataset)
-        if schema is None:
+        schemas = _output_schemas(task, dataset)
+        if not schemas:
             return
-        schema = schema.remove_metadata()
         keys = self._keys.setdefault(task.node_id, {})
         if task.key in keys:
-            if keys[task.key].equals(schema):
+            if keys[task.key] == [s for _, s in schemas]:
                 return  # seen before (resumed in a later run of the session)
             keys.clear()  # run again (the node was invalidated): its partitions are new
             self._partitions.pop(task.node_id, None)
             self._bad.pop(task.node_id, None)
-        keys[task.key] = schema
-        done = self._partitions.setdefault(task.node_id, [])  # one task of each schema seen
-        if any(schema.equals(s) for _, s in done):
-            return
-        done.append((task.key, schema))
-        if len(done) < 2:
+        keys[task.key] = [s for _, s in schemas]
+        done = self._partitions.setdefault(task.node_id, [])  # one file of each schema seen
+        added = False
+        for name, schema in schemas:
+            if not any(schema.equals(d) for _, d in done):
+                done.append((name, schema))
+                added = True
+        if not added or len(done) < 2:
             return
         node = task.node
         try:
