@@ -192,7 +192,7 @@ def infer_array(values: list) -> pa.Array:
     ``to_pylist`` gives a ``pandas.Timestamp`` / ``Timedelta`` for a nanosecond value that a
     ``datetime`` cannot hold, and pyarrow infers those as microseconds, cutting the nanoseconds off
     (a duration of 5 ns becomes 0): where such a value has nanoseconds, the column is nanoseconds.
-    A plain column (ints, floats, strs or bools) is built without importing pandas
+    A plain column (ints, floats, strs, bools, bytes, dates or datetimes) is built without importing pandas
     (:func:`~smallpond.io.pyvalues.plain_array`).
     """
     from smallpond.io.pyvalues import plain_array
