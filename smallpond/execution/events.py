@@ -481,7 +481,10 @@ class EventLog(SchedulerListener):
         inputs: Dict[int, set] = {}
         partitions: Dict[int, int] = {}
         nodes = {}
-        for t in state.tasks.values():
+        # (metadata-only tasks nothing needs are rebuilt after the run: their nodes are planned too)
+        tasks = {u.key: u for u in state.unneeded_inline}
+        tasks.update(state.tasks)
+        for t in tasks.values():
             if t.node_id in self._announced or t.node is None:
                 continue
             counts[t.node_id] = counts.get(t.node_id, 0) + 1
@@ -492,7 +495,7 @@ class EventLog(SchedulerListener):
             partitions[t.node_id] = max(partitions.get(t.node_id, 1), grid)
             deps = inputs.setdefault(t.node_id, set())
             for k in t.input_keys:
-                dep = state.tasks.get(k)
+                dep = tasks.get(k)
                 if dep is not None and dep.node_id != t.node_id:
                     deps.add(dep.node_id)
         for nid in sorted(nodes):  # inputs are created, so numbered, before their consumers

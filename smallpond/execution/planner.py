@@ -135,6 +135,10 @@ class ExecutionPlan:
         self.logical_plan = logical_plan
         self.tasks = tasks
         self.final_task = final_task
+        #: once the job ran, every task's output dataset by task key: run, resumed from its commit
+        #: record, or taken from the task cache; on a rerun, metadata-only tasks that nothing needed
+        #: (all after them committed) are rebuilt from their inputs; one whose rebuilding fails is
+        #: absent (nothing needs it)
         self.results: Dict[str, Any] = {}
         self.successful = False
 

@@ -105,6 +105,8 @@ class SchedState:
     memory: Dict[str, int] = field(default_factory=dict)
     recomputed: Set[str] = field(default_factory=set)
     runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
+    #: metadata-only tasks nothing needed (all after them committed), in order: rebuilt after the run
+    unneeded_inline: List[Task] = field(default_factory=list)
     free_cpus: int = 0
     free_memory: int = 0
 
@@ -157,8 +159,9 @@ def add_tasks(
     added only if committed too (resumed, as counted before), never to run. So a task whose
     record is gone or damaged but whose consumers are all complete (a sink published from its
     output) is not run, and its damaged record is set aside quietly (:func:`~smallpond.execution.commit.set_aside`)
-    rather than warned about on every run. Returns (the new keys, the commit records of the
-    resumed ones).
+    rather than warned about on every run. Metadata-only tasks not needed are listed in
+    ``state.unneeded_inline``, for the scheduler to rebuild their outputs once the targets are done.
+    Returns (the new keys, the commit records of the resumed ones).
     """
     order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
     # one listing instead of a failed open per task (a new job has no record at all); a record
@@ -192,6 +195,9 @@ def add_tasks(
         stack.extend(all_tasks[k].input_keys)
     for k in order:
         if k in needed or k in state.tasks:
+            continue
+        if all_tasks[k].exec_on_scheduler:
+            state.unneeded_inline.append(all_tasks[k])
             continue
         damaged: List[str] = []
         record = committed(k, damaged)

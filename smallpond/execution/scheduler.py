@@ -224,6 +224,8 @@ class Scheduler:
                 self.partition_check.raise_found(st, target_keys)
                 self._emit("on_tick", st, time.time() - start)
             ok = not st.failed
+            if ok:
+                self._rebuild_unneeded()
         finally:
             if check is not None:
                 check.close()
@@ -306,6 +308,30 @@ class Scheduler:
             if not task.exec_on_scheduler:
                 self.cache.release(task.key)
         self._emit("on_inline", task, True, time.time() - start)
+
+    def _rebuild_unneeded(self) -> None:
+        """The outputs of metadata-only tasks nothing needed (every task after them was committed:
+        a fully resumed rerun), rebuilt from their inputs here, as a run that needs them does (a
+        source's file list, a merge, a split: nothing is written). So a rerun's results and report
+        still hold every task of the plan. One whose input is not done (not needed either, and not
+        committed), or whose rebuilding fails, is left out (logged at debug): nothing needs it."""
+        st = self.state
+        tasks, st.unneeded_inline = st.unneeded_inline, []
+        for task in tasks:
+            key = task.key
+            if key in st.tasks or any(d not in st.done for d in task.input_keys):
+                continue
+            start = time.time()
+            try:
+                ds = run_inline(self.rt, task, [st.done[d] for d in task.input_keys])
+            except TaskError as e:
+                logger.debug("{} is not needed and its output could not be rebuilt: {}", key, e)
+                continue
+            st.tasks[key] = task
+            for d in task.input_keys:  # (recompute() of an input reaches it)
+                st.consumers.setdefault(d, []).append(key)
+            finish_task(st, key, ds)
+            self._emit("on_inline", task, True, time.time() - start)
 
     def _from_cache(self, task: Task, attempt: int) -> bool:
         """Take the task's output from the task cache if a verified entry has its key."""

@@ -177,6 +177,28 @@ def test_rerun_republishes_a_deleted_sink(tmp_path, make_rt):
     assert len(counter_lines(counter)) == 3, "only the sink had to run again"
 
 
+def test_fully_resumed_rerun_still_gives_every_tasks_result(tmp_path, make_rt):
+    """A rerun of a finished job runs no worker task, and the metadata-only tasks behind the
+    committed ones (the source, the partitions' producers and consumers) were not needed, so they
+    no longer ran: exec_plan.results left them out (get_output and a task's result were gone) and
+    the report showed their nodes as waiting. Their outputs are rebuilt from their inputs."""
+    from smallpond.execution.events import JobHistory
+    from smallpond.execution.job import run_job
+    from tests.e2e.counting_job import counting_plan
+
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
+    runs = [run_job(counting_plan(inputs, counter, sink, npartitions=3, sleep=0), make_rt(job_id), num_workers=2) for _ in "ab"]
+    first, again = runs
+    assert len(counter_lines(counter)) == 3, "the rerun ran a compute task"
+    assert again.num_resumed > 0 and set(again.results) == set(again.tasks) == set(first.results)
+    for key, task in first.tasks.items():
+        if task.exec_on_scheduler:
+            assert sorted(again.results[key].resolved_paths) == sorted(first.results[key].resolved_paths), key
+    run = JobHistory.load(make_rt(job_id).log_root).runs[-1]
+    assert {ns.label: ns.state for ns in run.nodes.values()} == {ns.label: "done" for ns in run.nodes.values()}
+
+
 def test_rerun_republishes_a_deleted_sink_beside_another(tmp_path, make_rt):
     # two sinks under a RootNode: FinalResults (of the root, which has no files) stays committed,
     # and the deleted sink must still be a target of its own (it was not published again)
