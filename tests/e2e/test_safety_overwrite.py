@@ -39,18 +39,6 @@ from tests.e2e.safety_helpers import ids, manifest, published_rows, snapshot
 from tests.e2e.test_safety_publish_crash import command, state_of, versions
 
 
-@pytest.fixture
-def root(tmp_path) -> str:
-    return str(tmp_path / "root")
-
-
-@pytest.fixture
-def sp(root):
-    session = smallpond.init(data_root=root, num_executors=1)
-    yield session
-    session.shutdown()
-
-
 def parts(sp, n: int, start: int = 0, k: int = 2):
     """A frame of ids ``start..start+n`` computed in ``k`` partitions, so written as ``k`` files."""
     return sp.partial_sql("select id from {0}", sp.from_arrow(ids(n, start)).repartition(k, hash_by="id"))

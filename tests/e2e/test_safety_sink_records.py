@@ -33,18 +33,6 @@ from tests.e2e.safety_helpers import ids, published_rows, snapshot
 from tests.e2e.test_safety_publish_crash import command, versions
 
 
-@pytest.fixture
-def root(tmp_path) -> str:
-    return str(tmp_path / "root")
-
-
-@pytest.fixture
-def sp(root):
-    session = smallpond.init(data_root=root, num_executors=1)
-    yield session
-    session.shutdown()
-
-
 def users_result(folder) -> None:
     """A folder a user filled by hand, with a manifest in the very form smallpond writes."""
     os.makedirs(folder, exist_ok=True)
