@@ -21,7 +21,7 @@ from smallpond.common import (
 )
 from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
-from smallpond.logical.base import call_site_msg
+from smallpond.logical.base import call_site_msg, node_at
 from smallpond.logical.dataset import (
     CsvDataSet,
     DataSet,
@@ -215,7 +215,7 @@ class DataFrame:
 
     def _what(self) -> str:
         """The frame's node, as errors name it: its label and where it was created."""
-        return f"{self.plan.label} created at {self.plan.location}"
+        return node_at(self.plan)
 
     def _result_schema(self):
         from smallpond.execution.partition_schemas import result_schema

@@ -20,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import logger
 from smallpond.execution.sched_state import SchedulerListener
+from smallpond.logical.base import node_at
 
 
 def free_schema(node) -> bool:
@@ -143,7 +144,7 @@ class PartitionSchemaCheck(SchedulerListener):
             return
         node = task.node
         try:
-            unify_partition_schemas(done, f"{node.label} created at {node.location}")
+            unify_partition_schemas(done, node_at(node))
         except PartitionTypesDiffer as e:
             self._bad[task.node_id] = e
             self._fresh = True

@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
 from smallpond.errors import PlanError
 from smallpond.execution.ops.duckdb import sql_reads_files
+from smallpond.logical.base import node_at
 from smallpond.logical.compute import TASK_PLACEHOLDERS
 
 #: seconds a job runs before its plan is checked (a shorter job never pays for the check)
@@ -227,7 +228,7 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
                 hit = first_clash(d)
                 if hit:
                     src, clash = hit
-                    found.append((node, f"input: {src.label} created at {src.location}", case_clash_message(clash)))
+                    found.append((node, f"input: {node_at(src)}", case_clash_message(clash)))
                     break
     return found
 
@@ -248,7 +249,7 @@ def nodes_to_check(planned: Sequence, node_ids: Set[int]) -> Tuple[list, Dict[in
 def plan_error(node, what: str, message: str) -> PlanError:
     """The error the check raises for ``node`` (``what``: its query, or the key or columns)."""
     return PlanError(
-        f"{node.label} created at {node.location} cannot run: {message.strip()}\n"
+        f"{node_at(node)} cannot run: {message.strip()}\n"
         f"{what}\n"
         "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
         "ran; tasks already finished stay committed. SP_PLAN_CHECK=off turns this check off)"

@@ -51,7 +51,7 @@ from smallpond.execution.plancheck import case_clashes
 from smallpond.execution.plansize import check_plan_size
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
-from smallpond.logical.base import Node
+from smallpond.logical.base import Node, created_at, node_at
 from smallpond.logical.graph import topological_order
 from smallpond.logical.node import (
     ArrowBatchNode,
@@ -277,7 +277,7 @@ class Planner:
         # scheduler's memory (repartition(10**9)), raise PlanError here
         check_plan_size(order, self.node_to_tasks, len(self.tasks), self.rt.usable_memory_size)
         for n, what, message in case_clashes([n for n in order if id(n) not in self.node_to_tasks]):
-            raise PlanError(f"{n.label} created at {n.location} cannot run: {message}\n{what}")
+            raise PlanError(f"{node_at(n)} cannot run: {message}\n{what}")
         for n in order:
             if id(n) in self.node_to_tasks:
                 continue
@@ -291,7 +291,7 @@ class Planner:
                     tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])
                     break
             else:
-                raise PlanError(f"no planner for node type {type(n).__name__} ({n!r} created at {n.location})")
+                raise PlanError(f"no planner for node type {type(n).__name__} ({created_at(repr(n), n.location)})")
             self.node_to_tasks[id(n)] = tasks
             self._planned_nodes.append(n)
         return self.node_to_tasks[id(node)]
@@ -309,7 +309,7 @@ class Planner:
         if not isinstance(root, DataSinkNode):
             for n in names.get(FINAL_RESULTS, []):
                 raise PlanError(
-                    f"{n.label} created at {n.location}: output_name {FINAL_RESULTS!r} is the folder the job publishes "
+                    f"{node_at(n)}: output_name {FINAL_RESULTS!r} is the folder the job publishes "
                     f"its final results (the plan root's output) into, at {os.path.join(base, FINAL_RESULTS)}: "
                     "give this output another name"
                 )
@@ -398,10 +398,9 @@ class Planner:
                 # built from parts, a relative path, a glob, a remote URL), so none is keyed
                 why = "its SQL reads files itself, which the task cache cannot see change"
                 logger.info(
-                    "{} created at {}: {}; its tasks are not reused from an earlier run (give such a "
+                    "{}: {}; its tasks are not reused from an earlier run (give such a "
                     "file to it as an input, {{1}}, to have it keyed)",
-                    node.label,
-                    node.location,
+                    node_at(node),
                     why,
                 )
                 self._unreused[id(node)] = why
@@ -411,7 +410,7 @@ class Planner:
                     digest = stable_digest(node, self._specs)
                 except Unfingerprintable as e:
                     msg = (
-                        f"{node.label} created at {node.location}: cannot fingerprint {e.what}, which it uses; "
+                        f"{node_at(node)}: cannot fingerprint {e.what}, which it uses; "
                         "a change to it could not be detected, so this node's tasks will not be reused from an earlier run"
                     )
                     logger.warning(msg)
@@ -442,7 +441,7 @@ class Planner:
             if "cpu_limit" not in defaults:
                 self._warn_once(
                     task,
-                    f"{task.node_label} created at {task.location}: cpu_limit {task.cpu_limit} exceeds the {cpus} "
+                    f"{created_at(task.node_label, task.location)}: cpu_limit {task.cpu_limit} exceeds the {cpus} "
                     f"usable CPUs; clamped to {cpus}",
                     "cpu",
                 )
@@ -451,7 +450,7 @@ class Planner:
             if "memory_limit" not in defaults:
                 self._warn_once(
                     task,
-                    f"{task.node_label} created at {task.location}: memory_limit {task.memory_limit} exceeds the "
+                    f"{created_at(task.node_label, task.location)}: memory_limit {task.memory_limit} exceeds the "
                     f"{mem} bytes usable; clamped to {mem}",
                     "memory",
                 )
@@ -459,7 +458,7 @@ class Planner:
         if task.gpu_limit > 0:
             self._warn_once(
                 task,
-                f"{task.node_label} created at {task.location}: gpu_limit {task.gpu_limit} has no effect beyond cpu_limit "
+                f"{created_at(task.node_label, task.location)}: gpu_limit {task.gpu_limit} has no effect beyond cpu_limit "
                 "(8 CPUs per GPU, as upstream): this build assigns no GPUs to tasks",
                 "gpu",
             )
@@ -479,7 +478,7 @@ class Planner:
         klass = MaterializeSourceTask if is_literal_dataset(node.dataset) else DataSourceTask
         if klass is DataSourceTask:
             self._input_datasets.append(node.dataset)
-            self._readers[id(node.dataset)] = f"{node.label} created at {node.location}"
+            self._readers[id(node.dataset)] = node_at(node)
         return [self._task(klass, node, [TOP], [])]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
@@ -558,7 +557,7 @@ class Planner:
                     groups.setdefault(t.partition_infos, []).append(t)
             if len(groups) * n > node.max_card_of_producers_x_consumers:
                 raise PlanError(
-                    f"{node.label} created at {node.location}: {len(groups):,} x {n:,} partitions is more than "
+                    f"{node_at(node)}: {len(groups):,} x {n:,} partitions is more than "
                     f"{node.max_card_of_producers_x_consumers:,}; use fewer partitions"
                 )
             out = []
@@ -661,7 +660,7 @@ def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Ta
             match = table.get(key)
             if match is None:
                 raise PlanError(
-                    f"{node!r} created at {node.location}: partition dimensions or npartitions of input {i} "
+                    f"{created_at(repr(node), node.location)}: partition dimensions or npartitions of input {i} "
                     f"({sorted(d)}) are not compatible with the main input's partition {list(mt.partition_infos)}"
                 )
             deps.append(match)

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import SWITCH_OFF, env_setting, logger
 from smallpond.errors import PlanError
-from smallpond.logical.base import Node, shape_size
+from smallpond.logical.base import Node, node_at, shape_size
 from smallpond.logical.node import ConsolidateNode, DataSinkNode, DataSourceNode, LimitNode, PartitionNode, RootNode, UnionNode
 
 #: bytes of the scheduler's memory one task takes, planned and scheduled (measured: 1.6 GB for the
@@ -77,7 +77,7 @@ def check_plan_size(nodes: Sequence[Node], planned: Dict[int, list], already: in
                 producers = sum(ins)
                 if producers * n.npartitions > n.max_card_of_producers_x_consumers:
                     raise PlanError(
-                        f"{n.label} created at {n.location}: nested partitioning of {producers:,} input partitions "
+                        f"{node_at(n)}: nested partitioning of {producers:,} input partitions "
                         f"x {n.npartitions:,} is {producers * n.npartitions:,} partitions, more than "
                         f"{n.max_card_of_producers_x_consumers:,}; use fewer partitions"
                     )
@@ -96,7 +96,7 @@ def check_plan_size(nodes: Sequence[Node], planned: Dict[int, list], already: in
     if limit is not None and total > limit:
         worst = max((n for n in nodes if id(n) in counts), key=lambda n: counts[id(n)])
         raise PlanError(
-            f"{worst.label} created at {worst.location}: the job would have about {total:,} tasks "
+            f"{node_at(worst)}: the job would have about {total:,} tasks "
             f"({counts[id(worst)]:,} of them this node's{_what(worst)}), more than the {limit:,} its scheduler can "
             f"hold in {usable_memory / 2**30:.1f} GB of memory at about {BYTES_PER_TASK // 1024} KB per task; "
             f"use fewer partitions, or set {ENV} to another number of tasks ({ENV}=off removes the limit)"

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
 from smallpond.errors import ColumnNotFoundError
+from smallpond.logical.base import node_at
 from smallpond.logical.compute import ArrowComputeNode, SqlEngineNode
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
 from smallpond.logical.node import (
@@ -163,7 +164,7 @@ def _check_source_columns(node: DataSourceNode) -> None:
     ds = node.dataset
     missing = ds.missing_columns() if ds.columns else []
     if missing:
-        raise ColumnNotFoundError(f"{node.label} created at {node.location}: {ds.columns_error(missing)}")
+        raise ColumnNotFoundError(f"{node_at(node)}: {ds.columns_error(missing)}")
 
 
 def _sql_schema(node: SqlEngineNode, inputs: List[object], conn):

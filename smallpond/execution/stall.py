@@ -28,6 +28,7 @@ from typing import Optional
 
 from smallpond.common import SWITCH_OFF, env_setting, logger
 from smallpond.execution.sched_state import SchedulerListener
+from smallpond.logical.base import created_at
 
 #: seconds without an attempt ending before the first warning
 DEFAULT_SECONDS = 60.0
@@ -134,7 +135,7 @@ def _named(state, attempts: list, now: float, what: str, where: str) -> list:
     lines = []
     for since, key, attempt, place in attempts[:MAX_NAMED]:
         task = state.tasks.get(key)
-        node = f" of {task.node_label} created at {task.location}" if task is not None else ""
+        node = f" of {created_at(task.node_label, task.location)}" if task is not None else ""
         done = what.format(where.format(place) if place else "")
         lines.append(f"  {key} (attempt {attempt}){node}: {done} (submitted {now - since:.0f} s ago)")
     if len(attempts) > MAX_NAMED:

@@ -89,9 +89,20 @@ def user_call_site() -> str:
         del frame
 
 
+def created_at(what: str, location) -> str:
+    """``{what} created at {location}``: how every message names a node (its label, or its class
+    before it exists) and the user's line that created it."""
+    return f"{what} created at {location}"
+
+
+def node_at(node) -> str:
+    """A node as messages name it: ``{label} created at {location}``."""
+    return created_at(node.label, node.location)
+
+
 def call_site_msg(kind: str, text: str) -> str:
     """An error message naming the user's call site, for checks made before a node exists."""
-    return f"{kind} created at {user_call_site()}: {text}"
+    return f"{created_at(kind, user_call_site())}: {text}"
 
 
 # A partition shape is the list of (dimension, npartitions) below the top level, outermost first.
@@ -219,7 +230,7 @@ class Node:
         return f"{self!r}" + (f" (DataFrame.{op})" if op else "") + (f" '{self.output_name}'" if self.output_name else "")
 
     def _msg(self, text: str) -> str:
-        return f"{type(self).__name__} created at {self.location}: {text}"
+        return f"{created_at(type(self).__name__, self.location)}: {text}"
 
     #: attributes that do not change what the node computes: identity and graph links, labels,
     #: resource hints, statistics. Subclasses extend this set, naming their private attributes

@@ -12,7 +12,7 @@ from typing import List, Optional, Sequence, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, GB
 from smallpond.errors import ParameterError, PlanError
-from smallpond.logical.base import Context, Node, Shape, call_site_msg, validate_dimension
+from smallpond.logical.base import Context, Node, Shape, call_site_msg, created_at, validate_dimension
 from smallpond.logical.dataset import DataSet
 from smallpond.logical.structural import ConsolidateNode, DataSourceNode
 
@@ -121,11 +121,7 @@ class LoadPartitionedDataSetNode(PartitionNode):
         memory_limit: Optional[int] = None,
     ) -> None:
         if dimension is None and data_partition_column is None:
-            from smallpond.logical.base import user_call_site
-
-            raise ParameterError(
-                f"LoadPartitionedDataSetNode created at {user_call_site()}: needs a dimension or a data_partition_column"
-            )
+            raise ParameterError(call_site_msg("LoadPartitionedDataSetNode", "needs a dimension or a data_partition_column"))
         super().__init__(
             ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit
         )
@@ -424,7 +420,7 @@ class RangePartitionNode(PartitionNode):
     ) -> None:
         from smallpond.logical.base import user_call_site
 
-        where = f"RangePartitionNode created at {user_call_site()}"
+        where = created_at("RangePartitionNode", user_call_site())
         if split_points is None and npartitions is None:
             raise ParameterError(f"{where}: give split_points, or npartitions to compute them by sampling")
         if split_points is not None:
