@@ -19,6 +19,7 @@ from smallpond.common import (
     some_of,
     sql_fragment,
 )
+from smallpond.display import format_table, html_table
 from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
 from smallpond.logical.base import call_site_msg, node_at
@@ -160,7 +161,7 @@ class DataFrame:
         out.append("</table>")
         if self.is_computed():
             try:
-                out.append(f"<p>first rows:</p>{_html_table(self._head(10))}")
+                out.append(f"<p>first rows:</p>{html_table(self._head(10))}")
             except Exception:
                 pass
         out.append("</div>")
@@ -677,53 +678,6 @@ def _read(ds: DataSet):
         raise type(e)(f"{e}\n  reading {where}") from e
     finally:
         conn.close()
-
-
-_CELL_WIDTH = 40
-
-
-def _cell(value) -> str:
-    text = "null" if value is None else str(value)
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 1] + "…"
-
-
-def format_table(table, limit: int) -> str:
-    """A plain-text table of ``table``'s rows, headed by column names and types."""
-    import pyarrow as pa
-
-    if table.num_columns == 0:
-        return "(no columns)"
-    names = table.column_names
-    types = [str(f.type) for f in table.schema]
-    cols = [[_cell(v) for v in table.column(i).to_pylist()] for i in range(table.num_columns)]
-    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) or pa.types.is_decimal(f.type) for f in table.schema]
-    widths = [max([len(names[i]), len(types[i])] + [len(v) for v in cols[i]]) for i in range(len(names))]
-
-    def line(values, align_numbers=False):
-        return " | ".join(
-            (v.rjust(w) if align_numbers and num else v.ljust(w)) for v, w, num in zip(values, widths, numeric)
-        ).rstrip()
-
-    out = [line(names), line(types), "-+-".join("-" * w for w in widths)]
-    out.extend(line([c[r] for c in cols], True) for r in range(table.num_rows))
-    out.append(
-        f"({table.num_rows} row{'s' if table.num_rows != 1 else ''}{', limit ' + str(limit) if table.num_rows >= limit else ''})"
-    )
-    return "\n".join(out)
-
-
-def _html_table(table) -> str:
-    import html
-
-    head = "".join(
-        f"<th>{html.escape(n)}<br><small>{html.escape(str(f.type))}</small></th>"
-        for n, f in zip(table.column_names, table.schema)
-    )
-    rows = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row.values()) + "</tr>" for row in table.to_pylist()
-    )
-    return f"<table><tr>{head}</tr>{rows}</table>"
 
 
 def _has_columns(table) -> bool:
