@@ -27,6 +27,7 @@ from smallpond.logical.dataset import (
     CsvDataSet,
     DataSet,
     JsonDataSet,
+    PandasDataSet,
     ParquetDataSet,
 )
 from smallpond.logical.node import (
@@ -562,7 +563,11 @@ class DataFrame:
         return True
 
     def to_pandas(self):
-        """The whole result as one ``pandas.DataFrame`` with a fresh index."""
+        """The whole result as one ``pandas.DataFrame`` with a fresh index; of a frame made by
+        ``from_pandas(df)``, a copy of ``df`` itself (its index and dtypes kept, as upstream's)."""
+        node = self.plan
+        if type(node) is DataSourceNode and isinstance(node.dataset, PandasDataSet):
+            return node.dataset.to_pandas().copy()
         return self.to_arrow().to_pandas()
 
     def write_parquet(self, path: str, mode: str = "overwrite") -> None:

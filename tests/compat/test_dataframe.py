@@ -23,6 +23,16 @@ def test_pandas(sp):
     assert df.to_pandas().equals(pandas_df)
 
 
+def test_pandas_keeps_index_and_dtypes(sp):
+    # §1.6: PandasDataSet yields the original df, so to_pandas() gives it back, index included
+    pandas_df = pd.DataFrame({"a": [1, 2, 3], "c": pd.Categorical(["x", "y", "x"])}, index=pd.Index([10, 20, 30], name="k"))
+    out = sp.from_pandas(pandas_df).to_pandas()
+    assert out.equals(pandas_df) and out.index.name == "k" and out["c"].dtype == "category"
+    assert out is not pandas_df  # a copy, as upstream's concat gave
+    # anything computed from it goes through SQL, which sees the columns only (upstream: to_sql(index=False))
+    assert list(sp.from_pandas(pandas_df).map("a * 2 as a2").to_pandas()["a2"]) == [2, 4, 6]
+
+
 def test_arrow(sp):
     arrow_table = pa.table({"a": [1, 2, 3], "b": [4, 5, 6]})
     df = sp.from_arrow(arrow_table)
