@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from typing import List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
@@ -52,7 +53,7 @@ class DataSinkNode(Node):
         type: ``"link"`` (hard link, else a copy across filesystems), ``"copy"``,
             ``"link_or_copy"`` (hard link, else copy) or ``"manifest"`` (only ``.MANIFEST.txt``,
             listing the inputs' files where they are).
-        manifest_only: deprecated spelling of ``type="manifest"``.
+        manifest_only: deprecated spelling of ``type="manifest"`` (warns, naming the call site).
         mode: what to do when ``output_path`` has content:
 
             * ``"overwrite"`` (default): replace an earlier smallpond result (the files its
@@ -96,6 +97,10 @@ class DataSinkNode(Node):
             raise ParameterError(call_site_msg("DataSinkNode", f"output_path must not contain a line break, got {output_path!r}"))
         super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)
         if manifest_only:
+            ignored = "" if type in ("link", "manifest") else f" (type={type!r} is ignored)"
+            warnings.warn(
+                self._msg(f'manifest_only=True is deprecated: write type="manifest"{ignored}'), DeprecationWarning, stacklevel=2
+            )
             type = "manifest"
         if type not in SINK_TYPES:
             raise ParameterError(self._msg(f"type must be one of {list(SINK_TYPES)}, got {type!r}"))

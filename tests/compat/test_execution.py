@@ -363,7 +363,8 @@ def test_manifest_only_data_sink(run_plan, compat_data, tmp_path):
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), npartitions=16)
     sink_dir = str(tmp_path / "manifest_sink")
-    sink = DataSinkNode(ctx, (parts,), output_path=sink_dir, manifest_only=True)
+    with pytest.warns(DeprecationWarning, match='manifest_only=True is deprecated: write type="manifest"'):
+        sink = DataSinkNode(ctx, (parts,), output_path=sink_dir, manifest_only=True)
     run_plan(LogicalPlan(ctx, sink))
     with open(os.path.join(sink_dir, ".MANIFEST.txt")) as f:
         lines = [line.strip() for line in f if line.strip()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 
@@ -114,8 +115,16 @@ def test_node_parameter_checks():
         DataSinkNode(ctx, (source,), output_path="/tmp/x", type="no_such_type")
     node = PythonScriptNode(ctx, (source,), cpu_limit=1, gpu_limit=0.5)
     assert node.cpu_limit == 4  # cpu_limit = max(cpu_limit, gpu_limit * 8)
-    sink = DataSinkNode(ctx, (source,), output_path="/tmp/x", manifest_only=True)
+    # deprecated upstream (§2.4): accepted as type="manifest", with a warning naming this line
+    with pytest.warns(DeprecationWarning) as caught:
+        sink = DataSinkNode(ctx, (source,), output_path="/tmp/x", manifest_only=True)
+    line = inspect.currentframe().f_lineno - 1
     assert sink.type == "manifest"
+    (w,) = [w for w in caught if "manifest_only" in str(w.message)]
+    assert f"DataSinkNode created at {__file__}:{line}" in str(w.message) and 'type="manifest"' in str(w.message)
+    assert w.filename == __file__  # attributed to the caller, so Python's default filters show it in scripts
+    with pytest.warns(DeprecationWarning, match=r"type='copy' is ignored"):
+        assert DataSinkNode(ctx, (source,), output_path="/tmp/x", type="copy", manifest_only=True).type == "manifest"
 
 
 def test_sql_engine_node_options():
