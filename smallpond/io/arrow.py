@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
-from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
+from smallpond.errors import ColumnNotFoundError, ParameterError, UserCodeError, columns_not_found
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
 
@@ -555,14 +555,17 @@ def build_batch_reader_from_files(
     columns: Optional[List[str]] = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_batch_byte_size: Optional[int] = None,
+    filesystem=None,
     schema: Optional[pa.Schema] = None,
 ) -> pa.RecordBatchReader:
     """A reader that yields batches of exactly ``batch_size`` rows across file boundaries.
 
     Only the last batch may be smaller. Batches have the types of the first file (or of
     ``schema``): a column another file stores otherwise (``large_string`` for ``string``, say) is
-    cast, so such files mix freely. An empty input list needs ``schema``.
+    cast, so such files mix freely. An empty input list needs ``schema``. ``filesystem``: see
+    :func:`check_local_filesystem`.
     """
+    check_local_filesystem(filesystem, "build_batch_reader_from_files")
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
         raise ValueError("cannot build a batch reader over zero files without a schema")
@@ -600,13 +603,29 @@ def build_batch_reader_from_files(
     return pa.RecordBatchReader.from_batches(out_schema, gen())
 
 
+def read_parquet_files_into_table(
+    paths_or_ranges: Sequence[PathOrRange], columns: Optional[List[str]] = None, filesystem=None
+) -> pa.Table:
+    """Read files (or row ranges) into one table, in order, in the calling thread.
+
+    Upstream's helper of this name; the signature is :func:`load_from_parquet_files`' without the
+    thread pool, and so are columns and types. Zero files is an error (there is no schema).
+    """
+    check_local_filesystem(filesystem, "read_parquet_files_into_table")
+    return load_from_parquet_files(paths_or_ranges, columns, max_workers=1)
+
+
 def load_from_parquet_files(
     paths_or_ranges: Sequence[PathOrRange],
     columns: Optional[List[str]] = None,
     max_workers: int = 16,
+    filesystem=None,
+    *,
     schema: Optional[pa.Schema] = None,
 ) -> pa.Table:
-    """Load files (or row ranges) into one table, in order, with large string types."""
+    """Load files (or row ranges) into one table, in order, with large string types, reading up
+    to ``max_workers`` files at once (``filesystem``: see :func:`check_local_filesystem`)."""
+    check_local_filesystem(filesystem, "load_from_parquet_files")
 
     def one(p: PathOrRange) -> pa.Table:
         if isinstance(p, RowRange) and not p.whole_file:
@@ -628,8 +647,8 @@ def load_from_parquet_files(
         if schema is None:
             raise ValueError("cannot load zero files without a schema")
         return empty_table(schema)
-    if len(items) == 1:
-        tables = [one(items[0])]
+    if len(items) == 1 or max_workers <= 1:
+        tables = [one(p) for p in items]
     else:
         with ThreadPoolExecutor(min(max_workers, len(items))) as pool:
             tables = list(pool.map(one, items))
@@ -644,8 +663,30 @@ def load_from_parquet_files(
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
-def parquet_write_table(table: pa.Table, where: str, **kwargs) -> None:
+def parquet_write_table(table: pa.Table, where: str, filesystem=None, **kwargs) -> None:
+    check_local_filesystem(filesystem, "parquet_write_table")
     pq.write_table(table, where, **kwargs)
+
+
+def check_local_filesystem(filesystem, func: str) -> None:
+    """Refuse a ``filesystem=`` these helpers cannot honour, rather than ignore it.
+
+    Upstream's Parquet helpers took a filesystem object (for its 3FS client). Here every path is
+    one of the local (shared) filesystem: None and a local filesystem object (pyarrow's or
+    fsspec's ``LocalFileSystem``) are accepted; any other would be read past silently, so it is
+    a :class:`~smallpond.errors.ParameterError` naming the function.
+    """
+    if filesystem is None:
+        return
+    protocol = getattr(filesystem, "protocol", None)
+    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+    local = type(filesystem).__name__ == "LocalFileSystem" or "file" in protocols or "local" in protocols
+    if not local:
+        raise ParameterError(
+            f"{func}(filesystem={type(filesystem).__module__}.{type(filesystem).__name__}): only the local "
+            "filesystem is supported (paths are read and written where this process sees them); "
+            "pass filesystem=None and a local or mounted path"
+        )
 
 
 def dump_to_parquet_files(
@@ -658,9 +699,14 @@ def dump_to_parquet_files(
     row_group_bytes: int = DEFAULT_ROW_GROUP_BYTES,
     use_dictionary: Union[bool, List[str]] = False,
     max_workers: int = 16,
+    filesystem=None,
+    *,
     metadata: Optional[Dict[str, str]] = None,
 ) -> List[str]:
-    """Write ``table`` as ``{filename}-{i:05d}.parquet`` files (zero-padded so names sort)."""
+    """Write ``table`` as ``{filename}-{i:05d}.parquet`` files (zero-padded so names sort).
+
+    ``filesystem``: see :func:`check_local_filesystem`."""
+    check_local_filesystem(filesystem, "dump_to_parquet_files")
     os.makedirs(output_dir, exist_ok=True)
     if metadata:
         merged = dict(table.schema.metadata or {})

@@ -153,3 +153,37 @@ def test_partition_info_and_ids():
     assert str(TaskId(12)) == "000012" and str(TaskRuntimeId(12, 0, 1)) == "000012.0.1"
     out = StreamOutput(None)
     assert out.batch_indices is None and out.force_checkpoint is False
+
+
+def test_read_parquet_files_into_table(compat_data, tmp_path):
+    """§5.2 names ``read_parquet_files_into_table(...)`` without a signature: ours takes
+    ``load_from_parquet_files``' (paths or row ranges, columns, filesystem) and reads in order."""
+    import pyarrow.fs as pafs
+
+    from smallpond.errors import ParameterError
+    from smallpond.io.arrow import (
+        RowRange,
+        dump_to_parquet_files,
+        load_from_parquet_files,
+        parquet_write_table,
+        read_parquet_files_into_table,
+    )
+
+    paths = sorted(os.path.join(compat_data["arrow"], f) for f in os.listdir(compat_data["arrow"]))[:3]
+    table = read_parquet_files_into_table(paths, ["domain", "url"])
+    assert table.column_names == ["domain", "url"] and table.num_rows == 300
+    assert table.equals(load_from_parquet_files(paths, ["domain", "url"]))
+    ranged = read_parquet_files_into_table([RowRange(paths[1], 0, 100, 10, 15), paths[2]], ["url"], pafs.LocalFileSystem())
+    full = load_from_parquet_files(paths[1:], ["url"]).column("url").to_pylist()
+    assert ranged.column("url").to_pylist() == full[10:15] + full[100:]
+    # a filesystem these helpers cannot use is refused, naming the function, never read past
+    elsewhere = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
+    for call in (
+        lambda: read_parquet_files_into_table(paths, None, elsewhere),
+        lambda: load_from_parquet_files(paths, None, 16, elsewhere),
+        lambda: dump_to_parquet_files(table, str(tmp_path / "out"), filesystem=elsewhere),
+        lambda: parquet_write_table(table, str(tmp_path / "t.parquet"), filesystem=elsewhere),
+    ):
+        with pytest.raises(ParameterError, match=r"\w+\(filesystem=pyarrow\._fs\.SubTreeFileSystem\): only the local"):
+            call()
+    assert not os.listdir(tmp_path)

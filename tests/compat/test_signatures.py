@@ -16,6 +16,7 @@ from smallpond.errors import ParameterError
 from smallpond.execution.driver import Driver
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.task import PartitionInfo, RuntimeContext, StreamOutput
+from smallpond.io import arrow as arrow_io
 from smallpond.logical import dataset as ds
 from smallpond.logical import node as nd
 from smallpond.logical import udf as udfmod
@@ -214,6 +215,22 @@ SIGNATURES = {
     "UDFStructType": (udfmod.UDFStructType.__init__, "fields"),
     "UDFListType": (udfmod.UDFListType.__init__, "child"),
     "UDFMapType": (udfmod.UDFMapType.__init__, "key, value"),
+    # -- io.arrow (§5.2; read_parquet_files_into_table's is not recorded: ours is load_from_parquet_files' without max_workers)
+    "read_parquet_files_into_table": (arrow_io.read_parquet_files_into_table, "paths_or_ranges, columns=None, filesystem=None"),
+    "load_from_parquet_files": (
+        arrow_io.load_from_parquet_files,
+        "paths_or_ranges, columns=None, max_workers=16, filesystem=None",
+    ),
+    "build_batch_reader_from_files": (
+        arrow_io.build_batch_reader_from_files,
+        "paths_or_ranges, *, columns=None, batch_size=122880, max_batch_byte_size=None, filesystem=None",
+    ),
+    "parquet_write_table": (arrow_io.parquet_write_table, "table, where, filesystem=None, **kwargs"),
+    "dump_to_parquet_files": (
+        arrow_io.dump_to_parquet_files,
+        'table, output_dir, filename="data", compression="ZSTD", compression_level=3, row_group_size=122880, '
+        "row_group_bytes=122880 * 4 * KB, use_dictionary=False, max_workers=16, filesystem=None",
+    ),
 }
 
 
