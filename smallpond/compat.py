@@ -17,21 +17,25 @@ import sys
 import types
 from typing import Dict, Tuple
 
-#: upstream module path -> (where the names live, the names)
-FORWARDED: Dict[str, Tuple[str, Tuple[str, ...]]] = {
-    "smallpond.logical.planner": ("smallpond.execution.planner", ("Planner", "ExecutionPlan")),
+#: upstream module path -> ((where the names live, the names), ...)
+FORWARDED: Dict[str, Tuple[Tuple[str, Tuple[str, ...]], ...]] = {
+    "smallpond.logical.planner": (
+        ("smallpond.execution.planner", ("Planner", "ExecutionPlan")),
+        ("smallpond.logical.visitor", ("LogicalPlanVisitor",)),
+    ),
 }
 
 
 class _ForwardingModule(types.ModuleType):
-    def __init__(self, name: str, target: str, names: Tuple[str, ...]) -> None:
-        super().__init__(name, f"Upstream import path; forwards {', '.join(names)} to {target}.")
-        self.__forward_target__ = target
-        self.__all__ = list(names)
+    def __init__(self, name: str, targets: Tuple[Tuple[str, Tuple[str, ...]], ...]) -> None:
+        where = "; ".join(f"{', '.join(names)} to {target}" for target, names in targets)
+        super().__init__(name, f"Upstream import path; forwards {where}.")
+        self.__forward_targets__ = {n: target for target, names in targets for n in names}
+        self.__all__ = list(self.__forward_targets__)
 
     def __getattr__(self, attr: str):
         if attr in self.__all__:
-            value = getattr(importlib.import_module(self.__forward_target__), attr)
+            value = getattr(importlib.import_module(self.__forward_targets__[attr]), attr)
             setattr(self, attr, value)
             return value
         raise AttributeError(f"module {self.__name__!r} has no attribute {attr!r}")
@@ -39,8 +43,7 @@ class _ForwardingModule(types.ModuleType):
 
 class _Loader(importlib.abc.Loader):
     def create_module(self, spec):
-        target, names = FORWARDED[spec.name]
-        return _ForwardingModule(spec.name, target, names)
+        return _ForwardingModule(spec.name, FORWARDED[spec.name])
 
     def exec_module(self, module) -> None:
         pass

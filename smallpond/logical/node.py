@@ -7,11 +7,9 @@ The families live in :mod:`.base`, :mod:`.partition` and :mod:`.compute`; the st
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
-from smallpond.errors import ParameterError, PlanError
+from smallpond.errors import ParameterError
 from smallpond.logical.base import Context, Node, NodeId
 from smallpond.logical.compute import (
     ArrowBatchNode,
@@ -22,6 +20,8 @@ from smallpond.logical.compute import (
     PythonScriptNode,
     SqlEngineNode,
 )
+from smallpond.logical.dot import Digraph, dot_graph
+from smallpond.logical.dot import partition_count as _count
 from smallpond.logical.graph import topological_order
 from smallpond.logical.partition import (
     DataSetPartitionNode,
@@ -44,6 +44,7 @@ from smallpond.logical.structural import (
     RootNode,
     UnionNode,
 )
+from smallpond.logical.visitor import LogicalPlanVisitor
 
 __all__ = [
     "Context",
@@ -74,30 +75,8 @@ __all__ = [
     "UserPartitionedDataSourceNode",
     "RangePartitionNode",
     "LogicalPlan",
+    "LogicalPlanVisitor",
 ]
-
-
-class _Digraph:
-    """A DOT description of a plan; renders to an image only if Graphviz ``dot`` exists."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def __str__(self) -> str:
-        return self.source
-
-    def render(self, path: str, format: str = "png") -> Optional[str]:
-        """Write ``path`` (DOT text) and, if ``dot`` is installed, ``path.format``. Returns the image path or None."""
-        with open(path, "w") as f:
-            f.write(self.source)
-        if shutil.which("dot") is None:
-            from smallpond.common import logger
-
-            logger.warning("Graphviz 'dot' not found: wrote {} as DOT text only", path)
-            return None
-        out = f"{path}.{format}"
-        subprocess.run(["dot", f"-T{format}", path, "-o", out], check=True, timeout=60)
-        return out
 
 
 class LogicalPlan:
@@ -144,8 +123,9 @@ class LogicalPlan:
     def __str__(self) -> str:
         return self.explain_str()
 
-    def graph(self) -> _Digraph:
-        """The plan as DOT text; ``.render(path)`` also draws it when Graphviz is installed."""
+    def graph(self) -> Digraph:
+        """The plan as a DOT graph (``.source``); ``.render(filename, directory, format=...)`` also
+        draws it when Graphviz is installed (see :mod:`smallpond.logical.dot`)."""
         return dot_graph([self.root_node])
 
     def to_networkx(self):
@@ -158,29 +138,6 @@ class LogicalPlan:
             for dep in node.input_deps:
                 g.add_edge(dep.id, node.id)
         return g
-
-
-def dot_graph(roots: Sequence[Node]) -> _Digraph:
-    """A DOT description of every node reachable from ``roots``."""
-    lines = ["digraph smallpond {", "  rankdir=BT;", "  node [shape=box];"]
-    for node in topological_order(list(roots), lambda n: n.input_deps):
-        label = f"{node!r}\\n{_count(node)} partition(s)"
-        if getattr(node, "df_op", None):
-            label += f"\\nDataFrame.{node.df_op}"
-        if node.output_name:
-            label += f"\\n{node.output_name}"
-        lines.append(f'  n{int(node.id)} [label="{label}"];')
-        for dep in node.input_deps:
-            lines.append(f"  n{int(dep.id)} -> n{int(node.id)};")
-    lines.append("}")
-    return _Digraph("\n".join(lines))
-
-
-def _count(node: Node) -> str:
-    try:
-        return str(node.num_partitions)
-    except PlanError:
-        return "?"
 
 
 def _node_detail(node: Node) -> str:

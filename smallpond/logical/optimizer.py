@@ -14,18 +14,21 @@ Rules, in order (:data:`RULES`), used by the DataFrame API and the Driver alike:
 * :func:`fuse_sql_into_partition` — a hash partition or shuffle whose input is a single-input SQL
   node read by nothing else runs that SQL itself: one producer per input partition runs the
   query and routes its result, so the data is read and written once instead of twice.
+
+:class:`Optimizer` is upstream's face of the same rules: ``Optimizer(exclude_nodes).visit(node)``.
 """
 
 from __future__ import annotations
 
 import copy
 import string
-from typing import Callable, Dict, List, Set
+from typing import Callable, Dict, Iterable, List, Optional, Set
 
 from smallpond.logical.base import Node
 from smallpond.logical.compute import SqlEngineNode
 from smallpond.logical.node import LimitNode
 from smallpond.logical.partition import HashPartitionNode, ShuffleNode
+from smallpond.logical.visitor import LogicalPlanVisitor
 
 
 def _escape(text: str) -> str:
@@ -180,3 +183,25 @@ def optimized_of(memo: Dict, node: Node) -> Node:
     for rule in RULES:
         node = memo.get(rule.__name__, {}).get(id(node), node)
     return node
+
+
+class Optimizer(LogicalPlanVisitor[Node]):
+    """``Optimizer(exclude_nodes).visit(node)``: ``node`` with the rules (:data:`RULES`) applied, as
+    upstream's DataFrame API optimized a plan before running it.
+
+    Nodes in ``exclude_nodes`` (upstream: those already computed) are kept as they are and never
+    fused into their consumers. The nodes given are never changed: what a rule rewrites is a new
+    node (with the id of the node it replaces); a node no rule touches is returned as it is
+    (upstream copied every node). Results are memoized per Optimizer, so visiting a node again,
+    or another plan that shares it, gives the same optimized node.
+    """
+
+    def __init__(self, exclude_nodes: Optional[Iterable[Node]] = None) -> None:
+        self.exclude_nodes = set(exclude_nodes or ())
+        self._frozen = {id(n) for n in self.exclude_nodes}
+        self._memo: Dict = {}
+        self._roots: Dict[int, Node] = {}  # the memo is keyed by id(): its nodes must stay alive
+
+    def visit(self, node: Node, depth: int = 0) -> Node:
+        self._roots[id(node)] = node
+        return optimize(node, self._frozen, self._memo)

@@ -20,6 +20,9 @@ from smallpond.io import arrow as arrow_io
 from smallpond.logical import dataset as ds
 from smallpond.logical import node as nd
 from smallpond.logical import udf as udfmod
+from smallpond.logical.dot import Digraph
+from smallpond.logical.optimizer import Optimizer
+from smallpond.logical.visitor import LogicalPlanVisitor
 from tests.compat._sig import signature_problems
 
 PARQUET_OPTS = (
@@ -215,6 +218,16 @@ SIGNATURES = {
     "UDFStructType": (udfmod.UDFStructType.__init__, "fields"),
     "UDFListType": (udfmod.UDFListType.__init__, "child"),
     "UDFMapType": (udfmod.UDFMapType.__init__, "key, value"),
+    # -- plans (§2.11; graphviz.Digraph.render's own parameters for the graph)
+    "LogicalPlanVisitor.visit": (LogicalPlanVisitor.visit, "node, depth=0"),
+    "LogicalPlanVisitor.generic_visit": (LogicalPlanVisitor.generic_visit, "node, depth"),
+    "Optimizer": (Optimizer.__init__, "exclude_nodes"),
+    "Optimizer.visit": (Optimizer.visit, "node, depth=0"),
+    "LogicalPlan.graph().render": (
+        Digraph.render,
+        "filename=None, directory=None, view=False, cleanup=False, format=None, renderer=None, formatter=None, "
+        "neato_no_op=None, quiet=False, quiet_view=False",
+    ),
     # -- io.arrow (§5.2; read_parquet_files_into_table's is not recorded: ours is load_from_parquet_files' without max_workers)
     "read_parquet_files_into_table": (arrow_io.read_parquet_files_into_table, "paths_or_ranges, columns=None, filesystem=None"),
     "load_from_parquet_files": (
