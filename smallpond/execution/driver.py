@@ -40,55 +40,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 from typing import Dict, List, Optional, Tuple
 
-from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
-from smallpond.execution.env_settings import DRIVER_ENV_SETTINGS, ENV_SETTINGS, env_value, non_negative_int
+from smallpond.execution.driver_options import (  # noqa: F401 (NO_EFFECT: importable from here too)
+    MODES,
+    NO_EFFECT,
+    add_driver_arguments,
+    driver_defaults,
+    unused_env_settings,
+    warn_no_effect,
+)
+from smallpond.execution.env_settings import DRIVER_ENV_SETTINGS, ENV_SETTINGS, env_value
 
 EX_OK = 0
 EX_SOFTWARE = 70
-MODES = ("scheduler", "executor", "ray")
-
-#: driver options (by dest) that upstream scripts pass but that change nothing in this build; using
-#: one gives one warning listing them all, and ``--help`` marks them "(no effect)"
-NO_EFFECT = (
-    "job_priority",
-    "resource_group",
-    "sidecars",
-    "tags",
-    "task_image",
-    "python_venv",
-    "runtime_ctx_path",
-    "num_executors_per_task",
-    "prioritize_retry",
-    "stop_executor_on_failure",
-    "nonzero_exitcode_as_oom",
-    "enable_profiling",
-    "enable_diagnostic_metrics",
-    "enable_sched_state_dump",
-    "memory_allocator",
-    "memory_purge_delay",
-    "bind_numa_node",
-    "share_log_analytics",
-)
-
-#: settings whose ``SP_*`` variable changes nothing in this build, with the value that asks for nothing
-NO_EFFECT_ENV = {"bind_numa_node": False, "memory_allocator": "system"}
-
-
-def unused_env_settings() -> List[str]:
-    """The ``SP_*`` variables set to a value that has no effect in this build (as their flags)."""
-    return [ENV_SETTINGS[name][0] for name, default in NO_EFFECT_ENV.items() if env_value(name) not in (None, default)]
-
-
-def _executor_count(text: str) -> int:
-    """``--num_executors``: a count, 0 for one per usable CPU (argparse names the flag)."""
-    try:
-        return non_negative_int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0 (0: one per usable CPU), got {text!r}") from None
 
 
 class Driver:
@@ -106,124 +72,7 @@ class Driver:
         self.driver_args: Optional[argparse.Namespace] = None
         self._argv: List[str] = []
 
-    @staticmethod
-    def _add_driver_arguments(p: argparse.ArgumentParser) -> None:
-        # required, as upstream's (so `mode --flags in1 in2` gives a user positional in1 in2);
-        # parse_arguments supplies "scheduler" when a command line names no mode
-        p.add_argument("mode", choices=MODES, help="scheduler (the default when none is given), executor or ray")
-        p.add_argument("--exec_id", default=socket.gethostname())
-        p.add_argument("--job_id", default=None, help="job id (a UUID or any string); reuse it to resume a job")
-        p.add_argument("--job_time", type=float, default=None, help="job time as epoch seconds")
-        p.add_argument("--job_name", default="smallpond")
-        p.add_argument("--job_priority", type=int, default=None)
-        p.add_argument("--resource_group", default="localhost")
-        p.add_argument("--env_variables", nargs="*", default=[], help="K=V pairs set in every worker")
-        p.add_argument("--sidecars", nargs="*", default=[])
-        p.add_argument("--tags", nargs="*", default=[])
-        p.add_argument("--task_image", default="default")
-        p.add_argument("--python_venv", default=None)
-        p.add_argument("--data_root", default=None, help="root directory of job data (default ~/.smallpond/data)")
-        p.add_argument("--runtime_ctx_path", default=None)
-        p.add_argument(
-            "--num_executors",
-            type=_executor_count,
-            default=0,
-            help="worker processes, or executors a --platform starts (0: one per usable CPU)",
-        )
-        p.add_argument("--num_executors_per_task", type=int, default=5)
-        p.add_argument(
-            "--random_seed",
-            type=int,
-            default=None,
-            help="seed of every random number the tasks draw (default: a constant, so reruns give the same bytes)",
-        )
-        p.add_argument(
-            "--task_cache",
-            default=None,
-            help="folder of the task cache shared by jobs (default: {data_root}/.smallpond/users/{uid}/task_cache, or SP_TASK_CACHE); 'off' turns it off",
-        )
-        p.add_argument(
-            "--task_cache_max_bytes",
-            type=int,
-            default=None,
-            help="after the job, remove least recently used task-cache entries beyond this many bytes",
-        )
-        p.add_argument(
-            "--dry_run",
-            action="store_true",
-            help="plan, list which tasks would run and which would be reused (and why), and exit: run nothing",
-        )
-        p.add_argument("--max_retry", "--max_retry_count", dest="max_retry_count", type=int, default=DEFAULT_MAX_RETRY_COUNT)
-        p.add_argument("--max_fail", "--max_fail_count", dest="max_fail_count", type=int, default=DEFAULT_MAX_FAIL_COUNT)
-        p.add_argument("--prioritize_retry", action="store_true")
-        p.add_argument(
-            "--speculative_exec",
-            choices=("disable", "enable", "aggressive"),
-            default="enable",
-            help="give stragglers a second copy on an idle worker (default: enable)",
-        )
-        p.add_argument("--speculation_quantile", type=float, default=None, help="fraction of a node's tasks done first (0.75)")
-        p.add_argument("--speculation_multiplier", type=float, default=None, help="times the median runtime (1.5)")
-        p.add_argument("--speculation_min_runtime", type=float, default=None, help="seconds a task runs at least (60)")
-        p.add_argument("--enable_speculative_exec", dest="speculative_exec", action="store_const", const="enable")
-        p.add_argument("--disable_speculative_exec", dest="speculative_exec", action="store_const", const="disable")
-        p.add_argument("--stop_executor_on_failure", action="store_true")
-        p.add_argument("--fail_fast", "--fail_fast_on_failure", dest="fail_fast_on_failure", action="store_true")
-        p.add_argument("--nonzero_exitcode_as_oom", action="store_true")
-        p.add_argument(
-            "--elastic_threads",
-            action="store_true",
-            help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads "
-            "(faster stage tails; rows with equal sort keys may then come out in another order)",
-        )
-        p.add_argument("--fault_inject", "--fault_inject_prob", dest="fault_inject_prob", type=float, default=0.0)
-        p.add_argument("--enable_profiling", action="store_true")
-        p.add_argument("--enable_diagnostic_metrics", action="store_true")
-        p.add_argument("--enable_sched_state_dump", dest="enable_sched_state_dump", action="store_true", default=False)
-        p.add_argument("--disable_sched_state_dump", dest="enable_sched_state_dump", action="store_false")
-        p.add_argument("--remove_empty_parquet", action="store_true")
-        p.add_argument("--remove_output_root", action="store_true")
-        p.add_argument("--skip_task_with_empty_input", action="store_true")
-        p.add_argument("--self_contained_final_results", action="store_true")
-        p.add_argument(
-            "--malloc",
-            "--memory_allocator",
-            dest="memory_allocator",
-            choices=("system", "jemalloc", "mimalloc"),
-            default="mimalloc",
-        )
-        p.add_argument("--memory_purge_delay", type=int, default=10000)
-        p.add_argument("--bind_numa_node", action="store_true")
-        p.add_argument(
-            "--enforce_memory_limit",
-            action="store_true",
-            help="stop an attempt whose Python/Arrow/numpy code uses more memory than its limit (OutOfMemory, retried)",
-        )
-        p.add_argument("--enable_log_analytics", dest="share_log_analytics", action="store_true", default=None)
-        p.add_argument("--disable_log_analytics", dest="share_log_analytics", action="store_false")
-        p.add_argument("--console_log_level", default="INFO")
-        p.add_argument("--file_log_level", default="DEBUG")
-        p.add_argument("--disable_log_rotation", action="store_true")
-        p.add_argument("--output_path", default=None, help="publish named outputs and FinalResults here (copies)")
-        p.add_argument(
-            "--restart",
-            action="store_true",
-            help="start the job over: an existing folder of this job is moved aside to {folder}.restarted-{time} "
-            "(the way out when it cannot be resumed, e.g. its config/secret was lost)",
-        )
-        p.add_argument(
-            "--platform",
-            default=None,
-            help="run on the queue backend, executors started by: mpi, base (subprocesses), manual (by hand)",
-        )
-        p.add_argument(
-            "--ray_address",
-            default=None,
-            help="run tasks on this Ray cluster (host:port, auto, or local for a private one); implies ray mode",
-        )
-        for action in p._actions:
-            if action.dest in NO_EFFECT:
-                action.help = f"{action.help} (no effect)" if action.help else "(no effect)"
+    _add_driver_arguments = staticmethod(add_driver_arguments)
 
     # -- arguments -------------------------------------------------------------------------------
     def add_argument(self, *args, **kwargs) -> None:
@@ -358,10 +207,7 @@ class Driver:
         return defaults._actions
 
     def _driver_defaults(self) -> Dict[str, object]:
-        """The Driver's own value of each of its options when the command line gives none."""
-        defaults = argparse.ArgumentParser(add_help=False)
-        self._add_driver_arguments(defaults)
-        return vars(defaults.parse_args(["scheduler"]))
+        return driver_defaults()
 
     def _ensure_parsed(self) -> None:
         if self.driver_args is None:
@@ -442,9 +288,7 @@ class Driver:
 
         self._ensure_parsed()
         a = self.driver_args
-        unused = self.unused_flags() + unused_env_settings()
-        if unused:
-            logger.warning("these driver options have no effect in this build and are ignored: {}", ", ".join(unused))
+        warn_no_effect("driver options", self.unused_flags() + unused_env_settings())
         if tags:
             logger.warning("Driver.run(tags=...) has no effect in this build and is ignored")
         if a.dry_run and a.mode != "executor":
@@ -513,87 +357,14 @@ class Driver:
         )
 
     def _runtime_ctx(self):
-        from smallpond.execution.job import make_runtime_ctx
+        from smallpond.execution.manager import runtime_ctx_from
 
-        a = self.driver_args
-        env = dict(kv.split("=", 1) for kv in a.env_variables if "=" in kv)
-        rt = make_runtime_ctx(
-            a.job_id,
-            a.job_time,
-            a.data_root,
-            num_executors=a.num_executors,
-            random_seed=a.random_seed,
-            env_overrides=env,
-            bind_numa_node=a.bind_numa_node,
-            enforce_memory_limit=a.enforce_memory_limit,
-            fault_inject_prob=a.fault_inject_prob,
-            enable_profiling=a.enable_profiling,
-            enable_diagnostic_metrics=a.enable_diagnostic_metrics,
-            remove_empty_parquet=a.remove_empty_parquet,
-            skip_task_with_empty_input=a.skip_task_with_empty_input,
-            console_log_level=a.console_log_level,
-            file_log_level=a.file_log_level,
-            disable_log_rotation=a.disable_log_rotation,
-            output_path=a.output_path,
-            task_cache=a.task_cache,
-            elastic_threads=a.elastic_threads,
-        )
-        rt.exec_id = a.exec_id
-        return rt
+        return runtime_ctx_from(self.driver_args)
 
     def _run_scheduler(self, plan, backend: str = "local", ray_address: Optional[str] = None):
-        from smallpond.execution.job import Job, make_executor
-        from smallpond.execution.progress import console_listeners
+        from smallpond.execution.manager import run_plan_as_job
 
-        if plan is None:
-            raise ValueError(f"Driver.run(plan) needs a LogicalPlan in {self.driver_args.mode} mode")
-        a = self.driver_args
-        if a.task_cache_max_bytes is not None and a.task_cache_max_bytes < 0:
-            from smallpond.errors import ParameterError
-
-            raise ParameterError(f"--task_cache_max_bytes must be >= 0, got {a.task_cache_max_bytes}")
-        rt = self._runtime_ctx()
-        job = Job(
-            rt,
-            executor=make_executor(rt, a.num_executors or None, backend=backend, ray_address=ray_address, platform=a.platform),
-            max_retry_count=a.max_retry_count,
-            max_fail_count=1 if a.fail_fast_on_failure else a.max_fail_count,
-            log_name="scheduler",
-            restart=a.restart,
-            listeners=console_listeners(),
-            name=None if a.job_name == "smallpond" else a.job_name,  # the default names nothing
-            speculation=self._speculation(),
-            task_cache_max_bytes=a.task_cache_max_bytes,
-        )
-        ok = False
-        try:
-            job.start()
-            exec_plan = job.run_plan(plan, manifest_only_final_results=not a.self_contained_final_results)
-            ok = True
-            return exec_plan
-        except Exception as e:
-            if job.events is None:  # the job never started: nothing will summarize the error
-                raise
-            job.record_error(e)
-            return None  # the summary below says what failed, once
-        finally:
-            # intermediates stay unless asked; what a published result lists stays even then (retention.py)
-            job.finish(ok, remove_intermediates=a.remove_output_root)
-            if job.events is not None:
-                sys.stdout.flush()
-                sys.stderr.write(job.summary())
-                sys.stderr.flush()
-
-    def _speculation(self):
-        from smallpond.execution.scheduler import Speculation
-
-        a = self.driver_args
-        return Speculation.of(
-            a.speculative_exec,
-            quantile=a.speculation_quantile,
-            multiplier=a.speculation_multiplier,
-            min_runtime=a.speculation_min_runtime,
-        )
+        return run_plan_as_job(plan, self.driver_args, backend=backend, ray_address=ray_address)
 
     def _run_ray(self, plan):
         """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide)."""

@@ -14,6 +14,7 @@ import smallpond
 from smallpond.dataframe import DataFrame, Session
 from smallpond.errors import ParameterError
 from smallpond.execution.driver import Driver
+from smallpond.execution.manager import JobManager
 from smallpond.execution.planner import ExecutionPlan, Planner
 from smallpond.execution.task import PartitionInfo, RuntimeContext, StreamOutput
 from smallpond.io import arrow as arrow_io
@@ -209,6 +210,19 @@ SIGNATURES = {
     "Driver.get_arguments": (Driver.get_arguments, "to_dict=True"),
     "Driver.get_driver_arguments": (Driver.get_driver_arguments, "to_dict=True"),
     "Driver.run": (Driver.run, "plan, stop_process_on_done=True, tags=None"),
+    "JobManager": (JobManager.__init__, 'data_root=None, python_venv=None, task_image="default", platform=None'),
+    "JobManager.run": (
+        JobManager.run,
+        'plan, job_id=None, job_time=None, job_name="smallpond", job_priority=None, num_executors=1, '
+        'num_executors_per_task=5, resource_group="localhost", env_variables=None, sidecars=None, user_tags=None, '
+        'random_seed=None, max_retry_count=5, max_fail_count=3, prioritize_retry=False, speculative_exec="enable", '
+        "stop_executor_on_failure=False, fail_fast_on_failure=False, nonzero_exitcode_as_oom=False, "
+        "fault_inject_prob=0.0, enable_profiling=False, enable_diagnostic_metrics=False, enable_sched_state_dump=False, "
+        "remove_empty_parquet=False, remove_output_root=False, skip_task_with_empty_input=False, "
+        'manifest_only_final_results=True, memory_allocator="mimalloc", memory_purge_delay=10000, bind_numa_node=False, '
+        'enforce_memory_limit=False, share_log_analytics=None, console_log_level="INFO", file_log_level="DEBUG", '
+        "disable_log_rotation=False, sched_state_observers=None, output_path=None, **kwargs",
+    ),
     # -- UDFs ----------------------------------------------------------------------------------
     "udf": (udfmod.udf, "params, return_type, use_arrow_type=False, name=None"),
     "UserDefinedFunction": (udfmod.UserDefinedFunction.__init__, "name, func, params, return_type, use_arrow_type=False"),

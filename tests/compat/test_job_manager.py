@@ -1,0 +1,107 @@
+"""Upstream's ``smallpond.execution.manager.JobManager`` (reference §4.5), run for real."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+from smallpond.errors import JobFailed, TaskError
+from smallpond.execution.manager import JobManager
+from smallpond.logical.dataset import ParquetDataSet, SqlQueryDataSet
+from smallpond.logical.node import (
+    ArrowComputeNode,
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    LogicalPlan,
+    SqlEngineNode,
+)
+
+
+def count_plan(compat_data) -> LogicalPlan:
+    ctx = Context()
+    source = DataSourceNode(ctx, ParquetDataSet([os.path.join(compat_data["mock_urls"], "*.parquet")]))
+    parts = DataSetPartitionNode(ctx, (source,), npartitions=3)
+    counts = SqlEngineNode(ctx, (parts,), "select count(*) as n from {0}", output_name="counts")
+    return LogicalPlan(ctx, counts)
+
+
+def job_folder(data_root: str, job_id: str) -> str:
+    (name,) = [n for n in os.listdir(data_root) if n.endswith(job_id)]
+    return os.path.join(data_root, name)
+
+
+def test_run_returns_the_execution_plan(compat_data, tmp_path, log_messages):
+    job_id = str(uuid.uuid4())
+    exec_plan = JobManager(data_root=str(tmp_path / "root")).run(count_plan(compat_data), job_id=job_id)
+    assert exec_plan.successful
+    assert sum(exec_plan.get_output("counts").to_arrow_table().column("n").to_pylist()) == 1000
+    assert sum(exec_plan.final_output.to_arrow_table().column("n").to_pylist()) == 1000
+    log = os.path.join(job_folder(str(tmp_path / "root"), job_id), "log")
+    # no picture is drawn (upstream rendered graph.png with Graphviz for every job, §8.17)
+    assert "plan.dot" in os.listdir(log) and not [n for n in os.listdir(log) if n.startswith("graph")]
+    assert not [m for m in log_messages if "no effect" in m]  # defaults warn about nothing
+
+
+def test_arguments_map_onto_the_job(compat_data, tmp_path, monkeypatch):
+    def env_value(rt, tables):
+        import pyarrow as pa
+
+        return pa.table({"x": [os.environ.get("MY_SETTING")]})
+
+    ctx = Context()
+    parts = DataSetPartitionNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet([os.path.join(compat_data["mock_urls"], "*.parquet")])),), npartitions=2
+    )
+    node = ArrowComputeNode(ctx, (parts,), process_func=env_value, output_name="env")
+    monkeypatch.chdir(tmp_path)  # a data root of one relative path component (upstream crashed, §8.17)
+    out = tmp_path / "published"
+    exec_plan = JobManager(data_root="jobs").run(
+        LogicalPlan(ctx, node),
+        job_id=str(uuid.uuid4()),
+        job_time=1700000000.0,
+        env_variables=["MY_SETTING=42"],
+        output_path=str(out),
+        manifest_only_final_results=False,
+        remove_output_root=True,
+        task_cache="off",
+    )
+    assert exec_plan.get_output("env").to_arrow_table().column("x").to_pylist() == ["42", "42"]
+    assert sorted(os.listdir(out)) == ["FinalResults", "env"]
+    assert [n for n in os.listdir(tmp_path / "jobs") if n.startswith("2023-11-14-")]  # job_time, epoch seconds
+
+
+def test_a_failed_job_raises_its_error(tmp_path):
+    def fail(rt, tables):
+        raise ValueError("boom in the user's function")
+
+    ctx = Context()
+    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, SqlQueryDataSet("select 1 as a")),), process_func=fail)
+    with pytest.raises(JobFailed, match="boom in the user's function") as e:
+        JobManager(data_root=str(tmp_path / "root")).run(LogicalPlan(ctx, node), fail_fast_on_failure=True)
+    # the failed task's error: the node, where the script created it, the user's exception
+    (error,) = e.value.errors
+    assert isinstance(error, TaskError) and f"{node!r} failed: ValueError: boom in the user's function" in str(error)
+    assert f"node created at: {__file__}:" in str(error)
+
+
+def test_arguments_without_effect_are_warned_about_once(compat_data, tmp_path, log_messages):
+    manager = JobManager(data_root=str(tmp_path / "root"), task_image="my-image")
+    exec_plan = manager.run(
+        count_plan(compat_data),
+        user_tags=["team=x"],
+        memory_allocator="jemalloc",
+        prioritize_retry=True,
+        sched_state_observers=[object()],
+        some_platform_option=1,
+        restart=True,  # a Driver option: honoured, not warned about
+    )
+    assert exec_plan.successful
+    warned = [m for m in log_messages if "no effect" in m]
+    assert len(warned) == 1
+    assert (
+        "these JobManager arguments have no effect in this build and are ignored: user_tags, prioritize_retry, "
+        "memory_allocator, task_image, sched_state_observers, some_platform_option" in warned[0]
+    )
