@@ -364,8 +364,22 @@ def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
     )
 
 
-def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: bool = True, fsync: bool = False) -> int:
-    """Pickle ``obj`` with cloudpickle (signed if ``secret`` is given) and write it to ``path``."""
+#: upstream's default ``buffering`` of :func:`dump` and :func:`load` (an I/O buffer size; the
+#: bytes written or read do not depend on it)
+DEFAULT_BUFFERING = 2 * 1024 * 1024
+
+
+def dump(
+    obj: Any,
+    path: str,
+    buffering: int = DEFAULT_BUFFERING,
+    atomic_write: bool = True,
+    *,
+    secret: Optional[bytes] = None,
+    fsync: bool = False,
+) -> int:
+    """Pickle ``obj`` with cloudpickle (signed if ``secret`` is given) and write it to ``path``;
+    returns its size. ``buffering`` is the size of the write buffer of a non-atomic write."""
     import cloudpickle
 
     payload = cloudpickle.dumps(obj)
@@ -374,16 +388,16 @@ def dump(obj: Any, path: str, *, secret: Optional[bytes] = None, atomic_write: b
     if atomic_write:
         atomic_write_bytes(path, payload, fsync=fsync)
     else:
-        with open(path, "wb") as f:
+        with open(path, "wb", buffering=buffering) as f:
             f.write(payload)
     return len(payload)
 
 
-def load(path: str, *, secret: Optional[bytes] = None) -> Any:
+def load(path: str, buffering: int = DEFAULT_BUFFERING, *, secret: Optional[bytes] = None) -> Any:
     """Load a pickle written by :func:`dump`, verifying its signature when ``secret`` is given."""
     import pickle
 
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=buffering) as f:
         data = f.read()
     if secret is not None:
         data = verified_payload(data, secret, path)

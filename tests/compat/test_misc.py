@@ -187,3 +187,15 @@ def test_read_parquet_files_into_table(compat_data, tmp_path):
         with pytest.raises(ParameterError, match=r"\w+\(filesystem=pyarrow\._fs\.SubTreeFileSystem\): only the local"):
             call()
     assert not os.listdir(tmp_path)
+
+
+def test_filesystem_dump_and_load_take_upstreams_arguments(tmp_path):
+    """§5.1: ``dump(obj, path, buffering=2MB, atomic_write=False)`` and ``load(path, buffering=2MB)``."""
+    from smallpond.io.filesystem import dump, load
+
+    path = str(tmp_path / "obj.pickle")
+    obj = {"a": [1, 2, 3], "f": len}
+    size = dump(obj, path, 4096, False)
+    assert size == os.path.getsize(path) and load(path, 4096) == obj
+    assert dump(obj, path, buffering=1 << 20, atomic_write=True) == size and load(path, buffering=1 << 20) == obj
+    assert os.listdir(tmp_path) == ["obj.pickle"]
