@@ -203,6 +203,10 @@ class JobManager:
         when given a value other than their default.
         """
         given = {k: v for k, v in locals().items() if k not in ("self", "plan", "kwargs", "given")}
+        from smallpond.logical.node import LogicalPlan
+
+        if not isinstance(plan, LogicalPlan):
+            raise ParameterError(f"JobManager.run: plan must be a LogicalPlan, got {type(plan).__name__}")
         defaults = driver_defaults()
         settings = dict(defaults)
         for name, value in given.items():
@@ -230,7 +234,17 @@ class JobManager:
         a = argparse.Namespace(**settings)
         # upstream's executors each ran as many tasks at once as the machine had CPUs: embedded,
         # that is one worker per usable CPU; on a platform, num_executors executors are started
-        workers = None if self.platform in (None, "", "local") else num_executors
+        embedded = self.platform in (None, "", "local")
+        if embedded and num_executors > 1:
+            from smallpond.common import logger
+
+            logger.warning(
+                "JobManager.run(num_executors={}) without a platform runs embedded, on this machine only, with one "
+                "worker per usable CPU; give JobManager(platform='mpi') (or 'base') to start {} executors",
+                num_executors,
+                num_executors,
+            )
+        workers = None if embedded else num_executors
         return run_plan_as_job(plan, a, num_workers=workers, raise_error=True)
 
 

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from smallpond.errors import JobFailed, TaskError
+from smallpond.errors import JobFailed, ParameterError, TaskError
 from smallpond.execution.manager import JobManager
 from smallpond.logical.dataset import ParquetDataSet, SqlQueryDataSet
 from smallpond.logical.node import (
@@ -45,7 +45,7 @@ def test_run_returns_the_execution_plan(compat_data, tmp_path, log_messages):
     assert not [m for m in log_messages if "no effect" in m]  # defaults warn about nothing
 
 
-def test_arguments_map_onto_the_job(compat_data, tmp_path, monkeypatch):
+def test_arguments_map_onto_the_job(compat_data, tmp_path, monkeypatch, log_messages):
     def env_value(rt, tables):
         import pyarrow as pa
 
@@ -67,7 +67,10 @@ def test_arguments_map_onto_the_job(compat_data, tmp_path, monkeypatch):
         manifest_only_final_results=False,
         remove_output_root=True,
         task_cache="off",
+        num_executors=2,
     )
+    (said,) = [m for m in log_messages if "without a platform" in m]
+    assert "num_executors=2) without a platform runs embedded" in said and "JobManager(platform='mpi')" in said
     assert exec_plan.get_output("env").to_arrow_table().column("x").to_pylist() == ["42", "42"]
     assert sorted(os.listdir(out)) == ["FinalResults", "env"]
     assert [n for n in os.listdir(tmp_path / "jobs") if n.startswith("2023-11-14-")]  # job_time, epoch seconds
@@ -99,6 +102,8 @@ def test_arguments_without_effect_are_warned_about_once(compat_data, tmp_path, l
         restart=True,  # a Driver option: honoured, not warned about
     )
     assert exec_plan.successful
+    with pytest.raises(ParameterError, match="JobManager.run: plan must be a LogicalPlan, got SqlEngineNode"):
+        manager.run(count_plan(compat_data).root_node)
     warned = [m for m in log_messages if "no effect" in m]
     assert len(warned) == 1
     assert (
