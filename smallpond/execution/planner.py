@@ -31,7 +31,7 @@ from smallpond.execution.ops.duckdb import sql_may_draw_random, sql_reads_files
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
 from smallpond.execution.ops.sink import DataSinkTask, check_destination
-from smallpond.execution.ops.sink_overlap import check_overlap
+from smallpond.execution.ops.sink_overlap import check_overlap, check_sink_destinations
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -278,6 +278,8 @@ class Planner:
         check_plan_size(order, self.node_to_tasks, len(self.tasks), self.rt.usable_memory_size)
         for n, what, message in case_clashes([n for n in order if id(n) not in self.node_to_tasks]):
             raise PlanError(f"{node_at(n)} cannot run: {message}\n{what}")
+        # before any task runs: two sinks into one folder would remove each other's staged result
+        check_sink_destinations([n for n in order if isinstance(n, DataSinkNode) and id(n) not in self.node_to_tasks])
         for n in order:
             if id(n) in self.node_to_tasks:
                 continue

@@ -404,3 +404,22 @@ def test_an_overlap_with_a_frame_computed_earlier_names_the_node_that_reads_it(s
         PlanError, match=r"inside input folder .*\(read by DataSourceNode-\d+ .*created at .*test_safety_outputs\.py:\d+"
     ):
         sp.read_parquet(src).map("k * 2 as k").write_parquet(out)
+
+
+@pytest.mark.parametrize("second", ["D", "D/inner"])
+def test_two_sinks_into_one_folder_are_refused_at_plan_time(tmp_path, make_rt, second):
+    """Two sinks of one job into the same folder (or one inside the other): refused before any
+    task runs, naming both sinks and where they were created. Before, both ran; each sink's
+    preparation removed the other's staged result and the publication refused (same folder), or
+    the outer overwrite swapped the inner result out and put it back as a file 'not written by
+    smallpond' (nested)."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    ctx = Context()
+    rows = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select id from {0}")
+    first = DataSinkNode(ctx, (rows,), str(tmp_path / "D"))
+    other = DataSinkNode(ctx, (rows,), str(tmp_path / second))
+    with pytest.raises(PlanError) as e:
+        run_job(LogicalPlan(ctx, RootNode(ctx, [first, other])), make_rt(), num_workers=1)
+    for node in (first, other):
+        assert f"{node.label} created at {node.location}" in str(e.value)
+    assert sorted(os.listdir(tmp_path)) == ["data_root", "in"]  # nothing staged, nothing published

@@ -8,6 +8,11 @@ the input (:func:`check_overlap`): a job never reads its own earlier output, nor
 its input or its checkpoints. A folder of its own directly under the data root is allowed (no job
 ever looks there), and so is the current job's ``output/`` folder; smallpond's own records
 folder there (``.smallpond``) is not.
+
+Two sinks of one plan never share a destination, nor publish one inside the other
+(:func:`check_sink_destinations`): each sink's preparation removes the staged folders it finds
+beside its destination that this job left (an earlier run's), so the two would remove each
+other's staged result, and an overwrite of the outer folder would swap out the inner result.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Dict, Optional, Sequence
 
 from smallpond.errors import PlanError
 from smallpond.execution.runtime import SMALLPOND_DIRNAME
+from smallpond.logical.base import node_at
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
 
 _JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
@@ -27,6 +33,28 @@ _JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
 def inside(path: str, folder: str) -> bool:
     """Whether ``path`` is ``folder`` or under it (both normalised alike by the caller)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_sink_destinations(nodes: Sequence) -> None:
+    """Refuse (PlanError) two sinks among ``nodes`` (the sink nodes of one plan) whose destinations
+    are the same folder or one inside the other, naming both sinks and where they were created."""
+    seen = []
+    for node in nodes:
+        dest = os.path.realpath(node.output_path)
+        for other, where in seen:
+            if dest == where:
+                how = f"both publish into {node.output_path}"
+                why = "each one's preparation would remove the result the other staged beside it"
+            elif inside(dest, where) or inside(where, dest):
+                how = f"publish one inside the other ({other.output_path} and {node.output_path})"
+                why = "publishing the outer folder would swap the inner result out of place"
+            else:
+                continue
+            raise PlanError(
+                f"{node_at(other)} and {node_at(node)} {how}: "
+                f"{why}. Give each sink a folder of its own, side by side"
+            )
+        seen.append((node, dest))
 
 
 def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:
