@@ -20,10 +20,14 @@ import sys
 import time
 import uuid
 
+import pytest
+
+from smallpond.io.filesystem import exchange_paths
 from tests.datagen import generate_parquet_files
 from tests.e2e.safety_helpers import manifest, published_rows
 
 PUBLISH_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish_job.py")
+HELD_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "held_sink_job.py")
 DELAY = 0.25
 
 
@@ -207,3 +211,51 @@ def test_another_job_discards_a_dead_jobs_aside_keeping_a_users_file(tmp_path, d
     os.unlink(os.path.join(a, "notes.txt"))
     assert (state_of(a, {"y": y["A"]}), state_of(b, {"y": y["B"]})) == ("y", "y")
     assert not [n for n in os.listdir(tmp_path) if ".old-" in n or ".kept-" in n]
+
+
+def test_a_previous_result_an_interrupted_exchange_left_is_discarded_not_removed(tmp_path, data_root):
+    """X is SIGKILLed inside its swap of A, right after the exchange: the previous result of A, with
+    the user's notes.txt (it arrived during X's run), sits at X's staged folder's name. Job Y, which
+    was planned before (A then held only the earlier result) and prepares its sink into A now,
+    clears that leftover (X is dead): only the files the record proves smallpond wrote go, and
+    notes.txt goes back into A. (It removed the folder whole, notes and all.) X's rerun then
+    finishes its publication."""
+    (tmp_path / "p").mkdir()
+    (tmp_path / "q").mkdir()
+    if not exchange_paths(str(tmp_path / "p"), str(tmp_path / "q")):
+        pytest.skip("this filesystem cannot exchange two folders atomically: no swap leaves that state")
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    files0, _ = versions(tmp_path, 0)
+    files_x, x = versions(tmp_path, 1)
+    first = subprocess.run(command(str(uuid.uuid4()), data_root, files0, a, b), capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    cmd_x = command(str(uuid.uuid4()), data_root, files_x, a, b)
+    _kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    cmd_y = [sys.executable, HELD_JOB, "scheduler", "--job_id", str(uuid.uuid4()), "--data_root", data_root,
+             "--num_executors", "1", "-i", *files0, "-o", a, "--hold", str(hold), "--before"]  # fmt: skip
+    y = subprocess.Popen(cmd_y, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (hold / "holding").exists():  # Y is planned (A checked) and waits before its sink
+            assert y.poll() is None, y.stderr.read()[-3000:]
+            time.sleep(0.05)
+        with open(os.path.join(a, "notes.txt"), "w") as f:
+            f.write("the user's notes\n")
+        env = dict(os.environ, SP_TEST_PUBLISH_KILL_AT_POINT="exchanged")
+        killed = subprocess.run(cmd_x, env=env, capture_output=True, text=True, timeout=180)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+        (left,) = glob.glob(a + ".staging-*[0-9]")
+        assert "notes.txt" in os.listdir(left)  # the previous result, at the staged folder's name
+        assert state_of(a, {"x": x["A"]}) == "x"
+    finally:
+        (hold / "go").touch()
+        y.communicate(timeout=180)
+    assert not os.path.exists(left), "Y's sink did not clear the leftover of X"
+    with open(os.path.join(a, "notes.txt")) as f:
+        assert f.read() == "the user's notes\n"
+    os.unlink(os.path.join(a, "notes.txt"))
+    rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
+    assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n or ".kept-" in n]

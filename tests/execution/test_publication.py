@@ -325,3 +325,32 @@ def test_a_folder_that_took_the_staged_folders_inode_is_not_taken_for_the_swappe
     assert isinstance(outcome, Abandoned) and outcome.destinations == [str(dest)]
     assert snapshot(str(dest)) == before
     assert not os.path.exists(record["path"])
+
+
+def test_a_previous_result_an_interrupted_exchange_left_is_never_published(tmp_path, make_rt):
+    """Killed right after its swap exchanged the folders, a journal leaves the previous result at
+    its staged folder's name; then the destination was replaced (the user removed that result and
+    another job published there anew). The rerun abandons the journal, leaving both folders as
+    they are: the folder at the staged name has another inode than the staged one. Told by the
+    name alone, the rerun swapped the previous result back in as this job's new one."""
+    import shutil
+
+    from smallpond.execution.ops.sink_journal import Abandoned
+    from smallpond.io.filesystem import dump, exchange_paths
+
+    rt, dest, task, record, _ = setup(tmp_path, make_rt, "overwrite")
+    steps = sink.plan_steps(rt, task) + [("write", record["path"], record["data"])]
+    dump({"steps": steps, "sync": []}, journal_path(rt), secret=rt.secret)
+    staging = staging_path(rt, task)
+    if not exchange_paths(staging, str(dest)):  # what the swap did before the kill
+        pytest.skip("this filesystem cannot exchange two folders atomically")
+    shutil.rmtree(dest)
+    dest.mkdir()  # another job's result
+    (dest / "theirs.parquet").write_text("theirs")
+    (dest / ".MANIFEST.txt").write_text(f"{dest / 'theirs.parquet'}\n")
+    before, left = snapshot(str(dest)), snapshot(staging)
+    assert left[".MANIFEST.txt"] == f"{dest / 'old.parquet'}\n".encode()  # the previous result
+    outcome = roll_forward(rt)
+    assert isinstance(outcome, Abandoned) and outcome.destinations == [str(dest)]
+    assert snapshot(str(dest)) == before and snapshot(staging) == left
+    assert not os.path.exists(record["path"])

@@ -65,7 +65,9 @@ Guarantees:
   sinks run again (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
   directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
   allows it (readers see the old result or the new one, never a missing or mixed folder), else by
-  two renames. The record of what was published follows at once. The previous result's files are
+  two renames. Until it is renamed aside, an exchanged previous result sits at the staged folder's
+  name, whose owner record says so first: a job killed then leaves it to be discarded, never
+  removed whole nor published (:mod:`~smallpond.execution.ops.sink_leftovers`). The record of what was published follows at once. The previous result's files are
   then removed, only those the record proves smallpond wrote (checked again as they go): anything
   else found there (a file a user dropped in or changed during the job) is moved back, or kept in
   ``{dest}.kept-*`` if the new result has a file by its name.

@@ -5,7 +5,10 @@ publication that a crash interrupted is finished, or given up when it no longer 
 them, signed, to ``config/publication.journal`` before the first one runs; :func:`roll_forward`
 runs them and removes the journal. Every step is idempotent and knows from the filesystem whether
 it already happened (a swapped folder by its inode and its manifest's identity, a moved file by its
-identity), so a job killed at any instant finishes the publication when it starts again.
+identity), so a job killed at any instant finishes the publication when it starts again. A staged
+folder is known by its inode too: killed right after an exchange, a swap leaves the previous result
+at the staged folder's name (with an owner record that says so, see
+:mod:`~smallpond.execution.ops.sink_leftovers`), and that folder is never published as the new one.
 
 A journal can only be finished while what it moves in still exists. Another job with the same
 destinations may have published there since the crash (its sinks' preparation removes the
@@ -41,6 +44,7 @@ from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_leftovers import (
     aside_record,
     discard_aside,
+    exchange_record,
     is_leftover_name,
     owner_path,
     owner_record,
@@ -105,6 +109,12 @@ def _swapped(step: Step) -> bool:
     return not manifest or sink_record.identity(os.path.join(dest, sink_record.MANIFEST)) == manifest[0]
 
 
+def _staged(step: Step) -> bool:
+    """Whether a swap step's staged folder is still at its name: the folder there has its inode (an
+    exchange that a crash interrupted leaves the previous result there instead)."""
+    return _ino(step[1]) == step[4]
+
+
 def _step(step: Step, owner: Optional[str] = None, discards: Optional[dict] = None) -> None:
     """Carry out one step. ``owner``: the owner record this job gives a previous result it sets
     aside (:mod:`~smallpond.execution.ops.sink_leftovers`), so that no other job's sink removes it
@@ -128,20 +138,25 @@ def _step(step: Step, owner: Optional[str] = None, discards: Optional[dict] = No
     elif kind == "swap":
         staging, dest, aside = step[1:4]
         done = _swapped(step)  # the new result is in place
-        if not done and not os.path.lexists(staging):
-            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone")
+        if not done and not _staged(step):
+            raise PublicationError(f"cannot publish {dest}: its prepared result {staging} is gone or was swapped out")
+        ours = (discards or {}).get(aside)
         if owner and os.path.lexists(dest) and os.path.lexists(staging):
-            write_owner(aside, aside_record(owner, (discards or {}).get(aside)))  # before it is set aside there
+            write_owner(aside, aside_record(owner, ours))  # before it is set aside there
         if done:
             if os.path.lexists(staging):  # an exchange left the previous result here
                 os.rename(staging, aside)
         elif not os.path.lexists(dest):
             os.rename(staging, dest)
-        elif exchange_paths(staging, dest):
-            os.rename(staging, aside)
         else:
-            os.rename(dest, aside)
-            os.rename(staging, dest)
+            if owner:  # the exchange leaves the previous result here for an instant: say so first
+                write_owner(staging, exchange_record(owner, ours, step[4]))
+            if exchange_paths(staging, dest):
+                _test_point("exchanged")
+                os.rename(staging, aside)
+            else:
+                os.rename(dest, aside)
+                os.rename(staging, dest)
         remove_path(owner_path(staging))  # the staged folder is gone (it is the destination now)
     elif kind == "record":
         _, path, data = step
@@ -173,6 +188,16 @@ def _test_hooks(index: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _test_point(name: str) -> None:
+    """Tests only, inert when unset: ``SP_TEST_PUBLISH_KILL_AT_POINT=name`` SIGKILLs this process
+    at that point inside a step (``exchanged``: a swap exchanged the folders and has not yet renamed
+    the previous result aside)."""
+    if os.environ.get("SP_TEST_PUBLISH_KILL_AT_POINT") == name:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def journal_path(runtime_ctx) -> str:
     return os.path.join(runtime_ctx.config_root, JOURNAL)
 
@@ -193,7 +218,7 @@ def blocked_steps(steps: List[Step]) -> List[Tuple[str, str]]:
     for step in steps:
         if step[0] == "swap":
             staging, dest = step[1:3]
-            if not _swapped(step) and not os.path.lexists(staging):
+            if not _swapped(step) and not _staged(step):
                 out.append((dest, staging))
         elif step[0] == "move" and len(step) > 3 and step[3] is not None:
             _, src, dst, ident = step

@@ -32,6 +32,12 @@ discards it as the publication would (:func:`discard_aside`): those files go, an
 back into the destination, or is kept in ``{dest}.kept-*``. One without that list (an older
 smallpond's) is kept whole in ``{dest}.kept-*``, with a warning: nothing in it is proven ours.
 
+An atomic swap (``renameat2(RENAME_EXCHANGE)``) leaves the previous result, for an instant, at
+the staged folder's name, until it is renamed aside. So before exchanging, the publication
+rewrites the staged folder's owner record as a set-aside one that also names the staged folder's
+inode (:func:`exchange_record`): a folder of that name with another inode is the previous result,
+discarded as a set-aside one is (:func:`left_by_exchange`), never removed whole.
+
 A publication journal that a crash interrupted relies on this: its staged folders stay while a
 rerun of its job runs (and may finish it), and are removed once no run of that job is alive, so
 that a journal that can no longer be finished is abandoned (:mod:`~smallpond.execution.ops.sink_journal`).
@@ -97,9 +103,33 @@ def aside_record(record: str, ours) -> str:
     return json.dumps(data, sort_keys=True) + "\n"
 
 
+def exchange_record(record: str, ours, staged_ino: int) -> str:
+    """The owner record a staged folder (inode ``staged_ino``) gets just before it is exchanged
+    with the previous result: :func:`aside_record` (``ours``: what the publication may remove of
+    the previous result), with the staged folder's inode, which tells which of the two is there
+    (:func:`left_by_exchange`)."""
+    data = json.loads(aside_record(record, ours))
+    data["staged_ino"] = staged_ino
+    return json.dumps(data, sort_keys=True) + "\n"
+
+
+def left_by_exchange(folder: str, record: Optional[dict]) -> bool:
+    """Whether ``folder``, named as a staged folder, holds the previous result an exchange left
+    there: its owner record (:func:`exchange_record`) names another inode than the folder's."""
+    ino = record.get("staged_ino") if record else None
+    if not isinstance(ino, int):
+        return False
+    try:
+        return os.lstat(folder).st_ino != ino
+    except FileNotFoundError:
+        return False
+
+
 def kept_path(dest: str, aside: str) -> str:
     """Where files of ``aside`` that cannot go back into ``dest`` are kept (no clean-up removes it)."""
-    return f"{dest.rstrip(os.sep)}.kept-{aside.rsplit('.old-', 1)[-1]}"
+    name = os.path.basename(aside.rstrip(os.sep))
+    token = name.rsplit(".old-", 1)[-1] if _ASIDE.search(name) else uuid.uuid4().hex[:8]
+    return f"{dest.rstrip(os.sep)}.kept-{token}"
 
 
 def discard_aside(aside: str, dest: str, ours: Dict[str, Optional[list]], back: bool = True) -> None:
@@ -217,8 +247,8 @@ def remove_stale_siblings(output_path: str, keep: Sequence[str] = (), job_root: 
     """Remove the ``.staging-*`` / ``.old-*`` folders that interrupted publications left beside
     ``output_path``, with their owner records: only names of exactly the form a publication gives
     them, and only those whose job no longer runs or is ``job_root`` (this job; see the module
-    docstring). A set-aside previous result is discarded as its publication would have, never
-    removed whole (:func:`discard_aside`). ``keep``: paths to leave whatever they are."""
+    docstring). A set-aside previous result (or one an exchange left at a staged folder's name) is
+    discarded as its publication would have, never removed whole (:func:`discard_aside`). ``keep``: paths to leave whatever they are."""
     parent, base = os.path.split(output_path.rstrip(os.sep))
     try:
         names = os.listdir(parent)
@@ -244,7 +274,7 @@ def remove_stale_siblings(output_path: str, keep: Sequence[str] = (), job_root: 
                 )  # fmt: skip
             continue
         why, unsure = _kept_because(record, job_root) if record is not None else (None, False)
-        if why is None and _ASIDE.fullmatch(folder, len(base)):
+        if why is None and (_ASIDE.fullmatch(folder, len(base)) or left_by_exchange(path, record)):
             _discard_stale_aside(path, output_path, record)  # its files smallpond wrote go, no other
         elif why is None:
             remove_with_owner(path)  # a record without its folder (the folder went first) goes too
