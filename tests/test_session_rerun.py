@@ -87,3 +87,47 @@ def test_a_rerun_with_a_changed_plan_still_publishes(tmp_path):
     _run(base, "id * 2", base + "/other")  # another folder: published there
     assert _ys(base + "/other") == [2 * i for i in range(ROWS)]
     assert len(_ys(out)) == 2 * ROWS
+
+
+CHAIN = """
+import os, signal, sys
+import pyarrow as pa
+import smallpond
+base = sys.argv[1]
+sp = smallpond.init(job_id="chain-job", data_root=base + "/root", task_cache="off", num_executors=1)
+g = sp.from_arrow(pa.table({"id": list(range(10))})).write_parquet_lazy(base + "/G")
+
+
+def die_once(t):
+    if not os.path.exists(base + "/died"):  # the whole session, killed once: as an OOM kill would
+        open(base + "/died", "w").close()
+        os.kill(int(open(base + "/pid").read()), signal.SIGKILL)
+    return t
+
+
+with open(base + "/pid", "w") as f:
+    f.write(str(os.getpid()))
+g.map("id * 2 as id").map_batches(die_once, schema=pa.schema([("id", pa.int64())])).write_parquet(base + "/S")
+sp.shutdown()
+"""
+
+
+def test_a_sink_behind_committed_tasks_is_published_by_the_rerun(tmp_path):
+    """One computation publishes G (write_parquet_lazy) and S, computed from G's staged files
+    through a committed task. The session is SIGKILLed before the publication; its rerun finds
+    that task committed, and S needs nothing else, but G, whose commit record comes only with its
+    publication, still runs and is published. (The walk stopped at the committed task: the rerun
+    published S alone and reported success, G's destination never made.)"""
+    base = str(tmp_path)
+    with open(base + "/chain.py", "w") as f:
+        f.write(CHAIN)
+    killed = subprocess.run([sys.executable, base + "/chain.py", base], capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not os.path.exists(base + "/G") and not os.path.exists(base + "/S")
+    rerun = subprocess.run([sys.executable, base + "/chain.py", base], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    for folder, factor in (("G", 1), ("S", 2)):
+        assert duckdb.sql(f"select id from read_parquet('{base}/{folder}/*.parquet') order by id").fetchall() == [
+            (factor * i,) for i in range(10)
+        ]
+    assert not glob.glob(base + "/G.staging-*")

@@ -25,6 +25,7 @@ from smallpond.common import some_of
 from smallpond.execution.attempt import run_inline
 from smallpond.execution.commit import read_commit
 from smallpond.execution.runtime import RuntimeContext
+from smallpond.execution.sched_state import unpublished_sinks
 from smallpond.execution.task import Task
 from smallpond.logical.graph import topological_order
 
@@ -92,19 +93,25 @@ def dry_run(
     # what the targets need, as the scheduler finds it: nothing behind a task committed earlier
     # (a sink a finished job published, whose upstream records went with its staging/ folder)
     committed: Dict[str, dict] = {}
+
+    def record_of(key: str) -> Optional[dict]:
+        task = all_tasks[key]
+        if job_exists and key not in done and not task.exec_on_scheduler:
+            return read_commit(rt, task)
+        return None
+
     needed, stack = set(), [t.key for t in targets]
     while stack:
         key = stack.pop()
-        if key in needed:
-            continue
-        needed.add(key)
-        task = all_tasks[key]
-        if job_exists and key not in done and not task.exec_on_scheduler:
-            record = read_commit(rt, task)
+        if key not in needed:
+            needed.add(key)
+            record = record_of(key)
             if record is not None:
                 committed[key] = record
-                continue
-        stack.extend(task.input_keys)
+            else:
+                stack.extend(all_tasks[key].input_keys)
+        if not stack:  # a sink not published is needed behind committed tasks too
+            stack = unpublished_sinks(order, needed, all_tasks, lambda k: k in done or record_of(k) is not None)
     for key in order:
         if key not in needed:  # not run: listed if committed, as the scheduler's resume counts it
             task = all_tasks[key]

@@ -14,7 +14,7 @@ import heapq
 import os
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import Callable, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.errors import Decision, TaskError, classify
 from smallpond.execution.commit import read_commit, set_aside
@@ -150,6 +150,17 @@ def new_state(capacity: Capacity) -> SchedState:
     return SchedState(free_cpus=capacity.num_cpus, free_memory=capacity.memory)
 
 
+def unpublished_sinks(
+    order: Sequence[str], needed: set, all_tasks: Dict[str, Task], complete: Callable[[str], object]
+) -> List[str]:
+    """The sinks among ``order`` (what the targets need, committed or not) that the walk from the
+    targets did not reach and that are not ``complete``: a sink commits only once published, so the
+    tasks downstream of it in its computation may be committed while it is not (a run killed
+    before its publication, or whose publication journal was abandoned). Behind those, it would
+    never run again and its destination never get its result; so each is needed itself."""
+    return [k for k in order if k not in needed and getattr(all_tasks[k], "commits_on_publication", False) and not complete(k)]
+
+
 def add_tasks(
     state: SchedState, rt: RuntimeContext, targets: Sequence[Task], all_tasks: Dict[str, Task]
 ) -> Tuple[List[str], Dict[str, dict]]:
@@ -159,7 +170,8 @@ def add_tasks(
     added only if committed too (resumed, as counted before), never to run. So a task whose
     record is gone or damaged but whose consumers are all complete (a sink published from its
     output) is not run, and its damaged record is set aside quietly (:func:`~smallpond.execution.commit.set_aside`)
-    rather than warned about on every run. Metadata-only tasks not needed are listed in
+    rather than warned about on every run. A sink that is not published is needed wherever it is
+    (:func:`unpublished_sinks`). Metadata-only tasks not needed are listed in
     ``state.unneeded_inline``, for the scheduler to rebuild their outputs once the targets are done.
     Returns (the new keys, the commit records of the resumed ones).
     """
@@ -183,16 +195,15 @@ def add_tasks(
     needed, stack = set(), [t.key for t in targets]
     while stack:  # as the dry run walks it (dryrun.py)
         k = stack.pop()
-        if k in needed:
-            continue
-        needed.add(k)
-        if k in state.done:
-            continue
-        record = committed(k) if k not in state.tasks else None
-        if record is not None:
-            resumed[k] = record
-            continue
-        stack.extend(all_tasks[k].input_keys)
+        if k not in needed:
+            needed.add(k)
+            record = committed(k) if k not in state.done and k not in state.tasks else None
+            if record is not None:
+                resumed[k] = record
+            elif k not in state.done:
+                stack.extend(all_tasks[k].input_keys)
+        if not stack:  # then the sinks behind committed tasks that are not published
+            stack = unpublished_sinks(order, needed, all_tasks, lambda s: s in state.done or s in state.tasks or committed(s))
     for k in order:
         if k in needed or k in state.tasks:
             continue
