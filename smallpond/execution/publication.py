@@ -42,6 +42,7 @@ def tell_abandoned(abandoned, events=None) -> None:
             destinations=abandoned.destinations,
             missing=[staged for _, staged in abandoned.missing],
             finished=abandoned.finished,
+            kept=abandoned.kept,
             records_removed=abandoned.records_removed,
         )
 

@@ -173,9 +173,15 @@ def test_an_overtaken_journal_finishes_the_sinks_it_had_swapped_in(tmp_path, dat
     then removes X's staged B. X's journal is abandoned, but A, which readers already see, is
     finished: recorded (else every rerun was refused at plan time, exit 70: smallpond could not
     tell A's manifest from a user's) and its previous result discarded, the user's notes.txt kept
-    in A.kept-* (abandoning whole deleted it with the aside). X's sinks then publish again, whole."""
+    in A.kept-* (abandoning whole deleted it with the aside). A's result is still the one X
+    published, so its sink counts as published (its commit record is kept, a ``kept`` event field
+    names it): the rerun publishes B alone, and leaves A's folder as it is (A was computed and
+    published a second time, a new folder swapped in)."""
+    import json
+
     a, a2, b = str(tmp_path / "A"), str(tmp_path / "A2"), str(tmp_path / "B")
     cmd_x, x = _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at=2)
+    swapped_in = os.stat(a).st_ino
     (staged_b,) = glob.glob(b + ".staging-*[0-9]")
     hold = os.open(staged_b, os.O_RDONLY)  # its inode number is not reused by the next folder made
     try:
@@ -189,6 +195,11 @@ def test_an_overtaken_journal_finishes_the_sinks_it_had_swapped_in(tmp_path, dat
         rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
         assert rerun.returncode == 0, rerun.stderr[-3000:]
         assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
+        assert os.stat(a).st_ino == swapped_in, "A was published again"
+    (events,) = glob.glob(os.path.join(data_root, f"*.{cmd_x[cmd_x.index('--job_id') + 1]}", "log", "events.jsonl"))
+    with open(events) as f:
+        (abandoned,) = [json.loads(line) for line in f if '"publication_abandoned"' in line]
+    assert abandoned["finished"] == abandoned["kept"] == [a]
     (kept,) = glob.glob(a + ".kept-*")
     assert os.listdir(kept) == ["notes.txt"]
     with open(os.path.join(kept, "notes.txt")) as f:

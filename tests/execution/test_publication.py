@@ -354,3 +354,47 @@ def test_a_previous_result_an_interrupted_exchange_left_is_never_published(tmp_p
     assert isinstance(outcome, Abandoned) and outcome.destinations == [str(dest)]
     assert snapshot(str(dest)) == before and snapshot(staging) == left
     assert not os.path.exists(record["path"])
+
+
+@pytest.mark.parametrize("after_crash", ["untouched", "file_rewritten", "file_removed"])
+def test_an_abandoned_journal_keeps_the_commit_record_of_a_sink_it_finished_while_intact(tmp_path, make_rt, after_crash):
+    """A publication of two sinks stops after the first one's steps (a crash); another job then
+    removes the second one's staged folder, and the journal is abandoned. The first sink's result
+    is still the one it published: its commit record is written and kept, and it does not run
+    again; the second one's is not. A result no longer intact (a user rewrote or removed a
+    published file) keeps none: that sink runs again."""
+    import shutil
+
+    from smallpond.execution.ops.sink_journal import Abandoned
+    from smallpond.io.filesystem import dump
+
+    rt, dest, task, record, new_names = setup(tmp_path, make_rt, "overwrite")
+    ctx = Context()
+    other = DataSinkTask(DataSinkNode(ctx, (DataSourceNode(ctx, None),), str(tmp_path / "other")), 8, [PartitionInfo()], [])
+    staged = staging_path(rt, other)
+    os.makedirs(staged)
+    with open(os.path.join(staged, "part.parquet"), "w") as f:
+        f.write("part")
+    with open(os.path.join(staged, ".MANIFEST.txt"), "w") as f:
+        f.write(f"{tmp_path / 'other' / 'part.parquet'}\n")
+    other_record = {"path": os.path.join(rt.completed_task_dir, f"{other.key}.commit"), "data": b"other record"}
+    journal = sink.journal_of(rt, [(task, record), (other, other_record)])
+    dump(journal, journal_path(rt), secret=rt.secret)
+    first, last = journal["sinks"][0]["steps"]
+    owner = sink_journal.owner_record(rt.job_root)
+    for step in journal["steps"][first:last]:  # the first sink's steps ran, then the job died
+        sink_journal._step(step, owner)
+    shutil.rmtree(staged)  # another job's preparation
+    if after_crash == "file_rewritten":
+        (dest / new_names[0]).write_text("the user's own")
+    elif after_crash == "file_removed":
+        os.unlink(dest / new_names[1])
+    outcome = roll_forward(rt)
+    assert isinstance(outcome, Abandoned) and outcome.finished == [str(dest)]
+    intact = after_crash == "untouched"
+    assert outcome.kept == ([str(dest)] if intact else [])
+    assert os.path.exists(record["path"]) == intact
+    if intact:
+        assert open(record["path"], "rb").read() == b"record"
+        assert "count as published" in outcome.describe()
+    assert not os.path.exists(other_record["path"]) and not os.path.exists(journal_path(rt))

@@ -61,8 +61,8 @@ Guarantees:
   published nothing, and its staged folders are removed by the next sink that publishes there once
   that job no longer runs (never while it runs: :mod:`~smallpond.execution.ops.sink_leftovers`). A journal whose
   staged files were removed since (by another job publishing into the same destination) can no
-  longer be finished: it is abandoned (only the sinks already swapped in are finished) and the
-  sinks run again (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
+  longer be finished: it is abandoned (only the sinks already swapped in are finished, and those
+  still intact count as published) and the other sinks run again (:mod:`~smallpond.execution.ops.sink_journal`). Replacing a previous result swaps the two
   directories with one atomic ``renameat2(RENAME_EXCHANGE)`` where Linux
   allows it (readers see the old result or the new one, never a missing or mixed folder), else by
   two renames. Until it is renamed aside, an exchanged previous result sits at the staged folder's
@@ -514,6 +514,18 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     """
     if not prepared:
         return
+    journal = journal_of(runtime_ctx, prepared)
+    # durable before any step only where a power loss could strand a user's files (module docstring)
+    dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))
+    if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
+        dests = ", ".join(journal["destinations"])
+        raise PublicationError(f"cannot publish into {dests}: a prepared result was removed; nothing was published")
+
+
+def journal_of(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> dict:
+    """The publication journal of ``prepared`` (as for :func:`publish`): every sink's steps, then
+    the commit records; where each sink's steps are and its commit record; the folders to fsync
+    (none where no destination exists outside the job's folder) and the destinations."""
     dests: Dict[str, Task] = {}
     for task, _ in prepared:
         dest = os.path.realpath(task.node.output_path)
@@ -521,26 +533,25 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
             raise PublicationError(f"{task.node.label} and {dests[dest].node.label} both publish into {task.node.output_path}")
         dests[dest] = task
     steps: List[Step] = []
+    sinks = []  # each sink's steps (from, to) and its commit record: an abandoned journal keeps those of sinks it finished
     sync = set()
     existing = False  # a destination that exists: the steps move files that may not be ours
     job_root = os.path.realpath(runtime_ctx.job_root)
-    for task, _ in prepared:
+    for task, rec in prepared:
         if task.skip:
             continue
         # a destination in the job's own folder (a named output, FinalResults) holds only what
         # this job wrote, whatever it holds: like a new one, it needs no fsync
         existing = existing or (os.path.lexists(task.node.output_path) and not in_job_folder(task.node.output_path, job_root))
+        first = len(steps)
         steps.extend(plan_steps(runtime_ctx, task))
+        sinks.append({"steps": (first, len(steps)), "record": rec["path"]})
         sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
         sync.add(task.node.output_path)
         sync.update(os.path.dirname(s[1]) for s in steps if s[0] == "record")
     steps.extend(("write", rec["path"], rec["data"]) for _, rec in prepared)
-    # durable before any step only where a power loss could strand a user's files (module docstring)
     dests = sorted(t.node.output_path for t, _ in prepared if not t.skip)
-    journal = {"steps": steps, "sync": sorted(sync) if existing else [], "destinations": dests}
-    dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=existing)
-    if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
-        raise PublicationError(f"cannot publish into {', '.join(dests)}: a prepared result was removed; nothing was published")
+    return {"steps": steps, "sync": sorted(sync) if existing else [], "destinations": dests, "sinks": sinks}
 
 
 #: how a sink's commit record is named: a task's key is "{its class}-{its id}" (Task.__init__)

@@ -23,13 +23,19 @@ remaining steps run (the record of what was published, without which every later
 that destination is refused; the discard of the previous result, which keeps a user's file that
 arrived during the job in ``{dest}.kept-*``, not back in the destination: the rerun publishes
 there again at once, and its check would refuse that file). The other sinks' steps do not run:
-their destinations hold what was published there last. Then the commit records the journal wrote are removed (only those still
-holding exactly its bytes) and the journal goes, with a warning naming the destinations. All the
-job's sinks then count as not published and run again from their committed inputs, and publish
-through the same checks as any publication, all at once: a finished sink's destination holds its
-own recorded result, which it may overwrite (a commit record is not kept for the finished ones,
-since a sink downstream of one given up would then hide it from the rerun). A crashed job is never
-left unable to run again.
+their destinations hold what was published there last. A finished sink whose result is still
+intact (:func:`_intact`: the folder it swapped in, or the files it moved in, have the identities
+the journal holds, and the files of a swapped-in folder those its record names) counts as
+published: its commit record, which the journal holds, is written if the crash came before it
+and kept, so its rerun does not compute and publish it again. The other commit records the
+journal wrote are removed (only those still holding exactly its bytes) and the journal goes, with
+a warning naming the destinations. Those sinks then count as not published and run again from
+their committed inputs, and publish through the same checks as any publication, all at once (a
+finished sink's destination that is no longer intact holds a result the checks may refuse, never
+one they remove unchecked). A sink given up is never hidden from the rerun by what was computed
+from it (a sink kept downstream of it, or a committed task): a sink not published is needed
+wherever it is (:func:`~smallpond.execution.sched_state.unpublished_sinks`). A crashed job is
+never left unable to run again.
 """
 
 from __future__ import annotations
@@ -68,6 +74,7 @@ class Abandoned(NamedTuple):
     missing: List[Tuple[str, str]]  # (destination, its staged file or folder that is gone)
     records_removed: int  # commit records it had written, removed so that its sinks run again
     finished: List[str]  # destinations whose result was swapped in already: their publication was finished
+    kept: List[str] = []  # of those, the ones still intact: their sinks count as published (records kept)
 
     def describe(self) -> str:
         gone = "; ".join(f"{dest}: {staged} is gone" for dest, staged in self.missing[:3])
@@ -82,12 +89,18 @@ class Abandoned(NamedTuple):
             )
         else:
             done = "Nothing of it is carried out"
+        if self.kept:
+            again = (
+                f"; the sinks of {', '.join(self.kept)} count as published (their files are still the ones published), "
+                "the job's other sinks run again"
+            )
+        else:
+            again = "; this job's sinks run again"
         return (
             f"abandoned the publication an earlier run of this job began into {into}: it can "
             f"no longer be finished, since what it would move in was removed ({gone}{more}), most likely by another "
-            f"job publishing into the same destination since. {done}; this job's sinks run "
-            "again and publish afresh (all at once, through the usual checks). The other destinations hold what "
-            "was published there last until then"
+            f"job publishing into the same destination since. {done}{again} and publish afresh (all at once, "
+            "through the usual checks). The other destinations hold what was published there last until then"
         )
 
 
@@ -254,13 +267,49 @@ def _visible(sink: List[Step]) -> Optional[str]:
     return os.path.dirname(manifest) if sink_record.identity(manifest) == ident else None
 
 
+def _intact(sink: List[Step], dest: str) -> bool:
+    """Whether a finished sink's result in ``dest`` is still the one it published: the folder it
+    swapped in, or each file it moved in, has the identity the journal recorded, and the files of
+    a swapped-in result have those the record of what it published names (a destination in the
+    job's folder has no record: the files its manifest lists exist)."""
+    swapped = [s for s in sink if s[0] == "swap"]
+    if any(not _swapped(s) for s in swapped):
+        return False
+    if any(len(s) < 4 or s[3] is None or sink_record.identity(s[2]) != s[3] for s in sink if s[0] == "move"):
+        return False
+    records = [s for s in sink if s[0] == "record"]
+    if not swapped:
+        return True
+    if records:  # the record the sink's steps wrote (again, just now), signed
+        rec = sink_record.load(os.path.dirname(records[0][1]), dest)
+        if rec is None:
+            return False
+        files = rec.files
+        return all(sink_record.identity(os.path.join(dest, n)) == ident for n, ident in files.items())
+    try:
+        with open(os.path.join(dest, sink_record.MANIFEST)) as f:
+            return all(os.path.lexists(line.rstrip("\n")) for line in f)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str]]]:
+    """Each sink's steps and the commit record the journal writes for it (None: not told, in a
+    journal of smallpond before 0.16.x, whose sinks are told apart by their steps alone)."""
+    steps = journal["steps"]
+    if "sinks" in journal:
+        return [(steps[a:b], record) for (a, b), record in ((m["steps"], m["record"]) for m in journal["sinks"])]
+    return [(sink, None) for sink in _sinks(steps)]
+
+
 def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Abandoned:
-    """Give the journal up: finish the sinks readers already see (see the module docstring),
-    remove the commit records it wrote (those still holding its bytes: its sinks are not
-    published now) and then the journal itself."""
-    finished, owner = [], None
+    """Give the journal up: finish the sinks readers already see (see the module docstring); of
+    those, the ones whose result is still intact count as published (their commit records are
+    written, if not yet, and kept); remove the other commit records it wrote (those still holding
+    its bytes: their sinks are not published now) and then the journal itself."""
+    finished, kept, owner = [], {}, None
     discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
-    for sink in _sinks(journal["steps"]):
+    for sink, record in _sinks_of(journal):
         dest = _visible(sink)
         if dest is None:
             continue
@@ -273,6 +322,8 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
             else:
                 _step(step, owner, discards)
         finished.append(dest)
+        if record is not None and _intact(sink, dest):
+            kept[record] = dest
     for folder in journal.get("sync", []) if finished else []:
         fsync_dir(folder)
     removed = 0
@@ -280,6 +331,10 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
         if step[0] != "write":
             continue
         _, path, data = step
+        if path in kept:
+            if not os.path.lexists(path):
+                atomic_write_bytes(path, data)
+            continue
         try:
             same = read_file(path) == data
         except OSError:
@@ -291,7 +346,7 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     job_root = os.path.realpath(runtime_ctx.job_root) + os.sep
     # the user's destinations first: the job's own (named outputs, FinalResults) matter less
     dests = sorted(destinations(journal), key=lambda d: os.path.realpath(d).startswith(job_root))
-    return Abandoned(dests, missing, removed, finished)
+    return Abandoned(dests, missing, removed, finished, sorted(kept.values()))
 
 
 def roll_forward(runtime_ctx, journal: Optional[dict] = None):
