@@ -29,7 +29,9 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   ``key`` for one task or ``n`` for several of one node that succeeded (written as one event);
 * ``publication_abandoned``: a publication an earlier run began could not be finished (what it
   would move in was removed) and was given up, its sinks run again: ``destinations``,
-  ``missing`` (the staged paths that are gone), ``records_removed``
+  ``missing`` (the staged paths that are gone), ``finished`` (the destinations whose result it
+  had swapped in, finished now), ``kept`` (of those, the ones still intact: their sinks count as
+  published and do not run again), ``records_removed``
   (:mod:`~smallpond.execution.ops.sink_journal`);
 * ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
 
