@@ -117,7 +117,8 @@ def test_a_sink_behind_committed_tasks_is_published_by_the_rerun(tmp_path):
     through a committed task. The session is SIGKILLed before the publication; its rerun finds
     that task committed, and S needs nothing else, but G, whose commit record comes only with its
     publication, still runs and is published. (The walk stopped at the committed task: the rerun
-    published S alone and reported success, G's destination never made.)"""
+    published S alone and reported success, G's destination never made.) A damaged record of G
+    still counts as published."""
     base = str(tmp_path)
     with open(base + "/chain.py", "w") as f:
         f.write(CHAIN)
@@ -131,3 +132,13 @@ def test_a_sink_behind_committed_tasks_is_published_by_the_rerun(tmp_path):
             (factor * i,) for i in range(10)
         ]
     assert not glob.glob(base + "/G.staging-*")
+    # a sink's damaged commit record still says it was published (only its publication writes
+    # one): a rerun does not publish it again (in append mode, its rows twice)
+    records = glob.glob(base + "/root/*/config/published/DataSinkTask-*.commit")
+    g_record = min(records, key=lambda p: int(p.rsplit("-", 1)[1].split(".")[0]))  # G was planned first
+    with open(g_record, "r+b") as f:
+        f.truncate(10)
+    published = os.stat(base + "/G").st_ino
+    again = subprocess.run([sys.executable, base + "/chain.py", base], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert os.stat(base + "/G").st_ino == published, "G was published again"

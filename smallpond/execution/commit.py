@@ -217,6 +217,16 @@ def read_commit(rt: RuntimeContext, task: Task, damaged: Optional[List[str]] = N
     return record
 
 
+def has_record(rt: RuntimeContext, key: str, listing: Optional[set] = None) -> bool:
+    """Whether task ``key`` has a commit record at all: intact or not, set aside as damaged, or
+    parked by a finished job's clean-up. ``listing``: the names in the commit records' folder, if
+    the caller read it already."""
+    names = (f"{key}.commit", f"{key}.commit{DAMAGED}")
+    if listing is None:
+        listing = {n for n in names if os.path.lexists(os.path.join(rt.completed_task_dir, n))}
+    return any(n in listing for n in names) or os.path.lexists(os.path.join(rt.published_records_dir, names[0]))
+
+
 def set_aside(rt: RuntimeContext, key: str, why: str) -> None:
     """Rename the damaged commit record of ``key``, a task nothing needs now (what it feeds is
     complete), to ``{key}.commit.damaged``, and say so once, at the info level.

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import some_of
 from smallpond.execution.attempt import run_inline
-from smallpond.execution.commit import read_commit
+from smallpond.execution.commit import has_record, read_commit
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.sched_state import unpublished_sinks
 from smallpond.execution.task import Task
@@ -111,7 +111,7 @@ def dry_run(
             else:
                 stack.extend(all_tasks[key].input_keys)
         if not stack:  # a sink not published is needed behind committed tasks too
-            stack = unpublished_sinks(order, needed, all_tasks, lambda k: k in done or record_of(k) is not None)
+            stack = unpublished_sinks(order, needed, all_tasks, lambda k: k in done or (job_exists and has_record(rt, k)))
     for key in order:
         if key not in needed:  # not run: listed if committed, as the scheduler's resume counts it
             task = all_tasks[key]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Deque, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from smallpond.errors import Decision, TaskError, classify
-from smallpond.execution.commit import read_commit, set_aside
+from smallpond.execution.commit import has_record, read_commit, set_aside
 from smallpond.execution.executors.base import Capacity, Completion
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -157,7 +157,9 @@ def unpublished_sinks(
     targets did not reach and that are not ``complete``: a sink commits only once published, so the
     tasks downstream of it in its computation may be committed while it is not (a run killed
     before its publication, or whose publication journal was abandoned). Behind those, it would
-    never run again and its destination never get its result; so each is needed itself."""
+    never run again and its destination never get its result; so each is needed itself.
+    ``complete``: whether a sink is done, or has a commit record at all (a damaged one too: only
+    its publication writes one, so it was published; running it again would append twice)."""
     return [k for k in order if k not in needed and getattr(all_tasks[k], "commits_on_publication", False) and not complete(k)]
 
 
@@ -203,7 +205,9 @@ def add_tasks(
             elif k not in state.done:
                 stack.extend(all_tasks[k].input_keys)
         if not stack:  # then the sinks behind committed tasks that are not published
-            stack = unpublished_sinks(order, needed, all_tasks, lambda s: s in state.done or s in state.tasks or committed(s))
+            stack = unpublished_sinks(
+                order, needed, all_tasks, lambda s: s in state.done or s in state.tasks or has_record(rt, s, records)
+            )
     for k in order:
         if k in needed or k in state.tasks:
             continue

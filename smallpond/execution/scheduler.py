@@ -185,17 +185,19 @@ class Scheduler:
         st = self.state
         start = time.time()
         self._all_tasks = all_tasks
-        _, resumed = add_tasks(st, self.rt, targets, all_tasks)
+        new, resumed = add_tasks(st, self.rt, targets, all_tasks)
         self._on_resumed(resumed)
         if resumed:
             logger.info("resume: {} task(s) already committed are skipped", len(resumed))
         self._emit("on_start", st)
         target_keys = [t.key for t in targets]
+        # every sink not published is a goal too, one behind committed tasks included (add_tasks)
+        goals = target_keys + [k for k in new if k not in st.done and getattr(st.tasks[k], "commits_on_publication", False)]
         check = PlanCheck.from_environment(self.plan_nodes) if self.plan_nodes is not None else None
         ok = False
         try:
             self.partition_check.check_targets(st, target_keys)  # a node found bad in an earlier run
-            while not st.failed and not all(k in st.done for k in target_keys):
+            while not st.failed and not all(k in st.done for k in goals):
                 self.partition_check.raise_found(st, target_keys)
                 if st.cache_wait:
                     wake_waiting(st, time.time())
@@ -203,7 +205,7 @@ class Scheduler:
                 progressed = self._dispatch()
                 if self.speculation.enabled and self.executor is not None:
                     progressed = self._speculate() or progressed
-                if st.failed or all(k in st.done for k in target_keys):
+                if st.failed or all(k in st.done for k in goals):
                     break
                 # a task waiting for another job's cache entry is looked at again soon
                 idle_wait = min(0.5, max(0.0, min(st.cache_wait.values()) - time.time())) if st.cache_wait else 0.5
@@ -215,7 +217,7 @@ class Scheduler:
                     self._collect(0.5)
                 elif not progressed:
                     if not st.cache_wait:
-                        raise RuntimeError(self._stall_message(target_keys))
+                        raise RuntimeError(self._stall_message(goals))
                     time.sleep(idle_wait)
                 if self.cache is not None:
                     self.cache.tick()

@@ -270,3 +270,43 @@ def test_a_previous_result_an_interrupted_exchange_left_is_discarded_not_removed
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
     assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n or ".kept-" in n]
+
+
+SESSION_CHAIN = """
+import sys
+import pyarrow as pa
+import smallpond
+base, job_id, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sp = smallpond.init(job_id=job_id, data_root=base + "/root", task_cache="off", num_executors=1)
+g = sp.from_arrow(pa.table({"id": list(range(n))})).write_parquet_lazy(base + "/G")
+if len(sys.argv) > 4:  # and a sink S computed from G's staged files, in the same computation
+    g.map("id * 2 as id").write_parquet(base + "/S")
+else:
+    g.compute()
+sp.shutdown()
+"""
+
+
+def test_a_kept_sink_does_not_hide_a_sink_given_up_upstream_of_it(tmp_path):
+    """A session publishes G and S (computed from G) together and is SIGKILLed once both are
+    swapped in, before their commit records; another session then publishes into G. The rerun
+    abandons the journal (G's result is no longer the one it swapped in); S's is intact, so S
+    counts as published and is the rerun's target, complete at once. G, behind it, still runs and
+    is published again. (Without G among the scheduler's goals the rerun ended as soon as it
+    began, reporting success, with G holding the other session's rows.)"""
+    base = str(tmp_path)
+    script = os.path.join(base, "chain.py")
+    with open(script, "w") as f:
+        f.write(SESSION_CHAIN)
+    cmd_x = [sys.executable, script, base, "x-job", "10", "S"]
+    _kill_at(cmd_x, 8)  # G's 4 steps and S's 4 ran; the 2 commit records did not
+    other = subprocess.run([sys.executable, script, base, "y-job", "3"], capture_output=True, text=True, timeout=180)
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert published_rows(base + "/G", "id") == [0, 1, 2]
+    s_folder = os.stat(base + "/S").st_ino
+    rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "abandoned the publication" in rerun.stderr
+    assert published_rows(base + "/G", "id") == list(range(10))
+    assert published_rows(base + "/S", "id") == [2 * i for i in range(10)]
+    assert os.stat(base + "/S").st_ino == s_folder  # S was not published again
