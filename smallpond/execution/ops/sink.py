@@ -72,8 +72,9 @@ Guarantees:
   else found there (a file a user dropped in or changed during the job) is moved back, or kept in
   ``{dest}.kept-*`` if the new result has a file by its name.
 
-``SP_TEST_PUBLISH_STEP_DELAY`` (seconds) and ``SP_TEST_PUBLISH_KILL_AT_STEP`` (a step index) let
-tests kill a job in the middle of publishing; both are inert when unset.
+``SP_TEST_PUBLISH_STEP_DELAY`` (seconds), ``SP_TEST_PUBLISH_KILL_AT_STEP`` (a step index) and
+``SP_TEST_PUBLISH_KILL_AT_POINT`` (``exchanged``: inside a swap, right after the exchange) let tests
+kill a job in the middle of publishing; all are inert when unset.
 """
 
 from __future__ import annotations
