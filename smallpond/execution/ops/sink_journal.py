@@ -277,15 +277,12 @@ def _intact(sink: List[Step], dest: str) -> bool:
         return False
     if any(len(s) < 4 or s[3] is None or sink_record.identity(s[2]) != s[3] for s in sink if s[0] == "move"):
         return False
-    records = [s for s in sink if s[0] == "record"]
     if not swapped:
         return True
+    records = [s for s in sink if s[0] == "record"]
     if records:  # the record the sink's steps wrote (again, just now), signed
         rec = sink_record.load(os.path.dirname(records[0][1]), dest)
-        if rec is None:
-            return False
-        files = rec.files
-        return all(sink_record.identity(os.path.join(dest, n)) == ident for n, ident in files.items())
+        return rec is not None and all(sink_record.identity(os.path.join(dest, n)) == i for n, i in rec.files.items())
     try:
         with open(os.path.join(dest, sink_record.MANIFEST)) as f:
             return all(os.path.lexists(line.rstrip("\n")) for line in f)
@@ -295,7 +292,7 @@ def _intact(sink: List[Step], dest: str) -> bool:
 
 def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str]]]:
     """Each sink's steps and the commit record the journal writes for it (None: not told, in a
-    journal of smallpond before 0.16.x, whose sinks are told apart by their steps alone)."""
+    journal written before journals told it; its sinks are told apart by their steps alone)."""
     steps = journal["steps"]
     if "sinks" in journal:
         return [(steps[a:b], record) for (a, b), record in ((m["steps"], m["record"]) for m in journal["sinks"])]
