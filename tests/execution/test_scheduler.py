@@ -307,3 +307,56 @@ def test_a_large_stage_is_sent_before_every_key_is_computed(make_rt, tmp_path, m
     assert sorted(k for k in looked_up if k.startswith("PythonScriptTask")) == sorted(script_tasks)  # each once
     assert keys_at_send[0] <= scheduler_module.LOOKUPS_PER_ROUND + 1 < n
     assert max(keys_at_send[:n]) > scheduler_module.LOOKUPS_PER_ROUND + 1  # some looked up as they were sent
+
+
+def _shuffle_plan(make_rt, parquet_files, producers: int, consumers: int):
+    """A runtime context and the tasks of ``producers`` partitions shuffled into ``consumers``
+    (each consumer depends on every producer: ``producers * consumers`` dependency edges)."""
+    from smallpond.logical.node import HashPartitionNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    parts = DataSetPartitionNode(ctx, (src,), producers)
+    shuffled = HashPartitionNode(ctx, (parts,), consumers, hash_columns=["id"])
+    root = SqlEngineNode(ctx, (shuffled,), "select * from {0}")
+    rt = make_rt()
+    return rt, Planner(rt).create_exec_plan(LogicalPlan(ctx, root))
+
+
+def _own_c_calls(fn, *args) -> int:
+    """How many built-in functions and methods ``fn(*args)`` calls from its own body (not from
+    the functions it calls): a count of its own work, not a time."""
+    import sys
+
+    count = 0
+
+    def profile(frame, event, arg):
+        nonlocal count
+        if event == "c_call" and frame.f_code is fn.__code__:
+            count += 1
+
+    sys.setprofile(profile)
+    try:
+        fn(*args)
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def test_a_new_jobs_tasks_are_added_without_walking_their_edges_again(make_rt, parquet_files):
+    """A new job (no commit record, no task done) needs every task its targets reach, which the
+    topological order lists already: add_tasks does not walk the dependency edges once more to
+    find them. That walk popped every edge off a stack (a built-in call per edge, ~3% of the
+    scheduler's time per task on a 64-producer shuffle in benchmarks/scale.py). What add_tasks
+    itself must do per edge is index the consumers (a setdefault and an append)."""
+    producers, consumers = 40, 60
+    rt, exec_plan = _shuffle_plan(make_rt, parquet_files, producers, consumers)
+    scheduler = Scheduler(rt, ScriptedExecutor({}))
+    calls = _own_c_calls(add_tasks, scheduler.state, rt, [exec_plan.root_task], exec_plan.tasks)
+    edges = sum(len(t.input_keys) for t in exec_plan.tasks.values())
+    assert edges >= producers * consumers > 10 * len(exec_plan.tasks)
+    assert calls <= 2.5 * edges, (calls, edges, len(exec_plan.tasks))
+    # the same tasks are added as by the walk: all of them, none resumed
+    assert set(scheduler.state.tasks) == set(exec_plan.tasks) and not scheduler.state.resumed
+    queued = set(scheduler.state.waiting) | {k for _, _, k in scheduler.state.ready} | set(scheduler.state.ready_inline)
+    assert queued == set(exec_plan.tasks)
