@@ -83,6 +83,7 @@ from smallpond.execution.sched_state import (  # noqa: F401
     elastic_threads,
     fail_attempt,
     finish_task,
+    handlers,
     hold,
     invalidate,
     keep_only_finished,
@@ -155,6 +156,7 @@ class Scheduler:
         #: a Python node's partitions whose types do not unify fail the job (partition_schemas)
         self.partition_check = PartitionSchemaCheck()
         self.listeners: List[SchedulerListener] = [*listeners, self.partition_check]
+        self._handlers: Dict[str, tuple] = {}  # event -> the listeners' methods that do something
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
         self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic
         self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
@@ -162,8 +164,11 @@ class Scheduler:
         self._all_tasks: Dict[str, Task] = {}  # the planned tasks of the current run
 
     def _emit(self, event: str, *args) -> None:
-        for listener in self.listeners:
-            getattr(listener, event)(*args)
+        todo = self._handlers.get(event)
+        if todo is None:
+            todo = self._handlers[event] = handlers(self.listeners, event)
+        for handler in todo:
+            handler(*args)
 
     def effective_memory(self, task: Task) -> int:
         """The memory limit of ``task``'s next attempt: its own, or its CPUs' share of the backend."""
