@@ -253,8 +253,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     timings = common.Timings()
     leftovers = common.Leftovers(args.keep)
     compare = args.kind == "sql"  # the same work on both sides; Python tasks are reported as tasks/s only
-    if not args.skip_startup:
-        common.compile_bytecode()
+    # the Python tasks run in fresh worker interpreters (user code gets the job's hash seed), and
+    # the start-up runs start fresh ones too: none may compile smallpond's sources on the way
+    # (an editable checkout with PYTHONDONTWRITEBYTECODE, as on this machine, would in every
+    # worker: ~80 ms of CPU each, ~0.04-0.08 ms a task of a 2,000-task run)
+    common.compile_bytecode()
     for rep in range(args.repeat):
         plan = overhead_plan(input_path, args.tasks, args.kind)
         with common.CpuTime() as cpu:

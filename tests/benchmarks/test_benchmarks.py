@@ -268,6 +268,21 @@ def test_tiny_sql_tasks_and_duckdb_write_the_same_parquet_format(tmp_path):
     assert column_chunk_formats(glob.glob(str(default / "*.parquet"))) == {("ZSTD", False)}
 
 
+def test_overhead_compiles_smallpond_without_the_startup_run(tmp_path):
+    """The throughput runs alone (``--skip-startup``) start fresh worker interpreters too (Python
+    tasks run in workers with the job's hash seed): smallpond is compiled to bytecode first, so
+    no worker compiles its sources (``PYTHONDONTWRITEBYTECODE`` is set on this machine)."""
+    import importlib.util
+
+    source = os.path.join(common.REPO_ROOT, "smallpond", "rowfuncs.py")
+    compiled = importlib.util.cache_from_source(source)
+    if os.path.exists(compiled):
+        os.remove(compiled)
+    args = ["--tasks", "4", "--kind", "python", "--skip-startup", "--repeat", "1", "--data-dir", str(tmp_path)]
+    assert overhead.main(args) == 0
+    assert os.path.exists(compiled)
+
+
 def test_overhead_main_tiny_with_startup(tmp_path, capsys):
     assert overhead.main(["--tasks", "10", "--repeat", "1", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
