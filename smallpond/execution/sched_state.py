@@ -207,7 +207,7 @@ def add_tasks(
         return read_commit(rt, t, damaged)
 
     resumed: Dict[str, dict] = {}
-    if not records and not any(k in state.done for k in order):
+    if not records and state.done.keys().isdisjoint(order):
         # nothing stops the walk below (no record, no task done): it would reach every task the
         # targets reach, which ``order`` holds already. A new job skips it: it pops and looks up
         # every dependency edge once more (~3% of the scheduler's time per task on a shuffle)
