@@ -76,6 +76,38 @@ def test_installed_version_is_importlib_metadatas(dist):
     assert installed_version(dist) == expected
 
 
+_LIB_DIRS_COUNT = r"""
+import json, sys, sysconfig
+computed = []
+real = sysconfig.get_scheme_names  # loguru's helper asks it once per computation
+sysconfig.get_scheme_names = lambda: computed.append(1) or real()
+from smallpond.common import logger
+logger.add(lambda message: None)  # a sink of smallpond's logger, as every job adds two
+from loguru._better_exceptions import ExceptionFormatter
+shared = ExceptionFormatter._get_lib_dirs
+print(json.dumps([len(computed), sorted(shared()), sorted(shared.__wrapped__())]))
+"""
+
+
+def test_loguru_library_folders_of_its_import_are_reused():
+    """When smallpond's logger is the first to import loguru, the library folders loguru listed
+    for its default sink then (for the same ``sys.path``) are reused: the ~3.5 ms list is made
+    once in the process, not twice (a job's start: import to first result). Fresh interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout's smallpond
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run(
+        [sys.executable, "-c", _LIB_DIRS_COUNT], capture_output=True, text=True, timeout=120, check=True, env=env
+    )
+    computed, reused, fresh = json.loads(out.stdout.strip().splitlines()[-1])
+    assert computed == 1  # loguru's own default sink; smallpond's sinks reuse it
+    assert reused == fresh  # the same folders loguru computes now
+
+
 def test_loguru_library_folders_are_computed_once_per_sys_path(monkeypatch, tmp_path):
     # loguru asks sysconfig for every scheme's paths for each sink added (~11-25 ms each); the
     # answer depends on sys.path only, so smallpond keeps it per sys.path: same answer, once
