@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
-from smallpond.errors import ColumnNotFoundError, ParameterError, UserCodeError, columns_not_found
+from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
 from smallpond.io.parquet import ParquetWriterOptions
+from smallpond.io.paths import check_local_filesystem  # (its home; the helpers here name it)
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
 
 
@@ -666,27 +667,6 @@ def load_from_parquet_files(
 def parquet_write_table(table: pa.Table, where: str, filesystem=None, **kwargs) -> None:
     check_local_filesystem(filesystem, "parquet_write_table")
     pq.write_table(table, where, **kwargs)
-
-
-def check_local_filesystem(filesystem, func: str) -> None:
-    """Refuse a ``filesystem=`` these helpers cannot honour, rather than ignore it.
-
-    Upstream's Parquet helpers took a filesystem object (for its 3FS client). Here every path is
-    one of the local (shared) filesystem: None and a local filesystem object (pyarrow's or
-    fsspec's ``LocalFileSystem``) are accepted; any other would be read past silently, so it is
-    a :class:`~smallpond.errors.ParameterError` naming the function.
-    """
-    if filesystem is None:
-        return
-    protocol = getattr(filesystem, "protocol", None)
-    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
-    local = type(filesystem).__name__ == "LocalFileSystem" or "file" in protocols or "local" in protocols
-    if not local:
-        raise ParameterError(
-            f"{func}(filesystem={type(filesystem).__module__}.{type(filesystem).__name__}): only the local "
-            "filesystem is supported (paths are read and written where this process sees them); "
-            "pass filesystem=None and a local or mounted path"
-        )
 
 
 def dump_to_parquet_files(

@@ -15,6 +15,7 @@ import re
 from typing import Dict, Optional
 
 from smallpond.common import quote_literal
+from smallpond.errors import ParameterError
 from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
@@ -123,3 +124,24 @@ def _parquet_footer_digest(path: str, size: int) -> Optional[str]:
     except OSError:
         return None
     return None if footer is None else hashlib.sha256(footer).hexdigest()[:32]
+
+
+def check_local_filesystem(filesystem, func: str) -> None:
+    """Refuse a ``filesystem=`` these helpers cannot honour, rather than ignore it.
+
+    Upstream's Parquet helpers took a filesystem object (for its 3FS client). Here every path is
+    one of the local (shared) filesystem: None and a local filesystem object (pyarrow's or
+    fsspec's ``LocalFileSystem``) are accepted; any other would be read past silently, so it is
+    a :class:`~smallpond.errors.ParameterError` naming the function.
+    """
+    if filesystem is None:
+        return
+    protocol = getattr(filesystem, "protocol", None)
+    protocols = protocol if isinstance(protocol, (tuple, list)) else (protocol,)
+    local = type(filesystem).__name__ == "LocalFileSystem" or "file" in protocols or "local" in protocols
+    if not local:
+        raise ParameterError(
+            f"{func}(filesystem={type(filesystem).__module__}.{type(filesystem).__name__}): only the local "
+            "filesystem is supported (paths are read and written where this process sees them); "
+            "pass filesystem=None and a local or mounted path"
+        )

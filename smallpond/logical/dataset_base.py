@@ -31,7 +31,7 @@ from smallpond.common import (
     sql_fragment,
 )
 from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
-from smallpond.io.paths import duckdb_file_literal, file_identity, user_path
+from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file_identity, user_path
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
 #: a ``columns`` item that is a column name as it stands in SQL (else it is quoted when it names a
@@ -306,6 +306,7 @@ class DataSet:
 
     # -- SQL -----------------------------------------------------------------------------------
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         raise NotImplementedError(f"{type(self).__name__} cannot be read with SQL")
 
     def sql_query_body(self, filesystem=None, conn=None) -> str:
@@ -313,6 +314,7 @@ class DataSet:
         defined: :meth:`sql_query_fragment` without its parentheses where a dataset can say so
         (Parquet), else ``SELECT * FROM`` the fragment. The same rows, in the same order; one
         level of ``SELECT *`` less saves DuckDB ~0.1 ms binding each statement."""
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_body")
         return f"SELECT * FROM {self.sql_query_fragment(filesystem, conn)}"
 
     def _empty_fragment(self, conn) -> str:
@@ -333,10 +335,12 @@ class DataSet:
         return self._num_rows
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_arrow_table")
         conn = _default_conn(conn)
         return conn.sql(f"SELECT * FROM {self.sql_query_fragment(conn=conn)}").to_arrow_table()
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_batch_reader")
         from smallpond.io.arrow import rebatch
 
         conn = _default_conn(conn)

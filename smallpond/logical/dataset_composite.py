@@ -13,6 +13,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, as_subquery
 from smallpond.errors import ParameterError
+from smallpond.io.paths import check_local_filesystem
 from smallpond.logical.dataset_base import DataSet
 from smallpond.logical.dataset_files import FileSet, ParquetDataSet
 
@@ -37,6 +38,7 @@ class SqlQueryDataSet(DataSet):
         return False
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         sql = self.query_builder(conn, filesystem) if self.query_builder is not None else self.sql_query
         return f"( {as_subquery(sql)} )"
 
@@ -68,6 +70,7 @@ class _InMemoryDataSet(DataSet):
         return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         if conn is None:
             raise ParameterError(f"{type(self).__name__}.sql_query_fragment needs a DuckDB connection")
         name = f"__table_{id(self):x}"
@@ -75,6 +78,7 @@ class _InMemoryDataSet(DataSet):
         return f"( SELECT {self._column_str} FROM {name} )"
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_arrow_table")
         return self._table()
 
     def __repr__(self) -> str:
@@ -82,6 +86,7 @@ class _InMemoryDataSet(DataSet):
         return f"{type(self).__name__}({t.num_rows} rows, columns {t.column_names})"
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_batch_reader")
         import pyarrow as pa
 
         t = self._table()

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
-from smallpond.io.paths import duckdb_file_literal
+from smallpond.io.paths import check_local_filesystem, duckdb_file_literal
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset_base import DataSet, _absent, _empty_table, _path_list_sql, _quote
 
@@ -76,11 +76,13 @@ class FileSet(DataSet):
     """A set of files of any kind; read as a table with a single column ``resolved_paths``."""
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_arrow_table")
         import pyarrow as pa
 
         return pa.table({"resolved_paths": pa.array(self.resolved_paths, pa.string())})
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_batch_reader")
         import pyarrow as pa
 
         t = self.to_arrow_table()
@@ -128,6 +130,7 @@ class CsvDataSet(DataSet):
         return columns_not_found(missing, "the declared schema", list(self.csv_schema), f"columns={self.columns!r}")
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         if self.empty:
             return _typed_empty_sql(self)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.csv_schema.items())
@@ -176,6 +179,7 @@ class JsonDataSet(DataSet):
         return columns_not_found(missing, "the declared schema", list(self.json_schema), f"columns={self.columns!r}")
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         if self.empty:
             return _typed_empty_sql(self)
         cols = ", ".join(f"{_quote(k)}: {_quote(v)}" for k, v in self.json_schema.items())
@@ -316,11 +320,13 @@ class ParquetDataSet(DataSet):
         return f"read_parquet({src}, {', '.join(opts)})"
 
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         if self.empty:
             return self._empty_fragment(conn)
         return f"( {self._select_rows()} )"
 
     def sql_query_body(self, filesystem=None, conn=None) -> str:
+        check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_body")
         if self.empty or type(self).sql_query_fragment is not ParquetDataSet.sql_query_fragment:
             # a subclass that writes its own fragment is read through it
             return super().sql_query_body(filesystem, conn)
@@ -362,6 +368,7 @@ class ParquetDataSet(DataSet):
         return joiner.join(pieces)
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_arrow_table")
         # files unioned by name are read by DuckDB, which unifies a column's types across files
         # (int64 in one, string in another: VARCHAR, as the frame's schema says), as the batch
         # reader does; pyarrow cannot merge them
@@ -393,6 +400,7 @@ class ParquetDataSet(DataSet):
         return bool(self.columns) and any(self._is_expression(c) for c in self.columns)
 
     def to_batch_reader(self, batch_size: int = DEFAULT_BATCH_SIZE, filesystem=None, conn=None):
+        check_local_filesystem(filesystem, f"{type(self).__name__}.to_batch_reader")
         if conn is not None or self.generated_columns or self._has_expressions() or self.union_by_name and self.columns is None:
             if self.empty and self._schema_source() is None:
                 import pyarrow as pa

@@ -199,3 +199,28 @@ def test_filesystem_dump_and_load_take_upstreams_arguments(tmp_path):
     assert size == os.path.getsize(path) and load(path, 4096) == obj
     assert dump(obj, path, buffering=1 << 20, atomic_write=True) == size and load(path, buffering=1 << 20) == obj
     assert os.listdir(tmp_path) == ["obj.pickle"]
+
+
+def test_datasets_refuse_a_filesystem_they_cannot_use(compat_data, tmp_path):
+    """§3.1: ``to_arrow_table``/``to_batch_reader``/``sql_query_fragment`` take ``filesystem=``.
+    A local filesystem object is accepted; any other is a ParameterError naming the dataset's
+    method, never silently read past (reading the local path instead)."""
+    import pyarrow.fs as pafs
+
+    from smallpond.errors import ParameterError
+
+    ds = ParquetDataSet([os.path.join(compat_data["arrow"], "*.parquet")])
+    local = pafs.LocalFileSystem()
+    assert ds.to_arrow_table(filesystem=local).num_rows == ds.to_arrow_table().num_rows
+    assert ds.to_batch_reader(filesystem=local).read_all().num_rows == ds.num_rows
+    assert ds.sql_query_fragment(filesystem=local) == ds.sql_query_fragment()
+    elsewhere = pafs.SubTreeFileSystem(str(tmp_path), local)
+    for method, call in (
+        ("to_arrow_table", lambda: ds.to_arrow_table(filesystem=elsewhere)),
+        ("to_batch_reader", lambda: ds.to_batch_reader(filesystem=elsewhere)),
+        ("sql_query_fragment", lambda: ds.sql_query_fragment(filesystem=elsewhere)),
+    ):
+        with pytest.raises(
+            ParameterError, match=rf"ParquetDataSet\.{method}\(filesystem=pyarrow\._fs\.SubTreeFileSystem\): only the local"
+        ):
+            call()
