@@ -51,8 +51,7 @@ def check_sink_destinations(nodes: Sequence) -> None:
             else:
                 continue
             raise PlanError(
-                f"{node_at(other)} and {node_at(node)} {how}: "
-                f"{why}. Give each sink a folder of its own, side by side"
+                f"{node_at(other)} and {node_at(node)} {how}: {why}. Give each sink a folder of its own, side by side"
             )
         seen.append((node, dest))
 
