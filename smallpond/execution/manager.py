@@ -244,7 +244,9 @@ class JobManager:
                 num_executors,
                 num_executors,
             )
-        workers = None if embedded else num_executors
+        # (0: one per usable CPU; the settings' num_executors, JobManager's default 1, is not the
+        # embedded worker count)
+        workers = 0 if embedded else num_executors
         return run_plan_as_job(plan, a, num_workers=workers, raise_error=True)
 
 

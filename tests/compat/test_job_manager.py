@@ -110,3 +110,37 @@ def test_arguments_without_effect_are_warned_about_once(compat_data, tmp_path, l
         "these JobManager arguments have no effect in this build and are ignored: user_tags, prioritize_retry, "
         "memory_allocator, task_image, sched_state_observers, some_platform_option" in warned[0]
     )
+
+
+def test_embedded_jobs_get_one_worker_per_usable_cpu(tmp_path):
+    # the default num_executors=1 (upstream's one executor) and any other without a platform run
+    # as many tasks at once as the machine has usable CPUs, as the Driver's embedded mode does
+    import time
+
+    import pyarrow as pa
+
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+
+    def meet(rt, tables):
+        # each partition waits (up to 30 s) for the other one to start: together only if two
+        # workers run them at once; what it saw when it stopped waiting is its result
+        open(meeting / f"{os.getpid()}-{uuid.uuid4().hex}", "w").close()
+        deadline = time.monotonic() + 30
+        while len(os.listdir(meeting)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return pa.table({"met": [len(os.listdir(meeting))]})
+
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, SqlQueryDataSet("select 1 as a")),), npartitions=2)
+    node = ArrowComputeNode(ctx, (parts,), process_func=meet, cpu_limit=1)
+    for num_executors in ({}, {"num_executors": 2}):
+        for name in os.listdir(meeting):
+            os.remove(meeting / name)
+        exec_plan = JobManager(data_root=str(tmp_path / "root")).run(
+            LogicalPlan(ctx, node), job_id=str(uuid.uuid4()), **num_executors
+        )
+        if exec_plan.ctx.usable_cpu_count < 2:
+            pytest.skip("one usable CPU: one worker either way")
+        met = exec_plan.final_output.to_arrow_table().column("met").to_pylist()
+        assert min(met) == 2, (num_executors, met)
