@@ -234,7 +234,7 @@ class JobManager:
         a = argparse.Namespace(**settings)
         # upstream's executors each ran as many tasks at once as the machine had CPUs: embedded,
         # that is one worker per usable CPU; on a platform, num_executors executors are started
-        embedded = self.platform in (None, "", "local")
+        embedded = a.platform in (None, "", "local")  # (a platform= keyword names it too)
         if embedded and num_executors > 1:
             from smallpond.common import logger
 

@@ -144,3 +144,17 @@ def test_embedded_jobs_get_one_worker_per_usable_cpu(tmp_path):
             pytest.skip("one usable CPU: one worker either way")
         met = exec_plan.final_output.to_arrow_table().column("met").to_pylist()
         assert min(met) == 2, (num_executors, met)
+
+
+def test_a_platform_keyword_starts_num_executors(compat_data, tmp_path, log_messages):
+    # run(platform=...) (a Driver option passed through kwargs) names the platform as
+    # JobManager(platform=...) does: num_executors executors are started, and no warning says
+    # the job runs embedded
+    n = (os.cpu_count() or 1) + 1  # not what a default of one per usable CPU would start
+    root = str(tmp_path / "root")
+    job_id = str(uuid.uuid4())
+    exec_plan = JobManager(data_root=root).run(count_plan(compat_data), job_id=job_id, platform="base", num_executors=n)
+    assert sum(exec_plan.final_output.to_arrow_table().column("n").to_pylist()) == 1000
+    assert not [m for m in log_messages if "without a platform" in m]
+    with open(os.path.join(job_folder(root, job_id), "log", "scheduler.log")) as f:
+        assert f"queue backend: base started {n} executor(s)" in f.read()
