@@ -327,14 +327,17 @@ class Session:
         return self.from_arrow(table)
 
     def from_pandas(self, df) -> DataFrame:
-        """A DataFrame from a pandas DataFrame (written to Parquet when first computed)."""
+        """A DataFrame from a pandas DataFrame (written to Parquet when first computed), as ``df``
+        is at this call: a copy is taken, so later changes to ``df`` do not reach it."""
         pd = sys.modules.get("pandas")  # (not imported: df cannot be a pandas DataFrame)
         if pd is None or not isinstance(df, pd.DataFrame):
             hint = "; a pyarrow Table goes to from_arrow()" if _is_arrow_table(df) else ""
             raise ParameterError(
                 f"Session.from_pandas called at {user_call_site()}: needs a pandas.DataFrame, got {type(df).__name__}{hint}"
             )
-        return self._source(PandasDataSet(df))
+        # a snapshot: the frame is lazy, and the caller's df may change before (or after) it runs;
+        # to_pandas() and to_arrow() must both give the rows as they were at this call
+        return self._source(PandasDataSet(df.copy(deep=True)))
 
     def from_arrow(self, table) -> DataFrame:
         """A DataFrame from a pyarrow Table or RecordBatch (written to Parquet when first computed)."""

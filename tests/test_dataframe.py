@@ -496,6 +496,19 @@ def test_to_pandas_roundtrip(sp):
     assert sp.from_pandas(pdf).count() == 3
 
 
+def test_from_pandas_is_a_snapshot_of_the_frame(sp):
+    """The frame is lazy: a change to the pandas frame after from_pandas() reaches neither
+    to_pandas() nor a computed result, before or after the first compute (they agreed neither)."""
+    pdf = pd.DataFrame({"x": [1, 2, 3]})
+    df = sp.from_pandas(pdf)
+    pdf.loc[0, "x"] = 7  # before any compute
+    assert df.count() == 3
+    pdf.loc[1, "x"] = 999  # after one
+    assert df.to_pandas()["x"].tolist() == [1, 2, 3]
+    assert df.to_arrow().column("x").to_pylist() == [1, 2, 3]
+    assert sorted(r["x"] for r in df.map("x * 2 as x").take_all()) == [2, 4, 6]
+
+
 def test_from_arrow_roundtrip_keeps_types(sp):
     t = pa.table({"a": [1, 2, 3], "s": ["x", "y", "z"], "bin": [b"1", b"2", b"3"]})
     assert sp.from_arrow(t).to_arrow().equals(t)
