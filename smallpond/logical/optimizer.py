@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import string
+import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
 from smallpond.logical.base import Node
@@ -195,6 +196,22 @@ class Optimizer(LogicalPlanVisitor[Node]):
     (upstream copied every node). Results are memoized per Optimizer, so visiting a node again,
     or another plan that shares it, gives the same optimized node.
     """
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        # the rules run as one pass over the plan (optimize()), not node by node through the
+        # visitor's methods: an override of one would never be called
+        overridden = sorted(
+            name for name in vars(cls) if name.startswith("visit_") and getattr(LogicalPlanVisitor, name, None) is not None
+        )
+        if overridden:
+            warnings.warn(
+                f"{cls.__module__}.{cls.__qualname__} overrides {', '.join(overridden)} of Optimizer, never "
+                "called: Optimizer.visit applies its rules in one pass over the plan. Override "
+                "visit() (and call super().visit()), or subclass LogicalPlanVisitor to walk the plan node by node",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def __init__(self, exclude_nodes: Optional[Iterable[Node]] = None) -> None:
         self.exclude_nodes = set(exclude_nodes or ())

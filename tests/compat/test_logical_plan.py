@@ -132,6 +132,25 @@ def test_optimizer_fuses_sql_chains(run_plan):
     assert Optimizer().visit(over_limit).input_deps[0].input_deps[0].id == filtered.id
 
 
+def test_an_optimizer_subclass_overriding_a_visit_method_is_warned_about():
+    """Optimizer applies its rules in one pass, not through the visitor's visit_* methods: a
+    subclass overriding one would be silently ignored, so defining it warns, naming the method."""
+    with pytest.warns(UserWarning, match=r"overrides visit_sql_engine_node of Optimizer, never called: "):
+
+        class Mine(Optimizer):
+            def visit_sql_engine_node(self, node, depth):
+                return super().visit_sql_engine_node(node, depth)
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+
+        class Fine(Optimizer):  # overriding visit() itself works, and is not warned about
+            def visit(self, node, depth=0):
+                return super().visit(node, depth)
+
+
 def test_optimizer_keeps_partition_nodes_working():
     ctx = Context()
     source = DataSourceNode(ctx, SqlQueryDataSet("select range as a from range(4)"))
