@@ -303,6 +303,12 @@ class Session:
         """
         import pyarrow as pa
 
+        from smallpond.io.pyvalues import plain_array
+
+        def column(values: list):  # (plain values without importing pandas, as pa.array does)
+            array = plain_array(values)
+            return array if array is not None else pa.array(values)
+
         if not isinstance(items, (list, tuple)) or not items:
             raise ParameterError(f"from_items needs a non-empty list, got {type(items).__name__}")
         try:
@@ -317,9 +323,9 @@ class Session:
                 names = dict.fromkeys(key for item in items for key in item)
                 if any(not isinstance(key, str) for key in names):
                     raise ParameterError(f"from_items: the keys of dict items are column names (str), got {list(names)!r:.120}")
-                table = pa.Table.from_pydict({key: [item.get(key) for item in items] for key in names})
+                table = pa.table({key: column([item.get(key) for item in items]) for key in names})
             else:
-                table = pa.table({"item": list(items)})
+                table = pa.table({"item": column(list(items))})
         except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
             raise ParameterError(
                 f"from_items: the items do not make a table (values of one column must be of one type): {e}"
