@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import doctest
 import math
+import types
 
 import duckdb
 import numpy as np
@@ -207,3 +208,66 @@ def test_upstream_default_resources_are_clamped_quietly(make_rt, keyed, recwarn)
     assert node.cpu_limit == 16
     Planner(make_rt("x")).create_exec_plan(LogicalPlan(ctx, node))
     assert not [w for w in recwarn if "exceeds" in str(w.message)]
+
+
+def _fixed_binary_keys(width: int = 10):
+    """Keys that sit on, around and between 2-byte and 8-byte split points (zero bytes, 0xff
+    bytes, a key equal to a point's prefix), a random spread, and NULLs."""
+    rng = np.random.default_rng(7)
+    edges = [b"\x00" * width, b"\xff" * width, b"\x40\x00" + b"\x00" * (width - 2), b"\x3f\xff" + b"\xff" * (width - 2)]
+    edges += [
+        b"\x40\x00\x00\x00\x00\x00\x00\x00" + b"\x01" * (width - 8),
+        b"\x7f\xff\xff\xff\xff\xff\xff\xff" + b"\x00" * (width - 8),
+    ]
+    keys = edges + [bytes(r) for r in rng.integers(0, 256, size=(400, width), dtype=np.uint8)] + [None, None]
+    return pa.array(keys, pa.binary(width))
+
+
+def test_binary_range_keys_match_duckdb_exactly():
+    """The arrow engine's range partition of fixed-size binary keys, computed without DuckDB, puts
+    every key where DuckDB's SQL (range_index_sql) puts it; other split points are left to DuckDB."""
+    keys = _fixed_binary_keys()
+    conn = duckdb.connect()
+    conn.register("keys_table", pa.table({"key": keys}))
+    for points in (
+        [bytes([v >> 8, v & 0xFF]) for v in (0x1000, 0x3FFF, 0x4000, 0x4000, 0x8000, 0xFFFF)],  # GraySort's, repeated one
+        [b"\x40\x00\x00\x00\x00\x00\x00\x00", b"\x7f\xff\xff\xff\xff\xff\xff\xff", b"\xc0" + b"\x00" * 7],
+        [b"\x00", b"\x40", b"\xff"],
+    ):
+        n = len(points) + 1
+        expected = conn.execute(
+            f"SELECT {range_ops.range_index_sql('key', [range_ops.sql_literal(p) for p in points], n)} AS k FROM keys_table"
+        ).fetchnumpy()["k"]
+        prepared = range_ops.binary_split_prefixes(points, 10)
+        assert prepared is not None
+        whole, chunked, offset = keys, pa.chunked_array([keys.slice(0, 5), keys.slice(5)]), keys.slice(3)
+        assert range_ops.binary_range_keys(whole, prepared, n - 1).tolist() == expected.tolist()
+        assert range_ops.binary_range_keys(chunked, prepared, n - 1).tolist() == expected.tolist()
+        assert range_ops.binary_range_keys(offset, prepared, n - 1).tolist() == expected[3:].tolist()
+    # longer than 8 bytes, of several lengths, or not ascending: DuckDB decides
+    assert range_ops.binary_split_prefixes([b"\x00" * 9], 10) is None
+    assert range_ops.binary_split_prefixes([b"\x01", b"\x02\x00"], 10) is None
+    assert range_ops.binary_split_prefixes([b"\x02", b"\x01"], 10) is None
+    assert range_ops.binary_split_prefixes([b"\x01\x02\x03"], 2) is None
+    assert range_ops.binary_split_prefixes(["a"], 10) is None
+
+
+def test_fixed_size_binary_keys_both_engines_agree(tmp_path):
+    """End to end: the arrow engine (which computes these binary ranges without DuckDB) and the
+    DuckDB engine give the same partitions of fixed-size binary keys, NULLs last."""
+    keys = _fixed_binary_keys()
+    path = str(tmp_path / "fixed.parquet")
+    pq.write_table(pa.table({"key": keys, "id": list(range(len(keys)))}), path)
+    points = [b"\x00\x01", b"\x40\x00", b"\x7f\xff", b"\xff\xff"]
+    ctx = Context()
+    node = RangePartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), split_points=points, engine_type="arrow")
+    task = types.SimpleNamespace(node=node, _key="key")
+    assert range_ops.RangePartitionTask._local_partition_keys(task, pq.read_schema(path)) is not None
+    task._key = "id"  # an integer key: DuckDB computes the partitions
+    assert range_ops.RangePartitionTask._local_partition_keys(task, pq.read_schema(path)) is None
+    got = run_partitionings(
+        path, str(tmp_path), duckdb=dict(split_points=points), arrow=dict(split_points=points, engine_type="arrow")
+    )
+    assert repr(got["arrow"]) == repr(got["duckdb"])
+    assert [r["key"] for r in got["duckdb"][-1]][-2:] == [None, None]
+    assert sum(len(p) for p in got["duckdb"]) == len(keys)

@@ -338,9 +338,11 @@ class HashPartitionTask(Task):
             body_names = list(columns)
         if direct:
             write_col = False
+        # partition indices computed here without DuckDB, exactly as its SQL would (a range over binary keys)
+        local_keys = None if direct else self._local_partition_keys(reader.schema)
         conn = (
             None
-            if direct
+            if direct or local_keys is not None
             else open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=True, seeded=self._draws_random(ds))
         )
         if conn is not None:
@@ -362,6 +364,8 @@ class HashPartitionTask(Task):
                     continue
                 if direct:
                     keys = batch.column(col).to_numpy(zero_copy_only=False)
+                elif local_keys is not None:
+                    keys = local_keys(batch)
                 else:
                     conn.register("__sp_batch", batch)
                     with duckdb_errors_as(key_sql):  # a key that does not bind or cast is the user's
@@ -400,6 +404,11 @@ class HashPartitionTask(Task):
                 parts, output_dir, dir_col, self.output_filename, self._arrow_empty_writer(schema, dir_col)
             )
         return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
+
+    def _local_partition_keys(self, schema):
+        """A function giving the partition index of each row of an Arrow batch with ``schema``
+        without DuckDB, exactly as the node's SQL would; None (the default) where only DuckDB can."""
+        return None
 
     def _arrow_empty_writer(self, schema, col: str):
         """Writes an empty partition's placeholder with pyarrow (the arrow engine's)."""

@@ -248,3 +248,71 @@ class RangePartitionTask(HashPartitionTask):
         node = self.node
         self._key = key_column_of(node, columns)
         return range_index_sql(quote_identifier(self._key), self._points, node.npartitions), node.data_partition_column
+
+    def _local_partition_keys(self, schema):
+        """The arrow engine's partition index of a fixed-size binary key without DuckDB (see
+        :func:`binary_range_keys`), when the node's split points allow it; else None."""
+        node = self.node
+        import pyarrow as pa
+
+        if node.sampled:
+            return None
+        field = schema.field(self._key)
+        if not pa.types.is_fixed_size_binary(field.type):
+            return None
+        width = field.type.byte_width
+        points = binary_split_prefixes(node.split_points[: node.npartitions - 1], width)
+        if points is None:
+            return None
+        key, last = self._key, node.npartitions - 1
+        return lambda batch: binary_range_keys(batch.column(key), points, last)
+
+
+#: the longest split point :func:`binary_split_prefixes` takes: its bytes are one 64-bit integer
+_MAX_PREFIX_BYTES = 8
+
+
+def binary_split_prefixes(points: Sequence, width: int):
+    """Split points for :func:`binary_range_keys`: a numpy array of big-endian integers of the
+    points' bytes, if every point is ``bytes`` of one length ``L <= min(width, 8)`` and they do
+    not decrease; else None (DuckDB computes the partitions).
+
+    A point ``p`` of ``L`` bytes is ``<=`` a ``width``-byte key ``k`` (DuckDB compares blobs byte by
+    byte as unsigned, then a shorter one first) exactly when ``p <= k[:L]``: if ``k[:L] == p``, ``k``
+    is at least as long. Both read as integers of ``L`` bytes compare the same way.
+    """
+    import numpy as np
+
+    if not points or not all(isinstance(p, (bytes, bytearray)) for p in points):
+        return None
+    size = len(points[0])
+    if not 1 <= size <= min(width, _MAX_PREFIX_BYTES) or any(len(p) != size for p in points):
+        return None
+    values = np.array([int.from_bytes(bytes(p), "big") for p in points], dtype=np.uint64)
+    if bool((values[1:] < values[:-1]).any()):
+        return None  # not ascending: the SQL's binary search decides
+    return values, size
+
+
+def binary_range_keys(column, prepared, last: int):
+    """Each row's partition: the number of split points ``<=`` its key, NULL keys ``last`` (what
+    :func:`range_index_sql` computes in DuckDB), for a fixed-size binary ``column`` (an Arrow
+    array or chunked array) and ``prepared`` = :func:`binary_split_prefixes`."""
+    import numpy as np
+    import pyarrow as pa
+
+    values, size = prepared
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    out = []
+    for chunk in chunks:
+        width = chunk.type.byte_width
+        raw = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)
+        raw = raw[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width)
+        padded = np.zeros((len(chunk), 8), dtype=np.uint8)
+        padded[:, 8 - size :] = raw[:, :size]
+        prefix = padded.view(">u8").ravel().astype(np.uint64)
+        keys = np.searchsorted(values, prefix, side="right").astype(np.int64)
+        if chunk.null_count:
+            keys[np.asarray(chunk.is_null().to_numpy(zero_copy_only=False), dtype=bool)] = last
+        out.append(keys)
+    return np.concatenate(out) if len(out) != 1 else out[0]
