@@ -271,3 +271,33 @@ def test_fixed_size_binary_keys_both_engines_agree(tmp_path):
     assert repr(got["arrow"]) == repr(got["duckdb"])
     assert [r["key"] for r in got["duckdb"][-1]][-2:] == [None, None]
     assert sum(len(p) for p in got["duckdb"]) == len(keys)
+
+
+def test_a_binary_range_shuffle_and_arrow_sort_never_load_duckdb_in_the_worker(tmp_path, monkeypatch):
+    """The tuned GraySort's shape (a range partition of fixed-size binary keys on the arrow engine,
+    then Arrow code over Parquet) runs in a worker that never imports DuckDB (~65 ms of CPU and
+    a database to open, before each worker's first task could start)."""
+    from smallpond.logical.node import ArrowComputeNode
+
+    def modules_loaded(runtime_ctx, tables):
+        # (defined here, it is pickled by value: by name, the worker would import this test
+        # module, which imports DuckDB)
+        import sys
+
+        import pyarrow
+
+        table = tables[0]
+        return table.append_column("duckdb_loaded", pyarrow.array(["duckdb" in sys.modules] * table.num_rows, pyarrow.bool_()))
+
+    monkeypatch.setenv("SP_FORK_WORKERS", "0")  # a fresh interpreter: only what its tasks import
+    keys = _fixed_binary_keys()
+    path = str(tmp_path / "fixed.parquet")
+    pq.write_table(pa.table({"key": keys, "id": list(range(len(keys)))}), path)
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([path]))
+    shuffled = RangePartitionNode(ctx, (src,), split_points=[b"\x40\x00", b"\x80\x00"], engine_type="arrow")
+    node = ArrowComputeNode(ctx, (shuffled,), process_func=modules_loaded)
+    ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path / "root")), num_workers=1)
+    rows = [r for t in ep.tasks.values() if t.node_id == node.id for r in ep.results[t.key].to_arrow_table().to_pylist()]
+    assert len(rows) == len(keys)
+    assert not any(r["duckdb_loaded"] for r in rows)
