@@ -4,7 +4,9 @@ The producer is the hash-partition producer (:class:`~smallpond.execution.ops.pa
 both engines) with another partition-index expression: a binary search over the split points
 written as nested ``CASE`` (``log2(n)`` comparisons per row), so partition ``i`` holds the keys
 ``split[i-1] <= k < split[i]``. NULL keys (and NaN, which DuckDB orders after every number) go to
-the last partition, where ``ORDER BY`` puts them.
+the last partition, where ``ORDER BY`` puts them. On the arrow engine, a fixed-size binary key with
+given split points of one length up to 8 bytes (GraySort's) is bucketed with numpy instead
+(:func:`binary_range_keys`, the same partitions), and the task never opens DuckDB.
 
 Sampled split points (``RangePartitionNode(npartitions=N)``) come from :class:`RangeSampleTask`,
 which runs before the producers: a seeded reservoir sample of the key column over all the input,
