@@ -307,8 +307,11 @@ def binary_range_keys(column, prepared, last: int):
     chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
     out = []
     for chunk in chunks:
-        width = chunk.type.byte_width
-        raw = np.frombuffer(chunk.buffers()[1], dtype=np.uint8)
+        width, data = chunk.type.byte_width, chunk.buffers()[1]
+        if data is None:  # (no values buffer: every key is NULL)
+            out.append(np.full(len(chunk), last, dtype=np.int64))
+            continue
+        raw = np.frombuffer(data, dtype=np.uint8)
         raw = raw[chunk.offset * width : (chunk.offset + len(chunk)) * width].reshape(-1, width)
         padded = np.zeros((len(chunk), 8), dtype=np.uint8)
         padded[:, 8 - size :] = raw[:, :size]
