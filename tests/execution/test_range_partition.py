@@ -244,6 +244,9 @@ def test_binary_range_keys_match_duckdb_exactly():
         assert range_ops.binary_range_keys(whole, prepared, n - 1).tolist() == expected.tolist()
         assert range_ops.binary_range_keys(chunked, prepared, n - 1).tolist() == expected.tolist()
         assert range_ops.binary_range_keys(offset, prepared, n - 1).tolist() == expected[3:].tolist()
+    # an empty chunk may come without a values buffer
+    empty = pa.Array.from_buffers(pa.binary(10), 0, [None, None])
+    assert range_ops.binary_range_keys(pa.chunked_array([empty, keys]), prepared, n - 1).tolist() == expected.tolist()
     # longer than 8 bytes, of several lengths, or not ascending: DuckDB decides
     assert range_ops.binary_split_prefixes([b"\x00" * 9], 10) is None
     assert range_ops.binary_split_prefixes([b"\x01", b"\x02\x00"], 10) is None
