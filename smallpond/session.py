@@ -424,7 +424,11 @@ class Session:
     def _run_nodes(self, nodes: List[Any]) -> List[List[Any]]:
         """Plan and run nodes; returns each node's output datasets in partition order."""
         from smallpond.errors import JobFailed
+        from smallpond.execution.publication import check_not_overwritten
 
+        job = self._job
+        if job.scheduler is not None and job.scheduler.state.overwritten:  # planned anew only then
+            check_not_overwritten(job.scheduler.state, job.planner.tasks, [t for n in nodes for t in job.planner.plan(n)])
         try:
             return self._job.run_nodes(nodes)
         except JobFailed as e:

@@ -31,7 +31,7 @@ from smallpond.execution.ops.duckdb import sql_may_draw_random, sql_reads_files
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
 from smallpond.execution.ops.sink import DataSinkTask, check_destination
-from smallpond.execution.ops.sink_overlap import check_overlap, check_sink_destinations
+from smallpond.execution.ops.sink_overlap import check_earlier_sinks, check_overlap, check_sink_destinations
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -208,6 +208,7 @@ class Planner:
         # caches by node id (nodes hold only what the user described); the planned nodes are
         # kept alive so that an id is never reused while it is a key here
         self._planned_nodes: List[Node] = []
+        self._sinks: List[Node] = []  # the sinks planned so far, checked against later ones
         self._digests: Dict[int, str] = {}
         #: where the modules user functions import in their bodies were found, in the current
         #: call of :meth:`plan` (stable_digest's ``specs``: each name is looked up once however
@@ -258,6 +259,7 @@ class Planner:
         p.node_to_tasks = dict(self.node_to_tasks)
         p.tasks = dict(self.tasks)
         p._planned_nodes = list(self._planned_nodes)
+        p._sinks = list(self._sinks)
         p._digests = dict(self._digests)
         p._unreused = dict(self._unreused)
         p._seeded = dict(self._seeded)
@@ -278,8 +280,11 @@ class Planner:
         check_plan_size(order, self.node_to_tasks, len(self.tasks), self.rt.usable_memory_size)
         for n, what, message in case_clashes([n for n in order if id(n) not in self.node_to_tasks]):
             raise PlanError(f"{node_at(n)} cannot run: {message}\n{what}")
-        # before any task runs: two sinks into one folder would remove each other's staged result
-        check_sink_destinations([n for n in order if isinstance(n, DataSinkNode) and id(n) not in self.node_to_tasks])
+        # before any task runs: two sinks into one folder would remove each other's staged result;
+        # nor one inside another's, or over the result it reads, of an earlier computation either
+        fresh = [n for n in order if isinstance(n, DataSinkNode) and id(n) not in self.node_to_tasks]
+        check_sink_destinations(fresh)
+        check_earlier_sinks(fresh, self._sinks)
         for n in order:
             if id(n) in self.node_to_tasks:
                 continue
@@ -296,6 +301,8 @@ class Planner:
                 raise PlanError(f"no planner for node type {type(n).__name__} ({created_at(repr(n), n.location)})")
             self.node_to_tasks[id(n)] = tasks
             self._planned_nodes.append(n)
+            if isinstance(n, DataSinkNode):
+                self._sinks.append(n)
         return self.node_to_tasks[id(node)]
 
     def create_exec_plan(self, logical_plan: LogicalPlan, manifest_only_final_results: bool = True) -> ExecutionPlan:

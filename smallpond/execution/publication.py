@@ -8,6 +8,11 @@ computation prepared and that are not published yet (:func:`unpublished`) are pu
 removed (:func:`discard_unpublished`); when the job starts, :func:`finish_earlier` finishes the
 publication a crashed run left in its journal, and :func:`tell_abandoned` says, in the log and in
 the event log (``publication_abandoned``), when that journal had to be given up.
+
+A sink of a session that overwrites the destination of a sink published by an earlier computation
+(allowed: a notebook cell run again) leaves the earlier frame without its files: the state notes it
+(``SchedState.overwritten``), and a computation that would read that result is refused, naming both
+sinks and the folder (:func:`check_not_overwritten`), rather than failing on a missing file.
 """
 
 from __future__ import annotations
@@ -83,7 +88,40 @@ def publish_prepared(rt: RuntimeContext, st: SchedState, published: Dict[str, An
     for k in keys:
         replace_result(st, k, finals[k])
         published[k] = finals[k]
+        st.overwritten.pop(k, None)  # published again: its result is back
+    overwrites = {os.path.realpath(st.tasks[k].node.output_path): k for k in keys if st.tasks[k].node.mode == "overwrite"}
+    for k in published:
+        by = overwrites.get(os.path.realpath(st.tasks[k].node.output_path)) if k in st.tasks else None
+        if by is not None and by != k:
+            st.overwritten[k] = by
     logger.info("published {} sink(s): {}", len(keys), ", ".join(st.tasks[k].node.output_path for k in keys))
+
+
+def check_not_overwritten(st: Optional[SchedState], tasks: Dict[str, Any], targets: List[Any]) -> None:
+    """Refuse (PlanError) computing ``targets`` when they are, or need, the result of a sink whose
+    destination a later sink of the session overwrote since (its files are gone): naming both sinks
+    and the folder. ``tasks``: every planned task by key."""
+    from smallpond.errors import PlanError
+    from smallpond.logical.base import node_at
+
+    if st is None or not st.overwritten:
+        return
+    stack, seen = [t.key for t in targets], set()
+    while stack:
+        k = stack.pop()
+        if k in seen:
+            continue
+        seen.add(k)
+        by = st.overwritten.get(k)
+        if by is not None:
+            node, other = tasks[k].node, tasks[by].node
+            raise PlanError(
+                f"{node_at(node)} published its result into {node.output_path}, but {node_at(other)} overwrote that "
+                "folder since, in this session: the result is gone, so it cannot be read (nor anything computed "
+                "from it). Call recompute() on the frame to publish it again, or read the folder as it is now"
+            )
+        if k not in st.done:
+            stack.extend(tasks[k].input_keys)
 
 
 def discard_unpublished(rt: RuntimeContext, st: Optional[SchedState], published: Dict[str, Any]) -> None:

@@ -107,6 +107,8 @@ class SchedState:
     runtimes: Dict[int, List[float]] = field(default_factory=dict)  # node id -> seconds of its finished attempts
     #: metadata-only tasks nothing needed (all after them committed), in order: rebuilt after the run
     unneeded_inline: List[Task] = field(default_factory=list)
+    #: a published sink's key -> the key of a sink of a later computation that overwrote its destination
+    overwritten: Dict[str, str] = field(default_factory=dict)
     free_cpus: int = 0
     free_memory: int = 0
 
@@ -528,6 +530,7 @@ def invalidate(state: SchedState, keys: Iterable[str]) -> Set[str]:
         state.done.pop(key, None)
         state.resumed.discard(key)
         state.reused.discard(key)
+        state.overwritten.pop(key, None)  # to be published again
         stack.extend(state.consumers.get(key, []))
     for key in seen:
         if key in state.tasks:

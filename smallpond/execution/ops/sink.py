@@ -89,6 +89,7 @@ from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
+from smallpond.execution.ops.sink_overlap import check_nested_results
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
 from smallpond.execution.runtime import sink_records_dir
@@ -198,8 +199,16 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None, rec
     deciding. ``job_root``: the job's folder; a destination inside it (a named output) holds only
     what this job wrote, such as the task folders a named output's manifest lists.
     ``records_dir``: where the data root keeps what publications wrote (:mod:`~smallpond.execution.ops.sink_record`);
-    an overwrite removes only what that record proves smallpond wrote.
+    an overwrite removes only what that record proves smallpond wrote; and no destination is
+    inside or around a folder holding a result recorded there (:func:`~smallpond.execution.ops.sink_overlap.check_nested_results`).
     """
+    decision = _decide(node, committed, job_root, records_dir)
+    if decision == "write" and not committed and records_dir and not (job_root and in_job_folder(node.output_path, job_root)):
+        check_nested_results(node, records_dir)
+    return decision
+
+
+def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optional[str]) -> str:
     dest = node.output_path
     if committed:
         return "write"

@@ -13,6 +13,14 @@ Two sinks of one plan never share a destination, nor publish one inside the othe
 (:func:`check_sink_destinations`): each sink's preparation removes the staged folders it finds
 beside its destination that this job left (an earlier run's), so the two would remove each
 other's staged result, and an overwrite of the outer folder would swap out the inner result.
+Nor does a sink publish inside (or around) a result published earlier: a sink of an earlier
+computation of the session (:func:`check_earlier_sinks`, naming both sinks) or any folder holding a
+smallpond result the data root has a record of (:func:`check_nested_results`, naming the folder and
+its record): the outer result would hold a folder no manifest lists, and its next overwrite would be
+refused. The same destination as an earlier sink of the session is an overwrite by the usual rules
+(a notebook cell run again), except when that sink's result is an input of the new sink: reading a
+folder and overwriting it in one computation is refused, as it is for a data source's folder
+(:func:`check_overlap`), and the earlier frame's result would be gone.
 """
 
 from __future__ import annotations
@@ -20,12 +28,14 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from smallpond.errors import PlanError
+from smallpond.execution.ops import sink_record
 from smallpond.execution.runtime import SMALLPOND_DIRNAME
 from smallpond.logical.base import node_at
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
+from smallpond.logical.graph import topological_order
 
 _JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
 
@@ -54,6 +64,98 @@ def check_sink_destinations(nodes: Sequence) -> None:
                 f"{node_at(other)} and {node_at(node)} {how}: {why}. Give each sink a folder of its own, side by side"
             )
         seen.append((node, dest))
+
+
+def check_earlier_sinks(nodes: Sequence, earlier: Sequence) -> None:
+    """Refuse (PlanError) a sink among ``nodes`` (the new sinks of a plan) that publishes inside
+    or around the destination of a sink of ``earlier`` (planned by an earlier computation of the
+    session), or that overwrites the destination of one whose result is its own input; naming
+    both sinks and where they were created."""
+    for node in nodes:
+        dest, upstream = os.path.realpath(node.output_path), None
+        for other in earlier:
+            where = os.path.realpath(other.output_path)
+            if dest == where:
+                if node.mode != "overwrite":
+                    continue  # an append keeps the earlier files; the other modes refuse or skip
+                if upstream is None:
+                    upstream = {id(n) for n in topological_order([node], lambda x: x.input_deps)}
+                if id(other) not in upstream:
+                    continue  # the same folder written again: an overwrite by the usual rules
+                raise PlanError(
+                    f"{node_at(node)} would overwrite {node.output_path}, which holds the result of {node_at(other)}, "
+                    "computed earlier in this session and an input of this sink: overwriting a folder that the "
+                    "computation reads from is refused (the files it reads would be gone, and so would that frame's "
+                    "result). Write into another folder"
+                )
+            if inside(dest, where) or inside(where, dest):
+                raise PlanError(
+                    f"{node_at(node)} would publish {node.output_path} "
+                    f"{'inside' if inside(dest, where) else 'around'} {other.output_path}, the destination of "
+                    f"{node_at(other)} computed earlier in this session: one result would hold the other's folder, "
+                    "which its manifest does not list, so its next overwrite would be refused. Give each sink a "
+                    "folder of its own, side by side"
+                )
+
+
+def _recorded(folder: str, records_dir: str) -> Optional[str]:
+    """The record's path if ``folder`` holds a smallpond result this data root recorded (its
+    manifest is the one the record names), else None."""
+    manifest = os.path.join(folder, sink_record.MANIFEST)
+    if not os.path.lexists(manifest):
+        return None
+    rec = sink_record.load(records_dir, folder)
+    if rec is None or sink_record.identity(manifest) != rec.manifest:
+        return None
+    return sink_record.record_path(records_dir, folder)
+
+
+def _recorded_under(dest: str, records_dir: str) -> Optional[Tuple[str, str]]:
+    """A folder strictly inside ``dest`` that holds a recorded result, and its record; looked up
+    among the records (never by walking the user's folder), and only if ``dest`` has a folder."""
+    try:
+        if not any(e.is_dir(follow_symlinks=False) for e in os.scandir(dest)):
+            return None
+    except OSError:
+        return None
+    for folder in sink_record.claimed_destinations(records_dir):
+        if folder != dest and inside(folder, dest):
+            record = _recorded(folder, records_dir)
+            if record is not None:
+                return folder, record
+    return None
+
+
+def check_nested_results(node, records_dir: str) -> None:
+    """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
+    smallpond result published earlier (by any job of this data root), naming that folder and
+    the record of it. The destination itself holding one is an overwrite or append by the usual
+    rules (:func:`~smallpond.execution.ops.sink.check_destination`)."""
+    dest = os.path.realpath(node.output_path)
+    folder = os.path.dirname(dest)
+    while True:
+        record = _recorded(folder, records_dir)
+        if record is not None:
+            raise PlanError(
+                node._msg(
+                    f"output path {node.output_path} is inside {folder}, which holds a smallpond result published "
+                    f"earlier (its record: {record}): that result would hold a folder its manifest does not list, "
+                    "and its next overwrite would be refused. Choose a folder outside it"
+                )
+            )
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    found = _recorded_under(dest, records_dir)
+    if found is not None:
+        raise PlanError(
+            node._msg(
+                f"output path {node.output_path} contains {found[0]}, which holds a smallpond result published "
+                f"earlier (its record: {found[1]}): publishing around it would put one result inside another. "
+                "Choose a folder that does not contain it"
+            )
+        )
 
 
 def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:

@@ -274,6 +274,25 @@ def _claim(data: bytes) -> Optional[dict]:
     return parsed
 
 
+def claimed_destinations(records_dir: str) -> List[str]:
+    """The destinations the records in ``records_dir`` claim to be of, unverified (a candidate
+    only: :func:`load` verifies the record before anything relies on it)."""
+    try:
+        names = sorted(n for n in os.listdir(records_dir) if n.endswith(_SUFFIX) and not n.startswith("."))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            with open(os.path.join(records_dir, name), "rb") as f:
+                claim = _claim(f.read())
+        except OSError:
+            continue
+        if claim is not None:
+            out.append(claim["dest"])
+    return out
+
+
 def _remove_if_same(folder: int, name: str, ino: int) -> bool:
     """Remove the record file ``name`` of ``folder`` (a descriptor) if it is still the file read
     (inode ``ino``): a job may have written a newer record of the same destination meanwhile, which stays."""
