@@ -142,3 +142,19 @@ def test_a_sink_behind_committed_tasks_is_published_by_the_rerun(tmp_path):
     again = subprocess.run([sys.executable, base + "/chain.py", base], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert os.stat(base + "/G").st_ino == published, "G was published again"
+
+
+def test_a_rerun_does_not_append_again_after_a_user_removed_a_published_file(tmp_path):
+    """An append is published once. A user removes the file it appended; the rerun (same job id)
+    finds the sink's commit record, whose files are not all there: the append counts as
+    published (a warning names the missing file), rather than adding its rows a second time."""
+    base = _setup(tmp_path)
+    out = base + "/out"
+    _run(base, "id * 2", out)
+    (appended,) = glob.glob(out + "/*.parquet")
+    os.unlink(appended)
+    cmd = [sys.executable, base + "/job.py", base, "id * 2", out, "0"]
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert glob.glob(out + "/*.parquet") == [], "the rerun appended the rows again"
+    assert f"{appended} is gone since; the append counts as published" in rerun.stderr

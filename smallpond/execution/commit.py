@@ -212,9 +212,32 @@ def read_commit(rt: RuntimeContext, task: Task, damaged: Optional[List[str]] = N
     record = _load_record(rt, path, task.key, damaged)
     if record is None or record.get("fingerprint") != task.fingerprint:
         return None
-    if not _outputs_exist(record["dataset"]):
-        return None
+    missing = _missing_output(record["dataset"])
+    if missing is not None:
+        if not _appended(task):
+            return None  # computed again (a sink: published again, which is idempotent)
+        # an append published already: publishing it again would add its rows a second time
+        from smallpond.common import logger
+
+        if (path, missing) in _TOLD:
+            return record
+        _TOLD.add((path, missing))
+        logger.warning(
+            "{}: its files were appended to {} by an earlier run of this job, and {} is gone since; the append "
+            "counts as published and is not done again (that would add its rows twice)",
+            task.node.label,
+            task.node.output_path,
+            missing,
+        )
     return record
+
+
+_TOLD: set = set()  # (record, missing file) said already: the planner and the scheduler both read it
+
+
+def _appended(task: Task) -> bool:
+    """Whether ``task`` is a sink that appends (published once, never again: see :func:`read_commit`)."""
+    return getattr(task, "commits_on_publication", False) and getattr(task.node, "mode", None) == "append"
 
 
 def has_record(rt: RuntimeContext, key: str, listing: Optional[set] = None) -> bool:
@@ -253,6 +276,11 @@ def set_aside(rt: RuntimeContext, key: str, why: str) -> None:
 
 
 def _outputs_exist(ds: DataSet) -> bool:
+    return _missing_output(ds) is None
+
+
+def _missing_output(ds: DataSet) -> Optional[str]:
+    """An output file of ``ds`` that is gone (or what cannot be resolved), else None."""
     datasets = ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]
     for d in datasets:
         # resolved_paths, not the cache: outputs are built from plain path lists that nothing
@@ -260,7 +288,8 @@ def _outputs_exist(ds: DataSet) -> bool:
         try:
             paths = d.resolved_paths
         except Exception:
-            return False
-        if any(not os.path.exists(p) for p in paths[:1000]):
-            return False
-    return True
+            return repr(getattr(d, "paths", d))
+        for p in paths[:1000]:
+            if not os.path.exists(p):
+                return p
+    return None
