@@ -310,3 +310,44 @@ def test_a_kept_sink_does_not_hide_a_sink_given_up_upstream_of_it(tmp_path):
     assert published_rows(base + "/G", "id") == list(range(10))
     assert published_rows(base + "/S", "id") == [2 * i for i in range(10)]
     assert os.stat(base + "/S").st_ino == s_folder  # S was not published again
+
+
+SESSION_APPEND = """
+import sys
+import pyarrow as pa
+import smallpond
+base, job_id, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
+sp = smallpond.init(job_id=job_id, data_root=base + "/root", task_cache="off", num_executors=1)
+t = sp.from_arrow(pa.table({"id": list(range(start, start + 3))}))
+a = t.write_parquet_lazy(base + "/A", mode="append")
+b = t.map("id * 2 as id").write_parquet_lazy(base + "/B")
+sp.wait(a, b)  # one computation: A and B are published together
+sp.shutdown()
+"""
+
+
+def test_an_abandoned_journal_does_not_append_twice(tmp_path):
+    """A session appends to A and publishes B together, and is SIGKILLed once A's files and
+    manifest are moved in (A is visible), before B's swap. B's staged folder is then removed and
+    a user removes one of the files A appended, so the rerun abandons the journal and A is not
+    intact. Its append still counts as published (its commit record is kept): the rerun publishes
+    B alone and does not append A's rows a second time."""
+    base = str(tmp_path)
+    script = os.path.join(base, "append.py")
+    with open(script, "w") as f:
+        f.write(SESSION_APPEND)
+    first = subprocess.run([sys.executable, script, base, "first-job", "0"], capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stderr[-3000:]
+    earlier = set(os.listdir(base + "/A"))
+    cmd_x = [sys.executable, script, base, "x-job", "10"]
+    _kill_at(cmd_x, 4)  # A's steps: its file, its manifest, its record, its staged folder's removal
+    assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12]
+    (staged_b,) = glob.glob(base + "/B.staging-*[0-9]")
+    subprocess.run(["rm", "-rf", staged_b], check=True)
+    (appended,) = set(os.listdir(base + "/A")) - earlier
+    os.unlink(os.path.join(base, "A", appended))
+    rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "abandoned the publication" in rerun.stderr
+    assert sorted(os.listdir(base + "/A")) == sorted(earlier), "the rerun appended A's rows again"
+    assert published_rows(base + "/B", "id") == [20, 22, 24]

@@ -27,7 +27,9 @@ their destinations hold what was published there last. A finished sink whose res
 intact (:func:`_intact`: the folder it swapped in, or the files it moved in, have the identities
 the journal holds, and the files of a swapped-in folder those its record names) counts as
 published: its commit record, which the journal holds, is written if the crash came before it
-and kept, so its rerun does not compute and publish it again. The other commit records the
+and kept, so its rerun does not compute and publish it again; so does a finished sink that
+appended its files beside the destination's, intact or not (a user removed one of them since):
+publishing it again would add them a second time. The other commit records the
 journal wrote are removed (only those still holding exactly its bytes) and the journal goes, with
 a warning naming the destinations. Those sinks then count as not published and run again from
 their committed inputs, and publish through the same checks as any publication, all at once (a
@@ -290,6 +292,12 @@ def _intact(sink: List[Step], dest: str) -> bool:
         return False
 
 
+def _appended(sink: List[Step]) -> bool:
+    """Whether a sink added its files beside a destination's (an append: moves, no swap). Once
+    visible it counts as published, intact or not: publishing it again would add them twice."""
+    return not any(s[0] == "swap" for s in sink) and any(s[0] == "move" for s in sink)
+
+
 def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str]]]:
     """Each sink's steps and the commit record the journal writes for it (None: not told, in a
     journal written before journals told it; its sinks are told apart by their steps alone)."""
@@ -319,7 +327,7 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
             else:
                 _step(step, owner, discards)
         finished.append(dest)
-        if record is not None and _intact(sink, dest):
+        if record is not None and (_intact(sink, dest) or _appended(sink)):
             kept[record] = dest
     for folder in journal.get("sync", []) if finished else []:
         fsync_dir(folder)
