@@ -27,8 +27,9 @@ Guarantees:
   filesystem has them), so editing one result in place never changes another
   (:func:`_linked_from_cache`). Likewise a user's input file that a ``"link_or_copy"`` sink
   (``write_parquet``) publishes as is: the result is a copy, never the input itself.
-* **No output overlaps an input**, the data root or a job folder: refused at plan time
-  (:mod:`~smallpond.execution.ops.sink_overlap`).
+* **No output overlaps an input**, the data root or a job folder, and no result is published
+  inside (or around) another, of this session or of any job of the data root, nor over a result
+  the computation reads: refused at plan time (:mod:`~smallpond.execution.ops.sink_overlap`).
 * **A computation publishes all its sinks or none, and never a part of one.** This is a two-phase
   publication:
 
