@@ -351,3 +351,33 @@ def test_an_abandoned_journal_does_not_append_twice(tmp_path):
     assert "abandoned the publication" in rerun.stderr
     assert sorted(os.listdir(base + "/A")) == sorted(earlier), "the rerun appended A's rows again"
     assert published_rows(base + "/B", "id") == [20, 22, 24]
+
+
+def test_an_abandoned_journal_does_not_append_twice_after_another_append(tmp_path):
+    """As above, but then another job appends to A (rewriting A's manifest) and publishes B (so
+    X's staged B is removed): X's append is no longer visible by its manifest, yet its file is in
+    A. The rerun abandons the journal, keeps the append's commit record without running its
+    steps (they would put back X's older manifest and record), and appends nothing again."""
+    base = str(tmp_path)
+    script = os.path.join(base, "append.py")
+    with open(script, "w") as f:
+        f.write(SESSION_APPEND)
+
+    def run(job_id, start):
+        return subprocess.run([sys.executable, script, base, job_id, str(start)], capture_output=True, text=True, timeout=180)
+
+    assert run("first-job", 0).returncode == 0
+    cmd_x = [sys.executable, script, base, "x-job", "10"]
+    _kill_at(cmd_x, 4)
+    other = run("y-job", 100)
+    assert other.returncode == 0, other.stderr[-3000:]
+    rows = [0, 1, 2, 10, 11, 12, 100, 101, 102]
+    assert published_rows(base + "/A", "id") == rows
+    rerun = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "abandoned the publication" in rerun.stderr
+    assert published_rows(base + "/A", "id") == rows, "the rerun appended X's rows again"
+    assert published_rows(base + "/B", "id") == [20, 22, 24]
+    again = subprocess.run([sys.executable, script, base, "z-job", "200"], capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]  # A's record is still y's: a later append is not refused
+    assert published_rows(base + "/A", "id") == rows + [200, 201, 202]

@@ -29,7 +29,10 @@ the journal holds, and the files of a swapped-in folder those its record names) 
 published: its commit record, which the journal holds, is written if the crash came before it
 and kept, so its rerun does not compute and publish it again; so does a finished sink that
 appended its files beside the destination's, intact or not (a user removed one of them since):
-publishing it again would add them a second time. The other commit records the
+publishing it again would add them a second time. So does an append some of whose files moved in
+while its manifest is not the one it moved (not moved yet, or replaced since by another job's
+append): its steps do not run (they would put back a manifest, and a record, older than the ones
+there), and nothing appends those files again. The other commit records the
 journal wrote are removed (only those still holding exactly its bytes) and the journal goes, with
 a warning naming the destinations. Those sinks then count as not published and run again from
 their committed inputs, and publish through the same checks as any publication, all at once (a
@@ -298,6 +301,19 @@ def _appended(sink: List[Step]) -> bool:
     return not any(s[0] == "swap" for s in sink) and any(s[0] == "move" for s in sink)
 
 
+def _landed(sink: List[Step]) -> Optional[str]:
+    """The destination of an append some of whose files moved in (each file there has the identity
+    the journal recorded), when it is not visible: its manifest was not moved in, or was replaced
+    since (another job appended there). Appending again would add those files twice."""
+    moves = [s for s in sink if s[0] == "move"][:-1]  # the last one is its manifest
+    if any(s[0] == "swap" for s in sink):
+        return None
+    for _, _src, dst, *ident in moves:
+        if ident and ident[0] is not None and sink_record.identity(dst) == ident[0]:
+            return os.path.dirname(dst)
+    return None
+
+
 def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str]]]:
     """Each sink's steps and the commit record the journal writes for it (None: not told, in a
     journal written before journals told it; its sinks are told apart by their steps alone)."""
@@ -317,6 +333,9 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     for sink, record in _sinks_of(journal):
         dest = _visible(sink)
         if dest is None:
+            landed = _landed(sink)
+            if landed is not None and record is not None:
+                kept[record] = landed  # counts as published; its steps do not run (a newer manifest is there)
             continue
         owner = owner or owner_record(runtime_ctx.job_root)
         for step in sink:
