@@ -55,6 +55,10 @@ Guarantees:
   after moving its sinks' records to ``config/published/`` (:func:`park_publication_records`),
   and a rerun of the job brings them back, so it does not publish the same sink twice.
 
+  An append finished by a rerun is merged into the manifest in place (another job may have
+  appended since), and one its journal can no longer finish is rolled back, never left half
+  there (:mod:`~smallpond.execution.ops.sink_append`).
+
   Every step is idempotent and knows from the filesystem whether it already happened (a swapped
   directory is recognised by its inode and its manifest's identity), so a job killed at any
   instant of step 2 finishes the publication when it is started again (:meth:`Job.start <smallpond.execution.job.Job.start>`
@@ -88,6 +92,7 @@ from smallpond.common import logger
 from smallpond.errors import ParameterError, PlanError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
+from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_overlap import check_nested_results
@@ -120,20 +125,7 @@ def _load_manifest(dest: str) -> Tuple[bool, Optional[List[str]]]:
     paths a user listed for ``read_parquet``, bytes that are not UTF-8, a folder) is a user's
     file like any other: it lists nothing of ours, and no mode replaces it.
     """
-    path = os.path.join(dest, MANIFEST)
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return os.path.lexists(path), None  # a dangling symlink by that name is not ours either
-    except (OSError, UnicodeDecodeError):
-        return True, None
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last path
-    if not all(os.path.isabs(line) for line in lines):
-        return True, None
-    return True, lines
+    return load_manifest(os.path.join(dest, MANIFEST))
 
 
 def read_manifest(dest: str) -> Optional[List[str]]:
@@ -555,8 +547,10 @@ def journal_of(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> dict:
         # this job wrote, whatever it holds: like a new one, it needs no fsync
         existing = existing or (os.path.lexists(task.node.output_path) and not in_job_folder(task.node.output_path, job_root))
         first = len(steps)
+        # an append's own manifest lines, read before plan_steps puts the destination's in front
+        ours = read_manifest(staging_path(runtime_ctx, task)) if task.node.mode == "append" else None
         steps.extend(plan_steps(runtime_ctx, task))
-        sinks.append({"steps": (first, len(steps)), "record": rec["path"]})
+        sinks.append({"steps": (first, len(steps)), "record": rec["path"], "append": ours})
         sync.add(os.path.dirname(task.node.output_path.rstrip(os.sep)) or ".")
         sync.add(task.node.output_path)
         sync.update(os.path.dirname(s[1]) for s in steps if s[0] == "record")

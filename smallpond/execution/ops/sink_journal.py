@@ -10,6 +10,11 @@ folder is known by its inode too: killed right after an exchange, a swap leaves 
 at the staged folder's name (with an owner record that says so, see
 :mod:`~smallpond.execution.ops.sink_leftovers`), and that folder is never published as the new one.
 
+Before any step runs, each append not yet visible is merged into its destination's manifest as
+it is now (another job may have appended there since the crash), and the journal written again
+(:func:`~smallpond.execution.ops.sink_append.rebase_appends`): finishing it never puts an older
+manifest over a newer one.
+
 A journal can only be finished while what it moves in still exists. Another job with the same
 destinations may have published there since the crash (its sinks' preparation removes the
 staged folders it finds beside a destination, and its swap replaces a result this job had
@@ -29,10 +34,13 @@ the journal holds, and the files of a swapped-in folder those its record names) 
 published: its commit record, which the journal holds, is written if the crash came before it
 and kept, so its rerun does not compute and publish it again; so does a finished sink that
 appended its files beside the destination's, intact or not (a user removed one of them since):
-publishing it again would add them a second time. So does an append some of whose files moved in
-while its manifest is not the one it moved (not moved yet, or replaced since by another job's
-append): its steps do not run (they would put back a manifest, and a record, older than the ones
-there), and nothing appends those files again. The other commit records the
+publishing it again would add them a second time. So does an append whose files the manifest in
+place lists while that manifest is not the one it moved (another job's append kept its lines
+since): its steps do not run (they would put back a manifest, and a record, older than the ones
+there), and nothing appends those files again. An append that no manifest lists (killed between
+its files' moves and its manifest's) is rolled back: its files that moved in, proved smallpond's
+by the identities the journal holds, are removed, and its sink runs again
+(:mod:`~smallpond.execution.ops.sink_append`). The other commit records the
 journal wrote are removed (only those still holding exactly its bytes) and the journal goes, with
 a warning naming the destinations. Those sinks then count as not published and run again from
 their committed inputs, and publish through the same checks as any publication, all at once (a
@@ -50,8 +58,8 @@ import time
 from typing import List, NamedTuple, Optional, Tuple
 
 from smallpond.common import logger
-from smallpond.errors import SmallpondError
 from smallpond.execution.ops import sink_record
+from smallpond.execution.ops.sink_append import PublicationError, own_lines, published_by_lines, rebase_appends, roll_back
 from smallpond.execution.ops.sink_leftovers import (
     aside_record,
     discard_aside,
@@ -61,15 +69,11 @@ from smallpond.execution.ops.sink_leftovers import (
     owner_record,
     write_owner,
 )
-from smallpond.io.filesystem import atomic_write_bytes, exchange_paths, fsync_dir, load, read_file, remove_path
+from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
 
 JOURNAL = "publication.journal"
 
 Step = Tuple
-
-
-class PublicationError(SmallpondError):
-    """A prepared result could not be published (the destination changed, a staged folder vanished)."""
 
 
 class Abandoned(NamedTuple):
@@ -301,26 +305,13 @@ def _appended(sink: List[Step]) -> bool:
     return not any(s[0] == "swap" for s in sink) and any(s[0] == "move" for s in sink)
 
 
-def _landed(sink: List[Step]) -> Optional[str]:
-    """The destination of an append some of whose files moved in (each file there has the identity
-    the journal recorded), when it is not visible: its manifest was not moved in, or was replaced
-    since (another job appended there). Appending again would add those files twice."""
-    moves = [s for s in sink if s[0] == "move"][:-1]  # the last one is its manifest
-    if any(s[0] == "swap" for s in sink):
-        return None
-    for _, _src, dst, *ident in moves:
-        if ident and ident[0] is not None and sink_record.identity(dst) == ident[0]:
-            return os.path.dirname(dst)
-    return None
-
-
-def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str]]]:
-    """Each sink's steps and the commit record the journal writes for it (None: not told, in a
-    journal written before journals told it; its sinks are told apart by their steps alone)."""
+def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str], Optional[dict]]]:
+    """Each sink's steps, the commit record the journal writes for it and its entry (None: not
+    told, in a journal written before journals told it; its sinks are told apart by their steps alone)."""
     steps = journal["steps"]
     if "sinks" in journal:
-        return [(steps[a:b], record) for (a, b), record in ((m["steps"], m["record"]) for m in journal["sinks"])]
-    return [(sink, None) for sink in _sinks(steps)]
+        return [(steps[m["steps"][0] : m["steps"][1]], m["record"], m) for m in journal["sinks"]]
+    return [(sink, None, None) for sink in _sinks(steps)]
 
 
 def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Abandoned:
@@ -330,12 +321,17 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     its bytes: their sinks are not published now) and then the journal itself."""
     finished, kept, owner = [], {}, None
     discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
-    for sink, record in _sinks_of(journal):
+    for sink, record, entry in _sinks_of(journal):
         dest = _visible(sink)
+        ours = own_lines(sink, entry)
+        if dest is None and ours is not None:
+            listed = published_by_lines(sink, ours)
+            if listed is not None and record is not None:
+                kept[record] = listed  # counts as published; its steps do not run (a newer manifest is there)
+            elif listed is None:
+                roll_back(sink)  # its files that moved in go; its sink runs again
+            continue
         if dest is None:
-            landed = _landed(sink)
-            if landed is not None and record is not None:
-                kept[record] = landed  # counts as published; its steps do not run (a newer manifest is there)
             continue
         owner = owner or owner_record(runtime_ctx.job_root)
         for step in sink:
@@ -399,6 +395,8 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None):
         return _abandon(runtime_ctx, journal, missing)
     if earlier:
         logger.warning("finishing the publication an earlier run of this job began ({} step(s))", len(journal["steps"]))
+    if rebase_appends(journal):  # another job appended meanwhile: merged into its manifest, recorded first
+        dump(journal, path, secret=runtime_ctx.secret, fsync=bool(journal.get("sync")))
     owner = owner_record(runtime_ctx.job_root) if any(s[0] == "swap" for s in journal["steps"]) else None
     discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
     for index, step in enumerate(journal["steps"]):
