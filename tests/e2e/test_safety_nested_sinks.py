@@ -106,6 +106,9 @@ def test_a_sink_inside_or_around_another_jobs_result_is_refused(tmp_path):
     # a result in F/inner, then F with mode="append" (an overwrite refuses the foreign inner/ already)
     f_ = str(tmp_path / "F")
     assert run(f_ + "/inner").returncode == 0
+    over = run(f_)  # refused as holding a smallpond result, named with its record (not as "a file")
+    assert over.returncode != 0 and f"{f_}/inner in it holds a smallpond result published earlier" in over.stderr
+    assert "/sinks/" in over.stderr
     around = run(f_, "append")
     assert around.returncode != 0 and f"output path {f_} contains {f_}/inner, which holds a smallpond result" in around.stderr
     assert sorted(os.listdir(f_)) == ["inner"]

@@ -95,7 +95,7 @@ from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
-from smallpond.execution.ops.sink_overlap import check_nested_results
+from smallpond.execution.ops.sink_overlap import check_nested_results, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
 from smallpond.execution.runtime import sink_records_dir
@@ -238,6 +238,7 @@ def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optiona
             raise PlanError(node._msg(str(e))) from None
     _check_owned(node, dest, records_dir)
     if mode == "overwrite" and foreign:
+        _refuse_nested_result(node, dest, foreign, records_dir)
         # a manifest-only sink would leave them in place, but beside a manifest that does not list
         # them: the folder would no longer be one result, and the next overwrite would refuse it
         why = (
@@ -253,6 +254,26 @@ def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optiona
             )
         )
     return "write"
+
+
+def _refuse_nested_result(node, dest: str, foreign: List[str], records_dir: Optional[str]) -> None:
+    """Refuse an overwrite of ``dest`` that holds, among the entries no manifest lists, a folder
+    with a smallpond result published earlier, naming it and its record (a user's folder is
+    refused by the general message)."""
+    for name in foreign if records_dir else []:
+        inner = os.path.join(dest, name)
+        record = recorded_result(inner, records_dir) if os.path.isdir(inner) and not os.path.islink(inner) else None
+        if record is None:
+            continue
+        rest = [n for n in foreign if n != name]
+        also = f"; it also holds {_show(rest, 'it')} that no smallpond result lists" if rest else ""
+        raise PlanError(
+            node._msg(
+                f"refusing to write into {dest}: {inner} in it holds a smallpond result published earlier (its "
+                f"record: {record}) that the result in {dest} does not list, and overwriting would lose it{also}. "
+                f"Move that result out of {dest}, or choose another folder"
+            )
+        )
 
 
 def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:

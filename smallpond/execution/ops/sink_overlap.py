@@ -110,6 +110,9 @@ def _recorded(folder: str, records_dir: str) -> Optional[str]:
     return sink_record.record_path(records_dir, folder)
 
 
+recorded_result = _recorded  # for the refusal of an overwrite of a folder holding one (ops/sink.py)
+
+
 def _recorded_under(dest: str, records_dir: str) -> Optional[Tuple[str, str]]:
     """A folder strictly inside ``dest`` that holds a recorded result, and its record; looked up
     among the records (never by walking the user's folder), and only if ``dest`` has a folder."""
