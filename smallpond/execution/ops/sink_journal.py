@@ -317,15 +317,16 @@ def _sinks_of(journal: dict) -> List[Tuple[List[Step], Optional[str], Optional[d
 def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Abandoned:
     """Give the journal up: finish the sinks readers already see (see the module docstring); of
     those, the ones whose result is still intact count as published (their commit records are
-    written, if not yet, and kept); remove the other commit records it wrote (those still holding
+    written, if not yet, and kept), and so does an append the manifest in place lists; roll back
+    an append no manifest lists; remove the other commit records it wrote (those still holding
     its bytes: their sinks are not published now) and then the journal itself."""
     finished, kept, owner = [], {}, None
     discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
     for sink, record, entry in _sinks_of(journal):
         dest = _visible(sink)
-        ours = own_lines(sink, entry)
-        if dest is None and ours is not None:
-            listed = published_by_lines(sink, ours)
+        appended = own_lines(sink, entry)
+        if dest is None and appended is not None:
+            listed = published_by_lines(sink, appended)
             if listed is not None and record is not None:
                 kept[record] = listed  # counts as published; its steps do not run (a newer manifest is there)
             elif listed is None:
