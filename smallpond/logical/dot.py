@@ -75,6 +75,13 @@ class Digraph:
         fmt = format or self.format
         if outfile is not None and filename is None and directory is None:
             filename = os.path.splitext(outfile)[0] + ".gv"  # the DOT text beside the drawing
+        source = os.path.join(directory or "", filename or f"{self.name}.gv")
+        if outfile is not None and os.path.abspath(outfile) == os.path.abspath(source):
+            # dot would read and write one file (graphviz.render refuses it too)
+            raise ParameterError(
+                f"Digraph.render: outfile {outfile!r} is also the DOT source file; give outfile another "
+                "name (its suffix is the format: 'plan.png') or pass filename= for the source"
+            )
         path = self.save(filename, directory)
         if view:
             logger.warning("Digraph.render(view=True) has no effect here: open {} yourself", path)

@@ -177,6 +177,12 @@ def test_graph_render_takes_graphviz_arguments(tmp_path):
     assert b"<svg" in graph.pipe(format="svg")
     assert graph.render(outfile=str(tmp_path / "x.svg")) == str(tmp_path / "x.svg")
     assert "<svg" in open(tmp_path / "x.svg").read() and open(tmp_path / "x.gv").read() == graph.source
+    # an outfile that is also the DOT source would be read and written by dot at once: refused
+    from smallpond.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="is also the DOT source file"):
+        graph.render(outfile=str(tmp_path / "same.gv"))
+    assert not (tmp_path / "same.gv").exists()
 
 
 def test_graph_render_without_graphviz(tmp_path):
