@@ -31,7 +31,8 @@ Events (``ev`` names the kind, ``t`` is the time it was written, epoch seconds):
   would move in was removed) and was given up, its sinks run again: ``destinations``,
   ``missing`` (the staged paths that are gone), ``finished`` (the destinations whose result it
   had swapped in, finished now), ``kept`` (of those, the ones still intact: their sinks count as
-  published and do not run again), ``records_removed``
+  published and do not run again), ``rolled_back`` (the destinations of unfinished appends whose
+  moved-in files were removed: their sinks append once), ``records_removed``
   (:mod:`~smallpond.execution.ops.sink_journal`);
 * ``job_end``: ``status`` (``success``, ``failure`` or ``interrupted``), ``elapsed``, ``error``.
 

@@ -48,6 +48,7 @@ def tell_abandoned(abandoned, events=None) -> None:
             missing=[staged for _, staged in abandoned.missing],
             finished=abandoned.finished,
             kept=abandoned.kept,
+            rolled_back=abandoned.rolled_back,
             records_removed=abandoned.records_removed,
         )
 

@@ -13,6 +13,7 @@ proves by their identities that this job wrote them) are removed, and the rerun 
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -158,6 +159,14 @@ def test_an_abandoned_journal_rolls_back_a_partial_append(tmp_path):
     consistent(base + "/A")
     assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12]
     assert "abandoned the publication" in rerun.stderr and "rolled back the unfinished append" in rerun.stderr
+    assert f"the unfinished appends into {base}/A were rolled back" in rerun.stderr  # in the one warning
+    events = [
+        json.loads(line)
+        for path in glob.glob(base + "/root/**/events.jsonl", recursive=True)
+        for line in open(path)
+        if '"publication_abandoned"' in line
+    ]
+    assert [e["rolled_back"] for e in events] == [[base + "/A"]]
     assert published_rows(base + "/B", "id") == [20, 22, 24]
     run(cmd_x)  # all published: nothing appended again
     assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12]

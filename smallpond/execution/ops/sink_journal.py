@@ -84,6 +84,7 @@ class Abandoned(NamedTuple):
     records_removed: int  # commit records it had written, removed so that its sinks run again
     finished: List[str]  # destinations whose result was swapped in already: their publication was finished
     kept: List[str] = []  # of those, the ones still intact: their sinks count as published (records kept)
+    rolled_back: List[str] = []  # destinations of unfinished appends whose moved-in files were removed
 
     def describe(self) -> str:
         gone = "; ".join(f"{dest}: {staged} is gone" for dest, staged in self.missing[:3])
@@ -105,6 +106,8 @@ class Abandoned(NamedTuple):
             )
         else:
             again = "; this job's sinks run again"
+        if self.rolled_back:
+            again += f" (the unfinished appends into {', '.join(self.rolled_back)} were rolled back: they append once)"
         return (
             f"abandoned the publication an earlier run of this job began into {into}: it can "
             f"no longer be finished, since what it would move in was removed ({gone}{more}), most likely by another "
@@ -320,7 +323,7 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     written, if not yet, and kept), and so does an append the manifest in place lists; roll back
     an append no manifest lists; remove the other commit records it wrote (those still holding
     its bytes: their sinks are not published now) and then the journal itself."""
-    finished, kept, owner = [], {}, None
+    finished, kept, owner, rolled_back = [], {}, None, []
     discards = {s[1]: s[3] for s in journal["steps"] if s[0] == "discard"}
     for sink, record, entry in _sinks_of(journal):
         dest = _visible(sink)
@@ -330,7 +333,9 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
             if listed is not None and record is not None:
                 kept[record] = listed  # counts as published; its steps do not run (a newer manifest is there)
             elif listed is None:
-                roll_back(sink)  # its files that moved in go; its sink runs again
+                undone = roll_back(sink)  # its files that moved in go; its sink runs again
+                if undone is not None:
+                    rolled_back.append(undone)
             continue
         if dest is None:
             continue
@@ -367,7 +372,7 @@ def _abandon(runtime_ctx, journal: dict, missing: List[Tuple[str, str]]) -> Aban
     job_root = os.path.realpath(runtime_ctx.job_root) + os.sep
     # the user's destinations first: the job's own (named outputs, FinalResults) matter less
     dests = sorted(destinations(journal), key=lambda d: os.path.realpath(d).startswith(job_root))
-    return Abandoned(dests, missing, removed, finished, sorted(kept.values()))
+    return Abandoned(dests, missing, removed, finished, sorted(kept.values()), sorted(rolled_back))
 
 
 def roll_forward(runtime_ctx, journal: Optional[dict] = None):
