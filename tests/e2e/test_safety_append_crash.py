@@ -15,13 +15,12 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 import uuid
 
-from tests.e2e.safety_helpers import manifest, published_rows
+from tests.e2e.safety_helpers import append_session, kill_at, manifest, published_rows
 
 HELD_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "held_sink_job.py")
 
@@ -54,13 +53,6 @@ def run(cmd, **kw):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=180, **kw)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
-
-
-def kill_at(cmd, step):
-    killed = subprocess.run(
-        cmd, env=dict(os.environ, SP_TEST_PUBLISH_KILL_AT_STEP=str(step)), capture_output=True, text=True, timeout=180
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
 
 
 def _append_while_x_is_killed(tmp_path, data_root, kill_step):
@@ -121,25 +113,9 @@ def test_a_rerun_finishing_a_partial_append_keeps_another_jobs_append(tmp_path, 
     assert published_rows(a, "id") == [300, 301, 302]
 
 
-SESSION_APPEND = """
-import sys
-import pyarrow as pa
-import smallpond
-base, job_id, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sp = smallpond.init(job_id=job_id, data_root=base + "/root", task_cache="off", num_executors=1)
-t = sp.from_arrow(pa.table({"id": list(range(start, start + 3))}))
-a = t.write_parquet_lazy(base + "/A", mode="append")
-b = t.map("id * 2 as id").write_parquet_lazy(base + "/B")
-sp.wait(a, b)  # one computation: A and B are published together
-sp.shutdown()
-"""
-
-
 def _session(tmp_path):
     base = str(tmp_path)
-    script = os.path.join(base, "append.py")
-    with open(script, "w") as f:
-        f.write(SESSION_APPEND)
+    script = append_session(base)
     run([sys.executable, script, base, "first-job", "0"])
     cmd_x = [sys.executable, script, base, "x-job", "10"]
     kill_at(cmd_x, 1)  # A's file moved in; A's manifest, its record and B's swap did not

@@ -24,7 +24,7 @@ import pytest
 
 from smallpond.io.filesystem import exchange_paths
 from tests.datagen import generate_parquet_files
-from tests.e2e.safety_helpers import manifest, published_rows
+from tests.e2e.safety_helpers import append_session, kill_at, manifest, published_rows
 
 PUBLISH_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "publish_job.py")
 HELD_JOB = os.path.join(os.path.dirname(os.path.abspath(__file__)), "held_sink_job.py")
@@ -141,28 +141,19 @@ def test_rerun_after_another_job_published_over_a_crashed_publication(tmp_path, 
     assert (state_of(a, {"x": x["A"]}), state_of(b, {"x": x["B"]})) == ("x", "x")
 
 
-def _kill_at(cmd, step):
-    """Run ``cmd``, which SIGKILLs itself just before publication step ``step`` (a rerun finishing
-    the journal counts the journal's steps the same way)."""
-    killed = subprocess.run(
-        cmd, env=dict(os.environ, SP_TEST_PUBLISH_KILL_AT_STEP=str(step)), capture_output=True, text=True, timeout=180
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-
-
-def _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at):
+def _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, step):
     """An earlier result in A and B; job X publishes over it, a user's notes.txt arrives in A once
-    X's journal exists and before its swap, and X is killed just before step ``kill_at`` (2: A is
+    X's journal exists and before its swap, and X is killed just before step ``step`` (2: A is
     swapped in, not recorded; 3: recorded, its previous result and the notes not discarded)."""
     files0, _ = versions(tmp_path, 0)
     files_x, x = versions(tmp_path, 1)
     first = subprocess.run(command(str(uuid.uuid4()), data_root, files0, a, b), capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr[-3000:]
     cmd_x = command(str(uuid.uuid4()), data_root, files_x, a, b)
-    _kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
+    kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
     with open(os.path.join(a, "notes.txt"), "w") as f:
         f.write("the user's notes\n")
-    _kill_at(cmd_x, kill_at)  # the rerun finishes the journal up to that step
+    kill_at(cmd_x, step)  # the rerun finishes the journal up to that step
     (aside,) = glob.glob(a + ".old-*[0-9a-f]")
     assert os.listdir(aside).count("notes.txt") == 1
     return cmd_x, x
@@ -180,7 +171,7 @@ def test_an_overtaken_journal_finishes_the_sinks_it_had_swapped_in(tmp_path, dat
     import json
 
     a, a2, b = str(tmp_path / "A"), str(tmp_path / "A2"), str(tmp_path / "B")
-    cmd_x, x = _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at=2)
+    cmd_x, x = _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, step=2)
     swapped_in = os.stat(a).st_ino
     (staged_b,) = glob.glob(b + ".staging-*[0-9]")
     hold = os.open(staged_b, os.O_RDONLY)  # its inode number is not reused by the next folder made
@@ -213,7 +204,7 @@ def test_another_job_discards_a_dead_jobs_aside_keeping_a_users_file(tmp_path, d
     sink removes X's set-aside folder (X is dead), but only the files X's publication would have
     removed, by the list in its owner record; notes.txt goes back into A (it was deleted)."""
     a, b = str(tmp_path / "A"), str(tmp_path / "B")
-    _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, kill_at=3)
+    _x_swapped_a_with_notes_aside(tmp_path, data_root, a, b, step=3)
     files_y, y = versions(tmp_path, 2)
     other = subprocess.run(command(str(uuid.uuid4()), data_root, files_y, a, b), capture_output=True, text=True, timeout=180)
     assert other.returncode == 0, other.stderr[-3000:]
@@ -241,7 +232,7 @@ def test_a_previous_result_an_interrupted_exchange_left_is_discarded_not_removed
     first = subprocess.run(command(str(uuid.uuid4()), data_root, files0, a, b), capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr[-3000:]
     cmd_x = command(str(uuid.uuid4()), data_root, files_x, a, b)
-    _kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
+    kill_at(cmd_x, 1)  # the journal is written, nothing moved yet
     hold = tmp_path / "hold"
     hold.mkdir()
     cmd_y = [sys.executable, HELD_JOB, "scheduler", "--job_id", str(uuid.uuid4()), "--data_root", data_root,
@@ -299,7 +290,7 @@ def test_a_kept_sink_does_not_hide_a_sink_given_up_upstream_of_it(tmp_path):
     with open(script, "w") as f:
         f.write(SESSION_CHAIN)
     cmd_x = [sys.executable, script, base, "x-job", "10", "S"]
-    _kill_at(cmd_x, 8)  # G's 4 steps and S's 4 ran; the 2 commit records did not
+    kill_at(cmd_x, 8)  # G's 4 steps and S's 4 ran; the 2 commit records did not
     other = subprocess.run([sys.executable, script, base, "y-job", "3"], capture_output=True, text=True, timeout=180)
     assert other.returncode == 0, other.stderr[-3000:]
     assert published_rows(base + "/G", "id") == [0, 1, 2]
@@ -312,20 +303,6 @@ def test_a_kept_sink_does_not_hide_a_sink_given_up_upstream_of_it(tmp_path):
     assert os.stat(base + "/S").st_ino == s_folder  # S was not published again
 
 
-SESSION_APPEND = """
-import sys
-import pyarrow as pa
-import smallpond
-base, job_id, start = sys.argv[1], sys.argv[2], int(sys.argv[3])
-sp = smallpond.init(job_id=job_id, data_root=base + "/root", task_cache="off", num_executors=1)
-t = sp.from_arrow(pa.table({"id": list(range(start, start + 3))}))
-a = t.write_parquet_lazy(base + "/A", mode="append")
-b = t.map("id * 2 as id").write_parquet_lazy(base + "/B")
-sp.wait(a, b)  # one computation: A and B are published together
-sp.shutdown()
-"""
-
-
 def test_an_abandoned_journal_does_not_append_twice(tmp_path):
     """A session appends to A and publishes B together, and is SIGKILLed once A's files and
     manifest are moved in (A is visible), before B's swap. B's staged folder is then removed and
@@ -333,14 +310,12 @@ def test_an_abandoned_journal_does_not_append_twice(tmp_path):
     intact. Its append still counts as published (its commit record is kept): the rerun publishes
     B alone and does not append A's rows a second time."""
     base = str(tmp_path)
-    script = os.path.join(base, "append.py")
-    with open(script, "w") as f:
-        f.write(SESSION_APPEND)
+    script = append_session(base)
     first = subprocess.run([sys.executable, script, base, "first-job", "0"], capture_output=True, text=True, timeout=180)
     assert first.returncode == 0, first.stderr[-3000:]
     earlier = set(os.listdir(base + "/A"))
     cmd_x = [sys.executable, script, base, "x-job", "10"]
-    _kill_at(cmd_x, 4)  # A's steps: its file, its manifest, its record, its staged folder's removal
+    kill_at(cmd_x, 4)  # A's steps: its file, its manifest, its record, its staged folder's removal
     assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12]
     (staged_b,) = glob.glob(base + "/B.staging-*[0-9]")
     subprocess.run(["rm", "-rf", staged_b], check=True)
@@ -359,16 +334,14 @@ def test_an_abandoned_journal_does_not_append_twice_after_another_append(tmp_pat
     A. The rerun abandons the journal, keeps the append's commit record without running its
     steps (they would put back X's older manifest and record), and appends nothing again."""
     base = str(tmp_path)
-    script = os.path.join(base, "append.py")
-    with open(script, "w") as f:
-        f.write(SESSION_APPEND)
+    script = append_session(base)
 
     def run(job_id, start):
         return subprocess.run([sys.executable, script, base, job_id, str(start)], capture_output=True, text=True, timeout=180)
 
     assert run("first-job", 0).returncode == 0
     cmd_x = [sys.executable, script, base, "x-job", "10"]
-    _kill_at(cmd_x, 4)
+    kill_at(cmd_x, 4)
     other = run("y-job", 100)
     assert other.returncode == 0, other.stderr[-3000:]
     rows = [0, 1, 2, 10, 11, 12, 100, 101, 102]
