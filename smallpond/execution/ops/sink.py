@@ -175,6 +175,12 @@ def _show(names: Sequence[str], where: str) -> str:
     return f"{len(names)} file(s) in {where}: {', '.join(repr(n) for n in names[:_SHOWN])}{more}"
 
 
+def _also_unlisted(foreign: Sequence[str], named: str) -> str:
+    """The clause a refusal naming ``named`` adds for the folder's other unlisted entries."""
+    rest = [n for n in foreign if n != named]
+    return f"; it also holds {_show(rest, 'it')} that no smallpond result lists" if rest else ""
+
+
 def _nonempty(dest: str) -> bool:
     try:
         return bool(os.listdir(dest))
@@ -222,8 +228,7 @@ def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optiona
         return "write"
     foreign = foreign_entries(dest)
     if MANIFEST in foreign:  # overwrite and append both replace .MANIFEST.txt
-        rest = [n for n in foreign if n != MANIFEST]
-        also = f"; it also holds {_show(rest, 'it')} that no smallpond result lists" if rest else ""
+        also = _also_unlisted(foreign, MANIFEST)
         raise PlanError(
             node._msg(
                 f"refusing to write into {dest}: {os.path.join(dest, MANIFEST)} was not written by smallpond (a smallpond "
@@ -265,8 +270,7 @@ def _refuse_nested_result(node, dest: str, foreign: List[str], records_dir: Opti
         record = recorded_result(inner, records_dir) if os.path.isdir(inner) and not os.path.islink(inner) else None
         if record is None:
             continue
-        rest = [n for n in foreign if n != name]
-        also = f"; it also holds {_show(rest, 'it')} that no smallpond result lists" if rest else ""
+        also = _also_unlisted(foreign, name)
         raise PlanError(
             node._msg(
                 f"refusing to write into {dest}: {inner} in it holds a smallpond result published earlier (its "

@@ -98,7 +98,7 @@ def check_earlier_sinks(nodes: Sequence, earlier: Sequence) -> None:
                 )
 
 
-def _recorded(folder: str, records_dir: str) -> Optional[str]:
+def recorded_result(folder: str, records_dir: str) -> Optional[str]:
     """The record's path if ``folder`` holds a smallpond result this data root recorded (its
     manifest is the one the record names), else None."""
     manifest = os.path.join(folder, sink_record.MANIFEST)
@@ -108,9 +108,6 @@ def _recorded(folder: str, records_dir: str) -> Optional[str]:
     if rec is None or sink_record.identity(manifest) != rec.manifest:
         return None
     return sink_record.record_path(records_dir, folder)
-
-
-recorded_result = _recorded  # for the refusal of an overwrite of a folder holding one (ops/sink.py)
 
 
 def _recorded_under(dest: str, records_dir: str) -> Optional[Tuple[str, str]]:
@@ -123,7 +120,7 @@ def _recorded_under(dest: str, records_dir: str) -> Optional[Tuple[str, str]]:
         return None
     for folder in sink_record.claimed_destinations(records_dir):
         if folder != dest and inside(folder, dest):
-            record = _recorded(folder, records_dir)
+            record = recorded_result(folder, records_dir)
             if record is not None:
                 return folder, record
     return None
@@ -137,7 +134,7 @@ def check_nested_results(node, records_dir: str) -> None:
     dest = os.path.realpath(node.output_path)
     folder = os.path.dirname(dest)
     while True:
-        record = _recorded(folder, records_dir)
+        record = recorded_result(folder, records_dir)
         if record is not None:
             raise PlanError(
                 node._msg(
