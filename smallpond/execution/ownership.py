@@ -172,6 +172,19 @@ def move_aside(layout) -> Optional[str]:
     return aside
 
 
+def _is_zombie(pid: int) -> bool:
+    """Whether process ``pid`` has exited but its parent has not reaped it yet (state ``Z``, or
+    ``X``, in ``/proc/{pid}/stat``; False where that cannot be read): ``os.kill(pid, 0)`` still
+    succeeds for it, although it holds nothing and never runs again."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    state = stat[stat.rindex(b")") + 2 :][:1]
+    return state in (b"Z", b"X")
+
+
 def holder_alive(holder: dict) -> bool:
     """Whether the process that wrote a lock on this host still runs (and is the same process)."""
     pid = int(holder.get("pid", -1))
@@ -183,6 +196,8 @@ def holder_alive(holder: dict) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    if _is_zombie(pid):
+        return False  # killed (kill -9 of a driver), only not yet reaped by its parent
     # another process that reused the PID? (by the start id where the record has one: a step of
     # the wall clock since the lock was taken moves the start time read now)
     return same_process_start(pid, holder.get("started"), holder.get("start_id")) is not False

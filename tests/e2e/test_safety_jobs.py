@@ -203,6 +203,37 @@ def test_same_job_twice_at_once_is_refused_and_stale_lock_taken_over(tmp_path, l
     assert os.path.exists(lock)
 
 
+HOLD_JOB = """
+import sys, smallpond
+sp = smallpond.init(job_id=sys.argv[1], data_root=sys.argv[2], num_executors=1)
+print("running", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_killed_run_not_yet_reaped_does_not_hold_the_job(tmp_path):
+    """``kill -9`` of a job's process by a parent that has not reaped it yet (a zombie, which
+    ``os.kill(pid, 0)`` still finds) leaves a stale lock: the rerun takes it over instead of
+    refusing, forever, that the job is being run by that process."""
+    import signal
+
+    job_id = str(uuid.uuid4())
+    root = str(tmp_path / "root")
+    driver = subprocess.Popen(
+        [sys.executable, "-c", HOLD_JOB, job_id, root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert driver.stdout.readline().strip() == "running"
+        os.kill(driver.pid, signal.SIGKILL)
+        while open(f"/proc/{driver.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            pass  # until the kernel has ended it (still unreaped: this test is its parent)
+        again = smallpond.init(job_id=job_id, data_root=root, num_executors=1)
+        again.shutdown()
+    finally:
+        driver.kill()
+        driver.wait()
+
+
 HOLD_LOCK = """
 import sys, types
 from smallpond.execution.ownership import JobLock
