@@ -85,9 +85,13 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
     if not type_name or not _INEXACT_NUMERIC.match(type_name.strip()):
         return sql
     v = f"({sql})"
+    # NaN: DuckDB takes NaN = trunc(NaN) as true, and once a Parquet file's statistics (which
+    # leave NaN out) show every value small it drops the abs() guard, so NaN reaches the integer
+    # branch, where a CAST fails the task; TRY_CAST gives NULL there and NaN hashes as the double
+    by_value = f"CAST(hash(CAST({v} AS DOUBLE)) AS HUGEINT)"
     return (
-        f"CASE WHEN {v} = trunc({v}) AND abs({v}) < 9223372036854775807 THEN CAST({v} AS HUGEINT) "
-        f"WHEN {v} IS NOT NULL THEN CAST(hash(CAST({v} AS DOUBLE)) AS HUGEINT) END"
+        f"CASE WHEN {v} = trunc({v}) AND abs({v}) < 9223372036854775807 THEN coalesce(TRY_CAST({v} AS HUGEINT), {by_value}) "
+        f"WHEN {v} IS NOT NULL THEN {by_value} END"
     )
 
 
