@@ -116,6 +116,21 @@ def test_a_shuffle_by_a_column_writes_the_column_as_it_was(tmp_path, make_rt, en
         assert {pq.read_schema(f).field(col).type for f in files} == {typ}
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("typ", [pa.int64(), pa.int32()])
+def test_a_shuffle_by_a_column_keeps_the_column_order(tmp_path, make_rt, engine, typ):
+    """The key column stays where it was: the DuckDB engine wrote a BIGINT key last ([a, c, b]),
+    so `select * from {0} union all select * from {1}` of the result and its input added c to b."""
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(
+        pa.table({"a": list(range(9)), "b": pa.array([i % 2 for i in range(9)], typ), "c": [10 * i for i in range(9)]}), path
+    )
+    files = _files_of(make_rt, path, "b", engine)
+    assert {tuple(pq.read_schema(f).names) for f in files} == {("a", "b", "c")}
+    rows = sorted(r for f in files for r in map(tuple, (d.values() for d in pq.read_table(f, partitioning=None).to_pylist())))
+    assert rows == [(i, i % 2, 10 * i) for i in range(9)]
+
+
 def _files_of(make_rt, path, col, engine):
     ctx = Context()
     node = ShuffleNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 2, col, engine_type=engine)

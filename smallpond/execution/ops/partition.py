@@ -250,8 +250,11 @@ class HashPartitionTask(Task):
             part_col = col if _IDENT.fullmatch(col) else internal
             select = [quote_identifier(c) for c in columns if c != col]
             # a shuffle by a column of the data routes each row by its value as BIGINT, and writes
-            # the column as it was (0.4 stays 0.4, '01' stays '01', a uint16 stays a uint16)
-            data_key = node.shuffle_only and col in columns and dict((r[0], r[1]) for r in described).get(col) != "BIGINT"
+            # the column as it was (0.4 stays 0.4, '01' stays '01', a uint16 stays a uint16) and
+            # where it was (a partition column is written last: a BIGINT key that is not the last
+            # column would move, and `select *` of the result would no longer line up with the input)
+            key_type = dict((r[0], r[1]) for r in described).get(col)
+            data_key = node.shuffle_only and col in columns and (key_type != "BIGINT" or col != columns[-1])
             if data_key:
                 write_col = False
             if _keeps_input_column(node, col, columns) or data_key:
