@@ -52,6 +52,7 @@ from smallpond.execution.plansize import check_plan_size
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
 from smallpond.logical.base import Node, created_at, node_at
+from smallpond.logical.determinism import sql_reads_clock
 from smallpond.logical.graph import topological_order
 from smallpond.logical.node import (
     ArrowBatchNode,
@@ -426,6 +427,15 @@ class Planner:
                     warnings.warn(msg, stacklevel=3)
                     self._unreused[id(node)] = f"its node could not be fingerprinted ({e.what})"
                     digest = "unreusable:" + os.urandom(16).hex()
+            if not digest.startswith("unreusable:") and sql_reads_clock(node_sql(node)):
+                # now() and the like: the result is the job's, so the job's id is part of its key;
+                # a rerun of this job resumes it, another job computes it again (a nightly build
+                # that stamps its rows gets today's stamp)
+                logger.info(
+                    "{}: its SQL reads the clock; its tasks are resumed by a rerun of this job, not reused by another job",
+                    node_at(node),
+                )
+                digest = hashlib.sha256(f"{digest}\x00clock:{self.rt.job_id}".encode()).hexdigest()
             self._digests[id(node)] = digest
             if id(node) not in self._slim_copies:
                 self._planned_nodes.append(node)

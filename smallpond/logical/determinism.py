@@ -62,6 +62,12 @@ _CLOCK = re.compile(
 )
 
 
+def sql_reads_clock(texts) -> bool:
+    """True if SQL text might read the clock (``now()``, ``current_date``, ``uuidv7()``, ...): its
+    result is then the job's, not a function of its inputs alone."""
+    return any(_CLOCK.search(str(t)) for t in texts if t)
+
+
 _SAMPLE = re.compile(r"\b(?:using\s+sample|tablesample)\b", re.IGNORECASE)
 #: where a sample clause ends, at the latest
 _AFTER_SAMPLE = re.compile(

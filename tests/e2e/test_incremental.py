@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections import Counter
 from typing import Dict, List
@@ -538,3 +539,32 @@ def test_two_random_columns_alike_in_all_but_their_task_are_not_served_one_for_t
 
     same_values(False)
     assert same_values(True) == 0
+
+
+CLOCK_JOB = """
+import sys, uuid
+import smallpond
+sp = smallpond.init(data_root=sys.argv[1], job_id=str(uuid.UUID(int=int(sys.argv[2]))))
+df = sp.read_parquet(sys.argv[3])
+print(sp.partial_sql("select epoch_us(now()) as t from {0} limit 1", df).to_pandas().t.tolist()[0])
+sp.shutdown()
+"""
+
+
+def test_sql_that_reads_the_clock_is_resumed_by_its_job_but_not_reused_by_another(tmp_path):
+    """`select now()` of a second job gave the first job's time, from the task cache (a nightly
+    build stamped every night's rows with the first night's stamp); a rerun of the same job still
+    resumes it."""
+    src = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"a": [1, 2, 3]}), src)
+    script = tmp_path / "clock.py"
+    script.write_text(CLOCK_JOB)
+
+    def stamp(job: int) -> int:
+        out = subprocess.run([sys.executable, str(script), str(tmp_path / "root"), str(job), src], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.strip().splitlines()[-1])
+
+    first = stamp(1)
+    assert stamp(1) == first  # the same job, run again: resumed
+    assert stamp(2) > first  # another job: computed again
