@@ -227,7 +227,7 @@ class DataFrame:
         schema = result_schema(datasets, self._what())
         if schema is not None:
             return _nullable(empty_table(schema)).schema
-        return _read(datasets[0]).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
+        return _read(datasets[0], self._what()).schema.remove_metadata() if datasets else _nullable(self.to_arrow()).schema
 
     def _num_partitions_str(self) -> str:
         try:
@@ -490,7 +490,7 @@ class DataFrame:
         for ds in source._datasets():
             if n >= limit and tables:
                 break
-            t = _read(ds)
+            t = _read(ds, self._what())
             t = t.slice(0, max(0, limit - n))
             tables.append(t)
             n += t.num_rows
@@ -516,7 +516,8 @@ class DataFrame:
     def to_arrow(self):
         """The whole result as one ``pyarrow.Table`` (partitions in order)."""
 
-        return self._concat([_read(ds) for ds in self._datasets()])
+        what = self._what()
+        return self._concat([_read(ds, what) for ds in self._datasets()])
 
     def _concat(self, tables: list):
         """The partitions' tables as one (those with columns; placeholders of unknown columns left
@@ -664,7 +665,9 @@ def _files_are_the_result(node: Node) -> bool:
     return True
 
 
-def _read(ds: DataSet):
+def _read(ds: DataSet, what: str = ""):
+    """A partition's rows, read in this process; a read that fails names the files and ``what``
+    (the frame's node and where it was created)."""
     if isinstance(ds, ParquetDataSet) and not ds._has_expressions() and not ds.generated_columns:
         return _nullable(ds.to_arrow_table())
     import duckdb
@@ -680,7 +683,7 @@ def _read(ds: DataSet):
         if not paths:
             raise
         where = some_of(paths)
-        raise type(e)(f"{e}\n  reading {where}") from e
+        raise type(e)(f"{e}\n  reading {where}" + (f"\n  for {what}" if what else "")) from e
     finally:
         conn.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import duckdb
 import pandas as pd
@@ -392,8 +393,12 @@ def test_a_source_that_does_not_parse_names_its_file(sp, tmp_path):
 
     path = tmp_path / "h.csv"
     path.write_text("a,b\n1,x\n")  # a header row: read_csv reads no header (as upstream)
-    with pytest.raises(duckdb.ConversionException, match=f"reading {path}"):
-        sp.read_csv(str(path), schema={"a": "bigint", "b": "varchar"}).take_all()
+    frame = sp.read_csv(str(path), schema={"a": "bigint", "b": "varchar"})
+    line = sys._getframe().f_lineno - 1
+    for read in (frame.take_all, lambda: frame.take(1)):
+        # the file, and the frame with the line of the user's code that made it
+        with pytest.raises(duckdb.ConversionException, match=f"reading {path}\n  for .*{__file__}:{line}"):
+            read()
 
 
 def test_from_items_of_mixed_types_is_a_parameter_error(sp):
