@@ -775,3 +775,18 @@ def test_a_data_column_named_file_row_number_is_kept_through_row_splits(sp, tmp_
     assert sorted(zip(out.column("k").to_pylist(), out.column("file_row_number").to_pylist())) == [
         (i, 1000 + i) for i in range(20)
     ]
+
+
+@pytest.mark.parametrize("kind", ["csv", "json"])
+def test_by_rows_of_a_csv_or_json_source_is_refused_when_written(sp, tmp_path, kind):
+    """Splitting by rows reads Parquet row groups: the producer task failed at run time, after
+    everything before it ran; now the repartition call itself is refused, naming the source."""
+    path = tmp_path / f"in.{kind}"
+    path.write_text("1,x\n" if kind == "csv" else '{"a": 1, "b": "x"}\n')
+    read = sp.read_csv if kind == "csv" else sp.read_json
+    frame = read(str(path), schema={"a": "bigint", "b": "varchar"})
+    with pytest.raises(
+        ParameterError, match=f"partition_by_rows needs Parquet input, but DataSourceNode.* reads {kind.capitalize()}DataSet"
+    ):
+        frame.repartition(2, by_rows=True)
+    assert frame.repartition(2).count() == 1  # by files, as before

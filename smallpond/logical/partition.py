@@ -12,8 +12,8 @@ from typing import List, Optional, Sequence, Union
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, GB
 from smallpond.errors import ParameterError, PlanError
-from smallpond.logical.base import Context, Node, Shape, call_site_msg, created_at, validate_dimension
-from smallpond.logical.dataset import DataSet
+from smallpond.logical.base import Context, Node, Shape, call_site_msg, created_at, node_at, validate_dimension
+from smallpond.logical.dataset import CsvDataSet, DataSet, JsonDataSet
 from smallpond.logical.structural import ConsolidateNode, DataSourceNode
 
 _IDENT_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -101,6 +101,16 @@ class EvenlyDistributedPartitionNode(PartitionNode):
         super().__init__(ctx, input_deps, npartitions, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
         self.partition_by_rows = partition_by_rows and npartitions > 1
         self.random_shuffle = random_shuffle
+        if self.partition_by_rows:
+            # splitting by rows reads Parquet row groups: a CSV or JSON source can only be split
+            # by files (its tasks would fail with this, after everything before them ran)
+            for dep in self.input_deps:
+                ds = dep.dataset if isinstance(dep, DataSourceNode) else None
+                if isinstance(ds, (CsvDataSet, JsonDataSet)):
+                    raise ParameterError(
+                        f"{node_at(self)}: partition_by_rows needs Parquet input, but {node_at(dep)} reads "
+                        f"{type(ds).__name__}; partition it by files (partition_by_rows=False), or convert it to Parquet first"
+                    )
 
 
 class LoadPartitionedDataSetNode(PartitionNode):
