@@ -200,7 +200,9 @@ class JobManager:
         name the Driver's other options (``task_cache``, ``restart``, ``elastic_threads``,
         ``speculation_quantile``, ...). Arguments with no effect in this build (the Driver's
         no-effect options, ``sched_state_observers``, any other keyword) are warned about, once,
-        when given a value other than their default.
+        when given a value other than their default. ``data_root``, ``python_venv``, ``task_image``
+        and ``platform`` given here are used only where the constructor left them unset (upstream
+        used the JobManager's): a value that differs from the constructor's is warned about.
         """
         given = {k: v for k, v in locals().items() if k not in ("self", "plan", "kwargs", "given")}
         from smallpond.logical.node import LogicalPlan
@@ -212,11 +214,10 @@ class JobManager:
         for name, value in given.items():
             if RENAMED.get(name, name) in defaults:
                 settings[RENAMED.get(name, name)] = value
+        own = self._own_settings(kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if k not in own}
         settings.update(
-            data_root=self.data_root,
-            python_venv=self.python_venv,
-            task_image=self.task_image,
-            platform=self.platform,
+            own,
             self_contained_final_results=not manifest_only_final_results,
             env_variables=env_variables or [],
         )
@@ -225,7 +226,7 @@ class JobManager:
         # the no-effect options given a value of their own, by this method's names
         unused = [
             name
-            for name, value in {**given, "python_venv": self.python_venv, "task_image": self.task_image}.items()
+            for name, value in {**given, "python_venv": own["python_venv"], "task_image": own["task_image"]}.items()
             if RENAMED.get(name, name) in NO_EFFECT and not _is_default(value, defaults[RENAMED.get(name, name)])
         ]
         if sched_state_observers:
@@ -248,6 +249,37 @@ class JobManager:
         # embedded worker count)
         workers = 0 if embedded else num_executors
         return run_plan_as_job(plan, a, num_workers=workers, raise_error=True)
+
+    def _own_settings(self, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """The constructor's settings (``data_root``, ``python_venv``, ``task_image``, ``platform``)
+        as this run uses them. Upstream's ``run()`` has no parameter of these names (reference §4.5):
+        given to it they fell into its ``**kwargs`` and the JobManager's own were used. So the
+        constructor's value wins; ``run()``'s fills one the constructor left at its default, and
+        one that differs from the constructor's is warned about (it is not used)."""
+        from smallpond.common import logger
+
+        own = {name: getattr(self, name) for name in _CONSTRUCTOR_DEFAULTS}
+        for name, default in _CONSTRUCTOR_DEFAULTS.items():
+            if name not in kwargs:
+                continue
+            given = kwargs[name]
+            if _is_default(own[name], default):
+                own[name] = given
+            elif given != own[name]:
+                logger.warning(
+                    "JobManager.run({}={!r}) is not used: the JobManager was made with {}={!r}, which this job "
+                    "uses (as upstream's JobManager does); give the value to JobManager({}=...) instead",
+                    name,
+                    given,
+                    name,
+                    own[name],
+                    name,
+                )
+        return own
+
+
+#: the constructor's settings and their defaults (JobManager.run may name them too: see _own_settings)
+_CONSTRUCTOR_DEFAULTS = {"data_root": None, "python_venv": None, "task_image": "default", "platform": None}
 
 
 def _is_default(value, default) -> bool:

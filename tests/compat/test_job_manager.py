@@ -158,3 +158,20 @@ def test_a_platform_keyword_starts_num_executors(compat_data, tmp_path, log_mess
     assert not [m for m in log_messages if "without a platform" in m]
     with open(os.path.join(job_folder(root, job_id), "log", "scheduler.log")) as f:
         assert f"queue backend: base started {n} executor(s)" in f.read()
+
+
+def test_the_constructors_data_root_wins_over_runs(compat_data, tmp_path, log_messages):
+    # upstream's run() has no data_root: given there it fell into **kwargs and the JobManager's
+    # data_root was used (reference §4.5); here too, and the value not used is warned about
+    mine, theirs = str(tmp_path / "mine"), str(tmp_path / "theirs")
+    job_id = str(uuid.uuid4())
+    exec_plan = JobManager(data_root=mine).run(count_plan(compat_data), job_id=job_id, data_root=theirs)
+    assert sum(exec_plan.final_output.to_arrow_table().column("n").to_pylist()) == 1000
+    assert job_folder(mine, job_id) and not os.path.exists(theirs)
+    (said,) = [m for m in log_messages if "is not used" in m]
+    assert f"JobManager.run(data_root={theirs!r}) is not used: the JobManager was made with data_root={mine!r}" in said
+    # the constructor left it unset: run()'s value is the one, and nothing is warned about
+    job_id = str(uuid.uuid4())
+    JobManager().run(count_plan(compat_data), job_id=job_id, data_root=theirs)
+    assert job_folder(theirs, job_id)
+    assert len([m for m in log_messages if "is not used" in m]) == 1
