@@ -93,6 +93,26 @@ def test_a_python_map_typed_apart_in_two_partitions_has_the_schema_of_its_result
         assert df.schema == df.to_arrow().schema.remove_metadata()
 
 
+def test_the_schema_of_a_computed_map_reads_its_footers_at_once(sp, monkeypatch):
+    # each footer was read after the one before: on a shared filesystem, one wait per file. Here
+    # each read waits (up to 20 s) until 4 reads are under way: read one after another, the first
+    # one's wait breaks the barrier and the schema raises
+    import threading
+
+    df = sp.from_items(list(range(16))).repartition(8, by_rows=True).map(lambda r: {"x": r["item"], "s": "v"})
+    expected = df.to_arrow().schema.remove_metadata()  # computed first: its tasks' checks read footers too
+    real, barrier, threads = pq.read_schema, threading.Barrier(4, timeout=20), set()
+
+    def read_schema(path, *args, **kwargs):
+        threads.add(threading.get_ident())
+        barrier.wait()
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "read_schema", read_schema)
+    assert df.schema == expected
+    assert len(threads) >= 4
+
+
 def test_a_bad_query_is_named_in_the_repr_not_raised(sp, files):
     df = sp.partial_sql("select no_such_column from {0}", sp.read_parquet(files[0]))
     text = repr(df)

@@ -33,27 +33,50 @@ def free_schema(node) -> bool:
     return getattr(node, "df_op", None) != "filter"  # a row filter keeps its input's columns
 
 
-def file_schemas(paths: List[str], name: Optional[str] = None, default: str = "", skip_unreadable: bool = False):
+#: at most this many Parquet footers are read at once (on a shared filesystem each read waits on
+#: the network; reading one after another made ``schema`` of a frame of many files slow)
+FOOTER_READERS = 16
+
+
+def read_footers(paths: List[str]) -> list:
+    """The Arrow schema in each Parquet footer of ``paths``, in their order, read in up to
+    :data:`FOOTER_READERS` threads; where a footer cannot be read, the exception reading it raised."""
+    import pyarrow.parquet as pq
+
+    def one(path: str):
+        try:
+            return pq.read_schema(path)
+        except Exception as e:
+            return e
+
+    if len(paths) <= 1:
+        return [one(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(FOOTER_READERS, len(paths)), thread_name_prefix="smallpond-footers") as pool:
+        return list(pool.map(one, paths))
+
+
+def file_schemas(
+    paths: List[str], name: Optional[str] = None, default: str = "", skip_unreadable: bool = False, footers: Optional[list] = None
+):
     """``(name, schema)`` of each Parquet file of one partition (``paths``), without metadata;
     ``name`` names the partition (else the task key in the file's metadata, else ``default``), and
     the file too when there are several. Each file's types are its own: a task may write several
     (a stream task one a checkpoint, user code more), and files of one partition typed apart are
-    no more one column than two partitions' are. Only the footers are read; one that cannot be read
-    raises, or is left out with ``skip_unreadable`` (the reader will say what is wrong with it)."""
+    no more one column than two partitions' are. Only the footers are read (:func:`read_footers`,
+    unless ``footers`` holds what it returned for ``paths``); the first that cannot be read raises,
+    or is left out with ``skip_unreadable`` (the reader will say what is wrong with it)."""
     import os
-
-    import pyarrow.parquet as pq
 
     from smallpond.io.partition_types import task_of
 
     out: List[Tuple[str, object]] = []
-    for path in paths:
-        try:
-            schema = pq.read_schema(path)
-        except Exception as e:
+    for path, schema in zip(paths, read_footers(paths) if footers is None else footers):
+        if isinstance(schema, Exception):
             if not skip_unreadable:
-                raise
-            logger.debug("partition types check: cannot read the schema of {}: {}", path, e)
+                raise schema
+            logger.debug("partition types check: cannot read the schema of {}: {}", path, schema)
             continue
         what = name or task_of(schema, default)
         out.append((f"{what} ({os.path.basename(path)})" if len(paths) > 1 else what, schema.remove_metadata()))
@@ -63,19 +86,27 @@ def file_schemas(paths: List[str], name: Optional[str] = None, default: str = ""
 def result_schema(datasets: list, what: str):
     """The one schema of a computed node's output partitions (``datasets``) read as one table, by
     :func:`~smallpond.io.partition_types.unify_partition_schemas` over every file's schema
-    (``what`` names the node in the error); None if no partition is plain Parquet to read it from."""
+    (``what`` names the node in the error); None if no partition is plain Parquet to read it from.
+    Every partition's footers are read at once (:func:`read_footers`), then taken in order."""
     from smallpond.io.arrow import read_columns_schema
     from smallpond.io.partition_types import task_of, unify_partition_schemas
     from smallpond.logical.dataset import ParquetDataSet
 
+    plain = [
+        (i, ds, list(ds.resolved_paths))
+        for i, ds in enumerate(datasets)
+        if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions()
+    ]
+    whole = [paths for _, ds, paths in plain if not (ds.columns and "*" not in ds.columns)]
+    footers = iter(read_footers([p for paths in whole for p in paths]))
     schemas: List[Tuple[str, object]] = []
-    for i, ds in enumerate(datasets):
-        if isinstance(ds, ParquetDataSet) and ds.resolved_paths and not ds._has_expressions():
-            if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
-                schema = read_columns_schema(ds.resolved_paths, ds.columns)
-                schemas.append((task_of(schema, f"partition {i}"), schema.remove_metadata()))
-            else:
-                schemas.extend(file_schemas(list(ds.resolved_paths), default=f"partition {i}"))
+    for i, ds, paths in plain:
+        if ds.columns and "*" not in ds.columns:  # a column the first file lacks: the next file's type
+            schema = read_columns_schema(paths, ds.columns)
+            schemas.append((task_of(schema, f"partition {i}"), schema.remove_metadata()))
+        else:
+            mine = [next(footers) for _ in paths]
+            schemas.extend(file_schemas(paths, default=f"partition {i}", footers=mine))
     # each partition of a Python map without schema= typed its output on its own (a partition of
     # only None values: a null column): types that widen unchanged unify, others raise (naming the
     # column, the partitions and their types), as in to_arrow()
