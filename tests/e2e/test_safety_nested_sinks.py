@@ -112,3 +112,35 @@ def test_a_sink_inside_or_around_another_jobs_result_is_refused(tmp_path):
     around = run(f_, "append")
     assert around.returncode != 0 and f"output path {f_} contains {f_}/inner, which holds a smallpond result" in around.stderr
     assert sorted(os.listdir(f_)) == ["inner"]
+
+
+def test_records_of_other_folders_are_read_once(tmp_path):
+    # whether a destination contains a recorded result was decided by reading every record of the
+    # data root, at every plan. Each record's destination is read once and indexed: here another
+    # folder's record is then swapped for a FIFO, which blocks whoever opens it; the refusal must
+    # come without opening it (the index), and a record written since is still read
+    from smallpond.execution.ops import sink_record
+    from smallpond.execution.runtime import sink_records_dir
+
+    root = str(tmp_path / "root")
+    script = str(tmp_path / "job.py")
+    with open(script, "w") as f:
+        f.write(JOB)
+
+    def run(dest, mode="overwrite"):
+        return subprocess.run([sys.executable, script, root, dest, mode], capture_output=True, text=True, timeout=120)
+
+    g, h, k = (str(tmp_path / n) for n in "GHK")
+    assert run(g + "/inner").returncode == 0 and run(h).returncode == 0
+    assert f"contains {g}/inner" in run(g, "append").stderr  # refused: this lookup indexes the records
+    h_record = sink_record.record_path(sink_records_dir(root), h)
+    os.remove(h_record)
+    os.mkfifo(h_record)
+    assert run(k + "/inner").returncode == 0  # recorded after the index was written
+    for dest in (g, k):
+        try:
+            refused = run(dest, "append")
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"planning a sink into {dest} opened the record of another folder, which the index holds")
+        assert refused.returncode != 0 and f"output path {dest} contains {dest}/inner, which holds" in refused.stderr
+    assert sorted(os.listdir(g)) == ["inner"] and sorted(os.listdir(k)) == ["inner"]

@@ -114,8 +114,7 @@ def key(records_dir: str, create: bool = True) -> Optional[bytes]:
 
 def record_path(records_dir: str, dest: str) -> str:
     """Where the record of destination ``dest`` is kept: named after its real path."""
-    name = hashlib.sha256(os.path.realpath(dest).encode("utf-8", "surrogateescape")).hexdigest()
-    return os.path.join(records_dir, name + _SUFFIX)
+    return os.path.join(records_dir, _record_name(os.path.realpath(dest)))
 
 
 def _legacy_path(path: str) -> str:
@@ -274,23 +273,66 @@ def _claim(data: bytes) -> Optional[dict]:
     return parsed
 
 
+#: the records folder's index of which destination each record names (record file name ->
+#: destination), so that finding the records of folders inside a destination reads only the
+#: records written since (a dot name: never taken for a record, nor pruned)
+_INDEX = ".destinations.json"
+
+
 def claimed_destinations(records_dir: str) -> List[str]:
     """The destinations the records in ``records_dir`` claim to be of, unverified (a candidate
-    only: :func:`load` verifies the record before anything relies on it)."""
+    only: :func:`load` verifies the record before anything relies on it).
+
+    A record's file name is the hash of its destination (:func:`record_path`), so which
+    destination a record names never changes: it is read once and kept in the folder's index
+    (:data:`_INDEX`). An index entry is used only if its destination hashes to its record's name
+    (an entry that does not, or a record the index lacks, is read from the record); the folder's
+    listing says which records there are, so a removed record is never claimed."""
     try:
         names = sorted(n for n in os.listdir(records_dir) if n.endswith(_SUFFIX) and not n.startswith("."))
     except OSError:
         return []
-    out = []
+    index = _read_index(records_dir)
+    out, known, fresh = [], {}, False
     for name in names:
+        dest = index.get(name)
+        if not isinstance(dest, str) or _record_name(dest) != name:
+            dest, fresh = _read_claim(records_dir, name), True
+            if dest is None:
+                continue
+        if _record_name(dest) == name:
+            known[name] = dest
+        out.append(dest)
+    if fresh or len(known) != len(index):
         try:
-            with open(os.path.join(records_dir, name), "rb") as f:
-                claim = _claim(f.read())
+            atomic_write_bytes(os.path.join(records_dir, _INDEX), json.dumps(known, sort_keys=True).encode())
         except OSError:
-            continue
-        if claim is not None:
-            out.append(claim["dest"])
+            pass  # only a cache: the next lookup reads those records again
     return out
+
+
+def _record_name(real: str) -> str:
+    """The file name of the record of the folder whose real path is ``real``."""
+    return hashlib.sha256(real.encode("utf-8", "surrogateescape")).hexdigest() + _SUFFIX
+
+
+def _read_index(records_dir: str) -> dict:
+    try:
+        with open(os.path.join(records_dir, _INDEX), "rb") as f:
+            index = _parse(f.read())
+    except OSError:
+        return {}
+    return index or {}
+
+
+def _read_claim(records_dir: str, name: str) -> Optional[str]:
+    """The destination record file ``name`` claims (unverified), or None if it cannot be read."""
+    try:
+        with open(os.path.join(records_dir, name), "rb") as f:
+            claim = _claim(f.read())
+    except OSError:
+        return None
+    return claim["dest"] if claim is not None else None
 
 
 def _remove_if_same(folder: int, name: str, ino: int) -> bool:
