@@ -175,3 +175,27 @@ def test_the_constructors_data_root_wins_over_runs(compat_data, tmp_path, log_me
     JobManager().run(count_plan(compat_data), job_id=job_id, data_root=theirs)
     assert job_folder(theirs, job_id)
     assert len([m for m in log_messages if "is not used" in m]) == 1
+
+
+def _sinks(compat_data, tmp_path):
+    from smallpond.logical.node import DataSinkNode
+
+    counts = count_plan(compat_data).root_node
+    ctx = counts.ctx
+    copied = DataSinkNode(ctx, (counts,), str(tmp_path / "copied"), type="copy")
+    doubled = SqlEngineNode(ctx, (counts,), "select n * 2 as n from {0}")
+    return ctx, copied, doubled
+
+
+def test_a_manifest_sink_over_a_sink_lists_its_published_files(compat_data, tmp_path):
+    # the manifest listed the other sink's staged files, renamed into its destination when the
+    # job publishes (after every task ran): reading the result failed, FileNotFoundError
+    from smallpond.logical.node import DataSinkNode
+
+    ctx, copied, _ = _sinks(compat_data, tmp_path)
+    listed = DataSinkNode(ctx, (copied,), str(tmp_path / "listed"), type="manifest")
+    exec_plan = JobManager(data_root=str(tmp_path / "root")).run(LogicalPlan(ctx, listed))
+    assert sum(exec_plan.final_output.to_arrow_table().column("n").to_pylist()) == 1000
+    with open(tmp_path / "listed" / ".MANIFEST.txt") as f:
+        lines = f.read().splitlines()
+    assert lines and all(os.path.dirname(p) == str(tmp_path / "copied") and os.path.exists(p) for p in lines)

@@ -340,6 +340,15 @@ def staging_path(runtime_ctx, task: Task) -> str:
     return f"{task.node.output_path.rstrip(os.sep)}.staging-{runtime_ctx.job_id.hex[:8]}-{int(task.id)}"
 
 
+def published_place(runtime_ctx, path: str) -> str:
+    """Where ``path``, a file another sink of this job staged, will be once published (the
+    publication renames it into that sink's destination, after every task ran); any other path
+    as it is. A manifest lists files where they will be: a sink's staged files are gone by then."""
+    folder, name = os.path.split(path)
+    dest, sep, rest = folder.rpartition(f".staging-{runtime_ctx.job_id.hex[:8]}-")
+    return os.path.join(dest, name) if sep and dest and rest.isdigit() else path
+
+
 class DataSinkTask(Task):
     """Phase 1 of a publication: stage the sink's files beside its destination (see module docstring)."""
 
@@ -368,6 +377,7 @@ class DataSinkTask(Task):
         write_owner(staging, owner_record(runtime_ctx.job_root))  # before the folder, never inside it
         os.makedirs(staging)
         if node.type == "manifest":
+            files = [published_place(runtime_ctx, f) for f in files]
             atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in files))
             self.inject_fault()
             return _as_dataset(files)
