@@ -189,6 +189,15 @@ class ExecutionPlan:
         return f"ExecutionPlan({len(self.tasks)} tasks)"
 
 
+def _results_of(root: Node) -> List[Node]:
+    """The nodes whose results are a plan's final output: its root's, or for a root the user
+    built as ``RootNode(ctx, (sink, ...))`` (which does no work of its own) those of its inputs,
+    in order. Its RootTask's output was taken, an empty table with no columns."""
+    if not isinstance(root, RootNode) or not root.input_deps:
+        return [root]
+    return [n for d in root.input_deps for n in _results_of(d)]
+
+
 class Planner:
     """Turns nodes into tasks. Keeps its node→tasks memo, so a session can plan incrementally.
 
@@ -316,7 +325,9 @@ class Planner:
         for n in logical_plan.nodes.values():
             if n.output_name and not isinstance(n, DataSinkNode):
                 names.setdefault(n.output_name, []).append(n)
-        if not isinstance(root, DataSinkNode):
+        results = _results_of(root)
+        own_sink = len(results) == 1 and isinstance(results[0], DataSinkNode)
+        if not own_sink:
             for n in names.get(FINAL_RESULTS, []):
                 raise PlanError(
                     f"{node_at(n)}: output_name {FINAL_RESULTS!r} is the folder the job publishes "
@@ -329,11 +340,11 @@ class Planner:
             sinks.append(
                 DataSinkNode(ctx, nodes, os.path.join(base, name), type="copy" if self.rt.final_output_path else "manifest")
             )
-        if isinstance(root, DataSinkNode):
-            final = root
+        if own_sink:
+            final = results[0]
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
-            final = DataSinkNode(ctx, [root], os.path.join(base, FINAL_RESULTS), type=kind, is_final_node=True)
+            final = DataSinkNode(ctx, results, os.path.join(base, FINAL_RESULTS), type=kind, is_final_node=True)
         # every sink of the plan is a target of its own: a rerun publishes again a sink whose result
         # was deleted even when what depends on it (FinalResults of a RootNode) is still committed
         inner = [n for n in logical_plan.nodes.values() if isinstance(n, DataSinkNode) and n is not final]

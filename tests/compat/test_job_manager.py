@@ -199,3 +199,19 @@ def test_a_manifest_sink_over_a_sink_lists_its_published_files(compat_data, tmp_
     with open(tmp_path / "listed" / ".MANIFEST.txt") as f:
         lines = f.read().splitlines()
     assert lines and all(os.path.dirname(p) == str(tmp_path / "copied") and os.path.exists(p) for p in lines)
+
+
+def test_the_final_output_of_a_user_built_root_node_is_its_inputs_result(compat_data, tmp_path):
+    # RootNode(ctx, (sink,)) given as the plan's root: final_output was its RootTask's output, an
+    # empty table with no columns. It stands for its inputs: one sink is the final result as a
+    # sink root is; several (or nodes that are not sinks) are published as FinalResults together
+    from smallpond.logical.node import RootNode
+
+    ctx, copied, doubled = _sinks(compat_data, tmp_path)
+    manager = JobManager(data_root=str(tmp_path / "root"))
+    one = manager.run(LogicalPlan(ctx, RootNode(ctx, (copied,))), job_id=str(uuid.uuid4()))
+    assert one.final_output_path == str(tmp_path / "copied")
+    assert sum(one.final_output.to_arrow_table().column("n").to_pylist()) == 1000
+    both = manager.run(LogicalPlan(ctx, RootNode(ctx, (copied, doubled))), job_id=str(uuid.uuid4()))
+    assert os.path.basename(both.final_output_path) == "FinalResults"
+    assert sum(both.final_output.to_arrow_table().column("n").to_pylist()) == 3000
