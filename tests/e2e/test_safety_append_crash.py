@@ -162,3 +162,45 @@ def test_an_abandoned_journal_rolls_back_a_partial_append_another_job_appended_a
     run([sys.executable, script, base, "z-job", "200"])  # A's record vouches for its manifest: not refused
     assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12, 100, 101, 102, 200, 201, 202]
     consistent(base + "/A")
+
+
+def test_a_rerun_never_replaces_a_manifest_a_user_put_in_place(tmp_path):
+    """X is killed between A's file move and A's manifest move; a user then puts a .MANIFEST.txt of
+    their own in A (notes; or absolute paths, as a smallpond manifest has, which the rerun merged
+    into and replaced). The rerun refuses, naming the file and what to do, and publishes nothing;
+    once the user moves it away, the rerun appends X's rows (listed alone: the folder has no
+    manifest any more) and publishes B."""
+    for content in ("my notes, not a manifest\n", "{first}\n"):
+        (tmp_path / str(len(content))).mkdir()
+        base, _, cmd_x = _session(tmp_path / str(len(content)))
+        a = base + "/A"
+        theirs = content.format(first=manifest(a)[0])
+        os.remove(a + "/.MANIFEST.txt")
+        with open(a + "/.MANIFEST.txt", "w") as f:
+            f.write(theirs)
+        for _ in range(2):  # every rerun, until it is moved
+            refused = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+            assert refused.returncode != 0 and f"cannot finish appending to {a}: {a}/.MANIFEST.txt was replaced" in refused.stderr
+            assert f"Move it out of {a} and run the job again" in refused.stderr
+            with open(a + "/.MANIFEST.txt") as f:
+                assert f.read() == theirs
+            assert published_rows(base + "/B", "id") == [0, 2, 4]  # not published either
+        os.rename(a + "/.MANIFEST.txt", base + "/notes.txt")
+        rerun = run(cmd_x)
+        assert "has no .MANIFEST.txt any more" in rerun.stderr
+        assert published_rows(a, "id") == [10, 11, 12] and published_rows(base + "/B", "id") == [20, 22, 24]
+        with open(base + "/notes.txt") as f:
+            assert f.read() == theirs
+
+
+def test_a_rerun_after_the_manifest_was_removed_appends_once_and_says_so(tmp_path):
+    """As above, but the user removes A's manifest: the rerun appends as into a folder without one
+    (its own files listed), says so, and a further rerun appends nothing again."""
+    base, _, cmd_x = _session(tmp_path)
+    a = base + "/A"
+    os.remove(a + "/.MANIFEST.txt")
+    rerun = run(cmd_x)
+    assert f"{a} has no .MANIFEST.txt any more (removed since this append was planned, when it listed 1 file(s))" in rerun.stderr
+    assert published_rows(a, "id") == [10, 11, 12] and published_rows(base + "/B", "id") == [20, 22, 24]
+    run(cmd_x)
+    assert published_rows(a, "id") == [10, 11, 12] and len(os.listdir(a)) == 3

@@ -15,8 +15,11 @@ journal, another job may append to the same folder. So:
   there) and this append's files; the journal is written again with both, before they move. A
   journal carries each append's own lines (``"append"`` in its sink's entry; a journal written
   before tells them by its data moves). Moving the older staged manifest over a newer one would
-  drop the other job's files out of it. A manifest there that smallpond did not write is not
-  merged into: the publication is refused, naming it.
+  drop the other job's files out of it. A manifest there that smallpond did not write (not one
+  absolute path per line, or, in a recorded destination, not the one its record vouches for: a
+  user's file put in its place) is neither merged into nor replaced: the publication is refused,
+  naming it and saying to move it away. A manifest removed since is not put back: the append
+  lists its own files in a new one, as an append into a folder without a manifest does, and says so.
 * **An append its journal cannot finish is rolled back** (:func:`roll_back`, when the journal is
   abandoned, see :mod:`~smallpond.execution.ops.sink_journal`) unless the manifest in place
   lists every file it appends (its own manifest was moved in, and maybe another job's append
@@ -90,13 +93,41 @@ def _manifest_step(sink: List[Step]) -> Optional[Step]:
     return moves[-1] if moves and len(moves[-1]) > 3 else None
 
 
-def _merged(dest: str, ours: List[str]) -> str:
+def _vouched(records_dir: str, dest: str, path: str) -> bool:
+    """Whether the data root's record of ``dest`` vouches for the manifest at ``path`` (smallpond wrote it)."""
+    rec = sink_record.load(records_dir, dest)
+    return rec is not None and rec.manifest == sink_record.identity(path)
+
+
+def _merged(dest: str, ours: List[str], records_dir: Optional[str], planned: List[str]) -> str:
+    """The manifest an append finishes with: the lines of ``dest``'s manifest now that stay, then
+    ``ours``. Refused (PublicationError) when the manifest in place is not smallpond's: not one
+    absolute path per line, or (``records_dir``: the destination is recorded) not the one the
+    record vouches for. ``planned``: the earlier lines the append was planned with (for the warning
+    when the manifest is gone)."""
     path = os.path.join(dest, MANIFEST)
     present, lines = load_manifest(path)
-    if present and lines is None:
+    if present and (lines is None or (records_dir is not None and not _vouched(records_dir, dest, path))):
+        how = (
+            "it does not list one absolute path per line"
+            if lines is None
+            else "the data root's record of the folder does not vouch for it"
+        )
         raise PublicationError(
-            f"cannot finish appending to {dest}: {path} was replaced since by a file smallpond did not write "
-            "(a smallpond manifest lists one absolute path per line). Move it away and run the job again"
+            f"cannot finish appending to {dest}: {path} was replaced or edited since the append was planned, "
+            f"by a file smallpond did not write ({how}), and smallpond never replaces a user's file; nothing was "
+            f"published. Move it out of {dest} and run the job again: the append then lists its own files in a "
+            "new manifest (the files the earlier one listed stay in the folder, listed by none)"
+        )
+    if not present and planned:
+        logger.warning(
+            "{} has no {} any more (removed since this append was planned, when it listed {} file(s)): the append "
+            "lists only its own {} file(s) in a new one, as an append into a folder without a manifest does; "
+            "the files the removed manifest listed stay in the folder, listed by none",
+            dest,
+            MANIFEST,
+            len(planned),
+            len(ours),
         )
     out = kept_lines(dest, lines or [])
     seen = set(out)
@@ -135,12 +166,15 @@ def rebase_appends(journal: dict) -> bool:
             continue
         staged, target = move[1], move[2]
         dest = os.path.dirname(target)
-        text = _merged(dest, ours)
         try:
             with open(staged) as f:
-                same = f.read() == text
+                before = f.read()
         except (OSError, UnicodeDecodeError):
-            same = False
+            before = None
+        record = next((s for s in sink if s[0] == "record"), None)  # none: a destination in the job folder
+        planned = [p for p in (before or "").splitlines() if p not in set(ours)]
+        text = _merged(dest, ours, os.path.dirname(record[1]) if record else None, planned)
+        same = before == text
         if not same:
             atomic_write_text(staged, text)
         ident = sink_record.identity(staged)
