@@ -78,6 +78,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from smallpond.common import logger, process_start_id, process_start_time, same_process_start
 from smallpond.errors import ParameterError
 from smallpond.execution import user_folder
+from smallpond.execution.ownership import is_zombie
 from smallpond.io.filesystem import (
     READ_FLAGS,
     CorruptRecord,
@@ -599,6 +600,8 @@ def claim_is_live(claim: Claim) -> bool:
         return time.time() - claim.refreshed < 5.0
     if claim.host != socket.gethostname():
         return time.time() - claim.refreshed < LOCK_STALE_SECONDS
+    if is_zombie(claim.pid):
+        return False  # killed, only not yet reaped by its parent: it never finishes
     if not claim.started and not claim.start_id:
         return process_start_time(claim.pid) is not None  # (the process exists)
     # by the start id where the claim has one: a step of the wall clock moves start times

@@ -172,7 +172,7 @@ def move_aside(layout) -> Optional[str]:
     return aside
 
 
-def _is_zombie(pid: int) -> bool:
+def is_zombie(pid: int) -> bool:
     """Whether process ``pid`` has exited but its parent has not reaped it yet (state ``Z``, or
     ``X``, in ``/proc/{pid}/stat``; False where that cannot be read): ``os.kill(pid, 0)`` still
     succeeds for it, although it holds nothing and never runs again."""
@@ -196,7 +196,7 @@ def holder_alive(holder: dict) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    if _is_zombie(pid):
+    if is_zombie(pid):
         return False  # killed (kill -9 of a driver), only not yet reaped by its parent
     # another process that reused the PID? (by the start id where the record has one: a step of
     # the wall clock since the lock was taken moves the start time read now)

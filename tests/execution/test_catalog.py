@@ -115,3 +115,35 @@ def test_a_step_of_the_wall_clock_does_not_make_a_live_process_look_gone(data_ro
     # a record of another process with this pid (another start id) is not this one
     assert not claim_is_live(Claim(socket.gethostname(), me, stepped, "j", start_id=start_id + "0"))
     assert not process_alive(me, stepped, start_id + "0")
+
+
+def test_a_claim_of_a_killed_process_not_yet_reaped_is_not_live():
+    """A task-cache claim of a job killed with kill -9 whose parent has not reaped it (a zombie:
+    ``os.kill(pid, 0)`` and its /proc entry still answer) made other jobs wait for a task it would
+    never finish, until the claim went stale."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from smallpond.common import process_start_id, process_start_time
+    from smallpond.execution.cache import Claim, claim_is_live
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the process state is read from /proc")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        started, start_id = process_start_time(child.pid), process_start_id(child.pid)
+        claim = Claim(socket.gethostname(), child.pid, started, "j", start_id=start_id)
+        assert claim_is_live(claim)
+        os.kill(child.pid, signal.SIGKILL)
+        deadline = time.time() + 10
+        while time.time() < deadline:  # until the kernel has made it a zombie (not reaped: no wait)
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.01)
+        assert not claim_is_live(claim)
+    finally:
+        child.kill()
+        child.wait()
