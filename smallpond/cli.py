@@ -89,8 +89,8 @@ def _parser() -> argparse.ArgumentParser:
         help="remove finished jobs' folders and stale records of published results (a dry run unless --yes)",
         description="Remove the folders of finished jobs (success, failure, interrupted, crashed), and the records "
         "of published results (this user's, under {data_root}/.smallpond/users/{uid}/sinks) whose folder no longer holds the result they "
-        "recorded. Running jobs, records of results still there, and anything that is not a job folder are never "
-        "touched. Without --yes, only says what it would remove.",
+        "recorded. Running jobs, records of results still there, a job whose files a published result lists (a "
+        "type='manifest' sink's), and anything that is not a job folder are never touched. Without --yes, only says what it would remove.",
     )
     s.add_argument(
         "--older-than", "--older_than", type=parse_age, default=0.0, help="only jobs that ended this long ago (30m, 12h, 7d)"
@@ -330,6 +330,7 @@ def _report(args, data_root: str) -> int:
 def _clean(args, data_root: str) -> int:
     from smallpond.common import human_bytes
     from smallpond.execution.catalog import FINISHED, JobLookupError, list_jobs, remove_job
+    from smallpond.execution.published_refs import results_listing, why_kept
     from smallpond.io.filesystem import folder_size
 
     wanted = _states(args.state) or set(FINISHED)
@@ -345,17 +346,24 @@ def _clean(args, data_root: str) -> int:
         size = folder_size(job.path)
         total += size
         chosen.append((job, size))
+    # a type="manifest" result lists files of the job that published it: that job folder stays
+    published = results_listing(data_root, [job.path for job, _ in chosen])
+    kept = [(job, size) for job, size in chosen if job.path in published]
+    chosen = [(job, size) for job, size in chosen if job.path not in published]
+    for job, size in kept:
+        total -= size
+        print(f"keeping {job.path}  ({job.state}, {human_bytes(size)}): {why_kept(published[job.path])}")
     verb = "removing" if args.yes else "would remove"
     for job, size in chosen:
         print(f"{verb} {job.path}  ({job.state}, {_age(job.age_seconds)} old, {human_bytes(size)})")
         if args.yes:
             try:
-                remove_job(data_root, job)
+                remove_job(data_root, job, published)
             except JobLookupError as e:
                 print(f"  skipped: {e}", file=sys.stderr)
     records = _clean_records(data_root, args.yes)
     if not chosen and not records:
-        print(f"nothing to remove under {data_root}")
+        print(f"nothing to remove under {data_root}" + (f" ({len(kept)} job(s) kept)" if kept else ""))
     elif args.yes:
         print(f"removed {len(chosen)} job(s), {human_bytes(total)}, and {records} record(s) of published results")
     else:

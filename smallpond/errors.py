@@ -70,6 +70,12 @@ class UserCodeError(SmallpondError):
     """User input that can never succeed on retry (bad SQL, missing file, unpicklable function)."""
 
 
+class ListedFileMissing(UserCodeError, FileNotFoundError):
+    """A file that a result folder's ``.MANIFEST.txt`` lists is gone: the result cannot be read
+    (the message names the manifest and the file). Also a ``FileNotFoundError``, which reading the
+    file raised before."""
+
+
 class ColumnNotFoundError(UserCodeError, KeyError):
     """A column the user named (``columns=`` of a reader or a projection) that the data does not
     have. A ``KeyError`` too, as the readers raised before; its message is not quoted as a

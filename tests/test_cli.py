@@ -13,7 +13,7 @@ from smallpond.errors import JobFailed
 from smallpond.execution.job import run_job
 from smallpond.execution.runtime import user_dir
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
 from tests.conftest import REPO_ROOT
 
 
@@ -154,6 +154,43 @@ def test_clean_is_a_dry_run_unless_yes_and_never_touches_running_jobs_or_other_f
     cli("clean", "--yes", data_root=data_root)
     assert not os.path.exists(ok.job_root)
     assert os.path.isdir(running) and os.path.isdir(lookalike) and open(user_file).read() == "mine"
+
+
+def test_clean_keeps_a_job_whose_files_a_published_manifest_lists(make_rt, parquet_files, data_root, tmp_path):
+    """A type="manifest" result outside the job folder lists the job's own files: clean keeps that
+    job (saying which manifest, in the dry run too) while the result lists them, removes the other
+    finished jobs, and removes it too once the result is gone."""
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.catalog import JobLookupError, describe_job, remove_job
+
+    dest = str(tmp_path / "published")
+    ctx = Context()
+    query = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")
+    publisher = make_rt("55555555-0000-0000-0000-000000000005")
+    run_job(LogicalPlan(ctx, DataSinkNode(ctx, (query,), dest, type="manifest")), publisher, num_workers=1)
+    other = _job(make_rt, parquet_files, "select * from {0}", "66666666-0000-0000-0000-000000000006")
+    manifest = os.path.join(dest, ".MANIFEST.txt")
+    listed = ParquetDataSet([dest]).resolved_paths
+    assert listed and all(p.startswith(publisher.job_root + os.sep) for p in listed)
+
+    dry = cli("clean", data_root=data_root)
+    assert dry.returncode == 0, dry.stderr
+    assert f"keeping {publisher.job_root}" in dry.stdout and manifest in dry.stdout, dry.stdout
+    assert f"would remove {other.job_root}" in dry.stdout and f"would remove {publisher.job_root}" not in dry.stdout
+    done = cli("clean", "--yes", data_root=data_root)
+    assert done.returncode == 0, done.stderr
+    assert f"keeping {publisher.job_root}" in done.stdout and not os.path.exists(other.job_root), done.stdout
+    assert sum(pq.read_metadata(p).num_rows for p in ParquetDataSet([dest]).resolved_paths) == 30
+    with pytest.raises(JobLookupError) as refused:  # remove_job itself refuses it, naming the manifest
+        remove_job(data_root, describe_job(publisher.job_root))
+    assert manifest in str(refused.value)
+
+    os.remove(manifest)  # the result is gone: nothing reads the job's files any more
+    os.rmdir(dest)
+    done = cli("clean", "--yes", data_root=data_root)
+    assert done.returncode == 0 and f"removing {publisher.job_root}" in done.stdout, done.stdout
+    assert not os.path.exists(publisher.job_root)
 
 
 def test_the_console_script_is_declared():

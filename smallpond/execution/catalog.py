@@ -13,7 +13,9 @@ A job folder is a directory ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}`
   removed, and does not stop the listing of the others.
 
 Invariants of :func:`remove_job`: it removes only a directory that is a direct child of the data
-root, named like a job folder, holding ``log/.STATUS``, not a symbolic link, and not running.
+root, named like a job folder, holding ``log/.STATUS``, not a symbolic link, not running, and
+holding no file that a recorded published result lists (a ``type="manifest"`` result reads its
+files where the job wrote them: :mod:`~smallpond.execution.published_refs`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from smallpond.common import same_process_start
 from smallpond.errors import SmallpondError
@@ -190,8 +192,11 @@ def find_job(data_root: str, spec: str) -> JobInfo:
     return max(hits, key=lambda j: j.job_time)
 
 
-def remove_job(data_root: str, info: JobInfo) -> None:
-    """Delete a finished job's folder; refuses anything that is not one (see the module docstring)."""
+def remove_job(data_root: str, info: JobInfo, published: Optional[Dict[str, list]] = None) -> None:
+    """Delete a finished job's folder; refuses anything that is not one, and a job folder a
+    published result still reads from (see the module docstring). ``published``: what
+    :func:`~smallpond.execution.published_refs.results_listing` found for the job folders being
+    removed, if the caller looked already (once for many)."""
     from smallpond.io.filesystem import remove_path
 
     root = os.path.realpath(data_root)
@@ -206,4 +211,9 @@ def remove_job(data_root: str, info: JobInfo) -> None:
     holder = live_lock_holder(path)  # whatever .STATUS says, a job that is being run stays
     if holder is not None:
         raise JobLookupError(f"refusing to remove {path}: the job is being run by {holder} (it holds the job lock)")
+    from smallpond.execution.published_refs import results_listing, why_kept
+
+    listings = (results_listing(data_root, [path]) if published is None else published).get(path)
+    if listings:
+        raise JobLookupError(f"refusing to remove {path}: {why_kept(listings)}")
     remove_path(path)

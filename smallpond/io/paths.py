@@ -5,6 +5,8 @@
 * :func:`user_path` is a path a user gave, as the filesystem sees it (``~`` expanded).
 * :func:`file_identity` tells one version of an input file from another without reading it, for
   the fingerprints that decide whether a checkpoint may be reused.
+* :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line
+  (nothing is escaped); a relative path is relative to the folder.
 """
 
 from __future__ import annotations
@@ -12,13 +14,16 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from smallpond.common import quote_literal
 from smallpond.errors import ParameterError
 from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
+
+#: the file of a result folder that lists the files of its result, one path a line
+MANIFEST_NAME = ".MANIFEST.txt"
 
 
 def user_path(path: str) -> str:
@@ -145,3 +150,14 @@ def check_local_filesystem(filesystem, func: str) -> None:
             "filesystem is supported (paths are read and written where this process sees them); "
             "pass filesystem=None and a local or mounted path"
         )
+
+
+def manifest_paths(directory: str) -> Optional[List[str]]:
+    """The paths ``directory/.MANIFEST.txt`` lists (relative ones joined to ``directory``), or None
+    if there is no such file. Blank lines are skipped. OSError or UnicodeDecodeError if it cannot
+    be read."""
+    manifest = os.path.join(directory, MANIFEST_NAME)
+    if not os.path.isfile(manifest):
+        return None
+    with open(manifest, encoding="utf-8") as f:
+        return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]

@@ -14,8 +14,8 @@ from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
-from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
-from smallpond.io.paths import check_local_filesystem, duckdb_file_literal
+from smallpond.errors import ColumnNotFoundError, ListedFileMissing, ParameterError, columns_not_found
+from smallpond.io.paths import MANIFEST_NAME, check_local_filesystem, duckdb_file_literal, manifest_paths
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset_base import DataSet, _absent, _empty_table, _path_list_sql, _quote
 
@@ -190,6 +190,21 @@ class JsonDataSet(DataSet):
         )
 
 
+def _check_listed(directory: str, listed: List[str]) -> None:
+    """Refuse a result whose manifest lists a file that is gone (:class:`ListedFileMissing`), naming
+    the manifest and the file: the reader's own error would name only the file, and a
+    ``type="manifest"`` result lists files outside its folder (the job's, or the sources')."""
+    missing = [p for p in listed if not os.path.exists(p)]
+    if missing:
+        more = f" ({len(missing)} of its {len(listed)} files are gone)" if len(missing) > 1 else ""
+        raise ListedFileMissing(
+            f"cannot read the result in {directory}: its manifest {os.path.join(directory, MANIFEST_NAME)} lists "
+            f"{missing[0]}, which no longer exists{more}. A result published with type='manifest' holds only that "
+            "list: its files stay where the job wrote them (its job folder, or the inputs), and removing them "
+            "(smallpond clean, or by hand) leaves it unreadable. Publish it again"
+        )
+
+
 class ParquetDataSet(DataSet):
     """Parquet files, optionally restricted to row ranges, with optional generated columns.
 
@@ -220,10 +235,10 @@ class ParquetDataSet(DataSet):
         self._resolved_row_ranges = None
 
     def _directory_files(self, directory: str) -> List[str]:
-        manifest = os.path.join(directory, ".MANIFEST.txt")
-        if os.path.isfile(manifest):
-            with open(manifest, encoding="utf-8") as f:
-                return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]
+        listed = manifest_paths(directory)
+        if listed is not None:
+            _check_listed(directory, listed)
+            return listed
         pattern = (
             os.path.join(glob.escape(directory), "**", "*.parquet")
             if self.recursive

@@ -349,3 +349,20 @@ def test_row_ranges_of_a_file_with_a_column_named_file_row_number(tmp_path):
         assert [row for g in got for row in g] == expected, (files, columns)
         names = [d[0] for d in conn.execute(f"SELECT * FROM {parts[1].sql_query_fragment(conn=conn)}").description]
         assert names == (columns or list(pq.read_schema(files[0]).names))
+
+
+def test_a_result_whose_manifest_lists_a_missing_file_names_the_manifest_and_the_file(tmp_path):
+    """A ``type="manifest"`` result lists files it does not hold (a job folder's): once one is gone,
+    reading the result fails naming its manifest and the file, not with the reader's bare error."""
+    from smallpond.errors import ListedFileMissing
+
+    kept, gone = generate_parquet_files(str(tmp_path / "job"), nfiles=2, rows_per_file=5)
+    os.remove(gone)
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / ".MANIFEST.txt").write_text(f"{kept}\n{gone}\n")
+    with pytest.raises(ListedFileMissing) as info:
+        _ = ParquetDataSet([str(result)]).resolved_paths
+    assert isinstance(info.value, FileNotFoundError)
+    message = str(info.value)
+    assert str(result / ".MANIFEST.txt") in message and gone in message and kept not in message

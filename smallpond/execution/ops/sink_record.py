@@ -71,9 +71,10 @@ from smallpond.io.filesystem import (
     unverified_payload,
     verified_payload,
 )
+from smallpond.io.paths import MANIFEST_NAME
 
-#: the manifest's name in a destination (the one place that names it)
-MANIFEST = ".MANIFEST.txt"
+#: the manifest's name in a destination (named once, in smallpond.io.paths, where readers find it too)
+MANIFEST = MANIFEST_NAME
 _FORMAT = "smallpond-sink-record-2"
 _LEGACY_FORMAT = "smallpond-sink-record-1"  # unsigned JSON in {sha256}.json: never trusted
 _SUFFIX, _LEGACY_SUFFIX = ".record", ".json"

@@ -1,0 +1,88 @@
+"""Which job folders a published result still reads from: what ``smallpond clean`` must keep.
+
+A ``DataSinkNode(type="manifest")`` publishes only a ``.MANIFEST.txt`` that lists the files it
+was given, where they are: a task's output in the job folder (``staging/``, or ``output/``).
+Removing that job folder leaves the result unreadable. So, before a job folder is removed, the
+manifests of the results this user published (the destinations of their records under the data
+root, :mod:`~smallpond.execution.ops.sink_record`) are read, and a job folder any of them lists a
+file of is kept (:func:`results_listing`; :func:`~smallpond.execution.catalog.remove_job` refuses
+it, naming the manifest and saying what to do).
+
+Invariants:
+
+* **Only keeping is decided here.** A record is used unverified (a planted one can only make a
+  job folder stay), and the manifest read is the one in the destination now, whatever its record
+  says: a result overwritten since lists the new job's files, and the old job can go.
+* **This user's records only.** Another user's result cannot list files of this user's job
+  folders that it could read (job folders are ``0700``).
+* Cost: one read of each recorded manifest and one ``realpath`` per folder it lists, once for all
+  the job folders a clean removes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Iterable, List, NamedTuple, Optional
+
+from smallpond.execution.ops import sink_record
+from smallpond.execution.runtime import sink_records_dir
+from smallpond.io.paths import MANIFEST_NAME, manifest_paths
+
+
+class Listing(NamedTuple):
+    """A published result that lists files of a job folder: its manifest, and those files."""
+
+    manifest: str
+    files: List[str]
+
+
+def results_listing(data_root: str, job_paths: Iterable[str]) -> Dict[str, List[Listing]]:
+    """job folder (as given in ``job_paths``) -> the recorded published results whose manifests
+    list files in it; job folders no result lists are left out."""
+    roots = {os.path.abspath(data_root), os.path.realpath(data_root)}
+    jobs: Dict[str, str] = {}
+    for path in job_paths:
+        jobs[os.path.abspath(path)] = path
+        jobs[os.path.realpath(path)] = path
+    out: Dict[str, List[Listing]] = {}
+    if not jobs:
+        return out
+    folders: Dict[str, Optional[str]] = {}  # a listed file's folder -> the job folder holding it
+
+    def job_of(folder: str) -> Optional[str]:
+        for candidate in dict.fromkeys((os.path.normpath(folder), os.path.realpath(folder))):
+            for root in roots:
+                if candidate.startswith(root.rstrip(os.sep) + os.sep):
+                    name = candidate[len(root.rstrip(os.sep)) + 1 :].split(os.sep, 1)[0]
+                    job = jobs.get(os.path.join(root, name))
+                    if job is not None:
+                        return job
+        return None
+
+    for dest in sorted(set(sink_record.claimed_destinations(sink_records_dir(data_root)))):
+        try:
+            listed = manifest_paths(dest) or []
+        except (OSError, UnicodeDecodeError):
+            continue  # not readable as a list of paths: nothing a reader could read either
+        hits: Dict[str, List[str]] = {}
+        for path in listed:
+            folder = os.path.dirname(path)
+            if folder not in folders:
+                folders[folder] = job_of(folder)
+            job = folders[folder]
+            if job is not None:
+                hits.setdefault(job, []).append(path)
+        for job, files in hits.items():
+            out.setdefault(job, []).append(Listing(os.path.join(dest, MANIFEST_NAME), files))
+    return out
+
+
+def why_kept(listings: List[Listing]) -> str:
+    """Why a job folder that ``listings`` read from stays, and what to do (for ``smallpond clean``)."""
+    first = listings[0]
+    also = f" (and {len(listings) - 1} more published result(s))" if len(listings) > 1 else ""
+    return (
+        f"the published result {first.manifest} lists {len(first.files)} file(s) in it (e.g. {first.files[0]}){also}, "
+        "and would no longer read. Remove or overwrite that result first (or publish it again with type='copy' or "
+        "'link_or_copy', which puts files of its own there), then clean again"
+    )
