@@ -86,13 +86,55 @@ def test_write_parquet_refuses_a_line_break_its_manifest_would_hold(sp, tmp_path
         sp.read_parquet(str(src)).write_parquet(str(tmp_path / "out\nx"))
     assert "line break" in str(info.value) and f"{__file__}:" in str(info.value)
     assert not os.path.exists(tmp_path / "out\nx")
+    # a step that writes files of its own publishes them under its names
     odd = tmp_path / "a\nb.parquet"
     pq.write_table(pa.table({"k": [4]}), odd)
-    with pytest.raises(ParameterError, match="line break"):
-        sp.read_parquet(str(odd)).write_parquet(str(tmp_path / "out"))
-    # a step that writes files of its own publishes them under its names: allowed
     sp.partial_sql("select * from {0}", sp.read_parquet(str(odd))).write_parquet(str(tmp_path / "out"))
     assert sp.read_parquet(str(tmp_path / "out")).to_arrow().column("k").to_pylist() == [4]
+
+
+@pytest.mark.parametrize("given", ["glob", "file"])
+def test_an_input_file_named_with_a_control_character_is_published_under_a_name_its_manifest_can_list(sp, tmp_path, given):
+    """write_parquet straight after read_parquet publishes the input files under their own names: a
+    name holding a line break (or another control character) is published with ``_`` in its place,
+    so the manifest's line is one path and the result reads back (it split the line in two)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, k in (("plain.parquet", 1), ("new\nline.parquet", 2), ("car\rriage.parquet", 3), ("tab\tx.parquet", 4)):
+        pq.write_table(pa.table({"k": [k]}), folder / name)
+    pq.write_table(pa.table({"k": [5]}), folder / "new_line.parquet")  # the name the first one is given
+    out = str(tmp_path / "out")
+    source = str(folder / "*.parquet") if given == "glob" else [str(p) for p in sorted(folder.iterdir())]
+    sp.read_parquet(source).write_parquet(out)
+    names = sorted(n for n in os.listdir(out) if n != ".MANIFEST.txt")
+    assert len(names) == 5 and not any(c in n for n in names for c in "\n\r\t"), names
+    lines = open(os.path.join(out, ".MANIFEST.txt"), newline="").read().split("\n")[:-1]
+    assert sorted(os.path.basename(p) for p in lines) == names and all(os.path.isfile(p) for p in lines)
+    assert sorted(sp.read_parquet(out).to_arrow().column("k").to_pylist()) == [1, 2, 3, 4, 5]
+
+
+def test_a_manifest_sink_refuses_a_globbed_file_named_with_a_line_break_when_planned(tmp_path, make_rt):
+    """type="manifest" lists its input files' own paths: one that a manifest line cannot hold, found
+    by a glob, is refused when the job is planned, naming the sink, its call site and the file."""
+    from smallpond.errors import PlanError
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("plain.parquet", "new\nline.parquet"):
+        pq.write_table(pa.table({"k": [1]}), folder / name)
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(folder / "*.parquet")]))
+    dest = tmp_path / "out"
+    sink = DataSinkNode(ctx, (src,), str(dest), type="manifest")
+    line = sink.location
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, sink), make_rt())
+    message = str(info.value)
+    assert "DataSinkNode" in message and line in message and repr(str(folder / "new\nline.parquet")) in message
+    assert not dest.exists()
 
 
 BAD_ARGS = {

@@ -32,6 +32,7 @@ from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.range import RangePartitionTask, RangeSampleTask
 from smallpond.execution.ops.sink import DataSinkTask, check_destination
 from smallpond.execution.ops.sink_overlap import check_earlier_sinks, check_overlap, check_sink_destinations
+from smallpond.execution.ops.sink_sources import check_listable
 from smallpond.execution.ops.sql import SqlEngineTask
 from smallpond.execution.ops.structural import (
     DataSourceTask,
@@ -524,6 +525,7 @@ class Planner:
         all_inputs = [t for ts in inputs for t in ts]
         task = self._task(DataSinkTask, node, [TOP], all_inputs)
         check_overlap(node, self._input_datasets, self.rt.data_root, self.rt.output_root, self._readers)
+        check_listable(node)  # a type="manifest" sink's files, globs' and folders' too: one path a line
         task.runtime_ctx = self.rt
         committed = read_commit(self.rt, task) is not None
         task.runtime_ctx = None

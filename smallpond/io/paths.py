@@ -5,8 +5,11 @@
 * :func:`user_path` is a path a user gave, as the filesystem sees it (``~`` expanded).
 * :func:`file_identity` tells one version of an input file from another without reading it, for
   the fingerprints that decide whether a checkpoint may be reused.
-* :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line
-  (nothing is escaped); a relative path is relative to the folder.
+* :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line:
+  a line ends at ``\n`` only (so a name holding ``\r``, which an older smallpond published, reads
+  back whole), a ``\r`` before it is dropped (a manifest written on Windows), and a relative path
+  is relative to the folder. Nothing is escaped: no path a publication lists holds a character a
+  line cannot (:func:`unlistable`; published files are named by :func:`listable_name`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 
 #: the file of a result folder that lists the files of its result, one path a line
 MANIFEST_NAME = ".MANIFEST.txt"
+# control characters (C0, DEL, C1) and Unicode's line and paragraph separators: a line break to
+# some reader of a manifest (str.splitlines, universal newlines, an editor), or invisible in it
+_UNLISTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def user_path(path: str) -> str:
@@ -152,6 +158,28 @@ def check_local_filesystem(filesystem, func: str) -> None:
         )
 
 
+def unlistable(path: str) -> Optional[str]:
+    r"""The first character of ``path`` that a manifest line cannot hold (a control character or a
+    line separator), or None.
+
+    >>> unlistable("/out/part-0.parquet") is None
+    True
+    >>> unlistable("/in/new\nline.parquet")
+    '\n'
+    """
+    m = _UNLISTABLE.search(path)
+    return None if m is None else m.group()
+
+
+def listable_name(name: str) -> str:
+    r"""``name`` with each character a manifest line cannot hold replaced by ``_``.
+
+    >>> listable_name("new\nline.parquet")
+    'new_line.parquet'
+    """
+    return _UNLISTABLE.sub("_", name)
+
+
 def manifest_paths(directory: str) -> Optional[List[str]]:
     """The paths ``directory/.MANIFEST.txt`` lists (relative ones joined to ``directory``), or None
     if there is no such file. Blank lines are skipped. OSError or UnicodeDecodeError if it cannot
@@ -159,5 +187,7 @@ def manifest_paths(directory: str) -> Optional[List[str]]:
     manifest = os.path.join(directory, MANIFEST_NAME)
     if not os.path.isfile(manifest):
         return None
-    with open(manifest, encoding="utf-8") as f:
-        return [os.path.join(directory, line.rstrip("\n")) for line in f if line.strip()]
+    with open(manifest, encoding="utf-8", newline="\n") as f:
+        lines = [line[:-1] if line.endswith("\n") else line for line in f]
+    lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+    return [os.path.join(directory, line) for line in lines if line.strip()]

@@ -7,12 +7,11 @@ source (for in-memory data), the sink and the limit move data.
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from typing import List, Optional, Sequence
 
 from smallpond.errors import ParameterError, PlanError
-from smallpond.io.paths import user_path
+from smallpond.io.paths import MANIFEST_NAME, unlistable, user_path
 from smallpond.logical.base import Context, Node, Shape, call_site_msg
 from smallpond.logical.compute import SqlEngineNode
 from smallpond.logical.dataset import DataSet, ParquetDataSet
@@ -92,9 +91,13 @@ class DataSinkNode(Node):
             output_path = user_path(output_path)
         if not isinstance(output_path, str) or not os.path.isabs(output_path):
             raise ParameterError(call_site_msg("DataSinkNode", f"output_path must be an absolute path, got {output_path!r}"))
-        if _LINE_BREAK.search(output_path):
+        if unlistable(output_path):
             # .MANIFEST.txt lists one path per line: the published files could not be read back
-            raise ParameterError(call_site_msg("DataSinkNode", f"output_path must not contain a line break, got {output_path!r}"))
+            raise ParameterError(
+                call_site_msg(
+                    "DataSinkNode", f"output_path must not contain a line break or another control character, got {output_path!r}"
+                )
+            )
         super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)
         if manifest_only:
             ignored = "" if type in ("link", "manifest") else f" (type={type!r} is ignored)"
@@ -113,15 +116,9 @@ class DataSinkNode(Node):
         self.type = type
         self.mode = mode
         self.is_final_node = is_final_node
-        listed = _listed_input_paths(self)
+        listed = unlistable_inputs(self)
         if listed:
-            raise ParameterError(
-                self._msg(
-                    f"input path {listed[0]!r} contains a line break and would be listed in "
-                    f"{os.path.join(self.output_path, '.MANIFEST.txt')}, which holds one path per line: rename it, "
-                    "or compute from it first (a SQL or Python step writes files of its own)"
-                )
-            )
+            raise ParameterError(self._msg(unlistable_refusal(self, listed[0])))
 
     def partition_shape(self) -> Shape:
         for d in self.input_deps:
@@ -129,15 +126,25 @@ class DataSinkNode(Node):
         return ()
 
 
-_LINE_BREAK = re.compile(r"[\n\r]")
+def unlistable_refusal(sink: DataSinkNode, path: str) -> str:
+    """Why ``sink`` (``type="manifest"``) refuses input file ``path`` (see :func:`unlistable_inputs`)."""
+    return (
+        f"input path {path!r} contains a line break or another control character ({unlistable(path)!r}), and "
+        f"type='manifest' would list it as it is in {os.path.join(sink.output_path, MANIFEST_NAME)}, which holds one "
+        "path per line: rename it, publish with type='copy' or 'link_or_copy' (which name the published files "
+        "without it), or compute from it first (a SQL or Python step writes files of its own)"
+    )
 
 
-def _listed_input_paths(sink: DataSinkNode) -> List[str]:
-    """The paths given to the sink's sources, reached through nodes that pass their inputs' files
-    on (:attr:`Node.passes_input_files`), whose line in the sink's ``.MANIFEST.txt`` would hold a
-    line break (the whole path for ``type="manifest"``, else the file's name). Paths as given: the
-    files a glob or a folder stands for are not listed (that would read directories while the plan
-    is built)."""
+def unlistable_inputs(sink: DataSinkNode, resolve: bool = False) -> List[str]:
+    """The files of a ``type="manifest"`` sink's sources, reached through nodes that pass their
+    inputs' files on (:attr:`Node.passes_input_files`), whose path a line of its ``.MANIFEST.txt``
+    cannot hold (:func:`~smallpond.io.paths.unlistable`). Other types publish files under names of
+    their own, made listable (:func:`~smallpond.io.paths.listable_name`). Paths as given unless
+    ``resolve``: the files globs and folders stand for, which reads directories (at plan time, not
+    while the plan is built)."""
+    if sink.type != "manifest":
+        return []
     out, seen, todo = [], set(), list(sink.input_deps)
     while todo:
         node = todo.pop()
@@ -145,15 +152,8 @@ def _listed_input_paths(sink: DataSinkNode) -> List[str]:
             continue
         seen.add(id(node))
         if isinstance(node, DataSourceNode):
-            for path in node.dataset.absolute_paths:
-                if sink.type == "manifest":
-                    line = path
-                elif os.path.isdir(path):
-                    continue  # its files are published by their own names
-                else:
-                    line = os.path.basename(path)
-                if _LINE_BREAK.search(line):
-                    out.append(path)
+            paths = node.dataset.resolved_paths if resolve else node.dataset.absolute_paths
+            out.extend(p for p in paths if unlistable(p))
         elif node.passes_input_files:
             todo.extend(node.input_deps)
     return out

@@ -67,7 +67,10 @@ BAD_NODES = {
     ),
     "sink input with a line break": (
         lambda ctx: DataSinkNode(
-            ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(["/nonexistent/a\rb.parquet"])),), 2),), "/tmp/o"
+            ctx,
+            (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(["/nonexistent/a\rb.parquet"])),), 2),),
+            "/tmp/o",
+            type="manifest",
         ),
         ["input path", "'/nonexistent/a\\rb.parquet'", "line break", ".MANIFEST.txt"],
     ),

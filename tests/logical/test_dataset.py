@@ -351,6 +351,20 @@ def test_row_ranges_of_a_file_with_a_column_named_file_row_number(tmp_path):
         assert names == (columns or list(pq.read_schema(files[0]).names))
 
 
+def test_a_manifest_line_ends_at_a_newline_only(tmp_path):
+    """An older smallpond published a file named with ``\\r`` under that name: its manifest line
+    reads back whole (universal newlines split it); a manifest written with CRLF reads too."""
+    odd, plain = tmp_path / "car\rriage.parquet", tmp_path / "plain.parquet"
+    for path in (odd, plain):
+        path.write_bytes(b"")
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / ".MANIFEST.txt").write_bytes(f"{odd}\n".encode())
+    assert ParquetDataSet([str(result)]).resolved_paths == [str(odd)]
+    (result / ".MANIFEST.txt").write_bytes(f"{plain}\r\n{odd}\r\n".encode())
+    assert ParquetDataSet([str(result)]).resolved_paths == sorted([str(plain), str(odd)])
+
+
 def test_a_result_whose_manifest_lists_a_missing_file_names_the_manifest_and_the_file(tmp_path):
     """A ``type="manifest"`` result lists files it does not hold (a job folder's): once one is gone,
     reading the result fails naming its manifest and the file, not with the reader's bare error."""

@@ -107,7 +107,9 @@ from smallpond.io.filesystem import (
     link_or_copy,
     remove_path,
 )
+from smallpond.io.paths import unlistable
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
+from smallpond.logical.structural import unlistable_refusal
 
 MANIFEST = sink_record.MANIFEST
 _SHOWN = 5
@@ -377,6 +379,9 @@ class DataSinkTask(Task):
         write_owner(staging, owner_record(runtime_ctx.job_root))  # before the folder, never inside it
         os.makedirs(staging)
         if node.type == "manifest":
+            bad = next((f for f in files if unlistable(f)), None)
+            if bad is not None:  # a file that appeared after the plan check (check_listable)
+                raise ParameterError(node._msg(unlistable_refusal(node, bad)))
             files = [published_place(runtime_ctx, f) for f in files]
             atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in files))
             self.inject_fault()

@@ -70,6 +70,7 @@ from smallpond.execution.ops.sink_leftovers import (
     write_owner,
 )
 from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
+from smallpond.io.paths import manifest_paths
 
 JOURNAL = "publication.journal"
 
@@ -296,10 +297,10 @@ def _intact(sink: List[Step], dest: str) -> bool:
         rec = sink_record.load(os.path.dirname(records[0][1]), dest)
         return rec is not None and all(sink_record.identity(os.path.join(dest, n)) == i for n, i in rec.files.items())
     try:
-        with open(os.path.join(dest, sink_record.MANIFEST)) as f:
-            return all(os.path.lexists(line.rstrip("\n")) for line in f)
+        listed = manifest_paths(dest)
     except (OSError, UnicodeDecodeError):
         return False
+    return listed is not None and all(os.path.lexists(p) for p in listed)
 
 
 def _appended(sink: List[Step]) -> bool:

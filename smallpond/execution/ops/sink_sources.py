@@ -6,7 +6,10 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
+from smallpond.errors import PlanError
+from smallpond.io.paths import listable_name
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
+from smallpond.logical.structural import unlistable_inputs, unlistable_refusal
 
 #: a source: a file to publish whole (None) or the row spans ``[(begin, end), ...]`` of it to publish
 Source = Tuple[str, Optional[List[Tuple[int, int]]]]
@@ -67,8 +70,21 @@ def write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
     pq.write_table(pa.concat_tables([table.slice(b, e - b) for b, e in spans]), dst)
 
 
+def check_listable(sink) -> None:
+    """Refuse (PlanError, naming the sink, its call site and the file) a ``type="manifest"`` sink
+    whose sources hold a file whose path its manifest cannot list; the files of globs and folders
+    are known now, at plan time (names given as they are were refused when the sink was built)."""
+    bad = unlistable_inputs(sink, resolve=True)
+    if bad:
+        raise PlanError(sink._msg(unlistable_refusal(sink, bad[0])))
+
+
 def dest_names(files: List[str], token: Optional[str] = None) -> List[str]:
-    names = [os.path.basename(f) for f in files]
+    """The names ``files`` are published under: their own, with every character a manifest line
+    cannot hold (a control character, a line break) replaced by ``_``
+    (:func:`~smallpond.io.paths.listable_name`), and numbered when two would be the same or for an
+    append (``token``: its names never meet earlier ones)."""
+    names = [listable_name(os.path.basename(f)) for f in files]
     if token is None and len(set(names)) == len(names):
         return names
     out = []
