@@ -330,7 +330,7 @@ def _report(args, data_root: str) -> int:
 def _clean(args, data_root: str) -> int:
     from smallpond.common import human_bytes
     from smallpond.execution.catalog import FINISHED, JobLookupError, list_jobs, remove_job
-    from smallpond.execution.published_refs import results_listing, why_kept
+    from smallpond.execution.published_refs import pending_publication, results_listing, why_kept
     from smallpond.io.filesystem import folder_size
 
     wanted = _states(args.state) or set(FINISHED)
@@ -348,11 +348,14 @@ def _clean(args, data_root: str) -> int:
         chosen.append((job, size))
     # a type="manifest" result lists files of the job that published it: that job folder stays
     published = results_listing(data_root, [job.path for job, _ in chosen])
-    kept = [(job, size) for job, size in chosen if job.path in published]
-    chosen = [(job, size) for job, size in chosen if job.path not in published]
+    # and so does a job whose publication was interrupted: its rerun finishes it from the journal
+    why = {job.path: pending_publication(job.path) for job, _ in chosen}
+    why.update({path: why_kept(listings) for path, listings in published.items()})
+    kept = [(job, size) for job, size in chosen if why.get(job.path)]
+    chosen = [(job, size) for job, size in chosen if not why.get(job.path)]
     for job, size in kept:
         total -= size
-        print(f"keeping {job.path}  ({job.state}, {human_bytes(size)}): {why_kept(published[job.path])}")
+        print(f"keeping {job.path}  ({job.state}, {human_bytes(size)}): {why[job.path]}")
     verb = "removing" if args.yes else "would remove"
     for job, size in chosen:
         print(f"{verb} {job.path}  ({job.state}, {_age(job.age_seconds)} old, {human_bytes(size)})")

@@ -211,8 +211,11 @@ def remove_job(data_root: str, info: JobInfo, published: Optional[Dict[str, list
     holder = live_lock_holder(path)  # whatever .STATUS says, a job that is being run stays
     if holder is not None:
         raise JobLookupError(f"refusing to remove {path}: the job is being run by {holder} (it holds the job lock)")
-    from smallpond.execution.published_refs import results_listing, why_kept
+    from smallpond.execution.published_refs import pending_publication, results_listing, why_kept
 
+    pending = pending_publication(path)
+    if pending:
+        raise JobLookupError(f"refusing to remove {path}: {pending}")
     listings = (results_listing(data_root, [path]) if published is None else published).get(path)
     if listings:
         raise JobLookupError(f"refusing to remove {path}: {why_kept(listings)}")

@@ -77,6 +77,23 @@ def results_listing(data_root: str, job_paths: Iterable[str]) -> Dict[str, List[
     return out
 
 
+def pending_publication(job_path: str) -> Optional[str]:
+    """Why job folder ``job_path`` must stay because its publication was interrupted (its journal,
+    ``config/publication.journal``, is still there), or None. A rerun of the job finishes or rolls
+    back that publication from the journal and the job's staged files; with the folder gone, a
+    result already swapped in (a manifest listing the job's files) would no longer read, and its
+    destination would keep the staged leftovers."""
+    from smallpond.execution.ops.sink_journal import JOURNAL
+
+    journal = os.path.join(job_path, "config", JOURNAL)
+    if not os.path.lexists(journal):
+        return None
+    return (
+        f"its publication was interrupted ({journal} is still there): rerun the job (same job id and "
+        "data root) to finish it, then clean again"
+    )
+
+
 def why_kept(listings: List[Listing]) -> str:
     """Why a job folder that ``listings`` read from stays, and what to do (for ``smallpond clean``)."""
     first = listings[0]

@@ -354,3 +354,32 @@ def test_an_abandoned_journal_does_not_append_twice_after_another_append(tmp_pat
     again = subprocess.run([sys.executable, script, base, "z-job", "200"], capture_output=True, text=True, timeout=180)
     assert again.returncode == 0, again.stderr[-3000:]  # A's record is still y's: a later append is not refused
     assert published_rows(base + "/A", "id") == rows + [200, 201, 202]
+
+
+def test_clean_keeps_a_job_whose_publication_was_interrupted(tmp_path, data_root):
+    """A job killed during its publication is 'crashed', and `smallpond clean --yes` removed its
+    folder: the journal and the staged files its rerun needs to finish the publication went with
+    it, leaving the destinations' staged leftovers behind. It is kept (saying why) until a rerun
+    has finished the publication; then it goes like any finished job."""
+    a, b = str(tmp_path / "A"), str(tmp_path / "B")
+    files, _ = versions(tmp_path, 0)
+    assert subprocess.run(command(str(uuid.uuid4()), data_root, files, a, b), capture_output=True, timeout=180).returncode == 0
+    files, new = versions(tmp_path, 1)
+    job_id = str(uuid.uuid4())
+    cmd = command(job_id, data_root, files, a, b)
+    kill_at(cmd, 4)
+    (job_root,) = glob.glob(os.path.join(data_root, f"*.{job_id}"))
+
+    def clean():
+        argv = [sys.executable, "-m", "smallpond", "clean", "--yes", "--data_root", data_root]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = clean()
+    assert f"keeping {job_root}" in out and "publication was interrupted" in out, out
+    assert os.path.isfile(os.path.join(job_root, "config", "publication.journal"))
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert published_rows(a, "id") == new["A"] and published_rows(b, "id") == new["B"]
+    assert f"removing {job_root}" in clean() and not os.path.exists(job_root)
