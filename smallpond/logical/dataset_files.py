@@ -551,14 +551,13 @@ class ParquetDataSet(DataSet):
         if md.num_rows == 0:
             return None
         if data_partition_column not in md.schema.to_arrow_schema().names:
-            # (the DuckDB hash engine's files carry their key in their 'col=k' folder only: one
-            # COPY writes every partition, with the same metadata; a sink that copies them flat
-            # loses it when the column was dropped)
+            # (a HashPartitionNode's files all carry the key in their metadata: this file was
+            # written by something else, or by another partition column)
             raise ParameterError(
                 f"cannot tell which partition {path!r} belongs to: it has no {PARQUET_METADATA_KEY_PREFIX}"
                 f"{data_partition_column} metadata, no '{data_partition_column}=<k>' folder in its path and no "
-                f"column {data_partition_column!r} (a HashPartitionNode with drop_partition_column=True keeps the key "
-                "only in its output's folder names: load its output where it was written, or keep the column)"
+                f"column {data_partition_column!r} (is {data_partition_column!r} the data_partition_column the files "
+                "were partitioned by?)"
             )
         t = pq.ParquetFile(path).read_row_group(0, columns=[data_partition_column])
         return int(t.column(0)[0].as_py())

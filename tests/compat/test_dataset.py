@@ -265,11 +265,13 @@ def test_load_partitioned_datasets(tmp_path):
 
 
 def test_load_partitioned_datasets_without_a_key_names_the_file(tmp_path):
-    """A file with no key anywhere (no metadata, no ``col=k`` folder, no column): what a DuckDB-engine
-    HashPartitionNode with drop_partition_column=True leaves after a sink copied it flat. Upstream's
-    files kept the key in their metadata; here the error names the file and says why."""
+    """A file with no key anywhere (no metadata, no ``col=k`` folder, no column): not written by a
+    HashPartitionNode (its files carry the key in their metadata), or partitioned by another
+    column. The error names the file and the column it looked for."""
     pq.write_table(pa.table({"v": [1, 2]}), str(tmp_path / "flat.parquet"))
-    with pytest.raises(ParameterError, match=r"cannot tell which partition .*flat\.parquet.*drop_partition_column"):
+    with pytest.raises(
+        ParameterError, match=r"cannot tell which partition .*flat\.parquet.*'__data_partition__' the data_partition_column"
+    ):
         ParquetDataSet([str(tmp_path / "*.parquet")]).load_partitioned_datasets(2, "__data_partition__")
 
 

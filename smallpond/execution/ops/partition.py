@@ -169,9 +169,11 @@ def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]]
 class HashPartitionTask(Task):
     """Route every row of the input to one of ``npartitions`` partitions in one DuckDB pass.
 
-    The output keeps DuckDB's ``{column}={k}/`` directory layout, so the partition key of each
-    file is visible in its path; partitions that receive no rows get an empty placeholder file
-    carrying the schema.
+    The files of partition ``k`` are ``{prefix}-{k}.{i}.parquet`` (upstream 0.15's layout), or with
+    ``hive_partitioning`` ``{column}={k}/{prefix}-{i}.parquet``; either way each file names its
+    partition in its key-value metadata (``SMALLPOND:{column}`` and ``SMALLPOND:{dimension}``), so
+    ``ParquetDataSet.load_partitioned_datasets`` finds it wherever the file is moved. Partitions
+    that receive no rows get an empty placeholder file carrying the schema.
     """
 
     writes_output = True
@@ -288,7 +290,7 @@ class HashPartitionTask(Task):
                     key = "NULL" if m.group(1) == "__HIVE_DEFAULT_PARTITION__" else m.group(1)
                     raise UserCodeError(f"partition key {key} is out of range 0-{n - 1}")
                 sub = os.path.join(output_dir, entry)
-                parts[k] = sorted(os.path.join(sub, f) for f in os.listdir(sub) if f.endswith(".parquet"))
+                parts[k] = self._place_partition(output_dir, sub, k, prefix)
             if any(not p for p in parts) and pre_sql is not None and self.producer_index > 0 and not self.stats["rows"]:
                 # the fused query gave no rows (DataSetPartitionNode(20) over 4 files: 16 producers
                 # without a file): the first producer, which always runs this query, leaves the
@@ -302,7 +304,7 @@ class HashPartitionTask(Task):
                 row_group_bytes = writer_row_group_bytes(self, n)
 
                 def write_empty(path: str, k: int) -> None:
-                    kv = self.parquet_kv_metadata({part_col: k})
+                    kv = self.parquet_kv_metadata(self._partition_kv(k, part_col))
                     opts = ParquetWriterOptions.for_task(self).duckdb(kv, row_group_bytes)
                     run_sql(conn, f"COPY ({empty}) TO {quote_literal(path)} ({opts})")
 
@@ -310,6 +312,37 @@ class HashPartitionTask(Task):
             return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
         finally:
             conn.close()
+
+    def _partition_kv(self, k: int, *columns: str) -> Dict[str, int]:
+        """The key-value metadata naming partition ``k`` in each of its files (unprefixed): the
+        partition column, the dimension (upstream 0.15 wrote both) and ``columns``."""
+        node = self.node
+        return {c: k for c in (node.data_partition_column, node.dimension, *columns)}
+
+    def _place_partition(self, output_dir: str, sub: str, k: int, prefix: str) -> List[str]:
+        """The files DuckDB's partitioned COPY wrote for partition ``k`` into the folder ``sub``,
+        each given its partition key in its key-value metadata (the COPY gives all its files the
+        same metadata) and, unless the node asked for ``hive_partitioning``, moved out of the
+        folder as ``{prefix}-{k}.{i}.parquet`` (upstream's flat layout)."""
+        from smallpond.common import PARQUET_METADATA_KEY_PREFIX
+        from smallpond.io.parquet_kv import set_kv_metadata
+
+        kv = {PARQUET_METADATA_KEY_PREFIX + c: str(v) for c, v in self._partition_kv(k).items()}
+        hive = self.node.hive_partitioning
+        files = []
+        for name in sorted(os.listdir(sub)):
+            if not name.endswith(".parquet"):
+                continue
+            path = os.path.join(sub, name)
+            set_kv_metadata(path, kv)
+            if not hive:  # DuckDB's name is "{prefix}-{i}.parquet": the partition goes before i
+                flat = os.path.join(output_dir, f"{prefix}-{k}.{name[len(prefix) + 1 :]}")
+                os.rename(path, flat)
+                path = flat
+            files.append(path)
+        if not hive:
+            os.rmdir(sub)
+        return sorted(files)
 
     def _run_arrow(self, runtime_ctx, ds: ParquetDataSet, reader, output_dir: str) -> PartitionedDataSet:
         """The ``arrow`` engine: stream Arrow batches, split each by partition, append to writers.
@@ -426,7 +459,7 @@ class HashPartitionTask(Task):
             from smallpond.io.arrow import empty_table
 
             md = dict(schema.metadata or {})
-            md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata({col: k}).items()})
+            md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata(self._partition_kv(k, col)).items()})
             pq.write_table(empty_table(schema.with_metadata(md)), path)
 
         return write_empty
@@ -440,7 +473,7 @@ class HashPartitionTask(Task):
         """
         sample = next((p[0] for p in parts if p), None)
         for k in [k for k, p in enumerate(parts) if not p]:
-            sub = os.path.join(output_dir, f"{col}={k}")
+            sub = os.path.join(output_dir, f"{col}={k}") if self.node.hive_partitioning else output_dir
             os.makedirs(sub, exist_ok=True)
             path = os.path.join(sub, f"{prefix}-{k}-empty.parquet")
             write_empty(path, k)
@@ -529,7 +562,8 @@ def _int64_array(values):
 
 
 class _PartitionWriters:
-    """Buffers rows per partition and writes ``{col}={k}/{prefix}-0.parquet`` with pyarrow.
+    """Buffers rows per partition and writes ``{prefix}-{k}.parquet`` (``{col}={k}/{prefix}-0.parquet``
+    with ``hive_partitioning``) with pyarrow.
 
     A partition's rows are written as a row group once it has ``parquet_row_group_size`` of them;
     when all buffers together pass ``max_buffered`` bytes, every buffer is written out.
@@ -577,11 +611,15 @@ class _PartitionWriters:
                 md = dict(table.schema.metadata or {})
                 md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata().items()})
                 self.schema = table.schema.with_metadata(md)
-            sub = os.path.join(self.output_dir, f"{self.dir_col}={k}")
-            os.makedirs(sub, exist_ok=True)
-            path = os.path.join(sub, f"{self.task.output_filename}-0.parquet")
+            if self.task.node.hive_partitioning:
+                sub = os.path.join(self.output_dir, f"{self.dir_col}={k}")
+                os.makedirs(sub, exist_ok=True)
+                path = os.path.join(sub, f"{self.task.output_filename}-0.parquet")
+            else:  # upstream's flat layout: the partition in the file's name and metadata
+                path = os.path.join(self.output_dir, f"{self.task.output_filename}-{k}.parquet")
             md = dict(self.schema.metadata)
-            md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata({self.col: k}).items()})
+            kv = self.task.parquet_kv_metadata(self.task._partition_kv(k, self.col))
+            md.update({key.encode(): v.encode() for key, v in kv.items()})
             w = self.writers[k] = pq.ParquetWriter(path, self.schema.with_metadata(md), **self.options)
             self.paths[k] = [path]
         w.write_table(table.replace_schema_metadata(w.schema.metadata), row_group_size=self.row_group_size)

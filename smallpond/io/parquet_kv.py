@@ -1,0 +1,157 @@
+"""Key-value metadata of a Parquet file set in place: the footer is rewritten, the data is not.
+
+DuckDB's ``COPY ... (PARTITION_BY ...)`` writes every partition in one pass but gives all its files
+the same ``KV_METADATA``; a hash partition's files must each carry their own partition key
+(upstream 0.15 readers, ``ParquetDataSet.load_partitioned_datasets``, look for it there). Writing
+each partition with a COPY of its own would read the data once per partition, so the key is added
+afterwards: a Parquet file ends with ``footer | 4-byte little-endian footer length | PAR1``, and the
+footer is a ``FileMetaData`` struct in Thrift's compact protocol whose field 5 is
+``list<KeyValue>`` (``KeyValue``: field 1 ``key``, field 2 ``value``, both binary). Only that
+field is re-encoded; every other byte of the footer is kept as it was, and the column chunks,
+page indexes and bloom filters (all before the footer, addressed by absolute offsets) are not
+touched. Cost: a few system calls and a footer parse (about 0.2 ms for a narrow file).
+
+The file is rewritten in place, not atomically: call this only on files no one reads yet (a
+task's own output in its private temp dir, renamed into place afterwards).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Tuple
+
+from smallpond.io.parquet_footer import (
+    DIGEST_MAX_FOOTER_BYTES,
+    _field_header,
+    _skip_value,
+    _Unsupported,
+    _varint,
+    footer_length,
+)
+
+_MAGIC = b"PAR1"
+_LIST = 9
+_STRUCT = 12
+_BINARY = 8
+_KV_FIELD = 5
+
+
+def set_kv_metadata(path: str, entries: Dict[str, str]) -> None:
+    """Set ``entries`` in the key-value metadata of the Parquet file ``path`` (an existing key
+    gets the new value, other keys are kept in their order, new keys come last).
+
+    Raises ValueError for a file whose footer this cannot rewrite (not Parquet, an encrypted
+    footer, a footer this parser does not understand)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        length = footer_length(os.pread(fd, 8, size - 8) if size >= 12 else b"", size, DIGEST_MAX_FOOTER_BYTES)
+        if length is None:
+            raise ValueError(f"cannot set key-value metadata in {path!r}: not a Parquet file with a plain footer")
+        start = size - 8 - length
+        footer = os.pread(fd, length, start)
+        try:
+            new = with_kv_metadata(footer, entries)
+        except (_Unsupported, IndexError) as e:
+            raise ValueError(f"cannot set key-value metadata in {path!r}: its footer could not be parsed") from e
+        data = new + len(new).to_bytes(4, "little") + _MAGIC
+        if os.pwrite(fd, data, start) != len(data):
+            raise OSError(f"short write setting key-value metadata in {path!r}")
+        os.ftruncate(fd, start + len(data))
+    finally:
+        os.close(fd)
+
+
+def with_kv_metadata(footer: bytes, entries: Dict[str, str]) -> bytes:
+    """The ``FileMetaData`` bytes ``footer`` with ``entries`` set in its key-value metadata."""
+    fid = 0
+    pos = 0
+    while True:
+        header = pos
+        new_fid, t, pos = _field_header(footer, pos, fid)
+        if t == 0 or new_fid > _KV_FIELD:
+            # no field 5: insert one before this field (or the struct's end), whose header is
+            # re-encoded since its short form is a delta to the field before it
+            pairs = _merge([], entries)
+            head = _header(_KV_FIELD, _LIST, fid)
+            rest = _header(new_fid, t, _KV_FIELD) if t != 0 else b"\x00"
+            return footer[:header] + head + _encode_list(pairs) + rest + footer[pos:]
+        if new_fid == _KV_FIELD:
+            if t != _LIST:
+                raise _Unsupported
+            pairs, end = _decode_list(footer, pos)
+            return footer[:pos] + _encode_list(_merge(pairs, entries)) + footer[end:]
+        fid = new_fid
+        if t not in (1, 2):  # a bool field has no payload
+            pos = _skip_value(footer, pos, t, 1)
+
+
+def _merge(pairs: List[Tuple[bytes, bytes]], entries: Dict[str, str]) -> List[Tuple[bytes, bytes]]:
+    new = {k.encode(): str(v).encode() for k, v in entries.items()}
+    out = [(k, new.pop(k) if k in new else v) for k, v in pairs]
+    return out + list(new.items())
+
+
+def _decode_list(buf: bytes, pos: int) -> Tuple[List[Tuple[bytes, bytes]], int]:
+    b = buf[pos]
+    pos += 1
+    n = b >> 4
+    if n == 15:
+        n, pos = _varint(buf, pos)
+    if n and (b & 0x0F) != _STRUCT:
+        raise _Unsupported
+    pairs = []
+    for _ in range(n):
+        fid = 0
+        key = value = None
+        while True:
+            fid, t, pos = _field_header(buf, pos, fid)
+            if t == 0:
+                break
+            if fid in (1, 2) and t == _BINARY:
+                size, pos = _varint(buf, pos)
+                raw = bytes(buf[pos : pos + size])
+                if len(raw) != size:
+                    raise _Unsupported
+                pos += size
+                if fid == 1:
+                    key = raw
+                else:
+                    value = raw
+            elif t in (1, 2):
+                continue
+            else:
+                pos = _skip_value(buf, pos, t, 2)
+        if key is None:
+            raise _Unsupported
+        pairs.append((key, value))
+    return pairs, pos
+
+
+def _encode_list(pairs: List[Tuple[bytes, bytes]]) -> bytes:
+    n = len(pairs)
+    out = bytearray([(n << 4) | _STRUCT] if n < 15 else [0xF0 | _STRUCT])
+    if n >= 15:
+        out += _uvarint(n)
+    for key, value in pairs:
+        out += b"\x18" + _uvarint(len(key)) + key  # field 1, binary
+        if value is not None:
+            out += b"\x18" + _uvarint(len(value)) + value  # field 2 (delta 1), binary
+        out += b"\x00"
+    return bytes(out)
+
+
+def _header(fid: int, t: int, prev: int) -> bytes:
+    delta = fid - prev
+    if 0 < delta <= 15:
+        return bytes([(delta << 4) | t])
+    return bytes([t]) + _uvarint((fid << 1) ^ (fid >> 63))  # long form: the id as a zigzag varint
+
+
+def _uvarint(v: int) -> bytes:
+    out = bytearray()
+    while v > 0x7F:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
