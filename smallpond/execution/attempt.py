@@ -319,6 +319,7 @@ def execute_attempt(
     task.stats = stats if stats is not None else {}
     task.retry_count = attempt
     task.runtime_ctx = rt
+    task.input_datasets = list(inputs)  # (upstream's Task.input_datasets, read by some scripts)
     rt.current_task = task
     log_path = os.path.join(rt.log_root, "tasks", f"{task.key}.{attempt}.log")
     sink = _process_log_sink

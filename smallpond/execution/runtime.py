@@ -459,6 +459,17 @@ class RuntimeContext:
     def secs_executor_probe_timeout(self) -> float:
         return self.secs_executor_probe_interval * self.max_num_missed_probes
 
+    def __getattr__(self, name: str):
+        # only reached for names the context does not have: upstream's that cannot be honoured
+        # here are told apart from a typo with a reason (still an AttributeError)
+        if name in ("next_task_id", "new_task_id"):
+            raise AttributeError(
+                f"RuntimeContext.{name} (upstream smallpond's task id counter) is not available: task ids come "
+                "from the planner's walk of the plan, the same in every run; a running task has its own as "
+                "runtime_ctx.task.id"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def task(self):
         return self.current_task

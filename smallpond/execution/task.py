@@ -308,6 +308,32 @@ class Task:
             self.perf_metrics[metric_name] = self.perf_metrics.get(metric_name, 0.0) + (now - last)
         self._last_ts = now
 
+    # -- upstream 0.15's task attributes that scripts read (``runtime_ctx.task.<name>``) ----------
+    @property
+    def ctx(self) -> Optional[RuntimeContext]:
+        """The job's runtime context (upstream's ``Task.ctx``; the same object as ``runtime_ctx``)."""
+        return self.runtime_ctx
+
+    @property
+    def runtime_id(self) -> TaskRuntimeId:
+        """``TaskRuntimeId(id, epoch, retry)`` of the running attempt. The epoch is always 0: upstream
+        counted scheduler restarts in it, and this build tells attempts apart by ``retry`` alone."""
+        return TaskRuntimeId(int(self.id), 0, self.retry_count)
+
+    @property
+    def input_deps(self) -> Dict[str, None]:
+        """The keys of the tasks whose outputs this one reads, in input order, each mapped to None
+        (what upstream's tasks held once dispatched; the inputs themselves are ``input_datasets``)."""
+        return dict.fromkeys(self.input_keys)
+
+    def __getattr__(self, name: str):
+        # only reached for names the task does not have: upstream's that cannot be honoured here
+        # are told apart from a typo with a reason (still an AttributeError: getattr(t, n, d) works)
+        why = _UPSTREAM_ONLY.get(name)
+        if why is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(f"{type(self).__name__}.{name} (an attribute of upstream smallpond's tasks) is not available: {why}")
+
     def parquet_kv_metadata(self, extra: Optional[Dict[str, int]] = None) -> Dict[str, str]:
         """Key-value metadata of the Parquet files the task writes (keys prefixed ``SMALLPOND:``).
 
@@ -344,7 +370,23 @@ class Task:
         state["runtime_ctx"] = None
         state.pop("_py_rng", None)
         state.pop("_np_rng", None)
+        state.pop("input_datasets", None)  # (an attempt's inputs, set on its own copy of the task)
         return state
+
+
+#: attributes of upstream 0.15's tasks this build cannot give a running task, and why
+_UPSTREAM_ONLY = {
+    "output_deps": "a task does not know which tasks read its output (the scheduler does)",
+    "status": "a running task is always incomplete; its outcome is its return value or exception",
+    "fail_count": "attempts are numbered by retry_count, which counts failed and lost attempts alike",
+    "exception": "a failed attempt's exception is raised, not stored on the task",
+    "exec_id": "the worker running an attempt is not exposed to it",
+    "exec_cq": "the worker running an attempt is not exposed to it",
+    "start_time": "use time.time() in the task's code; the job's event log records attempt times",
+    "finish_time": "the job's event log records attempt times",
+    "dataset": "the task's output is what its run returns, not an attribute",
+    "runtime_state": "stream checkpoints are kept by the stream tasks themselves",
+}
 
 
 _restore_random_state = True
@@ -477,3 +519,13 @@ def seeded_random(task: Task) -> Iterator[None]:
         random.setstate(state)
         if np_state is not None:
             npr.set_state(np_state)
+
+
+def __getattr__(name: str):
+    # upstream 0.15 scripts import the task classes they subclass from here (``from
+    # smallpond.execution.task import PythonScriptTask``, for ``PythonScriptNode.spawn``)
+    if name == "PythonScriptTask":
+        from smallpond.execution.ops.arrow import PythonScriptTask
+
+        return PythonScriptTask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

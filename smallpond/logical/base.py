@@ -117,7 +117,8 @@ def shape_size(shape: Shape) -> int:
 
 
 #: methods of upstream's nodes that built task objects (``PythonScriptNode.spawn``,
-#: ``Node.create_task``): a node class defining one is refused, since nothing here calls them
+#: ``Node.create_task``): a node class defining one is refused, since nothing here calls them,
+#: unless its class lists it in ``honoured_task_hooks`` (``PythonScriptNode.spawn`` is called)
 UPSTREAM_TASK_HOOKS = ("spawn", "create_task")
 
 
@@ -138,6 +139,8 @@ class Node:
     enable_resource_boost = False
     #: the node's output is its inputs' files as they are (file lists, row ranges): it writes none
     passes_input_files = False
+    #: upstream task hooks (:data:`UPSTREAM_TASK_HOOKS`) this node class's tasks call
+    honoured_task_hooks: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -151,7 +154,7 @@ class Node:
     ) -> None:
         self.location = user_call_site()
         for hook in UPSTREAM_TASK_HOOKS:
-            if callable(getattr(type(self), hook, None)):
+            if hook not in self.honoured_task_hooks and callable(getattr(type(self), hook, None)):
                 raise ParameterError(
                     self._msg(
                         f"{type(self).__name__} overrides {hook}(), with which upstream smallpond built a node's tasks "

@@ -230,8 +230,11 @@ class PythonScriptNode(Node):
     """Run ``process_func(runtime_ctx, input_datasets, output_path) -> bool`` once per partition.
 
     The function writes any files it likes into ``output_path``; they become the output. Returning
-    False fails the task. Alternatively subclass and override :meth:`process`.
+    False fails the task. Alternatively subclass and override :meth:`process`, or (upstream's way)
+    override :meth:`spawn` to return a ``PythonScriptTask`` subclass whose ``process`` does it.
     """
+
+    honoured_task_hooks = ("spawn",)
 
     def __init__(
         self,
@@ -254,6 +257,19 @@ class PythonScriptNode(Node):
         if self.process_func is None:
             raise NotImplementedError(f"{type(self).__name__} needs process_func or an overridden process()")
         return self.process_func(runtime_ctx, input_datasets, output_path)
+
+    def spawn(self, *args, **kwargs):
+        """Upstream 0.15's hook: override it to return ``MyTask(*args, **kwargs)``, an instance of a
+        subclass of ``smallpond.execution.task.PythonScriptTask`` whose ``process(runtime_ctx,
+        input_datasets, output_path) -> bool`` does the work. Each attempt calls it in the worker.
+
+        This base method is not a default to extend (the logical layer builds no tasks): calling it
+        (``super().spawn(...)``) raises; build the task class directly instead."""
+        raise NotImplementedError(
+            f"{type(self).__name__}.spawn: PythonScriptNode.spawn builds no task here; return your "
+            "PythonScriptTask subclass built with the same arguments instead (MyTask(*args, **kwargs), "
+            "with: from smallpond.execution.task import PythonScriptTask)"
+        )
 
 
 class ArrowComputeNode(Node):

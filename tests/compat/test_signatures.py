@@ -480,12 +480,13 @@ def test_node_perf_stats():
 
 
 def test_node_create_task_and_spawn_are_refused_when_the_node_is_built():
-    """Node.create_task / PythonScriptNode.spawn returned upstream's internal Task classes (built by
+    """Node.create_task / a node's spawn returned upstream's internal Task classes (built by
     upstream's planner with its own constructor arguments); our planner builds tasks itself and
-    never calls them. A node class that overrides one is refused where the node is built, naming
-    the node and the line, instead of failing each task with 'needs process_func'."""
+    never calls them, except PythonScriptNode.spawn (tests/compat/test_upstream_scripts.py). A node
+    class that overrides one of the others is refused where the node is built, naming the node and
+    the line, instead of failing each task with 'needs process_func'."""
 
-    class SpawningNode(nd.PythonScriptNode):
+    class SpawningNode(nd.ArrowComputeNode):
         def spawn(self, *args, **kwargs):
             raise AssertionError("never called")
 

@@ -5,17 +5,23 @@
   partition k are flat, ``{out}-{k}.{i}.parquet``; with it, ``{col}={k}/…``; with either engine
   every file carries ``SMALLPOND:{column}`` and ``SMALLPOND:{dimension}`` in its key-value
   metadata, so a folder of them, even copied flat by a sink, loads back into its partitions.
+* Task attributes a script touches from ``UserDefinedPartitionNode.partition`` or
+  ``PythonScriptNode.process`` (``runtime_ctx.task.ctx``, ``input_deps``, ``runtime_id``,
+  ``input_datasets``), and ``PythonScriptNode.spawn`` returning a ``PythonScriptTask`` subclass
+  (reference §2.6).
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from smallpond.execution.task import PythonScriptTask
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import (
     Context,
@@ -25,8 +31,10 @@ from smallpond.logical.node import (
     HashPartitionNode,
     LoadPartitionedDataSetNode,
     LogicalPlan,
+    PythonScriptNode,
     ShuffleNode,
     SqlEngineNode,
+    UserDefinedPartitionNode,
 )
 
 NPARTS = 3
@@ -138,3 +146,128 @@ def test_shuffle_node_writes_flat_files_with_their_key(run_plan, items, tmp_path
     for path in files:
         k = int(_kv(path)["SMALLPOND:part"])
         assert set(pq.read_table(path).column("part").to_pylist()) <= {k}
+
+
+# -- task attributes -------------------------------------------------------------------------------
+
+
+def _attributes(runtime_ctx, inputs) -> dict:
+    task = runtime_ctx.task
+    with pytest.raises(AttributeError, match=r"output_deps \(an attribute of upstream smallpond's tasks\) is not available"):
+        _ = task.output_deps
+    with pytest.raises(AttributeError, match=r"RuntimeContext.new_task_id \(upstream smallpond's task id counter\)"):
+        runtime_ctx.new_task_id()
+    return {
+        "ctx_is_runtime_ctx": task.ctx is runtime_ctx and task.runtime_ctx is runtime_ctx,
+        "input_deps": list(task.input_deps.items()),
+        "runtime_id": [task.runtime_id.id, task.runtime_id.epoch, task.runtime_id.retry, int(task.id), task.retry_count],
+        "input_datasets_are_inputs": task.input_datasets == list(inputs) and len(inputs) > 0,
+        "job_root": runtime_ctx.job_root,
+    }
+
+
+class RecordingPartitionNode(UserDefinedPartitionNode):
+    def __init__(self, ctx, input_deps, npartitions, record_dir):
+        super().__init__(ctx, input_deps, npartitions)
+        self.record_dir = record_dir
+
+    def partition(self, runtime_ctx, dataset):
+        with open(os.path.join(self.record_dir, f"partition-{runtime_ctx.task.id}.json"), "w") as f:
+            json.dump(_attributes(runtime_ctx, [dataset]), f)
+        return dataset.partition_by_files(self.npartitions)
+
+
+def test_task_attributes_scripts_read(run_plan, items, tmp_path):
+    """``runtime_ctx.task.ctx`` / ``input_deps`` / ``runtime_id`` / ``input_datasets`` as upstream's
+    tasks had them, in a user-defined partition and a Python script; an upstream attribute that
+    cannot be given (the task's ``output_deps``, the context's ``new_task_id``) fails naming itself
+    and why."""
+    record = tmp_path / "record"
+    record.mkdir()
+
+    def process(runtime_ctx, input_datasets, output_path):
+        with open(os.path.join(str(record), f"process-{runtime_ctx.task.id}.json"), "w") as f:
+            json.dump(_attributes(runtime_ctx, input_datasets), f)
+        return True
+
+    ctx = Context()
+    parts = RecordingPartitionNode(ctx, (DataSourceNode(ctx, items),), 2, str(record))
+    script = PythonScriptNode(ctx, (parts,), process_func=process)
+    run_plan(LogicalPlan(ctx, script))
+    recorded = {p.name: json.loads(p.read_text()) for p in record.iterdir()}
+    assert sorted(n.split("-")[0] for n in recorded) == ["partition", "process", "process"]
+    for name, r in recorded.items():
+        assert r["ctx_is_runtime_ctx"] and r["input_datasets_are_inputs"], (name, r)
+        tid, epoch, retry, task_id, retry_count = r["runtime_id"]
+        assert (tid, epoch, retry) == (task_id, 0, retry_count) and int(name.split("-")[1][:-5]) == task_id
+        assert r["input_deps"] and all(v is None for _, v in r["input_deps"])
+        assert r["job_root"] == run_plan.runtime_ctx.job_root
+    process_deps = [k for n, r in recorded.items() if n.startswith("process") for k, _ in r["input_deps"]]
+    assert all(k.startswith("PartitionConsumerTask-") for k in process_deps), process_deps
+
+
+# -- PythonScriptNode.spawn ------------------------------------------------------------------------
+
+
+class CountingTask(PythonScriptTask):
+    """Upstream's pattern: a task subclass with a parameter of its own and a ``process``."""
+
+    def __init__(self, *args, suffix: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.suffix = suffix
+
+    def process(self, runtime_ctx, input_datasets, output_path) -> bool:
+        assert runtime_ctx.task is self
+        rows = sum(ds.num_rows for ds in input_datasets)
+        part = self.partition_infos_as_dict.get("__data_partition__", 0)
+        table = pa.table({"part": [part], "rows": [rows], "suffix": [self.suffix], "key": [self.key]})
+        pq.write_table(table, os.path.join(output_path, f"{self.output_filename}-{self.suffix}.parquet"))
+        return True
+
+
+class CountingNode(PythonScriptNode):
+    def __init__(self, ctx, input_deps, suffix: str):
+        super().__init__(ctx, input_deps)
+        self.suffix = suffix
+
+    def spawn(self, *args, **kwargs) -> CountingTask:
+        return CountingTask(*args, **kwargs, suffix=self.suffix)
+
+
+def test_spawn_returns_the_task_that_runs(run_plan, items):
+    """``spawn(*args, **kwargs)`` returning a PythonScriptTask subclass: its ``process`` runs, with
+    its own parameters, as the task (key, partition, output location)."""
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, items),), npartitions=3)
+    node = CountingNode(ctx, (parts,), suffix="spawned")
+    out = run_plan(LogicalPlan(ctx, node)).final_output.to_arrow_table().to_pylist()
+    assert sorted(r["part"] for r in out) == [0, 1, 2]
+    assert sum(r["rows"] for r in out) == 300
+    assert {r["suffix"] for r in out} == {"spawned"}
+    assert all(r["key"].startswith("PythonScriptTask-") for r in out)  # the planner's task key, not the class's
+
+
+class SuperSpawningNode(PythonScriptNode):
+    def spawn(self, *args, **kwargs):
+        return super().spawn(*args, **kwargs)
+
+
+class WrongSpawningNode(PythonScriptNode):
+    def spawn(self, *args, **kwargs):
+        return "not a task"
+
+
+@pytest.mark.parametrize(
+    "cls,message",
+    [
+        (SuperSpawningNode, r"PythonScriptNode.spawn builds no task here.*MyTask\(\*args, \*\*kwargs\)"),
+        (WrongSpawningNode, r"WrongSpawningNode.spawn\(\) must return an instance of a PythonScriptTask subclass.*got str"),
+    ],
+)
+def test_spawn_that_cannot_be_honoured_fails_naming_it(run_plan, items, cls, message):
+    from smallpond.errors import JobFailed
+
+    ctx = Context()
+    node = cls(ctx, (DataSourceNode(ctx, items),))
+    with pytest.raises(JobFailed, match=message):
+        run_plan(LogicalPlan(ctx, node), max_fail_count=1)

@@ -44,15 +44,71 @@ def _list_output(output_dir: str) -> DataSet:
 
 
 class PythonScriptTask(Task):
+    """A :class:`~smallpond.logical.node.PythonScriptNode`'s work on one partition.
+
+    Upstream 0.15 scripts may subclass it (``from smallpond.execution.task import PythonScriptTask``),
+    override :meth:`process`, and have their node's ``spawn(*args, **kwargs)`` return
+    ``MyTask(*args, **kwargs)``: each attempt then calls ``spawn`` with this task's constructor
+    arguments and runs the returned task's ``process``, with ``runtime_ctx.task`` that task.
+    """
+
     runs_user_python = True
 
+    def process(self, runtime_ctx, input_datasets: List[DataSet], output_path: str) -> bool:
+        """Write this partition's output files into ``output_path``; False fails the task. By
+        default: the node's ``process`` (its ``process_func``)."""
+        return self.node.process(runtime_ctx, input_datasets, output_path)
+
     def run(self, runtime_ctx, inputs, output_dir):
-        ok = self.node.process(runtime_ctx, inputs, output_dir)
+        worker = self._spawned() if _spawns(self.node) else self
+        runtime_ctx.current_task = worker
+        try:
+            ok = worker.process(runtime_ctx, inputs, output_dir)
+        finally:
+            runtime_ctx.current_task = self
         if ok is False:  # a failure the code reported itself: retried (it may be transient)
             from smallpond.errors import ReportedFailure
 
-            raise ReportedFailure(f"{type(self.node).__name__}.process returned False")
+            what = f"{type(worker).__name__}.process" if worker is not self else f"{type(self.node).__name__}.process"
+            raise ReportedFailure(f"{what} returned False")
         return _list_output(output_dir)
+
+    def _spawned(self) -> "PythonScriptTask":
+        """The task the node's ``spawn`` builds from this task's constructor arguments, carrying
+        this attempt's state (key, attempt number, limits, runtime context, inputs); attributes its
+        own constructor set otherwise (the script's parameters) are kept."""
+        node = self.node
+        args = (node, int(self.id), list(self.partition_infos), list(self.input_keys))
+        spawned = node.spawn(*args)
+        if not isinstance(spawned, PythonScriptTask):
+            raise UserCodeError(
+                f"{type(node).__name__}.spawn() must return an instance of a PythonScriptTask subclass "
+                f"(from smallpond.execution.task import PythonScriptTask; build it with the arguments spawn is "
+                f"given: MyTask(*args, **kwargs)), got {type(spawned).__name__}"
+            )
+        fresh = PythonScriptTask(*args).__dict__
+        mine = spawned.__dict__
+        for k, v in self.__dict__.items():
+            if k == "key" or k not in mine or _same(mine[k], fresh.get(k, _UNSET)):
+                mine[k] = v
+        return spawned
+
+
+_UNSET = object()
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return a is b
+
+
+def _spawns(node) -> bool:
+    """True if ``node``'s class overrides upstream's ``PythonScriptNode.spawn``."""
+    from smallpond.logical.node import PythonScriptNode
+
+    return isinstance(node, PythonScriptNode) and type(node).spawn is not PythonScriptNode.spawn
 
 
 class _ParquetSink:
