@@ -292,6 +292,31 @@ class JobLayout:
         os.chmod(self.job_root, 0o700)
 
 
+class UpstreamOnly:
+    """An attribute upstream 0.15 had that this build cannot give: reading it raises an
+    AttributeError saying why (``getattr(obj, name, default)`` still gives the default).
+
+    A non-data descriptor rather than a ``__getattr__``: lookups of other missing names (``getattr(
+    task, "_x", None)``, frequent in the scheduler) stay as cheap as without it, and assigning the
+    name on an instance still works."""
+
+    def __init__(self, what: str, why: str) -> None:
+        self.what, self.why = what, why
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        raise AttributeError(f"{type(obj).__name__}.{self.name} ({self.what}) is not available: {self.why}")
+
+
+_PLANNED_IDS = (
+    "task ids come from the planner's walk of the plan, the same in every run; a running task has its own as runtime_ctx.task.id"
+)
+
+
 class RuntimeContext:
     """How a job runs (settings) and where it lives (:attr:`layout`). Shared by the scheduler and
     every worker (pickled), so it holds settings and paths, never open resources.
@@ -459,16 +484,9 @@ class RuntimeContext:
     def secs_executor_probe_timeout(self) -> float:
         return self.secs_executor_probe_interval * self.max_num_missed_probes
 
-    def __getattr__(self, name: str):
-        # only reached for names the context does not have: upstream's that cannot be honoured
-        # here are told apart from a typo with a reason (still an AttributeError)
-        if name in ("next_task_id", "new_task_id"):
-            raise AttributeError(
-                f"RuntimeContext.{name} (upstream smallpond's task id counter) is not available: task ids come "
-                "from the planner's walk of the plan, the same in every run; a running task has its own as "
-                "runtime_ctx.task.id"
-            )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    # upstream's task id counter: ids come from the planner here (reading one says so)
+    next_task_id = UpstreamOnly("upstream smallpond's task id counter", _PLANNED_IDS)
+    new_task_id = UpstreamOnly("upstream smallpond's task id counter", _PLANNED_IDS)
 
     @property
     def task(self):

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from smallpond.common import PARQUET_METADATA_KEY_PREFIX, RunAfterExec, imported_module
-from smallpond.execution.runtime import JobId, RuntimeContext
+from smallpond.execution.runtime import JobId, RuntimeContext, UpstreamOnly
 from smallpond.logical.dataset import DataSet
 
 __all__ = ["JobId", "TaskId", "TaskRuntimeId", "PartitionInfo", "RuntimeContext", "StreamOutput", "Task"]
+
+
+_UPSTREAM_TASK = "an attribute of upstream smallpond's tasks"
 
 
 class TaskId(int):
@@ -326,13 +329,17 @@ class Task:
         (what upstream's tasks held once dispatched; the inputs themselves are ``input_datasets``)."""
         return dict.fromkeys(self.input_keys)
 
-    def __getattr__(self, name: str):
-        # only reached for names the task does not have: upstream's that cannot be honoured here
-        # are told apart from a typo with a reason (still an AttributeError: getattr(t, n, d) works)
-        why = _UPSTREAM_ONLY.get(name)
-        if why is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        raise AttributeError(f"{type(self).__name__}.{name} (an attribute of upstream smallpond's tasks) is not available: {why}")
+    # upstream's task attributes that cannot be honoured here: reading one says why
+    output_deps = UpstreamOnly(_UPSTREAM_TASK, "a task does not know which tasks read its output (the scheduler does)")
+    status = UpstreamOnly(_UPSTREAM_TASK, "a running task is always incomplete; its outcome is its return value or exception")
+    fail_count = UpstreamOnly(_UPSTREAM_TASK, "attempts are numbered by retry_count, which counts failed and lost attempts alike")
+    exception = UpstreamOnly(_UPSTREAM_TASK, "a failed attempt's exception is raised, not stored on the task")
+    exec_id = UpstreamOnly(_UPSTREAM_TASK, "the worker running an attempt is not exposed to it")
+    exec_cq = UpstreamOnly(_UPSTREAM_TASK, "the worker running an attempt is not exposed to it")
+    start_time = UpstreamOnly(_UPSTREAM_TASK, "use time.time() in the task's code; the job's event log records attempt times")
+    finish_time = UpstreamOnly(_UPSTREAM_TASK, "the job's event log records attempt times")
+    dataset = UpstreamOnly(_UPSTREAM_TASK, "the task's output is what its run returns, not an attribute")
+    runtime_state = UpstreamOnly(_UPSTREAM_TASK, "stream checkpoints are kept by the stream tasks themselves")
 
     def parquet_kv_metadata(self, extra: Optional[Dict[str, int]] = None) -> Dict[str, str]:
         """Key-value metadata of the Parquet files the task writes (keys prefixed ``SMALLPOND:``).
@@ -372,21 +379,6 @@ class Task:
         state.pop("_np_rng", None)
         state.pop("input_datasets", None)  # (an attempt's inputs, set on its own copy of the task)
         return state
-
-
-#: attributes of upstream 0.15's tasks this build cannot give a running task, and why
-_UPSTREAM_ONLY = {
-    "output_deps": "a task does not know which tasks read its output (the scheduler does)",
-    "status": "a running task is always incomplete; its outcome is its return value or exception",
-    "fail_count": "attempts are numbered by retry_count, which counts failed and lost attempts alike",
-    "exception": "a failed attempt's exception is raised, not stored on the task",
-    "exec_id": "the worker running an attempt is not exposed to it",
-    "exec_cq": "the worker running an attempt is not exposed to it",
-    "start_time": "use time.time() in the task's code; the job's event log records attempt times",
-    "finish_time": "the job's event log records attempt times",
-    "dataset": "the task's output is what its run returns, not an attribute",
-    "runtime_state": "stream checkpoints are kept by the stream tasks themselves",
-}
 
 
 _restore_random_state = True
