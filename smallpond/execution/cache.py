@@ -63,7 +63,6 @@ Invariants:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -78,30 +77,27 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 from smallpond.common import logger, process_start_id, process_start_time, same_process_start
 from smallpond.errors import ParameterError
 from smallpond.execution import user_folder
+from smallpond.execution.cache_check import file_check, stat_and_check, verify_files  # noqa: F401 (file_check: its API)
 from smallpond.execution.ownership import is_zombie
 from smallpond.io.filesystem import (
-    READ_FLAGS,
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
     folder_size,
     link_or_copy,
     load,
-    pread_full,
     private_key,
     remove_path,
     signed_bytes,
     unique_suffix,
     write_file,
 )
-from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, footer_length
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
 CACHE_FORMAT = 1
 RECORD = ".record"
 #: in an output directory that :meth:`TaskCache.link_into` filled with links to an entry's files
 LINKED_MARKER = ".linked-from-task-cache"
-HEAD_TAIL_BYTES = 64 * 1024
 #: a claim by a process on another host is stale after this long without a refresh
 LOCK_STALE_SECONDS = 600.0
 #: holders refresh their claims this often
@@ -255,7 +251,7 @@ class TaskCache:
                 problem = "its record is of another format or key"
             else:
                 entry = Entry(key, path, record)
-                problem = verify(entry)
+                problem = verify_files(entry.files_dir, entry.record.get("files", []))
                 if problem is None:
                     return entry
         if drop:
@@ -305,7 +301,7 @@ class TaskCache:
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
                 link_or_copy(p, dst)
-                size, mtime_ns, check = _stat_and_check(dst)
+                size, mtime_ns, check = stat_and_check(dst)
                 listed.append((rel, size, mtime_ns, check))
                 total += size
             record = {
@@ -493,66 +489,6 @@ class TaskCache:
             shard_dir = os.path.join(root, shard)
             for key in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
                 yield key, os.path.join(shard_dir, key)
-
-
-# -- verification ---------------------------------------------------------------------------------
-
-
-def file_check(path: str, size: Optional[int] = None) -> str:
-    """A digest of a file's size, its first and last 64 KiB and (for Parquet) its whole footer."""
-    fd = os.open(path, READ_FLAGS)
-    try:
-        return _check_fd(fd, os.fstat(fd).st_size if size is None else size)
-    finally:
-        os.close(fd)
-
-
-def _stat_and_check(path: str) -> Tuple[int, int, str]:
-    """(size, modification time, :func:`file_check`) of a file, opening it once."""
-    fd = os.open(path, READ_FLAGS)
-    try:
-        st = os.fstat(fd)
-        return st.st_size, st.st_mtime_ns, _check_fd(fd, st.st_size)
-    finally:
-        os.close(fd)
-
-
-def _check_fd(fd: int, size: int) -> str:
-    """(plain system calls: a Python file object costs more than reading a small output)"""
-    h = hashlib.sha256(str(size).encode())
-    head = pread_full(fd, min(HEAD_TAIL_BYTES, size), 0)
-    h.update(head)
-    if size <= HEAD_TAIL_BYTES:  # a small file: read whole already (the usual task output of a test)
-        h.update(head)
-        return h.hexdigest()
-    tail = HEAD_TAIL_BYTES
-    if size >= 12:
-        footer = footer_length(pread_full(fd, 8, size - 8), size, DIGEST_MAX_FOOTER_BYTES)
-        if footer is not None:
-            tail = max(tail, footer + 8)
-    start = max(0, size - tail)
-    h.update(pread_full(fd, size - start, start))
-    return h.hexdigest()
-
-
-def verify(entry: Entry) -> Optional[str]:
-    """None if every file of the entry is as recorded, else what is wrong."""
-    for rel, size, mtime_ns, check in entry.record.get("files", []):
-        path = os.path.join(entry.files_dir, rel)
-        try:
-            st = os.stat(path)
-        except OSError:
-            return f"file {rel} is missing"
-        if st.st_size != size:
-            return f"file {rel} has {st.st_size} bytes, not {size}"
-        if st.st_mtime_ns != mtime_ns:
-            return f"file {rel} was modified after it was cached"
-        try:
-            if file_check(path, size) != check:
-                return f"file {rel} does not match its checksum"
-        except OSError as e:
-            return f"file {rel} cannot be read ({e})"
-    return None
 
 
 def touch(path: str) -> None:
