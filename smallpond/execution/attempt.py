@@ -383,6 +383,13 @@ def execute_attempt(
             raise TaskError(f"{task.key} attempt {attempt} was cancelled before it committed", task_key=task.key, retryable=False)
         if not task.commits_on_publication:
             extra = dict(started=start, worker=worker, stats=task.stats, output_dir=final, cache_key=task.cache_key)
+            entry = None
+            if task.cache_key is not None:  # the commit record is the cache entry's record too (one file fewer)
+                from smallpond.execution.cache import commit_entry, insert_after_commit
+
+                entry = commit_entry(rt, task, ds, final)  # never raises
+                if entry is not None:
+                    extra.update(cache=entry[0], cache_secret=entry[1])
             winner = write_commit(rt, task, ds, attempt, elapsed, **extra)
             if winner is not None:  # another attempt committed first: its output is the task's
                 if final is not None:
@@ -390,9 +397,8 @@ def execute_attempt(
                 ds = winner["dataset"]
                 logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
             elif task.cache_key is not None:
-                from smallpond.execution.cache import insert_after_commit
-
-                insert_after_commit(rt, task, ds, final)  # never raises
+                shared = None if entry is None else (entry[0], commit_path(rt, task.key))
+                insert_after_commit(rt, task, ds, final, shared)  # never raises
             try:
                 task.on_committed(rt)  # the task is complete (by this attempt or the winner)
             except Exception as e:  # what is left behind is cleaned with staging/

@@ -11,7 +11,8 @@ Layout of the cache folder (default ``task_cache`` in the user's own folder of t
     secret                    32 random bytes (0600) that sign every record
     entries/{k[:2]}/{k}/      one entry per key: the task's output files as it wrote them (hard
                               links to the committed files, copies across filesystems) and
-                              .record (a task never writes dot files)
+                              .record (a task never writes dot files): the task's commit record,
+                              linked, which is signed with the cache's secret too (see insert)
     locks/{k}.lock            a claim: the job computing key k right now (a symbolic link whose
                               target names host, pid, process start time and job)
     index/{p[:2]}/{p}         per node position: for each partition, the key and fingerprint
@@ -247,6 +248,8 @@ class TaskCache:
                 return None
             problem = f"its record cannot be read ({type(e).__name__}: {e})"
         else:
+            if isinstance(record, dict) and isinstance(record.get("cache"), dict):  # a commit record, linked (insert)
+                record = {**record["cache"], "dataset": record.get("dataset")}
             if record.get("format") != CACHE_FORMAT or record.get("key") != key:
                 problem = "its record is of another format or key"
             else:
@@ -271,17 +274,44 @@ class TaskCache:
             return
         remove_path(trash)
 
-    def insert(self, key: str, dataset: DataSet, output_dir: str, info: Dict[str, Any], replace: bool = False) -> Optional[str]:
-        """Add the committed output of a task (``dataset``, whose files lie in ``output_dir``).
-
-        Returns the entry's folder, or None if the output cannot be cached (a file outside
-        ``output_dir``) or an entry exists (unless ``replace``).
-        """
-        final = self.entry_path(key)
+    def entry_record(self, key: str, dataset: DataSet, output_dir: str, info: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The record of an entry of ``dataset``'s files, which lie in ``output_dir`` (each file's
+        size, modification time and check, read where it lies: a link is the same inode), without
+        the dataset; None if a file is outside ``output_dir`` (the output cannot be cached)."""
         files = _dataset_files(dataset)
         base = output_dir.rstrip(os.sep)
         prefix = base + os.sep
         if any(not p.startswith(prefix) for p in files):
+            return None
+        listed: List[Tuple[str, int, int, str]] = []
+        for p in sorted(set(files)):
+            listed.append((p[len(prefix) :], *stat_and_check(p)))
+        # "base": the folder the dataset's paths are under (the task's output directory): a reader
+        # rebases them from there to where it links the files (two rebases less per entry)
+        total = sum(f[1] for f in listed)
+        return {"format": CACHE_FORMAT, "key": key, "base": base, "files": listed, "bytes": total, "created": time.time(), **info}
+
+    def insert(
+        self,
+        key: str,
+        dataset: DataSet,
+        output_dir: str,
+        info: Dict[str, Any],
+        replace: bool = False,
+        *,
+        shared: Optional[Tuple[Dict[str, Any], str]] = None,
+    ) -> Optional[str]:
+        """Add the committed output of a task (``dataset``, whose files lie in ``output_dir``).
+
+        ``shared``: (:meth:`entry_record`, the path of the task's commit record that carries it
+        and is signed with this cache's secret too): that file is linked as the entry's record
+        instead of writing one (a copy of a file, across filesystems, makes the entry write its own).
+        Returns the entry's folder, or None if the output cannot be cached (a file outside
+        ``output_dir``) or an entry exists (unless ``replace``).
+        """
+        final = self.entry_path(key)
+        record = shared[0] if shared is not None else self.entry_record(key, dataset, output_dir, info)
+        if record is None:
             return None
         tmp = os.path.join(self.path, "tmp", f"{key}.{unique_suffix()}")
         files_dir = tmp
@@ -290,34 +320,21 @@ class TaskCache:
                 os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
                 self._tmp_ready = True
             os.mkdir(files_dir, mode=0o700)
-            listed: List[Tuple[str, int, int, str]] = []
-            total = 0
             made = {files_dir}
-            for p in sorted(set(files)):
-                rel = p[len(prefix) :]
+            listed = []
+            for rel, *checked in record["files"]:
                 dst = f"{files_dir}{os.sep}{rel}"
                 parent = dst.rpartition(os.sep)[0]
                 if parent not in made:  # (a mkdir that fails costs as much as one that works)
                     os.makedirs(parent, exist_ok=True)
                     made.add(parent)
-                link_or_copy(p, dst)
-                size, mtime_ns, check = stat_and_check(dst)
-                listed.append((rel, size, mtime_ns, check))
-                total += size
-            record = {
-                "format": CACHE_FORMAT,
-                "key": key,
-                # the folder the dataset's paths are under (the task's output directory): a reader
-                # rebases them from there to where it links the files (two rebases less per entry)
-                "base": base,
-                "dataset": dataset,
-                "files": listed,
-                "bytes": total,
-                "created": time.time(),
-                **info,
-            }
-            # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
-            _write_signed(os.path.join(tmp, RECORD), record, self.secret)
+                if link_or_copy(f"{record['base']}{os.sep}{rel}", dst) == "copy":  # its own time: checked again
+                    checked = list(stat_and_check(dst))
+                    shared = None
+                listed.append((rel, *checked))
+            if shared is None or not _link_record(shared[1], os.path.join(tmp, RECORD)):
+                # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
+                _write_signed(os.path.join(tmp, RECORD), {**record, "files": listed, "dataset": dataset}, self.secret)
             shard = os.path.dirname(final)
             if shard not in self._shards:
                 os.makedirs(shard, mode=0o700, exist_ok=True)
@@ -600,21 +617,51 @@ def copy_dataset(ds: DataSet) -> DataSet:
         return pickle.loads(cloudpickle.dumps(ds))
 
 
-def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str]) -> None:
+def commit_entry(rt, task, dataset: DataSet, output_dir: Optional[str]) -> Optional[Tuple[Dict[str, Any], bytes]]:
+    """What a committing attempt puts in its commit record so that the record is also its task-cache
+    entry's (:meth:`TaskCache.insert`'s ``shared``): the entry's record and the cache's secret to
+    sign it with; None if the task gets no entry. Never raises (the insertion says what is wrong)."""
+    key = getattr(task, "cache_key", None)
+    if not key or not rt.task_cache or output_dir is None:
+        return None
+    try:
+        cache = open_cache(rt.task_cache)
+        record = cache.entry_record(key, dataset, output_dir, _info(rt, task))
+        return None if record is None else (record, cache.secret)
+    except Exception:
+        return None
+
+
+def _info(rt, task) -> Dict[str, str]:
+    return {"task": task.key, "node": task.node_label, "job": str(rt.job_id)}
+
+
+def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str], shared=None) -> None:
     """Put a committed attempt's output in the task cache (in the worker that ran it).
 
-    Does nothing for a task the scheduler gave no cache key. Never raises: a failure is a warning
-    and the task's output stays committed.
+    ``shared``: (the entry's record, the path of the commit record that carries it), see
+    :func:`commit_entry`. Does nothing for a task the scheduler gave no cache key. Never raises: a
+    failure is a warning and the task's output stays committed.
     """
     key = getattr(task, "cache_key", None)
     if not key or not rt.task_cache or output_dir is None:
         return
     try:
         cache = open_cache(rt.task_cache)
-        info = {"task": task.key, "node": task.node_label, "job": str(rt.job_id)}
-        cache.insert(key, dataset, output_dir, info, replace=bool(getattr(task, "cache_replace", False)))
+        cache.insert(
+            key, dataset, output_dir, _info(rt, task), replace=bool(getattr(task, "cache_replace", False)), shared=shared
+        )
     except Exception as e:
         logger.warning("task cache: could not add the output of {} to {}: {}: {}", task.key, rt.task_cache, type(e).__name__, e)
+
+
+def _link_record(record: str, dst: str) -> bool:
+    """Link the commit record ``record`` as an entry's record ``dst``; False if it cannot be."""
+    try:
+        os.link(record, dst)
+        return True
+    except OSError:
+        return False
 
 
 # -- cleaning -----------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ def commit_path(rt: RuntimeContext, key: str) -> str:
     return os.path.join(rt.completed_task_dir, f"{key}.commit")
 
 
-def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
+def _signed_record(rt: RuntimeContext, record: dict, second: Optional[bytes] = None) -> bytes:
     payload = _fast_pickle(record)
     if payload is None:
         import cloudpickle
@@ -44,7 +44,7 @@ def _signed_record(rt: RuntimeContext, record: dict) -> bytes:
         payload = cloudpickle.dumps(record)
     # the format of io.filesystem.dump, without cloudpickle's per-object hooks when plain pickle
     # will do (~0.2 ms, as much as a tiny task's own work)
-    return signed_bytes(payload, rt.secret)
+    return signed_bytes(payload, rt.secret, second)
 
 
 def commit_record_bytes(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> bytes:
@@ -63,7 +63,9 @@ def _record(task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra)
     }
 
 
-def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, **extra) -> Optional[dict]:
+def write_commit(
+    rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int, elapsed: float, cache_secret: Optional[bytes] = None, **extra
+) -> Optional[dict]:
     """Commit the task: write its signed record, unless another attempt committed it first.
 
     The record is published by a rename that fails if a record exists (``renameat2`` with
@@ -72,11 +74,15 @@ def write_commit(rt: RuntimeContext, task: Task, dataset: DataSet, attempt: int,
     first to commit wins. Returns None when this attempt's record is now the task's, else the
     winning record. A record left by an earlier plan (another fingerprint), one whose outputs are
     gone, or a torn one, is replaced.
+
+    With ``cache_secret`` (and the task-cache entry's record as ``extra["cache"]``, see
+    :func:`~smallpond.execution.cache.commit_entry`) the record is also signed with the task
+    cache's secret: the cache entry of the output is then this file, linked (one file fewer a task).
     """
     record = _record(task, dataset, attempt, elapsed, **extra)
     path = commit_path(rt, task.key)
     tmp = f"{path}.tmp-{unique_suffix()}"
-    write_file(tmp, _signed_record(rt, record), exclusive=True)
+    write_file(tmp, _signed_record(rt, record, cache_secret), exclusive=True)
     tmp_left = True
     try:
         try:

@@ -15,6 +15,11 @@ whose payload does not match its digest was torn or damaged (a crash, a full dis
 does not match was written by someone without the job's secret: :class:`SignatureError`, which is
 always an error. Neither is ever unpickled. (Records of the earlier ``SPSIG1`` format, without the
 plain digest, are still read; for those a mismatch cannot be told apart and is a SignatureError.)
+
+A record of two keepers (a task's commit record that is also its task-cache entry's record, one
+file under two names) is ``SPSIG3 | sha256(payload) | HMAC(secret 1) | HMAC(secret 2) | payload``:
+it verifies under either secret, so each reader trusts it exactly as it trusts a record of its own
+(whoever writes one knows both secrets).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ HF3FS_FSSPEC_PROTOCOL = "hf3fs://"
 
 _SIG_MAGIC_V1 = b"SPSIG1"
 _SIG_MAGIC = b"SPSIG2"
+_SIG_MAGIC_TWO = b"SPSIG3"
 _DIGEST = 32
 
 
@@ -325,9 +331,13 @@ def private_key(path: str, what: str, refusal: str, *, create: bool = True) -> O
     raise ParameterError(f"{what} {path} could not be read: it keeps changing; {refusal}")
 
 
-def signed_bytes(payload: bytes, secret: bytes) -> bytes:
-    """``payload`` framed as a signed record (see the module docstring)."""
-    return _SIG_MAGIC + hashlib.sha256(payload).digest() + hmac.digest(secret, payload, "sha256") + payload
+def signed_bytes(payload: bytes, secret: bytes, second: Optional[bytes] = None) -> bytes:
+    """``payload`` framed as a signed record (see the module docstring); given a ``second``
+    secret, a record that verifies under either."""
+    if second is None:
+        return _SIG_MAGIC + hashlib.sha256(payload).digest() + hmac.digest(secret, payload, "sha256") + payload
+    sigs = hmac.digest(secret, payload, "sha256") + hmac.digest(second, payload, "sha256")
+    return _SIG_MAGIC_TWO + hashlib.sha256(payload).digest() + sigs + payload
 
 
 def unverified_payload(data: bytes) -> bytes:
@@ -335,20 +345,24 @@ def unverified_payload(data: bytes) -> bytes:
     only for housekeeping that decides what to keep, never for what to trust."""
     if data.startswith(_SIG_MAGIC) and len(data) >= len(_SIG_MAGIC) + 2 * _DIGEST:
         return data[len(_SIG_MAGIC) + 2 * _DIGEST :]
+    if data.startswith(_SIG_MAGIC_TWO) and len(data) >= len(_SIG_MAGIC_TWO) + 3 * _DIGEST:
+        return data[len(_SIG_MAGIC_TWO) + 3 * _DIGEST :]
     return data
 
 
 def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
     """The payload of a signed record, or :class:`CorruptRecord` / :class:`SignatureError`."""
-    if data.startswith(_SIG_MAGIC) and len(data) >= len(_SIG_MAGIC) + 2 * _DIGEST:
+    signatures = 2 if data.startswith(_SIG_MAGIC_TWO) else 1 if data.startswith(_SIG_MAGIC) else 0
+    if signatures and len(data) >= len(_SIG_MAGIC) + (1 + signatures) * _DIGEST:
         start = len(_SIG_MAGIC)
-        digest, sig = data[start : start + _DIGEST], data[start + _DIGEST : start + 2 * _DIGEST]
-        payload = data[start + 2 * _DIGEST :]
+        digest, payload = data[start : start + _DIGEST], data[start + (1 + signatures) * _DIGEST :]
+        sigs = [data[start + i * _DIGEST : start + (i + 1) * _DIGEST] for i in range(1, 1 + signatures)]
         if not hmac.compare_digest(digest, hashlib.sha256(payload).digest()):
             raise CorruptRecord(
                 f"refusing to load {path!r}: the record is torn or damaged (its content does not match its digest)"
             )
-        if not hmac.compare_digest(sig, sign(payload, secret)):
+        mine = sign(payload, secret)
+        if not any([hmac.compare_digest(sig, mine) for sig in sigs]):
             raise SignatureError(
                 f"refusing to load {path!r}: its signature does not match this job's secret "
                 "(the record is intact but was not written by this job: it was altered or planted)"

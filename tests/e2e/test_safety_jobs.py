@@ -25,7 +25,7 @@ import pytest
 import smallpond
 from smallpond.execution.job import run_job
 from smallpond.execution.ownership import JobFolderError
-from smallpond.io.filesystem import SignatureError
+from smallpond.io.filesystem import SignatureError, unverified_payload
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.node import ArrowComputeNode, Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
 from tests.datagen import generate_parquet_files
@@ -75,16 +75,19 @@ def test_torn_commit_record_counts_as_absent(tmp_path, make_rt, log_messages, da
     assert open(record, "rb").read()[:6] == b"SPSIG2", "the rerun wrote a whole record"
 
 
-def test_forged_commit_record_is_refused_naming_the_file(tmp_path, make_rt):
+@pytest.mark.parametrize("layout", ["SPSIG2", "SPSIG3"])
+def test_forged_commit_record_is_refused_naming_the_file(tmp_path, make_rt, layout):
     inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=5)
     counter, sink, job_id = str(tmp_path / "counter"), str(tmp_path / "sink"), str(uuid.uuid4())
     rt = make_rt(job_id)
     run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), rt, num_workers=1)
     record = commits(rt, "ArrowComputeTask")[0]
     data = open(record, "rb").read()
-    payload = data[6 + 64 :]
-    # a well-formed record (correct plain digest) with a signature made without the secret
-    forged = data[:6] + hashlib.sha256(payload).digest() + bytes(32) + payload
+    assert data[:6] == b"SPSIG3", "with the task cache on, the commit record is the cache entry's too (signed twice)"
+    payload = unverified_payload(data)
+    # a well-formed record (correct plain digest) with signatures made without the secrets (a
+    # record of two keepers: neither slot holds this job's)
+    forged = layout.encode() + hashlib.sha256(payload).digest() + bytes(32 if layout == "SPSIG2" else 64) + payload
     open(record, "wb").write(forged)
     with pytest.raises(SignatureError, match="planted") as info:
         run_job(counting_plan(inputs, counter, sink, npartitions=2, sleep=0), make_rt(job_id), num_workers=1)

@@ -197,3 +197,45 @@ def test_a_key_left_short_by_a_crash_is_replaced(tmp_path):
     os.close(fd)
     key = private_key(path, "the key", "refusing")
     assert len(key) == 32 and read_file(path) == key
+
+
+@pytest.mark.parametrize("damage", ["none", "truncated", "short_header", "bit_flip"])
+def test_a_record_of_two_keepers_verifies_under_either_secret_only(damage):
+    """``signed_bytes(payload, a, b)`` (a commit record that is also a task-cache entry's record)
+    verifies under ``a`` and under ``b``, never under a third secret; damaged, it is corrupt, not forged."""
+    from smallpond.io.filesystem import signed_bytes, unverified_payload, verified_payload
+
+    other, third = b"o" * 32, b"t" * 32
+    data = bytearray(signed_bytes(b"payload bytes", SECRET, other))
+    assert data[:6] == b"SPSIG3" and unverified_payload(bytes(data)) == b"payload bytes"
+    if damage == "none":
+        assert verified_payload(bytes(data), SECRET) == verified_payload(bytes(data), other) == b"payload bytes"
+        with pytest.raises(SignatureError) as info:
+            verified_payload(bytes(data), third, "rec")
+        assert not isinstance(info.value, CorruptRecord)
+        return
+    if damage == "truncated":
+        data = data[:-3]
+    elif damage == "short_header":
+        data = data[: 6 + 80]
+    else:
+        data[-2] ^= 0xFF
+    for secret in (SECRET, other):
+        with pytest.raises(CorruptRecord):
+            verified_payload(bytes(data), secret, "rec")
+
+
+def test_a_record_of_two_keepers_with_one_forged_slot_is_refused_by_that_slots_keeper():
+    """A slot holds one keeper's signature: a record whose first slot is forged (zeros) verifies
+    for the second keeper only."""
+    import hashlib
+
+    from smallpond.io.filesystem import signed_bytes, verified_payload
+
+    other = b"o" * 32
+    data = signed_bytes(b"p", SECRET, other)
+    forged = data[:38] + bytes(32) + data[70:]
+    assert hashlib.sha256(b"p").digest() == forged[6:38]
+    assert verified_payload(forged, other) == b"p"
+    with pytest.raises(SignatureError):
+        verified_payload(forged, SECRET)
