@@ -353,3 +353,17 @@ def test_a_job_alone_on_the_cache_claims_nothing_until_another_job_comes(tmp_pat
     second.close()
     assert os.listdir(os.path.join(path, "jobs")) == []
     assert os.listdir(os.path.join(path, "locks")) == []
+
+
+def test_an_entry_whose_shared_record_cannot_be_linked_writes_its_own(cache, tmp_path):
+    """``insert(shared=...)`` links the task's commit record as the entry's record; where that
+    link fails (gone, another filesystem) the entry writes a record of its own, and is served."""
+    out = str(tmp_path / "job-out")
+    ds = write_output(out)
+    record = cache.entry_record("d" * 64, ds, out, {"task": "T-000002", "job": "j2"})
+    assert [f[0] for f in record["files"]] == ["k=2/out-2.parquet", "out-0.parquet", "out-1.parquet"]
+    assert cache.insert("d" * 64, ds, out, {}, shared=(record, str(tmp_path / "no-such.commit"))) is not None
+    own = os.path.join(cache.entry_path("d" * 64), ".record")
+    assert os.stat(own).st_nlink == 1 and open(own, "rb").read()[:6] == b"SPSIG2"
+    entry = cache.lookup("d" * 64)
+    assert entry is not None and entry.task == "T-000002" and entry.record["dataset"].resolved_paths == ds.resolved_paths
