@@ -137,6 +137,37 @@ def test_a_manifest_sink_refuses_a_globbed_file_named_with_a_line_break_when_pla
     assert not dest.exists()
 
 
+def test_an_input_file_whose_name_is_not_utf8_is_published_renamed_or_refused_when_planned(sp, tmp_path, make_rt):
+    """A file name that is not UTF-8 (b"caf\\xe9.parquet", Latin-1), found by a glob: its name as
+    Python has it holds a lone surrogate that a manifest (UTF-8 text) cannot hold. write_parquet
+    publishes it with ``_`` in its place; type="manifest" refuses it when planned, naming it. Both
+    failed in the sink task, after everything before it ran: UnicodeEncodeError writing the
+    manifest, naming neither the file nor the sink."""
+    from smallpond.errors import PlanError
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    pq.write_table(pa.table({"k": [1]}), folder / "plain.parquet")
+    pq.write_table(pa.table({"k": [2]}), folder / "tmp")
+    os.rename(os.fsencode(folder / "tmp"), os.fsencode(folder) + b"/caf\xe9.parquet")
+    odd = os.fsdecode(os.fsencode(folder) + b"/caf\xe9.parquet")
+    out = str(tmp_path / "out")
+    sp.read_parquet(str(folder / "*.parquet")).write_parquet(out)
+    assert sorted(os.listdir(out)) == [".MANIFEST.txt", "caf_.parquet", "plain.parquet"]
+    assert sorted(sp.read_parquet(out).to_arrow().column("k").to_pylist()) == [1, 2]
+    ctx = Context()
+    sink = DataSinkNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet([str(folder / "*.parquet")])),), str(tmp_path / "m"), type="manifest"
+    )
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, sink), make_rt())
+    assert sink.location in str(info.value) and repr(odd) in str(info.value) and "not UTF-8" in str(info.value)
+    assert not (tmp_path / "m").exists()
+
+
 BAD_ARGS = {
     "repartition by=''": (lambda df: df.repartition(2, by=""), ["data_partition_column", "''"]),
     "repartition hash_by=1": (lambda df: df.repartition(2, hash_by=1), ["hash_columns", "got 1"]),

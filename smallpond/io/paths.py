@@ -28,8 +28,10 @@ _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 #: the file of a result folder that lists the files of its result, one path a line
 MANIFEST_NAME = ".MANIFEST.txt"
 # control characters (C0, DEL, C1) and Unicode's line and paragraph separators: a line break to
-# some reader of a manifest (str.splitlines, universal newlines, an editor), or invisible in it
-_UNLISTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# some reader of a manifest (str.splitlines, universal newlines, an editor), or invisible in it;
+# and lone surrogates: the bytes of a file name that is not UTF-8 (os.fsdecode's surrogateescape),
+# which a manifest (UTF-8 text) cannot hold at all
+_UNLISTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
 def user_path(path: str) -> str:
