@@ -57,7 +57,9 @@ from smallpond.logical.base import Node
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _CLOCK = re.compile(
     r"\b(now|current_timestamp|current_date|current_time|get_current_time|get_current_timestamp|today|"
-    r"localtimestamp|localtime|current_localtimestamp|current_localtime|transaction_timestamp|uuidv7)\b",
+    r"localtimestamp|localtime|current_localtimestamp|current_localtime|transaction_timestamp|uuidv7|"
+    # (DuckDB's Postgres-compatibility macros: the time the connection, the task's, started)
+    r"pg_postmaster_start_time|pg_conf_load_time)\b",
     re.IGNORECASE,
 )
 

@@ -89,6 +89,8 @@ def test_a_percentage_sample_without_a_seed_is_marked():
 def test_sql_reading_the_clock_is_marked_whichever_function_reads_it():
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))
-    for fn in ("now()", "current_localtimestamp()", "current_localtime()", "uuidv7()", "today()", "get_current_time()"):
+    clocks = ("now()", "current_localtimestamp()", "current_localtime()", "uuidv7()", "today()", "get_current_time()")
+    # DuckDB's pg_postmaster_start_time() and pg_conf_load_time() are the time its connection was made
+    for fn in (*clocks, "pg_postmaster_start_time()", "pg_conf_load_time()"):
         assert nondeterminism(SqlEngineNode(ctx, (src,), f"select *, {fn} as t from {{0}}")) == ["its SQL reads the clock"], fn
     assert nondeterminism(SqlEngineNode(ctx, (src,), "select *, uuid() as u from {0}")) == []  # follows the task's seed
