@@ -269,3 +269,31 @@ def test_an_option_the_built_node_does_not_take_is_refused_at_the_call_site(sp, 
         with pytest.raises(ParameterError, match=rf"DataFrame.{op} created at .*{here}:\d+: takes no option '\w+'"):
             call()
     assert df.filter("a > 1", cpu_limit=1).count() == 2  # options the node takes still pass
+
+
+def test_a_data_root_or_an_input_path_holding_a_tab_is_listed_as_it_is(tmp_path):
+    """A tab (or another control character that ends no line) is a character a manifest line holds:
+    a data root named so ran every job before (its final results are a manifest of the job's
+    files) and an input path named so is listed by type="manifest" as it is. Refusing every
+    control character refused both: ParameterError 'output_path must not contain a line break or
+    another control character' for the job's own FinalResults, whatever the user's plan."""
+    from smallpond.execution.job import make_runtime_ctx, run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    folder = tmp_path / "in\tputs"
+    folder.mkdir()
+    pq.write_table(pa.table({"k": [1, 2]}), folder / "a\x01b.parquet")
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(folder / "*.parquet")]))
+    plus = SqlEngineNode(ctx, (src,), "select k + 1 as k from {0}")
+    rt = make_runtime_ctx("tab-root", None, str(tmp_path / "data\troot"), task_cache=False)
+    result = run_job(LogicalPlan(ctx, plus), rt, num_workers=1, manifest_only_final_results=True)
+    assert sorted(result.final_output.to_arrow_table().column("k").to_pylist()) == [2, 3]
+    ctx2 = Context()
+    source = DataSourceNode(ctx2, ParquetDataSet([str(folder / "*.parquet")]))
+    listed = DataSinkNode(ctx2, (source,), str(tmp_path / "m"), type="manifest")
+    rt = make_runtime_ctx("tab-manifest", None, str(tmp_path / "data"), task_cache=False)
+    run_job(LogicalPlan(ctx2, listed), rt, num_workers=1)
+    assert open(tmp_path / "m" / ".MANIFEST.txt").read() == str(folder / "a\x01b.parquet") + "\n"
+    assert ParquetDataSet([str(tmp_path / "m")]).to_arrow_table().column("k").to_pylist() == [1, 2]

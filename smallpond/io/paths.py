@@ -27,10 +27,13 @@ _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 
 #: the file of a result folder that lists the files of its result, one path a line
 MANIFEST_NAME = ".MANIFEST.txt"
-# control characters (C0, DEL, C1) and Unicode's line and paragraph separators: a line break to
-# some reader of a manifest (str.splitlines, universal newlines, an editor), or invisible in it;
-# and lone surrogates: the bytes of a file name that is not UTF-8 (os.fsdecode's surrogateescape),
-# which a manifest (UTF-8 text) cannot hold at all
+# what ends a line for some reader of a manifest (str.splitlines, universal newlines), and lone
+# surrogates: the bytes of a file name that is not UTF-8 (os.fsdecode's surrogateescape), which a
+# manifest (UTF-8 text) cannot hold at all. A path holding one cannot be listed (a tab or another
+# control character can: a data root or an input path holding one is read back as it is)
+_LINE_BREAKING = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029\ud800-\udfff]")
+# what a published file's own name is cleared of: those, and every control character (C0, DEL,
+# C1), invisible in a manifest
 _UNLISTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 
 
@@ -161,20 +164,23 @@ def check_local_filesystem(filesystem, func: str) -> None:
 
 
 def unlistable(path: str) -> Optional[str]:
-    r"""The first character of ``path`` that a manifest line cannot hold (a control character or a
-    line separator), or None.
+    r"""The first character of ``path`` that a manifest line cannot hold (one that ends a line for
+    some reader, or a byte that is not UTF-8), or None.
 
     >>> unlistable("/out/part-0.parquet") is None
     True
     >>> unlistable("/in/new\nline.parquet")
     '\n'
+    >>> unlistable("/data\troot/x.parquet") is None
+    True
     """
-    m = _UNLISTABLE.search(path)
+    m = _LINE_BREAKING.search(path)
     return None if m is None else m.group()
 
 
 def listable_name(name: str) -> str:
-    r"""``name`` with each character a manifest line cannot hold replaced by ``_``.
+    r"""``name`` with each character a manifest line cannot hold, and each control character,
+    replaced by ``_``.
 
     >>> listable_name("new\nline.parquet")
     'new_line.parquet'

@@ -96,7 +96,7 @@ class DataSinkNode(Node):
             raise ParameterError(
                 call_site_msg(
                     "DataSinkNode",
-                    f"output_path must not contain a line break, another control character or a byte that is not UTF-8, got {output_path!r}",
+                    f"output_path must not contain a line break or a byte that is not UTF-8, got {output_path!r}",
                 )
             )
         super().__init__(ctx, input_deps, None, os.path.normpath(output_path), 1, 0, None)
@@ -130,7 +130,7 @@ class DataSinkNode(Node):
 def unlistable_refusal(sink: DataSinkNode, path: str) -> str:
     """Why ``sink`` (``type="manifest"``) refuses input file ``path`` (see :func:`unlistable_inputs`)."""
     return (
-        f"input path {path!r} contains a line break, another control character or a byte that is not UTF-8 ({unlistable(path)!r}), and "
+        f"input path {path!r} contains a line break or a byte that is not UTF-8 ({unlistable(path)!r}), and "
         f"type='manifest' would list it as it is in {os.path.join(sink.output_path, MANIFEST_NAME)}, which holds one "
         "path per line: rename it, publish with type='copy' or 'link_or_copy' (which name the published files "
         "without it), or compute from it first (a SQL or Python step writes files of its own)"
