@@ -204,3 +204,21 @@ def test_a_rerun_after_the_manifest_was_removed_appends_once_and_says_so(tmp_pat
     assert published_rows(a, "id") == [10, 11, 12] and published_rows(base + "/B", "id") == [20, 22, 24]
     run(cmd_x)
     assert published_rows(a, "id") == [10, 11, 12] and len(os.listdir(a)) == 3
+
+
+def test_a_refusal_behind_another_jobs_interrupted_append_says_to_rerun_that_job(tmp_path):
+    """X is killed mid-append; Y is then killed after its manifest moved into A but before its
+    record was written. X's rerun is refused (A's manifest is not the recorded one), and the
+    message said only to remove the manifest and its files by hand, which deletes Y's and the
+    earlier rows. It now names Y's job folder first and says to rerun it; once Y has, X appends."""
+    base, script, cmd_x = _session(tmp_path)
+    cmd_y = [sys.executable, script, base, "y-job", "100"]
+    kill_at(cmd_y, 2)  # Y's file and manifest moved into A; its record not written
+    refused = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)
+    assert refused.returncode != 0
+    (y_root,) = [p for p in glob.glob(base + "/root/*") if os.path.exists(p + "/config/publication.journal")]
+    assert f"First: the job(s) {y_root} were interrupted while publishing" in refused.stderr, refused.stderr[-3000:]
+    assert "rerun that job (same job id and data root)" in refused.stderr
+    run(cmd_y)
+    run(cmd_x)
+    assert published_rows(base + "/A", "id") == [0, 1, 2, 10, 11, 12, 100, 101, 102]

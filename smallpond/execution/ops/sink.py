@@ -93,7 +93,7 @@ from smallpond.errors import ParameterError, PlanError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_append import load_manifest
-from smallpond.execution.ops.sink_journal import PublicationError, Step, journal_path, roll_forward
+from smallpond.execution.ops.sink_journal import PublicationError, Step, interrupted_publications, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_overlap import check_nested_results, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
@@ -243,7 +243,7 @@ def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optiona
             sink_record.key(records_dir)  # made now: a key that is not private is refused before anything runs
         except ParameterError as e:
             raise PlanError(node._msg(str(e))) from None
-    _check_owned(node, dest, records_dir)
+    _check_owned(node, dest, records_dir, job_root)
     if mode == "overwrite" and foreign:
         _refuse_nested_result(node, dest, foreign, records_dir)
         # a manifest-only sink would leave them in place, but beside a manifest that does not list
@@ -282,7 +282,7 @@ def _refuse_nested_result(node, dest: str, foreign: List[str], records_dir: Opti
         )
 
 
-def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:
+def _check_owned(node, dest: str, records_dir: Optional[str], job_root: Optional[str] = None) -> None:
     """Refuse an overwrite of an earlier result that smallpond cannot prove it wrote, in whole or
     in part, and an append into one whose manifest it cannot prove it wrote (an append rewrites
     that manifest, keeping its lines)."""
@@ -310,10 +310,19 @@ def _check_owned(node, dest: str, records_dir: Optional[str]) -> None:
             else f"mode='append' rewrites that {MANIFEST} (keeping its lines), and a manifest smallpond did not "
             "write is a user's file"
         )
+        pending = interrupted_publications(os.path.dirname(job_root), exclude=job_root) if job_root else []
+        first = (
+            f" First: the job(s) {', '.join(pending[:_SHOWN])}{' and more' if len(pending) > _SHOWN else ''} were "
+            "interrupted while publishing (a journal is still there); if one of them published into this folder, its manifest is there without its record yet: rerun "
+            "that job (same job id and data root), which finishes its publication and records it, then run this "
+            "one again. Otherwise, if"
+            if pending
+            else ""
+        )
         raise PlanError(
             node._msg(
                 f"refusing to write into {dest}: smallpond cannot tell whether its {MANIFEST} and the files it lists "
-                f"are the ones smallpond wrote ({why}){what}, and {does}. If that earlier result may go, remove it "
+                f"are the ones smallpond wrote ({why}){what}, and {does}.{first or ' If'} that earlier result may go, remove it "
                 "(the manifest and its files) by hand once and run again; or choose another folder"
             )
         )

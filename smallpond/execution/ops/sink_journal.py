@@ -228,6 +228,24 @@ def journal_path(runtime_ctx) -> str:
     return os.path.join(runtime_ctx.config_root, JOURNAL)
 
 
+def interrupted_publications(data_root: str, exclude: Optional[str] = None) -> List[str]:
+    """Job folders under ``data_root`` (other than ``exclude``) whose publication was interrupted:
+    their journal is still there, so their rerun will finish or roll it back. Only their presence
+    is told (a journal is read only with its own job's secret)."""
+    try:
+        names = sorted(os.listdir(data_root))
+    except OSError:
+        return []
+    skip = os.path.realpath(exclude) if exclude else None
+    found = []
+    for name in names:
+        folder = os.path.join(data_root, name)
+        if "." in name and not name.startswith(".") and os.path.lexists(os.path.join(folder, "config", JOURNAL)):
+            if os.path.realpath(folder) != skip:
+                found.append(folder)
+    return found
+
+
 def destinations(journal: dict) -> List[str]:
     """The destinations a journal publishes into (told by its steps in a journal that does not list them)."""
     if journal.get("destinations"):
