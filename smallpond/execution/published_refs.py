@@ -90,7 +90,8 @@ def pending_publication(job_path: str) -> Optional[str]:
         return None
     return (
         f"its publication was interrupted ({journal} is still there): rerun the job (same job id and "
-        "data root) to finish it, then clean again"
+        "data root) to finish it, then clean again; or, to give that publication up, remove that journal "
+        "and clean again (its staged leftovers beside the destinations go with the next publication there)"
     )
 
 
