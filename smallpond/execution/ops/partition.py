@@ -47,6 +47,18 @@ def _keeps_input_column(node, col: str, columns: List[str]) -> bool:
     return bool(node.drop_partition_column)
 
 
+def _as_bigint(keys):
+    """Float shuffle keys as the DuckDB engine routes them, by ``CAST(key AS BIGINT)``: to the
+    nearest integer, halves to even (measured, DuckDB 2.0: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2), as
+    ``numpy.rint`` rounds; NaN and infinities are returned as they are (refused by the caller as
+    a NULL key, or out of range), and so are keys of other types."""
+    import numpy as np
+
+    if keys.dtype.kind != "f" or not keys.size or not np.isfinite(keys).all():
+        return keys
+    return np.rint(keys).astype(np.int64)
+
+
 def _internal_column(columns: List[str]) -> str:
     """The name of the internal partition column: ``__sp_partition__``, or that name with more
     underscores if the data has a column so named (it would be replaced, and its rows lost)."""
@@ -403,7 +415,7 @@ class HashPartitionTask(Task):
                 if batch.num_rows == 0:
                     continue
                 if direct:
-                    keys = batch.column(col).to_numpy(zero_copy_only=False)
+                    keys = _as_bigint(batch.column(col).to_numpy(zero_copy_only=False))
                 elif local_keys is not None:
                     keys = local_keys(batch)
                 else:
