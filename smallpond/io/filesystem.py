@@ -340,20 +340,24 @@ def signed_bytes(payload: bytes, secret: bytes, second: Optional[bytes] = None) 
     return _SIG_MAGIC_TWO + hashlib.sha256(payload).digest() + sigs + payload
 
 
+def _signatures(data: bytes) -> int:
+    """How many HMACs a record framed as ``SPSIG2`` (1) or ``SPSIG3`` (2) carries after its digest;
+    0 if ``data`` is not such a record (whole)."""
+    n = 2 if data.startswith(_SIG_MAGIC_TWO) else 1 if data.startswith(_SIG_MAGIC) else 0
+    return n if n and len(data) >= len(_SIG_MAGIC) + (1 + n) * _DIGEST else 0
+
+
 def unverified_payload(data: bytes) -> bytes:
     """The payload of a signed record *without* verifying it (``data`` itself if it is not one):
     only for housekeeping that decides what to keep, never for what to trust."""
-    if data.startswith(_SIG_MAGIC) and len(data) >= len(_SIG_MAGIC) + 2 * _DIGEST:
-        return data[len(_SIG_MAGIC) + 2 * _DIGEST :]
-    if data.startswith(_SIG_MAGIC_TWO) and len(data) >= len(_SIG_MAGIC_TWO) + 3 * _DIGEST:
-        return data[len(_SIG_MAGIC_TWO) + 3 * _DIGEST :]
-    return data
+    signatures = _signatures(data)
+    return data[len(_SIG_MAGIC) + (1 + signatures) * _DIGEST :] if signatures else data
 
 
 def verified_payload(data: bytes, secret: bytes, path: str = "") -> bytes:
     """The payload of a signed record, or :class:`CorruptRecord` / :class:`SignatureError`."""
-    signatures = 2 if data.startswith(_SIG_MAGIC_TWO) else 1 if data.startswith(_SIG_MAGIC) else 0
-    if signatures and len(data) >= len(_SIG_MAGIC) + (1 + signatures) * _DIGEST:
+    signatures = _signatures(data)
+    if signatures:
         start = len(_SIG_MAGIC)
         digest, payload = data[start : start + _DIGEST], data[start + (1 + signatures) * _DIGEST :]
         sigs = [data[start + i * _DIGEST : start + (i + 1) * _DIGEST] for i in range(1, 1 + signatures)]
