@@ -336,10 +336,10 @@ class HashPartitionTask(Task):
         each given its partition key in its key-value metadata (the COPY gives all its files the
         same metadata) and, unless the node asked for ``hive_partitioning``, moved out of the
         folder as ``{prefix}-{k}.{i}.parquet`` (upstream's flat layout)."""
-        from smallpond.common import PARQUET_METADATA_KEY_PREFIX
         from smallpond.io.parquet_kv import set_kv_metadata
 
-        kv = {PARQUET_METADATA_KEY_PREFIX + c: str(v) for c, v in self._partition_kv(k).items()}
+        # (the COPY wrote the task's own keys already: set again, they keep their values and places)
+        kv = self.parquet_kv_metadata(self._partition_kv(k))
         hive = self.node.hive_partitioning
         files = []
         for name in sorted(os.listdir(sub)):
