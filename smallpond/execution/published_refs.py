@@ -83,9 +83,9 @@ def pending_publication(job_path: str) -> Optional[str]:
     back that publication from the journal and the job's staged files; with the folder gone, a
     result already swapped in (a manifest listing the job's files) would no longer read, and its
     destination would keep the staged leftovers."""
-    from smallpond.execution.ops.sink_journal import JOURNAL
+    from smallpond.execution.ops.sink_journal import job_journal
 
-    journal = os.path.join(job_path, "config", JOURNAL)
+    journal = job_journal(job_path)
     if not os.path.lexists(journal):
         return None
     return (

@@ -69,6 +69,7 @@ from smallpond.execution.ops.sink_leftovers import (
     owner_record,
     write_owner,
 )
+from smallpond.execution.ops.sink_overlap import JOB_FOLDER
 from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
 from smallpond.io.paths import manifest_paths
 
@@ -228,6 +229,11 @@ def journal_path(runtime_ctx) -> str:
     return os.path.join(runtime_ctx.config_root, JOURNAL)
 
 
+def job_journal(job_folder: str) -> str:
+    """Where the job in ``job_folder`` keeps its publication journal (:func:`journal_path` of its runtime context)."""
+    return os.path.join(job_folder, "config", JOURNAL)
+
+
 def interrupted_publications(data_root: str, exclude: Optional[str] = None) -> List[str]:
     """Job folders under ``data_root`` (other than ``exclude``) whose publication was interrupted:
     their journal is still there, so their rerun will finish or roll it back. Only their presence
@@ -240,9 +246,8 @@ def interrupted_publications(data_root: str, exclude: Optional[str] = None) -> L
     found = []
     for name in names:
         folder = os.path.join(data_root, name)
-        if "." in name and not name.startswith(".") and os.path.lexists(os.path.join(folder, "config", JOURNAL)):
-            if os.path.realpath(folder) != skip:
-                found.append(folder)
+        if JOB_FOLDER.fullmatch(name) and os.path.lexists(job_journal(folder)) and os.path.realpath(folder) != skip:
+            found.append(folder)
     return found
 
 

@@ -37,7 +37,8 @@ from smallpond.logical.base import node_at
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
 from smallpond.logical.graph import topological_order
 
-_JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
+#: a job folder's name under the data root: ``{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}``
+JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
 
 
 def inside(path: str, folder: str) -> bool:
@@ -189,7 +190,7 @@ def check_overlap(
         raise PlanError(node._msg(f"output path {node.output_path} is or contains the job data root {data_root}"))
     if inside(dest, root) and not (output_root and inside(dest, os.path.realpath(output_root))):
         first = os.path.relpath(dest, root).split(os.sep)[0]
-        if _JOB_FOLDER.fullmatch(first):
+        if JOB_FOLDER.fullmatch(first):
             raise PlanError(node._msg(f"output path {node.output_path} is inside job folder {os.path.join(data_root, first)}"))
         own = os.path.join(root, SMALLPOND_DIRNAME)
         if inside(dest, own):
