@@ -11,6 +11,13 @@ field is re-encoded; every other byte of the footer is kept as it was, and the c
 page indexes and bloom filters (all before the footer, addressed by absolute offsets) are not
 touched. Cost: a few system calls and a footer parse (about 0.2 ms for a narrow file).
 
+A footer this cannot rewrite so (one longer than :data:`MAX_FOOTER_BYTES`, or one the parser does
+not understand) is not an error: the file is written again with pyarrow, row group by row group
+(the same rows, row groups, Arrow schema and compression codec per column, the key-value metadata
+merged as above, though pyarrow may write the keys in another order) into a sibling temporary file renamed over it. Only a file that is not Parquet,
+an encrypted footer or one pyarrow cannot read either is refused, with a ValueError naming the file
+and the reason.
+
 The file is rewritten in place, not atomically: call this only on files no one reads yet (a
 task's own output in its private temp dir, renamed into place afterwards).
 """
@@ -30,6 +37,12 @@ from smallpond.io.parquet_footer import (
 )
 
 _MAGIC = b"PAR1"
+_ENCRYPTED_MAGIC = b"PARE"
+#: Footers longer than this are not read into memory to be rewritten in place: the file is
+#: rewritten with pyarrow instead (a length beyond it is more likely damage than a real footer)
+MAX_FOOTER_BYTES = DIGEST_MAX_FOOTER_BYTES
+#: pyarrow's name of each codec a footer may name, where the two differ
+_PYARROW_CODECS = {"UNCOMPRESSED": "NONE", "LZ4_RAW": "LZ4"}
 _LIST = 9
 _STRUCT = 12
 _BINARY = 8
@@ -40,26 +53,76 @@ def set_kv_metadata(path: str, entries: Dict[str, str]) -> None:
     """Set ``entries`` in the key-value metadata of the Parquet file ``path`` (an existing key
     gets the new value, other keys are kept in their order, new keys come last).
 
-    Raises ValueError for a file whose footer this cannot rewrite (not Parquet, an encrypted
-    footer, a footer this parser does not understand)."""
+    The footer is rewritten in place; where it cannot be (see the module's docstring), the file is
+    rewritten with pyarrow. Raises ValueError naming the file for a file that is not Parquet, an
+    encrypted footer, or a file pyarrow cannot read either."""
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
-        length = footer_length(os.pread(fd, 8, size - 8) if size >= 12 else b"", size, DIGEST_MAX_FOOTER_BYTES)
+        tail = os.pread(fd, 8, size - 8) if size >= 12 else b""
+        if tail[4:] == _ENCRYPTED_MAGIC:
+            raise ValueError(f"cannot set key-value metadata in {path!r}: its footer is encrypted")
+        if tail[4:] != _MAGIC:
+            raise ValueError(f"cannot set key-value metadata in {path!r}: not a Parquet file (it does not end with PAR1)")
+        length = footer_length(tail, size, MAX_FOOTER_BYTES)
         if length is None:
-            raise ValueError(f"cannot set key-value metadata in {path!r}: not a Parquet file with a plain footer")
-        start = size - 8 - length
-        footer = os.pread(fd, length, start)
-        try:
-            new = with_kv_metadata(footer, entries)
-        except (_Unsupported, IndexError) as e:
-            raise ValueError(f"cannot set key-value metadata in {path!r}: its footer could not be parsed") from e
-        data = new + len(new).to_bytes(4, "little") + _MAGIC
-        if os.pwrite(fd, data, start) != len(data):
-            raise OSError(f"short write setting key-value metadata in {path!r}")
-        os.ftruncate(fd, start + len(data))
+            declared = int.from_bytes(tail[:4], "little")
+            why = f"its footer length {declared:,} is over {MAX_FOOTER_BYTES:,} bytes or does not fit in the file"
+        else:
+            start = size - 8 - length
+            footer = os.pread(fd, length, start)
+            try:
+                new = with_kv_metadata(footer, entries)
+            except (_Unsupported, IndexError):
+                why = "its footer could not be parsed"
+            else:
+                data = new + len(new).to_bytes(4, "little") + _MAGIC
+                if os.pwrite(fd, data, start) != len(data):
+                    raise OSError(f"short write setting key-value metadata in {path!r}")
+                os.ftruncate(fd, start + len(data))
+                return
     finally:
         os.close(fd)
+    _rewrite_with_pyarrow(path, entries, why)
+
+
+def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str) -> None:
+    """Write the Parquet file ``path`` again with pyarrow, ``entries`` set in its key-value
+    metadata: each row group as one row group, each column with the codec it had (not its
+    compression level, which a footer does not record), through a temporary sibling renamed over
+    ``path``. ``why`` says why the footer was not rewritten in place (for the error)."""
+    import pyarrow.parquet as pq
+
+    tmp = f"{path}.kv-{os.getpid()}.tmp"
+    try:
+        pf = pq.ParquetFile(path)
+        try:
+            md = pf.metadata
+            pairs = _merge(list((md.metadata or {}).items()), entries)
+            kv = {k: b"" if v is None else v for k, v in pairs}
+            codecs = {}
+            if md.num_row_groups:
+                rg = md.row_group(0)
+                for i in range(rg.num_columns):
+                    col = rg.column(i)
+                    codecs[col.path_in_schema] = _PYARROW_CODECS.get(col.compression, col.compression)
+            schema = pf.schema_arrow.remove_metadata()
+            add_kv = hasattr(pq.ParquetWriter, "add_key_value_metadata")
+            if not add_kv:  # (older pyarrow: the metadata goes in with the Arrow schema's)
+                schema = schema.with_metadata(kv)
+            with pq.ParquetWriter(tmp, schema, compression=codecs or "snappy", store_schema=not add_kv) as writer:
+                for i in range(md.num_row_groups):
+                    table = pf.read_row_group(i)
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+                if add_kv:
+                    writer.add_key_value_metadata(kv)
+        finally:
+            pf.close()
+        os.replace(tmp, path)
+    except Exception as e:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise ValueError(f"cannot set key-value metadata in {path!r}: {why}, and pyarrow could not rewrite it: {e}") from e
 
 
 def with_kv_metadata(footer: bytes, entries: Dict[str, str]) -> bytes:

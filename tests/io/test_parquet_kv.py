@@ -57,3 +57,83 @@ def test_not_parquet_is_refused_naming_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"x\.parquet.*not a Parquet file"):
         set_kv_metadata(str(path), {"k": "v"})
     assert path.read_bytes() == b"not a parquet file at all"
+
+
+def _typed_duckdb_file(path) -> None:
+    """A file of many types in 5 row groups, ZSTD, with key-value metadata of its own."""
+    duckdb.sql(
+        "COPY (SELECT range AS a, range::VARCHAR AS b, range / 3.0 AS c, (range * 1.5)::DECIMAL(18, 3) AS d,"
+        " TIMESTAMP '2020-01-01' + INTERVAL (range) SECOND AS t, [range, range + 1] AS l, {'x': range, 'y': 'z'} AS s,"
+        " CASE WHEN range % 7 = 0 THEN NULL ELSE range END AS n FROM range(50000))"
+        f" TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 10000, COMPRESSION ZSTD, KV_METADATA {{'SMALLPOND:x': '1', 'keep': 'me'}})"
+    )
+
+
+def _shape(path):
+    md = pq.read_metadata(str(path))
+    codecs = {md.row_group(0).column(i).path_in_schema: md.row_group(0).column(i).compression for i in range(md.num_columns)}
+    return pq.read_schema(str(path)).remove_metadata(), [md.row_group(i).num_rows for i in range(md.num_row_groups)], codecs
+
+
+def _same_rows(a, b) -> bool:
+    with duckdb.connect() as conn:
+        q = f"SELECT count(*) FROM (SELECT * FROM '{a}' EXCEPT ALL SELECT * FROM '{b}')"
+        return conn.execute(q).fetchone() == (0,) and conn.execute(
+            q.replace(str(a), "@").replace(str(b), str(a)).replace("@", str(b))
+        ).fetchone() == (0,)
+
+
+def test_a_footer_over_the_in_place_limit_is_rewritten_with_pyarrow(tmp_path, monkeypatch):
+    """A real DuckDB file whose footer the in-place path refuses (longer than its limit, here
+    lowered under the footer's length): the file is written again with the same rows, schema, row
+    groups and codecs, and the keys merged as in place (pyarrow may write them in another order)."""
+    from smallpond.io import parquet_kv
+
+    path, original = tmp_path / "big.parquet", tmp_path / "original.parquet"
+    _typed_duckdb_file(path)
+    _typed_duckdb_file(original)
+    assert pq.read_metadata(str(path)).serialized_size > 200
+    monkeypatch.setattr(parquet_kv, "MAX_FOOTER_BYTES", 200)
+    set_kv_metadata(str(path), {"SMALLPOND:x": "7", "SMALLPOND:dim": "7"})
+    assert _kv(path) == {"SMALLPOND:x": "7", "keep": "me", "SMALLPOND:dim": "7"}
+    assert _shape(path) == _shape(original)
+    assert set(_shape(path)[2].values()) == {"ZSTD"}
+    assert _same_rows(path, original)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.parquet", "original.parquet"]  # no temporary left
+
+
+def test_a_footer_the_parser_refuses_is_rewritten_with_pyarrow(tmp_path, monkeypatch):
+    from smallpond.io import parquet_footer, parquet_kv
+
+    def refuse(footer, entries):
+        raise parquet_footer._Unsupported
+
+    path = tmp_path / "arrow.parquet"
+    table = pa.table({"s": pa.array(["x", None, "y"], pa.large_string()), "i": pa.array([1, 2, 3], pa.uint32())})
+    pq.write_table(table, str(path), compression={"s": "gzip", "i": "none"})
+    monkeypatch.setattr(parquet_kv, "with_kv_metadata", refuse)
+    set_kv_metadata(str(path), {"SMALLPOND:k": "3"})
+    assert _kv(path) == {"SMALLPOND:k": "3"}
+    assert pq.read_table(str(path)).equals(table)  # the Arrow schema (large_string, uint32) kept
+    assert _shape(path)[2] == {"s": "GZIP", "i": "UNCOMPRESSED"}
+
+
+def test_an_unreadable_footer_is_refused_naming_the_file_and_why(tmp_path):
+    path = tmp_path / "bad.parquet"
+    garbage = b"PAR1" + b"\x07" * 100 + (50).to_bytes(4, "little") + b"PAR1"
+    path.write_bytes(garbage)
+    with pytest.raises(ValueError, match=r"bad\.parquet.*could not be parsed, and pyarrow could not rewrite it"):
+        set_kv_metadata(str(path), {"k": "v"})
+    assert path.read_bytes() == garbage
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.parquet"]
+    big = tmp_path / "bad.parquet"
+    big.write_bytes(b"PAR1" + b"\x07" * 100 + (1 << 30).to_bytes(4, "little") + b"PAR1")
+    with pytest.raises(ValueError, match=r"footer length 1,073,741,824 is over"):
+        set_kv_metadata(str(big), {"k": "v"})
+
+
+def test_an_encrypted_footer_is_refused_as_such(tmp_path):
+    path = tmp_path / "enc.parquet"
+    path.write_bytes(b"PARE" + b"\x00" * 100 + (50).to_bytes(4, "little") + b"PARE")
+    with pytest.raises(ValueError, match=r"enc\.parquet.*encrypted"):
+        set_kv_metadata(str(path), {"k": "v"})
