@@ -347,7 +347,7 @@ def _clean(args, data_root: str) -> int:
         total += size
         chosen.append((job, size))
     # a type="manifest" result lists files of the job that published it: that job folder stays
-    published = results_listing(data_root, [job.path for job, _ in chosen])
+    published = results_listing(data_root, [job.path for job, _ in chosen], write_index=args.yes)
     # and so does a job whose publication was interrupted: its rerun finishes it from the journal
     why = {job.path: pending_publication(job.path) for job, _ in chosen}
     why.update({path: why_kept(listings) for path, listings in published.items()})
@@ -383,7 +383,8 @@ def _clean_records(data_root: str, really: bool) -> int:
 
     folder = sink_records_dir(data_root)
     try:
-        user_folder.migrate(data_root)
+        if really:  # (a dry run writes nothing: records of the earlier layout are moved by the real clean)
+            user_folder.migrate(data_root)
         gone, kept = prune(data_root, dry_run=not really)
     except (ParameterError, OSError) as e:  # e.g. a folder of another user in this user's place: said, not a traceback
         what = str(e) if isinstance(e, ParameterError) else f"{e.filename or folder}: {e.strerror or e}"

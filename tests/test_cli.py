@@ -318,3 +318,59 @@ def test_a_job_killed_before_its_first_event_is_crashed_not_running(make_rt, par
         json.dump({"host": __import__("socket").gethostname(), "pid": os.getpid()}, f)
     st = cli("status", rt.job_root)
     assert st.returncode == 0 and "running" in st.stdout.splitlines()[0], st.stdout
+
+
+def _tree(root: str) -> dict:
+    """Every path under ``root`` (the root too) with its type, size and modification time."""
+    out = {}
+    for folder, dirs, files in os.walk(root):
+        for name in [""] + dirs + files:
+            st = os.lstat(os.path.join(folder, name))
+            out[os.path.relpath(os.path.join(folder, name), root)] = (st.st_mode, st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_a_dry_run_clean_writes_nothing(make_rt, parquet_files, data_root, tmp_path):
+    """``smallpond clean`` without --yes changes nothing under the data root, byte for byte: not
+    the records folder's index of destinations either (missing here, as before a first lookup, and
+    with a record it does not know), although it would remove a job and a stale record."""
+    from smallpond.execution.ops import sink_record
+    from smallpond.execution.runtime import sink_records_dir
+
+    ctx = Context()
+    query = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")
+    run_job(LogicalPlan(ctx, DataSinkNode(ctx, (query,), str(tmp_path / "kept"), type="manifest")), make_rt(), num_workers=1)
+    ctx = Context()
+    query = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")
+    gone = tmp_path / "gone"
+    run_job(LogicalPlan(ctx, DataSinkNode(ctx, (query,), str(gone), type="copy")), make_rt(), num_workers=1)
+    other = _job(make_rt, parquet_files, "select * from {0}", "77777777-0000-0000-0000-000000000007")
+    for name in os.listdir(gone):
+        os.remove(gone / name)  # the copied result is gone: its record is stale
+    index = os.path.join(sink_records_dir(data_root), sink_record._INDEX)
+    if os.path.exists(index):
+        os.remove(index)
+    # an mtime the clock could not give again, so that a rewrite of any file shows
+    for path in _tree(data_root):
+        os.utime(os.path.join(data_root, path), ns=(1_000_000_000, 1_000_000_000), follow_symlinks=False)
+    before = _tree(data_root)
+
+    dry = cli("clean", data_root=data_root)
+    assert dry.returncode == 0, dry.stderr
+    assert f"would remove {other.job_root}" in dry.stdout and "would remove 1 record(s)" in dry.stdout, dry.stdout
+    assert _tree(data_root) == before
+    done = cli("clean", "--yes", data_root=data_root)  # the index is written by a real clean (a cache)
+    assert done.returncode == 0 and "removed 1 record(s)" in done.stdout, done.stdout
+
+
+def test_a_dry_run_clean_leaves_an_earlier_layout_of_records_where_it_is(data_root):
+    """Records of the earlier single-user layout (``.smallpond/sinks``) are moved into the user's
+    folder by a real clean, not by a dry run."""
+    old = os.path.join(data_root, ".smallpond", "sinks")
+    os.makedirs(old)
+    before = _tree(data_root)
+    dry = cli("clean", data_root=data_root)
+    assert dry.returncode == 0, dry.stderr
+    assert _tree(data_root) == before
+    done = cli("clean", "--yes", data_root=data_root)
+    assert done.returncode == 0 and not os.path.exists(old), done.stdout + done.stderr

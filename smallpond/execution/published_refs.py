@@ -36,9 +36,10 @@ class Listing(NamedTuple):
     files: List[str]
 
 
-def results_listing(data_root: str, job_paths: Iterable[str]) -> Dict[str, List[Listing]]:
+def results_listing(data_root: str, job_paths: Iterable[str], write_index: bool = True) -> Dict[str, List[Listing]]:
     """job folder (as given in ``job_paths``) -> the recorded published results whose manifests
-    list files in it; job folders no result lists are left out."""
+    list files in it; job folders no result lists are left out. Without ``write_index`` (a dry
+    run), the records folder's index of destinations is not brought up to date: nothing is written."""
     roots = {os.path.abspath(data_root), os.path.realpath(data_root)}
     jobs: Dict[str, str] = {}
     for path in job_paths:
@@ -59,7 +60,7 @@ def results_listing(data_root: str, job_paths: Iterable[str]) -> Dict[str, List[
                         return job
         return None
 
-    for dest in sorted(set(sink_record.claimed_destinations(sink_records_dir(data_root)))):
+    for dest in sorted(set(sink_record.claimed_destinations(sink_records_dir(data_root), write_index))):
         try:
             listed = manifest_paths(dest) or []
         except (OSError, UnicodeDecodeError):

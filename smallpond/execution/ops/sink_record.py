@@ -280,7 +280,7 @@ def _claim(data: bytes) -> Optional[dict]:
 _INDEX = ".destinations.json"
 
 
-def claimed_destinations(records_dir: str) -> List[str]:
+def claimed_destinations(records_dir: str, write_index: bool = True) -> List[str]:
     """The destinations the records in ``records_dir`` claim to be of, unverified (a candidate
     only: :func:`load` verifies the record before anything relies on it).
 
@@ -288,7 +288,8 @@ def claimed_destinations(records_dir: str) -> List[str]:
     destination a record names never changes: it is read once and kept in the folder's index
     (:data:`_INDEX`). An index entry is used only if its destination hashes to its record's name
     (an entry that does not, or a record the index lacks, is read from the record); the folder's
-    listing says which records there are, so a removed record is never claimed."""
+    listing says which records there are, so a removed record is never claimed. An index out of
+    date is written again unless ``write_index`` is false (a dry run, which must write nothing)."""
     try:
         names = sorted(n for n in os.listdir(records_dir) if n.endswith(_SUFFIX) and not n.startswith("."))
     except OSError:
@@ -304,7 +305,7 @@ def claimed_destinations(records_dir: str) -> List[str]:
         if _record_name(dest) == name:
             known[name] = dest
         out.append(dest)
-    if fresh or len(known) != len(index):
+    if write_index and (fresh or len(known) != len(index)):
         try:
             atomic_write_bytes(os.path.join(records_dir, _INDEX), json.dumps(known, sort_keys=True).encode())
         except OSError:
