@@ -21,7 +21,6 @@ files where the job wrote them: :mod:`~smallpond.execution.published_refs`).
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -31,11 +30,11 @@ from typing import Dict, List, Optional
 from smallpond.common import same_process_start
 from smallpond.errors import SmallpondError
 from smallpond.execution.events import scan_last_run
-from smallpond.execution.runtime import JOB_TIME_FORMAT, parse_job_id
+from smallpond.execution.runtime import JOB_FOLDER_NAME, JOB_TIME_FORMAT, parse_job_id
 
-JOB_DIR_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$"
-)
+#: a job folder's name (the runtime's :data:`~smallpond.execution.runtime.JOB_FOLDER_NAME`, under
+#: the name this module has always given it)
+JOB_DIR_RE = JOB_FOLDER_NAME
 FINISHED = ("success", "failure", "interrupted", "crashed")
 
 
@@ -77,7 +76,9 @@ class JobInfo:
 
 
 def is_job_folder(path: str) -> bool:
-    return bool(JOB_DIR_RE.match(os.path.basename(path.rstrip(os.sep)))) and os.path.isfile(os.path.join(path, "log", ".STATUS"))
+    return bool(JOB_DIR_RE.fullmatch(os.path.basename(path.rstrip(os.sep)))) and os.path.isfile(
+        os.path.join(path, "log", ".STATUS")
+    )
 
 
 def _last_status(path: str) -> tuple:
@@ -122,7 +123,7 @@ def process_alive(host: str, pid: int, since: float = 0.0, start_id: Optional[st
 def describe_job(path: str) -> JobInfo:
     """A job folder's :class:`JobInfo` (reads ``log/.STATUS`` and the last ``job_start`` event)."""
     path = os.path.abspath(path)
-    m = JOB_DIR_RE.match(os.path.basename(path.rstrip(os.sep)))
+    m = JOB_DIR_RE.fullmatch(os.path.basename(path.rstrip(os.sep)))
     if m is None:
         raise JobLookupError(f"{path} is not a job folder (expected a name like 2026-01-31-12-00-00.<uuid>)")
     info = JobInfo(path, m.group(2), datetime.strptime(m.group(1), JOB_TIME_FORMAT))
@@ -164,7 +165,7 @@ def list_jobs(data_root: str) -> List[JobInfo]:
     out = []
     for name in names:
         path = os.path.join(data_root, name)
-        if JOB_DIR_RE.match(name) and os.path.isdir(path) and not os.path.islink(path):
+        if JOB_DIR_RE.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
             out.append(describe_job(path))
     return out
 

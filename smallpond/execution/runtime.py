@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Dict, Optional, Tuple
@@ -36,6 +37,13 @@ DEFAULT_DATA_ROOT = os.path.join("~", ".smallpond", "data")
 #: ``--random_seed``, ``SP_RANDOM_SEED``) to draw others; it is part of every task's fingerprint.
 DEFAULT_RANDOM_SEED = 0x5EED
 JOB_TIME_FORMAT = "%Y-%m-%d-%H-%M-%S"
+#: The name of a job folder under the data root, ``{job_time:JOB_TIME_FORMAT}.{job_id}`` (see
+#: :class:`JobLayout`; a job id is always a UUID, :func:`parse_job_id`), matched with ``fullmatch``:
+#: group 1 the job time, group 2 the job id. The one pattern of it: the catalog finds job folders
+#: with it, the sinks refuse outputs inside them and look for their interrupted publications.
+JOB_FOLDER_NAME = re.compile(
+    r"(\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2})\.([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+)
 
 
 class JobId(uuid.UUID):

@@ -147,3 +147,30 @@ def test_a_claim_of_a_killed_process_not_yet_reaped_is_not_live():
     finally:
         child.kill()
         child.wait()
+
+
+def test_one_pattern_names_job_folders_for_the_catalog_and_the_sinks(data_root):
+    """The catalog's JOB_DIR_RE and the sinks' JOB_FOLDER are the runtime's one pattern of a job
+    folder's name, which every folder a job makes has (time and id in its groups)."""
+    from datetime import datetime
+
+    from smallpond.execution import catalog, runtime
+    from smallpond.execution.ops import sink_journal, sink_overlap
+
+    assert catalog.JOB_DIR_RE is runtime.JOB_FOLDER_NAME
+    assert sink_overlap.JOB_FOLDER is runtime.JOB_FOLDER_NAME and sink_journal.JOB_FOLDER is runtime.JOB_FOLDER_NAME
+    when = datetime(2026, 1, 31, 12, 0, 5)
+    for _ in range(20):
+        job_id = runtime.JobId.new()
+        name = os.path.basename(runtime.JobLayout(data_root, when, job_id).job_root)
+        m = runtime.JOB_FOLDER_NAME.fullmatch(name)
+        assert m and m.groups() == ("2026-01-31-12-00-05", str(job_id))
+    job_id = runtime.parse_job_id("nightly")  # a job id given as any text is a UUID too
+    assert runtime.JOB_FOLDER_NAME.fullmatch(os.path.basename(runtime.JobLayout(data_root, when, job_id).job_root))
+    for other in (
+        "2026-01-31-12-00-05",
+        "2026-01-31-12-00-05.nightly",
+        f"x2026-01-31-12-00-05.{A}",
+        f"2026-01-31-12-00-05.{A}\n",
+    ):
+        assert not runtime.JOB_FOLDER_NAME.fullmatch(other)

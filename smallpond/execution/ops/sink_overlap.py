@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 from typing import Dict, Optional, Sequence, Tuple
 
 from smallpond.errors import PlanError
 from smallpond.execution.ops import sink_record
-from smallpond.execution.runtime import SMALLPOND_DIRNAME
+from smallpond.execution.runtime import JOB_FOLDER_NAME, SMALLPOND_DIRNAME
 from smallpond.logical.base import node_at
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
 from smallpond.logical.graph import topological_order
 
-#: a job folder's name under the data root: ``{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}``
-JOB_FOLDER = re.compile(r"\d{4}(-\d\d){5}\..+")
+#: a job folder's name under the data root (the runtime's
+#: :data:`~smallpond.execution.runtime.JOB_FOLDER_NAME`, under the name this module has given it)
+JOB_FOLDER = JOB_FOLDER_NAME
 
 
 def inside(path: str, folder: str) -> bool:
