@@ -11,7 +11,7 @@ import os
 import random
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ColumnNotFoundError, ListedFileMissing, ParameterError, columns_not_found
@@ -194,7 +194,7 @@ def _check_listed(directory: str, listed: List[str]) -> None:
     """Refuse a result whose manifest lists a file that is gone (:class:`ListedFileMissing`), naming
     the manifest and the file: the reader's own error would name only the file, and a
     ``type="manifest"`` result lists files outside its folder (the job's, or the sources')."""
-    missing = [p for p in listed if not os.path.exists(p)]
+    missing = _gone(listed)
     if missing:
         more = f" ({len(missing)} of its {len(listed)} files are gone)" if len(missing) > 1 else ""
         raise ListedFileMissing(
@@ -203,6 +203,40 @@ def _check_listed(directory: str, listed: List[str]) -> None:
             "list: its files stay where the job wrote them (its job folder, or the inputs), and removing them "
             "(smallpond clean, or by hand) leaves it unreadable. Publish it again"
         )
+
+
+#: A folder of which a manifest lists more files than this is listed once (one ``scandir``) rather
+#: than each of its files looked up (one ``stat`` each). Checking a manifest of 100,000 files on
+#: local disk took 0.155 s of CPU (and 0.25 to 0.75 s of wall time on a busy machine); listing
+#: takes 0.07 s (16 folders) to 0.11 s (one folder of 100,000), the listing itself about half.
+_STAT_EACH_UP_TO = 16
+
+
+def _gone(listed: List[str]) -> List[str]:
+    """The paths of ``listed`` that do not exist (as ``os.path.exists`` says), in their order."""
+    by_folder: Dict[str, List[Tuple[str, str]]] = {}
+    sep = os.sep
+    for path in listed:
+        folder, slash, name = path.rpartition(sep)
+        by_folder.setdefault(folder or (sep if slash else os.curdir), []).append((path, name))
+    gone = set()
+    for folder, entries in by_folder.items():
+        if len(entries) > _STAT_EACH_UP_TO:
+            try:
+                with os.scandir(folder) as listing:
+                    names, links = set(), set()
+                    for entry in listing:
+                        names.add(entry.name)
+                        if entry.is_symlink():  # (from the listing's file type: no system call)
+                            links.add(entry.name)
+            except OSError:
+                pass  # not a folder this can list: each file is looked up
+            else:
+                gone.update(path for path, name in entries if name not in names)
+                # a link is there if its target is; a name such as "." or "" is not in a listing
+                entries = [(p, n) for p, n in entries if n in links or n in ("", os.curdir, os.pardir)]
+        gone.update(path for path, _ in entries if not os.path.exists(path))
+    return [p for p in listed if p in gone] if gone else []
 
 
 class ParquetDataSet(DataSet):

@@ -380,3 +380,40 @@ def test_a_result_whose_manifest_lists_a_missing_file_names_the_manifest_and_the
     assert isinstance(info.value, FileNotFoundError)
     message = str(info.value)
     assert str(result / ".MANIFEST.txt") in message and gone in message and kept not in message
+
+
+def test_a_manifest_of_many_files_is_checked_by_listing_their_folders(tmp_path, monkeypatch):
+    """Files of a folder a manifest lists many of are found gone by one listing of the folder, not
+    one stat each; still exactly: a removed file, a link whose target is gone and a file of a
+    folder that is gone are named, a link to a file that is there is not."""
+    import smallpond.logical.dataset_files as dataset_files
+    from smallpond.errors import ListedFileMissing
+
+    job = tmp_path / "job"
+    job.mkdir()
+    files = [str(job / f"part-{i:03d}.parquet") for i in range(100)]
+    for path in files:
+        open(path, "wb").close()
+    os.symlink(files[1], job / "link-ok.parquet")
+    os.symlink(str(job / "nowhere.parquet"), job / "link-dangling.parquet")
+    lone = str(tmp_path / "gone-folder" / "x.parquet")
+    listed = files + [str(job / "link-ok.parquet"), str(job / "link-dangling.parquet"), lone]
+    result = tmp_path / "result"
+    result.mkdir()
+    (result / ".MANIFEST.txt").write_text("".join(f"{p}\n" for p in listed))
+    looked_up = []
+    exists = os.path.exists
+    monkeypatch.setattr(dataset_files.os.path, "exists", lambda p: looked_up.append(p) or exists(p))
+    with pytest.raises(ListedFileMissing) as info:  # the link to nowhere and the file of a folder that is gone
+        _ = ParquetDataSet([str(result)]).resolved_paths
+    assert f"2 of its {len(listed)} files are gone" in str(info.value)
+    assert sorted(looked_up) == sorted(listed[-3:])  # the links and the lone file: the 100 files by one listing
+
+    os.remove(files[50])
+    os.remove(files[99])
+    os.remove(tmp_path / "job" / "link-ok.parquet")
+    os.symlink(str(job / "nowhere.parquet"), job / "link-ok.parquet")
+    with pytest.raises(ListedFileMissing) as info:
+        _ = ParquetDataSet([str(result)]).resolved_paths
+    assert files[50] in str(info.value) and f"5 of its {len(listed)} files are gone" in str(info.value)
+    assert dataset_files._gone(listed) == [files[50], files[99]] + listed[-3:]
