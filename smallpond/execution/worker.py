@@ -266,12 +266,16 @@ def limit_blas_threads(environ) -> None:
 
 #: pyarrow's default memory pool (mimalloc) asks for transparent huge pages unless this says no
 ARROW_HUGE_PAGES_VARIABLE = "MIMALLOC_ALLOW_THP"
+#: in a worker's environment beside MIMALLOC_ALLOW_THP: smallpond set the variable, not the user
+ARROW_PAGES_MARK = "SP_ARROW_PAGES_SMALL"
+_PR_SET_THP_DISABLE, _PR_GET_THP_DISABLE = 41, 42  # prctl(2)
+_THP_MODE = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
-def keep_arrow_pages_small(environ) -> None:
+def keep_arrow_pages_small(environ) -> bool:
     """Keep pyarrow's memory pool (mimalloc) from asking for transparent huge pages in a worker,
-    unless the user's or the job's environment sets ``MIMALLOC_ALLOW_THP``. Call before pyarrow
-    is imported (mimalloc reads its options once, when pyarrow loads it).
+    unless the user's or the job's environment (``environ``, the worker's) sets
+    ``MIMALLOC_ALLOW_THP``. Call before pyarrow is imported; returns whether it will act.
 
     mimalloc 3 (pyarrow 26's default pool) reserves 1 GiB arenas marked ``MADV_HUGEPAGE``, so
     on a kernel whose THP mode is ``madvise`` (the common default) the first touch of each 2 MiB
@@ -285,8 +289,128 @@ def keep_arrow_pages_small(environ) -> None:
     gathers over large tables are the other side of it: a ``take`` by a random permutation and a
     ``sort_indices`` of 10M rows spend ~1.2 s less in the kernel and ~1.3 s more in user time
     (TLB misses), ~2% more in all; a job made of those may set ``MIMALLOC_ALLOW_THP=1``. Memory not touched is not charged
-    either way; only the kernel's page size for the pool changes."""
-    environ.setdefault(ARROW_HUGE_PAGES_VARIABLE, "0")
+    either way; only the kernel's page size for the pool changes.
+
+    The user's own processes never see the setting: mimalloc reads it once, while pyarrow is
+    imported (measured: pyarrow 26), so the variable is in the worker's environment only during
+    that import (:class:`_ArrowImport`), and a subprocess the user's code starts (a
+    ``PythonScriptNode`` running ``subprocess.run``) gets the environment the job started with.
+    mimalloc applies the option with ``prctl(PR_SET_THP_DISABLE)``, which children inherit (for
+    all of their memory, even across ``exec``); it is undone after the import, unless the kernel's
+    THP mode is ``always``, where it is what keeps the worker's arenas small (children of such a
+    worker run without huge pages). With the option off mimalloc marks no arena
+    ``MADV_HUGEPAGE``, so under ``madvise`` its memory stays in small pages without it.
+
+    A Ray worker process has imported pyarrow before any of smallpond's code runs in it (Ray
+    does, to deserialize a task's arguments): there the variable comes with the attempts'
+    ``runtime_env`` (:func:`worker_env_vars`), with :data:`ARROW_PAGES_MARK` saying smallpond
+    set it, and this removes both and undoes the ``prctl`` (to the setting of the process that
+    started the worker, the raylet)."""
+    ours = environ.pop(ARROW_PAGES_MARK, None) == "1"
+    if ARROW_HUGE_PAGES_VARIABLE in environ and not ours:
+        return False  # the user's choice
+    if "pyarrow" in sys.modules:  # mimalloc has read its options
+        if ours:
+            environ.pop(ARROW_HUGE_PAGES_VARIABLE, None)
+            _restore_thp(_thp_disabled(os.getppid()))
+        return ours
+    environ.pop(ARROW_HUGE_PAGES_VARIABLE, None)  # (set again while pyarrow is imported)
+    if not any(isinstance(f, _ArrowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _ArrowImport())
+    return True
+
+
+def worker_env_vars(rt, environ) -> dict:
+    """What a worker process must find in its environment when it starts, for settings read
+    before smallpond's code runs in it (Ray's: see :func:`keep_arrow_pages_small`): the job's
+    own ``MIMALLOC_ALLOW_THP`` (its environment overrides), else nothing if ``environ`` (the
+    driver's) sets it, else ``MIMALLOC_ALLOW_THP=0`` and :data:`ARROW_PAGES_MARK`."""
+    if ARROW_HUGE_PAGES_VARIABLE in rt.env_overrides:
+        return {ARROW_HUGE_PAGES_VARIABLE: rt.env_overrides[ARROW_HUGE_PAGES_VARIABLE]}
+    if ARROW_HUGE_PAGES_VARIABLE in environ:
+        return {}
+    return {ARROW_HUGE_PAGES_VARIABLE: "0", ARROW_PAGES_MARK: "1"}
+
+
+class _ArrowImport:
+    """An import hook (the first finder of ``sys.meta_path``, once): the import of ``pyarrow`` runs
+    with ``MIMALLOC_ALLOW_THP=0`` in the environment, then the variable is removed and the THP
+    setting mimalloc made undone (see :func:`keep_arrow_pages_small`)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "pyarrow":
+            return None
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:  # the spec the import would have found
+            find = getattr(finder, "find_spec", None)
+            spec = find(name, path, target) if find is not None else None
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        run = getattr(loader, "exec_module", None)
+        if run is None:
+            return spec
+
+        def exec_module(module):
+            loader.exec_module = run  # (once)
+            if ARROW_HUGE_PAGES_VARIABLE in os.environ:  # set meanwhile, by the user's code: theirs
+                return run(module)
+            disabled = _thp_disabled()
+            os.environ[ARROW_HUGE_PAGES_VARIABLE] = "0"
+            try:
+                run(module)
+            finally:
+                os.environ.pop(ARROW_HUGE_PAGES_VARIABLE, None)
+                _restore_thp(disabled)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _prctl(option: int, arg: int = 0) -> int:
+    """prctl(2) on Linux; -1 where it cannot be called."""
+    if not sys.platform.startswith("linux"):
+        return -1
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    except (OSError, AttributeError):
+        return -1
+
+
+def _thp_disabled(pid: Optional[int] = None) -> int:
+    """1 if process ``pid`` (default: this one) has transparent huge pages turned off
+    (``PR_SET_THP_DISABLE``: ``THP_enabled: 0`` in its status), 0 if not, -1 if unknown."""
+    if pid is None:
+        return _prctl(_PR_GET_THP_DISABLE)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("THP_enabled:"):
+                    return 1 - int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
+
+
+def _restore_thp(before: int) -> None:
+    """Turn transparent huge pages back on for this process (and the children it starts) if they
+    were on ``before`` (1, 0, -1 as :func:`_thp_disabled`) and mimalloc turned them off, unless
+    the kernel's mode is ``always`` (see :func:`keep_arrow_pages_small`)."""
+    if before == 0 and _thp_disabled() == 1 and not _thp_always():
+        _prctl(_PR_SET_THP_DISABLE, 0)
+
+
+def _thp_always() -> bool:
+    try:
+        with open(_THP_MODE) as f:
+            return "[always]" in f.read()
+    except OSError:
+        return False
 
 
 def _load_runtime_ctx(path: str):

@@ -443,6 +443,39 @@ def test_a_straggler_on_ray_is_overtaken_by_its_copy(cluster, make_rt, tmp_path)
     assert [n for n in os.listdir(node_dir) if n.startswith(slow.key)] == [os.path.basename(record["output_dir"])]
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
+def test_ray_workers_keep_arrow_memory_off_huge_pages_and_their_subprocesses_see_the_job_environment(cluster, make_rt):
+    """As local workers (tests/execution/test_task_runtime.py): a Ray worker's pyarrow pool asks
+    for no huge pages, while the task's code and its subprocesses see neither MIMALLOC_ALLOW_THP
+    nor mimalloc's THP setting; the job's own value reaches them, and mimalloc, as it is."""
+    import pyarrow as pa
+
+    from smallpond.execution.executors.ray import RayExecutor
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ArrowTableDataSet
+    from smallpond.logical.node import ArrowComputeNode, LogicalPlan
+    from tests.execution.test_task_runtime import _thp_enabled, arrow_pool_pages
+
+    if pa.default_memory_pool().backend_name != "mimalloc":
+        pytest.skip("pyarrow's default pool is not mimalloc")
+    ctx = Context()
+    parts = DataSetPartitionNode(
+        ctx, (DataSourceNode(ctx, ArrowTableDataSet(pa.table({"x": list(range(4))}))),), 2, partition_by_rows=True
+    )
+    plan = LogicalPlan(ctx, ArrowComputeNode(ctx, (parts,), process_func=arrow_pool_pages))
+    mine = _thp_enabled()  # the raylets' (started from this process), so their workers'
+    always = "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    thp = "0" if always else mine
+    for seed, overrides, var in ((101, {}, ""), (102, {"MIMALLOC_ALLOW_THP": "1"}, "1")):  # (a seed: fresh workers)
+        rt = make_rt(random_seed=seed, env_overrides=overrides, task_cache=False)
+        rows = run_job(plan, rt, executor=RayExecutor(rt, None)).final_output.to_arrow_table().to_pylist()
+        assert rows and all(r["var"] == var and r["child"] == f"{var}|{mine if var else thp}" for r in rows), rows
+        if not var:
+            assert all(r["huge"] is False and r["thp"] == thp for r in rows), rows
+        elif "[madvise]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read():
+            assert all(r["huge"] for r in rows), rows  # the job's value reached mimalloc
+
+
 @pytest.mark.filterwarnings("ignore:.*cannot fingerprint")
 def test_an_unpicklable_task_fails_at_submit(cluster, make_rt, parquet_files, tmp_path):
     rt = make_rt()

@@ -167,10 +167,18 @@ def test_workers_give_blas_one_thread_unless_the_environment_says_otherwise(tmp_
     assert rows and all(r == {"OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": "2"} for r in rows)
 
 
+def _thp_enabled() -> str:
+    """This process's ``THP_enabled`` (/proc/self/status): "0" once ``PR_SET_THP_DISABLE`` is set."""
+    return next((line.split()[1] for line in open("/proc/self/status") if line.startswith("THP_enabled:")), "?")
+
+
 def arrow_pool_pages(runtime_ctx, tables):
     """Whether the memory of a buffer from pyarrow's default pool is marked for huge pages
-    (``hg`` among the VmFlags of its mapping in /proc/self/smaps), and the variable saying so."""
+    (``hg`` among the VmFlags of its mapping in /proc/self/smaps), the variable saying so, and
+    what a subprocess of the task sees: the variable and its THP state."""
     import os
+    import subprocess
+    import sys
 
     buf = pa.allocate_buffer(8 << 20)
     flags, inside = None, False
@@ -189,13 +197,24 @@ def arrow_pool_pages(runtime_ctx, tables):
             "pool": [pa.default_memory_pool().backend_name] * n,
             "huge": ["hg" in (flags or [])] * n,
             "var": [os.environ.get("MIMALLOC_ALLOW_THP", "")] * n,
+            "thp": [_thp_enabled()] * n,
+            "child": [subprocess.run([sys.executable, "-c", _CHILD], capture_output=True, text=True).stdout.strip()] * n,
         }
     )
+
+
+_CHILD = (
+    "import os; print(os.environ.get('MIMALLOC_ALLOW_THP', ''), "
+    "next((l.split()[1] for l in open('/proc/self/status') if l.startswith('THP_enabled:')), '?'), sep='|')"
+)
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
 @pytest.mark.skipif(pa.default_memory_pool().backend_name != "mimalloc", reason="pyarrow's default pool is not mimalloc")
 def test_workers_keep_arrow_memory_off_huge_pages_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
+    """A worker's pyarrow pool asks for no huge pages (``MIMALLOC_ALLOW_THP=0`` while pyarrow
+    loads), but the user's code and its subprocesses see the environment and the THP setting the
+    job started with; the user's own ``MIMALLOC_ALLOW_THP`` is left as it is."""
     # mimalloc marks its arenas MADV_HUGEPAGE: every fresh 2 MiB a worker touched was a huge page
     # zeroed by the kernel (~30% of the tuned GraySort's CPU samples in clear_page_erms)
     monkeypatch.delenv("MIMALLOC_ALLOW_THP", raising=False)
@@ -205,11 +224,14 @@ def test_workers_keep_arrow_memory_off_huge_pages_unless_the_environment_says_ot
     plan = LogicalPlan(ctx, ArrowComputeNode(ctx, (parts,), process_func=arrow_pool_pages))
     rows = run_job(plan, make_runtime_ctx("thp-default", None, str(tmp_path), task_cache=False), num_workers=2)
     rows = rows.final_output.to_arrow_table().to_pylist()
-    assert rows and all(r == {"pool": "mimalloc", "huge": False, "var": "0"} for r in rows)
+    mine = _thp_enabled()  # (this process's THP setting: the workers', and their children's, unless always)
+    always = "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    want = {"pool": "mimalloc", "huge": False, "var": "", "thp": "0" if always else mine, "child": f"|{'0' if always else mine}"}
+    assert rows and all(r == want for r in rows), rows
     # the user's choice (here, in the job's environment) is left as it is
     rt = make_runtime_ctx("thp-user", None, str(tmp_path), env_overrides={"MIMALLOC_ALLOW_THP": "1"}, task_cache=False)
     rows = run_job(plan, rt, num_workers=2).final_output.to_arrow_table().to_pylist()
-    assert rows and all(r["var"] == "1" for r in rows)
+    assert rows and all(r["var"] == "1" and r["child"] == f"1|{mine}" for r in rows), rows
     thp = "/sys/kernel/mm/transparent_hugepage/enabled"
     if os.path.exists(thp) and "[madvise]" in open(thp).read():  # the probe sees the marks it looks for
         assert all(r["huge"] for r in rows)

@@ -186,17 +186,22 @@ _read_marker_remote = ray.remote(_read_marker)
 
 
 def worker_runtime_env(rt: RuntimeContext) -> Optional[dict]:
-    """The Ray runtime environment of the job's attempts: the workers' ``PYTHONHASHSEED``
-    (:func:`~smallpond.execution.worker.worker_hash_seed`), which must be in the environment a
-    worker process starts with. Ray starts workers for it and keeps them for the next attempts;
-    the data-root checks use it too, so the first attempts find them started. None if the Ray
-    job's own runtime environment sets the variable (Ray merges ``env_vars`` key by key)."""
-    from smallpond.execution.worker import worker_hash_seed
+    """The Ray runtime environment of the job's attempts: what must be in the environment a
+    worker process starts with, its ``PYTHONHASHSEED``
+    (:func:`~smallpond.execution.worker.worker_hash_seed`) and the Arrow memory setting
+    (:func:`~smallpond.execution.worker.worker_env_vars`). Ray starts workers for it and keeps
+    them for the next attempts; the data-root checks use it too, so the first attempts find them
+    started. A variable the Ray job's own runtime environment sets is left to it (Ray merges
+    ``env_vars`` key by key); None if nothing is left."""
+    from smallpond.execution.worker import ARROW_HUGE_PAGES_VARIABLE, worker_env_vars, worker_hash_seed
 
-    job_env = ray.get_runtime_context().runtime_env or {}
-    if "PYTHONHASHSEED" in (job_env.get("env_vars") or {}):
-        return None
-    return {"env_vars": {"PYTHONHASHSEED": worker_hash_seed(rt, os.environ)}}
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    env_vars = {}
+    if "PYTHONHASHSEED" not in job_env:
+        env_vars["PYTHONHASHSEED"] = worker_hash_seed(rt, os.environ)
+    if ARROW_HUGE_PAGES_VARIABLE not in job_env:
+        env_vars.update(worker_env_vars(rt, os.environ))
+    return {"env_vars": env_vars} if env_vars else None
 
 
 def start_node_checks(rt: RuntimeContext, nodes: List[RayNode]) -> Tuple[str, str, Dict[object, RayNode]]:
