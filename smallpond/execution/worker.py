@@ -333,17 +333,16 @@ def worker_env_vars(rt, environ) -> dict:
 
 
 class _ArrowImport:
-    """An import hook (the first finder of ``sys.meta_path``, once): the import of ``pyarrow`` runs
-    with ``MIMALLOC_ALLOW_THP=0`` in the environment, then the variable is removed and the THP
-    setting mimalloc made undone (see :func:`keep_arrow_pages_small`)."""
+    """An import hook (the first finder of ``sys.meta_path``): the import of ``pyarrow`` runs with
+    ``MIMALLOC_ALLOW_THP=0`` in the environment, then the variable is removed, the THP setting
+    mimalloc made undone (see :func:`keep_arrow_pages_small`) and the hook taken out. A spec found
+    but not loaded (``importlib.util.find_spec``) leaves it in place for the import."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "pyarrow":
             return None
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
         for finder in sys.meta_path:  # the spec the import would have found
-            find = getattr(finder, "find_spec", None)
+            find = getattr(finder, "find_spec", None) if finder is not self else None
             spec = find(name, path, target) if find is not None else None
             if spec is not None:
                 break
@@ -355,7 +354,9 @@ class _ArrowImport:
             return spec
 
         def exec_module(module):
-            loader.exec_module = run  # (once)
+            loader.exec_module = run
+            if self in sys.meta_path:
+                sys.meta_path.remove(self)
             if ARROW_HUGE_PAGES_VARIABLE in os.environ:  # set meanwhile, by the user's code: theirs
                 return run(module)
             disabled = _thp_disabled()

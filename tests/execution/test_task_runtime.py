@@ -237,6 +237,48 @@ def test_workers_keep_arrow_memory_off_huge_pages_unless_the_environment_says_ot
         assert all(r["huge"] for r in rows)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
+@pytest.mark.skipif(pa.default_memory_pool().backend_name != "mimalloc", reason="pyarrow's default pool is not mimalloc")
+def test_the_arrow_pages_setting_is_in_the_environment_only_while_pyarrow_is_imported(tmp_path):
+    """In a fresh interpreter (a worker's): nothing in the environment before or after pyarrow's
+    import, the pool's memory not marked for huge pages, and a spec looked up beforehand
+    (``importlib.util.find_spec``, as libraries probing for pyarrow do) changes nothing."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    code = (
+        "import importlib.util, os, subprocess, sys\n"
+        "from smallpond.execution.worker import keep_arrow_pages_small\n"
+        "def thp():\n"
+        "    return next(l.split()[1] for l in open('/proc/self/status') if l.startswith('THP_enabled:'))\n"
+        "before = thp()\n"
+        "assert keep_arrow_pages_small(os.environ) and 'MIMALLOC_ALLOW_THP' not in os.environ\n"
+        "assert importlib.util.find_spec('pyarrow') is not None and 'pyarrow' not in sys.modules\n"
+        "import pyarrow as pa\n"
+        "buf = pa.allocate_buffer(8 << 20)\n"
+        "flags, inside = [], False\n"
+        "for line in open('/proc/self/smaps'):\n"
+        "    head = line.split()\n"
+        "    if '-' in head[0] and not head[0].endswith(':'):\n"
+        "        lo, hi = (int(x, 16) for x in head[0].split('-'))\n"
+        "        inside = lo <= buf.address < hi\n"
+        "    elif inside and head[0] == 'VmFlags:':\n"
+        "        flags = head[1:]\n"
+        "        break\n"
+        f"child = subprocess.run([sys.executable, '-c', {_CHILD!r}], capture_output=True, text=True).stdout.strip()\n"
+        "print('hg' in flags, repr(os.environ.get('MIMALLOC_ALLOW_THP', '')), thp() == before, child == '|' + before,"
+        " keep_arrow_pages_small(os.environ))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MIMALLOC_ALLOW_THP"}
+    env["PYTHONPATH"] = REPO_ROOT
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=120)
+    always = "[always]" in open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "''", str(not always), str(not always), "False"], out.stdout
+
+
 def test_workers_hash_seed_follows_the_job_seed_unless_the_user_sets_one(tmp_path):
     from smallpond.execution.worker import worker_hash_seed
 
