@@ -14,9 +14,11 @@ touched. Cost: a few system calls and a footer parse (about 0.2 ms for a narrow 
 A footer this cannot rewrite so (one longer than :data:`MAX_FOOTER_BYTES`, or one the parser does
 not understand) is not an error: the file is written again with pyarrow, row group by row group
 (the same rows, row groups, Arrow schema and compression codec per column, the key-value metadata
-merged as above, though pyarrow may write the keys in another order) into a sibling temporary file renamed over it. Only a file that is not Parquet,
-an encrypted footer or one pyarrow cannot read either is refused, with a ValueError naming the file
-and the reason.
+merged as above, though pyarrow may write the keys in another order) into a sibling temporary
+file renamed over it. Refused, with a ValueError naming the file and the reason, the file left as
+it was: a file that is not Parquet, an encrypted footer, one pyarrow cannot read either, and one
+pyarrow would write back with other column types (a column whose Parquet type it reads without
+its meaning, such as DuckDB's ``INTERVAL``, which would come back as bytes).
 
 The file is rewritten in place, not atomically: call this only on files no one reads yet (a
 task's own output in its private temp dir, renamed into place afterwards).
@@ -116,13 +118,33 @@ def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str) -> None:
                     writer.write_table(table, row_group_size=max(1, table.num_rows))
                 if add_kv:
                     writer.add_key_value_metadata(kv)
+            changed = _changed_types(pf.schema, pq.read_metadata(tmp).schema)
         finally:
             pf.close()
+        if changed:
+            raise ValueError(f"pyarrow would write it back with other column types ({changed})")
         os.replace(tmp, path)
     except Exception as e:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise ValueError(f"cannot set key-value metadata in {path!r}: {why}, and pyarrow could not rewrite it: {e}") from e
+
+
+#: Parquet annotations of columns that pyarrow writes as the plain physical type (the same values)
+_PLAIN_ANNOTATIONS = ("Int(bitWidth=32, isSigned=true)", "Int(bitWidth=64, isSigned=true)")
+
+
+def _changed_types(before, after) -> str:
+    """The leaf columns of two ``ParquetSchema`` whose logical types differ (a column pyarrow reads
+    without its meaning, such as DuckDB's ``INTERVAL``, comes back as bytes), as text; '' if none."""
+    if len(before) != len(after):
+        return f"{len(before)} columns, then {len(after)}"
+    out = []
+    for i in range(len(before)):
+        old, new = str(before.column(i).logical_type), str(after.column(i).logical_type)
+        if old != new and not (old in _PLAIN_ANNOTATIONS and new == "None"):
+            out.append(f"{before.column(i).path}: {old} -> {new}")
+    return "; ".join(out)
 
 
 def with_kv_metadata(footer: bytes, entries: Dict[str, str]) -> bytes:

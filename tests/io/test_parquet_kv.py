@@ -64,7 +64,9 @@ def _typed_duckdb_file(path) -> None:
     duckdb.sql(
         "COPY (SELECT range AS a, range::VARCHAR AS b, range / 3.0 AS c, (range * 1.5)::DECIMAL(18, 3) AS d,"
         " TIMESTAMP '2020-01-01' + INTERVAL (range) SECOND AS t, [range, range + 1] AS l, {'x': range, 'y': 'z'} AS s,"
-        " CASE WHEN range % 7 = 0 THEN NULL ELSE range END AS n FROM range(50000))"
+        " CASE WHEN range % 7 = 0 THEN NULL ELSE range END AS n, (range % 30000)::SMALLINT AS i16, (range % 256)::UTINYINT AS u8,"
+        " TIMESTAMPTZ '2020-01-01 00:00:00+00' + INTERVAL (range) SECOND AS tz, '{}'::JSON AS j,"
+        " CAST(CASE WHEN range % 2 = 0 THEN 'a' ELSE 'b' END AS ENUM('a', 'b')) AS e FROM range(50000))"
         f" TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 10000, COMPRESSION ZSTD, KV_METADATA {{'SMALLPOND:x': '1', 'keep': 'me'}})"
     )
 
@@ -116,6 +118,21 @@ def test_a_footer_the_parser_refuses_is_rewritten_with_pyarrow(tmp_path, monkeyp
     assert _kv(path) == {"SMALLPOND:k": "3"}
     assert pq.read_table(str(path)).equals(table)  # the Arrow schema (large_string, uint32) kept
     assert _shape(path)[2] == {"s": "GZIP", "i": "UNCOMPRESSED"}
+
+
+def test_a_file_pyarrow_would_change_is_refused_and_left_as_it_is(tmp_path, monkeypatch):
+    """DuckDB's INTERVAL reads in pyarrow as 12 bytes without their meaning: written back, the
+    column would be a BLOB. The fallback refuses, naming the column, and keeps the file."""
+    from smallpond.io import parquet_kv
+
+    path = tmp_path / "interval.parquet"
+    duckdb.sql(f"COPY (SELECT INTERVAL 1 DAY * range AS span, range AS a FROM range(100)) TO '{path}' (FORMAT PARQUET)")
+    data = path.read_bytes()
+    monkeypatch.setattr(parquet_kv, "MAX_FOOTER_BYTES", 10)
+    with pytest.raises(ValueError, match=r"interval\.parquet.*other column types \(span: Interval -> None\)"):
+        set_kv_metadata(str(path), {"k": "v"})
+    assert path.read_bytes() == data
+    assert [p.name for p in tmp_path.iterdir()] == ["interval.parquet"]
 
 
 def test_an_unreadable_footer_is_refused_naming_the_file_and_why(tmp_path):
