@@ -619,11 +619,10 @@ class Planner:
         if nprod == 1:
             srcs = [all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)]
         elif len(all_inputs) >= nprod:
-            from smallpond.common import split_into_rows
-
-            srcs = [
-                g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in split_into_rows(all_inputs, nprod)
-            ]
+            # dealt round robin, not in blocks: a file partitioning fills its first partitions
+            # (4 files in 20 partitions), which blocks would give to one or two producers
+            groups = [all_inputs[j::nprod] for j in range(nprod)]
+            srcs = [g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in groups]
         else:
             merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
             srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]

@@ -180,10 +180,13 @@ class HashPartitionNode(PartitionNode):
             expression it names); it must lie in ``[0, npartitions)``.
         drop_partition_column: leave the partition column out of the output files.
         hive_partitioning: write ``{column}={k}/`` directories.
-        engine_type: ``"duckdb"`` (the only engine; ``"arrow"`` is accepted and runs DuckDB).
+        engine_type: ``"duckdb"`` (default, one ``COPY ... PARTITION_BY`` pass) or ``"arrow"``
+            (Arrow batches); both assign every row alike.
         num_producers: producer tasks (not in upstream 0.15). Default: one per input partition, or
             :data:`SINGLE_INPUT_PRODUCERS` for a single input partition; never the worker count,
-            so the output files are the same on every machine.
+            so the output files are the same on every machine. With fewer producers than input
+            partitions, producer ``j`` reads input partitions ``j, j + n, ...`` (a file
+            partitioning fills its first partitions, so blocks would leave producers idle).
     """
 
     default_cpu_limit = 1

@@ -99,3 +99,21 @@ def test_producers_given_no_files_write_nothing_and_every_partition_keeps_a_file
         assert rel.columns == ["id", "key"]
         seen += [r[0] for r in rel.fetchall()]
     assert sorted(seen) == list(range(30))
+
+
+def test_grouped_input_partitions_are_dealt_round_robin(parquet_files, make_rt):
+    """With fewer producers than input partitions, producer j reads input partitions j, j+n, ...:
+    a file partitioning puts its files in the first partitions (4 files in 20 partitions fill
+    partitions 0-3), and contiguous blocks would give all of them to one or two producers."""
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 20)
+    node = HashPartitionNode(ctx, (parts,), 4, ["key"], num_producers=8)
+    plan = Planner(make_rt()).create_exec_plan(LogicalPlan(ctx, node))
+
+    def indices(key):
+        task = plan.tasks[key]
+        own = task.partition_infos_as_dict.get(parts.dimension)
+        return [own] if own is not None else [i for k in task.input_keys for i in indices(k)]
+
+    dealt = sorted(indices(t.input_keys[0]) for t in plan.tasks.values() if isinstance(t, HashPartitionTask))
+    assert dealt == sorted([j + 8 * m for m in range(3) if j + 8 * m < 20] for j in range(8))
