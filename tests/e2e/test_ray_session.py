@@ -1,7 +1,8 @@
 """Acceptance on Ray: the README quick start through ``smallpond.init(ray_address=...)`` on a real
 two-worker-node cluster gives the embedded result with its tasks on the worker nodes;
 ``SP_RAY_ADDRESS`` runs the quick-start example there unchanged; the Driver's ``--ray_address``
-selects Ray; ``shutdown()`` disconnects from a cluster it did not start and stops one it did.
+selects Ray; the Driver's ``ray`` mode runs a plan rooted at a ``RootNode`` (several outputs) on the
+worker nodes and resumes it; ``shutdown()`` disconnects from a cluster it did not start and stops one it did.
 
 Every scenario runs as a user runs it: a fresh Python process.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -105,6 +107,73 @@ def test_driver_ray_address_selects_ray_in_scheduler_mode(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     (log,) = glob.glob(os.path.join(data_root, f"*.{job_id}", "log", "scheduler.log"))
     assert f"on ray at {cluster.address}" in open(log).read()
+
+
+ROOTED_AT_ROOT_NODE = """
+import glob, json, os, sys
+from smallpond.execution.driver import Driver
+from smallpond.io.filesystem import load
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context, DataSetPartitionNode, DataSinkNode, DataSourceNode, LogicalPlan, PythonScriptNode, RootNode, SqlEngineNode,
+)
+
+
+def count_rows(runtime_ctx, input_datasets, output_path):
+    with open(os.path.join(output_path, "rows.txt"), "w") as f:
+        f.write(str(sum(ds.num_rows for ds in input_datasets)))
+    return True
+
+
+driver = Driver()
+driver.add_argument("-i", "--input")
+driver.add_argument("-o", "--output")
+args = driver.get_arguments()
+ctx = Context()
+parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([args["input"]])),), 2)
+evens = SqlEngineNode(ctx, (parts,), "select * from {0} where a % 2 = 0", output_name="evens")
+odds = SqlEngineNode(ctx, (parts,), "select * from {0} where a % 2 = 1")
+sink = DataSinkNode(ctx, (odds,), output_path=args["output"], type="copy")
+counted = PythonScriptNode(ctx, (odds,), process_func=count_rows, output_name="counted")
+plan = LogicalPlan(ctx, RootNode(ctx, (evens, sink, counted)))
+ep = driver.run(plan, stop_process_on_done=False)
+rt = ep.ctx
+records = [load(p, secret=rt.secret) for p in glob.glob(os.path.join(rt.completed_task_dir, "*.commit"))]
+print(json.dumps({
+    "evens": ep.get_output("evens").num_rows,
+    "counted": sorted(open(p).read() for p in ep.get_output("counted").resolved_paths),
+    "workers": [r["worker"] for r in records if r.get("worker")],
+}))
+"""
+
+
+def test_driver_ray_mode_runs_a_plan_rooted_at_a_root_node(tmp_path):
+    """Upstream's ``ray`` mode computes ``plan.root_node`` (reference §4.5), and scripts with several
+    outputs root their plan at a ``RootNode``: every branch runs as Ray tasks on the worker nodes,
+    each output is published, the job exits 0, and the same command again resumes every task."""
+    cluster = get_cluster()
+    data = str(tmp_path / "in.parquet")
+    duckdb.sql(f"COPY (SELECT range AS a FROM range(100)) TO '{data}'")
+    script = tmp_path / "rooted.py"
+    script.write_text(ROOTED_AT_ROOT_NODE)
+    out, data_root, job_id = str(tmp_path / "out"), str(tmp_path / "root"), str(uuid.uuid4())
+    argv = ["ray", "--ray_address", cluster.address, "--job_id", job_id, "--data_root", data_root, "-i", data, "-o", out]
+    proc = run_python(str(script), *argv, env_extra={"SP_TASK_CACHE": "off"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["evens"] == 50 and got["counted"] == ["0", "50"]  # (one file: partitions by files are 1 + 0 files)
+    assert sorted(duckdb.sql(f"select a from read_parquet('{out}/*.parquet')").fetchnumpy()["a"].tolist()) == list(
+        range(1, 100, 2)
+    )
+    nodes = {w.split("/ray-node-")[1].split("/")[0] for w in got["workers"]}
+    assert nodes and nodes <= set(cluster.worker_node_ids()), (nodes, cluster.worker_node_ids())
+    assert len(got["workers"]) >= 6  # two tasks for each of the three branches
+    (log,) = glob.glob(os.path.join(data_root, f"*.{job_id}", "log", "scheduler.log"))
+    assert f"on ray at {cluster.address}" in open(log).read()
+    again = run_python(str(script), *argv, env_extra={"SP_TASK_CACHE": "off"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = re.search(r"tasks +0 run, (\d+) resumed", again.stderr)  # (the summary's line)
+    assert resumed and int(resumed.group(1)) >= 6, again.stderr[-3000:]
 
 
 SHUTDOWN = """
