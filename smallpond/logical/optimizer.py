@@ -116,6 +116,7 @@ def _fusable_into_partition(part: Node, child: Node, frozen: Set[int], consumers
         type(part) in (HashPartitionNode, ShuffleNode)
         and not part.nested
         and getattr(part, "pre_sql", None) is None
+        and not part.use_parquet_writer  # (its producers read Parquet files: the layout it asks for)
         and len(part.input_deps) == 1
         and type(child) is SqlEngineNode
         and consumers.get(id(child), 0) == 1

@@ -7,6 +7,7 @@ with Arrow; the ``duckdb`` engine runs one partitioned COPY. Both must agree row
 from __future__ import annotations
 
 import os
+import re
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +66,43 @@ def test_engines_agree_on_hash_partitions(parquet_files, make_rt, by_rows):
     )
     assert {r["id"]: i for i, p in enumerate(duck) for r in p} == expected
     assert len({v for v in expected.values()}) == 5  # the data reaches every partition
+
+
+def _partition_files(exec_plan, node):
+    """The base names of each partition's files."""
+    out = {}
+    for t in exec_plan.tasks.values():
+        if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask):
+            out[t.index] = sorted(os.path.basename(p) for p in exec_plan.results[t.key].resolved_paths)
+    return [out[k] for k in sorted(out)]
+
+
+def test_use_parquet_writer_writes_one_file_per_partition_with_the_duckdb_engine(parquet_files, make_rt):
+    """Upstream's ``use_parquet_writer`` (duckdb engine, reference §2.8): DuckDB gives each row its
+    partition and a ParquetWriter writes ``{output_filename}-{k}.parquet``, one file per partition
+    and producer, where DuckDB's COPY writes ``{output_filename}-{k}.{i}.parquet``. Same rows."""
+
+    def build(use_parquet_writer):
+        def make(ctx):
+            src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 2)
+            return HashPartitionNode(ctx, (src,), 4, ["key"], use_parquet_writer=use_parquet_writer, num_producers=2)
+
+        return make
+
+    ctx = Context()
+    plain_node = build(False)(ctx)
+    _plain_run = (run_job(LogicalPlan(ctx, plain_node), make_rt(), num_workers=2), plain_node)
+    plain = _partitions(*_plain_run)
+    ctx = Context()
+    node = build(True)(ctx)
+    ep = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=2)
+    written = _partitions(ep, node)
+    assert [sorted(r["id"] for r in p) for p in written] == [sorted(r["id"] for r in p) for p in plain]
+    assert sum(len(p) for p in written) == 30
+    for k, names in enumerate(_partition_files(ep, node)):
+        assert len(names) == 2, names  # one per producer
+        assert all(re.fullmatch(rf"HashPartitionNode\.\d+-\d+-{k}(-empty)?\.parquet", n) for n in names), names
+    assert any(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for names in _partition_files(*_plain_run) for n in names)
 
 
 def test_arrow_engine_shuffles_by_column_or_expression(parquet_files, make_rt):

@@ -21,14 +21,14 @@ from smallpond.logical.optimizer import optimize
 from tests.datagen import read_parquet
 
 
-def user_sort_plan(inputs, fused_sql_kwargs=None, extra_consumer=False):
+def user_sort_plan(inputs, fused_sql_kwargs=None, extra_consumer=False, shuffle_kwargs=None):
     """The reference's sort shape: partitions → SQL adding a bucket → shuffle by it → sort."""
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(inputs)),), 4)
     bucket = SqlEngineNode(
         ctx, (parts,), "select *, id % 3 as bucket, {__data_partition__} as src from {0}", **(fused_sql_kwargs or {})
     )
-    shuffled = ShuffleNode(ctx, (bucket,), 3, data_partition_column="bucket")
+    shuffled = ShuffleNode(ctx, (bucket,), 3, data_partition_column="bucket", **(shuffle_kwargs or {}))
     ordered = SqlEngineNode(ctx, (shuffled,), "select id, bucket, src from {0} order by id")
     if extra_consumer:  # another node reads the bucket node too: it must be computed once, as is
         from smallpond.logical.node import ArrowComputeNode, RootNode
@@ -75,12 +75,18 @@ def test_sql_before_a_shuffle_runs_in_its_producers(make_rt, parquet_files):
         assert all(i % 3 == part for i in ids)
 
 
-@pytest.mark.parametrize("why", ["output_name", "two_consumers"])
+@pytest.mark.parametrize("why", ["output_name", "two_consumers", "use_parquet_writer"])
 def test_not_fused_when_the_sql_result_is_needed_elsewhere(make_rt, parquet_files, why):
+    """Nor when the shuffle asks for ``use_parquet_writer``: its one-file-per-partition writer reads
+    Parquet files (a fused producer runs the query and partitions it in one DuckDB COPY)."""
     kwargs = {"output_name": "buckets"} if why == "output_name" else {}
-    plan, bucket, _ = user_sort_plan(parquet_files, kwargs, extra_consumer=why == "two_consumers")
+    shuffle_kwargs = {"use_parquet_writer": True} if why == "use_parquet_writer" else {}
+    plan, bucket, _ = user_sort_plan(parquet_files, kwargs, extra_consumer=why == "two_consumers", shuffle_kwargs=shuffle_kwargs)
     exec_plan = run_job(plan, make_rt(), num_workers=2)
     assert sum(1 for t in exec_plan.tasks.values() if t.node_id == int(bucket.id)) == 4
+    if why == "use_parquet_writer":
+        t = exec_plan.final_output.to_arrow_table()
+        assert sorted(zip(t.column("id").to_pylist(), t.column("bucket").to_pylist())) == expected(parquet_files)
     if why == "output_name":
         assert exec_plan.get_output("buckets").num_rows == 30
 

@@ -234,7 +234,9 @@ class HashPartitionTask(Task):
             # rows) has no columns to give the placeholders either: every partition is empty like it
             self.stats["rows"] = 0
             return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
-        if node.engine_type == "arrow" and pre_sql is None:
+        # use_parquet_writer (upstream's option of the duckdb engine): DuckDB computes each row's
+        # partition and pyarrow's ParquetWriter writes one file per partition, as the arrow engine does
+        if (node.engine_type == "arrow" or node.use_parquet_writer) and pre_sql is None:
             batches = _arrow_row_group_reader(ds)
             if batches is not None:
                 return self._run_arrow(runtime_ctx, ds, batches, output_dir)
