@@ -196,8 +196,7 @@ class Session:
             cfg.job_id,
             cfg.job_time,
             cfg.data_root,
-            num_executors=cfg.num_executors,
-            bind_numa_node=cfg.bind_numa_node,
+            num_executors=cfg.num_executors,  # (bind_numa_node: no effect, warned about above)
             fault_inject_prob=cfg.fault_inject_prob,
             console_log_level=cfg.console_log_level,
             random_seed=cfg.random_seed,

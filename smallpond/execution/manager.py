@@ -36,7 +36,8 @@ def env_overrides(entries, where: str) -> Dict[str, str]:
 
 
 def runtime_ctx_from(a: argparse.Namespace):
-    """The job's runtime context from Driver settings ``a``."""
+    """The job's runtime context from Driver settings ``a`` (less the options that have no effect,
+    which the Driver and JobManager warn about themselves: see ``driver_options.NO_EFFECT``)."""
     from smallpond.execution.job import make_runtime_ctx
 
     rt = make_runtime_ctx(
@@ -46,11 +47,8 @@ def runtime_ctx_from(a: argparse.Namespace):
         num_executors=a.num_executors,
         random_seed=a.random_seed,
         env_overrides=env_overrides(a.env_variables, "env_variables"),
-        bind_numa_node=a.bind_numa_node,
         enforce_memory_limit=a.enforce_memory_limit,
         fault_inject_prob=a.fault_inject_prob,
-        enable_profiling=a.enable_profiling,
-        enable_diagnostic_metrics=a.enable_diagnostic_metrics,
         remove_empty_parquet=a.remove_empty_parquet,
         skip_task_with_empty_input=a.skip_task_with_empty_input,
         console_log_level=a.console_log_level,

@@ -325,6 +325,20 @@ _PLANNED_IDS = (
 )
 
 
+#: RuntimeContext parameters (upstream's) that change nothing in this build: their default, and why.
+#: A value other than the default gives one warning naming them.
+NO_EFFECT_PARAMS = {
+    "bind_numa_node": (False, "this build does not bind workers to NUMA nodes"),
+    "max_usable_gpu_count": (1024, "no GPU is assigned to a task"),
+    "secs_wq_poll_interval": (0.5, "queue executors wait for work on their own schedule, SP_QUEUE_HEARTBEAT"),
+    "secs_executor_probe_interval": (30, "a lost queue executor is noticed after SP_QUEUE_TIMEOUT seconds"),
+    "max_num_missed_probes": (6, "a lost queue executor is noticed after SP_QUEUE_TIMEOUT seconds"),
+    "enable_profiling": (False, "no profile is taken; log/report.html has each attempt's CPU time and peak memory"),
+    "enable_diagnostic_metrics": (False, "no diagnostic metrics are collected; see log/report.html"),
+    "shared_log_root": (None, "logs are written under the job folder's log/ only"),
+}
+
+
 class RuntimeContext:
     """How a job runs (settings) and where it lives (:attr:`layout`). Shared by the scheduler and
     every worker (pickled), so it holds settings and paths, never open resources.
@@ -367,13 +381,17 @@ class RuntimeContext:
             job_id = parse_job_id(job_id)
         if not 0.0 <= fault_inject_prob < 1.0:
             raise ParameterError(f"fault_inject_prob must be in [0, 1), got {fault_inject_prob!r}")
-        if bind_numa_node:
+        given = locals()
+        ignored = [
+            f"{name} ({why})"
+            for name, (default, why) in NO_EFFECT_PARAMS.items()
+            if (bool(given[name]) if isinstance(default, bool) else given[name]) != default
+        ]
+        if ignored:
             import warnings
 
-            warnings.warn(
-                "bind_numa_node is accepted but has no effect: this build does not bind workers to NUMA nodes",
-                stacklevel=2,
-            )
+            verb = "is accepted but has" if len(ignored) == 1 else "are accepted but have"
+            warnings.warn(f"RuntimeContext: {', '.join(ignored)} {verb} no effect in this build", stacklevel=2)
         self.job_id = job_id
         self.job_time = job_time
         self.layout = JobLayout(data_root, job_time, job_id)

@@ -128,9 +128,42 @@ def test_gpu_placement_questions_raise_a_clear_error_for_a_task_that_asked_for_g
 
 
 def test_bind_numa_node_warns_that_it_has_no_effect(tmp_path):
-    with pytest.warns(UserWarning, match="bind_numa_node is accepted but has no effect"):
+    with pytest.warns(
+        UserWarning, match=r"bind_numa_node \(this build does not bind workers to NUMA nodes\) is accepted but has no effect"
+    ):
         rt = make_runtime_ctx("numa", None, str(tmp_path), bind_numa_node=True)
     assert rt.numa_node_id is None and rt.numa_node_count == 1 and rt.get_local_gpus() == []
+
+
+def test_runtime_context_parameters_without_effect_warn_once_naming_them(tmp_path):
+    """Upstream's RuntimeContext parameters that change nothing here (reference §4.1: queue polling
+    and probes, GPUs, profiling, a shared log root) warn when given a value of their own, in one
+    warning naming each and why; their defaults, and the parameters that are honoured, do not."""
+    import warnings
+
+    from smallpond.execution.runtime import NO_EFFECT_PARAMS
+
+    given = dict(
+        secs_wq_poll_interval=0.1,
+        secs_executor_probe_interval=1,
+        max_num_missed_probes=10,
+        max_usable_gpu_count=0,
+        enable_profiling=True,
+        enable_diagnostic_metrics=True,
+        shared_log_root=str(tmp_path / "shared"),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_runtime_ctx("quiet", None, str(tmp_path), max_usable_cpu_count=2, fault_inject_prob=0.1)
+        make_runtime_ctx("defaults", None, str(tmp_path), **{k: d for k, (d, _) in NO_EFFECT_PARAMS.items()})
+        assert not [str(w.message) for w in caught]
+        rt = make_runtime_ctx("loud", None, str(tmp_path), **given)
+    (message,) = [str(w.message) for w in caught]
+    assert message.startswith("RuntimeContext: ") and "are accepted but have no effect in this build" in message
+    for name in given:
+        assert f"{name} (" in message, name
+    assert "SP_QUEUE_TIMEOUT" in message and "bind_numa_node" not in message
+    assert rt.usable_cpu_count >= 1  # (honoured parameters are untouched)
 
 
 def blas_settings(runtime_ctx, tables):
