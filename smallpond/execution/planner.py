@@ -346,6 +346,12 @@ class Planner:
         else:
             kind = "copy" if self.rt.final_output_path else ("manifest" if manifest_only_final_results else "link")
             final = DataSinkNode(ctx, results, os.path.join(base, FINAL_RESULTS), type=kind, is_final_node=True)
+        for n in logical_plan.nodes.values():
+            if isinstance(n, DataSinkNode) and n.is_final_node and n is not final:
+                warnings.warn(
+                    f"{node_at(n)}: is_final_node=True has no effect: the job's final output (ExecutionPlan.final_output, "
+                    f"{FINAL_RESULTS}) is the plan root's result; make this sink the root (or a RootNode's only input)"
+                )
         # every sink of the plan is a target of its own: a rerun publishes again a sink whose result
         # was deleted even when what depends on it (FinalResults of a RootNode) is still committed
         inner = [n for n in logical_plan.nodes.values() if isinstance(n, DataSinkNode) and n is not final]

@@ -164,6 +164,33 @@ def test_an_output_named_finalresults_is_refused_when_the_job_is_planned(make_rt
     Planner(make_rt()).create_exec_plan(LogicalPlan(ctx, sink))
 
 
+def test_is_final_node_on_a_sink_that_is_not_the_final_output_warns(make_rt, parquet_files, tmp_path):
+    """DataSinkNode(is_final_node=True) (reference §2.4): the final output of a job is its root's
+    result (reference §4.3); a sink so marked is that result when it is the root, or a RootNode's
+    only input, and is not otherwise: then the flag has no effect and says so, naming the sink."""
+    import warnings
+
+    from smallpond.logical.node import DataSinkNode, RootNode
+
+    def plan(root_of):
+        ctx = Context()
+        q = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")
+        marked = DataSinkNode(ctx, (q,), str(tmp_path / "marked"), is_final_node=True)
+        other = SqlEngineNode(ctx, (q,), "select count(*) as c from {0}")
+        return LogicalPlan(ctx, root_of(ctx, marked, other)), marked
+
+    for root_of in (lambda ctx, m, o: m, lambda ctx, m, o: RootNode(ctx, (m,))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ep = Planner(make_rt()).create_exec_plan(plan(root_of)[0])
+        assert ep.final_output_path == str(tmp_path / "marked")
+    for root_of in (lambda ctx, m, o: RootNode(ctx, (m, o)), lambda ctx, m, o: SqlEngineNode(ctx, (m, o), "select 1")):
+        logical, marked = plan(root_of)
+        with pytest.warns(UserWarning, match="is_final_node=True has no effect") as caught:
+            Planner(make_rt()).create_exec_plan(logical)
+        assert f"{marked!r} created at " in str(caught[0].message) and "test_planner.py" in str(caught[0].message)
+
+
 def test_an_output_name_of_the_longest_length_runs_in_every_kind_of_task(make_rt, parquet_files):
     from smallpond.logical.base import MAX_OUTPUT_NAME_BYTES
     from smallpond.logical.node import ArrowComputeNode, HashPartitionNode
