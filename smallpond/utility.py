@@ -32,11 +32,22 @@ def capture_stdlib_logging(level: int = logging.INFO) -> None:
 
 
 def execute_command(cmd: Union[str, List[str]], env: Optional[Dict[str, str]] = None, shell: bool = False) -> Iterator[str]:
-    """Run a command and yield its output lines; raise CalledProcessError on a non-zero exit."""
+    """Run a command and yield its output lines; raise CalledProcessError on a non-zero exit.
+
+    The pipe is closed and the process waited for however the iteration ends; a caller that stops
+    early (``break``, ``close()``) kills the command rather than leave it running."""
     proc = subprocess.Popen(cmd, env=env, shell=shell, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout or ():
-        yield line.rstrip("\n")
-    code = proc.wait()
+    finished = False
+    try:
+        for line in proc.stdout or ():
+            yield line.rstrip("\n")
+        finished = True
+    finally:
+        if not finished and proc.poll() is None:
+            proc.kill()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        code = proc.wait()
     if code != 0:
         raise subprocess.CalledProcessError(code, cmd)
 

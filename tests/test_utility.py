@@ -30,6 +30,27 @@ def test_execute_command():
         list(execute_command("exit 3", shell=True))
 
 
+def test_execute_command_closes_its_pipe_and_stops_a_command_left_early():
+    """(Reference §5.3.) Reading every line, failing, or stopping early leaves no open pipe
+    (ResourceWarning) and no command running."""
+    import gc
+    import time
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert list(execute_command(["echo", "hi"])) == ["hi"]
+        with pytest.raises(subprocess.CalledProcessError):
+            list(execute_command("echo out; exit 3", shell=True))
+        start = time.monotonic()
+        lines = execute_command(["sh", "-c", "echo first; exec sleep 60"])
+        assert next(lines) == "first"
+        lines.close()  # the command is killed, not waited for
+        assert time.monotonic() - start < 30
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
 def log_with_stdlib(runtime_ctx, input_datasets, output_path):
     import logging
 
