@@ -96,14 +96,22 @@ PAGES = {
     "b.warc.zst": [("https://shop.example.net/x", "2023-04-02T00:00:00Z", page("Gamma", "third"))],
     "c.warc.zst": [("https://WWW.Example.COM/caps", "2023-05-03T00:00:00Z", page("Delta", "fourth one"))],
     "d.warc.gz": [("https://gz.example.com/", "2023-06-04T00:00:00Z", page("Epsilon", "fifth"))],
+    "f.warc": [("<https://brackets.example.com/b>", "2023-07-05T00:00:00Z", page("Zeta", "sixth"))],
     "e.warc.zst": [],  # only a warcinfo record: an empty file with the columns
 }
-HOW = {"a.warc.zst": "zstd", "b.warc.zst": "zstd-dict", "c.warc.zst": "zstd-one", "d.warc.gz": "gzip", "e.warc.zst": "zstd"}
+HOW = {
+    "a.warc.zst": "zstd",
+    "b.warc.zst": "zstd-dict",
+    "c.warc.zst": "zstd-one",
+    "d.warc.gz": "gzip",
+    "e.warc.zst": "zstd",
+    "f.warc": "plain",
+}
 
 
 def expected_rows():
     return [
-        {"url": url, "domain": url.split("/")[2].split(":")[0].lower(), "date": date, "content": html}
+        {"url": url.strip("<>"), "domain": url.split("/")[2].split(":")[0].lower(), "date": date, "content": html}
         for name in sorted(PAGES)
         for url, date, html in PAGES[name]
     ]
