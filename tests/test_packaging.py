@@ -92,3 +92,20 @@ def test_dependency_floors_are_the_tested_versions():
         assert set(floors) == set(tested), python
         for name, version in tested.items():
             assert floors[name] == Version(version), f"{name} on {python}: pyproject says >={floors[name]}, tested {version}"
+
+
+#: the warc extra's floors: tests/contrib/test_warc.py passed with exactly these on Python 3.11 and
+#: 3.13 (session 36, ``pip install --only-binary :all:`` into a fresh venv)
+TESTED_WARC_FLOORS = {"warcio": "1.7.4", "beautifulsoup4": "4.12", "lxml": "5.3", "zstandard": "0.23"}
+
+
+def test_warc_extra_floors_are_the_tested_versions_and_dev_installs_them():
+    """``smallpond[warc]`` (smallpond.contrib.warc) declares the tested floors, and the dev extra (the
+    README's set-up, what CI installs) has the same requirements, so the warc tests run in CI."""
+    from packaging.requirements import Requirement
+
+    extras = _pyproject()["project"]["optional-dependencies"]
+    warc = {Requirement(r).name: str(Requirement(r).specifier) for r in extras["warc"]}
+    assert warc == {name: f">={v}" for name, v in TESTED_WARC_FLOORS.items()}
+    dev = {Requirement(r).name: str(Requirement(r).specifier) for r in extras["dev"]}
+    assert all(dev.get(name) == spec for name, spec in warc.items()), dev
