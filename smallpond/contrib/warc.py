@@ -1,9 +1,10 @@
 """Web archives: WARC files (zstd-compressed, gzip or plain) to Parquet, and the words of HTML bodies.
 
 :class:`ImportWarcFiles` reads the WARC files of its input (``FileSet``/any dataset's resolved
-paths) and writes, per file, one Parquet file of its HTTP responses: ``url``, ``domain`` (the
-URL's host), ``date`` (the record's ``WARC-Date``, ISO 8601 text as written) and ``content`` (the
-response body, transfer and content encodings undone). :class:`ExtractHtmlBody` streams such rows
+paths) and writes, per file, one Parquet file of its HTTP responses (web pages, unless
+``content_types`` says otherwise): ``url``, ``domain`` (the URL's host), ``date`` (the record's
+``WARC-Date``, ISO 8601 text as written) and ``content`` (the response body, transfer and content
+encodings undone). :class:`ExtractHtmlBody` streams such rows
 and replaces ``content`` with ``tokens``, the words of the HTML ``<body>`` text (scripts and styles
 left out), parsed by BeautifulSoup with lxml.
 
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import IO, Iterable, Iterator, List, Optional, Tuple
+from typing import IO, Iterable, Iterator, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
+from smallpond.errors import ParameterError
 from smallpond.logical.node import ArrowStreamNode, PythonScriptNode
 
 
@@ -97,8 +99,24 @@ def open_warc(path: str) -> Tuple[IO[bytes], List[IO[bytes]]]:
         raise
 
 
-def iter_warc_responses(path: str) -> Iterator[Tuple[str, str, str, bytes]]:
-    """``(url, domain, date, content)`` of each HTTP response record of the WARC file ``path``."""
+#: the HTTP Content-Types :class:`ImportWarcFiles` keeps by default: web pages
+HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
+
+
+def _media_type(record) -> str:
+    """The media type of a response's HTTP Content-Type (``text/html; charset=...`` -> ``text/html``)."""
+    headers = record.http_headers
+    value = headers.get_header("Content-Type") if headers is not None else None
+    return (value or "").split(";", 1)[0].strip().lower()
+
+
+def iter_warc_responses(
+    path: str, content_types: Optional[Sequence[str]] = HTML_CONTENT_TYPES
+) -> Iterator[Tuple[str, str, str, bytes]]:
+    """``(url, domain, date, content)`` of each HTTP response record of the WARC file ``path`` whose
+    Content-Type is one of ``content_types`` (None: every response; one without a Content-Type is
+    kept)."""
+    wanted = None if content_types is None else {t.lower() for t in content_types}
     import zstandard
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
@@ -110,6 +128,8 @@ def iter_warc_responses(path: str) -> Iterator[Tuple[str, str, str, bytes]]:
                 if record.format != "warc":  # warcio also reads ARC, and takes many a text line for one
                     raise ArchiveLoadFailed(f"found a record in {record.format!r} format, not WARC")
                 if record.rec_type != "response":
+                    continue
+                if wanted is not None and _media_type(record) not in wanted | {""}:
                     continue
                 url = record.rec_headers.get_header("WARC-Target-URI") or ""
                 date = record.rec_headers.get_header("WARC-Date") or ""
@@ -124,9 +144,9 @@ def iter_warc_responses(path: str) -> Iterator[Tuple[str, str, str, bytes]]:
             s.close()
 
 
-def write_warc_as_parquet(path: str, output_file: str) -> int:
-    """Write the responses of WARC file ``path`` to the Parquet file ``output_file`` (an empty file
-    with the columns when it has none); the number of rows."""
+def write_warc_as_parquet(path: str, output_file: str, content_types: Optional[Sequence[str]] = HTML_CONTENT_TYPES) -> int:
+    """Write the responses of WARC file ``path`` (those :func:`iter_warc_responses` gives) to the
+    Parquet file ``output_file`` (an empty file with the columns when it has none); the number of rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -141,7 +161,7 @@ def write_warc_as_parquet(path: str, output_file: str) -> int:
             for c in columns:
                 c.clear()
 
-        for values in iter_warc_responses(path):
+        for values in iter_warc_responses(path, content_types):
             for c, v in zip(columns, values):
                 c.append(v)
             rows += 1
@@ -157,13 +177,25 @@ def write_warc_as_parquet(path: str, output_file: str) -> int:
 class ImportWarcFiles(PythonScriptNode):
     """Import the WARC files of each input partition into Parquet (``url``, ``domain``, ``date``,
     ``content``): one output file per WARC file, ``{output_filename}-{i:05d}.parquet``, in the
-    order of the partition's paths. Takes the keyword arguments of ``PythonScriptNode``."""
+    order of the partition's paths.
+
+    ``content_types``: the HTTP Content-Types of the responses kept, web pages by default
+    (:data:`HTML_CONTENT_TYPES`; a response without one is kept too); ``None`` keeps every response
+    (images, PDFs, ...). Takes the keyword arguments of ``PythonScriptNode``."""
+
+    def __init__(self, ctx, input_deps, *, content_types: Optional[Sequence[str]] = HTML_CONTENT_TYPES, **kwargs) -> None:
+        super().__init__(ctx, input_deps, **kwargs)
+        if content_types is not None:
+            if isinstance(content_types, str) or not all(isinstance(t, str) and t for t in content_types):
+                raise ParameterError(self._msg(f"content_types must be a list of media types or None, got {content_types!r}"))
+            content_types = tuple(content_types)
+        self.content_types = content_types
 
     def process(self, runtime_ctx, input_datasets, output_path: str) -> bool:
         paths = [p for ds in input_datasets for p in ds.resolved_paths]
         prefix = runtime_ctx.task.output_filename
         for i, path in enumerate(paths):
-            write_warc_as_parquet(path, os.path.join(output_path, f"{prefix}-{i:05d}.parquet"))
+            write_warc_as_parquet(path, os.path.join(output_path, f"{prefix}-{i:05d}.parquet"), self.content_types)
         return True
 
 

@@ -22,10 +22,10 @@ from warcio.statusandheaders import StatusAndHeaders  # noqa: E402
 from warcio.warcwriter import WARCWriter  # noqa: E402
 
 from smallpond.contrib.warc import ExtractHtmlBody, ImportWarcFiles, html_body_tokens  # noqa: E402
-from smallpond.errors import JobFailed  # noqa: E402
+from smallpond.errors import JobFailed, ParameterError  # noqa: E402
 from smallpond.execution.job import make_runtime_ctx, run_job  # noqa: E402
 from smallpond.logical.dataset import FileSet  # noqa: E402
-from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan  # noqa: E402
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, RootNode  # noqa: E402
 from tests.conftest import REPO_ROOT  # noqa: E402
 
 
@@ -48,11 +48,13 @@ def warc_records(pages, gzip_body: bool = False) -> list:
         out.append(buf.getvalue())
 
     record(lambda w: w.create_warcinfo_record("test.warc", {"software": "smallpond tests"}))
-    for url, date, html in pages:
+    for url, date, html, *content_type in pages:
         req = StatusAndHeaders("GET / HTTP/1.1", [("Host", url.split("/")[2])], is_http_request=True)
         record(lambda w, url=url, req=req: w.create_warc_record(url, "request", http_headers=req))
         body = gzip.compress(html) if gzip_body else html
-        headers = [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+        content_type = content_type[0] if content_type else "text/html; charset=utf-8"
+        headers = [("Content-Type", content_type)] if content_type else []
+        headers.append(("Content-Length", str(len(body))))
         if gzip_body:
             headers.append(("Content-Encoding", "gzip"))
         http = StatusAndHeaders("200 OK", headers, protocol="HTTP/1.1")
@@ -149,6 +151,37 @@ def test_import_and_extract_in_a_job(warc_dir, tmp_path):
     assert first["domain"] == "www.example.com" and first["date"] == "2023-03-01T10:00:00Z" and "content" not in first
     assert got["http://news.example.org:8080/a?b=1"]["tokens"] == ["Beta", "second", "page", "here"]
     assert got["https://shop.example.net/x"]["tokens"] == ["Gamma", "third"]
+
+
+def test_content_types_choose_the_responses_imported(tmp_path):
+    """Web pages by default (and a response without a Content-Type); ``content_types`` names others;
+    None keeps every response."""
+    path = str(tmp_path / "mixed.warc.zst")
+    pages = [
+        ("https://a.example.com/", "2023-01-01T00:00:00Z", page("A", "html page"), "text/html; charset=UTF-8"),
+        ("https://a.example.com/x.xhtml", "2023-01-01T00:00:01Z", page("X", "xhtml"), "Application/XHTML+XML"),
+        ("https://a.example.com/logo.png", "2023-01-01T00:00:02Z", b"\x89PNG\r\n\x1a\n\x00\x01", "image/png"),
+        ("https://a.example.com/robots.txt", "2023-01-01T00:00:03Z", b"User-agent: *", "text/plain"),
+        ("https://a.example.com/unknown", "2023-01-01T00:00:04Z", page("U", "no type"), None),
+    ]
+    write_warc(path, warc_records(pages), "zstd")
+    ctx = Context()
+    src = DataSourceNode(ctx, FileSet([path]))
+    nodes = {
+        "default": ImportWarcFiles(ctx, (src,), output_name="default"),
+        "everything": ImportWarcFiles(ctx, (src,), content_types=None, output_name="everything"),
+        "text": ImportWarcFiles(ctx, (src,), content_types=["Text/Plain"], output_name="text"),
+    }
+    ep = run_job(LogicalPlan(ctx, RootNode(ctx, tuple(nodes.values()))), make_runtime_ctx(None, None, str(tmp_path / "root")))
+    got = {name: sorted(r["url"].rsplit("/", 1)[1] for r in ep.get_output(name).to_arrow_table().to_pylist()) for name in nodes}
+    assert got == {
+        "default": ["", "unknown", "x.xhtml"],
+        "everything": ["", "logo.png", "robots.txt", "unknown", "x.xhtml"],
+        "text": ["robots.txt", "unknown"],
+    }
+    for bad in ("text/html", [""], [3]):
+        with pytest.raises(ParameterError, match="content_types must be a list of media types or None"):
+            ImportWarcFiles(ctx, (src,), content_types=bad)
 
 
 def test_html_body_tokens():
