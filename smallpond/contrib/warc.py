@@ -47,7 +47,6 @@ _require("zstandard", "zstandard")
 WARC_COLUMNS = ("url", "domain", "date", "content")
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_GZIP_MAGIC = b"\x1f\x8b"
 _DICT_FRAME_MAGIC = b"\x5d\x2a\x4d\x18"  # the skippable frame the WARC zstd format keeps its dictionary in
 # a row group is written once this much content is buffered (a WARC file may hold gigabytes)
 _FLUSH_BYTES = 64 << 20
@@ -116,10 +115,11 @@ def iter_warc_responses(
     """``(url, domain, date, content)`` of each HTTP response record of the WARC file ``path`` whose
     Content-Type is one of ``content_types`` (None: every response; one without a Content-Type is
     kept)."""
-    wanted = None if content_types is None else {t.lower() for t in content_types}
     import zstandard
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
+
+    wanted = None if content_types is None else {t.lower() for t in content_types}
 
     stream, to_close = open_warc(path)
     try:
