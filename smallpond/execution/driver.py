@@ -23,7 +23,10 @@ Modes:
   executor starts as soon as the script asks for its arguments (``get_arguments``) or calls
   ``run``: the script's plan is not built (the scheduler sends the tasks).
 * ``ray``: the same scheduler, every task a Ray task on the cluster at ``--ray_address``, else
-  ``SP_RAY_ADDRESS``, else Ray's default.
+  ``SP_RAY_ADDRESS``, else on a private Ray instance started for the job on this machine and
+  stopped at its end (as upstream's ray mode: ``smallpond.init()`` without an address started one
+  with ``ray.init(address="local")``); ``--ray_address auto`` joins the cluster ``ray start``
+  started on this machine.
 
 Settings: a flag wins, then its ``SP_*`` environment variable, as for ``smallpond.init()``
 (:mod:`smallpond.execution.env_settings`: ``SP_NUM_EXECUTORS``, ``SP_PLATFORM``,
@@ -367,8 +370,12 @@ class Driver:
         return run_plan_as_job(plan, self.driver_args, backend=backend, ray_address=ray_address)
 
     def _run_ray(self, plan):
-        """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide)."""
-        address = self.driver_args.ray_address or os.environ.get("SP_RAY_ADDRESS") or None
+        """The scheduler of this process, every task a Ray task (Ray's retries off: ours decide).
+
+        Without an address, a private Ray instance, as upstream's: Ray's own default would join
+        whatever cluster runs on this machine (the latest of several, or RAY_ADDRESS's), whose
+        workers may import another checkout's code."""
+        address = self.driver_args.ray_address or os.environ.get("SP_RAY_ADDRESS") or "local"
         return self._run_scheduler(plan, backend="ray", ray_address=address)
 
 

@@ -203,13 +203,13 @@ def test_rerun_with_same_job_id_resumes(compat_data, tmp_path):
 
 
 def test_ray_mode_runs_the_plan(compat_data, tmp_path, monkeypatch):
-    """``ray`` mode without an address: Ray's default (as upstream, a local Ray instance unless
-    ``RAY_ADDRESS`` or a cluster started on this machine says otherwise). ``RAY_ADDRESS=local``
-    keeps it from joining another checkout's test cluster on this machine (its workers import that
-    checkout's smallpond), which made this test fail whenever two test runs overlapped."""
+    """``ray`` mode without an address: a private local Ray instance, as upstream's (so it never
+    joins another checkout's test cluster running on this machine, whose workers import that
+    checkout's smallpond: tests/e2e/test_ray_session.py checks that with a cluster running)."""
     pytest.importorskip("ray", reason="the Ray backend needs the [ray] extra (CI installs it)")
     monkeypatch.setenv("SP_DATA_ROOT", str(tmp_path / "root"))
-    monkeypatch.setenv("RAY_ADDRESS", "local")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("SP_RAY_ADDRESS", raising=False)
     from smallpond.logical.node import DataSinkNode
 
     ctx = Context()

@@ -176,6 +176,31 @@ def test_driver_ray_mode_runs_a_plan_rooted_at_a_root_node(tmp_path):
     assert resumed and int(resumed.group(1)) >= 6, again.stderr[-3000:]
 
 
+def test_driver_ray_mode_without_an_address_runs_on_a_private_instance(tmp_path):
+    """Upstream's ray mode ran ``smallpond.init()``, which without ``SP_RAY_ADDRESS`` started a
+    private Ray instance (``ray.init(address="local")``, reference §1.2 and §4.5). With a cluster
+    running on this machine (the test cluster), ``python script.py ray`` without an address must not
+    join it (Ray's own default would: the latest cluster started here), and still run every task."""
+    cluster = get_cluster()
+    data = str(tmp_path / "in.parquet")
+    duckdb.sql(f"COPY (SELECT range AS a FROM range(100)) TO '{data}'")
+    script = tmp_path / "rooted.py"
+    script.write_text(ROOTED_AT_ROOT_NODE)
+    data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SP_RAY_ADDRESS")}
+    env.update(SP_PROGRESS="0", SP_TASK_CACHE="off")
+    argv = ["ray", "--job_id", job_id, "--data_root", data_root, "-i", data, "-o", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["evens"] == 50 and got["counted"] == ["0", "50"]
+    nodes = {w.split("/ray-node-")[1].split("/")[0] for w in got["workers"]}
+    assert nodes and not nodes & set(cluster.worker_node_ids()), (nodes, cluster.worker_node_ids())
+    (log,) = glob.glob(os.path.join(data_root, f"*.{job_id}", "log", "scheduler.log"))
+    text = open(log).read()
+    assert "on ray at local" in text and cluster.address not in text
+
+
 SHUTDOWN = """
 import sys, ray, smallpond
 address, data_root, connect_first = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
