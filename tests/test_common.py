@@ -219,7 +219,7 @@ def test_process_start_time_is_psutils_create_time():
     import subprocess
     import sys
 
-    from smallpond.common import process_start_time
+    from smallpond.processes import process_start_time
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
@@ -227,7 +227,7 @@ def test_process_start_time_is_psutils_create_time():
         # at the same moment: this long-lived test process read its own at another time
         code = (
             "import sys, psutil\n"
-            "from smallpond.common import process_start_time\n"
+            "from smallpond.processes import process_start_time\n"
             "for pid in map(int, sys.argv[1:]):\n"
             "    print(process_start_time(pid) - psutil.Process(pid).create_time())\n"
         )
@@ -249,7 +249,7 @@ def test_a_process_start_id_does_not_move_with_the_wall_clock():
     import subprocess
     import sys
 
-    from smallpond.common import process_start_id, process_start_time, same_process_start
+    from smallpond.processes import process_start_id, process_start_time, same_process_start
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the start id is read from /proc")

@@ -75,7 +75,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from smallpond.common import logger, process_start_id, process_start_time, same_process_start
+from smallpond.common import logger
 from smallpond.errors import ParameterError
 from smallpond.execution import user_folder
 from smallpond.execution.cache_check import file_check, stat_and_check, verify_files  # noqa: F401 (file_check: its API)
@@ -94,6 +94,7 @@ from smallpond.io.filesystem import (
     write_file,
 )
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
+from smallpond.processes import process_start_id, process_start_time, same_process_start
 
 CACHE_FORMAT = 1
 RECORD = ".record"
@@ -141,7 +142,7 @@ class Claim:
     refreshed: float = 0.0
     path: str = ""
     inode: int = 0
-    start_id: str = ""  # the process's start as common.process_start_id gives it ("" if unknown)
+    start_id: str = ""  # the process's start as processes.process_start_id gives it ("" if unknown)
 
     def describe(self) -> str:
         return f"job {self.job} (pid {self.pid} on {self.host})"

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Dict, List, Optional
 
-from smallpond.common import same_process_start
 from smallpond.errors import SmallpondError
 from smallpond.execution.events import scan_last_run
 from smallpond.execution.runtime import JOB_FOLDER_NAME, JOB_TIME_FORMAT, parse_job_id
+from smallpond.processes import same_process_start
 
 #: a job folder's name (the runtime's :data:`~smallpond.execution.runtime.JOB_FOLDER_NAME`, under
 #: the name this module has always given it)
@@ -96,7 +96,7 @@ def _last_status(path: str) -> tuple:
 
 def process_alive(host: str, pid: int, since: float = 0.0, start_id: Optional[str] = None) -> Optional[bool]:
     """True/False if process ``pid`` on ``host`` is alive (and is the one that started with
-    ``start_id``, :func:`~smallpond.common.process_start_id`; without it, one started before
+    ``start_id``, :func:`~smallpond.processes.process_start_id`; without it, one started before
     ``since``); None if ``host`` is another machine.
 
     The id, where known, decides: a start time read now moves with every step of the wall clock

@@ -54,9 +54,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional
 
-from smallpond.common import logger, process_start_id
+from smallpond.common import logger
 from smallpond.execution.resource_use import over_reservation
 from smallpond.execution.scheduler import SchedulerListener
+from smallpond.processes import process_start_id
 
 EVENTS_FILE = "events.jsonl"
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))

@@ -35,8 +35,9 @@ import uuid
 from datetime import datetime
 from typing import Optional
 
-from smallpond.common import logger, process_start_id, process_start_time, same_process_start
+from smallpond.common import logger
 from smallpond.errors import SmallpondError
+from smallpond.processes import process_start_id, process_start_time, same_process_start
 
 LOCK_NAME = "job.lock"
 

@@ -139,7 +139,7 @@ def test_which_leftovers_a_sink_removes(tmp_path, log_messages):
     here, and of one run on another host (cannot be told: a warning says so and how to remove it).
     A set-aside previous result goes only by the list of its files its owner record carries; one
     without that list is kept whole as ``D.kept-*``, with a warning."""
-    from smallpond.common import process_start_id, process_start_time
+    from smallpond.processes import process_start_id, process_start_time
 
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(gone.stdout)

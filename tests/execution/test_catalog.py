@@ -89,9 +89,9 @@ def test_a_step_of_the_wall_clock_does_not_make_a_live_process_look_gone(data_ro
     and its executors lost. The start id decides where the record has one."""
     import sys
 
-    from smallpond.common import process_start_id, process_start_time
     from smallpond.execution.cache import Claim, claim_is_live
     from smallpond.execution.executors.queue_protocol import process_alive
+    from smallpond.processes import process_start_id, process_start_time
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the start id is read from /proc")
@@ -126,8 +126,8 @@ def test_a_claim_of_a_killed_process_not_yet_reaped_is_not_live():
     import sys
     import time
 
-    from smallpond.common import process_start_id, process_start_time
     from smallpond.execution.cache import Claim, claim_is_live
+    from smallpond.processes import process_start_id, process_start_time
 
     if not sys.platform.startswith("linux"):
         pytest.skip("the process state is read from /proc")

@@ -41,7 +41,7 @@ import time
 import uuid
 from typing import Dict, Optional, Tuple
 
-from smallpond.common import logger, process_start_id
+from smallpond.common import logger
 from smallpond.errors import SmallpondError, TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, LocalExecutor
@@ -58,6 +58,7 @@ from smallpond.execution.executors.queue_protocol import (
 )
 from smallpond.execution.runtime import JobLayout, RuntimeContext, resolve_job
 from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verified_payload
+from smallpond.processes import process_start_id
 
 EX_OK = 0
 EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to others

@@ -149,12 +149,12 @@ def this_host() -> Dict[str, object]:
 
 def process_alive(pid: int, create_time: Optional[float], start_id: Optional[str] = None) -> bool:
     """Whether process ``pid`` runs on this host and is the one that started with ``start_id``
-    (:func:`~smallpond.common.process_start_id`) or, without one, at ``create_time``: a pid may be
+    (:func:`~smallpond.processes.process_start_id`) or, without one, at ``create_time``: a pid may be
     reused. The id decides where known: a start time read now moves with every step of the wall
     clock since the executor registered (a live executor was once declared lost that way)."""
     import psutil
 
-    from smallpond.common import same_process_start
+    from smallpond.processes import same_process_start
 
     try:
         p = psutil.Process(pid)

@@ -52,10 +52,11 @@ import socket
 import uuid
 from typing import Dict, Optional, Sequence, Tuple
 
-from smallpond.common import logger, process_start_id, process_start_time
+from smallpond.common import logger
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ownership import holder_alive, lock_state
 from smallpond.io.filesystem import atomic_write_text, remove_path
+from smallpond.processes import process_start_id, process_start_time
 
 OWNER_SUFFIX = ".owner"
 #: what an owner record says it is (a file by its name in another form is not ours)
