@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import threading
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, TypeVar
 
 T = TypeVar("T")
@@ -543,9 +544,22 @@ class _SmallpondLogger:
     library adds its sinks here (a console sink at WARNING by default, the job's log files) and
     removes only those. User code inside tasks logs through loguru's global logger as usual; the
     worker processes route that into each task's log file.
+
+    A job's own sinks (its console lines and ``log/{name}.log``) are added with :meth:`add_plain`:
+    until something needs loguru itself they are written without it, so a job whose process never
+    imported loguru does not import it (~40 ms of every job's start, most of it asyncio). The first
+    call that needs loguru (any call but the plain levels' ``debug`` ... ``critical``, a record
+    that one of them cannot write, another sink) creates the logger and moves them into it.
     """
 
     _logger = None
+    #: sinks written without loguru (:meth:`add_plain`), by id (negative), while ``_logger`` is None
+    _plain: Dict[int, Any] = {}
+    #: a plain sink's id -> its id in loguru, once the logger was created
+    _moved: Dict[int, int] = {}
+    _plain_ids = 0
+    #: the default console sink was removed before the logger was created
+    _no_default = False
     _default_sink: "int | None" = None
     #: the default console sink is wanted but not added yet: it is added by the first call that
     #: logs (adding a loguru sink costs milliseconds, and a job replaces it with its own at once)
@@ -560,8 +574,59 @@ class _SmallpondLogger:
                 _SmallpondLogger._logger = self._create()
             finally:
                 _SmallpondLogger._creating = False
+            with _plain_lock:  # the job's plain sinks go on as loguru sinks
+                if _SmallpondLogger._no_default:
+                    _SmallpondLogger._want_default = _SmallpondLogger._no_default = False
+                for plain_id, sink in list(_SmallpondLogger._plain.items()):
+                    target, options = sink.loguru_args()
+                    _SmallpondLogger._moved[plain_id] = _SmallpondLogger._logger.add(target, **options)
+                    sink.close()
+                _SmallpondLogger._plain.clear()
             _run_loguru_callbacks()
         return _SmallpondLogger._logger
+
+    def add_plain(self, sink) -> int:
+        """Add ``sink``, written without loguru while the logger is not created; returns its id
+        (for :meth:`remove`). ``sink`` has ``level_no`` (the lowest level it takes),
+        ``needs_loguru`` (True when it can write no more records itself), ``write(level, name,
+        function, line, message)``, ``loguru_args()`` (the sink and options to add to loguru
+        instead) and ``close()``."""
+        if _SmallpondLogger._logger is not None:
+            target, options = sink.loguru_args()
+            return self.add(target, **options)
+        with _plain_lock:
+            _SmallpondLogger._plain_ids -= 1
+            _SmallpondLogger._plain[_SmallpondLogger._plain_ids] = sink
+            return _SmallpondLogger._plain_ids
+
+    def _plain_call(self, level: str):
+        """``logger.{level}(message, *args, **kwargs)`` as loguru does it (``message.format(*args,
+        **kwargs)`` when given any), written to the plain sinks that take the level."""
+        level_no = LEVEL_NUMBERS[level]
+
+        def log(message, *args, **kwargs):
+            with _plain_lock:
+                # (a warning goes to the default console sink too, unless a job removed it)
+                if (
+                    _SmallpondLogger._logger is None
+                    and _SmallpondLogger._plain
+                    and (_SmallpondLogger._no_default or level_no < 30)
+                ):
+                    sinks = [s for s in _SmallpondLogger._plain.values() if level_no >= s.level_no]
+                    if not any(s.needs_loguru for s in sinks):
+                        if sinks:
+                            import sys
+
+                            frame = sys._getframe(1)
+                            text = str(message)
+                            if args or kwargs:
+                                text = text.format(*args, **kwargs)
+                            for s in sinks:
+                                s.write(level, frame.f_globals.get("__name__"), frame.f_code.co_name, frame.f_lineno, text)
+                        return
+            self.__getattr__("opt")(depth=1).log(level, message, *args, **kwargs)
+
+        return log
 
     @staticmethod
     def _create():
@@ -593,6 +658,9 @@ class _SmallpondLogger:
 
     def remove_default_sink(self) -> None:
         """Drop the default console sink (a session or the Driver adds its own at its level)."""
+        if _SmallpondLogger._logger is None:
+            _SmallpondLogger._no_default = True
+            return
         lg = self._get()
         _SmallpondLogger._want_default = False
         if _SmallpondLogger._default_sink is not None:
@@ -605,6 +673,9 @@ class _SmallpondLogger:
     def restore_default_sink(self) -> None:
         """Put the default console sink back (when a session or the Driver removed its own): at
         the next call that logs, so a process that ends with its job never pays for it."""
+        if _SmallpondLogger._logger is None:
+            _SmallpondLogger._no_default = False
+            return
         lg = self._get()
         if _SmallpondLogger._default_sink is None and lg is not _global_logger():
             _SmallpondLogger._want_default = True
@@ -612,6 +683,15 @@ class _SmallpondLogger:
     def remove(self, handler_id=None) -> None:
         """loguru's ``remove``; removing every sink (no id) also drops the default console sink
         that was not added yet."""
+        if isinstance(handler_id, int) and handler_id < 0:  # a plain sink's (add_plain)
+            with _plain_lock:
+                sink = _SmallpondLogger._plain.pop(handler_id, None)
+                if sink is not None:
+                    sink.close()
+                    return
+                if handler_id not in _SmallpondLogger._moved:
+                    raise ValueError(f"There is no existing handler with id {handler_id!r}")
+                handler_id = _SmallpondLogger._moved.pop(handler_id)
         lg = self._get()
         if handler_id is None:
             _SmallpondLogger._want_default = False
@@ -621,6 +701,8 @@ class _SmallpondLogger:
         lg.remove(handler_id)
 
     def __getattr__(self, name: str):
+        if _SmallpondLogger._logger is None and _SmallpondLogger._plain and name in LEVEL_NUMBERS_BY_CALL:
+            return self._plain_call(LEVEL_NUMBERS_BY_CALL[name])
         lg = self._get()
         if _SmallpondLogger._want_default and name in _LOGGING_CALLS:
             import sys
@@ -629,6 +711,12 @@ class _SmallpondLogger:
             _SmallpondLogger._default_sink = lg.add(sys.stderr, level="WARNING")
         return getattr(lg, name)
 
+
+#: loguru's standard levels, by name
+LEVEL_NUMBERS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
+#: the logger's methods that log at one of them, and the level's name
+LEVEL_NUMBERS_BY_CALL = {name.lower(): name for name in LEVEL_NUMBERS}
+_plain_lock = threading.RLock()
 
 #: the logger's methods that log, or return a logger that will (the default sink must be there)
 _LOGGING_CALLS = frozenset(

@@ -21,6 +21,7 @@ from smallpond.errors import TaskError, classify
 from smallpond.execution import resource_use
 from smallpond.execution.attempt_files import bytes_read, bytes_written, input_files, unreadable_intermediates
 from smallpond.execution.commit import _load_record, commit_path, write_commit
+from smallpond.execution.joblog import log_stamp
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import (
@@ -236,21 +237,7 @@ def _open_append(path: str) -> int:
 
 def _info_line(text: str) -> str:
     """An INFO line in loguru's default format, made directly (a loguru call is ~0.3 ms)."""
-    return f"{_log_stamp()} | INFO     | smallpond.execution.attempt:execute_attempt - {text}\n"
-
-
-_stamp_second = [0, ""]
-
-
-def _log_stamp() -> str:
-    """loguru's default time stamp (``YYYY-MM-DD HH:MM:SS.mmm``, local time), its seconds part
-    formatted once per second."""
-    now = time.time()
-    second = int(now)
-    if _stamp_second[0] != second:
-        _stamp_second[0] = second
-        _stamp_second[1] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-    return f"{_stamp_second[1]}.{int((now - second) * 1000):03d}"
+    return f"{log_stamp()} | INFO     | smallpond.execution.attempt:execute_attempt - {text}\n"
 
 
 _process_log_sink: Optional[TaskLogSink] = None
@@ -262,10 +249,10 @@ def install_task_log_sink(level: str) -> TaskLogSink:
     Both smallpond's logger and loguru's global one (which user code in tasks logs to) write
     there; the global logger's other sinks are removed, which only a worker process may do.
     """
-    from smallpond.common import logger, when_loguru_is_imported
+    from smallpond.common import LEVEL_NUMBERS, logger, when_loguru_is_imported
 
     global _process_log_sink
-    level_no = _LEVELS.get(level.upper()) if isinstance(level, str) else int(level)
+    level_no = LEVEL_NUMBERS.get(level.upper()) if isinstance(level, str) else int(level)
     if level_no is None:  # a level of the user's own: loguru knows its number
         level_no = logger.level(level).no
     sink = TaskLogSink(level_no)
@@ -290,9 +277,6 @@ def install_task_log_sink(level: str) -> TaskLogSink:
 #: set in a worker process whose backend cancels an attempt by asking it (Ray): whether the running
 #: attempt was cancelled. A cancelled attempt never commits, and leaves no output directory behind
 cancel_check: Optional[Callable[[], bool]] = None
-
-#: loguru's standard levels, by name (a worker knows them without importing loguru)
-_LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
 def execute_attempt(

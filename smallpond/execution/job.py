@@ -40,7 +40,7 @@ import threading
 from datetime import datetime
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger, loguru_file_path
+from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger
 from smallpond.errors import JobFailed, JobTerminated, ParameterError
 from smallpond.execution import publication, retention
 from smallpond.execution.cache_keys import JobCache
@@ -664,16 +664,20 @@ def _add_log_sinks(rt: RuntimeContext, name: str) -> List[int]:
     Console lines go through :func:`~smallpond.execution.progress.write_console`, which moves
     progress bars out of their way.
     """
+    from smallpond.execution.joblog import PlainSink
     from smallpond.execution.progress import write_console
 
     logger.remove_default_sink()
+    # written without loguru until something needs it (see smallpond.execution.joblog)
     return [
-        logger.add(write_console, level=rt.console_log_level, colorize=_stderr_is_tty()),
-        logger.add(
-            loguru_file_path(os.path.join(rt.log_root, f"{name}.log")),
-            level=rt.file_log_level,
-            rotation=None if rt.disable_log_rotation else "100 MB",
-            retention=5,
+        logger.add_plain(PlainSink(rt.console_log_level, write=write_console, colorize=_stderr_is_tty())),
+        logger.add_plain(
+            PlainSink(
+                rt.file_log_level,
+                path=os.path.join(rt.log_root, f"{name}.log"),
+                rotation=None if rt.disable_log_rotation else "100 MB",
+                retention=5,
+            )
         ),
     ]
 

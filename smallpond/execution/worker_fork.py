@@ -21,8 +21,8 @@ closing one known way a forked child differs from a fresh interpreter:
   ``sitecustomize``): no other library (DuckDB, Arrow, NumPy keep native state; any library may
   hold connections or files), and none of the user's own modules (a fresh worker imports them
   as their files are now: an edited file must not run as the old code);
-- no handler on any stdlib logger and loguru not loaded (their sinks are files and streams of
-  this process), and ``sys.stdout``/``sys.stderr`` are the interpreter's own;
+- no handler on any stdlib logger, loguru not loaded and no job's log sinks open (their sinks
+  are files and streams of this process), and ``sys.stdout``/``sys.stderr`` are the interpreter's own;
 - no interpreter option on the command line (``-O``, ``-W``, ``-X``, ...: a fresh worker is
   started without them) and not the development mode.
 
@@ -80,6 +80,8 @@ def fork_refusal(modules: Optional[Dict[str, object]] = None, threads: Optional[
     modules = sys.modules if modules is None else modules
     if "loguru" in modules:
         return "loguru is loaded"
+    if _job_log_open():
+        return "the job's log sinks are open"
     roots = _library_roots()
     for name, module in list(modules.items()):
         if _kind(name, module, roots) is None:
@@ -92,6 +94,14 @@ def fork_refusal(modules: Optional[Dict[str, object]] = None, threads: Optional[
     if "logging" in modules and _logging_configured(modules["logging"]):
         return "a stdlib logger has handlers"
     return None
+
+
+def _job_log_open() -> bool:
+    """Whether smallpond's logger holds sinks written without loguru (a running job's console and
+    log file, see :mod:`~smallpond.execution.joblog`): a file of this process a child must not write."""
+    from smallpond.common import _SmallpondLogger
+
+    return bool(_SmallpondLogger._plain)
 
 
 @functools.lru_cache(maxsize=1)

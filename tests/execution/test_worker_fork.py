@@ -241,6 +241,12 @@ def test_fork_refusal_names_what_a_fresh_worker_would_not_have(tmp_path, monkeyp
     lib = _fake("somelib", os.path.join(site_dir, "somelib", "__init__.py"))  # any other library
     assert "module somelib" in worker_fork.fork_refusal(_modules(somelib=lib), threads=1)
     assert worker_fork.fork_refusal(_modules(loguru=_fake("loguru", None)), threads=1) == "loguru is loaded"
+    # a running job's log sinks written without loguru: a file of this process (see execution/joblog.py)
+    from smallpond.common import _SmallpondLogger
+
+    monkeypatch.setattr(_SmallpondLogger, "_plain", {-1: object()})
+    assert worker_fork.fork_refusal(_modules(), threads=1) == "the job's log sinks are open"
+    monkeypatch.setattr(_SmallpondLogger, "_plain", {})
     space = _fake("userspace", None)
     space.__path__ = [str(tmp_path)]  # a namespace package of the user's folders
     assert "module userspace" in worker_fork.fork_refusal(_modules(userspace=space), threads=1)
