@@ -3,12 +3,14 @@ task-cache claims, queue executors, publication holders), read from ``/proc`` on
 
 A record of a process keeps its PID with :func:`process_start_time` (epoch seconds, psutil's
 ``create_time``) and :func:`process_start_id` (a token a step of the wall clock does not move);
-:func:`same_process_start` compares a running process with such a record.
+:func:`same_process_start` compares a running process with such a record. :func:`wait_exit` tells
+when a child process has exited, the moment it does.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 
 def process_start_time(pid: int) -> "float | None":
@@ -92,3 +94,28 @@ def _boot_time() -> float:
             if line.startswith(b"btime"):
                 return float(line.split()[1])
     raise ValueError("no btime in /proc/stat")
+
+
+def wait_exit(pid: int, timeout: float) -> bool:
+    """Wait until the child process ``pid`` has exited, without reaping it; True once it has,
+    False after ``timeout`` seconds or where this cannot be told (no pidfd: Linux before 5.3, or
+    ``pid`` reaped already). The caller reaps it (``Popen.wait``, ``waitpid``), at once then.
+
+    ``Popen.wait(timeout)`` polls ``waitpid`` with sleeps that double from 0.5 ms to 50 ms, so
+    it returns up to twice the time a process takes to die: a killed worker with DuckDB loaded
+    dies in 4-5 ms here and was reaped after 7.5 ms, or after 63.5 ms when its death took just
+    over 31.5 ms, at the end of every job. A pidfd is readable the moment the process exits.
+    (The pid is not reused meanwhile: a child that has not been reaped keeps its number.)
+    """
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return False
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+    finally:
+        os.close(fd)

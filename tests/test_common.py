@@ -277,3 +277,30 @@ def test_total_memory_is_psutils():
     from smallpond.execution.runtime import _total_memory
 
     assert _total_memory() == psutil.virtual_memory().total
+
+
+def test_wait_exit_returns_when_a_child_exits_and_not_before():
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from smallpond.processes import wait_exit
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        start = time.monotonic()
+        assert wait_exit(child.pid, 0.3) is False  # alive: the whole timeout
+        assert time.monotonic() - start >= 0.25
+        assert child.poll() is None
+        child.kill()
+        start = time.monotonic()
+        assert wait_exit(child.pid, 10) is True
+        assert time.monotonic() - start < 5
+        assert os.waitpid(child.pid, os.WNOHANG)[0] == child.pid  # exited, not reaped by wait_exit
+        child.returncode = -9
+    finally:
+        if child.returncode is None:
+            child.kill()
+            child.wait()
+    assert wait_exit(child.pid, 0.1) is False  # reaped: nothing to tell

@@ -221,6 +221,10 @@ class ForkedProcess:
 
     def wait(self, timeout: Optional[float] = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.returncode is None:
+            from smallpond.processes import wait_exit
+
+            wait_exit(self.pid, 3600.0 if timeout is None else timeout)  # then reaped at once below
         delay = 0.0005
         while self.poll() is None:
             if deadline is not None and time.monotonic() >= deadline:

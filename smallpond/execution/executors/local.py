@@ -48,6 +48,7 @@ from smallpond.execution.executors.base import Capacity, Completion, Executor, p
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
+from smallpond.processes import wait_exit
 
 
 class _Entry(NamedTuple):
@@ -134,6 +135,13 @@ class _Worker:
     def kill(self) -> None:
         if self.alive():
             self.proc.kill()
+
+    def wait(self, timeout: float) -> int:
+        """Reap the process once it has exited (``subprocess.TimeoutExpired`` after ``timeout``
+        seconds), told the moment it exits where the kernel can (:func:`~smallpond.processes.wait_exit`)."""
+        deadline = time.monotonic() + timeout
+        wait_exit(self.proc.pid, timeout)
+        return self.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         for conn in (self.conn, self.ctl):
@@ -483,7 +491,7 @@ class LocalExecutor(Executor):
             key, attempt = head.key, head.attempt
             w.kill()
             try:
-                code = w.proc.wait(timeout=5)
+                code = w.wait(5)
             except subprocess.TimeoutExpired:
                 code = None
             how = exit_text(code)
@@ -510,7 +518,7 @@ class LocalExecutor(Executor):
         w.close()
         w.kill()
         try:
-            w.proc.wait(timeout=5)
+            w.wait(5)
         except subprocess.TimeoutExpired:
             pass
         self._forget_worker(w)
@@ -586,10 +594,10 @@ class LocalExecutor(Executor):
             w.kill()
         for w in self.workers:
             try:
-                w.proc.wait(timeout=5)
+                w.wait(5)
             except subprocess.TimeoutExpired:
                 w.kill()
-                w.proc.wait(timeout=5)
+                w.wait(5)
             w.close()
             self._forget_worker(w)
         self.workers = []
