@@ -18,9 +18,9 @@ from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
     CorruptRecord,
+    create_whole,
     read_file,
     remove_path,
-    rename_noreplace,
     signed_bytes,
     unique_suffix,
     verified_payload,
@@ -68,8 +68,9 @@ def write_commit(
 ) -> Optional[dict]:
     """Commit the task: write its signed record, unless another attempt committed it first.
 
-    The record is published by a rename that fails if a record exists (``renameat2`` with
-    ``RENAME_NOREPLACE``; ``link()`` and an unlink where the filesystem lacks it): of two attempts
+    The record is written whole and published under its name only if no record exists
+    (:func:`~smallpond.io.filesystem.create_whole`: an unnamed file linked, or a temp file
+    renamed with ``RENAME_NOREPLACE``, where the filesystem lacks the first): of two attempts
     of one task running at once (a speculative copy, an executor of an earlier scheduler), the
     first to commit wins. Returns None when this attempt's record is now the task's, else the
     winning record. A record left by an earlier plan (another fingerprint), one whose outputs are
@@ -81,30 +82,23 @@ def write_commit(
     """
     record = _record(task, dataset, attempt, elapsed, **extra)
     path = commit_path(rt, task.key)
-    tmp = f"{path}.tmp-{unique_suffix()}"
-    write_file(tmp, _signed_record(rt, record, cache_secret), exclusive=True)
-    tmp_left = True
+    data = _signed_record(rt, record, cache_secret)
     try:
-        try:
-            if rename_noreplace(tmp, path):
-                tmp_left = False
-                return None
-            os.link(tmp, path)
-            return None
-        except FileExistsError:
-            pass
-        existing = _load_record(rt, path)
-        if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
-            return existing
-        os.replace(tmp, path)
-        tmp_left = False
+        create_whole(path, data)
         return None
-    finally:
-        if tmp_left:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+    except FileExistsError:
+        pass
+    existing = _load_record(rt, path)
+    if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
+        return existing
+    tmp = f"{path}.tmp-{unique_suffix()}"
+    write_file(tmp, data, exclusive=True)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        remove_path(tmp)
+        raise
+    return None
 
 
 def remove_orphan_outputs(rt: RuntimeContext) -> int:

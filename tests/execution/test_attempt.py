@@ -68,11 +68,13 @@ def test_first_attempt_to_commit_wins(sql_task):
 
 
 def test_first_attempt_to_commit_wins_without_renameat2(sql_task, monkeypatch):
-    """Where the filesystem cannot rename without replacing, the commit links instead: the same
-    winner, and no temp record left behind."""
-    import smallpond.execution.commit as attempt_module
+    """Where the filesystem can neither create an unnamed file (O_TMPFILE) nor rename without
+    replacing, the commit links a temp record instead: the same winner, and no temp record left
+    behind."""
+    from smallpond.io import filesystem
 
-    monkeypatch.setattr(attempt_module, "rename_noreplace", lambda a, b: False)
+    monkeypatch.setattr(filesystem, "_TMPFILE", 0)
+    monkeypatch.setattr(filesystem, "rename_noreplace", lambda a, b: False)
     rt, task, inputs = sql_task
     first = execute_attempt(rt, task, inputs, 0, memory=256 * MB)
     second = execute_attempt(rt, task, inputs, 1, memory=256 * MB)

@@ -239,3 +239,39 @@ def test_a_record_of_two_keepers_with_one_forged_slot_is_refused_by_that_slots_k
     assert verified_payload(forged, other) == b"p"
     with pytest.raises(SignatureError):
         verified_payload(forged, SECRET)
+
+
+def test_create_whole_names_an_unnamed_file_once_and_never_replaces(tmp_path, monkeypatch):
+    import errno
+
+    from smallpond.io import filesystem
+
+    path = str(tmp_path / "T-1.commit")
+
+    def no_named_temp(*args, **kwargs):
+        raise AssertionError("a named temp file was written where O_TMPFILE works")
+
+    with monkeypatch.context() as m:
+        m.setattr(filesystem, "write_file", no_named_temp)
+        filesystem.create_whole(path, b"first")
+        with pytest.raises(FileExistsError):
+            filesystem.create_whole(path, b"second")
+    assert open(path, "rb").read() == b"first" and os.listdir(tmp_path) == ["T-1.commit"]
+    assert os.stat(path).st_nlink == 1
+
+    # a filesystem without O_TMPFILE: a temp file renamed without replacing, nothing left behind
+    real_open = os.open
+
+    def refusing_open(p, flags, *args, **kwargs):
+        if flags & filesystem._TMPFILE == filesystem._TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "not supported", p)
+        return real_open(p, flags, *args, **kwargs)
+
+    other = tmp_path / "nfs"
+    other.mkdir()
+    monkeypatch.setattr(os, "open", refusing_open)
+    filesystem.create_whole(str(other / "a"), b"A")
+    with pytest.raises(FileExistsError):
+        filesystem.create_whole(str(other / "a"), b"B")
+    assert open(other / "a", "rb").read() == b"A" and os.listdir(other) == ["a"]
+    assert str(other) in filesystem._no_tmpfile  # not asked again
