@@ -55,6 +55,9 @@ Guarantees:
   after moving its sinks' records to ``config/published/`` (:func:`park_publication_records`),
   and a rerun of the job brings them back, so it does not publish the same sink twice.
 
+  Jobs publishing into one destination take turns: a publication holds that destination's lock
+  from before it plans its steps until the last one (:mod:`~smallpond.execution.ops.sink_lock`).
+
   An append finished by a rerun is merged into the manifest in place (another job may have
   appended since), and one its journal can no longer finish is rolled back, never left half
   there (:mod:`~smallpond.execution.ops.sink_append`).
@@ -95,6 +98,7 @@ from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import PublicationError, Step, interrupted_publications, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
+from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import check_nested_results, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
@@ -566,12 +570,15 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
     """
     if not prepared:
         return
-    journal = journal_of(runtime_ctx, prepared)
-    # durable before any step only where a power loss could strand a user's files (module docstring)
-    dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))
-    if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
-        dests = ", ".join(journal["destinations"])
-        raise PublicationError(f"cannot publish into {dests}: a prepared result was removed; nothing was published")
+    # planned and carried out while no other job publishes into these destinations (ops/sink_lock.py)
+    dests = [task.node.output_path for task, _ in prepared if not task.skip]
+    with destinations_locked(dests, sink_records_dir(runtime_ctx.data_root), runtime_ctx.job_root):
+        journal = journal_of(runtime_ctx, prepared)
+        # durable before any step only where a power loss could strand a user's files (module docstring)
+        dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))
+        if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
+            into = ", ".join(journal["destinations"])
+            raise PublicationError(f"cannot publish into {into}: a prepared result was removed; nothing was published")
 
 
 def journal_of(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> dict:

@@ -69,7 +69,9 @@ from smallpond.execution.ops.sink_leftovers import (
     owner_record,
     write_owner,
 )
+from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import JOB_FOLDER
+from smallpond.execution.runtime import sink_records_dir
 from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
 from smallpond.io.paths import manifest_paths
 
@@ -420,6 +422,14 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None):
             logger.warning("{}; no publication step had started, so there is nothing to finish", e)
             remove_path(path)
             return False
+    # another job publishing into a destination of this journal at the same time would plan from
+    # the state before this one's steps, or this one from the state before its: they take turns
+    with destinations_locked(destinations(journal), sink_records_dir(runtime_ctx.data_root), runtime_ctx.job_root):
+        return _carry_out(runtime_ctx, journal, path, earlier)
+
+
+def _carry_out(runtime_ctx, journal: dict, path: str, earlier: bool):
+    """:func:`roll_forward` once the journal's destinations are locked."""
     missing = blocked_steps(journal["steps"])
     if missing:
         return _abandon(runtime_ctx, journal, missing)

@@ -1,0 +1,152 @@
+"""Publication locks: jobs publishing into one destination take turns.
+
+A publication reads a destination (its ``.MANIFEST.txt``, the record of what it holds), plans its
+steps from that, and then changes it (moves files in, moves a new manifest in, writes the record).
+Two jobs doing so at once into one folder each plan from the state before the other's steps: the
+second manifest moved in drops the first job's files (an append published, reported done, and not
+listed), or a job finds the other's manifest moved in and its record not yet written and refuses
+the publication as a user's edit. So a publication holds, from before it reads its destinations
+until its last step, an exclusive advisory lock (``flock``) on one lock file per destination
+(:func:`destinations_locked`); a job finishing or abandoning an earlier run's journal does too.
+
+* **Where**: ``{sha256 of realpath(dest)}.lock`` in the data root's records of this user
+  (:func:`~smallpond.execution.runtime.sink_records_dir`, beside ``{sha256}.record``): a file the
+  engine owns, never one in or beside the user's folder. Every job that may append to a destination
+  or overwrite it is of that folder's records (another data root's or user's job is refused there:
+  its manifest is not vouched for by their record), so they all meet on that lock file. A
+  destination inside the job's own folder (named outputs, ``FinalResults``) is this job's only and
+  is not locked. Lock files are never removed: removing one while another job waits on it would let
+  a third job lock a new file by that name, and both would publish at once.
+* **Order**: the lock files are taken in the order of their names, so two jobs publishing into the
+  same destinations never wait on each other in a cycle. A process does not lock a destination
+  again while it holds it (a publication finishing its own journal).
+* **A dead holder never blocks the next job**: ``flock`` locks belong to the open file, so the
+  kernel releases them when the process holding them dies (SIGKILL included). A worker forked while
+  the lock is held closes its copy at once (:func:`os.register_at_fork`), so it cannot keep the
+  lock after the job that took it. A job that has to wait logs which destination and lock file it
+  waits for, once.
+* **Filesystems**: on a local filesystem the lock serialises every process of the host. On NFS,
+  Linux maps ``flock`` onto NFS byte-range locks, so it holds across hosts; a lock of a client
+  that died is released once the server notices (NFSv4: the client's lease expires, 90 s by
+  default; NFSv3: lockd/statd, when the client reboots), and a client mounted with ``nolock``
+  locks only for its own host. A filesystem that refuses locks (``ENOLCK``, ``EOPNOTSUPP``, some FUSE
+  ones) gets a warning naming the lock file, once per process and folder, and the publication goes
+  ahead unlocked, as before this module: jobs publishing into one destination at the same instant
+  may then drop each other's appends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import threading
+from typing import Dict, Iterable, Iterator, List, Optional
+
+from smallpond.common import logger
+from smallpond.execution.ops import sink_record
+
+_SUFFIX = ".lock"
+#: errors of a filesystem that has no locks; anything else is an error of the publication
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
+
+_held = threading.local()  # lock path -> fd, of this thread
+_all_fds: Dict[int, str] = {}  # every fd held by any thread of this process: a forked child closes them
+_warned: set = set()
+
+
+def lock_path(records_dir: str, dest: str) -> str:
+    """The lock file of destination ``dest``: beside its record, named after its real path."""
+    return sink_record.record_path(records_dir, dest)[: -len(".record")] + _SUFFIX
+
+
+def _held_here() -> Dict[str, int]:
+    if not hasattr(_held, "paths"):
+        _held.paths = {}
+    return _held.paths
+
+
+def _open(path: str) -> int:
+    from smallpond.execution import user_folder
+
+    user_folder.prepare(path)
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def _lock(path: str, dest: str) -> Optional[int]:
+    """Take the lock file ``path`` of ``dest`` (waiting for its holder); its fd, or None where the
+    filesystem has no locks (warned)."""
+    fd = _open(path)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as e:
+        os.close(fd)
+        if e.errno not in _NO_LOCKS:
+            raise
+        folder = os.path.dirname(path)
+        if folder not in _warned:
+            _warned.add(folder)
+            logger.warning(
+                "cannot lock {} ({}): the filesystem of {} has no file locks, so jobs publishing into {} at the same "
+                "instant are not made to take turns and may drop each other's appends; publish into one destination "
+                "from one job at a time, or keep the data root on a filesystem with locks (local, or NFS without nolock)",
+                path,
+                os.strerror(e.errno),
+                folder,
+                dest,
+            )
+        return None
+    return fd
+
+
+@contextlib.contextmanager
+def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Optional[str] = None) -> Iterator[None]:
+    """Hold the publication lock of each of ``dests`` (those outside ``job_root``) while the block runs."""
+    wanted: Dict[str, str] = {}
+    root = os.path.realpath(job_root) + os.sep if job_root else None
+    for dest in dests:
+        real = os.path.realpath(dest)
+        if root is None or not (real + os.sep).startswith(root):
+            wanted.setdefault(lock_path(records_dir, dest), dest)
+    held = _held_here()
+    taken: List[str] = []
+    try:
+        for path in sorted(wanted):
+            if path in held:
+                continue  # this thread holds it already (a publication finishing its own journal)
+            fd = _lock(path, wanted[path])
+            held[path] = fd
+            taken.append(path)
+            if fd is not None:
+                _all_fds[fd] = path
+        yield
+    finally:
+        for path in reversed(taken):
+            fd = held.pop(path)
+            if fd is not None:
+                _all_fds.pop(fd, None)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                finally:
+                    os.close(fd)
+
+
+def _after_fork_in_child() -> None:
+    # the child's copies of the locked files would keep the locks once the parent dies (the lock
+    # is the open file's, not the process's): close them, and do not unlock them (the parent's)
+    for fd in list(_all_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _all_fds.clear()
+    if hasattr(_held, "paths"):
+        _held.paths = {}
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,75 @@
+"""Acceptance: jobs appending to one folder at the same instant each append once, and none
+drops another's files.
+
+Each job plans its publication from the folder as it finds it (the manifest's lines, the record
+of what the folder holds) and then moves its files and its manifest in. Two jobs doing that at
+once each plan from the folder before the other's steps: the manifest moved in last lists only
+its job's files beside the earlier ones (the other append is published, reported done, and
+listed by none), or a job finds the other's manifest moved in before its record and refuses
+it as a user's edit. Publications into one destination take turns (ops/sink_lock.py).
+
+The jobs are held once their sinks are prepared and released together;
+``SP_TEST_PUBLISH_STEP_DELAY`` makes each publication step take a while, so without the lock
+their publications overlap every time.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.e2e.safety_helpers import published_rows
+from tests.e2e.test_safety_append_crash import consistent, held, rows_of, run
+
+JOBS = 3
+
+
+def _logs_say(data_root: str, text: str) -> int:
+    """How many of the jobs' logs under ``data_root`` have ``text``."""
+    found = 0
+    for path in glob.glob(os.path.join(data_root, "*", "log", "*.log")):
+        with open(path, errors="replace") as f:
+            found += text in f.read()
+    return found
+
+
+@pytest.mark.parametrize("existing", [True, False], ids=["into_a_result", "into_a_new_folder"])
+def test_jobs_appending_to_one_folder_at_the_same_instant_each_append_once(tmp_path, data_root, existing):
+    a = str(tmp_path / "A")
+    expected = []
+    if existing:
+        run(held(data_root, rows_of(tmp_path, "first", 0), a))
+        expected += [0, 1, 2]
+    env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY="0.15")
+    jobs = []
+    try:
+        for i in range(JOBS):
+            hold = tmp_path / f"hold{i}"
+            hold.mkdir()
+            start = 100 * (i + 1)
+            expected += list(range(start, start + 3))
+            cmd = held(data_root, rows_of(tmp_path, f"job{i}", start), a, hold=str(hold))
+            jobs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), hold))
+        for job, hold in jobs:  # every job's sink is prepared; they publish on "go"
+            while not (hold / "holding").exists():
+                assert job.poll() is None, job.stderr.read()[-3000:]
+                time.sleep(0.02)
+    finally:
+        for _, hold in jobs:
+            (hold / "go").touch()
+        errors = [job.communicate(timeout=180)[1] for job, _ in jobs]
+    for (job, _), err in zip(jobs, errors):
+        assert job.returncode == 0, err[-3000:]
+    assert published_rows(a, "id") == sorted(expected)  # every append, once
+    consistent(a)  # every file in A listed once; none of another job's removed
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("A.")]  # no staged or kept folder left beside A
+    # they did publish at the same instant: all but the first waited for the lock
+    assert _logs_say(data_root, "waiting for another job publishing into") == JOBS - 1
+    # the record of A vouches for what it holds: a later overwrite is not refused
+    run(held(data_root, rows_of(tmp_path, "last", 900), a, mode="overwrite"))
+    assert published_rows(a, "id") == [900, 901, 902]
+    consistent(a)

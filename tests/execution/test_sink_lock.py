@@ -1,0 +1,117 @@
+"""Publication locks (smallpond/execution/ops/sink_lock.py): one publication into a destination at
+a time, across processes; a dead holder (and a child it forked) never keeps the lock; a filesystem
+without locks is said, not fatal."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+from smallpond.execution.ops import sink_lock
+from smallpond.execution.ops.sink_lock import destinations_locked, lock_path
+from smallpond.execution.runtime import sink_records_dir
+
+HOLDER = textwrap.dedent(
+    """
+    import os, sys, time, signal
+    from smallpond.execution.ops.sink_lock import destinations_locked
+    dest, records, out, how = sys.argv[1:5]
+    with destinations_locked([dest], records):
+        open(out + ".held", "w").close()
+        if how == "release":
+            time.sleep(0.5)
+            open(out + ".releasing", "w").close()
+        else:  # a worker forked meanwhile outlives the job, which dies holding the lock
+            child = os.fork()
+            if child == 0:
+                time.sleep(30)
+                os._exit(0)
+            with open(out + ".child", "w") as f:
+                f.write(str(child))
+            os.kill(os.getpid(), signal.SIGKILL)
+    """
+)
+
+
+def _holder(tmp_path, dest, records, how):
+    out = str(tmp_path / "holder")
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, dest, records, out, how], stderr=subprocess.PIPE, text=True)
+    while not os.path.exists(out + ".held"):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    return proc, out
+
+
+def _locked_by_another(path: str) -> bool:
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def test_a_publication_waits_for_another_process_publishing_into_the_same_folder(tmp_path, data_root):
+    dest, records = str(tmp_path / "A"), sink_records_dir(data_root)
+    proc, out = _holder(tmp_path, dest, records, "release")
+    assert _locked_by_another(lock_path(records, dest))
+    with destinations_locked([str(tmp_path / "B")], records):  # another folder: no wait
+        assert not os.path.exists(out + ".releasing")
+    with destinations_locked([dest], records):
+        assert os.path.exists(out + ".releasing")  # entered only once the holder let go
+    assert proc.wait(timeout=30) == 0
+
+
+def test_a_dead_holder_and_the_worker_it_forked_do_not_keep_the_lock(tmp_path, data_root):
+    dest, records = str(tmp_path / "A"), sink_records_dir(data_root)
+    proc, out = _holder(tmp_path, dest, records, "die")
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    with open(out + ".child") as f:
+        child = int(f.read())
+    try:
+        deadline = time.monotonic() + 3
+        while _locked_by_another(lock_path(records, dest)):
+            assert time.monotonic() < deadline, "the lock of a dead job is still held (by the worker it forked)"
+            time.sleep(0.02)
+        with destinations_locked([dest], records):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_nested_and_job_folder_destinations(tmp_path, data_root):
+    """A process holding a destination's lock does not wait on itself; a destination in the job's
+    folder is this job's alone and is not locked (no lock file)."""
+    records, job_root = sink_records_dir(data_root), str(tmp_path / "job")
+    a, b, own = str(tmp_path / "A"), str(tmp_path / "B"), os.path.join(job_root, "output", "FinalResults")
+    with destinations_locked([b, a, own], records, job_root):
+        with destinations_locked([a], records, job_root):
+            assert _locked_by_another(lock_path(records, a))
+        assert _locked_by_another(lock_path(records, a))  # the inner block did not release it
+        assert _locked_by_another(lock_path(records, b))
+    assert not _locked_by_another(lock_path(records, a))
+    assert not os.path.exists(lock_path(records, own))
+    assert sorted(os.listdir(records)) == sorted(os.path.basename(lock_path(records, d)) for d in (a, b))
+
+
+def test_a_filesystem_without_locks_publishes_unlocked_and_says_so(tmp_path, data_root, monkeypatch, log_messages):
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(sink_lock.fcntl, "flock", no_locks)
+    monkeypatch.setattr(sink_lock, "_warned", set())
+    records, ran = sink_records_dir(data_root), []
+    for _ in range(2):
+        with destinations_locked([str(tmp_path / "A")], records):
+            ran.append(True)
+    assert ran == [True, True]
+    said = [m for m in log_messages if "has no file locks" in m]
+    assert len(said) == 1 and lock_path(records, str(tmp_path / "A")) in said[0]  # once, naming the lock file
