@@ -115,3 +115,39 @@ def test_a_filesystem_without_locks_publishes_unlocked_and_says_so(tmp_path, dat
     assert ran == [True, True]
     said = [m for m in log_messages if "has no file locks" in m]
     assert len(said) == 1 and lock_path(records, str(tmp_path / "A")) in said[0]  # once, naming the lock file
+
+
+SWAPPER = textwrap.dedent(
+    """
+    import os, sys, time
+    from smallpond.execution.ops.sink_lock import destinations_locked
+    dest, records, out = sys.argv[1:4]
+    manifest = os.path.join(dest, ".MANIFEST.txt")
+    with destinations_locked([dest], records):
+        # half way through a publication: a manifest in place that the record does not vouch for yet
+        os.rename(manifest, manifest + ".real")
+        with open(manifest, "w") as f:
+            f.write(os.path.join(dest, "old.parquet") + "\\n" + os.path.join(dest, "new.parquet") + "\\n")
+        open(out + ".held", "w").close()
+        time.sleep(0.5)
+        os.replace(manifest + ".real", manifest)  # and the record vouches for the manifest in place again
+    """
+)
+
+
+def test_the_plan_check_does_not_read_a_destination_half_way_through_a_publication(tmp_path, make_rt):
+    """A job planned while another publishes into its destination reads the destination once that
+    publication is done, not its manifest moved in before its record (refused as a user's edit)."""
+    from smallpond.execution.ops.sink import check_destination
+    from tests.execution.test_publication import setup
+
+    rt, dest, task, _, _ = setup(tmp_path, make_rt, "append")
+    out = str(tmp_path / "swapper")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SWAPPER, str(dest), rt.sink_records_dir, out], stderr=subprocess.PIPE, text=True
+    )
+    while not os.path.exists(out + ".held"):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        time.sleep(0.01)
+    assert check_destination(task.node, False, rt.job_root, rt.sink_records_dir) == "write"
+    assert proc.wait(timeout=30) == 0

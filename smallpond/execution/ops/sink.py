@@ -87,6 +87,7 @@ kill a job in the middle of publishing; all are inert when unset.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -207,8 +208,17 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None, rec
     an overwrite removes only what that record proves smallpond wrote; and no destination is
     inside or around a folder holding a result recorded there (:func:`~smallpond.execution.ops.sink_overlap.check_nested_results`).
     """
-    decision = _decide(node, committed, job_root, records_dir)
-    if decision == "write" and not committed and records_dir and not (job_root and in_job_folder(node.output_path, job_root)):
+    if committed or not records_dir or (job_root and in_job_folder(node.output_path, job_root)):
+        return _decide(node, committed, job_root, records_dir)
+    # read while no other job publishes there: half way, its files are in and its manifest not yet
+    # (unlisted files), or its manifest is in and its record not yet (a manifest not vouched for)
+    with contextlib.ExitStack() as locked:
+        try:
+            locked.enter_context(destinations_locked([node.output_path], records_dir, job_root))
+        except ParameterError as e:  # this user's folder under the data root cannot be used
+            raise PlanError(node._msg(str(e))) from None
+        decision = _decide(node, committed, job_root, records_dir)
+    if decision == "write":
         check_nested_results(node, records_dir)
     return decision
 

@@ -70,7 +70,9 @@ def _held_here() -> Dict[str, int]:
 def _open(path: str) -> int:
     from smallpond.execution import user_folder
 
-    user_folder.prepare(path)
+    folder = os.path.dirname(path)
+    user_folder.prepare(folder)  # this user's folder, made and checked, as for a record
+    os.makedirs(folder, mode=0o700, exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
