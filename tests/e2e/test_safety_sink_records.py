@@ -179,6 +179,11 @@ def cli(*args, data_root):
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
 
 
+def _records_in(records):
+    """The files of the records folder, but the publication locks (ops/sink_lock.py)."""
+    return [n for n in os.listdir(records) if not n.endswith(sink_record.LOCK_SUFFIX)]
+
+
 def test_clean_prunes_the_records_of_results_that_are_gone_and_keeps_the_others(sp, root, tmp_path):
     records = sink_records_dir(root)
     outs = {k: tmp_path / k for k in ("removed", "replaced", "moved", "kept")}
@@ -193,16 +198,18 @@ def test_clean_prunes_the_records_of_results_that_are_gone_and_keeps_the_others(
         json.dump({"format": "smallpond-sink-record-1", "dest": str(tmp_path / "gone"), "manifest": [1, 2, 3, 4]}, f)
     (tmp_path / "junk").write_bytes(b"")
     os.replace(tmp_path / "junk", os.path.join(records, "1" * 64 + ".record"))  # names nothing
-    assert len(os.listdir(records)) == 6
+    assert len(_records_in(records)) == 6
 
     dry = cli("clean", data_root=root)
     assert dry.returncode == 0, dry.stderr
     assert "would remove 5 record(s) of published results" in dry.stdout and "1 record(s) of results still there" in dry.stdout
-    assert len(os.listdir(records)) == 6
+    assert len(_records_in(records)) == 6
     done = cli("clean", "--yes", data_root=root)
     assert done.returncode == 0, done.stderr
     assert "removed 5 record(s) of published results" in done.stdout and "and 5 record(s)" in done.stdout
-    assert os.listdir(records) == [os.path.basename(sink_record.record_path(records, str(outs["kept"])))]
+    # the kept result's record and publication lock stay; the other results' locks went with their records
+    kept = [sink_record.record_path(records, str(outs["kept"])), sink_record.lock_path(records, str(outs["kept"]))]
+    assert sorted(os.listdir(records)) == sorted(os.path.basename(p) for p in kept)
     # the record kept still vouches for its result: it is overwritten as usual
     sp.from_arrow(ids(2, 40)).write_parquet(str(outs["kept"]))
     assert published_rows(str(outs["kept"]), "id") == [40, 41]

@@ -151,3 +151,49 @@ def test_the_plan_check_does_not_read_a_destination_half_way_through_a_publicati
         time.sleep(0.01)
     assert check_destination(task.node, False, rt.job_root, rt.sink_records_dir) == "write"
     assert proc.wait(timeout=30) == 0
+
+
+def test_clean_removes_lock_files_no_job_holds_of_destinations_without_a_record(tmp_path, data_root):
+    from smallpond.execution.ops import sink_record
+
+    records = sink_records_dir(data_root)
+    held, free, recorded = (str(tmp_path / n) for n in ("held", "free", "recorded"))
+    for dest in (free, recorded):
+        with destinations_locked([dest], records):
+            pass
+    os.makedirs(recorded)  # a result still there, and its record
+    with open(os.path.join(recorded, "part.parquet"), "w") as f:
+        f.write("rows")
+    with open(os.path.join(recorded, ".MANIFEST.txt"), "w") as f:
+        f.write(os.path.join(recorded, "part.parquet") + "\n")
+    data = sink_record.record_of(records, recorded, recorded, ["part.parquet"])
+    sink_record.save(sink_record.record_path(records, recorded), data)
+    proc, _ = _holder(tmp_path, held, records, "release")  # a publication into "held" runs
+    sink_record.prune(data_root, dry_run=True)
+    assert os.path.exists(lock_path(records, free))  # a dry run removes nothing
+    sink_record.prune(data_root, dry_run=False)
+    assert proc.wait(timeout=30) == 0
+    assert not os.path.exists(lock_path(records, free))
+    assert os.path.exists(lock_path(records, held))  # its job held it
+    assert os.path.exists(lock_path(records, recorded))  # its destination's record stays
+
+
+def test_a_lock_file_removed_while_a_job_waited_on_it_is_locked_again_at_its_name(tmp_path, data_root, monkeypatch):
+    """A job opens the lock file, and smallpond clean removes it before the job locks it: the job
+    must lock the file at its name, else the next job (which makes a new one) publishes beside it."""
+    from smallpond.execution.ops import sink_record
+
+    dest, records, calls = str(tmp_path / "A"), sink_records_dir(data_root), []
+    opened = sink_lock._open
+
+    def open_then_clean(path):
+        fd = opened(path)
+        if not calls:
+            calls.append(path)
+            sink_record.prune(data_root, dry_run=False)  # no record of A, no job holds it: its lock file goes
+        return fd
+
+    monkeypatch.setattr(sink_lock, "_open", open_then_clean)
+    with destinations_locked([dest], records):
+        assert calls == [lock_path(records, dest)]
+        assert os.path.exists(lock_path(records, dest)) and _locked_by_another(lock_path(records, dest))

@@ -15,8 +15,10 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
   or overwrite it is of that folder's records (another data root's or user's job is refused there:
   its manifest is not vouched for by their record), so they all meet on that lock file. A
   destination inside the job's own folder (named outputs, ``FinalResults``) is this job's only and
-  is not locked. Lock files are never removed: removing one while another job waits on it would let
-  a third job lock a new file by that name, and both would publish at once.
+  is not locked. ``smallpond clean`` removes the lock file of a destination it has no record of
+  (any more) while no job holds it (:func:`~smallpond.execution.ops.sink_record.prune`): a job that
+  opened that file meanwhile finds, once it has the lock, that it is no longer the one at its name,
+  and locks the file there instead, so no two jobs ever hold the lock of one destination.
 * **Order**: the lock files are taken in the order of their names, so two jobs publishing into the
   same destinations never wait on each other in a cycle. A process does not lock a destination
   again while it holds it (a publication finishing its own journal).
@@ -45,20 +47,14 @@ import threading
 from typing import Dict, Iterable, Iterator, List, Optional
 
 from smallpond.common import logger
-from smallpond.execution.ops import sink_record
+from smallpond.execution.ops.sink_record import lock_path
 
-_SUFFIX = ".lock"
 #: errors of a filesystem that has no locks; anything else is an error of the publication
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 
 _held = threading.local()  # lock path -> fd, of this thread
 _all_fds: Dict[int, str] = {}  # every fd held by any thread of this process: a forked child closes them
 _warned: set = set()
-
-
-def lock_path(records_dir: str, dest: str) -> str:
-    """The lock file of destination ``dest``: beside its record, named after its real path."""
-    return sink_record.record_path(records_dir, dest)[: -len(".record")] + _SUFFIX
 
 
 def _held_here() -> Dict[str, int]:
@@ -79,31 +75,51 @@ def _open(path: str) -> int:
 def _lock(path: str, dest: str) -> Optional[int]:
     """Take the lock file ``path`` of ``dest`` (waiting for its holder); its fd, or None where the
     filesystem has no locks (warned)."""
-    fd = _open(path)
-    try:
+    said = False
+    while True:
+        fd = _open(path)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError as e:
-        os.close(fd)
-        if e.errno not in _NO_LOCKS:
-            raise
-        folder = os.path.dirname(path)
-        if folder not in _warned:
-            _warned.add(folder)
-            logger.warning(
-                "cannot lock {} ({}): the filesystem of {} has no file locks, so jobs publishing into {} at the same "
-                "instant are not made to take turns and may drop each other's appends; publish into one destination "
-                "from one job at a time, or keep the data root on a filesystem with locks (local, or NFS without nolock)",
-                path,
-                os.strerror(e.errno),
-                folder,
-                dest,
-            )
-        return None
-    return fd
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as e:
+            os.close(fd)
+            return _no_locks(e, path, dest)
+        if _still_there(fd, path):
+            return fd
+        os.close(fd)  # removed by smallpond clean while this waited for it: lock the file now there
+
+
+def _still_there(fd: int, path: str) -> bool:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (mine.st_ino, mine.st_dev)
+
+
+def _no_locks(e: OSError, path: str, dest: str) -> None:
+    """A lock that failed: an error, or (a filesystem without locks) a warning and no lock."""
+    if e.errno not in _NO_LOCKS:
+        raise e
+    folder = os.path.dirname(path)
+    if folder not in _warned:
+        _warned.add(folder)
+        logger.warning(
+            "cannot lock {} ({}): the filesystem of {} has no file locks, so jobs publishing into {} at the same "
+            "instant are not made to take turns and may drop each other's appends; publish into one destination "
+            "from one job at a time, or keep the data root on a filesystem with locks (local, or NFS without nolock)",
+            path,
+            os.strerror(e.errno),
+            folder,
+            dest,
+        )
+    return None
 
 
 @contextlib.contextmanager

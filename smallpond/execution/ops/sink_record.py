@@ -45,7 +45,9 @@ Invariants:
 * **Records of results that are gone go.** :func:`prune` (``smallpond clean``) removes a record
   whose destination no longer holds the manifest it recorded (removed, replaced, moved), and
   never one whose destination still does: the result it vouches for is still there. It prunes
-  this user's records only, through the checked user folder (:func:`~smallpond.execution.user_folder.open_own`).
+  this user's records only, through the checked user folder (:func:`~smallpond.execution.user_folder.open_own`),
+  and then the publication lock files (``{sha256}.lock``, :mod:`~smallpond.execution.ops.sink_lock`) of
+  destinations left without a record that no job holds.
 """
 
 from __future__ import annotations
@@ -116,6 +118,15 @@ def key(records_dir: str, create: bool = True) -> Optional[bytes]:
 def record_path(records_dir: str, dest: str) -> str:
     """Where the record of destination ``dest`` is kept: named after its real path."""
     return os.path.join(records_dir, _record_name(os.path.realpath(dest)))
+
+
+#: the publication lock of a destination (ops/sink_lock.py) is its record's name with this suffix
+LOCK_SUFFIX = ".lock"
+
+
+def lock_path(records_dir: str, dest: str) -> str:
+    """The publication lock file of destination ``dest``: beside its record, named after its real path."""
+    return record_path(records_dir, dest)[: -len(_SUFFIX)] + LOCK_SUFFIX
 
 
 def _legacy_path(path: str) -> str:
@@ -413,4 +424,29 @@ def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int
             continue
         if dry_run or _remove_if_same(folder, name, ino):
             removed.append(claim["dest"] if claim is not None else os.path.join(records_dir, name))
+    if not dry_run:
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(LOCK_SUFFIX) and not n.startswith(".")):
+            if not _exists(folder, name[: -len(LOCK_SUFFIX)] + _SUFFIX):
+                _remove_unused_lock(folder, name)
     return removed, kept
+
+
+def _remove_unused_lock(folder: int, name: str) -> None:
+    """Remove the publication lock file ``name`` of ``folder`` (a descriptor), of a destination with
+    no record, unless a job holds it (:mod:`~smallpond.execution.ops.sink_lock`): removed while
+    locked by this process, so a job that opened it meanwhile finds it gone once it has the lock,
+    and locks the file then at its name."""
+    import fcntl
+
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.fstat(fd).st_ino == os.stat(name, dir_fd=folder, follow_symlinks=False).st_ino:
+            os.unlink(name, dir_fd=folder)
+    except OSError:  # held by a publication, gone, or a filesystem without locks: it stays
+        pass
+    finally:
+        os.close(fd)
