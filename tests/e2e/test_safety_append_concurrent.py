@@ -37,6 +37,35 @@ def _logs_say(data_root: str, text: str) -> int:
     return found
 
 
+def _together(tmp_path, data_root, a, jobs):
+    """Run held jobs ``jobs`` ((first id, sink mode) each) that publish into ``a`` once all are
+    prepared, released at the same instant; every one must succeed."""
+    env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY="0.15")
+    procs = []
+    try:
+        for i, (start, mode) in enumerate(jobs):
+            hold = tmp_path / f"hold{i}"
+            hold.mkdir()
+            cmd = held(data_root, rows_of(tmp_path, f"job{i}", start), a, mode=mode, hold=str(hold))
+            procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), hold))
+        for job, hold in procs:  # every job's sink is prepared; they publish on "go"
+            while not (hold / "holding").exists():
+                assert job.poll() is None, job.stderr.read()[-3000:]
+                time.sleep(0.02)
+    finally:
+        for _, hold in procs:
+            (hold / "go").touch()
+        errors = [job.communicate(timeout=180)[1] for job, _ in procs]
+    for (job, _), err in zip(procs, errors):
+        assert job.returncode == 0, err[-3000:]
+
+
+def _waited(data_root, jobs):
+    """They did publish at the same instant: a job waited for the lock (all but the first, unless
+    one came so late that the others were done)."""
+    assert 1 <= _logs_say(data_root, "waiting for another job publishing into") <= jobs - 1
+
+
 @pytest.mark.parametrize("existing", [True, False], ids=["into_a_result", "into_a_new_folder"])
 def test_jobs_appending_to_one_folder_at_the_same_instant_each_append_once(tmp_path, data_root, existing):
     a = str(tmp_path / "A")
@@ -44,32 +73,26 @@ def test_jobs_appending_to_one_folder_at_the_same_instant_each_append_once(tmp_p
     if existing:
         run(held(data_root, rows_of(tmp_path, "first", 0), a))
         expected += [0, 1, 2]
-    env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY="0.15")
-    jobs = []
-    try:
-        for i in range(JOBS):
-            hold = tmp_path / f"hold{i}"
-            hold.mkdir()
-            start = 100 * (i + 1)
-            expected += list(range(start, start + 3))
-            cmd = held(data_root, rows_of(tmp_path, f"job{i}", start), a, hold=str(hold))
-            jobs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), hold))
-        for job, hold in jobs:  # every job's sink is prepared; they publish on "go"
-            while not (hold / "holding").exists():
-                assert job.poll() is None, job.stderr.read()[-3000:]
-                time.sleep(0.02)
-    finally:
-        for _, hold in jobs:
-            (hold / "go").touch()
-        errors = [job.communicate(timeout=180)[1] for job, _ in jobs]
-    for (job, _), err in zip(jobs, errors):
-        assert job.returncode == 0, err[-3000:]
+    starts = [100 * (i + 1) for i in range(JOBS)]
+    _together(tmp_path, data_root, a, [(start, "append") for start in starts])
+    expected += [i for start in starts for i in range(start, start + 3)]
     assert published_rows(a, "id") == sorted(expected)  # every append, once
     consistent(a)  # every file in A listed once; none of another job's removed
     assert not [n for n in os.listdir(tmp_path) if n.startswith("A.")]  # no staged or kept folder left beside A
-    # they did publish at the same instant: all but the first waited for the lock
-    assert _logs_say(data_root, "waiting for another job publishing into") == JOBS - 1
+    _waited(data_root, JOBS)
     # the record of A vouches for what it holds: a later overwrite is not refused
     run(held(data_root, rows_of(tmp_path, "last", 900), a, mode="overwrite"))
     assert published_rows(a, "id") == [900, 901, 902]
     consistent(a)
+
+
+def test_an_overwrite_and_an_append_at_the_same_instant_leave_a_result_that_reads(tmp_path, data_root):
+    """Unlocked, the append kept the earlier result's lines in its manifest while the overwrite
+    removed their files: A's manifest named files that were gone."""
+    a = str(tmp_path / "A")
+    run(held(data_root, rows_of(tmp_path, "first", 0), a))
+    _together(tmp_path, data_root, a, [(100, "overwrite"), (200, "append")])
+    # one after the other, in either order: the overwrite then the append, or the append overwritten
+    assert published_rows(a, "id") in ([100, 101, 102, 200, 201, 202], [100, 101, 102])
+    consistent(a)
+    _waited(data_root, 2)
