@@ -28,10 +28,13 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
   lock after the job that took it. A job that has to wait logs which destination and lock file it
   waits for, once.
 * **Filesystems**: on a local filesystem the lock serialises every process of the host. On NFS,
-  Linux maps ``flock`` onto NFS byte-range locks, so it holds across hosts; a lock of a client
-  that died is released once the server notices (NFSv4: the client's lease expires, 90 s by
-  default; NFSv3: lockd/statd, when the client reboots), and a client mounted with ``nolock``
-  locks only for its own host. A filesystem that refuses locks (``ENOLCK``, ``EOPNOTSUPP``, some FUSE
+  Linux (since 2.6.12) maps ``flock`` onto NFS byte-range locks of the whole file, so it holds
+  across hosts; a lock of a client that died is released once the server notices (NFSv4: the
+  client's lease expires, 90 s by default, and the next job waits that long; NFSv3: lockd/statd,
+  when the client reboots: a client that never comes back keeps it until the server's locks are
+  cleared), and a client mounted with ``nolock`` or ``local_lock=flock``/``all`` locks only for
+  its own host. Those byte-range locks are a process's, not an open file's: two threads of one
+  process publishing into one destination at once are not serialised there. A filesystem that refuses locks (``ENOLCK``, ``EOPNOTSUPP``, some FUSE
   ones) gets a warning naming the lock file, once per process and folder, and the publication goes
   ahead unlocked, as before this module: jobs publishing into one destination at the same instant
   may then drop each other's appends.
