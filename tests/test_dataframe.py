@@ -719,6 +719,19 @@ def test_fusion_keeps_placeholders_and_escaped_braces(sp):
     assert all(r["braces"] == "{x}" and r["seeded"] for r in out)
 
 
+@pytest.mark.parametrize(
+    "child",
+    ["select * from {0};", "select * from {0} -- all rows", "select * from {0}; -- all rows", "select * from {0} /* c */"],
+)
+def test_a_query_ending_in_a_semicolon_or_comment_fuses_with_the_next(sp, child):
+    # alone it runs (its COPY cuts them); fused, the consumer's query went after it: ';)' was a
+    # syntax error, and a '--' comment swallowed the parenthesis and the filter
+    df = sp.from_items([{"a": 1}, {"a": 2}, {"a": 3}])
+    step = sp.partial_sql(child, df).filter("a > 1")
+    assert "Optimized plan" in step.explain()
+    assert sorted(r["a"] for r in step.take_all()) == [2, 3]
+
+
 def test_udf_type_int_alias():
     from smallpond.logical.udf import UDFType
 

@@ -25,6 +25,7 @@ import string
 import warnings
 from typing import Callable, Dict, Iterable, List, Optional, Set
 
+from smallpond.common import as_subquery
 from smallpond.logical.base import Node
 from smallpond.logical.compute import SqlEngineNode
 from smallpond.logical.node import LimitNode
@@ -38,7 +39,16 @@ def _escape(text: str) -> str:
 
 def substitute_input(query: str, replacement: str) -> str:
     """Replace the ``{0}`` placeholder of a format-string query by ``replacement`` (itself a
-    format string), keeping every other placeholder and escaped brace intact."""
+    format string), keeping every other placeholder and escaped brace intact.
+
+    ``replacement`` goes between parentheses as :func:`~smallpond.common.as_subquery` leaves it: a
+    trailing semicolon or ``--`` comment of the user's query (which runs as it is alone) would
+    otherwise end the statement or swallow the parenthesis and the consumer's SQL after it.
+
+    >>> substitute_input("select * from {0} where a > 1", "select * from {0}; -- all rows")
+    'select * from (select * from {0}) where a > 1'
+    """
+    replacement = as_subquery(replacement)
     out: List[str] = []
     for literal, field, spec, conv in string.Formatter().parse(query):
         out.append(_escape(literal))
