@@ -201,6 +201,53 @@ def test_a_user_column_named_like_the_internal_partition_column_is_kept(tmp_path
     assert rows == sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]))
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("drop", [True, False])
+def test_a_user_column_named_like_a_partition_column_in_another_case_loses_no_row(tmp_path, make_rt, engine, drop):
+    """DuckDB takes __DATA_PARTITION__ and __data_partition__ (or __SP_PARTITION__ and the internal
+    __sp_partition__) for one name: selected beside each other, its COPY renamed the partition
+    column and named folders no partition reads, and every row was lost in silence. Such a column
+    is the partition column, as one of the same case is: kept (drop_partition_column) or replaced."""
+    path = str(tmp_path / "in.parquet")
+    table = pa.table({"k": list(range(20)), "__DATA_PARTITION__": [7] * 20, "__SP_PARTITION__": [100 + i for i in range(20)]})
+    pq.write_table(table, path)
+    parts, _ = _run(
+        make_rt,
+        lambda ctx: HashPartitionNode(
+            ctx,
+            (DataSourceNode(ctx, ParquetDataSet([path])),),
+            4,
+            hash_columns=["k"],
+            drop_partition_column=drop,
+            engine_type=engine,
+        ),
+    )
+    rows = [r for p in parts for r in p]
+    assert sorted(r["k"] for r in rows) == list(range(20))
+    assert sorted(r["__SP_PARTITION__"] for r in rows) == list(range(100, 120))
+    if drop:  # the user's column, as it was
+        assert {tuple(r) for r in rows} == {("k", "__DATA_PARTITION__", "__SP_PARTITION__")}
+        assert {r["__DATA_PARTITION__"] for r in rows} == {7}
+    else:  # the partition column in its place, holding each row's partition
+        assert {tuple(r) for r in rows} == {("k", "__SP_PARTITION__", "__data_partition__")}
+        assert all(r["__data_partition__"] == i for i, p in enumerate(parts) for r in p)
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_shuffle_over_a_column_named_like_the_internal_one_in_another_case_loses_no_row(tmp_path, make_rt, engine):
+    path = str(tmp_path / "in.parquet")
+    table = pa.table({"p": pa.array([i % 3 for i in range(20)], pa.int32()), "__SP_PARTITION__": [0] * 20, "v": list(range(20))})
+    pq.write_table(table, path)
+    parts, _ = _run(
+        make_rt,
+        lambda ctx: ShuffleNode(
+            ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 3, data_partition_column="p", engine_type=engine
+        ),
+    )
+    assert [sorted(r["v"] for r in p) for p in parts] == [[v for v in range(20) if v % 3 == i] for i in range(3)]
+    assert all(set(r) == {"p", "__SP_PARTITION__", "v"} and r["__SP_PARTITION__"] == 0 for p in parts for r in p)
+
+
 def _partition_two_files(tmp_path, make_rt, engine, keys_by_file, comparable):
     """Write one file per ``(type, keys)`` of ``keys_by_file`` (columns ``k`` and ``file``, its
     index), read each by its own producer and hash them by ``k`` into 16 partitions. Returns the

@@ -39,8 +39,9 @@ def _keeps_input_column(node, col: str, columns: List[str]) -> bool:
     partition that drops its partition column (the DataFrame's ``repartition(hash_by=...)``,
     ``random_shuffle``), or a shuffle whose key is an expression named after its dimension
     (``repartition(by="a % 3")``), must not drop the user's ``__data_partition__`` with it; the
-    partition is then carried by an internal column."""
-    if col not in columns:
+    partition is then carried by an internal column. A column whose name differs from the
+    partition column's only in case is that column (:func:`_same_name`)."""
+    if not any(_same_name(c, col) for c in columns):
         return False
     if node.shuffle_only:
         return node.data_partition_column not in columns  # the key is computed, not this column
@@ -59,11 +60,20 @@ def _as_bigint(keys):
     return np.rint(keys).astype(np.int64)
 
 
+def _same_name(a: str, b: str) -> bool:
+    """Whether DuckDB takes column names ``a`` and ``b`` for one name: it compares them in any case.
+    A query selecting both gets the second renamed (``__data_partition___1``) by its ``COPY``, whose
+    ``PARTITION_BY`` then named folders that no partition is read from: every row was lost."""
+    return a.lower() == b.lower()
+
+
 def _internal_column(columns: List[str]) -> str:
     """The name of the internal partition column: ``__sp_partition__``, or that name with more
-    underscores if the data has a column so named (it would be replaced, and its rows lost)."""
+    underscores if the data has a column so named, in any case (it would be replaced, or
+    renamed by DuckDB, and its rows lost)."""
+    taken = {c.lower() for c in columns}
     name = "__sp_partition__"
-    while name in columns:
+    while name in taken:
         name += "_"
     return name
 
@@ -264,7 +274,7 @@ class HashPartitionTask(Task):
             # a name no input column has
             internal = _internal_column(columns)
             part_col = col if _IDENT.fullmatch(col) else internal
-            select = [quote_identifier(c) for c in columns if c != col]
+            select = [quote_identifier(c) for c in columns if not _same_name(c, col)]
             # a shuffle by a column of the data routes each row by its value as BIGINT, and writes
             # the column as it was (0.4 stays 0.4, '01' stays '01', a uint16 stays a uint16) and
             # where it was (a partition column is written last: a BIGINT key that is not the last
@@ -294,7 +304,11 @@ class HashPartitionTask(Task):
             for entry in sorted(os.listdir(output_dir)):
                 m = re.fullmatch(re.escape(part_col) + r"=(.*)", entry)
                 if not m:
-                    continue
+                    # rows DuckDB wrote where no partition reads them: never dropped in silence
+                    raise RuntimeError(
+                        f"the partitioned COPY wrote {entry!r} into {output_dir}, not a folder of partition column "
+                        f"{part_col!r}; its rows would be lost. SQL: {sql}"
+                    )
                 try:
                     k = int(m.group(1))
                 except ValueError:
@@ -384,7 +398,7 @@ class HashPartitionTask(Task):
         expr, col = self._key_expr(columns)
         computed_key = node.shuffle_only and node.data_partition_column not in columns
         write_col = not (node.drop_partition_column or computed_key)
-        body_names = [c for c in columns if c != col]
+        body_names = [c for c in columns if not _same_name(c, col)]
         # the partition is a column of the data: no SQL needed
         direct = node.shuffle_only and node.data_partition_column in columns
         keep = _keeps_input_column(node, col, columns)
