@@ -248,6 +248,26 @@ def test_a_shuffle_over_a_column_named_like_the_internal_one_in_another_case_los
     assert all(set(r) == {"p", "__SP_PARTITION__", "v"} and r["__SP_PARTITION__"] == 0 for p in parts for r in p)
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_key_naming_a_column_in_another_case_is_that_column(tmp_path, make_rt, engine):
+    """A hash or shuffle key that names a column of the data in another case is that column, as
+    DuckDB binds names: pasted as an expression, "X-1" for a column "x-1" hashed x - 1 (rows of
+    one key in several partitions, silently), and "unit-price" failed as the column "unit"."""
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"x-1": [5] * 12, "x": list(range(12)), "Unit-Price": [i % 3 for i in range(12)]}), path)
+
+    def source(ctx):
+        return (DataSourceNode(ctx, ParquetDataSet([path])),)
+
+    hashed, _ = _run(make_rt, lambda ctx: HashPartitionNode(ctx, source(ctx), 4, hash_columns=["X-1"], engine_type=engine))
+    assert sorted(len(p) for p in hashed) == [0, 0, 0, 12]  # one key: one partition
+    shuffled, _ = _run(
+        make_rt, lambda ctx: ShuffleNode(ctx, source(ctx), 3, data_partition_column="unit-price", engine_type=engine)
+    )
+    assert [sorted(r["x"] for r in p) for p in shuffled] == [[x for x in range(12) if x % 3 == k] for k in range(3)]
+    assert all(r["Unit-Price"] == k for k, p in enumerate(shuffled) for r in p)
+
+
 def _partition_two_files(tmp_path, make_rt, engine, keys_by_file, comparable):
     """Write one file per ``(type, keys)`` of ``keys_by_file`` (columns ``k`` and ``file``, its
     index), read each by its own producer and hash them by ``k`` into 16 partitions. Returns the

@@ -67,6 +67,17 @@ def _same_name(a: str, b: str) -> bool:
     return a.lower() == b.lower()
 
 
+def _key_sql(key: str, columns: List[str]) -> str:
+    """A partition key the user wrote, in SQL: a column of the data it names, in any case (as
+    DuckDB binds a name), quoted; any other text as the expression it is. Pasted raw, a name
+    differing from its column in case was read as an expression: ``"My Col"`` failed as ``My``,
+    and ``"X-1"`` for a column ``x-1`` silently hashed ``x - 1``."""
+    if key in columns:
+        return quote_identifier(key)
+    same = [c for c in columns if _same_name(c, key)]
+    return quote_identifier(same[0]) if len(same) == 1 else sql_fragment(key)
+
+
 def _internal_column(columns: List[str]) -> str:
     """The name of the internal partition column: ``__sp_partition__``, or that name with more
     underscores if the data has a column so named, in any case (it would be replaced, or
@@ -126,7 +137,7 @@ def hash_key_types(conn, src: str, node, columns: List[str], task: Optional[Task
     error shows this statement."""
     if node.random_shuffle or node.shuffle_only or not node.hash_columns:
         return {}
-    exprs = [quote_identifier(c) if c in columns else sql_fragment(c) for c in node.hash_columns]
+    exprs = [_key_sql(c, columns) for c in node.hash_columns]
     sql = f"DESCRIBE SELECT {', '.join(exprs)} FROM {src}"
     if task is not None:
         task._current_sql = sql
@@ -180,11 +191,9 @@ def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]]
     if node.shuffle_only:
         if col in columns:
             return f"CAST({quote_identifier(col)} AS BIGINT)", col
-        return f"CAST(({sql_fragment(col)}) AS BIGINT)", node.dimension
+        return f"CAST(({_key_sql(col, columns)}) AS BIGINT)", node.dimension
     types = types or {}
-    cols = ", ".join(
-        _hash_operand(quote_identifier(c) if c in columns else sql_fragment(c), types.get(c)) for c in node.hash_columns
-    )
+    cols = ", ".join(_hash_operand(_key_sql(c, columns), types.get(c)) for c in node.hash_columns)
     return f"CAST(hash({cols}) % {n} AS BIGINT)", col
 
 
