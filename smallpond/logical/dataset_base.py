@@ -211,8 +211,10 @@ class DataSet:
         return quote_identifier(item)
 
     def _is_expression(self, item: str) -> bool:
-        """Whether a ``columns`` item is an expression rather than a name of the data's columns."""
-        if _PLAIN_NAME.fullmatch(item) or item in self._data_column_names():
+        """Whether a ``columns`` item is an expression rather than a name of the data's columns (in
+        any case, as DuckDB binds a name: ``X-1`` for a column ``x-1`` is that column, never
+        ``x - 1``)."""
+        if _PLAIN_NAME.fullmatch(item) or item.lower() in {c.lower() for c in self._data_column_names()}:
             return False
         return _parses_as_select_item(item)
 

@@ -294,6 +294,25 @@ def test_columns_that_are_names_of_the_data_reach_sql_quoted(tmp_path):
     assert rows(cds) == [(2, 1), (4, 3)]
 
 
+def test_a_columns_item_naming_a_column_in_another_case_is_that_column(tmp_path):
+    # DuckDB binds a name in any case: "X-1" names the column "x-1", as "X" names "x". Taken for an
+    # expression, it silently read x - 1 (a column "(X - 1)" of other values)
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "odd.parquet")
+    pq.write_table(pa.table({"x-1": [5, 5], "x": [1, 2], "my col": [3, 4]}), path)
+    csv = tmp_path / "odd.csv"
+    csv.write_text("5,1\n5,2\n")
+    conn = duckdb.connect()
+    for ds in (
+        ParquetDataSet([path], columns=["X-1", "My Col"]),
+        CsvDataSet([str(csv)], schema={"x-1": "BIGINT", "x": "BIGINT"}, columns=["X-1"]),
+    ):
+        got = conn.execute(f"select * from {ds.sql_query_fragment(conn=conn)}").fetchall()
+        assert [r[0] for r in got] == [5, 5]
+        assert not ds._is_expression("X-1")
+
+
 def test_columns_of_an_empty_piece_reach_sql_quoted(tmp_path):
     # an empty piece of a partitioned dataset has no file of its own: its column names come from
     # its schema or its sibling's file; a name that is no SQL expression (``it's``) is quoted even
