@@ -126,3 +126,22 @@ def test_hash_partition_node_api_fuses_too(make_rt, parquet_files):
     exec_plan = run_job(LogicalPlan(ctx, hashed), make_rt(), num_workers=2)
     assert task_kinds(exec_plan)["HashPartitionTask"] == 3
     assert sorted(exec_plan.final_output.to_arrow_table().column("id").to_pylist()) == list(range(0, 30, 2))
+
+
+def test_sql_fused_into_a_partition_runs_as_it_would_alone(tmp_path):
+    """The producer runs the SQL node's query as a subquery, as the node alone would: a second
+    statement after ';' is the parser error it is there (a view of the text took the first
+    statement only, and the rows of the input were silently replaced by 42), and a trailing ';'
+    or comment is cut as there."""
+    import smallpond
+
+    with smallpond.init(data_root=str(tmp_path / "root"), num_executors=2) as sp:
+        df = sp.from_items([{"a": i} for i in range(10)]).repartition(2, by_rows=True)
+        for query in ("select * from {0};", "select * from {0} -- all"):
+            out = sp.partial_sql(query, df).repartition(2, hash_by="a")
+            assert "fused:" in out.explain().split("== Optimized plan ==")[1]
+            assert sorted(r["a"] for r in out.take_all()) == list(range(10))
+        two = sp.partial_sql("select 42 as a; select * from {0}", df).repartition(2, hash_by="a")
+        assert "fused:" in two.explain().split("== Optimized plan ==")[1]
+        with pytest.raises(Exception, match="syntax error"):
+            two.take_all()

@@ -11,7 +11,7 @@ import os
 import re
 from typing import Dict, List, Optional
 
-from smallpond.common import MB, quote_identifier, quote_literal, sql_fragment
+from smallpond.common import MB, as_subquery, quote_identifier, quote_literal, sql_fragment
 from smallpond.errors import UserCodeError, columns_not_found
 from smallpond.execution.ops.duckdb import (
     copy_target_dir,
@@ -269,7 +269,9 @@ class HashPartitionTask(Task):
                 # fused with the SQL node before it: partition that query's result
                 query = format_query(self, pre_sql, views, {"batch_index": 0, "query_index": 0})
                 self._current_sql = query
-                run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS {query}")
+                # (as a subquery, as the SQL node would run it alone: a second statement after a
+                # ';' is an error there, and a view of the text as it is took the first one only)
+                run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS SELECT * FROM ({as_subquery(query)})")
                 src = f"__sp_fused_{int(self.id)}"
             described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             columns = [r[0] for r in described]
