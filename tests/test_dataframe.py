@@ -732,6 +732,16 @@ def test_a_query_ending_in_a_semicolon_or_comment_fuses_with_the_next(sp, child)
     assert sorted(r["a"] for r in step.take_all()) == [2, 3]
 
 
+def test_a_query_materialized_in_memory_runs_as_one_statement(sp):
+    # its table was made of the text as it was: 'select 42; select ...' kept the first statement's
+    # row in silence (the same query written to Parquet directly is a parser error)
+    df = sp.from_items([{"a": i} for i in range(10)])
+    for query in ("select * from {0};", "select * from {0} -- all rows"):
+        assert sorted(r["a"] for r in sp.partial_sql(query, df, materialize_in_memory=True).take_all()) == list(range(10))
+    with pytest.raises(TaskError, match="syntax error"):
+        sp.partial_sql("select 42 as a; select * from {0}", df, materialize_in_memory=True).take_all()
+
+
 def test_udf_type_int_alias():
     from smallpond.logical.udf import UDFType
 

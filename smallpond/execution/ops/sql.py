@@ -193,7 +193,9 @@ class SqlEngineTask(Task):
                     run_sql(conn, sql)
                     continue
                 if node.materialize_in_memory:
-                    run_sql(conn, f"CREATE OR REPLACE TEMP TABLE temp_query_result AS {sql}")
+                    # (as a subquery, as COPY runs it otherwise: a second statement after ';' is an
+                    # error, never a table of the first statement's result)
+                    run_sql(conn, f"CREATE OR REPLACE TEMP TABLE temp_query_result AS SELECT * FROM ({as_subquery(sql)})")
                     sql = "SELECT * FROM temp_query_result"
                 if unknown_columns:
                     sql, stripped = without_placeholder_column(conn, sql)
