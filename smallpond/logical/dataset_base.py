@@ -60,7 +60,7 @@ def _absent(names: Sequence[str], have) -> List[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _parses_as_select_item(item: str) -> bool:
+def parses_as_select_item(item: str) -> bool:
     """Whether ``SELECT <item> FROM t`` is one statement DuckDB can parse (a ``columns`` item that
     is not, like ``it's`` or ``a; drop table t``, can only be meant as a column name)."""
     import duckdb
@@ -216,7 +216,7 @@ class DataSet:
         ``x - 1``)."""
         if _PLAIN_NAME.fullmatch(item) or item.lower() in {c.lower() for c in self._data_column_names()}:
             return False
-        return _parses_as_select_item(item)
+        return parses_as_select_item(item)
 
     def _data_column_names(self) -> frozenset:
         """The names of the data's columns, when this kind knows them (asked only for a

@@ -46,6 +46,30 @@ def test_hostile_column_name_is_data_not_sql(in_tmp):
     assert not glob.glob(str(in_tmp / "**" / "PWNED*"), recursive=True)
 
 
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_a_partition_key_that_is_no_expression_is_a_name_never_statements(in_tmp, engine):
+    """A hash or shuffle key the data has no column for is SQL only if it is one select item: else
+    it is a name, quoted (DuckDB then says the column is missing). Pasted as it was, this key
+    ran its COPY in each task (DESCRIBE SELECT <key> FROM ... took three statements)."""
+    marker = in_tmp / "PWNED.csv"
+    keys = [
+        f"1 FROM (SELECT 1); COPY (SELECT 'x') TO '{marker}'; SELECT 1",  # hash keys' DESCRIBE
+        f"1)) FROM (SELECT 1); COPY (SELECT 'x') TO '{marker}'; SELECT ((1",  # a shuffle's CAST((key) AS BIGINT)
+    ]
+    sp = smallpond.init(data_root=str(in_tmp / "root"), num_executors=2)
+    try:
+        df = sp.from_items([{"a": i} for i in range(6)])
+        for key in keys:
+            for kind in ("hash_by", "by"):
+                with pytest.raises(Exception, match="Referenced column"):
+                    df.repartition(2, engine_type=engine, **{kind: key}).take_all()
+        # a key that is one expression is still one
+        assert sorted(r["a"] for r in df.repartition(3, by="a % 3", engine_type=engine).take_all()) == list(range(6))
+    finally:
+        sp.shutdown()
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("name", ["it's", "a'b\"c", "sp ace", "x*y", "q?[1]", "{0}"])
 def test_quote_and_glob_characters_in_data_root_and_output_path(tmp_path, name):
     data_root = tmp_path / f"root-{name}"

@@ -30,6 +30,7 @@ from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
+from smallpond.logical.dataset_base import parses_as_select_item
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -69,13 +70,18 @@ def _same_name(a: str, b: str) -> bool:
 
 def _key_sql(key: str, columns: List[str]) -> str:
     """A partition key the user wrote, in SQL: a column of the data it names, in any case (as
-    DuckDB binds a name), quoted; any other text as the expression it is. Pasted raw, a name
-    differing from its column in case was read as an expression: ``"My Col"`` failed as ``My``,
-    and ``"X-1"`` for a column ``x-1`` silently hashed ``x - 1``."""
+    DuckDB binds a name), quoted; other text that is one select item, as the expression it is
+    (``"item % 10"``); anything else is a name, quoted, that the data lacks (DuckDB says so).
+    Pasted raw, a name differing from its column in case was read as an expression (``"X-1"``
+    for a column ``x-1`` silently hashed ``x - 1``), and a key holding ``;`` ran statements of
+    its own (``"1 FROM t; COPY ... TO 'f'; SELECT 1"`` wrote a file, in the plan check and in
+    each task)."""
     if key in columns:
         return quote_identifier(key)
     same = [c for c in columns if _same_name(c, key)]
-    return quote_identifier(same[0]) if len(same) == 1 else sql_fragment(key)
+    if len(same) == 1:
+        return quote_identifier(same[0])
+    return sql_fragment(key) if parses_as_select_item(key) else quote_identifier(key)
 
 
 def _internal_column(columns: List[str]) -> str:
