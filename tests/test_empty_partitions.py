@@ -109,6 +109,16 @@ def test_select_star_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_c
     assert sorted(got.column("ticker").to_pylist()) == ["b", "c"]
 
 
+def test_sql_over_an_input_of_unknown_columns_runs_no_statement_of_its_own(sp, prices, tmp_path):
+    """The query is described to find the placeholder column as one statement: described as it
+    was, its second statement (a COPY writing a file) ran there, though the query then failed."""
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 3.5").map(lambda r: r)
+    marker = tmp_path / "ran.csv"
+    with pytest.raises(TaskError, match="syntax error"):
+        sp.partial_sql(f"select * from {{0}}; COPY (SELECT 'x') TO '{marker}'", df).take_all()
+    assert not marker.exists()
+
+
 def test_sql_union_by_name_over_a_map_with_nothing_to_infer_from_adds_no_placeholder_column(sp, prices, tmp_path):
     """Partition 0 of the map has no rows and unknown columns; partition 1 of the other input has
     rows: ``union all by name`` of the two wrote a column ``__empty__`` of nulls beside them."""

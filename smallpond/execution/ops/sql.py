@@ -63,7 +63,8 @@ def without_placeholder_column(conn, sql: str):
     """
     placeholder = EMPTY_PLACEHOLDER_COLUMN.lower()
     try:
-        columns = [row[0] for row in conn.execute(f"DESCRIBE {sql}").fetchall()]
+        # (as a subquery, one statement: a second one after ';' ran here, though the query fails)
+        columns = [row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM ({as_subquery(sql)})").fetchall()]
     except Exception:  # duckdb.Error: the query's own run reports it
         return sql, False
     if [c.lower() for c in columns].count(placeholder) != 1 or len(columns) == 1:
