@@ -156,7 +156,8 @@ def check_key_columns(node, columns: List[str], conn) -> None:
     ``node`` (``hash_columns``, or the ``data_partition_column`` of a shuffle) that the user wrote as
     a plain name and is no column of the input (``columns``), rather than DuckDB's binder error
     about the statement smallpond built. A name that DuckDB evaluates on its own (``current_date``)
-    is an expression, as any other key text is."""
+    is an expression, as any other key text is; text that is no select item is a name too
+    (:func:`_key_sql`)."""
     if node.random_shuffle:
         return
     if node.shuffle_only:
@@ -164,7 +165,12 @@ def check_key_columns(node, columns: List[str], conn) -> None:
     else:
         keys, named_by = list(node.hash_columns), f"hash_columns={list(node.hash_columns)!r}"
     have = {c.lower() for c in columns}
-    missing = [k for k in keys if _IDENT.fullmatch(k) and k.lower() not in have and not _binds_alone(conn, k)]
+    missing = [
+        k
+        for k in keys
+        if k.lower() not in have
+        and (not _IDENT.fullmatch(k) and not parses_as_select_item(k) or _IDENT.fullmatch(k) and not _binds_alone(conn, k))
+    ]
     if missing:
         raise columns_not_found(missing, "the input", list(columns), named_by)
 
