@@ -219,7 +219,13 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
         "hash_columns=['nope']: column 'nope' not found in the input (its columns: id, key, name)",
     ),
     "shuffle by no column": (lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "nope % 2", engine_type=e), "nope", "Binder Error"),
-    "shuffle by no SQL": (lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "nope +", engine_type=e), "nope", "Parser Error"),
+    # a key that is no single expression is a name (never pasted: it could hold statements of its own)
+    "shuffle by no SQL": (
+        lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "nope +", engine_type=e),
+        "nope",
+        "data_partition_column='nope +': column 'nope +' not found in the input (its columns: id, key, name); "
+        "as SQL, 'nope +' is no single expression",
+    ),
     # binds, then fails on the data (each batch, in the arrow engine)
     "shuffle by no number": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e),

@@ -172,7 +172,11 @@ def check_key_columns(node, columns: List[str], conn) -> None:
         and (not _IDENT.fullmatch(k) and not parses_as_select_item(k) or _IDENT.fullmatch(k) and not _binds_alone(conn, k))
     ]
     if missing:
-        raise columns_not_found(missing, "the input", list(columns), named_by)
+        err = columns_not_found(missing, "the input", list(columns), named_by)
+        texts = [k for k in missing if not _IDENT.fullmatch(k)]
+        if texts:  # (perhaps meant as an expression: say why it was taken for a name)
+            err = type(err)(f"{err}; as SQL, {', '.join(map(repr, texts))} is no single expression")
+        raise err
 
 
 def _binds_alone(conn, text: str) -> bool:
