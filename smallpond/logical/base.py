@@ -34,6 +34,8 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9_][^/\\'\"\x00-\x1f]*")
 #: "-{i}-empty.parquet", "-split_points.parquet")
 MAX_OUTPUT_NAME_BYTES = 200
 _DIM_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+#: the named placeholders every SQL task has (besides its partition dimensions; reference §2.5)
+TASK_PLACEHOLDERS = ("batch_index", "query_index", "cpu_limit", "memory_limit", "rand_seed", "output_filename")
 _PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -364,3 +366,11 @@ def _fmt_shape(shape: Shape) -> str:
 def validate_dimension(owner: Node, dimension: str) -> None:
     if not isinstance(dimension, str) or not _DIM_RE.fullmatch(dimension):
         raise ParameterError(owner._msg(f"dimension must be an identifier ([a-zA-Z_][a-zA-Z0-9_]*), got {dimension!r}"))
+    if dimension in TASK_PLACEHOLDERS:
+        # a dimension is a placeholder of SQL after it ({__data_partition__}): named so, it replaced
+        # the task's own value ({rand_seed} became the partition index), or was replaced by it
+        raise ParameterError(
+            owner._msg(
+                f"dimension {dimension!r} is the name of a placeholder every SQL task has ({', '.join(TASK_PLACEHOLDERS)}); choose another"
+            )
+        )

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_SIZE
 from smallpond.errors import ParameterError
-from smallpond.logical.base import TOPLEVEL_DIMENSION, Context, Node
+from smallpond.logical.base import TASK_PLACEHOLDERS, TOPLEVEL_DIMENSION, Context, Node
 
 
 def _check_parquet_options(node: Node, row_group_size, compression, compression_level) -> None:
@@ -159,10 +159,6 @@ def _check_format(node: Node, query: str) -> None:
         raise ParameterError(
             node._msg(f"cannot parse placeholders in SQL ({e}); write literal braces as '{{{{' and '}}}}': {query}")
         ) from None
-
-
-#: the named placeholders every SQL task has (besides its partition dimensions; reference §2.5)
-TASK_PLACEHOLDERS = ("batch_index", "query_index", "cpu_limit", "memory_limit", "rand_seed", "output_filename")
 
 
 def _check_placeholders(node: Node, query: str) -> None:

@@ -115,6 +115,25 @@ def test_a_node_over_an_input_of_another_context_is_refused():
     assert "test_plan.py" in str(info.value)  # the call site
 
 
+def test_a_dimension_named_like_a_task_placeholder_is_refused():
+    """A dimension is a placeholder of the SQL after it: named rand_seed, {rand_seed} became the
+    partition index (0, 1, 2 instead of the task's seed), in silence."""
+    import pytest
+
+    from smallpond.errors import ParameterError
+    from smallpond.logical.base import TASK_PLACEHOLDERS
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/data/x.parquet"]))
+    for name in TASK_PLACEHOLDERS:
+        with pytest.raises(ParameterError, match=f"dimension '{name}' is the name of a placeholder") as info:
+            EvenlyDistributedPartitionNode(ctx, (src,), 3, dimension=name)
+        assert "test_plan.py" in str(info.value)  # the call site
+    with pytest.raises(ParameterError, match="dimension 'rand_seed'"):
+        HashPartitionNode(ctx, (src,), 3, ["k"], data_partition_column="rand_seed")
+    HashPartitionNode(ctx, (src,), 3, ["k"], data_partition_column="rand_seed", dimension="part")
+
+
 def test_a_sink_output_path_may_start_with_tilde(tmp_path, monkeypatch):
     # "~/out" was refused as not absolute; the home directory is meant, as for read_parquet
     monkeypatch.setenv("HOME", str(tmp_path))
