@@ -64,6 +64,13 @@ from smallpond.logical.base import Node
 from smallpond.logical.node import LogicalPlan
 
 
+def _has_entries(folder: str) -> bool:
+    try:
+        return bool(os.listdir(folder))
+    except FileNotFoundError:
+        return False
+
+
 def make_runtime_ctx(job_id=None, job_time=None, data_root=None, **kwargs) -> RuntimeContext:
     """A runtime context for a job identified by :func:`~smallpond.execution.runtime.resolve_job`."""
     jid, jt, root = resolve_job(job_id, job_time, data_root)
@@ -232,6 +239,13 @@ class Job:
             # the cache first: a folder that is not safe to use stops the job before any worker starts
             cache = JobCache(rt) if rt.task_cache else None
             self.executor = self._executor or make_executor(rt, self._num_workers)
+            if self.executor.name != "queue" and _has_entries(rt.layout.queue_root):
+                # executors of an earlier queue-backend run (the only writer of queue/) go on for a
+                # while after their scheduler died: their attempts stop before this run reads a
+                # commit record (a queue executor sees to it itself when it starts)
+                from smallpond.execution.executors.queue import end_earlier_queue_runs
+
+                end_earlier_queue_runs(rt)
             if self.executor.starts_quietly:  # local workers boot while loguru's sinks are set up
                 self._start_executor()
                 started = True

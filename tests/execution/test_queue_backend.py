@@ -6,7 +6,8 @@
   (status 75) when it wakes up;
 * a cancelled attempt is killed on its executor and never reported;
 * generations: a new scheduler of the job kills what executors still run for the old one before
-  it starts, and an outcome of the old generation is never taken for one of the new;
+  it starts (a rerun on another backend too), and an outcome of the old generation is never
+  taken for one of the new;
 * executors the scheduler launched exit when it is killed (no orphans), executors started later
   are waited for, and a job whose launched executors all die fails with a clear message;
 * an executor started by hand after a run ended waits for the rerun (up to ``SP_QUEUE_WAIT``).
@@ -352,6 +353,33 @@ def test_an_old_executor_that_does_not_answer_is_fenced_off_before_the_new_sched
                 holder.resume()
             except psutil.Error:
                 pass
+        stop(procs)
+
+
+def test_a_rerun_on_another_backend_first_stops_the_old_runs_attempts(queue_executor, make_rt, inputs, marker_dir):
+    """A job run on the queue backend whose scheduler died, rerun embedded (or on Ray): the old
+    run's executors would go on with their attempts until they find their scheduler silent
+    (``SP_QUEUE_TIMEOUT``), beside the rerun's attempts of the same tasks; before the rerun reads
+    any commit record they have dropped them and left."""
+    from smallpond.execution.job import Job
+
+    rt = make_rt()
+    old = queue_executor(rt)
+    task, task_inputs = planned_task(rt, inputs, marker_dir, sleep=30)
+    procs = start_executors(1, str(rt.job_id), rt.data_root)
+    try:
+        old.submit(task, task_inputs, 0, memory=256 << 20)
+        (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the old generation's attempt to start")[0]
+        old._stop.set()  # its scheduler is gone: no heartbeat any more
+        job = Job(make_rt(str(rt.job_id)), num_workers=1).start()  # the rerun, embedded
+        try:
+            assert job.executor.name == "local"
+            assert not pid_alive(pid)
+            assert procs[0].wait(30) == 0  # the executor ended as at the end of a job
+        finally:
+            job.finish(True)
+        assert [m for m in markers(marker_dir) if m[0] == "end"] == []
+    finally:
         stop(procs)
 
 

@@ -218,6 +218,29 @@ class QueueExecutor(Executor):
                 " ".join(self.executor_command()),
             )
 
+    def end_earlier_runs(self) -> None:
+        """For a run of the job on another backend (embedded, Ray): stop what executors of an
+        earlier queue-backend run still do for the job, before this run reads any commit record.
+
+        Executors whose scheduler was killed go on with their attempts (and claim the queued ones)
+        until they find it silent for ``timeout`` seconds; a queue-backend rerun fences them off
+        in :meth:`start`, and a run on another backend must too, or the old attempts would run
+        beside its own. So this takes the next generation of the job's queue and ends it at once
+        (``stop`` written before ``epoch``): every executor drops its attempts and exits, as at
+        the end of a job, and this waits for them as :meth:`start` does (one that does not
+        answer within the timeout is declared lost; its ``lost`` marker stops it when it wakes).
+        """
+        paths = self.paths
+        paths.create()
+        self._started = self._closed = True  # nothing is submitted, and shutdown has nothing to say
+        self.epoch = self._next_epoch()
+        write_json(paths.stop, {"epoch": self.epoch})
+        self._write_epoch()
+        for d in (paths.todo, paths.cancel, paths.done):
+            for name in os.listdir(d):
+                remove_path(os.path.join(d, name))
+        self._fence_older_generations()
+
     def _write_epoch(self) -> None:
         """``queue/epoch``: this scheduler's generation, timing and refresh count (executors read it)."""
         write_json(
@@ -650,3 +673,12 @@ class QueueExecutor(Executor):
             f"{c.num_workers} worker(s), {c.num_cpus} CPU(s), {c.memory // (1 << 20)} MiB; "
             f"{self.num_executors} launched"
         )
+
+
+def end_earlier_queue_runs(rt: RuntimeContext) -> None:
+    """Before a run of the job on a backend other than the queue: stop the executors of its earlier
+    queue-backend runs (see :meth:`QueueExecutor.end_earlier_runs`); nothing to do for a job
+    that never ran on the queue backend."""
+    if read_json(QueuePaths(rt.layout).epoch) is None:
+        return
+    QueueExecutor(rt, platform="manual").end_earlier_runs()
