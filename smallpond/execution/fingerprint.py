@@ -29,7 +29,10 @@ ids cloudpickle gives classes) may.
 * the user's own functions by their code (bytecode, the names it uses, constants, nested code),
   defaults, closure, attributes set on them (``f.scale = 2``), the globals their code names (a
   module-level constant the function reads is part of it) and the user modules their body imports (``import helpers`` inside a UDF, as
-  above; a worker imports the file as it is when the task runs);
+  above; a worker imports the file as it is when the task runs); a function or class of a user
+  module that pickle saves by reference (its module's attribute path reaches it: ``mymod.f``, not
+  a lambda, a nested one or the script's) also by that module's file, which is what a worker
+  imports and runs (:func:`~smallpond.execution.fingerprint_sources.home_module`);
 * the user's own classes (defined in the script or in a user module, however they are reached) by
   their qualified name, their metaclass, their bases (a user base class by the same description, a
   library class by its name) and everything their ``__dict__`` holds: methods, static and class
@@ -89,6 +92,7 @@ from smallpond.execution.fingerprint_sources import (
     _user_modules_of,
     _user_source_info,
     file_digest,
+    home_module,
 )
 
 _MAX_DEPTH = 64
@@ -261,6 +265,7 @@ class _Walker:
             self.put(f"libfn:{module}.{fn.__qualname__}{_library_version(module)}")
             return
         self.put(f"fn:{module}.{fn.__qualname__}")
+        self.home(fn)
         code = fn.__code__
         self.code(code, depth)
         self.walk(fn.__defaults__ or (), depth)
@@ -291,6 +296,15 @@ class _Walker:
                 self.put(f"imports:{','.join(_module_name(m) for m in modules)}")
                 self.sources(list(reversed(modules)))
 
+    def home(self, obj: Any) -> None:
+        """A function or class a worker imports from its user module (:func:`home_module`): that
+        module's file is what runs there, so it is part of the code (and, once digested, an edit
+        of it makes a session's next run replace its workers, which loaded the file as it was)."""
+        mod = home_module(obj)
+        if mod is not None:
+            self.put(f"home:{mod.__name__}")
+            self.sources([mod])
+
     def code(self, code: types.CodeType, depth: int) -> None:
         self.put("code")
         self.h.update(code.co_code)
@@ -310,6 +324,7 @@ class _Walker:
         self.put(f"class:{module}.{getattr(cls, '__qualname__', repr(cls))}{_library_version(module)}")
         if _is_library(module):
             return
+        self.home(cls)
         # a user class: its metaclass and bases (user bases walked the same way: an attribute
         # inherited from one, a method overridden), then what its own __dict__ holds
         self.walk(type(cls), depth)

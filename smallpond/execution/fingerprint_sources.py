@@ -129,6 +129,25 @@ def _user_source_at(name: Any, path: Any) -> Optional[str]:
     return real
 
 
+def home_module(obj: Any) -> Optional[types.ModuleType]:
+    """The user module (:func:`_user_source`) a worker imports the function or class ``obj``
+    from, or None. Pickle (cloudpickle too) saves a function or class that its module's
+    attribute path (``__qualname__``) reaches by reference: a worker gets it by importing that
+    module, so the module's file, not the object this process holds, is the code that runs. One
+    of the script (``__main__``), a lambda, a nested or a replaced one is saved by value instead."""
+    name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(name, str) or not isinstance(qualname, str) or name == "__main__":
+        return None
+    mod = sys.modules.get(name)
+    if mod is None or _user_source(mod) is None:
+        return None
+    found: Any = mod
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return mod if found is obj else None
+
+
 def _user_source_info(mod: types.ModuleType) -> Optional[Tuple[str, Tuple[str, ...]]]:
     """``(digest of the file, names of the modules it imports)`` of a user module (see
     :func:`_user_source`), None for any other module.

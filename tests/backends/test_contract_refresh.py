@@ -102,7 +102,7 @@ def run_sessions_across_edits(
         )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(runs) == steps.count("run()"), proc.stdout + proc.stderr[-3000:]
+    assert len(runs) == steps.count("run()") + steps.count("\nrun_home()"), proc.stdout + proc.stderr[-3000:]
     logs = [proc.stderr]
     for path in sorted(glob.glob(os.path.join(data_root, "*", "log", "*.log"))):
         with open(path) as f:
@@ -141,3 +141,45 @@ def test_on_a_ray_connection_the_user_made_an_edited_module_runs_as_it_is_now(tm
     runs, logs = run_sessions_across_edits(backend, tmp_path, TWO_SESSIONS, connect=connect)
     assert_each_run_after_an_edit_is_the_new_codes(runs, logs)
     assert "reconnecting to Ray" not in logs
+
+
+#: the map's function is the edited module's own (``df.map(helper.tag)``), which the session
+#: reloads after the edit (as IPython's autoreload does): pickled by reference, it runs in a
+#: worker as the module's file says, so the file is part of its code and its edit renews workers
+HOME_MODULE = """
+import importlib
+HERE = os.path.dirname(os.path.abspath(__file__))  # on a worker's path, as the script's folder
+
+
+def write_home(value):
+    path = os.path.join(HERE, "sp_home_helper.py")
+    old = os.stat(path).st_mtime_ns if os.path.exists(path) else None
+    with open(path, "w") as f:
+        f.write("import os\\ndef tag(row):\\n    return dict(a=row['a'], v=%d, pid=os.getpid())\\n" % value)
+    if old is not None:  # a later time than the last version's: the bytecode cache is by seconds
+        os.utime(path, ns=(old + 2_000_000_000, old + 2_000_000_000))
+
+
+def run_home():
+    df = sp.from_items([dict(a=i) for i in range(4)]).repartition(4, by_rows=True).map(sp_home_helper.tag).to_pandas()
+    print(json.dumps(dict(v=sorted(set(df["v"])), pids=sorted(set(map(int, df["pid"]))))), flush=True)
+
+
+write_home(1)
+import sp_home_helper
+
+start({job_id!r})
+run_home()
+write_home(2)
+importlib.reload(sp_home_helper)
+run_home()
+sp.shutdown()
+"""
+
+
+def test_a_mapped_function_of_an_edited_and_reloaded_module_runs_as_it_is_now(backend, tmp_path):
+    # the workers of the first computation hold the module as it was: without renewing them the
+    # second ran its old code (embedded, queue), or old and new in one result (Ray: a new worker
+    # process imports the file as it is now)
+    runs, logs = run_sessions_across_edits(backend, tmp_path, HOME_MODULE)
+    assert_each_run_after_an_edit_is_the_new_codes(runs, logs)

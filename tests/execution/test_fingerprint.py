@@ -29,6 +29,7 @@ import pytest
 import smallpond
 from smallpond.execution import fingerprint_sources
 from smallpond.execution.fingerprint import Unfingerprintable, stable_digest
+from smallpond.execution.fingerprint_sources import home_module
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.execution.planner import Planner
 from smallpond.logical.dataset import ParquetDataSet
@@ -786,3 +787,22 @@ def _job_across_an_edit(user_modules, job_source: str, name: str, before: str, a
     user_modules.write("{p}mymod.py", after)
     user_modules.reload("{p}mymod")
     return user_modules.reload("{p}job"), first  # a new run imports both again
+
+
+def test_a_function_a_worker_imports_from_its_module_is_keyed_by_the_modules_file(user_modules):
+    """``df.map(mymod.f)``: pickle saves ``f`` by reference, so a worker runs ``mymod``'s file as
+    it is: its file is part of ``f``'s code (an edit of ``h`` beside it too, reloaded); a function
+    saved by value (a lambda, a nested function, the script's own) is keyed by itself alone."""
+    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\ndef h():\n    return 1\n")
+    mod = user_modules.load("{p}mymod")
+    assert home_module(mod.f) is mod
+    first = stable_digest(mod.f)
+    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\ndef h():\n    return 2\n")
+    mod = user_modules.reload("{p}mymod")
+    assert stable_digest(mod.f) != first
+    assert home_module(lambda x: x) is None
+    assert home_module(math.sqrt) is None  # a library's
+    nested = mod.f
+    assert home_module(type("C", (), {"__module__": "__main__", "__qualname__": "C"})) is None
+    mod.f = lambda x: x  # the name now reaches another object: the old one is saved by value
+    assert home_module(nested) is None
