@@ -793,13 +793,14 @@ def test_a_function_a_worker_imports_from_its_module_is_keyed_by_the_modules_fil
     """``df.map(mymod.f)``: pickle saves ``f`` by reference, so a worker runs ``mymod``'s file as
     it is: its file is part of ``f``'s code (an edit of ``h`` beside it too, reloaded); a function
     saved by value (a lambda, a nested function, the script's own) is keyed by itself alone."""
-    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\ndef h():\n    return 1\n")
+    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\nclass C:\n    pass\ndef h():\n    return 1\n")
     mod = user_modules.load("{p}mymod")
-    assert home_module(mod.f) is mod
-    first = stable_digest(mod.f)
-    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\ndef h():\n    return 2\n")
+    assert home_module(mod.f) is mod and home_module(mod.C) is mod
+    first, first_class = stable_digest(mod.f), stable_digest(mod.C)
+    user_modules.write("{p}mymod.py", "def f(x):\n    return x + 1\nclass C:\n    pass\ndef h():\n    return 2\n")
     mod = user_modules.reload("{p}mymod")
     assert stable_digest(mod.f) != first
+    assert stable_digest(mod.C) != first_class
     assert home_module(lambda x: x) is None
     assert home_module(math.sqrt) is None  # a library's
     nested = mod.f
