@@ -15,6 +15,8 @@ and checks:
 * the task cache: a second job (new job id, same inputs, same data root) runs no task the first
   one computed (entries are inserted where the attempt commits: the worker, whatever the backend)
   and gives the same output.
+* a function of a module the script found through a folder it put on ``sys.path`` itself runs
+  in the workers (they import it from there, as the driver did).
 """
 
 from __future__ import annotations
@@ -451,3 +453,45 @@ def test_a_second_job_reuses_the_first_jobs_tasks_from_the_cache(backend, tmp_pa
     # except the sink (published, not cached)
     assert len(reused) == 2 * nparts, [e["key"] for e in reused]
     assert {e["from_job"] for e in reused} == {os.path.basename(roots[0]).split(".", 1)[1]}
+
+
+SYS_PATH_LIB = """
+import os
+
+
+def count_rows(runtime_ctx, input_datasets, output_path):
+    with open(os.path.join(output_path, "rows.txt"), "w") as f:
+        f.write(str(sum(ds.num_rows for ds in input_datasets)))
+    return True
+"""
+
+SYS_PATH_JOB = """
+import sys
+sys.path.insert(0, {libs!r})  # a folder of the user's modules, added at run time (not on PYTHONPATH)
+import sp_sys_path_lib
+from smallpond.execution.driver import Driver
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, PythonScriptNode
+
+driver = Driver()
+driver.add_argument("-i", "--input_paths", nargs="+")
+args = driver.get_arguments()
+ctx = Context()
+parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(args["input_paths"])),), npartitions=2)
+node = PythonScriptNode(ctx, (parts,), process_func=sp_sys_path_lib.count_rows, output_name="counted")
+driver.run(LogicalPlan(ctx, node))
+"""
+
+
+def test_a_module_found_through_the_scripts_own_sys_path_is_found_by_the_workers(backend, tmp_path):
+    """A function of a module the script found through a folder it put on ``sys.path`` itself
+    travels by reference: every backend's workers must import it from there, as the driver did
+    (embedded and queue workers got the driver's path; Ray workers did not, and failed)."""
+    libs = tmp_path / "libs"
+    libs.mkdir()
+    (libs / "sp_sys_path_lib.py").write_text(SYS_PATH_LIB)
+    inputs = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    proc, root = run_script_job(backend, tmp_path, "sys_path_job.py", SYS_PATH_JOB.format(libs=str(libs)), inputs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = [open(p).read() for p in glob.glob(os.path.join(root, "output", "counted", "**", "rows.txt"), recursive=True)]
+    assert sorted(counts) == ["5", "5"]
