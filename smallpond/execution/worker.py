@@ -169,7 +169,9 @@ class NodeCache:
     def get(self, key):
         node = self._nodes.get(key)
         if node is None:
-            node = pickle.loads(self._blobs[key])
+            from smallpond.execution.executors.base import load_with_import_path
+
+            node = load_with_import_path(self._blobs[key])
             if type(node).__module__.startswith("smallpond."):
                 self._nodes[key] = node
         return node

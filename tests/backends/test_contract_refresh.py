@@ -24,6 +24,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -102,7 +103,7 @@ def run_sessions_across_edits(
         )
     assert proc.returncode == 0, proc.stderr[-4000:]
     runs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    assert len(runs) == steps.count("run()") + steps.count("\nrun_home()"), proc.stdout + proc.stderr[-3000:]
+    assert len(runs) == len(re.findall(r"^run\w*\(\)$", steps, re.M)), proc.stdout + proc.stderr[-3000:]
     logs = [proc.stderr]
     for path in sorted(glob.glob(os.path.join(data_root, "*", "log", "*.log"))):
         with open(path) as f:
@@ -183,3 +184,33 @@ def test_a_mapped_function_of_an_edited_and_reloaded_module_runs_as_it_is_now(ba
     # process imports the file as it is now)
     runs, logs = run_sessions_across_edits(backend, tmp_path, HOME_MODULE)
     assert_each_run_after_an_edit_is_the_new_codes(runs, logs)
+
+
+#: a folder of the user's modules put on sys.path after the session started its workers (as in a
+#: notebook), and a map with a function of a module found there
+LATE_PATH = """
+LATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "late_libs")
+
+
+def run_late():
+    os.makedirs(LATE, exist_ok=True)
+    with open(os.path.join(LATE, "sp_late_lib.py"), "w") as f:
+        f.write("import os\\ndef tag(row):\\n    return dict(a=row['a'], v=1, pid=os.getpid())\\n")
+    sys.path.insert(0, LATE)
+    import sp_late_lib
+
+    df = sp.from_items([dict(a=i) for i in range(4)]).repartition(4, by_rows=True).map(sp_late_lib.tag).to_pandas()
+    print(json.dumps(dict(v=sorted(set(df["v"])), pids=sorted(set(map(int, df["pid"]))))), flush=True)
+
+
+start({job_id!r})
+run_late()
+sp.shutdown()
+"""
+
+
+def test_a_module_found_through_a_folder_put_on_sys_path_after_the_workers_started_is_found(backend, tmp_path):
+    # the session's workers (executors, Ray workers) started with the import path of then; the
+    # function travels by reference, so they must learn the folder from the driver
+    runs, logs = run_sessions_across_edits(backend, tmp_path, LATE_PATH)
+    assert runs[0]["v"] == [1], logs[-3000:]

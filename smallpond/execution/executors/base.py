@@ -57,6 +57,8 @@ Rules every backend keeps:
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -205,6 +207,31 @@ class Executor:
 
 
 _KEEP_FILES_PICKLER = None
+
+
+def pickle_node_for_workers(node) -> bytes:
+    """A node as workers receive it: :func:`pickle_for_workers` after the driver's import path,
+    read by :func:`load_with_import_path` (in :class:`~smallpond.execution.worker.NodeCache`,
+    every backend's workers)."""
+    paths = b"\0".join(os.fsencode(p) for p in sys.path if p)
+    return len(paths).to_bytes(4, "little") + paths + pickle_for_workers(node)
+
+
+def load_with_import_path(blob: bytes):
+    """Unpickle a node of :func:`pickle_node_for_workers`, once the entries of the driver's import
+    path this process lacks are in front of its own. A function of a user module travels by
+    reference (module and name) and the worker imports it where the driver found it: also in a
+    folder the script put on ``sys.path`` itself, after the workers started or that a Ray
+    cluster's workers were never told of (embedded and queue workers start with the driver's path
+    as it was then, Ray's with Ray's own)."""
+    import pickle
+
+    n = int.from_bytes(blob[:4], "little")
+    paths = [os.fsdecode(p) for p in bytes(blob[4 : 4 + n]).split(b"\0")] if n else []
+    missing = [p for p in dict.fromkeys(paths) if p not in sys.path]
+    if missing:
+        sys.path[0:0] = missing
+    return pickle.loads(memoryview(blob)[4 + n :])
 
 
 def pickle_for_workers(obj) -> bytes:

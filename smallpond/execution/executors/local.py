@@ -44,7 +44,7 @@ import cloudpickle
 
 from smallpond.common import logger
 from smallpond.errors import TaskError, WorkerLost
-from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_for_workers
+from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_node_for_workers
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
@@ -180,7 +180,7 @@ class TaskEncoder:
         if entry is not None:
             return entry[0], False
         key = self._next_key
-        self.blobs[key] = pickle_for_workers(node)
+        self.blobs[key] = pickle_node_for_workers(node)
         self._next_key += 1
         self._node_keys[id(node)] = (key, node)
         return key, True
@@ -658,7 +658,7 @@ def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes
     """Pickle ``(task without its node and its cache-key components, inputs, attempt, memory)``;
     nodes travel separately, once.
 
-    The worker side is :class:`smallpond.execution.worker.NodeCache` and ``pickle.loads``.
+    The worker side is :class:`smallpond.execution.worker.NodeCache` (nodes) and ``pickle.loads``.
     """
     from smallpond.execution.commit import _fast_pickle
 

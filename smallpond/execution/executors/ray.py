@@ -41,7 +41,8 @@ Invariants:
 * **Shipping.** The runtime context and each node are put into Ray's object store once per job
   and node; an attempt carries references to them and its own small pickled body. A Ray worker
   process sets itself up once per job (task log sink, environment overrides, the driver's working
-  directory and import path, one shared DuckDB database), as a local worker process does.
+  directory, one shared DuckDB database), as a local worker process does; each node carries the
+  driver's import path (:func:`~smallpond.execution.executors.base.load_with_import_path`).
 
 Addresses (``smallpond.init(ray_address=...)``, ``SP_RAY_ADDRESS``, the Driver's ``--ray_address``):
 ``"host:port"`` (or ``"ray://host:port"``) connects to that cluster; ``"auto"`` to the cluster
@@ -58,7 +59,6 @@ import contextlib
 import os
 import pickle
 import socket
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -72,7 +72,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
-from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_for_workers
+from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_node_for_workers
 from smallpond.execution.executors.cancel_marks import STACK_ANSWER, CancelMarks, CancelWatch
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
 from smallpond.execution.runtime import RuntimeContext
@@ -319,10 +319,6 @@ def _setup_worker(job_ref) -> RuntimeContext:
     attempt.cancel_check = _watch.cancelled  # no commit record once cancelled
     if os.path.isdir(job["cwd"]):  # relative paths in a plan mean what they mean to the driver
         os.chdir(job["cwd"])
-    # the driver's import path, as embedded and queue workers get it (PYTHONPATH): a function of a
-    # user module travels by reference, also one found through a folder the script put on sys.path
-    missing = [p for p in job.get("path", ()) if p not in sys.path]
-    sys.path[0:0] = missing
     ctx = ray.get_runtime_context()
     name = f"{ray.util.get_node_ip_address()}/ray-node-{ctx.get_node_id()}/pid-{os.getpid()}"
     _worker_job.update(key=key, rt=rt, name=name, cancelled=job["cancelled"])
@@ -499,7 +495,7 @@ class RayExecutor(Executor):
             )
             # one folder of cancel marks per start: a rerun's attempt 0 is not the cancelled attempt 0 of a run before
             self._marks = CancelMarks(os.path.join(self.rt.temp_root, f"ray-cancelled-{uuid.uuid4().hex[:12]}"))
-            job = {"rt": self.rt, "cwd": os.getcwd(), "path": [p for p in sys.path if p], "cancelled": self._marks.folder}
+            job = {"rt": self.rt, "cwd": os.getcwd(), "cancelled": self._marks.folder}
             _ = self.rt.secret  # loaded now, so workers get it with the context
             self._job_ref = ray.put(cloudpickle.dumps(job))
         except BaseException:
@@ -596,7 +592,7 @@ class RayExecutor(Executor):
         try:
             entry = self._node_refs.get(id(node))
             if entry is None:
-                entry = (ray.put(pickle_for_workers(node)), node)
+                entry = (ray.put(pickle_node_for_workers(node)), node)
                 self._node_refs[id(node)] = entry
             body = encode_attempt(task, inputs, attempt, mem)
         except Exception as e:
