@@ -564,12 +564,25 @@ class DataFrame:
         return True
 
     def to_pandas(self):
-        """The whole result as one ``pandas.DataFrame`` with a fresh index; of a frame made by
-        ``from_pandas(df)``, a copy of ``df`` itself (its index and dtypes kept, as upstream's)."""
+        """The whole result as one ``pandas.DataFrame``, partitions in order, each numbered from 0
+        (upstream concatenates the partitions' frames without resetting the index: ``[0, 1, 0]``
+        for partitions of 2 and 1 rows); of a frame made by ``from_pandas(df)``, a copy of ``df``
+        itself (its index and dtypes kept, as upstream's)."""
+        import pandas as pd
+
         node = self.plan
         if type(node) is DataSourceNode and isinstance(node.dataset, PandasDataSet):
             return node.dataset.to_pandas().copy()
-        return self.to_arrow().to_pandas()
+        what = self._what()
+        tables = [_read(ds, what) for ds in self._datasets()]
+        frame = self._concat(tables).to_pandas()
+        index = pd.RangeIndex(0)
+        ranges = [pd.RangeIndex(t.num_rows) for t in tables if t.num_rows]
+        if ranges:
+            index = ranges[0].append(ranges[1:])  # RangeIndexes append as pd.concat joins them
+        if len(index) == len(frame):
+            frame.index = index
+        return frame
 
     def write_parquet(self, path: str, mode: str = "overwrite") -> None:
         """Write the result as Parquet files into directory ``path`` (published all at once; a

@@ -33,6 +33,22 @@ def test_pandas_keeps_index_and_dtypes(sp):
     assert list(sp.from_pandas(pandas_df).map("a * 2 as a2").to_pandas()["a2"]) == [2, 4, 6]
 
 
+def test_to_pandas_numbers_each_partition_from_zero(sp):
+    # §1.4: to_pandas() is pd.concat of the partitions' frames, the index not reset
+    df = sp.from_arrow(pa.table({"a": list(range(5))})).repartition(2, by_rows=True)
+    out = df.to_pandas()
+    sizes = [len(p) for p in _partition_rows(df)]
+    assert sizes and sum(sizes) == 5 and len(sizes) == 2
+    assert out.index.tolist() == [i for n in sizes for i in range(n)]
+    assert sorted(out["a"]) == list(range(5))
+    single = sp.from_arrow(pa.table({"a": [1, 2]})).to_pandas()
+    assert isinstance(single.index, pd.RangeIndex) and single.index.tolist() == [0, 1]
+
+
+def _partition_rows(df):
+    return [ds.to_arrow_table()["a"].to_pylist() for ds in df._datasets()]
+
+
 def test_arrow(sp):
     arrow_table = pa.table({"a": [1, 2, 3], "b": [4, 5, 6]})
     df = sp.from_arrow(arrow_table)
