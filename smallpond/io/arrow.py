@@ -501,7 +501,42 @@ def _as_range(p: PathOrRange) -> RowRange:
     return RowRange(p, 0, md.num_rows, 0, md.num_rows)
 
 
+def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Dict[str, str]:
+    """Each of ``columns`` that ``names`` (a file's columns) has, to the name it reads there, as
+    DuckDB binds a name: the same name, else the one name that differs from it only in case
+    (``X`` reads ``x``). A name that two or more differ from only in case, none exactly, is a
+    :class:`~smallpond.errors.ColumnNotFoundError` naming them and ``where``; a name none has is
+    left out."""
+    have = set(names)
+    by_lower: Dict[str, List[str]] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), []).append(n)
+    bound = {}
+    for c in columns:
+        if c in have:
+            bound[c] = c
+            continue
+        candidates = by_lower.get(c.lower(), [])
+        if len(candidates) > 1:
+            raise ColumnNotFoundError(
+                f"column {c!r} is ambiguous in {where}: {', '.join(map(repr, candidates))} differ from it only in case; "
+                "name one of them exactly"
+            )
+        if candidates:
+            bound[c] = candidates[0]
+    return bound
+
+
+def _read_bound(table, bound: Dict[str, str]):
+    """``table`` (a file's columns ``bound.values()``, read) with its columns named as asked."""
+    back = {n: c for c, n in bound.items()}
+    names = [back.get(n, n) for n in table.column_names]
+    return table if names == table.column_names else table.rename_columns(names)
+
+
 def _iter_range_batches(r: RowRange, columns: Optional[List[str]], batch_size: int) -> Iterator[pa.RecordBatch]:
+    """The batches of ``r``'s rows; of ``columns`` (as :func:`bind_columns` binds them), the ones
+    the file has, named as asked."""
     with _reading(r.path):
         yield from _iter_range_batches_unchecked(r, columns, batch_size)
 
@@ -510,8 +545,12 @@ def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], bat
     f = pq.ParquetFile(r.path)
     if f.metadata.num_row_groups == 0:
         return  # (pyarrow 18 and 19 raise on iter_batches of such a file)
+    bound = None if columns is None else bind_columns(columns, f.schema_arrow.names, repr(r.path))
+    read = None if bound is None else list(bound.values())
     pos = 0
-    for batch in f.iter_batches(batch_size=batch_size, columns=columns, use_threads=True):
+    for batch in f.iter_batches(batch_size=batch_size, columns=read, use_threads=True):
+        if bound is not None:
+            batch = _read_bound(batch, bound)
         bstart, bend = pos, pos + batch.num_rows
         pos = bend
         if bend <= r.begin:
@@ -526,18 +565,21 @@ def _iter_range_batches_unchecked(r: RowRange, columns: Optional[List[str]], bat
 def read_columns_schema(paths: Sequence[str], columns: Optional[List[str]]) -> pa.Schema:
     """The schema of reading ``columns`` of ``paths`` (all columns: the first file's). A column the
     first file lacks is typed by the next file that has it (its rows are nulls where a file lacks
-    it, as :func:`load_from_parquet_files` reads them); one that no file has is a :class:`~smallpond.errors.ColumnNotFoundError`."""
+    it, as :func:`load_from_parquet_files` reads them); one that no file has is a :class:`~smallpond.errors.ColumnNotFoundError`.
+    A column is named as the file that types it names it (``columns=['X']`` of a file with ``x``:
+    ``x``), as DuckDB names it (see :func:`bind_columns`)."""
     with _reading(paths[0]):
         first = pq.read_schema(paths[0])
     if columns is None:
         return first
-    fields = {c: first.field(c) for c in columns if c in first.names}
+    fields = {c: first.field(n) for c, n in bind_columns(columns, first.names, repr(paths[0])).items()}
     for path in paths[1:]:
         if len(fields) == len(set(columns)):
             break
         with _reading(path):
             other = pq.read_schema(path)
-        fields.update((c, other.field(c)) for c in columns if c not in fields and c in other.names)
+        rest = [c for c in columns if c not in fields]
+        fields.update((c, other.field(n)) for c, n in bind_columns(rest, other.names, repr(path)).items())
     missing = [c for c in columns if c not in fields]
     if missing:
         raise _no_such_columns(missing, paths, first.names)
@@ -577,6 +619,9 @@ def build_batch_reader_from_files(
         if total_bytes:
             batch_size = max(1, min(batch_size, max_batch_byte_size * total_rows // total_bytes))
 
+    # a batch's columns are named as asked, the reader's as the files name them (``X``: ``x``)
+    asked = list(columns) if columns is not None and len(columns) == len(out_schema) else out_schema.names
+
     def gen() -> Iterator[pa.RecordBatch]:
         pending: List[pa.RecordBatch] = []
         npending = 0
@@ -585,8 +630,8 @@ def build_batch_reader_from_files(
                 if b.schema != out_schema:
                     b = pa.RecordBatch.from_arrays(
                         [
-                            b.column(f.name).cast(f.type) if f.name in b.schema.names else pa.nulls(b.num_rows, f.type)
-                            for f in out_schema
+                            b.column(a).cast(f.type) if a in b.schema.names else pa.nulls(b.num_rows, f.type)
+                            for a, f in zip(asked, out_schema)
                         ],
                         schema=out_schema,
                     )
@@ -628,20 +673,22 @@ def load_from_parquet_files(
     to ``max_workers`` files at once (``filesystem``: see :func:`check_local_filesystem`)."""
     check_local_filesystem(filesystem, "load_from_parquet_files")
 
-    def one(p: PathOrRange) -> pa.Table:
-        if isinstance(p, RowRange) and not p.whole_file:
-            # the columns of ``columns`` this file has, as ParquetFile.read below does for a
-            # whole file (one that no file has is an error below; others are filled with nulls)
-            with _reading(p.path):
-                has = pq.read_schema(p.path)
-            cols = None if columns is None else [c for c in columns if c in has.names]
-            schema = has if cols is None else pa.schema([has.field(c) for c in cols], metadata=has.metadata)
-            return pa.Table.from_batches(list(_iter_range_batches(p, cols, DEFAULT_BATCH_SIZE)), schema=schema)
+    def one(p: PathOrRange):
+        # the columns of ``columns`` this file has (as bind_columns binds them), named as asked
+        # (one that no file has is an error below; others are filled with nulls)
         path = p.path if isinstance(p, RowRange) else p
         with _reading(path):
             # ParquetFile.read, not read_table: the latter goes through pyarrow.dataset, whose
             # import pulls in pandas (~0.5 s before a first result)
-            return read_parquet_file(path, columns)
+            pf = pq.ParquetFile(path)
+            has = pf.schema_arrow
+            bound = None if columns is None else bind_columns(columns, has.names, repr(path))
+            if not isinstance(p, RowRange) or p.whole_file:
+                table = read_parquet_file(pf, None if bound is None else list(bound.values()))
+                return (table if bound is None else _read_bound(table, bound)), bound
+        fields = has if bound is None else [has.field(n).with_name(c) for c, n in bound.items()]
+        schema = pa.schema(fields, metadata=has.metadata)
+        return pa.Table.from_batches(list(_iter_range_batches(p, columns, DEFAULT_BATCH_SIZE)), schema=schema), bound
 
     items = list(paths_or_ranges)
     if not items:
@@ -649,10 +696,15 @@ def load_from_parquet_files(
             raise ValueError("cannot load zero files without a schema")
         return empty_table(schema)
     if len(items) == 1 or max_workers <= 1:
-        tables = [one(p) for p in items]
+        read = [one(p) for p in items]
     else:
         with ThreadPoolExecutor(min(max_workers, len(items))) as pool:
-            tables = list(pool.map(one, items))
+            read = list(pool.map(one, items))
+    tables = [t for t, _ in read]
+    named: Dict[str, str] = {}  # a column asked for -> its name in the first file that has it
+    for _, bound in read:
+        for c, n in (bound or {}).items():
+            named.setdefault(c, n)
     if columns is not None:  # pyarrow leaves out a column a file lacks; one that no file has is an error
         present = {name for t in tables for name in t.schema.names}
         missing = [c for c in columns if c not in present]
@@ -661,7 +713,8 @@ def load_from_parquet_files(
             raise _no_such_columns(missing, paths, pq.read_schema(paths[0]).names)
     if any(not t.schema.equals(tables[0].schema) for t in tables):
         tables = [cast_columns_to_large_string(t) for t in tables]
-    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+    return table.rename_columns([named.get(n, n) for n in table.column_names]) if named else table
 
 
 def parquet_write_table(table: pa.Table, where: str, filesystem=None, **kwargs) -> None:

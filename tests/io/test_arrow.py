@@ -66,6 +66,47 @@ def test_loading_a_column_no_file_has_is_an_error(parquet_files, tmp_path):
         load_from_parquet_files([part], columns=["id", "nope"])
 
 
+def test_a_column_asked_for_in_another_case_is_read_as_duckdb_binds_it(tmp_path):
+    """DuckDB binds ``X`` to a column ``x`` and names it ``x``: the pyarrow readers do the same
+    (exact name first, then the one name differing only in case), whole files, row ranges and
+    a later file spelling it otherwise alike; two candidates and no exact one is an error."""
+    import duckdb
+
+    from smallpond.logical.dataset import ParquetDataSet
+
+    first, second = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"x": [1, 2, 3], "Yy": ["a", "b", "c"], "z": [0, 0, 0]}), first)
+    pq.write_table(pa.table({"X": [4], "yy": ["d"]}), second)
+    by_duckdb = ParquetDataSet([first], columns=["X", "yy"]).to_arrow_table(conn=duckdb.connect())
+    assert by_duckdb.column_names == ["x", "Yy"]
+    expected = {"x": [1, 2, 3, 4], "Yy": ["a", "b", "c", "d"]}
+    for read in (
+        lambda cols, files: load_from_parquet_files(files, columns=cols),
+        lambda cols, files: build_batch_reader_from_files(files, columns=cols, batch_size=2).read_all(),
+        lambda cols, files: ParquetDataSet(files, columns=cols).to_arrow_table(),
+    ):
+        assert read(["X", "yy"], [first]).to_pydict() == by_duckdb.to_pydict()
+        assert read(["X", "yy"], [first, second]).to_pydict() == expected
+        assert read(["x", "Yy"], [first, second]).to_pydict() == expected
+    part = read_row_ranges([first])[0].take(2)
+    assert not part.whole_file
+    for t in (
+        load_from_parquet_files([part, second], columns=["X", "yy"]),
+        build_batch_reader_from_files([part, second], columns=["X", "yy"]).read_all(),
+    ):
+        assert t.to_pydict() == {"x": [1, 2, 4], "Yy": ["a", "b", "d"]}
+    both = str(tmp_path / "both.parquet")
+    pq.write_table(pa.table({"Ab": [1], "aB": [2], "ab": [3]}), both)
+    assert load_from_parquet_files([both], columns=["aB"]).to_pydict() == {"aB": [2]}  # the exact name
+    pq.write_table(pa.table({"Ab": [1], "aB": [2]}), both)
+    for read in (
+        lambda: load_from_parquet_files([both], columns=["AB"]),
+        lambda: build_batch_reader_from_files([both], columns=["AB"]).read_all(),
+    ):
+        with pytest.raises(ColumnNotFoundError, match=r"column 'AB' is ambiguous in .*both\.parquet'.*'Ab', 'aB'"):
+            read()
+
+
 @pytest.mark.parametrize("batch_size", [1, 4, 7, 10, 30, 100])
 def test_batch_reader_yields_exact_batch_sizes_across_files(parquet_files, batch_size):
     reader = build_batch_reader_from_files(parquet_files, batch_size=batch_size)
