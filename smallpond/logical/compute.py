@@ -7,6 +7,7 @@ its dimensions with the same counts (a single-partition input goes to every task
 
 from __future__ import annotations
 
+import functools
 import re
 import warnings
 from typing import Callable, Iterable, List, Optional, Sequence, Union
@@ -24,6 +25,23 @@ def _check_parquet_options(node: Node, row_group_size, compression, compression_
         raise ParameterError(node._msg(f"parquet_compression must be one of {list(valid)}, got {compression!r}"))
 
 
+def _notes_temp_directory(init):
+    """``SqlEngineNode.__init__``, noting whether ``enable_temp_directory`` was given at all.
+
+    Upstream 0.15 spills into the task's temp directory only with ``True`` and sets DuckDB's
+    ``temp_directory`` to ``''`` (no spilling) with ``False``, its default. smallpond's tasks spill
+    unless told not to (a sort larger than ``memory_limit`` finishes on its first attempt), so an
+    explicit ``False`` is honoured and the default is not; the signature keeps upstream's default,
+    hence the keyword is looked for here."""
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.spill_to_disk = "enable_temp_directory" not in kwargs or bool(kwargs["enable_temp_directory"])
+
+    return __init__
+
+
 class SqlEngineNode(Node):
     """Run DuckDB SQL once per partition of the inputs.
 
@@ -32,6 +50,10 @@ class SqlEngineNode(Node):
     ``{output_filename}`` and each partition dimension (e.g. ``{__data_partition__}``). Literal
     braces are written ``{{ }}``. With several queries, all run on one connection and only the
     last one's result is the output.
+
+    DuckDB spills to the task's temp directory when it reaches ``memory_limit``, unless
+    ``enable_temp_directory=False`` is given (as upstream 0.15, whose default it is: such a task
+    that runs out of memory is retried with more).
 
     Example::
 
@@ -43,7 +65,10 @@ class SqlEngineNode(Node):
     default_memory_limit = None
     default_row_group_size = DEFAULT_ROW_GROUP_SIZE
     enable_resource_boost = True
+    # may DuckDB spill to the task's temp directory (see _notes_temp_directory)
+    spill_to_disk = True
 
+    @_notes_temp_directory
     def __init__(
         self,
         ctx: Context,
@@ -81,13 +106,14 @@ class SqlEngineNode(Node):
             _check_format(self, q)
             _check_placeholders(self, q)
         if relax_memory_if_oom is not None:
-            warnings.warn("relax_memory_if_oom is deprecated: memory is always relaxed on OOM", DeprecationWarning, stacklevel=2)
+            # stacklevel 3: the user's line, past _notes_temp_directory's wrapper
+            warnings.warn("relax_memory_if_oom is deprecated: memory is always relaxed on OOM", DeprecationWarning, stacklevel=3)
         _check_parquet_options(self, parquet_row_group_size, parquet_compression, parquet_compression_level)
         self.sql_queries: List[str] = queries
         self.udfs = list(udfs or [])
         if self.udfs and self.cpu_limit > self.max_udf_cpu_limit:
             warnings.warn(
-                f"{self!r}: cpu_limit {self.cpu_limit} lowered to {self.max_udf_cpu_limit} for Python UDFs", stacklevel=2
+                f"{self!r}: cpu_limit {self.cpu_limit} lowered to {self.max_udf_cpu_limit} for Python UDFs", stacklevel=3
             )
             self.cpu_limit = self.max_udf_cpu_limit
         for spec in self.udfs:
@@ -133,6 +159,7 @@ class SqlEngineNode(Node):
         "cpu_overcommit_ratio",
         "memory_overcommit_ratio",
         "enable_temp_directory",
+        "spill_to_disk",
     }
 
     def fingerprint_params(self) -> dict:

@@ -113,3 +113,36 @@ def test_inputs_in_a_with_clause_keep_what_views_allow(parquet_files, make_rt):
     )
     exec_plan = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
     assert sum(_rows(exec_plan, "n")) == 30
+
+
+def test_enable_temp_directory_false_stops_spilling_and_the_default_spills(parquet_files, make_rt):
+    """Upstream 0.15 sets DuckDB's temp_directory to '' with enable_temp_directory=False: an
+    explicit False is honoured (no spilling; the shared database, which spills, is not used);
+    True and the default spill into the job's temp folder."""
+    import warnings
+
+    from smallpond.logical.node import RootNode
+
+    ctx = Context()
+    source = DataSourceNode(ctx, ParquetDataSet(parquet_files[:1]))
+    sql = "select current_setting('temp_directory') as t, count(*) as n from {0}"
+    default = SqlEngineNode(ctx, (source,), sql, output_name="default")
+    on = SqlEngineNode(ctx, (source,), sql, enable_temp_directory=True, output_name="on")
+    off = SqlEngineNode(ctx, (source,), sql, enable_temp_directory=False, output_name="off")
+    assert (default.spill_to_disk, on.spill_to_disk, off.spill_to_disk) == (True, True, False)
+    assert off.enable_temp_directory is False and default.enable_temp_directory is False  # upstream's attribute
+    rt = make_rt()
+    exec_plan = run_job(LogicalPlan(ctx, RootNode(ctx, (default, on, off))), rt, num_workers=1)
+    got = {}
+    for name in ("default", "on", "off"):
+        (path,) = exec_plan.get_output(name).resolved_paths
+        got[name] = pq.read_table(path).to_pydict()
+    assert got["off"] == {"t": [""], "n": [10]}
+    for name in ("default", "on"):
+        (spill,) = got[name]["t"]
+        assert spill.startswith(rt.temp_root) and got[name]["n"] == [10], (name, spill)
+    # the wrapper that notes the keyword leaves warnings pointing at the user's line
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SqlEngineNode(ctx, (source,), sql, relax_memory_if_oom=True)
+    assert [w.filename for w in caught] == [__file__]

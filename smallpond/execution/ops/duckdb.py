@@ -211,6 +211,7 @@ def open_connection(
     memory_overcommit_ratio: float = 0.9,
     shareable: bool = False,
     seeded: bool = True,
+    spill: bool = True,
 ):
     """A DuckDB connection for ``task`` with its threads, memory limit, spill directory and seed.
 
@@ -219,13 +220,15 @@ def open_connection(
     ``seeded=False``: the caller vouches that its SQL draws no random numbers, so the task's seed
     need not be set (a statement costs ~0.5 ms, a fifth of a tiny task). A fresh cursor starts
     from DuckDB's default seed, as a fresh database does; a database of its own is always seeded.
+    ``spill=False``: DuckDB may not spill to disk (``temp_directory`` is ``''``; the shared
+    database, which spills, is not used).
     """
     import duckdb
 
     threads = task_threads(task, cpu_overcommit_ratio)
     memory_mb = max(64, int(task_memory(task) * memory_overcommit_ratio) // MB)
     settings = {"threads": str(threads), "memory_limit": f"'{memory_mb}MiB'"}
-    if shareable and _share_database:
+    if shareable and _share_database and spill:
         db = _shared_database(runtime_ctx)
         conn = db.cursor()
         # these settings are the database's, not the cursor's: set only what changed (setting
@@ -236,9 +239,11 @@ def open_connection(
         fresh = False
     else:
         conn = duckdb.connect(config={"allow_unsigned_extensions": "true"})
-        spill = os.path.join(task.temp_abspath, "duckdb")
-        os.makedirs(spill, exist_ok=True)
-        conn.execute(f"SET temp_directory = {quote_literal(spill)}")
+        spill_dir = ""
+        if spill:
+            spill_dir = os.path.join(task.temp_abspath, "duckdb")
+            os.makedirs(spill_dir, exist_ok=True)
+        conn.execute(f"SET temp_directory = {quote_literal(spill_dir)}")
         todo = settings
         fresh = True
     for k, v in todo.items():

@@ -171,6 +171,7 @@ class SqlEngineTask(Task):
             cpu_overcommit_ratio=node.cpu_overcommit_ratio,
             memory_overcommit_ratio=node.memory_overcommit_ratio,
             shareable=shareable,
+            spill=node.spill_to_disk,
             seeded=sql_may_draw_random(node.sql_queries) or any(sql_may_draw_random(d.columns or []) for d in inputs),
         )
         try:
