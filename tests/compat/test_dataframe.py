@@ -34,7 +34,7 @@ def test_pandas_keeps_index_and_dtypes(sp):
 
 
 def test_to_pandas_numbers_each_partition_from_zero(sp):
-    # §1.4: to_pandas() is pd.concat of the partitions' frames, the index not reset
+    # §1.6: to_pandas() is pd.concat of the partitions' frames, the index not reset
     df = sp.from_arrow(pa.table({"a": list(range(5))})).repartition(2, by_rows=True)
     out = df.to_pandas()
     sizes = [len(p) for p in _partition_rows(df)]
