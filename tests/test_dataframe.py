@@ -362,15 +362,6 @@ def test_reading_a_column_the_files_lack_is_an_error(sp, tmp_path):
         sp.partial_sql("select * from {0}", sp.read_parquet(path, columns=["nope"])).to_arrow()
 
 
-def test_partition_expressions_may_end_with_a_comment(sp):
-    items = sp.from_items(list(range(100)))
-    df = items.repartition(10, by="item % 10 -- the last digit")
-    out = sp.partial_sql("select min(item % 10) as min, max(item % 10) as max from {0}", df).take_all()
-    assert out == [{"min": i, "max": i} for i in range(10)]
-    hashed = items.repartition(4, hash_by=["item % 7 -- a bucket", "item % 3"])
-    assert sorted(r["item"] for r in hashed.take_all()) == list(range(100))
-
-
 def test_repartition_key_out_of_range(tmp_path):
     with smallpond.init(data_root=str(tmp_path)) as s:
         df = s.from_items(list(range(100))).repartition(10, by="item % 11")
@@ -554,34 +545,6 @@ def test_partial_sql_no_input_and_join(sp):
     assert joined.take_all() == [{"l": "b", "r": "x"}, {"l": "c", "r": "y"}]
 
 
-def test_sql_may_end_with_a_comment_or_a_semicolon(sp):
-    """The engine puts a query between parentheses (COPY (...) TO ...): a trailing ``--`` comment
-    must not swallow the closing one, and a trailing semicolon is the end of the query."""
-    df = sp.from_items([{"a": 1}, {"a": 2}])
-    for query in (
-        "select a from {0} -- both rows",
-        "select a from {0};",
-        "select a -- the column\nfrom {0} ;  \n",
-        "select a from {0}; -- both rows",
-    ):
-        assert sp.partial_sql(query, df).take_all() == [{"a": 1}, {"a": 2}], query
-    assert sp.partial_sql("select '--;' as s;").take_all() == [{"s": "--;"}]  # in a literal: kept
-
-
-def test_expressions_may_end_with_a_comment(sp):
-    """filter/map/flat_map/partial_sort put the caller's SQL between other SQL: a trailing ``--``
-    comment must not swallow what follows (a parenthesis, ``from {0}``, or the next sort key, which
-    would silently drop it)."""
-    df = sp.from_items([{"a": 2, "b": 4}, {"a": 1, "b": 5}])
-    assert df.filter("a > 1 -- the big ones").take_all() == [{"a": 2, "b": 4}]
-    assert df.map("a + b as c -- the sum").take_all() == [{"c": 6}, {"c": 6}]
-    assert sorted(r["c"] for r in df.flat_map("unnest([a, b]) as c -- both").take_all()) == [1, 2, 4, 5]
-    ties = sp.from_items([{"a": a, "b": 0} for a in (5, 3, 4, 1, 2)])
-    assert [r["a"] for r in ties.partial_sort(["b desc -- the newest first", "a"]).take_all()] == [1, 2, 3, 4, 5]
-    # an expression without a comment is passed as it is (its task keeps its cache key)
-    assert df.filter("a > 1").plan.sql_queries == ["select * from {0} where (a > 1)"]
-
-
 def test_empty_results_keep_schema(sp, files):
     df = source(sp, files, "parquet").filter("a < 0")
     t = df.to_arrow()
@@ -679,73 +642,6 @@ def test_tilde_is_the_home_directory_for_inputs_and_outputs(sp, tmp_path, monkey
     sp.read_parquet("~/d/in.parquet").write_parquet("~/out")
     assert sorted(sp.read_parquet(str(home / "out")).to_arrow().column("k").to_pylist()) == [1, 2, 3]
     assert not os.path.exists(cwd / "~")
-
-
-def test_partial_sort_items_are_their_own_text_braces_included(sp, tmp_path):
-    # partial_sort(by=quote_identifier("x{y}")), as its docstring advises, was an unknown placeholder
-    from smallpond.common import escape_braces, quote_identifier, quote_literal
-
-    src = tmp_path / "braces.parquet"
-    pq.write_table(pa.table({"x{y}": [9, 8, 7], "{0}": [1, 3, 2], "s": ["a{0}b", "zz", "q"]}), src)
-    df = sp.read_parquet(str(src))
-    assert df.partial_sort(by=quote_identifier("x{y}")).to_arrow().column("x{y}").to_pylist() == [7, 8, 9]
-    got = df.partial_sort(by=[quote_identifier("{0}") + " desc"]).to_arrow().column("{0}").to_pylist()
-    assert got == [3, 2, 1]
-    # filter/map SQL stays a format string (upstream's): escape_braces makes a value its own text
-    assert df.filter("s = " + escape_braces(quote_literal("a{0}b"))).to_arrow().column("x{y}").to_pylist() == [9]
-
-
-def test_udf_in_sql_map(sp):
-    from smallpond.logical.udf import UDFType, udf
-
-    @udf(params=[UDFType.BIGINT, UDFType.BIGINT], return_type=UDFType.BIGINT)
-    def my_gcd(a, b):
-        while b:
-            a, b = b, a % b
-        return a
-
-    df = sp.from_arrow(pa.table({"a": [12, 9, 7], "b": [8, 6, 5]}))
-    assert [r["g"] for r in df.map("my_gcd(a, b) as g", udfs=[my_gcd]).take_all()] == [4, 3, 1]
-
-
-def test_fusion_keeps_placeholders_and_escaped_braces(sp):
-    df = sp.from_items(list(range(40))).repartition(4, by_row=True)  # upstream's documented spelling
-    step1 = df.filter("item % 2 = 0")
-    step2 = step1.map("item, {__data_partition__} as p, {rand_seed} > 0 as seeded, '{{x}}' as braces")
-    assert "Optimized plan" in step2.explain()
-    out = step2.take_all()
-    assert sorted(r["item"] for r in out) == list(range(0, 40, 2))
-    assert sorted({r["p"] for r in out}) == [0, 1, 2, 3]
-    assert all(r["braces"] == "{x}" and r["seeded"] for r in out)
-
-
-@pytest.mark.parametrize(
-    "child",
-    ["select * from {0};", "select * from {0} -- all rows", "select * from {0}; -- all rows", "select * from {0} /* c */"],
-)
-def test_a_query_ending_in_a_semicolon_or_comment_fuses_with_the_next(sp, child):
-    # alone it runs (its COPY cuts them); fused, the consumer's query went after it: ';)' was a
-    # syntax error, and a '--' comment swallowed the parenthesis and the filter
-    df = sp.from_items([{"a": 1}, {"a": 2}, {"a": 3}])
-    step = sp.partial_sql(child, df).filter("a > 1")
-    assert "Optimized plan" in step.explain()
-    assert sorted(r["a"] for r in step.take_all()) == [2, 3]
-
-
-def test_a_query_materialized_in_memory_runs_as_one_statement(sp):
-    # its table was made of the text as it was: 'select 42; select ...' kept the first statement's
-    # row in silence (the same query written to Parquet directly is a parser error)
-    df = sp.from_items([{"a": i} for i in range(10)])
-    for query in ("select * from {0};", "select * from {0} -- all rows"):
-        assert sorted(r["a"] for r in sp.partial_sql(query, df, materialize_in_memory=True).take_all()) == list(range(10))
-    with pytest.raises(TaskError, match="syntax error"):
-        sp.partial_sql("select 42 as a; select * from {0}", df, materialize_in_memory=True).take_all()
-
-
-def test_udf_type_int_alias():
-    from smallpond.logical.udf import UDFType
-
-    assert UDFType.INT is UDFType.INTEGER
 
 
 def test_union_by_name_unifies_a_column_typed_differently_in_two_files(sp, tmp_path):
