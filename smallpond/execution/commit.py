@@ -18,13 +18,12 @@ from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
     CorruptRecord,
+    atomic_write_bytes,
     create_whole,
     read_file,
     remove_path,
     signed_bytes,
-    unique_suffix,
     verified_payload,
-    write_file,
 )
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 
@@ -91,13 +90,7 @@ def write_commit(
     existing = _load_record(rt, path)
     if existing is not None and existing.get("fingerprint") == task.fingerprint and _outputs_exist(existing["dataset"]):
         return existing
-    tmp = f"{path}.tmp-{unique_suffix()}"
-    write_file(tmp, data, exclusive=True)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        remove_path(tmp)
-        raise
+    atomic_write_bytes(path, data)  # the earlier plan's, outputs gone, or torn: replaced whole
     return None
 
 
