@@ -197,10 +197,10 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
     """(node, what, message) of each node in ``nodes`` that reads with DuckDB (SQL, hash and range
     partitioning) a Parquet source, passed on to it as files, whose file has two columns whose
     names differ only in case: DuckDB would rename one and read the other for it (see
-    :func:`~smallpond.logical.dataset_files.column_case_clash`). Python code reading such files
+    :func:`~smallpond.logical.dataset_files.case_clash_error`). Python code reading such files
     through pyarrow sees both columns and is not reported. Only footers are read (by the
     planner, for the nodes it plans: this needs no schema inference and no delay)."""
-    from smallpond.logical.dataset_files import ParquetDataSet, case_clash_message, column_case_clash
+    from smallpond.logical.dataset_files import ParquetDataSet, case_clash_error
     from smallpond.logical.node import DataSourceNode, HashPartitionNode, RangePartitionNode, SqlEngineNode
 
     clash_of: Dict[int, object] = {}  # by id() of a source: its clash, or None
@@ -210,7 +210,7 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
             if id(node) not in clash_of:
                 ds = node.dataset
                 try:
-                    clash_of[id(node)] = column_case_clash(ds) if isinstance(ds, ParquetDataSet) and not ds.empty else None
+                    clash_of[id(node)] = case_clash_error(ds) if isinstance(ds, ParquetDataSet) and not ds.empty else None
                 except Exception:  # a path that cannot be listed: the tasks will say
                     clash_of[id(node)] = None
             return (node, clash_of[id(node)]) if clash_of[id(node)] else None
@@ -228,7 +228,7 @@ def case_clashes(nodes: list) -> List[Tuple[object, str, str]]:
                 hit = first_clash(d)
                 if hit:
                     src, clash = hit
-                    found.append((node, f"input: {node_at(src)}", case_clash_message(clash)))
+                    found.append((node, f"input: {node_at(src)}", clash))
                     break
     return found
 

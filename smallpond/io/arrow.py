@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
+from smallpond.io.columns import bind_columns  # (its home; the readers here bind with it)
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.paths import check_local_filesystem  # (its home; the helpers here name it)
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
@@ -499,32 +500,6 @@ def _as_range(p: PathOrRange) -> RowRange:
     with _reading(p):
         md = pq.read_metadata(p)
     return RowRange(p, 0, md.num_rows, 0, md.num_rows)
-
-
-def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Dict[str, str]:
-    """Each of ``columns`` that ``names`` (a file's columns) has, to the name it reads there, as
-    DuckDB binds a name: the same name, else the one name that differs from it only in case
-    (``X`` reads ``x``). A name that two or more differ from only in case, none exactly, is a
-    :class:`~smallpond.errors.ColumnNotFoundError` naming them and ``where``; a name none has is
-    left out."""
-    have = set(names)
-    by_lower: Dict[str, List[str]] = {}
-    for n in names:
-        by_lower.setdefault(n.lower(), []).append(n)
-    bound = {}
-    for c in columns:
-        if c in have:
-            bound[c] = c
-            continue
-        candidates = by_lower.get(c.lower(), [])
-        if len(candidates) > 1:
-            raise ColumnNotFoundError(
-                f"column {c!r} is ambiguous in {where}: {', '.join(map(repr, candidates))} differ from it only in case; "
-                "name one of them exactly"
-            )
-        if candidates:
-            bound[c] = candidates[0]
-    return bound
 
 
 def _read_bound(table, bound: Dict[str, str]):

@@ -260,13 +260,13 @@ def open_connection(
 def _input_queries(task: Task, conn, datasets: List[DataSet]) -> List[Tuple[str, str]]:
     """``(name, query)`` of each input as the task's SQL sees it (``{0}``, ``{1}``, ...), its UDFs
     bound on ``conn``."""
-    from smallpond.logical.dataset_files import ParquetDataSet, case_clash_message, column_case_clash
+    from smallpond.logical.dataset_files import ParquetDataSet, case_clash_error
 
     out = []
     for i, ds in enumerate(datasets):
-        clash = column_case_clash(ds) if isinstance(ds, ParquetDataSet) and not ds.empty else None
+        clash = case_clash_error(ds) if isinstance(ds, ParquetDataSet) and not ds.empty else None
         if clash is not None:  # DuckDB would silently rename one column and read the other for it
-            raise UserCodeError(f"input {i}: {case_clash_message(clash)}")
+            raise UserCodeError(f"input {i}: {clash}")
         for ctx in getattr(ds, "udfs", []) or []:
             ctx.bind(conn)
         out.append((f"__input_{int(task.id)}_{i:06d}", ds.sql_query_body(conn=conn)))

@@ -1,0 +1,63 @@
+"""Column names as DuckDB binds them, for every reader: the exact name, else the one name that
+differs from it only in case.
+
+Pure Python (no pyarrow, no DuckDB), so the scheduler binds a dataset's ``columns`` against a
+file's footer as cheaply as the pyarrow readers and the DuckDB SQL fragments do, and all of them
+agree on which column a name reads: a file with columns ``a`` and ``A`` asked for ``A`` reads
+``A`` everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Sequence
+
+from smallpond.errors import ColumnNotFoundError
+
+
+def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Dict[str, str]:
+    """Each of ``columns`` that ``names`` (a file's columns) has, to the name it reads there, as
+    DuckDB binds a name: the same name, else the one name that differs from it only in case
+    (``X`` reads ``x``); a name none has is left out.
+
+    A :class:`~smallpond.errors.ColumnNotFoundError` naming ``where``: a name that two or more
+    differ from only in case, none exactly; and two names that read one column (``columns=['x',
+    'X']`` of a file with ``x`` only), which would make two columns of one name.
+    """
+    have = set(names)
+    by_lower: Dict[str, List[str]] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), []).append(n)
+    bound: Dict[str, str] = {}
+    read_by: Dict[str, str] = {}  # a column of the file -> the asked name that reads it
+    for c in columns:
+        if c in bound:
+            continue
+        if c in have:
+            n = c
+        else:
+            candidates = by_lower.get(c.lower(), [])
+            if len(candidates) > 1:
+                raise ColumnNotFoundError(
+                    f"column {c!r} is ambiguous in {where}: {', '.join(map(repr, candidates))} differ from it only in case; "
+                    "name one of them exactly"
+                )
+            if not candidates:
+                continue
+            n = candidates[0]
+        other = read_by.setdefault(n, c)
+        if other != c:
+            raise ColumnNotFoundError(
+                f"columns {other!r} and {c!r} both read column {n!r} of {where} (it has no column named "
+                f"{(c if n == other else other)!r} exactly); name it once"
+            )
+        bound[c] = n
+    return bound
+
+
+def case_siblings(names: Sequence[str]) -> Dict[str, List[str]]:
+    """Of ``names`` (a file's columns), each that another differs from only in case, to all of
+    them in order (``a``, ``A``: both, to ``['a', 'A']``); the others are left out."""
+    by_lower: Dict[str, List[str]] = {}
+    for n in names:
+        by_lower.setdefault(n.lower(), []).append(n)
+    return {n: group for group in by_lower.values() if len(group) > 1 for n in group}
