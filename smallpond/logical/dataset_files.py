@@ -447,6 +447,8 @@ class ParquetDataSet(DataSet):
         (:func:`~smallpond.io.columns.bind_columns`: the exact name first). A column the file lacks
         is a NULL, as a read unioned by name gives it. Columns that would still clash (``a`` and
         ``A`` both asked) are refused before (:func:`case_clash_error`)."""
+        if not self.columns or "*" in self.columns:
+            return None  # (no footer read: SQL reads every column, or DuckDB binds them)
         names = _cached_column_names(path)
         siblings = case_siblings(names)
         asked = self._asked_names(names) if siblings else None
