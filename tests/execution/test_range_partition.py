@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import smallpond.execution.ops.range as range_ops
-from smallpond.errors import JobFailed, ParameterError
+from smallpond.errors import ColumnNotFoundError, JobFailed, ParameterError
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.execution.ops.range import balanced_split_indices
 from smallpond.execution.planner import Planner
@@ -200,6 +200,32 @@ def test_run_time_errors_name_the_key(keyed, tmp_path):
     with pytest.raises(JobFailed) as e:
         partitions(keyed, str(tmp_path / "b"), split_points=["x"])
     assert "cannot be compared with the key column 'key'" in str(e.value.errors[0])
+
+
+def test_key_column_binds_as_every_other_key(tmp_path):
+    """``key_column`` in another case than the column binds to it, as a hash key and DuckDB bind a
+    name (it was refused: "column 'key' not found", the input having ``Key``); the exact name wins,
+    and two names differing from it only in case are an error naming both."""
+    path = str(tmp_path / "cased.parquet")
+    pq.write_table(pa.table({"id": list(range(20)), "Key": [i % 7 for i in range(20)]}), path)
+    got = run_partitionings(
+        path,
+        str(tmp_path / "root"),
+        exact=dict(split_points=[3], key_column="Key"),
+        duckdb=dict(split_points=[3], key_column="key"),
+        arrow=dict(split_points=[3], key_column="KEY", engine_type="arrow"),
+        sampled=dict(npartitions=2, key_column="kEY"),
+    )
+    assert [[r["Key"] for r in p] for p in got["exact"]] == [
+        sorted(k for k in range(3) for _ in range(3)),
+        sorted(i % 7 for i in range(20) if i % 7 >= 3),
+    ]
+    assert got["duckdb"] == got["exact"] and got["arrow"] == got["exact"]
+    assert len(got["sampled"]) == 2 and sorted(r["id"] for p in got["sampled"] for r in p) == list(range(20))
+    node = types.SimpleNamespace(key_column="KEY")
+    assert range_ops.key_column_of(node, ["key", "KEY"]) == "KEY"
+    with pytest.raises(ColumnNotFoundError, match=r"key_column='KEY': column 'KEY' is ambiguous .*'kEy', 'Key'"):
+        range_ops.key_column_of(node, ["id", "kEy", "Key"])
 
 
 def test_upstream_default_resources_are_clamped_quietly(make_rt, keyed, recwarn):

@@ -27,20 +27,28 @@ import os
 from typing import List, Optional, Sequence
 
 from smallpond.common import is_bool, quote_identifier, quote_literal
-from smallpond.errors import UserCodeError, columns_not_found
+from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
 from smallpond.execution.ops.duckdb import create_input_views, open_connection, run_sql
 from smallpond.execution.ops.partition import HashPartitionTask
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
+from smallpond.io.columns import bind_columns
 from smallpond.logical.dataset import DataSet, ParquetDataSet
 
 
 def key_column_of(node, columns: Sequence[str]) -> str:
-    """The range key: the node's ``key_column``, else the input's first column."""
+    """The range key: the input's column that the node's ``key_column`` names, bound as DuckDB
+    binds a name and as every other key is (:func:`~smallpond.io.columns.bind_columns`: the same
+    name, else the one differing from it only in case), else the input's first column."""
     key = node.key_column or (columns[0] if columns else None)
-    if key is None or key not in columns:
-        raise columns_not_found([key], "the range partition's input", list(columns), f"key_column={key!r}")
-    return key
+    where = "the range partition's input"
+    try:
+        bound = bind_columns([key], columns, where) if key is not None else {}
+    except ColumnNotFoundError as e:
+        raise ColumnNotFoundError(f"key_column={key!r}: {e}") from None
+    if key not in bound:
+        raise columns_not_found([key], where, list(columns), f"key_column={key!r}")
+    return bound[key]
 
 
 def sql_literal(value) -> str:
