@@ -99,6 +99,13 @@ class ParquetWriterOptions:
             opts.append(f"KV_METADATA {{{items}}}")
         return ", ".join(opts)
 
+    def levels(self, writer: str) -> Dict[str, int]:
+        """The compression level ``writer`` (``"duckdb"`` or ``"pyarrow"``) writes this codec at, by
+        the codec's name (``{"zstd": 3}``; empty where the writer's own default applies): what a
+        file's footer does not record, for rewriting it alike (``io.parquet_kv``)."""
+        level = self._level(("zstd",) if writer == "duckdb" else ("zstd", "gzip", "brotli"))
+        return {} if level is None else {self.compression: level}
+
     def pyarrow(self) -> dict:
         """Keyword arguments of ``pyarrow.parquet.ParquetWriter`` / ``write_table`` (not the row group size)."""
         kw: dict = {

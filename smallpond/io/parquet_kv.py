@@ -15,7 +15,12 @@ A footer this cannot rewrite so (one longer than :data:`MAX_FOOTER_BYTES`, or on
 not understand) is not an error: the file is written again with pyarrow, row group by row group
 (the same rows, row groups, Arrow schema and compression codec per column, the key-value metadata
 merged as above, though pyarrow may write the keys in another order) into a sibling temporary
-file renamed over it. Refused, with a ValueError naming the file and the reason, the file left as
+file renamed over it. A Parquet footer records each column's codec but not its level, so the level
+is the caller's word (``levels``: what the file's writer was told, by codec, as
+:meth:`~smallpond.io.parquet.ParquetWriterOptions.levels` says it; the hash partitioner passes its
+node's); a column whose codec ``levels`` does not name is written with pyarrow's default level for
+that codec (in pyarrow 26: zstd 1, gzip 9, brotli 8), which may differ from the one it
+had: the rows are the same, the file's size may not be. Refused, with a ValueError naming the file and the reason, the file left as
 it was: a file that is not Parquet, an encrypted footer, one pyarrow cannot read either, and one
 pyarrow would write back with other column types (a column whose Parquet type it reads without
 its meaning, such as DuckDB's ``INTERVAL``, which would come back as bytes).
@@ -27,7 +32,7 @@ task's own output in its private temp dir, renamed into place afterwards).
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from smallpond.io.parquet_footer import (
     DIGEST_MAX_FOOTER_BYTES,
@@ -45,19 +50,23 @@ _ENCRYPTED_MAGIC = b"PARE"
 MAX_FOOTER_BYTES = DIGEST_MAX_FOOTER_BYTES
 #: pyarrow's name of each codec a footer may name, where the two differ
 _PYARROW_CODECS = {"UNCOMPRESSED": "NONE", "LZ4_RAW": "LZ4"}
+#: codecs (a footer's names, lower case) that pyarrow writes at a level of the caller's
+_LEVELLED_CODECS = ("zstd", "gzip", "brotli")
 _LIST = 9
 _STRUCT = 12
 _BINARY = 8
 _KV_FIELD = 5
 
 
-def set_kv_metadata(path: str, entries: Dict[str, str]) -> None:
+def set_kv_metadata(path: str, entries: Dict[str, str], levels: Optional[Dict[str, int]] = None) -> None:
     """Set ``entries`` in the key-value metadata of the Parquet file ``path`` (an existing key
     gets the new value, other keys are kept in their order, new keys come last).
 
     The footer is rewritten in place; where it cannot be (see the module's docstring), the file is
-    rewritten with pyarrow. Raises ValueError naming the file for a file that is not Parquet, an
-    encrypted footer, or a file pyarrow cannot read either."""
+    rewritten with pyarrow, each column compressed with the codec it had and the level ``levels``
+    gives that codec (``{"zstd": 3}``: the level the file was written with; the footer does not
+    say it), else pyarrow's default level. Raises ValueError naming the file for a file that is
+    not Parquet, an encrypted footer, or a file pyarrow cannot read either."""
     fd = os.open(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
@@ -85,14 +94,15 @@ def set_kv_metadata(path: str, entries: Dict[str, str]) -> None:
                 return
     finally:
         os.close(fd)
-    _rewrite_with_pyarrow(path, entries, why)
+    _rewrite_with_pyarrow(path, entries, why, levels or {})
 
 
-def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str) -> None:
+def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str, levels: Dict[str, int]) -> None:
     """Write the Parquet file ``path`` again with pyarrow, ``entries`` set in its key-value
-    metadata: each row group as one row group, each column with the codec it had (not its
-    compression level, which a footer does not record), through a temporary sibling renamed over
-    ``path``. ``why`` says why the footer was not rewritten in place (for the error)."""
+    metadata: each row group as one row group, each column with the codec it had and the level
+    ``levels`` gives that codec (by DuckDB's name, ``zstd``; else pyarrow's default: a footer does
+    not record levels), through a temporary sibling renamed over ``path``. ``why`` says why the
+    footer was not rewritten in place (for the error)."""
     import pyarrow.parquet as pq
 
     tmp = f"{path}.kv-{os.getpid()}.tmp"
@@ -102,17 +112,20 @@ def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str) -> None:
             md = pf.metadata
             pairs = _merge(list((md.metadata or {}).items()), entries)
             kv = {k: b"" if v is None else v for k, v in pairs}
-            codecs = {}
+            codecs, levels_of = {}, {}
             if md.num_row_groups:
                 rg = md.row_group(0)
                 for i in range(rg.num_columns):
                     col = rg.column(i)
                     codecs[col.path_in_schema] = _PYARROW_CODECS.get(col.compression, col.compression)
+                    if col.compression.lower() in levels and col.compression.lower() in _LEVELLED_CODECS:
+                        levels_of[col.path_in_schema] = int(levels[col.compression.lower()])
+            more = {"compression_level": levels_of} if levels_of else {}
             schema = pf.schema_arrow.remove_metadata()
             add_kv = hasattr(pq.ParquetWriter, "add_key_value_metadata")
             if not add_kv:  # (older pyarrow: the metadata goes in with the Arrow schema's)
                 schema = schema.with_metadata(kv)
-            with pq.ParquetWriter(tmp, schema, compression=codecs or "snappy", store_schema=not add_kv) as writer:
+            with pq.ParquetWriter(tmp, schema, compression=codecs or "snappy", store_schema=not add_kv, **more) as writer:
                 for i in range(md.num_row_groups):
                     table = pf.read_row_group(i)
                     writer.write_table(table, row_group_size=max(1, table.num_rows))

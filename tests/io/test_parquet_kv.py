@@ -120,6 +120,73 @@ def test_a_footer_the_parser_refuses_is_rewritten_with_pyarrow(tmp_path, monkeyp
     assert _shape(path)[2] == {"s": "GZIP", "i": "UNCOMPRESSED"}
 
 
+def _compressed_sizes(path) -> list:
+    md = pq.read_metadata(str(path))
+    return [md.row_group(r).column(c).total_compressed_size for r in range(md.num_row_groups) for c in range(md.num_columns)]
+
+
+def test_the_pyarrow_rewrite_keeps_the_compression_level_it_is_told(tmp_path, monkeypatch):
+    """A footer does not record levels: the fallback writes each column at the level ``levels``
+    gives its codec (the writer's options, as the hash partitioner passes them), else at pyarrow's
+    default (zstd 1). Compared with pyarrow writing the same row groups at each level."""
+    from smallpond.io import parquet_kv
+    from smallpond.io.parquet import ParquetWriterOptions
+
+    rows = pa.table(
+        {"a": pa.array([(i * 7919) % 100003 for i in range(60000)], pa.int64()), "b": [f"row {i % 977}" for i in range(60000)]}
+    )
+
+    def at_level(name, level):
+        path = tmp_path / name
+        with pq.ParquetWriter(str(path), rows.schema, compression="zstd", compression_level=level, store_schema=False) as w:
+            for i in range(0, 60000, 20000):
+                w.write_table(rows.slice(i, 20000), row_group_size=20000)
+        return path
+
+    strong, weak = _compressed_sizes(at_level("l19.parquet", 19)), _compressed_sizes(at_level("l1.parquet", 1))
+    assert strong != weak
+    monkeypatch.setattr(parquet_kv, "MAX_FOOTER_BYTES", 10)
+    told, untold = at_level("told.parquet", 19), at_level("untold.parquet", 19)
+    levels = ParquetWriterOptions(compression="zstd", compression_level=19).levels("duckdb")
+    assert levels == {"zstd": 19}
+    set_kv_metadata(str(told), {"SMALLPOND:k": "1"}, levels)
+    set_kv_metadata(str(untold), {"SMALLPOND:k": "1"})
+    assert _kv(told) == _kv(untold) == {"SMALLPOND:k": "1"}
+    assert _compressed_sizes(told) == strong  # the level it was written with
+    assert _compressed_sizes(untold) == weak  # pyarrow's default, as the module says
+    assert pq.read_table(str(told)).equals(rows) and pq.read_table(str(untold)).equals(rows)
+    # a level for another codec changes nothing; levels of codecs without one are not passed
+    snappy = tmp_path / "snappy.parquet"
+    pq.write_table(rows, str(snappy), compression="snappy")
+    set_kv_metadata(str(snappy), {"SMALLPOND:k": "2"}, {"zstd": 19})
+    assert _shape(snappy)[2] == {"a": "SNAPPY", "b": "SNAPPY"}
+    assert ParquetWriterOptions(compression="snappy").levels("duckdb") == {}
+    assert ParquetWriterOptions(compression="gzip", compression_level=5).levels("duckdb") == {}
+    assert ParquetWriterOptions(compression="gzip", compression_level=5).levels("pyarrow") == {"gzip": 5}
+
+
+def test_the_hash_partitioner_tells_the_rewrite_its_node_s_level(tmp_path, monkeypatch):
+    """The partitioner's COPY wrote the file at the node's zstd level: a footer it cannot set in
+    place is rewritten at that level, not pyarrow's default."""
+    import types
+
+    from smallpond.execution.ops.partition import HashPartitionTask
+    from smallpond.io import parquet_kv
+
+    told = []
+    monkeypatch.setattr(parquet_kv, "set_kv_metadata", lambda path, kv, levels=None: told.append(levels))
+    node = types.SimpleNamespace(
+        parquet_compression="zstd", parquet_compression_level=19, parquet_row_group_size=None, parquet_dictionary_encoding=False
+    )
+    node.hive_partitioning, node.data_partition_column, node.dimension = False, "p", "p"
+    task = types.SimpleNamespace(node=node, staging=False, parquet_kv_metadata=lambda extra: {}, _partition_kv=lambda k: {})
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    pq.write_table(pa.table({"a": [1]}), str(sub / "out-0.parquet"))
+    HashPartitionTask._place_partition(task, str(tmp_path), str(sub), 3, "out")
+    assert told == [{"zstd": 19}]
+
+
 def test_a_file_pyarrow_would_change_is_refused_and_left_as_it_is(tmp_path, monkeypatch):
     """DuckDB's INTERVAL reads in pyarrow as 12 bytes without their meaning: written back, the
     column would be a BLOB. The fallback refuses, naming the column, and keeps the file."""

@@ -383,13 +383,14 @@ class HashPartitionTask(Task):
 
         # (the COPY wrote the task's own keys already: set again, they keep their values and places)
         kv = self.parquet_kv_metadata(self._partition_kv(k))
+        levels = ParquetWriterOptions.for_task(self).levels("duckdb")  # (kept if the footer is rewritten by pyarrow)
         hive = self.node.hive_partitioning
         files = []
         for name in sorted(os.listdir(sub)):
             if not name.endswith(".parquet"):
                 continue
             path = os.path.join(sub, name)
-            set_kv_metadata(path, kv)
+            set_kv_metadata(path, kv, levels)
             if not hive:  # DuckDB's name is "{prefix}-{i}.parquet": the partition goes before i
                 flat = os.path.join(output_dir, f"{prefix}-{k}.{name[len(prefix) + 1 :]}")
                 os.rename(path, flat)
