@@ -260,7 +260,17 @@ def limit_blas_threads(environ) -> None:
     workers at every job's start, and 63 spinning threads per worker on a 64-core machine.
     ``OMP_NUM_THREADS`` is not set: Arrow sizes its own thread pool from it. A task that wants
     threaded BLAS sets ``OPENBLAS_NUM_THREADS`` (in the environment, or the Driver's
-    ``--env_variables``)."""
+    ``--env_variables``).
+
+    Unlike ``MIMALLOC_ALLOW_THP`` (:func:`keep_arrow_pages_small`, an allocator detail the user's
+    processes never see), the variables stay in the worker's environment, so a subprocess a task
+    starts (``subprocess.run`` in a ``PythonScriptNode``) inherits them and runs its BLAS on one
+    thread too. That is deliberate: the subprocess runs inside the task's CPU reservation, and
+    it is what the systems scripts come from do to theirs: Ray puts ``OMP_NUM_THREADS`` (the
+    task's ``num_cpus``, else 1) in its workers' environment, Dask's nanny its ``*_NUM_THREADS``,
+    upstream smallpond ``OMP_NUM_THREADS=2`` in its Ray workers' and ``cpu_limit`` in its
+    executors'. A subprocess that wants more threads is given them in its own environment
+    (``env=dict(os.environ, OPENBLAS_NUM_THREADS="8")``), or the job sets them for all."""
     if not any(v in environ for v in BLAS_THREAD_VARIABLES):
         for v in BLAS_THREAD_VARIABLES:
             environ[v] = "1"

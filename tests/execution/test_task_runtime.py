@@ -166,13 +166,21 @@ def test_runtime_context_parameters_without_effect_warn_once_naming_them(tmp_pat
     assert rt.usable_cpu_count >= 1  # (honoured parameters are untouched)
 
 
+_BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def blas_settings(runtime_ctx, tables):
+    """The BLAS thread variables in the worker, and (``child``) in a subprocess the task starts."""
     import os
+    import subprocess
+    import sys
 
     import numpy  # noqa: F401  (loaded after the worker set its environment)
 
     n = tables[0].num_rows
-    return pa.table({k: [os.environ.get(k, "")] * n for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    script = f"import os; print('|'.join(os.environ.get(k, '') for k in {_BLAS_VARIABLES!r}))"
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    return pa.table({**{k: [os.environ.get(k, "")] * n for k in _BLAS_VARIABLES}, "child": [child] * n})
 
 
 def _blas_plan():
@@ -183,21 +191,23 @@ def _blas_plan():
 
 
 def test_workers_give_blas_one_thread_unless_the_environment_says_otherwise(tmp_path, monkeypatch):
-    # OpenBLAS would start a thread per core in each worker that imports numpy, and those spin
-    # for a while once started: a worker runs one task per CPU it reserved (as Dask's and Ray's do)
+    """OpenBLAS would start a thread per core in each worker that imports numpy, and those spin
+    for a while once started: a worker runs one task per CPU it reserved (as Dask's and Ray's do).
+    The variables stay in the worker's environment, so a subprocess the task starts inherits them
+    (``child``), as Ray's ``OMP_NUM_THREADS`` and upstream's do (see ``limit_blas_threads``)."""
     for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(var, raising=False)
     ep = run_job(_blas_plan(), make_runtime_ctx("blas-default", None, str(tmp_path), task_cache=False), num_workers=2)
     rows = ep.final_output.to_arrow_table().to_pylist()
-    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} for r in rows)
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "child": "1|1"} for r in rows)
     # the user's choice (the job's environment, or the one the workers inherit) is left as it is
     rt = make_runtime_ctx("blas-user", None, str(tmp_path), env_overrides={"OPENBLAS_NUM_THREADS": "3"}, task_cache=False)
     rows = run_job(_blas_plan(), rt, num_workers=2).final_output.to_arrow_table().to_pylist()
-    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "3", "MKL_NUM_THREADS": ""} for r in rows)
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "3", "MKL_NUM_THREADS": "", "child": "3|"} for r in rows)
     monkeypatch.setenv("MKL_NUM_THREADS", "2")
     rows = run_job(_blas_plan(), make_runtime_ctx("blas-inherited", None, str(tmp_path), task_cache=False), num_workers=2)
     rows = rows.final_output.to_arrow_table().to_pylist()
-    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": "2"} for r in rows)
+    assert rows and all(r == {"OPENBLAS_NUM_THREADS": "", "MKL_NUM_THREADS": "2", "child": "|2"} for r in rows)
 
 
 def _thp_enabled() -> str:
