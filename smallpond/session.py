@@ -178,6 +178,7 @@ class Session:
         from smallpond.execution.scheduler import Speculation
 
         self._shutdown_called = False
+        self._default_platform = None  # (see _platform)
         self._config = Config.from_args_and_env(**kwargs)
         spawn_if_asked(self._config.platform)
         want_session_summary()  # read at shutdown; a value that does not parse is refused now
@@ -239,6 +240,22 @@ class Session:
     @property
     def config(self) -> Config:
         return self._config
+
+    @property
+    def _platform(self):
+        """The session's :class:`~smallpond.platform.Platform`, as upstream's ``Session._platform``:
+        the one that starts its executors on the queue backend (``init(platform=...)``), else the
+        one upstream's session would have had (``SP_SPAWN``'s: ``MPI`` when ``mpirun`` is on the
+        PATH, else the base ``Platform``), through which an embedded or Ray session starts nothing."""
+        executor = self._job.executor
+        platform = getattr(executor, "platform", None) if executor is not None else None
+        if platform is None:
+            from smallpond.platform import get_platform
+
+            if self._default_platform is None:
+                self._default_platform = get_platform(None)
+            platform = self._default_platform
+        return platform
 
     @property
     def _node_to_tasks(self):

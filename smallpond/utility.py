@@ -1,4 +1,5 @@
-"""Small utilities: capturing stdlib logging in loguru, running commands, background iteration."""
+"""Small utilities: capturing stdlib logging in loguru, running commands, background iteration,
+wrapping an object."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import logging
 import queue
 import subprocess
 import threading
-from typing import Dict, Iterable, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 
 class InterceptHandler(logging.Handler):
@@ -150,3 +151,38 @@ def cprofile_to_string(perf_profile, order_by: str = "cumulative", top_k: int = 
     out = io.StringIO()
     pstats.Stats(perf_profile, stream=out).sort_stats(order_by).print_stats(top_k)
     return out.getvalue()
+
+
+class Wrapper:
+    """An object standing for another: what it does not define itself is the wrapped object's.
+
+    Upstream 0.15 has a ``Wrapper`` here; the reference names it without saying what it does, so
+    this is the plain proxy a script would subclass: attributes and methods are read from the
+    wrapped object (``Wrapper(table).num_rows``), a subclass overrides what it defines, an
+    attribute set on the wrapper stays on the wrapper, ``str``/``repr`` are the wrapped object's,
+    and it pickles with what it wraps (a task may carry one to a worker). Operators
+    (``len(w)``, ``w[0]``) are not forwarded: Python looks them up on the class.
+
+    >>> class Shouting(Wrapper):
+    ...     def upper(self):
+    ...         return self._wrapped.upper() + "!"
+    >>> w = Shouting("hello")
+    >>> w.upper(), w.title(), str(w)
+    ('HELLO!', 'Hello', 'hello')
+    """
+
+    def __init__(self, base_obj: Any) -> None:
+        self._wrapped = base_obj
+
+    def __getattr__(self, name: str) -> Any:
+        # (only for names the wrapper lacks; ``_wrapped`` itself missing means a half-built
+        # object, as while unpickling: no recursion into it)
+        if name == "_wrapped":
+            raise AttributeError(name)
+        return getattr(self._wrapped, name)
+
+    def __str__(self) -> str:
+        return str(self._wrapped)
+
+    def __repr__(self) -> str:
+        return repr(self._wrapped)

@@ -230,3 +230,19 @@ def test_a_module_edited_between_two_computations_runs_as_it_is_now(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split("\n")[:2] == ["[1]", "[2]"], proc.stdout + proc.stderr[-3000:]
+
+
+def test_session_platform_is_upstream_s(tmp_path):
+    """(Reference §1.2: ``Session._platform``.) The platform that starts the session's executors
+    on the queue backend; else upstream's choice (MPI when mpirun is on the PATH, else the base
+    Platform), one object for the session."""
+    import shutil
+
+    from smallpond.platform import MPI, Manual, Platform
+
+    with smallpond.init(data_root=str(tmp_path / "embedded")) as sp:
+        assert type(sp._platform) is (MPI if shutil.which("mpirun") else Platform)
+        assert sp._platform is sp._platform
+        assert sp._platform.default_data_root().endswith(os.path.join(".smallpond", "data"))
+    with smallpond.init(data_root=str(tmp_path / "queue"), platform="manual") as sp:
+        assert type(sp._platform) is Manual and sp._platform is sp._job.executor.platform

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from smallpond.utility import ConcurrentIter, ConcurrentIterError, execute_command
+from smallpond.utility import ConcurrentIter, ConcurrentIterError, Wrapper, execute_command
 
 
 def test_concurrent_iter():
@@ -49,6 +49,41 @@ def test_execute_command_closes_its_pipe_and_stops_a_command_left_early():
         assert time.monotonic() - start < 30
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)], [str(w.message) for w in caught]
+
+
+class _Counted(Wrapper):
+    """A subclass as a script would write one: one method of its own, the rest the table's."""
+
+    def num_rows(self):
+        return self._wrapped.num_rows * 10
+
+
+def test_wrapper_stands_for_the_object_it_wraps():
+    """(Reference §5.3 names ``Wrapper``; what it does is the plain proxy, see its docstring.)"""
+    import pickle
+
+    import pyarrow as pa
+
+    table = pa.table({"a": [1, 2, 3]})
+    w = Wrapper(table)
+    assert w.num_rows == 3 and w.column_names == ["a"] and w.column("a").to_pylist() == [1, 2, 3]
+    assert str(w) == str(table) and repr(w) == repr(table)
+    w.note = "mine"  # set on the wrapper, not on the table
+    assert w.note == "mine" and not hasattr(table, "note")
+    with pytest.raises(AttributeError, match="no_such"):
+        _ = w.no_such
+    counted = _Counted(table)
+    assert counted.num_rows() == 30 and counted.schema == table.schema
+    back = pickle.loads(pickle.dumps(counted))
+    assert type(back) is _Counted and back.num_rows() == 30 and back._wrapped.equals(table)
+    with pytest.raises(AttributeError):
+        _ = Wrapper.__new__(Wrapper).anything  # half-built (as while unpickling): no endless recursion
+    import doctest
+
+    import smallpond.utility
+
+    result = doctest.testmod(smallpond.utility, verbose=False)  # (Wrapper's example)
+    assert result.attempted >= 3 and result.failed == 0
 
 
 def log_with_stdlib(runtime_ctx, input_datasets, output_path):
