@@ -26,6 +26,7 @@ from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, seeded_random
 from smallpond.io.filesystem import (
     APPEND_FLAGS,
+    close_quietly,
     remove_path,
     unique_suffix,
     write_all,
@@ -120,10 +121,7 @@ class TaskLogSink:
 
     def end(self) -> None:
         if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
         self._fd = None
         self._path = None
         self._start_line = None
@@ -136,10 +134,7 @@ class TaskLogSink:
 
     def _close_process_log(self) -> None:
         if self._process_log is not None:
-            try:
-                os.close(self._process_log[1])
-            except OSError:
-                pass
+            close_quietly(self._process_log[1])
             self._process_log = None
 
     def write(self, message: str) -> None:

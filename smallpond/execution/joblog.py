@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from smallpond.common import LEVEL_NUMBERS, loguru_file_path
-from smallpond.io.filesystem import APPEND_FLAGS, write_all
+from smallpond.io.filesystem import APPEND_FLAGS, close_quietly, write_all
 
 #: a plain file sink hands its file to loguru (which rotates it) once it holds this many bytes
 PLAIN_FILE_LIMIT = 10 << 20
@@ -57,10 +57,7 @@ class PlainSink:
 
     def close(self) -> None:
         if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
+            close_quietly(self._fd)
             self._fd = None
 
 

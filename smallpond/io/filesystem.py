@@ -114,6 +114,16 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def close_quietly(fd: int) -> None:
+    """Close file descriptor ``fd``, ignoring an ``OSError``: for a descriptor that may be closed
+    already (a forked child's copy, a log being ended twice) or whose file was only appended to,
+    where a failed close leaves nothing to do."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
 def pread_full(fd: int, n: int, offset: int) -> bytes:
     """``n`` bytes of ``fd`` at ``offset``, fewer only where the file ends first (``os.pread``
     may return less than asked, on a network filesystem, before the end of file)."""

@@ -13,6 +13,7 @@ from smallpond.io.filesystem import (
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
+    close_quietly,
     dump,
     link_or_copy,
     load,
@@ -275,3 +276,12 @@ def test_create_whole_names_an_unnamed_file_once_and_never_replaces(tmp_path, mo
         filesystem.create_whole(str(other / "a"), b"B")
     assert open(other / "a", "rb").read() == b"A" and os.listdir(other) == ["a"]
     assert str(other) in filesystem._no_tmpfile  # not asked again
+
+
+def test_close_quietly_closes_and_ignores_a_descriptor_closed_already(tmp_path):
+    """The one helper for the logs' descriptors (joblog, attempt, sink locks after a fork)."""
+    fd = os.open(str(tmp_path / "f"), os.O_WRONLY | os.O_CREAT, 0o600)
+    close_quietly(fd)
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+    close_quietly(fd)  # again: no error

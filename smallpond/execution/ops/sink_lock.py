@@ -51,6 +51,7 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 from smallpond.common import logger
 from smallpond.execution.ops.sink_record import lock_path
+from smallpond.io.filesystem import close_quietly
 
 #: errors of a filesystem that has no locks; anything else is an error of the publication
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
@@ -161,10 +162,7 @@ def _after_fork_in_child() -> None:
     # the child's copies of the locked files would keep the locks once the parent dies (the lock
     # is the open file's, not the process's): close them, and do not unlock them (the parent's)
     for fd in list(_all_fds):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
+        close_quietly(fd)
     _all_fds.clear()
     if hasattr(_held, "paths"):
         _held.paths = {}
