@@ -38,6 +38,11 @@ def _run(make_rt, build):
     return _partitions(run_job(LogicalPlan(ctx, node), make_rt(), num_workers=2), node), node
 
 
+def _run_on_file(make_rt, path: str, build):
+    """:func:`_run` of ``build(ctx, inputs)``, ``inputs`` a source of the one Parquet file ``path``."""
+    return _run(make_rt, lambda ctx: build(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),)))
+
+
 @pytest.mark.parametrize("by_rows", [False, True])
 def test_engines_agree_on_hash_partitions(parquet_files, make_rt, by_rows):
     def build(engine):
@@ -126,9 +131,7 @@ def test_arrow_engine_shuffles_by_column_or_expression(parquet_files, make_rt):
 def test_arrow_engine_writes_placeholders_for_empty_partitions(tmp_path, make_rt):
     path = str(tmp_path / "one.parquet")
     pq.write_table(pa.table({"k": [1, 1, 1], "v": ["a", "b", "c"]}), path)
-    parts, _ = _run(
-        make_rt, lambda ctx: ShuffleNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 3, "k", engine_type="arrow")
-    )
+    parts, _ = _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 3, "k", engine_type="arrow"))
     assert [len(p) for p in parts] == [0, 3, 0]
 
 
@@ -186,16 +189,10 @@ def test_a_user_column_named_like_the_internal_partition_column_is_kept(tmp_path
         {"k": list(range(20)), "__data_partition__": [i % 3 for i in range(20)], "__sp_partition__": [100 + i for i in range(20)]}
     )
     pq.write_table(table, path)
-    parts, _ = _run(
+    parts, _ = _run_on_file(
         make_rt,
-        lambda ctx: HashPartitionNode(
-            ctx,
-            (DataSourceNode(ctx, ParquetDataSet([path])),),
-            4,
-            hash_columns=["k"],
-            drop_partition_column=True,
-            engine_type=engine,
-        ),
+        path,
+        lambda ctx, src: HashPartitionNode(ctx, src, 4, hash_columns=["k"], drop_partition_column=True, engine_type=engine),
     )
     rows = sorted((r["k"], r["__data_partition__"], r["__sp_partition__"]) for p in parts for r in p)
     assert rows == sorted(zip(*[table.column(c).to_pylist() for c in table.column_names]))
@@ -211,16 +208,10 @@ def test_a_user_column_named_like_a_partition_column_in_another_case_loses_no_ro
     path = str(tmp_path / "in.parquet")
     table = pa.table({"k": list(range(20)), "__DATA_PARTITION__": [7] * 20, "__SP_PARTITION__": [100 + i for i in range(20)]})
     pq.write_table(table, path)
-    parts, _ = _run(
+    parts, _ = _run_on_file(
         make_rt,
-        lambda ctx: HashPartitionNode(
-            ctx,
-            (DataSourceNode(ctx, ParquetDataSet([path])),),
-            4,
-            hash_columns=["k"],
-            drop_partition_column=drop,
-            engine_type=engine,
-        ),
+        path,
+        lambda ctx, src: HashPartitionNode(ctx, src, 4, hash_columns=["k"], drop_partition_column=drop, engine_type=engine),
     )
     rows = [r for p in parts for r in p]
     assert sorted(r["k"] for r in rows) == list(range(20))
@@ -238,11 +229,8 @@ def test_a_shuffle_over_a_column_named_like_the_internal_one_in_another_case_los
     path = str(tmp_path / "in.parquet")
     table = pa.table({"p": pa.array([i % 3 for i in range(20)], pa.int32()), "__SP_PARTITION__": [0] * 20, "v": list(range(20))})
     pq.write_table(table, path)
-    parts, _ = _run(
-        make_rt,
-        lambda ctx: ShuffleNode(
-            ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 3, data_partition_column="p", engine_type=engine
-        ),
+    parts, _ = _run_on_file(
+        make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 3, data_partition_column="p", engine_type=engine)
     )
     assert [sorted(r["v"] for r in p) for p in parts] == [[v for v in range(20) if v % 3 == i] for i in range(3)]
     assert all(set(r) == {"p", "__SP_PARTITION__", "v"} and r["__SP_PARTITION__"] == 0 for p in parts for r in p)
@@ -255,14 +243,12 @@ def test_a_key_naming_a_column_in_another_case_is_that_column(tmp_path, make_rt,
     one key in several partitions, silently), and "unit-price" failed as the column "unit"."""
     path = str(tmp_path / "in.parquet")
     pq.write_table(pa.table({"x-1": [5] * 12, "x": list(range(12)), "Unit-Price": [i % 3 for i in range(12)]}), path)
-
-    def source(ctx):
-        return (DataSourceNode(ctx, ParquetDataSet([path])),)
-
-    hashed, _ = _run(make_rt, lambda ctx: HashPartitionNode(ctx, source(ctx), 4, hash_columns=["X-1"], engine_type=engine))
+    hashed, _ = _run_on_file(
+        make_rt, path, lambda ctx, src: HashPartitionNode(ctx, src, 4, hash_columns=["X-1"], engine_type=engine)
+    )
     assert sorted(len(p) for p in hashed) == [0, 0, 0, 12]  # one key: one partition
-    shuffled, _ = _run(
-        make_rt, lambda ctx: ShuffleNode(ctx, source(ctx), 3, data_partition_column="unit-price", engine_type=engine)
+    shuffled, _ = _run_on_file(
+        make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 3, data_partition_column="unit-price", engine_type=engine)
     )
     assert [sorted(r["x"] for r in p) for p in shuffled] == [[x for x in range(12) if x % 3 == k] for k in range(3)]
     assert all(r["Unit-Price"] == k for k, p in enumerate(shuffled) for r in p)
@@ -429,9 +415,7 @@ def test_engines_agree_on_float_shuffle_keys(tmp_path, make_rt):
     pq.write_table(pa.table({"id": list(range(len(keys))), "p": keys}), path)
     got = {}
     for engine in ("duckdb", "arrow"):
-        parts, _ = _run(
-            make_rt, lambda ctx, e=engine: ShuffleNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 4, "p", engine_type=e)
-        )
+        parts, _ = _run_on_file(make_rt, path, lambda ctx, src, e=engine: ShuffleNode(ctx, src, 4, "p", engine_type=e))
         got[engine] = [sorted(r["id"] for r in p) for p in parts]
         assert sorted((r["id"], r["p"]) for p in parts for r in p) == list(enumerate(keys))  # p as it was
     assert got["arrow"] == got["duckdb"] == [[0, 3, 5, 7], [1], [2, 4, 6], []]

@@ -18,6 +18,7 @@ Driver subprocess (``tests/execution/queue_job.py``); executors are always real 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -304,7 +305,11 @@ def test_two_attempts_of_one_task_run_at_once_and_one_can_be_cancelled(queue_exe
 # -- generations -----------------------------------------------------------------------------------
 
 
-def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(queue_executor, make_rt, inputs, marker_dir):
+@contextlib.contextmanager
+def old_generation_attempt(queue_executor, make_rt, inputs, marker_dir):
+    """A job's run on the queue backend (``old``) whose executor, started by hand (``procs``), runs
+    an attempt of a 30 s task (its worker: ``pid``): yields ``(rt, old, procs, pid)`` once the
+    attempt has started; the executor is stopped at the end."""
     rt = make_rt()
     old = queue_executor(rt)
     task, task_inputs = planned_task(rt, inputs, marker_dir, sleep=30)
@@ -312,6 +317,13 @@ def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(que
     try:
         old.submit(task, task_inputs, 0, memory=256 << 20)
         (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the old generation's attempt to start")[0]
+        yield rt, old, procs, pid
+    finally:
+        stop(procs)
+
+
+def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(queue_executor, make_rt, inputs, marker_dir):
+    with old_generation_attempt(queue_executor, make_rt, inputs, marker_dir) as (rt, old, procs, pid):
         new = queue_executor(make_rt(str(rt.job_id)))  # the same job: its rerun
         assert new.epoch == old.epoch + 1
         # by the time the new scheduler may read commit records, the old attempt is dead
@@ -322,38 +334,28 @@ def test_a_new_scheduler_kills_the_old_generations_attempts_before_it_starts(que
         new.submit(task2, inputs2, 0, memory=256 << 20)
         (c,) = poll_until_some(new, 60)
         assert c.ok and c.key == task2.key
-    finally:
-        stop(procs)
 
 
 def test_an_old_executor_that_does_not_answer_is_fenced_off_before_the_new_scheduler_starts(
     queue_executor, make_rt, inputs, marker_dir
 ):
-    rt = make_rt()
-    old = queue_executor(rt)
-    task, task_inputs = planned_task(rt, inputs, marker_dir, sleep=30)
-    procs = start_executors(1, str(rt.job_id), rt.data_root)
-    holder = None
-    try:
-        old.submit(task, task_inputs, 0, memory=256 << 20)
-        (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the old generation's attempt to start")[0]
+    with old_generation_attempt(queue_executor, make_rt, inputs, marker_dir) as (rt, old, procs, pid):
         holder = psutil.Process(procs[0].pid)
-        holder.suspend()  # hung: it cannot acknowledge the new generation (its worker still runs)
-        new = queue_executor(make_rt(str(rt.job_id)), FAST)
-        # before the new scheduler reads anything, the silent executor has been declared lost
-        (member,) = os.listdir(new.paths.executors)
-        assert os.path.exists(new.paths.member(member, "lost"))
-        holder.resume()
-        assert procs[0].wait(30) == 75  # it finds the marker, kills its worker and exits
-        assert not pid_alive(pid)
-        assert [m for m in markers(marker_dir) if m[0] == "end"] == []
-    finally:
-        if holder is not None:
+        try:
+            holder.suspend()  # hung: it cannot acknowledge the new generation (its worker still runs)
+            new = queue_executor(make_rt(str(rt.job_id)), FAST)
+            # before the new scheduler reads anything, the silent executor has been declared lost
+            (member,) = os.listdir(new.paths.executors)
+            assert os.path.exists(new.paths.member(member, "lost"))
+            holder.resume()
+            assert procs[0].wait(30) == 75  # it finds the marker, kills its worker and exits
+            assert not pid_alive(pid)
+            assert [m for m in markers(marker_dir) if m[0] == "end"] == []
+        finally:
             try:
                 holder.resume()
             except psutil.Error:
                 pass
-        stop(procs)
 
 
 def test_a_rerun_on_another_backend_first_stops_the_old_runs_attempts(queue_executor, make_rt, inputs, marker_dir):
@@ -363,13 +365,7 @@ def test_a_rerun_on_another_backend_first_stops_the_old_runs_attempts(queue_exec
     any commit record they have dropped them and left."""
     from smallpond.execution.job import Job
 
-    rt = make_rt()
-    old = queue_executor(rt)
-    task, task_inputs = planned_task(rt, inputs, marker_dir, sleep=30)
-    procs = start_executors(1, str(rt.job_id), rt.data_root)
-    try:
-        old.submit(task, task_inputs, 0, memory=256 << 20)
-        (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the old generation's attempt to start")[0]
+    with old_generation_attempt(queue_executor, make_rt, inputs, marker_dir) as (rt, old, procs, pid):
         old._stop.set()  # its scheduler is gone: no heartbeat any more
         job = Job(make_rt(str(rt.job_id)), num_workers=1).start()  # the rerun, embedded
         try:
@@ -379,8 +375,6 @@ def test_a_rerun_on_another_backend_first_stops_the_old_runs_attempts(queue_exec
         finally:
             job.finish(True)
         assert [m for m in markers(marker_dir) if m[0] == "end"] == []
-    finally:
-        stop(procs)
 
 
 def test_an_outcome_of_an_old_generation_is_not_taken_for_the_new_ones(queue_executor, make_rt, inputs, marker_dir):
