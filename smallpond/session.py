@@ -124,7 +124,15 @@ class Config:
 def spawn_if_asked(platform: Optional[str]) -> None:
     """``SP_SPAWN=1`` (upstream's): run this script once more through ``platform`` (``SP_PLATFORM``;
     default, as upstream: mpirun when it is on the PATH, else a subprocess), with this process's
-    ``SP_*`` variables but ``SP_SPAWN``, and exit with status 0 without running anything here."""
+    ``SP_*`` variables but ``SP_SPAWN``, wait for it, and exit with its status, without running
+    anything here.
+
+    Upstream exits 0 as soon as the run is started. Here the platforms start it on this machine
+    (a subprocess, or mpirun), so this process waits for it and exits as it did: 0 when the job
+    succeeded, its non-zero status (128 + N for a run killed by signal N) when it failed, so a
+    scheduler (cron, a CI step, ``&&``) that started the script is not told a failed job
+    succeeded. A Ctrl-C or SIGTERM here stops the run it started (exit 130 / 143). A platform that
+    starts nothing itself (``manual``) leaves nothing to wait for: exit 0 at once."""
     if os.environ.get("SP_SPAWN") != "1":
         return
     from smallpond.platform import get_platform
@@ -138,8 +146,49 @@ def spawn_if_asked(platform: Optional[str]) -> None:
     del os.environ["SP_SPAWN"]
     envs = {k: v for k, v in os.environ.items() if k.startswith("SP_")}
     logger.info("SP_SPAWN=1: starting {} {} through {}", sys.argv[0], sys.argv[1:], type(launcher).__name__)
-    launcher.start_job(1, entrypoint=sys.argv[0], args=sys.argv[1:], envs=envs)
-    sys.exit(0)
+    ids = launcher.start_job(1, entrypoint=sys.argv[0], args=sys.argv[1:], envs=envs)
+    sys.exit(_wait_spawned(launcher, ids))
+
+
+def _wait_spawned(launcher, ids: List[str]) -> int:
+    """Wait for the runs ``ids`` that ``launcher`` started; the exit status to report: 0 if every
+    one succeeded, else the first failure's (a run killed by signal N: 128 + N). Interrupted
+    (Ctrl-C, SIGTERM), stop them and return 130 / 143."""
+    import signal
+
+    stopped_by: List[int] = []
+
+    def on_term(signum, frame):
+        stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # init() called outside the main thread: SIGTERM keeps its handler
+        previous = on_term
+    code, why = 0, ""
+    try:
+        for job in ids:
+            status = launcher.wait_job(job)
+            status = 128 - status if status is not None and status < 0 else status
+            if status and not code:
+                code = status
+    except KeyboardInterrupt:
+        code, why = 128 + (stopped_by[0] if stopped_by else signal.SIGINT), "interrupted"
+        for job in ids:
+            launcher.stop_job(job)
+    finally:
+        if previous is not on_term:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    if code:
+        logger.error(
+            "SP_SPAWN=1: the run of {} started through {} {}; exit status {}",
+            sys.argv[0],
+            type(launcher).__name__,
+            f"was {why} and stopped" if why else "failed",
+            code,
+        )
+    return code
 
 
 _warming = None

@@ -225,6 +225,64 @@ def test_sp_spawn_runs_the_script_through_the_platform(tmp_path):
     assert len([d for d in os.listdir(tmp_path / "root") if not d.startswith(".")]) == 1
 
 
+def test_sp_spawn_exits_with_the_status_of_the_run_it_started(tmp_path):
+    """The SP_SPAWN parent waits for the run it started and exits as it did: a job that failed is
+    not reported to cron (or ``&&``) as a success. (Upstream exits 0 at once.)"""
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, smallpond\n"
+        "sp = smallpond.init()\n"
+        "print('child', os.getpid(), flush=True)\n"
+        "raise SystemExit(int(os.environ['SP_MARK']))\n"
+    )
+    for wanted in (0, 3):
+        env = dict(os.environ, SP_SPAWN="1", SP_PLATFORM="base", SP_DATA_ROOT=str(tmp_path / "root"), SP_MARK=str(wanted))
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == wanted, proc.stderr
+        assert proc.stdout.count("child") == 1, proc.stdout
+        assert ("exit status 3" in proc.stderr) == (wanted == 3), proc.stderr
+
+
+def test_sp_spawn_parent_stopped_stops_the_run(tmp_path):
+    """A SIGTERM of the waiting parent (a scheduler's timeout) stops the run it started, and the
+    parent's status says it was stopped (128 + 15), not 0."""
+    import signal
+    import time
+
+    import psutil
+
+    script = tmp_path / "job.py"
+    started = tmp_path / "started"
+    script.write_text(
+        "import os, time, smallpond\n"
+        "sp = smallpond.init()\n"
+        f"open({str(started)!r}, 'w').write(str(os.getpid()))\n"
+        "time.sleep(300)\n"
+    )
+    env = dict(os.environ, SP_SPAWN="1", SP_PLATFORM="base", SP_DATA_ROOT=str(tmp_path / "root"), SP_PROGRESS="0")
+    log = tmp_path / "stderr"
+    with open(log, "w") as err:  # (not a pipe: the run inherits it, and may outlive a broken parent)
+        proc = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+    child = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (started.exists() and started.read_text()):
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        child = psutil.Process(int(started.read_text()))
+        assert proc.poll() is None, f"the parent exited ({proc.returncode}) while its run goes on"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        assert proc.returncode == 128 + signal.SIGTERM, log.read_text()
+        child.wait(timeout=30)  # stopped too (psutil raises TimeoutExpired while it runs)
+        assert "interrupted and stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if child is not None and child.is_running():
+            child.kill()
+
+
 def test_sp_spawn_without_a_script_file_is_refused(tmp_path):
     """SP_SPAWN=1 re-runs the script; ``python -c`` (or a notebook) has none to re-run."""
     env = dict(os.environ, SP_SPAWN="1", SP_PLATFORM="base", SP_DATA_ROOT=str(tmp_path), SP_PROGRESS="0")
