@@ -37,16 +37,18 @@ def _logs_say(data_root: str, text: str) -> int:
     return found
 
 
-def _together(tmp_path, data_root, a, jobs):
+def _together(tmp_path, data_root, a, jobs, expect=None):
     """Run held jobs ``jobs`` ((first id, sink mode) each) that publish into ``a`` once all are
-    prepared, released at the same instant; every one must succeed."""
+    prepared, released at the same instant; every one must succeed (``expect``: else the exit
+    statuses, in order of exit status). ``data_root`` may be a list: each job's."""
     env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY="0.15")
     procs = []
     try:
         for i, (start, mode) in enumerate(jobs):
             hold = tmp_path / f"hold{i}"
             hold.mkdir()
-            cmd = held(data_root, rows_of(tmp_path, f"job{i}", start), a, mode=mode, hold=str(hold))
+            root = data_root[i] if isinstance(data_root, list) else data_root
+            cmd = held(root, rows_of(tmp_path, f"job{i}", start), a, mode=mode, hold=str(hold))
             procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), hold))
         for job, hold in procs:  # every job's sink is prepared; they publish on "go"
             while not (hold / "holding").exists():
@@ -56,8 +58,12 @@ def _together(tmp_path, data_root, a, jobs):
         for _, hold in procs:
             (hold / "go").touch()
         errors = [job.communicate(timeout=180)[1] for job, _ in procs]
+    if expect is not None:
+        assert sorted(job.returncode for job, _ in procs) == expect, [e[-2000:] for e in errors]
+        return errors
     for (job, _), err in zip(procs, errors):
         assert job.returncode == 0, err[-3000:]
+    return errors
 
 
 def _waited(data_root, jobs):
@@ -96,3 +102,20 @@ def test_an_overwrite_and_an_append_at_the_same_instant_leave_a_result_that_read
     assert published_rows(a, "id") in ([100, 101, 102, 200, 201, 202], [100, 101, 102])
     consistent(a)
     _waited(data_root, 2)
+
+
+@pytest.mark.parametrize("mode", ["append", "overwrite"])
+def test_jobs_of_different_data_roots_creating_one_folder_at_the_same_instant(tmp_path, mode):
+    """Two jobs of different data roots (or users) write into one new folder at the same instant.
+    Their records are apart, so only the lock of the folder itself makes them take turns: the
+    first publishes, the second then finds a result its data root has no record of and is refused,
+    publishing nothing. Unlocked, both succeeded and the folder's manifest listed one job's files
+    beside the other's, unlisted (an append reported done and lost)."""
+    a = str(tmp_path / "A")
+    roots = [str(tmp_path / "root0"), str(tmp_path / "root1")]
+    errors = _together(tmp_path, roots, a, [(100, mode), (200, mode)], expect=[0, 70])
+    refused = [e for e in errors if "nothing was published" in e]
+    assert len(refused) == 1, [e[-2000:] for e in errors]
+    assert published_rows(a, "id") in ([100, 101, 102], [200, 201, 202])  # one job's rows, whole
+    consistent(a)  # every file in A listed once
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("A.")]  # no staged or kept folder left beside A

@@ -14,7 +14,7 @@ import textwrap
 import time
 
 from smallpond.execution.ops import sink_lock
-from smallpond.execution.ops.sink_lock import destinations_locked, lock_path
+from smallpond.execution.ops.sink_lock import destinations_locked, folder_to_lock, lock_path
 from smallpond.execution.runtime import sink_records_dir
 
 HOLDER = textwrap.dedent(
@@ -63,7 +63,9 @@ def test_a_publication_waits_for_another_process_publishing_into_the_same_folder
     dest, records = str(tmp_path / "A"), sink_records_dir(data_root)
     proc, out = _holder(tmp_path, dest, records, "release")
     assert _locked_by_another(lock_path(records, dest))
-    with destinations_locked([str(tmp_path / "B")], records):  # another folder: no wait
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    with destinations_locked([str(other / "B")], records):  # a folder in another folder: no wait
         assert not os.path.exists(out + ".releasing")
     with destinations_locked([dest], records):
         assert os.path.exists(out + ".releasing")  # entered only once the holder let go
@@ -197,3 +199,48 @@ def test_a_lock_file_removed_while_a_job_waited_on_it_is_locked_again_at_its_nam
     with destinations_locked([dest], records):
         assert calls == [lock_path(records, dest)]
         assert os.path.exists(lock_path(records, dest)) and _locked_by_another(lock_path(records, dest))
+
+
+def test_jobs_of_different_data_roots_publishing_into_one_folder_take_turns(tmp_path, data_root):
+    """The lock is the destination's, not the data root's: a job whose records are elsewhere (another
+    data root, another user) waits too, on the folder the destination is in, and nothing is written
+    there for it."""
+    dest, records = str(tmp_path / "out" / "A"), sink_records_dir(data_root)
+    os.makedirs(os.path.dirname(dest))
+    proc, out = _holder(tmp_path, dest, records, "release")
+    assert folder_to_lock(dest) == str(tmp_path / "out")
+    other_records = sink_records_dir(str(tmp_path / "another_root"))
+    with destinations_locked([dest], other_records):
+        assert os.path.exists(out + ".releasing")  # entered only once the holder let go
+        assert os.listdir(tmp_path / "out") == []  # a lock of the folder itself: no file in it
+    with destinations_locked([str(tmp_path / "out" / "B")], other_records):  # its siblings take turns with it
+        pass
+    assert proc.wait(timeout=30) == 0
+
+
+def test_a_destination_whose_folder_does_not_exist_yet_locks_its_nearest_folder(tmp_path, data_root):
+    records = sink_records_dir(data_root)
+    dest = str(tmp_path / "new" / "deeper" / "A")
+    assert folder_to_lock(dest) == str(tmp_path)
+    with destinations_locked([dest], records):
+        assert not os.path.exists(tmp_path / "new")  # nothing made for the lock
+
+
+def test_a_folder_that_cannot_be_locked_leaves_the_data_roots_lock_and_says_so(tmp_path, data_root, monkeypatch):
+    from smallpond.common import logger
+
+    def unreadable(path):
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(sink_lock, "_open_folder", unreadable)
+    monkeypatch.setattr(sink_lock, "_warned", set())
+    records, dest, messages = sink_records_dir(data_root), str(tmp_path / "A"), []
+    sink_id = logger.add(lambda m: messages.append(str(m)), level="INFO")
+    try:
+        for _ in range(2):
+            with destinations_locked([dest], records):
+                assert _locked_by_another(lock_path(records, dest))  # the data root's lock holds
+    finally:
+        logger.remove(sink_id)
+    said = [m for m in messages if "cannot lock the folder" in m]
+    assert len(said) == 1 and str(tmp_path) in said[0] and "other data roots or users" in said[0]

@@ -9,18 +9,39 @@ the publication as a user's edit. So a publication holds, from before it reads i
 until its last step, an exclusive advisory lock (``flock``) on one lock file per destination
 (:func:`destinations_locked`); a job finishing or abandoning an earlier run's journal does too.
 
-* **Where**: ``{sha256 of realpath(dest)}.lock`` in the data root's records of this user
-  (:func:`~smallpond.execution.runtime.sink_records_dir`, beside ``{sha256}.record``): a file the
-  engine owns, never one in or beside the user's folder. Every job that may append to a destination
-  or overwrite it is of that folder's records (another data root's or user's job is refused there:
-  its manifest is not vouched for by their record), so they all meet on that lock file. A
-  destination inside the job's own folder (named outputs, ``FinalResults``) is this job's only and
-  is not locked. ``smallpond clean`` removes the lock file of a destination it has no record of
-  (any more) while no job holds it (:func:`~smallpond.execution.ops.sink_record.prune`): a job that
-  opened that file meanwhile finds, once it has the lock, that it is no longer the one at its name,
-  and locks the file there instead, so no two jobs ever hold the lock of one destination.
-* **Order**: the lock files are taken in the order of their names, so two jobs publishing into the
-  same destinations never wait on each other in a cycle. A process does not lock a destination
+* **Where**: two locks per destination, both needed.
+
+  - The folder the destination is in (its parent, ``dirname(realpath(dest))``), locked itself:
+    an ``flock`` of the directory, opened read-only, so nothing is written into it or beside the
+    destination, and the lock is the destination's, whatever the data root or the user of the job
+    taking it: two jobs of different data roots (or users) publishing into one new folder at
+    once take turns, and the second finds the first's result and its checks refuse it (no record
+    of it in that data root), where before both went ahead and the second's manifest dropped the
+    first's files. It is the parent's lock, not the destination's, because the destination
+    may not exist yet and a publication replaces it (a swapped-in folder); publications into
+    sibling folders take turns too (a publication is a few renames). Where the parent does not
+    exist yet (a check before anything ran), its nearest existing ancestor is locked; a
+    publication itself always finds the parent (its staged folder is in it). Where the parent
+    cannot be opened (no read permission) or locked (NFS, whose ``flock`` emulation needs a file
+    open for writing, or a filesystem without locks), only the second lock holds, and the job
+    logs that once per folder.
+  - ``{sha256 of realpath(dest)}.lock`` in the data root's records of this user
+    (:func:`~smallpond.execution.runtime.sink_records_dir`, beside ``{sha256}.record``): a file
+    the engine owns, never one in or beside the user's folder. It holds where the first cannot
+    (NFS: across hosts) for the jobs that matter most: every job that may append to a destination
+    or overwrite it is of that folder's records (another data root's or user's job is refused
+    there: its manifest is not vouched for by their record), so they all meet on that lock file.
+    ``smallpond clean`` removes the lock file of a destination it has no record of (any more)
+    while no job holds it (:func:`~smallpond.execution.ops.sink_record.prune`): a job that
+    opened that file meanwhile finds, once it has the lock, that it is no longer the one at its
+    name, and locks the file there instead, so no two jobs ever hold the lock of one
+    destination (a parent folder removed and made again while a job waited is found the same
+    way).
+
+  A destination inside the job's own folder (named outputs, ``FinalResults``) is this job's only
+  and is not locked.
+* **Order**: the locks are taken in the order of their paths (folders and lock files alike), so
+  two jobs publishing into the same destinations never wait on each other in a cycle. A process does not lock a destination
   again while it holds it (a publication finishing its own journal).
 * **A dead holder never blocks the next job**: ``flock`` locks belong to the open file, so the
   kernel releases them when the process holding them dies (SIGKILL included). A worker forked while
@@ -47,7 +68,7 @@ import errno
 import fcntl
 import os
 import threading
-from typing import Dict, Iterable, Iterator, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from smallpond.common import logger
 from smallpond.execution.ops.sink_record import lock_path
@@ -76,12 +97,22 @@ def _open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def _lock(path: str, dest: str) -> Optional[int]:
-    """Take the lock file ``path`` of ``dest`` (waiting for its holder); its fd, or None where the
-    filesystem has no locks (warned)."""
+def _open_folder(path: str) -> int:
+    # read-only: nothing is written into the user's folder, and flock needs no more
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _lock(path: str, dest: str, folder: bool = False) -> Optional[int]:
+    """Take the lock of ``dest`` at ``path`` (a lock file, or with ``folder`` the folder ``dest``
+    is in), waiting for its holder; its fd, or None where it cannot be locked (said once)."""
     said = False
     while True:
-        fd = _open(path)
+        try:
+            fd = _open_folder(path) if folder else _open(path)
+        except OSError as e:
+            if not folder:
+                raise
+            return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -92,10 +123,34 @@ def _lock(path: str, dest: str) -> Optional[int]:
                 fcntl.flock(fd, fcntl.LOCK_EX)
         except OSError as e:
             os.close(fd)
-            return _no_locks(e, path, dest)
+            return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
         if _still_there(fd, path):
             return fd
-        os.close(fd)  # removed by smallpond clean while this waited for it: lock the file now there
+        os.close(fd)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
+
+
+def _folder_unlocked(e: OSError, path: str, dest: str) -> None:
+    """The folder lock of ``dest`` could not be taken: said once per folder; the lock file in the
+    data root's records still makes this data root's jobs take turns."""
+    if path not in _warned:
+        _warned.add(path)
+        logger.info(
+            "cannot lock the folder {} ({}): jobs of other data roots or users publishing into {} at the same instant "
+            "are not made to take turns (this data root's jobs are)",
+            path,
+            os.strerror(e.errno) if e.errno else e,
+            dest,
+        )
+    return None
+
+
+def folder_to_lock(dest: str) -> str:
+    """The folder whose lock is ``dest``'s (see the module docstring): the folder ``dest`` is in,
+    real path, or its nearest existing ancestor while it does not exist."""
+    folder = os.path.dirname(os.path.realpath(dest)) or os.sep
+    while not os.path.isdir(folder) and folder != os.path.dirname(folder):
+        folder = os.path.dirname(folder)
+    return folder
 
 
 def _still_there(fd: int, path: str) -> bool:
@@ -129,19 +184,20 @@ def _no_locks(e: OSError, path: str, dest: str) -> None:
 @contextlib.contextmanager
 def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Optional[str] = None) -> Iterator[None]:
     """Hold the publication lock of each of ``dests`` (those outside ``job_root``) while the block runs."""
-    wanted: Dict[str, str] = {}
+    wanted: Dict[str, Tuple[str, bool]] = {}  # lock path -> (destination, is it a folder)
     root = os.path.realpath(job_root) + os.sep if job_root else None
     for dest in dests:
         real = os.path.realpath(dest)
         if root is None or not (real + os.sep).startswith(root):
-            wanted.setdefault(lock_path(records_dir, dest), dest)
+            wanted.setdefault(lock_path(records_dir, dest), (dest, False))
+            wanted.setdefault(folder_to_lock(dest), (dest, True))
     held = _held_here()
     taken: List[str] = []
     try:
         for path in sorted(wanted):
             if path in held:
                 continue  # this thread holds it already (a publication finishing its own journal)
-            fd = _lock(path, wanted[path])
+            fd = _lock(path, *wanted[path])
             held[path] = fd
             taken.append(path)
             if fd is not None:
