@@ -510,6 +510,74 @@ def test_an_executor_started_by_hand_after_a_successful_job_exits_at_once(tmp_pa
         stop([proc])
 
 
+def test_executors_started_by_hand_exit_at_once_while_and_after_a_rerun_on_another_backend(
+    queue_executor, make_rt, inputs, marker_dir
+):
+    """A queue run failed; the job is rerun embedded. An executor waiting for a queue rerun, and
+    one started by hand during the embedded run, exit at once (that run serves no queue), saying
+    why; one started after it succeeded exits at once too. They waited SP_QUEUE_WAIT (an hour here)."""
+    from smallpond.execution.job import Job
+
+    rt = make_rt()
+    qe = queue_executor(rt)
+    qe.record_outcome("failure")
+    qe.shutdown()
+    waiting = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="3600")
+    procs = list(waiting)
+    try:
+        wait_until(lambda: looked_at_the_queue(QueuePaths(rt.layout), waiting[0]), 60, "the executor to read the queue")
+        job = Job(make_rt(str(rt.job_id)), num_workers=1).start()  # the rerun, embedded
+        try:
+            assert job.executor.name == "local"
+            procs += start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="3600")
+            for proc in procs:
+                _, err = proc.communicate(timeout=120)  # a hang guard: without the fix they wait an hour
+                assert proc.returncode == 0, err[-2000:]
+                assert b"the job is being run on another backend (embedded or Ray, by pid" in err, err[-2000:]
+        finally:
+            job.finish(True)
+        procs += start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="3600")
+        _, err = procs[-1].communicate(timeout=120)
+        assert procs[-1].returncode == 0, err[-2000:]
+        assert b"the job finished successfully on another backend" in err, err[-2000:]
+        assert b"waiting up to" not in err
+    finally:
+        stop(procs)
+
+
+def test_after_a_failed_rerun_on_another_backend_an_executor_waits_for_the_next_run(queue_executor, make_rt):
+    from smallpond.execution.job import Job
+
+    rt = make_rt()
+    queue_executor(rt).shutdown()
+    Job(make_rt(str(rt.job_id)), num_workers=1).start().finish(False)  # the embedded rerun failed
+    assert read_json(QueuePaths(rt.layout).stop)["outcome"] == "other-backend"
+    (proc,) = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="1")
+    try:
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+        assert b"no new run started within 1s" in err  # a queue rerun may follow: it waited for one
+    finally:
+        stop([proc])
+
+
+def test_an_executor_finding_a_succeeded_job_without_a_queue_exits_at_once(queue_executor, make_rt):
+    """A session removes queue/ when its run succeeded: an executor started by hand then found the
+    job and waited SP_QUEUE_WAIT for a queue/epoch that never comes, and exited 1."""
+    from smallpond.execution.job import Job
+
+    rt = make_rt()
+    Job(rt, num_workers=1).start().finish(True, remove_intermediates=True)
+    assert not os.path.exists(rt.queue_root)
+    (proc,) = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="3600")
+    try:
+        _, err = proc.communicate(timeout=120)  # a hang guard
+        assert proc.returncode == 0, err[-2000:]
+        assert b"the job finished successfully (it has no queue" in err, err[-2000:]
+    finally:
+        stop([proc])
+
+
 # -- executors lost, killed schedulers, joining -------------------------------------------------------
 
 

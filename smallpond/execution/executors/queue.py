@@ -64,6 +64,7 @@ from smallpond.errors import ParameterError, WorkerLost
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, TaskEncoder
 from smallpond.execution.executors.queue_protocol import (
+    OTHER_BACKEND,
     ItemName,
     QueuePaths,
     QueueSettings,
@@ -234,7 +235,7 @@ class QueueExecutor(Executor):
         paths.create()
         self._started = self._closed = True  # nothing is submitted, and shutdown has nothing to say
         self.epoch = self._next_epoch()
-        write_json(paths.stop, {"epoch": self.epoch})
+        write_json(paths.stop, {"epoch": self.epoch, "outcome": OTHER_BACKEND, "pid": os.getpid(), **self._host})
         self._write_epoch()
         for d in (paths.todo, paths.cancel, paths.done):
             for name in os.listdir(d):

@@ -26,7 +26,13 @@ module, before it takes another attempt, and acknowledges in its heartbeat.
 
 When the run it serves ends (``queue/stop``) it exits 0; one started by hand after the job's last
 run ended exits 0 at once if that run succeeded, and else (an interrupted or failed run, before
-its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the next run and serves it. When a new scheduler takes the job (a new epoch) it kills what it runs
+its rerun) waits up to ``SP_QUEUE_WAIT`` seconds for the next run and serves it. A run of the
+job on another backend (embedded, Ray) ends the queue's generations when it starts (its stop
+marker says so, :data:`~smallpond.execution.executors.queue_protocol.OTHER_BACKEND`): an executor
+started by hand, or waiting for a rerun, then exits at once, saying so, while that run goes on or
+once it succeeded (the job's state, :mod:`~smallpond.execution.catalog`), and after it failed
+waits for a queue-backend rerun as above. One that finds the job without a queue (a session
+removes it when its run succeeded) exits at once if the job succeeded, and else waits for it. When a new scheduler takes the job (a new epoch) it kills what it runs
 for the old one; an executor its platform started for the old scheduler then exits, one started
 by hand rejoins. When the scheduler falls silent for the timeout, a
 launched executor exits; one started by hand waits up to ``SP_QUEUE_WAIT`` seconds for a
@@ -46,6 +52,7 @@ from smallpond.errors import SmallpondError, TaskError, WorkerLost
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, LocalExecutor
 from smallpond.execution.executors.queue_protocol import (
+    OTHER_BACKEND,
     ItemName,
     QueuePaths,
     QueueSettings,
@@ -108,6 +115,7 @@ class ExecutorProcess:
         self._sched_seen = time.monotonic()
         self._ended_seen: Optional[float] = None  # when this executor found the job's last run ended
         self._no_epoch = 0.0  # since when queue/epoch has been missing (0: it is there)
+        self._state_read = -1e9  # when the job's state was last read (a run on another backend)
         self._create_time = psutil.Process().create_time()
 
     # -- registration and heartbeat ----------------------------------------------------------------
@@ -231,6 +239,8 @@ class ExecutorProcess:
                 raise _Exit(EX_OK, "the job ended")
             if stop.get("outcome") == "success":
                 raise _Exit(EX_OK, f"the job finished successfully (generation {stop['epoch']}); nothing to do")
+            if stop.get("outcome") == OTHER_BACKEND:
+                self._other_backend(now, stop)
             # started by hand after the job's last run ended (interrupted or failed, or a marker
             # without the outcome): its rerun is likely, a new generation this executor waits
             # for and serves
@@ -270,6 +280,29 @@ class ExecutorProcess:
         running = [w.running for w in self.pool.workers if w.running is not None] if self.pool else []
         dumps = self.pool.attempt_stacks(running) if running else {}
         write_json(self.paths.member(self.name, "stacks"), {"n": n, "stacks": {f"{k}\t{a}": t for (k, a), t in dumps.items()}})
+
+    def _other_backend(self, now: float, stop: dict) -> None:
+        """The job's queue was ended by a run of the job on another backend (embedded, Ray): exit
+        while that run goes on (it serves no queue) or once it succeeded; after it failed or was
+        interrupted, a queue-backend rerun may follow, which this executor waits for (the caller).
+        The job's state is read at most once a second."""
+        if now < self._state_read + 1.0:
+            return
+        self._state_read = now
+        state = _job_state(self.layout)  # None (unreadable): wait, as after a run that failed
+        where = f"pid {stop.get('pid', '?')} on {stop.get('host', '?')}"
+        if state == "running":
+            raise _Exit(
+                EX_OK,
+                f"the job is being run on another backend (embedded or Ray, by {where}), which took it over from the "
+                f"queue in generation {stop.get('epoch')}: it has no attempts for executors. Start executors again "
+                "with a queue-backend run of the job (--platform)",
+            )
+        if state == "success":
+            raise _Exit(
+                EX_OK,
+                f"the job finished successfully on another backend (embedded or Ray, run by {where}); nothing to do",
+            )
 
     def _await_next_run(self, now: float, ended: int) -> None:
         """Wait (up to ``SP_QUEUE_WAIT`` seconds) for a run of the job after generation ``ended``,
@@ -497,8 +530,31 @@ def find_job(job_id, data_root, job_time=None, wait: float = 0.0) -> JobLayout:
     if not explicit_time:
         jt = _wait_for(f"job {jid} to appear under {root}", lambda: find_job_time(root, str(jid)), wait)
     layout = JobLayout(root, jt, jid)
-    _wait_for(f"the scheduler of job {jid} to set up {layout.queue_root}", lambda: read_json(QueuePaths(layout).epoch), wait)
+    checked = [0.0]
+
+    def queue_or_end():
+        meta = read_json(QueuePaths(layout).epoch)
+        if meta is not None:
+            return meta
+        if time.monotonic() - checked[0] >= 1.0:  # no queue (a session's run removes it as it ends)
+            checked[0] = time.monotonic()
+            if _job_state(layout) == "success":
+                raise _Exit(EX_OK, f"the job finished successfully (it has no queue: {layout.queue_root}); nothing to do")
+        return None
+
+    _wait_for(f"the scheduler of job {jid} to set up {layout.queue_root}", queue_or_end, wait)
     return layout
+
+
+def _job_state(layout: JobLayout) -> Optional[str]:
+    """The job's state (:func:`~smallpond.execution.catalog.describe_job`), None if unreadable."""
+    from smallpond.execution.catalog import describe_job
+
+    try:
+        return describe_job(layout.job_root).state
+    except Exception as e:
+        logger.debug("executor: cannot read the state of job {}: {}", layout.job_root, e)
+        return None
 
 
 def run_executor(
@@ -519,7 +575,11 @@ def run_executor(
     try:
         if os.environ.get("SP_TEST_EXECUTOR_EXIT"):  # tests only: an executor that cannot start
             raise SmallpondError("SP_TEST_EXECUTOR_EXIT is set: this executor exits at once")
-        layout = find_job(job_id, data_root, job_time, settings.wait)
+        try:
+            layout = find_job(job_id, data_root, job_time, settings.wait)
+        except _Exit as e:
+            logger.info("executor exits ({}): {}", e.code, e.why)
+            return e.code
         with open(layout.secret_path, "rb") as f:
             secret = f.read()
         proc = ExecutorProcess(layout, secret, exec_id=exec_id, bound_epoch=bound)

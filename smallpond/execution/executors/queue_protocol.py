@@ -56,6 +56,12 @@ class QueueSettings:
 # -- the folder layout and the item format --------------------------------------------------------
 
 
+#: the ``outcome`` of ``queue/stop`` written by a run of the job on another backend (embedded,
+#: Ray) that ended the queue's generations before it started: executors that find it do not wait
+#: for a queue-backend rerun while that run goes on or after it succeeded
+OTHER_BACKEND = "other-backend"
+
+
 class QueuePaths:
     """Where the queue's files are (no I/O except :meth:`create`)."""
 
