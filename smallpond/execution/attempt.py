@@ -461,6 +461,32 @@ def _test_crash_point(point: str, task: Task) -> None:
         os._exit(86)
 
 
+_worker_folder: Optional[str] = None  # this worker's folder before its first attempt ("": none)
+
+
+def enter_node_folder(task: Task) -> None:
+    """Make the folder ``task``'s node was built in (``Node.created_cwd``) this worker's current
+    one, so that a relative path in the node's SQL or code means what it meant to the script at
+    that line, after an ``os.chdir`` too. Where that folder is not there (another host, removed
+    since), the attempt runs in the worker's own folder (the driver's when it started the workers;
+    a queue executor's where it was started), as nodes built before this existed do. Only in
+    worker processes, which run one attempt at a time: never in the scheduler's."""
+    global _worker_folder
+    if _worker_folder is None:
+        try:
+            _worker_folder = os.getcwd()
+        except OSError:
+            _worker_folder = ""
+    folder = getattr(task.node, "created_cwd", None)
+    for where in (folder, _worker_folder):
+        if where:
+            try:
+                os.chdir(where)
+                return
+            except OSError:
+                continue
+
+
 def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int, memory: int, worker: str):
     """Run one attempt and describe its outcome as a Completion (what every backend sends back).
 
@@ -473,6 +499,7 @@ def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: 
     """
     from smallpond.execution.executors.base import Completion
 
+    enter_node_folder(task)
     start = time.time()
     stats: dict = {}
     try:

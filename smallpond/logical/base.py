@@ -77,6 +77,13 @@ class Context:
         return name
 
 
+def _current_folder() -> Optional[str]:
+    try:
+        return os.getcwd()
+    except OSError:  # removed meanwhile: its tasks run in their worker's folder
+        return None
+
+
 def user_call_site() -> str:
     """``file:line`` of the innermost frame outside the smallpond package."""
     frame = inspect.currentframe()
@@ -155,6 +162,10 @@ class Node:
         memory_limit: Optional[int] = None,
     ) -> None:
         self.location = user_call_site()
+        #: the current folder when the node was built: its tasks run there (on every backend), so
+        #: a relative path in its SQL or code means what it meant to the script at that line,
+        #: also after an os.chdir, as a dataset's relative paths do (reference §1.3)
+        self.created_cwd = _current_folder()
         for hook in UPSTREAM_TASK_HOOKS:
             if hook not in self.honoured_task_hooks and callable(getattr(type(self), hook, None)):
                 raise ParameterError(
@@ -247,6 +258,9 @@ class Node:
             "id",
             "input_deps",
             "location",
+            # where relative paths resolve, not what is computed: a rerun from another folder resumes
+            # (the files a query reads by itself are not fingerprinted, relative or not)
+            "created_cwd",
             "df_op",
             "fused_from",
             "perf_stats",

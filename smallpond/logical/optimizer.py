@@ -61,6 +61,12 @@ def substitute_input(query: str, replacement: str) -> str:
     return "".join(out)
 
 
+def same_folder(a: Node, b: Node) -> bool:
+    """Whether two nodes were built in one current folder: a relative path in a query means the same
+    file in both (a fused node runs in its outer node's, see ``Node.created_cwd``)."""
+    return getattr(a, "created_cwd", None) == getattr(b, "created_cwd", None)
+
+
 def _fusable(parent: Node, child: Node, frozen: Set[int]) -> bool:
     return (
         type(parent) is SqlEngineNode
@@ -74,6 +80,7 @@ def _fusable(parent: Node, child: Node, frozen: Set[int]) -> bool:
         and not child.materialize_in_memory
         and not child.batched_processing
         and not parent.batched_processing
+        and same_folder(parent, child)
     )
 
 
@@ -140,6 +147,7 @@ def _fusable_into_partition(part: Node, child: Node, frozen: Set[int], consumers
         and not child.batched_processing
         and not child.udf_contexts
         and child.input_deps[0].num_partitions > 1
+        and same_folder(part, child)
     )
 
 

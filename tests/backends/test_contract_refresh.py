@@ -214,3 +214,49 @@ def test_a_module_found_through_a_folder_put_on_sys_path_after_the_workers_start
     # function travels by reference, so they must learn the folder from the driver
     runs, logs = run_sessions_across_edits(backend, tmp_path, LATE_PATH)
     assert runs[0]["v"] == [1], logs[-3000:]
+
+
+#: os.chdir in the script: a relative path in a node's SQL (and in its Python code) means the
+#: folder current when the node was built, as a dataset's relative paths do (reference §1.3),
+#: whatever folder the workers started in (A here) or the script is in when it computes
+CHDIR = """
+import duckdb
+HERE = os.path.dirname(os.path.abspath(__file__))
+for name in ("A", "B"):
+    os.makedirs(os.path.join(HERE, name), exist_ok=True)
+    duckdb.sql("COPY (SELECT '%s' AS v) TO '%s'" % (name, os.path.join(HERE, name, "rel.parquet")))
+
+
+def read_rel(row):
+    with open("marker.txt") as f:  # relative: the folder current when the map was built
+        return dict(v=f.read(), pid=os.getpid())
+
+
+def run_relative():
+    os.chdir(os.path.join(HERE, "B"))
+    in_b = sp.partial_sql("select v, 1 as k from read_parquet('rel.parquet')")
+    os.chdir(os.path.join(HERE, "A"))  # the script moves on before it computes
+    sql = in_b.to_pandas()["v"].tolist()
+    os.chdir(os.path.join(HERE, "B"))
+    mapped = sp.from_items([dict(a=1)]).map(read_rel)
+    os.chdir(HERE)
+    py = mapped.to_pandas()["v"].tolist()
+    print(json.dumps(dict(v=sql + py, pids=[])), flush=True)
+
+
+for name in ("A", "B"):
+    with open(os.path.join(HERE, name, "marker.txt"), "w") as f:
+        f.write(name)
+os.chdir(os.path.join(HERE, "A"))
+start({job_id!r})
+sp.from_items([dict(a=1)]).to_pandas()  # the workers start (in A)
+run_relative()
+sp.shutdown()
+"""
+
+
+def test_relative_paths_after_os_chdir_mean_the_folder_current_when_the_node_was_built(backend, tmp_path):
+    # the tasks read them in their worker's folder: the driver's when the workers started (A), or
+    # where a queue executor was started (tmp_path), not B
+    runs, logs = run_sessions_across_edits(backend, tmp_path, CHDIR)
+    assert runs[0]["v"] == ["B", "B"], logs[-3000:]

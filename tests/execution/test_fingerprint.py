@@ -230,6 +230,23 @@ def test_resource_hints_and_labels_do_not_change_fingerprints(make_rt, ids_file)
     assert fingerprints(parquet_compression="SNAPPY") != base  # a writer option changes the files
 
 
+def test_the_folder_a_node_was_built_in_does_not_change_fingerprints(make_rt, ids_file, tmp_path, monkeypatch):
+    """``Node.created_cwd`` says where its tasks run (relative paths), not what they compute: a
+    rerun of the script from another folder resumes."""
+
+    def fingerprints(folder):
+        monkeypatch.chdir(folder)
+        ctx = Context()
+        node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([ids_file])),), "select * from {0}")
+        assert node.created_cwd == str(folder)
+        exec_plan = Planner(make_rt("same-job")).create_exec_plan(LogicalPlan(ctx, node))
+        return {k: t.fingerprint for k, t in exec_plan.tasks.items() if k.startswith("SqlEngineTask")}
+
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    assert fingerprints(tmp_path / "A") == fingerprints(tmp_path / "B")
+
+
 def _run_fp_job(data_root, ids_file, hash_seed, **env):
     proc = subprocess.run(
         [sys.executable, FP_JOB, data_root, "fp-job", ids_file],

@@ -145,3 +145,28 @@ def test_sql_fused_into_a_partition_runs_as_it_would_alone(tmp_path):
         assert "fused:" in two.explain().split("== Optimized plan ==")[1]
         with pytest.raises(Exception, match="syntax error"):
             two.take_all()
+
+
+@pytest.mark.parametrize("into", ["sql", "shuffle"])
+def test_nodes_built_in_two_folders_are_not_fused(tmp_path, monkeypatch, into):
+    """A fused node runs in one folder (its outer node's ``created_cwd``): a child built after an
+    os.chdir whose query reads a relative path would read it from the wrong folder."""
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(["x.parquet"])),), 4)
+    (tmp_path / "A").mkdir()
+    (tmp_path / "B").mkdir()
+    plans = []
+    for second in ("A", "B"):
+        monkeypatch.chdir(tmp_path / "A")
+        child = SqlEngineNode(ctx, (parts,), "select *, id % 3 as bucket from {0}")
+        monkeypatch.chdir(tmp_path / second)
+        if into == "sql":
+            outer = SqlEngineNode(ctx, (child,), "select * from {0} where bucket > 0")
+        else:
+            outer = ShuffleNode(ctx, (child,), 3, data_partition_column="bucket")
+        assert (child.created_cwd, outer.created_cwd) == (str(tmp_path / "A"), str(tmp_path / second))
+        plans.append(optimize(outer, set(), {}))
+    same, apart = plans
+    assert same.input_deps == (parts,) and getattr(same, "fused_from", None)  # one folder: fused
+    assert apart.input_deps[0].sql_queries == ["select *, id % 3 as bucket from {0}"]  # two: not
+    assert getattr(apart, "fused_from", None) is None
