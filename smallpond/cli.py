@@ -329,7 +329,7 @@ def _report(args, data_root: str) -> int:
 
 def _clean(args, data_root: str) -> int:
     from smallpond.common import human_bytes
-    from smallpond.execution.catalog import FINISHED, JobLookupError, list_jobs, remove_job
+    from smallpond.execution.catalog import FINISHED, JobLookupError, list_jobs, owned_by_another_user, remove_job
     from smallpond.execution.published_refs import pending_publication, results_listing, why_kept
     from smallpond.io.filesystem import folder_size
 
@@ -339,9 +339,16 @@ def _clean(args, data_root: str) -> int:
         print(f"smallpond clean: can only remove finished jobs ({', '.join(FINISHED)}), not {sorted(unknown)}", file=sys.stderr)
         return EXIT_USAGE
     now = time.time()
-    chosen, total = [], 0
+    chosen, total, skipped = [], 0, []
     for job in list_jobs(data_root):
+        if job.state == "unreadable":  # another user's (0700): said, never touched
+            skipped.append((job, "another user's job folder, which this user cannot read; run clean as its user"))
+            continue
         if job.state not in wanted or now - (job.updated or job.job_time.timestamp()) < args.older_than:
+            continue
+        other = owned_by_another_user(job.path)
+        if other:
+            skipped.append((job, other))
             continue
         size = folder_size(job.path)
         total += size
@@ -356,6 +363,8 @@ def _clean(args, data_root: str) -> int:
     for job, size in kept:
         total -= size
         print(f"keeping {job.path}  ({job.state}, {human_bytes(size)}): {why[job.path]}")
+    for job, reason in skipped:
+        print(f"skipping {job.path}  ({job.state}): {reason}")
     verb = "removing" if args.yes else "would remove"
     for job, size in chosen:
         print(f"{verb} {job.path}  ({job.state}, {_age(job.age_seconds)} old, {human_bytes(size)})")
@@ -366,7 +375,8 @@ def _clean(args, data_root: str) -> int:
                 print(f"  skipped: {e}", file=sys.stderr)
     records = _clean_records(data_root, args.yes)
     if not chosen and not records:
-        print(f"nothing to remove under {data_root}" + (f" ({len(kept)} job(s) kept)" if kept else ""))
+        left = [f"{len(kept)} job(s) kept"] * bool(kept) + [f"{len(skipped)} of other users skipped"] * bool(skipped)
+        print(f"nothing to remove under {data_root}" + (f" ({', '.join(left)})" if left else ""))
     elif args.yes:
         print(f"removed {len(chosen)} job(s), {human_bytes(total)}, and {records} record(s) of published results")
     else:

@@ -283,7 +283,12 @@ def test_another_users_job_folder_is_listed_as_unreadable_and_stops_nothing(parq
         assert out.stdout == "", out.stdout  # nothing printed before the error
         out = run("clean")
         assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
-        assert str(mine.job_id) in out.stdout and str(theirs.job_id) not in out.stdout
+        (said,) = [ln for ln in out.stdout.splitlines() if str(theirs.job_id) in ln]  # skipped, and why
+        assert said.startswith("skipping") and "unreadable" in said and "run clean as its user" in said, said
+        if os.geteuid() == 0:  # run as nobody: mine is root's, readable by it but not its to remove
+            assert f"skipping {mine.job_root}" in out.stdout and "belongs to user root" in out.stdout, out.stdout
+        else:
+            assert f"would remove {mine.job_root}" in out.stdout, out.stdout
     finally:
         import shutil
 
@@ -374,3 +379,48 @@ def test_a_dry_run_clean_leaves_an_earlier_layout_of_records_where_it_is(data_ro
     assert _tree(data_root) == before
     done = cli("clean", "--yes", data_root=data_root)
     assert done.returncode == 0 and not os.path.exists(old), done.stdout + done.stderr
+
+
+def test_clean_skips_another_users_jobs_and_says_why(make_rt, parquet_files, data_root):
+    """Run by root on a shared data root, clean removed every user's finished jobs, though it read
+    only root's records of published results (a result of theirs could list their job's files)."""
+    if os.geteuid() != 0:
+        pytest.skip("giving a job folder to another user needs root")
+    theirs = _job(make_rt, parquet_files, "select * from {0}", "77777777-0000-0000-0000-000000000007")
+    mine = _job(make_rt, parquet_files, "select * from {0}", "88888888-0000-0000-0000-000000000008")
+    for dirpath, dirs, files in os.walk(theirs.job_root):
+        for name in [dirpath] + [os.path.join(dirpath, n) for n in dirs + files]:
+            os.chown(name, 65534, 65534, follow_symlinks=False)
+    dry = cli("clean", data_root=data_root)
+    assert dry.returncode == 0, dry.stderr
+    (said,) = [ln for ln in dry.stdout.splitlines() if theirs.job_root in ln]
+    assert said.startswith(f"skipping {theirs.job_root}") and "uid 65534" in said and "run it as that user" in said
+    assert f"would remove {mine.job_root}" in dry.stdout
+    done = cli("clean", "--yes", data_root=data_root)
+    assert done.returncode == 0, done.stderr
+    assert os.path.isdir(theirs.job_root) and not os.path.exists(mine.job_root)
+    again = cli("clean", "--yes", data_root=data_root)
+    assert "nothing to remove" in again.stdout and "1 of other users skipped" in again.stdout, again.stdout
+
+
+def test_clean_keeps_a_job_that_a_result_in_another_users_records_lists(make_rt, parquet_files, data_root, tmp_path):
+    """The records of every user that the cleaning user can read are consulted: a type="manifest"
+    result recorded by another user (here: this user's records, moved to another uid's folder)
+    that lists this user's job files keeps that job."""
+    import shutil
+
+    dest = str(tmp_path / "published")
+    ctx = Context()
+    query = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")
+    publisher = make_rt("99999999-0000-0000-0000-000000000009")
+    run_job(LogicalPlan(ctx, DataSinkNode(ctx, (query,), dest, type="manifest")), publisher, num_workers=1)
+    users = os.path.dirname(user_dir(data_root))
+    other = os.path.join(users, str(os.geteuid() + 4242))
+    os.makedirs(other, mode=0o700)
+    shutil.move(os.path.join(user_dir(data_root), "sinks"), os.path.join(other, "sinks"))
+    index = os.listdir(os.path.join(other, "sinks"))
+    done = cli("clean", "--yes", data_root=data_root)
+    assert done.returncode == 0, done.stderr
+    assert f"keeping {publisher.job_root}" in done.stdout and os.path.join(dest, ".MANIFEST.txt") in done.stdout, done.stdout
+    assert os.path.isdir(publisher.job_root)
+    assert os.listdir(os.path.join(other, "sinks")) == index  # another user's folder: nothing written there

@@ -13,8 +13,10 @@ A job folder is a directory ``{data_root}/{job_time:%Y-%m-%d-%H-%M-%S}.{job_id}`
   removed, and does not stop the listing of the others.
 
 Invariants of :func:`remove_job`: it removes only a directory that is a direct child of the data
-root, named like a job folder, holding ``log/.STATUS``, not a symbolic link, not running, and
-holding no file that a recorded published result lists (a ``type="manifest"`` result reads its
+root, named like a job folder, holding ``log/.STATUS``, not a symbolic link, owned by the user
+removing it (:func:`owned_by_another_user`: whether another user's job is finished, or its
+results still read its files, cannot be told from here for sure; root too removes only its own),
+not running, and holding no file that a recorded published result lists (a ``type="manifest"`` result reads its
 files where the job wrote them: :mod:`~smallpond.execution.published_refs`).
 """
 
@@ -193,6 +195,28 @@ def find_job(data_root: str, spec: str) -> JobInfo:
     return max(hits, key=lambda j: j.job_time)
 
 
+def owned_by_another_user(path: str) -> Optional[str]:
+    """Why job folder ``path`` is not this user's to remove (it belongs to another user), or None."""
+    from smallpond.execution.runtime import this_uid
+
+    try:
+        uid = os.stat(path, follow_symlinks=False).st_uid
+    except OSError:
+        return None  # gone, or not to be stat'ed: the other checks say so
+    if uid == this_uid():
+        return None
+    try:
+        import pwd
+
+        who = f"user {pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except (ImportError, KeyError):
+        who = f"uid {uid}"
+    return (
+        f"it belongs to {who}, and smallpond clean removes only the jobs of the user running it (whether another "
+        "user's job is finished, or a result of theirs still reads it, is theirs to tell): run it as that user"
+    )
+
+
 def remove_job(data_root: str, info: JobInfo, published: Optional[Dict[str, list]] = None) -> None:
     """Delete a finished job's folder; refuses anything that is not one, and a job folder a
     published result still reads from (see the module docstring). ``published``: what
@@ -204,6 +228,9 @@ def remove_job(data_root: str, info: JobInfo, published: Optional[Dict[str, list
     path = info.path
     if os.path.islink(path) or os.path.dirname(os.path.realpath(path)) != root or not is_job_folder(path):
         raise JobLookupError(f"refusing to remove {path}: not a job folder directly under {data_root}")
+    other = owned_by_another_user(path)
+    if other:
+        raise JobLookupError(f"refusing to remove {path}: {other}")
     current = describe_job(path)
     if current.state not in FINISHED:
         raise JobLookupError(f"refusing to remove {path}: the job is {current.state}")

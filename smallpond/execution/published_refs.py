@@ -3,8 +3,8 @@
 A ``DataSinkNode(type="manifest")`` publishes only a ``.MANIFEST.txt`` that lists the files it
 was given, where they are: a task's output in the job folder (``staging/``, or ``output/``).
 Removing that job folder leaves the result unreadable. So, before a job folder is removed, the
-manifests of the results this user published (the destinations of their records under the data
-root, :mod:`~smallpond.execution.ops.sink_record`) are read, and a job folder any of them lists a
+manifests of the results published from this data root (the destinations of the records under it,
+:mod:`~smallpond.execution.ops.sink_record`) are read, and a job folder any of them lists a
 file of is kept (:func:`results_listing`; :func:`~smallpond.execution.catalog.remove_job` refuses
 it, naming the manifest and saying what to do).
 
@@ -13,8 +13,12 @@ Invariants:
 * **Only keeping is decided here.** A record is used unverified (a planted one can only make a
   job folder stay), and the manifest read is the one in the destination now, whatever its record
   says: a result overwritten since lists the new job's files, and the old job can go.
-* **This user's records only.** Another user's result cannot list files of this user's job
-  folders that it could read (job folders are ``0700``).
+* **Every user's records this user can read**: this user's, and another user's whose records
+  folder it may read (root reads all; a user folder is ``0700``): such a user's result may list
+  files of this user's job folders that were made readable to it, or that it read as root. A
+  records folder this user cannot read is not consulted; ``smallpond clean`` removes only the
+  cleaning user's own job folders, so no other user's result can lose a file to it. Reading
+  another user's records writes nothing there (their index is not brought up to date).
 * Cost: one read of each recorded manifest and one ``realpath`` per folder it lists, once for all
   the job folders a clean removes.
 """
@@ -25,7 +29,7 @@ import os
 from typing import Dict, Iterable, List, NamedTuple, Optional
 
 from smallpond.execution.ops import sink_record
-from smallpond.execution.runtime import sink_records_dir
+from smallpond.execution.runtime import every_sink_records_dir
 from smallpond.io.paths import MANIFEST_NAME, manifest_paths
 
 
@@ -60,7 +64,11 @@ def results_listing(data_root: str, job_paths: Iterable[str], write_index: bool 
                         return job
         return None
 
-    for dest in sorted(set(sink_record.claimed_destinations(sink_records_dir(data_root), write_index))):
+    mine, *others = every_sink_records_dir(data_root)
+    claimed = sink_record.claimed_destinations(mine, write_index)
+    for records in others:  # read only: their index is theirs to write
+        claimed += sink_record.claimed_destinations(records, write_index=False)
+    for dest in sorted(set(claimed)):
         try:
             listed = manifest_paths(dest) or []
         except (OSError, UnicodeDecodeError):

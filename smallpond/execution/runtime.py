@@ -22,7 +22,7 @@ import os
 import re
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 from smallpond.common import MB, TB
 from smallpond.errors import ParameterError
@@ -189,6 +189,19 @@ def sink_records_dir(data_root: str) -> str:
     :mod:`smallpond.execution.ops.sink_record`): in this user's folder under the data root, shared
     by this user's jobs, never inside a result folder (the one place that decides it)."""
     return os.path.join(user_dir(data_root), SINKS_DIRNAME)
+
+
+def every_sink_records_dir(data_root: str) -> List[str]:
+    """The records folders of every user under ``data_root`` that this process can read, this
+    user's first (:func:`sink_records_dir`; the others by their uid's folder name)."""
+    mine = sink_records_dir(data_root)
+    users = os.path.dirname(user_dir(data_root))
+    try:
+        names = sorted(n for n in os.listdir(users) if n.isdigit())
+    except OSError:
+        names = []
+    others = [os.path.join(users, n, SINKS_DIRNAME) for n in names]
+    return [mine] + [d for d in others if d != mine and os.access(d, os.R_OK | os.X_OK)]
 
 
 class JobLayout:

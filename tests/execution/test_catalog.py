@@ -174,3 +174,20 @@ def test_one_pattern_names_job_folders_for_the_catalog_and_the_sinks(data_root):
         f"2026-01-31-12-00-05.{A}\n",
     ):
         assert not runtime.JOB_FOLDER_NAME.fullmatch(other)
+
+
+def test_remove_job_refuses_another_users_job_folder(data_root, monkeypatch):
+    """Only the user running clean removes its own jobs, root included: whether another user's
+    job is finished, or a result of theirs reads it, is not this user's to tell."""
+    from smallpond.execution import runtime
+    from smallpond.execution.catalog import owned_by_another_user
+
+    path = _folder(data_root, "2026-01-01-00-00-00", A, "success")
+    assert owned_by_another_user(path) is None
+    mine = runtime.this_uid()
+    monkeypatch.setattr(runtime, "this_uid", lambda: mine + 1)  # the same folder, seen by another user
+    why = owned_by_another_user(path)
+    assert why and f"uid {mine}" in why and "run it as that user" in why
+    with pytest.raises(JobLookupError, match="belongs to"):
+        remove_job(data_root, describe_job(path))
+    assert os.path.isdir(path)
