@@ -561,6 +561,33 @@ def test_after_a_failed_rerun_on_another_backend_an_executor_waits_for_the_next_
         stop([proc])
 
 
+def test_after_a_run_on_another_backend_an_executor_waits_while_a_new_run_takes_the_job(queue_executor, make_rt):
+    """The job says it runs, but its lock is held by another process than the run that ended the
+    queue: a queue-backend rerun that has not set its queue up yet. The executor waits for it."""
+    from smallpond.execution.executors.queue_protocol import write_json
+    from smallpond.execution.job import Job, write_status
+    from smallpond.execution.ownership import JobLock
+
+    rt = make_rt()
+    queue_executor(rt).shutdown()
+    Job(make_rt(str(rt.job_id)), num_workers=1).start().finish(False)  # the embedded run, ended
+    paths = QueuePaths(rt.layout)
+    write_json(paths.stop, dict(read_json(paths.stop), pid=1))  # (it ran in another process than this one)
+    lock = JobLock(rt.layout)
+    lock.acquire()  # the rerun took the job
+    try:
+        write_status(rt, "running")
+        (proc,) = start_executors(1, str(rt.job_id), rt.data_root, SP_QUEUE_WAIT="2")
+        try:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err[-2000:]
+            assert b"no new run started within 2s" in err and b"another backend" not in err, err[-2000:]
+        finally:
+            stop([proc])
+    finally:
+        lock.release()
+
+
 def test_an_executor_finding_a_succeeded_job_without_a_queue_exits_at_once(queue_executor, make_rt):
     """A session removes queue/ when its run succeeded: an executor started by hand then found the
     job and waited SP_QUEUE_WAIT for a queue/epoch that never comes, and exited 1."""

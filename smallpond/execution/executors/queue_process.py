@@ -283,22 +283,27 @@ class ExecutorProcess:
 
     def _other_backend(self, now: float, stop: dict) -> None:
         """The job's queue was ended by a run of the job on another backend (embedded, Ray): exit
-        while that run goes on (it serves no queue) or once it succeeded; after it failed or was
-        interrupted, a queue-backend rerun may follow, which this executor waits for (the caller).
-        The job's state is read at most once a second."""
+        while that run goes on (it serves no queue: the job lock is held by the process that wrote
+        the stop marker) or once the job succeeded; while another process holds the job (a
+        queue-backend rerun that has not set its queue up yet), and after a failed or interrupted
+        run, wait for the next queue run (the caller). Looked at at most once a second."""
         if now < self._state_read + 1.0:
             return
         self._state_read = now
-        state = _job_state(self.layout)  # None (unreadable): wait, as after a run that failed
+        from smallpond.execution.ownership import lock_state
+
         where = f"pid {stop.get('pid', '?')} on {stop.get('host', '?')}"
-        if state == "running":
-            raise _Exit(
-                EX_OK,
-                f"the job is being run on another backend (embedded or Ray, by {where}), which took it over from the "
-                f"queue in generation {stop.get('epoch')}: it has no attempts for executors. Start executors again "
-                "with a queue-backend run of the job (--platform)",
-            )
-        if state == "success":
+        lock, holder = lock_state(self.layout.job_root)
+        if lock in ("alive", "elsewhere"):
+            if holder and (holder.get("pid"), holder.get("host")) == (stop.get("pid"), stop.get("host")):
+                raise _Exit(
+                    EX_OK,
+                    f"the job is being run on another backend (embedded or Ray, by {where}), which took it over from "
+                    f"the queue in generation {stop.get('epoch')}: it has no attempts for executors. Start executors "
+                    "again with a queue-backend run of the job (--platform)",
+                )
+            return  # another run holds the job: maybe the queue's, about to set its queue up
+        if _job_state(self.layout) == "success":  # None (unreadable): wait, as after a run that failed
             raise _Exit(
                 EX_OK,
                 f"the job finished successfully on another backend (embedded or Ray, run by {where}); nothing to do",
