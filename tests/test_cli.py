@@ -207,14 +207,15 @@ def test_the_console_script_is_declared():
 def test_cache_clean(two_jobs, data_root):
     """``smallpond cache clean`` bounds the task cache under the data root (a dry run unless --yes)."""
     entries = os.path.join(user_dir(data_root), "task_cache", "entries")
-    cached = [os.path.join(entries, d, k) for d in os.listdir(entries) for k in os.listdir(os.path.join(entries, d))]
+    names = [os.path.join(entries, d, k) for d in os.listdir(entries) for k in os.listdir(os.path.join(entries, d))]
+    cached = [p for p in names if "." not in os.path.basename(p)]  # the records (their files have a dot)
     assert cached, "the successful job's task is in the cache"
     dry = cli("cache", "clean", "--max-bytes", "0", data_root=data_root)
     assert dry.returncode == 0 and f"would remove {len(cached)} entr" in dry.stdout and "--yes" in dry.stdout, dry.stdout
     assert all(os.path.exists(p) for p in cached)
     done = cli("cache", "clean", "--max-bytes", "0", "--yes", data_root=data_root)
     assert done.returncode == 0 and f"removed {len(cached)} entr" in done.stdout
-    assert not any(os.path.exists(p) for p in cached)
+    assert not any(os.path.exists(p) for p in names), "the entries are gone, records and files"
     assert cli("cache", "clean", data_root=data_root).returncode == 2  # neither bound given
     elsewhere = cli("cache", "clean", "--older-than", "1d", "--task_cache", data_root, data_root=data_root)
     assert elsewhere.returncode == 2 and "not a task cache" in elsewhere.stderr

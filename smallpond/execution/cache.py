@@ -9,20 +9,24 @@ Layout of the cache folder (default ``task_cache`` in the user's own folder of t
 ``init(task_cache=...)``, ``SP_TASK_CACHE``, the Driver's ``--task_cache``; ``off`` turns it off)::
 
     secret                    32 random bytes (0600) that sign every record
-    entries/{k[:2]}/{k}/      one entry per key: the task's output files as it wrote them (hard
-                              links to the committed files, copies across filesystems) and
-                              .record (a task never writes dot files): the task's commit record,
-                              linked, which is signed with the cache's secret too (see insert)
+    entries/{k[:2]}/{k}       one entry per key: its record, the task's commit record, linked
+                              (signed with the cache's secret too, see insert)
+    entries/{k[:2]}/{k}.*     beside it, the task's output files (hard links to the committed
+                              files, copies across filesystems): no folder per entry, see
+                              :mod:`~smallpond.execution.cache_entries` (which still reads the
+                              folders ``{k}/`` of earlier releases)
     locks/{k}.lock            a claim: the job computing key k right now (a symbolic link whose
                               target names host, pid, process start time and job)
     index/{p[:2]}/{p}         per node position: for each partition, the key and fingerprint
                               components of its last build (what a dry run compares with)
-    tmp/                      entries being built
+    tmp/                      entries of earlier releases being removed
 
 Invariants:
 
-* **Only complete entries are visible.** An entry is built under ``tmp/`` and renamed into
-  ``entries/`` with its signed record inside; a crash leaves garbage in ``tmp/`` only.
+* **Only complete entries are visible.** An entry's files are linked under names of their own
+  and its signed record is published last, by a link that fails if an entry exists; a crash
+  leaves only files no record names, removed by :func:`clean` (see
+  :mod:`~smallpond.execution.cache_entries`).
 * **Only verified entries are served.** The record is signed with the cache's secret (a record is
   a pickle: code to whoever loads it), and every file must have the size, modification time and
   head/tail digest the record holds: the first and last 64 KiB, and at least the whole Parquet
@@ -79,14 +83,25 @@ from smallpond.common import logger
 from smallpond.errors import ParameterError
 from smallpond.execution import user_folder
 from smallpond.execution.cache_check import file_check, stat_and_check, verify_files  # noqa: F401 (file_check: its API)
+from smallpond.execution.cache_entries import (  # noqa: F401 (Entry, RECORD: their API here)
+    CACHE_FORMAT,
+    RECORD,
+    Entry,
+    Unreadable,
+    entry_usage,
+    orphan_files,
+    read_entry,
+    remove_entry,
+    shard_entries,
+    stored_name,
+)
 from smallpond.execution.ownership import is_zombie
 from smallpond.io.filesystem import (
     CorruptRecord,
     SignatureError,
     atomic_write_bytes,
-    folder_size,
+    create_whole,
     link_or_copy,
-    load,
     private_key,
     remove_path,
     signed_bytes,
@@ -96,39 +111,12 @@ from smallpond.io.filesystem import (
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 from smallpond.processes import process_start_id, process_start_time, same_process_start
 
-CACHE_FORMAT = 1
-RECORD = ".record"
 #: in an output directory that :meth:`TaskCache.link_into` filled with links to an entry's files
 LINKED_MARKER = ".linked-from-task-cache"
 #: a claim by a process on another host is stale after this long without a refresh
 LOCK_STALE_SECONDS = 600.0
 #: holders refresh their claims this often
 LOCK_REFRESH_SECONDS = 60.0
-
-
-@dataclass
-class Entry:
-    """A verified cache entry: its key, folder and (signed) record."""
-
-    key: str
-    path: str
-    record: Dict[str, Any]
-
-    @property
-    def files_dir(self) -> str:
-        return self.path
-
-    @property
-    def job(self) -> str:
-        return str(self.record.get("job", ""))
-
-    @property
-    def task(self) -> str:
-        return str(self.record.get("task", ""))
-
-    @property
-    def bytes(self) -> int:
-        return int(self.record.get("bytes", 0))
 
 
 @dataclass
@@ -193,7 +181,6 @@ class TaskCache:
         self._held: Dict[str, int] = {}  # keys this process claimed
         self._releaser = None  # a thread removing released claims
         self._released: Dict[str, Any] = {}  # key -> the removal of its claim, under way
-        self._tmp_ready = False
         self._shards: set = set()  # entry shard folders known to exist
 
     # -- the folder -----------------------------------------------------------------------------
@@ -235,29 +222,26 @@ class TaskCache:
         """The entry for ``key`` if it exists and verifies; one that does not is removed (unless
         ``drop`` is False: a dry run changes nothing)."""
         path = self.entry_path(key)
-        record_path = os.path.join(path, RECORD)
-        if not os.path.exists(record_path):
-            return None
         try:
-            record = load(record_path, secret=self.secret)
+            entry = read_entry(path, key, self.secret)
         except CorruptRecord as e:  # a crash or a full disk while it was written
             problem = f"its record is torn or damaged ({e})"
         except SignatureError as e:  # intact, but not written with this cache's secret
             problem = f"its record is not signed by this cache ({e})"
+        except Unreadable as e:
+            problem = str(e)
         except Exception as e:  # torn, or removed meanwhile by clean()
-            if not os.path.exists(record_path):
+            if not os.path.lexists(path):
                 return None
             problem = f"its record cannot be read ({type(e).__name__}: {e})"
         else:
-            if isinstance(record, dict) and isinstance(record.get("cache"), dict):  # a commit record, linked (insert)
-                record = {**record["cache"], "dataset": record.get("dataset")}
-            if record.get("format") != CACHE_FORMAT or record.get("key") != key:
-                problem = "its record is of another format or key"
-            else:
-                entry = Entry(key, path, record)
-                problem = verify_files(entry.files_dir, entry.record.get("files", []))
-                if problem is None:
-                    return entry
+            if entry is None:
+                return None
+            problem = verify_files(
+                [(rel, where, *f[1:]) for (rel, where), f in zip(entry.files(), entry.record.get("files", []))]
+            )
+            if problem is None:
+                return entry
         if drop:
             self._drop(path, problem)
         return None
@@ -267,13 +251,11 @@ class TaskCache:
         self._remove_entry(path)
 
     def _remove_entry(self, path: str) -> None:
-        # rename first: a reader sees the whole entry or nothing
-        trash = os.path.join(self.path, "tmp", f"drop-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
-        try:
-            os.rename(path, trash)
-        except OSError:
-            return
-        remove_path(trash)
+        # hidden first: a reader sees the whole entry or nothing
+        tmp = os.path.join(self.path, "tmp")
+        if os.path.isdir(path):  # an earlier release's folder, renamed into tmp/ first
+            os.makedirs(tmp, mode=0o700, exist_ok=True)
+        remove_entry(path, os.path.join(tmp, f"drop-{os.path.basename(path)}"), self.secret)
 
     def entry_record(self, key: str, dataset: DataSet, output_dir: str, info: Dict[str, Any]) -> Optional[Dict[str, Any]]:
         """The record of an entry of ``dataset``'s files, which lie in ``output_dir`` (each file's
@@ -288,9 +270,19 @@ class TaskCache:
         for p in sorted(set(files)):
             listed.append((p[len(prefix) :], *stat_and_check(p)))
         # "base": the folder the dataset's paths are under (the task's output directory): a reader
-        # rebases them from there to where it links the files (two rebases less per entry)
+        # rebases them from there to where it links the files (two rebases less per entry);
+        # "store": the token in the names of the entry's files (cache_entries.stored_name)
         total = sum(f[1] for f in listed)
-        return {"format": CACHE_FORMAT, "key": key, "base": base, "files": listed, "bytes": total, "created": time.time(), **info}
+        return {
+            "format": CACHE_FORMAT,
+            "key": key,
+            "base": base,
+            "store": unique_suffix(),
+            "files": listed,
+            "bytes": total,
+            "created": time.time(),
+            **info,
+        }
 
     def insert(
         self,
@@ -307,50 +299,46 @@ class TaskCache:
         ``shared``: (:meth:`entry_record`, the path of the task's commit record that carries it
         and is signed with this cache's secret too): that file is linked as the entry's record
         instead of writing one (a copy of a file, across filesystems, makes the entry write its own).
-        Returns the entry's folder, or None if the output cannot be cached (a file outside
+        Returns the entry's record path, or None if the output cannot be cached (a file outside
         ``output_dir``) or an entry exists (unless ``replace``).
+
+        The files are linked beside the record's name first, under names of this insertion's own
+        (:func:`~smallpond.execution.cache_entries.stored_name`), and the record last, by a link
+        that fails if the name exists: of two insertions of one key the first wins, and the other
+        removes its files.
         """
         final = self.entry_path(key)
         record = shared[0] if shared is not None else self.entry_record(key, dataset, output_dir, info)
         if record is None:
             return None
-        tmp = os.path.join(self.path, "tmp", f"{key}.{unique_suffix()}")
-        files_dir = tmp
+        shard = os.path.dirname(final)
+        if shard not in self._shards:
+            os.makedirs(shard, mode=0o700, exist_ok=True)
+            self._shards.add(shard)
+        store = record["store"]
+        linked: List[str] = []
         try:
-            if not self._tmp_ready:
-                os.makedirs(os.path.dirname(tmp), mode=0o700, exist_ok=True)
-                self._tmp_ready = True
-            os.mkdir(files_dir, mode=0o700)
-            made = {files_dir}
             listed = []
-            for rel, *checked in record["files"]:
-                dst = f"{files_dir}{os.sep}{rel}"
-                parent = dst.rpartition(os.sep)[0]
-                if parent not in made:  # (a mkdir that fails costs as much as one that works)
-                    os.makedirs(parent, exist_ok=True)
-                    made.add(parent)
+            for i, (rel, *checked) in enumerate(record["files"]):
+                dst = stored_name(final, store, i, rel)
+                linked.append(dst)  # (before: a copy that fails midway leaves a part)
                 if link_or_copy(f"{record['base']}{os.sep}{rel}", dst) == "copy":  # its own time: checked again
                     checked = list(stat_and_check(dst))
                     shared = None
                 listed.append((rel, *checked))
-            if shared is None or not _link_record(shared[1], os.path.join(tmp, RECORD)):
-                # not an atomic write: the whole entry becomes visible at once when tmp/ is renamed
-                _write_signed(os.path.join(tmp, RECORD), {**record, "files": listed, "dataset": dataset}, self.secret)
-            shard = os.path.dirname(final)
-            if shard not in self._shards:
-                os.makedirs(shard, mode=0o700, exist_ok=True)
-                self._shards.add(shard)
-            if replace and os.path.exists(final):
+            if replace and os.path.lexists(final):
                 self._remove_entry(final)
             try:
-                os.rename(tmp, final)  # fails if the entry exists (a folder is not replaced)
-            except OSError:  # another job inserted the same key first: its entry stays
+                if shared is None or not _link_record(shared[1], final):
+                    record = {**record, "files": listed, "dataset": dataset}
+                    create_whole(final, _signed_entry(record, self.secret))
+            except FileExistsError:  # another job inserted the same key first: its entry stays
                 return None
-            tmp = None
+            linked = []
             return final
         finally:
-            if tmp is not None:
-                remove_path(tmp)
+            for p in linked:
+                _unlink_quietly(p)
 
     def link_into(self, entry: Entry, output_base: str, attempt: int) -> Tuple[DataSet, str]:
         """Link (or copy) the entry's files into a new output directory of the job; returns the
@@ -362,10 +350,10 @@ class TaskCache:
         os.makedirs(tmp)
         try:
             linked = False
-            for rel, *_ in entry.record["files"]:
+            for rel, where in entry.files():
                 dst = os.path.join(tmp, rel)
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
-                linked = link_or_copy(os.path.join(entry.files_dir, rel), dst) == "link" or linked
+                linked = link_or_copy(where, dst) == "link" or linked
             if linked:  # its files are the entry's inodes: a sink publishes copies (ops/sink.py)
                 write_file(os.path.join(tmp, LINKED_MARKER), entry.path.encode())
             os.rename(tmp, final)
@@ -375,7 +363,7 @@ class TaskCache:
                 remove_path(tmp)
         ds = copy_dataset(entry.record["dataset"])
         ds._rebase(entry.record["base"], final)
-        touch(entry.path)
+        touch(entry.record_path)
         return ds, final
 
     # -- jobs using the cache -----------------------------------------------------------------------
@@ -500,19 +488,22 @@ class TaskCache:
         atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode())
 
     # -- walking ----------------------------------------------------------------------------------
-    def entries(self) -> Iterator[Tuple[str, str]]:
-        """(key, folder) of every entry."""
+    def shards(self) -> List[str]:
+        """The shard folders of the entries."""
         root = os.path.join(self.path, "entries")
-        for shard in sorted(os.listdir(root)) if os.path.isdir(root) else ():
-            shard_dir = os.path.join(root, shard)
-            for key in sorted(os.listdir(shard_dir)) if os.path.isdir(shard_dir) else ():
-                yield key, os.path.join(shard_dir, key)
+        return [os.path.join(root, shard) for shard in sorted(os.listdir(root))] if os.path.isdir(root) else []
+
+    def entries(self) -> Iterator[Tuple[str, str]]:
+        """(key, path: its record, or an earlier release's folder) of every entry."""
+        for shard_dir in self.shards():
+            for key, path, _ in shard_entries(shard_dir):
+                yield key, path
 
 
-def touch(path: str) -> None:
+def touch(record_path: str) -> None:
     """Mark an entry used now (its record's modification time is its last use)."""
     try:
-        os.utime(os.path.join(path, RECORD))
+        os.utime(record_path)
     except OSError:
         pass
 
@@ -594,8 +585,8 @@ def _dataset_files(ds: DataSet) -> List[str]:
     return out
 
 
-def _write_signed(path: str, obj: Any, secret: bytes) -> None:
-    """Write ``obj`` as :func:`smallpond.io.filesystem.dump` would (signed), with plain pickle
+def _signed_entry(obj: Any, secret: bytes) -> bytes:
+    """``obj`` as :func:`smallpond.io.filesystem.dump` would write it (signed), with plain pickle
     when it can carry it (cloudpickle costs ~0.2 ms more per record)."""
     try:
         payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -605,7 +596,7 @@ def _write_signed(path: str, obj: Any, secret: bytes) -> None:
         import cloudpickle
 
         payload = cloudpickle.dumps(obj)
-    write_file(path, signed_bytes(payload, secret))
+    return signed_bytes(payload, secret)
 
 
 def copy_dataset(ds: DataSet) -> DataSet:
@@ -657,10 +648,13 @@ def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str], s
 
 
 def _link_record(record: str, dst: str) -> bool:
-    """Link the commit record ``record`` as an entry's record ``dst``; False if it cannot be."""
+    """Link the commit record ``record`` as an entry's record ``dst``; False if it cannot be
+    (another filesystem); :class:`FileExistsError` if ``dst`` exists."""
     try:
         os.link(record, dst)
         return True
+    except FileExistsError:
+        raise
     except OSError:
         return False
 
@@ -692,12 +686,9 @@ def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float
     cache.check()
     now = time.time()
     entries = []
-    for key, folder in cache.entries():
-        try:
-            used = os.stat(os.path.join(folder, RECORD)).st_mtime
-        except OSError:
-            used = 0.0  # a broken entry: first to go
-        entries.append((used, key, folder, folder_size(folder)))
+    for key, path in cache.entries():
+        used, size = entry_usage(path, key, cache.secret)  # used 0.0: a broken entry, first to go
+        entries.append((used, key, path, size))
     entries.sort()
     report = CleanReport(dry_run=dry_run)
     total = sum(e[3] for e in entries)
@@ -727,6 +718,9 @@ def _clean_leftovers(cache: TaskCache, now: float) -> None:
                 remove_path(p)
         except OSError:
             pass
+    for shard_dir in cache.shards():  # files of insertions that crashed or lost
+        for p in orphan_files(shard_dir, cache.secret, now):
+            _unlink_quietly(p)
     for sub in ("locks", "jobs"):  # claims and announcements of processes that are gone
         folder = os.path.join(cache.path, sub)
         for name in os.listdir(folder) if os.path.isdir(folder) else ():

@@ -51,11 +51,11 @@ def _check_fd(fd: int, size: int) -> str:
     return h.hexdigest()
 
 
-def verify_files(files_dir: str, files) -> Optional[str]:
-    """None if every file of an entry (``files``: its record's list of (path relative to
-    ``files_dir``, size, modification time, :func:`file_check`)) is as recorded, else what is wrong."""
-    for rel, size, mtime_ns, check in files:
-        path = os.path.join(files_dir, rel)
+def verify_files(files) -> Optional[str]:
+    """None if every file of an entry is as recorded, else what is wrong. ``files``: (path relative
+    to the task's output folder, where it is in the entry, and from the entry's record its size,
+    modification time and :func:`file_check`) of each file."""
+    for rel, path, size, mtime_ns, check in files:
         try:
             st = os.stat(path)
         except OSError:

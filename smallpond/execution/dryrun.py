@@ -249,11 +249,22 @@ def _as_if_linked(rt: RuntimeContext, task: Task, entry):
     from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 
     ds = copy_dataset(entry.record["dataset"])
-    ds._rebase(entry.record["base"], entry.files_dir)  # where its files are now
+    base = entry.record["base"]
+    if entry.in_folder:  # an earlier release's entry: its files under their paths in its folder
+        ds._rebase(base, entry.path)
+        back = None
+    else:  # beside its record, one by one (cache_entries)
+        there = entry.stored_paths()
+        back = {v: k for k, v in there.items()}
+        ds._repath(lambda p: there.get(p, p))
     for d in ds.datasets if isinstance(ds, PartitionedDataSet) else [ds]:
         if isinstance(d, ParquetDataSet):
             _ = d.resolved_row_ranges
-    ds._rebase(entry.files_dir, _dry_dir(rt, task))
+    if back is None:
+        ds._rebase(entry.path, base)
+    else:
+        ds._repath(lambda p: back.get(p, p))
+    ds._rebase(base, _dry_dir(rt, task))
     return ds
 
 

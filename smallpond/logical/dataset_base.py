@@ -19,7 +19,7 @@ import hashlib
 import os
 import random
 import re
-from typing import List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Sequence, Union
 
 from smallpond.common import (
     DEFAULT_BATCH_SIZE,
@@ -274,6 +274,10 @@ class DataSet:
         def mv(p: str) -> str:
             return new + p[len(old) :] if p == old or p.startswith(old + os.sep) else p
 
+        self._repath(mv)
+
+    def _repath(self, mv: Callable[[str], str]) -> None:
+        """Rewrite each path ``p`` (and the root folder) to ``mv(p)``: files that moved one by one."""
         if self.root_dir is not None:
             self.root_dir = mv(self.root_dir)
         else:

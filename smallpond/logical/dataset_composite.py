@@ -210,6 +210,10 @@ class PartitionedDataSet(DataSet):
         for d in self.datasets:
             d._rebase(old, new)
 
+    def _repath(self, mv) -> None:
+        for d in self.datasets:
+            d._repath(mv)
+
     def _merge(self, datasets):
         n = len(self.datasets)
         if any(len(d.datasets) != n for d in datasets):

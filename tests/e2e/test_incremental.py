@@ -262,7 +262,8 @@ def test_a_failed_insertion_is_a_warning_not_a_failure(tmp_path):
     from smallpond.execution.cache import open_cache
 
     open_cache(cache)
-    os.symlink(str(tmp_path / "nowhere"), os.path.join(cache, "tmp"))  # entries cannot be built there
+    for shard in range(256):  # a file where each folder of entries would be: no entry can be stored
+        open(os.path.join(cache, "entries", f"{shard:02x}"), "w").close()
     sink = str(tmp_path / "sink")
     result = run_job(incremental_plan(inputs, sink), make_runtime_ctx("a", None, root, task_cache=cache), num_workers=1)
     assert result.successful and sink_rows_of(sink)
@@ -341,7 +342,7 @@ def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, lo
     run_job(plan(0), make_runtime_ctx("one", None, root), num_workers=1)
     (big,) = [
         p
-        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*", "*.parquet"))
+        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*.parquet"))
         if os.path.getsize(p) > 1 << 20
     ]
     st = os.stat(big)
@@ -358,7 +359,7 @@ def test_an_unreadable_reused_output_is_recomputed_not_reused_again(tmp_path, lo
     assert producer in events.reused and events.submitted.count(producer) == 1, "reused, then run"
     (big,) = [
         p
-        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*", "*.parquet"))
+        for p in glob.glob(os.path.join(user_dir(root), "task_cache", "entries", "*", "*.parquet"))
         if os.path.getsize(p) > 1 << 20
     ]
     assert pq.read_table(big).num_rows == 20_000, "the damaged entry was replaced"

@@ -5,6 +5,7 @@ Real files on disk, real processes for claims; no job runs here (see tests/e2e/t
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -45,6 +46,11 @@ def insert(cache: TaskCache, tmp_path, key: str = "a" * 64, **kw):
     ds = write_output(out, **kw)
     assert cache.insert(key, ds, out, {"task": "T-000001", "job": "j1"}) is not None
     return ds, out
+
+
+def entry_bytes(cache: TaskCache, key: str) -> int:
+    """Bytes of an entry: its record and, beside it, its files."""
+    return sum(os.path.getsize(p) for p in glob.glob(cache.entry_path(key) + "*"))
 
 
 def test_insert_lookup_and_link_round_trip(cache, tmp_path):
@@ -92,7 +98,7 @@ def test_an_entry_whose_files_do_not_verify_is_not_served_and_is_removed(cache, 
         with open(victim, "ab") as f:
             f.write(b"x")
     elif damage == "delete":
-        os.unlink(os.path.join(cache.entry_path("a" * 64), os.path.relpath(victim, out)))
+        os.unlink(dict(cache.lookup("a" * 64).files())[os.path.relpath(victim, out)])
     elif damage == "touch":
         os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     else:  # same size, same modification time, one byte changed at either end
@@ -174,7 +180,7 @@ def test_a_record_not_signed_by_this_cache_is_refused(cache, tmp_path, log_messa
     other = TaskCache(str(tmp_path / "other"))
     other.check()
     # a record signed with another cache's secret, put where this cache's record was
-    record_path = os.path.join(cache.entry_path("a" * 64), ".record")
+    record_path = cache.entry_path("a" * 64)
     from smallpond.io.filesystem import dump, load
 
     record = load(record_path, secret=cache.secret)
@@ -275,11 +281,10 @@ def test_clean_removes_least_recently_used_first(cache, tmp_path):
     keys = [c * 64 for c in "def"]
     for i, k in enumerate(keys):
         insert(cache, tmp_path, key=k)
-        record = os.path.join(cache.entry_path(k), ".record")
-        os.utime(record, (1000 + i, 1000 + i))
+        os.utime(cache.entry_path(k), (1000 + i, 1000 + i))  # its record
     # use the oldest: it becomes the most recent
     cache.link_into(cache.lookup(keys[0]), str(tmp_path / "j" / "T"), 0)
-    size = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(cache.entry_path(keys[1])) for n in ns)
+    size = entry_bytes(cache, keys[1])
     dry = clean(cache.path, max_bytes=size)
     assert dry.dry_run and set(dry.removed) == {keys[1], keys[2]} and all(os.path.exists(cache.entry_path(k)) for k in keys)
     report = clean(cache.path, max_bytes=size, dry_run=False)
@@ -292,7 +297,7 @@ def test_clean_older_than(cache, tmp_path):
     insert(cache, tmp_path, key="d" * 64)
     insert(cache, tmp_path, key="e" * 64)
     old = time.time() - 10 * 86400
-    os.utime(os.path.join(cache.entry_path("d" * 64), ".record"), (old, old))
+    os.utime(cache.entry_path("d" * 64), (old, old))
     report = clean(cache.path, older_than=86400, dry_run=False)
     assert report.removed == ["d" * 64]
     assert cache.lookup("e" * 64) is not None
@@ -363,7 +368,135 @@ def test_an_entry_whose_shared_record_cannot_be_linked_writes_its_own(cache, tmp
     record = cache.entry_record("d" * 64, ds, out, {"task": "T-000002", "job": "j2"})
     assert [f[0] for f in record["files"]] == ["k=2/out-2.parquet", "out-0.parquet", "out-1.parquet"]
     assert cache.insert("d" * 64, ds, out, {}, shared=(record, str(tmp_path / "no-such.commit"))) is not None
-    own = os.path.join(cache.entry_path("d" * 64), ".record")
+    own = cache.entry_path("d" * 64)
     assert os.stat(own).st_nlink == 1 and open(own, "rb").read()[:6] == b"SPSIG2"
     entry = cache.lookup("d" * 64)
     assert entry is not None and entry.task == "T-000002" and entry.record["dataset"].resolved_paths == ds.resolved_paths
+
+
+# -- the entries' layout (cache_entries) -------------------------------------------------------------
+
+
+def shard_names(cache: TaskCache, key: str) -> list:
+    return sorted(os.listdir(os.path.dirname(cache.entry_path(key))))
+
+
+def test_an_entry_is_its_record_with_its_files_beside_it_and_no_folder(cache, tmp_path):
+    """No inode per entry but its record: the files are links named after the key and the insertion."""
+    ds, out = insert(cache, tmp_path)
+    key = "a" * 64
+    names = shard_names(cache, key)
+    assert names[0] == key and len(names) == 4 and all(n.startswith(key + ".") for n in names[1:])
+    assert not any(os.path.isdir(os.path.join(os.path.dirname(cache.entry_path(key)), n)) for n in names)
+    entry = cache.lookup(key)
+    for rel, where in entry.files():
+        assert os.path.samefile(where, os.path.join(out, rel)) and where.endswith(".parquet")
+    assert not os.path.isdir(os.path.join(cache.path, "tmp")), "nothing is built elsewhere and renamed"
+
+
+def test_an_insertion_that_loses_leaves_no_file(cache, tmp_path):
+    insert(cache, tmp_path, rows=10)
+    before = shard_names(cache, "a" * 64)
+    out = str(tmp_path / "second")
+    assert cache.insert("a" * 64, write_output(out, rows=20), out, {}) is None
+    assert shard_names(cache, "a" * 64) == before
+
+
+def test_an_insertion_that_fails_midway_publishes_nothing(cache, tmp_path, monkeypatch):
+    """The record is published last: a failure while the files are linked leaves no entry and no file."""
+    from smallpond.execution import cache as cache_module
+
+    real, calls = cache_module.link_or_copy, []
+
+    def fail_second(src, dst, **kw):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(cache_module, "link_or_copy", fail_second)
+    out = str(tmp_path / "out")
+    with pytest.raises(OSError):
+        cache.insert("a" * 64, write_output(out), out, {})
+    assert not os.path.lexists(cache.entry_path("a" * 64)) and shard_names(cache, "a" * 64) == []
+    assert cache.lookup("a" * 64) is None
+
+
+def write_folder_entry(cache: TaskCache, tmp_path, key: str, fmt: int = 1):
+    """An entry as earlier releases wrote it: a folder holding the files and ``.record``."""
+    from smallpond.execution.cache import _signed_entry
+
+    out = str(tmp_path / f"old-{key[:4]}")
+    ds = write_output(out)
+    record = cache.entry_record(key, ds, out, {"task": "T-000009", "job": "old"})
+    del record["store"]
+    record["format"] = fmt
+    folder = cache.entry_path(key)
+    for rel, *_ in record["files"]:
+        os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
+        os.link(os.path.join(out, rel), os.path.join(folder, rel))
+    with open(os.path.join(folder, ".record"), "wb") as f:
+        f.write(_signed_entry({**record, "dataset": ds}, cache.secret))
+    return ds, folder
+
+
+def test_an_entry_of_an_earlier_release_in_a_folder_is_still_served_and_cleaned(cache, tmp_path):
+    ds, folder = write_folder_entry(cache, tmp_path, "b" * 64)
+    entry = cache.lookup("b" * 64)
+    assert entry is not None and entry.in_folder and entry.task == "T-000009"
+    linked, _ = cache.link_into(entry, str(tmp_path / "j" / "T"), 0)
+    assert pq.read_table(linked.resolved_paths).num_rows == 300
+    out = str(tmp_path / "new")
+    assert cache.insert("b" * 64, write_output(out), out, {}) is None, "an entry exists: the old one stays"
+    assert os.path.isdir(folder) and shard_names(cache, "b" * 64) == ["b" * 64]
+    assert cache.insert("b" * 64, write_output(out), out, {}, replace=True) is not None
+    assert os.path.isfile(cache.entry_path("b" * 64)) and not cache.lookup("b" * 64).in_folder
+    write_folder_entry(cache, tmp_path, "c" * 64)
+    report = clean(cache.path, max_bytes=0, dry_run=False)
+    assert sorted(report.removed) == ["b" * 64, "c" * 64] and report.removed_bytes > 2 * 3 * 100
+    assert not os.listdir(os.path.dirname(cache.entry_path("b" * 64)))
+    assert not os.listdir(os.path.dirname(cache.entry_path("c" * 64)))
+
+
+@pytest.mark.parametrize("where", ["folder", "file"])
+def test_a_record_of_another_layout_is_never_misread(cache, tmp_path, where, log_messages):
+    """Format 2 in a folder, or format 1 in a file: the files are not where the record says."""
+    if where == "folder":
+        write_folder_entry(cache, tmp_path, "d" * 64, fmt=2)
+    else:
+        insert(cache, tmp_path, key="d" * 64)
+        from smallpond.execution.cache import _signed_entry
+        from smallpond.io.filesystem import load
+
+        path = cache.entry_path("d" * 64)
+        record = load(path, secret=cache.secret)  # (written by the entry: insert() had no commit record to link)
+        record["format"] = 1
+        os.unlink(path)
+        with open(path, "wb") as f:
+            f.write(_signed_entry(record, cache.secret))
+    assert cache.lookup("d" * 64, drop=False) is None
+    assert cache.lookup("d" * 64) is None
+    assert any("of another format" in m for m in log_messages)
+    assert not os.path.lexists(cache.entry_path("d" * 64))
+
+
+def test_clean_removes_files_no_record_names_once_they_are_old(cache, tmp_path, monkeypatch):
+    """A worker killed between linking an entry's files and publishing its record leaves files no
+    record names: the key is inserted again (under another token) and served; clean removes the
+    leftovers once they are old enough that no insertion can be under way."""
+    from smallpond.execution import cache_entries
+
+    out = str(tmp_path / "killed")
+    ds = write_output(out, n=1)
+    leftover = cache_entries.stored_name(cache.entry_path("e" * 64), "deadbeef", 0, "out-0.parquet")
+    os.makedirs(os.path.dirname(leftover), exist_ok=True)
+    os.link(ds.resolved_paths[0], leftover)
+    assert cache.lookup("e" * 64) is None
+    insert(cache, tmp_path, key="e" * 64)
+    assert cache.lookup("e" * 64) is not None
+    clean(cache.path, max_bytes=1 << 40, dry_run=False)
+    assert os.path.exists(leftover), "young: perhaps an insertion under way"
+    monkeypatch.setattr(cache_entries, "ORPHAN_SECONDS", -1.0)
+    report = clean(cache.path, max_bytes=1 << 40, dry_run=False)
+    assert not os.path.exists(leftover) and report.kept == 1 and not report.removed
+    assert cache.lookup("e" * 64) is not None, "the entry's own files stay"
