@@ -23,7 +23,7 @@ from smallpond.execution.attempt_files import bytes_read, bytes_written, input_f
 from smallpond.execution.commit import _load_record, commit_path, write_commit
 from smallpond.execution.joblog import log_stamp
 from smallpond.execution.runtime import RuntimeContext
-from smallpond.execution.task import Task, seeded_random
+from smallpond.execution.task import Task, crash_point, seeded_random
 from smallpond.io.filesystem import (
     APPEND_FLAGS,
     close_quietly,
@@ -346,7 +346,7 @@ def execute_attempt(
             task.inject_fault()
             os.rename(tmp, final)
             tmp = None
-            _test_crash_point("after_rename", task)
+            crash_point("after_rename", task.key, task.retry_count)
             ds._rebase(task._runtime_output_abspath, final)
         else:
             with seeded_random(task):
@@ -357,7 +357,7 @@ def execute_attempt(
         _record_use(task.stats, task.memory_limit, cpu_start if measured else None, peak_known)
         task.stats["bytes"] = bytes_written(ds)
         task.stats["read"] = bytes_read(inputs)
-        _test_crash_point("before_commit", task)
+        crash_point("before_commit", task.key, task.retry_count)
         if cancel_check is not None and cancel_check():  # its code went on (a swallowed interrupt, a long query)
             raise TaskError(f"{task.key} attempt {attempt} was cancelled before it committed", task_key=task.key, retryable=False)
         if not task.commits_on_publication:
@@ -447,18 +447,6 @@ def _end_memory_watch(watch) -> None:
     oom = watch.end() if watch is not None else None
     if oom is not None:
         raise oom
-
-
-def _test_crash_point(point: str, task: Task) -> None:
-    """Tests only: ``SP_TEST_CRASH_AT={point}:{task key prefix}`` kills this worker at ``point``
-    of the first attempt of each matching task (a crash between two steps of a commit). Inert
-    when the variable is unset."""
-    spec = os.environ.get("SP_TEST_CRASH_AT")
-    if not spec or task.retry_count > 0:
-        return
-    where, _, prefix = spec.partition(":")
-    if where == point and task.key.startswith(prefix):
-        os._exit(86)
 
 
 _worker_folder: Optional[str] = None  # this worker's folder before its first attempt ("": none)

@@ -96,6 +96,7 @@ from smallpond.execution.cache_entries import (  # noqa: F401 (Entry, RECORD: th
     stored_name,
 )
 from smallpond.execution.ownership import is_zombie
+from smallpond.execution.task import crash_point
 from smallpond.io.filesystem import (
     CorruptRecord,
     SignatureError,
@@ -328,6 +329,7 @@ class TaskCache:
                 listed.append((rel, *checked))
             if replace and os.path.lexists(final):
                 self._remove_entry(final)
+            crash_point("before_cache_record", str(record.get("task", "")))
             try:
                 if shared is None or not _link_record(shared[1], final):
                     record = {**record, "files": listed, "dataset": dataset}

@@ -35,6 +35,18 @@ class TaskId(int):
         return f"{int(self):06d}"
 
 
+def crash_point(point: str, task_key: str, attempt: int = 0) -> None:
+    """Tests only: ``SP_TEST_CRASH_AT={point}:{task key prefix}`` kills this process at ``point``
+    of the first attempt of each matching task (a crash between two steps of a commit, or of a
+    task-cache insertion). Inert when the variable is unset."""
+    spec = os.environ.get("SP_TEST_CRASH_AT")
+    if not spec or attempt > 0:
+        return
+    where, _, prefix = spec.partition(":")
+    if where == point and task_key.startswith(prefix):
+        os._exit(86)
+
+
 @dataclass(frozen=True)
 class TaskRuntimeId:
     id: int

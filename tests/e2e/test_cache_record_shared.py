@@ -94,3 +94,44 @@ def test_a_record_signed_by_the_job_alone_is_not_served_by_the_cache(tmp_path, l
     assert key in second.submitted and key not in second.reused
     assert any("not signed by this cache" in m for m in log_messages)
     assert results(tmp_path / "s1") == results(tmp_path / "s2")
+
+
+def leftovers(cache: str):
+    """Files in the entries' folders that no record is beside (an insertion that did not finish)."""
+    names = glob.glob(os.path.join(cache, "entries", "*", "*.*"))
+    return sorted(p for p in names if not os.path.exists(os.path.join(os.path.dirname(p), os.path.basename(p).partition(".")[0])))
+
+
+def test_a_worker_killed_while_it_fills_the_cache(tmp_path, monkeypatch):
+    """kill -9 of a worker after it committed its task and linked the entry's files, before the
+    entry's record: the job completes (the task is committed; its retry loses to that record), no
+    entry is visible, only files no record names; the next job computes those tasks and fills the
+    cache, the one after reuses everything, and clean removes the leftovers once they are old."""
+    from smallpond.execution import cache_entries
+    from smallpond.execution.cache import clean
+
+    cache = str(tmp_path / "cache")
+    monkeypatch.setenv("SP_TEST_CRASH_AT", "before_cache_record:SqlEngineTask")
+    rt = build(tmp_path, "a", "s1")
+    assert not [c for c, _ in shared_pairs(rt, cache) if "SqlEngineTask" in c], "no entry of a killed insertion"
+    orphans = leftovers(cache)
+    assert orphans, "the killed insertions left their files"
+    monkeypatch.delenv("SP_TEST_CRASH_AT")
+    second = Events()
+    rt2 = build(tmp_path, "b", "s2", second)
+    sql = [k for k in second.submitted if k.startswith("SqlEngineTask")]
+    assert sql and not [k for k in second.reused if k.startswith("SqlEngineTask")]
+    assert [c for c, _ in shared_pairs(rt2, cache) if "SqlEngineTask" in c], "the next job filled the cache"
+    third = Events()
+    build(tmp_path, "c", "s3", third)
+    assert not [k for k in third.submitted if not k.startswith("DataSinkTask")], "everything reused"
+    assert results(tmp_path / "s1") == results(tmp_path / "s2") == results(tmp_path / "s3")
+    entries = entry_records(cache)
+    clean(cache, max_bytes=1 << 40, dry_run=False)
+    assert all(os.path.exists(p) for p in orphans), "an hour is not up: perhaps insertions under way"
+    monkeypatch.setattr(cache_entries, "ORPHAN_SECONDS", -1.0)
+    clean(cache, max_bytes=1 << 40, dry_run=False)
+    assert not any(os.path.exists(p) for p in orphans) and entry_records(cache) == entries
+    fourth = Events()
+    build(tmp_path, "d", "s4", fourth)
+    assert not [k for k in fourth.submitted if not k.startswith("DataSinkTask")], "the entries kept their files"
