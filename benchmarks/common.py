@@ -194,9 +194,10 @@ class Timings:
 
 
 class CpuTime:
-    """CPU seconds (user + system) used in a ``with`` block by this process and by the child
-    processes it reaped meanwhile (a job's workers, stopped when the job ends): ``seconds``;
-    ``here``: this process's alone. Less sensitive than wall time to the machine's other load."""
+    """CPU seconds (user + system) used in a ``with`` block by this process and its descendants:
+    those reaped meanwhile (a job's workers, stopped when the job ends) and those still alive (the
+    workers a job kept for the process's next one): ``seconds``; ``here``: this process's alone.
+    Less sensitive than wall time to the machine's other load."""
 
     def __enter__(self) -> "CpuTime":
         self._start = self._now()
@@ -212,7 +213,28 @@ class CpuTime:
         import resource
 
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-        return a.ru_utime + a.ru_stime, b.ru_utime + b.ru_stime
+        return a.ru_utime + a.ru_stime, b.ru_utime + b.ru_stime + sum(descendant_cpu().values())
+
+
+def _kept_workers() -> Dict[int, int]:
+    """smallpond's idle workers kept for a next job: pid -> jobs each joined since it was started."""
+    spares = sys.modules.get("smallpond.execution.executors.local_spares")
+    return spares.kept() if spares is not None else {}
+
+
+def descendant_cpu() -> Dict[int, float]:
+    """CPU seconds used so far by each live descendant of this process, with the children it reaped
+    (a descendant reaped later moves into this process's RUSAGE_CHILDREN, with all of its time)."""
+    import psutil
+
+    out = {}
+    for p in psutil.Process().children(recursive=True):
+        try:
+            t = p.cpu_times()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        out[p.pid] = t.user + t.system + t.children_user + t.children_system
+    return out
 
 
 class PeakRss:
@@ -221,6 +243,8 @@ class PeakRss:
 
     A sample is a walk of the process tree (psutil); memory held for less than ``interval`` can be
     missed, so the figure is a lower bound of the true peak, close to it for jobs of seconds.
+    The idle workers an earlier smallpond job kept for the next one, kept all through the block
+    (DuckDB ran in this process meanwhile), are not the block's: not counted.
     """
 
     def __init__(self, interval: float = 0.05) -> None:
@@ -233,27 +257,29 @@ class PeakRss:
         self._stop = None
         self._thread = None
 
-    def sample(self) -> int:
+    def sample(self) -> Dict[int, int]:
+        """RSS of this process and of each descendant, by pid."""
         import psutil
 
         me = psutil.Process()
-        total = 0
+        out = {}
         for p in [me] + me.children(recursive=True):
             try:
-                total += p.memory_info().rss
+                out[p.pid] = p.memory_info().rss
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
-        return total
+        return out
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self.sample())
+            self._samples.append(self.sample())
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRss":
         import threading
 
-        self.peak = self.sample()
+        self._kept = _kept_workers()
+        self._samples = [self.sample()]
         self._cpu.__enter__()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-rss", daemon=True)
@@ -263,9 +289,12 @@ class PeakRss:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self.sample())
+        self._samples.append(self.sample())
         self._cpu.__exit__()
         self.cpu = self._cpu.seconds
+        after = _kept_workers()
+        idle = {pid for pid, jobs in self._kept.items() if after.get(pid) == jobs}
+        self.peak = max(sum(rss for pid, rss in s.items() if pid not in idle) for s in self._samples)
 
 
 def timed(fn: Callable, *args, **kwargs):

@@ -40,13 +40,18 @@ def stack_path(temp_root: str, pid: int) -> str:
 
 
 def enable(temp_root: str) -> None:
-    """In a worker: write every thread's stack to :func:`stack_path` on :data:`SIGNAL`."""
+    """In a worker: write every thread's stack to :func:`stack_path` on :data:`SIGNAL` (a worker
+    kept for the next job calls it again with that job's temp root: the dumps go there from then on)."""
     global _file
     import faulthandler
 
-    if SIGNAL is None or _file is not None:
-        return
     path = stack_path(temp_root, os.getpid())
+    if SIGNAL is None or (_file is not None and _file.name == path):
+        return
+    if _file is not None:
+        faulthandler.unregister(SIGNAL)
+        _file.close()
+        _file = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         _file = open(path, "w")

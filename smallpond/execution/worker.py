@@ -51,13 +51,21 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
     from smallpond.execution.task import process_owns_random_state
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    rt = _load_runtime_ctx(rt_path)
-    setup_worker_process(rt, f"smallpond-worker-{index}")
-    stacks.enable(rt.temp_root)  # where a task is, when the stall warning asks
-    install_task_log_sink(rt.file_log_level)
+    started_env = dict(os.environ)  # what each job's environment overrides apply to
+
+    def join(rt_path: str, index: int):
+        if os.environ != started_env:  # the previous job's overrides
+            os.environ.clear()
+            os.environ.update(started_env)
+        rt = _load_runtime_ctx(rt_path)
+        setup_worker_process(rt, f"smallpond-worker-{index}")
+        stacks.enable(rt.temp_root)  # where a task is, when the stall warning asks
+        install_task_log_sink(rt.file_log_level)
+        return rt, f"{socket.gethostname()}/local-{index}"
+
+    rt, worker_name = join(rt_path, index)
     process_owns_random_state()
     share_database_in_process()
-    worker_name = f"{socket.gethostname()}/local-{index}"
     nodes = NodeCache()
     claims = Claims()
     if control is not None:
@@ -72,6 +80,14 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
             return
         if msg == b"stop":
             return
+        if msg == PARK:
+            if not park(conn):
+                return
+            continue
+        if msg.startswith(JOIN):  # a kept worker's next job (see park)
+            rt, worker_name = join(*pickle.loads(msg[len(JOIN) :]))
+            nodes = NodeCache()  # the next job's driver numbers its nodes from 0 again
+            continue
         seq, node_key, node_blob, body = pickle.loads(msg)
         if node_blob is not None:
             nodes.add(node_key, node_blob)  # kept even if taken back: the driver counts it as sent
@@ -106,6 +122,30 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
             conn.send_bytes(payload)
         except (BrokenPipeError, OSError):
             return
+
+
+#: the driver keeps this idle worker for a later job of its process (see
+#: :mod:`~smallpond.execution.executors.local_spares`); then ``JOIN`` + pickled ``(rt_path, index)``
+PARK, JOIN = b"park", b"join:"
+#: a kept worker that no job has taken for this long ends itself (seconds)
+PARKED_SECONDS = 120.0
+
+
+def park(conn, seconds: Optional[float] = None) -> bool:
+    """Let go of what this worker holds of its job (its DuckDB databases, the memory Arrow keeps
+    for reuse) and wait for the next one; False if none came within ``seconds`` (then end)."""
+    from smallpond.execution.ops.duckdb import close_shared_databases
+
+    close_shared_databases()
+    if "pyarrow" in sys.modules:
+        sys.modules["pyarrow"].default_memory_pool().release_unused()
+    import gc
+
+    gc.collect()
+    try:
+        return conn.poll(PARKED_SECONDS if seconds is None else seconds)
+    except (EOFError, OSError):
+        return False
 
 
 class Claims:

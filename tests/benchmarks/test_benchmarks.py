@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -173,6 +174,41 @@ def test_peak_rss_counts_child_processes():
     with common.PeakRss(interval=0.01) as tree:
         subprocess.run([sys.executable, "-c", code], check=True)
     assert tree.peak - alone.peak > 150 * 2**20
+
+
+def test_cpu_time_counts_children_still_alive_and_peak_rss_leaves_out_workers_kept_idle(parquet_files, make_rt, monkeypatch):
+    """A smallpond job keeps its idle workers for the process's next one: the CPU they used in a
+    block counts though they are not reaped, and while kept idle (DuckDB's side) they are no one's."""
+    import subprocess
+    import sys
+
+    from smallpond.execution.executors import local_spares
+    from smallpond.execution.job import run_job
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, LogicalPlan, SqlEngineNode
+
+    burn = "import time; t = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nimport sys; sys.stdin.read()"
+    with common.CpuTime() as cpu:
+        child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
+        while common.descendant_cpu().get(child.pid, 0) < 0.4:
+            time.sleep(0.02)
+    child.communicate(b"")
+    assert cpu.seconds - cpu.here >= 0.4
+
+    monkeypatch.setenv("SP_FORK_WORKERS", "0")  # fresh interpreters (kept), whatever this process holds
+    local_spares.release()
+    try:
+        ctx = Context()
+        run_job(
+            LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select * from {0}")),
+            make_rt(),
+        )
+        assert local_spares.kept()
+        with common.PeakRss(interval=0.01) as alone:
+            time.sleep(0.1)
+        assert alone.peak < common.PeakRss().sample()[os.getpid()] + 15 * 2**20
+    finally:
+        local_spares.release()
 
 
 def test_the_dirty_flag_ignores_the_results_table(tmp_path):

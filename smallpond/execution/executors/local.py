@@ -44,6 +44,7 @@ import cloudpickle
 
 from smallpond.common import logger
 from smallpond.errors import TaskError, WorkerLost
+from smallpond.execution.executors import local_spares
 from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_node_for_workers
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -74,14 +75,20 @@ class _Worker:
     which wakes the parent.
     """
 
-    def __init__(self, index: int, rt_path: str, hash_seed: str, may_fork: bool = True) -> None:
-        from smallpond.execution.worker_fork import fork_refusal, fork_worker
+    def __init__(self, index: int, rt_path: str, hash_seed: str, not_forked: Optional[str], env: Optional[dict] = None) -> None:
+        """``not_forked``: why a fresh interpreter (None: fork); ``env``: its environment (:func:`fresh_env`)."""
+        from smallpond.execution.worker_fork import fork_worker
 
         parent_sock, child_sock = socket.socketpair()
         parent_ctl, child_ctl = socket.socketpair()  # take-backs (see the module docstring)
         self.index = index
         #: why this worker is a fresh interpreter (None: it was forked)
-        self.not_forked = fork_refusal() if may_fork else "a fresh interpreter was asked for"
+        self.not_forked = not_forked
+        #: it was sent an attempt that may run the user's Python (it is not kept for another job)
+        self.user_code = False
+        #: how a fresh interpreter was started (:func:`.local_spares.spawn_key`; None: a fork)
+        self.key: Optional[tuple] = None
+        self.jobs_joined = 0  # jobs it was kept for after its first (:mod:`.local_spares`)
         #: a fork has this process's salt of ``str`` hashes, drawn at its start unless
         #: PYTHONHASHSEED said otherwise: not the job's (:func:`worker_hash_seed`), so set orders
         #: in user Python would differ from a fresh worker's; it runs only tasks without user code
@@ -89,9 +96,7 @@ class _Worker:
         if self.not_forked is None:
             self.proc = fork_worker(child_sock.fileno(), rt_path, index, child_ctl.fileno())
         else:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-            env["PYTHONHASHSEED"] = hash_seed  # set orders in task code the same in every worker and run
+            env = fresh_env(hash_seed) if env is None else env
             fds = (child_sock.fileno(), child_ctl.fileno())
             argv = [sys.executable, "-m", "smallpond.execution.worker", str(fds[0]), rt_path, str(index), str(fds[1])]
             self.proc = subprocess.Popen(
@@ -215,6 +220,8 @@ class LocalExecutor(Executor):
             worker, and its usable memory).
         rt_path: a signed runtime-context file (beside the job secret) the workers load; default:
             this context, written to ``config/runtime_ctx.pickle`` by :meth:`start`.
+        keep_workers: keep idle workers for the next job of this process when this one shuts
+            down, and start with those an earlier one kept (:mod:`.local_spares`).
     """
 
     name = "local"
@@ -228,6 +235,7 @@ class LocalExecutor(Executor):
         cpus: Optional[int] = None,
         memory: Optional[int] = None,
         rt_path: Optional[str] = None,
+        keep_workers: bool = True,
     ) -> None:
         self.rt = runtime_ctx
         self.num_workers = max(1, num_workers or runtime_ctx.usable_cpu_count)
@@ -247,6 +255,8 @@ class LocalExecutor(Executor):
         self._node_blobs = self._encoder.blobs
         self._node_times: Dict[object, List[float]] = {}  # node key -> [attempts, total seconds]
         self._given_back: List[Tuple[str, int]] = []  # see give_back
+        #: idle workers are kept for the process's next job at shutdown, and taken from its last
+        self.keep_workers = keep_workers
 
     @property
     def capacity(self) -> Capacity:
@@ -271,7 +281,18 @@ class LocalExecutor(Executor):
             self._spawn()
 
     def _spawn(self, may_fork: bool = True) -> _Worker:
-        w = _Worker(self._next_index, self._rt_path, worker_hash_seed(self.rt, os.environ), may_fork)
+        from smallpond.execution.worker_fork import fork_refusal
+
+        seed = worker_hash_seed(self.rt, os.environ)
+        not_forked = fork_refusal() if may_fork else "a fresh interpreter was asked for"
+        w = key = env = None
+        if not_forked is not None:  # a worker an earlier job of this process kept, else a new one
+            env = fresh_env(seed)
+            key = self._spare_key(env)
+            w = local_spares.take(key, self._rt_path, self._next_index) if self.keep_workers else None
+        if w is None:
+            w = _Worker(self._next_index, self._rt_path, seed, not_forked, env)
+            w.key = key
         self._next_index += 1
         self.workers.append(w)
         return w
@@ -360,6 +381,7 @@ class LocalExecutor(Executor):
         except (BrokenPipeError, OSError):
             return False
         w.sent = seq
+        w.user_code = w.user_code or entry.user_python
         w.nodes_sent.add(node_key)
         if not w.inflight:
             w.head_since = time.monotonic()
@@ -584,10 +606,22 @@ class LocalExecutor(Executor):
         if not self.workers:
             return
         logger.info("restarting the workers ({}): they may hold the code as it was", why)
-        self.shutdown()
+        self.shutdown(keep=False)
         self.start()
 
-    def shutdown(self) -> None:
+    def _spare_key(self, env: dict) -> tuple:
+        return local_spares.spawn_key(self.rt, env)
+
+    def shutdown(self, keep: bool = True) -> None:
+        """Stop the workers; with ``keep`` (and :attr:`keep_workers`), those that hold nothing of
+        the user's are kept idle for this process's next job (:mod:`.local_spares`)."""
+        if keep and self.keep_workers and self.workers:
+            key = self._spare_key(fresh_env(worker_hash_seed(self.rt, os.environ)))
+            stop = set(map(id, local_spares.park(self.workers, key)))
+            for w in self.workers:
+                if id(w) not in stop:
+                    self._forget_worker(w)  # (its stack dumps go to its next job's temp root)
+            self.workers = [w for w in self.workers if id(w) in stop]
         # workers hold no state worth a graceful exit: every result is committed on disk, and an
         # interpreter teardown (DuckDB, Arrow) costs ~0.4 s per worker
         for w in self.workers:
@@ -607,6 +641,15 @@ class LocalExecutor(Executor):
         from smallpond.execution import stacks
 
         stacks.remove(self.rt.temp_root, w.pid)
+
+
+def fresh_env(hash_seed: str) -> dict:
+    """The environment of a fresh worker interpreter: this process's, with its import path and
+    the job's hash seed (set orders in task code the same in every worker and run)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONHASHSEED"] = hash_seed
+    return env
 
 
 def _memory_watch_note(rt: RuntimeContext, key: str, attempt: int):

@@ -371,6 +371,7 @@ class ExecutorProcess:
             cpus=self.cpus,
             memory=self.memory,
             rt_path=self.layout.runtime_ctx_path,
+            keep_workers=False,  # (this process's jobs are the queue's; its pool lives as long as it)
         )
         self.pool.start()
         self.state = "running"

@@ -169,6 +169,18 @@ def open_shared_database(runtime_ctx) -> None:
         _shared_database(runtime_ctx)
 
 
+def close_shared_databases() -> None:
+    """Close this process's shared databases (a worker kept idle for a later job: their buffers,
+    and their spill folders in this job's temp root, are this job's)."""
+    for db in _shared_databases.values():
+        try:
+            db.close()
+        except Exception:  # (already closed, or DuckDB failing to: the next job opens its own)
+            pass
+    _shared_databases.clear()
+    _shared_settings.clear()  # keyed by id(): a new database may get a closed one's
+
+
 def sql_may_outlive_task(queries: List[str]) -> bool:
     """True if SQL text might leave state behind in the database it ran in (conservative)."""
     return any(_MAY_OUTLIVE_TASK.search(q) for q in queries)

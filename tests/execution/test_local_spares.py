@@ -1,0 +1,179 @@
+"""Local workers kept between the jobs of one process (smallpond.execution.executors.local_spares):
+the next job takes them only when they hold nothing a fresh worker would not (real jobs, real
+processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from smallpond.execution.attempt import PROCESS_LOG_DIR
+from smallpond.execution.executors import local_spares
+from smallpond.execution.job import run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, PythonScriptNode, SqlEngineNode
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, PR_SET_PDEATHSIG")
+
+
+@pytest.fixture(autouse=True)
+def no_kept_workers(monkeypatch):
+    monkeypatch.delenv("SP_KEEP_WORKERS", raising=False)
+    monkeypatch.setenv("SP_FORK_WORKERS", "0")  # fresh interpreters, whatever this process holds
+    local_spares.release()
+    yield
+    local_spares.release()
+
+
+def _sql_plan(files, n=4):
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), n, partition_by_rows=True)
+    return LogicalPlan(
+        ctx, SqlEngineNode(ctx, (parts,), "select count(*) as n, sum(id) as s, current_setting('threads') as t from {0}")
+    )
+
+
+def _sums(exec_plan):
+    rows = [pq.read_table(p).to_pylist() for p in exec_plan.final_output.resolved_paths]
+    assert {r["t"] for t in rows for r in t} == {1}  # each task's own settings (cpu_limit 1), kept worker or not
+    return sum(r["n"] for t in rows for r in t), sum(r["s"] for t in rows for r in t)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_the_next_job_of_the_process_takes_the_workers_the_last_one_kept(parquet_files, make_rt):
+    first = run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    kept = local_spares.kept()
+    assert kept and set(kept.values()) == {0}  # kept, none has joined a later job yet
+    assert all(_alive(pid) for pid in kept)
+
+    rt = make_rt(task_cache="off")
+    second = run_job(_sql_plan(parquet_files), rt, num_workers=2)
+    assert _sums(first) == _sums(second) == (30, sum(range(30)))
+    again = local_spares.kept()
+    assert set(again) == set(kept) and 1 in again.values()  # the same processes, one job later
+    # they ran the second job's tasks as its workers: their log lines are in its log folder
+    logs = os.listdir(os.path.join(rt.log_root, PROCESS_LOG_DIR))
+    assert any(f"-{pid}.log" in name for name in logs for pid in kept)
+
+
+def test_a_worker_that_ran_user_python_is_not_kept(parquet_files, make_rt):
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 1)
+
+    def script(runtime_ctx, inputs, output_path):
+        return True
+
+    run_job(LogicalPlan(ctx, PythonScriptNode(ctx, (parts,), process_func=script)), make_rt(), num_workers=1)
+    assert local_spares.kept() == {}
+
+
+@pytest.mark.parametrize("change", ["random_seed", "environment", "import path"])
+def test_workers_started_otherwise_than_the_next_job_would_start_them_are_not_taken(
+    parquet_files, make_rt, monkeypatch, tmp_path, change
+):
+    run_job(_sql_plan(parquet_files), make_rt(random_seed=1), num_workers=2)
+    old = set(local_spares.kept())
+    assert old
+    seed = 1
+    if change == "random_seed":  # another PYTHONHASHSEED (worker_hash_seed)
+        seed = 2
+    elif change == "environment":
+        monkeypatch.setenv("SP_TEST_KEPT_WORKER_VARIABLE", "1")
+    else:
+        monkeypatch.syspath_prepend(str(tmp_path))
+    run_job(_sql_plan(parquet_files), make_rt(random_seed=seed), num_workers=2)
+    new = local_spares.kept()
+    assert new and not set(new) & old and set(new.values()) == {0}
+    assert not any(_alive(pid) for pid in old)  # stopped when the others were kept
+
+
+def test_a_kept_worker_killed_meanwhile_is_replaced(parquet_files, make_rt):
+    run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    old = set(local_spares.kept())
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    second = run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    assert _sums(second) == (30, sum(range(30)))
+    assert not set(local_spares.kept()) & old
+
+
+def test_nothing_is_kept_when_switched_off(parquet_files, make_rt, monkeypatch):
+    monkeypatch.setenv("SP_KEEP_WORKERS", "0")
+    run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    assert local_spares.kept() == {}
+
+
+def test_restarted_workers_are_stopped_not_kept(make_rt):
+    from smallpond.execution.executors.local import LocalExecutor
+
+    executor = LocalExecutor(make_rt(), 1)
+    executor.start()
+    pid = executor.workers[0].pid
+    executor.restart_workers("a module changed")
+    assert not _alive(pid) and local_spares.kept() == {}
+    executor.shutdown()
+
+
+def test_a_kept_worker_ends_itself_when_no_job_comes():
+    from multiprocessing.connection import Pipe
+
+    from smallpond.execution.worker import park
+
+    here, there = Pipe()
+    assert park(there, seconds=0.05) is False
+    here.send_bytes(b"x")
+    assert park(there, seconds=5) is True
+
+
+def test_kept_workers_die_with_their_driver(parquet_files, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import duckdb  # the driver holds DuckDB: its workers are fresh interpreters
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.execution.test_local_spares import _sql_plan
+        from smallpond.execution.executors import local_spares
+        from smallpond.execution.job import make_runtime_ctx, run_job
+        run_job(_sql_plan({parquet_files!r}), make_runtime_ctx("job", None, {str(tmp_path / "root")!r}), num_workers=2)
+        print(" ".join(map(str, local_spares.kept())), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    pids = [int(p) for p in out.stdout.split()]
+    assert pids, out.stderr
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids)
+
+
+def test_the_stack_dumps_of_a_worker_that_joins_another_job_go_to_its_temp_root(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, time
+        from smallpond.execution import stacks
+        stacks.enable({str(tmp_path / "a")!r})
+        stacks.enable({str(tmp_path / "b")!r})
+        os.kill(os.getpid(), stacks.SIGNAL)
+        time.sleep(0.5)
+        print(stacks.stack_path({str(tmp_path / "b")!r}, os.getpid()))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    with open(out.stdout.strip()) as f:
+        assert "most recent call first" in f.read()
