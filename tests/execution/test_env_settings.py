@@ -152,7 +152,7 @@ def test_variables_of_settings_without_effect_are_named(sp_env):
 
 @pytest.mark.parametrize(
     "var,value",
-    [("SP_PROGRESS", "flase"), ("SP_SUMMARY", "maybe"), ("SP_FORK_WORKERS", "nah")],
+    [("SP_PROGRESS", "flase"), ("SP_SUMMARY", "maybe"), ("SP_FORK_WORKERS", "nah"), ("SP_KEEP_WORKERS", "nah")],
 )
 def test_an_on_off_variable_that_does_not_parse_is_an_error_naming_it(tmp_path, monkeypatch, var, value):
     """They were taken silently (a typo of "false" meant "on"); a session refuses them when it starts."""
@@ -161,7 +161,7 @@ def test_an_on_off_variable_that_does_not_parse_is_an_error_naming_it(tmp_path, 
     monkeypatch.setenv(var, value)
     with pytest.raises(ParameterError, match=rf"{var} must be one of .* got '{value}'"):
         sp = smallpond.init(data_root=str(tmp_path / "root"))
-        try:  # SP_FORK_WORKERS is read when the first worker starts
+        try:  # SP_FORK_WORKERS and SP_KEEP_WORKERS are read when the first worker starts
             sp.from_items([1, 2]).count()
         finally:
             sp.shutdown()

@@ -284,12 +284,13 @@ class LocalExecutor(Executor):
         from smallpond.execution.worker_fork import fork_refusal
 
         seed = worker_hash_seed(self.rt, os.environ)
+        keep = self.keep_workers and local_spares.enabled()  # (a bad SP_KEEP_WORKERS fails here, not at the end)
         not_forked = fork_refusal() if may_fork else "a fresh interpreter was asked for"
         w = key = env = None
         if not_forked is not None:  # a worker an earlier job of this process kept, else a new one
             env = fresh_env(seed)
             key = self._spare_key(env)
-            w = local_spares.take(key, self._rt_path, self._next_index) if self.keep_workers else None
+            w = local_spares.take(key, self._rt_path, self._next_index) if keep else None
         if w is None:
             w = _Worker(self._next_index, self._rt_path, seed, not_forked, env)
             w.key = key

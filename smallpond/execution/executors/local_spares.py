@@ -61,11 +61,15 @@ def spawn_key(rt, env: dict) -> tuple:
 def park(workers: List["_Worker"], key: tuple) -> List["_Worker"]:
     """Keep those of ``workers`` that may be kept (see the module docstring): started for ``key``,
     the key a worker started now would have; returns the others, for the caller to stop."""
+    from smallpond.errors import ParameterError
     from smallpond.execution.worker import PARK
 
     others = []
-    with _lock:
+    try:
         keep = enabled()
+    except ParameterError:  # (told when the job started its first worker)
+        keep = False
+    with _lock:
         if keep and key != _key:
             _replace_key(key)
         for w in workers:
