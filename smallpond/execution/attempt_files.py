@@ -39,6 +39,11 @@ def _input_size(path: str) -> int:
     return os.stat(path).st_size
 
 
+def forget_input_sizes() -> None:
+    """Take each input file's size again (a worker kept for another job: its files may have changed)."""
+    _input_size.cache_clear()
+
+
 def bytes_read(inputs: List[DataSet]) -> int:
     """Bytes of the input files an attempt was given (a file's share of them for a row range).
 

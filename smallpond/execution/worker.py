@@ -85,8 +85,11 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
                 return
             continue
         if msg.startswith(JOIN):  # a kept worker's next job (see park)
+            from smallpond.execution.attempt_files import forget_input_sizes
+
             rt, worker_name = join(*pickle.loads(msg[len(JOIN) :]))
             nodes = NodeCache()  # the next job's driver numbers its nodes from 0 again
+            forget_input_sizes()
             continue
         seq, node_key, node_blob, body = pickle.loads(msg)
         if node_blob is not None:

@@ -70,6 +70,28 @@ def test_the_next_job_of_the_process_takes_the_workers_the_last_one_kept(parquet
     assert any(f"-{pid}.log" in name for name in logs for pid in kept)
 
 
+def test_a_kept_worker_takes_the_size_of_an_input_again_in_its_next_job(tmp_path, make_rt):
+    """The ``read`` statistic: a fresh worker would stat the file rewritten since the last job."""
+    from smallpond.execution.events import read_events
+    from tests.datagen import generate_parquet_files
+
+    def read_bytes(files):
+        ctx = Context()
+        plan = LogicalPlan(
+            ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), "select count(*) as n from {0}")
+        )
+        rt = make_rt(task_cache="off")
+        run_job(plan, rt, num_workers=1)
+        return [e["read"] for e in read_events(rt.log_root) if e["ev"] == "done" and e["key"].startswith("SqlEngineTask")]
+
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=10)
+    assert read_bytes(files) == [os.path.getsize(files[0])]
+    pid = set(local_spares.kept())
+    generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=1000)
+    assert read_bytes(files) == [os.path.getsize(files[0])]
+    assert set(local_spares.kept()) == pid  # (the kept worker ran it)
+
+
 def test_a_worker_that_ran_user_python_is_not_kept(parquet_files, make_rt):
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 1)
