@@ -128,17 +128,23 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
 
 
 #: the driver keeps this idle worker for a later job of its process (see
-#: :mod:`~smallpond.execution.executors.local_spares`); then ``JOIN`` + pickled ``(rt_path, index)``
-PARK, JOIN = b"park", b"join:"
+#: :mod:`~smallpond.execution.executors.local_spares`), which answers ``PARKED`` (or ends); then
+#: ``JOIN`` + pickled ``(rt_path, index)``
+PARK, PARKED, JOIN = b"park", b"parked", b"join:"
 #: a kept worker that no job has taken for this long ends itself (seconds)
 PARKED_SECONDS = 120.0
 
 
 def park(conn, seconds: Optional[float] = None) -> bool:
     """Let go of what this worker holds of its job (its DuckDB databases, the memory Arrow keeps
-    for reuse) and wait for the next one; False if none came within ``seconds`` (then end)."""
+    for reuse), say so, and wait for the next one; False (then end) if a module of the user's was
+    loaded here (a node's class: a fresh worker imports it as its file is then), or no job came
+    within ``seconds``."""
     from smallpond.execution.ops.duckdb import close_shared_databases
+    from smallpond.execution.worker_fork import user_modules
 
+    if user_modules():
+        return False
     close_shared_databases()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
@@ -146,6 +152,7 @@ def park(conn, seconds: Optional[float] = None) -> bool:
 
     gc.collect()
     try:
+        conn.send_bytes(PARKED)
         return conn.poll(PARKED_SECONDS if seconds is None else seconds)
     except (EOFError, OSError):
         return False

@@ -180,6 +180,24 @@ def _kind(name: str, module: object, roots) -> Optional[str]:
     return "startup" if top in startup else None
 
 
+def user_modules(modules: Optional[Dict[str, object]] = None) -> list:
+    """The names of the loaded modules (``sys.modules``, or ``modules``) that are neither of the
+    standard library, nor smallpond's, cloudpickle's or psutil's, nor installed in a site-packages
+    folder: the user's own (a module a worker imported to load a node's class, say)."""
+    roots = _library_roots()
+    std, sites = roots[0], roots[1]
+    out = []
+    for name, module in list((sys.modules if modules is None else modules).items()):
+        kind = _kind(name, module, roots)
+        if kind is not None or name.partition(".")[0] in OWN_PACKAGES:
+            continue
+        path = getattr(module, "__file__", None)
+        if path is not None and (path.startswith(sites) or os.path.realpath(path).startswith(sites + std)):
+            continue  # an installed library
+        out.append(name)
+    return out
+
+
 def _has_path(module: object) -> bool:
     """A namespace package (no file, a search path): folders of the user's, to be safe."""
     return bool(list(getattr(module, "__path__", []) or []))

@@ -150,15 +150,38 @@ def test_restarted_workers_are_stopped_not_kept(make_rt):
     executor.shutdown()
 
 
-def test_a_kept_worker_ends_itself_when_no_job_comes():
+def test_a_kept_worker_ends_itself_when_no_job_comes(monkeypatch):
     from multiprocessing.connection import Pipe
 
-    from smallpond.execution.worker import park
+    from smallpond.execution import worker_fork
+    from smallpond.execution.worker import PARKED, park
 
+    monkeypatch.setattr(worker_fork, "user_modules", lambda: [])  # (this process has the tests')
     here, there = Pipe()
     assert park(there, seconds=0.05) is False
+    assert here.recv_bytes() == PARKED
     here.send_bytes(b"x")
-    assert park(there, seconds=5) is True
+    assert park(there, seconds=5) is True and here.recv_bytes() == PARKED
+    monkeypatch.setattr(worker_fork, "user_modules", lambda: ["a_module_of_the_users"])
+    assert park(there, seconds=5) is False and not here.poll(0)  # ends at once, says nothing
+
+
+def test_a_worker_that_loaded_a_module_of_the_users_is_not_kept(parquet_files, make_rt, monkeypatch, tmp_path):
+    """A node of a user's class (SQL only: no user Python runs) makes its worker import the class's
+    module; an edit of it before the next job must not leave the old module loaded."""
+    (tmp_path / "sp_kept_user_node.py").write_text(
+        "from smallpond.logical.node import SqlEngineNode\n\nclass MyNode(SqlEngineNode):\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))  # for both jobs: the workers' key is the same
+    from sp_kept_user_node import MyNode
+
+    ctx = Context()
+    node = MyNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select count(*) as n from {0}")
+    run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    first = set(local_spares.kept())  # (the driver does not know yet)
+    run_job(_sql_plan(parquet_files), make_rt(task_cache="off"), num_workers=1)
+    assert first and not set(local_spares.kept()) & first
+    assert not any(_alive(pid) for pid in first)
 
 
 def test_kept_workers_die_with_their_driver(parquet_files, tmp_path):

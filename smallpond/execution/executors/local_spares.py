@@ -10,10 +10,12 @@ next job of this process whose workers would start exactly the same way takes th
 A worker is kept only if it holds nothing a fresh one would not, once it has let go of its job:
 
 - a fresh interpreter (a fork holds this process's state; it is cheap to start anyway);
-- it never ran an attempt that may run the user's Python (:attr:`Task.runs_user_python`): no
-  module, global or thread of the user's is in it, and no edited module can run as its old code;
-  a SQL task of its own database is closed with its task, the shared database (and Arrow's
-  cached memory) when it is parked (:func:`~smallpond.execution.worker.park`);
+- it never ran an attempt that may run the user's Python (:attr:`Task.runs_user_python`), and
+  has no module of the user's loaded (a node's class: :func:`~smallpond.execution.worker_fork.user_modules`,
+  checked by the worker, which ends instead of parking): no module, global or thread of the
+  user's is in it, and no edited module can run as its old code; a SQL task of its own database
+  is closed with its task, the shared database (and Arrow's cached memory) when it is parked
+  (:func:`~smallpond.execution.worker.park`);
 - idle, alive, and started for the same :func:`spawn_key`: interpreter, working directory,
   environment (with ``PYTHONPATH``, the driver's import path, and ``PYTHONHASHSEED``, the job's
   hash seed: :func:`~smallpond.execution.worker.worker_hash_seed`), the job's environment overrides
@@ -40,6 +42,8 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 if TYPE_CHECKING:  # (local imports this module)
     from smallpond.execution.executors.local import _Worker
 
+#: how long the next job waits for a kept worker's answer to PARK (seconds; ~10-50 ms is usual)
+PARK_ANSWER_SECONDS = 5.0
 _lock = threading.Lock()
 _key: Optional[tuple] = None
 _spares: List["_Worker"] = []
@@ -89,7 +93,7 @@ def park(workers: List["_Worker"], key: tuple) -> List["_Worker"]:
 def take(key: tuple, rt_path: str, index: int) -> Optional["_Worker"]:
     """A kept worker started for ``key``, told to join the job of ``rt_path`` as worker ``index``;
     None if there is none (or keeping is off)."""
-    from smallpond.execution.worker import JOIN
+    from smallpond.execution.worker import JOIN, PARKED
 
     if not enabled():
         return None
@@ -98,7 +102,12 @@ def take(key: tuple, rt_path: str, index: int) -> Optional["_Worker"]:
             return None
         while _spares:
             w = _spares.pop()
-            if not w.alive():  # it ended itself (no job came in time), or was killed
+            try:  # it says it let go of its job; or it ended (no job came in time, a module of
+                # the user's in it, killed), or it is stuck
+                parked = w.conn.poll(PARK_ANSWER_SECONDS) and w.conn.recv_bytes() == PARKED
+            except (EOFError, OSError):
+                parked = False
+            if not parked or not w.alive():
                 _stop([w])
                 continue
             try:
