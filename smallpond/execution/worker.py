@@ -140,8 +140,8 @@ def park(conn, seconds: Optional[float] = None) -> bool:
     for reuse), say so, and wait for the next one; False (then end) if a module of the user's was
     loaded here (a node's class: a fresh worker imports it as its file is then), or no job came
     within ``seconds``."""
+    from smallpond.execution.module_kinds import user_modules
     from smallpond.execution.ops.duckdb import close_shared_databases
-    from smallpond.execution.worker_fork import user_modules
 
     if user_modules():
         return False

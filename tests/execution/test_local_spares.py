@@ -153,17 +153,37 @@ def test_restarted_workers_are_stopped_not_kept(make_rt):
 def test_a_kept_worker_ends_itself_when_no_job_comes(monkeypatch):
     from multiprocessing.connection import Pipe
 
-    from smallpond.execution import worker_fork
+    from smallpond.execution import module_kinds
     from smallpond.execution.worker import PARKED, park
 
-    monkeypatch.setattr(worker_fork, "user_modules", lambda: [])  # (this process has the tests')
+    monkeypatch.setattr(module_kinds, "user_modules", lambda: [])  # (this process has the tests')
     here, there = Pipe()
     assert park(there, seconds=0.05) is False
     assert here.recv_bytes() == PARKED
     here.send_bytes(b"x")
     assert park(there, seconds=5) is True and here.recv_bytes() == PARKED
-    monkeypatch.setattr(worker_fork, "user_modules", lambda: ["a_module_of_the_users"])
+    monkeypatch.setattr(module_kinds, "user_modules", lambda: ["a_module_of_the_users"])
     assert park(there, seconds=5) is False and not here.poll(0)  # ends at once, says nothing
+
+
+def test_the_users_modules_are_those_neither_of_python_smallpond_nor_installed():
+    import types
+
+    from smallpond.execution.module_kinds import library_roots, user_modules
+
+    def fake(name, path):
+        m = types.ModuleType(name)
+        m.__file__ = path
+        return m
+
+    site = library_roots()[1][0]
+    modules = {
+        "json": sys.modules["json"],
+        "smallpond.common": sys.modules["smallpond.common"],
+        "somelib": fake("somelib", os.path.join(site, "somelib", "__init__.py")),
+        "helpers": fake("helpers", "/home/someone/project/helpers.py"),
+    }
+    assert user_modules(modules) == ["helpers"]
 
 
 def test_a_worker_that_loaded_a_module_of_the_users_is_not_kept(parquet_files, make_rt, monkeypatch, tmp_path):

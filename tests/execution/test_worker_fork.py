@@ -14,7 +14,7 @@ import types
 import psutil
 import pytest
 
-from smallpond.execution import worker_fork
+from smallpond.execution import module_kinds, worker_fork
 from tests.datagen import generate_parquet_files
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers are forked on Linux only")
@@ -232,7 +232,7 @@ def test_fork_refusal_names_what_a_fresh_worker_would_not_have(tmp_path, monkeyp
     monkeypatch.delenv("SP_FORK_WORKERS", raising=False)
     monkeypatch.setattr(sys, "stdout", sys.__stdout__)
     monkeypatch.setattr(sys, "stderr", sys.__stderr__)
-    site_dir = worker_fork._library_roots()[1][0]
+    site_dir = module_kinds.library_roots()[1][0]
     assert worker_fork.fork_refusal(_modules(), threads=2) == "2 threads"
     user = _fake("helpers", tmp_path / "helpers.py")  # the user's module: its file may have changed
     assert "module helpers" in worker_fork.fork_refusal(_modules(helpers=user), threads=1)
@@ -255,15 +255,15 @@ def test_fork_refusal_names_what_a_fresh_worker_would_not_have(tmp_path, monkeyp
 
 
 def test_what_a_fresh_worker_has_too_does_not_refuse_a_fork():
-    roots = worker_fork._library_roots()
+    roots = module_kinds.library_roots()
     site_dir, startup = roots[1][0], roots[2]
-    assert worker_fork._kind("__main__", _fake("__main__", "/somewhere/script.py"), roots) == "main"
-    assert worker_fork._kind("json.decoder", sys.modules["json.decoder"], roots) == "stdlib"
-    assert worker_fork._kind("smallpond.common", sys.modules["smallpond.common"], roots) == "own"
-    assert worker_fork._kind("psutil._psutil_linux", _fake("psutil._psutil_linux", "/x/_psutil_linux.so"), roots) == "own"
+    assert module_kinds.kind_of("__main__", _fake("__main__", "/somewhere/script.py"), roots) == "main"
+    assert module_kinds.kind_of("json.decoder", sys.modules["json.decoder"], roots) == "stdlib"
+    assert module_kinds.kind_of("smallpond.common", sys.modules["smallpond.common"], roots) == "own"
+    assert module_kinds.kind_of("psutil._psutil_linux", _fake("psutil._psutil_linux", "/x/_psutil_linux.so"), roots) == "own"
     assert "sitecustomize" in startup
     hook = _fake("sitecustomize", os.path.join(site_dir, "sitecustomize.py"))
-    assert worker_fork._kind("sitecustomize", hook, roots) == "startup"
+    assert module_kinds.kind_of("sitecustomize", hook, roots) == "startup"
 
 
 def test_the_modules_a_pth_file_imports_are_start_up_modules(tmp_path):
@@ -271,7 +271,7 @@ def test_the_modules_a_pth_file_imports_are_start_up_modules(tmp_path):
     (tmp_path / "b.pth").write_text('import os; exec("try:\\n import certifi_y\\nexcept: pass")\n')
     (tmp_path / "c.pth").write_text("import os; var = 'X'; os.environ.get(var) and __import__('_hack_z').add_shim()\n")
     (tmp_path / "d.pth").write_text("# import not_run\nnot_a_module_line\n")
-    names = worker_fork._startup_modules([str(tmp_path)])
+    names = module_kinds._startup_modules([str(tmp_path)])
     assert {"_finder_x", "certifi_y", "_hack_z", "os"} <= names
     assert "not_run" not in names and "not_a_module_line" not in names
 

@@ -1,9 +1,11 @@
 """The embedded backend: a pool of worker processes on this machine.
 
 Workers are long-lived interpreters that import DuckDB and Arrow once, so a task starts in
-microseconds. Each worker runs one attempt at a time; a worker that dies (killed, segfault,
-``os._exit``) is noticed when its end of the socket closes, its attempt is reported as
-:class:`~smallpond.errors.WorkerLost`, and a fresh worker takes its place.
+microseconds; when a job ends, those that hold nothing of the user's are kept idle for the
+process's next job (:mod:`~smallpond.execution.executors.local_spares`). Each worker runs one
+attempt at a time; a worker that dies (killed, segfault, ``os._exit``) is noticed when its end of
+the socket closes, its attempt is reported as :class:`~smallpond.errors.WorkerLost`, and a fresh
+worker takes its place.
 
 Short tasks are pipelined: a worker running a task of a node whose tasks have taken less than
 ``QUEUE_BEHIND_SECONDS`` may be sent more (``submit(..., queue=True)``), up to ``QUEUE_DEPTH``

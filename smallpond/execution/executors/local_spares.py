@@ -11,7 +11,7 @@ A worker is kept only if it holds nothing a fresh one would not, once it has let
 
 - a fresh interpreter (a fork holds this process's state; it is cheap to start anyway);
 - it never ran an attempt that may run the user's Python (:attr:`Task.runs_user_python`), and
-  has no module of the user's loaded (a node's class: :func:`~smallpond.execution.worker_fork.user_modules`,
+  has no module of the user's loaded (a node's class: :func:`~smallpond.execution.module_kinds.user_modules`,
   checked by the worker, which ends instead of parking): no module, global or thread of the
   user's is in it, and no edited module can run as its old code; a SQL task of its own database
   is closed with its task, the shared database (and Arrow's cached memory) when it is parked
