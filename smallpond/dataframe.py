@@ -491,7 +491,9 @@ class DataFrame:
             if n >= limit and tables:
                 break
             t = _read(ds, self._what())
-            t = t.slice(0, max(0, limit - n))
+            # (bounded by the rows it has: pyarrow gives a table of no columns the length asked
+            # for, so a result of no rows and unknown columns took as ``limit`` empty rows)
+            t = t.slice(0, max(0, min(t.num_rows, limit - n)))
             tables.append(t)
             n += t.num_rows
         return self._concat(tables)

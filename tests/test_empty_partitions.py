@@ -179,3 +179,15 @@ def test_skip_task_with_empty_input_skips_hash_partitions_no_key_fell_into(tmp_p
     everything = counts(False)
     assert len(everything) == 6 and sum(n for _, n in everything) == 4  # 2 keys in 6 partitions: 4+ empty
     assert counts(True) == [(p, n) for p, n in everything if n > 0]
+
+
+def test_take_and_show_of_no_rows_of_unknown_columns_give_no_rows(sp, prices, capsys):
+    """A Python map that kept no row anywhere has no columns: ``take(n)`` gave ``n`` empty dicts
+    (pyarrow slices a table of no columns to any length); found by the differential fuzzer
+    (tests/e2e/test_differential.py)."""
+    df = sp.read_parquet(prices).repartition(2, by_rows=True).filter("price > 99").map(lambda r: r)
+    assert df.count() == 0
+    assert df.take(5) == []
+    assert df.take_all() == []
+    df.show()
+    assert capsys.readouterr().out == "(no columns)\n"
