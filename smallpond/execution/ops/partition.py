@@ -97,8 +97,19 @@ def _internal_column(columns: List[str]) -> str:
 
 #: DuckDB types whose hash is not a function of the value alone across types: ``hash(1.0::DOUBLE)``,
 #: ``hash(1.0::FLOAT)``, ``hash(1::BIGINT)``, ``hash(1.0::DECIMAL(5,1))`` and
-#: ``hash(1.00::DECIMAL(6,2))`` all differ (integers of any width hash alike)
+#: ``hash(1.00::DECIMAL(6,2))`` all differ
 _INEXACT_NUMERIC = re.compile(r"(FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC)\b", re.IGNORECASE)
+
+#: integer types narrower than BIGINT: a negative value hashes apart from the same BIGINT
+#: (``hash((-3)::INTEGER) != hash((-3)::BIGINT)``; non-negative values hash alike), so they are
+#: hashed as the BIGINT they equal, which never fails
+_NARROW_INTEGER = re.compile(r"(TINYINT|SMALLINT|INTEGER|UTINYINT|USMALLINT|UINTEGER)$", re.IGNORECASE)
+
+#: integer types wider than BIGINT (``hash((-3)::HUGEINT) != hash((-3)::BIGINT)``): a value in
+#: BIGINT's range is hashed as that BIGINT
+_WIDE_INTEGER = re.compile(r"(UBIGINT|HUGEINT|UHUGEINT)$", re.IGNORECASE)
+
+_BIGINT_MIN, _BIGINT_MAX = -(2**63), 2**63 - 1
 
 
 #: DuckDB date and time types whose hash differs from an equal TIMESTAMP's: a DATE, and a
@@ -112,24 +123,33 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
 
     Producers of one partitioning may read the key with different types (an int64 file and a
     double file; decimal(5,1) and decimal(6,2)), and a consumer unions them by name, so equal
-    values must hash alike whatever their type. Integer keys hash as they are (hash partitions
-    of integer keys are unchanged); a float or decimal key hashes an integral value as that
-    integer, any other value as the hash of its DOUBLE (what a union with a double gives), so
-    ``1``, ``1.0`` and ``1.00`` meet, as do ``1.5::FLOAT`` and ``1.5::DOUBLE``. A DATE or a
+    values must hash alike whatever their type. BIGINT keys hash as they are; an integer of
+    another width, or a float or decimal key, hashes a value in BIGINT's range as that BIGINT
+    (DuckDB hashes a negative INTEGER, BIGINT and HUGEINT apart), any other value by the hash of
+    its DOUBLE (what a union with a double gives), so ``-3::INTEGER``, ``-3``, ``-3.0`` and
+    ``-3.00`` meet, as do ``1.5::FLOAT`` and ``1.5::DOUBLE``. A DATE or a
     timestamp in seconds, milliseconds or nanoseconds hashes as the TIMESTAMP (microseconds) it
     equals, so ``2024-01-01`` meets ``2024-01-01 00:00:00`` whatever the unit of either file.
     """
     if type_name and _OTHER_TIMESTAMP.match(type_name.strip()):
         return f"TRY_CAST(({sql}) AS TIMESTAMP)"  # a DATE past TIMESTAMP's range: NULL, one partition
-    if not type_name or not _INEXACT_NUMERIC.match(type_name.strip()):
-        return sql
+    type_name = (type_name or "").strip()
     v = f"({sql})"
+    if _NARROW_INTEGER.match(type_name):
+        return f"CAST({v} AS BIGINT)"
+    # a value that is no BIGINT (an integer past its range, a fraction): the hash of its DOUBLE,
+    # as a BIGINT (shifted, so it fits), so that every branch, and the key, is a BIGINT; a key
+    # of two types (an int32 file and an int64 one, an integer and a double) hashes alike
+    by_value = f"CAST(hash(CAST({v} AS DOUBLE)) >> 1 AS BIGINT)"
+    if _WIDE_INTEGER.match(type_name):
+        return f"CASE WHEN {v} BETWEEN {_BIGINT_MIN} AND {_BIGINT_MAX} THEN CAST({v} AS BIGINT) WHEN {v} IS NOT NULL THEN {by_value} END"
+    if not _INEXACT_NUMERIC.match(type_name):
+        return sql
     # NaN: DuckDB takes NaN = trunc(NaN) as true, and once a Parquet file's statistics (which
     # leave NaN out) show every value small it drops the abs() guard, so NaN reaches the integer
     # branch, where a CAST fails the task; TRY_CAST gives NULL there and NaN hashes as the double
-    by_value = f"CAST(hash(CAST({v} AS DOUBLE)) AS HUGEINT)"
     return (
-        f"CASE WHEN {v} = trunc({v}) AND abs({v}) < 9223372036854775807 THEN coalesce(TRY_CAST({v} AS HUGEINT), {by_value}) "
+        f"CASE WHEN {v} = trunc({v}) AND abs({v}) < 9223372036854775807 THEN coalesce(TRY_CAST({v} AS BIGINT), {by_value}) "
         f"WHEN {v} IS NOT NULL THEN {by_value} END"
     )
 
