@@ -191,3 +191,19 @@ def test_take_and_show_of_no_rows_of_unknown_columns_give_no_rows(sp, prices, ca
     assert df.take_all() == []
     df.show()
     assert capsys.readouterr().out == "(no columns)\n"
+
+
+@pytest.mark.parametrize("op", ["filter", "map_batches", "map"])
+def test_python_op_over_no_rows_of_unknown_columns_writes_no_file_sql_cannot_read(sp, prices, op):
+    """A Python filter or map_batches after a map that kept no row (its input has no columns)
+    wrote a Parquet file of no columns, which DuckDB cannot read: SQL after it failed ("Need at
+    least one non-root column in the file"). Now it writes nothing, as a row map does; found by
+    the differential fuzzer (tests/e2e/test_differential.py)."""
+    df = sp.read_parquet(prices).filter("price > 99").map(lambda r: r)
+    after = {
+        "filter": lambda d: d.filter(lambda r: True),
+        "map_batches": lambda d: d.map_batches(lambda t: t),
+        "map": lambda d: d.map(lambda r: r),
+    }[op](df)
+    assert [ds.num_files for ds in after._datasets()] == [0]
+    assert sp.partial_sql("select * from {0}", after).to_arrow().num_rows == 0

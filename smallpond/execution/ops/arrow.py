@@ -162,6 +162,11 @@ class _ParquetSink:
         if table.num_columns == 0 and table.num_rows:
             op = getattr(self.task.node, "df_op", None)
             raise UserCodeError(_no_columns(table.num_rows, f"the {op}() function" if op else "the process function"))
+        if table.num_columns == 0:
+            # no rows of no columns (a function over an input whose columns are unknown, as a
+            # Python map's that kept no row): nothing to write; a file of no columns is one
+            # DuckDB cannot read ("Need at least one non-root column"), so SQL after it failed
+            return
         if self.writer is None:
             if self.schema is None:
                 base = self.schema_hint if self.schema_hint is not None else table.schema
@@ -434,6 +439,10 @@ class ArrowStreamTask(Task):
             schema = infer(sample)
         except Exception as e:  # the function could not run on the sample: no schema, as before
             logger.info("{}: no rows, and the output schema could not be inferred from {}: {!r}", self.key, what, e)
+            return None
+        if schema is not None and len(schema) == 0:
+            # (an input of no columns, a Python map's that kept no row): a Parquet file of no
+            # columns is one DuckDB cannot read, so SQL after it failed; unknown columns instead
             return None
         if schema is not None:
             logger.info("{}: no rows; output schema inferred from {}: {}", self.key, what, schema.names)
