@@ -68,3 +68,32 @@ def test_a_session_takes_the_option(tmp_path):
         assert sum(rows) == 3 and all(rows) and len(listed) == len(names)
     finally:
         sp.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["manifest", "final"])
+def test_a_manifest_lists_a_file_split_by_rows_once(tmp_path, make_rt, kind):
+    """A file that a partition by rows split into 3 partitions was listed once per partition by a
+    manifest (a ``type="manifest"`` sink, and the job's FinalResults): reading the result read
+    every row 3 times. Found by the differential fuzzer (tests/e2e/test_differential.py)."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=10)
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 3, partition_by_rows=True)
+    dest = str(tmp_path / "out")
+    root = DataSinkNode(ctx, (parts,), dest, type="manifest") if kind == "manifest" else parts
+    exec_plan = run_job(LogicalPlan(ctx, root), make_rt(), num_workers=1)
+    assert exec_plan.final_output.to_arrow_table().num_rows == 10
+    manifest = dest if kind == "manifest" else os.path.join(exec_plan.ctx.output_root, "FinalResults")
+    assert [line.strip() for line in open(os.path.join(manifest, ".MANIFEST.txt"))] == files
+
+
+def test_a_manifest_of_some_rows_of_a_file_is_refused(tmp_path):
+    """Rows that do not cover their file (one partition of a split by rows) cannot be listed by a
+    manifest: refused, naming the sink, the rows and the file, and saying what to use instead."""
+    from smallpond.errors import ParameterError
+    from smallpond.execution.ops.sink_sources import manifest_files
+
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=1, rows_per_file=10)
+    first, second, third = ParquetDataSet(files).partition_by_rows(3)
+    assert manifest_files([first, second, third], "the sink") == files
+    with pytest.raises(ParameterError, match=r"the sink: .* only rows 0-3 of .*type='link' or 'copy'"):
+        manifest_files([first], "the sink")

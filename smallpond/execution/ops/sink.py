@@ -102,7 +102,14 @@ from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, rem
 from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import check_nested_results, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
-from smallpond.execution.ops.sink_sources import dest_names, source_files, sources_of, without_empty_parquet, write_rows
+from smallpond.execution.ops.sink_sources import (
+    dest_names,
+    manifest_files,
+    source_files,
+    sources_of,
+    without_empty_parquet,
+    write_rows,
+)
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.execution.task import Task
 from smallpond.io.filesystem import (
@@ -113,6 +120,7 @@ from smallpond.io.filesystem import (
     remove_path,
 )
 from smallpond.io.paths import unlistable
+from smallpond.logical.base import created_at
 from smallpond.logical.dataset import DataSet, FileSet, ParquetDataSet, PartitionedDataSet
 from smallpond.logical.structural import unlistable_refusal
 
@@ -393,7 +401,11 @@ class DataSinkTask(Task):
             if listed is None:
                 listed = sorted(os.path.join(output_path, n) for n in os.listdir(output_path) if not n.startswith("."))
             return _as_dataset(listed)
-        files = source_files(inputs)
+        files = (
+            manifest_files(inputs, created_at(type(node).__name__, node.location))
+            if node.type == "manifest"
+            else source_files(inputs)
+        )
         if runtime_ctx.remove_empty_parquet:
             files = [f for f, _ in without_empty_parquet([(f, None) for f in files])]
         staging = staging_path(runtime_ctx, self)

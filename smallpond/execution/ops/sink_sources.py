@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Tuple
 
-from smallpond.errors import PlanError
+from smallpond.errors import ParameterError, PlanError
 from smallpond.io.paths import listable_name
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 from smallpond.logical.structural import unlistable_inputs, unlistable_refusal
@@ -58,6 +58,24 @@ def sources_of(inputs: List[DataSet]) -> List[Source]:
         exact = spans[0][0] == 0 and spans[-1][1] == total and all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
         out.append((p, None if exact else spans))
     return out
+
+
+def manifest_files(inputs: List[DataSet], where: str) -> List[str]:
+    """The files a manifest-only sink lists: each input file once per mention, and a file that
+    partitions split by rows once, whole, when their rows cover it exactly (every partition of a
+    split); listing it once per partition read every row once per partition. ``where`` (the sink
+    and its call site) names a sink that cannot list its inputs: a manifest lists whole files,
+    and some of a file's rows are not one."""
+    files = []
+    for path, spans in sources_of(inputs):
+        if spans is not None:
+            raise ParameterError(
+                f"{where}: a manifest (type='manifest') lists whole files, and its input is only rows "
+                f"{', '.join(f'{b}-{e - 1}' for b, e in spans)} of {path!r}: use type='link' or 'copy', "
+                "which publish those rows"
+            )
+        files.append(path)
+    return files
 
 
 def write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
