@@ -228,3 +228,21 @@ def test_files_of_one_task_typed_apart_fail_the_job(tmp_path, ten, make_rt):
     with pytest.raises(Exception) as e:
         result_schema([files], f"the frame created at {__file__}")
     assert "t-00001.parquet" in _differ(e)
+
+
+@pytest.mark.parametrize("op", ["filter", "map_batches", "map", "flat_map"])
+def test_a_column_with_nulls_only_after_its_first_file(sp, tmp_path, op):
+    """The first file's column has no NULL (written REQUIRED, as DuckDB writes such a column) and
+    the next has NULLs: filter and map_batches failed every attempt ("Column 'f' is declared
+    non-nullable but contains nulls"); found by the differential fuzzer."""
+    required = pa.schema([pa.field("k", pa.int64()), pa.field("f", pa.float64(), nullable=False)])
+    pq.write_table(pa.table({"k": [1, 2], "f": [1.0, 2.0]}, schema=required), str(tmp_path / "a.parquet"))
+    pq.write_table(pa.table({"k": [3, 4], "f": [None, 4.0]}), str(tmp_path / "b.parquet"))
+    df = sp.read_parquet(str(tmp_path / "*.parquet"))
+    out = {
+        "filter": lambda: df.filter(lambda r: True),
+        "map_batches": lambda: df.map_batches(lambda t: t, batch_size=1),
+        "map": lambda: df.map(lambda r: r),
+        "flat_map": lambda: df.flat_map(lambda r: [r]),
+    }[op]()
+    assert sorted(out.to_arrow().column("f").to_pylist(), key=str) == [1.0, 2.0, 4.0, None]

@@ -377,3 +377,19 @@ def test_a_plan_rooted_in_several_sinks_is_not_said_to_have_an_empty_result(tmp_
     run(ctx, RootNode(ctx, tuple(sinks)), tmp_path)
     assert all(os.path.exists(str(tmp_path / name / ".MANIFEST.txt")) for name in ("a", "b"))
     assert not any("columns are unknown" in m for m in log_messages), log_messages
+
+
+def test_stream_output_takes_a_column_without_nulls_in_its_first_batch_as_nullable(tmp_path):
+    """A column that has no NULL in the first file (DuckDB and other writers mark such a column
+    REQUIRED) and NULLs in the next: the output file was opened with the first batch's
+    non-nullable field, and the next batch failed every attempt ("Column 'f' is declared
+    non-nullable but contains nulls"). Found by the differential fuzzer (a hash partition's files
+    into an ArrowStreamNode)."""
+    required = pa.schema([pa.field("k", pa.int64()), pa.field("f", pa.float64(), nullable=False)])
+    pq.write_table(pa.table({"k": [1, 2], "f": [1.0, 2.0]}, schema=required), str(tmp_path / "a.parquet"))
+    pq.write_table(pa.table({"k": [3, 4], "f": [None, 4.0]}), str(tmp_path / "b.parquet"))
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "*.parquet")]))
+    node = ArrowStreamNode(ctx, (src,), process_func=stream_copy, streaming_batch_size=2)
+    table = run(ctx, node, tmp_path).final_output.to_arrow_table()
+    assert sorted(zip(table.column("k").to_pylist(), table.column("f").to_pylist())) == [(1, 1.0), (2, 2.0), (3, None), (4, 4.0)]

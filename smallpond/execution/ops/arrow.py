@@ -169,7 +169,10 @@ class _ParquetSink:
             return
         if self.writer is None:
             if self.schema is None:
-                base = self.schema_hint if self.schema_hint is not None else table.schema
+                # a first batch's own schema is taken with every column nullable: a column is
+                # non-nullable there only because its file had no NULL (DuckDB writes such a
+                # column REQUIRED), and a later batch's NULLs failed the write
+                base = self.schema_hint if self.schema_hint is not None else _all_nullable(table.schema)
                 md = dict(base.metadata or {})
                 md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
                 self.schema = base.with_metadata(md)
@@ -217,6 +220,15 @@ class _ParquetSink:
             md = dict(self.schema_hint.metadata or {})
             md.update({k.encode(): v.encode() for k, v in self.task.parquet_kv_metadata().items()})
             pq.write_table(empty_table(self.schema_hint.with_metadata(md)), path, **self.kw)
+
+
+def _all_nullable(schema):
+    """``schema`` with every top-level field nullable (its metadata kept)."""
+    import pyarrow as pa
+
+    if all(f.nullable for f in schema):
+        return schema
+    return pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
 
 
 def _no_columns(num_rows: int, what: str) -> str:
