@@ -207,3 +207,18 @@ def test_python_op_over_no_rows_of_unknown_columns_writes_no_file_sql_cannot_rea
     }[op](df)
     assert [ds.num_files for ds in after._datasets()] == [0]
     assert sp.partial_sql("select * from {0}", after).to_arrow().num_rows == 0
+
+
+@pytest.mark.parametrize("shape", ["join", "fused"])
+def test_sql_naming_columns_of_a_map_with_nothing_to_infer_from_says_to_pass_schema(sp, prices, shape):
+    """The hint to pass schema= was missing when a join names the input by an alias (DuckDB then
+    speaks of a "Values list") and when the query runs fused into the partition after it; found
+    by the differential fuzzer."""
+    if shape == "join":
+        df = sp.read_parquet(prices).filter("price > 99").map(lambda r: r)
+        out = sp.partial_sql("select a.ticker from {0} a join {1} b on a.ticker = b.ticker", df, sp.read_parquet(prices))
+    else:
+        df = sp.read_parquet(prices).repartition(2, hash_by="ticker").filter("price > 99").map(lambda r: r)
+        out = df.map("ticker, price + 1 as p1").repartition(3, by="length(ticker) % 3")
+    with pytest.raises(TaskError, match="Pass schema="):
+        out.take_all()

@@ -25,7 +25,7 @@ from smallpond.execution.ops.duckdb import (
     task_memory,
     writer_row_group_bytes,
 )
-from smallpond.execution.ops.sql import columns_unknown
+from smallpond.execution.ops.sql import columns_unknown, unknown_columns_hint
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
@@ -307,7 +307,15 @@ class HashPartitionTask(Task):
                 self._current_sql = query
                 # (as a subquery, as the SQL node would run it alone: a second statement after a
                 # ';' is an error there, and a view of the text as it is took the first one only)
-                run_sql(conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS SELECT * FROM ({as_subquery(query)})")
+                try:
+                    run_sql(
+                        conn, f"CREATE OR REPLACE TEMP VIEW __sp_fused_{int(self.id)} AS SELECT * FROM ({as_subquery(query)})"
+                    )
+                except UserCodeError as e:  # (the SQL node's hint: its input's columns may be unknown)
+                    hint = unknown_columns_hint(e, [0] if columns_unknown(ds) else [])
+                    if hint is None:
+                        raise
+                    raise hint from e
                 src = f"__sp_fused_{int(self.id)}"
             described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             columns = [r[0] for r in described]

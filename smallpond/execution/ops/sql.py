@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import List, Optional
 
 from smallpond.common import EMPTY_PLACEHOLDER_COLUMN, as_subquery, quote_identifier
 from smallpond.errors import UserCodeError
@@ -30,6 +31,23 @@ def columns_unknown(ds: DataSet) -> bool:
     if not isinstance(ds, ParquetDataSet) or not ds.empty or ds.schema is not None:
         return False
     return not getattr(ds, "_schema_path", None)
+
+
+def unknown_columns_hint(e: Exception, unknown: List[int]) -> Optional[UserCodeError]:
+    """``e`` with a hint saying why, when a query failed over inputs (their indices: ``unknown``)
+    whose columns are unknown (:func:`columns_unknown`): a column the query names is not there
+    (DuckDB names the placeholder column, or, for an input given an alias, its "Values list")."""
+    text = str(e)
+    if not unknown or (EMPTY_PLACEHOLDER_COLUMN not in text and "Values list" not in text):
+        return None
+    hint = UserCodeError(
+        f"{e}\nHINT: input(s) {', '.join('{%d}' % i for i in unknown)} of this task are empty partitions whose "
+        "columns are unknown: a Python function (a DataFrame map/flat_map/map_batches, an ArrowStreamNode, "
+        "ArrowBatchNode or ArrowComputeNode) produced no rows there and could not tell its output schema. "
+        "Pass schema= (a pyarrow.Schema) to that map/flat_map/map_batches, or output_schema= to that node."
+    )
+    hint.sql = getattr(e, "sql", None)
+    return hint
 
 
 def holds_no_rows(ds: DataSet) -> bool:
@@ -111,15 +129,9 @@ class SqlEngineTask(Task):
             for batch_index, batch in enumerate(batches):
                 excluded |= self._run_batch(runtime_ctx, batch, output_dir, batch_index, bool(unknown))
         except UserCodeError as e:
-            if not unknown or EMPTY_PLACEHOLDER_COLUMN not in str(e):
+            hint = unknown_columns_hint(e, unknown)
+            if hint is None:
                 raise
-            hint = UserCodeError(
-                f"{e}\nHINT: input(s) {', '.join('{%d}' % i for i in unknown)} of this task are empty partitions whose "
-                "columns are unknown: a Python function (a DataFrame map/flat_map/map_batches, an ArrowStreamNode, "
-                "ArrowBatchNode or ArrowComputeNode) produced no rows there and could not tell its output schema. "
-                "Pass schema= (a pyarrow.Schema) to that map/flat_map/map_batches, or output_schema= to that node."
-            )
-            hint.sql = getattr(e, "sql", None)
             raise hint from e
         files = sorted(os.path.join(output_dir, f) for f in os.listdir(output_dir))
         if unknown:
