@@ -222,3 +222,14 @@ def test_sql_naming_columns_of_a_map_with_nothing_to_infer_from_says_to_pass_sch
         out = df.map("ticker, price + 1 as p1").repartition(3, by="length(ticker) % 3")
     with pytest.raises(TaskError, match="Pass schema="):
         out.take_all()
+
+
+def test_map_batches_over_unknown_columns_does_not_take_the_columns_it_adds_for_its_output(sp, prices):
+    """map_batches adding a column, after a map that kept no row: its output was taken to be that
+    column alone (the function ran on a table of no columns), so SQL naming the data's columns
+    failed without the hint to pass schema=; found by the differential fuzzer."""
+    df = sp.read_parquet(prices).filter("price > 99").map(lambda r: r)
+    out = df.map_batches(lambda t: t.append_column("n", pa.array([t.num_rows] * t.num_rows, pa.int64())))
+    assert [ds.num_files for ds in out._datasets()] == [0]
+    with pytest.raises(TaskError, match="Pass schema="):
+        sp.partial_sql("select ticker, n from {0}", out).take_all()

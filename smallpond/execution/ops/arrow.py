@@ -446,6 +446,10 @@ class ArrowStreamTask(Task):
         sample = _sample_rows(self.node, inputs[0], _SAMPLE_ROWS)
         what = f"{sample.num_rows} sample row(s) of {inputs[0]._schema_path}" if sample is not None else "an empty input"
         if sample is None:
+            if len(readers[0].schema) == 0:
+                # the input's columns are unknown too (a Python map before kept no row): what the
+                # function makes of no columns (only the columns it adds) is not its output
+                return None
             sample = empty_table(readers[0].schema)
         try:
             schema = infer(sample)
