@@ -244,3 +244,28 @@ def test_a_folder_that_cannot_be_locked_leaves_the_data_roots_lock_and_says_so(t
         logger.remove(sink_id)
     said = [m for m in messages if "cannot lock the folder" in m]
     assert len(said) == 1 and str(tmp_path) in said[0] and "other data roots or users" in said[0]
+
+
+def test_a_job_run_under_a_lock_of_its_destinations_folder_does_not_wait_for_itself(tmp_path, data_root, monkeypatch):
+    """``flock /data/out python job.py`` (one cron job at a time) holds the lock of the folder a job
+    publishing into /data/out/day1 locks, on behalf of that job: it goes on (the data root's lock
+    still holds) where it waited forever. A holder that is not one of its parents is waited for
+    (test_jobs_of_different_data_roots_publishing_into_one_folder_take_turns)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    records, dest = sink_records_dir(data_root), str(out / "day1")
+    held = os.open(str(out), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        monkeypatch.setattr(sink_lock, "_warned", set())
+        with destinations_locked([dest], records):  # held by this very process, another open file
+            assert _locked_by_another(lock_path(records, dest))
+        child = "import sys\nfrom smallpond.execution.ops.sink_lock import destinations_locked\n"
+        child += "with destinations_locked([sys.argv[1]], sys.argv[2]):\n    print('published')\n"
+        for inherit in ((), (held,)):  # the lock's descriptor passed down (flock(1)) or not (flock -o)
+            done = subprocess.run(
+                [sys.executable, "-c", child, dest, records], pass_fds=inherit, capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0 and done.stdout == "published\n", done.stderr[-3000:]
+    finally:
+        os.close(held)

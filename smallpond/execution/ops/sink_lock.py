@@ -24,7 +24,8 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
     publication itself always finds the parent (its staged folder is in it). Where the parent
     cannot be opened (no read permission) or locked (NFS, whose ``flock`` emulation needs a file
     open for writing, or a filesystem without locks), only the second lock holds, and the job
-    logs that once per folder.
+    logs that once per folder; so too where the folder's lock is held by the job's own process or
+    one it runs under (``flock /data/out python job.py``), which it would wait for forever.
   - ``{sha256 of realpath(dest)}.lock`` in the data root's records of this user
     (:func:`~smallpond.execution.runtime.sink_records_dir`, beside ``{sha256}.record``): a file
     the engine owns, never one in or beside the user's folder. It holds where the first cannot
@@ -117,6 +118,9 @@ def _lock(path: str, dest: str, folder: bool = False) -> Optional[int]:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if folder and _held_by_this_process_or_its_parents(fd):
+                    os.close(fd)  # `flock DIR python job.py`: waiting would wait for this job itself
+                    return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
                 if not said:
                     logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
                     said = True
@@ -138,10 +142,36 @@ def _folder_unlocked(e: OSError, path: str, dest: str) -> None:
             "cannot lock the folder {} ({}): jobs of other data roots or users publishing into {} at the same instant "
             "are not made to take turns (this data root's jobs are)",
             path,
-            os.strerror(e.errno) if e.errno else e,
+            e.strerror or (os.strerror(e.errno) if e.errno else e),
             dest,
         )
     return None
+
+
+def _held_by_this_process_or_its_parents(fd: int) -> bool:
+    """Whether the ``flock`` on the file open as ``fd`` is held by this process or one it runs
+    under (``flock /data/out python job.py``, a common way to keep one cron job at a time, takes
+    the lock of the very folder a job publishing into ``/data/out/day1`` locks, and passes it
+    down): waiting for that holder would wait forever. Linux only (``/proc/locks``); False
+    where it cannot be told."""
+    st = os.fstat(fd)
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks") as f:
+            holders = {int(w[4]) for w in (line.split() for line in f) if len(w) > 5 and w[1] == "FLOCK" and w[5] == inode}
+    except (OSError, ValueError):
+        return False
+    pid, seen = os.getpid(), set()
+    while pid > 1 and pid not in seen:
+        if pid in holders:
+            return True
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                pid = next(int(line.split()[1]) for line in f if line.startswith("PPid:"))
+        except (OSError, ValueError, StopIteration, IndexError):
+            return False
+    return False
 
 
 def folder_to_lock(dest: str) -> str:
