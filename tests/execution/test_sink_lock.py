@@ -269,3 +269,29 @@ def test_a_job_run_under_a_lock_of_its_destinations_folder_does_not_wait_for_its
             assert done.returncode == 0 and done.stdout == "published\n", done.stderr[-3000:]
     finally:
         os.close(held)
+
+
+def test_another_thread_of_the_process_publishing_into_the_folder_is_waited_for(tmp_path, data_root):
+    """The holder is this process, but the lock is one of its own publications (another thread,
+    another data root): that one lets go, so this one waits for it."""
+    import threading
+
+    out = tmp_path / "out"
+    out.mkdir()
+    held, release, order = threading.Event(), threading.Event(), []
+
+    def first():
+        with destinations_locked([str(out / "a")], sink_records_dir(str(tmp_path / "other_root"))):
+            held.set()
+            release.wait(30)
+            time.sleep(0.3)
+            order.append("first done")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(30)
+    release.set()
+    with destinations_locked([str(out / "b")], sink_records_dir(data_root)):
+        order.append("second in")
+    t.join(30)
+    assert order == ["first done", "second in"]

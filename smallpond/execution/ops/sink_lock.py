@@ -155,6 +155,13 @@ def _held_by_this_process_or_its_parents(fd: int) -> bool:
     down): waiting for that holder would wait forever. Linux only (``/proc/locks``); False
     where it cannot be told."""
     st = os.fstat(fd)
+    for mine in list(_all_fds):  # another thread of this process publishing: it lets go, wait for it
+        try:
+            other = os.fstat(mine)
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return False
     inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     try:
         with open("/proc/locks") as f:
