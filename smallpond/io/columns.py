@@ -9,9 +9,19 @@ agree on which column a name reads: a file with columns ``a`` and ``A`` asked fo
 
 from __future__ import annotations
 
+import string
 from typing import Dict, List, Sequence
 
 from smallpond.errors import ColumnNotFoundError
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold_case(name: str) -> str:
+    """``name`` as DuckDB compares column names: ASCII letters in lower case, every other character
+    as it is (``'A'`` and ``'a'`` are one name to it, ``'É'`` and ``'é'`` two, which ``str.lower``
+    would make one)."""
+    return name.translate(_ASCII_LOWER)
 
 
 def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Dict[str, str]:
@@ -26,7 +36,7 @@ def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Di
     have = set(names)
     by_lower: Dict[str, List[str]] = {}
     for n in names:
-        by_lower.setdefault(n.lower(), []).append(n)
+        by_lower.setdefault(fold_case(n), []).append(n)
     bound: Dict[str, str] = {}
     read_by: Dict[str, str] = {}  # a column of the file -> the asked name that reads it
     for c in columns:
@@ -35,7 +45,7 @@ def bind_columns(columns: Sequence[str], names: Sequence[str], where: str) -> Di
         if c in have:
             n = c
         else:
-            candidates = by_lower.get(c.lower(), [])
+            candidates = by_lower.get(fold_case(c), [])
             if len(candidates) > 1:
                 raise ColumnNotFoundError(
                     f"column {c!r} is ambiguous in {where}: {', '.join(map(repr, candidates))} differ from it only in case; "
@@ -59,5 +69,5 @@ def case_siblings(names: Sequence[str]) -> Dict[str, List[str]]:
     them in order (``a``, ``A``: both, to ``['a', 'A']``); the others are left out."""
     by_lower: Dict[str, List[str]] = {}
     for n in names:
-        by_lower.setdefault(n.lower(), []).append(n)
+        by_lower.setdefault(fold_case(n), []).append(n)
     return {n: group for group in by_lower.values() if len(group) > 1 for n in group}

@@ -31,6 +31,7 @@ from smallpond.common import (
     sql_fragment,
 )
 from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
+from smallpond.io.columns import fold_case
 from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file_identity, user_path
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
@@ -55,8 +56,8 @@ def _path_list_sql(paths: Sequence[str]) -> str:
 
 def _absent(names: Sequence[str], have) -> List[str]:
     """The ``names`` not among ``have``, ignoring case (DuckDB binds ``Key`` to a column ``key``)."""
-    lower = {h.lower() for h in have}
-    return [n for n in names if n.lower() not in lower]
+    lower = {fold_case(h) for h in have}
+    return [n for n in names if fold_case(n) not in lower]
 
 
 @functools.lru_cache(maxsize=1024)

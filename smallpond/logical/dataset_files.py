@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ColumnNotFoundError, ListedFileMissing, ParameterError, columns_not_found
-from smallpond.io.columns import bind_columns, case_siblings
+from smallpond.io.columns import bind_columns, case_siblings, fold_case
 from smallpond.io.paths import MANIFEST_NAME, check_local_filesystem, duckdb_file_literal, manifest_paths
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset_base import _PLAIN_NAME, DataSet, _absent, _empty_table, _path_list_sql, _quote
@@ -433,8 +433,8 @@ class ParquetDataSet(DataSet):
         expression (DuckDB binds its names, which no select list here can change)."""
         if not self.columns or "*" in self.columns:
             return None
-        lower = {n.lower() for n in names}
-        if any(not _PLAIN_NAME.fullmatch(c) and c.lower() not in lower for c in self.columns):
+        lower = {fold_case(n) for n in names}
+        if any(not _PLAIN_NAME.fullmatch(c) and fold_case(c) not in lower for c in self.columns):
             return None
         return list(self.columns)
 
@@ -705,7 +705,7 @@ def case_clash_error(ds: "ParquetDataSet") -> Optional[str]:
             if siblings:
                 return case_clash_message((path, *siblings[next(iter(siblings))][:2]))
             continue
-        if not siblings and len({c.lower() for c in asked}) == len(asked):
+        if not siblings and len({fold_case(c) for c in asked}) == len(asked):
             continue
         try:
             read = set(bind_columns(asked, names, repr(path)).values())
@@ -730,4 +730,4 @@ def case_clash_message(clash: tuple) -> str:
 
 def _has_row_number_column(path: str) -> bool:
     """Has the Parquet file a column ``file_row_number`` (DuckDB compares names in any case)?"""
-    return any(name.lower() == "file_row_number" for name in _cached_column_names(path))
+    return any(fold_case(name) == "file_row_number" for name in _cached_column_names(path))

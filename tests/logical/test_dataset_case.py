@@ -132,3 +132,22 @@ def test_x_and_X_both_in_the_file(tmp_path, make_rt):
     assert ParquetDataSet([path], columns=["X"]).to_arrow_table(conn=duckdb.connect()).to_pydict() == {"X": [2]}
     message = plan_error(tmp_path, make_rt, ds)
     assert path in message and "'x' and 'X'" in message, message
+
+
+def test_names_differing_in_a_letter_beyond_ascii_are_two_names_as_in_duckdb(tmp_path, make_rt):
+    """DuckDB folds the case of ASCII letters only: ``é`` and ``É`` are two names to it (no
+    ``É_1``, each read as named). A file with both was refused by SQL as a case clash, and
+    ``columns=['é']`` of a file with ``É`` read ``É`` through pyarrow while DuckDB found no such
+    column."""
+    both = str(tmp_path / "both.parquet")
+    pq.write_table(pa.table({"é": [1, 2], "É": [5, 6]}), both)
+    ctx = Context()
+    total = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([both])),), 'select sum("é") + 10 * sum("É") as s from {0}')
+    result = run_job(LogicalPlan(ctx, total), make_rt(), num_workers=1)
+    assert [r for p in result.final_output.resolved_paths for r in pq.read_table(p).to_pylist()] == [{"s": 113}]
+    upper = str(tmp_path / "upper.parquet")
+    pq.write_table(pa.table({"É": [1, 2], "b": [3, 4]}), upper)
+    for name, read in readers().items():
+        with pytest.raises(Exception, match="é"):
+            read(ParquetDataSet([upper], columns=["é"]))
+        assert read(ParquetDataSet([upper], columns=["B"])).to_pydict() == {"b": [3, 4]}, name

@@ -28,6 +28,7 @@ from smallpond.execution.ops.duckdb import (
 from smallpond.execution.ops.sql import columns_unknown, unknown_columns_hint
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
+from smallpond.io.columns import fold_case
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 from smallpond.logical.dataset_base import parses_as_select_item
@@ -65,7 +66,7 @@ def _same_name(a: str, b: str) -> bool:
     """Whether DuckDB takes column names ``a`` and ``b`` for one name: it compares them in any case.
     A query selecting both gets the second renamed (``__data_partition___1``) by its ``COPY``, whose
     ``PARTITION_BY`` then named folders that no partition is read from: every row was lost."""
-    return a.lower() == b.lower()
+    return fold_case(a) == fold_case(b)
 
 
 def _key_sql(key: str, columns: List[str]) -> str:
@@ -88,7 +89,7 @@ def _internal_column(columns: List[str]) -> str:
     """The name of the internal partition column: ``__sp_partition__``, or that name with more
     underscores if the data has a column so named, in any case (it would be replaced, or
     renamed by DuckDB, and its rows lost)."""
-    taken = {c.lower() for c in columns}
+    taken = {fold_case(c) for c in columns}
     name = "__sp_partition__"
     while name in taken:
         name += "_"
@@ -184,11 +185,11 @@ def check_key_columns(node, columns: List[str], conn) -> None:
         keys, named_by = [node.data_partition_column], f"data_partition_column={node.data_partition_column!r}"
     else:
         keys, named_by = list(node.hash_columns), f"hash_columns={list(node.hash_columns)!r}"
-    have = {c.lower() for c in columns}
+    have = {fold_case(c) for c in columns}
     missing = [
         k
         for k in keys
-        if k.lower() not in have
+        if fold_case(k) not in have
         and (not _IDENT.fullmatch(k) and not parses_as_select_item(k) or _IDENT.fullmatch(k) and not _binds_alone(conn, k))
     ]
     if missing:
