@@ -2,7 +2,10 @@
 
 One ``mpirun`` starts all ``num_nodes`` ranks; each rank is one executor. The launch is made so
 that the job survives the loss of a rank (``--enable-recovery``: mpirun's default is to kill every
-rank when one dies, which would turn one lost executor into a lost job), ranks are not pinned to
+rank when one dies, which would turn one lost executor into a lost job; a job of one rank has no
+other to keep going, and is launched without it, so that mpirun exits with its rank's status:
+with it, mpirun exits 0 whatever the ranks did, and ``SP_SPAWN=1``'s process reported a run that
+failed or was killed as a success), ranks are not pinned to
 cores (``--bind-to none``: an executor runs several worker processes), and more ranks than cores
 are allowed on a host (``--oversubscribe``). Run as root, ``--allow-run-as-root`` is added.
 Each rank sees ``OMPI_COMM_WORLD_RANK`` and ``OMPI_COMM_WORLD_LOCAL_SIZE`` (ranks on its host).
@@ -38,7 +41,9 @@ class MPI(Platform):
         mpirun = shutil.which("mpirun")
         if mpirun is None:
             raise RuntimeError("platform 'mpi': mpirun is not on the PATH (Debian: apt-get install openmpi-bin)")
-        cmd = [mpirun, "-np", str(num_nodes), "--oversubscribe", "--bind-to", "none", "--enable-recovery"]
+        cmd = [mpirun, "-np", str(num_nodes), "--oversubscribe", "--bind-to", "none"]
+        if num_nodes > 1:  # (one rank: its exit status is mpirun's, see the module docstring)
+            cmd.append("--enable-recovery")
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             cmd.append("--allow-run-as-root")
         for k in sorted(envs):
