@@ -324,6 +324,8 @@ def execute_attempt(
             sink.start(started)
         else:
             logger.info(started)
+        while _folder_notes:
+            logger.warning(_folder_notes.pop(0))
         task.inject_fault()
         if rt.enforce_memory_limit:  # a thread that stops the attempt once it uses more than ``memory``
             from smallpond.execution.memory_watch import watch_attempt
@@ -450,6 +452,8 @@ def _end_memory_watch(watch) -> None:
 
 
 _worker_folder: Optional[str] = None  # this worker's folder before its first attempt ("": none)
+_missing_folders: set = set()  # nodes' folders that could not be entered (said once each)
+_folder_notes: List[str] = []  # what enter_node_folder has to say, for the attempt's log
 
 
 def enter_node_folder(task: Task) -> None:
@@ -471,8 +475,16 @@ def enter_node_folder(task: Task) -> None:
             try:
                 os.chdir(where)
                 return
-            except OSError:
-                continue
+            except OSError as e:
+                if where == folder and folder not in _missing_folders:
+                    # a relative path in its SQL or code now means a file of another folder: said in
+                    # the attempt's log once it is open (execute_attempt)
+                    _missing_folders.add(folder)
+                    _folder_notes.append(
+                        f"{task.key} of {getattr(task, 'node_label', 'its node')}: the folder it was built in, {folder}, "
+                        f"cannot be entered ({e.strerror or e}); it runs in {_worker_folder or 'the worker process current folder'}, "
+                        "where a relative path in its SQL or code may name another file"
+                    )
 
 
 def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: int, memory: int, worker: str):

@@ -272,3 +272,45 @@ def test_a_failed_tasks_input_files_are_named_once_each(tmp_path):
     assert _input_files(inputs) == [a, b]
     many = [ParquetDataSet.from_files([str(tmp_path / f"{i}.parquet")]) for i in range(30)]
     assert len(_input_files(many)) == 10
+
+
+def test_a_node_whose_folder_is_gone_runs_in_the_workers_folder_and_says_so(tmp_path, monkeypatch):
+    """A node built in a folder removed since runs in the worker's own folder, where a relative path
+    of its SQL may name another file: the attempt's log says so (once), naming the task, the node
+    and both folders."""
+    from types import SimpleNamespace
+
+    from smallpond.execution import attempt
+
+    gone, here = tmp_path / "gone", tmp_path / "worker"
+    gone.mkdir()
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(attempt, "_worker_folder", None)
+    monkeypatch.setattr(attempt, "_missing_folders", set())
+    monkeypatch.setattr(attempt, "_folder_notes", [])
+    task = SimpleNamespace(
+        key="SqlEngineTask-000007", node_label="SqlEngineNode-000003", node=SimpleNamespace(created_cwd=str(gone))
+    )
+    attempt.enter_node_folder(task)
+    assert os.getcwd() == str(gone) and attempt._folder_notes == []
+    gone.rmdir()
+    for _ in range(2):
+        attempt.enter_node_folder(task)
+        assert os.getcwd() == str(here)
+    (said,) = attempt._folder_notes
+    assert "cannot be entered" in said and str(gone) in said and "SqlEngineNode-000003" in said and str(here) in said, said
+
+
+def test_the_attempt_log_says_the_nodes_folder_could_not_be_entered(sql_task, monkeypatch):
+    """What enter_node_folder noted is a warning in the log of the attempt that follows, and only there."""
+    from smallpond.execution import attempt
+
+    rt, task, inputs = sql_task
+    note = f"{task.key} of its node: the folder it was built in, /gone, cannot be entered"
+    monkeypatch.setattr(attempt, "_folder_notes", [note])
+    execute_attempt(rt, task, inputs, 0, memory=256 * MB)
+    with open(os.path.join(rt.log_root, "tasks", f"{task.key}.0.log")) as f:
+        log = f.read()
+    assert "WARNING" in log and note in log, log
+    assert attempt._folder_notes == []
