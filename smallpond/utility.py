@@ -160,7 +160,8 @@ class Wrapper:
     this is the plain proxy a script would subclass: attributes and methods are read from the
     wrapped object (``Wrapper(table).num_rows``), a subclass overrides what it defines, an
     attribute set on the wrapper stays on the wrapper, ``str``/``repr`` are the wrapped object's,
-    and it pickles with what it wraps (a task may carry one to a worker). Operators
+    and it pickles and copies (``copy.deepcopy`` too) with what it wraps (a task may carry one to a
+    worker). Operators
     (``len(w)``, ``w[0]``) are not forwarded: Python looks them up on the class.
 
     >>> class Shouting(Wrapper):
@@ -180,6 +181,17 @@ class Wrapper:
         if name == "_wrapped":
             raise AttributeError(name)
         return getattr(self._wrapped, name)
+
+    def __deepcopy__(self, memo: dict) -> "Wrapper":
+        # (defined here: copy.deepcopy looks it up on the instance, so the wrapped object's, found
+        # through __getattr__, would return a copy of it alone, the wrapper and its overrides lost)
+        import copy
+
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            new.__dict__[name] = copy.deepcopy(value, memo)
+        return new
 
     def __str__(self) -> str:
         return str(self._wrapped)

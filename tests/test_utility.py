@@ -78,6 +78,17 @@ def test_wrapper_stands_for_the_object_it_wraps():
     assert type(back) is _Counted and back.num_rows() == 30 and back._wrapped.equals(table)
     with pytest.raises(AttributeError):
         _ = Wrapper.__new__(Wrapper).anything  # half-built (as while unpickling): no endless recursion
+    import copy
+
+    import numpy as np
+
+    for wrapped in (table, np.arange(30), {"a": 1}):  # (numpy's own __deepcopy__ was found through the wrapper)
+        counted = _Counted(wrapped)
+        counted.note = ["mine"]
+        for twin in (copy.copy(counted), copy.deepcopy(counted)):
+            assert type(twin) is _Counted and type(twin._wrapped) is type(wrapped) and twin.note == ["mine"], type(twin)
+        deep = copy.deepcopy(counted)
+        assert deep.note is not counted.note and deep._wrapped is not counted._wrapped
     import doctest
 
     import smallpond.utility
