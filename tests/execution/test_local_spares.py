@@ -242,3 +242,13 @@ def test_the_stack_dumps_of_a_worker_that_joins_another_job_go_to_its_temp_root(
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     with open(out.stdout.strip()) as f:
         assert "most recent call first" in f.read()
+
+
+def test_the_workers_of_a_failed_run_are_stopped_not_kept(parquet_files, make_rt):
+    ctx = Context()
+    bad = SqlEngineNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), "select error('boom in the run') as v from {0}"
+    )
+    with pytest.raises(Exception, match="boom in the run"):
+        run_job(LogicalPlan(ctx, bad), make_rt(), num_workers=2, max_retry_count=0)
+    assert local_spares.kept() == {}

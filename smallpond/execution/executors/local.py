@@ -259,6 +259,9 @@ class LocalExecutor(Executor):
         self._given_back: List[Tuple[str, int]] = []  # see give_back
         #: idle workers are kept for the process's next job at shutdown, and taken from its last
         self.keep_workers = keep_workers
+        #: the run's outcome told by the job that ends (see :meth:`record_outcome`): workers are
+        #: kept only after a run that succeeded, never after a failed start or a failed run
+        self._outcome: Optional[str] = None
 
     @property
     def capacity(self) -> Capacity:
@@ -615,10 +618,15 @@ class LocalExecutor(Executor):
     def _spare_key(self, env: dict) -> tuple:
         return local_spares.spawn_key(self.rt, env)
 
+    def record_outcome(self, outcome: str) -> None:
+        self._outcome = outcome
+
     def shutdown(self, keep: bool = True) -> None:
-        """Stop the workers; with ``keep`` (and :attr:`keep_workers`), those that hold nothing of
-        the user's are kept idle for this process's next job (:mod:`.local_spares`)."""
-        if keep and self.keep_workers and self.workers:
+        """Stop the workers; with ``keep`` (and :attr:`keep_workers`), after a run that
+        succeeded (:meth:`record_outcome`), those that hold nothing of the user's are kept idle
+        for this process's next job (:mod:`.local_spares`). A start that failed, or a run that
+        failed or was interrupted, stops them all: a worker of a failed run may be what failed."""
+        if keep and self.keep_workers and self.workers and self._outcome == "success":
             key = self._spare_key(fresh_env(worker_hash_seed(self.rt, os.environ)))
             stop = set(map(id, local_spares.park(self.workers, key)))
             for w in self.workers:
