@@ -22,8 +22,9 @@ REPORT = textwrap.dedent(
     import os, sys, time
     out = sys.argv[1]
     keys = ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE", "SP_EXECUTORS_ON_HOST", "SP_TEST_VAR")
-    with open(os.path.join(out, str(os.getpid())), "w") as f:
+    with open(os.path.join(out, f"tmp-{os.getpid()}"), "w") as f:
         f.write(" ".join(f"{k}={os.environ.get(k, '')}" for k in keys))
+    os.rename(os.path.join(out, f"tmp-{os.getpid()}"), os.path.join(out, str(os.getpid())))  # whole when seen
     time.sleep(float(sys.argv[2]))
     open(os.path.join(out, f"end-{os.getpid()}"), "w").close()
     """
