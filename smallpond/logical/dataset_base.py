@@ -205,7 +205,7 @@ class DataSet:
         ``"string_split(url, '/')[1] as host"``). An item that is no valid select item (``it's``)
         is a name whatever the data's columns: it is quoted, never pasted raw (the names are not
         known on an empty partition without a schema)."""
-        if _PLAIN_NAME.fullmatch(item) and item.lower() not in _RESERVED:
+        if _PLAIN_NAME.fullmatch(item) and fold_case(item) not in _RESERVED:
             return item
         if self._is_expression(item):
             return sql_fragment(item)
@@ -213,9 +213,10 @@ class DataSet:
 
     def _is_expression(self, item: str) -> bool:
         """Whether a ``columns`` item is an expression rather than a name of the data's columns (in
-        any case, as DuckDB binds a name: ``X-1`` for a column ``x-1`` is that column, never
-        ``x - 1``)."""
-        if _PLAIN_NAME.fullmatch(item) or item.lower() in {c.lower() for c in self._data_column_names()}:
+        any case of ASCII letters, as DuckDB binds a name: ``X-1`` for a column ``x-1`` is that
+        column, never ``x - 1``; ``a-É`` for a column ``a-é`` is ``a - É``, as DuckDB, which folds
+        no other letter, binds it)."""
+        if _PLAIN_NAME.fullmatch(item) or fold_case(item) in {fold_case(c) for c in self._data_column_names()}:
             return False
         return parses_as_select_item(item)
 

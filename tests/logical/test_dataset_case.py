@@ -151,3 +151,25 @@ def test_names_differing_in_a_letter_beyond_ascii_are_two_names_as_in_duckdb(tmp
         with pytest.raises(Exception, match="é"):
             read(ParquetDataSet([upper], columns=["é"]))
         assert read(ParquetDataSet([upper], columns=["B"])).to_pydict() == {"b": [3, 4]}, name
+
+
+@pytest.mark.parametrize("column, item, other", [("a-é", "a-É", "É"), ("a-É", "a-é", "é")])
+def test_an_item_naming_a_column_only_in_a_case_beyond_ascii_is_an_expression_as_in_duckdb(
+    tmp_path, make_rt, column, item, other
+):
+    """``columns=['a-É']`` of a file with ``a``, ``É`` and ``a-é``: DuckDB folds no letter beyond
+    ASCII, so ``a-É`` names no column of it and is ``a - É`` (what ``SELECT a-É`` gives). Compared
+    by ``str.lower`` it was taken for the column ``a-é``, quoted, and every reader failed with
+    'Referenced column "a-É" not found' (and the reverse, ``a-é`` of a file with ``a-É``)."""
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"a": [10, 20], other: [1, 2], column: [7, 8]}), path)
+    expected = duckdb.sql(f"SELECT {item} FROM read_parquet('{path}')").fetchall()
+    assert expected == [(9,), (18,)]
+    for name, read in readers().items():
+        table = read(ParquetDataSet([path], columns=[item]))
+        assert [tuple(r.values()) for r in table.to_pylist()] == expected, name
+    ctx = Context()
+    node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path], columns=[item])),), "select * from {0}")
+    result = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    rows = [tuple(r.values()) for p in result.final_output.resolved_paths for r in pq.read_table(p).to_pylist()]
+    assert rows == expected

@@ -23,6 +23,7 @@ from smallpond.execution.ops.duckdb import (
     with_input_ctes,
 )
 from smallpond.execution.task import Task
+from smallpond.io.columns import fold_case
 from smallpond.logical.dataset import DataSet, ParquetDataSet
 
 
@@ -79,13 +80,13 @@ def without_placeholder_column(conn, sql: str):
     placeholder, or that does not bind (it fails when it runs, with the error and its hint), is
     left as it is.
     """
-    placeholder = EMPTY_PLACEHOLDER_COLUMN.lower()
+    placeholder = fold_case(EMPTY_PLACEHOLDER_COLUMN)
     try:
         # (as a subquery, one statement: a second one after ';' ran here, though the query fails)
         columns = [row[0] for row in conn.execute(f"DESCRIBE SELECT * FROM ({as_subquery(sql)})").fetchall()]
     except Exception:  # duckdb.Error: the query's own run reports it
         return sql, False
-    if [c.lower() for c in columns].count(placeholder) != 1 or len(columns) == 1:
+    if [fold_case(c) for c in columns].count(placeholder) != 1 or len(columns) == 1:
         return sql, False
     return f"SELECT * EXCLUDE ({quote_identifier(EMPTY_PLACEHOLDER_COLUMN)}) FROM ({as_subquery(sql)})", True
 
