@@ -25,7 +25,7 @@ from smallpond.execution.ops.duckdb import (
     task_memory,
     writer_row_group_bytes,
 )
-from smallpond.execution.ops.sql import columns_unknown, unknown_columns_hint
+from smallpond.execution.ops.sql import columns_unknown, reads_unknown_columns, unknown_columns_hint
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.columns import fold_case
@@ -320,6 +320,9 @@ class HashPartitionTask(Task):
                 src = f"__sp_fused_{int(self.id)}"
             described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             columns = [r[0] for r in described]
+            if reads_unknown_columns(ds, columns):  # (a fused `select *` of such an input: as above)
+                self.stats["rows"] = 0
+                return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
             expr, col = self._key_expr(columns, conn, src)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
             # (as upstream does) unless drop_partition_column is set

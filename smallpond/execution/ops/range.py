@@ -30,6 +30,7 @@ from smallpond.common import is_bool, quote_identifier, quote_literal
 from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
 from smallpond.execution.ops.duckdb import create_input_views, open_connection, run_sql
 from smallpond.execution.ops.partition import HashPartitionTask
+from smallpond.execution.ops.sql import reads_unknown_columns
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.columns import bind_columns
@@ -186,11 +187,16 @@ class RangeSampleTask(Task):
             run_sql(conn, "SET threads = 1")  # a seeded reservoir sample is reproducible on one thread only
             src = create_input_views(self, conn, [ds])[0]
             columns = [r[0] for r in conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()]
-            key = quote_identifier(key_column_of(node, columns))
-            sample = (
-                f"SELECT {key} AS k FROM {src} USING SAMPLE reservoir({int(node.sample_size)} ROWS) "
-                f"REPEATABLE ({self.rand_seed_uint32 % 2**31})"
-            )
+            if reads_unknown_columns(ds, columns):
+                # no rows, and no key to sample: no split points, and every partition is empty, as
+                # with split points given (or a hash partition of this input)
+                sample = "SELECT NULL AS k WHERE false"
+            else:
+                key = quote_identifier(key_column_of(node, columns))
+                sample = (
+                    f"SELECT {key} AS k FROM {src} USING SAMPLE reservoir({int(node.sample_size)} ROWS) "
+                    f"REPEATABLE ({self.rand_seed_uint32 % 2**31})"
+                )
             self._current_sql = sample
             run_sql(
                 conn,

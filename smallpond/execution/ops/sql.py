@@ -34,6 +34,14 @@ def columns_unknown(ds: DataSet) -> bool:
     return not getattr(ds, "_schema_path", None)
 
 
+def reads_unknown_columns(ds: DataSet, columns: List[str]) -> bool:
+    """Whether a view over input ``ds`` with ``columns`` (its own, or those of a query of it that
+    kept them: ``select * from {0}``) is an input whose columns are unknown (:func:`columns_unknown`),
+    read as it is: no rows, its one column the placeholder. A partition has nothing to split there
+    and no key to look for, whatever it was given (a key it names is not "not found")."""
+    return columns == [EMPTY_PLACEHOLDER_COLUMN] and columns_unknown(ds)
+
+
 def unknown_columns_hint(e: Exception, unknown: List[int]) -> Optional[UserCodeError]:
     """``e`` with a hint saying why, when a query failed over inputs (their indices: ``unknown``)
     whose columns are unknown (:func:`columns_unknown`): a column the query names is not there
