@@ -24,9 +24,7 @@ from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
 from smallpond.logical.base import call_site_msg, node_at
 from smallpond.logical.dataset import (
-    CsvDataSet,
     DataSet,
-    JsonDataSet,
     PandasDataSet,
     ParquetDataSet,
 )
@@ -39,10 +37,10 @@ from smallpond.logical.node import (
     LimitNode,
     LogicalPlan,
     Node,
-    ProjectionNode,
     ShuffleNode,
     SqlEngineNode,
 )
+from smallpond.logical.structural import files_are_the_result
 from smallpond.rowfuncs import FilterRows, MapBatches, MapRows
 
 if TYPE_CHECKING:
@@ -611,7 +609,7 @@ class DataFrame:
         if not isinstance(path, str) or not path:
             raise ParameterError(f"write_parquet needs a directory path, got {path!r}")
         plan = self.plan
-        if not _files_are_the_result(plan):  # CSV/JSON files, or Parquet files read with columns=
+        if not files_are_the_result(plan):  # CSV/JSON files, or Parquet files read with columns=
             plan = _tag(SqlEngineNode(self._ctx, (plan,), "select * from {0}"), "write_parquet")
         node = DataSinkNode(self._ctx, (plan,), os.path.abspath(user_path(path)), type="link_or_copy", mode=mode)
         return self._new(node, "write_parquet")
@@ -654,30 +652,6 @@ class DataFrame:
         if dry_run:
             text += f"\n\n== What will run ==\n{self.session._job.dry_run_nodes([opt])}"
         return TextBlock(text)
-
-
-def _files_are_the_result(node: Node) -> bool:
-    """Whether the files ``node``'s output lists are its result as Parquet, so a sink may publish
-    them as they are: not so for a source's files read through a projection (``columns=``,
-    generated columns, ``ProjectionNode``) or of another format (CSV, JSON), reached through
-    nodes that pass their inputs' files on (splits by files or rows, unions)."""
-    todo, seen = [node], set()
-    while todo:
-        n = todo.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if isinstance(n, ProjectionNode):
-            return False
-        if isinstance(n, DataSourceNode):
-            ds = n.dataset  # (in-memory data is written to Parquet by its source's task)
-            if isinstance(ds, (CsvDataSet, JsonDataSet)):
-                return False
-            if isinstance(ds, ParquetDataSet) and (ds.generated_columns or ds.columns not in (None, ["*"])):
-                return False
-        elif n.passes_input_files:
-            todo.extend(n.input_deps)
-    return True
 
 
 def _read(ds: DataSet, what: str = ""):

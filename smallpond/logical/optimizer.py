@@ -6,6 +6,11 @@ as long as the session, so a node shared by several DataFrames is optimized into
 
 Rules, in order (:data:`RULES`), used by the DataFrame API and the Driver alike:
 
+* :func:`materialize_projections` — a sink whose input's files are read through a projection
+  (a ``ProjectionNode``, a source's ``columns=`` or generated columns) publishes the projection's
+  result, not those files: a ``select * from {0}`` node is put between them, so its files hold
+  exactly the projected columns (a sink lists, links or copies files as they are, and reading
+  them back gave every column of the source; ``DataFrame.write_parquet`` does the same).
 * :func:`fuse_sql` — a single-input SQL node over another SQL node becomes one SQL node, so a
   ``filter`` followed by a ``map`` runs as one DuckDB query per partition instead of two tasks
   with a Parquet round trip between them. A global ``limit`` is never fused (it must stay
@@ -182,7 +187,38 @@ def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node])
     return visit(node)
 
 
-RULES: List[Callable] = [fuse_sql, fuse_sql_into_partition]
+def materialize_projections(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
+    from smallpond.logical.structural import DataSinkNode, projection_of
+
+    def materialized(dep: Node, sink: Node) -> Node:
+        key = ("materialized", id(dep))  # (one node for every sink of one input)
+        if key not in memo:
+            new = SqlEngineNode(dep.ctx, (dep,), "select * from {0}")
+            # (errors name the sink's line: the projection's result is what it publishes)
+            new.location, new.created_cwd = sink.location, dep.created_cwd
+            memo[key] = new
+        return memo[key]
+
+    def visit(n: Node) -> Node:
+        if id(n) in memo:
+            return memo[id(n)]
+        if id(n) in frozen:
+            memo[id(n)] = n
+            return n
+        deps = tuple(visit(d) for d in n.input_deps)
+        if isinstance(n, DataSinkNode):
+            deps = tuple(materialized(d, n) if projection_of(d) is not None else d for d in deps)
+        new = n
+        if any(a is not b for a, b in zip(deps, n.input_deps)):
+            new = copy.copy(n)
+            new.input_deps = deps
+        memo[id(n)] = new
+        return new
+
+    return visit(node)
+
+
+RULES: List[Callable] = [materialize_projections, fuse_sql, fuse_sql_into_partition]
 
 
 def optimize(node: Node, frozen: Set[int], memo: Dict) -> Node:

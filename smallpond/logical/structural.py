@@ -14,7 +14,7 @@ from smallpond.errors import ParameterError, PlanError
 from smallpond.io.paths import MANIFEST_NAME, unlistable, user_path
 from smallpond.logical.base import Context, Node, Shape, call_site_msg
 from smallpond.logical.compute import SqlEngineNode
-from smallpond.logical.dataset import DataSet, ParquetDataSet
+from smallpond.logical.dataset import CsvDataSet, DataSet, JsonDataSet, ParquetDataSet
 
 
 class DataSourceNode(Node):
@@ -239,6 +239,48 @@ class ProjectionNode(Node):
         self.columns = columns
         self.generated_columns = generated_columns
         self.union_by_name = union_by_name
+
+
+def _projects(node: Node) -> bool:
+    """Whether ``node`` (a projection, or a source) reads its files through a projection: the
+    rows of its files are its result, not their columns (``columns=``, generated columns, a
+    ``ProjectionNode`` other than ``*``, a union by name)."""
+    if isinstance(node, ProjectionNode):
+        return node.columns != ["*"] or bool(node.generated_columns) or bool(node.union_by_name)
+    ds = getattr(node, "dataset", None) if isinstance(node, DataSourceNode) else None
+    if not isinstance(ds, ParquetDataSet):
+        return False
+    return bool(ds.generated_columns) or ds.columns not in (None, ["*"]) or bool(ds._union_by_name)
+
+
+def _file_sources(node: Node):
+    """The nodes whose files ``node``'s output lists: itself, or what it reaches through nodes
+    that pass their inputs' files on (splits by files or rows, unions, projections)."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        yield n
+        if n.passes_input_files:
+            todo.extend(n.input_deps)
+
+
+def projection_of(node: Node) -> Optional[Node]:
+    """The node that projects the files ``node``'s output lists (:func:`_projects`), if one does:
+    a sink publishing those files as they are would publish every column of them."""
+    return next((n for n in _file_sources(node) if _projects(n)), None)
+
+
+def files_are_the_result(node: Node) -> bool:
+    """Whether the files ``node``'s output lists are its result as Parquet, so a sink may publish
+    them as they are: not so for a source's files read through a projection
+    (:func:`projection_of`) or of another format (CSV, JSON)."""
+    for n in _file_sources(node):
+        if _projects(n) or isinstance(n, DataSourceNode) and isinstance(n.dataset, (CsvDataSet, JsonDataSet)):
+            return False
+    return True
 
 
 class LimitNode(SqlEngineNode):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -17,6 +18,7 @@ from smallpond.logical.node import (
     DataSourceNode,
     HashPartitionNode,
     LogicalPlan,
+    ProjectionNode,
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files
@@ -97,3 +99,54 @@ def test_a_manifest_of_some_rows_of_a_file_is_refused(tmp_path):
     assert manifest_files([first, second, third], "the sink") == files
     with pytest.raises(ParameterError, match=r"the sink: .* only rows 0-3 of .*type='link' or 'copy'"):
         manifest_files([first], "the sink")
+
+
+PROJECTIONS = {
+    "ProjectionNode last": lambda ctx, src: ProjectionNode(ctx, src, ["key", "id * 2 as id2"], ["filename"]),
+    "source columns=": None,
+    "projection split by files": lambda ctx, src: DataSetPartitionNode(ctx, (ProjectionNode(ctx, src, ["key"]),), 2),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PROJECTIONS))
+@pytest.mark.parametrize("sink", ["FinalResults", "manifest", "link", "copy"])
+def test_a_sink_over_a_projection_publishes_the_projected_columns(tmp_path, make_rt, shape, sink):
+    """A sink over a projection (a ProjectionNode, a source's ``columns=``, reached through nodes
+    that pass files on) listed, linked or copied the source's files, so reading the result (the
+    job's ``final_output``, or its folder through ``read_parquet``) gave every column of the
+    source: the projection's result is written first, as ``DataFrame.write_parquet`` does."""
+    import smallpond
+
+    path = str(tmp_path / "in" / "k.parquet")
+    os.makedirs(os.path.dirname(path))
+    pq.write_table(pa.table({"key": [1, 2, 3], "id": [10, 20, 30], "s": ["x", "y", "z"]}), path)
+    ctx = Context()
+    if PROJECTIONS[shape] is None:
+        node = DataSourceNode(ctx, ParquetDataSet([path], columns=["key"]))
+    else:
+        node = PROJECTIONS[shape](ctx, DataSourceNode(ctx, ParquetDataSet([path])))
+    dest = str(tmp_path / "out")
+    root = node if sink == "FinalResults" else DataSinkNode(ctx, (node,), dest, type=sink)
+    result = run_job(LogicalPlan(ctx, root), make_rt(), num_workers=1)
+    expected = {"key": [1, 2, 3]}
+    if shape == "ProjectionNode last":
+        expected.update(id2=[20, 40, 60], filename=[path] * 3)
+    got = result.final_output.to_arrow_table().sort_by("key").to_pydict()
+    assert got == expected
+    folder = result.final_output_path if sink == "FinalResults" else dest
+    sp = smallpond.init(data_root=str(tmp_path / "reader"))
+    try:
+        assert sp.read_parquet(folder).to_arrow().sort_by("key").to_pydict() == expected
+    finally:
+        sp.shutdown()
+    assert pq.read_table(path).column_names == ["key", "id", "s"]  # (the input is left as it was)
+
+
+def test_a_sink_over_a_projection_of_every_column_publishes_the_files_as_they_are(tmp_path, make_rt):
+    """``ProjectionNode(columns=None)`` (``*``) changes nothing: its files are published as they are."""
+    path = str(tmp_path / "k.parquet")
+    pq.write_table(pa.table({"key": [1, 2]}), path)
+    ctx = Context()
+    node = ProjectionNode(ctx, DataSourceNode(ctx, ParquetDataSet([path])))
+    result = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
+    assert result.final_output.resolved_paths == [path]
