@@ -454,6 +454,10 @@ class Planner:
                     node_at(node),
                 )
                 digest = hashlib.sha256(f"{digest}\x00clock:{self.rt.job_id}".encode()).hexdigest()
+            if not digest.startswith("unreusable:") and resolves_relative_paths(node):
+                # a relative path its tasks resolve means a file of the folder it was built in: reused
+                # (cache or resume) only by a node built in the same folder
+                digest = hashlib.sha256(f"{digest}\x00folder:{getattr(node, 'created_cwd', None)}".encode()).hexdigest()
             self._digests[id(node)] = digest
             if id(node) not in self._slim_copies:
                 self._planned_nodes.append(node)
@@ -735,6 +739,19 @@ def draws_from_task_seed(node: Node) -> bool:
     if isinstance(node, HashPartitionNode):
         texts += [node.data_partition_column, *node.hash_columns]
     return sql_may_draw_random(texts)
+
+
+def resolves_relative_paths(node: Node) -> bool:
+    """Whether a node's tasks may resolve a relative path themselves, in the folder it was built in
+    (``Node.created_cwd``): user Python (Python UDFs in SQL too), which may open any file, and SQL
+    with quoted text, where DuckDB reads a file named by a string or a quoted name (``{0},
+    'x.parquet'``; SQL found to read files is not reused at all). SQL without quotes names no file."""
+    if isinstance(node, _USER_PYTHON) or getattr(node, "udf_contexts", None):
+        return True
+    texts = node_sql(node)
+    if isinstance(node, HashPartitionNode):
+        texts += [node.data_partition_column, *node.hash_columns]
+    return any(q in t for t in texts if isinstance(t, str) for q in ("'", '"', "$"))
 
 
 def node_sql(node: Node) -> List[str]:

@@ -258,8 +258,8 @@ class Node:
             "id",
             "input_deps",
             "location",
-            # where relative paths resolve, not what is computed: a rerun from another folder resumes
-            # (the files a query reads by itself are not fingerprinted, relative or not)
+            # where relative paths resolve: the planner keys it for the nodes whose tasks may resolve
+            # one themselves (user Python, SQL with quoted text; planner.resolves_relative_paths)
             "created_cwd",
             "df_op",
             "fused_from",
