@@ -325,6 +325,8 @@ class DataFrame:
     def filter(self, sql_or_func: Union[str, Callable[[Dict[str, Any]], bool]], **kwargs) -> "DataFrame":
         """Keep rows where a SQL condition or a Python predicate on the row dict is true.
 
+        A SQL condition is one expression: text that closes a parenthesis it did not open (``"a >
+        1) or (1=1"``), leaves one open or holds a ``;`` is refused where it is given.
         The SQL is formatted as :meth:`Session.partial_sql`'s query is (as upstream does): ``{0}``
         is the input, and a brace of its own is doubled (``{{``, ``}}``).
         :func:`smallpond.common.escape_braces` doubles those of a quoted value or name.
@@ -339,7 +341,12 @@ class DataFrame:
         [{'item': 'a{0}b'}]
         """
         if isinstance(sql_or_func, str):
+            from smallpond.execution.ops.duckdb import fragment_problem
+
             cond = _sql_text("filter", "sql_or_func", sql_or_func)
+            why = fragment_problem(cond)
+            if why is not None:  # (it would change the query around it, or fail there less clearly)
+                raise ParameterError(call_site_msg("DataFrame.filter", f"{sql_or_func!r} is not one SQL condition: {why}"))
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({cond})", **kwargs), "filter")
         if callable(sql_or_func):
             return self._python_op("filter", FilterRows(sql_or_func), None, kwargs)

@@ -297,3 +297,26 @@ def test_a_data_root_or_an_input_path_holding_a_tab_is_listed_as_it_is(tmp_path)
     run_job(LogicalPlan(ctx2, listed), rt, num_workers=1)
     assert open(tmp_path / "m" / ".MANIFEST.txt").read() == str(folder / "a\x01b.parquet") + "\n"
     assert ParquetDataSet([str(tmp_path / "m")]).to_arrow_table().column("k").to_pylist() == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "condition, why",
+    [
+        ("a > 1) or (1=1", "closes a parenthesis it did not open"),
+        ("a > 1) union all select 9 as a from (select 1", "closes a parenthesis it did not open"),
+        ("a > 1; select 9", "holds a ';'"),
+        ("(a > 1", "leaves a parenthesis open"),
+    ],
+)
+def test_a_filter_condition_is_one_expression(sp, condition, why):
+    """``filter("a > 1) or (1=1")`` closed the ``where (...)`` around it: the query kept every row
+    (``where (a > 1) or (1=1)``), and a condition could add rows of its own (``union all ...``).
+    It is refused where it is given; parentheses, ``;`` and quotes inside strings, quoted names,
+    dollar quotes and comments are the condition's own."""
+    df = sp.from_items([{"a": 1, "s": "x"}, {"a": 2, "s": ")"}])
+    with pytest.raises(ParameterError) as info:
+        df.filter(condition)
+    text = str(info.value)
+    assert "DataFrame.filter" in text and repr(condition) in text and why in text and f"{__file__}:" in text
+    kept = df.filter("s = ')' or s = $$;($$ or \"s\" = ')' -- (\n or a > (1 + 1) /* ) */").take_all()
+    assert kept == [{"a": 2, "s": ")"}]

@@ -83,28 +83,54 @@ _READS_FILES = re.compile(
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 
 
-def top_level_text(sql: str) -> str:
-    """``sql`` without its string literals, quoted identifiers, comments and parenthesized parts:
-    what is left is the outermost statement's own clauses."""
-    out, depth, i, n = [], 0, 0, len(sql)
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
+
+
+def without_quoted_text(sql: str) -> str:
+    """``sql`` with each string literal (``'...'``, ``E'...'`` with its backslash escapes,
+    ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space, as
+    DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). An
+    unterminated one runs to the end."""
+    out, i, n = [], 0, len(sql)
     while i < n:
         c = sql[i]
         if c in "'\"":
-            j = sql.find(c, i + 1)
-            while j != -1 and j + 1 < n and sql[j + 1] == c:  # doubled quote inside
-                j = sql.find(c, j + 2)
-            i = n if j == -1 else j + 1
-            out.append(" ")
-            continue
-        if sql.startswith("--", i):
+            backslash = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
+            j = i + 1
+            while j < n:
+                if backslash and sql[j] == "\\":
+                    j += 2
+                elif sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:  # doubled quote inside
+                        j += 2
+                    else:
+                        break
+                else:
+                    j += 1
+            i = j + 1
+        elif c == "$" and _DOLLAR_TAG.match(sql, i):
+            tag = _DOLLAR_TAG.match(sql, i).group()
+            j = sql.find(tag, i + len(tag))
+            i = n if j == -1 else j + len(tag)
+        elif sql.startswith("--", i):
             j = sql.find("\n", i)
             i = n if j == -1 else j
-            continue
-        if sql.startswith("/*", i):
+        elif sql.startswith("/*", i):
             j = sql.find("*/", i + 2)
             i = n if j == -1 else j + 2
-            out.append(" ")
+        else:
+            out.append(c)
+            i += 1
             continue
+        out.append(" ")
+    return "".join(out)
+
+
+def top_level_text(sql: str) -> str:
+    """``sql`` without its string literals, quoted identifiers, comments and parenthesized parts:
+    what is left is the outermost statement's own clauses."""
+    out, depth = [], 0
+    for c in without_quoted_text(sql):
         if c == "(":
             depth += 1
             out.append(" ")
@@ -112,8 +138,24 @@ def top_level_text(sql: str) -> str:
             depth = max(0, depth - 1)
         elif depth == 0:
             out.append(c)
-        i += 1
     return "".join(out)
+
+
+def fragment_problem(text: str) -> Optional[str]:
+    """Why SQL ``text`` pasted between parentheses (``where ({text})``) would not stay one part
+    of the query there, else None: it closes a parenthesis it did not open (``a > 1) or (1=1``
+    turns the condition into two), leaves one open, or holds a ``;`` (a second statement)."""
+    depth = 0
+    for c in without_quoted_text(text):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                return "it closes a parenthesis it did not open, so it would end the query's own"
+        elif c == ";":
+            return "it holds a ';' outside quotes (one expression, not statements)"
+    return "it leaves a parenthesis open" if depth else None
 
 
 def has_final_order_by(sql: str) -> bool:
