@@ -300,6 +300,7 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from parquet_scan(['a', 'b'])",
         "select * from 'data/*.parquet'",
         'select * from {0} join "d.csv" using (k)',
+        "select * from{0}join'd.csv'using (k)",
         "select * from glob('x/*')",
         "attach 'x.db' as x (read_only); select * from {0} join x.t using (k)",
         "select * from parquet_metadata('x.parquet')",

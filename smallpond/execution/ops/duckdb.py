@@ -69,11 +69,12 @@ _MAY_OUTLIVE_TASK = re.compile(
 )
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
 #: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
-#: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
+#: named after FROM or JOIN, with or without a space (a replacement scan: 'x.csv', "data/*.parquet",
+#: COPY t FROM 'f', FROM'x.csv'), an
 #: attached or imported database
 _READS_FILES = re.compile(
     r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
-    r"|\b(?:from|join)\s+['\"]"
+    r"|(?<!['\"])\b(?:from|join)\s*['\"]"  # (not the word in quotes: select 'from' as f)
     r"|\battach\s+(?:database\s+)?(?:if\s+not\s+exists\s+)?['\"]"
     r"|\bimport\s+database\b",
     re.IGNORECASE,
