@@ -37,23 +37,32 @@ def _logs_say(data_root: str, text: str) -> int:
     return found
 
 
-def _together(tmp_path, data_root, a, jobs, expect=None):
-    """Run held jobs ``jobs`` ((first id, sink mode) each) that publish into ``a`` once all are
-    prepared, released at the same instant; every one must succeed (``expect``: else the exit
-    statuses, in order of exit status). ``data_root`` may be a list: each job's."""
+def _together(tmp_path, data_root, a, jobs, expect=None, one_by_one=False):
+    """Run held jobs ``jobs`` ((first id, sink mode) each, or (destination, first id, sink mode))
+    that publish into ``a`` (or their own destination) once all are prepared, released at the same
+    instant; every one must succeed (``expect``: else the exit statuses, in order of exit status).
+    ``data_root`` may be a list: each job's. ``one_by_one``: each job is started once the one
+    before is prepared (so it is planned after that one staged its result), not all at once."""
     env = dict(os.environ, SP_TEST_PUBLISH_STEP_DELAY="0.15")
     procs = []
+
+    def prepared(job, hold):
+        while not (hold / "holding").exists():
+            assert job.poll() is None, job.stderr.read()[-3000:]
+            time.sleep(0.02)
+
     try:
-        for i, (start, mode) in enumerate(jobs):
+        for i, spec in enumerate(jobs):
+            dest, start, mode = spec if len(spec) == 3 else (a, *spec)
             hold = tmp_path / f"hold{i}"
             hold.mkdir()
             root = data_root[i] if isinstance(data_root, list) else data_root
-            cmd = held(root, rows_of(tmp_path, f"job{i}", start), a, mode=mode, hold=str(hold))
+            cmd = held(root, rows_of(tmp_path, f"job{i}", start), dest, mode=mode, hold=str(hold))
             procs.append((subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), hold))
+            if one_by_one:
+                prepared(*procs[-1])
         for job, hold in procs:  # every job's sink is prepared; they publish on "go"
-            while not (hold / "holding").exists():
-                assert job.poll() is None, job.stderr.read()[-3000:]
-                time.sleep(0.02)
+            prepared(job, hold)
     finally:
         for _, hold in procs:
             (hold / "go").touch()

@@ -295,3 +295,31 @@ def test_another_thread_of_the_process_publishing_into_the_folder_is_waited_for(
         order.append("second in")
     t.join(30)
     assert order == ["first done", "second in"]
+
+
+def test_a_publication_inside_another_ones_destination_takes_turns_with_it(tmp_path, data_root):
+    """A publication into out/sub2 holds the lock file of out (and of every folder above it, up to
+    the data root's) shared, and one into out holds it exclusive: they take turns, whichever
+    comes first, so the second can check what the first published (ops/sink.py, publish).
+    Publications beside each other (out/a and out/b) both hold out's lock file shared."""
+    records = sink_records_dir(data_root)
+    out = tmp_path / "out"
+    out.mkdir()
+    inner = str(out / "sub2")
+    assert sink_lock.folders_above(inner, records) == [str(out)]  # tmp_path holds the data root: no destination
+    for held_dest, waiting_dest in ((str(out), inner), (inner, str(out))):
+        proc, marker = _holder(tmp_path, held_dest, records, "release")
+        with destinations_locked([waiting_dest], records):
+            assert os.path.exists(marker + ".releasing"), f"{waiting_dest} did not wait for {held_dest}"
+        assert proc.wait(timeout=30) == 0
+        os.remove(marker + ".held")
+        os.remove(marker + ".releasing")
+    with destinations_locked([str(out / "a")], records):
+        shared = os.open(lock_path(records, str(out)), os.O_RDONLY)
+        try:  # held shared: another shared holder gets it at once, an exclusive one would wait
+            fcntl.flock(shared, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(shared)
+        assert _locked_by_another(lock_path(records, str(out)))
+    deep = tmp_path / "x" / "y" / "z"
+    assert sink_lock.folders_above(str(deep), records) == [str(tmp_path / "x" / "y"), str(tmp_path / "x")]

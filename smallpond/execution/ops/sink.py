@@ -56,7 +56,10 @@ Guarantees:
   and a rerun of the job brings them back, so it does not publish the same sink twice.
 
   Jobs publishing into one destination take turns: a publication holds that destination's lock
-  from before it plans its steps until the last one (:mod:`~smallpond.execution.ops.sink_lock`).
+  from before it plans its steps until the last one (:mod:`~smallpond.execution.ops.sink_lock`),
+  and those of the folders above it, shared; holding them, it checks again that no result of the
+  data root nests with its destination (published since the job was planned:
+  :func:`~smallpond.execution.ops.sink_overlap.nested_since_planned`), else it publishes nothing.
 
   An append finished by a rerun is merged into the manifest in place (another job may have
   appended since), and one its journal can no longer finish is rolled back, never left half
@@ -100,7 +103,7 @@ from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import PublicationError, Step, interrupted_publications, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_lock import destinations_locked
-from smallpond.execution.ops.sink_overlap import check_nested_results, recorded_result
+from smallpond.execution.ops.sink_overlap import check_nested_results, nested_since_planned, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import (
     dest_names,
@@ -580,7 +583,7 @@ def _owned_and_record(runtime_ctx, task: Task, staging: str) -> Tuple[Dict[str, 
         with open(os.path.join(staging, MANIFEST)) as f:
             again = {os.path.basename(p) for p in (line.rstrip("\n") for line in f) if _same_dir(os.path.dirname(p), dest)}
         kept = {n: ident for n, ident in own.record.files.items() if n in again and n not in staged}
-    data = sink_record.record_of(records_dir, dest, staging, staged, kept)
+    data = sink_record.record_of(records_dir, dest, staging, staged, kept, job=os.path.abspath(runtime_ctx.job_root))
     step = [("record", sink_record.record_path(records_dir, dest), data)] if data is not None else []
     return own.owned, step
 
@@ -594,7 +597,14 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
         return
     # planned and carried out while no other job publishes into these destinations (ops/sink_lock.py)
     dests = [task.node.output_path for task, _ in prepared if not task.skip]
-    with destinations_locked(dests, sink_records_dir(runtime_ctx.data_root), runtime_ctx.job_root):
+    records_dir = sink_records_dir(runtime_ctx.data_root)
+    with destinations_locked(dests, records_dir, runtime_ctx.job_root):
+        for task, _ in prepared:  # checked when planned; another job may have published above or inside it since
+            dest = task.node.output_path
+            if not task.skip and not in_job_folder(dest, runtime_ctx.job_root):
+                nested = nested_since_planned(dest, records_dir)
+                if nested is not None:
+                    raise PublicationError(f"{task.node.label}: {nested}; nothing was published")
         journal = journal_of(runtime_ctx, prepared)
         # durable before any step only where a power loss could strand a user's files (module docstring)
         dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))

@@ -149,7 +149,8 @@ def _record(step: Step, dest: str, manifest: List[int], names: Dict[str, Optiona
     files = dict(rec.files) if rec is not None and now is not None and rec.manifest == now else {}
     files = {n: i for n, i in files.items() if n in in_dest}
     files.update({n: i for n, i in names.items() if i is not None})
-    return ("record", step[1], sink_record.render(dest, manifest, files, sink_record.key(records_dir)))
+    job = sink_record.job_of(step[2])  # this job's, as planned
+    return ("record", step[1], sink_record.render(dest, manifest, files, sink_record.key(records_dir), job))
 
 
 def rebase_appends(journal: dict) -> bool:

@@ -39,10 +39,22 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
     destination (a parent folder removed and made again while a job waited is found the same
     way).
 
+  - **Nesting**: the lock files of the folders above the destination (:func:`folders_above`: up
+    to the lowest that holds the data root's records; no destination holds those), **shared**. A
+    publication into ``out/sub2`` then holds ``out``'s lock file shared and one into ``out`` holds
+    it exclusively, so the two take turns, and whichever publishes second finds the other's
+    result, where each had checked at planning, before either published, that nothing nested
+    (:func:`~smallpond.execution.ops.sink.publish` checks again under these locks:
+    :func:`~smallpond.execution.ops.sink_overlap.nested_result`). Publications into siblings
+    (``out/a``, ``out/b``) hold it shared both: the lock files do not make them take turns (the
+    folder lock does, where it can be taken). Like the destination's own lock file, these are of
+    the data root's records: as the nesting check, they hold for the jobs of one data root and user.
+
   A destination inside the job's own folder (named outputs, ``FinalResults``) is this job's only
   and is not locked.
-* **Order**: the locks are taken in the order of their paths (folders and lock files alike), so
-  two jobs publishing into the same destinations never wait on each other in a cycle. A process does not lock a destination
+* **Order**: the locks are taken in the order of their paths (folders and lock files alike, shared
+  and exclusive), so two jobs publishing into the same or nested destinations never wait on each
+  other in a cycle. A lock wanted both shared and exclusive is taken exclusive. A process does not lock a destination
   again while it holds it (a publication finishing its own journal).
 * **A dead holder never blocks the next job**: ``flock`` locks belong to the open file, so the
   kernel releases them when the process holding them dies (SIGKILL included). A worker forked while
@@ -103,10 +115,11 @@ def _open_folder(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-def _lock(path: str, dest: str, folder: bool = False) -> Optional[int]:
+def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> Optional[int]:
     """Take the lock of ``dest`` at ``path`` (a lock file, or with ``folder`` the folder ``dest``
-    is in), waiting for its holder; its fd, or None where it cannot be locked (said once)."""
-    said = False
+    is in), waiting for its holder; its fd, or None where it cannot be locked (said once).
+    ``shared``: a shared lock (of a folder above a destination), else an exclusive one."""
+    said, how = False, fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         try:
             fd = _open_folder(path) if folder else _open(path)
@@ -116,7 +129,7 @@ def _lock(path: str, dest: str, folder: bool = False) -> Optional[int]:
             return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, how | fcntl.LOCK_NB)
             except BlockingIOError:
                 if folder and _held_by_this_process_or_its_parents(fd):
                     os.close(fd)  # `flock DIR python job.py`: waiting would wait for this job itself
@@ -124,7 +137,7 @@ def _lock(path: str, dest: str, folder: bool = False) -> Optional[int]:
                 if not said:
                     logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
                     said = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                fcntl.flock(fd, how)
         except OSError as e:
             os.close(fd)
             return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
@@ -218,16 +231,39 @@ def _no_locks(e: OSError, path: str, dest: str) -> None:
     return None
 
 
+def folders_above(dest: str, records_dir: str) -> List[str]:
+    """The folders above ``dest`` (real paths, nearest first) that may be another publication's
+    destination, whose lock files a publication into ``dest`` holds shared (module docstring):
+    those that do not hold ``records_dir``, since a destination holding the data root, or inside
+    its ``.smallpond`` folder, is refused when planned
+    (:func:`~smallpond.execution.ops.sink_overlap.check_overlap`)."""
+    records = os.path.realpath(records_dir)
+    out, folder = [], os.path.dirname(os.path.realpath(dest))
+    while folder != records and not records.startswith(folder.rstrip(os.sep) + os.sep):
+        out.append(folder)
+        folder = os.path.dirname(folder)
+    return out
+
+
 @contextlib.contextmanager
 def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Optional[str] = None) -> Iterator[None]:
-    """Hold the publication lock of each of ``dests`` (those outside ``job_root``) while the block runs."""
-    wanted: Dict[str, Tuple[str, bool]] = {}  # lock path -> (destination, is it a folder)
+    """Hold the publication lock of each of ``dests`` (those outside ``job_root``) while the block
+    runs, and those of the folders above them shared (see the module docstring)."""
+    wanted: Dict[str, Tuple[str, bool, bool]] = {}  # lock path -> (destination, is it a folder, shared)
+
+    def want(path: str, dest: str, folder: bool, shared: bool) -> None:
+        was = wanted.get(path)
+        if was is None or (was[2] and not shared):  # an exclusive lock where one is wanted both ways
+            wanted[path] = (dest, folder, shared)
+
     root = os.path.realpath(job_root) + os.sep if job_root else None
     for dest in dests:
         real = os.path.realpath(dest)
         if root is None or not (real + os.sep).startswith(root):
-            wanted.setdefault(lock_path(records_dir, dest), (dest, False))
-            wanted.setdefault(folder_to_lock(dest), (dest, True))
+            want(lock_path(records_dir, dest), dest, False, False)
+            want(folder_to_lock(dest), dest, True, False)
+            for above in folders_above(real, records_dir):
+                want(lock_path(records_dir, above), f"{above} (around {dest})", False, True)
     held = _held_here()
     taken: List[str] = []
     try:

@@ -17,7 +17,10 @@ Nor does a sink publish inside (or around) a result published earlier: a sink of
 computation of the session (:func:`check_earlier_sinks`, naming both sinks) or any folder holding a
 smallpond result the data root has a record of (:func:`check_nested_results`, naming the folder and
 its record): the outer result would hold a folder no manifest lists, and its next overwrite would be
-refused. The same destination as an earlier sink of the session is an overwrite by the usual rules
+refused. Two jobs planned before either published (``out`` and ``out/sub2`` at the same instant)
+both pass that check: it is made again when each publishes, under locks that make the two take
+turns (:func:`nested_since_planned`; :mod:`~smallpond.execution.ops.sink_lock`), and the second
+is refused, publishing nothing, naming the first's folder, job and record. The same destination as an earlier sink of the session is an overwrite by the usual rules
 (a notebook cell run again), except when that sink's result is an input of the new sink: reading a
 folder and overwriting it in one computation is refused, as it is for a data source's folder
 (:func:`check_overlap`), and the earlier frame's result would be gone.
@@ -127,36 +130,69 @@ def _recorded_under(dest: str, records_dir: str) -> Optional[Tuple[str, str]]:
     return None
 
 
-def check_nested_results(node, records_dir: str) -> None:
-    """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
-    smallpond result published earlier (by any job of this data root), naming that folder and
-    the record of it. The destination itself holding one is an overwrite or append by the usual
-    rules (:func:`~smallpond.execution.ops.sink.check_destination`)."""
-    dest = os.path.realpath(node.output_path)
+def nested_result(dest: str, records_dir: str) -> Optional[Tuple[str, str, bool]]:
+    """A folder above ``dest`` (True) or inside it (False) that holds a smallpond result this data
+    root recorded, with the record's path; None if there is none. ``dest`` itself holding one is
+    not nesting (an overwrite or append by the usual rules)."""
+    dest = os.path.realpath(dest)
     folder = os.path.dirname(dest)
     while True:
         record = recorded_result(folder, records_dir)
         if record is not None:
-            raise PlanError(
-                node._msg(
-                    f"output path {node.output_path} is inside {folder}, which holds a smallpond result published "
-                    f"earlier (its record: {record}): that result would hold a folder its manifest does not list, "
-                    "and its next overwrite would be refused. Choose a folder outside it"
-                )
-            )
+            return folder, record, True
         parent = os.path.dirname(folder)
         if parent == folder:
             break
         folder = parent
     found = _recorded_under(dest, records_dir)
-    if found is not None:
+    return (found[0], found[1], False) if found is not None else None
+
+
+def check_nested_results(node, records_dir: str) -> None:
+    """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
+    smallpond result published earlier (by any job of this data root), naming that folder and
+    the record of it. The destination itself holding one is an overwrite or append by the usual
+    rules (:func:`~smallpond.execution.ops.sink.check_destination`). Checked again when the job
+    publishes (:func:`nested_since_planned`): a job of the data root may publish there meanwhile."""
+    found = nested_result(node.output_path, records_dir)
+    if found is None:
+        return
+    folder, record, above = found
+    if above:
         raise PlanError(
             node._msg(
-                f"output path {node.output_path} contains {found[0]}, which holds a smallpond result published "
-                f"earlier (its record: {found[1]}): publishing around it would put one result inside another. "
-                "Choose a folder that does not contain it"
+                f"output path {node.output_path} is inside {folder}, which holds a smallpond result published "
+                f"earlier (its record: {record}): that result would hold a folder its manifest does not list, "
+                "and its next overwrite would be refused. Choose a folder outside it"
             )
         )
+    raise PlanError(
+        node._msg(
+            f"output path {node.output_path} contains {folder}, which holds a smallpond result published "
+            f"earlier (its record: {record}): publishing around it would put one result inside another. "
+            "Choose a folder that does not contain it"
+        )
+    )
+
+
+def nested_since_planned(dest: str, records_dir: str) -> Optional[str]:
+    """Why a publication into ``dest`` is refused, now that it holds the publication locks of
+    ``dest`` and of the folders above it (:mod:`~smallpond.execution.ops.sink_lock`): a folder
+    above or inside it holds a result another job of the data root published since this job
+    checked when planned (:func:`check_nested_results`), say at the same instant. Names that
+    folder, the job that published there and its record; None if nothing nests."""
+    found = nested_result(dest, records_dir)
+    if found is None:
+        return None
+    folder, record, above = found
+    rec = sink_record.load(records_dir, folder)
+    by = f"by job {rec.job}" if rec is not None and rec.job else "by another job"
+    where = f"{folder}, a folder above it, holds" if above else f"it contains {folder}, which holds"
+    return (
+        f"cannot publish into {dest}: {where} a smallpond result published since this job was planned, {by} "
+        f"(its record: {record}); one result would hold the other's folder, which its manifest does not list. "
+        "Give each result a folder of its own, side by side"
+    )
 
 
 def _pattern_reaches(pattern: str, dest: str, recursive: bool) -> bool:

@@ -134,10 +134,12 @@ def _legacy_path(path: str) -> str:
 
 
 class Record(NamedTuple):
-    """What a publication into a destination left there: its manifest's identity and its files'."""
+    """What a publication into a destination left there: its manifest's identity and its files',
+    and the job folder of the job that published it (None in records written before it was kept)."""
 
     manifest: Identity
     files: Dict[str, Identity]
+    job: Optional[str] = None
 
 
 def _is_identity(value) -> bool:
@@ -158,7 +160,8 @@ def _valid(data: dict, dest: str) -> Optional[Record]:
         return None
     if not _is_identity(manifest) or not isinstance(files, dict) or not all(_is_identity(v) for v in files.values()):
         return None
-    return Record(manifest, files)
+    job = data.get("job")
+    return Record(manifest, files, job if isinstance(job, str) else None)
 
 
 def examine(records_dir: Optional[str], dest: str) -> Tuple[Optional[Record], str]:
@@ -207,19 +210,37 @@ def load(records_dir: Optional[str], dest: str) -> Optional[Record]:
     return examine(records_dir, dest)[0]
 
 
-def render(dest: str, manifest: Optional[Identity], files: Dict[str, Identity], secret: bytes) -> Optional[bytes]:
-    """The bytes of a record of ``dest``, signed (None when the manifest has no identity: nothing to vouch for)."""
+def render(
+    dest: str, manifest: Optional[Identity], files: Dict[str, Identity], secret: bytes, job: Optional[str] = None
+) -> Optional[bytes]:
+    """The bytes of a record of ``dest``, signed (None when the manifest has no identity: nothing
+    to vouch for); ``job``: the job folder of the job publishing it (named by refusals)."""
     if manifest is None:
         return None
     data = {"format": _FORMAT, "dest": os.path.realpath(dest), "manifest": manifest, "files": files}
+    if job:
+        data["job"] = job
     return signed_bytes(json.dumps(data, sort_keys=True).encode(), secret)
 
 
+def job_of(data: bytes) -> Optional[str]:
+    """The job folder a record's bytes (as :func:`render` made them) name, unverified (this
+    process's own record, being rewritten), or None."""
+    parsed = _parse(unverified_payload(data)) if isinstance(data, bytes) else None
+    job = parsed.get("job") if parsed is not None else None
+    return job if isinstance(job, str) else None
+
+
 def record_of(
-    records_dir: str, dest: str, folder: str, names: Iterable[str], kept: Optional[Dict[str, Identity]] = None
+    records_dir: str,
+    dest: str,
+    folder: str,
+    names: Iterable[str],
+    kept: Optional[Dict[str, Identity]] = None,
+    job: Optional[str] = None,
 ) -> Optional[bytes]:
     """The record a publication of ``folder`` (a staged result: its ``.MANIFEST.txt`` and files
-    ``names``) into ``dest`` will leave, signed with the key of ``records_dir``, with ``kept``:
+    ``names``) into ``dest`` by job folder ``job`` will leave, signed with the key of ``records_dir``, with ``kept``:
     the recorded identities of earlier files that stay there, listed again (an append).
     Identities are taken now; the renames that publish the files keep them."""
     files = dict(kept or {})
@@ -227,7 +248,7 @@ def record_of(
         ident = identity(os.path.join(folder, name))
         if ident is not None:
             files[name] = ident
-    return render(dest, identity(os.path.join(folder, MANIFEST)), files, key(records_dir))
+    return render(dest, identity(os.path.join(folder, MANIFEST)), files, key(records_dir), job)
 
 
 def save(path: str, data: bytes) -> None:
