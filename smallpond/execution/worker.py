@@ -153,7 +153,9 @@ def park(conn, seconds: Optional[float] = None) -> bool:
     gc.collect()
     try:
         conn.send_bytes(PARKED)
-        return conn.poll(PARKED_SECONDS if seconds is None else seconds)
+        if seconds is None:  # SP_TEST_PARKED_SECONDS: tests only (a parked worker ending itself), inert when unset
+            seconds = float(os.environ.get("SP_TEST_PARKED_SECONDS") or PARKED_SECONDS)
+        return conn.poll(seconds)
     except (EOFError, OSError):
         return False
 

@@ -123,14 +123,30 @@ def test_workers_started_otherwise_than_the_next_job_would_start_them_are_not_ta
     assert not any(_alive(pid) for pid in old)  # stopped when the others were kept
 
 
-def test_a_kept_worker_killed_meanwhile_is_replaced(parquet_files, make_rt):
+@pytest.mark.parametrize("reaper", ["reaped", "not_reaped_yet"])
+def test_a_kept_worker_killed_meanwhile_is_replaced(parquet_files, make_rt, log_messages, monkeypatch, reaper):
+    """The next job never takes a kept worker that died: it starts a fresh one instead, so none of
+    its attempts is lost. (Given one, the job would still succeed, through the recovery of a
+    worker that dies under a job: its attempt is retried on a replacement; so the test looks at
+    the attempts and the log, not only at the result.) Either the reaper forgot it already, or
+    (``not_reaped_yet``: a death the reaper has not seen yet) the next job finds it dead when it
+    takes it (local_spares.take)."""
+    from smallpond.execution.events import read_events
+
+    if reaper == "not_reaped_yet":
+        monkeypatch.setattr(local_spares, "_watch_ended", lambda: None)
     run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
     old = set(local_spares.kept())
     for pid in old:
         os.kill(pid, signal.SIGKILL)
-    second = run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    rt = make_rt(task_cache="off")
+    second = run_job(_sql_plan(parquet_files), rt, num_workers=2)
     assert _sums(second) == (30, sum(range(30)))
     assert not set(local_spares.kept()) & old
+    assert not [m for m in log_messages if "died" in m or "WorkerLost" in m]
+    events = read_events(rt.log_root)
+    assert not [e for e in events if e["ev"] == "failed"], "an attempt failed or was lost"
+    assert {e["attempt"] for e in events if e["ev"] == "done"} == {0}  # every task done at its first attempt
 
 
 def test_nothing_is_kept_when_switched_off(parquet_files, make_rt, monkeypatch):
@@ -227,6 +243,66 @@ def test_kept_workers_die_with_their_driver(parquet_files, tmp_path):
     assert not any(_alive(p) for p in pids)
 
 
+def test_kept_workers_die_with_their_driver_even_where_their_sockets_stay_open(parquet_files, tmp_path):
+    """A kept worker dies with its driver by the kernel's hand (PR_SET_PDEATHSIG), not only because
+    its socket to the driver closes (which ends its wait: the test below): here a process the driver
+    forked holds copies of those sockets, so no end of file comes, and the workers must still die.
+    (test_kept_workers_die_with_their_driver passes without PR_SET_PDEATHSIG: the end of file
+    alone ends them there.)"""
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys, time
+        import duckdb
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.execution.test_local_spares import _sql_plan
+        from smallpond.execution.executors import local_spares
+        from smallpond.execution.job import make_runtime_ctx, run_job
+        run_job(_sql_plan({parquet_files!r}), make_runtime_ctx("job", None, {str(tmp_path / "root")!r}), num_workers=2)
+        copies = [os.dup(w.conn.fileno()) for w in local_spares._spares]  # (the kept workers' sockets)
+        holder = os.fork()
+        if holder == 0:
+            time.sleep(60)
+            os._exit(0)
+        print(holder, " ".join(map(str, local_spares.kept())), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    # into files, not pipes: the workers inherit them, and reading a pipe to its end would wait for them
+    with open(tmp_path / "out", "w+") as out, open(tmp_path / "err", "w+") as err:
+        assert subprocess.run([sys.executable, "-c", script], stdout=out, stderr=err, timeout=120).returncode == -9
+        out.seek(0)
+        err.seek(0)
+        holder, *pids = [int(p) for p in out.read().split()]
+        errors = err.read()
+    try:
+        assert pids, errors
+        deadline = time.time() + 10
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in pids), "kept workers outlived their driver"
+    finally:
+        for pid in [holder, *pids]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_a_kept_worker_ends_when_its_driver_lets_go_of_it(parquet_files, make_rt):
+    """A kept worker's wait for its next job ends at once when its socket to the driver closes (as
+    when the driver dies), not after its whole wait (worker.park)."""
+    run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    pids = set(local_spares.kept())
+    assert pids
+    for w in list(local_spares._spares):
+        assert w.conn.poll(10)  # it said PARKED: it waits for its next job (closed sooner, that answer fails and it ends)
+        w.close()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids), "a kept worker waited on with no driver"
+
+
 def test_the_stack_dumps_of_a_worker_that_joins_another_job_go_to_its_temp_root(tmp_path):
     script = textwrap.dedent(
         f"""
@@ -252,3 +328,36 @@ def test_the_workers_of_a_failed_run_are_stopped_not_kept(parquet_files, make_rt
     with pytest.raises(Exception, match="boom in the run"):
         run_job(LogicalPlan(ctx, bad), make_rt(), num_workers=2, max_retry_count=0)
     assert local_spares.kept() == {}
+
+
+def _gone(pid: int) -> bool:
+    """Reaped: no process (not even a zombie) has that PID."""
+    try:
+        psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("how", ["ends_itself", "killed"])
+def test_a_kept_worker_that_ends_is_reaped_at_once(parquet_files, make_rt, monkeypatch, how):
+    """A kept worker that ends while kept (its wait over, or killed) was a zombie until the next job
+    or the process's exit. It is reaped by its own PID: a child of the user's code keeps its exit
+    status (no waitpid(-1))."""
+    if how == "ends_itself":
+        monkeypatch.setenv("SP_TEST_PARKED_SECONDS", "1")  # (the workers' environment: set before they start)
+    users_child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(7)"])
+    run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
+    pids = set(local_spares.kept())
+    assert pids and all(_alive(p) for p in pids)
+    if how == "killed":
+        ended = min(pids)
+        os.kill(ended, signal.SIGKILL)
+    else:
+        ended = None
+    deadline = time.time() + 15
+    while time.time() < deadline and not all(_gone(p) for p in pids if ended in (None, p)):
+        time.sleep(0.05)
+    assert all(_gone(p) for p in pids if ended in (None, p)), {p: psutil.Process(p).status() for p in pids if not _gone(p)}
+    assert set(local_spares.kept()) == (pids - {ended} if ended else set())  # the others are still kept
+    assert users_child.wait(timeout=30) == 7

@@ -27,6 +27,13 @@ Workers of one key are kept at a time (another key's are killed), each for at mo
 :data:`~smallpond.execution.worker.PARKED_SECONDS` (then it ends itself). They stay children of
 this process: they die with it (``PR_SET_PDEATHSIG``), are killed at its exit, and their CPU time
 is this process's children's. ``SP_KEEP_WORKERS=0`` turns keeping off.
+
+A kept worker that ends (after its wait, because a module of the user's was loaded, or killed) is
+reaped at once, not left a zombie until the next job or the process's exit: a thread of this
+module (:func:`_reap_ended`, running only while workers are kept) waits for their exits, told by
+the kernel (a pidfd per worker; where there is none, it looks every :data:`REAP_POLL_SECONDS`), and
+reaps each by its own PID (``Popen.poll``), never ``waitpid(-1)``, which would take the exit
+status of another child of the user's code.
 """
 
 from __future__ import annotations
@@ -39,15 +46,21 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Dict, List, Optional
 
+from smallpond.io.filesystem import close_quietly
+
 if TYPE_CHECKING:  # (local imports this module)
     from smallpond.execution.executors.local import _Worker
 
 #: how long the next job waits for a kept worker's answer to PARK (seconds; ~10-50 ms is usual)
 PARK_ANSWER_SECONDS = 5.0
+#: where the kernel cannot tell a worker's exit (no pidfd), how often the reaper looks (seconds)
+REAP_POLL_SECONDS = 5.0
 _lock = threading.Lock()
 _key: Optional[tuple] = None
 _spares: List["_Worker"] = []
 _atexit = False
+_reaper: Optional[threading.Thread] = None  # the thread reaping kept workers that end (module docstring)
+_wake: List[int] = []  # the pipe that tells it the kept workers changed: [read end, write end]
 
 
 def enabled() -> bool:
@@ -87,6 +100,8 @@ def park(workers: List["_Worker"], key: tuple) -> List["_Worker"]:
                 continue
             _spares.append(w)
         _watch_exit()
+        if _spares:
+            _watch_ended()
     return others
 
 
@@ -157,3 +172,74 @@ def _watch_exit() -> None:
     if not _atexit:
         atexit.register(release)
         _atexit = True
+
+
+def _watch_ended() -> None:
+    """Have the reaper watch the kept workers as they are now (called holding ``_lock``)."""
+    global _reaper
+    if not _wake:
+        _wake.extend(os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK))
+    if _reaper is None:
+        _reaper = threading.Thread(target=_reap_ended, name="smallpond-kept-workers", daemon=True)
+        _reaper.start()
+    else:
+        try:
+            os.write(_wake[1], b"x")
+        except BlockingIOError:
+            pass  # woken already
+
+
+def _reap_ended() -> None:
+    """The reaper: until no worker is kept, wait for one of them to end (or for the kept workers
+    to change), then reap those that ended, each by its PID, and forget them."""
+    global _reaper
+    import select
+
+    while True:
+        with _lock:
+            watched = list(_spares)
+            if not watched:
+                _reaper = None
+                return
+        pidfds, exact = [], True
+        for w in watched:
+            try:
+                pidfds.append(os.pidfd_open(w.pid))
+            except (AttributeError, OSError):  # no pidfd (Linux before 5.3), or it ended and was reaped
+                exact = False
+        try:
+            poller = select.poll()
+            for fd in [_wake[0], *pidfds]:
+                poller.register(fd, select.POLLIN)
+            poller.poll(None if exact else int(REAP_POLL_SECONDS * 1000))
+        finally:
+            for fd in pidfds:
+                os.close(fd)
+        try:
+            while os.read(_wake[0], 64):
+                pass
+        except BlockingIOError:
+            pass
+        with _lock:
+            ended = [w for w in _spares if not w.alive()]  # (Popen.poll: waitpid of its own PID, reaping it)
+            for w in ended:
+                _spares.remove(w)
+                w.close()
+
+
+def _after_fork_in_child() -> None:
+    # the kept workers are the parent's children, and the reaper thread and its pipe the parent's
+    # (a child reading that pipe would take the parent's wake-ups): a child starts with none, its
+    # copies of their descriptors closed, and a lock no thread of the parent may be holding
+    global _lock, _reaper
+    _lock = threading.Lock()
+    _reaper = None
+    for w in _spares:
+        w.close()
+    _spares.clear()
+    for fd in _wake:
+        close_quietly(fd)
+    _wake.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
