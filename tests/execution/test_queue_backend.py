@@ -454,7 +454,7 @@ def test_an_executor_that_finds_the_queue_folder_removed_exits_and_does_not_make
     monkeypatch.setenv("SP_QUEUE_HEARTBEAT", "0.2")
     monkeypatch.setenv("SP_QUEUE_TIMEOUT", "1")
     rt = make_rt()
-    queue_executor(rt)
+    scheduler = queue_executor(rt)
     paths = QueuePaths(rt.layout)
     with open(rt.layout.secret_path, "rb") as f:
         secret = f.read()
@@ -469,6 +469,11 @@ def test_an_executor_that_finds_the_queue_folder_removed_exits_and_does_not_make
 
     os.unlink(paths.epoch)
     assert exit_code() == EX_OK
+    # the session ends: its scheduler stops (and with it its heartbeat, written into queue/ every
+    # 0.2 s), then its intermediates go (Job.finish). Removed while that heartbeat still ran, the
+    # folder got a new file mid-removal now and then: rmtree failed "Directory not empty" (3 of
+    # 25 runs under load; every run with a 5 ms heartbeat)
+    scheduler.shutdown()
     shutil.rmtree(paths.root)
     assert exit_code() == EX_OK
     assert not os.path.exists(paths.root)
