@@ -25,7 +25,7 @@ import os
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from smallpond.execution.runtime import RuntimeContext
-from smallpond.io.filesystem import remove_path
+from smallpond.io.filesystem import remove_path, remove_tree_written_into
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -135,8 +135,9 @@ def remove_intermediates(rt: RuntimeContext, remove_output_root: bool = False) -
 
     keep, park = retained(rt, remove_output_root)
     park_publication_records(rt, park)  # a rerun resumes them rather than writing over them
-    for d in (rt.queue_root, rt.temp_root):
-        remove_path(d)
+    # executors started by hand (any host) may still beat into queue/ as it goes: removed until it is gone
+    remove_tree_written_into(rt.queue_root)
+    remove_path(rt.temp_root)
     _remove_except(rt.staging_root, keep)
     if remove_output_root:
         _remove_except(rt.output_root, keep)

@@ -87,6 +87,18 @@ def remove_path(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_tree_written_into(path: str, passes: int = 5) -> None:
+    """Remove the directory tree ``path`` that other processes may still write files into while
+    it goes, though never make a folder of again (a job's ``queue/``, where executors started by
+    hand on any host write their heartbeats): a file written into a folder after the removal
+    emptied it makes that folder's removal fail, and the tree stays. Removed again then (at most
+    ``passes`` times): a writer cannot write into a folder once it is gone."""
+    for _ in range(passes):
+        remove_path(path)
+        if not os.path.lexists(path):
+            return
+
+
 _suffix_prefix = uuid.uuid4().hex[:6]
 _suffix_counter = 0
 

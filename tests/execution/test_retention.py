@@ -106,3 +106,49 @@ def test_a_manifest_sink_outside_the_job_survives_a_clean_up_of_staging_and_outp
     listed = [ln.strip() for ln in open(os.path.join(dest, ".MANIFEST.txt")) if ln.strip()]
     assert listed and sum(pq.read_metadata(p).num_rows for p in listed) == 12
     assert not os.path.exists(rt.output_root) and not os.path.exists(rt.queue_root)
+
+
+def test_queue_folder_goes_even_while_an_executor_writes_into_it(tmp_path):
+    """Executors started by hand (any host) may still write their heartbeat into queue/ while the
+    job's clean-up removes it (they never make a folder again: queue_process.register, write_json).
+    A file written into a folder the removal had just emptied made that folder's removal fail,
+    leaving queue/ behind (1 of 30 real sessions ending with such an executor beating every 5 ms;
+    about half the time with the writer below). It is removed again until it is gone."""
+    import threading
+    import time
+
+    from smallpond.execution.executors.queue_protocol import QueuePaths
+    from smallpond.io.filesystem import atomic_write_bytes
+
+    left = []
+    for i in range(10):
+        rt = make_runtime_ctx(f"job{i}", None, str(tmp_path / "root"))
+        rt.initialize()
+        paths = QueuePaths(rt.layout)
+        paths.create()
+        for d in (paths.todo, paths.done, paths.nodes):
+            for k in range(20):
+                open(os.path.join(d, f"item{k}"), "w").close()
+        member = paths.member("host-1-abc")
+        os.makedirs(os.path.join(member, "claimed"))
+        stop = threading.Event()
+
+        def beat(member=member, stop=stop):
+            while not stop.is_set():
+                try:  # as an executor's heartbeat: a temp file renamed, into its folder only if it is there
+                    atomic_write_bytes(os.path.join(member, "heartbeat"), b"{}")
+                except FileNotFoundError:
+                    return
+                time.sleep(0.0005)
+
+        writer = threading.Thread(target=beat)
+        writer.start()
+        time.sleep(0.01)
+        try:
+            remove_intermediates(rt)
+        finally:
+            stop.set()
+            writer.join(10)
+        if os.path.exists(paths.root):
+            left.append([os.path.relpath(os.path.join(d, f), paths.root) for d, _, fs in os.walk(paths.root) for f in fs])
+    assert not left, f"queue/ left behind in {len(left)} of 10 clean-ups: {left[:3]}"
