@@ -277,7 +277,7 @@ class Session:
         self._optimized: Dict[int, Any] = {}
         self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
-        atexit.register(self.shutdown)
+        atexit.register(self._shutdown_at_exit)
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -554,12 +554,20 @@ class Session:
         self._shutdown_called = True
         self._job.finish(remove_intermediates=True, remove_output_root=self._config.remove_output_root)
         try:
-            atexit.unregister(self.shutdown)
+            atexit.unregister(self._shutdown_at_exit)
         except Exception:
             pass
         if want_session_summary():  # a failed computation's error reached the user's code already
             sys.stderr.write(self._job.summary(show_error=False))
             sys.stderr.flush()
+
+    def _shutdown_at_exit(self) -> None:
+        """:meth:`shutdown` as the interpreter exits: its workers are stopped, none kept for a job
+        that cannot come (:func:`~smallpond.execution.executors.local_spares.process_ending`)."""
+        from smallpond.execution.executors import local_spares
+
+        local_spares.process_ending()
+        self.shutdown()
 
     def __enter__(self):
         return self

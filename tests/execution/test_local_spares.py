@@ -361,3 +361,33 @@ def test_a_kept_worker_that_ends_is_reaped_at_once(parquet_files, make_rt, monke
     assert all(_gone(p) for p in pids if ended in (None, p)), {p: psutil.Process(p).status() for p in pids if not _gone(p)}
     assert set(local_spares.kept()) == (pids - {ended} if ended else set())  # the others are still kept
     assert users_child.wait(timeout=30) == 7
+
+
+def test_a_session_shut_down_at_exit_keeps_no_worker(parquet_files, tmp_path):
+    """At the interpreter's exit no later job can take a worker: the session's workers are stopped,
+    not parked (a parked worker let go of its job and, finding its driver gone, tore its interpreter
+    down: ~0.3 s of CPU while holding the script's output pipes open)."""
+    script = textwrap.dedent(
+        f"""
+        import atexit, os
+        from smallpond.execution.executors import local_spares
+        # registered before the session's: runs after its shutdown
+        atexit.register(lambda: print("kept at exit:", sorted(local_spares.kept()), flush=True))
+        import duckdb  # this process holds DuckDB: its workers are fresh interpreters, which may be kept
+        import smallpond
+        sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=2)
+        df = sp.partial_sql("select count(*) as n from {{0}}", sp.read_parquet({parquet_files!r}))
+        print("rows:", df.to_arrow().column("n")[0].as_py(), flush=True)
+        print("workers:", sorted(w.pid for w in sp._job.executor.workers), flush=True)
+        """
+    )
+    env = dict(os.environ, SP_PROGRESS="0", SP_FORK_WORKERS="0")
+    env.pop("SP_KEEP_WORKERS", None)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split(": ", 1) for line in out.stdout.splitlines() if ": " in line)
+    assert int(lines["rows"]) > 0
+    workers = eval(lines["workers"])
+    assert workers, out.stdout
+    assert lines["kept at exit"] == "[]", out.stdout
+    assert not any(_alive(pid) for pid in workers)
