@@ -155,9 +155,10 @@ class ForkedProcess:
                 pass
 
 
-def fork_worker(child_fd: int, rt_path: str, index: int, control_fd: Optional[int] = None) -> ForkedProcess:
+def fork_worker(child_fd: int, rt_path: str, index: int, control_fd: Optional[int] = None, warm: bool = True) -> ForkedProcess:
     """Fork a worker that serves the socket ``child_fd`` and answers take-backs on ``control_fd``
-    (the caller closes its copies after)."""
+    (the caller closes its copies after); with ``warm``, it opens DuckDB while it waits for its
+    first attempt (see :func:`~smallpond.execution.worker.worker_main`)."""
     for stream in (sys.stdout, sys.stderr):  # else the child writes their buffers out again
         try:
             stream.flush()
@@ -166,11 +167,11 @@ def fork_worker(child_fd: int, rt_path: str, index: int, control_fd: Optional[in
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
-        _child(child_fd, rt_path, index, parent, control_fd)  # never returns
+        _child(child_fd, rt_path, index, parent, control_fd, warm)  # never returns
     return ForkedProcess(pid)
 
 
-def _child(child_fd: int, rt_path: str, index: int, parent: int, control_fd: Optional[int] = None) -> None:
+def _child(child_fd: int, rt_path: str, index: int, parent: int, control_fd: Optional[int] = None, warm: bool = True) -> None:
     code = 1
     try:
         import gc
@@ -195,7 +196,7 @@ def _child(child_fd: int, rt_path: str, index: int, parent: int, control_fd: Opt
         from multiprocessing.connection import Connection
 
         control = None if control_fd is None else Connection(control_fd)
-        worker.worker_main(Connection(child_fd), rt_path, index, warm_while_idle=True, control=control)
+        worker.worker_main(Connection(child_fd), rt_path, index, warm_while_idle=warm, control=control)
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1

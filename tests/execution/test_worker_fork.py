@@ -307,3 +307,36 @@ def test_user_python_never_runs_in_a_fork_of_another_salt(tmp_path):
     assert forked["not_forked"] is None
     assert fresh["not_forked"] is not None
     assert report["facts"]["pid"] == fresh["pid"], report
+
+
+_START_ALL = r"""
+import json, sys, time
+from smallpond.execution.job import make_executor, make_runtime_ctx
+rt = make_runtime_ctx(None, None, sys.argv[1], console_log_level="WARNING")
+ex = make_executor(rt, 3)
+ex.start()
+pids = [w.pid for w in ex.workers]
+forked = [w.not_forked for w in ex.workers]
+deadline = time.time() + 60  # the first loads DuckDB while it waits
+while time.time() < deadline and "duckdb" not in open("/proc/%d/maps" % pids[0]).read():
+    time.sleep(0.01)
+time.sleep(0.5)
+duckdb = ["duckdb" in open("/proc/%d/maps" % p).read() for p in pids]
+ex.shutdown(keep=False)
+print(json.dumps({"forked": forked, "duckdb": duckdb}))
+"""
+
+
+def test_a_driver_that_forks_its_first_worker_forks_them_all_at_start(tmp_path):
+    """Later the driver holds DuckDB, Arrow or threads of its own (the plan check, the result
+    imports), and a worker started then is a fresh interpreter (~0.1 s of CPU on Python's start
+    and smallpond's imports): so all are forked at once, and only the first opens DuckDB while
+    it waits (a job that never runs two tasks at once pays no more than a fork for the others)."""
+    env = {k: v for k, v in os.environ.items() if k != "SP_FORK_WORKERS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _START_ALL, str(tmp_path / "root")], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["forked"] == [None, None, None]
+    assert report["duckdb"] == [True, False, False]

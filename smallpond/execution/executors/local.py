@@ -77,8 +77,11 @@ class _Worker:
     which wakes the parent.
     """
 
-    def __init__(self, index: int, rt_path: str, hash_seed: str, not_forked: Optional[str], env: Optional[dict] = None) -> None:
-        """``not_forked``: why a fresh interpreter (None: fork); ``env``: its environment (:func:`fresh_env`)."""
+    def __init__(
+        self, index: int, rt_path: str, hash_seed: str, not_forked: Optional[str], env: Optional[dict] = None, warm: bool = True
+    ) -> None:
+        """``not_forked``: why a fresh interpreter (None: fork); ``env``: its environment (:func:`fresh_env`);
+        ``warm``: a fork opens DuckDB while it waits for its first attempt."""
         from smallpond.execution.worker_fork import fork_worker
 
         parent_sock, child_sock = socket.socketpair()
@@ -96,7 +99,7 @@ class _Worker:
         #: in user Python would differ from a fresh worker's; it runs only tasks without user code
         self.foreign_salt = self.not_forked is None and os.environ.get("PYTHONHASHSEED") != hash_seed
         if self.not_forked is None:
-            self.proc = fork_worker(child_sock.fileno(), rt_path, index, child_ctl.fileno())
+            self.proc = fork_worker(child_sock.fileno(), rt_path, index, child_ctl.fileno(), warm=warm)
         else:
             env = fresh_env(hash_seed) if env is None else env
             fds = (child_sock.fileno(), child_ctl.fileno())
@@ -281,11 +284,19 @@ class LocalExecutor(Executor):
         # one worker now, the others when the scheduler first has work for them: a job that
         # never runs two tasks at once (a small query, a one-partition plan) boots one
         # interpreter instead of ``num_workers`` on a machine whose cores it shares with this
-        # process (~30 ms of a one-task job's 0.3 s on 2 cores)
+        # process (~30 ms of a one-task job's 0.3 s on 2 cores). Unless the first is a fork:
+        # then the others are forked now too (~2 ms each), and wait without opening DuckDB.
+        # Later this process has DuckDB, Arrow or threads of its own (the plan check, the
+        # result imports) and they would be fresh interpreters, each spending ~0.1 s of CPU
+        # on Python's start and smallpond's imports when the first stage of two tasks is due
         if not self.workers:
-            self._spawn()
+            from smallpond.execution.worker_fork import fork_refusal
 
-    def _spawn(self, may_fork: bool = True) -> _Worker:
+            if self._spawn().not_forked is None:
+                while len(self.workers) < self.num_workers and fork_refusal() is None:
+                    self._spawn(warm=False)
+
+    def _spawn(self, may_fork: bool = True, warm: bool = True) -> _Worker:
         from smallpond.execution.worker_fork import fork_refusal
 
         seed = worker_hash_seed(self.rt, os.environ)
@@ -297,7 +308,7 @@ class LocalExecutor(Executor):
             key = self._spare_key(env)
             w = local_spares.take(key, self._rt_path, self._next_index) if keep else None
         if w is None:
-            w = _Worker(self._next_index, self._rt_path, seed, not_forked, env)
+            w = _Worker(self._next_index, self._rt_path, seed, not_forked, env, warm)
             w.key = key
         self._next_index += 1
         self.workers.append(w)
