@@ -121,14 +121,14 @@ def find_errors(
     from smallpond.errors import ColumnNotFoundError, UserCodeError
     from smallpond.execution.ops.partition import check_key_columns, partition_key_expr
     from smallpond.execution.ops.range import key_column_of
-    from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql
+    from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql, scratch_connection
     from smallpond.io.arrow import empty_table
     from smallpond.logical.node import HashPartitionNode, ProjectionNode, RangePartitionNode
 
     schemas: Dict[int, object] = {}
     unknown: set = set()  # ids of nodes whose schema is not known: their consumers are skipped
     found = []
-    conn = duckdb.connect()
+    conn = scratch_connection()
     connected(conn)
     try:
         for node in nodes:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import string
 import tempfile
+import threading
 from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
@@ -53,15 +54,35 @@ def _nullable(schema):
     return pa.schema([f.with_nullable(True) for f in schema])
 
 
+_scratch = {"pid": None, "db": None}
+_scratch_lock = threading.Lock()
+
+
+def scratch_connection():
+    """A DuckDB connection for binding queries over empty inputs in this process (output schemas
+    here, the plan check): a cursor of one in-memory database of the process, opened on first use.
+
+    A new database costs ~20 ms of CPU (``duckdb.connect()``), which a quick start's driver paid
+    twice (its plan check, then ``to_pandas``'s schema). A cursor is a connection of its own: the
+    empty tables registered on it, and any temporary object, are its own and go with it (close
+    it); nothing that outlives it is run on it (a SQL node's query is bound only when it is one
+    SELECT, see :mod:`~smallpond.execution.plancheck`), so no use sees another's.
+    """
+    import duckdb
+
+    with _scratch_lock:
+        if _scratch["db"] is None or _scratch["pid"] != os.getpid():  # (a fork's parent's is not its own)
+            _scratch["db"], _scratch["pid"] = duckdb.connect(), os.getpid()
+        return _scratch["db"].cursor()
+
+
 def infer_schema(node: Node, cache: Dict[int, object]):
     """The ``pyarrow.Schema`` of ``node``'s output. ``cache`` maps ``id(node)`` to known schemas
     (it is filled in). Raises :class:`SchemaUnknown` when running it is the only way to know."""
-    import duckdb
-
     hit = cache.get(id(node))
     if hit is not None:
         return hit
-    conn = duckdb.connect()
+    conn = scratch_connection()
     try:
         return _infer(node, cache, conn)
     finally:
