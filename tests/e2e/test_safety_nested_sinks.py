@@ -101,6 +101,7 @@ def test_a_sink_inside_or_around_another_jobs_result_is_refused(tmp_path):
     inner = run(e + "/inner")
     assert inner.returncode != 0 and f"output path {e}/inner is inside {e}, which holds a smallpond result" in inner.stderr
     assert "/sinks/" in inner.stderr  # the record's path
+    assert f"published earlier by job {os.path.realpath(root)}" in inner.stderr  # and the job that published there
     assert snapshot(e) == before
     assert run(e).returncode == 0  # the same script again: E is overwritten as before
     # a result in F/inner, then F with mode="append" (an overwrite refuses the foreign inner/ already)
@@ -108,9 +109,10 @@ def test_a_sink_inside_or_around_another_jobs_result_is_refused(tmp_path):
     assert run(f_ + "/inner").returncode == 0
     over = run(f_)  # refused as holding a smallpond result, named with its record (not as "a file")
     assert over.returncode != 0 and f"{f_}/inner in it holds a smallpond result published earlier" in over.stderr
-    assert "/sinks/" in over.stderr
+    assert "/sinks/" in over.stderr and f"published earlier by job {os.path.realpath(root)}" in over.stderr
     around = run(f_, "append")
     assert around.returncode != 0 and f"output path {f_} contains {f_}/inner, which holds a smallpond result" in around.stderr
+    assert f"published earlier by job {os.path.realpath(root)}" in around.stderr
     assert sorted(os.listdir(f_)) == ["inner"]
 
 

@@ -103,7 +103,7 @@ from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import PublicationError, Step, interrupted_publications, journal_path, roll_forward
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_lock import destinations_locked
-from smallpond.execution.ops.sink_overlap import check_nested_results, nested_since_planned, recorded_result
+from smallpond.execution.ops.sink_overlap import check_nested_results, nested_since_planned, published_by, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_sources import (
     dest_names,
@@ -290,8 +290,8 @@ def _decide(node, committed: bool, job_root: Optional[str], records_dir: Optiona
 
 def _refuse_nested_result(node, dest: str, foreign: List[str], records_dir: Optional[str]) -> None:
     """Refuse an overwrite of ``dest`` that holds, among the entries no manifest lists, a folder
-    with a smallpond result published earlier, naming it and its record (a user's folder is
-    refused by the general message)."""
+    with a smallpond result published earlier, naming it, the job that published it and its record
+    (a user's folder is refused by the general message)."""
     for name in foreign if records_dir else []:
         inner = os.path.join(dest, name)
         record = recorded_result(inner, records_dir) if os.path.isdir(inner) and not os.path.islink(inner) else None
@@ -300,8 +300,9 @@ def _refuse_nested_result(node, dest: str, foreign: List[str], records_dir: Opti
         also = _also_unlisted(foreign, name)
         raise PlanError(
             node._msg(
-                f"refusing to write into {dest}: {inner} in it holds a smallpond result published earlier (its "
-                f"record: {record}) that the result in {dest} does not list, and overwriting would lose it{also}. "
+                f"refusing to write into {dest}: {inner} in it holds a smallpond result published earlier "
+                f"{published_by(inner, records_dir)} (its record: {record}) that the result in {dest} does not list, "
+                f"and overwriting would lose it{also}. "
                 f"Move that result out of {dest}, or choose another folder"
             )
         )

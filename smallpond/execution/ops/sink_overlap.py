@@ -15,8 +15,8 @@ beside its destination that this job left (an earlier run's), so the two would r
 other's staged result, and an overwrite of the outer folder would swap out the inner result.
 Nor does a sink publish inside (or around) a result published earlier: a sink of an earlier
 computation of the session (:func:`check_earlier_sinks`, naming both sinks) or any folder holding a
-smallpond result the data root has a record of (:func:`check_nested_results`, naming the folder and
-its record): the outer result would hold a folder no manifest lists, and its next overwrite would be
+smallpond result the data root has a record of (:func:`check_nested_results`, naming the folder, the
+job that published it and its record): the outer result would hold a folder no manifest lists, and its next overwrite would be
 refused. Two jobs planned before either published (``out`` and ``out/sub2`` at the same instant)
 both pass that check: it is made again when each publishes, under locks that make the two take
 turns (:func:`nested_since_planned`; :mod:`~smallpond.execution.ops.sink_lock`), and the second
@@ -148,6 +148,14 @@ def nested_result(dest: str, records_dir: str) -> Optional[Tuple[str, str, bool]
     return (found[0], found[1], False) if found is not None else None
 
 
+def published_by(folder: str, records_dir: str) -> str:
+    """Who published the recorded result in ``folder``, for an error: ``"by job {its folder}"``
+    (records keep the publishing job's folder), or ``"by another job"`` for a record written
+    before they did."""
+    rec = sink_record.load(records_dir, folder)
+    return f"by job {rec.job}" if rec is not None and rec.job else "by another job"
+
+
 def check_nested_results(node, records_dir: str) -> None:
     """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
     smallpond result published earlier (by any job of this data root), naming that folder and
@@ -158,18 +166,19 @@ def check_nested_results(node, records_dir: str) -> None:
     if found is None:
         return
     folder, record, above = found
+    by = published_by(folder, records_dir)
     if above:
         raise PlanError(
             node._msg(
                 f"output path {node.output_path} is inside {folder}, which holds a smallpond result published "
-                f"earlier (its record: {record}): that result would hold a folder its manifest does not list, "
+                f"earlier {by} (its record: {record}): that result would hold a folder its manifest does not list, "
                 "and its next overwrite would be refused. Choose a folder outside it"
             )
         )
     raise PlanError(
         node._msg(
             f"output path {node.output_path} contains {folder}, which holds a smallpond result published "
-            f"earlier (its record: {record}): publishing around it would put one result inside another. "
+            f"earlier {by} (its record: {record}): publishing around it would put one result inside another. "
             "Choose a folder that does not contain it"
         )
     )
@@ -185,8 +194,7 @@ def nested_since_planned(dest: str, records_dir: str) -> Optional[str]:
     if found is None:
         return None
     folder, record, above = found
-    rec = sink_record.load(records_dir, folder)
-    by = f"by job {rec.job}" if rec is not None and rec.job else "by another job"
+    by = published_by(folder, records_dir)
     where = f"{folder}, a folder above it, holds" if above else f"it contains {folder}, which holds"
     return (
         f"cannot publish into {dest}: {where} a smallpond result published since this job was planned, {by} "
