@@ -20,6 +20,7 @@ from smallpond.io.filesystem import (
     private_key,
     read_file,
     remove_path,
+    remove_tree_written_into,
     rename_noreplace,
     write_file,
 )
@@ -285,3 +286,64 @@ def test_close_quietly_closes_and_ignores_a_descriptor_closed_already(tmp_path):
     with pytest.raises(OSError):
         os.fstat(fd)  # closed
     close_quietly(fd)  # again: no error
+
+
+def _tree_with_a_mount_point(tmp_path):
+    """queue/ holding the engine's files, a symlink to a user's folder and a folder ``m`` that
+    stands for a mount point (a user's file and empty folder in it); the user's folder."""
+    user = tmp_path / "user"
+    (user / "empty").mkdir(parents=True)
+    (user / "theirs.txt").write_text("theirs")
+    queue = tmp_path / "job" / "queue"
+    (queue / "executors" / "e1").mkdir(parents=True)
+    (queue / "executors" / "e1" / "heartbeat").write_text("1")
+    (queue / "deep" / "m").mkdir(parents=True)
+    os.symlink(user, queue / "link")
+    return queue, user
+
+
+def test_a_tree_is_removed_around_the_mount_points_in_it(tmp_path, monkeypatch):
+    # remove_path (and remove_tree_written_into, for a job's queue/) used shutil.rmtree, which enters
+    # a mount point: a folder mounted inside queue/ (a bind mount, checked as root) lost every file
+    # and empty folder of the mounted filesystem. The mount table is stood in for here
+    from smallpond.io import filesystem
+
+    queue, user = _tree_with_a_mount_point(tmp_path)
+    mount = queue / "deep" / "m"
+    (mount / "mounted.txt").write_text("not the engine's")
+    (mount / "sub").mkdir()
+    real_mount = os.path.realpath(mount)
+    monkeypatch.setattr(filesystem, "_mount_points_in", lambda folder: {real_mount} if real_mount.startswith(folder) else set())
+    remove_tree_written_into(str(queue))
+    assert (mount / "mounted.txt").read_text() == "not the engine's" and (mount / "sub").is_dir()
+    assert sorted(os.listdir(queue)) == ["deep"] and os.listdir(queue / "deep") == ["m"]  # only what holds the mount stays
+    assert (user / "theirs.txt").read_text() == "theirs" and (user / "empty").is_dir()  # the symlink was not followed
+    # where the mount table cannot be read, each folder is asked
+    monkeypatch.setattr(filesystem, "_mount_points_in", lambda folder: None)
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == real_mount)
+    (queue / "again.txt").write_text("x")
+    remove_path(str(queue))
+    assert (mount / "mounted.txt").exists() and not (queue / "again.txt").exists()
+    monkeypatch.undo()
+    os.unlink(mount / "mounted.txt")
+    os.rmdir(mount / "sub")
+    remove_path(str(queue))  # no mount point left: gone
+    assert not queue.exists()
+
+
+def test_a_bind_mount_inside_a_removed_tree_keeps_its_files(tmp_path):
+    import subprocess
+
+    queue, user = _tree_with_a_mount_point(tmp_path)
+    mount = queue / "deep" / "m"
+    source = tmp_path / "mounted"
+    (source / "sub").mkdir(parents=True)
+    (source / "mounted.txt").write_text("not the engine's")
+    if os.geteuid() != 0 or subprocess.run(["mount", "--bind", str(source), str(mount)], capture_output=True).returncode:
+        pytest.skip("bind mounts need root")
+    try:
+        remove_tree_written_into(str(queue))
+        assert (source / "mounted.txt").read_text() == "not the engine's" and (source / "sub").is_dir()
+        assert (user / "theirs.txt").exists() and not (queue / "executors").exists()
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
