@@ -320,3 +320,19 @@ def test_a_filter_condition_is_one_expression(sp, condition, why):
     assert "DataFrame.filter" in text and repr(condition) in text and why in text and f"{__file__}:" in text
     kept = df.filter("s = ')' or s = $$;($$ or \"s\" = ')' -- (\n or a > (1 + 1) /* ) */").take_all()
     assert kept == [{"a": 2, "s": ")"}]
+
+
+def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
+    """What DuckDB reads as one condition is one: a block comment nests in another (``/* /* */ )
+    */`` is one comment), and ``$`` inside a name (``a$b$``) starts no dollar quote, so the
+    parenthesis after it is code. Both were refused as closing a parenthesis they did not open.
+    A string, quoted name or comment left open is refused where it is given, not by DuckDB's
+    parser in the task (which shows the engine's query, not the user's line)."""
+    df = sp.from_items([{"a": 1, "a$b$": 3}, {"a": 2, "a$b$": -4}])
+    assert df.filter("a > 1 /* nested /* */ ) */").take_all() == [{"a": 2, "a$b$": -4}]
+    assert df.filter("abs(a$b$) = 4 or a$b$ > 9").take_all() == [{"a": 2, "a$b$": -4}]
+    for condition in ("a = 'x", "a = E'x\\'", 'a = "x', "a = $$x", "a > 1 /* note"):
+        with pytest.raises(ParameterError) as info:
+            df.filter(condition)
+        text = str(info.value)
+        assert "DataFrame.filter" in text and repr(condition) in text and "open" in text and f"{__file__}:" in text

@@ -90,8 +90,9 @@ _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 def without_quoted_text(sql: str) -> str:
     """``sql`` with each string literal (``'...'``, ``E'...'`` with its backslash escapes,
     ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space, as
-    DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). An
-    unterminated one runs to the end."""
+    DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). A
+    block comment nests (``/* /* */ ) */`` is one), and a ``$`` inside a name (``a$b$``) starts
+    no dollar quote. An unterminated one runs to the end (:func:`leaves_text_open`)."""
     out, i, n = [], 0, len(sql)
     while i < n:
         c = sql[i]
@@ -109,7 +110,7 @@ def without_quoted_text(sql: str) -> str:
                 else:
                     j += 1
             i = j + 1
-        elif c == "$" and _DOLLAR_TAG.match(sql, i):
+        elif c == "$" and _DOLLAR_TAG.match(sql, i) and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$")):
             tag = _DOLLAR_TAG.match(sql, i).group()
             j = sql.find(tag, i + len(tag))
             i = n if j == -1 else j + len(tag)
@@ -117,14 +118,26 @@ def without_quoted_text(sql: str) -> str:
             j = sql.find("\n", i)
             i = n if j == -1 else j
         elif sql.startswith("/*", i):
-            j = sql.find("*/", i + 2)
-            i = n if j == -1 else j + 2
+            depth, i = 1, i + 2
+            while i < n and depth:
+                if sql.startswith("/*", i):
+                    depth, i = depth + 1, i + 2
+                elif sql.startswith("*/", i):
+                    depth, i = depth - 1, i + 2
+                else:
+                    i += 1
         else:
             out.append(c)
             i += 1
             continue
         out.append(" ")
     return "".join(out)
+
+
+def leaves_text_open(sql: str) -> bool:
+    """Whether ``sql`` ends inside a string literal, quoted identifier or block comment (one its
+    text does not close; a ``--`` comment ends at a line break)."""
+    return not without_quoted_text(sql + "\n)").endswith(")")
 
 
 def top_level_text(sql: str) -> str:
@@ -145,7 +158,10 @@ def top_level_text(sql: str) -> str:
 def fragment_problem(text: str) -> Optional[str]:
     """Why SQL ``text`` pasted between parentheses (``where ({text})``) would not stay one part
     of the query there, else None: it closes a parenthesis it did not open (``a > 1) or (1=1``
-    turns the condition into two), leaves one open, or holds a ``;`` (a second statement)."""
+    turns the condition into two), leaves one open, holds a ``;`` (a second statement) or leaves
+    a string, quoted name or comment open (the query around it would fail to parse)."""
+    if leaves_text_open(text):
+        return "it leaves a string, quoted name or comment open"
     depth = 0
     for c in without_quoted_text(text):
         if c == "(":
