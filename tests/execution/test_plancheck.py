@@ -301,6 +301,8 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from 'data/*.parquet'",
         'select * from {0} join "d.csv" using (k)',
         "select * from{0}join'd.csv'using (k)",
+        "select * from/* the lookup */'d.csv'",
+        "select * from query('select * from ''x.csv''')",
         "select * from glob('x/*')",
         "attach 'x.db' as x (read_only); select * from {0} join x.t using (k)",
         "select * from parquet_metadata('x.parquet')",
@@ -310,6 +312,7 @@ def test_queries_reading_files_themselves_are_recognised():
         "select readme from {0}",
         "select * from {0} join {1} using (k)",
         "select 'from' as f from {0}",
+        "select * from {0} where e like '%join' or e = 'came from'",
         "select attach, database from {0}",
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)

@@ -136,6 +136,30 @@ def test_sql_reading_a_file_itself_is_neither_resumed_nor_served_from_the_cache(
     assert task.plan_components["unreused"].startswith("its SQL reads files itself")
 
 
+@pytest.mark.parametrize("condition", ["e like '%join'", "e = 'came from' or e = 'x'", "e in ('join', 'left join')"])
+def test_sql_with_a_string_ending_in_from_or_join_is_reused(tmp_path, data_root, condition):
+    """A string that ends in the word ``from`` or ``join`` (``like '%join'``) names no file: the
+    query is served from the task cache and resumed like any other. The search for ``join'x.csv'``
+    (no space) took the string's closing quote for a file's opening one, so such a query and every
+    node after it were never reused."""
+    facts = str(tmp_path / "facts.parquet")
+    pq.write_table(pa.table({"e": ["user join", "came from", "x", "left join"]}), facts)
+
+    def run(job: str, **rt_options):
+        ctx = Context()
+        node = SqlEngineNode(
+            ctx, (DataSourceNode(ctx, ParquetDataSet([facts])),), f"select count(*) as n from {{0}} where {condition}"
+        )
+        ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(job, None, data_root, **rt_options))
+        return ep.final_output.to_arrow_table().column("n")[0].as_py(), ep.num_reused, ep.num_resumed
+
+    n, reused, _ = run("one")
+    assert reused == 0
+    got, reused, _ = run("two")
+    assert got == n and reused > 0, "not served from the task cache"
+    assert run("one", task_cache=False)[2] > 0, "not resumed"
+
+
 def test_what_sql_reads_files_itself_is_found_in_every_node_that_runs_sql():
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))

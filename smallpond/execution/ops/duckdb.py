@@ -69,16 +69,20 @@ _MAY_OUTLIVE_TASK = re.compile(
 )
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
 #: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
-#: named after FROM or JOIN, with or without a space (a replacement scan: 'x.csv', "data/*.parquet",
-#: COPY t FROM 'f', FROM'x.csv'), an
-#: attached or imported database
+#: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
+#: attached or imported database. Searched in the text as it is, quoted text included (SQL held
+#: in a string, as query() runs it, counts too)...
 _READS_FILES = re.compile(
     r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
-    r"|(?<!['\"])\b(?:from|join)\s*['\"]"  # (not the word in quotes: select 'from' as f)
+    r"|(?<!['\"])\b(?:from|join)\s+['\"]"  # (not the word in quotes: select 'from' as f)
     r"|\battach\s+(?:database\s+)?(?:if\s+not\s+exists\s+)?['\"]"
     r"|\bimport\s+database\b",
     re.IGNORECASE,
 )
+#: ... and a file right after FROM or JOIN without a space (FROM'x.csv', join/*c*/'y.csv'), in the
+#: code of the text (without_quoted_text with marks): a string that ends in the word (like '%join')
+#: is not taken for one there.
+_NAMES_FILE_RIGHT_AFTER = re.compile(r"\b(?:from|join)\s*['\"]", re.IGNORECASE)
 
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
@@ -87,16 +91,19 @@ _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 
 
-def without_quoted_text(sql: str) -> str:
+def without_quoted_text(sql: str, marks: bool = False) -> str:
     """``sql`` with each string literal (``'...'``, ``E'...'`` with its backslash escapes,
-    ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space, as
+    ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space (with
+    ``marks``, a string by one ``'`` and a quoted identifier by one ``"``), as
     DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). A
     block comment nests (``/* /* */ ) */`` is one), and a ``$`` inside a name (``a$b$``) starts
     no dollar quote. An unterminated one runs to the end (:func:`leaves_text_open`)."""
     out, i, n = [], 0, len(sql)
     while i < n:
         c = sql[i]
+        mark = " "
         if c in "'\"":
+            mark = c if marks else " "
             backslash = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
             j = i + 1
             while j < n:
@@ -112,6 +119,7 @@ def without_quoted_text(sql: str) -> str:
             i = j + 1
         elif c == "$" and _DOLLAR_TAG.match(sql, i) and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$")):
             tag = _DOLLAR_TAG.match(sql, i).group()
+            mark = "'" if marks else " "
             j = sql.find(tag, i + len(tag))
             i = n if j == -1 else j + len(tag)
         elif sql.startswith("--", i):
@@ -130,7 +138,7 @@ def without_quoted_text(sql: str) -> str:
             out.append(c)
             i += 1
             continue
-        out.append(" ")
+        out.append(mark)
     return "".join(out)
 
 
@@ -249,7 +257,9 @@ def sql_reads_files(texts) -> bool:
     """True if SQL text might read files itself (``read_parquet('x')``, ``FROM 'x.csv'``,
     ``ATTACH 'x.db'``), beside its inputs: searched for, never run (conservative: a quoted name
     after FROM counts too)."""
-    return any(_READS_FILES.search(str(t)) for t in texts if t)
+    return any(
+        _READS_FILES.search(str(t)) or _NAMES_FILE_RIGHT_AFTER.search(without_quoted_text(str(t), marks=True)) for t in texts if t
+    )
 
 
 def _shared_database(runtime_ctx):
