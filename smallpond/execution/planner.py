@@ -81,6 +81,7 @@ from smallpond.logical.node import (
 )
 from smallpond.logical.optimizer import optimize, optimized_of
 from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS
+from smallpond.logical.structural import projection_texts
 
 #: the folder (under the output root or ``--output_path``) the root's results are published in
 FINAL_RESULTS = "FinalResults"
@@ -757,10 +758,12 @@ def resolves_relative_paths(node: Node) -> bool:
 def node_sql(node: Node) -> List[str]:
     """The SQL text a node's tasks run as the user wrote it: a SQL node's queries (a fused one's
     hold those of the nodes it fused), the query of a partitioning fused with the SQL before it,
-    a source's query (``SqlQueryDataSet``)."""
-    if isinstance(node, SqlEngineNode):
-        return list(node.sql_queries)
-    texts = [getattr(node, "pre_sql", None)]
+    a source's query (``SqlQueryDataSet``), and the expressions of the projections it reads its
+    inputs through (:func:`~smallpond.logical.structural.projection_texts`: ``"now() as t"`` in a
+    ``ProjectionNode`` or a source's ``columns=``), which its tasks evaluate as they read."""
+    texts = list(node.sql_queries) if isinstance(node, SqlEngineNode) else [getattr(node, "pre_sql", None)]
     if isinstance(node, DataSourceNode):
         texts.append(getattr(node.dataset, "sql_query", None))
+    for dep in node.input_deps:
+        texts.extend(projection_texts(dep))
     return [t for t in texts if isinstance(t, str)]

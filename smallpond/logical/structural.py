@@ -273,6 +273,19 @@ def projection_of(node: Node) -> Optional[Node]:
     return next((n for n in _file_sources(node) if _projects(n)), None)
 
 
+def projection_texts(node: Node) -> List[str]:
+    """The column expressions of the projections through which ``node``'s output is read (a
+    ``ProjectionNode``'s columns, a source's ``columns=``, reached through nodes that pass files
+    on): SQL that the tasks reading it evaluate as part of their own query (``now() as t``)."""
+    texts: List[str] = []
+    for n in _file_sources(node):
+        if isinstance(n, ProjectionNode):
+            texts.extend(n.columns)
+        elif isinstance(n, DataSourceNode):
+            texts.extend(getattr(n.dataset, "columns", None) or [])
+    return [t for t in texts if isinstance(t, str) and t != "*"]
+
+
 def files_are_the_result(node: Node) -> bool:
     """Whether the files ``node``'s output lists are its result as Parquet, so a sink may publish
     them as they are: not so for a source's files read through a projection

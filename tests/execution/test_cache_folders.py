@@ -10,7 +10,7 @@ import pytest
 
 from smallpond.execution.job import run_job
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, SqlEngineNode
+from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, ProjectionNode, SqlEngineNode
 
 
 def read_relative(runtime_ctx, tables):
@@ -18,10 +18,19 @@ def read_relative(runtime_ctx, tables):
     return pq.read_table("x.parquet")
 
 
+RELATIVE_SUBQUERY = "(select max(v) from (select 1) as one, 'x.parquet') as v"
+
 NODES = {
     # a replacement scan in a FROM list, which the search for SQL that reads files does not see
     "sql": lambda ctx, inp: SqlEngineNode(ctx, (inp,), "select v from {0}, 'x.parquet'"),
     "python": lambda ctx, inp: ArrowComputeNode(ctx, (inp,), process_func=read_relative),
+    # a projection's expression, run by the task that reads it: SQL as much as a query is
+    "projection": lambda ctx, inp: SqlEngineNode(
+        ctx, (ProjectionNode(ctx, inp, ["id", RELATIVE_SUBQUERY]),), "select v from {0}"
+    ),
+    "source columns=": lambda ctx, inp: SqlEngineNode(
+        ctx, (DataSourceNode(ctx, ParquetDataSet(inp.dataset.paths, columns=["id", RELATIVE_SUBQUERY])),), "select v from {0}"
+    ),
 }
 
 
@@ -62,3 +71,26 @@ def test_sql_without_quoted_text_is_reused_from_another_folder(make_rt, tmp_path
         assert sorted(result.final_output.to_arrow_table().column("v").to_pylist()) == [0, 2]
         reused.append(result.num_reused)
     assert reused[0] == 0 and reused[1] > 0
+
+
+@pytest.mark.parametrize("where", ["projection", "source columns="])
+def test_a_projection_reading_the_clock_is_not_reused_by_another_job(make_rt, tmp_path, where):
+    """``now()`` in a projection's expression (a ``ProjectionNode`` or a source's ``columns=``) is
+    the clock read by the job that runs it, as in a query: another job was served the first
+    job's time from the task cache."""
+    import time
+
+    ids = str(tmp_path / "ids.parquet")
+    pq.write_table(pa.table({"id": [0]}), ids)
+    stamps = []
+    for _ in range(2):
+        ctx = Context()
+        columns = ["id", "epoch_ns(now()) as t"]
+        if where == "projection":
+            node = ProjectionNode(ctx, DataSourceNode(ctx, ParquetDataSet([ids])), columns)
+        else:
+            node = DataSourceNode(ctx, ParquetDataSet([ids], columns=columns))
+        result = run_job(LogicalPlan(ctx, SqlEngineNode(ctx, (node,), "select t from {0}")), make_rt(), num_workers=1)
+        stamps.append(result.final_output.to_arrow_table().column("t")[0].as_py())
+        time.sleep(0.01)
+    assert stamps[1] > stamps[0], "the second job was served the first job's clock"
