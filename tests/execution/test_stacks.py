@@ -3,6 +3,8 @@ faulthandler on request (smallpond.execution.stacks). Real jobs on the embedded 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
 import subprocess
@@ -18,13 +20,33 @@ from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, Lo
 from tests.execution.test_queue_backend import queue_executor  # noqa: F401 (the fixture)
 
 
-def _waits_in_here():
-    time.sleep(4)
+def _waits_in_here(release: str):
+    # until the test has seen the stall warning (it creates ``release``), 30 s at most
+    end = time.monotonic() + 30
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.05)
 
 
-def _hangs(runtime_ctx, tables):
-    _waits_in_here()
+def _hangs(runtime_ctx, tables, release: str):
+    _waits_in_here(release)
     return pa.table({"x": [1]})
+
+
+@contextlib.contextmanager
+def released_by_the_stall_warning(release: str, showing: str = ""):
+    """Create the file ``release`` once this process logs a stall warning (that holds ``showing``),
+    for a task that waits for it instead of sleeping for longer than the warning takes."""
+    from smallpond.common import logger
+
+    def sink(message) -> None:
+        if "still running" in str(message) and showing in str(message):
+            open(release, "w").close()
+
+    sink_id = logger.add(sink, level="WARNING")
+    try:
+        yield
+    finally:
+        logger.remove(sink_id)
 
 
 def _backtracking_length(seconds: float) -> int:
@@ -51,19 +73,24 @@ def _in_c_with_the_gil(n):
     return process
 
 
-def _stall_warnings(tmp_path, monkeypatch, log_messages, func):
+def _stall_warnings(tmp_path, monkeypatch, log_messages, func, showing: str = ""):
     monkeypatch.setenv("SP_STALL_LOG", "1")
     ctx = Context()
     node = ArrowComputeNode(ctx, (DataSourceNode(ctx, None),), process_func=func)
     rt = make_runtime_ctx(None, None, str(tmp_path))
-    run_job(LogicalPlan(ctx, node), rt)
+    with released_by_the_stall_warning(str(tmp_path / "warned"), showing):
+        run_job(LogicalPlan(ctx, node), rt)
     return rt, [m for m in log_messages if "still running" in m]
 
 
 def test_the_stall_warning_shows_the_line_a_task_waits_on(tmp_path, monkeypatch, log_messages):
-    rt, stalls = _stall_warnings(tmp_path, monkeypatch, log_messages, _hangs)
+    # the task waits until a warning shows it in _waits_in_here (the first, 1 s after the start,
+    # may come while a loaded worker is still loading the function; a later one, after it)
+    func = functools.partial(_hangs, release=str(tmp_path / "warned"))
+    rt, stalls = _stall_warnings(tmp_path, monkeypatch, log_messages, func, showing="_waits_in_here")
     assert stalls, log_messages
-    text = stalls[0]
+    text = next((m for m in stalls if "_waits_in_here" in m), "")
+    assert text, f"no stall warning shows where the task waits: {stalls}"
     assert re.search(r"Where ArrowComputeTask-\S+ \(attempt 0\) is now, innermost call first:", text), text
     frames = text.split("innermost call first:", 1)[1]
     # the innermost frames first: the sleep's caller, then the task's function, in this file

@@ -5,6 +5,7 @@ built."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
@@ -17,10 +18,13 @@ import pytest
 from smallpond.errors import JobFailed, ParameterError
 from smallpond.execution.job import make_runtime_ctx, run_job
 from smallpond.logical.node import ArrowComputeNode, Context, DataSourceNode, LogicalPlan, SqlEngineNode
+from tests.execution.test_stacks import released_by_the_stall_warning
 
 
-def _slow(runtime_ctx, tables):
-    time.sleep(4)
+def _slow(runtime_ctx, tables, release: str):
+    end = time.monotonic() + 30  # until the test saw the stall warning, 30 s at most
+    while not os.path.exists(release) and time.monotonic() < end:
+        time.sleep(0.05)
     return pa.table({"x": [1]})
 
 
@@ -31,8 +35,10 @@ def _killed(runtime_ctx, tables):
 def test_a_quiet_job_names_the_tasks_still_running(tmp_path, monkeypatch, log_messages):
     monkeypatch.setenv("SP_STALL_LOG", "1")
     ctx = Context()
-    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, None),), process_func=_slow)
-    run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path)))
+    release = str(tmp_path / "warned")
+    node = ArrowComputeNode(ctx, (DataSourceNode(ctx, None),), process_func=functools.partial(_slow, release=release))
+    with released_by_the_stall_warning(release):
+        run_job(LogicalPlan(ctx, node), make_runtime_ctx(None, None, str(tmp_path)))
     stalls = [m for m in log_messages if "still running" in m]
     assert stalls, log_messages
     assert "ArrowComputeTask-" in stalls[0] and node.label in stalls[0]
