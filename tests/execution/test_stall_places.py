@@ -16,7 +16,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from typing import List
 
 import pytest
 
@@ -166,15 +168,26 @@ def test_a_stalled_job_on_mpi_executors_names_no_more_running_attempts_than_work
     cmd += ["--platform", "mpi", "--num_executors", "2", "-i", *inputs, "-r", str(release), "-m", str(marks)]
     env = queue_env(SP_STALL_LOG="2", SP_EXECUTOR_CPUS="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: List[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)  # line by line
+    reader.start()
+
+    def stall_warnings() -> int:
+        return sum("no task has finished" in line for line in list(lines))
+
     try:
         wait_until(lambda: len(os.listdir(marks)) >= 7, 120, "the attempts that wait to start")
-        time.sleep(5)  # long enough for a warning (SP_STALL_LOG=2): nothing can finish now
+        before = stall_warnings()
+        # a warning once nothing has finished for 2 s (SP_STALL_LOG=2): nothing can finish now
+        wait_until(lambda: stall_warnings() > before, 60, "a stall warning with every worker held")
         release.touch()
-        _, err = proc.communicate(timeout=120)
+        proc.wait(timeout=120)
+        reader.join(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    err = "".join(lines)
     assert proc.returncode == 0, err[-3000:]
     warnings = [w for w in err.split("WARNING") if "no task has finished" in w]
     assert warnings, err[-3000:]
