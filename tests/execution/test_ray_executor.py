@@ -47,10 +47,18 @@ def cluster():
 
 
 def record(
-    runtime_ctx, inputs, output_path, log: str, sleep: float = 0.0, die_on_first: bool = False, swallow: bool = False
+    runtime_ctx,
+    inputs,
+    output_path,
+    log: str,
+    sleep: float = 0.0,
+    die_on_first: bool = False,
+    swallow: bool = False,
+    release: str = "",
 ) -> bool:
     """A task: note its attempt in ``log``, maybe kill its own process or sleep (noting an
-    interrupt, which ``swallow`` ignores), then write a file."""
+    interrupt, which ``swallow`` ignores; a first attempt sleeps until the file ``release`` exists,
+    when given, ``sleep`` seconds at most), then write a file."""
     task = runtime_ctx.task
     with open(log, "a") as f:
         f.write(f"start {task.key} {task.retry_count} {os.getpid()}\n")
@@ -59,6 +67,8 @@ def record(
     if task.retry_count == 0:
         try:
             for _ in range(int(sleep * 20)):
+                if release and os.path.exists(release):
+                    break
                 time.sleep(0.05)
         except KeyboardInterrupt:  # what ray.cancel raises in a running task
             with open(log, "a") as f:
@@ -146,7 +156,8 @@ def test_two_attempts_of_one_task_run_at_once_and_a_cancelled_one_is_not_reporte
     """What speculative execution needs: attempt 0 (slow) and attempt 1 run together; 0 is cancelled."""
     rt = make_rt()
     log = str(tmp_path / "log")
-    (task,), inputs, _ = prepared(rt, parquet_files, log=log, sleep=4.0)
+    # attempt 0 sleeps until cancelled (a fixed 4 s ended it first on a loaded machine)
+    (task,), inputs, _ = prepared(rt, parquet_files, log=log, sleep=30.0)
     ex = executor_for(rt)
     try:
         ex.submit(task, inputs(task), 0, memory=256 << 20)
@@ -272,13 +283,14 @@ def test_a_removed_node_reports_its_attempts_lost(cluster, make_rt, parquet_file
     """Four slow attempts fill both worker nodes; one node is killed: its two come back as WorkerLost.
 
     A job starting right after sees the dead node still listed as alive by Ray (its health checks
-    take seconds): the data-root check finds it gone, and the start goes on without it.
+    take seconds): the data-root check finds it gone, and the start goes on without it. The
+    attempts run until that start is over (a release file), not for a fixed time.
     """
     import ray
 
     rt = make_rt()
-    log = str(tmp_path / "log")
-    tasks, inputs, _ = prepared(rt, parquet_files, 4, log=log, sleep=8.0)
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    tasks, inputs, _ = prepared(rt, parquet_files, 4, log=log, sleep=120.0, release=release)
     ex = executor_for(rt)
     try:
         for t in tasks:
@@ -290,6 +302,7 @@ def test_a_removed_node_reports_its_attempts_lost(cluster, make_rt, parquet_file
         listed_alive = any(n["NodeID"] == victim and n["Alive"] for n in ray.nodes())
         later = executor_for(make_rt())
         later.shutdown()
+        open(release, "w").close()  # the two on the surviving node may end now
         done = wait_for(ex, 4)
     finally:
         ex.shutdown()
