@@ -17,7 +17,15 @@ from smallpond.errors import JobFailed
 from smallpond.execution.job import run_job
 from smallpond.execution.ops.structural import PartitionConsumerTask
 from smallpond.logical.dataset import ParquetDataSet
-from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, HashPartitionNode, LogicalPlan, ShuffleNode
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LogicalPlan,
+    RootNode,
+    ShuffleNode,
+)
 
 
 def _partitions(exec_plan, node):
@@ -259,23 +267,35 @@ def _partition_two_files(tmp_path, make_rt, engine, keys_by_file, comparable):
     index), read each by its own producer and hash them by ``k`` into 16 partitions. Returns the
     partitions' rows and the partitions each key went to, keyed by ``comparable(key)`` (a value
     equal across the files' types) or None."""
-    paths = []
-    for n, (typ, keys) in enumerate(keys_by_file):
-        path = str(tmp_path / f"part{n}.parquet")
-        pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
-        paths.append(path)
+    return _partition_two_files_each(tmp_path, make_rt, engine, {"": (keys_by_file, comparable)})[""]
 
-    def build(ctx):
+
+def _partition_two_files_each(tmp_path, make_rt, engine, cases):
+    """:func:`_partition_two_files` of several cases in one job (one job per case repeated the
+    job's start for each): ``cases`` maps a name to ``(keys_by_file, comparable)``; returns
+    ``{name: (parts, where)}``."""
+    ctx = Context()
+    nodes = {}
+    for c, (name, (keys_by_file, _)) in enumerate(cases.items()):
+        paths = []
+        for n, (typ, keys) in enumerate(keys_by_file):
+            path = str(tmp_path / f"case{c}-part{n}.parquet")
+            pq.write_table(pa.table({"k": pa.array(keys, typ), "file": [n] * len(keys)}), path)
+            paths.append(path)
         src = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 2)  # one file per producer
-        return HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
-
-    parts, _ = _run(make_rt, build)
-    where = {}
-    for i, p in enumerate(parts):
-        for r in p:
-            key = None if r["k"] is None else comparable(r["k"])
-            where.setdefault(key, set()).add(i)
-    return parts, where
+        nodes[name] = HashPartitionNode(ctx, (src,), 16, hash_columns=["k"], engine_type=engine)
+    root = nodes[""] if list(nodes) == [""] else RootNode(ctx, list(nodes.values()))
+    exec_plan = run_job(LogicalPlan(ctx, root), make_rt(), num_workers=2)
+    out = {}
+    for name, node in nodes.items():
+        parts = _partitions(exec_plan, node)
+        where = {}
+        for i, p in enumerate(parts):
+            for r in p:
+                key = None if r["k"] is None else cases[name][1](r["k"])
+                where.setdefault(key, set()).add(i)
+        out[name] = (parts, where)
+    return out
 
 
 _EQUAL_KEYS_TYPED_APART = {
@@ -290,28 +310,31 @@ _EQUAL_KEYS_TYPED_APART = {
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
-@pytest.mark.parametrize("case", sorted(_EQUAL_KEYS_TYPED_APART))
-def test_equal_keys_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine, case):
+def test_equal_keys_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine):
     # each file is read by its own producer, with its own type for the key: 1 (int64) and 1.0
     # (double), or 1.5 (float) and 1.5 (double), must still hash alike, or a GROUP BY per
     # partition returns the key twice; negative keys too (DuckDB hashes a negative INTEGER, BIGINT
     # and HUGEINT apart: int32 and int64 keys, or a double key, which was hashed as a HUGEINT,
-    # missed each other below zero; found by the differential fuzzer)
+    # missed each other below zero; found by the differential fuzzer). Every pair of types is a
+    # node of one job.
     from decimal import Decimal
 
-    first, second = _EQUAL_KEYS_TYPED_APART[case]
-    integral = pa.types.is_integer(first)
-    low = 0 if pa.types.is_unsigned_integer(first) else -20
-    values = [i if integral else i + 0.5 * (i % 2) for i in range(low, low + 40)] + [None]
-    keys_by_file = [
-        (typ, [None if v is None else Decimal(str(v)) if pa.types.is_decimal(typ) else v for v in values])
-        for typ in (first, second)
-    ]
-    parts, where = _partition_two_files(tmp_path, make_rt, engine, keys_by_file, float)
-    assert len(where) == len(values)
-    assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
-    # every row of both files is there
-    assert sorted(r["file"] for p in parts for r in p) == [0] * len(values) + [1] * len(values)
+    cases, values_of = {}, {}
+    for case, (first, second) in sorted(_EQUAL_KEYS_TYPED_APART.items()):
+        integral = pa.types.is_integer(first)
+        low = 0 if pa.types.is_unsigned_integer(first) else -20
+        values = [i if integral else i + 0.5 * (i % 2) for i in range(low, low + 40)] + [None]
+        keys_by_file = [
+            (typ, [None if v is None else Decimal(str(v)) if pa.types.is_decimal(typ) else v for v in values])
+            for typ in (first, second)
+        ]
+        cases[case], values_of[case] = (keys_by_file, float), values
+    for case, (parts, where) in _partition_two_files_each(tmp_path, make_rt, engine, cases).items():
+        values = values_of[case]
+        assert len(where) == len(values), case
+        assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}, case
+        # every row of both files is there
+        assert sorted(r["file"] for p in parts for r in p) == [0] * len(values) + [1] * len(values), case
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
@@ -337,21 +360,24 @@ _EQUAL_TIMES_TYPED_APART = {
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
-@pytest.mark.parametrize("case", sorted(_EQUAL_TIMES_TYPED_APART))
-def test_equal_times_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine, case):
+def test_equal_times_typed_apart_in_two_files_meet_in_one_partition(tmp_path, make_rt, engine):
     # a file pandas wrote (nanoseconds) and one DuckDB wrote (microseconds), or a DATE key and a
-    # TIMESTAMP key: equal instants must hash alike, or a GROUP BY per partition returns them twice
+    # TIMESTAMP key: equal instants must hash alike, or a GROUP BY per partition returns them
+    # twice. Every pair of types is a node of one job.
     import datetime
 
-    first, second = _EQUAL_TIMES_TYPED_APART[case]
     days = [datetime.datetime(2024, 1, 1) + datetime.timedelta(days=i) for i in range(40)]
-    keys_by_file = [(typ, [d.date() if pa.types.is_date(typ) else d for d in days] + [None]) for typ in (first, second)]
-    parts, where = _partition_two_files(
-        tmp_path, make_rt, engine, keys_by_file, lambda k: datetime.datetime(k.year, k.month, k.day)
-    )
-    assert len(where) == len(days) + 1
-    assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}
-    assert sorted(r["file"] for p in parts for r in p) == [0] * (len(days) + 1) + [1] * (len(days) + 1)
+    cases = {
+        case: (
+            [(typ, [d.date() if pa.types.is_date(typ) else d for d in days] + [None]) for typ in types],
+            lambda k: datetime.datetime(k.year, k.month, k.day),
+        )
+        for case, types in sorted(_EQUAL_TIMES_TYPED_APART.items())
+    }
+    for case, (parts, where) in _partition_two_files_each(tmp_path, make_rt, engine, cases).items():
+        assert len(where) == len(days) + 1, case
+        assert {k: sorted(w) for k, w in where.items() if len(w) > 1} == {}, case
+        assert sorted(r["file"] for p in parts for r in p) == [0] * (len(days) + 1) + [1] * (len(days) + 1), case
 
 
 def _pandas_loaded(flag_path, runtime_ctx, tables):
