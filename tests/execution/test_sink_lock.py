@@ -24,7 +24,10 @@ HOLDER = textwrap.dedent(
     dest, records, out, how = sys.argv[1:5]
     with destinations_locked([dest], records):
         open(out + ".held", "w").close()
-        if how == "release":
+        if how == "release":  # once told to (at most 60 s), and after a while, so a waiter is seen waiting
+            deadline = time.monotonic() + 60
+            while not os.path.exists(out + ".go") and time.monotonic() < deadline:
+                time.sleep(0.01)
             time.sleep(0.5)
             open(out + ".releasing", "w").close()
         else:  # a worker forked meanwhile outlives the job, which dies holding the lock
@@ -66,7 +69,8 @@ def test_a_publication_waits_for_another_process_publishing_into_the_same_folder
     other = tmp_path / "elsewhere"
     other.mkdir()
     with destinations_locked([str(other / "B")], records):  # a folder in another folder: no wait
-        assert not os.path.exists(out + ".releasing")
+        assert not os.path.exists(out + ".releasing")  # (the holder lets go only once told to)
+    open(out + ".go", "w").close()
     with destinations_locked([dest], records):
         assert os.path.exists(out + ".releasing")  # entered only once the holder let go
     assert proc.wait(timeout=30) == 0
