@@ -172,11 +172,12 @@ def poll_until_some(qe: QueueExecutor, seconds: float):
 
 
 def test_every_attempt_runs_on_exactly_one_executor(tmp_path, inputs, marker_dir):
-    """Three executors race for 30 tiny attempts: each is claimed (and run) once."""
+    """Three executors race for 30 short attempts: each is claimed (and run) once."""
     data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
     procs = start_executors(3, job_id, data_root)
     try:
         cmd = driver_command(job_id, data_root, inputs, marker_dir, "--platform", "manual", "-n", "30")
+        cmd += ["--sleep", "0.2"]  # (6 s for one executor alone: on a loaded machine the others have started)
         proc = subprocess.run(cmd, env=queue_env(), capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
         starts = [m for m in markers(marker_dir) if m[0] == "start"]
@@ -196,12 +197,13 @@ def test_attempts_an_executor_queued_behind_a_long_one_go_to_the_idle_executor(t
     """Two one-CPU executors; partition 5 runs until every other one has ended. The executor
     that runs it claimed attempts to run behind it while it looked short; it gives them back
     (its worker never started them) and the other executor runs them: partition 5 sees them all
-    end. Without that they wait behind it, which waits for them (up to 20 s), and it gives up."""
+    end. Without that they wait behind it, which waits for them (up to 60 s: on a loaded machine the
+    others may take many seconds), and it gives up."""
     data_root, job_id = str(tmp_path / "root"), str(uuid.uuid4())
     procs = start_executors(2, job_id, data_root)
     try:
         cmd = driver_command(job_id, data_root, inputs, marker_dir, "--platform", "manual", "-n", "24")
-        cmd += ["--sleep", "20", "--slow_partition", "5"]
+        cmd += ["--sleep", "60", "--slow_partition", "5"]
         proc = subprocess.run(cmd, env=queue_env(), capture_output=True, text=True, timeout=240)
         assert proc.returncode == 0, proc.stderr[-3000:]
         starts = [m for m in markers(marker_dir) if m[0] == "start"]
@@ -241,7 +243,7 @@ def test_a_cancelled_attempt_is_killed_and_not_reported(queue_executor, inputs, 
         qe.submit(task, task_inputs, 0, memory=256 << 20)
         (_, _, _, pid) = wait_until(lambda: markers(marker_dir), 60, "the attempt to start")[0]
         qe.cancel(task.key, 0)
-        wait_until(lambda: not pid_alive(pid), 10, "the worker to die")
+        wait_until(lambda: not pid_alive(pid), 60, "the worker to die")
         assert qe.poll(1.0) == []
         assert [m for m in markers(marker_dir) if m[0] == "end"] == []
         assert os.listdir(qe.paths.member(os.listdir(qe.paths.executors)[0], "claimed")) == []
@@ -262,7 +264,7 @@ def test_a_killed_executors_worker_dies_with_it_and_its_attempt_is_lost(queue_ex
         assert (c.key, c.attempt, c.ok) == (task.key, 0, False) and isinstance(c.error, WorkerLost)
         assert "died" in str(c.error)
         # its worker does not go on running the attempt the scheduler now gives to another
-        wait_until(lambda: not pid_alive(pid), 10, "the worker to die")
+        wait_until(lambda: not pid_alive(pid), 60, "the worker to die")
     finally:
         qe.shutdown()
         stop(procs)

@@ -25,8 +25,9 @@ from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode
 from tests.execution.queue_job import wait_for_ends
 
 #: how long the slow task waits for the others at most: without stealing, the ones queued behind
-#: it never end while it waits, so it gives up after this long
-WAIT_CAP = 20.0
+#: it never end while it waits, so it gives up after this long (generous: on a loaded machine the
+#: 23 others may take many seconds to run, and the test waits this long only when it fails)
+WAIT_CAP = 60.0
 
 
 def _mark(runtime_ctx, inputs, output_path, markers: str, n: int, slow: int) -> bool:
@@ -129,7 +130,7 @@ def _planned(rt, files, markers: str, n: int, slow: int, fn=None):
 
 def _poll_all(ex, count: int):
     done = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while len(done) < count and time.monotonic() < deadline:
         done.extend(ex.poll(1))
     return done
@@ -169,7 +170,7 @@ def test_queued_attempts_move_once_and_a_started_one_stays(parquet_files, make_r
 
 
 def _wait_for_marks(markers: str, kind: str, count: int):
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while len(_marks(markers, kind)) < count and time.monotonic() < deadline:
         time.sleep(0.01)
     return _marks(markers, kind)
@@ -206,7 +207,9 @@ def test_cancelling_a_queued_attempt_takes_it_back_and_spares_the_running_one(pa
         assert _wait_for_marks(str(markers), "start", 1) == [(0, pid)]
         cancelled = rest[1][0]
         ex.cancel(cancelled.key, 0)
-        done = ex.poll(1.0)  # the worker's answer
+        done, deadline = [], time.monotonic() + 60
+        while ex.workers[0].asks and time.monotonic() < deadline:  # until the worker's answer is read
+            done += ex.poll(0.2)
         assert [w.pid for w in ex.workers] == [pid], "the worker was replaced"
         assert [e.key for e in ex.workers[0].inflight] == [first.key, rest[0][0].key]
         assert ex.attempt_places() == {
