@@ -368,7 +368,7 @@ def test_a_start_that_fails_after_the_workers_booted_stops_them_and_releases_the
         smallpond.init(job_id=job_id, data_root=root, num_executors=2)
     assert started and len(started[0]) == 1, "the first worker was started before the sinks"
     for w in started[0]:
-        assert w.proc.wait(timeout=10) is not None, "a worker outlived the failed start"
+        assert w.proc.wait(timeout=30) is not None, "a worker outlived the failed start"
     monkeypatch.undo()
     again = smallpond.init(job_id=job_id, data_root=root, num_executors=1)  # the lock was released
     again.shutdown()

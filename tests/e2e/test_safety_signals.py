@@ -51,7 +51,7 @@ def test_sigterm_stops_a_driver_job_which_then_resumes(tmp_path, data_root):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
     assert err.count(RESUME_LINE) == 1 and job_id in err
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, "workers outlived the job"
     root = glob.glob(roots)[0]
     assert last_status(root).startswith("interrupted@")
@@ -97,7 +97,7 @@ def test_sigterm_stops_a_session(tmp_path):
     assert "done" not in out
     assert err.count(RESUME_LINE) == 1
     assert "Traceback" not in err
-    _, alive = psutil.wait_procs(workers, timeout=5)
+    _, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive
     assert last_status(glob.glob(roots)[0]).startswith("interrupted@")
 

@@ -237,7 +237,7 @@ def test_kept_workers_die_with_their_driver(parquet_files, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     pids = [int(p) for p in out.stdout.split()]
     assert pids, out.stderr
-    deadline = time.time() + 10
+    deadline = time.time() + 30  # (generous: on a loaded machine a dying worker waits for a CPU; a kept one waits 120 s)
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
@@ -276,7 +276,7 @@ def test_kept_workers_die_with_their_driver_even_where_their_sockets_stay_open(p
         errors = err.read()
     try:
         assert pids, errors
-        deadline = time.time() + 10
+        deadline = time.time() + 30
         while time.time() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.05)
         assert not any(_alive(p) for p in pids), "kept workers outlived their driver"
@@ -295,9 +295,9 @@ def test_a_kept_worker_ends_when_its_driver_lets_go_of_it(parquet_files, make_rt
     pids = set(local_spares.kept())
     assert pids
     for w in list(local_spares._spares):
-        assert w.conn.poll(10)  # it said PARKED: it waits for its next job (closed sooner, that answer fails and it ends)
+        assert w.conn.poll(60)  # it said PARKED: it waits for its next job (closed sooner, that answer fails and it ends)
         w.close()
-    deadline = time.time() + 5
+    deadline = time.time() + 30
     while time.time() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), "a kept worker waited on with no driver"
@@ -345,17 +345,18 @@ def test_a_kept_worker_that_ends_is_reaped_at_once(parquet_files, make_rt, monke
     or the process's exit. It is reaped by its own PID: a child of the user's code keeps its exit
     status (no waitpid(-1))."""
     if how == "ends_itself":
-        monkeypatch.setenv("SP_TEST_PARKED_SECONDS", "1")  # (the workers' environment: set before they start)
+        monkeypatch.setenv("SP_TEST_PARKED_SECONDS", "3")  # (the workers' environment: set before they start)
     users_child = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(0.5); sys.exit(7)"])
     run_job(_sql_plan(parquet_files), make_rt(), num_workers=2)
     pids = set(local_spares.kept())
-    assert pids and all(_alive(p) for p in pids)
+    assert pids
     if how == "killed":
+        assert all(_alive(p) for p in pids)  # (not asked of those that end themselves: a slow machine may be past their wait)
         ended = min(pids)
         os.kill(ended, signal.SIGKILL)
     else:
         ended = None
-    deadline = time.time() + 15
+    deadline = time.time() + 30
     while time.time() < deadline and not all(_gone(p) for p in pids if ended in (None, p)):
         time.sleep(0.05)
     assert all(_gone(p) for p in pids if ended in (None, p)), {p: psutil.Process(p).status() for p in pids if not _gone(p)}
