@@ -71,9 +71,33 @@ def scratch_connection():
     import duckdb
 
     with _scratch_lock:
-        if _scratch["db"] is None or _scratch["pid"] != os.getpid():  # (a fork's parent's is not its own)
+        if _scratch["pid"] != os.getpid():  # a fork's parent's is not its own (a C-level fork)
+            _leave_parents_database()
+        if _scratch["db"] is None:
             _scratch["db"], _scratch["pid"] = duckdb.connect(), os.getpid()
         return _scratch["db"].cursor()
+
+
+def _leave_parents_database() -> None:
+    """In a forked child: forget the parent's database without ever freeing it. Freeing it joins
+    DuckDB's threads, which the child does not have: the child crashed (SIGSEGV) at its exit, or
+    hung opening its own, once the parent had bound any query (the database stays open)."""
+    db = _scratch["db"]
+    if db is not None:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(db))  # (a reference no one drops: never freed)
+    _scratch["db"] = _scratch["pid"] = None
+
+
+def _after_fork_in_child() -> None:
+    global _scratch_lock
+    _scratch_lock = threading.Lock()  # (a thread of the parent may have held it)
+    _leave_parents_database()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def infer_schema(node: Node, cache: Dict[int, object]):

@@ -37,3 +37,43 @@ def test_binding_opens_one_database_per_process_and_each_use_sees_only_its_own(p
         a.close()
         b.close()
     assert schema.scratch_connection().execute("select 1").fetchall() == [(1,)]  # closing a cursor keeps the database
+
+
+_FORK_AFTER_BINDING = r"""
+import os, sys, time
+from smallpond.execution import schema
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
+
+ctx = Context()
+node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([sys.argv[1]])),), "select id * 2 as d from {0}")
+schema.infer_schema(node, {})  # the process's database is open from now on
+for use in (False, True):
+    pid = os.fork()
+    if pid == 0:
+        if use:
+            print("child", schema.infer_schema(node, {}).names, flush=True)
+        sys.exit(0)  # the interpreter's own exit, as a user's forked child may end
+    for _ in range(300):
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            print("status", use, status, flush=True)
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, 9)
+        print("hung", use, flush=True)
+"""
+
+
+def test_a_forked_child_of_a_process_that_bound_a_query_ends_and_binds(parquet_files):
+    """The process's database, once open, stays open with DuckDB's threads: a child forked then (a
+    user's ``os.fork``, multiprocessing) must neither free it (that crashed the child at its exit,
+    SIGSEGV) nor hang binding a query on a database of its own."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _FORK_AFTER_BINDING, parquet_files[0]], capture_output=True, text=True, timeout=120
+    ).stdout
+    assert out.splitlines() == ["status False 0", "child ['d']", "status True 0"], out
