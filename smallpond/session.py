@@ -277,6 +277,7 @@ class Session:
         self._optimized: Dict[int, Any] = {}
         self._schemas: Dict[int, Any] = {}  # id(node) -> pyarrow.Schema (see DataFrame.schema)
         self._job.start()
+        self._pid = os.getpid()  # (a forked child's exit is not this session's end)
         atexit.register(self._shutdown_at_exit)
 
     # -- properties ------------------------------------------------------------------------------
@@ -566,6 +567,10 @@ class Session:
         that cannot come (:func:`~smallpond.execution.executors.local_spares.process_ending`)."""
         from smallpond.execution.executors import local_spares
 
+        if os.getpid() != getattr(self, "_pid", os.getpid()):
+            # a child the user forked, ending through the interpreter's exit: shutting down here
+            # removed the parent's job folder under its running session and stopped its workers
+            return
         local_spares.process_ending()
         self.shutdown()
 

@@ -392,3 +392,39 @@ def test_a_session_shut_down_at_exit_keeps_no_worker(parquet_files, tmp_path):
     assert workers, out.stdout
     assert lines["kept at exit"] == "[]", out.stdout
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_a_child_forked_from_a_session_does_not_shut_it_down_at_its_exit(parquet_files, tmp_path):
+    """A child the user forks (os.fork) and that ends through the interpreter's exit runs the
+    parent's atexit handlers: the session's shutdown there removed the parent's job folder, so the
+    parent's next job failed (FileNotFoundError in its staging folder); nor stops the workers the
+    parent keeps for a later session."""
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        import duckdb  # this process holds DuckDB: its workers are fresh interpreters, which may be kept
+        import smallpond
+        sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=2)
+        src = sp.read_parquet({parquet_files!r})
+        print("one:", len(src.map("id + 1 as x").to_pandas()), flush=True)
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        print("child:", os.waitpid(pid, 0)[1], flush=True)
+        print("two:", len(src.map("id + 2 as y").to_pandas()), flush=True)
+        sp.shutdown()  # its workers are kept for a later session of this process
+        from smallpond.execution.executors import local_spares
+        kept = sorted(local_spares.kept())
+        pid = os.fork()
+        if pid == 0:
+            sys.exit(0)
+        os.waitpid(pid, 0)
+        print("kept:", bool(kept) and sorted(local_spares.kept()) == kept and all(os.path.exists(f"/proc/{{p}}") for p in kept), flush=True)
+        """
+    )
+    env = dict(os.environ, SP_PROGRESS="0")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [line for line in out.stdout.splitlines() if ": " in line] == ["one: 30", "child: 0", "two: 30", "kept: True"], (
+        out.stdout
+    )
