@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import string
 import warnings
-from typing import Callable, Dict, Iterable, List, Optional, Set
+from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from smallpond.common import as_subquery
 from smallpond.logical.base import Node
@@ -156,8 +156,9 @@ def _fusable_into_partition(part: Node, child: Node, frozen: Set[int], consumers
     )
 
 
-def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
-    consumers = _consumer_counts(node)
+def _rewritten(node: Node, frozen: Set[int], memo: Dict, step: Callable[[Node, Tuple[Node, ...]], Node]) -> Node:
+    """``node``'s graph rewritten bottom-up: ``step(n, deps)`` gives what ``n`` becomes once its
+    inputs became ``deps``; nodes in ``frozen`` are kept, and each node is rewritten once (``memo``)."""
 
     def visit(n: Node) -> Node:
         if id(n) in memo:
@@ -165,11 +166,27 @@ def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node])
         if id(n) in frozen:
             memo[id(n)] = n
             return n
-        deps = tuple(visit(d) for d in n.input_deps)
-        new = n
-        if any(a is not b for a, b in zip(deps, n.input_deps)):
-            new = copy.copy(n)
-            new.input_deps = deps
+        new = step(n, tuple(visit(d) for d in n.input_deps))
+        memo[id(n)] = new
+        return new
+
+    return visit(node)
+
+
+def _with_deps(n: Node, deps: Tuple[Node, ...]) -> Node:
+    """``n``, or a copy of it reading ``deps`` where they differ from its inputs."""
+    if all(a is b for a, b in zip(deps, n.input_deps)):
+        return n
+    new = copy.copy(n)
+    new.input_deps = deps
+    return new
+
+
+def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
+    consumers = _consumer_counts(node)
+
+    def step(n: Node, deps: Tuple[Node, ...]) -> Node:
+        new = _with_deps(n, deps)
         if new.input_deps and _fusable_into_partition(new, new.input_deps[0], frozen, consumers):
             child = new.input_deps[0]
             fused = copy.copy(new)
@@ -181,10 +198,9 @@ def fuse_sql_into_partition(node: Node, frozen: Set[int], memo: Dict[int, Node])
             fused.memory_limit = max(mems) if mems else None
             fused.fused_from = getattr(child, "fused_from", [child]) + [n]
             new = fused
-        memo[id(n)] = new
         return new
 
-    return visit(node)
+    return _rewritten(node, frozen, memo, step)
 
 
 def materialize_projections(node: Node, frozen: Set[int], memo: Dict[int, Node]) -> Node:
@@ -199,23 +215,12 @@ def materialize_projections(node: Node, frozen: Set[int], memo: Dict[int, Node])
             memo[key] = new
         return memo[key]
 
-    def visit(n: Node) -> Node:
-        if id(n) in memo:
-            return memo[id(n)]
-        if id(n) in frozen:
-            memo[id(n)] = n
-            return n
-        deps = tuple(visit(d) for d in n.input_deps)
+    def step(n: Node, deps: Tuple[Node, ...]) -> Node:
         if isinstance(n, DataSinkNode):
             deps = tuple(materialized(d, n) if projection_of(d) is not None else d for d in deps)
-        new = n
-        if any(a is not b for a, b in zip(deps, n.input_deps)):
-            new = copy.copy(n)
-            new.input_deps = deps
-        memo[id(n)] = new
-        return new
+        return _with_deps(n, deps)
 
-    return visit(node)
+    return _rewritten(node, frozen, memo, step)
 
 
 RULES: List[Callable] = [materialize_projections, fuse_sql, fuse_sql_into_partition]
