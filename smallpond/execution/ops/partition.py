@@ -280,6 +280,11 @@ class HashPartitionTask(Task):
         types = hash_key_types(conn, src, self.node, columns, self) if conn is not None else None
         return partition_key_expr(self.node, columns, types)
 
+    def _no_rows(self, n: int) -> PartitionedDataSet:
+        """The result of a producer with no rows to split: ``n`` empty partitions."""
+        self.stats["rows"] = 0
+        return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
+
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
         n = node.npartitions
@@ -288,8 +293,7 @@ class HashPartitionTask(Task):
         if pre_sql is None and isinstance(ds, ParquetDataSet) and ds.empty and (self.producer_index > 0 or columns_unknown(ds)):
             # nothing to split; an input whose columns are unknown (a Python node's output with no
             # rows) has no columns to give the placeholders either: every partition is empty like it
-            self.stats["rows"] = 0
-            return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
+            return self._no_rows(n)
         # use_parquet_writer (upstream's option of the duckdb engine): DuckDB computes each row's
         # partition and pyarrow's ParquetWriter writes one file per partition, as the arrow engine does
         if (node.engine_type == "arrow" or node.use_parquet_writer) and pre_sql is None:
@@ -321,8 +325,7 @@ class HashPartitionTask(Task):
             described = conn.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()
             columns = [r[0] for r in described]
             if reads_unknown_columns(ds, columns):  # (a fused `select *` of such an input: as above)
-                self.stats["rows"] = 0
-                return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
+                return self._no_rows(n)
             expr, col = self._key_expr(columns, conn, src)
             # a key computed from a shuffle expression is not part of the data; a hash key is kept
             # (as upstream does) unless drop_partition_column is set
@@ -382,7 +385,7 @@ class HashPartitionTask(Task):
                 # the fused query gave no rows (DataSetPartitionNode(20) over 4 files: 16 producers
                 # without a file): the first producer, which always runs this query, leaves the
                 # placeholders (16 more files each cost these producers ~30 ms apiece)
-                return PartitionedDataSet([ParquetDataSet.from_files([]) for _ in range(n)])
+                return self._no_rows(n)
             if any(not p for p in parts):
                 # placeholders written by DuckDB too, with the columns the partitions' files have
                 # (pyarrow, which a task of this engine never loads otherwise, costs ~0.3 s to import)
