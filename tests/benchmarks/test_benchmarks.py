@@ -193,7 +193,7 @@ def test_cpu_time_counts_children_still_alive_and_peak_rss_leaves_out_workers_ke
         while common.descendant_cpu().get(child.pid, 0) < 0.4:
             time.sleep(0.02)
     child.communicate(b"")
-    assert cpu.seconds - cpu.here >= 0.4
+    assert cpu.seconds - cpu.here >= 0.4 - 1e-9  # both sides are sums of clock ticks: 0.4466 - 0.0466 < 0.4 in floats
 
     monkeypatch.setenv("SP_FORK_WORKERS", "0")  # fresh interpreters (kept), whatever this process holds
     local_spares.release()
