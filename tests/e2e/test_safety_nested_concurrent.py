@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -59,26 +60,101 @@ def test_jobs_publishing_one_inside_the_other_at_the_same_instant(tmp_path, data
     assert published_rows(winner, "id") == [900, 901, 902]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (found in review, not fixed yet): a job killed mid-publication leaves its manifest in "
-    "out without a record, so another job's nesting check passes; the rerun then finishes the publication around it",
-)
-def test_a_job_killed_while_publishing_is_not_nested_into_before_its_rerun(tmp_path, data_root):
-    """The outer job is killed after its manifest moved into ``out``, before its record was written
-    (its journal stays, its rerun finishes it). A job publishing into ``out/sub2`` meanwhile found no
-    recorded result above (the record is what the nesting check trusts) and published; the outer
-    job's rerun then finished its publication, and ``out`` held ``sub2``, a folder its manifest does
-    not list: the state the check at publication exists to prevent. Wanted: one of the two refused
-    (the inner one, naming the interrupted job and saying to rerun it)."""
+def _killed_at_its_record(cmd):
+    """Run ``cmd`` (a held job publishing into a new folder) and SIGKILL it once its result is swapped
+    into its destination, before its record is written (step 2: mkdir, swap, record, ...)."""
     from tests.e2e.safety_helpers import kill_at
 
+    kill_at(cmd, 2)
+
+
+def dest_of(cmd):
+    return cmd[cmd.index("-o") + 1]
+
+
+def _job_folder(data_root, cmd):
+    job_id = cmd[cmd.index("--job_id") + 1]
+    (name,) = [n for n in os.listdir(data_root) if n.endswith(job_id)]
+    return os.path.join(data_root, name)
+
+
+@pytest.mark.parametrize("killed", ["outer", "inner"])
+@pytest.mark.parametrize("other", ["planned_after", "held_before"])
+def test_a_job_killed_while_publishing_is_not_nested_into_before_its_rerun(tmp_path, data_root, killed, other):
+    """One job is killed after its result moved into its destination, before its record was written
+    (its journal stays, its rerun finishes it). A job publishing inside it or around it meanwhile
+    (``out/sub2`` inside ``out``, or an append into ``out`` around ``out/sub2``) found no recorded
+    result there (the record is what the nesting checks trust) and published, and the rerun then
+    finished its publication: ``out`` held ``sub2``, a folder its manifest does not list. The killed
+    job's publication mark (ops/sink_pending.py) makes the other job refused, when planned after
+    the kill or, planned before it, when it publishes, naming the killed job and saying to rerun it.
+    Its rerun then finishes its publication, and the other job runs again as the rules say."""
+    out = str(tmp_path / "out")
+    inner_dest = os.path.join(out, "sub2")
+    # an outer job planned around an inner one is an append (an overwrite is refused when planned: out
+    # holds the inner job's folder, or its staged one, which no manifest lists)
+    mode = "overwrite" if (killed, other) == ("outer", "planned_after") else "append"
+    outer = held(data_root, rows_of(tmp_path, "outer", 100), out, mode=mode)
+    inner = held(data_root, rows_of(tmp_path, "inner", 200), inner_dest, mode="overwrite")
+    victim, survivor = (outer, inner) if killed == "outer" else (inner, outer)
+    if other == "planned_after":
+        _killed_at_its_record(victim)
+        refused = subprocess.run(survivor, capture_output=True, text=True, timeout=180)
+    else:  # planned (and staged) before the kill; it publishes after it
+        hold = tmp_path / "hold"
+        hold.mkdir()
+        proc = subprocess.Popen(survivor + ["--hold", str(hold)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            while not (hold / "holding").exists():
+                assert proc.poll() is None, proc.stderr.read()[-3000:]
+                time.sleep(0.05)
+            _killed_at_its_record(victim)
+        finally:
+            (hold / "go").touch()
+            _, err = proc.communicate(timeout=180)
+        refused = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    assert refused.returncode != 0, refused.stderr[-3000:]
+    job = _job_folder(data_root, victim)
+    victim_dest = out if killed == "outer" else inner_dest
+    message = " ".join(refused.stderr.split())
+    assert f"job {job} began publishing a result into {victim_dest} and has not finished" in message, message[-3000:]
+    assert "the job is not running: it was killed while it published. Rerun that job" in message
+    assert f"(its publication journal {os.path.join(job, 'config', 'publication.journal')} is still there)" in message
+    assert "or remove that journal to give the publication up" in message
+    if other == "held_before":  # refused when it publishes, holding the publication locks
+        assert "nothing was published" in message and f"cannot publish into {dest_of(survivor)}" in message
+    else:  # refused when planned
+        assert "PlanError: DataSinkNode created at" in message
+    # the rerun finishes its publication; the other job, run again, is refused by the record
+    run(victim)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("out.")]  # no staged folder of either job
+    if killed == "outer":
+        assert published_rows(out, "id") == [100, 101, 102]
+        consistent(out)  # no sub2 in it
+    else:
+        assert published_rows(inner_dest, "id") == [200, 201, 202]
+        assert sorted(os.listdir(out)) == ["sub2"]  # the append around it was refused: nothing of it there
+    again = subprocess.run(survivor, capture_output=True, text=True, timeout=180)
+    assert again.returncode != 0 and "holds a smallpond result published earlier" in again.stderr, again.stderr[-3000:]
+    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "sinks", "publishing")
+    assert os.listdir(mark_dir) == []  # the publications finished: no mark left
+
+
+def test_a_rerun_finishing_a_journal_without_a_mark_marks_it_first(tmp_path, data_root):
+    """A journal of a smallpond without publication marks (here: its mark removed) gets its mark
+    from the rerun that finishes it, before the rerun's first step: killed again there, the job is
+    still seen by the nesting checks."""
     out = str(tmp_path / "out")
     outer = held(data_root, rows_of(tmp_path, "outer", 100), out, mode="overwrite")
-    kill_at(outer, 2)  # its file and manifest moved into out; its record not written
+    _killed_at_its_record(outer)
+    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "sinks", "publishing")
+    (name,) = os.listdir(mark_dir)
+    os.remove(os.path.join(mark_dir, name))
+    _killed_at_its_record(outer)  # the rerun, killed before the same step
+    assert os.listdir(mark_dir) == [name]
     inner = subprocess.run(
-        held(data_root, rows_of(tmp_path, "inner", 200), os.path.join(out, "sub2"), mode="overwrite"),
-        capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    rerun = subprocess.run(outer, capture_output=True, text=True, timeout=180)
-    assert not (inner.returncode == 0 and rerun.returncode == 0), sorted(os.listdir(out))
+        held(data_root, rows_of(tmp_path, "inner", 200), os.path.join(out, "sub2")), capture_output=True, text=True, timeout=180
+    )
+    assert inner.returncode != 0 and "began publishing a result into" in inner.stderr, inner.stderr[-3000:]
+    run(outer)
+    assert published_rows(out, "id") == [100, 101, 102] and os.listdir(mark_dir) == []

@@ -60,6 +60,9 @@ Guarantees:
   and those of the folders above it, shared; holding them, it checks again that no result of the
   data root nests with its destination (published since the job was planned:
   :func:`~smallpond.execution.ops.sink_overlap.nested_since_planned`), else it publishes nothing.
+  Before its journal is written, it leaves a mark naming the job and its destinations outside the
+  job's folder, removed with the journal, so that a job killed half way, its record not written
+  yet, is still seen by other jobs' nesting checks (:mod:`~smallpond.execution.ops.sink_pending`).
 
   An append finished by a rerun is merged into the manifest in place (another job may have
   appended since), and one its journal can no longer finish is rolled back, never left half
@@ -100,11 +103,19 @@ from smallpond.errors import ParameterError, PlanError
 from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_append import load_manifest
-from smallpond.execution.ops.sink_journal import PublicationError, Step, interrupted_publications, journal_path, roll_forward
+from smallpond.execution.ops.sink_journal import (
+    PublicationError,
+    Step,
+    interrupted_publications,
+    journal_path,
+    outside_destinations,
+    roll_forward,
+)
 from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, remove_stale_siblings, write_owner
 from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import check_nested_results, nested_since_planned, published_by, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
+from smallpond.execution.ops.sink_pending import mark
 from smallpond.execution.ops.sink_sources import (
     dest_names,
     manifest_files,
@@ -230,7 +241,7 @@ def check_destination(node, committed: bool, job_root: Optional[str] = None, rec
             raise PlanError(node._msg(str(e))) from None
         decision = _decide(node, committed, job_root, records_dir)
     if decision == "write":
-        check_nested_results(node, records_dir)
+        check_nested_results(node, records_dir, job_root)
     return decision
 
 
@@ -603,10 +614,15 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
         for task, _ in prepared:  # checked when planned; another job may have published above or inside it since
             dest = task.node.output_path
             if not task.skip and not in_job_folder(dest, runtime_ctx.job_root):
-                nested = nested_since_planned(dest, records_dir)
+                nested = nested_since_planned(dest, records_dir, runtime_ctx.job_root)
                 if nested is not None:
                     raise PublicationError(f"{task.node.label}: {nested}; nothing was published")
         journal = journal_of(runtime_ctx, prepared)
+        # until its record is written, a result moved in is seen by no other job's nesting check: this
+        # job's mark says it is publishing there (ops/sink_pending.py), from before the journal exists
+        outside = outside_destinations(runtime_ctx, journal["destinations"])
+        if outside:
+            mark(records_dir, runtime_ctx.job_root, outside, fsync=bool(journal["sync"]))
         # durable before any step only where a power loss could strand a user's files (module docstring)
         dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))
         if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned

@@ -70,12 +70,11 @@ from smallpond.execution.ops.sink_leftovers import (
     write_owner,
 )
 from smallpond.execution.ops.sink_lock import destinations_locked
-from smallpond.execution.ops.sink_overlap import JOB_FOLDER
+from smallpond.execution.ops.sink_overlap import JOB_FOLDER, inside
+from smallpond.execution.ops.sink_pending import JOURNAL, job_journal, mark, unmark
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
 from smallpond.io.paths import manifest_paths
-
-JOURNAL = "publication.journal"
 
 Step = Tuple
 
@@ -229,11 +228,6 @@ def _test_point(name: str) -> None:
 
 def journal_path(runtime_ctx) -> str:
     return os.path.join(runtime_ctx.config_root, JOURNAL)
-
-
-def job_journal(job_folder: str) -> str:
-    """Where the job in ``job_folder`` keeps its publication journal (:func:`journal_path` of its runtime context)."""
-    return os.path.join(job_folder, "config", JOURNAL)
 
 
 def interrupted_publications(data_root: str, exclude: Optional[str] = None) -> List[str]:
@@ -424,8 +418,23 @@ def roll_forward(runtime_ctx, journal: Optional[dict] = None):
             return False
     # another job publishing into a destination of this journal at the same time would plan from
     # the state before this one's steps, or this one from the state before its: they take turns
-    with destinations_locked(destinations(journal), sink_records_dir(runtime_ctx.data_root), runtime_ctx.job_root):
-        return _carry_out(runtime_ctx, journal, path, earlier)
+    records_dir = sink_records_dir(runtime_ctx.data_root)
+    with destinations_locked(destinations(journal), records_dir, runtime_ctx.job_root):
+        outside = outside_destinations(runtime_ctx, destinations(journal))
+        if earlier and outside:  # a journal of a smallpond without publication marks has none
+            mark(records_dir, runtime_ctx.job_root, outside, fsync=bool(journal.get("sync")))
+        try:
+            return _carry_out(runtime_ctx, journal, path, earlier)
+        finally:
+            if outside and not os.path.lexists(path):  # carried out or given up: no longer pending
+                unmark(records_dir, runtime_ctx.job_root)
+
+
+def outside_destinations(runtime_ctx, dests) -> List[str]:
+    """Of ``dests``, those outside the job's own folder: the ones another job could nest with, which
+    its publication mark names (:mod:`~smallpond.execution.ops.sink_pending`)."""
+    root = os.path.realpath(runtime_ctx.job_root)
+    return [d for d in dests if not inside(os.path.realpath(d), root)]
 
 
 def _carry_out(runtime_ctx, journal: dict, path: str, earlier: bool):

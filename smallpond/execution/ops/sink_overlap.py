@@ -20,7 +20,10 @@ job that published it and its record): the outer result would hold a folder no m
 refused. Two jobs planned before either published (``out`` and ``out/sub2`` at the same instant)
 both pass that check: it is made again when each publishes, under locks that make the two take
 turns (:func:`nested_since_planned`; :mod:`~smallpond.execution.ops.sink_lock`), and the second
-is refused, publishing nothing, naming the first's folder, job and record. The same destination as an earlier sink of the session is an overwrite by the usual rules
+is refused, publishing nothing, naming the first's folder, job and record. A job killed while it
+published (its result moved in, its record not written yet) is seen by its publication mark
+(:func:`pending_nested`, :mod:`~smallpond.execution.ops.sink_pending`): a folder inside or around its
+destination is refused, naming the job and saying to rerun it. The same destination as an earlier sink of the session is an overwrite by the usual rules
 (a notebook cell run again), except when that sink's result is an input of the new sink: reading a
 folder and overwriting it in one computation is refused, as it is for a data source's folder
 (:func:`check_overlap`), and the earlier frame's result would be gone.
@@ -33,7 +36,7 @@ import os
 from typing import Dict, Optional, Sequence, Tuple
 
 from smallpond.errors import PlanError
-from smallpond.execution.ops import sink_record
+from smallpond.execution.ops import sink_pending, sink_record
 from smallpond.execution.runtime import JOB_FOLDER_NAME, SMALLPOND_DIRNAME
 from smallpond.logical.base import node_at
 from smallpond.logical.dataset import _WILDCARD, DataSet, PartitionedDataSet
@@ -156,14 +159,38 @@ def published_by(folder: str, records_dir: str) -> str:
     return f"by job {rec.job}" if rec is not None and rec.job else "by another job"
 
 
-def check_nested_results(node, records_dir: str) -> None:
+def pending_nested(dest: str, records_dir: str, job_root: Optional[str] = None) -> Optional[Tuple[str, bool, str]]:
+    """A destination above ``dest`` (True) or inside it (False) of a publication another job of
+    the data root (not the one in ``job_root``) began and has not finished, with who it is and
+    what to do (:func:`~smallpond.execution.ops.sink_pending.describe`); None if there is none.
+    Until its record is written, a result moved in there is seen by no other check."""
+    dest = os.path.realpath(dest)
+    for p in sink_pending.pending(records_dir, exclude=job_root):
+        for folder in p.destinations:
+            if folder != dest and (inside(dest, folder) or inside(folder, dest)):
+                return folder, inside(dest, folder), sink_pending.describe(p, folder)
+    return None
+
+
+def check_nested_results(node, records_dir: str, job_root: Optional[str] = None) -> None:
     """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
     smallpond result published earlier (by any job of this data root), naming that folder and
-    the record of it. The destination itself holding one is an overwrite or append by the usual
+    the record of it; or a folder another job (not the one in ``job_root``) began publishing into
+    and has not finished (:func:`pending_nested`). The destination itself holding one is an overwrite or append by the usual
     rules (:func:`~smallpond.execution.ops.sink.check_destination`). Checked again when the job
     publishes (:func:`nested_since_planned`): a job of the data root may publish there meanwhile."""
     found = nested_result(node.output_path, records_dir)
     if found is None:
+        pending = pending_nested(node.output_path, records_dir, job_root)
+        if pending is not None:
+            folder, above, who = pending
+            where = "is inside" if above else "contains"
+            raise PlanError(
+                node._msg(
+                    f"output path {node.output_path} {where} {folder}: {who}. One result would hold the other's folder, "
+                    "which its manifest does not list: give each result a folder of its own, side by side"
+                )
+            )
         return
     folder, record, above = found
     by = published_by(folder, records_dir)
@@ -184,15 +211,25 @@ def check_nested_results(node, records_dir: str) -> None:
     )
 
 
-def nested_since_planned(dest: str, records_dir: str) -> Optional[str]:
+def nested_since_planned(dest: str, records_dir: str, job_root: Optional[str] = None) -> Optional[str]:
     """Why a publication into ``dest`` is refused, now that it holds the publication locks of
     ``dest`` and of the folders above it (:mod:`~smallpond.execution.ops.sink_lock`): a folder
     above or inside it holds a result another job of the data root published since this job
-    checked when planned (:func:`check_nested_results`), say at the same instant. Names that
-    folder, the job that published there and its record; None if nothing nests."""
+    checked when planned (:func:`check_nested_results`), say at the same instant, or is the
+    destination of a publication another job (not the one in ``job_root``) began and did not
+    finish (killed: :func:`pending_nested`). Names that folder, the job and its record or
+    journal; None if nothing nests."""
     found = nested_result(dest, records_dir)
     if found is None:
-        return None
+        pending = pending_nested(dest, records_dir, job_root)
+        if pending is None:
+            return None
+        folder, above, who = pending
+        where = f"inside {folder}" if above else f"which contains {folder}"
+        return (
+            f"cannot publish into {dest}, {where}: {who}. One result would hold the other's folder, which its "
+            "manifest does not list: give each result a folder of its own, side by side"
+        )
     folder, record, above = found
     by = published_by(folder, records_dir)
     where = f"{folder}, a folder above it, holds" if above else f"it contains {folder}, which holds"

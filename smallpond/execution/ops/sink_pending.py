@@ -1,0 +1,151 @@
+"""Publications begun and not finished: a mark per job in the data root's records, read by the nesting checks.
+
+The nesting checks (:mod:`~smallpond.execution.ops.sink_overlap`) trust the records of published
+results: a folder holds a result if its manifest is the one its record names. A publication moves
+its files and manifest in first and writes the record after them, so a job killed between the two
+leaves a result that no record vouches for; its journal (``config/publication.journal``) stays, and
+the job's rerun finishes the publication. Until then another job of the data root would find no
+result there and publish inside it (or around it), and the rerun would finish the first
+publication around the second: one result holding a folder its manifest does not list.
+
+So before its journal is written, a publication into folders outside the job's own writes a
+**publication mark**: ``{records}/publishing/{sha256 of realpath(job folder)}.json``, naming the
+job folder and the real paths of those destinations (:func:`mark`). The journal removed (the
+publication carried out, or given up), the mark goes too (:func:`unmark`, by
+:func:`~smallpond.execution.ops.sink_journal.roll_forward`). The nesting checks read the marks of
+the other jobs (:func:`pending`) at planning and again at publication, under the publication
+locks, and refuse a destination inside or around a marked one, naming the job, its journal and
+what to do.
+
+Invariants:
+
+* **A mark is there before the first step moves anything, and counts only while its journal
+  exists.** It is written (atomically; fsynced where the journal is: where a power loss could
+  keep a step and lose the journal, see :mod:`~smallpond.execution.ops.sink`) before the journal,
+  so a job killed at any instant of its publication has one. A mark whose job has no journal is
+  stale (the job was killed after removing its journal and before its mark, or before writing
+  its journal; or its folder was removed, or its journal removed by hand to give the publication
+  up) and is ignored. A job has one mark, rewritten by each of its publications: a stale mark of
+  an earlier publication never counts again when the job publishes elsewhere later. A rerun
+  finishing an earlier run's journal writes the mark again first (a journal of a smallpond
+  without marks has none).
+* **A dead job's mark still blocks.** Whether the job is running is said, not decided on: a
+  killed job's mark stays until its rerun finishes (or gives up) the publication, and the refusal
+  tells the user to rerun it (same job id and data root), or to remove its journal to give it up.
+* **Only refusals.** A mark never makes anything be removed or trusted: it is not signed, only
+  checked to be of the job it is named after. Like the records, marks are this user's, of this data
+  root: the nesting checks hold for the jobs of one data root and user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import List, NamedTuple, Optional, Sequence
+
+from smallpond.execution import user_folder
+from smallpond.io.filesystem import atomic_write_bytes, fsync_dir, remove_path
+
+#: the publication journal of a job, in its ``config/`` folder (:mod:`~smallpond.execution.ops.sink_journal`)
+JOURNAL = "publication.journal"
+#: the folder of the marks, in the data root's records of this user
+PENDING_DIRNAME = "publishing"
+_FORMAT = "smallpond-publishing-1"
+
+
+def job_journal(job_folder: str) -> str:
+    """Where the job in ``job_folder`` keeps its publication journal."""
+    return os.path.join(job_folder, "config", JOURNAL)
+
+
+def _name(job_root: str) -> str:
+    return hashlib.sha256(os.path.realpath(job_root).encode("utf-8", "surrogateescape")).hexdigest() + ".json"
+
+
+def mark_path(records_dir: str, job_root: str) -> str:
+    """The publication mark of the job in ``job_root``, among the records in ``records_dir``."""
+    return os.path.join(records_dir, PENDING_DIRNAME, _name(job_root))
+
+
+def mark(records_dir: str, job_root: str, dests: Sequence[str], fsync: bool = False) -> None:
+    """Write the mark of the job in ``job_root``: it is publishing into ``dests`` (folders outside
+    its own), before its journal is written. ``fsync``: durable before the call returns."""
+    path = mark_path(records_dir, job_root)
+    user_folder.prepare(records_dir)
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    data = {"format": _FORMAT, "job": os.path.realpath(job_root), "destinations": sorted(os.path.realpath(d) for d in dests)}
+    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode(), fsync=fsync)
+    if fsync:
+        fsync_dir(os.path.dirname(path))
+
+
+def unmark(records_dir: str, job_root: str) -> None:
+    """Remove the mark of the job in ``job_root`` (its journal is gone)."""
+    remove_path(mark_path(records_dir, job_root))
+
+
+class Pending(NamedTuple):
+    """A publication another job began and has not finished: its job folder, its journal, and
+    the destinations it publishes into (real paths)."""
+
+    job: str
+    journal: str
+    destinations: List[str]
+
+
+def _read(path: str) -> Optional[dict]:
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def pending(records_dir: str, exclude: Optional[str] = None) -> List[Pending]:
+    """The publications begun and not finished by jobs of the records in ``records_dir``, other
+    than the job in folder ``exclude``: the marks whose job's journal exists (module docstring)."""
+    folder = os.path.join(records_dir, PENDING_DIRNAME)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
+    except OSError:
+        return []
+    skip = _name(exclude) if exclude else None
+    out = []
+    for name in names:
+        if name == skip:
+            continue
+        data = _read(os.path.join(folder, name))
+        if data is None or data.get("format") != _FORMAT:
+            continue
+        job, dests = data.get("job"), data.get("destinations")
+        if not isinstance(job, str) or _name(job) != name or not isinstance(dests, list):
+            continue
+        journal = job_journal(job)
+        if os.path.lexists(journal):
+            out.append(Pending(job, journal, [d for d in dests if isinstance(d, str)]))
+    return out
+
+
+def describe(p: Pending, folder: str) -> str:
+    """Who began publishing into ``folder`` (one of ``p``'s destinations) and what to do about it,
+    for a refusal: ``"job ... began publishing a result into {folder} and has not finished ..."``."""
+    from smallpond.execution.ownership import lock_state
+
+    state, holder = lock_state(p.job)
+    if state in ("alive", "elsewhere", "unreadable"):
+        who = f"process {holder.get('pid', '?')} on host {holder.get('host') or '?'}" if holder else "an unknown process"
+        now = (
+            f"the job is running ({who} holds its job lock): it finishes that publication when it publishes "
+            "again or is run again (same job id and data root)"
+        )
+    else:
+        now = (
+            "the job is not running: it was killed while it published. Rerun that job (same job id and data root) "
+            "to finish its publication"
+        )
+    return (
+        f"job {p.job} began publishing a result into {folder} and has not finished (its publication journal "
+        f"{p.journal} is still there); {now}, or remove that journal to give the publication up"
+    )

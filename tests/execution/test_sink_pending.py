@@ -1,0 +1,74 @@
+"""Publication marks (ops/sink_pending.py): a publication begun and not finished counts while its
+journal exists, and the nesting checks (ops/sink_overlap.py) refuse a folder inside or around it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from smallpond.execution.ops import sink_pending
+from smallpond.execution.ops.sink_overlap import nested_since_planned, pending_nested
+from smallpond.execution.runtime import sink_records_dir
+
+
+def _job(data_root, name="2026-01-01-00-00-00.11111111-1111-1111-1111-111111111111", journal=True):
+    job = os.path.join(data_root, name)
+    os.makedirs(os.path.join(job, "config"))
+    if journal:
+        open(sink_pending.job_journal(job), "wb").close()
+    return job
+
+
+def test_a_mark_counts_while_its_journal_exists(tmp_path, data_root):
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    out = str(tmp_path / "out")
+    sink_pending.mark(records, job, [out])
+    (found,) = sink_pending.pending(records)
+    assert found.job == os.path.realpath(job) and found.destinations == [os.path.realpath(out)]
+    assert found.journal == os.path.join(os.path.realpath(job), "config", "publication.journal")
+    assert sink_pending.pending(records, exclude=job) == []  # the job's own mark is not another job's
+    os.remove(sink_pending.job_journal(job))  # finished or given up, its mark not removed yet: stale
+    assert sink_pending.pending(records) == []
+    sink_pending.unmark(records, job)
+    assert os.listdir(os.path.join(records, sink_pending.PENDING_DIRNAME)) == []
+
+
+def test_a_mark_not_named_after_its_job_is_ignored(tmp_path, data_root):
+    records = sink_records_dir(data_root)
+    job, other = _job(data_root), _job(data_root, "2026-01-01-00-00-00.22222222-2222-2222-2222-222222222222")
+    sink_pending.mark(records, job, [str(tmp_path / "out")])
+    os.rename(sink_pending.mark_path(records, job), sink_pending.mark_path(records, other))
+    assert sink_pending.pending(records) == []
+
+
+def test_a_later_publication_of_the_job_replaces_its_mark(tmp_path, data_root):
+    """One mark per job: an earlier publication's stale mark never counts once the job publishes elsewhere."""
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    sink_pending.mark(records, job, [str(tmp_path / "a")])
+    sink_pending.mark(records, job, [str(tmp_path / "b")])
+    (found,) = sink_pending.pending(records)
+    assert found.destinations == [os.path.realpath(tmp_path / "b")]
+
+
+@pytest.mark.parametrize("dest, nests", [("out/sub", "above"), ("", "below"), ("out", None), ("other", None), ("outer", None)])
+def test_the_nesting_checks_see_a_pending_publication(tmp_path, data_root, dest, nests):
+    """``out`` is being published by a job that was killed: a folder inside it or around it is
+    refused, naming the job and what to do; ``out`` itself (an overwrite or append by the usual
+    rules) and folders beside it are not."""
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    out = str(tmp_path / "out")
+    sink_pending.mark(records, job, [out])
+    mine = str(tmp_path / dest) if dest else str(tmp_path)
+    found = pending_nested(mine, records)
+    why = nested_since_planned(mine, records)
+    if nests is None:
+        assert found is None and why is None
+        return
+    assert found[0] == os.path.realpath(out) and found[1] == (nests == "above")
+    assert f"job {os.path.realpath(job)} began publishing a result into {os.path.realpath(out)}" in why
+    assert "the job is not running: it was killed while it published. Rerun that job" in why
+    assert nested_since_planned(mine, records, job_root=job) is None  # its own publication
