@@ -9,6 +9,7 @@ share (:func:`~smallpond.execution.runtime.user_dir` names it)::
     {data_root}/.smallpond/users/{uid}/   0700, this user's own (:func:`ensure`)
         secret       the key that signs the records below (io.filesystem.private_key)
         sinks/       the records of published results (ops/sink_record.py)
+        publishing/  the marks of publications begun and not finished (ops/sink_pending.py)
         task_cache/  the task cache, unless task_cache= says otherwise (cache.py)
 
 Invariants:

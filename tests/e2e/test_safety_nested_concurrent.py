@@ -136,7 +136,7 @@ def test_a_job_killed_while_publishing_is_not_nested_into_before_its_rerun(tmp_p
         assert sorted(os.listdir(out)) == ["sub2"]  # the append around it was refused: nothing of it there
     again = subprocess.run(survivor, capture_output=True, text=True, timeout=180)
     assert again.returncode != 0 and "holds a smallpond result published earlier" in again.stderr, again.stderr[-3000:]
-    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "sinks", "publishing")
+    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "publishing")
     assert os.listdir(mark_dir) == []  # the publications finished: no mark left
 
 
@@ -147,7 +147,7 @@ def test_a_rerun_finishing_a_journal_without_a_mark_marks_it_first(tmp_path, dat
     out = str(tmp_path / "out")
     outer = held(data_root, rows_of(tmp_path, "outer", 100), out, mode="overwrite")
     _killed_at_its_record(outer)
-    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "sinks", "publishing")
+    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "publishing")
     (name,) = os.listdir(mark_dir)
     os.remove(os.path.join(mark_dir, name))
     _killed_at_its_record(outer)  # the rerun, killed before the same step

@@ -32,7 +32,7 @@ def test_a_mark_counts_while_its_journal_exists(tmp_path, data_root):
     os.remove(sink_pending.job_journal(job))  # finished or given up, its mark not removed yet: stale
     assert sink_pending.pending(records) == []
     sink_pending.unmark(records, job)
-    assert os.listdir(os.path.join(records, sink_pending.PENDING_DIRNAME)) == []
+    assert os.listdir(sink_pending.marks_dir(records)) == []
 
 
 def test_a_mark_not_named_after_its_job_is_ignored(tmp_path, data_root):

@@ -1,4 +1,4 @@
-"""Publications begun and not finished: a mark per job in the data root's records, read by the nesting checks.
+"""Publications begun and not finished: a mark per job in the data root (this user's folder), read by the nesting checks.
 
 The nesting checks (:mod:`~smallpond.execution.ops.sink_overlap`) trust the records of published
 results: a folder holds a result if its manifest is the one its record names. A publication moves
@@ -9,7 +9,8 @@ result there and publish inside it (or around it), and the rerun would finish th
 publication around the second: one result holding a folder its manifest does not list.
 
 So before its journal is written, a publication into folders outside the job's own writes a
-**publication mark**: ``{records}/publishing/{sha256 of realpath(job folder)}.json``, naming the
+**publication mark**: ``{data_root}/.smallpond/users/{uid}/publishing/{sha256 of realpath(job
+folder)}.json`` (beside the records, ``sinks/``, of this user), naming the
 job folder and the real paths of those destinations (:func:`mark`). The journal removed (the
 publication carried out, or given up), the mark goes too (:func:`unmark`, by
 :func:`~smallpond.execution.ops.sink_journal.roll_forward`). The nesting checks read the marks of
@@ -49,7 +50,7 @@ from smallpond.io.filesystem import atomic_write_bytes, fsync_dir, remove_path
 
 #: the publication journal of a job, in its ``config/`` folder (:mod:`~smallpond.execution.ops.sink_journal`)
 JOURNAL = "publication.journal"
-#: the folder of the marks, in the data root's records of this user
+#: the folder of the marks, in this user's folder of the data root, beside its records (``sinks/``)
 PENDING_DIRNAME = "publishing"
 _FORMAT = "smallpond-publishing-1"
 
@@ -63,9 +64,14 @@ def _name(job_root: str) -> str:
     return hashlib.sha256(os.path.realpath(job_root).encode("utf-8", "surrogateescape")).hexdigest() + ".json"
 
 
+def marks_dir(records_dir: str) -> str:
+    """The folder of the publication marks of the jobs whose records are in ``records_dir``: beside it."""
+    return os.path.join(os.path.dirname(records_dir), PENDING_DIRNAME)
+
+
 def mark_path(records_dir: str, job_root: str) -> str:
-    """The publication mark of the job in ``job_root``, among the records in ``records_dir``."""
-    return os.path.join(records_dir, PENDING_DIRNAME, _name(job_root))
+    """The publication mark of the job in ``job_root``, of the jobs whose records are in ``records_dir``."""
+    return os.path.join(marks_dir(records_dir), _name(job_root))
 
 
 def mark(records_dir: str, job_root: str, dests: Sequence[str], fsync: bool = False) -> None:
@@ -106,7 +112,7 @@ def _read(path: str) -> Optional[dict]:
 def pending(records_dir: str, exclude: Optional[str] = None) -> List[Pending]:
     """The publications begun and not finished by jobs of the records in ``records_dir``, other
     than the job in folder ``exclude``: the marks whose job's journal exists (module docstring)."""
-    folder = os.path.join(records_dir, PENDING_DIRNAME)
+    folder = marks_dir(records_dir)
     try:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith("."))
     except OSError:
