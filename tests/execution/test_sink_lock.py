@@ -328,3 +328,105 @@ def test_a_publication_inside_another_ones_destination_takes_turns_with_it(tmp_p
         assert _locked_by_another(lock_path(records, str(out)))
     deep = tmp_path / "x" / "y" / "z"
     assert sink_lock.folders_above(str(deep), records) == [str(tmp_path / "x" / "y"), str(tmp_path / "x")]
+
+
+def test_a_thread_finding_the_folder_just_locked_by_another_thread_waits_for_it(tmp_path, data_root, monkeypatch):
+    """Two threads of one process publishing beside each other (``out/a``, ``out/b``: only the lock
+    of ``out`` is the same). The first has just taken it: had the second looked at what this process
+    holds before the first noted it, it would find the folder locked by this process and no
+    publication of its own holding it, take that for a lock a process the job runs under took for it
+    (``flock DIR python job.py``), and publish without the folder's lock. The test holds the first
+    right after its ``flock`` until the second has looked (at most 2 s): the second must wait for
+    the first (it can look only once the first's lock is noted)."""
+    import threading
+    import types
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_flock, real_check = fcntl.flock, sink_lock._held_by_this_process_or_its_parents
+    flocked, looked, order = threading.Event(), threading.Event(), []
+
+    def flock(fd, how):
+        real_flock(fd, how)
+        if threading.current_thread().name == "first" and how & fcntl.LOCK_EX and os.path.samestat(os.fstat(fd), os.stat(out)):
+            flocked.set()
+            looked.wait(2)  # the window: locked, and not yet noted as this process's publication
+
+    def check(fd):
+        try:
+            return real_check(fd)
+        finally:
+            looked.set()
+
+    monkeypatch.setattr(sink_lock, "fcntl", types.SimpleNamespace(**{**vars(fcntl), "flock": flock}))
+    monkeypatch.setattr(sink_lock, "_held_by_this_process_or_its_parents", check)
+
+    def first():
+        with destinations_locked([str(out / "a")], sink_records_dir(str(tmp_path / "other_root"))):
+            order.append("first in")
+            time.sleep(0.3)
+            order.append("first done")
+
+    def second():
+        flocked.wait(30)
+        with destinations_locked([str(out / "b")], sink_records_dir(data_root)):
+            order.append("second in")
+
+    threads = [threading.Thread(target=first, name="first"), threading.Thread(target=second, name="second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert order == ["first in", "first done", "second in"]
+
+
+def test_a_thread_finding_the_folder_locked_by_another_thread_letting_go_still_locks_it(tmp_path, data_root, monkeypatch):
+    """The other end of the window: the first thread is letting go of ``out``'s lock. Had the second
+    looked after the first forgot its lock and before the lock went, it would take the lock for one
+    a process the job runs under holds and publish without it; it must hold ``out``'s lock itself."""
+    import threading
+    import types
+
+    out = tmp_path / "out"
+    out.mkdir()
+    real_flock, real_check = fcntl.flock, sink_lock._held_by_this_process_or_its_parents
+    letting_go, looked, inside = threading.Event(), threading.Event(), []
+
+    def flock(fd, how):
+        if threading.current_thread().name == "first" and how == fcntl.LOCK_UN and os.path.samestat(os.fstat(fd), os.stat(out)):
+            letting_go.set()
+            looked.wait(2)  # the window: no longer noted as this process's publication, and still locked
+        real_flock(fd, how)
+
+    def check(fd):
+        try:
+            return real_check(fd)
+        finally:
+            looked.set()
+
+    monkeypatch.setattr(sink_lock, "fcntl", types.SimpleNamespace(**{**vars(fcntl), "flock": flock}))
+    monkeypatch.setattr(sink_lock, "_held_by_this_process_or_its_parents", check)
+
+    def first():
+        with destinations_locked([str(out / "a")], sink_records_dir(str(tmp_path / "other_root"))):
+            pass
+
+    def second():
+        letting_go.wait(30)
+        with destinations_locked([str(out / "b")], sink_records_dir(data_root)):
+            threads[0].join(30)  # the first let go
+            fd = os.open(str(out), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                inside.append(False)
+            except BlockingIOError:
+                inside.append(True)
+            finally:
+                os.close(fd)
+
+    threads = [threading.Thread(target=first, name="first"), threading.Thread(target=second, name="second")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert inside == [True]  # the second held out's lock while it published

@@ -25,7 +25,12 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
     cannot be opened (no read permission) or locked (NFS, whose ``flock`` emulation needs a file
     open for writing, or a filesystem without locks), only the second lock holds, and the job
     logs that once per folder; so too where the folder's lock is held by the job's own process or
-    one it runs under (``flock /data/out python job.py``), which it would wait for forever.
+    one it runs under (``flock /data/out python job.py``), which it would wait for forever. A lock
+    of the folder that another thread of this process holds or waits for (another publication) is
+    told from those by the descriptors this process notes, noted in one step with the ``flock``
+    that takes or lets go of the lock (under one threading lock, which the look takes too): a
+    thread never finds another's lock taken and not yet noted, nor forgotten and not yet let go,
+    and so never publishes without the folder's lock while another thread holds it.
   - ``{sha256 of realpath(dest)}.lock`` in the data root's records of this user
     (:func:`~smallpond.execution.runtime.sink_records_dir`, beside ``{sha256}.record``): a file
     the engine owns, never one in or beside the user's folder. It holds where the first cannot
@@ -91,7 +96,15 @@ from smallpond.io.filesystem import close_quietly
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL)
 
 _held = threading.local()  # lock path -> fd, of this thread
-_all_fds: Dict[int, str] = {}  # every fd held by any thread of this process: a forked child closes them
+#: every fd of a lock that a thread of this process holds, or waits for having found it not held by
+#: this process itself nor one it runs under: a forked child closes them, and a thread finding a
+#: folder locked by this process tells by them another thread's publication (waited for) from a
+#: lock taken for the job by a process it runs under (not waited for)
+_all_fds: Dict[int, str] = {}
+#: taken around every change of what this process holds (a lock taken and its fd in _all_fds, a
+#: lock let go and its fd out of it) and around the look at it: a thread never finds another's lock
+#: taken and not yet in _all_fds, and takes it for one of the process it runs under
+_fds_lock = threading.Lock()
 _warned: set = set()
 
 
@@ -128,22 +141,42 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
                 raise
             return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
         try:
-            try:
-                fcntl.flock(fd, how | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if folder and _held_by_this_process_or_its_parents(fd):
-                    os.close(fd)  # `flock DIR python job.py`: waiting would wait for this job itself
-                    return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+            with _fds_lock:  # taken and told to the other threads at once (see _fds_lock)
+                try:
+                    fcntl.flock(fd, how | fcntl.LOCK_NB)
+                    waits = ours = False
+                except BlockingIOError:
+                    # `flock DIR python job.py`: waiting would wait for this job itself
+                    waits, ours = True, folder and _held_by_this_process_or_its_parents(fd)
+                if ours:
+                    os.close(fd)
+                else:
+                    _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
+            if ours:
+                return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+            if waits:
                 if not said:
                     logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
                     said = True
                 fcntl.flock(fd, how)
         except OSError as e:
-            os.close(fd)
+            _close(fd)
             return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
         if _still_there(fd, path):
             return fd
-        os.close(fd)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
+        _close(fd)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
+
+
+def _close(fd: int) -> None:
+    """Let go of the lock on ``fd`` (held or waited for) and close it."""
+    with _fds_lock:
+        _all_fds.pop(fd, None)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)  # the open file's: also where a child forked meanwhile has it still
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _folder_unlocked(e: OSError, path: str, dest: str) -> None:
@@ -270,26 +303,21 @@ def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Option
         for path in sorted(wanted):
             if path in held:
                 continue  # this thread holds it already (a publication finishing its own journal)
-            fd = _lock(path, *wanted[path])
-            held[path] = fd
+            held[path] = _lock(path, *wanted[path])
             taken.append(path)
-            if fd is not None:
-                _all_fds[fd] = path
         yield
     finally:
         for path in reversed(taken):
             fd = held.pop(path)
             if fd is not None:
-                _all_fds.pop(fd, None)
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                finally:
-                    os.close(fd)
+                _close(fd)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
 
 
 def _after_fork_in_child() -> None:
     # the child's copies of the locked files would keep the locks once the parent dies (the lock
     # is the open file's, not the process's): close them, and do not unlock them (the parent's)
+    global _fds_lock
+    _fds_lock = threading.Lock()  # another thread of the parent may have held it: the child has no such thread
     for fd in list(_all_fds):
         close_quietly(fd)
     _all_fds.clear()
