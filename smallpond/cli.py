@@ -396,6 +396,10 @@ def _clean_records(data_root: str, really: bool) -> int:
         if really:  # (a dry run writes nothing: records of the earlier layout are moved by the real clean)
             user_folder.migrate(data_root)
         gone, kept = prune(data_root, dry_run=not really)
+        if really:  # the marks of publications of jobs whose folders are gone (ops/sink_pending.py)
+            from smallpond.execution.ops.sink_pending import prune as prune_marks
+
+            prune_marks(data_root)
     except (ParameterError, OSError) as e:  # e.g. a folder of another user in this user's place: said, not a traceback
         what = str(e) if isinstance(e, ParameterError) else f"{e.filename or folder}: {e.strerror or e}"
         print(f"smallpond clean: left the records of published results alone: {what}", file=sys.stderr)

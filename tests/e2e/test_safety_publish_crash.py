@@ -135,6 +135,8 @@ def test_rerun_after_another_job_published_over_a_crashed_publication(tmp_path, 
     assert len(events) == 1 and {a, b} <= set(events[0]["destinations"]), events
     assert not os.path.exists(os.path.join(job_root, "config", "publication.journal"))
     assert not [n for n in os.listdir(tmp_path) if ".staging-" in n or ".old-" in n]
+    # given up, the publication is no longer pending: its mark (ops/sink_pending.py) went with its journal
+    assert os.listdir(os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "publishing")) == []
 
     again = subprocess.run(cmd_x, capture_output=True, text=True, timeout=180)  # all published: nothing to abandon
     assert again.returncode == 0 and "abandoned" not in again.stderr, again.stderr[-3000:]

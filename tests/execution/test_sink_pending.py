@@ -72,3 +72,21 @@ def test_the_nesting_checks_see_a_pending_publication(tmp_path, data_root, dest,
     assert f"job {os.path.realpath(job)} began publishing a result into {os.path.realpath(out)}" in why
     assert "the job is not running: it was killed while it published. Rerun that job" in why
     assert nested_since_planned(mine, records, job_root=job) is None  # its own publication
+
+
+def test_clean_prunes_the_marks_of_job_folders_that_are_gone(tmp_path, data_root):
+    """``smallpond clean`` removes a mark whose job folder is gone (it can never have a journal
+    again), never one of a job folder still there, journal or not."""
+    from tests.test_cli import cli
+
+    records = sink_records_dir(data_root)
+    running = _job(data_root)  # publishing: its journal is there
+    finished = _job(data_root, "2026-01-01-00-00-00.22222222-2222-2222-2222-222222222222", journal=False)
+    gone = os.path.join(data_root, "2026-01-01-00-00-00.33333333-3333-3333-3333-333333333333")
+    for job in (running, finished, gone):
+        sink_pending.mark(records, job, [str(tmp_path / "out")])
+    assert cli("clean", data_root=data_root).returncode == 0  # a dry run removes nothing
+    assert len(os.listdir(sink_pending.marks_dir(records))) == 3
+    assert cli("clean", "--yes", data_root=data_root).returncode == 0
+    left = sorted(os.listdir(sink_pending.marks_dir(records)))
+    assert left == sorted(os.path.basename(sink_pending.mark_path(records, j)) for j in (running, finished))

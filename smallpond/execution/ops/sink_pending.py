@@ -33,6 +33,10 @@ Invariants:
 * **A dead job's mark still blocks.** Whether the job is running is said, not decided on: a
   killed job's mark stays until its rerun finishes (or gives up) the publication, and the refusal
   tells the user to rerun it (same job id and data root), or to remove its journal to give it up.
+* **A mark goes with its job.** ``smallpond clean`` removes the marks of job folders that are gone
+  (:func:`prune`): a job writes its mark while its folder exists, and a folder that is gone never
+  has a journal again (a job started anew gets a folder of another name). A mark of a job folder
+  still there stays, stale or not.
 * **Only refusals.** A mark never makes anything be removed or trusted: it is not signed, only
   checked to be of the job it is named after. Like the records, marks are this user's, of this data
   root: the nesting checks hold for the jobs of one data root and user.
@@ -155,3 +159,35 @@ def describe(p: Pending, folder: str) -> str:
         f"job {p.job} began publishing a result into {folder} and has not finished (its publication journal "
         f"{p.journal} is still there); {now}, or remove that journal to give the publication up"
     )
+
+
+def prune(data_root: str) -> int:
+    """Remove this user's marks (under ``data_root``) of job folders that are gone; how many went.
+    Through the checked user folder (:func:`~smallpond.execution.user_folder.open_own`), as the
+    records are pruned."""
+    try:
+        folder = user_folder.open_own(data_root, PENDING_DIRNAME)
+    except FileNotFoundError:
+        return 0
+    removed = 0
+    try:
+        for name in sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")):
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
+            except OSError:
+                continue  # gone, or not a file smallpond wrote: left alone
+            with os.fdopen(fd, "rb") as f:
+                try:
+                    data = json.loads(f.read().decode("utf-8"))
+                except ValueError:
+                    continue
+            job = data.get("job") if isinstance(data, dict) else None
+            if isinstance(job, str) and _name(job) == name and not os.path.lexists(job):
+                try:
+                    os.unlink(name, dir_fd=folder)
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    finally:
+        os.close(folder)
+    return removed
