@@ -50,7 +50,7 @@ import os
 from typing import List, NamedTuple, Optional, Sequence
 
 from smallpond.execution import user_folder
-from smallpond.io.filesystem import atomic_write_bytes, fsync_dir, remove_path
+from smallpond.io.filesystem import atomic_write_bytes, remove_path
 
 #: the publication journal of a job, in its ``config/`` folder (:mod:`~smallpond.execution.ops.sink_journal`)
 JOURNAL = "publication.journal"
@@ -85,9 +85,7 @@ def mark(records_dir: str, job_root: str, dests: Sequence[str], fsync: bool = Fa
     user_folder.prepare(records_dir)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     data = {"format": _FORMAT, "job": os.path.realpath(job_root), "destinations": sorted(os.path.realpath(d) for d in dests)}
-    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode(), fsync=fsync)
-    if fsync:
-        fsync_dir(os.path.dirname(path))
+    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode(), fsync=fsync)  # (its folder too)
 
 
 def unmark(records_dir: str, job_root: str) -> None:
