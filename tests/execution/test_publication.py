@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from smallpond.execution.ops import sink, sink_journal, sink_record
+from smallpond.execution.ops import sink, sink_journal, sink_pending, sink_record
 from smallpond.execution.ops.sink import DataSinkTask, PublicationError, journal_path, publish, roll_forward, staging_path
 from smallpond.execution.task import PartitionInfo
 from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
@@ -110,10 +110,15 @@ def test_crash_after_each_rename_then_roll_forward(tmp_path, make_rt, monkeypatc
             # with an atomic exchange a reader sees the previous or the new result, nothing else
             assert at_crash in (old, expected_new(dest, mode, new_names))
         journal = os.path.exists(journal_path(rt))
+        # a publication that may have moved something is seen by other jobs' nesting checks
+        marked = [p.destinations for p in sink_pending.pending(rt.sink_records_dir)]
+        assert marked == ([[os.path.realpath(dest)]] if journal else []), f"crash after {crash_at} renames"
         roll_forward(rt)
+        assert sink_pending.pending(rt.sink_records_dir) == []
         if journal:
             assert snapshot(str(dest)) == expected_new(dest, mode, new_names), f"crash after {crash_at} renames"
             assert open(record["path"], "rb").read() == b"record"
+            assert not os.path.exists(sink_pending.mark_path(rt.sink_records_dir, rt.job_root))
         else:  # the crash came before the journal was written: nothing was published
             assert snapshot(str(dest)) == old
             assert not os.path.exists(record["path"])
@@ -189,7 +194,12 @@ def test_journal_is_fsynced_only_where_a_destination_exists(tmp_path, make_rt, m
     assert snapshot(str(dest)) == expected_new(dest, "overwrite", new_names)
     journal_dir = os.path.dirname(journal_path(rt))
     if existing:
-        assert any(os.path.basename(p).startswith(".publication.journal.tmp-") for p in synced), synced
+        journal_at = [i for i, p in enumerate(synced) if os.path.basename(p).startswith(".publication.journal.tmp-")]
+        assert journal_at, synced
+        # the publication mark (ops/sink_pending.py) is on disk before the journal, and so before any step
+        mark = os.path.basename(sink_pending.mark_path(rt.sink_records_dir, rt.job_root))
+        mark_at = [i for i, p in enumerate(synced) if os.path.basename(p).startswith(f".{mark}.tmp-")]
+        assert mark_at and mark_at[0] < journal_at[0], synced
         assert journal_dir in synced and str(dest) in synced and str(tmp_path) in synced
     else:
         assert synced == []
@@ -398,3 +408,31 @@ def test_an_abandoned_journal_keeps_the_commit_record_of_a_sink_it_finished_whil
         assert open(record["path"], "rb").read() == b"record"
         assert "count as published" in outcome.describe()
     assert not os.path.exists(other_record["path"]) and not os.path.exists(journal_path(rt))
+
+
+def test_a_publication_into_the_job_folder_removes_an_earlier_publications_mark(tmp_path, make_rt, monkeypatch):
+    """An earlier publication of the job, killed after its journal went and before its mark did,
+    left a mark naming its destination: stale while the job has no journal, it would count again
+    while a later publication's journal exists. A publication with no destination outside the job's
+    folder writes no mark of its own, so it removes that one (ops/sink_pending.py)."""
+    rt = make_rt()
+    rt.initialize()
+    sink_pending.mark(rt.sink_records_dir, rt.job_root, [str(tmp_path / "earlier")])
+    dest = os.path.join(rt.job_root, "output", "named")
+    ctx = Context()
+    task = DataSinkTask(DataSinkNode(ctx, (DataSourceNode(ctx, None),), dest), 7, [PartitionInfo()], [])
+    staging = staging_path(rt, task)
+    os.makedirs(staging)
+    with open(os.path.join(staging, ".MANIFEST.txt"), "w") as f:
+        f.write("")
+    seen = []
+    real = sink_journal._carry_out
+
+    def carry_out(*args):  # while the journal exists
+        seen.append([p.destinations for p in sink_pending.pending(rt.sink_records_dir)])
+        return real(*args)
+
+    monkeypatch.setattr(sink_journal, "_carry_out", carry_out)
+    publish(rt, [(task, {"path": os.path.join(rt.completed_task_dir, f"{task.key}.commit"), "data": b"record"})])
+    assert seen == [[]]
+    assert not os.path.exists(sink_pending.mark_path(rt.sink_records_dir, rt.job_root))

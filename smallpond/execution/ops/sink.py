@@ -115,7 +115,7 @@ from smallpond.execution.ops.sink_leftovers import aside_path, owner_record, rem
 from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import check_nested_results, nested_since_planned, published_by, recorded_result
 from smallpond.execution.ops.sink_overlap import inside as _inside
-from smallpond.execution.ops.sink_pending import mark
+from smallpond.execution.ops.sink_pending import mark, unmark
 from smallpond.execution.ops.sink_sources import (
     dest_names,
     manifest_files,
@@ -623,6 +623,8 @@ def publish(runtime_ctx, prepared: Sequence[Tuple[Task, dict]]) -> None:
         outside = outside_destinations(runtime_ctx, journal["destinations"])
         if outside:
             mark(records_dir, runtime_ctx.job_root, outside, fsync=bool(journal["sync"]))
+        else:  # an earlier publication's mark, left by a kill after its journal went, must not count again
+            unmark(records_dir, runtime_ctx.job_root)
         # durable before any step only where a power loss could strand a user's files (module docstring)
         dump(journal, journal_path(runtime_ctx), secret=runtime_ctx.secret, fsync=bool(journal["sync"]))
         if roll_forward(runtime_ctx, journal) is not True:  # a staged folder went since the steps were planned
