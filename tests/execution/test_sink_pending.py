@@ -90,3 +90,27 @@ def test_clean_prunes_the_marks_of_job_folders_that_are_gone(tmp_path, data_root
     assert cli("clean", "--yes", data_root=data_root).returncode == 0
     left = sorted(os.listdir(sink_pending.marks_dir(records)))
     assert left == sorted(os.path.basename(sink_pending.mark_path(records, j)) for j in (running, finished))
+
+
+def test_the_refusal_says_whether_the_job_runs(tmp_path, data_root):
+    """A mark of a job whose lock a live process holds says so (it may be publishing now); a dead
+    holder's, or no lock, says the job is not running and to rerun it."""
+    import json
+    import socket
+
+    from smallpond.execution.ownership import LOCK_NAME
+    from smallpond.processes import process_start_id, process_start_time
+
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    out = str(tmp_path / "out")
+    sink_pending.mark(records, job, [out])
+    (p,) = sink_pending.pending(records)
+    assert "the job is not running: it was killed while it published. Rerun that job" in sink_pending.describe(p, out)
+    pid = os.getpid()
+    holder = {"host": socket.gethostname(), "pid": pid, "started": process_start_time(pid), "start_id": process_start_id(pid)}
+    with open(os.path.join(job, "config", LOCK_NAME), "w") as f:
+        json.dump(holder, f)
+    said = sink_pending.describe(p, out)
+    assert f"the job is running (process {pid} on host {socket.gethostname()} holds its job lock)" in said
+    assert "not running" not in said and "or remove that journal to give the publication up" in said
