@@ -47,11 +47,18 @@ if TYPE_CHECKING:
     from smallpond.session import Session
 
 
-def _sql_text(op: str, param: str, text: str) -> str:
-    """``text`` (a non-blank SQL string) as it is pasted into ``op``'s query; blank text is
-    refused where it is given, not when its query fails to run."""
+def _sql_text(op: str, param: str, text: str, shape: str) -> str:
+    """``text`` (a non-blank SQL string) as it is pasted into ``op``'s query as ``shape`` (a
+    condition, a select list, an ORDER BY list: see ``ops.duckdb.FRAGMENT_SHAPES``); blank text,
+    or text that would not stay that part of the query (``"a) or (1=1"``, ``"b limit 1"``), is
+    refused where it is given, not when its query fails to run or runs changed."""
     if not isinstance(text, str) or not text.strip():
         raise ParameterError(call_site_msg(f"DataFrame.{op}", f"{param} must be a non-empty SQL string, got {text!r}"))
+    from smallpond.execution.ops.duckdb import fragment_problem
+
+    why = fragment_problem(text, shape)
+    if why is not None:  # (it would change the query around it, or fail there less clearly)
+        raise ParameterError(call_site_msg(f"DataFrame.{op}", f"{text!r} is not one SQL {shape}: {why}"))
     return sql_fragment(text)
 
 
@@ -316,7 +323,7 @@ class DataFrame:
         cols = [by] if isinstance(by, str) else list(by) if isinstance(by, (list, tuple)) else None
         if not cols:
             raise ParameterError(call_site_msg("DataFrame.partial_sort", f"by must be a column or a list of them, got {by!r}"))
-        order = ", ".join(escape_braces(_sql_text("partial_sort", "by", c)) for c in cols)
+        order = ", ".join(escape_braces(_sql_text("partial_sort", "by", c, "order by list")) for c in cols)
         return self._new(
             SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} order by {order}", **kwargs), "partial_sort"
         )
@@ -343,12 +350,7 @@ class DataFrame:
         [{'item': 'a{0}b'}]
         """
         if isinstance(sql_or_func, str):
-            from smallpond.execution.ops.duckdb import fragment_problem
-
-            cond = _sql_text("filter", "sql_or_func", sql_or_func)
-            why = fragment_problem(cond)
-            if why is not None:  # (it would change the query around it, or fail there less clearly)
-                raise ParameterError(call_site_msg("DataFrame.filter", f"{sql_or_func!r} is not one SQL condition: {why}"))
+            cond = _sql_text("filter", "sql_or_func", sql_or_func, "condition")
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select * from {{0}} where ({cond})", **kwargs), "filter")
         if callable(sql_or_func):
             return self._python_op("filter", FilterRows(sql_or_func), None, kwargs)
@@ -381,7 +383,7 @@ class DataFrame:
         [{'k': 3}]
         """
         if isinstance(sql_or_func, str):
-            select = _sql_text("map", "sql_or_func", sql_or_func)
+            select = _sql_text("map", "sql_or_func", sql_or_func, "select list")
             if schema is not None:
                 _not_honoured("map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "map")
@@ -403,7 +405,7 @@ class DataFrame:
         [{'c': 1}, {'c': 4}, {'c': 2}, {'c': 5}]
         """
         if isinstance(sql_or_func, str):
-            select = _sql_text("flat_map", "sql_or_func", sql_or_func)
+            select = _sql_text("flat_map", "sql_or_func", sql_or_func, "select list")
             if schema is not None:
                 _not_honoured("flat_map", "schema=", _SQL_SCHEMA)
             return self._new(SqlEngineNode(self._ctx, (self.plan,), f"select {select} from {{0}}", **kwargs), "flat_map")

@@ -336,3 +336,60 @@ def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
             df.filter(condition)
         text = str(info.value)
         assert "DataFrame.filter" in text and repr(condition) in text and "open" in text and f"{__file__}:" in text
+
+
+@pytest.mark.parametrize(
+    "op, text, why",
+    [
+        ("map", "a from (select 9 as a) union all select a", "holds FROM outside parentheses"),
+        ("map", "a, 9 as b from {0} union all select 9, 9 --", "holds FROM outside parentheses"),
+        ("map", "1 as a except select 2", "holds EXCEPT outside parentheses"),
+        ("map", "a limit 1", "holds LIMIT outside parentheses"),
+        ("map", "a) , (select 1", "closes a parenthesis it did not open"),
+        ("map", "a; select 1", "holds a ';'"),
+        ("map", "'a", "open"),
+        ("flat_map", "unnest([a, a]) as u where a > 1", "holds WHERE outside parentheses"),
+        ("flat_map", "unnest([a, a]) as u, (a", "leaves a parenthesis open"),
+        ("partial_sort", "a limit 1", "holds LIMIT outside parentheses"),
+        ("partial_sort", "a union all select 9 as a", "holds UNION outside parentheses"),
+        ("partial_sort", "a) desc, (a", "closes a parenthesis it did not open"),
+        ("partial_sort", "a; select 1", "holds a ';'"),
+    ],
+)
+def test_a_select_list_or_order_by_is_checked_where_it_is_given(sp, op, text, why):
+    """A SQL select list (``map``, ``flat_map``: ``select <text> from {0}``) or ORDER BY list
+    (``partial_sort``: ``... order by <text>``) is pasted into the query with nothing around it:
+    a clause of its own (``a from ... union all select ...``, ``a limit 1``) changed the query
+    (rows added, kept or dropped), and parentheses, ``;`` or quotes it did not close failed in
+    the task, showing the engine's query. Both are refused where given, naming the method, the
+    text, why and the call site, as a filter condition is."""
+    df = sp.from_items([{"a": 1}, {"a": 2}])
+    with pytest.raises(ParameterError) as info:
+        if op == "partial_sort":
+            df.partial_sort(by=["a", text])
+        else:
+            getattr(df, op)(text)
+    message = str(info.value)
+    assert f"DataFrame.{op}" in message and repr(text) in message and why in message and f"{__file__}:" in message
+
+
+def test_legitimate_select_and_order_by_lists_are_accepted(sp):
+    """What a select list or ORDER BY list may hold at its top level stays accepted: commas,
+    ``is [not] distinct from``, ``* except (...)`` / ``exclude``, ``distinct on``, clause words in
+    parentheses, strings, quoted names and comments, casts (the reference's examples included)."""
+    df = sp.from_items([{"a": 1, "b": 4, "from": "x"}, {"a": 2, "b": 2, "from": "y"}])
+    assert df.map("a, b * 2 as c").take_all() == [{"a": 1, "c": 8}, {"a": 2, "c": 4}]
+    assert df.map("cast(a as varchar) as y").take_all() == [{"y": "1"}, {"y": "2"}]
+    assert df.map("a is distinct from b as d, a is not distinct from b as e").take_all() == [
+        {"d": True, "e": False},
+        {"d": False, "e": True},
+    ]
+    assert df.map('* except (b, "from")').take_all() == [{"a": 1}, {"a": 2}]
+    assert df.map('* exclude (b, "from")').take_all() == [{"a": 1}, {"a": 2}]
+    assert df.map("distinct on (b) b").partial_sort("b").take_all() == [{"b": 2}, {"b": 4}]
+    texts = "\"from\" || ' from x; (' as f, (select max(a) from (select 1 as a)) as m, extract(year from date '2024-01-02') as y -- from"
+    assert df.map(texts).take_all() == [{"f": "x from x; (", "m": 1, "y": 2024}, {"f": "y from x; (", "m": 1, "y": 2024}]
+    assert df.map("sum(a) filter (where a > 1) over (order by a) as s").take_all() == [{"s": None}, {"s": 2}]
+    assert df.flat_map("unnest([a, b]) as c").take_all() == [{"c": 1}, {"c": 4}, {"c": 2}, {"c": 2}]
+    assert df.partial_sort(by=["b desc nulls last", '"from" collate nocase']).map("a").take_all() == [{"a": 1}, {"a": 2}]
+    assert df.partial_sort(by="a is distinct from 2, a desc").map("a").take_all() == [{"a": 2}, {"a": 1}]

@@ -163,15 +163,36 @@ def top_level_text(sql: str) -> str:
     return "".join(out)
 
 
-def fragment_problem(text: str) -> Optional[str]:
-    """Why SQL ``text`` pasted between parentheses (``where ({text})``) would not stay one part
-    of the query there, else None: it closes a parenthesis it did not open (``a > 1) or (1=1``
-    turns the condition into two), leaves one open, holds a ``;`` (a second statement) or leaves
-    a string, quoted name or comment open (the query around it would fail to parse)."""
+#: the reserved words that begin a clause of a query (or a second query): at the top level of a
+#: select list or an ORDER BY list they end it, and what follows becomes the query's own clauses
+_CLAUSE_WORD = re.compile(
+    r"\b(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)\b",
+    re.IGNORECASE,
+)
+#: the shapes of SQL pasted into smallpond's own queries: where it goes, and whether the shape is a
+#: list (a top-level comma separates its items)
+FRAGMENT_SHAPES = {
+    "condition": "select * from {0} where (<text>)",
+    "select list": "select <text> from {0}",
+    "order by list": "select * from {0} order by <text>",
+}
+
+
+def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
+    """Why SQL ``text`` pasted into a query as ``shape`` (one of :data:`FRAGMENT_SHAPES`) would not
+    stay that part of the query, else None: it closes a parenthesis it did not open (``a > 1) or
+    (1=1`` turns the condition ``where ({text})`` into two), leaves one open, holds a ``;`` (a
+    second statement) or leaves a string, quoted name or comment open (the query around it would
+    fail to parse). A select list or an ORDER BY list, which nothing encloses, may not hold a
+    clause of its own at its top level either (``a from t union all select 9``, ``b limit 1``):
+    ``is [not] distinct from`` and ``* except (...)`` are expressions, not clauses."""
+    if shape not in FRAGMENT_SHAPES:
+        raise ValueError(f"shape must be one of {sorted(FRAGMENT_SHAPES)}, got {shape!r}")
     if leaves_text_open(text):
         return "it leaves a string, quoted name or comment open"
     depth = 0
-    for c in without_quoted_text(text):
+    code = without_quoted_text(text)
+    for c in code:
         if c == "(":
             depth += 1
         elif c == ")":
@@ -180,7 +201,23 @@ def fragment_problem(text: str) -> Optional[str]:
                 return "it closes a parenthesis it did not open, so it would end the query's own"
         elif c == ";":
             return "it holds a ';' outside quotes (one expression, not statements)"
-    return "it leaves a parenthesis open" if depth else None
+    if depth:
+        return "it leaves a parenthesis open"
+    if shape != "condition":
+        top = top_level_text(text)
+        for m in _CLAUSE_WORD.finditer(top):
+            before = top[: m.start()].rstrip()
+            word = m.group(1).lower()
+            if word == "from" and re.search(r"\bdistinct$", before, re.IGNORECASE):
+                continue  # a IS [NOT] DISTINCT FROM b
+            if word == "except" and before.endswith("*"):
+                continue  # * EXCEPT (a): the columns but a
+            return (
+                f"it holds {m.group(1).upper()} outside parentheses, which would end the {shape} "
+                f"and begin a clause of the query's own ({FRAGMENT_SHAPES[shape].replace('<text>', '...')}); "
+                f'a name so spelt is written quoted ("{m.group(1)}")'
+            )
+    return None
 
 
 def has_final_order_by(sql: str) -> bool:
