@@ -22,6 +22,7 @@ from smallpond.common import (
 from smallpond.display import format_table, html_table
 from smallpond.errors import ParameterError, UnknownOptionError
 from smallpond.io.paths import user_path
+from smallpond.io.sqltext import fragment_problem
 from smallpond.logical.base import call_site_msg, node_at
 from smallpond.logical.dataset import (
     DataSet,
@@ -49,13 +50,11 @@ if TYPE_CHECKING:
 
 def _sql_text(op: str, param: str, text: str, shape: str) -> str:
     """``text`` (a non-blank SQL string) as it is pasted into ``op``'s query as ``shape`` (a
-    condition, a select list, an ORDER BY list: see ``ops.duckdb.FRAGMENT_SHAPES``); blank text,
+    condition, a select list, an ORDER BY list: see ``io.sqltext.FRAGMENT_SHAPES``); blank text,
     or text that would not stay that part of the query (``"a) or (1=1"``, ``"b limit 1"``), is
     refused where it is given, not when its query fails to run or runs changed."""
     if not isinstance(text, str) or not text.strip():
         raise ParameterError(call_site_msg(f"DataFrame.{op}", f"{param} must be a non-empty SQL string, got {text!r}"))
-    from smallpond.execution.ops.duckdb import fragment_problem
-
     why = fragment_problem(text, shape)
     if why is not None:  # (it would change the query around it, or fail there less clearly)
         raise ParameterError(call_site_msg(f"DataFrame.{op}", f"{text!r} is not one SQL {shape}: {why}"))

@@ -258,13 +258,18 @@ def _hash_partition_schema(node: HashPartitionNode, schema):
 
 
 def _projection_schema(node: ProjectionNode, schema, conn):
-    from smallpond.common import quote_identifier
+    from smallpond.common import quote_identifier, sql_fragment
     from smallpond.io.arrow import empty_table
+    from smallpond.logical.dataset_base import parses_as_select_item
 
     name = f"__schema_projection_{int(node.id)}"
     conn.register(name, empty_table(schema))
     cols = node.columns if node.columns else ["*"]
-    select = ", ".join(c if c == "*" else quote_identifier(c) if c in schema.names else c for c in cols)
+    # an item the readers take for a name (no single select item: parses_as_select_item) is one here too
+    select = ", ".join(
+        c if c == "*" else quote_identifier(c) if c in schema.names or not parses_as_select_item(c) else sql_fragment(c)
+        for c in cols
+    )
     extra = {"filename": "'' AS filename", "file_row_number": "CAST(0 AS BIGINT) AS file_row_number"}
     gen = [extra[g] for g in (node.generated_columns or []) if g in extra and g not in cols]
     return _describe(conn, f"SELECT {', '.join([select, *gen])} FROM {name}")

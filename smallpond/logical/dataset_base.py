@@ -33,6 +33,7 @@ from smallpond.common import (
 from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
 from smallpond.io.columns import fold_case
 from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file_identity, user_path
+from smallpond.io.sqltext import fragment_problem
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
 #: a ``columns`` item that is a column name as it stands in SQL (else it is quoted when it names a
@@ -62,8 +63,12 @@ def _absent(names: Sequence[str], have) -> List[str]:
 
 @functools.lru_cache(maxsize=1024)
 def parses_as_select_item(item: str) -> bool:
-    """Whether ``SELECT <item> FROM t`` is one statement DuckDB can parse (a ``columns`` item that
-    is not, like ``it's`` or ``a; drop table t``, can only be meant as a column name)."""
+    """Whether ``SELECT <item> FROM t`` is one statement DuckDB can parse whose select list is
+    ``item`` (a ``columns`` item that is not, like ``it's``, ``a; drop table t`` or ``a from (select
+    9 as a) union all select a``, which would read rows of its own, can only be meant as a column
+    name)."""
+    if fragment_problem(item, "select list") is not None:
+        return False
     import duckdb
 
     try:

@@ -226,6 +226,14 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
         "data_partition_column='nope +': column 'nope +' not found in the input (its columns: id, key, name); "
         "as SQL, 'nope +' is no single expression",
     ),
+    # a key holding a clause of its own (it parses as a select list) is a name too: pasted, it
+    # failed to parse in the task, inside hash(...)
+    "hash by a clause": (
+        lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["id from (select 9 as id) union all select id"], engine_type=e),
+        "id from",
+        "column 'id from (select 9 as id) union all select id' not found in the input (its columns: id, key, name); "
+        "as SQL, 'id from (select 9 as id) union all select id' is no single expression",
+    ),
     # binds, then fails on the data (each batch, in the arrow engine)
     "shuffle by no number": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e),

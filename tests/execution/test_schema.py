@@ -77,3 +77,24 @@ def test_a_forked_child_of_a_process_that_bound_a_query_ends_and_binds(parquet_f
         [sys.executable, "-c", _FORK_AFTER_BINDING, parquet_files[0]], capture_output=True, text=True, timeout=120
     ).stdout
     assert out.splitlines() == ["status False 0", "child ['d']", "status True 0"], out
+
+
+def test_a_projection_item_is_read_in_the_schema_as_the_readers_read_it():
+    """The schema of a ProjectionNode pasted an item that is no column as it was written, while
+    the readers quote an item that is no single select item (``it's``, a clause of its own): the
+    schema (and the plan check, which asks it) took ``a from (select 9 as a) union all select a``
+    for a column ``a`` that the tasks then did not find. Both now take it for a name."""
+    import duckdb
+
+    from smallpond.execution.schema import SchemaUnknown, _projection_schema
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSourceNode, ProjectionNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/nowhere/x.parquet"]))
+    schema = pa.schema([("a", pa.int64())])
+    for item in ("a from (select 9 as a) union all select a", "it's"):
+        with pytest.raises(SchemaUnknown, match="not found"):
+            _projection_schema(ProjectionNode(ctx, src, [item]), schema, duckdb.connect())
+    kept = _projection_schema(ProjectionNode(ctx, src, ["a", "a + 1 as b"]), schema, duckdb.connect())
+    assert kept.names == ["a", "b"]

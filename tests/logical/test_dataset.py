@@ -8,6 +8,7 @@ import duckdb
 import pyarrow as pa
 import pytest
 
+from smallpond.common import quote_identifier
 from smallpond.logical.dataset import CsvDataSet, DataSet, JsonDataSet, ParquetDataSet
 from tests.datagen import generate_parquet_files
 
@@ -436,3 +437,27 @@ def test_a_manifest_of_many_files_is_checked_by_listing_their_folders(tmp_path, 
         _ = ParquetDataSet([str(result)]).resolved_paths
     assert files[50] in str(info.value) and f"5 of its {len(listed)} files are gone" in str(info.value)
     assert dataset_files._gone(listed) == [files[50], files[99]] + listed[-3:]
+
+
+def test_a_columns_item_with_a_clause_of_its_own_is_a_name(tmp_path):
+    """A ``columns`` item goes into ``( SELECT <items> FROM read_parquet(...) )`` with nothing around
+    it: ``a from (select 9 as a) union all select a`` parsed as one statement, so it was pasted and
+    the source read a row of its own (9). An item holding a clause at its top level is no select
+    item: it is quoted as a name, which the data lacks. A clause word inside parentheses, a string
+    or a quoted name, and ``is distinct from``, stay an expression."""
+    import pyarrow.parquet as pq
+
+    from smallpond.logical.dataset_base import parses_as_select_item
+
+    path = str(tmp_path / "t.parquet")
+    pq.write_table(pa.table({"a": [1, 2]}), path)
+    item = "a from (select 9 as a) union all select a"
+    assert not parses_as_select_item(item) and not parses_as_select_item("a limit 1")
+    ds = ParquetDataSet([path], columns=[item])
+    assert ds._select_item(item) == quote_identifier(item)
+    with pytest.raises(duckdb.BinderException):
+        duckdb.connect().sql(f"select * from {ds.sql_query_fragment()}").fetchall()
+    kept = ["(select max(a) from (select 1 as a)) as m", "a is distinct from 2 as d", "'from x' as s", 'a as "limit"']
+    assert all(map(parses_as_select_item, kept))
+    rows = duckdb.connect().sql(f"select * from {ParquetDataSet([path], columns=kept).sql_query_fragment()}").fetchall()
+    assert rows == [(1, True, "from x", 1), (1, False, "from x", 2)]

@@ -22,6 +22,13 @@ from smallpond.common import MB, as_subquery, quote_literal
 from smallpond.errors import OutOfMemory, UserCodeError
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
+from smallpond.io.sqltext import (  # noqa: F401  (the lexer: asked here too)
+    FRAGMENT_SHAPES,
+    fragment_problem,
+    leaves_text_open,
+    top_level_text,
+    without_quoted_text,
+)
 from smallpond.logical.dataset import DataSet
 from smallpond.logical.determinism import sql_may_draw_random  # noqa: F401  (the ops ask it here)
 
@@ -86,138 +93,6 @@ _NAMES_FILE_RIGHT_AFTER = re.compile(r"\b(?:from|join)\s*['\"]", re.IGNORECASE)
 
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
-
-
-_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
-
-
-def without_quoted_text(sql: str, marks: bool = False) -> str:
-    """``sql`` with each string literal (``'...'``, ``E'...'`` with its backslash escapes,
-    ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space (with
-    ``marks``, a string by one ``'`` and a quoted identifier by one ``"``), as
-    DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). A
-    block comment nests (``/* /* */ ) */`` is one), and a ``$`` inside a name (``a$b$``) starts
-    no dollar quote. An unterminated one runs to the end (:func:`leaves_text_open`)."""
-    out, i, n = [], 0, len(sql)
-    while i < n:
-        c = sql[i]
-        mark = " "
-        if c in "'\"":
-            mark = c if marks else " "
-            backslash = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
-            j = i + 1
-            while j < n:
-                if backslash and sql[j] == "\\":
-                    j += 2
-                elif sql[j] == c:
-                    if j + 1 < n and sql[j + 1] == c:  # doubled quote inside
-                        j += 2
-                    else:
-                        break
-                else:
-                    j += 1
-            i = j + 1
-        elif c == "$" and _DOLLAR_TAG.match(sql, i) and not (i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_$")):
-            tag = _DOLLAR_TAG.match(sql, i).group()
-            mark = "'" if marks else " "
-            j = sql.find(tag, i + len(tag))
-            i = n if j == -1 else j + len(tag)
-        elif sql.startswith("--", i):
-            j = sql.find("\n", i)
-            i = n if j == -1 else j
-        elif sql.startswith("/*", i):
-            depth, i = 1, i + 2
-            while i < n and depth:
-                if sql.startswith("/*", i):
-                    depth, i = depth + 1, i + 2
-                elif sql.startswith("*/", i):
-                    depth, i = depth - 1, i + 2
-                else:
-                    i += 1
-        else:
-            out.append(c)
-            i += 1
-            continue
-        out.append(mark)
-    return "".join(out)
-
-
-def leaves_text_open(sql: str) -> bool:
-    """Whether ``sql`` ends inside a string literal, quoted identifier or block comment (one its
-    text does not close; a ``--`` comment ends at a line break)."""
-    return not without_quoted_text(sql + "\n)").endswith(")")
-
-
-def top_level_text(sql: str) -> str:
-    """``sql`` without its string literals, quoted identifiers, comments and parenthesized parts:
-    what is left is the outermost statement's own clauses."""
-    out, depth = [], 0
-    for c in without_quoted_text(sql):
-        if c == "(":
-            depth += 1
-            out.append(" ")
-        elif c == ")":
-            depth = max(0, depth - 1)
-        elif depth == 0:
-            out.append(c)
-    return "".join(out)
-
-
-#: the reserved words that begin a clause of a query (or a second query): at the top level of a
-#: select list or an ORDER BY list they end it, and what follows becomes the query's own clauses
-_CLAUSE_WORD = re.compile(
-    r"\b(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)\b",
-    re.IGNORECASE,
-)
-#: the shapes of SQL pasted into smallpond's own queries: where it goes, and whether the shape is a
-#: list (a top-level comma separates its items)
-FRAGMENT_SHAPES = {
-    "condition": "select * from {0} where (<text>)",
-    "select list": "select <text> from {0}",
-    "order by list": "select * from {0} order by <text>",
-}
-
-
-def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
-    """Why SQL ``text`` pasted into a query as ``shape`` (one of :data:`FRAGMENT_SHAPES`) would not
-    stay that part of the query, else None: it closes a parenthesis it did not open (``a > 1) or
-    (1=1`` turns the condition ``where ({text})`` into two), leaves one open, holds a ``;`` (a
-    second statement) or leaves a string, quoted name or comment open (the query around it would
-    fail to parse). A select list or an ORDER BY list, which nothing encloses, may not hold a
-    clause of its own at its top level either (``a from t union all select 9``, ``b limit 1``):
-    ``is [not] distinct from`` and ``* except (...)`` are expressions, not clauses."""
-    if shape not in FRAGMENT_SHAPES:
-        raise ValueError(f"shape must be one of {sorted(FRAGMENT_SHAPES)}, got {shape!r}")
-    if leaves_text_open(text):
-        return "it leaves a string, quoted name or comment open"
-    depth = 0
-    code = without_quoted_text(text)
-    for c in code:
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth < 0:
-                return "it closes a parenthesis it did not open, so it would end the query's own"
-        elif c == ";":
-            return "it holds a ';' outside quotes (one expression, not statements)"
-    if depth:
-        return "it leaves a parenthesis open"
-    if shape != "condition":
-        top = top_level_text(text)
-        for m in _CLAUSE_WORD.finditer(top):
-            before = top[: m.start()].rstrip()
-            word = m.group(1).lower()
-            if word == "from" and re.search(r"\bdistinct$", before, re.IGNORECASE):
-                continue  # a IS [NOT] DISTINCT FROM b
-            if word == "except" and before.endswith("*"):
-                continue  # * EXCEPT (a): the columns but a
-            return (
-                f"it holds {m.group(1).upper()} outside parentheses, which would end the {shape} "
-                f"and begin a clause of the query's own ({FRAGMENT_SHAPES[shape].replace('<text>', '...')}); "
-                f'a name so spelt is written quoted ("{m.group(1)}")'
-            )
-    return None
 
 
 def has_final_order_by(sql: str) -> bool:
