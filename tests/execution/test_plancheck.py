@@ -306,6 +306,18 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from glob('x/*')",
         "attach 'x.db' as x (read_only); select * from {0} join x.t using (k)",
         "select * from parquet_metadata('x.parquet')",
+        # a file after a comma of a FROM list, at any depth, after a join's condition or a lateral
+        "select * from {0}, 'x.parquet'",
+        'select * from {0} as a,"x.parquet"',
+        "select * from {0} join {1} using (k) /* c */ , 'x.parquet'",
+        "select * from {0} join {1} on {0}.s = 'a', 'x.parquet'",
+        "select * from (select * from {0}, lateral (select 1) t, 'x.parquet')",
+        # statements that scan a table they name, and SQL in a string run by query() / query_table()
+        "describe 'x.parquet'",
+        "SUMMARIZE'x.parquet'",
+        "pivot 'x.parquet' on x using count(*)",
+        "select * from query_table(['x.parquet'])",
+        "select * from query(E'select * from \\'x.parquet\\'')",
     ]
     plain = [
         "select a, b from {0}",
@@ -314,6 +326,14 @@ def test_queries_reading_files_themselves_are_recognised():
         "select 'from' as f from {0}",
         "select * from {0} where e like '%join' or e = 'came from'",
         "select attach, database from {0}",
+        # strings after commas that are not in a FROM list
+        "select a, 'x', \"b\" from {0}",
+        "select * from {0} where a in ('x', 'y') or b = 'describe'",
+        "select a, 'b' from {0} group by a, 'b' order by 1, 'x'",
+        "select * from {0} union all select 'a', 'b'",
+        "with a as (select 'x' as s), b as (select 'y') select * from a, b",
+        "select (select max(k) from {1}), 'x' from {0}",
+        "select * from {0}, unnest(['a', 'b']) window w as (order by 'x', 'y')",
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

@@ -111,11 +111,21 @@ def test_nested_partitions_multiply(make_rt, parquet_files):
     assert sum(table.column("n").to_pylist()) == 30
 
 
-@pytest.mark.parametrize("join", ["join '{}'", "join'{}'"])
+@pytest.mark.parametrize(
+    "join",
+    [
+        "join '{}' l using (k)",
+        "join'{}' l using (k)",
+        ", '{}' l where f.k = l.k",
+        'join (select 1 as one) o on true, "{}" l where f.k = l.k',
+        "join query_table(['{}']) l using (k)",
+    ],
+)
 def test_sql_reading_a_file_itself_is_neither_resumed_nor_served_from_the_cache(tmp_path, data_root, join):
     """A join with a lookup file the query names itself: the file is rewritten between runs that
     share the task cache (another job) or the job's commits (the same job again). DuckDB needs no
-    space between ``join`` (or ``from``) and the quote: without one the query was served stale."""
+    space between ``join`` (or ``from``) and the quote: without one the query was served stale; so
+    was a file named after a comma of the FROM list, or read through query_table()."""
     facts, lookup = str(tmp_path / "facts.parquet"), str(tmp_path / "lookup.parquet")
     pq.write_table(pa.table({"k": pa.array(range(100), pa.int64())}), facts)
 
@@ -123,7 +133,7 @@ def test_sql_reading_a_file_itself_is_neither_resumed_nor_served_from_the_cache(
         pq.write_table(pa.table({"k": pa.array(range(100), pa.int64()), "w": pa.array([weight] * 100, pa.int64())}), lookup)
         ctx = Context()
         src = DataSourceNode(ctx, ParquetDataSet([facts]))
-        node = SqlEngineNode(ctx, (src,), f"select sum(f.k * l.w) as s from {{0}} f {join.format(lookup)} l using (k)")
+        node = SqlEngineNode(ctx, (src,), f"select sum(f.k * l.w) as s from {{0}} f {join.format(lookup)}")
         ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(job, None, data_root, **rt_options))
         task = next(t for k, t in ep.tasks.items() if k.startswith("SqlEngineTask"))
         return ep.final_output.to_arrow_table().column("s")[0].as_py(), task

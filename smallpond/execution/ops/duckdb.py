@@ -75,21 +75,54 @@ _MAY_OUTLIVE_TASK = re.compile(
     re.IGNORECASE,
 )
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
-#: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
-#: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
-#: attached or imported database. Searched in the text as it is, quoted text included (SQL held
-#: in a string, as query() runs it, counts too)...
+#: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...) or over SQL
+#: in a string (query('...'), query_table('x.parquet'): whatever that SQL reads, unseen here), a
+#: file named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'),
+#: an attached or imported database. Searched in the text as it is, quoted text included (SQL held
+#: in a string counts too)...
 _READS_FILES = re.compile(
-    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
+    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+|query|query_table)\s*\("
     r"|(?<!['\"])\b(?:from|join)\s+['\"]"  # (not the word in quotes: select 'from' as f)
     r"|\battach\s+(?:database\s+)?(?:if\s+not\s+exists\s+)?['\"]"
     r"|\bimport\s+database\b",
     re.IGNORECASE,
 )
-#: ... and a file right after FROM or JOIN without a space (FROM'x.csv', join/*c*/'y.csv'), in the
-#: code of the text (without_quoted_text with marks): a string that ends in the word (like '%join')
-#: is not taken for one there.
-_NAMES_FILE_RIGHT_AFTER = re.compile(r"\b(?:from|join)\s*['\"]", re.IGNORECASE)
+#: ... and, in the code of the text (without_quoted_text with marks: a string that ends in the
+#: word, like '%join', is not taken for one there), a file right after FROM or JOIN without a space
+#: (FROM'x.csv', join/*c*/'y.csv') or after the statements that scan a table they name
+#: (DESCRIBE 'x.csv', SUMMARIZE, PIVOT, UNPIVOT) ...
+_NAMES_FILE_RIGHT_AFTER = re.compile(
+    r"\b(?:from|join|describe|summarize|pivot|unpivot|pivot_wider|pivot_longer)\s*['\"]", re.IGNORECASE
+)
+#: ... or after a comma in a FROM list (from {0}, 'x.parquet'; from {0} join t using (k), "y.csv"):
+#: the words that end a FROM clause at its depth (a parenthesis opens a scope of its own)
+_ENDS_FROM_LIST = frozenset(
+    "where group having qualify window order limit offset union intersect except select returning set values".split()
+)
+_CODE_TOKEN = re.compile(r"[\w$]+|[(),'\"]")
+
+
+def _names_file_after_a_comma_in_from(code: str) -> bool:
+    """Whether ``code`` (text with marks, see :func:`without_quoted_text`) holds a string or quoted
+    name right after a comma of a FROM list: a table DuckDB reads as a file (a replacement scan),
+    as after FROM itself."""
+    in_from = [False]  # per depth of parentheses: in a FROM list there
+    after_comma = False
+    for m in _CODE_TOKEN.finditer(code):
+        t = m.group()
+        if t in "'\"" and after_comma:
+            return True
+        after_comma = t == "," and in_from[-1]
+        if t == "(":
+            in_from.append(False)
+        elif t == ")":
+            if len(in_from) > 1:
+                in_from.pop()
+        elif t.lower() in ("from", "join"):
+            in_from[-1] = True
+        elif t.lower() in _ENDS_FROM_LIST:
+            in_from[-1] = False
+    return False
 
 
 _ORDER_BY = re.compile(r"\border\s+by\b", re.IGNORECASE)
@@ -166,12 +199,18 @@ def sql_may_outlive_task(queries: List[str]) -> bool:
 
 
 def sql_reads_files(texts) -> bool:
-    """True if SQL text might read files itself (``read_parquet('x')``, ``FROM 'x.csv'``,
-    ``ATTACH 'x.db'``), beside its inputs: searched for, never run (conservative: a quoted name
-    after FROM counts too)."""
-    return any(
-        _READS_FILES.search(str(t)) or _NAMES_FILE_RIGHT_AFTER.search(without_quoted_text(str(t), marks=True)) for t in texts if t
-    )
+    """True if SQL text might read files itself (``read_parquet('x')``, ``FROM 'x.csv'``, ``FROM
+    {0}, 'x.csv'``, ``DESCRIBE 'x.csv'``, ``query('...')``, ``ATTACH 'x.db'``), beside its inputs:
+    searched for, never run (conservative: a quoted name after FROM counts too)."""
+    for t in texts:
+        if not t:
+            continue
+        if _READS_FILES.search(str(t)):
+            return True
+        code = without_quoted_text(str(t), marks=True)
+        if _NAMES_FILE_RIGHT_AFTER.search(code) or _names_file_after_a_comma_in_from(code):
+            return True
+    return False
 
 
 def _shared_database(runtime_ctx):
