@@ -150,6 +150,9 @@ class Node:
     passes_input_files = False
     #: upstream task hooks (:data:`UPSTREAM_TASK_HOOKS`) this node class's tasks call
     honoured_task_hooks: Tuple[str, ...] = ()
+    #: what a node that smallpond added to the plan is for (an optimizer rule's step), shown in
+    #: its label, as a DataFrame method (``df_op``) is for the nodes it builds
+    role: Optional[str] = None
 
     def __init__(
         self,
@@ -243,7 +246,8 @@ class Node:
     def label(self) -> str:
         """How errors and logs name the node: class-id, DataFrame operation and output name."""
         op = getattr(self, "df_op", None)
-        return f"{self!r}" + (f" (DataFrame.{op})" if op else "") + (f" '{self.output_name}'" if self.output_name else "")
+        what = f" (DataFrame.{op})" if op else f" ({self.role})" if self.role else ""
+        return f"{self!r}{what}" + (f" '{self.output_name}'" if self.output_name else "")
 
     def _msg(self, text: str) -> str:
         return f"{created_at(type(self).__name__, self.location)}: {text}"
@@ -262,6 +266,7 @@ class Node:
             # one themselves (user Python, SQL with quoted text; planner.resolves_relative_paths)
             "created_cwd",
             "df_op",
+            "role",
             "fused_from",
             "perf_stats",
             "perf_metrics",

@@ -127,6 +127,8 @@ def dot_graph(roots: Sequence[Node]) -> Digraph:
         label = f"{node!r}\\n{partition_count(node)} partition(s)"
         if getattr(node, "df_op", None):
             label += f"\\nDataFrame.{node.df_op}"
+        elif node.role:
+            label += f"\\n{node.role}"
         if node.output_name:
             label += f"\\n{node.output_name}"
         lines.append(f'  n{int(node.id)} [label="{label}"];')

@@ -161,7 +161,17 @@ def _node_detail(node: Node) -> str:
             how += f" of sql={q[:80] + '...' if len(q) > 80 else q!r} (fused: {fused}, one pass per input partition)"
         return f" {how}"
     if isinstance(node, DataSourceNode):
-        return f" {node.dataset!r}"
+        ds = node.dataset
+        return f" {ds!r}" + _projected(getattr(ds, "columns", None), getattr(ds, "generated_columns", None))
+    if isinstance(node, ProjectionNode):
+        return _projected(node.columns, node.generated_columns)
     if isinstance(node, DataSinkNode):
         return f" {node.type} -> {node.output_path}"
     return ""
+
+
+def _projected(columns, generated_columns) -> str:
+    """``columns=`` and ``generated_columns=`` of a projection (a source's or a ProjectionNode's),
+    as explain shows them: what the node's readers select, expressions included."""
+    text = f" columns={list(columns)!r}" if columns and list(columns) != ["*"] else ""
+    return text + (f" generated_columns={list(generated_columns)!r}" if generated_columns else "")

@@ -220,3 +220,24 @@ def test_a_dry_run_after_a_finished_job_that_removed_its_intermediates_publishes
     result = dry_run_plan(plan(), rt())
     assert not [v for v in result.of("run") if v.task.key.startswith("DataSinkTask")], result
     assert [v.task.key for v in result.of("resumed") if v.task.key.startswith("DataSinkTask")], result
+
+
+def test_the_copy_step_written_for_a_sink_over_a_projection_says_what_it_is(tmp_path):
+    """A sink over a projection publishes the projection's result, which a step the optimizer adds
+    (materialize_projections) writes first: the dry run listed it as a bare ``SqlEngineNode-N``
+    at the sink's line, a node the script never built. Its label says what it copies."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallpond.execution.job import dry_run_plan, make_runtime_ctx
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, ProjectionNode
+
+    path = str(tmp_path / "ab.parquet")
+    pq.write_table(pa.table({"a": [1, 2], "b": [3, 4]}), path)
+    ctx = Context()
+    projected = ProjectionNode(ctx, DataSourceNode(ctx, ParquetDataSet([path])), ["a"])
+    plan = LogicalPlan(ctx, DataSinkNode(ctx, (projected,), str(tmp_path / "out")))
+    text = str(dry_run_plan(plan, make_runtime_ctx("dry-copy", None, str(tmp_path / "root"))))
+    copy = [line for line in text.splitlines() if line.startswith("SqlEngineNode-")]
+    assert len(copy) == 1 and f"(copy of what {projected!r} projects, for the sink) @ {__file__}:" in copy[0], text

@@ -141,3 +141,20 @@ def test_a_sink_output_path_may_start_with_tilde(tmp_path, monkeypatch):
     src = DataSourceNode(ctx, ParquetDataSet(["~/in.parquet"]))
     assert src.dataset.paths == [str(tmp_path / "in.parquet")]
     assert DataSinkNode(ctx, (src,), "~/out/").output_path == str(tmp_path / "out")
+
+
+def test_explain_shows_what_a_projection_selects():
+    """A source's ``columns=`` (and ``generated_columns=``) and a ProjectionNode's columns decide what
+    its readers get, expressions included: explain showed neither (``ParquetDataSet([...])`` and
+    a bare ``ProjectionNode-N``)."""
+    from smallpond.logical.node import ProjectionNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(["/data/a.parquet"], columns=["a", "b * 2 as c"]))
+    whole = DataSourceNode(ctx, ParquetDataSet(["/data/b.parquet"]))
+    projected = ProjectionNode(ctx, src, ["a", "c"], generated_columns=["filename"])
+    text = LogicalPlan(ctx, SqlEngineNode(ctx, (projected, whole), "select * from {0}, {1}")).explain_str()
+    lines = {line.strip().split(" ")[0]: line for line in text.splitlines()}
+    assert "ParquetDataSet(['/data/a.parquet']) columns=['a', 'b * 2 as c']  @" in lines[repr(src)]
+    assert "] columns=['a', 'c'] generated_columns=['filename']  @" in lines[repr(projected)]
+    assert "ParquetDataSet(['/data/b.parquet'])  @" in lines[repr(whole)]  # (all columns: nothing said)
