@@ -334,6 +334,7 @@ def test_queries_reading_files_themselves_are_recognised():
         "with a as (select 'x' as s), b as (select 'y') select * from a, b",
         "select (select max(k) from {1}), 'x' from {0}",
         "select * from {0}, unnest(['a', 'b']) window w as (order by 'x', 'y')",
+        "select * from {0} where s = 'query(1)' or s = 'query_table('",  # (query() is code, not text)
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

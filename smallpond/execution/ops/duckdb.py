@@ -75,13 +75,12 @@ _MAY_OUTLIVE_TASK = re.compile(
     re.IGNORECASE,
 )
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
-#: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...) or over SQL
-#: in a string (query('...'), query_table('x.parquet'): whatever that SQL reads, unseen here), a
-#: file named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'),
-#: an attached or imported database. Searched in the text as it is, quoted text included (SQL held
-#: in a string counts too)...
+#: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
+#: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
+#: attached or imported database. Searched in the text as it is, quoted text included (SQL held
+#: in a string, as query() runs it, counts too)...
 _READS_FILES = re.compile(
-    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+|query|query_table)\s*\("
+    r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
     r"|(?<!['\"])\b(?:from|join)\s+['\"]"  # (not the word in quotes: select 'from' as f)
     r"|\battach\s+(?:database\s+)?(?:if\s+not\s+exists\s+)?['\"]"
     r"|\bimport\s+database\b",
@@ -90,9 +89,11 @@ _READS_FILES = re.compile(
 #: ... and, in the code of the text (without_quoted_text with marks: a string that ends in the
 #: word, like '%join', is not taken for one there), a file right after FROM or JOIN without a space
 #: (FROM'x.csv', join/*c*/'y.csv') or after the statements that scan a table they name
-#: (DESCRIBE 'x.csv', SUMMARIZE, PIVOT, UNPIVOT) ...
+#: (DESCRIBE 'x.csv', SUMMARIZE, PIVOT, UNPIVOT), or a table function over SQL in a string
+#: (query('...'), query_table('x.parquet'): whatever that SQL reads, which a string may hide: E'\\'x\\'') ...
 _NAMES_FILE_RIGHT_AFTER = re.compile(
-    r"\b(?:from|join|describe|summarize|pivot|unpivot|pivot_wider|pivot_longer)\s*['\"]", re.IGNORECASE
+    r"\b(?:from|join|describe|summarize|pivot|unpivot|pivot_wider|pivot_longer)\s*['\"]|\bquery(?:_table)?\s*\(",
+    re.IGNORECASE,
 )
 #: ... or after a comma in a FROM list (from {0}, 'x.parquet'; from {0} join t using (k), "y.csv"):
 #: the words that end a FROM clause at its depth (a parenthesis opens a scope of its own)
