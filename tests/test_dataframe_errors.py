@@ -345,6 +345,7 @@ def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
         ("map", "a, 9 as b from {0} union all select 9, 9 --", "holds FROM outside parentheses"),
         ("map", "1 as a except select 2", "holds EXCEPT outside parentheses"),
         ("map", "a limit 1", "holds LIMIT outside parentheses"),
+        ("map", "distinct from (select 9 as a) union all select a", "holds FROM outside parentheses"),
         ("map", "a) , (select 1", "closes a parenthesis it did not open"),
         ("map", "a; select 1", "holds a ';'"),
         ("map", "'a", "open"),

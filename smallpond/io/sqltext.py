@@ -93,8 +93,8 @@ _CLAUSE_WORD = re.compile(
     r"\b(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)\b",
     re.IGNORECASE,
 )
-#: the shapes of SQL pasted into smallpond's own queries: where it goes, and whether the shape is a
-#: list (a top-level comma separates its items)
+#: the shapes of SQL pasted into smallpond's own queries, and where each goes (a list's items are
+#: separated by top-level commas; a condition is enclosed in parentheses)
 FRAGMENT_SHAPES = {
     "condition": "select * from {0} where (<text>)",
     "select list": "select <text> from {0}",
@@ -132,7 +132,7 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
         for m in _CLAUSE_WORD.finditer(top):
             before = top[: m.start()].rstrip()
             word = m.group(1).lower()
-            if word == "from" and re.search(r"\bdistinct$", before, re.IGNORECASE):
+            if word == "from" and re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE):
                 continue  # a IS [NOT] DISTINCT FROM b
             if word == "except" and before.endswith("*"):
                 continue  # * EXCEPT (a): the columns but a
