@@ -99,6 +99,7 @@ FRAGMENT_SHAPES = {
     "condition": "select * from {0} where (<text>)",
     "select list": "select <text> from {0}",
     "order by list": "select * from {0} order by <text>",
+    "expression": "hash(<text>)",  # (a partition key: one value, no alias)
 }
 
 
@@ -141,4 +142,13 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
                 f"and begin a clause of the query's own ({FRAGMENT_SHAPES[shape].replace('<text>', '...')}); "
                 f'a name so spelt is written quoted ("{m.group(1)}")'
             )
+    if shape == "expression":
+        depth = 0
+        for m in re.finditer(r"[()\[\]{},]|\bas\b", code, re.IGNORECASE):
+            t = m.group()
+            depth += 1 if t in "([{" else -1 if t in ")]}" else 0
+            if depth == 0 and t == ",":
+                return "it holds a ',' outside parentheses: a list, not one expression"
+            if depth == 0 and t.lower() == "as":
+                return "it holds AS outside parentheses: a name for a column, not one expression"
     return None

@@ -234,6 +234,18 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
         "column 'id from (select 9 as id) union all select id' not found in the input (its columns: id, key, name); "
         "as SQL, 'id from (select 9 as id) union all select id' is no single expression",
     ),
+    # a key is one expression: a list was pasted into hash(...) as several keys typed as one, and
+    # into a shuffle's CAST((id, key) AS BIGINT); an alias failed to parse there
+    "hash by a list": (
+        lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["id, key"], engine_type=e),
+        "id, key",
+        "column 'id, key' not found in the input (its columns: id, key, name); as SQL, 'id, key' is no single expression",
+    ),
+    "shuffle by an alias": (
+        lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "id % 2 as p", engine_type=e),
+        "id % 2 as p",
+        "column 'id % 2 as p' not found in the input (its columns: id, key, name); as SQL, 'id % 2 as p' is no single",
+    ),
     # binds, then fails on the data (each batch, in the arrow engine)
     "shuffle by no number": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e),

@@ -30,6 +30,7 @@ from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
 from smallpond.io.columns import fold_case
 from smallpond.io.parquet import ParquetWriterOptions
+from smallpond.io.sqltext import fragment_problem
 from smallpond.logical.dataset import ParquetDataSet, PartitionedDataSet
 from smallpond.logical.dataset_base import parses_as_select_item
 
@@ -82,7 +83,14 @@ def _key_sql(key: str, columns: List[str]) -> str:
     same = [c for c in columns if _same_name(c, key)]
     if len(same) == 1:
         return quote_identifier(same[0])
-    return sql_fragment(key) if parses_as_select_item(key) else quote_identifier(key)
+    return sql_fragment(key) if _is_key_expression(key) else quote_identifier(key)
+
+
+def _is_key_expression(key: str) -> bool:
+    """Whether a partition key that names no column is SQL: one expression (``"item % 10"``), not
+    a list or an aliased item (``"a, b"`` was pasted into ``hash(...)`` as two keys, typed as one,
+    and into a shuffle's ``CAST((a, b) AS BIGINT)``), nor text that is no select item at all."""
+    return parses_as_select_item(key) and fragment_problem(key, "expression") is None
 
 
 def _internal_column(columns: List[str]) -> str:
@@ -190,7 +198,7 @@ def check_key_columns(node, columns: List[str], conn) -> None:
         k
         for k in keys
         if fold_case(k) not in have
-        and (not _IDENT.fullmatch(k) and not parses_as_select_item(k) or _IDENT.fullmatch(k) and not _binds_alone(conn, k))
+        and (not _IDENT.fullmatch(k) and not _is_key_expression(k) or _IDENT.fullmatch(k) and not _binds_alone(conn, k))
     ]
     if missing:
         err = columns_not_found(missing, "the input", list(columns), named_by)
