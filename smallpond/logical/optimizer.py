@@ -212,7 +212,7 @@ def materialize_projections(node: Node, frozen: Set[int], memo: Dict[int, Node])
             new = SqlEngineNode(dep.ctx, (dep,), "select * from {0}")
             # (errors name the sink's line: the projection's result is what it publishes)
             new.location, new.created_cwd = sink.location, dep.created_cwd
-            new.role = f"copy of what {dep!r} projects, for the sink"
+            new.role = f"copy of what {projection_of(dep)!r} projects, for the sink"  # (dep may pass its files on)
             memo[key] = new
         return memo[key]
 

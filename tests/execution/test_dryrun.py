@@ -231,13 +231,14 @@ def test_the_copy_step_written_for_a_sink_over_a_projection_says_what_it_is(tmp_
 
     from smallpond.execution.job import dry_run_plan, make_runtime_ctx
     from smallpond.logical.dataset import ParquetDataSet
-    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode, LogicalPlan, ProjectionNode
+    from smallpond.logical.node import Context, DataSetPartitionNode, DataSinkNode, DataSourceNode, LogicalPlan, ProjectionNode
 
     path = str(tmp_path / "ab.parquet")
     pq.write_table(pa.table({"a": [1, 2], "b": [3, 4]}), path)
     ctx = Context()
     projected = ProjectionNode(ctx, DataSourceNode(ctx, ParquetDataSet([path])), ["a"])
-    plan = LogicalPlan(ctx, DataSinkNode(ctx, (projected,), str(tmp_path / "out")))
+    split = DataSetPartitionNode(ctx, (projected,), 2)  # (passes the projection's files on)
+    plan = LogicalPlan(ctx, DataSinkNode(ctx, (split,), str(tmp_path / "out")))
     text = str(dry_run_plan(plan, make_runtime_ctx("dry-copy", None, str(tmp_path / "root"))))
     copy = [line for line in text.splitlines() if line.startswith("SqlEngineNode-")]
     assert len(copy) == 1 and f"(copy of what {projected!r} projects, for the sink) @ {__file__}:" in copy[0], text
