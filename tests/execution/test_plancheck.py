@@ -318,6 +318,8 @@ def test_queries_reading_files_themselves_are_recognised():
         "pivot 'x.parquet' on x using count(*)",
         "select * from query_table(['x.parquet'])",
         "select * from query(E'select * from \\'x.parquet\\'')",
+        "select * from {0} union all by name table 'x.parquet'",
+        "merge into t using 'x.parquet' as s on t.k = s.k when matched then update",
     ]
     plain = [
         "select a, b from {0}",
@@ -335,6 +337,7 @@ def test_queries_reading_files_themselves_are_recognised():
         "select (select max(k) from {1}), 'x' from {0}",
         "select * from {0}, unnest(['a', 'b']) window w as (order by 'x', 'y')",
         "select * from {0} where s = 'query(1)' or s = 'query_table('",  # (query() is code, not text)
+        'create table "t" as select * from {0}; select * from t join {1} using (k)',  # (a quoted name after TABLE)
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

@@ -89,10 +89,14 @@ _READS_FILES = re.compile(
 #: ... and, in the code of the text (without_quoted_text with marks: a string that ends in the
 #: word, like '%join', is not taken for one there), a file right after FROM or JOIN without a space
 #: (FROM'x.csv', join/*c*/'y.csv') or after the statements that scan a table they name
-#: (DESCRIBE 'x.csv', SUMMARIZE, PIVOT, UNPIVOT), or a table function over SQL in a string
-#: (query('...'), query_table('x.parquet'): whatever that SQL reads, which a string may hide: E'\\'x\\'') ...
+#: (DESCRIBE 'x.csv', SUMMARIZE, PIVOT, UNPIVOT), a string after TABLE (TABLE 'x.csv', a query
+#: of its own) or USING (MERGE INTO t USING 'x.csv'; a quoted name there is a table's: create
+#: table "t"), or a table function over SQL in a string (query('...'), query_table('x.parquet'):
+#: whatever that SQL reads, which a string may hide: E'\\'x\\'') ...
 _NAMES_FILE_RIGHT_AFTER = re.compile(
-    r"\b(?:from|join|describe|summarize|pivot|unpivot|pivot_wider|pivot_longer)\s*['\"]|\bquery(?:_table)?\s*\(",
+    r"\b(?:from|join|describe|summarize|pivot|unpivot|pivot_wider|pivot_longer)\s*['\"]"
+    r"|\b(?:table|using)\s*'"
+    r"|\bquery(?:_table)?\s*\(",
     re.IGNORECASE,
 )
 #: ... or after a comma in a FROM list (from {0}, 'x.parquet'; from {0} join t using (k), "y.csv"):
