@@ -312,7 +312,9 @@ class DataFrame:
 
         Items are SQL, written by the caller: a column whose name is not a plain identifier must be
         quoted in it (``'"unit price" desc'``; :func:`smallpond.common.quote_identifier` does it).
-        Braces in an item are its own text (a column ``x{y}``), never a placeholder.
+        Braces in an item are its own text (a column ``x{y}``), never a placeholder. An item is
+        checked as a filter's condition is, and may not hold a clause of its own outside
+        parentheses (``"b limit 1"``): it is refused where it is given.
 
         >>> from smallpond.common import quote_identifier
         >>> df = sp.from_items([{"x{y}": 2}, {"x{y}": 1}])
@@ -370,7 +372,9 @@ class DataFrame:
         int in one partition, a string in another) fails, naming both tasks and types.
 
         SQL is formatted as in :meth:`filter`: braces of its own are doubled
-        (:func:`smallpond.common.escape_braces`).
+        (:func:`smallpond.common.escape_braces`). It is checked as a filter's condition is, and
+        may not hold a clause of its own outside parentheses (``"a from t union all select b"``,
+        ``"a limit 1"``): it is refused where it is given.
 
         >>> df = sp.from_items([{"a": 1, "b": 4}, {"a": 2, "b": 5}])
         >>> df.map("a + b as c").take_all()
