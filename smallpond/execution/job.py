@@ -227,7 +227,10 @@ class Job:
         if self._prev_sigterm is not _NOT_INSTALLED:
             self._install_sigterm_handler()  # again: ray.init takes SIGTERM for itself
 
-    def start(self) -> "Job":
+    def start(self, plan: Optional[LogicalPlan] = None) -> "Job":
+        """Take the job's folder and start its executor; ``plan``: the plan this job will run,
+        when known now (:func:`run_job`, the Driver): the executor starts no more workers ahead
+        than it can run tasks at once (:func:`~smallpond.execution.plansize.most_tasks_at_once`)."""
         rt = self.rt
         rt.initialize(restart=self.restart)
         self._lock = JobLock(rt.layout)
@@ -246,6 +249,9 @@ class Job:
                 from smallpond.execution.executors.queue import end_earlier_queue_runs
 
                 end_earlier_queue_runs(rt)
+            at_once = _most_tasks_at_once(plan)
+            if at_once is not None and hasattr(self.executor, "expect_tasks_at_once"):  # (a backend of the user's may lack it)
+                self.executor.expect_tasks_at_once(at_once)
             if self.executor.starts_quietly:  # local workers boot while loguru's sinks are set up
                 self._start_executor()
                 started = True
@@ -608,6 +614,19 @@ class WarmResultImports(SchedulerListener):
             self.thread = self.start()
 
 
+def _most_tasks_at_once(plan: Optional[LogicalPlan]) -> Optional[int]:
+    """:func:`~smallpond.execution.plansize.most_tasks_at_once` of ``plan``; None without a plan,
+    or for one that cannot be planned (planning it says why, as the job's error)."""
+    if plan is None:
+        return None
+    from smallpond.execution.plansize import most_tasks_at_once
+
+    try:
+        return most_tasks_at_once(plan.root_node)
+    except Exception:
+        return None
+
+
 def run_job(
     plan: LogicalPlan,
     rt: RuntimeContext,
@@ -637,7 +656,7 @@ def run_job(
     )
     ok = False
     try:
-        job.start()
+        job.start(plan)
         exec_plan = job.run_plan(plan, manifest_only_final_results=manifest_only_final_results)
         ok = True
         return exec_plan

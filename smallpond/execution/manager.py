@@ -110,7 +110,7 @@ def run_plan_as_job(
     )
     ok = False
     try:
-        job.start()
+        job.start(plan)
         exec_plan = job.run_plan(plan, manifest_only_final_results=not a.self_contained_final_results)
         ok = True
         return exec_plan

@@ -15,11 +15,14 @@ A nested partitioning's producers x consumers is also held to the node's
 
 The counts are upper bounds of what the planner builds (a partitioning may merge or split its
 inputs, which is counted as two tasks per input partition).
+
+From the same counts, :func:`most_tasks_at_once` bounds the tasks a plan can have runnable at once
+in workers: a job that knows its plan when it starts forks no more local workers ahead than that.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import SWITCH_OFF, env_setting, logger
 from smallpond.errors import PlanError
@@ -55,6 +58,25 @@ def _what(node: Node) -> str:
     return f", for npartitions={n:,}" if isinstance(n, int) else ""
 
 
+def _partitions_and_tasks(n: Node, ins: List[int]) -> Tuple[int, int]:
+    """(partitions of ``n``'s output, tasks the planner builds for it at most), from the
+    partition counts ``ins`` of its inputs; raises PlanError for incompatible partitionings."""
+    shape = n.partition_shape()
+    if isinstance(n, UnionNode):
+        return sum(ins), 0
+    if isinstance(n, PartitionNode):
+        out = shape_size(shape)
+        return out, out + 2 * sum(ins)
+    if isinstance(n, LimitNode):
+        return 1, 2 * sum(ins) + 1
+    if isinstance(n, (DataSourceNode, DataSinkNode, RootNode)):
+        return 1, 1
+    if isinstance(n, ConsolidateNode):
+        return shape_size(shape), shape_size(shape)
+    tasks = max([1, *ins])  # one task per partition of the main input (the one with most partitions)
+    return tasks, tasks
+
+
 def check_plan_size(nodes: Sequence[Node], planned: Dict[int, list], already: int, usable_memory: int) -> Dict[int, int]:
     """Count the tasks of ``nodes`` (inputs first; those whose ``id()`` is in ``planned`` are
     planned already, with those tasks) and raise :class:`PlanError` if they and the ``already``
@@ -67,30 +89,16 @@ def check_plan_size(nodes: Sequence[Node], planned: Dict[int, list], already: in
         if id(n) in planned:
             parts[id(n)] = len(planned[id(n)])
             continue
-        shape = n.partition_shape()
         ins: List[int] = [parts[id(d)] for d in n.input_deps]
-        if isinstance(n, UnionNode):
-            parts[id(n)], tasks = sum(ins), 0
-        elif isinstance(n, PartitionNode):
-            parts[id(n)] = out = shape_size(shape)
-            if n.nested:
-                producers = sum(ins)
-                if producers * n.npartitions > n.max_card_of_producers_x_consumers:
-                    raise PlanError(
-                        f"{node_at(n)}: nested partitioning of {producers:,} input partitions "
-                        f"x {n.npartitions:,} is {producers * n.npartitions:,} partitions, more than "
-                        f"{n.max_card_of_producers_x_consumers:,}; use fewer partitions"
-                    )
-            tasks = out + 2 * sum(ins)
-        elif isinstance(n, LimitNode):
-            parts[id(n)], tasks = 1, 2 * sum(ins) + 1
-        elif isinstance(n, (DataSourceNode, DataSinkNode, RootNode)):
-            parts[id(n)], tasks = 1, 1
-        elif isinstance(n, ConsolidateNode):
-            parts[id(n)] = tasks = shape_size(shape)
-        else:  # one task per partition of the main input (the one with most partitions)
-            parts[id(n)] = tasks = max([1, *ins])
-        counts[id(n)] = tasks
+        parts[id(n)], counts[id(n)] = _partitions_and_tasks(n, ins)
+        if isinstance(n, PartitionNode) and n.nested:
+            producers = sum(ins)
+            if producers * n.npartitions > n.max_card_of_producers_x_consumers:
+                raise PlanError(
+                    f"{node_at(n)}: nested partitioning of {producers:,} input partitions "
+                    f"x {n.npartitions:,} is {producers * n.npartitions:,} partitions, more than "
+                    f"{n.max_card_of_producers_x_consumers:,}; use fewer partitions"
+                )
     total = already + sum(counts.values())
     limit = task_limit(usable_memory)
     if limit is not None and total > limit:
@@ -102,3 +110,32 @@ def check_plan_size(nodes: Sequence[Node], planned: Dict[int, list], already: in
             f"use fewer partitions, or set {ENV} to another number of tasks ({ENV}=off removes the limit)"
         )
     return counts
+
+
+def most_tasks_at_once(root: Node) -> int:
+    """An upper bound of the attempts a plan of ``root`` can have runnable at once in workers
+    (not counting retries and speculative copies), from partition counts alone, or 0 when it
+    has no task that runs in a worker: a hint for backends that start workers ahead of the
+    plan (:meth:`~smallpond.execution.executors.base.Executor.expect_tasks_at_once`).
+
+    A node's tasks wait for their own input partitions only, so along a chain of nodes a
+    partition has one task runnable at a time: a node and its inputs have at most ``max(its
+    tasks, the sum of its inputs' bounds)`` runnable at once (an input shared by two nodes is
+    counted twice: still a bound). Sources of files, unions and the root rearrange dataset
+    descriptions in the scheduler (no worker); a partitioning counts its producers and its
+    consumers. Raises PlanError as :func:`check_plan_size` does (incompatible partitionings).
+    """
+    from smallpond.execution.ops.structural import is_literal_dataset
+    from smallpond.logical.graph import topological_order
+
+    parts: Dict[int, int] = {}
+    bound: Dict[int, int] = {}
+    for n in topological_order([root], lambda x: x.input_deps):
+        ins = [parts[id(d)] for d in n.input_deps]
+        parts[id(n)], tasks = _partitions_and_tasks(n, ins)
+        if isinstance(n, (UnionNode, RootNode)) or (isinstance(n, DataSourceNode) and not is_literal_dataset(n.dataset)):
+            tasks = 0
+        elif isinstance(n, PartitionNode):
+            tasks = max(sum(ins), parts[id(n)])
+        bound[id(n)] = max(tasks, sum(bound[id(d)] for d in n.input_deps))
+    return bound[id(root)]

@@ -1,14 +1,17 @@
 """smallpond.execution.plansize: a plan too large for the scheduler's memory is refused before any
-task is built, naming the node, its call site, the count and the limit."""
+task is built, naming the node, its call site, the count and the limit; and the bound of the
+tasks a plan can run at once in workers (the workers a local executor forks at a job's start)."""
 
 from __future__ import annotations
+
+import random
 
 import pytest
 
 from smallpond.common import GB, MB
 from smallpond.errors import PlanError
 from smallpond.execution.planner import Planner
-from smallpond.execution.plansize import BYTES_PER_TASK, check_plan_size, task_limit
+from smallpond.execution.plansize import BYTES_PER_TASK, check_plan_size, most_tasks_at_once, task_limit
 from smallpond.logical.dataset import ParquetDataSet
 from smallpond.logical.graph import topological_order
 from smallpond.logical.node import (
@@ -19,6 +22,7 @@ from smallpond.logical.node import (
     HashPartitionNode,
     LimitNode,
     LogicalPlan,
+    ProjectionNode,
     SqlEngineNode,
     UnionNode,
 )
@@ -101,3 +105,57 @@ def test_the_counts_bound_what_the_planner_builds(make_rt, parquet_files):
     estimate = sum(check_plan_size(order, {}, 0, 1 * GB).values())
     built = len({t.key for t in planner.plan(root)} | set(planner.tasks))
     assert built <= estimate <= 2 * built + 10, (built, estimate)
+
+
+def _most_runnable_at_once(tasks, seed: int) -> int:
+    """The most worker tasks runnable at once while the tasks finish one at a time in a random
+    order (tasks run in the scheduler finish as soon as they are runnable)."""
+    rng = random.Random(seed)
+    done, most = set(), 0
+    while len(done) < len(tasks):
+        runnable = [t for k, t in sorted(tasks.items()) if k not in done and all(d in done for d in t.input_keys)]
+        inline = [t for t in runnable if t.exec_on_scheduler]
+        if inline:
+            done.update(t.key for t in inline)
+            continue
+        most = max(most, len(runnable))
+        done.add(rng.choice(runnable).key)
+    return most
+
+
+def _branches(files):
+    """Three partitions through a chain of SQL, a branch of two partitions beside them, both
+    hash-partitioned (a union), then SQL per partition and a limit."""
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(files))
+    chain = SqlEngineNode(
+        ctx, (SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), 3),), "select * from {0}"),), "select * from {0}"
+    )
+    single = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (ProjectionNode(ctx, src, ["id"]),), 2),), "select * from {0}")
+    hashed = HashPartitionNode(ctx, (UnionNode(ctx, (chain, single)),), 4, ["id"])
+    return LimitNode(ctx, SqlEngineNode(ctx, (hashed,), "select * from {0}"), 5)
+
+
+def test_the_tasks_a_plan_runs_at_once_are_bounded(make_rt, parquet_files):
+    """A local executor forks no more workers at a job's start than this bound (a fork too many
+    costs a one-task job ~20 ms of its ~0.35 s): it must never be below what the plan can run,
+    checked with every node of a plan of chains, branches and partitionings as the target."""
+    seen = {}
+    for node in topological_order([_branches(parquet_files)], lambda n: n.input_deps):
+        planner = Planner(make_rt())
+        planner.plan(node)
+        most = max(_most_runnable_at_once(planner.tasks, seed) for seed in range(10))
+        seen[type(node).__name__] = (most, most_tasks_at_once(node))
+        assert most <= most_tasks_at_once(node), (node, most, most_tasks_at_once(node))
+    assert seen["UnionNode"] == (5, 5) and seen["HashPartitionNode"] == (5, 5), seen
+
+
+def test_a_one_task_plan_runs_one_task_at_once(parquet_files):
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    assert most_tasks_at_once(LogicalPlan(ctx, SqlEngineNode(ctx, (src,), "select count(*) from {0}")).root_node) == 1
+    assert most_tasks_at_once(src) == 0  # a source of files is a description: no worker
+    two = UnionNode(ctx, (SqlEngineNode(ctx, (src,), "select 1"), SqlEngineNode(ctx, (src,), "select 2")))
+    assert most_tasks_at_once(two) == 2
+    plan, _, _ = hash_plan(parquet_files, 16)
+    assert most_tasks_at_once(plan.root_node) == 16

@@ -354,3 +354,53 @@ def test_a_driver_forks_no_more_workers_at_start_than_it_has_cores(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["forked"] == [None, None]
+
+
+_ONE_TASK_JOB = r"""
+import json, sys
+import smallpond.execution.executors.local as local
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import Context, DataSetPartitionNode, DataSourceNode, LogicalPlan, SqlEngineNode
+at_start = []
+start = local.LocalExecutor.start
+def spy(self):
+    start(self)
+    at_start.append([w.not_forked for w in self.workers])
+local.LocalExecutor.start = spy
+ctx = Context()
+src = DataSourceNode(ctx, ParquetDataSet(sys.argv[1].split(",")))
+if int(sys.argv[3]) > 1:
+    src = DataSetPartitionNode(ctx, (src,), int(sys.argv[3]))
+node = SqlEngineNode(ctx, (src,), "select count(*) as n from {0}")
+rt = make_runtime_ctx(None, None, sys.argv[2], console_log_level="WARNING")
+if sys.argv[4] == "run_job":
+    exec_plan = run_job(LogicalPlan(ctx, node), rt, num_workers=3)
+else:  # the Driver's way (upstream's JobManager), one worker per usable CPU
+    from smallpond.execution.manager import JobManager
+    exec_plan = JobManager(sys.argv[2]).run(LogicalPlan(ctx, node))
+table = exec_plan.final_output.to_arrow_table()
+print(json.dumps({"at_start": at_start, "counts": sorted(table.column("n").to_pylist()), "cpus": rt.usable_cpu_count}))
+"""
+
+
+@pytest.mark.parametrize("how", ["run_job", "JobManager"])
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_a_job_forks_no_more_workers_at_start_than_its_plan_runs_tasks_at_once(tmp_path, partitions, how):
+    """run_job knows the plan when its executor starts: a plan that can never run two tasks at
+    once (one SQL task over a file) forks one worker of the three, not two (the cores here) or
+    three (each fork too many cost ~20 ms of CPU of a one-task job's ~0.35 s on 2 cores); one
+    of two partitions forks two. The results are the same."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=5)
+    env = {k: v for k, v in os.environ.items() if k != "SP_FORK_WORKERS"}
+    proc = subprocess.run(
+        [sys.executable, "-c", _ONE_TASK_JOB, ",".join(files), str(tmp_path / "root"), str(partitions), how],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["at_start"] == [[None] * min(partitions, report["cpus"])], report
+    assert sum(report["counts"]) == 10 and len(report["counts"]) == partitions, report

@@ -130,6 +130,11 @@ class Executor:
     def start(self) -> None:
         """Make workers ready (may return before they are)."""
 
+    def expect_tasks_at_once(self, tasks: int) -> None:
+        """A hint, told before :meth:`start` when the job's plan is known: it never has more than
+        ``tasks`` attempts runnable at once (retries and speculative copies aside). A backend that
+        starts workers ahead of the tasks may start no more than that; others need not override it."""
+
     def free_slots(self) -> int:
         """How many more attempts could start now without queueing."""
         raise NotImplementedError

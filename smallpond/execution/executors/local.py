@@ -250,6 +250,7 @@ class LocalExecutor(Executor):
             memory or runtime_ctx.usable_memory_size,
         )
         self._limits = (cpus or runtime_ctx.usable_cpu_count, memory or runtime_ctx.usable_memory_size)
+        self._at_once: Optional[int] = None  # see expect_tasks_at_once
         self._write_rt = rt_path is None
         self._rt_path = rt_path or os.path.join(runtime_ctx.config_root, "runtime_ctx.pickle")
         self.workers: List[_Worker] = []
@@ -273,6 +274,9 @@ class LocalExecutor(Executor):
     def attempt_limits(self) -> Tuple[int, int]:
         return self._limits
 
+    def expect_tasks_at_once(self, tasks: int) -> None:
+        self._at_once = tasks
+
     def start(self) -> None:
         from smallpond.io.filesystem import dump
 
@@ -292,10 +296,15 @@ class LocalExecutor(Executor):
         if not self.workers:
             from smallpond.execution.worker_fork import fork_refusal
 
-            # (no more than the cores: each fork costs this process ~4 ms of CPU in series and
-            # ~18 ms in all, 63 forks 1.1 s of a one-task job with num_executors=64 on 2 cores)
+            # (no more than the cores, nor than the tasks the job's plan can run at once when it
+            # is known: each fork costs this process ~4 ms of CPU in series and ~18 ms in all
+            # (63 forks 1.1 s of a one-task job with num_executors=64 on 2 cores; the one fork
+            # too many of a one-task job on 2 cores ~20 ms of its ~0.35 s)
+            eager = min(self.num_workers, self._limits[0])
+            if self._at_once is not None:
+                eager = min(eager, max(1, self._at_once))
             if self._spawn().not_forked is None:
-                while len(self.workers) < min(self.num_workers, self._limits[0]) and fork_refusal() is None:
+                while len(self.workers) < eager and fork_refusal() is None:
                     self._spawn(warm=False)
 
     def _spawn(self, may_fork: bool = True, warm: bool = True) -> _Worker:
