@@ -31,15 +31,17 @@ its CPUs and memory from then on.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Deque, Dict, List, NamedTuple, Optional, Set, Tuple
 
 import cloudpickle
@@ -528,7 +530,7 @@ class LocalExecutor(Executor):
         if not busy and not asked:
             return out
         answered = []
-        for conn in wait([*busy, *asked], timeout=0 if out else timeout):
+        for conn in _readable([*busy, *asked], 0 if out else timeout):
             if conn in asked:
                 answered.append(asked[conn])  # after the completions: they may replace workers
                 continue
@@ -709,6 +711,21 @@ def _pop_entry(inflight: Deque[_Entry], key: str, attempt: int) -> Optional[_Ent
             del inflight[i]
             return e
     return None
+
+
+def _readable(conns: List[Connection], timeout: float) -> List[Connection]:
+    """The connections of ``conns`` that have something to read, or whose other end closed,
+    waiting up to ``timeout`` seconds for one: ``multiprocessing.connection.wait`` with one
+    ``poll`` object made per call, without the selector it builds (about a quarter of the
+    instructions; the scheduler asks once per round, about once a task)."""
+    poller = select.poll()
+    by_fd = {}
+    for conn in conns:
+        fd = conn.fileno()
+        by_fd[fd] = conn
+        poller.register(fd, select.POLLIN)
+    # (poll reports a closed end, POLLHUP or POLLERR, whatever was asked for)
+    return [by_fd[fd] for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))]
 
 
 def exit_text(code: Optional[int]) -> str:
