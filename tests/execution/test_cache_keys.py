@@ -145,6 +145,33 @@ def test_a_sort_after_a_shuffle_keys_its_input_by_the_producers_keys_not_file_by
     assert sort_key(changed) != sort_key(keys)
 
 
+def test_consumers_of_the_same_producers_share_their_digest_and_follow_a_recomputed_one(make_rt, tmp_path):
+    """The consumers of one shuffle read the same producers: their identities' digest is computed
+    once for all (kept by those identities), each consumer's identity still differs by its own
+    plan, and a producer recomputed with another key changes the identity of a consumer made after,
+    in the same job (the kept digest is that of the old identities, never reused for the new)."""
+    root = str(tmp_path / "staging")
+    jc = JobCache(make_rt(task_cache=str(tmp_path / "cache")))
+    keys = [hashlib.sha256(bytes([i])).hexdigest() for i in range(16)]
+    first, _ = _shuffle_consumer(jc, root, keys, index=3)
+    second = _PassThrough("PartitionConsumerTask-000004", first.input_keys)
+    jc.on_done(second, None)
+    assert len(jc._inputs_digests) == 1, "the shared inputs were digested more than once"
+    assert jc.whole[first.key].startswith("via:") and jc.whole[second.key] != jc.whole[first.key]
+    again = _PassThrough("PartitionConsumerTask-000004", first.input_keys)
+    jc.on_done(again, None)
+    assert jc.whole[again.key] == jc.whole[second.key]
+    before = jc.whole[second.key]
+    jc.forget([first.input_keys[5]])  # one producer runs again, from another input
+    producer = _Task(first.input_keys[5], f"{root}/{first.input_keys[5]}")
+    producer.input_keys = []
+    jc.keys[producer.key] = "f" * 64
+    jc.on_done(producer, _producer_output(root, 5, 8))
+    after = _PassThrough("PartitionConsumerTask-000004", first.input_keys)
+    jc.on_done(after, None)
+    assert jc.whole[after.key].startswith("via:") and jc.whole[after.key] != before
+
+
 def test_a_split_of_a_users_files_keeps_identifying_them_file_by_file(make_rt, tmp_path):
     """A pass-through over a source (whose files are the user's) has no identity as a whole: its
     consumers identify each file, so a partition over files that did not change keeps its key
