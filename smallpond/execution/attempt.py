@@ -110,6 +110,7 @@ class TaskLogSink:
 
     def __init__(self, level_no: int = 0) -> None:
         self._path: Optional[str] = None
+        self._log_root = ""  # the folder holding the running attempt's tasks/ folder
         self._fd: Optional[int] = None
         self._start_line: Optional[str] = None  # written to the attempt's file when it is created
         self._process_log: Optional[Tuple[str, int, str]] = None  # (log root, fd, path) of the process's log
@@ -118,6 +119,8 @@ class TaskLogSink:
     def begin(self, path: str) -> None:
         self.end()
         self._path = path
+        # the attempts' folder is {log root}/tasks: the log root, for the process's log (per line)
+        self._log_root = path.rpartition(os.sep)[0].rpartition(os.sep)[0]
 
     def end(self) -> None:
         if self._fd is not None:
@@ -176,14 +179,13 @@ class TaskLogSink:
             return None
         if self._fd is not None:
             return f"tasks/{os.path.basename(self._path)}"
-        if self._process_log is not None and self._process_log[0] == os.path.dirname(os.path.dirname(self._path)):
+        if self._process_log is not None and self._process_log[0] == self._log_root:
             return f"{PROCESS_LOG_DIR}/{os.path.basename(self._process_log[2])}"
         return None
 
     def _write_process_log(self, line: str) -> None:
-        # the attempts' folder is {log root}/tasks; a process serves one job at a time, but a Ray
-        # worker serves many jobs (log roots) in turn
-        log_root = os.path.dirname(os.path.dirname(self._path))
+        # a process serves one job at a time, but a Ray worker serves many jobs (log roots) in turn
+        log_root = self._log_root
         if self._process_log is None or self._process_log[0] != log_root:
             self._close_process_log()
             import socket

@@ -163,12 +163,16 @@ def open_cache(path: str) -> "TaskCache":
 
     Raises :class:`ParameterError` if the folder is not safe to use (see the module docstring).
     """
-    path = os.path.abspath(path)
-    cache = _caches.get(path)
+    cache = _caches.get(path) if path.startswith(os.sep) else None  # (a worker asks twice an attempt)
     if cache is None:
-        cache = TaskCache(path)
-        cache.check()
-        _caches[path] = cache
+        given, path = path, os.path.abspath(path)
+        cache = _caches.get(path)
+        if cache is None:
+            cache = TaskCache(path)
+            cache.check()
+            _caches[path] = cache
+        if given.startswith(os.sep):  # an absolute path means one folder wherever this process is
+            _caches[given] = cache
     return cache
 
 
@@ -642,9 +646,8 @@ def insert_after_commit(rt, task, dataset: DataSet, output_dir: Optional[str], s
         return
     try:
         cache = open_cache(rt.task_cache)
-        cache.insert(
-            key, dataset, output_dir, _info(rt, task), replace=bool(getattr(task, "cache_replace", False)), shared=shared
-        )
+        info = _info(rt, task) if shared is None else {}  # (the shared record has it)
+        cache.insert(key, dataset, output_dir, info, replace=bool(getattr(task, "cache_replace", False)), shared=shared)
     except Exception as e:
         logger.warning("task cache: could not add the output of {} to {}: {}: {}", task.key, rt.task_cache, type(e).__name__, e)
 

@@ -500,3 +500,20 @@ def test_clean_removes_files_no_record_names_once_they_are_old(cache, tmp_path, 
     report = clean(cache.path, max_bytes=1 << 40, dry_run=False)
     assert not os.path.exists(leftover) and report.kept == 1 and not report.removed
     assert cache.lookup("e" * 64) is not None, "the entry's own files stay"
+
+
+def test_open_cache_is_one_object_per_folder_and_a_relative_path_follows_the_current_folder(tmp_path, monkeypatch):
+    """A worker asks for its job's cache twice an attempt: an absolute path is looked up as given
+    (no normalizing each time) and means the folder it names; a relative one is resolved against
+    the current folder each time (a worker enters each node's own folder), never kept as given."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    absolute = str(tmp_path / "a" / "cache")
+    first = open_cache(absolute)
+    assert open_cache(absolute) is first
+    assert open_cache(str(tmp_path / "a" / "." / "cache")) is first  # the same folder, spelled otherwise
+    monkeypatch.chdir(tmp_path / "a")
+    assert open_cache("cache") is first
+    monkeypatch.chdir(tmp_path / "b")
+    other = open_cache("cache")
+    assert other is not first and other.path == str(tmp_path / "b" / "cache")
