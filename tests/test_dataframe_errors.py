@@ -348,6 +348,11 @@ def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
         ("map", "distinct from (select 9 as a) union all select a", "holds FROM outside parentheses"),
         ("map", "a) , (select 1", "closes a parenthesis it did not open"),
         ("map", "a; select 1", "holds a ';'"),
+        ("map", "1.from (select 9 as a) union all select a", "holds FROM outside parentheses"),  # (1. is a number)
+        ("map", "a.as from (select 9 as a) union all select a", "holds FROM outside parentheses"),
+        ("map", "a as b from (select 9 as a) union all select a", "holds FROM outside parentheses"),
+        ("map", "a::int from (select 9 as a) union all select a", "holds FROM outside parentheses"),
+        ("map", "a within group limit 1", "holds GROUP outside parentheses"),
         ("map", "'a", "open"),
         ("flat_map", "unnest([a, a]) as u where a > 1", "holds WHERE outside parentheses"),
         ("flat_map", "unnest([a, a]) as u, (a", "leaves a parenthesis open"),
@@ -394,3 +399,38 @@ def test_legitimate_select_and_order_by_lists_are_accepted(sp):
     assert df.flat_map("unnest([a, b]) as c").take_all() == [{"c": 1}, {"c": 4}, {"c": 2}, {"c": 2}]
     assert df.partial_sort(by=["b desc nulls last", '"from" collate nocase']).map("a").take_all() == [{"a": 1}, {"a": 2}]
     assert df.partial_sort(by="a is distinct from 2, a desc").map("a").take_all() == [{"a": 2}, {"a": 1}]
+
+
+def test_reserved_words_read_as_names_and_within_group_are_accepted(sp):
+    """A reserved word DuckDB reads as a name is no clause: a struct field or qualified column
+    after a '.' (``st.from``, ``st.x.select``), a column's name after AS (``a as offset``), a type
+    after '::' (``::union(...)``); nor is the GROUP of ``within group (order by ...)``. Each was
+    refused as a clause at the select list's top level (fdaebab); each is checked against
+    DuckDB's own answer for the same query."""
+    import duckdb
+
+    rows = [
+        {"a": 1, "st": {"from": 3, "order": 1, "x": {"select": 5}}},
+        {"a": 2, "st": {"from": 4, "order": 0, "x": {"select": 6}}},
+    ]
+    df = sp.from_items(rows)
+    con = duckdb.connect()
+    con.register("t", pa.Table.from_pylist(rows))
+
+    def same(text, sort=None):
+        got = (df.partial_sort(by=sort) if sort else df).map(text).to_arrow().to_pylist()
+        want = con.sql(f"select {text} from t" + (f" order by {sort}" if sort else "")).to_arrow_table()
+        assert got == want.to_pylist(), text
+        return got
+
+    assert same("st.from, st.order as o, st.x.select") == [{"from": 3, "o": 1, "select": 5}, {"from": 4, "o": 0, "select": 6}]
+    assert same("a as offset, a + 1 as limit, a as window") == [
+        {"offset": 1, "limit": 2, "window": 1},
+        {"offset": 2, "limit": 3, "window": 2},
+    ]
+    # (a union is written to Parquet as a struct of its tag and members)
+    assert [r["u"]["n"] for r in df.map("a::union(n bigint, s varchar) as u").take_all()] == [1, 2]
+    assert same("percentile_cont(0.5) within group (order by a) as m, mode() within group (order by a) as o") == [
+        {"m": 1.5, "o": 1}
+    ]
+    assert same("a", sort="st.order nulls last") == [{"a": 2}, {"a": 1}]

@@ -93,6 +93,43 @@ _CLAUSE_WORD = re.compile(
     r"\b(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)\b",
     re.IGNORECASE,
 )
+#: what DuckDB reads as a name, not a clause, even when it is a reserved word: a field after a
+#: '.' that is no decimal point (st.from, t.offset, "s".order; 1.from is the number 1. and FROM),
+#: a column's name after AS (a as limit) and a type after '::' (x::union(n int, s varchar))
+_NAME_AFTER = re.compile(r"(?:(?<![\w$])(?![\d.])[\w$]+|[\"')\]])\s*\.\s*$|(?<![\w$])as\s*$|::\s*$", re.IGNORECASE)
+_WITHIN = re.compile(r"\)\s*within\s*$", re.IGNORECASE)
+
+
+def _clause_word_at_top_level(text: str) -> Optional[str]:
+    """The first clause word (:data:`_CLAUSE_WORD`) of ``text`` (balanced, nothing left open) that
+    DuckDB would read as the start of a clause at its top level, else None. Not one: a word in
+    parentheses, strings, quoted names or comments; a name (:data:`_NAME_AFTER`); the FROM of
+    ``is [not] distinct from``; the EXCEPT of ``* except (...)``; the GROUP of an ordered-set
+    aggregate's ``within group (order by ...)``."""
+    code = without_quoted_text(text, marks=True)
+    depth = 0
+    for m in re.finditer(r"[()]|" + _CLAUSE_WORD.pattern, code, re.IGNORECASE):
+        t = m.group()
+        if t in "()":
+            depth += 1 if t == "(" else -1
+            continue
+        if depth:
+            continue
+        before, after = code[: m.start()].rstrip(), code[m.end() :].lstrip()
+        word = t.lower()
+        name = _NAME_AFTER.search(before)
+        if name and not (name.group().lower().startswith("as") and before[: name.start()].rstrip().endswith(".")):
+            continue  # (st.as from: AS is the field's name there, FROM begins a clause)
+        if word == "from" and re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE):
+            continue  # a IS [NOT] DISTINCT FROM b
+        if word == "except" and before.endswith("*"):
+            continue  # * EXCEPT (a): the columns but a
+        if word == "group" and _WITHIN.search(before) and after.startswith("("):
+            continue  # percentile_cont(0.5) WITHIN GROUP (ORDER BY x)
+        return t
+    return None
+
+
 #: the shapes of SQL pasted into smallpond's own queries, and where each goes (a list's items are
 #: separated by top-level commas; a condition is enclosed in parentheses)
 FRAGMENT_SHAPES = {
@@ -129,18 +166,12 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
     if depth:
         return "it leaves a parenthesis open"
     if shape != "condition":
-        top = top_level_text(text)
-        for m in _CLAUSE_WORD.finditer(top):
-            before = top[: m.start()].rstrip()
-            word = m.group(1).lower()
-            if word == "from" and re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE):
-                continue  # a IS [NOT] DISTINCT FROM b
-            if word == "except" and before.endswith("*"):
-                continue  # * EXCEPT (a): the columns but a
+        word = _clause_word_at_top_level(text)
+        if word is not None:
             return (
-                f"it holds {m.group(1).upper()} outside parentheses, which would end the {shape} "
+                f"it holds {word.upper()} outside parentheses, which would end the {shape} "
                 f"and begin a clause of the query's own ({FRAGMENT_SHAPES[shape].replace('<text>', '...')}); "
-                f'a name so spelt is written quoted ("{m.group(1)}")'
+                f'a name so spelt is written quoted ("{word}")'
             )
     if shape == "expression":
         depth = 0
