@@ -100,6 +100,20 @@ _NAME_AFTER = re.compile(r"(?:(?<![\w$])(?![\d.])[\w$]+|[\"')\]])\s*\.\s*$|(?<![
 _WITHIN = re.compile(r"\)\s*within\s*$", re.IGNORECASE)
 
 
+def word_is_a_name(before: str) -> bool:
+    """Whether DuckDB reads the word that follows code ``before`` (:func:`without_quoted_text`,
+    with marks) as a name, whatever it is (:data:`_NAME_AFTER`)."""
+    before = before[-256:].rstrip()  # (what decides is just before the word: a long query is not rescanned)
+    name = _NAME_AFTER.search(before)
+    # (st.as from: AS is the field's name there, and FROM begins a clause)
+    return bool(name) and not (name.group().lower().startswith("as") and before[: name.start()].rstrip().endswith("."))
+
+
+def is_distinct_from(before: str) -> bool:
+    """Whether the FROM that follows code ``before`` is that of ``a IS [NOT] DISTINCT FROM b``."""
+    return bool(re.search(r"\bis\s+(?:not\s+)?distinct\s*$", before[-256:], re.IGNORECASE))
+
+
 def _clause_word_at_top_level(text: str) -> Optional[str]:
     """The first clause word (:data:`_CLAUSE_WORD`) of ``text`` (balanced, nothing left open) that
     DuckDB would read as the start of a clause at its top level, else None. Not one: a word in
@@ -117,11 +131,8 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
             continue
         before, after = code[: m.start()].rstrip(), code[m.end() :].lstrip()
         word = t.lower()
-        name = _NAME_AFTER.search(before)
-        if name and not (name.group().lower().startswith("as") and before[: name.start()].rstrip().endswith(".")):
-            continue  # (st.as from: AS is the field's name there, FROM begins a clause)
-        if word == "from" and re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE):
-            continue  # a IS [NOT] DISTINCT FROM b
+        if word_is_a_name(before) or word == "from" and is_distinct_from(before):
+            continue
         if word == "except" and before.endswith("*"):
             continue  # * EXCEPT (a): the columns but a
         if word == "group" and _WITHIN.search(before) and after.startswith("("):

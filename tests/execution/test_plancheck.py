@@ -320,6 +320,12 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from query(E'select * from \\'x.parquet\\'')",
         "select * from {0} union all by name table 'x.parquet'",
         "merge into t using 'x.parquet' as s on t.k = s.k when matched then update",
+        # a reserved word read as a name (b.order) does not end the FROM list; 1.from is 1. and FROM
+        "select * from {0} a join {1} b on a.k = b.order, 'x.parquet'",
+        "select 1.from {0}, 'x.parquet'",
+        "select a.as from {0}, 'x.parquet'",
+        "select * from {0} where s is distinct from 'x' union all select * from 'y.csv'",
+        "select * -- is distinct\nfrom 'x.parquet'",
     ]
     plain = [
         "select a, b from {0}",
@@ -338,6 +344,12 @@ def test_queries_reading_files_themselves_are_recognised():
         "select * from {0}, unnest(['a', 'b']) window w as (order by 'x', 'y')",
         "select * from {0} where s = 'query(1)' or s = 'query_table('",  # (query() is code, not text)
         'create table "t" as select * from {0}; select * from t join {1} using (k)',  # (a quoted name after TABLE)
+        # no FROM list begins at the FROM of 'is distinct from' nor at a name spelt from
+        "select a is distinct from b, 'x' as c from {0}",
+        "select a is not distinct from b as d, 'x' as c from {0}",
+        "select st.from, 'x' from {0}",
+        "select a as from, 'x' as c from {0}",
+        "select * from {0} where s is distinct from 'done' or s is not distinct from \"q\"",
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

@@ -170,6 +170,36 @@ def test_sql_with_a_string_ending_in_from_or_join_is_reused(tmp_path, data_root,
     assert run("one", task_cache=False)[2] > 0, "not resumed"
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "select count(*) as n, min(e) is distinct from max(e) as d, 'x' as c from {0}",
+        "select count(*) as n from {0} where e is distinct from 'x'",
+        "select n, st.from, 'x' as c from (select count(*) as n, struct_pack(\"from\" := min(e)) as st from {0})",
+        "select count(*) as n, min(e) as from, 'x' as c from {0}",
+    ],
+)
+def test_sql_with_a_from_that_begins_no_from_list_is_reused(tmp_path, data_root, query):
+    """A FROM that begins no FROM list (``a is distinct from b``, a name spelt from: ``st.from``,
+    ``as from``) followed by a string names no file: the query is served from the task cache and
+    resumed. The FROM list scan (a46c966) took the string after the next comma, and the search
+    for a file right after FROM took ``is distinct from 'x'``, for a file: never reused."""
+    facts = str(tmp_path / "facts.parquet")
+    pq.write_table(pa.table({"e": ["a", "x", "b"]}), facts)
+
+    def run(job: str, **rt_options):
+        ctx = Context()
+        node = SqlEngineNode(ctx, (DataSourceNode(ctx, ParquetDataSet([facts])),), query)
+        ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(job, None, data_root, **rt_options))
+        return ep.final_output.to_arrow_table().column("n")[0].as_py(), ep.num_reused, ep.num_resumed
+
+    n, reused, _ = run("one")
+    assert reused == 0
+    got, reused, _ = run("two")
+    assert got == n and reused > 0, "not served from the task cache"
+    assert run("one", task_cache=False)[2] > 0, "not resumed"
+
+
 def test_what_sql_reads_files_itself_is_found_in_every_node_that_runs_sql():
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(["/no/such.parquet"]))

@@ -25,9 +25,11 @@ from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.sqltext import (  # noqa: F401  (the lexer: asked here too)
     FRAGMENT_SHAPES,
     fragment_problem,
+    is_distinct_from,
     leaves_text_open,
     top_level_text,
     without_quoted_text,
+    word_is_a_name,
 )
 from smallpond.logical.dataset import DataSet
 from smallpond.logical.determinism import sql_may_draw_random  # noqa: F401  (the ops ask it here)
@@ -110,7 +112,8 @@ _CODE_TOKEN = re.compile(r"[\w$]+|[(),'\"]")
 def _names_file_after_a_comma_in_from(code: str) -> bool:
     """Whether ``code`` (text with marks, see :func:`without_quoted_text`) holds a string or quoted
     name right after a comma of a FROM list: a table DuckDB reads as a file (a replacement scan),
-    as after FROM itself."""
+    as after FROM itself. A word DuckDB reads as a name (``st.from``, ``a as from``, ``b.order``)
+    and the FROM of ``is [not] distinct from`` neither begin nor end a FROM list."""
     in_from = [False]  # per depth of parentheses: in a FROM list there
     after_comma = False
     for m in _CODE_TOKEN.finditer(code):
@@ -118,15 +121,14 @@ def _names_file_after_a_comma_in_from(code: str) -> bool:
         if t in "'\"" and after_comma:
             return True
         after_comma = t == "," and in_from[-1]
+        word = t.lower()
         if t == "(":
             in_from.append(False)
         elif t == ")":
             if len(in_from) > 1:
                 in_from.pop()
-        elif t.lower() in ("from", "join"):
-            in_from[-1] = True
-        elif t.lower() in _ENDS_FROM_LIST:
-            in_from[-1] = False
+        elif (word in ("from", "join") or word in _ENDS_FROM_LIST) and not word_is_a_name(code[: m.start()]):
+            in_from[-1] = word in ("from", "join") and not (word == "from" and is_distinct_from(code[: m.start()]))
     return False
 
 
@@ -210,10 +212,12 @@ def sql_reads_files(texts) -> bool:
     for t in texts:
         if not t:
             continue
-        if _READS_FILES.search(str(t)):
+        # (a string after is [not] distinct from is a value: where s is distinct from 'done')
+        if any(not is_distinct_from(str(t)[: m.start()]) for m in _READS_FILES.finditer(str(t))):
             return True
         code = without_quoted_text(str(t), marks=True)
-        if _NAMES_FILE_RIGHT_AFTER.search(code) or _names_file_after_a_comma_in_from(code):
+        right_after = (m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code[: m.start()]))
+        if next(right_after, None) is not None or _names_file_after_a_comma_in_from(code):
             return True
     return False
 
