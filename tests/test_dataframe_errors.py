@@ -353,6 +353,12 @@ def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
         ("map", "a as b from (select 9 as a) union all select a", "holds FROM outside parentheses"),
         ("map", "a::int from (select 9 as a) union all select a", "holds FROM outside parentheses"),
         ("map", "a within group limit 1", "holds GROUP outside parentheses"),
+        # text ending where the query's own FROM would be taken into it (select <text> from {0})
+        ("map", "a, st.", "ends in '.', AS"),
+        ("map", "a, 1 .", "ends in '.', AS"),
+        ("map", "a as", "ends in '.', AS"),
+        ("map", "a, 1 is not distinct", "IS [NOT] DISTINCT"),
+        ("flat_map", "* except", "holds EXCEPT outside parentheses"),
         ("map", "'a", "open"),
         ("flat_map", "unnest([a, a]) as u where a > 1", "holds WHERE outside parentheses"),
         ("flat_map", "unnest([a, a]) as u, (a", "leaves a parenthesis open"),

@@ -94,9 +94,10 @@ _CLAUSE_WORD = re.compile(
     re.IGNORECASE,
 )
 #: what DuckDB reads as a name, not a clause, even when it is a reserved word: a field after a
-#: '.' that is no decimal point (st.from, t.offset, "s".order; 1.from is the number 1. and FROM),
-#: a column's name after AS (a as limit) and a type after '::' (x::union(n int, s varchar))
-_NAME_AFTER = re.compile(r"(?:(?<![\w$])(?![\d.])[\w$]+|[\"')\]])\s*\.\s*$|(?<![\w$])as\s*$|::\s*$", re.IGNORECASE)
+#: '.' that is no decimal point (st.from, t.offset, "s".order, 1 .from; but 1.from is the number
+#: 1. and FROM), a column's name after AS (a as limit) and a type after '::' (x::union(...))
+_NAME_AFTER = re.compile(r"\.\s*$|(?<![\w$])as\s*$|::\s*$", re.IGNORECASE)
+_DECIMAL_POINT = re.compile(r"(?<![\w$])\d[\w$]*\.\s*$")  # (a token that starts with a digit: a number)
 _WITHIN = re.compile(r"\)\s*within\s*$", re.IGNORECASE)
 
 
@@ -105,8 +106,10 @@ def word_is_a_name(before: str) -> bool:
     with marks) as a name, whatever it is (:data:`_NAME_AFTER`)."""
     before = before[-256:].rstrip()  # (what decides is just before the word: a long query is not rescanned)
     name = _NAME_AFTER.search(before)
+    if not name or name.group() == "." and _DECIMAL_POINT.search(before):
+        return False
     # (st.as from: AS is the field's name there, and FROM begins a clause)
-    return bool(name) and not (name.group().lower().startswith("as") and before[: name.start()].rstrip().endswith("."))
+    return not (name.group().lower().startswith("as") and word_is_a_name(before[: name.start()]))
 
 
 def is_distinct_from(before: str) -> bool:
@@ -133,8 +136,8 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
         word = t.lower()
         if word_is_a_name(before) or word == "from" and is_distinct_from(before):
             continue
-        if word == "except" and before.endswith("*"):
-            continue  # * EXCEPT (a): the columns but a
+        if word == "except" and before.endswith("*") and after:
+            continue  # * EXCEPT (a): the columns but a (with nothing after, the query's FROM would follow)
         if word == "group" and _WITHIN.search(before) and after.startswith("("):
             continue  # percentile_cont(0.5) WITHIN GROUP (ORDER BY x)
         return t
@@ -164,7 +167,7 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
     if leaves_text_open(text):
         return "it leaves a string, quoted name or comment open"
     depth = 0
-    code = without_quoted_text(text)
+    code = without_quoted_text(text, marks=True)
     for c in code:
         if c == "(":
             depth += 1
@@ -177,6 +180,11 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
     if depth:
         return "it leaves a parenthesis open"
     if shape != "condition":
+        if word_is_a_name(code) or is_distinct_from(code):
+            return (
+                "it ends in '.', AS, '::' or IS [NOT] DISTINCT, which would take the query's own next word "
+                f"({FRAGMENT_SHAPES[shape].replace('<text>', '...')}) into it"
+            )
         word = _clause_word_at_top_level(text)
         if word is not None:
             return (
