@@ -15,17 +15,19 @@ from typing import Optional
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_]\w*)?\$")
 
 
-def without_quoted_text(sql: str, marks: bool = False) -> str:
+def without_quoted_text(sql: str, marks: bool = False, keep_quoted: bool = False) -> str:
     """``sql`` with each string literal (``'...'``, ``E'...'`` with its backslash escapes,
     ``$$...$$`` and ``$tag$...$tag$``), quoted identifier and comment replaced by one space (with
     ``marks``, a string by one ``'`` and a quoted identifier by one ``"``), as
     DuckDB's lexer ends them: what is left is code (keywords, names, operators, parentheses). A
     block comment nests (``/* /* */ ) */`` is one), and a ``$`` inside a name (``a$b$``) starts
-    no dollar quote. An unterminated one runs to the end (:func:`leaves_text_open`)."""
+    no dollar quote. An unterminated one runs to the end (:func:`leaves_text_open`). With
+    ``keep_quoted``, strings and quoted names are kept as they are: only comments go."""
     out, i, n = [], 0, len(sql)
     while i < n:
         c = sql[i]
         mark = " "
+        start = i
         if c in "'\"":
             mark = c if marks else " "
             backslash = c == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not (sql[i - 2].isalnum() or sql[i - 2] == "_"))
@@ -62,7 +64,7 @@ def without_quoted_text(sql: str, marks: bool = False) -> str:
             out.append(c)
             i += 1
             continue
-        out.append(mark)
+        out.append(sql[start:i] if keep_quoted and (c in "'\"" or c == "$") else mark)
     return "".join(out)
 
 

@@ -326,6 +326,8 @@ def test_queries_reading_files_themselves_are_recognised():
         "select a.as from {0}, 'x.parquet'",
         "select * from {0} where s is distinct from 'x' union all select * from 'y.csv'",
         "select * -- is distinct\nfrom 'x.parquet'",
+        "select * from {0} join {1} using (k) -- keyed\n join 'x.parquet' using (k)",
+        "select * from query('select * from ''x.parquet'' -- all')",
     ]
     plain = [
         "select a, b from {0}",
@@ -350,6 +352,8 @@ def test_queries_reading_files_themselves_are_recognised():
         "select st.from, 'x' from {0}",
         "select a as from, 'x' as c from {0}",
         "select * from {0} where s is distinct from 'done' or s is not distinct from \"q\"",
+        "select * from {0} -- pulled from 'elsewhere', really",  # (a comment runs nothing)
+        "select * from {0} /* came from 'old.parquet' /* nested */ */",
     ]
     assert all(plancheck.reads_own_data(q) for q in reads)
     assert not any(plancheck.reads_own_data(q) for q in plain)

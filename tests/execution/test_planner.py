@@ -177,13 +177,15 @@ def test_sql_with_a_string_ending_in_from_or_join_is_reused(tmp_path, data_root,
         "select count(*) as n from {0} where e is distinct from 'x'",
         "select n, st.from, 'x' as c from (select count(*) as n, struct_pack(\"from\" := min(e)) as st from {0})",
         "select count(*) as n, min(e) as from, 'x' as c from {0}",
+        "select count(*) as n from {0} -- they came from 'old.parquet'",
     ],
 )
 def test_sql_with_a_from_that_begins_no_from_list_is_reused(tmp_path, data_root, query):
     """A FROM that begins no FROM list (``a is distinct from b``, a name spelt from: ``st.from``,
     ``as from``) followed by a string names no file: the query is served from the task cache and
     resumed. The FROM list scan (a46c966) took the string after the next comma, and the search
-    for a file right after FROM took ``is distinct from 'x'``, for a file: never reused."""
+    for a file right after FROM took ``is distinct from 'x'``, and ``from 'x'`` in a comment, for a
+    file: never reused."""
     facts = str(tmp_path / "facts.parquet")
     pq.write_table(pa.table({"e": ["a", "x", "b"]}), facts)
 

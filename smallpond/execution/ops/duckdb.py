@@ -79,8 +79,8 @@ _MAY_OUTLIVE_TASK = re.compile(
 #: SQL reading data of its own, beside the inputs it is given ({0}, {1}, ...): a table function
 #: over files (read_parquet, parquet_scan, delta_scan, glob, parquet_metadata, ...), a file
 #: named after FROM or JOIN (a replacement scan: 'x.csv', "data/*.parquet", COPY t FROM 'f'), an
-#: attached or imported database. Searched in the text as it is, quoted text included (SQL held
-#: in a string, as query() runs it, counts too)...
+#: attached or imported database. Searched in the text without its comments, quoted text
+#: included (SQL held in a string, as query() runs it, counts too)...
 _READS_FILES = re.compile(
     r"\b(?:read_\w+|\w+_scan|glob|sniff_csv|parquet_\w+)\s*\("
     r"|(?<!['\"])\b(?:from|join)\s+['\"]"  # (not the word in quotes: select 'from' as f)
@@ -212,8 +212,10 @@ def sql_reads_files(texts) -> bool:
     for t in texts:
         if not t:
             continue
-        # (a string after is [not] distinct from is a value: where s is distinct from 'done')
-        if any(not is_distinct_from(str(t)[: m.start()]) for m in _READS_FILES.finditer(str(t))):
+        # (without its comments, which run nothing: -- came from 'old.parquet'; a string after
+        # is [not] distinct from is a value: where s is distinct from 'done')
+        text = without_quoted_text(str(t), keep_quoted=True)
+        if any(not is_distinct_from(text[: m.start()]) for m in _READS_FILES.finditer(text)):
             return True
         code = without_quoted_text(str(t), marks=True)
         right_after = (m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code[: m.start()]))
