@@ -440,3 +440,15 @@ def test_reserved_words_read_as_names_and_within_group_are_accepted(sp):
         {"m": 1.5, "o": 1}
     ]
     assert same("a", sort="st.order nulls last") == [{"a": 2}, {"a": 1}]
+
+
+def test_a_reserved_word_read_as_a_name_is_sql_in_columns_and_partition_keys(sp, tmp_path):
+    """A source's ``columns=`` item and a partition key are SQL when they are one select item /
+    one expression: ``st.from as f`` and ``st.from`` are (a struct field spelt as a reserved
+    word), where since 7c3e8a3 they were quoted as names the data lacks (column not found)."""
+    path = str(tmp_path / "x.parquet")
+    pq.write_table(pa.Table.from_pylist([{"a": i, "st": {"from": i * 10, "order": -i}} for i in range(4)]), path)
+    df = sp.read_parquet(path, columns=["a", "st.from as f", "st.order"])
+    assert df.take_all() == [{"a": i, "f": i * 10, "order": -i} for i in range(4)]
+    hashed = sp.read_parquet(path).repartition(2, hash_by="st.from")
+    assert sorted(r["a"] for r in hashed.take_all()) == [0, 1, 2, 3]
