@@ -98,31 +98,39 @@ _CLAUSE_WORD = re.compile(
 #: what DuckDB reads as a name, not a clause, even when it is a reserved word: a field after a
 #: '.' that is no decimal point (st.from, t.offset, "s".order, 1 .from; but 1.from is the number
 #: 1. and FROM), a column's name after AS (a as limit) and a type after '::' (x::union(...))
-_NAME_AFTER = re.compile(r"\.\s*$|(?<![\w$])as\s*$|::\s*$", re.IGNORECASE)
-_DECIMAL_POINT = re.compile(r"(?<![\w$])\d[\w$]*\.\s*$")  # (a token that starts with a digit: a number)
+_SPACES = re.compile(r"\s*")
 _WITHIN = re.compile(r"\)\s*within\s*$", re.IGNORECASE)
 
 
 def word_is_a_name(before: str) -> bool:
     """Whether DuckDB reads the word that follows code ``before`` (:func:`without_quoted_text`,
-    with marks) as a name, whatever it is (:data:`_NAME_AFTER`)."""
-    before = before[-256:].rstrip()  # (what decides is just before the word: a long query is not rescanned)
-    name = _NAME_AFTER.search(before)
-    if not name or name.group() == "." and _DECIMAL_POINT.search(before):
-        return False
-    # (st.as from: AS is the field's name there, and FROM begins a clause)
-    return not (name.group().lower().startswith("as") and word_is_a_name(before[: name.start()]))
+    with marks) as a name, whatever it is: a field after a '.' that is no decimal point (st.from,
+    t.offset, "s".order, 1 .from; but 1.from is the number 1. and FROM), a column's name after AS
+    (a as limit) and a type after '::' (x::union(...)). Looked for from the end, without regular
+    expressions: this is asked at each keyword of a query, which may be long."""
+    before = before[-256:].rstrip()  # (what decides is just before the word)
+    if before.endswith("::"):
+        return True
+    if before.endswith("."):
+        i = len(before) - 1
+        while i and (before[i - 1].isalnum() or before[i - 1] in "_$"):
+            i -= 1
+        return not before[i : len(before) - 1][:1].isdigit()  # (a token that starts with a digit: a number)
+    if before[-2:].lower() == "as" and not (len(before) > 2 and (before[-3].isalnum() or before[-3] in "_$")):
+        return not word_is_a_name(before[:-2])  # (st.as from: AS is the field's name there, FROM a clause)
+    return False
 
 
 def is_distinct_from(before: str) -> bool:
     """Whether the FROM that follows code ``before`` is that of ``a IS [NOT] DISTINCT FROM b``."""
-    return bool(re.search(r"\bis\s+(?:not\s+)?distinct\s*$", before[-256:], re.IGNORECASE))
+    before = before[-256:].rstrip()
+    return before[-8:].lower() == "distinct" and bool(re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE))
 
 
 def _clause_word_at_top_level(text: str) -> Optional[str]:
     """The first clause word (:data:`_CLAUSE_WORD`) of ``text`` (balanced, nothing left open) that
     DuckDB would read as the start of a clause at its top level, else None. Not one: a word in
-    parentheses, strings, quoted names or comments; a name (:data:`_NAME_AFTER`); the FROM of
+    parentheses, strings, quoted names or comments; a name (:func:`word_is_a_name`); the FROM of
     ``is [not] distinct from``; the EXCEPT of ``* except (...)``; the GROUP of an ordered-set
     aggregate's ``within group (order by ...)``."""
     code = without_quoted_text(text, marks=True)
@@ -134,7 +142,8 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
             continue
         if depth:
             continue
-        before, after = code[: m.start()].rstrip(), code[m.end() :].lstrip()
+        before = code[max(0, m.start() - 256) : m.start()].rstrip()  # (see word_is_a_name)
+        after = code[_SPACES.match(code, m.end()).end() :][:1]  # (the next character, if any)
         word = t.lower()
         if word_is_a_name(before) or word == "from" and is_distinct_from(before):
             continue

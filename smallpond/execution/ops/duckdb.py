@@ -127,8 +127,11 @@ def _names_file_after_a_comma_in_from(code: str) -> bool:
         elif t == ")":
             if len(in_from) > 1:
                 in_from.pop()
-        elif (word in ("from", "join") or word in _ENDS_FROM_LIST) and not word_is_a_name(code[: m.start()]):
-            in_from[-1] = word in ("from", "join") and not (word == "from" and is_distinct_from(code[: m.start()]))
+        elif word in ("from", "join") or word in _ENDS_FROM_LIST:
+            # (what decides is just before the word: a long query is not copied per word)
+            before = code[max(0, m.start() - 256) : m.start()]
+            if not word_is_a_name(before):
+                in_from[-1] = word in ("from", "join") and not (word == "from" and is_distinct_from(before))
     return False
 
 
@@ -214,11 +217,13 @@ def sql_reads_files(texts) -> bool:
             continue
         # (without its comments, which run nothing: -- came from 'old.parquet'; a string after
         # is [not] distinct from is a value: where s is distinct from 'done')
-        text = without_quoted_text(str(t), keep_quoted=True)
-        if any(not is_distinct_from(text[: m.start()]) for m in _READS_FILES.finditer(text)):
+        text = without_quoted_text(str(t), keep_quoted=True) if "--" in str(t) or "/*" in str(t) else str(t)
+        if any(not is_distinct_from(text[max(0, m.start() - 256) : m.start()]) for m in _READS_FILES.finditer(text)):
             return True
         code = without_quoted_text(str(t), marks=True)
-        right_after = (m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code[: m.start()]))
+        right_after = (
+            m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code[max(0, m.start() - 256) : m.start()])
+        )
         if next(right_after, None) is not None or _names_file_after_a_comma_in_from(code):
             return True
     return False
