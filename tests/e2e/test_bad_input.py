@@ -239,7 +239,8 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
     "hash by a list": (
         lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["id, key"], engine_type=e),
         "id, key",
-        "column 'id, key' not found in the input (its columns: id, key, name); as SQL, 'id, key' is no single expression",
+        "column 'id, key' not found in the input (its columns: id, key, name); as SQL, 'id, key' is no single expression"
+        " (keys are given as a list: ['id', 'key'])",  # (upstream hashed concat_ws('##', id, key))
     ),
     "shuffle by an alias": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "id % 2 as p", engine_type=e),
