@@ -210,6 +210,6 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
             depth += 1 if t in "([{" else -1 if t in ")]}" else 0
             if depth == 0 and t == ",":
                 return "it holds a ',' outside parentheses: a list, not one expression"
-            if depth == 0 and t.lower() == "as":
+            if depth == 0 and t.lower() == "as" and not word_is_a_name(code[max(0, m.start() - 256) : m.start()]):
                 return "it holds AS outside parentheses: a name for a column, not one expression"
     return None

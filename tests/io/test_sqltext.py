@@ -73,3 +73,12 @@ def test_known_shapes():
     assert [t for t in accepted if fragment_problem(t, "select list")] == []
     refused = ["st.", "1 .", "a as", "a is distinct", "* except", "1.from t", "a.as from t", "x within group by a"]
     assert [t for t in refused if not fragment_problem(t, "select list")] == []
+
+
+def test_a_partition_key_is_one_expression():
+    """The ``expression`` shape (a partition key, pasted into ``hash(...)``): no list, no alias;
+    a field spelt as a keyword is a name there too (``st.as``, ``st.from``)."""
+    assert [
+        t for t in ["st.as", "st.from", "cast(a as int)", "[a, b][1]", "{'x': a, 'y': b}"] if fragment_problem(t, "expression")
+    ] == []
+    assert [t for t in ["a, b", "a as p", "a as", "st.from from t"] if not fragment_problem(t, "expression")] == []
