@@ -169,6 +169,23 @@ def DataSetPartitionNode(
     return node
 
 
+_NAME_LIST = re.compile(r"\s*[A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)+\s*")
+
+
+def _split_name_lists(keys: Sequence[str]) -> List[str]:
+    """``hash_columns`` with each item that is a comma-separated list of plain names (``"a, b"``)
+    split into those names: upstream 0.15 pasted its keys into ``concat_ws('##', ...)``, where
+    ``"a, b"`` hashed two columns, and scripts pass it so. Other text with commas stays one key
+    (refused as no single expression unless it is a column)."""
+    out: List[str] = []
+    for k in keys:
+        if _NAME_LIST.fullmatch(k):
+            out.extend(p.strip() for p in k.split(","))
+        else:
+            out.append(k)
+    return out
+
+
 class HashPartitionNode(PartitionNode):
     """Partition rows by a hash of ``hash_columns`` in one DuckDB pass per producer.
 
@@ -258,7 +275,7 @@ class HashPartitionNode(PartitionNode):
         ):
             raise ParameterError(self._msg(f"num_producers must be a positive integer or None, got {num_producers!r}"))
         self.num_producers = num_producers
-        self.hash_columns = list(hash_columns) if hash_columns else []
+        self.hash_columns = _split_name_lists(hash_columns) if hash_columns else []
         self.data_partition_column = data_partition_column
         self.engine_type = engine_type
         self.random_shuffle = random_shuffle

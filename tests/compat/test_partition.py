@@ -114,6 +114,24 @@ def test_hash_partition(run_plan, compat_data, engine_type, partition_by_rows, h
     assert set(per_url.column("n").to_pylist()) == {1}
 
 
+@pytest.mark.parametrize("engine_type", ["duckdb", "arrow"])
+def test_hash_columns_given_as_one_comma_separated_string_hash_each_name(run_plan, engine_type):
+    """Upstream pasted hash_columns into concat_ws('##', ...): "a, b" hashed the two columns a and b;
+    it partitions as ["a", "b"] does (not as a column named "a, b")."""
+    from smallpond.logical.dataset import ArrowTableDataSet
+
+    table = pa.table({"a": [i % 5 for i in range(200)], "b": [i % 7 for i in range(200)], "v": list(range(200))})
+    parts = {}
+    for keys in ("a, b", ["a", "b"], "a,b"):
+        ctx = Context()
+        node = HashPartitionNode(ctx, (DataSourceNode(ctx, ArrowTableDataSet(table)),), 4, keys, engine_type=engine_type)
+        assert node.hash_columns == ["a", "b"]
+        out = run_plan(LogicalPlan(ctx, node)).final_output.to_arrow_table()
+        parts[str(keys)] = sorted(zip(out.column("v").to_pylist(), out.column("__data_partition__").to_pylist()))
+    assert parts["a, b"] == parts["['a', 'b']"] == parts["a,b"]
+    assert len({p for _, p in parts["a, b"]}) > 1
+
+
 def test_empty_hash_partition(run_plan):
     ctx = Context()
     from smallpond.logical.dataset import ArrowTableDataSet

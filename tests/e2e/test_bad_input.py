@@ -237,10 +237,9 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
     # a key is one expression: a list was pasted into hash(...) as several keys typed as one, and
     # into a shuffle's CAST((id, key) AS BIGINT); an alias failed to parse there
     "hash by a list": (
-        lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["id, key"], engine_type=e),
-        "id, key",
-        "column 'id, key' not found in the input (its columns: id, key, name); as SQL, 'id, key' is no single expression"
-        " (keys are given as a list: ['id', 'key'])",  # (upstream hashed concat_ws('##', id, key))
+        lambda ctx, src, e: HashPartitionNode(ctx, (src,), 2, ["id, key % 2"], engine_type=e),
+        "id, key % 2",
+        "column 'id, key % 2' not found in the input (its columns: id, key, name); as SQL, 'id, key % 2' is no single expression",
     ),
     "shuffle by an alias": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "id % 2 as p", engine_type=e),
