@@ -368,9 +368,9 @@ def test_huge_sizes_and_long_varints_give_up_at_once(tmp_path):
     }
     for name, footer in cases.items():
         path = write_parquet_bytes(str(tmp_path / f"{name}.parquet"), b"PAR1", footer)
-        start = time.perf_counter()
+        start = time.thread_time()  # CPU time: a loaded machine does not stretch it
         assert read_row_summary(path) is None, name
-        assert time.perf_counter() - start < 0.5, name
+        assert time.thread_time() - start < 0.5, name
 
 
 # --- files that are not Parquet, damaged footers -----------------------------------------------
@@ -463,13 +463,13 @@ def test_damaged_bytes_in_a_footer(tmp_path, small_file):
 def test_random_bytes_in_place_of_a_footer(tmp_path):
     rnd = random.Random(1)
     path = str(tmp_path / "random.parquet")
-    start = time.perf_counter()
+    start = time.thread_time()  # CPU time (writes and reads of 300 files), as above
     for _ in range(300):
         footer = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 400)))
         write_parquet_bytes(path, b"PAR1", footer)
         result = read_row_summary(path)
         assert result is None or (isinstance(result, tuple) and len(result) == 2)
-    assert time.perf_counter() - start < 3
+    assert time.thread_time() - start < 3
 
 
 def test_reading_a_footer_does_not_import_pyarrow(tmp_path):
