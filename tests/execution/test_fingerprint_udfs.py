@@ -4,6 +4,8 @@ by its contents, so an edited one is never served from the task cache."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from smallpond.execution.fingerprint import stable_digest
@@ -54,6 +56,10 @@ def test_the_files_a_sql_node_loads_are_digested_by_their_contents(tmp_path, ids
     path = str(tmp_path / ("f.py" if option == "udf_module_paths" else "f.duckdb_extension"))
 
     def digest(contents: bytes) -> str:
+        # a file's digest is kept for as long as its size, times and inode stay the same: each
+        # version is written a tick of a filesystem's coarse clock after the last (a filesystem
+        # without fine-grained timestamps gives two writes within a tick the same times)
+        time.sleep(0.01)
         with open(path, "wb") as f:
             f.write(contents)
         ctx = Context()
