@@ -169,6 +169,9 @@ def test_a_session_imports_what_reading_results_needs_in_the_background(tmp_path
     not DuckDB (only workers query with it) nor pandas (for to_pandas alone), whose imports took
     the first job's worker ~0.25 s of CPU on a 2-core machine; SP_WARM_IMPORTS=0 turns it off."""
     env = {k: v for k, v in os.environ.items() if k != "SP_WARM_IMPORTS"}
+    # the plan check, which a job still running after its delay (1 s: a loaded machine) starts in
+    # this process, imports DuckDB and pyarrow for its own reasons (tests/execution/test_plancheck.py)
+    env["SP_PLAN_CHECK"] = "off"
     if setting is not None:
         env["SP_WARM_IMPORTS"] = setting
     proc = subprocess.run(
