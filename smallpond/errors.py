@@ -5,7 +5,7 @@ Two families matter to the scheduler:
 * retryable: :class:`OutOfMemory`, :class:`WorkerLost`, :class:`InjectedFault`, I/O errors
   (``OSError``), and anything not classified as a user error;
 * fail-fast: :class:`PlanError` / :class:`ParameterError` (bad user input found at build or plan
-  time) and errors marked ``retryable = False`` on a :class:`TaskError` (SQL parse/bind errors,
+  time, or by a running job's plan check: :class:`QueryPlanError`) and errors marked ``retryable = False`` on a :class:`TaskError` (SQL parse/bind errors,
   unpicklable functions, missing input files).
 """
 
@@ -38,6 +38,16 @@ class PlanError(SmallpondError, AssertionError):
     """The logical plan cannot be turned into tasks (e.g. incompatible partitionings, cycles).
 
     Also an ``AssertionError``, which is what upstream 0.15 raised at planning.
+    """
+
+
+class QueryPlanError(PlanError, RuntimeError):
+    """A running job's plan check found a node whose query, key or columns cannot run: the job
+    fails before that node's tasks do (:mod:`smallpond.execution.plancheck`).
+
+    Also a ``RuntimeError``, as the error of the task itself is (:class:`TaskError`; upstream 0.15
+    raised ``RuntimeError("failed to run query: ...")``): which of the two comes depends on whether
+    the job had run for the check's delay, so a script catching one must catch the other.
     """
 
 

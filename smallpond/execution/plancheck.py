@@ -7,7 +7,8 @@ scheduler's process binds every SQL node's query, every hash or shuffle partitio
 projection's columns over empty tables typed like the node's inputs (the schemas of
 :mod:`smallpond.execution.schema`, known without reading data), in DuckDB as the tasks do, and
 looks up each range partition's key column. An error that cannot depend on the data
-fails the job at once with a :class:`~smallpond.errors.PlanError` that names the node, where it
+fails the job at once with a :class:`~smallpond.errors.QueryPlanError` (a ``PlanError`` and a
+``RuntimeError``, as a task's own failure is) that names the node, where it
 was created, the query and DuckDB's message; what the job already committed stays committed (a
 rerun after the fix resumes).
 
@@ -32,7 +33,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from smallpond.common import SWITCH_OFF, as_subquery, env_setting, logger
-from smallpond.errors import PlanError
+from smallpond.errors import QueryPlanError
 from smallpond.execution.ops.duckdb import sql_reads_files
 from smallpond.logical.base import node_at
 from smallpond.logical.compute import TASK_PLACEHOLDERS
@@ -246,9 +247,9 @@ def nodes_to_check(planned: Sequence, node_ids: Set[int]) -> Tuple[list, Dict[in
     return sorted(nodes.values(), key=lambda n: int(n.id)), owner
 
 
-def plan_error(node, what: str, message: str) -> PlanError:
+def plan_error(node, what: str, message: str) -> QueryPlanError:
     """The error the check raises for ``node`` (``what``: its query, or the key or columns)."""
-    return PlanError(
+    return QueryPlanError(
         f"{node_at(node)} cannot run: {message.strip()}\n"
         f"{what}\n"
         "(found by binding it over empty inputs with its inputs' columns before any of its tasks "
