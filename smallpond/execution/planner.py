@@ -49,7 +49,7 @@ from smallpond.execution.ops.structural import (
     is_literal_dataset,
 )
 from smallpond.execution.plancheck import case_clashes
-from smallpond.execution.plansize import check_plan_size
+from smallpond.execution.plansize import check_plan_size, num_producers
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
 from smallpond.logical.base import Node, created_at, node_at
@@ -80,7 +80,6 @@ from smallpond.logical.node import (
     UserDefinedPartitionNode,
 )
 from smallpond.logical.optimizer import optimize, optimized_of
-from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS
 from smallpond.logical.structural import projection_texts
 
 #: the folder (under the output root or ``--output_path``) the root's results are published in
@@ -652,23 +651,6 @@ class Planner:
         if not isinstance(node, RangePartitionNode) or not node.sampled:
             return []
         return [self._task(RangeSampleTask, node, infos, srcs)]
-
-
-def num_producers(node: PartitionNode, num_inputs: int) -> int:
-    """How many producer tasks a (non-nested) data-moving partition node gets: decided by the plan.
-
-    ``num_producers=`` on the node if given; else one per input partition (at most
-    ``max_num_producer_tasks``), so a change to one input partition reruns one producer; for a
-    single input partition a fixed split of ``default_num_producers`` (8), so the work still
-    spreads over workers. Never the number of workers: the producers' files are the partitions'
-    files, and the same plan must write the same files whatever the machine.
-    """
-    explicit = getattr(node, "num_producers", None)
-    if explicit:
-        return max(1, min(node.max_num_producer_tasks, explicit))
-    if num_inputs > 1:
-        return max(1, min(node.max_num_producer_tasks, num_inputs))
-    return max(1, min(node.max_num_producer_tasks, getattr(node, "default_num_producers", SINGLE_INPUT_PRODUCERS)))
 
 
 def broadcast(node: Node, inputs: List[List[Task]]) -> List[Tuple[tuple, List[Task]]]:

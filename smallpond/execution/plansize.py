@@ -28,6 +28,7 @@ from smallpond.common import SWITCH_OFF, env_setting, logger
 from smallpond.errors import PlanError
 from smallpond.logical.base import Node, node_at, shape_size
 from smallpond.logical.node import ConsolidateNode, DataSinkNode, DataSourceNode, LimitNode, PartitionNode, RootNode, UnionNode
+from smallpond.logical.partition import SINGLE_INPUT_PRODUCERS, HashPartitionNode, RangePartitionNode
 
 #: bytes of the scheduler's memory one task takes, planned and scheduled (measured: 1.6 GB for the
 #: 100,000 tasks of ``python -m benchmarks.scale --tasks 100k``)
@@ -136,6 +137,34 @@ def most_tasks_at_once(root: Node) -> int:
         if isinstance(n, (UnionNode, RootNode)) or (isinstance(n, DataSourceNode) and not is_literal_dataset(n.dataset)):
             tasks = 0
         elif isinstance(n, PartitionNode):
-            tasks = max(sum(ins), parts[id(n)])
+            tasks = max(sum(ins), _producers(n, sum(ins)), parts[id(n)])
         bound[id(n)] = max(tasks, sum(bound[id(d)] for d in n.input_deps))
     return bound[id(root)]
+
+
+def _producers(n: PartitionNode, num_inputs: int) -> int:
+    """The producer tasks the planner builds for partitioning ``n`` of ``num_inputs`` input
+    partitions (:meth:`~smallpond.execution.planner.Planner._plan_partition`): a hash or range
+    partitioning, neither nested nor fused with the SQL before it, splits its inputs among
+    :func:`num_producers` producers (8 for one input partition), which run at once however few
+    partitions it makes; the others have one producer per input partition, or one in all."""
+    if isinstance(n, (HashPartitionNode, RangePartitionNode)) and not n.nested and getattr(n, "pre_sql", None) is None:
+        return num_producers(n, num_inputs)
+    return num_inputs
+
+
+def num_producers(node: PartitionNode, num_inputs: int) -> int:
+    """How many producer tasks a (non-nested) data-moving partition node gets: decided by the plan.
+
+    ``num_producers=`` on the node if given; else one per input partition (at most
+    ``max_num_producer_tasks``), so a change to one input partition reruns one producer; for a
+    single input partition a fixed split of ``default_num_producers`` (8), so the work still
+    spreads over workers. Never the number of workers: the producers' files are the partitions'
+    files, and the same plan must write the same files whatever the machine.
+    """
+    explicit = getattr(node, "num_producers", None)
+    if explicit:
+        return max(1, min(node.max_num_producer_tasks, explicit))
+    if num_inputs > 1:
+        return max(1, min(node.max_num_producer_tasks, num_inputs))
+    return max(1, min(node.max_num_producer_tasks, getattr(node, "default_num_producers", SINGLE_INPUT_PRODUCERS)))

@@ -159,3 +159,19 @@ def test_a_one_task_plan_runs_one_task_at_once(parquet_files):
     assert most_tasks_at_once(two) == 2
     plan, _, _ = hash_plan(parquet_files, 16)
     assert most_tasks_at_once(plan.root_node) == 16
+
+
+@pytest.mark.parametrize("npartitions, num_producers", [(1, None), (3, None), (2, 6), (1, 3)])
+def test_the_producers_of_a_partitioning_of_one_partition_are_counted(make_rt, parquet_files, npartitions, num_producers):
+    """A hash (or range) partitioning of a single input partition splits it among its producers
+    (8 by default, or num_producers=): they run at once, however few partitions it makes, so
+    the bound counts them, not the input partitions (1) nor the output ones."""
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    kwargs = {"num_producers": num_producers} if num_producers else {}
+    node = SqlEngineNode(ctx, (HashPartitionNode(ctx, (src,), npartitions, ["id"], **kwargs),), "select * from {0}")
+    planner = Planner(make_rt())
+    planner.plan(node)
+    most = max(_most_runnable_at_once(planner.tasks, seed) for seed in range(5))
+    assert most > npartitions  # the case: more producers than partitions in or out
+    assert most <= most_tasks_at_once(node), (most, most_tasks_at_once(node))
