@@ -114,3 +114,32 @@ def test_the_refusal_says_whether_the_job_runs(tmp_path, data_root):
     said = sink_pending.describe(p, out)
     assert f"the job is running (process {pid} on host {socket.gethostname()} holds its job lock)" in said
     assert "not running" not in said and "or remove that journal to give the publication up" in said
+
+
+@pytest.mark.parametrize("holder", ["another host", "unreadable"])
+def test_the_refusal_does_not_say_a_job_runs_when_that_cannot_be_told(tmp_path, data_root, holder):
+    """A job lock held on another host (a Ray or MPI job's driver there, maybe killed with its
+    host) or one that cannot be read (torn, or not this user's to read) says nothing of whether
+    its holder still runs (ownership.lock_state): the refusal says the job may be running, and
+    what to do either way, not that it is running and finishes the publication itself."""
+    import json
+
+    from smallpond.execution.ownership import LOCK_NAME
+
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    out = str(tmp_path / "out")
+    sink_pending.mark(records, job, [out])
+    with open(os.path.join(job, "config", LOCK_NAME), "w") as f:
+        if holder == "another host":
+            json.dump({"host": "node-that-died", "pid": 4242, "started": 1.0}, f)
+        else:
+            f.write('{"host": "no')  # torn
+    (p,) = sink_pending.pending(records)
+    said = sink_pending.describe(p, out)
+    assert "the job is running" not in said and "not running" not in said, said
+    assert "the job may be running" in said and "cannot be told from this host" in said, said
+    if holder == "another host":
+        assert "process 4242 on host node-that-died holds its job lock" in said, said
+    assert "if it is not, rerun that job (same job id and data root) to finish its publication" in said, said
+    assert "or remove that journal to give the publication up" in said

@@ -142,11 +142,17 @@ def describe(p: Pending, folder: str) -> str:
     from smallpond.execution.ownership import lock_state
 
     state, holder = lock_state(p.job)
-    if state in ("alive", "elsewhere", "unreadable"):
-        who = f"process {holder.get('pid', '?')} on host {holder.get('host') or '?'}" if holder else "an unknown process"
+    who = f"process {holder.get('pid', '?')} on host {holder.get('host') or '?'}" if holder else "an unknown process"
+    if state == "alive":
         now = (
             f"the job is running ({who} holds its job lock): it finishes that publication when it publishes "
             "again or is run again (same job id and data root)"
+        )
+    elif state in ("elsewhere", "unreadable"):  # a lock of another host's, or torn: its holder may be gone
+        now = (
+            f"the job may be running ({who} holds its job lock, which cannot be told from this host): if it is, "
+            "it finishes that publication when it publishes again or is run again; if it is not, rerun that job "
+            "(same job id and data root) to finish its publication"
         )
     else:
         now = (
