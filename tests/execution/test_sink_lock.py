@@ -430,3 +430,61 @@ def test_a_thread_finding_the_folder_locked_by_another_thread_letting_go_still_l
     for t in threads:
         t.join(30)
     assert inside == [True]  # the second held out's lock while it published
+
+
+FORKED_WHILE_OPENING = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    from smallpond.execution.ops import sink_lock
+    dest, records, out = sys.argv[1:4]
+    real_open, opened = sink_lock._open, threading.Event()
+    def slow_open(path):  # a thread between opening a lock's file and taking it, for 0.5 s
+        fd = real_open(path)
+        opened.set()
+        time.sleep(0.5)
+        return fd
+    sink_lock._open = slow_open
+    def publish():
+        with sink_lock.destinations_locked([dest], records):
+            open(out + ".held", "w").close()
+            time.sleep(60)
+    threading.Thread(target=publish, daemon=True).start()
+    opened.wait()
+    child = os.fork()  # meanwhile, another thread forks (a multiprocessing pool of the user's, say)
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(out + ".child", "w") as f:
+        f.write(str(child))
+    time.sleep(60)
+    """
+)
+
+
+def test_a_child_forked_while_another_thread_opens_a_lock_does_not_keep_it(tmp_path, data_root):
+    """A fork while another thread is between opening a lock's file and noting it waits for it
+    (the lock is opened, taken and noted under one threading lock, which a fork takes): else the
+    child has a copy of that open file, which its after-fork hook does not know to close, and
+    once the publishing parent dies (SIGKILL) the child keeps the lock: every other publication
+    into the destination waits for as long as the child lives. Break-tested: without the
+    before-fork hook the lock is still held here."""
+    records = sink_records_dir(data_root)
+    dest = str(tmp_path / "out")
+    out = str(tmp_path / "holder")
+    proc = subprocess.Popen([sys.executable, "-c", FORKED_WHILE_OPENING, dest, records, out], stderr=subprocess.PIPE, text=True)
+    child = None
+    try:
+        while not (os.path.exists(out + ".held") and os.path.exists(out + ".child")):
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            time.sleep(0.01)
+        with open(out + ".child") as f:
+            child = int(f.read())
+        assert _locked_by_another(lock_path(records, dest))
+        proc.kill()  # the publishing job dies holding its lock; the child it forked lives on
+        proc.wait()
+        assert not _locked_by_another(lock_path(records, dest)), "the dead job's lock is kept by a child it forked"
+    finally:
+        proc.kill()
+        proc.wait()
+        if child is not None:
+            os.kill(child, signal.SIGKILL)

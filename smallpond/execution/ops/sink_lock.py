@@ -64,7 +64,8 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
 * **A dead holder never blocks the next job**: ``flock`` locks belong to the open file, so the
   kernel releases them when the process holding them dies (SIGKILL included). A worker forked while
   the lock is held closes its copy at once (:func:`os.register_at_fork`), so it cannot keep the
-  lock after the job that took it. A job that has to wait logs which destination and lock file it
+  lock after the job that took it; a fork waits while another thread is between opening a lock's
+  file and noting it (the child would have a copy it does not know to close). A job that has to wait logs which destination and lock file it
   waits for, once.
 * **Filesystems**: on a local filesystem the lock serialises every process of the host. On NFS,
   Linux (since 2.6.12) maps ``flock`` onto NFS byte-range locks of the whole file, so it holds
@@ -114,12 +115,16 @@ def _held_here() -> Dict[str, int]:
     return _held.paths
 
 
-def _open(path: str) -> int:
+def _prepare(path: str) -> None:
+    """Make and check the folder of the lock file ``path``: this user's folder, as for a record."""
     from smallpond.execution import user_folder
 
     folder = os.path.dirname(path)
-    user_folder.prepare(folder)  # this user's folder, made and checked, as for a record
+    user_folder.prepare(folder)
     os.makedirs(folder, mode=0o700, exist_ok=True)
+
+
+def _open(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
@@ -134,14 +139,20 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
     ``shared``: a shared lock (of a folder above a destination), else an exclusive one."""
     said, how = False, fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
+        if not folder:
+            _prepare(path)
+        # opened, taken and noted in one step under _fds_lock, which a fork waits for: a child
+        # forked meanwhile never has a copy of the lock's open file that it does not close
+        _fds_lock.acquire()
         try:
             fd = _open_folder(path) if folder else _open(path)
         except OSError as e:
+            _fds_lock.release()
             if not folder:
                 raise
             return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
         try:
-            with _fds_lock:  # taken and told to the other threads at once (see _fds_lock)
+            try:  # taken and told to the other threads at once (see _fds_lock)
                 try:
                     fcntl.flock(fd, how | fcntl.LOCK_NB)
                     waits = ours = False
@@ -152,6 +163,8 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
                     os.close(fd)
                 else:
                     _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
+            finally:
+                _fds_lock.release()
             if ours:
                 return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
             if waits:
@@ -313,11 +326,21 @@ def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Option
                 _close(fd)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
 
 
+def _before_fork() -> None:
+    # a fork waits until no thread is between opening a lock's file and noting it (or letting it
+    # go and forgetting it): the child then closes every copy of a lock's file it has
+    _fds_lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fds_lock.release()
+
+
 def _after_fork_in_child() -> None:
     # the child's copies of the locked files would keep the locks once the parent dies (the lock
     # is the open file's, not the process's): close them, and do not unlock them (the parent's)
     global _fds_lock
-    _fds_lock = threading.Lock()  # another thread of the parent may have held it: the child has no such thread
+    _fds_lock = threading.Lock()  # the parent's, held across the fork (_before_fork): the child has a fresh one
     for fd in list(_all_fds):
         close_quietly(fd)
     _all_fds.clear()
@@ -325,4 +348,4 @@ def _after_fork_in_child() -> None:
         _held.paths = {}
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child)
