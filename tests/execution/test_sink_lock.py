@@ -488,3 +488,34 @@ def test_a_child_forked_while_another_thread_opens_a_lock_does_not_keep_it(tmp_p
         proc.wait()
         if child is not None:
             os.kill(child, signal.SIGKILL)
+
+
+def test_an_interrupt_while_a_lock_is_opened_lets_go_of_the_threading_lock(tmp_path, data_root, monkeypatch):
+    """Ctrl-C (or the job's SIGTERM, raised as an exception) while a lock's file is opened under
+    _fds_lock lets go of it: else letting go of the locks already taken (the destination's
+    folder, first in order) waits for it in the same thread, and so would every later
+    publication of this process and every fork it makes."""
+    import threading
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sink_lock, "_open", interrupted)
+    outcome = []
+
+    def publish():
+        try:
+            with destinations_locked([str(tmp_path / "out")], sink_records_dir(data_root)):
+                pass
+        except KeyboardInterrupt:
+            outcome.append("interrupted")
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(10)
+    stuck = thread.is_alive()
+    free = sink_lock._fds_lock.acquire(blocking=False)
+    sink_lock._fds_lock.release()  # taken here, or left held: free again either way
+    thread.join(10)
+    assert not stuck, "the publication hung: it waits for _fds_lock, which it left held itself"
+    assert free and outcome == ["interrupted"], (free, outcome)

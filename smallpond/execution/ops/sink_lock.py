@@ -141,21 +141,15 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
     while True:
         if not folder:
             _prepare(path)
-        # opened, taken and noted in one step under _fds_lock, which a fork waits for: a child
-        # forked meanwhile never has a copy of the lock's open file that it does not close
-        _fds_lock.acquire()
-        try:
-            fd = _open_folder(path) if folder else _open(path)
-        except OSError as e:
-            _fds_lock.release()
-            if not folder:
-                raise
-            return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
-        try:
-            try:  # taken and told to the other threads at once (see _fds_lock)
+        fd, failed, waits, ours = None, None, False, False
+        # opened, taken and noted in one step under _fds_lock, which a fork waits for
+        # (_before_fork): a child forked meanwhile has no copy of the lock's file it does not close;
+        # and the other threads find the lock taken and noted at once (see _fds_lock)
+        with _fds_lock:
+            try:
+                fd = _open_folder(path) if folder else _open(path)
                 try:
                     fcntl.flock(fd, how | fcntl.LOCK_NB)
-                    waits = ours = False
                 except BlockingIOError:
                     # `flock DIR python job.py`: waiting would wait for this job itself
                     waits, ours = True, folder and _held_by_this_process_or_its_parents(fd)
@@ -163,10 +157,17 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
                     os.close(fd)
                 else:
                     _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
-            finally:
-                _fds_lock.release()
-            if ours:
-                return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+            except OSError as e:
+                failed = e
+        if failed is not None and fd is None:  # not opened
+            if not folder:
+                raise failed
+            return _folder_unlocked(failed, path, dest)  # gone meanwhile, or not ours to read
+        if ours:
+            return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+        try:
+            if failed is not None:
+                raise failed
             if waits:
                 if not said:
                     logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
