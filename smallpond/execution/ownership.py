@@ -39,6 +39,9 @@ from smallpond.common import logger
 from smallpond.errors import SmallpondError
 from smallpond.processes import process_start_id, process_start_time, same_process_start
 
+#: a job's publication journal, in its ``config/`` folder (ops/sink_journal.py): a restart never moves one aside
+PUBLICATION_JOURNAL = "publication.journal"
+
 LOCK_NAME = "job.lock"
 
 
@@ -158,6 +161,17 @@ def move_aside(layout) -> Optional[str]:
     if lock is not None:
         lock.acquire()
     try:
+        journal = os.path.join(layout.config_root, PUBLICATION_JOURNAL)
+        if os.path.lexists(journal):
+            # moved aside, that publication would never be finished (the job's rerun finishes the
+            # journal in its own folder), and no other job's nesting check would see it again
+            raise JobFolderError(
+                f"cannot restart job {layout.job_root}: an earlier run of it began publishing and did not finish "
+                f"(its publication journal {journal} is still there), and its destinations may hold a result no "
+                "record vouches for yet. Run the job again without restart (same job id and data root), which "
+                "finishes that publication, then restart it; or, if it cannot be run again (its secret was lost), "
+                "remove that journal to give the publication up"
+            )
         os.rename(layout.job_root, aside)
     except BaseException:
         if lock is not None:

@@ -158,3 +158,35 @@ def test_a_rerun_finishing_a_journal_without_a_mark_marks_it_first(tmp_path, dat
     assert inner.returncode != 0 and "began publishing a result into" in inner.stderr, inner.stderr[-3000:]
     run(outer)
     assert published_rows(out, "id") == [100, 101, 102] and os.listdir(mark_dir) == []
+
+
+def test_a_job_killed_while_publishing_is_not_restarted_around_its_journal(tmp_path, data_root):
+    """``--restart`` moves the job folder aside, journal and all: the publication it began would
+    never be finished (a rerun finishes the journal in the job's own folder), its destination
+    would keep a result no record vouches for (the restarted job's own overwrite of it refused,
+    'remove it by hand'), and its mark would count no more (its folder has no journal), so other
+    jobs could publish inside it. A restart is refused while the journal is there, naming it and
+    what to do; run again without restart, the job finishes its publication, and may restart."""
+    out = str(tmp_path / "out")
+    outer = held(data_root, rows_of(tmp_path, "outer", 100), out, mode="overwrite")
+    _killed_at_its_record(outer)
+    job = _job_folder(data_root, outer)
+    journal = os.path.join(job, "config", "publication.journal")
+    refused = subprocess.run(outer + ["--restart"], capture_output=True, text=True, timeout=180)
+    message = " ".join(refused.stderr.split())
+    assert refused.returncode != 0, message[-3000:]
+    assert f"cannot restart job {job}: an earlier run of it began publishing and did not finish" in message, message[-3000:]
+    assert f"(its publication journal {journal} is still there)" in message
+    assert "Run the job again without restart (same job id and data root)" in message
+    assert os.path.exists(journal) and not [n for n in os.listdir(data_root) if ".restarted-" in n]
+    inner = subprocess.run(
+        held(data_root, rows_of(tmp_path, "inner", 200), os.path.join(out, "sub2")), capture_output=True, text=True, timeout=180
+    )
+    assert inner.returncode != 0 and "began publishing a result into" in inner.stderr, inner.stderr[-3000:]  # still seen
+    run(outer)  # finishes the publication
+    assert published_rows(out, "id") == [100, 101, 102]
+    run(outer + ["--restart"])
+    assert [n for n in os.listdir(data_root) if ".restarted-" in n]
+    assert published_rows(out, "id") == [100, 101, 102]
+    mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "publishing")
+    assert os.listdir(mark_dir) == []

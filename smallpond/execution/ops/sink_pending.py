@@ -50,10 +50,11 @@ import os
 from typing import List, NamedTuple, Optional, Sequence
 
 from smallpond.execution import user_folder
+from smallpond.execution.ownership import PUBLICATION_JOURNAL
 from smallpond.io.filesystem import atomic_write_bytes, remove_path
 
 #: the publication journal of a job, in its ``config/`` folder (:mod:`~smallpond.execution.ops.sink_journal`)
-JOURNAL = "publication.journal"
+JOURNAL = PUBLICATION_JOURNAL
 #: the folder of the marks, in this user's folder of the data root, beside its records (``sinks/``)
 PENDING_DIRNAME = "publishing"
 _FORMAT = "smallpond-publishing-1"
