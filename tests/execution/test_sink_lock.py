@@ -451,7 +451,8 @@ FORKED_WHILE_OPENING = textwrap.dedent(
     threading.Thread(target=publish, daemon=True).start()
     opened.wait()
     child = os.fork()  # meanwhile, another thread forks (a multiprocessing pool of the user's, say)
-    if child == 0:
+    if child == 0:  # (its after-fork hooks have run)
+        open(out + ".child_runs", "w").close()
         time.sleep(60)
         os._exit(0)
     with open(out + ".child", "w") as f:
@@ -474,7 +475,7 @@ def test_a_child_forked_while_another_thread_opens_a_lock_does_not_keep_it(tmp_p
     proc = subprocess.Popen([sys.executable, "-c", FORKED_WHILE_OPENING, dest, records, out], stderr=subprocess.PIPE, text=True)
     child = None
     try:
-        while not (os.path.exists(out + ".held") and os.path.exists(out + ".child")):
+        while not all(os.path.exists(out + end) for end in (".held", ".child", ".child_runs")):
             assert proc.poll() is None, proc.stderr.read()[-3000:]
             time.sleep(0.01)
         with open(out + ".child") as f:
