@@ -717,14 +717,12 @@ def _readable(conns: List[Connection], timeout: float) -> List[Connection]:
     """The connections of ``conns`` that have something to read, or whose other end closed,
     waiting up to ``timeout`` seconds for one: ``multiprocessing.connection.wait`` with one
     ``poll`` object made per call, without the selector it builds (about a quarter of the
-    instructions; the scheduler asks once per round, about once a task)."""
+    instructions; the scheduler asks once per round, about once a task). A closed end is reported
+    (POLLHUP or POLLERR, whatever was asked for)."""
     poller = select.poll()
-    by_fd = {}
-    for conn in conns:
-        fd = conn.fileno()
-        by_fd[fd] = conn
+    by_fd = {conn.fileno(): conn for conn in conns}
+    for fd in by_fd:
         poller.register(fd, select.POLLIN)
-    # (poll reports a closed end, POLLHUP or POLLERR, whatever was asked for)
     return [by_fd[fd] for fd, _ in poller.poll(max(0, math.ceil(timeout * 1000)))]
 
 
