@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ColumnNotFoundError, ListedFileMissing, ParameterError, columns_not_found
 from smallpond.io.columns import bind_columns, case_siblings, fold_case
-from smallpond.io.paths import MANIFEST_NAME, check_local_filesystem, duckdb_file_literal, manifest_paths
+from smallpond.io.paths import MANIFEST_NAME, check_local_filesystem, duckdb_file_literal, file_version, manifest_paths
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset_base import _PLAIN_NAME, DataSet, _absent, _empty_table, _path_list_sql, _quote
 
@@ -664,7 +664,7 @@ def _cached_column_names(path: str) -> tuple:
         st = os.stat(path)
     except OSError:
         return ()
-    key = (path, st.st_size, st.st_mtime_ns)
+    key = (path, *file_version(st))  # (a rewrite keeping size and mtime is a new version: its ctime)
     names = _names_seen.get(key)
     if names is None:
         _names_seen[key] = names = tuple(_column_names_in_order(path))

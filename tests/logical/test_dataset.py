@@ -461,3 +461,22 @@ def test_a_columns_item_with_a_clause_of_its_own_is_a_name(tmp_path):
     assert all(map(parses_as_select_item, kept))
     rows = duckdb.connect().sql(f"select * from {ParquetDataSet([path], columns=kept).sql_query_fragment()}").fetchall()
     assert rows == [(1, True, "from x", 1), (1, False, "from x", 2)]
+
+
+def test_missing_columns_follow_a_rewrite_that_keeps_size_and_mtime(tmp_path):
+    """The column names read from a footer are kept per version of the file: a rewrite keeping its
+    size and modification time (a copy tool restoring times) is a new version by its change time."""
+    import time
+
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"a": [1, 2]}), path)
+    before = os.stat(path)
+    assert ParquetDataSet([path], columns=["b"]).missing_columns() == ["b"]
+    time.sleep(0.01)  # (a filesystem with coarse change times)
+    pq.write_table(pa.table({"b": [1, 2]}), path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert ParquetDataSet([path], columns=["b"]).missing_columns() == []
