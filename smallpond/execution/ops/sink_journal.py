@@ -71,7 +71,8 @@ from smallpond.execution.ops.sink_leftovers import (
 )
 from smallpond.execution.ops.sink_lock import destinations_locked
 from smallpond.execution.ops.sink_overlap import JOB_FOLDER, inside
-from smallpond.execution.ops.sink_pending import JOURNAL, job_journal, mark, unmark
+from smallpond.execution.ops.sink_pending import job_journal, mark, unmark
+from smallpond.execution.ownership import PUBLICATION_JOURNAL
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.io.filesystem import atomic_write_bytes, dump, exchange_paths, fsync_dir, load, read_file, remove_path
 from smallpond.io.paths import manifest_paths
@@ -227,7 +228,7 @@ def _test_point(name: str) -> None:
 
 
 def journal_path(runtime_ctx) -> str:
-    return os.path.join(runtime_ctx.config_root, JOURNAL)
+    return os.path.join(runtime_ctx.config_root, PUBLICATION_JOURNAL)
 
 
 def interrupted_publications(data_root: str, exclude: Optional[str] = None) -> List[str]:

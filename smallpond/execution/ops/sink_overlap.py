@@ -172,6 +172,15 @@ def pending_nested(dest: str, records_dir: str, job_root: Optional[str] = None) 
     return None
 
 
+def _side_by_side(who: str) -> str:
+    """The rest of a refusal to nest with a publication another job has not finished (``who``:
+    :func:`~smallpond.execution.ops.sink_pending.describe`), at planning and at publication alike."""
+    return (
+        f"{who}. One result would hold the other's folder, which its manifest does not list: give each "
+        "result a folder of its own, side by side"
+    )
+
+
 def check_nested_results(node, records_dir: str, job_root: Optional[str] = None) -> None:
     """Refuse (PlanError) a sink whose destination is inside, or contains, a folder holding a
     smallpond result published earlier (by any job of this data root), naming that folder and
@@ -185,12 +194,7 @@ def check_nested_results(node, records_dir: str, job_root: Optional[str] = None)
         if pending is not None:
             folder, above, who = pending
             where = "is inside" if above else "contains"
-            raise PlanError(
-                node._msg(
-                    f"output path {node.output_path} {where} {folder}: {who}. One result would hold the other's folder, "
-                    "which its manifest does not list: give each result a folder of its own, side by side"
-                )
-            )
+            raise PlanError(node._msg(f"output path {node.output_path} {where} {folder}: {_side_by_side(who)}"))
         return
     folder, record, above = found
     by = published_by(folder, records_dir)
@@ -226,10 +230,7 @@ def nested_since_planned(dest: str, records_dir: str, job_root: Optional[str] = 
             return None
         folder, above, who = pending
         where = f"inside {folder}" if above else f"which contains {folder}"
-        return (
-            f"cannot publish into {dest}, {where}: {who}. One result would hold the other's folder, which its "
-            "manifest does not list: give each result a folder of its own, side by side"
-        )
+        return f"cannot publish into {dest}, {where}: {_side_by_side(who)}"
     folder, record, above = found
     by = published_by(folder, records_dir)
     where = f"{folder}, a folder above it, holds" if above else f"it contains {folder}, which holds"

@@ -53,8 +53,6 @@ from smallpond.execution import user_folder
 from smallpond.execution.ownership import PUBLICATION_JOURNAL
 from smallpond.io.filesystem import atomic_write_bytes, remove_path
 
-#: the publication journal of a job, in its ``config/`` folder (:mod:`~smallpond.execution.ops.sink_journal`)
-JOURNAL = PUBLICATION_JOURNAL
 #: the folder of the marks, in this user's folder of the data root, beside its records (``sinks/``)
 PENDING_DIRNAME = "publishing"
 _FORMAT = "smallpond-publishing-1"
@@ -62,7 +60,7 @@ _FORMAT = "smallpond-publishing-1"
 
 def job_journal(job_folder: str) -> str:
     """Where the job in ``job_folder`` keeps its publication journal."""
-    return os.path.join(job_folder, "config", JOURNAL)
+    return os.path.join(job_folder, "config", PUBLICATION_JOURNAL)
 
 
 def _name(job_root: str) -> str:
