@@ -152,22 +152,9 @@ def test_sql_with_a_string_ending_in_from_or_join_is_reused(tmp_path, data_root,
     query is served from the task cache and resumed like any other. The search for ``join'x.csv'``
     (no space) took the string's closing quote for a file's opening one, so such a query and every
     node after it were never reused."""
-    facts = str(tmp_path / "facts.parquet")
-    pq.write_table(pa.table({"e": ["user join", "came from", "x", "left join"]}), facts)
-
-    def run(job: str, **rt_options):
-        ctx = Context()
-        node = SqlEngineNode(
-            ctx, (DataSourceNode(ctx, ParquetDataSet([facts])),), f"select count(*) as n from {{0}} where {condition}"
-        )
-        ep = run_job(LogicalPlan(ctx, node), make_runtime_ctx(job, None, data_root, **rt_options))
-        return ep.final_output.to_arrow_table().column("n")[0].as_py(), ep.num_reused, ep.num_resumed
-
-    n, reused, _ = run("one")
-    assert reused == 0
-    got, reused, _ = run("two")
-    assert got == n and reused > 0, "not served from the task cache"
-    assert run("one", task_cache=False)[2] > 0, "not resumed"
+    _assert_reused_and_resumed(
+        tmp_path, data_root, ["user join", "came from", "x", "left join"], f"select count(*) as n from {{0}} where {condition}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -186,8 +173,14 @@ def test_sql_with_a_from_that_begins_no_from_list_is_reused(tmp_path, data_root,
     resumed. The FROM list scan (a46c966) took the string after the next comma, and the search
     for a file right after FROM took ``is distinct from 'x'``, and ``from 'x'`` in a comment, for a
     file: never reused."""
+    _assert_reused_and_resumed(tmp_path, data_root, ["a", "x", "b"], query)
+
+
+def _assert_reused_and_resumed(tmp_path, data_root, values, query: str) -> None:
+    """``query`` (giving a column ``n``) over a file of column ``e`` holding ``values``: a second
+    job is served it from the task cache, and a rerun of the first job resumes it."""
     facts = str(tmp_path / "facts.parquet")
-    pq.write_table(pa.table({"e": ["a", "x", "b"]}), facts)
+    pq.write_table(pa.table({"e": values}), facts)
 
     def run(job: str, **rt_options):
         ctx = Context()
