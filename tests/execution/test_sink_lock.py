@@ -330,6 +330,26 @@ def test_a_publication_inside_another_ones_destination_takes_turns_with_it(tmp_p
     assert sink_lock.folders_above(str(deep), records) == [str(tmp_path / "x" / "y"), str(tmp_path / "x")]
 
 
+def _hold_flock_until_looked(monkeypatch, flock):
+    """Patch sink_lock's ``flock`` with ``flock(fd, how, looked)``, where ``looked`` is an event set
+    once a thread has looked at what this process holds (``_held_by_this_process_or_its_parents``):
+    a test holds one thread inside a ``flock`` until another thread has looked."""
+    import threading
+    import types
+
+    looked, real_check = threading.Event(), sink_lock._held_by_this_process_or_its_parents
+
+    def check(fd):
+        try:
+            return real_check(fd)
+        finally:
+            looked.set()
+
+    patched = types.SimpleNamespace(**{**vars(fcntl), "flock": lambda fd, how: flock(fd, how, looked)})
+    monkeypatch.setattr(sink_lock, "fcntl", patched)
+    monkeypatch.setattr(sink_lock, "_held_by_this_process_or_its_parents", check)
+
+
 def test_a_thread_finding_the_folder_just_locked_by_another_thread_waits_for_it(tmp_path, data_root, monkeypatch):
     """Two threads of one process publishing beside each other (``out/a``, ``out/b``: only the lock
     of ``out`` is the same). The first has just taken it: had the second looked at what this process
@@ -339,27 +359,19 @@ def test_a_thread_finding_the_folder_just_locked_by_another_thread_waits_for_it(
     right after its ``flock`` until the second has looked (at most 2 s): the second must wait for
     the first (it can look only once the first's lock is noted)."""
     import threading
-    import types
 
     out = tmp_path / "out"
     out.mkdir()
-    real_flock, real_check = fcntl.flock, sink_lock._held_by_this_process_or_its_parents
-    flocked, looked, order = threading.Event(), threading.Event(), []
+    real_flock = fcntl.flock
+    flocked, order = threading.Event(), []
 
-    def flock(fd, how):
+    def flock(fd, how, looked):
         real_flock(fd, how)
         if threading.current_thread().name == "first" and how & fcntl.LOCK_EX and os.path.samestat(os.fstat(fd), os.stat(out)):
             flocked.set()
             looked.wait(2)  # the window: locked, and not yet noted as this process's publication
 
-    def check(fd):
-        try:
-            return real_check(fd)
-        finally:
-            looked.set()
-
-    monkeypatch.setattr(sink_lock, "fcntl", types.SimpleNamespace(**{**vars(fcntl), "flock": flock}))
-    monkeypatch.setattr(sink_lock, "_held_by_this_process_or_its_parents", check)
+    _hold_flock_until_looked(monkeypatch, flock)
 
     def first():
         with destinations_locked([str(out / "a")], sink_records_dir(str(tmp_path / "other_root"))):
@@ -385,27 +397,19 @@ def test_a_thread_finding_the_folder_locked_by_another_thread_letting_go_still_l
     looked after the first forgot its lock and before the lock went, it would take the lock for one
     a process the job runs under holds and publish without it; it must hold ``out``'s lock itself."""
     import threading
-    import types
 
     out = tmp_path / "out"
     out.mkdir()
-    real_flock, real_check = fcntl.flock, sink_lock._held_by_this_process_or_its_parents
-    letting_go, looked, inside = threading.Event(), threading.Event(), []
+    real_flock = fcntl.flock
+    letting_go, inside = threading.Event(), []
 
-    def flock(fd, how):
+    def flock(fd, how, looked):
         if threading.current_thread().name == "first" and how == fcntl.LOCK_UN and os.path.samestat(os.fstat(fd), os.stat(out)):
             letting_go.set()
             looked.wait(2)  # the window: no longer noted as this process's publication, and still locked
         real_flock(fd, how)
 
-    def check(fd):
-        try:
-            return real_check(fd)
-        finally:
-            looked.set()
-
-    monkeypatch.setattr(sink_lock, "fcntl", types.SimpleNamespace(**{**vars(fcntl), "flock": flock}))
-    monkeypatch.setattr(sink_lock, "_held_by_this_process_or_its_parents", check)
+    _hold_flock_until_looked(monkeypatch, flock)
 
     def first():
         with destinations_locked([str(out / "a")], sink_records_dir(str(tmp_path / "other_root"))):
