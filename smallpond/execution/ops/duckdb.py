@@ -22,15 +22,7 @@ from smallpond.common import MB, as_subquery, quote_literal
 from smallpond.errors import OutOfMemory, UserCodeError
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
-from smallpond.io.sqltext import (  # noqa: F401  (the lexer: asked here too)
-    FRAGMENT_SHAPES,
-    fragment_problem,
-    is_distinct_from,
-    leaves_text_open,
-    top_level_text,
-    without_quoted_text,
-    word_is_a_name,
-)
+from smallpond.io.sqltext import is_distinct_from, top_level_text, without_quoted_text, word_is_a_name
 from smallpond.logical.dataset import DataSet
 from smallpond.logical.determinism import sql_may_draw_random  # noqa: F401  (the ops ask it here)
 
