@@ -102,13 +102,24 @@ _SPACES = re.compile(r"\s*")
 _WITHIN = re.compile(r"\)\s*within\s*$", re.IGNORECASE)
 
 
+#: how much code before a word decides how DuckDB reads it (:func:`word_is_a_name`,
+#: :func:`is_distinct_from`): all these helpers look at
+LOOK_BEHIND = 256
+
+
+def code_before(code: str, i: int) -> str:
+    """The code just before position ``i`` that decides how the word there is read (the last
+    :data:`LOOK_BEHIND` characters): a long query is not copied per word."""
+    return code[max(0, i - LOOK_BEHIND) : i]
+
+
 def word_is_a_name(before: str) -> bool:
     """Whether DuckDB reads the word that follows code ``before`` (:func:`without_quoted_text`,
     with marks) as a name, whatever it is: a field after a '.' that is no decimal point (st.from,
     t.offset, "s".order, 1 .from; but 1.from is the number 1. and FROM), a column's name after AS
     (a as limit) and a type after '::' (x::union(...)). Looked for from the end, without regular
     expressions: this is asked at each keyword of a query, which may be long."""
-    before = before[-256:].rstrip()  # (what decides is just before the word)
+    before = before[-LOOK_BEHIND:].rstrip()  # (what decides is just before the word)
     if before.endswith("::"):
         return True
     if before.endswith("."):
@@ -123,7 +134,7 @@ def word_is_a_name(before: str) -> bool:
 
 def is_distinct_from(before: str) -> bool:
     """Whether the FROM that follows code ``before`` is that of ``a IS [NOT] DISTINCT FROM b``."""
-    before = before[-256:].rstrip()
+    before = before[-LOOK_BEHIND:].rstrip()
     return before[-8:].lower() == "distinct" and bool(re.search(r"\bis\s+(?:not\s+)?distinct$", before, re.IGNORECASE))
 
 
@@ -142,7 +153,7 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
             continue
         if depth:
             continue
-        before = code[max(0, m.start() - 256) : m.start()].rstrip()  # (see word_is_a_name)
+        before = code_before(code, m.start()).rstrip()
         after = code[_SPACES.match(code, m.end()).end() :][:1]  # (the next character, if any)
         word = t.lower()
         if word_is_a_name(before) or word == "from" and is_distinct_from(before):
@@ -210,6 +221,6 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
             depth += 1 if t in "([{" else -1 if t in ")]}" else 0
             if depth == 0 and t == ",":
                 return "it holds a ',' outside parentheses: a list, not one expression"
-            if depth == 0 and t.lower() == "as" and not word_is_a_name(code[max(0, m.start() - 256) : m.start()]):
+            if depth == 0 and t.lower() == "as" and not word_is_a_name(code_before(code, m.start())):
                 return "it holds AS outside parentheses: a name for a column, not one expression"
     return None

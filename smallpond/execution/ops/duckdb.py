@@ -22,7 +22,7 @@ from smallpond.common import MB, as_subquery, quote_literal
 from smallpond.errors import OutOfMemory, UserCodeError
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
-from smallpond.io.sqltext import is_distinct_from, top_level_text, without_quoted_text, word_is_a_name
+from smallpond.io.sqltext import code_before, is_distinct_from, top_level_text, without_quoted_text, word_is_a_name
 from smallpond.logical.dataset import DataSet
 from smallpond.logical.determinism import sql_may_draw_random  # noqa: F401  (the ops ask it here)
 
@@ -120,8 +120,7 @@ def _names_file_after_a_comma_in_from(code: str) -> bool:
             if len(in_from) > 1:
                 in_from.pop()
         elif word in ("from", "join") or word in _ENDS_FROM_LIST:
-            # (what decides is just before the word: a long query is not copied per word)
-            before = code[max(0, m.start() - 256) : m.start()]
+            before = code_before(code, m.start())
             if not word_is_a_name(before):
                 in_from[-1] = word in ("from", "join") and not (word == "from" and is_distinct_from(before))
     return False
@@ -210,12 +209,10 @@ def sql_reads_files(texts) -> bool:
         # (without its comments, which run nothing: -- came from 'old.parquet'; a string after
         # is [not] distinct from is a value: where s is distinct from 'done')
         text = without_quoted_text(str(t), keep_quoted=True) if "--" in str(t) or "/*" in str(t) else str(t)
-        if any(not is_distinct_from(text[max(0, m.start() - 256) : m.start()]) for m in _READS_FILES.finditer(text)):
+        if any(not is_distinct_from(code_before(text, m.start())) for m in _READS_FILES.finditer(text)):
             return True
         code = without_quoted_text(str(t), marks=True)
-        right_after = (
-            m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code[max(0, m.start() - 256) : m.start()])
-        )
+        right_after = (m for m in _NAMES_FILE_RIGHT_AFTER.finditer(code) if not is_distinct_from(code_before(code, m.start())))
         if next(right_after, None) is not None or _names_file_after_a_comma_in_from(code):
             return True
     return False
