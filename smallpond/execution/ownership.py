@@ -147,6 +147,24 @@ def check_secret(layout) -> None:
     )
 
 
+def refuse_if_publishing(layout, action: str, rerun: str, then: str) -> None:
+    """Raise :class:`JobFolderError` if the job in ``layout`` began publishing and did not finish
+    (its ``config/publication.journal`` is there): ``action`` (``"restart"``, ``"remove"``) would
+    take the journal away, and with it the only way to finish that publication; the message names
+    the journal and what to do: run the job again (``rerun``: how, e.g. ``" without restart"``),
+    which finishes the publication, then ``then``; or remove the journal by hand to give the publication up."""
+    journal = os.path.join(layout.config_root, PUBLICATION_JOURNAL)
+    if not os.path.lexists(journal):
+        return
+    raise JobFolderError(
+        f"cannot {action} job {layout.job_root}: an earlier run of it began publishing and did not finish "
+        f"(its publication journal {journal} is still there), and its destinations may hold a result no "
+        f"record vouches for yet. Run the job again{rerun} (same job id and data root), which "
+        f"finishes that publication, then {then}; or, if it cannot be run again (its secret was lost), "
+        "remove that journal to give the publication up"
+    )
+
+
 def move_aside(layout) -> Optional[str]:
     """Rename an existing job folder to ``{job_root}.restarted-{time}``; returns the new name.
 
@@ -161,17 +179,9 @@ def move_aside(layout) -> Optional[str]:
     if lock is not None:
         lock.acquire()
     try:
-        journal = os.path.join(layout.config_root, PUBLICATION_JOURNAL)
-        if os.path.lexists(journal):
-            # moved aside, that publication would never be finished (the job's rerun finishes the
-            # journal in its own folder), and no other job's nesting check would see it again
-            raise JobFolderError(
-                f"cannot restart job {layout.job_root}: an earlier run of it began publishing and did not finish "
-                f"(its publication journal {journal} is still there), and its destinations may hold a result no "
-                "record vouches for yet. Run the job again without restart (same job id and data root), which "
-                "finishes that publication, then restart it; or, if it cannot be run again (its secret was lost), "
-                "remove that journal to give the publication up"
-            )
+        # moved aside, that publication would never be finished (the job's rerun finishes the
+        # journal in its own folder), and no other job's nesting check would see it again
+        refuse_if_publishing(layout, "restart", " without restart", "restart it")
         os.rename(layout.job_root, aside)
     except BaseException:
         if lock is not None:

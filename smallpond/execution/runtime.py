@@ -543,15 +543,16 @@ class RuntimeContext:
 
         An existing folder is resumed only if it is safely the current user's and still has its
         secret (:mod:`smallpond.execution.ownership`); ``restart`` moves an existing folder aside
-        (``{job_root}.restarted-{time}``) and starts the job afresh.
+        (``{job_root}.restarted-{time}``) and starts the job afresh; ``cleanup_root`` removes it
+        first (:meth:`cleanup_root`). Both are refused while a publication the job began is not
+        finished (its journal is there).
         """
         import socket
 
         from smallpond.execution.ownership import check_job_folder, check_secret, move_aside, warn_if_shared
-        from smallpond.io.filesystem import remove_path
 
         if cleanup_root:
-            remove_path(self.job_root)
+            self.cleanup_root()
         exists = os.path.lexists(self.job_root)
         if exists and not root_exist_ok:
             raise FileExistsError(f"job root {self.job_root} already exists")
@@ -581,8 +582,15 @@ class RuntimeContext:
             remove_path(self.output_root)
 
     def cleanup_root(self) -> None:
+        """Remove the whole job folder, unless an earlier run of the job began publishing and did
+        not finish (its ``config/publication.journal`` is there): removed, that publication could
+        never be finished and its destinations would keep a result no record vouches for, so a
+        :class:`~smallpond.execution.ownership.JobFolderError` names the journal and what to do
+        (as a restart is refused)."""
+        from smallpond.execution.ownership import refuse_if_publishing
         from smallpond.io.filesystem import remove_path
 
+        refuse_if_publishing(self.layout, "remove the folder of", "", "remove its folder")
         remove_path(self.job_root)
 
     def __getstate__(self):

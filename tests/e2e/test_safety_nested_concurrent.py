@@ -190,3 +190,41 @@ def test_a_job_killed_while_publishing_is_not_restarted_around_its_journal(tmp_p
     assert published_rows(out, "id") == [100, 101, 102]
     mark_dir = os.path.join(data_root, ".smallpond", "users", str(os.getuid()), "publishing")
     assert os.listdir(mark_dir) == []
+
+
+def test_a_job_killed_while_publishing_keeps_its_folder_through_cleanup_root(tmp_path, data_root):
+    """``RuntimeContext.cleanup_root()`` (and ``initialize(cleanup_root=True)``, upstream's API)
+    removed the whole job folder, the journal of a publication a killed run began with it: that
+    publication could never be finished, its destination kept a result no record vouches for, and
+    its mark counted no more. Both are refused while the journal is there, naming it and what to
+    do; the folder and journal stay. Run again, the job finishes its publication, and the folder
+    may go."""
+    from datetime import datetime
+
+    from smallpond.execution.ownership import JobFolderError
+    from smallpond.execution.runtime import JobId, RuntimeContext
+
+    out = str(tmp_path / "out")
+    outer = held(data_root, rows_of(tmp_path, "outer", 100), out, mode="overwrite")
+    _killed_at_its_record(outer)
+    job = _job_folder(data_root, outer)
+    journal = os.path.join(job, "config", "publication.journal")
+    stamp, job_id = os.path.basename(job).split(".", 1)
+
+    def runtime():
+        return RuntimeContext(JobId(hex=job_id), datetime.strptime(stamp, "%Y-%m-%d-%H-%M-%S"), data_root)
+
+    assert runtime().job_root == job
+    for remove in (lambda rt: rt.cleanup_root(), lambda rt: rt.initialize(cleanup_root=True)):
+        with pytest.raises(JobFolderError) as refused:
+            remove(runtime())
+        message = str(refused.value)
+        assert f"cannot remove the folder of job {job}: an earlier run of it began publishing and did not finish" in message
+        assert f"(its publication journal {journal} is still there)" in message
+        assert "Run the job again (same job id and data root), which finishes that publication, then remove its folder" in message
+        assert "or, if it cannot be run again (its secret was lost), remove that journal to give the publication up" in message
+        assert os.path.exists(journal)
+    run(outer)  # finishes the publication
+    assert published_rows(out, "id") == [100, 101, 102]
+    runtime().cleanup_root()
+    assert not os.path.exists(job) and published_rows(out, "id") == [100, 101, 102]
