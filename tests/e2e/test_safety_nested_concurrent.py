@@ -118,7 +118,10 @@ def test_a_job_killed_while_publishing_is_not_nested_into_before_its_rerun(tmp_p
     victim_dest = out if killed == "outer" else inner_dest
     message = " ".join(refused.stderr.split())
     assert f"job {job} began publishing a result into {victim_dest} and has not finished" in message, message[-3000:]
-    assert "the job is not running: it was killed while it published. Rerun that job" in message
+    assert (
+        "the job is not running: it stopped before finishing its publication (it was killed, or it failed). Rerun that job"
+        in message
+    )
     assert f"(its publication journal {os.path.join(job, 'config', 'publication.journal')} is still there)" in message
     assert "or remove that journal to give the publication up" in message
     if other == "held_before":  # refused when it publishes, holding the publication locks

@@ -30,9 +30,10 @@ Invariants:
   an earlier publication never counts again when the job publishes elsewhere later. A rerun
   finishing an earlier run's journal writes the mark again first (a journal of a smallpond
   without marks has none).
-* **A dead job's mark still blocks.** Whether the job is running is said, not decided on: a
-  killed job's mark stays until its rerun finishes (or gives up) the publication, and the refusal
-  tells the user to rerun it (same job id and data root), or to remove its journal to give it up.
+* **A dead job's mark still blocks.** Whether the job is running is said, not decided on: the
+  mark of a job that stopped before finishing its publication (killed, or failed: a step's error
+  leaves the journal too) stays until its rerun finishes (or gives up) the publication, and the
+  refusal tells the user to rerun it (same job id and data root), or to remove its journal to give it up.
 * **A mark goes with its job.** ``smallpond clean`` removes the marks of job folders that are gone
   (:func:`prune`): a job writes its mark while its folder exists, and a folder that is gone never
   has a journal again (a job started anew gets a folder of another name). A mark of a job folder
@@ -155,8 +156,8 @@ def describe(p: Pending, folder: str) -> str:
         )
     else:
         now = (
-            "the job is not running: it was killed while it published. Rerun that job (same job id and data root) "
-            "to finish its publication"
+            "the job is not running: it stopped before finishing its publication (it was killed, or it failed). "
+            "Rerun that job (same job id and data root) to finish its publication"
         )
     return (
         f"job {p.job} began publishing a result into {folder} and has not finished (its publication journal "
