@@ -3,7 +3,8 @@
 Invariants:
 
 * :func:`atomic_write_bytes` never leaves a partially written file under the final name: it writes
-  a temp file in the same directory, fsyncs it and renames it.
+  a temp file in the same directory, fsyncs it and renames it. A writer killed mid-write leaves
+  the temp file; :func:`remove_abandoned_temps` removes those of a folder, never one being written.
 * :func:`dump` / :func:`load` move signed pickles across the shared filesystem. A pickle is code
   to whoever loads it, so every pickle carries an HMAC-SHA256 of its bytes under a per-job secret;
   :func:`load` refuses a pickle whose signature does not match.
@@ -28,11 +29,12 @@ import errno
 import hashlib
 import hmac
 import os
+import re
 import shutil
 import stat
 import time
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, List, Optional
 
 HF3FS_MOUNT_POINT_PREFIX = "/hf3fs"
 HF3FS_FSSPEC_PROTOCOL = "hf3fs://"
@@ -255,28 +257,95 @@ def read_file(path: str) -> bytes:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False) -> None:
+def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False, hold: bool = False) -> None:
     """Write ``data`` to ``path`` so that readers see either nothing or the whole file.
 
     The rename makes the write atomic against process crashes. ``fsync`` (off by default: it
     costs 10-300 ms per call on network and virtual disks) adds durability against power loss;
     the readers of our records do not need it, because every record is signed and a torn or
     empty record fails verification and is treated as absent (the task is recomputed).
+
+    The temp file is ``.{name}.tmp-{12 hex digits}`` beside ``path``; a kill -9 leaves it there.
+    ``hold``: it is ``flock``ed from its creation until it has its name, so that
+    :func:`remove_abandoned_temps` tells a killed writer's (the kernel lets go of a dead process's
+    locks) from one being written.
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
     try:
         with open(tmp, "wb") as f:
+            if hold:
+                _hold(f.fileno())
             f.write(data)
-            if fsync:
+            if fsync or hold:
                 f.flush()
+            if fsync:
                 os.fsync(f.fileno())
-        os.replace(tmp, path)
+            if hold:  # renamed while still locked: never found unlocked before it has its name
+                os.replace(tmp, path)
+        if not hold:
+            os.replace(tmp, path)
     except BaseException:
         remove_path(tmp)  # a full disk or an interrupt leaves no half-written temp file behind
         raise
     if fsync:
         fsync_dir(directory)
+
+
+def _hold(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except (ImportError, OSError):
+        pass  # a filesystem without locks: remove_abandoned_temps goes by the age alone
+
+
+#: a temp file of :func:`atomic_write_bytes` (group 1: the name it is written for)
+_TEMP_NAME = re.compile(r"\.(.+)\.tmp-[0-9a-f]{12}")
+#: how long a temp file of :func:`atomic_write_bytes` must be untouched before
+#: :func:`remove_abandoned_temps` may take it for a killed writer's
+ABANDONED_TEMP_AGE = 3600.0
+
+
+def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_than: float = ABANDONED_TEMP_AGE) -> List[str]:
+    """Remove the temp files that writers of :func:`atomic_write_bytes` (with ``hold``) killed
+    mid-write left in ``folder`` (a descriptor); returns their names.
+
+    Only a file named as such a temp file (``.{name}.tmp-{12 hex digits}``) of a ``name`` that
+    ``written`` accepts (the files the caller's folder holds), a regular file of this user (not a
+    link), untouched for ``older_than`` seconds, and that no process holds locked: its writer
+    holds its lock until the rename, so a write in progress is never removed (on a filesystem
+    without locks, where it cannot, the age alone decides). Anything else is left alone."""
+    import fcntl
+
+    removed, now = [], time.time()
+    for name in sorted(os.listdir(folder)):
+        match = _TEMP_NAME.fullmatch(name)
+        if match is None or not written(match.group(1)):
+            continue
+        try:
+            fd = os.open(name, READ_FLAGS | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
+        except OSError:
+            continue  # gone meanwhile, or a link: not the engine's
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < older_than:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its writer still runs (or a child it forked meanwhile): it stays
+            except OSError:
+                pass  # no locks here: by the age alone
+            if os.path.samestat(st, os.stat(name, dir_fd=folder, follow_symlinks=False)):
+                os.unlink(name, dir_fd=folder)
+                removed.append(name)
+        except OSError:
+            continue  # renamed or removed meanwhile
+        finally:
+            os.close(fd)
+    return removed
 
 
 def fsync_dir(path: str) -> None:

@@ -4,6 +4,7 @@ journal exists, and the nesting checks (ops/sink_overlap.py) refuse a folder ins
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -149,3 +150,64 @@ def test_the_refusal_does_not_say_a_job_runs_when_that_cannot_be_told(tmp_path, 
         assert "process 4242 on host node-that-died holds its job lock" in said, said
     assert "if it is not, rerun that job (same job id and data root) to finish its publication" in said, said
     assert "or remove that journal to give the publication up" in said
+
+
+KILLED_WRITER = """
+import os, sys, threading, time
+from smallpond.execution.ops import sink_pending, sink_record
+records, job, out, ready = sys.argv[1:5]
+def stuck(src, dst):  # each write stops right before its rename, its temp file written
+    open(ready + "." + os.path.basename(dst), "w").close()
+    time.sleep(120)
+os.replace = stuck
+threading.Thread(target=sink_pending.mark, args=(records, job, [out]), daemon=True).start()
+threading.Thread(target=sink_record.save, args=(sink_record.record_path(records, out), b"record"), daemon=True).start()
+time.sleep(120)
+"""
+
+
+def test_clean_removes_the_temp_files_of_a_writer_killed_mid_write_only(tmp_path, data_root):
+    """kill -9 while a mark (publishing/) or a record (sinks/) is written leaves its temp file
+    (``.{name}.tmp-{hex}``), which ``smallpond clean --yes`` removes once its writer is gone,
+    never while it runs (it holds the temp file locked, here for longer than the age clean waits
+    for), nor a file of another name or a young one (a write on a filesystem without locks)."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.test_cli import cli
+
+    records = sink_records_dir(data_root)
+    job, out = _job(data_root), str(tmp_path / "out")
+    ready = str(tmp_path / "ready")
+    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, records, job, out, ready], stderr=subprocess.PIPE, text=True)
+    folders = (sink_pending.marks_dir(records), records)
+    try:
+        while len([n for n in os.listdir(tmp_path) if n.startswith("ready.")]) < 2:
+            assert writer.poll() is None, writer.stderr.read()[-3000:]
+            time.sleep(0.02)
+        temps = [os.path.join(f, n) for f in folders for n in os.listdir(f) if ".tmp-" in n]
+        assert len(temps) == 2, temps
+        old = time.time() - 7200
+        for path in temps:  # written two hours ago, and still being written
+            os.utime(path, (old, old))
+        foreign = [os.path.join(f, n) for f in folders for n in ("notes.txt", ".notes.tmp-0123456789ab")]
+        young = [
+            os.path.join(f, "." + os.path.basename(t).split(".")[1] + ".json.tmp-0123456789ab") for f, t in zip(folders, temps)
+        ]
+        for path in foreign + young:
+            with open(path, "wb") as f:
+                f.write(b"not a leftover")
+        for path in foreign:
+            os.utime(path, (old, old))
+        assert cli("clean", "--yes", data_root=data_root).returncode == 0
+        assert all(os.path.exists(p) for p in temps), "a write in progress was removed"
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+        done = cli("clean", "--yes", data_root=data_root)
+        assert done.returncode == 0, done.stderr
+        assert not [p for p in temps if os.path.exists(p)], "the temp files of the killed writer stay"
+        assert all(os.path.exists(p) for p in foreign + young)
+    finally:
+        writer.kill()
+        writer.wait()

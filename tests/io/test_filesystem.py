@@ -19,6 +19,7 @@ from smallpond.io.filesystem import (
     load,
     private_key,
     read_file,
+    remove_abandoned_temps,
     remove_path,
     remove_tree_written_into,
     rename_noreplace,
@@ -107,6 +108,77 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
     atomic_write_bytes(path, b"two")
     assert open(path, "rb").read() == b"two"
     assert os.listdir(tmp_path) == ["f.txt"]
+
+
+def test_abandoned_temp_files_are_removed_never_a_write_in_progress_nor_a_foreign_file(tmp_path):
+    """remove_abandoned_temps takes only a temp file of atomic_write_bytes (``.{name}.tmp-{12 hex}``)
+    of a name the caller accepts, a regular file, untouched for long enough, that no process holds
+    locked (a writer with ``hold`` holds it until the rename): a kill -9's leftover. A young one, a
+    locked one (however old), one of another name, a link or a folder of that shape stay."""
+    import fcntl
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    old = os.path.getmtime(folder) - 7200
+
+    def plant(name, locked=False, young=False):
+        path = folder / name
+        path.write_bytes(b"half")
+        if not young:
+            os.utime(path, (old, old))
+        if locked:
+            fd = os.open(path, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            return fd
+        return None
+
+    plant(".a.json.tmp-0123456789ab")  # the leftover
+    holder = plant(".b.json.tmp-0123456789ab", locked=True)  # its writer still runs
+    plant(".c.json.tmp-0123456789ab", young=True)  # being written, on a filesystem without locks
+    for foreign in (".notes.tmp-0123456789ab", ".a.json.tmp-0123456789aB", ".a.json.tmp-0123", "a.json.tmp-0123456789ab", "x"):
+        plant(foreign)
+    (folder / ".d.json.tmp-0123456789ab").mkdir()
+    os.symlink(str(tmp_path / "elsewhere"), str(folder / ".e.json.tmp-0123456789ab"))
+    (tmp_path / "elsewhere").write_bytes(b"not the engine's")
+    os.utime(tmp_path / "elsewhere", (old, old))
+    before = sorted(os.listdir(folder))
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = remove_abandoned_temps(fd, lambda name: name.endswith(".json") and name != "notes.json")
+    finally:
+        os.close(fd)
+        os.close(holder)
+    assert removed == [".a.json.tmp-0123456789ab"]
+    assert sorted(os.listdir(folder)) == [n for n in before if n != ".a.json.tmp-0123456789ab"]
+    assert (tmp_path / "elsewhere").read_bytes() == b"not the engine's"
+
+
+def test_a_held_atomic_write_holds_its_temp_file_locked_until_it_has_its_name(tmp_path, monkeypatch):
+    """``hold``: the temp file is locked from its creation to its rename (so remove_abandoned_temps
+    never removes it while it is written, however long that takes); the data is whole at the rename."""
+    import fcntl
+
+    path = str(tmp_path / "f.json")
+    seen = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("unlocked")
+        except BlockingIOError:
+            seen.append("locked")
+        finally:
+            os.close(fd)
+        with open(src, "rb") as f:
+            seen.append(f.read())
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_bytes(path, b"whole", hold=True)
+    assert seen == ["locked", b"whole"] and open(path, "rb").read() == b"whole"
+    assert os.listdir(tmp_path) == ["f.json"]
 
 
 def test_write_file_and_read_file(tmp_path):

@@ -37,7 +37,8 @@ Invariants:
 * **A mark goes with its job.** ``smallpond clean`` removes the marks of job folders that are gone
   (:func:`prune`): a job writes its mark while its folder exists, and a folder that is gone never
   has a journal again (a job started anew gets a folder of another name). A mark of a job folder
-  still there stays, stale or not.
+  still there stays, stale or not. A mark's temp file that a kill -9 of its writer left goes too,
+  never one being written (its writer holds it locked).
 * **Only refusals.** A mark never makes anything be removed or trusted: it is not signed, only
   checked to be of the job it is named after. Like the records, marks are this user's, of this data
   root: the nesting checks hold for the jobs of one data root and user.
@@ -52,7 +53,7 @@ from typing import List, NamedTuple, Optional, Sequence
 
 from smallpond.execution import user_folder
 from smallpond.execution.ownership import PUBLICATION_JOURNAL
-from smallpond.io.filesystem import atomic_write_bytes, remove_path
+from smallpond.io.filesystem import atomic_write_bytes, remove_abandoned_temps, remove_path
 
 #: the folder of the marks, in this user's folder of the data root, beside its records (``sinks/``)
 PENDING_DIRNAME = "publishing"
@@ -85,7 +86,7 @@ def mark(records_dir: str, job_root: str, dests: Sequence[str], fsync: bool = Fa
     user_folder.prepare(records_dir)
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     data = {"format": _FORMAT, "job": os.path.realpath(job_root), "destinations": sorted(os.path.realpath(d) for d in dests)}
-    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode(), fsync=fsync)  # (its folder too)
+    atomic_write_bytes(path, json.dumps(data, sort_keys=True).encode(), fsync=fsync, hold=True)  # (its folder too)
 
 
 def unmark(records_dir: str, job_root: str) -> None:
@@ -165,16 +166,22 @@ def describe(p: Pending, folder: str) -> str:
     )
 
 
+def _is_mark_name(name: str) -> bool:
+    return len(name) == 69 and name.endswith(".json") and all(c in "0123456789abcdef" for c in name[:64])
+
+
 def prune(data_root: str) -> int:
     """Remove this user's marks (under ``data_root``) of job folders that are gone; how many went.
     Through the checked user folder (:func:`~smallpond.execution.user_folder.open_own`), as the
-    records are pruned."""
+    records are pruned. The temp file of a mark that a kill -9 interrupted goes too, once its
+    writer is gone (:func:`~smallpond.io.filesystem.remove_abandoned_temps`)."""
     try:
         folder = user_folder.open_own(data_root, PENDING_DIRNAME)
     except FileNotFoundError:
         return 0
     removed = 0
     try:
+        remove_abandoned_temps(folder, _is_mark_name)
         for name in sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)

@@ -67,6 +67,7 @@ from smallpond.io.filesystem import (
     SignatureError,
     atomic_write_bytes,
     private_key,
+    remove_abandoned_temps,
     remove_path,
     signed_bytes,
     unique_suffix,
@@ -255,7 +256,7 @@ def save(path: str, data: bytes) -> None:
     """Write a record (atomically: a reader sees the previous record or this one)."""
     user_folder.prepare(os.path.dirname(path))
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, hold=True)  # (a kill -9's temp file is told from a write in progress)
     remove_path(_legacy_path(path))  # an unsigned record of the same folder, now replaced
 
 
@@ -339,7 +340,7 @@ def claimed_destinations(records_dir: str, write_index: bool = True) -> List[str
         out.append(dest)
     if write_index and (fresh or len(known) != len(index)):
         try:
-            atomic_write_bytes(os.path.join(records_dir, _INDEX), json.dumps(known, sort_keys=True).encode())
+            atomic_write_bytes(os.path.join(records_dir, _INDEX), json.dumps(known, sort_keys=True).encode(), hold=True)
         except OSError:
             pass  # only a cache: the next lookup reads those records again
     return out
@@ -414,7 +415,9 @@ def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
     A record whose destination still holds its manifest is kept, whether or not it verifies:
     only a verified one is ever used, so keeping one is always safe. Files are read and removed
     through the user folder as checked when opened (a :class:`ParameterError` if it is not this
-    user's own), never by a path that a swapped folder could send elsewhere."""
+    user's own), never by a path that a swapped folder could send elsewhere. Unless ``dry_run``,
+    the temp files of records (and of the index) whose writer a kill -9 interrupted go too, never
+    one being written (:func:`~smallpond.io.filesystem.remove_abandoned_temps`)."""
     records_dir = sink_records_dir(data_root)
     try:
         folder = user_folder.open_own(data_root, SINKS_DIRNAME)
@@ -446,10 +449,20 @@ def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int
         if dry_run or _remove_if_same(folder, name, ino):
             removed.append(claim["dest"] if claim is not None else os.path.join(records_dir, name))
     if not dry_run:
+        remove_abandoned_temps(folder, _is_written_here)  # of records and the index, whose writer was killed
         for name in sorted(n for n in os.listdir(folder) if n.endswith(LOCK_SUFFIX) and not n.startswith(".")):
             if not _exists(folder, name[: -len(LOCK_SUFFIX)] + _SUFFIX):
                 _remove_unused_lock(folder, name)
     return removed, kept
+
+
+def _is_written_here(name: str) -> bool:
+    """Whether ``name`` is a file the engine writes with a temp file in the records folder: a
+    record (or an unsigned one of the earlier format) or the index."""
+    stem, dot, suffix = name.partition(".")
+    return name == _INDEX or (
+        len(stem) == 64 and "." + suffix in (_SUFFIX, _LEGACY_SUFFIX) and all(c in "0123456789abcdef" for c in stem)
+    )
 
 
 def _remove_unused_lock(folder: int, name: str) -> None:
