@@ -13,6 +13,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from smallpond.execution.ops import sink_lock
 from smallpond.execution.ops.sink_lock import destinations_locked, folder_to_lock, lock_path
 from smallpond.execution.runtime import sink_records_dir
@@ -467,12 +469,14 @@ FORKED_WHILE_OPENING = textwrap.dedent(
 
 
 def test_a_child_forked_while_another_thread_opens_a_lock_does_not_keep_it(tmp_path, data_root):
-    """A fork while another thread is between opening a lock's file and noting it waits for it
-    (the lock is opened, taken and noted under one threading lock, which a fork takes): else the
-    child has a copy of that open file, which its after-fork hook does not know to close, and
-    once the publishing parent dies (SIGKILL) the child keeps the lock: every other publication
-    into the destination waits for as long as the child lives. Break-tested: without the
-    before-fork hook the lock is still held here."""
+    """A fork while another thread is between opening a lock's file and noting it: the child has a
+    copy of that open file, which its after-fork hook does not know to close, and had the thread
+    locked it, once the publishing parent dies (SIGKILL) the child would keep the lock: every
+    other publication into the destination would wait for as long as the child lives. The open is
+    not under the threading lock a fork takes (an open that hangs would hold up every fork), so
+    the thread finds the fork (sink_lock._forks) and opens the file again. Break-tested: without
+    the before-fork hook, or without looking for a fork since the open, the lock is still held
+    here."""
     records = sink_records_dir(data_root)
     dest = str(tmp_path / "out")
     out = str(tmp_path / "holder")
@@ -496,10 +500,10 @@ def test_a_child_forked_while_another_thread_opens_a_lock_does_not_keep_it(tmp_p
 
 
 def test_an_interrupt_while_a_lock_is_opened_lets_go_of_the_threading_lock(tmp_path, data_root, monkeypatch):
-    """Ctrl-C (or the job's SIGTERM, raised as an exception) while a lock's file is opened under
-    _fds_lock lets go of it: else letting go of the locks already taken (the destination's
-    folder, first in order) waits for it in the same thread, and so would every later
-    publication of this process and every fork it makes."""
+    """Ctrl-C (or the job's SIGTERM, raised as an exception) while a lock's file is opened leaves
+    _fds_lock free (the open was made under it until the open moved out): else letting go of
+    the locks already taken (the destination's folder, first in order) waits for it in the same
+    thread, and so would every later publication of this process and every fork it makes."""
     import threading
 
     def interrupted(path):
@@ -524,3 +528,176 @@ def test_an_interrupt_while_a_lock_is_opened_lets_go_of_the_threading_lock(tmp_p
     thread.join(10)
     assert not stuck, "the publication hung: it waits for _fds_lock, which it left held itself"
     assert free and outcome == ["interrupted"], (free, outcome)
+
+
+class _Proxy:
+    """``real`` (a module or object) with some of its attributes replaced."""
+
+    def __init__(self, real, **replaced):
+        self._real = real
+        self.__dict__.update(replaced)
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+
+class _Interrupts:
+    """Counts the calls a publication's locking makes at the patched points, and raises
+    KeyboardInterrupt at call number ``at``: before the call is made, or once it returned (or
+    raised), as Ctrl-C does when its signal arrives during that call."""
+
+    def __init__(self, at: int, after: bool):
+        self.at, self.after, self.n, self.fired = at, after, 0, None
+
+    def call(self, name, real, *args, ways=("before", "after")):
+        self.n += 1
+        hit = self.n == self.at and ("after" if self.after else "before") in ways
+        if hit and not self.after:
+            self.fired = f"before {name}"
+            raise KeyboardInterrupt(self.fired)
+        try:
+            out = real(*args)
+        except BaseException:
+            if hit:
+                self.fired = f"after {name} (raised)"
+                raise KeyboardInterrupt(self.fired) from None
+            raise
+        if hit:
+            self.fired = f"after {name}"
+            raise KeyboardInterrupt(self.fired)
+        return out
+
+
+def _patch_interrupts(monkeypatch, stops, release_holder=None):
+    """Route sink_lock's calls that may be interrupted through ``stops[0]`` (an _Interrupts,
+    replaced between runs). An open is interrupted only before it is made (once it returned, the
+    descriptor is lost to Python: see sink_lock's module docstring), a close only once it is made
+    (closed even then), a wait for _fds_lock before it is taken. ``release_holder``: called before
+    a waiting flock, so that it does not wait forever."""
+    import threading
+
+    def point(name, real, ways=("before", "after")):
+        return lambda *args: stops[0].call(name, real, *args, ways=ways)
+
+    real_flock = fcntl.flock
+
+    def flock(fd, how):
+        if not how & (fcntl.LOCK_NB | fcntl.LOCK_UN) and release_holder is not None:
+            return stops[0].call("waiting flock", lambda: (release_holder(), real_flock(fd, how))[1])
+        return stops[0].call("flock", real_flock, fd, how)
+
+    class Lock:
+        def __init__(self, real):
+            self.real = real
+
+        def __enter__(self):
+            stops[0].call("waiting for _fds_lock", lambda: None, ways=("before",))
+            return self.real.__enter__()
+
+        def __exit__(self, *exc):
+            return self.real.__exit__(*exc)
+
+        def acquire(self, *a, **k):
+            return self.real.acquire(*a, **k)
+
+        def release(self):
+            return self.real.release()
+
+    monkeypatch.setattr(sink_lock, "_fds_lock", Lock(threading.Lock()))
+    monkeypatch.setattr(sink_lock, "fcntl", _Proxy(fcntl, flock=flock))
+    monkeypatch.setattr(sink_lock, "os", _Proxy(os, close=point("close", os.close, ways=("after",))))
+    monkeypatch.setattr(sink_lock, "logger", _Proxy(sink_lock.logger, info=point("log", sink_lock.logger.info)))
+    for name in ("_open", "_open_folder"):
+        monkeypatch.setattr(sink_lock, name, point(name, getattr(sink_lock, name), ways=("before",)))
+    for name in ("_still_there", "_held_by_this_process_or_its_parents"):
+        monkeypatch.setattr(sink_lock, name, point(name, getattr(sink_lock, name)))
+
+
+def _fds_of(paths):
+    out = set()
+    for n in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{n}") in paths:
+                out.add(int(n))
+        except OSError:
+            pass
+    return out
+
+
+def _free(path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("held", ["nothing", "the destination's lock file", "the folder, by this process"])
+def test_an_interrupt_at_any_step_of_taking_or_letting_go_of_the_locks_leaves_no_lock_and_no_fd(
+    tmp_path, data_root, monkeypatch, held
+):
+    """Ctrl-C (or the job's SIGTERM, raised as an exception) at any call of a publication's locking
+    (opening a lock's file, taking it, waiting for it, finding it still there, looking at who holds
+    it, waiting for _fds_lock, letting go of it, closing it), before the call or once it returned:
+    the publication is interrupted, and this process keeps no lock and no descriptor of a lock's
+    file, and notes none (a fork would close a number reused since; a later publication would
+    take the folder for one it holds). Before, an interrupt once a lock was taken and before it
+    was noted, while waiting for it, or while letting go of the locks left it held."""
+    records = sink_records_dir(data_root)
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = str(out / "day1")
+    paths = {lock_path(records, dest), str(out), lock_path(records, str(out))}
+    with destinations_locked([dest], records):  # (makes the lock files)
+        pass
+    holder = None
+    if held != "nothing":
+        holder = os.open(str(out) if held.startswith("the folder") else lock_path(records, dest), os.O_RDONLY)
+        baseline = _fds_of(paths)
+    else:
+        baseline = set()
+
+    def take_holder():
+        fcntl.flock(holder, fcntl.LOCK_EX)
+
+    def release_holder():
+        fcntl.flock(holder, fcntl.LOCK_UN)
+
+    stops = [_Interrupts(0, False)]
+    _patch_interrupts(monkeypatch, stops, release_holder if held == "the destination's lock file" else None)
+    monkeypatch.setattr(sink_lock, "_warned", set())
+    fired = []
+    for after in (False, True):
+        at = 1
+        while True:
+            if holder is not None:
+                take_holder()
+            stops[0] = _Interrupts(at, after)
+            try:
+                with destinations_locked([dest], records):
+                    pass
+            except KeyboardInterrupt:
+                pass
+            where = stops[0].fired
+            if holder is not None:
+                release_holder()
+            assert sink_lock._all_fds == {} and sink_lock._held_here() == {}, where
+            assert sink_lock._fds_lock.acquire(blocking=False), where
+            sink_lock._fds_lock.release()
+            assert _fds_of(paths) == baseline, f"a lock's file left open, interrupted {where}"
+            assert all(_free(p) for p in paths), f"a lock left held, interrupted {where}"
+            if where is None and stops[0].n < at:
+                break  # every call of the publication's locking had its turn
+            if where is not None:
+                fired.append(where)
+            at += 1
+    if holder is not None:
+        os.close(holder)
+    assert "after flock" in fired and "after close" in fired and "before waiting for _fds_lock" in fired, fired
+    if held == "the destination's lock file":
+        assert "before waiting flock" in fired and "after waiting flock" in fired
+    if held.startswith("the folder"):
+        assert "after _held_by_this_process_or_its_parents" in fired

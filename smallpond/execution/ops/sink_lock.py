@@ -64,9 +64,21 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
 * **A dead holder never blocks the next job**: ``flock`` locks belong to the open file, so the
   kernel releases them when the process holding them dies (SIGKILL included). A worker forked while
   the lock is held closes its copy at once (:func:`os.register_at_fork`), so it cannot keep the
-  lock after the job that took it; a fork waits while another thread is between opening a lock's
-  file and noting it (the child would have a copy it does not know to close). A job that has to wait logs which destination and lock file it
-  waits for, once.
+  lock after the job that took it; a fork waits while another thread is between taking a lock and
+  noting it (the child would have a copy it does not know to close). A lock's file is opened
+  before that step, so that an open that hangs (a stuck NFS mount) holds up no fork: a file
+  opened before a fork that came before it was taken is closed unlocked and opened again (its
+  thread counts the forks, :func:`_take`; the child's copy is never locked). The non-blocking
+  ``flock`` and the look at who holds a folder's lock stay in that step: a stuck NFS server would
+  hold up a fork there. A job that has to wait logs which destination and lock file it waits for, once.
+* **Interrupts**: Ctrl-C (or the job's SIGTERM, raised as an exception) at any call while locks
+  are taken, waited for or let go of leaves this process holding none and with no lock's file
+  open that it knows of: a lock taken and not yet noted is closed in that step, one noted is let
+  go of, every lock is let go of even when letting go of one is interrupted, and an interrupted
+  wait for the threading lock waits on (the interrupt raised once done). What Python code cannot
+  guard: an interrupt delivered right as ``os.open`` returns (CPython checks for signals once a
+  call returns, before its result is stored) loses that descriptor, which stays open but holds no
+  lock (a lock's file is locked only after that), so no job waits for it.
 * **Filesystems**: on a local filesystem the lock serialises every process of the host. On NFS,
   Linux (since 2.6.12) maps ``flock`` onto NFS byte-range locks of the whole file, so it holds
   across hosts; a lock of a client that died is released once the server notices (NFSv4: the
@@ -107,6 +119,9 @@ _all_fds: Dict[int, str] = {}
 #: taken and not yet in _all_fds, and takes it for one of the process it runs under
 _fds_lock = threading.Lock()
 _warned: set = set()
+#: forks of this process so far (counted under _fds_lock): a lock's file opened before a fork that
+#: came before it is taken is not locked, since the child has a copy of it (see _take)
+_forks = 0
 
 
 def _held_here() -> Dict[str, int]:
@@ -136,61 +151,109 @@ def _open_folder(path: str) -> int:
 def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> Optional[int]:
     """Take the lock of ``dest`` at ``path`` (a lock file, or with ``folder`` the folder ``dest``
     is in), waiting for its holder; its fd, or None where it cannot be locked (said once).
-    ``shared``: a shared lock (of a folder above a destination), else an exclusive one."""
+    ``shared``: a shared lock (of a folder above a destination), else an exclusive one.
+
+    An interrupt (Ctrl-C, or the job's SIGTERM raised as an exception) at any call on the way
+    leaves no lock taken and no fd open that this process knows of (see :func:`_take`)."""
     said, how = False, fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     while True:
         if not folder:
             _prepare(path)
-        fd, failed, waits, ours = None, None, False, False
-        # opened, taken and noted in one step under _fds_lock, which a fork waits for
-        # (_before_fork): a child forked meanwhile has no copy of the lock's file it does not close;
-        # and the other threads find the lock taken and noted at once (see _fds_lock)
-        with _fds_lock:
-            try:
-                fd = _open_folder(path) if folder else _open(path)
-                try:
-                    fcntl.flock(fd, how | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    # `flock DIR python job.py`: waiting would wait for this job itself
-                    waits, ours = True, folder and _held_by_this_process_or_its_parents(fd)
-                if ours:
-                    os.close(fd)
-                else:
-                    _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
-            except OSError as e:
-                failed = e
-        if failed is not None and fd is None:  # not opened
-            if not folder:
-                raise failed
-            return _folder_unlocked(failed, path, dest)  # gone meanwhile, or not ours to read
-        if ours:
-            return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+        forks = _forks
         try:
-            if failed is not None:
-                raise failed
-            if waits:
+            # opened before _fds_lock is taken: an open that hangs (a stuck NFS mount) holds up no
+            # fork (_before_fork); a fork meanwhile is found by _take, which then locks nothing
+            fd = _open_folder(path) if folder else _open(path)
+        except OSError as e:
+            if not folder:
+                raise
+            return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
+        state, failed = _take(fd, path, how, folder, forks)
+        if state == "forked":
+            continue  # a child forked since the open has a copy of it: open it again
+        if state == "ours":
+            return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
+        if state == "failed":
+            return _folder_unlocked(failed, path, dest) if folder else _no_locks(failed, path, dest)
+        try:  # noted in _all_fds: taken, or to be waited for
+            if state == "waits":
                 if not said:
                     logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
                     said = True
                 fcntl.flock(fd, how)
+            if _still_there(fd, path):
+                return fd
         except OSError as e:
             _close(fd)
             return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
-        if _still_there(fd, path):
-            return fd
+        except BaseException:  # interrupted waiting, or once it had the lock: let go of it
+            _close(fd)
+            raise
         _close(fd)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
 
 
-def _close(fd: int) -> None:
-    """Let go of the lock on ``fd`` (held or waited for) and close it."""
-    with _fds_lock:
-        _all_fds.pop(fd, None)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_UN)  # the open file's: also where a child forked meanwhile has it still
-        except OSError:
-            pass
-        finally:
+def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, Optional[OSError]]:
+    """Try the lock on ``fd`` (the file at ``path``, opened when :data:`_forks` was ``forks``)
+    without waiting, and note it in :data:`_all_fds`, in one step under :data:`_fds_lock`:
+    ``("taken", None)``, or ``("waits", None)`` when another holds it (noted too, to be waited
+    for); ``fd`` closed: ``("forked", None)`` when a fork came after the open (the child has a
+    copy of the open file, which it does not know to close: locked, it would keep the lock),
+    ``("ours", None)`` for a folder locked by this process or one it runs under, ``("failed",
+    error)`` when ``flock`` failed. An interrupt closes ``fd`` unless it is noted (the caller lets
+    go of it then): under :data:`_fds_lock`, so no fork has a copy of it locked."""
+    noted = closed = False
+    try:
+        with _fds_lock:
+            try:
+                if _forks != forks:
+                    return "forked", None
+                try:
+                    fcntl.flock(fd, how | fcntl.LOCK_NB)
+                    state = "taken"
+                except BlockingIOError:
+                    # `flock DIR python job.py`: waiting would wait for this job itself
+                    state = "ours" if folder and _held_by_this_process_or_its_parents(fd) else "waits"
+                except OSError as e:
+                    return "failed", e
+                if state != "ours":
+                    _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
+                    noted = True
+                return state, None
+            finally:
+                if not noted:
+                    _all_fds.pop(fd, None)
+                    closed = True
+                    os.close(fd)  # the only copy (a fork waits for _fds_lock): its lock, if taken, goes with it
+    except BaseException:
+        if noted:  # interrupted leaving _fds_lock: let go of it
+            _close(fd)
+        elif not closed:  # interrupted waiting for _fds_lock: nothing was locked
             os.close(fd)
+        raise
+
+
+def _close(fd: int) -> None:
+    """Let go of the lock on ``fd`` (held or waited for), forget it and close it, under
+    :data:`_fds_lock`. An interrupt while waiting for :data:`_fds_lock` does not leave it held: the
+    wait goes on, and the interrupt is raised once it is let go of."""
+    interrupted, entered = None, False
+    while not entered:
+        try:
+            with _fds_lock:
+                entered = True
+                _all_fds.pop(fd, None)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_UN)  # the open file's: also where a child forked meanwhile has it still
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+        except BaseException as e:
+            if entered:
+                raise
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 def _folder_unlocked(e: OSError, path: str, dest: str) -> None:
@@ -321,19 +384,39 @@ def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Option
             taken.append(path)
         yield
     finally:
-        for path in reversed(taken):
-            fd = held.pop(path)
-            if fd is not None:
-                _close(fd)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
+        _let_go(held, taken)
+
+
+def _let_go(held: Dict[str, Optional[int]], taken: List[str]) -> None:
+    """Let go of the locks at the paths ``taken`` (last first), which this thread holds (``held``):
+    every one of them, also when one is interrupted (the first interrupt raised once all are)."""
+    interrupted = None
+    while taken:
+        try:
+            while taken:
+                path = taken[-1]
+                fd = held[path] if path in held else None  # (not there: its _lock was interrupted)
+                if path in held:
+                    del held[path]
+                del taken[-1]
+                if fd is not None:
+                    _close(fd)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
+        except BaseException as e:
+            interrupted = interrupted or e
+    if interrupted is not None:
+        raise interrupted
 
 
 def _before_fork() -> None:
-    # a fork waits until no thread is between opening a lock's file and noting it (or letting it
-    # go and forgetting it): the child then closes every copy of a lock's file it has
+    # a fork waits until no thread is between taking a lock and noting it (or letting it go and
+    # forgetting it): the child then closes every copy of a locked file it has; a file opened and
+    # not yet taken is found by its thread (_forks changed) and never locked (_take)
     _fds_lock.acquire()
 
 
 def _after_fork_in_parent() -> None:
+    global _forks
+    _forks += 1
     _fds_lock.release()
 
 
