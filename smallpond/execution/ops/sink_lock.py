@@ -234,8 +234,8 @@ def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, 
 
 def _close(fd: int) -> None:
     """Let go of the lock on ``fd`` (held or waited for), forget it and close it, under
-    :data:`_fds_lock`. An interrupt while waiting for :data:`_fds_lock` does not leave it held: the
-    wait goes on, and the interrupt is raised once it is let go of."""
+    :data:`_fds_lock`. An interrupt while waiting for :data:`_fds_lock` does not leave the lock on
+    ``fd`` held: the wait goes on, and the interrupt is raised once ``fd`` is let go of and closed."""
     interrupted, entered = None, False
     while not entered:
         try:
@@ -394,8 +394,10 @@ def _let_go(held: Dict[str, Optional[int]], taken: List[str]) -> None:
     while taken:
         try:
             while taken:
+                # off the books by subscripts and deletes, not calls: CPython raises an interrupt
+                # once a call returns, which here would lose the fd between the books and its close
                 path = taken[-1]
-                fd = held[path] if path in held else None  # (not there: its _lock was interrupted)
+                fd = held[path] if path in held else None
                 if path in held:
                     del held[path]
                 del taken[-1]
