@@ -22,10 +22,10 @@ class LocalBackend(Backend):
         return {"num_executors": 2}
 
     def kill_one_worker(self, driver_pid: int, job_root: str) -> str:
-        deadline = time.time() + 60
+        deadline = time.monotonic() + 60
         driver = psutil.Process(driver_pid)
         driver_cmd = driver.cmdline()
-        while time.time() < deadline:
+        while time.monotonic() < deadline:
             for child in driver.children(recursive=True):
                 try:
                     cmd = child.cmdline()

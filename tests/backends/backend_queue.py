@@ -78,8 +78,8 @@ class QueueBackend(Backend):
 
     def kill_one_worker(self, driver_pid: int, job_root: str) -> str:
         """SIGKILL one executor process (an mpirun rank) holding an attempt of the job."""
-        deadline = time.time() + 60
-        while time.time() < deadline:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
             for member in sorted(glob.glob(os.path.join(job_root, "queue", "executors", "*"))):
                 claimed = os.path.join(member, "claimed")
                 try:

@@ -386,8 +386,8 @@ args = driver.get_arguments()
 def held_up(runtime_ctx, readers):
     # waits (at most two minutes) for a file nobody creates: the job can only end early by the
     # plan check's error
-    deadline = time.time() + 120
-    while not os.path.exists(args["marker"]) and time.time() < deadline:
+    deadline = time.monotonic() + 120
+    while not os.path.exists(args["marker"]) and time.monotonic() < deadline:
         time.sleep(0.05)
     for reader in readers:
         yield reader.read_all().select(["id", "key"])

@@ -137,8 +137,8 @@ def test_a_claim_of_a_killed_process_not_yet_reaped_is_not_live():
         claim = Claim(socket.gethostname(), child.pid, started, "j", start_id=start_id)
         assert claim_is_live(claim)
         os.kill(child.pid, signal.SIGKILL)
-        deadline = time.time() + 10
-        while time.time() < deadline:  # until the kernel has made it a zombie (not reaped: no wait)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the kernel has made it a zombie (not reaped: no wait)
             with open(f"/proc/{child.pid}/stat", "rb") as f:
                 if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
                     break

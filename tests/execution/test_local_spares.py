@@ -237,8 +237,8 @@ def test_kept_workers_die_with_their_driver(parquet_files, tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     pids = [int(p) for p in out.stdout.split()]
     assert pids, out.stderr
-    deadline = time.time() + 30  # (generous: on a loaded machine a dying worker waits for a CPU; a kept one waits 120 s)
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    deadline = time.monotonic() + 30  # (generous: on a loaded machine a dying worker waits for a CPU; a kept one waits 120 s)
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids)
 
@@ -276,8 +276,8 @@ def test_kept_workers_die_with_their_driver_even_where_their_sockets_stay_open(p
         errors = err.read()
     try:
         assert pids, errors
-        deadline = time.time() + 30
-        while time.time() < deadline and any(_alive(p) for p in pids):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in pids):
             time.sleep(0.05)
         assert not any(_alive(p) for p in pids), "kept workers outlived their driver"
     finally:
@@ -297,8 +297,8 @@ def test_a_kept_worker_ends_when_its_driver_lets_go_of_it(parquet_files, make_rt
     for w in list(local_spares._spares):
         assert w.conn.poll(60)  # it said PARKED: it waits for its next job (closed sooner, that answer fails and it ends)
         w.close()
-    deadline = time.time() + 30
-    while time.time() < deadline and any(_alive(p) for p in pids):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), "a kept worker waited on with no driver"
 
@@ -356,8 +356,8 @@ def test_a_kept_worker_that_ends_is_reaped_at_once(parquet_files, make_rt, monke
         os.kill(ended, signal.SIGKILL)
     else:
         ended = None
-    deadline = time.time() + 30
-    while time.time() < deadline and not all(_gone(p) for p in pids if ended in (None, p)):
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not all(_gone(p) for p in pids if ended in (None, p)):
         time.sleep(0.05)
     assert all(_gone(p) for p in pids if ended in (None, p)), {p: psutil.Process(p).status() for p in pids if not _gone(p)}
     assert set(local_spares.kept()) == (pids - {ended} if ended else set())  # the others are still kept

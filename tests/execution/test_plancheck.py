@@ -52,8 +52,8 @@ def _held_up_shuffle(ctx, parquet_files, marker: str):
     from smallpond.logical.node import ArrowStreamNode, DataSetPartitionNode, DataSourceNode, HashPartitionNode
 
     def held_up(runtime_ctx, readers):
-        deadline = time.time() + HOLD_SECONDS
-        while not os.path.exists(marker) and time.time() < deadline:
+        deadline = time.monotonic() + HOLD_SECONDS
+        while not os.path.exists(marker) and time.monotonic() < deadline:
             time.sleep(0.05)
         for reader in readers:
             yield reader.read_all().select(["id", "key"])

@@ -26,8 +26,8 @@ from tests.datagen import generate_parquet_files
 def stall_first_attempt_of(runtime_ctx, tables, slow_index: int, never: str):
     task = runtime_ctx.task
     if task.partition_infos_as_dict["__data_partition__"] == slow_index and task.retry_count == 0:
-        deadline = time.time() + 600
-        while not os.path.exists(never) and time.time() < deadline:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(never) and time.monotonic() < deadline:
             time.sleep(0.05)
     else:
         time.sleep(0.2)

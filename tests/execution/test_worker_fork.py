@@ -39,8 +39,8 @@ if mode == "python":  # a forked worker's first attempt goes out once it has Duc
     send = local.LocalExecutor._send
     def wait_then_send(self, w, entry):
         if len(workers) == 1 and workers[0]["not_forked"] is None and not workers[0].get("waited"):
-            deadline = time.time() + 60
-            while time.time() < deadline and "duckdb" not in open("/proc/%d/maps" % w.pid).read():
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and "duckdb" not in open("/proc/%d/maps" % w.pid).read():
                 time.sleep(0.01)
             workers[-1]["waited"] = True
         return send(self, w, entry)
@@ -194,10 +194,10 @@ def test_a_forked_worker_dies_with_its_driver(tmp_path):
     proc, out = _run(tmp_path, mode="hang", wait=False)
     pid_file = out / "worker.pid"
     try:
-        deadline = time.time() + 120
+        deadline = time.monotonic() + 120
         while not pid_file.exists() or not pid_file.read_text():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.time() < deadline, "the task never started"
+            assert time.monotonic() < deadline, "the task never started"
             time.sleep(0.05)
         worker = psutil.Process(int(pid_file.read_text()))
         assert worker.ppid() == proc.pid
@@ -318,8 +318,8 @@ ex = LocalExecutor(rt, int(sys.argv[2]), cpus=int(sys.argv[3]))
 ex.start()
 pids = [w.pid for w in ex.workers]
 forked = [w.not_forked for w in ex.workers]
-deadline = time.time() + 60  # the first loads DuckDB while it waits
-while time.time() < deadline and "duckdb" not in open("/proc/%d/maps" % pids[0]).read():
+deadline = time.monotonic() + 60  # the first loads DuckDB while it waits
+while time.monotonic() < deadline and "duckdb" not in open("/proc/%d/maps" % pids[0]).read():
     time.sleep(0.01)
 time.sleep(0.5)
 duckdb = ["duckdb" in open("/proc/%d/maps" % p).read() for p in pids]
