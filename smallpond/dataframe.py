@@ -334,9 +334,11 @@ class DataFrame:
         """Keep rows where a SQL condition or a Python predicate on the row dict is true.
 
         A SQL condition is one expression: text that closes a parenthesis it did not open (``"a >
-        1) or (1=1"``), leaves one open, holds a ``;`` or leaves a string, quoted name or comment
-        open is refused where it is given (read as DuckDB reads it: strings, E-strings, dollar
-        quotes, quoted names and nested comments are the condition's own text).
+        1) or (1=1"``), leaves one open, holds a ``;``, leaves a string, quoted name or comment
+        open or holds a clause of its own outside parentheses (``"a > 1 group by a"``; a condition
+        that is a query, ``"select ... limit 1"``, is a subquery with its own) is refused where it
+        is given (read as DuckDB reads it: strings, E-strings, dollar quotes, quoted names and
+        nested comments are the condition's own text).
         The SQL is formatted as :meth:`Session.partial_sql`'s query is (as upstream does): ``{0}``
         is the input, and a brace of its own is doubled (``{{``, ``}}``).
         :func:`smallpond.common.escape_braces` doubles those of a quoted value or name.

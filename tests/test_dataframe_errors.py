@@ -306,6 +306,13 @@ def test_a_data_root_or_an_input_path_holding_a_tab_is_listed_as_it_is(tmp_path)
         ("a > 1) union all select 9 as a from (select 1", "closes a parenthesis it did not open"),
         ("a > 1; select 9", "holds a ';'"),
         ("(a > 1", "leaves a parenthesis open"),
+        # a clause of its own outside parentheses: where (a > 1 group by a) cannot parse
+        ("a > 1 group by a", "holds GROUP outside parentheses"),
+        ("a > 1 union all select 9", "holds UNION outside parentheses"),
+        ("a > 1 limit 1", "holds LIMIT outside parentheses"),
+        ("a in (select 1) order by a", "holds ORDER outside parentheses"),
+        ("exists (select 1) where a > 1", "holds WHERE outside parentheses"),
+        ("st.from > 1 offset 1", "holds OFFSET outside parentheses"),
     ],
 )
 def test_a_filter_condition_is_one_expression(sp, condition, why):
@@ -320,6 +327,41 @@ def test_a_filter_condition_is_one_expression(sp, condition, why):
     assert "DataFrame.filter" in text and repr(condition) in text and why in text and f"{__file__}:" in text
     kept = df.filter("s = ')' or s = $$;($$ or \"s\" = ')' -- (\n or a > (1 + 1) /* ) */").take_all()
     assert kept == [{"a": 2, "s": ")"}]
+
+
+def test_legitimate_filter_conditions_are_accepted(sp):
+    """What DuckDB reads as one condition is accepted, clause words and all where they are the
+    condition's own: subqueries (``in (select ...)``, ``exists (...)``, a condition that is a
+    query: ``select ...``, FROM first, ``(select ...) union ...``), ``case ... end``, lambdas,
+    ``is [not] distinct from``, ``between``, struct fields spelt as reserved words. Each is checked
+    against DuckDB's own result for the same query."""
+    import duckdb
+
+    rows = [
+        {"a": 1, "l": [1, 5], "st": {"from": 3, "group": 1, "limit": 0}},
+        {"a": 2, "l": [2], "st": {"from": 4, "group": 0, "limit": 2}},
+    ]
+    df = sp.from_items(rows)
+    con = duckdb.connect()
+    con.register("t", pa.Table.from_pylist(rows))
+    conditions = [
+        "a in (select 2 union all select 3 order by 1 limit 5)",
+        "exists (select 1 where a > 1) and not exists (select 1 from range(3) group by range having false)",
+        "case when a > 1 then true else false end",
+        "len(list_filter(l, lambda x: x > 1)) = 1 and len([x for x in l if x > 4]) = 0",
+        "a is distinct from 1 and a is not distinct from 2",
+        "a between 2 and 3",
+        "st.from = 4 and st.group = 0 and st.limit > 1",
+        "select a > 1",
+        "select count(*) > 0 from range(3) where range = a * 10 - 18 group by range having true order by 1 limit 1 offset 0",
+        "from range(3) select bool_or(range = a) where range > 1",
+        "(select a > 1) union all (select false) order by 1 desc limit 1",
+        "with q as (select 2 as v) select a = v from q",
+    ]
+    for condition in conditions:
+        want = con.sql(f"select * from t where ({condition})").to_arrow_table().to_pylist()
+        assert want == [rows[1]], condition
+        assert df.filter(condition).take_all() == want, condition
 
 
 def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):

@@ -166,6 +166,14 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
     return None
 
 
+#: a condition that is a query (``select ...``, ``with ...``, FROM first, ``(select 1) union
+#: select 2``): in ``where (...)`` it is a subquery, whose clauses are its own. Each word here is
+#: reserved (no expression begins with it), but ``values``, a name unless a list follows
+_QUERY_START = re.compile(
+    r"[\s(]*(?:(?:select|with|from|table|desc|describe|summarize|show|pivot|pivot_longer|pivot_wider|unpivot)\b|values\s*\()",
+    re.IGNORECASE,
+)
+
 #: the shapes of SQL pasted into smallpond's own queries, and where each goes (a list's items are
 #: separated by top-level commas; a condition is enclosed in parentheses)
 FRAGMENT_SHAPES = {
@@ -183,7 +191,9 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
     second statement) or leaves a string, quoted name or comment open (the query around it would
     fail to parse). A select list or an ORDER BY list, which nothing encloses, may not hold a
     clause of its own at its top level either (``a from t union all select 9``, ``b limit 1``):
-    ``is [not] distinct from`` and ``* except (...)`` are expressions, not clauses."""
+    ``is [not] distinct from`` and ``* except (...)`` are expressions, not clauses. Nor may a
+    condition (``a > 1 group by a``: the query would fail to parse), unless it is a query
+    (``select ...``, ``from t select ...``), a subquery of the WHERE whose clauses are its own."""
     if shape not in FRAGMENT_SHAPES:
         raise ValueError(f"shape must be one of {sorted(FRAGMENT_SHAPES)}, got {shape!r}")
     if leaves_text_open(text):
@@ -201,19 +211,17 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
             return "it holds a ';' outside quotes (one expression, not statements)"
     if depth:
         return "it leaves a parenthesis open"
-    if shape != "condition":
-        if word_is_a_name(code) or is_distinct_from(code):
-            return (
-                "it ends in '.', AS, '::' or IS [NOT] DISTINCT, which would take the query's own next word "
-                f"({FRAGMENT_SHAPES[shape].replace('<text>', '...')}) into it"
-            )
+    where = FRAGMENT_SHAPES[shape].replace("<text>", "...")
+    if shape != "condition" and (word_is_a_name(code) or is_distinct_from(code)):
+        return f"it ends in '.', AS, '::' or IS [NOT] DISTINCT, which would take the query's own next word ({where}) into it"
+    if shape != "condition" or not _QUERY_START.match(code):  # (a subquery's clauses are its own)
         word = _clause_word_at_top_level(text)
         if word is not None:
-            return (
-                f"it holds {word.upper()} outside parentheses, which would end the {shape} "
-                f"and begin a clause of the query's own ({FRAGMENT_SHAPES[shape].replace('<text>', '...')}); "
-                f'a name so spelt is written quoted ("{word}")'
-            )
+            if shape == "condition":
+                why = f"where a condition is one expression ({where}) a clause cannot stand, so the query would fail to parse"
+            else:
+                why = f"which would end the {shape} and begin a clause of the query's own ({where})"
+            return f'it holds {word.upper()} outside parentheses, {why}; a name so spelt is written quoted ("{word}")'
     if shape == "expression":
         depth = 0
         for m in re.finditer(r"[()\[\]{},]|\bas\b", code, re.IGNORECASE):
