@@ -241,6 +241,17 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
         "id, key % 2",
         "column 'id, key % 2' not found in the input (its columns: id, key, name); as SQL, 'id, key % 2' is no single expression",
     ),
+    # names that are no plain identifiers, in one text: not split when the node is built (only
+    # 'id, key' is, as upstream's concat_ws('##', id, key) read it), so the error says how to
+    # give them
+    "hash by a list to quote": (
+        lambda ctx, src, e: HashPartitionNode(
+            ctx, (SqlEngineNode(ctx, (src,), 'select id as "first id", key from {0}'),), 2, ["first id, key"], engine_type=e
+        ),
+        "first id, key",
+        "column 'first id, key' not found in the input (its columns: first id, key); as SQL, 'first id, key' is no single"
+        " expression (keys are given as a list: ['first id', 'key'])",
+    ),
     "shuffle by an alias": (
         lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "id % 2 as p", engine_type=e),
         "id % 2 as p",

@@ -204,7 +204,8 @@ def check_key_columns(node, columns: List[str], conn) -> None:
         err = columns_not_found(missing, "the input", list(columns), named_by)
         texts = [k for k in missing if not _IDENT.fullmatch(k)]
         if texts:  # (perhaps meant as an expression: say why it was taken for a name)
-            # ('a, b', upstream's concat_ws('##', a, b): two columns, which a list of keys names)
+            # ('first id, key': columns, but no plain names, which the node splits when it is
+            # built as upstream's concat_ws('##', a, b) read 'a, b'; a list of keys names them)
             lists = [[p.strip() for p in k.split(",")] for k in texts if "," in k and not node.shuffle_only]
             lists = [ps for ps in lists if all(fold_case(p) in have for p in ps)]
             hint = f" (keys are given as a list: {lists[0]!r})" if lists else ""
