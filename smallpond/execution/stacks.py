@@ -7,7 +7,7 @@ while the task runs, including when a thread holds the GIL inside C code (a regu
 that backtracks, a C extension's loop), where a Python thread asked to dump would wait.
 
 The stall warning (:mod:`~smallpond.execution.stall`) asks for the stacks of the attempts it
-names (:func:`request`): it signals their workers, waits up to a second for each dump, and
+names (:func:`request`): it signals their workers, waits for each dump to be whole, and
 shows the frames of the thread that runs the attempt. Only a process that registered is ever
 signalled (a worker running an attempt has; ``SIGUSR1`` would end one that had not). A queue/MPI
 executor is asked through ``queue/epoch`` and asks its own workers the same way
@@ -23,12 +23,15 @@ import os
 import signal
 import socket
 import time
-from typing import Callable, Dict, Hashable, Iterable, List, Optional, Set
+from typing import Callable, Dict, Hashable, Iterable, List, Optional, Set, Tuple
 
 #: the signal a worker dumps its stacks on
 SIGNAL = getattr(signal, "SIGUSR1", None)
 #: at most this many lines of one worker's dump are shown in a warning
 MAX_LINES = 30
+#: how long :func:`request` waits at most for a worker whose answer is on its way: on a machine
+#: at a load of 10 or more a worker may wait a while for a CPU to take the signal and to write
+PATIENCE = 10.0
 
 _HOST = socket.gethostname().replace(os.sep, "_")
 _file = None  # the open dump file of this process (faulthandler keeps only its descriptor)
@@ -68,17 +71,29 @@ def remove(temp_root: str, pid: int) -> None:
         pass
 
 
-def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0) -> Dict[Hashable, str]:
-    """Signal each worker in ``pids`` (any key -> pid) and return what it wrote, by key; a worker
-    that wrote nothing within ``timeout`` seconds (ended, or it has no dump file) is left out."""
+def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0, patience: float = PATIENCE) -> Dict[Hashable, str]:
+    """Signal each worker in ``pids`` (any key -> pid) and return what it wrote, by key. A dump is
+    taken once it is whole: on Linux, once the worker's handler has returned (faulthandler blocks
+    the signal while it writes; a worker preempted mid-dump on a loaded machine wrote only part of
+    its stack), elsewhere once the file has stopped growing. A worker whose answer is on its way
+    (the signal not yet taken: it waits for a CPU, or is stopped; its handler still writing) is
+    waited for up to ``patience`` seconds; one with nothing on its way after ``timeout`` seconds
+    (ended, no dump file, no dump) is left out."""
     if SIGNAL is None:
         return {}
     sizes: Dict[int, int] = {}
+    free: Dict[int, Set[str]] = {}  # the threads that did not block the signal when it was sent
     for pid in set(pids.values()):
         try:
             sizes[pid] = os.path.getsize(stack_path(temp_root, pid))
         except OSError:
             continue  # never registered (or gone): a signal could kill it
+        try:
+            _, blocked, threads = _signal_state(pid)
+        except OSError:
+            del sizes[pid]  # (gone)
+            continue
+        free[pid] = threads - blocked
         try:
             os.kill(pid, SIGNAL)
         except OSError:
@@ -86,34 +101,84 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0) -> 
     texts: Dict[int, str] = {}
     last: Dict[int, int] = {}
 
-    def answered(pid: int) -> bool:
-        try:
+    def answered(pid: int) -> Optional[bool]:
+        """True once its whole dump is read (or it is gone: none will come), None while its answer
+        is on its way, else False."""
+        try:  # (the handler's state first: once it has returned, the size read after it is final)
+            pending, blocked, _ = _signal_state(pid)
             size = os.path.getsize(stack_path(temp_root, pid))
         except OSError:
-            return True  # gone: no answer will come
-        if size > sizes[pid] and last.get(pid) == size:  # it wrote, and has stopped writing
+            return True
+        grown = size > sizes[pid]
+        if pending is None:  # (no /proc: a file that has stopped growing)
+            whole, on_its_way = grown and last.get(pid) == size, grown
+            last[pid] = size
+        else:
+            on_its_way = pending or bool(blocked & free[pid])  # (sent, or a handler running)
+            whole = grown and not on_its_way
+        if whole:
             with open(stack_path(temp_root, pid), "rb") as f:
                 f.seek(sizes[pid])
                 texts[pid] = f.read(size - sizes[pid]).decode("utf-8", "replace")
             return True
-        last[pid] = size
-        return False
+        return None if on_its_way else False
 
-    await_answers(sizes, answered, timeout, interval=0.02)
+    await_answers(sizes, answered, timeout, interval=0.02, patience=patience)
     return {key: texts[pid] for key, pid in pids.items() if pid in texts}
 
 
+def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
+    """Whether :data:`SIGNAL` is pending for process ``pid`` (sent, not yet taken by a thread),
+    which of its threads block it (one does while its handler runs, and some for good: jemalloc's
+    background thread blocks every signal) and all its threads, from ``/proc``; (None, set(),
+    set()) where there is no ``/proc``. OSError if the process is gone (a zombie too: it answers
+    nothing)."""
+    bit = 1 << (SIGNAL - 1)
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            status = f.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self/task"):
+            raise
+        return None, set(), set()
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if fields.get("State", "").strip()[:1] in ("Z", "X"):
+        raise ProcessLookupError(pid)
+    pending = bool(int(fields.get("ShdPnd", "0"), 16) & bit)
+    blocked, threads = set(), set(os.listdir(f"/proc/{pid}/task"))
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                thread = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+        except OSError:
+            continue  # (a thread that ended)
+        pending = pending or bool(int(thread.get("SigPnd", "0"), 16) & bit)
+        if int(thread.get("SigBlk", "0"), 16) & bit:
+            blocked.add(tid)
+    return pending, blocked, threads
+
+
 def await_answers(
-    pending: Iterable[Hashable], answered: Callable[[Hashable], bool], timeout: float, interval: float = 0.05
+    pending: Iterable[Hashable],
+    answered: Callable[[Hashable], Optional[bool]],
+    timeout: float,
+    interval: float = 0.05,
+    patience: float = 0.0,
 ) -> Set[Hashable]:
     """Ask ``answered(item)`` for each of ``pending`` every ``interval`` seconds until every one
-    has answered (True) or ``timeout`` seconds passed; returns those that did not. How each backend
-    collects the stacks it asked for: from worker processes (here), queue executors and Ray workers."""
-    left = set(pending)
-    deadline = time.monotonic() + timeout
-    while left and time.monotonic() < deadline:
+    has answered (True) or ``timeout`` seconds passed; returns those that did not. An item whose
+    answer is on its way (``answered`` returns None: asked, and answering) is waited for up to
+    ``patience`` seconds, so a loaded machine, where answering takes a while, does not lose it.
+    How each backend collects the stacks it asked for: from worker processes (here), queue
+    executors and Ray workers."""
+    left, start = set(pending), time.monotonic()
+    while left:
         time.sleep(interval)
-        left = {item for item in left if not answered(item)}
+        looks = {item: answered(item) for item in left}
+        left = {item for item, answer in looks.items() if answer is not True}
+        waited = time.monotonic() - start
+        if waited >= max(timeout, patience) or waited >= timeout and None not in looks.values():
+            break
     return left
 
 
