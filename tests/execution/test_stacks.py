@@ -312,3 +312,40 @@ def test_a_queue_executors_running_attempt_shows_its_stack(queue_executor, make_
     frames = stacks[(task.key, 0)]
     assert "in execute_attempt" in frames and "sleep" in frames, frames
     assert list(again) == [(task.key, 0)]
+
+
+@pytest.mark.queue
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+def test_a_queue_executor_whose_worker_is_slow_to_answer_is_waited_for(queue_executor, make_rt, tmp_path):  # noqa: F811
+    # the executor says it is answering before it asks its workers; the scheduler waits for it
+    # past STACKS_WAIT (here its worker is stopped until a second after it)
+    from smallpond.execution.executors.queue import STACKS_WAIT
+    from tests.execution.test_stall_places import one_executor_running_a_hanging_attempt
+
+    qe = queue_executor()
+    with one_executor_running_a_hanging_attempt(qe, tmp_path) as (task, _):
+        (name,) = os.listdir(os.path.join(qe.rt.temp_root, "stacks"))
+        worker = int(name[: -len(".txt")].rsplit("-", 1)[1])
+        os.kill(worker, signal.SIGSTOP)
+
+        def resume():
+            with contextlib.suppress(OSError):
+                os.kill(worker, signal.SIGCONT)
+
+        timer = threading.Timer(STACKS_WAIT + 1.0, resume)
+        timer.start()
+        try:
+            got = qe.attempt_stacks([(task.key, 0)])
+        finally:
+            timer.join()
+    assert list(got) == [(task.key, 0)], got
+    assert "in execute_attempt" in got[(task.key, 0)], got
+
+
+def test_an_executor_waits_for_its_workers_stacks_at_most_half_its_heartbeat_timeout():
+    # the executor's heartbeat waits while it asks its workers: a wait of stacks.PATIENCE with
+    # SP_QUEUE_TIMEOUT=4 would have the scheduler declare it lost
+    from smallpond.execution.executors.queue_protocol import QueueSettings
+
+    assert QueueSettings().stacks_patience == stacks.PATIENCE
+    assert QueueSettings(heartbeat=1.0, timeout=4.0).stacks_patience == 2.0

@@ -623,13 +623,13 @@ class LocalExecutor(Executor):
                 out[(key, attempt)] = (i == 0, where)
         return out
 
-    def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
-        """Each running attempt's stack, from its worker's faulthandler (:mod:`~smallpond.execution.stacks`)."""
+    def attempt_stacks(self, attempts, **wait: float) -> Dict[Tuple[str, int], str]:
+        """Each running attempt's stack, from its worker's faulthandler (``wait``: :func:`~smallpond.execution.stacks.request`'s)."""
         from smallpond.execution import stacks
 
         wanted = set(attempts)
         pids = {w.running: w.pid for w in self.workers if w.running in wanted}
-        dumps = stacks.request(self.rt.temp_root, pids)
+        dumps = stacks.request(self.rt.temp_root, pids, **wait)
         return {key: stacks.attempt_frames(text) for key, text in dumps.items()}
 
     def restart_workers(self, why: str) -> None:

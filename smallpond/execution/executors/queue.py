@@ -115,7 +115,8 @@ class _Member:
 
 #: how often the scheduler looks at the executors' folders and heartbeats (seconds)
 SCAN_INTERVAL = 0.05
-#: seconds the stall warning waits for the executors' answers with their attempts' stacks
+#: seconds the stall warning waits for the executors' answers with their attempts' stacks (and
+#: up to ``QueueSettings.stacks_patience`` more for one that said it is answering)
 STACKS_WAIT = 2.0
 #: the shortest and longest pauses of a poll that finds nothing (seconds)
 POLL_MIN, POLL_MAX = 0.0005, 0.02
@@ -615,7 +616,9 @@ class QueueExecutor(Executor):
     def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
         """Each running attempt's stack: the executors are asked through ``queue/epoch`` (a request
         number) and answer in their ``stacks`` files, each from its own workers (executors on
-        other hosts too). Those that do not answer within :data:`STACKS_WAIT` seconds are left out."""
+        other hosts too). Those that do not answer within :data:`STACKS_WAIT` seconds are left out,
+        but one that has said it is answering (its workers are slow to, on a loaded machine) is
+        waited for as long as they are."""
         from smallpond.execution import stacks
 
         if not self._started or self._closed or not attempts:
@@ -625,17 +628,21 @@ class QueueExecutor(Executor):
         self._write_epoch()
         out: Dict[Tuple[str, int], str] = {}
 
-        def answered(name: str) -> bool:
+        def answered(name: str) -> Optional[bool]:
             answer = read_json(self.paths.member(name, "stacks"))
             if not answer or answer.get("n") != self._stacks:
                 return False
+            if "stacks" not in answer:
+                return None  # answering: its workers were asked
             for item, text in (answer.get("stacks") or {}).items():
                 key, _, attempt = str(item).rpartition("\t")
                 if attempt.isdigit() and (key, int(attempt)) in wanted and isinstance(text, str):
                     out[(key, int(attempt))] = text
             return True
 
-        stacks.await_answers({m.name for m in self._joined()}, answered, STACKS_WAIT)
+        stacks.await_answers(
+            {m.name for m in self._joined()}, answered, STACKS_WAIT, patience=STACKS_WAIT + self.settings.stacks_patience
+        )
         return out
 
     def record_outcome(self, outcome: str) -> None:

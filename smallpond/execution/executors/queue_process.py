@@ -275,10 +275,13 @@ class ExecutorProcess:
     def _answer_stacks(self, n: int) -> None:
         """The stall warning asked (request ``n``) where the running attempts are: each one's
         Python stack, from its worker (:meth:`LocalExecutor.attempt_stacks`), into this
-        executor's ``stacks`` file (text only, keyed ``"{key}\t{attempt}"``)."""
+        executor's ``stacks`` file (text only, keyed ``"{key}\t{attempt}"``), which says first that
+        it is answering (``n`` without ``stacks``) when it asks workers."""
         self.stacks = n
         running = [w.running for w in self.pool.workers if w.running is not None] if self.pool else []
-        dumps = self.pool.attempt_stacks(running) if running else {}
+        if running:  # (the scheduler waits longer for an executor answering: its workers may be slow to)
+            write_json(self.paths.member(self.name, "stacks"), {"n": n})
+        dumps = self.pool.attempt_stacks(running, patience=self.settings.stacks_patience) if running else {}
         write_json(self.paths.member(self.name, "stacks"), {"n": n, "stacks": {f"{k}\t{a}": t for (k, a), t in dumps.items()}})
 
     def _other_backend(self, now: float, stop: dict) -> None:

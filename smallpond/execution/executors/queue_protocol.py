@@ -40,6 +40,15 @@ class QueueSettings:
         if not self.wait >= 0:
             raise ParameterError(f"SP_QUEUE_WAIT must not be negative, got {self.wait!r}")
 
+    @property
+    def stacks_patience(self) -> float:
+        """How long an executor waits at most for its workers' stacks when the stall warning asks
+        (:data:`~smallpond.execution.stacks.PATIENCE`): its heartbeat waits meanwhile, so at most
+        half the timeout."""
+        from smallpond.execution.stacks import PATIENCE
+
+        return min(PATIENCE, self.timeout / 2)
+
     @classmethod
     def from_env(cls) -> "QueueSettings":
         values = {}
