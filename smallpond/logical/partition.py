@@ -198,7 +198,9 @@ class HashPartitionNode(PartitionNode):
         drop_partition_column: leave the partition column out of the output files.
         hive_partitioning: write ``{column}={k}/`` directories.
         engine_type: ``"duckdb"`` (default, one ``COPY ... PARTITION_BY`` pass) or ``"arrow"``
-            (Arrow batches); both assign every row alike.
+            (Arrow batches); both assign every row alike. A hash partition of at least 64 MB of
+            plain Parquet is written the arrow way by either (a tenth less CPU), one file per
+            partition and producer.
         num_producers: producer tasks (not in upstream 0.15). Default: one per input partition, or
             :data:`SINGLE_INPUT_PRODUCERS` for a single input partition; never the worker count,
             so the output files are the same on every machine. With fewer producers than input

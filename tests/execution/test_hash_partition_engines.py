@@ -451,3 +451,42 @@ def test_engines_agree_on_float_shuffle_keys(tmp_path, make_rt):
         got[engine] = [sorted(r["id"] for r in p) for p in parts]
         assert sorted((r["id"], r["p"]) for p in parts for r in p) == list(enumerate(keys))  # p as it was
     assert got["arrow"] == got["duckdb"] == [[0, 3, 5, 7], [1], [2, 4, 6], []]
+
+
+def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, make_rt, tmp_path, monkeypatch):
+    """From ARROW_WRITER_MIN_BYTES of input (here lowered to 1 byte) a default-engine hash partition
+    is written as the arrow engine writes it (one ``{output_filename}-{k}.parquet`` per partition and
+    producer): the same rows in the same partitions as DuckDB's COPY. A column pyarrow would not
+    give DuckDB's type (nanosecond timestamps) keeps DuckDB's COPY (``{k}.{i}`` names). (Without
+    the task cache, which would give the second job the first one's files.)"""
+
+    def build(paths):
+        def make(ctx):
+            return HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 4, ["key"])
+
+        return make
+
+    ctx = Context()
+    node = build(parquet_files)(ctx)
+    plain_ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
+    plain = _partitions(plain_ep, node)
+    assert all(
+        re.fullmatch(r".*-\d+\.\d+\.parquet", n) for names in _partition_files(plain_ep, node) for n in names if "empty" not in n
+    )
+
+    monkeypatch.setenv("SP_TEST_ARROW_WRITER_MIN_BYTES", "1")
+    ctx = Context()
+    node = build(parquet_files)(ctx)
+    ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
+    assert [sorted(r["id"] for r in p) for p in _partitions(ep, node)] == [sorted(r["id"] for r in p) for p in plain]
+    names = [n for ns in _partition_files(ep, node) for n in ns]
+    assert names and all(re.fullmatch(r"HashPartitionNode\.\d+-\d+-\d+(-empty)?\.parquet", n) for n in names), names
+
+    ns_file = str(tmp_path / "ns.parquet")
+    table = pq.read_table(parquet_files[0])
+    pq.write_table(table.append_column("at", pa.array([1_000_000_007] * table.num_rows, pa.timestamp("ns"))), ns_file)
+    ctx = Context()
+    node = build([ns_file])(ctx)
+    ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
+    names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
+    assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names
