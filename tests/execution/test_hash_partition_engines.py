@@ -457,12 +457,13 @@ def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, mak
     """From ARROW_WRITER_MIN_BYTES of input (here lowered to 1 byte) a default-engine hash partition
     is written as the arrow engine writes it (one ``{output_filename}-{k}.parquet`` per partition and
     producer): the same rows in the same partitions as DuckDB's COPY. A column pyarrow would not
-    give DuckDB's type (nanosecond timestamps) keeps DuckDB's COPY (``{k}.{i}`` names). (Without
+    give DuckDB's type (nanosecond timestamps), or a row group size asked for, keeps DuckDB's COPY
+    (``{k}.{i}`` names). (Without
     the task cache, which would give the second job the first one's files.)"""
 
-    def build(paths):
+    def build(paths, **kw):
         def make(ctx):
-            return HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 4, ["key"])
+            return HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(paths)),), 4, ["key"], **kw)
 
         return make
 
@@ -487,6 +488,13 @@ def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, mak
     pq.write_table(table.append_column("at", pa.array([1_000_000_007] * table.num_rows, pa.timestamp("ns"))), ns_file)
     ctx = Context()
     node = build([ns_file])(ctx)
+    ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
+    names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
+    assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names
+
+    # a row group size asked for is kept by DuckDB's COPY (the arrow writers cut row groups smaller)
+    ctx = Context()
+    node = build(parquet_files, parquet_row_group_size=4)(ctx)
     ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
     names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
     assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names
