@@ -272,33 +272,44 @@ def atomic_write_bytes(path: str, data: bytes, *, fsync: bool = False, hold: boo
     """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex[:12]}")
+    held = None
     try:
         with open(tmp, "wb") as f:
             if hold:
-                _hold(f.fileno())
+                held = _hold(f.fileno())
             f.write(data)
-            if fsync or hold:
-                f.flush()
             if fsync:
+                f.flush()
                 os.fsync(f.fileno())
-            if hold:  # renamed while still locked: never found unlocked before it has its name
-                os.replace(tmp, path)
-        if not hold:
-            os.replace(tmp, path)
+        # renamed once closed: a write error that only the close reports (NFS reports them there,
+        # and sends the data to the server there) leaves nothing under the name; with ``hold``,
+        # a copy of the open file (``held``) keeps the lock through the rename
+        os.replace(tmp, path)
     except BaseException:
         remove_path(tmp)  # a full disk or an interrupt leaves no half-written temp file behind
         raise
+    finally:
+        if held is not None:
+            os.close(held)
     if fsync:
         fsync_dir(directory)
 
 
-def _hold(fd: int) -> None:
+def _hold(fd: int) -> Optional[int]:
+    """Lock the open file of ``fd`` (exclusive, ``flock``); a copy of ``fd`` that keeps the lock
+    once ``fd`` is closed (the lock is the open file's), or None where it cannot be locked."""
     try:
         import fcntl
 
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except (ImportError, OSError):
-        pass  # a filesystem without locks: remove_abandoned_temps goes by the age alone
+        return None  # a filesystem without locks: remove_abandoned_temps goes by the age alone
+    return os.dup(fd)
+
+
+#: errors of ``flock`` that say a filesystem has no locks (not that a file is locked, nor that the
+#: call was wrong: NFS refuses an exclusive lock of a file not open for writing with EBADF)
+_NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
 
 
 #: a temp file of :func:`atomic_write_bytes` (group 1: the name it is written for)
@@ -316,7 +327,8 @@ def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_th
     ``written`` accepts (the files the caller's folder holds), a regular file of this user (not a
     link), untouched for ``older_than`` seconds, and that no process holds locked: its writer
     holds its lock until the rename, so a write in progress is never removed (on a filesystem
-    without locks, where it cannot, the age alone decides). Anything else is left alone."""
+    without locks, where it cannot, the age alone decides; a ``flock`` error that does not say so
+    keeps the file). Anything else is left alone."""
     import fcntl
 
     removed, now = [], time.time()
@@ -325,9 +337,11 @@ def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_th
         if match is None or not written(match.group(1)):
             continue
         try:
-            fd = os.open(name, READ_FLAGS | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
+            # for writing: NFS (flock emulated by byte-range locks) locks a file exclusively only
+            # then; its writer's lock is seen through this open file either way
+            fd = os.open(name, os.O_RDWR | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), dir_fd=folder)
         except OSError:
-            continue  # gone meanwhile, or a link: not the engine's
+            continue  # gone meanwhile, a link, or not this user's to write: not the engine's
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < older_than:
@@ -336,8 +350,10 @@ def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_th
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # its writer still runs (or a child it forked meanwhile): it stays
-            except OSError:
-                pass  # no locks here: by the age alone
+            except OSError as e:
+                if e.errno not in _NO_LOCKS:
+                    continue  # whether its writer runs cannot be told: it stays
+                # no locks here: by the age alone
             if os.path.samestat(st, os.stat(name, dir_fd=folder, follow_symlinks=False)):
                 os.unlink(name, dir_fd=folder)
                 removed.append(name)

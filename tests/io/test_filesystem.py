@@ -181,6 +181,95 @@ def test_a_held_atomic_write_holds_its_temp_file_locked_until_it_has_its_name(tm
     assert os.listdir(tmp_path) == ["f.json"]
 
 
+def test_a_temp_file_locked_by_a_live_writer_stays_where_flock_is_emulated_as_on_nfs(tmp_path, monkeypatch):
+    """On NFS, flock is a byte-range lock of the whole file: an exclusive one needs the file open
+    for writing (else EBADF). The remover must still see a live writer's lock there, and an error
+    that does not say "no locks here" keeps the file; only a filesystem without locks (ENOLCK)
+    leaves the age alone to decide."""
+    import errno
+    import fcntl
+    import subprocess
+    import sys
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    old = os.path.getmtime(folder) - 7200
+    held, free = folder / ".a.json.tmp-0123456789ab", folder / ".b.json.tmp-0123456789ab"
+    for path in (held, free):
+        path.write_bytes(b"half")
+        os.utime(path, (old, old))
+    writer = subprocess.Popen(  # a writer that still runs, holding its temp file locked
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'ab'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+            str(held),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    real_flock = fcntl.flock
+    failure = []
+
+    def nfs_flock(fd, how):
+        if failure:
+            raise OSError(failure[0], os.strerror(failure[0]))
+        if how & fcntl.LOCK_EX and fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")  # as NFS answers it
+        return real_flock(fd, how)
+
+    monkeypatch.setattr(fcntl, "flock", nfs_flock)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert writer.stdout.readline() == b"held\n"
+        assert remove_abandoned_temps(fd, lambda name: True) == [free.name]  # the writer's stays
+        free.write_bytes(b"half")
+        os.utime(free, (old, old))
+        failure.append(errno.EIO)
+        assert remove_abandoned_temps(fd, lambda name: True) == []  # cannot tell: both stay
+        failure[0] = errno.ENOLCK
+        assert remove_abandoned_temps(fd, lambda name: True) == sorted([held.name, free.name])  # no locks: by age
+    finally:
+        os.close(fd)
+        writer.kill()
+        writer.wait()
+
+
+def test_a_held_write_whose_close_fails_leaves_the_name_as_it_was(tmp_path, monkeypatch):
+    """NFS sends a file's data to the server when it is closed, and reports a write error (a full
+    disk, a quota) there: the rename comes after the close, so such an error leaves the earlier
+    file under the name, no temp file, and no copy of the temp file open (the lock's)."""
+    import builtins
+
+    import smallpond.io.filesystem as filesystem
+
+    path = str(tmp_path / "f.json")
+    atomic_write_bytes(path, b"old")
+    real_open = builtins.open
+
+    class FailingClose:
+        def __init__(self, f):
+            self.f = f
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+            raise OSError(28, "No space left on device (reported by the close)")
+
+    monkeypatch.setattr(filesystem, "open", lambda *a, **k: FailingClose(real_open(*a, **k)), raising=False)
+    fds = set(os.listdir("/proc/self/fd"))
+    for hold in (True, False):
+        with pytest.raises(OSError, match="reported by the close"):
+            atomic_write_bytes(path, b"new, torn", hold=hold)
+        assert real_open(path, "rb").read() == b"old" and os.listdir(tmp_path) == ["f.json"]
+    assert set(os.listdir("/proc/self/fd")) <= fds
+
+
 def test_write_file_and_read_file(tmp_path):
     path = str(tmp_path / "f.bin")
     big = os.urandom(300_000)  # more than one read
