@@ -552,7 +552,7 @@ class RuntimeContext:
         from smallpond.execution.ownership import check_job_folder, check_secret, move_aside, warn_if_shared
 
         if cleanup_root:
-            self.cleanup_root()
+            self._remove_root(" without cleanup_root")  # (rerun with it, it would be refused again)
         exists = os.path.lexists(self.job_root)
         if exists and not root_exist_ok:
             raise FileExistsError(f"job root {self.job_root} already exists")
@@ -582,16 +582,33 @@ class RuntimeContext:
             remove_path(self.output_root)
 
     def cleanup_root(self) -> None:
-        """Remove the whole job folder, unless an earlier run of the job began publishing and did
-        not finish (its ``config/publication.journal`` is there): removed, that publication could
-        never be finished and its destinations would keep a result no record vouches for, so a
-        :class:`~smallpond.execution.ownership.JobFolderError` names the journal and what to do
-        (as a restart is refused)."""
-        from smallpond.execution.ownership import refuse_if_publishing
+        """Remove the whole job folder, unless a run of the job holds its job lock (a
+        :class:`~smallpond.execution.ownership.JobFolderError` names it; the lock is held while
+        the folder goes, so no run starts in it meanwhile), or an earlier run began publishing and
+        did not finish (its ``config/publication.journal`` is there): removed, that publication
+        could never be finished and its destinations would keep a result no record vouches for,
+        so the error names the journal and what to do (as a restart is refused)."""
+        self._remove_root("")
+
+    def _remove_root(self, rerun: str) -> None:
+        from smallpond.execution.ownership import JobLock, lock_state, refuse_if_publishing
         from smallpond.io.filesystem import remove_path
 
-        refuse_if_publishing(self.layout, "remove the folder of", "", "remove its folder")
-        remove_path(self.job_root)
+        # (not through a link: remove_path removes the link only, and the lock would stay there)
+        own = os.path.isdir(self.layout.config_root) and not os.path.islink(self.job_root)
+        lock = JobLock(self.layout) if own else None
+        try:
+            if lock is not None and lock_state(self.job_root)[0] in ("alive", "elsewhere"):
+                lock.acquire()  # refused, naming the run (taken if it ended meanwhile)
+            # before the lock is taken over: a refusal leaves a killed run's lock (its status says killed)
+            refuse_if_publishing(self.layout, "remove the folder of", rerun, "remove its folder")
+            if lock is not None and not lock.held:
+                lock.acquire()  # held while the folder goes: no run starts in it meanwhile
+                refuse_if_publishing(self.layout, "remove the folder of", rerun, "remove its folder")
+            remove_path(self.job_root)
+        finally:
+            if lock is not None:
+                lock.release()  # (gone with the folder, unless the removal stopped short)
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -372,3 +372,38 @@ def test_a_start_that_fails_after_the_workers_booted_stops_them_and_releases_the
     monkeypatch.undo()
     again = smallpond.init(job_id=job_id, data_root=root, num_executors=1)  # the lock was released
     again.shutdown()
+
+
+def test_cleanup_root_refuses_a_job_that_is_being_run_and_removes_it_once_that_run_is_gone(tmp_path):
+    """``RuntimeContext.cleanup_root()`` and ``initialize(cleanup_root=True)`` (upstream's API)
+    removed the folder of a job a live process was running (``smallpond clean`` refuses it): both
+    are refused naming the process that holds the job lock, and the folder stays whole. Once that
+    run is gone (kill -9: its lock goes stale), the folder is removed, and with it the lock taken
+    over for the removal (no run started in it meanwhile)."""
+    import signal
+
+    from smallpond.execution.runtime import JobId, RuntimeContext
+
+    def runtime():
+        return RuntimeContext(JobId(hex="0" * 32), __import__("datetime").datetime(2026, 1, 2, 3, 4, 5), str(tmp_path / "root"))
+
+    rt = runtime()
+    rt.initialize()
+    files = sorted(os.path.relpath(os.path.join(d, f), rt.job_root) for d, _, fs in os.walk(rt.job_root) for f in fs)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, rt.config_root, rt.job_root], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip()
+        for remove in (lambda rt: rt.cleanup_root(), lambda rt: rt.initialize(cleanup_root=True)):
+            with pytest.raises(JobFolderError, match=f"job {rt.job_root} is already being run by process {holder.pid} "):
+                remove(runtime())
+            after = sorted(os.path.relpath(os.path.join(d, f), rt.job_root) for d, _, fs in os.walk(rt.job_root) for f in fs)
+            assert after == sorted(files + ["config/job.lock"])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    runtime().cleanup_root()
+    assert not os.path.lexists(rt.job_root)
+    runtime().initialize(cleanup_root=True)  # (nothing there: a fresh folder)
+    assert os.path.isdir(rt.config_root) and not os.path.exists(os.path.join(rt.config_root, "job.lock"))

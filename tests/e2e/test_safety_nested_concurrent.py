@@ -218,15 +218,23 @@ def test_a_job_killed_while_publishing_keeps_its_folder_through_cleanup_root(tmp
         return RuntimeContext(JobId(hex=job_id), datetime.strptime(stamp, "%Y-%m-%d-%H-%M-%S"), data_root)
 
     assert runtime().job_root == job
-    for remove in (lambda rt: rt.cleanup_root(), lambda rt: rt.initialize(cleanup_root=True)):
+    config = sorted(os.listdir(os.path.join(job, "config")))
+    for remove, rerun in (
+        (lambda rt: rt.cleanup_root(), ""),
+        (lambda rt: rt.initialize(cleanup_root=True), " without cleanup_root"),
+    ):
         with pytest.raises(JobFolderError) as refused:
             remove(runtime())
         message = str(refused.value)
         assert f"cannot remove the folder of job {job}: an earlier run of it began publishing and did not finish" in message
         assert f"(its publication journal {journal} is still there)" in message
-        assert "Run the job again (same job id and data root), which finishes that publication, then remove its folder" in message
+        assert (
+            f"Run the job again{rerun} (same job id and data root), which finishes that publication, then remove its folder"
+            in message
+        )
         assert "or, if it cannot be run again (its secret was lost), remove that journal to give the publication up" in message
         assert os.path.exists(journal)
+    assert sorted(os.listdir(os.path.join(job, "config"))) == config  # the killed run's lock too (its status)
     run(outer)  # finishes the publication
     assert published_rows(out, "id") == [100, 101, 102]
     runtime().cleanup_root()
