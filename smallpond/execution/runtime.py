@@ -573,9 +573,14 @@ class RuntimeContext:
 
         All of them: a job's own clean-up (``--remove_output_root``, a session's shutdown) goes
         through :func:`smallpond.execution.retention.remove_intermediates` instead, which keeps
-        the files a published result lists."""
+        the files a published result lists. Refused (:class:`~smallpond.execution.ownership.JobFolderError`)
+        while a publication the job began is not finished (its journal is there): its rerun
+        finishes it from the committed tasks of ``staging/`` and ``output/`` (a manifest sink
+        publishes a list of their files)."""
+        from smallpond.execution.ownership import refuse_if_publishing
         from smallpond.io.filesystem import remove_path
 
+        refuse_if_publishing(self.layout, "clean up", "", "clean it up")
         for d in (self.queue_root, self.temp_root, self.staging_root):
             remove_path(d)
         if remove_output_root:

@@ -17,6 +17,7 @@ while, so that unlocked, their publications overlap every time.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -195,6 +196,10 @@ def test_a_job_killed_while_publishing_is_not_restarted_around_its_journal(tmp_p
     assert os.listdir(mark_dir) == []
 
 
+def tree(root: str) -> list:
+    return sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs)
+
+
 def test_a_job_killed_while_publishing_keeps_its_folder_through_cleanup_root(tmp_path, data_root):
     """``RuntimeContext.cleanup_root()`` (and ``initialize(cleanup_root=True)``, upstream's API)
     removed the whole job folder, the journal of a publication a killed run began with it: that
@@ -219,6 +224,7 @@ def test_a_job_killed_while_publishing_keeps_its_folder_through_cleanup_root(tmp
 
     assert runtime().job_root == job
     config = sorted(os.listdir(os.path.join(job, "config")))
+    before = tree(job)
     for remove, rerun in (
         (lambda rt: rt.cleanup_root(), ""),
         (lambda rt: rt.initialize(cleanup_root=True), " without cleanup_root"),
@@ -235,6 +241,10 @@ def test_a_job_killed_while_publishing_keeps_its_folder_through_cleanup_root(tmp
         assert "or, if it cannot be run again (its secret was lost), remove that journal to give the publication up" in message
         assert os.path.exists(journal)
     assert sorted(os.listdir(os.path.join(job, "config"))) == config  # the killed run's lock too (its status)
+    for remove_output_root in (True, False):  # upstream's clean-up of the intermediates, refused likewise
+        with pytest.raises(JobFolderError, match=rf"cannot clean up job {re.escape(job)}: an earlier run of it began publishing"):
+            runtime().cleanup(remove_output_root=remove_output_root)
+    assert tree(job) == before
     run(outer)  # finishes the publication
     assert published_rows(out, "id") == [100, 101, 102]
     runtime().cleanup_root()
