@@ -229,3 +229,77 @@ def test_prune_keeps_a_record_written_while_it_ran(sp, root, tmp_path):
     finally:
         os.close(folder)
     assert sink_record.load(sink_records_dir(root), str(out)).manifest == sink_record.identity(str(out / ".MANIFEST.txt"))
+
+
+KILLED_SETTING_ASIDE = """
+import os, signal, sys
+from smallpond.execution.ops import sink_record
+real_rename = os.rename
+def rename(src, dst, **kw):
+    real_rename(src, dst, **kw)
+    if ".prune-" in str(dst):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between setting the record aside and its check
+os.rename = rename
+folder = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY | os.O_DIRECTORY)
+sink_record._remove_if_same(folder, os.path.basename(sys.argv[1]), -1)  # read before a newer record came
+"""
+
+
+def test_a_record_that_a_killed_clean_set_aside_is_put_back_by_the_next_clean(sp, root, tmp_path):
+    """clean sets a record aside (``.{name}.prune-{suffix}``) to remove it only if it is still the
+    one read; killed there (here: after a job wrote a newer record, which is the one set aside),
+    the destination had no record, and no clean looked at that file again. The next clean puts it
+    back (a record written since stays instead) and judges it as any other: this one, of a result
+    still there, is kept and vouches for it; one of a result that is gone is removed."""
+    records = sink_records_dir(root)
+    outs = {k: tmp_path / k for k in ("kept", "rewritten", "gone")}
+    for out in outs.values():
+        sp.from_arrow(ids(3)).write_parquet(str(out))
+    paths = {k: sink_record.record_path(records, str(out)) for k, out in outs.items()}
+    for path in paths.values():
+        killed = subprocess.run(
+            [sys.executable, "-c", KILLED_SETTING_ASIDE, path], env=dict(os.environ, PYTHONPATH=REPO_ROOT), timeout=60
+        )
+        assert killed.returncode == -9 and not os.path.exists(path)
+    assert sink_record.load(records, str(outs["kept"])) is None  # lost, until the next clean
+    with pytest.raises(PlanError, match="refusing to write into"):  # what the lost record costs
+        sp.from_arrow(ids(2, 10)).write_parquet(str(outs["rewritten"]))
+    shutil.rmtree(outs["rewritten"])
+    sp.from_arrow(ids(2, 10)).write_parquet(str(outs["rewritten"]))  # a new folder there: a newer record
+    newer = open(paths["rewritten"], "rb").read()
+    shutil.rmtree(outs["gone"])
+    set_aside = [n for n in os.listdir(records) if ".prune-" in n]
+    assert len(set_aside) == 3
+
+    done = cli("clean", "--yes", data_root=root)
+    assert done.returncode == 0, done.stderr
+    assert "removed 1 record(s) of published results" in done.stdout
+    assert not [n for n in os.listdir(records) if ".prune-" in n]
+    assert sink_record.load(records, str(outs["kept"])).manifest == sink_record.identity(str(outs["kept"] / ".MANIFEST.txt"))
+    assert open(paths["rewritten"], "rb").read() == newer and not os.path.exists(paths["gone"])
+    sp.from_arrow(ids(2, 40)).write_parquet(str(outs["kept"]))  # its record vouches for it: overwritten as usual
+    assert published_rows(str(outs["kept"]), "id") == [40, 41]
+
+
+def test_a_clean_whose_record_set_aside_another_clean_puts_back_goes_on(sp, root, tmp_path, monkeypatch):
+    """Two cleans at once: one puts back (as a killed clean's) the record the other has just set
+    aside; the other finds it gone, counts it as not removed and goes on (no error), and the record
+    is in place."""
+    out = tmp_path / "out"
+    sp.from_arrow(ids(3)).write_parquet(str(out))
+    path = sink_record.record_path(sink_records_dir(root), str(out))
+    data = open(path, "rb").read()
+    folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    real_rename = os.rename
+
+    def rename(src, dst, **kw):
+        real_rename(src, dst, **kw)
+        if ".prune-" in str(dst):
+            sink_record._put_back_set_aside(folder)  # the other clean, right then
+
+    monkeypatch.setattr(os, "rename", rename)
+    try:
+        assert not sink_record._remove_if_same(folder, os.path.basename(path), os.stat(path).st_ino)
+    finally:
+        os.close(folder)
+    assert open(path, "rb").read() == data and not [n for n in os.listdir(os.path.dirname(path)) if ".prune-" in n]

@@ -373,12 +373,16 @@ def _read_claim(records_dir: str, name: str) -> Optional[str]:
 def _remove_if_same(folder: int, name: str, ino: int) -> bool:
     """Remove the record file ``name`` of ``folder`` (a descriptor) if it is still the file read
     (inode ``ino``): a job may have written a newer record of the same destination meanwhile, which stays."""
-    aside = f".{name}.prune-{unique_suffix()}"
+    aside = f".{name}{_ASIDE}{unique_suffix()}"
     try:
         os.rename(name, aside, src_dir_fd=folder, dst_dir_fd=folder)
     except FileNotFoundError:
         return False
-    if os.stat(aside, dir_fd=folder, follow_symlinks=False).st_ino != ino:  # a newer record: put it back
+    try:
+        same = os.stat(aside, dir_fd=folder, follow_symlinks=False).st_ino == ino
+    except FileNotFoundError:
+        return False  # put back meanwhile by another clean (_put_back_set_aside): it judges it again
+    if not same:  # a newer record: put it back
         try:
             os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
         except FileExistsError:
@@ -390,6 +394,38 @@ def _remove_if_same(folder: int, name: str, ino: int) -> bool:
         return False
     _unlink(folder, aside)
     return True
+
+
+#: what a record being pruned is renamed to, ``.{name}.prune-{suffix}``, until it is removed or put back
+_ASIDE = ".prune-"
+
+
+def _put_back_set_aside(folder: int) -> None:
+    """Put back a record that a clean killed between setting it aside and removing it (or putting it
+    back, as a newer one) left as ``.{name}.prune-{suffix}``: under its name, unless a record is
+    there (written since: it is newer, and stays), so that the pruning that follows judges it again;
+    the copy set aside goes. Only a regular file of this user, of a record's name."""
+    for aside in sorted(n for n in os.listdir(folder) if n.startswith(".") and _ASIDE in n):
+        name = aside[1 : aside.rindex(_ASIDE)]
+        if name == _INDEX or not _is_written_here(name):
+            continue
+        try:
+            st = os.stat(aside, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            pass  # a newer record is there
+        except FileNotFoundError:
+            continue  # another clean is done with it
+        except OSError:  # no hard links here: renamed back, if its name is still free
+            if not _exists(folder, name):
+                try:
+                    os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
+                except OSError:
+                    pass
+        if _exists(folder, name):  # put back, or a newer one there (else the one set aside stays)
+            _unlink(folder, aside)
 
 
 def _exists(folder: int, name: str) -> bool:
@@ -417,7 +453,8 @@ def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
     through the user folder as checked when opened (a :class:`ParameterError` if it is not this
     user's own), never by a path that a swapped folder could send elsewhere. Unless ``dry_run``,
     the temp files of records (and of the index) whose writer a kill -9 interrupted go too, never
-    one being written (:func:`~smallpond.io.filesystem.remove_abandoned_temps`)."""
+    one being written (:func:`~smallpond.io.filesystem.remove_abandoned_temps`), and a record that a
+    clean killed while it removed it left set aside is put back first (:func:`_put_back_set_aside`)."""
     records_dir = sink_records_dir(data_root)
     try:
         folder = user_folder.open_own(data_root, SINKS_DIRNAME)
@@ -430,6 +467,8 @@ def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
 
 
 def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int]:
+    if not dry_run:
+        _put_back_set_aside(folder)  # a killed clean's: judged again below
     names = sorted(n for n in os.listdir(folder) if n.endswith((_SUFFIX, _LEGACY_SUFFIX)) and not n.startswith("."))
     removed, kept = [], 0
     for name in names:
