@@ -701,3 +701,53 @@ def test_an_interrupt_at_any_step_of_taking_or_letting_go_of_the_locks_leaves_no
         assert "before waiting flock" in fired and "after waiting flock" in fired
     if held.startswith("the folder"):
         assert "after _held_by_this_process_or_its_parents" in fired
+
+
+def test_an_interrupt_where_cpython_delivers_signals_leaves_no_lock_held(tmp_path, data_root):
+    """CPython raises a signal's exception (Ctrl-C, the job's SIGTERM) as a Python function begins
+    and once a call into C returned. Raised at each such point of the locking in turn (sys.setprofile:
+    the "call" of a function of sink_lock, the "c_return" of a call it makes): no lock stays held,
+    none noted or remembered as this thread's, _fds_lock free. Before, one as _let_go began (from
+    destinations_locked's finally), as _close began (from _let_go), or once _close's pop of the
+    books returned left the lock held and its fd open until the process ended; one as _take began
+    lost an fd. Left (module docstring): one once os.open returned loses that descriptor, unlocked."""
+    records = sink_records_dir(data_root)
+    out = tmp_path / "outer"
+    out.mkdir()
+    dest = str(out / "day1")
+    with destinations_locked([dest], records):  # (makes the lock files)
+        pass
+    paths = {lock_path(records, dest), str(out), lock_path(records, str(out)), str(tmp_path)}
+    at, fired = 0, []
+    while True:
+        seen, where = [0], []
+
+        def profiler(frame, event, arg, seen=seen, where=where, at=at):
+            if frame.f_code.co_filename != sink_lock.__file__ or event not in ("call", "c_return"):
+                return
+            seen[0] += 1
+            if seen[0] == at + 1 and not where:
+                where.append(f"{event} {getattr(arg, '__name__', '') if event == 'c_return' else frame.f_code.co_name}")
+                raise KeyboardInterrupt(where[0])
+
+        sys.setprofile(profiler)
+        try:
+            with destinations_locked([dest], records):
+                pass
+        except KeyboardInterrupt:
+            pass
+        finally:
+            sys.setprofile(None)
+        if not where:
+            break
+        fired.append(where[0])
+        assert sink_lock._all_fds == {} and sink_lock._held_here() == {}, where
+        assert sink_lock._fds_lock.acquire(blocking=False), where
+        sink_lock._fds_lock.release()
+        assert all(_free(p) for p in paths), f"a lock left held, interrupted at {where}"
+        if where[0] != "c_return open":  # (documented: lost, unlocked)
+            assert _fds_of(paths) == set(), f"a lock's file left open, interrupted at {where}"
+        for fd in _fds_of(paths):
+            os.close(fd)
+        at += 1
+    assert {"call _let_go", "call _close", "c_return pop", "call _take", "c_return flock"} <= set(fired), fired

@@ -75,7 +75,10 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
   are taken, waited for or let go of leaves this process holding none and with no lock's file
   open that it knows of: a lock taken and not yet noted is closed in that step, one noted is let
   go of, every lock is let go of even when letting go of one is interrupted, and an interrupted
-  wait for the threading lock waits on (the interrupt raised once done). What Python code cannot
+  wait for the threading lock waits on (the interrupt raised once done). That holds at each point
+  where CPython raises a signal's exception: as a Python function begins (so a caller keeps its
+  note of an fd until :func:`_take` or :func:`_close` has begun, and calls it again) and once a
+  call into C returned (test_sink_lock raises at each in turn, by ``sys.setprofile``). What Python code cannot
   guard: an interrupt delivered right as ``os.open`` returns (CPython checks for signals once a
   call returns, before its result is stored) loses that descriptor, which stays open but holds no
   lock (a lock's file is locked only after that), so no job waits for it.
@@ -168,31 +171,43 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
             if not folder:
                 raise
             return _folder_unlocked(e, path, dest)  # gone meanwhile, or not ours to read
-        state, failed = _take(fd, path, how, folder, forks)
+        opened = [fd]  # set to None by _take once it noted or closed fd
+        try:
+            state, failed = _take(fd, path, how, folder, forks, opened)
+        except BaseException:
+            if opened[0] is not None:  # interrupted as _take began (CPython checks for signals there)
+                os.close(fd)  # not locked yet
+            raise
         if state == "forked":
             continue  # a child forked since the open has a copy of it: open it again
         if state == "ours":
             return _folder_unlocked(BlockingIOError(errno.EDEADLK, "locked by this job's own parent"), path, dest)
         if state == "failed":
             return _folder_unlocked(failed, path, dest) if folder else _no_locks(failed, path, dest)
-        try:  # noted in _all_fds: taken, or to be waited for
-            if state == "waits":
-                if not said:
-                    logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
-                    said = True
-                fcntl.flock(fd, how)
-            if _still_there(fd, path):
-                return fd
-        except OSError as e:
-            _close(fd)
-            return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
-        except BaseException:  # interrupted waiting, or once it had the lock: let go of it
-            _close(fd)
+        pending = [fd]  # noted in _all_fds: taken, or to be waited for; None once _close took it over
+        try:
+            try:
+                if state == "waits":
+                    if not said:
+                        logger.info("waiting for another job publishing into {} to finish (lock {})", dest, path)
+                        said = True
+                    fcntl.flock(fd, how)
+                if _still_there(fd, path):
+                    return fd
+            except OSError as e:
+                _close(fd, pending)
+                return _folder_unlocked(e, path, dest) if folder else _no_locks(e, path, dest)
+            except BaseException:  # interrupted waiting, or once it had the lock: let go of it
+                _close(fd, pending)
+                raise
+            _close(fd, pending)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
+        except BaseException:
+            if pending[0] is not None:  # interrupted as _close began
+                _close(fd, pending)
             raise
-        _close(fd)  # removed (by smallpond clean, or a user) while this waited for it: lock the one now there
 
 
-def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, Optional[OSError]]:
+def _take(fd: int, path: str, how: int, folder: bool, forks: int, opened: List[Optional[int]]) -> Tuple[str, Optional[OSError]]:
     """Try the lock on ``fd`` (the file at ``path``, opened when :data:`_forks` was ``forks``)
     without waiting, and note it in :data:`_all_fds`, in one step under :data:`_fds_lock`:
     ``("taken", None)``, or ``("waits", None)`` when another holds it (noted too, to be waited
@@ -200,7 +215,9 @@ def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, 
     copy of the open file, which it does not know to close: locked, it would keep the lock),
     ``("ours", None)`` for a folder locked by this process or one it runs under, ``("failed",
     error)`` when ``flock`` failed. An interrupt closes ``fd`` unless it is noted (the caller lets
-    go of it then): under :data:`_fds_lock`, so no fork has a copy of it locked."""
+    go of it then): under :data:`_fds_lock`, so no fork has a copy of it locked. ``opened[0]`` is
+    set to None once ``fd`` is noted or closed: until then (an interrupt as this began) the caller
+    closes it."""
     noted = closed = False
     try:
         with _fds_lock:
@@ -218,13 +235,16 @@ def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, 
                 if state != "ours":
                     _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
                     noted = True
+                    opened[0] = None
                 return state, None
             finally:
                 if not noted:
                     _all_fds.pop(fd, None)
                     closed = True
+                    opened[0] = None
                     os.close(fd)  # the only copy (a fork waits for _fds_lock): its lock, if taken, goes with it
     except BaseException:
+        opened[0] = None
         if noted:  # interrupted leaving _fds_lock: let go of it
             _close(fd)
         elif not closed:  # interrupted waiting for _fds_lock: nothing was locked
@@ -232,22 +252,29 @@ def _take(fd: int, path: str, how: int, folder: bool, forks: int) -> Tuple[str, 
         raise
 
 
-def _close(fd: int) -> None:
+def _close(fd: int, pending: Optional[List[Optional[int]]] = None) -> None:
     """Let go of the lock on ``fd`` (held or waited for), forget it and close it, under
     :data:`_fds_lock`. An interrupt while waiting for :data:`_fds_lock` does not leave the lock on
-    ``fd`` held: the wait goes on, and the interrupt is raised once ``fd`` is let go of and closed."""
+    ``fd`` held: the wait goes on, and the interrupt is raised once ``fd`` is let go of and closed;
+    one once it is taken closes ``fd`` all the same. ``pending[0]`` (the caller's note of ``fd``)
+    is set to None first: an interrupt as this begins (CPython checks for signals there) leaves it
+    set, and the caller calls this again."""
+    if pending is not None:
+        pending[0] = None
     interrupted, entered = None, False
     while not entered:
         try:
             with _fds_lock:
                 entered = True
-                _all_fds.pop(fd, None)
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_UN)  # the open file's: also where a child forked meanwhile has it still
-                except OSError:
-                    pass
+                    _all_fds.pop(fd, None)
                 finally:
-                    os.close(fd)
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_UN)  # the open file's: also where a child forked meanwhile has it still
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
         except BaseException as e:
             if entered:
                 raise
@@ -384,15 +411,22 @@ def destinations_locked(dests: Iterable[str], records_dir: str, job_root: Option
             taken.append(path)
         yield
     finally:
-        _let_go(held, taken)
+        try:
+            _let_go(held, taken)
+        except BaseException:
+            # CPython checks for signals as a function begins: an interrupt right then let go of none
+            _let_go(held, taken)
+            raise
 
 
 def _let_go(held: Dict[str, Optional[int]], taken: List[str]) -> None:
     """Let go of the locks at the paths ``taken`` (last first), which this thread holds (``held``):
     every one of them, also when one is interrupted (the first interrupt raised once all are)."""
-    interrupted = None
-    while taken:
+    interrupted, pending = None, [None]
+    while taken or pending[0] is not None:
         try:
+            if pending[0] is not None:  # interrupted as _close began: it let go of nothing
+                _close(pending[0], pending)
             while taken:
                 # off the books by subscripts and deletes, not calls: CPython raises an interrupt
                 # once a call returns, which here would lose the fd between the books and its close
@@ -402,7 +436,8 @@ def _let_go(held: Dict[str, Optional[int]], taken: List[str]) -> None:
                     del held[path]
                 del taken[-1]
                 if fd is not None:
-                    _close(fd)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
+                    pending[0] = fd
+                    _close(fd, pending)  # closing it lets go of the lock (the open file's; a forked child closed its copy)
         except BaseException as e:
             interrupted = interrupted or e
     if interrupted is not None:
