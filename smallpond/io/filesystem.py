@@ -167,13 +167,37 @@ def _remove_around(path: str, mounts: Optional[set]) -> None:
 def remove_tree_written_into(path: str, passes: int = 5) -> None:
     """Remove the directory tree ``path`` that other processes may still write files into while
     it goes, though never make a folder of again (a job's ``queue/``, where executors started by
-    hand on any host write their heartbeats): a file written into a folder after the removal
-    emptied it makes that folder's removal fail, and the tree stays. Removed again then (at most
-    ``passes`` times): a writer cannot write into a folder once it is gone."""
-    for _ in range(passes):
-        remove_path(path)
-        if not os.path.lexists(path):
-            return
+    hand on any host write their heartbeats).
+
+    The tree is first renamed aside (``{path}.removing-{suffix}``, beside it): writers name their
+    files by the old path, so from then on none is created in it, and what it holds goes in one
+    pass (removed in place, a file written into a folder after the removal emptied it made that
+    folder's removal fail, and a writer beating every millisecond outran five passes on a loaded
+    machine). Where it cannot be renamed (or holds a mount point, or the mount table cannot be
+    read), it is removed in place, again while it stays (at most
+    ``passes`` times). A tree renamed aside by an earlier call that was stopped goes too."""
+    parent, name = os.path.split(os.path.abspath(path))
+    target = path
+    aside = os.path.join(parent, f"{name}.removing-{unique_suffix()}")
+    try:
+        if _mount_points_in(os.path.realpath(path)) == set():  # (a mount inside would move with it)
+            os.rename(path, aside)
+            target = aside
+    except FileNotFoundError:
+        target = None
+    except OSError:
+        pass  # (not renamable here: removed in place)
+    if target is not None:
+        for _ in range(passes):
+            remove_path(target)
+            if not os.path.lexists(target):
+                break
+    try:
+        leftovers = [n for n in os.listdir(parent) if n.startswith(f"{name}.removing-")]
+    except OSError:
+        return
+    for n in leftovers:  # of a removal that an earlier process did not finish
+        remove_path(os.path.join(parent, n))
 
 
 _suffix_prefix = uuid.uuid4().hex[:6]

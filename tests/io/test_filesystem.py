@@ -508,3 +508,40 @@ def test_a_bind_mount_inside_a_removed_tree_keeps_its_files(tmp_path):
         assert (user / "theirs.txt").exists() and not (queue / "executors").exists()
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_tree_a_writer_keeps_writing_into_is_removed_at_once(tmp_path, monkeypatch):
+    # a job's queue/, removed while an executor started by hand still beats into it: removed in
+    # place, a heartbeat written after a pass emptied its folder, before the folder's rmdir, kept
+    # the tree (1 clean-up in 10 of test_retention's, its writer beating every millisecond on a
+    # loaded machine). Here the writer always wins that race: it beats right before every rmdir
+    # of its folder
+    from smallpond.io import filesystem
+
+    queue = tmp_path / "queue"
+    member = queue / "executors" / "host-1"
+    member.mkdir(parents=True)
+    (member / "heartbeat").write_text("{}")
+    beats, real_rmdir = [], os.rmdir
+
+    def beat_then_rmdir(path, *args, **kwargs):
+        if os.path.basename(os.fsdecode(path)) == "host-1":
+            try:  # as an executor's heartbeat, by its path: into its folder only if it is there
+                filesystem.atomic_write_bytes(str(member / "heartbeat"), b"{}")
+                beats.append("written")
+            except FileNotFoundError:
+                beats.append("no folder")
+        return real_rmdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "rmdir", beat_then_rmdir)
+    remove_tree_written_into(str(queue))
+    monkeypatch.undo()
+    assert not queue.exists() and os.listdir(tmp_path) == [], (os.listdir(tmp_path), beats)
+    assert beats == ["no folder"]
+    # a tree an earlier removal renamed aside and did not finish goes with the next one
+    monkeypatch.undo()
+    (tmp_path / "queue.removing-abc" / "x").mkdir(parents=True)
+    (tmp_path / "queue.removing-abc" / "x" / "f").write_text("1")
+    (tmp_path / "queue.kept").write_text("not the engine's")
+    remove_tree_written_into(str(queue))
+    assert sorted(os.listdir(tmp_path)) == ["queue.kept"]
