@@ -61,6 +61,13 @@ from smallpond.processes import process_start_id
 
 EVENTS_FILE = "events.jsonl"
 _ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+#: the same encoding made once for the events of attempts (flat, built here: nothing to check for
+#: cycles), instead of a C encoder built by ``JSONEncoder.encode`` for each event
+_FLAT_ENCODE = (
+    json.encoder.c_make_encoder(None, str, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, True)
+    if json.encoder.c_make_encoder is not None
+    else None
+)
 _EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
 #: where an event begins: JSON strings escape their quotes, so this occurs nowhere else in a line
 _EV_START = re.compile(r'\{\s*"ev"\s*:')
@@ -330,9 +337,13 @@ class JobHistory:
             ns.retries += 1
 
 
+#: what an attempt used (:mod:`~smallpond.execution.resource_use`), the fields of its events
+_USE_FIELDS = ("cpu", "peak_memory", "memory")
+
+
 def _use_fields(stats: Dict[str, Any]) -> Dict[str, Any]:
-    """What an attempt used (:mod:`~smallpond.execution.resource_use`), the fields it measured."""
-    return {k: stats[k] for k in ("cpu", "peak_memory", "memory") if stats.get(k) is not None}
+    """What an attempt used, the fields it measured."""
+    return {k: stats[k] for k in _USE_FIELDS if stats.get(k) is not None}
 
 
 # -- the writer ------------------------------------------------------------------------------------
@@ -371,7 +382,9 @@ class EventLog(SchedulerListener):
         self.history.feed(ev)
         return ev
 
-    def _write(self, ev: Dict[str, Any]) -> None:
+    def _write(self, ev: Dict[str, Any], flat: bool = False) -> None:
+        """Append ``ev`` as one line; ``flat``: an attempt's event, built here of plain values
+        (encoded by :data:`_FLAT_ENCODE`, to the same text)."""
         if self._broken:
             return
         try:
@@ -381,7 +394,10 @@ class EventLog(SchedulerListener):
                 self._file = open(self.path, "a", encoding="utf-8")
                 if torn:  # an earlier run was killed mid-write: its torn line stays alone
                     self._file.write("\n")
-            self._file.write(_ENCODER.encode(ev) + "\n")
+            if flat and _FLAT_ENCODE is not None:
+                self._file.write("".join(_FLAT_ENCODE(ev, 0)) + "\n")
+            else:
+                self._file.write(_ENCODER.encode(ev) + "\n")
         except (OSError, TypeError, ValueError) as e:
             self._broken = True
             logger.warning("cannot write the event log {}: {}; the run report will be incomplete", self.path, e)
@@ -408,8 +424,8 @@ class EventLog(SchedulerListener):
             self._emit_inline()
         if self._unwritten:  # submissions of attempts still running
             unwritten, self._unwritten = self._unwritten, {}
-            for ev in unwritten.values():
-                self._write(ev)
+            for (key, attempt), submitted in unwritten.items():
+                self._write_submit(key, attempt, submitted)
         self._last_flush = time.time()
         if self._file is not None:
             try:
@@ -533,10 +549,19 @@ class EventLog(SchedulerListener):
         )
 
     def on_submit(self, task, attempt: int, memory: int) -> None:
-        # kept in memory, and written at the next flush only if the attempt still runs then: an
-        # attempt that ended before is told by its done/failed event (which carries its start)
-        fields = {"key": task.key, "node": task.node_id, "attempt": attempt, "memory": memory}
-        self._unwritten[(task.key, attempt)] = self._event("submit", fields)
+        # kept in memory as (time, node, memory), and written (and fed to the history) at the next
+        # flush only if the attempt still runs then: an attempt that ended before is told by its
+        # done/failed event, which carries its start (most tiny tasks: no event built for nothing)
+        if self._inline:
+            self._emit_inline()
+        self._unwritten[(task.key, attempt)] = (round(time.time(), 3), task.node_id, memory)
+
+    def _write_submit(self, key: str, attempt: int, submitted: tuple) -> None:
+        """The ``submit`` event of an attempt :meth:`on_submit` kept, fed to the history and written."""
+        t, node, memory = submitted
+        ev = {"ev": "submit", "t": t, "key": key, "node": node, "attempt": attempt, "memory": memory}
+        self.history.feed(ev)
+        self._write(ev, flat=True)
 
     def on_inline(self, task, ok: bool, elapsed: float) -> None:
         if not ok:
@@ -550,35 +575,43 @@ class EventLog(SchedulerListener):
             pending[1] += elapsed
 
     def on_completion(self, task, c, decision) -> None:
-        fields = dict(
-            key=task.key,
-            node=task.node_id,
-            attempt=c.attempt,
-            worker=c.worker,
-            started=round(c.started, 3) if c.started else None,
-            elapsed=round(c.elapsed, 6),
-            rows=c.stats.get("rows"),
-            bytes=c.stats.get("bytes"),
-            read=c.stats.get("read"),
-            **_use_fields(c.stats),
-            # the attempt's own log, or the worker process's log holding its start and done lines
-            log=c.stats.get("log") or task_log_relpath(task.key, c.attempt),
-        )
-        submitted = self._unwritten.pop((task.key, c.attempt), None)
+        key, attempt, stats = task.key, c.attempt, c.stats
+        submitted = self._unwritten.pop((key, attempt), None)
+        if self._inline:
+            self._emit_inline()
+        # the event built once, its fields in their order (see the module docstring)
+        ev = {
+            "ev": "done" if decision is None else "failed",
+            "t": round(time.time(), 3),
+            "key": key,
+            "node": task.node_id,
+            "attempt": attempt,
+            "worker": c.worker,
+            "started": round(c.started, 3) if c.started else None,
+            "elapsed": round(c.elapsed, 6),
+            "rows": stats.get("rows"),
+            "bytes": stats.get("bytes"),
+            "read": stats.get("read"),
+        }
+        for k in _USE_FIELDS:
+            v = stats.get(k)
+            if v is not None:
+                ev[k] = v
+        # the attempt's own log, or the worker process's log holding its start and done lines
+        ev["log"] = stats.get("log") or task_log_relpath(key, attempt)
         if decision is None:
-            self.emit("done", **fields)
+            self.history.feed(ev)
+            self._write(ev, flat=True)
             return
         if submitted is not None:  # a lost worker's failure has no start of its own: its submission tells it
-            self._write(submitted)
-        self._reported_failures.add((task.key, c.attempt))
+            self._write_submit(key, attempt, submitted)
+        self._reported_failures.add((key, attempt))
         err = c.error
-        self.emit(
-            "failed",
-            **fields,
-            error=getattr(err, "message", None) or _error_text(err),
-            cause=getattr(err, "cause_type", "") or type(err).__name__,
-            decision=getattr(decision, "value", str(decision)),
-        )
+        ev["error"] = getattr(err, "message", None) or _error_text(err)
+        ev["cause"] = getattr(err, "cause_type", "") or type(err).__name__
+        ev["decision"] = getattr(decision, "value", str(decision))
+        self.history.feed(ev)
+        self._write(ev)
 
     def on_cancelled(self, task, attempt: int, reason: str) -> None:
         self._unwritten.pop((task.key, attempt), None)

@@ -243,3 +243,47 @@ def test_the_latest_runs_scan_counts_tasks_taken_from_the_task_cache(tmp_path):
     assert (scan["done"], scan["reused"], scan["resumed"]) == (1, 2, 0)
     info = describe_job(str(job))
     assert info.tasks_done + info.tasks_resumed + info.tasks_reused == 3
+
+
+def test_the_history_kept_in_memory_is_the_one_read_back_and_lines_are_plain_json(tmp_path):
+    """The event log feeds its in-memory history (the summary, the report of a first run) what it
+    writes, in the same order: submissions kept for a flush included (an attempt still running at
+    the flush, and one that failed after it, and one taken back after). Attempts' events are
+    encoded by a C encoder made once: each line is what ``json.dumps`` makes of it (ASCII only)."""
+    import types
+
+    from smallpond.errors import WorkerLost
+    from smallpond.execution.events import EventLog
+    from smallpond.execution.executors.base import Completion
+    from smallpond.execution.sched_state import Decision
+
+    log = EventLog(str(tmp_path))
+    task = {k: types.SimpleNamespace(key=k, node_id=1 if k < "D" else 2) for k in ("A", "B", "C", "D", "E")}
+    for k in task:
+        log.on_submit(task[k], 0, 1 << 20)
+    stats = {"rows": 3, "bytes": 10, "read": 15, "cpu": 0.25, "peak_memory": 1 << 20, "memory": 1 << 21}
+    log.on_completion(task["A"], Completion("A", 0, True, None, None, 0.1, 'wörker "1"', 1.0, stats), None)
+    log.on_inline(types.SimpleNamespace(key="I", node_id=3), True, 0.01)
+    log.flush()  # B, C, D, E still run: their submissions are written
+    log.on_completion(task["B"], Completion("B", 0, False, None, WorkerLost("gone"), 0.0, "w", 0.0, {}), Decision.RETRY)
+    log.on_cancelled(task["D"], 0, "another attempt finished first")
+    log.on_submit(task["C"], 1, 1 << 20)
+    log.on_completion(task["C"], Completion("C", 1, True, None, None, 0.2, "w", 2.0, {"rows": 1}), None)
+    log.close()
+
+    with open(os.path.join(str(tmp_path), "events.jsonl"), encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        assert line == json.dumps(json.loads(line), separators=(",", ":"), default=str)
+    assert '"worker":"w\\u00f6rker \\"1\\""' in lines[0]
+    kinds = [(e["ev"], e.get("key")) for e in map(json.loads, lines)]
+    assert kinds[:2] == [("done", "A"), ("inline", None)]
+    assert sorted(kinds[2:6]) == [("submit", k) for k in "BCDE"]
+
+    read_back = JobHistory.load(str(tmp_path)).last
+    in_memory = log.history.last
+    assert read_back.attempts == in_memory.attempts
+    assert read_back.running == in_memory.running and list(read_back.running) == [("C", 0), ("E", 0)]
+    for nid in (1, 2, 3):
+        assert vars(read_back.node(nid)) == vars(in_memory.node(nid)), nid
+    assert (in_memory.node(1).done, in_memory.node(1).retries, in_memory.node(2).cancelled) == (2, 1, 1)
