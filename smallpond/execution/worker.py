@@ -96,7 +96,7 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
             nodes.add(node_key, node_blob)  # kept even if taken back: the driver counts it as sent
         if not claims.start(seq):
             continue  # taken back: another worker runs it
-        task, inputs, attempt, memory = pickle.loads(body)
+        task, inputs, attempt, memory = decode_attempt(nodes, node_key, body)
         result = load_node(nodes, node_key, task, attempt, worker_name)
         if result is None:
             result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
@@ -205,17 +205,28 @@ class NodeCache:
     """The pickled nodes a worker has received, by key, and the nodes it may reuse.
 
     smallpond's own nodes are read-only descriptions: one copy serves every task. A user's node
-    subclass gets a fresh copy per task, as if it had been sent with it.
+    subclass gets a fresh copy per task, as if it had been sent with it. A node's blob may hold
+    the fields its tasks share in front (a template, see
+    :class:`~smallpond.execution.executors.local.TaskEncoder`): its tasks then come as their own
+    fields only (:func:`decode_attempt`).
     """
 
     def __init__(self) -> None:
         self._blobs: dict = {}
         self._nodes: dict = {}
+        self._templates: dict = {}
 
     def __contains__(self, key) -> bool:
         return key in self._blobs
 
     def add(self, key, blob: bytes) -> None:
+        from smallpond.execution.executors.base import TEMPLATE_MARK
+
+        if blob[: len(TEMPLATE_MARK)] == TEMPLATE_MARK:
+            start = len(TEMPLATE_MARK) + 4
+            end = start + int.from_bytes(blob[len(TEMPLATE_MARK) : start], "little")
+            self._templates[key] = pickle.loads(blob[start:end])
+            blob = blob[end:]
         self._blobs[key] = blob
 
     def get(self, key):
@@ -227,6 +238,31 @@ class NodeCache:
             if type(node).__module__.startswith("smallpond."):
                 self._nodes[key] = node
         return node
+
+    def task(self, key, fields: dict):
+        """The task of node ``key`` whose own fields are ``fields`` (see
+        :func:`~smallpond.execution.executors.base.task_fields`), the rest from its template."""
+        from smallpond.execution.task import PartitionInfo, TaskId
+
+        cls, shared = self._templates[key]
+        task = cls.__new__(cls)
+        state = task.__dict__
+        state.update(shared)
+        state.update(fields)
+        state["id"] = TaskId(fields["id"])
+        state["partition_infos"] = tuple(PartitionInfo(*p) for p in fields["partition_infos"])
+        state["node"] = state["runtime_ctx"] = None
+        state["plan_components"] = {}
+        return task
+
+
+def decode_attempt(nodes: NodeCache, node_key, body: bytes) -> tuple:
+    """``(task without its node, inputs, attempt, memory)`` of an attempt's pickle (see
+    :func:`~smallpond.execution.executors.base.encode_attempt`), whose node ``nodes`` has."""
+    task, inputs, attempt, memory = pickle.loads(body)
+    if type(task) is dict:  # the task's own fields: the rest is in its node's template
+        task = nodes.task(node_key, task)
+    return task, inputs, attempt, memory
 
 
 def load_node(nodes: NodeCache, node_key, task, attempt: int, worker_name: str):

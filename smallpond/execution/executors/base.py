@@ -58,6 +58,7 @@ Rules every backend keeps:
 from __future__ import annotations
 
 import os
+import pickle
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -212,6 +213,10 @@ class Executor:
 
 
 _KEEP_FILES_PICKLER = None
+#: the start of a node's blob that holds the fields its tasks share in front (see
+#: :class:`~smallpond.execution.executors.local.TaskEncoder`); a plain blob starts with the length
+#: of its import path, 4 bytes that are never these
+TEMPLATE_MARK = b"SPT\xff"
 
 
 def pickle_node_for_workers(node) -> bytes:
@@ -220,6 +225,89 @@ def pickle_node_for_workers(node) -> bytes:
     every backend's workers)."""
     paths = b"\0".join(os.fsencode(p) for p in sys.path if p)
     return len(paths).to_bytes(4, "little") + paths + pickle_for_workers(node)
+
+
+def encode_attempt(task: Task, inputs: list, attempt: int, memory: int, template: Optional[tuple] = None) -> bytes:
+    """Pickle ``(task without its node and its cache-key components, inputs, attempt, memory)``;
+    nodes travel separately, once. Given its node's ``template`` (:func:`template_of`, which
+    the worker has with the node), the task travels as a dict of its own fields
+    (:func:`task_fields`) instead.
+
+    The worker side is :class:`smallpond.execution.worker.NodeCache` (nodes, templates) and
+    :func:`smallpond.execution.worker.decode_attempt`.
+    """
+    from smallpond.execution.commit import _fast_pickle
+
+    fields = task_fields(task, template) if template is not None else None
+    if fields is not None:
+        return _fast_pickle((fields, inputs, attempt, memory)) or _cloudpickle((fields, inputs, attempt, memory))
+    node, components = task.node, task.plan_components
+    task.node = None
+    task.plan_components = {}  # what the scheduler's cache keys are made of: the worker has the key
+    try:
+        message = (task, inputs, attempt, memory)
+        return _fast_pickle(message) or _cloudpickle(message)
+    finally:
+        task.node = node
+        task.plan_components = components
+
+
+def _cloudpickle(obj) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(obj)
+
+
+#: values a template holds: immutable, so one copy serves every task of the node in a worker
+_SHARED_TYPES = (str, int, float, bool, type(None), bytes)
+#: fields that differ from task to task (never in a template), and those no worker receives
+_OWN_FIELDS = frozenset(("id", "key", "partition_infos", "input_keys", "fingerprint", "cache_key", "retry_count"))
+_NOT_SENT = frozenset(("node", "plan_components", "runtime_ctx", "_py_rng", "_np_rng", "input_datasets"))
+
+
+def template_of(task: Task) -> Optional[tuple]:
+    """``(task class, {field: value})``: the fields of ``task`` its node's other tasks share
+    (immutable values, not its own fields), sent once with the node; None for a class of the
+    user's (or one that pickles itself its own way): its tasks travel whole."""
+    cls = type(task)
+    if (
+        not cls.__module__.startswith("smallpond.")
+        or cls.__getstate__ is not Task.__getstate__
+        or getattr(cls, "__setstate__", None) is not None
+        or cls.__reduce_ex__ is not object.__reduce_ex__
+        or cls.__reduce__ is not object.__reduce__
+    ):
+        return None
+    shared = {k: v for k, v in task.__dict__.items() if k not in _OWN_FIELDS and k not in _NOT_SENT and type(v) in _SHARED_TYPES}
+    return cls, shared
+
+
+def task_fields(task: Task, template: tuple) -> Optional[dict]:
+    """The fields of ``task`` its worker rebuilds it from with ``template`` (those that differ
+    from it; the id and partition infos as plain values, pickled without their classes), or
+    None if ``task`` does not fit it (another class, or lacking one of its fields)."""
+    cls, shared = template
+    state = task.__dict__
+    if type(task) is not cls or not shared.keys() <= state.keys():
+        return None
+    missing = object()
+    fields = {}
+    for k, v in state.items():
+        t = shared.get(k, missing)
+        if t is v or (type(t) is type(v) and t == v) or k in _NOT_SENT:
+            continue
+        fields[k] = v
+    fields["id"] = int(task.id)
+    fields["partition_infos"] = tuple((p.index, p.npartitions, p.dimension) for p in task.partition_infos)
+    return fields
+
+
+def with_template(blob: bytes, template: Optional[tuple]) -> bytes:
+    """A node's blob with the shared fields of its tasks in front (see :class:`TaskEncoder`)."""
+    if template is None:
+        return blob
+    head = pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL)
+    return TEMPLATE_MARK + len(head).to_bytes(4, "little") + head + blob
 
 
 def load_with_import_path(blob: bytes):

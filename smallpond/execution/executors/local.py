@@ -49,7 +49,15 @@ import cloudpickle
 from smallpond.common import logger
 from smallpond.errors import TaskError, WorkerLost
 from smallpond.execution.executors import local_spares
-from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_node_for_workers
+from smallpond.execution.executors.base import (
+    Capacity,
+    Completion,
+    Executor,
+    encode_attempt,
+    pickle_node_for_workers,
+    template_of,
+    with_template,
+)
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
@@ -178,21 +186,31 @@ class TaskEncoder:
     kept by key; an attempt travels as ``(task without its node, inputs, attempt, memory)``.
     Keys are held with a reference to the node, so an ``id()`` is never reused while cached.
     Shared by the backends that ship tasks to processes (local workers, the file queue).
+
+    The task fields all tasks of a node share (its label, call site, output name, limits) travel
+    once too, in the node's blob (:func:`~smallpond.execution.executors.base.template_of`): an
+    attempt then carries only the task's own fields (:func:`~.base.encode_attempt`).
     """
 
     def __init__(self) -> None:
         self._node_keys: Dict[int, Tuple[int, object]] = {}
-        #: node key -> the pickled node
+        #: node key -> the pickled node (with its tasks' shared fields, see ``with_template``)
         self.blobs: Dict[object, bytes] = {}
+        #: node key -> the shared fields of its tasks (``template_of``), if they have some
+        self.templates: Dict[object, tuple] = {}
         self._next_key = 0  # keys are never reused: a worker keeps every node it was sent
 
-    def node_key(self, node) -> Tuple[int, bool]:
-        """(the node's key, whether it was pickled just now)."""
+    def node_key(self, node, task: Optional[Task] = None) -> Tuple[int, bool]:
+        """(the node's key, whether it was pickled just now); ``task``: one of its tasks, whose
+        shared fields go with the node."""
         entry = self._node_keys.get(id(node))
         if entry is not None:
             return entry[0], False
         key = self._next_key
-        self.blobs[key] = pickle_node_for_workers(node)
+        template = template_of(task) if task is not None else None
+        self.blobs[key] = with_template(pickle_node_for_workers(node), template)
+        if template is not None:
+            self.templates[key] = template
         self._next_key += 1
         self._node_keys[id(node)] = (key, node)
         return key, True
@@ -209,8 +227,8 @@ class TaskEncoder:
         Raises :class:`~smallpond.errors.TaskError` (not retryable) if it cannot be pickled.
         """
         try:
-            key, _ = self.node_key(task.node)
-            return key, encode_attempt(task, inputs, attempt, memory)
+            key, _ = self.node_key(task.node, task)
+            return key, encode_attempt(task, inputs, attempt, memory, self.templates.get(key))
         except Exception as e:
             raise _pickle_error(task, attempt, e) from e
 
@@ -743,25 +761,6 @@ def exit_text(code: Optional[int]) -> str:
             "memory: dmesg tells; then split the work into more partitions or smaller batches)"
         )
     return f"was killed by {name} (exit code {code})"
-
-
-def encode_attempt(task: Task, inputs: list, attempt: int, memory: int) -> bytes:
-    """Pickle ``(task without its node and its cache-key components, inputs, attempt, memory)``;
-    nodes travel separately, once.
-
-    The worker side is :class:`smallpond.execution.worker.NodeCache` (nodes) and ``pickle.loads``.
-    """
-    from smallpond.execution.commit import _fast_pickle
-
-    node, components = task.node, task.plan_components
-    task.node = None
-    task.plan_components = {}  # what the scheduler's cache keys are made of: the worker has the key
-    try:
-        message = (task, inputs, attempt, memory)
-        return _fast_pickle(message) or cloudpickle.dumps(message)
-    finally:
-        task.node = node
-        task.plan_components = components
 
 
 def _pickle_error(task: Task, attempt: int, e: BaseException) -> TaskError:

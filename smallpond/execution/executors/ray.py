@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import socket
 import time
 import uuid
@@ -72,9 +71,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
-from smallpond.execution.executors.base import Capacity, Completion, Executor, pickle_node_for_workers
+from smallpond.execution.executors.base import Capacity, Completion, Executor, encode_attempt, pickle_node_for_workers
 from smallpond.execution.executors.cancel_marks import STACK_ANSWER, CancelMarks, CancelWatch
-from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error, encode_attempt
+from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 
@@ -334,9 +333,9 @@ def _attempt_on_worker(job_box: list, node_box: list, body: bytes) -> Completion
     if node_key not in _worker_nodes:
         _worker_nodes.add(node_key, ray.get(node_ref))
     from smallpond.execution.ops.duckdb import track_connections
-    from smallpond.execution.worker import load_node
+    from smallpond.execution.worker import decode_attempt, load_node
 
-    task, inputs, attempt, memory = pickle.loads(body)
+    task, inputs, attempt, memory = decode_attempt(_worker_nodes, node_key, body)
     failed = load_node(_worker_nodes, node_key, task, attempt, _worker_job["name"])
     if failed is not None:
         return failed
