@@ -27,6 +27,10 @@ import sys
 import threading
 from typing import Iterable, List, Optional
 
+# (every attempt needs the task module: imported here, a task's fields are rebuilt without an
+# import statement per task, which asks the module for a ``__path__`` through its __getattr__)
+from smallpond.execution.task import PartitionInfo, TaskId
+
 
 def _preload() -> None:
     from smallpond.execution import attempt  # noqa: F401
@@ -242,15 +246,13 @@ class NodeCache:
     def task(self, key, fields: dict):
         """The task of node ``key`` whose own fields are ``fields`` (see
         :func:`~smallpond.execution.executors.base.task_fields`), the rest from its template."""
-        from smallpond.execution.task import PartitionInfo, TaskId
-
         cls, shared = self._templates[key]
         task = cls.__new__(cls)
         state = task.__dict__
         state.update(shared)
         state.update(fields)
         state["id"] = TaskId(fields["id"])
-        state["partition_infos"] = tuple(PartitionInfo(*p) for p in fields["partition_infos"])
+        state["partition_infos"] = tuple([PartitionInfo(*p) for p in fields["partition_infos"]])
         state["node"] = state["runtime_ctx"] = None
         state["plan_components"] = {}
         return task
