@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import sys
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, TypeVar
 
@@ -52,8 +53,6 @@ def imported_module(name: str):
     a half-initialized numpy while a job is planned. ``importlib`` marks such a module's spec
     ``_initializing`` until its body is done (CPython reads the same flag).
     """
-    import sys
-
     mod = sys.modules.get(name)
     if mod is None or getattr(getattr(mod, "__spec__", None), "_initializing", False):
         return None

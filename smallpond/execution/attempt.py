@@ -17,10 +17,12 @@ import time
 import traceback
 from typing import Callable, List, Optional, Tuple
 
+from smallpond.common import logger
 from smallpond.errors import TaskError, classify
 from smallpond.execution import resource_use
 from smallpond.execution.attempt_files import bytes_read, bytes_written, input_files, unreadable_intermediates
 from smallpond.execution.commit import _load_record, commit_path, write_commit
+from smallpond.execution.executors.base import Completion
 from smallpond.execution.joblog import log_stamp
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, crash_point, seeded_random
@@ -293,8 +295,6 @@ def execute_attempt(
     What the attempt measured (``rows`` and ``bytes`` written, bytes of input files ``read``) is
     put into ``stats``.
     """
-    from smallpond.common import logger
-
     task = copy.copy(task)
     task.memory_limit = int(memory)
     task.stats = stats if stats is not None else {}
@@ -368,9 +368,8 @@ def execute_attempt(
             extra = dict(started=start, worker=worker, stats=task.stats, output_dir=final, cache_key=task.cache_key)
             entry = None
             if task.cache_key is not None:  # the commit record is the cache entry's record too (one file fewer)
-                from smallpond.execution.cache import commit_entry, insert_after_commit
-
-                entry = commit_entry(rt, task, ds, final)  # never raises
+                cache = _task_cache()
+                entry = cache.commit_entry(rt, task, ds, final)  # never raises
                 if entry is not None:
                     extra.update(cache=entry[0], cache_secret=entry[1])
             winner = write_commit(rt, task, ds, attempt, elapsed, **extra)
@@ -381,7 +380,7 @@ def execute_attempt(
                 logger.info("{} attempt {} lost to attempt {}, which committed first", task.key, attempt, winner.get("attempt"))
             elif task.cache_key is not None:
                 shared = None if entry is None else (entry[0], commit_path(rt, task.key))
-                insert_after_commit(rt, task, ds, final, shared)  # never raises
+                cache.insert_after_commit(rt, task, ds, final, shared)  # never raises
             try:
                 task.on_committed(rt)  # the task is complete (by this attempt or the winner)
             except Exception as e:  # what is left behind is cleaned with staging/
@@ -433,6 +432,20 @@ def execute_attempt(
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _task_cache():
+    """:mod:`smallpond.execution.cache`, imported by the first attempt that uses the task cache (an
+    import statement per attempt costs more than a tiny task's own code)."""
+    global _cache_module
+    if _cache_module is None:
+        from smallpond.execution import cache
+
+        _cache_module = cache
+    return _cache_module
+
+
+_cache_module = None
 
 
 def _record_use(stats: dict, reserved: int, cpu_start: Optional[float], peak_known: bool) -> None:
@@ -499,8 +512,6 @@ def run_attempt(rt: RuntimeContext, task: Task, inputs: List[DataSet], attempt: 
     did, not a lost worker or a cancelled Ray task. (In the scheduler's process, which
     :func:`execute_attempt` also serves, they pass through: there they may be the user's Ctrl-C.)
     """
-    from smallpond.execution.executors.base import Completion
-
     enter_node_folder(task)
     start = time.time()
     stats: dict = {}

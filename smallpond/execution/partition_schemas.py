@@ -21,13 +21,12 @@ from typing import Dict, List, Optional, Tuple
 from smallpond.common import logger
 from smallpond.execution.sched_state import SchedulerListener
 from smallpond.logical.base import node_at
+from smallpond.logical.compute import ArrowComputeNode
 
 
 def free_schema(node) -> bool:
     """Does each task of ``node`` type its output from its own values (Python code whose output
     schema was not given)?"""
-    from smallpond.logical.compute import ArrowComputeNode
-
     if not isinstance(node, ArrowComputeNode) or getattr(node, "output_schema", None) is not None:
         return False
     return getattr(node, "df_op", None) != "filter"  # a row filter keeps its input's columns

@@ -64,6 +64,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
+from smallpond.execution.commit import _fast_pickle
 from smallpond.execution.task import Task
 
 
@@ -236,8 +237,6 @@ def encode_attempt(task: Task, inputs: list, attempt: int, memory: int, template
     The worker side is :class:`smallpond.execution.worker.NodeCache` (nodes, templates) and
     :func:`smallpond.execution.worker.decode_attempt`.
     """
-    from smallpond.execution.commit import _fast_pickle
-
     fields = task_fields(task, template) if template is not None else None
     if fields is not None:
         return _fast_pickle((fields, inputs, attempt, memory)) or _cloudpickle((fields, inputs, attempt, memory))

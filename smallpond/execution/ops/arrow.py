@@ -106,9 +106,15 @@ def _same(a, b) -> bool:
 
 def _spawns(node) -> bool:
     """True if ``node``'s class overrides upstream's ``PythonScriptNode.spawn``."""
-    from smallpond.logical.node import PythonScriptNode
+    global _script_node
+    if _script_node is None:  # (imported once: an import statement per attempt costs ~10k instructions)
+        from smallpond.logical.node import PythonScriptNode
 
-    return isinstance(node, PythonScriptNode) and type(node).spawn is not PythonScriptNode.spawn
+        _script_node = PythonScriptNode
+    return isinstance(node, _script_node) and type(node).spawn is not _script_node.spawn
+
+
+_script_node = None
 
 
 class _ParquetSink:
