@@ -302,7 +302,8 @@ def task_fields(task: Task, template: tuple) -> Optional[dict]:
 
 
 def with_template(blob: bytes, template: Optional[tuple]) -> bytes:
-    """A node's blob with the shared fields of its tasks in front (see :class:`TaskEncoder`)."""
+    """A node's blob with the shared fields of its tasks in front (see
+    :class:`~smallpond.execution.executors.local.TaskEncoder`)."""
     if template is None:
         return blob
     head = pickle.dumps(template, protocol=pickle.HIGHEST_PROTOCOL)
