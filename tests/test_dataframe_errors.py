@@ -364,6 +364,19 @@ def test_legitimate_filter_conditions_are_accepted(sp):
         assert df.filter(condition).take_all() == want, condition
 
 
+def test_a_name_with_a_dollar_spelt_with_a_clause_word_is_a_name(sp):
+    """``a$from``, ``order$n`` are names to DuckDB, not FROM and ORDER: a filter, map and
+    partial_sort on them were refused (FROM/ORDER outside parentheses). A number followed by a
+    clause word is the number and the clause: ``partial_sort("1limit 0")`` is refused where it is
+    given, where it ran ``order by 1limit 0`` and gave no rows."""
+    df = sp.from_items([{"a$from": 1, "order$n": 5}, {"a$from": 2, "order$n": 4}])
+    assert df.filter("a$from > 1 and order$n = 4").take_all() == [{"a$from": 2, "order$n": 4}]
+    assert df.map("a$from + order$n as s").take_all() == [{"s": 6}, {"s": 6}]
+    assert df.partial_sort("order$n").take_all() == [{"a$from": 2, "order$n": 4}, {"a$from": 1, "order$n": 5}]
+    with pytest.raises(ParameterError, match="LIMIT outside parentheses"):
+        df.partial_sort("1limit 0")
+
+
 def test_a_filter_condition_is_lexed_as_duckdb_lexes_it(sp):
     """What DuckDB reads as one condition is one: a block comment nests in another (``/* /* */ )
     */`` is one comment), and ``$`` inside a name (``a$b$``) starts no dollar quote, so the

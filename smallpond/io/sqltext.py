@@ -89,10 +89,17 @@ def top_level_text(sql: str) -> str:
     return "".join(out)
 
 
+#: where DuckDB's lexer begins and ends a word: a name goes on through letters, digits, '_' and
+#: '$' (a$from, order$n, limit$ are names), and a number ends where a letter follows it (1from is
+#: the number 1 and FROM, 1.5limit 1.5 and LIMIT, 1e2from 1e2 and FROM)
+_WORD_START = r"(?<![\w$])(?:\d[\d_]*(?:\.\d*)?(?:e[+-]?\d+)?)?"
+_WORD_END = r"(?![\w$])"
 #: the reserved words that begin a clause of a query (or a second query): at the top level of a
 #: select list or an ORDER BY list they end it, and what follows becomes the query's own clauses
 _CLAUSE_WORD = re.compile(
-    r"\b(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)\b",
+    _WORD_START
+    + r"(from|where|group|having|qualify|window|union|intersect|except|order|limit|offset|select|using|fetch)"
+    + _WORD_END,
     re.IGNORECASE,
 )
 #: what DuckDB reads as a name, not a clause, even when it is a reserved word: a field after a
@@ -147,13 +154,13 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
     code = without_quoted_text(text, marks=True)
     depth = 0
     for m in re.finditer(r"[()]|" + _CLAUSE_WORD.pattern, code, re.IGNORECASE):
-        t = m.group()
+        t = m.group(1) or m.group()
         if t in "()":
             depth += 1 if t == "(" else -1
             continue
         if depth:
             continue
-        before = code_before(code, m.start()).rstrip()
+        before = code_before(code, m.start(1)).rstrip()
         after = code[_SPACES.match(code, m.end()).end() :][:1]  # (the next character, if any)
         word = t.lower()
         if word_is_a_name(before) or word == "from" and is_distinct_from(before):
@@ -170,7 +177,7 @@ def _clause_word_at_top_level(text: str) -> Optional[str]:
 #: select 2``): in ``where (...)`` it is a subquery, whose clauses are its own. Each word here is
 #: reserved (no expression begins with it), but ``values``, a name unless a list follows
 _QUERY_START = re.compile(
-    r"[\s(]*(?:(?:select|with|from|table|desc|describe|summarize|show|pivot|pivot_longer|pivot_wider|unpivot)\b|values\s*\()",
+    r"[\s(]*(?:(?:select|with|from|table|desc|describe|summarize|show|pivot|pivot_longer|pivot_wider|unpivot)(?![\w$])|values\s*\()",
     re.IGNORECASE,
 )
 
@@ -224,11 +231,11 @@ def fragment_problem(text: str, shape: str = "condition") -> Optional[str]:
             return f'it holds {word.upper()} outside parentheses, {why}; a name so spelt is written quoted ("{word}")'
     if shape == "expression":
         depth = 0
-        for m in re.finditer(r"[()\[\]{},]|\bas\b", code, re.IGNORECASE):
-            t = m.group()
+        for m in re.finditer(r"[()\[\]{},]|" + _WORD_START + "(as)" + _WORD_END, code, re.IGNORECASE):
+            t = m.group(1) or m.group()
             depth += 1 if t in "([{" else -1 if t in ")]}" else 0
             if depth == 0 and t == ",":
                 return "it holds a ',' outside parentheses: a list, not one expression"
-            if depth == 0 and t.lower() == "as" and not word_is_a_name(code_before(code, m.start())):
+            if depth == 0 and t.lower() == "as" and not word_is_a_name(code_before(code, m.start(1))):
                 return "it holds AS outside parentheses: a name for a column, not one expression"
     return None

@@ -123,6 +123,27 @@ def test_known_shapes():
     assert [t for t in refused if not fragment_problem(t, "condition")] == []
 
 
+@pytest.mark.parametrize("shape", ["select list", "order by list", "condition"])
+def test_words_begin_and_end_where_duckdb_s_lexer_says(shape):
+    """A name goes on through '$' (``a$from``, ``order$n``, ``limit$`` are names, no clause: they
+    were refused), and a number ends where a letter follows it (``1limit 0`` is 1 and LIMIT 0: as
+    an ORDER BY list it was accepted and the query returned no rows). Each text against DuckDB's
+    parser, as the random texts are."""
+    con = duckdb.connect()
+    texts = ["a$from", "order$n", "limit$ > 1", "a$union + b$select", "x$order$", "1limit 0", "1offset 5", "a, 1from __t"]
+    texts += ["1.5limit 1", "1e2union select 1", "a > 0limit 1", "x1from", "st.from$x", "a$from = 1 or order$n"]
+    changed, refused = [], []
+    for text in texts:
+        stays, problem = _stays(con, _query(text, shape), shape), fragment_problem(text, shape)
+        if stays is False and problem is None:
+            changed.append(text)
+        if stays is True and problem is not None:
+            refused.append(text)
+    assert changed == [] and refused == []
+    assert fragment_problem("1limit 0", "order by list") is not None
+    assert fragment_problem("a$as", "expression") is None and fragment_problem("1as p", "expression") is not None
+
+
 def test_a_partition_key_is_one_expression():
     """The ``expression`` shape (a partition key, pasted into ``hash(...)``): no list, no alias;
     a field spelt as a keyword is a name there too (``st.as``, ``st.from``)."""
