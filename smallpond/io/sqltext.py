@@ -134,8 +134,12 @@ def word_is_a_name(before: str) -> bool:
         while i and (before[i - 1].isalnum() or before[i - 1] in "_$"):
             i -= 1
         return not before[i : len(before) - 1][:1].isdigit()  # (a token that starts with a digit: a number)
-    if before[-2:].lower() == "as" and not (len(before) > 2 and (before[-3].isalnum() or before[-3] in "_$")):
-        return not word_is_a_name(before[:-2])  # (st.as from: AS is the field's name there, FROM a clause)
+    if before[-2:].lower() == "as":
+        i = len(before) - 2
+        while i and (before[i - 1].isalnum() or before[i - 1] in "_$"):
+            i -= 1
+        if i == len(before) - 2 or before[i].isdigit():  # (AS a word of its own, or after a number: 2as limit)
+            return not word_is_a_name(before[:-2])  # (st.as from: AS is the field's name there, FROM a clause)
     return False
 
 

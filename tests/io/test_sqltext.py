@@ -132,6 +132,7 @@ def test_words_begin_and_end_where_duckdb_s_lexer_says(shape):
     con = duckdb.connect()
     texts = ["a$from", "order$n", "limit$ > 1", "a$union + b$select", "x$order$", "1limit 0", "1offset 5", "a, 1from __t"]
     texts += ["1.5limit 1", "1e2union select 1", "a > 0limit 1", "x1from", "st.from$x", "a$from = 1 or order$n"]
+    texts += ["2as limit", "2as from", "x2as limit", "a$as from __t", "1.5as qualify"]
     changed, refused = [], []
     for text in texts:
         stays, problem = _stays(con, _query(text, shape), shape), fragment_problem(text, shape)
