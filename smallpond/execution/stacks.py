@@ -128,11 +128,13 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0, pat
 
 
 def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
-    """Whether :data:`SIGNAL` is pending for process ``pid`` (sent, not yet taken by a thread),
-    which of its threads block it (one does while its handler runs, and some for good: jemalloc's
-    background thread blocks every signal) and all its threads, from ``/proc``; (None, set(),
-    set()) where there is no ``/proc``. OSError if the process is gone (a zombie too: it answers
-    nothing)."""
+    """Whether :data:`SIGNAL` is pending for process ``pid`` (sent, not yet taken by a thread) and
+    going to be taken, which of its threads block it (one does while its handler runs, and some for
+    good: jemalloc's background thread blocks every signal) and all its threads, from ``/proc``;
+    (None, set(), set()) where there is no ``/proc``. OSError if the process is gone (a zombie too:
+    it answers nothing). A signal is not going to be taken while the process is stopped (SIGSTOP,
+    a debugger) or every thread blocks it: no wait for a CPU or for pages ends that, and waiting
+    :data:`PATIENCE` for it held the scheduler 10 s at each stall warning, for no stack."""
     bit = 1 << (SIGNAL - 1)
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -142,10 +144,11 @@ def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
             raise
         return None, set(), set()
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    if fields.get("State", "").strip()[:1] in ("Z", "X"):
+    state = fields.get("State", "").strip()[:1]
+    if state in ("Z", "X"):
         raise ProcessLookupError(pid)
     pending = bool(int(fields.get("ShdPnd", "0"), 16) & bit)
-    blocked, threads = set(), set(os.listdir(f"/proc/{pid}/task"))
+    blocked, open_to_it, threads = set(), set(), set(os.listdir(f"/proc/{pid}/task"))
     for tid in threads:
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
@@ -153,9 +156,8 @@ def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
         except OSError:
             continue  # (a thread that ended)
         pending = pending or bool(int(thread.get("SigPnd", "0"), 16) & bit)
-        if int(thread.get("SigBlk", "0"), 16) & bit:
-            blocked.add(tid)
-    return pending, blocked, threads
+        (blocked if int(thread.get("SigBlk", "0"), 16) & bit else open_to_it).add(tid)
+    return pending and bool(open_to_it) and state not in ("T", "t"), blocked, threads
 
 
 def await_answers(

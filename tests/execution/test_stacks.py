@@ -172,18 +172,92 @@ def _registered(tmp_path, body: str = "") -> subprocess.Popen:
     return proc
 
 
+_FREEZER = "/sys/fs/cgroup/freezer"
+
+
+def _can_freeze() -> bool:
+    return os.access(_FREEZER, os.W_OK) and os.path.isfile(os.path.join(_FREEZER, "cgroup.procs"))
+
+
+@contextlib.contextmanager
+def _frozen_for(pid: int, seconds: float):
+    """Process ``pid`` frozen (a cgroup v1 freezer: state D, as one waiting for its pages, not
+    stopped) from now for ``seconds`` seconds, then thawed; back in the root group at the end."""
+    group = os.path.join(_FREEZER, f"smallpond-test-{os.getpid()}-{pid}")
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        with open(os.path.join(group, "freezer.state"), "w") as f:
+            f.write("FROZEN")
+
+        def thaw():
+            with open(os.path.join(group, "freezer.state"), "w") as f:
+                f.write("THAWED")
+
+        timer = threading.Timer(seconds, thaw)
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+            thaw()
+    finally:
+        with contextlib.suppress(OSError), open(os.path.join(_FREEZER, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+        with contextlib.suppress(OSError):
+            os.rmdir(group)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+@pytest.mark.skipif(not _can_freeze(), reason="a cgroup v1 freezer, writable, freezes the worker")
 def test_a_worker_that_takes_the_signal_late_is_waited_for(tmp_path):
-    # on a loaded machine a worker may wait longer than the timeout for a CPU to take the signal
-    # (here: stopped, and continued after 1.5 s); it is waited for, up to stacks.PATIENCE
+    # on a loaded machine a worker may wait longer than the timeout to take the signal (for a CPU,
+    # for its pages; here: frozen, state D, for 1.5 s); it is waited for, up to stacks.PATIENCE
     proc = _registered(tmp_path)
+    try:
+        with _frozen_for(proc.pid, 1.5):
+            t0 = time.monotonic()
+            dumps = stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3)
+            assert "in execute_attempt" in dumps.get("k", ""), dumps
+            assert 1.0 < time.monotonic() - t0 < stacks.PATIENCE
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+def test_a_signal_on_its_way_is_waited_for(tmp_path, monkeypatch):
+    # the same without a freezer: /proc says the signal is pending and takeable (as for a worker
+    # waiting for a CPU) for 1.5 s, while the worker is kept from answering (stopped) until then
+    proc = _registered(tmp_path)
+    real, t0 = stacks._signal_state, time.monotonic()
+    monkeypatch.setattr(stacks, "_signal_state", lambda pid: (True, set(), {"1"}) if time.monotonic() - t0 < 1.5 else real(pid))
     try:
         os.kill(proc.pid, signal.SIGSTOP)
         threading.Timer(1.5, os.kill, (proc.pid, signal.SIGCONT)).start()
-        t0 = time.monotonic()
         dumps = stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3)
         assert "in execute_attempt" in dumps.get("k", ""), dumps
         assert time.monotonic() - t0 < stacks.PATIENCE
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+@pytest.mark.parametrize("how", ["stopped", "every thread blocks the signal"])
+def test_a_signal_no_thread_will_take_costs_the_timeout_not_the_patience(tmp_path, how):
+    # a worker stopped for good (SIGSTOP, a debugger) or whose every thread blocks the signal takes
+    # it only when someone continues it or unblocks it: the stall warning, which runs in the
+    # scheduler's loop, waited stacks.PATIENCE (10 s) for it at each warning, for no stack
+    body = "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n" if how != "stopped" else ""
+    proc = _registered(tmp_path, body)
+    try:
+        if how == "stopped":
+            os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        assert stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3) == {}
+        assert time.monotonic() - t0 < 2.0
     finally:
         proc.kill()
         proc.wait()
@@ -316,9 +390,11 @@ def test_a_queue_executors_running_attempt_shows_its_stack(queue_executor, make_
 
 @pytest.mark.queue
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+@pytest.mark.skipif(not _can_freeze(), reason="a cgroup v1 freezer, writable, freezes the worker")
 def test_a_queue_executor_whose_worker_is_slow_to_answer_is_waited_for(queue_executor, make_rt, tmp_path):  # noqa: F811
     # the executor says it is answering before it asks its workers; the scheduler waits for it
-    # past STACKS_WAIT (here its worker is stopped until a second after it)
+    # past STACKS_WAIT (here its worker is frozen until a second after it: not stopped, which
+    # would take the signal only once someone continues it, and is not waited for)
     from smallpond.execution.executors.queue import STACKS_WAIT
     from tests.execution.test_stall_places import one_executor_running_a_hanging_attempt
 
@@ -326,18 +402,8 @@ def test_a_queue_executor_whose_worker_is_slow_to_answer_is_waited_for(queue_exe
     with one_executor_running_a_hanging_attempt(qe, tmp_path) as (task, _):
         (name,) = os.listdir(os.path.join(qe.rt.temp_root, "stacks"))
         worker = int(name[: -len(".txt")].rsplit("-", 1)[1])
-        os.kill(worker, signal.SIGSTOP)
-
-        def resume():
-            with contextlib.suppress(OSError):
-                os.kill(worker, signal.SIGCONT)
-
-        timer = threading.Timer(STACKS_WAIT + 1.0, resume)
-        timer.start()
-        try:
+        with _frozen_for(worker, STACKS_WAIT + 1.0):
             got = qe.attempt_stacks([(task.key, 0)])
-        finally:
-            timer.join()
     assert list(got) == [(task.key, 0)], got
     assert "in execute_attempt" in got[(task.key, 0)], got
 
