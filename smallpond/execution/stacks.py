@@ -77,22 +77,27 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0, pat
     the signal while it writes; a worker preempted mid-dump on a loaded machine wrote only part of
     its stack), elsewhere once the file has stopped growing. A worker whose answer is on its way
     (the signal not yet taken: it waits for a CPU, or is stopped; its handler still writing) is
-    waited for up to ``patience`` seconds; one with nothing on its way after ``timeout`` seconds
-    (ended, no dump file, no dump) is left out."""
+    waited for up to ``patience`` seconds, unless it has not taken the signal of a request before
+    (in an uninterruptible wait, for a read that hangs: a stall warning would hold the scheduler
+    ``patience`` seconds each time); one with nothing on its way after ``timeout`` seconds (ended,
+    no dump file, no dump) is left out."""
     if SIGNAL is None:
         return {}
     sizes: Dict[int, int] = {}
     free: Dict[int, Set[str]] = {}  # the threads that did not block the signal when it was sent
+    stuck: Set[int] = set()  # those that have not taken the signal of a request before: not waited for
     for pid in set(pids.values()):
         try:
             sizes[pid] = os.path.getsize(stack_path(temp_root, pid))
         except OSError:
             continue  # never registered (or gone): a signal could kill it
         try:
-            _, blocked, threads = _signal_state(pid)
+            pending, blocked, threads = _signal_state(pid)
         except OSError:
             del sizes[pid]  # (gone)
             continue
+        if pending:  # (the last request's signal, not taken since: a hung read, not a loaded machine)
+            stuck.add(pid)
         free[pid] = threads - blocked
         try:
             os.kill(pid, SIGNAL)
@@ -121,7 +126,7 @@ def request(temp_root: str, pids: Dict[Hashable, int], timeout: float = 1.0, pat
                 f.seek(sizes[pid])
                 texts[pid] = f.read(size - sizes[pid]).decode("utf-8", "replace")
             return True
-        return None if on_its_way else False
+        return None if on_its_way and pid not in stuck else False
 
     await_answers(sizes, answered, timeout, interval=0.02, patience=patience)
     return {key: texts[pid] for key, pid in pids.items() if pid in texts}

@@ -172,6 +172,18 @@ def _registered(tmp_path, body: str = "") -> subprocess.Popen:
     return proc
 
 
+def _stop(pid: int) -> None:
+    """Stop process ``pid`` and wait until it is (a signal is taken a while after it is sent)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            if "\nState:\tT" in f.read():
+                return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop")
+
+
 _FREEZER = "/sys/fs/cgroup/freezer"
 
 
@@ -232,13 +244,45 @@ def test_a_signal_on_its_way_is_waited_for(tmp_path, monkeypatch):
     # waiting for a CPU) for 1.5 s, while the worker is kept from answering (stopped) until then
     proc = _registered(tmp_path)
     real, t0 = stacks._signal_state, time.monotonic()
-    monkeypatch.setattr(stacks, "_signal_state", lambda pid: (True, set(), {"1"}) if time.monotonic() - t0 < 1.5 else real(pid))
+    calls = []  # (the first, before the signal is sent: as it is)
+
+    def state(pid):
+        calls.append(pid)
+        return (True, set(), {"1"}) if len(calls) > 1 and time.monotonic() - t0 < 1.5 else real(pid)
+
+    monkeypatch.setattr(stacks, "_signal_state", state)
     try:
-        os.kill(proc.pid, signal.SIGSTOP)
+        _stop(proc.pid)
         threading.Timer(1.5, os.kill, (proc.pid, signal.SIGCONT)).start()
         dumps = stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3)
         assert "in execute_attempt" in dumps.get("k", ""), dumps
         assert time.monotonic() - t0 < stacks.PATIENCE
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
+def test_a_worker_that_never_took_the_last_signal_is_not_waited_for_again(tmp_path, monkeypatch):
+    # a worker in an uninterruptible wait for good (a read from a mount that hangs: state D, as one
+    # waiting for its pages) looks like one on its way; the first request waits its patience, a
+    # later one, finding the first's signal still pending, does not (each stall warning held the
+    # scheduler stacks.PATIENCE). /proc's answer is faked: pending, takeable, for good
+    proc = _registered(tmp_path)
+    real, calls = stacks._signal_state, []  # (the first, before the first signal is sent: as it is)
+
+    def state(pid):
+        calls.append(pid)
+        return (True, set(), {"1"}) if len(calls) > 1 else real(pid)
+
+    monkeypatch.setattr(stacks, "_signal_state", state)
+    try:
+        _stop(proc.pid)  # (so it does not answer meanwhile)
+        t0 = time.monotonic()
+        assert stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.2, patience=1.5) == {}
+        t1 = time.monotonic()
+        assert stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.2, patience=1.5) == {}
+        assert t1 - t0 >= 1.5 and time.monotonic() - t1 < 1.0
     finally:
         proc.kill()
         proc.wait()
@@ -254,7 +298,7 @@ def test_a_signal_no_thread_will_take_costs_the_timeout_not_the_patience(tmp_pat
     proc = _registered(tmp_path, body)
     try:
         if how == "stopped":
-            os.kill(proc.pid, signal.SIGSTOP)
+            _stop(proc.pid)
         t0 = time.monotonic()
         assert stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3) == {}
         assert time.monotonic() - t0 < 2.0
