@@ -421,7 +421,7 @@ def test_arrow_engine_reads_its_input_through_a_memory_map(tmp_path):
     """The arrow engine's reader maps its input files: a column chunk is decoded where the file
     lies in the page cache, not first copied into a buffer by read calls (for an uncompressed
     chunk, a second copy of its data; for a row group two producers split, paid by both)."""
-    from smallpond.execution.ops.partition import _arrow_row_group_reader
+    from smallpond.execution.ops.partition_arrow import _arrow_row_group_reader
 
     path = str(tmp_path / "records.parquet")
     n = 200_000
