@@ -31,6 +31,8 @@ from smallpond.execution.ops.partition_arrow import (
     _arrow_writes_for_less,
     _int64_array,
     _PartitionWriters,
+    open_parquet_writer,
+    writes_like_copy,
 )
 from smallpond.execution.ops.sql import columns_unknown, reads_unknown_columns, unknown_columns_hint
 from smallpond.execution.ops.structural import merge_datasets
@@ -319,7 +321,7 @@ class HashPartitionTask(Task):
         # does; the duckdb engine goes that way too where it costs less (_arrow_writes_for_less)
         arrow = node.engine_type == "arrow" or node.use_parquet_writer
         if pre_sql is None and (arrow or _arrow_writes_for_less(node, ds)):
-            batches = _arrow_row_group_reader(ds)
+            batches = _arrow_row_group_reader(ds, mapped=node.engine_type == "arrow")
             if batches is not None and (arrow or _arrow_keeps_types(batches.schema)):
                 return self._run_arrow(runtime_ctx, ds, batches, output_dir)
         shareable = not getattr(ds, "udfs", None) and not (pre_sql and sql_may_outlive_task([pre_sql]))
@@ -543,6 +545,7 @@ class HashPartitionTask(Task):
                     writer.add(int(k), body.slice(start, end - start))
                     start = end
             parts = writer.close()
+            self.stats["rows"] = writer.rows
         finally:
             writer.abort()
             if conn is not None:
@@ -567,13 +570,13 @@ class HashPartitionTask(Task):
         """Writes an empty partition's placeholder with pyarrow (the arrow engine's)."""
 
         def write_empty(path: str, k: int) -> None:
-            import pyarrow.parquet as pq
-
             from smallpond.io.arrow import empty_table
 
             md = dict(schema.metadata or {})
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata(self._partition_kv(k, col)).items()})
-            pq.write_table(empty_table(schema.with_metadata(md)), path)
+            # (the duckdb engine's without an Arrow schema, as its other files: _PartitionWriters)
+            with open_parquet_writer(path, schema.with_metadata(md), {}, writes_like_copy(self.node)) as w:
+                w.write_table(empty_table(w.schema))
 
         return write_empty
 

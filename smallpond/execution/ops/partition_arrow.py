@@ -68,15 +68,43 @@ class _RowGroupReader:
 ARROW_WRITER_MIN_BYTES = 64 * MB
 
 
+def writes_like_copy(node) -> bool:
+    """Whether a hash partition ``node`` written the arrow way writes its files as DuckDB's COPY
+    does (its metadata and types, see :class:`_PartitionWriters`): the duckdb engine's."""
+    return node.engine_type != "arrow"
+
+
+def open_parquet_writer(path: str, schema, options: dict, like_copy: bool):
+    """A ``pyarrow.parquet.ParquetWriter`` of ``schema`` (its metadata in the file's key-value
+    metadata) into ``path``; ``like_copy``: without the Arrow schema (the duckdb engine's files,
+    see :class:`_PartitionWriters`). A writer told not to store the Arrow schema leaves out the
+    schema's metadata too, so it is added afterwards (pyarrow 17+; pyarrow 16 keeps the Arrow schema)."""
+    import pyarrow.parquet as pq
+
+    if not (like_copy and hasattr(pq.ParquetWriter, "add_key_value_metadata")):
+        return pq.ParquetWriter(path, schema, **options)
+    w = pq.ParquetWriter(path, schema, store_schema=False, **options)
+    w.add_key_value_metadata(dict(schema.metadata or {}))
+    return w
+
+
+#: partitions from which the duckdb engine keeps its COPY whatever its input's size: the arrow way
+#: holds a file open per partition for the whole task (1,000 partitions failed with "Too many open
+#: files" under the usual limit of 1,024 descriptors, where DuckDB's COPY keeps at most 100 open),
+#: and its row groups are cut every 32 MB of all partitions together (512 KB apiece at 64)
+ARROW_WRITER_MAX_PARTITIONS = 64
+
+
 def _arrow_writes_for_less(node, ds) -> bool:
     """Whether the duckdb engine's partition of ``ds`` is written the arrow engine's way: a hash
     partition by keys (not a shuffle, a random one or hive folders) of at least
     :data:`ARROW_WRITER_MIN_BYTES` of Parquet (``SP_TEST_ARROW_WRITER_MIN_BYTES``: tests only).
     Not when the node asks for a row group size: the arrow writers cut row groups smaller, each
-    time their buffers together reach 32 MB (~20k rows of 100 bytes in 16 partitions)."""
+    time their buffers together reach 32 MB (~20k rows of 100 bytes in 16 partitions); nor into
+    more than :data:`ARROW_WRITER_MAX_PARTITIONS` partitions."""
     if node.random_shuffle or node.shuffle_only or not node.hash_columns or node.hive_partitioning:
         return False
-    if getattr(node, "parquet_row_group_size", None):
+    if getattr(node, "parquet_row_group_size", None) or node.npartitions > ARROW_WRITER_MAX_PARTITIONS:
         return False
     if not isinstance(ds, ParquetDataSet) or ds.empty:
         return False
@@ -101,20 +129,28 @@ def _arrow_keeps_types(schema) -> bool:
     )
 
 
-def _arrow_row_group_reader(ds) -> Optional[_RowGroupReader]:
+def _arrow_row_group_reader(ds, mapped: bool = True) -> Optional[_RowGroupReader]:
     """A row-group reader for ``ds``, or None if pyarrow cannot read it as DuckDB would (not
-    Parquet, expression or generated columns, files whose schemas differ)."""
+    Parquet, expression or generated columns, files whose schemas differ).
+
+    ``mapped``: read through a memory map of each file (:func:`~smallpond.io.arrow.open_mapped`;
+    the arrow engine's). The default engine reads without one: every page of the map it touches
+    counts in the worker's resident memory until the task ends, which ``enforce_memory_limit``
+    measures (a 620 MB input with a 256 MB limit was stopped twice for memory and passed at 1 GB,
+    with a peak of 1.9 GB, where DuckDB's COPY passed at once), and its input is compressed: a
+    map saves no copy there."""
     if not isinstance(ds, ParquetDataSet) or ds.empty or ds.generated_columns or ds._has_expressions():
         return None
     if ds.columns is not None and "*" in ds.columns:
         return None
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from smallpond.io.arrow import open_mapped
 
     files, schema = [], None
     for r in ds.resolved_row_ranges:
-        pf = open_mapped(r.path)
+        pf = open_mapped(r.path) if mapped else pq.ParquetFile(r.path)
         s = pf.schema_arrow
         if ds.columns is not None:
             if any(c not in s.names for c in ds.columns):
@@ -144,6 +180,13 @@ class _PartitionWriters:
 
     A partition's rows are written as a row group once it has ``parquet_row_group_size`` of them;
     when all buffers together pass ``max_buffered`` bytes, every buffer is written out.
+
+    The duckdb engine's files (``use_parquet_writer``, or a large input it sends this way) are
+    written as its COPY writes them (:func:`writes_like_copy`): only the task's key-value metadata,
+    none of the input's (a pandas file's ``pandas`` entry made ``to_pandas`` take a column for the
+    index and lose it; an earlier partition's ``SMALLPOND:`` keys named partitions these rows are no
+    longer in), and no Arrow schema, so pyarrow reads the types DuckDB's files give it
+    (``string``, not ``large_string``; a time zone as UTC, as DuckDB stores every instant).
     """
 
     def __init__(self, task: Task, output_dir: str, col: str, dir_col: str, n: int, write_col: bool, max_buffered: int) -> None:
@@ -151,7 +194,9 @@ class _PartitionWriters:
         self.max_buffered = max_buffered
         options = ParquetWriterOptions.for_task(task)
         self.row_group_size = options.row_group_size
+        self.like_copy = writes_like_copy(task.node)
         self.options = options.pyarrow()
+        self.rows = 0
         self.buffers: Dict[int, list] = {}
         self.buffered_rows: Dict[int, int] = {}
         self.buffered_bytes = 0
@@ -172,7 +217,6 @@ class _PartitionWriters:
     def _flush(self, k: int) -> None:
         import numpy as np
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         tables = self.buffers.pop(k, None)
         if not tables:
@@ -185,7 +229,7 @@ class _PartitionWriters:
         w = self.writers.get(k)
         if w is None:
             if self.schema is None:
-                md = dict(table.schema.metadata or {})
+                md = {} if self.like_copy else dict(table.schema.metadata or {})
                 md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata().items()})
                 self.schema = table.schema.with_metadata(md)
             if self.task.node.hive_partitioning:
@@ -197,9 +241,10 @@ class _PartitionWriters:
             md = dict(self.schema.metadata)
             kv = self.task.parquet_kv_metadata(self.task._partition_kv(k, self.col))
             md.update({key.encode(): v.encode() for key, v in kv.items()})
-            w = self.writers[k] = pq.ParquetWriter(path, self.schema.with_metadata(md), **self.options)
+            w = self.writers[k] = open_parquet_writer(path, self.schema.with_metadata(md), self.options, self.like_copy)
             self.paths[k] = [path]
         w.write_table(table.replace_schema_metadata(w.schema.metadata), row_group_size=self.row_group_size)
+        self.rows += table.num_rows
 
     def close(self) -> List[List[str]]:
         for k in list(self.buffers):
