@@ -566,7 +566,8 @@ def test_the_duckdb_engine_written_the_arrow_way_keeps_to_its_memory_limit(tmp_p
     """Under ``enforce_memory_limit`` a default-engine hash partition of an input larger than its
     memory passes in its first attempt, as DuckDB's COPY does: read through a memory map, every
     page of the input it touched counted in the worker's resident memory (a 620 MB input at 256 MB
-    was stopped twice and passed at 1 GB). Here 240 MB of input at 128 MB (at the real threshold)."""
+    was stopped twice and passed at 1 GB; such a job reads without a map). Here 240 MB of input at
+    128 MB (at the real threshold)."""
     import numpy as np
 
     path = str(tmp_path / "big.parquet")

@@ -321,7 +321,7 @@ class HashPartitionTask(Task):
         # does; the duckdb engine goes that way too where it costs less (_arrow_writes_for_less)
         arrow = node.engine_type == "arrow" or node.use_parquet_writer
         if pre_sql is None and (arrow or _arrow_writes_for_less(node, ds)):
-            batches = _arrow_row_group_reader(ds, mapped=node.engine_type == "arrow")
+            batches = _arrow_row_group_reader(ds, mapped=not getattr(runtime_ctx, "enforce_memory_limit", False))
             if batches is not None and (arrow or _arrow_keeps_types(batches.schema)):
                 return self._run_arrow(runtime_ctx, ds, batches, output_dir)
         shareable = not getattr(ds, "udfs", None) and not (pre_sql and sql_may_outlive_task([pre_sql]))
