@@ -245,15 +245,20 @@ def test_a_signal_on_its_way_is_waited_for(tmp_path, monkeypatch):
     proc = _registered(tmp_path)
     real, t0 = stacks._signal_state, time.monotonic()
     calls = []  # (the first, before the signal is sent: as it is)
+    continued = threading.Event()  # (pending until the worker is let go: not by a clock, on a loaded machine)
 
     def state(pid):
         calls.append(pid)
-        return (True, set(), {"1"}) if len(calls) > 1 and time.monotonic() - t0 < 1.5 else real(pid)
+        return (True, set(), {"1"}) if len(calls) > 1 and not continued.is_set() else real(pid)
+
+    def let_go():
+        os.kill(proc.pid, signal.SIGCONT)
+        continued.set()
 
     monkeypatch.setattr(stacks, "_signal_state", state)
     try:
         _stop(proc.pid)
-        threading.Timer(1.5, os.kill, (proc.pid, signal.SIGCONT)).start()
+        threading.Timer(1.5, let_go).start()
         dumps = stacks.request(str(tmp_path), {"k": proc.pid}, timeout=0.3)
         assert "in execute_attempt" in dumps.get("k", ""), dumps
         assert time.monotonic() - t0 < stacks.PATIENCE
