@@ -116,9 +116,14 @@ def _arrow_keeps_types(schema) -> bool:
     """Whether pyarrow reads and writes every column of ``schema`` as the type DuckDB reads it as,
     and DuckDB would accept the file (no two names alike in case): integers, floats, strings,
     binaries, booleans, dates, microsecond timestamps and decimals. Anything else (nanosecond or
-    INT96 timestamps, half floats, extension, nested types) stays with DuckDB's COPY."""
+    INT96 timestamps, half floats, extension, nested types) stays with DuckDB's COPY, and so does
+    everything under pyarrow 16, which cannot write a file without its Arrow schema and keep the
+    key-value metadata (:func:`open_parquet_writer`): read back, its types would not be the COPY's."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    if not hasattr(pq.ParquetWriter, "add_key_value_metadata"):
+        return False
     t = pa.types
     plain = (t.is_integer, t.is_float32, t.is_float64, t.is_string, t.is_large_string, t.is_binary, t.is_boolean, t.is_date32)
     if len({fold_case(n) for n in schema.names}) != len(schema.names):
