@@ -406,6 +406,8 @@ class JobCache:
         # the digest of many inputs' identities, by those identities: a shuffle's consumers all
         # read the same producers (see _whole_identity)
         self._inputs_digests: Dict[Tuple[str, ...], str] = {}
+        # task key -> cacheable(task), asked of every task several times a round (see _verdict)
+        self._verdicts: Dict[str, bool] = {}
 
     def fork(self) -> "JobCache":
         """A copy for a dry run: it knows this job's outputs, and what it computes stays its own."""
@@ -431,6 +433,16 @@ class JobCache:
     def _fingerprinted(task: Task) -> bool:
         """Whether the planner could fingerprint the task's node (its parameters and code)."""
         return not str(task.plan_components.get("params", "unreusable:")).startswith("unreusable:")
+
+    def _verdict(self, task: Task) -> bool:
+        """:meth:`cacheable`, worked out once per task: the scheduler asks it of a task about ten
+        times (a lookup, a claim and a preparation each round the task waits for room, its
+        output's identity), ~3k instructions each; it depends only on the task's class and its
+        node's fingerprint, fixed when the task is planned."""
+        verdict = self._verdicts.get(task.key)
+        if verdict is None:
+            verdict = self._verdicts[task.key] = self.cacheable(task)
+        return verdict
 
     def register(self, output_dir: str, task_key: str, identity: Optional[str]) -> None:
         """Files under ``output_dir`` were written by ``task_key``, known as ``identity`` (None:
@@ -520,7 +532,7 @@ class JobCache:
         another job of the same script key every task the same way.
         """
         if not task.exec_on_scheduler:
-            return key if key is not None and self.cacheable(task) else ""
+            return key if key is not None and self._verdict(task) else ""
         if not task.input_keys or not self._fingerprinted(task):
             return ""
         identities = tuple(map(self.whole.get, task.input_keys))
@@ -544,14 +556,15 @@ class JobCache:
         None for such a task.
         """
         task.cache_replace = self.bypassed(task)
+        cacheable = self._verdict(task)
         key = self.keys.get(task.key)
         if key is None:
-            if not self.cacheable(task):
+            if not cacheable:
                 self._deferred[task.key] = (task, list(inputs))
                 task.cache_key = None
                 return None
             key = self._compute_key(task, inputs)
-        task.cache_key = key if self.cacheable(task) else None
+        task.cache_key = key if cacheable else None
         return key
 
     def _compute_key(self, task: Task, inputs: List[DataSet]) -> str:
@@ -576,7 +589,7 @@ class JobCache:
 
     # -- reuse ------------------------------------------------------------------------------------
     def lookup(self, task: Task) -> Optional[Entry]:
-        if not self.cacheable(task) or self.bypassed(task):
+        if not self._verdict(task) or self.bypassed(task):
             return None
         return self.cache.lookup(self.keys[task.key])
 
@@ -599,7 +612,7 @@ class JobCache:
     def claim(self, task: Task) -> Optional[Claim]:
         """Claim the task's key before it runs. None: this job may run it; else the live claim
         of the job computing it now (wait for its entry)."""
-        if not self.cacheable(task) or task.key in self.claimed or task.key in self.unclaimed:
+        if not self._verdict(task) or task.key in self.claimed or task.key in self.unclaimed:
             return None
         key = self.keys[task.key]
         if self._alone():
@@ -683,7 +696,7 @@ class JobCache:
             self.register(out_dir, task.key, key)
         # the components are kept until the task is done, for the index (and a dry run) only
         comps = self.components.pop(task.key, None)
-        if ran and comps is not None and self.cacheable(task):
+        if ran and comps is not None and self._verdict(task):
             build = {"key": key, "task": task.key, "job": self._job, **comps}
             build["inputs"] = [index_input(inp) for inp in comps.get("inputs", [])]
             self._index.setdefault(node_position(task), {})[partition_of(task)] = build

@@ -433,13 +433,15 @@ class Scheduler:
                 deferred.append(item)  # no worker has joined yet: nothing can start
                 break
             if self.cache is not None:
-                if key not in self.cache.looked_up and self._look_up(task):
-                    progressed = True  # ready before _reuse_ready looked at it, and reused now
-                    continue
+                if key not in self.cache.looked_up:
+                    if self._look_up(task):  # (which prepared it)
+                        progressed = True  # ready before _reuse_ready looked at it, and reused now
+                        continue
+                else:
+                    self.cache.prepare(task, [st.done[d] for d in task.input_keys])
                 # claimed before the executor is asked for room: the claim touches the cache's
                 # folder, and a worker's queue slot may be gone after that long; a claim held
                 # while the task waits for room says that this job is about to compute it
-                self.cache.prepare(task, [st.done[d] for d in task.input_keys])
                 verdict = self._claim(task, attempt)
                 if verdict != "run":
                     progressed = progressed or verdict == "reused"

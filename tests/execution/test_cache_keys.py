@@ -60,6 +60,33 @@ def test_a_tasks_components_are_dropped_once_it_is_done(make_rt, tmp_path):
     assert list(jc._index.values())[0]["SqlEngineTask-000009"]["key"] == "s" * 64
 
 
+def test_whether_a_task_is_cacheable_is_worked_out_once_per_task(make_rt, tmp_path, monkeypatch):
+    """The scheduler asks the task cache about a task about ten times (a preparation, a lookup and a
+    claim each round it waits for room, its output's identity when done): the verdict of
+    :meth:`JobCache.cacheable` is worked out once per task, and is each task's own (two tasks of one
+    class, one of a node that could not be fingerprinted)."""
+    asked = []
+    plain = JobCache.cacheable
+    monkeypatch.setattr(JobCache, "cacheable", staticmethod(lambda task: asked.append(task.key) or plain(task)))
+    jc = JobCache(make_rt(task_cache=str(tmp_path / "cache")))
+    jc.solo = True  # alone on the cache: a claim takes no file
+    kept = _Task("SqlEngineTask-000001", str(tmp_path / "out" / "SqlEngineTask-000001"))
+    odd = _Task("SqlEngineTask-000002", str(tmp_path / "out" / "SqlEngineTask-000002"))
+    odd.plan_components["params"] = "unreusable: a lambda"
+    kept.input_keys = odd.input_keys = []
+    for task in (kept, odd, kept, odd):
+        jc.prepare(task, [])
+        jc.lookup(task)
+        jc.prepare(task, [])
+        jc.claim(task)
+    assert (kept.cache_key is not None, odd.cache_key) == (True, None)
+    assert (kept.key in jc.unclaimed, odd.key in jc.unclaimed) == (True, False)
+    jc.on_done(kept, ParquetDataSet.from_files([f"{kept.base}.0.abc/0.parquet"]))
+    jc.on_done(odd, ParquetDataSet.from_files([f"{odd.base}.0.abc/0.parquet"]))
+    assert (jc.whole[kept.key], jc.whole[odd.key]) == (kept.cache_key, "")
+    assert sorted(asked) == [kept.key, odd.key], asked
+
+
 def _input(files):
     return {"desc": "d", "files": dict(files), "files_digest": cache_keys._files_digest(dict(files))}
 
