@@ -105,7 +105,8 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
         if result is None:
             result = run_attempt(rt, task, inputs, attempt, memory, worker_name)
         try:
-            payload = _fast_pickle(result) or cloudpickle.dumps(result)
+            wire = result.to_wire()  # (the driver rebuilds it: see LocalExecutor._receive)
+            payload = _fast_pickle(wire) or cloudpickle.dumps(wire)
         except Exception as e:
             from smallpond.errors import TaskError
 

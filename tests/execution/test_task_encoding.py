@@ -81,3 +81,28 @@ def test_a_task_of_a_users_class_travels_whole(make_rt, parquet_files):
     workers_nodes.add(key, encoder.blobs[key])
     got = decode_attempt(workers_nodes, key, body)[0]
     assert type(got) is UsersTask and vars(got) == vars(_as_whole(task, []))
+
+
+def test_an_outcome_travels_back_as_a_plain_tuple_and_is_rebuilt_whole():
+    """A local worker sends a Completion back as :meth:`Completion.to_wire` (no class reference
+    to look up on either side); ``Completion(*wire)`` is the same outcome, every field kept."""
+    from dataclasses import fields
+
+    from smallpond.errors import TaskError
+    from smallpond.execution.executors.base import Completion
+
+    done = Completion(
+        "PythonScriptTask-000007", 2, True, ParquetDataSet(["/a/0.parquet"]), None, 0.5, "local-1", 1.7e9, {"rows": 3}
+    )
+    failed = Completion("PythonScriptTask-000008", 1, False, None, TaskError("boom", task_key="k"), 0.25, "local-0", 2.0)
+    for outcome in (done, failed):
+        payload = pickle.dumps(outcome.to_wire(), protocol=pickle.HIGHEST_PROTOCOL)
+        assert b"Completion" not in payload
+        back = Completion(*pickle.loads(payload))
+        for f in fields(Completion):
+            mine, theirs = getattr(outcome, f.name), getattr(back, f.name)
+            if f.name == "dataset" and mine is not None:
+                mine, theirs = mine.paths, theirs.paths
+            elif f.name == "error" and mine is not None:
+                mine, theirs = (type(mine), str(mine)), (type(theirs), str(theirs))
+            assert mine == theirs, f.name

@@ -516,6 +516,8 @@ class LocalExecutor(Executor):
             got = pickle.loads(w.conn.recv_bytes())
         except (EOFError, OSError):
             return False
+        if type(got) is tuple:  # a worker sends an outcome as Completion.to_wire()
+            got = Completion(*got)
         head = _pop_entry(w.inflight, got.key, got.attempt)
         w.head_since = time.monotonic()
         if head is not None:
