@@ -14,7 +14,9 @@ executor is asked through ``queue/epoch`` and asks its own workers the same way
 (:meth:`~smallpond.execution.executors.queue.QueueExecutor.attempt_stacks`). On Ray, the
 worker's cancel watcher dumps the stacks when a request file appears
 (:meth:`~smallpond.execution.executors.cancel_marks.CancelMarks.request_stack`); being a Python
-thread, it cannot while the attempt holds the GIL in C code.
+thread, it cannot while the attempt holds the GIL in C code, and it says first that it is
+answering, so that the driver waits up to :data:`PATIENCE` for one slow to (every step it takes
+waits for the GIL).
 """
 
 from __future__ import annotations

@@ -10,9 +10,11 @@ root (a real node in its own mount namespace) fails the start naming that node.
 
 from __future__ import annotations
 
+import faulthandler
 import functools
 import glob
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -255,6 +257,121 @@ def test_a_running_attempt_shows_its_stack_on_request(cluster, make_rt, parquet_
     assert frames.index("in record") < frames.index("in execute_attempt"), frames
     assert __file__ in frames
     assert not glob.glob(os.path.join(rt.temp_root, "ray-cancelled-*", "*.stack*")), "request or answer files left"
+
+
+def in_c_with_the_gil(runtime_ctx, inputs, output_path, log: str, n: int, release: str, slow_steps: int = 0) -> bool:
+    """A task: note its start in ``log``, then call C code that holds the GIL (``(a+)+b``
+    backtracking on ``"a" * n``) until the file ``release`` exists (60 s at most), then write a
+    file. Meanwhile this worker's stack dumps give the GIL away ``slow_steps`` times before they
+    write (as the system calls of a watcher on a slow file system do: each one lets the task
+    take the GIL, and the watcher waits for the C call to return)."""
+    with open(log, "a") as f:
+        f.write(f"start {runtime_ctx.task.key} {runtime_ctx.task.retry_count}\n")
+    dump = faulthandler.dump_traceback
+
+    def slow_dump(*args, **kwargs):
+        for _ in range(slow_steps):
+            time.sleep(0.01)
+        return dump(*args, **kwargs)
+
+    faulthandler.dump_traceback = slow_dump  # (this process's, until the task ends: workers are kept)
+    try:
+        end = time.monotonic() + 60
+        while not os.path.exists(release) and time.monotonic() < end:
+            re.fullmatch(r"(a+)+b", "a" * n)
+    finally:
+        faulthandler.dump_traceback = dump
+    with open(os.path.join(output_path, "out.txt"), "w") as f:
+        f.write("done")
+    return True
+
+
+def _backtracking_length(seconds: float) -> int:
+    """A length of ``"a" * n`` on which ``(a+)+b`` backtracks for between half ``seconds`` and
+    ``seconds`` (doubling per character), measured here."""
+    n, took = 16, 0.0
+    while took < 0.02:
+        n += 1
+        t0 = time.perf_counter()
+        re.fullmatch(r"(a+)+b", "a" * n)
+        took = time.perf_counter() - t0
+    while took * 2 <= seconds:
+        n, took = n + 1, took * 2
+    return n
+
+
+def test_an_attempt_holding_the_gil_in_c_code_shows_its_stack(cluster, make_rt, parquet_files, tmp_path):
+    # the watcher is a Python thread: once it gives the GIL away (a system call on a slow file
+    # system), each step waits for the task's C call (0.1-0.2 s) to return, 1.2-2.4 s in all
+    # here, more than the second a worker has to answer; having said it is answering (0.2 s poll
+    # and one C call after the request), it is waited for
+    rt = make_rt()
+    log, release = str(tmp_path / "log"), str(tmp_path / "release")
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(parquet_files)),), 1, partition_by_rows=True)
+    func = functools.partial(in_c_with_the_gil, log=log, n=_backtracking_length(0.2), release=release, slow_steps=12)
+    planner = Planner(rt)
+    (task,) = planner.plan(PythonScriptNode(ctx, (parts,), process_func=func))
+    results = Scheduler(rt, None).run([planner.tasks[k] for k in task.input_keys], planner.tasks)
+    ex = executor_for(rt)
+    try:
+        ex.submit(task, [results[k] for k in task.input_keys], 0, memory=256 << 20)
+        wait_started(ex, log, task.key, 0)
+        time.sleep(1)  # into the loop of C calls
+        t0 = time.monotonic()
+        stacks = ex.attempt_stacks([(task.key, 0)])
+        took = time.monotonic() - t0
+        open(release, "w").close()
+        (done,) = wait_for(ex, 1)
+    finally:
+        ex.shutdown()
+    assert done.ok, done.error
+    assert list(stacks) == [(task.key, 0)], f"no stack after {took:.1f} s"
+    frames = stacks[(task.key, 0)]
+    assert frames.index("in in_c_with_the_gil") < frames.index("in execute_attempt"), frames
+    assert not glob.glob(os.path.join(rt.temp_root, "ray-cancelled-*", "*.stack*")), "request or answer files left"
+
+
+def test_a_worker_that_said_it_is_answering_is_waited_for_a_bounded_time(monkeypatch, tmp_path):
+    # no cluster: the driver's side of the request, with a watcher that takes the request (says
+    # it is answering) and answers only once the driver gave up after stacks.PATIENCE (1.5 s
+    # here); the next request, which no watcher takes, costs only the second, and does not
+    # take that late answer for its own
+    from smallpond.execution import stacks
+    from smallpond.execution.executors.cancel_marks import STACK_ANSWER, STACK_REQUEST, CancelMarks, mark_path
+    from smallpond.execution.executors.ray import RayExecutor
+
+    monkeypatch.setattr(stacks, "PATIENCE", 1.5)
+    ex = RayExecutor.__new__(RayExecutor)
+    ex._marks, ex._inflight = CancelMarks(str(tmp_path / "marks")), {("T-000001", 0): None}
+    request = mark_path(ex._marks.folder, "T-000001", 0) + STACK_REQUEST
+    given_up = threading.Event()
+    watcher = threading.Thread(target=_answer_late, args=(request, given_up))
+    watcher.start()
+    t0 = time.monotonic()
+    assert ex.attempt_stacks([("T-000001", 0)]) == {}
+    took = [time.monotonic() - t0]
+    given_up.set()
+    watcher.join()
+    assert os.path.exists(request + STACK_ANSWER)
+    t0 = time.monotonic()
+    assert ex.attempt_stacks([("T-000001", 0)]) == {}, "an earlier request's answer"
+    took.append(time.monotonic() - t0)
+    assert 1.4 < took[0] < 5 and took[1] < 1.4, took
+    assert os.listdir(ex._marks.folder) == [], "request, answering mark or answer left"
+
+
+def _answer_late(request: str, given_up: threading.Event) -> None:
+    """A watcher that takes ``request`` (says it is answering) and answers once ``given_up`` is set."""
+    from smallpond.execution.executors.cancel_marks import STACK_ANSWER, STACK_ANSWERING
+
+    end = time.monotonic() + 5
+    while not os.path.exists(request) and time.monotonic() < end:
+        time.sleep(0.01)
+    os.rename(request, request + STACK_ANSWERING)
+    given_up.wait(10)
+    with open(request + STACK_ANSWER, "w") as f:
+        f.write("Thread 0x1:\n  File late answer")
 
 
 def test_a_killed_ray_worker_is_worker_lost(cluster, make_rt, parquet_files, tmp_path):

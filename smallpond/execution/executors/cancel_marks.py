@@ -21,6 +21,7 @@ ends as any other, and its result is not read.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
@@ -29,8 +30,11 @@ from typing import Callable, Optional, Tuple
 #: how often a worker looks for the mark of the attempt it runs (seconds)
 POLL_SECONDS = 0.2
 #: a request for the stack of the attempt is its mark's name with this suffix; the answer, the
-#: request's name with :data:`STACK_ANSWER` (the stall warning's stacks, :mod:`~smallpond.execution.stacks`)
-STACK_REQUEST, STACK_ANSWER = ".stack", ".txt"
+#: request's name with :data:`STACK_ANSWER` (the stall warning's stacks, :mod:`~smallpond.execution.stacks`).
+#: A watcher that took the request renames it with :data:`STACK_ANSWERING` first, so the driver
+#: knows the answer is on its way (the watcher is a Python thread: while the attempt holds the GIL
+#: in C code, each of its steps waits for the call to return) and waits longer for it
+STACK_REQUEST, STACK_ANSWER, STACK_ANSWERING = ".stack", ".txt", ".answering"
 
 
 def mark_path(folder: str, key: str, attempt: int) -> str:
@@ -47,12 +51,37 @@ class CancelMarks:
     def mark(self, key: str, attempt: int) -> None:
         self._touch(mark_path(self.folder, key, attempt))
 
-    def request_stack(self, key: str, attempt: int) -> str:
+    def request_stack(self, key: str, attempt: int) -> None:
         """Ask the worker running the attempt for its Python stack (:meth:`CancelWatch` dumps it
-        within a poll); returns the file it will be written to."""
-        path = mark_path(self.folder, key, attempt) + STACK_REQUEST
-        self._touch(path)
-        return path + STACK_ANSWER
+        within a poll; :meth:`stack_answer` reads it). An answer to an earlier request that came
+        after it was withdrawn goes first: it is not this one's."""
+        request = mark_path(self.folder, key, attempt) + STACK_REQUEST
+        with contextlib.suppress(OSError):
+            os.unlink(request + STACK_ANSWER)
+        self._touch(request)
+
+    def stack_answer(self, key: str, attempt: int) -> Tuple[Optional[str], bool]:
+        """The answer to :meth:`request_stack` (read and removed) or None, and whether its watcher
+        has said it is answering (took the request and is writing the answer)."""
+        request = mark_path(self.folder, key, attempt) + STACK_REQUEST
+        answering = os.path.exists(request + STACK_ANSWERING)  # (first: the answer replaces it)
+        try:
+            with open(request + STACK_ANSWER) as f:
+                text = f.read()
+        except OSError:
+            return None, answering
+        with contextlib.suppress(OSError):
+            os.unlink(request + STACK_ANSWER)
+        return text, answering
+
+    def withdraw_stack(self, key: str, attempt: int) -> None:
+        """Withdraw an unanswered request (a later attempt does not dump for nothing) and the
+        answering mark of a watcher that took it (the next request waits only for one that
+        takes that request)."""
+        request = mark_path(self.folder, key, attempt) + STACK_REQUEST
+        for path in (request, request + STACK_ANSWERING):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
     def _touch(self, path: str) -> None:
         """Create the empty file ``path`` in the folder (made on first use)."""
@@ -98,8 +127,8 @@ class CancelWatch:
         while not stop.wait(POLL_SECONDS):
             with self._lock:
                 current = self._current
-                if current is not None and os.path.exists(current[0] + STACK_REQUEST):
-                    _dump_stacks(current[0] + STACK_REQUEST)
+                if current is not None:
+                    _answer_stack(current[0] + STACK_REQUEST)
                 if current is None or not os.path.exists(current[0]):
                     continue
                 self._current = (current[0], 0)  # stopped once; cancelled() still answers True
@@ -112,17 +141,23 @@ class CancelWatch:
                     pass
 
 
-def _dump_stacks(request: str) -> None:
-    """Answer a stack request: every thread's Python stack into ``request + STACK_ANSWER``
-    (written whole, then renamed), and the request removed."""
+def _answer_stack(request: str) -> None:
+    """Answer a stack request if there is one: say so first (the request renamed to its
+    :data:`STACK_ANSWERING` mark: one system call, as few waits for the GIL as can be before the
+    driver knows), then every thread's Python stack into ``request + STACK_ANSWER`` (written
+    whole, then renamed), and the mark removed."""
     import faulthandler
 
-    answer = request + STACK_ANSWER
+    answering, answer = request + STACK_ANSWERING, request + STACK_ANSWER
+    try:
+        os.rename(request, answering)
+    except OSError:
+        return  # (no request)
     try:
         with open(answer + ".tmp", "w") as f:
             faulthandler.dump_traceback(f, all_threads=True)
         os.replace(answer + ".tmp", answer)
-        os.unlink(request)
+        os.unlink(answering)
     except OSError:
         pass
 

@@ -55,7 +55,6 @@ local instance it started; it never stops a cluster it did not start.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import time
@@ -72,7 +71,7 @@ from smallpond.common import logger
 from smallpond.errors import ClusterError, OutOfMemory, WorkerLost
 from smallpond.execution.attempt import run_attempt, to_task_error
 from smallpond.execution.executors.base import Capacity, Completion, Executor, encode_attempt, pickle_node_for_workers
-from smallpond.execution.executors.cancel_marks import STACK_ANSWER, CancelMarks, CancelWatch
+from smallpond.execution.executors.cancel_marks import CancelMarks, CancelWatch
 from smallpond.execution.executors.local import QUEUE_BEHIND_SECONDS, _pickle_error
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
@@ -654,31 +653,31 @@ class RayExecutor(Executor):
 
     def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
         """Each running attempt's stack, dumped by its worker's :class:`CancelWatch` on request (a
-        request file beside the cancel marks); attempts whose worker does not answer within a
-        second (still waiting for a Ray worker, or stuck in C code holding the GIL) are left out."""
+        request file beside the cancel marks). A worker that has not said it is answering within
+        a second (still waiting for a Ray worker, or stuck in C code holding the GIL) is left out;
+        one that has (its watcher, a Python thread, may wait long for the GIL) is waited for up
+        to :data:`~smallpond.execution.stacks.PATIENCE` seconds."""
         from smallpond.execution import stacks
 
-        answers = {}
+        asked = set()
         for key, attempt in attempts:
             if (key, attempt) in self._inflight:
                 try:
-                    answers[(key, attempt)] = self._marks.request_stack(key, attempt)
+                    self._marks.request_stack(key, attempt)
+                    asked.add((key, attempt))
                 except OSError:
                     pass
         out: Dict[Tuple[str, int], str] = {}
 
-        def answered(ka) -> bool:
-            try:
-                with open(answers[ka]) as f:
-                    out[ka] = stacks.attempt_frames(f.read())
-            except OSError:
-                return False
-            os.unlink(answers[ka])
-            return True
+        def answered(ka) -> Optional[bool]:
+            text, answering = self._marks.stack_answer(*ka)
+            if text is not None:
+                out[ka] = stacks.attempt_frames(text)
+                return True
+            return None if answering else False
 
-        for ka in stacks.await_answers(answers, answered, 1.0):  # unanswered: withdrawn, so a later
-            with contextlib.suppress(OSError):  # attempt does not dump for nothing
-                os.unlink(answers[ka][: -len(STACK_ANSWER)])
+        for ka in stacks.await_answers(asked, answered, 1.0, patience=stacks.PATIENCE):
+            self._marks.withdraw_stack(*ka)
         return out
 
     def cancel(self, key: str, attempt: Optional[int] = None) -> None:
