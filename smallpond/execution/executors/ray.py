@@ -96,6 +96,9 @@ WORKER_GENERATION = "SMALLPOND_WORKER_GENERATION"
 NODE_REFRESH_SECONDS = 1.0
 #: seconds every node has to answer the data-root check
 CHECK_TIMEOUT_SECONDS = 60.0
+#: seconds a worker has to take a stack request (say it is answering): its watcher polls every
+#: 0.2 s and then waits for the GIL and, on a loaded machine, for a CPU (as the queue backend's 2 s)
+STACKS_WAIT = 2.0
 #: how many times Ray runs a data-root check again whose worker process died
 CHECK_WORKER_RETRIES = 2
 #: seconds to reach a cluster's address before connecting (ray.init waits minutes for a dead one)
@@ -654,7 +657,7 @@ class RayExecutor(Executor):
     def attempt_stacks(self, attempts) -> Dict[Tuple[str, int], str]:
         """Each running attempt's stack, dumped by its worker's :class:`CancelWatch` on request (a
         request file beside the cancel marks). A worker that has not said it is answering within
-        a second (still waiting for a Ray worker, or stuck in C code holding the GIL) is left out;
+        :data:`STACKS_WAIT` (still waiting for a Ray worker, or stuck in C code holding the GIL) is left out;
         one that has (its watcher, a Python thread, may wait long for the GIL) is waited for up
         to :data:`~smallpond.execution.stacks.PATIENCE` seconds."""
         from smallpond.execution import stacks
@@ -676,7 +679,7 @@ class RayExecutor(Executor):
                 return True
             return None if answering else False
 
-        for ka in stacks.await_answers(asked, answered, 1.0, patience=stacks.PATIENCE):
+        for ka in stacks.await_answers(asked, answered, STACKS_WAIT, patience=stacks.PATIENCE):
             self._marks.withdraw_stack(*ka)
         return out
 
