@@ -300,11 +300,16 @@ def _backtracking_length(seconds: float) -> int:
     return n
 
 
-def test_an_attempt_holding_the_gil_in_c_code_shows_its_stack(cluster, make_rt, parquet_files, tmp_path):
+def test_an_attempt_holding_the_gil_in_c_code_shows_its_stack(cluster, make_rt, parquet_files, tmp_path, monkeypatch):
     # the watcher is a Python thread: once it gives the GIL away (a system call on a slow file
     # system), each step waits for the task's C call (0.1-0.2 s) to return, 2.4-4.8 s in all
     # here; having said it is answering (0.2 s poll and one C call after the request), it is
-    # waited for (with STACKS_WAIT (2 s) for the answer, and no patience, it is lost)
+    # waited for (with STACKS_WAIT (2 s) for the answer, and no patience, it is lost). The
+    # patience is raised from 10 s to 60 s here: on a loaded machine the 24 steps took longer
+    # than 10 s (1 run in 3 at load 13-19); what is tested is that a worker answering is waited for
+    from smallpond.execution import stacks as stacks_module
+
+    monkeypatch.setattr(stacks_module, "PATIENCE", 60.0)
     rt = make_rt()
     log, release = str(tmp_path / "log"), str(tmp_path / "release")
     ctx = Context()
@@ -359,7 +364,7 @@ def test_a_worker_that_said_it_is_answering_is_waited_for_a_bounded_time(monkeyp
     t0 = time.monotonic()
     assert ex.attempt_stacks([("T-000001", 0)]) == {}, "an earlier request's answer"
     took.append(time.monotonic() - t0)
-    assert 1.4 < took[0] < 5 and took[1] < 1.0, took
+    assert 1.4 < took[0] < 5 and took[1] < 1.4, took  # (the second: 0.5 s; 1.5 s if it waited)
     assert os.listdir(ex._marks.folder) == [], "request, answering mark or answer left"
 
 
