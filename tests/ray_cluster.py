@@ -110,6 +110,17 @@ def get_cluster() -> RayTestCluster:
     return _cluster
 
 
+def connected_cluster():
+    """A module fixture's body: the session's cluster (:func:`get_cluster`), with this process
+    connected to it as a Ray driver until the module's tests are done."""
+    c = get_cluster()
+    import ray
+
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    yield c
+    ray.shutdown()
+
+
 def stop_cluster() -> None:
     global _cluster
     if _cluster is not None:
