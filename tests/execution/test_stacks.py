@@ -238,24 +238,31 @@ def test_a_worker_that_takes_the_signal_late_is_waited_for(tmp_path):
         proc.wait()
 
 
+def _fake_pending(monkeypatch, pending) -> None:
+    """Make /proc's answer (``stacks._signal_state``) say the signal is pending and takeable while
+    ``pending()``; the first look, before the signal is sent, and any after are the real one."""
+    real, calls = stacks._signal_state, []
+
+    def state(pid):
+        calls.append(pid)
+        return (True, set(), {"1"}) if len(calls) > 1 and pending() else real(pid)
+
+    monkeypatch.setattr(stacks, "_signal_state", state)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="the signal's state is read from /proc")
 def test_a_signal_on_its_way_is_waited_for(tmp_path, monkeypatch):
     # the same without a freezer: /proc says the signal is pending and takeable (as for a worker
     # waiting for a CPU) for 1.5 s, while the worker is kept from answering (stopped) until then
     proc = _registered(tmp_path)
-    real, t0 = stacks._signal_state, time.monotonic()
-    calls = []  # (the first, before the signal is sent: as it is)
+    t0 = time.monotonic()
     continued = threading.Event()  # (pending until the worker is let go: not by a clock, on a loaded machine)
-
-    def state(pid):
-        calls.append(pid)
-        return (True, set(), {"1"}) if len(calls) > 1 and not continued.is_set() else real(pid)
+    _fake_pending(monkeypatch, lambda: not continued.is_set())
 
     def let_go():
         os.kill(proc.pid, signal.SIGCONT)
         continued.set()
 
-    monkeypatch.setattr(stacks, "_signal_state", state)
     try:
         _stop(proc.pid)
         threading.Timer(1.5, let_go).start()
@@ -274,13 +281,7 @@ def test_a_worker_that_never_took_the_last_signal_is_not_waited_for_again(tmp_pa
     # later one, finding the first's signal still pending, does not (each stall warning held the
     # scheduler stacks.PATIENCE). /proc's answer is faked: pending, takeable, for good
     proc = _registered(tmp_path)
-    real, calls = stacks._signal_state, []  # (the first, before the first signal is sent: as it is)
-
-    def state(pid):
-        calls.append(pid)
-        return (True, set(), {"1"}) if len(calls) > 1 else real(pid)
-
-    monkeypatch.setattr(stacks, "_signal_state", state)
+    _fake_pending(monkeypatch, lambda: True)
     try:
         _stop(proc.pid)  # (so it does not answer meanwhile)
         t0 = time.monotonic()
