@@ -97,6 +97,15 @@ def set_kv_metadata(path: str, entries: Dict[str, str], levels: Optional[Dict[st
     _rewrite_with_pyarrow(path, entries, why, levels or {})
 
 
+def writer_adds_key_value_metadata() -> bool:
+    """Whether this pyarrow's ``ParquetWriter`` adds key-value metadata of its own
+    (``add_key_value_metadata``, pyarrow 17+), so a file can be written without the Arrow schema
+    (``store_schema=False``) and still carry its metadata; pyarrow 16 stores it with the schema."""
+    import pyarrow.parquet as pq
+
+    return hasattr(pq.ParquetWriter, "add_key_value_metadata")
+
+
 def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str, levels: Dict[str, int]) -> None:
     """Write the Parquet file ``path`` again with pyarrow, ``entries`` set in its key-value
     metadata: each row group as one row group, each column with the codec it had and the level
@@ -122,7 +131,7 @@ def _rewrite_with_pyarrow(path: str, entries: Dict[str, str], why: str, levels: 
                         levels_of[col.path_in_schema] = int(levels[col.compression.lower()])
             more = {"compression_level": levels_of} if levels_of else {}
             schema = pf.schema_arrow.remove_metadata()
-            add_kv = hasattr(pq.ParquetWriter, "add_key_value_metadata")
+            add_kv = writer_adds_key_value_metadata()
             if not add_kv:  # (older pyarrow: the metadata goes in with the Arrow schema's)
                 schema = schema.with_metadata(kv)
             with pq.ParquetWriter(tmp, schema, compression=codecs or "snappy", store_schema=not add_kv, **more) as writer:

@@ -15,6 +15,7 @@ from smallpond.common import MB
 from smallpond.execution.task import Task
 from smallpond.io.columns import fold_case
 from smallpond.io.parquet import ParquetWriterOptions
+from smallpond.io.parquet_kv import writer_adds_key_value_metadata
 from smallpond.logical.dataset import ParquetDataSet
 
 
@@ -81,7 +82,7 @@ def open_parquet_writer(path: str, schema, options: dict, like_copy: bool):
     schema's metadata too, so it is added afterwards (pyarrow 17+; pyarrow 16 keeps the Arrow schema)."""
     import pyarrow.parquet as pq
 
-    if not (like_copy and hasattr(pq.ParquetWriter, "add_key_value_metadata")):
+    if not (like_copy and writer_adds_key_value_metadata()):
         return pq.ParquetWriter(path, schema, **options)
     w = pq.ParquetWriter(path, schema, store_schema=False, **options)
     w.add_key_value_metadata(dict(schema.metadata or {}))
@@ -120,9 +121,8 @@ def _arrow_keeps_types(schema) -> bool:
     everything under pyarrow 16, which cannot write a file without its Arrow schema and keep the
     key-value metadata (:func:`open_parquet_writer`): read back, its types would not be the COPY's."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    if not hasattr(pq.ParquetWriter, "add_key_value_metadata"):
+    if not writer_adds_key_value_metadata():
         return False
     t = pa.types
     plain = (t.is_integer, t.is_float32, t.is_float64, t.is_string, t.is_large_string, t.is_binary, t.is_boolean, t.is_date32)
