@@ -144,13 +144,11 @@ def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
     :data:`PATIENCE` for it held the scheduler 10 s at each stall warning, for no stack."""
     bit = 1 << (SIGNAL - 1)
     try:
-        with open(f"/proc/{pid}/status") as f:
-            status = f.read()
+        fields = _status_fields(f"/proc/{pid}/status")
     except FileNotFoundError:
         if os.path.isdir("/proc/self/task"):
             raise
         return None, set(), set()
-    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
     state = fields.get("State", "").strip()[:1]
     if state in ("Z", "X"):
         raise ProcessLookupError(pid)
@@ -158,13 +156,18 @@ def _signal_state(pid: int) -> Tuple[Optional[bool], Set[str], Set[str]]:
     blocked, open_to_it, threads = set(), set(), set(os.listdir(f"/proc/{pid}/task"))
     for tid in threads:
         try:
-            with open(f"/proc/{pid}/task/{tid}/status") as f:
-                thread = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            thread = _status_fields(f"/proc/{pid}/task/{tid}/status")
         except OSError:
             continue  # (a thread that ended)
         pending = pending or bool(int(thread.get("SigPnd", "0"), 16) & bit)
         (blocked if int(thread.get("SigBlk", "0"), 16) & bit else open_to_it).add(tid)
     return pending and bool(open_to_it) and state not in ("T", "t"), blocked, threads
+
+
+def _status_fields(path: str) -> Dict[str, str]:
+    """The ``name: value`` fields of a ``/proc`` status file (a process's or a thread's)."""
+    with open(path) as f:
+        return dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
 
 
 def await_answers(
