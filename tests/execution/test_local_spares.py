@@ -139,6 +139,11 @@ def test_a_kept_worker_killed_meanwhile_is_replaced(parquet_files, make_rt, log_
     old = set(local_spares.kept())
     for pid in old:
         os.kill(pid, signal.SIGKILL)
+    # killed meanwhile: dead before the next job starts (a SIGKILL takes a moment; a worker still
+    # dying when it was taken died under the job, 1 run in 8 here since jobs start sooner)
+    end = time.monotonic() + 30
+    while any(_alive(pid) for pid in old) and time.monotonic() < end:
+        time.sleep(0.005)
     rt = make_rt(task_cache="off")
     second = run_job(_sql_plan(parquet_files), rt, num_workers=2)
     assert _sums(second) == (30, sum(range(30)))
