@@ -338,9 +338,38 @@ _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOS
 
 #: a temp file of :func:`atomic_write_bytes` (group 1: the name it is written for)
 _TEMP_NAME = re.compile(r"\.(.+)\.tmp-[0-9a-f]{12}")
+#: the file :func:`folder_clock` makes (and removes) to read a folder's clock; a killed cleaner's goes later
+_CLOCK_PROBE = re.compile(r"\.clock-probe-[0-9a-f]+")
 #: how long a temp file of :func:`atomic_write_bytes` must be untouched before
-#: :func:`remove_abandoned_temps` may take it for a killed writer's
+#: :func:`remove_abandoned_temps` may take it for a killed writer's (by its folder's clock)
 ABANDONED_TEMP_AGE = 3600.0
+
+
+def folder_clock(folder: int) -> Optional[float]:
+    """The time now by the clock that stamps the files of ``folder`` (a descriptor): the
+    modification time of a file written there (and removed). On NFS that is the server's clock,
+    not this host's, so an age measured against it is right however far this host's clock is
+    off. None where no file can be made there."""
+    name = f".clock-probe-{unique_suffix()}"
+    try:
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=folder)
+    except OSError:
+        return None
+    try:
+        try:
+            # written and closed, then looked at: the write's time is the server's (NFS sends the
+            # data at the close at the latest), whatever the create did with the times
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+        return os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime
+    except OSError:
+        return None
+    finally:
+        try:
+            os.unlink(name, dir_fd=folder)
+        except OSError:
+            pass
 
 
 def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_than: float = ABANDONED_TEMP_AGE) -> List[str]:
@@ -352,13 +381,20 @@ def remove_abandoned_temps(folder: int, written: Callable[[str], bool], older_th
     link), untouched for ``older_than`` seconds, and that no process holds locked: its writer
     holds its lock until the rename, so a write in progress is never removed (on a filesystem
     without locks, where it cannot, the age alone decides; a ``flock`` error that does not say so
-    keeps the file). Anything else is left alone."""
+    keeps the file). Anything else is left alone. The age is told by the folder's own clock
+    (:func:`folder_clock`), not this host's: on NFS a file's times are the server's, and a host
+    whose clock is ahead would take a file being written for an old one, one whose clock is
+    behind would never remove any (nothing is removed where that clock cannot be read). A probe
+    of that clock that a killed cleaner left goes too, as old."""
     import fcntl
 
-    removed, now = [], time.time()
+    now = folder_clock(folder)
+    if now is None:
+        return []  # (no file can be made there: nor removed)
+    removed = []
     for name in sorted(os.listdir(folder)):
         match = _TEMP_NAME.fullmatch(name)
-        if match is None or not written(match.group(1)):
+        if (match is None or not written(match.group(1))) and _CLOCK_PROBE.fullmatch(name) is None:
             continue
         try:
             # for writing: NFS (flock emulated by byte-range locks) locks a file exclusively only

@@ -153,6 +153,36 @@ def test_abandoned_temp_files_are_removed_never_a_write_in_progress_nor_a_foreig
     assert (tmp_path / "elsewhere").read_bytes() == b"not the engine's"
 
 
+@pytest.mark.parametrize("skew", [2 * 3600.0, -2 * 3600.0], ids=["host-ahead", "host-behind"])
+def test_an_abandoned_temp_files_age_is_told_by_its_folders_clock_not_this_hosts(tmp_path, monkeypatch, skew):
+    """On NFS a file's times are the server's clock: "an hour old" is measured against a file made in
+    the same folder (folder_clock), not against this host's clock. Faked here by skewing this host's
+    clock (time.time) by 2 hours while the filesystem stamps files as it does: ahead, a temp file just
+    written (by a writer between its create and its lock, or on a filesystem without locks) looked 2
+    hours old and was removed; behind, one abandoned 90 minutes ago looked 30 minutes young and was
+    never removed. A probe of that clock a killed cleaner left goes too; the cleaner's own goes."""
+    import time
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    fresh, abandoned = folder / ".a.json.tmp-0123456789ab", folder / ".b.json.tmp-0123456789ab"
+    probe = folder / ".clock-probe-0123abc"  # of a cleaner killed while reading the clock
+    for path in (fresh, abandoned, probe):
+        path.write_bytes(b"half")
+    stamp = os.path.getmtime(fresh) - 90 * 60  # by the filesystem's clock
+    for path in (abandoned, probe):
+        os.utime(path, (stamp, stamp))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = remove_abandoned_temps(fd, lambda name: name.endswith(".json"))
+    finally:
+        os.close(fd)
+    assert sorted(removed) == sorted([abandoned.name, probe.name])
+    assert os.listdir(folder) == [fresh.name] and fresh.read_bytes() == b"half"
+
+
 def test_a_held_atomic_write_holds_its_temp_file_locked_until_it_has_its_name(tmp_path, monkeypatch):
     """``hold``: the temp file is locked from its creation to its rename (so remove_abandoned_temps
     never removes it while it is written, however long that takes); the data is whole at the rename."""
