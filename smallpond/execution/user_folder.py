@@ -28,7 +28,8 @@ Invariants:
 * **Removal goes through the checked folder.** :func:`open_own` opens the user folder one level
   at a time without following a symbolic link and checks the folder it opened, so pruning
   (``smallpond clean``) removes files only inside this user's folder, even if a folder on the
-  way is swapped while it runs.
+  way is swapped while it runs; and a file there only if it is still the one it judged
+  (:func:`remove_if_same`): a newer one written under its name meanwhile stays.
 * **An earlier single-user layout moves in, by its owner.** Before this layout the data root kept
   ``.smallpond/secret`` and ``.smallpond/sinks/`` in a ``0700`` ``.smallpond``, and the task cache
   in ``{data_root}/.task_cache``. Their owner's next job renames them into its user folder
@@ -43,7 +44,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Optional
+from typing import Callable, Optional
 
 from smallpond.common import logger
 from smallpond.errors import ParameterError
@@ -57,6 +58,7 @@ from smallpond.execution.runtime import (
     this_uid,
     user_dir,
 )
+from smallpond.io.filesystem import unique_suffix
 
 _TOP_MODE, _USERS_MODE = 0o711, 0o1733
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -265,3 +267,82 @@ def open_own(data_root: str, *names: str) -> int:
     except BaseException:
         os.close(fd)
         raise
+
+
+#: what a file being pruned is renamed to, ``.{name}.prune-{suffix}``, until it is removed or put back
+_ASIDE = ".prune-"
+
+
+def exists_at(folder: int, name: str) -> bool:
+    """Whether ``folder`` (a descriptor) has an entry ``name`` (a symbolic link is not followed)."""
+    try:
+        os.stat(name, dir_fd=folder, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def _unlink(folder: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder)
+    except FileNotFoundError:
+        pass
+
+
+def remove_if_same(folder: int, name: str, read: os.stat_result) -> bool:
+    """Remove the file ``name`` of ``folder`` (a descriptor) if it is still the file read (``read``:
+    its ``fstat``, taken while the caller holds it open, so that its inode is not another's yet):
+    a job may have written a newer one under that name meanwhile (a record of the same
+    destination, a mark of a job folder made again), which stays. The file is set aside first
+    (``.{name}.prune-{suffix}``), then looked at: a newer one is put back, unless one newer still
+    is there; a clean killed meanwhile leaves it for :func:`put_back_set_aside`."""
+    aside = f".{name}{_ASIDE}{unique_suffix()}"
+    try:
+        os.rename(name, aside, src_dir_fd=folder, dst_dir_fd=folder)
+    except FileNotFoundError:
+        return False
+    try:
+        same = os.path.samestat(os.stat(aside, dir_fd=folder, follow_symlinks=False), read)
+    except FileNotFoundError:
+        return False  # put back meanwhile by another clean (put_back_set_aside): it judges it again
+    if not same:  # a newer one: put it back
+        try:
+            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            pass  # a newer one still is there
+        except OSError:
+            if not exists_at(folder, name):
+                os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
+        _unlink(folder, aside)
+        return False
+    _unlink(folder, aside)
+    return True
+
+
+def put_back_set_aside(folder: int, is_name: Callable[[str], bool]) -> None:
+    """Put back a file that a clean killed between setting it aside and removing it (or putting it
+    back, as a newer one) left as ``.{name}.prune-{suffix}`` (:func:`remove_if_same`): under its
+    name, unless a file is there (written since: it is newer, and stays), so that the pruning that
+    follows judges it again; the copy set aside goes. Only a regular file of this user, of a name
+    ``is_name`` accepts."""
+    for aside in sorted(n for n in os.listdir(folder) if n.startswith(".") and _ASIDE in n):
+        name = aside[1 : aside.rindex(_ASIDE)]
+        if not is_name(name):
+            continue
+        try:
+            st = os.stat(aside, dir_fd=folder, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+                continue
+            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
+        except FileExistsError:
+            pass  # a newer one is there
+        except FileNotFoundError:
+            continue  # another clean is done with it
+        except OSError:  # no hard links here: renamed back, if its name is still free
+            if not exists_at(folder, name):
+                try:
+                    os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
+                except OSError:
+                    pass
+        if exists_at(folder, name):  # put back, or a newer one there (else the one set aside stays)
+            _unlink(folder, aside)

@@ -25,6 +25,7 @@ import pytest
 
 import smallpond
 from smallpond.errors import PlanError
+from smallpond.execution import user_folder
 from smallpond.execution.ops import sink_record
 from smallpond.execution.runtime import sink_records_dir
 from smallpond.io.filesystem import atomic_write_bytes, signed_bytes
@@ -221,19 +222,21 @@ def test_prune_keeps_a_record_written_while_it_ran(sp, root, tmp_path):
     out = tmp_path / "out"
     sp.from_arrow(ids(3)).write_parquet(str(out))
     path = sink_record.record_path(sink_records_dir(root), str(out))
-    stale = os.stat(path).st_ino
+    held = open(path, "rb")  # (open: its inode is not another file's meanwhile)
+    stale = os.fstat(held.fileno())
     sp.from_arrow(ids(2, 10)).write_parquet(str(out))  # a newer record of the same folder
     folder = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
     try:
-        assert not sink_record._remove_if_same(folder, os.path.basename(path), stale)
+        assert not user_folder.remove_if_same(folder, os.path.basename(path), stale)
     finally:
         os.close(folder)
+        held.close()
     assert sink_record.load(sink_records_dir(root), str(out)).manifest == sink_record.identity(str(out / ".MANIFEST.txt"))
 
 
 KILLED_SETTING_ASIDE = """
 import os, signal, sys
-from smallpond.execution.ops import sink_record
+from smallpond.execution import user_folder
 real_rename = os.rename
 def rename(src, dst, **kw):
     real_rename(src, dst, **kw)
@@ -241,7 +244,8 @@ def rename(src, dst, **kw):
         os.kill(os.getpid(), signal.SIGKILL)  # killed between setting the record aside and its check
 os.rename = rename
 folder = os.open(os.path.dirname(sys.argv[1]), os.O_RDONLY | os.O_DIRECTORY)
-sink_record._remove_if_same(folder, os.path.basename(sys.argv[1]), -1)  # read before a newer record came
+# read before a newer record came (here: any other file)
+user_folder.remove_if_same(folder, os.path.basename(sys.argv[1]), os.stat(os.path.dirname(sys.argv[1])))
 """
 
 
@@ -295,11 +299,11 @@ def test_a_clean_whose_record_set_aside_another_clean_puts_back_goes_on(sp, root
     def rename(src, dst, **kw):
         real_rename(src, dst, **kw)
         if ".prune-" in str(dst):
-            sink_record._put_back_set_aside(folder)  # the other clean, right then
+            user_folder.put_back_set_aside(folder, sink_record._is_record_name)  # the other clean, right then
 
     monkeypatch.setattr(os, "rename", rename)
     try:
-        assert not sink_record._remove_if_same(folder, os.path.basename(path), os.stat(path).st_ino)
+        assert not user_folder.remove_if_same(folder, os.path.basename(path), os.stat(path))
     finally:
         os.close(folder)
     assert open(path, "rb").read() == data and not [n for n in os.listdir(os.path.dirname(path)) if ".prune-" in n]

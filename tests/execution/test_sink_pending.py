@@ -4,6 +4,7 @@ journal exists, and the nesting checks (ops/sink_overlap.py) refuse a folder ins
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import pytest
@@ -94,6 +95,52 @@ def test_clean_prunes_the_marks_of_job_folders_that_are_gone(tmp_path, data_root
     assert cli("clean", "--yes", data_root=data_root).returncode == 0
     left = sorted(os.listdir(sink_pending.marks_dir(records)))
     assert left == sorted(os.path.basename(sink_pending.mark_path(records, j)) for j in (running, finished))
+
+
+def test_prune_keeps_the_mark_of_a_job_folder_made_again_while_it_ran(tmp_path, data_root, monkeypatch):
+    """prune reads a mark, finds its job folder gone, and removes it: if that job folder is made
+    again in between (a rerun of the same job id and time) and its run writes its mark (before its
+    journal), that new mark stays; only the mark read goes. Before, the name was unlinked, and the
+    new mark with it: the nesting checks no longer saw that run's publication."""
+    records = sink_records_dir(data_root)
+    job = os.path.join(data_root, "2026-01-01-00-00-00.33333333-3333-3333-3333-333333333333")
+    sink_pending.mark(records, job, [str(tmp_path / "old")])
+    real_lexists, rerun = os.path.lexists, []
+
+    def lexists(path):
+        found = real_lexists(path)
+        if path == os.path.realpath(job) and not rerun:  # prune has read the mark: the rerun, right then
+            rerun.append(_job(data_root, os.path.basename(job), journal=False))
+            sink_pending.mark(records, job, [str(tmp_path / "new")])
+            open(sink_pending.job_journal(job), "wb").close()
+        return found
+
+    monkeypatch.setattr(os.path, "lexists", lexists)
+    assert sink_pending.prune(data_root) == 0
+    monkeypatch.undo()
+    assert rerun, "prune did not look at the job folder"
+    (found,) = sink_pending.pending(records)
+    assert found.job == os.path.realpath(job) and found.destinations == [os.path.realpath(tmp_path / "new")]
+    assert os.listdir(sink_pending.marks_dir(records)) == [os.path.basename(sink_pending.mark_path(records, job))]
+    assert sink_pending.prune(data_root) == 0  # its folder is there: it stays
+    shutil.rmtree(job)
+    assert sink_pending.prune(data_root) == 1 and os.listdir(sink_pending.marks_dir(records)) == []
+
+
+def test_a_mark_that_a_killed_clean_set_aside_is_put_back(tmp_path, data_root):
+    """prune sets a mark aside (``.{name}.prune-{suffix}``) to remove it only if it is still the one
+    read; a clean killed there left the job without a mark (its publication no longer seen by the
+    nesting checks). The next prune puts it back and judges it: its job folder is there, so it stays."""
+    records = sink_records_dir(data_root)
+    job = _job(data_root)
+    sink_pending.mark(records, job, [str(tmp_path / "out")])
+    path = sink_pending.mark_path(records, job)
+    os.rename(path, os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.prune-0123abc"))
+    assert sink_pending.pending(records) == []  # lost, until the next clean
+    assert sink_pending.prune(data_root) == 0
+    (found,) = sink_pending.pending(records)
+    assert found.job == os.path.realpath(job)
+    assert os.listdir(sink_pending.marks_dir(records)) == [os.path.basename(path)]
 
 
 def test_the_refusal_says_whether_the_job_runs(tmp_path, data_root):

@@ -37,7 +37,10 @@ Invariants:
 * **A mark goes with its job.** ``smallpond clean`` removes the marks of job folders that are gone
   (:func:`prune`): a job writes its mark while its folder exists, and a folder that is gone never
   has a journal again (a job started anew gets a folder of another name). A mark of a job folder
-  still there stays, stale or not. A mark's temp file that a kill -9 of its writer left goes too,
+  still there stays, stale or not; so does a mark written after the one prune read (the job
+  folder made again meanwhile, by a rerun of the same job id and time): only the file read is
+  removed (:func:`~smallpond.execution.user_folder.remove_if_same`), and one that a killed
+  ``clean`` left set aside is put back first. A mark's temp file that a kill -9 of its writer left goes too,
   never one being written (its writer holds it locked).
 * **Only refusals.** A mark never makes anything be removed or trusted: it is not signed, only
   checked to be of the job it is named after. Like the records, marks are this user's, of this data
@@ -181,24 +184,23 @@ def prune(data_root: str) -> int:
         return 0
     removed = 0
     try:
+        user_folder.put_back_set_aside(folder, _is_mark_name)  # a killed clean's: judged again below
         remove_abandoned_temps(folder, _is_mark_name)
         for name in sorted(n for n in os.listdir(folder) if n.endswith(".json") and not n.startswith(".")):
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=folder)
             except OSError:
                 continue  # gone, or not a file smallpond wrote: left alone
-            with os.fdopen(fd, "rb") as f:
+            with os.fdopen(fd, "rb") as f:  # (held open until judged: its inode is not reused meanwhile)
                 try:
                     data = json.loads(f.read().decode("utf-8"))
                 except ValueError:
                     continue
-            job = data.get("job") if isinstance(data, dict) else None
-            if isinstance(job, str) and _name(job) == name and not os.path.lexists(job):
-                try:
-                    os.unlink(name, dir_fd=folder)
-                    removed += 1
-                except FileNotFoundError:
-                    pass
+                job = data.get("job") if isinstance(data, dict) else None
+                # only the mark read: a job folder made again since writes its new mark before its
+                # journal, and that one stays (set aside, seen to be another file, put back)
+                if isinstance(job, str) and _name(job) == name and not os.path.lexists(job):
+                    removed += user_folder.remove_if_same(folder, name, os.fstat(f.fileno()))
     finally:
         os.close(folder)
     return removed

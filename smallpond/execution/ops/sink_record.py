@@ -70,7 +70,6 @@ from smallpond.io.filesystem import (
     remove_abandoned_temps,
     remove_path,
     signed_bytes,
-    unique_suffix,
     unverified_payload,
     verified_payload,
 )
@@ -370,77 +369,9 @@ def _read_claim(records_dir: str, name: str) -> Optional[str]:
     return claim["dest"] if claim is not None else None
 
 
-def _remove_if_same(folder: int, name: str, ino: int) -> bool:
-    """Remove the record file ``name`` of ``folder`` (a descriptor) if it is still the file read
-    (inode ``ino``): a job may have written a newer record of the same destination meanwhile, which stays."""
-    aside = f".{name}{_ASIDE}{unique_suffix()}"
-    try:
-        os.rename(name, aside, src_dir_fd=folder, dst_dir_fd=folder)
-    except FileNotFoundError:
-        return False
-    try:
-        same = os.stat(aside, dir_fd=folder, follow_symlinks=False).st_ino == ino
-    except FileNotFoundError:
-        return False  # put back meanwhile by another clean (_put_back_set_aside): it judges it again
-    if not same:  # a newer record: put it back
-        try:
-            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-        except FileExistsError:
-            pass  # a newer one still is there
-        except OSError:
-            if not _exists(folder, name):
-                os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
-        _unlink(folder, aside)
-        return False
-    _unlink(folder, aside)
-    return True
-
-
-#: what a record being pruned is renamed to, ``.{name}.prune-{suffix}``, until it is removed or put back
-_ASIDE = ".prune-"
-
-
-def _put_back_set_aside(folder: int) -> None:
-    """Put back a record that a clean killed between setting it aside and removing it (or putting it
-    back, as a newer one) left as ``.{name}.prune-{suffix}``: under its name, unless a record is
-    there (written since: it is newer, and stays), so that the pruning that follows judges it again;
-    the copy set aside goes. Only a regular file of this user, of a record's name."""
-    for aside in sorted(n for n in os.listdir(folder) if n.startswith(".") and _ASIDE in n):
-        name = aside[1 : aside.rindex(_ASIDE)]
-        if name == _INDEX or not _is_written_here(name):
-            continue
-        try:
-            st = os.stat(aside, dir_fd=folder, follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
-                continue
-            os.link(aside, name, src_dir_fd=folder, dst_dir_fd=folder, follow_symlinks=False)
-        except FileExistsError:
-            pass  # a newer record is there
-        except FileNotFoundError:
-            continue  # another clean is done with it
-        except OSError:  # no hard links here: renamed back, if its name is still free
-            if not _exists(folder, name):
-                try:
-                    os.rename(aside, name, src_dir_fd=folder, dst_dir_fd=folder)
-                except OSError:
-                    pass
-        if _exists(folder, name):  # put back, or a newer one there (else the one set aside stays)
-            _unlink(folder, aside)
-
-
-def _exists(folder: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=folder, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
-
-
-def _unlink(folder: int, name: str) -> None:
-    try:
-        os.unlink(name, dir_fd=folder)
-    except FileNotFoundError:
-        pass
+def _is_record_name(name: str) -> bool:
+    """Whether ``name`` is a record's (which prune may set aside), not the index's."""
+    return name != _INDEX and _is_written_here(name)
 
 
 def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
@@ -454,7 +385,8 @@ def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
     user's own), never by a path that a swapped folder could send elsewhere. Unless ``dry_run``,
     the temp files of records (and of the index) whose writer a kill -9 interrupted go too, never
     one being written (:func:`~smallpond.io.filesystem.remove_abandoned_temps`), and a record that a
-    clean killed while it removed it left set aside is put back first (:func:`_put_back_set_aside`)."""
+    clean killed while it removed it left set aside is put back first
+    (:func:`~smallpond.execution.user_folder.put_back_set_aside`)."""
     records_dir = sink_records_dir(data_root)
     try:
         folder = user_folder.open_own(data_root, SINKS_DIRNAME)
@@ -468,7 +400,7 @@ def prune(data_root: str, dry_run: bool = True) -> Tuple[List[str], int]:
 
 def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int]:
     if not dry_run:
-        _put_back_set_aside(folder)  # a killed clean's: judged again below
+        user_folder.put_back_set_aside(folder, _is_record_name)  # a killed clean's: judged again below
     names = sorted(n for n in os.listdir(folder) if n.endswith((_SUFFIX, _LEGACY_SUFFIX)) and not n.startswith("."))
     removed, kept = [], 0
     for name in names:
@@ -479,18 +411,17 @@ def _prune(folder: int, records_dir: str, dry_run: bool) -> Tuple[List[str], int
         except OSError:  # not a file (a link, a folder): not a record smallpond wrote; left alone
             kept += 1
             continue
-        with os.fdopen(fd, "rb") as f:
-            ino, data = os.fstat(f.fileno()).st_ino, f.read()
-        claim = _claim(data)
-        if claim is not None and identity(os.path.join(claim["dest"], MANIFEST)) == claim["manifest"]:
-            kept += 1
-            continue
-        if dry_run or _remove_if_same(folder, name, ino):
-            removed.append(claim["dest"] if claim is not None else os.path.join(records_dir, name))
+        with os.fdopen(fd, "rb") as f:  # (held open until judged: its inode is not reused meanwhile)
+            claim = _claim(f.read())
+            if claim is not None and identity(os.path.join(claim["dest"], MANIFEST)) == claim["manifest"]:
+                kept += 1
+                continue
+            if dry_run or user_folder.remove_if_same(folder, name, os.fstat(f.fileno())):
+                removed.append(claim["dest"] if claim is not None else os.path.join(records_dir, name))
     if not dry_run:
         remove_abandoned_temps(folder, _is_written_here)  # of records and the index, whose writer was killed
         for name in sorted(n for n in os.listdir(folder) if n.endswith(LOCK_SUFFIX) and not n.startswith(".")):
-            if not _exists(folder, name[: -len(LOCK_SUFFIX)] + _SUFFIX):
+            if not user_folder.exists_at(folder, name[: -len(LOCK_SUFFIX)] + _SUFFIX):
                 _remove_unused_lock(folder, name)
     return removed, kept
 
