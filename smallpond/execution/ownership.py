@@ -165,6 +165,87 @@ def refuse_if_publishing(layout, action: str, rerun: str, then: str) -> None:
     )
 
 
+def _not_removable(path: str, st: os.stat_result) -> Optional[str]:
+    """Why this process (not root) cannot remove what the folder ``path`` holds (``st``: its lstat), or None."""
+    me = os.geteuid()
+    if st.st_uid != me:
+        return (
+            f"{path} is owned by {describe_owner(st.st_uid)}, not by you ({describe_owner(me)}). Only its owner "
+            "(or root) can remove it: run this as that user, or leave the job to them"
+        )
+    if st.st_mode & 0o700 != 0o700:
+        return (
+            f"you cannot list or change {path} (mode {stat.S_IMODE(st.st_mode):04o}). "
+            f"If it may go, 'chmod -R u+rwx {path}' and run again"
+        )
+    return None
+
+
+def refuse_unless_removable(layout, action: str, paths) -> None:
+    """Raise :class:`JobFolderError` before anything is removed if this process could not remove
+    all of ``paths`` (the job's folder, or folders in it): one of them, or a folder in them, is
+    another user's or not open to its owner (checked folder by folder, not following a link nor
+    entering another filesystem: :func:`~smallpond.io.filesystem.remove_path` removes a link
+    itself and leaves a mount point). The message names the folder and what to do; files are not
+    looked at (a folder that may be changed lets go of any file in it)."""
+    if os.geteuid() == 0:
+        return  # (root may remove anything here; where it may not, as on NFS, remove_or_say says so)
+
+    def refuse(why: str) -> JobFolderError:
+        return JobFolderError(f"cannot {action} job {layout.job_root}: nothing was removed, because {why}")
+
+    try:  # the job's folder first: another user's is named as such, not by what it hides
+        st = os.lstat(layout.job_root)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid != os.geteuid():
+            raise refuse(_not_removable(layout.job_root, st))
+    except FileNotFoundError:
+        return
+    for top in paths:
+        try:
+            st = os.lstat(top)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            raise refuse(f"{top} cannot be looked at ({e.strerror})") from None
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        todo = [(top, st)]
+        while todo:
+            path, st = todo.pop()
+            why = _not_removable(path, st)
+            if why is not None:
+                raise refuse(why)
+            try:
+                with os.scandir(path) as it:
+                    subs = [e for e in it if e.is_dir(follow_symlinks=False)]
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise refuse(f"{path} cannot be listed ({e.strerror})") from None
+            for e in subs:
+                try:
+                    sub = e.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if sub.st_dev == st.st_dev:
+                    todo.append((e.path, sub))
+
+
+def remove_or_say(layout, action: str, path: str) -> None:
+    """Remove ``path`` (the job's folder, or one in it); a :class:`JobFolderError` naming the first
+    file or folder that could not be removed (and how many more) if anything could not."""
+    from smallpond.io.filesystem import remove_path
+
+    failed: list = []
+    remove_path(path, failed)
+    if failed:
+        (where, first), more = failed[0], f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise JobFolderError(
+            f"could not {action} job {layout.job_root} completely: {where} could not be removed{more}: "
+            f"{first.strerror or first}. What could be removed is gone; fix that (its owner, its mode) and run again"
+        )
+
+
 def move_aside(layout) -> Optional[str]:
     """Rename an existing job folder to ``{job_root}.restarted-{time}``; returns the new name.
 

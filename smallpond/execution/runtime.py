@@ -577,14 +577,13 @@ class RuntimeContext:
         while a publication the job began is not finished (its journal is there): its rerun
         finishes it from the committed tasks of ``staging/`` and ``output/`` (a manifest sink
         publishes a list of their files)."""
-        from smallpond.execution.ownership import refuse_if_publishing
-        from smallpond.io.filesystem import remove_path
+        from smallpond.execution.ownership import refuse_if_publishing, refuse_unless_removable, remove_or_say
 
         refuse_if_publishing(self.layout, "clean up", "", "clean it up")
-        for d in (self.queue_root, self.temp_root, self.staging_root):
-            remove_path(d)
-        if remove_output_root:
-            remove_path(self.output_root)
+        folders = [self.queue_root, self.temp_root, self.staging_root] + ([self.output_root] if remove_output_root else [])
+        refuse_unless_removable(self.layout, "clean up", folders)  # (another user's job: a clear refusal, nothing removed)
+        for d in folders:
+            remove_or_say(self.layout, "clean up", d)
 
     def cleanup_root(self) -> None:
         """Remove the whole job folder, unless a run of the job holds its job lock (a
@@ -596,21 +595,40 @@ class RuntimeContext:
         self._remove_root("")
 
     def _remove_root(self, rerun: str) -> None:
-        from smallpond.execution.ownership import JobLock, lock_state, refuse_if_publishing
-        from smallpond.io.filesystem import remove_path
+        from smallpond.execution.ownership import (
+            JobFolderError,
+            JobLock,
+            lock_state,
+            refuse_if_publishing,
+            refuse_unless_removable,
+            remove_or_say,
+        )
 
+        # first: another user's folder (or one its owner closed) is refused naming it, before its
+        # lock is asked for (which cannot be taken there) and before anything is removed
+        refuse_unless_removable(self.layout, "remove the folder of", [self.job_root])
         # (not through a link: remove_path removes the link only, and the lock would stay there)
         own = os.path.isdir(self.layout.config_root) and not os.path.islink(self.job_root)
         lock = JobLock(self.layout) if own else None
+
+        def take() -> None:
+            try:
+                lock.acquire()
+            except OSError as e:  # (a JobFolderError names the run that holds it)
+                raise JobFolderError(
+                    f"cannot remove the folder of job {self.job_root}: nothing was removed, because its job lock "
+                    f"{lock.path} could not be taken ({e.strerror or e}); only whoever can write {self.config_root} can"
+                ) from e
+
         try:
             if lock is not None and lock_state(self.job_root)[0] in ("alive", "elsewhere"):
-                lock.acquire()  # refused, naming the run (taken if it ended meanwhile)
+                take()  # refused, naming the run (taken if it ended meanwhile)
             # before the lock is taken over: a refusal leaves a killed run's lock (its status says killed)
             refuse_if_publishing(self.layout, "remove the folder of", rerun, "remove its folder")
             if lock is not None and not lock.held:
-                lock.acquire()  # held while the folder goes: no run starts in it meanwhile
+                take()  # held while the folder goes: no run starts in it meanwhile
                 refuse_if_publishing(self.layout, "remove the folder of", rerun, "remove its folder")
-            remove_path(self.job_root)
+            remove_or_say(self.layout, "remove the folder of", self.job_root)
         finally:
             if lock is not None:
                 lock.release()  # (gone with the folder, unless the removal stopped short)

@@ -32,9 +32,10 @@ import os
 import re
 import shutil
 import stat
+import sys
 import time
 import uuid
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 HF3FS_MOUNT_POINT_PREFIX = "/hf3fs"
 HF3FS_FSSPEC_PROTOCOL = "hf3fs://"
@@ -78,23 +79,34 @@ def find_mount_point(path: str) -> str:
     return path
 
 
-def remove_path(path: str) -> None:
+def remove_path(path: str, failed: Optional[List[Tuple[str, OSError]]] = None) -> None:
     """Remove a file, a symlink or a directory tree. A missing path is a no-op.
 
     A tree is removed without following its symlinks (each is removed itself) and without
     entering a mount point in it (:func:`_mount_points_in`): what is mounted there is not the
-    engine's, nor is the folder it is mounted on (which stays, with the folders above it)."""
+    engine's, nor is the folder it is mounted on (which stays, with the folders above it).
+    Errors are ignored; ``failed``: they are added to it (what could not be removed, and why),
+    but for a path gone meanwhile and a folder left holding a mount point."""
+
+    def note(where: str, e: OSError) -> None:
+        # (a folder not empty: what it holds was named, or it holds a mount point)
+        if failed is not None and e.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            failed.append((where, e))
+
     if os.path.islink(path) or os.path.isfile(path):
         try:
             os.unlink(path)
-        except FileNotFoundError:
-            pass
+        except OSError as e:
+            note(path, e)
     elif os.path.isdir(path):
         mounts = _mount_points_in(os.path.realpath(path))
         if mounts is not None and not mounts:  # (the usual case: none)
-            shutil.rmtree(path, ignore_errors=True)
+            if sys.version_info >= (3, 12):  # (onerror is deprecated there)
+                shutil.rmtree(path, onexc=lambda func, where, e: note(where, e))
+            else:
+                shutil.rmtree(path, onerror=lambda func, where, info: note(where, info[1]))
         else:
-            _remove_around(path, mounts)
+            _remove_around(path, mounts, note)
 
 
 def _unescape_mount(field: str) -> str:
@@ -134,10 +146,10 @@ def _mount_points_in(folder: str) -> Optional[set]:
     return found
 
 
-def _remove_around(path: str, mounts: Optional[set]) -> None:
+def _remove_around(path: str, mounts: Optional[set], note: Callable[[str, OSError], None]) -> None:
     """Remove the tree ``path`` but for the mount points in it (``mounts``: their real paths, or
-    None to ask each folder), their content and the folders holding them; errors are ignored, as
-    :func:`remove_path`'s ``rmtree`` does."""
+    None to ask each folder), their content and the folders holding them; errors go to ``note``
+    (:func:`remove_path`)."""
     real = os.path.realpath(path)
     folders = [path]  # to remove once emptied, parents first
     for top, dirs, files in os.walk(path, topdown=True, followlinks=False):
@@ -155,13 +167,13 @@ def _remove_around(path: str, mounts: Optional[set]) -> None:
         for name in files:
             try:
                 os.unlink(os.path.join(top, name))
-            except OSError:
-                pass
+            except OSError as e:
+                note(os.path.join(top, name), e)
     for folder in reversed(folders):
         try:
             os.rmdir(folder)  # a folder holding a mount point is not empty: it stays
-        except OSError:
-            pass
+        except OSError as e:
+            note(folder, e)
 
 
 def remove_tree_written_into(path: str, passes: int = 5) -> None:

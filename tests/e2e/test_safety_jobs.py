@@ -407,3 +407,129 @@ def test_cleanup_root_refuses_a_job_that_is_being_run_and_removes_it_once_that_r
     assert not os.path.lexists(rt.job_root)
     runtime().initialize(cleanup_root=True)  # (nothing there: a fresh folder)
     assert os.path.isdir(rt.config_root) and not os.path.exists(os.path.join(rt.config_root, "job.lock"))
+
+
+REMOVE_AS_ANOTHER_USER = """
+import sys
+from datetime import datetime
+from smallpond.execution.ownership import JobFolderError
+from smallpond.execution.runtime import JobId, RuntimeContext
+calls = {"cleanup_root": lambda rt: rt.cleanup_root(), "initialize": lambda rt: rt.initialize(cleanup_root=True),
+         "cleanup": lambda rt: rt.cleanup()}
+for name in sys.argv[2:]:
+    try:
+        calls[name](RuntimeContext(JobId(hex="0" * 32), datetime(2026, 1, 2, 3, 4, 5), sys.argv[1]))
+        print(name, "done")
+    except JobFolderError as e:
+        print(name, "refused:", e)
+    except OSError as e:
+        print(name, "OSError:", e)
+"""
+
+
+def _job_folder_in_shared_root(top: str) -> str:
+    """A job folder of this user (root) with a staged file, in a data root every user can reach."""
+    from datetime import datetime
+
+    from smallpond.execution.runtime import JobId, RuntimeContext
+
+    rt = RuntimeContext(JobId(hex="0" * 32), datetime(2026, 1, 2, 3, 4, 5), os.path.join(top, "root"))
+    rt.initialize()
+    os.makedirs(os.path.join(rt.staging_root, "SqlEngineTask.1"))
+    open(os.path.join(rt.staging_root, "SqlEngineTask.1", "part-0.parquet"), "wb").write(b"data")
+    return rt.job_root
+
+
+def test_removing_another_users_job_folder_is_refused_naming_it_and_removes_nothing(tmp_path):
+    """``cleanup_root()``, ``initialize(cleanup_root=True)`` and ``cleanup()`` run by another user
+    (nobody) on a job folder of root's: the folder 0700, as jobs make it, they did nothing at all
+    and said nothing (or, with the folder open to them, a bare PermissionError of the job lock);
+    with it open to every user (``chmod -R 777``) they removed what they could (the secret, the
+    staged files), and a resumed job lost its secret. Now each is refused before anything goes,
+    naming the folder, its owner and what to do."""
+    import stat
+    import tempfile
+
+    from tests.e2e.safety_helpers import tree
+    from tests.e2e.test_shared_data_root import _nobody_python, as_nobody
+
+    py = _nobody_python()
+    top = tempfile.mkdtemp(prefix="smallpond-other-user-")  # /tmp: reachable by nobody
+    try:
+        os.chmod(top, 0o755)
+        job = _job_folder_in_shared_root(top)
+        os.chmod(os.path.dirname(job), 0o1777)
+        for mode in (0o700, 0o777):
+            for d, dirs, files in os.walk(job):
+                for name in [d] + [os.path.join(d, n) for n in dirs + files]:
+                    os.chmod(name, mode if stat.S_ISDIR(os.lstat(name).st_mode) or mode == 0o777 else 0o600)
+            before = (snapshot(job), tree(job))
+            out = as_nobody(py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup_root", "initialize", "cleanup")
+            lines = out.stdout.splitlines()
+            assert [line.split(" ", 1)[0] for line in lines] == ["cleanup_root", "initialize", "cleanup"], out
+            for line in lines:
+                assert (
+                    " refused: cannot " in line and f"job {job}: nothing was removed, because {job} is owned by uid 0" in line
+                ), line
+                assert "not by you (uid 65534" in line and "run this as that user" in line, line
+            assert (snapshot(job), tree(job)) == before, f"mode {mode:o}: something was removed"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_removal_before_it_starts(tmp_path):
+    """A job folder of nobody's own holding a folder of root's (a run under sudo, say): removing it
+    as nobody used to remove everything else and leave that folder, saying nothing. Now refused
+    first, naming that folder; nothing goes."""
+    import tempfile
+
+    from tests.e2e.safety_helpers import tree
+    from tests.e2e.test_shared_data_root import _nobody_python, as_nobody
+
+    py = _nobody_python()
+    top = tempfile.mkdtemp(prefix="smallpond-other-user-")
+    try:
+        os.chmod(top, 0o755)
+        job = _job_folder_in_shared_root(top)
+        for d, dirs, files in os.walk(os.path.dirname(job)):
+            for name in [d] + [os.path.join(d, n) for n in dirs + files]:
+                os.chown(name, 65534, 65534)
+        roots = os.path.join(job, "staging", "SqlEngineTask.1")
+        os.chown(roots, 0, 0)
+        before = (snapshot(job), tree(job))
+        out = as_nobody(py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup_root", "cleanup")
+        lines = out.stdout.splitlines()
+        assert len(lines) == 2, out
+        for line in lines:
+            assert " refused: cannot " in line and f"nothing was removed, because {roots} is owned by uid 0 (root)" in line, line
+        assert (snapshot(job), tree(job)) == before
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs root and chattr (an immutable file)")
+def test_a_file_that_could_not_be_removed_is_named(tmp_path):
+    """What cannot be checked first (here an immutable file, which even root cannot remove) stops
+    ``cleanup_root()`` and ``cleanup()`` with an error naming it, not silently."""
+    from smallpond.execution.runtime import JobId, RuntimeContext
+
+    def runtime():
+        return RuntimeContext(JobId(hex="0" * 32), __import__("datetime").datetime(2026, 1, 2, 3, 4, 5), str(tmp_path / "root"))
+
+    rt = runtime()
+    rt.initialize()
+    stuck = os.path.join(rt.staging_root, "stuck")
+    open(stuck, "wb").close()
+    if subprocess.run(["chattr", "+i", stuck], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable files")
+    try:
+        for remove, action in ((lambda rt: rt.cleanup(), "clean up"), (lambda rt: rt.cleanup_root(), "remove the folder of")):
+            with pytest.raises(
+                JobFolderError, match=f"could not {action} job {rt.job_root} completely: {stuck} could not be removed"
+            ):
+                remove(runtime())
+            assert os.path.exists(stuck)
+    finally:
+        subprocess.run(["chattr", "-i", stuck])
+    runtime().cleanup_root()
+    assert not os.path.lexists(rt.job_root)
