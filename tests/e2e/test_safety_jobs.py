@@ -510,7 +510,8 @@ def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_remova
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs root and chattr (an immutable file)")
 def test_a_file_that_could_not_be_removed_is_named(tmp_path):
     """What cannot be checked first (here an immutable file, which even root cannot remove) stops
-    ``cleanup_root()`` and ``cleanup()`` with an error naming it, not silently."""
+    ``cleanup_root()`` and ``cleanup()`` with an error naming it, not silently; a job lock that
+    cannot be made (an immutable ``config/``) stops ``cleanup_root()`` before anything goes, naming it."""
     from smallpond.execution.runtime import JobId, RuntimeContext
 
     def runtime():
@@ -520,8 +521,18 @@ def test_a_file_that_could_not_be_removed_is_named(tmp_path):
     rt.initialize()
     stuck = os.path.join(rt.staging_root, "stuck")
     open(stuck, "wb").close()
-    if subprocess.run(["chattr", "+i", stuck], capture_output=True).returncode != 0:
+    before = snapshot(rt.job_root)
+    if subprocess.run(["chattr", "+i", rt.config_root], capture_output=True).returncode != 0:
         pytest.skip("this filesystem has no immutable files")
+    try:  # its job lock cannot be made
+        with pytest.raises(
+            JobFolderError, match=f"nothing was removed, because its job lock {rt.config_root}/job.lock could not be taken"
+        ):
+            runtime().cleanup_root()
+    finally:
+        subprocess.run(["chattr", "-i", rt.config_root])
+    assert snapshot(rt.job_root) == before
+    subprocess.run(["chattr", "+i", stuck], check=True)
     try:
         for remove, action in ((lambda rt: rt.cleanup(), "clean up"), (lambda rt: rt.cleanup_root(), "remove the folder of")):
             with pytest.raises(
