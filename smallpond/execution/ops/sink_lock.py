@@ -68,7 +68,8 @@ until its last step, an exclusive advisory lock (``flock``) on one lock file per
   noting it (the child would have a copy it does not know to close). A lock's file is opened
   before that step, so that an open that hangs (a stuck NFS mount) holds up no fork: a file
   opened before a fork that came before it was taken is closed unlocked and opened again (its
-  thread counts the forks, :func:`_take`; the child's copy is never locked). The non-blocking
+  thread counts the forks, :func:`_take`; the child's copy is never locked, and the child closes
+  it, :data:`_opening`). The non-blocking
   ``flock`` and the look at who holds a folder's lock stay in that step: a stuck NFS server would
   hold up a fork there. A job that has to wait logs which destination and lock file it waits for, once.
 * **Interrupts**: Ctrl-C (or the job's SIGTERM, raised as an exception) at any call while locks
@@ -122,6 +123,12 @@ _all_fds: Dict[int, str] = {}
 #: taken and not yet in _all_fds, and takes it for one of the process it runs under
 _fds_lock = threading.Lock()
 _warned: set = set()
+#: every fd of a lock's file opened and not yet taken, noted nor closed (between the open and
+#: _take, outside _fds_lock): a child forked meanwhile closes its copy (it is never locked, see
+#: _take, but would stay open in a worker for as long as it lives), once it finds it still is that
+#: file (a number noted here is never another file's to close). Changed by subscripts, not calls
+#: (an interrupt comes as a call returns): an fd leaves it before it is closed
+_opening: Dict[int, str] = {}
 #: forks of this process so far (counted under _fds_lock): a lock's file opened before a fork that
 #: came before it is taken is not locked, since the child has a copy of it (see _take)
 _forks = 0
@@ -143,12 +150,16 @@ def _prepare(path: str) -> None:
 
 
 def _open(path: str) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    _opening[fd] = path  # (at once: a fork closes it in the child from here on)
+    return fd
 
 
 def _open_folder(path: str) -> int:
     # read-only: nothing is written into the user's folder, and flock needs no more
-    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    _opening[fd] = path
+    return fd
 
 
 def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> Optional[int]:
@@ -176,6 +187,8 @@ def _lock(path: str, dest: str, folder: bool = False, shared: bool = False) -> O
             state, failed = _take(fd, path, how, folder, forks, opened)
         except BaseException:
             if opened[0] is not None:  # interrupted as _take began (CPython checks for signals there)
+                if fd in _opening:
+                    del _opening[fd]
                 os.close(fd)  # not locked yet
             raise
         if state == "forked":
@@ -236,18 +249,24 @@ def _take(fd: int, path: str, how: int, folder: bool, forks: int, opened: List[O
                     _all_fds[fd] = path  # held, or waited for: another thread of this process waits for it too
                     noted = True
                     opened[0] = None
+                    if fd in _opening:
+                        del _opening[fd]
                 return state, None
             finally:
                 if not noted:
                     _all_fds.pop(fd, None)
                     closed = True
                     opened[0] = None
+                    if fd in _opening:
+                        del _opening[fd]
                     os.close(fd)  # the only copy (a fork waits for _fds_lock): its lock, if taken, goes with it
     except BaseException:
         opened[0] = None
         if noted:  # interrupted leaving _fds_lock: let go of it
             _close(fd)
         elif not closed:  # interrupted waiting for _fds_lock: nothing was locked
+            if fd in _opening:
+                del _opening[fd]
             os.close(fd)
         raise
 
@@ -465,6 +484,13 @@ def _after_fork_in_child() -> None:
     for fd in list(_all_fds):
         close_quietly(fd)
     _all_fds.clear()
+    for fd, path in list(_opening.items()):  # opened by a thread the child has not: never locked
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False)):
+                os.close(fd)
+        except OSError:
+            pass  # (closed meanwhile, or its file gone: left as it is)
+    _opening.clear()
     if hasattr(_held, "paths"):
         _held.paths = {}
 
