@@ -102,6 +102,7 @@ from smallpond.io.filesystem import (
     SignatureError,
     atomic_write_bytes,
     create_whole,
+    folder_clock,
     link_or_copy,
     private_key,
     remove_path,
@@ -710,20 +711,30 @@ def clean(path: str, max_bytes: Optional[int] = None, older_than: Optional[float
         if not dry_run:
             cache._remove_entry(folder)
     if not dry_run:
-        _clean_leftovers(cache, now)
+        _clean_leftovers(cache)
     return report
 
 
-def _clean_leftovers(cache: TaskCache, now: float) -> None:
+def _clean_leftovers(cache: TaskCache) -> None:
+    # an hour by the clock that stamps the cache's files (on NFS, the server's), not this host's:
+    # a host whose clock is ahead would take an insertion under way for one that crashed
+    try:
+        fd = os.open(cache.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        now = folder_clock(fd)
+    finally:
+        os.close(fd)
     tmp = os.path.join(cache.path, "tmp")
-    for name in os.listdir(tmp) if os.path.isdir(tmp) else ():
+    for name in os.listdir(tmp) if os.path.isdir(tmp) and now is not None else ():
         p = os.path.join(tmp, name)
         try:
             if now - os.stat(p).st_mtime > 3600:
                 remove_path(p)
         except OSError:
             pass
-    for shard_dir in cache.shards():  # files of insertions that crashed or lost
+    for shard_dir in cache.shards() if now is not None else ():  # files of insertions that crashed or lost
         for p in orphan_files(shard_dir, cache.secret, now):
             _unlink_quietly(p)
     for sub in ("locks", "jobs"):  # claims and announcements of processes that are gone

@@ -502,6 +502,32 @@ def test_clean_removes_files_no_record_names_once_they_are_old(cache, tmp_path, 
     assert cache.lookup("e" * 64) is not None, "the entry's own files stay"
 
 
+@pytest.mark.parametrize("skew", [2 * 3600.0, -2 * 3600.0], ids=["host-ahead", "host-behind"])
+def test_clean_tells_the_age_of_leftovers_by_the_caches_clock_not_this_hosts(cache, tmp_path, monkeypatch, skew):
+    """Leftovers of crashed insertions (files no record names, folders in tmp/) go once an hour old
+    by the clock that stamps the cache's files (on NFS, the server's), not this host's: with this
+    host's clock (time.time) 2 hours ahead, an insertion under way looked old and lost its files;
+    2 hours behind, a crashed insertion's folder 90 minutes old looked young and stayed."""
+    import time
+
+    from smallpond.execution import cache_entries
+
+    ds = write_output(str(tmp_path / "killed"), n=1)
+    young = cache_entries.stored_name(cache.entry_path("a" * 64), "deadbeef", 0, "out-0.parquet")  # linked just now
+    os.makedirs(os.path.dirname(young), exist_ok=True)
+    os.link(ds.resolved_paths[0], young)
+    under_way, crashed = (os.path.join(cache.path, "tmp", name) for name in ("under-way", "crashed"))
+    for path in (under_way, crashed):
+        os.makedirs(path)
+    stamp = os.path.getmtime(crashed) - 90 * 60
+    os.utime(crashed, (stamp, stamp))
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    clean(cache.path, max_bytes=1 << 40, dry_run=False)
+    assert os.path.exists(young) and os.path.exists(under_way), "an insertion under way lost its files"
+    assert not os.path.exists(crashed), "a crashed insertion's folder stayed"
+
+
 def test_open_cache_is_one_object_per_folder_and_a_relative_path_follows_the_current_folder(tmp_path, monkeypatch):
     """A worker asks for its job's cache twice an attempt: an absolute path is looked up as given
     (no normalizing each time) and means the folder it names; a relative one is resolved against
