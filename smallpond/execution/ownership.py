@@ -207,6 +207,9 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
             continue
         except OSError as e:
             raise refuse(f"{top} cannot be looked at ({e.strerror})") from None
+        parent = os.path.dirname(os.path.abspath(top))
+        if not os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
+            raise refuse(f"you cannot remove what {parent} holds (not writable by you), {top} included")
         if not stat.S_ISDIR(st.st_mode):
             continue
         todo = [(top, st)]

@@ -617,7 +617,7 @@ class RuntimeContext:
             except OSError as e:  # (a JobFolderError names the run that holds it)
                 raise JobFolderError(
                     f"cannot remove the folder of job {self.job_root}: nothing was removed, because its job lock "
-                    f"{lock.path} could not be taken ({e.strerror or e}); only whoever can write {self.config_root} can"
+                    f"{lock.path} could not be taken ({e.strerror or e}): run this as a user who can write {self.config_root}"
                 ) from e
 
         try:

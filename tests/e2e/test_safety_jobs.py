@@ -480,7 +480,8 @@ def test_removing_another_users_job_folder_is_refused_naming_it_and_removes_noth
 def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_removal_before_it_starts(tmp_path):
     """A job folder of nobody's own holding a folder of root's (a run under sudo, say): removing it
     as nobody used to remove everything else and leave that folder, saying nothing. Now refused
-    first, naming that folder; nothing goes."""
+    first, naming that folder; nothing goes. Likewise a job folder in a data root nobody cannot
+    change (everything in it went, the folder stayed)."""
     import tempfile
 
     from tests.e2e.safety_helpers import tree
@@ -502,6 +503,12 @@ def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_remova
         assert len(lines) == 2, out
         for line in lines:
             assert " refused: cannot " in line and f"nothing was removed, because {roots} is owned by uid 0 (root)" in line, line
+        assert (snapshot(job), tree(job)) == before
+        os.chown(roots, 65534, 65534)  # all of it nobody's now, but the data root is root's (0755)
+        os.chown(os.path.dirname(job), 0, 0)
+        os.chmod(os.path.dirname(job), 0o755)
+        out = as_nobody(py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup_root")
+        assert f"nothing was removed, because you cannot remove what {os.path.dirname(job)} holds" in out.stdout, out
         assert (snapshot(job), tree(job)) == before
     finally:
         shutil.rmtree(top, ignore_errors=True)
