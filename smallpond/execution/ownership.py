@@ -21,6 +21,10 @@ only if the folder really is that user's, which this module checks before anythi
   process no longer exists or is another process with a reused PID) is taken over, by one process
   only (the stale record is checked again and moved under an flock of ``job.lock.guard``); a lock
   held on another host is never taken over automatically: the message says how to remove it.
+* :func:`refuse_unless_removable`: removing a job folder (or its intermediates) that this user
+  could not remove all of (another user's, a folder in it that is not theirs, a parent they cannot
+  change) is refused before anything goes, naming the folder and what to do;
+  :func:`remove_or_say` names what still could not be removed, instead of passing over it.
 """
 
 from __future__ import annotations

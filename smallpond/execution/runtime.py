@@ -576,7 +576,8 @@ class RuntimeContext:
         the files a published result lists. Refused (:class:`~smallpond.execution.ownership.JobFolderError`)
         while a publication the job began is not finished (its journal is there): its rerun
         finishes it from the committed tasks of ``staging/`` and ``output/`` (a manifest sink
-        publishes a list of their files)."""
+        publishes a list of their files); and, before anything goes, where this user could not
+        remove all of them (another user's job folder)."""
         from smallpond.execution.ownership import refuse_if_publishing, refuse_unless_removable, remove_or_say
 
         refuse_if_publishing(self.layout, "clean up", "", "clean it up")
@@ -591,7 +592,10 @@ class RuntimeContext:
         the folder goes, so no run starts in it meanwhile), or an earlier run began publishing and
         did not finish (its ``config/publication.journal`` is there): removed, that publication
         could never be finished and its destinations would keep a result no record vouches for,
-        so the error names the journal and what to do (as a restart is refused)."""
+        so the error names the journal and what to do (as a restart is refused). Refused as well,
+        before anything goes, where this user could not remove all of it (another user's job
+        folder: :func:`~smallpond.execution.ownership.refuse_unless_removable`); what still could
+        not be removed is named (a :class:`~smallpond.execution.ownership.JobFolderError`)."""
         self._remove_root("")
 
     def _remove_root(self, rerun: str) -> None:
