@@ -85,8 +85,9 @@ def remove_path(path: str, failed: Optional[List[Tuple[str, OSError]]] = None) -
     A tree is removed without following its symlinks (each is removed itself) and without
     entering a mount point in it (:func:`_mount_points_in`): what is mounted there is not the
     engine's, nor is the folder it is mounted on (which stays, with the folders above it).
-    Errors are ignored; ``failed``: they are added to it (what could not be removed, and why),
-    but for a path gone meanwhile and a folder left holding a mount point."""
+    A tree's errors are ignored (a file or link that cannot be removed raises); with ``failed``,
+    neither: they are added to it (what could not be removed, and why), but for a path gone
+    meanwhile and a folder left holding a mount point."""
 
     def note(where: str, e: OSError) -> None:
         # (a folder not empty: what it holds was named, or it holds a mount point)
@@ -96,7 +97,11 @@ def remove_path(path: str, failed: Optional[List[Tuple[str, OSError]]] = None) -
     if os.path.islink(path) or os.path.isfile(path):
         try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
         except OSError as e:
+            if failed is None:
+                raise  # (as ever: only a tree's errors are ignored)
             note(path, e)
     elif os.path.isdir(path):
         mounts = _mount_points_in(os.path.realpath(path))
