@@ -110,7 +110,8 @@ def test_prune_keeps_the_mark_of_a_job_folder_made_again_while_it_ran(tmp_path, 
     def lexists(path):
         found = real_lexists(path)
         if path == os.path.realpath(job) and not rerun:  # prune has read the mark: the rerun, right then
-            rerun.append(_job(data_root, os.path.basename(job), journal=False))
+            rerun.append(job)
+            _job(data_root, os.path.basename(job), journal=False)
             sink_pending.mark(records, job, [str(tmp_path / "new")])
             open(sink_pending.job_journal(job), "wb").close()
         return found
