@@ -88,6 +88,29 @@ def test_engines_agree_on_hash_partitions(parquet_files, make_rt, by_rows):
     assert len({v for v in expected.values()}) == 5  # the data reaches every partition
 
 
+def _writers(exec_plan, node):
+    """Who wrote the partitions' files that hold rows: {"DuckDB"} (the COPY), {"parquet-cpp-arrow"}
+    (pyarrow: the arrow way), by the files' ``created_by``."""
+    return {
+        pq.read_metadata(p).created_by.split()[0]
+        for t in exec_plan.tasks.values()
+        if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask)
+        for p in exec_plan.results[t.key].resolved_paths
+        if "empty" not in p
+    }
+
+
+def _row_groups(exec_plan, node):
+    """{file base name: rows of each of its row groups} of the partitions' files."""
+    out = {}
+    for t in exec_plan.tasks.values():
+        if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask):
+            for p in exec_plan.results[t.key].resolved_paths:
+                md = pq.read_metadata(p)
+                out[os.path.basename(p)] = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    return out
+
+
 def _partition_files(exec_plan, node):
     """The base names of each partition's files."""
     out = {}
@@ -463,11 +486,11 @@ def test_engines_agree_on_float_shuffle_keys(tmp_path, make_rt):
 @_NEEDS_ROUTE
 def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, make_rt, tmp_path, monkeypatch):
     """From ARROW_WRITER_MIN_BYTES of input (here lowered to 1 byte) a default-engine hash partition
-    is written as the arrow engine writes it (one ``{output_filename}-{k}.parquet`` per partition and
-    producer): the same rows in the same partitions as DuckDB's COPY. A column pyarrow would not
-    give DuckDB's type (nanosecond timestamps), or a row group size asked for, keeps DuckDB's COPY
-    (``{k}.{i}`` names). (Without
-    the task cache, which would give the second job the first one's files.)"""
+    is written the arrow way (pyarrow writes the files), under the names DuckDB's COPY gives them
+    (``{output_filename}-{k}.0.parquet``, one per partition and producer): the same rows in the
+    same partitions and files. A column pyarrow would not give DuckDB's type (nanosecond
+    timestamps), or a row group size asked for, keeps DuckDB's COPY. (Without the task cache,
+    which would give the second job the first one's files.)"""
 
     def build(paths, **kw):
         def make(ctx):
@@ -479,17 +502,18 @@ def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, mak
     node = build(parquet_files)(ctx)
     plain_ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
     plain = _partitions(plain_ep, node)
-    assert all(
-        re.fullmatch(r".*-\d+\.\d+\.parquet", n) for names in _partition_files(plain_ep, node) for n in names if "empty" not in n
-    )
+    assert _writers(plain_ep, node) == {"DuckDB"}
+    plain_names = _partition_files(plain_ep, node)
+    assert all(re.fullmatch(r"HashPartitionNode\.\d+-\d+-\d+(\.0|-empty)\.parquet", n) for ns in plain_names for n in ns)
 
     monkeypatch.setenv("SP_TEST_ARROW_WRITER_MIN_BYTES", "1")
     ctx = Context()
     node = build(parquet_files)(ctx)
     ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
     assert [sorted(r["id"] for r in p) for p in _partitions(ep, node)] == [sorted(r["id"] for r in p) for p in plain]
-    names = [n for ns in _partition_files(ep, node) for n in ns]
-    assert names and all(re.fullmatch(r"HashPartitionNode\.\d+-\d+-\d+(-empty)?\.parquet", n) for n in names), names
+    assert _writers(ep, node) == {"parquet-cpp-arrow"}  # the arrow way
+    assert _partition_files(ep, node) == plain_names  # under the COPY's names
+    assert _row_groups(ep, node) == _row_groups(plain_ep, node)  # (an empty partition's placeholder: none)
 
     ns_file = str(tmp_path / "ns.parquet")
     table = pq.read_table(parquet_files[0])
@@ -497,15 +521,13 @@ def test_the_duckdb_engine_writes_a_large_input_the_arrow_way(parquet_files, mak
     ctx = Context()
     node = build([ns_file])(ctx)
     ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
-    names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
-    assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names
+    assert _writers(ep, node) == {"DuckDB"}
 
-    # a row group size asked for is kept by DuckDB's COPY (the arrow writers cut row groups smaller)
+    # a row group size asked for is kept by DuckDB's COPY
     ctx = Context()
     node = build(parquet_files, parquet_row_group_size=4)(ctx)
     ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=2)
-    names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
-    assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names
+    assert _writers(ep, node) == {"DuckDB"}
 
 
 def _done_rows(rt, prefix="HashPartitionTask"):
@@ -547,8 +569,7 @@ def test_the_duckdb_engine_written_the_arrow_way_writes_the_files_its_copy_would
         return ep, node, rt
 
     ep, node, rt = run(4)
-    names = [n for ns in _partition_files(ep, node) for n in ns]
-    assert all(re.fullmatch(r"HashPartitionNode\.\d+-\d+-\d+(-empty)?\.parquet", n) for n in names), names  # the arrow way
+    assert _writers(ep, node) == {"parquet-cpp-arrow"}  # the arrow way
     files = [
         f
         for t in ep.tasks.values()
@@ -567,36 +588,94 @@ def test_the_duckdb_engine_written_the_arrow_way_writes_the_files_its_copy_would
     assert _done_rows(rt) == [60]
 
     ep, node, _ = run(65)
-    names = [n for ns in _partition_files(ep, node) for n in ns if "empty" not in n]
-    assert names and all(re.fullmatch(r".*-\d+\.\d+\.parquet", n) for n in names), names  # DuckDB's COPY
+    assert _writers(ep, node) == {"DuckDB"}
 
 
 @_NEEDS_ROUTE
-def test_the_duckdb_engine_written_the_arrow_way_keeps_to_its_memory_limit(tmp_path, make_rt):
+@pytest.mark.parametrize("skewed", [False, True])
+def test_the_duckdb_engine_written_the_arrow_way_keeps_to_its_memory_limit(tmp_path, make_rt, skewed):
     """Under ``enforce_memory_limit`` a default-engine hash partition of an input larger than its
     memory passes in its first attempt, as DuckDB's COPY does: read through a memory map, every
     page of the input it touched counted in the worker's resident memory (a 620 MB input at 256 MB
     was stopped twice and passed at 1 GB; such a job reads without a map). Here 240 MB of input at
-    128 MB (at the real threshold)."""
+    128 MB (at the real threshold). The row groups are cut at the COPY's ROW_GROUP_SIZE_BYTES
+    (128 MB / (8 x 8 partitions) = 2 MB of 312-byte rows), not at 122,880 rows (300 MB buffered).
+    ``skewed``: one partition takes all rows but one in 1,000, so the others keep a few rows of
+    every batch (never a row group's worth): the batches they are slices of must not all stay in
+    memory (they did, 240 MB, until the buffered rows were copied out of them)."""
     import numpy as np
+
+    from smallpond.execution.ops.duckdb import writer_row_group_bytes
 
     path = str(tmp_path / "big.parquet")
     n = 800_000
     payload = np.random.default_rng(1).integers(0, 256, size=n * 300, dtype=np.uint8)
     offsets = pa.py_buffer(np.arange(0, (n + 1) * 300, 300, dtype=np.int32))
     column = pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(payload)])
-    pq.write_table(pa.table({"k": np.arange(n) % 97, "payload": column}), path, compression="none", row_group_size=122880)
+    keys = np.arange(n) % 97
+    if skewed:
+        keys = np.where(np.arange(n) % 1000 == 0, keys, 0)
+    pq.write_table(pa.table({"k": keys, "payload": column}), path, compression="none", row_group_size=122880)
     ctx = Context()
     node = HashPartitionNode(
         ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 8, ["k"], num_producers=1, memory_limit=128 << 20
     )
     rt = make_rt(task_cache="off", enforce_memory_limit=True)
     ep = run_job(LogicalPlan(ctx, node), rt, num_workers=1)
-    names = [n for ns in _partition_files(ep, node) for n in ns]
-    assert all(re.fullmatch(r"HashPartitionNode\.\d+-\d+-\d+\.parquet", n) for n in names), names  # the arrow way
+    assert _writers(ep, node) == {"parquet-cpp-arrow"}  # the arrow way
     assert _done_rows(rt) == [n]
     with open(os.path.join(rt.log_root, "events.jsonl")) as f:
         assert '"OutOfMemory' not in f.read()
+
+    class _Task:  # (what writer_row_group_bytes asks of a task)
+        memory_limit = 128 << 20
+
+    most = -(-writer_row_group_bytes(_Task(), 8) // 312) + 1  # rows of 8 + 300 + 4 bytes
+    groups = _row_groups(ep, node)
+    assert groups and all(r <= most for rows in groups.values() for r in rows), (most, groups)
+    assert any(len(rows) > 1 for rows in groups.values())
+
+
+@_NEEDS_ROUTE
+def test_the_duckdb_engine_written_the_arrow_way_cuts_the_row_groups_its_copy_would(tmp_path, make_rt, monkeypatch):
+    """The files of the arrow way have the COPY's shape: one ``{output_filename}-{k}.0.parquet`` per
+    partition and producer, row groups of 122,880 rows (the last smaller) holding the COPY's rows,
+    with input row groups (50,000 rows) that end anywhere in them; the same files with 1 and 2
+    workers. (Before, row groups were cut whenever the writers' buffers together reached 32 MB.)"""
+    import hashlib
+
+    import numpy as np
+
+    path = str(tmp_path / "in.parquet")
+    n = 600_000
+    table = pa.table({"id": np.arange(n), "s": pa.array([f"v{i % 1000:04d}" for i in range(n)])})
+    pq.write_table(table, path, row_group_size=50_000)
+
+    def run(route: bool, workers: int = 2):
+        monkeypatch.setenv("SP_TEST_ARROW_WRITER_MIN_BYTES", "1" if route else str(1 << 50))
+        ctx = Context()
+        node = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 2, ["id"], num_producers=2)
+        ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=workers)
+        return ep, node
+
+    copy_ep, copy_node = run(False)
+    ep, node = run(True)
+    assert _writers(copy_ep, copy_node) == {"DuckDB"} and _writers(ep, node) == {"parquet-cpp-arrow"}
+    groups = _row_groups(ep, node)
+    assert groups == _row_groups(copy_ep, copy_node)
+    assert all(rows[:-1] == [122880] * (len(rows) - 1) and 0 < rows[-1] <= 122880 for rows in groups.values()), groups
+    assert sum(len(rows) for rows in groups.values()) == 8, groups  # 4 files of ~150,000 rows
+    assert _partitions(ep, node) == _partitions(copy_ep, copy_node)  # the same rows, in the same order
+
+    def digest(ep, node):
+        return {
+            os.path.basename(p): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for t in ep.tasks.values()
+            if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask)
+            for p in ep.results[t.key].resolved_paths
+        }
+
+    assert digest(*run(True, workers=1)) == digest(ep, node)
 
 
 @pytest.mark.skipif(ARROW_ROUTE, reason="pyarrow 17+ takes the arrow route (the tests above)")

@@ -29,6 +29,7 @@ from smallpond.execution.ops.partition_arrow import (
     _arrow_keeps_types,
     _arrow_row_group_reader,
     _arrow_writes_for_less,
+    _CopyShapedWriters,
     _int64_array,
     _PartitionWriters,
     open_parquet_writer,
@@ -323,7 +324,7 @@ class HashPartitionTask(Task):
         if pre_sql is None and (arrow or _arrow_writes_for_less(node, ds)):
             batches = _arrow_row_group_reader(ds, mapped=not getattr(runtime_ctx, "enforce_memory_limit", False))
             if batches is not None and (arrow or _arrow_keeps_types(batches.schema)):
-                return self._run_arrow(runtime_ctx, ds, batches, output_dir)
+                return self._run_arrow(runtime_ctx, ds, batches, output_dir, copy_shaped=not arrow)
         shareable = not getattr(ds, "udfs", None) and not (pre_sql and sql_may_outlive_task([pre_sql]))
         seeded = self._draws_random(ds) or bool(pre_sql and sql_may_draw_random([pre_sql]))
         conn = open_connection(self, runtime_ctx, memory_overcommit_ratio=1.0, shareable=shareable, seeded=seeded)
@@ -459,7 +460,9 @@ class HashPartitionTask(Task):
             os.rmdir(sub)
         return sorted(files)
 
-    def _run_arrow(self, runtime_ctx, ds: ParquetDataSet, reader, output_dir: str) -> PartitionedDataSet:
+    def _run_arrow(
+        self, runtime_ctx, ds: ParquetDataSet, reader, output_dir: str, copy_shaped: bool = False
+    ) -> PartitionedDataSet:
         """The ``arrow`` engine: stream Arrow batches, split each by partition, append to writers.
 
         DuckDB still computes the partition of each row (over the Arrow batch, zero-copy), so both
@@ -512,7 +515,10 @@ class HashPartitionTask(Task):
         key_sql = f"SELECT {expr} AS k FROM __sp_batch"  # __sp_batch: the batch, registered as a view
         self._current_sql = key_sql
         dir_col = col if _IDENT.fullmatch(col) and not keep else "__sp_partition__"
-        writer = _PartitionWriters(self, output_dir, col, dir_col, n, write_col, min(32 * MB, batch_bytes))
+        if copy_shaped:  # the default engine's files, as its COPY would write them
+            writer = _CopyShapedWriters(self, output_dir, col, dir_col, n, write_col, writer_row_group_bytes(self, n))
+        else:
+            writer = _PartitionWriters(self, output_dir, col, dir_col, n, write_col, min(32 * MB, batch_bytes))
         try:
             for batch in reader.batches(batch_bytes):
                 if batch.num_rows == 0:
@@ -538,12 +544,7 @@ class HashPartitionTask(Task):
                 keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
                 order = np.argsort(keys, kind="stable")
                 counts = np.bincount(keys, minlength=n)
-                body = batch.select(body_names).take(_int64_array(order))
-                start = 0
-                for k in np.flatnonzero(counts):
-                    end = start + int(counts[k])
-                    writer.add(int(k), body.slice(start, end - start))
-                    start = end
+                writer.add_batch(batch.select(body_names).take(_int64_array(order)), counts)
             parts = writer.close()
             self.stats["rows"] = writer.rows
         finally:
@@ -557,7 +558,7 @@ class HashPartitionTask(Task):
                 if write_col:
                     schema = schema.append(pa.field(col, pa.int64()))
             return self._with_placeholders(
-                parts, output_dir, dir_col, self.output_filename, self._arrow_empty_writer(schema, dir_col)
+                parts, output_dir, dir_col, self.output_filename, self._arrow_empty_writer(schema, dir_col, not copy_shaped)
             )
         return PartitionedDataSet([ParquetDataSet.from_files(p) for p in parts])
 
@@ -566,8 +567,9 @@ class HashPartitionTask(Task):
         without DuckDB, exactly as the node's SQL would; None (the default) where only DuckDB can."""
         return None
 
-    def _arrow_empty_writer(self, schema, col: str):
-        """Writes an empty partition's placeholder with pyarrow (the arrow engine's)."""
+    def _arrow_empty_writer(self, schema, col: str, row_group: bool = True):
+        """Writes an empty partition's placeholder with pyarrow (the arrow engine's, with one empty
+        row group; without ``row_group``, none, as DuckDB's COPY writes it)."""
 
         def write_empty(path: str, k: int) -> None:
             from smallpond.io.arrow import empty_table
@@ -576,7 +578,8 @@ class HashPartitionTask(Task):
             md.update({kk.encode(): vv.encode() for kk, vv in self.parquet_kv_metadata(self._partition_kv(k, col)).items()})
             # (the duckdb engine's without an Arrow schema, as its other files: _PartitionWriters)
             with open_parquet_writer(path, schema.with_metadata(md), {}, writes_like_copy(self.node)) as w:
-                w.write_table(empty_table(w.schema))
+                if row_group:
+                    w.write_table(empty_table(w.schema))
 
         return write_empty
 

@@ -8,6 +8,7 @@ partitions' files are written live here.
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Dict, List, Optional
 
@@ -181,7 +182,8 @@ def _int64_array(values):
 
 class _PartitionWriters:
     """Buffers rows per partition and writes ``{prefix}-{k}.parquet`` (``{col}={k}/{prefix}-0.parquet``
-    with ``hive_partitioning``) with pyarrow.
+    with ``hive_partitioning``) with pyarrow: the arrow engine's and ``use_parquet_writer``'s files
+    (upstream's names). :class:`_CopyShapedWriters` writes the default engine's.
 
     A partition's rows are written as a row group once it has ``parquet_row_group_size`` of them;
     when all buffers together pass ``max_buffered`` bytes, every buffer is written out.
@@ -209,6 +211,14 @@ class _PartitionWriters:
         self.paths: List[List[str]] = [[] for _ in range(n)]
         self.schema = None
 
+    def add_batch(self, body, counts) -> None:
+        """Buffer the rows of ``body``, sorted by partition: ``counts[k]`` rows of partition ``k``."""
+        start = 0
+        for k in counts.nonzero()[0]:
+            end = start + int(counts[k])
+            self.add(int(k), body.slice(start, end - start))
+            start = end
+
     def add(self, k: int, table) -> None:
         self.buffers.setdefault(k, []).append(table)
         self.buffered_rows[k] = self.buffered_rows.get(k, 0) + table.num_rows
@@ -220,15 +230,29 @@ class _PartitionWriters:
                 self._flush(j)
 
     def _flush(self, k: int) -> None:
-        import numpy as np
         import pyarrow as pa
 
         tables = self.buffers.pop(k, None)
         if not tables:
             return
         self.buffered_rows.pop(k, None)
-        table = pa.concat_tables(tables)
         self.buffered_bytes -= sum(t.nbytes for t in tables)
+        self._write(k, pa.concat_tables(tables))
+
+    def _path(self, k: int) -> str:
+        """Partition ``k``'s file (made in its hive folder if there is one)."""
+        if self.task.node.hive_partitioning:
+            sub = os.path.join(self.output_dir, f"{self.dir_col}={k}")
+            os.makedirs(sub, exist_ok=True)
+            return os.path.join(sub, f"{self.task.output_filename}-0.parquet")
+        # upstream's flat layout: the partition in the file's name and metadata
+        return os.path.join(self.output_dir, f"{self.task.output_filename}-{k}.parquet")
+
+    def _write(self, k: int, table) -> None:
+        """Append ``table``, rows of partition ``k``, to its file (opened by the first rows): row
+        groups of ``row_group_size`` rows, the last one smaller."""
+        import numpy as np
+
         if self.write_col:
             table = table.append_column(self.col, _int64_array(np.full(table.num_rows, k, dtype=np.int64)))
         w = self.writers.get(k)
@@ -237,12 +261,7 @@ class _PartitionWriters:
                 md = {} if self.like_copy else dict(table.schema.metadata or {})
                 md.update({key.encode(): v.encode() for key, v in self.task.parquet_kv_metadata().items()})
                 self.schema = table.schema.with_metadata(md)
-            if self.task.node.hive_partitioning:
-                sub = os.path.join(self.output_dir, f"{self.dir_col}={k}")
-                os.makedirs(sub, exist_ok=True)
-                path = os.path.join(sub, f"{self.task.output_filename}-0.parquet")
-            else:  # upstream's flat layout: the partition in the file's name and metadata
-                path = os.path.join(self.output_dir, f"{self.task.output_filename}-{k}.parquet")
+            path = self._path(k)
             md = dict(self.schema.metadata)
             kv = self.task.parquet_kv_metadata(self.task._partition_kv(k, self.col))
             md.update({key.encode(): v.encode() for key, v in kv.items()})
@@ -266,3 +285,135 @@ class _PartitionWriters:
             except Exception:
                 pass
         self.writers = {}
+
+
+class _CopyShapedWriters(_PartitionWriters):
+    """The default engine's files written the arrow way, in the shape its partitioned COPY gives
+    them (one thread; measured with DuckDB 2.0.1): partition ``k``'s rows in one file,
+    ``{prefix}-{k}.0.parquet`` (the COPY's ``{i}`` is 0 while it keeps at most 100 files open,
+    :data:`ARROW_WRITER_MAX_PARTITIONS` here), in input order, in row groups of exactly
+    ``row_group_size`` rows (122,880: the COPY closes a row group once it holds that many, and
+    122,880 is a whole number of its 2,048-row vectors), the last one smaller.
+
+    A row group is cut before that once the partition's buffered rows take ``row_group_bytes``
+    (the COPY's ``ROW_GROUP_SIZE_BYTES``, :func:`~smallpond.execution.ops.duckdb.writer_row_group_bytes`:
+    the task's memory / (8 x partitions), between 256 KB and 64 MB) as Arrow counts bytes (a
+    piece of a batch split at its average bytes per row): 122,880 rows of over ~520 bytes, or,
+    under 8 GB of memory into 16 partitions, of fewer bytes (~150 under 2.3 GB). There the row
+    groups differ from the COPY's, which counts a row as DuckDB holds it (measured: 16 bytes a
+    string or blob plus its length past 12, a fixed-width value its width; the benchmark's rows
+    are 151 bytes to DuckDB, ~120 to Arrow), so its groups are the smaller ones. So the buffers
+    together hold at most ``partitions x row_group_bytes`` (1/8 of the memory; 256 KB a partition
+    at least), as the COPY's do.
+
+    Buffered rows are slices of the batch they were sorted in, which stays in memory while any
+    slice of it waits: once the batches (and copies) held pass what the buffers may hold (a rare
+    partition keeps every batch since its last row group: 240 MB of a 240 MB input), the buffered
+    slices are copied out of them and the batches freed. Where groups are cut depends on the
+    input alone (and on the memory, under 8 x 64 MB per partition, as the COPY's), so a rerun
+    writes the same files.
+    """
+
+    def __init__(
+        self, task: Task, output_dir: str, col: str, dir_col: str, n: int, write_col: bool, row_group_bytes: int
+    ) -> None:
+        super().__init__(task, output_dir, col, dir_col, n, write_col, max_buffered=0)
+        self.row_group_bytes = max(1, int(row_group_bytes))
+        #: partition -> [(slice, key of the batch, or copy, it is a slice of)]
+        self.pieces: Dict[int, list] = {}
+        self.piece_rows: Dict[int, int] = {}
+        self.piece_bytes: Dict[int, int] = {}
+        #: batch key -> [its bytes, slices of it buffered]
+        self.batches: Dict[int, list] = {}
+        self.batch_count = 0
+        #: bytes of the batches (and copies) a buffered slice keeps
+        self.held = 0
+        self.max_held = n * self.row_group_bytes
+
+    def _path(self, k: int) -> str:
+        return os.path.join(self.output_dir, f"{self.task.output_filename}-{k}.0.parquet")
+
+    def add_batch(self, body, counts) -> None:
+        self.batch_count += 1
+        key, start, slices = self.batch_count, 0, 0
+        touched = []
+        for k in counts.nonzero()[0]:
+            k, end = int(k), start + int(counts[k])
+            piece = body.slice(start, end - start)
+            self.pieces.setdefault(k, collections.deque()).append((piece, key))
+            self.piece_rows[k] = self.piece_rows.get(k, 0) + piece.num_rows
+            self.piece_bytes[k] = self.piece_bytes.get(k, 0) + piece.nbytes
+            slices += 1
+            touched.append(k)
+            start = end
+        if not slices:
+            return
+        self.batches[key] = [body.nbytes, slices]
+        self.held += body.nbytes
+        for k in touched:
+            while self.piece_rows[k] >= self.row_group_size or self.piece_bytes[k] >= self.row_group_bytes:
+                self._write_group(k)
+        if self.held > self.max_held:
+            self._copy_out()
+
+    def _release(self, key: int) -> None:
+        """One buffered slice of batch ``key`` is gone: the batch is freed with its last one."""
+        entry = self.batches[key]
+        entry[1] -= 1
+        if not entry[1]:
+            self.held -= entry[0]
+            del self.batches[key]
+
+    def _write_group(self, k: int, last: bool = False) -> None:
+        """Write partition ``k``'s next row group: its first ``row_group_size`` rows, or fewer if
+        ``row_group_bytes`` of them come first; ``last``: all it holds."""
+        import pyarrow as pa
+
+        pieces = self.pieces[k]
+        head, rows, size = [], 0, 0
+        while pieces and (last or rows < self.row_group_size and size < self.row_group_bytes):
+            piece, key = pieces[0]
+            take = piece.num_rows if last else self.row_group_size - rows
+            if not last and size + piece.nbytes > self.row_group_bytes:
+                # the rows that reach the bytes, at the piece's bytes per row (so the rows decide)
+                take = min(take, max(1, -(-(self.row_group_bytes - size) * piece.num_rows // piece.nbytes)))
+            if take < piece.num_rows:
+                head.append(piece.slice(0, take))
+                pieces[0] = (piece.slice(take), key)
+                rows += take
+                break
+            head.append(piece)
+            pieces.popleft()
+            self._release(key)
+            rows += piece.num_rows
+            size += piece.nbytes
+        self.piece_rows[k] -= rows
+        self.piece_bytes[k] = sum(p.nbytes for p, _ in pieces)
+        if not pieces:
+            del self.pieces[k]
+        if head:
+            self._write(k, pa.concat_tables(head))
+
+    def _copy_out(self) -> None:
+        """Copy the buffered slices of each partition out of their batches, so the batches are freed."""
+        import pyarrow as pa
+
+        for k, pieces in self.pieces.items():
+            table = pa.concat_tables([p for p, _ in pieces])
+            copy = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in table.columns], schema=table.schema)
+            for _, key in pieces:
+                self._release(key)
+            self.batch_count += 1
+            self.batches[self.batch_count] = [copy.nbytes, 1]
+            self.held += copy.nbytes
+            self.pieces[k] = collections.deque([(copy, self.batch_count)])
+            self.piece_bytes[k] = copy.nbytes
+
+    def close(self) -> List[List[str]]:
+        for k in sorted(self.pieces):
+            self._write_group(k, last=True)
+        return super().close()
+
+    def abort(self) -> None:
+        self.pieces, self.batches = {}, {}
+        super().abort()
