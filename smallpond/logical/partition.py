@@ -200,7 +200,9 @@ class HashPartitionNode(PartitionNode):
         engine_type: ``"duckdb"`` (default, one ``COPY ... PARTITION_BY`` pass) or ``"arrow"``
             (Arrow batches); both assign every row alike. A hash partition of at least 64 MB of
             plain Parquet is written the arrow way by either (a tenth less CPU), one file per
-            partition and producer.
+            partition and producer: the arrow engine's ``{prefix}-{k}.parquet`` (upstream's), the
+            default engine's in its COPY's shape (``{prefix}-{k}.{i}.parquet`` names, row groups
+            of 122,880 rows unless the COPY's byte limit cuts them sooner; see the README).
         num_producers: producer tasks (not in upstream 0.15). Default: one per input partition, or
             :data:`SINGLE_INPUT_PRODUCERS` for a single input partition; never the worker count,
             so the output files are the same on every machine. With fewer producers than input

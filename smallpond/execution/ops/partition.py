@@ -260,7 +260,8 @@ def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]]
 class HashPartitionTask(Task):
     """Route every row of the input to one of ``npartitions`` partitions in one DuckDB pass.
 
-    The files of partition ``k`` are ``{prefix}-{k}.{i}.parquet`` (upstream 0.15's layout), or with
+    The files of partition ``k`` are ``{prefix}-{k}.{i}.parquet`` (upstream 0.15's layout; also
+    where pyarrow writes a large input, in the COPY's shape: :meth:`_run_arrow`), or with
     ``hive_partitioning`` ``{column}={k}/{prefix}-{i}.parquet``; either way each file names its
     partition in its key-value metadata (``SMALLPOND:{column}`` and ``SMALLPOND:{dimension}``), so
     ``ParquetDataSet.load_partitioned_datasets`` finds it wherever the file is moved. Partitions
@@ -472,6 +473,10 @@ class HashPartitionTask(Task):
         partitioned COPY (GraySort records: ~1.0 vs ~2.2 s per 2.6M); on strings hashed by DuckDB
         it is no faster, which is why it is not the default. Rows keep their input order within
         a partition.
+
+        ``copy_shaped``: the default engine's partition sent this way (:func:`_arrow_writes_for_less`),
+        whose files take the shape its COPY would give them (:class:`_CopyShapedWriters`); else
+        upstream's ``{prefix}-{k}.parquet`` (the arrow engine, ``use_parquet_writer``).
         """
         import numpy as np
         import pyarrow as pa
@@ -481,8 +486,9 @@ class HashPartitionTask(Task):
         node = self.node
         n = node.npartitions
         memory = task_memory(self)
-        # batches of ~1/16 of the task's memory (at most 128 MB); written out every 32 MB at most:
-        # buffering more costs more in fresh pages than it saves in row-group overhead
+        # batches of ~1/16 of the task's memory (at most 128 MB); upstream's files are written out
+        # every 32 MB at most (buffering more cost more in fresh pages than it saved in row-group
+        # overhead), the COPY-shaped ones by row group, within the COPY's own byte limit
         batch_bytes = max(1 * MB, min(128 * MB, memory // 16))
         columns = list(reader.schema.names)
         expr, col = self._key_expr(columns)

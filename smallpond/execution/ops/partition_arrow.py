@@ -3,7 +3,9 @@ one Parquet file per partition and producer written by pyarrow (see ``HashPartit
 
 Used by the ``arrow`` engine, by ``use_parquet_writer`` and by the default engine where it costs
 less (:func:`_arrow_writes_for_less`); which inputs may go this way, how they are read and how the
-partitions' files are written live here.
+partitions' files are written live here: upstream's names and row groups for the first two
+(:class:`_PartitionWriters`), the shape of the default engine's own COPY for the last
+(:class:`_CopyShapedWriters`).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def open_parquet_writer(path: str, schema, options: dict, like_copy: bool):
 #: partitions from which the duckdb engine keeps its COPY whatever its input's size: the arrow way
 #: holds a file open per partition for the whole task (1,000 partitions failed with "Too many open
 #: files" under the usual limit of 1,024 descriptors, where DuckDB's COPY keeps at most 100 open),
-#: and its row groups are cut every 32 MB of all partitions together (512 KB apiece at 64)
+#: and buffers up to a row group per partition
 ARROW_WRITER_MAX_PARTITIONS = 64
 
 
@@ -101,9 +103,10 @@ def _arrow_writes_for_less(node, ds) -> bool:
     """Whether the duckdb engine's partition of ``ds`` is written the arrow engine's way: a hash
     partition by keys (not a shuffle, a random one or hive folders) of at least
     :data:`ARROW_WRITER_MIN_BYTES` of Parquet (``SP_TEST_ARROW_WRITER_MIN_BYTES``: tests only).
-    Not when the node asks for a row group size: the arrow writers cut row groups smaller, each
-    time their buffers together reach 32 MB (~20k rows of 100 bytes in 16 partitions); nor into
-    more than :data:`ARROW_WRITER_MAX_PARTITIONS` partitions."""
+    Not when the node asks for a row group size: the COPY rounds it up to a whole number of its
+    2,048-row vectors (100,000 rows: groups of 100,352), which the route (:class:`_CopyShapedWriters`)
+    does for the default 122,880 only; nor into more than :data:`ARROW_WRITER_MAX_PARTITIONS`
+    partitions."""
     if node.random_shuffle or node.shuffle_only or not node.hash_columns or node.hive_partitioning:
         return False
     if getattr(node, "parquet_row_group_size", None) or node.npartitions > ARROW_WRITER_MAX_PARTITIONS:
