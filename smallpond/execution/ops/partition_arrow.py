@@ -303,9 +303,9 @@ class _CopyShapedWriters(_PartitionWriters):
     the task's memory / (8 x partitions), between 256 KB and 64 MB) as Arrow counts bytes (a
     piece of a batch split at its average bytes per row): 122,880 rows of over ~520 bytes, or,
     under 8 GB of memory into 16 partitions, of fewer bytes (~150 under 2.3 GB). There the row
-    groups differ from the COPY's, which counts a row as DuckDB holds it (measured: 16 bytes a
-    string or blob plus its length past 12, a fixed-width value its width; the benchmark's rows
-    are 151 bytes to DuckDB, ~120 to Arrow), so its groups are the smaller ones. So the buffers
+    groups differ from the COPY's, which counts a row as DuckDB holds it (measured: a string or
+    blob 16 bytes plus its length past 12; the benchmark's rows are 151 bytes to DuckDB, ~120 to
+    Arrow), so its groups are the smaller ones. So the buffers
     together hold at most ``partitions x row_group_bytes`` (1/8 of the memory; 256 KB a partition
     at least), as the COPY's do.
 
