@@ -101,7 +101,8 @@ def init(
     ``max_fail_count`` and ``console_log_level`` as for the Driver; ``elastic_threads=True``
     (``SP_ELASTIC_THREADS=1``, Driver ``--elastic_threads``) gives a lone task whose SQL ends in
     ``ORDER BY`` the idle CPUs as DuckDB threads (rows with equal sort keys may then come out in
-    another order, so it is off by default: outputs stay byte-reproducible); ``task_cache_max_bytes``
+    another order, and floating-point aggregates in that SQL may differ, so it is off by default:
+    outputs stay byte-reproducible); ``task_cache_max_bytes``
     (``SP_TASK_CACHE_MAX_BYTES``) bounds the task cache when the session ends (least recently
     used entries go first; see :func:`smallpond.execution.cache.clean`). ``restart=True`` starts the
     job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}-{hex}``

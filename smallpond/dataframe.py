@@ -316,6 +316,14 @@ class DataFrame:
         checked as a filter's condition is, and may not hold a clause of its own outside
         parentheses (``"b limit 1"``): it is refused where it is given.
 
+        Rows with equal keys come out in an order DuckDB chooses: the same on every run with one
+        thread (the default ``cpu_limit``), though not the input's (its sort is not stable), and
+        another with more threads (``cpu_limit``, elastic threads). ``"columns(*)"`` as the last
+        item breaks ties by every column, so the same bytes are written at any thread count
+        (elastic threads, or ``cpu_limit`` with ``per_thread_output=False``), but for rows
+        differing only in a zero's sign, a NaN's bits or an interval's spelling, at 1.3x to 1.85x
+        the sort's CPU.
+
         >>> from smallpond.common import quote_identifier
         >>> df = sp.from_items([{"x{y}": 2}, {"x{y}": 1}])
         >>> df.partial_sort(by=quote_identifier("x{y}") + " desc").take_all()

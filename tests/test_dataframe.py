@@ -496,6 +496,19 @@ def test_partial_sort(sp, files):
         assert t == sorted(t, key=lambda r: (r["b"], -r["a"]))
 
 
+def test_partial_sort_ties_broken_by_every_column(sp):
+    """``"columns(*)"`` as the last item (what partial_sort's docs advise for a total order) orders
+    rows with equal keys by every column, left to right, NULLs last as DuckDB puts them."""
+    rows = [{"k": 1, "a": 2, "s": "y"}, {"k": 0, "a": None, "s": "x"}, {"k": 1, "a": 2, "s": "x"}, {"k": 1, "a": 1, "s": "z"}]
+    got = sp.from_items(rows).partial_sort(["k", "columns(*)"]).take_all()
+    assert got == [
+        {"k": 0, "a": None, "s": "x"},
+        {"k": 1, "a": 1, "s": "z"},
+        {"k": 1, "a": 2, "s": "x"},
+        {"k": 1, "a": 2, "s": "y"},
+    ]
+
+
 def test_limit_is_global(sp, files):
     df = source(sp, files, "parquet").repartition(10)
     assert df.limit(7).count() == 7

@@ -140,7 +140,8 @@ def add_driver_arguments(p: argparse.ArgumentParser) -> None:
         "--elastic_threads",
         action="store_true",
         help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads "
-        "(faster stage tails; rows with equal sort keys may then come out in another order)",
+        "(faster stage tails; rows with equal sort keys may then come out in another order, "
+        "and floating-point aggregates in that SQL may differ)",
     )
     p.add_argument("--fault_inject", "--fault_inject_prob", dest="fault_inject_prob", type=float, default=0.0)
     p.add_argument("--enable_profiling", action="store_true")

@@ -47,8 +47,14 @@ Elastic threads (:func:`elastic_threads`, opt-in: ``elastic_threads=True``): whe
 runnable than CPUs are free, a task whose rows are ordered by its SQL (``Task.may_use_more_threads``:
 the outermost query ends in ORDER BY) is sent with a share of the free CPUs as its threads and
 reserves them; the attempt's copy of the task carries ``threads``, the planned task does not. Off by
-default because rows with equal sort keys may come out in another order with more threads, and
-the number of threads would follow timing: outputs would no longer be byte-reproducible.
+default because rows with equal sort keys may come out in another order with more threads (and
+aggregates computed under the ``ORDER BY``, a floating-point sum or a ``list()``, may differ), and
+the number of threads would follow timing: outputs would no longer be byte-reproducible. Breaking
+ties in the engine's own sorts (``partial_sort``) by every column (``columns(*)``) makes them
+byte-identical at any thread count (rows that differ only in a zero's sign, a NaN's bits or an
+interval's spelling aside), but was measured to cost 1.3x to 1.85x the sort's CPU, more than a
+second thread gives back on two cores, in every sort task, many-task stages included: it stays
+opt-in.
 
 Observers (progress bars, the event log behind the run report, the end-of-job summary) are
 :class:`SchedulerListener` objects: they see every event and never change the state.
@@ -127,7 +133,8 @@ class Scheduler:
             (:meth:`Task.may_use_more_threads`) a share of the idle CPUs when fewer tasks are
             runnable than CPUs are free (:func:`elastic_threads`). None: the runtime context's
             ``elastic_threads`` (off unless the user turns it on: rows with equal sort keys may
-            then come out in another order, so outputs are not byte-reproducible).
+            then come out in another order, and floating-point aggregates may differ, so outputs
+            are not byte-reproducible).
         plan_nodes: the planned nodes (a callable returning them, e.g. the planner's); given, the
             queries of nodes that have not run yet are checked once a run has lasted a moment
             (:mod:`smallpond.execution.plancheck`; ``SP_PLAN_CHECK`` sets when, or turns it off).

@@ -136,7 +136,8 @@ class Task:
 
     def may_use_more_threads(self) -> bool:
         """True if the task's SQL orders its rows, so more DuckDB threads than ``cpu_limit`` change at
-        most the order of rows with equal sort keys; the scheduler may then give it idle CPUs
+        most the order of rows with equal sort keys, and values of aggregates in that SQL (a
+        floating-point sum, the order inside ``list()``); the scheduler may then give it idle CPUs
         (elastic threads, when the job turns them on). False by default."""
         return False
 

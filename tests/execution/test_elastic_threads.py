@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import re
 
 import duckdb
 import pytest
@@ -112,3 +113,46 @@ def test_many_tasks_get_one_thread_each(make_rt, tmp_path):
     # task may find both CPUs free
     assert sum(1 for t in threads.values() if t == 1) >= 7, threads
     assert max(threads.values()) <= 2
+
+
+def _ties(tmp_path, rows=200_000, files=3):
+    """Rows with many equal sort keys (100 values of ``k``, NULLs among them), whole duplicate
+    rows, strings and NULL payloads."""
+    paths = []
+    for i in range(files):
+        path = str(tmp_path / f"ties-{i}.parquet")
+        duckdb.sql(
+            "COPY (SELECT CASE WHEN range % 11 = 0 THEN NULL ELSE hash(range) % 100 END AS k, "
+            "(range % 5000)::INT AS v, CASE WHEN range % 7 = 0 THEN NULL ELSE 's' || (hash(range) % 977) END AS s "
+            f"FROM range({i * rows}, {(i + 1) * rows})) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 50000)"
+        )
+        paths.append(path)
+    return paths
+
+
+def _elastic_starts(data_root):
+    """The ``threads=N (elastic)`` of every attempt started under ``data_root`` (from the logs)."""
+    found = []
+    for path in glob.glob(os.path.join(data_root, "**", "*.log"), recursive=True):
+        with open(path, errors="replace") as f:
+            found += re.findall(r"threads=(\d+) \(elastic\)", f.read())
+    return sorted(int(t) for t in found)
+
+
+def test_ties_broken_by_every_column_write_the_same_bytes_at_any_thread_count(make_rt, data_root, tmp_path):
+    """``order by k, columns(*)`` (what ``partial_sort``'s docs advise for ties) writes the same file
+    with one thread and with four, run after run, though most rows tie on ``k``. Without
+    ``columns(*)`` two threads were measured to write 3 different files in 3 runs (DuckDB 2.0.1)."""
+    paths = _ties(tmp_path)
+    sql = "select * from {0} order by k, columns(*)"
+
+    def digest(files):
+        assert len(files) == 1
+        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
+
+    one = digest(_run(make_rt, paths, sql, 1, cpus=1))
+    assert _elastic_starts(data_root) == []
+    runs = 4
+    digests = [digest(_run(make_rt, paths, sql, 1, cpus=4)) for _ in range(runs)]
+    assert _elastic_starts(data_root) == [4] * runs  # each of those ran with four DuckDB threads
+    assert digests == [one] * runs

@@ -37,6 +37,8 @@ def test_marks():
     assert nondeterminism(one_thread) == [] and nondeterminism(seeded) == [] and nondeterminism(hashed1) == []
     assert "equal sort keys" in nondeterminism(many_ordered)[0]  # ties: DuckDB measured to reorder them
     assert "no final ORDER BY" in nondeterminism(many_unordered)[0]
+    # a float sum or a list() combined from several threads' partial aggregates: measured to vary
+    assert all("aggregates" in nondeterminism(n)[0] for n in (many_ordered, many_unordered))
     assert "per-thread files" in nondeterminism(per_thread)[0]
     assert nondeterminism(clock) == ["its SQL reads the clock"]
     assert "batched_processing" in nondeterminism(batched)[0]

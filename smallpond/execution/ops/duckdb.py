@@ -133,10 +133,13 @@ def has_final_order_by(sql: str) -> bool:
     """True if the outermost query of ``sql`` ends in ``ORDER BY`` (not one inside a subquery or a
     window): its rows come out in the order the query defines, whatever DuckDB's thread count.
 
-    Measured with DuckDB 2.0.1: a ``COPY`` of such a query writes the same bytes with 1 or 2
-    threads when the sort keys are unique; rows with equal keys may come out in another order with
-    more than one thread (the query does not define their order). Any other query (a scan, a
-    filter, an aggregate) may be written with other row-group boundaries or row order.
+    Measured with DuckDB 2.0.1: a ``COPY`` of such a query writes the same bytes with 1, 2 or 4
+    threads when the sort keys are unique and the query only selects, filters and sorts rows
+    (spilling or not); rows with equal keys may come out in another order with more than one
+    thread (the query does not define their order, and one thread's order is not the input's
+    either: DuckDB's sort is not stable). Values an aggregate computes under the ``ORDER BY`` may
+    differ too (a floating-point ``sum``/``avg``, the order inside ``list()``), whatever the keys.
+    Any other query (a scan, a filter, an aggregate) may be written with other row order.
     """
     return bool(_ORDER_BY.search(top_level_text(sql)))
 

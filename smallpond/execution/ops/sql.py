@@ -115,8 +115,9 @@ class SqlEngineTask(Task):
 
     def may_use_more_threads(self) -> bool:
         """Only a final ``ORDER BY`` keeps the row order (up to rows with equal sort keys) whatever the
-        thread count (see :func:`has_final_order_by`); per-thread output files and random numbers
-        would follow it."""
+        thread count (see :func:`has_final_order_by`: values of aggregates under it, a
+        floating-point sum or a ``list()``, may still differ); per-thread output files and random
+        numbers would follow it."""
         node = self.node
         queries = list(node.sql_queries)
         if not queries or not node.materialize_output or (node.per_thread_output and self.cpu_limit > 1):
