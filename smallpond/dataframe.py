@@ -316,10 +316,11 @@ class DataFrame:
         checked as a filter's condition is, and may not hold a clause of its own outside
         parentheses (``"b limit 1"``): it is refused where it is given.
 
-        Rows with equal keys come out in an order DuckDB chooses: the same on every run with one
-        thread (the default ``cpu_limit``), though not the input's (its sort is not stable), and
-        another with more threads (``cpu_limit``, elastic threads). ``"columns(*)"`` as the last
-        item breaks ties by every column, so the same bytes are written at any thread count
+        Rows with equal keys come out in an order DuckDB chooses: not the input's (its sort is not
+        stable), the same on every run with one thread (the default ``cpu_limit``) as long as the
+        task gets the same memory (a sort that spills orders them otherwise), another with more
+        threads (``cpu_limit``, elastic threads). ``"columns(*)"`` as the last item breaks ties by
+        every column, so the same bytes are written with any memory and at any thread count
         (elastic threads, or ``cpu_limit`` with ``per_thread_output=False``), but for rows
         differing only in a zero's sign, a NaN's bits or an interval's spelling, at 1.3x to 1.85x
         the sort's CPU.

@@ -3,8 +3,9 @@
 smallpond makes a plan's outputs reproducible: file names and Parquet metadata name neither the
 job nor the attempt, the random seed is a constant unless the user sets one, the number of
 partition producers is decided by the plan (not the worker count), and a task running DuckDB
-with one thread (the default ``cpu_limit=1``) writes its rows in a defined order. What remains is
-listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
+with one thread (the default ``cpu_limit=1``) writes its rows in a defined order (for the memory
+it gets: see spilling below). What remains is listed here, and :meth:`LogicalPlan.explain_str`
+marks each node it applies to (spilling aside):
 
 * DuckDB with more than one thread (``cpu_limit > 1``, or elastic threads when the job turns them
   on): without a final ``ORDER BY`` row order depends on thread timing, and with one, the order of
@@ -23,6 +24,13 @@ listed here, and :meth:`LogicalPlan.explain_str` marks each node it applies to:
   ``USING SAMPLE 10% (bernoulli, {rand_seed})`` or ``USING SAMPLE bernoulli(10%) REPEATABLE
   ({rand_seed})``. A reservoir sample without a seed follows the task's seed on one thread;
 * ``batched_processing`` without ``memory_limit``: the batches follow the memory the task gets;
+* a DuckDB query that spills, even on one thread: the order of rows with equal sort keys, and of
+  an aggregate's groups, follows the memory limit the task gets (another machine or worker count,
+  a retry with more memory). Measured with DuckDB 2.0.1, one thread: 2M rows with 1000 sort keys
+  wrote one file with 512 MiB to 8 GiB and two others with 256 and 128 MiB; a ``group by`` of
+  500,000 groups, one file with 128 MiB to 8 GiB and another with 64 MiB. Not marked (any query
+  may spill): a node's ``memory_limit`` gives it the same memory everywhere, and ``columns(*)``
+  as a sort's last key (ties broken by every column) wrote one file at all five limits;
 * user Python (Arrow/pandas/script nodes, user-defined partitioning): deterministic exactly when
   the function is. Each attempt seeds Python's ``random`` and NumPy's global generator
   (``np.random.rand()`` and the like) with the task's seed, and the workers smallpond starts get a

@@ -58,11 +58,11 @@ def _input(tmp_path, rows=400_000, files=1):
     return paths
 
 
-def _run(make_rt, paths, sql, npartitions, cpus, elastic=True):
+def _run(make_rt, paths, sql, npartitions, cpus, elastic=True, **node_kwargs):
     ctx = Context()
     src = DataSourceNode(ctx, ParquetDataSet(paths))
     parts = DataSetPartitionNode(ctx, (src,), npartitions=npartitions)
-    node = SqlEngineNode(ctx, (parts,), sql)
+    node = SqlEngineNode(ctx, (parts,), sql, **node_kwargs)
     rt = make_rt(elastic_threads=elastic, task_cache=False)  # each run computes
     ex = LocalExecutor(rt, 2, cpus=cpus)
     ep = run_job(LogicalPlan(ctx, node), rt, executor=ex)
@@ -141,8 +141,10 @@ def _elastic_starts(data_root):
 
 def test_ties_broken_by_every_column_write_the_same_bytes_at_any_thread_count(make_rt, data_root, tmp_path):
     """``order by k, columns(*)`` (what ``partial_sort``'s docs advise for ties) writes the same file
-    with one thread and with four, run after run, though most rows tie on ``k``. Without
-    ``columns(*)`` two threads were measured to write 3 different files in 3 runs (DuckDB 2.0.1)."""
+    with one thread and with four, run after run, and with a memory limit that makes the sort
+    spill, though most rows tie on ``k``. Without ``columns(*)`` two threads were measured to write
+    3 different files in 3 runs, and one thread another file with 57 MiB than with 4 GiB (DuckDB
+    2.0.1)."""
     paths = _ties(tmp_path)
     sql = "select * from {0} order by k, columns(*)"
 
@@ -156,3 +158,4 @@ def test_ties_broken_by_every_column_write_the_same_bytes_at_any_thread_count(ma
     digests = [digest(_run(make_rt, paths, sql, 1, cpus=4)) for _ in range(runs)]
     assert _elastic_starts(data_root) == [4] * runs  # each of those ran with four DuckDB threads
     assert digests == [one] * runs
+    assert digest(_run(make_rt, paths, sql, 1, cpus=1, memory_limit=64 << 20)) == one  # (DuckDB: 57 MiB)
