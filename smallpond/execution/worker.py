@@ -220,13 +220,15 @@ class NodeCache:
         self._blobs: dict = {}
         self._nodes: dict = {}
         self._templates: dict = {}
+        self._unpack_dataset = None
 
     def __contains__(self, key) -> bool:
         return key in self._blobs
 
     def add(self, key, blob: bytes) -> None:
-        from smallpond.execution.executors.base import TEMPLATE_MARK
+        from smallpond.execution.executors.base import TEMPLATE_MARK, unpack_dataset
 
+        self._unpack_dataset = unpack_dataset  # (no import statement per attempt: see inputs)
         if blob[: len(TEMPLATE_MARK)] == TEMPLATE_MARK:
             start = len(TEMPLATE_MARK) + 4
             end = start + int.from_bytes(blob[len(TEMPLATE_MARK) : start], "little")
@@ -243,6 +245,12 @@ class NodeCache:
             if type(node).__module__.startswith("smallpond."):
                 self._nodes[key] = node
         return node
+
+    def inputs(self, packed: list) -> list:
+        """The inputs of an attempt that came with its task's own fields, whose datasets travel
+        packed (:func:`~smallpond.execution.executors.base.pack_dataset`)."""
+        unpack = self._unpack_dataset
+        return [unpack(ds) for ds in packed]
 
     def task(self, key, fields: dict):
         """The task of node ``key`` whose own fields are ``fields`` (see
@@ -265,6 +273,7 @@ def decode_attempt(nodes: NodeCache, node_key, body: bytes) -> tuple:
     task, inputs, attempt, memory = pickle.loads(body)
     if type(task) is dict:  # the task's own fields: the rest is in its node's template
         task = nodes.task(node_key, task)
+        inputs = nodes.inputs(inputs)  # (packed with them: see encode_attempt)
     return task, inputs, attempt, memory
 
 

@@ -83,26 +83,64 @@ def test_a_task_of_a_users_class_travels_whole(make_rt, parquet_files):
     assert type(got) is UsersTask and vars(got) == vars(_as_whole(task, []))
 
 
+def _row_range_input(path: str) -> ParquetDataSet:
+    """A tiny task's input: one row of a file, as a partition by rows hands it over."""
+    from smallpond.io.rowrange import RowRange
+
+    ds = ParquetDataSet([path], root_dir=None)
+    ds._resolved_paths = [path]
+    ds._resolved_row_ranges = [RowRange(path, 44558, 2000, 8, 9)]
+    return ds
+
+
+class UsersDataSet(ParquetDataSet):
+    """A dataset class of the user's: it travels as itself."""
+
+
+def test_an_attempts_datasets_travel_as_plain_values_and_are_rebuilt_whole(make_rt, parquet_files):
+    """The inputs of an attempt that travels as its own fields carry no class reference for a plain
+    ParquetDataSet and its row ranges (each would cost an import look-up on both sides): the
+    worker rebuilds them with every field, the row ranges as RowRange objects; a dataset of
+    another class travels as itself, and the driver's datasets are unchanged."""
+    from smallpond.io.rowrange import RowRange
+
+    task = _python_tasks(make_rt, parquet_files, n=1)[0]
+    plain = _row_range_input(parquet_files[0])
+    users = UsersDataSet([parquet_files[0]], root_dir=None)
+    before = vars(plain).copy()
+    encoder, workers_nodes = TaskEncoder(), NodeCache()
+    key, body = encoder.encode(task, [plain, users, plain], 0, 1 << 20)
+    workers_nodes.add(key, encoder.blobs[key])
+    got = decode_attempt(workers_nodes, key, body)[1]
+    assert [type(ds) for ds in got] == [ParquetDataSet, UsersDataSet, ParquetDataSet]
+    assert vars(got[0]) == vars(plain) == before and vars(got[2]) == vars(plain) and vars(got[1]) == vars(users)
+    assert [type(r) for r in got[0]._resolved_row_ranges] == [RowRange] and got[0].resolved_row_ranges[0].begin == 8
+    assert [type(r) for r in plain._resolved_row_ranges] == [RowRange]
+    alone = encoder.encode(task, [plain], 0, 1 << 20)[1]
+    assert b"ParquetDataSet" not in alone and b"RowRange" not in alone
+
+
 def test_an_outcome_travels_back_as_a_plain_tuple_and_is_rebuilt_whole():
     """A local worker sends a Completion back as :meth:`Completion.to_wire` (no class reference
-    to look up on either side); ``Completion(*wire)`` is the same outcome, every field kept."""
+    to look up on either side, its dataset's neither); :meth:`Completion.from_wire` is the same
+    outcome, every field kept."""
     from dataclasses import fields
 
     from smallpond.errors import TaskError
     from smallpond.execution.executors.base import Completion
 
     done = Completion(
-        "PythonScriptTask-000007", 2, True, ParquetDataSet(["/a/0.parquet"]), None, 0.5, "local-1", 1.7e9, {"rows": 3}
+        "PythonScriptTask-000007", 2, True, _row_range_input("/a/0.parquet"), None, 0.5, "local-1", 1.7e9, {"rows": 3}
     )
     failed = Completion("PythonScriptTask-000008", 1, False, None, TaskError("boom", task_key="k"), 0.25, "local-0", 2.0)
     for outcome in (done, failed):
         payload = pickle.dumps(outcome.to_wire(), protocol=pickle.HIGHEST_PROTOCOL)
-        assert b"Completion" not in payload
-        back = Completion(*pickle.loads(payload))
+        assert b"Completion" not in payload and b"DataSet" not in payload
+        back = Completion.from_wire(pickle.loads(payload))
         for f in fields(Completion):
             mine, theirs = getattr(outcome, f.name), getattr(back, f.name)
             if f.name == "dataset" and mine is not None:
-                mine, theirs = mine.paths, theirs.paths
+                mine, theirs = (type(mine), vars(mine)), (type(theirs), vars(theirs))
             elif f.name == "error" and mine is not None:
                 mine, theirs = (type(mine), str(mine)), (type(theirs), str(theirs))
             assert mine == theirs, f.name

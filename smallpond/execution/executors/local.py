@@ -517,7 +517,7 @@ class LocalExecutor(Executor):
         except (EOFError, OSError):
             return False
         if type(got) is tuple:  # a worker sends an outcome as Completion.to_wire()
-            got = Completion(*got)
+            got = Completion.from_wire(got)
         head = _pop_entry(w.inflight, got.key, got.attempt)
         w.head_since = time.monotonic()
         if head is not None:
