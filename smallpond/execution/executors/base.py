@@ -124,7 +124,9 @@ def pack_dataset(ds):
     as itself. Pickled, each class a message names costs its writer an import look-up (~10k
     instructions) and its reader another (~5k), and an object more than a tuple: an attempt of a
     tiny task over a row range (a ParquetDataSet and a RowRange in, a ParquetDataSet out) cost
-    ~35k instructions more both ways (callgrind, hunt-s41/tiny41/inp_micro.py)."""
+    ~47k instructions more, driver and worker together (callgrind, hunt-s41/tiny41/wire_micro.py).
+    The driver and its workers run the same code (as for task templates): a queue executor of
+    another smallpond version cannot read these attempts."""
     if type(ds) is not ParquetDataSet:
         return ds
     state = ds.__dict__
