@@ -366,7 +366,8 @@ def folder_clock(folder: int) -> Optional[float]:
     """The time now by the clock that stamps the files of ``folder`` (a descriptor): the
     modification time of a file written there (and removed). On NFS that is the server's clock,
     not this host's, so an age measured against it is right however far this host's clock is
-    off. None where no file can be made there."""
+    off. None where no file can be made there (a full disk stops only the write: the file's
+    times are set instead, as ``touch`` does, by the same clock)."""
     name = f".clock-probe-{unique_suffix()}"
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=folder)
@@ -374,11 +375,14 @@ def folder_clock(folder: int) -> Optional[float]:
         return None
     try:
         try:
-            # written and closed, then looked at: the write's time is the server's (NFS sends the
-            # data at the close at the latest), whatever the create did with the times
-            os.write(fd, b"0")
-        finally:
-            os.close(fd)
+            try:
+                # written and closed, then looked at: the write's time is the server's (NFS sends the
+                # data at the close at the latest), whatever the create did with the times
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        except OSError:  # a full disk or quota (when clean is run most): its times set to now by that clock
+            os.utime(name, dir_fd=folder, follow_symlinks=False)
         return os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime
     except OSError:
         return None

@@ -183,6 +183,38 @@ def test_an_abandoned_temp_files_age_is_told_by_its_folders_clock_not_this_hosts
     assert os.listdir(folder) == [fresh.name] and fresh.read_bytes() == b"half"
 
 
+def test_abandoned_temp_files_go_on_a_full_disk_too(tmp_path, monkeypatch):
+    """A full disk (or quota) is when ``smallpond clean`` is run most: the clock probe's one-byte
+    write fails there (a real full tmpfs: ENOSPC), and folder_clock read no clock, so nothing was
+    removed, the abandoned temp files that fill the disk included. Now the probe's times are set
+    instead (by the same clock, as ``touch`` does); it goes all the same, and a fresh file stays."""
+    import errno
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+    fresh, abandoned = folder / ".a.json.tmp-0123456789ab", folder / ".b.json.tmp-0123456789ab"
+    for path in (fresh, abandoned):
+        path.write_bytes(b"half")
+    stamp = os.path.getmtime(fresh) - 90 * 60
+    os.utime(abandoned, (stamp, stamp))
+    real_write = os.write
+
+    def full_disk(fd, data):  # (the probe's write only: pytest writes too)
+        if ".clock-probe-" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_disk)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        removed = remove_abandoned_temps(fd, lambda name: name.endswith(".json"))
+    finally:
+        os.close(fd)
+        monkeypatch.undo()
+    assert removed == [abandoned.name]
+    assert os.listdir(folder) == [fresh.name], "a file was left, or the fresh one removed"
+
+
 def test_a_held_atomic_write_holds_its_temp_file_locked_until_it_has_its_name(tmp_path, monkeypatch):
     """``hold``: the temp file is locked from its creation to its rename (so remove_abandoned_temps
     never removes it while it is written, however long that takes); the data is whole at the rename."""
