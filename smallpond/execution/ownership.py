@@ -238,13 +238,15 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
                     todo.append((e.path, sub))
 
 
-def remove_or_say(layout, action: str, path: str) -> None:
-    """Remove ``path`` (the job's folder, or one in it); a :class:`JobFolderError` naming the first
-    file or folder that could not be removed (and how many more) if anything could not."""
+def remove_or_say(layout, action: str, paths) -> None:
+    """Remove each of ``paths`` (the job's folder, or folders in it), all of them whatever one of
+    them left; then a :class:`JobFolderError` naming the first file or folder that could not be
+    removed (and how many more) if anything could not."""
     from smallpond.io.filesystem import remove_path
 
     failed: list = []
-    remove_path(path, failed)
+    for path in paths:
+        remove_path(path, failed)
     if failed:
         (where, first), more = failed[0], f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise JobFolderError(

@@ -583,8 +583,7 @@ class RuntimeContext:
         refuse_if_publishing(self.layout, "clean up", "", "clean it up")
         folders = [self.queue_root, self.temp_root, self.staging_root] + ([self.output_root] if remove_output_root else [])
         refuse_unless_removable(self.layout, "clean up", folders)  # (another user's job: a clear refusal, nothing removed)
-        for d in folders:
-            remove_or_say(self.layout, "clean up", d)
+        remove_or_say(self.layout, "clean up", folders)  # (all of them, whatever one of them left)
 
     def cleanup_root(self) -> None:
         """Remove the whole job folder, unless a run of the job holds its job lock (a
@@ -632,7 +631,7 @@ class RuntimeContext:
             if lock is not None and not lock.held:
                 take()  # held while the folder goes: no run starts in it meanwhile
                 refuse_if_publishing(self.layout, "remove the folder of", rerun, "remove its folder")
-            remove_or_say(self.layout, "remove the folder of", self.job_root)
+            remove_or_say(self.layout, "remove the folder of", [self.job_root])
         finally:
             if lock is not None:
                 lock.release()  # (gone with the folder, unless the removal stopped short)

@@ -551,3 +551,28 @@ def test_a_file_that_could_not_be_removed_is_named(tmp_path):
         subprocess.run(["chattr", "-i", stuck])
     runtime().cleanup_root()
     assert not os.path.lexists(rt.job_root)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("chattr") is None, reason="needs root and chattr (an immutable file)")
+def test_cleanup_removes_every_folder_a_file_that_could_not_be_removed_left_and_then_names_it(tmp_path):
+    """``cleanup()`` with a file it cannot remove in ``queue/`` (its first folder): it stopped
+    there, saying "What could be removed is gone" while ``temp/``, ``staging/`` and ``output/``
+    (a job's largest files) were not even tried. Now each folder goes, then the error names the file."""
+    from smallpond.execution.runtime import JobId, RuntimeContext
+
+    rt = RuntimeContext(JobId(hex="0" * 32), __import__("datetime").datetime(2026, 1, 2, 3, 4, 5), str(tmp_path / "root"))
+    rt.initialize()
+    stuck = os.path.join(rt.queue_root, "stuck")
+    open(stuck, "wb").close()
+    open(os.path.join(rt.output_root, "part-0.parquet"), "wb").close()
+    if subprocess.run(["chattr", "+i", stuck], capture_output=True).returncode != 0:
+        pytest.skip("this filesystem has no immutable files")
+    try:
+        with pytest.raises(
+            JobFolderError, match=f"could not clean up job {rt.job_root} completely: {stuck} could not be removed"
+        ):
+            rt.cleanup()
+    finally:
+        subprocess.run(["chattr", "-i", stuck])
+    assert os.listdir(rt.queue_root) == ["stuck"]
+    assert [d for d in (rt.temp_root, rt.staging_root, rt.output_root) if os.path.lexists(d)] == [], "not tried"
