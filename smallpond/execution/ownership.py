@@ -189,9 +189,12 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
     """Raise :class:`JobFolderError` before anything is removed if this process could not remove
     all of ``paths`` (the job's folder, or folders in it): one of them, or a folder in them, is
     another user's or not open to its owner (checked folder by folder, not following a link nor
-    entering another filesystem: :func:`~smallpond.io.filesystem.remove_path` removes a link
-    itself and leaves a mount point). The message names the folder and what to do; files are not
-    looked at (a folder that may be changed lets go of any file in it)."""
+    entering a mount point: :func:`~smallpond.io.filesystem.remove_path` removes a link itself and
+    leaves a mount point, :func:`~smallpond.io.filesystem.mount_points_in`). The message names the
+    folder and what to do; files are not looked at (a folder that may be changed lets go of any
+    file in it)."""
+    from smallpond.io.filesystem import mount_points_in
+
     if os.geteuid() == 0:
         return  # (root may remove anything here; where it may not, as on NFS, remove_or_say says so)
 
@@ -216,9 +219,12 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
             raise refuse(f"you cannot remove what {parent} holds (not writable by you), {top} included")
         if not stat.S_ISDIR(st.st_mode):
             continue
-        todo = [(top, st)]
+        # what remove_path leaves: the mount points in it, by the mount table (a bind mount of the
+        # same filesystem included), else by a change of device
+        mounts = mount_points_in(os.path.realpath(top))
+        todo = [(top, os.path.realpath(top), st)]
         while todo:
-            path, st = todo.pop()
+            path, real, st = todo.pop()
             why = _not_removable(path, st)
             if why is not None:
                 raise refuse(why)
@@ -234,8 +240,8 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
                     sub = e.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if sub.st_dev == st.st_dev:
-                    todo.append((e.path, sub))
+                if (os.path.join(real, e.name) not in mounts) if mounts is not None else sub.st_dev == st.st_dev:
+                    todo.append((e.path, os.path.join(real, e.name), sub))
 
 
 def remove_or_say(layout, action: str, paths) -> None:

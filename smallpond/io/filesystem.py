@@ -83,7 +83,7 @@ def remove_path(path: str, failed: Optional[List[Tuple[str, OSError]]] = None) -
     """Remove a file, a symlink or a directory tree. A missing path is a no-op.
 
     A tree is removed without following its symlinks (each is removed itself) and without
-    entering a mount point in it (:func:`_mount_points_in`): what is mounted there is not the
+    entering a mount point in it (:func:`mount_points_in`): what is mounted there is not the
     engine's, nor is the folder it is mounted on (which stays, with the folders above it).
     A tree's errors are ignored (a file or link that cannot be removed raises); with ``failed``,
     neither: they are added to it (what could not be removed, and why), but for a path gone
@@ -104,7 +104,7 @@ def remove_path(path: str, failed: Optional[List[Tuple[str, OSError]]] = None) -
                 raise  # (as ever: only a tree's errors are ignored)
             note(path, e)
     elif os.path.isdir(path):
-        mounts = _mount_points_in(os.path.realpath(path))
+        mounts = mount_points_in(os.path.realpath(path))
         if mounts is not None and not mounts:  # (the usual case: none)
             if sys.version_info >= (3, 12):  # (onerror is deprecated there)
                 shutil.rmtree(path, onexc=lambda func, where, e: note(where, e))
@@ -129,7 +129,7 @@ def _unescape_mount(field: str) -> str:
     return "".join(out)
 
 
-def _mount_points_in(folder: str) -> Optional[set]:
+def mount_points_in(folder: str) -> Optional[set]:
     """The mount points strictly inside ``folder`` (a real path): an empty set where there are
     none; None where the mount table cannot be read (not Linux), so each folder is asked
     (``os.path.ismount``, which does not see a bind mount of the same filesystem)."""
@@ -197,7 +197,7 @@ def remove_tree_written_into(path: str, passes: int = 5) -> None:
     target = path
     aside = os.path.join(parent, f"{name}.removing-{unique_suffix()}")
     try:
-        if _mount_points_in(os.path.realpath(path)) == set():  # (a mount inside would move with it)
+        if mount_points_in(os.path.realpath(path)) == set():  # (a mount inside would move with it)
             os.rename(path, aside)
             target = aside
     except FileNotFoundError:

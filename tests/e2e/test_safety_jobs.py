@@ -576,3 +576,46 @@ def test_cleanup_removes_every_folder_a_file_that_could_not_be_removed_left_and_
         subprocess.run(["chattr", "-i", stuck])
     assert os.listdir(rt.queue_root) == ["stuck"]
     assert [d for d in (rt.temp_root, rt.staging_root, rt.output_root) if os.path.lexists(d)] == [], "not tried"
+
+
+def test_a_bind_mount_in_ones_own_job_folder_does_not_stop_its_removal(tmp_path):
+    """A folder of root's bind-mounted into nobody's job folder (same filesystem, so the same
+    device number): remove_path leaves a mount point and what is mounted there, but the check
+    before it went into it by device number, found root's folder and refused a removal that
+    would have worked. Now both tell a mount point by the mount table: the job's own files go,
+    the mounted folder and its file stay."""
+    import shlex
+    import tempfile
+
+    from tests.e2e.test_shared_data_root import AS_NOBODY, _nobody_python
+
+    py, env = _nobody_python()
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode:
+        pytest.skip("needs unshare --mount (a bind mount of its own)")
+    top = tempfile.mkdtemp(prefix="smallpond-other-user-")
+    try:
+        os.chmod(top, 0o755)
+        job = _job_folder_in_shared_root(top)
+        for d, dirs, files in os.walk(os.path.dirname(job)):
+            for name in [d] + [os.path.join(d, n) for n in dirs + files]:
+                os.chown(name, 65534, 65534)
+        roots = os.path.join(top, "roots")  # root's, same filesystem
+        os.makedirs(roots)
+        open(os.path.join(roots, "keep"), "wb").write(b"root's")
+        point = os.path.join(job, "staging", "mounted")
+        os.mkdir(point)
+        os.chown(point, 65534, 65534)
+        nobody = [*AS_NOBODY, py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup"]
+        script = shlex.join(["mount", "--bind", roots, point]) + " && " + shlex.join(nobody)
+        out = subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd="/",
+        )
+        assert out.stdout.strip() == "cleanup done", out
+        assert not os.path.exists(os.path.join(job, "staging", "SqlEngineTask.1")), "the job's own files stayed"
+        assert open(os.path.join(roots, "keep"), "rb").read() == b"root's"
+    finally:
+        shutil.rmtree(top, ignore_errors=True)

@@ -536,13 +536,13 @@ def test_a_tree_is_removed_around_the_mount_points_in_it(tmp_path, monkeypatch):
     (mount / "mounted.txt").write_text("not the engine's")
     (mount / "sub").mkdir()
     real_mount = os.path.realpath(mount)
-    monkeypatch.setattr(filesystem, "_mount_points_in", lambda folder: {real_mount} if real_mount.startswith(folder) else set())
+    monkeypatch.setattr(filesystem, "mount_points_in", lambda folder: {real_mount} if real_mount.startswith(folder) else set())
     remove_tree_written_into(str(queue))
     assert (mount / "mounted.txt").read_text() == "not the engine's" and (mount / "sub").is_dir()
     assert sorted(os.listdir(queue)) == ["deep"] and os.listdir(queue / "deep") == ["m"]  # only what holds the mount stays
     assert (user / "theirs.txt").read_text() == "theirs" and (user / "empty").is_dir()  # the symlink was not followed
     # where the mount table cannot be read, each folder is asked
-    monkeypatch.setattr(filesystem, "_mount_points_in", lambda folder: None)
+    monkeypatch.setattr(filesystem, "mount_points_in", lambda folder: None)
     monkeypatch.setattr(os.path, "ismount", lambda p: os.path.realpath(p) == real_mount)
     (queue / "again.txt").write_text("x")
     remove_path(str(queue))
