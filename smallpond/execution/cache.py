@@ -105,6 +105,7 @@ from smallpond.io.filesystem import (
     folder_clock,
     link_or_copy,
     private_key,
+    remove_abandoned_temps,
     remove_path,
     signed_bytes,
     unique_suffix,
@@ -724,6 +725,7 @@ def _clean_leftovers(cache: TaskCache) -> None:
         return
     try:
         now = folder_clock(fd)
+        remove_abandoned_temps(fd, lambda name: False)  # (none but a clock probe a killed clean left)
     finally:
         os.close(fd)
     tmp = os.path.join(cache.path, "tmp")

@@ -528,6 +528,22 @@ def test_clean_tells_the_age_of_leftovers_by_the_caches_clock_not_this_hosts(cac
     assert not os.path.exists(crashed), "a crashed insertion's folder stayed"
 
 
+def test_clean_removes_a_clock_probe_a_killed_clean_left_in_the_cache_folder(cache):
+    """``cache clean`` reads the cache's clock with a probe file it makes in the cache folder and
+    removes; one that a clean killed meanwhile left stayed there for ever (nothing else looks at
+    that folder's files). Now it goes once an hour old, as in the folders of marks and records;
+    a young one (another clean's, under way) and a file of another name stay."""
+    old, young, other = (os.path.join(cache.path, n) for n in (".clock-probe-0123abc", ".clock-probe-4567def", ".clock-probe-x"))
+    for path in (old, young, other):
+        open(path, "wb").close()
+    stamp = os.path.getmtime(young) - 2 * 3600
+    for path in (old, other):
+        os.utime(path, (stamp, stamp))
+    clean(cache.path, max_bytes=1 << 40, dry_run=False)
+    assert not os.path.exists(old), "a killed clean's probe stayed"
+    assert os.path.exists(young) and os.path.exists(other)
+
+
 def test_open_cache_is_one_object_per_folder_and_a_relative_path_follows_the_current_folder(tmp_path, monkeypatch):
     """A worker asks for its job's cache twice an attempt: an absolute path is looked up as given
     (no normalizing each time) and means the folder it names; a relative one is resolved against
