@@ -185,6 +185,13 @@ def _not_removable(path: str, st: os.stat_result) -> Optional[str]:
     return None
 
 
+def _owner_of(path: str) -> str:
+    try:
+        return f"its owner: {describe_owner(os.stat(path).st_uid)}"
+    except OSError as e:
+        return f"its owner cannot be told: {e.strerror}"
+
+
 def refuse_unless_removable(layout, action: str, paths) -> None:
     """Raise :class:`JobFolderError` before anything is removed if this process could not remove
     all of ``paths`` (the job's folder, or folders in it): one of them, or a folder in them, is
@@ -216,7 +223,10 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
             raise refuse(f"{top} cannot be looked at ({e.strerror})") from None
         parent = os.path.dirname(os.path.abspath(top))
         if not os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
-            raise refuse(f"you cannot remove what {parent} holds (not writable by you), {top} included")
+            raise refuse(
+                f"you cannot remove what {parent} holds (not writable by you), {top} included: run this as a user "
+                f"who can change {parent} ({_owner_of(parent)}), or have them remove it"
+            )
         if not stat.S_ISDIR(st.st_mode):
             continue
         # what remove_path leaves: the mount points in it, by the mount table (a bind mount of the

@@ -509,6 +509,7 @@ def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_remova
         os.chmod(os.path.dirname(job), 0o755)
         out = as_nobody(py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup_root")
         assert f"nothing was removed, because you cannot remove what {os.path.dirname(job)} holds" in out.stdout, out
+        assert f"run this as a user who can change {os.path.dirname(job)} (its owner: uid 0 (root))" in out.stdout, out
         assert (snapshot(job), tree(job)) == before
     finally:
         shutil.rmtree(top, ignore_errors=True)
