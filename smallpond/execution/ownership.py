@@ -214,6 +214,8 @@ def refuse_unless_removable(layout, action: str, paths) -> None:
             raise refuse(_not_removable(layout.job_root, st))
     except FileNotFoundError:
         return
+    except OSError as e:  # (a data root closed to this user: nothing of it can be removed)
+        raise refuse(f"{layout.job_root} cannot be looked at ({e.strerror}): run this as its owner") from None
     for top in paths:
         try:
             st = os.lstat(top)

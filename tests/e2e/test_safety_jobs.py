@@ -620,3 +620,27 @@ def test_a_bind_mount_in_ones_own_job_folder_does_not_stop_its_removal(tmp_path)
         assert open(os.path.join(roots, "keep"), "rb").read() == b"root's"
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_removing_a_job_folder_in_a_data_root_closed_to_one_is_refused_naming_it(tmp_path):
+    """``cleanup_root()`` and ``cleanup()`` run by nobody on a job of a data root of root's (0700):
+    before refuse_unless_removable they did nothing and said nothing; with it, a bare
+    PermissionError. Now a refusal naming the job folder, that nothing was removed and what to do."""
+    import tempfile
+
+    from tests.e2e.test_shared_data_root import _nobody_python, as_nobody
+
+    py = _nobody_python()
+    top = tempfile.mkdtemp(prefix="smallpond-other-user-")
+    try:
+        os.chmod(top, 0o755)
+        job = _job_folder_in_shared_root(top)
+        os.chmod(os.path.dirname(job), 0o700)
+        out = as_nobody(py, "-c", REMOVE_AS_ANOTHER_USER, os.path.dirname(job), "cleanup_root", "cleanup")
+        lines = out.stdout.splitlines()
+        assert len(lines) == 2, out
+        for line in lines:
+            assert " refused: cannot " in line and f"nothing was removed, because {job} cannot be looked at" in line, line
+        assert os.path.isdir(os.path.join(job, "staging", "SqlEngineTask.1"))
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
