@@ -357,8 +357,7 @@ _NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOS
 _TEMP_NAME = re.compile(r"\.(.+)\.tmp-[0-9a-f]{12}")
 #: the file :func:`folder_clock` makes (and removes) to read a folder's clock; a killed cleaner's goes later
 _CLOCK_PROBE = re.compile(r"\.clock-probe-[0-9a-f]+")
-#: how long a temp file of :func:`atomic_write_bytes` must be untouched before
-#: :func:`remove_abandoned_temps` may take it for a killed writer's (by its folder's clock)
+#: how long a temp file of :func:`atomic_write_bytes` must be untouched (by its folder's clock) to be taken for a killed writer's
 ABANDONED_TEMP_AGE = 3600.0
 
 
@@ -366,22 +365,24 @@ def folder_clock(folder: int) -> Optional[float]:
     """The time now by the clock that stamps the files of ``folder`` (a descriptor): the
     modification time of a file written there (and removed). On NFS that is the server's clock,
     not this host's, so an age measured against it is right however far this host's clock is
-    off. None where no file can be made there (a full disk stops only the write: the file's
-    times are set instead, as ``touch`` does, by the same clock)."""
+    off (whatever the create did with the times). On a full disk or quota (when clean is run most)
+    the file's times, or where no file can be made the folder's, are set instead, as ``touch``
+    does, by that clock. None where neither can."""
     name = f".clock-probe-{unique_suffix()}"
     try:
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0), 0o600, dir_fd=folder)
-    except OSError:
-        return None
+    except OSError as e:  # (no inode nor quota left for it: the folder's times)
+        try:
+            return os.utime(folder) or os.fstat(folder).st_mtime if e.errno in (errno.ENOSPC, errno.EDQUOT) else None
+        except OSError:
+            return None
     try:
         try:
             try:
-                # written and closed, then looked at: the write's time is the server's (NFS sends the
-                # data at the close at the latest), whatever the create did with the times
-                os.write(fd, b"0")
+                os.write(fd, b"0")  # closed, then looked at: the server's time (NFS sends it at the close at the latest)
             finally:
                 os.close(fd)
-        except OSError:  # a full disk or quota (when clean is run most): its times set to now by that clock
+        except OSError:  # a full disk or quota: its times set to now by that clock
             os.utime(name, dir_fd=folder, follow_symlinks=False)
         return os.stat(name, dir_fd=folder, follow_symlinks=False).st_mtime
     except OSError:

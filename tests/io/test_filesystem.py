@@ -187,7 +187,8 @@ def test_abandoned_temp_files_go_on_a_full_disk_too(tmp_path, monkeypatch):
     """A full disk (or quota) is when ``smallpond clean`` is run most: the clock probe's one-byte
     write fails there (a real full tmpfs: ENOSPC), and folder_clock read no clock, so nothing was
     removed, the abandoned temp files that fill the disk included. Now the probe's times are set
-    instead (by the same clock, as ``touch`` does); it goes all the same, and a fresh file stays."""
+    instead (by the same clock, as ``touch`` does), or the folder's where no probe can be made (no
+    inode or inode quota left); the probe goes all the same, and a fresh file stays."""
     import errno
 
     folder = tmp_path / "records"
@@ -204,15 +205,27 @@ def test_abandoned_temp_files_go_on_a_full_disk_too(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 
-    monkeypatch.setattr(os, "write", full_disk)
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        removed = remove_abandoned_temps(fd, lambda name: name.endswith(".json"))
-    finally:
-        os.close(fd)
-        monkeypatch.undo()
-    assert removed == [abandoned.name]
-    assert os.listdir(folder) == [fresh.name], "a file was left, or the fresh one removed"
+    real_open = os.open
+
+    def no_inodes(path, flags, *args, **kwargs):  # (a full table of inodes, or an inode quota)
+        if str(path).startswith(".clock-probe-"):
+            raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+        return real_open(path, flags, *args, **kwargs)
+
+    for name, fake in (("write", full_disk), ("open", no_inodes)):
+        if not fresh.exists():
+            fresh.write_bytes(b"half")
+        abandoned.write_bytes(b"half")
+        os.utime(abandoned, (stamp, stamp))
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        monkeypatch.setattr(os, name, fake)
+        try:
+            removed = remove_abandoned_temps(fd, lambda name: name.endswith(".json"))
+        finally:
+            monkeypatch.undo()
+            os.close(fd)
+        assert removed == [abandoned.name], name
+        assert os.listdir(folder) == [fresh.name], f"{name}: a file was left, or the fresh one removed"
 
 
 def test_a_held_atomic_write_holds_its_temp_file_locked_until_it_has_its_name(tmp_path, monkeypatch):
