@@ -98,6 +98,23 @@ def user_call_site() -> str:
         del frame
 
 
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes ``warnings.warn``, called by the caller of this function,
+    point at the innermost frame outside the smallpond package (the user's line)."""
+    frame = inspect.currentframe()
+    level = 0  # this function's frame; ``stacklevel=1`` is the frame calling ``warnings.warn``
+    try:
+        while frame is not None:
+            fname = os.path.abspath(frame.f_code.co_filename)
+            if level > 0 and not fname.startswith(_PKG_DIR + os.sep) and "importlib" not in fname:
+                return level
+            frame = frame.f_back
+            level += 1
+        return 2
+    finally:
+        del frame
+
+
 def created_at(what: str, location) -> str:
     """``{what} created at {location}``: how every message names a node (its label, or its class
     before it exists) and the user's line that created it."""

@@ -19,6 +19,7 @@ import hashlib
 import os
 import random
 import re
+import warnings
 from typing import Callable, List, Optional, Sequence, Union
 
 from smallpond.common import (
@@ -36,6 +37,8 @@ from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file
 from smallpond.io.sqltext import fragment_problem
 
 _WILDCARD = re.compile(r"[*?]|\[.*\]")
+# a ``**`` path component: any depth only with ``recursive=True`` (Python's glob); else one level
+_DOUBLE_STAR = re.compile(r"(^|/)\*\*(/|$)")
 #: a ``columns`` item that is a column name as it stands in SQL (else it is quoted when it names a
 #: column of the data, or taken as an expression)
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -85,6 +88,26 @@ def _default_conn(conn):
     return duckdb.connect()
 
 
+def _warn_double_star(kind: str, paths: List[str]) -> None:
+    """Warn, at the user's line, of patterns whose ``**`` matches one folder level only: without
+    ``recursive=True`` it is Python's (and upstream smallpond's) ``*``, where DuckDB's ``**`` (and
+    Spark's ``recursiveFileLookup``) reach any depth, so ``data/**/*.parquet`` would silently leave
+    out ``data/x.parquet`` and ``data/a/b/y.parquet``."""
+    stars = [p for p in paths if _DOUBLE_STAR.search(p)]
+    if stars:
+        from smallpond.logical.base import call_site_msg, user_stacklevel
+
+        warnings.warn(
+            call_site_msg(
+                kind,
+                f"'**' in {', '.join(map(repr, stars))} matches exactly one folder level (as '*') "
+                "without recursive=True; pass recursive=True to match files at any depth, as DuckDB's '**' does",
+            ),
+            UserWarning,
+            stacklevel=user_stacklevel(),
+        )
+
+
 class DataSet:
     """Base class: a list of paths (or glob patterns) relative to ``root_dir``.
 
@@ -115,6 +138,8 @@ class DataSet:
         self.paths: List[str] = [user_path(p) for p in paths]
         self.root_dir: Optional[str] = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
         self.recursive = recursive
+        if not recursive and root_dir is not None:
+            _warn_double_star(type(self).__name__, self.paths)
         self.columns = list(columns) if columns is not None else None
         self._union_by_name = as_flag(type(self).__name__, "union_by_name", union_by_name)
         self._resolved_paths: Optional[List[str]] = None

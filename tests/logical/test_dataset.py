@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import duckdb
 import pyarrow as pa
@@ -43,6 +44,22 @@ def test_a_glob_matching_folders_reads_their_files(tmp_path):
     literal = ParquetDataSet([str(tmp_path / "out" / "x[1]")])  # as a pattern it matches only "x1"
     assert literal.missing_paths() == [] and literal.num_files == 2
     assert ParquetDataSet([str(tmp_path / "out" / "nothing*")]).missing_paths() == [str(tmp_path / "out" / "nothing*")]
+
+
+def test_a_double_star_without_recursive_warns_at_the_users_line(tmp_path):
+    # ``**`` is one folder level without recursive=True (Python's glob, as upstream), where DuckDB's
+    # reaches any depth: ``d/**/*.parquet`` silently read one file of three, without a word
+    for sub in ("", "a", "a/b"):
+        generate_parquet_files(str(tmp_path / "d" / sub), nfiles=1, prefix=f"f{len(sub)}-")
+    with pytest.warns(UserWarning, match=r"'\*\*' in 'd/\*\*/\*.parquet' matches exactly one folder level") as got:
+        ds = ParquetDataSet(["d/**/*.parquet"], root_dir=str(tmp_path))
+    assert got[0].filename == __file__ and f"created at {__file__}:" in str(got[0].message)
+    assert [os.path.relpath(p, tmp_path) for p in ds.resolved_paths] == ["d/a/f1-0.parquet"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        deep = ParquetDataSet(["d/**/*.parquet"], root_dir=str(tmp_path), recursive=True)
+        assert len(deep.resolved_paths) == 3
+        ParquetDataSet(["d/*/*.parquet", "d/x**.parquet"], root_dir=str(tmp_path))  # no ``**`` component
 
 
 def test_partition_by_files_stays_by_files_after_num_rows(parquet_files):
