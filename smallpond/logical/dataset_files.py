@@ -424,8 +424,10 @@ class ParquetDataSet(DataSet):
             else:
                 pieces.append(f"SELECT {columns} FROM (SELECT {star} FROM {rows})")
         flush_whole()
-        joiner = " UNION ALL BY NAME " if self.union_by_name else " UNION ALL "
-        return joiner.join(pieces)
+        # by name even without union_by_name: a piece's ``*`` is its own file's columns in that
+        # file's order, and by position a file whose writer ordered them otherwise would put one
+        # column's values under another's name (DuckDB reads such files whole by name as well)
+        return " UNION ALL BY NAME ".join(pieces)
 
     def _asked_names(self, names: Sequence[str]) -> Optional[List[str]]:
         """The ``columns`` a read of a file with columns ``names`` selects, when they all are names
