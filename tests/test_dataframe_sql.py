@@ -75,6 +75,33 @@ def test_udf_in_sql_map(sp):
     assert [r["g"] for r in df.map("my_gcd(a, b) as g", udfs=[my_gcd]).take_all()] == [4, 3, 1]
 
 
+def test_a_udf_named_like_a_duckdb_function_warns_where_the_node_is_built():
+    # DuckDB adds such a UDF beside its own function and runs its own whenever the argument types
+    # fit it: an INTEGER ``gcd`` over BIGINT columns silently gave DuckDB's gcd, never the user's
+    import warnings
+
+    from smallpond.logical.node import Context, DataSourceNode, SqlEngineNode
+    from smallpond.logical.udf import UDFType, udf
+
+    @udf(params=[UDFType.INTEGER, UDFType.INTEGER], return_type=UDFType.INTEGER)
+    def gcd(a, b):
+        return -1
+
+    ctx = Context()
+    src = DataSourceNode(ctx, None)
+    with pytest.warns(UserWarning, match=r"the Python UDF 'gcd' has the name of a DuckDB built-in function") as got:
+        SqlEngineNode(ctx, (src,), "select gcd(a, b) from {0}", udfs=[gcd])
+    assert got[0].filename == __file__ and "name='my_gcd'" in str(got[0].message)
+    ctx.create_function("Sum", lambda x: x, [UDFType.BIGINT], UDFType.BIGINT)  # aggregates, any case
+    with pytest.warns(UserWarning, match="'Sum' has the name of a DuckDB built-in"):
+        SqlEngineNode(ctx, (src,), "select Sum(a) from {0}", udfs=["Sum"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        SqlEngineNode(
+            ctx, (src,), "select my_gcd(a, b) from {0}", udfs=[udf([UDFType.BIGINT] * 2, UDFType.BIGINT, name="my_gcd")(gcd.func)]
+        )
+
+
 def test_fusion_keeps_placeholders_and_escaped_braces(sp):
     df = sp.from_items(list(range(40))).repartition(4, by_row=True)  # upstream's documented spelling
     step1 = df.filter("item % 2 = 0")

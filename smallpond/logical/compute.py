@@ -14,7 +14,7 @@ from typing import Callable, Iterable, List, Optional, Sequence, Union
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_SIZE
 from smallpond.errors import ParameterError
-from smallpond.logical.base import TASK_PLACEHOLDERS, TOPLEVEL_DIMENSION, Context, Node
+from smallpond.logical.base import TASK_PLACEHOLDERS, TOPLEVEL_DIMENSION, Context, Node, user_stacklevel
 
 
 def _check_parquet_options(node: Node, row_group_size, compression, compression_level) -> None:
@@ -117,9 +117,20 @@ class SqlEngineNode(Node):
             )
             self.cpu_limit = self.max_udf_cpu_limit
         for spec in self.udfs:
-            from smallpond.logical.udf import udf_context_from_spec
+            from smallpond.logical.udf import PythonUDFContext, udf_context_from_spec
 
-            udf_context_from_spec(spec, ctx.udfs)  # validate now, at build time
+            c = udf_context_from_spec(spec, ctx.udfs)  # validate now, at build time
+            if isinstance(c, PythonUDFContext) and c.name.lower() in _duckdb_builtin_names():
+                warnings.warn(
+                    self._msg(
+                        f"the Python UDF {c.name!r} has the name of a DuckDB built-in function: a call whose "
+                        "argument types the built-in takes runs the built-in, not your function (and one with "
+                        "exactly its types is refused); give it a name of its own, "
+                        f"@udf(..., name='my_{c.name}') or ctx.create_function('my_{c.name}', ...)"
+                    ),
+                    UserWarning,
+                    stacklevel=user_stacklevel(),
+                )
         self.per_thread_output = per_thread_output
         self.materialize_output = materialize_output
         self.materialize_in_memory = materialize_in_memory
@@ -175,6 +186,26 @@ class SqlEngineNode(Node):
         """The UDF modules and DuckDB extension files the node loads (their contents are digested;
         the modules a UDF module imports in turn are not)."""
         return sorted({path for c in self.udf_contexts.values() for path in c.files()})
+
+
+@functools.lru_cache(maxsize=1)
+def _duckdb_builtin_names() -> frozenset:
+    """The names (lower case) of DuckDB's own functions a SQL call may resolve to instead of a
+    Python UDF of the same name: scalar, aggregate and window functions and macros. (DuckDB adds
+    a UDF beside a built-in of the name as another overload, and binds a call to the built-in
+    whenever its argument types fit it: ``gcd`` of two BIGINT columns ran DuckDB's ``gcd``
+    although the user's took INTEGERs.)"""
+    import duckdb
+
+    conn = duckdb.connect()
+    try:
+        rows = conn.execute(
+            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() WHERE internal AND schema_name = 'main' "
+            "AND function_type IN ('scalar', 'aggregate', 'window', 'macro')"
+        ).fetchall()
+    finally:
+        conn.close()
+    return frozenset(r[0] for r in rows)
 
 
 def _check_format(node: Node, query: str) -> None:

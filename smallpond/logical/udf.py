@@ -201,10 +201,13 @@ def udf(params, return_type, use_arrow_type: bool = False, name: Optional[str] =
 
     Example::
 
-        @udf(params=[UDFType.INTEGER, UDFType.INTEGER], return_type=UDFType.INTEGER)
-        def gcd(a, b): ...
+        @udf(params=[UDFType.BIGINT, UDFType.BIGINT], return_type=UDFType.BIGINT)
+        def my_gcd(a, b): ...  # BIGINT: a Python int column's type (INTEGER would not take it)
 
-        df.map("gcd(a, b) as g", udfs=[gcd])
+        df.map("my_gcd(a, b) as g", udfs=[my_gcd])
+
+    A function named like one of DuckDB's (``gcd``) is added beside it, and SQL calls whose
+    argument types DuckDB's takes run DuckDB's: the node warns of such a name.
     """
 
     def wrap(func: Callable) -> UserDefinedFunction:

@@ -326,7 +326,10 @@ def test_map_with_udf(sp):
         return a
 
     df = sp.from_arrow(pa.table({"a": [4, 9, 12], "b": [6, 6, 8]}))
-    assert df.map("gcd(a, b) as g", udfs=[gcd]).to_arrow().column("g").to_pylist() == [2, 3, 4]
+    # DuckDB's own gcd answers for BIGINT columns (the same numbers here): the node warns of the name
+    with pytest.warns(UserWarning, match="'gcd' has the name of a DuckDB built-in function"):
+        mapped = df.map("gcd(a, b) as g", udfs=[gcd])
+    assert mapped.to_arrow().column("g").to_pylist() == [2, 3, 4]
 
 
 def test_kwargs_are_forwarded_to_nodes(sp):
