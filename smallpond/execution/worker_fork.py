@@ -52,6 +52,7 @@ import time
 from typing import Dict, Optional
 
 from smallpond.execution.module_kinds import MAINS, kind_of, library_roots
+from smallpond.import_path import worker_import_path
 
 
 def fork_refusal(modules: Optional[Dict[str, object]] = None, threads: Optional[int] = None) -> Optional[str]:
@@ -191,7 +192,7 @@ def _child(child_fd: int, rt_path: str, index: int, parent: int, control_fd: Opt
         from smallpond.execution import worker
 
         sys.argv = [worker.__file__, str(child_fd), rt_path, str(index)] + ([] if control_fd is None else [str(control_fd)])
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)  # as a fresh worker's
+        os.environ["PYTHONPATH"] = worker_import_path()  # as a fresh worker's
         worker.die_with_parent(parent)
         from multiprocessing.connection import Connection
 

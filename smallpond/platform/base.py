@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import logger
+from smallpond.import_path import worker_import_path
 
 #: extra options every platform understands (others are warned about and ignored)
 KNOWN_EXTRA_OPTS = ("log_path",)
@@ -96,7 +97,7 @@ class Platform:
     def _environment(envs: Optional[Dict[str, str]], on_host: int) -> Dict[str, str]:
         env = dict(os.environ)
         # the launcher's import path, so user modules the plan refers to resolve in executors
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONPATH"] = worker_import_path()
         env["SP_EXECUTORS_ON_HOST"] = str(on_host)
         env.update({str(k): str(v) for k, v in (envs or {}).items()})
         return env

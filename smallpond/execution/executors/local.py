@@ -61,6 +61,7 @@ from smallpond.execution.executors.base import (
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
 from smallpond.execution.worker import worker_hash_seed
+from smallpond.import_path import worker_import_path
 from smallpond.processes import wait_exit
 
 
@@ -702,7 +703,7 @@ def fresh_env(hash_seed: str) -> dict:
     """The environment of a fresh worker interpreter: this process's, with its import path and
     the job's hash seed (set orders in task code the same in every worker and run)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONPATH"] = worker_import_path()
     env["PYTHONHASHSEED"] = hash_seed
     return env
 

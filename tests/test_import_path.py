@@ -1,0 +1,59 @@
+"""smallpond.import_path: workers get the driver's import path without a script folder shadowing
+the standard library modules an interpreter imports while it starts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from smallpond.import_path import worker_import_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _start(pythonpath: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    code = "import json, mymod_sp; print(mymod_sp.X)"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_folder_holding_types_py_goes_after_the_standard_library(tmp_path):
+    # a script named types.py: the driver had imported the standard library's types before its
+    # folder joined sys.path, a worker given that folder first imported the script instead and died
+    (tmp_path / "types.py").write_text("raise SystemExit(3)\n")
+    (tmp_path / "mymod_sp.py").write_text("X = 42\n")
+    path = [str(tmp_path), *sys.path]
+    assert _start(os.pathsep.join(p for p in path if p)).returncode != 0  # what workers were given
+    got = worker_import_path(path)
+    started = _start(got)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == "42"  # the folder's own modules still resolve
+    entries = got.split(os.pathsep)
+    assert entries.index(str(tmp_path)) > entries.index(os.path.dirname(os.__file__))
+    # the other entries keep their order
+    assert [p for p in entries if p != str(tmp_path)] == [p for p in path if p and p != str(tmp_path)]
+
+
+def test_a_folder_shadowing_nothing_keeps_its_place(tmp_path):
+    (tmp_path / "mymod_sp.py").write_text("X = 7\n")
+    path = [str(tmp_path), *sys.path]
+    assert worker_import_path(path) == os.pathsep.join(p for p in path if p)
+
+
+def test_a_script_named_types_py_runs_its_python_tasks(tmp_path):
+    # end to end: the embedded workers that run user Python are fresh interpreters
+    script = tmp_path / "types.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import smallpond
+            sp = smallpond.init(data_root={str(tmp_path / "root")!r}, num_executors=2, task_cache="off")
+            print("RESULT", sp.from_items([1, 2]).map(lambda r: {{"x": r["item"] * 2}}).to_pandas().x.tolist())
+            """
+        )
+    )
+    env = dict(os.environ, PYTHONPATH=ROOT, SP_PROGRESS="0", SP_SUMMARY="0")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "RESULT [2, 4]" in done.stdout, done.stderr[-3000:]
