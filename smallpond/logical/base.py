@@ -269,6 +269,14 @@ class Node:
     def _msg(self, text: str) -> str:
         return f"{created_at(type(self).__name__, self.location)}: {text}"
 
+    def _flag(self, name: str, value) -> bool:
+        """A yes/no parameter of the node as a bool (see :func:`~smallpond.common.as_flag`): the
+        text ``"false"`` (a command-line value passed on) is False, not a true non-empty string,
+        and anything but a bool, 0/1 or ``"true"``/``"false"`` is refused naming the node."""
+        from smallpond.common import as_flag
+
+        return as_flag(created_at(type(self).__name__, self.location), name, value)
+
     #: attributes that do not change what the node computes: identity and graph links, labels,
     #: resource hints, statistics. Subclasses extend this set, naming their private attributes
     #: too (``_default_limits``); every other attribute enters the fingerprint, including the

@@ -131,13 +131,13 @@ class SqlEngineNode(Node):
                     UserWarning,
                     stacklevel=user_stacklevel(),
                 )
-        self.per_thread_output = per_thread_output
-        self.materialize_output = materialize_output
-        self.materialize_in_memory = materialize_in_memory
-        self.batched_processing = batched_processing and len(self.input_deps) == 1
+        self.per_thread_output = self._flag("per_thread_output", per_thread_output)
+        self.materialize_output = self._flag("materialize_output", materialize_output)
+        self.materialize_in_memory = self._flag("materialize_in_memory", materialize_in_memory)
+        self.batched_processing = self._flag("batched_processing", batched_processing) and len(self.input_deps) == 1
         self.extension_paths = list(extension_paths or [])
         self.udf_module_paths = list(udf_module_paths or [])
-        self.enable_temp_directory = enable_temp_directory
+        self.enable_temp_directory = self._flag("enable_temp_directory", enable_temp_directory)
         self.parquet_row_group_size = parquet_row_group_size or self.default_row_group_size
         self.parquet_dictionary_encoding = parquet_dictionary_encoding
         self.parquet_compression = parquet_compression
@@ -375,7 +375,7 @@ class ArrowComputeNode(Node):
         self.parquet_dictionary_encoding = parquet_dictionary_encoding
         self.parquet_compression = parquet_compression
         self.parquet_compression_level = parquet_compression_level
-        self.use_duckdb_reader = use_duckdb_reader
+        self.use_duckdb_reader = self._flag("use_duckdb_reader", use_duckdb_reader)
 
     def process(self, runtime_ctx, input_tables):
         if self.process_func is None:
@@ -466,7 +466,7 @@ class ArrowStreamNode(ArrowComputeNode):
                 self._msg(f"secs_checkpoint_interval must be a non-negative number of seconds, got {secs_checkpoint_interval!r}")
             )
         # as upstream: the next batch is read in the background only when the task has a CPU to spare
-        self.background_io_thread = bool(background_io_thread) and self.cpu_limit > 1
+        self.background_io_thread = self._flag("background_io_thread", background_io_thread) and self.cpu_limit > 1
         self.streaming_batch_size = streaming_batch_size or self.default_batch_size
         self.secs_checkpoint_interval = secs_checkpoint_interval
 

@@ -137,8 +137,8 @@ class DataSet:
             raise ParameterError(f"columns must be a list of str, got {columns!r}")
         self.paths: List[str] = [user_path(p) for p in paths]
         self.root_dir: Optional[str] = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
-        self.recursive = recursive
-        if not recursive and root_dir is not None:
+        self.recursive = as_flag(type(self).__name__, "recursive", recursive)
+        if not self.recursive and root_dir is not None:
             _warn_double_star(type(self).__name__, self.paths)
         self.columns = list(columns) if columns is not None else None
         self._union_by_name = as_flag(type(self).__name__, "union_by_name", union_by_name)
@@ -288,7 +288,7 @@ class DataSet:
             self.paths = [user_path(p) for p in ([paths] if isinstance(paths, str) else paths)]
             self.root_dir = os.path.abspath(user_path(root_dir)) if root_dir is not None else None
         if recursive is not None:
-            self.recursive = recursive
+            self.recursive = as_flag(type(self).__name__, "recursive", recursive)
         self._resolved_paths = None
         self._num_rows = None
 

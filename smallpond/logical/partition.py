@@ -51,6 +51,7 @@ class PartitionNode(Node):
         memory_limit: Optional[int] = None,
     ) -> None:
         super().__init__(ctx, input_deps, output_name, output_path, cpu_limit, 0, memory_limit)
+        nested = self._flag("nested", nested)
         if isinstance(npartitions, bool) or not isinstance(npartitions, int) or npartitions <= 0:
             raise ParameterError(self._msg(f"npartitions must be a positive integer, got {npartitions!r}"))
         if nested and dimension is None:
@@ -99,8 +100,8 @@ class EvenlyDistributedPartitionNode(PartitionNode):
         memory_limit: Optional[int] = None,
     ) -> None:
         super().__init__(ctx, input_deps, npartitions, dimension, nested, output_name, output_path, cpu_limit, memory_limit)
-        self.partition_by_rows = partition_by_rows and npartitions > 1
-        self.random_shuffle = random_shuffle
+        self.partition_by_rows = self._flag("partition_by_rows", partition_by_rows) and npartitions > 1
+        self.random_shuffle = self._flag("random_shuffle", random_shuffle)
         if self.partition_by_rows:
             # splitting by rows reads Parquet row groups: a CSV or JSON source can only be split
             # by files (its tasks would fail with this, after everything before them ran)
@@ -136,7 +137,7 @@ class LoadPartitionedDataSetNode(PartitionNode):
             ctx, input_deps, npartitions, dimension or data_partition_column, nested, None, None, cpu_limit, memory_limit
         )
         self.data_partition_column = data_partition_column or self.dimension
-        self.hive_partitioning = hive_partitioning
+        self.hive_partitioning = self._flag("hive_partitioning", hive_partitioning)
 
 
 def DataSetPartitionNode(
@@ -282,11 +283,11 @@ class HashPartitionNode(PartitionNode):
         self.hash_columns = _split_name_lists(hash_columns) if hash_columns else []
         self.data_partition_column = data_partition_column
         self.engine_type = engine_type
-        self.random_shuffle = random_shuffle
-        self.shuffle_only = shuffle_only
-        self.drop_partition_column = drop_partition_column
-        self.use_parquet_writer = use_parquet_writer
-        self.hive_partitioning = hive_partitioning
+        self.random_shuffle = self._flag("random_shuffle", random_shuffle)
+        self.shuffle_only = self._flag("shuffle_only", shuffle_only)
+        self.drop_partition_column = self._flag("drop_partition_column", drop_partition_column)
+        self.use_parquet_writer = self._flag("use_parquet_writer", use_parquet_writer)
+        self.hive_partitioning = self._flag("hive_partitioning", hive_partitioning)
         self.parquet_row_group_size = parquet_row_group_size
         self.parquet_dictionary_encoding = parquet_dictionary_encoding
         self.parquet_compression = parquet_compression

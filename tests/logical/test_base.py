@@ -52,3 +52,47 @@ def test_a_changed_private_parameter_is_not_served_from_the_task_cache(tmp_path)
 
     assert rows_above(100, "first") == 899
     assert rows_above(900, "second") == 99, "the first job's output was reused though _threshold changed"
+
+
+def test_yes_no_parameters_read_the_text_false_as_false():
+    # a value passed on from a command line or a config file ("false") was kept as text, which is
+    # true: hive_partitioning="false" wrote a hive layout, random_shuffle="false" shuffled,
+    # recursive="false" read every subfolder
+    import pytest
+
+    from smallpond.errors import ParameterError
+    from smallpond.logical.node import (
+        ArrowComputeNode,
+        ArrowStreamNode,
+        Context,
+        DataSourceNode,
+        EvenlyDistributedPartitionNode,
+        HashPartitionNode,
+        SqlEngineNode,
+    )
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([], recursive="false"))
+    assert src.dataset.recursive is False and ParquetDataSet([], recursive="TRUE").recursive is True
+    cases = [
+        (HashPartitionNode, dict(npartitions=2, hash_columns=["a"]), "hive_partitioning"),
+        (HashPartitionNode, dict(npartitions=2, hash_columns=["a"]), "random_shuffle"),
+        (HashPartitionNode, dict(npartitions=2, hash_columns=["a"]), "use_parquet_writer"),
+        (HashPartitionNode, dict(npartitions=2, hash_columns=["a"]), "drop_partition_column"),
+        (HashPartitionNode, dict(npartitions=2, hash_columns=["a"], dimension="d"), "nested"),
+        (EvenlyDistributedPartitionNode, dict(npartitions=2), "partition_by_rows"),
+        (EvenlyDistributedPartitionNode, dict(npartitions=2), "random_shuffle"),
+        (SqlEngineNode, dict(sql_query="select * from {0}"), "per_thread_output"),
+        (SqlEngineNode, dict(sql_query="select * from {0}"), "materialize_in_memory"),
+        (SqlEngineNode, dict(sql_query="select * from {0}"), "batched_processing"),
+        (SqlEngineNode, dict(sql_query="select * from {0}"), "enable_temp_directory"),
+        (ArrowComputeNode, dict(), "use_duckdb_reader"),
+        (ArrowStreamNode, dict(cpu_limit=2), "background_io_thread"),
+    ]
+    for cls, kwargs, name in cases:
+        assert getattr(cls(ctx, (src,), **kwargs, **{name: "false"}), name) is False, (cls, name)
+        assert getattr(cls(ctx, (src,), **kwargs, **{name: "True"}), name) is True, (cls, name)
+        with pytest.raises(
+            ParameterError, match=rf"{cls.__name__} created at .*test_base.py:\d+: {name} must be True or False, got 'no'"
+        ):
+            cls(ctx, (src,), **kwargs, **{name: "no"})
