@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Dict, List, Optional, Union
 
-from smallpond.common import SWITCH_OFF, env_setting, import_in_background, logger
+from smallpond.common import SWITCH_OFF, as_flag, env_setting, import_in_background, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
 from smallpond.execution.env_settings import setting
@@ -101,24 +101,30 @@ class Config:
             data_root=root,
             num_executors=nexec,
             ray_address=setting(ray_address, "ray_address", None),
-            bind_numa_node=bool(setting(bind_numa_node, "bind_numa_node", False)),
+            bind_numa_node=_flag("bind_numa_node", setting(bind_numa_node, "bind_numa_node", False) or False),
             platform=setting(platform, "platform", None),
             memory_allocator=setting(memory_allocator, "memory_allocator", "system"),
-            remove_output_root=_remove_output_root,
+            remove_output_root=_flag("_remove_output_root", _remove_output_root),
             job_name=job_name,
             console_log_level=setting(console_log_level, "console_log_level", "WARNING"),
             fault_inject_prob=float(setting(fault_inject_prob, "fault_inject_prob", 0.0)),
             max_retry_count=int(setting(max_retry_count, "max_retry_count", 5)),
             max_fail_count=int(setting(max_fail_count, "max_fail_count", 3)),
-            restart=bool(restart),
+            restart=_flag("restart", restart),
             speculative_exec=setting(speculative_exec, "speculative_exec", "disable"),
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
-            elastic_threads=bool(setting(elastic_threads, "elastic_threads", False)),
-            remove_empty_parquet=bool(remove_empty_parquet),
-            skip_task_with_empty_input=bool(skip_task_with_empty_input),
+            elastic_threads=_flag("elastic_threads", setting(elastic_threads, "elastic_threads", False)),
+            remove_empty_parquet=_flag("remove_empty_parquet", remove_empty_parquet),
+            skip_task_with_empty_input=_flag("skip_task_with_empty_input", skip_task_with_empty_input),
         )
+
+
+def _flag(name: str, value) -> bool:
+    """A yes/no argument of ``smallpond.init`` as a bool (``as_flag``): ``restart="false"``, as a
+    command line passes it on, must not restart the job."""
+    return as_flag("smallpond.init", name, value)
 
 
 def spawn_if_asked(platform: Optional[str]) -> None:

@@ -249,3 +249,17 @@ def test_session_platform_is_upstream_s(tmp_path):
         assert sp._platform.default_data_root().endswith(os.path.join(".smallpond", "data"))
     with smallpond.init(data_root=str(tmp_path / "queue"), platform="manual") as sp:
         assert type(sp._platform) is Manual and sp._platform is sp._job.executor.platform
+
+
+def test_init_flags_read_the_text_false_as_false(tmp_path):
+    # restart="false" (as a command line passes a value on) was bool("false"), True: the job's
+    # folder was moved aside and the job started over; elastic_threads and the rest likewise
+    from smallpond.session import Config
+
+    names = ["restart", "elastic_threads", "remove_empty_parquet", "skip_task_with_empty_input", "bind_numa_node"]
+    off = Config.from_args_and_env(data_root=str(tmp_path), _remove_output_root="false", **{n: "false" for n in names})
+    assert [getattr(off, n) for n in names] + [off.remove_output_root] == [False] * 6
+    on = Config.from_args_and_env(data_root=str(tmp_path), **{n: "TRUE" for n in names})
+    assert [getattr(on, n) for n in names] == [True] * 5
+    with pytest.raises(ParameterError, match="smallpond.init: restart must be True or False, got 'nope'"):
+        Config.from_args_and_env(data_root=str(tmp_path), restart="nope")
