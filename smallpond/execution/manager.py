@@ -17,6 +17,7 @@ import argparse
 import sys
 from typing import Any, Dict, List, Optional
 
+from smallpond.common import as_flag
 from smallpond.errors import ParameterError
 from smallpond.execution.driver_options import NO_EFFECT, driver_defaults, unused_env_settings, warn_no_effect
 from smallpond.execution.planner import ExecutionPlan
@@ -230,6 +231,11 @@ class JobManager:
         if sched_state_observers:
             unused.append("sched_state_observers")
         warn_no_effect("JobManager arguments", unused + ignored + unused_env_settings())
+        # the Driver's yes/no options as bools: restart="false" (a command line's value passed on)
+        # restarted the job, moving its folder aside
+        for name, default in defaults.items():
+            if isinstance(default, bool) and settings.get(name) is not None:
+                settings[name] = as_flag("JobManager.run", name, settings[name])
         a = argparse.Namespace(**settings)
         # upstream's executors each ran as many tasks at once as the machine had CPUs: embedded,
         # that is one worker per usable CPU; on a platform, num_executors executors are started

@@ -215,3 +215,17 @@ def test_the_final_output_of_a_user_built_root_node_is_its_inputs_result(compat_
     both = manager.run(LogicalPlan(ctx, RootNode(ctx, (copied, doubled))), job_id=str(uuid.uuid4()))
     assert os.path.basename(both.final_output_path) == "FinalResults"
     assert sum(both.final_output.to_arrow_table().column("n").to_pylist()) == 3000
+
+
+def test_yes_no_arguments_read_the_text_false_as_false(compat_data, tmp_path, log_messages):
+    # restart="false" (a command line's value passed on) restarted the job: its folder was moved
+    # aside (".restarted-...") and every task ran again
+    root = tmp_path / "root"
+    job_id = str(uuid.uuid4())
+    JobManager(data_root=str(root)).run(count_plan(compat_data), job_id=job_id)
+    JobManager(data_root=str(root)).run(count_plan(compat_data), job_id=job_id, restart="false")
+    assert not [p for p in os.listdir(root) if ".restarted-" in p]
+    with pytest.raises(ParameterError, match="JobManager.run: restart must be True or False, got 'nope'"):
+        JobManager(data_root=str(root)).run(count_plan(compat_data), job_id=job_id, restart="nope")
+    JobManager(data_root=str(root)).run(count_plan(compat_data), job_id=job_id, restart="TRUE")
+    assert len([p for p in os.listdir(root) if ".restarted-" in p]) == 1
