@@ -702,10 +702,7 @@ class LocalExecutor(Executor):
 def fresh_env(hash_seed: str) -> dict:
     """The environment of a fresh worker interpreter: this process's, with its import path and
     the job's hash seed (set orders in task code the same in every worker and run)."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = worker_import_path()
-    env["PYTHONHASHSEED"] = hash_seed
-    return env
+    return dict(os.environ, PYTHONPATH=worker_import_path(), PYTHONHASHSEED=hash_seed)
 
 
 def _memory_watch_note(rt: RuntimeContext, key: str, attempt: int):
