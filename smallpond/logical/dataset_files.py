@@ -191,6 +191,29 @@ class JsonDataSet(DataSet):
         )
 
 
+def _relocated(directory: str, listed: List[str]) -> List[str]:
+    """The files a manifest lists, or, for a result folder copied or moved since it was published
+    (``cp -r out out2``, ``mv out final``), the same names in ``directory``: its manifest lists
+    absolute paths in the folder it was written in, so the copy read the original's files (and
+    changed when they did) and a moved folder could not be read at all. That is the case when every
+    listed file is in one other folder and ``directory`` holds a file of each name; a
+    ``type="manifest"`` result, which lists files outside its folder by design, holds none of them."""
+    parents = {os.path.dirname(p) for p in listed}
+    if len(parents) != 1:
+        return listed
+    (parent,) = parents
+    if os.path.realpath(parent) == os.path.realpath(directory):
+        return listed
+    try:
+        here = set(os.listdir(directory))
+    except OSError:
+        return listed
+    names = [os.path.basename(p) for p in listed]
+    if not all(n in here for n in names):
+        return listed
+    return [os.path.join(directory, n) for n in names]
+
+
 def _check_listed(directory: str, listed: List[str]) -> None:
     """Refuse a result whose manifest lists a file that is gone (:class:`ListedFileMissing`), naming
     the manifest and the file: the reader's own error would name only the file, and a
@@ -272,6 +295,7 @@ class ParquetDataSet(DataSet):
     def _directory_files(self, directory: str) -> List[str]:
         listed = manifest_paths(directory)
         if listed is not None:
+            listed = _relocated(directory, listed)
             _check_listed(directory, listed)
             return listed
         pattern = (

@@ -62,6 +62,30 @@ def test_a_double_star_without_recursive_warns_at_the_users_line(tmp_path):
         ParquetDataSet(["d/*/*.parquet", "d/x**.parquet"], root_dir=str(tmp_path))  # no ``**`` component
 
 
+def test_a_result_folder_copied_or_moved_reads_its_own_files(tmp_path):
+    # its manifest lists absolute paths in the folder it was published in: a copy (cp -r) read the
+    # original's files, and changed with them; a moved folder (mv) failed, naming files that are gone
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(2):
+        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{out}/part-{i}.parquet'")
+    (out / ".MANIFEST.txt").write_text("".join(f"{out}/part-{i}.parquet\n" for i in range(2)))
+    shutil.copytree(out, tmp_path / "copy")
+    duckdb.sql(f"COPY (SELECT 7 AS v) TO '{tmp_path}/copy/part-1.parquet'")  # the copy is edited
+    copy = ParquetDataSet([str(tmp_path / "copy")])
+    assert copy.resolved_paths == [str(tmp_path / "copy" / f"part-{i}.parquet") for i in range(2)]
+    assert sorted(copy.to_arrow_table().column("v").to_pylist()) == [0, 7]
+    shutil.move(str(out), str(tmp_path / "moved"))
+    moved = ParquetDataSet([str(tmp_path / "moved")])
+    assert sorted(moved.to_arrow_table().column("v").to_pylist()) == [0, 1]
+    # a manifest-only result (its files elsewhere by design) still reads the files it lists
+    (tmp_path / "listing").mkdir()
+    (tmp_path / "listing" / ".MANIFEST.txt").write_text(f"{tmp_path}/copy/part-0.parquet\n")
+    assert ParquetDataSet([str(tmp_path / "listing")]).resolved_paths == [f"{tmp_path}/copy/part-0.parquet"]
+
+
 def test_partition_by_files_stays_by_files_after_num_rows(parquet_files):
     ds = ParquetDataSet(parquet_files)
     before = [p.resolved_paths for p in ds.partition_by_files(2)]
