@@ -311,8 +311,9 @@ class _CopyShapedWriters(_PartitionWriters):
 
     Buffered rows are slices of the batch they were sorted in, which stays in memory while any
     slice of it waits: once the batches (and copies) held pass what the buffers may hold (a rare
-    partition keeps every batch since its last row group: 240 MB of a 240 MB input), the buffered
-    slices are copied out of them and the batches freed. Where groups are cut depends on the
+    partition keeps every batch since its last row group: 240 MB of a 240 MB input), the slices of
+    the oldest batches are copied out of them, a batch at a time (:meth:`_copy_out`), and those
+    batches freed. Where groups are cut depends on the
     input alone (and on the memory, under 8 x 64 MB per partition, as the COPY's), so a rerun
     writes the same files.
     """
@@ -326,7 +327,7 @@ class _CopyShapedWriters(_PartitionWriters):
         self.pieces: Dict[int, list] = {}
         self.piece_rows: Dict[int, int] = {}
         self.piece_bytes: Dict[int, int] = {}
-        #: batch key -> [its bytes, slices of it buffered]
+        #: batch key -> [its bytes, slices of it buffered, whether it is a copy]
         self.batches: Dict[int, list] = {}
         self.batch_count = 0
         #: bytes of the batches (and copies) a buffered slice keeps
@@ -351,7 +352,7 @@ class _CopyShapedWriters(_PartitionWriters):
             start = end
         if not slices:
             return
-        self.batches[key] = [body.nbytes, slices]
+        self.batches[key] = [body.nbytes, slices, False]
         self.held += body.nbytes
         for k in touched:
             while self.piece_rows[k] >= self.row_group_size or self.piece_bytes[k] >= self.row_group_bytes:
@@ -398,19 +399,35 @@ class _CopyShapedWriters(_PartitionWriters):
             self._write(k, pa.concat_tables(head))
 
     def _copy_out(self) -> None:
-        """Copy the buffered slices of each partition out of their batches, so the batches are freed."""
+        """Copy the buffered slices of the oldest batches out of them, one batch at a time, until
+        the batches and copies held are within ``max_held`` again (or only copies are left).
+
+        A batch is freed as soon as its own slices are copied, so the copies made at once are at
+        most one batch's rows, and a copy is never copied again, so no row is copied twice. (Copying
+        every partition's buffer, copies included, before any batch was freed held the buffers twice
+        over: 64 partitions at a 64 MB task limit passed ``enforce_memory_limit``'s 128 MiB, where
+        the COPY used 76.)"""
         import pyarrow as pa
 
+        where: Dict[int, list] = {}  # batch key -> [(partition, place in its pieces)]
         for k, pieces in self.pieces.items():
-            table = pa.concat_tables([p for p, _ in pieces])
-            copy = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in table.columns], schema=table.schema)
-            for _, key in pieces:
+            for i, (_, key) in enumerate(pieces):
+                where.setdefault(key, []).append((k, i))
+        for key in sorted(where):  # (oldest first)
+            if self.held <= self.max_held:
+                break
+            if self.batches[key][2]:
+                continue  # a copy already
+            for k, i in where[key]:
+                piece = self.pieces[k][i][0]
+                copy = pa.Table.from_arrays([pa.concat_arrays(c.chunks) for c in piece.columns], schema=piece.schema)
+                self.batch_count += 1
+                self.batches[self.batch_count] = [copy.nbytes, 1, True]
+                self.held += copy.nbytes
+                self.pieces[k][i] = (copy, self.batch_count)
+                self.piece_bytes[k] += copy.nbytes - piece.nbytes
+                del piece
                 self._release(key)
-            self.batch_count += 1
-            self.batches[self.batch_count] = [copy.nbytes, 1]
-            self.held += copy.nbytes
-            self.pieces[k] = collections.deque([(copy, self.batch_count)])
-            self.piece_bytes[k] = copy.nbytes
 
     def close(self) -> List[List[str]]:
         for k in sorted(self.pieces):
