@@ -6,6 +6,7 @@ directly with sorted batches: what they write and the memory they hold.
 
 from __future__ import annotations
 
+import os
 import types
 
 import numpy as np
@@ -20,9 +21,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _task(prefix: str = "HashPartitionNode.1-2"):
+def _task(prefix: str = "HashPartitionNode.1-2", hive: bool = False):
     """What the writers ask of a task: its node's writer options, its file prefix, its metadata."""
-    node = types.SimpleNamespace(hive_partitioning=False, engine_type="duckdb", parquet_compression="none")
+    node = types.SimpleNamespace(hive_partitioning=hive, engine_type="duckdb", parquet_compression="none")
     return types.SimpleNamespace(
         node=node,
         output_filename=prefix,
@@ -91,3 +92,25 @@ def test_copying_buffered_rows_out_of_their_batches_holds_at_most_one_batch_more
         # a row group is cut once its rows reach the byte limit (the piece split at its bytes per row)
         assert all(g.total_byte_size <= 2 * row_group_bytes for g in groups), [g.total_byte_size for g in groups]
         assert sum(g.num_rows for g in groups) == want.num_rows
+
+
+@pytest.mark.parametrize("hive", [False, True])
+def test_the_copy_shaped_files_are_named_as_the_copy_names_them(tmp_path, hive):
+    """``{prefix}-{k}.0.parquet``, or with ``hive_partitioning`` ``{column}={k}/{prefix}-0.parquet``
+    (the default engine does not send a hive partition this way, but the writer keeps the layout
+    if given one), each naming its partition in its metadata."""
+    writer = _CopyShapedWriters(_task(hive=hive), str(tmp_path), "p", "p", 3, False, 1 << 20)
+    table = pa.table({"id": [0, 1, 2, 3], "s": ["a", "b", "c", "d"], "p": [2, 0, 2, 1]})
+    try:
+        _feed(writer, [table], 3)
+        paths = writer.close()
+    finally:
+        writer.abort()
+    names = [[os.path.relpath(p, tmp_path) for p in ps] for ps in paths]
+    if hive:
+        assert names == [[f"p={k}/HashPartitionNode.1-2-0.parquet"] for k in range(3)]
+    else:
+        assert names == [[f"HashPartitionNode.1-2-{k}.0.parquet"] for k in range(3)]
+    for k, (path,) in enumerate(paths):
+        assert pq.read_schema(path).metadata[b"SMALLPOND:p"] == str(k).encode()
+        assert pq.read_table(path).column("id").to_pylist() == [i for i, p in enumerate([2, 0, 2, 1]) if p == k]

@@ -335,6 +335,8 @@ class _CopyShapedWriters(_PartitionWriters):
         self.max_held = n * self.row_group_bytes
 
     def _path(self, k: int) -> str:
+        if self.task.node.hive_partitioning:  # the COPY's {col}={k}/{prefix}-0.parquet, upstream's too
+            return super()._path(k)
         return os.path.join(self.output_dir, f"{self.task.output_filename}-{k}.0.parquet")
 
     def add_batch(self, body, counts) -> None:
