@@ -305,8 +305,9 @@ class _CopyShapedWriters(_PartitionWriters):
     under 8 GB of memory into 16 partitions, of fewer bytes (~150 under 2.3 GB). There the row
     groups differ from the COPY's, which counts a row as DuckDB holds it (measured: a string or
     blob 16 bytes plus its length past 12; the benchmark's rows are 151 bytes to DuckDB, ~120 to
-    Arrow), so its groups are the smaller ones. So the buffers
-    together hold at most ``partitions x row_group_bytes`` (1/8 of the memory; 256 KB a partition
+    Arrow): there its groups are the smaller ones; with decimals, 16 bytes to Arrow and 8 to
+    DuckDB up to 18 digits, the route's are (an id and two decimals at 64 MB into 8: 26,215 rows
+    a group, the COPY's 32,768). So the buffers together hold at most ``partitions x row_group_bytes`` (1/8 of the memory; 256 KB a partition
     at least), as the COPY's do.
 
     Buffered rows are slices of the batch they were sorted in, which stays in memory while any
