@@ -450,7 +450,12 @@ class ParquetDataSet(DataSet):
         flush_whole()
         # by name even without union_by_name: a piece's ``*`` is its own file's columns in that
         # file's order, and by position a file whose writer ordered them otherwise would put one
-        # column's values under another's name (DuckDB reads such files whole by name as well)
+        # column's values under another's name (DuckDB reads such files whole by name as well).
+        # A select list of several columns may repeat a name (columns=["*", "upper(b) AS b"]),
+        # which BY NAME refuses: each piece then goes in a subquery of its own, where DuckDB names
+        # the repeats apart (b, b_1) as a whole read does
+        if len(pieces) > 1 and self.columns and len(self.columns) > 1:
+            pieces = [f"SELECT * FROM ({p})" for p in pieces]
         return " UNION ALL BY NAME ".join(pieces)
 
     def _asked_names(self, names: Sequence[str]) -> Optional[List[str]]:

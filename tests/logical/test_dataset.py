@@ -129,6 +129,26 @@ def test_row_ranges_of_files_with_columns_in_another_order_read_by_name(tmp_path
             assert conn.sql(f"SELECT count(*) FROM {p.sql_query_fragment()} WHERE b <> a * 10").fetchall() == [(0,)]
 
 
+def test_row_ranges_read_a_select_list_that_repeats_a_name(tmp_path):
+    # columns=["*", "a * 2 AS a"] names a twice: a whole read calls the second a_1, and so must a
+    # partition of several row-range pieces, which BY NAME refused ('duplicate names')
+    duckdb.sql(f"COPY (SELECT range AS a, range * 10 AS b FROM range(0, 1000)) TO '{tmp_path}/1.parquet'")
+    duckdb.sql(f"COPY (SELECT range * 10 AS b, range AS a FROM range(1000, 2000)) TO '{tmp_path}/2.parquet'")
+    ds = ParquetDataSet(["*.parquet"], root_dir=str(tmp_path), columns=["*", "a * 2 AS a"])
+    whole = duckdb.sql(f"SELECT * FROM {ds.sql_query_fragment()}")
+    assert whole.columns == ["a", "b", "a_1"]
+    conn = duckdb.connect()
+    total = 0
+    for p in ds.partition_by_rows(3):
+        part = conn.sql(f"SELECT * FROM {p.sql_query_fragment()}")
+        assert sorted(part.columns) == ["a", "a_1", "b"]
+        rows = conn.sql(f"SELECT count(*), count(*) FILTER (b <> a * 10 OR a_1 <> a * 2) FROM {p.sql_query_fragment()}")
+        n, wrong = rows.fetchall()[0]
+        assert wrong == 0
+        total += n
+    assert total == 2000
+
+
 def test_a_datasets_query_body_reads_what_its_fragment_reads(parquet_files, tmp_path):
     """The text an input's view or common table expression is defined as: the same rows in the
     same order as ``SELECT * FROM`` the fragment, for whole files, row ranges, a union of both,
