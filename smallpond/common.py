@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import math
+import numbers
 import sys
 import threading
 from typing import Any, Dict, Iterable, Iterator, List, Sequence, TypeVar
@@ -164,20 +165,20 @@ def is_bool(value) -> bool:
 
 
 def as_flag(owner: str, name: str, value) -> bool:
-    """A yes/no parameter as a bool: ``True``/``False`` (NumPy's too), ``1``/``0``, or the text
-    ``"true"``/``"false"`` (any case; what upstream pasted into its SQL as it was). Anything else is
-    refused, naming ``owner`` and ``name``: ``"false"`` must not count as true, and no other text
-    reaches the SQL.
+    """A yes/no parameter as a bool: ``True``/``False`` (NumPy's too), ``None`` (False, as upstream
+    took it), an integer ``1``/``0`` (NumPy's too) or the text ``"true"``/``"false"``/``"1"``/``"0"``
+    (any case). Anything else is refused, naming ``owner`` and ``name``: ``"false"`` must not count
+    as true, and no other text reaches the SQL.
 
-    >>> as_flag("CsvDataSet", "header", "False"), as_flag("CsvDataSet", "header", 1)
-    (False, True)
+    >>> as_flag("CsvDataSet", "header", "False"), as_flag("CsvDataSet", "header", 1), as_flag("x", "y", None)
+    (False, True, False)
     """
-    if is_bool(value):
+    if value is None or is_bool(value):
         return bool(value)
-    if isinstance(value, int) and value in (0, 1):
+    if isinstance(value, numbers.Integral) and value in (0, 1):
         return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-        return value.strip().lower() == "true"
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
     from smallpond.errors import ParameterError
 
     raise ParameterError(f"{owner}: {name} must be True or False, got {value!r}")

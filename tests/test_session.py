@@ -263,3 +263,6 @@ def test_init_flags_read_the_text_false_as_false(tmp_path):
     assert [getattr(on, n) for n in names] == [True] * 5
     with pytest.raises(ParameterError, match="smallpond.init: restart must be True or False, got 'nope'"):
         Config.from_args_and_env(data_root=str(tmp_path), restart="nope")
+    # None was falsy upstream (its documented bind_numa_node default): not refused
+    none = Config.from_args_and_env(data_root=str(tmp_path), _remove_output_root=None, **{n: None for n in names})
+    assert [getattr(none, n) for n in names] + [none.remove_output_root] == [False] * 6

@@ -58,6 +58,7 @@ def test_yes_no_parameters_read_the_text_false_as_false():
     # a value passed on from a command line or a config file ("false") was kept as text, which is
     # true: hive_partitioning="false" wrote a hive layout, random_shuffle="false" shuffled,
     # recursive="false" read every subfolder
+    import numpy as np
     import pytest
 
     from smallpond.errors import ParameterError
@@ -96,3 +97,7 @@ def test_yes_no_parameters_read_the_text_false_as_false():
             ParameterError, match=rf"{cls.__name__} created at .*test_base.py:\d+: {name} must be True or False, got 'no'"
         ):
             cls(ctx, (src,), **kwargs, **{name: "no"})
+        # what upstream took as a flag is not refused: None (falsy there), NumPy's 0/1, a "1"
+        for value, flag in ((None, False), (np.int64(0), False), (np.int64(1), True), ("1", True), ("0", False)):
+            assert getattr(cls(ctx, (src,), **kwargs, **{name: value}), name) is flag, (cls, name, value)
+    assert ParquetDataSet([], recursive=None).recursive is False
