@@ -196,8 +196,11 @@ def _relocated(directory: str, listed: List[str]) -> List[str]:
     (``cp -r out out2``, ``mv out final``), the same names in ``directory``: its manifest lists
     absolute paths in the folder it was written in, so the copy read the original's files (and
     changed when they did) and a moved folder could not be read at all. That is the case when every
-    listed file is in one other folder and ``directory`` holds a file of each name; a
-    ``type="manifest"`` result, which lists files outside its folder by design, holds none of them."""
+    listed file is in one other folder, ``directory`` holds a file of one of their names, and that
+    folder is a published result too (it holds a manifest: the original of a copy) or its files are
+    gone (a move). A ``type="manifest"`` result lists the files of a job's task (a folder without a
+    manifest) or of its inputs: files of the same names beside it (copied there by hand, from an
+    earlier run) are not what it lists. A copy missing a file is then refused naming it."""
     parents = {os.path.dirname(p) for p in listed}
     if len(parents) != 1:
         return listed
@@ -209,7 +212,9 @@ def _relocated(directory: str, listed: List[str]) -> List[str]:
     except OSError:
         return listed
     names = [os.path.basename(p) for p in listed]
-    if not all(n in here for n in names):
+    if not any(n in here for n in names):
+        return listed
+    if not os.path.isfile(os.path.join(parent, MANIFEST_NAME)) and any(os.path.lexists(p) for p in listed):
         return listed
     return [os.path.join(directory, n) for n in names]
 

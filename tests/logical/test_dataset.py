@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 
 from smallpond.common import quote_identifier
+from smallpond.errors import ListedFileMissing
 from smallpond.logical.dataset import CsvDataSet, DataSet, JsonDataSet, ParquetDataSet
 from tests.datagen import generate_parquet_files
 
@@ -84,6 +85,38 @@ def test_a_result_folder_copied_or_moved_reads_its_own_files(tmp_path):
     (tmp_path / "listing").mkdir()
     (tmp_path / "listing" / ".MANIFEST.txt").write_text(f"{tmp_path}/copy/part-0.parquet\n")
     assert ParquetDataSet([str(tmp_path / "listing")]).resolved_paths == [f"{tmp_path}/copy/part-0.parquet"]
+
+
+def test_a_manifest_only_result_reads_what_it_lists_even_beside_files_of_those_names(tmp_path):
+    # a type='manifest' result lists a task's files (a folder without a manifest); files of the
+    # same names beside it (copied there by hand from an earlier run: task file names repeat) are
+    # not its result: they were read instead, silently
+    task = tmp_path / "job" / "output" / "SqlEngineNode-3"
+    task.mkdir(parents=True)
+    res = tmp_path / "res"
+    res.mkdir()
+    for i in range(2):
+        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{task}/part-{i}.parquet'")
+        duckdb.sql(f"COPY (SELECT {i + 10} AS v) TO '{res}/part-{i}.parquet'")  # the earlier run's
+    (res / ".MANIFEST.txt").write_text("".join(f"{task}/part-{i}.parquet\n" for i in range(2)))
+    ds = ParquetDataSet([str(res)])
+    assert ds.resolved_paths == [str(task / f"part-{i}.parquet") for i in range(2)]
+    assert sorted(ds.to_arrow_table().column("v").to_pylist()) == [0, 1]
+
+
+def test_a_copied_result_folder_missing_a_file_is_refused_naming_it(tmp_path):
+    # it read the original's files, all of them, without a word
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(2):
+        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{out}/part-{i}.parquet'")
+    (out / ".MANIFEST.txt").write_text("".join(f"{out}/part-{i}.parquet\n" for i in range(2)))
+    shutil.copytree(out, tmp_path / "copy")
+    (tmp_path / "copy" / "part-1.parquet").unlink()
+    with pytest.raises(ListedFileMissing, match=f"{tmp_path}/copy/part-1.parquet, which no longer exists"):
+        _ = ParquetDataSet([str(tmp_path / "copy")]).resolved_paths
 
 
 def test_partition_by_files_stays_by_files_after_num_rows(parquet_files):
