@@ -117,10 +117,11 @@ class SqlEngineNode(Node):
             )
             self.cpu_limit = self.max_udf_cpu_limit
         for spec in self.udfs:
+            from smallpond.logical.duckdb_names import builtin_function_names
             from smallpond.logical.udf import PythonUDFContext, udf_context_from_spec
 
             c = udf_context_from_spec(spec, ctx.udfs)  # validate now, at build time
-            if isinstance(c, PythonUDFContext) and c.name.lower() in _duckdb_builtin_names():
+            if isinstance(c, PythonUDFContext) and c.name.lower() in builtin_function_names():
                 warnings.warn(
                     self._msg(
                         f"the Python UDF {c.name!r} has the name of a DuckDB built-in function: a call whose "
@@ -186,26 +187,6 @@ class SqlEngineNode(Node):
         """The UDF modules and DuckDB extension files the node loads (their contents are digested;
         the modules a UDF module imports in turn are not)."""
         return sorted({path for c in self.udf_contexts.values() for path in c.files()})
-
-
-@functools.lru_cache(maxsize=1)
-def _duckdb_builtin_names() -> frozenset:
-    """The names (lower case) of DuckDB's own functions a SQL call may resolve to instead of a
-    Python UDF of the same name: scalar, aggregate and window functions and macros. (DuckDB adds
-    a UDF beside a built-in of the name as another overload, and binds a call to the built-in
-    whenever its argument types fit it: ``gcd`` of two BIGINT columns ran DuckDB's ``gcd``
-    although the user's took INTEGERs.)"""
-    import duckdb
-
-    conn = duckdb.connect()
-    try:
-        rows = conn.execute(
-            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() WHERE internal AND schema_name = 'main' "
-            "AND function_type IN ('scalar', 'aggregate', 'window', 'macro')"
-        ).fetchall()
-    finally:
-        conn.close()
-    return frozenset(r[0] for r in rows)
 
 
 def _check_format(node: Node, query: str) -> None:
