@@ -20,27 +20,42 @@ import sysconfig
 from typing import Dict, Iterable, List, Optional
 
 
-def _stdlib_dirs() -> set:
+def _dirs(*kinds: str) -> set:
     paths = sysconfig.get_paths()
-    return {os.path.normcase(os.path.abspath(paths[k])) for k in ("stdlib", "platstdlib") if paths.get(k)}
+    return {os.path.normcase(os.path.abspath(paths[k])) for k in kinds if paths.get(k)}
 
 
-def _is_stdlib(entry: str, stdlib: set) -> bool:
+def _stdlib_dirs() -> tuple:
+    """The standard library's folders, and site-packages' (which may lie inside them)."""
+    return _dirs("stdlib", "platstdlib"), _dirs("purelib", "platlib")
+
+
+def _within(e: str, dirs: set) -> bool:
+    return e in dirs or any(e.startswith(d + os.sep) for d in dirs)
+
+
+def _is_stdlib(entry: str, dirs: tuple) -> bool:
+    # site-packages often lies in the standard library's folder (pyenv, python.org and Docker
+    # builds: lib/python3.11/site-packages): it is not the standard library, and a folder moved
+    # after it would lose to an installed module of a name it holds
+    stdlib, sites = dirs
     e = os.path.normcase(os.path.abspath(entry))
     return (
-        e in stdlib
-        or any(e.startswith(s + os.sep) for s in stdlib)
+        _within(e, stdlib)
+        and not _within(e, sites)
         or e.endswith(".zip")
         and os.path.dirname(e) in {os.path.dirname(s) for s in stdlib}
     )
 
 
-def _shadows(entry: str, modules: Dict[str, object]) -> bool:
-    """Whether ``entry`` holds a top-level module the driver has loaded from another place."""
+def _shadowed(entry: str, modules: Dict[str, object]) -> List[str]:
+    """The files of the top-level modules ``entry`` holds that the driver has loaded from elsewhere."""
     try:
         names = os.listdir(entry)
     except OSError:
-        return False
+        return []
+    here = os.path.abspath(entry) + os.sep
+    found = []
     for name in names:
         if name.endswith(".py"):
             mod = name[:-3]
@@ -48,26 +63,40 @@ def _shadows(entry: str, modules: Dict[str, object]) -> bool:
             mod = name
         else:
             continue
-        loaded = modules.get(mod)
-        where = getattr(loaded, "__file__", None)
-        if where and not os.path.abspath(where).startswith(os.path.abspath(entry) + os.sep):
-            return True
-    return False
+        where = getattr(modules.get(mod), "__file__", None)
+        if where and not os.path.abspath(where).startswith(here):
+            found.append(where)
+    return found
+
+
+def _found_in(where: str, entries: List[str]) -> Optional[int]:
+    """The index of the entry (absolute) ``where`` was found in: the longest that holds it."""
+    w = os.path.normcase(os.path.abspath(where))
+    held = [j for j, e in enumerate(entries) if w.startswith(e + os.sep)]
+    return max(held, key=lambda j: len(entries[j]), default=None)
 
 
 def worker_import_path(path: Optional[Iterable[str]] = None, modules: Optional[Dict[str, object]] = None) -> str:
     """``PYTHONPATH`` for a worker: ``path`` (default ``sys.path``) in order, but for the entries
     before the standard library that would shadow a module of ``modules`` (default
-    ``sys.modules``) loaded from elsewhere: those follow the standard library's folders."""
+    ``sys.modules``) loaded from elsewhere: each follows the standard library's folders, or the
+    later entry the driver found such a module in (site-packages, for a module a ``.pth`` file
+    imports as the interpreter starts)."""
     entries: List[str] = [p for p in (sys.path if path is None else path) if p]
     modules = sys.modules if modules is None else modules
     stdlib = _stdlib_dirs()
     last_std = max((i for i, p in enumerate(entries) if _is_stdlib(p, stdlib)), default=None)
     if last_std is None:
         return os.pathsep.join(entries)
-    moved = [p for p in entries[:last_std] if not _is_stdlib(p, stdlib) and _shadows(p, modules)]
-    if not moved:
-        return os.pathsep.join(entries)
-    kept = [p for p in entries if p not in moved]
-    at = kept.index(entries[last_std]) + 1
-    return os.pathsep.join(kept[:at] + moved + kept[at:])
+    absolute = [os.path.normcase(os.path.abspath(p)) for p in entries]
+    after: Dict[int, int] = {}  # a moved entry's index -> the index it goes after
+    for i, p in enumerate(entries[:last_std]):
+        found = [] if _is_stdlib(p, stdlib) else _shadowed(p, modules)
+        if found:
+            after[i] = max([last_std] + [j for j in (_found_in(w, absolute) for w in found) if j is not None and j > i])
+    out: List[str] = []
+    for i, p in enumerate(entries):
+        if i not in after:
+            out.append(p)
+        out.extend(entries[k] for k in sorted(after) if after[k] == i)
+    return os.pathsep.join(out)

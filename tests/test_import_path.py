@@ -57,3 +57,43 @@ def test_a_script_named_types_py_runs_its_python_tasks(tmp_path):
     env = dict(os.environ, PYTHONPATH=ROOT, SP_PROGRESS="0", SP_SUMMARY="0")
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert "RESULT [2, 4]" in done.stdout, done.stderr[-3000:]
+
+
+def test_a_moved_folder_stays_before_site_packages_in_the_standard_librarys_folder(tmp_path, monkeypatch):
+    # pyenv, python.org and Docker builds keep site-packages inside lib/python3.X: it was taken for
+    # the standard library, and the folder went after it, where an installed module of a name the
+    # folder holds (the driver's own, from the folder) won in the workers
+    import sysconfig
+
+    std = tmp_path / "lib" / "python3"
+    site = std / "site-packages"
+    script = tmp_path / "script"
+    for d in (std, site, script):
+        d.mkdir(parents=True, exist_ok=True)
+    (script / "types.py").write_text("")
+    paths = {"stdlib": str(std), "platstdlib": str(std), "purelib": str(site), "platlib": str(site)}
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: dict(paths))
+    got = worker_import_path([str(script), str(std), str(site)], {"types": sys.modules["types"]})
+    assert got.split(os.pathsep) == [str(std), str(script), str(site)]
+
+
+def test_a_folder_shadowing_a_module_site_packages_gave_the_driver_goes_after_site_packages(tmp_path, monkeypatch):
+    # a .pth file imports modules from site-packages as the interpreter starts (an editable
+    # install's finder, _distutils_hack): a folder holding one of their names goes after it too
+    import sysconfig
+    import types
+
+    std = tmp_path / "lib" / "python3"
+    site = std / "site-packages"
+    script = tmp_path / "script"
+    for d in (std, site, script):
+        d.mkdir(parents=True, exist_ok=True)
+    (script / "types.py").write_text("")
+    (script / "_startup_hook.py").write_text("")
+    paths = {"stdlib": str(std), "platstdlib": str(std), "purelib": str(site), "platlib": str(site)}
+    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: dict(paths))
+    hook = types.ModuleType("_startup_hook")
+    hook.__file__ = str(site / "_startup_hook.py")
+    loaded = {"types": sys.modules["types"], "_startup_hook": hook}
+    got = worker_import_path([str(script), str(std), str(site), "/elsewhere"], loaded)
+    assert got.split(os.pathsep) == [str(std), str(site), str(script), "/elsewhere"]
