@@ -9,6 +9,7 @@ at run time points back at the script.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 import numbers
@@ -84,13 +85,24 @@ def _current_folder() -> Optional[str]:
         return None
 
 
+_IMPORTLIB_DIR = os.path.dirname(os.path.abspath(importlib.__file__))
+
+
+def _ours(filename: str) -> bool:
+    """Whether a frame of ``filename`` is smallpond's or the import machinery's, not the user's (a
+    user's script in a folder whose name holds 'importlib' is the user's)."""
+    if filename.startswith("<frozen importlib"):
+        return True
+    fname = os.path.abspath(filename)
+    return fname.startswith(_PKG_DIR + os.sep) or fname.startswith(_IMPORTLIB_DIR + os.sep)
+
+
 def user_call_site() -> str:
     """``file:line`` of the innermost frame outside the smallpond package."""
     frame = inspect.currentframe()
     try:
         while frame is not None:
-            fname = os.path.abspath(frame.f_code.co_filename)
-            if not fname.startswith(_PKG_DIR + os.sep) and "importlib" not in fname:
+            if not _ours(frame.f_code.co_filename):
                 return f"{frame.f_code.co_filename}:{frame.f_lineno}"
             frame = frame.f_back
         return "<unknown>"
@@ -105,8 +117,7 @@ def user_stacklevel() -> int:
     level = 0  # this function's frame; ``stacklevel=1`` is the frame calling ``warnings.warn``
     try:
         while frame is not None:
-            fname = os.path.abspath(frame.f_code.co_filename)
-            if level > 0 and not fname.startswith(_PKG_DIR + os.sep) and "importlib" not in fname:
+            if level > 0 and not _ours(frame.f_code.co_filename):
                 return level
             frame = frame.f_back
             level += 1

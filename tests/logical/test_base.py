@@ -101,3 +101,25 @@ def test_yes_no_parameters_read_the_text_false_as_false():
         for value, flag in ((None, False), (np.int64(0), False), (np.int64(1), True), ("1", True), ("0", False)):
             assert getattr(cls(ctx, (src,), **kwargs, **{name: value}), name) is flag, (cls, name, value)
     assert ParquetDataSet([], recursive=None).recursive is False
+
+
+def test_a_users_script_in_a_folder_named_like_importlib_is_still_the_users_line(tmp_path):
+    # frames whose file path held 'importlib' anywhere were skipped as the import machinery's: a
+    # script in ~/importlib_demo/ was never named, the warning and the call site pointed past it
+    import warnings
+
+    from smallpond.logical.base import user_call_site
+
+    script = str(tmp_path / "importlib_demo" / "run.py")
+    code = compile(
+        "from smallpond.logical.dataset import ParquetDataSet\nsite = call_site()\nParquetDataSet(['d/**/*.parquet'])\n",
+        script,
+        "exec",
+    )
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        scope = {"call_site": user_call_site}
+        exec(code, scope)
+    assert scope["site"] == f"{script}:2"
+    stars = [w for w in got if "'**'" in str(w.message)]
+    assert stars and stars[0].filename == script and stars[0].lineno == 3
