@@ -48,21 +48,35 @@ def _is_stdlib(entry: str, dirs: tuple) -> bool:
     )
 
 
-def _shadowed(entry: str, modules: Dict[str, object]) -> List[str]:
-    """The files of the top-level modules ``entry`` holds that the driver has loaded from elsewhere."""
+def _top_level(entry: str) -> List[str]:
+    """The top-level module names ``entry`` holds: a folder's ``x.py`` and ``x/__init__.py``, or
+    a zip archive's (a ``PYTHONPATH`` entry may be one: zipimport reads it before the standard
+    library too)."""
+    if os.path.isfile(entry):
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(entry) as z:
+                files = z.namelist()
+        except (OSError, zipfile.BadZipFile):
+            return []
+        return [f[:-3] for f in files if "/" not in f and f.endswith(".py")] + [
+            f[: -len("/__init__.py")] for f in files if f.count("/") == 1 and f.endswith("/__init__.py")
+        ]
     try:
         names = os.listdir(entry)
     except OSError:
         return []
+    return [n[:-3] for n in names if n.endswith(".py")] + [
+        n for n in names if "." not in n and os.path.isfile(os.path.join(entry, n, "__init__.py"))
+    ]
+
+
+def _shadowed(entry: str, modules: Dict[str, object]) -> List[str]:
+    """The files of the top-level modules ``entry`` holds that the driver has loaded from elsewhere."""
     here = os.path.abspath(entry) + os.sep
     found = []
-    for name in names:
-        if name.endswith(".py"):
-            mod = name[:-3]
-        elif "." not in name and os.path.isfile(os.path.join(entry, name, "__init__.py")):
-            mod = name
-        else:
-            continue
+    for mod in _top_level(entry):
         where = getattr(modules.get(mod), "__file__", None)
         if where and not os.path.abspath(where).startswith(here):
             found.append(where)

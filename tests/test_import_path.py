@@ -97,3 +97,17 @@ def test_a_folder_shadowing_a_module_site_packages_gave_the_driver_goes_after_si
     loaded = {"types": sys.modules["types"], "_startup_hook": hook}
     got = worker_import_path([str(script), str(std), str(site), "/elsewhere"], loaded)
     assert got.split(os.pathsep) == [str(std), str(site), str(script), "/elsewhere"]
+
+
+def test_a_zip_archive_holding_types_py_goes_after_the_standard_library(tmp_path):
+    # a PYTHONPATH entry may be a zip archive (zipimport): holding types.py it killed workers too
+    import zipfile
+
+    archive = tmp_path / "app.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("types.py", "raise SystemExit(3)\n")
+        z.writestr("mymod_sp.py", "X = 5\n")
+    path = [str(archive), *sys.path]
+    assert _start(os.pathsep.join(p for p in path if p)).returncode != 0
+    started = _start(worker_import_path(path))
+    assert started.returncode == 0 and started.stdout.strip() == "5", started.stderr
