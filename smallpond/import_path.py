@@ -20,14 +20,16 @@ import sysconfig
 from typing import Dict, Iterable, List, Optional
 
 
-def _dirs(*kinds: str) -> set:
-    paths = sysconfig.get_paths()
+def _dirs(*kinds: str, base: bool = False) -> set:
+    v = {"base": sys.base_prefix, "platbase": sys.base_exec_prefix} if base else None
+    paths = sysconfig.get_paths(vars=v)
     return {os.path.normcase(os.path.abspath(paths[k])) for k in kinds if paths.get(k)}
 
 
 def _stdlib_dirs() -> tuple:
-    """The standard library's folders, and site-packages' (which may lie inside them)."""
-    return _dirs("stdlib", "platstdlib"), _dirs("purelib", "platlib")
+    """The standard library's folders, and site-packages' (which may lie inside them): this
+    environment's and, for a venv that sees them, the base interpreter's."""
+    return _dirs("stdlib", "platstdlib"), _dirs("purelib", "platlib") | _dirs("purelib", "platlib", base=True)
 
 
 def _within(e: str, dirs: set) -> bool:

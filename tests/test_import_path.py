@@ -111,3 +111,25 @@ def test_a_zip_archive_holding_types_py_goes_after_the_standard_library(tmp_path
     assert _start(os.pathsep.join(p for p in path if p)).returncode != 0
     started = _start(worker_import_path(path))
     assert started.returncode == 0 and started.stdout.strip() == "5", started.stderr
+
+
+def test_in_a_venv_that_sees_the_base_site_packages_a_moved_folder_stays_before_both(tmp_path, monkeypatch):
+    # python -m venv --system-site-packages: sysconfig names the venv's site-packages; the base
+    # interpreter's, inside its lib/python3.X, was taken for the standard library
+    import sysconfig
+
+    std = tmp_path / "base" / "lib" / "python3"
+    base_site = std / "site-packages"
+    venv_site = tmp_path / "venv" / "site-packages"
+    script = tmp_path / "script"
+    for d in (std, base_site, venv_site, script):
+        d.mkdir(parents=True, exist_ok=True)
+    (script / "types.py").write_text("")
+
+    def get_paths(*a, vars=None, **k):
+        site = base_site if vars else venv_site
+        return {"stdlib": str(std), "platstdlib": str(std), "purelib": str(site), "platlib": str(site)}
+
+    monkeypatch.setattr(sysconfig, "get_paths", get_paths)
+    got = worker_import_path([str(script), str(std), str(venv_site), str(base_site)], {"types": sys.modules["types"]})
+    assert got.split(os.pathsep) == [str(std), str(script), str(venv_site), str(base_site)]
