@@ -11,12 +11,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_the_kept_names_are_the_installed_duckdbs():
-    # fails once DuckDB is upgraded and its functions differ: regenerate _NAMES (see the module)
-    from smallpond.logical.duckdb_names import _kept_names, _live_names
+    # exactly the installed DuckDB's when it is the release they were read from; another release
+    # (pyproject allows duckdb>=2.0) may add or drop a few: nearly all must still be there, so a
+    # fresh install of a newer DuckDB does not fail the suite (regenerate _NAMES, see the module)
+    import duckdb
+
+    from smallpond.logical.duckdb_names import KEPT_VERSION, _kept_names, _live_names
 
     kept, live = _kept_names(), _live_names()
-    assert kept == live, f"only kept: {sorted(kept - live)[:20]}, only in DuckDB: {sorted(live - kept)[:20]}"
-    assert {"gcd", "sum", "is distinct from"} <= kept
+    assert {"gcd", "sum", "is distinct from"} <= kept & live
+    if duckdb.__version__ == KEPT_VERSION:
+        assert kept == live, f"only kept: {sorted(kept - live)[:20]}, only in DuckDB: {sorted(live - kept)[:20]}"
+    else:
+        assert len(kept & live) >= 0.9 * len(kept), f"DuckDB {duckdb.__version__} lacks: {sorted(kept - live)[:20]}"
 
 
 def test_a_udf_named_like_a_duckdb_function_warns_without_importing_duckdb():
