@@ -83,6 +83,40 @@ def task_log_relpath(key: str, attempt: int) -> str:
     return f"tasks/{key}.{attempt}.log"
 
 
+def attempt_log_relpath(log_root: str, key: str, attempt: int) -> Optional[str]:
+    """Where a failed attempt's lines are, relative to ``log/``: its own file when it has one,
+    else the log of the worker process that started it (which holds its start line: an attempt
+    whose worker was killed, or that logged nothing of its own, has no file), else None.
+
+    A summary or report that named ``tasks/{key}.{attempt}.log`` for such an attempt pointed at a
+    file that does not exist.
+    """
+    own = task_log_relpath(key, attempt)
+    if os.path.exists(os.path.join(log_root, own)):
+        return own
+    from smallpond.execution.attempt import PROCESS_LOG_DIR
+
+    folder = os.path.join(log_root, PROCESS_LOG_DIR)
+    needle = f" - start {key} attempt {attempt} "
+    found: Optional[tuple] = None
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return None
+    for name in names:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, errors="replace") as f:
+                if not any(needle in line for line in f):
+                    continue
+            mtime = os.stat(path).st_mtime
+        except OSError:
+            continue
+        if found is None or mtime > found[0]:  # a rerun may start an attempt of that number again
+            found = (mtime, f"{PROCESS_LOG_DIR}/{name}")
+    return None if found is None else found[1]
+
+
 def _split_events(line: str) -> List[str]:
     """The events of one line of the log: one, unless a run appended its first event to the torn
     last line of a killed run (logs written before :meth:`EventLog._write` ended such a line)."""
@@ -466,7 +500,9 @@ class EventLog(SchedulerListener):
             key = getattr(error, "task_key", "")
             if key:
                 fields["task"] = key
-                fields["log"] = task_log_relpath(key, getattr(error, "attempt", 0))
+                log = attempt_log_relpath(self.log_root, key, getattr(error, "attempt", 0))
+                if log is not None:
+                    fields["log"] = log
         self.emit("job_end", **fields)
         self.close()
 
@@ -598,14 +634,17 @@ class EventLog(SchedulerListener):
             if v is not None:
                 ev[k] = v
         # the attempt's own log, or the worker process's log holding its start and done lines
-        ev["log"] = stats.get("log") or task_log_relpath(key, attempt)
         if decision is None:
+            ev["log"] = stats.get("log") or task_log_relpath(key, attempt)
             self.history.feed(ev)
             self._write(ev, flat=True)
             return
         if submitted is not None:  # a lost worker's failure has no start of its own: its submission tells it
             self._write_submit(key, attempt, submitted)
         self._reported_failures.add((key, attempt))
+        log = stats.get("log") or attempt_log_relpath(self.log_root, key, attempt)
+        if log is not None:
+            ev["log"] = log
         err = c.error
         ev["error"] = getattr(err, "message", None) or _error_text(err)
         ev["cause"] = getattr(err, "cause_type", "") or type(err).__name__
@@ -637,7 +676,7 @@ class EventLog(SchedulerListener):
                 worker="scheduler",
                 started=None,
                 elapsed=0.0,
-                log=task_log_relpath(key, attempt),
+                log=attempt_log_relpath(self.log_root, key, attempt) or "",
                 error=getattr(err, "message", None) or _error_text(err),
                 cause=getattr(err, "cause_type", "") or type(err).__name__,
                 decision="fail",

@@ -287,3 +287,34 @@ def test_the_history_kept_in_memory_is_the_one_read_back_and_lines_are_plain_jso
     for nid in (1, 2, 3):
         assert vars(read_back.node(nid)) == vars(in_memory.node(nid)), nid
     assert (in_memory.node(1).done, in_memory.node(1).retries, in_memory.node(2).cancelled) == (2, 1, 1)
+
+
+def _kill_own_worker(rt, inputs, output_path):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_lost_workers_failure_names_the_log_holding_its_start_line(make_rt, parquet_files, no_plan_check):
+    """An attempt whose worker was killed logged nothing of its own: its failure, the job's end
+    (the summary's "task log:") and the report named ``tasks/{key}.0.log``, a file that does not
+    exist. They name the worker's log, which holds the attempt's start line."""
+    from smallpond.execution.summary import summary_of
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    killer = PythonScriptNode(ctx, (src,), process_func=_kill_own_worker)
+    rt = make_rt()
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, killer), rt, num_workers=1, max_retry_count=1)
+    events = read_events(rt.log_root)
+    failed = [e for e in events if e["ev"] == "failed"]
+    end = events[-1]
+    assert len(failed) == 2 and "WorkerLost" in end["error"]
+    for ev in (*failed, end):
+        assert ev["log"].startswith("workers/"), ev
+        with open(os.path.join(rt.log_root, ev["log"])) as f:
+            assert f" - start {failed[0]['key']} attempt {ev.get('attempt', 1)} " in f.read()
+    text = str(summary_of(rt.job_root))
+    path = next(ln for ln in text.splitlines() if "task log:" in ln).split("task log:", 1)[1].strip()
+    assert os.path.exists(path)
