@@ -117,6 +117,18 @@ def attempt_log_relpath(log_root: str, key: str, attempt: int) -> Optional[str]:
     return None if found is None else found[1]
 
 
+def existing_attempt_log(log_root: str, log: Optional[str]) -> Optional[str]:
+    """``log`` (relative to ``log_root``) if that file exists; else, for an attempt's own file
+    (``tasks/{key}.{attempt}.log``, which events of earlier versions named even when the attempt
+    had none), the log holding that attempt's lines (:func:`attempt_log_relpath`); else None."""
+    if not log:
+        return None
+    if os.path.exists(os.path.join(log_root, log)):
+        return log
+    m = re.fullmatch(r"tasks/(.+)\.(\d+)\.log", log)
+    return None if m is None else attempt_log_relpath(log_root, m.group(1), int(m.group(2)))
+
+
 def _split_events(line: str) -> List[str]:
     """The events of one line of the log: one, unless a run appended its first event to the torn
     last line of a killed run (logs written before :meth:`EventLog._write` ended such a line)."""

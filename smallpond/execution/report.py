@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Dict, List, Optional, Tuple
 
 from smallpond.common import human_bytes, human_seconds
-from smallpond.execution.events import JobHistory, NodeStats, RunStats
+from smallpond.execution.events import JobHistory, NodeStats, RunStats, existing_attempt_log
 
 REPORT_FILE = "report.html"
 #: attempts drawn at most in the timeline (the table and the counts still cover all of them)
@@ -258,7 +258,7 @@ def _use_cells(ns) -> str:
     )
 
 
-def _failure_table(run: RunStats) -> str:
+def _failure_table(run: RunStats, log_root: str) -> str:
     if not run.failures:
         return '<p class="muted">No attempt failed.</p>'
     rows = []
@@ -268,7 +268,7 @@ def _failure_table(run: RunStats) -> str:
         what = {"retry": "retried", "retry_with_more_memory": "retried with more memory", "fail": "gave up"}.get(
             decision, decision
         )
-        log = a.get("log") or ""
+        log = existing_attempt_log(log_root, a.get("log")) or ""
         link = f'<a href="{_e(log)}">{_e(log)}</a>' if log else ""
         rows.append(
             f'<tr class="{"fatal" if decision == "fail" else ""}"><td>{_when(float(a["started"]))}</td><td><code>{_e(a["key"])}</code></td>'
@@ -371,7 +371,7 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
     logs = " ".join(f'<a href="{_e(f)}">{_e(f)}</a>' for f in log_files) or "none"
     error = ""
     if run.end and run.end.get("error"):
-        link = run.end.get("log")
+        link = existing_attempt_log(os.path.join(job_root, "log"), run.end.get("log"))
         error = f'<h2>Error</h2><pre class="error">{_e(run.end["error"])}</pre>' + (
             f'<p>Log of the failed task: <a href="{_e(link)}">{_e(link)}</a></p>' if link else ""
         )
@@ -395,7 +395,7 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
         f'<section id="plan"><h2>Plan</h2><div class="scroll">{_plan_svg(run)}</div></section>'
         f'<section id="timeline"><h2>Timeline of tasks per worker</h2><div class="scroll">{_timeline_svg(run)}</div></section>'
         f'<section id="nodes"><h2>Nodes</h2><div class="scroll">{_node_table(run)}</div></section>'
-        f'<section id="failures"><h2>Retries and failures</h2><div class="scroll">{_failure_table(run)}</div></section>'
+        f'<section id="failures"><h2>Retries and failures</h2><div class="scroll">{_failure_table(run, os.path.join(job_root, "log"))}</div></section>'
         f"{_runs_table(history)}"
     )
     return _page(f"smallpond job {name or job_id}", body)

@@ -23,7 +23,7 @@ import os
 from typing import Optional
 
 from smallpond.common import SWITCH_OFF, SWITCH_ON, TextBlock, env_switch, human_bytes, human_seconds
-from smallpond.execution.events import JobHistory, RunStats
+from smallpond.execution.events import JobHistory, RunStats, existing_attempt_log
 
 MAX_NODES_SHOWN = 12
 _VERB = {"success": "succeeded", "failure": "failed", "interrupted": "was interrupted", "running": "is running"}
@@ -62,8 +62,9 @@ def format_summary(
             lines.append(_indent(end["error"]))
         elif end.get("task"):
             lines.append(f"  failed task: {end['task']}")
-        if end.get("log"):
-            lines.append(f"  task log: {os.path.join(job_root, 'log', end['log'])}")
+        log = existing_attempt_log(os.path.join(job_root, "log"), end.get("log"))
+        if log:
+            lines.append(f"  task log: {os.path.join(job_root, 'log', log)}")
         others = sum(n.failed for n in run.nodes.values()) - 1
         if others > 0:
             lines.append(f"  ({others} more task(s) failed: see the report)")

@@ -129,3 +129,43 @@ def test_url_sort_report_renders_in_headless_chromium(make_rt, url_files, sort_e
     assert v["plan_width"] > 200 and v["timeline_width"] > 800
     assert "success" in v["title"]
     assert os.path.getsize(shot) > 10_000
+
+
+def _kill_own_worker(rt, inputs, output_path):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_lost_attempts_log_link_points_at_its_workers_log_also_for_earlier_jobs(make_rt, parquet_files):
+    """An attempt whose worker was killed has no file of its own; the events of earlier versions
+    named ``tasks/{key}.{n}.log`` for it anyway, a broken link in a rebuilt report and a "task log:"
+    path in ``smallpond status`` that did not exist. Both name the worker's log holding its start."""
+    from smallpond.execution.summary import summary_of
+    from smallpond.logical.node import PythonScriptNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    q = PythonScriptNode(ctx, (src,), process_func=_kill_own_worker)
+    rt = make_rt()
+    with pytest.raises(JobFailed):
+        run_job(LogicalPlan(ctx, q), rt, num_workers=1, max_retry_count=0)
+    # the events as an earlier version wrote them: the attempt's own file, which does not exist
+    events_file = os.path.join(rt.log_root, "events.jsonl")
+    lines = [json.loads(x) for x in open(events_file)]
+    key = next(e["key"] for e in lines if e["ev"] == "failed")
+    for e in lines:
+        if e["ev"] in ("failed", "job_end"):
+            e["log"] = f"tasks/{key}.0.log"
+    with open(events_file, "w") as f:
+        f.writelines(json.dumps(e) + "\n" for e in lines)
+    assert not os.path.exists(os.path.join(rt.log_root, "tasks", f"{key}.0.log"))
+    page = open(write_report(rt.job_root), encoding="utf-8").read()
+    links = set(re.findall(r'href="([^"]+)"', page))
+    assert not any(link.startswith("tasks/") for link in links), links
+    for link in links:
+        assert os.path.exists(os.path.join(rt.log_root, link)), link
+    assert any(link.startswith("workers/") for link in links)
+    path = next(ln for ln in str(summary_of(rt.job_root)).splitlines() if "task log:" in ln).split("task log:")[1]
+    with open(path.strip()) as f:
+        assert f" - start {key} attempt 0 " in f.read()
