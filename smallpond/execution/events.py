@@ -83,6 +83,10 @@ def task_log_relpath(key: str, attempt: int) -> str:
     return f"tasks/{key}.{attempt}.log"
 
 
+#: how much of each worker log's end :func:`attempt_log_relpath` reads first
+_LOG_TAIL_BYTES = 16384
+
+
 def attempt_log_relpath(log_root: str, key: str, attempt: int) -> Optional[str]:
     """Where a failed attempt's lines are, relative to ``log/``: its own file when it has one,
     else the log of the worker process that started it (which holds its start line: an attempt
@@ -97,24 +101,31 @@ def attempt_log_relpath(log_root: str, key: str, attempt: int) -> Optional[str]:
     from smallpond.execution.attempt import PROCESS_LOG_DIR
 
     folder = os.path.join(log_root, PROCESS_LOG_DIR)
-    needle = f" - start {key} attempt {attempt} "
-    found: Optional[tuple] = None
+    needle = f" - start {key} attempt {attempt} ".encode()
     try:
-        names = os.listdir(folder)
+        paths = [os.path.join(folder, name) for name in os.listdir(folder)]
     except OSError:
         return None
-    for name in names:
-        path = os.path.join(folder, name)
-        try:
-            with open(path, errors="replace") as f:
-                if not any(needle in line for line in f):
-                    continue
-            mtime = os.stat(path).st_mtime
-        except OSError:
-            continue
-        if found is None or mtime > found[0]:  # a rerun may start an attempt of that number again
-            found = (mtime, f"{PROCESS_LOG_DIR}/{name}")
-    return None if found is None else found[1]
+    # a worker process runs one attempt at a time: a lost one's start line is near the end of its
+    # worker's log, so the logs' tails are read first (a scheduler of many workers and long logs
+    # reads a few KiB of each, not all of them), whole logs only if no tail holds it
+    for tail in (_LOG_TAIL_BYTES, None):
+        found: Optional[tuple] = None
+        for path in paths:
+            try:
+                with open(path, "rb") as f:
+                    if tail is not None:
+                        f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
+                    if needle not in f.read():
+                        continue
+                    mtime = os.fstat(f.fileno()).st_mtime
+            except OSError:
+                continue
+            if found is None or mtime > found[0]:  # a rerun may start an attempt of that number again
+                found = (mtime, f"{PROCESS_LOG_DIR}/{os.path.basename(path)}")
+        if found is not None:
+            return found[1]
+    return None
 
 
 def existing_attempt_log(log_root: str, log: Optional[str]) -> Optional[str]:

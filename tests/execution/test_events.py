@@ -318,3 +318,22 @@ def test_a_lost_workers_failure_names_the_log_holding_its_start_line(make_rt, pa
     text = str(summary_of(rt.job_root))
     path = next(ln for ln in text.splitlines() if "task log:" in ln).split("task log:", 1)[1].strip()
     assert os.path.exists(path)
+
+
+def test_an_attempts_worker_log_is_found_in_the_tails_first_then_anywhere(tmp_path):
+    from smallpond.execution import events
+
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    filler = "".join(f"x | INFO | m - done T-{i} attempt 0 in 0.1s\n" for i in range(2000))  # > the tail read first
+    (workers / "vm-1.log").write_text("x | INFO | m - start A attempt 0 of N\n" + filler)
+    (workers / "vm-2.log").write_text(filler + "x | INFO | m - start B attempt 1 of N\n")
+    assert len(filler) > events._LOG_TAIL_BYTES
+    assert events.attempt_log_relpath(str(tmp_path), "B", 1) == "workers/vm-2.log"
+    assert events.attempt_log_relpath(str(tmp_path), "A", 0) == "workers/vm-1.log"
+    assert events.attempt_log_relpath(str(tmp_path), "A", 1) is None
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "A.0.log").write_text("its own\n")
+    assert events.attempt_log_relpath(str(tmp_path), "A", 0) == "tasks/A.0.log"
+    assert events.existing_attempt_log(str(tmp_path), "tasks/B.1.log") == "workers/vm-2.log"
+    assert events.existing_attempt_log(str(tmp_path), "tasks/C.0.log") is None
