@@ -503,11 +503,12 @@ class DataFrame:
         """The first ``limit`` rows as dicts."""
         return self._head(limit).to_pylist()
 
-    def _head(self, limit: int):
-        """The first ``limit`` rows as a ``pyarrow.Table`` (computing only what they need)."""
+    def _head(self, limit: int, call: str = "take(limit)"):
+        """The first ``limit`` rows as a ``pyarrow.Table`` (computing only what they need);
+        ``call`` names the parameter in the error of a bad ``limit``."""
 
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ParameterError(f"take(limit) needs a non-negative integer, got {limit!r}")
+            raise ParameterError(f"{call} needs a non-negative integer, got {limit!r}")
         source = self if (self.is_computed() or isinstance(self.plan, DataSourceNode)) else self.limit(limit)
         tables, n = [], 0
         for ds in source._datasets():
@@ -532,7 +533,7 @@ class DataFrame:
             2 | null
         (2 rows)
         """
-        print(format_table(self._head(n), n))
+        print(format_table(self._head(n, "show(n)"), n))
 
     def take_all(self) -> List[Dict[str, Any]]:
         """Every row as dicts, in partition order."""

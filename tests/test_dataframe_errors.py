@@ -507,3 +507,12 @@ def test_a_reserved_word_read_as_a_name_is_sql_in_columns_and_partition_keys(sp,
     assert df.take_all() == [{"a": i, "f": i * 10, "order": -i} for i in range(4)]
     hashed = sp.read_parquet(path).repartition(2, hash_by="st.from")
     assert sorted(r["a"] for r in hashed.take_all()) == [0, 1, 2, 3]
+
+
+def test_a_bad_row_count_names_the_call_it_was_given_to(sp):
+    # show("x") said "take(limit) needs a non-negative integer": a call the user did not make
+    df = sp.from_items([1, 2])
+    with pytest.raises(ParameterError, match=r"^show\(n\) needs a non-negative integer, got 'x'"):
+        df.show("x")
+    with pytest.raises(ParameterError, match=r"^take\(limit\) needs a non-negative integer, got -1"):
+        df.take(-1)
