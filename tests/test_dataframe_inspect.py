@@ -155,3 +155,14 @@ def test_read_parquet_of_a_written_folder_and_of_a_driver_final_results(sp, file
     pq.write_table(pa.table({"a": [1, 2]}), str(plain / "one.parquet"))
     (plain / "notes.txt").write_text("not data")
     assert sp.read_parquet(str(plain)).take_all() == [{"a": 1}, {"a": 2}]
+
+
+def test_the_schema_of_from_pandas_types_object_columns_by_their_values(sp):
+    # it was read from the frame's first 0 rows, where pyarrow types an object column null, while
+    # the result holds binary / struct values
+    import pandas as pd
+
+    pdf = pd.DataFrame({"b": [b"x", None, b"z"], "st": [{"k": 1}, None, {"k": 2}], "i": [1, 2, 3]})
+    df = sp.from_pandas(pdf)
+    assert [str(f.type) for f in df.schema] == ["binary", "struct<k: int64>", "int64"]
+    assert df.map("*").schema == df.map("*").to_arrow().schema.remove_metadata()

@@ -176,7 +176,8 @@ def _source_schema(node: DataSourceNode, conn):
     if isinstance(ds, ArrowTableDataSet):
         return ds.table.schema.remove_metadata()
     if isinstance(ds, PandasDataSet):
-        return pa.Table.from_pandas(ds.df.head(0), preserve_index=False).schema.remove_metadata()
+        # the whole frame's: an object column's type is that of its values (of no rows: null)
+        return pa.Schema.from_pandas(ds.df, preserve_index=False).remove_metadata()
     if isinstance(ds, ParquetDataSet):
         if ds.empty:
             schema = ds._schema_source()
