@@ -11,6 +11,7 @@ Two families matter to the scheduler:
 
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import List, Optional
 
@@ -157,6 +158,9 @@ class TaskError(SmallpondError, RuntimeError):
         lines = [f"task {self.task_key} (attempt {self.attempt}) of {self.node} failed: {self.message}"]
         if self.location:
             lines.append(f"  node created at: {self.location}")
+        raised_at = _user_frame(self.details)
+        if raised_at:
+            lines.append(f"  raised at: {raised_at}")
         if self.sql:
             lines.append(f"  SQL: {self.sql}")
         if self.input_files:
@@ -182,6 +186,31 @@ class TaskError(SmallpondError, RuntimeError):
                 self.corrupt_inputs,
             ),
         )
+
+
+_FRAME = re.compile(r'^  File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<fn>[^\n]+)\n(?:    (?P<code>[^\n]*)\n)?', re.M)
+
+
+def _user_frame(details: str) -> str:
+    """The innermost frame of a task's traceback in the user's code (not smallpond's, not an
+    installed package's or the standard library's), as ``path:line, in fn: code``; "" if none."""
+    if not details:
+        return ""
+    import os
+    import sys
+    import sysconfig
+
+    own = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    libs = {p for k in ("stdlib", "platstdlib", "purelib", "platlib") if (p := sysconfig.get_paths().get(k))}
+    libs |= {p for p in sys.path if p.rstrip(os.sep).endswith(("site-packages", "dist-packages"))}
+    found = ""
+    for m in _FRAME.finditer(details):
+        path = m.group("path")
+        if not os.path.isabs(path) or path.startswith(own) or any(path.startswith(p) for p in libs):
+            continue
+        code = (m.group("code") or "").strip()
+        found = f"{path}:{m.group('line')}, in {m.group('fn')}" + (f": {code}" if code else "")
+    return found
 
 
 def _rebuild_task_error(

@@ -516,3 +516,24 @@ def test_a_bad_row_count_names_the_call_it_was_given_to(sp):
         df.show("x")
     with pytest.raises(ParameterError, match=r"^take\(limit\) needs a non-negative integer, got -1"):
         df.take(-1)
+
+
+def _reads_a_missing_key(row):
+    return {"x": row["nosuch"]}  # the line a failure names
+
+
+def test_a_failure_in_user_python_names_the_line_that_raised_it(sp):
+    # the error named the line that built the node only; the line in the user's function that
+    # raised was in the task's log and e.details, not in the message (for map_batches, pyarrow's
+    # own frames below the user's, such as pyarrow/table.pxi, are not it either)
+    import inspect
+
+    df = sp.from_items([1, 2])
+    line = inspect.getsourcelines(_reads_a_missing_key)[1] + 1
+    with pytest.raises(TaskError) as e:
+        df.map(_reads_a_missing_key).count()
+    assert f'  raised at: {__file__}:{line}, in _reads_a_missing_key: return {{"x": row["nosuch"]}}' in str(e.value)
+    with pytest.raises(TaskError) as e:
+        df.map_batches(lambda t: t.select(["nosuch"])).count()
+    raised = [x for x in str(e.value).splitlines() if x.startswith("  raised at: ")]
+    assert raised and raised[0].startswith(f"  raised at: {__file__}:"), str(e.value)
