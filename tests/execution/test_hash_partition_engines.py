@@ -686,3 +686,17 @@ def test_pyarrow_16_keeps_the_copy():
     from smallpond.execution.ops.partition_arrow import _arrow_keeps_types
 
     assert not _arrow_keeps_types(pa.schema([("id", pa.int64()), ("s", pa.string())]))
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("key", ["p", "p * 1.0"])
+def test_an_out_of_range_float_shuffle_key_is_named_as_the_data_holds_it(tmp_path, make_rt, engine, key):
+    """A float key rounds to its partition (5.5 -> 6): the error names 5.5, the value in the data,
+    besides the partition 6 it gives, and the node's line; it named only 'partition key 6'."""
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": [0, 1, 2], "p": [0.0, 5.5, 1.0]}), path)
+    with pytest.raises(JobFailed) as ex:
+        _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 6, key, engine_type=engine))
+    msg = str(ex.value)
+    assert f"partition key 6 is out of range 0-5: the key {key!r} is 5.5 in the data" in msg, msg
+    assert "test_hash_partition_engines.py" in msg  # the node's line

@@ -233,6 +233,41 @@ def _binds_alone(conn, text: str) -> bool:
         return False
 
 
+def _shuffle_key_value(node, columns: List[str]) -> str:
+    """A shuffle's key as the data holds it, in SQL (before ``CAST(... AS BIGINT)`` makes it a
+    partition index): the column of that name, or the expression the user wrote."""
+    col = node.data_partition_column
+    return quote_identifier(col) if col in columns else f"({_key_sql(col, columns)})"
+
+
+def _key_value(node, key, conn, src: str, columns: List[str], expr: str):
+    """A shuffle key as the data holds it (read through ``conn`` from ``src``, rows with
+    ``columns``) of a row that goes to partition ``key`` by ``expr``; None where there is no such
+    key (a hash or random partition, a NULL key) or the query fails."""
+    if not node.shuffle_only or node.random_shuffle or key == "NULL":
+        return None
+    try:
+        sql = f"SELECT {_shuffle_key_value(node, columns)} FROM {src} WHERE {expr} = {int(key)} LIMIT 1"
+        rows = conn.execute(sql).fetchall()  # (all: a result left unfetched holds the connection)
+    except Exception:  # (the out-of-range error is raised anyway, without the value)
+        return None
+    return rows[0][0] if rows else None
+
+
+def _key_out_of_range(node, key, n: int, value=None) -> UserCodeError:
+    """The error of a row whose partition index ``key`` is not in 0..n-1. A shuffle routes a row
+    by ``CAST(key AS BIGINT)`` (a float to the nearest integer, halves to even): where the key the
+    data holds, ``value``, differs from ``key``, the error names it ("partition key 6" named no
+    value of the data: 5.5 gives 6)."""
+    msg = f"partition key {key} is out of range 0-{n - 1}"
+    if value is not None and str(value) != str(key):
+        msg += (
+            f": the key {node.data_partition_column!r} is {value} in the data; a shuffle sends a row to "
+            f"partition CAST(key AS BIGINT) (to the nearest integer, halves to even), {key} for {value}"
+        )
+    return UserCodeError(msg)
+
+
 def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]] = None) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
@@ -249,9 +284,7 @@ def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]]
     if node.random_shuffle:
         return f"CAST(floor(random() * {n}) AS BIGINT)", col
     if node.shuffle_only:
-        if col in columns:
-            return f"CAST({quote_identifier(col)} AS BIGINT)", col
-        return f"CAST(({_key_sql(col, columns)}) AS BIGINT)", node.dimension
+        return f"CAST({_shuffle_key_value(node, columns)} AS BIGINT)", col if col in columns else node.dimension
     types = types or {}
     cols = ", ".join(_hash_operand(_key_sql(c, columns), types.get(c)) for c in node.hash_columns)
     return f"CAST(hash({cols}) % {n} AS BIGINT)", col
@@ -303,6 +336,26 @@ class HashPartitionTask(Task):
             check_key_columns(self.node, columns, conn)
         types = hash_key_types(conn, src, self.node, columns, self) if conn is not None else None
         return partition_key_expr(self.node, columns, types)
+
+    def _batch_key_value(self, batch, key, direct: bool, conn, columns: List[str], expr: str):
+        """The shuffle key as ``batch`` holds it of a row whose partition index ``key`` is out of
+        range (:func:`_key_value`): the column's own value, or through DuckDB's ``conn``."""
+        node = self.node
+        if not node.shuffle_only or node.random_shuffle or isinstance(key, str):
+            return None
+        if direct:
+            import numpy as np
+
+            values = batch.column(node.data_partition_column)
+            at = np.flatnonzero(_as_bigint(values.to_numpy(zero_copy_only=False)) == key)
+            return values[int(at[0])].as_py() if len(at) else None
+        if conn is None:
+            return None
+        conn.register("__sp_batch", batch)
+        try:
+            return _key_value(node, int(key), conn, "__sp_batch", columns, expr)
+        finally:
+            conn.unregister("__sp_batch")
 
     def _no_rows(self, n: int) -> PartitionedDataSet:
         """The result of a producer with no rows to split: ``n`` empty partitions."""
@@ -404,7 +457,7 @@ class HashPartitionTask(Task):
                 if k is None or not 0 <= k < n:
                     # (DuckDB names the folder of NULL keys __HIVE_DEFAULT_PARTITION__)
                     key = "NULL" if m.group(1) == "__HIVE_DEFAULT_PARTITION__" else m.group(1)
-                    raise UserCodeError(f"partition key {key} is out of range 0-{n - 1}")
+                    raise _key_out_of_range(node, key, n, _key_value(node, key, conn, src, columns, expr))
                 sub = os.path.join(output_dir, entry)
                 parts[k] = self._place_partition(output_dir, sub, k, prefix)
             if any(not p for p in parts) and pre_sql is not None and self.producer_index > 0 and not self.stats["rows"]:
@@ -545,7 +598,7 @@ class HashPartitionTask(Task):
                 if null or keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
                     bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
                     key = "NULL" if null else bad[0] if len(bad) else keys.dtype
-                    raise UserCodeError(f"partition key {key} is out of range 0-{n - 1}")
+                    raise _key_out_of_range(node, key, n, self._batch_key_value(batch, key, direct, conn, columns, expr))
                 # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
                 keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
                 order = np.argsort(keys, kind="stable")
