@@ -88,7 +88,12 @@ def _body(run: RunStats) -> list:
         f"{run.total('failed'):,} failed" + (f" (+{inline:,} metadata-only)" if inline else ""),
         f"  data   read {human_bytes(run.total('read'))}, wrote {human_bytes(run.total('written'))} ({run.total('rows'):,} rows)",
     ]
-    nodes = [n for _, n in sorted(run.nodes.items()) if n.done - n.inline or n.resumed or n.reused or n.failed or n.retries]
+    # (a node whose tasks were all running when the run ended, or was killed, is shown too)
+    nodes = [
+        n
+        for _, n in sorted(run.nodes.items())
+        if n.done - n.inline or n.resumed or n.reused or n.failed or n.retries or n.running
+    ]
     if not nodes:
         return lines
     width = min(48, max(len(n.label) for n in nodes))
@@ -96,10 +101,10 @@ def _body(run: RunStats) -> list:
     for n in nodes[:MAX_NODES_SHOWN]:
         label = n.label if len(n.label) <= width else n.label[: width - 1] + "…"
         tasks = f"{n.finished}/{n.planned or n.finished}"
-        flag = "  FAILED" if n.failed else ""
+        flag = "  FAILED" if n.failed else f"  ({n.running:,} running)" if n.running else ""
         cpu = human_seconds(n.cpu_seconds) if n.cpu_seconds else "-"
         peak = human_bytes(n.peak_memory) if n.peak_memory else "-"
-        lines.append(f"  {label:<{width}}  {tasks:>9}  {human_seconds(n.wall_seconds):>8}  {cpu:>8}  {peak:>11}{flag}")
+        lines.append(f"  {label:<{width}}  {tasks:>9}  {human_seconds(_wall(run, n)):>8}  {cpu:>8}  {peak:>11}{flag}")
     if len(nodes) > MAX_NODES_SHOWN:
         lines.append(f"  ... {len(nodes) - MAX_NODES_SHOWN} more node(s): see the report")
     for n in nodes:
@@ -110,6 +115,16 @@ def _body(run: RunStats) -> list:
                 "larger memory_limit, or the scheduler may start more tasks at once than the machine holds"
             )
     return lines
+
+
+def _wall(run: RunStats, n) -> float:
+    """A node's wall time: from its first attempt's start to its last one's end, and while some
+    were still running (``submit`` events without an end) until the run's last sign of life."""
+    submitted = [float(ev.get("t") or 0.0) for ev in run.running.values() if int(ev.get("node", -1)) == n.id]
+    if not submitted:
+        return n.wall_seconds
+    first = min(submitted + ([n.first_start] if n.first_start is not None else []))
+    return max(0.0, max(run.last_time, n.last_end or 0.0) - first)
 
 
 def summary_of(job_root: str, state: Optional[str] = None) -> SummaryText:

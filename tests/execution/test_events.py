@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 
@@ -178,6 +179,48 @@ def test_a_killed_run_lasted_until_its_logs_were_last_written(tmp_path):
     (log / "report.html").write_text("written later, by a command")
     text = summary_of(str(tmp_path), state="crashed")
     assert " in 3.0" in text.splitlines()[0], text
+
+
+def test_a_killed_runs_summary_shows_the_node_whose_tasks_were_running(tmp_path):
+    """A node none of whose tasks ended (they were running when the run was killed) is a row of
+    the summary, with its running tasks and its wall time until the run's last sign of life: it
+    was left out, as a node with nothing done."""
+    from smallpond.execution.summary import summary_of
+
+    log = tmp_path / "log"
+    log.mkdir()
+    start = 1_000_000.0
+    events = [
+        {"ev": "job_start", "t": start, "job_id": "abc"},
+        {"ev": "node", "t": start, "id": 2, "label": "HashPartitionNode-000002", "tasks": 1},
+        {"ev": "node", "t": start, "id": 3, "label": "Slow-000003", "tasks": 8},
+        {"ev": "done", "t": start + 0.5, "key": "H-1", "node": 2, "attempt": 0, "started": start + 0.1, "elapsed": 0.4},
+        {"ev": "submit", "t": start + 1.0, "key": "S-1", "node": 3, "attempt": 0},
+        {"ev": "submit", "t": start + 1.1, "key": "S-2", "node": 3, "attempt": 0},
+    ]
+    (log / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    os.utime(log / "events.jsonl", (start + 3.0, start + 3.0))  # the scheduler's last heartbeat
+    text = str(summary_of(str(tmp_path), state="crashed"))
+    assert text.splitlines()[0].endswith("crashed in 3.0 s"), text
+    row = next((ln for ln in text.splitlines() if "Slow-000003" in ln), None)
+    assert row is not None, text
+    assert row.split()[1:3] == ["0/8", "2.0"] and row.endswith("(2 running)"), row
+
+
+def test_a_running_scheduler_marks_its_event_log_written(tmp_path):
+    """The event log's modification time is the scheduler's heartbeat (several times a second):
+    a run killed while its tasks ran without a line to log lasted, for `smallpond status`, until
+    its last write ('crashed in 1.3 s' for a run killed after about 2 s)."""
+    from smallpond.execution.events import EventLog
+
+    ev_log = EventLog(str(tmp_path))
+    ev_log.emit("job_start", job_id="abc")
+    ev_log.flush()
+    path = tmp_path / "events.jsonl"
+    os.utime(path, (1_000_000.0, 1_000_000.0))
+    ev_log.on_tick(None, 5.0)
+    assert abs(os.path.getmtime(path) - time.time()) < 60
+    ev_log.close()
 
 
 def test_inline_failures_are_reported_at_the_end(make_rt, tmp_path):
