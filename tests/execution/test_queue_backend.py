@@ -695,7 +695,7 @@ def test_a_job_whose_launched_executors_all_exit_fails_with_the_reason(tmp_path,
     # (a bad SP_EXECUTOR_CPUS did this once; the driver refuses it itself now, test_env_settings)
     proc = subprocess.run(cmd, env=queue_env(SP_TEST_EXECUTOR_EXIT="1"), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 70
-    assert "every executor the 'base' platform started has exited (exit codes [1, 1])" in proc.stderr
+    assert "every executor the 'base' platform started has exited (exit codes [70, 70])" in proc.stderr
     (root,) = glob.glob(os.path.join(data_root, "*"))
     with open(os.path.join(root, "log", "executors.out")) as f:
         assert "SP_TEST_EXECUTOR_EXIT is set: this executor exits at once" in f.read()

@@ -38,14 +38,14 @@ def test_an_executor_without_a_job_says_what_it_needs(tmp_path):
     env = queue_env()
     env.pop("SP_JOBID", None)
     proc = subprocess.run([sys.executable, QUEUE_JOB, "executor"], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 70  # the Driver's status of a failure (README); it was 1
     assert "executor mode needs the job to serve: --job_id" in proc.stderr
 
 
 def test_an_executor_gives_up_waiting_for_a_job_that_never_starts(tmp_path):
     cmd = [sys.executable, QUEUE_JOB, "executor", "--job_id", str(uuid.uuid4()), "--data_root", str(tmp_path)]
     proc = subprocess.run(cmd, env=queue_env(SP_QUEUE_WAIT="0.5"), capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 70
     assert "gave up after 0s waiting for job" in proc.stderr
 
 

@@ -68,6 +68,8 @@ from smallpond.io.filesystem import atomic_write_bytes, load, remove_path, verif
 from smallpond.processes import process_start_id
 
 EX_OK = 0
+#: an executor that cannot serve (no --job_id, no such job, ...): the Driver's status of a failure
+EX_SOFTWARE = 70
 EX_LOST = 75  # EX_TEMPFAIL: the scheduler gave this executor's attempts to others
 
 #: how often the executor reads the queue's control files and cancellations (seconds)
@@ -594,9 +596,9 @@ def run_executor(
         proc = ExecutorProcess(layout, secret, exec_id=exec_id, bound_epoch=bound)
         file_sink = logger.add(os.path.join(layout.log_root, f"executor-{proc.name}.log"), level="DEBUG")
         return proc.run()
-    except SmallpondError as e:
+    except SmallpondError as e:  # (it exited 1: the Driver's failures exit 70, README)
         logger.error("{}", e)
-        return 1
+        return EX_SOFTWARE
     finally:
         for s in (sink, file_sink):
             if s is not None:
