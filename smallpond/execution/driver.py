@@ -68,6 +68,8 @@ class Driver:
         self.driver_parser = argparse.ArgumentParser(
             prog=os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "smallpond",
             description="Run a smallpond plan. User arguments go after the driver's.",
+            epilog="exit status: 0 success; 70 failure (an executor: no job to serve); 75 an executor the "
+            "scheduler declared lost; 143 stopped by SIGTERM",
             conflict_handler="resolve",
         )
         self._add_driver_arguments(self.driver_parser)

@@ -134,6 +134,12 @@ def test_ray_address_flag_is_parsed():
     assert driver.ray_address is None
 
 
+def test_help_says_the_exit_statuses():
+    """--help names the statuses the README documents (an executor with no job to serve exited 1)."""
+    text = " ".join(make_driver().driver_parser.format_help().split())
+    assert "exit status: 0 success; 70 failure (an executor: no job to serve); 75 an executor" in text, text
+
+
 def test_options_without_effect_are_marked_in_help_and_warned_about_once(tmp_path, parquet_files):
     import os
     import subprocess
