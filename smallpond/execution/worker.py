@@ -65,7 +65,7 @@ def worker_main(conn, rt_path: str, index: int, *, warm_while_idle: bool = False
         setup_worker_process(rt, f"smallpond-worker-{index}")
         stacks.enable(rt.temp_root)  # where a task is, when the stall warning asks
         install_task_log_sink(rt.file_log_level)
-        return rt, f"{socket.gethostname()}/local-{index}"
+        return rt, local_worker_name(index)
 
     rt, worker_name = join(rt_path, index)
     process_owns_random_state()
@@ -324,6 +324,13 @@ def setup_worker_process(rt, title: str) -> None:
 
         allow_hard_stop()
     capture_stdlib_logging()  # user code's stdlib logging lands in the attempt's log too
+
+
+def local_worker_name(index: int) -> str:
+    """The name of local worker ``index`` (``{host}/local-{index}``), as its attempts' events give
+    it: also the executor's, for an attempt whose worker it lost (it named it ``local-{index}``,
+    a row of its own in the report's timeline)."""
+    return f"{socket.gethostname()}/local-{index}"
 
 
 def worker_hash_seed(rt, environ) -> str:

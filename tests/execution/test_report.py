@@ -169,3 +169,108 @@ def test_a_lost_attempts_log_link_points_at_its_workers_log_also_for_earlier_job
     path = next(ln for ln in str(summary_of(rt.job_root)).splitlines() if "task log:" in ln).split("task log:")[1]
     with open(path.strip()) as f:
         assert f" - start {key} attempt 0 " in f.read()
+
+
+def _killer_once(marker: str):
+    def process(rt, inputs, output_path):
+        import signal
+
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return True
+
+    return process
+
+
+def _lanes_and_failed_bars(page: str):
+    """(the timeline's row names, the row of each failed attempt's bar) of a report page."""
+    lanes = {int(float(y)): name for y, name in re.findall(r'<text class="lane" x="[\d.]+" y="([\d.]+)">([^<]*)</text>', page)}
+    bars = re.findall(r'<rect class="att failed" data-node="\d+" x="[\d.]+" y="([\d.]+)"', page)
+    return sorted(lanes.values()), [lanes.get(int(float(y)) + 12) for y in bars]
+
+
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (.ci/run installs Debian's chromium)")
+def test_a_killed_attempts_bar_sits_on_its_workers_row(make_rt, parquet_files, tmp_path, no_plan_check):
+    """The executor told a killed attempt's failure as worker 'local-0' (its done attempts say
+    '{host}/local-0'), or without a worker at all (a replaced local worker, Ray): its bar sat on a
+    row of its own ('?', no worker shown). It sits on the row of the worker that ran it, as the
+    failures table says, in the page Chromium renders."""
+    import socket
+
+    from smallpond.logical.node import PythonScriptNode
+
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
+    first = SqlEngineNode(ctx, (src,), "select * from {0}")  # done on local-0 before it is killed
+    killer = PythonScriptNode(ctx, (first,), process_func=_killer_once(str(tmp_path / "killed")))
+    rt = make_rt()
+    run_job(LogicalPlan(ctx, killer), rt, num_workers=1, max_retry_count=1)
+    host = socket.gethostname()
+    failed = [e for e in map(json.loads, open(os.path.join(rt.log_root, "events.jsonl"))) if e["ev"] == "failed"]
+    assert [e["worker"] for e in failed] == [f"{host}/local-0"]
+    path = os.path.join(rt.log_root, "report.html")
+    page = open(path, encoding="utf-8").read()
+    assert _lanes_and_failed_bars(page) == ([f"{host}/local-0", f"{host}/local-1"], [f"{host}/local-0"])
+    got = open_page(
+        path,
+        {
+            "lanes": "[...document.querySelectorAll('svg.timeline text.lane')].map(t => t.textContent)",
+            "failed_row": "(() => { const r = document.querySelector('svg.timeline rect.att.failed');"
+            " const y = r.getBoundingClientRect().top; return [...document.querySelectorAll('svg.timeline text.lane')]"
+            ".find(t => Math.abs(t.getBoundingClientRect().bottom - y - 16) < 8)?.textContent ?? null; })()",
+            "worker_cell": "document.querySelector('table.failures tr:nth-child(2) td:nth-child(5)').textContent",
+        },
+    )
+    assert got.exceptions == [] and got.console_errors == []
+    assert got.values["lanes"] == [f"{host}/local-0", f"{host}/local-1"], got.values
+    assert got.values["failed_row"] == got.values["worker_cell"] == f"{host}/local-0", got.values
+
+
+def test_a_lost_attempt_with_no_worker_named_sits_on_the_row_of_its_workers_log():
+    """Ray tells a lost attempt without a worker: its row is the worker of the attempts done in the
+    worker log holding its start line, else that log's name; not '?'."""
+    from smallpond.execution.events import JobHistory
+    from smallpond.execution.report import render_report
+
+    t = 1_000_000.0
+    events = [
+        {"ev": "job_start", "t": t, "job_id": "abc"},
+        {"ev": "node", "t": t, "id": 1, "label": "N-1", "tasks": 3},
+        {
+            "ev": "done",
+            "t": t + 1,
+            "key": "A",
+            "node": 1,
+            "worker": "h/ray-node-x/pid-5",
+            "started": t,
+            "elapsed": 1.0,
+            "log": "workers/h-5.log",
+        },
+        {
+            "ev": "failed",
+            "t": t + 2,
+            "key": "B",
+            "node": 1,
+            "worker": "",
+            "started": t + 1,
+            "elapsed": 1.0,
+            "log": "workers/h-5.log",
+            "decision": "retry",
+            "error": "WorkerLost",
+        },
+        {
+            "ev": "failed",
+            "t": t + 2,
+            "key": "C",
+            "node": 1,
+            "worker": "",
+            "started": t + 1,
+            "elapsed": 1.0,
+            "log": "workers/h-9.log",
+            "decision": "retry",
+            "error": "WorkerLost",
+        },
+    ]
+    page = render_report(JobHistory(events), job_root="/nonexistent", state="failure", log_files=[])
+    assert _lanes_and_failed_bars(page) == (["h-9", "h/ray-node-x/pid-5"], ["h/ray-node-x/pid-5", "h-9"])

@@ -60,7 +60,7 @@ from smallpond.execution.executors.base import (
 )
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task
-from smallpond.execution.worker import worker_hash_seed
+from smallpond.execution.worker import local_worker_name, worker_hash_seed
 from smallpond.import_path import worker_import_path
 from smallpond.processes import wait_exit
 
@@ -573,7 +573,7 @@ class LocalExecutor(Executor):
                 error = _memory_watch_note(self.rt, key, attempt) or WorkerLost(
                     f"worker process {w.pid} {how} while running {key}"
                 )
-                out.append(Completion(key, attempt, False, None, error, worker=f"local-{w.index}"))
+                out.append(Completion(key, attempt, False, None, error, worker=local_worker_name(w.index)))
             w.inflight.popleft()
             self._replace(w)
         for w in answered:
@@ -602,9 +602,8 @@ class LocalExecutor(Executor):
             head = pending.pop(0)
             if head.seq not in doomed:
                 key = head.key
-                self._lost.append(
-                    Completion(key, head.attempt, False, None, WorkerLost(f"worker process {w.pid} died while running {key}"))
-                )
+                lost = WorkerLost(f"worker process {w.pid} died while running {key}")
+                self._lost.append(Completion(key, head.attempt, False, None, lost, worker=local_worker_name(w.index)))
         for entry in pending:
             if entry.seq in doomed:
                 continue  # cancelled
