@@ -72,7 +72,7 @@ _EV_KIND = re.compile(r'\{\s*"ev"\s*:\s*"([a-z_]+)"')
 #: where an event begins: JSON strings escape their quotes, so this occurs nowhere else in a line
 _EV_START = re.compile(r'\{\s*"ev"\s*:')
 _FLUSH_SECONDS = 1.0
-#: how often a running scheduler marks its event log as written (:meth:`EventLog._heartbeat`)
+#: how often a running scheduler marks its event log as written (its heartbeat: EventLog.on_tick)
 _BEAT_SECONDS = 0.25
 
 
@@ -686,16 +686,10 @@ class EventLog(SchedulerListener):
         now = time.time()
         if now - self._last_flush >= _FLUSH_SECONDS:
             self.flush()
-        if now - self._last_beat >= _BEAT_SECONDS:
+        if now - self._last_beat >= _BEAT_SECONDS and self._file is not None and not self._broken:
+            # the heartbeat: a killed run lasted, for `smallpond status` (summary.last_log_write),
+            # until its logs' last write ("crashed in 1.3 s" after 2 s of tasks that log nothing)
             self._last_beat = now
-            self._heartbeat()
-
-    def _heartbeat(self) -> None:
-        """Mark the log as written now, 4 times a second (from :meth:`on_tick`): a run killed while
-        its tasks ran for seconds without an event or a log line (a sleeping task) lasted, for
-        ``smallpond status`` (:func:`~smallpond.execution.summary.last_log_write`), until its last
-        write ("crashed in 1.3 s" for a run killed after 2 s); now until its last quarter second alive."""
-        if self._file is not None and not self._broken:
             try:
                 os.utime(self.path)
             except OSError:
