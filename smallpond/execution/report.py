@@ -449,7 +449,9 @@ def write_report(
 
     log_root = os.path.join(job_root, "log")
     if history is None:
-        history = JobHistory.load(log_root)
+        from smallpond.execution.summary import load_history
+
+        history = load_history(log_root)  # (a killed run: until its logs' last write, as its summary)
     if state is None:
         from smallpond.execution.catalog import describe_job
 

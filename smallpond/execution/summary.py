@@ -129,14 +129,20 @@ def _wall(run: RunStats, n) -> float:
 
 def summary_of(job_root: str, state: Optional[str] = None) -> SummaryText:
     """The summary of a job folder's latest run (for ``smallpond status``)."""
-    log_root = os.path.join(job_root, "log")
+    return format_summary(load_history(os.path.join(job_root, "log")), job_root, state=state)
+
+
+def load_history(log_root: str) -> JobHistory:
+    """The job's events (:meth:`JobHistory.load`), its latest run lasting until its logs were last
+    written if it has no end event (for the summary and the rebuilt report alike)."""
     history = JobHistory.load(log_root)
     run = history.last
     if run is not None and run.end is None:
         # a run that ended without its end event (killed): its events are written in batches, so
-        # the last one may be long before the run's last act; its logs' times say when that was
+        # the last one may be long before the run's last act; its logs' times (the scheduler's
+        # heartbeat included: EventLog.on_tick) say when that was
         run.last_time = max(run.last_time, last_log_write(log_root))
-    return format_summary(history, job_root, state=state)
+    return history
 
 
 def last_log_write(log_root: str) -> float:

@@ -92,6 +92,21 @@ def test_report_is_rebuilt_from_the_folder_of_a_crashed_job(make_rt, parquet_fil
     assert page.count('<g class="node') >= 2
 
 
+def test_a_rebuilt_report_of_a_killed_run_lasts_as_long_as_its_summary_says(tmp_path):
+    """A run without its end event lasted until its logs' last write (the scheduler's heartbeat):
+    'smallpond status' said so, the rebuilt report took its last event (here its start: 0 s)."""
+    from smallpond.execution.summary import summary_of
+
+    log = tmp_path / "log"
+    (log / "workers").mkdir(parents=True)
+    start = 1_000_000.0
+    (log / "events.jsonl").write_text(json.dumps({"ev": "job_start", "t": start, "job_id": "abc"}) + "\n")
+    os.utime(log / "events.jsonl", (start + 3.0, start + 3.0))
+    page = open(write_report(str(tmp_path), state="crashed"), encoding="utf-8").read()
+    assert "<dt>elapsed</dt><dd>3.0 s so far (no end recorded)</dd>" in page, re.findall(r"<dt>elapsed</dt><dd>[^<]*", page)
+    assert " in 3.0 s" in str(summary_of(str(tmp_path), state="crashed")).splitlines()[0]
+
+
 @pytest.fixture
 def sort_example(monkeypatch):
     monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, "examples"))
