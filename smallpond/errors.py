@@ -189,6 +189,12 @@ class TaskError(SmallpondError, RuntimeError):
 
 
 _FRAME = re.compile(r'^  File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<fn>[^\n]+)\n(?:    (?P<code>[^\n]*)\n)?', re.M)
+# a library's file by its path alone, whichever Python wrote the traceback (a Ray worker's runtime_env
+# virtualenv, another machine's interpreter, a ``pip install --target`` folder on PYTHONPATH): a
+# site-packages or dist-packages folder, or an interpreter's standard library (lib/python3.X/, python3X.zip)
+_LIBRARY_PATH = re.compile(
+    r"[\\/](?:site-packages|dist-packages)[\\/]|[\\/]lib[\\/]python\d+(?:\.\d+)?[\\/]|[\\/]python\d+\.zip[\\/]"
+)
 
 
 def _user_frame(details: str) -> str:
@@ -206,7 +212,7 @@ def _user_frame(details: str) -> str:
     found = ""
     for m in _FRAME.finditer(details):
         path = m.group("path")
-        if not os.path.isabs(path) or path.startswith(own) or any(path.startswith(p) for p in libs):
+        if not os.path.isabs(path) or path.startswith(own) or any(path.startswith(p) for p in libs) or _LIBRARY_PATH.search(path):
             continue
         code = (m.group("code") or "").strip()
         found = f"{path}:{m.group('line')}, in {m.group('fn')}" + (f": {code}" if code else "")

@@ -537,3 +537,39 @@ def test_a_failure_in_user_python_names_the_line_that_raised_it(sp):
         df.map_batches(lambda t: t.select(["nosuch"])).count()
     raised = [x for x in str(e.value).splitlines() if x.startswith("  raised at: ")]
     assert raised and raised[0].startswith(f"  raised at: {__file__}:"), str(e.value)
+
+
+def test_raised_at_skips_a_library_installed_where_this_interpreter_does_not_look(sp, tmp_path):
+    # a library frame is told by the driver's own sysconfig and sys.path only: a package of a Ray
+    # worker's runtime_env virtualenv, or another machine's standard library, was named as the line
+    # that raised ('raised at: .../site-packages/strictlib/core.py:2, in check') over the user's line
+    import inspect
+
+    lib = tmp_path / "runtime_resources" / "pip" / "ab12" / "virtualenv" / "lib" / "python3.10" / "site-packages"
+    ns = {"__name__": "strictlib_core"}
+    exec(compile("def check(row):\n    raise ValueError(f'bad row {row}')\n", str(lib / "strictlib" / "core.py"), "exec"), ns)
+    check = ns["check"]
+
+    def uses_the_library(row):
+        return check(row)  # the line a failure names
+
+    df = sp.from_items([1])
+    line = inspect.getsourcelines(uses_the_library)[1] + 1
+    with pytest.raises(TaskError) as e:
+        df.map(uses_the_library).count()
+    assert "site-packages" in e.value.details
+    raised = [x for x in str(e.value).splitlines() if x.startswith("  raised at: ")]
+    assert raised == [f"  raised at: {__file__}:{line}, in uses_the_library: return check(row)  # the line a failure names"]
+    # another interpreter's standard library, in the text of a traceback from another machine
+    other = TaskError(
+        "JSONDecodeError: x",
+        node="n",
+        task_key="k",
+        details=(
+            "Traceback (most recent call last):\n"
+            '  File "/home/u/job.py", line 5, in f\n    return json.loads(s)\n'
+            '  File "/usr/lib/python3.10/json/decoder.py", line 355, in raw_decode\n    raise JSONDecodeError(s)\n'
+            "JSONDecodeError: x\n"
+        ),
+    )
+    assert "  raised at: /home/u/job.py:5, in f: return json.loads(s)" in str(other)
