@@ -700,3 +700,17 @@ def test_an_out_of_range_float_shuffle_key_is_named_as_the_data_holds_it(tmp_pat
     msg = str(ex.value)
     assert f"partition key 6 is out of range 0-5: the key {key!r} is 5.5 in the data" in msg, msg
     assert "test_hash_partition_engines.py" in msg  # the node's line
+
+
+@pytest.mark.parametrize("values,kind", [(["a", "b", "c"], "string"), ([True, False, True], "bool")])
+def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path, make_rt, values, kind):
+    """The arrow engine said 'partition key a is out of range 0-1' for a string key column, and
+    'partition key False is out of range 0-1' for a boolean one (False is 0: in range): a key that
+    is not a number is named by its type."""
+    path = str(tmp_path / "in.parquet")
+    pq.write_table(pa.table({"id": [0, 1, 2], "p": values}), path)
+    with pytest.raises(JobFailed) as ex:
+        _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 2, "p", engine_type="arrow"))
+    msg = str(ex.value)
+    assert f"the shuffle key 'p' is of type {kind} in the data, not a number" in msg, msg
+    assert "out of range" not in msg and "test_hash_partition_engines.py" in msg

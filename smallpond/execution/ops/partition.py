@@ -254,6 +254,17 @@ def _key_value(node, key, conn, src: str, columns: List[str], expr: str):
     return rows[0][0] if rows else None
 
 
+def _key_not_a_number(node, dtype) -> UserCodeError:
+    """The error of a shuffle key column of a type that is not a number (the arrow engine's; the
+    duckdb engine's ``CAST(key AS BIGINT)`` fails on it): it said ``partition key a is out of
+    range``, or ``partition key False`` for a boolean, not an index and not a value out of range."""
+    return UserCodeError(
+        f"the shuffle key {node.data_partition_column!r} is of type {dtype} in the data, not a number: "
+        "a shuffle sends a row to partition CAST(key AS BIGINT) (compute an integer key, e.g. with a SQL "
+        "expression as the key, or use a hash partition)"
+    )
+
+
 def _key_out_of_range(node, key, n: int, value=None) -> UserCodeError:
     """The error of a row whose partition index ``key`` is not in 0..n-1. A shuffle routes a row
     by ``CAST(key AS BIGINT)`` (a float to the nearest integer, halves to even): where the key the
@@ -598,6 +609,8 @@ class HashPartitionTask(Task):
                 if null or keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
                     bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
                     key = "NULL" if null else bad[0] if len(bad) else keys.dtype
+                    if direct and not null and keys.dtype.kind not in "iuf":
+                        raise _key_not_a_number(node, batch.column(col).type)
                     raise _key_out_of_range(node, key, n, self._batch_key_value(batch, key, direct, conn, columns, expr))
                 # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
                 keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
