@@ -190,11 +190,10 @@ class TaskError(SmallpondError, RuntimeError):
 
 _FRAME = re.compile(r'^  File "(?P<path>[^"]+)", line (?P<line>\d+), in (?P<fn>[^\n]+)\n(?:    (?P<code>[^\n]*)\n)?', re.M)
 # a library's file by its path alone, whichever Python wrote the traceback (a Ray worker's runtime_env
-# virtualenv, another machine's interpreter, a ``pip install --target`` folder on PYTHONPATH): a
-# site-packages or dist-packages folder, or an interpreter's standard library (lib/python3.X/, python3X.zip)
-_LIBRARY_PATH = re.compile(
-    r"[\\/](?:site-packages|dist-packages)[\\/]|[\\/]lib[\\/]python\d+(?:\.\d+)?[\\/]|[\\/]python\d+\.zip[\\/]"
-)
+# virtualenv, another machine's interpreter): a site-packages or dist-packages folder, or an
+# interpreter's standard library (lib/python3.X/, python3X.zip). (A ``pip install --target`` folder
+# of another name is not told from the user's code.)
+_LIBRARY_PATH = re.compile(r"[\\/](?:site-packages|dist-packages)[\\/]|[\\/]lib[\\/]python\d+\.\d+[\\/]|[\\/]python\d+\.zip[\\/]")
 
 
 def _user_frame(details: str) -> str:

@@ -560,16 +560,17 @@ def test_raised_at_skips_a_library_installed_where_this_interpreter_does_not_loo
     assert "site-packages" in e.value.details
     raised = [x for x in str(e.value).splitlines() if x.startswith("  raised at: ")]
     assert raised == [f"  raised at: {__file__}:{line}, in uses_the_library: return check(row)  # the line a failure names"]
-    # another interpreter's standard library, in the text of a traceback from another machine
+    # another interpreter's standard library, in the text of a traceback from another machine (and
+    # a user's folder named lib/python3 is not one)
     other = TaskError(
         "JSONDecodeError: x",
         node="n",
         task_key="k",
         details=(
             "Traceback (most recent call last):\n"
-            '  File "/home/u/job.py", line 5, in f\n    return json.loads(s)\n'
+            '  File "/home/u/lib/python3/job.py", line 5, in f\n    return json.loads(s)\n'
             '  File "/usr/lib/python3.10/json/decoder.py", line 355, in raw_decode\n    raise JSONDecodeError(s)\n'
             "JSONDecodeError: x\n"
         ),
     )
-    assert "  raised at: /home/u/job.py:5, in f: return json.loads(s)" in str(other)
+    assert "  raised at: /home/u/lib/python3/job.py:5, in f: return json.loads(s)" in str(other)
