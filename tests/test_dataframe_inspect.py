@@ -166,3 +166,18 @@ def test_the_schema_of_from_pandas_types_object_columns_by_their_values(sp):
     df = sp.from_pandas(pdf)
     assert [str(f.type) for f in df.schema] == ["binary", "struct<k: int64>", "int64"]
     assert df.map("*").schema == df.map("*").to_arrow().schema.remove_metadata()
+
+
+def test_the_schema_of_a_pandas_column_arrow_cannot_convert_names_the_column_and_the_call(sp):
+    # since the schema is typed from the frame's values, a column of mixed values made df.schema
+    # raise pyarrow's ArrowInvalid, naming neither the column nor the from_pandas call
+    import pandas as pd
+
+    from smallpond.errors import UserCodeError
+
+    pdf = pd.DataFrame({"i": [1, 2], "mixed": pd.Series([1, "x"], dtype=object)})
+    df = sp.from_pandas(pdf)
+    with pytest.raises(UserCodeError) as e:
+        _ = df.schema
+    msg = str(e.value)
+    assert f"created at {__file__}:" in msg and "the pandas column 'mixed' (object) cannot be converted to Arrow" in msg, msg

@@ -28,7 +28,7 @@ import threading
 from typing import Dict, List, Optional
 
 from smallpond.common import DATA_PARTITION_COLUMN_NAME, as_subquery, quote_literal
-from smallpond.errors import ColumnNotFoundError
+from smallpond.errors import ColumnNotFoundError, UserCodeError
 from smallpond.logical.base import node_at
 from smallpond.logical.compute import ArrowComputeNode, SqlEngineNode
 from smallpond.logical.dataset import ArrowTableDataSet, CsvDataSet, JsonDataSet, PandasDataSet, ParquetDataSet
@@ -166,6 +166,19 @@ def _describe(conn, sql: str):
         return pq.read_schema(path).remove_metadata()
 
 
+def _pandas_column_error(df, error) -> str:
+    """Why pyarrow cannot type a pandas frame: the first column it cannot convert (pyarrow's own
+    message names none: "Could not convert 'x' with type str: tried to convert to int64")."""
+    import pyarrow as pa
+
+    for name in df.columns:
+        try:
+            pa.Schema.from_pandas(df[[name]], preserve_index=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            return f"the pandas column {name!r} ({df[name].dtype}) cannot be converted to Arrow: {e}"
+    return f"the pandas DataFrame cannot be converted to Arrow: {error}"
+
+
 def _source_schema(node: DataSourceNode, conn):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -177,7 +190,10 @@ def _source_schema(node: DataSourceNode, conn):
         return ds.table.schema.remove_metadata()
     if isinstance(ds, PandasDataSet):
         # the whole frame's: an object column's type is that of its values (of no rows: null)
-        return pa.Schema.from_pandas(ds.df, preserve_index=False).remove_metadata()
+        try:
+            return pa.Schema.from_pandas(ds.df, preserve_index=False).remove_metadata()
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise UserCodeError(f"{node_at(node)}: {_pandas_column_error(ds.df, e)}") from e
     if isinstance(ds, ParquetDataSet):
         if ds.empty:
             schema = ds._schema_source()
