@@ -59,10 +59,9 @@ def test_a_script_named_types_py_runs_its_python_tasks(tmp_path):
     assert "RESULT [2, 4]" in done.stdout, done.stderr[-3000:]
 
 
-def test_a_moved_folder_stays_before_site_packages_in_the_standard_librarys_folder(tmp_path, monkeypatch):
-    # pyenv, python.org and Docker builds keep site-packages inside lib/python3.X: it was taken for
-    # the standard library, and the folder went after it, where an installed module of a name the
-    # folder holds (the driver's own, from the folder) won in the workers
+def _fake_install(tmp_path, monkeypatch):
+    """An interpreter whose site-packages is inside its standard library's folder (pyenv,
+    python.org and Docker builds), as sysconfig tells it, and a script folder holding types.py."""
     import sysconfig
 
     std = tmp_path / "lib" / "python3"
@@ -73,6 +72,15 @@ def test_a_moved_folder_stays_before_site_packages_in_the_standard_librarys_fold
     (script / "types.py").write_text("")
     paths = {"stdlib": str(std), "platstdlib": str(std), "purelib": str(site), "platlib": str(site)}
     monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: dict(paths))
+    return std, site, script
+
+
+def test_a_moved_folder_stays_before_site_packages_in_the_standard_librarys_folder(tmp_path, monkeypatch):
+    # pyenv, python.org and Docker builds keep site-packages inside lib/python3.X: it was taken for
+    # the standard library, and the folder went after it, where an installed module of a name the
+    # folder holds (the driver's own, from the folder) won in the workers
+
+    std, site, script = _fake_install(tmp_path, monkeypatch)
     got = worker_import_path([str(script), str(std), str(site)], {"types": sys.modules["types"]})
     assert got.split(os.pathsep) == [str(std), str(script), str(site)]
 
@@ -80,18 +88,10 @@ def test_a_moved_folder_stays_before_site_packages_in_the_standard_librarys_fold
 def test_a_folder_shadowing_a_module_site_packages_gave_the_driver_goes_after_site_packages(tmp_path, monkeypatch):
     # a .pth file imports modules from site-packages as the interpreter starts (an editable
     # install's finder, _distutils_hack): a folder holding one of their names goes after it too
-    import sysconfig
     import types
 
-    std = tmp_path / "lib" / "python3"
-    site = std / "site-packages"
-    script = tmp_path / "script"
-    for d in (std, site, script):
-        d.mkdir(parents=True, exist_ok=True)
-    (script / "types.py").write_text("")
+    std, site, script = _fake_install(tmp_path, monkeypatch)
     (script / "_startup_hook.py").write_text("")
-    paths = {"stdlib": str(std), "platstdlib": str(std), "purelib": str(site), "platlib": str(site)}
-    monkeypatch.setattr(sysconfig, "get_paths", lambda *a, **k: dict(paths))
     hook = types.ModuleType("_startup_hook")
     hook.__file__ = str(site / "_startup_hook.py")
     loaded = {"types": sys.modules["types"], "_startup_hook": hook}

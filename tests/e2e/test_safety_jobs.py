@@ -440,6 +440,13 @@ def _job_folder_in_shared_root(top: str) -> str:
     return rt.job_root
 
 
+def _give_to_nobody(top: str) -> None:
+    """Every file and folder under ``top`` (itself included) owned by user nobody (65534)."""
+    for d, dirs, files in os.walk(top):
+        for name in [d] + [os.path.join(d, n) for n in dirs + files]:
+            os.chown(name, 65534, 65534)
+
+
 def test_removing_another_users_job_folder_is_refused_naming_it_and_removes_nothing(tmp_path):
     """``cleanup_root()``, ``initialize(cleanup_root=True)`` and ``cleanup()`` run by another user
     (nobody) on a job folder of root's: the folder 0700, as jobs make it, they did nothing at all
@@ -492,9 +499,7 @@ def test_a_folder_in_ones_own_job_folder_that_one_cannot_remove_stops_the_remova
     try:
         os.chmod(top, 0o755)
         job = _job_folder_in_shared_root(top)
-        for d, dirs, files in os.walk(os.path.dirname(job)):
-            for name in [d] + [os.path.join(d, n) for n in dirs + files]:
-                os.chown(name, 65534, 65534)
+        _give_to_nobody(os.path.dirname(job))
         roots = os.path.join(job, "staging", "SqlEngineTask.1")
         os.chown(roots, 0, 0)
         before = (snapshot(job), tree(job))
@@ -597,9 +602,7 @@ def test_a_bind_mount_in_ones_own_job_folder_does_not_stop_its_removal(tmp_path)
     try:
         os.chmod(top, 0o755)
         job = _job_folder_in_shared_root(top)
-        for d, dirs, files in os.walk(os.path.dirname(job)):
-            for name in [d] + [os.path.join(d, n) for n in dirs + files]:
-                os.chown(name, 65534, 65534)
+        _give_to_nobody(os.path.dirname(job))
         roots = os.path.join(top, "roots")  # root's, same filesystem
         os.makedirs(roots)
         open(os.path.join(roots, "keep"), "wb").write(b"root's")

@@ -63,16 +63,22 @@ def test_a_double_star_without_recursive_warns_at_the_users_line(tmp_path):
         ParquetDataSet(["d/*/*.parquet", "d/x**.parquet"], root_dir=str(tmp_path))  # no ``**`` component
 
 
+def _published(out):
+    """A result folder as a sink publishes it: part-0 (v=0) and part-1 (v=1), and a manifest
+    listing them by absolute path."""
+    out.mkdir()
+    for i in range(2):
+        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{out}/part-{i}.parquet'")
+    (out / ".MANIFEST.txt").write_text("".join(f"{out}/part-{i}.parquet\n" for i in range(2)))
+    return out
+
+
 def test_a_result_folder_copied_or_moved_reads_its_own_files(tmp_path):
     # its manifest lists absolute paths in the folder it was published in: a copy (cp -r) read the
     # original's files, and changed with them; a moved folder (mv) failed, naming files that are gone
     import shutil
 
-    out = tmp_path / "out"
-    out.mkdir()
-    for i in range(2):
-        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{out}/part-{i}.parquet'")
-    (out / ".MANIFEST.txt").write_text("".join(f"{out}/part-{i}.parquet\n" for i in range(2)))
+    out = _published(tmp_path / "out")
     shutil.copytree(out, tmp_path / "copy")
     duckdb.sql(f"COPY (SELECT 7 AS v) TO '{tmp_path}/copy/part-1.parquet'")  # the copy is edited
     copy = ParquetDataSet([str(tmp_path / "copy")])
@@ -108,11 +114,7 @@ def test_a_copied_result_folder_missing_a_file_is_refused_naming_it(tmp_path):
     # it read the original's files, all of them, without a word
     import shutil
 
-    out = tmp_path / "out"
-    out.mkdir()
-    for i in range(2):
-        duckdb.sql(f"COPY (SELECT {i} AS v) TO '{out}/part-{i}.parquet'")
-    (out / ".MANIFEST.txt").write_text("".join(f"{out}/part-{i}.parquet\n" for i in range(2)))
+    out = _published(tmp_path / "out")
     shutil.copytree(out, tmp_path / "copy")
     (tmp_path / "copy" / "part-1.parquet").unlink()
     with pytest.raises(ListedFileMissing, match=f"{tmp_path}/copy/part-1.parquet, which no longer exists"):
