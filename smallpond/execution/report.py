@@ -159,9 +159,10 @@ def _nice_step(span: float, ticks: int = 8) -> float:
     return 10 * mag
 
 
-def _workers_of(run: RunStats, log_root: str) -> Dict[int, str]:
-    """The worker of each failed attempt (by ``id`` of its event), for the timeline's rows and the
-    failures table: a lost attempt (its worker killed) was told by its executor, which named no
+def _failed_attempts(run: RunStats, log_root: str) -> Dict[int, Tuple[str, str]]:
+    """The worker and the log of each failed attempt (by ``id`` of its event), looked up once for
+    the timeline's rows, the cards and the failures table (a log that is gone may be searched for
+    in the worker logs: :func:`~smallpond.execution.events.existing_attempt_log`): a lost attempt (its worker killed) was told by its executor, which named no
     worker (Ray's, a replaced local worker) or another name than the worker's own: its bar sat
     on a row '?' of its own. Its lines are in its worker process's log (``workers/{host}-{pid}.log``,
     :func:`~smallpond.execution.events.existing_attempt_log`): the worker of the attempts done in
@@ -170,25 +171,27 @@ def _workers_of(run: RunStats, log_root: str) -> Dict[int, str]:
     for a in run.attempts:
         if a["ev"] == "done" and a.get("worker") and str(a.get("log") or "").startswith("workers/"):
             by_log.setdefault(a["log"], a["worker"])
-    out: Dict[int, str] = {}
+    out: Dict[int, Tuple[str, str]] = {}
     for a in run.failures:
         log = existing_attempt_log(log_root, a.get("log")) or str(a.get("log") or "")
         name = by_log.get(log) or a.get("worker") or ""
         if not name and log.startswith("workers/"):
             name = os.path.splitext(os.path.basename(log))[0]
-        out[id(a)] = name or "?"
+        out[id(a)] = (name or "?", log)
     return out
 
 
-def _timeline_svg(run: RunStats, workers_of: Dict[int, str]) -> str:
+def _worker(a: dict, failed: Dict[int, Tuple[str, str]]) -> str:
+    """The worker an attempt ran on (a failed one's as :func:`_failed_attempts` found it)."""
+    got = failed.get(id(a))
+    return got[0] if got else a.get("worker") or "?"
+
+
+def _timeline_svg(run: RunStats, failed_attempts: Dict[int, Tuple[str, str]]) -> str:
     attempts = run.attempts[:MAX_TIMELINE_ATTEMPTS]
     if not attempts:
         return '<p class="muted">No task ran on a worker in this run (everything was resumed or metadata-only).</p>'
-
-    def worker(a: dict) -> str:
-        return workers_of.get(id(a)) or a.get("worker") or "?"
-
-    workers = sorted({worker(a) for a in attempts})
+    workers = sorted({_worker(a, failed_attempts) for a in attempts})
     t0 = min(float(a["started"]) for a in attempts)
     t1 = max(float(a["started"]) + float(a["elapsed"]) for a in attempts)
     span = max(t1 - t0, 1e-3)
@@ -216,7 +219,7 @@ def _timeline_svg(run: RunStats, workers_of: Dict[int, str]) -> str:
         ns = run.nodes.get(nid)
         x = left + (float(a["started"]) - t0) * scale
         w = max(1.0, float(a["elapsed"]) * scale)
-        y = top + lane[worker(a)] * lane_h + 3
+        y = top + lane[_worker(a, failed_attempts)] * lane_h + 3
         failed = a["ev"] == "failed"
         tip = f"{a['key']} attempt {a.get('attempt', 0)}\n{ns.label if ns else nid}\n{human_seconds(float(a['elapsed']))}"
         if a.get("rows") is not None:
@@ -283,7 +286,7 @@ def _use_cells(ns) -> str:
     )
 
 
-def _failure_table(run: RunStats, log_root: str, workers_of: Dict[int, str]) -> str:
+def _failure_table(run: RunStats, failed: Dict[int, Tuple[str, str]]) -> str:
     if not run.failures:
         return '<p class="muted">No attempt failed.</p>'
     rows = []
@@ -293,11 +296,11 @@ def _failure_table(run: RunStats, log_root: str, workers_of: Dict[int, str]) -> 
         what = {"retry": "retried", "retry_with_more_memory": "retried with more memory", "fail": "gave up"}.get(
             decision, decision
         )
-        log = existing_attempt_log(log_root, a.get("log")) or str(a.get("log") or "")
+        worker, log = failed[id(a)]
         link = f'<a href="{_e(log)}">{_e(log)}</a>' if log else ""
         rows.append(
             f'<tr class="{"fatal" if decision == "fail" else ""}"><td>{_when(float(a["started"]))}</td><td><code>{_e(a["key"])}</code></td>'
-            f'<td>{_e(ns.label if ns else a["node"])}</td><td class="num">{a.get("attempt", 0)}</td><td>{_e(workers_of.get(id(a)) or a.get("worker", ""))}</td>'
+            f'<td>{_e(ns.label if ns else a["node"])}</td><td class="num">{a.get("attempt", 0)}</td><td>{_e(worker)}</td>'
             f"<td>{_e(what)}</td><td><pre>{_e(str(a.get('error', ''))[:2000])}</pre></td><td>{link}</td></tr>"
         )
     head = "<tr><th>Started</th><th>Task</th><th>Node</th><th>Attempt</th><th>Worker</th><th>Outcome</th><th>Error</th><th>Log</th></tr>"
@@ -381,7 +384,8 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
     ran = sum(n.done - n.inline for n in run.nodes.values())
     retries = run.total("retries")
     failed = run.total("failed")
-    workers_of = _workers_of(run, os.path.join(job_root, "log"))
+    log_root = os.path.join(job_root, "log")
+    failed_attempts = _failed_attempts(run, log_root)
     cards = [
         (f"{ran:,}", "tasks run"),
         (f"{run.total('resumed'):,}", "resumed"),
@@ -392,12 +396,12 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
         (human_bytes(run.total("written")), "written"),
         (human_bytes(run.total("read")), "read"),
         (human_seconds(run.elapsed), "elapsed"),
-        (str(len({workers_of.get(id(a)) or a.get("worker") or "?" for a in run.attempts})), "workers used"),
+        (str(len({_worker(a, failed_attempts) for a in run.attempts})), "workers used"),
     ]
     logs = " ".join(f'<a href="{_e(f)}">{_e(f)}</a>' for f in log_files) or "none"
     error = ""
     if run.end and run.end.get("error"):
-        link = existing_attempt_log(os.path.join(job_root, "log"), run.end.get("log"))
+        link = existing_attempt_log(log_root, run.end.get("log"))
         error = f'<h2>Error</h2><pre class="error">{_e(run.end["error"])}</pre>' + (
             f'<p>Log of the failed task: <a href="{_e(link)}">{_e(link)}</a></p>' if link else ""
         )
@@ -419,9 +423,9 @@ def render_report(history: JobHistory, *, job_root: str, state: str, log_files: 
         f'<div class="cards">{"".join(f"<div class=card><b>{v}</b><span>{k}</span></div>" for v, k in cards)}</div></header>'
         f"{error}"
         f'<section id="plan"><h2>Plan</h2><div class="scroll">{_plan_svg(run)}</div></section>'
-        f'<section id="timeline"><h2>Timeline of tasks per worker</h2><div class="scroll">{_timeline_svg(run, workers_of)}</div></section>'
+        f'<section id="timeline"><h2>Timeline of tasks per worker</h2><div class="scroll">{_timeline_svg(run, failed_attempts)}</div></section>'
         f'<section id="nodes"><h2>Nodes</h2><div class="scroll">{_node_table(run)}</div></section>'
-        f'<section id="failures"><h2>Retries and failures</h2><div class="scroll">{_failure_table(run, os.path.join(job_root, "log"), workers_of)}</div></section>'
+        f'<section id="failures"><h2>Retries and failures</h2><div class="scroll">{_failure_table(run, failed_attempts)}</div></section>'
         f"{_runs_table(history)}"
     )
     return _page(f"smallpond job {name or job_id}", body)
