@@ -316,8 +316,8 @@ def _input_changes(
             changed_tasks.setdefault(lab[len(PRODUCED) :].split("/", 1)[0], None)
         elif a is None:
             external.append(f"input file {lab} is new")
-        elif b is None:
-            external.append(f"input file {lab} is gone")
+        elif b is None:  # the file may be there still: the task's input list changed
+            external.append(f"input file {lab} is no longer an input")
         else:
             external.append(f"input file {lab} changed ({_describe_identity_change(a, b)})")
     out.extend(external[:3])
@@ -708,6 +708,10 @@ class JobCache:
         if builds is None:
             builds = self._index_read[position] = self.cache.read_index(position) or {}
         return builds.get(partition_of(task))
+
+    def other_partitions(self, task: Task) -> List[str]:
+        """The partitions of the builds at the task's position (read by :meth:`previous_build`)."""
+        return list(self._index_read.get(node_position(task)) or {})
 
     def forget(self, task_keys, node_id: Optional[int] = None) -> None:
         """Recompute these tasks (and every task of node ``node_id``, planned later too): drop

@@ -18,6 +18,7 @@ Entries are looked up but never removed, claims are not taken, and nothing is wr
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -81,7 +82,7 @@ def dry_run(
             that the plan check (:mod:`smallpond.execution.plancheck`) finds cannot run would
             fail, and say why, instead of "will run".
     """
-    from smallpond.execution.cache_keys import JobCache, why_changed
+    from smallpond.execution.cache_keys import JobCache, partition_of, why_changed
 
     done = dict(done or {})
     order = topological_order([t.key for t in targets], lambda k: all_tasks[k].input_keys)
@@ -173,9 +174,11 @@ def dry_run(
             continue
         prev = cache.previous_build(task)
         cur = {"key": cache_key, **cache.components[key]}
-        verdicts.append(
-            Verdict(task, RUN, why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, named_behind)))
-        )
+        if prev is None:
+            why = [never_computed(partition_of(task), cache.other_partitions(task))]
+        else:
+            why = why_changed(prev, cur, origin=lambda k: _recomputed_behind(k, all_tasks, cache, named_behind))
+        verdicts.append(Verdict(task, RUN, why))
     _plan_check(verdicts, planned_nodes)
     return DryRun(verdicts, rt.task_cache if cache is not None else None)
 
@@ -234,6 +237,34 @@ def _recomputed_behind(key: str, all_tasks: Dict[str, Task], cache, memo: Dict[t
         return [key]
     memo[inputs] = named
     return named
+
+
+_PARTITION_INFO = re.compile(r"\('((?:[^'\\]|\\.)*)', (\d+), (\d+)\)")
+
+
+def _partition_counts(partition: str) -> Dict[str, int]:
+    """``{dimension: npartitions}`` of a task's partition as the cache's index keeps it
+    (``cache_keys.partition_of``), the top level left out."""
+    return {m[0]: int(m[2]) for m in _PARTITION_INFO.findall(partition) if m[0] != "@toplevel@"}
+
+
+def never_computed(partition: str, other_partitions: Sequence[str]) -> str:
+    """Why a task whose partition has no build in the cache's index will run. Where the node's
+    earlier builds had another partition count, that is what changed: ``npartitions=<number of
+    files>`` after a file was added gives every task of the node a partition it never had."""
+    cur = _partition_counts(partition)
+    earlier: Dict[str, set] = {}
+    for other in other_partitions:
+        for dim, n in _partition_counts(other).items():
+            earlier.setdefault(dim, set()).add(n)
+    changed = [
+        f"{dim} has {cur[dim]} partitions, {' or '.join(map(str, sorted(earlier[dim])))} before"
+        for dim in cur
+        if dim in earlier and cur[dim] not in earlier[dim]
+    ]
+    if changed:
+        return f"its partition changed: {'; '.join(changed)}, so no task of its node has an earlier build"
+    return "never computed (no earlier build of this task in the cache)"
 
 
 def _dry_dir(rt: RuntimeContext, task: Task) -> str:

@@ -386,3 +386,14 @@ def test_a_query_builders_code_is_part_of_its_sources_key(tmp_path):
     assert count("five", _five_rows) == ([5], 0)
     assert count("fifty", _fifty_rows)[0] == [50], "served the output of the other builder's query"
     assert count("five-again", _five_rows)[1] > 0, "the same builder should be reused"
+
+
+def test_why_changed_says_a_file_left_the_inputs_not_that_it_is_gone():
+    """The last build read /data/a.parquet, this one reads /data2/a.parquet: the first is no longer
+    an input (it may well still exist), which is what the dry run says."""
+    prev = {"key": "a", "plan": {}, "engine": "e", "inputs": [_input({"/data/a.parquet": "100:1:aa"})]}
+    cur = {"key": "b", "plan": {}, "engine": "e", "inputs": [_input({"/data2/a.parquet": "100:1:aa"})]}
+    assert why_changed(prev, cur) == [
+        "input file /data/a.parquet is no longer an input",
+        "input file /data2/a.parquet is new",
+    ]

@@ -242,3 +242,51 @@ def test_the_copy_step_written_for_a_sink_over_a_projection_says_what_it_is(tmp_
     text = str(dry_run_plan(plan, make_runtime_ctx("dry-copy", None, str(tmp_path / "root"))))
     copy = [line for line in text.splitlines() if line.startswith("SqlEngineNode-")]
     assert len(copy) == 1 and f"(copy of what {projected!r} projects, for the sink) @ {__file__}:" in copy[0], text
+
+
+def test_a_dry_run_says_a_changed_partition_count_is_why_nothing_is_reused(tmp_path):
+    """One file more in a partition by files gives every task a partition its node never had: the
+    dry run says the count changed, not "never computed" (the node was computed, with 2 partitions)."""
+    import duckdb
+
+    import smallpond
+
+    files = []
+    for i in range(3):
+        files.append(str(tmp_path / f"part{i}.parquet"))
+        duckdb.sql(f"copy (select range + {i * 10} as a from range(10)) to '{files[-1]}'")
+
+    def frame(sp, paths):
+        df = sp.read_parquet(paths).repartition(len(paths))
+        return sp.partial_sql("select count(*) as c from {0}", df)
+
+    sp = smallpond.init(job_id="parts-2", data_root=str(tmp_path / "root"))
+    try:
+        assert sorted(frame(sp, files[:2]).to_pandas()["c"]) == [10, 10]
+    finally:
+        sp.shutdown()
+    sp = smallpond.init(job_id="parts-3", data_root=str(tmp_path / "root"))
+    try:
+        text = frame(sp, files).explain(dry_run=True)
+    finally:
+        sp.shutdown()
+    assert "its partition changed: __data_partition__ has 3 partitions, 2 before" in text, text
+    assert "never computed" not in text, text
+
+
+def test_never_computed_names_the_partition_count_that_changed():
+    from smallpond.execution.dryrun import never_computed
+
+    def part(i, n, dim="__data_partition__"):
+        return repr([("@toplevel@", 0, 1), (dim, i, n)]) + repr(())
+
+    # the node's earlier builds were of 6 partitions; this task is 0 of 7
+    earlier = [part(i, 6) for i in range(6)]
+    assert never_computed(part(0, 7), earlier) == (
+        "its partition changed: __data_partition__ has 7 partitions, 6 before, so no task of its node has an earlier build"
+    )
+    # the same count: this partition was simply never built (an earlier job stopped before it)
+    assert never_computed(part(5, 6), earlier[:3]) == "never computed (no earlier build of this task in the cache)"
+    # no build at all, or of another dimension only
+    assert never_computed(part(0, 7), []) == "never computed (no earlier build of this task in the cache)"
+    assert never_computed(part(0, 7), [part(0, 3, "other")]).startswith("never computed")
