@@ -25,7 +25,8 @@ Guarantees:
   :mod:`~smallpond.execution.cache`). A file the job took from the task cache is that entry's
   inode, and so possibly another job's published result: it is copied (a reflink where the
   filesystem has them), so editing one result in place never changes another
-  (:func:`_linked_from_cache`). Likewise a user's input file that a ``"link_or_copy"`` sink
+  (:func:`~smallpond.execution.ops.sink_sources.linked_from_cache`; a
+  manifest lists such a file once it is this job's own copy: :func:`~smallpond.execution.ops.sink_sources.own_copies`). Likewise a user's input file that a ``"link_or_copy"`` sink
   (``write_parquet``) publishes as is: the result is a copy, never the input itself.
 * **No output overlaps an input**, the data root or a job folder, and no result is published
   inside (or around) another, of this session or of any job of the data root, nor over a result
@@ -100,7 +101,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from smallpond.common import logger
 from smallpond.errors import ParameterError, PlanError
-from smallpond.execution.cache import LINKED_MARKER
 from smallpond.execution.ops import sink_record
 from smallpond.execution.ops.sink_append import load_manifest
 from smallpond.execution.ops.sink_journal import (
@@ -118,7 +118,9 @@ from smallpond.execution.ops.sink_overlap import inside as _inside
 from smallpond.execution.ops.sink_pending import mark, unmark
 from smallpond.execution.ops.sink_sources import (
     dest_names,
+    linked_from_cache,
     manifest_files,
+    own_copies,
     source_files,
     sources_of,
     without_empty_parquet,
@@ -432,6 +434,11 @@ class DataSinkTask(Task):
             bad = next((f for f in files if unlistable(f)), None)
             if bad is not None:  # a file that appeared after the plan check (check_listable)
                 raise ParameterError(node._msg(unlistable_refusal(node, bad)))
+            # a file the job took from the task cache is the entry's inode, and maybe another job's
+            # result: the manifest lists it once the job's output holds a copy of its own instead
+            copied = own_copies(files, runtime_ctx.job_root)
+            if copied:
+                logger.info("{}: copied {} file(s) reused from the task cache rather than listing them", node.label, copied)
             files = [published_place(runtime_ctx, f) for f in files]
             atomic_write_text(os.path.join(staging, MANIFEST), "".join(f + "\n" for f in files))
             self.inject_fault()
@@ -445,7 +452,7 @@ class DataSinkTask(Task):
             dst = os.path.join(staging, name)
             if spans is not None:
                 write_rows(src, spans, dst)  # some rows of a file: only those are published
-            elif node.type != "copy" and _linked_from_cache(src, runtime_ctx.job_root, memo):
+            elif node.type != "copy" and linked_from_cache(src, runtime_ctx.job_root, memo):
                 clone_or_copy(src, dst)  # another job's result may be that very inode
                 reused += 1
             elif node.type == "link_or_copy" and not _inside(os.path.abspath(src), os.path.abspath(runtime_ctx.job_root)):
@@ -465,30 +472,6 @@ class DataSinkTask(Task):
         )
         self.inject_fault()
         return _as_dataset(staged)
-
-
-def _linked_from_cache(path: str, job_root: str, memo: Dict[str, bool]) -> bool:
-    """Whether ``path`` is a hard link to a file of a task cache entry: it lies in an output
-    directory of this job that the cache filled (one holding
-    :data:`~smallpond.execution.cache.LINKED_MARKER`). Such a file is the inode of the entry and of
-    every other job that computed or reused it, so publishing it by a link would make two results
-    one file. ``memo``: folder -> answer, shared by the files of one sink (a stat per folder)."""
-    root = os.path.abspath(job_root)
-    folder = os.path.dirname(os.path.abspath(path))
-    walked, hit = [], False
-    while folder != root and _inside(folder, root):
-        known = memo.get(folder)
-        if known is not None:
-            hit = known
-            break
-        walked.append(folder)
-        if os.path.lexists(os.path.join(folder, LINKED_MARKER)):
-            hit = True
-            break
-        folder = os.path.dirname(folder)
-    for f in walked:
-        memo[f] = hit
-    return hit
 
 
 def _as_dataset(files: List[str]) -> DataSet:

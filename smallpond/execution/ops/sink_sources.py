@@ -1,12 +1,20 @@
 """What a sink publishes: its input files, whole or only some of their rows, under names that do
-not collide, and (``remove_empty_parquet``) without the Parquet files that hold no rows."""
+not collide, and (``remove_empty_parquet``) without the Parquet files that hold no rows.
+
+A file the job took from the task cache is the entry's inode, and possibly another job's result:
+it is never published as it is (:func:`linked_from_cache`, :func:`own_copies`)."""
 
 from __future__ import annotations
 
 import os
+import stat
+import uuid
 from typing import Dict, List, Optional, Tuple
 
 from smallpond.errors import ParameterError, PlanError
+from smallpond.execution.cache import LINKED_MARKER
+from smallpond.execution.ops.sink_overlap import inside as _inside
+from smallpond.io.filesystem import clone_or_copy
 from smallpond.io.paths import listable_name
 from smallpond.logical.dataset import DataSet, PartitionedDataSet
 from smallpond.logical.structural import unlistable_inputs, unlistable_refusal
@@ -76,6 +84,60 @@ def manifest_files(inputs: List[DataSet], where: str) -> List[str]:
             )
         files.append(path)
     return files
+
+
+def linked_from_cache(path: str, job_root: str, memo: Dict[str, bool]) -> bool:
+    """Whether ``path`` is a hard link to a file of a task cache entry: it lies in an output
+    directory of this job that the cache filled (one holding
+    :data:`~smallpond.execution.cache.LINKED_MARKER`). Such a file is the inode of the entry and of
+    every other job that computed or reused it, so publishing it by a link would make two results
+    one file. ``memo``: folder -> answer, shared by the files of one sink (a stat per folder)."""
+    root = os.path.abspath(job_root)
+    folder = os.path.dirname(os.path.abspath(path))
+    walked, hit = [], False
+    while folder != root and _inside(folder, root):
+        known = memo.get(folder)
+        if known is not None:
+            hit = known
+            break
+        walked.append(folder)
+        if os.path.lexists(os.path.join(folder, LINKED_MARKER)):
+            hit = True
+            break
+        folder = os.path.dirname(folder)
+    for f in walked:
+        memo[f] = hit
+    return hit
+
+
+def own_copies(files: List[str], job_root: str) -> int:
+    """Give this job a file of its own in place of each of ``files`` that is a task-cache entry's
+    inode linked into its output (:func:`linked_from_cache`) and has another link: a copy (a
+    reflink where the filesystem has them) renamed over it, so that a manifest listing it never
+    lists another job's result, nor the entry, and editing one result in place never changes
+    another. A file without another link is the job's own already (a rerun finds its copies).
+    Returns how many files were copied."""
+    memo: Dict[str, bool] = {}
+    copied = 0
+    for f in files:
+        if not linked_from_cache(f, job_root, memo):
+            continue
+        try:
+            st = os.lstat(f)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink < 2:
+            continue
+        folder, name = os.path.split(f)
+        tmp = os.path.join(folder, f".{name}.own-{uuid.uuid4().hex[:8]}")
+        try:
+            clone_or_copy(f, tmp)
+            os.replace(tmp, f)
+        finally:
+            if os.path.lexists(tmp):
+                os.unlink(tmp)
+        copied += 1
+    return copied
 
 
 def write_rows(src: str, spans: List[Tuple[int, int]], dst: str) -> None:
