@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -258,6 +258,23 @@ def _process_log_lines(log_root: str, task: str) -> Tuple[str, List[str]]:
     return keys[0], [line for _, line in sorted(found[keys[0]], key=lambda x: x[0])]
 
 
+def _reused_task(log_root: str, task: str) -> Optional[Dict[str, Any]]:
+    """The last ``reused`` event (a task served from the task cache) of the task ``task`` names,
+    matched as :func:`_task_logs` matches it, from the job's event log; None if there is none."""
+    from smallpond.execution.events import read_events
+
+    found: Dict[str, Dict[str, Any]] = {}
+    for ev in read_events(log_root):
+        if ev.get("ev") == "reused" and isinstance(ev.get("key"), str):
+            found[ev["key"]] = ev
+    keys = [k for k in found if k == task]
+    if not keys and task.isdigit():
+        keys = [k for k in found if k.endswith(f"-{int(task):06d}")]
+    if not keys:
+        keys = [k for k in found if k.startswith(task)]
+    return found[keys[0]] if len(keys) == 1 else None
+
+
 def _print_file(path: str, lines: int) -> None:
     with open(path, errors="replace") as f:
         if lines > 0:
@@ -290,6 +307,14 @@ def _logs(args, data_root: str) -> int:
     paths = _task_logs(log_root, args.task)
     if not paths:
         key, lines = _process_log_lines(log_root, args.task)
+        reused = None if lines else _reused_task(log_root, args.task)
+        if reused is not None:  # no attempt of its own: its log is the job's that computed it
+            print(
+                f"{reused['key']} ran no attempt in job {job.job_id}: it was reused from the task cache, as written by "
+                f"{reused.get('from_task')} of job {reused.get('from_job')} (smallpond logs {reused.get('from_job')} "
+                f"{reused.get('from_task')}, while that job's folder is there)"
+            )
+            return EXIT_OK
         if not lines:
             raise JobLookupError(
                 f"no log of task {args.task!r} in {os.path.join(log_root, 'tasks')} (smallpond logs {args.job} --list)"

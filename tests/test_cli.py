@@ -113,6 +113,26 @@ def test_logs_of_a_task_whose_attempts_logged_nothing_of_their_own(two_jobs, dat
     assert cli("logs", str(ok.job_id), "NoSuchTask-1", data_root=data_root).returncode == 2
 
 
+def test_logs_of_a_task_reused_from_the_task_cache_name_the_job_that_ran_it(make_rt, parquet_files, data_root):
+    """A task served from the task cache ran no attempt in its job, so nothing of it is in the job's
+    logs: ``logs JOB TASK`` says where it came from (it said "no log of task" and exited 2)."""
+    first = _job(make_rt, parquet_files, "select * from {0}", "33333333-0000-0000-0000-000000000003")
+    second = _job(make_rt, parquet_files, "select * from {0}", "44444444-0000-0000-0000-000000000004")
+    events = [json.loads(x) for x in open(os.path.join(second.log_root, "events.jsonl"))]
+    reused = next(e for e in events if e["ev"] == "reused" and e["key"].startswith("SqlEngineTask-"))
+    for ref in (reused["key"], reused["key"].rsplit("-", 1)[1].lstrip("0")):
+        out = cli("logs", str(second.job_id), ref, data_root=data_root)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(
+            f"{reused['key']} ran no attempt in job {second.job_id}: it was reused from the task cache, "
+            f"as written by {reused['key']} of job {first.job_id}"
+        ), out.stdout
+    # the job that ran it has its start and done lines
+    ran = cli("logs", str(first.job_id), reused["key"], data_root=data_root)
+    assert ran.returncode == 0 and f"start {reused['key']}" in ran.stdout
+    assert cli("logs", str(second.job_id), "NoSuchTask-1", data_root=data_root).returncode == 2
+
+
 def test_report_rebuilds_the_page(two_jobs, data_root):
     ok, _ = two_jobs
     page = os.path.join(ok.log_root, "report.html")
