@@ -68,6 +68,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -194,9 +195,20 @@ class TaskCache:
     def check(self) -> None:
         """Create the folder (0700) and its secret; refuse a folder others could write."""
         user_folder.prepare_task_cache(self.path)  # the default place: the user's folder, made and checked first
-        for sub in ("", "entries", "locks", "index", "jobs"):
-            os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
-        st = os.stat(self.path)
+        try:
+            for sub in ("", "entries", "locks", "index", "jobs"):
+                os.makedirs(os.path.join(self.path, sub), mode=0o700, exist_ok=True)
+            st = os.stat(self.path)
+        except OSError as e:  # a file in its place, a folder that cannot be made: say which setting
+            what = str(e.filename or self.path).rstrip(os.sep)
+            why = {
+                errno.EEXIST: f"{what} is a file, not a folder",
+                errno.ENOTDIR: f"a folder above {what} is a file",
+            }.get(e.errno, f"{e.strerror or e}: {what}")
+            raise ParameterError(
+                f"task cache {self.path} cannot be used: {why}; point task_cache (init(task_cache=...), "
+                "SP_TASK_CACHE, --task_cache) at a folder of yours or turn it off (task_cache='off')"
+            ) from e
         if hasattr(os, "getuid") and st.st_uid != os.getuid():
             raise ParameterError(
                 f"task cache {self.path} is owned by uid {st.st_uid}, not by this user (uid {os.getuid()}): refusing to use "

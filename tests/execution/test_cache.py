@@ -204,6 +204,20 @@ def test_a_folder_others_could_write_is_refused(tmp_path):
         TaskCache(str(path)).check()
 
 
+def test_a_cache_path_that_cannot_be_a_folder_is_an_error_naming_the_cache_and_its_settings(tmp_path):
+    """A file where the cache's folder should be gave the bare OSError ("[Errno 17] File exists:
+    '/x/side.txt/'"), naming neither the task cache nor how to point it elsewhere."""
+    side = tmp_path / "side.txt"
+    side.write_text("mine")
+    for path, why in ((side, f"{side} is a file, not a folder"), (side / "sub", f"a folder above {side / 'sub'} is a file")):
+        with pytest.raises(ParameterError) as info:
+            TaskCache(str(path)).check()
+        text = str(info.value)
+        assert text.startswith(f"task cache {path} cannot be used: {why};"), text
+        assert "SP_TASK_CACHE" in text and "task_cache='off'" in text
+    assert side.read_text() == "mine"
+
+
 @pytest.mark.skipif(not hasattr(os, "getuid") or os.getuid() != 0, reason="changing a folder's owner needs root")
 def test_a_folder_owned_by_someone_else_is_refused(tmp_path):
     path = tmp_path / "theirs"
