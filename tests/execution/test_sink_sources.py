@@ -150,3 +150,37 @@ def test_a_sink_over_a_projection_of_every_column_publishes_the_files_as_they_ar
     node = ProjectionNode(ctx, DataSourceNode(ctx, ParquetDataSet([path])))
     result = run_job(LogicalPlan(ctx, node), make_rt(), num_workers=1)
     assert result.final_output.resolved_paths == [path]
+
+
+def test_own_copies_replaces_only_linked_cache_files_and_only_once(tmp_path):
+    """A file of a cache-filled output folder of the job (LINKED_MARKER) that has another link is
+    replaced by a copy of the job's own (same bytes, one link); a rerun finds one link and copies
+    nothing; a file the job computed itself, or one outside the job, is left as it is."""
+    from smallpond.execution.cache import LINKED_MARKER
+    from smallpond.execution.ops.sink_sources import own_copies
+
+    job = tmp_path / "job"
+    linked, computed = job / "output" / "res" / "T-1.0.abc", job / "output" / "res" / "T-2.0.def"
+    linked.mkdir(parents=True)
+    computed.mkdir(parents=True)
+    (linked / LINKED_MARKER).write_text("entry")
+    entry = tmp_path / "cache" / "entry.parquet"
+    entry.parent.mkdir()
+    entry.write_bytes(b"PAR1 reused bytes PAR1")
+    reused = linked / "res-1.parquet"
+    os.link(entry, reused)
+    own = computed / "res-2.parquet"
+    own.write_bytes(b"mine")
+    os.link(own, tmp_path / "cache" / "own-entry.parquet")  # computed here, inserted into the cache
+    outside = tmp_path / "user.parquet"
+    outside.write_bytes(b"theirs")
+    os.link(outside, tmp_path / "user-link.parquet")
+
+    files = [str(reused), str(own), str(outside)]
+    assert own_copies(files, str(job)) == 1
+    assert os.stat(reused).st_ino != os.stat(entry).st_ino and os.stat(reused).st_nlink == 1
+    assert reused.read_bytes() == entry.read_bytes() == b"PAR1 reused bytes PAR1"
+    assert os.stat(own).st_nlink == 2 and os.stat(outside).st_nlink == 2  # not a cache link: as they were
+    assert sorted(os.listdir(linked)) == sorted([LINKED_MARKER, "res-1.parquet"]), "no temporary copy is left"
+    ino = os.stat(reused).st_ino
+    assert own_copies(files, str(job)) == 0 and os.stat(reused).st_ino == ino
