@@ -673,6 +673,23 @@ def test_union_by_name_unifies_a_column_typed_differently_in_two_files(sp, tmp_p
 
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_union_by_name_reaches_the_readers_of_a_hash_partition(sp, tmp_path, engine):
+    # two files of other columns read with union_by_name, one a partition: each producer of the
+    # hash partition wrote its own file's columns, and SQL over a consumer's files read the first
+    # file's: b was lost in silence (its rows and the schema's column too)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"a": list(range(10))}), str(tmp_path / "1.parquet"))
+    pq.write_table(pa.table({"b": [7, 8], "a": [10, 11]}), str(tmp_path / "2.parquet"))
+    expected = duckdb.sql(f"select a, b from read_parquet('{tmp_path}/*.parquet', union_by_name=true) order by a").fetchall()
+    df = sp.read_parquet(str(tmp_path / "*.parquet"), union_by_name=True).repartition(2)
+    hashed = df.repartition(3, hash_by="a", engine_type=engine)
+    for frame in (hashed, hashed.map("*"), hashed.repartition(1).map("a, b")):
+        assert sorted(frame.schema.names) == ["a", "b"], frame
+        assert sorted((r["a"], r["b"]) for r in frame.to_arrow().to_pylist()) == expected, frame
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
 def test_a_column_named_like_the_partition_column_is_kept(sp, engine):
     # the frame's partition column is dropped after a repartition; a user column of that name is
     # data and stays (it was dropped with it while the schema still listed it)

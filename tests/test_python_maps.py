@@ -246,3 +246,36 @@ def test_a_column_with_nulls_only_after_its_first_file(sp, tmp_path, op):
         "flat_map": lambda: df.flat_map(lambda r: [r]),
     }[op]()
     assert sorted(out.to_arrow().column("f").to_pylist(), key=str) == [1.0, 2.0, 4.0, None]
+
+
+def _x_then_xy(r):
+    """Partition 0 (i < 5) returns {x}, partition 1 {x, y}: a map without schema= types each."""
+    i = r["i"]
+    return {"x": i} if i < 5 else {"x": i, "y": f"y{i}"}
+
+
+def test_a_column_of_some_partitions_of_a_map_reaches_every_reader(sp, ten):
+    """A map without schema= wrote {x} in one partition and {x, y} in the other. Files of both
+    partitions in one partition (a hash or shuffle's consumer, repartition(1), limit) were read by
+    SQL by the first file's columns: y was lost in silence (and `select y` refused), while the
+    frame's schema, to_arrow and take had it; a Python map over them lost it too (the batch
+    reader took the first file's). The engine now reads its own such files by name."""
+    m = _two(sp, ten).map(_x_then_xy)
+    want = sorted((i, f"y{i}" if i >= 5 else None) for i in range(10))
+    frames = {
+        "hash": m.repartition(2, hash_by="x"),
+        "hash (arrow)": m.repartition(2, hash_by="x", engine_type="arrow"),
+        "one": m.repartition(1),
+        "shuffle": m.random_shuffle(),
+        "limit": m.limit(100),
+        "hash, sql *, one": sp.partial_sql("select * from {0}", m.repartition(2, hash_by="x")).repartition(1),
+    }
+    for name, f in frames.items():
+        assert f.schema.names == ["x", "y"], name
+        assert sorted((r["x"], r["y"]) for r in f.to_arrow().to_pylist()) == want, name
+        assert list(f.to_pandas().columns) == ["x", "y"], name
+        assert sorted((r["x"], r["y"]) for r in f.take(10)) == want, name
+        assert f.count() == 10, name
+        assert f.map("*").to_arrow().column_names == ["x", "y"], name
+        assert sorted(f.map("y").to_arrow().column("y").to_pylist(), key=str) == sorted((y for _, y in want), key=str), name
+        assert sorted((r["x"], r["y"]) for r in f.map(lambda r: r).to_arrow().to_pylist()) == want, name

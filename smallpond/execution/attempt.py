@@ -24,6 +24,7 @@ from smallpond.execution.attempt_files import bytes_read, bytes_written, input_f
 from smallpond.execution.commit import _load_record, commit_path, write_commit
 from smallpond.execution.executors.base import Completion
 from smallpond.execution.joblog import log_stamp
+from smallpond.execution.partition_schemas import output_read_by_name
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import Task, crash_point, seeded_random
 from smallpond.io.filesystem import (
@@ -357,6 +358,8 @@ def execute_attempt(
                 ds = task.run(rt, inputs, None)
             _end_memory_watch(watch)
             task.inject_fault()
+        if output_read_by_name(task.node, inputs):
+            ds.mark_read_by_name()  # (before its commit record and cache entry hold it)
         elapsed = time.time() - start
         _record_use(task.stats, task.memory_limit, cpu_start if measured else None, peak_known)
         task.stats["bytes"] = bytes_written(ds)

@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 from smallpond.common import logger
 from smallpond.execution.sched_state import SchedulerListener
 from smallpond.logical.base import node_at
-from smallpond.logical.compute import ArrowComputeNode
+from smallpond.logical.compute import ArrowComputeNode, PythonScriptNode
 
 
 def free_schema(node) -> bool:
@@ -30,6 +30,20 @@ def free_schema(node) -> bool:
     if not isinstance(node, ArrowComputeNode) or getattr(node, "output_schema", None) is not None:
         return False
     return getattr(node, "df_op", None) != "filter"  # a row filter keeps its input's columns
+
+
+def output_read_by_name(node, inputs) -> bool:
+    """Is the output of ``node``'s task over ``inputs`` read by column name (see
+    :meth:`~smallpond.logical.dataset_base.DataSet.mark_read_by_name`)? Its columns may then differ
+    from another task's of the node: Python code that typed its own output (or wrote its own files),
+    or a node over inputs read by name (a partition or ``select *`` keeps each file's columns),
+    unless Python code declared its output schema. A SQL node or a partition over files of one
+    schema is not: the files its tasks write share their columns, read as the first file's."""
+    if isinstance(node, ArrowComputeNode) and node.output_schema is not None:
+        return False
+    if free_schema(node) or isinstance(node, PythonScriptNode):
+        return True
+    return any(getattr(ds, "reads_by_name", False) for ds in inputs)
 
 
 #: at most this many Parquet footers are read at once (on a shared filesystem each read waits on

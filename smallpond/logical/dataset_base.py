@@ -221,6 +221,24 @@ class DataSet:
     def union_by_name(self) -> bool:
         return self._union_by_name or self.columns is not None
 
+    #: files the engine wrote whose columns may differ from file to file, read by name (see
+    #: :meth:`mark_read_by_name`); a class default, so datasets pickled before it read as False
+    _read_by_name = False
+
+    @property
+    def reads_by_name(self) -> bool:
+        """Are the files read by column name, each with its own columns (``union_by_name``, or
+        the engine's files marked by :meth:`mark_read_by_name`), rather than by the first file's?"""
+        return self._union_by_name or self._read_by_name
+
+    def mark_read_by_name(self) -> None:
+        """Read these files by name from now on: they are the output of a task whose columns may
+        differ from another task's (Python code that typed its own output, or a task reading files
+        read by name), and a read of several such tasks' files by the first file's columns would
+        drop the others' in silence. Unlike ``union_by_name``, SQL reads them by name and Python
+        code through pyarrow still (with every file's columns)."""
+        self._read_by_name = True
+
     @property
     def udfs(self) -> list:
         return []
@@ -420,6 +438,8 @@ class DataSet:
         ds = self._with_paths([p for d in datasets for p in d.resolved_paths])
         ds.recursive = any(d.recursive for d in datasets)
         ds._union_by_name = any(d._union_by_name for d in datasets)
+        if any(d._read_by_name for d in datasets):
+            ds._read_by_name = True
         ds.schema = next((d.schema for d in datasets if d.schema is not None), None)
         ds._schema_path = next((d._schema_path for d in datasets if getattr(d, "_schema_path", None)), None)
         return ds

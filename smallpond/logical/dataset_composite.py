@@ -152,6 +152,14 @@ class PartitionedDataSet(DataSet):
             return (_rebuild_partitioned, (self._datasets, {k: v for k, v in self.__dict__.items() if k != "_datasets"}))
         return (_partitioned_from_compact, compact)
 
+    def mark_read_by_name(self) -> None:
+        self._read_by_name = True
+        if self._compact is not None:  # (the shared options of its partitions)
+            self._compact[1]["_read_by_name"] = True
+        for ds in self._datasets:
+            if ds is not None:
+                ds.mark_read_by_name()
+
     def __getitem__(self, i: int) -> DataSet:
         ds = self._datasets[i]
         if ds is None:

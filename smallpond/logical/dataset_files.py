@@ -390,7 +390,7 @@ class ParquetDataSet(DataSet):
         return sum(r.estimated_data_size for r in self.resolved_row_ranges)
 
     def _read_parquet(self, paths: Sequence[str], extra_row_number: bool) -> str:
-        opts = [f"union_by_name={sql_bool(self.union_by_name)}", "hive_partitioning=false"]
+        opts = [f"union_by_name={sql_bool(self.union_by_name or self._read_by_name)}", "hive_partitioning=false"]
         if "filename" in self.generated_columns:
             opts.append("filename=true")
         if extra_row_number or "file_row_number" in self.generated_columns:
@@ -555,7 +555,26 @@ class ParquetDataSet(DataSet):
             return build_batch_reader_from_files(
                 [], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([])
             )
-        return build_batch_reader_from_files(self.resolved_row_ranges, columns=self.columns, batch_size=batch_size)
+        return build_batch_reader_from_files(
+            self.resolved_row_ranges, columns=self.columns, batch_size=batch_size, schema=self._schema_by_name()
+        )
+
+    def _schema_by_name(self):
+        """The columns of files read by name (:meth:`mark_read_by_name`) whose columns differ: every
+        file's, in the order first seen, each of one type that holds every file's values (see
+        :func:`~smallpond.io.partition_types.unify_partition_schemas`); None otherwise (the pyarrow
+        readers take the first file's, and ``columns=`` binds its names in every file itself)."""
+        if not self._read_by_name or self.columns is not None:
+            return None
+        paths = list(dict.fromkeys(self.resolved_paths))
+        if len(paths) < 2 or all(_cached_column_names(p) == _cached_column_names(paths[0]) for p in paths[1:]):
+            return None
+        import pyarrow.parquet as pq
+
+        from smallpond.io.partition_types import unify_partition_schemas
+
+        schemas = [(p, pq.read_schema(p).remove_metadata()) for p in paths]
+        return unify_partition_schemas(schemas, f"the {len(paths)} files of {type(self).__name__}({paths[0]!r}, ...)")
 
     def partition_by_rows(
         self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None
@@ -733,7 +752,7 @@ def case_clash_error(ds: "ParquetDataSet") -> Optional[str]:
     refused before SQL runs. A read of named ``columns`` that takes one of the two only is not:
     it reads that column by position (:meth:`ParquetDataSet._columns_by_position`)."""
     paths = ds.resolved_paths
-    for path in paths if ds.union_by_name else paths[:1]:
+    for path in paths if ds.union_by_name or ds._read_by_name else paths[:1]:
         names = _cached_column_names(path)
         siblings = case_siblings(names)
         asked = ds._asked_names(names)

@@ -714,3 +714,34 @@ def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path
     msg = str(ex.value)
     assert f"the shuffle key 'p' is of type {kind} in the data, not a number" in msg, msg
     assert "out of range" not in msg and "test_hash_partition_engines.py" in msg
+
+
+def _x_or_xy(runtime_ctx, tables):
+    """An ArrowComputeNode without output_schema: {x} for the partition of i < 5, else {x, y}."""
+    x = tables[0].column("i")
+    if x[0].as_py() < 5:
+        return pa.table({"x": x})
+    return pa.table({"x": x, "y": pa.array([f"y{v}" for v in x.to_pylist()])})
+
+
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+def test_sql_after_a_partition_of_python_outputs_of_other_columns_reads_them_all(tmp_path, make_rt, engine):
+    """Each producer of the hash partition read one partition of a Python node that typed its own
+    output ({x} in one, {x, y} in the other); a consumer holds files of both, which SQL read by the
+    first file's columns: y was lost in silence. Such files are now read by name."""
+    from smallpond.logical.node import ArrowComputeNode, SqlEngineNode
+
+    pq.write_table(pa.table({"i": list(range(10))}), str(tmp_path / "in.parquet"))
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([str(tmp_path / "in.parquet")]))
+    parts = DataSetPartitionNode(ctx, (src,), 2, partition_by_rows=True)
+    mapped = ArrowComputeNode(ctx, (parts,), process_func=_x_or_xy)
+    hashed = HashPartitionNode(ctx, (mapped,), npartitions=2, hash_columns=["x"], engine_type=engine)
+    sql = SqlEngineNode(ctx, (hashed,), "select * from {0}")
+    plan = run_job(LogicalPlan(ctx, sql), make_rt(), num_workers=2)
+    rows = []
+    for t in plan.tasks.values():
+        if t.node_id == int(sql.id):
+            for path in plan.results[t.key].resolved_paths:
+                rows.extend(pq.read_table(path).to_pylist())
+    assert sorted((r["x"], r.get("y", "lost")) for r in rows) == [(i, f"y{i}" if i >= 5 else None) for i in range(10)]

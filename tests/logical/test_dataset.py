@@ -596,3 +596,40 @@ def test_missing_columns_follow_a_rewrite_that_keeps_size_and_mtime(tmp_path):
     after = os.stat(path)
     assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert ParquetDataSet([path], columns=["b"]).missing_columns() == []
+
+
+def test_files_marked_read_by_name_keep_every_files_columns(tmp_path):
+    """The engine's files of tasks whose columns differ (mark_read_by_name): SQL and the batch
+    reader read every file's columns, a merge and a split keep the mark, and so does a shuffle's
+    compact form; unmarked, SQL reads the first file's (as DuckDB reads a list of files)."""
+    import pickle
+
+    import pyarrow.parquet as pq
+
+    from smallpond.logical.dataset import PartitionedDataSet
+
+    a, b = str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet")
+    pq.write_table(pa.table({"x": [1, 2]}), a)
+    pq.write_table(pa.table({"x": [3], "y": ["s"]}), b)
+    plain = ParquetDataSet.from_files([a, b])
+    assert duckdb.sql(f"select * from {plain.sql_query_fragment()}").columns == ["x"]
+    marked = ParquetDataSet.from_files([a, b])
+    marked.mark_read_by_name()
+    rows = sorted(duckdb.sql(f"select * from {marked.sql_query_fragment()}").fetchall())
+    assert rows == [(1, None), (2, None), (3, "s")]
+    assert marked.to_batch_reader(batch_size=2).read_all().to_pylist() == [
+        {"x": 1, "y": None},
+        {"x": 2, "y": None},
+        {"x": 3, "y": "s"},
+    ]
+    merged = DataSet.merge([ParquetDataSet.from_files([a]), marked._with_paths([b])])
+    pieces = marked.partition_by_rows(2)
+    for ds in (merged, *pieces):
+        assert ds.reads_by_name
+    assert duckdb.sql(f"select * from {merged.sql_query_fragment()}").columns == ["x", "y"]
+    parts = PartitionedDataSet([ParquetDataSet.from_files([a]), ParquetDataSet.from_files([b])])
+    parts = pickle.loads(pickle.dumps(parts))  # the compact form of a shuffle's output
+    parts.mark_read_by_name()
+    assert all(pickle.loads(pickle.dumps(parts))[i].reads_by_name for i in range(2))
+    gathered = PartitionedDataSet.gather([parts, parts], 1)
+    assert gathered is not None and gathered.reads_by_name
