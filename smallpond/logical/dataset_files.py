@@ -11,12 +11,13 @@ import os
 import random
 import re
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
-from smallpond.errors import ColumnNotFoundError, ListedFileMissing, ParameterError, columns_not_found
+from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
 from smallpond.io.columns import bind_columns, case_siblings, fold_case
-from smallpond.io.paths import MANIFEST_NAME, check_local_filesystem, duckdb_file_literal, file_version, manifest_paths
+from smallpond.io.manifest import check_listed, relocated
+from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file_version, manifest_paths
 from smallpond.logical.base import call_site_msg
 from smallpond.logical.dataset_base import _PLAIN_NAME, DataSet, _absent, _empty_table, _path_list_sql, _quote
 
@@ -191,83 +192,6 @@ class JsonDataSet(DataSet):
         )
 
 
-def _relocated(directory: str, listed: List[str]) -> List[str]:
-    """The files a manifest lists, or, for a result folder copied or moved since it was published
-    (``cp -r out out2``, ``mv out final``), the same names in ``directory``: its manifest lists
-    absolute paths in the folder it was written in, so the copy read the original's files (and
-    changed when they did) and a moved folder could not be read at all. That is the case when every
-    listed file is in one other folder, ``directory`` holds a file of one of their names, and that
-    folder is a published result too (it holds a manifest: the original of a copy) or its files are
-    gone (a move). A ``type="manifest"`` result lists the files of a job's task (a folder without a
-    manifest) or of its inputs: files of the same names beside it (copied there by hand, from an
-    earlier run) are not what it lists. A copy missing a file is then refused naming it."""
-    parents = {os.path.dirname(p) for p in listed}
-    if len(parents) != 1:
-        return listed
-    (parent,) = parents
-    if os.path.realpath(parent) == os.path.realpath(directory):
-        return listed
-    try:
-        here = set(os.listdir(directory))
-    except OSError:
-        return listed
-    names = [os.path.basename(p) for p in listed]
-    if not any(n in here for n in names):
-        return listed
-    if not os.path.isfile(os.path.join(parent, MANIFEST_NAME)) and any(os.path.lexists(p) for p in listed):
-        return listed
-    return [os.path.join(directory, n) for n in names]
-
-
-def _check_listed(directory: str, listed: List[str]) -> None:
-    """Refuse a result whose manifest lists a file that is gone (:class:`ListedFileMissing`), naming
-    the manifest and the file: the reader's own error would name only the file, and a
-    ``type="manifest"`` result lists files outside its folder (the job's, or the sources')."""
-    missing = _gone(listed)
-    if missing:
-        more = f" ({len(missing)} of its {len(listed)} files are gone)" if len(missing) > 1 else ""
-        raise ListedFileMissing(
-            f"cannot read the result in {directory}: its manifest {os.path.join(directory, MANIFEST_NAME)} lists "
-            f"{missing[0]}, which no longer exists{more}. A result published with type='manifest' holds only that "
-            "list: its files stay where the job wrote them (its job folder, or the inputs), and removing them "
-            "(smallpond clean, or by hand) leaves it unreadable. Publish it again"
-        )
-
-
-#: A folder of which a manifest lists more files than this is listed once (one ``scandir``) rather
-#: than each of its files looked up (one ``stat`` each). Checking a manifest of 100,000 files on
-#: local disk took 0.155 s of CPU (and 0.25 to 0.75 s of wall time on a busy machine); listing
-#: takes 0.07 s (16 folders) to 0.11 s (one folder of 100,000), the listing itself about half.
-_STAT_EACH_UP_TO = 16
-
-
-def _gone(listed: List[str]) -> List[str]:
-    """The paths of ``listed`` that do not exist (as ``os.path.exists`` says), in their order."""
-    by_folder: Dict[str, List[Tuple[str, str]]] = {}
-    sep = os.sep
-    for path in listed:
-        folder, slash, name = path.rpartition(sep)
-        by_folder.setdefault(folder or (sep if slash else os.curdir), []).append((path, name))
-    gone = set()
-    for folder, entries in by_folder.items():
-        if len(entries) > _STAT_EACH_UP_TO:
-            try:
-                with os.scandir(folder) as listing:
-                    names, links = set(), set()
-                    for entry in listing:
-                        names.add(entry.name)
-                        if entry.is_symlink():  # (from the listing's file type: no system call)
-                            links.add(entry.name)
-            except OSError:
-                pass  # not a folder this can list: each file is looked up
-            else:
-                gone.update(path for path, name in entries if name not in names)
-                # a link is there if its target is; a name such as "." or "" is not in a listing
-                entries = [(p, n) for p, n in entries if n in links or n in ("", os.curdir, os.pardir)]
-        gone.update(path for path, _ in entries if not os.path.exists(path))
-    return [p for p in listed if p in gone] if gone else []
-
-
 class ParquetDataSet(DataSet):
     """Parquet files, optionally restricted to row ranges, with optional generated columns.
 
@@ -300,8 +224,8 @@ class ParquetDataSet(DataSet):
     def _directory_files(self, directory: str) -> List[str]:
         listed = manifest_paths(directory)
         if listed is not None:
-            listed = _relocated(directory, listed)
-            _check_listed(directory, listed)
+            listed = relocated(directory, listed)
+            check_listed(directory, listed)
             return listed
         pattern = (
             os.path.join(glob.escape(directory), "**", "*.parquet")

@@ -522,6 +522,7 @@ def test_a_manifest_of_many_files_is_checked_by_listing_their_folders(tmp_path, 
     """Files of a folder a manifest lists many of are found gone by one listing of the folder, not
     one stat each; still exactly: a removed file, a link whose target is gone and a file of a
     folder that is gone are named, a link to a file that is there is not."""
+    import smallpond.io.manifest as manifest
     import smallpond.logical.dataset_files as dataset_files
     from smallpond.errors import ListedFileMissing
 
@@ -552,7 +553,7 @@ def test_a_manifest_of_many_files_is_checked_by_listing_their_folders(tmp_path, 
     with pytest.raises(ListedFileMissing) as info:
         _ = ParquetDataSet([str(result)]).resolved_paths
     assert files[50] in str(info.value) and f"5 of its {len(listed)} files are gone" in str(info.value)
-    assert dataset_files._gone(listed) == [files[50], files[99]] + listed[-3:]
+    assert manifest.gone(listed) == [files[50], files[99]] + listed[-3:]
 
 
 def test_a_columns_item_with_a_clause_of_its_own_is_a_name(tmp_path):
