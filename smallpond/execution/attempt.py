@@ -407,6 +407,8 @@ def execute_attempt(
         oom = watch.end() if watch is not None else None
         if oom is not None:  # the watch's interrupt, or what it caused (an interrupted query), is running out of memory
             e = oom.with_traceback(e.__traceback__)
+        if not isinstance(e, (KeyboardInterrupt, SystemExit, TaskError)):
+            e = _lacking_first_columns(inputs, e)
         err = to_task_error(task, attempt, e, inputs)
         if cancel_check is not None and cancel_check():
             logger.info("cancelled {} attempt {} ({}): the scheduler stopped it", task.key, attempt, type(e).__name__)
@@ -435,6 +437,19 @@ def execute_attempt(
         if os.path.lexists(temp):  # one stat for the usual case: the task used no scratch space
             remove_path(temp)
         sys.stdout.flush()
+
+
+def _lacking_first_columns(inputs: List[DataSet], e: BaseException) -> BaseException:
+    """``e``, or the error naming the input file that lacks a column of the first file of the set
+    it was split from (DuckDB's read of such a piece fails with a bare 'column not found'), caused
+    by ``e``."""
+    for ds in inputs:
+        lacking = getattr(ds, "lacks_first_columns", None)
+        found = lacking() if lacking is not None else None
+        if found is not None:
+            found.__cause__ = e
+            return found.with_traceback(e.__traceback__)
+    return e
 
 
 def _task_cache():

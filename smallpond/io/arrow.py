@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
-from smallpond.io.columns import bind_columns  # (its home; the readers here bind with it)
+from smallpond.io.columns import bind_columns, lacks_first_files_columns  # (its home; the readers here bind with it)
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.paths import check_local_filesystem  # (its home; the helpers here name it)
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
@@ -575,19 +575,27 @@ def build_batch_reader_from_files(
     max_batch_byte_size: Optional[int] = None,
     filesystem=None,
     schema: Optional[pa.Schema] = None,
+    first_columns: Optional[tuple] = None,
 ) -> pa.RecordBatchReader:
     """A reader that yields batches of exactly ``batch_size`` rows across file boundaries.
 
     Only the last batch may be smaller. Batches have the types of the first file (or of
     ``schema``): a column another file stores otherwise (``large_string`` for ``string``, say) is
     cast, so such files mix freely. An empty input list needs ``schema``. ``filesystem``: see
-    :func:`check_local_filesystem`.
+    :func:`check_local_filesystem`. ``first_columns``: see :func:`load_from_parquet_files`.
     """
     check_local_filesystem(filesystem, "build_batch_reader_from_files")
     ranges = [_as_range(p) for p in paths_or_ranges]
     if not ranges and schema is None:
         raise ValueError("cannot build a batch reader over zero files without a schema")
+    strict = first_columns is not None and columns is None and schema is None
+    first = ranges[0].path if ranges else ""
+    if strict and first_columns:  # (the first file of the set split, and its columns)
+        first, columns = first_columns[0], list(first_columns[1])
     out_schema = schema if schema is not None else read_columns_schema([r.path for r in ranges], columns)
+    if strict:  # each file's columns bound to the first's names (no other is read), as DuckDB names them
+        columns = columns or out_schema.names
+        out_schema = pa.schema([f.with_name(c) for f, c in zip(out_schema, columns)], metadata=out_schema.metadata)
     if max_batch_byte_size and ranges:
         total_rows = sum(r.num_rows for r in ranges) or 1
         total_bytes = sum(r.estimated_data_size for r in ranges)
@@ -602,6 +610,8 @@ def build_batch_reader_from_files(
         npending = 0
         for r in ranges:
             for b in _iter_range_batches(r, columns, batch_size):
+                if strict and not set(asked) <= set(b.schema.names):
+                    raise lacks_first_files_columns(r.path, b.schema.names, first, asked)
                 if b.schema != out_schema:
                     b = pa.RecordBatch.from_arrays(
                         [
@@ -643,9 +653,14 @@ def load_from_parquet_files(
     filesystem=None,
     *,
     schema: Optional[pa.Schema] = None,
+    first_columns: Optional[tuple] = None,
 ) -> pa.Table:
     """Load files (or row ranges) into one table, in order, with large string types, reading up
-    to ``max_workers`` files at once (``filesystem``: see :func:`check_local_filesystem`)."""
+    to ``max_workers`` files at once (``filesystem``: see :func:`check_local_filesystem`). With
+    ``first_columns`` (and no ``columns``), every file has the first file's columns and only those
+    are read, as DuckDB reads a list of files: ``(path, names)`` of the first file of the set these
+    were split from, or ``()`` for these files' first (a file lacking one is an error); without,
+    every file's columns are kept."""
     check_local_filesystem(filesystem, "load_from_parquet_files")
 
     def one(p: PathOrRange):
@@ -676,6 +691,8 @@ def load_from_parquet_files(
         with ThreadPoolExecutor(min(max_workers, len(items))) as pool:
             read = list(pool.map(one, items))
     tables = [t for t, _ in read]
+    if first_columns is not None and columns is None:
+        tables = _as_first_files(tables, items, first_columns)
     named: Dict[str, str] = {}  # a column asked for -> its name in the first file that has it
     for _, bound in read:
         for c, n in (bound or {}).items():
@@ -690,6 +707,20 @@ def load_from_parquet_files(
         tables = [cast_columns_to_large_string(t) for t in tables]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return table.rename_columns([named.get(n, n) for n in table.column_names]) if named else table
+
+
+def _as_first_files(tables: List[pa.Table], items: Sequence[PathOrRange], first_columns: tuple) -> List[pa.Table]:
+    """``tables`` (one a file of ``items``) with the first file's columns only (``first_columns``:
+    its path and names, or ``()`` for ``items[0]``); a file lacking one of them is an error naming it."""
+    paths = [p.path if isinstance(p, RowRange) else p for p in items]
+    first, want = (first_columns[0], list(first_columns[1])) if first_columns else (paths[0], tables[0].column_names)
+    if all(t.column_names == want for t in tables):
+        return tables
+    bound = [bind_columns(want, t.column_names, repr(path)) for path, t in zip(paths, tables)]  # (``A`` reads ``a``)
+    for path, t, names in zip(paths, tables, bound):
+        if len(names) < len(want):
+            raise lacks_first_files_columns(path, t.column_names, first, want)
+    return [t.select([names[c] for c in want]).rename_columns(want) for t, names in zip(tables, bound)]
 
 
 def parquet_write_table(table: pa.Table, where: str, filesystem=None, **kwargs) -> None:

@@ -71,3 +71,17 @@ def case_siblings(names: Sequence[str]) -> Dict[str, List[str]]:
     for n in names:
         by_lower.setdefault(fold_case(n), []).append(n)
     return {n: group for group in by_lower.values() if len(group) > 1 for n in group}
+
+
+def lacks_first_files_columns(path: str, names: Sequence[str], first: str, first_names: Sequence[str]) -> ColumnNotFoundError:
+    """The error for a file (``path``, of columns ``names``) read by the columns of the first file
+    of its set (``first``: a list of files read without ``union_by_name``, as DuckDB reads it)
+    that lacks some of them: DuckDB's read of the set fails too, and every reader here says so."""
+    have = {fold_case(n) for n in names}
+    lacking = [c for c in first_names if fold_case(c) not in have]
+    return ColumnNotFoundError(
+        f"Parquet file {path!r} lacks the column(s) {', '.join(map(repr, lacking))} of {first!r}, the first "
+        f"file of the files read with it (columns: {', '.join(map(str, first_names))}); files read together "
+        "without union_by_name all have the first file's columns (a column only later files have is left "
+        "out, as DuckDB reads them): read them with read_parquet(..., union_by_name=True) to combine them by name"
+    )

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence
 
 from smallpond.common import DEFAULT_BATCH_SIZE, GB, GENERATED_COLUMNS, as_flag, quote_identifier, sql_bool
 from smallpond.errors import ColumnNotFoundError, ParameterError, columns_not_found
-from smallpond.io.columns import bind_columns, case_siblings, fold_case
+from smallpond.io.columns import bind_columns, case_siblings, fold_case, lacks_first_files_columns
 from smallpond.io.manifest import check_listed, relocated
 from smallpond.io.paths import check_local_filesystem, duckdb_file_literal, file_version, manifest_paths
 from smallpond.logical.base import call_site_msg
@@ -221,6 +221,44 @@ class ParquetDataSet(DataSet):
         self.generated_columns = generated_columns
         self._resolved_row_ranges = None
 
+    #: the first file of the files this set was split from, and its columns (:meth:`_split`)
+    _first_path: Optional[str] = None
+    _first_columns: Optional[tuple] = None
+
+    def _by_first_file(self) -> bool:
+        """Are these files read by the first file's columns, as DuckDB reads a list of files without
+        ``union_by_name`` (a column only later files have is left out, one they lack fails)?"""
+        return not self.reads_by_name and self.columns is None and not self.generated_columns
+
+    def _split(self, parts: List["ParquetDataSet"]) -> List["ParquetDataSet"]:
+        """``parts`` of this set, each read by this set's first file's columns (a piece whose first
+        file is another would read that one's), as a read of the whole set reads them; its footer is
+        read here, once, not by each task that reads a piece."""
+        if len(parts) > 1 and self._by_first_file() and len(self.resolved_paths) > 1:
+            path = self._first_path or self.resolved_paths[0]
+            first = self._first_columns or _cached_column_names(path) or None
+            for p in parts:
+                p._first_path, p._first_columns = path, first
+        return parts
+
+    def lacks_first_columns(self) -> Optional[ColumnNotFoundError]:
+        """The error for a file of this piece of a split set (:meth:`_split`) that lacks a column of
+        the set's first file, or None: what a read of the piece that failed (DuckDB: a column not
+        found) was asked to read. Its files' footers are read (on a failure only)."""
+        if self._first_columns is None or not self._by_first_file():
+            return None
+        want = {fold_case(c) for c in self._first_columns}
+        for path in self.resolved_paths:
+            names = _cached_column_names(path)
+            if names and not want <= {fold_case(n) for n in names}:
+                return lacks_first_files_columns(path, names, self._first_path, self._first_columns)
+        return None
+
+    def partition_by_files(
+        self, npartition: int, random_shuffle: bool = False, seed: Optional[int] = None
+    ) -> List["ParquetDataSet"]:
+        return self._split(super().partition_by_files(npartition, random_shuffle, seed))
+
     def _directory_files(self, directory: str) -> List[str]:
         listed = manifest_paths(directory)
         if listed is not None:
@@ -254,6 +292,8 @@ class ParquetDataSet(DataSet):
 
     def _data_column_names(self) -> frozenset:
         paths = self.resolved_paths
+        if self._first_columns is not None and self._by_first_file():
+            return frozenset(self._first_columns)
         if paths:
             return _parquet_column_names(paths[0])
         # an empty piece: the columns of its schema, or of its sibling's file (``_schema_path``)
@@ -340,13 +380,14 @@ class ParquetDataSet(DataSet):
         ranges = self._resolved_row_ranges
         paths = [r.path for r in ranges] if ranges is not None else self.resolved_paths
         by_position = {p: cols for p in dict.fromkeys(paths) if (cols := self._columns_by_position(p)) is not None}
+        column_str = self._first_columns_sql() or self._column_str
         if (ranges is None or all(r.whole_file for r in ranges)) and not by_position:
-            return f"SELECT {self._column_str} FROM {self._read_parquet(paths, False)}"
+            return f"SELECT {column_str} FROM {self._read_parquet(paths, False)}"
         pieces, whole = [], []
 
         def flush_whole():
             if whole:
-                pieces.append(f"SELECT {self._column_str} FROM {self._read_parquet(whole, False)}")
+                pieces.append(f"SELECT {column_str} FROM {self._read_parquet(whole, False)}")
                 whole.clear()
 
         keep_rn = "file_row_number" in self.generated_columns
@@ -360,7 +401,7 @@ class ParquetDataSet(DataSet):
                     pieces.append(f"SELECT {columns} FROM {self._read_parquet([path], False)}")
                 continue
             flush_whole()
-            columns = columns or self._column_str
+            columns = columns or column_str
             if not keep_rn and _has_row_number_column(r.path):
                 # the file has a column of that name (any case), which DuckDB's file_row_number
                 # option refuses to add beside: the range is taken by position in the scan, which
@@ -386,6 +427,14 @@ class ParquetDataSet(DataSet):
         if len(pieces) > 1 and self.columns and len(self.columns) > 1:
             pieces = [f"SELECT * FROM ({p})" for p in pieces]
         return " UNION ALL BY NAME ".join(pieces)
+
+    def _first_columns_sql(self) -> Optional[str]:
+        """The select list of a piece of a split set (:meth:`_split`): the first file's columns of
+        the whole set, in each piece's read (DuckDB binds a read by its own first file, and fails
+        where a file lacks one of them); None when the set is read otherwise."""
+        if self._first_columns is None or not self._by_first_file():
+            return None
+        return ", ".join(map(quote_identifier, self._first_columns))
 
     def _asked_names(self, names: Sequence[str]) -> Optional[List[str]]:
         """The ``columns`` a read of a file with columns ``names`` selects, when they all are names
@@ -453,7 +502,9 @@ class ParquetDataSet(DataSet):
         if self.empty:
             return _empty_table(self._schema_source())
         try:
-            return load_from_parquet_files(self.resolved_row_ranges, self.columns, max_workers, schema=self.schema)
+            return load_from_parquet_files(
+                self.resolved_row_ranges, self.columns, max_workers, schema=self.schema, first_columns=self._first_files()
+            )
         except pa.ArrowTypeError as e:  # a column typed differently in two files
             if not self.union_by_name or "Unable to merge" not in str(e):
                 raise
@@ -479,9 +530,21 @@ class ParquetDataSet(DataSet):
             return build_batch_reader_from_files(
                 [], columns=self.columns, batch_size=batch_size, schema=schema if schema is not None else pa.schema([])
             )
+        by_name = self._schema_by_name()
         return build_batch_reader_from_files(
-            self.resolved_row_ranges, columns=self.columns, batch_size=batch_size, schema=self._schema_by_name()
+            self.resolved_row_ranges,
+            columns=self.columns,
+            batch_size=batch_size,
+            schema=by_name,
+            first_columns=self._first_files() if by_name is None else None,
         )
+
+    def _first_files(self) -> Optional[tuple]:
+        """``first_columns`` of the pyarrow readers (:func:`~smallpond.io.arrow.load_from_parquet_files`):
+        the first file's columns of the set split (``()``: these files' first), when read by them."""
+        if not self._by_first_file():
+            return None
+        return (self._first_path, self._first_columns) if self._first_columns is not None else ()
 
     def _schema_by_name(self):
         """The columns of files read by name (:meth:`mark_read_by_name`) whose columns differ: every
@@ -517,7 +580,7 @@ class ParquetDataSet(DataSet):
             ds = self._with_paths(sorted({r.path for r in group}))
             ds._resolved_row_ranges = group
             out.append(ds)
-        return out
+        return self._split(out)
 
     def partition_by_size(self, max_partition_size: int) -> List["ParquetDataSet"]:
         if self.empty:
@@ -555,9 +618,8 @@ class ParquetDataSet(DataSet):
     def _empty_fragment(self, conn) -> str:
         path = getattr(self, "_schema_path", None)
         if self.schema is None and path:
-            return (
-                f"( SELECT {self._column_str} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
-            )
+            columns = self._first_columns_sql() or self._column_str
+            return f"( SELECT {columns} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
         return super()._empty_fragment(conn)
 
     def _merge(self, datasets):

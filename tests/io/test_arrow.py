@@ -319,3 +319,31 @@ def test_a_parquet_file_without_row_groups_reads_as_an_empty_table(tmp_path):
     assert t.num_rows == 0 and t.schema.names == ["a", "b"] and t.schema.field("a").type == pa.int64()
     assert read_parquet_file(path, ["b", "missing"]).schema.names == ["b"]
     assert load_from_parquet_files([path, path]).num_rows == 0
+
+
+def test_readers_by_the_first_files_columns(tmp_path):
+    """``first_columns``: the files read as DuckDB reads a list without union_by_name, by the first
+    file's columns (bound as DuckDB binds a name: ``A`` reads ``a``), a later file's extra column
+    left out; a file lacking one of them is an error naming it and the first file."""
+    from smallpond.errors import ColumnNotFoundError
+    from smallpond.io.arrow import build_batch_reader_from_files, load_from_parquet_files
+
+    one, two, three = (str(tmp_path / f"{k}.parquet") for k in (1, 2, 3))
+    pq.write_table(pa.table({"a": [1]}), one)
+    pq.write_table(pa.table({"A": [2], "b": [3]}), two)
+    pq.write_table(pa.table({"b": [4]}), three)
+    want = [{"a": 1}, {"a": 2}]
+    assert load_from_parquet_files([one, two], first_columns=()).to_pylist() == want
+    assert build_batch_reader_from_files([one, two], first_columns=()).read_all().to_pylist() == want
+    # a piece of a split set: the set's first file (not one of the piece) gives the columns
+    assert load_from_parquet_files([two], first_columns=(one, ("a",))).to_pylist() == [{"a": 2}]
+    assert build_batch_reader_from_files([two], first_columns=(one, ("a",))).read_all().to_pylist() == [{"a": 2}]
+    for read in (
+        lambda: load_from_parquet_files([one, three], first_columns=()),
+        lambda: build_batch_reader_from_files([one, three], first_columns=()).read_all(),
+        lambda: load_from_parquet_files([three], first_columns=(one, ("a",))),
+    ):
+        with pytest.raises(ColumnNotFoundError, match="lacks the column") as e:
+            read()
+        assert three in str(e.value) and one in str(e.value)
+    assert load_from_parquet_files([one, two]).column_names == ["a", "A", "b"]  # (without: every file's)

@@ -166,6 +166,8 @@ def _arrow_row_group_reader(ds, mapped: bool = True) -> Optional[_RowGroupReader
                 return None
             s = pa.schema([s.field(c) for c in ds.columns])
         s = s.remove_metadata()
+        if ds._first_columns is not None and ds.columns is None and tuple(s.names) != ds._first_columns:
+            return None  # a piece of a split set, read by that set's first file's columns (DuckDB projects them)
         if schema is None:
             schema = s
         elif not s.equals(schema):
