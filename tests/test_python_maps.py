@@ -279,3 +279,19 @@ def test_a_column_of_some_partitions_of_a_map_reaches_every_reader(sp, ten):
         assert f.map("*").to_arrow().column_names == ["x", "y"], name
         assert sorted(f.map("y").to_arrow().column("y").to_pylist(), key=str) == sorted((y for _, y in want), key=str), name
         assert sorted((r["x"], r["y"]) for r in f.map(lambda r: r).to_arrow().to_pylist()) == want, name
+
+
+def _null_then_int(r):
+    """Partition 0 (i < 5) returns x as None only (a null column), partition 1 integers."""
+    return {"i": r["i"], "x": None if r["i"] < 5 else r["i"]}
+
+
+def test_a_column_typed_apart_by_partitions_of_a_map_reads_after_a_repartition(sp, ten):
+    """One partition's x is a null column, the other's int64 (they unify): after repartition(1) or a
+    hash partition, SQL read the files by the first file's types (DuckDB: 'failed to cast column x'),
+    and a Python map by the first file's too (pyarrow: 'Unsupported cast from int64 to null')."""
+    m = _two(sp, ten).map(_null_then_int)
+    want = sorted((i if i >= 5 else None for i in range(10)), key=str)
+    for f in (m.repartition(1), m.repartition(2, hash_by="i")):
+        assert sorted(f.map("x").to_arrow().column("x").to_pylist(), key=str) == want
+        assert sorted(f.map(lambda r: {"x": r["x"]}).to_arrow().column("x").to_pylist(), key=str) == want

@@ -547,20 +547,24 @@ class ParquetDataSet(DataSet):
         return (self._first_path, self._first_columns) if self._first_columns is not None else ()
 
     def _schema_by_name(self):
-        """The columns of files read by name (:meth:`mark_read_by_name`) whose columns differ: every
+        """The columns of files read by name (:meth:`mark_read_by_name`) whose columns or types differ
+        (tasks of a Python map typed theirs apart: a null column in one, int64 in another): every
         file's, in the order first seen, each of one type that holds every file's values (see
         :func:`~smallpond.io.partition_types.unify_partition_schemas`); None otherwise (the pyarrow
-        readers take the first file's, and ``columns=`` binds its names in every file itself)."""
+        readers take the first file's, and ``columns=`` binds its names in every file itself).
+        Every file's footer is read: only such files, written by the engine, are read so."""
         if not self._read_by_name or self.columns is not None:
             return None
         paths = list(dict.fromkeys(self.resolved_paths))
-        if len(paths) < 2 or all(_cached_column_names(p) == _cached_column_names(paths[0]) for p in paths[1:]):
+        if len(paths) < 2:
             return None
         import pyarrow.parquet as pq
 
         from smallpond.io.partition_types import unify_partition_schemas
 
         schemas = [(p, pq.read_schema(p).remove_metadata()) for p in paths]
+        if all(s.equals(schemas[0][1]) for _, s in schemas[1:]):
+            return None
         return unify_partition_schemas(schemas, f"the {len(paths)} files of {type(self).__name__}({paths[0]!r}, ...)")
 
     def partition_by_rows(
