@@ -263,7 +263,9 @@ class DataFrame:
         """Split into ``npartitions`` partitions.
 
         * ``hash_by``: rows with equal values of these columns go to the same partition;
-        * ``by``: a column or SQL expression whose value (in ``[0, npartitions)``) is the partition;
+        * ``by``: a column or SQL expression whose value, a whole number in ``[0, npartitions)``, is
+          the partition (an integer, a boolean, or a float holding a whole number: 1.5 fails the
+          task, not rounded; see ``ShuffleNode``);
         * otherwise by files, or by rows with ``by_rows=True``.
         """
         if "by_row" in kwargs:  # the name upstream's documentation uses

@@ -295,7 +295,13 @@ class HashPartitionNode(PartitionNode):
 
 
 class ShuffleNode(HashPartitionNode):
-    """Route each row to the partition given by ``data_partition_column`` (a column or SQL expression)."""
+    """Route each row to the partition given by ``data_partition_column`` (a column or SQL expression).
+
+    The key names its partition by a whole number 0..npartitions-1: an integer, a boolean (0 or
+    1), or a float or decimal holding a whole number (1.0). Any other key fails the task, in both
+    engines: one that is not whole (1.5, NaN: never rounded), NULL, out of range, or no number
+    (a string, even of digits; a date).
+    """
 
     def __init__(
         self,

@@ -259,9 +259,15 @@ BAD_KEYS = {  # name: (node over src, text of the key, the error's words)
     ),
     # binds, then fails on the data (each batch, in the arrow engine)
     "shuffle by no number": (
-        lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e),
+        lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "CAST(name AS INTEGER)", engine_type=e),
         "name",
         "Conversion Error",
+    ),
+    # a key that is no number, refused by its type (the arrow engine too, which casts no string)
+    "shuffle by a string": (
+        lambda ctx, src, e: ShuffleNode(ctx, (src,), 2, "name || 'x'", engine_type=e),
+        "name",
+        "the shuffle key \"name || 'x'\" is of type VARCHAR in the data, not a number",
     ),
 }
 

@@ -183,15 +183,19 @@ def test_arrow_engine_rejects_keys_out_of_range(parquet_files, make_rt):
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
 def test_a_shuffle_by_a_column_writes_the_column_as_it_was(tmp_path, make_rt, engine):
-    """Rows go to partition CAST(p AS BIGINT), and p stays the user's data: a uint16 stays a uint16,
-    a string '01' stays '01' (both engines wrote the key back as an int64 p)."""
+    """Rows go to the partition their key names, and the key stays the user's data: a uint16 stays
+    a uint16, a float 1.0 stays 1.0, a boolean stays a boolean (both engines wrote the key back as
+    an int64 p)."""
     path = str(tmp_path / "in.parquet")
-    pq.write_table(pa.table({"id": [1, 2, 3, 4], "p": pa.array([0, 1, 1, 0], pa.uint16()), "s": ["0", "1", "01", "0"]}), path)
-    # (the arrow engine takes an integer column's values as they are: a string key is refused)
-    for col, typ in [("p", pa.uint16())] + ([("s", pa.string())] if engine == "duckdb" else []):
+    table = pa.table(
+        {"id": [1, 2, 3, 4], "p": pa.array([0, 1, 1, 0], pa.uint16()), "f": [0.0, 1.0, 1.0, 0.0], "b": [False, True, True, False]}
+    )
+    pq.write_table(table, path)
+    for col, typ in [("p", pa.uint16()), ("f", pa.float64()), ("b", pa.bool_())]:
         files = _files_of(make_rt, path, col, engine)
         rows = [r for f in files for r in pq.read_table(f, partitioning=None).to_pylist()]
-        assert sorted((r["id"], r["p"], r["s"]) for r in rows) == [(1, 0, "0"), (2, 1, "1"), (3, 1, "01"), (4, 0, "0")]
+        assert sorted(rows, key=lambda r: r["id"]) == table.to_pylist()
+        assert {r["id"] for f in files if "-1." in os.path.basename(f) for r in pq.read_table(f).to_pylist()} == {2, 3}
         assert {pq.read_schema(f).field(col).type for f in files} == {typ}
 
 
@@ -469,18 +473,64 @@ def test_arrow_engine_reads_its_input_through_a_memory_map(tmp_path):
     assert read < size // 10, f"read {read} of the file's {size} bytes with read calls"
 
 
-def test_engines_agree_on_float_shuffle_keys(tmp_path, make_rt):
-    """A float column routes each row by CAST(key AS BIGINT) in both engines (nearest, halves to
-    even): the arrow engine refused every float key ('partition key float64 is out of range')."""
+_D = __import__("decimal").Decimal
+
+
+def _values(values, typ=None):
+    # (an Arrow array at import would import pandas in the worker loading this module)
+    return values, typ
+
+
+_NOT_WHOLE = "names no partition: a shuffle sends a row to the partition its key names, a whole number 0-2"
+
+
+@pytest.mark.parametrize(
+    "key,values,expected",
+    [
+        ("p", _values([0, 1, 2, 1]), [[0], [1, 3], [2]]),
+        ("p", _values([0, 1, 2, 1], pa.uint16()), [[0], [1, 3], [2]]),
+        ("p", _values([True, False, True, False]), [[1, 3], [0, 2], []]),  # a boolean is 0 or 1
+        ("p", _values([0.0, 1.0, 2.0, -0.0]), [[0, 3], [1], [2]]),
+        ("p * 1", _values([0.0, 1.0, 2.0, 1.0], pa.float32()), [[0], [1, 3], [2]]),
+        ("p", _values([_D("0.00"), _D("1.00"), _D("2.00"), _D("1.00")], pa.decimal128(5, 2)), [[0], [1, 3], [2]]),
+        # a key that is no whole number is no partition: CAST(key AS BIGINT) had put 1.5 into 2
+        ("p", _values([0.0, 1.5, 2.0, 1.0]), f"the shuffle key 'p' is 1.5 in the data, which {_NOT_WHOLE}"),
+        ("p / 2", _values([0, 3, 2, 4]), f"the shuffle key 'p / 2' is 1.5 in the data, which {_NOT_WHOLE}"),
+        ("p", _values([0.0, 0.4, 2.0, 1.0]), "is 0.4 in the data, which names no partition"),
+        ("p", _values([_D("0.00"), _D("2.50"), _D("2.00"), _D("1.00")], pa.decimal128(5, 2)), "is 2.50 in the data, which"),
+        ("p", _values([0.0, float("nan"), 2.0, 1.0]), "is nan in the data, which names no partition"),
+        ("p", _values([0.0, float("-inf"), 2.0, 1.0]), "is -inf in the data, which names no partition"),
+        ("p", _values([0, None, 2, 1]), "partition key NULL is out of range 0-2"),
+        ("p", _values([0.0, None, 2.0, 1.0]), "partition key NULL is out of range 0-2"),
+        ("p", _values([0, -1, 2, 1]), "partition key -1 is out of range 0-2"),
+        ("p", _values([0.0, 3.0, 2.0, 1.0]), "partition key 3 is out of range 0-2: the key 'p' is 3.0 in the data"),
+        # a string is no number, digits or not ('01' was partition 1 to the duckdb engine only)
+        ("p", _values(["0", "01", "2", "1"]), "the shuffle key 'p' is of type"),
+    ],
+)
+def test_engines_agree_on_shuffle_keys(tmp_path, make_rt, key, values, expected):
+    """Both engines send each row to the partition its key names, whatever the key's type, and
+    refuse the same keys with the same error: a float or decimal key that is not whole (0.4, 1.5,
+    NaN) names no partition (upstream 0.15's `WHERE key = i` put it in none; CAST rounded it
+    into one, 2.5 to 2 as a double and 3 as a decimal), a boolean is 0 or 1 (the arrow engine
+    refused it), a string is no number (the duckdb engine took '01' for 1, the arrow engine
+    refused it), a NULL or negative key is out of range. The key is written as it was."""
     path = str(tmp_path / "in.parquet")
-    keys = [0.0, 1.0, 1.5, 0.4, 2.5, 0.49999999999999994, 2.0, 0.5]
-    pq.write_table(pa.table({"id": list(range(len(keys))), "p": keys}), path)
-    got = {}
+    values = pa.array(*values)
+    pq.write_table(pa.table({"id": [0, 1, 2, 3], "p": values}), path)
     for engine in ("duckdb", "arrow"):
-        parts, _ = _run_on_file(make_rt, path, lambda ctx, src, e=engine: ShuffleNode(ctx, src, 4, "p", engine_type=e))
-        got[engine] = [sorted(r["id"] for r in p) for p in parts]
-        assert sorted((r["id"], r["p"]) for p in parts for r in p) == list(enumerate(keys))  # p as it was
-    assert got["arrow"] == got["duckdb"] == [[0, 3, 5, 7], [1], [2, 4, 6], []]
+        build = lambda ctx, src, e=engine: ShuffleNode(ctx, src, 3, key, engine_type=e)  # noqa: E731
+        if isinstance(expected, str):
+            with pytest.raises(JobFailed) as ex:
+                _run_on_file(make_rt, path, build)
+            msg = str(ex.value)
+            assert expected in msg and "test_hash_partition_engines.py" in msg, (engine, msg)
+            assert "Invalid Input Error" not in msg  # (DuckDB's error() raised, told as the error it is)
+            continue
+        parts, _ = _run_on_file(make_rt, path, build)
+        assert [sorted(r["id"] for r in p) for p in parts] == expected, engine
+        if key == "p":
+            assert sorted((r["id"], r["p"]) for p in parts for r in p) == list(enumerate(values.to_pylist()))
 
 
 @_NEEDS_ROUTE
@@ -691,28 +741,31 @@ def test_pyarrow_16_keeps_the_copy():
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
 @pytest.mark.parametrize("key", ["p", "p * 1.0"])
 def test_an_out_of_range_float_shuffle_key_is_named_as_the_data_holds_it(tmp_path, make_rt, engine, key):
-    """A float key rounds to its partition (5.5 -> 6): the error names 5.5, the value in the data,
-    besides the partition 6 it gives, and the node's line; it named only 'partition key 6'."""
+    """A float key 6.0 names partition 6: the error names 6.0, the value in the data, besides the
+    partition, and the node's line."""
     path = str(tmp_path / "in.parquet")
-    pq.write_table(pa.table({"id": [0, 1, 2], "p": [0.0, 5.5, 1.0]}), path)
+    pq.write_table(pa.table({"id": [0, 1, 2], "p": [0.0, 6.0, 1.0]}), path)
     with pytest.raises(JobFailed) as ex:
         _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 6, key, engine_type=engine))
     msg = str(ex.value)
-    assert f"partition key 6 is out of range 0-5: the key {key!r} is 5.5 in the data" in msg, msg
+    assert f"partition key 6 is out of range 0-5: the key {key!r} is 6.0 in the data" in msg, msg
     assert "test_hash_partition_engines.py" in msg  # the node's line
 
 
-@pytest.mark.parametrize("values,kind", [(["a", "b", "c"], "string"), ([True, False, True], "bool")])
-def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path, make_rt, values, kind):
-    """The arrow engine said 'partition key a is out of range 0-1' for a string key column, and
-    'partition key False is out of range 0-1' for a boolean one (False is 0: in range): a key that
-    is not a number is named by its type."""
+@pytest.mark.parametrize("engine", ["duckdb", "arrow"])
+@pytest.mark.parametrize("values,kind", [(["a", "b", "c"], ("string", "VARCHAR")), ([1, 2, 3], ("date32[day]", "DATE"))])
+def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path, make_rt, engine, values, kind):
+    """The arrow engine said 'partition key a is out of range 0-1' for a string key column; the
+    duckdb engine failed on CAST('a' AS BIGINT), and took '01' for 1: a key that is not a number
+    is named by its type, in both engines (the type as each engine reads it)."""
     path = str(tmp_path / "in.parquet")
-    pq.write_table(pa.table({"id": [0, 1, 2], "p": values}), path)
+    arr = pa.array(values) if kind[0] == "string" else pa.array(values, pa.date32())
+    pq.write_table(pa.table({"id": [0, 1, 2], "p": arr}), path)
     with pytest.raises(JobFailed) as ex:
-        _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 2, "p", engine_type="arrow"))
+        _run_on_file(make_rt, path, lambda ctx, src: ShuffleNode(ctx, src, 2, "p", engine_type=engine))
     msg = str(ex.value)
-    assert f"the shuffle key 'p' is of type {kind} in the data, not a number" in msg, msg
+    typ = kind[0] if engine == "arrow" else kind[1]
+    assert f"the shuffle key 'p' is of type {typ} in the data, not a number" in msg, msg
     assert "out of range" not in msg and "test_hash_partition_engines.py" in msg
 
 

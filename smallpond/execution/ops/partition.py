@@ -35,6 +35,12 @@ from smallpond.execution.ops.partition_arrow import (
     open_parquet_writer,
     writes_like_copy,
 )
+from smallpond.execution.ops.shuffle_keys import (
+    direct_keys,
+    key_error_from_duckdb,
+    key_out_of_range,
+    shuffle_index_sql,
+)
 from smallpond.execution.ops.sql import columns_unknown, reads_unknown_columns, unknown_columns_hint
 from smallpond.execution.ops.structural import merge_datasets
 from smallpond.execution.task import Task
@@ -59,18 +65,6 @@ def _keeps_input_column(node, col: str, columns: List[str]) -> bool:
     if node.shuffle_only:
         return node.data_partition_column not in columns  # the key is computed, not this column
     return bool(node.drop_partition_column)
-
-
-def _as_bigint(keys):
-    """Float shuffle keys as the DuckDB engine routes them, by ``CAST(key AS BIGINT)``: to the
-    nearest integer, halves to even (measured, DuckDB 2.0: 0.5 -> 0, 1.5 -> 2, 2.5 -> 2), as
-    ``numpy.rint`` rounds; NaN and infinities are returned as they are (refused by the caller as
-    a NULL key, or out of range), and so are keys of other types."""
-    import numpy as np
-
-    if keys.dtype.kind != "f" or not keys.size or not np.isfinite(keys).all():
-        return keys
-    return np.rint(keys).astype(np.int64)
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -175,19 +169,25 @@ def _hash_operand(sql: str, type_name: Optional[str]) -> str:
 
 def hash_key_types(conn, src: str, node, columns: List[str], task: Optional[Task] = None) -> Dict[str, str]:
     """The DuckDB type of each of a hash partition ``node``'s key columns (or expressions) over
-    the relation ``src`` whose columns are ``columns``; empty for a shuffle.
+    the relation ``src`` whose columns are ``columns``, or of a shuffle's key; empty for a random
+    partition.
 
     This is the first statement that names the keys: a key that is no column (nor a valid
     expression) fails here, as the user's error (:func:`run_sql`: not retried), and ``task``'s
     error shows this statement."""
-    if node.random_shuffle or node.shuffle_only or not node.hash_columns:
+    if node.random_shuffle:
         return {}
-    exprs = [_key_sql(c, columns) for c in node.hash_columns]
+    if node.shuffle_only:
+        keys, exprs = [node.data_partition_column], [_shuffle_key_value(node, columns)]
+    elif node.hash_columns:
+        keys, exprs = list(node.hash_columns), [_key_sql(c, columns) for c in node.hash_columns]
+    else:
+        return {}
     sql = f"DESCRIBE SELECT {', '.join(exprs)} FROM {src}"
     if task is not None:
         task._current_sql = sql
     rows = run_sql(conn, sql)
-    return {c: r[1] for c, r in zip(node.hash_columns, rows)}
+    return {c: r[1] for c, r in zip(keys, rows)}
 
 
 def check_key_columns(node, columns: List[str], conn) -> None:
@@ -254,49 +254,26 @@ def _key_value(node, key, conn, src: str, columns: List[str], expr: str):
     return rows[0][0] if rows else None
 
 
-def _key_not_a_number(node, dtype) -> UserCodeError:
-    """The error of a shuffle key column of a type that is not a number (the arrow engine's; the
-    duckdb engine's ``CAST(key AS BIGINT)`` fails on it): it said ``partition key a is out of
-    range``, or ``partition key False`` for a boolean, not an index and not a value out of range."""
-    return UserCodeError(
-        f"the shuffle key {node.data_partition_column!r} is of type {dtype} in the data, not a number: "
-        "a shuffle sends a row to partition CAST(key AS BIGINT) (compute an integer key, e.g. with a SQL "
-        "expression as the key, or use a hash partition)"
-    )
-
-
-def _key_out_of_range(node, key, n: int, value=None) -> UserCodeError:
-    """The error of a row whose partition index ``key`` is not in 0..n-1. A shuffle routes a row
-    by ``CAST(key AS BIGINT)`` (a float to the nearest integer, halves to even): where the key the
-    data holds, ``value``, differs from ``key``, the error names it ("partition key 6" named no
-    value of the data: 5.5 gives 6)."""
-    msg = f"partition key {key} is out of range 0-{n - 1}"
-    if value is not None and str(value) != str(key):
-        msg += (
-            f": the key {node.data_partition_column!r} is {value} in the data; a shuffle sends a row to "
-            f"partition CAST(key AS BIGINT) (to the nearest integer, halves to even), {key} for {value}"
-        )
-    return UserCodeError(msg)
-
-
 def partition_key_expr(node, columns: List[str], types: Optional[Dict[str, str]] = None) -> (str, str):
     """(SQL expression computing each row's partition index, name of the partition column) of a
     hash or shuffle partition ``node`` over rows with ``columns``.
 
     A name the user gave that is a column of the data is quoted as an identifier; any other
     text is an SQL expression the user wrote (``"item % 10"``, ``"random()"``), used as is.
-    ``types`` (:func:`hash_key_types`) are the DuckDB types of the hash keys: float and decimal
-    keys are hashed by value, not by type (:func:`_hash_operand`); without them (the plan check,
-    which only binds the expression) keys are hashed as they are.
+    ``types`` (:func:`hash_key_types`) are the DuckDB types of the keys: float and decimal hash
+    keys are hashed by value, not by type (:func:`_hash_operand`); a shuffle key names its
+    partition by a whole number (:func:`shuffle_index_sql`); without them (the plan check,
+    which only binds the expression) keys are hashed, or cast, as they are.
     (Also what the plan check binds: :mod:`smallpond.execution.plancheck`.)
     """
     n = node.npartitions
     col = node.data_partition_column
     if node.random_shuffle:
         return f"CAST(floor(random() * {n}) AS BIGINT)", col
-    if node.shuffle_only:
-        return f"CAST({_shuffle_key_value(node, columns)} AS BIGINT)", col if col in columns else node.dimension
     types = types or {}
+    if node.shuffle_only:
+        index = shuffle_index_sql(node, _shuffle_key_value(node, columns), types.get(col))
+        return index, col if col in columns else node.dimension
     cols = ", ".join(_hash_operand(_key_sql(c, columns), types.get(c)) for c in node.hash_columns)
     return f"CAST(hash({cols}) % {n} AS BIGINT)", col
 
@@ -358,7 +335,7 @@ class HashPartitionTask(Task):
             import numpy as np
 
             values = batch.column(node.data_partition_column)
-            at = np.flatnonzero(_as_bigint(values.to_numpy(zero_copy_only=False)) == key)
+            at = np.flatnonzero(direct_keys(node, values, node.npartitions) == key)
             return values[int(at[0])].as_py() if len(at) else None
         if conn is None:
             return None
@@ -450,7 +427,13 @@ class HashPartitionTask(Task):
                     f"WRITE_PARTITION_COLUMNS {write_part}, FILENAME_PATTERN {quote_literal(prefix + '-{i}')}, OVERWRITE_OR_IGNORE true)"
                 )
                 self._current_sql = sql
-                written = run_sql(conn, sql)
+                try:
+                    written = run_sql(conn, sql)
+                except UserCodeError as e:
+                    told = key_error_from_duckdb(node, e)  # (a key naming no partition, as the arrow engine says it)
+                    if told is None:
+                        raise
+                    raise told from e
             self.stats["rows"] = int(written[0][0]) if written and written[0] else 0
             parts: List[List[str]] = [[] for _ in range(n)]
             for entry in sorted(os.listdir(output_dir)):
@@ -468,7 +451,7 @@ class HashPartitionTask(Task):
                 if k is None or not 0 <= k < n:
                     # (DuckDB names the folder of NULL keys __HIVE_DEFAULT_PARTITION__)
                     key = "NULL" if m.group(1) == "__HIVE_DEFAULT_PARTITION__" else m.group(1)
-                    raise _key_out_of_range(node, key, n, _key_value(node, key, conn, src, columns, expr))
+                    raise key_out_of_range(node, key, n, _key_value(node, key, conn, src, columns, expr))
                 sub = os.path.join(output_dir, entry)
                 parts[k] = self._place_partition(output_dir, sub, k, prefix)
             if any(not p for p in parts) and pre_sql is not None and self.producer_index > 0 and not self.stats["rows"]:
@@ -583,7 +566,7 @@ class HashPartitionTask(Task):
                 conn.close()
                 raise
         key_sql = f"SELECT {expr} AS k FROM __sp_batch"  # __sp_batch: the batch, registered as a view
-        self._current_sql = key_sql
+        self._current_sql = None if direct or local_keys is not None else key_sql  # (SQL that runs)
         dir_col = col if _IDENT.fullmatch(col) and not keep else "__sp_partition__"
         if copy_shaped:  # the default engine's files, as its COPY would write them
             writer = _CopyShapedWriters(self, output_dir, col, dir_col, n, write_col, writer_row_group_bytes(self, n))
@@ -594,24 +577,27 @@ class HashPartitionTask(Task):
                 if batch.num_rows == 0:
                     continue
                 if direct:
-                    keys = _as_bigint(batch.column(col).to_numpy(zero_copy_only=False))
+                    keys = direct_keys(node, batch.column(col), n)
                 elif local_keys is not None:
                     keys = local_keys(batch)
                 else:
                     conn.register("__sp_batch", batch)
-                    with duckdb_errors_as(key_sql):  # a key that does not bind or cast is the user's
-                        keys = conn.execute(key_sql).fetchnumpy()["k"]
+                    try:
+                        with duckdb_errors_as(key_sql):  # a key that does not bind or cast is the user's
+                            keys = conn.execute(key_sql).fetchnumpy()["k"]
+                    except UserCodeError as e:
+                        told = key_error_from_duckdb(node, e)  # (a key naming no partition, as the arrow engine says it)
+                        if told is None:
+                            raise
+                        raise told from e
                     conn.unregister("__sp_batch")
-                # a NULL key: masked (DuckDB's fetchnumpy) or NaN (pyarrow's to_numpy)
+                # a NULL key: masked (DuckDB's fetchnumpy)
                 null = np.ma.isMaskedArray(keys) and bool(np.ma.getmaskarray(keys).any())
                 keys = np.asarray(keys)
-                null = null or (keys.dtype.kind == "f" and bool(np.isnan(keys).any()))
                 if null or keys.dtype.kind not in "iu" or keys.size and (keys.min() < 0 or keys.max() >= n):
                     bad = keys[(keys < 0) | (keys >= n)][:1] if keys.dtype.kind in "iuf" else keys[:1]
                     key = "NULL" if null else bad[0] if len(bad) else keys.dtype
-                    if direct and not null and keys.dtype.kind not in "iuf":
-                        raise _key_not_a_number(node, batch.column(col).type)
-                    raise _key_out_of_range(node, key, n, self._batch_key_value(batch, key, direct, conn, columns, expr))
+                    raise key_out_of_range(node, key, n, self._batch_key_value(batch, key, direct, conn, columns, expr))
                 # numpy's stable sort of 16-bit integers is a radix sort: O(rows)
                 keys = keys.astype(np.uint16 if n <= 1 << 16 else np.int64, copy=False)
                 order = np.argsort(keys, kind="stable")
