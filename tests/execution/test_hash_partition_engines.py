@@ -642,6 +642,57 @@ def test_the_duckdb_engine_written_the_arrow_way_writes_the_files_its_copy_would
 
 
 @_NEEDS_ROUTE
+def test_the_duckdb_engine_written_the_arrow_way_stores_decimals_as_its_copy_does(tmp_path, make_rt, monkeypatch):
+    """Decimals of up to 18 digits are stored as the COPY stores them, INT32 (to 9 digits) or INT64,
+    where pyarrow can (``store_decimal_as_integer``); it wrote fixed-length bytes. Where it cannot
+    (pyarrow 17 and 18), such an input keeps the COPY. A wider decimal is fixed-length bytes either
+    way (16 bytes from DuckDB, as few as the precision needs from pyarrow). Same values."""
+    from decimal import Decimal
+
+    from smallpond.execution.ops.partition_arrow import writer_stores_decimals_as_integers
+
+    path = str(tmp_path / "in.parquet")
+    n = 60
+    decimals = {"d4": (4, 2), "d12": (12, 2), "d18": (18, 3), "d30": (30, 2)}
+    table = pa.table(
+        {
+            "id": list(range(n)),
+            **{c: pa.array([Decimal(i) / 4 for i in range(n)], pa.decimal128(*ps)) for c, ps in decimals.items()},
+        }
+    )
+    pq.write_table(table, path)
+
+    def run(route: bool):
+        monkeypatch.setenv("SP_TEST_ARROW_WRITER_MIN_BYTES", "1" if route else str(1 << 50))
+        ctx = Context()
+        node = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([path])),), 3, ["id"], num_producers=1)
+        ep = run_job(LogicalPlan(ctx, node), make_rt(task_cache="off"), num_workers=1)
+        files = [
+            p
+            for t in ep.tasks.values()
+            if t.node_id == int(node.id) and isinstance(t, PartitionConsumerTask)
+            for p in ep.results[t.key].resolved_paths
+        ]
+        physical = {
+            (c, pq.ParquetFile(f).schema.column(pq.ParquetFile(f).schema.names.index(c)).physical_type)
+            for f in files
+            for c in decimals
+        }
+        rows = sorted(
+            (r["id"], *(r[c] for c in decimals)) for f in files for r in pq.read_table(f, partitioning=None).to_pylist()
+        )
+        return _writers(ep, node), dict(physical), rows
+
+    copy_writers, copy_physical, copy_rows = run(False)
+    writers, physical, rows = run(True)
+    assert copy_writers == {"DuckDB"}
+    assert writers == ({"parquet-cpp-arrow"} if writer_stores_decimals_as_integers() else {"DuckDB"})
+    assert copy_physical == {"d4": "INT32", "d12": "INT64", "d18": "INT64", "d30": "FIXED_LEN_BYTE_ARRAY"}
+    assert physical == copy_physical
+    assert rows == copy_rows == sorted((r["id"], *(r[c] for c in decimals)) for r in table.to_pylist())
+
+
+@_NEEDS_ROUTE
 @pytest.mark.parametrize("skewed", [False, True])
 def test_the_duckdb_engine_written_the_arrow_way_keeps_to_its_memory_limit(tmp_path, make_rt, skewed):
     """Under ``enforce_memory_limit`` a default-engine hash partition of an input larger than its

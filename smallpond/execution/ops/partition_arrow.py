@@ -11,6 +11,7 @@ partitions' files are written live here: upstream's names and row groups for the
 from __future__ import annotations
 
 import collections
+import functools
 import os
 from typing import Dict, List, Optional
 
@@ -87,9 +88,25 @@ def open_parquet_writer(path: str, schema, options: dict, like_copy: bool):
 
     if not (like_copy and writer_adds_key_value_metadata()):
         return pq.ParquetWriter(path, schema, **options)
+    if writer_stores_decimals_as_integers():  # (as the COPY does: INT32 to 9 digits, INT64 to 18)
+        options = {**options, "store_decimal_as_integer": True}
     w = pq.ParquetWriter(path, schema, store_schema=False, **options)
     w.add_key_value_metadata(dict(schema.metadata or {}))
     return w
+
+
+@functools.lru_cache(maxsize=None)
+def writer_stores_decimals_as_integers() -> bool:
+    """Whether this pyarrow's ``ParquetWriter`` can store a decimal of at most 18 digits as DuckDB's
+    COPY does, as an INT32 (to 9 digits) or INT64 (``store_decimal_as_integer``; pyarrow 26 has it,
+    pyarrow 16 not). Without it pyarrow writes fixed-length bytes, which read back the same but
+    are not the COPY's files: a partition with such a column then keeps the COPY
+    (:func:`_arrow_keeps_types`)."""
+    import inspect
+
+    import pyarrow.parquet as pq
+
+    return "store_decimal_as_integer" in inspect.signature(pq.ParquetWriter.__init__).parameters
 
 
 #: partitions from which the duckdb engine keeps its COPY whatever its input's size: the arrow way
@@ -120,7 +137,8 @@ def _arrow_writes_for_less(node, ds) -> bool:
 def _arrow_keeps_types(schema) -> bool:
     """Whether pyarrow reads and writes every column of ``schema`` as the type DuckDB reads it as,
     and DuckDB would accept the file (no two names alike in case): integers, floats, strings,
-    binaries, booleans, dates, microsecond timestamps and decimals. Anything else (nanosecond or
+    binaries, booleans, dates, microsecond timestamps and decimals (of at most 18 digits only where
+    :func:`writer_stores_decimals_as_integers`). Anything else (nanosecond or
     INT96 timestamps, half floats, extension, nested types) stays with DuckDB's COPY, and so does
     everything under pyarrow 16, which cannot write a file without its Arrow schema and keep the
     key-value metadata (:func:`open_parquet_writer`): read back, its types would not be the COPY's."""
@@ -132,8 +150,14 @@ def _arrow_keeps_types(schema) -> bool:
     plain = (t.is_integer, t.is_float32, t.is_float64, t.is_string, t.is_large_string, t.is_binary, t.is_boolean, t.is_date32)
     if len({fold_case(n) for n in schema.names}) != len(schema.names):
         return False
+    # (a decimal of at most 18 digits: the COPY's INT32 or INT64 where pyarrow can write them)
+    decimal_ok = writer_stores_decimals_as_integers()
     return all(
-        any(is_(f.type) for is_ in plain) or t.is_timestamp(f.type) and f.type.unit == "us" or t.is_decimal128(f.type)
+        any(is_(f.type) for is_ in plain)
+        or t.is_timestamp(f.type)
+        and f.type.unit == "us"
+        or t.is_decimal128(f.type)
+        and (decimal_ok or f.type.precision > 18)
         for f in schema
     )
 
