@@ -3,8 +3,8 @@
 A SQL node far down a pipeline (after an hour of upstream stages) whose query has a typo, or a
 ``repartition(hash_by=...)`` naming a column its input does not have, would otherwise fail only
 when its first task runs. Once a job has run for :data:`DEFAULT_DELAY` seconds, a thread of the
-scheduler's process binds every SQL node's query, every hash or shuffle partition's key and every
-projection's columns over empty tables typed like the node's inputs (the schemas of
+scheduler's process binds every SQL node's query, every hash or shuffle partition's key (a
+shuffle's must be a number) and every projection's columns over empty tables typed like the node's inputs (the schemas of
 :mod:`smallpond.execution.schema`, known without reading data), in DuckDB as the tasks do, and
 looks up each range partition's key column. An error that cannot depend on the data
 fails the job at once with a :class:`~smallpond.errors.QueryPlanError` (a ``PlanError`` and a
@@ -120,7 +120,7 @@ def find_errors(
     import duckdb
 
     from smallpond.errors import ColumnNotFoundError, UserCodeError
-    from smallpond.execution.ops.partition import check_key_columns, partition_key_expr
+    from smallpond.execution.ops.partition import check_key_columns, hash_key_types, partition_key_expr
     from smallpond.execution.ops.range import key_column_of
     from smallpond.execution.schema import SchemaUnknown, _infer, _projection_schema, render_sql, scratch_connection
     from smallpond.io.arrow import empty_table
@@ -182,7 +182,9 @@ def find_errors(
                 try:
                     check_key_columns(node, inputs[0].names, conn)  # as the tasks say it
                     conn.execute(f"SELECT {expr} FROM {name} LIMIT 0").fetchall()
-                except ColumnNotFoundError as e:
+                    if node.shuffle_only:  # a key of a type that is no number fails every task
+                        partition_key_expr(node, inputs[0].names, hash_key_types(conn, name, node, inputs[0].names))
+                except (ColumnNotFoundError, UserCodeError) as e:
                     found.append((node, f"partition key {what!r}", str(e)))
                     unknown.add(id(node))
                 except duckdb.Error as e:

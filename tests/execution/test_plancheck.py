@@ -231,6 +231,21 @@ def test_a_range_partition_key_that_is_no_column_is_reported(make_rt, parquet_fi
     assert "RangePartitionNode" in str(info.value) and "key_column='name': column 'name' not found" in str(info.value)
 
 
+def test_a_shuffle_key_that_is_no_number_is_reported(make_rt, parquet_files, tmp_path, check_now):
+    """A shuffle key of a type that is no number (a string, even of digits) fails every task of
+    the shuffle whatever the data: the check reports it before the node's turn."""
+    from smallpond.execution.job import run_job
+    from smallpond.logical.node import Context, LogicalPlan, ShuffleNode, SqlEngineNode
+
+    ctx = Context()
+    shuffled = _held_up_shuffle(ctx, parquet_files, str(tmp_path / "never"))
+    keyed = SqlEngineNode(ctx, (shuffled,), "select id, CAST(key % 2 AS VARCHAR) as s from {0}")
+    with pytest.raises(PlanError) as info:
+        run_job(LogicalPlan(ctx, ShuffleNode(ctx, (keyed,), 2, "s")), make_rt(), num_workers=2)
+    assert "ShuffleNode" in str(info.value) and "partition key 's'" in str(info.value)
+    assert "the shuffle key 's' is of type VARCHAR in the data, not a number" in str(info.value)
+
+
 def test_a_dry_run_says_which_nodes_would_fail_and_why(sp, data_root, make_rt, parquet_files):
     # explain(dry_run=True) and the Driver's --dry_run check the plan at once (nothing runs)
     df = sp.from_arrow(pa.table({"a": [1, 2, 3], "b": [4, 5, 6]})).repartition(3, by_rows=True)
