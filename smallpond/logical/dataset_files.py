@@ -692,8 +692,9 @@ class ParquetDataSet(DataSet):
                 f"column {data_partition_column!r} (is {data_partition_column!r} the data_partition_column the files "
                 "were partitioned by?)"
             )
-        t = pq.ParquetFile(path).read_row_group(0, columns=[data_partition_column])
-        return int(t.column(0)[0].as_py())
+        from smallpond.io.partition_key import partition_key_of_column
+
+        return partition_key_of_column(path, data_partition_column)
 
 
 _names_seen: Dict[tuple, tuple] = {}
