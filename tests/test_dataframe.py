@@ -369,6 +369,21 @@ def test_repartition_key_out_of_range(tmp_path):
             df.to_arrow()
 
 
+def test_repartition_by_a_key_that_is_not_whole_fails_at_the_repartition_line(sp):
+    """``by="item / 10"`` is a DOUBLE in DuckDB: 0.5 names no partition (it went to partition 0,
+    rounded); the error names the value and the line of the repartition call. Whole values of a
+    float key name their partitions."""
+    items = sp.from_items([0, 10, 5])
+    df = items.repartition(2, by="item / 10")  # the line the error names
+    line = sys._getframe().f_lineno - 1
+    with pytest.raises(TaskError) as info:
+        df.to_arrow()
+    assert "the shuffle key 'item / 10' is 0.5 in the data, which names no partition" in str(info.value)
+    assert f"{__file__}:{line}" in str(info.value)
+    whole = items.filter("item % 10 = 0").repartition(2, by="item / 10")
+    assert sp.partial_sql("select list(item) as items from {0}", whole).take_all() == [{"items": [0]}, {"items": [10]}]
+
+
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
 @pytest.mark.parametrize("by", ["k", "k + 0"])
 def test_repartition_by_a_null_key_names_null(sp, engine, by):
