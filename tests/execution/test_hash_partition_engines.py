@@ -503,18 +503,21 @@ _NOT_WHOLE = "names no partition: a shuffle sends a row to the partition its key
         ("p", _values([0, None, 2, 1]), "partition key NULL is out of range 0-2"),
         ("p", _values([0.0, None, 2.0, 1.0]), "partition key NULL is out of range 0-2"),
         ("p", _values([0, -1, 2, 1]), "partition key -1 is out of range 0-2"),
+        # past BIGINT: a cast error from the duckdb engine before
+        ("p", _values([0, 2**64 - 1, 2, 1], pa.uint64()), "partition key 18446744073709551615 is out of range 0-2"),
         ("p", _values([0.0, 3.0, 2.0, 1.0]), "partition key 3 is out of range 0-2: the key 'p' is 3.0 in the data"),
         # a string is no number, digits or not ('01' was partition 1 to the duckdb engine only)
         ("p", _values(["0", "01", "2", "1"]), "the shuffle key 'p' is of type"),
     ],
 )
-def test_engines_agree_on_shuffle_keys(tmp_path, make_rt, key, values, expected):
+def test_engines_agree_on_shuffle_keys(tmp_path, make_rt, key, values, expected, no_plan_check):
     """Both engines send each row to the partition its key names, whatever the key's type, and
     refuse the same keys with the same error: a float or decimal key that is not whole (0.4, 1.5,
     NaN) names no partition (upstream 0.15's `WHERE key = i` put it in none; CAST rounded it
     into one, 2.5 to 2 as a double and 3 as a decimal), a boolean is 0 or 1 (the arrow engine
     refused it), a string is no number (the duckdb engine took '01' for 1, the arrow engine
-    refused it), a NULL or negative key is out of range. The key is written as it was."""
+    refused it), a NULL or negative key is out of range. The key is written as it was. (The plan
+    check, which refuses a string key before the task runs, is off: the tasks' errors are tested.)"""
     path = str(tmp_path / "in.parquet")
     values = pa.array(*values)
     pq.write_table(pa.table({"id": [0, 1, 2, 3], "p": values}), path)
@@ -805,7 +808,7 @@ def test_an_out_of_range_float_shuffle_key_is_named_as_the_data_holds_it(tmp_pat
 
 @pytest.mark.parametrize("engine", ["duckdb", "arrow"])
 @pytest.mark.parametrize("values,kind", [(["a", "b", "c"], ("string", "VARCHAR")), ([1, 2, 3], ("date32[day]", "DATE"))])
-def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path, make_rt, engine, values, kind):
+def test_a_shuffle_key_column_that_is_not_a_number_is_named_by_its_type(tmp_path, make_rt, engine, values, kind, no_plan_check):
     """The arrow engine said 'partition key a is out of range 0-1' for a string key column; the
     duckdb engine failed on CAST('a' AS BIGINT), and took '01' for 1: a key that is not a number
     is named by its type, in both engines (the type as each engine reads it)."""

@@ -22,8 +22,12 @@ from smallpond.errors import UserCodeError
 _INTEGER_KEY = re.compile(r"(U?(TINYINT|SMALLINT|INTEGER|BIGINT|HUGEINT)|BOOLEAN|\"?NULL\"?)$", re.IGNORECASE)
 #: DuckDB types of a shuffle key whose whole values name a partition, and whose other values none
 _FRACTIONAL_KEY = re.compile(r"(FLOAT|REAL|DOUBLE|DECIMAL|NUMERIC)\b", re.IGNORECASE)
+#: integer types wider than BIGINT: a value past BIGINT's range is out of range, not a cast error
+_WIDE_INTEGER = re.compile(r"(UBIGINT|HUGEINT|UHUGEINT)$", re.IGNORECASE)
 #: the start of the text of DuckDB's ``error()`` raised for a key that names no partition
 _NOT_WHOLE = "smallpond: the shuffle key is no partition number: "
+#: ... and for a whole key past BIGINT's range (a partition number out of range)
+_PAST_BIGINT = "smallpond: the shuffle key is out of range: "
 
 
 def shuffle_index_sql(node, value: str, type_name: Optional[str]) -> str:
@@ -37,6 +41,12 @@ def shuffle_index_sql(node, value: str, type_name: Optional[str]) -> str:
     (a string, even of digits, a date) is refused by its type (:func:`key_not_a_number`), as the
     arrow engine refuses it (:func:`direct_keys`)."""
     type_name = (type_name or "").strip()
+    if _WIDE_INTEGER.match(type_name):  # (the arrow engine: "partition key 18446744073709551615 is out of range")
+        v = f"({value})"
+        return (
+            f"CASE WHEN {v} BETWEEN -9223372036854775808 AND 9223372036854775807 THEN CAST({v} AS BIGINT) "
+            f"WHEN {v} IS NOT NULL THEN error({quote_literal(_PAST_BIGINT)} || CAST({v} AS VARCHAR)) END"
+        )
     if not type_name or _INTEGER_KEY.match(type_name):
         return f"CAST({value} AS BIGINT)"
     if not _FRACTIONAL_KEY.match(type_name):
@@ -50,15 +60,17 @@ def shuffle_index_sql(node, value: str, type_name: Optional[str]) -> str:
 
 
 def key_error_from_duckdb(node, err: BaseException) -> Optional[UserCodeError]:
-    """The error of a key that names no partition (:func:`key_not_whole`), from DuckDB's error
-    ``err`` of :func:`shuffle_index_sql`'s ``error()``; None for any other error."""
+    """The error of a key that names no partition (:func:`key_not_whole`) or one past BIGINT's range
+    (:func:`key_out_of_range`), from DuckDB's error ``err`` of :func:`shuffle_index_sql`'s
+    ``error()``; None for any other error."""
     # (raised by error(), not quoted from the SQL: a binder error's excerpt of it holds the text too)
-    said = f"Invalid Input Error: {_NOT_WHOLE}"
     text = str(err)
-    at = text.find(said)
-    if at < 0 or not node.shuffle_only:
-        return None
-    return key_not_whole(node, text[at + len(said) :].splitlines()[0], node.npartitions)
+    for mark, told in ((_NOT_WHOLE, key_not_whole), (_PAST_BIGINT, key_out_of_range)):
+        said = f"Invalid Input Error: {mark}"
+        at = text.find(said)
+        if at >= 0 and node.shuffle_only:
+            return told(node, text[at + len(said) :].splitlines()[0], node.npartitions)
+    return None
 
 
 def direct_keys(node, values, n: int):
