@@ -1,7 +1,9 @@
 """The planner: logical nodes → tasks, one plan function per node type.
 
 The walk is post-order and deterministic, so the same script builds the same task ids, and each
-task's fingerprint digests its node's parameters, its partition and its inputs' fingerprints.
+task's fingerprint digests its node's parameters, its partition and its inputs' fingerprints;
+a partition of a split by files of sources of files, fixed by the plan, digests the files it
+reads instead (:mod:`~smallpond.execution.plan_splits`), so a changed file reruns its partition only.
 Partitioning mistakes (dimensions that do not match, ...) raise :class:`PlanError` here, before
 any task runs.
 """
@@ -48,10 +50,12 @@ from smallpond.execution.ops.structural import (
     UserDefinedPartitionProducerTask,
     is_literal_dataset,
 )
+from smallpond.execution.plan_splits import split_fingerprints
 from smallpond.execution.plancheck import case_clashes
 from smallpond.execution.plansize import check_plan_size, num_producers
 from smallpond.execution.runtime import RuntimeContext
 from smallpond.execution.task import PartitionInfo, Task
+from smallpond.io.paths import one_version_per_file
 from smallpond.logical.base import Node, created_at, node_at
 from smallpond.logical.determinism import sql_reads_clock
 from smallpond.logical.graph import topological_order
@@ -296,25 +300,29 @@ class Planner:
         fresh = [n for n in order if isinstance(n, DataSinkNode) and id(n) not in self.node_to_tasks]
         check_sink_destinations(fresh)
         check_earlier_sinks(fresh, self._sinks)
-        for n in order:
-            if id(n) in self.node_to_tasks:
-                continue
-            if n.output_path and not isinstance(n, DataSinkNode):
-                # a compute node's own output_path gets the sinks' overlap rules: never inside an
-                # input (a rerun would read its own output) nor in another job's folder; it writes
-                # only into attempt folders of its own there, so no file of the user's is replaced
-                check_overlap(n, self._input_datasets, self.rt.data_root, self.rt.output_root, self._readers)
-            for klass, fn in self._registry:
-                if isinstance(n, klass):
-                    tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])
-                    break
-            else:
-                raise PlanError(f"no planner for node type {type(n).__name__} ({created_at(repr(n), n.location)})")
-            self.node_to_tasks[id(n)] = tasks
-            self._planned_nodes.append(n)
-            if isinstance(n, DataSinkNode):
-                self._sinks.append(n)
+        with one_version_per_file():  # a source's fingerprint and its splits' see the same files
+            for n in order:
+                if id(n) not in self.node_to_tasks:
+                    self._plan_node(n)
         return self.node_to_tasks[id(node)]
+
+    def _plan_node(self, n: Node) -> None:
+        """Plan one node whose inputs are planned."""
+        if n.output_path and not isinstance(n, DataSinkNode):
+            # a compute node's own output_path gets the sinks' overlap rules: never inside an
+            # input (a rerun would read its own output) nor in another job's folder; it writes
+            # only into attempt folders of its own there, so no file of the user's is replaced
+            check_overlap(n, self._input_datasets, self.rt.data_root, self.rt.output_root, self._readers)
+        for klass, fn in self._registry:
+            if isinstance(n, klass):
+                tasks = fn(n, [self.node_to_tasks[id(d)] for d in n.input_deps])
+                break
+        else:
+            raise PlanError(f"no planner for node type {type(n).__name__} ({created_at(repr(n), n.location)})")
+        self.node_to_tasks[id(n)] = tasks
+        self._planned_nodes.append(n)
+        if isinstance(n, DataSinkNode):
+            self._sinks.append(n)
 
     def create_exec_plan(self, logical_plan: LogicalPlan, manifest_only_final_results: bool = True) -> ExecutionPlan:
         """Plan a whole job: the root's results are published as ``FinalResults``."""
@@ -369,7 +377,18 @@ class Planner:
         return ExecutionPlan(self.rt, root_tasks[0], logical_plan, dict(self.tasks), final_tasks[-1])
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _new_task(self, klass: Type[Task], node: Node, infos: Sequence[PartitionInfo], inputs: Sequence[Task], *extra) -> Task:
+    def _new_task(
+        self,
+        klass: Type[Task],
+        node: Node,
+        infos: Sequence[PartitionInfo],
+        inputs: Sequence[Task],
+        *extra,
+        reads: Optional[str] = None,
+    ) -> Task:
+        """A task of ``node`` over ``inputs``, fingerprinted by their fingerprints, or by ``reads``
+        (a digest of what it reads) when given: a partition of a split by files fixed by the plan
+        (:mod:`~smallpond.execution.plan_splits`)."""
         self.next_task_id += 1
         task = klass(self._slim(node), self.next_task_id, list(infos), [t.key for t in inputs], *extra)
         self._clamp_resources(task)
@@ -405,7 +424,7 @@ class Planner:
                 # resumes none of the outputs computed with the old ones
                 self._env_text,
                 "skip_empty_input\x00" if components.get("skip_empty_input") else "",
-                *[t.fingerprint for t in inputs],
+                *([t.fingerprint for t in inputs] if reads is None else [f"reads:{reads}"]),
             ]
         )
         task.fingerprint = hashlib.sha256(text.encode()).hexdigest()
@@ -641,8 +660,10 @@ class Planner:
         # partition (HashPartitionTask.producer_index); the index is part of its fingerprint
         numbered = issubclass(producer_cls, HashPartitionTask)
         producers = [self._task(producer_cls, node, [TOP], [s, *extra], *((i,) if numbered else ())) for i, s in enumerate(srcs)]
+        reads = split_fingerprints(node, all_inputs, producers, self.rt)
         return [
-            self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i) for i in range(n)
+            self._task(PartitionConsumerTask, node, [TOP, PartitionInfo(i, n, node.dimension)], producers, i, reads=reads[i])
+            for i in range(n)
         ]
 
     def _split_points_task(self, node: PartitionNode, infos, srcs: List[Task]) -> List[Task]:

@@ -4,7 +4,8 @@
   they are given: glob characters are escaped, so ``a*.parquet`` is read once and only it.
 * :func:`user_path` is a path a user gave, as the filesystem sees it (``~`` expanded).
 * :func:`file_identity` tells one version of an input file from another without reading it, for
-  the fingerprints that decide whether a checkpoint may be reused.
+  the fingerprints that decide whether a checkpoint may be reused (within
+  :func:`one_version_per_file`, a planning, each file is looked at once).
 * :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line:
   a line ends at ``\n`` only (so a name holding ``\r``, which an older smallpond published, reads
   back whole), a ``\r`` before it is dropped (a manifest written on Windows), and a relative path
@@ -17,7 +18,9 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from typing import Dict, List, Optional
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Dict, Iterator, List, Optional
 
 from smallpond.common import quote_literal
 from smallpond.errors import ParameterError
@@ -107,8 +110,27 @@ def file_version(st: os.stat_result) -> tuple:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
+#: the identities read so far in the current :func:`one_version_per_file` (None outside one)
+_kept_identities: ContextVar[Optional[Dict[str, str]]] = ContextVar("smallpond_file_identities", default=None)
+
+
+@contextmanager
+def one_version_per_file() -> Iterator[None]:
+    """Within it, :func:`file_identity` reads each path once and gives that identity again: a
+    planning sees one version of each input file, and a file that two fingerprints cover (a
+    source's, and that of the split of it a partition reads) costs one stat and one footer read.
+    Nested uses share the outer one's."""
+    token = _kept_identities.set({}) if _kept_identities.get() is None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _kept_identities.reset(token)
+
+
 def file_identity(path: str) -> str:
-    """What tells one version of an input file from another, without reading the file.
+    """What tells one version of an input file from another, without reading the file (the one
+    already read, within :func:`one_version_per_file`).
 
     Size and modification time, plus:
 
@@ -122,6 +144,16 @@ def file_identity(path: str) -> str:
       modification time kept, unless the rewrite keeps every row group's size and statistics
       (values swapped within a row group: only the change time shows that).
     """
+    kept = _kept_identities.get()
+    if kept is None:
+        return _read_identity(path)
+    ident = kept.get(path)
+    if ident is None:
+        ident = kept[path] = _read_identity(path)
+    return ident
+
+
+def _read_identity(path: str) -> str:
     try:
         st = os.stat(path)
     except OSError:

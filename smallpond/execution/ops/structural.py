@@ -162,18 +162,25 @@ class EvenlyDistributedPartitionProducerTask(Task):
     writes_output = False
 
     def run(self, runtime_ctx, inputs, output_dir):
-        node = self.node
-        ds = merge_datasets(inputs)
         seed = self.rand_seed_uint32 if runtime_ctx is not None else 0
-        if node.partition_by_rows:
-            if not isinstance(ds, ParquetDataSet):
-                raise UserCodeError(f"partition_by_rows needs Parquet input, got {type(ds).__name__}")
-            parts = ds.partition_by_rows(node.npartitions, node.random_shuffle, seed=seed)
-        else:
-            parts = ds.partition_by_files(node.npartitions, node.random_shuffle, seed=seed)
-        for p in parts:
-            p.schema = ds.schema
-        return PartitionedDataSet(parts)
+        return PartitionedDataSet(split_evenly(self.node, merge_datasets(inputs), seed))
+
+
+def split_evenly(node, ds: DataSet, seed: int) -> List[DataSet]:
+    """The datasets an ``EvenlyDistributedPartitionNode``'s producer hands its partitions: ``ds``
+    split by rows or by whole files (``seed``: the producer's, for ``random_shuffle``). The planner
+    calls it too, for a split by files of sources of files, to fingerprint each partition by the
+    files it gets (:mod:`~smallpond.execution.plan_splits`): one function, so the split that is
+    fingerprinted is the split that is read."""
+    if node.partition_by_rows:
+        if not isinstance(ds, ParquetDataSet):
+            raise UserCodeError(f"partition_by_rows needs Parquet input, got {type(ds).__name__}")
+        parts = ds.partition_by_rows(node.npartitions, node.random_shuffle, seed=seed)
+    else:
+        parts = ds.partition_by_files(node.npartitions, node.random_shuffle, seed=seed)
+    for p in parts:
+        p.schema = ds.schema
+    return parts
 
 
 class RepeatPartitionProducerTask(Task):

@@ -1,0 +1,90 @@
+"""Splits by files fixed at plan time: a partition's tasks fingerprinted by the files it reads.
+
+A partitioning by files (``DataSetPartitionNode(ctx, deps, n)``, ``DataFrame.repartition(n)``)
+of sources of files hands each partition a group of the sources' files that follows from the
+file list alone (and from the producer's seed when ``random_shuffle`` is set). The planner works
+the groups out when it plans the job, with the producer's own function
+(:func:`~smallpond.execution.ops.structural.split_evenly`), and each partition's consumer task is
+fingerprinted by its group (:func:`split_fingerprint`: the dataset's kind and options, each of
+its files by path and identity, in order, and what an empty group takes its columns from) instead
+of by its producer, whose fingerprint covers every file of the sources. So after one input file
+changes, a resumed job reruns only the tasks of the partition holding it and what follows them.
+A file added or removed reruns the partitions whose groups it changes: groups are contiguous runs
+of the sorted file list, so those after it shift (7 files in 4 partitions are 2+2+2+1; an eighth
+file sorted last changes only the last group, one sorted first changes all four).
+
+Left to the general rule (a consumer fingerprinted by its producer, so by every file of its
+sources): splits by rows (a file's row count moves every boundary), nested partitionings, other
+partition nodes (hash, range, ...), and inputs that are not sources of files (a task's output,
+a literal table, a query), whose groups are known only once the job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from typing import List, Optional, Sequence
+
+from smallpond.execution.ops.structural import (
+    DataSourceTask,
+    EvenlyDistributedPartitionProducerTask,
+    merge_datasets,
+    split_evenly,
+)
+from smallpond.execution.task import Task
+from smallpond.io.paths import file_identity
+from smallpond.logical.dataset import CsvDataSet, DataSet, FileSet, JsonDataSet, ParquetDataSet
+from smallpond.logical.partition import EvenlyDistributedPartitionNode
+
+_FILE_KINDS = (ParquetDataSet, CsvDataSet, JsonDataSet, FileSet)
+
+
+def split_fingerprints(node, inputs: Sequence[Task], producers: Sequence[Task], rt) -> List[Optional[str]]:
+    """For each partition of the partition node ``node``, the fingerprint of the files it reads
+    when the plan fixes them (see the module docstring), else None: that partition is then
+    fingerprinted by its producers, so by all their inputs. ``inputs``: the tasks the producers
+    read, in order; ``rt``: the job's runtime context (its random seed)."""
+    splits = None
+    if len(producers) == 1 and type(producers[0]) is EvenlyDistributedPartitionProducerTask:
+        producer = producers[0]
+        producer.runtime_ctx = rt  # its seed: the job's and its number, as when it runs
+        try:
+            splits = planned_file_splits(node, inputs, producer.rand_seed_uint32)
+        finally:
+            producer.runtime_ctx = None
+    if splits is None or len(splits) != node.npartitions:
+        return [None] * node.npartitions
+    return [split_fingerprint(ds) for ds in splits]
+
+
+def planned_file_splits(node, inputs: Sequence[Task], seed: int) -> Optional[List[DataSet]]:
+    """The datasets the partitions of ``node`` will get, when they are fixed by the plan: ``node``
+    splits by files, not nested, and every one of ``inputs`` (the tasks its producer reads, in
+    order) is a source of files. None otherwise, or when the split cannot be worked out here (it
+    then fails, or not, when the job runs, as it would have). ``seed``: the producer's
+    (:attr:`Task.rand_seed_uint32`), which a ``random_shuffle`` draws from."""
+    if type(node) is not EvenlyDistributedPartitionNode or node.partition_by_rows or node.nested:
+        return None
+    datasets = []
+    for t in inputs:
+        ds = getattr(t.node, "dataset", None) if type(t) is DataSourceTask else None
+        if not isinstance(ds, _FILE_KINDS) or ds.fingerprint_code():
+            return None
+        datasets.append(copy.copy(ds))  # as the source task passes it on (its files as listed when planned)
+    try:
+        return split_evenly(node, merge_datasets(datasets), seed)
+    except Exception:  # noqa: BLE001 - the producer will raise it, naming the node, when it runs
+        return None
+
+
+def split_fingerprint(ds: DataSet) -> str:
+    """What a partition of a split by files reads: the dataset's :meth:`~smallpond.logical.dataset.DataSet.fingerprint`
+    (its kind, options and each file's identity, in order), its schema if one is set, and the
+    identity of the file an empty group takes its columns from (a file of another partition)."""
+    h = hashlib.sha256(b"split\x00")
+    h.update(ds.fingerprint().encode())
+    h.update(b"\x00" + repr(None if ds.schema is None else str(ds.schema)).encode())
+    schema_path = getattr(ds, "_schema_path", None)
+    if schema_path:
+        h.update(b"\x00" + file_identity(schema_path).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()

@@ -1,0 +1,225 @@
+"""smallpond.execution.plan_splits: a partition of a split by files is fingerprinted by its files.
+
+A job over a split by files (``DataSetPartitionNode(n)``, ``repartition(n)``) rerun after an input
+file changed, was added or rewritten reruns exactly the partitions whose files changed, the task
+cache on or off, and each partition's output is then that of a clean build. Splits the plan does
+not fix (by rows, hash partitions, inputs that are tasks' outputs) keep the general rule: every
+partition's fingerprint covers every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List, Set
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from smallpond.execution.job import make_runtime_ctx, run_job
+from smallpond.execution.planner import Planner
+from smallpond.logical.dataset import ParquetDataSet
+from smallpond.logical.node import (
+    Context,
+    DataSetPartitionNode,
+    DataSinkNode,
+    DataSourceNode,
+    HashPartitionNode,
+    LogicalPlan,
+    SqlEngineNode,
+)
+from tests.datagen import generate_parquet_files, read_parquet
+from tests.e2e.test_incremental import Events, rewrite
+
+
+def split_plan(input_glob: str, sink: str, npartitions: int, **options) -> LogicalPlan:
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet([input_glob]))
+    parts = DataSetPartitionNode(ctx, (src,), npartitions, **options)
+    q = SqlEngineNode(ctx, (parts,), "select * from {0}")
+    return LogicalPlan(ctx, DataSinkNode(ctx, (q,), sink))
+
+
+def sql_tasks(plan) -> Dict[int, str]:
+    """Partition index -> key of the SQL task of that partition."""
+    return {t.partition_infos[-1].index: k for k, t in plan.tasks.items() if type(t).__name__ == "SqlEngineTask"}
+
+
+def partition_outputs(plan) -> Dict[int, pa.Table]:
+    return {i: read_parquet(sorted(plan.results[k].resolved_paths)) for i, k in sql_tasks(plan).items()}
+
+
+class Rerun:
+    """Run a split plan as job ``job`` (cache ``cache``) under ``tmp_path``, again after a change, and
+    check which partitions ran, and that each partition's output is a clean build's."""
+
+    def __init__(self, tmp_path, npartitions: int, cache: str = "off", **options) -> None:
+        self.tmp, self.n, self.options = tmp_path, npartitions, options
+        self.glob = str(tmp_path / "in" / "*.parquet")
+        self.cache = "off" if cache == "off" else str(tmp_path / "cache")
+        self.runs = 0
+
+    def run(self, job: str = "job", root: str = "root", cache=None):
+        events = Events()
+        rt = make_runtime_ctx(job, None, str(self.tmp / root), task_cache=cache or self.cache)
+        self.runs += 1
+        plan = split_plan(self.glob, str(self.tmp / f"sink{self.runs}"), self.n, **self.options)
+        return run_job(plan, rt, num_workers=2, listeners=[events]), events
+
+    def rerun_after(self, change) -> Set[int]:
+        """The partitions whose SQL task ran again after ``change()``; checks the others were resumed
+        (not taken from the cache) and every partition's output equals a clean build's."""
+        first, _ = self.run()
+        change(first)
+        again, events = self.run()
+        tasks = sql_tasks(again)
+        ran = {i for i, k in tasks.items() if k in events.submitted}
+        assert {i for i, k in tasks.items() if k in events.resumed} == set(tasks) - ran
+        assert not events.reused, "resumed from the job's own records, not the task cache"
+        clean, _ = self.run(job="clean", root=f"clean{self.runs}", cache="off")  # a new job, nothing to resume
+        got, want = partition_outputs(again), partition_outputs(clean)
+        assert got.keys() == want.keys()
+        for i in got:
+            assert got[i].equals(want[i]), f"partition {i} differs from a clean build's"
+        return ran
+
+
+def files_of(plan, partition: int) -> List[str]:
+    consumer = plan.tasks[sql_tasks(plan)[partition]].input_keys[0]
+    return sorted(plan.results[consumer].resolved_paths)
+
+
+@pytest.mark.parametrize("cache", ["off", "on"])
+def test_a_changed_file_reruns_only_its_partition(tmp_path, cache):
+    generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+    job = Rerun(tmp_path, 4, cache)
+    # the second file of partition 1: a fingerprint of fewer files than a partition reads misses it
+    assert job.rerun_after(lambda plan: rewrite(files_of(plan, 1)[1], seed=1)) == {1}
+
+
+def test_files_added_or_removed_rerun_the_partitions_whose_files_they_change(tmp_path):
+    generate_parquet_files(str(tmp_path / "in"), nfiles=7, rows_per_file=10)  # part0..part6: 2+2+2+1
+    job = Rerun(tmp_path, 4)
+
+    def add(name):
+        return lambda plan: pq.write_table(pq.read_table(files_of(plan, 0)[0]), str(tmp_path / "in" / name))
+
+    def remove(*names):
+        return lambda plan: [os.remove(tmp_path / "in" / n) for n in names]
+
+    assert job.rerun_after(add("part7.parquet")) == {3}, "sorted last: 2+2+2+2, only the last group changes"
+    assert job.rerun_after(add("a.parquet")) == {0}, "sorted first: 3+2+2+2, the first group takes it"
+    assert job.rerun_after(remove("a.parquet", "part0.parquet")) == {0, 1, 2, 3}, "2+2+2+1: every group shifts"
+    assert job.rerun_after(lambda plan: None) == set(), "nothing changed: everything is resumed"
+
+
+def test_an_empty_partition_reruns_when_the_file_it_takes_its_columns_from_changes(tmp_path):
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=10)  # 3 files, 5 partitions
+
+    def add_column(plan):
+        assert files_of(plan, 3) == files_of(plan, 4) == []
+        t = pq.read_table(files[0])
+        pq.write_table(t.append_column("extra", pa.array(range(t.num_rows), pa.int64())), files[0])
+
+    job = Rerun(tmp_path, 5)
+    assert job.rerun_after(add_column) == {0, 3, 4}
+    again, _ = job.run()
+    assert partition_outputs(again)[3].column_names == ["id", "key", "name", "extra"]
+
+
+def test_a_shuffled_split_by_files_reruns_the_partition_the_file_went_to(tmp_path):
+    generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+    job = Rerun(tmp_path, 4, random_shuffle=True)
+    # the planner must split with the producer's own seed: the partition is found from the run
+    assert job.rerun_after(lambda plan: rewrite(files_of(plan, 2)[1], seed=1)) == {2}
+
+
+def consumer_fingerprints(make_rt, plan_of) -> List[str]:
+    plan = Planner(make_rt("same-job")).create_exec_plan(plan_of())
+    consumers = [t for t in plan.tasks.values() if type(t).__name__ == "PartitionConsumerTask"]
+    return [t.fingerprint for t in sorted(consumers, key=lambda t: t.id)]
+
+
+def changed_partitions(make_rt, tmp_path, build) -> Set[int]:
+    """Which consumers of the plan ``build(ctx, source)`` change fingerprint when the fifth of 8
+    input files is rewritten."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+
+    def plan_of():
+        ctx = Context()
+        return LogicalPlan(ctx, build(ctx, DataSourceNode(ctx, ParquetDataSet(files))))
+
+    before = consumer_fingerprints(make_rt, plan_of)
+    rewrite(files[4], seed=1)
+    after = consumer_fingerprints(make_rt, plan_of)
+    return {i for i, (a, b) in enumerate(zip(before, after)) if a != b}
+
+
+@pytest.mark.parametrize(
+    "build,changed",
+    [
+        (lambda ctx, src: DataSetPartitionNode(ctx, (src,), 4), {2}),
+        (lambda ctx, src: DataSetPartitionNode(ctx, (src,), 4, partition_by_rows=True), {0, 1, 2, 3}),
+        (lambda ctx, src: HashPartitionNode(ctx, (src,), 4, ["key"]), {0, 1, 2, 3}),
+        (
+            lambda ctx, src: DataSetPartitionNode(ctx, (SqlEngineNode(ctx, (src,), "select * from {0}"),), 4),
+            {0, 1, 2, 3},
+        ),
+    ],
+    ids=["by files", "by rows", "hash", "over a task's output"],
+)
+def test_only_a_split_by_files_of_a_source_is_fingerprinted_by_its_own_files(make_rt, tmp_path, build, changed):
+    assert changed_partitions(make_rt, tmp_path, build) == changed
+
+
+def test_a_planning_reads_each_input_files_identity_once(make_rt, tmp_path, monkeypatch):
+    import smallpond.io.paths as paths
+
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+    reads: List[str] = []
+    real = paths._read_identity
+    monkeypatch.setattr(paths, "_read_identity", lambda p: reads.append(p) or real(p))
+    ctx = Context()
+    parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 4)
+    Planner(make_rt()).create_exec_plan(LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select * from {0}")))
+    assert sorted(reads) == sorted(files), "the source's fingerprint and its partitions' read each file once"
+    assert paths.file_identity(files[0]) and len(reads) == 9, "outside a planning, a file is looked at each time"
+
+
+DATAFRAME_JOB = """
+import os, sys
+import smallpond
+root, out, pattern = sys.argv[1:]
+sp = smallpond.init(job_id="df-split", data_root=root, task_cache="off", num_executors=2)
+sp.read_parquet(pattern).repartition(4).map("id, key, length(name) as len").write_parquet(out)
+sys.stdout.flush()
+os._exit(0)  # no shutdown: the session keeps its intermediates, as after a crash, and the same job_id resumes
+"""
+
+
+def test_a_dataframe_job_resumed_after_a_file_changed_reruns_its_partition(tmp_path):
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+    script = tmp_path / "job.py"
+    script.write_text(DATAFRAME_JOB)
+
+    def run() -> Dict[str, int]:
+        cmd = [sys.executable, str(script), str(tmp_path / "root"), str(tmp_path / "out"), str(tmp_path / "in" / "*.parquet")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (log,) = (tmp_path / "root").glob("*/log/events.jsonl")
+        counts: Dict[str, int] = {}
+        with open(log) as f:
+            for line in f:
+                ev = json.loads(line)
+                if ev["ev"] == "run_start":
+                    counts = {}
+                elif ev["ev"] in ("done", "resumed"):
+                    counts[ev["ev"]] = counts.get(ev["ev"], 0) + 1
+        return counts  # the last run's
+
+    assert run() == {"done": 5}  # 4 partitions and the sink
+    rewrite(files[5], seed=1)  # partition 2's second file
+    assert run() == {"done": 2, "resumed": 3}
