@@ -1,8 +1,10 @@
 """Task-cache keys: what a task will compute, from what it actually reads.
 
 A task's plan fingerprint (resume within a job) digests the fingerprints of its input *tasks*,
-so it changes when any file of a whole source changes. The cache key is finer: it is computed by
-the scheduler when the task is about to run, from the datasets the task will read:
+so it changes when any file of a whole source changes, except in a split by files of sources of
+files, whose partitions the plan fixes and fingerprints by their own files
+(:mod:`~smallpond.execution.plan_splits`). The cache key is finer: it is computed by the scheduler
+when the task is about to run, from the datasets the task will read:
 
 * the plan components (task class, node parameters and code, partition, random seed; see
   ``Task.plan_components``), the engine's versions (:func:`engine_versions`) and the job's

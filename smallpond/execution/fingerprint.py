@@ -2,8 +2,9 @@
 
 A task's fingerprint covers its node's parameters (as the node declares them, see
 :meth:`smallpond.logical.base.Node.fingerprint_params`), the user code it runs, its position in
-the partition grid and its inputs' fingerprints. Resume reuses a commit record only when the
-fingerprint matches, so everything that can change a task's output must reach it, and nothing
+the partition grid and its inputs' fingerprints (for a partition of a split by files that the
+plan fixes, the files it reads: :mod:`smallpond.execution.plan_splits`). Resume reuses a commit
+record only when the fingerprint matches, so everything that can change a task's output must reach it, and nothing
 that differs between two runs of the same script (memory addresses, ``id()``, hash seeds, the
 ids cloudpickle gives classes) may.
 

@@ -3,7 +3,8 @@
 
 A task is one unit of work: a node's work on one partition. Its ``id`` comes from the planner's
 deterministic walk; its ``fingerprint`` digests the node's parameters, the partition and the
-fingerprints of its inputs, so a checkpoint is reused only for the very same work.
+fingerprints of its inputs (a partition of a split by files fixed by the plan: the files it
+reads, :mod:`smallpond.execution.plan_splits`), so a checkpoint is reused only for the very same work.
 
 A task runs as ``run(runtime_ctx, input_datasets, output_dir) -> DataSet``; it writes files into
 ``output_dir`` (a private temp directory) and returns a DataSet describing them. The attempt
