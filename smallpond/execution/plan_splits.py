@@ -13,10 +13,16 @@ A file added or removed reruns the partitions whose groups it changes: groups ar
 of the sorted file list, so those after it shift (7 files in 4 partitions are 2+2+2+1; an eighth
 file sorted last changes only the last group, one sorted first changes all four).
 
-Left to the general rule (a consumer fingerprinted by its producer, so by every file of its
-sources): splits by rows (a file's row count moves every boundary), nested partitionings, other
-partition nodes (hash, range, ...), and inputs that are not sources of files (a task's output,
-a literal table, a query), whose groups are known only once the job runs.
+The same holds for the shares of one source of files that the producers of a hash or range
+partition read (``SplitDataSetTask``, :func:`share_fingerprints`), when they are split by files:
+a changed file reruns the producer reading it (and every partition after it, as each reads every
+producer), and the other producers are resumed.
+
+Left to the general rule (a task fingerprinted by its inputs' fingerprints, so by every file of
+the sources): splits by rows (a file's row count moves every boundary; a hash partition's
+producers split rows when a Parquet source has fewer files than producers), nested
+partitionings, and inputs that are not sources of files (a task's output, a literal table, a
+query), whose groups are known only once the job runs.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from smallpond.execution.ops.structural import (
     DataSourceTask,
     EvenlyDistributedPartitionProducerTask,
     merge_datasets,
+    producer_shares,
     split_evenly,
 )
 from smallpond.execution.task import Task
@@ -65,15 +72,40 @@ def planned_file_splits(node, inputs: Sequence[Task], seed: int) -> Optional[Lis
     (:attr:`Task.rand_seed_uint32`), which a ``random_shuffle`` draws from."""
     if type(node) is not EvenlyDistributedPartitionNode or node.partition_by_rows or node.nested:
         return None
+    ds = _sources(inputs)
+    try:
+        return None if ds is None else split_evenly(node, ds, seed)
+    except Exception:  # noqa: BLE001 - the producer will raise it, naming the node, when it runs
+        return None
+
+
+def share_fingerprints(inputs: Sequence[Task], count: int) -> List[Optional[str]]:
+    """For each of the ``count`` shares of ``inputs`` (the tasks of one input partition) that the
+    producers of a hash or range partition get (:func:`~smallpond.execution.ops.structural.producer_shares`),
+    the fingerprint of its files when the plan fixes them: a split by files of sources of files.
+    None for each when it does not (a split by rows: fewer Parquet files than producers)."""
+    ds = _sources(inputs)
+    if ds is None or (isinstance(ds, ParquetDataSet) and ds.num_files < count):
+        return [None] * count
+    try:
+        shares = producer_shares(ds, count)
+    except Exception:  # noqa: BLE001 - the split will raise it when it runs
+        return [None] * count
+    return [split_fingerprint(d) for d in shares]
+
+
+def _sources(inputs: Sequence[Task]) -> Optional[DataSet]:
+    """The dataset that the tasks ``inputs``, all sources of files, pass on together (as their
+    files are listed when planned), or None if any is another task."""
     datasets = []
     for t in inputs:
         ds = getattr(t.node, "dataset", None) if type(t) is DataSourceTask else None
         if not isinstance(ds, _FILE_KINDS) or ds.fingerprint_code():
             return None
-        datasets.append(copy.copy(ds))  # as the source task passes it on (its files as listed when planned)
+        datasets.append(copy.copy(ds))  # as the source task passes it on
     try:
-        return split_evenly(node, merge_datasets(datasets), seed)
-    except Exception:  # noqa: BLE001 - the producer will raise it, naming the node, when it runs
+        return merge_datasets(datasets)
+    except Exception:  # noqa: BLE001 - sources of different kinds: the merge raises it when it runs
         return None
 
 

@@ -50,7 +50,7 @@ from smallpond.execution.ops.structural import (
     UserDefinedPartitionProducerTask,
     is_literal_dataset,
 )
-from smallpond.execution.plan_splits import split_fingerprints
+from smallpond.execution.plan_splits import share_fingerprints, split_fingerprints
 from smallpond.execution.plancheck import case_clashes
 from smallpond.execution.plansize import check_plan_size, num_producers
 from smallpond.execution.runtime import RuntimeContext
@@ -654,7 +654,8 @@ class Planner:
             srcs = [g[0] if len(g) == 1 else self._task(MergeDataSetsTask, node, [TOP], g) for g in groups]
         else:
             merged = all_inputs[0] if len(all_inputs) == 1 else self._task(MergeDataSetsTask, node, [TOP], all_inputs)
-            srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod) for i in range(nprod)]
+            reads = share_fingerprints(all_inputs, nprod)
+            srcs = [self._task(SplitDataSetTask, node, [TOP], [merged], i, nprod, reads=reads[i]) for i in range(nprod)]
         extra = self._split_points_task(node, [TOP], srcs)
         # a hash or range producer knows its index: the first one leaves a file in every
         # partition (HashPartitionTask.producer_index); the index is part of its fingerprint

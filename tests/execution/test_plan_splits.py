@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from typing import Dict, List, Set
 
 import pyarrow as pa
@@ -29,6 +30,7 @@ from smallpond.logical.node import (
     DataSourceNode,
     HashPartitionNode,
     LogicalPlan,
+    RangePartitionNode,
     SqlEngineNode,
 )
 from tests.datagen import generate_parquet_files, read_parquet
@@ -130,6 +132,36 @@ def test_an_empty_partition_reruns_when_the_file_it_takes_its_columns_from_chang
     assert partition_outputs(again)[3].column_names == ["id", "key", "name", "extra"]
 
 
+def test_a_hash_partition_of_a_source_reruns_the_producer_reading_a_changed_file(tmp_path):
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+
+    def run(job: str, sink: str, events=None):
+        ctx = Context()
+        hashed = HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 3, ["key"])  # 8 producers, a file each
+        plan = LogicalPlan(ctx, DataSinkNode(ctx, (SqlEngineNode(ctx, (hashed,), "select * from {0}"),), str(tmp_path / sink)))
+        rt = make_runtime_ctx(job, None, str(tmp_path / job), task_cache="off")
+        return run_job(plan, rt, num_workers=2, listeners=[events] if events else [])
+
+    first = run("hash", "sink")
+    producers = sorted(
+        (k for k, t in first.tasks.items() if type(t).__name__ == "HashPartitionTask"), key=lambda k: first.tasks[k].id
+    )
+    rewrite(files[5], seed=1)
+    events = Events()
+    again = run("hash", "sink", events)
+    assert [p for p in producers if p in events.submitted] == [producers[5]]
+    assert set(producers) - {producers[5]} <= set(events.resumed)
+    # the changed producer, the three partitions (each reads every producer) and the sink
+    assert sorted(type(again.tasks[k]).__name__ for k in events.submitted) == [
+        "DataSinkTask",
+        "HashPartitionTask",
+        *["SqlEngineTask"] * 3,
+    ]
+    clean = run("clean", "clean_sink")
+    for a, b in zip(partition_outputs(again).values(), partition_outputs(clean).values()):
+        assert a.sort_by("id").equals(b.sort_by("id"))
+
+
 def test_a_shuffled_split_by_files_reruns_the_partition_the_file_went_to(tmp_path):
     generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
     job = Rerun(tmp_path, 4, random_shuffle=True)
@@ -137,24 +169,25 @@ def test_a_shuffled_split_by_files_reruns_the_partition_the_file_went_to(tmp_pat
     assert job.rerun_after(lambda plan: rewrite(files_of(plan, 2)[1], seed=1)) == {2}
 
 
-def consumer_fingerprints(make_rt, plan_of) -> List[str]:
+def fingerprints(make_rt, plan_of, kind: str) -> List[str]:
     plan = Planner(make_rt("same-job")).create_exec_plan(plan_of())
-    consumers = [t for t in plan.tasks.values() if type(t).__name__ == "PartitionConsumerTask"]
-    return [t.fingerprint for t in sorted(consumers, key=lambda t: t.id)]
+    tasks = [t for t in plan.tasks.values() if type(t).__name__ == kind]
+    return [t.fingerprint for t in sorted(tasks, key=lambda t: t.id)]
 
 
-def changed_partitions(make_rt, tmp_path, build) -> Set[int]:
-    """Which consumers of the plan ``build(ctx, source)`` change fingerprint when the fifth of 8
-    input files is rewritten."""
-    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+def changed_tasks(make_rt, tmp_path, build, nfiles: int = 8, kind: str = "PartitionConsumerTask") -> Set[int]:
+    """Which tasks of class ``kind`` in the plan ``build(ctx, source)`` (by their order) change
+    fingerprint when the fifth of ``nfiles`` input files is rewritten."""
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=nfiles, rows_per_file=10)
 
     def plan_of():
         ctx = Context()
         return LogicalPlan(ctx, build(ctx, DataSourceNode(ctx, ParquetDataSet(files))))
 
-    before = consumer_fingerprints(make_rt, plan_of)
+    before = fingerprints(make_rt, plan_of, kind)
     rewrite(files[4], seed=1)
-    after = consumer_fingerprints(make_rt, plan_of)
+    after = fingerprints(make_rt, plan_of, kind)
+    assert len(before) == len(after) > 1
     return {i for i, (a, b) in enumerate(zip(before, after)) if a != b}
 
 
@@ -172,7 +205,31 @@ def changed_partitions(make_rt, tmp_path, build) -> Set[int]:
     ids=["by files", "by rows", "hash", "over a task's output"],
 )
 def test_only_a_split_by_files_of_a_source_is_fingerprinted_by_its_own_files(make_rt, tmp_path, build, changed):
-    assert changed_partitions(make_rt, tmp_path, build) == changed
+    assert changed_tasks(make_rt, tmp_path, build) == changed
+
+
+def hashed(ctx, src):
+    return HashPartitionNode(ctx, (src,), 4, ["key"])
+
+
+def ranged(ctx, src, **how):
+    return RangePartitionNode(ctx, (src,), key_column="id", **how)
+
+
+@pytest.mark.parametrize(
+    "build,kind,nfiles,changed",
+    [
+        (hashed, "HashPartitionTask", 16, {5}),
+        (hashed, "HashPartitionTask", 5, set(range(8))),
+        (partial(ranged, split_points=[50, 100]), "RangePartitionTask", 16, {5}),
+        (partial(ranged, npartitions=3), "RangePartitionTask", 16, set(range(8))),
+    ],
+    ids=["hash", "hash, fewer files: by rows", "range", "range, sampled split points"],
+)
+def test_the_producers_of_one_source_are_fingerprinted_by_their_share(make_rt, tmp_path, build, kind, nfiles, changed):
+    # 8 producers (one input partition): 16 files are 2 each, part4 the 11th (part0, part1, part10..part15,
+    # part2, part3, part4), in the sixth share; 5 files are split by rows; sampled split points read every share
+    assert changed_tasks(make_rt, tmp_path, build, nfiles, kind=kind) == changed
 
 
 def test_a_planning_reads_each_input_files_identity_once(make_rt, tmp_path, monkeypatch):

@@ -122,13 +122,20 @@ class SplitDataSetTask(Task):
         self.count = count
 
     def run(self, runtime_ctx, inputs, output_dir):
-        ds = merge_datasets(inputs)
-        if isinstance(ds, ParquetDataSet) and ds.num_files < self.count:
-            part = ds.partition_by_rows(self.count)[self.index]  # too few files: split rows instead
-        else:
-            part = ds.partition_by_files(self.count)[self.index]
-        part.schema = ds.schema
-        return part
+        return producer_shares(merge_datasets(inputs), self.count)[self.index]
+
+
+def producer_shares(ds: DataSet, count: int) -> List[DataSet]:
+    """The ``count`` shares of ``ds`` that :class:`SplitDataSetTask` hands the producers of a
+    partitioning reading one input partition: by whole files, or by rows when a Parquet dataset
+    has fewer files than producers. The planner calls it too (as :func:`split_evenly`)."""
+    if isinstance(ds, ParquetDataSet) and ds.num_files < count:
+        parts = ds.partition_by_rows(count)  # too few files: split rows instead
+    else:
+        parts = ds.partition_by_files(count)
+    for p in parts:
+        p.schema = ds.schema
+    return parts
 
 
 class ProjectionTask(Task):
