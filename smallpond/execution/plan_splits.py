@@ -96,11 +96,14 @@ def share_fingerprints(inputs: Sequence[Task], count: int) -> List[Optional[str]
 
 def _sources(inputs: Sequence[Task]) -> Optional[DataSet]:
     """The dataset that the tasks ``inputs``, all sources of files, pass on together (as their
-    files are listed when planned), or None if any is another task."""
+    files are listed when planned), or None if any is another task, or one never reused (its
+    node could not be fingerprinted: nor can what it passes on be)."""
     datasets = []
     for t in inputs:
         ds = getattr(t.node, "dataset", None) if type(t) is DataSourceTask else None
         if not isinstance(ds, _FILE_KINDS) or ds.fingerprint_code():
+            return None
+        if str(t.plan_components.get("params", "unreusable:")).startswith("unreusable:"):
             return None
         datasets.append(copy.copy(ds))  # as the source task passes it on
     try:

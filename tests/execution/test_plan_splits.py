@@ -280,3 +280,26 @@ def test_a_dataframe_job_resumed_after_a_file_changed_reruns_its_partition(tmp_p
     assert run() == {"done": 5}  # 4 partitions and the sink
     rewrite(files[5], seed=1)  # partition 2's second file
     assert run() == {"done": 2, "resumed": 3}
+
+
+def test_the_partitions_of_a_source_that_is_never_reused_are_never_reused(make_rt, tmp_path, monkeypatch):
+    import smallpond.execution.planner as planner
+    from smallpond.execution.fingerprint_sources import Unfingerprintable
+
+    real = planner.stable_digest
+
+    def digest(obj, specs=None):
+        if isinstance(obj, DataSourceNode):
+            raise Unfingerprintable("a value no fingerprint describes")
+        return real(obj, specs)
+
+    monkeypatch.setattr(planner, "stable_digest", digest)
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+
+    def plan_of():
+        ctx = Context()
+        return LogicalPlan(ctx, DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 4))
+
+    with pytest.warns(UserWarning, match="cannot fingerprint"):
+        first, second = (fingerprints(make_rt, plan_of, "PartitionConsumerTask") for _ in range(2))
+    assert not set(first) & set(second), "nothing is resumed, with nothing changed"
