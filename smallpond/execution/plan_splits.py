@@ -20,9 +20,10 @@ producer), and the other producers are resumed.
 
 Left to the general rule (a task fingerprinted by its inputs' fingerprints, so by every file of
 the sources): splits by rows (a file's row count moves every boundary; a hash partition's
-producers split rows when a Parquet source has fewer files than producers), nested
-partitionings, and inputs that are not sources of files (a task's output, a literal table, a
-query), whose groups are known only once the job runs.
+producers split rows when a Parquet source has fewer files than producers), a range partition's
+sampled split points (a sample of every file), splits by a partition column or by user code,
+nested partitionings, and inputs that are not sources of files (a task's output, a literal
+table, a query, a source never reused), whose groups are known only once the job runs.
 """
 
 from __future__ import annotations
