@@ -116,10 +116,14 @@ def _sources(inputs: Sequence[Task]) -> Optional[DataSet]:
 def split_fingerprint(ds: DataSet) -> str:
     """What a partition of a split by files reads: the dataset's :meth:`~smallpond.logical.dataset.DataSet.fingerprint`
     (its kind, options and each file's identity, in order), its schema if one is set, and the
-    identity of the file an empty group takes its columns from (a file of another partition)."""
+    identity of the file an empty group takes its columns from (a file of another partition), and
+    the columns of the whole set's first file, by which a piece of files read without
+    ``union_by_name`` is read (:meth:`~smallpond.logical.dataset_files.ParquetDataSet._split`: a
+    column that file loses leaves every partition's output)."""
     h = hashlib.sha256(b"split\x00")
     h.update(ds.fingerprint().encode())
     h.update(b"\x00" + repr(None if ds.schema is None else str(ds.schema)).encode())
+    h.update(b"\x00" + repr(getattr(ds, "_first_columns", None)).encode("utf-8", "surrogateescape"))
     schema_path = getattr(ds, "_schema_path", None)
     if schema_path:
         h.update(b"\x00" + file_identity(schema_path).encode("utf-8", "surrogateescape"))
