@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 from smallpond.common import SWITCH_OFF, as_flag, env_setting, import_in_background, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
-from smallpond.execution.env_settings import setting
+from smallpond.execution.env_settings import elastic_mode, setting
 from smallpond.execution.progress import console_listeners
 from smallpond.execution.runtime import resolve_job, resolve_task_cache
 from smallpond.execution.summary import want_session_summary
@@ -52,7 +52,7 @@ class Config:
     random_seed: Optional[int] = None
     task_cache: Optional[str] = None
     task_cache_max_bytes: Optional[int] = None
-    elastic_threads: bool = False
+    elastic_threads: object = "safe"
     remove_empty_parquet: bool = False
     skip_task_with_empty_input: bool = False
 
@@ -115,7 +115,7 @@ class Config:
             random_seed=seed,
             task_cache=resolve_task_cache(task_cache, root),
             task_cache_max_bytes=cache_bound,
-            elastic_threads=_flag("elastic_threads", setting(elastic_threads, "elastic_threads", False)),
+            elastic_threads=elastic_mode("smallpond.init", setting(elastic_threads, "elastic_threads", None)),
             remove_empty_parquet=_flag("remove_empty_parquet", remove_empty_parquet),
             skip_task_with_empty_input=_flag("skip_task_with_empty_input", skip_task_with_empty_input),
         )

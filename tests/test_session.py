@@ -263,6 +263,20 @@ def test_init_flags_read_the_text_false_as_false(tmp_path):
     assert [getattr(on, n) for n in names] == [True] * 5
     with pytest.raises(ParameterError, match="smallpond.init: restart must be True or False, got 'nope'"):
         Config.from_args_and_env(data_root=str(tmp_path), restart="nope")
-    # None was falsy upstream (its documented bind_numa_node default): not refused
+    # None was falsy upstream (its documented bind_numa_node default): not refused; elastic_threads
+    # not given is its default, "safe"
     none = Config.from_args_and_env(data_root=str(tmp_path), _remove_output_root=None, **{n: None for n in names})
-    assert [getattr(none, n) for n in names] + [none.remove_output_root] == [False] * 6
+    assert [getattr(none, n) for n in names] + [none.remove_output_root] == [False, "safe"] + [False] * 4
+
+
+def test_elastic_threads_is_safe_by_default_and_takes_true_false_or_safe(tmp_path, monkeypatch):
+    from smallpond.session import Config
+
+    monkeypatch.delenv("SP_ELASTIC_THREADS", raising=False)
+    assert Config.from_args_and_env(data_root=str(tmp_path)).elastic_threads == "safe"
+    for given, mode in [(True, True), (False, False), ("Safe", "safe"), ("off", False), (1, True)]:
+        assert Config.from_args_and_env(data_root=str(tmp_path), elastic_threads=given).elastic_threads == mode
+    monkeypatch.setenv("SP_ELASTIC_THREADS", "0")
+    assert Config.from_args_and_env(data_root=str(tmp_path)).elastic_threads is False
+    with pytest.raises(ParameterError, match="smallpond.init: elastic_threads must be True, False or 'safe', got 'some'"):
+        Config.from_args_and_env(data_root=str(tmp_path), elastic_threads="some")

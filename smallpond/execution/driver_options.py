@@ -138,10 +138,20 @@ def add_driver_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--nonzero_exitcode_as_oom", action="store_true")
     p.add_argument(
         "--elastic_threads",
-        action="store_true",
-        help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads "
+        action="store_const",
+        const=True,
+        default="safe",
+        help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads too "
         "(faster stage tails; rows with equal sort keys may then come out in another order, "
-        "and floating-point aggregates in that SQL may differ)",
+        "and floating-point aggregates in that SQL may differ). By default only tasks whose "
+        "output bytes cannot depend on the thread count get them",
+    )
+    p.add_argument(
+        "--no_elastic_threads",
+        dest="elastic_threads",
+        action="store_const",
+        const=False,
+        help="never give a task more DuckDB threads than its cpu_limit",
     )
     p.add_argument("--fault_inject", "--fault_inject_prob", dest="fault_inject_prob", type=float, default=0.0)
     p.add_argument("--enable_profiling", action="store_true")

@@ -56,6 +56,35 @@ def _switch(text: str) -> bool:
     return text.strip().lower() in SWITCH_ON
 
 
+#: the default of ``elastic_threads``: more DuckDB threads only for tasks whose output bytes were
+#: shown not to depend on them (see :mod:`smallpond.execution.ops.elastic`)
+ELASTIC_SAFE = "safe"
+
+
+def elastic_mode(owner: str, value: Any):
+    """``elastic_threads`` as ``False`` (off), ``True`` (also the opt-in ORDER BY tasks) or
+    ``"safe"`` (the default, also for ``None``): a bool, ``0``/``1`` or the text ``"safe"``,
+    ``"true"``/``"false"``/``"1"``/``"0"``/``"on"``/``"off"``/``"yes"``/``"no"`` (any case).
+    Anything else is refused, naming ``owner``."""
+    from smallpond.common import SWITCH_OFF, is_bool
+
+    if value is None:
+        return ELASTIC_SAFE
+    if is_bool(value) or (isinstance(value, int) and value in (0, 1)):
+        return bool(value)
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == ELASTIC_SAFE:
+            return ELASTIC_SAFE
+        if text in SWITCH_ON or text in SWITCH_OFF:
+            return text in SWITCH_ON
+    raise ParameterError(f"{owner}: elastic_threads must be True, False or 'safe', got {value!r}")
+
+
+def _elastic(text: str):
+    return elastic_mode("SP_ELASTIC_THREADS", text)
+
+
 #: setting -> (variable, conversion of its text)
 ENV_SETTINGS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     "num_executors": ("SP_NUM_EXECUTORS", non_negative_int),
@@ -70,7 +99,7 @@ ENV_SETTINGS: Dict[str, Tuple[str, Callable[[str], Any]]] = {
     "speculative_exec": ("SP_SPECULATIVE_EXEC", str),
     "random_seed": ("SP_RANDOM_SEED", int),
     "task_cache_max_bytes": ("SP_TASK_CACHE_MAX_BYTES", int),
-    "elastic_threads": ("SP_ELASTIC_THREADS", _switch),
+    "elastic_threads": ("SP_ELASTIC_THREADS", _elastic),
 }
 
 #: the settings the Driver's command line takes from the environment when its flag is not given

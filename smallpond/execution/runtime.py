@@ -388,7 +388,7 @@ class RuntimeContext:
         disable_log_rotation: bool = False,
         output_path: Optional[str] = None,
         task_cache=None,
-        elastic_threads: bool = False,
+        elastic_threads="safe",
     ) -> None:
         if not isinstance(job_id, uuid.UUID):
             job_id = parse_job_id(job_id)
@@ -424,8 +424,11 @@ class RuntimeContext:
         self.secs_executor_probe_interval = secs_executor_probe_interval
         self.max_num_missed_probes = max_num_missed_probes
         self.fault_inject_prob = fault_inject_prob
-        #: give lone ORDER BY tasks idle CPUs as DuckDB threads (see scheduler.elastic_threads)
-        self.elastic_threads = bool(elastic_threads)
+        #: idle CPUs as DuckDB threads for lone tasks: "safe" (default) for those whose output bytes
+        #: cannot depend on them, True for ORDER BY tasks too, False never (see scheduler.py)
+        from smallpond.execution.env_settings import elastic_mode
+
+        self.elastic_threads = elastic_mode("RuntimeContext", elastic_threads)
         self.enable_profiling = enable_profiling
         self.enable_diagnostic_metrics = enable_diagnostic_metrics
         self.remove_empty_parquet = remove_empty_parquet

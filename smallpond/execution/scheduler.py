@@ -43,18 +43,23 @@ the next attempt number until it has failed ``max_fail_count`` times or used ``m
 retries; more memory means twice the last limit, capped by the executor's memory. Metadata-only
 tasks run inline here; everything else goes to the executor.
 
-Elastic threads (:func:`elastic_threads`, opt-in: ``elastic_threads=True``): when fewer tasks are
-runnable than CPUs are free, a task whose rows are ordered by its SQL (``Task.may_use_more_threads``:
-the outermost query ends in ORDER BY) is sent with a share of the free CPUs as its threads and
-reserves them; the attempt's copy of the task carries ``threads``, the planned task does not. Off by
-default because rows with equal sort keys may come out in another order with more threads (and
-aggregates computed under the ``ORDER BY``, a floating-point sum or a ``list()``, may differ), and
-the number of threads would follow timing: outputs would no longer be byte-reproducible. Breaking
-ties in the engine's own sorts (``partial_sort``) by every column (``columns(*)``) makes them
-byte-identical at any thread count (rows that differ only in a zero's sign, a NaN's bits or an
-interval's spelling aside), but was measured to cost 1.3x to 1.85x the sort's CPU, more than a
-second thread gives back on two cores, in every sort task, many-task stages included: it stays
-opt-in.
+Elastic threads (:func:`elastic_threads`): when fewer tasks are runnable than CPUs are free, a task
+may be sent with a share of the free CPUs as its DuckDB threads, and reserves them; the attempt's
+copy of the task carries ``threads``, the planned task does not. By default (``elastic_threads=
+"safe"``) only a task that may be row-wise (``Task.may_be_row_wise``: one query, no clause that
+filters, joins, groups, sorts or unnests) is offered them, and its attempt takes them only if
+DuckDB's plan and the row groups it wrote show its output bytes cannot depend on them
+(:mod:`smallpond.execution.ops.elastic`); otherwise it runs with ``cpu_limit`` threads, its log says
+so, and the node's later tasks are offered no more (the CPUs it declined stay reserved until that
+attempt ends). ``elastic_threads=True`` (opt-in) also gives them, unchecked, to a task whose
+outermost query ends in ORDER BY (``Task.may_use_more_threads``): rows with equal sort keys may then
+come out in another order (and aggregates computed under the ``ORDER BY``, a floating-point sum or a
+``list()``, may differ), and the number of threads follows timing, so such outputs are no longer
+byte-reproducible. Breaking ties in the engine's own sorts (``partial_sort``) by every column
+(``columns(*)``) makes them byte-identical at any thread count (rows that differ only in a zero's
+sign, a NaN's bits or an interval's spelling aside), but was measured to cost 1.3x to 1.85x the
+sort's CPU, more than a second thread gives back on two cores, in every sort task, many-task stages
+included: it stays opt-in. ``elastic_threads=False`` gives no task more than its ``cpu_limit``.
 
 Observers (progress bars, the event log behind the run report, the end-of-job summary) are
 :class:`SchedulerListener` objects: they see every event and never change the state.
@@ -70,6 +75,7 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT, logger, rare_full_collections
 from smallpond.errors import Decision, JobFailed, TaskError, classify
 from smallpond.execution.attempt import execute_attempt, run_inline, to_task_error
+from smallpond.execution.env_settings import elastic_mode
 from smallpond.execution.executors.base import Capacity, Completion, Executor
 from smallpond.execution.partition_schemas import PartitionSchemaCheck
 from smallpond.execution.plancheck import PlanCheck
@@ -129,12 +135,13 @@ class Scheduler:
         listeners: observers of the run (progress, event log, summary).
         speculation: when to give stragglers a second copy (off by default).
         cache: the job's side of the task cache (None: no cache).
-        elastic: give a task that may use more DuckDB threads than its ``cpu_limit``
-            (:meth:`Task.may_use_more_threads`) a share of the idle CPUs when fewer tasks are
-            runnable than CPUs are free (:func:`elastic_threads`). None: the runtime context's
-            ``elastic_threads`` (off unless the user turns it on: rows with equal sort keys may
-            then come out in another order, and floating-point aggregates may differ, so outputs
-            are not byte-reproducible).
+        elastic: give a task that may use more DuckDB threads than its ``cpu_limit`` a share of
+            the idle CPUs when fewer tasks are runnable than CPUs are free (:func:`elastic_threads`):
+            ``"safe"`` only tasks whose output bytes cannot depend on them (they check their plan:
+            :meth:`Task.may_be_row_wise`), ``True`` those and tasks whose SQL ends in ORDER BY
+            (:meth:`Task.may_use_more_threads`: rows with equal sort keys may then come out in
+            another order, and floating-point aggregates may differ), ``False`` none. None: the
+            runtime context's ``elastic_threads`` (``"safe"`` unless the user says otherwise).
         plan_nodes: the planned nodes (a callable returning them, e.g. the planner's); given, the
             queries of nodes that have not run yet are checked once a run has lasted a moment
             (:mod:`smallpond.execution.plancheck`; ``SP_PLAN_CHECK`` sets when, or turns it off).
@@ -165,8 +172,8 @@ class Scheduler:
         self.listeners: List[SchedulerListener] = [*listeners, self.partition_check]
         self._handlers: Dict[str, tuple] = {}  # event -> the listeners' methods that do something
         self.capacity = executor.capacity if executor else Capacity(1, 1, runtime_ctx.usable_memory_size)
-        self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic
-        self._elastic_nodes: Dict[int, bool] = {}  # node id -> may its tasks use more threads
+        self.elastic = runtime_ctx.elastic_threads if elastic is None else elastic_mode("Scheduler", elastic)
+        self._elastic_nodes: Dict[int, Optional[bool]] = {}  # node id -> how its tasks may use more threads
         self.state = new_state(self.capacity)
         self._all_tasks: Dict[str, Task] = {}  # the planned tasks of the current run
 
@@ -280,12 +287,19 @@ class Scheduler:
             resize(self.state, self.capacity, cap)
             self.capacity = cap
 
-    def _may_use_more_threads(self, task: Task) -> bool:
-        """``task.may_use_more_threads()``, asked once per node (it may parse the node's SQL)."""
-        ok = self._elastic_nodes.get(task.node_id)
-        if ok is None:
-            ok = self._elastic_nodes[task.node_id] = bool(task.may_use_more_threads())
-        return ok
+    def _elastic_offer(self, task: Task) -> Optional[bool]:
+        """Whether ``task`` may be given more threads than its ``cpu_limit``, asked once per node (it
+        may parse the node's SQL): None (no), False (to use as given: a final ORDER BY when the job
+        opted in, ``elastic_threads=True``) or True (if its plan shows they cannot change its output:
+        ``Task.may_be_row_wise``, the default)."""
+        if task.node_id not in self._elastic_nodes:
+            how = None
+            if self.elastic is True and task.may_use_more_threads():
+                how = False
+            elif task.may_be_row_wise():
+                how = True
+            self._elastic_nodes[task.node_id] = how
+        return self._elastic_nodes[task.node_id]
 
     def _most_cpus(self) -> int:
         """The most CPUs one attempt can be given (one machine's)."""
@@ -485,9 +499,11 @@ class Scheduler:
             if not queue and self.elastic and st.free_cpus > task.cpu_limit:
                 runnable = len(st.ready) + len(deferred) + 1
                 cpus = elastic_threads(task.cpu_limit, st.free_cpus, runnable, self._most_cpus(), mem)
-                if cpus > task.cpu_limit and self._may_use_more_threads(task):
+                checked = self._elastic_offer(task) if cpus > task.cpu_limit else None
+                if checked is not None:
                     sent = copy.copy(task)  # the attempt's copy carries its threads; ours stays as planned
                     sent.threads = cpus
+                    sent.threads_checked = checked
                 else:
                     cpus = task.cpu_limit
             try:
@@ -537,6 +553,8 @@ class Scheduler:
         if not release(st, c.key, c.attempt):
             return  # a cancelled or superseded attempt
         task = st.tasks[c.key]
+        if c.stats.get("threads_declined"):
+            self._elastic_nodes[task.node_id] = None  # its plan will not allow them: offer no more
         if c.ok:
             record_runtime(st, c.key, c.elapsed)
             finish_task(st, c.key, c.dataset)

@@ -130,6 +130,9 @@ class Task:
     #: DuckDB threads of the running attempt, when the scheduler gave it more than ``cpu_limit``
     #: (elastic threads, see :meth:`may_use_more_threads`); None: ``cpu_limit``
     threads: Optional[int] = None
+    #: the attempt takes its ``threads`` only once it has shown that its output cannot depend on
+    #: them (:meth:`may_be_row_wise`, :mod:`smallpond.execution.ops.elastic`)
+    threads_checked = False
 
     #: the task runs the user's Python code (a function, a script, Python UDFs in its SQL), which
     #: may draw from NumPy's global generator: it is imported and seeded for the task's attempts
@@ -140,6 +143,12 @@ class Task:
         most the order of rows with equal sort keys, and values of aggregates in that SQL (a
         floating-point sum, the order inside ``list()``); the scheduler may then give it idle CPUs
         (elastic threads, when the job turns them on). False by default."""
+        return False
+
+    def may_be_row_wise(self) -> bool:
+        """True if the task might write the same bytes whatever its DuckDB threads (it checks its
+        plan when it runs: :mod:`smallpond.execution.ops.elastic`), so the scheduler may offer it
+        idle CPUs by default (``elastic_threads="safe"``). A cheap look, asked once per node."""
         return False
 
     def __init__(self, node, task_id: int, partition_infos: List[PartitionInfo], input_keys: List[str]) -> None:

@@ -130,13 +130,26 @@ def _ties(tmp_path, rows=200_000, files=3):
     return paths
 
 
+def _log_lines(data_root, pattern):
+    """The matches of ``pattern`` in the logs under ``data_root``, once per job and match (a line of an
+    attempt may be in its own log and in its worker's)."""
+    found = {}
+    for path in glob.glob(os.path.join(data_root, "**", "*.log"), recursive=True):
+        job = os.path.relpath(path, data_root).split(os.sep)[0]
+        with open(path, errors="replace") as f:
+            for m in re.finditer(pattern, f.read()):
+                found[(job, m.group(1))] = m.group(2)
+    return [found[k] for k in sorted(found)]
+
+
 def _elastic_starts(data_root):
     """The ``threads=N (elastic)`` of every attempt started under ``data_root`` (from the logs)."""
-    found = []
-    for path in glob.glob(os.path.join(data_root, "**", "*.log"), recursive=True):
-        with open(path, errors="replace") as f:
-            found += re.findall(r"threads=(\d+) \(elastic\)", f.read())
-    return sorted(int(t) for t in found)
+    return sorted(int(t) for t in _log_lines(data_root, r"start (\S+ attempt \d+) .* threads=(\d+) \(elastic\)"))
+
+
+def _declined(data_root):
+    """Why each attempt under ``data_root`` declined the threads offered (from the logs)."""
+    return _log_lines(data_root, r"(\S+): runs with threads=\d+ \(the elastic threads=\d+ declined: ([^\n]*?), so")
 
 
 def test_ties_broken_by_every_column_write_the_same_bytes_at_any_thread_count(make_rt, data_root, tmp_path):
@@ -159,3 +172,131 @@ def test_ties_broken_by_every_column_write_the_same_bytes_at_any_thread_count(ma
     assert _elastic_starts(data_root) == [4] * runs  # each of those ran with four DuckDB threads
     assert digests == [one] * runs
     assert digest(_run(make_rt, paths, sql, 1, cpus=1, memory_limit=64 << 20)) == one  # (DuckDB: 57 MiB)
+
+
+# --- the default ("safe"): more threads only where the output bytes cannot depend on them ---
+
+
+def _odd(tmp_path, sizes=((60_000, 7_001), (45_007, 20_003), (80_000, 122_880), (30_001, 1_009))):
+    """Several files of odd row-group sizes (and rows not a multiple of DuckDB's 2048-row chunks),
+    with NULLs, a negative zero, strings, lists and structs."""
+    paths, start = [], 0
+    for i, (rows, group) in enumerate(sizes):
+        path = str(tmp_path / f"odd-{i}.parquet")
+        duckdb.sql(
+            "COPY (SELECT range AS id, (hash(range) % 1000)::INT AS k, CASE WHEN range % 101 = 0 THEN NULL "
+            "WHEN range % 103 = 0 THEN -0.0 ELSE hash(range)::DOUBLE / 1e19 - 0.9 END AS x, "
+            "CASE WHEN range % 7 = 0 THEN NULL ELSE 'v' || (range % 977) END AS s, "
+            "[range % 5, range % 3][1:(range % 3)::INT] AS l, {'a': range % 11, 'b': 'w' || (range % 13)} AS st "
+            f"FROM range({start}, {start + rows})) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE {group})"
+        )
+        paths.append(path)
+        start += rows
+    return paths
+
+
+ROW_WISE = {
+    "scan": "select * from {0}",
+    "projection": "select id, x * 1.7 + sqrt(abs(x)) as y, ln(abs(x) + 1) / 3 as z, upper(s) as u, "
+    "s || '-' || id::varchar as t, x::decimal(18, 4) as d, coalesce(s, 'none') as c, "
+    "case when k < 10 then 'a' else 'b' end as w, st.b as sb, list_transform(l, lambda v: v * 2) as l2, "
+    "regexp_replace(s, '1', 'one') as r, hash(s) as h from {0}",
+    # (DuckDB 2.0.1 plans a LIMIT of more than 50 rows (late_materialization_max_rows) of fewer than
+    # its input's with a sort and a join, "late materialization": refused; at most 50 it streams)
+    "limit": "select id, x * 2 as x2, upper(s) as u from {0} limit 50",
+}
+#: shapes whose bytes were measured to follow the thread count (rows, their order or row groups)
+NOT_ROW_WISE = {
+    "filter": "select * from {0} where x > 0.1 and s like '%3%'",
+    "group_by": "select k, sum(x) as sx, list(id) as ids from {0} group by k",
+    "ungrouped_sum": "select sum(x) as sx, avg(x) as ax from {0}",
+    "order_by_ties": "select * from {0} order by k",
+    "unnest": "select id, unnest(l) as v from {0}",
+}
+
+
+@pytest.mark.parametrize("shape", [*ROW_WISE, *NOT_ROW_WISE])
+def test_the_default_writes_the_same_bytes_at_one_and_two_threads(make_rt, data_root, tmp_path, shape):
+    """By default a lone task is given the idle CPUs only if its output cannot depend on them: the
+    row-wise shapes run with 2 threads and write, run after run, the file one thread writes (odd
+    row groups, several input files); the others (a filter, aggregates, a sort with ties, an
+    unnest: measured to write other bytes with 2 threads) are not offered them or decline them."""
+    paths = _odd(tmp_path)
+    sql = {**ROW_WISE, **NOT_ROW_WISE}[shape]
+
+    def digest(files):
+        assert len(files) == 1
+        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
+
+    one = digest(_run(make_rt, paths, sql, 1, cpus=1, elastic="safe"))
+    runs = 3
+    digests = [digest(_run(make_rt, paths, sql, 1, cpus=2, elastic="safe")) for _ in range(runs)]
+    assert digests == [one] * runs
+    offered = _elastic_starts(data_root)
+    if shape in ROW_WISE:
+        assert offered == [2] * runs and _declined(data_root) == []  # they did run with 2 threads
+    else:
+        assert len(_declined(data_root)) == len(offered)  # not offered, or declined each time
+
+
+def test_a_task_that_declines_the_offered_threads_says_why_and_runs_with_its_cpu_limit(make_rt, data_root, tmp_path):
+    """An aggregate without GROUP BY passes the look at its text but not its plan: the attempt logs
+    that it declined, and runs with one thread."""
+    paths = _input(tmp_path, rows=20_000)
+    files = _run(make_rt, paths, "select current_setting('threads') as t, count(*) as n from {0}", 1, cpus=4, elastic="safe")
+    assert set(_threads(files).values()) == {1}
+    assert _elastic_starts(data_root) == [4]
+    assert [why.split(" ")[:3] for why in _declined(data_root)] == [["its", "plan", "has"]]
+
+
+def test_the_default_gives_a_lone_row_wise_task_the_free_cpus_and_elastic_false_does_not(make_rt, tmp_path):
+    paths = _input(tmp_path, rows=20_000)
+    sql = "select current_setting('threads') as t, id, s from {0}"
+    assert set(_threads(_run(make_rt, paths, sql, 1, cpus=4, elastic="safe")).values()) == {4}
+    assert set(_threads(_run(make_rt, paths, sql, 1, cpus=4, elastic=False)).values()) == {1}
+    # an ORDER BY task only with the opt-in
+    ordered = sql + " order by id"
+    assert set(_threads(_run(make_rt, paths, ordered, 1, cpus=4, elastic="safe")).values()) == {1}
+    assert set(_threads(_run(make_rt, paths, ordered, 1, cpus=4, elastic=True)).values()) == {4}
+
+
+def test_many_row_wise_tasks_get_one_thread_each_by_default(make_rt, tmp_path):
+    paths = _input(tmp_path, rows=5_000, files=8)
+    threads = _threads(_run(make_rt, paths, "select current_setting('threads') as t, id from {0}", 8, cpus=2, elastic="safe"))
+    assert len(threads) == 8
+    assert sum(1 for t in threads.values() if t == 1) >= 7, threads
+    assert max(threads.values()) <= 2
+
+
+@pytest.mark.parametrize(
+    "sql, refused",
+    [
+        ("select * from {0}", None),
+        ("select id * 2 as a, upper(s) as b from {0} limit 10", None),
+        ("select * from {0} where id > 3", "its plan has a filter in READ_PARQUET"),
+        ("select * from {0} union all select * from {0}", "its plan has UNION"),
+        ("select id from {0} limit 10 offset 5", "its plan has"),
+        ("select unnest([id, id]) from {0}", "its plan has UNNEST"),
+        ("select s, count(*) from {0} group by s", "its COPY is not an ordered batch copy (COPY_TO_FILE)"),
+        ("select * from {0} order by s", "its plan has ORDER_BY"),
+        ("select * from {0} using sample 5 rows", "its plan has"),
+    ],
+)
+def test_only_plans_of_whole_chunks_in_order_are_accepted(tmp_path, sql, refused):
+    from smallpond.execution.ops.elastic import plan_refusal
+
+    path = _input(tmp_path, rows=3_000)[0]
+    query = sql.format(f"read_parquet('{path}')")
+    got = plan_refusal(duckdb.connect(), f"COPY ({query}) TO '{tmp_path}/out.parquet' (FORMAT PARQUET)")
+    assert got == refused if refused is None else got.startswith(refused), got
+    assert not os.path.exists(tmp_path / "out.parquet")  # (EXPLAIN writes nothing)
+
+
+def test_a_row_group_closed_before_its_row_count_refuses(tmp_path):
+    """A group closed by ROW_GROUP_SIZE_BYTES (or memory) may close elsewhere with other threads."""
+    from smallpond.execution.ops.elastic import row_groups_refusal
+
+    path = str(tmp_path / "g.parquet")
+    duckdb.sql(f"COPY (SELECT range AS id FROM range(10000)) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 4096)")
+    assert row_groups_refusal(path, 4096) is None  # 4096, 4096, 1808: the last may be short
+    assert row_groups_refusal(path, 5000) == "its row group 0 was closed at 4096 rows, before 5000"

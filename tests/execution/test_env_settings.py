@@ -186,3 +186,15 @@ def test_a_bad_sp_executor_cpus_is_refused_by_the_driver_naming_it(tmp_path, mon
             sp.from_items([1, 2]).count()
         finally:
             sp.shutdown()
+
+
+def test_the_driver_gives_elastic_threads_safe_by_default_and_takes_a_flag_or_its_variable(sp_env):
+    sp_env.delenv("SP_ELASTIC_THREADS", raising=False)
+    assert Driver().parse_arguments(["scheduler"])[1].elastic_threads == "safe"
+    assert Driver().parse_arguments(["scheduler", "--elastic_threads"])[1].elastic_threads is True
+    assert Driver().parse_arguments(["scheduler", "--no_elastic_threads"])[1].elastic_threads is False
+    sp_env.setenv("SP_ELASTIC_THREADS", "safe")
+    assert Driver().parse_arguments(["scheduler"])[1].elastic_threads == "safe"
+    sp_env.setenv("SP_ELASTIC_THREADS", "off")
+    assert Driver().parse_arguments(["scheduler"])[1].elastic_threads is False
+    assert Driver().parse_arguments(["scheduler", "--elastic_threads"])[1].elastic_threads is True

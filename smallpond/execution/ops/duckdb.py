@@ -297,6 +297,14 @@ def open_connection(
     return conn
 
 
+def set_threads(conn, threads: int) -> None:
+    """Change the DuckDB threads of an open connection (of the shared database: its setting, which
+    the next :func:`open_connection` then sets again)."""
+    conn.execute(f"SET threads = {int(threads)}")
+    for applied in _shared_settings.values():
+        applied.pop("threads", None)
+
+
 def _input_queries(task: Task, conn, datasets: List[DataSet]) -> List[Tuple[str, str]]:
     """``(name, query)`` of each input as the task's SQL sees it (``{0}``, ``{1}``, ...), its UDFs
     bound on ``conn``."""
@@ -447,17 +455,26 @@ def copy_target_dir(path: str):
         os.unlink(link)
 
 
+def _copy_options(task: Task) -> str:
+    # (row groups bounded by cpu_limit's writers, never by elastic threads: the bytes would follow them)
+    writers = max(1, int(task.cpu_limit))
+    return ParquetWriterOptions.for_task(task).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
+
+
+def single_file_copy(task: Task, query: str, output_dir: str, prefix: str) -> Tuple[str, str]:
+    """The file and the statement of ``COPY (query)`` to one Parquet file, as :func:`copy_to_parquet`
+    writes it without per-thread output."""
+    path = os.path.join(output_dir, prefix + "-0.parquet")
+    return path, f"COPY ({as_subquery(query)}) TO {quote_literal(path)} ({_copy_options(task)})"
+
+
 def copy_to_parquet(task: Task, conn, query: str, output_dir: str, prefix: str, *, per_thread_output: bool = True) -> int:
     """``COPY (query) TO output_dir`` as Parquet with the node's writer options; returns rows written."""
-    writers = max(1, int(task.cpu_limit))
-    query = as_subquery(query)
-    opts = ParquetWriterOptions.for_task(task).duckdb(task.parquet_kv_metadata(), writer_row_group_bytes(task, writers))
     if per_thread_output and task.cpu_limit > 1:
         pattern = quote_literal(f"{prefix}-{{i}}")
         with copy_target_dir(output_dir) as target:
-            sql = f"COPY ({query}) TO {quote_literal(target)} ({opts}, PER_THREAD_OUTPUT true, FILENAME_PATTERN {pattern}, OVERWRITE_OR_IGNORE true)"
+            sql = f"COPY ({as_subquery(query)}) TO {quote_literal(target)} ({_copy_options(task)}, PER_THREAD_OUTPUT true, FILENAME_PATTERN {pattern}, OVERWRITE_OR_IGNORE true)"
             rows = run_sql(conn, sql)
     else:
-        sql = f"COPY ({query}) TO {quote_literal(os.path.join(output_dir, prefix + '-0.parquet'))} ({opts})"
-        rows = run_sql(conn, sql)
+        rows = run_sql(conn, single_file_copy(task, query, output_dir, prefix)[1])
     return int(rows[0][0]) if rows and rows[0] else 0

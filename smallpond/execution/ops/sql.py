@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import List, Optional
 
 from smallpond.common import EMPTY_PLACEHOLDER_COLUMN, as_subquery, quote_identifier
@@ -22,8 +23,10 @@ from smallpond.execution.ops.duckdb import (
     task_memory,
     with_input_ctes,
 )
+from smallpond.execution.ops.elastic import copy_with_offered_threads
 from smallpond.execution.task import Task
 from smallpond.io.columns import fold_case
+from smallpond.io.sqltext import without_quoted_text
 from smallpond.logical.dataset import DataSet, ParquetDataSet
 
 
@@ -99,6 +102,15 @@ def without_placeholder_column(conn, sql: str):
     return f"SELECT * EXCLUDE ({quote_identifier(EMPTY_PLACEHOLDER_COLUMN)}) FROM ({as_subquery(sql)})", True
 
 
+#: words of SQL that filters, joins, groups, sorts, samples, unions or unnests rows: its output's row
+#: groups (or rows) may follow DuckDB's threads, so the scheduler does not offer it more by default
+_NOT_ROW_WISE = re.compile(
+    r"\b(where|join|group|having|qualify|order|distinct|over|window|sample|tablesample|intersect|except"
+    r"|union|pivot|unpivot|unnest|recursive|offset)\b",
+    re.IGNORECASE,
+)
+
+
 class SqlEngineTask(Task):
     #: honours the job's ``skip_task_with_empty_input`` (part of its cache key when on)
     skips_empty_input = True
@@ -125,6 +137,18 @@ class SqlEngineTask(Task):
         if node.udf_contexts or sql_may_draw_random(queries):
             return False
         return has_final_order_by(queries[-1])
+
+    def may_be_row_wise(self) -> bool:
+        """One query written to one Parquet file, without Python UDFs, random numbers or a clause
+        that filters, joins, groups, sorts, unions or unnests (:data:`_NOT_ROW_WISE`, a look at its text):
+        the attempt then checks DuckDB's plan (:func:`~smallpond.execution.ops.elastic.plan_refusal`)."""
+        node = self.node
+        queries = list(node.sql_queries)
+        if len(queries) != 1 or not node.materialize_output or node.materialize_in_memory or not is_query(queries[0]):
+            return False
+        if (node.per_thread_output and self.cpu_limit > 1) or node.udf_contexts or sql_may_draw_random(queries):
+            return False
+        return not _NOT_ROW_WISE.search(without_quoted_text(queries[0]))
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
@@ -225,7 +249,10 @@ class SqlEngineTask(Task):
                     sql, stripped = without_placeholder_column(conn, sql)
                     excluded |= stripped
                 prefix = f"{self.output_filename}-{batch_index}.{qi}"
-                rows = copy_to_parquet(self, conn, sql, output_dir, prefix, per_thread_output=node.per_thread_output)
+                if self.threads_checked and self.threads:
+                    rows = copy_with_offered_threads(self, conn, sql, output_dir, prefix, node.cpu_overcommit_ratio)
+                else:
+                    rows = copy_to_parquet(self, conn, sql, output_dir, prefix, per_thread_output=node.per_thread_output)
                 self.stats["rows"] = self.stats.get("rows", 0) + rows
         finally:
             conn.close()

@@ -1,0 +1,108 @@
+"""Elastic threads in the worker: use the DuckDB threads the scheduler offered only where the
+output's bytes cannot depend on them.
+
+By default (``elastic_threads="safe"``) the scheduler offers a lone SQL task that may be row-wise
+(:meth:`~smallpond.execution.ops.sql.SqlEngineTask.may_be_row_wise`, a look at its text) more
+threads than its ``cpu_limit``; the task takes them only if (1) DuckDB's physical plan of its
+``COPY`` is an order-keeping batch copy of whole input chunks (:func:`plan_refusal`) and (2) every
+row group it wrote was closed by its row count, not its bytes (:func:`row_groups_refusal`).
+Otherwise it runs (again) with ``cpu_limit`` threads, says so in the attempt's log, and reports
+``threads_declined`` so the scheduler stops offering to the node's other tasks.
+
+Measured with DuckDB 2.0.1 (2M rows in 5 Parquet files of odd row-group sizes, threads 1/2/4,
+3-4 runs each, memory 4 GiB and 96 MiB; session 42's NOTES.md): a ``COPY`` to one Parquet file
+of a scan of several files, a projection (float math, string functions, casts, structs, lists,
+CASE) or a LIMIT (a ``STREAMING_LIMIT``) wrote the same bytes at every thread count. The rows
+keep their order under anything order-preserving, but the *row groups* do not: the batch copy
+closes a group at the first whole chunk past ``ROW_GROUP_SIZE`` rows, and an operator that thins
+or splits chunks (a filter, also one pushed into the scan such as a row range's ``file_row_number
+BETWEEN``, an UNNEST) leaves chunks whose sizes follow how the threads took the input: other
+row-group sizes, other files, even run to run at 2 threads. A UNION ALL of two scans joined its
+inputs' last chunks into other groups at 1 thread than at 2 or 4; a row group closed by
+``ROW_GROUP_SIZE_BYTES`` (wide rows, a small memory limit) may be closed elsewhere too. (A LIMIT
+of more than 50 rows, ``late_materialization_max_rows``, but fewer than the input's, or with an
+OFFSET, is planned with a sort and a join: refused.) Joins, aggregates (grouped
+or not), DISTINCT, windows and sorts with ties change the rows or their order and never pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from smallpond.common import logger
+from smallpond.execution.ops.duckdb import copy_to_parquet, run_sql, set_threads, single_file_copy, task_threads
+from smallpond.execution.task import Task
+from smallpond.io.parquet import ParquetWriterOptions
+
+#: the operators of a physical plan that hand every chunk of their input on whole, in its order
+ROW_WISE_OPERATORS = frozenset({"READ_PARQUET", "PROJECTION", "STREAMING_LIMIT"})
+
+#: the root of a plan whose COPY keeps the query's row order (DuckDB's plain COPY_TO_FILE does not)
+ORDERED_COPY = "BATCH_COPY_TO_FILE"
+
+
+def _walk(node: dict):
+    yield node
+    for child in node.get("children", ()):
+        yield from _walk(child)
+
+
+def plan_refusal(conn, copy_sql: str) -> Optional[str]:
+    """None if DuckDB's physical plan of the ``COPY`` statement ``copy_sql`` writes the same bytes
+    at any thread count (an ordered batch copy over :data:`ROW_WISE_OPERATORS`, no filter in a
+    scan), else what stands in the way. Costs one ``EXPLAIN``: about 1 to 8 ms."""
+    rows = run_sql(conn, f"EXPLAIN (FORMAT json) {copy_sql}")
+    plans = json.loads(rows[0][1]) if rows else []
+    if len(plans) != 1 or plans[0].get("name") != ORDERED_COPY:
+        return f"its COPY is not an ordered batch copy ({', '.join(p.get('name', '?') for p in plans)})"
+    for node in _walk(plans[0]):
+        name = node.get("name", "?")
+        if node is plans[0]:
+            continue
+        if name not in ROW_WISE_OPERATORS:
+            return f"its plan has {name}"
+        if any("filter" in key.lower() for key in node.get("extra_info", {})):
+            return f"its plan has a filter in {name}"
+    return None
+
+
+def row_groups_refusal(path: str, row_group_size: int) -> Optional[str]:
+    """None if every row group of the Parquet file ``path`` but the last holds at least
+    ``row_group_size`` rows (each was closed by its row count), else which one did not: a group
+    closed by ``ROW_GROUP_SIZE_BYTES`` or by memory may be closed elsewhere with other threads."""
+    import pyarrow.parquet as pq
+
+    md = pq.ParquetFile(path).metadata
+    for i in range(md.num_row_groups - 1):
+        if md.row_group(i).num_rows < row_group_size:
+            return f"its row group {i} was closed at {md.row_group(i).num_rows} rows, before {row_group_size}"
+    return None
+
+
+def copy_with_offered_threads(task: Task, conn, query: str, output_dir: str, prefix: str, cpu_overcommit_ratio: float) -> int:
+    """``COPY (query)`` to one Parquet file with the threads the scheduler offered (``task.threads``)
+    if its output cannot depend on them, else with ``cpu_limit``'s (the file written with the
+    offered ones, if any, is removed first: the engine wrote it). Returns rows written."""
+    path, copy_sql = single_file_copy(task, query, output_dir, prefix)
+    reason = plan_refusal(conn, copy_sql)
+    if reason is None:
+        rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
+        reason = row_groups_refusal(path, ParquetWriterOptions.for_task(task).row_group_size)
+        if reason is None:
+            return rows
+        os.remove(path)
+    offered = task.threads
+    task.threads = None  # from here on (and for the task's next batches): its cpu_limit
+    threads = task_threads(task, cpu_overcommit_ratio)
+    set_threads(conn, threads)
+    task.stats["threads_declined"] = reason
+    logger.info(
+        "{}: runs with threads={} (the elastic threads={} declined: {}, so its output could depend on them)",
+        task.key,
+        threads,
+        offered,
+        reason,
+    )
+    return copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
