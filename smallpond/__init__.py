@@ -98,11 +98,13 @@ def init(
     Further keyword arguments: ``speculative_exec`` (``"disable"`` (default), ``"enable"``,
     ``"aggressive"``, a bool, or a ``smallpond.execution.scheduler.Speculation``) gives straggling
     tasks a second copy on an idle worker; ``fault_inject_prob``, ``max_retry_count``,
-    ``max_fail_count`` and ``console_log_level`` as for the Driver; ``elastic_threads=True``
-    (``SP_ELASTIC_THREADS=1``, Driver ``--elastic_threads``) gives a lone task whose SQL ends in
-    ``ORDER BY`` the idle CPUs as DuckDB threads (rows with equal sort keys may then come out in
-    another order, and floating-point aggregates in that SQL may differ, so it is off by default:
-    outputs stay byte-reproducible); ``task_cache_max_bytes``
+    ``max_fail_count`` and ``console_log_level`` as for the Driver; ``elastic_threads`` gives a
+    lone task idle CPUs as DuckDB threads: by default (``"safe"``) only a task whose output bytes
+    cannot depend on them (its plan is a copy of scans and projections: see the README), with
+    ``True`` (``SP_ELASTIC_THREADS=1``, Driver ``--elastic_threads``) also one whose SQL ends in
+    ``ORDER BY`` (rows with equal sort keys may then come out in another order, and floating-point
+    aggregates in that SQL may differ: outputs are no longer byte-reproducible), with ``False``
+    (``SP_ELASTIC_THREADS=0``) none; ``task_cache_max_bytes``
     (``SP_TASK_CACHE_MAX_BYTES``) bounds the task cache when the session ends (least recently
     used entries go first; see :func:`smallpond.execution.cache.clean`). ``restart=True`` starts the
     job over: an existing folder of this job is moved aside to ``{folder}.restarted-{time}-{hex}``

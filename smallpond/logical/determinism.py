@@ -7,8 +7,10 @@ with one thread (the default ``cpu_limit=1``) writes its rows in a defined order
 it gets: see spilling below). What remains is listed here, and :meth:`LogicalPlan.explain_str`
 marks each node it applies to (spilling aside):
 
-* DuckDB with more than one thread (``cpu_limit > 1``, or elastic threads when the job turns them
-  on): without a final ``ORDER BY`` row order depends on thread timing, and with one, the order of
+* DuckDB with more than one thread (``cpu_limit > 1``, or elastic threads for ``ORDER BY`` tasks
+  when the job turns them on, ``elastic_threads=True``; the default elastic threads go only to
+  tasks whose plan and row groups show the bytes cannot change, see
+  :mod:`smallpond.execution.ops.elastic`): without a final ``ORDER BY`` row order depends on thread timing, and with one, the order of
   rows with equal sort keys does (and, with ``per_thread_output``, which rows land in which
   file); either way, an aggregate's floating-point sum or average (its last bits) and the order
   inside a ``list()`` do, as partial aggregates are combined in an order that follows the
