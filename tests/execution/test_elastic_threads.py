@@ -300,3 +300,16 @@ def test_a_row_group_closed_before_its_row_count_refuses(tmp_path):
     duckdb.sql(f"COPY (SELECT range AS id FROM range(10000)) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 4096)")
     assert row_groups_refusal(path, 4096) is None  # 4096, 4096, 1808: the last may be short
     assert row_groups_refusal(path, 5000) == "its row group 0 was closed at 4096 rows, before 5000"
+
+
+def test_a_node_whose_task_declined_is_offered_no_more_threads(make_rt, data_root, tmp_path):
+    """After one task of a node declined the threads (its plan does not allow them), the node's
+    other tasks are not offered any: the CPUs would be reserved for nothing."""
+    paths = _input(tmp_path, rows=5_000, files=3)
+    ctx = Context()
+    src = DataSourceNode(ctx, ParquetDataSet(paths))
+    parts = DataSetPartitionNode(ctx, (src,), npartitions=3)
+    node = SqlEngineNode(ctx, (parts,), "select count(*) as n from {0}")
+    rt = make_rt(task_cache=False)
+    run_job(LogicalPlan(ctx, node), rt, executor=LocalExecutor(rt, 1, cpus=4))  # one worker: one task at a time
+    assert len(_elastic_starts(data_root)) == len(_declined(data_root)) == 1
