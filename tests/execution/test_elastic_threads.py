@@ -313,3 +313,12 @@ def test_a_node_whose_task_declined_is_offered_no_more_threads(make_rt, data_roo
     rt = make_rt(task_cache=False)
     run_job(LogicalPlan(ctx, node), rt, executor=LocalExecutor(rt, 1, cpus=4))  # one worker: one task at a time
     assert len(_elastic_starts(data_root)) == len(_declined(data_root)) == 1
+
+
+@pytest.mark.parametrize("explained", [[], [("physical_plan", "not json")], [("physical_plan", '{"name": "x"}')]])
+def test_a_plan_that_cannot_be_read_refuses(monkeypatch, explained):
+    """Another DuckDB may explain its plans otherwise: no proof then, and the task keeps cpu_limit."""
+    from smallpond.execution.ops import elastic
+
+    monkeypatch.setattr(elastic, "run_sql", lambda conn, sql: explained)
+    assert elastic.plan_refusal(None, "COPY (SELECT 1) TO 'x.parquet'").startswith("its plan could not be read")
