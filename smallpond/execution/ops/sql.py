@@ -102,11 +102,12 @@ def without_placeholder_column(conn, sql: str):
     return f"SELECT * EXCLUDE ({quote_identifier(EMPTY_PLACEHOLDER_COLUMN)}) FROM ({as_subquery(sql)})", True
 
 
-#: words of SQL that filters, joins, groups, sorts, samples, unions or unnests rows: its output's row
-#: groups (or rows) may follow DuckDB's threads, so the scheduler does not offer it more by default
+#: words of SQL that filters, joins, groups, sorts, samples, unions or unnests rows (its output's row
+#: groups, or rows, may follow DuckDB's threads) or reads a setting (``current_setting('threads')``):
+#: the scheduler does not offer it more threads by default
 _NOT_ROW_WISE = re.compile(
     r"\b(where|join|group|having|qualify|order|distinct|over|window|sample|tablesample|intersect|except"
-    r"|union|pivot|unpivot|unnest|recursive|offset)\b",
+    r"|union|pivot|unpivot|unnest|recursive|offset|current_setting)\b",
     re.IGNORECASE,
 )
 
