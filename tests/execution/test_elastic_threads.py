@@ -329,3 +329,28 @@ def test_a_plan_that_cannot_be_read_refuses(monkeypatch, explained):
 
     monkeypatch.setattr(elastic, "run_sql", lambda conn, sql: explained)
     assert elastic.plan_refusal(None, "COPY (SELECT 1) TO 'x.parquet'").startswith("its plan could not be read")
+
+
+def test_row_groups_closed_by_their_bytes_are_written_again_with_one_thread(make_rt, data_root, tmp_path, monkeypatch):
+    """Row groups that reach ROW_GROUP_SIZE_BYTES before their row count may be written otherwise
+    with other threads (measured with DuckDB alone, 2M rows, a 4 MB bound: the same rows and row
+    counts, but 3 different files in 5 runs at 1, 2 and 4 threads). The task takes the threads (its
+    plan is a projection), sees a group closed before its row count, and writes the file again
+    with one thread: the bytes are one thread's. (A 32 MiB task: its groups are bounded by 4 MiB;
+    the scheduler lets such a task have 2 threads here, 16 MiB each.)"""
+    from smallpond.execution import sched_state
+
+    monkeypatch.setattr(sched_state, "ELASTIC_MEMORY_PER_THREAD", 16 << 20)
+    paths = _odd(tmp_path, sizes=((300_000, 7_001), (245_007, 20_003), (280_000, 122_880), (130_001, 1_009)))
+    sql = "select id, x, upper(s) as u, l, st from {0}"
+
+    def digest(files):
+        assert len(files) == 1
+        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
+
+    one = digest(_run(make_rt, paths, sql, 1, cpus=1, elastic="safe", memory_limit=32 << 20))
+    runs = 3
+    twos = [digest(_run(make_rt, paths, sql, 1, cpus=2, elastic="safe", memory_limit=32 << 20)) for _ in range(runs)]
+    assert twos == [one] * runs
+    assert _elastic_starts(data_root) == [2] * runs
+    assert [why.split(" was closed")[0] for why in _declined(data_root)] == ["its row group 0"] * runs
