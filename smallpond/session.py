@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Union
 from smallpond.common import SWITCH_OFF, as_flag, env_setting, import_in_background, logger
 from smallpond.dataframe import DataFrame, _tag
 from smallpond.errors import ParameterError
-from smallpond.execution.env_settings import elastic_mode, setting
+from smallpond.execution.env_settings import ELASTIC_DEFAULT, elastic_mode, setting
 from smallpond.execution.progress import console_listeners
 from smallpond.execution.runtime import resolve_job, resolve_task_cache
 from smallpond.execution.summary import want_session_summary
@@ -52,7 +52,7 @@ class Config:
     random_seed: Optional[int] = None
     task_cache: Optional[str] = None
     task_cache_max_bytes: Optional[int] = None
-    elastic_threads: object = "safe"
+    elastic_threads: object = ELASTIC_DEFAULT
     remove_empty_parquet: bool = False
     skip_task_with_empty_input: bool = False
 

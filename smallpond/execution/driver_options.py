@@ -13,7 +13,7 @@ import socket
 from typing import Dict, List
 
 from smallpond.common import DEFAULT_MAX_FAIL_COUNT, DEFAULT_MAX_RETRY_COUNT
-from smallpond.execution.env_settings import ENV_SETTINGS, env_value, non_negative_int
+from smallpond.execution.env_settings import ELASTIC_DEFAULT, ENV_SETTINGS, env_value, non_negative_int
 
 MODES = ("scheduler", "executor", "ray")
 
@@ -140,7 +140,7 @@ def add_driver_arguments(p: argparse.ArgumentParser) -> None:
         "--elastic_threads",
         action="store_const",
         const=True,
-        default="safe",
+        default=ELASTIC_DEFAULT,
         help="give a lone task whose SQL ends in ORDER BY the idle CPUs as DuckDB threads too "
         "(faster stage tails; rows with equal sort keys may then come out in another order, "
         "and floating-point aggregates in that SQL may differ). By default only tasks whose "

@@ -56,20 +56,22 @@ def _switch(text: str) -> bool:
     return text.strip().lower() in SWITCH_ON
 
 
-#: the default of ``elastic_threads``: more DuckDB threads only for tasks whose output bytes were
-#: shown not to depend on them (see :mod:`smallpond.execution.ops.elastic`)
+#: the ``elastic_threads`` value that gives more DuckDB threads only to tasks whose output bytes
+#: were shown not to depend on them (see :mod:`smallpond.execution.ops.elastic`)
 ELASTIC_SAFE = "safe"
+#: the default of ``elastic_threads`` everywhere (``smallpond.init``, ``RuntimeContext``, the Driver)
+ELASTIC_DEFAULT = ELASTIC_SAFE
 
 
 def elastic_mode(owner: str, value: Any):
     """``elastic_threads`` as ``False`` (off), ``True`` (also the opt-in ORDER BY tasks) or
-    ``"safe"`` (the default, also for ``None``): a bool, ``0``/``1`` or the text ``"safe"``,
+    ``"safe"`` (``None``: :data:`ELASTIC_DEFAULT`): a bool, ``0``/``1`` or the text ``"safe"``,
     ``"true"``/``"false"``/``"1"``/``"0"``/``"on"``/``"off"``/``"yes"``/``"no"`` (any case).
     Anything else is refused, naming ``owner``."""
     from smallpond.common import SWITCH_OFF, is_bool
 
     if value is None:
-        return ELASTIC_SAFE
+        return ELASTIC_DEFAULT
     if is_bool(value) or (isinstance(value, int) and value in (0, 1)):
         return bool(value)
     if isinstance(value, str):

@@ -388,7 +388,7 @@ class RuntimeContext:
         disable_log_rotation: bool = False,
         output_path: Optional[str] = None,
         task_cache=None,
-        elastic_threads="safe",
+        elastic_threads=None,
     ) -> None:
         if not isinstance(job_id, uuid.UUID):
             job_id = parse_job_id(job_id)
@@ -424,8 +424,9 @@ class RuntimeContext:
         self.secs_executor_probe_interval = secs_executor_probe_interval
         self.max_num_missed_probes = max_num_missed_probes
         self.fault_inject_prob = fault_inject_prob
-        #: idle CPUs as DuckDB threads for lone tasks: "safe" (default) for those whose output bytes
-        #: cannot depend on them, True for ORDER BY tasks too, False never (see scheduler.py)
+        #: idle CPUs as DuckDB threads for lone tasks: "safe" (None: the default, env_settings.
+        #: ELASTIC_DEFAULT) for those whose output bytes cannot depend on them, True for ORDER BY
+        #: tasks too, False never (see scheduler.py)
         from smallpond.execution.env_settings import elastic_mode
 
         self.elastic_threads = elastic_mode("RuntimeContext", elastic_threads)

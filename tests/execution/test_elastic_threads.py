@@ -251,6 +251,7 @@ def test_a_task_that_declines_the_offered_threads_says_why_and_runs_with_its_cpu
 
 
 def test_the_default_gives_a_lone_row_wise_task_the_free_cpus_and_elastic_false_does_not(make_rt, data_root, tmp_path):
+    assert make_rt().elastic_threads == "safe"  # (the runtime context's default)
     paths = _input(tmp_path, rows=20_000)
     _run(make_rt, paths, "select id, s from {0}", 1, cpus=4, elastic="safe")
     assert _elastic_starts(data_root) == [4] and _declined(data_root) == []
