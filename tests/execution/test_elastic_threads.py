@@ -304,10 +304,16 @@ def test_a_row_group_closed_before_its_row_count_refuses(tmp_path):
     """A group closed by ROW_GROUP_SIZE_BYTES (or memory) may close elsewhere with other threads."""
     from smallpond.execution.ops.elastic import row_groups_refusal
 
-    path = str(tmp_path / "g.parquet")
-    duckdb.sql(f"COPY (SELECT range AS id FROM range(10000)) TO '{path}' (FORMAT PARQUET, ROW_GROUP_SIZE 4096)")
-    assert row_groups_refusal(path, 4096) is None  # 4096, 4096, 1808: the last may be short
-    assert row_groups_refusal(path, 5000) == "its row group 0 was closed at 4096 rows, before 5000"
+    path = str(tmp_path / "g[1]'s*.parquet")  # (a name DuckDB would glob, and a quote)
+    other = str(tmp_path / "g1's.parquet")
+    for p, size in ((path, 4096), (other, 10000)):
+        duckdb.sql(
+            f"COPY (SELECT range AS id FROM range(10000)) TO '{p.replace(chr(39), 2 * chr(39))}' (FORMAT PARQUET, ROW_GROUP_SIZE {size})"
+        )
+    conn = duckdb.connect()
+    assert row_groups_refusal(conn, path, 4096) is None  # 4096, 4096, 1808: the last may be short
+    assert row_groups_refusal(conn, path, 5000) == "its row group 0 was closed at 4096 rows, before 5000"
+    assert row_groups_refusal(conn, path, 1_000_000) == "its row group 0 was closed at 4096 rows, before 1000000"
 
 
 def test_a_node_whose_task_declined_is_offered_no_more_threads(make_rt, data_root, tmp_path):
