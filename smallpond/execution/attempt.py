@@ -18,7 +18,7 @@ import traceback
 from typing import Callable, List, Optional, Tuple
 
 from smallpond.common import logger
-from smallpond.errors import TaskError, classify
+from smallpond.errors import ColumnNotFoundError, TaskError, classify
 from smallpond.execution import resource_use
 from smallpond.execution.attempt_files import bytes_read, bytes_written, input_files, unreadable_intermediates
 from smallpond.execution.commit import _load_record, commit_path, write_commit
@@ -441,12 +441,16 @@ def execute_attempt(
 
 def _lacking_first_columns(inputs: List[DataSet], e: BaseException) -> BaseException:
     """``e``, or the error naming the input file that lacks a column of the first file of the set
-    it was split from (DuckDB's read of such a piece fails with a bare 'column not found'), caused
-    by ``e``."""
+    it was split from, caused by ``e`` when ``e`` is for want of that column (DuckDB names it in
+    quotes: 'column "b" ... could not be found in file'; a pyarrow reader: a column not found); any other failure of a task over such a
+    file (a query that does not read the column, a cast, running out of memory) is its own."""
+    if isinstance(e, ColumnNotFoundError) and getattr(e, "lacking", None):
+        return e  # (a reader's own error of that kind)
+    text = str(e)
     for ds in inputs:
         lacking = getattr(ds, "lacks_first_columns", None)
         found = lacking() if lacking is not None else None
-        if found is not None:
+        if found is not None and (isinstance(e, ColumnNotFoundError) or any(f'"{c}"' in text for c in found.lacking)):
             found.__cause__ = e
             return found.with_traceback(e.__traceback__)
     return e

@@ -79,9 +79,11 @@ def lacks_first_files_columns(path: str, names: Sequence[str], first: str, first
     that lacks some of them: DuckDB's read of the set fails too, and every reader here says so."""
     have = {fold_case(n) for n in names}
     lacking = [c for c in first_names if fold_case(c) not in have]
-    return ColumnNotFoundError(
+    err = ColumnNotFoundError(
         f"Parquet file {path!r} lacks the column(s) {', '.join(map(repr, lacking))} of {first!r}, the first "
         f"file of the files read with it (columns: {', '.join(map(str, first_names))}); files read together "
         "without union_by_name all have the first file's columns (a column only later files have is left "
         "out, as DuckDB reads them): read them with read_parquet(..., union_by_name=True) to combine them by name"
     )
+    err.lacking = lacking  # (the columns: whether a failed read was for want of one, see execution.attempt)
+    return err

@@ -243,8 +243,7 @@ class ParquetDataSet(DataSet):
 
     def lacks_first_columns(self) -> Optional[ColumnNotFoundError]:
         """The error for a file of this piece of a split set (:meth:`_split`) that lacks a column of
-        the set's first file, or None: what a read of the piece that failed (DuckDB: a column not
-        found) was asked to read. Its files' footers are read (on a failure only)."""
+        the set's first file, or None. Its files' footers are read (on a failure only)."""
         if self._first_columns is None or not self._by_first_file():
             return None
         want = {fold_case(c) for c in self._first_columns}
@@ -362,6 +361,22 @@ class ParquetDataSet(DataSet):
         src = _path_list_sql(paths) if len(paths) > 1 else duckdb_file_literal(paths[0])
         return f"read_parquet({src}, {', '.join(opts)})"
 
+    def _lead(self) -> Optional[str]:
+        """The first file of the set this piece was split from, leading its reads (:meth:`_scan`),
+        or None (read otherwise, or that file has a column ``file_index``, which would hide DuckDB's)."""
+        ok = self._first_columns and self._by_first_file() and "file_index" not in map(fold_case, self._first_columns)
+        return self._first_path if ok else None
+
+    def _scan(self, paths: Sequence[str], extra_row_number: bool, where: Optional[str] = None) -> str:
+        """``read_parquet`` of ``paths`` (``WHERE where``); a piece of a split set as DuckDB reads the whole
+        set: led by its first file (:meth:`_lead`), its rows left out, so the columns and types are
+        that file's and a file lacking one fails a query that reads it only, not every query."""
+        lead, conditions = self._lead(), [where] if where else []  # (the filter prunes the file)
+        if lead is not None and paths[0] != lead:
+            paths, conditions = [lead, *paths], ["file_index <> 0", *conditions]
+        read = self._read_parquet(paths, extra_row_number)
+        return f"{read} WHERE {' AND '.join(conditions)}" if conditions else read
+
     def sql_query_fragment(self, filesystem=None, conn=None) -> str:
         check_local_filesystem(filesystem, f"{type(self).__name__}.sql_query_fragment")
         if self.empty:
@@ -382,15 +397,16 @@ class ParquetDataSet(DataSet):
         by_position = {p: cols for p in dict.fromkeys(paths) if (cols := self._columns_by_position(p)) is not None}
         column_str = self._first_columns_sql() or self._column_str
         if (ranges is None or all(r.whole_file for r in ranges)) and not by_position:
-            return f"SELECT {column_str} FROM {self._read_parquet(paths, False)}"
+            return f"SELECT {column_str} FROM {self._scan(paths, False)}"
         pieces, whole = [], []
 
         def flush_whole():
             if whole:
-                pieces.append(f"SELECT {column_str} FROM {self._read_parquet(whole, False)}")
+                pieces.append(f"SELECT {column_str} FROM {self._scan(whole, False)}")
                 whole.clear()
 
         keep_rn = "file_row_number" in self.generated_columns
+        lead_rn = self._lead() is not None and "file_row_number" in map(fold_case, self._first_columns)
         for path, r in zip(paths, ranges if ranges is not None else [None] * len(paths)):
             columns = by_position.get(path)
             if r is None or r.whole_file:
@@ -402,14 +418,14 @@ class ParquetDataSet(DataSet):
                 continue
             flush_whole()
             columns = columns or column_str
-            if not keep_rn and _has_row_number_column(r.path):
+            if not keep_rn and (lead_rn or _has_row_number_column(r.path)):
                 # the file has a column of that name (any case), which DuckDB's file_row_number
                 # option refuses to add beside: the range is taken by position in the scan, which
                 # keeps the file's order (slower: the rows before it are read and skipped)
-                by_offset = f"SELECT * FROM {self._read_parquet([r.path], False)} LIMIT {r.num_rows} OFFSET {r.begin}"
+                by_offset = f"SELECT * FROM {self._scan([r.path], False)} LIMIT {r.num_rows} OFFSET {r.begin}"
                 pieces.append(f"SELECT {columns} FROM ({by_offset})")
                 continue
-            rows = f"{self._read_parquet([r.path], True)} WHERE file_row_number BETWEEN {r.begin} AND {r.end - 1}"
+            rows = self._scan([r.path], True, f"file_row_number BETWEEN {r.begin} AND {r.end - 1}")
             star = "*" if keep_rn else "* EXCLUDE (file_row_number)"
             if columns == "*":
                 # one SELECT, not three nested: DuckDB binds a tiny task's statement ~0.07 ms faster
@@ -426,12 +442,17 @@ class ParquetDataSet(DataSet):
         # the repeats apart (b, b_1) as a whole read does
         if len(pieces) > 1 and self.columns and len(self.columns) > 1:
             pieces = [f"SELECT * FROM ({p})" for p in pieces]
+        if len(pieces) > 1 and self._lead() is not None:
+            # count(*) reads a union's first column, which a file may lack (a read of the whole set
+            # reads none): it is a constant, named longer than any column
+            k = quote_identifier("_" + max(self._first_columns, key=len))
+            pieces = [f"SELECT 0 AS {k}, * FROM ({p})" for p in pieces]
+            return f"SELECT * EXCLUDE ({k}) FROM ({' UNION ALL BY NAME '.join(pieces)})"
         return " UNION ALL BY NAME ".join(pieces)
 
     def _first_columns_sql(self) -> Optional[str]:
-        """The select list of a piece of a split set (:meth:`_split`): the first file's columns of
-        the whole set, in each piece's read (DuckDB binds a read by its own first file, and fails
-        where a file lacks one of them); None when the set is read otherwise."""
+        """The select list of a piece of a split set (:meth:`_split`): the set's first file's
+        columns; None when the set is read otherwise."""
         if self._first_columns is None or not self._by_first_file():
             return None
         return ", ".join(map(quote_identifier, self._first_columns))
@@ -620,7 +641,7 @@ class ParquetDataSet(DataSet):
         return pq.read_schema(path) if path else None
 
     def _empty_fragment(self, conn) -> str:
-        path = getattr(self, "_schema_path", None)
+        path = self._lead() or getattr(self, "_schema_path", None)  # (the set's first file types it, as a read of all)
         if self.schema is None and path:
             columns = self._first_columns_sql() or self._column_str
             return f"( SELECT {columns} FROM read_parquet({duckdb_file_literal(path)}, hive_partitioning=false) LIMIT 0 )"
