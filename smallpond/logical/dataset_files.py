@@ -231,9 +231,8 @@ class ParquetDataSet(DataSet):
         return not self.reads_by_name and self.columns is None and not self.generated_columns
 
     def _split(self, parts: List["ParquetDataSet"]) -> List["ParquetDataSet"]:
-        """``parts`` of this set, each read by this set's first file's columns (a piece whose first
-        file is another would read that one's), as a read of the whole set reads them; its footer is
-        read here, once, not by each task that reads a piece."""
+        """``parts`` of this set, each read by this set's first file's columns, as a read of the whole
+        set reads them (its footer is read here, once, not by each task that reads a piece)."""
         if len(parts) > 1 and self._by_first_file() and len(self.resolved_paths) > 1:
             path = self._first_path or self.resolved_paths[0]
             first = self._first_columns or _cached_column_names(path) or None
@@ -443,8 +442,7 @@ class ParquetDataSet(DataSet):
         if len(pieces) > 1 and self.columns and len(self.columns) > 1:
             pieces = [f"SELECT * FROM ({p})" for p in pieces]
         if len(pieces) > 1 and self._lead() is not None:
-            # count(*) reads a union's first column, which a file may lack (a read of the whole set
-            # reads none): it is a constant, named longer than any column
+            # count(*) reads a union's first column, which a file may lack: a constant (a longer name)
             k = quote_identifier("_" + max(self._first_columns, key=len))
             pieces = [f"SELECT 0 AS {k}, * FROM ({p})" for p in pieces]
             return f"SELECT * EXCLUDE ({k}) FROM ({' UNION ALL BY NAME '.join(pieces)})"
@@ -651,6 +649,8 @@ class ParquetDataSet(DataSet):
         ds = super()._merge(datasets)
         ds.columns = self.columns
         ds.generated_columns = self.generated_columns
+        if len({(d._first_path, d._first_columns) for d in datasets}) > 1:  # pieces of other sets: a set of its own
+            ds._first_path = ds._first_columns = None
         if any(d._resolved_row_ranges is not None for d in datasets):
             ds._resolved_row_ranges = [r for d in datasets for r in d.resolved_row_ranges]
             ds._resolved_paths = sorted({r.path for r in ds._resolved_row_ranges})

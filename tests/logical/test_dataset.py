@@ -634,3 +634,26 @@ def test_files_marked_read_by_name_keep_every_files_columns(tmp_path):
     assert all(pickle.loads(pickle.dumps(parts))[i].reads_by_name for i in range(2))
     gathered = PartitionedDataSet.gather([parts, parts], 1)
     assert gathered is not None and gathered.reads_by_name
+
+
+def test_a_merge_of_pieces_of_two_sets_is_read_by_its_own_first_file(tmp_path):
+    """A piece of a split set is read by that set's first file's columns; a merge of pieces of two
+    sets (a union of two split sources partitioned again) is a list of its own, read as DuckDB reads
+    it, by its first file: it kept the first piece's set's file (B/1.parquet, with y), and every
+    other file, lacking y, failed even `select *` of its own first file's columns. A merge of pieces
+    of one set keeps that set's first file."""
+    import pyarrow.parquet as pq
+
+    for sub, table in (("A/1", {"x": [7]}), ("A/2", {"x": [8]}), ("B/1", {"x": [1], "y": [3]}), ("B/2", {"x": [5], "y": [6]})):
+        os.makedirs(tmp_path / sub.split("/")[0], exist_ok=True)
+        pq.write_table(pa.table(table), str(tmp_path / f"{sub}.parquet"))
+    b = ParquetDataSet([str(tmp_path / "B" / "*.parquet")]).partition_by_files(2)
+    a = ParquetDataSet([str(tmp_path / "A" / "*.parquet")]).partition_by_files(2)
+    whole = duckdb.sql(f"select * from read_parquet('{tmp_path}/*/*.parquet')")
+    union = DataSet.merge([*b, *a])
+    for split in ([union], union.partition_by_files(2), union.partition_by_rows(3)):
+        rels = [duckdb.sql(f"select * from {ds.sql_query_fragment()}") for ds in split]
+        assert all(rel.columns == whole.columns == ["x"] for rel in rels), split
+        assert sorted(r for rel in rels for r in rel.fetchall()) == sorted(whole.fetchall()), split
+    one_set = DataSet.merge(b[1:])  # B/2 alone, of the set led by B/1: its columns x, y
+    assert duckdb.sql(f"select * from {one_set.sql_query_fragment()}").fetchall() == [(5, 6)]
