@@ -113,7 +113,8 @@ def test_files_added_or_removed_rerun_the_partitions_whose_files_they_change(tmp
         return lambda plan: [os.remove(tmp_path / "in" / n) for n in names]
 
     assert job.rerun_after(add("part7.parquet")) == {3}, "sorted last: 2+2+2+2, only the last group changes"
-    assert job.rerun_after(add("a.parquet")) == {0}, "sorted first: 3+2+2+2, the first group takes it"
+    # sorted first: 3+2+2+2, and the new first file's columns and types are every partition's
+    assert job.rerun_after(add("a.parquet")) == {0, 1, 2, 3}, "a new first file reruns every partition"
     assert job.rerun_after(remove("a.parquet", "part0.parquet")) == {0, 1, 2, 3}, "2+2+2+1: every group shifts"
     assert job.rerun_after(lambda plan: None) == set(), "nothing changed: everything is resumed"
 
@@ -122,16 +123,16 @@ def test_an_empty_partition_reruns_when_the_file_it_takes_its_columns_from_chang
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=3, rows_per_file=10)  # 3 files, 5 partitions
 
     def retype_column(plan):
-        # (a column only the first file had would fail the other partitions' reads: files read without
-        # union_by_name all have the first file's columns, as DuckDB reads them; its types may differ)
         assert files_of(plan, 3) == files_of(plan, 4) == []
         t = pq.read_table(files[0])
         pq.write_table(t.set_column(0, "id", t.column("id").cast(pa.int32())), files[0])
 
     job = Rerun(tmp_path, 5)
-    assert job.rerun_after(retype_column) == {0, 3, 4}
+    # every piece is read by the first file's columns and types: partitions 1 and 2 change too
+    assert job.rerun_after(retype_column) == {0, 1, 2, 3, 4}
     again, _ = job.run()
     assert partition_outputs(again)[3].schema.field("id").type == pa.int32()
+    assert partition_outputs(again)[2].schema.field("id").type == pa.int32()
 
 
 def test_every_partition_reruns_when_the_first_file_loses_a_column(tmp_path):
