@@ -3,9 +3,10 @@ the same in every row (``ParquetDataSet.load_partitioned_datasets`` of a file wi
 in its metadata nor a ``col=k`` folder).
 
 The number is read as a shuffle reads its key (``execution/ops/shuffle_keys.py``): an integer, a
-boolean (0 or 1), a float or decimal holding a whole number. Only the first row was read, with
-``int()``: a file holding rows of several partitions was loaded whole into its first row's, a key
-of 1.5 went to partition 1 and a string '01' to 1.
+boolean (0 or 1), a float or decimal holding a whole number; and, as upstream 0.15 read it with
+``int()``, text of a whole number ('01' is 1). Only the first row was read, with ``int()``: a
+file holding rows of several partitions was loaded whole into its first row's, and a key of 1.5
+went to partition 1.
 """
 
 from __future__ import annotations
@@ -43,5 +44,12 @@ def partition_number(value, where: str) -> int:
         return int(value)
     if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
         return int(value)
+    if isinstance(value, (str, bytes)):
+        # text that int() reads ('01', ' 2'): upstream 0.15 read the key so (int() of the value),
+        # and a file whose every row holds '1' went to partition 1, as its metadata's text would
+        try:
+            return int(value)
+        except ValueError:
+            pass
     shown = "NULL" if value is None else repr(value) if isinstance(value, (str, bytes)) else str(value)
     raise ParameterError(f"{where} is {shown}, which names no partition: a partition is named by a whole number")
