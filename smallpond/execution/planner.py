@@ -539,7 +539,14 @@ class Planner:
         if klass is DataSourceTask:
             self._input_datasets.append(node.dataset)
             self._readers[id(node.dataset)] = node_at(node)
-        return [self._task(klass, node, [TOP], [])]
+            # its files listed once (not as listed when the dataset was built): the source's
+            # fingerprint, the splits of it the plan fixes (plan_splits) and its task read these
+            node.dataset._resolved_paths = None
+            planned = list(node.dataset.resolved_paths)
+        task = self._task(klass, node, [TOP], [])
+        if klass is DataSourceTask:
+            task.planned_paths = planned
+        return [task]
 
     def _plan_sink(self, node: DataSinkNode, inputs) -> List[Task]:
         """A sink task, after the checks that keep user data safe (see :mod:`~smallpond.execution.ops.sink`).

@@ -63,12 +63,13 @@ class Rerun:
         self.glob = str(tmp_path / "in" / "*.parquet")
         self.cache = "off" if cache == "off" else str(tmp_path / "cache")
         self.runs = 0
+        self.plan = split_plan
 
     def run(self, job: str = "job", root: str = "root", cache=None):
         events = Events()
         rt = make_runtime_ctx(job, None, str(self.tmp / root), task_cache=cache or self.cache)
         self.runs += 1
-        plan = split_plan(self.glob, str(self.tmp / f"sink{self.runs}"), self.n, **self.options)
+        plan = self.plan(self.glob, str(self.tmp / f"sink{self.runs}"), self.n, **self.options)
         return run_job(plan, rt, num_workers=2, listeners=[events]), events
 
     def rerun_after(self, change) -> Set[int]:
@@ -320,3 +321,65 @@ def test_the_partitions_of_a_source_that_is_never_reused_are_never_reused(make_r
     with pytest.warns(UserWarning, match="cannot fingerprint"):
         first, second = (fingerprints(make_rt, plan_of, "PartitionConsumerTask") for _ in range(2))
     assert not set(first) & set(second), "nothing is resumed, with nothing changed"
+
+
+@pytest.mark.parametrize("partitioning", ["split", "hash"])
+def test_a_file_matched_after_planning_is_left_to_the_next_run(tmp_path, monkeypatch, partitioning):
+    # a glob matched a file that appeared between planning and the source's run: read then, the
+    # run's records held its rows under fingerprints of the files without it, and a rerun after it
+    # went resumed them (partition 0 of the split, every partition of the hash: rows twice)
+    from smallpond.execution.ops import structural
+
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=8, rows_per_file=10)
+    extra = str(tmp_path / "in" / "part0a.parquet")
+    run = structural.DataSourceTask.run
+
+    def appears_then_runs(self, *args):
+        if not os.path.exists(extra):
+            pq.write_table(pq.read_table(files[0]), extra)
+        return run(self, *args)
+
+    monkeypatch.setattr(structural.DataSourceTask, "run", appears_then_runs)
+
+    def goes(plan):
+        monkeypatch.undo()
+        os.remove(extra)
+
+    job = Rerun(tmp_path, 4)
+    if partitioning == "hash":
+        job.plan = lambda glob, sink, n: LogicalPlan(
+            (ctx := Context()),
+            SqlEngineNode(
+                ctx, (HashPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([glob])),), n, ["key"]),), "select * from {0}"
+            ),
+        )
+    assert job.rerun_after(goes) == set(), "the planned files did not change: everything is resumed, as a clean build's"
+
+
+def test_a_planned_file_gone_before_the_source_runs_fails_naming_it(tmp_path, monkeypatch):
+    from smallpond.execution.ops import structural
+
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=4, rows_per_file=10)
+    run = structural.DataSourceTask.run
+
+    def goes_then_runs(self, *args):
+        os.remove(files[2])
+        return run(self, *args)
+
+    monkeypatch.setattr(structural.DataSourceTask, "run", goes_then_runs)
+    with pytest.raises(Exception, match=r"part2\.parquet of DataSourceNode-\d+ was listed when the job was planned and is gone"):
+        Rerun(tmp_path, 2).run()
+
+
+def test_a_source_listed_before_planning_reads_the_files_there_are_when_planned(tmp_path):
+    # a dataset whose files were listed when it was built (a DataFrame's schema, num_rows): the plan
+    # lists them again, so the run reads, and the fingerprints cover, a file written since
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    ds = ParquetDataSet([str(tmp_path / "in" / "*.parquet")])
+    assert ds.resolved_paths == files
+    pq.write_table(pq.read_table(files[0]), str(tmp_path / "in" / "part2.parquet"))
+    ctx = Context()
+    plan = LogicalPlan(ctx, SqlEngineNode(ctx, (DataSourceNode(ctx, ds),), "select count(*) as n from {0}"))
+    done = run_job(plan, make_runtime_ctx("job", None, str(tmp_path / "root"), task_cache="off"), num_workers=1)
+    (key,) = [k for k, t in done.tasks.items() if type(t).__name__ == "SqlEngineTask"]
+    assert read_parquet(done.results[key].resolved_paths).column("n").to_pylist() == [30]

@@ -29,6 +29,9 @@ class DataSourceTask(Task):
 
     exec_on_scheduler = True
     writes_output = False
+    #: the files the planner listed (:meth:`~smallpond.execution.planner.Planner._plan_source`),
+    #: which the task's fingerprint and the splits of it that the plan fixes digest; None: listed here
+    planned_paths = None
 
     def run(self, runtime_ctx, inputs, output_dir):
         ds = copy.copy(self.node.dataset)
@@ -37,9 +40,39 @@ class DataSourceTask(Task):
             more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""
             raise UserCodeError(f"input path not found: {', '.join(missing[:3])}{more}")
         ds._resolved_paths = None
+        if self.planned_paths is not None and ds.resolved_paths != self.planned_paths:
+            ds._resolved_paths = _planned_files(self, ds.resolved_paths)
         _ = ds.resolved_paths
         _check_columns(ds)
         return ds
+
+
+def _planned_files(task: DataSourceTask, listed: List[str]) -> List[str]:
+    """The files ``task`` reads when its paths list other files now (``listed``) than when the job
+    was planned: the planned ones, which its fingerprint covers (a file matched since is left to
+    the next run, whose plan covers it: read now, this run's records would hold it under a
+    fingerprint of the files without it); a planned file that is gone fails the task, naming it."""
+    from smallpond.common import logger
+
+    planned = list(task.planned_paths)
+    gone = [p for p in planned if not os.path.exists(p)]
+    if gone:
+        more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""
+        raise UserCodeError(
+            f"input file {gone[0]}{more} of {task.node_label} was listed when the job was planned and is gone: "
+            "rerun the job to plan it with the files there are"
+        )
+    new = sorted(set(listed) - set(planned))
+    if new:
+        logger.warning(
+            "{}: {} input file(s) appeared after the job was planned ({}{}); this run reads the {} planned, the next run reads them",
+            task.node_label,
+            len(new),
+            new[0],
+            ", ..." if len(new) > 1 else "",
+            len(planned),
+        )
+    return planned
 
 
 def _check_columns(ds: DataSet) -> None:
