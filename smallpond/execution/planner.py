@@ -542,7 +542,7 @@ class Planner:
             # its files listed once (not as listed when the dataset was built): the source's
             # fingerprint, the splits of it the plan fixes (plan_splits) and its task read these
             node.dataset._resolved_paths = None
-            planned = list(node.dataset.resolved_paths)
+            planned = node.dataset.resolved_paths  # (the dataset's own list, not a copy: a source may list a million files)
         task = self._task(klass, node, [TOP], [])
         if klass is DataSourceTask:
             task.planned_paths = planned

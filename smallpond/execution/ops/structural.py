@@ -54,7 +54,7 @@ def _planned_files(task: DataSourceTask, listed: List[str]) -> List[str]:
     fingerprint of the files without it); a planned file that is gone fails the task, naming it."""
     from smallpond.common import logger
 
-    planned = list(task.planned_paths)
+    planned = list(task.planned_paths)  # (the dataset's list, which the planner shares with the task)
     gone = [p for p in planned if not os.path.exists(p)]
     if gone:
         more = f" (+{len(gone) - 1} more)" if len(gone) > 1 else ""
