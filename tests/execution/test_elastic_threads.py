@@ -361,3 +361,53 @@ def test_row_groups_closed_by_their_bytes_are_written_again_with_one_thread(make
     assert twos == [one] * runs
     assert _elastic_starts(data_root) == [2] * runs
     assert [why.split(" was closed")[0] for why in _declined(data_root)] == ["its row group 0"] * runs
+
+
+@pytest.mark.parametrize(
+    "columns, sql",
+    [
+        # the name quoted: a look at the text without its quoted parts does not see it
+        (None, "select \"current_setting\"('threads') as t, id, s from {0}"),
+        (None, "select main.\"CURRENT_SETTING\"('threads') as t, id, s from {0}"),
+        # in the input's columns (upstream's columns= may hold expressions), not the node's SQL
+        (["id", "s", "current_setting('threads') as t"], "select * from {0}"),
+        (["id", "s", "random() as t"], "select * from {0}"),
+        (["id", "s", "uuid()::varchar as t"], "select id, s, t from {0}"),
+    ],
+)
+def test_sql_reading_the_thread_count_or_drawing_random_numbers_keeps_its_cpu_limit(make_rt, data_root, tmp_path, columns, sql):
+    """``current_setting('threads')`` is folded into a constant of a plain projection, and random
+    numbers are drawn by each thread from a state of its own: DuckDB's plan shows nothing, so the
+    text must keep such a task at ``cpu_limit``'s threads, wherever the call is written (a quoted
+    name, an input's ``columns=``). With two threads their files differed from one thread's
+    (DuckDB 2.0.1)."""
+    paths = _odd(tmp_path, sizes=((60_000, 7_001), (45_007, 20_003)))
+
+    def run(cpus):
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(paths, columns=columns))
+        node = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), npartitions=1),), sql)
+        rt = make_rt(task_cache=False)  # the default, elastic_threads="safe"
+        (out,) = run_job(LogicalPlan(ctx, node), rt, executor=LocalExecutor(rt, 1, cpus=cpus)).final_output.resolved_paths
+        return hashlib.sha256(open(out, "rb").read()).hexdigest(), duckdb.sql(
+            f"select distinct t::varchar from '{out}'"
+        ).fetchall()
+
+    one, values = run(1)
+    assert [run(2)[0] for _ in range(2)] == [one, one]
+    if "current_setting" in sql.lower() + str(columns):
+        assert values == [("1",)]
+    if columns is None:
+        assert _elastic_starts(data_root) == []  # the node's SQL: not offered (the scheduler's look)
+    else:  # offered (the node's SQL is a plain select), declined by the worker's look at the whole SQL
+        assert _elastic_starts(data_root) == [2, 2]
+        assert [why.split(" names ")[1].split()[0] for why in _declined(data_root)] == [columns[2].split("(")[0]] * 2
+
+
+def test_names_in_strings_and_comments_do_not_refuse_the_threads():
+    """A file path or a comment naming ``random`` calls nothing (DuckDB's tokenizer tells them apart)."""
+    from smallpond.execution.ops.elastic import text_refusal
+
+    assert text_refusal("select * from read_parquet(['/data/random/uuid.parquet']) -- random()\n/* uuid() */") is None
+    assert text_refusal("select $$current_setting$$ as a, e'\\'rand' as b") is None
+    assert text_refusal('select "Random"() as a') == 'its SQL names "Random" (its values may follow the threads)'

@@ -3,9 +3,11 @@ output's bytes cannot depend on them.
 
 By default (``elastic_threads="safe"``) the scheduler offers a lone SQL task that may be row-wise
 (:meth:`~smallpond.execution.ops.sql.SqlEngineTask.may_be_row_wise`, a look at its text) more
-threads than its ``cpu_limit``; the task takes them only if (1) DuckDB's physical plan of its
-``COPY`` is an order-keeping batch copy of whole input chunks (:func:`plan_refusal`) and (2) every
-row group it wrote was closed by its row count, not its bytes (:func:`row_groups_refusal`).
+threads than its ``cpu_limit``; the task takes them only if (0) its whole SQL, inputs included,
+names no function whose values follow the threads, which no plan shows (:func:`text_refusal`:
+random numbers, ``current_setting``), (1) DuckDB's physical plan of its ``COPY`` is an
+order-keeping batch copy of whole input chunks (:func:`plan_refusal`) and (2) every row group it
+wrote was closed by its row count, not its bytes (:func:`row_groups_refusal`).
 Otherwise it runs (again) with ``cpu_limit`` threads, says so in the attempt's log, and reports
 ``threads_declined`` so the scheduler stops offering to the node's other tasks.
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Optional
 
 from smallpond.common import logger
@@ -42,6 +45,31 @@ ROW_WISE_OPERATORS = frozenset({"READ_PARQUET", "PROJECTION", "STREAMING_LIMIT"}
 
 #: the root of a plan whose COPY keeps the query's row order (DuckDB's plain COPY_TO_FILE does not)
 ORDERED_COPY = "BATCH_COPY_TO_FILE"
+
+
+#: names whose values follow DuckDB's threads though its plan shows nothing: random numbers (each
+#: thread draws from a state of its own: ``random()``, ``uuid()``) and settings (``current_setting
+#: ('threads')`` is folded into a constant of a plain projection)
+_THREAD_DEPENDENT_NAMES = re.compile(r"rand|uuid|shuffle|current_setting", re.IGNORECASE)
+
+
+def text_refusal(sql: str) -> Optional[str]:
+    """None unless a name in ``sql`` (the whole statement, its inputs' ``columns=`` expressions and
+    queries included; quoted or not, strings and comments aside: DuckDB's tokenizer) may call a
+    function whose values follow the thread count (:data:`_THREAD_DEPENDENT_NAMES`; a column of
+    such a name too: that costs threads, never bytes)."""
+    import duckdb
+
+    try:
+        tokens = duckdb.tokenize(sql)
+    except Exception as e:  # (no proof then, and cpu_limit's threads)
+        return f"its SQL could not be tokenized ({type(e).__name__})"
+    for i, (start, kind) in enumerate(tokens):
+        if kind == duckdb.token_type.identifier:
+            name = sql[start : tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)].strip()
+            if _THREAD_DEPENDENT_NAMES.search(name):
+                return f"its SQL names {name} (its values may follow the threads)"
+    return None
 
 
 def _walk(node: dict):
@@ -94,7 +122,7 @@ def copy_with_offered_threads(task: Task, conn, query: str, output_dir: str, pre
     if its output cannot depend on them, else with ``cpu_limit``'s (the file written with the
     offered ones, if any, is removed first: the engine wrote it). Returns rows written."""
     path, copy_sql = single_file_copy(task, query, output_dir, prefix)
-    reason = plan_refusal(conn, copy_sql)
+    reason = text_refusal(query) or plan_refusal(conn, copy_sql)
     if reason is None:
         rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
         reason = row_groups_refusal(conn, path, ParquetWriterOptions.for_task(task).row_group_size)

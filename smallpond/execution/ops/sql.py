@@ -149,7 +149,9 @@ class SqlEngineTask(Task):
             return False
         if (node.per_thread_output and self.cpu_limit > 1) or node.udf_contexts or sql_may_draw_random(queries):
             return False
-        return not _NOT_ROW_WISE.search(without_quoted_text(queries[0]))
+        # (current_setting also quoted, "current_setting"(...): the worker's look at its whole SQL
+        # would decline it, text_refusal, after the CPUs were reserved for it)
+        return not _NOT_ROW_WISE.search(without_quoted_text(queries[0])) and "current_setting" not in queries[0].lower()
 
     def run(self, runtime_ctx, inputs, output_dir):
         node = self.node
