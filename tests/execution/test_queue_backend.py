@@ -235,6 +235,22 @@ def test_a_forged_item_is_refused_not_run(queue_executor, inputs, marker_dir):
         stop(procs)
 
 
+def test_an_attempt_given_elastic_threads_is_claimed_for_as_many_cpus(queue_executor, inputs, marker_dir):
+    """An executor claims an item for the CPUs its name says (and runs others beside it on the rest):
+    an attempt the scheduler gave elastic threads (DuckDB threads beyond its cpu_limit, CPUs it
+    reserved) must say those, or a 2-CPU executor would run a second task beside its 2 threads."""
+    import copy
+
+    qe = queue_executor()
+    task, task_inputs = planned_task(qe.rt, inputs, marker_dir, sleep=0)
+    sent = copy.copy(task)
+    sent.threads = 3
+    qe.submit(task, task_inputs, 0, memory=256 << 20)
+    qe.submit(sent, task_inputs, 1, memory=256 << 20)
+    names = [ItemName.parse(n) for n in os.listdir(qe.paths.todo)]
+    assert [(n.attempt, n.cpus) for n in sorted(names, key=lambda n: n.attempt)] == [(0, task.cpu_limit), (1, 3)]
+
+
 def test_a_cancelled_attempt_is_killed_and_not_reported(queue_executor, inputs, marker_dir):
     qe = queue_executor()
     task, task_inputs = planned_task(qe.rt, inputs, marker_dir, sleep=30)

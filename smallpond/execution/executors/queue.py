@@ -508,7 +508,9 @@ class QueueExecutor(Executor):
             atomic_write_bytes(self.paths.node(ref), signed_bytes(self._encoder.blobs[node_key], secret))
             self._nodes_written.add(node_key)
         self._seq += 1
-        item = str(ItemName(self.epoch, self._seq, max(1, int(task.cpu_limit)), task.key, attempt))
+        # (the CPUs the scheduler reserved: elastic threads too, or an executor would run another
+        # task beside this one's DuckDB threads)
+        item = str(ItemName(self.epoch, self._seq, max(1, int(task.threads or task.cpu_limit)), task.key, attempt))
         header = {"key": task.key, "attempt": attempt, "node": ref, "memory": int(memory)}
         atomic_write_bytes(os.path.join(self.paths.todo, item), encode_item(header, body, secret))
         self._outstanding[item] = (task.key, attempt)
