@@ -411,3 +411,51 @@ def test_names_in_strings_and_comments_do_not_refuse_the_threads():
     assert text_refusal("select * from read_parquet(['/data/random/uuid.parquet']) -- random()\n/* uuid() */") is None
     assert text_refusal("select $$current_setting$$ as a, e'\\'rand' as b") is None
     assert text_refusal('select "Random"() as a') == 'its SQL names "Random" (its values may follow the threads)'
+
+
+def _sleep(runtime_ctx, inputs, output_path, seconds=0.0):
+    import time
+
+    time.sleep(seconds)
+    return True
+
+
+def test_tiny_tasks_are_not_queued_onto_the_cpus_of_elastic_threads(make_rt, data_root, tmp_path, monkeypatch):
+    """A lone SQL task takes 2 or 3 of 4 CPUs as elastic threads; then 20 tiny tasks become ready
+    (their gate, a 0.3 s task, ends). Those that fit the free CPUs run; the others must wait for
+    CPUs, not be queued behind them: an idle worker takes a queued attempt back at once and runs it on the CPUs the
+    elastic threads hold (the scheduler then held one CPU more than there are: free_cpus -1)."""
+    import functools
+
+    import smallpond.execution.executors.local as local
+    import smallpond.execution.scheduler as scheduler
+    from smallpond.logical.node import PythonScriptNode, RootNode
+
+    big = str(tmp_path / "big.parquet")
+    duckdb.sql(f"COPY (SELECT range AS id, md5(range::varchar) s FROM range(3000000)) TO '{big}' (FORMAT PARQUET)")
+    small = [str(tmp_path / f"s{i}.parquet") for i in range(20)]
+    for p in small:
+        duckdb.sql(f"COPY (SELECT range AS id FROM range(10)) TO '{p}' (FORMAT PARQUET)")
+    ctx = Context()
+    lone = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet([big])),), 1),), "select * from {0}")
+    gate_input = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(small[:1])),), 1)
+    gate = PythonScriptNode(ctx, (gate_input,), process_func=functools.partial(_sleep, seconds=0.3))
+    tiny = PythonScriptNode(
+        ctx, (DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(small)),), 20), gate), process_func=_sleep
+    )
+    free = []
+    for name in ("hold", "reserve"):
+        original = getattr(scheduler, name)
+
+        def noted(state, *args, _original=original, **kwargs):
+            out = _original(state, *args, **kwargs)
+            free.append(state.free_cpus)
+            return out
+
+        monkeypatch.setattr(scheduler, name, noted)
+    monkeypatch.setattr(local, "QUEUE_BEHIND_SECONDS", 1e9)  # every task counts as short: queued when it may be
+    rt = make_rt(task_cache=False)
+    run_job(LogicalPlan(ctx, RootNode(ctx, (lone, tiny))), rt, executor=LocalExecutor(rt, 4, cpus=4))
+    (threads,) = _elastic_starts(data_root)
+    assert threads >= 2 and _declined(data_root) == []
+    assert min(free) >= 0, free

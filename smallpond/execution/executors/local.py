@@ -362,7 +362,10 @@ class LocalExecutor(Executor):
         return True
 
     def queue_slots(self) -> int:
-        """Attempts the workers could take queued behind their current (short) ones."""
+        """Attempts the workers could take queued behind their current (short) ones; none while a
+        worker is idle (it would take one back at once, onto CPUs another attempt holds: elastic threads)."""
+        if self.free_slots() > 0:
+            return 0
         now = time.monotonic()
         return sum(QUEUE_DEPTH - len(w.inflight) for w in self.workers if self._short(w, now))
 
