@@ -35,7 +35,14 @@ import re
 from typing import Optional
 
 from smallpond.common import logger
-from smallpond.execution.ops.duckdb import copy_to_parquet, run_sql, set_threads, single_file_copy, task_threads
+from smallpond.execution.ops.duckdb import (
+    copy_to_parquet,
+    run_sql,
+    set_threads,
+    single_file_copy,
+    task_threads,
+    writer_row_group_bytes,
+)
 from smallpond.execution.task import Task
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.paths import duckdb_file_literal
@@ -117,15 +124,55 @@ def row_groups_refusal(conn, path: str, row_group_size: int) -> Optional[str]:
     return None
 
 
-def copy_with_offered_threads(task: Task, conn, query: str, output_dir: str, prefix: str, cpu_overcommit_ratio: float) -> int:
+#: the share of ``ROW_GROUP_SIZE_BYTES`` that a row group of the inputs' average row width may fill
+#: before the threads are declined without trying: past it the written groups are likely to be
+#: closed by their bytes (the check after the write would then refuse them, and the file be written
+#: twice); DuckDB counts a row's bytes otherwise than a Parquet footer, hence the margin
+WIDE_ROWS_SHARE = 0.5
+
+#: the input files whose footers are read for the rows' average width (a sample of a large input)
+WIDTH_SAMPLE_FILES = 16
+
+
+def width_refusal(task: Task, inputs, row_group_size: int) -> Optional[str]:
+    """A reason to decline the threads before writing, or None: the Parquet inputs' rows are so
+    wide on average (uncompressed bytes per row, from up to :data:`WIDTH_SAMPLE_FILES` footers) that
+    a row group of ``row_group_size`` rows would fill more than :data:`WIDE_ROWS_SHARE` of the
+    writer's ``ROW_GROUP_SIZE_BYTES``. Only an estimate saving a second write: whether the groups
+    really were closed by their row count is checked on the file (:func:`row_groups_refusal`)."""
+    from smallpond.io.parquet_footer import read_row_summary
+
+    paths = [p for d in inputs for p in (getattr(d, "resolved_paths", None) or []) if p.endswith((".parquet", ".parq"))]
+    rows = size = 0
+    for path in paths[:WIDTH_SAMPLE_FILES]:
+        try:
+            summary = read_row_summary(path)
+        except OSError:
+            summary = None
+        if summary is not None:
+            rows, size = rows + summary[0], size + summary[1]
+    if rows <= 0:
+        return None
+    limit = writer_row_group_bytes(task, max(1, int(task.cpu_limit)))
+    width = size / rows
+    if width * row_group_size > WIDE_ROWS_SHARE * limit:
+        return f"its input rows of ~{width:.0f} bytes would close row groups by their bytes (ROW_GROUP_SIZE_BYTES {limit})"
+    return None
+
+
+def copy_with_offered_threads(
+    task: Task, conn, query: str, output_dir: str, prefix: str, cpu_overcommit_ratio: float, inputs=()
+) -> int:
     """``COPY (query)`` to one Parquet file with the threads the scheduler offered (``task.threads``)
     if its output cannot depend on them, else with ``cpu_limit``'s (the file written with the
-    offered ones, if any, is removed first: the engine wrote it). Returns rows written."""
+    offered ones, if any, is removed first: the engine wrote it). Returns rows written. ``inputs``:
+    the datasets the query reads (their rows' width: :func:`width_refusal`)."""
     path, copy_sql = single_file_copy(task, query, output_dir, prefix)
-    reason = text_refusal(query) or plan_refusal(conn, copy_sql)
+    row_group_size = ParquetWriterOptions.for_task(task).row_group_size
+    reason = text_refusal(query) or width_refusal(task, inputs, row_group_size) or plan_refusal(conn, copy_sql)
     if reason is None:
         rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
-        reason = row_groups_refusal(conn, path, ParquetWriterOptions.for_task(task).row_group_size)
+        reason = row_groups_refusal(conn, path, row_group_size)
         if reason is None:
             return rows
         os.remove(path)

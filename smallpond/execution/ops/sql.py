@@ -253,7 +253,7 @@ class SqlEngineTask(Task):
                     excluded |= stripped
                 prefix = f"{self.output_filename}-{batch_index}.{qi}"
                 if self.threads_checked and self.threads:
-                    rows = copy_with_offered_threads(self, conn, sql, output_dir, prefix, node.cpu_overcommit_ratio)
+                    rows = copy_with_offered_threads(self, conn, sql, output_dir, prefix, node.cpu_overcommit_ratio, inputs)
                 else:
                     rows = copy_to_parquet(self, conn, sql, output_dir, prefix, per_thread_output=node.per_thread_output)
                 self.stats["rows"] = self.stats.get("rows", 0) + rows
