@@ -338,6 +338,22 @@ def test_a_plan_that_cannot_be_read_refuses(monkeypatch, explained):
     assert elastic.plan_refusal(None, "COPY (SELECT 1) TO 'x.parquet'").startswith("its plan could not be read")
 
 
+def _small_task_of_many_rows(tmp_path, monkeypatch, make_rt, sql):
+    """A runner of ``sql`` as one task with a small memory limit over 955k rows of odd row groups
+    (an elastic thread per 16 MiB), giving the digest of its one output file."""
+    from smallpond.execution import sched_state
+
+    monkeypatch.setattr(sched_state, "ELASTIC_MEMORY_PER_THREAD", 16 << 20)
+    paths = _odd(tmp_path, sizes=((300_000, 7_001), (245_007, 20_003), (280_000, 122_880), (130_001, 1_009)))
+
+    def run(cpus: int, memory_limit: int) -> str:
+        files = _run(make_rt, paths, sql, 1, cpus=cpus, elastic="safe", memory_limit=memory_limit)
+        assert len(files) == 1
+        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
+
+    return run
+
+
 def test_row_groups_closed_by_their_bytes_are_written_again_with_one_thread(make_rt, data_root, tmp_path, monkeypatch):
     """Row groups that reach ROW_GROUP_SIZE_BYTES before their row count may be written otherwise
     with other threads (measured with DuckDB alone, 2M rows, a 4 MB bound: the same rows and row
@@ -345,21 +361,14 @@ def test_row_groups_closed_by_their_bytes_are_written_again_with_one_thread(make
     plan is a projection), sees a group closed before its row count, and writes the file again
     with one thread: the bytes are one thread's. (A 32 MiB task: its groups are bounded by 4 MiB;
     the scheduler lets such a task have 2 threads here, 16 MiB each.)"""
-    from smallpond.execution import sched_state
-
-    monkeypatch.setattr(sched_state, "ELASTIC_MEMORY_PER_THREAD", 16 << 20)
-    paths = _odd(tmp_path, sizes=((300_000, 7_001), (245_007, 20_003), (280_000, 122_880), (130_001, 1_009)))
     # rows the projection makes ~8x wider than its input's: the estimate from the inputs' footers
     # (~22 bytes a row, under half of a 64 MiB task's 8 MiB groups) lets the task try, and the file shows
-    sql = "select id, x, repeat(coalesce(s, 'x'), 40) as u, l, st from {0}"
-
-    def digest(files):
-        assert len(files) == 1
-        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
-
-    one = digest(_run(make_rt, paths, sql, 1, cpus=1, elastic="safe", memory_limit=64 << 20))
+    run = _small_task_of_many_rows(
+        tmp_path, monkeypatch, make_rt, "select id, x, repeat(coalesce(s, 'x'), 40) as u, l, st from {0}"
+    )
+    one = run(cpus=1, memory_limit=64 << 20)
     runs = 3
-    twos = [digest(_run(make_rt, paths, sql, 1, cpus=2, elastic="safe", memory_limit=64 << 20)) for _ in range(runs)]
+    twos = [run(cpus=2, memory_limit=64 << 20) for _ in range(runs)]
     assert twos == [one] * runs
     assert _elastic_starts(data_root) == [2] * runs
     assert [why.split(" was closed")[0] for why in _declined(data_root)] == ["its row group 0"] * runs
@@ -468,18 +477,9 @@ def test_wide_input_rows_decline_the_threads_before_writing(make_rt, data_root, 
     ROW_GROUP_SIZE_BYTES (estimated from the inputs' footers) decline the threads before writing:
     the file is written once, with one thread (rev42c measured a 300k-row map of 1.3 KB strings
     writing twice: 1.41-1.44 s against 0.74-0.82 s). Same bytes as one thread's."""
-    from smallpond.execution import sched_state
-
-    monkeypatch.setattr(sched_state, "ELASTIC_MEMORY_PER_THREAD", 16 << 20)
-    paths = _odd(tmp_path, sizes=((300_000, 7_001), (245_007, 20_003), (280_000, 122_880), (130_001, 1_009)))
-    sql = "select id, x, upper(s) as u, l, st from {0}"
-
-    def digest(files):
-        assert len(files) == 1
-        return hashlib.sha256(open(files[0], "rb").read()).hexdigest()
-
-    one = digest(_run(make_rt, paths, sql, 1, cpus=1, elastic="safe", memory_limit=32 << 20))
-    two = digest(_run(make_rt, paths, sql, 1, cpus=2, elastic="safe", memory_limit=32 << 20))
+    run = _small_task_of_many_rows(tmp_path, monkeypatch, make_rt, "select id, x, upper(s) as u, l, st from {0}")
+    one = run(cpus=1, memory_limit=32 << 20)
+    two = run(cpus=2, memory_limit=32 << 20)
     assert two == one
     assert _elastic_starts(data_root) == [2]
     (why,) = _declined(data_root)
