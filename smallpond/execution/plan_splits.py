@@ -13,8 +13,11 @@ A file added or removed reruns the partitions whose groups it changes: groups ar
 of the sorted file list, so those after it shift (7 files in 4 partitions are 2+2+2+1; an eighth
 file sorted last changes only the last group, one sorted first changes all four). A piece of
 files read without ``union_by_name`` is read by the whole set's first file's columns and types
-(``ParquetDataSet._split``), so that file's identity is in every group's fingerprint: a change
-to it, or a new first file, reruns every partition.
+(``ParquetDataSet._split``), so that file's schema (:func:`~smallpond.io.paths.schema_identity`:
+its columns' names, types and nesting, in order, from its footer) is in every group's fingerprint:
+a column it loses or retypes, or a new first file, reruns every partition; a change of its rows
+only reruns the partition holding it (by its identity), and an empty partition taking its
+columns from it. Where its schema cannot be read from the footer, its identity stands in.
 
 The same holds for the shares of one source of files that the producers of a hash or range
 partition read (``SplitDataSetTask``, :func:`share_fingerprints`), when they are split by files:
@@ -43,7 +46,7 @@ from smallpond.execution.ops.structural import (
     split_evenly,
 )
 from smallpond.execution.task import Task
-from smallpond.io.paths import file_identity
+from smallpond.io.paths import file_identity, schema_identity
 from smallpond.logical.dataset import CsvDataSet, DataSet, FileSet, JsonDataSet, ParquetDataSet
 from smallpond.logical.partition import EvenlyDistributedPartitionNode
 
@@ -120,17 +123,17 @@ def split_fingerprint(ds: DataSet) -> str:
     """What a partition of a split by files reads: the dataset's :meth:`~smallpond.logical.dataset.DataSet.fingerprint`
     (its kind, options and each file's identity, in order), its schema if one is set, and the
     identity of the file an empty group takes its columns from (a file of another partition), and
-    the identity of the whole set's first file, by whose columns and types a piece of files read
+    the schema of the whole set's first file, by whose columns and types a piece of files read
     without ``union_by_name`` is read (:meth:`~smallpond.logical.dataset_files.ParquetDataSet._split`:
-    a column that file loses, or a type it changes, changes every partition's output; so any change
-    of that file reruns every partition)."""
+    a column that file loses, or a type it changes, changes every partition's output; its rows
+    change none but its own partition's, whose files' identities are in its fingerprint)."""
     h = hashlib.sha256(b"split\x00")
     h.update(ds.fingerprint().encode())
     h.update(b"\x00" + repr(None if ds.schema is None else str(ds.schema)).encode())
     h.update(b"\x00" + repr(getattr(ds, "_first_columns", None)).encode("utf-8", "surrogateescape"))
     first_path = getattr(ds, "_first_path", None)
     if first_path:
-        h.update(b"\x00" + file_identity(first_path).encode("utf-8", "surrogateescape"))
+        h.update(b"\x00" + schema_identity(first_path).encode("utf-8", "surrogateescape"))
     schema_path = getattr(ds, "_schema_path", None)
     if schema_path:
         h.update(b"\x00" + file_identity(schema_path).encode("utf-8", "surrogateescape"))

@@ -116,7 +116,25 @@ def read_column_names(path: str) -> Optional[List[str]]:
         return None
 
 
-def _top_level_names(buf: bytes) -> List[str]:
+def read_schema_bytes(path: str) -> Optional[bytes]:
+    """The bytes of a Parquet file's schema as its footer holds them (``FileMetaData`` field 2:
+    every column's name, type, logical type, repetition and nesting, nothing of its rows), or None
+    where this reader does not apply (as :func:`read_row_summary`, but for a footer of up to
+    :data:`DIGEST_MAX_FOOTER_BYTES`: only the schema, which comes first, is parsed; filesystem
+    errors raise ``OSError``)."""
+    footer = read_footer(path, DIGEST_MAX_FOOTER_BYTES)
+    if footer is None:
+        return None
+    try:
+        start = _schema_start(footer)
+        end = _skip_value(footer, start, _LIST, 1)
+    except (_Unsupported, IndexError):
+        return None
+    return footer[start:end] if end <= len(footer) else None
+
+
+def _schema_start(buf: bytes) -> int:
+    """The position of the schema list's header (field 2 of the ``FileMetaData`` in ``buf``)."""
     fid = pos = 0
     while True:
         fid, t, pos = _field_header(buf, pos, fid)
@@ -127,6 +145,11 @@ def _top_level_names(buf: bytes) -> List[str]:
         pos = pos if t in (1, 2) else _skip_value(buf, pos, t, 1)
     if t != _LIST:
         raise _Unsupported
+    return pos
+
+
+def _top_level_names(buf: bytes) -> List[str]:
+    pos = _schema_start(buf)
     b = buf[pos]
     pos += 1
     n = b >> 4

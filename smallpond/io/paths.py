@@ -5,7 +5,8 @@
 * :func:`user_path` is a path a user gave, as the filesystem sees it (``~`` expanded).
 * :func:`file_identity` tells one version of an input file from another without reading it, for
   the fingerprints that decide whether a checkpoint may be reused (within
-  :func:`one_version_per_file`, a planning, each file is looked at once).
+  :func:`one_version_per_file`, a planning, each file is looked at once); :func:`schema_identity`
+  the versions of a Parquet file's schema only (its columns' names and types, not its rows).
 * :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line:
   a line ends at ``\n`` only (so a name holding ``\r``, which an older smallpond published, reads
   back whole), a ``\r`` before it is dropped (a manifest written on Windows), and a relative path
@@ -24,7 +25,7 @@ from typing import Dict, Iterator, List, Optional
 
 from smallpond.common import quote_literal
 from smallpond.errors import ParameterError
-from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer
+from smallpond.io.parquet_footer import DIGEST_MAX_FOOTER_BYTES, read_footer, read_schema_bytes
 
 _DUCKDB_GLOB_CHARS = re.compile(r"[\[*?]")
 
@@ -151,6 +152,31 @@ def file_identity(path: str) -> str:
     if ident is None:
         ident = kept[path] = _read_identity(path)
     return ident
+
+
+def schema_identity(path: str) -> str:
+    """What tells apart the schemas of versions of a Parquet file (its path and a digest of the
+    schema in its footer: the columns' names, types and nesting, not the rows), read once within
+    :func:`one_version_per_file`; where the schema cannot be read from the footer (not Parquet, a
+    footer not understood, a missing file), the file's :func:`file_identity`."""
+    kept = _kept_identities.get()
+    key = "\x00schema:" + path  # (no path holds a NUL: no clash with a file identity's key)
+    ident = None if kept is None else kept.get(key)
+    if ident is None:
+        ident = _read_schema_identity(path)
+        if kept is not None:
+            kept[key] = ident
+    return ident
+
+
+def _read_schema_identity(path: str) -> str:
+    try:
+        schema = read_schema_bytes(path)
+    except OSError:
+        schema = None
+    if schema is None:
+        return file_identity(path)
+    return f"{path}:schema={hashlib.sha256(schema).hexdigest()[:32]};"
 
 
 def _read_identity(path: str) -> str:

@@ -136,6 +136,17 @@ def test_an_empty_partition_reruns_when_the_file_it_takes_its_columns_from_chang
     assert partition_outputs(again)[2].schema.field("id").type == pa.int32()
 
 
+@pytest.mark.parametrize("nfiles, npartitions, reran", [(8, 4, {0}), (3, 5, {0, 3, 4})])
+def test_rows_of_the_first_file_rewritten_with_its_schema_rerun_only_the_partitions_reading_it(
+    tmp_path, nfiles, npartitions, reran
+):
+    # the other pieces take only its columns and types from the first file: its schema is in their
+    # fingerprints, not its identity; an empty partition takes its columns from it (its identity)
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=nfiles, rows_per_file=10)
+    job = Rerun(tmp_path, npartitions)
+    assert job.rerun_after(lambda plan: rewrite(files[0], seed=1)) == reran
+
+
 def test_every_partition_reruns_when_the_first_file_loses_a_column(tmp_path):
     # files read without union_by_name are read by the first file's columns (as DuckDB reads a list):
     # a column the first file loses leaves every partition's output, not only the first's
@@ -257,10 +268,14 @@ def test_a_planning_reads_each_input_files_identity_once(make_rt, tmp_path, monk
     reads: List[str] = []
     real = paths._read_identity
     monkeypatch.setattr(paths, "_read_identity", lambda p: reads.append(p) or real(p))
+    schemas: List[str] = []
+    real_schema = paths.read_schema_bytes
+    monkeypatch.setattr(paths, "read_schema_bytes", lambda p: schemas.append(p) or real_schema(p))
     ctx = Context()
     parts = DataSetPartitionNode(ctx, (DataSourceNode(ctx, ParquetDataSet(files)),), 4)
     Planner(make_rt()).create_exec_plan(LogicalPlan(ctx, SqlEngineNode(ctx, (parts,), "select * from {0}")))
     assert sorted(reads) == sorted(files), "the source's fingerprint and its partitions' read each file once"
+    assert schemas == [files[0]], "the first file's schema, which every partition's fingerprint holds, is read once"
     assert paths.file_identity(files[0]) and len(reads) == 9, "outside a planning, a file is looked at each time"
 
 

@@ -536,3 +536,37 @@ def test_column_names_agree_with_pyarrow(tmp_path):
     assert read_column_names(path) == pq.read_schema(path).names == ["A", "s", "l", "m", "a", "é"]
     (tmp_path / "not.parquet").write_bytes(b"not parquet at all")
     assert read_column_names(str(tmp_path / "not.parquet")) is None
+
+
+def test_schema_bytes_tell_schemas_apart_not_rows(tmp_path):
+    """Rows and row groups rewritten: the same schema bytes; a column retyped (at the top or in a
+    nested child), renamed or made required: other bytes; not Parquet: None, and the schema
+    identity is then the file's identity."""
+    from smallpond.io.parquet_footer import read_schema_bytes
+    from smallpond.io.paths import file_identity, schema_identity
+
+    def schema_of(table: pa.Table, name: str, **options) -> Optional[bytes]:
+        pq.write_table(table, str(tmp_path / name), **options)
+        return read_schema_bytes(str(tmp_path / name))
+
+    def table(ids, s_type=pa.int64(), id_type=pa.int64(), nullable=True, id_name="id") -> pa.Table:
+        s = pa.array([{"x": i} for i in ids], pa.struct([("x", s_type)]))
+        schema = pa.schema([pa.field(id_name, id_type, nullable), pa.field("s", s.type)])
+        return pa.table([pa.array(ids, id_type), s], schema=schema)
+
+    base = schema_of(table([1, 2, 3]), "base.parquet")
+    assert base and schema_of(table(list(range(1000))), "rows.parquet", row_group_size=100) == base
+    others = [
+        table([1], id_type=pa.int32()),
+        table([1], s_type=pa.int32()),
+        table([1], nullable=False),
+        table([1], id_name="ID"),
+    ]
+    assert len({base, *(schema_of(t, f"other{i}.parquet") for i, t in enumerate(others))}) == 5
+    (tmp_path / "not.parquet").write_bytes(b"not parquet at all")
+    assert read_schema_bytes(str(tmp_path / "not.parquet")) is None
+    for name in ("not.parquet", "missing.parquet"):
+        path = str(tmp_path / name)
+        assert schema_identity(path) == file_identity(path)
+    digests = [schema_identity(str(tmp_path / n)).split(":schema=")[1] for n in ("base.parquet", "rows.parquet")]
+    assert digests[0] == digests[1], "two files of one schema: one schema digest (after the path)"
