@@ -70,6 +70,7 @@ def publish_prepared(rt: RuntimeContext, st: SchedState, published: Dict[str, An
     """Publish every sink the computation prepared, all at once (see ops/sink.py)."""
     from smallpond.execution.commit import commit_path, commit_record_bytes
     from smallpond.execution.ops.sink import publish, staged_to_final
+    from smallpond.execution.ops.sink_columns import warn_if_columns_differ
     from smallpond.execution.ops.sink_journal import Abandoned, roll_forward
 
     keys = unpublished(st, published)
@@ -87,6 +88,8 @@ def publish_prepared(rt: RuntimeContext, st: SchedState, published: Dict[str, An
         prepared.append((task, {"path": commit_path(rt, k), "data": data}))
     publish(rt, prepared)
     for k in keys:
+        if not st.tasks[k].skip:  # (mode="ignore" over an earlier result: nothing published)
+            warn_if_columns_differ(st.tasks[k].node, st.done[k].reads_by_name, finals[k].resolved_paths)
         replace_result(st, k, finals[k])
         published[k] = finals[k]
         st.overwritten.pop(k, None)  # published again: its result is back
