@@ -67,3 +67,27 @@ def test_no_warning_for_files_not_read_by_name(sp, tmp_path, log_messages):
     sp.read_parquet(str(src / "*.parquet")).write_parquet(out)
     assert len([f for f in os.listdir(out) if f.endswith(".parquet")]) == 2
     assert not _differ(log_messages), log_messages
+
+
+def test_a_published_result_stays_read_by_name(tmp_path, make_rt):
+    """staged_to_final (the sink's files at their published place, what its commit record holds)
+    built a new dataset of the published paths and dropped the mark read by name: a reader of the
+    sink's result from its commit record (a resumed consumer) read by the first file's columns."""
+    from smallpond.execution.ops.sink import DataSinkTask, staged_to_final, staging_path
+    from smallpond.execution.task import PartitionInfo
+    from smallpond.logical.dataset import ParquetDataSet
+    from smallpond.logical.node import Context, DataSinkNode, DataSourceNode
+
+    rt = make_rt()
+    rt.initialize()
+    dest = str(tmp_path / "dest")
+    ctx = Context()
+    task = DataSinkTask(DataSinkNode(ctx, (DataSourceNode(ctx, None),), dest), 7, [PartitionInfo()], [])
+    staged = [os.path.join(staging_path(rt, task), n) for n in ("a.parquet", "b.parquet")]
+    for marked in (True, False):
+        ds = ParquetDataSet.from_files(staged)
+        if marked:
+            ds.mark_read_by_name()
+        final = staged_to_final(rt, task, ds)
+        assert final.resolved_paths == [os.path.join(dest, "a.parquet"), os.path.join(dest, "b.parquet")]
+        assert final.reads_by_name is marked

@@ -708,7 +708,10 @@ def staged_to_final(runtime_ctx, task: Task, ds: DataSet) -> DataSet:
     paths = ds.resolved_paths
     if not all(p.startswith(staging) for p in paths):
         return ds
-    return type(ds).from_files([os.path.join(task.node.output_path, p[len(staging) :]) for p in paths])
+    final = type(ds).from_files([os.path.join(task.node.output_path, p[len(staging) :]) for p in paths])
+    if ds.reads_by_name:  # (its commit record holds it: a resumed reader of the sink reads them by name too)
+        final.mark_read_by_name()
+    return final
 
 
 def warn_results_without_columns(tasks: Dict[str, Task], results: Dict[str, DataSet]) -> None:
