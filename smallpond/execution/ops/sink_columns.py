@@ -60,8 +60,8 @@ def warn_if_columns_differ(node, marked: bool, paths: List[str]) -> bool:
         for names, files in groups.items()
     )
     logger.warning(
-        "{}: the files published in {} differ in their columns (upstream, each partition's output took its own "
-        "columns, e.g. a Python map without schema=): {}. read_parquet of them reads the first file's columns "
+        "{}: the files published in {} differ in their columns (a step before the sink gave each partition's output "
+        "its own columns, e.g. a Python map without schema=): {}. read_parquet of them reads the first file's columns "
         "and leaves out the others' ({}); read them with read_parquet(..., union_by_name=True).",
         node_at(node),
         node.output_path,
