@@ -73,7 +73,12 @@ def test_single_partition_input_is_broadcast(make_rt, tmp_path):
     assert got == sorted((f, d, f // 5) for f in range(20) for d in range(6))
 
 
-def test_task_ids_and_fingerprints_are_deterministic(make_rt, parquet_files):
+def test_task_ids_and_fingerprints_are_deterministic(make_rt, parquet_files, monkeypatch):
+    # one job time for both plannings: with none, a job id of no folder yet takes the clock's
+    # second, and the sink's output path (hence its fingerprint) differed when the two plannings
+    # fell in two seconds (one failure in a loaded .ci/run)
+    monkeypatch.setenv("SP_JOB_TIME", "2026-12-06T17:00:00")
+
     def plan_once():
         ctx = Context()
         src = DataSourceNode(ctx, ParquetDataSet(parquet_files))
