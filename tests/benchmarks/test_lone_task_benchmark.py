@@ -17,6 +17,19 @@ def test_lone_task_benchmark_tiny(tmp_path, capsys):
     lone_task.main(["--rows", "20k", "--repeat", "1", "--data-dir", str(tmp_path), "--executors", "2"])
     out = capsys.readouterr().out
     assert "default vs one thread" in out and "(same output bytes)" in out
+    assert "declined the threads (and wrote its file again with one): " in out and " of 1" in out
+
+
+def test_a_declined_task_is_counted_from_its_log(tmp_path):
+    log = tmp_path / "job" / "log" / "tasks"
+    log.mkdir(parents=True)
+    (log / "SqlEngineTask-000002.0.log").write_text("... SqlEngineTask-000002: runs with threads=1\n")
+    assert not lone_task.declined(str(tmp_path))
+    (log / "SqlEngineTask-000002.0.log").write_text(
+        "... SqlEngineTask-000002: runs with threads=1 (the elastic threads=2 declined: its row group 26 "
+        "was closed at 120064 rows, before 122880, so its output could depend on them)\n"
+    )
+    assert lone_task.declined(str(tmp_path))
 
 
 @pytest.mark.skipif(usable_cpus() < 2, reason="an idle second CPU is what the default gives a lone task")
