@@ -18,7 +18,12 @@ Like for like: the default is compared with DuckDB at the same threads, ``smallp
 not change them) and the same rows as DuckDB's. CPU seconds (user + system of the process and its
 workers) are printed beside each time.
 
-    python -m benchmarks.lone_task --rows 4M --repeat 5 [--append-results]
+    python -m benchmarks.lone_task --rows 4M --repeat 5 [--row-groups odd|default] [--append-results]
+
+The input's row groups (``--row-groups``): ``odd`` (the default: uneven, smaller than those written,
+the hard case, where DuckDB's two threads sometimes join batches into other output row groups; the
+task's check then finds it and writes its file again with one thread: "declined" counts those
+runs) or ``default`` (DuckDB's 122,880-row groups, as files written by DuckDB or smallpond have).
 """
 
 from __future__ import annotations
@@ -76,12 +81,19 @@ print(json.dumps({{"seconds": took, "cpu": me.ru_utime + me.ru_stime}}))
 """
 
 
-def make_input(folder: str, rows: int) -> list:
-    """5 Parquet files of ``rows`` rows in all, with row groups of uneven sizes, made once."""
+#: the input's row groups: ``odd`` (51,200 to 118,784 rows, each file its own size, smaller than the
+#: 122,880 written: DuckDB's two threads then sometimes join them into other output groups, found
+#: by the task's check, which writes again with one thread) or ``default`` (DuckDB's own 122,880)
+ROW_GROUP_SHAPES = {"odd": lambda i: 50_000 + 17_000 * i, "default": lambda i: 122_880}
+
+
+def make_input(folder: str, rows: int, row_groups: str = "odd") -> list:
+    """5 Parquet files of ``rows`` rows in all, with row groups of ``row_groups``'s sizes
+    (:data:`ROW_GROUP_SHAPES`), made once."""
     import duckdb
 
     files = [os.path.join(folder, f"part{i}.parquet") for i in range(5)]
-    stamp = os.path.join(folder, f".rows-{rows}")
+    stamp = os.path.join(folder, f".rows-{rows}-{row_groups}")
     if os.path.exists(stamp) and all(os.path.exists(f) for f in files):
         return files
     os.makedirs(folder, exist_ok=True)
@@ -92,7 +104,7 @@ def make_input(folder: str, rows: int) -> list:
         lo, hi = i * per, rows if i == 4 else (i + 1) * per
         conn.execute(
             f"COPY (SELECT range AS id, (hash(range) % 1000000) / 1e6 AS x, 'v' || (hash(range * 3) % 100003)::VARCHAR AS s, "
-            f"(range % 1000)::INTEGER AS k FROM range({lo}, {hi})) TO '{f}' (FORMAT PARQUET, ROW_GROUP_SIZE {50_000 + 17_000 * i})"
+            f"(range % 1000)::INTEGER AS k FROM range({lo}, {hi})) TO '{f}' (FORMAT PARQUET, ROW_GROUP_SIZE {ROW_GROUP_SHAPES[row_groups](i)})"
         )
     open(stamp, "w").close()
     return files
@@ -127,17 +139,18 @@ def declined(data_root: str) -> bool:
     """Whether the job under ``data_root`` had a task decline the elastic threads (its log says
     why; here that is the row-group check after the write, so it wrote its file again with one
     thread: DuckDB's batch copy merged a file boundary's batches otherwise with two threads)."""
-    for log in glob.glob(os.path.join(data_root, "*", "log", "tasks", "*.log")):
+    for log in glob.glob(os.path.join(data_root, "*", "log", "**", "*.log"), recursive=True):
         with open(log, errors="replace") as f:
             if "threads=" in (text := f.read()) and " declined: " in text:
                 return True
     return False
 
 
-def run(rows: int, repeat: int, data_dir: str, executors: int, check: bool = True):
+def run(rows: int, repeat: int, data_dir: str, executors: int, check: bool = True, row_groups: str = "odd"):
     from smallpond.io.parquet import ParquetWriterOptions
 
-    files = make_input(os.path.join(data_dir, "lone_task", f"in-{rows}"), rows)
+    suffix = "" if row_groups == "odd" else f"-{row_groups}"
+    files = make_input(os.path.join(data_dir, "lone_task", f"in-{rows}{suffix}"), rows, row_groups)
     work = os.path.join(data_dir, "lone_task", "work")
     os.makedirs(work, exist_ok=True)
     compile_bytecode()
@@ -188,14 +201,20 @@ def main(argv=None) -> None:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", type=parse_count, default=4_000_000, help="rows in all (default 4M)")
+    p.add_argument(
+        "--row-groups",
+        choices=sorted(ROW_GROUP_SHAPES),
+        default="odd",
+        help="the input files' row groups: odd (uneven, smaller than those written; default) or default (DuckDB's 122,880)",
+    )
     add_common_arguments(p)
     args = p.parse_args(argv)
     executors = max(1, args.executors or usable_cpus())
     print_header(
         "lone task: one-partition read_parquet().map().write_parquet()",
-        {"rows": args.rows, "repeat": args.repeat, "cpus": executors},
+        {"rows": args.rows, "row groups": args.row_groups, "repeat": args.repeat, "cpus": executors},
     )
-    t, cpus, declines = run(args.rows, args.repeat, args.data_dir, executors, args.validate)
+    t, cpus, declines = run(args.rows, args.repeat, args.data_dir, executors, args.validate, args.row_groups)
     cpu = {side: statistics.median(v) for side, v in cpus.items()}
     for side in ("smallpond", "duckdb", "smallpond-1t", "duckdb-1t"):
         print(f"{side:13s} {t.describe(side)}, CPU {cpu[side]:.2f} s")
@@ -211,7 +230,7 @@ def main(argv=None) -> None:
         else f"default vs one thread: {gain:.2f}x"
     )
     if args.append_results:
-        data = f"{args.rows:,} rows, 5 files, one task"
+        data = f"{args.rows:,} rows, 5 files ({args.row_groups} row groups), one task"
         append_results(
             "lone_task",
             data + f", default ({executors} threads)",

@@ -56,6 +56,7 @@ step python -m benchmarks.overhead --tasks 2000 --kind python --skip-startup
 # 3b. a lone task gets the idle CPUs (elastic threads, on by default where its bytes cannot change):
 #     a one-partition read_parquet().map().write_parquet(), default vs elastic_threads=False
 step python -m benchmarks.lone_task --rows 4M
+step python -m benchmarks.lone_task --rows 4M --row-groups default
 # 4. scale on paper: 10k / 30k / 100k tasks through the real planner and scheduler, with the task
 #    cache on (as a job runs by default; ~2.5 min) and off
 step python -m benchmarks.scale --tasks 10k,30k,100k
