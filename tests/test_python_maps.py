@@ -295,3 +295,24 @@ def test_a_column_typed_apart_by_partitions_of_a_map_reads_after_a_repartition(s
     for f in (m.repartition(1), m.repartition(2, hash_by="i")):
         assert sorted(f.map("x").to_arrow().column("x").to_pylist(), key=str) == want
         assert sorted(f.map(lambda r: {"x": r["x"]}).to_arrow().column("x").to_pylist(), key=str) == want
+
+
+def _int32_then_uint64_max(t):
+    """Partition 0 returns x as int32, partition 1 as uint64 holding 2**64-1 (they unify as int64
+    by type, but that value does not fit)."""
+    import pyarrow as pa
+
+    first = t.column("i")[0].as_py() < 5
+    x = pa.array([1] * t.num_rows, pa.int32()) if first else pa.array([2**64 - 1] * t.num_rows, pa.uint64())
+    return pa.table({"i": t.column("i"), "x": x})
+
+
+def test_a_value_that_does_not_fit_the_files_common_type_names_the_column_and_file(sp, ten):
+    """Read by one Python reader (repartition(1)), the files' x unify as int64, which cannot hold
+    uint64's 2**64-1: the error names the column, the file and both types (it was pyarrow's bare
+    'Integer value 18446744073709551615 not in range', naming neither)."""
+    f = _two(sp, ten).map_batches(_int32_then_uint64_max).repartition(1)
+    with pytest.raises(Exception) as info:
+        f.to_arrow()
+    text = str(info.value)
+    assert "column 'x' of Parquet file" in text and "is uint64" in text and "type int64" in text, text

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
-from smallpond.io.columns import bind_columns, lacks_first_files_columns  # (its home; the readers here bind with it)
+from smallpond.io.columns import bind_columns, cast_read_column, lacks_first_files_columns  # (readers bind with it)
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.paths import check_local_filesystem  # (its home; the helpers here name it)
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
@@ -615,7 +615,9 @@ def build_batch_reader_from_files(
                 if b.schema != out_schema:
                     b = pa.RecordBatch.from_arrays(
                         [
-                            b.column(a).cast(f.type) if a in b.schema.names else pa.nulls(b.num_rows, f.type)
+                            cast_read_column(b.column(a), f.type, a, r.path)
+                            if a in b.schema.names
+                            else pa.nulls(b.num_rows, f.type)
                             for a, f in zip(asked, out_schema)
                         ],
                         schema=out_schema,

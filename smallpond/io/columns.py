@@ -12,7 +12,7 @@ from __future__ import annotations
 import string
 from typing import Dict, List, Sequence
 
-from smallpond.errors import ColumnNotFoundError
+from smallpond.errors import ColumnNotFoundError, UserCodeError
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 
@@ -87,3 +87,20 @@ def lacks_first_files_columns(path: str, names: Sequence[str], first: str, first
     )
     err.lacking = lacking  # (the columns: whether a failed read was for want of one, see execution.attempt)
     return err
+
+
+def cast_read_column(column, to, name: str, path: str):
+    """``column`` (column ``name`` of a batch of Parquet file ``path``) cast to ``to``, the type the
+    files read together give it (:func:`~smallpond.io.partition_types.unify_partition_schemas`):
+    ``safe``, so a value the type cannot hold unchanged (uint64's 2**64-1 in an int64) raises, here
+    naming the column, the file and both types instead of pyarrow's bare 'not in range'."""
+    import pyarrow as pa
+
+    try:
+        return column.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise UserCodeError(
+            f"column {name!r} of Parquet file {path!r} is {column.type}, which the files read with it give the "
+            f"type {to} (one type that holds every file's type), and a value of it does not fit: {e}. Give the "
+            "step that wrote them one type for the column (schema= of a Python map, or a cast in its SQL)"
+        ) from None

@@ -500,9 +500,8 @@ class ParquetDataSet(DataSet):
 
     def to_arrow_table(self, max_workers: int = 16, filesystem=None, conn=None):
         check_local_filesystem(filesystem, f"{type(self).__name__}.to_arrow_table")
-        # files unioned by name are read by DuckDB, which unifies a column's types across files
-        # (int64 in one, string in another: VARCHAR, as the frame's schema says), as the batch
-        # reader does; pyarrow cannot merge them
+        # files unioned by name are read by DuckDB, which unifies a column's types across files (int64
+        # in one, string in another: VARCHAR, as the frame's schema says); pyarrow cannot merge them
         by_duckdb = self._union_by_name and self.columns is None
         if (
             conn is not None
@@ -520,6 +519,8 @@ class ParquetDataSet(DataSet):
 
         if self.empty:
             return _empty_table(self._schema_source())
+        if self._schema_by_name() is not None:  # one type that holds every file's, as the batch reader reads
+            return self.to_batch_reader().read_all()
         try:
             return load_from_parquet_files(
                 self.resolved_row_ranges, self.columns, max_workers, schema=self.schema, first_columns=self._first_files()
@@ -570,8 +571,7 @@ class ParquetDataSet(DataSet):
         (tasks of a Python map typed theirs apart: a null column in one, int64 in another): every
         file's, in the order first seen, each of one type that holds every file's values (see
         :func:`~smallpond.io.partition_types.unify_partition_schemas`); None otherwise (the pyarrow
-        readers take the first file's, and ``columns=`` binds its names in every file itself).
-        Every file's footer is read: only such files, written by the engine, are read so."""
+        readers take the first file's, ``columns=`` binds its names in every file). Every footer is read."""
         if not self._read_by_name or self.columns is not None:
             return None
         paths = list(dict.fromkeys(self.resolved_paths))
