@@ -92,15 +92,23 @@ def lacks_first_files_columns(path: str, names: Sequence[str], first: str, first
 def cast_read_column(column, to, name: str, path: str):
     """``column`` (column ``name`` of a batch of Parquet file ``path``) cast to ``to``, the type the
     files read together give it (:func:`~smallpond.io.partition_types.unify_partition_schemas`):
-    ``safe``, so a value the type cannot hold unchanged (uint64's 2**64-1 in an int64) raises, here
-    naming the column, the file and both types instead of pyarrow's bare 'not in range'."""
+    a value that type cannot hold unchanged raises, naming the column, the file and both types."""
+    return cast_holding(
+        column,
+        to,
+        f"column {name!r} of Parquet file {path!r} is {column.type}, which the files read with it give the type {to}",
+        "Give the step that wrote them one type for the column (schema= of a Python map, or a cast in its SQL).",
+    )
+
+
+def cast_holding(column, to, what: str, remedy: str):
+    """``column`` cast ``safe`` to ``to`` (a type that holds its type:
+    :func:`~smallpond.io.partition_types.common_type`); a value that does not fit (uint64's 2**64-1
+    in an int64, 2**60 in a float64) raises a :class:`~smallpond.errors.UserCodeError` of ``what``
+    (which column, where, which types), the value and ``remedy``, not pyarrow's bare 'not in range'."""
     import pyarrow as pa
 
     try:
-        return column.cast(to)
+        return column.cast(to, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-        raise UserCodeError(
-            f"column {name!r} of Parquet file {path!r} is {column.type}, which the files read with it give the "
-            f"type {to} (one type that holds every file's type), and a value of it does not fit: {e}. Give the "
-            "step that wrote them one type for the column (schema= of a Python map, or a cast in its SQL)"
-        ) from None
+        raise UserCodeError(f"{what}, and a value does not fit {to}: {e}. {remedy}") from None

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple
 import pyarrow as pa
 
 from smallpond.errors import UserCodeError
+from smallpond.io.columns import cast_holding  # (its home: the readers' casts raise with it too)
 
 #: the schema metadata key of the task that wrote a file (every task output carries it)
 TASK_KEY_METADATA = b"SMALLPOND:__task_key__"
@@ -103,14 +104,13 @@ def concat_partitions(tables: list, what: str) -> pa.Table:
                 continue
             column = table.column(field.name)
             if column.type != field.type:
-                try:
-                    column = column.cast(field.type, safe=True)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
-                    raise UserCodeError(
-                        f"{what}: column {field.name!r} is {column.type} in {name} and {field.type} in other "
-                        f"partitions, and a value of {name} does not fit {field.type}: {e}. Give the output "
-                        "schema (schema= of map, flat_map and map_batches; output_schema= of an Arrow or pandas node)."
-                    ) from None
+                column = cast_holding(
+                    column,
+                    field.type,
+                    f"{what}: column {field.name!r} is {column.type} in {name} and {field.type} in other partitions",
+                    "Give the output schema (schema= of map, flat_map and map_batches; output_schema= of an Arrow "
+                    "or pandas node).",
+                )
             columns.append(column)
         out.append(pa.Table.from_arrays(columns, schema=target))
     return pa.concat_tables(out)
