@@ -14,10 +14,11 @@ of the sorted file list, so those after it shift (7 files in 4 partitions are 2+
 file sorted last changes only the last group, one sorted first changes all four). A piece of
 files read without ``union_by_name`` is read by the whole set's first file's columns and types
 (``ParquetDataSet._split``), so that file's schema (:func:`~smallpond.io.paths.schema_identity`:
-its columns' names, types and nesting, in order, from its footer) is in every group's fingerprint:
-a column it loses or retypes, or a new first file, reruns every partition; a change of its rows
-only reruns the partition holding it (by its identity), and an empty partition taking its
-columns from it. Where its schema cannot be read from the footer, its identity stands in.
+its columns' names, types and nesting, in order, from its footer, and its key-value metadata, by
+which DuckDB types a column too: a GeoParquet ``geo`` entry makes a WKB column GEOMETRY) is in
+every group's fingerprint: a column it loses or retypes, or a new first file, reruns every
+partition; a change of its rows only reruns the partition holding it (by its identity), and an
+empty partition taking its columns from it. Where its schema cannot be read from the footer, its identity stands in.
 
 The same holds for the shares of one source of files that the producers of a hash or range
 partition read (``SplitDataSetTask``, :func:`share_fingerprints`), when they are split by files:

@@ -118,19 +118,37 @@ def read_column_names(path: str) -> Optional[List[str]]:
 
 def read_schema_bytes(path: str) -> Optional[bytes]:
     """The bytes of a Parquet file's schema as its footer holds them (``FileMetaData`` field 2:
-    every column's name, type, logical type, repetition and nesting, nothing of its rows), or None
-    where this reader does not apply (as :func:`read_row_summary`, but for a footer of up to
-    :data:`DIGEST_MAX_FOOTER_BYTES`: only the schema, which comes first, is parsed; filesystem
-    errors raise ``OSError``)."""
+    every column's name, type, logical type, repetition and nesting, nothing of its rows), followed
+    by its key-value metadata (field 5), by which readers type columns too (DuckDB reads a WKB
+    column of a GeoParquet ``geo`` entry as GEOMETRY, pyarrow its types from ``ARROW:schema``); or
+    None where this reader does not apply (as :func:`read_row_summary`, but for a footer of up to
+    :data:`DIGEST_MAX_FOOTER_BYTES`; filesystem errors raise ``OSError``)."""
     footer = read_footer(path, DIGEST_MAX_FOOTER_BYTES)
     if footer is None:
         return None
     try:
-        start = _schema_start(footer)
-        end = _skip_value(footer, start, _LIST, 1)
+        spans = _field_spans(footer, (2, 5))
     except (_Unsupported, IndexError):
         return None
-    return footer[start:end] if end <= len(footer) else None
+    schema, kv = spans.get(2), spans.get(5, b"")
+    return None if schema is None else len(schema).to_bytes(8, "little") + schema + kv
+
+
+def _field_spans(buf: bytes, wanted: Tuple[int, ...]) -> dict:
+    """{field id: its value's bytes} of the lists among ``wanted`` in the ``FileMetaData`` in ``buf``."""
+    spans, fid, pos = {}, 0, 0
+    while True:
+        fid, t, pos = _field_header(buf, pos, fid)
+        if t == 0:
+            return spans
+        end = pos if t in (1, 2) else _skip_value(buf, pos, t, 1)
+        if end > len(buf):
+            raise _Unsupported
+        if fid in wanted:
+            if t != _LIST:
+                raise _Unsupported
+            spans[fid] = buf[pos:end]
+        pos = end
 
 
 def _schema_start(buf: bytes) -> int:

@@ -6,7 +6,8 @@
 * :func:`file_identity` tells one version of an input file from another without reading it, for
   the fingerprints that decide whether a checkpoint may be reused (within
   :func:`one_version_per_file`, a planning, each file is looked at once); :func:`schema_identity`
-  the versions of a Parquet file's schema only (its columns' names and types, not its rows).
+  the versions of a Parquet file's schema only (its columns' names and types, and its key-value
+  metadata, not its rows).
 * :func:`manifest_paths` reads the paths a result folder's ``.MANIFEST.txt`` lists, one a line:
   a line ends at ``\n`` only (so a name holding ``\r``, which an older smallpond published, reads
   back whole), a ``\r`` before it is dropped (a manifest written on Windows), and a relative path
@@ -156,7 +157,8 @@ def file_identity(path: str) -> str:
 
 def schema_identity(path: str) -> str:
     """What tells apart the schemas of versions of a Parquet file (its path and a digest of the
-    schema in its footer: the columns' names, types and nesting, not the rows), read once within
+    schema in its footer: the columns' names, types and nesting, and of its key-value metadata,
+    by which readers type columns too; not the rows), read once within
     :func:`one_version_per_file`; where the schema cannot be read from the footer (not Parquet, a
     footer not understood, a missing file), the file's :func:`file_identity`."""
     kept = _kept_identities.get()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import sys
 from functools import partial
@@ -145,6 +146,27 @@ def test_rows_of_the_first_file_rewritten_with_its_schema_rerun_only_the_partiti
     files = generate_parquet_files(str(tmp_path / "in"), nfiles=nfiles, rows_per_file=10)
     job = Rerun(tmp_path, npartitions)
     assert job.rerun_after(lambda plan: rewrite(files[0], seed=1)) == reran
+
+
+def test_every_partition_reruns_when_the_first_files_metadata_retypes_a_column(tmp_path):
+    # DuckDB types a column by the first file's key-value metadata too, not only by its schema: a
+    # GeoParquet 'geo' entry makes a WKB column GEOMETRY in every piece read led by that file (and
+    # DuckDB writes each partition's output with its own 'geo' entry); the schema bytes are unchanged
+    wkb = struct.pack("<BIdd", 1, 1, 1.0, 2.0)
+    os.makedirs(tmp_path / "in")
+    files = [str(tmp_path / "in" / f"part{i}.parquet") for i in range(3)]
+    for i, path in enumerate(files):
+        pq.write_table(pa.table({"id": [i], "g": pa.array([wkb], pa.binary())}), path)
+    geo = {"version": "1.0.0", "primary_column": "g", "columns": {"g": {"encoding": "WKB", "geometry_types": []}}}
+
+    def add_geo(plan):
+        pq.write_table(pq.read_table(files[0]).replace_schema_metadata({"geo": json.dumps(geo)}), files[0])
+
+    job = Rerun(tmp_path, 3)
+    assert job.rerun_after(add_geo) == {0, 1, 2}
+    again, _ = job.run()
+    outputs = [again.results[k].resolved_paths[0] for _, k in sorted(sql_tasks(again).items())]
+    assert all(b"geo" in (pq.read_metadata(p).metadata or {}) for p in outputs), "every partition's g is GEOMETRY"
 
 
 def test_every_partition_reruns_when_the_first_file_loses_a_column(tmp_path):

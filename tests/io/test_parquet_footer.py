@@ -540,7 +540,7 @@ def test_column_names_agree_with_pyarrow(tmp_path):
 
 def test_schema_bytes_tell_schemas_apart_not_rows(tmp_path):
     """Rows and row groups rewritten: the same schema bytes; a column retyped (at the top or in a
-    nested child), renamed or made required: other bytes; not Parquet: None, and the schema
+    nested child), renamed or made required, or other key-value metadata: other bytes; not Parquet: None, and the schema
     identity is then the file's identity."""
     from smallpond.io.parquet_footer import read_schema_bytes
     from smallpond.io.paths import file_identity, schema_identity
@@ -561,8 +561,9 @@ def test_schema_bytes_tell_schemas_apart_not_rows(tmp_path):
         table([1], s_type=pa.int32()),
         table([1], nullable=False),
         table([1], id_name="ID"),
+        table([1]).replace_schema_metadata({"geo": "{}"}),  # (key-value metadata types columns too)
     ]
-    assert len({base, *(schema_of(t, f"other{i}.parquet") for i, t in enumerate(others))}) == 5
+    assert len({base, *(schema_of(t, f"other{i}.parquet") for i, t in enumerate(others))}) == 6
     (tmp_path / "not.parquet").write_bytes(b"not parquet at all")
     assert read_schema_bytes(str(tmp_path / "not.parquet")) is None
     for name in ("not.parquet", "missing.parquet"):
