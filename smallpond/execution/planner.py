@@ -540,8 +540,13 @@ class Planner:
             self._input_datasets.append(node.dataset)
             self._readers[id(node.dataset)] = node_at(node)
             # its files listed once (not as listed when the dataset was built): the source's
-            # fingerprint, the splits of it the plan fixes (plan_splits) and its task read these
-            node.dataset._resolved_paths = None
+            # fingerprint, the splits of it the plan fixes (plan_splits) and its task read these,
+            # and all their rows (the row ranges and count read of the files before are dropped,
+            # but for ranges of parts of files, which are the user's choice)
+            node.dataset._resolved_paths = node.dataset._num_rows = None
+            ranges = getattr(node.dataset, "_resolved_row_ranges", None)
+            if ranges is not None and all(r.whole_file for r in ranges):
+                node.dataset._resolved_row_ranges = None
             planned = node.dataset.resolved_paths  # (the dataset's own list, not a copy: a source may list a million files)
         task = self._task(klass, node, [TOP], [])
         if klass is DataSourceTask:

@@ -420,3 +420,23 @@ def test_a_source_listed_before_planning_reads_the_files_there_are_when_planned(
     done = run_job(plan, make_runtime_ctx("job", None, str(tmp_path / "root"), task_cache="off"), num_workers=1)
     (key,) = [k for k, t in done.tasks.items() if type(t).__name__ == "SqlEngineTask"]
     assert read_parquet(done.results[key].resolved_paths).column("n").to_pylist() == [30]
+
+
+@pytest.mark.parametrize("split", [None, "files", "rows"])
+def test_a_source_counted_before_planning_reads_the_rows_there_are_when_planned(tmp_path, split):
+    # its row count read when it was built (the files' row ranges kept on the dataset): the plan
+    # lists the files again, and the run reads every row of them, a file written since and the rows
+    # a file gained (the fingerprints cover them: a resumed run would keep a count without them)
+    files = generate_parquet_files(str(tmp_path / "in"), nfiles=2, rows_per_file=10)
+    ds = ParquetDataSet([str(tmp_path / "in" / "*.parquet")])
+    assert ds.num_rows == 20
+    pq.write_table(pq.read_table(files[0]), str(tmp_path / "in" / "part2.parquet"))
+    pq.write_table(pa.concat_tables([pq.read_table(files[1])] * 2), files[1])
+    ctx = Context()
+    src = DataSourceNode(ctx, ds)
+    if split:
+        src = DataSetPartitionNode(ctx, (src,), 2, partition_by_rows=split == "rows")
+    plan = LogicalPlan(ctx, SqlEngineNode(ctx, (src,), "select count(*) as n from {0}"))
+    done = run_job(plan, make_runtime_ctx("job", None, str(tmp_path / "root"), task_cache="off"), num_workers=1)
+    counts = [read_parquet(done.results[k].resolved_paths).column("n")[0].as_py() for k in sql_tasks(done).values()]
+    assert sum(counts) == 40
