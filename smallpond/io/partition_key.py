@@ -24,13 +24,15 @@ def partition_key_of_column(path: str, column: str) -> int:
     import pyarrow.parquet as pq
 
     distinct = pq.ParquetFile(path).read(columns=[column], use_threads=False).column(0).unique()
-    if len(distinct) > 1:
+    where = f"the partition column {column!r} of {path!r}"
+    # (values that differ may name one partition: the texts '1' and '01')
+    if len(distinct) > 1 and len({partition_number(v, where) for v in distinct.to_pylist()}) > 1:
         shown = ", ".join(str(v) for v in distinct.to_pylist()[:3]) + (", ..." if len(distinct) > 3 else "")
         raise ParameterError(
             f"{path!r} holds rows of several partitions in its column {column!r} ({shown}): a file is loaded whole "
             "into one partition (to send each row to the partition it names, shuffle it: ShuffleNode, repartition(by=...))"
         )
-    return partition_number(distinct[0].as_py(), f"the partition column {column!r} of {path!r}")
+    return partition_number(distinct[0].as_py(), where)
 
 
 def partition_number(value, where: str) -> int:

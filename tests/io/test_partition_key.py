@@ -29,6 +29,7 @@ def _load(tmp_path, columns: dict, n: int = 3):
         (pa.array([Decimal("2.00")] * 2, pa.decimal128(5, 2)), [0, 0, 2]),
         # text int() reads, as upstream 0.15 read the key: a script that loaded such files still does
         (pa.array(["01", "01"]), [0, 2, 0]),
+        (pa.array(["1", "01"]), [0, 2, 0]),  # two texts of one number: one partition, not several
     ],
 )
 def test_a_file_goes_to_the_partition_its_column_names(tmp_path, keys, rows):
@@ -40,6 +41,7 @@ def test_a_file_goes_to_the_partition_its_column_names(tmp_path, keys, rows):
     [
         # the first row's key was taken for the file's: rows of partition 2 were loaded into 0
         (pa.array([0, 2]), "holds rows of several partitions in its column 'k' (0, 2): a file is loaded whole"),
+        (pa.array(["01", "2"]), "holds rows of several partitions in its column 'k' (01, 2): a file is loaded whole"),
         # int() of the first row's value: 1.5 was partition 1
         (pa.array([1.5, 1.5]), "the partition column 'k' of "),
         (pa.array(["1.0", "1.0"]), "is '1.0', which names no partition: a partition is named by a whole number"),
