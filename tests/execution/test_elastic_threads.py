@@ -484,3 +484,33 @@ def test_wide_input_rows_decline_the_threads_before_writing(make_rt, data_root, 
     assert _elastic_starts(data_root) == [2]
     (why,) = _declined(data_root)
     assert why.startswith("its input rows of ~") and "would close row groups by their bytes" in why
+
+
+@pytest.mark.parametrize("where", ["sql", "columns"])
+@pytest.mark.parametrize("call", ["current_query_id()", "txid_current()", "current_transaction_id()"])
+def test_sql_reading_the_worker_s_statement_count_writes_what_cpu_limit_s_threads_write(
+    make_rt, data_root, tmp_path, call, where
+):
+    """``current_query_id()`` and the transaction ids count the statements the worker's connection
+    ran: the plan check's ``EXPLAIN`` before the ``COPY`` moved them on, so a lone task offered the
+    idle CPUs wrote another file than with ``elastic_threads=False`` (each the same run after run;
+    whether threads are offered follows the machine's load). In the node's SQL the scheduler does
+    not offer them; in an input's ``columns=`` the worker declines them before its ``EXPLAIN``."""
+    paths = _odd(tmp_path, sizes=((60_000, 7_001), (45_007, 20_003)))
+    columns = ["id", "s", f"{call} as q", "current_setting('threads') as t"] if where == "columns" else None
+    sql = "select * from {0}" if where == "columns" else f"select {call} as q, id, s from {{0}}"
+
+    def run(elastic):
+        ctx = Context()
+        src = DataSourceNode(ctx, ParquetDataSet(paths, columns=columns))
+        node = SqlEngineNode(ctx, (DataSetPartitionNode(ctx, (src,), npartitions=1),), sql)
+        rt = make_rt(elastic_threads=elastic, task_cache=False)
+        (out,) = run_job(LogicalPlan(ctx, node), rt, executor=LocalExecutor(rt, 2, cpus=2)).final_output.resolved_paths
+        if columns:  # (declined before its connection took them: it ran with one thread)
+            assert duckdb.sql(f"select distinct t::varchar from '{out}'").fetchall() == [("1",)]
+        return hashlib.sha256(open(out, "rb").read()).hexdigest()
+
+    plain = run(False)
+    assert [run("safe") for _ in range(2)] == [plain, plain]
+    assert _elastic_starts(data_root) == ([] if where == "sql" else [2, 2])
+    assert len(_declined(data_root)) == len(_elastic_starts(data_root))

@@ -144,10 +144,10 @@ def has_final_order_by(sql: str) -> bool:
     return bool(_ORDER_BY.search(top_level_text(sql)))
 
 
-def task_threads(task: Task, cpu_overcommit_ratio: float = 1.0) -> int:
-    """The DuckDB threads of an attempt: what the scheduler gave it (elastic threads), else its
-    ``cpu_limit``, times the node's ``cpu_overcommit_ratio``."""
-    return max(1, int(round((task.threads or task.cpu_limit) * cpu_overcommit_ratio)))
+def task_threads(task: Task, cpu_overcommit_ratio: float = 1.0, offered: bool = True) -> int:
+    """The DuckDB threads of an attempt: what the scheduler gave it (elastic threads; not with
+    ``offered=False``), else its ``cpu_limit``, times the node's ``cpu_overcommit_ratio``."""
+    return max(1, int(round(((task.threads if offered else None) or task.cpu_limit) * cpu_overcommit_ratio)))
 
 
 #: the DuckDB connections opened since :func:`track_connections` was last called, while tracking
@@ -252,6 +252,7 @@ def open_connection(
     shareable: bool = False,
     seeded: bool = True,
     spill: bool = True,
+    offered_threads: bool = True,
 ):
     """A DuckDB connection for ``task`` with its threads, memory limit, spill directory and seed.
 
@@ -261,11 +262,12 @@ def open_connection(
     need not be set (a statement costs ~0.5 ms, a fifth of a tiny task). A fresh cursor starts
     from DuckDB's default seed, as a fresh database does; a database of its own is always seeded.
     ``spill=False``: DuckDB may not spill to disk (``temp_directory`` is ``''``; the shared
-    database, which spills, is not used).
+    database, which spills, is not used). ``offered_threads=False``: ``cpu_limit``'s threads, even
+    if the scheduler offered more (the caller takes them once it has checked they are safe).
     """
     import duckdb
 
-    threads = task_threads(task, cpu_overcommit_ratio)
+    threads = task_threads(task, cpu_overcommit_ratio, offered_threads)
     memory_mb = max(64, int(task_memory(task) * memory_overcommit_ratio) // MB)
     settings = {"threads": str(threads), "memory_limit": f"'{memory_mb}MiB'"}
     if shareable and _share_database and spill:

@@ -5,7 +5,9 @@ By default (``elastic_threads="safe"``) the scheduler offers a lone SQL task tha
 (:meth:`~smallpond.execution.ops.sql.SqlEngineTask.may_be_row_wise`, a look at its text) more
 threads than its ``cpu_limit``; the task takes them only if (0) its whole SQL, inputs included,
 names no function whose values follow the threads, which no plan shows (:func:`text_refusal`:
-random numbers, ``current_setting``), (1) DuckDB's physical plan of its ``COPY`` is an
+random numbers, ``current_setting``, the connection's statement counts; checked before the
+connection takes the threads, so a task declining there runs the statements it runs without
+them), (1) DuckDB's physical plan of its ``COPY`` is an
 order-keeping batch copy of whole input chunks (:func:`plan_refusal`) and (2) every row group it
 wrote was closed by its row count, not its bytes (:func:`row_groups_refusal`).
 Otherwise it runs (again) with ``cpu_limit`` threads, says so in the attempt's log, and reports
@@ -56,8 +58,10 @@ ORDERED_COPY = "BATCH_COPY_TO_FILE"
 
 #: names whose values follow DuckDB's threads though its plan shows nothing: random numbers (each
 #: thread draws from a state of its own: ``random()``, ``uuid()``) and settings (``current_setting
-#: ('threads')`` is folded into a constant of a plain projection)
-_THREAD_DEPENDENT_NAMES = re.compile(r"rand|uuid|shuffle|current_setting", re.IGNORECASE)
+#: ('threads')`` is folded into a constant of a plain projection); and the connection's counts of
+#: its statements (``current_query_id()``, ``txid_current()``, ``current_transaction_id()``), which
+#: the plan check's ``EXPLAIN`` moves on: they would follow whether threads were offered
+_THREAD_DEPENDENT_NAMES = re.compile(r"rand|uuid|shuffle|current_setting|query_id|txid|transaction_id", re.IGNORECASE)
 
 
 def text_refusal(sql: str) -> Optional[str]:
@@ -169,7 +173,11 @@ def copy_with_offered_threads(
     the datasets the query reads (their rows' width: :func:`width_refusal`)."""
     path, copy_sql = single_file_copy(task, query, output_dir, prefix)
     row_group_size = ParquetWriterOptions.for_task(task).row_group_size
-    reason = text_refusal(query) or width_refusal(task, inputs, row_group_size) or plan_refusal(conn, copy_sql)
+    reason = text_refusal(query) or width_refusal(task, inputs, row_group_size)
+    raised = reason is None  # (conn has cpu_limit's threads until the text passed: open_connection)
+    if raised:
+        set_threads(conn, task_threads(task, cpu_overcommit_ratio))
+        reason = plan_refusal(conn, copy_sql)
     if reason is None:
         rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
         reason = row_groups_refusal(conn, path, row_group_size)
@@ -179,7 +187,8 @@ def copy_with_offered_threads(
     offered = task.threads
     task.threads = None  # from here on (and for the task's next batches): its cpu_limit
     threads = task_threads(task, cpu_overcommit_ratio)
-    set_threads(conn, threads)
+    if raised:
+        set_threads(conn, threads)
     task.stats["threads_declined"] = reason
     logger.info(
         "{}: runs with threads={} (the elastic threads={} declined: {}, so its output could depend on them)",

@@ -103,11 +103,12 @@ def without_placeholder_column(conn, sql: str):
 
 
 #: words of SQL that filters, joins, groups, sorts, samples, unions or unnests rows (its output's row
-#: groups, or rows, may follow DuckDB's threads) or reads a setting (``current_setting('threads')``):
-#: the scheduler does not offer it more threads by default
+#: groups, or rows, may follow DuckDB's threads) or reads a setting (``current_setting('threads')``)
+#: or the connection's count of statements (which the plan check's ``EXPLAIN`` moves on): the
+#: scheduler does not offer it more threads by default
 _NOT_ROW_WISE = re.compile(
     r"\b(where|join|group|having|qualify|order|distinct|over|window|sample|tablesample|intersect|except"
-    r"|union|pivot|unpivot|unnest|recursive|offset|current_setting)\b",
+    r"|union|pivot|unpivot|unnest|recursive|offset|current_setting|current_query_id|txid_current|current_transaction_id)\b",
     re.IGNORECASE,
 )
 
@@ -222,6 +223,9 @@ class SqlEngineTask(Task):
             shareable=shareable,
             spill=node.spill_to_disk,
             seeded=sql_may_draw_random(node.sql_queries) or any(sql_may_draw_random(d.columns or []) for d in inputs),
+            # (threads offered to be checked are set only once the SQL's text passes: a task that
+            # declines them unread runs the statements elastic_threads=False runs, no SET more)
+            offered_threads=not self.threads_checked,
         )
         try:
             for ctx in node.udf_contexts.values():
