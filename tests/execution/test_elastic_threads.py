@@ -514,3 +514,28 @@ def test_sql_reading_the_worker_s_statement_count_writes_what_cpu_limit_s_thread
     assert [run("safe") for _ in range(2)] == [plain, plain]
     assert _elastic_starts(data_root) == ([] if where == "sql" else [2, 2])
     assert len(_declined(data_root)) == len(_elastic_starts(data_root))
+
+
+def test_a_copy_out_of_memory_with_the_offered_threads_declines_them(make_rt, data_root, tmp_path, monkeypatch):
+    """DuckDB's ordered copy buffers row groups per thread: 600k rows made 1 KB wide (row groups of
+    16 MiB, a 128 MiB task's bound) ran out of 115 MiB with two threads and not with one
+    (DuckDB 2.0.1). The attempt then failed (logged as an error, retried, a retry spent) where
+    ``elastic_threads=False`` succeeded; now the task declines the threads and writes with one."""
+    from smallpond.execution import sched_state
+
+    monkeypatch.setattr(sched_state, "ELASTIC_MEMORY_PER_THREAD", 16 << 20)  # two threads for 128 MiB
+    paths = []
+    for i in range(2):  # (files of DuckDB's own row groups: those of 50,000 rows did not run out)
+        paths.append(str(tmp_path / f"in-{i}.parquet"))
+        duckdb.sql(
+            f"COPY (SELECT range AS id, md5(range::VARCHAR) AS s FROM range({i * 300_000}, {(i + 1) * 300_000})) TO '{paths[-1]}' (FORMAT PARQUET)"
+        )
+    sql = "select id, rpad(s, 1000, 'x') as w from {0}"
+
+    def digest(elastic):
+        (out,) = _run(make_rt, paths, sql, 1, cpus=2, elastic=elastic, memory_limit=128 << 20)
+        return hashlib.sha256(open(out, "rb").read()).hexdigest()
+
+    assert digest("safe") == digest(False)
+    assert _elastic_starts(data_root) == [2]  # one attempt, not retried
+    assert _declined(data_root) == ["it ran out of memory with 2 threads"]

@@ -10,7 +10,9 @@ connection takes the threads, so a task declining there runs the statements it r
 them), (1) DuckDB's physical plan of its ``COPY`` is an
 order-keeping batch copy of whole input chunks (:func:`plan_refusal`) and (2) every row group it
 wrote was closed by its row count, not its bytes (:func:`row_groups_refusal`).
-Otherwise it runs (again) with ``cpu_limit`` threads, says so in the attempt's log, and reports
+Otherwise, or if its ``COPY`` ran out of memory with them (DuckDB 2.0.1 buffers a row group per
+thread: 600k rows made 1 KB wide, at 460 MiB, failed with two threads and not with one), it runs
+(again) with ``cpu_limit`` threads, says so in the attempt's log, and reports
 ``threads_declined`` so the scheduler stops offering to the node's other tasks.
 
 Measured with DuckDB 2.0.1 (2M rows in 5 Parquet files of odd row-group sizes, threads 1/2/4,
@@ -37,6 +39,7 @@ import re
 from typing import Optional
 
 from smallpond.common import logger
+from smallpond.errors import OutOfMemory
 from smallpond.execution.ops.duckdb import (
     copy_to_parquet,
     run_sql,
@@ -179,11 +182,16 @@ def copy_with_offered_threads(
         set_threads(conn, task_threads(task, cpu_overcommit_ratio))
         reason = plan_refusal(conn, copy_sql)
     if reason is None:
-        rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
-        reason = row_groups_refusal(conn, path, row_group_size)
-        if reason is None:
-            return rows
-        os.remove(path)
+        try:
+            rows = copy_to_parquet(task, conn, query, output_dir, prefix, per_thread_output=False)
+        except OutOfMemory:  # (each thread buffers row groups of its own: cpu_limit's may fit)
+            reason = f"it ran out of memory with {task.threads} threads"
+        else:
+            reason = row_groups_refusal(conn, path, row_group_size)
+            if reason is None:
+                return rows
+        if os.path.exists(path):
+            os.remove(path)
     offered = task.threads
     task.threads = None  # from here on (and for the task's next batches): its cpu_limit
     threads = task_threads(task, cpu_overcommit_ratio)
