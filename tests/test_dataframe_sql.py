@@ -181,33 +181,3 @@ def test_a_split_of_files_lacking_a_column_fails_only_queries_that_read_it(sp, t
             f.map("cast('x' || a as int) as y").to_arrow()
         assert "Could not convert string" in str(e.value) and "lacks the column" not in str(e.value), name
     assert str(typed[0]) == "INTEGER"
-
-
-def test_every_method_reads_files_of_other_types_by_the_first_files_types(sp, tmp_path):
-    """read_parquet([int32 file, int64 file]) without union_by_name: DuckDB reads x as INTEGER, the
-    first file's type, and fails on a value past its range. The frame's schema and SQL said int32,
-    but to_arrow gave int64 (pyarrow's promotion) and a Python map after a split saw int64 in the
-    partition of the second file. Every method now reads x as int32, or fails naming the file."""
-    pq.write_table(pa.table({"x": pa.array([1, 2], pa.int32())}), str(tmp_path / "1.parquet"))
-    pq.write_table(pa.table({"x": pa.array([3, 4], pa.int64())}), str(tmp_path / "2.parquet"))
-    df = sp.read_parquet([str(tmp_path / "1.parquet"), str(tmp_path / "2.parquet")])
-
-    def types(t):
-        return pa.table({"t": [str(t.schema.field("x").type)] * t.num_rows})
-
-    assert str(df.schema.field("x").type) == "int32"
-    for name, frame in {"whole": df, "by files": df.repartition(2), "by rows": df.repartition(2, by_rows=True)}.items():
-        assert frame.to_arrow().schema.field("x").type == pa.int32(), name
-        assert sorted(frame.to_arrow().column("x").to_pylist()) == [1, 2, 3, 4], name
-        assert set(frame.map_batches(types).to_arrow().column("t").to_pylist()) == {"int32"}, name
-        assert set(sp.partial_sql("select typeof(x) t from {0}", frame).to_arrow().column("t").to_pylist()) == {"INTEGER"}, name
-
-    pq.write_table(pa.table({"x": pa.array([3, 2**40], pa.int64())}), str(tmp_path / "3.parquet"))
-    wide = sp.read_parquet([str(tmp_path / "1.parquet"), str(tmp_path / "3.parquet")])
-    for frame in (wide, wide.repartition(2)):
-        with pytest.raises(Exception) as e:
-            frame.to_arrow()
-        text = str(e.value)
-        assert "column 'x'" in text and "3.parquet" in text and "int64" in text and "union_by_name=True" in text, text
-    both = sp.read_parquet([str(tmp_path / "1.parquet"), str(tmp_path / "3.parquet")], union_by_name=True)
-    assert both.to_arrow().column("x").to_pylist() == [1, 2, 3, 2**40]

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from smallpond.common import DEFAULT_BATCH_SIZE, DEFAULT_ROW_GROUP_BYTES, DEFAULT_ROW_GROUP_SIZE, GB
 from smallpond.errors import ColumnNotFoundError, UserCodeError, columns_not_found
-from smallpond.io.columns import as_first_files, bind_columns, cast_read_column, lacks_first_files_columns
+from smallpond.io.columns import bind_columns, cast_read_column, lacks_first_files_columns  # (readers bind with it)
 from smallpond.io.parquet import ParquetWriterOptions
 from smallpond.io.paths import check_local_filesystem  # (its home; the helpers here name it)
 from smallpond.io.rowrange import RowRange  # its home before: pickles may name it here
@@ -592,9 +592,7 @@ def build_batch_reader_from_files(
     first = ranges[0].path if ranges else ""
     if strict and first_columns:  # (the first file of the set split, and its columns)
         first, columns = first_columns[0], list(first_columns[1])
-    # (typed by the first file of the set split, as DuckDB reads a piece: read_parquet([first, *piece]))
-    paths = ([first] if strict and first_columns else []) + [r.path for r in ranges]
-    out_schema = schema if schema is not None else read_columns_schema(paths, columns)
+    out_schema = schema if schema is not None else read_columns_schema([r.path for r in ranges], columns)
     if strict:  # each file's columns bound to the first's names (no other is read), as DuckDB names them
         columns = columns or out_schema.names
         out_schema = pa.schema([f.with_name(c) for f, c in zip(out_schema, columns)], metadata=out_schema.metadata)
@@ -696,7 +694,7 @@ def load_from_parquet_files(
             read = list(pool.map(one, items))
     tables = [t for t, _ in read]
     if first_columns is not None and columns is None:
-        tables = as_first_files(tables, [p.path if isinstance(p, RowRange) else p for p in items], first_columns)
+        tables = _as_first_files(tables, items, first_columns)
     named: Dict[str, str] = {}  # a column asked for -> its name in the first file that has it
     for _, bound in read:
         for c, n in (bound or {}).items():
@@ -711,6 +709,20 @@ def load_from_parquet_files(
         tables = [cast_columns_to_large_string(t) for t in tables]
     table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     return table.rename_columns([named.get(n, n) for n in table.column_names]) if named else table
+
+
+def _as_first_files(tables: List[pa.Table], items: Sequence[PathOrRange], first_columns: tuple) -> List[pa.Table]:
+    """``tables`` (one a file of ``items``) with the first file's columns only (``first_columns``:
+    its path and names, or ``()`` for ``items[0]``); a file lacking one of them is an error naming it."""
+    paths = [p.path if isinstance(p, RowRange) else p for p in items]
+    first, want = (first_columns[0], list(first_columns[1])) if first_columns else (paths[0], tables[0].column_names)
+    if all(t.column_names == want for t in tables):
+        return tables
+    bound = [bind_columns(want, t.column_names, repr(path)) for path, t in zip(paths, tables)]  # (``A`` reads ``a``)
+    for path, t, names in zip(paths, tables, bound):
+        if len(names) < len(want):
+            raise lacks_first_files_columns(path, t.column_names, first, want)
+    return [t.select([names[c] for c in want]).rename_columns(want) for t, names in zip(tables, bound)]
 
 
 def parquet_write_table(table: pa.Table, where: str, filesystem=None, **kwargs) -> None:

@@ -97,8 +97,7 @@ def cast_read_column(column, to, name: str, path: str):
         column,
         to,
         f"column {name!r} of Parquet file {path!r} is {column.type}, which the files read with it give the type {to}",
-        "Give the files one type for the column (schema= of the Python map that wrote them, or a cast in its SQL), "
-        "or read them with read_parquet(..., union_by_name=True), which gives it one type holding every file's.",
+        "Give the step that wrote them one type for the column (schema= of a Python map, or a cast in its SQL).",
     )
 
 
@@ -113,35 +112,3 @@ def cast_holding(column, to, what: str, remedy: str):
         return column.cast(to, safe=True)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
         raise UserCodeError(f"{what}, and a value does not fit {to}: {e}. {remedy}") from None
-
-
-def as_first_files(tables: list, paths: Sequence[str], first_columns: tuple) -> list:
-    """``tables`` (each read of the file in ``paths``) as DuckDB reads a list of files without
-    ``union_by_name``: the first file's columns only, each of the first file's type (``first_columns``:
-    the path and column names of the first file of the set these were split from, or ``()`` for
-    ``paths[0]``). A file lacking a column is an error naming it; a value another type cannot hold
-    (an int64 past int32's range) too (:func:`cast_read_column`). Columns of string, binary or nested
-    kinds keep their own types (the readers concatenate those permissively)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    if first_columns:
-        first, want, typed = first_columns[0], list(first_columns[1]), pq.read_schema(first_columns[0])
-    else:
-        first, want, typed = paths[0], tables[0].column_names, tables[0].schema
-    if any(t.column_names != want for t in tables):
-        bound = [bind_columns(want, t.column_names, repr(path)) for path, t in zip(paths, tables)]  # (``A`` reads ``a``)
-        for path, t, names in zip(paths, tables, bound):
-            if len(names) < len(want):
-                raise lacks_first_files_columns(path, t.column_names, first, want)
-        tables = [t.select([names[c] for c in want]).rename_columns(want) for t, names in zip(tables, bound)]
-    types = {f.name: f.type for f in typed}
-    plain = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_temporal, pa.types.is_boolean)
-    out = []
-    for path, t in zip(paths, tables):
-        for i, c in enumerate(want):
-            to = types.get(c)
-            if to is not None and t.column(i).type != to and any(k(to) for k in plain):
-                t = t.set_column(i, t.field(i).with_type(to), cast_read_column(t.column(i), to, c, path))
-        out.append(t)
-    return out
